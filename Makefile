@@ -1,0 +1,28 @@
+# Thin wrapper over CMake: `make`, `make run`, `make test`, `make bench`.
+BUILD ?= build
+CC ?= cc
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+CMAKE_FLAGS ?=
+
+.PHONY: all build run test bench clean
+
+all: build
+
+$(BUILD)/CMakeCache.txt:
+	cmake -S . -B $(BUILD) -DCMAKE_C_COMPILER=$(CC) $(CMAKE_FLAGS)
+
+build: $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j $(JOBS)
+
+# The main job: how much memory the example trace needs under each allocator.
+run: build
+	./$(BUILD)/fragless compare examples/encoder_varlen.csv
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+bench: build
+	./$(BUILD)/fl_bench
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,184 @@
+/* fragless — a GPU memory allocator that does not fragment, and the tools to measure
+ * how much memory a job needs under each allocator.
+ *
+ * Public API. Every function that can fail returns an fl_status; the message of the
+ * last failure on the calling thread is fl_last_error(). Device addresses are uint64_t.
+ * Names: functions fl_*, types fl_*_t / fl_*, macros FL_*.
+ */
+#ifndef FRAGLESS_H
+#define FRAGLESS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------------------------
+ * Status codes and errors
+ * --------------------------------------------------------------------------------- */
+typedef enum fl_status {
+    FL_OK = 0,
+    FL_ERR_OOM = 1,         /* out of memory: device capacity or configured limit */
+    FL_ERR_INVALID = 2,     /* an argument is out of range or malformed */
+    FL_ERR_NOT_FOUND = 3,   /* unknown pointer or offset */
+    FL_ERR_PARSE = 4,       /* malformed input: trace, config, size string */
+    FL_ERR_IO = 5,          /* a file could not be read or written */
+    FL_ERR_DEVICE = 6,      /* the device (driver) reported an error */
+    FL_ERR_UNSUPPORTED = 7, /* the device cannot do this (e.g. no virtual memory) */
+    FL_ERR_NOMEM = 8        /* host memory for metadata ran out */
+} fl_status;
+
+/* Short name of a status ("out of memory", ...). Never NULL. */
+const char *fl_status_str(fl_status s);
+/* Message of the last failed call on this thread; "" if none. Valid until the next call. */
+const char *fl_last_error(void);
+
+/* Sizes: parse "80GiB", "512MiB", "1.5GB", "4096" (bytes); format as "1.27 GiB". */
+fl_status fl_parse_size(const char *text, uint64_t *out);
+/* Writes at most n bytes (always terminated) and returns buf. */
+char *fl_format_size(uint64_t bytes, char *buf, size_t n);
+
+/* ---------------------------------------------------------------------------------
+ * Range allocator: a host-side offset allocator over [0, size). Metadata never lives
+ * in the managed memory, so it can place blocks in GPU memory, in a virtual range or
+ * in anything addressed by offsets (like VMA's virtual blocks).
+ *
+ * Algorithm: two-level segregated fit (TLSF) with 16 classes per power of two,
+ * address-ordered physical neighbour links for O(1) coalescing, and an offset -> block
+ * hash for free by offset. alloc, free: O(1) expected (the search scans a bounded number
+ * of blocks in the request's own class to find a tighter fit). Not thread safe.
+ * --------------------------------------------------------------------------------- */
+typedef struct fl_range fl_range;
+
+/* min_align: power of two >= 1; every offset and size is a multiple of it. */
+fl_status fl_range_create(uint64_t size, uint64_t min_align, fl_range **out);
+void fl_range_destroy(fl_range *r);
+
+/* align: 0 (= min_align) or a power of two. Fails with FL_ERR_OOM when no free range fits. */
+fl_status fl_range_alloc(fl_range *r, uint64_t size, uint64_t align, uint64_t *offset);
+/* Frees the block that starts at offset; FL_ERR_NOT_FOUND if none does. */
+fl_status fl_range_free(fl_range *r, uint64_t offset);
+/* Size of the live block at offset (rounded to min_align), 0 if none. */
+uint64_t fl_range_block_size(const fl_range *r, uint64_t offset);
+
+uint64_t fl_range_capacity(const fl_range *r);
+uint64_t fl_range_total_free(const fl_range *r);
+uint64_t fl_range_largest_free(const fl_range *r);
+uint64_t fl_range_live_blocks(const fl_range *r);
+
+/* Visits every block, free or used, in address order; stop by returning nonzero. */
+typedef int (*fl_range_walker)(uint64_t offset, uint64_t size, int used, void *user);
+void fl_range_walk(const fl_range *r, fl_range_walker fn, void *user);
+/* Checks every invariant; returns 0 when sound, else nonzero (message in fl_last_error). */
+int fl_range_check(const fl_range *r);
+
+/* ---------------------------------------------------------------------------------
+ * Configuration: a struct, or PyTorch's "key:value,key:value" syntax (FRAGLESS_CONF).
+ * Unknown keys and bad values are errors.
+ * --------------------------------------------------------------------------------- */
+#define FL_ROUNDUP_INTERVALS 16
+
+typedef struct fl_config {
+    char policy[32];              /* policy:NAME — "fragless" (default), "cca", ... */
+    /* PyTorch caching-allocator knobs (policy cca / cca-expandable). */
+    uint64_t max_split_size;      /* max_split_size_mb, bytes; 0 = unlimited */
+    /* roundup_power2_divisions, indexed like PyTorch's AllocatorConfig: entry i holds the
+     * divisions for sizes in [2^(20+i), 2^(21+i)) (i = 0..15, the last one open-ended);
+     * a single value fills all 16. 0 or 1 = plain 512-byte rounding. */
+    uint32_t roundup_divisions[FL_ROUNDUP_INTERVALS];
+    double gc_threshold;          /* garbage_collection_threshold, 0 = off */
+    int expandable_segments;      /* expandable_segments:True -> policy cca-expandable */
+    /* Allocator-wide. */
+    uint64_t limit;               /* limit:SIZE, bytes the allocator may hold; 0 = device capacity */
+} fl_config;
+
+void fl_config_default(fl_config *cfg);
+/* Parses text into cfg (on top of what cfg holds). The error names the key and value. */
+fl_status fl_config_parse(fl_config *cfg, const char *text);
+
+/* ---------------------------------------------------------------------------------
+ * Devices: where memory comes from. "sim" simulates a GPU: capacity, granularity,
+ * a cost model per driver call (microseconds) and counters.
+ * --------------------------------------------------------------------------------- */
+typedef struct fl_device fl_device;
+
+typedef enum fl_call {
+    FL_CALL_MEM_ALLOC = 0, /* cuMemAlloc / cudaMalloc */
+    FL_CALL_MEM_FREE,      /* cuMemFree / cudaFree (synchronizes) */
+    FL_CALL_RESERVE,       /* cuMemAddressReserve */
+    FL_CALL_ADDR_FREE,     /* cuMemAddressFree */
+    FL_CALL_CREATE,        /* cuMemCreate: a physical handle */
+    FL_CALL_RELEASE,       /* cuMemRelease */
+    FL_CALL_MAP,           /* cuMemMap */
+    FL_CALL_UNMAP,         /* cuMemUnmap */
+    FL_CALL_SET_ACCESS,    /* cuMemSetAccess */
+    FL_CALL_SYNC,          /* device/stream synchronize before reuse or unmap */
+    FL_CALL_COUNT
+} fl_call;
+
+/* "mem_alloc", "create", ... */
+const char *fl_call_name(fl_call c);
+
+typedef struct fl_sim_params {
+    uint64_t capacity;            /* physical bytes; default 1 PiB (effectively unlimited) */
+    uint64_t granularity;         /* VMM granularity; default 2 MiB */
+    double cost_us[FL_CALL_COUNT];/* simulated microseconds per call; defaults: see sim.c */
+    int vmm_supported;            /* default 1 */
+} fl_sim_params;
+
+void fl_sim_params_default(fl_sim_params *p);
+fl_status fl_sim_device_create(const fl_sim_params *p, fl_device **out);
+void fl_device_destroy(fl_device *d);
+
+typedef struct fl_device_counters {
+    uint64_t calls[FL_CALL_COUNT];
+    uint64_t failed_calls;        /* calls that returned an error (OOM included) */
+    double time_us;               /* simulated (sim) or measured (cuda) device time */
+    uint64_t in_use;              /* physical bytes held now */
+    uint64_t peak_in_use;         /* max of in_use */
+} fl_device_counters;
+
+void fl_device_get_counters(const fl_device *d, fl_device_counters *out);
+uint64_t fl_device_capacity(const fl_device *d);
+uint64_t fl_device_granularity(const fl_device *d);
+
+/* ---------------------------------------------------------------------------------
+ * Allocators: one policy on one device. Policies: "fragless", "cca", "cca-expandable",
+ * "nocache". Streams are opaque 64-bit ids (cudaStream_t); a block freed on one stream
+ * is reused by another only after a synchronization (see docs/ARCHITECTURE.md).
+ * --------------------------------------------------------------------------------- */
+typedef struct fl_allocator fl_allocator;
+
+/* The names of the available policies, NULL-terminated. */
+const char *const *fl_policy_names(void);
+
+fl_status fl_allocator_create(const fl_config *cfg, fl_device *dev, fl_allocator **out);
+void fl_allocator_destroy(fl_allocator *a);
+
+/* size 0 is an error. Addresses are aligned to at least 512 bytes. */
+fl_status fl_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr);
+fl_status fl_free(fl_allocator *a, uint64_t addr);
+/* Returns cached device memory that no live block needs to the device. */
+fl_status fl_empty_cache(fl_allocator *a);
+
+typedef struct fl_stats {
+    uint64_t allocated_bytes;     /* live blocks, as the policy rounded them */
+    uint64_t reserved_bytes;      /* device memory the allocator holds */
+    uint64_t peak_allocated_bytes;
+    uint64_t peak_reserved_bytes;
+    uint64_t num_allocs;
+    uint64_t num_frees;
+    uint64_t num_alloc_retries;   /* allocations that freed cache and tried again */
+    uint64_t num_ooms;            /* allocations that failed */
+} fl_stats;
+
+void fl_get_stats(const fl_allocator *a, fl_stats *out);
+/* Self-check of the policy's invariants: 0 when sound (message in fl_last_error). */
+int fl_allocator_check(const fl_allocator *a);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* FRAGLESS_H */

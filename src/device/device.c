@@ -1,0 +1,78 @@
+/* Call accounting common to every device: counters per call kind, failed calls and the
+ * peak of physical memory in use. The implementations do the work. */
+#include "device/device.h"
+
+static const char *const call_names[FL_CALL_COUNT] = {
+    "mem_alloc", "mem_free", "reserve", "addr_free", "create",
+    "release", "map", "unmap", "set_access", "sync",
+};
+
+const char *fl_call_name(fl_call c)
+{
+    return (unsigned)c < FL_CALL_COUNT ? call_names[c] : "?";
+}
+
+static fl_status account(fl_device *d, fl_call c, fl_status s)
+{
+    d->counters.calls[c]++;
+    if (s != FL_OK)
+        d->counters.failed_calls++;
+    if (d->counters.in_use > d->counters.peak_in_use)
+        d->counters.peak_in_use = d->counters.in_use;
+    return s;
+}
+
+fl_status fl_dev_mem_alloc(fl_device *d, uint64_t size, uint64_t *addr)
+{
+    return account(d, FL_CALL_MEM_ALLOC, d->ops->mem_alloc(d, size, addr));
+}
+fl_status fl_dev_mem_free(fl_device *d, uint64_t addr)
+{
+    return account(d, FL_CALL_MEM_FREE, d->ops->mem_free(d, addr));
+}
+fl_status fl_dev_reserve(fl_device *d, uint64_t size, uint64_t *va)
+{
+    return account(d, FL_CALL_RESERVE, d->ops->reserve(d, size, va));
+}
+fl_status fl_dev_addr_free(fl_device *d, uint64_t va, uint64_t size)
+{
+    return account(d, FL_CALL_ADDR_FREE, d->ops->addr_free(d, va, size));
+}
+fl_status fl_dev_create(fl_device *d, uint64_t size, uint64_t *handle)
+{
+    return account(d, FL_CALL_CREATE, d->ops->create(d, size, handle));
+}
+fl_status fl_dev_release(fl_device *d, uint64_t handle)
+{
+    return account(d, FL_CALL_RELEASE, d->ops->release(d, handle));
+}
+fl_status fl_dev_map(fl_device *d, uint64_t va, uint64_t size, uint64_t handle)
+{
+    return account(d, FL_CALL_MAP, d->ops->map(d, va, size, handle));
+}
+fl_status fl_dev_unmap(fl_device *d, uint64_t va, uint64_t size)
+{
+    return account(d, FL_CALL_UNMAP, d->ops->unmap(d, va, size));
+}
+fl_status fl_dev_set_access(fl_device *d, uint64_t va, uint64_t size)
+{
+    return account(d, FL_CALL_SET_ACCESS, d->ops->set_access(d, va, size));
+}
+fl_status fl_dev_synchronize(fl_device *d)
+{
+    return account(d, FL_CALL_SYNC, d->ops->synchronize(d));
+}
+
+void fl_device_destroy(fl_device *d)
+{
+    if (d)
+        d->ops->destroy(d);
+}
+
+void fl_device_get_counters(const fl_device *d, fl_device_counters *out)
+{
+    *out = d->counters;
+}
+
+uint64_t fl_device_capacity(const fl_device *d) { return d->capacity; }
+uint64_t fl_device_granularity(const fl_device *d) { return d->granularity; }

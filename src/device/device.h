@@ -1,0 +1,52 @@
+/* The device interface: every policy gets memory through these calls, never from the
+ * driver directly. Implementations: sim.c (simulated GPU) and, later, the CUDA driver.
+ * The fl_dev_* wrappers count calls and track physical bytes in use for every device. */
+#ifndef FL_DEVICE_H
+#define FL_DEVICE_H
+
+#include "util/util.h"
+
+typedef struct fl_device_ops {
+    const char *name;
+    /* cudaMalloc-like path: physical memory and address in one call. */
+    fl_status (*mem_alloc)(fl_device *d, uint64_t size, uint64_t *addr);
+    fl_status (*mem_free)(fl_device *d, uint64_t addr);
+    /* Virtual memory path. Sizes and addresses are multiples of the granularity. */
+    fl_status (*reserve)(fl_device *d, uint64_t size, uint64_t *va);
+    fl_status (*addr_free)(fl_device *d, uint64_t va, uint64_t size);
+    fl_status (*create)(fl_device *d, uint64_t size, uint64_t *handle);
+    fl_status (*release)(fl_device *d, uint64_t handle);
+    /* Maps the whole handle at va (offset 0). */
+    fl_status (*map)(fl_device *d, uint64_t va, uint64_t size, uint64_t handle);
+    /* [va, va+size) must consist of whole mappings. */
+    fl_status (*unmap)(fl_device *d, uint64_t va, uint64_t size);
+    /* [va, va+size) must be mapped. */
+    fl_status (*set_access)(fl_device *d, uint64_t va, uint64_t size);
+    /* Waits for all work on the device (before unmapping or cross-stream reuse). */
+    fl_status (*synchronize)(fl_device *d);
+    void (*destroy)(fl_device *d);
+} fl_device_ops;
+
+struct fl_device {
+    const fl_device_ops *ops;
+    uint64_t capacity;
+    uint64_t granularity;
+    int vmm_supported;
+    /* Updated by the wrappers (calls, failed_calls, peak) and by implementations
+     * (in_use on create/release/mem_alloc/mem_free; time_us per call). */
+    fl_device_counters counters;
+};
+
+/* Wrappers: the only way policies call a device. */
+fl_status fl_dev_mem_alloc(fl_device *d, uint64_t size, uint64_t *addr);
+fl_status fl_dev_mem_free(fl_device *d, uint64_t addr);
+fl_status fl_dev_reserve(fl_device *d, uint64_t size, uint64_t *va);
+fl_status fl_dev_addr_free(fl_device *d, uint64_t va, uint64_t size);
+fl_status fl_dev_create(fl_device *d, uint64_t size, uint64_t *handle);
+fl_status fl_dev_release(fl_device *d, uint64_t handle);
+fl_status fl_dev_map(fl_device *d, uint64_t va, uint64_t size, uint64_t handle);
+fl_status fl_dev_unmap(fl_device *d, uint64_t va, uint64_t size);
+fl_status fl_dev_set_access(fl_device *d, uint64_t va, uint64_t size);
+fl_status fl_dev_synchronize(fl_device *d);
+
+#endif

@@ -1,0 +1,384 @@
+/* The simulated device: physical capacity, VMM granularity, the driver's rules for
+ * reserve/create/map/unmap/set_access, and a cost model of each call in microseconds.
+ * Addresses come from a range allocator over a large simulated virtual space. */
+#include "device/device.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Simulated address space: starts where CUDA's typically do, 2^56 bytes long (room
+ * for expandable segments reserving more than an unlimited device's capacity). */
+#define SIM_VA_BASE UINT64_C(0x10000000000)
+#define SIM_VA_SIZE (UINT64_C(1) << 56)
+
+typedef struct sim_handle {
+    uint64_t size;
+    uint32_t mappings;   /* live mappings of this handle */
+    uint8_t live;        /* created and not yet released */
+} sim_handle;
+
+typedef struct sim_reservation {
+    uint64_t va, size;
+} sim_reservation;
+
+typedef struct sim_device {
+    fl_device base;
+    double cost[FL_CALL_COUNT];
+    fl_range *va;                 /* every address handed out, both paths */
+    fl_map mem_allocs;            /* address -> bytes charged, cudaMalloc path */
+    fl_map granules;              /* granule index -> (handle << 1) | mapping-start bit */
+    sim_handle *handles;          /* handle ids are indices + 1 */
+    uint32_t n_handles, cap_handles;
+    sim_reservation *res;         /* sorted by va */
+    uint32_t n_res, cap_res;
+} sim_device;
+
+void fl_sim_params_default(fl_sim_params *p)
+{
+    memset(p, 0, sizeof *p);
+    p->capacity = UINT64_C(1) << 50; /* 1 PiB: no limit in practice */
+    p->granularity = 2 * FL_MiB;
+    p->vmm_supported = 1;
+    /* Per-call costs on an A100 from ovg-project/kvcached benchmarks/bench_vmm/README.md
+     * (per 2 MiB page): cuMemCreate 193 us, cuMemMap 1.45 us, cuMemSetAccess 36 us,
+     * cuMemUnmap 25.6 us, cuMemAddressReserve (8 GB) 19 us. */
+    p->cost_us[FL_CALL_CREATE] = 193.0;
+    p->cost_us[FL_CALL_MAP] = 1.45;
+    p->cost_us[FL_CALL_SET_ACCESS] = 36.0;
+    p->cost_us[FL_CALL_UNMAP] = 25.6;
+    p->cost_us[FL_CALL_RESERVE] = 19.0;
+    /* Not measured in the sources we have; assumptions stated here so they can be
+     * overridden: cudaMalloc is "tens to hundreds of microseconds" (FACTS.md), cudaFree
+     * synchronizes the device; releases and address frees are cheap bookkeeping. */
+    p->cost_us[FL_CALL_MEM_ALLOC] = 100.0;
+    p->cost_us[FL_CALL_MEM_FREE] = 100.0;
+    p->cost_us[FL_CALL_RELEASE] = 10.0;
+    p->cost_us[FL_CALL_ADDR_FREE] = 5.0;
+    p->cost_us[FL_CALL_SYNC] = 10.0;
+}
+
+static inline sim_device *sim(fl_device *d) { return (sim_device *)d; }
+
+static fl_status charge(fl_device *d, fl_call c, fl_status s)
+{
+    d->counters.time_us += sim(d)->cost[c];
+    return s;
+}
+
+/* Bytes the cudaMalloc path takes: the driver packs small requests into shared pages
+ * (512 B steps) and gives large ones whole pages of the granularity. */
+static uint64_t mem_alloc_charge(const fl_device *d, uint64_t size)
+{
+    if (size <= d->granularity / 2)
+        return fl_align_up(size, 512);
+    return fl_align_up(size, d->granularity);
+}
+
+static fl_status sim_mem_alloc(fl_device *d, uint64_t size, uint64_t *addr)
+{
+    sim_device *s = sim(d);
+    if (size == 0)
+        return charge(d, FL_CALL_MEM_ALLOC, fl_fail(FL_ERR_INVALID, "sim mem_alloc: size 0"));
+    uint64_t bytes = mem_alloc_charge(d, size);
+    if (bytes > d->capacity - d->counters.in_use)
+        return charge(d, FL_CALL_MEM_ALLOC,
+                      fl_fail(FL_ERR_OOM, "sim mem_alloc: %llu bytes asked, %llu of %llu in use",
+                              (unsigned long long)size, (unsigned long long)d->counters.in_use,
+                              (unsigned long long)d->capacity));
+    uint64_t off;
+    fl_status st = fl_range_alloc(s->va, bytes, bytes >= d->granularity ? d->granularity : 512, &off);
+    if (st != FL_OK)
+        return charge(d, FL_CALL_MEM_ALLOC, st);
+    if (fl_map_put(&s->mem_allocs, SIM_VA_BASE + off, bytes) != FL_OK) {
+        fl_range_free(s->va, off);
+        return charge(d, FL_CALL_MEM_ALLOC, FL_ERR_NOMEM);
+    }
+    d->counters.in_use += bytes;
+    *addr = SIM_VA_BASE + off;
+    return charge(d, FL_CALL_MEM_ALLOC, FL_OK);
+}
+
+static fl_status sim_mem_free(fl_device *d, uint64_t addr)
+{
+    sim_device *s = sim(d);
+    uint64_t bytes;
+    if (!fl_map_remove(&s->mem_allocs, addr, &bytes))
+        return charge(d, FL_CALL_MEM_FREE,
+                      fl_fail(FL_ERR_INVALID, "sim mem_free: 0x%llx was not returned by mem_alloc",
+                              (unsigned long long)addr));
+    fl_range_free(s->va, addr - SIM_VA_BASE);
+    d->counters.in_use -= bytes;
+    return charge(d, FL_CALL_MEM_FREE, FL_OK);
+}
+
+static fl_status check_aligned(const fl_device *d, const char *call, uint64_t va, uint64_t size)
+{
+    if (size == 0 || va % d->granularity || size % d->granularity)
+        return fl_fail(FL_ERR_INVALID, "sim %s: address 0x%llx / size %llu not multiples of the granularity %llu",
+                       call, (unsigned long long)va, (unsigned long long)size,
+                       (unsigned long long)d->granularity);
+    return FL_OK;
+}
+
+static fl_status sim_reserve(fl_device *d, uint64_t size, uint64_t *va)
+{
+    if (!d->vmm_supported)
+        return charge(d, FL_CALL_RESERVE, fl_fail(FL_ERR_UNSUPPORTED, "sim: virtual memory management is off on this device"));
+    sim_device *s = sim(d);
+    fl_status st = check_aligned(d, "reserve", 0, size);
+    if (st != FL_OK)
+        return charge(d, FL_CALL_RESERVE, st);
+    if (s->n_res == s->cap_res) {
+        uint32_t cap = s->cap_res ? s->cap_res * 2 : 8;
+        sim_reservation *r = realloc(s->res, cap * sizeof *r);
+        if (!r)
+            return charge(d, FL_CALL_RESERVE, fl_fail(FL_ERR_NOMEM, "sim reserve: host memory"));
+        s->res = r;
+        s->cap_res = cap;
+    }
+    uint64_t off;
+    st = fl_range_alloc(s->va, size, d->granularity, &off);
+    if (st != FL_OK)
+        return charge(d, FL_CALL_RESERVE,
+                      fl_fail(FL_ERR_OOM, "sim reserve: no %llu bytes of address space left",
+                              (unsigned long long)size));
+    uint64_t a = SIM_VA_BASE + off;
+    uint32_t i = s->n_res;
+    while (i > 0 && s->res[i - 1].va > a) {
+        s->res[i] = s->res[i - 1];
+        i--;
+    }
+    s->res[i] = (sim_reservation){a, size};
+    s->n_res++;
+    *va = a;
+    return charge(d, FL_CALL_RESERVE, FL_OK);
+}
+
+/* Index of the reservation that contains [va, va+size), or -1. */
+static int find_reservation(const sim_device *s, uint64_t va, uint64_t size)
+{
+    uint32_t lo = 0, hi = s->n_res;
+    while (lo < hi) {
+        uint32_t mid = (lo + hi) / 2;
+        if (s->res[mid].va <= va)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == 0)
+        return -1;
+    const sim_reservation *r = &s->res[lo - 1];
+    return (va + size <= r->va + r->size && va + size > va) ? (int)(lo - 1) : -1;
+}
+
+static fl_status sim_addr_free(fl_device *d, uint64_t va, uint64_t size)
+{
+    sim_device *s = sim(d);
+    int i = find_reservation(s, va, size);
+    if (i < 0 || s->res[i].va != va || s->res[i].size != size)
+        return charge(d, FL_CALL_ADDR_FREE,
+                      fl_fail(FL_ERR_INVALID, "sim addr_free: [0x%llx, +%llu) is not a reservation",
+                              (unsigned long long)va, (unsigned long long)size));
+    for (uint64_t g = va / d->granularity; g < (va + size) / d->granularity; g++)
+        if (fl_map_get(&s->granules, g, NULL))
+            return charge(d, FL_CALL_ADDR_FREE,
+                          fl_fail(FL_ERR_INVALID, "sim addr_free: 0x%llx is still mapped",
+                                  (unsigned long long)(g * d->granularity)));
+    fl_range_free(s->va, va - SIM_VA_BASE);
+    memmove(&s->res[i], &s->res[i + 1], (s->n_res - (uint32_t)i - 1) * sizeof *s->res);
+    s->n_res--;
+    return charge(d, FL_CALL_ADDR_FREE, FL_OK);
+}
+
+static fl_status sim_create(fl_device *d, uint64_t size, uint64_t *handle)
+{
+    if (!d->vmm_supported)
+        return charge(d, FL_CALL_CREATE, fl_fail(FL_ERR_UNSUPPORTED, "sim: virtual memory management is off on this device"));
+    sim_device *s = sim(d);
+    fl_status st = check_aligned(d, "create", 0, size);
+    if (st != FL_OK)
+        return charge(d, FL_CALL_CREATE, st);
+    if (size > d->capacity - d->counters.in_use)
+        return charge(d, FL_CALL_CREATE,
+                      fl_fail(FL_ERR_OOM, "sim create: %llu bytes asked, %llu of %llu in use",
+                              (unsigned long long)size, (unsigned long long)d->counters.in_use,
+                              (unsigned long long)d->capacity));
+    if (s->n_handles == s->cap_handles) {
+        uint32_t cap = s->cap_handles ? s->cap_handles * 2 : 64;
+        sim_handle *h = realloc(s->handles, cap * sizeof *h);
+        if (!h)
+            return charge(d, FL_CALL_CREATE, fl_fail(FL_ERR_NOMEM, "sim create: host memory"));
+        s->handles = h;
+        s->cap_handles = cap;
+    }
+    /* Handle ids are never reused, so a stale id is always caught. */
+    s->handles[s->n_handles] = (sim_handle){size, 0, 1};
+    *handle = ++s->n_handles;
+    d->counters.in_use += size;
+    return charge(d, FL_CALL_CREATE, FL_OK);
+}
+
+static sim_handle *get_handle(sim_device *s, uint64_t h)
+{
+    return (h >= 1 && h <= s->n_handles) ? &s->handles[h - 1] : NULL;
+}
+
+/* Physical memory is returned only once the handle is released and unmapped everywhere. */
+static void maybe_reclaim(fl_device *d, sim_handle *h)
+{
+    if (!h->live && h->mappings == 0 && h->size) {
+        d->counters.in_use -= h->size;
+        h->size = 0;
+    }
+}
+
+static fl_status sim_release(fl_device *d, uint64_t handle)
+{
+    sim_handle *h = get_handle(sim(d), handle);
+    if (!h || !h->live)
+        return charge(d, FL_CALL_RELEASE,
+                      fl_fail(FL_ERR_INVALID, "sim release: handle %llu is not live",
+                              (unsigned long long)handle));
+    h->live = 0;
+    maybe_reclaim(d, h);
+    return charge(d, FL_CALL_RELEASE, FL_OK);
+}
+
+static fl_status sim_map(fl_device *d, uint64_t va, uint64_t size, uint64_t handle)
+{
+    if (!d->vmm_supported)
+        return charge(d, FL_CALL_MAP, fl_fail(FL_ERR_UNSUPPORTED, "sim: virtual memory management is off on this device"));
+    sim_device *s = sim(d);
+    fl_status st = check_aligned(d, "map", va, size);
+    if (st != FL_OK)
+        return charge(d, FL_CALL_MAP, st);
+    sim_handle *h = get_handle(s, handle);
+    if (!h || !h->live || h->size != size)
+        return charge(d, FL_CALL_MAP,
+                      fl_fail(FL_ERR_INVALID, "sim map: handle %llu is not a live handle of %llu bytes",
+                              (unsigned long long)handle, (unsigned long long)size));
+    if (find_reservation(s, va, size) < 0)
+        return charge(d, FL_CALL_MAP,
+                      fl_fail(FL_ERR_INVALID, "sim map: [0x%llx, +%llu) is not inside a reservation",
+                              (unsigned long long)va, (unsigned long long)size));
+    uint64_t g0 = va / d->granularity, g1 = (va + size) / d->granularity;
+    for (uint64_t g = g0; g < g1; g++)
+        if (fl_map_get(&s->granules, g, NULL))
+            return charge(d, FL_CALL_MAP,
+                          fl_fail(FL_ERR_INVALID, "sim map: 0x%llx is already mapped",
+                                  (unsigned long long)(g * d->granularity)));
+    for (uint64_t g = g0; g < g1; g++) {
+        if (fl_map_put(&s->granules, g, (handle << 1) | (g == g0)) != FL_OK) {
+            for (uint64_t u = g0; u < g; u++)
+                fl_map_remove(&s->granules, u, NULL);
+            return charge(d, FL_CALL_MAP, FL_ERR_NOMEM);
+        }
+    }
+    h->mappings++;
+    return charge(d, FL_CALL_MAP, FL_OK);
+}
+
+static fl_status sim_unmap(fl_device *d, uint64_t va, uint64_t size)
+{
+    sim_device *s = sim(d);
+    fl_status st = check_aligned(d, "unmap", va, size);
+    if (st != FL_OK)
+        return charge(d, FL_CALL_UNMAP, st);
+    uint64_t g0 = va / d->granularity, g1 = (va + size) / d->granularity, v;
+    /* The driver unmaps whole mappings only: the range must start a mapping and must
+     * not end inside one. */
+    for (uint64_t g = g0; g < g1; g++)
+        if (!fl_map_get(&s->granules, g, &v) || (g == g0 && !(v & 1)))
+            return charge(d, FL_CALL_UNMAP,
+                          fl_fail(FL_ERR_INVALID, "sim unmap: 0x%llx is %s",
+                                  (unsigned long long)(g * d->granularity),
+                                  fl_map_get(&s->granules, g, NULL) ? "inside a mapping, not its start" : "not mapped"));
+    if (fl_map_get(&s->granules, g1, &v) && !(v & 1))
+        return charge(d, FL_CALL_UNMAP,
+                      fl_fail(FL_ERR_INVALID, "sim unmap: [0x%llx, +%llu) ends inside a mapping",
+                              (unsigned long long)va, (unsigned long long)size));
+    for (uint64_t g = g0; g < g1; g++) {
+        fl_map_remove(&s->granules, g, &v);
+        if (v & 1) {
+            sim_handle *h = get_handle(s, v >> 1);
+            h->mappings--;
+            maybe_reclaim(d, h);
+        }
+    }
+    return charge(d, FL_CALL_UNMAP, FL_OK);
+}
+
+static fl_status sim_set_access(fl_device *d, uint64_t va, uint64_t size)
+{
+    sim_device *s = sim(d);
+    fl_status st = check_aligned(d, "set_access", va, size);
+    if (st != FL_OK)
+        return charge(d, FL_CALL_SET_ACCESS, st);
+    for (uint64_t g = va / d->granularity; g < (va + size) / d->granularity; g++)
+        if (!fl_map_get(&s->granules, g, NULL))
+            return charge(d, FL_CALL_SET_ACCESS,
+                          fl_fail(FL_ERR_INVALID, "sim set_access: 0x%llx is not mapped",
+                                  (unsigned long long)(g * d->granularity)));
+    return charge(d, FL_CALL_SET_ACCESS, FL_OK);
+}
+
+static fl_status sim_synchronize(fl_device *d)
+{
+    return charge(d, FL_CALL_SYNC, FL_OK);
+}
+
+static void sim_destroy(fl_device *d)
+{
+    sim_device *s = sim(d);
+    fl_range_destroy(s->va);
+    fl_map_free(&s->mem_allocs);
+    fl_map_free(&s->granules);
+    free(s->handles);
+    free(s->res);
+    free(s);
+}
+
+static const fl_device_ops sim_ops = {
+    .name = "sim",
+    .mem_alloc = sim_mem_alloc,
+    .mem_free = sim_mem_free,
+    .reserve = sim_reserve,
+    .addr_free = sim_addr_free,
+    .create = sim_create,
+    .release = sim_release,
+    .map = sim_map,
+    .unmap = sim_unmap,
+    .set_access = sim_set_access,
+    .synchronize = sim_synchronize,
+    .destroy = sim_destroy,
+};
+
+fl_status fl_sim_device_create(const fl_sim_params *p, fl_device **out)
+{
+    *out = NULL;
+    if (!fl_is_pow2(p->granularity) || p->granularity < 4096)
+        return fl_fail(FL_ERR_INVALID, "sim device: granularity %llu is not a power of two >= 4096",
+                       (unsigned long long)p->granularity);
+    if (p->capacity == 0)
+        return fl_fail(FL_ERR_INVALID, "sim device: capacity 0");
+    for (int i = 0; i < FL_CALL_COUNT; i++)
+        if (!(p->cost_us[i] >= 0))
+            return fl_fail(FL_ERR_INVALID, "sim device: cost of %s is negative", fl_call_name((fl_call)i));
+    sim_device *s = calloc(1, sizeof *s);
+    if (!s)
+        return fl_fail(FL_ERR_NOMEM, "sim device: host memory");
+    s->base.ops = &sim_ops;
+    s->base.capacity = p->capacity;
+    s->base.granularity = p->granularity;
+    s->base.vmm_supported = p->vmm_supported;
+    memcpy(s->cost, p->cost_us, sizeof s->cost);
+    if (fl_range_create(SIM_VA_SIZE, 512, &s->va) != FL_OK || fl_map_init(&s->mem_allocs, 64) != FL_OK ||
+        fl_map_init(&s->granules, 256) != FL_OK) {
+        fl_range_destroy(s->va);
+        fl_map_free(&s->mem_allocs);
+        free(s);
+        return fl_fail(FL_ERR_NOMEM, "sim device: host memory");
+    }
+    *out = &s->base;
+    return FL_OK;
+}

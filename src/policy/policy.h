@@ -1,0 +1,49 @@
+/* The policy interface: interchangeable allocators that take memory from an fl_device.
+ * Every policy embeds `fl_policy` as its first member and keeps `allocated`, `retries`
+ * and `ooms` up to date; reserved memory is what the device says is in use. */
+#ifndef FL_POLICY_H
+#define FL_POLICY_H
+
+#include "device/device.h"
+
+typedef struct fl_policy fl_policy;
+
+typedef struct fl_policy_ops {
+    const char *name;
+    fl_status (*create)(const fl_config *cfg, fl_device *dev, fl_policy **out);
+    void (*destroy)(fl_policy *p);
+    /* size > 0 (the caller checks). On failure nothing changes but the counters. */
+    fl_status (*alloc)(fl_policy *p, uint64_t size, uint64_t stream, uint64_t *addr);
+    /* FL_ERR_NOT_FOUND for an address that is not a live block's start. */
+    fl_status (*free)(fl_policy *p, uint64_t addr);
+    /* Gives cached memory that no live block needs back to the device. */
+    fl_status (*empty_cache)(fl_policy *p);
+    /* Self-check: 0 when every invariant holds, else nonzero with fl_fail() set. */
+    int (*check)(const fl_policy *p);
+} fl_policy_ops;
+
+struct fl_policy {
+    const fl_policy_ops *ops;
+    fl_device *dev;
+    uint64_t allocated;     /* bytes of live blocks as the policy sized them */
+    uint64_t num_allocs;
+    uint64_t num_frees;
+    uint64_t retries;       /* allocations that released cache and tried again */
+    uint64_t ooms;          /* allocations that failed */
+};
+
+extern const fl_policy_ops fl_policy_fragless;
+extern const fl_policy_ops fl_policy_cca;
+extern const fl_policy_ops fl_policy_cca_expandable;
+extern const fl_policy_ops fl_policy_nocache;
+
+/* Looks a policy up by name; NULL if unknown. */
+const fl_policy_ops *fl_policy_find(const char *name);
+/* Creates the policy cfg->policy names (cca + expandable_segments -> cca-expandable). */
+fl_status fl_policy_create(const fl_config *cfg, fl_device *dev, fl_policy **out);
+
+/* PyTorch's request rounding (512 B minimum and multiple, roundup_power2_divisions);
+ * shared by the cca policies and used by replay to size peak_live. */
+uint64_t fl_round_request(const fl_config *cfg, uint64_t size);
+
+#endif

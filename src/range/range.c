@@ -1,0 +1,424 @@
+/* The range allocator: a two-level segregated fit (TLSF) offset allocator whose
+ * metadata lives on the host. Blocks tile [0, capacity) in address order; free blocks
+ * sit in one list per size class; used blocks are found by offset through a hash. */
+#include "range/range_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define NIL 0u
+
+/* Size classes, in units of min_align: sizes below 16 units have one class each;
+ * above, each power of two is cut into 16 classes (at most 6.25% apart). */
+static inline void class_of(uint64_t units, unsigned *fl, unsigned *sl)
+{
+    if (units < RANGE_SL_COUNT) {
+        *fl = 0;
+        *sl = (unsigned)units;
+    } else {
+        unsigned l = (unsigned)fl_log2_floor(units);
+        *fl = l - RANGE_SL_LOG + 1;
+        *sl = (unsigned)(units >> (l - RANGE_SL_LOG)) & (RANGE_SL_COUNT - 1);
+    }
+}
+
+static inline uint32_t *list_head(fl_range *r, unsigned fl, unsigned sl)
+{
+    return &r->heads[fl * RANGE_SL_COUNT + sl];
+}
+
+static void list_insert(fl_range *r, uint32_t n)
+{
+    range_node *b = &r->nodes[n];
+    unsigned fl, sl;
+    class_of(b->size >> r->align_log, &fl, &sl);
+    uint32_t *head = list_head(r, fl, sl);
+    b->prev_free = NIL;
+    b->next_free = *head;
+    if (*head != NIL)
+        r->nodes[*head].prev_free = n;
+    *head = n;
+    r->fl_bitmap |= UINT64_C(1) << fl;
+    r->sl_bitmap[fl] |= 1u << sl;
+}
+
+static void list_remove(fl_range *r, uint32_t n)
+{
+    range_node *b = &r->nodes[n];
+    unsigned fl, sl;
+    class_of(b->size >> r->align_log, &fl, &sl);
+    if (b->prev_free != NIL)
+        r->nodes[b->prev_free].next_free = b->next_free;
+    else
+        *list_head(r, fl, sl) = b->next_free;
+    if (b->next_free != NIL)
+        r->nodes[b->next_free].prev_free = b->prev_free;
+    if (*list_head(r, fl, sl) == NIL) {
+        r->sl_bitmap[fl] &= ~(1u << sl);
+        if (!r->sl_bitmap[fl])
+            r->fl_bitmap &= ~(UINT64_C(1) << fl);
+    }
+}
+
+/* An allocation splits at most twice; growing the node array before touching any
+ * list means a failed growth leaves the allocator exactly as it was. */
+static fl_status reserve_nodes(fl_range *r)
+{
+    if (r->n_nodes + 2 <= r->cap_nodes)
+        return FL_OK;
+    uint32_t cap = r->cap_nodes * 2;
+    range_node *nodes = realloc(r->nodes, (size_t)cap * sizeof *nodes);
+    if (!nodes)
+        return fl_fail(FL_ERR_NOMEM, "range allocator: cannot grow to %u blocks", cap);
+    r->nodes = nodes;
+    r->cap_nodes = cap;
+    return FL_OK;
+}
+
+static uint32_t node_take(fl_range *r)
+{
+    uint32_t n;
+    if (r->free_nodes != NIL) {
+        n = r->free_nodes;
+        r->free_nodes = r->nodes[n].next_free;
+    } else {
+        n = r->n_nodes++;
+    }
+    r->nodes[n].used = 0;
+    return n;
+}
+
+static void node_release(fl_range *r, uint32_t n)
+{
+    r->nodes[n].used = 2; /* recycled: neither free nor used */
+    r->nodes[n].next_free = r->free_nodes;
+    r->free_nodes = n;
+}
+
+fl_status fl_range_create(uint64_t size, uint64_t min_align, fl_range **out)
+{
+    *out = NULL;
+    if (!fl_is_pow2(min_align))
+        return fl_fail(FL_ERR_INVALID, "range allocator: min_align %llu is not a power of two",
+                       (unsigned long long)min_align);
+    if (size == 0 || size % min_align)
+        return fl_fail(FL_ERR_INVALID, "range allocator: size %llu is not a positive multiple of %llu",
+                       (unsigned long long)size, (unsigned long long)min_align);
+    fl_range *r = calloc(1, sizeof *r);
+    if (!r)
+        return fl_fail(FL_ERR_NOMEM, "range allocator: out of host memory");
+    r->capacity = size;
+    r->min_align = min_align;
+    r->align_log = (unsigned)fl_log2_floor(min_align);
+    r->cap_nodes = 64;
+    r->nodes = calloc(r->cap_nodes, sizeof *r->nodes);
+    if (!r->nodes || fl_map_init(&r->used, 64) != FL_OK) {
+        free(r->nodes);
+        free(r);
+        return fl_fail(FL_ERR_NOMEM, "range allocator: out of host memory");
+    }
+    r->n_nodes = 2; /* node 0 is NIL; node 1 always starts at offset 0 */
+    range_node *b = &r->nodes[1];
+    b->offset = 0;
+    b->size = size;
+    b->prev_phys = b->next_phys = NIL;
+    b->used = 0;
+    list_insert(r, 1);
+    r->total_free = size;
+    *out = r;
+    return FL_OK;
+}
+
+void fl_range_destroy(fl_range *r)
+{
+    if (!r)
+        return;
+    fl_map_free(&r->used);
+    free(r->nodes);
+    free(r);
+}
+
+/* Smallest block >= units among at most RANGE_SCAN entries of one class list. */
+static uint32_t scan_class(const fl_range *r, unsigned fl, unsigned sl, uint64_t size)
+{
+    uint32_t best = NIL;
+    uint64_t best_size = UINT64_MAX;
+    int budget = RANGE_SCAN;
+    for (uint32_t n = r->heads[fl * RANGE_SL_COUNT + sl]; n != NIL && budget--; n = r->nodes[n].next_free) {
+        uint64_t s = r->nodes[n].size;
+        if (s >= size && s < best_size) {
+            best = n;
+            best_size = s;
+            if (s == size)
+                break;
+        }
+    }
+    return best;
+}
+
+/* First non-empty class at or above (fl, sl); returns NIL when none. */
+static uint32_t first_class_from(const fl_range *r, unsigned fl, unsigned sl, unsigned *ofl, unsigned *osl)
+{
+    if (fl >= RANGE_FL_COUNT)
+        return NIL;
+    uint32_t sl_map = sl < RANGE_SL_COUNT ? (r->sl_bitmap[fl] & (~0u << sl)) : 0;
+    if (!sl_map) {
+        uint64_t fl_map = fl + 1 < 64 ? (r->fl_bitmap & (~UINT64_C(0) << (fl + 1))) : 0;
+        if (!fl_map)
+            return NIL;
+        fl = (unsigned)__builtin_ctzll(fl_map);
+        sl_map = r->sl_bitmap[fl];
+    }
+    sl = (unsigned)__builtin_ctz(sl_map);
+    *ofl = fl;
+    *osl = sl;
+    return r->heads[fl * RANGE_SL_COUNT + sl];
+}
+
+uint32_t range_find_free(const fl_range *r, uint64_t size)
+{
+    unsigned fl, sl;
+    class_of(size >> r->align_log, &fl, &sl);
+    /* The request's own class holds blocks both smaller and larger than it: look for
+     * the tightest fit there first, so equal-sized churn reuses the same holes. */
+    uint32_t n = scan_class(r, fl, sl, size);
+    if (n != NIL)
+        return n;
+    /* Every block of a higher class fits; take the tightest of the first few. */
+    if (++sl == RANGE_SL_COUNT) {
+        sl = 0;
+        fl++;
+    }
+    unsigned ofl, osl;
+    if (first_class_from(r, fl, sl, &ofl, &osl) == NIL)
+        return NIL;
+    return scan_class(r, ofl, osl, size);
+}
+
+/* Turns free node n into a used block of `size` at its start (+ pad), splitting off
+ * the front padding and the tail as free blocks. Returns the used node. */
+static void carve(fl_range *r, uint32_t n, uint64_t pad, uint64_t size, uint32_t *used_out)
+{
+    list_remove(r, n);
+    uint32_t used = n;
+    if (pad) {
+        uint32_t u = node_take(r);
+        range_node *b = &r->nodes[n], *c = &r->nodes[u];
+        c->offset = b->offset + pad;
+        c->size = b->size - pad;
+        c->prev_phys = n;
+        c->next_phys = b->next_phys;
+        if (b->next_phys != NIL)
+            r->nodes[b->next_phys].prev_phys = u;
+        b->next_phys = u;
+        b->size = pad;
+        list_insert(r, n);
+        used = u;
+    }
+    range_node *b = &r->nodes[used];
+    if (b->size > size) {
+        uint32_t t = node_take(r);
+        b = &r->nodes[used];
+        range_node *c = &r->nodes[t];
+        c->offset = b->offset + size;
+        c->size = b->size - size;
+        c->prev_phys = used;
+        c->next_phys = b->next_phys;
+        c->used = 0;
+        if (b->next_phys != NIL)
+            r->nodes[b->next_phys].prev_phys = t;
+        b->next_phys = t;
+        b->size = size;
+        list_insert(r, t);
+    }
+    b->used = 1;
+    *used_out = used;
+}
+
+/* Merges the physical successor of free node n (free or just-freed) into n. */
+void range_merge_next(fl_range *r, uint32_t n)
+{
+    range_node *b = &r->nodes[n];
+    uint32_t m = b->next_phys;
+    range_node *c = &r->nodes[m];
+    if (b->used == 0)
+        list_remove(r, n);
+    if (c->used == 0)
+        list_remove(r, m);
+    b->size += c->size;
+    b->next_phys = c->next_phys;
+    if (c->next_phys != NIL)
+        r->nodes[c->next_phys].prev_phys = n;
+    node_release(r, m);
+    b->used = 0;
+    list_insert(r, n);
+}
+
+fl_status fl_range_alloc(fl_range *r, uint64_t size, uint64_t align, uint64_t *offset)
+{
+    if (align == 0)
+        align = r->min_align;
+    if (FL_UNLIKELY(size == 0 || !fl_is_pow2(align)))
+        return fl_fail(FL_ERR_INVALID, "range allocator: size %llu / alignment %llu invalid",
+                       (unsigned long long)size, (unsigned long long)align);
+    if (FL_UNLIKELY(size > r->capacity))
+        return fl_fail(FL_ERR_OOM, "range allocator: %llu bytes asked, capacity %llu",
+                       (unsigned long long)size, (unsigned long long)r->capacity);
+    size = fl_align_up(size, r->min_align);
+    if (align < r->min_align)
+        align = r->min_align;
+    uint64_t search = size + (align - r->min_align);
+    if (search < size || search > r->capacity)
+        return fl_fail(FL_ERR_OOM, "range allocator: %llu bytes at alignment %llu do not fit",
+                       (unsigned long long)size, (unsigned long long)align);
+    /* Searching for size + (align - min_align) guarantees an aligned start inside the
+     * block found; a block that would fit only at a lucky offset is not looked for. */
+    if (FL_UNLIKELY(reserve_nodes(r) != FL_OK))
+        return FL_ERR_NOMEM;
+    uint32_t n = range_find_free(r, search);
+    if (n == NIL)
+        return fl_fail(FL_ERR_OOM, "range allocator: no free range of %llu bytes (free %llu, largest %llu)",
+                       (unsigned long long)size, (unsigned long long)r->total_free,
+                       (unsigned long long)fl_range_largest_free(r));
+    uint64_t pad = fl_align_up(r->nodes[n].offset, align) - r->nodes[n].offset;
+    uint32_t used;
+    carve(r, n, pad, size, &used);
+    if (fl_map_put(&r->used, r->nodes[used].offset, used) != FL_OK) {
+        range_free_node(r, used);
+        return fl_fail(FL_ERR_NOMEM, "range allocator: out of host memory for the offset table");
+    }
+    r->total_free -= size;
+    r->live++;
+    *offset = r->nodes[used].offset;
+    return FL_OK;
+}
+
+/* Returns used node n to the free lists, coalescing with free neighbours. The
+ * lower node survives a merge, so node 1 always starts at offset 0. */
+uint32_t range_free_node(fl_range *r, uint32_t n)
+{
+    range_node *b = &r->nodes[n];
+    b->used = 0;
+    list_insert(r, n);
+    if (b->next_phys != NIL && r->nodes[b->next_phys].used == 0)
+        range_merge_next(r, n);
+    uint32_t p = r->nodes[n].prev_phys;
+    if (p != NIL && r->nodes[p].used == 0) {
+        range_merge_next(r, p);
+        return p;
+    }
+    return n;
+}
+
+fl_status fl_range_free(fl_range *r, uint64_t offset)
+{
+    uint64_t v;
+    if (FL_UNLIKELY(!fl_map_remove(&r->used, offset, &v)))
+        return fl_fail(FL_ERR_NOT_FOUND, "range allocator: no live block at offset 0x%llx",
+                       (unsigned long long)offset);
+    uint32_t n = (uint32_t)v;
+    r->total_free += r->nodes[n].size;
+    r->live--;
+    range_free_node(r, n);
+    return FL_OK;
+}
+
+uint64_t fl_range_block_size(const fl_range *r, uint64_t offset)
+{
+    uint64_t v;
+    return fl_map_get(&r->used, offset, &v) ? r->nodes[v].size : 0;
+}
+
+uint64_t fl_range_capacity(const fl_range *r) { return r->capacity; }
+uint64_t fl_range_total_free(const fl_range *r) { return r->total_free; }
+uint64_t fl_range_live_blocks(const fl_range *r) { return r->live; }
+
+uint64_t fl_range_largest_free(const fl_range *r)
+{
+    if (!r->fl_bitmap)
+        return 0;
+    unsigned fl = (unsigned)fl_log2_floor(r->fl_bitmap);
+    unsigned sl = (unsigned)fl_log2_floor(r->sl_bitmap[fl]);
+    uint64_t best = 0;
+    for (uint32_t n = r->heads[fl * RANGE_SL_COUNT + sl]; n != NIL; n = r->nodes[n].next_free)
+        if (r->nodes[n].size > best)
+            best = r->nodes[n].size;
+    return best;
+}
+
+void fl_range_walk(const fl_range *r, fl_range_walker fn, void *user)
+{
+    for (uint32_t n = 1; n != NIL; n = r->nodes[n].next_phys)
+        if (fn(r->nodes[n].offset, r->nodes[n].size, r->nodes[n].used == 1, user))
+            return;
+}
+
+int fl_range_check(const fl_range *r)
+{
+    uint64_t expect = 0, free_sum = 0, used_count = 0, free_count = 0;
+    uint32_t prev = NIL;
+    for (uint32_t n = 1; n != NIL; n = r->nodes[n].next_phys) {
+        const range_node *b = &r->nodes[n];
+        if (n >= r->n_nodes || b->used > 1)
+            return fl_fail(FL_ERR_INVALID, "range check: node %u is recycled but linked", n), 1;
+        if (b->offset != expect)
+            return fl_fail(FL_ERR_INVALID, "range check: block at 0x%llx, expected 0x%llx",
+                           (unsigned long long)b->offset, (unsigned long long)expect), 1;
+        if (b->size == 0 || b->size % r->min_align)
+            return fl_fail(FL_ERR_INVALID, "range check: block at 0x%llx has size %llu",
+                           (unsigned long long)b->offset, (unsigned long long)b->size), 1;
+        if (b->prev_phys != prev)
+            return fl_fail(FL_ERR_INVALID, "range check: broken back link at 0x%llx",
+                           (unsigned long long)b->offset), 1;
+        if (b->used) {
+            uint64_t v;
+            if (!fl_map_get(&r->used, b->offset, &v) || v != n)
+                return fl_fail(FL_ERR_INVALID, "range check: used block 0x%llx missing from the offset table",
+                               (unsigned long long)b->offset), 1;
+            used_count++;
+        } else {
+            if (prev != NIL && r->nodes[prev].used == 0)
+                return fl_fail(FL_ERR_INVALID, "range check: adjacent free blocks at 0x%llx not merged",
+                               (unsigned long long)b->offset), 1;
+            free_sum += b->size;
+            free_count++;
+        }
+        expect += b->size;
+        prev = n;
+    }
+    if (expect != r->capacity)
+        return fl_fail(FL_ERR_INVALID, "range check: blocks cover %llu of %llu bytes",
+                       (unsigned long long)expect, (unsigned long long)r->capacity), 1;
+    if (free_sum != r->total_free)
+        return fl_fail(FL_ERR_INVALID, "range check: free bytes %llu, counter says %llu",
+                       (unsigned long long)free_sum, (unsigned long long)r->total_free), 1;
+    if (used_count != r->live || used_count != r->used.count)
+        return fl_fail(FL_ERR_INVALID, "range check: %llu used blocks, counter %llu, table %llu",
+                       (unsigned long long)used_count, (unsigned long long)r->live,
+                       (unsigned long long)r->used.count), 1;
+    uint64_t listed = 0;
+    for (unsigned fl = 0; fl < RANGE_FL_COUNT; fl++) {
+        for (unsigned sl = 0; sl < RANGE_SL_COUNT; sl++) {
+            uint32_t head = r->heads[fl * RANGE_SL_COUNT + sl];
+            int bit = (r->sl_bitmap[fl] >> sl) & 1;
+            if (bit != (head != NIL))
+                return fl_fail(FL_ERR_INVALID, "range check: class %u/%u bitmap disagrees with its list", fl, sl), 1;
+            uint32_t p = NIL;
+            for (uint32_t n = head; n != NIL; n = r->nodes[n].next_free) {
+                unsigned f2, s2;
+                class_of(r->nodes[n].size >> r->align_log, &f2, &s2);
+                if (r->nodes[n].used != 0 || f2 != fl || s2 != sl || r->nodes[n].prev_free != p)
+                    return fl_fail(FL_ERR_INVALID, "range check: free list %u/%u holds a wrong block", fl, sl), 1;
+                p = n;
+                if (++listed > free_count)
+                    return fl_fail(FL_ERR_INVALID, "range check: free lists hold more blocks than exist"), 1;
+            }
+        }
+        if (((r->fl_bitmap >> fl) & 1) != (r->sl_bitmap[fl] != 0))
+            return fl_fail(FL_ERR_INVALID, "range check: first-level bitmap disagrees at %u", fl), 1;
+    }
+    if (listed != free_count)
+        return fl_fail(FL_ERR_INVALID, "range check: %llu free blocks, %llu listed",
+                       (unsigned long long)free_count, (unsigned long long)listed), 1;
+    return 0;
+}

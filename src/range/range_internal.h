@@ -1,0 +1,42 @@
+/* Layout of the range allocator, shared with the policies that walk it directly
+ * (the fragless policy reads block extents to keep its page accounting). */
+#ifndef FL_RANGE_INTERNAL_H
+#define FL_RANGE_INTERNAL_H
+
+#include "util/util.h"
+
+enum {
+    RANGE_SL_LOG = 4,                 /* 16 classes per power of two */
+    RANGE_SL_COUNT = 1 << RANGE_SL_LOG,
+    RANGE_FL_COUNT = 64,
+    RANGE_SCAN = 8,                   /* blocks examined per class for a tighter fit */
+};
+
+typedef struct range_node {
+    uint64_t offset;
+    uint64_t size;
+    uint32_t prev_phys, next_phys;    /* address-order neighbours, 0 = none */
+    uint32_t prev_free, next_free;    /* class list links (or the recycle list) */
+    uint8_t used;                     /* 0 free, 1 used, 2 recycled node */
+} range_node;
+
+struct fl_range {
+    uint64_t capacity;
+    uint64_t min_align;
+    unsigned align_log;
+    uint64_t total_free;
+    uint64_t live;
+    range_node *nodes;                /* node 0 is the NIL sentinel */
+    uint32_t n_nodes, cap_nodes;
+    uint32_t free_nodes;              /* recycled nodes */
+    uint64_t fl_bitmap;
+    uint32_t sl_bitmap[RANGE_FL_COUNT];
+    uint32_t heads[RANGE_FL_COUNT * RANGE_SL_COUNT];
+    fl_map used;                      /* offset -> node of every used block */
+};
+
+uint32_t range_find_free(const fl_range *r, uint64_t size);
+uint32_t range_free_node(fl_range *r, uint32_t n);
+void range_merge_next(fl_range *r, uint32_t n);
+
+#endif

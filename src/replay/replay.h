@@ -1,0 +1,75 @@
+/* Replay: runs a trace through a policy on a simulated device and measures it.
+ * A trace is first prepared (pointer ids -> dense slots, sizes checked, peak live
+ * computed) once; each replay then runs on a fresh sim device. */
+#ifndef FL_REPLAY_H
+#define FL_REPLAY_H
+
+#include "policy/policy.h"
+#include "trace/trace.h"
+
+typedef struct fl_op {
+    uint64_t size;      /* requested bytes (alloc), 0 for free */
+    uint64_t stream;
+    uint32_t slot;      /* dense id of the block */
+    uint8_t kind;       /* fl_event_kind */
+} fl_op;
+
+typedef struct fl_prepared {
+    char *name;             /* file name without directories */
+    fl_op *ops;
+    size_t n_ops;
+    uint32_t n_slots;
+    uint64_t n_allocs;      /* FL_EV_ALLOC ops */
+    uint64_t n_frees;
+    uint64_t n_recorded_failures;
+    uint64_t unknown_frees; /* frees of pointers never allocated: skipped */
+    uint64_t peak_live;     /* max live bytes, each request rounded up to 512 B */
+    size_t peak_live_op;    /* index of the op at which peak_live was first reached */
+    uint64_t end_live;      /* live bytes after the last op */
+    uint64_t n_streams;
+    char **warnings;        /* what prepare tolerated, "PATH:LINE: message" */
+    size_t n_warnings;
+} fl_prepared;
+
+fl_status fl_prepare(const fl_trace *t, fl_prepared **out);
+void fl_prepared_free(fl_prepared *p);
+
+typedef struct fl_replay_opts {
+    fl_config cfg;          /* policy and knobs */
+    fl_sim_params sim;      /* device: capacity, granularity, cost model */
+    int timeline_buckets;   /* > 0: fill result.timeline with that many windows */
+    int check_every;        /* > 0: run the policy self-check every N ops (tests) */
+} fl_replay_opts;
+
+typedef struct fl_timeline_bucket {
+    size_t first_op, end_op;    /* [first_op, end_op) */
+    uint64_t max_live;
+    uint64_t max_reserved;
+    uint64_t calls;             /* device calls in this window, all kinds */
+    double device_us;
+} fl_timeline_bucket;
+
+typedef struct fl_replay_result {
+    uint64_t peak_live;
+    uint64_t peak_reserved;     /* device peak physical bytes in use */
+    uint64_t peak_allocated;    /* max of the policy's own rounded live bytes */
+    uint64_t ooms;              /* regular allocations that failed */
+    size_t first_oom_op;        /* op index of the first OOM, n_ops if none */
+    uint64_t retries;
+    fl_device_counters dev;
+    uint64_t host_ns;           /* time inside the policy's alloc/free, whole replay */
+    uint64_t pairs;             /* allocations served (pairs for host ns per pair) */
+    fl_timeline_bucket *timeline;
+    int n_buckets;
+} fl_replay_result;
+
+fl_status fl_replay(const fl_prepared *p, const fl_replay_opts *o, fl_replay_result *r);
+void fl_replay_result_free(fl_replay_result *r);
+
+/* Smallest capacity (a multiple of the granularity) at which the trace replays with no
+ * OOM, by binary search between ceil(peak_live) and the unlimited run's peak_reserved.
+ * unlimited: result of the run without a limit (its peak_reserved bounds the search). */
+fl_status fl_min_capacity(const fl_prepared *p, const fl_replay_opts *o,
+                          const fl_replay_result *unlimited, uint64_t *min_cap);
+
+#endif

@@ -1,0 +1,58 @@
+/* Internal helpers shared by every layer: error reporting, integer maths, a hash map
+ * from 64-bit keys to 64-bit values. Never included from outside src/ and tests/. */
+#ifndef FL_UTIL_H
+#define FL_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fragless.h"
+
+#define FL_KiB (UINT64_C(1) << 10)
+#define FL_MiB (UINT64_C(1) << 20)
+#define FL_GiB (UINT64_C(1) << 30)
+
+#if defined(__GNUC__)
+#define FL_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#define FL_LIKELY(x) __builtin_expect(!!(x), 1)
+#define FL_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define FL_PRINTF(a, b)
+#define FL_LIKELY(x) (x)
+#define FL_UNLIKELY(x) (x)
+#endif
+
+/* Records the message for fl_last_error() and returns s, so `return fl_fail(...)` reads well. */
+fl_status fl_fail(fl_status s, const char *fmt, ...) FL_PRINTF(2, 3);
+void fl_clear_error(void);
+
+static inline uint64_t fl_align_up(uint64_t x, uint64_t a) { return (x + a - 1) & ~(a - 1); }
+static inline uint64_t fl_align_down(uint64_t x, uint64_t a) { return x & ~(a - 1); }
+static inline bool fl_is_pow2(uint64_t x) { return x && !(x & (x - 1)); }
+static inline int fl_log2_floor(uint64_t x) { return 63 - __builtin_clzll(x); }
+static inline uint64_t fl_div_up(uint64_t x, uint64_t d) { return (x + d - 1) / d; }
+
+/* Open-addressing hash map (linear probing, backward-shift deletion). The key
+ * UINT64_MAX is reserved. Lookups and updates O(1) expected; grows at 1/2 load. */
+typedef struct fl_map {
+    uint64_t *keys;
+    uint64_t *vals;
+    uint64_t mask;
+    uint64_t count;
+} fl_map;
+
+fl_status fl_map_init(fl_map *m, uint64_t expected);
+void fl_map_free(fl_map *m);
+void fl_map_clear(fl_map *m);
+/* Inserts or overwrites. */
+fl_status fl_map_put(fl_map *m, uint64_t key, uint64_t val);
+/* Returns true and stores the value when the key is present. */
+bool fl_map_get(const fl_map *m, uint64_t key, uint64_t *val);
+/* Returns true and stores the old value when the key was present. */
+bool fl_map_remove(fl_map *m, uint64_t key, uint64_t *val);
+
+/* Monotonic clock in nanoseconds. */
+uint64_t fl_now_ns(void);
+
+#endif
