@@ -273,14 +273,18 @@ fl_status fl_range_alloc(fl_range *r, uint64_t size, uint64_t align, uint64_t *o
                        (unsigned long long)size, (unsigned long long)align);
     /* Searching for size + (align - min_align) guarantees an aligned start inside the
      * block found; a block that would fit only at a lucky offset is not looked for. */
-    if (FL_UNLIKELY(reserve_nodes(r) != FL_OK))
-        return FL_ERR_NOMEM;
     uint32_t n = range_find_free(r, search);
     if (n == NIL)
         return fl_fail(FL_ERR_OOM, "range allocator: no free range of %llu bytes (free %llu, largest %llu)",
                        (unsigned long long)size, (unsigned long long)r->total_free,
                        (unsigned long long)fl_range_largest_free(r));
-    uint64_t pad = fl_align_up(r->nodes[n].offset, align) - r->nodes[n].offset;
+    return range_take(r, n, fl_align_up(r->nodes[n].offset, align) - r->nodes[n].offset, size, offset);
+}
+
+fl_status range_take(fl_range *r, uint32_t n, uint64_t pad, uint64_t size, uint64_t *offset)
+{
+    if (FL_UNLIKELY(reserve_nodes(r) != FL_OK))
+        return FL_ERR_NOMEM;
     uint32_t used;
     carve(r, n, pad, size, &used);
     if (fl_map_put(&r->used, r->nodes[used].offset, used) != FL_OK) {
@@ -310,17 +314,24 @@ uint32_t range_free_node(fl_range *r, uint32_t n)
     return n;
 }
 
-fl_status fl_range_free(fl_range *r, uint64_t offset)
+fl_status range_free_sized(fl_range *r, uint64_t offset, uint64_t *size)
 {
     uint64_t v;
     if (FL_UNLIKELY(!fl_map_remove(&r->used, offset, &v)))
         return fl_fail(FL_ERR_NOT_FOUND, "range allocator: no live block at offset 0x%llx",
                        (unsigned long long)offset);
     uint32_t n = (uint32_t)v;
-    r->total_free += r->nodes[n].size;
+    *size = r->nodes[n].size;
+    r->total_free += *size;
     r->live--;
     range_free_node(r, n);
     return FL_OK;
+}
+
+fl_status fl_range_free(fl_range *r, uint64_t offset)
+{
+    uint64_t size;
+    return range_free_sized(r, offset, &size);
 }
 
 uint64_t fl_range_block_size(const fl_range *r, uint64_t offset)

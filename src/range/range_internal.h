@@ -35,7 +35,13 @@ struct fl_range {
     fl_map used;                      /* offset -> node of every used block */
 };
 
+/* fl_range_free that also says how large the block was (one hash lookup, not two). */
+fl_status range_free_sized(fl_range *r, uint64_t offset, uint64_t *size);
+/* Free node holding at least size bytes (TLSF search), 0 if none. */
 uint32_t range_find_free(const fl_range *r, uint64_t size);
+/* Makes [start + pad, start + pad + size) of free node n a used block; the caller chose
+ * pad (a multiple of min_align, pad + size <= the node's size). */
+fl_status range_take(fl_range *r, uint32_t n, uint64_t pad, uint64_t size, uint64_t *offset);
 uint32_t range_free_node(fl_range *r, uint32_t n);
 void range_merge_next(fl_range *r, uint32_t n);
 

@@ -73,3 +73,25 @@ fl_status fl_min_capacity(const fl_prepared *p, const fl_replay_opts *o,
                           const fl_replay_result *unlimited, uint64_t *min_cap);
 
 #endif
+
+/* What compare reports for one trace and one policy: the run without a limit, the
+ * min_capacity search, and optionally a run at a given capacity. The second half of
+ * each run (ops n/2..n) is reported apart: that is the steady state of a training
+ * trace, where a good allocator makes no device calls. */
+typedef struct fl_measure {
+    fl_replay_result unlimited;
+    uint64_t min_capacity;          /* 0 when not searched */
+    uint64_t capacity;              /* 0 when no capacity run */
+    fl_replay_result at_capacity;
+    uint64_t unlimited_late_calls;  /* device calls in the second half */
+    double unlimited_late_us;
+    uint64_t capacity_late_calls;
+    double capacity_late_us;
+} fl_measure;
+
+fl_status fl_measure_run(const fl_prepared *p, const fl_replay_opts *o, uint64_t capacity, int min_capacity,
+                         fl_measure *m);
+void fl_measure_free(fl_measure *m);
+
+/* Reads a trace file (CSV) and prepares it; warnings go to `warn` (may be NULL). */
+fl_status fl_load_trace(const char *path, FILE *warn, fl_prepared **out);

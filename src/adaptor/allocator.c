@@ -1,0 +1,71 @@
+/* The allocator object of the C API: one policy on one device, with the statistics
+ * adaptor (peaks, counts) every frontend reports. Not thread safe yet: one caller. */
+#include <stdlib.h>
+
+#include "policy/policy.h"
+
+struct fl_allocator {
+    fl_policy *policy;
+    uint64_t peak_allocated;
+};
+
+fl_status fl_allocator_create(const fl_config *cfg, fl_device *dev, fl_allocator **out)
+{
+    *out = NULL;
+    fl_allocator *a = calloc(1, sizeof *a);
+    if (!a)
+        return fl_fail(FL_ERR_NOMEM, "allocator: host memory");
+    fl_status s = fl_policy_create(cfg, dev, &a->policy);
+    if (s != FL_OK) {
+        free(a);
+        return s;
+    }
+    *out = a;
+    return FL_OK;
+}
+
+void fl_allocator_destroy(fl_allocator *a)
+{
+    if (!a)
+        return;
+    a->policy->ops->destroy(a->policy);
+    free(a);
+}
+
+fl_status fl_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr)
+{
+    if (size == 0)
+        return fl_fail(FL_ERR_INVALID, "fl_alloc: size 0");
+    fl_status s = a->policy->ops->alloc(a->policy, size, stream, addr);
+    if (s == FL_OK && a->policy->allocated > a->peak_allocated)
+        a->peak_allocated = a->policy->allocated;
+    return s;
+}
+
+fl_status fl_free(fl_allocator *a, uint64_t addr)
+{
+    return a->policy->ops->free(a->policy, addr);
+}
+
+fl_status fl_empty_cache(fl_allocator *a)
+{
+    return a->policy->ops->empty_cache(a->policy);
+}
+
+void fl_get_stats(const fl_allocator *a, fl_stats *out)
+{
+    const fl_policy *p = a->policy;
+    out->allocated_bytes = p->allocated;
+    out->reserved_bytes = p->dev->counters.in_use;
+    out->peak_allocated_bytes = a->peak_allocated;
+    out->peak_reserved_bytes = p->dev->counters.peak_in_use;
+    out->num_allocs = p->num_allocs;
+    out->num_frees = p->num_frees;
+    out->num_alloc_retries = p->retries;
+    out->num_ooms = p->ooms;
+}
+
+int fl_allocator_check(const fl_allocator *a)
+{
+    return a->policy->ops->check(a->policy);
+}

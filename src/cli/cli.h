@@ -1,0 +1,25 @@
+/* Shared by the CLI's files: parsed options and the commands. */
+#ifndef FL_CLI_H
+#define FL_CLI_H
+
+#include "replay/replay.h"
+
+enum { CLI_EXIT_OK = 0, CLI_EXIT_USAGE = 1, CLI_EXIT_INPUT = 2, CLI_EXIT_OOM = 3, CLI_EXIT_ERROR = 4 };
+#define CLI_MAX_TRACES 256
+
+typedef struct cli_opts {
+    fl_replay_opts opts;        /* config and device shared by every run */
+    const char *traces[CLI_MAX_TRACES];
+    int n_traces;
+    const char *policies;       /* comma-separated */
+    uint64_t capacity;          /* absolute, 0 = none */
+    double capacity_factor;     /* times peak_live, 0 = none */
+    int min_capacity;
+    int timeline;
+    const char *format;         /* table, csv, json */
+} cli_opts;
+
+int cli_compare(const cli_opts *o);
+int cli_replay(const cli_opts *o);
+
+#endif

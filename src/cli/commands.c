@@ -1,0 +1,310 @@
+/* The replay and compare commands: load traces, run the measurements, print them as a
+ * table, CSV or JSON. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/cli.h"
+
+#define MAX_POLICIES 16
+
+static void load_error(void)
+{
+    fprintf(stderr, "fragless: %s\n", fl_last_error());
+}
+
+static int status_exit(fl_status s)
+{
+    return (s == FL_ERR_PARSE || s == FL_ERR_IO) ? CLI_EXIT_INPUT : CLI_EXIT_ERROR;
+}
+
+/* Splits the policy list and checks every name. */
+static int split_policies(const char *list, char names[][32], int *n)
+{
+    *n = 0;
+    const char *p = list;
+    while (*p) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        if (len == 0 || len >= 32 || *n == MAX_POLICIES) {
+            fprintf(stderr, "fragless: --policies '%s': expected names separated by commas\n", list);
+            return CLI_EXIT_USAGE;
+        }
+        memcpy(names[*n], p, len);
+        names[*n][len] = 0;
+        if (!fl_policy_find(names[*n])) {
+            fprintf(stderr, "fragless: unknown policy '%s' (fragless, cca, cca-expandable, nocache)\n", names[*n]);
+            return CLI_EXIT_USAGE;
+        }
+        (*n)++;
+        p = end ? end + 1 : p + len;
+    }
+    if (*n == 0) {
+        fprintf(stderr, "fragless: no policy given\n");
+        return CLI_EXIT_USAGE;
+    }
+    return 0;
+}
+
+static uint64_t capacity_for(const cli_opts *o, const fl_prepared *p)
+{
+    if (o->capacity_factor > 0) {
+        /* Whole pages, rounded down: "1.05x" never grants more than asked. */
+        uint64_t g = o->opts.sim.granularity;
+        uint64_t c = (uint64_t)((double)p->peak_live * o->capacity_factor) / g * g;
+        return c ? c : g;
+    }
+    return o->capacity;
+}
+
+static uint64_t calls_of(const fl_device_counters *c)
+{
+    uint64_t n = 0;
+    for (int i = 0; i < FL_CALL_COUNT; i++)
+        n += c->calls[i];
+    return n;
+}
+
+static double ns_per_pair(const fl_replay_result *r)
+{
+    return r->pairs ? (double)r->host_ns / (double)r->pairs : 0;
+}
+
+static double gib(uint64_t b) { return (double)b / (double)FL_GiB; }
+
+static void print_calls_json(FILE *f, const fl_device_counters *c)
+{
+    fprintf(f, "{");
+    for (int i = 0; i < FL_CALL_COUNT; i++)
+        fprintf(f, "%s\"%s\": %llu", i ? ", " : "", fl_call_name((fl_call)i), (unsigned long long)c->calls[i]);
+    fprintf(f, "}");
+}
+
+static void print_row(const cli_opts *o, const fl_prepared *p, const char *policy, const fl_measure *m, int first)
+{
+    const fl_replay_result *u = &m->unlimited, *c = &m->at_capacity;
+    double mc_ratio = m->min_capacity ? (double)m->min_capacity / (double)p->peak_live : 0;
+    double overhead = p->peak_live ? (double)u->peak_reserved / (double)p->peak_live : 0;
+    if (!strcmp(o->format, "json")) {
+        printf("%s  {\"trace\": \"%s\", \"policy\": \"%s\", \"events\": %zu, \"peak_live\": %llu, "
+               "\"peak_reserved\": %llu, \"overhead\": %.4f, ",
+               first ? "" : ",\n", p->name, policy, p->n_ops, (unsigned long long)p->peak_live,
+               (unsigned long long)u->peak_reserved, overhead);
+        if (m->min_capacity)
+            printf("\"min_capacity\": %llu, \"min_capacity_ratio\": %.4f, ", (unsigned long long)m->min_capacity,
+                   mc_ratio);
+        printf("\"device_calls\": %llu, \"device_ms\": %.3f, \"late_device_calls\": %llu, \"late_device_ms\": %.3f, "
+               "\"calls_by_kind\": ",
+               (unsigned long long)calls_of(&u->dev), u->dev.time_us / 1e3, (unsigned long long)m->unlimited_late_calls,
+               m->unlimited_late_us / 1e3);
+        print_calls_json(stdout, &u->dev);
+        printf(", \"host_ns_per_pair\": %.1f", ns_per_pair(u));
+        if (m->capacity) {
+            printf(", \"capacity\": %llu, \"ooms\": %llu, \"capacity_peak_reserved\": %llu, "
+                   "\"capacity_device_calls\": %llu, \"capacity_device_ms\": %.3f, \"capacity_late_device_calls\": %llu, "
+                   "\"capacity_late_device_ms\": %.3f, \"capacity_calls_by_kind\": ",
+                   (unsigned long long)m->capacity, (unsigned long long)c->ooms, (unsigned long long)c->peak_reserved,
+                   (unsigned long long)calls_of(&c->dev), c->dev.time_us / 1e3,
+                   (unsigned long long)m->capacity_late_calls, m->capacity_late_us / 1e3);
+            print_calls_json(stdout, &c->dev);
+        }
+        printf("}");
+        return;
+    }
+    if (!strcmp(o->format, "csv")) {
+        if (first) {
+            printf("trace,policy,events,peak_live,peak_reserved,overhead,min_capacity,min_capacity_ratio,"
+                   "device_calls,device_ms,late_device_calls,late_device_ms,host_ns_per_pair");
+            for (int i = 0; i < FL_CALL_COUNT; i++)
+                printf(",calls_%s", fl_call_name((fl_call)i));
+            printf(",capacity,ooms,capacity_device_calls,capacity_device_ms,capacity_late_device_calls,"
+                   "capacity_late_device_ms\n");
+        }
+        printf("%s,%s,%zu,%llu,%llu,%.4f,%llu,%.4f,%llu,%.3f,%llu,%.3f,%.1f", p->name, policy, p->n_ops,
+               (unsigned long long)p->peak_live, (unsigned long long)u->peak_reserved, overhead,
+               (unsigned long long)m->min_capacity, mc_ratio, (unsigned long long)calls_of(&u->dev),
+               u->dev.time_us / 1e3, (unsigned long long)m->unlimited_late_calls, m->unlimited_late_us / 1e3,
+               ns_per_pair(u));
+        for (int i = 0; i < FL_CALL_COUNT; i++)
+            printf(",%llu", (unsigned long long)u->dev.calls[i]);
+        if (m->capacity)
+            printf(",%llu,%llu,%llu,%.3f,%llu,%.3f\n", (unsigned long long)m->capacity, (unsigned long long)c->ooms,
+                   (unsigned long long)calls_of(&c->dev), c->dev.time_us / 1e3,
+                   (unsigned long long)m->capacity_late_calls, m->capacity_late_us / 1e3);
+        else
+            printf(",,,,,,\n");
+        return;
+    }
+    char mc[32] = "-", ratio[16] = "-";
+    if (m->min_capacity) {
+        snprintf(mc, sizeof mc, "%.3f", gib(m->min_capacity));
+        snprintf(ratio, sizeof ratio, "%.4f", mc_ratio);
+    }
+    printf("  %-15s %9.3f %8.4f %9s %9s %7llu %9.1f %6llu %8.1f %8.1f", policy, gib(u->peak_reserved), overhead, mc,
+           ratio, (unsigned long long)calls_of(&u->dev), u->dev.time_us / 1e3,
+           (unsigned long long)m->unlimited_late_calls, m->unlimited_late_us / 1e3, ns_per_pair(u));
+    if (m->capacity)
+        printf(" | %5llu %7llu %9.1f %6llu %8.1f", (unsigned long long)c->ooms, (unsigned long long)calls_of(&c->dev),
+               c->dev.time_us / 1e3, (unsigned long long)m->capacity_late_calls, m->capacity_late_us / 1e3);
+    printf("\n");
+}
+
+static void print_trace_header(const cli_opts *o, const fl_prepared *p, uint64_t capacity)
+{
+    if (strcmp(o->format, "table"))
+        return;
+    char live[32], cap[32];
+    printf("%s: %zu events, %llu streams, peak live %s (%.3f GiB)\n", p->name, p->n_ops,
+           (unsigned long long)p->n_streams, fl_format_size(p->peak_live, live, sizeof live), gib(p->peak_live));
+    printf("  %-15s %9s %8s %9s %9s %7s %9s %6s %8s %8s", "policy", "reserved", "overhead", "min_cap", "min/live",
+           "calls", "dev_ms", "late", "late_ms", "ns/pair");
+    if (capacity)
+        printf(" | at capacity %s: ooms calls dev_ms late late_ms", fl_format_size(capacity, cap, sizeof cap));
+    printf("\n  %-15s %9s %8s %9s %9s\n", "", "GiB", "", "GiB", "");
+}
+
+int cli_compare(const cli_opts *o)
+{
+    char names[MAX_POLICIES][32];
+    int np, rc = split_policies(o->policies, names, &np);
+    if (rc)
+        return rc;
+    int first = 1;
+    if (!strcmp(o->format, "json"))
+        printf("[\n");
+    for (int t = 0; t < o->n_traces; t++) {
+        fl_prepared *p;
+        fl_status s = fl_load_trace(o->traces[t], stderr, &p);
+        if (s != FL_OK) {
+            load_error();
+            return status_exit(s);
+        }
+        uint64_t capacity = capacity_for(o, p);
+        print_trace_header(o, p, capacity);
+        for (int i = 0; i < np; i++) {
+            fl_replay_opts ro = o->opts;
+            snprintf(ro.cfg.policy, sizeof ro.cfg.policy, "%.31s", names[i]);
+            fl_measure m;
+            if ((s = fl_measure_run(p, &ro, capacity, o->min_capacity, &m)) != FL_OK) {
+                fprintf(stderr, "fragless: %s, policy %s: %s\n", p->name, names[i], fl_last_error());
+                fl_prepared_free(p);
+                return status_exit(s);
+            }
+            print_row(o, p, names[i], &m, first);
+            first = 0;
+            fl_measure_free(&m);
+        }
+        if (!strcmp(o->format, "table") && t + 1 < o->n_traces)
+            printf("\n");
+        fl_prepared_free(p);
+    }
+    if (!strcmp(o->format, "json"))
+        printf("\n]\n");
+    return CLI_EXIT_OK;
+}
+
+int cli_replay(const cli_opts *o)
+{
+    char names[MAX_POLICIES][32];
+    int np, rc = split_policies(o->policies, names, &np);
+    if (rc)
+        return rc;
+    if (np != 1) {
+        fprintf(stderr, "fragless: replay takes one --policy\n");
+        return CLI_EXIT_USAGE;
+    }
+    fl_prepared *p;
+    fl_status s = fl_load_trace(o->traces[0], stderr, &p);
+    if (s != FL_OK) {
+        load_error();
+        return status_exit(s);
+    }
+    fl_replay_opts ro = o->opts;
+    snprintf(ro.cfg.policy, sizeof ro.cfg.policy, "%.31s", names[0]);
+    uint64_t capacity = capacity_for(o, p);
+    if (capacity)
+        ro.sim.capacity = capacity;
+    ro.timeline_buckets = o->timeline;
+    fl_replay_result r;
+    if ((s = fl_replay(p, &ro, &r)) != FL_OK) {
+        fprintf(stderr, "fragless: %s, policy %s: %s\n", p->name, names[0], fl_last_error());
+        fl_prepared_free(p);
+        return status_exit(s);
+    }
+    uint64_t min_cap = 0;
+    if (o->min_capacity && !r.ooms) {
+        fl_replay_opts mo = ro;
+        mo.timeline_buckets = 0;
+        if ((s = fl_min_capacity(p, &mo, &r, &min_cap)) != FL_OK) {
+            fprintf(stderr, "fragless: %s: %s\n", p->name, fl_last_error());
+            fl_replay_result_free(&r);
+            fl_prepared_free(p);
+            return status_exit(s);
+        }
+    }
+    int json = !strcmp(o->format, "json"), csv = !strcmp(o->format, "csv");
+    char b1[32], b2[32], b3[32];
+    if (json) {
+        printf("{\"trace\": \"%s\", \"policy\": \"%s\", \"events\": %zu, \"capacity\": %llu, \"peak_live\": %llu, "
+               "\"peak_reserved\": %llu, \"peak_allocated\": %llu, \"ooms\": %llu, \"first_oom_event\": %lld, "
+               "\"retries\": %llu, \"device_calls\": %llu, \"device_ms\": %.3f, \"host_ns_per_pair\": %.1f, "
+               "\"min_capacity\": %llu, \"calls_by_kind\": ",
+               p->name, names[0], p->n_ops, (unsigned long long)capacity, (unsigned long long)p->peak_live,
+               (unsigned long long)r.peak_reserved, (unsigned long long)r.peak_allocated, (unsigned long long)r.ooms,
+               r.ooms ? (long long)r.first_oom_op : -1LL, (unsigned long long)r.retries,
+               (unsigned long long)calls_of(&r.dev), r.dev.time_us / 1e3, ns_per_pair(&r),
+               (unsigned long long)min_cap);
+        print_calls_json(stdout, &r.dev);
+        printf(", \"timeline\": [");
+        for (int b = 0; b < r.n_buckets; b++)
+            printf("%s{\"first_event\": %zu, \"end_event\": %zu, \"max_live\": %llu, \"max_reserved\": %llu, "
+                   "\"device_calls\": %llu, \"device_ms\": %.3f}",
+                   b ? ", " : "", r.timeline[b].first_op, r.timeline[b].end_op,
+                   (unsigned long long)r.timeline[b].max_live, (unsigned long long)r.timeline[b].max_reserved,
+                   (unsigned long long)r.timeline[b].calls, r.timeline[b].device_us / 1e3);
+        printf("]}\n");
+    } else if (csv) {
+        printf("first_event,end_event,max_live,max_reserved,device_calls,device_ms\n");
+        for (int b = 0; b < r.n_buckets; b++)
+            printf("%zu,%zu,%llu,%llu,%llu,%.3f\n", r.timeline[b].first_op, r.timeline[b].end_op,
+                   (unsigned long long)r.timeline[b].max_live, (unsigned long long)r.timeline[b].max_reserved,
+                   (unsigned long long)r.timeline[b].calls, r.timeline[b].device_us / 1e3);
+    } else {
+        printf("%s under %s, capacity %s\n", p->name, names[0],
+               capacity ? fl_format_size(capacity, b1, sizeof b1) : "unlimited");
+        printf("  events %zu (%llu allocations, %llu frees, %llu recorded failures, %llu unknown frees skipped)\n",
+               p->n_ops, (unsigned long long)p->n_allocs, (unsigned long long)p->n_frees,
+               (unsigned long long)p->n_recorded_failures, (unsigned long long)p->unknown_frees);
+        printf("  peak live %s, peak reserved %s (overhead %.4f), peak allocated by the policy %s\n",
+               fl_format_size(p->peak_live, b1, sizeof b1), fl_format_size(r.peak_reserved, b2, sizeof b2),
+               p->peak_live ? (double)r.peak_reserved / (double)p->peak_live : 0,
+               fl_format_size(r.peak_allocated, b3, sizeof b3));
+        if (min_cap)
+            printf("  min capacity %s (%.4f x peak live)\n", fl_format_size(min_cap, b1, sizeof b1),
+                   (double)min_cap / (double)p->peak_live);
+        printf("  out of memory: %llu allocations", (unsigned long long)r.ooms);
+        if (r.ooms)
+            printf(" (first at event %zu)", r.first_oom_op);
+        printf(", retries after freeing cache: %llu\n", (unsigned long long)r.retries);
+        printf("  device calls %llu, simulated device time %.1f ms:", (unsigned long long)calls_of(&r.dev),
+               r.dev.time_us / 1e3);
+        for (int i = 0; i < FL_CALL_COUNT; i++)
+            if (r.dev.calls[i])
+                printf(" %s %llu", fl_call_name((fl_call)i), (unsigned long long)r.dev.calls[i]);
+        printf("\n  host time %.1f ns per allocation + free\n", ns_per_pair(&r));
+        if (r.n_buckets) {
+            printf("\n  timeline (peak live at event %zu):\n  %17s %10s %10s %8s %9s\n", p->peak_live_op,
+                   "events", "live MiB", "resv MiB", "calls", "dev_ms");
+            for (int b = 0; b < r.n_buckets; b++) {
+                const fl_timeline_bucket *tb = &r.timeline[b];
+                int has_peak = p->peak_live_op >= tb->first_op && p->peak_live_op < tb->end_op;
+                printf("  %8zu-%-8zu %10.1f %10.1f %8llu %9.2f%s\n", tb->first_op, tb->end_op,
+                       (double)tb->max_live / (double)FL_MiB, (double)tb->max_reserved / (double)FL_MiB,
+                       (unsigned long long)tb->calls, tb->device_us / 1e3, has_peak ? "  <- peak live" : "");
+            }
+        }
+    }
+    int exit_code = (capacity && r.ooms) ? CLI_EXIT_OOM : CLI_EXIT_OK;
+    fl_replay_result_free(&r);
+    fl_prepared_free(p);
+    return exit_code;
+}

@@ -1,0 +1,198 @@
+/* The fragless command-line tool: argument parsing, help texts, exit codes, and the
+ * replay and compare commands over the replay library. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+
+#define FRAGLESS_VERSION "0.1.0"
+
+static const char main_help[] =
+    "usage: fragless COMMAND [ARGS]\n"
+    "\n"
+    "How much GPU memory does an allocation trace need under each allocator?\n"
+    "Traces are RMM CSV logs (Thread,Time,Action,Pointer,Size,Stream).\n"
+    "\n"
+    "commands:\n"
+    "  compare TRACE...   every policy side by side: peak reserved, min capacity, device calls\n"
+    "  replay TRACE       one policy in detail, with a timeline of device calls\n"
+    "  help [COMMAND]     this text, or a command's\n"
+    "  version            the version\n"
+    "\n"
+    "policies: fragless (ours), cca (PyTorch's default caching allocator),\n"
+    "          cca-expandable (PyTorch's expandable segments), nocache (no cache)\n"
+    "\n"
+    "exit codes: 0 done; 1 bad usage; 2 a trace could not be read or is malformed;\n"
+    "            3 replay ran out of memory at --capacity; 4 other error\n";
+
+static const char replay_help[] =
+    "usage: fragless replay TRACE [--policy P] [--capacity SIZE] [--conf CONF]\n"
+    "                             [--timeline N] [--format table|csv|json]\n"
+    "\n"
+    "Replays TRACE through one policy on a simulated GPU and reports peak live and\n"
+    "reserved memory, OOMs, device calls by kind, simulated device time and host time.\n"
+    "\n"
+    "  --policy P        fragless (default), cca, cca-expandable, nocache\n"
+    "  --capacity SIZE   device capacity: 80GiB, 512MiB, or 1.05x (times the trace's\n"
+    "                    peak live bytes); default unlimited\n"
+    "  --conf CONF       FRAGLESS_CONF-style knobs, e.g. max_split_size_mb:128,\n"
+    "                    roundup_power2_divisions:4, garbage_collection_threshold:0.8\n"
+    "  --granularity SZ  device page size (default 2MiB)\n"
+    "  --timeline N      also print N windows of the trace: live, reserved, device calls\n"
+    "  --min-capacity    also search the smallest capacity that runs without OOM\n"
+    "  --format F        table (default), csv or json\n"
+    "\n"
+    "exit codes: 0 done; 1 bad usage; 2 bad trace; 3 out of memory at --capacity; 4 other\n";
+
+static const char compare_help[] =
+    "usage: fragless compare TRACE... [--policies LIST] [--capacity SIZE] [--conf CONF]\n"
+    "                                 [--format table|csv|json]\n"
+    "\n"
+    "Replays every TRACE through every policy on a simulated GPU. Per trace and policy:\n"
+    "  peak_live      max live bytes (requests rounded up to 512 B)\n"
+    "  peak_reserved  max device memory the policy held, without a capacity limit\n"
+    "  overhead       peak_reserved / peak_live\n"
+    "  min_capacity   smallest capacity (whole pages) that replays with no OOM;\n"
+    "                 min_capacity / peak_live is the headline fragmentation figure\n"
+    "  calls, dev_ms  device calls and simulated device time without a limit, and in the\n"
+    "                 second half of the trace (late_*: a steady training loop makes none)\n"
+    "  ns/pair        host time per allocation + free in the policy (single run; see\n"
+    "                 `make bench` for medians)\n"
+    "With --capacity, the same figures at that capacity and the number of OOMs.\n"
+    "\n"
+    "  --policies LIST   comma-separated (default fragless,cca,cca-expandable,nocache)\n"
+    "  --capacity SIZE   80GiB, 512MiB, or 1.05x (times each trace's peak live bytes)\n"
+    "  --conf CONF       knobs applied to every policy (see `fragless help replay`)\n"
+    "  --granularity SZ  device page size (default 2MiB)\n"
+    "  --no-min-capacity skip the min_capacity search (faster)\n"
+    "  --format F        table (default), csv or json\n"
+    "\n"
+    "exit codes: 0 done; 1 bad usage; 2 bad trace; 4 other error\n";
+
+static int usage_error(const char *help, const char *fmt, const char *arg)
+{
+    fprintf(stderr, "fragless: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\n\n%s", help);
+    return CLI_EXIT_USAGE;
+}
+
+/* "1.05x" is relative to peak live; anything else is a size. */
+static int parse_capacity(const char *text, cli_opts *o)
+{
+    size_t n = strlen(text);
+    if (n > 1 && (text[n - 1] == 'x' || text[n - 1] == 'X')) {
+        char *end;
+        errno = 0;
+        double v = strtod(text, &end);
+        if (errno || end != text + n - 1 || !(v > 0) || v > 1e6) {
+            fprintf(stderr, "fragless: --capacity '%s': expected a factor like 1.05x\n", text);
+            return CLI_EXIT_USAGE;
+        }
+        o->capacity_factor = v;
+        return 0;
+    }
+    if (fl_parse_size(text, &o->capacity) != FL_OK || o->capacity == 0) {
+        fprintf(stderr, "fragless: --capacity: %s\n", o->capacity ? fl_last_error() : "must be more than 0");
+        return CLI_EXIT_USAGE;
+    }
+    return 0;
+}
+
+static int parse_opts(int argc, char **argv, const char *help, int is_compare, cli_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    fl_config_default(&o->opts.cfg);
+    fl_sim_params_default(&o->opts.sim);
+    o->min_capacity = is_compare;
+    o->format = "table";
+    o->policies = is_compare ? "fragless,cca,cca-expandable,nocache" : "fragless";
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int takes = 1;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            fputs(help, stdout);
+            return -1;
+        } else if (!strcmp(a, "--policy") && !is_compare) {
+            if (v)
+                o->policies = v;
+        } else if (!strcmp(a, "--policies") && is_compare) {
+            if (v)
+                o->policies = v;
+        } else if (!strcmp(a, "--capacity")) {
+            if (v && parse_capacity(v, o))
+                return CLI_EXIT_USAGE;
+        } else if (!strcmp(a, "--granularity")) {
+            if (v && (fl_parse_size(v, &o->opts.sim.granularity) != FL_OK))
+                return usage_error(help, "--granularity: %s", fl_last_error());
+        } else if (!strcmp(a, "--conf")) {
+            if (v && fl_config_parse(&o->opts.cfg, v) != FL_OK)
+                return usage_error(help, "--conf: %s", fl_last_error());
+        } else if (!strcmp(a, "--format")) {
+            if (v && strcmp(v, "table") && strcmp(v, "csv") && strcmp(v, "json"))
+                return usage_error(help, "--format '%s': expected table, csv or json", v);
+            if (v)
+                o->format = v;
+        } else if (!strcmp(a, "--timeline") && !is_compare) {
+            char *end;
+            long n = v ? strtol(v, &end, 10) : 0;
+            if (v && (*end || n < 1 || n > 10000))
+                return usage_error(help, "--timeline '%s': expected a number of windows from 1 to 10000", v);
+            o->timeline = (int)n;
+        } else if (!strcmp(a, "--min-capacity") && !is_compare) {
+            o->min_capacity = 1;
+            takes = 0;
+        } else if (!strcmp(a, "--no-min-capacity") && is_compare) {
+            o->min_capacity = 0;
+            takes = 0;
+        } else if (a[0] == '-' && a[1]) {
+            return usage_error(help, "unknown option '%s'", a);
+        } else {
+            if (o->n_traces == CLI_MAX_TRACES)
+                return usage_error(help, "too many traces (at most %s)", "256");
+            o->traces[o->n_traces++] = a;
+            takes = 0;
+        }
+        if (takes) {
+            if (!v)
+                return usage_error(help, "option '%s' needs a value", a);
+            i++;
+        }
+    }
+    if (o->n_traces == 0)
+        return usage_error(help, "no trace given%s", "");
+    if (!is_compare && o->n_traces > 1)
+        return usage_error(help, "replay takes one trace; use compare for several (got '%s' too)", o->traces[1]);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fputs(main_help, stderr);
+        return CLI_EXIT_USAGE;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
+        const char *topic = argc > 2 ? argv[2] : "";
+        fputs(!strcmp(topic, "replay") ? replay_help : !strcmp(topic, "compare") ? compare_help : main_help, stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
+        printf("fragless %s\n", FRAGLESS_VERSION);
+        return 0;
+    }
+    int is_compare = !strcmp(cmd, "compare");
+    if (!is_compare && strcmp(cmd, "replay")) {
+        fprintf(stderr, "fragless: unknown command '%s'\n\n%s", cmd, main_help);
+        return CLI_EXIT_USAGE;
+    }
+    cli_opts o;
+    int rc = parse_opts(argc - 2, argv + 2, is_compare ? compare_help : replay_help, is_compare, &o);
+    if (rc)
+        return rc < 0 ? 0 : rc;
+    return is_compare ? cli_compare(&o) : cli_replay(&o);
+}

@@ -1,0 +1,528 @@
+/* The fragless policy: blocks are placed by the range allocator in a large virtual range
+ * per stream; physical pages (one handle per granule) are mapped under a page only while
+ * a live block touches it or it is cached, and cached pages are unmapped and reused
+ * elsewhere when physical memory runs short. No data ever moves. */
+#include "policy/policy.h"
+#include "range/range_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define NO_PAGE UINT64_MAX
+
+/* Page state. A page is pinned while refs > 0, cached when mapped with refs == 0
+ * (then it sits on the LRU list), unmapped when handle == 0. */
+typedef struct fx_page {
+    uint32_t refs;          /* live blocks touching the page */
+    uint32_t pad_;
+    uint64_t handle;        /* physical handle mapped here, 0 if none */
+    uint64_t lru_prev;      /* global page ids (heap << 40 | page) on the cached list */
+    uint64_t lru_next;
+} fx_page;
+
+typedef struct fx_heap {
+    uint64_t stream;
+    int small;              /* holds requests below f->small_limit */
+    uint64_t va;            /* base of the reservation */
+    uint64_t va_size;
+    fl_range *range;
+    fx_page *pages;         /* grows with the highest page used */
+    uint64_t n_pages;
+} fx_heap;
+
+typedef struct fx_policy {
+    fl_policy base;
+    uint64_t gran;
+    unsigned gran_log;
+    uint64_t max_pages;     /* physical pages the policy may hold (limit or capacity) */
+    fx_heap *heaps;
+    uint32_t n_heaps, cap_heaps;
+    uint64_t small_limit;   /* requests below it go to the stream's small heap */
+    uint32_t last_heap[2];  /* cache for the stream lookup: [large, small] */
+    uint64_t *pool;         /* created handles not mapped anywhere */
+    uint64_t n_pool, cap_pool;
+    uint64_t n_handles;     /* created and not released */
+    uint64_t n_cached;      /* mapped pages no live block touches */
+    uint64_t lru_head, lru_tail; /* cached pages, least recently cached first */
+} fx_policy;
+
+#define PAGE_ID(h, p) (((uint64_t)(h) << 40) | (p))
+#define ID_HEAP(id) ((uint32_t)((id) >> 40))
+#define ID_PAGE(id) ((id) & ((UINT64_C(1) << 40) - 1))
+
+static inline fx_page *page_of(fx_policy *f, uint64_t id)
+{
+    return &f->heaps[ID_HEAP(id)].pages[ID_PAGE(id)];
+}
+
+static void lru_push(fx_policy *f, uint64_t id)
+{
+    fx_page *pg = page_of(f, id);
+    pg->lru_next = NO_PAGE;
+    pg->lru_prev = f->lru_tail;
+    if (f->lru_tail != NO_PAGE)
+        page_of(f, f->lru_tail)->lru_next = id;
+    else
+        f->lru_head = id;
+    f->lru_tail = id;
+    f->n_cached++;
+}
+
+static void lru_remove(fx_policy *f, uint64_t id)
+{
+    fx_page *pg = page_of(f, id);
+    if (pg->lru_prev != NO_PAGE)
+        page_of(f, pg->lru_prev)->lru_next = pg->lru_next;
+    else
+        f->lru_head = pg->lru_next;
+    if (pg->lru_next != NO_PAGE)
+        page_of(f, pg->lru_next)->lru_prev = pg->lru_prev;
+    else
+        f->lru_tail = pg->lru_prev;
+    f->n_cached--;
+}
+
+/* ---- heaps ------------------------------------------------------------------- */
+
+static fl_status heap_grow_pages(fx_heap *h, uint64_t need)
+{
+    if (need <= h->n_pages)
+        return FL_OK;
+    uint64_t n = h->n_pages ? h->n_pages : 64;
+    while (n < need)
+        n *= 2;
+    fx_page *p = realloc(h->pages, n * sizeof *p);
+    if (!p)
+        return fl_fail(FL_ERR_NOMEM, "fragless: cannot track %llu pages", (unsigned long long)n);
+    memset(p + h->n_pages, 0, (n - h->n_pages) * sizeof *p);
+    h->pages = p;
+    h->n_pages = n;
+    return FL_OK;
+}
+
+static fl_status heap_new(fx_policy *f, uint64_t stream, int small, uint32_t *out)
+{
+    if (f->n_heaps == f->cap_heaps) {
+        uint32_t cap = f->cap_heaps ? f->cap_heaps * 2 : 4;
+        fx_heap *h = realloc(f->heaps, cap * sizeof *h);
+        if (!h)
+            return fl_fail(FL_ERR_NOMEM, "fragless: host memory for a stream heap");
+        f->heaps = h;
+        f->cap_heaps = cap;
+    }
+    fx_heap *h = &f->heaps[f->n_heaps];
+    memset(h, 0, sizeof *h);
+    h->stream = stream;
+    h->small = small;
+    /* Virtual space is cheap: twice what the policy may ever map, so placement never
+     * fails for want of addresses; 256 TiB at most. */
+    uint64_t want = f->max_pages * f->gran * 2;
+    uint64_t cap = UINT64_C(1) << 48;
+    h->va_size = fl_align_up(want < cap && want > 0 ? want : cap, f->gran);
+    fl_status s = fl_dev_reserve(f->base.dev, h->va_size, &h->va);
+    if (s != FL_OK)
+        return s;
+    s = fl_range_create(h->va_size, 512, &h->range);
+    if (s != FL_OK) {
+        fl_dev_addr_free(f->base.dev, h->va, h->va_size);
+        return s;
+    }
+    *out = f->n_heaps++;
+    return FL_OK;
+}
+
+/* Each stream has two heaps: small requests apart from large ones, so that short-lived
+ * small blocks do not pin the partly used pages between large ones (ARCHITECTURE.md). */
+static inline fl_status heap_for(fx_policy *f, uint64_t stream, int small, uint32_t *out)
+{
+    uint32_t c = f->last_heap[small];
+    if (FL_LIKELY(c < f->n_heaps && f->heaps[c].stream == stream && f->heaps[c].small == small)) {
+        *out = c;
+        return FL_OK;
+    }
+    for (uint32_t i = 0; i < f->n_heaps; i++) {
+        if (f->heaps[i].stream == stream && f->heaps[i].small == small) {
+            *out = f->last_heap[small] = i;
+            return FL_OK;
+        }
+    }
+    fl_status s = heap_new(f, stream, small, out);
+    if (s == FL_OK)
+        f->last_heap[small] = *out;
+    return s;
+}
+
+static inline int heap_for_addr(const fx_policy *f, uint64_t addr)
+{
+    for (int k = 0; k < 2; k++) {
+        uint32_t c = f->last_heap[k];
+        if (FL_LIKELY(c < f->n_heaps && addr - f->heaps[c].va < f->heaps[c].va_size))
+            return (int)c;
+    }
+    for (uint32_t i = 0; i < f->n_heaps; i++)
+        if (addr - f->heaps[i].va < f->heaps[i].va_size)
+            return (int)i;
+    return -1;
+}
+
+/* ---- physical pages ----------------------------------------------------------- */
+
+static uint64_t pages_obtainable(const fx_policy *f)
+{
+    uint64_t creatable = f->max_pages > f->n_handles ? f->max_pages - f->n_handles : 0;
+    return f->n_pool + creatable + f->n_cached;
+}
+
+/* Unmaps the least recently cached page and puts its handle in the pool. */
+static fl_status reclaim_one(fx_policy *f)
+{
+    uint64_t id = f->lru_head;
+    fx_heap *h = &f->heaps[ID_HEAP(id)];
+    fx_page *pg = page_of(f, id);
+    fl_status s = fl_dev_unmap(f->base.dev, h->va + (ID_PAGE(id) << f->gran_log), f->gran);
+    if (s != FL_OK)
+        return s;
+    lru_remove(f, id);
+    f->pool[f->n_pool++] = pg->handle;
+    pg->handle = 0;
+    return FL_OK;
+}
+
+/* The pool must be able to hold every handle: grow it before creating one more. */
+static fl_status pool_grow(fx_policy *f)
+{
+    uint64_t cap = f->cap_pool * 2;
+    uint64_t *p = realloc(f->pool, cap * sizeof *p);
+    if (!p)
+        return fl_fail(FL_ERR_NOMEM, "fragless: host memory for %llu handles", (unsigned long long)cap);
+    f->pool = p;
+    f->cap_pool = cap;
+    return FL_OK;
+}
+
+/* A handle for one more page: the pool first (free), then a new one while the limit
+ * allows (paid once, in warm-up), then a cached page elsewhere (unmap after a sync). */
+static fl_status take_handle(fx_policy *f, int *synced, uint64_t *handle)
+{
+    if (f->n_pool == 0 && f->n_handles < f->max_pages) {
+        if (f->n_handles == f->cap_pool && pool_grow(f) != FL_OK)
+            return FL_ERR_NOMEM;
+        fl_status s = fl_dev_create(f->base.dev, f->gran, handle);
+        if (s == FL_OK) {
+            f->n_handles++;
+            return FL_OK;
+        }
+        if (s != FL_ERR_OOM)
+            return s;
+        /* The device is fuller than our own count says (other users): stop creating. */
+        f->max_pages = f->n_handles;
+    }
+    if (f->n_pool == 0) {
+        if (f->n_cached == 0)
+            return fl_fail(FL_ERR_OOM, "fragless: no physical page left");
+        if (!*synced) {
+            /* Unmapping memory a kernel may still use is undefined: wait for the device. */
+            fl_status s = fl_dev_synchronize(f->base.dev);
+            if (s != FL_OK)
+                return s;
+            *synced = 1;
+            f->base.retries++;
+        }
+        fl_status s = reclaim_one(f);
+        if (s != FL_OK)
+            return s;
+    }
+    *handle = f->pool[--f->n_pool];
+    return FL_OK;
+}
+
+static fl_status set_access_run(fx_policy *f, fx_heap *h, uint64_t first, uint64_t end)
+{
+    if (first >= end)
+        return FL_OK;
+    return fl_dev_set_access(f->base.dev, h->va + (first << f->gran_log), (end - first) << f->gran_log);
+}
+
+/* Maps every unmapped page in [p0, p1]; set_access once per contiguous run. On failure
+ * the pages mapped so far stay mapped (they become cached once refs are dropped). */
+static fl_status map_pages(fx_policy *f, uint32_t hi, uint64_t p0, uint64_t p1)
+{
+    fx_heap *h = &f->heaps[hi];
+    int synced = 0;
+    uint64_t run = p0, p;
+    fl_status s = FL_OK;
+    for (p = p0; p <= p1; p++) {
+        if (h->pages[p].handle) {
+            if ((s = set_access_run(f, h, run, p)) != FL_OK)
+                return s;
+            run = p + 1;
+            continue;
+        }
+        uint64_t handle;
+        if ((s = take_handle(f, &synced, &handle)) != FL_OK)
+            break;
+        if ((s = fl_dev_map(f->base.dev, h->va + (p << f->gran_log), f->gran, handle)) != FL_OK) {
+            f->pool[f->n_pool++] = handle;
+            break;
+        }
+        h->pages[p].handle = handle;
+    }
+    /* Pages mapped before a failure get access too: they stay mapped, as cached pages. */
+    fl_status s2 = set_access_run(f, h, run, p);
+    return s != FL_OK ? s : s2;
+}
+
+/* Drops one reference from each page of [p0, p1]; pages left unused become cached. */
+static void unpin(fx_policy *f, uint32_t hi, uint64_t p0, uint64_t p1)
+{
+    fx_page *pg = f->heaps[hi].pages;
+    for (uint64_t p = p0; p <= p1; p++) {
+        if (--pg[p].refs == 0 && pg[p].handle)
+            lru_push(f, PAGE_ID(hi, p));
+    }
+}
+
+/* ---- placement ------------------------------------------------------------------ */
+
+static inline int pinned(const fx_heap *h, uint64_t p)
+{
+    return p < h->n_pages && h->pages[p].refs != 0;
+}
+
+/* Pages that placing [x, x + size) would newly pin. Pages strictly inside a free range
+ * are never pinned, so only the two end pages need a look. */
+static inline uint64_t new_pages(const fx_policy *f, const fx_heap *h, uint64_t x, uint64_t size)
+{
+    uint64_t p0 = x >> f->gran_log, p1 = (x + size - 1) >> f->gran_log;
+    return p1 - p0 + 1 - (uint64_t)pinned(h, p0) - (uint64_t)(p1 != p0 && pinned(h, p1));
+}
+
+/* Where in the free range to put the block: against its lower or its upper neighbour,
+ * whichever pins fewer new pages (a free range's partly used end pages are waste until
+ * something fills them). */
+static uint64_t choose_pad(const fx_policy *f, const fx_heap *h, const range_node *b, uint64_t size)
+{
+    uint64_t high = b->size - size;
+    if (high == 0)
+        return 0;
+    return new_pages(f, h, b->offset + high, size) < new_pages(f, h, b->offset, size) ? high : 0;
+}
+
+/* ---- policy interface ---------------------------------------------------------- */
+
+static fl_status fx_alloc(fl_policy *base, uint64_t size, uint64_t stream, uint64_t *addr)
+{
+    fx_policy *f = (fx_policy *)base;
+    uint32_t hi = 0;
+    fl_status s = heap_for(f, stream, size < f->small_limit, &hi);
+    if (s != FL_OK)
+        return s;
+    fx_heap *h = &f->heaps[hi];
+    uint64_t rsize = fl_align_up(size, 512), off;
+    if (FL_UNLIKELY(rsize < size || rsize > h->va_size)) {
+        base->ooms++;
+        return fl_fail(FL_ERR_OOM, "fragless: %llu bytes asked, more than the device can hold",
+                       (unsigned long long)size);
+    }
+    uint32_t n = range_find_free(h->range, rsize);
+    if (FL_UNLIKELY(n == 0)) {
+        base->ooms++;
+        return fl_fail(FL_ERR_OOM, "fragless: no virtual range of %llu bytes left", (unsigned long long)size);
+    }
+    if ((s = range_take(h->range, n, choose_pad(f, h, &h->range->nodes[n], rsize), rsize, &off)) != FL_OK)
+        return s;
+    uint64_t p0 = off >> f->gran_log, p1 = (off + rsize - 1) >> f->gran_log;
+    if (FL_UNLIKELY(p1 >= h->n_pages) && (s = heap_grow_pages(h, p1 + 1)) != FL_OK) {
+        fl_range_free(h->range, off);
+        return s;
+    }
+    fx_page *pg = h->pages;
+    uint64_t missing = 0;
+    for (uint64_t p = p0; p <= p1; p++) {
+        if (pg[p].refs++ == 0) {
+            if (pg[p].handle)
+                lru_remove(f, PAGE_ID(hi, p));
+            else
+                missing++;
+        }
+    }
+    if (FL_UNLIKELY(missing)) {
+        if (missing > pages_obtainable(f))
+            s = fl_fail(FL_ERR_OOM, "fragless: %llu bytes need %llu more pages of %llu MiB; %llu obtainable",
+                        (unsigned long long)size, (unsigned long long)missing,
+                        (unsigned long long)(f->gran >> 20), (unsigned long long)pages_obtainable(f));
+        else
+            s = map_pages(f, hi, p0, p1);
+        if (s != FL_OK) {
+            unpin(f, hi, p0, p1);
+            fl_range_free(f->heaps[hi].range, off);
+            if (s == FL_ERR_OOM)
+                base->ooms++;
+            return s;
+        }
+    }
+    base->allocated += rsize;
+    base->num_allocs++;
+    *addr = f->heaps[hi].va + off;
+    return FL_OK;
+}
+
+static fl_status fx_free(fl_policy *base, uint64_t addr)
+{
+    fx_policy *f = (fx_policy *)base;
+    int hi = heap_for_addr(f, addr);
+    if (FL_UNLIKELY(hi < 0))
+        return fl_fail(FL_ERR_NOT_FOUND, "fragless: 0x%llx was not allocated here", (unsigned long long)addr);
+    fx_heap *h = &f->heaps[hi];
+    uint64_t off = addr - h->va, size;
+    if (FL_UNLIKELY(range_free_sized(h->range, off, &size) != FL_OK))
+        return fl_fail(FL_ERR_NOT_FOUND, "fragless: 0x%llx is not a live block", (unsigned long long)addr);
+    unpin(f, (uint32_t)hi, off >> f->gran_log, (off + size - 1) >> f->gran_log);
+    base->allocated -= size;
+    base->num_frees++;
+    return FL_OK;
+}
+
+static fl_status fx_empty_cache(fl_policy *base)
+{
+    fx_policy *f = (fx_policy *)base;
+    fl_status s;
+    if (f->n_cached && (s = fl_dev_synchronize(base->dev)) != FL_OK)
+        return s;
+    while (f->n_cached)
+        if ((s = reclaim_one(f)) != FL_OK)
+            return s;
+    while (f->n_pool) {
+        if ((s = fl_dev_release(base->dev, f->pool[f->n_pool - 1])) != FL_OK)
+            return s;
+        f->n_pool--;
+        f->n_handles--;
+    }
+    return FL_OK;
+}
+
+static int count_refs(uint64_t off, uint64_t size, int used, void *user)
+{
+    uint64_t **ctx = user;
+    uint32_t *refs = (uint32_t *)ctx[0];
+    uint64_t gran_log = ctx[1][0];
+    if (used)
+        for (uint64_t p = off >> gran_log; p <= (off + size - 1) >> gran_log; p++)
+            refs[p]++;
+    return 0;
+}
+
+static int fx_check(const fl_policy *base)
+{
+    const fx_policy *f = (const fx_policy *)base;
+    uint64_t mapped = 0, cached = 0, allocated = 0;
+    for (uint32_t hi = 0; hi < f->n_heaps; hi++) {
+        const fx_heap *h = &f->heaps[hi];
+        if (fl_range_check(h->range))
+            return 1;
+        allocated += h->range->capacity - h->range->total_free;
+        uint32_t *refs = calloc(h->n_pages + 1, sizeof *refs);
+        if (!refs)
+            return fl_fail(FL_ERR_NOMEM, "fragless check: host memory"), 1;
+        uint64_t gl = f->gran_log;
+        uint64_t *ctx[2] = {(uint64_t *)refs, &gl};
+        fl_range_walk(h->range, count_refs, ctx);
+        for (uint64_t p = 0; p < h->n_pages; p++) {
+            if (refs[p] != h->pages[p].refs) {
+                fl_fail(FL_ERR_INVALID, "fragless check: page %llu of stream %llu has %u refs, blocks say %u",
+                        (unsigned long long)p, (unsigned long long)h->stream, h->pages[p].refs, refs[p]);
+                free(refs);
+                return 1;
+            }
+            if (h->pages[p].refs && !h->pages[p].handle) {
+                fl_fail(FL_ERR_INVALID, "fragless check: page %llu is used but unmapped", (unsigned long long)p);
+                free(refs);
+                return 1;
+            }
+            mapped += h->pages[p].handle != 0;
+            cached += h->pages[p].handle && !h->pages[p].refs;
+        }
+        free(refs);
+    }
+    uint64_t listed = 0;
+    for (uint64_t id = f->lru_head; id != NO_PAGE; id = f->heaps[ID_HEAP(id)].pages[ID_PAGE(id)].lru_next) {
+        const fx_page *pg = &f->heaps[ID_HEAP(id)].pages[ID_PAGE(id)];
+        if (pg->refs || !pg->handle || ++listed > cached)
+            return fl_fail(FL_ERR_INVALID, "fragless check: the cached list holds a page in use"), 1;
+    }
+    if (listed != cached || cached != f->n_cached)
+        return fl_fail(FL_ERR_INVALID, "fragless check: %llu cached pages, %llu listed, counter %llu",
+                       (unsigned long long)cached, (unsigned long long)listed,
+                       (unsigned long long)f->n_cached), 1;
+    if (mapped + f->n_pool != f->n_handles)
+        return fl_fail(FL_ERR_INVALID, "fragless check: %llu mapped + %llu pooled != %llu handles",
+                       (unsigned long long)mapped, (unsigned long long)f->n_pool,
+                       (unsigned long long)f->n_handles), 1;
+    if (allocated != base->allocated)
+        return fl_fail(FL_ERR_INVALID, "fragless check: blocks hold %llu bytes, counter %llu",
+                       (unsigned long long)allocated, (unsigned long long)base->allocated), 1;
+    return 0;
+}
+
+static void fx_destroy(fl_policy *base)
+{
+    fx_policy *f = (fx_policy *)base;
+    /* Give everything back: unmap every mapped page, release every handle, free the
+     * reservations. Errors are ignored here: there is no caller left to tell. */
+    fl_dev_synchronize(base->dev);
+    for (uint32_t hi = 0; hi < f->n_heaps; hi++) {
+        fx_heap *h = &f->heaps[hi];
+        for (uint64_t p = 0; p < h->n_pages; p++) {
+            if (h->pages[p].handle) {
+                fl_dev_unmap(base->dev, h->va + (p << f->gran_log), f->gran);
+                fl_dev_release(base->dev, h->pages[p].handle);
+            }
+        }
+        fl_dev_addr_free(base->dev, h->va, h->va_size);
+        fl_range_destroy(h->range);
+        free(h->pages);
+    }
+    for (uint64_t i = 0; i < f->n_pool; i++)
+        fl_dev_release(base->dev, f->pool[i]);
+    free(f->heaps);
+    free(f->pool);
+    free(f);
+}
+
+static fl_status fx_create(const fl_config *cfg, fl_device *dev, fl_policy **out)
+{
+    *out = NULL;
+    if (!dev->vmm_supported)
+        return fl_fail(FL_ERR_UNSUPPORTED, "fragless: the device has no virtual memory management; use policy:cca");
+    fx_policy *f = calloc(1, sizeof *f);
+    if (!f)
+        return fl_fail(FL_ERR_NOMEM, "fragless: host memory");
+    f->base.ops = &fl_policy_fragless;
+    f->base.dev = dev;
+    f->gran = dev->granularity;
+    f->gran_log = (unsigned)fl_log2_floor(f->gran);
+    uint64_t limit = cfg->limit && cfg->limit < dev->capacity ? cfg->limit : dev->capacity;
+    f->max_pages = limit / f->gran;
+    /* Measured on ../shared/traces (ARCHITECTURE.md): an eighth of a page. */
+    f->small_limit = f->gran / 8;
+    f->lru_head = f->lru_tail = NO_PAGE;
+    /* The pool holds at most every handle; it grows with them (pool_grow). */
+    f->cap_pool = 1024;
+    f->pool = malloc(f->cap_pool * sizeof *f->pool);
+    if (!f->pool) {
+        free(f);
+        return fl_fail(FL_ERR_NOMEM, "fragless: host memory");
+    }
+    *out = &f->base;
+    return FL_OK;
+}
+
+const fl_policy_ops fl_policy_fragless = {
+    .name = "fragless",
+    .create = fx_create,
+    .destroy = fx_destroy,
+    .alloc = fx_alloc,
+    .free = fx_free,
+    .empty_cache = fx_empty_cache,
+    .check = fx_check,
+};

@@ -1,0 +1,35 @@
+/* The policy registry: names to implementations, and config -> policy. */
+#include <string.h>
+
+#include "policy/policy.h"
+
+static const fl_policy_ops *const policies[] = {
+    &fl_policy_fragless,
+    &fl_policy_cca,
+    &fl_policy_cca_expandable,
+    &fl_policy_nocache,
+};
+
+static const char *const names[] = {"fragless", "cca", "cca-expandable", "nocache", NULL};
+
+const char *const *fl_policy_names(void) { return names; }
+
+const fl_policy_ops *fl_policy_find(const char *name)
+{
+    for (size_t i = 0; i < sizeof policies / sizeof policies[0]; i++)
+        if (strcmp(policies[i]->name, name) == 0)
+            return policies[i];
+    return NULL;
+}
+
+fl_status fl_policy_create(const fl_config *cfg, fl_device *dev, fl_policy **out)
+{
+    const char *name = cfg->policy[0] ? cfg->policy : "fragless";
+    /* PyTorch spells expandable segments as a knob of its default allocator. */
+    if (cfg->expandable_segments && strcmp(name, "cca") == 0)
+        name = "cca-expandable";
+    const fl_policy_ops *ops = fl_policy_find(name);
+    if (!ops)
+        return fl_fail(FL_ERR_INVALID, "unknown policy '%s' (fragless, cca, cca-expandable, nocache)", name);
+    return ops->create(cfg, dev, out);
+}

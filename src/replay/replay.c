@@ -1,0 +1,316 @@
+/* Replay: prepares a trace once (pointer ids -> dense slots, live bytes, warnings),
+ * then runs it through a policy on a fresh simulated device and measures the run;
+ * min_capacity is a binary search over such runs. */
+#include "replay/replay.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Only the first few problems of a kind are listed; the rest are counted. */
+#define MAX_LISTED_WARNINGS 5
+
+static fl_status add_warning(fl_prepared *p, const char *fmt, ...) FL_PRINTF(2, 3);
+static fl_status add_warning(fl_prepared *p, const char *fmt, ...)
+{
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    char **w = realloc(p->warnings, (p->n_warnings + 1) * sizeof *w);
+    if (!w)
+        return fl_fail(FL_ERR_NOMEM, "replay: host memory");
+    p->warnings = w;
+    if (!(w[p->n_warnings] = strdup(buf)))
+        return fl_fail(FL_ERR_NOMEM, "replay: host memory");
+    p->n_warnings++;
+    return FL_OK;
+}
+
+void fl_prepared_free(fl_prepared *p)
+{
+    if (!p)
+        return;
+    for (size_t i = 0; i < p->n_warnings; i++)
+        free(p->warnings[i]);
+    free(p->warnings);
+    free(p->ops);
+    free(p->name);
+    free(p);
+}
+
+static inline uint64_t live_size(uint64_t size) { return fl_align_up(size ? size : 1, 512); }
+
+fl_status fl_prepare(const fl_trace *t, fl_prepared **out)
+{
+    *out = NULL;
+    fl_prepared *p = calloc(1, sizeof *p);
+    fl_map live = {0}, streams = {0};
+    uint64_t *slot_line = NULL;
+    fl_status s = FL_ERR_NOMEM;
+    if (!p)
+        return fl_fail(FL_ERR_NOMEM, "replay: host memory");
+    const char *base = t->path ? strrchr(t->path, '/') : NULL;
+    p->name = strdup(base ? base + 1 : (t->path && *t->path ? t->path : "(trace)"));
+    p->ops = malloc((t->n ? t->n : 1) * sizeof *p->ops);
+    slot_line = malloc((t->n ? t->n : 1) * sizeof *slot_line);
+    if (!p->name || !p->ops || !slot_line || fl_map_init(&live, 1024) != FL_OK ||
+        fl_map_init(&streams, 8) != FL_OK) {
+        s = fl_fail(FL_ERR_NOMEM, "replay: host memory for %zu events", t->n);
+        goto fail;
+    }
+    uint64_t unknown_listed = 0;
+    for (size_t i = 0; i < t->n; i++) {
+        const fl_event *e = &t->ev[i];
+        fl_op *op = &p->ops[p->n_ops];
+        uint64_t v;
+        if ((s = fl_map_put(&streams, e->stream, 1)) != FL_OK)
+            goto fail;
+        switch (e->kind) {
+        case FL_EV_ALLOC:
+            if (fl_map_get(&live, e->ptr, &v)) {
+                s = fl_fail(FL_ERR_PARSE, "%s:%u: allocate of 0x%llx, which is still live (allocated at line %llu)",
+                            t->path, e->line, (unsigned long long)e->ptr, (unsigned long long)slot_line[v]);
+                goto fail;
+            }
+            *op = (fl_op){e->size, e->stream, p->n_slots, FL_EV_ALLOC};
+            slot_line[p->n_slots] = e->line;
+            if ((s = fl_map_put(&live, e->ptr, p->n_slots++)) != FL_OK)
+                goto fail;
+            p->n_allocs++;
+            p->n_ops++;
+            break;
+        case FL_EV_FREE:
+            if (!fl_map_remove(&live, e->ptr, &v)) {
+                p->unknown_frees++;
+                if (unknown_listed++ < MAX_LISTED_WARNINGS &&
+                    (s = add_warning(p, "%s:%u: free of 0x%llx, which is not live: skipped", t->path, e->line,
+                                     (unsigned long long)e->ptr)) != FL_OK)
+                    goto fail;
+                break;
+            }
+            /* Sized in the second pass: a free takes what its allocation asked for. */
+            *op = (fl_op){0, e->stream, (uint32_t)v, FL_EV_FREE};
+            p->n_frees++;
+            p->n_ops++;
+            break;
+        case FL_EV_ALLOC_FAIL:
+            *op = (fl_op){e->size, e->stream, p->n_slots, FL_EV_ALLOC_FAIL};
+            slot_line[p->n_slots++] = e->line;
+            p->n_recorded_failures++;
+            p->n_ops++;
+            break;
+        default:
+            s = fl_fail(FL_ERR_PARSE, "%s:%u: unknown event kind %u", t->path, e->line, e->kind);
+            goto fail;
+        }
+    }
+    /* Second pass: free ops carry their block's size, and live bytes go down. */
+    {
+        uint64_t *slot_size = (uint64_t *)slot_line; /* lines are no longer needed */
+        for (size_t i = 0; i < p->n_ops; i++)
+            if (p->ops[i].kind != FL_EV_FREE)
+                slot_size[p->ops[i].slot] = p->ops[i].size;
+        uint64_t cur = 0;
+        for (size_t i = 0; i < p->n_ops; i++) {
+            fl_op *op = &p->ops[i];
+            if (op->kind == FL_EV_FREE) {
+                op->size = slot_size[op->slot];
+                cur -= live_size(op->size);
+            } else if (op->kind == FL_EV_ALLOC) {
+                cur += live_size(op->size);
+                if (cur > p->peak_live) {
+                    p->peak_live = cur;
+                    p->peak_live_op = i;
+                }
+            }
+        }
+        p->end_live = cur;
+    }
+    if (p->unknown_frees > MAX_LISTED_WARNINGS &&
+        (s = add_warning(p, "%s: %llu frees of pointers that were not live in all (first %d listed)", t->path,
+                         (unsigned long long)p->unknown_frees, MAX_LISTED_WARNINGS)) != FL_OK)
+        goto fail;
+    p->n_streams = streams.count;
+    fl_map_free(&live);
+    fl_map_free(&streams);
+    free(slot_line);
+    *out = p;
+    return FL_OK;
+fail:
+    fl_map_free(&live);
+    fl_map_free(&streams);
+    free(slot_line);
+    fl_prepared_free(p);
+    return s;
+}
+
+void fl_replay_result_free(fl_replay_result *r)
+{
+    free(r->timeline);
+    r->timeline = NULL;
+    r->n_buckets = 0;
+}
+
+static uint64_t total_calls(const fl_device_counters *c)
+{
+    uint64_t n = 0;
+    for (int i = 0; i < FL_CALL_COUNT; i++)
+        n += c->calls[i];
+    return n;
+}
+
+/* Runs the ops; stop_at_oom ends the run at the first failure (min_capacity search). */
+static fl_status run(const fl_prepared *p, const fl_replay_opts *o, int stop_at_oom, fl_replay_result *r)
+{
+    memset(r, 0, sizeof *r);
+    r->first_oom_op = p->n_ops;
+    r->peak_live = p->peak_live;
+    fl_device *dev;
+    fl_policy *pol = NULL;
+    uint64_t *addr = calloc(p->n_slots ? p->n_slots : 1, sizeof *addr);
+    if (!addr)
+        return fl_fail(FL_ERR_NOMEM, "replay: host memory");
+    fl_status s = fl_sim_device_create(&o->sim, &dev);
+    if (s != FL_OK) {
+        free(addr);
+        return s;
+    }
+    if ((s = fl_policy_create(&o->cfg, dev, &pol)) != FL_OK)
+        goto out;
+    int nb = o->timeline_buckets > 0 ? o->timeline_buckets : 0;
+    if (nb && !(r->timeline = calloc((size_t)nb, sizeof *r->timeline))) {
+        s = fl_fail(FL_ERR_NOMEM, "replay: host memory");
+        goto out;
+    }
+    r->n_buckets = nb;
+    const fl_policy_ops *ops = pol->ops;
+    uint64_t live = 0, t0 = fl_now_ns(), host = 0;
+    size_t bucket_end = nb ? p->n_ops / (size_t)nb : p->n_ops, b = 0;
+    uint64_t calls_before = 0;
+    double time_before = 0;
+    size_t chunk = nb ? (p->n_ops + (size_t)nb - 1) / (size_t)nb : 0;
+    if (nb)
+        bucket_end = chunk;
+    for (size_t i = 0; i < p->n_ops; i++) {
+        const fl_op *op = &p->ops[i];
+        if (op->kind == FL_EV_FREE) {
+            uint64_t a = addr[op->slot];
+            if (a) {
+                if ((s = ops->free(pol, a)) != FL_OK)
+                    goto out;
+                addr[op->slot] = 0;
+                live -= live_size(op->size);
+            }
+        } else {
+            uint64_t a = 0;
+            s = ops->alloc(pol, op->size, op->stream, &a);
+            if (s == FL_OK) {
+                if (op->kind == FL_EV_ALLOC_FAIL) {
+                    /* The recorded program was refused here: it never held the block. */
+                    if ((s = ops->free(pol, a)) != FL_OK)
+                        goto out;
+                } else {
+                    addr[op->slot] = a;
+                    live += live_size(op->size);
+                    r->pairs++;
+                    if (pol->allocated > r->peak_allocated)
+                        r->peak_allocated = pol->allocated;
+                }
+            } else if (s == FL_ERR_OOM) {
+                if (op->kind == FL_EV_ALLOC) {
+                    if (!r->ooms++)
+                        r->first_oom_op = i;
+                    if (stop_at_oom) {
+                        s = FL_OK;
+                        break;
+                    }
+                }
+                s = FL_OK;
+            } else {
+                goto out;
+            }
+        }
+        if (FL_UNLIKELY(o->check_every > 0 && i % (size_t)o->check_every == 0) && ops->check(pol)) {
+            s = fl_fail(FL_ERR_INVALID, "replay of %s, op %zu: policy %s self-check failed: %s", p->name, i,
+                        ops->name, fl_last_error());
+            goto out;
+        }
+        if (nb) {
+            fl_timeline_bucket *tb = &r->timeline[b];
+            if (live > tb->max_live)
+                tb->max_live = live;
+            if (dev->counters.in_use > tb->max_reserved)
+                tb->max_reserved = dev->counters.in_use;
+            if (i + 1 == bucket_end || i + 1 == p->n_ops) {
+                uint64_t now = fl_now_ns();
+                host += now - t0;
+                uint64_t calls = total_calls(&dev->counters);
+                tb->first_op = b * chunk;
+                tb->end_op = i + 1;
+                tb->calls = calls - calls_before;
+                tb->device_us = dev->counters.time_us - time_before;
+                calls_before = calls;
+                time_before = dev->counters.time_us;
+                if (b + 1 < (size_t)nb)
+                    b++;
+                bucket_end += chunk;
+                t0 = fl_now_ns();
+            }
+        }
+    }
+    host += fl_now_ns() - t0;
+    r->host_ns = host;
+    r->retries = pol->retries;
+    fl_device_get_counters(dev, &r->dev);
+    r->peak_reserved = r->dev.peak_in_use;
+out:
+    if (pol)
+        pol->ops->destroy(pol);
+    fl_device_destroy(dev);
+    free(addr);
+    if (s != FL_OK)
+        fl_replay_result_free(r);
+    return s;
+}
+
+fl_status fl_replay(const fl_prepared *p, const fl_replay_opts *o, fl_replay_result *r)
+{
+    return run(p, o, 0, r);
+}
+
+fl_status fl_min_capacity(const fl_prepared *p, const fl_replay_opts *o, const fl_replay_result *unlimited,
+                          uint64_t *min_cap)
+{
+    uint64_t g = o->sim.granularity;
+    uint64_t lo = fl_div_up(p->peak_live, g), hi = fl_div_up(unlimited->peak_reserved, g);
+    if (unlimited->ooms)
+        return fl_fail(FL_ERR_INVALID, "min_capacity of %s: the run without a limit already ran out of memory",
+                       p->name);
+    if (hi < lo)
+        hi = lo;
+    if (lo == 0)
+        lo = hi = 1;
+    fl_replay_opts q = *o;
+    q.timeline_buckets = 0;
+    q.check_every = 0;
+    /* Below lo no policy can run (peak_live would not fit); hi succeeds (the unlimited
+     * run never held more). The search assumes more capacity never hurts: exact for
+     * fragless, whose placement ignores capacity; the usual assumption for cca. */
+    while (lo < hi) {
+        uint64_t mid = lo + (hi - lo) / 2;
+        q.sim.capacity = mid * g;
+        fl_replay_result r;
+        fl_status s = run(p, &q, 1, &r);
+        if (s != FL_OK)
+            return s;
+        if (r.ooms)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    *min_cap = lo * g;
+    return FL_OK;
+}

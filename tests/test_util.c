@@ -1,0 +1,225 @@
+/* The shared helpers: the 64-bit hash map against a plain reference array (including
+ * deletion chains that wrap past the end of the table), and size parsing/formatting. */
+#include "test_support.h"
+
+#include "util/util.h"
+
+#include <string.h>
+
+/* ---- fl_map ------------------------------------------------------------------------ */
+
+typedef struct ref_map {
+    uint64_t keys[4096];
+    uint64_t vals[4096];
+    size_t n;
+} ref_map;
+
+static long ref_find(const ref_map *r, uint64_t key)
+{
+    for (size_t i = 0; i < r->n; i++)
+        if (r->keys[i] == key)
+            return (long)i;
+    return -1;
+}
+
+/* Every key of the reference is in the map with its value, and the counts agree. */
+static void check_same(const fl_map *m, const ref_map *r)
+{
+    size_t bad = 0;
+    for (size_t i = 0; i < r->n; i++) {
+        uint64_t v = 0;
+        if (!fl_map_get(m, r->keys[i], &v) || v != r->vals[i])
+            bad++;
+    }
+    CHECK_EQ_U64(bad, 0);
+    CHECK_EQ_U64(m->count, r->n);
+}
+
+static void test_map_random(void)
+{
+    fl_rng rng = {42};
+    fl_map m;
+    CHECK_OK(fl_map_init(&m, 0));
+    ref_map *r = calloc(1, sizeof *r);
+    size_t mismatches = 0;
+    for (int step = 0; step < 200000; step++) {
+        /* A small key space makes hits, overwrites and removals frequent; a few random
+         * 64-bit keys (never the reserved UINT64_MAX) keep the hash honest. */
+        uint64_t key = fl_rng_below(&rng, 8) ? fl_rng_below(&rng, 1500) * 512 : fl_rng_next(&rng) >> 1;
+        uint64_t op = fl_rng_below(&rng, 10);
+        long at = ref_find(r, key);
+        if (op < 5) {
+            uint64_t val = fl_rng_next(&rng);
+            if (at < 0 && r->n == 4096)
+                continue;
+            CHECK_OK(fl_map_put(&m, key, val));
+            if (at < 0) {
+                r->keys[r->n] = key;
+                r->vals[r->n++] = val;
+            } else {
+                r->vals[at] = val;
+            }
+        } else if (op < 8) {
+            uint64_t v = 0;
+            bool found = fl_map_remove(&m, key, &v);
+            if (found != (at >= 0) || (found && v != r->vals[at]))
+                mismatches++;
+            if (at >= 0) {
+                r->keys[at] = r->keys[r->n - 1];
+                r->vals[at] = r->vals[--r->n];
+            }
+        } else {
+            uint64_t v = 0;
+            bool found = fl_map_get(&m, key, &v);
+            if (found != (at >= 0) || (found && v != r->vals[at]))
+                mismatches++;
+        }
+        if (step % 10000 == 0)
+            check_same(&m, r);
+    }
+    CHECK_EQ_U64(mismatches, 0);
+    check_same(&m, r);
+
+    /* Remove everything; the map ends empty and reusable. */
+    while (r->n) {
+        CHECK(fl_map_remove(&m, r->keys[r->n - 1], NULL));
+        r->n--;
+    }
+    CHECK_EQ_U64(m.count, 0);
+    CHECK(!fl_map_get(&m, 512, NULL));
+    CHECK_OK(fl_map_put(&m, 7, 70));
+    fl_map_clear(&m);
+    CHECK(!fl_map_get(&m, 7, NULL));
+    CHECK_EQ_U64(m.count, 0);
+    fl_map_free(&m);
+    free(r);
+}
+
+/* Slot of key in m, or -1: read from the public table layout. */
+static long slot_of(const fl_map *m, uint64_t key)
+{
+    for (uint64_t i = 0; i <= m->mask; i++)
+        if (m->keys[i] == key)
+            return (long)i;
+    return -1;
+}
+
+/* The home slot of key in a table of this size: where it lands in an empty table. */
+static long home_of(fl_map *m, uint64_t key)
+{
+    fl_map_clear(m);
+    fl_map_put(m, key, 0);
+    long s = slot_of(m, key);
+    fl_map_clear(m);
+    return s;
+}
+
+static void test_map_wrap(void)
+{
+    /* A 16-slot table (grows past 8 keys): build chains that run from the last slots
+     * across slot 0, then remove from every position and check every survivor. */
+    fl_map m;
+    CHECK_OK(fl_map_init(&m, 4));
+    CHECK_EQ_U64(m.mask, 15);
+    uint64_t at15[3], at14[2], at0[2];
+    int n15 = 0, n14 = 0, n0 = 0;
+    for (uint64_t k = 1; n15 < 3 || n14 < 2 || n0 < 2; k++) {
+        long h = home_of(&m, k);
+        if (h == 15 && n15 < 3)
+            at15[n15++] = k;
+        else if (h == 14 && n14 < 2)
+            at14[n14++] = k;
+        else if (h == 0 && n0 < 2)
+            at0[n0++] = k;
+    }
+    /* Insertion order: 14, 14, 15, 15, 0, 15, 0 -> slots 14, 15, 0, 1, 2, 3, 4. */
+    const uint64_t order[7] = {at14[0], at14[1], at15[0], at15[1], at0[0], at15[2], at0[1]};
+    for (int victim = 0; victim < 7; victim++) {
+        fl_map_clear(&m);
+        for (int i = 0; i < 7; i++)
+            CHECK_OK(fl_map_put(&m, order[i], order[i] * 3));
+        CHECK_EQ_U64(m.mask, 15);
+        CHECK_EQ_U64(slot_of(&m, order[2]), 0);   /* the chain did wrap */
+        CHECK_EQ_U64(slot_of(&m, order[6]), 4);
+        uint64_t v = 0;
+        CHECK(fl_map_remove(&m, order[victim], &v));
+        CHECK_EQ_U64(v, order[victim] * 3);
+        for (int i = 0; i < 7; i++) {
+            bool found = fl_map_get(&m, order[i], &v);
+            CHECK(found == (i != victim));
+            if (found)
+                CHECK_EQ_U64(v, order[i] * 3);
+        }
+        /* Remove the rest in a rotating order: every key stays findable until removed. */
+        for (int j = 1; j < 7; j++) {
+            int x = (victim + j) % 7;
+            CHECK(fl_map_remove(&m, order[x], NULL));
+            for (int k = 1; k < 7; k++) {
+                int y = (victim + k) % 7;
+                CHECK(fl_map_get(&m, order[y], NULL) == (k > j));
+            }
+        }
+        CHECK_EQ_U64(m.count, 0);
+    }
+    fl_map_free(&m);
+}
+
+/* ---- sizes --------------------------------------------------------------------------- */
+
+static void test_sizes(void)
+{
+    const struct { const char *text; uint64_t want; } good[] = {
+        {"80GiB", 80 * FL_GiB}, {"512MiB", 512 * FL_MiB}, {"1.5GiB", 3 * FL_GiB / 2},
+        {"4096", 4096}, {"1GB", 1000000000}, {"2 MiB", 2 * FL_MiB}, {"1kib", 1024},
+        {"0", 0},
+    };
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        uint64_t v = 1;
+        CHECK_OK(fl_parse_size(good[i].text, &v));
+        CHECK_EQ_U64(v, good[i].want);
+    }
+    const char *const bad[] = {"", "abc", "12XB", "-1", "1.5", "GiB", "80GiBs"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        uint64_t v = 99;
+        CHECK_STATUS(fl_parse_size(bad[i], &v), FL_ERR_PARSE);
+        CHECK_EQ_U64(v, 99);
+        if (bad[i][0])
+            CHECK(strstr(fl_last_error(), bad[i]) != NULL);
+    }
+    CHECK_STATUS(fl_parse_size(NULL, &(uint64_t){0}), FL_ERR_PARSE);
+
+    char buf[32];
+    CHECK(strcmp(fl_format_size(512, buf, sizeof buf), "512 B") == 0);
+    CHECK(strcmp(fl_format_size(1363148800, buf, sizeof buf), "1.27 GiB") == 0);
+    CHECK(strcmp(fl_format_size(80 * FL_GiB, buf, sizeof buf), "80.00 GiB") == 0);
+    CHECK(strcmp(fl_format_size(1536, buf, sizeof buf), "1.50 KiB") == 0);
+    /* Never overruns and always terminates. */
+    char tiny[4];
+    fl_format_size(123456789, tiny, sizeof tiny);
+    CHECK(strlen(tiny) == 3);
+}
+
+static void test_misc(void)
+{
+    CHECK(fl_is_pow2(1) && fl_is_pow2(FL_GiB) && !fl_is_pow2(0) && !fl_is_pow2(12));
+    CHECK_EQ_U64(fl_align_up(513, 512), 1024);
+    CHECK_EQ_U64(fl_align_down(1023, 512), 512);
+    CHECK_EQ_U64(fl_log2_floor(FL_MiB + 1), 20);
+    CHECK_EQ_U64(fl_div_up(10, 3), 4);
+    CHECK(strcmp(fl_status_str(FL_ERR_PARSE), "parse error") == 0);
+    fl_fail(FL_ERR_IO, "x %d", 5);
+    CHECK(strcmp(fl_last_error(), "x 5") == 0);
+    fl_clear_error();
+    CHECK(strcmp(fl_last_error(), "") == 0);
+    uint64_t a = fl_now_ns(), b = fl_now_ns();
+    CHECK(b >= a);
+}
+
+int main(void)
+{
+    test_map_random();
+    test_map_wrap();
+    test_sizes();
+    test_misc();
+    return fl_test_done("test_util");
+}
