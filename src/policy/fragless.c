@@ -9,6 +9,7 @@
 #include <string.h>
 
 #define NO_PAGE UINT64_MAX
+#define GROW_PAGES 10
 
 /* Page state. A page is pinned while refs > 0, cached when mapped with refs == 0
  * (then it sits on the LRU list), unmapped when handle == 0. */
@@ -28,6 +29,7 @@ typedef struct fx_heap {
     fl_range *range;
     fx_page *pages;         /* grows with the highest page used */
     uint64_t n_pages;
+    uint64_t top;           /* pages below it have been mapped at least once */
 } fx_heap;
 
 typedef struct fx_policy {
@@ -65,6 +67,20 @@ static void lru_push(fx_policy *f, uint64_t id)
     else
         f->lru_head = id;
     f->lru_tail = id;
+    f->n_cached++;
+}
+
+/* Pages mapped ahead of need are the first to give back under pressure. */
+static void lru_push_front(fx_policy *f, uint64_t id)
+{
+    fx_page *pg = page_of(f, id);
+    pg->lru_prev = NO_PAGE;
+    pg->lru_next = f->lru_head;
+    if (f->lru_head != NO_PAGE)
+        page_of(f, f->lru_head)->lru_prev = id;
+    else
+        f->lru_tail = id;
+    f->lru_head = id;
     f->n_cached++;
 }
 
@@ -272,6 +288,47 @@ static fl_status map_pages(fx_policy *f, uint32_t hi, uint64_t p0, uint64_t p1)
     return s != FL_OK ? s : s2;
 }
 
+/* When a heap's footprint grows past its top, map on to the next multiple of
+ * GROW_PAGES (20 MiB of 2 MiB pages, PyTorch's large-pool page) with handles that cost
+ * no reclaim: growth then comes in a few steps instead of a page at a time, and the
+ * pages ahead stay fungible (cached, first to be reclaimed). */
+static void map_ahead(fx_policy *f, uint32_t hi, uint64_t p1)
+{
+    fx_heap *h = &f->heaps[hi];
+    uint64_t end = fl_div_up(p1 + 1, GROW_PAGES) * GROW_PAGES, p;
+    if (end > h->n_pages && heap_grow_pages(h, end) != FL_OK)
+        return;
+    for (p = p1 + 1; p < end; p++) {
+        if (h->pages[p].handle)
+            break;
+        uint64_t handle;
+        if (f->n_pool)
+            handle = f->pool[--f->n_pool];
+        else if (f->n_handles < f->max_pages && (f->n_handles < f->cap_pool || pool_grow(f) == FL_OK) &&
+                 fl_dev_create(f->base.dev, f->gran, &handle) == FL_OK)
+            f->n_handles++;
+        else
+            break;
+        if (fl_dev_map(f->base.dev, h->va + (p << f->gran_log), f->gran, handle) != FL_OK) {
+            f->pool[f->n_pool++] = handle;
+            break;
+        }
+        h->pages[p].handle = handle;
+        lru_push_front(f, PAGE_ID(hi, p));
+    }
+    if (p > p1 + 1 && set_access_run(f, h, p1 + 1, p) != FL_OK) {
+        /* Without access the pages are useless: give them back at once. */
+        for (uint64_t q = p1 + 1; q < p; q++) {
+            lru_remove(f, PAGE_ID(hi, q));
+            fl_dev_unmap(f->base.dev, h->va + (q << f->gran_log), f->gran);
+            f->pool[f->n_pool++] = h->pages[q].handle;
+            h->pages[q].handle = 0;
+        }
+        p = p1 + 1;
+    }
+    h->top = p;
+}
+
 /* Drops one reference from each page of [p0, p1]; pages left unused become cached. */
 static void unpin(fx_policy *f, uint32_t hi, uint64_t p0, uint64_t p1)
 {
@@ -351,8 +408,8 @@ static fl_status fx_alloc(fl_policy *base, uint64_t size, uint64_t stream, uint6
             s = fl_fail(FL_ERR_OOM, "fragless: %llu bytes need %llu more pages of %llu MiB; %llu obtainable",
                         (unsigned long long)size, (unsigned long long)missing,
                         (unsigned long long)(f->gran >> 20), (unsigned long long)pages_obtainable(f));
-        else
-            s = map_pages(f, hi, p0, p1);
+        else if ((s = map_pages(f, hi, p0, p1)) == FL_OK && p1 >= f->heaps[hi].top)
+            map_ahead(f, hi, p1);
         if (s != FL_OK) {
             unpin(f, hi, p0, p1);
             fl_range_free(f->heaps[hi].range, off);

@@ -1,0 +1,134 @@
+/* Policy "nocache": no caching at all, like PYTORCH_NO_CUDA_MEMORY_CACHING=1. Every
+ * request (rounded to 512 B) is one device allocation and every free one device free;
+ * cudaFree synchronizes, so streams need no bookkeeping. */
+#include "policy/policy.h"
+
+#include <stdlib.h>
+
+typedef struct nocache_policy {
+    fl_policy base;
+    fl_map live;                   /* address -> rounded size */
+} nocache_policy;
+
+static inline nocache_policy *as_nocache(fl_policy *p) { return (nocache_policy *)p; }
+
+static void nocache_destroy(fl_policy *p)
+{
+    nocache_policy *n = as_nocache(p);
+    if (!n)
+        return;
+    /* Teardown returns what is still live; device errors cannot be reported here. */
+    if (n->live.keys)
+        for (uint64_t i = 0; i <= n->live.mask; i++)
+            if (n->live.keys[i] != UINT64_MAX)
+                fl_dev_mem_free(p->dev, n->live.keys[i]);
+    fl_map_free(&n->live);
+    free(n);
+}
+
+static fl_status nocache_create(const fl_config *cfg, fl_device *dev, fl_policy **out)
+{
+    (void)cfg; /* no knobs: the device decides everything */
+    *out = NULL;
+    nocache_policy *n = calloc(1, sizeof *n);
+    if (!n)
+        return fl_fail(FL_ERR_NOMEM, "nocache: no host memory");
+    n->base.ops = &fl_policy_nocache;
+    n->base.dev = dev;
+    fl_status st = fl_map_init(&n->live, 1024);
+    if (st != FL_OK) {
+        free(n);
+        return st;
+    }
+    *out = &n->base;
+    return FL_OK;
+}
+
+static fl_status nocache_alloc(fl_policy *p, uint64_t size, uint64_t stream, uint64_t *addr)
+{
+    nocache_policy *n = as_nocache(p);
+    (void)stream;
+    uint64_t bytes = fl_round_request(NULL, size);
+    uint64_t a;
+    fl_status st = fl_dev_mem_alloc(p->dev, bytes, &a);
+    if (st != FL_OK) {
+        if (st == FL_ERR_OOM) {
+            char asked[32], used[32];
+            p->ooms++;
+            return fl_fail(FL_ERR_OOM, "nocache: out of memory. Tried to allocate %s; %s of "
+                           "device memory is allocated and nothing is cached",
+                           fl_format_size(bytes, asked, sizeof asked),
+                           fl_format_size(p->allocated, used, sizeof used));
+        }
+        return st;
+    }
+    if ((st = fl_map_put(&n->live, a, bytes)) != FL_OK) {
+        fl_dev_mem_free(p->dev, a);
+        return st;
+    }
+    p->allocated += bytes;
+    p->num_allocs++;
+    *addr = a;
+    return FL_OK;
+}
+
+static fl_status nocache_free(fl_policy *p, uint64_t addr)
+{
+    nocache_policy *n = as_nocache(p);
+    uint64_t bytes;
+    if (!fl_map_get(&n->live, addr, &bytes))
+        return fl_fail(FL_ERR_NOT_FOUND, "nocache: free of 0x%llx, which is not a live block",
+                       (unsigned long long)addr);
+    fl_status st = fl_dev_mem_free(p->dev, addr);
+    if (st != FL_OK)
+        return st;
+    fl_map_remove(&n->live, addr, NULL);
+    p->allocated -= bytes;
+    p->num_frees++;
+    return FL_OK;
+}
+
+static fl_status nocache_empty_cache(fl_policy *p)
+{
+    (void)p; /* nothing is ever cached */
+    return FL_OK;
+}
+
+static int nocache_check(const fl_policy *p)
+{
+    const nocache_policy *n = (const nocache_policy *)p;
+    uint64_t sum = 0, count = 0;
+    for (uint64_t i = 0; i <= n->live.mask; i++) {
+        if (n->live.keys[i] == UINT64_MAX)
+            continue;
+        if (n->live.keys[i] % 512 || n->live.vals[i] == 0 || n->live.vals[i] % 512) {
+            fl_fail(FL_ERR_INVALID, "nocache check: block 0x%llx of %llu bytes is not 512-aligned",
+                    (unsigned long long)n->live.keys[i], (unsigned long long)n->live.vals[i]);
+            return 1;
+        }
+        sum += n->live.vals[i];
+        count++;
+    }
+    if (count != n->live.count || sum != p->allocated) {
+        fl_fail(FL_ERR_INVALID, "nocache check: %llu live blocks of %llu bytes, counted %llu "
+                "and allocated says %llu", (unsigned long long)count, (unsigned long long)sum,
+                (unsigned long long)n->live.count, (unsigned long long)p->allocated);
+        return 1;
+    }
+    if (sum > p->dev->counters.in_use) {
+        fl_fail(FL_ERR_INVALID, "nocache check: %llu bytes live but the device has %llu in use",
+                (unsigned long long)sum, (unsigned long long)p->dev->counters.in_use);
+        return 1;
+    }
+    return 0;
+}
+
+const fl_policy_ops fl_policy_nocache = {
+    .name = "nocache",
+    .create = nocache_create,
+    .destroy = nocache_destroy,
+    .alloc = nocache_alloc,
+    .free = nocache_free,
+    .empty_cache = nocache_empty_cache,
+    .check = nocache_check,
+};
