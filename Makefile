@@ -21,8 +21,12 @@ run: build
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
+# Host time medians per policy, then the compare figures, on the example trace and
+# ../shared/traces when present.
+BENCH_TRACES = $(wildcard examples/*.csv) $(wildcard ../shared/traces/*.csv)
 bench: build
-	./$(BUILD)/fl_bench
+	./$(BUILD)/fl_bench $(BENCH_TRACES)
+	./$(BUILD)/fragless compare $(BENCH_TRACES) --capacity 1.05x
 
 clean:
 	rm -rf $(BUILD)
