@@ -94,8 +94,8 @@ static void print_row(const cli_opts *o, const fl_prepared *p, const char *polic
                    mc_ratio);
         printf("\"device_calls\": %llu, \"device_ms\": %.3f, \"late_device_calls\": %llu, \"late_device_ms\": %.3f, "
                "\"calls_by_kind\": ",
-               (unsigned long long)calls_of(&u->dev), u->dev.time_us / 1e3, (unsigned long long)m->unlimited_late_calls,
-               m->unlimited_late_us / 1e3);
+               (unsigned long long)calls_of(&u->dev), u->dev.time_us / 1e3, (unsigned long long)u->late_calls,
+               u->late_us / 1e3);
         print_calls_json(stdout, &u->dev);
         printf(", \"host_ns_per_pair\": %.1f", ns_per_pair(u));
         if (m->capacity) {
@@ -104,7 +104,7 @@ static void print_row(const cli_opts *o, const fl_prepared *p, const char *polic
                    "\"capacity_late_device_ms\": %.3f, \"capacity_calls_by_kind\": ",
                    (unsigned long long)m->capacity, (unsigned long long)c->ooms, (unsigned long long)c->peak_reserved,
                    (unsigned long long)calls_of(&c->dev), c->dev.time_us / 1e3,
-                   (unsigned long long)m->capacity_late_calls, m->capacity_late_us / 1e3);
+                   (unsigned long long)c->late_calls, c->late_us / 1e3);
             print_calls_json(stdout, &c->dev);
         }
         printf("}");
@@ -122,14 +122,14 @@ static void print_row(const cli_opts *o, const fl_prepared *p, const char *polic
         printf("%s,%s,%zu,%llu,%llu,%.4f,%llu,%.4f,%llu,%.3f,%llu,%.3f,%.1f", p->name, policy, p->n_ops,
                (unsigned long long)p->peak_live, (unsigned long long)u->peak_reserved, overhead,
                (unsigned long long)m->min_capacity, mc_ratio, (unsigned long long)calls_of(&u->dev),
-               u->dev.time_us / 1e3, (unsigned long long)m->unlimited_late_calls, m->unlimited_late_us / 1e3,
+               u->dev.time_us / 1e3, (unsigned long long)u->late_calls, u->late_us / 1e3,
                ns_per_pair(u));
         for (int i = 0; i < FL_CALL_COUNT; i++)
             printf(",%llu", (unsigned long long)u->dev.calls[i]);
         if (m->capacity)
             printf(",%llu,%llu,%llu,%.3f,%llu,%.3f\n", (unsigned long long)m->capacity, (unsigned long long)c->ooms,
                    (unsigned long long)calls_of(&c->dev), c->dev.time_us / 1e3,
-                   (unsigned long long)m->capacity_late_calls, m->capacity_late_us / 1e3);
+                   (unsigned long long)c->late_calls, c->late_us / 1e3);
         else
             printf(",,,,,,\n");
         return;
@@ -141,10 +141,10 @@ static void print_row(const cli_opts *o, const fl_prepared *p, const char *polic
     }
     printf("  %-15s %9.3f %8.4f %9s %9s %7llu %9.1f %6llu %8.1f %8.1f", policy, gib(u->peak_reserved), overhead, mc,
            ratio, (unsigned long long)calls_of(&u->dev), u->dev.time_us / 1e3,
-           (unsigned long long)m->unlimited_late_calls, m->unlimited_late_us / 1e3, ns_per_pair(u));
+           (unsigned long long)u->late_calls, u->late_us / 1e3, ns_per_pair(u));
     if (m->capacity)
         printf(" | %5llu %7llu %9.1f %6llu %8.1f", (unsigned long long)c->ooms, (unsigned long long)calls_of(&c->dev),
-               c->dev.time_us / 1e3, (unsigned long long)m->capacity_late_calls, m->capacity_late_us / 1e3);
+               c->dev.time_us / 1e3, (unsigned long long)c->late_calls, c->late_us / 1e3);
     printf("\n");
 }
 

@@ -19,6 +19,7 @@ typedef struct sim_handle {
 
 typedef struct sim_reservation {
     uint64_t va, size;
+    uint64_t mapped;     /* granules mapped inside it */
 } sim_reservation;
 
 typedef struct sim_device {
@@ -148,7 +149,7 @@ static fl_status sim_reserve(fl_device *d, uint64_t size, uint64_t *va)
         s->res[i] = s->res[i - 1];
         i--;
     }
-    s->res[i] = (sim_reservation){a, size};
+    s->res[i] = (sim_reservation){a, size, 0};
     s->n_res++;
     *va = a;
     return charge(d, FL_CALL_RESERVE, FL_OK);
@@ -179,11 +180,11 @@ static fl_status sim_addr_free(fl_device *d, uint64_t va, uint64_t size)
         return charge(d, FL_CALL_ADDR_FREE,
                       fl_fail(FL_ERR_INVALID, "sim addr_free: [0x%llx, +%llu) is not a reservation",
                               (unsigned long long)va, (unsigned long long)size));
-    for (uint64_t g = va / d->granularity; g < (va + size) / d->granularity; g++)
-        if (fl_map_get(&s->granules, g, NULL))
-            return charge(d, FL_CALL_ADDR_FREE,
-                          fl_fail(FL_ERR_INVALID, "sim addr_free: 0x%llx is still mapped",
-                                  (unsigned long long)(g * d->granularity)));
+    if (s->res[i].mapped)
+        return charge(d, FL_CALL_ADDR_FREE,
+                      fl_fail(FL_ERR_INVALID, "sim addr_free: %llu granules of [0x%llx, +%llu) are still mapped",
+                              (unsigned long long)s->res[i].mapped, (unsigned long long)va,
+                              (unsigned long long)size));
     fl_range_free(s->va, va - SIM_VA_BASE);
     memmove(&s->res[i], &s->res[i + 1], (s->n_res - (uint32_t)i - 1) * sizeof *s->res);
     s->n_res--;
@@ -257,7 +258,8 @@ static fl_status sim_map(fl_device *d, uint64_t va, uint64_t size, uint64_t hand
         return charge(d, FL_CALL_MAP,
                       fl_fail(FL_ERR_INVALID, "sim map: handle %llu is not a live handle of %llu bytes",
                               (unsigned long long)handle, (unsigned long long)size));
-    if (find_reservation(s, va, size) < 0)
+    int ri = find_reservation(s, va, size);
+    if (ri < 0)
         return charge(d, FL_CALL_MAP,
                       fl_fail(FL_ERR_INVALID, "sim map: [0x%llx, +%llu) is not inside a reservation",
                               (unsigned long long)va, (unsigned long long)size));
@@ -275,6 +277,7 @@ static fl_status sim_map(fl_device *d, uint64_t va, uint64_t size, uint64_t hand
         }
     }
     h->mappings++;
+    s->res[ri].mapped += g1 - g0;
     return charge(d, FL_CALL_MAP, FL_OK);
 }
 
@@ -297,6 +300,8 @@ static fl_status sim_unmap(fl_device *d, uint64_t va, uint64_t size)
         return charge(d, FL_CALL_UNMAP,
                       fl_fail(FL_ERR_INVALID, "sim unmap: [0x%llx, +%llu) ends inside a mapping",
                               (unsigned long long)va, (unsigned long long)size));
+    /* Mapped granules always lie inside a reservation (map checks it). */
+    s->res[find_reservation(s, va, size)].mapped -= g1 - g0;
     for (uint64_t g = g0; g < g1; g++) {
         fl_map_remove(&s->granules, g, &v);
         if (v & 1) {

@@ -8,17 +8,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define NO_PAGE UINT64_MAX
 #define GROW_PAGES 10
 
-/* Page state. A page is pinned while refs > 0, cached when mapped with refs == 0
- * (then it sits on the LRU list), unmapped when handle == 0. */
+/* Page state. A page is pinned while refs > 0, cached when mapped with refs == 0,
+ * unmapped when handle == 0. */
 typedef struct fx_page {
     uint32_t refs;          /* live blocks touching the page */
-    uint32_t pad_;
+    uint32_t recent;        /* cached since the clock hand last passed: spare it once */
     uint64_t handle;        /* physical handle mapped here, 0 if none */
-    uint64_t lru_prev;      /* global page ids (heap << 40 | page) on the cached list */
-    uint64_t lru_next;
 } fx_page;
 
 typedef struct fx_heap {
@@ -45,58 +42,9 @@ typedef struct fx_policy {
     uint64_t n_pool, cap_pool;
     uint64_t n_handles;     /* created and not released */
     uint64_t n_cached;      /* mapped pages no live block touches */
-    uint64_t lru_head, lru_tail; /* cached pages, least recently cached first */
+    uint32_t hand_heap;     /* the clock hand: next page reclaim looks at */
+    uint64_t hand_page;
 } fx_policy;
-
-#define PAGE_ID(h, p) (((uint64_t)(h) << 40) | (p))
-#define ID_HEAP(id) ((uint32_t)((id) >> 40))
-#define ID_PAGE(id) ((id) & ((UINT64_C(1) << 40) - 1))
-
-static inline fx_page *page_of(fx_policy *f, uint64_t id)
-{
-    return &f->heaps[ID_HEAP(id)].pages[ID_PAGE(id)];
-}
-
-static void lru_push(fx_policy *f, uint64_t id)
-{
-    fx_page *pg = page_of(f, id);
-    pg->lru_next = NO_PAGE;
-    pg->lru_prev = f->lru_tail;
-    if (f->lru_tail != NO_PAGE)
-        page_of(f, f->lru_tail)->lru_next = id;
-    else
-        f->lru_head = id;
-    f->lru_tail = id;
-    f->n_cached++;
-}
-
-/* Pages mapped ahead of need are the first to give back under pressure. */
-static void lru_push_front(fx_policy *f, uint64_t id)
-{
-    fx_page *pg = page_of(f, id);
-    pg->lru_prev = NO_PAGE;
-    pg->lru_next = f->lru_head;
-    if (f->lru_head != NO_PAGE)
-        page_of(f, f->lru_head)->lru_prev = id;
-    else
-        f->lru_tail = id;
-    f->lru_head = id;
-    f->n_cached++;
-}
-
-static void lru_remove(fx_policy *f, uint64_t id)
-{
-    fx_page *pg = page_of(f, id);
-    if (pg->lru_prev != NO_PAGE)
-        page_of(f, pg->lru_prev)->lru_next = pg->lru_next;
-    else
-        f->lru_head = pg->lru_next;
-    if (pg->lru_next != NO_PAGE)
-        page_of(f, pg->lru_next)->lru_prev = pg->lru_prev;
-    else
-        f->lru_tail = pg->lru_prev;
-    f->n_cached--;
-}
 
 /* ---- heaps ------------------------------------------------------------------- */
 
@@ -189,19 +137,38 @@ static uint64_t pages_obtainable(const fx_policy *f)
     return f->n_pool + creatable + f->n_cached;
 }
 
-/* Unmaps the least recently cached page and puts its handle in the pool. */
+/* Unmaps a cached page and puts its handle in the pool. The clock hand sweeps every
+ * heap's pages in address order and spares pages cached since its last pass (second
+ * chance, close to least-recently-used), so reclaim costs O(1) amortised and the hot
+ * paths keep no list of cached pages: pinning and unpinning only count and mark. */
 static fl_status reclaim_one(fx_policy *f)
 {
-    uint64_t id = f->lru_head;
-    fx_heap *h = &f->heaps[ID_HEAP(id)];
-    fx_page *pg = page_of(f, id);
-    fl_status s = fl_dev_unmap(f->base.dev, h->va + (ID_PAGE(id) << f->gran_log), f->gran);
-    if (s != FL_OK)
-        return s;
-    lru_remove(f, id);
-    f->pool[f->n_pool++] = pg->handle;
-    pg->handle = 0;
-    return FL_OK;
+    for (;;) {
+        if (f->hand_heap >= f->n_heaps) {
+            f->hand_heap = 0;
+            f->hand_page = 0;
+        }
+        fx_heap *h = &f->heaps[f->hand_heap];
+        if (f->hand_page >= h->n_pages) {
+            f->hand_heap++;
+            f->hand_page = 0;
+            continue;
+        }
+        uint64_t p = f->hand_page++;
+        if (h->pages[p].handle && h->pages[p].refs == 0) {
+            if (h->pages[p].recent) {
+                h->pages[p].recent = 0;
+                continue;
+            }
+            fl_status s = fl_dev_unmap(f->base.dev, h->va + (p << f->gran_log), f->gran);
+            if (s != FL_OK)
+                return s;
+            f->n_cached--;
+            f->pool[f->n_pool++] = h->pages[p].handle;
+            h->pages[p].handle = 0;
+            return FL_OK;
+        }
+    }
 }
 
 /* The pool must be able to hold every handle: grow it before creating one more. */
@@ -291,7 +258,7 @@ static fl_status map_pages(fx_policy *f, uint32_t hi, uint64_t p0, uint64_t p1)
 /* When a heap's footprint grows past its top, map on to the next multiple of
  * GROW_PAGES (20 MiB of 2 MiB pages, PyTorch's large-pool page) with handles that cost
  * no reclaim: growth then comes in a few steps instead of a page at a time, and the
- * pages ahead stay fungible (cached, first to be reclaimed). */
+ * pages ahead stay fungible (cached: reclaimable like any other). */
 static void map_ahead(fx_policy *f, uint32_t hi, uint64_t p1)
 {
     fx_heap *h = &f->heaps[hi];
@@ -314,12 +281,12 @@ static void map_ahead(fx_policy *f, uint32_t hi, uint64_t p1)
             break;
         }
         h->pages[p].handle = handle;
-        lru_push_front(f, PAGE_ID(hi, p));
+        f->n_cached++;
     }
     if (p > p1 + 1 && set_access_run(f, h, p1 + 1, p) != FL_OK) {
         /* Without access the pages are useless: give them back at once. */
         for (uint64_t q = p1 + 1; q < p; q++) {
-            lru_remove(f, PAGE_ID(hi, q));
+            f->n_cached--;
             fl_dev_unmap(f->base.dev, h->va + (q << f->gran_log), f->gran);
             f->pool[f->n_pool++] = h->pages[q].handle;
             h->pages[q].handle = 0;
@@ -334,8 +301,10 @@ static void unpin(fx_policy *f, uint32_t hi, uint64_t p0, uint64_t p1)
 {
     fx_page *pg = f->heaps[hi].pages;
     for (uint64_t p = p0; p <= p1; p++) {
-        if (--pg[p].refs == 0 && pg[p].handle)
-            lru_push(f, PAGE_ID(hi, p));
+        if (--pg[p].refs == 0) {
+            f->n_cached += pg[p].handle != 0;
+            pg[p].recent = 1;
+        }
     }
 }
 
@@ -398,7 +367,7 @@ static fl_status fx_alloc(fl_policy *base, uint64_t size, uint64_t stream, uint6
     for (uint64_t p = p0; p <= p1; p++) {
         if (pg[p].refs++ == 0) {
             if (pg[p].handle)
-                lru_remove(f, PAGE_ID(hi, p));
+                f->n_cached--;
             else
                 missing++;
         }
@@ -501,16 +470,9 @@ static int fx_check(const fl_policy *base)
         }
         free(refs);
     }
-    uint64_t listed = 0;
-    for (uint64_t id = f->lru_head; id != NO_PAGE; id = f->heaps[ID_HEAP(id)].pages[ID_PAGE(id)].lru_next) {
-        const fx_page *pg = &f->heaps[ID_HEAP(id)].pages[ID_PAGE(id)];
-        if (pg->refs || !pg->handle || ++listed > cached)
-            return fl_fail(FL_ERR_INVALID, "fragless check: the cached list holds a page in use"), 1;
-    }
-    if (listed != cached || cached != f->n_cached)
-        return fl_fail(FL_ERR_INVALID, "fragless check: %llu cached pages, %llu listed, counter %llu",
-                       (unsigned long long)cached, (unsigned long long)listed,
-                       (unsigned long long)f->n_cached), 1;
+    if (cached != f->n_cached)
+        return fl_fail(FL_ERR_INVALID, "fragless check: %llu cached pages, counter %llu",
+                       (unsigned long long)cached, (unsigned long long)f->n_cached), 1;
     if (mapped + f->n_pool != f->n_handles)
         return fl_fail(FL_ERR_INVALID, "fragless check: %llu mapped + %llu pooled != %llu handles",
                        (unsigned long long)mapped, (unsigned long long)f->n_pool,
@@ -562,7 +524,6 @@ static fl_status fx_create(const fl_config *cfg, fl_device *dev, fl_policy **out
     f->max_pages = limit / f->gran;
     /* Measured on ../shared/traces (ARCHITECTURE.md): an eighth of a page. */
     f->small_limit = f->gran / 8;
-    f->lru_head = f->lru_tail = NO_PAGE;
     /* The pool holds at most every handle; it grows with them (pool_grow). */
     f->cap_pool = 1024;
     f->pool = malloc(f->cap_pool * sizeof *f->pool);

@@ -18,10 +18,10 @@ static void nocache_destroy(fl_policy *p)
     if (!n)
         return;
     /* Teardown returns what is still live; device errors cannot be reported here. */
-    if (n->live.keys)
+    if (n->live.e)
         for (uint64_t i = 0; i <= n->live.mask; i++)
-            if (n->live.keys[i] != UINT64_MAX)
-                fl_dev_mem_free(p->dev, n->live.keys[i]);
+            if (n->live.e[i].key != UINT64_MAX)
+                fl_dev_mem_free(p->dev, n->live.e[i].key);
     fl_map_free(&n->live);
     free(n);
 }
@@ -99,14 +99,14 @@ static int nocache_check(const fl_policy *p)
     const nocache_policy *n = (const nocache_policy *)p;
     uint64_t sum = 0, count = 0;
     for (uint64_t i = 0; i <= n->live.mask; i++) {
-        if (n->live.keys[i] == UINT64_MAX)
+        if (n->live.e[i].key == UINT64_MAX)
             continue;
-        if (n->live.keys[i] % 512 || n->live.vals[i] == 0 || n->live.vals[i] % 512) {
+        if (n->live.e[i].key % 512 || n->live.e[i].val == 0 || n->live.e[i].val % 512) {
             fl_fail(FL_ERR_INVALID, "nocache check: block 0x%llx of %llu bytes is not 512-aligned",
-                    (unsigned long long)n->live.keys[i], (unsigned long long)n->live.vals[i]);
+                    (unsigned long long)n->live.e[i].key, (unsigned long long)n->live.e[i].val);
             return 1;
         }
-        sum += n->live.vals[i];
+        sum += n->live.e[i].val;
         count++;
     }
     if (count != n->live.count || sum != p->allocated) {

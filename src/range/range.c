@@ -22,46 +22,84 @@ static inline void class_of(uint64_t units, unsigned *fl, unsigned *sl)
     }
 }
 
-static inline uint32_t *list_head(fl_range *r, unsigned fl, unsigned sl)
+static inline unsigned class_index(const fl_range *r, uint64_t size)
 {
-    return &r->heads[fl * RANGE_SL_COUNT + sl];
+    unsigned fl, sl;
+    class_of(size >> r->align_log, &fl, &sl);
+    return fl * RANGE_SL_COUNT + sl;
 }
 
 static void list_insert(fl_range *r, uint32_t n)
 {
     range_node *b = &r->nodes[n];
-    unsigned fl, sl;
-    class_of(b->size >> r->align_log, &fl, &sl);
-    uint32_t *head = list_head(r, fl, sl);
+    unsigned c = class_index(r, b->size);
+    b->cls = (uint16_t)c;
     b->prev_free = NIL;
-    b->next_free = *head;
-    if (*head != NIL)
-        r->nodes[*head].prev_free = n;
-    *head = n;
-    r->fl_bitmap |= UINT64_C(1) << fl;
-    r->sl_bitmap[fl] |= 1u << sl;
+    b->next_free = r->heads[c];
+    if (r->heads[c] != NIL)
+        r->nodes[r->heads[c]].prev_free = n;
+    r->heads[c] = n;
+    r->fl_bitmap |= UINT64_C(1) << (c / RANGE_SL_COUNT);
+    r->sl_bitmap[c / RANGE_SL_COUNT] |= 1u << (c % RANGE_SL_COUNT);
 }
 
 static void list_remove(fl_range *r, uint32_t n)
 {
     range_node *b = &r->nodes[n];
-    unsigned fl, sl;
-    class_of(b->size >> r->align_log, &fl, &sl);
+    unsigned c = b->cls;
     if (b->prev_free != NIL)
         r->nodes[b->prev_free].next_free = b->next_free;
     else
-        *list_head(r, fl, sl) = b->next_free;
+        r->heads[c] = b->next_free;
     if (b->next_free != NIL)
         r->nodes[b->next_free].prev_free = b->prev_free;
-    if (*list_head(r, fl, sl) == NIL) {
-        r->sl_bitmap[fl] &= ~(1u << sl);
+    if (r->heads[c] == NIL) {
+        unsigned fl = c / RANGE_SL_COUNT;
+        r->sl_bitmap[fl] &= ~(1u << (c % RANGE_SL_COUNT));
         if (!r->sl_bitmap[fl])
             r->fl_bitmap &= ~(UINT64_C(1) << fl);
     }
 }
 
-/* An allocation splits at most twice; growing the node array before touching any
- * list means a failed growth leaves the allocator exactly as it was. */
+/* Gives free node n a new extent; it moves between class lists only if its class
+ * changes, which for large free ranges (the top of a heap) it mostly does not. */
+static inline void free_resize(fl_range *r, uint32_t n, uint64_t offset, uint64_t size)
+{
+    range_node *b = &r->nodes[n];
+    b->offset = offset;
+    if (class_index(r, size) != b->cls) {
+        list_remove(r, n);
+        b->size = size;
+        list_insert(r, n);
+    } else {
+        b->size = size;
+    }
+}
+
+/* Links node u into the address order right after node n. */
+static inline void link_after(fl_range *r, uint32_t n, uint32_t u)
+{
+    range_node *b = &r->nodes[n], *c = &r->nodes[u];
+    c->prev_phys = n;
+    c->next_phys = b->next_phys;
+    if (b->next_phys != NIL)
+        r->nodes[b->next_phys].prev_phys = u;
+    b->next_phys = u;
+}
+
+/* Links node u into the address order right before node n. */
+static inline void link_before(fl_range *r, uint32_t n, uint32_t u)
+{
+    range_node *b = &r->nodes[n], *c = &r->nodes[u];
+    c->next_phys = n;
+    c->prev_phys = b->prev_phys;
+    if (b->prev_phys != NIL)
+        r->nodes[b->prev_phys].next_phys = u;
+    else
+        r->head = u;
+    b->prev_phys = u;
+}
+
 static fl_status reserve_nodes(fl_range *r)
 {
     if (r->n_nodes + 2 <= r->cap_nodes)
@@ -117,7 +155,8 @@ fl_status fl_range_create(uint64_t size, uint64_t min_align, fl_range **out)
         free(r);
         return fl_fail(FL_ERR_NOMEM, "range allocator: out of host memory");
     }
-    r->n_nodes = 2; /* node 0 is NIL; node 1 always starts at offset 0 */
+    r->n_nodes = 2; /* node 0 is NIL */
+    r->head = 1;
     range_node *b = &r->nodes[1];
     b->offset = 0;
     b->size = size;
@@ -195,63 +234,40 @@ uint32_t range_find_free(const fl_range *r, uint64_t size)
     return scan_class(r, ofl, osl, size);
 }
 
-/* Turns free node n into a used block of `size` at its start (+ pad), splitting off
- * the front padding and the tail as free blocks. Returns the used node. */
-static void carve(fl_range *r, uint32_t n, uint64_t pad, uint64_t size, uint32_t *used_out)
-{
-    list_remove(r, n);
-    uint32_t used = n;
-    if (pad) {
-        uint32_t u = node_take(r);
-        range_node *b = &r->nodes[n], *c = &r->nodes[u];
-        c->offset = b->offset + pad;
-        c->size = b->size - pad;
-        c->prev_phys = n;
-        c->next_phys = b->next_phys;
-        if (b->next_phys != NIL)
-            r->nodes[b->next_phys].prev_phys = u;
-        b->next_phys = u;
-        b->size = pad;
-        list_insert(r, n);
-        used = u;
-    }
-    range_node *b = &r->nodes[used];
-    if (b->size > size) {
-        uint32_t t = node_take(r);
-        b = &r->nodes[used];
-        range_node *c = &r->nodes[t];
-        c->offset = b->offset + size;
-        c->size = b->size - size;
-        c->prev_phys = used;
-        c->next_phys = b->next_phys;
-        c->used = 0;
-        if (b->next_phys != NIL)
-            r->nodes[b->next_phys].prev_phys = t;
-        b->next_phys = t;
-        b->size = size;
-        list_insert(r, t);
-    }
-    b->used = 1;
-    *used_out = used;
-}
-
-/* Merges the physical successor of free node n (free or just-freed) into n. */
-void range_merge_next(fl_range *r, uint32_t n)
+/* Makes [start + pad, start + pad + size) of free node n a used block. Node n stays
+ * the free piece before it (or after it, when there is none before), so the common
+ * case touches no class list at all; a second free piece gets a new node. */
+static uint32_t carve(fl_range *r, uint32_t n, uint64_t pad, uint64_t size)
 {
     range_node *b = &r->nodes[n];
-    uint32_t m = b->next_phys;
-    range_node *c = &r->nodes[m];
-    if (b->used == 0)
+    uint64_t start = b->offset, back = b->size - pad - size;
+    if (pad == 0 && back == 0) {
         list_remove(r, n);
-    if (c->used == 0)
-        list_remove(r, m);
-    b->size += c->size;
-    b->next_phys = c->next_phys;
-    if (c->next_phys != NIL)
-        r->nodes[c->next_phys].prev_phys = n;
-    node_release(r, m);
-    b->used = 0;
-    list_insert(r, n);
+        b->used = 1;
+        return n;
+    }
+    uint32_t u = node_take(r);
+    range_node *c = &r->nodes[u];
+    c->offset = start + pad;
+    c->size = size;
+    c->used = 1;
+    if (pad == 0) {
+        link_before(r, n, u);
+        free_resize(r, n, start + size, back);
+        return u;
+    }
+    link_after(r, n, u);
+    free_resize(r, n, start, pad);
+    if (back) {
+        uint32_t t = node_take(r);
+        range_node *d = &r->nodes[t];
+        d->offset = start + pad + size;
+        d->size = back;
+        d->used = 0;
+        link_after(r, u, t);
+        list_insert(r, t);
+    }
+    return u;
 }
 
 fl_status fl_range_alloc(fl_range *r, uint64_t size, uint64_t align, uint64_t *offset)
@@ -285,9 +301,8 @@ fl_status range_take(fl_range *r, uint32_t n, uint64_t pad, uint64_t size, uint6
 {
     if (FL_UNLIKELY(reserve_nodes(r) != FL_OK))
         return FL_ERR_NOMEM;
-    uint32_t used;
-    carve(r, n, pad, size, &used);
-    if (fl_map_put(&r->used, r->nodes[used].offset, used) != FL_OK) {
+    uint32_t used = carve(r, n, pad, size);
+    if (fl_map_insert(&r->used, r->nodes[used].offset, used) != FL_OK) {
         range_free_node(r, used);
         return fl_fail(FL_ERR_NOMEM, "range allocator: out of host memory for the offset table");
     }
@@ -297,20 +312,47 @@ fl_status range_take(fl_range *r, uint32_t n, uint64_t pad, uint64_t size, uint6
     return FL_OK;
 }
 
-/* Returns used node n to the free lists, coalescing with free neighbours. The
- * lower node survives a merge, so node 1 always starts at offset 0. */
+/* Returns used node n to the free lists, merged with its free neighbours. A free
+ * neighbour absorbs the block in place (no list traffic unless its class changes). */
 uint32_t range_free_node(fl_range *r, uint32_t n)
 {
     range_node *b = &r->nodes[n];
-    b->used = 0;
-    list_insert(r, n);
-    if (b->next_phys != NIL && r->nodes[b->next_phys].used == 0)
-        range_merge_next(r, n);
-    uint32_t p = r->nodes[n].prev_phys;
-    if (p != NIL && r->nodes[p].used == 0) {
-        range_merge_next(r, p);
+    uint32_t p = b->prev_phys, m = b->next_phys;
+    int prev_free = p != NIL && r->nodes[p].used == 0;
+    int next_free = m != NIL && r->nodes[m].used == 0;
+    if (prev_free) {
+        range_node *a = &r->nodes[p];
+        uint64_t size = a->size + b->size;
+        a->next_phys = b->next_phys;
+        if (b->next_phys != NIL)
+            r->nodes[b->next_phys].prev_phys = p;
+        node_release(r, n);
+        if (next_free) {
+            range_node *c = &r->nodes[m];
+            size += c->size;
+            list_remove(r, m);
+            a->next_phys = c->next_phys;
+            if (c->next_phys != NIL)
+                r->nodes[c->next_phys].prev_phys = p;
+            node_release(r, m);
+        }
+        free_resize(r, p, a->offset, size);
         return p;
     }
+    if (next_free) {
+        range_node *c = &r->nodes[m];
+        c->prev_phys = b->prev_phys;
+        if (b->prev_phys != NIL)
+            r->nodes[b->prev_phys].next_phys = m;
+        else
+            r->head = m;
+        uint64_t offset = b->offset, size = b->size + c->size;
+        node_release(r, n);
+        free_resize(r, m, offset, size);
+        return m;
+    }
+    b->used = 0;
+    list_insert(r, n);
     return n;
 }
 
@@ -359,7 +401,7 @@ uint64_t fl_range_largest_free(const fl_range *r)
 
 void fl_range_walk(const fl_range *r, fl_range_walker fn, void *user)
 {
-    for (uint32_t n = 1; n != NIL; n = r->nodes[n].next_phys)
+    for (uint32_t n = r->head; n != NIL; n = r->nodes[n].next_phys)
         if (fn(r->nodes[n].offset, r->nodes[n].size, r->nodes[n].used == 1, user))
             return;
 }
@@ -368,7 +410,7 @@ int fl_range_check(const fl_range *r)
 {
     uint64_t expect = 0, free_sum = 0, used_count = 0, free_count = 0;
     uint32_t prev = NIL;
-    for (uint32_t n = 1; n != NIL; n = r->nodes[n].next_phys) {
+    for (uint32_t n = r->head; n != NIL; n = r->nodes[n].next_phys) {
         const range_node *b = &r->nodes[n];
         if (n >= r->n_nodes || b->used > 1)
             return fl_fail(FL_ERR_INVALID, "range check: node %u is recycled but linked", n), 1;
@@ -418,7 +460,8 @@ int fl_range_check(const fl_range *r)
             for (uint32_t n = head; n != NIL; n = r->nodes[n].next_free) {
                 unsigned f2, s2;
                 class_of(r->nodes[n].size >> r->align_log, &f2, &s2);
-                if (r->nodes[n].used != 0 || f2 != fl || s2 != sl || r->nodes[n].prev_free != p)
+                if (r->nodes[n].used != 0 || f2 != fl || s2 != sl || r->nodes[n].cls != fl * RANGE_SL_COUNT + sl ||
+                    r->nodes[n].prev_free != p)
                     return fl_fail(FL_ERR_INVALID, "range check: free list %u/%u holds a wrong block", fl, sl), 1;
                 p = n;
                 if (++listed > free_count)

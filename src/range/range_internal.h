@@ -17,6 +17,7 @@ typedef struct range_node {
     uint64_t size;
     uint32_t prev_phys, next_phys;    /* address-order neighbours, 0 = none */
     uint32_t prev_free, next_free;    /* class list links (or the recycle list) */
+    uint16_t cls;                     /* class list a free node is on */
     uint8_t used;                     /* 0 free, 1 used, 2 recycled node */
 } range_node;
 
@@ -29,6 +30,7 @@ struct fl_range {
     range_node *nodes;                /* node 0 is the NIL sentinel */
     uint32_t n_nodes, cap_nodes;
     uint32_t free_nodes;              /* recycled nodes */
+    uint32_t head;                    /* the node at offset 0 */
     uint64_t fl_bitmap;
     uint32_t sl_bitmap[RANGE_FL_COUNT];
     uint32_t heads[RANGE_FL_COUNT * RANGE_SL_COUNT];
@@ -43,6 +45,5 @@ uint32_t range_find_free(const fl_range *r, uint64_t size);
  * pad (a multiple of min_align, pad + size <= the node's size). */
 fl_status range_take(fl_range *r, uint32_t n, uint64_t pad, uint64_t size, uint64_t *offset);
 uint32_t range_free_node(fl_range *r, uint32_t n);
-void range_merge_next(fl_range *r, uint32_t n);
 
 #endif

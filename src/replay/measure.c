@@ -4,22 +4,16 @@
 
 #include "replay/replay.h"
 
-static void late_half(const fl_replay_result *r, uint64_t *calls, double *us)
-{
-    *calls = r->n_buckets == 2 ? r->timeline[1].calls : 0;
-    *us = r->n_buckets == 2 ? r->timeline[1].device_us : 0;
-}
-
 fl_status fl_measure_run(const fl_prepared *p, const fl_replay_opts *o, uint64_t capacity, int min_capacity,
                          fl_measure *m)
 {
     memset(m, 0, sizeof *m);
     fl_replay_opts q = *o;
-    q.timeline_buckets = 2;
+    m->steady_from_op = p->n_ops / 2 > p->peak_live_op + 1 ? p->n_ops / 2 : p->peak_live_op + 1;
+    q.late_from_op = m->steady_from_op;
     fl_status s = fl_replay(p, &q, &m->unlimited);
     if (s != FL_OK)
         return s;
-    late_half(&m->unlimited, &m->unlimited_late_calls, &m->unlimited_late_us);
     if (min_capacity && (s = fl_min_capacity(p, o, &m->unlimited, &m->min_capacity)) != FL_OK)
         goto fail;
     if (capacity) {
@@ -27,7 +21,6 @@ fl_status fl_measure_run(const fl_prepared *p, const fl_replay_opts *o, uint64_t
         if ((s = fl_replay(p, &q, &m->at_capacity)) != FL_OK)
             goto fail;
         m->capacity = capacity;
-        late_half(&m->at_capacity, &m->capacity_late_calls, &m->capacity_late_us);
     }
     return FL_OK;
 fail:

@@ -194,8 +194,17 @@ static fl_status run(const fl_prepared *p, const fl_replay_opts *o, int stop_at_
     size_t chunk = nb ? (p->n_ops + (size_t)nb - 1) / (size_t)nb : 0;
     if (nb)
         bucket_end = chunk;
-    for (size_t i = 0; i < p->n_ops; i++) {
+    uint64_t late_calls0 = 0, pairs = 0, peak_allocated = 0;
+    double late_us0 = 0;
+    /* Loop-invariant options in locals: the policy calls could alias anything in memory. */
+    const size_t late_from = o->late_from_op, check_every = o->check_every > 0 ? (size_t)o->check_every : 0;
+    const size_t n_ops = p->n_ops;
+    for (size_t i = 0; i < n_ops; i++) {
         const fl_op *op = &p->ops[i];
+        if (FL_UNLIKELY(i == late_from)) {
+            late_calls0 = total_calls(&dev->counters);
+            late_us0 = dev->counters.time_us;
+        }
         if (op->kind == FL_EV_FREE) {
             uint64_t a = addr[op->slot];
             if (a) {
@@ -215,9 +224,9 @@ static fl_status run(const fl_prepared *p, const fl_replay_opts *o, int stop_at_
                 } else {
                     addr[op->slot] = a;
                     live += live_size(op->size);
-                    r->pairs++;
-                    if (pol->allocated > r->peak_allocated)
-                        r->peak_allocated = pol->allocated;
+                    pairs++;
+                    if (pol->allocated > peak_allocated)
+                        peak_allocated = pol->allocated;
                 }
             } else if (s == FL_ERR_OOM) {
                 if (op->kind == FL_EV_ALLOC) {
@@ -233,7 +242,7 @@ static fl_status run(const fl_prepared *p, const fl_replay_opts *o, int stop_at_
                 goto out;
             }
         }
-        if (FL_UNLIKELY(o->check_every > 0 && i % (size_t)o->check_every == 0) && ops->check(pol)) {
+        if (FL_UNLIKELY(check_every && i % check_every == 0) && ops->check(pol)) {
             s = fl_fail(FL_ERR_INVALID, "replay of %s, op %zu: policy %s self-check failed: %s", p->name, i,
                         ops->name, fl_last_error());
             goto out;
@@ -263,6 +272,12 @@ static fl_status run(const fl_prepared *p, const fl_replay_opts *o, int stop_at_
     }
     host += fl_now_ns() - t0;
     r->host_ns = host;
+    r->pairs = pairs;
+    r->peak_allocated = peak_allocated;
+    if (o->late_from_op && o->late_from_op < p->n_ops) {
+        r->late_calls = total_calls(&dev->counters) - late_calls0;
+        r->late_us = dev->counters.time_us - late_us0;
+    }
     r->retries = pol->retries;
     fl_device_get_counters(dev, &r->dev);
     r->peak_reserved = r->dev.peak_in_use;

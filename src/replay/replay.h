@@ -39,6 +39,7 @@ typedef struct fl_replay_opts {
     fl_sim_params sim;      /* device: capacity, granularity, cost model */
     int timeline_buckets;   /* > 0: fill result.timeline with that many windows */
     int check_every;        /* > 0: run the policy self-check every N ops (tests) */
+    size_t late_from_op;    /* device calls from this op on are counted apart (0 = none) */
 } fl_replay_opts;
 
 typedef struct fl_timeline_bucket {
@@ -59,6 +60,8 @@ typedef struct fl_replay_result {
     fl_device_counters dev;
     uint64_t host_ns;           /* time inside the policy's alloc/free, whole replay */
     uint64_t pairs;             /* allocations served (pairs for host ns per pair) */
+    uint64_t late_calls;        /* device calls at ops >= opts.late_from_op */
+    double late_us;
     fl_timeline_bucket *timeline;
     int n_buckets;
 } fl_replay_result;
@@ -75,18 +78,16 @@ fl_status fl_min_capacity(const fl_prepared *p, const fl_replay_opts *o,
 #endif
 
 /* What compare reports for one trace and one policy: the run without a limit, the
- * min_capacity search, and optionally a run at a given capacity. The second half of
- * each run (ops n/2..n) is reported apart: that is the steady state of a training
- * trace, where a good allocator makes no device calls. */
+ * min_capacity search, and optionally a run at a given capacity. Device calls in the
+ * steady state are reported apart: the ops after both the trace's midpoint and its
+ * peak of live bytes (the largest step has been seen), where a training loop should
+ * make no device calls at all. */
 typedef struct fl_measure {
     fl_replay_result unlimited;
     uint64_t min_capacity;          /* 0 when not searched */
     uint64_t capacity;              /* 0 when no capacity run */
     fl_replay_result at_capacity;
-    uint64_t unlimited_late_calls;  /* device calls in the second half */
-    double unlimited_late_us;
-    uint64_t capacity_late_calls;
-    double capacity_late_us;
+    size_t steady_from_op;          /* max(n_ops / 2, peak_live_op + 1) */
 } fl_measure;
 
 fl_status fl_measure_run(const fl_prepared *p, const fl_replay_opts *o, uint64_t capacity, int min_capacity,

@@ -49,30 +49,22 @@ uint64_t fl_now_ns(void)
 
 #define MAP_EMPTY UINT64_MAX
 
-static inline uint64_t map_hash(uint64_t k)
+/* Fibonacci hashing: the top bits of k * 2^64/phi mix every bit of the key, so keys
+ * that share low zero bits (offsets, addresses) still spread evenly. */
+static inline uint64_t map_slot(const fl_map *m, uint64_t k)
 {
-    /* splitmix64 finaliser: pointers and offsets share low zero bits. */
-    k ^= k >> 30;
-    k *= UINT64_C(0xbf58476d1ce4e5b9);
-    k ^= k >> 27;
-    k *= UINT64_C(0x94d049bb133111eb);
-    k ^= k >> 31;
-    return k;
+    return (k * UINT64_C(0x9e3779b97f4a7c15)) >> m->shift;
 }
 
 static fl_status map_alloc(fl_map *m, uint64_t slots)
 {
-    m->keys = malloc(slots * sizeof *m->keys);
-    m->vals = malloc(slots * sizeof *m->vals);
-    if (!m->keys || !m->vals) {
-        free(m->keys);
-        free(m->vals);
-        m->keys = m->vals = NULL;
-        return fl_fail(FL_ERR_NOMEM, "hash map: cannot allocate %llu slots",
-                       (unsigned long long)slots);
-    }
-    memset(m->keys, 0xff, slots * sizeof *m->keys);
+    m->e = malloc(slots * sizeof *m->e);
+    if (!m->e)
+        return fl_fail(FL_ERR_NOMEM, "hash map: cannot allocate %llu slots", (unsigned long long)slots);
+    for (uint64_t i = 0; i < slots; i++)
+        m->e[i].key = MAP_EMPTY;
     m->mask = slots - 1;
+    m->shift = (unsigned)(64 - fl_log2_floor(slots));
     m->count = 0;
     return FL_OK;
 }
@@ -87,25 +79,25 @@ fl_status fl_map_init(fl_map *m, uint64_t expected)
 
 void fl_map_free(fl_map *m)
 {
-    free(m->keys);
-    free(m->vals);
-    m->keys = m->vals = NULL;
+    free(m->e);
+    m->e = NULL;
     m->mask = m->count = 0;
 }
 
 void fl_map_clear(fl_map *m)
 {
-    memset(m->keys, 0xff, (m->mask + 1) * sizeof *m->keys);
+    for (uint64_t i = 0; i <= m->mask; i++)
+        m->e[i].key = MAP_EMPTY;
     m->count = 0;
 }
 
 static void map_insert_new(fl_map *m, uint64_t key, uint64_t val)
 {
-    uint64_t i = map_hash(key) & m->mask;
-    while (m->keys[i] != MAP_EMPTY)
+    uint64_t i = map_slot(m, key);
+    while (m->e[i].key != MAP_EMPTY)
         i = (i + 1) & m->mask;
-    m->keys[i] = key;
-    m->vals[i] = val;
+    m->e[i].key = key;
+    m->e[i].val = val;
     m->count++;
 }
 
@@ -118,46 +110,56 @@ static fl_status map_grow(fl_map *m)
         return s;
     }
     for (uint64_t i = 0; i <= old.mask; i++)
-        if (old.keys[i] != MAP_EMPTY)
-            map_insert_new(m, old.keys[i], old.vals[i]);
-    free(old.keys);
-    free(old.vals);
+        if (old.e[i].key != MAP_EMPTY)
+            map_insert_new(m, old.e[i].key, old.e[i].val);
+    free(old.e);
     return FL_OK;
 }
 
 fl_status fl_map_put(fl_map *m, uint64_t key, uint64_t val)
 {
-    uint64_t i = map_hash(key) & m->mask;
+    uint64_t i = map_slot(m, key);
     for (;;) {
-        if (m->keys[i] == key) {
-            m->vals[i] = val;
+        if (m->e[i].key == key) {
+            m->e[i].val = val;
             return FL_OK;
         }
-        if (m->keys[i] == MAP_EMPTY)
+        if (m->e[i].key == MAP_EMPTY)
             break;
         i = (i + 1) & m->mask;
     }
-    if ((m->count + 1) * 2 > m->mask + 1) {
+    if (FL_UNLIKELY((m->count + 1) * 2 > m->mask + 1)) {
         fl_status s = map_grow(m);
         if (s != FL_OK)
             return s;
         map_insert_new(m, key, val);
         return FL_OK;
     }
-    m->keys[i] = key;
-    m->vals[i] = val;
+    m->e[i].key = key;
+    m->e[i].val = val;
     m->count++;
+    return FL_OK;
+}
+
+fl_status fl_map_insert(fl_map *m, uint64_t key, uint64_t val)
+{
+    if (FL_UNLIKELY((m->count + 1) * 2 > m->mask + 1)) {
+        fl_status s = map_grow(m);
+        if (s != FL_OK)
+            return s;
+    }
+    map_insert_new(m, key, val);
     return FL_OK;
 }
 
 bool fl_map_get(const fl_map *m, uint64_t key, uint64_t *val)
 {
-    uint64_t i = map_hash(key) & m->mask;
+    uint64_t i = map_slot(m, key);
     for (;;) {
-        uint64_t k = m->keys[i];
+        uint64_t k = m->e[i].key;
         if (k == key) {
             if (val)
-                *val = m->vals[i];
+                *val = m->e[i].val;
             return true;
         }
         if (k == MAP_EMPTY)
@@ -168,9 +170,9 @@ bool fl_map_get(const fl_map *m, uint64_t key, uint64_t *val)
 
 bool fl_map_remove(fl_map *m, uint64_t key, uint64_t *val)
 {
-    uint64_t i = map_hash(key) & m->mask;
+    uint64_t i = map_slot(m, key);
     for (;;) {
-        uint64_t k = m->keys[i];
+        uint64_t k = m->e[i].key;
         if (k == MAP_EMPTY)
             return false;
         if (k == key)
@@ -178,24 +180,23 @@ bool fl_map_remove(fl_map *m, uint64_t key, uint64_t *val)
         i = (i + 1) & m->mask;
     }
     if (val)
-        *val = m->vals[i];
+        *val = m->e[i].val;
     /* Backward-shift deletion keeps probe chains intact without tombstones. */
     uint64_t j = i;
     for (;;) {
         j = (j + 1) & m->mask;
-        uint64_t k = m->keys[j];
+        uint64_t k = m->e[j].key;
         if (k == MAP_EMPTY)
             break;
-        uint64_t home = map_hash(k) & m->mask;
+        uint64_t home = map_slot(m, k);
         /* Move k into the hole at i unless its home lies cyclically in (i, j]. */
         bool in_between = (i <= j) ? (home > i && home <= j) : (home > i || home <= j);
         if (!in_between) {
-            m->keys[i] = k;
-            m->vals[i] = m->vals[j];
+            m->e[i] = m->e[j];
             i = j;
         }
     }
-    m->keys[i] = MAP_EMPTY;
+    m->e[i].key = MAP_EMPTY;
     m->count--;
     return true;
 }

@@ -35,11 +35,16 @@ static inline uint64_t fl_div_up(uint64_t x, uint64_t d) { return (x + d - 1) / 
 
 /* Open-addressing hash map (linear probing, backward-shift deletion). The key
  * UINT64_MAX is reserved. Lookups and updates O(1) expected; grows at 1/2 load. */
+typedef struct fl_map_entry {
+    uint64_t key;
+    uint64_t val;
+} fl_map_entry;
+
 typedef struct fl_map {
-    uint64_t *keys;
-    uint64_t *vals;
+    fl_map_entry *e;    /* key and value side by side: one cache line per probe */
     uint64_t mask;
     uint64_t count;
+    unsigned shift;     /* 64 - log2(slots): the hash's top bits pick the slot */
 } fl_map;
 
 fl_status fl_map_init(fl_map *m, uint64_t expected);
@@ -47,6 +52,8 @@ void fl_map_free(fl_map *m);
 void fl_map_clear(fl_map *m);
 /* Inserts or overwrites. */
 fl_status fl_map_put(fl_map *m, uint64_t key, uint64_t val);
+/* Inserts a key the caller knows is absent (cheaper: no search for it). */
+fl_status fl_map_insert(fl_map *m, uint64_t key, uint64_t val);
 /* Returns true and stores the value when the key is present. */
 bool fl_map_get(const fl_map *m, uint64_t key, uint64_t *val);
 /* Returns true and stores the old value when the key was present. */
