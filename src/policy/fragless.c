@@ -9,6 +9,7 @@
 #include <string.h>
 
 #define GROW_PAGES 10
+#define PRESSURE_CANDIDATES 64
 
 /* Page state. A page is pinned while refs > 0, cached when mapped with refs == 0,
  * unmapped when handle == 0. */
@@ -334,6 +335,41 @@ static uint64_t choose_pad(const fx_policy *f, const fx_heap *h, const range_nod
     return new_pages(f, h, b->offset + high, size) < new_pages(f, h, b->offset, size) ? high : 0;
 }
 
+static uint64_t unmapped_pages(const fx_policy *f, const fx_heap *h, uint64_t x, uint64_t size)
+{
+    uint64_t p0 = x >> f->gran_log, p1 = (x + size - 1) >> f->gran_log, n = 0;
+    for (uint64_t p = p0; p <= p1; p++)
+        n += p >= h->n_pages || !h->pages[p].handle;
+    return n;
+}
+
+/* With no spare physical page left, a placement on unmapped pages costs a reclaim
+ * (synchronize, unmap elsewhere, map here) now and, in a loop whose footprint exceeds
+ * the capacity, again every step. So look at a bounded number of other free ranges
+ * for the one needing the fewest unmapped pages (ties keep the first choice). Costs
+ * nothing while memory is plentiful. */
+static void place_under_pressure(const fx_policy *f, const fx_heap *h, uint64_t size, uint32_t *n, uint64_t *pad)
+{
+    const range_node *nodes = h->range->nodes;
+    uint64_t best = unmapped_pages(f, h, nodes[*n].offset + *pad, size);
+    if (best == 0)
+        return;
+    uint32_t cand[PRESSURE_CANDIDATES];
+    size_t k = range_candidates(h->range, size, cand, PRESSURE_CANDIDATES);
+    for (size_t i = 0; i < k && best; i++) {
+        const range_node *b = &nodes[cand[i]];
+        uint64_t ends[2] = {0, b->size - size};
+        for (int e = 0; e < 2; e++) {
+            uint64_t u = unmapped_pages(f, h, b->offset + ends[e], size);
+            if (u < best) {
+                best = u;
+                *n = cand[i];
+                *pad = ends[e];
+            }
+        }
+    }
+}
+
 /* ---- policy interface ---------------------------------------------------------- */
 
 static fl_status fx_alloc(fl_policy *base, uint64_t size, uint64_t stream, uint64_t *addr)
@@ -355,7 +391,10 @@ static fl_status fx_alloc(fl_policy *base, uint64_t size, uint64_t stream, uint6
         base->ooms++;
         return fl_fail(FL_ERR_OOM, "fragless: no virtual range of %llu bytes left", (unsigned long long)size);
     }
-    if ((s = range_take(h->range, n, choose_pad(f, h, &h->range->nodes[n], rsize), rsize, &off)) != FL_OK)
+    uint64_t pad = choose_pad(f, h, &h->range->nodes[n], rsize);
+    if (FL_UNLIKELY(f->n_pool == 0 && f->n_handles >= f->max_pages))
+        place_under_pressure(f, h, rsize, &n, &pad);
+    if ((s = range_take(h->range, n, pad, rsize, &off)) != FL_OK)
         return s;
     uint64_t p0 = off >> f->gran_log, p1 = (off + rsize - 1) >> f->gran_log;
     if (FL_UNLIKELY(p1 >= h->n_pages) && (s = heap_grow_pages(h, p1 + 1)) != FL_OK) {

@@ -270,6 +270,21 @@ static uint32_t carve(fl_range *r, uint32_t n, uint64_t pad, uint64_t size)
     return u;
 }
 
+size_t range_candidates(const fl_range *r, uint64_t size, uint32_t *out, size_t max)
+{
+    size_t k = 0;
+    unsigned fl, sl;
+    class_of(size >> r->align_log, &fl, &sl);
+    for (unsigned c = fl * RANGE_SL_COUNT + sl; c < RANGE_FL_COUNT * RANGE_SL_COUNT && k < max; c++) {
+        if (!((r->sl_bitmap[c / RANGE_SL_COUNT] >> (c % RANGE_SL_COUNT)) & 1))
+            continue;
+        for (uint32_t n = r->heads[c]; n != NIL && k < max; n = r->nodes[n].next_free)
+            if (r->nodes[n].size >= size)
+                out[k++] = n;
+    }
+    return k;
+}
+
 fl_status fl_range_alloc(fl_range *r, uint64_t size, uint64_t align, uint64_t *offset)
 {
     if (align == 0)

@@ -41,6 +41,8 @@ struct fl_range {
 fl_status range_free_sized(fl_range *r, uint64_t offset, uint64_t *size);
 /* Free node holding at least size bytes (TLSF search), 0 if none. */
 uint32_t range_find_free(const fl_range *r, uint64_t size);
+/* Up to max free nodes of at least size bytes, from the request's class upward. */
+size_t range_candidates(const fl_range *r, uint64_t size, uint32_t *out, size_t max);
 /* Makes [start + pad, start + pad + size) of free node n a used block; the caller chose
  * pad (a multiple of min_align, pad + size <= the node's size). */
 fl_status range_take(fl_range *r, uint32_t n, uint64_t pad, uint64_t size, uint64_t *offset);

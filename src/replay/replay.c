@@ -312,8 +312,9 @@ fl_status fl_min_capacity(const fl_prepared *p, const fl_replay_opts *o, const f
     q.timeline_buckets = 0;
     q.check_every = 0;
     /* Below lo no policy can run (peak_live would not fit); hi succeeds (the unlimited
-     * run never held more). The search assumes more capacity never hurts: exact for
-     * fragless, whose placement ignores capacity; the usual assumption for cca. */
+     * run never held more). The search assumes more capacity never hurts, which no
+     * policy guarantees in general (placement under pressure differs); the test on the
+     * shared traces checks it for fragless over the pages above the result. */
     while (lo < hi) {
         uint64_t mid = lo + (hi - lo) / 2;
         q.sim.capacity = mid * g;

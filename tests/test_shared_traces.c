@@ -1,0 +1,109 @@
+/* The acceptance bars on the real traces in ../shared/traces (skipped where absent):
+ * every trace loads and replays under every policy with the self-check passing; for
+ * fragless min_capacity / peak_live <= 1.02 and never worse than cca or
+ * cca-expandable; no device calls in the steady state without a limit; and at 1.05x
+ * peak live, wherever cca-expandable completes, no more steady-state device time. */
+#include <dirent.h>
+#include <string.h>
+
+#include "replay/replay.h"
+#include "test_support.h"
+
+static void opts_for(fl_replay_opts *o, const char *policy)
+{
+    memset(o, 0, sizeof *o);
+    fl_config_default(&o->cfg);
+    snprintf(o->cfg.policy, sizeof o->cfg.policy, "%s", policy);
+    fl_sim_params_default(&o->sim);
+}
+
+static void check_trace(const char *path)
+{
+    fl_prepared *p;
+    CHECK_OK(fl_load_trace(path, stderr, &p));
+    if (fl_test_failures)
+        return;
+    const char *const *names = fl_policy_names();
+    uint64_t g = 2u << 20, cap = (uint64_t)((double)p->peak_live * 1.05) / g * g;
+    fl_measure m[8];
+    int np = 0;
+    for (; names[np]; np++) {
+        fl_replay_opts o;
+        opts_for(&o, names[np]);
+        o.check_every = 997;
+        CHECK_OK(fl_measure_run(p, &o, cap, 1, &m[np]));
+        printf("%-22s %-15s min_capacity/peak_live %.4f  steady calls %llu, at 1.05x: ooms %llu, steady %.3f ms\n",
+               p->name, names[np], (double)m[np].min_capacity / (double)p->peak_live,
+               (unsigned long long)m[np].unlimited.late_calls, (unsigned long long)m[np].at_capacity.ooms,
+               m[np].at_capacity.late_us / 1e3);
+    }
+    /* names: fragless, cca, cca-expandable, nocache (registry order). */
+    CHECK(!strcmp(names[0], "fragless") && !strcmp(names[1], "cca") && !strcmp(names[2], "cca-expandable"));
+    double ratio = (double)m[0].min_capacity / (double)p->peak_live;
+    CHECK(ratio <= 1.02);
+    CHECK(m[0].min_capacity <= m[1].min_capacity);
+    CHECK(m[0].min_capacity <= m[2].min_capacity);
+    CHECK_EQ_U64(m[0].unlimited.late_calls, 0);
+    CHECK_EQ_U64(m[0].at_capacity.ooms, 0);
+    if (m[2].at_capacity.ooms == 0)
+        CHECK(m[0].at_capacity.late_us <= m[2].at_capacity.late_us);
+    /* min_capacity is a binary search: check that fragless runs at every capacity of
+     * the 20 pages above it. */
+    for (uint64_t c = m[0].min_capacity; c < m[0].min_capacity + 20 * g; c += g) {
+        fl_replay_opts o;
+        opts_for(&o, "fragless");
+        o.sim.capacity = c;
+        fl_replay_result r;
+        CHECK_OK(fl_replay(p, &o, &r));
+        CHECK_EQ_U64(r.ooms, 0);
+        fl_replay_result_free(&r);
+    }
+    /* "At any capacity where cca-expandable completes": from its own min_capacity up
+     * to its unlimited peak, in eight steps. */
+    uint64_t lo = m[2].min_capacity, hi = fl_align_up(m[2].unlimited.peak_reserved, g);
+    for (int k = 0; k <= 8 && lo; k++) {
+        uint64_t c = lo + (hi - lo) * (uint64_t)k / 8 / g * g;
+        fl_measure a, b;
+        fl_replay_opts o;
+        opts_for(&o, "fragless");
+        CHECK_OK(fl_measure_run(p, &o, c, 0, &a));
+        opts_for(&o, "cca-expandable");
+        CHECK_OK(fl_measure_run(p, &o, c, 0, &b));
+        if (b.at_capacity.ooms == 0) {
+            CHECK_EQ_U64(a.at_capacity.ooms, 0);
+            CHECK(a.at_capacity.late_us <= b.at_capacity.late_us);
+            if (a.at_capacity.late_us > b.at_capacity.late_us)
+                printf("  at %llu MiB: fragless steady %.3f ms > cca-expandable %.3f ms\n",
+                       (unsigned long long)(c >> 20), a.at_capacity.late_us / 1e3, b.at_capacity.late_us / 1e3);
+        }
+        fl_measure_free(&a);
+        fl_measure_free(&b);
+    }
+    for (int i = 0; i < np; i++)
+        fl_measure_free(&m[i]);
+    fl_prepared_free(p);
+}
+
+int main(void)
+{
+    const char *dir = fl_test_shared_traces();
+    if (!dir)
+        fl_test_skip("../shared/traces is absent: the real-trace acceptance checks need it (CI has it)");
+    DIR *d = opendir(dir);
+    CHECK(d != NULL);
+    int n = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        size_t len = strlen(e->d_name);
+        if (len > 4 && !strcmp(e->d_name + len - 4, ".csv")) {
+            char path[4096];
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+            check_trace(path);
+            n++;
+        }
+    }
+    if (d)
+        closedir(d);
+    CHECK(n >= 3);
+    return fl_test_done("test_shared_traces");
+}
