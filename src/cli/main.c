@@ -95,8 +95,12 @@ static int parse_capacity(const char *text, cli_opts *o)
         o->capacity_factor = v;
         return 0;
     }
-    if (fl_parse_size(text, &o->capacity) != FL_OK || o->capacity == 0) {
-        fprintf(stderr, "fragless: --capacity: %s\n", o->capacity ? fl_last_error() : "must be more than 0");
+    if (fl_parse_size(text, &o->capacity) != FL_OK) {
+        fprintf(stderr, "fragless: --capacity: %s\n", fl_last_error());
+        return CLI_EXIT_USAGE;
+    }
+    if (o->capacity == 0) {
+        fprintf(stderr, "fragless: --capacity '%s': must be more than 0\n", text);
         return CLI_EXIT_USAGE;
     }
     return 0;

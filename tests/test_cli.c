@@ -1,0 +1,143 @@
+/* The fragless command line as a user meets it: help texts, exit codes, errors on
+ * stderr naming file and line, the three output formats, and the replay figures of the
+ * example trace against a golden file (tests/golden/, every column but host time). */
+#include <stdarg.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "test_support.h"
+
+typedef struct run_result {
+    int code;
+    char out[1 << 16];
+    char err[1 << 14];
+} run_result;
+
+static void slurp(const char *path, char *buf, size_t n)
+{
+    FILE *f = fopen(path, "r");
+    size_t k = f ? fread(buf, 1, n - 1, f) : 0;
+    buf[k] = 0;
+    if (f)
+        fclose(f);
+}
+
+/* Runs the CLI with the arguments (a shell fragment) from the source directory. */
+static run_result *run(const char *fmt, ...)
+{
+    static run_result r;
+    char args[2048], cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s >/tmp/fl_cli_out.%d 2>/tmp/fl_cli_err.%d", FL_SOURCE_DIR, FL_CLI,
+             args, (int)getpid(), (int)getpid());
+    int st = system(cmd);
+    r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/fl_cli_out.%d", (int)getpid());
+    slurp(path, r.out, sizeof r.out);
+    unlink(path);
+    snprintf(path, sizeof path, "/tmp/fl_cli_err.%d", (int)getpid());
+    slurp(path, r.err, sizeof r.err);
+    unlink(path);
+    return &r;
+}
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    fputs(text, f);
+    fclose(f);
+}
+
+static void test_help_and_usage(void)
+{
+    run_result *r = run("--help");
+    CHECK(r->code == 0 && strstr(r->out, "compare") && strstr(r->out, "exit codes"));
+    r = run("help compare");
+    CHECK(r->code == 0 && strstr(r->out, "min_capacity") && strstr(r->out, "--capacity"));
+    r = run("replay --help");
+    CHECK(r->code == 0 && strstr(r->out, "--timeline"));
+    r = run("version");
+    CHECK(r->code == 0 && strstr(r->out, "fragless "));
+    r = run("");
+    CHECK_EQ_U64(r->code, 1);
+    r = run("frobnicate");
+    CHECK(r->code == 1 && strstr(r->err, "unknown command 'frobnicate'"));
+    r = run("compare");
+    CHECK(r->code == 1 && strstr(r->err, "no trace given"));
+    r = run("compare examples/encoder_varlen.csv --capacity lots");
+    CHECK(r->code == 1 && strstr(r->err, "lots"));
+    r = run("compare examples/encoder_varlen.csv --policies fragless,magic");
+    CHECK(r->code == 1 && strstr(r->err, "unknown policy 'magic'"));
+    r = run("compare examples/encoder_varlen.csv --conf max_split_size_mb:5");
+    CHECK(r->code == 1 && strstr(r->err, "max_split_size_mb"));
+    r = run("compare examples/encoder_varlen.csv --format xml");
+    CHECK(r->code == 1 && strstr(r->err, "xml"));
+    r = run("replay examples/encoder_varlen.csv --bogus");
+    CHECK(r->code == 1 && strstr(r->err, "--bogus"));
+    CHECK(r->out[0] == 0); /* errors go to stderr only */
+}
+
+static void test_bad_traces(void)
+{
+    run_result *r = run("compare /nonexistent/trace.csv");
+    CHECK(r->code == 2 && strstr(r->err, "/nonexistent/trace.csv"));
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/fl_cli_bad.%d.csv", (int)getpid());
+    write_file(path, "Thread,Time,Action,Pointer,Size,Stream\n"
+                     "1,00:00:00.000001,allocate,0x10,512,0\n"
+                     "1,00:00:00.000002,allocate,0x20,abc,0\n");
+    r = run("compare %s", path);
+    CHECK(r->code == 2 && strstr(r->err, ":3:") && strstr(r->err, "abc"));
+    /* A free of a pointer never allocated is reported and skipped; the run goes on. */
+    write_file(path, "Thread,Time,Action,Pointer,Size,Stream\n"
+                     "1,00:00:00.000001,allocate,0x10,4096,0\n"
+                     "1,00:00:00.000002,free,0x99,512,0\n"
+                     "1,00:00:00.000003,free,0x10,4096,0\n");
+    r = run("replay %s", path);
+    CHECK(r->code == 0 && strstr(r->err, ":3:") && strstr(r->err, "0x99"));
+    CHECK(strstr(r->out, "1 unknown frees skipped") != NULL);
+    unlink(path);
+}
+
+static void test_formats(void)
+{
+    run_result *r = run("compare examples/encoder_varlen.csv --policies fragless,cca --no-min-capacity --format json");
+    CHECK(r->code == 0 && r->out[0] == '[' && strstr(r->out, "\"policy\": \"cca\"") && strstr(r->out, "]\n"));
+    r = run("replay examples/encoder_varlen.csv --format json --timeline 4");
+    CHECK(r->code == 0 && strstr(r->out, "\"timeline\": [{") && strstr(r->out, "\"calls_by_kind\""));
+    r = run("replay examples/encoder_varlen.csv --timeline 5");
+    CHECK(r->code == 0 && strstr(r->out, "<- peak live") && strstr(r->out, "timeline"));
+    /* Out of memory at --capacity is exit code 3, and says where. */
+    r = run("replay examples/encoder_varlen.csv --policy cca --capacity 100MiB");
+    CHECK(r->code == 3 && strstr(r->out, "first at event"));
+    r = run("compare examples/encoder_varlen.csv --capacity 100MiB --policies nocache --no-min-capacity");
+    CHECK(r->code == 0 && strstr(r->out, "at capacity 100.00 MiB"));
+}
+
+/* Every column but host time must match the golden file: any change in a policy's
+ * behaviour shows up here, and the golden file is regenerated on purpose (README). */
+static void test_golden(void)
+{
+    run_result *r = run("compare examples/encoder_varlen.csv --capacity 1.05x --format csv | cut -d, -f1-12,14-");
+    CHECK_EQ_U64(r->code, 0);
+    static char golden[1 << 16];
+    slurp(FL_SOURCE_DIR "/tests/golden/encoder_varlen.csv", golden, sizeof golden);
+    CHECK(golden[0] != 0);
+    if (strcmp(r->out, golden) != 0) {
+        CHECK(!"compare output differs from tests/golden/encoder_varlen.csv");
+        fprintf(stderr, "got:\n%s\nwant:\n%s\n", r->out, golden);
+    }
+}
+
+int main(void)
+{
+    test_help_and_usage();
+    test_bad_traces();
+    test_formats();
+    test_golden();
+    return fl_test_done("test_cli");
+}
