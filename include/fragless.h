@@ -92,6 +92,9 @@ typedef struct fl_config {
     int expandable_segments;      /* expandable_segments:True -> policy cca-expandable */
     /* Allocator-wide. */
     uint64_t limit;               /* limit:SIZE, bytes the allocator may hold; 0 = device capacity */
+    /* fragless policy. */
+    uint64_t small_size;          /* small_size:SIZE, requests below it get their own heap;
+                                     0 = default, 1/8 of the device page (256 KiB) */
 } fl_config;
 
 void fl_config_default(fl_config *cfg);

@@ -72,6 +72,12 @@ static void test_keys(void)
     CHECK_EQ_U64(c.limit, 40 * FL_GiB);
     CHECK_OK(fl_config_parse(&c, "limit:4096"));
     CHECK_EQ_U64(c.limit, 4096);
+    CHECK_EQ_U64(c.small_size, 0);
+    CHECK_OK(fl_config_parse(&c, "small_size:384KiB"));
+    CHECK_EQ_U64(c.small_size, 384 * FL_KiB);
+    CHECK_STATUS(fl_config_parse(&c, "small_size:0"), FL_ERR_PARSE);
+    CHECK(strstr(fl_last_error(), "small_size") != NULL);
+    CHECK_EQ_U64(c.small_size, 384 * FL_KiB);
 
     /* Several keys, whitespace around tokens, a repeated key (last wins), and the
      * trailing comma PyTorch accepts. */

@@ -99,7 +99,7 @@ static void test_map_random(void)
 static long slot_of(const fl_map *m, uint64_t key)
 {
     for (uint64_t i = 0; i <= m->mask; i++)
-        if (m->keys[i] == key)
+        if (m->e[i].key == key)
             return (long)i;
     return -1;
 }

@@ -562,7 +562,7 @@ static fl_status fx_create(const fl_config *cfg, fl_device *dev, fl_policy **out
     uint64_t limit = cfg->limit && cfg->limit < dev->capacity ? cfg->limit : dev->capacity;
     f->max_pages = limit / f->gran;
     /* Measured on ../shared/traces (ARCHITECTURE.md): an eighth of a page. */
-    f->small_limit = f->gran / 8;
+    f->small_limit = cfg->small_size ? cfg->small_size : f->gran / 8;
     /* The pool holds at most every handle; it grows with them (pool_grow). */
     f->cap_pool = 1024;
     f->pool = malloc(f->cap_pool * sizeof *f->pool);

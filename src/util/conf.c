@@ -252,16 +252,31 @@ static fl_status set_expandable(fl_config *c, const char *key, const char *val)
     return FL_OK;
 }
 
-static fl_status set_limit(fl_config *c, const char *key, const char *val)
+static fl_status parse_size_value(const char *key, const char *val, uint64_t *out)
 {
-    uint64_t v = 0;
-    if (fl_parse_size(val, &v) != FL_OK) {
+    if (fl_parse_size(val, out) != FL_OK) {
         /* Copied first: fl_fail would format from the buffer it is writing. */
         char why[256];
         snprintf(why, sizeof why, "is not a size like 40GiB (%s)", fl_last_error());
         return bad(key, val, why);
     }
-    c->limit = v;
+    return FL_OK;
+}
+
+static fl_status set_limit(fl_config *c, const char *key, const char *val)
+{
+    return parse_size_value(key, val, &c->limit);
+}
+
+static fl_status set_small_size(fl_config *c, const char *key, const char *val)
+{
+    uint64_t v;
+    fl_status s = parse_size_value(key, val, &v);
+    if (s != FL_OK)
+        return s;
+    if (v == 0)
+        return bad(key, val, "must be more than 0 (use 512 to put every request in one heap)");
+    c->small_size = v;
     return FL_OK;
 }
 
@@ -275,6 +290,7 @@ static const struct {
     {"garbage_collection_threshold", set_gc},
     {"expandable_segments", set_expandable},
     {"limit", set_limit},
+    {"small_size", set_small_size},
 };
 #define N_CONF_KEYS (sizeof conf_keys / sizeof conf_keys[0])
 
@@ -292,7 +308,7 @@ static fl_status apply(fl_config *c, const char *key, const char *val)
     return fl_fail(FL_ERR_PARSE,
                    "FRAGLESS_CONF: unknown key '%s' (value '%s'); known keys: policy, "
                    "max_split_size_mb, roundup_power2_divisions, garbage_collection_threshold, "
-                   "expandable_segments, limit",
+                   "expandable_segments, limit, small_size",
                    key, val);
 }
 
