@@ -80,7 +80,8 @@ static fl_status sim_mem_alloc(fl_device *d, uint64_t size, uint64_t *addr)
     sim_device *s = sim(d);
     if (size == 0)
         return charge(d, FL_CALL_MEM_ALLOC, fl_fail(FL_ERR_INVALID, "sim mem_alloc: size 0"));
-    uint64_t bytes = mem_alloc_charge(d, size);
+    /* Checked before rounding: rounding a size near 2^64 up would wrap to 0. */
+    uint64_t bytes = size > d->capacity ? UINT64_MAX : mem_alloc_charge(d, size);
     if (bytes > d->capacity - d->counters.in_use)
         return charge(d, FL_CALL_MEM_ALLOC,
                       fl_fail(FL_ERR_OOM, "sim mem_alloc: %llu bytes asked, %llu of %llu in use",
@@ -114,6 +115,9 @@ static fl_status sim_mem_free(fl_device *d, uint64_t addr)
 
 static fl_status check_aligned(const fl_device *d, const char *call, uint64_t va, uint64_t size)
 {
+    if (va + size < va)
+        return fl_fail(FL_ERR_INVALID, "sim %s: [0x%llx, +%llu) wraps around the address space", call,
+                       (unsigned long long)va, (unsigned long long)size);
     if (size == 0 || va % d->granularity || size % d->granularity)
         return fl_fail(FL_ERR_INVALID, "sim %s: address 0x%llx / size %llu not multiples of the granularity %llu",
                        call, (unsigned long long)va, (unsigned long long)size,

@@ -6,10 +6,10 @@
 
 #include <stdlib.h>
 
-/* PyTorch reserves 1.125 x the device's memory per segment. The sim's "unlimited"
- * device has 1 PiB, more than its whole address space, so reservations are capped
- * at 4 TiB: far above any real GPU's 1.125 x, and room for 256 of them. */
-#define CCA_EXP_MAX_VA (UINT64_C(1) << 42)
+/* PyTorch reserves 1.125 x the device's memory per segment. Reservations are capped
+ * at 2 PiB, far above any real GPU's 1.125 x: the sim's 2^56-byte address space holds
+ * 32 of them, enough for the unlimited (1 PiB) device's 1.125 PiB per (pool, stream). */
+#define CCA_EXP_MAX_VA (UINT64_C(1) << 51)
 
 /* Pages are what PyTorch uses (2 MiB small, 20 MiB large), rounded up to the device's
  * granularity when that is coarser. */
@@ -158,6 +158,11 @@ static fl_status find_expandable_block(cca_policy *c, cca_pool *pool, uint64_t s
     uint64_t pages = fl_div_up(want, page);
     if (pages > CCA_EXP_MAX_VA / page)
         pages = CCA_EXP_MAX_VA / page;
+    /* A segment never grows past its reservation: a request larger than one cannot be
+     * served, however much memory is free. */
+    if (size > pages * page)
+        return fl_fail(FL_ERR_OOM, "%s: %llu bytes asked, more than a segment's reservation of %llu bytes",
+                       c->base.ops->name, (unsigned long long)size, (unsigned long long)(pages * page));
     cca_segment *s = calloc(1, sizeof *s);
     if (!s)
         return fl_fail(FL_ERR_NOMEM, "%s: no host memory for a segment", c->base.ops->name);

@@ -383,8 +383,8 @@ static fl_status fx_alloc(fl_policy *base, uint64_t size, uint64_t stream, uint6
     uint64_t rsize = fl_align_up(size, 512), off;
     if (FL_UNLIKELY(rsize < size || rsize > h->va_size)) {
         base->ooms++;
-        return fl_fail(FL_ERR_OOM, "fragless: %llu bytes asked, more than the device can hold",
-                       (unsigned long long)size);
+        return fl_fail(FL_ERR_OOM, "fragless: %llu bytes asked, more than a stream heap's virtual range of %llu bytes",
+                       (unsigned long long)size, (unsigned long long)h->va_size);
     }
     uint32_t n = range_find_free(h->range, rsize);
     if (FL_UNLIKELY(n == 0)) {
