@@ -9,7 +9,7 @@ enum {
     RANGE_SL_LOG = 4,                 /* 16 classes per power of two */
     RANGE_SL_COUNT = 1 << RANGE_SL_LOG,
     RANGE_FL_COUNT = 64,
-    RANGE_SCAN = 8,                   /* blocks examined per class for a tighter fit */
+    RANGE_SCAN = 4,                   /* blocks examined per class for a tighter fit */
 };
 
 typedef struct range_node {

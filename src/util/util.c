@@ -72,7 +72,7 @@ static fl_status map_alloc(fl_map *m, uint64_t slots)
 fl_status fl_map_init(fl_map *m, uint64_t expected)
 {
     uint64_t slots = 16;
-    while (slots < expected * 2)
+    while (slots < expected * 4)
         slots <<= 1;
     return map_alloc(m, slots);
 }
@@ -128,7 +128,7 @@ fl_status fl_map_put(fl_map *m, uint64_t key, uint64_t val)
             break;
         i = (i + 1) & m->mask;
     }
-    if (FL_UNLIKELY((m->count + 1) * 2 > m->mask + 1)) {
+    if (FL_UNLIKELY((m->count + 1) * 4 > m->mask + 1)) {
         fl_status s = map_grow(m);
         if (s != FL_OK)
             return s;
@@ -143,7 +143,7 @@ fl_status fl_map_put(fl_map *m, uint64_t key, uint64_t val)
 
 fl_status fl_map_insert(fl_map *m, uint64_t key, uint64_t val)
 {
-    if (FL_UNLIKELY((m->count + 1) * 2 > m->mask + 1)) {
+    if (FL_UNLIKELY((m->count + 1) * 4 > m->mask + 1)) {
         fl_status s = map_grow(m);
         if (s != FL_OK)
             return s;
