@@ -77,15 +77,6 @@ static uint64_t do_alloc(fl_policy *p, uint64_t size, uint64_t stream)
         CHECK_POLICY(p);                                                               \
     } while (0)
 
-static fl_device_counters counters(const fl_device *d)
-{
-    fl_device_counters c;
-    fl_device_get_counters(d, &c);
-    return c;
-}
-
-static uint64_t in_use(const fl_device *d) { return counters(d).in_use; }
-static uint64_t calls(const fl_device *d, fl_call k) { return counters(d).calls[k]; }
 
 /* ---- rounding ------------------------------------------------------------------ */
 

@@ -63,13 +63,6 @@ static fl_stats stats(const fl_allocator *a)
     return s;
 }
 
-static fl_device_counters counters(const fl_device *d)
-{
-    fl_device_counters c;
-    fl_device_get_counters(d, &c);
-    return c;
-}
-
 /* Points after which no earlier work can still be running: an explicit synchronize, or
  * a cudaFree (mem_free), which synchronizes the device before it returns. */
 static uint64_t sync_points(const fl_device *d)

@@ -40,15 +40,6 @@ static fl_device *make_dev(uint64_t capacity, int vmm)
     return d;
 }
 
-static fl_device_counters counters(const fl_device *d)
-{
-    fl_device_counters c;
-    fl_device_get_counters(d, &c);
-    return c;
-}
-
-static uint64_t in_use(const fl_device *d) { return counters(d).in_use; }
-static uint64_t calls(const fl_device *d, fl_call k) { return counters(d).calls[k]; }
 
 /* The cost model's promise, true after any call: time is the sum over every call made,
  * failed ones included (a refused driver call still costs the round trip). */

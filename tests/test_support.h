@@ -63,6 +63,16 @@ void fl_test_skip(const char *why);
 /* Path of a file under ../shared/traces, or NULL (with the reason printed) if absent. */
 const char *fl_test_shared_traces(void);
 
+/* A device's counters, its physical bytes in use, and its calls of one kind. */
+static inline fl_device_counters counters(const fl_device *d)
+{
+    fl_device_counters c;
+    fl_device_get_counters(d, &c);
+    return c;
+}
+static inline uint64_t in_use(const fl_device *d) { return counters(d).in_use; }
+static inline uint64_t calls(const fl_device *d, fl_call k) { return counters(d).calls[k]; }
+
 /* xorshift64*: deterministic, seedable. */
 typedef struct fl_rng { uint64_t s; } fl_rng;
 static inline uint64_t fl_rng_next(fl_rng *r)
