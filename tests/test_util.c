@@ -116,29 +116,31 @@ static long home_of(fl_map *m, uint64_t key)
 
 static void test_map_wrap(void)
 {
-    /* A 16-slot table (grows past 8 keys): build chains that run from the last slots
-     * across slot 0, then remove from every position and check every survivor. */
+    /* A 32-slot table (it grows at 1/4 load, past 8 keys): build chains that run from
+     * the last slots across slot 0, then remove from every position and check every
+     * survivor. */
     fl_map m;
-    CHECK_OK(fl_map_init(&m, 4));
-    CHECK_EQ_U64(m.mask, 15);
+    CHECK_OK(fl_map_init(&m, 8));
+    CHECK_EQ_U64(m.mask, 31);
+    const long last = 31;
     uint64_t at15[3], at14[2], at0[2];
     int n15 = 0, n14 = 0, n0 = 0;
     for (uint64_t k = 1; n15 < 3 || n14 < 2 || n0 < 2; k++) {
         long h = home_of(&m, k);
-        if (h == 15 && n15 < 3)
+        if (h == last && n15 < 3)
             at15[n15++] = k;
-        else if (h == 14 && n14 < 2)
+        else if (h == last - 1 && n14 < 2)
             at14[n14++] = k;
         else if (h == 0 && n0 < 2)
             at0[n0++] = k;
     }
-    /* Insertion order: 14, 14, 15, 15, 0, 15, 0 -> slots 14, 15, 0, 1, 2, 3, 4. */
+    /* Homes last-1, last-1, last, last, 0, last, 0 -> slots last-1, last, 0, 1, 2, 3, 4. */
     const uint64_t order[7] = {at14[0], at14[1], at15[0], at15[1], at0[0], at15[2], at0[1]};
     for (int victim = 0; victim < 7; victim++) {
         fl_map_clear(&m);
         for (int i = 0; i < 7; i++)
             CHECK_OK(fl_map_put(&m, order[i], order[i] * 3));
-        CHECK_EQ_U64(m.mask, 15);
+        CHECK_EQ_U64(m.mask, 31);
         CHECK_EQ_U64(slot_of(&m, order[2]), 0);   /* the chain did wrap */
         CHECK_EQ_U64(slot_of(&m, order[6]), 4);
         uint64_t v = 0;
