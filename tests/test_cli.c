@@ -133,11 +133,37 @@ static void test_golden(void)
     }
 }
 
+/* The doctor's text on the example trace, whole: it has no timings, so any change in a
+ * policy or in the diagnosis shows here. Plus its errors and the JSON form. */
+static void test_doctor(void)
+{
+    run_result *r = run("doctor examples/encoder_varlen.csv --capacity 320MiB");
+    CHECK_EQ_U64(r->code, 0);
+    static char golden[1 << 16];
+    slurp(FL_SOURCE_DIR "/tests/golden/encoder_varlen.doctor.txt", golden, sizeof golden);
+    CHECK(golden[0] != 0);
+    if (strcmp(r->out, golden) != 0) {
+        CHECK(!"doctor output differs from tests/golden/encoder_varlen.doctor.txt");
+        fprintf(stderr, "got:\n%s\nwant:\n%s\n", r->out, golden);
+    }
+    r = run("doctor examples/encoder_varlen.csv --capacity 320MiB --format json");
+    CHECK(r->code == 0 && strstr(r->out, "\"verdict\": \"fragmentation\"") && strstr(r->out, "\"whatif\": [{"));
+    r = run("doctor examples/encoder_varlen.csv --format csv");
+    CHECK(r->code == 1 && strstr(r->err, "text or json"));
+    r = run("doctor examples/encoder_varlen.csv --policy nope");
+    CHECK(r->code == 1 && strstr(r->err, "nope"));
+    r = run("doctor examples/encoder_varlen.csv examples/encoder_varlen.csv");
+    CHECK(r->code == 1 && strstr(r->err, "one trace"));
+    r = run("doctor examples/encoder_varlen.csv");
+    CHECK(r->code == 0 && strstr(r->out, "No capacity given"));
+}
+
 int main(void)
 {
     test_help_and_usage();
     test_bad_traces();
     test_formats();
     test_golden();
+    test_doctor();
     return fl_test_done("test_cli");
 }

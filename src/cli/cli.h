@@ -5,6 +5,7 @@
 #include "replay/replay.h"
 
 enum { CLI_EXIT_OK = 0, CLI_EXIT_USAGE = 1, CLI_EXIT_INPUT = 2, CLI_EXIT_OOM = 3, CLI_EXIT_ERROR = 4 };
+typedef enum cli_mode { CLI_REPLAY, CLI_COMPARE, CLI_DOCTOR } cli_mode;
 #define CLI_MAX_TRACES 256
 
 typedef struct cli_opts {
@@ -21,5 +22,8 @@ typedef struct cli_opts {
 
 int cli_compare(const cli_opts *o);
 int cli_replay(const cli_opts *o);
+int cli_doctor(const cli_opts *o);
+/* Shared by the commands: --capacity as bytes for one trace (a factor needs peak live). */
+uint64_t cli_capacity_for(const cli_opts *o, const fl_prepared *p);
 
 #endif

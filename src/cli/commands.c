@@ -45,7 +45,7 @@ static int split_policies(const char *list, char names[][32], int *n)
     return 0;
 }
 
-static uint64_t capacity_for(const cli_opts *o, const fl_prepared *p)
+uint64_t cli_capacity_for(const cli_opts *o, const fl_prepared *p)
 {
     if (o->capacity_factor > 0) {
         /* Whole pages, rounded down: "1.05x" never grants more than asked. */
@@ -178,7 +178,7 @@ int cli_compare(const cli_opts *o)
             load_error();
             return status_exit(s);
         }
-        uint64_t capacity = capacity_for(o, p);
+        uint64_t capacity = cli_capacity_for(o, p);
         print_trace_header(o, p, capacity);
         for (int i = 0; i < np; i++) {
             fl_replay_opts ro = o->opts;
@@ -220,7 +220,7 @@ int cli_replay(const cli_opts *o)
     }
     fl_replay_opts ro = o->opts;
     snprintf(ro.cfg.policy, sizeof ro.cfg.policy, "%.31s", names[0]);
-    uint64_t capacity = capacity_for(o, p);
+    uint64_t capacity = cli_capacity_for(o, p);
     if (capacity)
         ro.sim.capacity = capacity;
     ro.timeline_buckets = o->timeline;

@@ -18,6 +18,7 @@ static const char main_help[] =
     "commands:\n"
     "  compare TRACE...   every policy side by side: peak reserved, min capacity, device calls\n"
     "  replay TRACE       one policy in detail, with a timeline of device calls\n"
+    "  doctor TRACE       is it fragmentation? what to change, and what it would save\n"
     "  help [COMMAND]     this text, or a command's\n"
     "  version            the version\n"
     "\n"
@@ -74,6 +75,25 @@ static const char compare_help[] =
     "\n"
     "exit codes: 0 done; 1 bad usage; 2 bad trace; 4 other error\n";
 
+static const char doctor_help[] =
+    "usage: fragless doctor TRACE [--capacity SIZE] [--policy P] [--conf CONF] [--format text|json]\n"
+    "\n"
+    "A diagnosis you can act on. With --capacity (your GPU's memory, or 0.95x of peak\n"
+    "live), the trace is replayed under the setting you ran until the first out-of-memory:\n"
+    "what was asked, free memory, live bytes, reserved but unallocated, the largest free\n"
+    "block, and the verdict by a stated rule: exhaustion when live + asked exceed the\n"
+    "capacity, fragmentation otherwise. Then: memory by lifetime (persistent vs transient),\n"
+    "the capacity each allocator setting needs (PyTorch's knobs, expandable segments,\n"
+    "fragless), and estimates for empty_cache() and gradient accumulation.\n"
+    "\n"
+    "  --policy P        the allocator the trace ran under (default cca: PyTorch's)\n"
+    "  --conf CONF       its knobs, e.g. max_split_size_mb:256 or expandable_segments:True\n"
+    "  --capacity SIZE   80GiB, 512MiB, or a factor of peak live like 1.05x\n"
+    "  --granularity SZ  device page size (default 2MiB)\n"
+    "  --format F        text (default) or json\n"
+    "\n"
+    "exit codes: 0 done; 1 bad usage; 2 bad trace; 4 other error\n";
+
 static int usage_error(const char *help, const char *fmt, const char *arg)
 {
     fprintf(stderr, "fragless: ");
@@ -108,14 +128,15 @@ static int parse_capacity(const char *text, cli_opts *o)
     return 0;
 }
 
-static int parse_opts(int argc, char **argv, const char *help, int is_compare, cli_opts *o)
+static int parse_opts(int argc, char **argv, const char *help, cli_mode mode, cli_opts *o)
 {
+    int is_compare = mode == CLI_COMPARE, is_doctor = mode == CLI_DOCTOR;
     memset(o, 0, sizeof *o);
     fl_config_default(&o->opts.cfg);
     fl_sim_params_default(&o->opts.sim);
     o->min_capacity = is_compare;
-    o->format = "table";
-    o->policies = is_compare ? "fragless,cca,cca-expandable,nocache" : "fragless";
+    o->format = is_doctor ? "text" : "table";
+    o->policies = is_compare ? "fragless,cca,cca-expandable,nocache" : is_doctor ? "cca" : "fragless";
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -139,17 +160,19 @@ static int parse_opts(int argc, char **argv, const char *help, int is_compare, c
             if (v && fl_config_parse(&o->opts.cfg, v) != FL_OK)
                 return usage_error(help, "--conf: %s", fl_last_error());
         } else if (!strcmp(a, "--format")) {
-            if (v && strcmp(v, "table") && strcmp(v, "csv") && strcmp(v, "json"))
+            if (v && is_doctor && strcmp(v, "text") && strcmp(v, "json"))
+                return usage_error(help, "--format '%s': expected text or json", v);
+            if (v && !is_doctor && strcmp(v, "table") && strcmp(v, "csv") && strcmp(v, "json"))
                 return usage_error(help, "--format '%s': expected table, csv or json", v);
             if (v)
                 o->format = v;
-        } else if (!strcmp(a, "--timeline") && !is_compare) {
+        } else if (!strcmp(a, "--timeline") && mode == CLI_REPLAY) {
             char *end;
             long n = v ? strtol(v, &end, 10) : 0;
             if (v && (*end || n < 1 || n > 10000))
                 return usage_error(help, "--timeline '%s': expected a number of windows from 1 to 10000", v);
             o->timeline = (int)n;
-        } else if (!strcmp(a, "--min-capacity") && !is_compare) {
+        } else if (!strcmp(a, "--min-capacity") && mode == CLI_REPLAY) {
             o->min_capacity = 1;
             takes = 0;
         } else if (!strcmp(a, "--no-min-capacity") && is_compare) {
@@ -172,7 +195,8 @@ static int parse_opts(int argc, char **argv, const char *help, int is_compare, c
     if (o->n_traces == 0)
         return usage_error(help, "no trace given%s", "");
     if (!is_compare && o->n_traces > 1)
-        return usage_error(help, "replay takes one trace; use compare for several (got '%s' too)", o->traces[1]);
+        return usage_error(help, "this command takes one trace; use compare for several (got '%s' too)",
+                           o->traces[1]);
     return 0;
 }
 
@@ -185,21 +209,35 @@ int main(int argc, char **argv)
     const char *cmd = argv[1];
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
         const char *topic = argc > 2 ? argv[2] : "";
-        fputs(!strcmp(topic, "replay") ? replay_help : !strcmp(topic, "compare") ? compare_help : main_help, stdout);
+        fputs(!strcmp(topic, "replay")    ? replay_help
+              : !strcmp(topic, "compare") ? compare_help
+              : !strcmp(topic, "doctor")  ? doctor_help
+                                          : main_help,
+              stdout);
         return 0;
     }
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
         printf("fragless %s\n", FRAGLESS_VERSION);
         return 0;
     }
-    int is_compare = !strcmp(cmd, "compare");
-    if (!is_compare && strcmp(cmd, "replay")) {
+    cli_mode mode;
+    const char *help;
+    if (!strcmp(cmd, "compare")) {
+        mode = CLI_COMPARE;
+        help = compare_help;
+    } else if (!strcmp(cmd, "replay")) {
+        mode = CLI_REPLAY;
+        help = replay_help;
+    } else if (!strcmp(cmd, "doctor")) {
+        mode = CLI_DOCTOR;
+        help = doctor_help;
+    } else {
         fprintf(stderr, "fragless: unknown command '%s'\n\n%s", cmd, main_help);
         return CLI_EXIT_USAGE;
     }
     cli_opts o;
-    int rc = parse_opts(argc - 2, argv + 2, is_compare ? compare_help : replay_help, is_compare, &o);
+    int rc = parse_opts(argc - 2, argv + 2, help, mode, &o);
     if (rc)
         return rc < 0 ? 0 : rc;
-    return is_compare ? cli_compare(&o) : cli_replay(&o);
+    return mode == CLI_COMPARE ? cli_compare(&o) : mode == CLI_REPLAY ? cli_replay(&o) : cli_doctor(&o);
 }

@@ -666,6 +666,21 @@ static int cca_check(const fl_policy *p)
     return 0;
 }
 
+/* Free mapped blocks: PyTorch's "reserved but unallocated", and the largest of them
+ * (on any stream; what one stream could reuse may be less). */
+static void cca_query(const fl_policy *p, fl_policy_state *out)
+{
+    const cca_policy *c = (const cca_policy *)p;
+    memset(out, 0, sizeof *out);
+    for (const cca_segment *s = c->segments; s; s = s->next_seg)
+        for (const cca_block *b = s->head; b; b = b->next)
+            if (!b->allocated && b->mapped) {
+                out->free_in_reserved += b->node.size;
+                if (b->node.size > out->largest_free)
+                    out->largest_free = b->node.size;
+            }
+}
+
 const fl_policy_ops fl_policy_cca = {
     .name = "cca",
     .create = cca_create,
@@ -674,6 +689,7 @@ const fl_policy_ops fl_policy_cca = {
     .free = cca_free,
     .empty_cache = cca_empty_cache,
     .check = cca_check,
+    .query = cca_query,
 };
 
 const fl_policy_ops fl_policy_cca_expandable = {
@@ -684,4 +700,5 @@ const fl_policy_ops fl_policy_cca_expandable = {
     .free = cca_free,
     .empty_cache = cca_empty_cache,
     .check = cca_check,
+    .query = cca_query,
 };

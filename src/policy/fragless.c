@@ -522,6 +522,18 @@ static int fx_check(const fl_policy *base)
     return 0;
 }
 
+/* Any free page serves any request (pages are remapped, never data moved), so the
+ * largest servable request is every page no live block touches, plus the pages the
+ * policy may still create. */
+static void fx_query(const fl_policy *base, fl_policy_state *out)
+{
+    const fx_policy *f = (const fx_policy *)base;
+    uint64_t held = f->n_handles * f->gran;
+    out->free_in_reserved = held > base->allocated ? held - base->allocated : 0;
+    uint64_t creatable = f->max_pages > f->n_handles ? f->max_pages - f->n_handles : 0;
+    out->largest_free = (f->n_cached + f->n_pool + creatable) * f->gran;
+}
+
 static void fx_destroy(fl_policy *base)
 {
     fx_policy *f = (fx_policy *)base;
@@ -582,4 +594,5 @@ const fl_policy_ops fl_policy_fragless = {
     .free = fx_free,
     .empty_cache = fx_empty_cache,
     .check = fx_check,
+    .query = fx_query,
 };

@@ -123,6 +123,14 @@ static int nocache_check(const fl_policy *p)
     return 0;
 }
 
+/* Nothing is ever held beyond the live blocks. */
+static void nocache_query(const fl_policy *p, fl_policy_state *out)
+{
+    (void)p;
+    out->free_in_reserved = 0;
+    out->largest_free = 0;
+}
+
 const fl_policy_ops fl_policy_nocache = {
     .name = "nocache",
     .create = nocache_create,
@@ -131,4 +139,5 @@ const fl_policy_ops fl_policy_nocache = {
     .free = nocache_free,
     .empty_cache = nocache_empty_cache,
     .check = nocache_check,
+    .query = nocache_query,
 };

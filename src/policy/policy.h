@@ -8,6 +8,12 @@
 
 typedef struct fl_policy fl_policy;
 
+/* What a policy holds but is not using: for out-of-memory diagnosis (not a hot path). */
+typedef struct fl_policy_state {
+    uint64_t free_in_reserved;  /* reserved bytes no live block uses */
+    uint64_t largest_free;      /* largest request servable from them without new device memory */
+} fl_policy_state;
+
 typedef struct fl_policy_ops {
     const char *name;
     fl_status (*create)(const fl_config *cfg, fl_device *dev, fl_policy **out);
@@ -20,6 +26,7 @@ typedef struct fl_policy_ops {
     fl_status (*empty_cache)(fl_policy *p);
     /* Self-check: 0 when every invariant holds, else nonzero with fl_fail() set. */
     int (*check)(const fl_policy *p);
+    void (*query)(const fl_policy *p, fl_policy_state *out);
 } fl_policy_ops;
 
 struct fl_policy {

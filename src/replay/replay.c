@@ -201,6 +201,12 @@ static fl_status run(const fl_prepared *p, const fl_replay_opts *o, int stop_at_
     const size_t n_ops = p->n_ops;
     for (size_t i = 0; i < n_ops; i++) {
         const fl_op *op = &p->ops[i];
+        if (FL_UNLIKELY(i == o->empty_cache_at_op && i)) {
+            r->empty_cache_before = dev->counters.in_use;
+            if ((s = ops->empty_cache(pol)) != FL_OK)
+                goto out;
+            r->empty_cache_after = dev->counters.in_use;
+        }
         if (FL_UNLIKELY(i == late_from)) {
             late_calls0 = total_calls(&dev->counters);
             late_us0 = dev->counters.time_us;
@@ -230,8 +236,16 @@ static fl_status run(const fl_prepared *p, const fl_replay_opts *o, int stop_at_
                 }
             } else if (s == FL_ERR_OOM) {
                 if (op->kind == FL_EV_ALLOC) {
-                    if (!r->ooms++)
+                    if (!r->ooms++) {
                         r->first_oom_op = i;
+                        fl_oom_state *st = &r->first_oom;
+                        st->request = op->size;
+                        st->capacity = o->cfg.limit && o->cfg.limit < dev->capacity ? o->cfg.limit : dev->capacity;
+                        st->live = live;
+                        st->reserved = dev->counters.in_use;
+                        st->allocated = pol->allocated;
+                        ops->query(pol, &st->state);
+                    }
                     if (stop_at_oom) {
                         s = FL_OK;
                         break;

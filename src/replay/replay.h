@@ -40,7 +40,18 @@ typedef struct fl_replay_opts {
     int timeline_buckets;   /* > 0: fill result.timeline with that many windows */
     int check_every;        /* > 0: run the policy self-check every N ops (tests) */
     size_t late_from_op;    /* device calls from this op on are counted apart (0 = none) */
+    size_t empty_cache_at_op; /* > 0: call the policy's empty_cache just before this op */
 } fl_replay_opts;
+
+/* The allocator's state when an allocation first failed. */
+typedef struct fl_oom_state {
+    uint64_t request;           /* bytes asked */
+    uint64_t capacity;          /* what the policy could hold: device capacity or limit */
+    uint64_t live;              /* the trace's live bytes then (each rounded up to 512 B) */
+    uint64_t reserved;          /* device memory the policy held */
+    uint64_t allocated;         /* the policy's own count of live bytes (its rounding) */
+    fl_policy_state state;      /* free inside reserved, largest free block */
+} fl_oom_state;
 
 typedef struct fl_timeline_bucket {
     size_t first_op, end_op;    /* [first_op, end_op) */
@@ -60,6 +71,9 @@ typedef struct fl_replay_result {
     fl_device_counters dev;
     uint64_t host_ns;           /* time inside the policy's alloc/free, whole replay */
     uint64_t pairs;             /* allocations served (pairs for host ns per pair) */
+    fl_oom_state first_oom;     /* valid when ooms > 0 */
+    uint64_t empty_cache_before; /* device in_use just before empty_cache_at_op ... */
+    uint64_t empty_cache_after;  /* ... and just after the call */
     uint64_t late_calls;        /* device calls at ops >= opts.late_from_op */
     double late_us;
     fl_timeline_bucket *timeline;
@@ -75,7 +89,6 @@ void fl_replay_result_free(fl_replay_result *r);
 fl_status fl_min_capacity(const fl_prepared *p, const fl_replay_opts *o,
                           const fl_replay_result *unlimited, uint64_t *min_cap);
 
-#endif
 
 /* What compare reports for one trace and one policy: the run without a limit, the
  * min_capacity search, and optionally a run at a given capacity. Device calls in the
@@ -96,3 +109,5 @@ void fl_measure_free(fl_measure *m);
 
 /* Reads a trace file (CSV) and prepares it; warnings go to `warn` (may be NULL). */
 fl_status fl_load_trace(const char *path, FILE *warn, fl_prepared **out);
+
+#endif

@@ -34,9 +34,9 @@ fl_status fl_parse_size(const char *text, uint64_t *out)
             double bytes = v * units[i].mult;
             if (bytes >= 18446744073709551615.0)
                 return fl_fail(FL_ERR_PARSE, "size '%s': too large", text);
-            if (bytes != floor(bytes))
-                return fl_fail(FL_ERR_PARSE, "size '%s': not a whole number of bytes", text);
-            *out = (uint64_t)bytes;
+            /* "1.3GiB" is not a whole number of bytes: round down, as a capacity or
+             * limit must never grant more than asked. */
+            *out = (uint64_t)floor(bytes);
             return FL_OK;
         }
     }

@@ -1,0 +1,142 @@
+/* The doctor on constructed traces with answers worked out from cca's rules: a
+ * fragmented out-of-memory, an exhausted one, lifetimes, the what-if table and the
+ * empty_cache estimate. */
+#include <string.h>
+
+#include "replay/doctor.h"
+#include "test_support.h"
+
+#define MiB (UINT64_C(1) << 20)
+
+static void push(fl_trace *t, int kind, uint64_t ptr, uint64_t size)
+{
+    fl_event e = {0};
+    e.kind = (uint8_t)kind;
+    e.ptr = ptr;
+    e.size = size;
+    e.line = (uint32_t)t->n + 2;
+    CHECK_OK(fl_trace_push(t, &e));
+}
+
+static void ran_cca(fl_replay_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    fl_config_default(&o->cfg);
+    snprintf(o->cfg.policy, sizeof o->cfg.policy, "cca");
+    fl_sim_params_default(&o->sim);
+}
+
+/* Ten 9 MiB blocks fill five 20 MiB segments (two each, 2 MiB left over); freeing the
+ * first block of every segment leaves 55 MiB free in pieces of at most 9 MiB, and no
+ * segment entirely free. A 30 MiB request then fails at 100 MiB although live (45 MiB)
+ * plus asked (30 MiB) fits: fragmentation. With nothing freed: exhaustion. */
+static fl_prepared *build(int free_half)
+{
+    fl_trace t;
+    fl_trace_init(&t, "mem/doctor.csv");
+    for (uint64_t i = 0; i < 10; i++)
+        push(&t, FL_EV_ALLOC, 0x1000 + i, 9 * MiB);
+    if (free_half)
+        for (uint64_t i = 0; i < 10; i += 2)
+            push(&t, FL_EV_FREE, 0x1000 + i, 9 * MiB);
+    push(&t, FL_EV_ALLOC, 0x2000, 30 * MiB);
+    push(&t, FL_EV_FREE, 0x2000, 30 * MiB);
+    for (uint64_t i = free_half ? 1 : 0; i < 10; i += free_half ? 2 : 1)
+        push(&t, FL_EV_FREE, 0x1000 + i, 9 * MiB);
+    fl_prepared *p = NULL;
+    CHECK_OK(fl_prepare(&t, &p));
+    fl_trace_free(&t);
+    return p;
+}
+
+static void test_fragmented(void)
+{
+    fl_prepared *p = build(1);
+    fl_replay_opts o;
+    ran_cca(&o);
+    fl_diagnosis d;
+    CHECK_OK(fl_diagnose(p, &o, 100 * MiB, &d));
+    CHECK(d.has_oom);
+    CHECK_EQ_U64(d.verdict, FL_VERDICT_FRAGMENTATION);
+    CHECK_EQ_U64(d.oom.request, 30 * MiB);
+    CHECK_EQ_U64(d.oom.live, 45 * MiB);
+    CHECK_EQ_U64(d.oom.reserved, 100 * MiB);
+    CHECK_EQ_U64(d.device_free, 0);
+    CHECK_EQ_U64(d.oom.state.free_in_reserved, 55 * MiB);
+    CHECK_EQ_U64(d.oom.state.largest_free, 9 * MiB);
+    CHECK(d.ext_frag > 0.83 && d.ext_frag < 0.84); /* 1 - 9/55 */
+    CHECK_EQ_U64(d.oom_op, 15);
+    /* What if: the peak is the ten blocks (90 MiB); fragless runs within a page of it,
+     * cca needs more than the 100 MiB it failed at. */
+    CHECK(!strcmp(d.rows[d.fragless_row].label, "fragless"));
+    CHECK_EQ_U64(d.peak_live, 90 * MiB);
+    CHECK(d.rows[d.fragless_row].min_capacity <= 92 * MiB);
+    CHECK(d.rows[0].min_capacity > 100 * MiB);
+    CHECK(d.best_pytorch > 0 && d.best_pytorch != d.fragless_row);
+    fl_prepared_free(p);
+}
+
+static void test_exhausted(void)
+{
+    fl_prepared *p = build(0);
+    fl_replay_opts o;
+    ran_cca(&o);
+    fl_diagnosis d;
+    CHECK_OK(fl_diagnose(p, &o, 100 * MiB, &d));
+    CHECK(d.has_oom);
+    CHECK_EQ_U64(d.verdict, FL_VERDICT_EXHAUSTION);
+    CHECK_EQ_U64(d.oom.live, 90 * MiB);
+    CHECK_EQ_U64(d.oom.request, 30 * MiB);
+    /* No setting runs below live + asked. */
+    for (int i = 0; i < d.n_rows; i++)
+        CHECK(d.rows[i].min_capacity >= 120 * MiB);
+    /* Without a capacity there is nothing to judge. */
+    CHECK_OK(fl_diagnose(p, &o, 0, &d));
+    CHECK(!d.has_oom);
+    CHECK_EQ_U64(d.verdict, FL_VERDICT_NONE);
+    fl_prepared_free(p);
+}
+
+/* Weights live throughout; activations come and go in steps. */
+static void test_lifetimes_and_estimates(void)
+{
+    fl_trace t;
+    fl_trace_init(&t, "mem/steps.csv");
+    push(&t, FL_EV_ALLOC, 0x1, 40 * MiB); /* "weights" */
+    uint64_t ptr = 0x100;
+    for (int step = 0; step < 20; step++) {
+        for (int k = 0; k < 4; k++)
+            push(&t, FL_EV_ALLOC, ptr + (uint64_t)k, 5 * MiB);
+        for (int k = 3; k >= 0; k--)
+            push(&t, FL_EV_FREE, ptr + (uint64_t)k, 5 * MiB);
+        ptr += 16;
+    }
+    push(&t, FL_EV_FREE, 0x1, 40 * MiB); /* teardown */
+    fl_prepared *p;
+    CHECK_OK(fl_prepare(&t, &p));
+    fl_replay_opts o;
+    ran_cca(&o);
+    fl_diagnosis d;
+    CHECK_OK(fl_diagnose(p, &o, 0, &d));
+    CHECK_EQ_U64(d.persistent, 40 * MiB);
+    CHECK_EQ_U64(d.transient_peak, 20 * MiB);
+    CHECK_EQ_U64(d.persistent_at_peak + d.transient_at_peak, d.peak_live);
+    CHECK_EQ_U64(d.accum_need[0], 50 * MiB);
+    CHECK_EQ_U64(d.accum_need[1], 45 * MiB);
+    /* The idle point is between steps, with only the weights live: empty_cache gives back
+     * the activations' cached segment (cca keeps 20 MiB for the 5 MiB blocks). */
+    CHECK_EQ_U64(d.idle_live, 40 * MiB);
+    CHECK(d.idle_op >= p->n_ops / 10 && d.idle_op < p->n_ops);
+    CHECK_EQ_U64(d.idle_returned, 20 * MiB);
+    CHECK_EQ_U64(d.idle_reserved, 60 * MiB);
+    fl_prepared_free(p);
+    fl_trace_free(&t);
+}
+
+int main(void)
+{
+    test_fragmented();
+    test_exhausted();
+    test_lifetimes_and_estimates();
+    return fl_test_done("test_doctor");
+}
