@@ -13,12 +13,14 @@ static const char main_help[] =
     "usage: fragless COMMAND [ARGS]\n"
     "\n"
     "How much GPU memory does an allocation trace need under each allocator?\n"
-    "Traces are RMM CSV logs (Thread,Time,Action,Pointer,Size,Stream).\n"
+    "Traces are RMM CSV logs (Thread,Time,Action,Pointer,Size,Stream) or PyTorch memory\n"
+    "snapshots (torch.cuda.memory._dump_snapshot pickles, read without Python).\n"
     "\n"
     "commands:\n"
     "  compare TRACE...   every policy side by side: peak reserved, min capacity, device calls\n"
     "  replay TRACE       one policy in detail, with a timeline of device calls\n"
     "  doctor TRACE       is it fragmentation? what to change, and what it would save\n"
+    "  import SNAPSHOT    a PyTorch memory snapshot (.pickle) to a CSV trace\n"
     "  help [COMMAND]     this text, or a command's\n"
     "  version            the version\n"
     "\n"
@@ -209,6 +211,10 @@ int main(int argc, char **argv)
     const char *cmd = argv[1];
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
         const char *topic = argc > 2 ? argv[2] : "";
+        if (!strcmp(topic, "import")) {
+            char *args[] = {"--help", NULL};
+            return cli_import(1, args);
+        }
         fputs(!strcmp(topic, "replay")    ? replay_help
               : !strcmp(topic, "compare") ? compare_help
               : !strcmp(topic, "doctor")  ? doctor_help
@@ -220,6 +226,8 @@ int main(int argc, char **argv)
         printf("fragless %s\n", FRAGLESS_VERSION);
         return 0;
     }
+    if (!strcmp(cmd, "import"))
+        return cli_import(argc - 2, argv + 2);
     cli_mode mode;
     const char *help;
     if (!strcmp(cmd, "compare")) {

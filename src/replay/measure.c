@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "replay/replay.h"
+#include "trace/snapshot.h"
 
 fl_status fl_measure_run(const fl_prepared *p, const fl_replay_opts *o, uint64_t capacity, int min_capacity,
                          fl_measure *m)
@@ -34,10 +35,29 @@ void fl_measure_free(fl_measure *m)
     fl_replay_result_free(&m->at_capacity);
 }
 
+/* Pickles start with PROTO (0x80); a CSV log starts with its header. */
+static int is_pickle(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    int c = f ? fgetc(f) : EOF;
+    if (f)
+        fclose(f);
+    return c == 0x80;
+}
+
 fl_status fl_load_trace(const char *path, FILE *warn, fl_prepared **out)
 {
-    fl_trace t; /* the reader initialises it, and leaves it empty on error */
-    fl_status s = fl_trace_read_csv(path, &t);
+    return fl_load_trace_ex(path, 0, warn, out, NULL);
+}
+
+fl_status fl_load_trace_ex(const char *path, int device, FILE *warn, fl_prepared **out, fl_snapshot_info *info)
+{
+    fl_trace t; /* the readers initialise it, and leave it empty on error */
+    fl_snapshot_info local;
+    if (!info)
+        info = &local;
+    memset(info, 0, sizeof *info);
+    fl_status s = is_pickle(path) ? fl_trace_read_snapshot(path, device, &t, info) : fl_trace_read_csv(path, &t);
     if (s != FL_OK)
         return s;
     for (size_t i = 0; warn && i < t.n_warnings; i++)

@@ -295,6 +295,7 @@ static fl_status run(const fl_prepared *p, const fl_replay_opts *o, int stop_at_
     r->retries = pol->retries;
     fl_device_get_counters(dev, &r->dev);
     r->peak_reserved = r->dev.peak_in_use;
+    r->end_reserved = r->dev.in_use;
 out:
     if (pol)
         pol->ops->destroy(pol);

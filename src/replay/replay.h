@@ -64,6 +64,7 @@ typedef struct fl_timeline_bucket {
 typedef struct fl_replay_result {
     uint64_t peak_live;
     uint64_t peak_reserved;     /* device peak physical bytes in use */
+    uint64_t end_reserved;      /* device bytes in use after the last op */
     uint64_t peak_allocated;    /* max of the policy's own rounded live bytes */
     uint64_t ooms;              /* regular allocations that failed */
     size_t first_oom_op;        /* op index of the first OOM, n_ops if none */
@@ -107,7 +108,14 @@ fl_status fl_measure_run(const fl_prepared *p, const fl_replay_opts *o, uint64_t
                          fl_measure *m);
 void fl_measure_free(fl_measure *m);
 
-/* Reads a trace file (CSV) and prepares it; warnings go to `warn` (may be NULL). */
+/* Reads a trace and prepares it: an RMM CSV log, or a PyTorch memory snapshot (a file
+ * that starts with a pickle's protocol byte: device 0 is read). Warnings go to `warn`
+ * (may be NULL). */
 fl_status fl_load_trace(const char *path, FILE *warn, fl_prepared **out);
+/* The same with the snapshot's device and what the conversion found (info->n_devices
+ * is 0 for a CSV trace). */
+struct fl_snapshot_info;
+fl_status fl_load_trace_ex(const char *path, int device, FILE *warn, fl_prepared **out,
+                           struct fl_snapshot_info *info);
 
 #endif

@@ -21,7 +21,9 @@ typedef enum fl_pk_type {
                        refuse it as "an int over 64 bits" */
     FL_PK_FLOAT,    /* u.f */
     FL_PK_STR,      /* u.s: valid UTF-8 (lone surrogates allowed, as Python's pickle
-                       allows them), NUL-terminated; n excludes the NUL */
+                       allows them), NUL-terminated; n excludes the NUL. Python 2 strs
+                       (BINSTRING, SHORT_BINSTRING) must be ASCII, as Python 3 reads them;
+                       protocol 0's quoted STRING is refused */
     FL_PK_BYTES,    /* u.s: raw bytes (BINBYTES*, BYTEARRAY8), NUL-terminated too */
     FL_PK_LIST,     /* u.seq: n items; sets and frozensets load as lists */
     FL_PK_TUPLE,    /* u.seq: n items */
@@ -65,7 +67,7 @@ typedef struct fl_pk_doc fl_pk_doc;
 
 /* max_bytes bounds everything the reader holds at once: the file's contents (when read
  * from a path), the values, and the stack, marks and memo while parsing. 0 means
- * FL_PICKLE_DEFAULT_MAX_BYTES. The snapshots we read need about 10x their file size. */
+ * FL_PICKLE_DEFAULT_MAX_BYTES. Memory snapshots need about 3.5x their file size. */
 #define FL_PICKLE_DEFAULT_MAX_BYTES ((size_t)1 << 30)
 
 /* Parses one pickle (a file must hold exactly one: bytes after STOP are an error). On
@@ -96,13 +98,16 @@ size_t fl_pk_doc_bytes(const fl_pk_doc *doc);
  *   "WHERE: no key 'size'"                        (want_*, key absent)
  *   "WHERE: 'size' is a str, expected an int"     (wrong type)
  *   "WHERE: 'size' is -3, expected an int >= 0"   (want_uint)
- * The opt_* variants leave *out alone and return FL_OK when the key is absent or None. */
+ * The opt variants return FL_OK when the key is absent or None, leaving *out alone
+ * (fl_pk_opt sets it to NULL). */
 
 const fl_pk *fl_pk_dict_get(const fl_pk *d, const char *key);
+/* Whether o is the str s (compared byte for byte, embedded NULs included). */
+int fl_pk_str_is(const fl_pk *o, const char *s);
 
 /* o itself must be of the type: "WHERE: is a str, expected a dict". */
 fl_status fl_pk_check(const fl_pk *o, fl_pk_type type, const char *where_fmt, ...) FL_PRINTF(3, 4);
-/* d[key] of the type (any type for FL_PK_NONE... no: exactly the type given). */
+/* d[key], which must be of exactly this type. */
 fl_status fl_pk_want(const fl_pk *d, const char *key, fl_pk_type type, const fl_pk **out,
                      const char *where_fmt, ...) FL_PRINTF(5, 6);
 fl_status fl_pk_want_int(const fl_pk *d, const char *key, int64_t *out, const char *where_fmt, ...)

@@ -1,0 +1,113 @@
+/* `fragless import`: a PyTorch memory snapshot (pickle) converted into an RMM CSV trace,
+ * with a one-line summary of what was converted and reconstructed. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "trace/snapshot.h"
+
+static const char import_help[] =
+    "usage: fragless import SNAPSHOT.pickle -o TRACE.csv [--device N]\n"
+    "\n"
+    "Converts a PyTorch memory snapshot (torch.cuda.memory._dump_snapshot) into an RMM\n"
+    "CSV trace that replay, compare and doctor read. The pickle is read by a restricted\n"
+    "reader: plain data only (dicts, lists, str, int, float, bool, None); a pickle that\n"
+    "would import or call code is refused, never run.\n"
+    "\n"
+    "  -o, --output FILE  the trace to write (required)\n"
+    "  --device N         the device whose history is converted (default 0)\n"
+    "\n"
+    "mapping (entries of device_traces[N]):\n"
+    "  alloc             -> allocate, with the requested size\n"
+    "  free_completed    -> free (free_requested when no completion was recorded)\n"
+    "  oom               -> allocate failure, with the requested size\n"
+    "  segment_*, snapshot: not allocations; counted only\n"
+    "Blocks alive before recording began are allocated first, at time 0: blocks still\n"
+    "allocated in the snapshot's segments that the trace never mentions, then blocks the\n"
+    "trace frees without having allocated them.\n"
+    "\n"
+    "exit codes: 0 done; 1 bad usage; 2 the snapshot could not be read or is malformed;\n"
+    "            4 the trace could not be written\n";
+
+static int import_usage(const char *fmt, const char *arg)
+{
+    fprintf(stderr, "fragless: import: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\n\n%s", import_help);
+    return CLI_EXIT_USAGE;
+}
+
+/* argv holds the arguments after the word `import`. */
+int cli_import(int argc, char **argv)
+{
+    const char *in = NULL, *out = NULL;
+    int device = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            fputs(import_help, stdout);
+            return CLI_EXIT_OK;
+        } else if (!strcmp(a, "-o") || !strcmp(a, "--output")) {
+            if (!v)
+                return import_usage("option '%s' needs a value", a);
+            out = v;
+            i++;
+        } else if (!strcmp(a, "--device")) {
+            char *end;
+            if (!v)
+                return import_usage("option '%s' needs a value", a);
+            errno = 0;
+            long d = strtol(v, &end, 10);
+            if (errno || end == v || *end || d < 0 || d > 1023)
+                return import_usage("--device '%s': expected a device number from 0 to 1023", v);
+            device = (int)d;
+            i++;
+        } else if (a[0] == '-' && a[1]) {
+            return import_usage("unknown option '%s'", a);
+        } else if (in) {
+            return import_usage("one snapshot at a time (got '%s' too)", a);
+        } else {
+            in = a;
+        }
+    }
+    if (!in)
+        return import_usage("no snapshot given%s", "");
+    if (!out)
+        return import_usage("no output given: -o TRACE.csv%s", "");
+
+    fl_trace t;
+    fl_snapshot_info info;
+    fl_status s = fl_trace_read_snapshot(in, device, &t, &info);
+    if (s != FL_OK) {
+        fprintf(stderr, "fragless: %s\n", fl_last_error());
+        return s == FL_ERR_INVALID ? CLI_EXIT_USAGE
+               : (s == FL_ERR_PARSE || s == FL_ERR_IO) ? CLI_EXIT_INPUT
+                                                       : CLI_EXIT_ERROR;
+    }
+    for (size_t i = 0; i < t.n_warnings; i++)
+        fprintf(stderr, "fragless: warning: %s\n", t.warnings[i]);
+    s = fl_trace_write_csv(out, &t);
+    if (s != FL_OK) {
+        fprintf(stderr, "fragless: %s\n", fl_last_error());
+        fl_trace_free(&t);
+        return CLI_EXIT_ERROR;
+    }
+    char reserved[32];
+    fl_format_size(info.reserved_bytes, reserved, sizeof reserved);
+    fprintf(stderr,
+            "fragless: %s device %d -> %s: %llu events from %llu entries (%llu alloc, %llu %s, %llu oom), "
+            "%llu synthetic allocations (%llu freed in the trace, %llu live at dump), %llu stream%s, "
+            "reserved at dump %s in %llu segments\n",
+            in, device, out, (unsigned long long)info.n_events, (unsigned long long)info.n_entries,
+            (unsigned long long)info.n_alloc,
+            (unsigned long long)(info.frees_completed ? info.n_free_completed : info.n_free_requested),
+            info.frees_completed ? "free_completed" : "free_requested", (unsigned long long)info.n_oom,
+            (unsigned long long)(info.n_synth_freed + info.n_synth_live), (unsigned long long)info.n_synth_freed,
+            (unsigned long long)info.n_synth_live, (unsigned long long)info.n_streams,
+            info.n_streams == 1 ? "" : "s", reserved, (unsigned long long)info.n_segments);
+    fl_trace_free(&t);
+    return CLI_EXIT_OK;
+}

@@ -1,0 +1,442 @@
+/* PyTorch memory snapshot -> fl_trace: reads device_traces[device], segments and
+ * allocator_settings from a parsed pickle, reconstructs the blocks that were alive before
+ * recording began, and counts what it skipped. */
+#include "trace/snapshot.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+enum action {
+    A_ALLOC,
+    A_FREE_REQUESTED,
+    A_FREE_COMPLETED,
+    A_OOM,
+    A_SEGMENT_ALLOC,
+    A_SEGMENT_FREE,
+    A_SEGMENT_MAP,
+    A_SEGMENT_UNMAP,
+    A_SNAPSHOT,
+    A_UNKNOWN
+};
+
+static const char *const action_names[] = {"alloc",       "free_requested", "free_completed",
+                                           "oom",         "segment_alloc",  "segment_free",
+                                           "segment_map", "segment_unmap",  "snapshot"};
+
+/* One trace entry that matters to the conversion. */
+typedef struct rec {
+    uint64_t addr, size, stream, time_us;
+    uint32_t index;     /* position in device_traces[device] */
+    uint8_t action;
+} rec;
+
+typedef struct conv {
+    const char *path;
+    int device;
+    fl_snapshot_info *info;
+    fl_trace *out;
+    rec *recs;
+    size_t n_recs;
+    fl_event *synth_live;   /* (b) */
+    size_t n_synth_live, cap_synth_live;
+    fl_event *synth_freed;  /* (a) */
+    size_t n_synth_freed, cap_synth_freed;
+    fl_map addrs;           /* address -> ADDR_LIVE / ADDR_DEAD as the trace is run */
+    uint64_t live_at_end;   /* traced allocations never freed */
+} conv;
+
+enum { ADDR_LIVE = 1, ADDR_DEAD = 2 };
+
+#define WHERE_ENTRY "%s: device_traces[%d][%zu]", c->path, c->device, i
+
+static fl_status push_event(fl_event **v, size_t *n, size_t *cap, const fl_event *e)
+{
+    if (*n == *cap) {
+        size_t nc = *cap ? *cap * 2 : 64;
+        fl_event *p = realloc(*v, nc * sizeof *p);
+        if (!p)
+            return fl_fail(FL_ERR_NOMEM, "snapshot: no host memory for %zu events", nc);
+        *v = p;
+        *cap = nc;
+    }
+    (*v)[(*n)++] = *e;
+    return FL_OK;
+}
+
+static int action_of(const fl_pk *a)
+{
+    for (int k = 0; k < A_UNKNOWN; k++)
+        if (fl_pk_str_is(a, action_names[k]))
+            return k;
+    return A_UNKNOWN;
+}
+
+/* ---- device_traces[device] -> recs ---------------------------------------------------- */
+
+static fl_status read_entries(conv *c, const fl_pk *trace)
+{
+    fl_snapshot_info *info = c->info;
+    size_t n = fl_pk_len(trace);
+    info->n_entries = n;
+    if (n > UINT32_MAX - 1)
+        return fl_fail(FL_ERR_PARSE, "%s: device_traces[%d] has %zu entries, more than a trace can number",
+                       c->path, c->device, n);
+    c->recs = malloc((n ? n : 1) * sizeof *c->recs);
+    if (!c->recs)
+        return fl_fail(FL_ERR_NOMEM, "%s: no host memory for %zu trace entries", c->path, n);
+    size_t first_unknown = 0;
+    const char *unknown_name = NULL;
+    uint64_t *count[A_UNKNOWN] = {&info->n_alloc,       &info->n_free_requested, &info->n_free_completed,
+                                  &info->n_oom,         &info->n_segment_alloc,  &info->n_segment_free,
+                                  &info->n_segment_map, &info->n_segment_unmap,  &info->n_snapshot};
+    for (size_t i = 0; i < n; i++) {
+        const fl_pk *e = fl_pk_item(trace, i);
+        const fl_pk *a;
+        fl_status s;
+        if ((s = fl_pk_check(e, FL_PK_DICT, WHERE_ENTRY)) != FL_OK ||
+            (s = fl_pk_want(e, "action", FL_PK_STR, &a, WHERE_ENTRY)) != FL_OK)
+            return s;
+        int act = action_of(a);
+        rec r = {.index = (uint32_t)i, .action = (uint8_t)act};
+        int64_t stream = 0;
+        switch (act) {
+        case A_ALLOC:
+        case A_FREE_REQUESTED:
+        case A_FREE_COMPLETED:
+        case A_OOM:
+            if (act == A_OOM) {
+                uint64_t dev_free = 0;
+                if ((s = fl_pk_opt_uint(e, "device_free", &dev_free, WHERE_ENTRY)) != FL_OK)
+                    return s;
+                info->oom_entry = (int64_t)i;
+                info->oom_device_free = dev_free;
+            } else if ((s = fl_pk_want_uint(e, "addr", &r.addr, WHERE_ENTRY)) != FL_OK) {
+                return s;
+            }
+            if ((s = fl_pk_want_uint(e, "size", &r.size, WHERE_ENTRY)) != FL_OK ||
+                (s = fl_pk_want_int(e, "stream", &stream, WHERE_ENTRY)) != FL_OK ||
+                (s = fl_pk_opt_uint(e, "time_us", &r.time_us, WHERE_ENTRY)) != FL_OK)
+                return s;
+            /* PyTorch never records a zero-byte request; the CSV format forbids one. */
+            if (r.size == 0 && (act == A_ALLOC || act == A_OOM))
+                return fl_fail(FL_ERR_PARSE, "%s: device_traces[%d][%zu]: 'size' is 0 on an %s entry",
+                               c->path, c->device, i, action_names[act]);
+            r.stream = (uint64_t)stream; /* a cudaStream_t stored as int64: keep the bits */
+            if (act == A_OOM)
+                info->oom_size = r.size;
+            c->recs[c->n_recs++] = r;
+            break;
+        case A_UNKNOWN:
+            if (!info->n_unknown_actions++) {
+                first_unknown = i;
+                unknown_name = a->u.s.p;
+            }
+            break;
+        default:
+            break;
+        }
+        if (act != A_UNKNOWN)
+            (*count[act])++;
+    }
+    if (info->n_unknown_actions) {
+        /* The name is untrusted text: printable ASCII only, cut short. */
+        char q[48];
+        size_t o = 0;
+        for (const char *p = unknown_name; *p && o < 40; p++)
+            q[o++] = *p >= 0x20 && *p < 0x7f ? *p : '?';
+        strcpy(q + o, unknown_name[o] && o == 40 ? "..." : "");
+        return fl_trace_warn(c->out,
+                             "%s: device_traces[%d]: %llu entries with actions this reader does not know ('%s' "
+                             "first, at [%zu]): skipped",
+                             c->path, c->device, (unsigned long long)info->n_unknown_actions, q, first_unknown);
+    }
+    return FL_OK;
+}
+
+/* ---- the trace as recorded: which frees are of blocks allocated before it ------------- */
+
+/* (a): a free of an address the trace never allocated: the block was alive before
+ * recording began, so it is allocated at the start with the free's size and stream. */
+static fl_status reconstruct_freed(conv *c, const rec *r)
+{
+    if (r->size == 0)
+        return fl_trace_warn(c->out, "%s: device_traces[%d][%u]: free of 0x%llx with size 0 and no earlier "
+                                     "alloc: not reconstructed",
+                             c->path, c->device, r->index, (unsigned long long)r->addr);
+    fl_event e = {.ptr = r->addr, .size = r->size, .stream = r->stream, .line = r->index + 1,
+                  .kind = FL_EV_ALLOC};
+    c->info->synth_freed_bytes += r->size;
+    return push_event(&c->synth_freed, &c->n_synth_freed, &c->cap_synth_freed, &e);
+}
+
+static fl_status run_trace(conv *c, int free_action)
+{
+    fl_status s;
+    for (size_t j = 0; j < c->n_recs; j++) {
+        const rec *r = &c->recs[j];
+        uint64_t state = 0;
+        int known = fl_map_get(&c->addrs, r->addr, &state);
+        if (r->action == A_ALLOC) {
+            if (known && state == ADDR_LIVE)
+                return fl_fail(FL_ERR_PARSE,
+                               "%s: device_traces[%d][%u]: alloc of 0x%llx, which the trace allocated before "
+                               "and never freed: the trace is inconsistent",
+                               c->path, c->device, r->index, (unsigned long long)r->addr);
+            if ((s = fl_map_put(&c->addrs, r->addr, ADDR_LIVE)) != FL_OK)
+                return s;
+            c->live_at_end++;
+        } else if (r->action == free_action) {
+            if (known && state == ADDR_LIVE)
+                c->live_at_end--;
+            else if (known)
+                c->info->n_double_frees++; /* kept: fl_prepare skips it with a warning */
+            else if ((s = reconstruct_freed(c, r)) != FL_OK)
+                return s;
+            if ((s = fl_map_put(&c->addrs, r->addr, ADDR_DEAD)) != FL_OK)
+                return s;
+        }
+    }
+    c->info->n_synth_freed = c->n_synth_freed;
+    return FL_OK;
+}
+
+/* ---- segments: the state at dump time ------------------------------------------------- */
+
+#define WHERE_SEG "%s: segments[%zu]", c->path, si
+#define WHERE_BLOCK "%s: segments[%zu].blocks[%zu]", c->path, si, bi
+
+static fl_status read_segments(conv *c, const fl_pk *segments, int free_action)
+{
+    fl_snapshot_info *info = c->info;
+    fl_status s;
+    uint64_t live_matched = 0;
+    for (size_t si = 0; si < fl_pk_len(segments); si++) {
+        const fl_pk *seg = fl_pk_item(segments, si), *blocks;
+        int64_t dev = c->device, stream;
+        uint64_t addr, total, allocated = 0;
+        int expandable = 0;
+        if ((s = fl_pk_check(seg, FL_PK_DICT, WHERE_SEG)) != FL_OK ||
+            (s = fl_pk_opt_int(seg, "device", &dev, WHERE_SEG)) != FL_OK)
+            return s;
+        if (dev != c->device)
+            continue;
+        if ((s = fl_pk_want_uint(seg, "address", &addr, WHERE_SEG)) != FL_OK ||
+            (s = fl_pk_want_uint(seg, "total_size", &total, WHERE_SEG)) != FL_OK ||
+            (s = fl_pk_opt_uint(seg, "allocated_size", &allocated, WHERE_SEG)) != FL_OK ||
+            (s = fl_pk_want_int(seg, "stream", &stream, WHERE_SEG)) != FL_OK ||
+            (s = fl_pk_opt_bool(seg, "is_expandable", &expandable, WHERE_SEG)) != FL_OK ||
+            (s = fl_pk_want(seg, "blocks", FL_PK_LIST, &blocks, WHERE_SEG)) != FL_OK)
+            return s;
+        info->n_segments++;
+        info->n_expandable_segments += expandable != 0;
+        info->reserved_bytes += total;
+        info->allocated_bytes += allocated;
+        for (size_t bi = 0; bi < fl_pk_len(blocks); bi++) {
+            const fl_pk *b = fl_pk_item(blocks, bi);
+            uint64_t size, requested = 0, baddr = addr;
+            const char *state;
+            if ((s = fl_pk_check(b, FL_PK_DICT, WHERE_BLOCK)) != FL_OK ||
+                (s = fl_pk_want_uint(b, "size", &size, WHERE_BLOCK)) != FL_OK ||
+                (s = fl_pk_opt_uint(b, "requested_size", &requested, WHERE_BLOCK)) != FL_OK ||
+                (s = fl_pk_opt_uint(b, "address", &baddr, WHERE_BLOCK)) != FL_OK ||
+                (s = fl_pk_want_str(b, "state", &state, NULL, WHERE_BLOCK)) != FL_OK)
+                return s;
+            /* Blocks tile their segment: without an address, a block starts where the
+             * previous one ended. */
+            addr = baddr + size;
+            int pending = !strcmp(state, "active_pending_free");
+            if (!pending && strcmp(state, "active_allocated") != 0) {
+                if (strcmp(state, "inactive") != 0)
+                    return fl_fail(FL_ERR_PARSE,
+                                   "%s: segments[%zu].blocks[%zu]: state '%.40s' is not active_allocated, "
+                                   "active_pending_free or inactive",
+                                   c->path, si, bi, state);
+                continue;
+            }
+            info->n_active_blocks++;
+            uint64_t st = 0;
+            if (fl_map_get(&c->addrs, baddr, &st)) {
+                if (st == ADDR_LIVE)
+                    live_matched++;
+                else if (!(pending && free_action == A_FREE_REQUESTED)) /* freed, not yet completed */
+                    info->n_active_unmatched++;
+                continue;
+            }
+            /* (b): allocated before recording began and still allocated at dump */
+            uint64_t bytes = requested ? requested : size;
+            if (bytes == 0)
+                continue;
+            fl_event e = {.ptr = baddr, .size = bytes, .stream = (uint64_t)stream, .kind = FL_EV_ALLOC};
+            if ((s = push_event(&c->synth_live, &c->n_synth_live, &c->cap_synth_live, &e)) != FL_OK)
+                return s;
+            info->synth_live_bytes += bytes;
+        }
+    }
+    info->n_synth_live = c->n_synth_live;
+    info->n_live_not_in_segments = c->live_at_end - live_matched;
+    if (info->n_active_unmatched &&
+        (s = fl_trace_warn(c->out, "%s: %llu blocks allocated at dump were freed by the trace and not allocated "
+                                   "again (events lost?): not reconstructed",
+                           c->path, (unsigned long long)info->n_active_unmatched)) != FL_OK)
+        return s;
+    return FL_OK;
+}
+
+/* ---- allocator_settings --------------------------------------------------------------- */
+
+#define WHERE_SET "%s: allocator_settings", c->path
+
+static fl_status read_settings(conv *c, const fl_pk *set)
+{
+    fl_snapshot_info *info = c->info;
+    fl_status s;
+    const char *conf = NULL;
+    size_t len = 0;
+    int64_t max_split = -1;
+    const fl_pk *divs;
+    info->has_settings = 1;
+    if ((s = fl_pk_opt_str(set, "PYTORCH_CUDA_ALLOC_CONF", &conf, &len, WHERE_SET)) != FL_OK ||
+        (!conf && (s = fl_pk_opt_str(set, "PYTORCH_ALLOC_CONF", &conf, &len, WHERE_SET)) != FL_OK) ||
+        (s = fl_pk_opt_bool(set, "expandable_segments", &info->expandable_segments, WHERE_SET)) != FL_OK ||
+        (s = fl_pk_opt_int(set, "max_split_size", &max_split, WHERE_SET)) != FL_OK ||
+        (s = fl_pk_opt_float(set, "garbage_collection_threshold", &info->gc_threshold, WHERE_SET)) != FL_OK ||
+        (s = fl_pk_opt(set, "roundup_power2_divisions", FL_PK_DICT, &divs, WHERE_SET)) != FL_OK)
+        return s;
+    if (conf) {
+        info->alloc_conf_truncated = len >= sizeof info->alloc_conf;
+        size_t n = info->alloc_conf_truncated ? sizeof info->alloc_conf - 1 : len;
+        memcpy(info->alloc_conf, conf, n);
+        info->alloc_conf[n] = 0;
+    }
+    /* SIZE_MAX (no limit) arrives as -1 after PyTorch's cast to int64. */
+    info->max_split_size = max_split > 0 ? (uint64_t)max_split : 0;
+    /* Keys are "1", "2", "4", ... MiB: the lower bound of each power-of-two interval. */
+    for (size_t i = 0; i < fl_pk_len(divs); i++) {
+        const fl_pk *k = fl_pk_key(divs, i), *v = fl_pk_value(divs, i);
+        char *end;
+        unsigned long mib = k->type == FL_PK_STR ? strtoul(k->u.s.p, &end, 10) : 0;
+        if (k->type != FL_PK_STR || *end || !fl_is_pow2(mib) || v->type != FL_PK_INT || v->u.i < 0 ||
+            v->u.i > UINT32_MAX)
+            return fl_fail(FL_ERR_PARSE,
+                           "%s: allocator_settings: roundup_power2_divisions[%zu] is not \"MiB\": divisions "
+                           "(a power-of-two key as a str, an int >= 0)",
+                           c->path, i);
+        int idx = fl_log2_floor(mib);
+        if (idx < FL_ROUNDUP_INTERVALS)
+            info->roundup_divisions[idx] = (uint32_t)v->u.i;
+    }
+    return FL_OK;
+}
+
+/* ---- the conversion ------------------------------------------------------------------- */
+
+static fl_status emit(conv *c, int free_action)
+{
+    fl_trace *t = c->out;
+    fl_status s;
+    fl_map streams = {0};
+    if ((s = fl_map_init(&streams, 8)) != FL_OK)
+        return s;
+    for (size_t i = 0; i < c->n_synth_live && s == FL_OK; i++)
+        s = fl_trace_push(t, &c->synth_live[i]);
+    for (size_t i = 0; i < c->n_synth_freed && s == FL_OK; i++)
+        s = fl_trace_push(t, &c->synth_freed[i]);
+    for (size_t j = 0; j < c->n_recs && s == FL_OK; j++) {
+        const rec *r = &c->recs[j];
+        fl_event e = {.time_us = r->time_us, .ptr = r->addr, .size = r->size, .stream = r->stream,
+                      .line = r->index + 1};
+        if (r->action == A_ALLOC)
+            e.kind = FL_EV_ALLOC;
+        else if (r->action == free_action)
+            e.kind = FL_EV_FREE;
+        else if (r->action == A_OOM)
+            e.kind = FL_EV_ALLOC_FAIL, e.ptr = 0;
+        else
+            continue;
+        s = fl_trace_push(t, &e);
+    }
+    for (size_t i = 0; i < t->n && s == FL_OK; i++)
+        s = fl_map_put(&streams, t->ev[i].stream, 1);
+    c->info->n_streams = streams.count;
+    c->info->n_events = t->n;
+    fl_map_free(&streams);
+    return s;
+}
+
+static fl_status convert(conv *c, const fl_pk *root)
+{
+    const char *path = c->path;
+    const fl_pk *traces, *segments, *settings, *trace;
+    fl_status s;
+    if ((s = fl_pk_check(root, FL_PK_DICT, "%s: the snapshot", path)) != FL_OK ||
+        (s = fl_pk_opt(root, "segments", FL_PK_LIST, &segments, "%s", path)) != FL_OK ||
+        (s = fl_pk_opt(root, "allocator_settings", FL_PK_DICT, &settings, "%s", path)) != FL_OK)
+        return s;
+    if (!fl_pk_dict_get(root, "device_traces"))
+        return fl_fail(FL_ERR_PARSE, "%s: no 'device_traces': not a memory snapshot, or one taken without "
+                                     "torch.cuda.memory._record_memory_history()", path);
+    if ((s = fl_pk_want(root, "device_traces", FL_PK_LIST, &traces, "%s", path)) != FL_OK)
+        return s;
+    size_t n_dev = fl_pk_len(traces);
+    c->info->n_devices = n_dev > INT32_MAX ? INT32_MAX : (int)n_dev;
+    if (c->device < 0 || (size_t)c->device >= n_dev)
+        return fl_fail(FL_ERR_INVALID, "%s: no device %d: the snapshot has %zu device trace%s", path, c->device,
+                       n_dev, n_dev == 1 ? "" : "s");
+    trace = fl_pk_item(traces, (size_t)c->device);
+    if ((s = fl_pk_check(trace, FL_PK_LIST, "%s: device_traces[%d]", path, c->device)) != FL_OK ||
+        (s = read_entries(c, trace)) != FL_OK)
+        return s;
+    /* free_completed is when the block really returns to the allocator (its streams'
+     * work is done); free_requested stands in only when no completion was recorded. */
+    int free_action =
+        c->info->n_free_completed || !c->info->n_free_requested ? A_FREE_COMPLETED : A_FREE_REQUESTED;
+    c->info->frees_completed = free_action == A_FREE_COMPLETED;
+    if ((s = fl_map_init(&c->addrs, c->n_recs)) != FL_OK || (s = run_trace(c, free_action)) != FL_OK ||
+        (segments && (s = read_segments(c, segments, free_action)) != FL_OK) ||
+        (settings && (s = read_settings(c, settings)) != FL_OK))
+        return s;
+    if (c->info->n_entries == 0 &&
+        (s = fl_trace_warn(c->out, "%s: device_traces[%d] is empty (history was not recorded): the trace holds "
+                                   "only the blocks allocated at dump",
+                           path, c->device)) != FL_OK)
+        return s;
+    return emit(c, free_action);
+}
+
+fl_status fl_snapshot_to_trace(const fl_pk_doc *doc, const char *path, int device, fl_trace *out,
+                               fl_snapshot_info *info)
+{
+    fl_snapshot_info local;
+    if (!info)
+        info = &local;
+    memset(info, 0, sizeof *info);
+    info->device = device;
+    info->oom_entry = -1;
+    if (!path)
+        path = fl_pk_doc_name(doc);
+    fl_trace_init(out, path);
+    if (!out->path)
+        return fl_fail(FL_ERR_NOMEM, "%s: no host memory", path);
+    conv c = {.path = path, .device = device, .info = info, .out = out};
+    fl_status s = convert(&c, fl_pk_doc_root(doc));
+    free(c.recs);
+    free(c.synth_live);
+    free(c.synth_freed);
+    fl_map_free(&c.addrs);
+    if (s != FL_OK)
+        fl_trace_free(out); /* leaves it zeroed: nothing to free */
+    return s;
+}
+
+fl_status fl_trace_read_snapshot(const char *path, int device, fl_trace *out, fl_snapshot_info *info)
+{
+    fl_pk_doc *doc;
+    fl_status s = fl_pickle_load(path, FL_SNAPSHOT_MAX_BYTES, &doc);
+    if (s != FL_OK) {
+        memset(out, 0, sizeof *out);
+        return s;
+    }
+    s = fl_snapshot_to_trace(doc, path, device, out, info);
+    fl_pickle_free(doc);
+    return s;
+}

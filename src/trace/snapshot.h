@@ -1,0 +1,90 @@
+/* PyTorch memory snapshots (torch.cuda.memory._dump_snapshot) as fl_trace: one device's
+ * recorded history turned into allocate / free / allocate failure events, with the blocks
+ * that were alive before recording began reconstructed and allocated first. */
+#ifndef FL_SNAPSHOT_H
+#define FL_SNAPSHOT_H
+
+#include "trace/pickle.h"
+#include "trace/trace.h"
+
+/* What the conversion found, for summaries, `doctor` and fidelity checks. */
+typedef struct fl_snapshot_info {
+    int n_devices;                  /* len(device_traces) */
+    int device;                     /* the device converted */
+    /* device_traces[device], by action */
+    uint64_t n_entries;
+    uint64_t n_alloc, n_free_requested, n_free_completed, n_oom;
+    uint64_t n_segment_alloc, n_segment_free, n_segment_map, n_segment_unmap, n_snapshot;
+    uint64_t n_unknown_actions;     /* actions newer than this reader: skipped, with a warning */
+    int frees_completed;            /* 1: frees come from free_completed; 0: from free_requested
+                                       (the trace recorded no free_completed at all) */
+    /* Reconstruction of blocks alive before recording began (all at the start, time 0). */
+    uint64_t n_synth_freed;         /* (a) freed in the trace, never allocated in it */
+    uint64_t synth_freed_bytes;
+    uint64_t n_synth_live;          /* (b) allocated in `segments` at dump, absent from the trace */
+    uint64_t synth_live_bytes;
+    uint64_t n_double_frees;        /* frees of an address already freed: kept; fl_prepare skips them */
+    uint64_t n_active_unmatched;    /* allocated at dump, but the trace freed that address last:
+                                       events were lost, so it cannot be placed at the start */
+    uint64_t n_live_not_in_segments;/* live at the end of the trace, not allocated in `segments` */
+    /* the output */
+    uint64_t n_events;              /* events in the trace, synthetic ones included */
+    uint64_t n_streams;             /* distinct streams among them */
+    /* `segments` of this device at dump time */
+    uint64_t n_segments, n_expandable_segments;
+    uint64_t reserved_bytes;        /* sum of total_size: what PyTorch held */
+    uint64_t allocated_bytes;       /* sum of allocated_size */
+    uint64_t n_active_blocks;       /* blocks active_allocated or active_pending_free */
+    /* the last oom entry (a snapshot dumped on OOM ends with it) */
+    int64_t oom_entry;              /* its index in device_traces[device], -1 if none */
+    uint64_t oom_size, oom_device_free;
+    /* allocator_settings (PyTorch 2.5 and later), when the snapshot has them */
+    int has_settings;
+    char alloc_conf[512];           /* PYTORCH_CUDA_ALLOC_CONF (or PYTORCH_ALLOC_CONF) as set */
+    int alloc_conf_truncated;
+    int expandable_segments;
+    uint64_t max_split_size;        /* bytes; 0 = unlimited (the file says -1) */
+    double gc_threshold;            /* garbage_collection_threshold */
+    /* roundup_power2_divisions, indexed like fl_config: entry i for sizes from 2^(20+i) */
+    uint32_t roundup_divisions[FL_ROUNDUP_INTERVALS];
+} fl_snapshot_info;
+
+/* Converts device_traces[device] of a parsed snapshot into out (initialised here; on
+ * error it is left empty and needs no free). path names the file in messages, which read
+ * "PATH: device_traces[0][17]: 'size' is a str, expected an int". info may be NULL.
+ *
+ * Mapping:
+ *   alloc           -> FL_EV_ALLOC       ptr = addr, size = size (the requested bytes)
+ *   free_completed  -> FL_EV_FREE        (free_requested instead when the device trace
+ *                                          has no free_completed at all)
+ *   oom             -> FL_EV_ALLOC_FAIL  size = the requested bytes, ptr 0
+ *   segment_*, snapshot and the free kind not used: counted in info, no event.
+ * Each event keeps stream and time_us (microseconds since the epoch, as recorded; 0 when
+ * the snapshot predates time_us); `line` is the entry's index in device_traces[device]
+ * plus 1, so messages point at the entry.
+ *
+ * Reconstruction, before every recorded event, at time 0, thread 0:
+ *   (b) first, in `segments` order (by address): blocks active_allocated or
+ *       active_pending_free at dump at an address the trace never allocates nor frees
+ *       (with the free action used); size = the block's requested_size (its `size`
+ *       when absent), stream = its segment's; line 0. They are never freed. A block
+ *       at an address the trace freed last cannot have lived there since the start
+ *       (the trace used that address): events were lost; it is counted in
+ *       n_active_unmatched, with a warning, unless it is pending and frees are
+ *       free_requested (then the program did free it).
+ *   (a) then, in the order of their frees: frees whose address had no earlier alloc; size
+ *       and stream of the free; line = the free's. Persistent state (b) was most likely
+ *       allocated before the transient blocks (a) that were alive when recording began.
+ * Sizes are requested bytes throughout: alloc and free entries carry the requested size
+ * (not multiples of 512 in the shared snapshots), and a block's requested_size equals the
+ * size of its traced alloc on every live block there; the block's `size` is PyTorch's
+ * rounded size, which replay applies itself. */
+fl_status fl_snapshot_to_trace(const fl_pk_doc *doc, const char *path, int device, fl_trace *out,
+                               fl_snapshot_info *info);
+
+/* Reads the file (the pickle reader, FL_SNAPSHOT_MAX_BYTES of memory at most: parsing
+ * takes about 3.5x the file's size, so snapshots up to ~1 GB) and converts it. */
+#define FL_SNAPSHOT_MAX_BYTES ((size_t)4 << 30)
+fl_status fl_trace_read_snapshot(const char *path, int device, fl_trace *out, fl_snapshot_info *info);
+
+#endif
