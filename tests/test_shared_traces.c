@@ -1,13 +1,16 @@
 /* The acceptance bars on the real traces in ../shared/traces (skipped where absent):
- * every trace loads and replays under every policy with the self-check passing; for
- * fragless min_capacity / peak_live <= 1.02 and never worse than cca or
- * cca-expandable; no device calls in the steady state without a limit; and at 1.05x
- * peak live, wherever cca-expandable completes, no more steady-state device time. */
+ * every trace and snapshot loads and replays under every policy with the self-check
+ * passing; for fragless min_capacity / peak_live <= 1.02 and never worse than cca or
+ * cca-expandable. For the CSV training traces also: no device calls in the steady
+ * state without a limit, and wherever cca-expandable completes (from its own
+ * min_capacity up), no more steady-state device time. For the snapshots: the PyTorch
+ * emulation ends within 3% of the reserved memory the snapshot recorded. */
 #include <dirent.h>
 #include <string.h>
 
 #include "replay/replay.h"
 #include "test_support.h"
+#include "trace/snapshot.h"
 
 static void opts_for(fl_replay_opts *o, const char *policy)
 {
@@ -17,12 +20,33 @@ static void opts_for(fl_replay_opts *o, const char *policy)
     fl_sim_params_default(&o->sim);
 }
 
-static void check_trace(const char *path)
+/* Replays a snapshot under the settings it recorded: the emulation's reserved memory at
+ * the end against the segments' total. */
+static void check_fidelity(const fl_prepared *p, const fl_snapshot_info *info)
+{
+    fl_replay_opts o;
+    memset(&o, 0, sizeof o);
+    fl_snapshot_config(info, &o.cfg);
+    fl_sim_params_default(&o.sim);
+    fl_replay_result r;
+    CHECK_OK(fl_replay(p, &o, &r));
+    double diff = (double)r.end_reserved / (double)info->reserved_bytes - 1.0;
+    printf("%-32s fidelity of %s: recorded %.3f GiB, emulated %.3f GiB, %+.2f%%\n", p->name, o.cfg.policy,
+           (double)info->reserved_bytes / (double)FL_GiB, (double)r.end_reserved / (double)FL_GiB, 100 * diff);
+    CHECK(diff <= 0.03 && diff >= -0.03);
+    fl_replay_result_free(&r);
+}
+
+static void check_trace(const char *path, int snapshot)
 {
     fl_prepared *p;
-    CHECK_OK(fl_load_trace(path, stderr, &p));
+    fl_snapshot_info info;
+    CHECK_OK(fl_load_trace_ex(path, 0, stderr, &p, &info));
     if (fl_test_failures)
         return;
+    CHECK_EQ_U64(p->unknown_frees, 0);
+    if (snapshot)
+        check_fidelity(p, &info);
     const char *const *names = fl_policy_names();
     uint64_t g = 2u << 20, cap = (uint64_t)((double)p->peak_live * 1.05) / g * g;
     fl_measure m[8];
@@ -31,7 +55,7 @@ static void check_trace(const char *path)
         fl_replay_opts o;
         opts_for(&o, names[np]);
         o.check_every = 997;
-        CHECK_OK(fl_measure_run(p, &o, cap, 1, &m[np]));
+        CHECK_OK(fl_measure_run(p, &o, snapshot ? 0 : cap, 1, &m[np]));
         printf("%-22s %-15s min_capacity/peak_live %.4f  steady calls %llu, at 1.05x: ooms %llu, steady %.3f ms\n",
                p->name, names[np], (double)m[np].min_capacity / (double)p->peak_live,
                (unsigned long long)m[np].unlimited.late_calls, (unsigned long long)m[np].at_capacity.ooms,
@@ -43,6 +67,12 @@ static void check_trace(const char *path)
     CHECK(ratio <= 1.02);
     CHECK(m[0].min_capacity <= m[1].min_capacity);
     CHECK(m[0].min_capacity <= m[2].min_capacity);
+    if (snapshot) {
+        for (int i = 0; i < np; i++)
+            fl_measure_free(&m[i]);
+        fl_prepared_free(p);
+        return;
+    }
     CHECK_EQ_U64(m[0].unlimited.late_calls, 0);
     CHECK_EQ_U64(m[0].at_capacity.ooms, 0);
     if (m[2].at_capacity.ooms == 0)
@@ -84,26 +114,36 @@ static void check_trace(const char *path)
     fl_prepared_free(p);
 }
 
-int main(void)
+/* Checks every file of dir ending in suffix; returns how many. */
+static int check_dir(const char *dir, const char *suffix, int snapshot)
 {
-    const char *dir = fl_test_shared_traces();
-    if (!dir)
-        fl_test_skip("../shared/traces is absent: the real-trace acceptance checks need it (CI has it)");
     DIR *d = opendir(dir);
     CHECK(d != NULL);
     int n = 0;
     struct dirent *e;
+    size_t sl = strlen(suffix);
     while (d && (e = readdir(d))) {
         size_t len = strlen(e->d_name);
-        if (len > 4 && !strcmp(e->d_name + len - 4, ".csv")) {
+        if (len > sl && !strcmp(e->d_name + len - sl, suffix)) {
             char path[4096];
             snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-            check_trace(path);
+            check_trace(path, snapshot);
             n++;
         }
     }
     if (d)
         closedir(d);
-    CHECK(n >= 3);
+    return n;
+}
+
+int main(void)
+{
+    const char *dir = fl_test_shared_traces();
+    if (!dir)
+        fl_test_skip("../shared/traces is absent: the real-trace acceptance checks need it (CI has it)");
+    CHECK(check_dir(dir, ".csv", 0) >= 3);
+    char snaps[4096];
+    snprintf(snaps, sizeof snaps, "%s/snapshots", dir);
+    CHECK(check_dir(snaps, ".pickle", 1) >= 10);
     return fl_test_done("test_shared_traces");
 }

@@ -28,6 +28,8 @@ typedef struct fx_heap {
     fx_page *pages;         /* grows with the highest page used */
     uint64_t n_pages;
     uint64_t top;           /* pages below it have been mapped at least once */
+    uint64_t bytes_asked;   /* all bytes allocated here, and those in blocks of whole pages: */
+    uint64_t whole_bytes;   /* when these dominate, such blocks are kept page-aligned */
 } fx_heap;
 
 typedef struct fx_policy {
@@ -324,15 +326,51 @@ static inline uint64_t new_pages(const fx_policy *f, const fx_heap *h, uint64_t 
     return p1 - p0 + 1 - (uint64_t)pinned(h, p0) - (uint64_t)(p1 != p0 && pinned(h, p1));
 }
 
+static inline uint64_t placement_cost(const fx_policy *f, const fx_heap *h, uint64_t x, uint64_t size)
+{
+    uint64_t cost = new_pages(f, h, x, size) << 32;
+    /* Blocks of whole pages, in a heap where such blocks are most of the bytes: also
+     * count the pages touched, so that they start on a page and their holes stay whole
+     * pages. Where they are a minority, aligning them leaves slivers between odd-sized
+     * neighbours that cost more than it saves (ARCHITECTURE.md has the figures). */
+    if ((size & (f->gran - 1)) == 0 && 2 * h->whole_bytes >= h->bytes_asked)
+        cost |= ((x + size - 1) >> f->gran_log) - (x >> f->gran_log) + 1;
+    return cost;
+}
+
 /* Where in the free range to put the block: against its lower or its upper neighbour,
- * whichever pins fewer new pages (a free range's partly used end pages are waste until
- * something fills them). */
+ * or at a page boundary near either end, whichever pins the fewest new pages (a free
+ * range's partly used end pages are waste until something fills them) and, for blocks
+ * of whole pages, then touches the fewest pages (one starting mid-page touches one more,
+ * and leaves a hole straddling two partly used pages when it is freed). Ties keep the
+ * lower end. */
 static uint64_t choose_pad(const fx_policy *f, const fx_heap *h, const range_node *b, uint64_t size)
 {
     uint64_t high = b->size - size;
     if (high == 0)
         return 0;
-    return new_pages(f, h, b->offset + high, size) < new_pages(f, h, b->offset, size) ? high : 0;
+    uint64_t start = b->offset, g = f->gran, end_aligned = fl_align_down(start + b->size, g);
+    /* The topmost free range has no upper neighbour: its high end is the end of the
+     * reservation, where a block would only spread the footprint. */
+    int top = b->next_phys == 0;
+    uint64_t pads[3] = {
+        fl_align_up(start, g) - start,                                /* page-aligned start */
+        top ? 0 : high,
+        !top && end_aligned >= start + size ? end_aligned - size - start : 0, /* aligned end */
+    };
+    /* Cost: new pages first, then all pages touched (what the block pins again each
+     * time its hole is reused). */
+    uint64_t best_pad = 0, best = placement_cost(f, h, start, size);
+    for (int i = 0; i < 3; i++) {
+        if (pads[i] > high)
+            continue;
+        uint64_t c = placement_cost(f, h, start + pads[i], size);
+        if (c < best) {
+            best = c;
+            best_pad = pads[i];
+        }
+    }
+    return best_pad;
 }
 
 static uint64_t unmapped_pages(const fx_policy *f, const fx_heap *h, uint64_t x, uint64_t size)
@@ -391,6 +429,8 @@ static fl_status fx_alloc(fl_policy *base, uint64_t size, uint64_t stream, uint6
         base->ooms++;
         return fl_fail(FL_ERR_OOM, "fragless: no virtual range of %llu bytes left", (unsigned long long)size);
     }
+    h->bytes_asked += rsize;
+    h->whole_bytes += (rsize & (f->gran - 1)) == 0 ? rsize : 0;
     uint64_t pad = choose_pad(f, h, &h->range->nodes[n], rsize);
     if (FL_UNLIKELY(f->n_pool == 0 && f->n_handles >= f->max_pages))
         place_under_pressure(f, h, rsize, &n, &pad);

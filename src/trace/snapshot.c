@@ -440,3 +440,12 @@ fl_status fl_trace_read_snapshot(const char *path, int device, fl_trace *out, fl
     fl_pickle_free(doc);
     return s;
 }
+
+void fl_snapshot_config(const fl_snapshot_info *info, fl_config *cfg)
+{
+    fl_config_default(cfg);
+    snprintf(cfg->policy, sizeof cfg->policy, "%s", info->expandable_segments ? "cca-expandable" : "cca");
+    cfg->max_split_size = info->max_split_size;
+    cfg->gc_threshold = info->gc_threshold;
+    memcpy(cfg->roundup_divisions, info->roundup_divisions, sizeof cfg->roundup_divisions);
+}

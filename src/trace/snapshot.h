@@ -85,6 +85,11 @@ fl_status fl_snapshot_to_trace(const fl_pk_doc *doc, const char *path, int devic
 /* Reads the file (the pickle reader, FL_SNAPSHOT_MAX_BYTES of memory at most: parsing
  * takes about 3.5x the file's size, so snapshots up to ~1 GB) and converts it. */
 #define FL_SNAPSHOT_MAX_BYTES ((size_t)4 << 30)
+/* The allocator settings the snapshot recorded, as our config: cca, or cca-expandable
+ * when expandable_segments was on, with max_split_size, the GC threshold and the
+ * roundup divisions. */
+void fl_snapshot_config(const fl_snapshot_info *info, fl_config *cfg);
+
 fl_status fl_trace_read_snapshot(const char *path, int device, fl_trace *out, fl_snapshot_info *info);
 
 #endif
