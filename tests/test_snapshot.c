@@ -682,8 +682,36 @@ static void test_shared(void)
     }
 }
 
+/* A snapshot that ends in an oom event: `fragless doctor` without --capacity takes the
+ * capacity from it (reserved at dump + device_free) and diagnoses the recorded failure:
+ * 1 GiB asked with 123 bytes free is exhaustion. */
+static void test_doctor_on_oom(void)
+{
+    pw w = {0};
+    build(&w, 1, 1);
+    char path[64], cmd[512];
+    snprintf(path, sizeof path, "/tmp/fl_snapshot_oom.%d.pickle", (int)getpid());
+    FILE *f = fopen(path, "wb");
+    CHECK(f && fwrite(w.b, 1, w.n, f) == w.n);
+    if (f)
+        fclose(f);
+    snprintf(cmd, sizeof cmd, "'%s' doctor %s", FL_CLI, path);
+    FILE *p = popen(cmd, "r");
+    static char out[1 << 16];
+    size_t k = p ? fread(out, 1, sizeof out - 1, p) : 0;
+    out[k] = 0;
+    CHECK(p && pclose(p) == 0);
+    CHECK(strstr(out, "Capacity from the snapshot's oom event") != NULL);
+    CHECK(strstr(out, "(the failure the trace recorded)") != NULL);
+    CHECK(strstr(out, "Verdict: EXHAUSTION") != NULL);
+    CHECK(strstr(out, "asked                          1.00 GiB") != NULL);
+    unlink(path);
+    free(w.b);
+}
+
 int main(void)
 {
+    test_doctor_on_oom();
     test_completed();
     test_requested();
     test_errors();

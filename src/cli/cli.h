@@ -13,6 +13,7 @@ typedef struct cli_opts {
     const char *traces[CLI_MAX_TRACES];
     int n_traces;
     const char *policies;       /* comma-separated */
+    int policy_given;           /* --policy/--policies or --conf was on the command line */
     uint64_t capacity;          /* absolute, 0 = none */
     double capacity_factor;     /* times peak_live, 0 = none */
     int min_capacity;

@@ -5,6 +5,7 @@
 
 #include "cli/cli.h"
 #include "replay/doctor.h"
+#include "trace/snapshot.h"
 
 /* Human units ("7.00 MiB", "1.24 GiB"): these numbers range from KiB to GiB. */
 static const char *gib(uint64_t b, char *buf, size_t n)
@@ -33,7 +34,8 @@ static void print_text(const fl_prepared *p, const fl_replay_opts *ran, const fl
                    "out-of-memory.\n\n");
     } else {
         const fl_oom_state *o = &d->oom;
-        printf("Out of memory at event %zu, replayed under %s at a capacity of %s:\n", d->oom_op, ran->cfg.policy,
+        printf("Out of memory at event %zu%s, replayed under %s at a capacity of %s:\n", d->oom_op,
+               d->oom_was_recorded ? " (the failure the trace recorded)" : "", ran->cfg.policy,
                gib(d->capacity, a, sizeof a));
         printf("  asked                          %s\n", gib(o->request, a, sizeof a));
         printf("  free on the device             %s\n", gib(d->device_free, a, sizeof a));
@@ -142,17 +144,33 @@ int cli_doctor(const cli_opts *o)
         return CLI_EXIT_USAGE;
     }
     fl_prepared *p;
-    fl_status s = fl_load_trace(o->traces[0], stderr, &p);
+    fl_snapshot_info info;
+    fl_status s = fl_load_trace_ex(o->traces[0], 0, stderr, &p, &info);
     if (s != FL_OK) {
         fprintf(stderr, "fragless: %s\n", fl_last_error());
         return (s == FL_ERR_PARSE || s == FL_ERR_IO) ? CLI_EXIT_INPUT : CLI_EXIT_ERROR;
     }
     fl_replay_opts ran = o->opts;
-    snprintf(ran.cfg.policy, sizeof ran.cfg.policy, "%.31s", o->policies);
-    if (ran.cfg.expandable_segments && !strcmp(ran.cfg.policy, "cca"))
-        snprintf(ran.cfg.policy, sizeof ran.cfg.policy, "cca-expandable");
+    if (info.n_devices && !o->policy_given) {
+        fl_snapshot_config(&info, &ran.cfg); /* what the snapshot says it ran */
+    } else {
+        snprintf(ran.cfg.policy, sizeof ran.cfg.policy, "%.31s", o->policies);
+        if (ran.cfg.expandable_segments && !strcmp(ran.cfg.policy, "cca"))
+            snprintf(ran.cfg.policy, sizeof ran.cfg.policy, "cca-expandable");
+    }
+    uint64_t capacity = cli_capacity_for(o, p);
+    if (!capacity && info.n_devices && info.oom_entry >= 0) {
+        /* A snapshot dumped at an OOM: the device held what the segments hold, and had
+         * device_free left. */
+        capacity = info.reserved_bytes + info.oom_device_free;
+        if (strcmp(o->format, "json")) {
+            char a[32], b[32];
+            printf("Capacity from the snapshot's oom event: %s reserved + %s free on the device.\n",
+                   fl_format_size(info.reserved_bytes, a, sizeof a), fl_format_size(info.oom_device_free, b, sizeof b));
+        }
+    }
     fl_diagnosis d;
-    if ((s = fl_diagnose(p, &ran, cli_capacity_for(o, p), &d)) != FL_OK) {
+    if ((s = fl_diagnose(p, &ran, capacity, &d)) != FL_OK) {
         fprintf(stderr, "fragless: %s: %s\n", p->name, fl_last_error());
         fl_prepared_free(p);
         return CLI_EXIT_ERROR;

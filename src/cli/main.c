@@ -82,14 +82,16 @@ static const char doctor_help[] =
     "usage: fragless doctor TRACE [--capacity SIZE] [--policy P] [--conf CONF] [--format text|json]\n"
     "\n"
     "A diagnosis you can act on. With --capacity (your GPU's memory, or 0.95x of peak\n"
-    "live), the trace is replayed under the setting you ran until the first out-of-memory:\n"
+    "live), or from a snapshot that ends in an oom event (capacity = reserved + free on the\n"
+    "device then), the trace is replayed under the setting you ran until the first OOM:\n"
     "what was asked, free memory, live bytes, reserved but unallocated, the largest free\n"
     "block, and the verdict by a stated rule: exhaustion when live + asked exceed the\n"
     "capacity, fragmentation otherwise. Then: memory by lifetime (persistent vs transient),\n"
     "the capacity each allocator setting needs (PyTorch's knobs, expandable segments,\n"
     "fragless), and estimates for empty_cache() and gradient accumulation.\n"
     "\n"
-    "  --policy P        the allocator the trace ran under (default cca: PyTorch's)\n"
+    "  --policy P        the allocator the trace ran under (default: what a snapshot's\n"
+    "                    allocator_settings say, else cca, PyTorch's default)\n"
     "  --conf CONF       its knobs, e.g. max_split_size_mb:256 or expandable_segments:True\n"
     "  --capacity SIZE   80GiB, 512MiB, or a factor of peak live like 1.05x\n"
     "  --granularity SZ  device page size (default 2MiB)\n"
@@ -150,6 +152,7 @@ static int parse_opts(int argc, char **argv, const char *help, cli_mode mode, cl
         } else if (!strcmp(a, "--policy") && !is_compare) {
             if (v)
                 o->policies = v;
+            o->policy_given = 1;
         } else if (!strcmp(a, "--policies") && is_compare) {
             if (v)
                 o->policies = v;
@@ -160,6 +163,7 @@ static int parse_opts(int argc, char **argv, const char *help, cli_mode mode, cl
             if (v && (fl_parse_size(v, &o->opts.sim.granularity) != FL_OK))
                 return usage_error(help, "--granularity: %s", fl_last_error());
         } else if (!strcmp(a, "--conf")) {
+            o->policy_given = 1;
             if (v && fl_config_parse(&o->opts.cfg, v) != FL_OK)
                 return usage_error(help, "--conf: %s", fl_last_error());
         } else if (!strcmp(a, "--format")) {

@@ -126,10 +126,13 @@ fl_status fl_diagnose(const fl_prepared *p, const fl_replay_opts *ran, uint64_t 
         if ((s = fl_replay(p, &o, &r)) != FL_OK)
             return s;
         d->capacity = capacity;
-        if (r.ooms) {
+        /* The first failure: a replayed OOM, or a recorded one that fails again. */
+        int recorded_first = r.recorded_oom_failed && (!r.ooms || r.recorded_oom_op < r.first_oom_op);
+        if (r.ooms || r.recorded_oom_failed) {
             d->has_oom = 1;
-            d->oom_op = r.first_oom_op;
-            d->oom = r.first_oom;
+            d->oom_was_recorded = recorded_first;
+            d->oom_op = recorded_first ? r.recorded_oom_op : r.first_oom_op;
+            d->oom = recorded_first ? r.recorded_oom : r.first_oom;
             d->capacity = r.first_oom.capacity;
             d->device_free = d->oom.capacity > d->oom.reserved ? d->oom.capacity - d->oom.reserved : 0;
             uint64_t total = d->oom.state.free_in_reserved + d->device_free;

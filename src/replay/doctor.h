@@ -28,6 +28,7 @@ typedef struct fl_diagnosis {
     /* The out-of-memory moment: the first OOM of the setting that ran, replayed at
      * `capacity` (0 when none was given: then has_oom is 0). */
     int has_oom;
+    int oom_was_recorded;       /* the failure is one the trace recorded (it failed again) */
     uint64_t capacity;
     size_t oom_op;
     fl_oom_state oom;

@@ -235,17 +235,24 @@ static fl_status run(const fl_prepared *p, const fl_replay_opts *o, int stop_at_
                         peak_allocated = pol->allocated;
                 }
             } else if (s == FL_ERR_OOM) {
+                fl_oom_state *st = NULL;
+                if (op->kind == FL_EV_ALLOC && !r->ooms++) {
+                    r->first_oom_op = i;
+                    st = &r->first_oom;
+                } else if (op->kind == FL_EV_ALLOC_FAIL && !r->recorded_oom_failed) {
+                    r->recorded_oom_failed = 1;
+                    r->recorded_oom_op = i;
+                    st = &r->recorded_oom;
+                }
+                if (st) {
+                    st->request = op->size;
+                    st->capacity = o->cfg.limit && o->cfg.limit < dev->capacity ? o->cfg.limit : dev->capacity;
+                    st->live = live;
+                    st->reserved = dev->counters.in_use;
+                    st->allocated = pol->allocated;
+                    ops->query(pol, &st->state);
+                }
                 if (op->kind == FL_EV_ALLOC) {
-                    if (!r->ooms++) {
-                        r->first_oom_op = i;
-                        fl_oom_state *st = &r->first_oom;
-                        st->request = op->size;
-                        st->capacity = o->cfg.limit && o->cfg.limit < dev->capacity ? o->cfg.limit : dev->capacity;
-                        st->live = live;
-                        st->reserved = dev->counters.in_use;
-                        st->allocated = pol->allocated;
-                        ops->query(pol, &st->state);
-                    }
                     if (stop_at_oom) {
                         s = FL_OK;
                         break;

@@ -73,6 +73,11 @@ typedef struct fl_replay_result {
     uint64_t host_ns;           /* time inside the policy's alloc/free, whole replay */
     uint64_t pairs;             /* allocations served (pairs for host ns per pair) */
     fl_oom_state first_oom;     /* valid when ooms > 0 */
+    /* A recorded failure ("allocate failure", a snapshot's oom) that fails again in the
+     * replay: not counted in ooms (the program survived it), but diagnosed by doctor. */
+    int recorded_oom_failed;
+    size_t recorded_oom_op;
+    fl_oom_state recorded_oom;
     uint64_t empty_cache_before; /* device in_use just before empty_cache_at_op ... */
     uint64_t empty_cache_after;  /* ... and just after the call */
     uint64_t late_calls;        /* device calls at ops >= opts.late_from_op */
