@@ -361,7 +361,7 @@ static uint64_t choose_pad(const fx_policy *f, const fx_heap *h, const range_nod
     /* Cost: new pages first, then all pages touched (what the block pins again each
      * time its hole is reused). */
     uint64_t best_pad = 0, best = placement_cost(f, h, start, size);
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 3 && best; i++) {
         if (pads[i] > high)
             continue;
         uint64_t c = placement_cost(f, h, start + pads[i], size);
