@@ -128,17 +128,8 @@ fl_status fl_map_put(fl_map *m, uint64_t key, uint64_t val)
             break;
         i = (i + 1) & m->mask;
     }
-    if (FL_UNLIKELY((m->count + 1) * 4 > m->mask + 1)) {
-        fl_status s = map_grow(m);
-        if (s != FL_OK)
-            return s;
-        map_insert_new(m, key, val);
-        return FL_OK;
-    }
-    m->e[i].key = key;
-    m->e[i].val = val;
-    m->count++;
-    return FL_OK;
+    /* The key is absent: insert it (the probe position is recomputed if the table grows). */
+    return fl_map_insert(m, key, val);
 }
 
 fl_status fl_map_insert(fl_map *m, uint64_t key, uint64_t val)
