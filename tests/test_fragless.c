@@ -272,8 +272,44 @@ static void test_fault_injection(void)
     }
 }
 
+/* Quick lists: a freed block of at most 4 KiB is handed to the next request of its size
+ * (last freed first) without the range allocator; it is not live any more (a second free
+ * is refused, its pages are not pinned) and empty_cache gives it back. */
+static void test_quick_lists(void)
+{
+    rec_device *r = rec_new(0);
+    fl_policy *p = fragless_on(r, 0);
+    uint64_t a, b, c, d;
+    CHECK_OK(p->ops->alloc(p, 1000, 0, &a)); /* 1024 */
+    CHECK_OK(p->ops->alloc(p, 1000, 0, &b));
+    CHECK_OK(p->ops->free(p, a));
+    CHECK_OK(p->ops->free(p, b));
+    CHECK_STATUS(p->ops->free(p, b), FL_ERR_NOT_FOUND);
+    CHECK(strstr(fl_last_error(), "not a live block") != NULL);
+    CHECK_EQ_U64(p->allocated, 0);
+    CHECK(p->ops->check(p) == 0);
+    CHECK_OK(p->ops->alloc(p, 1024, 0, &c));
+    CHECK_EQ_U64(c, b);
+    CHECK_OK(p->ops->alloc(p, 2000, 0, &d)); /* 2048: another list */
+    CHECK(d != a);
+    CHECK_OK(p->ops->free(p, c));
+    CHECK_OK(p->ops->free(p, d));
+    CHECK(p->ops->check(p) == 0);
+    CHECK_OK(p->ops->empty_cache(p));
+    CHECK_EQ_U64(r->inner->counters.in_use, 0);
+    CHECK(p->ops->check(p) == 0);
+    /* After the flush the range is whole again: a block the size of the old footprint
+     * lands where the first block was. */
+    CHECK_OK(p->ops->alloc(p, 3 * 1024, 0, &c));
+    CHECK_EQ_U64(c, a);
+    CHECK_OK(p->ops->free(p, c));
+    p->ops->destroy(p);
+    rec_destroy(&r->base);
+}
+
 int main(void)
 {
+    test_quick_lists();
     test_steady_loop();
     test_page_accounting();
     test_no_stranded_memory();

@@ -9,6 +9,11 @@
 #include <string.h>
 
 #define GROW_PAGES 10
+/* Quick lists: freed blocks of at most QUICK_MAX bytes are set aside per exact size (at
+ * most QUICK_CAP each) and handed out again without the range allocator. */
+#define QUICK_MAX 4096
+#define QUICK_BINS (QUICK_MAX / 512)
+#define QUICK_CAP 64
 #define PRESSURE_CANDIDATES 64
 
 /* Page state. A page is pinned while refs > 0, cached when mapped with refs == 0,
@@ -18,6 +23,11 @@ typedef struct fx_page {
     uint32_t recent;        /* cached since the clock hand last passed: spare it once */
     uint64_t handle;        /* physical handle mapped here, 0 if none */
 } fx_page;
+
+typedef struct fx_bin {
+    uint32_t n;
+    uint32_t node[QUICK_CAP];   /* range nodes in state RANGE_HELD, last freed on top */
+} fx_bin;
 
 typedef struct fx_heap {
     uint64_t stream;
@@ -30,6 +40,8 @@ typedef struct fx_heap {
     uint64_t top;           /* pages below it have been mapped at least once */
     uint64_t bytes_asked;   /* all bytes allocated here, and those in blocks of whole pages: */
     uint64_t whole_bytes;   /* when these dominate, such blocks are kept page-aligned */
+    fx_bin bins[QUICK_BINS];    /* quick lists by size / 512 - 1 */
+    uint64_t held_bytes;        /* bytes on the quick lists */
 } fx_heap;
 
 typedef struct fx_policy {
@@ -408,6 +420,35 @@ static void place_under_pressure(const fx_policy *f, const fx_heap *h, uint64_t 
     }
 }
 
+/* ---- quick lists ------------------------------------------------------------------- */
+
+/* Undoes the placement of a block that could not be backed: a block from a quick list
+ * goes back on it, a new one back to the range allocator. */
+static void give_back(fx_heap *h, uint32_t held, uint64_t off, uint64_t size)
+{
+    if (held) {
+        h->range->nodes[held].used = RANGE_HELD;
+        h->bins[(size >> 9) - 1].node[h->bins[(size >> 9) - 1].n++] = held;
+        h->held_bytes += size;
+    } else {
+        fl_range_free(h->range, off);
+    }
+}
+
+/* Returns every block on the quick lists to the range allocator. */
+static void flush_bins(fx_heap *h)
+{
+    for (int b = 0; b < QUICK_BINS; b++) {
+        while (h->bins[b].n) {
+            uint32_t n = h->bins[b].node[--h->bins[b].n];
+            uint64_t size;
+            h->range->nodes[n].used = RANGE_USED;
+            range_free_sized(h->range, h->range->nodes[n].offset, &size);
+            h->held_bytes -= size;
+        }
+    }
+}
+
 /* ---- policy interface ---------------------------------------------------------- */
 
 static fl_status fx_alloc(fl_policy *base, uint64_t size, uint64_t stream, uint64_t *addr)
@@ -424,21 +465,31 @@ static fl_status fx_alloc(fl_policy *base, uint64_t size, uint64_t stream, uint6
         return fl_fail(FL_ERR_OOM, "fragless: %llu bytes asked, more than a stream heap's virtual range of %llu bytes",
                        (unsigned long long)size, (unsigned long long)h->va_size);
     }
-    uint32_t n = range_find_free(h->range, rsize);
-    if (FL_UNLIKELY(n == 0)) {
-        base->ooms++;
-        return fl_fail(FL_ERR_OOM, "fragless: no virtual range of %llu bytes left", (unsigned long long)size);
+    fx_bin *bin = rsize <= QUICK_MAX ? &h->bins[(rsize >> 9) - 1] : NULL;
+    uint32_t held = 0;
+    if (bin && bin->n) {
+        /* A block of this size freed here lately: take it back as it is. */
+        held = bin->node[--bin->n];
+        h->range->nodes[held].used = RANGE_USED;
+        h->held_bytes -= rsize;
+        off = h->range->nodes[held].offset;
+    } else {
+        uint32_t n = range_find_free(h->range, rsize);
+        if (FL_UNLIKELY(n == 0)) {
+            base->ooms++;
+            return fl_fail(FL_ERR_OOM, "fragless: no virtual range of %llu bytes left", (unsigned long long)size);
+        }
+        h->bytes_asked += rsize;
+        h->whole_bytes += (rsize & (f->gran - 1)) == 0 ? rsize : 0;
+        uint64_t pad = choose_pad(f, h, &h->range->nodes[n], rsize);
+        if (FL_UNLIKELY(f->n_pool == 0 && f->n_handles >= f->max_pages))
+            place_under_pressure(f, h, rsize, &n, &pad);
+        if ((s = range_take(h->range, n, pad, rsize, &off)) != FL_OK)
+            return s;
     }
-    h->bytes_asked += rsize;
-    h->whole_bytes += (rsize & (f->gran - 1)) == 0 ? rsize : 0;
-    uint64_t pad = choose_pad(f, h, &h->range->nodes[n], rsize);
-    if (FL_UNLIKELY(f->n_pool == 0 && f->n_handles >= f->max_pages))
-        place_under_pressure(f, h, rsize, &n, &pad);
-    if ((s = range_take(h->range, n, pad, rsize, &off)) != FL_OK)
-        return s;
     uint64_t p0 = off >> f->gran_log, p1 = (off + rsize - 1) >> f->gran_log;
     if (FL_UNLIKELY(p1 >= h->n_pages) && (s = heap_grow_pages(h, p1 + 1)) != FL_OK) {
-        fl_range_free(h->range, off);
+        give_back(h, held, off, rsize);
         return s;
     }
     fx_page *pg = h->pages;
@@ -460,7 +511,7 @@ static fl_status fx_alloc(fl_policy *base, uint64_t size, uint64_t stream, uint6
             map_ahead(f, hi, p1);
         if (s != FL_OK) {
             unpin(f, hi, p0, p1);
-            fl_range_free(f->heaps[hi].range, off);
+            give_back(&f->heaps[hi], held, off, rsize);
             if (s == FL_ERR_OOM)
                 base->ooms++;
             return s;
@@ -479,9 +530,20 @@ static fl_status fx_free(fl_policy *base, uint64_t addr)
     if (FL_UNLIKELY(hi < 0))
         return fl_fail(FL_ERR_NOT_FOUND, "fragless: 0x%llx was not allocated here", (unsigned long long)addr);
     fx_heap *h = &f->heaps[hi];
-    uint64_t off = addr - h->va, size;
-    if (FL_UNLIKELY(range_free_sized(h->range, off, &size) != FL_OK))
+    uint64_t off = addr - h->va, v;
+    if (FL_UNLIKELY(!fl_map_get(&h->range->used, off, &v) || h->range->nodes[v].used != RANGE_USED))
         return fl_fail(FL_ERR_NOT_FOUND, "fragless: 0x%llx is not a live block", (unsigned long long)addr);
+    uint64_t size = h->range->nodes[v].size;
+    fx_bin *bin = size <= QUICK_MAX ? &h->bins[(size >> 9) - 1] : NULL;
+    if (bin && bin->n < QUICK_CAP) {
+        /* Set aside for the next request of this size: no range allocator work now or
+         * then. Its pages are unpinned like any freed block's. */
+        h->range->nodes[v].used = RANGE_HELD;
+        bin->node[bin->n++] = (uint32_t)v;
+        h->held_bytes += size;
+    } else {
+        range_free_sized(h->range, off, &size);
+    }
     unpin(f, (uint32_t)hi, off >> f->gran_log, (off + size - 1) >> f->gran_log);
     base->allocated -= size;
     base->num_frees++;
@@ -492,6 +554,8 @@ static fl_status fx_empty_cache(fl_policy *base)
 {
     fx_policy *f = (fx_policy *)base;
     fl_status s;
+    for (uint32_t hi = 0; hi < f->n_heaps; hi++)
+        flush_bins(&f->heaps[hi]);
     if (f->n_cached && (s = fl_dev_synchronize(base->dev)) != FL_OK)
         return s;
     while (f->n_cached)
@@ -506,17 +570,6 @@ static fl_status fx_empty_cache(fl_policy *base)
     return FL_OK;
 }
 
-static int count_refs(uint64_t off, uint64_t size, int used, void *user)
-{
-    uint64_t **ctx = user;
-    uint32_t *refs = (uint32_t *)ctx[0];
-    uint64_t gran_log = ctx[1][0];
-    if (used)
-        for (uint64_t p = off >> gran_log; p <= (off + size - 1) >> gran_log; p++)
-            refs[p]++;
-    return 0;
-}
-
 static int fx_check(const fl_policy *base)
 {
     const fx_policy *f = (const fx_policy *)base;
@@ -525,13 +578,36 @@ static int fx_check(const fl_policy *base)
         const fx_heap *h = &f->heaps[hi];
         if (fl_range_check(h->range))
             return 1;
-        allocated += h->range->capacity - h->range->total_free;
+        allocated += h->range->capacity - h->range->total_free - h->held_bytes;
         uint32_t *refs = calloc(h->n_pages + 1, sizeof *refs);
         if (!refs)
             return fl_fail(FL_ERR_NOMEM, "fragless check: host memory"), 1;
-        uint64_t gl = f->gran_log;
-        uint64_t *ctx[2] = {(uint64_t *)refs, &gl};
-        fl_range_walk(h->range, count_refs, ctx);
+        /* Pages of live blocks only: blocks on the quick lists pin nothing. */
+        uint64_t held = 0, held_bytes = 0, listed = 0;
+        for (uint32_t n = h->range->head; n; n = h->range->nodes[n].next_phys) {
+            const range_node *b = &h->range->nodes[n];
+            if (b->used == RANGE_USED)
+                for (uint64_t p = b->offset >> f->gran_log; p <= (b->offset + b->size - 1) >> f->gran_log; p++)
+                    refs[p]++;
+            held += b->used == RANGE_HELD;
+            held_bytes += b->used == RANGE_HELD ? b->size : 0;
+        }
+        for (int q = 0; q < QUICK_BINS; q++) {
+            listed += h->bins[q].n;
+            for (uint32_t k = 0; k < h->bins[q].n; k++) {
+                const range_node *b = &h->range->nodes[h->bins[q].node[k]];
+                if (b->used != RANGE_HELD || b->size != (uint64_t)(q + 1) * 512) {
+                    free(refs);
+                    return fl_fail(FL_ERR_INVALID, "fragless check: quick list %d holds a wrong block", q), 1;
+                }
+            }
+        }
+        if (held != listed || held_bytes != h->held_bytes) {
+            free(refs);
+            return fl_fail(FL_ERR_INVALID, "fragless check: %llu held blocks (%llu bytes), %llu listed (%llu bytes)",
+                           (unsigned long long)held, (unsigned long long)held_bytes, (unsigned long long)listed,
+                           (unsigned long long)h->held_bytes), 1;
+        }
         for (uint64_t p = 0; p < h->n_pages; p++) {
             if (refs[p] != h->pages[p].refs) {
                 fl_fail(FL_ERR_INVALID, "fragless check: page %llu of stream %llu has %u refs, blocks say %u",

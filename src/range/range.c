@@ -417,7 +417,7 @@ uint64_t fl_range_largest_free(const fl_range *r)
 void fl_range_walk(const fl_range *r, fl_range_walker fn, void *user)
 {
     for (uint32_t n = r->head; n != NIL; n = r->nodes[n].next_phys)
-        if (fn(r->nodes[n].offset, r->nodes[n].size, r->nodes[n].used == 1, user))
+        if (fn(r->nodes[n].offset, r->nodes[n].size, r->nodes[n].used != RANGE_FREE, user))
             return;
 }
 
@@ -427,7 +427,7 @@ int fl_range_check(const fl_range *r)
     uint32_t prev = NIL;
     for (uint32_t n = r->head; n != NIL; n = r->nodes[n].next_phys) {
         const range_node *b = &r->nodes[n];
-        if (n >= r->n_nodes || b->used > 1)
+        if (n >= r->n_nodes || b->used == RANGE_RECYCLED)
             return fl_fail(FL_ERR_INVALID, "range check: node %u is recycled but linked", n), 1;
         if (b->offset != expect)
             return fl_fail(FL_ERR_INVALID, "range check: block at 0x%llx, expected 0x%llx",

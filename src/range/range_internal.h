@@ -18,8 +18,13 @@ typedef struct range_node {
     uint32_t prev_phys, next_phys;    /* address-order neighbours, 0 = none */
     uint32_t prev_free, next_free;    /* class list links (or the recycle list) */
     uint16_t cls;                     /* class list a free node is on */
-    uint8_t used;                     /* 0 free, 1 used, 2 recycled node */
+    uint8_t used;                     /* RANGE_FREE, RANGE_USED, RANGE_RECYCLED or RANGE_HELD */
 } range_node;
+
+/* Node states. A held block is allocated as far as the range allocator is concerned,
+ * but its owner has set it aside (the fragless policy's quick lists): only the owner
+ * tells it from a used one. */
+enum { RANGE_FREE = 0, RANGE_USED = 1, RANGE_RECYCLED = 2, RANGE_HELD = 3 };
 
 struct fl_range {
     uint64_t capacity;
