@@ -100,6 +100,8 @@ typedef struct fl_config {
 void fl_config_default(fl_config *cfg);
 /* Parses text into cfg (on top of what cfg holds). The error names the key and value. */
 fl_status fl_config_parse(fl_config *cfg, const char *text);
+/* The defaults, then $FRAGLESS_CONF when set. On error cfg holds the defaults. */
+fl_status fl_config_from_env(fl_config *cfg);
 
 /* ---------------------------------------------------------------------------------
  * Devices: where memory comes from. "sim" simulates a GPU: capacity, granularity,

@@ -4,6 +4,7 @@
 #include "util/util.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* The policies the registry provides; kept here too so that a config can be checked
@@ -389,4 +390,11 @@ fl_status fl_config_parse(fl_config *cfg, const char *text)
     }
     *cfg = c;
     return FL_OK;
+}
+
+fl_status fl_config_from_env(fl_config *cfg)
+{
+    fl_config_default(cfg);
+    const char *text = getenv("FRAGLESS_CONF");
+    return text ? fl_config_parse(cfg, text) : FL_OK;
 }
