@@ -1,0 +1,1065 @@
+/* A test double of the CUDA driver: every entry point of FL_CUDA_FUNCTIONS, backed by host
+ * memory (physical handles are memfd files, reservations PROT_NONE address space, mappings
+ * MAP_SHARED views of the memfd), enforcing the driver's rules, plus the controls of
+ * fakecuda.h: call counters, "fail the Nth call" and events a test completes. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* memfd_create, MAP_NORESERVE, MAP_FIXED_NOREPLACE */
+#endif
+
+#include "fakecuda.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+/* The definitions below must match the contract: declaring them from the same X-macro
+ * makes any difference in a signature a compile error. */
+#define FC_DECLARE(name, params) CUresult name params;
+FL_CUDA_FUNCTIONS(FC_DECLARE)
+
+#define FC_ENUM(name, params) F_##name,
+enum { FL_CUDA_FUNCTIONS(FC_ENUM) F_COUNT, F_ANY = F_COUNT };
+#define FC_NAME(name, params) #name,
+static const char *const fn_names[F_COUNT] = { FL_CUDA_FUNCTIONS(FC_NAME) };
+
+#define FC_MAX_DEVICES 64
+#define FC_DRIVER_VERSION 12080 /* what cuDriverGetVersion reports: CUDA 12.8 */
+#define FC_ALLOC_ALIGN 256      /* cuMemAlloc charges and aligns at least this much */
+
+/* Driver codes the double returns beyond those cuda_api.h names. */
+enum { FC_ERROR_NO_DEVICE = 100, FC_ERROR_INVALID_HANDLE = 400 };
+enum { FC_EVENT_FLAGS = 0x1 | 0x2 | 0x4 }; /* BLOCKING_SYNC, DISABLE_TIMING, INTERPROCESS */
+
+struct CUctx_st {
+    int dev;
+    unsigned refs; /* primary-context retains; 0: inactive, memory calls refuse it */
+};
+
+struct CUevent_st {
+    struct CUctx_st *ctx; /* context current when last recorded: the stream's context */
+    CUstream stream;
+    int pending;          /* recorded and not yet completed */
+};
+
+typedef struct fc_handle {
+    CUmemGenericAllocationHandle id; /* never reused, so a second release is caught */
+    int fd;
+    size_t size;
+    int dev;
+    unsigned mappings;
+    int released;
+} fc_handle;
+
+typedef struct fc_reservation {
+    uintptr_t va;
+    size_t size;
+    unsigned mappings;
+} fc_reservation;
+
+typedef struct fc_mapping {
+    uintptr_t va;
+    size_t size;
+    fc_handle *h;
+} fc_mapping;
+
+typedef struct fc_alloc {
+    uintptr_t va;
+    size_t size, charged;
+    int dev;
+} fc_alloc;
+
+typedef struct fc_config {
+    int ok, ndev, vmm;
+    size_t capacity, gran;
+} fc_config;
+
+static struct {
+    pthread_mutex_t lock;
+    fc_config cfg;
+    int initialized;
+    int auto_complete;
+    size_t used[FC_MAX_DEVICES];         /* bytes charged: live handles and cuMemAlloc */
+    struct CUctx_st ctx[FC_MAX_DEVICES]; /* primary contexts; addresses stay valid for good */
+    unsigned long long calls[F_COUNT];
+    unsigned long long fail_in[F_COUNT + 1]; /* countdowns; [F_ANY] is "*" */
+    CUresult fail_err[F_COUNT + 1];
+    CUmemGenericAllocationHandle next_id;
+    /* Handles sorted by id, reservations and mappings by address: binary searches. */
+    fc_handle **handles;
+    size_t n_handles, cap_handles;
+    fc_reservation *res;
+    size_t n_res, cap_res;
+    fc_mapping *maps;
+    size_t n_maps, cap_maps;
+    fc_alloc *allocs;
+    size_t n_allocs, cap_allocs;
+    struct CUevent_st **events;
+    size_t n_events, cap_events;
+} g = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static _Thread_local struct CUctx_st *tls_current;
+
+/* ---- configuration ---------------------------------------------------------------- */
+
+static int fn_index(const char *fn)
+{
+    if (!fn)
+        return -1;
+    if (strcmp(fn, "*") == 0)
+        return F_ANY;
+    for (int i = 0; i < F_COUNT; i++)
+        if (strcmp(fn, fn_names[i]) == 0)
+            return i;
+    return -1;
+}
+
+static const struct { CUresult code; const char *name; } error_names[] = {
+    { 0, "CUDA_SUCCESS" }, { 1, "CUDA_ERROR_INVALID_VALUE" }, { 2, "CUDA_ERROR_OUT_OF_MEMORY" },
+    { 3, "CUDA_ERROR_NOT_INITIALIZED" }, { 4, "CUDA_ERROR_DEINITIALIZED" },
+    { 100, "CUDA_ERROR_NO_DEVICE" }, { 101, "CUDA_ERROR_INVALID_DEVICE" },
+    { 201, "CUDA_ERROR_INVALID_CONTEXT" }, { 205, "CUDA_ERROR_MAP_FAILED" },
+    { 206, "CUDA_ERROR_UNMAP_FAILED" }, { 208, "CUDA_ERROR_ALREADY_MAPPED" },
+    { 211, "CUDA_ERROR_NOT_MAPPED" }, { 400, "CUDA_ERROR_INVALID_HANDLE" },
+    { 401, "CUDA_ERROR_ILLEGAL_STATE" }, { 500, "CUDA_ERROR_NOT_FOUND" },
+    { 600, "CUDA_ERROR_NOT_READY" }, { 700, "CUDA_ERROR_ILLEGAL_ADDRESS" },
+    { 708, "CUDA_ERROR_PRIMARY_CONTEXT_ACTIVE" }, { 709, "CUDA_ERROR_CONTEXT_IS_DESTROYED" },
+    { 719, "CUDA_ERROR_LAUNCH_FAILED" }, { 800, "CUDA_ERROR_NOT_PERMITTED" },
+    { 801, "CUDA_ERROR_NOT_SUPPORTED" }, { 999, "CUDA_ERROR_UNKNOWN" },
+};
+
+static const char *error_name(CUresult e)
+{
+    for (size_t i = 0; i < sizeof error_names / sizeof error_names[0]; i++)
+        if (error_names[i].code == e)
+            return error_names[i].name;
+    return NULL;
+}
+
+/* Byte counts with an optional binary suffix; 0 on a malformed value. */
+static int parse_bytes(const char *s, size_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (end == s || errno || s[0] == '-')
+        return 0;
+    int shift = 0;
+    switch (*end) {
+    case 'K': case 'k': shift = 10; end++; break;
+    case 'M': case 'm': shift = 20; end++; break;
+    case 'G': case 'g': shift = 30; end++; break;
+    case 'T': case 't': shift = 40; end++; break;
+    default: break;
+    }
+    if (*end || (shift && v > (SIZE_MAX >> shift)))
+        return 0;
+    *out = (size_t)v << shift;
+    return 1;
+}
+
+/* One "FN:N:ERR" entry of FAKECUDA_FAIL, arming the plan it names. */
+static int parse_fail_entry(char *entry)
+{
+    char *c1 = strchr(entry, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+    if (!c2)
+        return 0;
+    *c1 = *c2 = '\0';
+    int fn = fn_index(entry);
+    char *end;
+    errno = 0;
+    unsigned long long n = strtoull(c1 + 1, &end, 10);
+    if (fn < 0 || end == c1 + 1 || *end || errno || c1[1] == '-')
+        return 0;
+    long err = 0;
+    const char *e = c2 + 1;
+    for (size_t i = 0; i < sizeof error_names / sizeof error_names[0]; i++)
+        if (strcmp(e, error_names[i].name) == 0)
+            err = error_names[i].code;
+    if (!err) {
+        err = strtol(e, &end, 10);
+        if (end == e || *end)
+            return 0;
+    }
+    if (err <= 0 || err > 100000)
+        return 0;
+    g.fail_in[fn] = n;
+    g.fail_err[fn] = (CUresult)err;
+    return 1;
+}
+
+static int config_error(const char *var, const char *value, const char *why)
+{
+    fprintf(stderr, "fakecuda: %s=%s: %s; cuInit will return CUDA_ERROR_INVALID_VALUE\n", var,
+            value, why);
+    return 0;
+}
+
+/* Reads the environment into g.cfg and the fault plans; g.cfg.ok says whether it parsed. */
+static void load_config(void)
+{
+    fc_config c = { .ok = 1, .ndev = 1, .vmm = 1, .capacity = (size_t)1 << 30,
+                    .gran = (size_t)2 << 20 };
+    const char *v;
+    size_t n;
+    if ((v = getenv("FAKECUDA_DEVICES")) && *v) {
+        if (!parse_bytes(v, &n) || n > FC_MAX_DEVICES)
+            c.ok = config_error("FAKECUDA_DEVICES", v, "not a device count from 0 to 64");
+        else
+            c.ndev = (int)n;
+    }
+    if ((v = getenv("FAKECUDA_CAPACITY")) && *v && !parse_bytes(v, &c.capacity))
+        c.ok = config_error("FAKECUDA_CAPACITY", v, "not a byte count");
+    if ((v = getenv("FAKECUDA_GRANULARITY")) && *v) {
+        long page = sysconf(_SC_PAGESIZE);
+        if (!parse_bytes(v, &c.gran) || c.gran < (size_t)page || (c.gran & (c.gran - 1)))
+            c.ok = config_error("FAKECUDA_GRANULARITY", v,
+                                "not a power of two at least the page size");
+    }
+    if ((v = getenv("FAKECUDA_NO_VMM")) && *v) {
+        if (strcmp(v, "1") == 0)
+            c.vmm = 0;
+        else if (strcmp(v, "0") != 0)
+            c.ok = config_error("FAKECUDA_NO_VMM", v, "neither 0 nor 1");
+    }
+    if ((v = getenv("FAKECUDA_FAIL")) && *v) {
+        char *copy = strdup(v), *save = NULL;
+        if (!copy)
+            c.ok = config_error("FAKECUDA_FAIL", v, "no host memory to parse it");
+        for (char *e = copy ? strtok_r(copy, ",", &save) : NULL; e; e = strtok_r(NULL, ",", &save))
+            if (!parse_fail_entry(e))
+                c.ok = config_error("FAKECUDA_FAIL", v, "entries are FN:N:ERR, e.g. cuMemCreate:3:2");
+        free(copy);
+    }
+    g.cfg = c;
+    for (int d = 0; d < FC_MAX_DEVICES; d++)
+        g.ctx[d].dev = d;
+}
+
+static void load_config_once(void)
+{
+    pthread_mutex_lock(&g.lock);
+    g.auto_complete = 1;
+    g.next_id = 0x1000; /* far from 0, so a zeroed handle variable is never a live handle */
+    load_config();
+    pthread_mutex_unlock(&g.lock);
+}
+
+/* ---- entry and exit: the lock, the counters, fault injection ------------------------- */
+
+/* Counts down one plan; true on the call it names. */
+static int plan_fires(int i)
+{
+    return g.fail_in[i] && --g.fail_in[i] == 0;
+}
+
+/* Every entry point starts here: takes the lock (held until leave), counts the call and
+ * returns the injected error, if this is the call a plan names. */
+static CUresult enter(int fn)
+{
+    pthread_once(&g_once, load_config_once);
+    pthread_mutex_lock(&g.lock);
+    g.calls[fn]++;
+    int any = plan_fires(F_ANY), mine = plan_fires(fn);
+    if (mine)
+        return g.fail_err[fn];
+    return any ? g.fail_err[F_ANY] : CUDA_SUCCESS;
+}
+
+static CUresult leave(CUresult r)
+{
+    pthread_mutex_unlock(&g.lock);
+    return r;
+}
+
+#define ENTRY(name, body)                            \
+    do {                                             \
+        CUresult r_ = enter(F_##name);               \
+        return leave(r_ != CUDA_SUCCESS ? r_ : (body)); \
+    } while (0)
+
+/* ---- small helpers ------------------------------------------------------------------ */
+
+/* Returns the error of a check that failed: the calls check everything before they change
+ * anything, so an early return leaves no side effect. */
+#define TRY(expr)                          \
+    do {                                   \
+        CUresult try_ = (expr);            \
+        if (try_ != CUDA_SUCCESS)          \
+            return try_;                   \
+    } while (0)
+
+static CUresult need_init(void)
+{
+    return g.initialized ? CUDA_SUCCESS : CUDA_ERROR_NOT_INITIALIZED;
+}
+
+static int valid_dev(int dev)
+{
+    return dev >= 0 && dev < g.cfg.ndev;
+}
+
+/* The calling thread's context, if it is one the calls may use. */
+static CUresult need_ctx(struct CUctx_st **out)
+{
+    if (!g.initialized)
+        return CUDA_ERROR_NOT_INITIALIZED;
+    struct CUctx_st *c = tls_current;
+    if (!c || !valid_dev(c->dev) || c->refs == 0)
+        return CUDA_ERROR_INVALID_CONTEXT;
+    *out = c;
+    return CUDA_SUCCESS;
+}
+
+/* Room for one more element, made before any side effect so that running out of host
+ * memory leaves the call undone. Returns the (maybe moved) array, NULL on failure. */
+static void *grow(void *items, size_t *cap, size_t n, size_t elem)
+{
+    if (n < *cap)
+        return items;
+    size_t c = *cap ? *cap * 2 : 16;
+    void *p = realloc(items, c * elem);
+    if (p)
+        *cap = c;
+    return p;
+}
+
+static void insert_at(void *base, size_t n, size_t i, const void *item, size_t elem)
+{
+    char *b = base;
+    memmove(b + (i + 1) * elem, b + i * elem, (n - i) * elem);
+    memcpy(b + i * elem, item, elem);
+}
+
+static void remove_at(void *base, size_t n, size_t i, size_t count, size_t elem)
+{
+    char *b = base;
+    memmove(b + i * elem, b + (i + count) * elem, (n - i - count) * elem);
+}
+
+static int aligned(unsigned long long v, size_t a)
+{
+    return v % a == 0;
+}
+
+/* [va, va+size) is non-empty, granularity-aligned and does not wrap. */
+static int good_range(CUdeviceptr va, size_t size)
+{
+    return size && aligned(va, g.cfg.gran) && aligned(size, g.cfg.gran) && va + size > va;
+}
+
+/* Index of the first mapping that ends after addr: the one holding addr, or the next. */
+static size_t map_after(uintptr_t addr)
+{
+    size_t lo = 0, hi = g.n_maps;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (g.maps[mid].va + g.maps[mid].size <= addr)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static size_t res_after(uintptr_t addr)
+{
+    size_t lo = 0, hi = g.n_res;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (g.res[mid].va + g.res[mid].size <= addr)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* The reservation wholly holding [va, va+size), or NULL. */
+static fc_reservation *res_holding(uintptr_t va, size_t size)
+{
+    size_t i = res_after(va);
+    if (i < g.n_res && g.res[i].va <= va && va + size <= g.res[i].va + g.res[i].size)
+        return &g.res[i];
+    return NULL;
+}
+
+static size_t handle_index(CUmemGenericAllocationHandle id)
+{
+    size_t lo = 0, hi = g.n_handles;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (g.handles[mid]->id < id)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static fc_handle *find_handle(CUmemGenericAllocationHandle id)
+{
+    size_t i = handle_index(id);
+    return i < g.n_handles && g.handles[i]->id == id ? g.handles[i] : NULL;
+}
+
+/* Physical memory goes back only when the handle is released and mapped nowhere. */
+static void handle_maybe_destroy(fc_handle *h)
+{
+    if (!h->released || h->mappings)
+        return;
+    close(h->fd);
+    g.used[h->dev] -= h->size;
+    remove_at(g.handles, g.n_handles--, handle_index(h->id), 1, sizeof *g.handles);
+    free(h);
+}
+
+static size_t event_index(CUevent ev)
+{
+    for (size_t i = 0; i < g.n_events; i++)
+        if (g.events[i] == ev)
+            return i;
+    return SIZE_MAX;
+}
+
+/* Completes pending events recorded in ctx (NULL: any) on stream (when one_stream). */
+static void complete(struct CUctx_st *ctx, int one_stream, CUstream stream)
+{
+    for (size_t i = 0; i < g.n_events; i++) {
+        struct CUevent_st *e = g.events[i];
+        if ((!ctx || e->ctx == ctx) && (!one_stream || e->stream == stream))
+            e->pending = 0;
+    }
+}
+
+/* Reserves address space aligned to align, at hint when that is free and aligned. */
+static void *reserve_va(size_t size, size_t align, uintptr_t hint)
+{
+    const int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+    if (hint && aligned(hint, align)) {
+        void *p = mmap((void *)hint, size, PROT_NONE, flags | MAP_FIXED_NOREPLACE, -1, 0);
+        if (p == (void *)hint)
+            return p;
+        if (p != MAP_FAILED) /* a kernel that ignores the flag placed it elsewhere */
+            munmap(p, size);
+    }
+    if (size > SIZE_MAX - align)
+        return NULL;
+    size_t span = size + align;
+    char *p = mmap(NULL, span, PROT_NONE, flags, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    uintptr_t a = ((uintptr_t)p + align - 1) & ~(uintptr_t)(align - 1);
+    size_t head = a - (uintptr_t)p, tail = span - head - size;
+    if (head)
+        munmap(p, head);
+    if (tail)
+        munmap((char *)a + size, tail);
+    return (void *)a;
+}
+
+/* Puts reservation memory back where mappings were: inaccessible, not a hole that a
+ * later host mmap could take. */
+static int restore_reserved(uintptr_t va, size_t size)
+{
+    return mmap((void *)va, size, PROT_NONE,
+                MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) == (void *)va;
+}
+
+/* ---- initialization, devices, contexts ------------------------------------------------ */
+
+static CUresult do_init(unsigned int flags)
+{
+    if (!g.cfg.ok || flags)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (g.cfg.ndev == 0)
+        return FC_ERROR_NO_DEVICE;
+    g.initialized = 1;
+    return CUDA_SUCCESS;
+}
+CUresult cuInit(unsigned int flags) { ENTRY(cuInit, do_init(flags)); }
+
+static CUresult do_driver_version(int *version)
+{
+    if (!version)
+        return CUDA_ERROR_INVALID_VALUE;
+    *version = FC_DRIVER_VERSION;
+    return CUDA_SUCCESS;
+}
+CUresult cuDriverGetVersion(int *version) { ENTRY(cuDriverGetVersion, do_driver_version(version)); }
+
+static CUresult do_device_count(int *count)
+{
+    TRY(need_init());
+    if (!count)
+        return CUDA_ERROR_INVALID_VALUE;
+    *count = g.cfg.ndev;
+    return CUDA_SUCCESS;
+}
+CUresult cuDeviceGetCount(int *count) { ENTRY(cuDeviceGetCount, do_device_count(count)); }
+
+static CUresult do_device_get(CUdevice *device, int ordinal)
+{
+    TRY(need_init());
+    if (!device)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (!valid_dev(ordinal))
+        return CUDA_ERROR_INVALID_DEVICE;
+    *device = ordinal;
+    return CUDA_SUCCESS;
+}
+CUresult cuDeviceGet(CUdevice *device, int ordinal) { ENTRY(cuDeviceGet, do_device_get(device, ordinal)); }
+
+static CUresult do_attribute(int *value, int attrib, CUdevice dev)
+{
+    TRY(need_init());
+    if (!value)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (!valid_dev(dev))
+        return CUDA_ERROR_INVALID_DEVICE;
+    if (attrib != CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED)
+        return CUDA_ERROR_INVALID_VALUE; /* the only attribute the double knows */
+    *value = g.cfg.vmm;
+    return CUDA_SUCCESS;
+}
+CUresult cuDeviceGetAttribute(int *value, int attrib, CUdevice dev)
+{
+    ENTRY(cuDeviceGetAttribute, do_attribute(value, attrib, dev));
+}
+
+static CUresult do_total_mem(size_t *bytes, CUdevice dev)
+{
+    TRY(need_init());
+    if (!bytes)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (!valid_dev(dev))
+        return CUDA_ERROR_INVALID_DEVICE;
+    *bytes = g.cfg.capacity;
+    return CUDA_SUCCESS;
+}
+CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice dev) { ENTRY(cuDeviceTotalMem_v2, do_total_mem(bytes, dev)); }
+
+static CUresult do_retain(CUcontext *ctx, CUdevice dev)
+{
+    TRY(need_init());
+    if (!ctx)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (!valid_dev(dev))
+        return CUDA_ERROR_INVALID_DEVICE;
+    g.ctx[dev].refs++;
+    *ctx = &g.ctx[dev];
+    return CUDA_SUCCESS;
+}
+CUresult cuDevicePrimaryCtxRetain(CUcontext *ctx, CUdevice dev) { ENTRY(cuDevicePrimaryCtxRetain, do_retain(ctx, dev)); }
+
+/* The last release leaves the device's memory alone (the real driver would free it), so a
+ * client that leaks still shows the leak in cuMemGetInfo. */
+static CUresult do_release_ctx(CUdevice dev)
+{
+    TRY(need_init());
+    if (!valid_dev(dev))
+        return CUDA_ERROR_INVALID_DEVICE;
+    if (g.ctx[dev].refs == 0)
+        return CUDA_ERROR_INVALID_CONTEXT;
+    g.ctx[dev].refs--;
+    return CUDA_SUCCESS;
+}
+CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev) { ENTRY(cuDevicePrimaryCtxRelease_v2, do_release_ctx(dev)); }
+
+static CUresult do_get_current(CUcontext *ctx)
+{
+    TRY(need_init());
+    if (!ctx)
+        return CUDA_ERROR_INVALID_VALUE;
+    *ctx = tls_current;
+    return CUDA_SUCCESS;
+}
+CUresult cuCtxGetCurrent(CUcontext *ctx) { ENTRY(cuCtxGetCurrent, do_get_current(ctx)); }
+
+static CUresult do_set_current(CUcontext ctx)
+{
+    TRY(need_init());
+    if (ctx) {
+        int known = 0;
+        for (int d = 0; d < g.cfg.ndev; d++) /* compares addresses, never dereferences ctx */
+            known |= ctx == &g.ctx[d];
+        if (!known || ctx->refs == 0)
+            return CUDA_ERROR_INVALID_CONTEXT;
+    }
+    tls_current = ctx;
+    return CUDA_SUCCESS;
+}
+CUresult cuCtxSetCurrent(CUcontext ctx) { ENTRY(cuCtxSetCurrent, do_set_current(ctx)); }
+
+static CUresult do_ctx_sync(void)
+{
+    struct CUctx_st *c;
+    CUresult r = need_ctx(&c);
+    if (!r)
+        complete(c, 0, NULL);
+    return r;
+}
+CUresult cuCtxSynchronize(void) { ENTRY(cuCtxSynchronize, do_ctx_sync()); }
+
+static CUresult do_error_name(CUresult error, const char **name)
+{
+    const char *n = error_name(error);
+    if (!name || !n)
+        return CUDA_ERROR_INVALID_VALUE;
+    *name = n;
+    return CUDA_SUCCESS;
+}
+CUresult cuGetErrorName(CUresult error, const char **name) { ENTRY(cuGetErrorName, do_error_name(error, name)); }
+
+/* ---- plain device memory ------------------------------------------------------------ */
+
+static CUresult do_mem_info(size_t *free_bytes, size_t *total_bytes)
+{
+    struct CUctx_st *c;
+    TRY(need_ctx(&c));
+    if (!free_bytes || !total_bytes)
+        return CUDA_ERROR_INVALID_VALUE;
+    *free_bytes = g.cfg.capacity - g.used[c->dev];
+    *total_bytes = g.cfg.capacity;
+    return CUDA_SUCCESS;
+}
+CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total_bytes)
+{
+    ENTRY(cuMemGetInfo_v2, do_mem_info(free_bytes, total_bytes));
+}
+
+static CUresult do_mem_alloc(CUdeviceptr *dptr, size_t bytes)
+{
+    struct CUctx_st *c;
+    TRY(need_ctx(&c));
+    if (!dptr || !bytes || bytes > SIZE_MAX - FC_ALLOC_ALIGN)
+        return CUDA_ERROR_INVALID_VALUE;
+    size_t charged = (bytes + FC_ALLOC_ALIGN - 1) & ~(size_t)(FC_ALLOC_ALIGN - 1);
+    if (charged > g.cfg.capacity - g.used[c->dev])
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    fc_alloc *a = grow(g.allocs, &g.cap_allocs, g.n_allocs, sizeof *a);
+    if (!a)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    g.allocs = a;
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    g.allocs[g.n_allocs++] = (fc_alloc){ (uintptr_t)p, bytes, charged, c->dev };
+    g.used[c->dev] += charged;
+    *dptr = (uintptr_t)p;
+    return CUDA_SUCCESS;
+}
+CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytes) { ENTRY(cuMemAlloc_v2, do_mem_alloc(dptr, bytes)); }
+
+static CUresult do_mem_free(CUdeviceptr dptr)
+{
+    struct CUctx_st *c;
+    TRY(need_ctx(&c));
+    for (size_t i = 0; i < g.n_allocs; i++) {
+        fc_alloc *a = &g.allocs[i];
+        if (a->va != dptr)
+            continue;
+        munmap((void *)a->va, a->size);
+        g.used[a->dev] -= a->charged;
+        g.allocs[i] = g.allocs[--g.n_allocs];
+        return CUDA_SUCCESS;
+    }
+    return CUDA_ERROR_INVALID_VALUE; /* 0, a VMM address, or not from cuMemAlloc */
+}
+CUresult cuMemFree_v2(CUdeviceptr dptr) { ENTRY(cuMemFree_v2, do_mem_free(dptr)); }
+
+/* ---- virtual memory management ------------------------------------------------------ */
+
+static CUresult check_prop(const CUmemAllocationProp *prop)
+{
+    if (!prop || prop->type != CU_MEM_ALLOCATION_TYPE_PINNED ||
+        prop->location.type != CU_MEM_LOCATION_TYPE_DEVICE)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (!valid_dev(prop->location.id))
+        return CUDA_ERROR_INVALID_DEVICE;
+    return CUDA_SUCCESS;
+}
+
+static CUresult do_granularity(size_t *granularity, const CUmemAllocationProp *prop,
+                               CUmemAllocationGranularity_flags option)
+{
+    struct CUctx_st *c;
+    TRY(need_ctx(&c));
+    if (!granularity || (option != CU_MEM_ALLOC_GRANULARITY_MINIMUM &&
+                         option != CU_MEM_ALLOC_GRANULARITY_RECOMMENDED))
+        return CUDA_ERROR_INVALID_VALUE;
+    TRY(check_prop(prop));
+    *granularity = g.cfg.gran; /* minimum and recommended are the same here */
+    return CUDA_SUCCESS;
+}
+CUresult cuMemGetAllocationGranularity(size_t *granularity, const CUmemAllocationProp *prop,
+                                       CUmemAllocationGranularity_flags option)
+{
+    ENTRY(cuMemGetAllocationGranularity, do_granularity(granularity, prop, option));
+}
+
+static CUresult do_reserve(CUdeviceptr *ptr, size_t size, size_t alignment, CUdeviceptr addr,
+                           unsigned long long flags)
+{
+    struct CUctx_st *c;
+    TRY(need_ctx(&c));
+    if (!g.cfg.vmm)
+        return CUDA_ERROR_NOT_SUPPORTED;
+    if (!ptr || flags || !good_range(0, size) || (alignment & (alignment - 1)))
+        return CUDA_ERROR_INVALID_VALUE;
+    size_t align = alignment > g.cfg.gran ? alignment : g.cfg.gran;
+    fc_reservation *res = grow(g.res, &g.cap_res, g.n_res, sizeof *res);
+    if (!res)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    g.res = res;
+    void *p = reserve_va(size, align, (uintptr_t)addr); /* addr is a hint, as in the driver */
+    if (!p)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    fc_reservation nr = { (uintptr_t)p, size, 0 };
+    insert_at(g.res, g.n_res, res_after((uintptr_t)p), &nr, sizeof nr);
+    g.n_res++;
+    *ptr = (uintptr_t)p;
+    return CUDA_SUCCESS;
+}
+CUresult cuMemAddressReserve(CUdeviceptr *ptr, size_t size, size_t alignment, CUdeviceptr addr,
+                             unsigned long long flags)
+{
+    ENTRY(cuMemAddressReserve, do_reserve(ptr, size, alignment, addr, flags));
+}
+
+static CUresult do_addr_free(CUdeviceptr ptr, size_t size)
+{
+    struct CUctx_st *c;
+    TRY(need_ctx(&c));
+    size_t i = res_after(ptr);
+    if (i >= g.n_res || g.res[i].va != ptr || g.res[i].size != size || g.res[i].mappings)
+        return CUDA_ERROR_INVALID_VALUE; /* only a whole reservation with nothing mapped */
+    munmap((void *)g.res[i].va, g.res[i].size);
+    remove_at(g.res, g.n_res--, i, 1, sizeof *g.res);
+    return CUDA_SUCCESS;
+}
+CUresult cuMemAddressFree(CUdeviceptr ptr, size_t size) { ENTRY(cuMemAddressFree, do_addr_free(ptr, size)); }
+
+static CUresult do_create(CUmemGenericAllocationHandle *handle, size_t size,
+                          const CUmemAllocationProp *prop, unsigned long long flags)
+{
+    struct CUctx_st *c;
+    TRY(need_ctx(&c));
+    if (!g.cfg.vmm)
+        return CUDA_ERROR_NOT_SUPPORTED;
+    if (!handle || flags || !good_range(0, size))
+        return CUDA_ERROR_INVALID_VALUE;
+    TRY(check_prop(prop));
+    if (prop->requestedHandleTypes != CU_MEM_HANDLE_TYPE_NONE &&
+        prop->requestedHandleTypes != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR)
+        return CUDA_ERROR_NOT_SUPPORTED;
+    int dev = prop->location.id;
+    if (size > g.cfg.capacity - g.used[dev])
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    fc_handle **hs = grow(g.handles, &g.cap_handles, g.n_handles, sizeof *hs);
+    if (!hs)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    g.handles = hs;
+    fc_handle *h = calloc(1, sizeof *h);
+    if (!h)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    h->fd = memfd_create("fakecuda", MFD_CLOEXEC);
+    if (h->fd < 0 || ftruncate(h->fd, (off_t)size) != 0) {
+        if (h->fd >= 0)
+            close(h->fd);
+        free(h);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    h->id = g.next_id++;
+    h->size = size;
+    h->dev = dev;
+    g.handles[g.n_handles++] = h; /* ids only grow: appending keeps the order */
+    g.used[dev] += size;
+    *handle = h->id;
+    return CUDA_SUCCESS;
+}
+CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size, const CUmemAllocationProp *prop,
+                     unsigned long long flags)
+{
+    ENTRY(cuMemCreate, do_create(handle, size, prop, flags));
+}
+
+static CUresult do_release(CUmemGenericAllocationHandle handle)
+{
+    struct CUctx_st *c;
+    TRY(need_ctx(&c));
+    fc_handle *h = find_handle(handle);
+    if (!h || h->released)
+        return CUDA_ERROR_INVALID_VALUE;
+    h->released = 1;
+    handle_maybe_destroy(h);
+    return CUDA_SUCCESS;
+}
+CUresult cuMemRelease(CUmemGenericAllocationHandle handle) { ENTRY(cuMemRelease, do_release(handle)); }
+
+/* Maps the first size bytes of the handle (offset 0; size may be less than the handle's).
+ * The range stays inaccessible until cuMemSetAccess, as on a GPU. */
+static CUresult do_map(CUdeviceptr ptr, size_t size, size_t offset, CUmemGenericAllocationHandle handle,
+                       unsigned long long flags)
+{
+    struct CUctx_st *c;
+    TRY(need_ctx(&c));
+    fc_handle *h = find_handle(handle);
+    if (flags || offset || !h || h->released || !good_range(ptr, size) || size > h->size)
+        return CUDA_ERROR_INVALID_VALUE;
+    fc_reservation *res = res_holding(ptr, size);
+    if (!res)
+        return CUDA_ERROR_INVALID_VALUE;
+    size_t i = map_after(ptr);
+    if (i < g.n_maps && g.maps[i].va < ptr + size)
+        return CUDA_ERROR_ALREADY_MAPPED;
+    fc_mapping *m = grow(g.maps, &g.cap_maps, g.n_maps, sizeof *m);
+    if (!m)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    g.maps = m;
+    if (mmap((void *)(uintptr_t)ptr, size, PROT_NONE, MAP_SHARED | MAP_FIXED, h->fd, 0) != (void *)(uintptr_t)ptr) {
+        restore_reserved(ptr, size); /* a failed MAP_FIXED may have dropped what was there */
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    fc_mapping nm = { ptr, size, h };
+    insert_at(g.maps, g.n_maps++, i, &nm, sizeof nm);
+    h->mappings++;
+    res->mappings++;
+    return CUDA_SUCCESS;
+}
+CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemGenericAllocationHandle handle,
+                  unsigned long long flags)
+{
+    ENTRY(cuMemMap, do_map(ptr, size, offset, handle, flags));
+}
+
+/* Index of the first of the whole mappings that tile [ptr, ptr+size) exactly, with their
+ * count in *count; SIZE_MAX if the range starts or ends inside one or covers a gap. */
+static size_t whole_mappings(uintptr_t ptr, size_t size, size_t *count)
+{
+    size_t first = map_after(ptr), i = first;
+    uintptr_t at = ptr, end = ptr + size;
+    while (at < end) {
+        if (i >= g.n_maps || g.maps[i].va != at || g.maps[i].va + g.maps[i].size > end)
+            return SIZE_MAX;
+        at += g.maps[i++].size;
+    }
+    *count = i - first;
+    return first;
+}
+
+static CUresult do_unmap(CUdeviceptr ptr, size_t size)
+{
+    struct CUctx_st *c;
+    TRY(need_ctx(&c));
+    size_t n, first;
+    if (!good_range(ptr, size) || (first = whole_mappings(ptr, size, &n)) == SIZE_MAX)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (!restore_reserved(ptr, size))
+        return CUDA_ERROR_UNKNOWN; /* the host refused to map; nothing was changed */
+    for (size_t i = first; i < first + n; i++) {
+        fc_mapping *m = &g.maps[i];
+        res_holding(m->va, m->size)->mappings--;
+        m->h->mappings--;
+        handle_maybe_destroy(m->h);
+    }
+    remove_at(g.maps, g.n_maps, first, n, sizeof *g.maps);
+    g.n_maps -= n;
+    return CUDA_SUCCESS;
+}
+CUresult cuMemUnmap(CUdeviceptr ptr, size_t size) { ENTRY(cuMemUnmap, do_unmap(ptr, size)); }
+
+/* The host stands in for every device, so it gets the most permissive access granted. */
+static CUresult do_set_access(CUdeviceptr ptr, size_t size, const CUmemAccessDesc *desc, size_t count)
+{
+    struct CUctx_st *c;
+    TRY(need_ctx(&c));
+    if (!desc || !count || !good_range(ptr, size))
+        return CUDA_ERROR_INVALID_VALUE;
+    int prot = PROT_NONE;
+    for (size_t i = 0; i < count; i++) {
+        if (desc[i].location.type != CU_MEM_LOCATION_TYPE_DEVICE)
+            return CUDA_ERROR_INVALID_VALUE;
+        if (!valid_dev(desc[i].location.id))
+            return CUDA_ERROR_INVALID_DEVICE;
+        switch (desc[i].flags) {
+        case CU_MEM_ACCESS_FLAGS_PROT_NONE: break;
+        case CU_MEM_ACCESS_FLAGS_PROT_READ: prot |= PROT_READ; break;
+        case CU_MEM_ACCESS_FLAGS_PROT_READWRITE: prot |= PROT_READ | PROT_WRITE; break;
+        default: return CUDA_ERROR_INVALID_VALUE;
+        }
+    }
+    /* Every byte must be mapped; the range may start or end inside a mapping. */
+    uintptr_t at = ptr, end = ptr + size;
+    for (size_t i = map_after(ptr); at < end; i++) {
+        if (i >= g.n_maps || g.maps[i].va > at)
+            return CUDA_ERROR_INVALID_VALUE;
+        at = g.maps[i].va + g.maps[i].size;
+    }
+    if (mprotect((void *)(uintptr_t)ptr, size, prot) != 0)
+        return CUDA_ERROR_UNKNOWN;
+    return CUDA_SUCCESS;
+}
+CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessDesc *desc, size_t count)
+{
+    ENTRY(cuMemSetAccess, do_set_access(ptr, size, desc, count));
+}
+
+/* ---- streams and events ------------------------------------------------------------- */
+
+/* Streams are any value the caller names (there is no cuStreamCreate in the contract);
+ * a stream belongs to the context current when work is recorded on it. */
+static CUresult do_stream_sync(CUstream stream)
+{
+    struct CUctx_st *c;
+    CUresult r = need_ctx(&c);
+    if (!r)
+        complete(c, 1, stream);
+    return r;
+}
+CUresult cuStreamSynchronize(CUstream stream) { ENTRY(cuStreamSynchronize, do_stream_sync(stream)); }
+
+static CUresult do_event_create(CUevent *event, unsigned int flags)
+{
+    struct CUctx_st *c;
+    TRY(need_ctx(&c));
+    if (!event || (flags & ~(unsigned)FC_EVENT_FLAGS))
+        return CUDA_ERROR_INVALID_VALUE;
+    struct CUevent_st **es = grow(g.events, &g.cap_events, g.n_events, sizeof *es);
+    if (!es)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    g.events = es;
+    struct CUevent_st *e = calloc(1, sizeof *e);
+    if (!e)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    e->ctx = c;
+    g.events[g.n_events++] = e;
+    *event = e;
+    return CUDA_SUCCESS;
+}
+CUresult cuEventCreate(CUevent *event, unsigned int flags) { ENTRY(cuEventCreate, do_event_create(event, flags)); }
+
+static CUresult do_event_record(CUevent event, CUstream stream)
+{
+    struct CUctx_st *c;
+    TRY(need_ctx(&c));
+    if (event_index(event) == SIZE_MAX)
+        return FC_ERROR_INVALID_HANDLE;
+    event->ctx = c;
+    event->stream = stream;
+    event->pending = !g.auto_complete;
+    return CUDA_SUCCESS;
+}
+CUresult cuEventRecord(CUevent event, CUstream stream) { ENTRY(cuEventRecord, do_event_record(event, stream)); }
+
+/* An event never recorded is complete, as in the driver. */
+static CUresult do_event_query(CUevent event)
+{
+    TRY(need_init());
+    if (event_index(event) == SIZE_MAX)
+        return FC_ERROR_INVALID_HANDLE;
+    return event->pending ? CUDA_ERROR_NOT_READY : CUDA_SUCCESS;
+}
+CUresult cuEventQuery(CUevent event) { ENTRY(cuEventQuery, do_event_query(event)); }
+
+static CUresult do_event_destroy(CUevent event)
+{
+    TRY(need_init());
+    size_t i = event_index(event);
+    if (i == SIZE_MAX)
+        return FC_ERROR_INVALID_HANDLE;
+    free(g.events[i]);
+    g.events[i] = g.events[--g.n_events];
+    return CUDA_SUCCESS;
+}
+CUresult cuEventDestroy_v2(CUevent event) { ENTRY(cuEventDestroy_v2, do_event_destroy(event)); }
+
+/* ---- test controls (fakecuda.h) ------------------------------------------------------ */
+
+unsigned long long fakecuda_calls(const char *fn)
+{
+    pthread_once(&g_once, load_config_once);
+    int i = fn_index(fn);
+    if (i < 0) {
+        fprintf(stderr, "fakecuda_calls: \"%s\" is not an entry point\n", fn ? fn : "(null)");
+        return 0;
+    }
+    unsigned long long n = 0;
+    pthread_mutex_lock(&g.lock);
+    for (int k = 0; k < F_COUNT; k++)
+        if (i == F_ANY || i == k)
+            n += g.calls[k];
+    pthread_mutex_unlock(&g.lock);
+    return n;
+}
+
+void fakecuda_fail_call(const char *fn, unsigned long long n, CUresult err)
+{
+    pthread_once(&g_once, load_config_once);
+    int i = fn_index(fn);
+    if (i < 0 || (n && err == CUDA_SUCCESS)) {
+        fprintf(stderr, "fakecuda_fail_call(\"%s\", %llu, %d): %s; no plan armed\n", fn ? fn : "(null)",
+                n, err, i < 0 ? "not an entry point" : "an injected failure needs an error");
+        return;
+    }
+    pthread_mutex_lock(&g.lock);
+    g.fail_in[i] = n;
+    g.fail_err[i] = err;
+    pthread_mutex_unlock(&g.lock);
+}
+
+void fakecuda_set_auto_complete(int on)
+{
+    pthread_once(&g_once, load_config_once);
+    pthread_mutex_lock(&g.lock);
+    g.auto_complete = on != 0;
+    pthread_mutex_unlock(&g.lock);
+}
+
+void fakecuda_complete_all(void)
+{
+    pthread_once(&g_once, load_config_once);
+    pthread_mutex_lock(&g.lock);
+    complete(NULL, 0, NULL);
+    pthread_mutex_unlock(&g.lock);
+}
+
+void fakecuda_reset(void)
+{
+    pthread_once(&g_once, load_config_once);
+    pthread_mutex_lock(&g.lock);
+    /* Unmapping a reservation unmaps the mappings inside it. */
+    for (size_t i = 0; i < g.n_res; i++)
+        munmap((void *)g.res[i].va, g.res[i].size);
+    for (size_t i = 0; i < g.n_handles; i++) {
+        close(g.handles[i]->fd);
+        free(g.handles[i]);
+    }
+    for (size_t i = 0; i < g.n_allocs; i++)
+        munmap((void *)g.allocs[i].va, g.allocs[i].size);
+    for (size_t i = 0; i < g.n_events; i++)
+        free(g.events[i]);
+    free(g.res);
+    free(g.handles);
+    free(g.maps);
+    free(g.allocs);
+    free(g.events);
+    g.res = NULL, g.n_res = g.cap_res = 0;
+    g.handles = NULL, g.n_handles = g.cap_handles = 0;
+    g.maps = NULL, g.n_maps = g.cap_maps = 0;
+    g.allocs = NULL, g.n_allocs = g.cap_allocs = 0;
+    g.events = NULL, g.n_events = g.cap_events = 0;
+    memset(g.used, 0, sizeof g.used);
+    memset(g.calls, 0, sizeof g.calls);
+    memset(g.fail_in, 0, sizeof g.fail_in);
+    g.auto_complete = 1;
+    load_config();
+    if (!g.cfg.ok)
+        g.initialized = 0; /* cuInit will say why not */
+    pthread_mutex_unlock(&g.lock);
+}

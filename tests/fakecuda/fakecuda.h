@@ -1,0 +1,40 @@
+/* The controls of the CUDA driver test double (tests/fakecuda/fakecuda.c) that are not
+ * CUDA: call counters, "fail the Nth call", completion of pending events, and a reset.
+ * A test resolves them with dlsym next to the cu* entry points of FL_CUDA_FUNCTIONS. */
+#ifndef FAKECUDA_H
+#define FAKECUDA_H
+
+#include "device/cuda_api.h"
+
+/* Environment, read when the library is first used and again by fakecuda_reset():
+ *   FAKECUDA_DEVICES=N        devices (default 1, at most 64; 0: cuInit says CUDA_ERROR_NO_DEVICE)
+ *   FAKECUDA_CAPACITY=BYTES   physical memory per device (default 1 GiB; K/M/G/T suffixes)
+ *   FAKECUDA_GRANULARITY=B    VMM granularity (default 2 MiB; a power of two >= the page size)
+ *   FAKECUDA_NO_VMM=1         no virtual memory management: attribute 102 reads 0 and
+ *                             cuMemCreate / cuMemAddressReserve return CUDA_ERROR_NOT_SUPPORTED
+ *   FAKECUDA_FAIL=FN:N:ERR[,FN:N:ERR...]  as fakecuda_fail_call(FN, N, ERR); ERR is a number
+ *                             or a name such as CUDA_ERROR_OUT_OF_MEMORY; FN may be "*"
+ * A malformed value is reported on stderr and makes cuInit return CUDA_ERROR_INVALID_VALUE. */
+
+/* Counters: calls of one entry point ("cuMemMap"), or of all of them ("*"), including calls
+ * that failed; 0 (and a line on stderr) for a name that is no entry point. */
+unsigned long long fakecuda_calls(const char *fn);
+
+/* Fault injection: the n-th next call of fn (1 = the very next) returns err without side
+ * effects or outputs; fn "*" counts calls of every entry point. One plan per name: a new
+ * one replaces the old, n = 0 cancels. err must not be CUDA_SUCCESS. */
+void fakecuda_fail_call(const char *fn, unsigned long long n, CUresult err);
+
+/* Streams and events: with auto-complete on (the default) a recorded event is complete at
+ * once; off, it stays CUDA_ERROR_NOT_READY until its stream or context is synchronized or
+ * fakecuda_complete_all() is called. */
+void fakecuda_set_auto_complete(int on);
+void fakecuda_complete_all(void);
+
+/* Drops every handle, mapping, reservation, allocation and event (addresses handed out
+ * become invalid), zeroes the counters, cancels fault plans, turns auto-complete back on
+ * and re-reads the environment. Initialization, primary-context reference counts and each
+ * thread's current context survive, so a client that holds a context keeps working. */
+void fakecuda_reset(void);
+
+#endif

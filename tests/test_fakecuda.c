@@ -1,0 +1,882 @@
+/* The CUDA driver test double (tests/fakecuda), loaded with dlopen and called by the names
+ * of FL_CUDA_FUNCTIONS as the cuda device calls the real driver: initialization and context
+ * rules, the virtual memory rules, data kept across remapping, accounting, events, fault
+ * injection, configuration from the environment, and several threads at once. */
+#include <dlfcn.h>
+#include <pthread.h>
+#include <string.h>
+
+#include "device/cuda_api.h"
+#include "fakecuda/fakecuda.h"
+#include "test_support.h"
+
+#ifndef FAKECUDA_PATH
+#error "define FAKECUDA_PATH as the path of libfakecuda.so"
+#endif
+
+#define MiB ((size_t)1 << 20)
+#define GRAN (2 * MiB)
+#define STREAM(n) ((CUstream)(uintptr_t)(n)) /* streams are ids the caller invents */
+
+/* The driver's entry points, resolved by their contract names, and the double's controls. */
+#define FN_FIELD(name, params) CUresult (*name) params;
+static struct { FL_CUDA_FUNCTIONS(FN_FIELD) } cu;
+static struct {
+    unsigned long long (*calls)(const char *fn);
+    void (*fail_call)(const char *fn, unsigned long long n, CUresult err);
+    void (*set_auto_complete)(int on);
+    void (*complete_all)(void);
+    void (*reset)(void);
+} fc;
+static void *lib;
+static CUcontext ctx0; /* device 0's primary context, current on the main thread */
+
+#define CHECK_CU(expr, want)                                                               \
+    do {                                                                                   \
+        CUresult r_ = (expr);                                                              \
+        fl_test_checks++;                                                                  \
+        if (r_ != (CUresult)(want)) {                                                      \
+            fl_test_failures++;                                                            \
+            fprintf(stderr, "%s:%d: %s returned %d, want %d\n", __FILE__, __LINE__, #expr, \
+                    (int)r_, (int)(want));                                                 \
+        }                                                                                  \
+    } while (0)
+#define CU_OK(expr) CHECK_CU(expr, CUDA_SUCCESS)
+
+/* ---- helpers ------------------------------------------------------------------------ */
+
+static void resolve(void *fnptr, size_t size, const char *name)
+{
+    void *p = dlsym(lib, name);
+    if (!p) {
+        fprintf(stderr, "%s does not export %s\n", FAKECUDA_PATH, name);
+        exit(1);
+    }
+    memcpy(fnptr, &p, size); /* POSIX: function and object pointers convert this way */
+}
+
+static void load(void)
+{
+    lib = dlopen(FAKECUDA_PATH, RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+        fprintf(stderr, "cannot load the driver double: %s\n", dlerror());
+        exit(1);
+    }
+#define FN_RESOLVE(name, params) resolve(&cu.name, sizeof cu.name, #name);
+    FL_CUDA_FUNCTIONS(FN_RESOLVE)
+    resolve(&fc.calls, sizeof fc.calls, "fakecuda_calls");
+    resolve(&fc.fail_call, sizeof fc.fail_call, "fakecuda_fail_call");
+    resolve(&fc.set_auto_complete, sizeof fc.set_auto_complete, "fakecuda_set_auto_complete");
+    resolve(&fc.complete_all, sizeof fc.complete_all, "fakecuda_complete_all");
+    resolve(&fc.reset, sizeof fc.reset, "fakecuda_reset");
+}
+
+/* Sets (value non-NULL) or clears one variable, then has the double re-read them all. */
+static void env(const char *name, const char *value)
+{
+    if (value)
+        setenv(name, value, 1);
+    else
+        unsetenv(name);
+    fc.reset();
+}
+
+static CUmemAllocationProp prop_on(int dev)
+{
+    CUmemAllocationProp p;
+    memset(&p, 0, sizeof p);
+    p.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    p.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    p.location.id = dev;
+    return p;
+}
+
+static CUmemAccessDesc access_on(int dev, CUmemAccess_flags flags)
+{
+    CUmemAccessDesc d;
+    memset(&d, 0, sizeof d);
+    d.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    d.location.id = dev;
+    d.flags = flags;
+    return d;
+}
+
+static CUresult create(CUmemGenericAllocationHandle *h, size_t size)
+{
+    CUmemAllocationProp p = prop_on(0);
+    return cu.cuMemCreate(h, size, &p, 0);
+}
+
+static CUresult allow_rw(CUdeviceptr va, size_t size)
+{
+    CUmemAccessDesc d = access_on(0, CU_MEM_ACCESS_FLAGS_PROT_READWRITE);
+    return cu.cuMemSetAccess(va, size, &d, 1);
+}
+
+static size_t free_mem(void)
+{
+    size_t f = 0, t = 0;
+    CU_OK(cu.cuMemGetInfo_v2(&f, &t));
+    return f;
+}
+
+/* The host's protection of the page at va as /proc/self/maps shows it ("rw-s": a shared,
+ * i.e. memfd, mapping; "---p": reserved address space), or "" when nothing is mapped. */
+static const char *prot_at(CUdeviceptr va)
+{
+    static char prot[8];
+    char line[512];
+    prot[0] = '\0';
+    FILE *f = fopen("/proc/self/maps", "r");
+    if (!f)
+        return prot;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        char p[8];
+        if (sscanf(line, "%lx-%lx %7s", &lo, &hi, p) == 3 && lo <= va && va < hi) {
+            strcpy(prot, p);
+            break;
+        }
+    }
+    fclose(f);
+    return prot;
+}
+
+static void fill(CUdeviceptr va, size_t bytes, uint64_t seed)
+{
+    fl_rng r = { seed | 1 };
+    uint64_t *p = (uint64_t *)(uintptr_t)va;
+    for (size_t i = 0; i < bytes / 8; i++)
+        p[i] = fl_rng_next(&r);
+}
+
+static int holds(CUdeviceptr va, size_t bytes, uint64_t seed)
+{
+    fl_rng r = { seed | 1 };
+    const uint64_t *p = (const uint64_t *)(uintptr_t)va;
+    for (size_t i = 0; i < bytes / 8; i++)
+        if (p[i] != fl_rng_next(&r))
+            return 0;
+    return 1;
+}
+
+/* ---- initialization and contexts ------------------------------------------------------ */
+
+static void *current_elsewhere(void *arg)
+{
+    CUcontext c = (CUcontext)arg;
+    if (cu.cuCtxGetCurrent(&c) != CUDA_SUCCESS)
+        return arg;
+    return c; /* NULL: a new thread has no current context */
+}
+
+static void test_init_and_contexts(void)
+{
+    int n = -1, v = 0;
+    CUdevice d = -1;
+    size_t total = 0, f = 0, t = 0;
+    CU_OK(cu.cuDriverGetVersion(&v)); /* works before cuInit, as in the driver */
+    CHECK(v >= 12000);
+    CHECK_CU(cu.cuDeviceGetCount(&n), CUDA_ERROR_NOT_INITIALIZED);
+    CHECK_CU(cu.cuDevicePrimaryCtxRetain(&ctx0, 0), CUDA_ERROR_NOT_INITIALIZED);
+    CHECK_CU(cu.cuMemGetInfo_v2(&f, &t), CUDA_ERROR_NOT_INITIALIZED);
+    CHECK_CU(cu.cuInit(1), CUDA_ERROR_INVALID_VALUE);
+    CU_OK(cu.cuInit(0));
+    CU_OK(cu.cuInit(0));
+    CHECK_EQ_U64(fc.calls("cuInit"), 3);
+
+    CU_OK(cu.cuDeviceGetCount(&n));
+    CHECK_EQ_U64(n, 1);
+    CU_OK(cu.cuDeviceGet(&d, 0));
+    CHECK_EQ_U64(d, 0);
+    CHECK_CU(cu.cuDeviceGet(&d, 1), CUDA_ERROR_INVALID_DEVICE);
+    CU_OK(cu.cuDeviceGetAttribute(&v, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, 0));
+    CHECK_EQ_U64(v, 1);
+    CHECK_CU(cu.cuDeviceGetAttribute(&v, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, 1),
+             CUDA_ERROR_INVALID_DEVICE);
+    CU_OK(cu.cuDeviceTotalMem_v2(&total, 0));
+    CHECK_EQ_U64(total, (size_t)1 << 30);
+
+    /* No current context: every memory, stream and event call refuses. */
+    CUcontext c = (CUcontext)&n;
+    CU_OK(cu.cuCtxGetCurrent(&c));
+    CHECK(c == NULL);
+    CUdeviceptr p;
+    CUmemGenericAllocationHandle h;
+    CUevent e;
+    CHECK_CU(cu.cuMemGetInfo_v2(&f, &t), CUDA_ERROR_INVALID_CONTEXT);
+    CHECK_CU(cu.cuMemAlloc_v2(&p, 64), CUDA_ERROR_INVALID_CONTEXT);
+    CHECK_CU(create(&h, GRAN), CUDA_ERROR_INVALID_CONTEXT);
+    CHECK_CU(cu.cuMemAddressReserve(&p, GRAN, 0, 0, 0), CUDA_ERROR_INVALID_CONTEXT);
+    CHECK_CU(cu.cuEventCreate(&e, 0), CUDA_ERROR_INVALID_CONTEXT);
+    CHECK_CU(cu.cuCtxSynchronize(), CUDA_ERROR_INVALID_CONTEXT);
+    CHECK_CU(cu.cuStreamSynchronize(STREAM(0)), CUDA_ERROR_INVALID_CONTEXT);
+    CHECK_CU(cu.cuCtxSetCurrent((CUcontext)&n), CUDA_ERROR_INVALID_CONTEXT);
+
+    /* The primary context: reference counted, the same context each time. */
+    CUcontext again = NULL;
+    CU_OK(cu.cuDevicePrimaryCtxRetain(&ctx0, 0));
+    CU_OK(cu.cuDevicePrimaryCtxRetain(&again, 0));
+    CHECK(ctx0 != NULL && again == ctx0);
+    CHECK_CU(cu.cuDevicePrimaryCtxRetain(&again, 1), CUDA_ERROR_INVALID_DEVICE);
+    CU_OK(cu.cuCtxSetCurrent(ctx0));
+    CU_OK(cu.cuCtxGetCurrent(&c));
+    CHECK(c == ctx0);
+    CU_OK(cu.cuMemGetInfo_v2(&f, &t));
+    CHECK_EQ_U64(f, total);
+    CHECK_EQ_U64(t, total);
+    pthread_t th;
+    void *seen = ctx0;
+    CHECK(pthread_create(&th, NULL, current_elsewhere, ctx0) == 0);
+    pthread_join(th, &seen);
+    CHECK(seen == NULL); /* current contexts are per thread */
+
+    CU_OK(cu.cuDevicePrimaryCtxRelease_v2(0));
+    CU_OK(cu.cuMemGetInfo_v2(&f, &t)); /* one reference left */
+    CU_OK(cu.cuDevicePrimaryCtxRelease_v2(0));
+    CHECK_CU(cu.cuMemGetInfo_v2(&f, &t), CUDA_ERROR_INVALID_CONTEXT); /* inactive now */
+    CHECK_CU(cu.cuDevicePrimaryCtxRelease_v2(0), CUDA_ERROR_INVALID_CONTEXT);
+    CHECK_CU(cu.cuCtxSetCurrent(ctx0), CUDA_ERROR_INVALID_CONTEXT);
+    CU_OK(cu.cuDevicePrimaryCtxRetain(&again, 0));
+    CHECK(again == ctx0);
+    CU_OK(cu.cuMemGetInfo_v2(&f, &t)); /* still current on this thread, active again */
+    CU_OK(cu.cuCtxSetCurrent(NULL));
+    CHECK_CU(cu.cuMemGetInfo_v2(&f, &t), CUDA_ERROR_INVALID_CONTEXT);
+    CU_OK(cu.cuCtxSetCurrent(ctx0));
+}
+
+static void test_granularity(void)
+{
+    size_t g = 0;
+    CUmemAllocationProp p = prop_on(0);
+    CU_OK(cu.cuMemGetAllocationGranularity(&g, &p, CU_MEM_ALLOC_GRANULARITY_MINIMUM));
+    CHECK_EQ_U64(g, GRAN);
+    g = 0;
+    CU_OK(cu.cuMemGetAllocationGranularity(&g, &p, CU_MEM_ALLOC_GRANULARITY_RECOMMENDED));
+    CHECK_EQ_U64(g, GRAN);
+    CHECK_CU(cu.cuMemGetAllocationGranularity(&g, NULL, CU_MEM_ALLOC_GRANULARITY_MINIMUM),
+             CUDA_ERROR_INVALID_VALUE);
+    CHECK_CU(cu.cuMemGetAllocationGranularity(NULL, &p, CU_MEM_ALLOC_GRANULARITY_MINIMUM),
+             CUDA_ERROR_INVALID_VALUE);
+    CHECK_CU(cu.cuMemGetAllocationGranularity(&g, &p, (CUmemAllocationGranularity_flags)7),
+             CUDA_ERROR_INVALID_VALUE);
+    p.type = CU_MEM_ALLOCATION_TYPE_INVALID;
+    CHECK_CU(cu.cuMemGetAllocationGranularity(&g, &p, CU_MEM_ALLOC_GRANULARITY_MINIMUM),
+             CUDA_ERROR_INVALID_VALUE);
+    p = prop_on(0);
+    p.location.type = CU_MEM_LOCATION_TYPE_INVALID;
+    CHECK_CU(cu.cuMemGetAllocationGranularity(&g, &p, CU_MEM_ALLOC_GRANULARITY_MINIMUM),
+             CUDA_ERROR_INVALID_VALUE);
+    p = prop_on(1);
+    CHECK_CU(cu.cuMemGetAllocationGranularity(&g, &p, CU_MEM_ALLOC_GRANULARITY_MINIMUM),
+             CUDA_ERROR_INVALID_DEVICE);
+}
+
+/* ---- virtual memory: the happy path and data integrity -------------------------------- */
+
+static void test_map_and_data(void)
+{
+    size_t free0 = free_mem();
+    unsigned long long maps0 = fc.calls("cuMemMap");
+    CUdeviceptr a = 0, b = 0;
+    CU_OK(cu.cuMemAddressReserve(&a, 8 * MiB, 0, 0, 0));
+    CU_OK(cu.cuMemAddressReserve(&b, 8 * MiB, 16 * MiB, 0, 0));
+    CHECK(a && a % GRAN == 0);
+    CHECK(b && b % (16 * MiB) == 0);
+    CHECK(strcmp(prot_at(a), "---p") == 0); /* reserved, nothing behind it */
+    CHECK_EQ_U64(free_mem(), free0);        /* address space costs no memory */
+
+    CUmemGenericAllocationHandle h1 = 0, h2 = 0;
+    CU_OK(create(&h1, 4 * MiB));
+    CU_OK(create(&h2, GRAN));
+    CHECK(h1 && h2 && h1 != h2);
+    CHECK_EQ_U64(free_mem(), free0 - 6 * MiB);
+
+    CU_OK(cu.cuMemMap(a, 4 * MiB, 0, h1, 0));
+    CU_OK(cu.cuMemMap(a + 4 * MiB, GRAN, 0, h2, 0));
+    CHECK(strcmp(prot_at(a), "---s") == 0); /* mapped, not accessible before set_access */
+    CU_OK(allow_rw(a, 6 * MiB));
+    CHECK(strcmp(prot_at(a), "rw-s") == 0);
+    CHECK(strcmp(prot_at(a + 5 * MiB), "rw-s") == 0);
+    fill(a, 4 * MiB, 11);
+    fill(a + 4 * MiB, GRAN, 22);
+
+    /* One call may unmap several whole mappings; the reservation comes back as it was. */
+    CU_OK(cu.cuMemUnmap(a, 6 * MiB));
+    CHECK(strcmp(prot_at(a), "---p") == 0);
+    CHECK(strcmp(prot_at(a + 5 * MiB), "---p") == 0);
+    CHECK_EQ_U64(free_mem(), free0 - 6 * MiB); /* not released: still charged */
+
+    /* Mapped elsewhere, in the other order: each handle kept its own bytes. */
+    CU_OK(cu.cuMemMap(b, GRAN, 0, h2, 0));
+    CU_OK(cu.cuMemMap(b + GRAN, 4 * MiB, 0, h1, 0));
+    CU_OK(allow_rw(b, 6 * MiB));
+    CHECK(holds(b + GRAN, 4 * MiB, 11));
+    CHECK(holds(b, GRAN, 22));
+
+    /* One handle mapped twice at once: both views are the same memory. */
+    CU_OK(cu.cuMemMap(a, 4 * MiB, 0, h1, 0));
+    CU_OK(allow_rw(a, 4 * MiB));
+    ((volatile unsigned char *)(uintptr_t)a)[12345] = 0x5a;
+    CHECK(((volatile unsigned char *)(uintptr_t)(b + GRAN))[12345] == 0x5a);
+    fill(a, 4 * MiB, 33);
+    CHECK(holds(b + GRAN, 4 * MiB, 33));
+    CHECK_EQ_U64(fc.calls("cuMemMap") - maps0, 5);
+
+    CU_OK(cu.cuMemUnmap(a, 4 * MiB));
+    CU_OK(cu.cuMemUnmap(b, GRAN));
+    CU_OK(cu.cuMemUnmap(b + GRAN, 4 * MiB));
+    CU_OK(cu.cuMemRelease(h1));
+    CU_OK(cu.cuMemRelease(h2));
+    CHECK_EQ_U64(free_mem(), free0);
+    CU_OK(cu.cuMemAddressFree(a, 8 * MiB));
+    CU_OK(cu.cuMemAddressFree(b, 8 * MiB));
+
+    /* The requested address is a hint: honoured when free, never required. */
+    CUdeviceptr c = 0;
+    CU_OK(cu.cuMemAddressReserve(&c, GRAN, 0, a, 0));
+    CHECK(c && c % GRAN == 0);
+    CU_OK(cu.cuMemAddressFree(c, GRAN));
+}
+
+/* ---- virtual memory: every broken rule is refused and changes nothing ------------------ */
+
+static void test_rules(void)
+{
+    size_t free0 = free_mem();
+    CUdeviceptr r = 0, r2 = 0, p = 0;
+    CUmemGenericAllocationHandle h = 0, h2 = 0, x = 0;
+    CUmemAllocationProp prop = prop_on(0);
+
+    /* Reservations: sizes and alignments are granularity multiples, no flags. */
+    CHECK_CU(cu.cuMemAddressReserve(&p, 0, 0, 0, 0), CUDA_ERROR_INVALID_VALUE);
+    CHECK_CU(cu.cuMemAddressReserve(&p, GRAN + 4096, 0, 0, 0), CUDA_ERROR_INVALID_VALUE);
+    CHECK_CU(cu.cuMemAddressReserve(&p, GRAN, 3 * MiB, 0, 0), CUDA_ERROR_INVALID_VALUE);
+    CHECK_CU(cu.cuMemAddressReserve(&p, GRAN, 0, 0, 1), CUDA_ERROR_INVALID_VALUE);
+    CHECK_CU(cu.cuMemAddressReserve(NULL, GRAN, 0, 0, 0), CUDA_ERROR_INVALID_VALUE);
+    CU_OK(cu.cuMemAddressReserve(&r, 8 * MiB, 0, 0, 0));
+    CU_OK(cu.cuMemAddressReserve(&r2, 8 * MiB, 0, 0, 0));
+
+    /* Handles: granularity multiples, a valid prop, no flags; a refusal costs nothing. */
+    CHECK_CU(create(&x, GRAN / 2), CUDA_ERROR_INVALID_VALUE);
+    CHECK_CU(create(&x, 0), CUDA_ERROR_INVALID_VALUE);
+    CHECK_CU(create(NULL, GRAN), CUDA_ERROR_INVALID_VALUE);
+    CHECK_CU(cu.cuMemCreate(&x, GRAN, &prop, 1), CUDA_ERROR_INVALID_VALUE);
+    CHECK_CU(cu.cuMemCreate(&x, GRAN, NULL, 0), CUDA_ERROR_INVALID_VALUE);
+    prop.location.id = 5;
+    CHECK_CU(cu.cuMemCreate(&x, GRAN, &prop, 0), CUDA_ERROR_INVALID_DEVICE);
+    prop = prop_on(0);
+    prop.requestedHandleTypes = (CUmemAllocationHandleType)2; /* a Windows handle */
+    CHECK_CU(cu.cuMemCreate(&x, GRAN, &prop, 0), CUDA_ERROR_NOT_SUPPORTED);
+    CHECK_EQ_U64(x, 0);
+    CHECK_EQ_U64(free_mem(), free0);
+    CU_OK(create(&h, 4 * MiB));
+    CU_OK(create(&h2, GRAN));
+
+    /* Maps: aligned, inside one reservation, offset 0, no larger than the handle. */
+    CHECK_CU(cu.cuMemMap(r + 4096, GRAN, 0, h2, 0), CUDA_ERROR_INVALID_VALUE);
+    CHECK_CU(cu.cuMemMap(r, 3 * MiB, 0, h, 0), CUDA_ERROR_INVALID_VALUE);
+    CHECK_CU(cu.cuMemMap(r, GRAN, GRAN, h, 0), CUDA_ERROR_INVALID_VALUE);
+    CHECK_CU(cu.cuMemMap(r, 6 * MiB, 0, h, 0), CUDA_ERROR_INVALID_VALUE);
+    CHECK_CU(cu.cuMemMap(r, GRAN, 0, h2, 1), CUDA_ERROR_INVALID_VALUE);
+    CHECK_CU(cu.cuMemMap(r, GRAN, 0, h2 + 1000, 0), CUDA_ERROR_INVALID_VALUE);
+    CHECK_CU(cu.cuMemMap(r + 6 * MiB, 4 * MiB, 0, h, 0), CUDA_ERROR_INVALID_VALUE); /* past the end */
+    CHECK_CU(cu.cuMemMap(GRAN * 64, GRAN, 0, h2, 0), CUDA_ERROR_INVALID_VALUE);     /* not reserved */
+    CHECK(strcmp(prot_at(r), "---p") == 0);
+    CHECK(strcmp(prot_at(r + 6 * MiB), "---p") == 0);
+    CU_OK(cu.cuMemMap(r, GRAN, 0, h, 0)); /* part of a handle, from offset 0 */
+    CU_OK(cu.cuMemUnmap(r, GRAN));
+
+    CU_OK(cu.cuMemMap(r, 4 * MiB, 0, h, 0));
+    CU_OK(allow_rw(r, 4 * MiB));
+    fill(r, 4 * MiB, 44);
+    CHECK_CU(cu.cuMemMap(r + GRAN, GRAN, 0, h2, 0), CUDA_ERROR_ALREADY_MAPPED);
+    CHECK_CU(cu.cuMemMap(r, GRAN, 0, h2, 0), CUDA_ERROR_ALREADY_MAPPED);
+
+    /* Unmaps: whole mappings only, nothing unmapped in the range. */
+    CHECK_CU(cu.cuMemUnmap(r, GRAN), CUDA_ERROR_INVALID_VALUE);            /* ends inside */
+    CHECK_CU(cu.cuMemUnmap(r + GRAN, GRAN), CUDA_ERROR_INVALID_VALUE);     /* starts inside */
+    CHECK_CU(cu.cuMemUnmap(r, 6 * MiB), CUDA_ERROR_INVALID_VALUE);         /* and a gap */
+    CHECK_CU(cu.cuMemUnmap(r + 4 * MiB, GRAN), CUDA_ERROR_INVALID_VALUE);  /* nothing there */
+    CHECK_CU(cu.cuMemUnmap(r, 4 * MiB + 4096), CUDA_ERROR_INVALID_VALUE);  /* unaligned */
+    CHECK_CU(cu.cuMemUnmap(r2, GRAN), CUDA_ERROR_INVALID_VALUE);
+
+    /* Access: a valid descriptor over mapped memory only; may cover part of a mapping. */
+    CUmemAccessDesc d = access_on(0, CU_MEM_ACCESS_FLAGS_PROT_READWRITE);
+    CHECK_CU(cu.cuMemSetAccess(r + 4 * MiB, GRAN, &d, 1), CUDA_ERROR_INVALID_VALUE);
+    CHECK_CU(cu.cuMemSetAccess(r + GRAN, 4 * MiB, &d, 1), CUDA_ERROR_INVALID_VALUE);
+    CHECK_CU(cu.cuMemSetAccess(r, 4 * MiB, &d, 0), CUDA_ERROR_INVALID_VALUE);
+    CHECK_CU(cu.cuMemSetAccess(r, 4 * MiB, NULL, 1), CUDA_ERROR_INVALID_VALUE);
+    d = access_on(3, CU_MEM_ACCESS_FLAGS_PROT_READWRITE);
+    CHECK_CU(cu.cuMemSetAccess(r, 4 * MiB, &d, 1), CUDA_ERROR_INVALID_DEVICE);
+    d = access_on(0, (CUmemAccess_flags)2);
+    CHECK_CU(cu.cuMemSetAccess(r, 4 * MiB, &d, 1), CUDA_ERROR_INVALID_VALUE);
+    d = access_on(0, CU_MEM_ACCESS_FLAGS_PROT_READ);
+    CU_OK(cu.cuMemSetAccess(r + GRAN, GRAN, &d, 1));
+    CHECK(strcmp(prot_at(r), "rw-s") == 0);
+    CHECK(strcmp(prot_at(r + GRAN), "r--s") == 0);
+    CU_OK(allow_rw(r, 4 * MiB));
+    CHECK(holds(r, 4 * MiB, 44)); /* every refusal above left the data alone */
+
+    /* Address frees: a whole reservation with nothing mapped. */
+    CHECK_CU(cu.cuMemAddressFree(r, 8 * MiB), CUDA_ERROR_INVALID_VALUE);
+    CHECK_CU(cu.cuMemAddressFree(r2, 4 * MiB), CUDA_ERROR_INVALID_VALUE);
+    CHECK_CU(cu.cuMemAddressFree(r2 + GRAN, 6 * MiB), CUDA_ERROR_INVALID_VALUE);
+    CHECK_CU(cu.cuMemFree_v2(r), CUDA_ERROR_INVALID_VALUE); /* not cuMemAlloc memory */
+
+    /* Release while mapped: the memory stays, charged and readable, until unmapped. */
+    CU_OK(cu.cuMemRelease(h));
+    CHECK_CU(cu.cuMemRelease(h), CUDA_ERROR_INVALID_VALUE);
+    CHECK_CU(cu.cuMemMap(r2, 4 * MiB, 0, h, 0), CUDA_ERROR_INVALID_VALUE);
+    CHECK_EQ_U64(free_mem(), free0 - 6 * MiB);
+    CHECK(holds(r, 4 * MiB, 44));
+    CU_OK(cu.cuMemUnmap(r, 4 * MiB));
+    CHECK_EQ_U64(free_mem(), free0 - GRAN);
+    CHECK_CU(cu.cuMemUnmap(r, 4 * MiB), CUDA_ERROR_INVALID_VALUE);
+    CU_OK(cu.cuMemRelease(h2));
+    CHECK_CU(cu.cuMemRelease(h2), CUDA_ERROR_INVALID_VALUE);
+    CHECK_EQ_U64(free_mem(), free0);
+    CU_OK(cu.cuMemAddressFree(r, 8 * MiB));
+    CHECK_CU(cu.cuMemAddressFree(r, 8 * MiB), CUDA_ERROR_INVALID_VALUE);
+    CU_OK(cu.cuMemAddressFree(r2, 8 * MiB));
+}
+
+/* Physical memory comes back once released and unmapped everywhere, in either order. */
+static void test_memory_returned(void)
+{
+    size_t free0 = free_mem();
+    CUdeviceptr a = 0, b = 0;
+    CUmemGenericAllocationHandle h = 0;
+    CU_OK(cu.cuMemAddressReserve(&a, GRAN, 0, 0, 0));
+    CU_OK(cu.cuMemAddressReserve(&b, GRAN, 0, 0, 0));
+    CU_OK(create(&h, GRAN));
+    CU_OK(cu.cuMemMap(a, GRAN, 0, h, 0));
+    CU_OK(cu.cuMemMap(b, GRAN, 0, h, 0));
+    CU_OK(cu.cuMemRelease(h));
+    CHECK_EQ_U64(free_mem(), free0 - GRAN);
+    CU_OK(cu.cuMemUnmap(a, GRAN));
+    CHECK_EQ_U64(free_mem(), free0 - GRAN);
+    CU_OK(cu.cuMemUnmap(b, GRAN));
+    CHECK_EQ_U64(free_mem(), free0);
+
+    CU_OK(create(&h, GRAN)); /* unmapped first, released last */
+    CU_OK(cu.cuMemMap(a, GRAN, 0, h, 0));
+    CU_OK(cu.cuMemUnmap(a, GRAN));
+    CHECK_EQ_U64(free_mem(), free0 - GRAN);
+    CU_OK(cu.cuMemRelease(h));
+    CHECK_EQ_U64(free_mem(), free0);
+    CU_OK(cu.cuMemAddressFree(a, GRAN));
+    CU_OK(cu.cuMemAddressFree(b, GRAN));
+}
+
+/* ---- plain device memory, capacity, configuration ------------------------------------- */
+
+static void test_mem_alloc(void)
+{
+    size_t free0 = free_mem(), f = 0, t = 0;
+    CUdeviceptr p = 0, q = 0;
+    CU_OK(cu.cuMemAlloc_v2(&p, 1000));
+    CHECK(p && p % 256 == 0);
+    CHECK_EQ_U64(free_mem(), free0 - 1024);
+    memset((void *)(uintptr_t)p, 0xab, 1000); /* accessible at once, unlike a VMM mapping */
+    CU_OK(cu.cuMemAlloc_v2(&q, 3 * MiB));
+    CHECK(q && q != p);
+    CHECK_EQ_U64(free_mem(), free0 - 1024 - 3 * MiB);
+    CHECK_CU(cu.cuMemAlloc_v2(&q, 0), CUDA_ERROR_INVALID_VALUE);
+    CHECK_CU(cu.cuMemAlloc_v2(NULL, 64), CUDA_ERROR_INVALID_VALUE);
+    CHECK_CU(cu.cuMemGetInfo_v2(NULL, &t), CUDA_ERROR_INVALID_VALUE);
+    CHECK_CU(cu.cuMemGetInfo_v2(&f, NULL), CUDA_ERROR_INVALID_VALUE);
+    CU_OK(cu.cuMemFree_v2(p));
+    CHECK_CU(cu.cuMemFree_v2(p), CUDA_ERROR_INVALID_VALUE);
+    CHECK_CU(cu.cuMemFree_v2(0), CUDA_ERROR_INVALID_VALUE);
+    CHECK_CU(cu.cuMemFree_v2(q + 256), CUDA_ERROR_INVALID_VALUE);
+    CU_OK(cu.cuMemFree_v2(q));
+    CHECK_EQ_U64(free_mem(), free0);
+}
+
+static void test_capacity(void)
+{
+    env("FAKECUDA_CAPACITY", "8M");
+    size_t f = 0, t = 0, total = 0;
+    CU_OK(cu.cuMemGetInfo_v2(&f, &t)); /* the context survived the reset */
+    CHECK_EQ_U64(f, 8 * MiB);
+    CHECK_EQ_U64(t, 8 * MiB);
+    CU_OK(cu.cuDeviceTotalMem_v2(&total, 0));
+    CHECK_EQ_U64(total, 8 * MiB);
+
+    CUmemGenericAllocationHandle h[4] = { 0 }, x = 0;
+    CUdeviceptr p = 0, q = 0;
+    for (int i = 0; i < 3; i++)
+        CU_OK(create(&h[i], GRAN));
+    CU_OK(cu.cuMemAlloc_v2(&p, MiB));
+    CHECK_CU(create(&x, GRAN), CUDA_ERROR_OUT_OF_MEMORY);
+    CHECK_CU(cu.cuMemAlloc_v2(&q, 2 * MiB), CUDA_ERROR_OUT_OF_MEMORY);
+    CHECK_EQ_U64(x, 0);
+    CHECK_EQ_U64(free_mem(), MiB);
+    CU_OK(cu.cuMemFree_v2(p));
+    CU_OK(create(&h[3], GRAN));
+    CHECK_EQ_U64(free_mem(), 0);
+    CHECK_CU(cu.cuMemAlloc_v2(&q, 1), CUDA_ERROR_OUT_OF_MEMORY);
+    for (int i = 0; i < 4; i++)
+        CU_OK(cu.cuMemRelease(h[i]));
+    CHECK_EQ_U64(free_mem(), 8 * MiB);
+    env("FAKECUDA_CAPACITY", NULL);
+}
+
+static void test_environment(void)
+{
+    int v = -1, n = -1;
+    CUdeviceptr p = 0;
+    CUmemGenericAllocationHandle h = 0;
+    size_t g = 0;
+    CUmemAllocationProp prop = prop_on(0);
+
+    /* No VMM: the attribute says so, reserve and create refuse, cuMemAlloc still works. */
+    env("FAKECUDA_NO_VMM", "1");
+    CU_OK(cu.cuDeviceGetAttribute(&v, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, 0));
+    CHECK_EQ_U64(v, 0);
+    CHECK_CU(create(&h, GRAN), CUDA_ERROR_NOT_SUPPORTED);
+    CHECK_CU(cu.cuMemAddressReserve(&p, GRAN, 0, 0, 0), CUDA_ERROR_NOT_SUPPORTED);
+    CU_OK(cu.cuMemGetAllocationGranularity(&g, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM));
+    CU_OK(cu.cuMemAlloc_v2(&p, 4096));
+    CU_OK(cu.cuMemFree_v2(p));
+    env("FAKECUDA_NO_VMM", NULL);
+
+    /* Another granularity. */
+    env("FAKECUDA_GRANULARITY", "64K");
+    CU_OK(cu.cuMemGetAllocationGranularity(&g, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM));
+    CHECK_EQ_U64(g, 64 * 1024);
+    CU_OK(create(&h, 64 * 1024));
+    CU_OK(cu.cuMemRelease(h));
+    env("FAKECUDA_GRANULARITY", NULL);
+
+    /* Two devices, each with its own context and its own capacity. */
+    env("FAKECUDA_DEVICES", "2");
+    CUcontext ctx1 = NULL;
+    CU_OK(cu.cuDeviceGetCount(&n));
+    CHECK_EQ_U64(n, 2);
+    CU_OK(cu.cuDevicePrimaryCtxRetain(&ctx1, 1));
+    CHECK(ctx1 && ctx1 != ctx0);
+    size_t free0 = free_mem();
+    CU_OK(cu.cuCtxSetCurrent(ctx1));
+    prop = prop_on(1);
+    CU_OK(cu.cuMemCreate(&h, GRAN, &prop, 0));
+    CHECK_EQ_U64(free_mem(), free0 - GRAN);
+    CU_OK(cu.cuCtxSetCurrent(ctx0));
+    CHECK_EQ_U64(free_mem(), free0);
+    CU_OK(cu.cuMemRelease(h));
+    prop = prop_on(2);
+    CHECK_CU(cu.cuMemCreate(&h, GRAN, &prop, 0), CUDA_ERROR_INVALID_DEVICE);
+    CU_OK(cu.cuDevicePrimaryCtxRelease_v2(1));
+
+    env("FAKECUDA_DEVICES", "0");
+    CHECK_CU(cu.cuInit(0), 100); /* CUDA_ERROR_NO_DEVICE */
+    CU_OK(cu.cuDeviceGetCount(&n));
+    CHECK_EQ_U64(n, 0);
+    env("FAKECUDA_DEVICES", NULL);
+
+    /* A malformed value: said on stderr, and the driver will not initialize. */
+    fprintf(stderr, "(a complaint about FAKECUDA_CAPACITY=lots is expected next)\n");
+    env("FAKECUDA_CAPACITY", "lots");
+    CHECK_CU(cu.cuInit(0), CUDA_ERROR_INVALID_VALUE);
+    CHECK_CU(cu.cuDeviceGetCount(&n), CUDA_ERROR_NOT_INITIALIZED);
+    env("FAKECUDA_CAPACITY", NULL);
+    CU_OK(cu.cuInit(0));
+    CHECK_EQ_U64(free_mem(), (size_t)1 << 30); /* the context is still retained and current */
+
+    /* A whole run under a failure, without code: FAKECUDA_FAIL. */
+    env("FAKECUDA_FAIL", "cuMemCreate:2:CUDA_ERROR_OUT_OF_MEMORY,cuMemGetInfo_v2:1:999");
+    size_t f = 7, t = 7;
+    CHECK_CU(cu.cuMemGetInfo_v2(&f, &t), 999);
+    CHECK(f == 7 && t == 7);
+    CUmemGenericAllocationHandle hs[3] = { 0 };
+    CU_OK(create(&hs[0], GRAN));
+    CHECK_CU(create(&hs[1], GRAN), CUDA_ERROR_OUT_OF_MEMORY);
+    CU_OK(create(&hs[2], GRAN));
+    CHECK_EQ_U64(hs[1], 0);
+    CHECK_EQ_U64(free_mem(), ((size_t)1 << 30) - 2 * GRAN);
+    CU_OK(cu.cuMemRelease(hs[0]));
+    CU_OK(cu.cuMemRelease(hs[2]));
+    fprintf(stderr, "(a complaint about FAKECUDA_FAIL is expected next)\n");
+    env("FAKECUDA_FAIL", "cuMemCreate:two:2");
+    CHECK_CU(cu.cuInit(0), CUDA_ERROR_INVALID_VALUE);
+    env("FAKECUDA_FAIL", NULL);
+    CU_OK(cu.cuInit(0));
+}
+
+/* ---- streams and events ------------------------------------------------------------- */
+
+static void test_events(void)
+{
+    CUevent e = NULL, e2 = NULL;
+    CHECK_CU(cu.cuEventCreate(&e, 0x80), CUDA_ERROR_INVALID_VALUE);
+    CHECK_CU(cu.cuEventCreate(NULL, 0), CUDA_ERROR_INVALID_VALUE);
+    CU_OK(cu.cuEventCreate(&e, CU_EVENT_DISABLE_TIMING));
+    CU_OK(cu.cuEventCreate(&e2, CU_EVENT_DEFAULT));
+    CU_OK(cu.cuEventQuery(e)); /* never recorded: complete */
+
+    CU_OK(cu.cuEventRecord(e, STREAM(0x10))); /* auto-complete: ordinary code never waits */
+    CU_OK(cu.cuEventQuery(e));
+
+    fc.set_auto_complete(0);
+    CU_OK(cu.cuEventRecord(e, STREAM(0x10)));
+    CU_OK(cu.cuEventRecord(e2, STREAM(0x20)));
+    CHECK_CU(cu.cuEventQuery(e), CUDA_ERROR_NOT_READY);
+    CHECK_CU(cu.cuEventQuery(e2), CUDA_ERROR_NOT_READY);
+    CU_OK(cu.cuStreamSynchronize(STREAM(0x20)));
+    CU_OK(cu.cuEventQuery(e2));
+    CHECK_CU(cu.cuEventQuery(e), CUDA_ERROR_NOT_READY); /* another stream's sync */
+    CU_OK(cu.cuStreamSynchronize(STREAM(0x10)));
+    CU_OK(cu.cuEventQuery(e));
+
+    CU_OK(cu.cuEventRecord(e, STREAM(0)));
+    CU_OK(cu.cuEventRecord(e2, STREAM(0x20)));
+    CU_OK(cu.cuCtxSynchronize());
+    CU_OK(cu.cuEventQuery(e));
+    CU_OK(cu.cuEventQuery(e2));
+
+    CU_OK(cu.cuEventRecord(e, STREAM(0x10)));
+    CU_OK(cu.cuEventRecord(e2, STREAM(0x30)));
+    fc.complete_all();
+    CU_OK(cu.cuEventQuery(e));
+    CU_OK(cu.cuEventQuery(e2));
+
+    CU_OK(cu.cuEventRecord(e, STREAM(0x10))); /* destroyed while pending: fine */
+    CU_OK(cu.cuEventDestroy_v2(e));
+    fc.set_auto_complete(1);
+    CU_OK(cu.cuEventRecord(e2, STREAM(0x30)));
+    CU_OK(cu.cuEventQuery(e2));
+    CU_OK(cu.cuEventDestroy_v2(e2));
+
+    int not_an_event;
+    CUevent bogus = (CUevent)(void *)&not_an_event;
+    CHECK_CU(cu.cuEventQuery(bogus), 400); /* CUDA_ERROR_INVALID_HANDLE */
+    CHECK_CU(cu.cuEventRecord(bogus, STREAM(0)), 400);
+    CHECK_CU(cu.cuEventDestroy_v2(bogus), 400);
+}
+
+/* ---- fault injection ---------------------------------------------------------------- */
+
+/* One client step sequence; every step that succeeded is undone, whatever failed. */
+static CUresult scripted_round(void)
+{
+    CUdeviceptr va = 0, p = 0;
+    CUmemGenericAllocationHandle h = 0;
+    CUevent e = NULL;
+    int reserved = 0, created = 0, mapped = 0, alloc = 0, event = 0;
+    CUresult r;
+    if ((r = cu.cuMemAddressReserve(&va, 4 * MiB, 0, 0, 0)) == CUDA_SUCCESS)
+        reserved = 1;
+    if (!r && (r = create(&h, GRAN)) == CUDA_SUCCESS)
+        created = 1;
+    if (!r && (r = cu.cuMemMap(va + GRAN, GRAN, 0, h, 0)) == CUDA_SUCCESS)
+        mapped = 1;
+    if (!r)
+        r = allow_rw(va + GRAN, GRAN);
+    if (!r && (r = cu.cuMemAlloc_v2(&p, 5000)) == CUDA_SUCCESS)
+        alloc = 1;
+    if (!r && (r = cu.cuEventCreate(&e, 0)) == CUDA_SUCCESS)
+        event = 1;
+    if (!r)
+        r = cu.cuEventRecord(e, STREAM(7));
+    /* Undo; a failed undo is retried, as a careful client would. */
+    for (int tries = 0; tries < 2; tries++) {
+        if (event && cu.cuEventDestroy_v2(e) == CUDA_SUCCESS)
+            event = 0;
+        if (alloc && cu.cuMemFree_v2(p) == CUDA_SUCCESS)
+            alloc = 0;
+        if (mapped && cu.cuMemUnmap(va + GRAN, GRAN) == CUDA_SUCCESS)
+            mapped = 0;
+        if (created && cu.cuMemRelease(h) == CUDA_SUCCESS)
+            created = 0;
+        if (reserved && !mapped && cu.cuMemAddressFree(va, 4 * MiB) == CUDA_SUCCESS)
+            reserved = 0;
+    }
+    return reserved || created || mapped || alloc || event ? CUDA_ERROR_UNKNOWN : r;
+}
+
+static void test_fault_injection(void)
+{
+    size_t free0 = free_mem();
+    unsigned long long creates0 = fc.calls("cuMemCreate");
+    CUmemGenericAllocationHandle h1 = 0, h2 = 0xdead, h3 = 0;
+
+    /* The 2nd next cuMemCreate fails, writes nothing and consumes no capacity. */
+    fc.fail_call("cuMemCreate", 2, CUDA_ERROR_OUT_OF_MEMORY);
+    CU_OK(create(&h1, GRAN));
+    CHECK_CU(create(&h2, GRAN), CUDA_ERROR_OUT_OF_MEMORY);
+    CHECK_EQ_U64(h2, 0xdead);
+    CHECK_EQ_U64(free_mem(), free0 - GRAN);
+    CU_OK(create(&h3, GRAN));
+    CHECK_EQ_U64(fc.calls("cuMemCreate") - creates0, 3); /* failed calls count too */
+
+    /* A failed map maps nothing; a failed release releases nothing. */
+    CUdeviceptr va = 0;
+    CU_OK(cu.cuMemAddressReserve(&va, GRAN, 0, 0, 0));
+    fc.fail_call("cuMemMap", 1, CUDA_ERROR_OUT_OF_MEMORY);
+    CHECK_CU(cu.cuMemMap(va, GRAN, 0, h1, 0), CUDA_ERROR_OUT_OF_MEMORY);
+    CHECK(strcmp(prot_at(va), "---p") == 0);
+    CHECK_CU(cu.cuMemUnmap(va, GRAN), CUDA_ERROR_INVALID_VALUE);
+    CU_OK(cu.cuMemMap(va, GRAN, 0, h1, 0));
+    CU_OK(cu.cuMemUnmap(va, GRAN));
+    CU_OK(cu.cuMemAddressFree(va, GRAN));
+    fc.fail_call("cuMemRelease", 1, 999);
+    CHECK_CU(cu.cuMemRelease(h1), 999);
+    CU_OK(cu.cuMemRelease(h1)); /* it was still live */
+    CU_OK(cu.cuMemRelease(h3));
+    CHECK_EQ_U64(free_mem(), free0);
+
+    /* "*" counts every entry point; n = 0 cancels a plan. */
+    size_t f = 7, t = 7;
+    fc.fail_call("*", 1, 999);
+    CHECK_CU(cu.cuMemGetInfo_v2(&f, &t), 999);
+    CHECK(f == 7 && t == 7);
+    fc.fail_call("cuMemCreate", 1, CUDA_ERROR_OUT_OF_MEMORY);
+    fc.fail_call("cuMemCreate", 0, CUDA_ERROR_OUT_OF_MEMORY);
+    CU_OK(create(&h1, GRAN));
+    CU_OK(cu.cuMemRelease(h1));
+    CHECK(fc.calls("*") >= fc.calls("cuMemCreate") + fc.calls("cuMemRelease"));
+    fprintf(stderr, "(a complaint about \"cuNothing\" is expected next)\n");
+    CHECK_EQ_U64(fc.calls("cuNothing"), 0);
+
+    /* SQLite's way: fail the n-th call of a client's sequence for every n; whatever
+     * failed, undoing what succeeded leaves nothing behind. The sequence makes 7 calls,
+     * then 5 to undo them. */
+    int failed_rounds = 0;
+    for (unsigned long long n = 1; n <= 16; n++) {
+        fc.fail_call("*", n, CUDA_ERROR_OUT_OF_MEMORY);
+        CUresult r = scripted_round();
+        fc.fail_call("*", 0, CUDA_ERROR_OUT_OF_MEMORY);
+        CHECK(r != CUDA_ERROR_UNKNOWN);
+        failed_rounds += r != CUDA_SUCCESS;
+        CHECK_EQ_U64(free_mem(), free0);
+    }
+    CHECK_EQ_U64(failed_rounds, 7);
+}
+
+/* ---- names -------------------------------------------------------------------------- */
+
+static void test_error_names(void)
+{
+    static const struct { CUresult code; const char *name; } want[] = {
+        { CUDA_SUCCESS, "CUDA_SUCCESS" },
+        { CUDA_ERROR_INVALID_VALUE, "CUDA_ERROR_INVALID_VALUE" },
+        { CUDA_ERROR_OUT_OF_MEMORY, "CUDA_ERROR_OUT_OF_MEMORY" },
+        { CUDA_ERROR_NOT_INITIALIZED, "CUDA_ERROR_NOT_INITIALIZED" },
+        { CUDA_ERROR_INVALID_DEVICE, "CUDA_ERROR_INVALID_DEVICE" },
+        { CUDA_ERROR_INVALID_CONTEXT, "CUDA_ERROR_INVALID_CONTEXT" },
+        { CUDA_ERROR_ALREADY_MAPPED, "CUDA_ERROR_ALREADY_MAPPED" },
+        { CUDA_ERROR_NOT_MAPPED, "CUDA_ERROR_NOT_MAPPED" },
+        { CUDA_ERROR_NOT_FOUND, "CUDA_ERROR_NOT_FOUND" },
+        { CUDA_ERROR_NOT_READY, "CUDA_ERROR_NOT_READY" },
+        { CUDA_ERROR_NOT_SUPPORTED, "CUDA_ERROR_NOT_SUPPORTED" },
+        { CUDA_ERROR_UNKNOWN, "CUDA_ERROR_UNKNOWN" },
+        { 100, "CUDA_ERROR_NO_DEVICE" },
+        { 400, "CUDA_ERROR_INVALID_HANDLE" },
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        const char *name = NULL;
+        CU_OK(cu.cuGetErrorName(want[i].code, &name));
+        CHECK(name && strcmp(name, want[i].name) == 0);
+    }
+    const char *untouched = "untouched", *name = untouched;
+    CHECK_CU(cu.cuGetErrorName(12345, &name), CUDA_ERROR_INVALID_VALUE);
+    CHECK_CU(cu.cuGetErrorName(-1, &name), CUDA_ERROR_INVALID_VALUE);
+    CHECK(name == untouched);
+    CHECK_CU(cu.cuGetErrorName(CUDA_ERROR_OUT_OF_MEMORY, NULL), CUDA_ERROR_INVALID_VALUE);
+}
+
+/* ---- threads -------------------------------------------------------------------------- */
+
+#define THREADS 4
+#define ROUNDS 100
+#define SLOTS 8
+
+typedef struct worker { int id; int errors; } worker;
+
+/* Each thread works in its own reservation: a long-lived mapping whose data must survive
+ * everyone else's traffic, and rounds of create/map/fill/check/unmap/release. */
+static void *work(void *arg)
+{
+    worker *w = arg;
+    CUdeviceptr va = 0;
+    CUmemGenericAllocationHandle keep = 0;
+#define W(expr) (w->errors += (expr) != CUDA_SUCCESS)
+    W(cu.cuCtxSetCurrent(ctx0));
+    W(cu.cuMemAddressReserve(&va, (SLOTS + 1) * GRAN, 0, 0, 0));
+    W(create(&keep, GRAN));
+    W(cu.cuMemMap(va + SLOTS * GRAN, GRAN, 0, keep, 0));
+    W(allow_rw(va + SLOTS * GRAN, GRAN));
+    if (w->errors)
+        return NULL;
+    fill(va + SLOTS * GRAN, GRAN, 1000 + (uint64_t)w->id);
+    for (int i = 0; i < ROUNDS; i++) {
+        CUmemGenericAllocationHandle h = 0;
+        CUdeviceptr at = va + (size_t)(i % SLOTS) * GRAN;
+        uint64_t seed = (uint64_t)w->id << 32 | (uint64_t)i;
+        W(create(&h, GRAN));
+        W(cu.cuMemMap(at, GRAN, 0, h, 0));
+        W(allow_rw(at, GRAN));
+        if (w->errors)
+            return NULL;
+        fill(at, 64 * 1024, seed);
+        w->errors += !holds(at, 64 * 1024, seed);
+        W(cu.cuMemUnmap(at, GRAN));
+        W(cu.cuMemRelease(h));
+        size_t f, t;
+        W(cu.cuMemGetInfo_v2(&f, &t));
+    }
+    w->errors += !holds(va + SLOTS * GRAN, GRAN, 1000 + (uint64_t)w->id);
+    W(cu.cuMemUnmap(va + SLOTS * GRAN, GRAN));
+    W(cu.cuMemRelease(keep));
+    W(cu.cuMemAddressFree(va, (SLOTS + 1) * GRAN));
+#undef W
+    return NULL;
+}
+
+static void test_threads(void)
+{
+    size_t free0 = free_mem();
+    unsigned long long creates0 = fc.calls("cuMemCreate");
+    pthread_t th[THREADS];
+    worker w[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        w[i] = (worker){ i, 0 };
+        CHECK(pthread_create(&th[i], NULL, work, &w[i]) == 0);
+    }
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(th[i], NULL);
+        CHECK_EQ_U64(w[i].errors, 0);
+    }
+    CHECK_EQ_U64(fc.calls("cuMemCreate") - creates0, THREADS * (ROUNDS + 1));
+    CHECK_EQ_U64(free_mem(), free0);
+}
+
+int main(void)
+{
+    /* The double reads its environment on first use: start from the defaults. */
+    static const char *const vars[] = { "FAKECUDA_DEVICES", "FAKECUDA_CAPACITY", "FAKECUDA_GRANULARITY",
+                                        "FAKECUDA_NO_VMM", "FAKECUDA_FAIL" };
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++)
+        unsetenv(vars[i]);
+    load();
+
+    test_init_and_contexts();
+    test_granularity();
+    test_map_and_data();
+    test_rules();
+    test_memory_returned();
+    test_mem_alloc();
+    test_capacity();
+    test_events();
+    test_fault_injection();
+    test_error_names();
+    test_threads();
+    test_environment(); /* last: it reconfigures the double */
+
+    CU_OK(cu.cuCtxSetCurrent(NULL));
+    CU_OK(cu.cuDevicePrimaryCtxRelease_v2(0));
+    fc.reset();
+    dlclose(lib);
+    return fl_test_done("test_fakecuda");
+}
