@@ -150,6 +150,22 @@ uint64_t fl_device_capacity(const fl_device *d);
 uint64_t fl_device_granularity(const fl_device *d);
 
 /* ---------------------------------------------------------------------------------
+ * The cuda device: a real GPU through the CUDA driver API (loaded with dlopen; no
+ * toolkit needed to build). Uses the calling thread's current context, else the
+ * device's primary context. Counters' time_us is measured wall time of driver calls.
+ * Not thread safe by itself (an allocator serializes its calls).
+ * --------------------------------------------------------------------------------- */
+typedef struct fl_cuda_params {
+    const char *library;          /* NULL: $FRAGLESS_CUDA_LIB or "libcuda.so.1" */
+    int device;                   /* ordinal */
+} fl_cuda_params;
+
+void fl_cuda_params_default(fl_cuda_params *p);
+/* p NULL: defaults. Missing library: FL_ERR_DEVICE; driver without a needed symbol:
+ * FL_ERR_UNSUPPORTED; no such device ordinal: FL_ERR_INVALID. */
+fl_status fl_cuda_device_create(const fl_cuda_params *p, fl_device **out);
+
+/* ---------------------------------------------------------------------------------
  * Allocators: one policy on one device. Policies: "fragless", "cca", "cca-expandable",
  * "nocache". Streams are opaque 64-bit ids (cudaStream_t); a block freed on one stream
  * is reused by another only after a synchronization (see docs/ARCHITECTURE.md).

@@ -1,0 +1,879 @@
+/* The cuda device against the driver test double (tests/fakecuda, a libcuda look-alike
+ * backed by memfd and mmap): creation, every call through the fl_dev_* wrappers, driver
+ * errors with the driver's names, the sim's rules on the real API, the policies on it,
+ * and data integrity across reclaim (device addresses are real host memory here).
+ * Skipped (77) when the double's path (FAKECUDA_PATH) is not compiled in or not loadable. */
+#include <dlfcn.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "device/cuda_api.h"
+#include "device/device.h"
+#include "policy/policy.h"
+#include "test_support.h"
+
+#define KiB (UINT64_C(1) << 10)
+#define MiB (UINT64_C(1) << 20)
+
+/* The double's path; "" when it was not built (the test then skips). */
+#ifdef FAKECUDA_PATH
+static const char fake_path[] = FAKECUDA_PATH;
+#else
+static const char fake_path[] = "";
+#endif
+
+/* ---- the double, resolved the way the device resolves the driver -------------------- */
+
+/* The driver's entry points (to look behind the device) and the double's controls. */
+static struct {
+#define FAKE_POINTER(name, params) CUresult (*name) params;
+    FL_CUDA_FUNCTIONS(FAKE_POINTER)
+#undef FAKE_POINTER
+    unsigned long long (*fakecuda_calls)(const char *fn);
+    void (*fakecuda_fail_call)(const char *fn, unsigned long long n, CUresult err);
+} fake;
+
+static void resolve(void *lib, const char *name, void *slot)
+{
+    void *p = dlsym(lib, name);
+    if (!p) {
+        fprintf(stderr, "%s has no symbol %s\n", fake_path, name);
+        exit(1);
+    }
+    memcpy(slot, &p, sizeof p); /* object to function pointer, as ISO C allows it */
+}
+
+/* Loads the double into this process and keeps it there, so its state (counters)
+ * outlives each device made on it. */
+static void load_fake(void)
+{
+    void *lib = dlopen(fake_path, RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+        fprintf(stderr, "cannot load %s: %s\n", fake_path, dlerror());
+        exit(1);
+    }
+#define FAKE_RESOLVE(name, params) resolve(lib, #name, &fake.name);
+    FL_CUDA_FUNCTIONS(FAKE_RESOLVE)
+#undef FAKE_RESOLVE
+    resolve(lib, "fakecuda_calls", &fake.fakecuda_calls);
+    resolve(lib, "fakecuda_fail_call", &fake.fakecuda_fail_call);
+}
+
+static CUcontext current_ctx(void)
+{
+    CUcontext c = NULL;
+    fake.cuCtxGetCurrent(&c);
+    return c;
+}
+
+/* ---- helpers ------------------------------------------------------------------------ */
+
+static fl_device *make_dev(void)
+{
+    fl_cuda_params p;
+    fl_cuda_params_default(&p);
+    p.library = fake_path;
+    fl_device *d = NULL;
+    CHECK_OK(fl_cuda_device_create(&p, &d));
+    if (!d) {
+        fprintf(stderr, "cannot create a cuda device on the double: %s\n", fl_last_error());
+        exit(1);
+    }
+    return d;
+}
+
+static void check_mentions(const char *what, int line)
+{
+    fl_test_checks++;
+    if (strstr(fl_last_error(), what) == NULL) {
+        fl_test_failures++;
+        fprintf(stderr, "%s:%d: message \"%s\" does not mention \"%s\"\n", __FILE__, line, fl_last_error(), what);
+    }
+}
+#define CHECK_MENTIONS(what) check_mentions(what, __LINE__)
+
+/* A refused call: its status, a message naming `mention` (if given), one more failed call
+ * of its kind, memory in use unchanged. */
+#define EXPECT_REFUSED(d, kind, want, mention, expr)                                    \
+    do {                                                                                \
+        const char *m_ = (mention);                                                     \
+        fl_device_counters cb_ = counters(d);                                           \
+        fl_clear_error();                                                               \
+        CHECK_STATUS(expr, want);                                                       \
+        fl_device_counters ca_ = counters(d);                                           \
+        CHECK(fl_last_error()[0] != 0);                                                 \
+        if (m_)                                                                         \
+            check_mentions(m_, __LINE__);                                               \
+        CHECK_EQ_U64(ca_.failed_calls, cb_.failed_calls + 1);                           \
+        CHECK_EQ_U64(ca_.calls[kind], cb_.calls[kind] + 1);                             \
+        CHECK_EQ_U64(ca_.in_use, cb_.in_use);                                           \
+    } while (0)
+
+static const char *hex(uint64_t x)
+{
+    static char buf[4][32];
+    static int k;
+    k = (k + 1) % 4;
+    snprintf(buf[k], sizeof buf[k], "0x%llx", (unsigned long long)x);
+    return buf[k];
+}
+
+/* Patterns: word i of block k. Device addresses are host addresses in the double. */
+static uint64_t pattern(uint64_t k, uint64_t i)
+{
+    return (k + 1) * UINT64_C(0x9e3779b97f4a7c15) ^ (i * UINT64_C(0xd1b54a32d192ed03));
+}
+/* Blocks may start anywhere (stamps at a block's end do), so words go through memcpy. */
+static void fill(uint64_t addr, uint64_t size, uint64_t k)
+{
+    unsigned char *p = (unsigned char *)(uintptr_t)addr;
+    uint64_t i = 0;
+    for (uint64_t w; i + 8 <= size; i += 8) {
+        w = pattern(k, i / 8);
+        memcpy(p + i, &w, 8);
+    }
+    for (; i < size; i++)
+        p[i] = (unsigned char)(k ^ i);
+}
+/* Offset of the first 8 bytes that differ, or UINT64_MAX when intact. */
+static uint64_t verify(uint64_t addr, uint64_t size, uint64_t k)
+{
+    const unsigned char *p = (const unsigned char *)(uintptr_t)addr;
+    uint64_t i = 0;
+    for (uint64_t w; i + 8 <= size; i += 8) {
+        w = pattern(k, i / 8);
+        if (memcmp(p + i, &w, 8) != 0)
+            return i;
+    }
+    for (; i < size; i++)
+        if (p[i] != (unsigned char)(k ^ i))
+            return i & ~UINT64_C(7);
+    return UINT64_MAX;
+}
+
+/* ---- creation ----------------------------------------------------------------------- */
+
+static void test_create(void)
+{
+    fl_device *d = make_dev();
+    size_t total = 0, gran = 0;
+    fake.cuDeviceTotalMem_v2(&total, 0);
+    CUmemAllocationProp prop;
+    memset(&prop, 0, sizeof prop);
+    prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    fake.cuMemGetAllocationGranularity(&gran, &prop, CU_MEM_ALLOC_GRANULARITY_RECOMMENDED);
+    CHECK_EQ_U64(fl_device_capacity(d), 64 * MiB); /* FAKECUDA_CAPACITY of this case */
+    CHECK_EQ_U64(fl_device_capacity(d), total);
+    CHECK_EQ_U64(fl_device_granularity(d), gran);
+    CHECK_EQ_U64(fl_device_granularity(d), 2 * MiB);
+    CHECK(d->vmm_supported == 1);
+    CHECK(strcmp(d->ops->name, "cuda") == 0);
+    fl_device_counters c = counters(d), zero;
+    memset(&zero, 0, sizeof zero);
+    CHECK(memcmp(&c, &zero, sizeof c) == 0); /* opening is not the policies' device time */
+    /* Nothing was current: the device retained the primary context and made it current. */
+    CUcontext ours = current_ctx();
+    CHECK(ours != NULL);
+    fl_device_destroy(d);
+    CHECK(current_ctx() == NULL); /* and left the thread as it found it */
+    CHECK_EQ_U64(fake.fakecuda_calls("cuDevicePrimaryCtxRelease_v2"), 1);
+
+    /* A context already current is used as it is, and not released at destroy. */
+    CUcontext mine = NULL;
+    CHECK(fake.cuDevicePrimaryCtxRetain(&mine, 0) == CUDA_SUCCESS);
+    CHECK(fake.cuCtxSetCurrent(mine) == CUDA_SUCCESS);
+    unsigned long long retains = fake.fakecuda_calls("cuDevicePrimaryCtxRetain");
+    d = make_dev();
+    CHECK_EQ_U64(fake.fakecuda_calls("cuDevicePrimaryCtxRetain"), retains);
+    fl_device_destroy(d);
+    CHECK(current_ctx() == mine);
+    CHECK_EQ_U64(fake.fakecuda_calls("cuDevicePrimaryCtxRelease_v2"), 1);
+    CHECK(fake.cuCtxSetCurrent(NULL) == CUDA_SUCCESS);
+    CHECK(fake.cuDevicePrimaryCtxRelease_v2(0) == CUDA_SUCCESS);
+
+    /* NULL params: the library comes from $FRAGLESS_CUDA_LIB. */
+    setenv("FRAGLESS_CUDA_LIB", fake_path, 1);
+    d = NULL;
+    CHECK_OK(fl_cuda_device_create(NULL, &d));
+    fl_device_destroy(d);
+    unsetenv("FRAGLESS_CUDA_LIB");
+
+    /* A library that is not there, one that is not a driver, a device that is not there. */
+    fl_cuda_params p;
+    fl_cuda_params_default(&p);
+    CHECK(p.library == NULL && p.device == 0);
+    p.library = "/nonexistent/libcuda-for-fragless-tests.so.1";
+    d = (fl_device *)&p; /* a failure must clear it */
+    CHECK_STATUS(fl_cuda_device_create(&p, &d), FL_ERR_DEVICE);
+    CHECK(d == NULL);
+    CHECK_MENTIONS("/nonexistent/libcuda-for-fragless-tests.so.1");
+    p.library = "libc.so.6";
+    CHECK_STATUS(fl_cuda_device_create(&p, &d), FL_ERR_UNSUPPORTED);
+    CHECK_MENTIONS("cuInit");
+    p.library = fake_path;
+    p.device = 1;
+    CHECK_STATUS(fl_cuda_device_create(&p, &d), FL_ERR_INVALID);
+    CHECK_MENTIONS("no device 1");
+    CHECK_MENTIONS("1 device");
+    p.device = -1;
+    CHECK_STATUS(fl_cuda_device_create(&p, &d), FL_ERR_INVALID);
+    CHECK(d == NULL);
+    /* A driver failing while opening: the message names the call and the driver's error. */
+    p.device = 0;
+    fake.fakecuda_fail_call("cuDeviceTotalMem_v2", 1, CUDA_ERROR_UNKNOWN);
+    CHECK_STATUS(fl_cuda_device_create(&p, &d), FL_ERR_DEVICE);
+    CHECK_MENTIONS("cuDeviceTotalMem_v2(device 0): CUDA_ERROR_UNKNOWN (999)");
+    CHECK(d == NULL);
+    /* RECOMMENDED granularity refused: MINIMUM is the fallback. */
+    unsigned long long queries = fake.fakecuda_calls("cuMemGetAllocationGranularity");
+    fake.fakecuda_fail_call("cuMemGetAllocationGranularity", 1, CUDA_ERROR_INVALID_VALUE);
+    CHECK_OK(fl_cuda_device_create(&p, &d));
+    CHECK_EQ_U64(fake.fakecuda_calls("cuMemGetAllocationGranularity"), queries + 2);
+    CHECK(d && fl_device_granularity(d) == 2 * MiB);
+    fl_device_destroy(d);
+}
+
+/* FAKECUDA_NO_VMM: the virtual memory calls are refused before reaching the driver, the
+ * cudaMalloc path works, fragless refuses the device and says which policy to use. */
+static void test_no_vmm(void)
+{
+    fl_device *d = make_dev();
+    CHECK(d->vmm_supported == 0);
+    uint64_t va, h, a;
+    EXPECT_REFUSED(d, FL_CALL_RESERVE, FL_ERR_UNSUPPORTED, "policy:cca", fl_dev_reserve(d, 2 * MiB, &va));
+    EXPECT_REFUSED(d, FL_CALL_CREATE, FL_ERR_UNSUPPORTED, "cuMemCreate", fl_dev_create(d, 2 * MiB, &h));
+    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_UNSUPPORTED, NULL, fl_dev_map(d, 64 * MiB, 2 * MiB, 1));
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_UNSUPPORTED, NULL, fl_dev_unmap(d, 64 * MiB, 2 * MiB));
+    EXPECT_REFUSED(d, FL_CALL_SET_ACCESS, FL_ERR_UNSUPPORTED, NULL, fl_dev_set_access(d, 64 * MiB, 2 * MiB));
+    CHECK_EQ_U64(fake.fakecuda_calls("cuMemCreate") + fake.fakecuda_calls("cuMemAddressReserve"), 0);
+    CHECK_OK(fl_dev_mem_alloc(d, 5 * MiB, &a));
+    CHECK_EQ_U64(in_use(d), 5 * MiB);
+    CHECK_OK(fl_dev_mem_free(d, a));
+    CHECK_EQ_U64(in_use(d), 0);
+
+    fl_config cfg;
+    fl_config_default(&cfg);
+    fl_policy *p = NULL;
+    CHECK_STATUS(fl_policy_create(&cfg, d, &p), FL_ERR_UNSUPPORTED);
+    CHECK_MENTIONS("cca");
+    snprintf(cfg.policy, sizeof cfg.policy, "cca");
+    CHECK_OK(fl_policy_create(&cfg, d, &p));
+    if (p) {
+        uint64_t x;
+        CHECK_OK(p->ops->alloc(p, 3 * MiB, 0, &x));
+        fill(x, 3 * MiB, 7);
+        CHECK(verify(x, 3 * MiB, 7) == UINT64_MAX);
+        CHECK_OK(p->ops->free(p, x));
+        p->ops->destroy(p);
+    }
+    CHECK_EQ_U64(in_use(d), 0);
+    fl_device_destroy(d);
+}
+
+/* ---- every call, with counters ------------------------------------------------------ */
+
+static void test_ops(void)
+{
+    fl_device *d = make_dev();
+    const uint64_t G = fl_device_granularity(d);
+    uint64_t a, b, va, h1, h2;
+
+    /* cudaMalloc path: charged in 512 B steps. */
+    CHECK_OK(fl_dev_mem_alloc(d, 1000, &a));
+    CHECK_EQ_U64(in_use(d), 1024);
+    CHECK_OK(fl_dev_mem_alloc(d, 3 * MiB, &b));
+    CHECK_EQ_U64(in_use(d), 1024 + 3 * MiB);
+    fill(b, 3 * MiB, 1);
+    CHECK(verify(b, 3 * MiB, 1) == UINT64_MAX);
+    CHECK_OK(fl_dev_mem_free(d, a));
+    CHECK_OK(fl_dev_mem_free(d, b));
+    CHECK_EQ_U64(in_use(d), 0);
+    CHECK_EQ_U64(counters(d).peak_in_use, 1024 + 3 * MiB);
+    CHECK_EQ_U64(fake.fakecuda_calls("cuMemAlloc_v2"), 2);
+    CHECK_EQ_U64(fake.fakecuda_calls("cuMemFree_v2"), 2);
+
+    /* Virtual memory path. */
+    CHECK_OK(fl_dev_reserve(d, 8 * G, &va));
+    CHECK(va != 0 && va % G == 0);
+    CHECK_OK(fl_dev_create(d, G, &h1));
+    CHECK_OK(fl_dev_create(d, 2 * G, &h2));
+    CHECK(h1 != h2);
+    CHECK_EQ_U64(in_use(d), 3 * G);
+    CHECK_OK(fl_dev_map(d, va, G, h1));
+    CHECK_OK(fl_dev_map(d, va + G, 2 * G, h2));
+    CHECK_OK(fl_dev_set_access(d, va, 3 * G)); /* across two mappings */
+    CHECK_EQ_U64(fake.fakecuda_calls("cuMemSetAccess"), 1);
+    fill(va, 3 * G, 2);
+    CHECK_OK(fl_dev_synchronize(d));
+    CHECK_EQ_U64(fake.fakecuda_calls("cuCtxSynchronize"), 1);
+    /* Two whole mappings in one unmap: one driver call per mapping. */
+    CHECK_OK(fl_dev_unmap(d, va, 3 * G));
+    CHECK_EQ_U64(calls(d, FL_CALL_UNMAP), 1);
+    CHECK_EQ_U64(fake.fakecuda_calls("cuMemUnmap"), 2);
+    CHECK_EQ_U64(in_use(d), 3 * G);
+    /* The data lives in the handle: mapped elsewhere (in reverse order), it is there. */
+    CHECK_OK(fl_dev_map(d, va + 4 * G, 2 * G, h2));
+    CHECK_OK(fl_dev_map(d, va + 6 * G, G, h1));
+    CHECK_OK(fl_dev_set_access(d, va + 4 * G, 3 * G));
+    CHECK(verify(va + 6 * G, G, 2) == UINT64_MAX);
+    {
+        /* h2 held words G/8 .. 3G/8 of pattern 2. */
+        const uint64_t *w = (const uint64_t *)(uintptr_t)(va + 4 * G);
+        int ok = 1;
+        for (uint64_t i = 0; i < 2 * G / 8 && ok; i++)
+            ok = w[i] == pattern(2, G / 8 + i);
+        CHECK(ok);
+    }
+    /* Released while mapped: the memory stays until the last mapping goes. */
+    CHECK_OK(fl_dev_release(d, h1));
+    CHECK_EQ_U64(in_use(d), 3 * G);
+    EXPECT_REFUSED(d, FL_CALL_RELEASE, FL_ERR_INVALID, hex(h1), fl_dev_release(d, h1));
+    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fl_dev_map(d, va, G, h1));
+    CHECK_OK(fl_dev_unmap(d, va + 6 * G, G));
+    CHECK_EQ_U64(in_use(d), 2 * G);
+    /* One handle mapped twice: held until both mappings are gone. */
+    CHECK_OK(fl_dev_map(d, va, 2 * G, h2));
+    CHECK_OK(fl_dev_release(d, h2));
+    CHECK_EQ_U64(in_use(d), 2 * G);
+    CHECK_OK(fl_dev_unmap(d, va + 4 * G, 2 * G));
+    CHECK_EQ_U64(in_use(d), 2 * G);
+    CHECK_OK(fl_dev_unmap(d, va, 2 * G));
+    CHECK_EQ_U64(in_use(d), 0);
+    CHECK_OK(fl_dev_addr_free(d, va, 8 * G));
+    CHECK_EQ_U64(counters(d).peak_in_use, 3 * G);
+
+    /* Per kind, in fl_call order: mem_alloc, mem_free, reserve, addr_free, create,
+     * release, map, unmap, set_access, sync. */
+    const uint64_t want[FL_CALL_COUNT] = {2, 2, 1, 1, 2, 3, 6, 4, 2, 1};
+    fl_device_counters c = counters(d);
+    for (int i = 0; i < FL_CALL_COUNT; i++)
+        CHECK_EQ_U64(c.calls[i], want[i]);
+    CHECK_EQ_U64(c.failed_calls, 2);
+    CHECK(c.time_us > 0); /* measured: some time passed in the driver */
+    fl_device_destroy(d);
+}
+
+/* Calls from a thread that has no current context: the device makes its own current. */
+static void *other_thread(void *arg)
+{
+    fl_device *d = arg;
+    uint64_t a = 0;
+    CHECK(current_ctx() == NULL);
+    CHECK_OK(fl_dev_mem_alloc(d, 4096, &a));
+    CHECK(current_ctx() != NULL);
+    CHECK_OK(fl_dev_mem_free(d, a));
+    return NULL;
+}
+
+static void test_threads(void)
+{
+    fl_device *d = make_dev();
+    CUcontext ours = current_ctx();
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, other_thread, d) == 0);
+    pthread_join(t, NULL);
+    /* A thread whose context was unset meanwhile gets ours back for the next call. */
+    CHECK(fake.cuCtxSetCurrent(NULL) == CUDA_SUCCESS);
+    CHECK_OK(fl_dev_synchronize(d));
+    CHECK(current_ctx() == ours);
+    fl_device_destroy(d);
+}
+
+/* ---- driver errors ------------------------------------------------------------------ */
+
+static void test_errors(void)
+{
+    fl_device *d = make_dev();
+    const uint64_t G = fl_device_granularity(d);
+    uint64_t va, h, a;
+    char want[160];
+
+    /* The driver's verdicts, with its names for them. */
+    snprintf(want, sizeof want, "cuda cuMemCreate(%llu bytes, device 0): CUDA_ERROR_INVALID_VALUE (1)",
+             (unsigned long long)(G / 2));
+    EXPECT_REFUSED(d, FL_CALL_CREATE, FL_ERR_INVALID, want, fl_dev_create(d, G / 2, &h));
+    snprintf(want, sizeof want, "cuda cuMemCreate(%llu bytes, device 0): CUDA_ERROR_OUT_OF_MEMORY (2)",
+             (unsigned long long)(64 * MiB + G));
+    EXPECT_REFUSED(d, FL_CALL_CREATE, FL_ERR_OOM, want, fl_dev_create(d, 64 * MiB + G, &h));
+    EXPECT_REFUSED(d, FL_CALL_MEM_ALLOC, FL_ERR_OOM, "cuMemAlloc_v2(67108865 bytes): CUDA_ERROR_OUT_OF_MEMORY",
+                   fl_dev_mem_alloc(d, 64 * MiB + 1, &a));
+    EXPECT_REFUSED(d, FL_CALL_MEM_ALLOC, FL_ERR_INVALID, "CUDA_ERROR_INVALID_VALUE", fl_dev_mem_alloc(d, 0, &a));
+    EXPECT_REFUSED(d, FL_CALL_RESERVE, FL_ERR_INVALID, "cuMemAddressReserve", fl_dev_reserve(d, G + 512, &va));
+
+    /* Injected failures: each CUresult class, on each call. */
+    struct {
+        const char *fn;
+        CUresult err;
+        fl_status want;
+        const char *name;
+    } cases[] = {
+        {"cuMemCreate", CUDA_ERROR_NOT_SUPPORTED, FL_ERR_UNSUPPORTED, "cuMemCreate(2097152 bytes, device 0): CUDA_ERROR_NOT_SUPPORTED (801)"},
+        {"cuMemCreate", CUDA_ERROR_UNKNOWN, FL_ERR_DEVICE, "CUDA_ERROR_UNKNOWN (999)"},
+        {"cuMemCreate", CUDA_ERROR_OUT_OF_MEMORY, FL_ERR_OOM, "CUDA_ERROR_OUT_OF_MEMORY (2)"},
+        {"cuMemAddressReserve", CUDA_ERROR_OUT_OF_MEMORY, FL_ERR_OOM, "cuMemAddressReserve"},
+        {"cuMemAlloc_v2", CUDA_ERROR_INVALID_CONTEXT, FL_ERR_DEVICE, "CUDA_ERROR_INVALID_CONTEXT (201)"},
+        {"cuCtxGetCurrent", CUDA_ERROR_NOT_INITIALIZED, FL_ERR_DEVICE, "cuCtxGetCurrent(): CUDA_ERROR_NOT_INITIALIZED (3)"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        fake.fakecuda_fail_call(cases[i].fn, 1, cases[i].err);
+        if (strcmp(cases[i].fn, "cuMemAddressReserve") == 0)
+            EXPECT_REFUSED(d, FL_CALL_RESERVE, cases[i].want, cases[i].name, fl_dev_reserve(d, G, &va));
+        else if (strcmp(cases[i].fn, "cuMemAlloc_v2") == 0)
+            EXPECT_REFUSED(d, FL_CALL_MEM_ALLOC, cases[i].want, cases[i].name, fl_dev_mem_alloc(d, 512, &a));
+        else
+            EXPECT_REFUSED(d, FL_CALL_CREATE, cases[i].want, cases[i].name, fl_dev_create(d, G, &h));
+    }
+    /* A code the driver has no name for. */
+    fake.fakecuda_fail_call("cuCtxSynchronize", 1, 12345);
+    EXPECT_REFUSED(d, FL_CALL_SYNC, FL_ERR_DEVICE, "(12345)", fl_dev_synchronize(d));
+
+    /* Failures on the way back: the state stays as the driver left it. */
+    CHECK_OK(fl_dev_reserve(d, 4 * G, &va));
+    CHECK_OK(fl_dev_create(d, G, &h));
+    fake.fakecuda_fail_call("cuMemMap", 1, CUDA_ERROR_OUT_OF_MEMORY);
+    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_OOM, "cuMemMap", fl_dev_map(d, va, G, h));
+    CHECK_OK(fl_dev_map(d, va, G, h));
+    fake.fakecuda_fail_call("cuMemSetAccess", 1, CUDA_ERROR_UNKNOWN);
+    EXPECT_REFUSED(d, FL_CALL_SET_ACCESS, FL_ERR_DEVICE, "cuMemSetAccess", fl_dev_set_access(d, va, G));
+    fake.fakecuda_fail_call("cuMemUnmap", 1, CUDA_ERROR_UNKNOWN);
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_DEVICE, "cuMemUnmap", fl_dev_unmap(d, va, G));
+    fake.fakecuda_fail_call("cuMemRelease", 1, CUDA_ERROR_UNKNOWN);
+    EXPECT_REFUSED(d, FL_CALL_RELEASE, FL_ERR_DEVICE, "cuMemRelease", fl_dev_release(d, h));
+    CHECK_OK(fl_dev_unmap(d, va, G));
+    CHECK_OK(fl_dev_release(d, h));
+    fake.fakecuda_fail_call("cuMemAddressFree", 1, CUDA_ERROR_UNKNOWN);
+    EXPECT_REFUSED(d, FL_CALL_ADDR_FREE, FL_ERR_DEVICE, "cuMemAddressFree", fl_dev_addr_free(d, va, 4 * G));
+    /* Two mappings in one unmap, the second refused: the first is gone and accounted. */
+    uint64_t h2;
+    CHECK_OK(fl_dev_create(d, G, &h));
+    CHECK_OK(fl_dev_create(d, G, &h2));
+    CHECK_OK(fl_dev_map(d, va, G, h));
+    CHECK_OK(fl_dev_map(d, va + G, G, h2));
+    CHECK_OK(fl_dev_release(d, h));
+    CHECK_OK(fl_dev_release(d, h2));
+    fake.fakecuda_fail_call("cuMemUnmap", 2, CUDA_ERROR_UNKNOWN);
+    CHECK_STATUS(fl_dev_unmap(d, va, 2 * G), FL_ERR_DEVICE);
+    CHECK_MENTIONS(hex(va + G));
+    CHECK_EQ_U64(in_use(d), G);
+    CHECK_STATUS(fl_dev_unmap(d, va, G), FL_ERR_INVALID);
+    CHECK_OK(fl_dev_unmap(d, va + G, G));
+    CHECK_EQ_U64(in_use(d), 0);
+    CHECK_OK(fl_dev_addr_free(d, va, 4 * G));
+
+    CHECK_OK(fl_dev_mem_alloc(d, 512, &a));
+    fake.fakecuda_fail_call("cuMemFree_v2", 1, CUDA_ERROR_UNKNOWN);
+    EXPECT_REFUSED(d, FL_CALL_MEM_FREE, FL_ERR_DEVICE, "cuMemFree_v2", fl_dev_mem_free(d, a));
+    CHECK_OK(fl_dev_mem_free(d, a));
+    CHECK_EQ_U64(in_use(d), 0);
+    fl_device_destroy(d);
+}
+
+/* Left behind by its user: destroy gives everything back to the driver. */
+static void test_leftovers(void)
+{
+    fl_device *d = make_dev();
+    const uint64_t G = fl_device_granularity(d);
+    uint64_t va, h, h2, a;
+    CHECK_OK(fl_dev_reserve(d, 4 * G, &va));
+    CHECK_OK(fl_dev_create(d, G, &h));
+    CHECK_OK(fl_dev_create(d, G, &h2));
+    CHECK_OK(fl_dev_map(d, va, G, h));
+    CHECK_OK(fl_dev_map(d, va + G, G, h2));
+    CHECK_OK(fl_dev_release(d, h2));
+    CHECK_OK(fl_dev_mem_alloc(d, 5000, &a));
+    fl_device_destroy(d);
+    CHECK_EQ_U64(fake.fakecuda_calls("cuMemUnmap"), 2);
+    CHECK_EQ_U64(fake.fakecuda_calls("cuMemRelease"), 2);
+    CHECK_EQ_U64(fake.fakecuda_calls("cuMemAddressFree"), 1);
+    CHECK_EQ_U64(fake.fakecuda_calls("cuMemFree_v2"), 1);
+    /* The double has its whole capacity again. */
+    d = make_dev();
+    CHECK_OK(fl_dev_create(d, fl_device_capacity(d), &h));
+    CHECK_OK(fl_dev_release(d, h));
+    fl_device_destroy(d);
+}
+
+/* ---- the sim's rules, on the real API ----------------------------------------------- */
+
+/* The rules sim.c enforces (test_sim.c), here enforced by the device and the driver
+ * together: whichever refuses, the call fails with FL_ERR_INVALID and changes nothing. */
+static void test_rules(void)
+{
+    fl_device *d = make_dev();
+    const uint64_t G = fl_device_granularity(d);
+    uint64_t va, other, h1, h2, h4, hx;
+    CHECK_OK(fl_dev_reserve(d, 8 * G, &va));
+    CHECK_OK(fl_dev_reserve(d, 8 * G, &other));
+    CHECK_OK(fl_dev_create(d, G, &h1));
+    CHECK_OK(fl_dev_create(d, 2 * G, &h2));
+    CHECK_OK(fl_dev_create(d, G, &hx));
+    CHECK_OK(fl_dev_create(d, 4 * G, &h4));
+
+    /* Unaligned addresses and sizes. */
+    EXPECT_REFUSED(d, FL_CALL_RESERVE, FL_ERR_INVALID, NULL, fl_dev_reserve(d, 0, &other));
+    EXPECT_REFUSED(d, FL_CALL_CREATE, FL_ERR_INVALID, NULL, fl_dev_create(d, 0, &hx));
+    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, hex(va + 4096), fl_dev_map(d, va + 4096, G, h1));
+    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fl_dev_map(d, va, G + 4096, h1));
+    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fl_dev_map(d, va, 0, h1));
+    CHECK_OK(fl_dev_map(d, va, G, h1));
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, NULL, fl_dev_unmap(d, va + 512, G));
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, NULL, fl_dev_unmap(d, va, G - 512));
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, NULL, fl_dev_unmap(d, va, 0));
+    EXPECT_REFUSED(d, FL_CALL_SET_ACCESS, FL_ERR_INVALID, NULL, fl_dev_set_access(d, va + 512, G));
+    EXPECT_REFUSED(d, FL_CALL_SET_ACCESS, FL_ERR_INVALID, NULL, fl_dev_set_access(d, va, 512));
+
+    /* Outside a reservation; over a mapping; a handle of another size, unknown, 0. */
+    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fl_dev_map(d, va - G, G, hx));
+    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fl_dev_map(d, va + 7 * G, 2 * G, h2));
+    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fl_dev_map(d, UINT64_C(1) << 46, G, hx));
+    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fl_dev_map(d, va, G, hx));
+    CHECK_OK(fl_dev_map(d, va + 2 * G, G, hx));
+    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fl_dev_map(d, va + G, 2 * G, h2));
+    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fl_dev_map(d, va + 4 * G, G, h2));
+    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fl_dev_map(d, va + 4 * G, 2 * G, h1));
+    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fl_dev_map(d, va + 4 * G, G, 9999));
+    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fl_dev_map(d, va + 4 * G, G, 0));
+
+    /* Partial unmaps, holes, other reservations. */
+    CHECK_OK(fl_dev_map(d, va + 4 * G, 4 * G, h4));
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, NULL, fl_dev_unmap(d, va + 4 * G, G));
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, NULL, fl_dev_unmap(d, va + 4 * G, 3 * G));
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, hex(va + 5 * G), fl_dev_unmap(d, va + 5 * G, 3 * G));
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, hex(va + G), fl_dev_unmap(d, va + G, G));
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, hex(va + G), fl_dev_unmap(d, va, 2 * G));
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, NULL, fl_dev_unmap(d, va + 4 * G, 5 * G));
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, NULL, fl_dev_unmap(d, other, G));
+    CHECK_EQ_U64(fake.fakecuda_calls("cuMemUnmap"), 0); /* refused before any unmapping */
+    /* set_access needs every page mapped. */
+    EXPECT_REFUSED(d, FL_CALL_SET_ACCESS, FL_ERR_INVALID, NULL, fl_dev_set_access(d, va + G, G));
+    EXPECT_REFUSED(d, FL_CALL_SET_ACCESS, FL_ERR_INVALID, NULL, fl_dev_set_access(d, va, 3 * G));
+    EXPECT_REFUSED(d, FL_CALL_SET_ACCESS, FL_ERR_INVALID, NULL, fl_dev_set_access(d, other, G));
+    CHECK_OK(fl_dev_set_access(d, va + 4 * G, 4 * G));
+    /* addr_free of a range still mapped, of a part, of the wrong size, of nothing. */
+    EXPECT_REFUSED(d, FL_CALL_ADDR_FREE, FL_ERR_INVALID, "still mapped", fl_dev_addr_free(d, va, 8 * G));
+    EXPECT_REFUSED(d, FL_CALL_ADDR_FREE, FL_ERR_INVALID, NULL, fl_dev_addr_free(d, other + G, 7 * G));
+    EXPECT_REFUSED(d, FL_CALL_ADDR_FREE, FL_ERR_INVALID, NULL, fl_dev_addr_free(d, other, 4 * G));
+    EXPECT_REFUSED(d, FL_CALL_ADDR_FREE, FL_ERR_INVALID, NULL, fl_dev_addr_free(d, 0, G));
+    /* Ranges that wrap past 2^64. */
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, NULL, fl_dev_unmap(d, va, 0 - va));
+    EXPECT_REFUSED(d, FL_CALL_SET_ACCESS, FL_ERR_INVALID, NULL, fl_dev_set_access(d, va, 0 - va));
+    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fl_dev_map(d, va + 3 * G, 0 - va, h1));
+    /* mem_free of what mem_alloc never returned (a reservation, an inner address). */
+    EXPECT_REFUSED(d, FL_CALL_MEM_FREE, FL_ERR_INVALID, hex(va), fl_dev_mem_free(d, va));
+    uint64_t a;
+    CHECK_OK(fl_dev_mem_alloc(d, 4 * KiB, &a));
+    EXPECT_REFUSED(d, FL_CALL_MEM_FREE, FL_ERR_INVALID, hex(a + 512), fl_dev_mem_free(d, a + 512));
+    CHECK_OK(fl_dev_mem_free(d, a));
+    EXPECT_REFUSED(d, FL_CALL_MEM_FREE, FL_ERR_INVALID, hex(a), fl_dev_mem_free(d, a));
+
+    /* The refusals changed nothing. */
+    CHECK_OK(fl_dev_unmap(d, va + 4 * G, 4 * G));
+    CHECK_OK(fl_dev_map(d, va + 3 * G, 4 * G, h4));
+    CHECK_OK(fl_dev_unmap(d, va + 2 * G, 5 * G));
+    CHECK_OK(fl_dev_unmap(d, va, G));
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, hex(va), fl_dev_unmap(d, va, G));
+    CHECK_OK(fl_dev_release(d, h1));
+    EXPECT_REFUSED(d, FL_CALL_RELEASE, FL_ERR_INVALID, NULL, fl_dev_release(d, h1));
+    EXPECT_REFUSED(d, FL_CALL_RELEASE, FL_ERR_INVALID, NULL, fl_dev_release(d, 0));
+    EXPECT_REFUSED(d, FL_CALL_RELEASE, FL_ERR_INVALID, NULL, fl_dev_release(d, 12345));
+    CHECK_OK(fl_dev_release(d, h2));
+    CHECK_OK(fl_dev_release(d, hx));
+    CHECK_OK(fl_dev_release(d, h4));
+    CHECK_EQ_U64(in_use(d), 0);
+    CHECK_OK(fl_dev_addr_free(d, va, 8 * G));
+    CHECK_OK(fl_dev_addr_free(d, other, 8 * G));
+    EXPECT_REFUSED(d, FL_CALL_ADDR_FREE, FL_ERR_INVALID, NULL, fl_dev_addr_free(d, va, 8 * G));
+    fl_device_destroy(d);
+}
+
+static void test_capacity(void)
+{
+    fl_device *d = make_dev();
+    const uint64_t G = fl_device_granularity(d), cap = fl_device_capacity(d);
+    uint64_t h1, h2, h3, a;
+    CHECK_OK(fl_dev_create(d, cap - G, &h1));
+    EXPECT_REFUSED(d, FL_CALL_CREATE, FL_ERR_OOM, "CUDA_ERROR_OUT_OF_MEMORY", fl_dev_create(d, 2 * G, &h2));
+    CHECK_OK(fl_dev_create(d, G, &h2)); /* exactly full */
+    CHECK_EQ_U64(in_use(d), cap);
+    EXPECT_REFUSED(d, FL_CALL_CREATE, FL_ERR_OOM, NULL, fl_dev_create(d, G, &h3));
+    EXPECT_REFUSED(d, FL_CALL_MEM_ALLOC, FL_ERR_OOM, NULL, fl_dev_mem_alloc(d, 1, &a));
+    CHECK_OK(fl_dev_release(d, h2));
+    CHECK_OK(fl_dev_create(d, G, &h3)); /* released memory is there again */
+    CHECK_OK(fl_dev_release(d, h1));
+    CHECK_OK(fl_dev_release(d, h3));
+    CHECK_EQ_U64(in_use(d), 0);
+    CHECK_EQ_U64(counters(d).peak_in_use, cap);
+    fl_device_destroy(d);
+}
+
+/* ---- policies on the device --------------------------------------------------------- */
+
+#define CHECK_POLICY(p, step)                                                          \
+    do {                                                                               \
+        fl_test_checks++;                                                              \
+        if ((p)->ops->check(p) != 0) {                                                 \
+            fl_test_failures++;                                                        \
+            fprintf(stderr, "%s:%d: %s step %d: self-check failed: %s\n", __FILE__,    \
+                    __LINE__, (p)->ops->name, step, fl_last_error());                  \
+        }                                                                              \
+    } while (0)
+
+typedef struct live_block {
+    uint64_t addr, size, id;
+} live_block;
+
+/* Stamps: the first and the last 8 bytes of a block (all of it when shorter). */
+static void stamp(const live_block *b)
+{
+    uint64_t n = b->size < 16 ? b->size : 8;
+    fill(b->addr, n, b->id);
+    if (b->size >= 16)
+        fill(b->addr + b->size - 8, 8, b->id + 1);
+}
+static int stamp_intact(const live_block *b)
+{
+    uint64_t n = b->size < 16 ? b->size : 8;
+    return verify(b->addr, n, b->id) == UINT64_MAX &&
+           (b->size < 16 || verify(b->addr + b->size - 8, 8, b->id + 1) == UINT64_MAX);
+}
+
+/* A seeded alloc/free sequence on two streams with the self-check after every step;
+ * every block carries stamps, checked when it is freed. */
+static void run_policy(const char *name, uint64_t seed)
+{
+    fl_device *d = make_dev();
+    fl_config cfg;
+    fl_config_default(&cfg);
+    snprintf(cfg.policy, sizeof cfg.policy, "%s", name);
+    fl_policy *p = NULL;
+    CHECK_OK(fl_policy_create(&cfg, d, &p));
+    if (!p) {
+        fl_device_destroy(d);
+        return;
+    }
+    enum { MAXN = 96, STEPS = 3000 };
+    live_block v[MAXN];
+    int n = 0, ooms = 0;
+    fl_rng rng = {seed};
+    for (int step = 0; step < STEPS; step++) {
+        if (n < MAXN && (n == 0 || fl_rng_below(&rng, 100) < 55)) {
+            uint64_t r = fl_rng_below(&rng, 10), allocated = p->allocated;
+            uint64_t size = r < 6 ? 1 + fl_rng_below(&rng, 64 * KiB)
+                          : r < 9 ? 64 * KiB + fl_rng_below(&rng, 4 * MiB)
+                                  : 4 * MiB + fl_rng_below(&rng, 12 * MiB);
+            live_block b = {0, size, (uint64_t)step};
+            fl_status s = p->ops->alloc(p, size, fl_rng_below(&rng, 2) ? 0 : 0x7f00aa00, &b.addr);
+            if (s == FL_ERR_OOM) {
+                ooms++;
+                CHECK_EQ_U64(p->allocated, allocated); /* a failed request changes nothing */
+            } else {
+                CHECK_OK(s);
+                if (s != FL_OK)
+                    break;
+                stamp(&b);
+                v[n++] = b;
+            }
+        } else {
+            int i = (int)fl_rng_below(&rng, (uint64_t)n);
+            fl_test_checks++;
+            if (!stamp_intact(&v[i])) {
+                fl_test_failures++;
+                fprintf(stderr, "%s:%d: %s step %d: block %s of %llu bytes lost its stamps\n", __FILE__,
+                        __LINE__, name, step, hex(v[i].addr), (unsigned long long)v[i].size);
+                break;
+            }
+            CHECK_OK(p->ops->free(p, v[i].addr));
+            v[i] = v[--n];
+        }
+        CHECK(in_use(d) <= fl_device_capacity(d));
+        CHECK_POLICY(p, step);
+    }
+    while (n > 0)
+        CHECK_OK(p->ops->free(p, v[--n].addr));
+    CHECK_OK(p->ops->empty_cache(p));
+    CHECK_POLICY(p, STEPS);
+    p->ops->destroy(p);
+    CHECK_EQ_U64(in_use(d), 0);
+    fl_device_counters c = counters(d);
+    printf("  %-15s %4d OOMs, peak %llu MiB, %llu creates, %llu maps, %llu unmaps, %llu syncs, %.0f us in the driver\n",
+           name, ooms, (unsigned long long)(c.peak_in_use / MiB), (unsigned long long)c.calls[FL_CALL_CREATE],
+           (unsigned long long)c.calls[FL_CALL_MAP], (unsigned long long)c.calls[FL_CALL_UNMAP],
+           (unsigned long long)c.calls[FL_CALL_SYNC], c.time_us);
+    fl_device_destroy(d);
+}
+
+static void test_policies(void)
+{
+    run_policy("fragless", 0x5eed1);
+    run_policy("cca", 0x5eed2);
+    run_policy("cca-expandable", 0x5eed3);
+}
+
+/* ---- data integrity across reclaim -------------------------------------------------- */
+
+typedef struct blocks {
+    live_block v[256];
+    int n;
+} blocks;
+
+static int alloc_filled(fl_policy *p, blocks *b, uint64_t size, uint64_t stream, uint64_t id)
+{
+    uint64_t addr = 0;
+    fl_status s = p->ops->alloc(p, size, stream, &addr);
+    if (s != FL_OK)
+        return 0;
+    /* A fresh block is readable and writable over its whole size. */
+    fill(addr, size, id);
+    CHECK(verify(addr, size, id) == UINT64_MAX);
+    b->v[b->n++] = (live_block){addr, size, id};
+    return 1;
+}
+
+static void verify_all(const blocks *b, const char *when)
+{
+    for (int i = 0; i < b->n; i++) {
+        uint64_t w = verify(b->v[i].addr, b->v[i].size, b->v[i].id);
+        fl_test_checks++;
+        if (w != UINT64_MAX) {
+            fl_test_failures++;
+            fprintf(stderr, "%s:%d: %s: block %s (%llu bytes) differs at byte %llu\n", __FILE__, __LINE__,
+                    when, hex(b->v[i].addr), (unsigned long long)b->v[i].size, (unsigned long long)w);
+        }
+    }
+}
+
+/* fragless on 64 MiB: fill blocks with patterns, free some, then ask for more than the
+ * cached pages from another stream, so cached pages are unmapped and their handles mapped
+ * into another heap; every block still live must read back intact. */
+static void test_data_integrity(void)
+{
+    fl_device *d = make_dev();
+    fl_config cfg;
+    fl_config_default(&cfg);
+    fl_policy *p = NULL;
+    CHECK_OK(fl_policy_create(&cfg, d, &p));
+    if (!p) {
+        fl_device_destroy(d);
+        return;
+    }
+    static blocks b;
+    fl_rng rng = {0xda7a};
+    uint64_t id = 1, live = 0;
+    const uint64_t A = 0, B = 0x7f00aa00;
+    /* Stream A: about 48 of the 64 MiB, sizes from 1 B to 6 MiB. */
+    while (live < 48 * MiB) {
+        uint64_t r = fl_rng_below(&rng, 4);
+        uint64_t size = r == 0 ? 1 + fl_rng_below(&rng, 4 * KiB)
+                      : r == 1 ? 1 + fl_rng_below(&rng, 256 * KiB)
+                               : 256 * KiB + fl_rng_below(&rng, 6 * MiB);
+        if (!alloc_filled(p, &b, size, A, id++))
+            break;
+        live += size;
+        CHECK_POLICY(p, (int)id);
+    }
+    verify_all(&b, "after filling");
+    /* Free every other block: their pages go to the cache (still mapped in A's heap). */
+    for (int i = b.n - 1; i >= 0; i -= 2) {
+        CHECK_OK(p->ops->free(p, b.v[i].addr));
+        b.v[i] = b.v[--b.n];
+    }
+    verify_all(&b, "after freeing half");
+    uint64_t unmaps = calls(d, FL_CALL_UNMAP), syncs = calls(d, FL_CALL_SYNC);
+    /* Stream B: whole-page blocks until no more fit; they need pages reclaimed from A. */
+    int got = 0;
+    for (int k = 0; k < 64; k++) {
+        if (!alloc_filled(p, &b, 2 * MiB, B, id++))
+            break;
+        got++;
+        CHECK_POLICY(p, (int)id);
+        verify_all(&b, "while reclaiming");
+    }
+    CHECK(got > 0);
+    CHECK(calls(d, FL_CALL_UNMAP) > unmaps); /* pages really moved */
+    CHECK(calls(d, FL_CALL_SYNC) > syncs);   /* after a synchronize */
+    verify_all(&b, "after reclaim");
+    printf("  integrity: %d blocks live, %d pages taken by stream B, %llu unmaps, %llu maps\n", b.n, got,
+           (unsigned long long)calls(d, FL_CALL_UNMAP), (unsigned long long)calls(d, FL_CALL_MAP));
+
+    /* Churn: random frees and allocations on both streams, verifying everything each round. */
+    for (int round = 0; round < 40; round++) {
+        for (int k = 0; k < 4 && b.n > 0; k++) {
+            int i = (int)fl_rng_below(&rng, (uint64_t)b.n);
+            CHECK_OK(p->ops->free(p, b.v[i].addr));
+            b.v[i] = b.v[--b.n];
+        }
+        for (int k = 0; k < 4 && b.n < 256; k++) {
+            uint64_t size = 1 + fl_rng_below(&rng, fl_rng_below(&rng, 2) ? 64 * KiB : 5 * MiB);
+            alloc_filled(p, &b, size, fl_rng_below(&rng, 2) ? A : B, id++);
+        }
+        CHECK_POLICY(p, round);
+        verify_all(&b, "during churn");
+    }
+    CHECK(in_use(d) <= fl_device_capacity(d));
+    while (b.n > 0)
+        CHECK_OK(p->ops->free(p, b.v[--b.n].addr));
+    p->ops->destroy(p);
+    CHECK_EQ_U64(in_use(d), 0);
+    fl_device_destroy(d);
+}
+
+/* ---- driver ------------------------------------------------------------------------- */
+
+/* Each case in its own process: a fresh double with its own environment, and a crash is
+ * reported without stopping the others. */
+static void run_case(const char *what, void (*fn)(void), int no_vmm)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        setenv("FAKECUDA_CAPACITY", "64M", 1);
+        if (no_vmm)
+            setenv("FAKECUDA_NO_VMM", "1", 1);
+        load_fake();
+        fl_test_failures = 0;
+        fl_test_checks = 0;
+        fn();
+        if (fl_test_failures)
+            fprintf(stderr, "%s: %d of %d checks failed\n", what, fl_test_failures, fl_test_checks);
+        else
+            printf("%s: ok, %d checks\n", what, fl_test_checks);
+        fflush(NULL);
+        _exit(fl_test_failures ? 1 : 0);
+    }
+    int status = 0;
+    fl_test_checks++;
+    if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        fl_test_failures++;
+        if (pid > 0 && WIFSIGNALED(status))
+            fprintf(stderr, "%s: crashed with signal %d (%s)\n", what, WTERMSIG(status), strsignal(WTERMSIG(status)));
+        else
+            fprintf(stderr, "%s: failed (above)\n", what);
+    }
+}
+
+int main(void)
+{
+    if (!fake_path[0])
+        fl_test_skip("FAKECUDA_PATH is not defined: the CUDA driver test double was not built");
+    void *lib = dlopen(fake_path, RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+        char why[600];
+        snprintf(why, sizeof why, "the CUDA driver test double cannot be loaded: %s", dlerror());
+        fl_test_skip(why);
+    }
+    dlclose(lib); /* each case loads its own, in its own process */
+    run_case("create", test_create, 0);
+    run_case("no vmm", test_no_vmm, 1);
+    run_case("ops", test_ops, 0);
+    run_case("threads", test_threads, 0);
+    run_case("errors", test_errors, 0);
+    run_case("leftovers", test_leftovers, 0);
+    run_case("rules", test_rules, 0);
+    run_case("capacity", test_capacity, 0);
+    run_case("policies", test_policies, 0);
+    run_case("data integrity", test_data_integrity, 0);
+    return fl_test_done("test_cuda_device");
+}
