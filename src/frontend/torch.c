@@ -1,0 +1,79 @@
+/* PyTorch's pluggable-allocator entry points (torch.cuda.memory.CUDAPluggableAllocator):
+ * one fragless allocator per device, made on first use from $FRAGLESS_CONF on the cuda
+ * device. A failed allocation returns NULL, which PyTorch turns into its OOM error. */
+#include <pthread.h>
+#include <stdio.h>
+#include <sys/types.h>
+
+#include "fragless.h"
+
+#define TORCH_MAX_DEVICES 64
+
+static pthread_mutex_t torch_lock = PTHREAD_MUTEX_INITIALIZER;
+static fl_device *torch_dev[TORCH_MAX_DEVICES];
+static fl_allocator *torch_alloc[TORCH_MAX_DEVICES];
+
+/* The allocator of a device, made on first use; NULL (with the reason on stderr) when it
+ * cannot be made: PyTorch then reports an out-of-memory error for the request. */
+static fl_allocator *allocator_for(int device)
+{
+    if (device < 0 || device >= TORCH_MAX_DEVICES) {
+        fprintf(stderr, "fragless: device %d is out of range (0..%d)\n", device, TORCH_MAX_DEVICES - 1);
+        return NULL;
+    }
+    pthread_mutex_lock(&torch_lock);
+    fl_allocator *a = torch_alloc[device];
+    if (!a) {
+        fl_config cfg;
+        fl_cuda_params cp;
+        fl_cuda_params_default(&cp);
+        cp.device = device;
+        fl_status s = fl_config_from_env(&cfg);
+        if (s == FL_OK)
+            s = fl_cuda_device_create(&cp, &torch_dev[device]);
+        if (s == FL_OK && (s = fl_allocator_create(&cfg, torch_dev[device], &a)) != FL_OK) {
+            fl_device_destroy(torch_dev[device]);
+            torch_dev[device] = NULL;
+        }
+        if (s != FL_OK)
+            fprintf(stderr, "fragless: cannot set up device %d: %s\n", device, fl_last_error());
+        else
+            torch_alloc[device] = a;
+    }
+    pthread_mutex_unlock(&torch_lock);
+    return a;
+}
+
+void *fragless_torch_malloc(ssize_t size, int device, void *stream)
+{
+    if (size <= 0) {
+        if (size < 0)
+            fprintf(stderr, "fragless: malloc of a negative size (%zd bytes) refused\n", size);
+        return NULL;
+    }
+    fl_allocator *a = allocator_for(device);
+    uint64_t addr;
+    if (!a || fl_alloc(a, (uint64_t)size, (uint64_t)(uintptr_t)stream, &addr) != FL_OK)
+        return NULL;
+    return (void *)(uintptr_t)addr;
+}
+
+void fragless_torch_free(void *ptr, ssize_t size, int device, void *stream)
+{
+    (void)size;
+    (void)stream;
+    if (!ptr)
+        return;
+    fl_allocator *a = device >= 0 && device < TORCH_MAX_DEVICES ? torch_alloc[device] : NULL;
+    if (!a || fl_free(a, (uint64_t)(uintptr_t)ptr) != FL_OK)
+        fprintf(stderr, "fragless: free of %p on device %d: %s\n", ptr, device,
+                a ? fl_last_error() : "no allocator on that device");
+}
+
+/* torch.cuda.empty_cache() */
+void fragless_torch_empty_cache(void)
+{
+    for (int d = 0; d < TORCH_MAX_DEVICES; d++)
+        if (torch_alloc[d] && fl_empty_cache(torch_alloc[d]) != FL_OK)
+            fprintf(stderr, "fragless: empty_cache on device %d: %s\n", d, fl_last_error());
+}
