@@ -77,3 +77,13 @@ void fragless_torch_empty_cache(void)
         if (torch_alloc[d] && fl_empty_cache(torch_alloc[d]) != FL_OK)
             fprintf(stderr, "fragless: empty_cache on device %d: %s\n", d, fl_last_error());
 }
+
+/* Statistics of a device's allocator for the Python package (fragless.stats()): 0 and
+ * *out filled, or -1 when the device has no allocator yet. */
+int fragless_torch_stats(int device, fl_stats *out)
+{
+    if (device < 0 || device >= TORCH_MAX_DEVICES || !torch_alloc[device])
+        return -1;
+    fl_get_stats(torch_alloc[device], out);
+    return 0;
+}

@@ -1,0 +1,71 @@
+"""The Python package without PyTorch: import, statistics, empty_cache, and the
+pluggable-allocator entry points driven through ctypes as PyTorch would, on the CUDA
+driver test double. Parts that need torch are skipped with a message when it is absent."""
+import ctypes
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import fragless
+
+
+class PackageTest(unittest.TestCase):
+    def test_stats_and_entry_points(self):
+        lib = ctypes.CDLL(fragless.library_path())
+        lib.fragless_torch_malloc.argtypes = [ctypes.c_ssize_t, ctypes.c_int, ctypes.c_void_p]
+        lib.fragless_torch_malloc.restype = ctypes.c_void_p
+        lib.fragless_torch_free.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int, ctypes.c_void_p]
+        self.assertEqual(fragless.stats(0)["allocated_bytes.all.current"], 0)
+        p = lib.fragless_torch_malloc(3 << 20, 0, None)
+        self.assertTrue(p)
+        s = fragless.stats(0)
+        self.assertEqual(s["allocated_bytes.all.current"], 3 << 20)
+        self.assertGreaterEqual(s["reserved_bytes.all.current"], 3 << 20)
+        self.assertEqual(s["allocation.all.current"], 1)
+        ctypes.memset(p, 0x5a, 3 << 20)  # real memory in the driver double
+        lib.fragless_torch_free(p, 3 << 20, 0, None)
+        self.assertEqual(fragless.stats(0)["allocated_bytes.all.current"], 0)
+        fragless.empty_cache()
+        self.assertEqual(fragless.stats(0)["reserved_bytes.all.current"], 0)
+
+    def test_bad_library_is_a_clear_error(self):
+        saved_env, saved_lib = os.environ.get("FRAGLESS_LIB"), fragless._lib
+        os.environ["FRAGLESS_LIB"] = os.path.abspath(__file__)  # exists, but is no library
+        fragless._lib = None
+        try:
+            with self.assertRaises(fragless.FraglessError) as ctx:
+                fragless.stats(0)
+            self.assertIn("cannot load", str(ctx.exception))
+        finally:
+            fragless._lib = saved_lib
+            if saved_env is None:
+                del os.environ["FRAGLESS_LIB"]
+            else:
+                os.environ["FRAGLESS_LIB"] = saved_env
+
+    def test_offline_install(self):
+        # README's install line, with no package index: the in-tree backend needs nothing.
+        src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python")
+        with tempfile.TemporaryDirectory() as target:
+            r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--target", target, src],
+                               capture_output=True, text=True)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            r = subprocess.run([sys.executable, "-c", "import fragless, fragless.torch; print(fragless.__name__)"],
+                               capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=target))
+            self.assertEqual(r.stdout.strip(), "fragless", r.stderr)
+
+    def test_torch_install(self):
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            self.skipTest("torch is not installed: fragless.torch.install() not exercised")
+        import fragless.torch as ft
+        if not torch.cuda.is_available():
+            self.skipTest("no CUDA device: fragless.torch.install() needs one")
+        ft.install()
+
+
+if __name__ == "__main__":
+    unittest.main()
