@@ -1,21 +1,25 @@
-/* PyTorch's pluggable-allocator entry points (torch.cuda.memory.CUDAPluggableAllocator):
- * one fragless allocator per device, made on first use from $FRAGLESS_CONF on the cuda
- * device. A failed allocation returns NULL, which PyTorch turns into its OOM error. */
+/* PyTorch's pluggable-allocator entry points (torch.cuda.memory.CUDAPluggableAllocator),
+ * and the per-device allocator table every in-process frontend shares (frontend.h). A
+ * failed allocation returns NULL, which PyTorch turns into its OOM error. */
 #include <pthread.h>
 #include <stdio.h>
 #include <sys/types.h>
 
-#include "fragless.h"
+#include "frontend/frontend.h"
 
-#define TORCH_MAX_DEVICES 64
+#define TORCH_MAX_DEVICES FL_FRONTEND_MAX_DEVICES
 
 static pthread_mutex_t torch_lock = PTHREAD_MUTEX_INITIALIZER;
 static fl_device *torch_dev[TORCH_MAX_DEVICES];
 static fl_allocator *torch_alloc[TORCH_MAX_DEVICES];
 
-/* The allocator of a device, made on first use; NULL (with the reason on stderr) when it
- * cannot be made: PyTorch then reports an out-of-memory error for the request. */
-static fl_allocator *allocator_for(int device)
+fl_allocator *fl_frontend_existing(int device)
+{
+    return device >= 0 && device < TORCH_MAX_DEVICES ? torch_alloc[device] : NULL;
+}
+
+/* A failed set-up makes the frontends report an out-of-memory error for the request. */
+fl_allocator *fl_frontend_allocator(int device)
 {
     if (device < 0 || device >= TORCH_MAX_DEVICES) {
         fprintf(stderr, "fragless: device %d is out of range (0..%d)\n", device, TORCH_MAX_DEVICES - 1);
@@ -51,7 +55,7 @@ void *fragless_torch_malloc(ssize_t size, int device, void *stream)
             fprintf(stderr, "fragless: malloc of a negative size (%zd bytes) refused\n", size);
         return NULL;
     }
-    fl_allocator *a = allocator_for(device);
+    fl_allocator *a = fl_frontend_allocator(device);
     uint64_t addr;
     if (!a || fl_alloc(a, (uint64_t)size, (uint64_t)(uintptr_t)stream, &addr) != FL_OK)
         return NULL;
@@ -64,7 +68,7 @@ void fragless_torch_free(void *ptr, ssize_t size, int device, void *stream)
     (void)stream;
     if (!ptr)
         return;
-    fl_allocator *a = device >= 0 && device < TORCH_MAX_DEVICES ? torch_alloc[device] : NULL;
+    fl_allocator *a = fl_frontend_existing(device);
     if (!a || fl_free(a, (uint64_t)(uintptr_t)ptr) != FL_OK)
         fprintf(stderr, "fragless: free of %p on device %d: %s\n", ptr, device,
                 a ? fl_last_error() : "no allocator on that device");
