@@ -95,6 +95,8 @@ typedef struct fl_config {
     /* fragless policy. */
     uint64_t small_size;          /* small_size:SIZE, requests below it get their own heap;
                                      0 = default, 1/8 of the device page (256 KiB) */
+    /* trace:PATH, record every allocation and free as an RMM CSV trace ("" = off). */
+    char trace_path[256];
 } fl_config;
 
 void fl_config_default(fl_config *cfg);

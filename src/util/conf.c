@@ -281,6 +281,14 @@ static fl_status set_small_size(fl_config *c, const char *key, const char *val)
     return FL_OK;
 }
 
+static fl_status set_trace(fl_config *c, const char *key, const char *val)
+{
+    if (strlen(val) >= sizeof c->trace_path)
+        return bad(key, val, "is too long for a path (255 bytes at most)");
+    snprintf(c->trace_path, sizeof c->trace_path, "%s", val);
+    return FL_OK;
+}
+
 static const struct {
     const char *name;
     fl_status (*set)(fl_config *c, const char *key, const char *val);
@@ -292,6 +300,7 @@ static const struct {
     {"expandable_segments", set_expandable},
     {"limit", set_limit},
     {"small_size", set_small_size},
+    {"trace", set_trace},
 };
 #define N_CONF_KEYS (sizeof conf_keys / sizeof conf_keys[0])
 
@@ -309,7 +318,7 @@ static fl_status apply(fl_config *c, const char *key, const char *val)
     return fl_fail(FL_ERR_PARSE,
                    "FRAGLESS_CONF: unknown key '%s' (value '%s'); known keys: policy, "
                    "max_split_size_mb, roundup_power2_divisions, garbage_collection_threshold, "
-                   "expandable_segments, limit, small_size",
+                   "expandable_segments, limit, small_size, trace",
                    key, val);
 }
 
