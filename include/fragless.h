@@ -185,6 +185,10 @@ fl_status fl_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *ad
 fl_status fl_free(fl_allocator *a, uint64_t addr);
 /* Returns cached device memory that no live block needs to the device. */
 fl_status fl_empty_cache(fl_allocator *a);
+/* The most device memory the allocator may hold from now on (0 = the device's capacity),
+ * like torch.cuda.set_per_process_memory_fraction. Cached memory above it is returned
+ * where the policy can. */
+fl_status fl_set_limit(fl_allocator *a, uint64_t bytes);
 
 typedef struct fl_stats {
     uint64_t allocated_bytes;     /* live blocks, as the policy rounded them */

@@ -307,8 +307,33 @@ static void test_quick_lists(void)
     rec_destroy(&r->base);
 }
 
+/* set_limit (set_per_process_memory_fraction): lowering it gives cached pages above it
+ * back at once and stops growth there; raising it lets the policy grow again. */
+static void test_set_limit(void)
+{
+    rec_device *r = rec_new(0);
+    fl_policy *p = fragless_on(r, 0);
+    uint64_t a, b;
+    CHECK_OK(p->ops->alloc(p, 40 * MiB, 0, &a));
+    CHECK_OK(p->ops->alloc(p, 8 * MiB, 0, &b));
+    CHECK_OK(p->ops->free(p, a));
+    CHECK(r->inner->counters.in_use >= 48 * MiB);
+    CHECK_OK(p->ops->set_limit(p, 16 * MiB));
+    CHECK(r->inner->counters.in_use <= 16 * MiB);
+    CHECK(p->ops->check(p) == 0);
+    CHECK_STATUS(p->ops->alloc(p, 12 * MiB, 0, &a), FL_ERR_OOM);
+    CHECK_OK(p->ops->set_limit(p, 0));
+    CHECK_OK(p->ops->alloc(p, 12 * MiB, 0, &a));
+    CHECK_OK(p->ops->free(p, a));
+    CHECK_OK(p->ops->free(p, b));
+    CHECK(p->ops->check(p) == 0);
+    p->ops->destroy(p);
+    rec_destroy(&r->base);
+}
+
 int main(void)
 {
+    test_set_limit();
     test_quick_lists();
     test_steady_loop();
     test_page_accounting();

@@ -8,7 +8,7 @@ import ctypes
 import ctypes.util
 import os
 
-__all__ = ["library_path", "stats", "empty_cache", "FraglessError"]
+__all__ = ["library_path", "stats", "empty_cache", "set_memory_fraction", "FraglessError"]
 
 
 class FraglessError(RuntimeError):
@@ -51,6 +51,8 @@ def _library():
         lib.fragless_torch_stats.restype = ctypes.c_int
         lib.fragless_torch_empty_cache.argtypes = []
         lib.fragless_torch_empty_cache.restype = None
+        lib.fragless_torch_set_memory_fraction.argtypes = [ctypes.c_double, ctypes.c_int]
+        lib.fragless_torch_set_memory_fraction.restype = None
         _lib = lib
     return _lib
 
@@ -77,3 +79,11 @@ def stats(device=0):
 def empty_cache():
     """Return cached device memory that no live block needs (torch.cuda.empty_cache)."""
     _library().fragless_torch_empty_cache()
+
+
+def set_memory_fraction(fraction, device=0):
+    """The most of the device's memory fragless may hold (torch.cuda.set_per_process_memory_fraction);
+    cached memory above it is given back at once."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError("fraction must be in (0, 1], got %r" % (fraction,))
+    _library().fragless_torch_set_memory_fraction(float(fraction), int(device))

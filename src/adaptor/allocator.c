@@ -126,6 +126,16 @@ fl_status fl_empty_cache(fl_allocator *a)
     return s;
 }
 
+fl_status fl_set_limit(fl_allocator *a, uint64_t bytes)
+{
+    if (!a->policy->ops->set_limit)
+        return fl_fail(FL_ERR_UNSUPPORTED, "policy %s has no limit to set", a->policy->ops->name);
+    pthread_mutex_lock(&a->lock);
+    fl_status s = a->policy->ops->set_limit(a->policy, bytes);
+    pthread_mutex_unlock(&a->lock);
+    return s;
+}
+
 void fl_get_stats(const fl_allocator *a, fl_stats *out)
 {
     /* The lock is taken through a cast: reading statistics does not change the

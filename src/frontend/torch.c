@@ -91,3 +91,19 @@ int fragless_torch_stats(int device, fl_stats *out)
     fl_get_stats(torch_alloc[device], out);
     return 0;
 }
+
+/* torch.cuda.set_per_process_memory_fraction(fraction, device) */
+void fragless_torch_set_memory_fraction(double fraction, int device)
+{
+    fl_allocator *a = fl_frontend_allocator(device);
+    if (!a)
+        return;
+    if (!(fraction > 0.0 && fraction <= 1.0)) {
+        fprintf(stderr, "fragless: memory fraction %g is not in (0, 1]\n", fraction);
+        return;
+    }
+    fl_device *d = torch_dev[device];
+    uint64_t limit = (uint64_t)((double)fl_device_capacity(d) * fraction);
+    if (fl_set_limit(a, limit) != FL_OK)
+        fprintf(stderr, "fragless: set_memory_fraction(%g, %d): %s\n", fraction, device, fl_last_error());
+}

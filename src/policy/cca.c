@@ -666,6 +666,14 @@ static int cca_check(const fl_policy *p)
     return 0;
 }
 
+/* set_per_process_memory_fraction: PyTorch checks the allowed memory only before it
+ * asks the device for more; what it holds already stays cached. */
+static fl_status cca_set_limit(fl_policy *p, uint64_t bytes)
+{
+    ((cca_policy *)p)->limit = bytes;
+    return FL_OK;
+}
+
 /* Free mapped blocks: PyTorch's "reserved but unallocated", and the largest of them
  * (on any stream; what one stream could reuse may be less). */
 static void cca_query(const fl_policy *p, fl_policy_state *out)
@@ -690,6 +698,7 @@ const fl_policy_ops fl_policy_cca = {
     .empty_cache = cca_empty_cache,
     .check = cca_check,
     .query = cca_query,
+    .set_limit = cca_set_limit,
 };
 
 const fl_policy_ops fl_policy_cca_expandable = {
@@ -701,4 +710,5 @@ const fl_policy_ops fl_policy_cca_expandable = {
     .empty_cache = cca_empty_cache,
     .check = cca_check,
     .query = cca_query,
+    .set_limit = cca_set_limit,
 };

@@ -650,6 +650,27 @@ static void fx_query(const fl_policy *base, fl_policy_state *out)
     out->largest_free = (f->n_cached + f->n_pool + creatable) * f->gran;
 }
 
+/* A new limit: growth stops at it, and pages held above it that no live block needs are
+ * given back now (unmapped after a synchronize, released). */
+static fl_status fx_set_limit(fl_policy *base, uint64_t bytes)
+{
+    fx_policy *f = (fx_policy *)base;
+    uint64_t cap = base->dev->capacity;
+    f->max_pages = (bytes && bytes < cap ? bytes : cap) / f->gran;
+    fl_status s;
+    if (f->n_handles > f->max_pages && f->n_cached && (s = fl_dev_synchronize(base->dev)) != FL_OK)
+        return s;
+    while (f->n_handles > f->max_pages && (f->n_pool || f->n_cached)) {
+        if (!f->n_pool && (s = reclaim_one(f)) != FL_OK)
+            return s;
+        if ((s = fl_dev_release(base->dev, f->pool[f->n_pool - 1])) != FL_OK)
+            return s;
+        f->n_pool--;
+        f->n_handles--;
+    }
+    return FL_OK;
+}
+
 static void fx_destroy(fl_policy *base)
 {
     fx_policy *f = (fx_policy *)base;
@@ -711,4 +732,5 @@ const fl_policy_ops fl_policy_fragless = {
     .empty_cache = fx_empty_cache,
     .check = fx_check,
     .query = fx_query,
+    .set_limit = fx_set_limit,
 };

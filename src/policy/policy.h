@@ -27,6 +27,9 @@ typedef struct fl_policy_ops {
     /* Self-check: 0 when every invariant holds, else nonzero with fl_fail() set. */
     int (*check)(const fl_policy *p);
     void (*query)(const fl_policy *p, fl_policy_state *out);
+    /* Changes the limit at run time (0 = the device's capacity); NULL when the policy has
+     * no limit to change. */
+    fl_status (*set_limit)(fl_policy *p, uint64_t bytes);
 } fl_policy_ops;
 
 struct fl_policy {

@@ -29,6 +29,16 @@ class PackageTest(unittest.TestCase):
         self.assertEqual(fragless.stats(0)["allocated_bytes.all.current"], 0)
         fragless.empty_cache()
         self.assertEqual(fragless.stats(0)["reserved_bytes.all.current"], 0)
+        # A quarter of the double's 256 MiB: 100 MiB no longer fits, 40 MiB does.
+        fragless.set_memory_fraction(0.25, 0)
+        self.assertFalse(lib.fragless_torch_malloc(100 << 20, 0, None))
+        q = lib.fragless_torch_malloc(40 << 20, 0, None)
+        self.assertTrue(q)
+        self.assertEqual(fragless.stats(0)["num_ooms"], 1)
+        lib.fragless_torch_free(q, 40 << 20, 0, None)
+        fragless.set_memory_fraction(1.0, 0)
+        with self.assertRaises(ValueError):
+            fragless.set_memory_fraction(1.5)
 
     def test_bad_library_is_a_clear_error(self):
         saved_env, saved_lib = os.environ.get("FRAGLESS_LIB"), fragless._lib
