@@ -25,6 +25,7 @@ int cli_compare(const cli_opts *o);
 int cli_replay(const cli_opts *o);
 int cli_import(int argc, char **argv);
 int cli_fidelity(int argc, char **argv);
+int cli_run(int argc, char **argv);
 
 int cli_doctor(const cli_opts *o);
 /* Shared by the commands: --capacity as bytes for one trace (a factor needs peak live). */

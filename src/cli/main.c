@@ -22,6 +22,7 @@ static const char main_help[] =
     "  doctor TRACE       is it fragmentation? what to change, and what it would save\n"
     "  import SNAPSHOT    a PyTorch memory snapshot (.pickle) to a CSV trace\n"
     "  fidelity SNAPSHOT... how close the PyTorch emulation comes to the recorded reserved memory\n"
+    "  run -- CMD...      run any CUDA program with fragless serving its cudaMalloc/cudaFree\n"
     "  help [COMMAND]     this text, or a command's\n"
     "  version            the version\n"
     "\n"
@@ -216,9 +217,11 @@ int main(int argc, char **argv)
     const char *cmd = argv[1];
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
         const char *topic = argc > 2 ? argv[2] : "";
-        if (!strcmp(topic, "import") || !strcmp(topic, "fidelity")) {
+        if (!strcmp(topic, "import") || !strcmp(topic, "fidelity") || !strcmp(topic, "run")) {
             char *args[] = {"--help", NULL};
-            return !strcmp(topic, "import") ? cli_import(1, args) : cli_fidelity(1, args);
+            return !strcmp(topic, "import")     ? cli_import(1, args)
+                   : !strcmp(topic, "fidelity") ? cli_fidelity(1, args)
+                                                : cli_run(1, args);
         }
         fputs(!strcmp(topic, "replay")    ? replay_help
               : !strcmp(topic, "compare") ? compare_help
@@ -235,6 +238,8 @@ int main(int argc, char **argv)
         return cli_import(argc - 2, argv + 2);
     if (!strcmp(cmd, "fidelity"))
         return cli_fidelity(argc - 2, argv + 2);
+    if (!strcmp(cmd, "run"))
+        return cli_run(argc - 2, argv + 2);
     cli_mode mode;
     const char *help;
     if (!strcmp(cmd, "compare")) {

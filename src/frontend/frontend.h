@@ -8,8 +8,8 @@
 
 #define FL_FRONTEND_MAX_DEVICES 64
 
-/* The device's allocator, made on first use; NULL (with the reason on stderr, once)
- * when it cannot be made. Thread safe. */
+/* The device's allocator, made on first use; NULL (with the reason on stderr) when it
+ * cannot be made. Thread safe. */
 fl_allocator *fl_frontend_allocator(int device);
 /* The device's allocator if it exists, else NULL (never makes one). */
 fl_allocator *fl_frontend_existing(int device);

@@ -15,7 +15,13 @@ static fl_allocator *torch_alloc[TORCH_MAX_DEVICES];
 
 fl_allocator *fl_frontend_existing(int device)
 {
-    return device >= 0 && device < TORCH_MAX_DEVICES ? torch_alloc[device] : NULL;
+    if (device < 0 || device >= TORCH_MAX_DEVICES)
+        return NULL;
+    /* Under the lock: another thread may be making this device's allocator. */
+    pthread_mutex_lock(&torch_lock);
+    fl_allocator *a = torch_alloc[device];
+    pthread_mutex_unlock(&torch_lock);
+    return a;
 }
 
 /* A failed set-up makes the frontends report an out-of-memory error for the request. */

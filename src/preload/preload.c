@@ -1,0 +1,289 @@
+/* libfragless_preload.so: the CUDA runtime's cudaMalloc, cudaFree, cudaMallocAsync,
+ * cudaFreeAsync and cudaMemGetInfo, served by fragless for any program that calls them
+ * through a shared libcudart (LD_PRELOAD, set up by `fragless run`). One allocator per
+ * device, from the frontend table the PyTorch entry points use.
+ *
+ * Built with hidden visibility: these five functions are the library's only exported
+ * symbols, so nothing else of the process binds to fragless' internals (and they bind
+ * to nothing of the process). Not served: programs linked with the static cudart
+ * (nvcc's default; build with -cudart shared), and calls made inside libcudart itself. */
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "frontend/frontend.h"
+
+#define FL_EXPORT __attribute__((visibility("default")))
+
+/* The runtime's ABI (cuda_runtime_api.h, driver_types.h), declared here so that no
+ * toolkit is needed to build: cudaError_t is an int-sized enum, cudaStream_t a pointer. */
+typedef int cudaError_t;
+typedef struct CUstream_st *cudaStream_t;
+enum {
+    cudaSuccess = 0,
+    cudaErrorInvalidValue = 1,
+    cudaErrorMemoryAllocation = 2,
+    cudaErrorNoDevice = 100,
+    cudaErrorUnknown = 999
+};
+
+FL_EXPORT cudaError_t cudaMalloc(void **ptr, size_t size);
+FL_EXPORT cudaError_t cudaFree(void *ptr);
+FL_EXPORT cudaError_t cudaMallocAsync(void **ptr, size_t size, cudaStream_t stream);
+FL_EXPORT cudaError_t cudaFreeAsync(void *ptr, cudaStream_t stream);
+FL_EXPORT cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes);
+
+typedef cudaError_t (*get_device_fn)(int *);
+typedef cudaError_t (*free_fn)(void *);
+typedef cudaError_t (*free_async_fn)(void *, cudaStream_t);
+typedef cudaError_t (*mem_get_info_fn)(size_t *, size_t *);
+typedef cudaError_t (*sync_fn)(void);
+
+/* The real runtime's entry points, if the program has one: the current device comes
+ * from it, cudaFree synchronizes through it, memory fragless did not hand out goes back
+ * to it, and free memory is its view of the device. NULL where there is none. */
+static struct {
+    get_device_fn get_device;
+    sync_fn sync;
+    free_fn free;
+    free_async_fn free_async;
+    mem_get_info_fn mem_get_info;
+} real;
+static pthread_once_t real_once = PTHREAD_ONCE_INIT;
+
+static void resolve_real(void)
+{
+    real.get_device = (get_device_fn)(uintptr_t)dlsym(RTLD_NEXT, "cudaGetDevice");
+    real.sync = (sync_fn)(uintptr_t)dlsym(RTLD_NEXT, "cudaDeviceSynchronize");
+    real.free = (free_fn)(uintptr_t)dlsym(RTLD_NEXT, "cudaFree");
+    real.free_async = (free_async_fn)(uintptr_t)dlsym(RTLD_NEXT, "cudaFreeAsync");
+    real.mem_get_info = (mem_get_info_fn)(uintptr_t)dlsym(RTLD_NEXT, "cudaMemGetInfo");
+}
+
+static int verbose(void)
+{
+    const char *v = getenv("FRAGLESS_VERBOSE");
+    return v && !strcmp(v, "1");
+}
+
+__attribute__((constructor)) static void preload_banner(void)
+{
+    /* Only a banner: every program the command starts loads this library (a shell
+     * script's shells too), so nothing is set up before the first CUDA call. */
+    if (verbose()) {
+        const char *conf = getenv("FRAGLESS_CONF");
+        fprintf(stderr, "fragless: serving cudaMalloc/cudaFree/cudaMallocAsync/cudaFreeAsync/cudaMemGetInfo "
+                "in pid %d (FRAGLESS_CONF=%s)\n", (int)getpid(), conf ? conf : "");
+    }
+}
+
+/* The runtime's current device (cudaSetDevice), else device 0: without a runtime, or
+ * when it cannot say, there is no other device the program could have chosen. */
+static int current_device(void)
+{
+    pthread_once(&real_once, resolve_real);
+    int dev = 0;
+    if (real.get_device && real.get_device(&dev) != cudaSuccess)
+        dev = 0;
+    return dev;
+}
+
+/* A program that probes how much it can allocate fails on purpose, many times: the
+ * first failure says why on stderr, the rest only with FRAGLESS_VERBOSE=1. */
+static void report_failure(const char *fn, size_t size, int dev, const char *why)
+{
+    static atomic_int reported;
+    int first = !atomic_exchange_explicit(&reported, 1, memory_order_relaxed);
+    if (first || verbose())
+        fprintf(stderr, "fragless: %s of %zu bytes on device %d failed: %s%s\n", fn, size, dev, why,
+                first && !verbose() ? " (FRAGLESS_VERBOSE=1 reports every failure)" : "");
+}
+
+static cudaError_t preload_alloc(const char *fn, void **ptr, size_t size, cudaStream_t stream)
+{
+    if (!ptr)
+        return cudaErrorInvalidValue;
+    *ptr = NULL;
+    if (size == 0)
+        return cudaSuccess; /* as the runtime does: no memory, a NULL pointer, no error */
+    int dev = current_device();
+    fl_allocator *a = fl_frontend_allocator(dev); /* says why on stderr when it fails */
+    if (!a)
+        return cudaErrorMemoryAllocation;
+    uint64_t addr;
+    if (fl_alloc(a, size, (uint64_t)(uintptr_t)stream, &addr) != FL_OK) {
+        report_failure(fn, size, dev, fl_last_error());
+        return cudaErrorMemoryAllocation;
+    }
+    *ptr = (void *)(uintptr_t)addr;
+    return cudaSuccess;
+}
+
+/* Frees a block fragless handed out: FL_OK; FL_ERR_NOT_FOUND when no allocator has it
+ * (nothing changed); another status, with a message on stderr, when the device failed.
+ * The device's allocator first, then the others': the runtime frees a pointer of any
+ * device whatever the current one is. */
+static fl_status preload_free(const char *fn, void *ptr)
+{
+    int dev = current_device();
+    uint64_t addr = (uint64_t)(uintptr_t)ptr;
+    for (int i = -1; i < FL_FRONTEND_MAX_DEVICES; i++) {
+        if (i == dev)
+            continue;
+        int d = i < 0 ? dev : i;
+        fl_allocator *a = fl_frontend_existing(d);
+        fl_status s = a ? fl_free(a, addr) : FL_ERR_NOT_FOUND;
+        if (s == FL_ERR_NOT_FOUND)
+            continue;
+        if (s != FL_OK)
+            fprintf(stderr, "fragless: %s(%p) on device %d: %s\n", fn, ptr, d, fl_last_error());
+        return s;
+    }
+    return FL_ERR_NOT_FOUND;
+}
+
+/* Memory from elsewhere — cudaMallocHost, cudaMallocManaged, a memory pool, a block
+ * allocated before fragless was loaded — goes to the runtime, when there is one. */
+static cudaError_t not_ours(const char *fn, void *ptr)
+{
+    fprintf(stderr, "fragless: %s(%p): not memory fragless allocated, and there is no CUDA runtime "
+            "to pass it to\n", fn, ptr);
+    return cudaErrorInvalidValue;
+}
+
+FL_EXPORT cudaError_t cudaMalloc(void **ptr, size_t size)
+{
+    /* Stream 0: memory from cudaMalloc is usable on every stream once it returns. */
+    return preload_alloc("cudaMalloc", ptr, size, NULL);
+}
+
+/* The runtime's cudaFree waits for the device to finish its work, and programs count on
+ * it: a block freed while a kernel still uses it must not be handed out again (on any
+ * stream: cudaMalloc's blocks are everyone's) until that kernel is done. The wait's
+ * error, a failure of earlier asynchronous work, is returned as the runtime does. A
+ * block fragless holds but cannot free (the device failed) is not the runtime's to
+ * free: cudaErrorUnknown. */
+FL_EXPORT cudaError_t cudaFree(void *ptr)
+{
+    if (!ptr)
+        return cudaSuccess;
+    pthread_once(&real_once, resolve_real);
+    cudaError_t synced = real.sync ? real.sync() : cudaSuccess;
+    fl_status s = preload_free("cudaFree", ptr);
+    if (s == FL_OK)
+        return synced;
+    if (s != FL_ERR_NOT_FOUND)
+        return cudaErrorUnknown;
+    return real.free ? real.free(ptr) : not_ours("cudaFree", ptr);
+}
+
+/* The block belongs to stream's heap; reuse by another stream waits for a
+ * synchronization (docs/ARCHITECTURE.md). */
+FL_EXPORT cudaError_t cudaMallocAsync(void **ptr, size_t size, cudaStream_t stream)
+{
+    return preload_alloc("cudaMallocAsync", ptr, size, stream);
+}
+
+/* Freed at once, for reuse on the stream it was allocated on (stream order makes that
+ * safe); a free on another stream than the allocation's is not ordered after that
+ * stream's later work. */
+FL_EXPORT cudaError_t cudaFreeAsync(void *ptr, cudaStream_t stream)
+{
+    if (!ptr)
+        return cudaSuccess;
+    fl_status s = preload_free("cudaFreeAsync", ptr);
+    if (s == FL_OK)
+        return cudaSuccess;
+    if (s != FL_ERR_NOT_FOUND)
+        return cudaErrorUnknown;
+    return real.free_async ? real.free_async(ptr, stream) : not_ours("cudaFreeAsync", ptr);
+}
+
+/* Capacity of each device, read once from the driver (the runtime may not answer). */
+static pthread_mutex_t capacity_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t capacity[FL_FRONTEND_MAX_DEVICES];
+
+static fl_status device_capacity(int dev, uint64_t *out)
+{
+    pthread_mutex_lock(&capacity_lock);
+    fl_status s = FL_OK;
+    if (!capacity[dev]) {
+        /* A device object of our own, gone once read: the frontend's is not reachable
+         * from its allocator. The frontend's holds the context, so this one's release
+         * of it does not tear it down. */
+        fl_cuda_params p;
+        fl_cuda_params_default(&p);
+        p.device = dev;
+        fl_device *d;
+        s = fl_cuda_device_create(&p, &d);
+        if (s == FL_OK) {
+            capacity[dev] = fl_device_capacity(d);
+            fl_device_destroy(d);
+        }
+    }
+    *out = capacity[dev];
+    pthread_mutex_unlock(&capacity_lock);
+    return s;
+}
+
+/* limit:SIZE of $FRAGLESS_CONF, read once as the frontend reads it once. */
+static pthread_once_t limit_once = PTHREAD_ONCE_INIT;
+static uint64_t limit;
+
+static void read_limit(void)
+{
+    fl_config cfg;
+    if (fl_config_from_env(&cfg) == FL_OK)
+        limit = cfg.limit;
+}
+
+/* What the program may still allocate: memory the device has free plus what fragless
+ * holds for no live block (its cache, which it hands out before asking the device for
+ * more), so free rises after cudaFree as it does without fragless. Device free is the
+ * runtime's answer when there is a runtime, else capacity minus what fragless holds
+ * (the driver double has no other users). With limit:SIZE, total is the limit and free
+ * at most the limit minus live blocks. As with the runtime, a request as large as free
+ * may still fail: fragless' small-request heaps keep partly used pages. */
+FL_EXPORT cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes)
+{
+    if (!free_bytes || !total_bytes)
+        return cudaErrorInvalidValue;
+    int dev = current_device();
+    /* Made now if not yet: the runtime's cudaMemGetInfo sets up the context too. */
+    fl_allocator *a = fl_frontend_allocator(dev);
+    if (!a)
+        return cudaErrorNoDevice;
+    fl_stats st;
+    fl_get_stats(a, &st);
+    uint64_t dev_free, dev_total;
+    size_t rf = 0, rt = 0;
+    if (real.mem_get_info && real.mem_get_info(&rf, &rt) == cudaSuccess) {
+        dev_free = rf;
+        dev_total = rt;
+    } else {
+        if (device_capacity(dev, &dev_total) != FL_OK) {
+            fprintf(stderr, "fragless: cudaMemGetInfo on device %d: %s\n", dev, fl_last_error());
+            return cudaErrorNoDevice;
+        }
+        dev_free = dev_total > st.reserved_bytes ? dev_total - st.reserved_bytes : 0;
+    }
+    uint64_t cached = st.reserved_bytes > st.allocated_bytes ? st.reserved_bytes - st.allocated_bytes : 0;
+    uint64_t free_now = dev_free + cached;
+    pthread_once(&limit_once, read_limit);
+    if (limit && limit < dev_total) {
+        dev_total = limit;
+        uint64_t room = limit > st.allocated_bytes ? limit - st.allocated_bytes : 0;
+        if (free_now > room)
+            free_now = room;
+    }
+    if (free_now > dev_total)
+        free_now = dev_total;
+    *free_bytes = (size_t)free_now;
+    *total_bytes = (size_t)dev_total;
+    return cudaSuccess;
+}

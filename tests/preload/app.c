@@ -1,0 +1,105 @@
+/* A small CUDA program for test_preload: allocates blocks of varied sizes with cudaMalloc
+ * and cudaMallocAsync, writes and reads them back, frees them, and checks cudaMemGetInfo
+ * along the way. Linked against the CUDA runtime (in the tests, tests/cudart_stub, which
+ * has no device), so it succeeds only when something like fragless serves it. Exit 0
+ * only when every call succeeded and every byte read back is the one written.
+ *
+ * It writes through the device pointers directly: the driver double's device memory is
+ * host memory. On a real GPU this program would need cudaMemcpy. */
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+typedef int cudaError_t;
+typedef struct CUstream_st *cudaStream_t;
+/* The runtime's special stream handle for the calling thread's default stream. */
+#define cudaStreamPerThread ((cudaStream_t)0x2)
+
+cudaError_t cudaMalloc(void **ptr, size_t size);
+cudaError_t cudaFree(void *ptr);
+cudaError_t cudaMallocAsync(void **ptr, size_t size, cudaStream_t stream);
+cudaError_t cudaFreeAsync(void *ptr, cudaStream_t stream);
+cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes);
+
+#define N_BLOCKS 10
+
+/* call is what was called, e.g. "cudaMalloc(100 bytes)". */
+static int failed(const char *call, cudaError_t e)
+{
+    printf("preload_app: %s failed: error %d%s\n", call, e,
+           e == 100 ? " (cudaErrorNoDevice)" : e == 2 ? " (cudaErrorMemoryAllocation)" : "");
+    return 1;
+}
+
+static int alloc_failed(const char *fn, size_t size, cudaError_t e)
+{
+    char call[64];
+    snprintf(call, sizeof call, "%s(%zu bytes)", fn, size);
+    return failed(call, e);
+}
+
+static unsigned char pattern(int block, size_t k) { return (unsigned char)(block * 31 + k % 251); }
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && !strcmp(argv[1], "--free-foreign")) {
+        /* Not device memory from any allocator: fragless passes it on to the runtime. */
+        int local = 0;
+        printf("preload_app: cudaFree(foreign) = %d\n", cudaFree(&local));
+        printf("preload_app: cudaFreeAsync(foreign) = %d\n", cudaFreeAsync(&local, cudaStreamPerThread));
+        return 0;
+    }
+    /* The last two on the per-thread stream with the Async calls. */
+    static const size_t sizes[N_BLOCKS] = {100, 512, 4096, 70000, 257 * 1024, 1 << 20,
+                                           (3 << 20) + 5, (20 << 20) + 7, 1000, 5 << 20};
+    unsigned char *p[N_BLOCKS];
+    size_t total = 0, free0 = 0, free1 = 0, free2 = 0, bytes = 0;
+    cudaError_t e;
+    if ((e = cudaMemGetInfo(&free0, &total)) != 0)
+        return failed("cudaMemGetInfo", e);
+    for (int i = 0; i < N_BLOCKS; i++) {
+        int async = i >= N_BLOCKS - 2;
+        e = async ? cudaMallocAsync((void **)&p[i], sizes[i], cudaStreamPerThread)
+                  : cudaMalloc((void **)&p[i], sizes[i]);
+        if (e != 0 || !p[i])
+            return alloc_failed(async ? "cudaMallocAsync" : "cudaMalloc", sizes[i], e);
+        for (size_t k = 0; k < sizes[i]; k++)
+            p[i][k] = pattern(i, k);
+        bytes += sizes[i];
+    }
+    void *none = (void *)1;
+    if ((e = cudaMalloc(&none, 0)) != 0 || none)
+        return alloc_failed("cudaMalloc", 0, e);
+    if ((e = cudaMemGetInfo(&free1, &total)) != 0)
+        return failed("cudaMemGetInfo", e);
+    int intact = 1;
+    for (int i = 0; i < N_BLOCKS; i++)
+        for (size_t k = 0; k < sizes[i]; k++)
+            if (p[i][k] != pattern(i, k)) {
+                printf("preload_app: block %d (%zu bytes) byte %zu reads %u, wrote %u\n", i, sizes[i], k,
+                       p[i][k], pattern(i, k));
+                intact = 0;
+                break;
+            }
+    for (int i = 0; i < N_BLOCKS; i++) {
+        int async = i >= N_BLOCKS - 2;
+        e = async ? cudaFreeAsync(p[i], cudaStreamPerThread) : cudaFree(p[i]);
+        if (e != 0)
+            return alloc_failed(async ? "cudaFreeAsync" : "cudaFree", sizes[i], e);
+    }
+    if ((e = cudaFree(NULL)) != 0)
+        return failed("cudaFree(NULL)", e);
+    if ((e = cudaMemGetInfo(&free2, &total)) != 0)
+        return failed("cudaMemGetInfo", e);
+    printf("preload_app: memory total %zu, free before %zu, with blocks %zu, after frees %zu\n", total, free0,
+           free1, free2);
+    /* Live blocks take at least their size from free memory, and give it back. */
+    if (free1 + bytes > free0 || free2 < free1 + bytes) {
+        printf("preload_app: cudaMemGetInfo does not follow the %zu bytes allocated and freed\n", bytes);
+        return 1;
+    }
+    if (!intact)
+        return 1;
+    printf("preload_app: %d allocations (%zu bytes), %d frees, data intact\n", N_BLOCKS, bytes, N_BLOCKS);
+    return 0;
+}

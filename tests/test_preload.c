@@ -1,0 +1,346 @@
+/* libfragless_preload.so and `fragless run`: the interposed CUDA runtime calls in this
+ * process (the library loaded with dlopen, no runtime behind it), then a small CUDA
+ * program (tests/preload/app.c, linked against a runtime without a device) started with
+ * `fragless run` on the driver double: it runs only because fragless serves it, and the
+ * trace it records lists its allocations and frees. */
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "test_support.h"
+
+typedef int cudaError_t;
+typedef struct CUstream_st *cudaStream_t;
+typedef cudaError_t (*malloc_fn)(void **, size_t);
+typedef cudaError_t (*free_fn)(void *);
+typedef cudaError_t (*malloc_async_fn)(void **, size_t, cudaStream_t);
+typedef cudaError_t (*free_async_fn)(void *, cudaStream_t);
+typedef cudaError_t (*info_fn)(size_t *, size_t *);
+
+#define MiB ((size_t)1 << 20)
+
+static char tmp[64]; /* this test's scratch directory */
+
+static void slurp(const char *path, char *buf, size_t n)
+{
+    FILE *f = fopen(path, "r");
+    size_t k = f ? fread(buf, 1, n - 1, f) : 0;
+    buf[k] = 0;
+    if (f)
+        fclose(f);
+}
+
+/* ---------------------------------------------------------------------------------
+ * In this process: the entry points' contract, with no CUDA runtime to fall back on.
+ * --------------------------------------------------------------------------------- */
+
+/* Runs free(ptr) with stderr going to a file, and returns what it said. */
+static cudaError_t free_capturing(free_fn fn, void *ptr, char *err, size_t n)
+{
+    char path[128];
+    snprintf(path, sizeof path, "%s/stderr.txt", tmp);
+    fflush(stderr);
+    int saved = dup(2), fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    dup2(fd, 2);
+    close(fd);
+    cudaError_t e = fn(ptr);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    slurp(path, err, n);
+    unlink(path);
+    return e;
+}
+
+/* The library exports the five runtime functions and nothing else: every other symbol
+ * would bind to (or shadow) the program's own. */
+static void test_exports(void)
+{
+    char cmd[PATH_MAX + 64], line[512];
+    snprintf(cmd, sizeof cmd, "nm -D --defined-only '%s' 2>/dev/null", PRELOAD_SO);
+    FILE *p = popen(cmd, "r");
+    int found = 0, other = 0;
+    while (p && fgets(line, sizeof line, p)) {
+        char type, name[256];
+        if (sscanf(line, "%*s %c %255s", &type, name) != 2)
+            continue;
+        if (!strcmp(name, "cudaMalloc") || !strcmp(name, "cudaFree") || !strcmp(name, "cudaMallocAsync") ||
+            !strcmp(name, "cudaFreeAsync") || !strcmp(name, "cudaMemGetInfo"))
+            found++;
+        else if (type != 'A') { /* version nodes, if any, are no symbols */
+            fprintf(stderr, "test_preload: %s also exports %s\n", PRELOAD_SO, name);
+            other++;
+        }
+    }
+    int st = p ? pclose(p) : -1;
+    if (st != 0 || found == 0) {
+        printf("test_preload: no nm here; exported symbols checked with dlsym only\n");
+        return;
+    }
+    CHECK(found == 5 && other == 0);
+}
+
+static void test_in_process(void)
+{
+    setenv("FRAGLESS_CUDA_LIB", FAKECUDA_PATH, 1);
+    setenv("FAKECUDA_CAPACITY", "64M", 1);
+    setenv("FRAGLESS_CONF", "policy:fragless,limit:32MiB", 1);
+    unsetenv("FRAGLESS_VERBOSE");
+    void *so = dlopen(PRELOAD_SO, RTLD_NOW | RTLD_LOCAL);
+    if (!so) {
+        fprintf(stderr, "cannot load %s: %s\n", PRELOAD_SO, dlerror());
+        CHECK(so != NULL);
+        return;
+    }
+    malloc_fn cmalloc = (malloc_fn)(uintptr_t)dlsym(so, "cudaMalloc");
+    free_fn cfree = (free_fn)(uintptr_t)dlsym(so, "cudaFree");
+    malloc_async_fn cmalloc_async = (malloc_async_fn)(uintptr_t)dlsym(so, "cudaMallocAsync");
+    free_async_fn cfree_async = (free_async_fn)(uintptr_t)dlsym(so, "cudaFreeAsync");
+    info_fn cinfo = (info_fn)(uintptr_t)dlsym(so, "cudaMemGetInfo");
+    CHECK(cmalloc && cfree && cmalloc_async && cfree_async && cinfo);
+    CHECK(!dlsym(so, "fl_alloc") && !dlsym(so, "fragless_torch_malloc") &&
+          !dlsym(so, "fl_frontend_allocator"));
+    if (!cmalloc || !cfree || !cmalloc_async || !cfree_async || !cinfo)
+        return;
+
+    size_t fr = 0, total = 0;
+    void *p = (void *)1, *q = NULL, *r = (void *)1;
+    /* Misuse, as the runtime answers it: no out-pointer is cudaErrorInvalidValue; size
+     * 0 is success with NULL; freeing NULL is success. */
+    CHECK(cmalloc(NULL, 8) == 1);
+    CHECK(cmalloc(&p, 0) == 0 && p == NULL);
+    CHECK(cfree(NULL) == 0 && cfree_async(NULL, (cudaStream_t)0x5) == 0);
+    CHECK(cinfo(NULL, &total) == 1 && cinfo(&fr, NULL) == 1);
+
+    /* limit:32MiB is the total; free is what the program may still allocate: device
+     * free plus fragless' cache, at most the limit minus live blocks. */
+    CHECK(cinfo(&fr, &total) == 0);
+    CHECK_EQ_U64(total, 32 * MiB);
+    CHECK_EQ_U64(fr, 32 * MiB);
+    CHECK(cmalloc(&p, MiB) == 0 && p != NULL && (uintptr_t)p % 512 == 0);
+    if (p)
+        memset(p, 0xab, MiB); /* the double's device memory is host memory */
+    CHECK(cinfo(&fr, &total) == 0);
+    CHECK_EQ_U64(fr, 31 * MiB);
+    CHECK(cmalloc_async(&q, 3000, (cudaStream_t)0x5) == 0 && q != NULL && q != p);
+    CHECK(cfree_async(q, (cudaStream_t)0x5) == 0);
+
+    /* Over the limit: cudaErrorMemoryAllocation and a NULL pointer. */
+    CHECK(cmalloc(&r, 40 * MiB) == 2 && r == NULL);
+
+    /* Not ours, and no runtime behind the library in this process. */
+    char err[1024];
+    int local = 0;
+    CHECK(free_capturing(cfree, &local, err, sizeof err) == 1);
+    CHECK(strstr(err, "not memory fragless allocated") != NULL);
+    CHECK(cfree(p) == 0);
+    CHECK(free_capturing(cfree, p, err, sizeof err) == 1); /* a double free */
+    CHECK(cinfo(&fr, &total) == 0);
+    CHECK_EQ_U64(fr, 32 * MiB);
+    /* Not closed: the allocator of the frontend lives as long as the process, as it
+     * does in a program the library is preloaded into. */
+}
+
+/* ---------------------------------------------------------------------------------
+ * Through `fragless run`, in child processes.
+ * --------------------------------------------------------------------------------- */
+
+typedef struct run_result {
+    int code;
+    char out[1 << 14];
+    char err[1 << 14];
+} run_result;
+
+/* Runs a shell command line in the scratch directory, on the driver double with 256 MiB
+ * and none of this process' own fragless settings. */
+static run_result *run(const char *fmt, ...)
+{
+    static run_result r;
+    char line[4096], cmd[8192], out[128], err[128];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    snprintf(out, sizeof out, "%s/out.txt", tmp);
+    snprintf(err, sizeof err, "%s/err.txt", tmp);
+    snprintf(cmd, sizeof cmd,
+             "cd '%s' && env -u FRAGLESS_CONF -u FRAGLESS_VERBOSE -u FRAGLESS_PRELOAD -u CUDART_STUB_DEVICE "
+             "-u CUDART_STUB_REPORT "
+             "FRAGLESS_CUDA_LIB='%s' FAKECUDA_CAPACITY=256M %s >'%s' 2>'%s'",
+             tmp, FAKECUDA_PATH, line, out, err);
+    int st = system(cmd);
+    r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    slurp(out, r.out, sizeof r.out);
+    slurp(err, r.err, sizeof r.err);
+    unlink(out);
+    unlink(err);
+    return &r;
+}
+
+static void show(const char *what, const run_result *r)
+{
+    fprintf(stderr, "--- %s: exit %d\nstdout:\n%sstderr:\n%s---\n", what, r->code, r->out, r->err);
+}
+
+/* The block sizes app.c allocates, in order; the last two on cudaStreamPerThread (0x2). */
+static const unsigned long long app_sizes[] = {100, 512, 4096, 70000, 257 * 1024, 1 << 20,
+                                               (3 << 20) + 5, (20 << 20) + 7, 1000, 5 << 20};
+#define APP_BLOCKS (sizeof app_sizes / sizeof app_sizes[0])
+
+/* The recorded trace: the header, then one allocate row per block in the program's
+ * order with its size and stream, and one free row for each, of an allocated pointer. */
+static void check_trace(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    CHECK(f != NULL);
+    if (!f) {
+        fprintf(stderr, "test_preload: no trace at %s\n", path);
+        return;
+    }
+    char line[512];
+    CHECK(fgets(line, sizeof line, f) && !strncmp(line, "Thread,Time,Action,Pointer,Size,Stream", 38));
+    unsigned long long ptrs[APP_BLOCKS] = {0};
+    size_t allocs = 0, frees = 0, rows = 0, bad = 0;
+    while (fgets(line, sizeof line, f)) {
+        char action[32];
+        unsigned long long ptr, size, stream;
+        rows++;
+        if (sscanf(line, "%*[^,],%*[^,],%31[^,],%llx,%llu,%llx", action, &ptr, &size, &stream) != 4) {
+            fprintf(stderr, "test_preload: trace row '%s' does not parse\n", line);
+            bad++;
+        } else if (!strcmp(action, "allocate")) {
+            unsigned long long want_stream = allocs >= APP_BLOCKS - 2 ? 2 : 0;
+            if (allocs < APP_BLOCKS && (size != app_sizes[allocs] || stream != want_stream)) {
+                fprintf(stderr, "test_preload: allocation %zu: %llu bytes on stream %llx\n", allocs, size,
+                        stream);
+                bad++;
+            }
+            if (allocs < APP_BLOCKS)
+                ptrs[allocs] = ptr;
+            allocs++;
+        } else if (!strcmp(action, "free")) {
+            int known = 0;
+            for (size_t i = 0; i < APP_BLOCKS; i++)
+                known |= ptrs[i] == ptr && ptr != 0;
+            if (!known) {
+                fprintf(stderr, "test_preload: free of 0x%llx, never allocated\n", ptr);
+                bad++;
+            }
+            frees++;
+        } else {
+            fprintf(stderr, "test_preload: unexpected trace row '%s'\n", line);
+            bad++;
+        }
+    }
+    fclose(f);
+    CHECK_EQ_U64(allocs, APP_BLOCKS);
+    CHECK_EQ_U64(frees, APP_BLOCKS);
+    CHECK_EQ_U64(rows, 2 * APP_BLOCKS);
+    CHECK_EQ_U64(bad, 0);
+}
+
+static void test_run(void)
+{
+    /* Without fragless the program meets the runtime's "no device". */
+    run_result *r = run("'%s'", PRELOAD_APP);
+    CHECK(r->code == 1 && strstr(r->out, "failed: error 100 (cudaErrorNoDevice)"));
+    if (r->code != 1)
+        show("app without fragless", r);
+
+    /* With it, every call succeeds, the data reads back, cudaMemGetInfo follows. */
+    r = run("'%s' run --trace t.csv -- '%s'", FL_CLI, PRELOAD_APP);
+    CHECK(r->code == 0 && strstr(r->out, "10 allocations") && strstr(r->out, "data intact"));
+    unsigned long long total = 0, f0 = 0, f1 = 0, f2 = 0;
+    const char *mem = strstr(r->out, "memory total");
+    CHECK(mem && sscanf(mem, "memory total %llu, free before %llu, with blocks %llu, after frees %llu",
+                        &total, &f0, &f1, &f2) == 4);
+    CHECK(total == 256 * MiB && f0 == total && f2 == total && f1 < f0);
+    if (r->code != 0)
+        show("fragless run --trace t.csv -- app", r);
+    char trace[128];
+    snprintf(trace, sizeof trace, "%s/t.csv", tmp);
+    check_trace(trace);
+    /* The trace is one our own tools read. */
+    r = run("'%s' replay t.csv --format csv", FL_CLI);
+    CHECK(r->code == 0);
+    if (r->code != 0)
+        show("fragless replay t.csv", r);
+    unlink(trace);
+
+    /* --conf reaches the program: under an 8 MiB limit its 20 MiB block fails, with
+     * the allocator's reason on stderr; another policy serves it too. */
+    r = run("'%s' run --conf limit:8MiB -- '%s'", FL_CLI, PRELOAD_APP);
+    CHECK(r->code == 1 && strstr(r->out, "cudaMalloc(20971527 bytes) failed: error 2"));
+    CHECK(strstr(r->err, "fragless: cudaMalloc of 20971527 bytes on device 0 failed: ") != NULL);
+    r = run("'%s' run --conf policy:cca -- '%s'", FL_CLI, PRELOAD_APP);
+    CHECK(r->code == 0 && strstr(r->out, "data intact"));
+    /* ...and is checked before the program starts. */
+    r = run("'%s' run --conf policy:nosuch -- '%s'", FL_CLI, PRELOAD_APP);
+    CHECK(r->code == 1 && strstr(r->err, "nosuch") && !strstr(r->out, "preload_app"));
+
+    /* Memory fragless did not hand out goes to the runtime (here: "no device"). */
+    r = run("'%s' run -- '%s' --free-foreign", FL_CLI, PRELOAD_APP);
+    CHECK(r->code == 0 && strstr(r->out, "cudaFree(foreign) = 100") &&
+          strstr(r->out, "cudaFreeAsync(foreign) = 100"));
+    /* cudaFree waits for the device as the runtime's does (8 of the 10 frees; the
+     * Async ones are ordered by their stream). */
+    r = run("CUDART_STUB_REPORT=1 '%s' run -- '%s'", FL_CLI, PRELOAD_APP);
+    CHECK(r->code == 0 && strstr(r->err, "cudaDeviceSynchronize called 8 times"));
+
+    /* The runtime's current device is the one allocated on. */
+    r = run("CUDART_STUB_DEVICE=1 '%s' run -- '%s'", FL_CLI, PRELOAD_APP);
+    CHECK(r->code == 1 && strstr(r->err, "device 1"));
+    r = run("CUDART_STUB_DEVICE=1 FAKECUDA_DEVICES=2 '%s' run -- '%s'", FL_CLI, PRELOAD_APP);
+    CHECK(r->code == 0 && strstr(r->out, "data intact"));
+
+    /* The environment the command gets: our library first, the old LD_PRELOAD kept,
+     * --conf with trace:PATH appended as an absolute path. */
+    char so[PATH_MAX], want[2 * PATH_MAX + 300];
+    CHECK(realpath(PRELOAD_SO, so) != NULL);
+    r = run("LD_PRELOAD='%s' '%s' run --conf policy:cca --trace sub/x.csv -- sh -c "
+            "'printf \"%%s\\n%%s\\n\" \"$LD_PRELOAD\" \"$FRAGLESS_CONF\"'", CUDART_STUB, FL_CLI);
+    snprintf(want, sizeof want, "%s:%s\npolicy:cca,trace:%s/sub/x.csv\n", so, CUDART_STUB, tmp);
+    CHECK(r->code == 0 && !strcmp(r->out, want));
+    if (r->code != 0 || strcmp(r->out, want))
+        fprintf(stderr, "want:\n%sgot:\n%s", want, r->out);
+    r = run("FRAGLESS_VERBOSE=1 '%s' run -- '%s'", FL_CLI, PRELOAD_APP);
+    CHECK(r->code == 0 && strstr(r->err, "fragless: serving cudaMalloc"));
+
+    /* Errors. */
+    r = run("'%s' run", FL_CLI);
+    CHECK(r->code == 1 && strstr(r->err, "no command given"));
+    r = run("'%s' run --conf", FL_CLI);
+    CHECK(r->code == 1 && strstr(r->err, "needs a value"));
+    r = run("'%s' run --bogus -- true", FL_CLI);
+    CHECK(r->code == 1 && strstr(r->err, "unknown option '--bogus'"));
+    r = run("'%s' run --trace a,b.csv -- true", FL_CLI);
+    CHECK(r->code == 1 && strstr(r->err, "','"));
+    r = run("FRAGLESS_PRELOAD=/nonexistent/libfragless_preload.so '%s' run -- '%s'", FL_CLI, PRELOAD_APP);
+    CHECK(r->code == 1 && strstr(r->err, "/nonexistent/libfragless_preload.so") &&
+          !strstr(r->out, "preload_app"));
+    r = run("'%s' run -- ./no-such-command arg", FL_CLI);
+    CHECK(r->code == 127 && strstr(r->err, "'./no-such-command'"));
+    r = run("'%s' run --help", FL_CLI);
+    CHECK(r->code == 0 && strstr(r->out, "usage: fragless run") && strstr(r->out, "--trace"));
+    /* The command's own exit status comes back. */
+    r = run("'%s' run -- sh -c 'exit 7'", FL_CLI);
+    CHECK(r->code == 7);
+}
+
+int main(void)
+{
+    snprintf(tmp, sizeof tmp, "/tmp/fl_preload.XXXXXX");
+    if (!mkdtemp(tmp)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    test_exports();
+    test_run(); /* before test_in_process, which sets this process' environment */
+    test_in_process();
+    rmdir(tmp);
+    return fl_test_done("test_preload");
+}
