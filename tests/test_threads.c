@@ -117,6 +117,32 @@ static void run(const char *policy)
     fl_device_destroy(d);
 }
 
+/* limit holds for every policy: a request above it fails, one below it runs. */
+static void test_limit_every_policy(void)
+{
+    const char *const *names = fl_policy_names();
+    for (int i = 0; names[i]; i++) {
+        fl_sim_params sp;
+        fl_sim_params_default(&sp);
+        fl_device *d;
+        CHECK_OK(fl_sim_device_create(&sp, &d));
+        fl_config cfg;
+        fl_config_default(&cfg);
+        snprintf(cfg.policy, sizeof cfg.policy, "%s", names[i]);
+        cfg.limit = UINT64_C(64) << 20;
+        fl_allocator *a;
+        CHECK_OK(fl_allocator_create(&cfg, d, &a));
+        uint64_t x;
+        CHECK_STATUS(fl_alloc(a, (UINT64_C(64) << 20) + (UINT64_C(64) << 20), 0, &x), FL_ERR_OOM);
+        CHECK_OK(fl_alloc(a, UINT64_C(40) << 20, 0, &x));
+        CHECK_OK(fl_free(a, x));
+        CHECK(counters(d).peak_in_use <= UINT64_C(64) << 20);
+        CHECK(fl_allocator_check(a) == 0);
+        fl_allocator_destroy(a);
+        fl_device_destroy(d);
+    }
+}
+
 static void test_env(void)
 {
     fl_config c;
@@ -135,6 +161,7 @@ static void test_env(void)
 
 int main(void)
 {
+    test_limit_every_policy();
     test_env();
     const char *const *names = fl_policy_names();
     for (int i = 0; names[i]; i++)

@@ -1,6 +1,8 @@
 /* PyTorch's pluggable-allocator entry points (torch.cuda.memory.CUDAPluggableAllocator),
  * and the per-device allocator table every in-process frontend shares (frontend.h). A
- * failed allocation returns NULL, which PyTorch turns into its OOM error. */
+ * failed allocation returns NULL; whether PyTorch raises OutOfMemoryError for it depends
+ * on its version (pytorch issue #133280: pluggable allocators' OOMs may not), so the
+ * reason is also counted in num_ooms and printed by the policy's error path. */
 #include <pthread.h>
 #include <stdio.h>
 #include <sys/types.h>

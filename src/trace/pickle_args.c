@@ -55,8 +55,8 @@ static int parse_decimal(const uint8_t *s, size_t n, int64_t *out)
 /* The decimal argument of PUT and GET. */
 int pk_text_int(pk_reader *r, int64_t *v, const char *what)
 {
-    const uint8_t *s;
-    size_t n;
+    const uint8_t *s = NULL;
+    size_t n = 0;
     char q[64];
     if (pk_arg_line(r, &s, &n))
         return -1;
@@ -100,8 +100,8 @@ int pk_push_long(pk_reader *r, const uint8_t *b, size_t n)
  * value is converted to the little-endian two's complement LONG1 would carry. */
 int pk_push_text_int(pk_reader *r)
 {
-    const uint8_t *s;
-    size_t n;
+    const uint8_t *s = NULL;
+    size_t n = 0;
     char q[64];
     int64_t v;
     if (pk_arg_line(r, &s, &n))
