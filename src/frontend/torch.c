@@ -2,9 +2,10 @@
  * and the per-device allocator table every in-process frontend shares (frontend.h). A
  * failed allocation returns NULL; whether PyTorch raises OutOfMemoryError for it depends
  * on its version (pytorch issue #133280: pluggable allocators' OOMs may not), so the
- * reason is also counted in num_ooms and printed by the policy's error path. */
+ * failure is also counted in num_ooms and its reason printed on stderr. */
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <sys/types.h>
 
 #include "frontend/frontend.h"
@@ -65,8 +66,15 @@ void *fragless_torch_malloc(ssize_t size, int device, void *stream)
     }
     fl_allocator *a = fl_frontend_allocator(device);
     uint64_t addr;
-    if (!a || fl_alloc(a, (uint64_t)size, (uint64_t)(uintptr_t)stream, &addr) != FL_OK)
+    if (!a)
         return NULL;
+    if (fl_alloc(a, (uint64_t)size, (uint64_t)(uintptr_t)stream, &addr) != FL_OK) {
+        /* The first failure always, later ones on request: programs probe memory. */
+        static int reported;
+        if (!reported++ || getenv("FRAGLESS_VERBOSE"))
+            fprintf(stderr, "fragless: device %d: %s\n", device, fl_last_error());
+        return NULL;
+    }
     return (void *)(uintptr_t)addr;
 }
 
