@@ -4,6 +4,7 @@
  * on its version (pytorch issue #133280: pluggable allocators' OOMs may not), so the
  * failure is also counted in num_ooms and its reason printed on stderr. */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/types.h>
@@ -70,8 +71,8 @@ void *fragless_torch_malloc(ssize_t size, int device, void *stream)
         return NULL;
     if (fl_alloc(a, (uint64_t)size, (uint64_t)(uintptr_t)stream, &addr) != FL_OK) {
         /* The first failure always, later ones on request: programs probe memory. */
-        static int reported;
-        if (!reported++ || getenv("FRAGLESS_VERBOSE"))
+        static atomic_int reported;
+        if (atomic_fetch_add(&reported, 1) == 0 || getenv("FRAGLESS_VERBOSE"))
             fprintf(stderr, "fragless: device %d: %s\n", device, fl_last_error());
         return NULL;
     }
