@@ -66,6 +66,13 @@ class PackageTest(unittest.TestCase):
                                capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=target))
             self.assertEqual(r.stdout.strip(), "fragless", r.stderr)
 
+    def test_conf_merge(self):
+        from fragless.torch import _conf_string
+        self.assertEqual(_conf_string({"limit": "8GiB"}, "policy:fragless,limit:4GiB"),
+                         "policy:fragless,limit:8GiB")
+        self.assertEqual(_conf_string({"expandable_segments": True}, ""), "expandable_segments:True")
+        self.assertEqual(_conf_string({}, " trace:/tmp/t.csv "), "trace:/tmp/t.csv")
+
     def test_torch_install(self):
         try:
             import torch  # noqa: F401
