@@ -84,15 +84,6 @@ static fl_device *make_dev(void)
     return d;
 }
 
-static void check_mentions(const char *what, int line)
-{
-    fl_test_checks++;
-    if (strstr(fl_last_error(), what) == NULL) {
-        fl_test_failures++;
-        fprintf(stderr, "%s:%d: message \"%s\" does not mention \"%s\"\n", __FILE__, line, fl_last_error(), what);
-    }
-}
-#define CHECK_MENTIONS(what) check_mentions(what, __LINE__)
 
 /* A refused call: its status, a message naming `mention` (if given), one more failed call
  * of its kind, memory in use unchanged. */
@@ -105,7 +96,7 @@ static void check_mentions(const char *what, int line)
         fl_device_counters ca_ = counters(d);                                           \
         CHECK(fl_last_error()[0] != 0);                                                 \
         if (m_)                                                                         \
-            check_mentions(m_, __LINE__);                                               \
+            fl_test_check_mentions(m_, __FILE__, __LINE__);                                               \
         CHECK_EQ_U64(ca_.failed_calls, cb_.failed_calls + 1);                           \
         CHECK_EQ_U64(ca_.calls[kind], cb_.calls[kind] + 1);                             \
         CHECK_EQ_U64(ca_.in_use, cb_.in_use);                                           \

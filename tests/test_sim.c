@@ -69,7 +69,7 @@ static void check_time(const fl_device *d, int line)
         fl_device_counters ca_ = counters(d);                                           \
         CHECK(fl_last_error()[0] != 0);                                                 \
         if (m_)                                                                         \
-            check_mentions(m_, __LINE__);                                               \
+            fl_test_check_mentions(m_, __FILE__, __LINE__);                                               \
         CHECK_EQ_U64(ca_.failed_calls, cb_.failed_calls + 1);                           \
         CHECK_EQ_U64(ca_.calls[kind], cb_.calls[kind] + 1);                             \
         CHECK_EQ_U64(ca_.in_use, cb_.in_use);                                           \
@@ -77,15 +77,6 @@ static void check_time(const fl_device *d, int line)
         check_time(d, __LINE__);                                                        \
     } while (0)
 
-static void check_mentions(const char *what, int line)
-{
-    fl_test_checks++;
-    if (strstr(fl_last_error(), what) == NULL) {
-        fl_test_failures++;
-        fprintf(stderr, "%s:%d: message \"%s\" does not mention %s\n", __FILE__, line,
-                fl_last_error(), what);
-    }
-}
 
 static const char *hex(uint64_t x)
 {

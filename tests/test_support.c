@@ -1,6 +1,7 @@
 /* Shared by every test executable: the counters and summary of test_support.h. */
 #include "test_support.h"
 
+#include <string.h>
 #include <sys/stat.h>
 
 int fl_test_failures;
@@ -10,6 +11,15 @@ int fl_test_done(const char *name)
 {
     printf("%s: %d checks, %d failed\n", name, fl_test_checks, fl_test_failures);
     return fl_test_failures ? 1 : 0;
+}
+
+void fl_test_check_mentions(const char *what, const char *file, int line)
+{
+    fl_test_checks++;
+    if (strstr(fl_last_error(), what) == NULL) {
+        fl_test_failures++;
+        fprintf(stderr, "%s:%d: message \"%s\" does not mention \"%s\"\n", file, line, fl_last_error(), what);
+    }
 }
 
 void fl_test_skip(const char *why)

@@ -55,6 +55,10 @@ extern int fl_test_checks;
         }                                                                              \
     } while (0)
 
+/* Checks that fl_last_error() mentions `what`; counted like a CHECK. */
+void fl_test_check_mentions(const char *what, const char *file, int line);
+#define CHECK_MENTIONS(what) fl_test_check_mentions(what, __FILE__, __LINE__)
+
 /* Prints the summary; returns the process exit code. */
 int fl_test_done(const char *name);
 /* Prints why and exits 77 (skipped). */
