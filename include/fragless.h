@@ -148,6 +148,8 @@ typedef struct fl_device_counters {
 } fl_device_counters;
 
 void fl_device_get_counters(const fl_device *d, fl_device_counters *out);
+/* Device calls of every kind together. */
+uint64_t fl_device_total_calls(const fl_device_counters *c);
 uint64_t fl_device_capacity(const fl_device *d);
 uint64_t fl_device_granularity(const fl_device *d);
 

@@ -56,14 +56,6 @@ uint64_t cli_capacity_for(const cli_opts *o, const fl_prepared *p)
     return o->capacity;
 }
 
-static uint64_t calls_of(const fl_device_counters *c)
-{
-    uint64_t n = 0;
-    for (int i = 0; i < FL_CALL_COUNT; i++)
-        n += c->calls[i];
-    return n;
-}
-
 static double ns_per_pair(const fl_replay_result *r)
 {
     return r->pairs ? (double)r->host_ns / (double)r->pairs : 0;
@@ -94,7 +86,7 @@ static void print_row(const cli_opts *o, const fl_prepared *p, const char *polic
                    mc_ratio);
         printf("\"device_calls\": %llu, \"device_ms\": %.3f, \"late_device_calls\": %llu, \"late_device_ms\": %.3f, "
                "\"calls_by_kind\": ",
-               (unsigned long long)calls_of(&u->dev), u->dev.time_us / 1e3, (unsigned long long)u->late_calls,
+               (unsigned long long)fl_device_total_calls(&u->dev), u->dev.time_us / 1e3, (unsigned long long)u->late_calls,
                u->late_us / 1e3);
         print_calls_json(stdout, &u->dev);
         printf(", \"host_ns_per_pair\": %.1f", ns_per_pair(u));
@@ -103,7 +95,7 @@ static void print_row(const cli_opts *o, const fl_prepared *p, const char *polic
                    "\"capacity_device_calls\": %llu, \"capacity_device_ms\": %.3f, \"capacity_late_device_calls\": %llu, "
                    "\"capacity_late_device_ms\": %.3f, \"capacity_calls_by_kind\": ",
                    (unsigned long long)m->capacity, (unsigned long long)c->ooms, (unsigned long long)c->peak_reserved,
-                   (unsigned long long)calls_of(&c->dev), c->dev.time_us / 1e3,
+                   (unsigned long long)fl_device_total_calls(&c->dev), c->dev.time_us / 1e3,
                    (unsigned long long)c->late_calls, c->late_us / 1e3);
             print_calls_json(stdout, &c->dev);
         }
@@ -121,14 +113,14 @@ static void print_row(const cli_opts *o, const fl_prepared *p, const char *polic
         }
         printf("%s,%s,%zu,%llu,%llu,%.4f,%llu,%.4f,%llu,%.3f,%llu,%.3f,%.1f", p->name, policy, p->n_ops,
                (unsigned long long)p->peak_live, (unsigned long long)u->peak_reserved, overhead,
-               (unsigned long long)m->min_capacity, mc_ratio, (unsigned long long)calls_of(&u->dev),
+               (unsigned long long)m->min_capacity, mc_ratio, (unsigned long long)fl_device_total_calls(&u->dev),
                u->dev.time_us / 1e3, (unsigned long long)u->late_calls, u->late_us / 1e3,
                ns_per_pair(u));
         for (int i = 0; i < FL_CALL_COUNT; i++)
             printf(",%llu", (unsigned long long)u->dev.calls[i]);
         if (m->capacity)
             printf(",%llu,%llu,%llu,%.3f,%llu,%.3f\n", (unsigned long long)m->capacity, (unsigned long long)c->ooms,
-                   (unsigned long long)calls_of(&c->dev), c->dev.time_us / 1e3,
+                   (unsigned long long)fl_device_total_calls(&c->dev), c->dev.time_us / 1e3,
                    (unsigned long long)c->late_calls, c->late_us / 1e3);
         else
             printf(",,,,,,\n");
@@ -140,10 +132,10 @@ static void print_row(const cli_opts *o, const fl_prepared *p, const char *polic
         snprintf(ratio, sizeof ratio, "%.4f", mc_ratio);
     }
     printf("  %-15s %9.3f %8.4f %9s %9s %7llu %9.1f %6llu %8.1f %8.1f", policy, gib(u->peak_reserved), overhead, mc,
-           ratio, (unsigned long long)calls_of(&u->dev), u->dev.time_us / 1e3,
+           ratio, (unsigned long long)fl_device_total_calls(&u->dev), u->dev.time_us / 1e3,
            (unsigned long long)u->late_calls, u->late_us / 1e3, ns_per_pair(u));
     if (m->capacity)
-        printf(" | %5llu %7llu %9.1f %6llu %8.1f", (unsigned long long)c->ooms, (unsigned long long)calls_of(&c->dev),
+        printf(" | %5llu %7llu %9.1f %6llu %8.1f", (unsigned long long)c->ooms, (unsigned long long)fl_device_total_calls(&c->dev),
                c->dev.time_us / 1e3, (unsigned long long)c->late_calls, c->late_us / 1e3);
     printf("\n");
 }
@@ -251,7 +243,7 @@ int cli_replay(const cli_opts *o)
                p->name, names[0], p->n_ops, (unsigned long long)capacity, (unsigned long long)p->peak_live,
                (unsigned long long)r.peak_reserved, (unsigned long long)r.peak_allocated, (unsigned long long)r.ooms,
                r.ooms ? (long long)r.first_oom_op : -1LL, (unsigned long long)r.retries,
-               (unsigned long long)calls_of(&r.dev), r.dev.time_us / 1e3, ns_per_pair(&r),
+               (unsigned long long)fl_device_total_calls(&r.dev), r.dev.time_us / 1e3, ns_per_pair(&r),
                (unsigned long long)min_cap);
         print_calls_json(stdout, &r.dev);
         printf(", \"timeline\": [");
@@ -285,7 +277,7 @@ int cli_replay(const cli_opts *o)
         if (r.ooms)
             printf(" (first at event %zu)", r.first_oom_op);
         printf(", retries after freeing cache: %llu\n", (unsigned long long)r.retries);
-        printf("  device calls %llu, simulated device time %.1f ms:", (unsigned long long)calls_of(&r.dev),
+        printf("  device calls %llu, simulated device time %.1f ms:", (unsigned long long)fl_device_total_calls(&r.dev),
                r.dev.time_us / 1e3);
         for (int i = 0; i < FL_CALL_COUNT; i++)
             if (r.dev.calls[i])

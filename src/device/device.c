@@ -74,5 +74,13 @@ void fl_device_get_counters(const fl_device *d, fl_device_counters *out)
     *out = d->counters;
 }
 
+uint64_t fl_device_total_calls(const fl_device_counters *c)
+{
+    uint64_t n = 0;
+    for (int i = 0; i < FL_CALL_COUNT; i++)
+        n += c->calls[i];
+    return n;
+}
+
 uint64_t fl_device_capacity(const fl_device *d) { return d->capacity; }
 uint64_t fl_device_granularity(const fl_device *d) { return d->granularity; }

@@ -154,14 +154,6 @@ void fl_replay_result_free(fl_replay_result *r)
     r->n_buckets = 0;
 }
 
-static uint64_t total_calls(const fl_device_counters *c)
-{
-    uint64_t n = 0;
-    for (int i = 0; i < FL_CALL_COUNT; i++)
-        n += c->calls[i];
-    return n;
-}
-
 /* Runs the ops; stop_at_oom ends the run at the first failure (min_capacity search). */
 static fl_status run(const fl_prepared *p, const fl_replay_opts *o, int stop_at_oom, fl_replay_result *r)
 {
@@ -208,7 +200,7 @@ static fl_status run(const fl_prepared *p, const fl_replay_opts *o, int stop_at_
             r->empty_cache_after = dev->counters.in_use;
         }
         if (FL_UNLIKELY(i == late_from)) {
-            late_calls0 = total_calls(&dev->counters);
+            late_calls0 = fl_device_total_calls(&dev->counters);
             late_us0 = dev->counters.time_us;
         }
         if (op->kind == FL_EV_FREE) {
@@ -277,7 +269,7 @@ static fl_status run(const fl_prepared *p, const fl_replay_opts *o, int stop_at_
             if (i + 1 == bucket_end || i + 1 == p->n_ops) {
                 uint64_t now = fl_now_ns();
                 host += now - t0;
-                uint64_t calls = total_calls(&dev->counters);
+                uint64_t calls = fl_device_total_calls(&dev->counters);
                 tb->first_op = b * chunk;
                 tb->end_op = i + 1;
                 tb->calls = calls - calls_before;
@@ -296,7 +288,7 @@ static fl_status run(const fl_prepared *p, const fl_replay_opts *o, int stop_at_
     r->pairs = pairs;
     r->peak_allocated = peak_allocated;
     if (o->late_from_op && o->late_from_op < p->n_ops) {
-        r->late_calls = total_calls(&dev->counters) - late_calls0;
+        r->late_calls = fl_device_total_calls(&dev->counters) - late_calls0;
         r->late_us = dev->counters.time_us - late_us0;
     }
     r->retries = pol->retries;
