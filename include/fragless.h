@@ -97,6 +97,14 @@ typedef struct fl_config {
                                      0 = default, 1/8 of the device page (256 KiB) */
     /* trace:PATH, record every allocation and free as an RMM CSV trace ("" = off). */
     char trace_path[256];
+    /* Out of memory: oom_report:0 keeps the first failure's report off stderr (it is
+     * always in fl_last_error and fl_last_oom); oom_snapshot:PATH writes the state
+     * snapshot (JSON) there at the first failure. */
+    int oom_report;               /* default 1 */
+    char oom_snapshot[256];
+    /* top:0 stops publishing statistics for `fragless top` (allocators on a real GPU
+     * publish by default; simulated devices never do). */
+    int publish;                  /* default 1 */
 } fl_config;
 
 void fl_config_default(fl_config *cfg);
@@ -133,10 +141,19 @@ typedef struct fl_sim_params {
     uint64_t granularity;         /* VMM granularity; default 2 MiB */
     double cost_us[FL_CALL_COUNT];/* simulated microseconds per call; defaults: see sim.c */
     int vmm_supported;            /* default 1 */
+    /* Fault injection (SQLite-style tests): device calls are numbered from 1 in the order
+     * they are made, every kind together. An injected failure returns FL_ERR_DEVICE with
+     * a message naming the call and its number, counts as a failed call and changes
+     * nothing. 0 = off. */
+    uint64_t fail_call;           /* the call with this number fails, once */
+    uint64_t fail_from;           /* every call from this number on fails */
 } fl_sim_params;
 
 void fl_sim_params_default(fl_sim_params *p);
 fl_status fl_sim_device_create(const fl_sim_params *p, fl_device **out);
+/* Re-arms fault injection on a live sim device (numbers as in fl_sim_params: absolute,
+ * counted since the device was created; 0, 0 clears). FL_ERR_INVALID on another device. */
+fl_status fl_sim_set_fault(fl_device *d, uint64_t fail_call, uint64_t fail_from);
 void fl_device_destroy(fl_device *d);
 
 typedef struct fl_device_counters {
@@ -145,6 +162,8 @@ typedef struct fl_device_counters {
     double time_us;               /* simulated (sim) or measured (cuda) device time */
     uint64_t in_use;              /* physical bytes held now */
     uint64_t peak_in_use;         /* max of in_use */
+    uint64_t bytes_obtained;      /* physical bytes ever created/allocated */
+    uint64_t bytes_returned;      /* physical bytes ever released/freed */
 } fl_device_counters;
 
 void fl_device_get_counters(const fl_device *d, fl_device_counters *out);
@@ -184,7 +203,11 @@ void fl_allocator_destroy(fl_allocator *a);
 
 /* size 0 is an error. Addresses are aligned to at least 512 bytes. */
 fl_status fl_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr);
+/* An address that is not a live block's start: FL_ERR_NOT_FOUND, nothing changes. */
 fl_status fl_free(fl_allocator *a, uint64_t addr);
+/* The same, checking that size is what the block was allocated with (PyTorch passes
+ * it): a mismatch is FL_ERR_INVALID and the block stays allocated. */
+fl_status fl_free_sized(fl_allocator *a, uint64_t addr, uint64_t size);
 /* Returns cached device memory that no live block needs to the device. */
 fl_status fl_empty_cache(fl_allocator *a);
 /* The most device memory the allocator may hold from now on (0 = the device's capacity),
@@ -192,18 +215,91 @@ fl_status fl_empty_cache(fl_allocator *a);
  * where the policy can. */
 fl_status fl_set_limit(fl_allocator *a, uint64_t bytes);
 
+/* One statistic as PyTorch's memory_stats() keeps it: now, the highest since the start
+ * (or fl_reset_peak_stats), and the totals that went in and out. */
+typedef struct fl_stat {
+    uint64_t current, peak, allocated, freed;
+} fl_stat;
+
+/* Statistics: cheap to read (no walk of the blocks for the fragless policy; cca walks
+ * its segments), safe to call every step and from any thread. Names follow PyTorch's
+ * memory_stats() ("allocated_bytes.all.current" is allocated_bytes.current) where the
+ * idea is the same; the rest are fragless's own. */
 typedef struct fl_stats {
-    uint64_t allocated_bytes;     /* live blocks, as the policy rounded them */
-    uint64_t reserved_bytes;      /* device memory the allocator holds */
-    uint64_t peak_allocated_bytes;
-    uint64_t peak_reserved_bytes;
-    uint64_t num_allocs;
-    uint64_t num_frees;
+    fl_stat allocated_bytes;      /* live blocks, as the policy rounded them */
+    fl_stat reserved_bytes;       /* device memory the allocator holds */
+    fl_stat active_bytes;         /* live blocks and freed ones still in use by a stream */
+    fl_stat requested_bytes;      /* live blocks as asked (unrounded) */
+    fl_stat allocation;           /* number of live blocks */
+    uint64_t inactive_split_bytes;      /* reserved, no live block, but not cached whole:
+                                           free pieces next to live blocks */
+    uint64_t inactive_split_bytes_peak; /* its peak over the reads so far */
     uint64_t num_alloc_retries;   /* allocations that freed cache and tried again */
     uint64_t num_ooms;            /* allocations that failed */
+    uint64_t num_device_alloc;    /* cuMemCreate + cudaMalloc calls */
+    uint64_t num_device_free;     /* cuMemRelease + cudaFree calls */
+    uint64_t num_sync_all_streams;/* device synchronizations */
+    /* fragless's own. */
+    uint64_t capacity;            /* the device's memory */
+    uint64_t limit;               /* the most the allocator may hold (capacity when unset) */
+    uint64_t cached_bytes;        /* reserved memory no live block touches (whole pages) */
+    uint64_t free_in_reserved;    /* reserved bytes no live block uses */
+    uint64_t largest_free;        /* largest request servable without new device memory */
+    double external_fragmentation;/* 1 - largest free / free, over free reserved memory
+                                     plus what may still be obtained; 0 when none */
+    uint64_t device_calls[FL_CALL_COUNT]; /* driver calls by kind (fl_call_name) */
+    uint64_t device_failed_calls;
+    double device_time_us;        /* measured (cuda) or simulated (sim) time in them */
 } fl_stats;
 
 void fl_get_stats(const fl_allocator *a, fl_stats *out);
+/* Peaks start again from the current values (torch.cuda.reset_peak_memory_stats). */
+void fl_reset_peak_stats(fl_allocator *a);
+/* The statistics as one JSON object (PyTorch's flat "allocated_bytes.all.current" keys
+ * plus fragless's own); snprintf's contract: returns the length the whole text needs,
+ * writes at most n bytes, always terminated when n > 0. */
+size_t fl_stats_json(const fl_stats *s, char *buf, size_t n);
+/* A table like torch.cuda.memory_summary(); same contract. */
+size_t fl_memory_summary(const fl_stats *s, char *buf, size_t n);
+
+/* ---------------------------------------------------------------------------------
+ * Out of memory: what failed and why. fl_alloc's FL_ERR_OOM message is the report's
+ * text; the first failure is also printed to stderr (config oom_report:0 turns it off).
+ * --------------------------------------------------------------------------------- */
+typedef enum fl_oom_verdict {
+    FL_OOM_NONE = 0,
+    FL_OOM_FRAGMENTATION,   /* live + asked fits in the capacity: memory is cut up */
+    FL_OOM_EXHAUSTION       /* live + asked exceeds it: the job needs more memory */
+} fl_oom_verdict;
+
+typedef struct fl_oom_report {
+    uint64_t request;       /* bytes asked */
+    uint64_t stream;
+    uint64_t capacity;      /* the device's memory */
+    uint64_t limit;         /* what the allocator may hold (capacity when unset) */
+    uint64_t device_free;   /* limit - reserved */
+    uint64_t live;          /* live bytes, each request rounded up to 512 B */
+    uint64_t reserved;      /* device memory the allocator held */
+    uint64_t free_in_reserved;  /* reserved but unallocated */
+    uint64_t largest_free;  /* largest block servable without new device memory */
+    double external_fragmentation;
+    fl_oom_verdict verdict; /* exhaustion when live + request > limit */
+    uint64_t needs;         /* at least this much memory for the request to succeed */
+    char advice[256];       /* the concrete next step */
+    char text[1024];        /* the whole report, as fl_last_error gives it */
+} fl_oom_report;
+
+const char *fl_oom_verdict_name(fl_oom_verdict v);
+/* The report of the allocator's latest failed allocation; FL_ERR_NOT_FOUND if none. */
+fl_status fl_last_oom(const fl_allocator *a, fl_oom_report *out);
+
+/* ---------------------------------------------------------------------------------
+ * State snapshot: the allocator's address ranges, pages (mapped with the number of live
+ * blocks on them, cached, unmapped) and blocks (address, size, live or free), with the
+ * statistics, as JSON (format in docs/ARCHITECTURE.md); `fragless report` draws it.
+ * --------------------------------------------------------------------------------- */
+fl_status fl_allocator_snapshot(fl_allocator *a, const char *path);
+
 /* Self-check of the policy's invariants: 0 when sound (message in fl_last_error). */
 int fl_allocator_check(const fl_allocator *a);
 

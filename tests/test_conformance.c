@@ -177,6 +177,7 @@ typedef struct run {
     blk *live;               /* sorted by address */
     size_t n, cap;
     uint64_t live_bytes;     /* sum of rsize */
+    uint64_t req_bytes, req_total, req_freed, req_peak; /* requested sizes: live, in, out, peak */
     uint64_t allocs, frees, ooms;
     uint64_t max_allocated;  /* highest allocated_bytes seen */
     fl_stats last;           /* stats after the previous step */
@@ -283,26 +284,46 @@ static void verify(run *r)
     }
     fl_stats s = stats(r->a);
     fl_device_counters c = counters(r->d);
-    EXPECT_EQ(r, s.num_allocs, r->allocs);
-    EXPECT_EQ(r, s.num_frees, r->frees);
+    EXPECT_EQ(r, s.allocation.allocated, r->allocs);
+    EXPECT_EQ(r, s.allocation.freed, r->frees);
+    EXPECT_EQ(r, s.allocation.current, r->n);
+    EXPECT(r, s.allocation.peak >= s.allocation.current);
     EXPECT_EQ(r, s.num_ooms, r->ooms);
-    EXPECT(r, s.allocated_bytes >= r->live_bytes);
+    /* Requested bytes are the model's exactly, whatever the policy's rounding. */
+    EXPECT_EQ(r, s.requested_bytes.current, r->req_bytes);
+    EXPECT_EQ(r, s.requested_bytes.allocated, r->req_total);
+    EXPECT_EQ(r, s.requested_bytes.freed, r->req_freed);
+    EXPECT_EQ(r, s.requested_bytes.peak, r->req_peak);
+    EXPECT(r, s.allocated_bytes.current >= r->live_bytes);
     if (exact_policy(r->policy))
-        EXPECT_EQ(r, s.allocated_bytes, r->live_bytes);
+        EXPECT_EQ(r, s.allocated_bytes.current, r->live_bytes);
+    EXPECT_EQ(r, s.allocated_bytes.allocated - s.allocated_bytes.freed, s.allocated_bytes.current);
+    EXPECT_EQ(r, s.active_bytes.current, s.allocated_bytes.current);
     /* Every policy holds at least what it hands out; nocache too, as the device charges
      * each cudaMalloc at least the request rounded to 512 B. */
-    EXPECT(r, s.reserved_bytes >= s.allocated_bytes);
-    EXPECT(r, s.reserved_bytes <= r->capacity);
-    EXPECT_EQ(r, s.reserved_bytes, c.in_use);
-    EXPECT(r, s.peak_allocated_bytes >= s.allocated_bytes);
-    EXPECT(r, s.peak_reserved_bytes >= s.reserved_bytes);
-    EXPECT_EQ(r, s.peak_reserved_bytes, c.peak_in_use);
-    EXPECT(r, s.peak_allocated_bytes >= r->last.peak_allocated_bytes);
-    EXPECT(r, s.peak_reserved_bytes >= r->last.peak_reserved_bytes);
-    if (s.allocated_bytes > r->max_allocated)
-        r->max_allocated = s.allocated_bytes;
+    EXPECT(r, s.reserved_bytes.current >= s.allocated_bytes.current);
+    EXPECT(r, s.reserved_bytes.current <= r->capacity);
+    EXPECT_EQ(r, s.reserved_bytes.current, c.in_use);
+    EXPECT_EQ(r, s.reserved_bytes.allocated - s.reserved_bytes.freed, s.reserved_bytes.current);
+    EXPECT(r, s.allocated_bytes.peak >= s.allocated_bytes.current);
+    EXPECT(r, s.reserved_bytes.peak >= s.reserved_bytes.current);
+    EXPECT_EQ(r, s.reserved_bytes.peak, c.peak_in_use);
+    EXPECT(r, s.allocated_bytes.peak >= r->last.allocated_bytes.peak);
+    EXPECT(r, s.reserved_bytes.peak >= r->last.reserved_bytes.peak);
+    /* What the policy holds but does not use: consistent with the reserved bytes. */
+    if (strcmp(r->policy, "nocache") == 0) /* the device rounds cudaMalloc up: not reusable */
+        EXPECT_EQ(r, s.free_in_reserved, 0);
+    else
+        EXPECT_EQ(r, s.free_in_reserved + s.allocated_bytes.current, s.reserved_bytes.current);
+    EXPECT(r, s.cached_bytes <= s.free_in_reserved);
+    EXPECT_EQ(r, s.inactive_split_bytes, s.free_in_reserved - s.cached_bytes);
+    EXPECT(r, s.external_fragmentation >= 0.0 && s.external_fragmentation <= 1.0);
+    EXPECT_EQ(r, s.num_device_alloc, c.calls[FL_CALL_CREATE] + c.calls[FL_CALL_MEM_ALLOC]);
+    EXPECT_EQ(r, s.num_device_free, c.calls[FL_CALL_RELEASE] + c.calls[FL_CALL_MEM_FREE]);
+    if (s.allocated_bytes.current > r->max_allocated)
+        r->max_allocated = s.allocated_bytes.current;
     /* allocated only grows in fl_alloc, so its peak is exactly the highest value seen. */
-    EXPECT_EQ(r, s.peak_allocated_bytes, r->max_allocated);
+    EXPECT_EQ(r, s.allocated_bytes.peak, r->max_allocated);
     r->last = s;
 }
 
@@ -358,8 +379,8 @@ static void op_alloc(run *r, uint64_t size, uint64_t stream)
     if (st == FL_ERR_OOM) {
         /* A failed request changes nothing the caller owns; cache may have gone back. */
         r->ooms++;
-        EXPECT_EQ(r, after.allocated_bytes, before.allocated_bytes);
-        EXPECT_EQ(r, after.num_allocs, before.num_allocs);
+        EXPECT_EQ(r, after.allocated_bytes.current, before.allocated_bytes.current);
+        EXPECT_EQ(r, after.allocation.allocated, before.allocation.allocated);
         EXPECT(r, fl_last_error()[0] != 0);
         /* With nothing live, every policy can serve half the device. */
         EXPECT(r, !(r->n == 0 && size <= r->capacity / 2));
@@ -412,14 +433,18 @@ static void op_alloc(run *r, uint64_t size, uint64_t stream)
             run_fail(r, __LINE__, m);
         }
     }
-    EXPECT(r, after.allocated_bytes - before.allocated_bytes >= b.rsize);
+    EXPECT(r, after.allocated_bytes.current - before.allocated_bytes.current >= b.rsize);
     if (exact_policy(r->policy))
-        EXPECT_EQ(r, after.allocated_bytes - before.allocated_bytes, b.rsize);
+        EXPECT_EQ(r, after.allocated_bytes.current - before.allocated_bytes.current, b.rsize);
     r->live = grow(r->live, &r->cap, r->n + 1, sizeof *r->live);
     memmove(&r->live[i + 1], &r->live[i], (r->n - i) * sizeof *r->live);
     r->live[i] = b;
     r->n++;
     r->live_bytes += b.rsize;
+    r->req_bytes += b.size;
+    r->req_total += b.size;
+    if (r->req_bytes > r->req_peak)
+        r->req_peak = r->req_bytes;
     r->allocs++;
 }
 
@@ -439,12 +464,14 @@ static void op_free(run *r, size_t i)
         return;
     }
     fl_stats after = stats(r->a);
-    EXPECT(r, before.allocated_bytes - after.allocated_bytes >= b.rsize);
+    EXPECT(r, before.allocated_bytes.current - after.allocated_bytes.current >= b.rsize);
     if (exact_policy(r->policy))
-        EXPECT_EQ(r, before.allocated_bytes - after.allocated_bytes, b.rsize);
+        EXPECT_EQ(r, before.allocated_bytes.current - after.allocated_bytes.current, b.rsize);
     memmove(&r->live[i], &r->live[i + 1], (r->n - i - 1) * sizeof *r->live);
     r->n--;
     r->live_bytes -= b.rsize;
+    r->req_bytes -= b.size;
+    r->req_freed += b.size;
     r->frees++;
     r->recent[r->frees % 16] = b.addr;
     /* Dirty until a sync point; a synchronizing free (cudaFree) cleans it at once. */
@@ -504,13 +531,13 @@ static void op_empty_cache(run *r)
     check_unmap_synced(r, &cb);
     fl_stats after = stats(r->a);
     EXPECT(r, st == FL_OK);
-    EXPECT(r, after.reserved_bytes <= before.reserved_bytes);
-    EXPECT_EQ(r, after.allocated_bytes, before.allocated_bytes);
+    EXPECT(r, after.reserved_bytes.current <= before.reserved_bytes.current);
+    EXPECT_EQ(r, after.allocated_bytes.current, before.allocated_bytes.current);
     if (r->n == 0)
-        EXPECT_EQ(r, after.reserved_bytes, 0);
+        EXPECT_EQ(r, after.reserved_bytes.current, 0);
     /* fragless keeps no cache after empty_cache: exactly the pages live blocks touch. */
     if (strcmp(r->policy, "fragless") == 0)
-        EXPECT_EQ(r, after.reserved_bytes, pinned_pages(r) * r->gran);
+        EXPECT_EQ(r, after.reserved_bytes.current, pinned_pages(r) * r->gran);
 }
 
 /* A misuse chosen at random: a free inside a live block, a double free, a wild free, a
@@ -589,7 +616,7 @@ static void random_run(const char *policy, const char *device, uint64_t capacity
         }
         op_empty_cache(&r);
         verify(&r);
-        EXPECT_EQ(&r, stats(r.a).allocated_bytes, 0);
+        EXPECT_EQ(&r, stats(r.a).allocated_bytes.current, 0);
         EXPECT_EQ(&r, counters(r.d).in_use, 0);
     }
     /* Teardown returns everything, live blocks included, and leaves the device as it
@@ -667,8 +694,8 @@ static void test_misuse(const char *policy)
     CHECK_OK(fl_free(a, y));
     refused_free(a, d, y, __LINE__);
     refused_free(a, d, x, __LINE__);
-    CHECK_EQ_U64(stats(a).num_frees, 3);
-    CHECK_EQ_U64(stats(a).allocated_bytes, 0);
+    CHECK_EQ_U64(stats(a).allocation.freed, 3);
+    CHECK_EQ_U64(stats(a).allocated_bytes.current, 0);
     CHECK_OK(fl_empty_cache(a));
     CHECK_EQ_U64(counters(d).in_use, 0);
     fl_allocator_destroy(a);
@@ -691,8 +718,8 @@ static void huge_requests(const char *policy)
         fl_status st = fl_alloc(a, sizes[i], STREAMS[1], &addr);
         fl_stats sa = stats(a);
         fl_test_checks++;
-        if (st != FL_ERR_OOM || sa.num_ooms != sb.num_ooms + 1 || sa.allocated_bytes != sb.allocated_bytes ||
-            sa.num_allocs != sb.num_allocs) {
+        if (st != FL_ERR_OOM || sa.num_ooms != sb.num_ooms + 1 || sa.allocated_bytes.current != sb.allocated_bytes.current ||
+            sa.allocation.allocated != sb.allocation.allocated) {
             fl_test_failures++;
             fprintf(stderr, "%s:%d: %s: fl_alloc(%llu) returned %s (\"%s\"), num_ooms %llu -> %llu; "
                     "want out of memory, counted\n", __FILE__, __LINE__, policy,
@@ -710,7 +737,7 @@ static void huge_requests(const char *policy)
                 __FILE__, __LINE__, policy, fl_status_str(st), fl_last_error());
     } else {
         CHECK(addr % 512 == 0);
-        CHECK(stats(a).allocated_bytes >= size);
+        CHECK(stats(a).allocated_bytes.current >= size);
         CHECK_ALLOCATOR(a);
         CHECK_OK(fl_free(a, addr));
     }
@@ -829,9 +856,9 @@ static void test_streams(const char *policy)
     /* empty_cache synchronizes and returns the cache: then s2 needs no sync of its own. */
     CHECK_OK(fl_alloc(a, S, s1, &x));
     CHECK_OK(fl_free(a, x));
-    uint64_t reserved = stats(a).reserved_bytes;
+    uint64_t reserved = stats(a).reserved_bytes.current;
     CHECK_OK(fl_empty_cache(a));
-    CHECK_EQ_U64(stats(a).reserved_bytes, 0);
+    CHECK_EQ_U64(stats(a).reserved_bytes.current, 0);
     CHECK(caching ? reserved > 0 : reserved == 0);
     syncs = counters(d).calls[FL_CALL_SYNC];
     CHECK_OK(fl_alloc(a, S, s2, &y));
@@ -900,8 +927,8 @@ static void test_pressure(const char *policy, uint64_t gran)
     printf("capacity pressure, %-14s %llu MiB pages: %zu x 1 MiB filled 64 MiB, %zu freed (%llu pages "
            "free), 8 MiB request: %s, reserved %llu -> %llu MiB\n", policy,
            (unsigned long long)(gran / MiB), n, n - kept, (unsigned long long)free_pages,
-           st == FL_OK ? "ok" : fl_status_str(st), (unsigned long long)(before.reserved_bytes / MiB),
-           (unsigned long long)(after.reserved_bytes / MiB));
+           st == FL_OK ? "ok" : fl_status_str(st), (unsigned long long)(before.reserved_bytes.current / MiB),
+           (unsigned long long)(after.reserved_bytes.current / MiB));
     if (strcmp(policy, "fragless") == 0) {
         if (gran == 1 * MiB)
             CHECK(pages_suffice); /* else the scenario proves nothing */

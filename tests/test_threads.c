@@ -50,9 +50,9 @@ static void *observe(void *arg)
     while (!atomic_load(&done)) {
         fl_stats st;
         fl_get_stats(a, &st);
-        if (st.allocated_bytes > st.reserved_bytes && st.reserved_bytes) { /* never torn */
+        if (st.allocated_bytes.current > st.reserved_bytes.current && st.reserved_bytes.current) { /* never torn */
             fprintf(stderr, "torn statistics: allocated %llu > reserved %llu\n",
-                    (unsigned long long)st.allocated_bytes, (unsigned long long)st.reserved_bytes);
+                    (unsigned long long)st.allocated_bytes.current, (unsigned long long)st.reserved_bytes.current);
             observed_errors++;
         }
         if (++rounds % 64 == 0 && fl_allocator_check(a)) {
@@ -108,8 +108,8 @@ static void run(const char *policy)
     CHECK_EQ_U64(observed_errors, 0);
     fl_stats st;
     fl_get_stats(a, &st);
-    CHECK_EQ_U64(st.num_allocs, allocs);
-    CHECK_EQ_U64(st.num_frees, frees);
+    CHECK_EQ_U64(st.allocation.allocated, allocs);
+    CHECK_EQ_U64(st.allocation.freed, frees);
     CHECK(fl_allocator_check(a) == 0);
     printf("%-15s %d threads: %llu allocations, %llu frees, %llu OOMs\n", policy, THREADS,
            (unsigned long long)allocs, (unsigned long long)frees, (unsigned long long)st.num_ooms);

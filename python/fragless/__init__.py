@@ -6,20 +6,15 @@ folder of the source checkout, else the system's library path. Importing needs n
 """
 import ctypes
 import ctypes.util
+import json
 import os
 
-__all__ = ["library_path", "stats", "empty_cache", "set_memory_fraction", "FraglessError"]
+__all__ = ["library_path", "stats", "memory_summary", "reset_peak_stats", "snapshot", "empty_cache",
+           "set_memory_fraction", "FraglessError"]
 
 
 class FraglessError(RuntimeError):
     """libfragless.so could not be found or used."""
-
-
-class _Stats(ctypes.Structure):
-    # Mirrors fl_stats in include/fragless.h.
-    _fields_ = [(name, ctypes.c_uint64) for name in (
-        "allocated_bytes", "reserved_bytes", "peak_allocated_bytes", "peak_reserved_bytes",
-        "num_allocs", "num_frees", "num_alloc_retries", "num_ooms")]
 
 
 def library_path():
@@ -47,8 +42,13 @@ def _library():
             lib = ctypes.CDLL(path)
         except OSError as e:
             raise FraglessError("cannot load %s: %s" % (path, e))
-        lib.fragless_torch_stats.argtypes = [ctypes.c_int, ctypes.POINTER(_Stats)]
-        lib.fragless_torch_stats.restype = ctypes.c_int
+        for name in ("fragless_torch_stats_json", "fragless_torch_memory_summary"):
+            getattr(lib, name).argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
+            getattr(lib, name).restype = ctypes.c_longlong
+        lib.fragless_torch_reset_peak_stats.argtypes = [ctypes.c_int]
+        lib.fragless_torch_reset_peak_stats.restype = None
+        lib.fragless_torch_snapshot.argtypes = [ctypes.c_int, ctypes.c_char_p]
+        lib.fragless_torch_snapshot.restype = ctypes.c_int
         lib.fragless_torch_empty_cache.argtypes = []
         lib.fragless_torch_empty_cache.restype = None
         lib.fragless_torch_set_memory_fraction.argtypes = [ctypes.c_double, ctypes.c_int]
@@ -57,23 +57,52 @@ def _library():
     return _lib
 
 
+def _text(fn, device):
+    """A text the library writes into a buffer (snprintf's contract); None when the
+    device has no allocator yet."""
+    n = fn(int(device), None, 0)
+    if n < 0:
+        return None
+    buf = ctypes.create_string_buffer(n + 1)
+    fn(int(device), buf, n + 1)
+    return buf.value.decode()
+
+
 def stats(device=0):
-    """The device's statistics under torch.cuda.memory_stats()'s key names (all zero
-    before the first allocation on that device)."""
-    s = _Stats()
-    used = _library().fragless_torch_stats(device, ctypes.byref(s)) == 0
-    get = (lambda f: getattr(s, f)) if used else (lambda f: 0)
-    return {
-        "allocated_bytes.all.current": get("allocated_bytes"),
-        "allocated_bytes.all.peak": get("peak_allocated_bytes"),
-        "reserved_bytes.all.current": get("reserved_bytes"),
-        "reserved_bytes.all.peak": get("peak_reserved_bytes"),
-        "allocation.all.allocated": get("num_allocs"),
-        "allocation.all.freed": get("num_frees"),
-        "allocation.all.current": get("num_allocs") - get("num_frees"),
-        "num_alloc_retries": get("num_alloc_retries"),
-        "num_ooms": get("num_ooms"),
-    }
+    """The device's statistics, flat like torch.cuda.memory_stats(): PyTorch's names
+    ("allocated_bytes.all.current", "num_ooms", ...) and fragless's own under
+    "fragless." ("fragless.largest_free", "fragless.device_calls.create", ...). Empty
+    before the first allocation on that device."""
+    text = _text(_library().fragless_torch_stats_json, device)
+    if text is None:
+        return {}
+    flat = {}
+
+    def walk(prefix, obj):
+        for key, value in obj.items():
+            if isinstance(value, dict):
+                walk(prefix + key + ".", value)
+            else:
+                flat[prefix + key] = value
+    walk("", json.loads(text))
+    return flat
+
+
+def memory_summary(device=0):
+    """A table like torch.cuda.memory_summary() ("" before the first allocation)."""
+    return _text(_library().fragless_torch_memory_summary, device) or ""
+
+
+def reset_peak_stats(device=0):
+    """Peaks start again from the current values (torch.cuda.reset_peak_memory_stats)."""
+    _library().fragless_torch_reset_peak_stats(int(device))
+
+
+def snapshot(path, device=0):
+    """Write the allocator's state (address ranges, pages, blocks) as JSON to path, for
+    `fragless report`."""
+    if _library().fragless_torch_snapshot(int(device), os.fsencode(path)) != 0:
+        raise FraglessError("snapshot of device %d to %s failed (reason on stderr)" % (device, path))
 
 
 def empty_cache():

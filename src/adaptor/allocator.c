@@ -1,7 +1,10 @@
 /* The allocator object of the C API: one policy on one device, with the statistics
- * adaptor (peaks, counts) every frontend reports and the trace recorder (trace:PATH).
- * Safe from many threads: one lock per allocator, so per device (policies and devices
- * themselves are single-threaded). */
+ * every frontend reports, the out-of-memory report, the state snapshot, the publisher
+ * for `fragless top` and the trace recorder (trace:PATH). Safe from many threads: one
+ * lock per allocator, so per device (policies and devices themselves are
+ * single-threaded). Every live block's requested size is kept here (one hash map), so
+ * frees of unknown pointers are refused before the policy sees them, a size given at
+ * free is checked, and requested_bytes is exact. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -10,19 +13,35 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "policy/policy.h"
+#include "adaptor/adaptor.h"
 #include "trace/trace.h"
+
+/* Statistics are published for `fragless top` at most this often. */
+#define PUBLISH_EVERY_NS (50 * 1000 * 1000)
 
 struct fl_allocator {
     pthread_mutex_t lock;
     fl_policy *policy;
-    uint64_t peak_allocated;
-    /* Trace recording: rows in RMM's CSV format, the sizes of live blocks (free rows
+    fl_config cfg;
+    uint64_t limit;             /* what it may hold; 0 = the device's capacity */
+    fl_map requested;           /* live block -> requested bytes */
+    /* Statistics beyond the policy's own counters. */
+    uint64_t peak_allocated, alloc_total, freed_total;
+    uint64_t req_peak, req_current, req_total, req_freed;
+    uint64_t blocks_peak;
+    uint64_t live512;           /* live bytes, each request rounded up to 512 B */
+    uint64_t inactive_split_peak;
+    /* The latest out-of-memory report; the first one is printed and snapshotted. */
+    fl_oom_report oom;
+    int has_oom, oom_reported;
+    fl_publisher *pub;
+    uint64_t published_ns;
+    /* Trace recording: rows in RMM's CSV format, the streams of live blocks (free rows
      * carry them, as RMM's do) and the start time. A process killed mid-run leaves
      * whole lines up to the last flush and at most one cut line, which the reader
      * accepts with a warning. */
     FILE *trace;
-    fl_map trace_sizes, trace_streams;
+    fl_map trace_streams;
     uint64_t trace_t0;
 };
 
@@ -41,32 +60,45 @@ static void trace_row(fl_allocator *a, int kind, uint64_t ptr, uint64_t size, ui
         fprintf(a->trace, "%s\n", row);
 }
 
+
+static uint64_t effective_limit(const fl_allocator *a)
+{
+    uint64_t cap = a->policy->dev->capacity;
+    return a->limit && a->limit < cap ? a->limit : cap;
+}
+
 fl_status fl_allocator_create(const fl_config *cfg, fl_device *dev, fl_allocator **out)
 {
     *out = NULL;
     fl_allocator *a = calloc(1, sizeof *a);
     if (!a)
         return fl_fail(FL_ERR_NOMEM, "allocator: host memory");
-    fl_status s = fl_policy_create(cfg, dev, &a->policy);
+    a->cfg = *cfg;
+    a->limit = cfg->limit;
+    fl_status s = fl_map_init(&a->requested, 1024);
+    if (s == FL_OK)
+        s = fl_policy_create(cfg, dev, &a->policy);
+    if (s == FL_OK && cfg->trace_path[0]) {
+        a->trace = fopen(cfg->trace_path, "w");
+        if (!a->trace)
+            s = fl_fail(FL_ERR_IO, "trace:%s: cannot open: %s", cfg->trace_path, strerror(errno));
+        else if ((s = fl_map_init(&a->trace_streams, 1024)) == FL_OK) {
+            fprintf(a->trace, "Thread,Time,Action,Pointer,Size,Stream\n");
+            a->trace_t0 = fl_now_ns();
+        }
+    }
     if (s != FL_OK) {
+        if (a->trace)
+            fclose(a->trace);
+        fl_map_free(&a->trace_streams);
+        if (a->policy)
+            a->policy->ops->destroy(a->policy);
+        fl_map_free(&a->requested);
         free(a);
         return s;
     }
-    if (cfg->trace_path[0]) {
-        a->trace = fopen(cfg->trace_path, "w");
-        if (!a->trace || fl_map_init(&a->trace_sizes, 1024) != FL_OK ||
-            fl_map_init(&a->trace_streams, 1024) != FL_OK) {
-            fl_map_free(&a->trace_sizes);
-            s = a->trace ? FL_ERR_NOMEM : fl_fail(FL_ERR_IO, "trace:%s: cannot open: %s", cfg->trace_path, strerror(errno));
-            if (a->trace)
-                fclose(a->trace);
-            a->policy->ops->destroy(a->policy);
-            free(a);
-            return s;
-        }
-        fprintf(a->trace, "Thread,Time,Action,Pointer,Size,Stream\n");
-        a->trace_t0 = fl_now_ns();
-    }
+    if (cfg->publish && dev->is_gpu && fl_publish_open(dev->ordinal, &a->pub) != FL_OK)
+        fprintf(stderr, "fragless: device %d: not shown in `fragless top`: %s\n", dev->ordinal, fl_last_error());
     pthread_mutex_init(&a->lock, NULL);
     *out = a;
     return FL_OK;
@@ -76,14 +108,107 @@ void fl_allocator_destroy(fl_allocator *a)
 {
     if (!a)
         return;
+    fl_publish_close(a->pub);
     a->policy->ops->destroy(a->policy);
     if (a->trace) {
         fclose(a->trace);
-        fl_map_free(&a->trace_sizes);
         fl_map_free(&a->trace_streams);
     }
+    fl_map_free(&a->requested);
     pthread_mutex_destroy(&a->lock);
     free(a);
+}
+
+/* Statistics under the lock. */
+static void stats_locked(fl_allocator *a, fl_stats *out)
+{
+    const fl_policy *p = a->policy;
+    const fl_device_counters *c = &p->dev->counters;
+    memset(out, 0, sizeof *out);
+    out->allocated_bytes = (fl_stat){p->allocated, a->peak_allocated, a->alloc_total, a->freed_total};
+    out->reserved_bytes = (fl_stat){c->in_use, c->peak_in_use, c->bytes_obtained, c->bytes_returned};
+    out->active_bytes = out->allocated_bytes;
+    out->requested_bytes = (fl_stat){a->req_current, a->req_peak, a->req_total, a->req_freed};
+    out->allocation = (fl_stat){p->num_allocs - p->num_frees, a->blocks_peak, p->num_allocs, p->num_frees};
+    fl_policy_state st = {0};
+    p->ops->query(p, &st);
+    out->free_in_reserved = st.free_in_reserved;
+    out->cached_bytes = st.cached;
+    out->inactive_split_bytes = st.free_in_reserved > st.cached ? st.free_in_reserved - st.cached : 0;
+    if (out->inactive_split_bytes > a->inactive_split_peak)
+        a->inactive_split_peak = out->inactive_split_bytes;
+    out->inactive_split_bytes_peak = a->inactive_split_peak;
+    out->num_alloc_retries = p->retries;
+    out->num_ooms = p->ooms;
+    out->num_device_alloc = c->calls[FL_CALL_CREATE] + c->calls[FL_CALL_MEM_ALLOC];
+    out->num_device_free = c->calls[FL_CALL_RELEASE] + c->calls[FL_CALL_MEM_FREE];
+    out->num_sync_all_streams = c->calls[FL_CALL_SYNC];
+    out->capacity = p->dev->capacity;
+    out->limit = effective_limit(a);
+    uint64_t room = out->limit > c->in_use ? out->limit - c->in_use : 0;
+    out->largest_free = st.largest_free > room ? st.largest_free : room;
+    uint64_t total = st.free_in_reserved + room;
+    out->external_fragmentation =
+        total && out->largest_free < total ? 1.0 - (double)out->largest_free / (double)total : 0.0;
+    memcpy(out->device_calls, c->calls, sizeof out->device_calls);
+    out->device_failed_calls = c->failed_calls;
+    out->device_time_us = c->time_us;
+}
+
+static void maybe_publish(fl_allocator *a, int now)
+{
+    if (!a->pub)
+        return;
+    uint64_t t = fl_now_ns();
+    if (!now && t - a->published_ns < PUBLISH_EVERY_NS)
+        return;
+    a->published_ns = t;
+    fl_stats st;
+    stats_locked(a, &st);
+    fl_publish_update(a->pub, &st);
+}
+
+static fl_status write_snapshot(fl_allocator *a, const char *path)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return fl_fail(FL_ERR_IO, "state snapshot %s: cannot open: %s", path, strerror(errno));
+    fl_stats st;
+    stats_locked(a, &st);
+    fl_status s = fl_policy_snapshot_json(a->policy, &st, f);
+    if (fclose(f) != 0 && s == FL_OK)
+        s = fl_fail(FL_ERR_IO, "state snapshot %s: write error: %s", path, strerror(errno));
+    return s;
+}
+
+/* The policy said out of memory: judge it, keep the report, print and snapshot the
+ * first one, and make the report the error message. */
+static fl_status out_of_memory(fl_allocator *a, uint64_t size, uint64_t stream)
+{
+    fl_oom_report *r = &a->oom;
+    memset(r, 0, sizeof *r);
+    const fl_policy *p = a->policy;
+    fl_policy_state st = {0};
+    p->ops->query(p, &st);
+    r->request = size;
+    r->stream = stream;
+    r->capacity = p->dev->capacity;
+    r->limit = effective_limit(a);
+    r->live = a->live512;
+    r->reserved = p->dev->counters.in_use;
+    r->free_in_reserved = st.free_in_reserved;
+    r->largest_free = st.largest_free;
+    fl_oom_judge(r, p->ops->name, p->dev->is_gpu ? p->dev->ordinal : 0);
+    a->has_oom = 1;
+    if (!a->oom_reported) {
+        a->oom_reported = 1;
+        if (a->cfg.oom_report)
+            fprintf(stderr, "fragless: %s\n", r->text);
+        if (a->cfg.oom_snapshot[0] && write_snapshot(a, a->cfg.oom_snapshot) != FL_OK)
+            fprintf(stderr, "fragless: oom_snapshot: %s\n", fl_last_error());
+    }
+    maybe_publish(a, 1);
+    return fl_fail(FL_ERR_OOM, "%s", r->text);
 }
 
 fl_status fl_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr)
@@ -91,29 +216,80 @@ fl_status fl_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *ad
     if (size == 0)
         return fl_fail(FL_ERR_INVALID, "fl_alloc: size 0");
     pthread_mutex_lock(&a->lock);
-    fl_status s = a->policy->ops->alloc(a->policy, size, stream, addr);
-    if (s == FL_OK && a->policy->allocated > a->peak_allocated)
-        a->peak_allocated = a->policy->allocated;
+    fl_policy *p = a->policy;
+    uint64_t before = p->allocated;
+    fl_status s = p->ops->alloc(p, size, stream, addr);
+    if (s == FL_OK && (s = fl_map_insert(&a->requested, *addr, size)) != FL_OK)
+        p->ops->free(p, *addr); /* no host memory to track it: undo, nothing changes */
+    if (s == FL_OK) {
+        a->alloc_total += p->allocated - before;
+        if (p->allocated > a->peak_allocated)
+            a->peak_allocated = p->allocated;
+        a->req_current += size;
+        a->req_total += size;
+        if (a->req_current > a->req_peak)
+            a->req_peak = a->req_current;
+        a->live512 += fl_align_up(size, 512);
+        if (p->num_allocs - p->num_frees > a->blocks_peak)
+            a->blocks_peak = p->num_allocs - p->num_frees;
+    } else if (s == FL_ERR_OOM) {
+        s = out_of_memory(a, size, stream);
+    }
     if (a->trace) {
         trace_row(a, s == FL_OK ? FL_EV_ALLOC : FL_EV_ALLOC_FAIL, s == FL_OK ? *addr : 0, size, stream);
-        /* On host OOM here, the free row says size 0 / stream 0: the trace stays readable. */
-        if (s == FL_OK && fl_map_put(&a->trace_sizes, *addr, size) == FL_OK)
+        /* On host OOM here, the free row says stream 0: the trace stays readable. */
+        if (s == FL_OK)
             fl_map_put(&a->trace_streams, *addr, stream);
     }
+    maybe_publish(a, 0);
     pthread_mutex_unlock(&a->lock);
     return s;
+}
+
+/* want_size: the size the caller says the block has (0 = not checked). */
+static fl_status free_locked(fl_allocator *a, uint64_t addr, uint64_t want_size)
+{
+    uint64_t size;
+    if (!fl_map_get(&a->requested, addr, &size))
+        return fl_fail(FL_ERR_NOT_FOUND, "free of 0x%llx: not a live block of this allocator "
+                       "(freed already, or never allocated here)", (unsigned long long)addr);
+    if (want_size && want_size != size)
+        return fl_fail(FL_ERR_INVALID, "free of 0x%llx with size %llu: the block was allocated with %llu bytes; "
+                       "not freed", (unsigned long long)addr, (unsigned long long)want_size,
+                       (unsigned long long)size);
+    fl_policy *p = a->policy;
+    uint64_t before = p->allocated;
+    fl_status s = p->ops->free(p, addr);
+    if (s != FL_OK)
+        return s;
+    fl_map_remove(&a->requested, addr, NULL);
+    a->freed_total += before - p->allocated;
+    a->req_current -= size;
+    a->req_freed += size;
+    a->live512 -= fl_align_up(size, 512);
+    if (a->trace) {
+        uint64_t stream = 0;
+        fl_map_remove(&a->trace_streams, addr, &stream);
+        trace_row(a, FL_EV_FREE, addr, size, stream);
+    }
+    maybe_publish(a, 0);
+    return FL_OK;
 }
 
 fl_status fl_free(fl_allocator *a, uint64_t addr)
 {
     pthread_mutex_lock(&a->lock);
-    fl_status s = a->policy->ops->free(a->policy, addr);
-    if (a->trace && s == FL_OK) {
-        uint64_t size = 0, stream = 0;
-        fl_map_remove(&a->trace_sizes, addr, &size);
-        fl_map_remove(&a->trace_streams, addr, &stream);
-        trace_row(a, FL_EV_FREE, addr, size, stream);
-    }
+    fl_status s = free_locked(a, addr, 0);
+    pthread_mutex_unlock(&a->lock);
+    return s;
+}
+
+fl_status fl_free_sized(fl_allocator *a, uint64_t addr, uint64_t size)
+{
+    if (size == 0)
+        return fl_fail(FL_ERR_INVALID, "free of 0x%llx with size 0: no block has size 0", (unsigned long long)addr);
+    pthread_mutex_lock(&a->lock);
+    fl_status s = free_locked(a, addr, size);
     pthread_mutex_unlock(&a->lock);
     return s;
 }
@@ -122,6 +298,7 @@ fl_status fl_empty_cache(fl_allocator *a)
 {
     pthread_mutex_lock(&a->lock);
     fl_status s = a->policy->ops->empty_cache(a->policy);
+    maybe_publish(a, 1);
     pthread_mutex_unlock(&a->lock);
     return s;
 }
@@ -132,26 +309,52 @@ fl_status fl_set_limit(fl_allocator *a, uint64_t bytes)
         return fl_fail(FL_ERR_UNSUPPORTED, "policy %s has no limit to set", a->policy->ops->name);
     pthread_mutex_lock(&a->lock);
     fl_status s = a->policy->ops->set_limit(a->policy, bytes);
+    if (s == FL_OK)
+        a->limit = bytes;
+    maybe_publish(a, 1);
     pthread_mutex_unlock(&a->lock);
     return s;
 }
 
+/* The lock is taken through a cast: reading statistics does not change what the
+ * allocator holds (only the peak of inactive_split_bytes, a statistic itself). */
 void fl_get_stats(const fl_allocator *a, fl_stats *out)
 {
-    /* The lock is taken through a cast: reading statistics does not change the
-     * allocator, but must not see a half-done allocation. */
-    pthread_mutex_t *lock = &((fl_allocator *)a)->lock;
-    pthread_mutex_lock(lock);
-    const fl_policy *p = a->policy;
-    out->allocated_bytes = p->allocated;
-    out->reserved_bytes = p->dev->counters.in_use;
-    out->peak_allocated_bytes = a->peak_allocated;
-    out->peak_reserved_bytes = p->dev->counters.peak_in_use;
-    out->num_allocs = p->num_allocs;
-    out->num_frees = p->num_frees;
-    out->num_alloc_retries = p->retries;
-    out->num_ooms = p->ooms;
-    pthread_mutex_unlock(lock);
+    fl_allocator *m = (fl_allocator *)a;
+    pthread_mutex_lock(&m->lock);
+    stats_locked(m, out);
+    pthread_mutex_unlock(&m->lock);
+}
+
+void fl_reset_peak_stats(fl_allocator *a)
+{
+    pthread_mutex_lock(&a->lock);
+    fl_policy *p = a->policy;
+    a->peak_allocated = p->allocated;
+    a->req_peak = a->req_current;
+    a->blocks_peak = p->num_allocs - p->num_frees;
+    a->inactive_split_peak = 0;
+    p->dev->counters.peak_in_use = p->dev->counters.in_use;
+    pthread_mutex_unlock(&a->lock);
+}
+
+fl_status fl_last_oom(const fl_allocator *a, fl_oom_report *out)
+{
+    fl_allocator *m = (fl_allocator *)a;
+    pthread_mutex_lock(&m->lock);
+    int has = m->has_oom;
+    if (has)
+        *out = m->oom;
+    pthread_mutex_unlock(&m->lock);
+    return has ? FL_OK : fl_fail(FL_ERR_NOT_FOUND, "no allocation has failed on this allocator");
+}
+
+fl_status fl_allocator_snapshot(fl_allocator *a, const char *path)
+{
+    pthread_mutex_lock(&a->lock);
+    fl_status s = write_snapshot(a, path);
+    pthread_mutex_unlock(&a->lock);
+    return s;
 }
 
 int fl_allocator_check(const fl_allocator *a)
@@ -159,6 +362,10 @@ int fl_allocator_check(const fl_allocator *a)
     pthread_mutex_t *lock = &((fl_allocator *)a)->lock;
     pthread_mutex_lock(lock);
     int r = a->policy->ops->check(a->policy);
+    if (!r && a->requested.count != a->policy->num_allocs - a->policy->num_frees)
+        r = fl_fail(FL_ERR_INVALID, "allocator check: %llu blocks tracked, the policy has %llu live",
+                    (unsigned long long)a->requested.count,
+                    (unsigned long long)(a->policy->num_allocs - a->policy->num_frees)) != FL_OK;
     pthread_mutex_unlock(lock);
     return r;
 }

@@ -552,6 +552,8 @@ static fl_status query_device(cuda_device *c)
     if (r != CUDA_SUCCESS)
         return cu_fail(c, r, "cuDeviceGetAttribute(VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, device %d)", c->ordinal);
     d->vmm_supported = vmm != 0;
+    d->is_gpu = 1;
+    d->ordinal = c->ordinal;
     if (!d->vmm_supported) {
         /* No page size to ask for; 2 MiB is the driver's large page, which the cudaMalloc
          * path's policies only use to size their segments. */

@@ -12,9 +12,13 @@ const char *fl_call_name(fl_call c)
     return (unsigned)c < FL_CALL_COUNT ? call_names[c] : "?";
 }
 
-static fl_status account(fl_device *d, fl_call c, fl_status s)
+static fl_status account(fl_device *d, fl_call c, uint64_t in_use_before, fl_status s)
 {
     d->counters.calls[c]++;
+    if (d->counters.in_use > in_use_before)
+        d->counters.bytes_obtained += d->counters.in_use - in_use_before;
+    else
+        d->counters.bytes_returned += in_use_before - d->counters.in_use;
     if (s != FL_OK)
         d->counters.failed_calls++;
     if (d->counters.in_use > d->counters.peak_in_use)
@@ -24,43 +28,53 @@ static fl_status account(fl_device *d, fl_call c, fl_status s)
 
 fl_status fl_dev_mem_alloc(fl_device *d, uint64_t size, uint64_t *addr)
 {
-    return account(d, FL_CALL_MEM_ALLOC, d->ops->mem_alloc(d, size, addr));
+    uint64_t before = d->counters.in_use;
+    return account(d, FL_CALL_MEM_ALLOC, before, d->ops->mem_alloc(d, size, addr));
 }
 fl_status fl_dev_mem_free(fl_device *d, uint64_t addr)
 {
-    return account(d, FL_CALL_MEM_FREE, d->ops->mem_free(d, addr));
+    uint64_t before = d->counters.in_use;
+    return account(d, FL_CALL_MEM_FREE, before, d->ops->mem_free(d, addr));
 }
 fl_status fl_dev_reserve(fl_device *d, uint64_t size, uint64_t *va)
 {
-    return account(d, FL_CALL_RESERVE, d->ops->reserve(d, size, va));
+    uint64_t before = d->counters.in_use;
+    return account(d, FL_CALL_RESERVE, before, d->ops->reserve(d, size, va));
 }
 fl_status fl_dev_addr_free(fl_device *d, uint64_t va, uint64_t size)
 {
-    return account(d, FL_CALL_ADDR_FREE, d->ops->addr_free(d, va, size));
+    uint64_t before = d->counters.in_use;
+    return account(d, FL_CALL_ADDR_FREE, before, d->ops->addr_free(d, va, size));
 }
 fl_status fl_dev_create(fl_device *d, uint64_t size, uint64_t *handle)
 {
-    return account(d, FL_CALL_CREATE, d->ops->create(d, size, handle));
+    uint64_t before = d->counters.in_use;
+    return account(d, FL_CALL_CREATE, before, d->ops->create(d, size, handle));
 }
 fl_status fl_dev_release(fl_device *d, uint64_t handle)
 {
-    return account(d, FL_CALL_RELEASE, d->ops->release(d, handle));
+    uint64_t before = d->counters.in_use;
+    return account(d, FL_CALL_RELEASE, before, d->ops->release(d, handle));
 }
 fl_status fl_dev_map(fl_device *d, uint64_t va, uint64_t size, uint64_t handle)
 {
-    return account(d, FL_CALL_MAP, d->ops->map(d, va, size, handle));
+    uint64_t before = d->counters.in_use;
+    return account(d, FL_CALL_MAP, before, d->ops->map(d, va, size, handle));
 }
 fl_status fl_dev_unmap(fl_device *d, uint64_t va, uint64_t size)
 {
-    return account(d, FL_CALL_UNMAP, d->ops->unmap(d, va, size));
+    uint64_t before = d->counters.in_use;
+    return account(d, FL_CALL_UNMAP, before, d->ops->unmap(d, va, size));
 }
 fl_status fl_dev_set_access(fl_device *d, uint64_t va, uint64_t size)
 {
-    return account(d, FL_CALL_SET_ACCESS, d->ops->set_access(d, va, size));
+    uint64_t before = d->counters.in_use;
+    return account(d, FL_CALL_SET_ACCESS, before, d->ops->set_access(d, va, size));
 }
 fl_status fl_dev_synchronize(fl_device *d)
 {
-    return account(d, FL_CALL_SYNC, d->ops->synchronize(d));
+    uint64_t before = d->counters.in_use;
+    return account(d, FL_CALL_SYNC, before, d->ops->synchronize(d));
 }
 
 void fl_device_destroy(fl_device *d)

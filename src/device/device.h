@@ -32,6 +32,8 @@ struct fl_device {
     uint64_t capacity;
     uint64_t granularity;
     int vmm_supported;
+    int is_gpu;             /* a real GPU (the cuda device); 0 for simulated ones */
+    int ordinal;            /* the GPU's ordinal when is_gpu */
     /* Updated by the wrappers (calls, failed_calls, peak) and by implementations
      * (in_use on create/release/mem_alloc/mem_free; time_us per call). */
     fl_device_counters counters;

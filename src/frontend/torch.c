@@ -79,15 +79,19 @@ void *fragless_torch_malloc(ssize_t size, int device, void *stream)
     return (void *)(uintptr_t)addr;
 }
 
+/* PyTorch passes the size it allocated: a different one is refused (the block stays
+ * allocated) and reported, as is a free on a device with no allocator. */
 void fragless_torch_free(void *ptr, ssize_t size, int device, void *stream)
 {
-    (void)size;
     (void)stream;
     if (!ptr)
         return;
     fl_allocator *a = fl_frontend_existing(device);
-    if (!a || fl_free(a, (uint64_t)(uintptr_t)ptr) != FL_OK)
-        fprintf(stderr, "fragless: free of %p on device %d: %s\n", ptr, device,
+    fl_status s = !a ? FL_ERR_NOT_FOUND
+                  : size > 0 ? fl_free_sized(a, (uint64_t)(uintptr_t)ptr, (uint64_t)size)
+                             : fl_free(a, (uint64_t)(uintptr_t)ptr);
+    if (s != FL_OK)
+        fprintf(stderr, "fragless: free of %p (%zd bytes) on device %d: %s\n", ptr, size, device,
                 a ? fl_last_error() : "no allocator on that device");
 }
 
@@ -99,13 +103,57 @@ void fragless_torch_empty_cache(void)
             fprintf(stderr, "fragless: empty_cache on device %d: %s\n", d, fl_last_error());
 }
 
-/* Statistics of a device's allocator for the Python package (fragless.stats()): 0 and
- * *out filled, or -1 when the device has no allocator yet. */
+/* Statistics of a device's allocator: 0 and *out filled, or -1 when the device has no
+ * allocator yet. */
 int fragless_torch_stats(int device, fl_stats *out)
 {
-    if (device < 0 || device >= TORCH_MAX_DEVICES || !torch_alloc[device])
+    fl_allocator *a = fl_frontend_existing(device);
+    if (!a)
         return -1;
-    fl_get_stats(torch_alloc[device], out);
+    fl_get_stats(a, out);
+    return 0;
+}
+
+/* For the Python package: the statistics as JSON (fl_stats_json) or the summary table
+ * (fl_memory_summary) into buf; the length the text needs, or -1 when the device has no
+ * allocator yet. */
+long long fragless_torch_stats_json(int device, char *buf, size_t n)
+{
+    fl_stats st;
+    if (fragless_torch_stats(device, &st) != 0)
+        return -1;
+    return (long long)fl_stats_json(&st, buf, n);
+}
+
+long long fragless_torch_memory_summary(int device, char *buf, size_t n)
+{
+    fl_stats st;
+    if (fragless_torch_stats(device, &st) != 0)
+        return -1;
+    return (long long)fl_memory_summary(&st, buf, n);
+}
+
+/* torch.cuda.reset_peak_memory_stats(device) */
+void fragless_torch_reset_peak_stats(int device)
+{
+    fl_allocator *a = fl_frontend_existing(device);
+    if (a)
+        fl_reset_peak_stats(a);
+}
+
+/* The state snapshot of a device's allocator as JSON at path: 0, or -1 with the reason
+ * on stderr. */
+int fragless_torch_snapshot(int device, const char *path)
+{
+    fl_allocator *a = fl_frontend_existing(device);
+    if (!a) {
+        fprintf(stderr, "fragless: snapshot of device %d: no allocator on that device\n", device);
+        return -1;
+    }
+    if (fl_allocator_snapshot(a, path) != FL_OK) {
+        fprintf(stderr, "fragless: snapshot of device %d: %s\n", device, fl_last_error());
+        return -1;
+    }
     return 0;
 }
 

@@ -686,7 +686,42 @@ static void cca_query(const fl_policy *p, fl_policy_state *out)
                 out->free_in_reserved += b->node.size;
                 if (b->node.size > out->largest_free)
                     out->largest_free = b->node.size;
+                /* Cached: a whole free segment, or the whole pages a free block covers. */
+                if (!s->expandable)
+                    out->cached += unsplit(b) ? b->node.size : 0;
+                else {
+                    uint64_t lo = fl_align_up(b->node.addr - s->base, s->page);
+                    uint64_t hi = fl_align_down(b->node.addr + b->node.size - s->base, s->page);
+                    out->cached += hi > lo ? hi - lo : 0;
+                }
             }
+}
+
+/* Segments in list order; an expandable segment's pages up to the highest mapped one,
+ * each with the live blocks touching it; mapped blocks (unmapped ranges are left out). */
+static void cca_walk(const fl_policy *p, const fl_state_visitor *v)
+{
+    const cca_policy *c = (const cca_policy *)p;
+    for (const cca_segment *s = c->segments; s; s = s->next_seg) {
+        if (v->region)
+            v->region(v->user, s->base, s->size, s->stream, s->expandable ? "expandable segment" : "segment");
+        if (v->page && s->expandable && s->n_handles) {
+            uint32_t *pins = calloc(s->n_handles, sizeof *pins);
+            if (pins) /* without host memory the pages are left out, never wrong */
+                for (const cca_block *b = s->head; b; b = b->next)
+                    if (b->allocated)
+                        for (uint64_t i = (b->node.addr - s->base) / s->page;
+                             i < s->n_handles && i * s->page < b->node.addr + b->node.size - s->base; i++)
+                            pins[i]++;
+            for (uint64_t i = 0; pins && i < s->n_handles; i++)
+                v->page(v->user, s->base + i * s->page, s->page, s->handles[i] != CCA_NO_HANDLE, pins[i]);
+            free(pins);
+        }
+        if (v->block)
+            for (const cca_block *b = s->head; b; b = b->next)
+                if (b->mapped)
+                    v->block(v->user, b->node.addr, b->node.size, b->allocated);
+    }
 }
 
 const fl_policy_ops fl_policy_cca = {
@@ -699,6 +734,7 @@ const fl_policy_ops fl_policy_cca = {
     .check = cca_check,
     .query = cca_query,
     .set_limit = cca_set_limit,
+    .walk = cca_walk,
 };
 
 const fl_policy_ops fl_policy_cca_expandable = {
@@ -711,4 +747,5 @@ const fl_policy_ops fl_policy_cca_expandable = {
     .check = cca_check,
     .query = cca_query,
     .set_limit = cca_set_limit,
+    .walk = cca_walk,
 };

@@ -648,6 +648,34 @@ static void fx_query(const fl_policy *base, fl_policy_state *out)
     out->free_in_reserved = held > base->allocated ? held - base->allocated : 0;
     uint64_t creatable = f->max_pages > f->n_handles ? f->max_pages - f->n_handles : 0;
     out->largest_free = (f->n_cached + f->n_pool + creatable) * f->gran;
+    out->cached = (f->n_cached + f->n_pool) * f->gran;
+}
+
+/* Heaps in creation order (each its own reservation), their pages up to the highest
+ * ever mapped, and their blocks; blocks on the quick lists are free. */
+static void fx_walk(const fl_policy *base, const fl_state_visitor *v)
+{
+    const fx_policy *f = (const fx_policy *)base;
+    for (uint32_t hi = 0; hi < f->n_heaps; hi++) {
+        const fx_heap *h = &f->heaps[hi];
+        if (v->region)
+            v->region(v->user, h->va, h->va_size, h->stream, h->small ? "small heap" : "heap");
+        if (v->page)
+            for (uint64_t p = 0; p < h->top && p < h->n_pages; p++)
+                v->page(v->user, h->va + (p << f->gran_log), f->gran, h->pages[p].handle != 0, h->pages[p].refs);
+        if (v->block)
+            for (uint32_t n = h->range->head; n; n = h->range->nodes[n].next_phys) {
+                const range_node *b = &h->range->nodes[n];
+                uint64_t size = b->size, top = h->top << f->gran_log;
+                if (b->used != RANGE_USED) { /* a free block is shown up to the top only */
+                    if (b->offset >= top)
+                        continue;
+                    if (size > top - b->offset)
+                        size = top - b->offset;
+                }
+                v->block(v->user, h->va + b->offset, size, b->used == RANGE_USED);
+            }
+    }
 }
 
 /* A new limit: growth stops at it, and pages held above it that no live block needs are
@@ -733,4 +761,5 @@ const fl_policy_ops fl_policy_fragless = {
     .check = fx_check,
     .query = fx_query,
     .set_limit = fx_set_limit,
+    .walk = fx_walk,
 };

@@ -139,6 +139,21 @@ static void nocache_query(const fl_policy *p, fl_policy_state *out)
     (void)p;
     out->free_in_reserved = 0;
     out->largest_free = 0;
+    out->cached = 0;
+}
+
+/* Each live block is its own device allocation (in hash order, not address order). */
+static void nocache_walk(const fl_policy *p, const fl_state_visitor *v)
+{
+    const nocache_policy *n = (const nocache_policy *)p;
+    for (uint64_t i = 0; n->live.e && i <= n->live.mask; i++) {
+        if (n->live.e[i].key == UINT64_MAX)
+            continue;
+        if (v->region)
+            v->region(v->user, n->live.e[i].key, n->live.e[i].val, 0, "block");
+        if (v->block)
+            v->block(v->user, n->live.e[i].key, n->live.e[i].val, 1);
+    }
 }
 
 const fl_policy_ops fl_policy_nocache = {
@@ -151,4 +166,5 @@ const fl_policy_ops fl_policy_nocache = {
     .check = nocache_check,
     .query = nocache_query,
     .set_limit = nocache_set_limit,
+    .walk = nocache_walk,
 };

@@ -270,14 +270,14 @@ FL_EXPORT cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes)
             fprintf(stderr, "fragless: cudaMemGetInfo on device %d: %s\n", dev, fl_last_error());
             return cudaErrorNoDevice;
         }
-        dev_free = dev_total > st.reserved_bytes ? dev_total - st.reserved_bytes : 0;
+        dev_free = dev_total > st.reserved_bytes.current ? dev_total - st.reserved_bytes.current : 0;
     }
-    uint64_t cached = st.reserved_bytes > st.allocated_bytes ? st.reserved_bytes - st.allocated_bytes : 0;
+    uint64_t cached = st.reserved_bytes.current > st.allocated_bytes.current ? st.reserved_bytes.current - st.allocated_bytes.current : 0;
     uint64_t free_now = dev_free + cached;
     pthread_once(&limit_once, read_limit);
     if (limit && limit < dev_total) {
         dev_total = limit;
-        uint64_t room = limit > st.allocated_bytes ? limit - st.allocated_bytes : 0;
+        uint64_t room = limit > st.allocated_bytes.current ? limit - st.allocated_bytes.current : 0;
         if (free_now > room)
             free_now = room;
     }

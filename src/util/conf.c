@@ -25,6 +25,8 @@ void fl_config_default(fl_config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
     snprintf(cfg->policy, sizeof cfg->policy, "%s", conf_policies[0]);
+    cfg->oom_report = 1;
+    cfg->publish = 1;
 }
 
 /* ---- value parsers: each returns FL_OK or fails naming key and value ------------- */
@@ -242,15 +244,30 @@ static fl_status set_gc(fl_config *c, const char *key, const char *val)
     return FL_OK;
 }
 
-static fl_status set_expandable(fl_config *c, const char *key, const char *val)
+static fl_status parse_bool(const char *key, const char *val, int *out)
 {
     if (!strcmp(val, "True") || !strcmp(val, "true") || !strcmp(val, "1"))
-        c->expandable_segments = 1;
+        *out = 1;
     else if (!strcmp(val, "False") || !strcmp(val, "false") || !strcmp(val, "0"))
-        c->expandable_segments = 0;
+        *out = 0;
     else
         return bad(key, val, "is not True or False");
     return FL_OK;
+}
+
+static fl_status set_expandable(fl_config *c, const char *key, const char *val)
+{
+    return parse_bool(key, val, &c->expandable_segments);
+}
+
+static fl_status set_oom_report(fl_config *c, const char *key, const char *val)
+{
+    return parse_bool(key, val, &c->oom_report);
+}
+
+static fl_status set_publish(fl_config *c, const char *key, const char *val)
+{
+    return parse_bool(key, val, &c->publish);
 }
 
 static fl_status parse_size_value(const char *key, const char *val, uint64_t *out)
@@ -281,12 +298,22 @@ static fl_status set_small_size(fl_config *c, const char *key, const char *val)
     return FL_OK;
 }
 
+static fl_status set_path(char *dst, size_t cap, const char *key, const char *val)
+{
+    if (strlen(val) >= cap)
+        return bad(key, val, "is too long for a path (255 bytes at most)");
+    snprintf(dst, cap, "%s", val);
+    return FL_OK;
+}
+
 static fl_status set_trace(fl_config *c, const char *key, const char *val)
 {
-    if (strlen(val) >= sizeof c->trace_path)
-        return bad(key, val, "is too long for a path (255 bytes at most)");
-    snprintf(c->trace_path, sizeof c->trace_path, "%s", val);
-    return FL_OK;
+    return set_path(c->trace_path, sizeof c->trace_path, key, val);
+}
+
+static fl_status set_oom_snapshot(fl_config *c, const char *key, const char *val)
+{
+    return set_path(c->oom_snapshot, sizeof c->oom_snapshot, key, val);
 }
 
 static const struct {
@@ -301,6 +328,9 @@ static const struct {
     {"limit", set_limit},
     {"small_size", set_small_size},
     {"trace", set_trace},
+    {"oom_report", set_oom_report},
+    {"oom_snapshot", set_oom_snapshot},
+    {"top", set_publish},
 };
 #define N_CONF_KEYS (sizeof conf_keys / sizeof conf_keys[0])
 
@@ -318,7 +348,7 @@ static fl_status apply(fl_config *c, const char *key, const char *val)
     return fl_fail(FL_ERR_PARSE,
                    "FRAGLESS_CONF: unknown key '%s' (value '%s'); known keys: policy, "
                    "max_split_size_mb, roundup_power2_divisions, garbage_collection_threshold, "
-                   "expandable_segments, limit, small_size, trace",
+                   "expandable_segments, limit, small_size, trace, oom_report, oom_snapshot, top",
                    key, val);
 }
 

@@ -2,6 +2,7 @@
 pluggable-allocator entry points driven through ctypes as PyTorch would, on the CUDA
 driver test double. Parts that need torch are skipped with a message when it is absent."""
 import ctypes
+import json
 import os
 import subprocess
 import sys
@@ -17,14 +18,28 @@ class PackageTest(unittest.TestCase):
         lib.fragless_torch_malloc.argtypes = [ctypes.c_ssize_t, ctypes.c_int, ctypes.c_void_p]
         lib.fragless_torch_malloc.restype = ctypes.c_void_p
         lib.fragless_torch_free.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int, ctypes.c_void_p]
-        self.assertEqual(fragless.stats(0)["allocated_bytes.all.current"], 0)
+        self.assertEqual(fragless.stats(0), {})  # no allocator on the device yet
+        self.assertEqual(fragless.memory_summary(0), "")
         p = lib.fragless_torch_malloc(3 << 20, 0, None)
         self.assertTrue(p)
         s = fragless.stats(0)
         self.assertEqual(s["allocated_bytes.all.current"], 3 << 20)
         self.assertGreaterEqual(s["reserved_bytes.all.current"], 3 << 20)
         self.assertEqual(s["allocation.all.current"], 1)
+        self.assertEqual(s["requested_bytes.all.current"], 3 << 20)
+        self.assertEqual(s["fragless.device_calls.create"], s["num_device_alloc"])
+        self.assertIn("Allocated memory", fragless.memory_summary(0))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "state.json")
+            fragless.snapshot(path, 0)
+            with open(path) as f:
+                state = json.load(f)
+            self.assertEqual(state["format"], "fragless-state")
+            live = [b for r in state["regions"] for b in r.get("blocks", []) if b[2]]
+            self.assertEqual([(int(b[0], 16), b[1]) for b in live], [(p, 3 << 20)])
         ctypes.memset(p, 0x5a, 3 << 20)  # real memory in the driver double
+        lib.fragless_torch_free(p, 1 << 20, 0, None)  # the wrong size: refused, still live
+        self.assertEqual(fragless.stats(0)["allocation.all.current"], 1)
         lib.fragless_torch_free(p, 3 << 20, 0, None)
         self.assertEqual(fragless.stats(0)["allocated_bytes.all.current"], 0)
         fragless.empty_cache()
