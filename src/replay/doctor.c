@@ -6,15 +6,7 @@
 #include <string.h>
 
 #include "replay/doctor.h"
-
-const char *fl_verdict_name(fl_verdict v)
-{
-    switch (v) {
-    case FL_VERDICT_FRAGMENTATION: return "fragmentation";
-    case FL_VERDICT_EXHAUSTION: return "exhaustion";
-    default: return "none";
-    }
-}
+#include "adaptor/adaptor.h"
 
 static inline uint64_t rounded(uint64_t size) { return fl_align_up(size ? size : 1, 512); }
 
@@ -134,15 +126,16 @@ fl_status fl_diagnose(const fl_prepared *p, const fl_replay_opts *ran, uint64_t 
             d->oom_op = recorded_first ? r.recorded_oom_op : r.first_oom_op;
             d->oom = recorded_first ? r.recorded_oom : r.first_oom;
             d->capacity = r.first_oom.capacity;
-            d->device_free = d->oom.capacity > d->oom.reserved ? d->oom.capacity - d->oom.reserved : 0;
-            uint64_t total = d->oom.state.free_in_reserved + d->device_free;
-            uint64_t largest = d->oom.state.largest_free > d->device_free ? d->oom.state.largest_free : d->device_free;
-            d->oom.state.largest_free = largest;
-            d->ext_frag = total && largest < total ? 1.0 - (double)largest / (double)total : 0.0;
-            /* The rule, stated in the output too: if the live bytes and the request fit
-             * in the capacity, the memory exists and was cut up; otherwise it does not. */
-            d->verdict = d->oom.live + d->oom.request > d->oom.capacity ? FL_VERDICT_EXHAUSTION
-                                                                       : FL_VERDICT_FRAGMENTATION;
+            /* The live allocator's judgment (fl_oom_judge), on the replay's state. */
+            fl_oom_report j = {.request = d->oom.request, .capacity = d->oom.capacity, .limit = d->oom.capacity,
+                               .live = d->oom.live, .reserved = d->oom.reserved,
+                               .free_in_reserved = d->oom.state.free_in_reserved,
+                               .largest_free = d->oom.state.largest_free};
+            fl_oom_judge(&j, ran->cfg.policy, 0);
+            d->device_free = j.device_free;
+            d->oom.state.largest_free = j.largest_free;
+            d->ext_frag = j.external_fragmentation;
+            d->verdict = j.verdict;
         }
         fl_replay_result_free(&r);
     }

@@ -6,13 +6,12 @@
 
 #include "replay/replay.h"
 
-typedef enum fl_verdict {
-    FL_VERDICT_NONE = 0,        /* no out-of-memory to judge */
-    FL_VERDICT_FRAGMENTATION,   /* live + asked fits in the capacity: the memory is cut up */
-    FL_VERDICT_EXHAUSTION       /* live + asked exceeds the capacity: it does not fit at all */
-} fl_verdict;
-
-const char *fl_verdict_name(fl_verdict v);
+/* The verdict is the live allocator's (fl_oom_verdict, src/adaptor/oom.c): one rule. */
+typedef fl_oom_verdict fl_verdict;
+#define FL_VERDICT_NONE FL_OOM_NONE
+#define FL_VERDICT_FRAGMENTATION FL_OOM_FRAGMENTATION
+#define FL_VERDICT_EXHAUSTION FL_OOM_EXHAUSTION
+#define fl_verdict_name fl_oom_verdict_name
 
 /* One row of the what-if table: a setting and the smallest capacity it runs in. */
 typedef struct fl_whatif {
