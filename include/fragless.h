@@ -191,7 +191,8 @@ fl_status fl_cuda_device_create(const fl_cuda_params *p, fl_device **out);
 /* ---------------------------------------------------------------------------------
  * Allocators: one policy on one device. Policies: "fragless", "cca", "cca-expandable",
  * "nocache". Streams are opaque 64-bit ids (cudaStream_t); a block freed on one stream
- * is reused by another only after a synchronization (see docs/ARCHITECTURE.md).
+ * is reused by another only after a synchronization (see docs/ARCHITECTURE.md), and a
+ * block used on other streams (fl_record_stream) only after their work is done.
  * --------------------------------------------------------------------------------- */
 typedef struct fl_allocator fl_allocator;
 
@@ -208,6 +209,11 @@ fl_status fl_free(fl_allocator *a, uint64_t addr);
 /* The same, checking that size is what the block was allocated with (PyTorch passes
  * it): a mismatch is FL_ERR_INVALID and the block stays allocated. */
 fl_status fl_free_sized(fl_allocator *a, uint64_t addr, uint64_t size);
+/* The block at addr is also used on `stream` (torch.Tensor.record_stream): when it is
+ * freed, it is reused only after the work queued on that stream by then has finished
+ * (an event recorded at the free; the allocator checks it at later allocations, and
+ * synchronizes the device when memory runs out). Its own stream needs no call. */
+fl_status fl_record_stream(fl_allocator *a, uint64_t addr, uint64_t stream);
 /* Returns cached device memory that no live block needs to the device. */
 fl_status fl_empty_cache(fl_allocator *a);
 /* The most device memory the allocator may hold from now on (0 = the device's capacity),

@@ -19,6 +19,19 @@
 /* Statistics are published for `fragless top` at most this often. */
 #define PUBLISH_EVERY_NS (50 * 1000 * 1000)
 
+#define MAX_USES 8
+
+typedef struct stream_uses {
+    uint32_t n;
+    uint64_t stream[MAX_USES];
+} stream_uses;
+
+typedef struct pending_free {
+    uint64_t addr;
+    uint32_t n;
+    uint64_t event[MAX_USES];
+} pending_free;
+
 struct fl_allocator {
     pthread_mutex_t lock;
     fl_policy *policy;
@@ -36,6 +49,12 @@ struct fl_allocator {
     int has_oom, oom_reported;
     fl_publisher *pub;
     uint64_t published_ns;
+    /* record_stream: streams besides its own that a live block is used on (address ->
+     * stream_uses *), and blocks freed while such streams may still use them, waiting
+     * for the events recorded on those streams at the free. */
+    fl_map uses;
+    pending_free *pending;
+    uint32_t n_pending, cap_pending;
     /* Trace recording: rows in RMM's CSV format, the streams of live blocks (free rows
      * carry them, as RMM's do) and the start time. A process killed mid-run leaves
      * whole lines up to the last flush and at most one cut line, which the reader
@@ -77,6 +96,8 @@ fl_status fl_allocator_create(const fl_config *cfg, fl_device *dev, fl_allocator
     a->limit = cfg->limit;
     fl_status s = fl_map_init(&a->requested, 1024);
     if (s == FL_OK)
+        s = fl_map_init(&a->uses, 16);
+    if (s == FL_OK)
         s = fl_policy_create(cfg, dev, &a->policy);
     if (s == FL_OK && cfg->trace_path[0]) {
         a->trace = fopen(cfg->trace_path, "w");
@@ -93,6 +114,7 @@ fl_status fl_allocator_create(const fl_config *cfg, fl_device *dev, fl_allocator
         fl_map_free(&a->trace_streams);
         if (a->policy)
             a->policy->ops->destroy(a->policy);
+        fl_map_free(&a->uses);
         fl_map_free(&a->requested);
         free(a);
         return s;
@@ -109,6 +131,14 @@ void fl_allocator_destroy(fl_allocator *a)
     if (!a)
         return;
     fl_publish_close(a->pub);
+    for (uint32_t i = 0; i < a->n_pending; i++)
+        for (uint32_t k = 0; k < a->pending[i].n; k++)
+            fl_dev_event_destroy(a->policy->dev, a->pending[i].event[k]);
+    free(a->pending);
+    for (uint64_t i = 0; a->uses.e && i <= a->uses.mask; i++)
+        if (a->uses.e[i].key != UINT64_MAX)
+            free((void *)(uintptr_t)a->uses.e[i].val);
+    fl_map_free(&a->uses);
     a->policy->ops->destroy(a->policy);
     if (a->trace) {
         fclose(a->trace);
@@ -211,14 +241,62 @@ static fl_status out_of_memory(fl_allocator *a, uint64_t size, uint64_t stream)
     return fl_fail(FL_ERR_OOM, "%s", r->text);
 }
 
+/* Frees the pending blocks whose events have all completed; every one when the device
+ * was just synchronized. */
+static fl_status process_pending(fl_allocator *a, int synchronized)
+{
+    fl_policy *p = a->policy;
+    fl_status err = FL_OK;
+    uint32_t keep = 0;
+    for (uint32_t i = 0; i < a->n_pending; i++) {
+        pending_free q = a->pending[i];
+        int done = 1;
+        for (uint32_t k = 0; k < q.n && done && !synchronized; k++) {
+            fl_status s = fl_dev_event_query(p->dev, q.event[k], &done);
+            if (s != FL_OK) {
+                err = s; /* kept: freed at the next synchronize */
+                done = 0;
+            }
+        }
+        if (!done) {
+            a->pending[keep++] = q;
+            continue;
+        }
+        for (uint32_t k = 0; k < q.n; k++)
+            fl_dev_event_destroy(p->dev, q.event[k]);
+        uint64_t before = p->allocated;
+        fl_status s = p->ops->free(p, q.addr);
+        if (s != FL_OK) { /* cannot happen for a block the policy handed out; kept, reported */
+            a->pending[keep++] = (pending_free){q.addr, 0, {0}};
+            err = s;
+            continue;
+        }
+        a->freed_total += before - p->allocated;
+    }
+    a->n_pending = keep;
+    return err;
+}
+
+static fl_status synchronize_pending(fl_allocator *a)
+{
+    fl_status s = fl_dev_synchronize(a->policy->dev);
+    return s == FL_OK ? process_pending(a, 1) : s;
+}
+
 fl_status fl_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr)
 {
     if (size == 0)
         return fl_fail(FL_ERR_INVALID, "fl_alloc: size 0");
     pthread_mutex_lock(&a->lock);
     fl_policy *p = a->policy;
+    if (a->n_pending)
+        process_pending(a, 0); /* an error here leaves them pending: retried below or later */
     uint64_t before = p->allocated;
     fl_status s = p->ops->alloc(p, size, stream, addr);
+    if (s == FL_ERR_OOM && a->n_pending && synchronize_pending(a) == FL_OK) {
+        before = p->allocated;
+        s = p->ops->alloc(p, size, stream, addr);
+    }
     if (s == FL_OK && (s = fl_map_insert(&a->requested, *addr, size)) != FL_OK)
         p->ops->free(p, *addr); /* no host memory to track it: undo, nothing changes */
     if (s == FL_OK) {
@@ -246,6 +324,77 @@ fl_status fl_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *ad
     return s;
 }
 
+/* A block used on other streams (record_stream) is freed once the work queued on them
+ * so far is done: an event on each, checked at the next allocations. Without events (no
+ * host memory for the list, a failed record, too many streams) the device is
+ * synchronized and the block freed now. */
+static fl_status defer_free(fl_allocator *a, uint64_t addr, stream_uses *u)
+{
+    fl_policy *p = a->policy;
+    fl_status s = FL_OK;
+    pending_free q = {addr, 0, {0}};
+    if (u->n > MAX_USES)
+        s = FL_ERR_UNSUPPORTED;
+    for (uint32_t k = 0; s == FL_OK && k < u->n; k++)
+        if ((s = fl_dev_event_record(p->dev, u->stream[k], &q.event[k])) == FL_OK)
+            q.n++;
+    if (s == FL_OK && a->n_pending == a->cap_pending) {
+        uint32_t cap = a->cap_pending ? 2 * a->cap_pending : 16;
+        pending_free *np = realloc(a->pending, cap * sizeof *np);
+        if (np) {
+            a->pending = np;
+            a->cap_pending = cap;
+        } else
+            s = FL_ERR_NOMEM;
+    }
+    if (s == FL_OK) {
+        a->pending[a->n_pending++] = q;
+    } else {
+        for (uint32_t k = 0; k < q.n; k++)
+            fl_dev_event_destroy(p->dev, q.event[k]);
+        if ((s = fl_dev_synchronize(p->dev)) != FL_OK)
+            return s; /* nothing changed: the block stays live */
+        uint64_t before = p->allocated;
+        if ((s = p->ops->free(p, addr)) != FL_OK)
+            return s;
+        a->freed_total += before - p->allocated;
+    }
+    fl_map_remove(&a->uses, addr, NULL);
+    free(u);
+    return FL_OK;
+}
+
+fl_status fl_record_stream(fl_allocator *a, uint64_t addr, uint64_t stream)
+{
+    pthread_mutex_lock(&a->lock);
+    fl_status s = FL_OK;
+    uint64_t val;
+    if (!fl_map_get(&a->requested, addr, &val)) {
+        s = fl_fail(FL_ERR_NOT_FOUND, "record_stream of 0x%llx on stream 0x%llx: not a live block of this allocator",
+                    (unsigned long long)addr, (unsigned long long)stream);
+    } else {
+        stream_uses *u = fl_map_get(&a->uses, addr, &val) ? (stream_uses *)(uintptr_t)val : NULL;
+        if (!u) {
+            u = calloc(1, sizeof *u);
+            if (!u || fl_map_put(&a->uses, addr, (uint64_t)(uintptr_t)u) != FL_OK) {
+                free(u);
+                s = fl_fail(FL_ERR_NOMEM, "record_stream of 0x%llx: host memory", (unsigned long long)addr);
+            }
+        }
+        int known = 0;
+        for (uint32_t k = 0; s == FL_OK && k < u->n && k < MAX_USES; k++)
+            known |= u->stream[k] == stream;
+        if (s == FL_OK && !known) {
+            if (u->n < MAX_USES)
+                u->stream[u->n] = stream;
+            if (u->n <= MAX_USES)
+                u->n++; /* beyond MAX_USES streams: the free synchronizes the device */
+        }
+    }
+    pthread_mutex_unlock(&a->lock);
+    return s;
+}
+
 /* want_size: the size the caller says the block has (0 = not checked). */
 static fl_status free_locked(fl_allocator *a, uint64_t addr, uint64_t want_size)
 {
@@ -258,12 +407,19 @@ static fl_status free_locked(fl_allocator *a, uint64_t addr, uint64_t want_size)
                        "not freed", (unsigned long long)addr, (unsigned long long)want_size,
                        (unsigned long long)size);
     fl_policy *p = a->policy;
-    uint64_t before = p->allocated;
-    fl_status s = p->ops->free(p, addr);
-    if (s != FL_OK)
-        return s;
+    uint64_t uses_val;
+    if (fl_map_get(&a->uses, addr, &uses_val)) {
+        fl_status s = defer_free(a, addr, (stream_uses *)(uintptr_t)uses_val);
+        if (s != FL_OK)
+            return s;
+    } else {
+        uint64_t before = p->allocated;
+        fl_status s = p->ops->free(p, addr);
+        if (s != FL_OK)
+            return s;
+        a->freed_total += before - p->allocated;
+    }
     fl_map_remove(&a->requested, addr, NULL);
-    a->freed_total += before - p->allocated;
     a->req_current -= size;
     a->req_freed += size;
     a->live512 -= fl_align_up(size, 512);
@@ -297,7 +453,9 @@ fl_status fl_free_sized(fl_allocator *a, uint64_t addr, uint64_t size)
 fl_status fl_empty_cache(fl_allocator *a)
 {
     pthread_mutex_lock(&a->lock);
-    fl_status s = a->policy->ops->empty_cache(a->policy);
+    fl_status s = a->n_pending ? synchronize_pending(a) : FL_OK;
+    if (s == FL_OK)
+        s = a->policy->ops->empty_cache(a->policy);
     maybe_publish(a, 1);
     pthread_mutex_unlock(&a->lock);
     return s;
@@ -362,9 +520,9 @@ int fl_allocator_check(const fl_allocator *a)
     pthread_mutex_t *lock = &((fl_allocator *)a)->lock;
     pthread_mutex_lock(lock);
     int r = a->policy->ops->check(a->policy);
-    if (!r && a->requested.count != a->policy->num_allocs - a->policy->num_frees)
-        r = fl_fail(FL_ERR_INVALID, "allocator check: %llu blocks tracked, the policy has %llu live",
-                    (unsigned long long)a->requested.count,
+    if (!r && a->requested.count + a->n_pending != a->policy->num_allocs - a->policy->num_frees)
+        r = fl_fail(FL_ERR_INVALID, "allocator check: %llu blocks tracked and %u pending, the policy has %llu live",
+                    (unsigned long long)a->requested.count, a->n_pending,
                     (unsigned long long)(a->policy->num_allocs - a->policy->num_frees)) != FL_OK;
     pthread_mutex_unlock(lock);
     return r;

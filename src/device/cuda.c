@@ -440,6 +440,46 @@ static fl_status cu_synchronize(fl_device *d)
     return r == CUDA_SUCCESS ? FL_OK : cu_fail(c, r, "cuCtxSynchronize()");
 }
 
+/* ---- events (record_stream) ------------------------------------------------------- */
+
+static fl_status cu_event_record(fl_device *d, uint64_t stream, uint64_t *event)
+{
+    cuda_device *c = cuda(d);
+    fl_status s = ensure_ctx(c);
+    if (s != FL_OK)
+        return s;
+    CUresult r;
+    CUevent ev = NULL;
+    CU(c, r, cuEventCreate(&ev, CU_EVENT_DISABLE_TIMING));
+    if (r != CUDA_SUCCESS)
+        return cu_fail(c, r, "cuEventCreate()");
+    CU(c, r, cuEventRecord(ev, (CUstream)(uintptr_t)stream));
+    if (r != CUDA_SUCCESS) {
+        s = cu_fail(c, r, "cuEventRecord(stream 0x%llx)", (unsigned long long)stream);
+        CU(c, r, cuEventDestroy_v2(ev));
+        return s;
+    }
+    *event = (uint64_t)(uintptr_t)ev;
+    return FL_OK;
+}
+
+static fl_status cu_event_query(fl_device *d, uint64_t event, int *done)
+{
+    cuda_device *c = cuda(d);
+    CUresult r;
+    CU(c, r, cuEventQuery((CUevent)(uintptr_t)event));
+    *done = r == CUDA_SUCCESS;
+    return r == CUDA_SUCCESS || r == CUDA_ERROR_NOT_READY ? FL_OK : cu_fail(c, r, "cuEventQuery()");
+}
+
+static void cu_event_destroy(fl_device *d, uint64_t event)
+{
+    cuda_device *c = cuda(d);
+    CUresult r;
+    CU(c, r, cuEventDestroy_v2((CUevent)(uintptr_t)event));
+    (void)r; /* nothing to do about a failed destroy: the event is not used again */
+}
+
 /* ---- lifetime --------------------------------------------------------------------- */
 
 /* Gives back whatever the policy left behind (nothing, when it destroyed itself cleanly)
@@ -504,6 +544,9 @@ static const fl_device_ops cuda_ops = {
     .unmap = cu_unmap,
     .set_access = cu_set_access,
     .synchronize = cu_synchronize,
+    .event_record = cu_event_record,
+    .event_query = cu_event_query,
+    .event_destroy = cu_event_destroy,
     .destroy = cu_destroy,
 };
 

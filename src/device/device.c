@@ -77,6 +77,22 @@ fl_status fl_dev_synchronize(fl_device *d)
     return account(d, FL_CALL_SYNC, before, d->ops->synchronize(d));
 }
 
+fl_status fl_dev_event_record(fl_device *d, uint64_t stream, uint64_t *event)
+{
+    *event = 0;
+    return d->ops->event_record ? d->ops->event_record(d, stream, event) : FL_OK;
+}
+fl_status fl_dev_event_query(fl_device *d, uint64_t event, int *done)
+{
+    *done = 1;
+    return d->ops->event_query && event ? d->ops->event_query(d, event, done) : FL_OK;
+}
+void fl_dev_event_destroy(fl_device *d, uint64_t event)
+{
+    if (d->ops->event_destroy && event)
+        d->ops->event_destroy(d, event);
+}
+
 void fl_device_destroy(fl_device *d)
 {
     if (d)

@@ -24,6 +24,12 @@ typedef struct fl_device_ops {
     fl_status (*set_access)(fl_device *d, uint64_t va, uint64_t size);
     /* Waits for all work on the device (before unmapping or cross-stream reuse). */
     fl_status (*synchronize)(fl_device *d);
+    /* Events (record_stream): a new event recorded on stream; query sets *done when the
+     * work before it has finished; destroy frees it. NULL on devices with no
+     * asynchronous work (sim): every event is complete at once. Not counted as calls. */
+    fl_status (*event_record)(fl_device *d, uint64_t stream, uint64_t *event);
+    fl_status (*event_query)(fl_device *d, uint64_t event, int *done);
+    void (*event_destroy)(fl_device *d, uint64_t event);
     void (*destroy)(fl_device *d);
 } fl_device_ops;
 
@@ -50,5 +56,9 @@ fl_status fl_dev_map(fl_device *d, uint64_t va, uint64_t size, uint64_t handle);
 fl_status fl_dev_unmap(fl_device *d, uint64_t va, uint64_t size);
 fl_status fl_dev_set_access(fl_device *d, uint64_t va, uint64_t size);
 fl_status fl_dev_synchronize(fl_device *d);
+/* Events; on a device without them, record gives 0 and query says done. */
+fl_status fl_dev_event_record(fl_device *d, uint64_t stream, uint64_t *event);
+fl_status fl_dev_event_query(fl_device *d, uint64_t event, int *done);
+void fl_dev_event_destroy(fl_device *d, uint64_t event);
 
 #endif

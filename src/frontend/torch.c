@@ -95,6 +95,18 @@ void fragless_torch_free(void *ptr, ssize_t size, int device, void *stream)
                 a ? fl_last_error() : "no allocator on that device");
 }
 
+/* Tensor.record_stream(stream): PyTorch's record-stream hook (a block's device is the
+ * one whose allocator knows it). */
+void fragless_torch_record_stream(void *ptr, void *stream)
+{
+    for (int d = 0; d < TORCH_MAX_DEVICES; d++) {
+        fl_allocator *a = fl_frontend_existing(d);
+        if (a && fl_record_stream(a, (uint64_t)(uintptr_t)ptr, (uint64_t)(uintptr_t)stream) == FL_OK)
+            return;
+    }
+    fprintf(stderr, "fragless: record_stream of %p: not a live block of any device\n", ptr);
+}
+
 /* torch.cuda.empty_cache() */
 void fragless_torch_empty_cache(void)
 {
