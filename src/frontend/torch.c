@@ -2,7 +2,7 @@
  * and the per-device allocator table every in-process frontend shares (frontend.h). A
  * failed allocation returns NULL; whether PyTorch raises OutOfMemoryError for it depends
  * on its version (pytorch issue #133280: pluggable allocators' OOMs may not), so the
- * failure is also counted in num_ooms and its reason printed on stderr. */
+ * failure is also counted in num_ooms and its report printed on stderr. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -69,10 +69,12 @@ void *fragless_torch_malloc(ssize_t size, int device, void *stream)
     uint64_t addr;
     if (!a)
         return NULL;
-    if (fl_alloc(a, (uint64_t)size, (uint64_t)(uintptr_t)stream, &addr) != FL_OK) {
-        /* The first failure always, later ones on request: programs probe memory. */
+    fl_status s = fl_alloc(a, (uint64_t)size, (uint64_t)(uintptr_t)stream, &addr);
+    if (s != FL_OK) {
+        /* The allocator prints its first out-of-memory report itself (oom_report); other
+         * failures here, and every one with FRAGLESS_VERBOSE set. */
         static atomic_int reported;
-        if (atomic_fetch_add(&reported, 1) == 0 || getenv("FRAGLESS_VERBOSE"))
+        if ((s != FL_ERR_OOM && atomic_fetch_add(&reported, 1) == 0) || getenv("FRAGLESS_VERBOSE"))
             fprintf(stderr, "fragless: device %d: %s\n", device, fl_last_error());
         return NULL;
     }
