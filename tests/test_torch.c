@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "test_support.h"
 
@@ -16,6 +18,7 @@ int main(void)
 {
     setenv("FRAGLESS_CUDA_LIB", FAKECUDA_PATH, 1);
     setenv("FAKECUDA_CAPACITY", "64M", 1);
+    setenv("FAKECUDA_DEVICES", "2", 1); /* device 1: the per-device trace below */
     setenv("FRAGLESS_CONF", "policy:fragless", 1);
     void *so = dlopen(FRAGLESS_SO, RTLD_NOW | RTLD_LOCAL);
     if (!so) {
@@ -63,5 +66,45 @@ int main(void)
     for (int i = 1; i < N; i += 2)
         tfree(p[i], size[i], 0, NULL);
     tempty();
+
+    /* trace:PATH with two devices: device 1 writes PATH.dev1, never device 0's file. In
+     * a child (its exit flushes the traces), with a double of two devices. */
+    char dir[] = "/tmp/fl_torch_traceXXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char conf[256], path0[128], path1[128];
+    snprintf(path0, sizeof path0, "%s/run.csv", dir);
+    snprintf(path1, sizeof path1, "%s/run.dev1.csv", dir);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        snprintf(conf, sizeof conf, "policy:fragless,trace:%s", path0);
+        setenv("FRAGLESS_CONF", conf, 1);
+        void *so2 = dlopen(FRAGLESS_SO, RTLD_NOW | RTLD_LOCAL);
+        malloc_fn m = (malloc_fn)(uintptr_t)dlsym(so2, "fragless_torch_malloc");
+        free_fn f = (free_fn)(uintptr_t)dlsym(so2, "fragless_torch_free");
+        /* Device 0's allocator exists already (made before, without a trace); device 1's
+         * is made now, with the new conf. */
+        void *q = m(12345, 1, NULL);
+        if (q)
+            f(q, 12345, 1, NULL);
+        exit(q ? 0 : 1); /* exit, not _exit: it flushes the trace */
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    FILE *t = fopen(path1, "r");
+    CHECK(t != NULL);
+    if (t) {
+        char line[256];
+        int rows = 0, sized = 0;
+        while (fgets(line, sizeof line, t))
+            rows++, sized += strstr(line, ",12345,") != NULL;
+        fclose(t);
+        CHECK(rows == 3); /* header, allocate, free */
+        CHECK(sized == 2);
+        unlink(path1);
+    }
+    CHECK(access(path0, F_OK) != 0); /* device 0's allocator was made before: no trace */
+    rmdir(dir);
     return fl_test_done("test_torch");
 }

@@ -16,6 +16,8 @@
 #include "adaptor/adaptor.h"
 #include "trace/trace.h"
 
+/* The trace is flushed at least this often. */
+#define TRACE_FLUSH_NS (100 * 1000 * 1000)
 /* Statistics are published for `fragless top` at most this often. */
 #define PUBLISH_EVERY_NS (50 * 1000 * 1000)
 
@@ -57,11 +59,11 @@ struct fl_allocator {
     uint32_t n_pending, cap_pending;
     /* Trace recording: rows in RMM's CSV format, the streams of live blocks (free rows
      * carry them, as RMM's do) and the start time. A process killed mid-run leaves
-     * whole lines up to the last flush and at most one cut line, which the reader
-     * accepts with a warning. */
+     * whole lines up to the last flush (at most TRACE_FLUSH_NS ago) and at most one cut
+     * line, which the reader accepts with a warning. */
     FILE *trace;
     fl_map trace_streams;
-    uint64_t trace_t0;
+    uint64_t trace_t0, trace_flushed_ns;
 };
 
 static void trace_row(fl_allocator *a, int kind, uint64_t ptr, uint64_t size, uint64_t stream)
@@ -77,6 +79,12 @@ static void trace_row(fl_allocator *a, int kind, uint64_t ptr, uint64_t size, ui
     int n = fl_trace_format_row(row, sizeof row, &e);
     if (n > 0)
         fprintf(a->trace, "%s\n", row);
+    /* Flushed at least every TRACE_FLUSH_NS: a killed process loses at most that much. */
+    uint64_t now = e.time_us * 1000;
+    if (now - a->trace_flushed_ns >= TRACE_FLUSH_NS) {
+        fflush(a->trace);
+        a->trace_flushed_ns = now;
+    }
 }
 
 

@@ -7,9 +7,11 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/types.h>
 
 #include "frontend/frontend.h"
+#include "util/util.h"
 
 #define TORCH_MAX_DEVICES FL_FRONTEND_MAX_DEVICES
 
@@ -28,6 +30,22 @@ fl_allocator *fl_frontend_existing(int device)
     return a;
 }
 
+/* trace:PATH is device 0's trace; device N writes PATH with ".devN" before the
+ * extension (trace.csv -> trace.dev1.csv), so devices never share a file. */
+static fl_status trace_path_for(fl_config *cfg, int device)
+{
+    char path[sizeof cfg->trace_path];
+    const char *slash = strrchr(cfg->trace_path, '/');
+    const char *dot = strrchr(cfg->trace_path, '.');
+    if (!dot || (slash && dot < slash) || dot == (slash ? slash + 1 : cfg->trace_path))
+        dot = cfg->trace_path + strlen(cfg->trace_path);
+    int n = snprintf(path, sizeof path, "%.*s.dev%d%s", (int)(dot - cfg->trace_path), cfg->trace_path, device, dot);
+    if (n < 0 || (size_t)n >= sizeof path)
+        return fl_fail(FL_ERR_INVALID, "trace:%s: too long a path for device %d's trace", cfg->trace_path, device);
+    memcpy(cfg->trace_path, path, sizeof path);
+    return FL_OK;
+}
+
 /* A failed set-up makes the frontends report an out-of-memory error for the request. */
 fl_allocator *fl_frontend_allocator(int device)
 {
@@ -43,6 +61,8 @@ fl_allocator *fl_frontend_allocator(int device)
         fl_cuda_params_default(&cp);
         cp.device = device;
         fl_status s = fl_config_from_env(&cfg);
+        if (s == FL_OK && device > 0 && cfg.trace_path[0])
+            s = trace_path_for(&cfg, device);
         if (s == FL_OK)
             s = fl_cuda_device_create(&cp, &torch_dev[device]);
         if (s == FL_OK && (s = fl_allocator_create(&cfg, torch_dev[device], &a)) != FL_OK) {
