@@ -1,12 +1,15 @@
 /* `make bench` part one: host time per allocation + free of each policy on trace replay
  * (median of several runs, sim device with zero-cost calls, the policies' runs
- * interleaved so that machine noise hits all alike). Part two is `fragless compare`. */
+ * interleaved so that machine noise hits all alike), and of the fragless policy through
+ * the C API (fl_alloc/fl_free: the lock, the block table, the statistics), which is
+ * what a frontend pays. Part two is `fragless compare`. */
 #include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "replay/replay.h"
+#include "util/util.h"
 
 #define MAX_TRACES 64
 #define MAX_RUNS 31
@@ -46,6 +49,44 @@ static int add_dir(const char *dir, const char *suffix, char **paths, int n)
     return n;
 }
 
+/* The trace through fl_alloc/fl_free with the fragless policy: ns per pair, or < 0. */
+static double api_replay(const fl_prepared *p)
+{
+    fl_sim_params sp;
+    fl_sim_params_default(&sp);
+    for (int c = 0; c < FL_CALL_COUNT; c++)
+        sp.cost_us[c] = 0;
+    fl_config cfg;
+    fl_config_default(&cfg);
+    cfg.oom_report = 0;
+    fl_device *d = NULL;
+    fl_allocator *a = NULL;
+    uint64_t *addr = calloc(p->n_slots + 1, sizeof *addr);
+    if (!addr || fl_sim_device_create(&sp, &d) != FL_OK || fl_allocator_create(&cfg, d, &a) != FL_OK) {
+        free(addr);
+        fl_device_destroy(d);
+        return -1;
+    }
+    uint64_t pairs = 0, t0 = fl_now_ns();
+    for (size_t i = 0; i < p->n_ops; i++) {
+        const fl_op *op = &p->ops[i];
+        if (op->kind == FL_EV_ALLOC) {
+            if (fl_alloc(a, op->size, op->stream, &addr[op->slot]) == FL_OK)
+                pairs++;
+            else
+                addr[op->slot] = 0;
+        } else if (op->kind == FL_EV_FREE && addr[op->slot]) {
+            fl_free(a, addr[op->slot]);
+            addr[op->slot] = 0;
+        }
+    }
+    uint64_t ns = fl_now_ns() - t0;
+    fl_allocator_destroy(a);
+    fl_device_destroy(d);
+    free(addr);
+    return pairs ? (double)ns / (double)pairs : 0;
+}
+
 int main(int argc, char **argv)
 {
     int runs = 9;
@@ -76,15 +117,19 @@ int main(int argc, char **argv)
     printf("%-28s", "trace");
     for (int k = 0; k < np; k++)
         printf(" %15s", names[k]);
-    printf("   fragless/cca\n");
+    printf("   fragless/cca  fragless via fl_alloc\n");
     for (int t = 0; t < n; t++) {
         fl_prepared *p;
         if (fl_load_trace(paths[t], NULL, &p) != FL_OK) {
             fprintf(stderr, "fl_bench: %s\n", fl_last_error());
             return 2;
         }
-        double ns[8][MAX_RUNS];
+        double ns[8][MAX_RUNS], api[MAX_RUNS];
         for (int r = 0; r < runs; r++) {
+            if ((api[r] = api_replay(p)) < 0) {
+                fprintf(stderr, "fl_bench: %s through the API: %s\n", p->name, fl_last_error());
+                return 4;
+            }
             for (int k = 0; k < np; k++) {
                 fl_replay_opts o;
                 memset(&o, 0, sizeof o);
@@ -109,7 +154,8 @@ int main(int argc, char **argv)
             med[k] = ns[k][runs / 2];
             printf(" %15.1f", med[k]);
         }
-        printf("   %.2f\n", med[1] > 0 ? med[0] / med[1] : 0);
+        qsort(api, (size_t)runs, sizeof api[0], cmp_double);
+        printf("   %12.2f  %20.1f\n", med[1] > 0 ? med[0] / med[1] : 0, api[runs / 2]);
         fl_prepared_free(p);
     }
     for (int t = 0; t < n; t++)
