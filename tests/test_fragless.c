@@ -64,8 +64,9 @@ static void rec_destroy(fl_device *d)
 }
 
 static const fl_device_ops rec_ops = {
-    "recording", rec_mem_alloc, rec_mem_free, rec_reserve, rec_addr_free, rec_create,
-    rec_release, rec_map, rec_unmap, rec_set_access, rec_synchronize, rec_destroy,
+    .name = "recording", .mem_alloc = rec_mem_alloc, .mem_free = rec_mem_free, .reserve = rec_reserve,
+    .addr_free = rec_addr_free, .create = rec_create, .release = rec_release, .map = rec_map,
+    .unmap = rec_unmap, .set_access = rec_set_access, .synchronize = rec_synchronize, .destroy = rec_destroy,
 };
 
 static rec_device *rec_new(uint64_t capacity)

@@ -4,6 +4,7 @@
 #ifndef FL_ADAPTOR_H
 #define FL_ADAPTOR_H
 
+#include <stdint.h>
 #include <stdio.h>
 
 #include "policy/policy.h"
@@ -19,13 +20,69 @@ void fl_oom_judge(fl_oom_report *r, const char *policy, int device);
  * NULL. */
 fl_status fl_policy_snapshot_json(const fl_policy *p, const fl_stats *stats, FILE *out);
 
-/* `fragless top`: statistics in a small shared-memory file per process and device. */
+/* `fragless top`: statistics in a small shared-memory file per process and device
+ * (publish.c; format in docs/ARCHITECTURE.md). The file is one fl_pub_record, written
+ * through a shared mapping under a seqlock: seq is odd while an update is being
+ * written, so a reader that sees the same even seq before and after its copy has a
+ * whole record. The header (magic .. comm) never changes once the file has its name. */
+#define FL_PUB_MAGIC UINT32_C(0x504f5446) /* the bytes "FTOP" */
+#define FL_PUB_VERSION 1
+#define FL_PUB_WORDS (1 + sizeof(fl_stats) / 8) /* updated_ns, then fl_stats */
+#define FL_PUB_PREFIX "fragless."             /* file names: fragless.PID.DEVICE[.N] */
+
+typedef struct fl_pub_record {
+    uint32_t magic;               /* FL_PUB_MAGIC */
+    uint32_t version;             /* FL_PUB_VERSION */
+    uint32_t size;                /* sizeof(fl_pub_record), the file's length */
+    int32_t device;               /* the CUDA ordinal in that process */
+    uint64_t pid;
+    uint64_t start_time;          /* the process's start, /proc/PID/stat field 22 (clock
+                                     ticks after boot); 0 = unknown */
+    char comm[32];                /* /proc/PID/comm, NUL-terminated */
+    _Atomic uint64_t seq;         /* even: stable; odd: being written */
+    _Atomic uint64_t words[FL_PUB_WORDS]; /* CLOCK_REALTIME ns of the update, fl_stats */
+} fl_pub_record;
+
+/* A record as a reader copied it. */
+typedef struct fl_pub_entry {
+    uint64_t pid, start_time;
+    int device;
+    char comm[32];
+    uint64_t seq;                 /* even; grows by 2 per update */
+    uint64_t updated_ns;          /* CLOCK_REALTIME of the latest update */
+    fl_stats stats;
+} fl_pub_entry;
+
 typedef struct fl_publisher fl_publisher;
-/* Creates the file of this process and device ($FRAGLESS_TOP_DIR, default /dev/shm). */
+/* Creates the file of this process and device in fl_publish_dir(), with zero
+ * statistics; the error names the path and the system's reason. One writer at a time
+ * per publisher (the allocator's lock). */
 fl_status fl_publish_open(int device, fl_publisher **out);
-/* Publishes a new set of statistics; readers never see a torn record. */
+/* Publishes a new set of statistics: a copy into the mapping, no system call. */
 void fl_publish_update(fl_publisher *p, const fl_stats *s);
-/* Removes the file. */
+/* Removes the file (only in the process that made it) and frees p. NULL is ignored.
+ * Files still open at exit() are removed by an atexit handler. */
 void fl_publish_close(fl_publisher *p);
+/* The file's path. */
+const char *fl_publish_path(const fl_publisher *p);
+/* $FRAGLESS_TOP_DIR when set and not empty, else /dev/shm. */
+const char *fl_publish_dir(void);
+
+/* Readers. fl_publish_map maps a file read-only after checking its length, magic,
+ * version and record size: FL_ERR_PARSE (message: the path and what is wrong) for a
+ * malformed file, FL_ERR_IO when it cannot be opened (errno kept: ENOENT when its
+ * process just removed it). fl_publish_snapshot copies a consistent record: 0, or -1
+ * when every try met an update in progress (a writer stopped mid-update). */
+fl_status fl_publish_map(const char *path, const fl_pub_record **out);
+int fl_publish_snapshot(const fl_pub_record *r, fl_pub_entry *out);
+void fl_publish_unmap(const fl_pub_record *r);
+/* map + snapshot + unmap; a record that stays busy is FL_ERR_PARSE. */
+fl_status fl_publish_read(const char *path, fl_pub_entry *out);
+
+/* Liveness of a publisher: the start time of process pid (/proc/PID/stat field 22),
+ * 0 when it cannot be read. fl_publish_stale: 1 when the record's process is gone, or
+ * pid now names a process that started at another time (pid reused); why says which. */
+uint64_t fl_proc_start_time(uint64_t pid);
+int fl_publish_stale(uint64_t pid, uint64_t start_time, const char **why);
 
 #endif

@@ -18,7 +18,7 @@
 
 /* The trace is flushed at least this often. */
 #define TRACE_FLUSH_NS (100 * 1000 * 1000)
-/* Statistics are published for `fragless top` at most this often. */
+/* Statistics for `fragless top`: the policy's query is refreshed at most this often. */
 #define PUBLISH_EVERY_NS (50 * 1000 * 1000)
 
 #define MAX_USES 8
@@ -51,6 +51,7 @@ struct fl_allocator {
     int has_oom, oom_reported;
     fl_publisher *pub;
     uint64_t published_ns;
+    fl_policy_state last_query; /* the policy's answer at the last full statistics */
     /* record_stream: streams besides its own that a live block is used on (address ->
      * stream_uses *), and blocks freed while such streams may still use them, waiting
      * for the events recorded on those streams at the free. */
@@ -157,8 +158,9 @@ void fl_allocator_destroy(fl_allocator *a)
     free(a);
 }
 
-/* Statistics under the lock. */
-static void stats_locked(fl_allocator *a, fl_stats *out)
+/* Statistics under the lock; query: ask the policy what it holds (else the answer of
+ * the last query is reused: the policy's walk is not for every operation). */
+static void stats_fill(fl_allocator *a, fl_stats *out, int query)
 {
     const fl_policy *p = a->policy;
     const fl_device_counters *c = &p->dev->counters;
@@ -168,8 +170,9 @@ static void stats_locked(fl_allocator *a, fl_stats *out)
     out->active_bytes = out->allocated_bytes;
     out->requested_bytes = (fl_stat){a->req_current, a->req_peak, a->req_total, a->req_freed};
     out->allocation = (fl_stat){p->num_allocs - p->num_frees, a->blocks_peak, p->num_allocs, p->num_frees};
-    fl_policy_state st = {0};
-    p->ops->query(p, &st);
+    if (query)
+        p->ops->query(p, &a->last_query);
+    fl_policy_state st = a->last_query;
     out->free_in_reserved = st.free_in_reserved;
     out->cached_bytes = st.cached;
     out->inactive_split_bytes = st.free_in_reserved > st.cached ? st.free_in_reserved - st.cached : 0;
@@ -193,16 +196,24 @@ static void stats_locked(fl_allocator *a, fl_stats *out)
     out->device_time_us = c->time_us;
 }
 
+static void stats_locked(fl_allocator *a, fl_stats *out)
+{
+    stats_fill(a, out, 1);
+}
+
+/* Every operation publishes (a copy into shared memory), so an idle process shows its
+ * final state; what needs the policy's query (largest free block, fragmentation) is
+ * refreshed at most every PUBLISH_EVERY_NS, and always when `now`. */
 static void maybe_publish(fl_allocator *a, int now)
 {
     if (!a->pub)
         return;
     uint64_t t = fl_now_ns();
-    if (!now && t - a->published_ns < PUBLISH_EVERY_NS)
-        return;
-    a->published_ns = t;
+    int refresh = now || t - a->published_ns >= PUBLISH_EVERY_NS;
+    if (refresh)
+        a->published_ns = t;
     fl_stats st;
-    stats_locked(a, &st);
+    stats_fill(a, &st, refresh);
     fl_publish_update(a->pub, &st);
 }
 
@@ -225,6 +236,7 @@ static fl_status out_of_memory(fl_allocator *a, uint64_t size, uint64_t stream)
 {
     fl_oom_report *r = &a->oom;
     memset(r, 0, sizeof *r);
+    snprintf(r->cause, sizeof r->cause, "%s", fl_last_error());
     const fl_policy *p = a->policy;
     fl_policy_state st = {0};
     p->ops->query(p, &st);

@@ -67,7 +67,8 @@ void fl_oom_judge(fl_oom_report *r, const char *policy, int device)
     snprintf(r->text, sizeof r->text,
              "out of memory on device %d: asked %s on stream 0x%llx; limit %s (device %s), reserved %s, "
              "free under the limit %s; live %s; reserved but unallocated %s, largest free block %s "
-             "(external fragmentation %.1f%%). Verdict: %s (live + asked = %s %s the limit). Next: %s",
+             "(external fragmentation %.1f%%). Verdict: %s (live + asked = %s %s the limit). Next: %s.%s%s",
              device, asked, (unsigned long long)r->stream, lim, cap, res, dfree, live, unalloc, largest,
-             100.0 * r->external_fragmentation, fl_oom_verdict_name(r->verdict), need, why, r->advice);
+             100.0 * r->external_fragmentation, fl_oom_verdict_name(r->verdict), need, why, r->advice,
+             r->cause[0] ? " Failed call: " : "", r->cause);
 }

@@ -5,7 +5,7 @@
 #include "replay/replay.h"
 
 enum { CLI_EXIT_OK = 0, CLI_EXIT_USAGE = 1, CLI_EXIT_INPUT = 2, CLI_EXIT_OOM = 3, CLI_EXIT_ERROR = 4 };
-typedef enum cli_mode { CLI_REPLAY, CLI_COMPARE, CLI_DOCTOR } cli_mode;
+typedef enum cli_mode { CLI_REPLAY, CLI_COMPARE, CLI_DOCTOR, CLI_REPORT } cli_mode;
 #define CLI_MAX_TRACES 256
 
 typedef struct cli_opts {
@@ -19,6 +19,7 @@ typedef struct cli_opts {
     int min_capacity;
     int timeline;
     const char *format;         /* table, csv, json */
+    const char *output;         /* report: -o PATH */
 } cli_opts;
 
 int cli_compare(const cli_opts *o);
@@ -26,8 +27,11 @@ int cli_replay(const cli_opts *o);
 int cli_import(int argc, char **argv);
 int cli_fidelity(int argc, char **argv);
 int cli_run(int argc, char **argv);
+int cli_top(int argc, char **argv);
 
 int cli_doctor(const cli_opts *o);
+/* `fragless report`: the HTML report of every trace (src/cli/report.c). */
+int cli_report(const cli_opts *o);
 /* Shared by the commands: --capacity as bytes for one trace (a factor needs peak live). */
 uint64_t cli_capacity_for(const cli_opts *o, const fl_prepared *p);
 

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "cli/progress.h"
 
 #define MAX_POLICIES 16
 
@@ -163,10 +164,13 @@ int cli_compare(const cli_opts *o)
     int first = 1;
     if (!strcmp(o->format, "json"))
         printf("[\n");
+    cli_progress bar; /* silent unless stderr is a terminal */
+    cli_progress_begin(&bar, (double)o->n_traces * np);
     for (int t = 0; t < o->n_traces; t++) {
         fl_prepared *p;
         fl_status s = fl_load_trace(o->traces[t], stderr, &p);
         if (s != FL_OK) {
+            cli_progress_clear(&bar);
             load_error();
             return status_exit(s);
         }
@@ -175,13 +179,21 @@ int cli_compare(const cli_opts *o)
         for (int i = 0; i < np; i++) {
             fl_replay_opts ro = o->opts;
             snprintf(ro.cfg.policy, sizeof ro.cfg.policy, "%.31s", names[i]);
+            char what[64];
+            snprintf(what, sizeof what, "%.30s %.31s", p->name, names[i]);
+            cli_progress_unit(&bar, what);
+            cli_progress_attach(&bar, &ro);
             fl_measure m;
-            if ((s = fl_measure_run(p, &ro, capacity, o->min_capacity, &m)) != FL_OK) {
+            s = fl_measure_run(p, &ro, capacity, o->min_capacity, &m);
+            cli_progress_unit_done(&bar);
+            cli_progress_clear(&bar);
+            if (s != FL_OK) {
                 fprintf(stderr, "fragless: %s, policy %s: %s\n", p->name, names[i], fl_last_error());
                 fl_prepared_free(p);
                 return status_exit(s);
             }
             print_row(o, p, names[i], &m, first);
+            fflush(stdout); /* the row is on screen before the bar comes back */
             first = 0;
             fl_measure_free(&m);
         }

@@ -20,9 +20,11 @@ static const char main_help[] =
     "  compare TRACE...   every policy side by side: peak reserved, min capacity, device calls\n"
     "  replay TRACE       one policy in detail, with a timeline of device calls\n"
     "  doctor TRACE       is it fragmentation? what to change, and what it would save\n"
+    "  report TRACE... -o FILE.html  the whole picture as one HTML page: timelines, page maps\n"
     "  import SNAPSHOT    a PyTorch memory snapshot (.pickle) to a CSV trace\n"
     "  fidelity SNAPSHOT... how close the PyTorch emulation comes to the recorded reserved memory\n"
     "  run -- CMD...      run any CUDA program with fragless serving its cudaMalloc/cudaFree\n"
+    "  top [--once]       live memory of every process using fragless, like nvidia-smi\n"
     "  help [COMMAND]     this text, or a command's\n"
     "  version            the version\n"
     "\n"
@@ -100,6 +102,25 @@ static const char doctor_help[] =
     "\n"
     "exit codes: 0 done; 1 bad usage; 2 bad trace; 4 other error\n";
 
+static const char report_help[] =
+    "usage: fragless report TRACE|SNAPSHOT... -o REPORT.html [--policies LIST] [--capacity SIZE]\n"
+    "                       [--conf CONF] [--granularity SZ]\n"
+    "\n"
+    "Writes one self-contained HTML page (inline CSS and SVG; nothing is fetched when it is\n"
+    "opened). Per trace: the comparison table (what `fragless compare` prints), live and\n"
+    "reserved memory over time under each policy, maps of the device pages at the peak of\n"
+    "live bytes under fragless and cca (mapped, cached, pinned by one or several live\n"
+    "blocks), and the doctor's verdict and what-if table (`fragless doctor`).\n"
+    "\n"
+    "  -o, --output FILE the HTML file to write (required)\n"
+    "  --policies LIST   comma-separated (default fragless,cca,cca-expandable,nocache)\n"
+    "  --capacity SIZE   your GPU's memory (80GiB, or 1.05x of peak live): OOMs at it in\n"
+    "                    the table, and the doctor's out-of-memory diagnosis\n"
+    "  --conf CONF       knobs applied to every policy (see `fragless help replay`)\n"
+    "  --granularity SZ  device page size (default 2MiB)\n"
+    "\n"
+    "exit codes: 0 done; 1 bad usage; 2 bad trace; 4 other error (e.g. FILE not writable)\n";
+
 static int usage_error(const char *help, const char *fmt, const char *arg)
 {
     fprintf(stderr, "fragless: ");
@@ -136,13 +157,14 @@ static int parse_capacity(const char *text, cli_opts *o)
 
 static int parse_opts(int argc, char **argv, const char *help, cli_mode mode, cli_opts *o)
 {
-    int is_compare = mode == CLI_COMPARE, is_doctor = mode == CLI_DOCTOR;
+    int is_compare = mode == CLI_COMPARE, is_doctor = mode == CLI_DOCTOR, is_report = mode == CLI_REPORT;
+    int multi = is_compare || is_report; /* several traces, --policies */
     memset(o, 0, sizeof *o);
     fl_config_default(&o->opts.cfg);
     fl_sim_params_default(&o->opts.sim);
-    o->min_capacity = is_compare;
+    o->min_capacity = multi;
     o->format = is_doctor ? "text" : "table";
-    o->policies = is_compare ? "fragless,cca,cca-expandable,nocache" : is_doctor ? "cca" : "fragless";
+    o->policies = multi ? "fragless,cca,cca-expandable,nocache" : is_doctor ? "cca" : "fragless";
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -150,13 +172,15 @@ static int parse_opts(int argc, char **argv, const char *help, cli_mode mode, cl
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             fputs(help, stdout);
             return -1;
-        } else if (!strcmp(a, "--policy") && !is_compare) {
+        } else if (!strcmp(a, "--policy") && !multi) {
             if (v)
                 o->policies = v;
             o->policy_given = 1;
-        } else if (!strcmp(a, "--policies") && is_compare) {
+        } else if (!strcmp(a, "--policies") && multi) {
             if (v)
                 o->policies = v;
+        } else if ((!strcmp(a, "-o") || !strcmp(a, "--output")) && is_report) {
+            o->output = v;
         } else if (!strcmp(a, "--capacity")) {
             if (v && parse_capacity(v, o))
                 return CLI_EXIT_USAGE;
@@ -167,7 +191,7 @@ static int parse_opts(int argc, char **argv, const char *help, cli_mode mode, cl
             o->policy_given = 1;
             if (v && fl_config_parse(&o->opts.cfg, v) != FL_OK)
                 return usage_error(help, "--conf: %s", fl_last_error());
-        } else if (!strcmp(a, "--format")) {
+        } else if (!strcmp(a, "--format") && !is_report) {
             if (v && is_doctor && strcmp(v, "text") && strcmp(v, "json"))
                 return usage_error(help, "--format '%s': expected text or json", v);
             if (v && !is_doctor && strcmp(v, "table") && strcmp(v, "csv") && strcmp(v, "json"))
@@ -202,7 +226,9 @@ static int parse_opts(int argc, char **argv, const char *help, cli_mode mode, cl
     }
     if (o->n_traces == 0)
         return usage_error(help, "no trace given%s", "");
-    if (!is_compare && o->n_traces > 1)
+    if (is_report && (!o->output || !*o->output))
+        return usage_error(help, "no output file given (-o REPORT.html)%s", "");
+    if (!multi && o->n_traces > 1)
         return usage_error(help, "this command takes one trace; use compare for several (got '%s' too)",
                            o->traces[1]);
     return 0;
@@ -217,6 +243,8 @@ int main(int argc, char **argv)
     const char *cmd = argv[1];
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
         const char *topic = argc > 2 ? argv[2] : "";
+        if (!strcmp(topic, "top"))
+            return cli_top(1, (char *[]){"--help", NULL});
         if (!strcmp(topic, "import") || !strcmp(topic, "fidelity") || !strcmp(topic, "run")) {
             char *args[] = {"--help", NULL};
             return !strcmp(topic, "import")     ? cli_import(1, args)
@@ -226,6 +254,7 @@ int main(int argc, char **argv)
         fputs(!strcmp(topic, "replay")    ? replay_help
               : !strcmp(topic, "compare") ? compare_help
               : !strcmp(topic, "doctor")  ? doctor_help
+              : !strcmp(topic, "report")  ? report_help
                                           : main_help,
               stdout);
         return 0;
@@ -240,6 +269,8 @@ int main(int argc, char **argv)
         return cli_fidelity(argc - 2, argv + 2);
     if (!strcmp(cmd, "run"))
         return cli_run(argc - 2, argv + 2);
+    if (!strcmp(cmd, "top"))
+        return cli_top(argc - 2, argv + 2);
     cli_mode mode;
     const char *help;
     if (!strcmp(cmd, "compare")) {
@@ -251,6 +282,9 @@ int main(int argc, char **argv)
     } else if (!strcmp(cmd, "doctor")) {
         mode = CLI_DOCTOR;
         help = doctor_help;
+    } else if (!strcmp(cmd, "report")) {
+        mode = CLI_REPORT;
+        help = report_help;
     } else {
         fprintf(stderr, "fragless: unknown command '%s'\n\n%s", cmd, main_help);
         return CLI_EXIT_USAGE;
@@ -259,5 +293,8 @@ int main(int argc, char **argv)
     int rc = parse_opts(argc - 2, argv + 2, help, mode, &o);
     if (rc)
         return rc < 0 ? 0 : rc;
-    return mode == CLI_COMPARE ? cli_compare(&o) : mode == CLI_REPLAY ? cli_replay(&o) : cli_doctor(&o);
+    return mode == CLI_COMPARE  ? cli_compare(&o)
+           : mode == CLI_REPLAY ? cli_replay(&o)
+           : mode == CLI_REPORT ? cli_report(&o)
+                                : cli_doctor(&o);
 }

@@ -5,6 +5,7 @@
 #include "policy/cca_internal.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 /* PyTorch reserves 1.125 x the device's memory per segment. Reservations are capped
  * at 2 PiB, far above any real GPU's 1.125 x: the sim's 2^56-byte address space holds
@@ -19,6 +20,19 @@ static uint64_t page_size(const cca_policy *c, const cca_pool *pool)
     return fl_align_up(want, c->base.dev->granularity);
 }
 
+/* Device calls fail (a driver error, an injected fault), and undoing a half-done map or
+ * unmap takes calls that may fail too. So each page with a handle records how far it
+ * got: PG_MAPPED (mapped at its page) and PG_RELEASED (released already: the memory
+ * lives until the unmap). A page under a mapped block is mapped; a page with a handle
+ * under an unmapped block is a leftover of a map that failed and could not be undone:
+ * it is torn down before its page is mapped again, when its segment is given back and
+ * at teardown, so nothing is lost. The flags live in the page table's allocation, after
+ * the cap_handles handles (cca_internal.h's segment is shared with cca.c). */
+#define PG_MAPPED 1u
+#define PG_RELEASED 2u
+
+static uint8_t *page_flags(const cca_segment *s) { return (uint8_t *)(s->handles + s->cap_handles); }
+
 static void trim_handles(cca_segment *s)
 {
     while (s->n_handles && s->handles[s->n_handles - 1] == CCA_NO_HANDLE)
@@ -31,27 +45,53 @@ static fl_status grow_handles(cca_policy *c, cca_segment *s, uint64_t end)
         uint64_t cap = s->cap_handles ? s->cap_handles : 16;
         while (cap < end)
             cap *= 2;
-        uint64_t *h = realloc(s->handles, cap * sizeof *h);
+        uint64_t *h = realloc(s->handles, cap * (sizeof *h + 1));
         if (!h)
             return fl_fail(FL_ERR_NOMEM, "%s: no host memory for a page table", c->base.ops->name);
+        /* The flags follow the handles: move them past the grown handle array. */
+        memmove(h + cap, h + s->cap_handles, s->cap_handles);
         s->handles = h;
         s->cap_handles = cap;
     }
-    for (uint64_t i = s->n_handles; i < end; i++)
+    for (uint64_t i = s->n_handles; i < end; i++) {
         s->handles[i] = CCA_NO_HANDLE;
+        page_flags(s)[i] = 0;
+    }
     if (end > s->n_handles)
         s->n_handles = end;
     return FL_OK;
 }
 
-/* Releases the handles of pages [begin, end) that are created but not mapped. */
-static void drop_handles(cca_policy *c, cca_segment *s, uint64_t begin, uint64_t end)
+/* Takes page i's handle down as far as the device lets it: release (the memory stays
+ * until the unmap), then unmap. On failure the page keeps its handle and flags. No
+ * synchronize here: the callers do it when a kernel may still use the page. */
+static fl_status drop_page(cca_policy *c, cca_segment *s, uint64_t i)
 {
-    for (uint64_t i = begin; i < end; i++) {
-        if (s->handles[i] != CCA_NO_HANDLE)
-            fl_dev_release(c->base.dev, s->handles[i]);
-        s->handles[i] = CCA_NO_HANDLE;
+    fl_device *d = c->base.dev;
+    uint8_t *f = &page_flags(s)[i];
+    fl_status st;
+    if (!(*f & PG_RELEASED)) {
+        if ((st = fl_dev_release(d, s->handles[i])) != FL_OK)
+            return st;
+        *f |= PG_RELEASED;
     }
+    if (*f & PG_MAPPED) {
+        if ((st = fl_dev_unmap(d, s->base + i * s->page, s->page)) != FL_OK)
+            return st;
+        *f &= (uint8_t)~PG_MAPPED;
+    }
+    s->handles[i] = CCA_NO_HANDLE;
+    *f = 0;
+    return FL_OK;
+}
+
+/* Undoes pages [begin, end) of a map that failed; a page the device will not let go
+ * stays a leftover (see above). */
+static void undo_pages(cca_policy *c, cca_segment *s, uint64_t begin, uint64_t end)
+{
+    for (uint64_t i = begin; i < end; i++)
+        if (s->handles[i] != CCA_NO_HANDLE)
+            drop_page(c, s, i);
     trim_handles(s);
 }
 
@@ -67,6 +107,12 @@ static fl_status seg_map(cca_policy *c, cca_segment *s, uint64_t ptr, uint64_t s
     if (st != FL_OK)
         return st;
     uint64_t i;
+    /* Leftovers of an earlier failure go first; if one stays, nothing is mapped. */
+    for (i = begin; i < end; i++)
+        if (s->handles[i] != CCA_NO_HANDLE && (st = drop_page(c, s, i)) != FL_OK) {
+            trim_handles(s);
+            return st;
+        }
     for (i = begin; i < end; i++) {
         /* PyTorch checks the fraction once per request, with the segment size; a page
          * count over it would go through. The limit here is a hard cap, so check each page. */
@@ -78,20 +124,21 @@ static fl_status seg_map(cca_policy *c, cca_segment *s, uint64_t ptr, uint64_t s
             s->handles[i] = CCA_NO_HANDLE;
             break;
         }
+        page_flags(s)[i] = 0;
     }
     if (st != FL_OK) {
-        drop_handles(c, s, begin, i);
+        undo_pages(c, s, begin, i);
         return st;
     }
-    for (i = begin; i < end; i++)
+    for (i = begin; i < end; i++) {
         if ((st = fl_dev_map(d, s->base + i * s->page, s->page, s->handles[i])) != FL_OK)
             break;
+        page_flags(s)[i] |= PG_MAPPED;
+    }
     if (st == FL_OK)
         st = fl_dev_set_access(d, s->base + begin * s->page, (end - begin) * s->page);
     if (st != FL_OK) {
-        for (uint64_t j = begin; j < i; j++)
-            fl_dev_unmap(d, s->base + j * s->page, s->page);
-        drop_handles(c, s, begin, end);
+        undo_pages(c, s, begin, end);
         return st;
     }
     *mapped = (end - begin) * s->page;
@@ -99,7 +146,10 @@ static fl_status seg_map(cca_policy *c, cca_segment *s, uint64_t ptr, uint64_t s
 }
 
 /* ExpandableSegment::unmap: unmaps the pages [ptr, ptr + size) covers whole, after a
- * synchronize (unmapping does not wait for kernels the way cudaFree does). */
+ * synchronize (unmapping does not wait for kernels the way cudaFree does). Each page is
+ * released, then unmapped (the driver frees it at the unmap), so a failure leaves every
+ * page either gone or still mapped and usable. On failure *ubegin / *usize are the
+ * pages that went (a prefix), and the error is returned. */
 static fl_status seg_unmap(cca_policy *c, cca_segment *s, uint64_t ptr, uint64_t size,
                            uint64_t *ubegin, uint64_t *usize)
 {
@@ -112,16 +162,14 @@ static fl_status seg_unmap(cca_policy *c, cca_segment *s, uint64_t ptr, uint64_t
     fl_status st = fl_dev_synchronize(d);
     if (st != FL_OK)
         return st;
-    for (uint64_t i = begin; i < end; i++) {
-        if ((st = fl_dev_unmap(d, s->base + i * s->page, s->page)) != FL_OK ||
-            (st = fl_dev_release(d, s->handles[i])) != FL_OK)
-            return st;
-        s->handles[i] = CCA_NO_HANDLE;
-    }
+    uint64_t i;
+    for (i = begin; i < end; i++)
+        if ((st = drop_page(c, s, i)) != FL_OK)
+            break;
     trim_handles(s);
     *ubegin = s->base + begin * s->page;
-    *usize = (end - begin) * s->page;
-    return FL_OK;
+    *usize = (i - begin) * s->page;
+    return st;
 }
 
 static bool allocatable(const cca_block *b) { return b && !b->allocated; }
@@ -261,7 +309,9 @@ static fl_status unmap_block(cca_policy *c, cca_block *b)
     cca_segment *s = b->seg;
     cca_pool *pool = s->pool;
     uint64_t ubegin, usize;
-    if ((st = seg_unmap(c, s, b->node.addr, b->node.size, &ubegin, &usize)) != FL_OK || usize == 0)
+    /* A partial unmap (a device error) still reshapes the blocks for the pages that went. */
+    st = seg_unmap(c, s, b->node.addr, b->node.size, &ubegin, &usize);
+    if (usize == 0)
         return st;
     cca_set_remove(&pool->blocks, &b->node);
     uint64_t before = ubegin - b->node.addr;
@@ -302,14 +352,21 @@ static fl_status unmap_block(cca_policy *c, cca_block *b)
     cca_try_merge(c, b, b->prev);
     cca_try_merge(c, b, b->next);
     cca_set_insert(&pool->unmapped, &b->node);
-    return FL_OK;
+    return st;
 }
 
-/* release_expandable_segment: the segment is one unmapped block; free the reservation. */
+/* release_expandable_segment: the segment is one unmapped block; free the reservation
+ * (after its leftovers of failed maps, if any). */
 static fl_status release_segment(cca_policy *c, cca_block *b)
 {
     cca_segment *s = b->seg;
-    fl_status st = fl_dev_addr_free(c->base.dev, s->base, s->size);
+    fl_status st = FL_OK;
+    for (uint64_t i = 0; i < s->n_handles && st == FL_OK; i++)
+        if (s->handles[i] != CCA_NO_HANDLE)
+            st = drop_page(c, s, i);
+    trim_handles(s);
+    if (st == FL_OK)
+        st = fl_dev_addr_free(c->base.dev, s->base, s->size);
     if (st != FL_OK)
         return st;
     cca_set_remove(&s->pool->unmapped, &b->node);
@@ -332,12 +389,23 @@ static int gather_block(cca_node *n, void *user)
     return 0;
 }
 
+/* Segments with nothing mapped that still hold leftovers of a failed map. */
+static int gather_leftovers(cca_node *n, void *user)
+{
+    gather *g = user;
+    cca_block *b = (cca_block *)n;
+    if (!b->prev && !b->next && b->seg->n_handles)
+        g->v[g->n++] = b;
+    return 0;
+}
+
 fl_status cca_exp_release_pool(cca_policy *c, cca_pool *pool)
 {
-    if (pool->blocks.count == 0)
+    uint64_t n = pool->blocks.count + pool->unmapped.count;
+    if (n == 0)
         return FL_OK;
     /* Unmapping reshapes the pool, so gather the free blocks first, as PyTorch does. */
-    gather g = {malloc(pool->blocks.count * sizeof *g.v), 0};
+    gather g = {malloc(n * sizeof *g.v), 0};
     if (!g.v)
         return fl_fail(FL_ERR_NOMEM, "%s: no host memory to release the cache", c->base.ops->name);
     cca_set_walk(&pool->blocks, gather_block, &g);
@@ -348,6 +416,11 @@ fl_status cca_exp_release_pool(cca_policy *c, cca_pool *pool)
         if (st == FL_OK && !b->mapped && !b->prev && !b->next)
             st = release_segment(c, b);
     }
+    g.n = 0;
+    if (st == FL_OK)
+        cca_set_walk(&pool->unmapped, gather_leftovers, &g);
+    for (uint64_t i = 0; i < g.n && st == FL_OK; i++)
+        st = release_segment(c, g.v[i]);
     free(g.v);
     return st;
 }
@@ -359,12 +432,15 @@ void cca_exp_destroy_segment(cca_policy *c, cca_segment *s)
     for (uint64_t i = 0; i < s->n_handles; i++) {
         if (s->handles[i] == CCA_NO_HANDLE)
             continue;
-        if (!synced) {
+        uint8_t f = page_flags(s)[i];
+        if ((f & PG_MAPPED) && !synced) {
             fl_dev_synchronize(d);
             synced = true;
         }
-        fl_dev_unmap(d, s->base + i * s->page, s->page);
-        fl_dev_release(d, s->handles[i]);
+        if (f & PG_MAPPED)
+            fl_dev_unmap(d, s->base + i * s->page, s->page);
+        if (!(f & PG_RELEASED))
+            fl_dev_release(d, s->handles[i]);
     }
     fl_dev_addr_free(d, s->base, s->size);
 }
@@ -386,9 +462,13 @@ int cca_exp_check_segment(const cca_policy *c, const cca_segment *s, uint64_t *h
                     c->base.ops->name, (unsigned long long)b->node.addr);
             return 1;
         }
-        /* Pages past the table are unmapped; only look at those it covers. */
+        /* Pages past the table are unmapped; only look at those it covers. A mapped
+         * block's pages are mapped; an unmapped block's may hold leftovers of a failed
+         * map (never released-and-unmapped: those are gone). */
         for (uint64_t i = first; i < last && i < s->n_handles; i++) {
-            if ((s->handles[i] != CCA_NO_HANDLE) != b->mapped) {
+            bool has = s->handles[i] != CCA_NO_HANDLE;
+            uint8_t f = page_flags(s)[i];
+            if (b->mapped ? !has || !(f & PG_MAPPED) : has && f == PG_RELEASED) {
                 fl_fail(FL_ERR_INVALID, "%s check: page 0x%llx is %s under a%s block at 0x%llx",
                         c->base.ops->name, (unsigned long long)(s->base + i * s->page),
                         b->mapped ? "unmapped" : "mapped", b->mapped ? " mapped" : "n unmapped",

@@ -18,9 +18,15 @@
 
 /* Page state. A page is pinned while refs > 0, cached when mapped with refs == 0,
  * unmapped when handle == 0. */
+/* Cached since the clock hand last passed: spared once. */
+#define PAGE_RECENT 1u
+/* Mapped, but its set_access failed and its unmap too: access is set again before the
+ * page is used (map_pages), and reclaim may still unmap it. */
+#define PAGE_NO_ACCESS 2u
+
 typedef struct fx_page {
     uint32_t refs;          /* live blocks touching the page */
-    uint32_t recent;        /* cached since the clock hand last passed: spare it once */
+    uint32_t flags;         /* PAGE_RECENT, PAGE_NO_ACCESS */
     uint64_t handle;        /* physical handle mapped here, 0 if none */
 } fx_page;
 
@@ -171,8 +177,8 @@ static fl_status reclaim_one(fx_policy *f)
         }
         uint64_t p = f->hand_page++;
         if (h->pages[p].handle && h->pages[p].refs == 0) {
-            if (h->pages[p].recent) {
-                h->pages[p].recent = 0;
+            if (h->pages[p].flags & PAGE_RECENT) {
+                h->pages[p].flags &= ~PAGE_RECENT;
                 continue;
             }
             fl_status s = fl_dev_unmap(f->base.dev, h->va + (p << f->gran_log), f->gran);
@@ -181,6 +187,7 @@ static fl_status reclaim_one(fx_policy *f)
             f->n_cached--;
             f->pool[f->n_pool++] = h->pages[p].handle;
             h->pages[p].handle = 0;
+            h->pages[p].flags = 0;
             return FL_OK;
         }
     }
@@ -234,15 +241,21 @@ static fl_status take_handle(fx_policy *f, int *synced, uint64_t *handle)
     return FL_OK;
 }
 
+/* Read-write access for the mapped pages [first, end); on failure they are marked
+ * PAGE_NO_ACCESS (set again before use), on success the marks go. */
 static fl_status set_access_run(fx_policy *f, fx_heap *h, uint64_t first, uint64_t end)
 {
     if (first >= end)
         return FL_OK;
-    return fl_dev_set_access(f->base.dev, h->va + (first << f->gran_log), (end - first) << f->gran_log);
+    fl_status s = fl_dev_set_access(f->base.dev, h->va + (first << f->gran_log), (end - first) << f->gran_log);
+    for (uint64_t p = first; p < end; p++)
+        h->pages[p].flags = s == FL_OK ? h->pages[p].flags & ~PAGE_NO_ACCESS : h->pages[p].flags | PAGE_NO_ACCESS;
+    return s;
 }
 
-/* Maps every unmapped page in [p0, p1]; set_access once per contiguous run. On failure
- * the pages mapped so far stay mapped (they become cached once refs are dropped). */
+/* Maps every unmapped page in [p0, p1] and sets access once per contiguous run of pages
+ * mapped now or left without access. On failure the pages mapped so far stay mapped
+ * (they become cached once refs are dropped). */
 static fl_status map_pages(fx_policy *f, uint32_t hi, uint64_t p0, uint64_t p1)
 {
     fx_heap *h = &f->heaps[hi];
@@ -251,6 +264,8 @@ static fl_status map_pages(fx_policy *f, uint32_t hi, uint64_t p0, uint64_t p1)
     fl_status s = FL_OK;
     for (p = p0; p <= p1; p++) {
         if (h->pages[p].handle) {
+            if (h->pages[p].flags & PAGE_NO_ACCESS)
+                continue; /* in the run: access is set again */
             if ((s = set_access_run(f, h, run, p)) != FL_OK)
                 return s;
             run = p + 1;
@@ -299,14 +314,16 @@ static void map_ahead(fx_policy *f, uint32_t hi, uint64_t p1)
         f->n_cached++;
     }
     if (p > p1 + 1 && set_access_run(f, h, p1 + 1, p) != FL_OK) {
-        /* Without access the pages are useless: give them back at once. */
+        /* Without access the pages are useless: give them back now where the unmap
+         * works; a page whose unmap fails stays mapped and cached, marked for access. */
         for (uint64_t q = p1 + 1; q < p; q++) {
+            if (fl_dev_unmap(f->base.dev, h->va + (q << f->gran_log), f->gran) != FL_OK)
+                continue;
             f->n_cached--;
-            fl_dev_unmap(f->base.dev, h->va + (q << f->gran_log), f->gran);
             f->pool[f->n_pool++] = h->pages[q].handle;
             h->pages[q].handle = 0;
+            h->pages[q].flags = 0;
         }
-        p = p1 + 1;
     }
     h->top = p;
 }
@@ -318,7 +335,7 @@ static void unpin(fx_policy *f, uint32_t hi, uint64_t p0, uint64_t p1)
     for (uint64_t p = p0; p <= p1; p++) {
         if (--pg[p].refs == 0) {
             f->n_cached += pg[p].handle != 0;
-            pg[p].recent = 1;
+            pg[p].flags |= PAGE_RECENT;
         }
     }
 }

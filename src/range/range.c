@@ -104,6 +104,9 @@ static fl_status reserve_nodes(fl_range *r)
 {
     if (r->n_nodes + 2 <= r->cap_nodes)
         return FL_OK;
+    /* Node indices are 32-bit (0 is NIL): past 2^31 slots doubling would wrap. */
+    if (r->cap_nodes > UINT32_MAX / 2)
+        return fl_fail(FL_ERR_NOMEM, "range allocator: at most %u blocks", r->cap_nodes);
     uint32_t cap = r->cap_nodes * 2;
     range_node *nodes = realloc(r->nodes, (size_t)cap * sizeof *nodes);
     if (!nodes)

@@ -191,6 +191,8 @@ static fl_status run(const fl_prepared *p, const fl_replay_opts *o, int stop_at_
     /* Loop-invariant options in locals: the policy calls could alias anything in memory. */
     const size_t late_from = o->late_from_op, check_every = o->check_every > 0 ? (size_t)o->check_every : 0;
     const size_t n_ops = p->n_ops;
+    /* No inspection: an index no op reaches, so the loop pays one compare either way. */
+    const size_t inspect_at = o->inspect ? o->inspect_at_op : SIZE_MAX;
     for (size_t i = 0; i < n_ops; i++) {
         const fl_op *op = &p->ops[i];
         if (FL_UNLIKELY(i == o->empty_cache_at_op && i)) {
@@ -282,6 +284,8 @@ static fl_status run(const fl_prepared *p, const fl_replay_opts *o, int stop_at_
                 t0 = fl_now_ns();
             }
         }
+        if (FL_UNLIKELY(i == inspect_at) && o->inspect(pol, o->inspect_user))
+            break;
     }
     host += fl_now_ns() - t0;
     r->host_ns = host;
@@ -325,11 +329,14 @@ fl_status fl_min_capacity(const fl_prepared *p, const fl_replay_opts *o, const f
     fl_replay_opts q = *o;
     q.timeline_buckets = 0;
     q.check_every = 0;
+    q.inspect = NULL; /* the search's runs stop at OOMs: not states worth inspecting */
     /* Below lo no policy can run (peak_live would not fit); hi succeeds (the unlimited
      * run never held more). The search assumes more capacity never hurts, which no
      * policy guarantees in general (placement under pressure differs); the test on the
      * shared traces checks it for fragless over the pages above the result. */
     while (lo < hi) {
+        if (o->search_step)
+            o->search_step(o->search_user, lo, hi);
         uint64_t mid = lo + (hi - lo) / 2;
         q.sim.capacity = mid * g;
         fl_replay_result r;

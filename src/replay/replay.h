@@ -41,6 +41,16 @@ typedef struct fl_replay_opts {
     int check_every;        /* > 0: run the policy self-check every N ops (tests) */
     size_t late_from_op;    /* device calls from this op on are counted apart (0 = none) */
     size_t empty_cache_at_op; /* > 0: call the policy's empty_cache just before this op */
+    /* Inspection (the report's page maps): when inspect is set, it is called with the
+     * policy right after op inspect_at_op has run; a nonzero return ends the replay there
+     * (the result then covers the ops up to it). */
+    size_t inspect_at_op;
+    int (*inspect)(const fl_policy *pol, void *user);
+    void *inspect_user;
+    /* Progress of fl_min_capacity (the CLI's progress bar): called before each run of
+     * the search with the pages still in question, [lo_pages, hi_pages]. NULL = none. */
+    void (*search_step)(void *user, uint64_t lo_pages, uint64_t hi_pages);
+    void *search_user;
 } fl_replay_opts;
 
 /* The allocator's state when an allocation first failed. */

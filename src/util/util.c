@@ -7,7 +7,7 @@
 #include <string.h>
 #include <time.h>
 
-static _Thread_local char last_error[512];
+static _Thread_local char last_error[2048];
 
 const char *fl_status_str(fl_status s)
 {

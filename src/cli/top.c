@@ -1,0 +1,406 @@
+/* `fragless top`: what every process using fragless on a GPU publishes (one shared-memory
+ * file per process and device, src/adaptor/publish.c), with device totals from NVML when
+ * the library is there; files of processes that are gone are removed. */
+#include <dirent.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "adaptor/adaptor.h"
+#include "cli/cli.h"
+
+static const char top_help[] =
+    "usage: fragless top [--once] [--interval SECONDS] [--dir DIR]\n"
+    "\n"
+    "Lists every process that allocates GPU memory through fragless (the PyTorch entry\n"
+    "points, `fragless run`, the Python package), one line per process and device:\n"
+    "  PID, DEV, COMMAND  the process, its CUDA device ordinal (as that process numbers\n"
+    "                     its devices: CUDA_VISIBLE_DEVICES renumbers them), its name\n"
+    "  LIVE               bytes in live blocks (allocated_bytes.current)\n"
+    "  RESERVED, PEAK     device memory the allocator holds now, and its peak\n"
+    "  LARGEST FREE       the largest request it can serve without new device memory\n"
+    "  EXT FRAG           external fragmentation: 1 - largest free / free\n"
+    "  OOMS               failed allocations\n"
+    "  AGE                time since the process last published (at most every 50 ms\n"
+    "                     while it allocates, and at once after an out-of-memory,\n"
+    "                     empty_cache or a new limit)\n"
+    "With NVML (libnvidia-ml.so.1), each GPU's total, used and free memory as well.\n"
+    "\n"
+    "Each process publishes a small file (fragless.PID.DEVICE) in DIR and removes it when\n"
+    "it exits. Files left by processes that are gone (killed), or whose pid now belongs\n"
+    "to a process started later, are ignored and removed; malformed files are skipped\n"
+    "with a note naming them. Allocators publish by default; top:0 in FRAGLESS_CONF\n"
+    "turns it off.\n"
+    "\n"
+    "  --once            print one frame and exit (for scripts)\n"
+    "  --interval SECS   refresh every SECS seconds (default 1; 0.1 to 3600) until\n"
+    "                    interrupted (Ctrl-C); the screen is cleared only on a terminal\n"
+    "  --dir DIR         where the files are (default $FRAGLESS_TOP_DIR, else /dev/shm)\n"
+    "\n"
+    "environment:\n"
+    "  FRAGLESS_TOP_DIR   where processes publish and top looks (default /dev/shm)\n"
+    "  FRAGLESS_NVML_LIB  the NVML library to load (default libnvidia-ml.so.1)\n"
+    "\n"
+    "exit codes: 0 done (or interrupted); 1 bad usage; 2 DIR cannot be read; 4 other error\n";
+
+/* ---- NVML, declared by hand (no headers needed to build) ------------------------------ */
+
+typedef struct nvml_memory {
+    unsigned long long total, free, used;
+} nvml_memory;
+
+typedef struct nvml {
+    void *lib;
+    int (*init)(void);
+    int (*count)(unsigned int *);
+    int (*handle)(unsigned int, void **);
+    int (*memory)(void *, nvml_memory *);
+    int (*shutdown)(void);
+    char why[256];                /* why it is not available; "" when it is */
+} nvml;
+
+static int nvml_sym(nvml *n, const char *name, void *slot)
+{
+    void *p = dlsym(n->lib, name);
+    if (!p) {
+        snprintf(n->why, sizeof n->why, "no symbol %s", name);
+        return -1;
+    }
+    memcpy(slot, &p, sizeof p); /* object to function pointer, as POSIX allows it */
+    return 0;
+}
+
+static void nvml_open(nvml *n)
+{
+    memset(n, 0, sizeof *n);
+    const char *path = getenv("FRAGLESS_NVML_LIB");
+    if (!path || !path[0])
+        path = "libnvidia-ml.so.1";
+    n->lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!n->lib) {
+        const char *e = dlerror();
+        snprintf(n->why, sizeof n->why, "%s", e ? e : path);
+        return;
+    }
+    if (nvml_sym(n, "nvmlInit_v2", &n->init) || nvml_sym(n, "nvmlDeviceGetCount_v2", &n->count) ||
+        nvml_sym(n, "nvmlDeviceGetHandleByIndex_v2", &n->handle) ||
+        nvml_sym(n, "nvmlDeviceGetMemoryInfo", &n->memory) || nvml_sym(n, "nvmlShutdown", &n->shutdown)) {
+        dlclose(n->lib);
+        n->lib = NULL;
+        return;
+    }
+    int r = n->init();
+    if (r != 0) {
+        snprintf(n->why, sizeof n->why, "nvmlInit_v2 returned %d", r);
+        dlclose(n->lib);
+        n->lib = NULL;
+    }
+}
+
+static void nvml_close(nvml *n)
+{
+    if (n->lib) {
+        n->shutdown();
+        dlclose(n->lib);
+        n->lib = NULL;
+    }
+}
+
+static void nvml_lines(nvml *n, FILE *out)
+{
+    if (!n->lib) {
+        fprintf(out, "NVML not available: device totals not shown (%s)\n", n->why);
+        return;
+    }
+    unsigned int count = 0;
+    int r = n->count(&count);
+    if (r != 0) {
+        fprintf(out, "NVML: nvmlDeviceGetCount_v2 returned %d: device totals not shown\n", r);
+        return;
+    }
+    for (unsigned int i = 0; i < count; i++) {
+        void *h = NULL;
+        nvml_memory m;
+        char t[32], u[32], f[32];
+        if ((r = n->handle(i, &h)) != 0 || (r = n->memory(h, &m)) != 0) {
+            fprintf(out, "GPU %u: NVML error %d reading its memory\n", i, r);
+            continue;
+        }
+        fprintf(out, "GPU %u: %s total, %s used, %s free (NVML index; every process on it)\n", i,
+                fl_format_size(m.total, t, sizeof t), fl_format_size(m.used, u, sizeof u),
+                fl_format_size(m.free, f, sizeof f));
+    }
+}
+
+/* ---- one frame ------------------------------------------------------------------------ */
+
+typedef struct top_rows {
+    fl_pub_entry *e;
+    size_t n, cap;
+} top_rows;
+
+static int row_order(const void *a, const void *b)
+{
+    const fl_pub_entry *x = a, *y = b;
+    if (x->device != y->device)
+        return x->device < y->device ? -1 : 1;
+    return x->pid < y->pid ? -1 : x->pid > y->pid;
+}
+
+static uint64_t realtime_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Removes a stale file unless it was replaced since it was read (a new process with the
+ * same pid renames its own file into the same name). */
+static void remove_stale(const char *path, const struct stat *seen, const char *why, FILE *notes)
+{
+    struct stat now;
+    if (lstat(path, &now) != 0 || now.st_ino != seen->st_ino || now.st_dev != seen->st_dev)
+        return;
+    if (unlink(path) == 0)
+        fprintf(notes, "removed %s: stale (%s)\n", path, why);
+    else if (errno != ENOENT)
+        fprintf(notes, "stale %s (%s) ignored; cannot remove it: %s\n", path, why, strerror(errno));
+}
+
+/* Reads one file into rows; notes get the removals and skips. */
+static void read_one(const char *path, top_rows *rows, FILE *notes)
+{
+    struct stat seen;
+    if (lstat(path, &seen) != 0)
+        return; /* its process removed it just now */
+    const fl_pub_record *r;
+    fl_status s = fl_publish_map(path, &r);
+    if (s != FL_OK) {
+        if (!(s == FL_ERR_IO && errno == ENOENT))
+            fprintf(notes, "skipped %s\n", fl_last_error());
+        return;
+    }
+    fl_pub_entry e;
+    int busy = fl_publish_snapshot(r, &e);
+    fl_publish_unmap(r);
+    const char *why;
+    if (fl_publish_stale(e.pid, e.start_time, &why)) {
+        remove_stale(path, &seen, why, notes);
+        return;
+    }
+    if (busy) {
+        fprintf(notes, "skipped %s: every read met an update in progress\n", path);
+        return;
+    }
+    if (rows->n == rows->cap) {
+        size_t cap = rows->cap ? 2 * rows->cap : 16;
+        fl_pub_entry *m = realloc(rows->e, cap * sizeof *m);
+        if (!m) {
+            fprintf(notes, "skipped %s: out of host memory\n", path);
+            return;
+        }
+        rows->e = m;
+        rows->cap = cap;
+    }
+    rows->e[rows->n++] = e;
+}
+
+/* A hidden file is a record being created; one left by a process that died then goes. */
+static void clean_temp(const char *dir, const char *name)
+{
+    unsigned long long pid;
+    if (sscanf(name, "." FL_PUB_PREFIX "%llu.", &pid) != 1 || !fl_publish_stale(pid, 0, NULL))
+        return;
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s/%s", dir, name) < (int)sizeof path)
+        unlink(path);
+}
+
+static void print_rows(const top_rows *rows, FILE *out)
+{
+    uint64_t now = realtime_ns();
+    fprintf(out, "%8s %3s %-15s %10s %10s %10s %12s %8s %6s %6s\n", "PID", "DEV", "COMMAND", "LIVE", "RESERVED",
+            "PEAK", "LARGEST FREE", "EXT FRAG", "OOMS", "AGE");
+    for (size_t i = 0; i < rows->n; i++) {
+        const fl_pub_entry *e = &rows->e[i];
+        const fl_stats *s = &e->stats;
+        char live[32], res[32], peak[32], largest[32], age[32];
+        double secs = now > e->updated_ns ? (double)(now - e->updated_ns) / 1e9 : 0.0;
+        if (secs < 100)
+            snprintf(age, sizeof age, "%.1fs", secs);
+        else if (secs < 100 * 60)
+            snprintf(age, sizeof age, "%.0fm", secs / 60);
+        else
+            snprintf(age, sizeof age, "%.0fh", secs / 3600);
+        fprintf(out, "%8llu %3d %-15.15s %10s %10s %10s %12s %7.1f%% %6llu %6s\n", (unsigned long long)e->pid,
+                e->device, e->comm, fl_format_size(s->allocated_bytes.current, live, sizeof live),
+                fl_format_size(s->reserved_bytes.current, res, sizeof res),
+                fl_format_size(s->reserved_bytes.peak, peak, sizeof peak),
+                fl_format_size(s->largest_free, largest, sizeof largest), 100.0 * s->external_fragmentation,
+                (unsigned long long)s->num_ooms, age);
+    }
+}
+
+/* Builds one frame in memory (so a refresh is one write); -1 when DIR cannot be read. */
+static int frame(const char *dir, nvml *nv, char **text, size_t *len)
+{
+    DIR *d = opendir(dir);
+    if (!d) {
+        fprintf(stderr, "fragless top: cannot read the directory %s: %s\n", dir, strerror(errno));
+        return -1;
+    }
+    char *note_text = NULL;
+    size_t note_len = 0;
+    FILE *notes = open_memstream(&note_text, &note_len);
+    FILE *out = open_memstream(text, len);
+    if (!notes || !out) {
+        fprintf(stderr, "fragless top: out of host memory\n");
+        if (notes)
+            fclose(notes);
+        if (out)
+            fclose(out);
+        free(note_text);
+        closedir(d);
+        return -1;
+    }
+    top_rows rows = {0};
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        const char *name = de->d_name;
+        if (!strncmp(name, "." FL_PUB_PREFIX, sizeof FL_PUB_PREFIX)) {
+            clean_temp(dir, name);
+            continue;
+        }
+        if (strncmp(name, FL_PUB_PREFIX, sizeof FL_PUB_PREFIX - 1))
+            continue;
+        char path[4096];
+        if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path) {
+            fprintf(notes, "skipped %s/%s: path too long\n", dir, name);
+            continue;
+        }
+        read_one(path, &rows, notes);
+    }
+    closedir(d);
+    if (rows.n > 1)
+        qsort(rows.e, rows.n, sizeof *rows.e, row_order);
+
+    time_t t = time(NULL);
+    struct tm tm;
+    char clock[16] = "";
+    if (localtime_r(&t, &tm))
+        strftime(clock, sizeof clock, "%H:%M:%S", &tm);
+    fprintf(out, "fragless top  %s  %zu allocator%s  %s\n", dir, rows.n, rows.n == 1 ? "" : "s", clock);
+    nvml_lines(nv, out);
+    if (rows.n)
+        print_rows(&rows, out);
+    else
+        fprintf(out, "no process is publishing in %s\n", dir);
+    fclose(notes);
+    if (note_len)
+        fwrite(note_text, 1, note_len, out);
+    free(note_text);
+    free(rows.e);
+    fclose(out);
+    return 0;
+}
+
+/* ---- the command ----------------------------------------------------------------------- */
+
+static volatile sig_atomic_t top_stop;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    top_stop = 1;
+}
+
+static int top_usage(const char *fmt, const char *arg)
+{
+    fprintf(stderr, "fragless top: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\n\n%s", top_help);
+    return CLI_EXIT_USAGE;
+}
+
+/* Sleeps secs, returning early when a signal asks to stop. */
+static void nap(double secs)
+{
+    struct timespec ts = {(time_t)secs, (long)((secs - (double)(time_t)secs) * 1e9)};
+    while (!top_stop && nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+int cli_top(int argc, char **argv)
+{
+    int once = 0;
+    double interval = 1.0;
+    const char *dir = NULL;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            fputs(top_help, stdout);
+            return CLI_EXIT_OK;
+        } else if (!strcmp(a, "--once")) {
+            once = 1;
+        } else if (!strcmp(a, "--interval") || !strcmp(a, "--dir")) {
+            if (!v)
+                return top_usage("option '%s' needs a value", a);
+            i++;
+            if (a[2] == 'd') {
+                dir = v;
+                continue;
+            }
+            char *end;
+            errno = 0;
+            interval = strtod(v, &end);
+            if (errno || end == v || *end || !(interval >= 0.1 && interval <= 3600))
+                return top_usage("--interval '%s': expected seconds from 0.1 to 3600", v);
+        } else {
+            return top_usage(a[0] == '-' ? "unknown option '%s'" : "unexpected argument '%s'", a);
+        }
+    }
+    if (!dir)
+        dir = fl_publish_dir();
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal; /* no SA_RESTART: the sleep between frames ends at once */
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    nvml nv;
+    nvml_open(&nv);
+    int tty = isatty(STDOUT_FILENO);
+    int rc = CLI_EXIT_OK;
+    for (int first = 1; !top_stop; first = 0) {
+        char *text = NULL;
+        size_t len = 0;
+        if (frame(dir, &nv, &text, &len) != 0) {
+            rc = CLI_EXIT_INPUT;
+            break;
+        }
+        if (tty && !once)
+            fputs("\033[H\033[2J", stdout); /* home, clear: like top and watch */
+        else if (!first)
+            fputc('\n', stdout);
+        fwrite(text, 1, len, stdout);
+        free(text);
+        if (fflush(stdout) != 0 || ferror(stdout)) {
+            fprintf(stderr, "fragless top: cannot write the output: %s\n", strerror(errno));
+            rc = CLI_EXIT_ERROR;
+            break;
+        }
+        if (once)
+            break;
+        nap(interval);
+    }
+    nvml_close(&nv);
+    return rc;
+}

@@ -1,0 +1,345 @@
+/* `fragless report` as a user runs it: the HTML page of the example trace has its
+ * sections, the comparison numbers `fragless compare --format csv` prints, page maps whose
+ * counts match a walk of the policies done here, nothing fetched from the network, input
+ * names escaped; bad inputs give the documented exit codes; the progress bar appears on
+ * a terminal only. */
+#include <stdarg.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "replay/replay.h"
+#include "test_support.h"
+
+#define EXAMPLE "examples/encoder_varlen.csv"
+
+typedef struct run_result {
+    int code;
+    char *out, *err;
+} run_result;
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return calloc(1, 1);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    size_t k = fread(buf, 1, (size_t)n, f);
+    buf[k] = 0;
+    fclose(f);
+    return buf;
+}
+
+/* Runs a shell command line from the source directory ("CLI" is the fragless binary). */
+static run_result run(const char *fmt, ...)
+{
+    char args[2048], cmd[4096], out[64], err[64];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    snprintf(out, sizeof out, "/tmp/fl_report_out.%d", (int)getpid());
+    snprintf(err, sizeof err, "/tmp/fl_report_err.%d", (int)getpid());
+    snprintf(cmd, sizeof cmd, "cd '%s' && CLI='%s' && %s >%s 2>%s", FL_SOURCE_DIR, FL_CLI, args, out, err);
+    int st = system(cmd);
+    run_result r = {WIFEXITED(st) ? WEXITSTATUS(st) : -1, slurp(out), slurp(err)};
+    unlink(out);
+    unlink(err);
+    return r;
+}
+
+static void run_free(run_result *r)
+{
+    free(r->out);
+    free(r->err);
+}
+
+static size_t count(const char *hay, const char *needle)
+{
+    size_t n = 0;
+    for (const char *p = hay; (p = strstr(p, needle)); p += strlen(needle))
+        n++;
+    return n;
+}
+
+/* The number after `key` inside the element that starts at `from`, or -1. */
+static long long number_after(const char *from, const char *key)
+{
+    const char *p = from ? strstr(from, key) : NULL;
+    return p ? strtoll(p + strlen(key), NULL, 10) : -1;
+}
+
+/* ---- the page maps, recomputed from a walk of the policy at the peak ---- */
+
+typedef struct walk_count {
+    uint64_t g;
+    uint64_t pages[4];       /* unmapped, cached, pinned by one, by several */
+    /* cca: segments have no pages; units are counted from the live blocks */
+    uint64_t seg_addr, seg_size;
+    uint32_t *seg_pins;
+    int has_pages;
+} walk_count;
+
+static void flush_segment(walk_count *w)
+{
+    if (!w->seg_pins)
+        return;
+    for (uint64_t u = 0; u < w->seg_size / w->g; u++)
+        w->pages[w->seg_pins[u] == 0 ? 1 : w->seg_pins[u] == 1 ? 2 : 3]++;
+    free(w->seg_pins);
+    w->seg_pins = NULL;
+}
+
+static void wc_region(void *user, uint64_t addr, uint64_t size, uint64_t stream, const char *kind)
+{
+    walk_count *w = user;
+    (void)stream;
+    flush_segment(w);
+    if (!strcmp(kind, "segment")) {
+        w->seg_addr = addr;
+        w->seg_size = size;
+        w->seg_pins = calloc(size / w->g + 1, sizeof *w->seg_pins);
+    }
+}
+
+static void wc_page(void *user, uint64_t addr, uint64_t size, int mapped, uint32_t pins)
+{
+    walk_count *w = user;
+    (void)addr;
+    CHECK_EQ_U64(size, w->g);
+    w->has_pages = 1;
+    w->pages[!mapped ? 0 : pins == 0 ? 1 : pins == 1 ? 2 : 3]++;
+}
+
+static void wc_block(void *user, uint64_t addr, uint64_t size, int live)
+{
+    walk_count *w = user;
+    if (!w->seg_pins || !live)
+        return;
+    for (uint64_t u = (addr - w->seg_addr) / w->g; u * w->g < addr + size - w->seg_addr; u++)
+        w->seg_pins[u]++;
+}
+
+static int wc_inspect(const fl_policy *pol, void *user)
+{
+    fl_state_visitor v = {user, wc_region, wc_page, wc_block};
+    pol->ops->walk(pol, &v);
+    flush_segment(user);
+    return 1;
+}
+
+static void check_map(const char *html, const fl_prepared *p, const char *policy, uint64_t min_cap)
+{
+    fl_replay_opts o;
+    memset(&o, 0, sizeof o);
+    fl_config_default(&o.cfg);
+    fl_sim_params_default(&o.sim);
+    snprintf(o.cfg.policy, sizeof o.cfg.policy, "%s", policy);
+    o.sim.capacity = min_cap;
+    walk_count w = {.g = o.sim.granularity};
+    o.inspect_at_op = p->peak_live_op;
+    o.inspect = wc_inspect;
+    o.inspect_user = &w;
+    fl_replay_result r;
+    CHECK_OK(fl_replay(p, &o, &r));
+    CHECK_EQ_U64(r.ooms, 0);
+    fl_replay_result_free(&r);
+    CHECK(w.pages[2] + w.pages[3] > 0);
+    char key[64];
+    snprintf(key, sizeof key, "<figure class=\"map\" data-policy=\"%s\"", policy);
+    const char *fig = strstr(html, key);
+    CHECK(fig != NULL);
+    if (!fig)
+        return;
+    const char *end = strstr(fig, "</figure>");
+    CHECK_EQ_U64(number_after(fig, "data-unmapped=\""), w.pages[0]);
+    CHECK_EQ_U64(number_after(fig, "data-cached=\""), w.pages[1]);
+    CHECK_EQ_U64(number_after(fig, "data-pin1=\""), w.pages[2]);
+    CHECK_EQ_U64(number_after(fig, "data-pinn=\""), w.pages[3]);
+    /* Small enough for one square per page: the squares drawn are the same counts. */
+    static const char *const cls[4] = {"class=\"u\"", "class=\"c\"", "class=\"p1\"", "class=\"pn\""};
+    size_t n = (size_t)(end - fig);
+    char *part = malloc(n + 1);
+    memcpy(part, fig, n);
+    part[n] = 0;
+    for (int s = 0; s < 4; s++)
+        CHECK_EQ_U64(count(part, cls[s]), w.pages[s]);
+    free(part);
+    if (!strcmp(policy, "fragless"))
+        CHECK(w.has_pages);
+}
+
+/* ---- the page ---- */
+
+static void test_report_page(void)
+{
+    char html_path[64];
+    snprintf(html_path, sizeof html_path, "/tmp/fl_report.%d.html", (int)getpid());
+    run_result r = run("\"$CLI\" report " EXAMPLE " -o %s", html_path);
+    CHECK_EQ_U64(r.code, 0);
+    CHECK(strchr(r.err, '\r') == NULL && strchr(r.err, '\033') == NULL); /* no progress bar off a terminal */
+    run_free(&r);
+    char *html = slurp(html_path);
+    unlink(html_path);
+    CHECK(!strncmp(html, "<!DOCTYPE html>", 15));
+    CHECK(strstr(html, "</html>\n") != NULL);
+    for (int i = 0; i < 4; i++) {
+        static const char *const ids[] = {"id=\"compare-0\"", "id=\"timeline-0\"", "id=\"pagemap-0\"", "id=\"doctor-0\""};
+        CHECK(strstr(html, ids[i]) != NULL);
+    }
+    /* Self-contained: nothing to fetch. */
+    CHECK(!strstr(html, "http://") && !strstr(html, "https://"));
+    CHECK(!strstr(html, "<script") && !strstr(html, "<link") && !strstr(html, "@import") && !strstr(html, "url("));
+    /* Well-formed enough: what opens, closes. */
+    static const char *const pairs[][2] = {{"<svg", "</svg>"},     {"<table", "</table>"}, {"<section", "</section>"},
+                                           {"<rect", "</rect>"},   {"<title>", "</title>"}, {"<figure", "</figure>"},
+                                           {"<tr", "</tr>"},       {"<p", "</p>"},          {"<div", "</div>"}};
+    for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
+        size_t open = count(html, pairs[i][0]) - (strcmp(pairs[i][0], "<p") ? 0 : count(html, "<polygon") +
+                                                                               count(html, "<polyline"));
+        if (open != count(html, pairs[i][1]))
+            fprintf(stderr, "%s: %zu opened, %zu closed\n", pairs[i][0], open, count(html, pairs[i][1]));
+        CHECK(open == count(html, pairs[i][1]));
+    }
+    /* One polyline per policy; the timeline has at most 640 windows (bounded size). */
+    CHECK_EQ_U64(count(html, "<polyline class=\"resv\""), 4);
+    CHECK(strlen(html) < 400000);
+
+    /* The table holds what compare prints. */
+    r = run("\"$CLI\" compare " EXAMPLE " --format csv");
+    CHECK_EQ_U64(r.code, 0);
+    fl_prepared *p = NULL;
+    CHECK_OK(fl_load_trace(FL_SOURCE_DIR "/" EXAMPLE, NULL, &p));
+    uint64_t min_cap[2] = {0, 0}; /* fragless, cca */
+    int rows = 0;
+    for (char *line = strchr(r.out, '\n'); line && line[1]; line = strchr(line + 1, '\n')) {
+        char policy[32], ratio[32];
+        unsigned long long peak_live, peak_reserved, mc, calls, late;
+        double ms;
+        if (sscanf(line + 1, "%*[^,],%31[^,],%*u,%llu,%llu,%*[^,],%llu,%31[^,],%llu,%lf,%llu", policy, &peak_live,
+                   &peak_reserved, &mc, ratio, &calls, &ms, &late) != 8) {
+            CHECK(!"a compare CSV row did not parse");
+            continue;
+        }
+        rows++;
+        char key[64];
+        snprintf(key, sizeof key, "<tr data-policy=\"%s\"", policy);
+        const char *row = strstr(html, key);
+        CHECK(row != NULL);
+        if (!row)
+            continue;
+        CHECK_EQ_U64(number_after(row, "data-k=\"min_capacity\" data-v=\""), mc);
+        CHECK_EQ_U64(number_after(row, "data-k=\"peak_reserved\" data-v=\""), peak_reserved);
+        CHECK_EQ_U64(number_after(row, "data-k=\"device_calls\">"), calls);
+        CHECK_EQ_U64(number_after(row, "data-k=\"late_device_calls\">"), late);
+        char want[64];
+        snprintf(want, sizeof want, "data-k=\"min_capacity_ratio\">%s<", ratio);
+        CHECK(strstr(row, want) != NULL && strstr(row, want) < strstr(row, "</tr>"));
+        CHECK_EQ_U64(number_after(html, "<span>peak live</span><b data-v=\""), peak_live);
+        CHECK_EQ_U64(peak_live, p->peak_live);
+        if (!strcmp(policy, "fragless"))
+            min_cap[0] = mc;
+        if (!strcmp(policy, "cca"))
+            min_cap[1] = mc;
+    }
+    CHECK_EQ_U64(rows, 4);
+    run_free(&r);
+    /* fragless needs less than cca on this trace: the map shows why, and is drawn at the
+     * capacity each needs. */
+    CHECK(min_cap[0] > 0 && min_cap[0] < min_cap[1]);
+    if (p && min_cap[0] && min_cap[1]) {
+        check_map(html, p, "fragless", min_cap[0]);
+        check_map(html, p, "cca", min_cap[1]);
+    }
+    fl_prepared_free(p);
+    /* The doctor's part: no capacity given, so no verdict, and the what-if table. */
+    CHECK(strstr(html, "data-verdict=\"none\"") != NULL);
+    CHECK(strstr(html, "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True") != NULL);
+    free(html);
+}
+
+static void test_capacity_and_escaping(void)
+{
+    /* A file name with markup in it is text in the page, never markup. */
+    char dir[64], html_path[96];
+    snprintf(dir, sizeof dir, "/tmp/fl_report_dir.%d", (int)getpid());
+    snprintf(html_path, sizeof html_path, "%s/r.html", dir);
+    run_result r = run("mkdir -p %s && cp " EXAMPLE " '%s/<b>&x.csv' && \"$CLI\" report '%s/<b>&x.csv' " EXAMPLE
+                       " -o %s --policies fragless,cca --capacity 320MiB",
+                       dir, dir, dir, html_path);
+    CHECK_EQ_U64(r.code, 0);
+    run_free(&r);
+    char *html = slurp(html_path);
+    CHECK(strstr(html, "&lt;b&gt;&amp;x.csv") != NULL);
+    CHECK(strstr(html, "<b>&x") == NULL);
+    CHECK_EQ_U64(count(html, "<section class=\"trace\""), 2);
+    CHECK(strstr(html, "href=\"#t1\"") != NULL);
+    /* At 320 MiB cca runs out (it needs 336 MiB): an OOM column and a verdict. */
+    CHECK(strstr(html, "<th>OOMs at 320.00 MiB</th>") != NULL);
+    CHECK(strstr(html, "data-verdict=\"fragmentation\"") || strstr(html, "data-verdict=\"exhaustion\""));
+    CHECK(strstr(html, "class=\"cap\"") != NULL);
+    free(html);
+    r = run("rm -rf %s", dir);
+    run_free(&r);
+}
+
+static void test_bad_input(void)
+{
+    char html_path[64];
+    snprintf(html_path, sizeof html_path, "/tmp/fl_report_bad.%d.html", (int)getpid());
+    run_result r = run("\"$CLI\" report /nonexistent/trace.csv -o %s", html_path);
+    CHECK_EQ_U64(r.code, 2);
+    CHECK(strstr(r.err, "/nonexistent/trace.csv") != NULL);
+    CHECK(access(html_path, F_OK) != 0); /* no half-written page */
+    run_free(&r);
+    r = run("\"$CLI\" report " EXAMPLE);
+    CHECK(r.code == 1 && strstr(r.err, "-o") && strstr(r.err, "usage: fragless report"));
+    run_free(&r);
+    r = run("\"$CLI\" report " EXAMPLE " -o %s --policies fragless,magic", html_path);
+    CHECK(r.code == 1 && strstr(r.err, "magic"));
+    run_free(&r);
+    r = run("\"$CLI\" report " EXAMPLE " -o /nonexistent/dir/r.html --policies fragless");
+    CHECK(r.code == 4 && strstr(r.err, "/nonexistent/dir/r.html"));
+    run_free(&r);
+    r = run("\"$CLI\" report " EXAMPLE " -o %s --format csv", html_path);
+    CHECK(r.code == 1 && strstr(r.err, "--format"));
+    run_free(&r);
+    r = run("\"$CLI\" help report");
+    CHECK(r.code == 0 && strstr(r.out, "-o, --output") && strstr(r.out, "self-contained"));
+    run_free(&r);
+    r = run("\"$CLI\" help");
+    CHECK(r.code == 0 && strstr(r.out, "report TRACE"));
+    run_free(&r);
+}
+
+/* The bar is drawn on a terminal: script(1) gives the command one. */
+static void test_progress_on_terminal(void)
+{
+    run_result r = run("command -v script");
+    int have = r.code == 0;
+    run_free(&r);
+    if (!have) {
+        printf("test_report: no script(1): progress bar on a terminal not checked\n");
+        return;
+    }
+    r = run("script -qec \"$CLI compare " EXAMPLE " --policies fragless,cca\" /dev/null");
+    CHECK_EQ_U64(r.code, 0);
+    CHECK(strstr(r.out, "\r\033[K[") != NULL && strstr(r.out, "encoder_varlen.csv fragless") != NULL);
+    CHECK(strstr(r.out, "1.0123") != NULL); /* and the table is still there */
+    run_free(&r);
+    /* Off a terminal, compare's stderr stays empty. */
+    r = run("\"$CLI\" compare " EXAMPLE " --policies fragless");
+    CHECK(r.code == 0 && r.err[0] == 0);
+    run_free(&r);
+}
+
+int main(void)
+{
+    test_report_page();
+    test_capacity_and_escaping();
+    test_bad_input();
+    test_progress_on_terminal();
+    return fl_test_done("test_report");
+}
