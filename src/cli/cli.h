@@ -32,6 +32,10 @@ int cli_top(int argc, char **argv);
 int cli_doctor(const cli_opts *o);
 /* `fragless report`: the HTML report of every trace (src/cli/report.c). */
 int cli_report(const cli_opts *o);
+/* --policies as names (at most CLI_MAX_POLICIES, each known); 0 or an exit code, with
+ * the reason on stderr. */
+#define CLI_MAX_POLICIES 16
+int cli_split_policies(const char *list, char names[][32], int *n);
 /* Shared by the commands: --capacity as bytes for one trace (a factor needs peak live). */
 uint64_t cli_capacity_for(const cli_opts *o, const fl_prepared *p);
 

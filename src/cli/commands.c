@@ -6,7 +6,6 @@
 #include "cli/cli.h"
 #include "cli/progress.h"
 
-#define MAX_POLICIES 16
 
 static void load_error(void)
 {
@@ -19,14 +18,14 @@ static int status_exit(fl_status s)
 }
 
 /* Splits the policy list and checks every name. */
-static int split_policies(const char *list, char names[][32], int *n)
+int cli_split_policies(const char *list, char names[][32], int *n)
 {
     *n = 0;
     const char *p = list;
     while (*p) {
         const char *end = strchr(p, ',');
         size_t len = end ? (size_t)(end - p) : strlen(p);
-        if (len == 0 || len >= 32 || *n == MAX_POLICIES) {
+        if (len == 0 || len >= 32 || *n == CLI_MAX_POLICIES) {
             fprintf(stderr, "fragless: --policies '%s': expected names separated by commas\n", list);
             return CLI_EXIT_USAGE;
         }
@@ -157,8 +156,8 @@ static void print_trace_header(const cli_opts *o, const fl_prepared *p, uint64_t
 
 int cli_compare(const cli_opts *o)
 {
-    char names[MAX_POLICIES][32];
-    int np, rc = split_policies(o->policies, names, &np);
+    char names[CLI_MAX_POLICIES][32];
+    int np, rc = cli_split_policies(o->policies, names, &np);
     if (rc)
         return rc;
     int first = 1;
@@ -208,8 +207,8 @@ int cli_compare(const cli_opts *o)
 
 int cli_replay(const cli_opts *o)
 {
-    char names[MAX_POLICIES][32];
-    int np, rc = split_policies(o->policies, names, &np);
+    char names[CLI_MAX_POLICIES][32];
+    int np, rc = cli_split_policies(o->policies, names, &np);
     if (rc)
         return rc;
     if (np != 1) {

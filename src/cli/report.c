@@ -11,23 +11,18 @@
 
 #include "cli/cli.h"
 #include "cli/progress.h"
+#include "cli/report.h"
 #include "replay/doctor.h"
 #include "trace/snapshot.h"
 
-#define MAX_POLICIES 16
 /* Timeline windows: each keeps its maximum, so peaks survive; ~1 px each at 1280 px. */
 #define TIMELINE_BUCKETS 640
-/* Cells per page map; beyond it, k consecutive pages of a region share one cell, which
- * bounds the file's size for snapshots of tens of GiB. */
-#define MAP_MAX_CELLS 3000
-#define TITLE_BLOCKS 6 /* live blocks named in a cell's hover text */
 
 /* ----------------------------------------------------------------------------------
  * Text
  * ---------------------------------------------------------------------------------- */
 
-/* Anything from the input (file names) goes through here. */
-static void esc(FILE *f, const char *s)
+void report_esc(FILE *f, const char *s)
 {
     for (; *s; s++)
         switch (*s) {
@@ -38,388 +33,6 @@ static void esc(FILE *f, const char *s)
         case '\'': fputs("&#39;", f); break;
         default: fputc(*s, f);
         }
-}
-
-static const char *sz(uint64_t b, char *buf, size_t n) { return fl_format_size(b, buf, n); }
-
-static double ratio(uint64_t a, uint64_t b) { return b ? (double)a / (double)b : 0; }
-
-/* ----------------------------------------------------------------------------------
- * Page maps: the policy's regions, pages and blocks at one op (fl_state_visitor)
- * ---------------------------------------------------------------------------------- */
-
-enum { CELL_UNMAPPED, CELL_CACHED, CELL_PIN1, CELL_PINN, CELL_STATES };
-static const char *const cell_class[CELL_STATES] = {"u", "c", "p1", "pn"};
-
-typedef struct map_region {
-    uint64_t addr, size, stream;
-    char kind[24];
-    size_t page0, n_pages, block0, n_blocks;
-} map_region;
-
-typedef struct map_page {
-    uint64_t addr, size;
-    uint32_t pins;
-    int mapped;
-} map_page;
-
-typedef struct map_block {
-    uint64_t addr, size;
-    int live;
-} map_block;
-
-typedef struct page_map {
-    const char *policy;
-    int taken;               /* the replay reached the op and walked the policy */
-    int nomem;               /* host memory ran out while collecting */
-    uint64_t capacity;       /* the device's: the policy's min_capacity */
-    uint64_t reserved;       /* device memory the policy held then */
-    uint64_t allocated;      /* the policy's own count of live bytes */
-    map_region *regions;
-    size_t n_regions, cap_regions;
-    map_page *pages;
-    size_t n_pages, cap_pages;
-    map_block *blocks;
-    size_t n_blocks, cap_blocks;
-    uint64_t units[CELL_STATES]; /* granularity-sized units by state */
-    uint64_t live_on_pinned;     /* live bytes on pinned units (the rest of them is free) */
-    uint64_t n_units;
-} page_map;
-
-static int grow(void **a, size_t *cap, size_t n, size_t elem)
-{
-    if (n < *cap)
-        return 0;
-    size_t c = *cap ? *cap * 2 : 64;
-    void *p = realloc(*a, c * elem);
-    if (!p)
-        return -1;
-    *a = p;
-    *cap = c;
-    return 0;
-}
-
-static void on_region(void *user, uint64_t addr, uint64_t size, uint64_t stream, const char *kind)
-{
-    page_map *m = user;
-    if (m->nomem || grow((void **)&m->regions, &m->cap_regions, m->n_regions, sizeof *m->regions)) {
-        m->nomem = 1;
-        return;
-    }
-    map_region *r = &m->regions[m->n_regions++];
-    *r = (map_region){addr, size, stream, "", m->n_pages, 0, m->n_blocks, 0};
-    snprintf(r->kind, sizeof r->kind, "%s", kind);
-}
-
-static void on_page(void *user, uint64_t addr, uint64_t size, int mapped, uint32_t pins)
-{
-    page_map *m = user;
-    if (m->nomem || !m->n_regions || grow((void **)&m->pages, &m->cap_pages, m->n_pages, sizeof *m->pages)) {
-        m->nomem = 1;
-        return;
-    }
-    m->pages[m->n_pages++] = (map_page){addr, size, pins, mapped};
-    m->regions[m->n_regions - 1].n_pages++;
-}
-
-static void on_block(void *user, uint64_t addr, uint64_t size, int live)
-{
-    page_map *m = user;
-    if (m->nomem || !m->n_regions || grow((void **)&m->blocks, &m->cap_blocks, m->n_blocks, sizeof *m->blocks)) {
-        m->nomem = 1;
-        return;
-    }
-    m->blocks[m->n_blocks++] = (map_block){addr, size, live};
-    m->regions[m->n_regions - 1].n_blocks++;
-}
-
-/* The replay's inspection hook: walk, then end the replay (nothing after it is drawn). */
-static int inspect(const fl_policy *pol, void *user)
-{
-    page_map *m = user;
-    fl_state_visitor v = {m, on_region, on_page, on_block};
-    m->taken = 1;
-    m->reserved = pol->dev->counters.in_use;
-    m->allocated = pol->allocated;
-    pol->ops->walk(pol, &v);
-    return 1;
-}
-
-static void map_free(page_map *m)
-{
-    free(m->regions);
-    free(m->pages);
-    free(m->blocks);
-}
-
-/* One granularity-sized unit of a region: its state and the live bytes on it. Regions
- * with pages (fragless heaps, expandable segments) say what is mapped and pinned; the
- * others (cca segments) are mapped whole, and a unit is pinned by the live blocks that
- * touch it. *bi walks the region's blocks (address order) along with the units. */
-typedef struct unit_info {
-    int state;
-    uint32_t pins;
-    uint64_t live_bytes;
-    size_t first_block;      /* blocks touching the unit: [first_block, end_block) */
-    size_t end_block;
-} unit_info;
-
-static uint64_t region_units(const page_map *m, const map_region *r, uint64_t g)
-{
-    if (r->n_pages) {
-        uint64_t n = 0;
-        for (size_t i = 0; i < r->n_pages; i++)
-            n += m->pages[r->page0 + i].size > g ? m->pages[r->page0 + i].size / g : 1;
-        return n;
-    }
-    return fl_div_up(r->size, g);
-}
-
-/* Unit u of region r; *page and *page_unit walk the pages along (units in order). */
-static unit_info unit_at(const page_map *m, const map_region *r, uint64_t g, uint64_t start, size_t *bi,
-                         const map_page *pg)
-{
-    unit_info ui = {0};
-    uint64_t end = start + g;
-    const map_block *b = m->blocks + r->block0, *bend = b + r->n_blocks;
-    while (b + *bi < bend && b[*bi].addr + b[*bi].size <= start)
-        (*bi)++;
-    ui.first_block = *bi;
-    uint32_t touching = 0;
-    size_t j = *bi;
-    for (; b + j < bend && b[j].addr < end; j++) {
-        if (!b[j].live)
-            continue;
-        touching++;
-        uint64_t lo = b[j].addr > start ? b[j].addr : start;
-        uint64_t hi = b[j].addr + b[j].size < end ? b[j].addr + b[j].size : end;
-        ui.live_bytes += hi - lo;
-    }
-    ui.end_block = j;
-    int mapped = pg ? pg->mapped : 1;
-    ui.pins = pg ? pg->pins : touching;
-    ui.state = !mapped ? CELL_UNMAPPED : ui.pins == 0 ? CELL_CACHED : ui.pins == 1 ? CELL_PIN1 : CELL_PINN;
-    return ui;
-}
-
-/* Counts units by state (what the summary under each map says). */
-static void map_count(page_map *m, uint64_t g)
-{
-    memset(m->units, 0, sizeof m->units);
-    m->n_units = m->live_on_pinned = 0;
-    for (size_t ri = 0; ri < m->n_regions; ri++) {
-        const map_region *r = &m->regions[ri];
-        size_t bi = 0;
-        if (r->n_pages) {
-            for (size_t i = 0; i < r->n_pages; i++) {
-                const map_page *pg = &m->pages[r->page0 + i];
-                uint64_t n = pg->size > g ? pg->size / g : 1;
-                /* a page larger than g (expandable segments' 20 MiB) counts as n units */
-                for (uint64_t u = 0; u < n; u++) {
-                    unit_info ui = unit_at(m, r, g, pg->addr + u * g, &bi, pg);
-                    m->units[ui.state]++;
-                    m->live_on_pinned += ui.state >= CELL_PIN1 ? ui.live_bytes : 0;
-                }
-                m->n_units += n;
-            }
-        } else {
-            uint64_t n = fl_div_up(r->size, g);
-            for (uint64_t u = 0; u < n; u++) {
-                unit_info ui = unit_at(m, r, g, r->addr + u * g, &bi, NULL);
-                m->units[ui.state]++;
-                m->live_on_pinned += ui.state >= CELL_PIN1 ? ui.live_bytes : 0;
-                m->n_units++;
-            }
-        }
-    }
-}
-
-/* ----------------------------------------------------------------------------------
- * Drawing a page map
- * ---------------------------------------------------------------------------------- */
-
-typedef struct grid {
-    uint64_t g;          /* bytes per unit (the device granularity) */
-    uint64_t k;          /* units per cell */
-    int pitch, cell;     /* px from one cell to the next, px of a cell */
-    int cols;
-    int width;
-} grid;
-
-static void cell_title(FILE *f, const page_map *m, const map_region *r, uint64_t addr, uint64_t k,
-                       const uint64_t *states, const unit_info *one, const grid *gr)
-{
-    char a[32], b[32];
-    fprintf(f, "<title>%s, stream %llu, +%s: ", r->kind, (unsigned long long)r->stream,
-            sz(addr - r->addr, a, sizeof a));
-    if (k > 1) {
-        fprintf(f, "%llu pages: %llu pinned by one block, %llu by several, %llu cached, %llu unmapped",
-                (unsigned long long)k, (unsigned long long)states[CELL_PIN1], (unsigned long long)states[CELL_PINN],
-                (unsigned long long)states[CELL_CACHED], (unsigned long long)states[CELL_UNMAPPED]);
-    } else if (one->state == CELL_UNMAPPED) {
-        fputs("unmapped (no memory)", f);
-    } else if (one->state == CELL_CACHED) {
-        fputs("cached: held, no live block on it", f);
-    } else {
-        fprintf(f, "pinned by %u live block%s, %s live of %s", one->pins, one->pins == 1 ? "" : "s",
-                sz(one->live_bytes, a, sizeof a), sz(gr->g, b, sizeof b));
-        const map_block *bl = m->blocks + r->block0;
-        int listed = 0, more = 0;
-        for (size_t j = one->first_block; j < one->end_block; j++) {
-            if (!bl[j].live)
-                continue;
-            if (listed < TITLE_BLOCKS)
-                fprintf(f, "%s%s", listed++ ? ", " : "; blocks ", sz(bl[j].size, a, sizeof a));
-            else
-                more++;
-        }
-        if (more)
-            fprintf(f, " and %d more", more);
-    }
-    fputs("</title>", f);
-}
-
-/* Regions follow each other in reading order, a gap cell between two; a cell is the
- * state most of its k units have (ties to the more pinned). */
-static void draw_map(FILE *f, const page_map *m, const grid *gr, int rows)
-{
-    int height = rows * gr->pitch + 2;
-    fprintf(f, "<svg class=\"pm\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\" role=\"img\">\n", gr->width,
-            height, gr->width, height);
-    uint64_t pos = 0;
-    for (size_t ri = 0; ri < m->n_regions; ri++) {
-        const map_region *r = &m->regions[ri];
-        if (pos % (uint64_t)gr->cols)
-            pos++;
-        size_t bi = 0, pi = 0;
-        uint64_t total = region_units(m, r, gr->g), done = 0, page_left = 0;
-        const map_page *pg = NULL;
-        uint64_t addr = r->addr;
-        while (done < total) {
-            uint64_t states[CELL_STATES] = {0}, k = 0, cell_addr = addr;
-            unit_info one = {0};
-            for (; k < gr->k && done < total; k++, done++) {
-                if (r->n_pages && !page_left) {
-                    pg = &m->pages[r->page0 + pi++];
-                    page_left = pg->size > gr->g ? pg->size / gr->g : 1;
-                    addr = pg->addr;
-                    if (k == 0)
-                        cell_addr = addr;
-                }
-                unit_info ui = unit_at(m, r, gr->g, addr, &bi, r->n_pages ? pg : NULL);
-                states[ui.state]++;
-                if (k == 0)
-                    one = ui;
-                addr += gr->g;
-                if (page_left)
-                    page_left--;
-            }
-            int st = CELL_UNMAPPED;
-            for (int s = 1; s < CELL_STATES; s++)
-                if (states[s] >= states[st])
-                    st = s;
-            int x = 1 + (int)(pos % (uint64_t)gr->cols) * gr->pitch, y = 1 + (int)(pos / (uint64_t)gr->cols) * gr->pitch;
-            fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" class=\"%s\">", x, y, gr->cell, gr->cell,
-                    cell_class[st]);
-            cell_title(f, m, r, cell_addr, k, states, &one, gr);
-            fputs("</rect>\n", f);
-            pos++;
-        }
-    }
-    fputs("</svg>\n", f);
-}
-
-static uint64_t map_cells(const page_map *m, uint64_t g, uint64_t k, int cols, uint64_t *positions)
-{
-    uint64_t cells = 0, pos = 0;
-    for (size_t ri = 0; ri < m->n_regions; ri++) {
-        uint64_t n = fl_div_up(region_units(m, &m->regions[ri], g), k);
-        if (cols && pos % (uint64_t)cols)
-            pos++;
-        pos += n;
-        cells += n;
-    }
-    if (positions)
-        *positions = pos;
-    return cells;
-}
-
-static void map_summary(FILE *f, const page_map *m, const fl_prepared *p, uint64_t g)
-{
-    char a[32], b[32], c[32];
-    uint64_t mapped = m->units[CELL_CACHED] + m->units[CELL_PIN1] + m->units[CELL_PINN];
-    fprintf(f, "<p class=\"sum\" data-units=\"%llu\" data-unmapped=\"%llu\" data-cached=\"%llu\" "
-               "data-pin1=\"%llu\" data-pinn=\"%llu\" data-reserved=\"%llu\">",
-            (unsigned long long)m->n_units, (unsigned long long)m->units[CELL_UNMAPPED],
-            (unsigned long long)m->units[CELL_CACHED], (unsigned long long)m->units[CELL_PIN1],
-            (unsigned long long)m->units[CELL_PINN], (unsigned long long)m->reserved);
-    fprintf(f, "On a device of %s: <b>%s</b> reserved for %s live (%.4f&times;). ", sz(m->capacity, c, sizeof c),
-            sz(m->reserved, a, sizeof a), sz(p->peak_live, b, sizeof b), ratio(m->reserved, p->peak_live));
-    fprintf(f, "%zu region%s; of %llu pages of %s: %llu pinned by one block, %llu by several, "
-               "<b>%llu cached</b> (%s held with no live block), %llu unmapped.",
-            m->n_regions, m->n_regions == 1 ? "" : "s", (unsigned long long)m->n_units, sz(g, c, sizeof c),
-            (unsigned long long)m->units[CELL_PIN1], (unsigned long long)m->units[CELL_PINN],
-            (unsigned long long)m->units[CELL_CACHED], sz(m->units[CELL_CACHED] * g, a, sizeof a),
-            (unsigned long long)m->units[CELL_UNMAPPED]);
-    uint64_t pinned = (m->units[CELL_PIN1] + m->units[CELL_PINN]) * g;
-    fprintf(f, " Free pieces inside pinned pages: %s.",
-            sz(pinned > m->live_on_pinned ? pinned - m->live_on_pinned : 0, a, sizeof a));
-    if (mapped * g != m->reserved)
-        fprintf(f, " Pages mapped: %s.", sz(mapped * g, a, sizeof a));
-    fputs("</p>\n", f);
-}
-
-static void write_maps(FILE *f, int idx, const fl_prepared *p, page_map *maps, int n, uint64_t g)
-{
-    fprintf(f, "<h3 id=\"pagemap-%d\">Pages at the peak of live bytes (event %zu), each policy on the smallest "
-               "device it runs in</h3>\n",
-            idx, p->peak_live_op);
-    fputs("<p class=\"note\">Each square is one device page, the same size in both maps, in address order; "
-          "regions (heaps, segments) follow each other with a gap. A page costs memory while it is mapped, "
-          "whether or not a live block uses it. Hover over a square for the blocks on it.</p>\n",
-          f);
-    fputs("<div class=\"legend\"><span><i class=\"sw p1\"></i>pinned by one live block</span>"
-          "<span><i class=\"sw pn\"></i>pinned by several</span>"
-          "<span><i class=\"sw c\"></i>cached: mapped, no live block</span>"
-          "<span><i class=\"sw u\"></i>unmapped</span></div>\n",
-          f);
-    /* One scale for both: the cell size fits the larger map in about 300 px of height. */
-    uint64_t most = 1;
-    for (int i = 0; i < n; i++)
-        if (maps[i].taken && !maps[i].nomem) {
-            map_count(&maps[i], g);
-            uint64_t c = map_cells(&maps[i], g, 1, 0, NULL);
-            if (c > most)
-                most = c;
-        }
-    grid gr = {.g = g, .k = fl_div_up(most, MAP_MAX_CELLS), .width = 580};
-    uint64_t cells = fl_div_up(most, gr.k);
-    gr.pitch = (int)sqrt(580.0 * 300.0 / (double)cells);
-    gr.pitch = gr.pitch > 22 ? 22 : gr.pitch < 6 ? 6 : gr.pitch;
-    gr.cell = gr.pitch - (gr.pitch >= 10 ? 2 : 1);
-    gr.cols = (gr.width - 2) / gr.pitch;
-    fputs("<div class=\"maps\">\n", f);
-    for (int i = 0; i < n; i++) {
-        page_map *m = &maps[i];
-        fprintf(f, "<figure class=\"map\" data-policy=\"%s\"><figcaption><b>%s</b>", m->policy, m->policy);
-        if (gr.k > 1)
-            fprintf(f, " <span class=\"mut\">(one square = %llu pages)</span>", (unsigned long long)gr.k);
-        fputs("</figcaption>\n", f);
-        if (!m->taken) {
-            fputs("<p class=\"sum\">No events: nothing to draw.</p></figure>\n", f);
-            continue;
-        }
-        if (m->nomem) {
-            fputs("<p class=\"sum\">Out of host memory while collecting the pages.</p></figure>\n", f);
-            continue;
-        }
-        map_summary(f, m, p, g);
-        uint64_t positions;
-        map_cells(m, g, gr.k, gr.cols, &positions);
-        draw_map(f, m, &gr, (int)fl_div_up(positions ? positions : 1, (uint64_t)gr.cols));
-        fputs("</figure>\n", f);
-    }
-    fputs("</div>\n", f);
 }
 
 /* ----------------------------------------------------------------------------------
@@ -630,11 +243,11 @@ static void write_doctor(FILE *f, int idx, const fl_replay_opts *ran, const fl_d
         else if (i > 0)
             snprintf(delta, sizeof delta, "same");
         fprintf(f, "<tr%s><td>", i == d->fragless_row ? " class=\"best\"" : i == d->best_pytorch ? " class=\"good\"" : "");
-        esc(f, w->label);
+        report_esc(f, w->label);
         fprintf(f, "</td><td data-v=\"%llu\">%s</td><td>%.4f</td><td>%s</td><td><code>",
                 (unsigned long long)w->min_capacity, sz(w->min_capacity, b, sizeof b),
                 ratio(w->min_capacity, d->peak_live), delta);
-        esc(f, w->env);
+        report_esc(f, w->env);
         fputs("</code></td></tr>\n", f);
     }
     fputs("</tbody></table>\n", f);
@@ -708,7 +321,7 @@ static void write_head(FILE *f, const cli_opts *o)
             break;
         }
         fputs(t ? ", " : "", f);
-        esc(f, base ? base + 1 : o->traces[t]);
+        report_esc(f, base ? base + 1 : o->traces[t]);
     }
     fprintf(f, "</title>\n<style>%s</style></head><body>\n<header><h1>fragless report</h1>"
                "<p>How much GPU memory each allocation trace needs under each allocator, on a simulated "
@@ -719,7 +332,7 @@ static void write_head(FILE *f, const cli_opts *o)
         for (int t = 0; t < o->n_traces; t++) {
             const char *base = strrchr(o->traces[t], '/');
             fprintf(f, "<a href=\"#t%d\">", t);
-            esc(f, base ? base + 1 : o->traces[t]);
+            report_esc(f, base ? base + 1 : o->traces[t]);
             fputs("</a>", f);
         }
         fputs("</nav>", f);
@@ -730,32 +343,6 @@ static void write_head(FILE *f, const cli_opts *o)
 /* ----------------------------------------------------------------------------------
  * The command
  * ---------------------------------------------------------------------------------- */
-
-static int split_list(const char *list, char names[][32], int *n)
-{
-    *n = 0;
-    for (const char *q = list; *q;) {
-        const char *end = strchr(q, ',');
-        size_t len = end ? (size_t)(end - q) : strlen(q);
-        if (len == 0 || len >= 32 || *n == MAX_POLICIES) {
-            fprintf(stderr, "fragless: --policies '%s': expected names separated by commas\n", list);
-            return CLI_EXIT_USAGE;
-        }
-        memcpy(names[*n], q, len);
-        names[*n][len] = 0;
-        if (!fl_policy_find(names[*n])) {
-            fprintf(stderr, "fragless: unknown policy '%s' (fragless, cca, cca-expandable, nocache)\n", names[*n]);
-            return CLI_EXIT_USAGE;
-        }
-        (*n)++;
-        q = end ? end + 1 : q + len;
-    }
-    if (*n == 0) {
-        fprintf(stderr, "fragless: no policy given\n");
-        return CLI_EXIT_USAGE;
-    }
-    return 0;
-}
 
 /* The min_capacity of ro's policy: from the comparison when it has the policy, else
  * searched now. */
@@ -792,7 +379,7 @@ static int report_one(FILE *f, const cli_opts *o, int idx, char names[][32], int
     }
     int rc = CLI_EXIT_ERROR;
     uint64_t capacity = cli_capacity_for(o, p), g = o->opts.sim.granularity;
-    fl_measure ms[MAX_POLICIES];
+    fl_measure ms[CLI_MAX_POLICIES];
     int measured = 0;
     page_map maps[2] = {{.policy = "fragless"}, {.policy = "cca"}};
     fl_diagnosis d;
@@ -825,7 +412,7 @@ static int report_one(FILE *f, const cli_opts *o, int idx, char names[][32], int
         }
         ro.sim.capacity = maps[i].capacity;
         ro.inspect_at_op = p->peak_live_op;
-        ro.inspect = inspect;
+        ro.inspect = report_map_inspect;
         ro.inspect_user = &maps[i];
         fl_replay_result r;
         if ((s = fl_replay(p, &ro, &r)) != FL_OK) {
@@ -862,9 +449,9 @@ static int report_one(FILE *f, const cli_opts *o, int idx, char names[][32], int
 
     char a[32];
     fprintf(f, "<section class=\"trace\" id=\"t%d\">\n<h2>", idx);
-    esc(f, p->name);
+    report_esc(f, p->name);
     fprintf(f, "</h2>\n<p class=\"mut\">");
-    esc(f, path);
+    report_esc(f, path);
     fprintf(f, ": %s, %zu events (%llu allocations, %llu frees), %llu stream%s, peak live %s at event %zu",
             info.n_devices ? "PyTorch snapshot" : "trace", p->n_ops, (unsigned long long)p->n_allocs,
             (unsigned long long)p->n_frees, (unsigned long long)p->n_streams, p->n_streams == 1 ? "" : "s",
@@ -875,23 +462,23 @@ static int report_one(FILE *f, const cli_opts *o, int idx, char names[][32], int
     write_cards(f, p, names, ms, np);
     write_compare(f, idx, p, names, ms, np, capacity, g);
     write_timeline(f, idx, p, names, ms, np, capacity);
-    write_maps(f, idx, p, maps, 2, g);
+    report_write_maps(f, idx, p, maps, 2, g);
     write_doctor(f, idx, &ran, &d);
     fputs("</section>\n", f);
     rc = CLI_EXIT_OK;
 out:
     for (int i = 0; i < measured; i++)
         fl_measure_free(&ms[i]);
-    map_free(&maps[0]);
-    map_free(&maps[1]);
+    report_map_free(&maps[0]);
+    report_map_free(&maps[1]);
     fl_prepared_free(p);
     return rc;
 }
 
 int cli_report(const cli_opts *o)
 {
-    char names[MAX_POLICIES][32];
-    int np, rc = split_list(o->policies, names, &np);
+    char names[CLI_MAX_POLICIES][32];
+    int np, rc = cli_split_policies(o->policies, names, &np);
     if (rc)
         return rc;
     /* Written beside the target and renamed at the end: a failed run leaves no half page. */
