@@ -779,6 +779,14 @@ else
         # the same trace at the cap the live runs had: did the emulation predict them?
         run_boxed 60 "$WORK/e-compare-cap.csv" "$BUILD/fragless" compare "$TRACE" --capacity "$CAP" --no-min-capacity --format csv
         record "e compare trace" ok "$SECS" "$((TRACE_ROWS - 1)) events; also replayed at the live cap"
+        # the page with the timelines, page maps and the doctor's verdict (kept with GPU_CHECK_KEEP)
+        run_boxed 60 "$WORK/e-report.log" "$BUILD/fragless" report "$TRACE" --capacity "$CAP" -o "$WORK/report.html"
+        if ((RC == 0)); then
+            record "e report" ok "$SECS" "$WORK/report.html, $(wc -c <"$WORK/report.html") bytes"
+        else
+            record "e report" ERROR "$SECS" "fragless report: $(why_not): $(tail -n 1 "$WORK/e-report.log")"
+            failed "e report"
+        fi
     else
         record "e compare trace" ERROR "$SECS" "fragless compare: $(why_not): $(tail -n 1 "$WORK/e-compare.log")"
         cannot "e compare: $(why_not)"
