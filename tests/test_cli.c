@@ -7,42 +7,16 @@
 
 #include "test_support.h"
 
-typedef struct run_result {
-    int code;
-    char out[1 << 16];
-    char err[1 << 14];
-} run_result;
-
-static void slurp(const char *path, char *buf, size_t n)
-{
-    FILE *f = fopen(path, "r");
-    size_t k = f ? fread(buf, 1, n - 1, f) : 0;
-    buf[k] = 0;
-    if (f)
-        fclose(f);
-}
-
 /* Runs the CLI with the arguments (a shell fragment) from the source directory. */
-static run_result *run(const char *fmt, ...)
+static fl_run_result *run(const char *fmt, ...)
 {
-    static run_result r;
     char args[2048], cmd[4096];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(args, sizeof args, fmt, ap);
     va_end(ap);
-    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s >/tmp/fl_cli_out.%d 2>/tmp/fl_cli_err.%d", FL_SOURCE_DIR, FL_CLI,
-             args, (int)getpid(), (int)getpid());
-    int st = system(cmd);
-    r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    char path[64];
-    snprintf(path, sizeof path, "/tmp/fl_cli_out.%d", (int)getpid());
-    slurp(path, r.out, sizeof r.out);
-    unlink(path);
-    snprintf(path, sizeof path, "/tmp/fl_cli_err.%d", (int)getpid());
-    slurp(path, r.err, sizeof r.err);
-    unlink(path);
-    return &r;
+    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s", FL_SOURCE_DIR, FL_CLI, args);
+    return fl_test_shell(cmd);
 }
 
 static void write_file(const char *path, const char *text)
@@ -54,7 +28,7 @@ static void write_file(const char *path, const char *text)
 
 static void test_help_and_usage(void)
 {
-    run_result *r = run("--help");
+    fl_run_result *r = run("--help");
     CHECK(r->code == 0 && strstr(r->out, "compare") && strstr(r->out, "exit codes"));
     r = run("help compare");
     CHECK(r->code == 0 && strstr(r->out, "min_capacity") && strstr(r->out, "--capacity"));
@@ -83,7 +57,7 @@ static void test_help_and_usage(void)
 
 static void test_bad_traces(void)
 {
-    run_result *r = run("compare /nonexistent/trace.csv");
+    fl_run_result *r = run("compare /nonexistent/trace.csv");
     CHECK(r->code == 2 && strstr(r->err, "/nonexistent/trace.csv"));
     char path[64];
     snprintf(path, sizeof path, "/tmp/fl_cli_bad.%d.csv", (int)getpid());
@@ -105,7 +79,7 @@ static void test_bad_traces(void)
 
 static void test_formats(void)
 {
-    run_result *r = run("compare examples/encoder_varlen.csv --policies fragless,cca --no-min-capacity --format json");
+    fl_run_result *r = run("compare examples/encoder_varlen.csv --policies fragless,cca --no-min-capacity --format json");
     CHECK(r->code == 0 && r->out[0] == '[' && strstr(r->out, "\"policy\": \"cca\"") && strstr(r->out, "]\n"));
     r = run("replay examples/encoder_varlen.csv --format json --timeline 4");
     CHECK(r->code == 0 && strstr(r->out, "\"timeline\": [{") && strstr(r->out, "\"calls_by_kind\""));
@@ -122,10 +96,10 @@ static void test_formats(void)
  * behaviour shows up here, and the golden file is regenerated on purpose (README). */
 static void test_golden(void)
 {
-    run_result *r = run("compare examples/encoder_varlen.csv --capacity 1.05x --format csv | cut -d, -f1-12,14-");
+    fl_run_result *r = run("compare examples/encoder_varlen.csv --capacity 1.05x --format csv | cut -d, -f1-12,14-");
     CHECK_EQ_U64(r->code, 0);
     static char golden[1 << 16];
-    slurp(FL_SOURCE_DIR "/tests/golden/encoder_varlen.csv", golden, sizeof golden);
+    fl_test_slurp(FL_SOURCE_DIR "/tests/golden/encoder_varlen.csv", golden, sizeof golden);
     CHECK(golden[0] != 0);
     if (strcmp(r->out, golden) != 0) {
         CHECK(!"compare output differs from tests/golden/encoder_varlen.csv");
@@ -137,10 +111,10 @@ static void test_golden(void)
  * policy or in the diagnosis shows here. Plus its errors and the JSON form. */
 static void test_doctor(void)
 {
-    run_result *r = run("doctor examples/encoder_varlen.csv --capacity 320MiB");
+    fl_run_result *r = run("doctor examples/encoder_varlen.csv --capacity 320MiB");
     CHECK_EQ_U64(r->code, 0);
     static char golden[1 << 16];
-    slurp(FL_SOURCE_DIR "/tests/golden/encoder_varlen.doctor.txt", golden, sizeof golden);
+    fl_test_slurp(FL_SOURCE_DIR "/tests/golden/encoder_varlen.doctor.txt", golden, sizeof golden);
     CHECK(golden[0] != 0);
     if (strcmp(r->out, golden) != 0) {
         CHECK(!"doctor output differs from tests/golden/encoder_varlen.doctor.txt");

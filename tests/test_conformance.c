@@ -18,44 +18,6 @@ static const uint64_t STREAMS[3] = {0, UINT64_C(0x7f3a5c001230), UINT64_C(0x55d0
 
 static uint64_t align512(uint64_t x) { return (x + 511) & ~UINT64_C(511); }
 
-static const char *hex(uint64_t x)
-{
-    static char buf[4][32];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "0x%llx", (unsigned long long)x);
-    return buf[k];
-}
-
-static fl_device *make_device(uint64_t capacity, uint64_t granularity)
-{
-    fl_sim_params p;
-    fl_sim_params_default(&p);
-    if (capacity)
-        p.capacity = capacity;
-    if (granularity)
-        p.granularity = granularity;
-    fl_device *d = NULL;
-    if (fl_sim_device_create(&p, &d) != FL_OK) {
-        fprintf(stderr, "cannot create a sim device: %s\n", fl_last_error());
-        exit(1);
-    }
-    return d;
-}
-
-static fl_allocator *make_allocator(const char *policy, fl_device *d)
-{
-    fl_config cfg;
-    fl_config_default(&cfg);
-    snprintf(cfg.policy, sizeof cfg.policy, "%s", policy);
-    fl_allocator *a = NULL;
-    if (fl_allocator_create(&cfg, d, &a) != FL_OK) {
-        fprintf(stderr, "cannot create policy %s: %s\n", policy, fl_last_error());
-        exit(1);
-    }
-    return a;
-}
-
 static fl_stats stats(const fl_allocator *a)
 {
     fl_stats s;
@@ -415,9 +377,9 @@ static void op_alloc(run *r, uint64_t size, uint64_t stream)
                   (i > 0 && r->live[i - 1].addr + r->live[i - 1].rsize > addr);
     if (overlap) {
         char m[200];
-        snprintf(m, sizeof m, "[%s, +%llu) on stream %s overlaps the live block at %s", hex(addr),
-                 (unsigned long long)b.rsize, hex(stream),
-                 hex(i < r->n && addr + b.rsize > r->live[i].addr ? r->live[i].addr : r->live[i - 1].addr));
+        snprintf(m, sizeof m, "[%s, +%llu) on stream %s overlaps the live block at %s", fl_test_hex(addr),
+                 (unsigned long long)b.rsize, fl_test_hex(stream),
+                 fl_test_hex(i < r->n && addr + b.rsize > r->live[i].addr ? r->live[i].addr : r->live[i - 1].addr));
         run_fail(r, __LINE__, m);
         return;
     }
@@ -428,8 +390,8 @@ static void op_alloc(run *r, uint64_t size, uint64_t stream)
         if (t != si && spans_overlap(&r->dirty[t], addr, addr + b.rsize)) {
             char m[200];
             snprintf(m, sizeof m, "[%s, +%llu) on stream %s reuses memory stream %s freed, with no "
-                     "synchronization since", hex(addr), (unsigned long long)b.rsize, hex(stream),
-                     hex(STREAMS[t]));
+                     "synchronization since", fl_test_hex(addr), (unsigned long long)b.rsize, fl_test_hex(stream),
+                     fl_test_hex(STREAMS[t]));
             run_fail(r, __LINE__, m);
         }
     }
@@ -458,7 +420,7 @@ static void op_free(run *r, size_t i)
     check_unmap_synced(r, &cb);
     if (st != FL_OK) {
         char m[600];
-        snprintf(m, sizeof m, "fl_free(%s) of a live block returned %s: %s", hex(b.addr), fl_status_str(st),
+        snprintf(m, sizeof m, "fl_free(%s) of a live block returned %s: %s", fl_test_hex(b.addr), fl_status_str(st),
                  fl_last_error());
         run_fail(r, __LINE__, m);
         return;
@@ -493,13 +455,13 @@ static void op_bad_free(run *r, uint64_t addr)
     if (st != FL_ERR_NOT_FOUND) {
         char m[600];
         snprintf(m, sizeof m, "fl_free(%s), no live block's start, returned %s, want not found: %s",
-                 hex(addr), fl_status_str(st), fl_last_error());
+                 fl_test_hex(addr), fl_status_str(st), fl_last_error());
         run_fail(r, __LINE__, m);
         return;
     }
-    if (strstr(fl_last_error(), hex(addr)) == NULL) {
+    if (strstr(fl_last_error(), fl_test_hex(addr)) == NULL) {
         char m[600];
-        snprintf(m, sizeof m, "the message of a refused free names %s: \"%s\"", hex(addr), fl_last_error());
+        snprintf(m, sizeof m, "the message of a refused free names %s: \"%s\"", fl_test_hex(addr), fl_last_error());
         run_fail(r, __LINE__, m);
     }
     /* Refused misuse touches neither the statistics nor the device. */
@@ -582,10 +544,10 @@ static void random_run(const char *policy, const char *device, uint64_t capacity
     r.device = device;
     r.seed = seed;
     r.op = "create";
-    r.d = make_device(capacity, 0);
+    r.d = fl_test_sim(capacity, 0);
     r.capacity = fl_device_capacity(r.d);
     r.gran = fl_device_granularity(r.d);
-    r.a = make_allocator(policy, r.d);
+    r.a = fl_test_allocator(policy, r.d);
     fl_rng g = {seed};
     verify(&r);
     /* Keep about `target` blocks live: long enough to fragment, small enough to check. */
@@ -649,11 +611,11 @@ static void refused_free(fl_allocator *a, fl_device *d, uint64_t addr, int line)
     sa = stats(a);
     ca = counters(d);
     fl_test_checks += 4;
-    if (st != FL_ERR_NOT_FOUND || strstr(fl_last_error(), hex(addr)) == NULL ||
+    if (st != FL_ERR_NOT_FOUND || strstr(fl_last_error(), fl_test_hex(addr)) == NULL ||
         memcmp(&sb, &sa, sizeof sb) != 0 || memcmp(&cb, &ca, sizeof cb) != 0) {
         fl_test_failures++;
         fprintf(stderr, "%s:%d: fl_free(%s): %s (\"%s\"), want not found naming the address and "
-                "no change (stats %s, device %s)\n", __FILE__, line, hex(addr), fl_status_str(st),
+                "no change (stats %s, device %s)\n", __FILE__, line, fl_test_hex(addr), fl_status_str(st),
                 fl_last_error(), memcmp(&sb, &sa, sizeof sb) ? "changed" : "same",
                 memcmp(&cb, &ca, sizeof cb) ? "changed" : "same");
     }
@@ -662,8 +624,8 @@ static void refused_free(fl_allocator *a, fl_device *d, uint64_t addr, int line)
 
 static void test_misuse(const char *policy)
 {
-    fl_device *d = make_device(0, 0);
-    fl_allocator *a = make_allocator(policy, d);
+    fl_device *d = fl_test_sim(0, 0);
+    fl_allocator *a = fl_test_allocator(policy, d);
     uint64_t x = 0, y = 0, z = 0;
     CHECK_OK(fl_alloc(a, 4096, STREAMS[0], &x));
     CHECK_OK(fl_alloc(a, 3 * MiB, STREAMS[1], &y));
@@ -709,8 +671,8 @@ static void test_misuse(const char *policy)
 static void huge_requests(const char *policy)
 {
     const uint64_t cap = 16 * TiB;
-    fl_device *d = make_device(cap, 1 * GiB);
-    fl_allocator *a = make_allocator(policy, d);
+    fl_device *d = fl_test_sim(cap, 1 * GiB);
+    fl_allocator *a = fl_test_allocator(policy, d);
     const uint64_t sizes[] = {cap + 1, 2 * cap, UINT64_C(1) << 62, UINT64_MAX - 511, UINT64_MAX};
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         fl_stats sb = stats(a);
@@ -805,8 +767,8 @@ static void test_streams(const char *policy)
     const uint64_t s1 = STREAMS[1], s2 = STREAMS[2];
     const int caching = caching_policy(policy);
     const uint64_t sizes[] = {1000, 600 * KiB, 5 * MiB, 100 * MiB};
-    fl_device *d = make_device(0, 0);
-    fl_allocator *a = make_allocator(policy, d);
+    fl_device *d = fl_test_sim(0, 0);
+    fl_allocator *a = fl_test_allocator(policy, d);
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         uint64_t S = sizes[i], x = 0, y = 0, z = 0;
         CHECK_OK(fl_alloc(a, S, s1, &x));
@@ -819,7 +781,7 @@ static void test_streams(const char *policy)
             if (x == y || overlaps(x, S, y, S)) {
                 fl_test_failures++;
                 fprintf(stderr, "%s:%d: %s: %llu B freed on stream 1 at %s, handed to stream 2 at %s\n",
-                        __FILE__, __LINE__, policy, (unsigned long long)S, hex(x), hex(y));
+                        __FILE__, __LINE__, policy, (unsigned long long)S, fl_test_hex(x), fl_test_hex(y));
             }
             fl_device_counters cb = counters(d);
             CHECK_OK(fl_alloc(a, S, s1, &z));
@@ -837,8 +799,8 @@ static void test_streams(const char *policy)
 
     /* 100 MiB blocks on 150 MiB: one fits, two do not. */
     const uint64_t S = 100 * MiB;
-    d = make_device(150 * MiB, 0);
-    a = make_allocator(policy, d);
+    d = fl_test_sim(150 * MiB, 0);
+    a = fl_test_allocator(policy, d);
     uint64_t x = 0, y = 0;
     CHECK_OK(fl_alloc(a, S, s1, &x));
     uint64_t sp = sync_points(d);
@@ -887,8 +849,8 @@ static int by_addr(const void *p, const void *q)
 static void test_pressure(const char *policy, uint64_t gran)
 {
     const uint64_t cap = 64 * MiB, R = 8 * MiB;
-    fl_device *d = make_device(cap, gran);
-    fl_allocator *a = make_allocator(policy, d);
+    fl_device *d = fl_test_sim(cap, gran);
+    fl_allocator *a = fl_test_allocator(policy, d);
     enum { MAXB = 256 };
     blk v[MAXB];
     size_t n = 0;

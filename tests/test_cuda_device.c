@@ -18,11 +18,7 @@
 #define MiB (UINT64_C(1) << 20)
 
 /* The double's path; "" when it was not built (the test then skips). */
-#ifdef FAKECUDA_PATH
-static const char fake_path[] = FAKECUDA_PATH;
-#else
-static const char fake_path[] = "";
-#endif
+static const char fake_path[] = FL_TEST_FAKECUDA;
 
 /* ---- the double, resolved the way the device resolves the driver -------------------- */
 
@@ -37,23 +33,17 @@ static struct {
 
 static void resolve(void *lib, const char *name, void *slot)
 {
-    void *p = dlsym(lib, name);
-    if (!p) {
-        fprintf(stderr, "%s has no symbol %s\n", fake_path, name);
+    if (!fl_test_sym(lib, name, slot))
         exit(1);
-    }
-    memcpy(slot, &p, sizeof p); /* object to function pointer, as ISO C allows it */
 }
 
 /* Loads the double into this process and keeps it there, so its state (counters)
  * outlives each device made on it. */
 static void load_fake(void)
 {
-    void *lib = dlopen(fake_path, RTLD_NOW | RTLD_LOCAL);
-    if (!lib) {
-        fprintf(stderr, "cannot load %s: %s\n", fake_path, dlerror());
+    void *lib = fl_test_fakecuda();
+    if (!lib)
         exit(1);
-    }
 #define FAKE_RESOLVE(name, params) resolve(lib, #name, &fake.name);
     FL_CUDA_FUNCTIONS(FAKE_RESOLVE)
 #undef FAKE_RESOLVE
@@ -101,15 +91,6 @@ static fl_device *make_dev(void)
         CHECK_EQ_U64(ca_.calls[kind], cb_.calls[kind] + 1);                             \
         CHECK_EQ_U64(ca_.in_use, cb_.in_use);                                           \
     } while (0)
-
-static const char *hex(uint64_t x)
-{
-    static char buf[4][32];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "0x%llx", (unsigned long long)x);
-    return buf[k];
-}
 
 /* Patterns: word i of block k. Device addresses are host addresses in the double. */
 static uint64_t pattern(uint64_t k, uint64_t i)
@@ -322,7 +303,7 @@ static void test_ops(void)
     /* Released while mapped: the memory stays until the last mapping goes. */
     CHECK_OK(fl_dev_release(d, h1));
     CHECK_EQ_U64(in_use(d), 3 * G);
-    EXPECT_REFUSED(d, FL_CALL_RELEASE, FL_ERR_INVALID, hex(h1), fl_dev_release(d, h1));
+    EXPECT_REFUSED(d, FL_CALL_RELEASE, FL_ERR_INVALID, fl_test_hex(h1), fl_dev_release(d, h1));
     EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fl_dev_map(d, va, G, h1));
     CHECK_OK(fl_dev_unmap(d, va + 6 * G, G));
     CHECK_EQ_U64(in_use(d), 2 * G);
@@ -448,7 +429,7 @@ static void test_errors(void)
     CHECK_OK(fl_dev_release(d, h2));
     fake.fakecuda_fail_call("cuMemUnmap", 2, CUDA_ERROR_UNKNOWN);
     CHECK_STATUS(fl_dev_unmap(d, va, 2 * G), FL_ERR_DEVICE);
-    CHECK_MENTIONS(hex(va + G));
+    CHECK_MENTIONS(fl_test_hex(va + G));
     CHECK_EQ_U64(in_use(d), G);
     CHECK_STATUS(fl_dev_unmap(d, va, G), FL_ERR_INVALID);
     CHECK_OK(fl_dev_unmap(d, va + G, G));
@@ -507,7 +488,7 @@ static void test_rules(void)
     /* Unaligned addresses and sizes. */
     EXPECT_REFUSED(d, FL_CALL_RESERVE, FL_ERR_INVALID, NULL, fl_dev_reserve(d, 0, &other));
     EXPECT_REFUSED(d, FL_CALL_CREATE, FL_ERR_INVALID, NULL, fl_dev_create(d, 0, &hx));
-    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, hex(va + 4096), fl_dev_map(d, va + 4096, G, h1));
+    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, fl_test_hex(va + 4096), fl_dev_map(d, va + 4096, G, h1));
     EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fl_dev_map(d, va, G + 4096, h1));
     EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fl_dev_map(d, va, 0, h1));
     CHECK_OK(fl_dev_map(d, va, G, h1));
@@ -533,9 +514,9 @@ static void test_rules(void)
     CHECK_OK(fl_dev_map(d, va + 4 * G, 4 * G, h4));
     EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, NULL, fl_dev_unmap(d, va + 4 * G, G));
     EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, NULL, fl_dev_unmap(d, va + 4 * G, 3 * G));
-    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, hex(va + 5 * G), fl_dev_unmap(d, va + 5 * G, 3 * G));
-    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, hex(va + G), fl_dev_unmap(d, va + G, G));
-    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, hex(va + G), fl_dev_unmap(d, va, 2 * G));
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, fl_test_hex(va + 5 * G), fl_dev_unmap(d, va + 5 * G, 3 * G));
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, fl_test_hex(va + G), fl_dev_unmap(d, va + G, G));
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, fl_test_hex(va + G), fl_dev_unmap(d, va, 2 * G));
     EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, NULL, fl_dev_unmap(d, va + 4 * G, 5 * G));
     EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, NULL, fl_dev_unmap(d, other, G));
     CHECK_EQ_U64(fake.fakecuda_calls("cuMemUnmap"), 0); /* refused before any unmapping */
@@ -554,19 +535,19 @@ static void test_rules(void)
     EXPECT_REFUSED(d, FL_CALL_SET_ACCESS, FL_ERR_INVALID, NULL, fl_dev_set_access(d, va, 0 - va));
     EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fl_dev_map(d, va + 3 * G, 0 - va, h1));
     /* mem_free of what mem_alloc never returned (a reservation, an inner address). */
-    EXPECT_REFUSED(d, FL_CALL_MEM_FREE, FL_ERR_INVALID, hex(va), fl_dev_mem_free(d, va));
+    EXPECT_REFUSED(d, FL_CALL_MEM_FREE, FL_ERR_INVALID, fl_test_hex(va), fl_dev_mem_free(d, va));
     uint64_t a;
     CHECK_OK(fl_dev_mem_alloc(d, 4 * KiB, &a));
-    EXPECT_REFUSED(d, FL_CALL_MEM_FREE, FL_ERR_INVALID, hex(a + 512), fl_dev_mem_free(d, a + 512));
+    EXPECT_REFUSED(d, FL_CALL_MEM_FREE, FL_ERR_INVALID, fl_test_hex(a + 512), fl_dev_mem_free(d, a + 512));
     CHECK_OK(fl_dev_mem_free(d, a));
-    EXPECT_REFUSED(d, FL_CALL_MEM_FREE, FL_ERR_INVALID, hex(a), fl_dev_mem_free(d, a));
+    EXPECT_REFUSED(d, FL_CALL_MEM_FREE, FL_ERR_INVALID, fl_test_hex(a), fl_dev_mem_free(d, a));
 
     /* The refusals changed nothing. */
     CHECK_OK(fl_dev_unmap(d, va + 4 * G, 4 * G));
     CHECK_OK(fl_dev_map(d, va + 3 * G, 4 * G, h4));
     CHECK_OK(fl_dev_unmap(d, va + 2 * G, 5 * G));
     CHECK_OK(fl_dev_unmap(d, va, G));
-    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, hex(va), fl_dev_unmap(d, va, G));
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, fl_test_hex(va), fl_dev_unmap(d, va, G));
     CHECK_OK(fl_dev_release(d, h1));
     EXPECT_REFUSED(d, FL_CALL_RELEASE, FL_ERR_INVALID, NULL, fl_dev_release(d, h1));
     EXPECT_REFUSED(d, FL_CALL_RELEASE, FL_ERR_INVALID, NULL, fl_dev_release(d, 0));
@@ -675,7 +656,7 @@ static void run_policy(const char *name, uint64_t seed)
             if (!stamp_intact(&v[i])) {
                 fl_test_failures++;
                 fprintf(stderr, "%s:%d: %s step %d: block %s of %llu bytes lost its stamps\n", __FILE__,
-                        __LINE__, name, step, hex(v[i].addr), (unsigned long long)v[i].size);
+                        __LINE__, name, step, fl_test_hex(v[i].addr), (unsigned long long)v[i].size);
                 break;
             }
             CHECK_OK(p->ops->free(p, v[i].addr));
@@ -733,7 +714,7 @@ static void verify_all(const blocks *b, const char *when)
         if (w != UINT64_MAX) {
             fl_test_failures++;
             fprintf(stderr, "%s:%d: %s: block %s (%llu bytes) differs at byte %llu\n", __FILE__, __LINE__,
-                    when, hex(b->v[i].addr), (unsigned long long)b->v[i].size, (unsigned long long)w);
+                    when, fl_test_hex(b->v[i].addr), (unsigned long long)b->v[i].size, (unsigned long long)w);
         }
     }
 }

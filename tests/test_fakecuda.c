@@ -45,30 +45,24 @@ static CUcontext ctx0; /* device 0's primary context, current on the main thread
 
 /* ---- helpers ------------------------------------------------------------------------ */
 
-static void resolve(void *fnptr, size_t size, const char *name)
+static void resolve(void *fnptr, const char *name)
 {
-    void *p = dlsym(lib, name);
-    if (!p) {
-        fprintf(stderr, "%s does not export %s\n", FAKECUDA_PATH, name);
+    if (!fl_test_sym(lib, name, fnptr))
         exit(1);
-    }
-    memcpy(fnptr, &p, size); /* POSIX: function and object pointers convert this way */
 }
 
 static void load(void)
 {
-    lib = dlopen(FAKECUDA_PATH, RTLD_NOW | RTLD_LOCAL);
-    if (!lib) {
-        fprintf(stderr, "cannot load the driver double: %s\n", dlerror());
+    lib = fl_test_fakecuda();
+    if (!lib)
         exit(1);
-    }
-#define FN_RESOLVE(name, params) resolve(&cu.name, sizeof cu.name, #name);
+#define FN_RESOLVE(name, params) resolve(&cu.name, #name);
     FL_CUDA_FUNCTIONS(FN_RESOLVE)
-    resolve(&fc.calls, sizeof fc.calls, "fakecuda_calls");
-    resolve(&fc.fail_call, sizeof fc.fail_call, "fakecuda_fail_call");
-    resolve(&fc.set_auto_complete, sizeof fc.set_auto_complete, "fakecuda_set_auto_complete");
-    resolve(&fc.complete_all, sizeof fc.complete_all, "fakecuda_complete_all");
-    resolve(&fc.reset, sizeof fc.reset, "fakecuda_reset");
+    resolve(&fc.calls, "fakecuda_calls");
+    resolve(&fc.fail_call, "fakecuda_fail_call");
+    resolve(&fc.set_auto_complete, "fakecuda_set_auto_complete");
+    resolve(&fc.complete_all, "fakecuda_complete_all");
+    resolve(&fc.reset, "fakecuda_reset");
 }
 
 /* Sets (value non-NULL) or clears one variable, then has the double re-read them all. */

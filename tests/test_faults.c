@@ -4,7 +4,6 @@
  * fail cleanly; once the fault is cleared the allocator must recover). The self-check
  * runs after every operation. On the sim device (fl_sim_params.fail_call / fail_from)
  * and on the cuda device over the driver double (fakecuda_fail_call). */
-#include <dlfcn.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -16,11 +15,7 @@
 #define KiB (UINT64_C(1) << 10)
 #define MiB (UINT64_C(1) << 20)
 
-#ifdef FAKECUDA_PATH
-static const char fake_path[] = FAKECUDA_PATH;
-#else
-static const char fake_path[] = "";
-#endif
+static const char fake_path[] = FL_TEST_FAKECUDA;
 
 /* ---- workloads ----------------------------------------------------------------------- */
 
@@ -125,15 +120,7 @@ struct backend {
 static fl_device *sim_make(backend *b, uint64_t capacity)
 {
     (void)b;
-    fl_sim_params p;
-    fl_sim_params_default(&p);
-    p.capacity = capacity;
-    fl_device *d = NULL;
-    if (fl_sim_device_create(&p, &d) != FL_OK) {
-        fprintf(stderr, "sim device: %s\n", fl_last_error());
-        exit(1);
-    }
-    return d;
+    return fl_test_sim(capacity, 0);
 }
 
 static void sim_arm(backend *b, fl_device *d, fault_mode m, uint64_t n)
@@ -180,22 +167,9 @@ static const char *const driver_functions[] = {
 
 static int load_fake(void)
 {
-    if (!fake_path[0])
-        return 0;
-    void *lib = dlopen(fake_path, RTLD_NOW | RTLD_LOCAL);
-    if (!lib) {
-        fprintf(stderr, "cannot load %s: %s\n", fake_path, dlerror());
-        return 0;
-    }
-    void *p[3] = {dlsym(lib, "fakecuda_calls"), dlsym(lib, "fakecuda_fail_call"), dlsym(lib, "fakecuda_reset")};
-    if (!p[0] || !p[1] || !p[2]) {
-        fprintf(stderr, "%s lacks the fakecuda controls\n", fake_path);
-        return 0;
-    }
-    memcpy(&fake.calls, &p[0], sizeof p[0]); /* object to function pointer, as ISO C allows it */
-    memcpy(&fake.fail_call, &p[1], sizeof p[1]);
-    memcpy(&fake.reset, &p[2], sizeof p[2]);
-    return 1;
+    void *lib = fl_test_fakecuda();
+    return lib && fl_test_sym(lib, "fakecuda_calls", &fake.calls) &&
+           fl_test_sym(lib, "fakecuda_fail_call", &fake.fail_call) && fl_test_sym(lib, "fakecuda_reset", &fake.reset);
 }
 
 static fl_device *cuda_make(backend *b, uint64_t capacity)

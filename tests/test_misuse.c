@@ -16,15 +16,6 @@
 static const char *policy_now;
 static int verbose;
 
-static const char *hex(uint64_t x)
-{
-    static char buf[4][32];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "0x%llx", (unsigned long long)x);
-    return buf[k];
-}
-
 /* "asked 60.00 MiB": how the OOM message names a request. */
 static const char *asked(uint64_t size)
 {
@@ -96,18 +87,18 @@ static void misuse(const char *policy)
     /* Double free: the second one is refused, naming the pointer. */
     CHECK_OK(fl_alloc(a, 4096, 0, &p));
     CHECK_OK(fl_free(a, p));
-    EXPECT("double free", fl_free(a, p), FL_ERR_NOT_FOUND, hex(p));
+    EXPECT("double free", fl_free(a, p), FL_ERR_NOT_FOUND, fl_test_hex(p));
     still_works(a, "double free");
 
     /* A pointer never handed out, far from anything. */
     uint64_t unknown = UINT64_C(0x7f0000000000);
-    EXPECT("free of unknown pointer", fl_free(a, unknown), FL_ERR_NOT_FOUND, hex(unknown));
+    EXPECT("free of unknown pointer", fl_free(a, unknown), FL_ERR_NOT_FOUND, fl_test_hex(unknown));
     still_works(a, "unknown free");
 
     /* Inside a live block: refused, and the block stays live and whole. */
     CHECK_OK(fl_alloc(a, 64 * 1024, 0, &p));
-    EXPECT("free of interior pointer", fl_free(a, p + 512), FL_ERR_NOT_FOUND, hex(p + 512));
-    EXPECT("free of interior pointer", fl_free(a, p + 1), FL_ERR_NOT_FOUND, hex(p + 1));
+    EXPECT("free of interior pointer", fl_free(a, p + 512), FL_ERR_NOT_FOUND, fl_test_hex(p + 512));
+    EXPECT("free of interior pointer", fl_free(a, p + 1), FL_ERR_NOT_FOUND, fl_test_hex(p + 1));
     still_works(a, "interior free");
     CHECK_OK(fl_free(a, p));
 
@@ -131,7 +122,7 @@ static void misuse(const char *policy)
                              (UINT64_C(1) << 63) + 1, UINT64_C(1) << 56, UINT64_C(1) << 48};
     for (size_t i = 0; i < sizeof huge / sizeof huge[0]; i++) {
         char what[64];
-        snprintf(what, sizeof what, "alloc of %s", hex(huge[i]));
+        snprintf(what, sizeof what, "alloc of %s", fl_test_hex(huge[i]));
         p = 0;
         EXPECT(what, fl_alloc(a, huge[i], 0, &p), FL_ERR_OOM, asked(huge[i]));
         CHECK(p == 0);

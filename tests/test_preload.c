@@ -25,15 +25,6 @@ typedef cudaError_t (*info_fn)(size_t *, size_t *);
 
 static char tmp[64]; /* this test's scratch directory */
 
-static void slurp(const char *path, char *buf, size_t n)
-{
-    FILE *f = fopen(path, "r");
-    size_t k = f ? fread(buf, 1, n - 1, f) : 0;
-    buf[k] = 0;
-    if (f)
-        fclose(f);
-}
-
 /* ---------------------------------------------------------------------------------
  * In this process: the entry points' contract, with no CUDA runtime to fall back on.
  * --------------------------------------------------------------------------------- */
@@ -51,7 +42,7 @@ static cudaError_t free_capturing(free_fn fn, void *ptr, char *err, size_t n)
     fflush(stderr);
     dup2(saved, 2);
     close(saved);
-    slurp(path, err, n);
+    fl_test_slurp(path, err, n);
     unlink(path);
     return e;
 }
@@ -149,39 +140,24 @@ static void test_in_process(void)
  * Through `fragless run`, in child processes.
  * --------------------------------------------------------------------------------- */
 
-typedef struct run_result {
-    int code;
-    char out[1 << 14];
-    char err[1 << 14];
-} run_result;
-
 /* Runs a shell command line in the scratch directory, on the driver double with 256 MiB
  * and none of this process' own fragless settings. */
-static run_result *run(const char *fmt, ...)
+static fl_run_result *run(const char *fmt, ...)
 {
-    static run_result r;
-    char line[4096], cmd[8192], out[128], err[128];
+    char line[4096], cmd[8192];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
-    snprintf(out, sizeof out, "%s/out.txt", tmp);
-    snprintf(err, sizeof err, "%s/err.txt", tmp);
     snprintf(cmd, sizeof cmd,
              "cd '%s' && env -u FRAGLESS_CONF -u FRAGLESS_VERBOSE -u FRAGLESS_PRELOAD -u CUDART_STUB_DEVICE "
              "-u CUDART_STUB_REPORT "
-             "FRAGLESS_CUDA_LIB='%s' FAKECUDA_CAPACITY=256M %s >'%s' 2>'%s'",
-             tmp, FAKECUDA_PATH, line, out, err);
-    int st = system(cmd);
-    r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    slurp(out, r.out, sizeof r.out);
-    slurp(err, r.err, sizeof r.err);
-    unlink(out);
-    unlink(err);
-    return &r;
+             "FRAGLESS_CUDA_LIB='%s' FAKECUDA_CAPACITY=256M %s",
+             tmp, FAKECUDA_PATH, line);
+    return fl_test_shell(cmd);
 }
 
-static void show(const char *what, const run_result *r)
+static void show(const char *what, const fl_run_result *r)
 {
     fprintf(stderr, "--- %s: exit %d\nstdout:\n%sstderr:\n%s---\n", what, r->code, r->out, r->err);
 }
@@ -246,7 +222,7 @@ static void check_trace(const char *path)
 static void test_run(void)
 {
     /* Without fragless the program meets the runtime's "no device". */
-    run_result *r = run("'%s'", PRELOAD_APP);
+    fl_run_result *r = run("'%s'", PRELOAD_APP);
     CHECK(r->code == 1 && strstr(r->out, "failed: error 100 (cudaErrorNoDevice)"));
     if (r->code != 1)
         show("app without fragless", r);

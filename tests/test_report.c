@@ -12,48 +12,23 @@
 
 #define EXAMPLE "examples/encoder_varlen.csv"
 
-typedef struct run_result {
-    int code;
-    char *out, *err;
-} run_result;
-
+/* The whole file, "" if it cannot be read (caller frees). */
 static char *slurp(const char *path)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return calloc(1, 1);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    size_t k = fread(buf, 1, (size_t)n, f);
-    buf[k] = 0;
-    fclose(f);
-    return buf;
+    char *s = fl_test_read_file(path);
+    return s ? s : calloc(1, 1);
 }
 
 /* Runs a shell command line from the source directory ("CLI" is the fragless binary). */
-static run_result run(const char *fmt, ...)
+static fl_run_result *run(const char *fmt, ...)
 {
-    char args[2048], cmd[4096], out[64], err[64];
+    char args[2048], cmd[4096];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(args, sizeof args, fmt, ap);
     va_end(ap);
-    snprintf(out, sizeof out, "/tmp/fl_report_out.%d", (int)getpid());
-    snprintf(err, sizeof err, "/tmp/fl_report_err.%d", (int)getpid());
-    snprintf(cmd, sizeof cmd, "cd '%s' && CLI='%s' && %s >%s 2>%s", FL_SOURCE_DIR, FL_CLI, args, out, err);
-    int st = system(cmd);
-    run_result r = {WIFEXITED(st) ? WEXITSTATUS(st) : -1, slurp(out), slurp(err)};
-    unlink(out);
-    unlink(err);
-    return r;
-}
-
-static void run_free(run_result *r)
-{
-    free(r->out);
-    free(r->err);
+    snprintf(cmd, sizeof cmd, "cd '%s' && CLI='%s' && %s", FL_SOURCE_DIR, FL_CLI, args);
+    return fl_test_shell(cmd);
 }
 
 static size_t count(const char *hay, const char *needle)
@@ -177,10 +152,9 @@ static void test_report_page(void)
 {
     char html_path[64];
     snprintf(html_path, sizeof html_path, "/tmp/fl_report.%d.html", (int)getpid());
-    run_result r = run("\"$CLI\" report " EXAMPLE " -o %s", html_path);
-    CHECK_EQ_U64(r.code, 0);
-    CHECK(strchr(r.err, '\r') == NULL && strchr(r.err, '\033') == NULL); /* no progress bar off a terminal */
-    run_free(&r);
+    fl_run_result *r = run("\"$CLI\" report " EXAMPLE " -o %s", html_path);
+    CHECK_EQ_U64(r->code, 0);
+    CHECK(strchr(r->err, '\r') == NULL && strchr(r->err, '\033') == NULL); /* no progress bar off a terminal */
     char *html = slurp(html_path);
     unlink(html_path);
     CHECK(!strncmp(html, "<!DOCTYPE html>", 15));
@@ -209,12 +183,12 @@ static void test_report_page(void)
 
     /* The table holds what compare prints. */
     r = run("\"$CLI\" compare " EXAMPLE " --format csv");
-    CHECK_EQ_U64(r.code, 0);
+    CHECK_EQ_U64(r->code, 0);
     fl_prepared *p = NULL;
     CHECK_OK(fl_load_trace(FL_SOURCE_DIR "/" EXAMPLE, NULL, &p));
     uint64_t min_cap[2] = {0, 0}; /* fragless, cca */
     int rows = 0;
-    for (char *line = strchr(r.out, '\n'); line && line[1]; line = strchr(line + 1, '\n')) {
+    for (char *line = strchr(r->out, '\n'); line && line[1]; line = strchr(line + 1, '\n')) {
         char policy[32], ratio[32];
         unsigned long long peak_live, peak_reserved, mc, calls, late;
         double ms;
@@ -245,7 +219,6 @@ static void test_report_page(void)
             min_cap[1] = mc;
     }
     CHECK_EQ_U64(rows, 4);
-    run_free(&r);
     /* fragless needs less than cca on this trace: the map shows why, and is drawn at the
      * capacity each needs. */
     CHECK(min_cap[0] > 0 && min_cap[0] < min_cap[1]);
@@ -266,11 +239,10 @@ static void test_capacity_and_escaping(void)
     char dir[64], html_path[96];
     snprintf(dir, sizeof dir, "/tmp/fl_report_dir.%d", (int)getpid());
     snprintf(html_path, sizeof html_path, "%s/r.html", dir);
-    run_result r = run("mkdir -p %s && cp " EXAMPLE " '%s/<b>&x.csv' && \"$CLI\" report '%s/<b>&x.csv' " EXAMPLE
+    fl_run_result *r = run("mkdir -p %s && cp " EXAMPLE " '%s/<b>&x.csv' && \"$CLI\" report '%s/<b>&x.csv' " EXAMPLE
                        " -o %s --policies fragless,cca --capacity 320MiB",
                        dir, dir, dir, html_path);
-    CHECK_EQ_U64(r.code, 0);
-    run_free(&r);
+    CHECK_EQ_U64(r->code, 0);
     char *html = slurp(html_path);
     CHECK(strstr(html, "&lt;b&gt;&amp;x.csv") != NULL);
     CHECK(strstr(html, "<b>&x") == NULL);
@@ -282,57 +254,46 @@ static void test_capacity_and_escaping(void)
     CHECK(strstr(html, "class=\"cap\"") != NULL);
     free(html);
     r = run("rm -rf %s", dir);
-    run_free(&r);
 }
 
 static void test_bad_input(void)
 {
     char html_path[64];
     snprintf(html_path, sizeof html_path, "/tmp/fl_report_bad.%d.html", (int)getpid());
-    run_result r = run("\"$CLI\" report /nonexistent/trace.csv -o %s", html_path);
-    CHECK_EQ_U64(r.code, 2);
-    CHECK(strstr(r.err, "/nonexistent/trace.csv") != NULL);
+    fl_run_result *r = run("\"$CLI\" report /nonexistent/trace.csv -o %s", html_path);
+    CHECK_EQ_U64(r->code, 2);
+    CHECK(strstr(r->err, "/nonexistent/trace.csv") != NULL);
     CHECK(access(html_path, F_OK) != 0); /* no half-written page */
-    run_free(&r);
     r = run("\"$CLI\" report " EXAMPLE);
-    CHECK(r.code == 1 && strstr(r.err, "-o") && strstr(r.err, "usage: fragless report"));
-    run_free(&r);
+    CHECK(r->code == 1 && strstr(r->err, "-o") && strstr(r->err, "usage: fragless report"));
     r = run("\"$CLI\" report " EXAMPLE " -o %s --policies fragless,magic", html_path);
-    CHECK(r.code == 1 && strstr(r.err, "magic"));
-    run_free(&r);
+    CHECK(r->code == 1 && strstr(r->err, "magic"));
     r = run("\"$CLI\" report " EXAMPLE " -o /nonexistent/dir/r.html --policies fragless");
-    CHECK(r.code == 4 && strstr(r.err, "/nonexistent/dir/r.html"));
-    run_free(&r);
+    CHECK(r->code == 4 && strstr(r->err, "/nonexistent/dir/r.html"));
     r = run("\"$CLI\" report " EXAMPLE " -o %s --format csv", html_path);
-    CHECK(r.code == 1 && strstr(r.err, "--format"));
-    run_free(&r);
+    CHECK(r->code == 1 && strstr(r->err, "--format"));
     r = run("\"$CLI\" help report");
-    CHECK(r.code == 0 && strstr(r.out, "-o, --output") && strstr(r.out, "self-contained"));
-    run_free(&r);
+    CHECK(r->code == 0 && strstr(r->out, "-o, --output") && strstr(r->out, "self-contained"));
     r = run("\"$CLI\" help");
-    CHECK(r.code == 0 && strstr(r.out, "report TRACE"));
-    run_free(&r);
+    CHECK(r->code == 0 && strstr(r->out, "report TRACE"));
 }
 
 /* The bar is drawn on a terminal: script(1) gives the command one. */
 static void test_progress_on_terminal(void)
 {
-    run_result r = run("command -v script");
-    int have = r.code == 0;
-    run_free(&r);
+    fl_run_result *r = run("command -v script");
+    int have = r->code == 0;
     if (!have) {
         printf("test_report: no script(1): progress bar on a terminal not checked\n");
         return;
     }
     r = run("script -qec \"$CLI compare " EXAMPLE " --policies fragless,cca\" /dev/null");
-    CHECK_EQ_U64(r.code, 0);
-    CHECK(strstr(r.out, "\r\033[K[") != NULL && strstr(r.out, "encoder_varlen.csv fragless") != NULL);
-    CHECK(strstr(r.out, "1.0123") != NULL); /* and the table is still there */
-    run_free(&r);
+    CHECK_EQ_U64(r->code, 0);
+    CHECK(strstr(r->out, "\r\033[K[") != NULL && strstr(r->out, "encoder_varlen.csv fragless") != NULL);
+    CHECK(strstr(r->out, "1.0123") != NULL); /* and the table is still there */
     /* Off a terminal, compare's stderr stays empty. */
     r = run("\"$CLI\" compare " EXAMPLE " --policies fragless");
-    CHECK(r.code == 0 && r.err[0] == 0);
-    run_free(&r);
+    CHECK(r->code == 0 && r->err[0] == 0);
 }
 
 int main(void)

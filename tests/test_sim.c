@@ -78,15 +78,6 @@ static void check_time(const fl_device *d, int line)
     } while (0)
 
 
-static const char *hex(uint64_t x)
-{
-    static char buf[4][32];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "0x%llx", (unsigned long long)x);
-    return buf[k];
-}
-
 /* ---- parameters ---------------------------------------------------------------- */
 
 static void test_defaults(void)
@@ -315,7 +306,7 @@ static void test_rules(void)
     EXPECT_REFUSED(d, FL_CALL_RESERVE, FL_ERR_INVALID, NULL, fl_dev_reserve(d, 0, &other));
     EXPECT_REFUSED(d, FL_CALL_CREATE, FL_ERR_INVALID, NULL, fl_dev_create(d, GRAN / 2, &hx));
     EXPECT_REFUSED(d, FL_CALL_CREATE, FL_ERR_INVALID, NULL, fl_dev_create(d, 0, &hx));
-    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, hex(va + 4096), fl_dev_map(d, va + 4096, GRAN, h1));
+    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, fl_test_hex(va + 4096), fl_dev_map(d, va + 4096, GRAN, h1));
     EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fl_dev_map(d, va, GRAN + 4096, h1));
     EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fl_dev_map(d, va, 0, h1));
     CHECK_OK(fl_dev_map(d, va, GRAN, h1));
@@ -330,9 +321,9 @@ static void test_rules(void)
     EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fl_dev_map(d, va + 7 * GRAN, 2 * GRAN, h2));
     EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fl_dev_map(d, UINT64_C(1) << 62, GRAN, hx));
     /* Map over a mapped page (h1 is at va), also when only the tail overlaps. */
-    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, hex(va), fl_dev_map(d, va, GRAN, hx));
+    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, fl_test_hex(va), fl_dev_map(d, va, GRAN, hx));
     CHECK_OK(fl_dev_map(d, va + 2 * GRAN, GRAN, hx));
-    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, hex(va + 2 * GRAN), fl_dev_map(d, va + GRAN, 2 * GRAN, h2));
+    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, fl_test_hex(va + 2 * GRAN), fl_dev_map(d, va + GRAN, 2 * GRAN, h2));
     /* Map with a handle of another size, an unknown handle, handle 0. */
     EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fl_dev_map(d, va + 4 * GRAN, GRAN, h2));
     EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fl_dev_map(d, va + 4 * GRAN, 2 * GRAN, h1));
@@ -343,16 +334,16 @@ static void test_rules(void)
     CHECK_OK(fl_dev_map(d, va + 4 * GRAN, 4 * GRAN, h4));
     EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, NULL, fl_dev_unmap(d, va + 4 * GRAN, GRAN));      /* part */
     EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, NULL, fl_dev_unmap(d, va + 4 * GRAN, 3 * GRAN));  /* part */
-    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, hex(va + 5 * GRAN), fl_dev_unmap(d, va + 5 * GRAN, 3 * GRAN)); /* starts inside */
-    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, hex(va + 6 * GRAN), fl_dev_unmap(d, va + 6 * GRAN, GRAN));
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, fl_test_hex(va + 5 * GRAN), fl_dev_unmap(d, va + 5 * GRAN, 3 * GRAN)); /* starts inside */
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, fl_test_hex(va + 6 * GRAN), fl_dev_unmap(d, va + 6 * GRAN, GRAN));
     /* Unmapped memory: a hole alone, a hole after a whole mapping, past the reservation. */
-    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, hex(va + GRAN), fl_dev_unmap(d, va + GRAN, GRAN));
-    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, hex(va + GRAN), fl_dev_unmap(d, va, 2 * GRAN));
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, fl_test_hex(va + GRAN), fl_dev_unmap(d, va + GRAN, GRAN));
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, fl_test_hex(va + GRAN), fl_dev_unmap(d, va, 2 * GRAN));
     EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, NULL, fl_dev_unmap(d, va + 4 * GRAN, 5 * GRAN));
     EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, NULL, fl_dev_unmap(d, other, GRAN));
     /* set_access needs every page mapped. */
-    EXPECT_REFUSED(d, FL_CALL_SET_ACCESS, FL_ERR_INVALID, hex(va + GRAN), fl_dev_set_access(d, va + GRAN, GRAN));
-    EXPECT_REFUSED(d, FL_CALL_SET_ACCESS, FL_ERR_INVALID, hex(va + GRAN), fl_dev_set_access(d, va, 3 * GRAN));
+    EXPECT_REFUSED(d, FL_CALL_SET_ACCESS, FL_ERR_INVALID, fl_test_hex(va + GRAN), fl_dev_set_access(d, va + GRAN, GRAN));
+    EXPECT_REFUSED(d, FL_CALL_SET_ACCESS, FL_ERR_INVALID, fl_test_hex(va + GRAN), fl_dev_set_access(d, va, 3 * GRAN));
     EXPECT_REFUSED(d, FL_CALL_SET_ACCESS, FL_ERR_INVALID, NULL, fl_dev_set_access(d, other, GRAN));
     CHECK_OK(fl_dev_set_access(d, va + 4 * GRAN, 4 * GRAN)); /* h4, whole */
     /* addr_free of a reservation still mapped, of a part of one, of the wrong size. */
@@ -367,7 +358,7 @@ static void test_rules(void)
     CHECK_OK(fl_dev_map(d, va + 3 * GRAN, 4 * GRAN, h4));
     CHECK_OK(fl_dev_unmap(d, va + 2 * GRAN, 5 * GRAN));
     CHECK_OK(fl_dev_unmap(d, va, GRAN));
-    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, hex(va), fl_dev_unmap(d, va, GRAN)); /* again */
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, fl_test_hex(va), fl_dev_unmap(d, va, GRAN)); /* again */
 
     /* Release twice; a handle never created. */
     CHECK_OK(fl_dev_release(d, h1));
@@ -500,14 +491,14 @@ static void test_mem_alloc_charge(void)
     EXPECT_REFUSED(d, FL_CALL_MEM_ALLOC, FL_ERR_INVALID, NULL, fl_dev_mem_alloc(d, 0, &a));
     /* mem_free of an address never returned, of one inside a block, twice. */
     CHECK_OK(fl_dev_mem_alloc(d, 4 * KiB, &a));
-    EXPECT_REFUSED(d, FL_CALL_MEM_FREE, FL_ERR_INVALID, hex(a + 512), fl_dev_mem_free(d, a + 512));
-    EXPECT_REFUSED(d, FL_CALL_MEM_FREE, FL_ERR_INVALID, hex(0x1234000), fl_dev_mem_free(d, 0x1234000));
+    EXPECT_REFUSED(d, FL_CALL_MEM_FREE, FL_ERR_INVALID, fl_test_hex(a + 512), fl_dev_mem_free(d, a + 512));
+    EXPECT_REFUSED(d, FL_CALL_MEM_FREE, FL_ERR_INVALID, fl_test_hex(0x1234000), fl_dev_mem_free(d, 0x1234000));
     CHECK_OK(fl_dev_mem_free(d, a));
-    EXPECT_REFUSED(d, FL_CALL_MEM_FREE, FL_ERR_INVALID, hex(a), fl_dev_mem_free(d, a));
+    EXPECT_REFUSED(d, FL_CALL_MEM_FREE, FL_ERR_INVALID, fl_test_hex(a), fl_dev_mem_free(d, a));
     /* A reservation is not a mem_alloc allocation. */
     uint64_t va;
     CHECK_OK(fl_dev_reserve(d, GRAN, &va));
-    EXPECT_REFUSED(d, FL_CALL_MEM_FREE, FL_ERR_INVALID, hex(va), fl_dev_mem_free(d, va));
+    EXPECT_REFUSED(d, FL_CALL_MEM_FREE, FL_ERR_INVALID, fl_test_hex(va), fl_dev_mem_free(d, va));
     CHECK_OK(fl_dev_addr_free(d, va, GRAN));
     CHECK_EQ_U64(in_use(d), 0);
     CHECK_TIME(d);
@@ -583,7 +574,7 @@ static void test_no_overlap(uint64_t seed)
             if (bad) {
                 fl_test_failures++;
                 fprintf(stderr, "%s:%d: seed %#llx step %d: [%s, +%llu) overlaps a live %s\n",
-                        __FILE__, __LINE__, (unsigned long long)seed, step, hex(s.addr),
+                        __FILE__, __LINE__, (unsigned long long)seed, step, fl_test_hex(s.addr),
                         (unsigned long long)s.size, i < n ? "neighbour above" : "neighbour below");
                 break;
             }

@@ -12,50 +12,6 @@
 
 #define MiB (UINT64_C(1) << 20)
 
-static fl_device *sim(uint64_t capacity)
-{
-    fl_sim_params p;
-    fl_sim_params_default(&p);
-    p.capacity = capacity;
-    fl_device *d = NULL;
-    if (fl_sim_device_create(&p, &d) != FL_OK) {
-        fprintf(stderr, "sim: %s\n", fl_last_error());
-        exit(1);
-    }
-    return d;
-}
-
-static fl_allocator *make(const char *conf, fl_device *d)
-{
-    fl_config cfg;
-    fl_config_default(&cfg);
-    if (conf && fl_config_parse(&cfg, conf) != FL_OK) {
-        fprintf(stderr, "conf %s: %s\n", conf, fl_last_error());
-        exit(1);
-    }
-    fl_allocator *a = NULL;
-    if (fl_allocator_create(&cfg, d, &a) != FL_OK) {
-        fprintf(stderr, "allocator %s: %s\n", conf, fl_last_error());
-        exit(1);
-    }
-    return a;
-}
-
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    size_t got = fread(s, 1, (size_t)n, f);
-    s[got] = '\0';
-    fclose(f);
-    return s;
-}
-
 static size_t count(const char *hay, const char *needle)
 {
     size_t n = 0;
@@ -77,7 +33,7 @@ static char *capture_stderr(void (*fn)(void *), void *arg)
     dup2(saved, 2);
     close(saved);
     close(fd);
-    char *s = slurp(path);
+    char *s = fl_test_read_file(path);
     unlink(path);
     return s;
 }
@@ -86,8 +42,8 @@ static char *capture_stderr(void (*fn)(void *), void *arg)
 
 static void test_texts(void)
 {
-    fl_device *d = sim(256 * MiB);
-    fl_allocator *a = make("policy:fragless", d);
+    fl_device *d = fl_test_sim(256 * MiB, 0);
+    fl_allocator *a = fl_test_allocator("policy:fragless", d);
     uint64_t x, y;
     CHECK_OK(fl_alloc(a, 3 * MiB + 100, 0, &x));
     CHECK_OK(fl_alloc(a, 1000, 7, &y));
@@ -150,10 +106,8 @@ static void test_sized_free(void)
 {
     const char *const *names = fl_policy_names();
     for (int i = 0; names[i]; i++) {
-        fl_device *d = sim(64 * MiB);
-        char conf[64];
-        snprintf(conf, sizeof conf, "policy:%s", names[i]);
-        fl_allocator *a = make(conf, d);
+        fl_device *d = fl_test_sim(64 * MiB, 0);
+        fl_allocator *a = fl_test_allocator(names[i], d);
         uint64_t x;
         CHECK_OK(fl_alloc(a, 5000, 0, &x));
         CHECK_STATUS(fl_free_sized(a, x, 4096), FL_ERR_INVALID);
@@ -196,12 +150,12 @@ static void try_alloc(void *arg)
  * 30 MiB free in 2 MiB holes, and a 4 MiB request fails though live + asked fits. */
 static void test_oom_fragmented(void)
 {
-    fl_device *d = sim(60 * MiB);
+    fl_device *d = fl_test_sim(60 * MiB, 0);
     char snap[] = "/tmp/fl_oom_snapXXXXXX";
     close(mkstemp(snap));
     char conf[128];
     snprintf(conf, sizeof conf, "policy:cca,oom_snapshot:%s", snap);
-    fl_allocator *a = make(conf, d);
+    fl_allocator *a = fl_test_allocator(conf, d);
     uint64_t blk[30];
     for (int i = 0; i < 30; i++)
         CHECK_OK(fl_alloc(a, 2 * MiB, 0, &blk[i]));
@@ -240,7 +194,7 @@ static void test_oom_fragmented(void)
     CHECK_EQ_U64(s.num_ooms, 2);
 
     /* The snapshot of the first failure: 15 live 2 MiB blocks, 15 free ones. */
-    char *json = slurp(snap);
+    char *json = fl_test_read_file(snap);
     CHECK(json != NULL);
     if (json) {
         CHECK(strstr(json, "\"format\":\"fragless-state\"") != NULL);
@@ -260,8 +214,8 @@ static void test_oom_fragmented(void)
 /* fragless on 64 MiB with 60 MiB live: an 8 MiB request does not fit at all. */
 static void test_oom_exhausted(void)
 {
-    fl_device *d = sim(64 * MiB);
-    fl_allocator *a = make("policy:fragless,oom_report:0,limit:48MiB", d);
+    fl_device *d = fl_test_sim(64 * MiB, 0);
+    fl_allocator *a = fl_test_allocator("policy:fragless,oom_report:0,limit:48MiB", d);
     uint64_t x[3];
     for (int i = 0; i < 3; i++)
         CHECK_OK(fl_alloc(a, 14 * MiB, 0, &x[i]));
@@ -289,8 +243,8 @@ static void test_oom_exhausted(void)
     fl_device_destroy(d);
 
     /* Beyond the device itself: the advice is to need less. */
-    d = sim(64 * MiB);
-    a = make("policy:fragless,oom_report:0", d);
+    d = fl_test_sim(64 * MiB, 0);
+    a = fl_test_allocator("policy:fragless,oom_report:0", d);
     CHECK_OK(fl_alloc(a, 60 * MiB, 0, &y));
     CHECK_STATUS(fl_alloc(a, 8 * MiB, 0, &y), FL_ERR_OOM);
     CHECK_MENTIONS("Verdict: exhaustion");
@@ -304,8 +258,8 @@ static void test_oom_exhausted(void)
 
 static void test_snapshot(void)
 {
-    fl_device *d = sim(256 * MiB);
-    fl_allocator *a = make("policy:fragless", d);
+    fl_device *d = fl_test_sim(256 * MiB, 0);
+    fl_allocator *a = fl_test_allocator("policy:fragless", d);
     uint64_t x, y, z;
     CHECK_OK(fl_alloc(a, 3 * MiB, 0, &x));    /* pages 0-1 of the large heap */
     CHECK_OK(fl_alloc(a, 5 * MiB, 0, &y));
@@ -314,7 +268,7 @@ static void test_snapshot(void)
     char path[] = "/tmp/fl_stateXXXXXX";
     close(mkstemp(path));
     CHECK_OK(fl_allocator_snapshot(a, path));
-    char *json = slurp(path);
+    char *json = fl_test_read_file(path);
     CHECK(json != NULL);
     if (json) {
         CHECK_EQ_U64(count(json, "\"kind\":\"heap\""), 1);

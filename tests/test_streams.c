@@ -2,7 +2,6 @@
  * on that stream at the free has completed — checked on the cuda device over the driver
  * double with events held incomplete, for every policy; and on the sim device, whose
  * events complete at once. */
-#include <dlfcn.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,39 +11,18 @@
 #define S1 UINT64_C(0x1000)
 #define S2 UINT64_C(0x2000)
 
-#ifdef FAKECUDA_PATH
-static const char fake_path[] = FAKECUDA_PATH;
-#else
-static const char fake_path[] = "";
-#endif
+static const char fake_path[] = FL_TEST_FAKECUDA;
 
 static void (*set_auto_complete)(int on);
 static void (*complete_all)(void);
 static void (*fake_reset)(void);
 
-static void *sym(void *lib, const char *name)
-{
-    void *p = dlsym(lib, name);
-    if (!p) {
-        fprintf(stderr, "%s has no %s\n", fake_path, name);
-        exit(1);
-    }
-    return p;
-}
-
+/* The policy, with neither the OOM report nor publishing (top). */
 static fl_allocator *make(const char *policy, fl_device *d)
 {
-    fl_config cfg;
-    fl_config_default(&cfg);
-    snprintf(cfg.policy, sizeof cfg.policy, "%s", policy);
-    cfg.oom_report = 0;
-    cfg.publish = 0;
-    fl_allocator *a = NULL;
-    if (fl_allocator_create(&cfg, d, &a) != FL_OK) {
-        fprintf(stderr, "%s: %s\n", policy, fl_last_error());
-        exit(1);
-    }
-    return a;
+    char conf[128];
+    snprintf(conf, sizeof conf, "policy:%s,oom_report:0,top:0", policy);
+    return fl_test_allocator(conf, d);
 }
 
 static fl_stats stats(fl_allocator *a)
@@ -165,14 +143,10 @@ int main(void)
         printf("test_streams: the driver double was not built; only the sim part ran\n");
         return fl_test_done("test_streams");
     }
-    void *lib = dlopen(fake_path, RTLD_NOW | RTLD_LOCAL);
-    if (!lib) {
-        fprintf(stderr, "cannot load %s: %s\n", fake_path, dlerror());
+    void *lib = fl_test_fakecuda();
+    if (!lib || !fl_test_sym(lib, "fakecuda_set_auto_complete", &set_auto_complete) ||
+        !fl_test_sym(lib, "fakecuda_complete_all", &complete_all) || !fl_test_sym(lib, "fakecuda_reset", &fake_reset))
         return 1;
-    }
-    *(void **)&set_auto_complete = sym(lib, "fakecuda_set_auto_complete");
-    *(void **)&complete_all = sym(lib, "fakecuda_complete_all");
-    *(void **)&fake_reset = sym(lib, "fakecuda_reset");
     const char *const *names = fl_policy_names();
     for (int i = 0; names[i]; i++)
         on_double(names[i]);

@@ -12,11 +12,7 @@
 #include "adaptor/adaptor.h"
 #include "test_support.h"
 
-#ifdef FAKECUDA_PATH
-static const char fake_path[] = FAKECUDA_PATH;
-#else
-static const char fake_path[] = "";
-#endif
+static const char fake_path[] = FL_TEST_FAKECUDA;
 
 enum { WORKERS = 8, OPS = 20000, LIVE = 32, STATS_READERS = 2 };
 

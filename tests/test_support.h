@@ -67,6 +67,53 @@ void fl_test_skip(const char *why);
 /* Path of a file under ../shared/traces, or NULL (with the reason printed) if absent. */
 const char *fl_test_shared_traces(void);
 
+/* ---- child commands ------------------------------------------------------------ */
+
+/* What a shell command did: its exit code (-1 when it did not exit normally) and its
+ * stdout and stderr, NUL-terminated and cut to fit. */
+typedef struct fl_run_result {
+    int code;
+    char out[1 << 16];
+    char err[1 << 14];
+} fl_run_result;
+
+/* Runs cmdline with sh -c (system(3)), all of it with stdout and stderr going to temp
+ * files of its own (removed afterwards); flushes this process' streams first. Returns a
+ * static result, overwritten by the next call. */
+fl_run_result *fl_test_shell(const char *cmdline);
+/* Reads at most n - 1 bytes of the file into buf, NUL-terminated ("" if unreadable);
+ * returns how many. */
+size_t fl_test_slurp(const char *path, char *buf, size_t n);
+/* The whole file, NUL-terminated, in memory the caller frees; NULL if unreadable. */
+char *fl_test_read_file(const char *path);
+
+/* ---- devices and allocators ------------------------------------------------------ */
+
+/* A sim device; capacity and granularity 0 keep the defaults. Exits 1 if it fails. */
+fl_device *fl_test_sim(uint64_t capacity, uint64_t granularity);
+/* An allocator on d: conf is a FRAGLESS_CONF text over the defaults, a bare policy name
+ * (no ':'), or NULL for the defaults. Exits 1 with the message if it fails. */
+fl_allocator *fl_test_allocator(const char *conf, fl_device *d);
+
+/* "0x1a2b": four calls' results are valid at once (for one message). */
+const char *fl_test_hex(uint64_t x);
+
+/* ---- the CUDA driver double (tests/fakecuda) -------------------------------------- */
+
+/* Its path, "" in a test it is not built for (FAKECUDA_PATH is defined per test). */
+#ifdef FAKECUDA_PATH
+#define FL_TEST_FAKECUDA FAKECUDA_PATH
+#else
+#define FL_TEST_FAKECUDA ""
+#endif
+
+/* The double loaded into this process (RTLD_NOW | RTLD_LOCAL); NULL when it was not built
+ * (silently) or cannot be loaded (said on stderr). */
+void *fl_test_fakecuda(void);
+/* Resolves name in lib into the function pointer at slot; 0 (said on stderr) when lib
+ * has no such symbol. */
+int fl_test_sym(void *lib, const char *name, void *slot);
+
 /* A device's counters, its physical bytes in use, and its calls of one kind. */
 static inline fl_device_counters counters(const fl_device *d)
 {

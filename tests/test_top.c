@@ -19,56 +19,26 @@
 
 #define MiB (UINT64_C(1) << 20)
 
-#ifdef FAKECUDA_PATH
-static const char fake_path[] = FAKECUDA_PATH;
-#else
-static const char fake_path[] = "";
-#endif
+static const char fake_path[] = FL_TEST_FAKECUDA;
 
 static char dir[64];
 
 /* ---- helpers ------------------------------------------------------------------------ */
 
-typedef struct run_result {
-    int code;
-    char out[1 << 16];
-    char err[1 << 14];
-} run_result;
-
-static void slurp(const char *path, char *buf, size_t n)
+/* Runs a shell command line. */
+static fl_run_result *run(const char *fmt, ...)
 {
-    FILE *f = fopen(path, "r");
-    size_t k = f ? fread(buf, 1, n - 1, f) : 0;
-    buf[k] = 0;
-    if (f)
-        fclose(f);
-}
-
-/* Runs a shell command line with "%CLI" standing for the fragless executable. */
-static run_result *run(const char *fmt, ...)
-{
-    static run_result r;
-    char args[2048], cmd[4096], out[128], err[128];
+    char cmd[2048];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(args, sizeof args, fmt, ap);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
     va_end(ap);
-    snprintf(out, sizeof out, "%s.out", dir);
-    snprintf(err, sizeof err, "%s.err", dir);
-    snprintf(cmd, sizeof cmd, "%s >'%s' 2>'%s'", args, out, err);
-    fflush(NULL);
-    int st = system(cmd);
-    r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    slurp(out, r.out, sizeof r.out);
-    slurp(err, r.err, sizeof r.err);
-    unlink(out);
-    unlink(err);
-    return &r;
+    return fl_test_shell(cmd);
 }
 
-static run_result *top_once(void)
+static fl_run_result *top_once(void)
 {
-    run_result *r = run("FRAGLESS_NVML_LIB=/nonexistent/libnvidia-ml.so.1 '%s' top --once --dir '%s'", FL_CLI, dir);
+    fl_run_result *r = run("FRAGLESS_NVML_LIB=/nonexistent/libnvidia-ml.so.1 '%s' top --once --dir '%s'", FL_CLI, dir);
     if (r->code != 0)
         fprintf(stderr, "top --once: exit %d\nstdout:\n%sstderr:\n%s", r->code, r->out, r->err);
     return r;
@@ -213,7 +183,7 @@ static void test_child_listed_and_removed(void)
     CHECK(!fl_publish_stale(e.pid, e.start_time, NULL));
 
     /* top lists it: pid, device, command, live bytes. */
-    run_result *r = top_once();
+    fl_run_result *r = top_once();
     CHECK_EQ_U64(r->code, 0);
     fprintf(stderr, "--- fragless top --once --dir %s:\n%s---\n", dir, r->out);
     char line[512], live[32], reserved[32];
@@ -260,7 +230,7 @@ static void test_killed_child_left_then_removed(void)
     CHECK(fl_publish_stale(e.pid, e.start_time, &why) == 1);
     CHECK(strstr(why, "exited") != NULL);
 
-    run_result *r = top_once();
+    fl_run_result *r = top_once();
     CHECK_EQ_U64(r->code, 0);
     char line[512], want[320];
     CHECK(line_of(r->out, (uint64_t)c.pid, line, sizeof line) == NULL);
@@ -301,7 +271,7 @@ static void test_reused_pid(void)
     snprintf(live, sizeof live, "%s/fragless.%llu.8", dir, (unsigned long long)me);
     write_record(reused, me, start + 1000, 7, "impostor");
     write_record(live, me, start, 8, "honest");
-    run_result *r = top_once();
+    fl_run_result *r = top_once();
     CHECK_EQ_U64(r->code, 0);
     snprintf(want, sizeof want, "removed %s: stale (the process id now belongs to a process started later)", reused);
     CHECK(strstr(r->out, want) != NULL);
@@ -351,7 +321,7 @@ static void test_malformed_skipped(void)
     CHECK_MENTIONS("truncated");
     CHECK_STATUS(fl_publish_read(garbage, &e), FL_ERR_PARSE);
 
-    run_result *r = top_once();
+    fl_run_result *r = top_once();
     CHECK_EQ_U64(r->code, 0);
     snprintf(want, sizeof want, "skipped %s: truncated: 13 bytes", garbage);
     CHECK(strstr(r->out, want) != NULL);
@@ -374,7 +344,7 @@ static void test_malformed_skipped(void)
 
 static void test_usage_and_refresh(void)
 {
-    run_result *r = run("'%s' top --interval 0", FL_CLI);
+    fl_run_result *r = run("'%s' top --interval 0", FL_CLI);
     CHECK(r->code == 1 && strstr(r->err, "--interval '0'"));
     r = run("'%s' top --bogus", FL_CLI);
     CHECK(r->code == 1 && strstr(r->err, "unknown option '--bogus'"));
@@ -404,7 +374,7 @@ static void test_usage_and_refresh(void)
  * that cannot be written is an error naming it, and the allocator works anyway. */
 static int count_records(void)
 {
-    run_result *r = run("ls -a '%s' | grep -c fragless", dir);
+    fl_run_result *r = run("ls -a '%s' | grep -c fragless", dir);
     return atoi(r->out);
 }
 
