@@ -114,6 +114,7 @@ fl_status fl_allocator_create(const fl_config *cfg, fl_device *dev, fl_allocator
             s = fl_fail(FL_ERR_IO, "trace:%s: cannot open: %s", cfg->trace_path, strerror(errno));
         else if ((s = fl_map_init(&a->trace_streams, 1024)) == FL_OK) {
             fprintf(a->trace, "Thread,Time,Action,Pointer,Size,Stream\n");
+            fflush(a->trace); /* a process killed at once still leaves a readable file */
             a->trace_t0 = fl_now_ns();
         }
     }
