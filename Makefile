@@ -4,7 +4,7 @@ CC ?= cc
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 
-.PHONY: all build run test bench clean
+.PHONY: all build run test bench clean test-asan test-tsan fuzz
 
 all: build
 
@@ -30,3 +30,18 @@ bench: build
 
 clean:
 	rm -rf $(BUILD)
+
+# Sanitizer suites and fuzzers (docs/RELIABILITY.md; `make test` runs them too):
+# the project rebuilt with clang under ASan+UBSan / TSan in $(BUILD)/asan, $(BUILD)/tsan.
+test-asan: build
+	cd $(BUILD) && ctest --output-on-failure -R '^sanitize_asan$$'
+
+test-tsan: build
+	cd $(BUILD) && ctest --output-on-failure -R '^sanitize_tsan$$'
+
+# Each libFuzzer target for FUZZ_SECONDS on a copy of its seeds (make fuzz FUZZ_SECONDS=600).
+FUZZ_SECONDS ?= 30
+FUZZ_TARGETS = csv pickle conf ops state
+fuzz: build
+	sh tests/fuzz/suite.sh fuzz-build $(CURDIR) $(abspath $(BUILD)) $(FUZZ_TARGETS)
+	rc=0; for t in $(FUZZ_TARGETS); do sh tests/fuzz/suite.sh fuzz $(CURDIR) $(abspath $(BUILD)) $$t $(FUZZ_SECONDS) || rc=1; done; exit $$rc

@@ -69,7 +69,6 @@ static void kill_and_read(int ms)
     uint64_t ops = *done;
 
     fl_trace t;
-    fl_trace_init(&t, path);
     fl_status s = fl_trace_read_csv(path, &t);
     CHECK_OK(s);
     /* The file ends in a newline, or its last line was dropped with a warning. */

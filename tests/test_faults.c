@@ -67,7 +67,6 @@ static workload generated(const char *name, uint64_t seed, size_t n_ops, int liv
 static int from_trace(const char *name, const char *path, size_t events, double slack, workload *w)
 {
     fl_trace t;
-    fl_trace_init(&t, path);
     if (fl_trace_read_csv(path, &t) != FL_OK) {
         fprintf(stderr, "%s: %s\n", path, fl_last_error());
         fl_trace_free(&t);

@@ -2,13 +2,15 @@
  * sections, the comparison numbers `fragless compare --format csv` prints, page maps whose
  * counts match a walk of the policies done here, nothing fetched from the network, input
  * names escaped; bad inputs give the documented exit codes; the progress bar appears on
- * a terminal only. */
+ * a terminal only. State snapshots (fl_allocator_snapshot's JSON) beside a trace: their
+ * statistics as cards and their page map, square for square. */
 #include <stdarg.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "replay/replay.h"
 #include "test_support.h"
+#include "trace/state_json.h"
 
 #define EXAMPLE "examples/encoder_varlen.csv"
 
@@ -296,11 +298,118 @@ static void test_progress_on_terminal(void)
     CHECK(r->code == 0 && r->err[0] == 0);
 }
 
+/* ---- state snapshots ---- */
+
+/* The text between `start` and the next `end` (caller frees; "" when absent). */
+static char *between(const char *html, const char *start, const char *end)
+{
+    const char *a = strstr(html, start), *b = a ? strstr(a, end) : NULL;
+    size_t n = b ? (size_t)(b - a) : 0;
+    char *part = malloc(n + 1);
+    memcpy(part, a ? a : "", n);
+    part[n] = 0;
+    return part;
+}
+
+static void test_state_report(void)
+{
+    static const char *const policies[2] = {"fragless", "cca"};
+    static const uint64_t sizes[] = {3 << 20, 5 << 20, 4096, 700 << 10, 12 << 20, 512, 2 << 20, 100000, 9 << 20};
+    enum { N = sizeof sizes / sizeof sizes[0] };
+    char paths[2][64], html_path[64];
+    fl_stats stats[2];
+    for (int i = 0; i < 2; i++) {
+        snprintf(paths[i], sizeof paths[i], "/tmp/fl_report_state_%s.%d.json", policies[i], (int)getpid());
+        fl_device *d = fl_test_sim(256 << 20, 0);
+        fl_allocator *a = fl_test_allocator(policies[i], d);
+        uint64_t x[N];
+        for (int k = 0; k < N; k++)
+            CHECK_OK(fl_alloc(a, sizes[k], 0, &x[k]));
+        for (int k = 0; k < N; k += 2)
+            CHECK_OK(fl_free(a, x[k]));
+        fl_get_stats(a, &stats[i]);
+        CHECK_OK(fl_allocator_snapshot(a, paths[i]));
+        fl_allocator_destroy(a);
+        fl_device_destroy(d);
+    }
+    snprintf(html_path, sizeof html_path, "/tmp/fl_report_state.%d.html", (int)getpid());
+    /* A state, a trace and a state in one page. */
+    fl_run_result *r = run("\"$CLI\" report %s " EXAMPLE " %s -o %s --policies fragless,cca", paths[0], paths[1],
+                           html_path);
+    CHECK_EQ_U64(r->code, 0);
+    if (r->code)
+        fprintf(stderr, "%s", r->err);
+    char *html = slurp(html_path);
+    unlink(html_path);
+    CHECK_EQ_U64(count(html, "<section class=\"trace"), 3);
+    CHECK_EQ_U64(count(html, "<section class=\"trace state\""), 2);
+    CHECK(strstr(html, "id=\"compare-1\"") && strstr(html, "id=\"pagemap-1\"")); /* the trace's, as before */
+    CHECK(!strstr(html, "<script") && !strstr(html, "http://") && !strstr(html, "https://"));
+    CHECK_EQ_U64(count(html, "<svg"), count(html, "</svg>"));
+    for (int i = 0; i < 2; i++) {
+        char start[64];
+        snprintf(start, sizeof start, "<section class=\"trace state\" id=\"t%d\"", i * 2);
+        char *sec = between(html, start, "</section>");
+        CHECK(sec[0] != 0);
+        CHECK(strstr(sec, "id=\"pagemap-") != NULL);
+        CHECK_EQ_U64(count(sec, "<figure class=\"map\""), 1);
+        /* The cards hold the allocator's statistics. */
+        const fl_stats *s = &stats[i];
+        CHECK_EQ_U64(number_after(sec, "data-k=\"allocated_bytes.all.current\"><span>live</span><b data-v=\""),
+                     s->allocated_bytes.current);
+        CHECK_EQ_U64(number_after(sec, "data-k=\"reserved_bytes.all.current\"><span>reserved</span><b data-v=\""),
+                     s->reserved_bytes.current);
+        CHECK_EQ_U64(number_after(sec, "data-k=\"fragless.cached_bytes\"><span>cached</span><b data-v=\""),
+                     s->cached_bytes);
+        CHECK_EQ_U64(number_after(sec, "data-k=\"fragless.largest_free\"><span>largest free</span><b data-v=\""),
+                     s->largest_free);
+        CHECK_EQ_U64(number_after(sec, "data-k=\"num_ooms\"><span>OOMs</span><b data-v=\""), s->num_ooms);
+        char frag[64];
+        snprintf(frag, sizeof frag, "<b data-v=\"%.6f\">%.1f%%</b>", s->external_fragmentation,
+                 100.0 * s->external_fragmentation);
+        CHECK(strstr(sec, frag) != NULL);
+        CHECK_EQ_U64(number_after(sec, "data-reserved=\""), s->reserved_bytes.current);
+        /* The map: the squares per state are the file's pages (one square per page here). */
+        fl_state st;
+        CHECK_OK(fl_state_read(paths[i], &st));
+        walk_count w = {.g = st.granularity};
+        fl_state_visitor v = {&w, wc_region, wc_page, wc_block};
+        fl_state_walk(&st, &v);
+        flush_segment(&w);
+        fl_state_free(&st);
+        CHECK(w.pages[2] + w.pages[3] > 0 && w.pages[1] > 0); /* pinned and cached pages both */
+        static const char *const keys[4] = {"data-unmapped=\"", "data-cached=\"", "data-pin1=\"", "data-pinn=\""};
+        static const char *const cls[4] = {"class=\"u\"", "class=\"c\"", "class=\"p1\"", "class=\"pn\""};
+        for (int k = 0; k < 4; k++) {
+            CHECK_EQ_U64(number_after(sec, keys[k]), w.pages[k]);
+            CHECK_EQ_U64(count(sec, cls[k]), w.pages[k]);
+        }
+        free(sec);
+    }
+    free(html);
+    /* A broken state: the file, line, column and what was expected; no page written. */
+    FILE *f = fopen(paths[0], "w");
+    fputs("{\"format\":\"fragless-state\",\"version\":1,\n\"regions\":[{]}", f);
+    fclose(f);
+    r = run("\"$CLI\" report %s -o %s", paths[0], html_path);
+    CHECK_EQ_U64(r->code, 2);
+    CHECK(strstr(r->err, paths[0]) && strstr(r->err, ":2:13: expected a key (a string) in regions[0], found ']'"));
+    CHECK(access(html_path, F_OK) != 0);
+    f = fopen(paths[0], "w");
+    fputs("{\"format\":\"fragless-state\",\"version\":7}", f);
+    fclose(f);
+    r = run("\"$CLI\" report %s -o %s", paths[0], html_path);
+    CHECK(r->code == 2 && strstr(r->err, "version 7"));
+    unlink(paths[0]);
+    unlink(paths[1]);
+}
+
 int main(void)
 {
     test_report_page();
     test_capacity_and_escaping();
     test_bad_input();
     test_progress_on_terminal();
+    test_state_report();
     return fl_test_done("test_report");
 }

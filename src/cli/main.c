@@ -20,7 +20,7 @@ static const char main_help[] =
     "  compare TRACE...   every policy side by side: peak reserved, min capacity, device calls\n"
     "  replay TRACE       one policy in detail, with a timeline of device calls\n"
     "  doctor TRACE       is it fragmentation? what to change, and what it would save\n"
-    "  report TRACE... -o FILE.html  the whole picture as one HTML page: timelines, page maps\n"
+    "  report TRACE|STATE... -o FILE.html  the whole picture as one HTML page: timelines, page maps\n"
     "  import SNAPSHOT    a PyTorch memory snapshot (.pickle) to a CSV trace\n"
     "  fidelity SNAPSHOT... how close the PyTorch emulation comes to the recorded reserved memory\n"
     "  run -- CMD...      run any CUDA program with fragless serving its cudaMalloc/cudaFree\n"
@@ -103,14 +103,17 @@ static const char doctor_help[] =
     "exit codes: 0 done; 1 bad usage; 2 bad trace; 4 other error\n";
 
 static const char report_help[] =
-    "usage: fragless report TRACE|SNAPSHOT... -o REPORT.html [--policies LIST] [--capacity SIZE]\n"
+    "usage: fragless report TRACE|SNAPSHOT|STATE... -o REPORT.html [--policies LIST] [--capacity SIZE]\n"
     "                       [--conf CONF] [--granularity SZ]\n"
     "\n"
     "Writes one self-contained HTML page (inline CSS and SVG; nothing is fetched when it is\n"
     "opened). Per trace: the comparison table (what `fragless compare` prints), live and\n"
     "reserved memory over time under each policy, maps of the device pages at the peak of\n"
     "live bytes under fragless and cca (mapped, cached, pinned by one or several live\n"
-    "blocks), and the doctor's verdict and what-if table (`fragless doctor`).\n"
+    "blocks), and the doctor's verdict and what-if table (`fragless doctor`). A STATE is a\n"
+    "state snapshot (JSON, from fl_allocator_snapshot, oom_snapshot:PATH or Python's\n"
+    "fragless.snapshot()): its statistics and its page map; --policies and --capacity do\n"
+    "not apply to it.\n"
     "\n"
     "  -o, --output FILE the HTML file to write (required)\n"
     "  --policies LIST   comma-separated (default fragless,cca,cca-expandable,nocache)\n"

@@ -1,7 +1,8 @@
 /* `fragless report`: one self-contained HTML file (inline CSS and SVG, nothing fetched)
- * per set of traces or snapshots. Per input: the comparison table, live and reserved
- * memory over time for each policy, what pins the pages at the peak of live bytes under
- * fragless and under cca, and the doctor's verdict and what-if table. */
+ * per set of traces or snapshots. Per trace or PyTorch snapshot: the comparison table,
+ * live and reserved memory over time for each policy, what pins the pages at the peak of
+ * live bytes under fragless and under cca, and the doctor's verdict and what-if table.
+ * Per state snapshot (fl_allocator_snapshot's JSON): its statistics and its page map. */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -325,7 +326,7 @@ static void write_head(FILE *f, const cli_opts *o)
     }
     fprintf(f, "</title>\n<style>%s</style></head><body>\n<header><h1>fragless report</h1>"
                "<p>How much GPU memory each allocation trace needs under each allocator, on a simulated "
-               "device; and what holds the memory at the peak.</p>",
+               "device; and what holds the memory at the peak (or in a state snapshot).</p>",
             css);
     if (o->n_traces > 1) {
         fputs("<nav>", f);
@@ -462,7 +463,11 @@ static int report_one(FILE *f, const cli_opts *o, int idx, char names[][32], int
     write_cards(f, p, names, ms, np);
     write_compare(f, idx, p, names, ms, np, capacity, g);
     write_timeline(f, idx, p, names, ms, np, capacity);
-    report_write_maps(f, idx, p, maps, 2, g);
+    char heading[160];
+    snprintf(heading, sizeof heading,
+             "Pages at the peak of live bytes (event %zu), each policy on the smallest device it runs in",
+             p->peak_live_op);
+    report_write_maps(f, idx, heading, p->peak_live, maps, 2, g);
     write_doctor(f, idx, &ran, &d);
     fputs("</section>\n", f);
     rc = CLI_EXIT_OK;
@@ -472,6 +477,117 @@ out:
     report_map_free(&maps[0]);
     report_map_free(&maps[1]);
     fl_prepared_free(p);
+    return rc;
+}
+
+/* ----------------------------------------------------------------------------------
+ * State snapshots
+ * ---------------------------------------------------------------------------------- */
+
+/* Units beyond which a state's map is refused: drawing walks every unit (64 Mi units is
+ * 128 TiB of 2 MiB pages; a snapshot of a real GPU is far below). */
+#define STATE_MAX_UNITS (UINT64_C(1) << 26)
+
+/* One card: the figure when the file has its key (exact value in data-v), else a dash. */
+static void state_card(FILE *f, const fl_state *st, const char *key, const char *label, const char *value,
+                       const char *data_v, const char *sub)
+{
+    fprintf(f, "<div class=\"card\" data-k=\"%s\"><span>%s</span>", key, label);
+    if (fl_state_has_stat(st, key))
+        fprintf(f, "<b data-v=\"%s\">%s</b><span>%s</span></div>", data_v, value, sub);
+    else
+        fputs("<b>&ndash;</b><span>not in the snapshot</span></div>", f);
+}
+
+static void write_state_cards(FILE *f, const fl_state *st)
+{
+    const fl_stats *s = &st->stats;
+    char v[32], d[32], sub[96], a[32], b[32];
+    fputs("<div class=\"cards\">", f);
+    snprintf(d, sizeof d, "%llu", (unsigned long long)s->allocated_bytes.current);
+    if (fl_state_has_stat(st, "requested_bytes.all.current"))
+        snprintf(sub, sizeof sub, "requested %s; peak %s", sz(s->requested_bytes.current, a, sizeof a),
+                 sz(s->allocated_bytes.peak, b, sizeof b));
+    else
+        snprintf(sub, sizeof sub, "peak %s", sz(s->allocated_bytes.peak, b, sizeof b));
+    state_card(f, st, "allocated_bytes.all.current", "live", sz(s->allocated_bytes.current, v, sizeof v), d, sub);
+    snprintf(d, sizeof d, "%llu", (unsigned long long)s->reserved_bytes.current);
+    snprintf(sub, sizeof sub, "peak %s", sz(s->reserved_bytes.peak, a, sizeof a));
+    state_card(f, st, "reserved_bytes.all.current", "reserved", sz(s->reserved_bytes.current, v, sizeof v), d, sub);
+    snprintf(d, sizeof d, "%llu", (unsigned long long)s->cached_bytes);
+    state_card(f, st, "fragless.cached_bytes", "cached", sz(s->cached_bytes, v, sizeof v), d,
+               "empty_cache gives it back");
+    snprintf(d, sizeof d, "%llu", (unsigned long long)s->largest_free);
+    state_card(f, st, "fragless.largest_free", "largest free", sz(s->largest_free, v, sizeof v), d,
+               "servable without new memory");
+    snprintf(d, sizeof d, "%.6f", s->external_fragmentation);
+    snprintf(v, sizeof v, "%.1f%%", 100.0 * s->external_fragmentation);
+    state_card(f, st, "fragless.external_fragmentation", "external fragmentation", v, d,
+               "1 &minus; largest free / free");
+    snprintf(d, sizeof d, "%llu", (unsigned long long)s->num_ooms);
+    state_card(f, st, "num_ooms", "OOMs", d, d, "allocations refused");
+    fputs("</div>\n", f);
+}
+
+/* A state snapshot as one section: what the file says and its page map; the exit code on
+ * failure. Its work counts as the units of a trace (np + 2). */
+static int report_state(FILE *f, const cli_opts *o, int idx, int np, cli_progress *bar)
+{
+    char what[64], a[32], b[32];
+    const char *path = o->traces[idx], *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    snprintf(what, sizeof what, "%.40s: reading", base);
+    cli_progress_unit(bar, what);
+    fl_state st;
+    fl_status s = fl_state_read(path, &st);
+    if (s != FL_OK) {
+        cli_progress_clear(bar);
+        fprintf(stderr, "fragless: %s\n", fl_last_error());
+        return (s == FL_ERR_PARSE || s == FL_ERR_IO) ? CLI_EXIT_INPUT : CLI_EXIT_ERROR;
+    }
+    int rc = CLI_EXIT_INPUT;
+    page_map m = {0};
+    report_map_from_state(&m, &st);
+    uint64_t g = st.granularity, units = report_map_units(&m, g), live_blocks = 0;
+    if (m.nomem) {
+        cli_progress_clear(bar);
+        fprintf(stderr, "fragless: %s: host memory ran out collecting the pages\n", path);
+        rc = CLI_EXIT_ERROR;
+        goto out;
+    }
+    if (units > STATE_MAX_UNITS) {
+        cli_progress_clear(bar);
+        fprintf(stderr, "fragless: %s: its regions span %llu pages of %s, more than a report draws (%llu)\n", path,
+                (unsigned long long)units, sz(g, a, sizeof a), (unsigned long long)STATE_MAX_UNITS);
+        goto out;
+    }
+    for (size_t i = 0; i < st.n_blocks; i++)
+        live_blocks += st.blocks[i].live;
+    fprintf(f, "<section class=\"trace state\" id=\"t%d\">\n<h2>", idx);
+    report_esc(f, base);
+    fputs("</h2>\n<p class=\"mut\">", f);
+    report_esc(f, path);
+    fputs(": state snapshot of the <b>", f);
+    report_esc(f, st.policy);
+    fprintf(f, "</b> allocator: %zu region%s, %zu page%s, %zu block%s (%llu live); pages of %s", st.n_regions,
+            st.n_regions == 1 ? "" : "s", st.n_pages, st.n_pages == 1 ? "" : "s", st.n_blocks,
+            st.n_blocks == 1 ? "" : "s", (unsigned long long)live_blocks, sz(g, a, sizeof a));
+    if (st.capacity)
+        fprintf(f, "; device capacity %s", sz(st.capacity, b, sizeof b));
+    fputs(".</p>\n", f);
+    write_state_cards(f, &st);
+    if (!st.has_stats)
+        fputs("<p class=\"note\">The snapshot was written without statistics: reserved and live bytes below come "
+              "from its pages and blocks.</p>\n",
+              f);
+    report_write_maps(f, idx, "Pages when the snapshot was taken", m.allocated, &m, 1, g);
+    fputs("</section>\n", f);
+    rc = CLI_EXIT_OK;
+out:
+    for (int i = 0; i < np + 2; i++)
+        cli_progress_unit_done(bar);
+    report_map_free(&m);
+    fl_state_free(&st);
     return rc;
 }
 
@@ -496,7 +612,7 @@ int cli_report(const cli_opts *o)
     cli_progress_begin(&bar, (double)o->n_traces * (np + 2));
     write_head(f, o);
     for (int t = 0; t < o->n_traces && !rc; t++)
-        rc = report_one(f, o, t, names, np, &bar);
+        rc = fl_state_sniff(o->traces[t]) ? report_state(f, o, t, np, &bar) : report_one(f, o, t, names, np, &bar);
     cli_progress_clear(&bar);
     fputs("</main></body></html>\n", f);
     if (!rc && (ferror(f) | fclose(f))) {

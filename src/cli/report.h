@@ -6,13 +6,15 @@
 #include <stdio.h>
 
 #include "replay/replay.h"
+#include "trace/state_json.h"
 
 /* Anything from the input (file names) goes through here. */
 void report_esc(FILE *f, const char *s);
 static inline const char *sz(uint64_t b, char *buf, size_t n) { return fl_format_size(b, buf, n); }
 static inline double ratio(uint64_t a, uint64_t b) { return b ? (double)a / (double)b : 0; }
 
-/* ---- page maps: the policy's regions, pages and blocks at one op ---------------- */
+/* ---- page maps: the policy's regions, pages and blocks at one op, or a state
+ * snapshot's ------------------------------------------------------------------------ */
 
 enum { CELL_UNMAPPED, CELL_CACHED, CELL_PIN1, CELL_PINN, CELL_STATES };
 
@@ -34,7 +36,7 @@ typedef struct map_block {
 } map_block;
 
 typedef struct page_map {
-    const char *policy;
+    const char *policy;      /* shown escaped (a state snapshot's is the file's text) */
     int taken;               /* the replay reached the op and walked the policy */
     int nomem;               /* host memory ran out while collecting */
     uint64_t capacity;       /* the device's: the policy's min_capacity */
@@ -54,8 +56,14 @@ typedef struct page_map {
 /* The replay's inspection hook (fl_replay_opts.inspect, user = a page_map): walks the
  * policy into the map, then ends the replay. */
 int report_map_inspect(const fl_policy *pol, void *user);
+/* Fills the map from a state snapshot (m->policy points into s): reserved and allocated
+ * from its statistics, or its pages and blocks when it has none. */
+void report_map_from_state(page_map *m, const fl_state *s);
 void report_map_free(page_map *m);
-/* The maps of one input, side by side on one scale (g: the device granularity). */
-void report_write_maps(FILE *f, int idx, const fl_prepared *p, page_map *maps, int n, uint64_t g);
+/* Granularity-sized units the map's regions span: what drawing it walks. */
+uint64_t report_map_units(const page_map *m, uint64_t g);
+/* The maps of one input, side by side on one scale (g: the device granularity). heading:
+ * the section's title (HTML); live: the bytes each summary compares reserved memory with. */
+void report_write_maps(FILE *f, int idx, const char *heading, uint64_t live, page_map *maps, int n, uint64_t g);
 
 #endif

@@ -1,5 +1,6 @@
 /* `fragless report`'s page maps: what holds each device page at one op, from the
- * policy's walk (fl_state_visitor), drawn as one square per page (or per k pages). */
+ * policy's walk (fl_state_visitor) or a state snapshot's (fl_state_walk), drawn as one
+ * square per page (or per k pages). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,6 +77,28 @@ int report_map_inspect(const fl_policy *pol, void *user)
     return 1;
 }
 
+void report_map_from_state(page_map *m, const fl_state *s)
+{
+    fl_state_visitor v = {m, on_region, on_page, on_block};
+    m->taken = 1;
+    m->policy = s->policy;
+    m->capacity = s->capacity;
+    fl_state_walk(s, &v);
+    /* What the statistics say, else what the pages and blocks say. */
+    uint64_t reserved = 0, live = 0;
+    for (size_t ri = 0; ri < s->n_regions; ri++) {
+        const fl_state_region *r = &s->regions[ri];
+        if (!r->n_pages)
+            reserved += r->size;
+        for (size_t i = 0; i < r->n_pages; i++)
+            reserved += s->pages[r->page0 + i].mapped ? s->pages[r->page0 + i].size : 0;
+    }
+    for (size_t i = 0; i < s->n_blocks; i++)
+        live += s->blocks[i].live ? s->blocks[i].size : 0;
+    m->reserved = fl_state_has_stat(s, "reserved_bytes.all.current") ? s->stats.reserved_bytes.current : reserved;
+    m->allocated = fl_state_has_stat(s, "allocated_bytes.all.current") ? s->stats.allocated_bytes.current : live;
+}
+
 void report_map_free(page_map *m)
 {
     free(m->regions);
@@ -104,6 +127,16 @@ static uint64_t region_units(const page_map *m, const map_region *r, uint64_t g)
         return n;
     }
     return fl_div_up(r->size, g);
+}
+
+uint64_t report_map_units(const page_map *m, uint64_t g)
+{
+    uint64_t n = 0;
+    for (size_t ri = 0; ri < m->n_regions; ri++) {
+        uint64_t u = region_units(m, &m->regions[ri], g);
+        n = n + u < n ? UINT64_MAX : n + u;
+    }
+    return n;
 }
 
 /* Unit u of region r; *page and *page_unit walk the pages along (units in order). */
@@ -181,8 +214,9 @@ static void cell_title(FILE *f, const page_map *m, const map_region *r, uint64_t
                        const uint64_t *states, const unit_info *one, const grid *gr)
 {
     char a[32], b[32];
-    fprintf(f, "<title>%s, stream %llu, +%s: ", r->kind, (unsigned long long)r->stream,
-            sz(addr - r->addr, a, sizeof a));
+    fputs("<title>", f);
+    report_esc(f, r->kind); /* a state snapshot's kind is the file's text */
+    fprintf(f, ", stream %llu, +%s: ", (unsigned long long)r->stream, sz(addr - r->addr, a, sizeof a));
     if (k > 1) {
         fprintf(f, "%llu pages: %llu pinned by one block, %llu by several, %llu cached, %llu unmapped",
                 (unsigned long long)k, (unsigned long long)states[CELL_PIN1], (unsigned long long)states[CELL_PINN],
@@ -275,7 +309,7 @@ static uint64_t map_cells(const page_map *m, uint64_t g, uint64_t k, int cols, u
     return cells;
 }
 
-static void map_summary(FILE *f, const page_map *m, const fl_prepared *p, uint64_t g)
+static void map_summary(FILE *f, const page_map *m, uint64_t live, uint64_t g)
 {
     char a[32], b[32], c[32];
     uint64_t mapped = m->units[CELL_CACHED] + m->units[CELL_PIN1] + m->units[CELL_PINN];
@@ -285,7 +319,7 @@ static void map_summary(FILE *f, const page_map *m, const fl_prepared *p, uint64
             (unsigned long long)m->units[CELL_CACHED], (unsigned long long)m->units[CELL_PIN1],
             (unsigned long long)m->units[CELL_PINN], (unsigned long long)m->reserved);
     fprintf(f, "On a device of %s: <b>%s</b> reserved for %s live (%.4f&times;). ", sz(m->capacity, c, sizeof c),
-            sz(m->reserved, a, sizeof a), sz(p->peak_live, b, sizeof b), ratio(m->reserved, p->peak_live));
+            sz(m->reserved, a, sizeof a), sz(live, b, sizeof b), ratio(m->reserved, live));
     fprintf(f, "%zu region%s; of %llu pages of %s: %llu pinned by one block, %llu by several, "
                "<b>%llu cached</b> (%s held with no live block), %llu unmapped.",
             m->n_regions, m->n_regions == 1 ? "" : "s", (unsigned long long)m->n_units, sz(g, c, sizeof c),
@@ -300,21 +334,19 @@ static void map_summary(FILE *f, const page_map *m, const fl_prepared *p, uint64
     fputs("</p>\n", f);
 }
 
-void report_write_maps(FILE *f, int idx, const fl_prepared *p, page_map *maps, int n, uint64_t g)
+void report_write_maps(FILE *f, int idx, const char *heading, uint64_t live, page_map *maps, int n, uint64_t g)
 {
-    fprintf(f, "<h3 id=\"pagemap-%d\">Pages at the peak of live bytes (event %zu), each policy on the smallest "
-               "device it runs in</h3>\n",
-            idx, p->peak_live_op);
-    fputs("<p class=\"note\">Each square is one device page, the same size in both maps, in address order; "
-          "regions (heaps, segments) follow each other with a gap. A page costs memory while it is mapped, "
-          "whether or not a live block uses it. Hover over a square for the blocks on it.</p>\n",
-          f);
+    fprintf(f, "<h3 id=\"pagemap-%d\">%s</h3>\n", idx, heading);
+    fprintf(f, "<p class=\"note\">Each square is one device page%s, in address order; "
+               "regions (heaps, segments) follow each other with a gap. A page costs memory while it is mapped, "
+               "whether or not a live block uses it. Hover over a square for the blocks on it.</p>\n",
+            n > 1 ? ", the same size in both maps" : "");
     fputs("<div class=\"legend\"><span><i class=\"sw p1\"></i>pinned by one live block</span>"
           "<span><i class=\"sw pn\"></i>pinned by several</span>"
           "<span><i class=\"sw c\"></i>cached: mapped, no live block</span>"
           "<span><i class=\"sw u\"></i>unmapped</span></div>\n",
           f);
-    /* One scale for both: the cell size fits the larger map in about 300 px of height. */
+    /* One scale for all: the cell size fits the largest map in about 300 px of height. */
     uint64_t most = 1;
     for (int i = 0; i < n; i++)
         if (maps[i].taken && !maps[i].nomem) {
@@ -332,7 +364,11 @@ void report_write_maps(FILE *f, int idx, const fl_prepared *p, page_map *maps, i
     fputs("<div class=\"maps\">\n", f);
     for (int i = 0; i < n; i++) {
         page_map *m = &maps[i];
-        fprintf(f, "<figure class=\"map\" data-policy=\"%s\"><figcaption><b>%s</b>", m->policy, m->policy);
+        fputs("<figure class=\"map\" data-policy=\"", f);
+        report_esc(f, m->policy);
+        fputs("\"><figcaption><b>", f);
+        report_esc(f, m->policy);
+        fputs("</b>", f);
         if (gr.k > 1)
             fprintf(f, " <span class=\"mut\">(one square = %llu pages)</span>", (unsigned long long)gr.k);
         fputs("</figcaption>\n", f);
@@ -344,7 +380,7 @@ void report_write_maps(FILE *f, int idx, const fl_prepared *p, page_map *maps, i
             fputs("<p class=\"sum\">Out of host memory while collecting the pages.</p></figure>\n", f);
             continue;
         }
-        map_summary(f, m, p, g);
+        map_summary(f, m, live, g);
         uint64_t positions;
         map_cells(m, g, gr.k, gr.cols, &positions);
         draw_map(f, m, &gr, (int)fl_div_up(positions ? positions : 1, (uint64_t)gr.cols));

@@ -54,7 +54,9 @@ typedef struct fx_policy {
     fl_policy base;
     uint64_t gran;
     unsigned gran_log;
-    uint64_t max_pages;     /* physical pages the policy may hold (limit or capacity) */
+    uint64_t max_pages;     /* physical pages the policy may hold now: limit_pages, or fewer
+                               while the device said it is full (others use it) */
+    uint64_t limit_pages;   /* the limit (or the capacity) in pages */
     fx_heap *heaps;
     uint32_t n_heaps, cap_heaps;
     uint64_t small_limit;   /* requests below it go to the stream's small heap */
@@ -99,9 +101,9 @@ static fl_status heap_new(fx_policy *f, uint64_t stream, int small, uint32_t *ou
     memset(h, 0, sizeof *h);
     h->stream = stream;
     h->small = small;
-    /* Virtual space is cheap: twice what the policy may ever map, so placement never
-     * fails for want of addresses; 256 TiB at most. */
-    uint64_t want = f->max_pages * f->gran * 2;
+    /* Virtual space is cheap: twice the device's memory (not the limit, which may be
+     * raised later), so placement never fails for want of addresses; 256 TiB at most. */
+    uint64_t want = f->base.dev->capacity / f->gran * f->gran * 2;
     uint64_t cap = UINT64_C(1) << 48;
     h->va_size = fl_align_up(want < cap && want > 0 ? want : cap, f->gran);
     fl_status s = fl_dev_reserve(f->base.dev, h->va_size, &h->va);
@@ -571,6 +573,7 @@ static fl_status fx_empty_cache(fl_policy *base)
 {
     fx_policy *f = (fx_policy *)base;
     fl_status s;
+    f->max_pages = f->limit_pages; /* the device may have room again: try creating */
     for (uint32_t hi = 0; hi < f->n_heaps; hi++)
         flush_bins(&f->heaps[hi]);
     if (f->n_cached && (s = fl_dev_synchronize(base->dev)) != FL_OK)
@@ -701,7 +704,7 @@ static fl_status fx_set_limit(fl_policy *base, uint64_t bytes)
 {
     fx_policy *f = (fx_policy *)base;
     uint64_t cap = base->dev->capacity;
-    f->max_pages = (bytes && bytes < cap ? bytes : cap) / f->gran;
+    f->limit_pages = f->max_pages = (bytes && bytes < cap ? bytes : cap) / f->gran;
     fl_status s;
     if (f->n_handles > f->max_pages && f->n_cached && (s = fl_dev_synchronize(base->dev)) != FL_OK)
         return s;
@@ -754,7 +757,7 @@ static fl_status fx_create(const fl_config *cfg, fl_device *dev, fl_policy **out
     f->gran = dev->granularity;
     f->gran_log = (unsigned)fl_log2_floor(f->gran);
     uint64_t limit = cfg->limit && cfg->limit < dev->capacity ? cfg->limit : dev->capacity;
-    f->max_pages = limit / f->gran;
+    f->limit_pages = f->max_pages = limit / f->gran;
     /* Measured on ../shared/traces (ARCHITECTURE.md): an eighth of a page. */
     f->small_limit = cfg->small_size ? cfg->small_size : f->gran / 8;
     /* The pool holds at most every handle; it grows with them (pool_grow). */

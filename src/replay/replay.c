@@ -10,6 +10,8 @@
 
 /* Only the first few problems of a kind are listed; the rest are counted. */
 #define MAX_LISTED_WARNINGS 5
+/* Live bytes beyond this are refused (see the second pass of fl_prepare). */
+#define MAX_LIVE_BYTES (UINT64_C(1) << 63)
 
 static fl_status add_warning(fl_prepared *p, const char *fmt, ...) FL_PRINTF(2, 3);
 static fl_status add_warning(fl_prepared *p, const char *fmt, ...)
@@ -107,19 +109,27 @@ fl_status fl_prepare(const fl_trace *t, fl_prepared **out)
             goto fail;
         }
     }
-    /* Second pass: free ops carry their block's size, and live bytes go down. */
+    /* Second pass: free ops carry their block's size, and live bytes go down. A slot's
+     * line is read at its allocation, then the slot holds its size (a free always comes
+     * after its allocation). Live bytes are kept below 2^63 so that they, and the
+     * capacities derived from them, never wrap: only a corrupt size gets there. */
     {
-        uint64_t *slot_size = (uint64_t *)slot_line; /* lines are no longer needed */
-        for (size_t i = 0; i < p->n_ops; i++)
-            if (p->ops[i].kind != FL_EV_FREE)
-                slot_size[p->ops[i].slot] = p->ops[i].size;
+        uint64_t *slot_size = (uint64_t *)slot_line;
         uint64_t cur = 0;
         for (size_t i = 0; i < p->n_ops; i++) {
             fl_op *op = &p->ops[i];
             if (op->kind == FL_EV_FREE) {
                 op->size = slot_size[op->slot];
                 cur -= live_size(op->size);
-            } else if (op->kind == FL_EV_ALLOC) {
+            } else if (op->kind == FL_EV_ALLOC_FAIL) {
+                slot_size[op->slot] = op->size;
+            } else {
+                if (op->size > MAX_LIVE_BYTES - cur || live_size(op->size) > MAX_LIVE_BYTES - cur) {
+                    s = fl_fail(FL_ERR_PARSE, "%s:%llu: allocate of %llu bytes: live bytes would exceed 2^63 (a corrupt size?)",
+                                t->path, (unsigned long long)slot_line[op->slot], (unsigned long long)op->size);
+                    goto fail;
+                }
+                slot_size[op->slot] = op->size;
                 cur += live_size(op->size);
                 if (cur > p->peak_live) {
                     p->peak_live = cur;

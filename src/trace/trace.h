@@ -38,7 +38,8 @@ void fl_trace_free(fl_trace *t);
 fl_status fl_trace_push(fl_trace *t, const fl_event *e);
 fl_status fl_trace_warn(fl_trace *t, const char *fmt, ...) FL_PRINTF(2, 3);
 
-/* Reads an RMM CSV log. On error returns FL_ERR_PARSE / FL_ERR_IO with a message
+/* Reads an RMM CSV log into t, which it initializes (do not fl_trace_init it first: that
+ * would leak). On error returns FL_ERR_PARSE / FL_ERR_IO with a message
  * "PATH:LINE: problem" and leaves t empty. A last line cut short (no newline, fields
  * missing) is dropped with a warning. */
 fl_status fl_trace_read_csv(const char *path, fl_trace *t);

@@ -56,13 +56,18 @@ static inline uint64_t map_slot(const fl_map *m, uint64_t k)
     return (k * UINT64_C(0x9e3779b97f4a7c15)) >> m->shift;
 }
 
+/* The key MAP_EMPTY itself (a trace may hold the pointer 0xffffffffffffffff) lives in
+ * one extra entry past the table, e[mask + 1]: its key is 1 when present, else 0. */
+#define MAP_MAX_ENTRY(m) (&(m)->e[(m)->mask + 1])
+
 static fl_status map_alloc(fl_map *m, uint64_t slots)
 {
-    m->e = malloc(slots * sizeof *m->e);
+    m->e = malloc((slots + 1) * sizeof *m->e);
     if (!m->e)
         return fl_fail(FL_ERR_NOMEM, "hash map: cannot allocate %llu slots", (unsigned long long)slots);
     for (uint64_t i = 0; i < slots; i++)
         m->e[i].key = MAP_EMPTY;
+    m->e[slots].key = 0;
     m->mask = slots - 1;
     m->shift = (unsigned)(64 - fl_log2_floor(slots));
     m->count = 0;
@@ -88,6 +93,7 @@ void fl_map_clear(fl_map *m)
 {
     for (uint64_t i = 0; i <= m->mask; i++)
         m->e[i].key = MAP_EMPTY;
+    MAP_MAX_ENTRY(m)->key = 0;
     m->count = 0;
 }
 
@@ -112,12 +118,41 @@ static fl_status map_grow(fl_map *m)
     for (uint64_t i = 0; i <= old.mask; i++)
         if (old.e[i].key != MAP_EMPTY)
             map_insert_new(m, old.e[i].key, old.e[i].val);
+    *MAP_MAX_ENTRY(m) = *MAP_MAX_ENTRY(&old);
+    if (MAP_MAX_ENTRY(m)->key)
+        m->count++;
     free(old.e);
     return FL_OK;
 }
 
+/* The key MAP_EMPTY, in its own entry: put (or insert) and remove. */
+static void map_max_put(fl_map *m, uint64_t val)
+{
+    fl_map_entry *x = MAP_MAX_ENTRY(m);
+    if (!x->key)
+        m->count++;
+    x->key = 1;
+    x->val = val;
+}
+
+static bool map_max_remove(fl_map *m, uint64_t *val)
+{
+    fl_map_entry *x = MAP_MAX_ENTRY(m);
+    if (!x->key)
+        return false;
+    if (val)
+        *val = x->val;
+    x->key = 0;
+    m->count--;
+    return true;
+}
+
 fl_status fl_map_put(fl_map *m, uint64_t key, uint64_t val)
 {
+    if (FL_UNLIKELY(key == MAP_EMPTY)) {
+        map_max_put(m, val);
+        return FL_OK;
+    }
     uint64_t i = map_slot(m, key);
     for (;;) {
         if (m->e[i].key == key) {
@@ -134,6 +169,10 @@ fl_status fl_map_put(fl_map *m, uint64_t key, uint64_t val)
 
 fl_status fl_map_insert(fl_map *m, uint64_t key, uint64_t val)
 {
+    if (FL_UNLIKELY(key == MAP_EMPTY)) {
+        map_max_put(m, val);
+        return FL_OK;
+    }
     if (FL_UNLIKELY((m->count + 1) * 4 > m->mask + 1)) {
         fl_status s = map_grow(m);
         if (s != FL_OK)
@@ -148,19 +187,27 @@ bool fl_map_get(const fl_map *m, uint64_t key, uint64_t *val)
     uint64_t i = map_slot(m, key);
     for (;;) {
         uint64_t k = m->e[i].key;
-        if (k == key) {
+        if (k == key && FL_LIKELY(key != MAP_EMPTY)) {
             if (val)
                 *val = m->e[i].val;
             return true;
         }
-        if (k == MAP_EMPTY)
-            return false;
+        if (k == MAP_EMPTY) {
+            if (FL_LIKELY(key != MAP_EMPTY))
+                return false;
+            const fl_map_entry *x = &m->e[m->mask + 1];
+            if (x->key && val)
+                *val = x->val;
+            return x->key != 0;
+        }
         i = (i + 1) & m->mask;
     }
 }
 
 bool fl_map_remove(fl_map *m, uint64_t key, uint64_t *val)
 {
+    if (FL_UNLIKELY(key == MAP_EMPTY))
+        return map_max_remove(m, val);
     uint64_t i = map_slot(m, key);
     for (;;) {
         uint64_t k = m->e[i].key;

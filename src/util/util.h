@@ -33,8 +33,10 @@ static inline bool fl_is_pow2(uint64_t x) { return x && !(x & (x - 1)); }
 static inline int fl_log2_floor(uint64_t x) { return 63 - __builtin_clzll(x); }
 static inline uint64_t fl_div_up(uint64_t x, uint64_t d) { return (x + d - 1) / d; }
 
-/* Open-addressing hash map (linear probing, backward-shift deletion). The key
- * UINT64_MAX is reserved. Lookups and updates O(1) expected; grows at 1/4 load
+/* Open-addressing hash map (linear probing, backward-shift deletion). Any key works: the
+ * key UINT64_MAX marks empty slots, so it is kept in one extra entry past the table
+ * (code that scans e[0..mask] directly does not see it). Lookups and updates O(1)
+ * expected; grows at 1/4 load
  * (short probe chains matter more here than memory: the hot paths insert and remove). */
 typedef struct fl_map_entry {
     uint64_t key;
