@@ -130,7 +130,7 @@ fuzz)
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
     echo "fuzz_$target: ${execs:-?} executions in ${secs} s; corpus now $(ls "$work/corpus" | wc -l) files"
     if [ $rc != 0 ]; then
-        echo "fuzz_$target: found a crash, saved in $work/artifacts/ (docs/RELIABILITY.md, "Adding a regression")"
+        echo "fuzz_$target: found a crash, saved in $work/artifacts/ (docs/RELIABILITY.md, 'Adding a regression')"
     fi
     exit $rc
     ;;
