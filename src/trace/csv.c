@@ -412,8 +412,8 @@ static int parse_header(const char *s, size_t n, char *err)
  * - Empty lines in the middle are errors (they are not RMM output); empty lines at the
  *   end of the file are tolerated with one warning (editors and `echo >>` add them).
  * - A last line without a newline that does not parse was cut short by a process that
- *   died mid-write: dropped with a warning. One that parses is kept (a missing final
- *   newline is harmless). A bad line that ends in a newline is always an error. A
+ *   died mid-write: dropped with a warning. One that parses is kept, with a warning
+ *   too: a cut inside its last field (the stream) would still parse. A bad line that ends in a newline is always an error. A
  *   header without newline is tolerated only if it is a prefix of the real header.
  * - An empty file or a header alone is an empty trace. */
 
@@ -437,7 +437,7 @@ static fl_status reader_line(reader *r, const char *s, size_t n, int has_newline
         return fl_fail(FL_ERR_PARSE, "%s:%u: line is longer than %d bytes: not an RMM log row",
                        r->name, r->line, LINE_MAX_BYTES);
     fl_event e;
-    if (FL_LIKELY(r->line > 1 && !r->n_empty && parse_row_fast(s, s + n, &e) == 0)) {
+    if (FL_LIKELY(has_newline && r->line > 1 && !r->n_empty && parse_row_fast(s, s + n, &e) == 0)) {
         e.line = r->line;
         return fl_trace_push(r->t, &e);
     }
@@ -475,7 +475,11 @@ static fl_status reader_line(reader *r, const char *s, size_t n, int has_newline
     if (r->line == 1)
         return FL_OK;
     e.line = r->line;
-    return fl_trace_push(r->t, &e);
+    fl_status st = fl_trace_push(r->t, &e);
+    if (st == FL_OK && !has_newline)
+        st = fl_trace_warn(r->t, "%s:%u: last line has no newline: kept as read (if the process writing it "
+                           "was killed, its last field may be cut)", r->name, r->line);
+    return st;
 }
 
 static fl_status read_all(reader *r)
