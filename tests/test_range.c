@@ -2,6 +2,7 @@
  * against a reference list of live blocks, over long pseudo-random sequences. */
 #include <string.h>
 
+#include "range/range_internal.h"
 #include "test_support.h"
 
 typedef struct live { uint64_t off, size; } live;
@@ -126,8 +127,71 @@ static void test_random(uint64_t seed, uint64_t cap, int steps)
     fl_range_destroy(r);
 }
 
+/* The self-check sees a corrupted free-list structure: it is what the tests and fuzzers
+ * rely on after every step. Each corruption is made, checked, and undone. */
+static void test_check_catches(void)
+{
+    fl_range *r;
+    CHECK_OK(fl_range_create(1 << 20, 512, &r));
+    uint64_t a, b, c, d;
+    CHECK_OK(fl_range_alloc(r, 4096, 0, &a));
+    CHECK_OK(fl_range_alloc(r, 8192, 0, &b));
+    CHECK_OK(fl_range_alloc(r, 4096, 0, &c));
+    CHECK_OK(fl_range_alloc(r, 4096, 0, &d));
+    CHECK_OK(fl_range_free(r, b)); /* a free block between live ones, and the tail */
+    CHECK(fl_range_check(r) == 0);
+    unsigned fl = 64, sl = 0;
+    for (unsigned f = 0; f < RANGE_FL_COUNT && fl == 64; f++)
+        if (r->sl_bitmap[f]) {
+            fl = f;
+            sl = (unsigned)__builtin_ctz(r->sl_bitmap[f]);
+        }
+    CHECK(fl < 64);
+    if (fl == 64) {
+        fl_range_destroy(r);
+        return;
+    }
+    uint32_t *bits = &r->sl_bitmap[fl];
+    uint32_t *head = &r->heads[fl * RANGE_SL_COUNT + sl];
+    /* A list whose bit is clear (its blocks are then on no visited list). */
+    *bits &= ~(1u << sl);
+    uint64_t flb = r->fl_bitmap;
+    if (!*bits)
+        r->fl_bitmap &= ~(UINT64_C(1) << fl);
+    CHECK(fl_range_check(r) != 0);
+    *bits |= 1u << sl;
+    r->fl_bitmap = flb;
+    CHECK(fl_range_check(r) == 0);
+    /* A bit set for an empty class. */
+    unsigned empty = sl == 0 ? 1 : 0;
+    *bits |= 1u << empty;
+    CHECK(fl_range_check(r) != 0);
+    *bits &= ~(1u << empty);
+    /* A bit past the 16 classes. */
+    *bits |= 1u << 20;
+    CHECK(fl_range_check(r) != 0);
+    *bits &= ~(1u << 20);
+    /* A first-level bit that disagrees. */
+    r->fl_bitmap ^= UINT64_C(1) << 63;
+    CHECK(fl_range_check(r) != 0);
+    r->fl_bitmap ^= UINT64_C(1) << 63;
+    /* A list head that is lost. */
+    uint32_t h = *head;
+    *head = 0xffffffffu;
+    CHECK(fl_range_check(r) != 0);
+    *head = h;
+    /* A block's class that is wrong. */
+    uint32_t cls = r->nodes[h].cls;
+    r->nodes[h].cls = cls + 1;
+    CHECK(fl_range_check(r) != 0);
+    r->nodes[h].cls = cls;
+    CHECK(fl_range_check(r) == 0);
+    fl_range_destroy(r);
+}
+
 int main(void)
 {
+    test_check_catches();
     test_basics();
     test_fit();
     test_random(1, 256 << 20, 20000);

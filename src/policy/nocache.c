@@ -37,7 +37,7 @@ static fl_status nocache_create(const fl_config *cfg, fl_device *dev, fl_policy 
     n->base.ops = &fl_policy_nocache;
     n->base.dev = dev;
     n->limit = cfg->limit;
-    fl_status st = fl_map_init(&n->live, 1024);
+    fl_status st = fl_map_init(&n->live, 16); /* grows; the self-check scans it */
     if (st != FL_OK) {
         free(n);
         return st;
