@@ -292,7 +292,7 @@ typedef struct fl_oom_report {
     fl_oom_verdict verdict; /* exhaustion when live + request > limit */
     uint64_t needs;         /* at least this much memory for the request to succeed */
     char advice[256];       /* the concrete next step */
-    char cause[256];        /* what the policy or device said (e.g. address space ran out) */
+    char cause[256];        /* what the policy or device said ("Detail:" in text) */
     char text[1536];        /* the whole report, as fl_last_error gives it */
 } fl_oom_report;
 

@@ -70,5 +70,5 @@ void fl_oom_judge(fl_oom_report *r, const char *policy, int device)
              "(external fragmentation %.1f%%). Verdict: %s (live + asked = %s %s the limit). Next: %s.%s%s",
              device, asked, (unsigned long long)r->stream, lim, cap, res, dfree, live, unalloc, largest,
              100.0 * r->external_fragmentation, fl_oom_verdict_name(r->verdict), need, why, r->advice,
-             r->cause[0] ? " Failed call: " : "", r->cause);
+             r->cause[0] ? " Detail: " : "", r->cause);
 }
