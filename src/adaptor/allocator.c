@@ -262,6 +262,17 @@ static fl_status out_of_memory(fl_allocator *a, uint64_t size, uint64_t stream)
     return fl_fail(FL_ERR_OOM, "%s", r->text);
 }
 
+/* Gives a block back to the policy, counting the bytes it had charged for it. */
+static fl_status policy_free(fl_allocator *a, uint64_t addr)
+{
+    fl_policy *p = a->policy;
+    uint64_t before = p->allocated;
+    fl_status s = p->ops->free(p, addr);
+    if (s == FL_OK)
+        a->freed_total += before - p->allocated;
+    return s;
+}
+
 /* Frees the pending blocks whose events have all completed; every one when the device
  * was just synchronized. */
 static fl_status process_pending(fl_allocator *a, int synchronized)
@@ -285,14 +296,11 @@ static fl_status process_pending(fl_allocator *a, int synchronized)
         }
         for (uint32_t k = 0; k < q.n; k++)
             fl_dev_event_destroy(p->dev, q.event[k]);
-        uint64_t before = p->allocated;
-        fl_status s = p->ops->free(p, q.addr);
+        fl_status s = policy_free(a, q.addr);
         if (s != FL_OK) { /* cannot happen for a block the policy handed out; kept, reported */
             a->pending[keep++] = (pending_free){q.addr, 0, {0}};
             err = s;
-            continue;
         }
-        a->freed_total += before - p->allocated;
     }
     a->n_pending = keep;
     return err;
@@ -375,10 +383,8 @@ static fl_status defer_free(fl_allocator *a, uint64_t addr, stream_uses *u)
             fl_dev_event_destroy(p->dev, q.event[k]);
         if ((s = fl_dev_synchronize(p->dev)) != FL_OK)
             return s; /* nothing changed: the block stays live */
-        uint64_t before = p->allocated;
-        if ((s = p->ops->free(p, addr)) != FL_OK)
+        if ((s = policy_free(a, addr)) != FL_OK)
             return s;
-        a->freed_total += before - p->allocated;
     }
     fl_map_remove(&a->uses, addr, NULL);
     free(u);
@@ -427,19 +433,11 @@ static fl_status free_locked(fl_allocator *a, uint64_t addr, uint64_t want_size)
         return fl_fail(FL_ERR_INVALID, "free of 0x%llx with size %llu: the block was allocated with %llu bytes; "
                        "not freed", (unsigned long long)addr, (unsigned long long)want_size,
                        (unsigned long long)size);
-    fl_policy *p = a->policy;
     uint64_t uses_val;
-    if (fl_map_get(&a->uses, addr, &uses_val)) {
-        fl_status s = defer_free(a, addr, (stream_uses *)(uintptr_t)uses_val);
-        if (s != FL_OK)
-            return s;
-    } else {
-        uint64_t before = p->allocated;
-        fl_status s = p->ops->free(p, addr);
-        if (s != FL_OK)
-            return s;
-        a->freed_total += before - p->allocated;
-    }
+    fl_status s = fl_map_get(&a->uses, addr, &uses_val) ? defer_free(a, addr, (stream_uses *)(uintptr_t)uses_val)
+                                                         : policy_free(a, addr);
+    if (s != FL_OK)
+        return s;
     fl_map_remove(&a->requested, addr, NULL);
     a->req_current -= size;
     a->req_freed += size;

@@ -34,30 +34,34 @@ static void on_region(void *user, uint64_t addr, uint64_t size, uint64_t stream,
             (unsigned long long)addr, (unsigned long long)size, (unsigned long long)stream);
 }
 
+/* Starts the next item of the region's "pages" (pages = 1) or "blocks" list, opening the
+ * list at its first item. */
+static void next_item(json_walk *w, int pages)
+{
+    if (pages ? !w->in_pages : !w->in_blocks) {
+        close_list(w);
+        fputs(pages ? ",\"pages\":[" : ",\"blocks\":[", w->out);
+        w->in_pages = pages;
+        w->in_blocks = !pages;
+        w->items = 0;
+    }
+    if (w->items++)
+        fputc(',', w->out);
+}
+
 static void on_page(void *user, uint64_t addr, uint64_t size, int mapped, uint32_t pins)
 {
     json_walk *w = user;
-    if (!w->in_pages) {
-        close_list(w);
-        fputs(",\"pages\":[", w->out);
-        w->in_pages = 1;
-        w->items = 0;
-    }
-    fprintf(w->out, "%s[\"0x%llx\",%llu,%d,%u]", w->items++ ? "," : "", (unsigned long long)addr,
-            (unsigned long long)size, mapped ? 1 : 0, pins);
+    next_item(w, 1);
+    fprintf(w->out, "[\"0x%llx\",%llu,%d,%u]", (unsigned long long)addr, (unsigned long long)size, mapped ? 1 : 0,
+            pins);
 }
 
 static void on_block(void *user, uint64_t addr, uint64_t size, int live)
 {
     json_walk *w = user;
-    if (!w->in_blocks) {
-        close_list(w);
-        fputs(",\"blocks\":[", w->out);
-        w->in_blocks = 1;
-        w->items = 0;
-    }
-    fprintf(w->out, "%s[\"0x%llx\",%llu,%d]", w->items++ ? "," : "", (unsigned long long)addr,
-            (unsigned long long)size, live ? 1 : 0);
+    next_item(w, 0);
+    fprintf(w->out, "[\"0x%llx\",%llu,%d]", (unsigned long long)addr, (unsigned long long)size, live ? 1 : 0);
 }
 
 fl_status fl_policy_snapshot_json(const fl_policy *p, const fl_stats *stats, FILE *out)

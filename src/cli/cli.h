@@ -30,6 +30,8 @@ int cli_run(int argc, char **argv);
 int cli_top(int argc, char **argv);
 
 int cli_doctor(const cli_opts *o);
+/* A what-if row against what ran: "saves X", "costs X more" or "same". */
+void cli_whatif_delta(char *buf, size_t n, uint64_t ran, uint64_t need);
 /* `fragless report`: the HTML report of every trace (src/cli/report.c). */
 int cli_report(const cli_opts *o);
 /* --policies as names (at most CLI_MAX_POLICIES, each known); 0 or an exit code, with

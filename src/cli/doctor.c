@@ -13,6 +13,17 @@ static const char *gib(uint64_t b, char *buf, size_t n)
     return fl_format_size(b, buf, n);
 }
 
+void cli_whatif_delta(char *buf, size_t n, uint64_t ran, uint64_t need)
+{
+    char a[32];
+    if (need < ran)
+        snprintf(buf, n, "saves %s", fl_format_size(ran - need, a, sizeof a));
+    else if (need > ran)
+        snprintf(buf, n, "costs %s more", fl_format_size(need - ran, a, sizeof a));
+    else
+        snprintf(buf, n, "same");
+}
+
 static void print_text(const fl_prepared *p, const fl_replay_opts *ran, const fl_diagnosis *d)
 {
     char a[32], b[32], c[32], e[32];
@@ -74,12 +85,8 @@ static void print_text(const fl_prepared *p, const fl_replay_opts *ran, const fl
     for (int i = 0; i < d->n_rows; i++) {
         const fl_whatif *w = &d->rows[i];
         char delta[64] = "-";
-        if (i > 0 && w->min_capacity < base)
-            snprintf(delta, sizeof delta, "saves %s", gib(base - w->min_capacity, a, sizeof a));
-        else if (i > 0 && w->min_capacity > base)
-            snprintf(delta, sizeof delta, "costs %s more", gib(w->min_capacity - base, a, sizeof a));
-        else if (i > 0)
-            snprintf(delta, sizeof delta, "same");
+        if (i > 0)
+            cli_whatif_delta(delta, sizeof delta, base, w->min_capacity);
         printf("  %-30s %12s   %s\n", w->label, gib(w->min_capacity, b, sizeof b), delta);
     }
 

@@ -237,12 +237,8 @@ static void write_doctor(FILE *f, int idx, const fl_replay_opts *ran, const fl_d
     for (int i = 0; i < d->n_rows; i++) {
         const fl_whatif *w = &d->rows[i];
         char delta[64] = "&ndash;";
-        if (i > 0 && w->min_capacity < base)
-            snprintf(delta, sizeof delta, "saves %s", sz(base - w->min_capacity, a, sizeof a));
-        else if (i > 0 && w->min_capacity > base)
-            snprintf(delta, sizeof delta, "costs %s more", sz(w->min_capacity - base, a, sizeof a));
-        else if (i > 0)
-            snprintf(delta, sizeof delta, "same");
+        if (i > 0)
+            cli_whatif_delta(delta, sizeof delta, base, w->min_capacity);
         fprintf(f, "<tr%s><td>", i == d->fragless_row ? " class=\"best\"" : i == d->best_pytorch ? " class=\"good\"" : "");
         report_esc(f, w->label);
         fprintf(f, "</td><td data-v=\"%llu\">%s</td><td>%.4f</td><td>%s</td><td><code>",

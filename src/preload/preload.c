@@ -232,16 +232,6 @@ static fl_status device_capacity(int dev, uint64_t *out)
 }
 
 /* limit:SIZE of $FRAGLESS_CONF, read once as the frontend reads it once. */
-static pthread_once_t limit_once = PTHREAD_ONCE_INIT;
-static uint64_t limit;
-
-static void read_limit(void)
-{
-    fl_config cfg;
-    if (fl_config_from_env(&cfg) == FL_OK)
-        limit = cfg.limit;
-}
-
 /* What the program may still allocate: memory the device has free plus what fragless
  * holds for no live block (its cache, which it hands out before asking the device for
  * more), so free rises after cudaFree as it does without fragless. Device free is the
@@ -274,8 +264,9 @@ FL_EXPORT cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes)
     }
     uint64_t cached = st.reserved_bytes.current > st.allocated_bytes.current ? st.reserved_bytes.current - st.allocated_bytes.current : 0;
     uint64_t free_now = dev_free + cached;
-    pthread_once(&limit_once, read_limit);
-    if (limit && limit < dev_total) {
+    /* The allocator's limit (limit:SIZE, or a later fl_set_limit); the capacity when unset. */
+    uint64_t limit = st.limit;
+    if (limit < dev_total) {
         dev_total = limit;
         uint64_t room = limit > st.allocated_bytes.current ? limit - st.allocated_bytes.current : 0;
         if (free_now > room)
