@@ -231,7 +231,6 @@ static fl_status device_capacity(int dev, uint64_t *out)
     return s;
 }
 
-/* limit:SIZE of $FRAGLESS_CONF, read once as the frontend reads it once. */
 /* What the program may still allocate: memory the device has free plus what fragless
  * holds for no live block (its cache, which it hands out before asking the device for
  * more), so free rises after cudaFree as it does without fragless. Device free is the
