@@ -7,7 +7,7 @@
 #include <unistd.h>
 
 #include "test_support.h"
-#include "trace/pickle.h"
+#include "pytorch/pickle.h"
 
 /* ---- known answers -------------------------------------------------------------------
  * Made with python3's pickle.dumps(VALUE, protocol=N) (the h_* ones by hand, checked with

@@ -10,7 +10,7 @@
 
 #include "replay/replay.h"
 #include "test_support.h"
-#include "trace/state_json.h"
+#include "state/state.h"
 
 #define EXAMPLE "examples/encoder_varlen.csv"
 

@@ -10,7 +10,7 @@
 
 #include "replay/replay.h"
 #include "test_support.h"
-#include "trace/snapshot.h"
+#include "pytorch/snapshot.h"
 
 static void opts_for(fl_replay_opts *o, const char *policy)
 {

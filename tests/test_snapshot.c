@@ -9,7 +9,7 @@
 
 #include "replay/replay.h"
 #include "test_support.h"
-#include "trace/snapshot.h"
+#include "pytorch/snapshot.h"
 
 /* ---- a tiny pickle writer (protocol 4 opcodes, no memo) ---------------------------------- */
 

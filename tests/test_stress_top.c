@@ -9,7 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "adaptor/adaptor.h"
+#include "allocator/allocator.h"
 #include "test_support.h"
 
 static const char fake_path[] = FL_TEST_FAKECUDA;

@@ -14,7 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "adaptor/adaptor.h"
+#include "allocator/allocator.h"
 #include "test_support.h"
 
 #define MiB (UINT64_C(1) << 20)

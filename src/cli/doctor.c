@@ -5,7 +5,7 @@
 
 #include "cli/cli.h"
 #include "replay/doctor.h"
-#include "trace/snapshot.h"
+#include "pytorch/snapshot.h"
 
 /* Human units ("7.00 MiB", "1.24 GiB"): these numbers range from KiB to GiB. */
 static const char *gib(uint64_t b, char *buf, size_t n)

@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
-#include "trace/snapshot.h"
+#include "pytorch/snapshot.h"
 
 static const char fidelity_help[] =
     "usage: fragless fidelity SNAPSHOT.pickle... [--format table|csv]\n"

@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
-#include "trace/snapshot.h"
+#include "pytorch/snapshot.h"
 
 static const char import_help[] =
     "usage: fragless import SNAPSHOT.pickle -o TRACE.csv [--device N]\n"

@@ -14,7 +14,7 @@
 #include "cli/progress.h"
 #include "cli/report.h"
 #include "replay/doctor.h"
-#include "trace/snapshot.h"
+#include "pytorch/snapshot.h"
 
 /* Timeline windows: each keeps its maximum, so peaks survive; ~1 px each at 1280 px. */
 #define TIMELINE_BUCKETS 640

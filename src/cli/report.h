@@ -6,7 +6,7 @@
 #include <stdio.h>
 
 #include "replay/replay.h"
-#include "trace/state_json.h"
+#include "state/state.h"
 
 /* Anything from the input (file names) goes through here. */
 void report_esc(FILE *f, const char *s);

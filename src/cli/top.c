@@ -1,5 +1,5 @@
 /* `fragless top`: what every process using fragless on a GPU publishes (one shared-memory
- * file per process and device, src/adaptor/publish.c), with device totals from NVML when
+ * file per process and device, src/allocator/publish.c), with device totals from NVML when
  * the library is there; files of processes that are gone are removed. */
 #include <dirent.h>
 #include <dlfcn.h>
@@ -12,7 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "adaptor/adaptor.h"
+#include "allocator/allocator.h"
 #include "cli/cli.h"
 
 static const char top_help[] =

@@ -5,6 +5,7 @@
 #define FL_POLICY_H
 
 #include "device/device.h"
+#include "state/state.h"
 
 typedef struct fl_policy fl_policy;
 
@@ -16,20 +17,6 @@ typedef struct fl_policy_state {
                                    whole pages; cca: segments or pages with no live block) */
 } fl_policy_state;
 
-/* What a policy holds, visited in address order for state snapshots and the report's
- * page map (not a hot path). Callbacks may be NULL. */
-typedef struct fl_state_visitor {
-    void *user;
-    /* A region of address space: a fragless heap's reservation (kind "heap" or "small
-     * heap"), a cca segment ("segment", "expandable segment"), a nocache block ("block").
-     * Pages and blocks that follow belong to it. */
-    void (*region)(void *user, uint64_t addr, uint64_t size, uint64_t stream, const char *kind);
-    /* A device page of the region (regions made of pages only, up to the highest page
-     * ever mapped): mapped or not, and how many live blocks touch it (0 = cached). */
-    void (*page)(void *user, uint64_t addr, uint64_t size, int mapped, uint32_t pins);
-    /* A block of the region: live, or free (cached and reusable). */
-    void (*block)(void *user, uint64_t addr, uint64_t size, int live);
-} fl_state_visitor;
 
 typedef struct fl_policy_ops {
     const char *name;

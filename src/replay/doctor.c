@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "replay/doctor.h"
-#include "adaptor/adaptor.h"
+#include "allocator/allocator.h"
 
 static inline uint64_t rounded(uint64_t size) { return fl_align_up(size ? size : 1, 512); }
 

@@ -6,7 +6,7 @@
 
 #include "replay/replay.h"
 
-/* The verdict is the live allocator's (fl_oom_verdict, src/adaptor/oom.c): one rule. */
+/* The verdict is the live allocator's (fl_oom_verdict, src/allocator/oom.c): one rule. */
 typedef fl_oom_verdict fl_verdict;
 #define FL_VERDICT_NONE FL_OOM_NONE
 #define FL_VERDICT_FRAGMENTATION FL_OOM_FRAGMENTATION

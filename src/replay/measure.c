@@ -3,7 +3,7 @@
 #include <string.h>
 
 #include "replay/replay.h"
-#include "trace/snapshot.h"
+#include "pytorch/snapshot.h"
 
 fl_status fl_measure_run(const fl_prepared *p, const fl_replay_opts *o, uint64_t capacity, int min_capacity,
                          fl_measure *m)

@@ -1,5 +1,5 @@
-/* Fuzz target: the restricted pickle reader (src/trace/pickle*.c) and the snapshot
- * conversion (src/trace/snapshot.c), as `fragless replay x.pickle` runs them (the reader
+/* Fuzz target: the restricted pickle reader (src/pytorch/pickle*.c) and the snapshot
+ * conversion (src/pytorch/snapshot.c), as `fragless replay x.pickle` runs them (the reader
  * from memory instead of a file), then fl_prepare. Properties: errors are FL_ERR_PARSE /
  * FL_ERR_INVALID with a message, the document stays within its memory bound, every
  * value is well formed, and the events convert, write as CSV and prepare. */
@@ -9,8 +9,8 @@
 
 #include "fuzz.h"
 #include "replay/replay.h"
-#include "trace/pickle.h"
-#include "trace/snapshot.h"
+#include "pytorch/pickle.h"
+#include "pytorch/snapshot.h"
 
 /* Far below the 4 GiB the CLI allows, so libFuzzer's 2 GiB malloc limit is never the
  * finding; the bound itself is what is being tested. */

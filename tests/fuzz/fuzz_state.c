@@ -1,4 +1,4 @@
-/* Fuzz target: the state snapshot reader (src/trace/state_json.c, the JSON that
+/* Fuzz target: the state snapshot reader (src/state/state_read.c, the JSON that
  * fl_allocator_snapshot writes and `fragless report` draws). Properties: a failure is
  * FL_ERR_PARSE (or FL_ERR_NOMEM) with a message and leaves the state empty; a success
  * has regions whose pages and blocks lie inside them, in address order, with their
@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "fuzz.h"
-#include "trace/state_json.h"
+#include "state/state.h"
 
 typedef struct counts {
     size_t regions, pages, blocks;

@@ -13,7 +13,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "adaptor/adaptor.h"
+#include "allocator/allocator.h"
 #include "trace/trace.h"
 
 /* The trace is flushed at least this often. */
@@ -225,7 +225,7 @@ static fl_status write_snapshot(fl_allocator *a, const char *path)
         return fl_fail(FL_ERR_IO, "state snapshot %s: cannot open: %s", path, strerror(errno));
     fl_stats st;
     stats_locked(a, &st);
-    fl_status s = fl_policy_snapshot_json(a->policy, &st, f);
+    fl_status s = fl_state_write(a->policy, &st, f);
     if (fclose(f) != 0 && s == FL_OK)
         s = fl_fail(FL_ERR_IO, "state snapshot %s: write error: %s", path, strerror(errno));
     return s;

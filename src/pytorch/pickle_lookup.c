@@ -1,6 +1,6 @@
 /* Reading a parsed document: type names, dict lookups by str key, and the typed
  * getters (want / opt) whose failures say where, which key and what was found. */
-#include "trace/pickle.h"
+#include "pytorch/pickle.h"
 
 #include <stdarg.h>
 #include <stdio.h>

@@ -4,7 +4,7 @@
 #ifndef FL_SNAPSHOT_H
 #define FL_SNAPSHOT_H
 
-#include "trace/pickle.h"
+#include "pytorch/pickle.h"
 #include "trace/trace.h"
 
 /* What the conversion found, for summaries, `doctor` and fidelity checks. */

@@ -1,4 +1,4 @@
-/* The state snapshot reader (state_json.h): the format of src/adaptor/snapshot_json.c read
+/* The state snapshot reader (state/state.h): the format of src/allocator/state_write.c read
  * through the JSON pull parser of json.h, which bounds every read by the text's length and
  * the nesting by FL_STATE_MAX_DEPTH. The format's fixed nesting drives the reading; only
  * unknown values are skipped by shape. Here: the keys known, the tuples of pages and
@@ -9,8 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "trace/json.h"
-#include "trace/state_json.h"
+#include "util/json.h"
+#include "state/state.h"
 
 /* ----------------------------------------------------------------------------------
  * The statistics this reader knows, by the key fl_stats_json writes

@@ -1,7 +1,7 @@
 /* The opcode table and what the reader says about opcodes: their names, the error
  * messages that cite them, and the refusal of every opcode that would import or call
  * code (by name, with what it would have imported), which is never executed. */
-#include "trace/pickle_internal.h"
+#include "pytorch/pickle_internal.h"
 
 #include <stdarg.h>
 #include <stdio.h>

@@ -4,7 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "adaptor/adaptor.h"
+#include "allocator/allocator.h"
 
 typedef struct out_buf {
     char *buf;

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "trace/json.h"
+#include "util/json.h"
 
 /* ----------------------------------------------------------------------------------
  * Messages and the path to the value being read

@@ -4,7 +4,7 @@
 #ifndef FL_PICKLE_INTERNAL_H
 #define FL_PICKLE_INTERNAL_H
 
-#include "trace/pickle.h"
+#include "pytorch/pickle.h"
 
 /* The chunks of its arena are pickle_value.c's. */
 struct fl_pk_doc {

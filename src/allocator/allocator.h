@@ -1,8 +1,8 @@
 /* Internal pieces of the allocator object (allocator.c): the out-of-memory judgment that
  * doctor shares, the statistics texts, the state snapshot writer and the publisher for
  * `fragless top`. Not included from outside src/ and tests/. */
-#ifndef FL_ADAPTOR_H
-#define FL_ADAPTOR_H
+#ifndef FL_ALLOCATOR_H
+#define FL_ALLOCATOR_H
 
 #include <stdint.h>
 #include <stdio.h>
@@ -18,7 +18,7 @@ void fl_oom_judge(fl_oom_report *r, const char *policy, int device);
 
 /* The state snapshot of a policy as JSON (format: docs/ARCHITECTURE.md). stats may be
  * NULL. */
-fl_status fl_policy_snapshot_json(const fl_policy *p, const fl_stats *stats, FILE *out);
+fl_status fl_state_write(const fl_policy *p, const fl_stats *stats, FILE *out);
 
 /* `fragless top`: statistics in a small shared-memory file per process and device
  * (publish.c; format in docs/ARCHITECTURE.md). The file is one fl_pub_record, written

@@ -1,7 +1,7 @@
 /* The restricted pickle reader proper: one pass over the opcodes with explicit stacks
  * (values, marks, memo), and the two ways in (a file, memory). Values and the memory
  * budget are pickle_value.c's; opcodes that would run code are refused in pickle_opcodes.c. */
-#include "trace/pickle_internal.h"
+#include "pytorch/pickle_internal.h"
 
 #include <errno.h>
 #include <stdio.h>

@@ -1,5 +1,5 @@
 /* State snapshots read back: the JSON that fl_allocator_snapshot, oom_snapshot:PATH and
- * Python's fragless.snapshot() write (src/adaptor/snapshot_json.c, format in
+ * Python's fragless.snapshot() write (src/allocator/state_write.c, format in
  * docs/ARCHITECTURE.md, "The allocator object"), for `fragless report`.
  *
  * A strict reader: a small recursive-descent JSON parser (objects, arrays, strings with
@@ -9,13 +9,28 @@
  * (forward compatible); a "format" other than "fragless-state" or a "version" other than 1
  * is refused. Errors are FL_ERR_PARSE with "NAME:LINE:COL: what was expected in
  * regions[2].pages, found ... (byte OFFSET)". */
-#ifndef FL_STATE_JSON_H
-#define FL_STATE_JSON_H
+#ifndef FL_STATE_H
+#define FL_STATE_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-#include "policy/policy.h"
+#include "fragless.h"
+
+/* What a policy holds, visited in address order for state snapshots and the report's
+ * page map (not a hot path). Callbacks may be NULL. */
+typedef struct fl_state_visitor {
+    void *user;
+    /* A region of address space: a fragless heap's reservation (kind "heap" or "small
+     * heap"), a cca segment ("segment", "expandable segment"), a nocache block ("block").
+     * Pages and blocks that follow belong to it. */
+    void (*region)(void *user, uint64_t addr, uint64_t size, uint64_t stream, const char *kind);
+    /* A device page of the region (regions made of pages only, up to the highest page
+     * ever mapped): mapped or not, and how many live blocks touch it (0 = cached). */
+    void (*page)(void *user, uint64_t addr, uint64_t size, int mapped, uint32_t pins);
+    /* A block of the region: live, or free (cached and reusable). */
+    void (*block)(void *user, uint64_t addr, uint64_t size, int live);
+} fl_state_visitor;
 
 /* Deepest nesting of arrays and objects a file may have: the format needs 5
  * (top > regions > region > pages > page). */

@@ -4,7 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "adaptor/adaptor.h"
+#include "allocator/allocator.h"
 
 const char *fl_oom_verdict_name(fl_oom_verdict v)
 {

@@ -9,7 +9,7 @@
  * Addresses and streams are hex strings (they need not fit a double); sizes numbers. */
 #include <stdlib.h>
 
-#include "adaptor/adaptor.h"
+#include "allocator/allocator.h"
 
 typedef struct json_walk {
     FILE *out;
@@ -64,7 +64,7 @@ static void on_block(void *user, uint64_t addr, uint64_t size, int live)
     fprintf(w->out, "[\"0x%llx\",%llu,%d]", (unsigned long long)addr, (unsigned long long)size, live ? 1 : 0);
 }
 
-fl_status fl_policy_snapshot_json(const fl_policy *p, const fl_stats *stats, FILE *out)
+fl_status fl_state_write(const fl_policy *p, const fl_stats *stats, FILE *out)
 {
     fprintf(out, "{\"format\":\"fragless-state\",\"version\":1,\"policy\":\"%s\",\"granularity\":%llu,\"capacity\":%llu,\n",
             p->ops->name, (unsigned long long)p->dev->granularity, (unsigned long long)p->dev->capacity);

@@ -1,7 +1,7 @@
 /* The document and its values: the arena every value lives in, the one memory budget
  * that the arena and the reader's stacks are charged against, and the constructors of
  * scalars, strings and containers that the opcodes build. */
-#include "trace/pickle_internal.h"
+#include "pytorch/pickle_internal.h"
 
 #include <stdlib.h>
 #include <string.h>

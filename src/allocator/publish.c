@@ -16,7 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "adaptor/adaptor.h"
+#include "allocator/allocator.h"
 
 /* The file format is an ABI between processes built at different times: a change of
  * fl_stats or of the header must bump FL_PUB_VERSION (and update these figures). */

@@ -1,7 +1,7 @@
 /* The arguments of the opcodes: fixed-width and text integers, ints beyond 64 bits,
  * counted strings and bytes, and the text encodings (UTF-8, raw-unicode-escape) that
  * strings are checked against or decoded from. */
-#include "trace/pickle_internal.h"
+#include "pytorch/pickle_internal.h"
 
 #include <string.h>
 

@@ -1,7 +1,7 @@
 /* PyTorch memory snapshot -> fl_trace: reads device_traces[device], segments and
  * allocator_settings from a parsed pickle, reconstructs the blocks that were alive before
  * recording began, and counts what it skipped. */
-#include "trace/snapshot.h"
+#include "pytorch/snapshot.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,4 +1,4 @@
-/* The state snapshot reader (src/trace/state_json.c): files fl_allocator_snapshot writes
+/* The state snapshot reader (src/state/state_read.c): files fl_allocator_snapshot writes
  * for every policy read back as the policy's own walk gives them (a twin policy on a twin
  * sim device runs the same calls), with the statistics and the blocks the test still
  * holds; malformed inputs (every truncation of a valid file, wrong format or version, bad
@@ -8,9 +8,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "adaptor/adaptor.h"
+#include "allocator/allocator.h"
 #include "test_support.h"
-#include "trace/state_json.h"
+#include "state/state.h"
 
 #define MiB (UINT64_C(1) << 20)
 
@@ -175,7 +175,7 @@ static void test_policy(const char *policy, const char *path)
     FILE *f = fopen(path, "w");
     CHECK(f != NULL);
     if (f) {
-        CHECK_OK(fl_policy_snapshot_json(pol, NULL, f));
+        CHECK_OK(fl_state_write(pol, NULL, f));
         fclose(f);
         fl_state st2;
         CHECK_OK(fl_state_read(path, &st2));
