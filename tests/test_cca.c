@@ -25,6 +25,7 @@ static fl_device *sim_dev(uint64_t capacity)
 static fl_policy *make(const fl_policy_ops *ops, const fl_config *cfg, fl_device *d)
 {
     fl_policy *p = NULL;
+    d->limit = cfg->limit; /* as fl_policy_create does: the device layer owns the limit */
     CHECK_OK(ops->create(cfg, d, &p));
     if (!p) {
         fprintf(stderr, "cannot create %s: %s\n", ops->name, fl_last_error());

@@ -62,8 +62,8 @@ static void test_fragmented(void)
     CHECK_EQ_U64(d.oom.live, 45 * MiB);
     CHECK_EQ_U64(d.oom.reserved, 100 * MiB);
     CHECK_EQ_U64(d.device_free, 0);
-    CHECK_EQ_U64(d.oom.state.free_in_reserved, 55 * MiB);
-    CHECK_EQ_U64(d.oom.state.largest_free, 9 * MiB);
+    CHECK_EQ_U64(d.oom.free_in_reserved, 55 * MiB);
+    CHECK_EQ_U64(d.oom.largest_free, 9 * MiB);
     CHECK(d.ext_frag > 0.83 && d.ext_frag < 0.84); /* 1 - 9/55 */
     CHECK_EQ_U64(d.oom_op, 15);
     /* What if: the peak is the ten blocks (90 MiB); fragless runs within a page of it,

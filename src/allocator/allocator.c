@@ -37,8 +37,7 @@ typedef struct pending_free {
 struct fl_allocator {
     pthread_mutex_t lock;
     fl_policy *policy;
-    fl_config cfg;
-    uint64_t limit;             /* what it may hold; 0 = the device's capacity */
+    fl_config cfg;              /* as created; the limit lives on the device (fl_dev_limit) */
     fl_map requested;           /* live block -> requested bytes */
     /* Statistics beyond the policy's own counters. */
     uint64_t peak_allocated, alloc_total, freed_total;
@@ -88,13 +87,6 @@ static void trace_row(fl_allocator *a, int kind, uint64_t ptr, uint64_t size, ui
     }
 }
 
-
-static uint64_t effective_limit(const fl_allocator *a)
-{
-    uint64_t cap = a->policy->dev->capacity;
-    return a->limit && a->limit < cap ? a->limit : cap;
-}
-
 fl_status fl_allocator_create(const fl_config *cfg, fl_device *dev, fl_allocator **out)
 {
     *out = NULL;
@@ -102,7 +94,6 @@ fl_status fl_allocator_create(const fl_config *cfg, fl_device *dev, fl_allocator
     if (!a)
         return fl_fail(FL_ERR_NOMEM, "allocator: host memory");
     a->cfg = *cfg;
-    a->limit = cfg->limit;
     fl_status s = fl_map_init(&a->requested, 1024);
     if (s == FL_OK)
         s = fl_map_init(&a->uses, 16);
@@ -186,7 +177,7 @@ static void stats_fill(fl_allocator *a, fl_stats *out, int query)
     out->num_device_free = c->calls[FL_CALL_RELEASE] + c->calls[FL_CALL_MEM_FREE];
     out->num_sync_all_streams = c->calls[FL_CALL_SYNC];
     out->capacity = p->dev->capacity;
-    out->limit = effective_limit(a);
+    out->limit = fl_dev_limit(p->dev);
     uint64_t room = out->limit > c->in_use ? out->limit - c->in_use : 0;
     out->largest_free = st.largest_free > room ? st.largest_free : room;
     uint64_t total = st.free_in_reserved + room;
@@ -244,7 +235,7 @@ static fl_status out_of_memory(fl_allocator *a, uint64_t size, uint64_t stream)
     r->request = size;
     r->stream = stream;
     r->capacity = p->dev->capacity;
-    r->limit = effective_limit(a);
+    r->limit = fl_dev_limit(p->dev);
     r->live = a->live512;
     r->reserved = p->dev->counters.in_use;
     r->free_in_reserved = st.free_in_reserved;
@@ -336,7 +327,7 @@ fl_status fl_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *ad
         a->req_total += size;
         if (a->req_current > a->req_peak)
             a->req_peak = a->req_current;
-        a->live512 += fl_align_up(size, 512);
+        a->live512 += fl_live_size(size);
         if (p->num_allocs - p->num_frees > a->blocks_peak)
             a->blocks_peak = p->num_allocs - p->num_frees;
     } else if (s == FL_ERR_OOM) {
@@ -441,7 +432,7 @@ static fl_status free_locked(fl_allocator *a, uint64_t addr, uint64_t want_size)
     fl_map_remove(&a->requested, addr, NULL);
     a->req_current -= size;
     a->req_freed += size;
-    a->live512 -= fl_align_up(size, 512);
+    a->live512 -= fl_live_size(size);
     if (a->trace) {
         uint64_t stream = 0;
         fl_map_remove(&a->trace_streams, addr, &stream);
@@ -482,12 +473,10 @@ fl_status fl_empty_cache(fl_allocator *a)
 
 fl_status fl_set_limit(fl_allocator *a, uint64_t bytes)
 {
-    if (!a->policy->ops->set_limit)
-        return fl_fail(FL_ERR_UNSUPPORTED, "policy %s has no limit to set", a->policy->ops->name);
     pthread_mutex_lock(&a->lock);
-    fl_status s = a->policy->ops->set_limit(a->policy, bytes);
-    if (s == FL_OK)
-        a->limit = bytes;
+    fl_policy *p = a->policy;
+    p->dev->limit = bytes;
+    fl_status s = p->ops->limit_changed ? p->ops->limit_changed(p) : FL_OK;
     maybe_publish(a, 1);
     pthread_mutex_unlock(&a->lock);
     return s;
@@ -546,3 +535,6 @@ int fl_allocator_check(const fl_allocator *a)
     pthread_mutex_unlock(lock);
     return r;
 }
+
+fl_policy *fl_allocator_policy(const fl_allocator *a) { return a->policy; }
+uint64_t fl_allocator_live(const fl_allocator *a) { return a->live512; }

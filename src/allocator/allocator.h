@@ -9,6 +9,12 @@
 
 #include "policy/policy.h"
 
+/* For replay and the report, which drive an allocator they made from one thread: the
+ * policy inside (for its walk and self-check) and the live bytes, each request rounded
+ * up to 512 B (fl_live_size), as the out-of-memory report counts them. */
+fl_policy *fl_allocator_policy(const fl_allocator *a);
+uint64_t fl_allocator_live(const fl_allocator *a);
+
 /* Fills the judgment of an out-of-memory moment from the facts in r (request, stream,
  * capacity, limit, live, reserved, free_in_reserved, largest_free): device_free,
  * external fragmentation (largest free taken over what the policy holds and what may

@@ -44,7 +44,7 @@ static void print_text(const fl_prepared *p, const fl_replay_opts *ran, const fl
             printf("No capacity given: run with --capacity SIZE (your GPU's memory) to diagnose an "
                    "out-of-memory.\n\n");
     } else {
-        const fl_oom_state *o = &d->oom;
+        const fl_oom_report *o = &d->oom;
         printf("Out of memory at event %zu%s, replayed under %s at a capacity of %s:\n", d->oom_op,
                d->oom_was_recorded ? " (the failure the trace recorded)" : "", ran->cfg.policy,
                gib(d->capacity, a, sizeof a));
@@ -52,8 +52,8 @@ static void print_text(const fl_prepared *p, const fl_replay_opts *ran, const fl
         printf("  free on the device             %s\n", gib(d->device_free, a, sizeof a));
         printf("  live (in use by the program)   %s\n", gib(o->live, a, sizeof a));
         printf("  reserved but unallocated       %s  (of %s the allocator holds)\n",
-               gib(o->state.free_in_reserved, a, sizeof a), gib(o->reserved, b, sizeof b));
-        printf("  largest free block             %s\n", gib(o->state.largest_free, a, sizeof a));
+               gib(o->free_in_reserved, a, sizeof a), gib(o->reserved, b, sizeof b));
+        printf("  largest free block             %s\n", gib(o->largest_free, a, sizeof a));
         printf("  external fragmentation         %.1f%%  (1 - largest free block / all free memory)\n",
                100.0 * d->ext_frag);
         if (d->verdict == FL_VERDICT_FRAGMENTATION)
@@ -122,7 +122,7 @@ static void print_json(const fl_prepared *p, const fl_replay_opts *ran, const fl
                "\"external_fragmentation\": %.4f}, ",
                d->oom_op, (unsigned long long)d->oom.request, (unsigned long long)d->device_free,
                (unsigned long long)d->oom.live, (unsigned long long)d->oom.reserved,
-               (unsigned long long)d->oom.state.free_in_reserved, (unsigned long long)d->oom.state.largest_free,
+               (unsigned long long)d->oom.free_in_reserved, (unsigned long long)d->oom.largest_free,
                d->ext_frag);
     else
         printf("\"oom\": null, ");

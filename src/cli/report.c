@@ -197,24 +197,24 @@ static void write_doctor(FILE *f, int idx, const fl_replay_opts *ran, const fl_d
     const char *cls = d->verdict == FL_VERDICT_FRAGMENTATION ? "frag" : d->verdict == FL_VERDICT_EXHAUSTION ? "exh" : "none";
     fprintf(f, "<div class=\"verdict %s\" data-verdict=\"%s\">", cls, fl_verdict_name(d->verdict));
     if (d->has_oom) {
-        const fl_oom_state *s = &d->oom;
+        const fl_oom_report *s = &d->oom;
         if (d->verdict == FL_VERDICT_FRAGMENTATION)
             fprintf(f, "<p><b>Verdict: fragmentation.</b> Live %s + asked %s = %s fits in the capacity of %s: the "
                        "memory exists but is cut into pieces too small for the request.</p>",
                     sz(s->live, a, sizeof a), sz(s->request, b, sizeof b), sz(s->live + s->request, c, sizeof c),
-                    sz(s->capacity, e, sizeof e));
+                    sz(s->limit, e, sizeof e));
         else
             fprintf(f, "<p><b>Verdict: exhaustion.</b> Live %s + asked %s = %s is more than the capacity of %s: no "
                        "allocator can fit this; the job needs more memory or less live data.</p>",
                     sz(s->live, a, sizeof a), sz(s->request, b, sizeof b), sz(s->live + s->request, c, sizeof c),
-                    sz(s->capacity, e, sizeof e));
+                    sz(s->limit, e, sizeof e));
         fprintf(f, "<p>Out of memory at event %zu%s, replayed under %s at a capacity of %s: asked %s; free on the "
                    "device %s; ",
                 d->oom_op, d->oom_was_recorded ? " (the failure the trace recorded)" : "", ran->cfg.policy,
                 sz(d->capacity, a, sizeof a), sz(s->request, b, sizeof b), sz(d->device_free, c, sizeof c));
         fprintf(f, "reserved but unallocated %s of %s held; largest free block %s; external fragmentation %.1f%%.</p>",
-                sz(s->state.free_in_reserved, a, sizeof a), sz(s->reserved, b, sizeof b),
-                sz(s->state.largest_free, c, sizeof c), 100.0 * d->ext_frag);
+                sz(s->free_in_reserved, a, sizeof a), sz(s->reserved, b, sizeof b),
+                sz(s->largest_free, c, sizeof c), 100.0 * d->ext_frag);
     } else if (d->capacity) {
         fprintf(f, "<p><b>No out-of-memory</b> at a capacity of %s under %s: the job fits.</p>",
                 sz(d->capacity, a, sizeof a), ran->cfg.policy);

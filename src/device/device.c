@@ -26,8 +26,20 @@ static fl_status account(fl_device *d, fl_call c, uint64_t in_use_before, fl_sta
     return s;
 }
 
+/* Beyond the limit: refused before the device is asked. Without a limit the device
+ * decides (a real GPU is shared; its capacity is no promise). */
+static fl_status over_limit(const fl_device *d, uint64_t size)
+{
+    char asked[32], held[32], lim[32];
+    return fl_fail(FL_ERR_OOM, "limit %s reached: holding %s, asked %s more",
+                   fl_format_size(d->limit, lim, sizeof lim), fl_format_size(d->counters.in_use, held, sizeof held),
+                   fl_format_size(size, asked, sizeof asked));
+}
+
 fl_status fl_dev_mem_alloc(fl_device *d, uint64_t size, uint64_t *addr)
 {
+    if (d->limit && d->limit < d->capacity && size > fl_dev_room(d))
+        return over_limit(d, size);
     uint64_t before = d->counters.in_use;
     return account(d, FL_CALL_MEM_ALLOC, before, d->ops->mem_alloc(d, size, addr));
 }
@@ -48,6 +60,8 @@ fl_status fl_dev_addr_free(fl_device *d, uint64_t va, uint64_t size)
 }
 fl_status fl_dev_create(fl_device *d, uint64_t size, uint64_t *handle)
 {
+    if (d->limit && d->limit < d->capacity && size > fl_dev_room(d))
+        return over_limit(d, size);
     uint64_t before = d->counters.in_use;
     return account(d, FL_CALL_CREATE, before, d->ops->create(d, size, handle));
 }

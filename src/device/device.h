@@ -1,6 +1,8 @@
 /* The device interface: every policy gets memory through these calls, never from the
- * driver directly. Implementations: sim.c (simulated GPU) and, later, the CUDA driver.
- * The fl_dev_* wrappers count calls and track physical bytes in use for every device. */
+ * driver directly. Implementations: sim.c (simulated GPU) and cuda.c (the CUDA driver).
+ * The fl_dev_* wrappers count calls, track physical bytes in use for every device and
+ * own the allocator's limit: a create or mem_alloc beyond it is refused before the
+ * device is asked, so every policy meets the limit as the device being full. */
 #ifndef FL_DEVICE_H
 #define FL_DEVICE_H
 
@@ -40,12 +42,27 @@ struct fl_device {
     int vmm_supported;
     int is_gpu;             /* a real GPU (the cuda device); 0 for simulated ones */
     int ordinal;            /* the GPU's ordinal when is_gpu */
+    uint64_t limit;         /* the most its allocator may hold; 0 = none (fl_dev_limit) */
     /* Updated by the wrappers (calls, failed_calls, peak) and by implementations
      * (in_use on create/release/mem_alloc/mem_free; time_us per call). */
     fl_device_counters counters;
 };
 
-/* Wrappers: the only way policies call a device. */
+/* The limit rule, written once: the most physical memory the device's user may hold,
+ * the limit when one is set below the capacity, else the capacity. */
+static inline uint64_t fl_dev_limit(const fl_device *d)
+{
+    return d->limit && d->limit < d->capacity ? d->limit : d->capacity;
+}
+/* What may still be obtained under the limit (0 when at or above it). */
+static inline uint64_t fl_dev_room(const fl_device *d)
+{
+    uint64_t lim = fl_dev_limit(d);
+    return lim > d->counters.in_use ? lim - d->counters.in_use : 0;
+}
+
+/* Wrappers: the only way policies call a device. create and mem_alloc beyond the limit
+ * fail with FL_ERR_OOM without a device call (not counted as one). */
 fl_status fl_dev_mem_alloc(fl_device *d, uint64_t size, uint64_t *addr);
 fl_status fl_dev_mem_free(fl_device *d, uint64_t addr);
 fl_status fl_dev_reserve(fl_device *d, uint64_t size, uint64_t *va);

@@ -128,7 +128,8 @@ static bool should_split(const cca_policy *c, const cca_block *b, uint64_t size)
     return size < c->max_split && remaining > CCA_SMALL_SIZE;
 }
 
-static bool gc_enabled(const cca_policy *c) { return c->limit && c->gc_threshold > 0.0; }
+/* PyTorch collects garbage only under a memory fraction (a limit set by the user). */
+static bool gc_enabled(const cca_policy *c) { return c->base.dev->limit && c->gc_threshold > 0.0; }
 
 /* ---- finding a cached block ---------------------------------------------------- */
 
@@ -259,7 +260,7 @@ static int gc_gather(cca_node *n, void *user)
  * average, oldest-first in effect, repeating until enough is reclaimed. No sync. */
 static fl_status garbage_collect(cca_policy *c)
 {
-    uint64_t threshold = (uint64_t)(c->gc_threshold * (double)c->limit);
+    uint64_t threshold = (uint64_t)(c->gc_threshold * (double)fl_dev_limit(c->base.dev));
     uint64_t reserved = cca_reserved(c);
     if (reserved <= threshold || c->large.blocks.count == 0)
         return FL_OK;
@@ -335,9 +336,8 @@ static fl_status alloc_block(cca_policy *c, cca_pool *pool, uint64_t stream, uin
 {
     if (retry)
         c->base.retries++;
-    /* The memory-fraction check happens before any device call, as in PyTorch. */
-    if (c->limit && cca_reserved(c) + alloc_size > c->limit)
-        return FL_ERR_OOM;
+    /* The memory-fraction check happens before any device call, as in PyTorch: the
+     * device layer refuses beyond the limit (fl_dev_limit) without asking the device. */
     if (c->expandable)
         return cca_exp_alloc(c, pool, stream, size, out);
     return alloc_segment(c, pool, stream, alloc_size, out);
@@ -349,9 +349,9 @@ static fl_status report_oom(cca_policy *c, uint64_t req, uint64_t alloc_size, ui
     const fl_device *d = c->base.dev;
     uint64_t reserved = cca_reserved(c);
     uint64_t free_dev = d->capacity > reserved ? d->capacity - reserved : 0;
-    if (c->limit) {
+    if (d->limit) {
         char lim[32];
-        snprintf(allowed, sizeof allowed, "%s allowed; ", fl_format_size(c->limit, lim, sizeof lim));
+        snprintf(allowed, sizeof allowed, "%s allowed; ", fl_format_size(fl_dev_limit(d), lim, sizeof lim));
     }
     c->base.ooms++;
     return fl_fail(FL_ERR_OOM,
@@ -526,7 +526,6 @@ static fl_status create_common(const fl_config *cfg, fl_device *dev, fl_policy *
     c->cfg = *cfg;
     c->expandable = expandable;
     c->max_split = cfg->max_split_size ? cfg->max_split_size : UINT64_MAX;
-    c->limit = cfg->limit;
     c->gc_threshold = cfg->gc_threshold;
     cca_set_init(&c->small.blocks, false, 0x1234567u);
     cca_set_init(&c->small.unmapped, true, 0x2345678u);
@@ -666,13 +665,6 @@ static int cca_check(const fl_policy *p)
     return 0;
 }
 
-/* set_per_process_memory_fraction: PyTorch checks the allowed memory only before it
- * asks the device for more; what it holds already stays cached. */
-static fl_status cca_set_limit(fl_policy *p, uint64_t bytes)
-{
-    ((cca_policy *)p)->limit = bytes;
-    return FL_OK;
-}
 
 /* Free mapped blocks: PyTorch's "reserved but unallocated", and the largest of them
  * (on any stream; what one stream could reuse may be less). */
@@ -733,7 +725,6 @@ const fl_policy_ops fl_policy_cca = {
     .empty_cache = cca_empty_cache,
     .check = cca_check,
     .query = cca_query,
-    .set_limit = cca_set_limit,
     .walk = cca_walk,
 };
 
@@ -746,6 +737,5 @@ const fl_policy_ops fl_policy_cca_expandable = {
     .empty_cache = cca_empty_cache,
     .check = cca_check,
     .query = cca_query,
-    .set_limit = cca_set_limit,
     .walk = cca_walk,
 };

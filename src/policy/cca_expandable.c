@@ -115,11 +115,8 @@ static fl_status seg_map(cca_policy *c, cca_segment *s, uint64_t ptr, uint64_t s
         }
     for (i = begin; i < end; i++) {
         /* PyTorch checks the fraction once per request, with the segment size; a page
-         * count over it would go through. The limit here is a hard cap, so check each page. */
-        if (c->limit && cca_reserved(c) + s->page > c->limit) {
-            st = FL_ERR_OOM;
-            break;
-        }
+         * count over it would go through. The limit here is a hard cap: the device layer
+         * refuses each page beyond it. */
         if ((st = fl_dev_create(d, s->page, &s->handles[i])) != FL_OK) {
             s->handles[i] = CCA_NO_HANDLE;
             break;

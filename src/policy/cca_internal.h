@@ -57,7 +57,6 @@ typedef struct cca_policy {
     fl_config cfg;
     bool expandable;
     uint64_t max_split;            /* UINT64_MAX when unlimited */
-    uint64_t limit;                /* bytes the policy may hold; 0 = the device's capacity */
     double gc_threshold;           /* used only with a limit, as PyTorch needs a fraction */
     cca_pool small, large;
     cca_segment *segments;

@@ -54,9 +54,8 @@ typedef struct fx_policy {
     fl_policy base;
     uint64_t gran;
     unsigned gran_log;
-    uint64_t max_pages;     /* physical pages the policy may hold now: limit_pages, or fewer
-                               while the device said it is full (others use it) */
-    uint64_t limit_pages;   /* the limit (or the capacity) in pages */
+    uint64_t max_pages;     /* physical pages the policy may hold now: the limit in pages
+                               (limit_pages), or fewer while the device said it is full */
     fx_heap *heaps;
     uint32_t n_heaps, cap_heaps;
     uint64_t small_limit;   /* requests below it go to the stream's small heap */
@@ -196,6 +195,9 @@ static fl_status reclaim_one(fx_policy *f)
 }
 
 /* The pool must be able to hold every handle: grow it before creating one more. */
+/* The limit (or the capacity) in whole pages: the device owns the rule. */
+static inline uint64_t limit_pages(const fx_policy *f) { return fl_dev_limit(f->base.dev) >> f->gran_log; }
+
 static fl_status pool_grow(fx_policy *f)
 {
     uint64_t cap = f->cap_pool * 2;
@@ -573,7 +575,7 @@ static fl_status fx_empty_cache(fl_policy *base)
 {
     fx_policy *f = (fx_policy *)base;
     fl_status s;
-    f->max_pages = f->limit_pages; /* the device may have room again: try creating */
+    f->max_pages = limit_pages(f); /* the device may have room again: try creating */
     for (uint32_t hi = 0; hi < f->n_heaps; hi++)
         flush_bins(&f->heaps[hi]);
     if (f->n_cached && (s = fl_dev_synchronize(base->dev)) != FL_OK)
@@ -698,13 +700,12 @@ static void fx_walk(const fl_policy *base, const fl_state_visitor *v)
     }
 }
 
-/* A new limit: growth stops at it, and pages held above it that no live block needs are
- * given back now (unmapped after a synchronize, released). */
-static fl_status fx_set_limit(fl_policy *base, uint64_t bytes)
+/* A new limit (set on the device): growth stops at it, and pages held above it that no
+ * live block needs are given back now (unmapped after a synchronize, released). */
+static fl_status fx_limit_changed(fl_policy *base)
 {
     fx_policy *f = (fx_policy *)base;
-    uint64_t cap = base->dev->capacity;
-    f->limit_pages = f->max_pages = (bytes && bytes < cap ? bytes : cap) / f->gran;
+    f->max_pages = limit_pages(f);
     fl_status s;
     if (f->n_handles > f->max_pages && f->n_cached && (s = fl_dev_synchronize(base->dev)) != FL_OK)
         return s;
@@ -756,8 +757,7 @@ static fl_status fx_create(const fl_config *cfg, fl_device *dev, fl_policy **out
     f->base.dev = dev;
     f->gran = dev->granularity;
     f->gran_log = (unsigned)fl_log2_floor(f->gran);
-    uint64_t limit = cfg->limit && cfg->limit < dev->capacity ? cfg->limit : dev->capacity;
-    f->limit_pages = f->max_pages = limit / f->gran;
+    f->max_pages = limit_pages(f);
     /* Measured on ../shared/traces (ARCHITECTURE.md): an eighth of a page. */
     f->small_limit = cfg->small_size ? cfg->small_size : f->gran / 8;
     /* The pool holds at most every handle; it grows with them (pool_grow). */
@@ -780,6 +780,6 @@ const fl_policy_ops fl_policy_fragless = {
     .empty_cache = fx_empty_cache,
     .check = fx_check,
     .query = fx_query,
-    .set_limit = fx_set_limit,
+    .limit_changed = fx_limit_changed,
     .walk = fx_walk,
 };

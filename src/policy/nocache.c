@@ -8,7 +8,6 @@
 typedef struct nocache_policy {
     fl_policy base;
     fl_map live;                   /* address -> rounded size */
-    uint64_t limit;                /* bytes it may have out at once; 0 = the device's capacity */
 } nocache_policy;
 
 static inline nocache_policy *as_nocache(fl_policy *p) { return (nocache_policy *)p; }
@@ -29,14 +28,14 @@ static void nocache_destroy(fl_policy *p)
 
 static fl_status nocache_create(const fl_config *cfg, fl_device *dev, fl_policy **out)
 {
-    /* The only knob is the allocator-wide limit: the device decides everything else. */
+    /* No knobs: the device (and the limit its layer enforces) decides everything. */
+    (void)cfg;
     *out = NULL;
     nocache_policy *n = calloc(1, sizeof *n);
     if (!n)
         return fl_fail(FL_ERR_NOMEM, "nocache: no host memory");
     n->base.ops = &fl_policy_nocache;
     n->base.dev = dev;
-    n->limit = cfg->limit;
     fl_status st = fl_map_init(&n->live, 16); /* grows; the self-check scans it */
     if (st != FL_OK) {
         free(n);
@@ -52,9 +51,7 @@ static fl_status nocache_alloc(fl_policy *p, uint64_t size, uint64_t stream, uin
     (void)stream;
     uint64_t bytes = fl_round_request(NULL, size);
     uint64_t a;
-    fl_status st = n->limit && (bytes > n->limit || p->dev->counters.in_use > n->limit - bytes)
-                       ? fl_fail(FL_ERR_OOM, "nocache: limit")
-                       : fl_dev_mem_alloc(p->dev, bytes, &a);
+    fl_status st = fl_dev_mem_alloc(p->dev, bytes, &a); /* the device layer owns the limit */
     if (st != FL_OK) {
         if (st == FL_ERR_OOM) {
             char asked[32], used[32];
@@ -127,12 +124,6 @@ static int nocache_check(const fl_policy *p)
     return 0;
 }
 
-static fl_status nocache_set_limit(fl_policy *p, uint64_t bytes)
-{
-    as_nocache(p)->limit = bytes;
-    return FL_OK;
-}
-
 /* Nothing is ever held beyond the live blocks. */
 static void nocache_query(const fl_policy *p, fl_policy_state *out)
 {
@@ -165,6 +156,5 @@ const fl_policy_ops fl_policy_nocache = {
     .empty_cache = nocache_empty_cache,
     .check = nocache_check,
     .query = nocache_query,
-    .set_limit = nocache_set_limit,
     .walk = nocache_walk,
 };

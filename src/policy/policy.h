@@ -31,9 +31,10 @@ typedef struct fl_policy_ops {
     /* Self-check: 0 when every invariant holds, else nonzero with fl_fail() set. */
     int (*check)(const fl_policy *p);
     void (*query)(const fl_policy *p, fl_policy_state *out);
-    /* Changes the limit at run time (0 = the device's capacity); NULL when the policy has
-     * no limit to change. */
-    fl_status (*set_limit)(fl_policy *p, uint64_t bytes);
+    /* The device's limit changed (fl_dev_limit): give back what is held above it where
+     * the policy can. NULL: nothing to do (PyTorch keeps its cache: cca, and nocache
+     * holds no cache). */
+    fl_status (*limit_changed)(fl_policy *p);
     /* Visits regions, pages and blocks (fl_state_visitor). */
     void (*walk)(const fl_policy *p, const fl_state_visitor *v);
 } fl_policy_ops;

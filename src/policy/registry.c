@@ -31,5 +31,8 @@ fl_status fl_policy_create(const fl_config *cfg, fl_device *dev, fl_policy **out
     const fl_policy_ops *ops = fl_policy_find(name);
     if (!ops)
         return fl_fail(FL_ERR_INVALID, "unknown policy '%s' (fragless, cca, cca-expandable, nocache)", name);
+    /* The limit is the device's to enforce (fl_dev_limit): set before the policy sizes
+     * anything from it. */
+    dev->limit = cfg->limit;
     return ops->create(cfg, dev, out);
 }

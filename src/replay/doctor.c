@@ -125,17 +125,11 @@ fl_status fl_diagnose(const fl_prepared *p, const fl_replay_opts *ran, uint64_t 
             d->oom_was_recorded = recorded_first;
             d->oom_op = recorded_first ? r.recorded_oom_op : r.first_oom_op;
             d->oom = recorded_first ? r.recorded_oom : r.first_oom;
-            d->capacity = r.first_oom.capacity;
-            /* The live allocator's judgment (fl_oom_judge), on the replay's state. */
-            fl_oom_report j = {.request = d->oom.request, .capacity = d->oom.capacity, .limit = d->oom.capacity,
-                               .live = d->oom.live, .reserved = d->oom.reserved,
-                               .free_in_reserved = d->oom.state.free_in_reserved,
-                               .largest_free = d->oom.state.largest_free};
-            fl_oom_judge(&j, ran->cfg.policy, 0);
-            d->device_free = j.device_free;
-            d->oom.state.largest_free = j.largest_free;
-            d->ext_frag = j.external_fragmentation;
-            d->verdict = j.verdict;
+            /* The allocator's own report (fl_oom_judge): the doctor judges nothing itself. */
+            d->capacity = d->oom.limit;
+            d->device_free = d->oom.device_free;
+            d->ext_frag = d->oom.external_fragmentation;
+            d->verdict = d->oom.verdict;
         }
         fl_replay_result_free(&r);
     }

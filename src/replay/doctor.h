@@ -30,7 +30,7 @@ typedef struct fl_diagnosis {
     int oom_was_recorded;       /* the failure is one the trace recorded (it failed again) */
     uint64_t capacity;
     size_t oom_op;
-    fl_oom_state oom;
+    fl_oom_report oom;          /* the allocator's report of that failure */
     uint64_t device_free;       /* capacity - reserved */
     double ext_frag;            /* 1 - largest free / free, over free memory the policy holds
                                    plus what the device still has */

@@ -3,6 +3,8 @@
  * min_capacity is a binary search over such runs. */
 #include "replay/replay.h"
 
+#include "allocator/allocator.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,8 +44,6 @@ void fl_prepared_free(fl_prepared *p)
     free(p->name);
     free(p);
 }
-
-static inline uint64_t live_size(uint64_t size) { return fl_align_up(size ? size : 1, 512); }
 
 fl_status fl_prepare(const fl_trace *t, fl_prepared **out)
 {
@@ -120,17 +120,17 @@ fl_status fl_prepare(const fl_trace *t, fl_prepared **out)
             fl_op *op = &p->ops[i];
             if (op->kind == FL_EV_FREE) {
                 op->size = slot_size[op->slot];
-                cur -= live_size(op->size);
+                cur -= fl_live_size(op->size);
             } else if (op->kind == FL_EV_ALLOC_FAIL) {
                 slot_size[op->slot] = op->size;
             } else {
-                if (op->size > MAX_LIVE_BYTES - cur || live_size(op->size) > MAX_LIVE_BYTES - cur) {
+                if (op->size > MAX_LIVE_BYTES - cur || fl_live_size(op->size) > MAX_LIVE_BYTES - cur) {
                     s = fl_fail(FL_ERR_PARSE, "%s:%llu: allocate of %llu bytes: live bytes would exceed 2^63 (a corrupt size?)",
                                 t->path, (unsigned long long)slot_line[op->slot], (unsigned long long)op->size);
                     goto fail;
                 }
                 slot_size[op->slot] = op->size;
-                cur += live_size(op->size);
+                cur += fl_live_size(op->size);
                 if (cur > p->peak_live) {
                     p->peak_live = cur;
                     p->peak_live_op = i;
@@ -164,14 +164,28 @@ void fl_replay_result_free(fl_replay_result *r)
     r->n_buckets = 0;
 }
 
-/* Runs the ops; stop_at_oom ends the run at the first failure (min_capacity search). */
+/* The allocator object users get, for a replay: the trace's own recorder, OOM printing,
+ * snapshots and publishing are off (a replay is not the job). */
+static fl_status replay_allocator(const fl_replay_opts *o, fl_device *dev, fl_allocator **out)
+{
+    fl_config cfg = o->cfg;
+    cfg.trace_path[0] = '\0';
+    cfg.oom_snapshot[0] = '\0';
+    cfg.oom_report = 0;
+    cfg.publish = 0;
+    return fl_allocator_create(&cfg, dev, out);
+}
+
+/* Runs the ops through fl_alloc/fl_free, the path every frontend takes; stop_at_oom ends
+ * the run at the first failure (min_capacity search). Live bytes, the out-of-memory
+ * report and the statistics are the allocator's own. */
 static fl_status run(const fl_prepared *p, const fl_replay_opts *o, int stop_at_oom, fl_replay_result *r)
 {
     memset(r, 0, sizeof *r);
     r->first_oom_op = p->n_ops;
     r->peak_live = p->peak_live;
     fl_device *dev;
-    fl_policy *pol = NULL;
+    fl_allocator *al = NULL;
     uint64_t *addr = calloc(p->n_slots ? p->n_slots : 1, sizeof *addr);
     if (!addr)
         return fl_fail(FL_ERR_NOMEM, "replay: host memory");
@@ -180,7 +194,7 @@ static fl_status run(const fl_prepared *p, const fl_replay_opts *o, int stop_at_
         free(addr);
         return s;
     }
-    if ((s = fl_policy_create(&o->cfg, dev, &pol)) != FL_OK)
+    if ((s = replay_allocator(o, dev, &al)) != FL_OK)
         goto out;
     int nb = o->timeline_buckets > 0 ? o->timeline_buckets : 0;
     if (nb && !(r->timeline = calloc((size_t)nb, sizeof *r->timeline))) {
@@ -188,17 +202,16 @@ static fl_status run(const fl_prepared *p, const fl_replay_opts *o, int stop_at_
         goto out;
     }
     r->n_buckets = nb;
-    const fl_policy_ops *ops = pol->ops;
-    uint64_t live = 0, t0 = fl_now_ns(), host = 0;
-    size_t bucket_end = nb ? p->n_ops / (size_t)nb : p->n_ops, b = 0;
+    uint64_t t0 = fl_now_ns(), host = 0;
+    size_t bucket_end = p->n_ops, b = 0;
     uint64_t calls_before = 0;
     double time_before = 0;
     size_t chunk = nb ? (p->n_ops + (size_t)nb - 1) / (size_t)nb : 0;
     if (nb)
         bucket_end = chunk;
-    uint64_t late_calls0 = 0, pairs = 0, peak_allocated = 0;
+    uint64_t late_calls0 = 0, pairs = 0;
     double late_us0 = 0;
-    /* Loop-invariant options in locals: the policy calls could alias anything in memory. */
+    /* Loop-invariant options in locals: the allocator calls could alias anything in memory. */
     const size_t late_from = o->late_from_op, check_every = o->check_every > 0 ? (size_t)o->check_every : 0;
     const size_t n_ops = p->n_ops;
     /* No inspection: an index no op reaches, so the loop pays one compare either way. */
@@ -207,7 +220,7 @@ static fl_status run(const fl_prepared *p, const fl_replay_opts *o, int stop_at_
         const fl_op *op = &p->ops[i];
         if (FL_UNLIKELY(i == o->empty_cache_at_op && i)) {
             r->empty_cache_before = dev->counters.in_use;
-            if ((s = ops->empty_cache(pol)) != FL_OK)
+            if ((s = fl_empty_cache(al)) != FL_OK)
                 goto out;
             r->empty_cache_after = dev->counters.in_use;
         }
@@ -218,62 +231,49 @@ static fl_status run(const fl_prepared *p, const fl_replay_opts *o, int stop_at_
         if (op->kind == FL_EV_FREE) {
             uint64_t a = addr[op->slot];
             if (a) {
-                if ((s = ops->free(pol, a)) != FL_OK)
+                if ((s = fl_free(al, a)) != FL_OK)
                     goto out;
                 addr[op->slot] = 0;
-                live -= live_size(op->size);
             }
         } else {
             uint64_t a = 0;
-            s = ops->alloc(pol, op->size, op->stream, &a);
+            s = fl_alloc(al, op->size, op->stream, &a);
             if (s == FL_OK) {
                 if (op->kind == FL_EV_ALLOC_FAIL) {
                     /* The recorded program was refused here: it never held the block. */
-                    if ((s = ops->free(pol, a)) != FL_OK)
+                    if ((s = fl_free(al, a)) != FL_OK)
                         goto out;
                 } else {
                     addr[op->slot] = a;
-                    live += live_size(op->size);
                     pairs++;
-                    if (pol->allocated > peak_allocated)
-                        peak_allocated = pol->allocated;
                 }
             } else if (s == FL_ERR_OOM) {
-                fl_oom_state *st = NULL;
+                fl_oom_report *rep = NULL;
                 if (op->kind == FL_EV_ALLOC && !r->ooms++) {
                     r->first_oom_op = i;
-                    st = &r->first_oom;
+                    rep = &r->first_oom;
                 } else if (op->kind == FL_EV_ALLOC_FAIL && !r->recorded_oom_failed) {
                     r->recorded_oom_failed = 1;
                     r->recorded_oom_op = i;
-                    st = &r->recorded_oom;
+                    rep = &r->recorded_oom;
                 }
-                if (st) {
-                    st->request = op->size;
-                    st->capacity = o->cfg.limit && o->cfg.limit < dev->capacity ? o->cfg.limit : dev->capacity;
-                    st->live = live;
-                    st->reserved = dev->counters.in_use;
-                    st->allocated = pol->allocated;
-                    ops->query(pol, &st->state);
-                }
-                if (op->kind == FL_EV_ALLOC) {
-                    if (stop_at_oom) {
-                        s = FL_OK;
-                        break;
-                    }
-                }
+                if (rep && (s = fl_last_oom(al, rep)) != FL_OK)
+                    goto out;
+                if (op->kind == FL_EV_ALLOC && stop_at_oom)
+                    break;
                 s = FL_OK;
             } else {
                 goto out;
             }
         }
-        if (FL_UNLIKELY(check_every && i % check_every == 0) && ops->check(pol)) {
+        if (FL_UNLIKELY(check_every && i % check_every == 0) && fl_allocator_check(al)) {
             s = fl_fail(FL_ERR_INVALID, "replay of %s, op %zu: policy %s self-check failed: %s", p->name, i,
-                        ops->name, fl_last_error());
+                        fl_allocator_policy(al)->ops->name, fl_last_error());
             goto out;
         }
         if (nb) {
             fl_timeline_bucket *tb = &r->timeline[b];
+            uint64_t live = fl_allocator_live(al);
             if (live > tb->max_live)
                 tb->max_live = live;
             if (dev->counters.in_use > tb->max_reserved)
@@ -294,24 +294,25 @@ static fl_status run(const fl_prepared *p, const fl_replay_opts *o, int stop_at_
                 t0 = fl_now_ns();
             }
         }
-        if (FL_UNLIKELY(i == inspect_at) && o->inspect(pol, o->inspect_user))
+        if (FL_UNLIKELY(i == inspect_at) && o->inspect(fl_allocator_policy(al), o->inspect_user))
             break;
     }
     host += fl_now_ns() - t0;
     r->host_ns = host;
     r->pairs = pairs;
-    r->peak_allocated = peak_allocated;
     if (o->late_from_op && o->late_from_op < p->n_ops) {
         r->late_calls = fl_device_total_calls(&dev->counters) - late_calls0;
         r->late_us = dev->counters.time_us - late_us0;
     }
-    r->retries = pol->retries;
+    fl_stats st;
+    fl_get_stats(al, &st);
+    r->peak_allocated = st.allocated_bytes.peak;
+    r->retries = st.num_alloc_retries;
     fl_device_get_counters(dev, &r->dev);
     r->peak_reserved = r->dev.peak_in_use;
     r->end_reserved = r->dev.in_use;
 out:
-    if (pol)
-        pol->ops->destroy(pol);
+    fl_allocator_destroy(al);
     fl_device_destroy(dev);
     free(addr);
     if (s != FL_OK)

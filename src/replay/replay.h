@@ -53,16 +53,6 @@ typedef struct fl_replay_opts {
     void *search_user;
 } fl_replay_opts;
 
-/* The allocator's state when an allocation first failed. */
-typedef struct fl_oom_state {
-    uint64_t request;           /* bytes asked */
-    uint64_t capacity;          /* what the policy could hold: device capacity or limit */
-    uint64_t live;              /* the trace's live bytes then (each rounded up to 512 B) */
-    uint64_t reserved;          /* device memory the policy held */
-    uint64_t allocated;         /* the policy's own count of live bytes (its rounding) */
-    fl_policy_state state;      /* free inside reserved, largest free block */
-} fl_oom_state;
-
 typedef struct fl_timeline_bucket {
     size_t first_op, end_op;    /* [first_op, end_op) */
     uint64_t max_live;
@@ -80,14 +70,14 @@ typedef struct fl_replay_result {
     size_t first_oom_op;        /* op index of the first OOM, n_ops if none */
     uint64_t retries;
     fl_device_counters dev;
-    uint64_t host_ns;           /* time inside the policy's alloc/free, whole replay */
+    uint64_t host_ns;           /* time of the replay loop (fl_alloc/fl_free and the loop) */
     uint64_t pairs;             /* allocations served (pairs for host ns per pair) */
-    fl_oom_state first_oom;     /* valid when ooms > 0 */
+    fl_oom_report first_oom;    /* the allocator's report, valid when ooms > 0 */
     /* A recorded failure ("allocate failure", a snapshot's oom) that fails again in the
      * replay: not counted in ooms (the program survived it), but diagnosed by doctor. */
     int recorded_oom_failed;
     size_t recorded_oom_op;
-    fl_oom_state recorded_oom;
+    fl_oom_report recorded_oom;
     uint64_t empty_cache_before; /* device in_use just before empty_cache_at_op ... */
     uint64_t empty_cache_after;  /* ... and just after the call */
     uint64_t late_calls;        /* device calls at ops >= opts.late_from_op */

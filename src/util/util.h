@@ -28,6 +28,9 @@ fl_status fl_fail(fl_status s, const char *fmt, ...) FL_PRINTF(2, 3);
 void fl_clear_error(void);
 
 static inline uint64_t fl_align_up(uint64_t x, uint64_t a) { return (x + a - 1) & ~(a - 1); }
+/* Live bytes as every metric counts them (peak_live, the OOM report's live): each
+ * request rounded up to 512 B (sizes are > 0: readers and fl_alloc refuse 0). */
+static inline uint64_t fl_live_size(uint64_t size) { return fl_align_up(size, 512); }
 static inline uint64_t fl_align_down(uint64_t x, uint64_t a) { return x & ~(a - 1); }
 static inline bool fl_is_pow2(uint64_t x) { return x && !(x & (x - 1)); }
 static inline int fl_log2_floor(uint64_t x) { return 63 - __builtin_clzll(x); }
