@@ -89,7 +89,6 @@ static void print_row(const cli_opts *o, const fl_prepared *p, const char *polic
                (unsigned long long)fl_device_total_calls(&u->dev), u->dev.time_us / 1e3, (unsigned long long)u->late_calls,
                u->late_us / 1e3);
         print_calls_json(stdout, &u->dev);
-        printf(", \"host_ns_per_pair\": %.1f", ns_per_pair(u));
         if (m->capacity) {
             printf(", \"capacity\": %llu, \"ooms\": %llu, \"capacity_peak_reserved\": %llu, "
                    "\"capacity_device_calls\": %llu, \"capacity_device_ms\": %.3f, \"capacity_late_device_calls\": %llu, "
@@ -105,17 +104,16 @@ static void print_row(const cli_opts *o, const fl_prepared *p, const char *polic
     if (!strcmp(o->format, "csv")) {
         if (first) {
             printf("trace,policy,events,peak_live,peak_reserved,overhead,min_capacity,min_capacity_ratio,"
-                   "device_calls,device_ms,late_device_calls,late_device_ms,host_ns_per_pair");
+                   "device_calls,device_ms,late_device_calls,late_device_ms");
             for (int i = 0; i < FL_CALL_COUNT; i++)
                 printf(",calls_%s", fl_call_name((fl_call)i));
             printf(",capacity,ooms,capacity_device_calls,capacity_device_ms,capacity_late_device_calls,"
                    "capacity_late_device_ms\n");
         }
-        printf("%s,%s,%zu,%llu,%llu,%.4f,%llu,%.4f,%llu,%.3f,%llu,%.3f,%.1f", p->name, policy, p->n_ops,
+        printf("%s,%s,%zu,%llu,%llu,%.4f,%llu,%.4f,%llu,%.3f,%llu,%.3f", p->name, policy, p->n_ops,
                (unsigned long long)p->peak_live, (unsigned long long)u->peak_reserved, overhead,
                (unsigned long long)m->min_capacity, mc_ratio, (unsigned long long)fl_device_total_calls(&u->dev),
-               u->dev.time_us / 1e3, (unsigned long long)u->late_calls, u->late_us / 1e3,
-               ns_per_pair(u));
+               u->dev.time_us / 1e3, (unsigned long long)u->late_calls, u->late_us / 1e3);
         for (int i = 0; i < FL_CALL_COUNT; i++)
             printf(",%llu", (unsigned long long)u->dev.calls[i]);
         if (m->capacity)
@@ -131,9 +129,9 @@ static void print_row(const cli_opts *o, const fl_prepared *p, const char *polic
         snprintf(mc, sizeof mc, "%.3f", gib(m->min_capacity));
         snprintf(ratio, sizeof ratio, "%.4f", mc_ratio);
     }
-    printf("  %-15s %9.3f %8.4f %9s %9s %7llu %9.1f %6llu %8.1f %8.1f", policy, gib(u->peak_reserved), overhead, mc,
+    printf("  %-15s %9.3f %8.4f %9s %9s %7llu %9.1f %6llu %8.1f", policy, gib(u->peak_reserved), overhead, mc,
            ratio, (unsigned long long)fl_device_total_calls(&u->dev), u->dev.time_us / 1e3,
-           (unsigned long long)u->late_calls, u->late_us / 1e3, ns_per_pair(u));
+           (unsigned long long)u->late_calls, u->late_us / 1e3);
     if (m->capacity)
         printf(" | %5llu %7llu %9.1f %6llu %8.1f", (unsigned long long)c->ooms, (unsigned long long)fl_device_total_calls(&c->dev),
                c->dev.time_us / 1e3, (unsigned long long)c->late_calls, c->late_us / 1e3);
@@ -147,8 +145,8 @@ static void print_trace_header(const cli_opts *o, const fl_prepared *p, uint64_t
     char live[32], cap[32];
     printf("%s: %zu events, %llu streams, peak live %s (%.3f GiB)\n", p->name, p->n_ops,
            (unsigned long long)p->n_streams, fl_format_size(p->peak_live, live, sizeof live), gib(p->peak_live));
-    printf("  %-15s %9s %8s %9s %9s %7s %9s %6s %8s %8s", "policy", "reserved", "overhead", "min_cap", "min/live",
-           "calls", "dev_ms", "late", "late_ms", "ns/pair");
+    printf("  %-15s %9s %8s %9s %9s %7s %9s %6s %8s", "policy", "reserved", "overhead", "min_cap", "min/live",
+           "calls", "dev_ms", "late", "late_ms");
     if (capacity)
         printf(" | at capacity %s: ooms calls dev_ms late late_ms", fl_format_size(capacity, cap, sizeof cap));
     printf("\n  %-15s %9s %8s %9s %9s\n", "", "GiB", "", "GiB", "");
@@ -293,7 +291,8 @@ int cli_replay(const cli_opts *o)
         for (int i = 0; i < FL_CALL_COUNT; i++)
             if (r.dev.calls[i])
                 printf(" %s %llu", fl_call_name((fl_call)i), (unsigned long long)r.dev.calls[i]);
-        printf("\n  host time %.1f ns per allocation + free\n", ns_per_pair(&r));
+        printf("\n  host time %.1f ns per allocation + free through fl_alloc/fl_free (one cold run; "
+               "`make bench` gives medians of warm runs)\n", ns_per_pair(&r));
         if (r.n_buckets) {
             printf("\n  timeline (peak live at event %zu):\n  %17s %10s %10s %8s %9s\n", p->peak_live_op,
                    "events", "live MiB", "resv MiB", "calls", "dev_ms");

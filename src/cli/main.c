@@ -68,8 +68,6 @@ static const char compare_help[] =
     "  calls, dev_ms  device calls and simulated device time without a limit; late_* in\n"
     "                 the steady state: after both the trace's midpoint and its peak of\n"
     "                 live bytes (a steady training loop makes no calls there)\n"
-    "  ns/pair        host time per allocation + free in the policy (single run; see\n"
-    "                 `make bench` for medians)\n"
     "With --capacity, the same figures at that capacity and the number of OOMs.\n"
     "\n"
     "  --policies LIST   comma-separated (default fragless,cca,cca-expandable,nocache)\n"
