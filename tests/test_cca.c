@@ -68,7 +68,7 @@ static uint64_t do_alloc(fl_policy *p, uint64_t size, uint64_t stream)
 
 #define FREE(p, a)                                                                     \
     do {                                                                               \
-        CHECK_OK((p)->ops->free(p, a));                                                \
+        CHECK_OK((p)->ops->free(p, a, 0, NULL));                                                \
         CHECK_POLICY(p);                                                               \
     } while (0)
 
@@ -478,14 +478,14 @@ static void test_misuse(const fl_policy_ops *ops)
     fl_policy *p = make(ops, &cfg, d);
     uint64_t a = ALLOC(p, 3000, 0);
     uint64_t allocated = p->allocated;
-    CHECK_STATUS(p->ops->free(p, 0x1234), FL_ERR_NOT_FOUND);
+    CHECK_STATUS(p->ops->free(p, 0x1234, 0, NULL), FL_ERR_NOT_FOUND);
     CHECK(strstr(fl_last_error(), "0x1234") != NULL);
-    CHECK_STATUS(p->ops->free(p, a + 512), FL_ERR_NOT_FOUND);
+    CHECK_STATUS(p->ops->free(p, a + 512, 0, NULL), FL_ERR_NOT_FOUND);
     CHECK_EQ_U64(p->allocated, allocated);
     CHECK_EQ_U64(p->num_frees, 0);
     CHECK_POLICY(p);
     FREE(p, a);
-    CHECK_STATUS(p->ops->free(p, a), FL_ERR_NOT_FOUND); /* double free */
+    CHECK_STATUS(p->ops->free(p, a, 0, NULL), FL_ERR_NOT_FOUND); /* double free */
     CHECK_EQ_U64(p->num_frees, 1);
     /* The self-check notices a wrong counter. */
     a = ALLOC(p, 3000, 0);
@@ -744,7 +744,7 @@ static void stress(const fl_policy_ops *ops, uint64_t seed, uint64_t capacity, b
     for (int step = 0; step < 3000; step++) {
         int i = (int)fl_rng_below(&rng, SLOTS);
         if (live[i]) {
-            CHECK_OK(p->ops->free(p, live[i]));
+            CHECK_OK(p->ops->free(p, live[i], 0, NULL));
             live[i] = 0;
         } else {
             uint64_t r = fl_rng_below(&rng, 10), size;
@@ -775,7 +775,7 @@ static void stress(const fl_policy_ops *ops, uint64_t seed, uint64_t capacity, b
     CHECK_EQ_U64(p->ooms, ooms);
     for (int i = 0; i < SLOTS; i++)
         if (live[i])
-            CHECK_OK(p->ops->free(p, live[i]));
+            CHECK_OK(p->ops->free(p, live[i], 0, NULL));
     CHECK_EQ_U64(p->allocated, 0);
     CHECK_OK(p->ops->empty_cache(p));
     CHECK_POLICY(p);

@@ -239,7 +239,7 @@ static void test_no_vmm(void)
         CHECK_OK(p->ops->alloc(p, 3 * MiB, 0, &x));
         fill(x, 3 * MiB, 7);
         CHECK(verify(x, 3 * MiB, 7) == UINT64_MAX);
-        CHECK_OK(p->ops->free(p, x));
+        CHECK_OK(p->ops->free(p, x, 0, NULL));
         p->ops->destroy(p);
     }
     CHECK_EQ_U64(in_use(d), 0);
@@ -659,14 +659,14 @@ static void run_policy(const char *name, uint64_t seed)
                         __LINE__, name, step, fl_test_hex(v[i].addr), (unsigned long long)v[i].size);
                 break;
             }
-            CHECK_OK(p->ops->free(p, v[i].addr));
+            CHECK_OK(p->ops->free(p, v[i].addr, 0, NULL));
             v[i] = v[--n];
         }
         CHECK(in_use(d) <= fl_device_capacity(d));
         CHECK_POLICY(p, step);
     }
     while (n > 0)
-        CHECK_OK(p->ops->free(p, v[--n].addr));
+        CHECK_OK(p->ops->free(p, v[--n].addr, 0, NULL));
     CHECK_OK(p->ops->empty_cache(p));
     CHECK_POLICY(p, STEPS);
     p->ops->destroy(p);
@@ -752,7 +752,7 @@ static void test_data_integrity(void)
     verify_all(&b, "after filling");
     /* Free every other block: their pages go to the cache (still mapped in A's heap). */
     for (int i = b.n - 1; i >= 0; i -= 2) {
-        CHECK_OK(p->ops->free(p, b.v[i].addr));
+        CHECK_OK(p->ops->free(p, b.v[i].addr, 0, NULL));
         b.v[i] = b.v[--b.n];
     }
     verify_all(&b, "after freeing half");
@@ -777,7 +777,7 @@ static void test_data_integrity(void)
     for (int round = 0; round < 40; round++) {
         for (int k = 0; k < 4 && b.n > 0; k++) {
             int i = (int)fl_rng_below(&rng, (uint64_t)b.n);
-            CHECK_OK(p->ops->free(p, b.v[i].addr));
+            CHECK_OK(p->ops->free(p, b.v[i].addr, 0, NULL));
             b.v[i] = b.v[--b.n];
         }
         for (int k = 0; k < 4 && b.n < 256; k++) {
@@ -789,7 +789,7 @@ static void test_data_integrity(void)
     }
     CHECK(in_use(d) <= fl_device_capacity(d));
     while (b.n > 0)
-        CHECK_OK(p->ops->free(p, b.v[--b.n].addr));
+        CHECK_OK(p->ops->free(p, b.v[--b.n].addr, 0, NULL));
     p->ops->destroy(p);
     CHECK_EQ_U64(in_use(d), 0);
     fl_device_destroy(d);

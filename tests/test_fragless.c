@@ -116,7 +116,7 @@ static void test_steady_loop(void)
         for (int i = 0; i < N; i++)
             CHECK_OK(p->ops->alloc(p, sizes[i], 0, &addr[i]));
         for (int i = N - 1; i >= 0; i--)
-            CHECK_OK(p->ops->free(p, addr[i]));
+            CHECK_OK(p->ops->free(p, addr[i], 0, NULL));
         CHECK(p->ops->check(p) == 0);
         if (step == 0)
             after_warmup = total_calls(r);
@@ -145,7 +145,7 @@ static void test_page_accounting(void)
     CHECK_EQ_U64(p->allocated, 4 * MiB);
     CHECK(p->ops->check(p) == 0);
     /* After the failure the state is as before: freeing one block makes room. */
-    CHECK_OK(p->ops->free(p, a[1]));
+    CHECK_OK(p->ops->free(p, a[1], 0, NULL));
     CHECK_OK(p->ops->alloc(p, MiB, 0, &a[1]));
     CHECK(p->ops->check(p) == 0);
     p->ops->destroy(p);
@@ -165,7 +165,7 @@ static void test_no_stranded_memory(void)
         CHECK_OK(p->ops->alloc(p, PAGE, 0, &a[i]));
     CHECK_STATUS(p->ops->alloc(p, 512, 0, &big), FL_ERR_OOM);
     for (int i = 0; i < PAGES; i += 2)
-        CHECK_OK(p->ops->free(p, a[i]));
+        CHECK_OK(p->ops->free(p, a[i], 0, NULL));
     int log_before = r->n_log;
     CHECK_OK(p->ops->alloc(p, PAGES / 2 * PAGE, 0, &big));
     CHECK(p->ops->check(p) == 0);
@@ -183,8 +183,8 @@ static void test_no_stranded_memory(void)
     CHECK_EQ_U64(p->retries, 1);
     /* The survivors were not touched: still live at the same addresses. */
     for (int i = 1; i < PAGES; i += 2)
-        CHECK_OK(p->ops->free(p, a[i]));
-    CHECK_OK(p->ops->free(p, big));
+        CHECK_OK(p->ops->free(p, a[i], 0, NULL));
+    CHECK_OK(p->ops->free(p, big, 0, NULL));
     CHECK(p->ops->check(p) == 0);
     p->ops->destroy(p);
     rec_destroy(&r->base);
@@ -198,7 +198,7 @@ static void test_streams(void)
     fl_policy *p = fragless_on(r, 0);
     uint64_t a, b, c;
     CHECK_OK(p->ops->alloc(p, 8 * MiB, 1, &a));
-    CHECK_OK(p->ops->free(p, a));
+    CHECK_OK(p->ops->free(p, a, 0, NULL));
     CHECK_OK(p->ops->alloc(p, 8 * MiB, 2, &b));
     CHECK(b != a);
     CHECK_OK(p->ops->alloc(p, 8 * MiB, 1, &c));
@@ -217,13 +217,13 @@ static void test_limit_and_empty_cache(void)
     CHECK_OK(p->ops->alloc(p, 10 * MiB, 0, &a));
     CHECK_STATUS(p->ops->alloc(p, 8 * MiB, 0, &b), FL_ERR_OOM);
     CHECK(r->inner->counters.peak_in_use <= 16 * MiB);
-    CHECK_OK(p->ops->free(p, a));
+    CHECK_OK(p->ops->free(p, a, 0, NULL));
     CHECK(r->inner->counters.in_use > 0); /* cached, not returned */
     CHECK_OK(p->ops->empty_cache(p));
     CHECK_EQ_U64(r->inner->counters.in_use, 0);
     CHECK(p->ops->check(p) == 0);
     CHECK_OK(p->ops->alloc(p, 16 * MiB, 0, &a));
-    CHECK_OK(p->ops->free(p, a));
+    CHECK_OK(p->ops->free(p, a, 0, NULL));
     p->ops->destroy(p);
     rec_destroy(&r->base);
 }
@@ -255,14 +255,14 @@ static void test_fault_injection(void)
             }
             for (int i = 0; i < 8; i++)
                 if (a[i])
-                    CHECK_OK(p->ops->free(p, a[i]));
+                    CHECK_OK(p->ops->free(p, a[i], 0, NULL));
         }
         if (n < r->calls)
             CHECK(failed <= 1);
         /* With the device healthy again, everything works. */
         uint64_t x;
         CHECK_OK(p->ops->alloc(p, 5 * PAGE, 0, &x));
-        CHECK_OK(p->ops->free(p, x));
+        CHECK_OK(p->ops->free(p, x, 0, NULL));
         CHECK(p->ops->check(p) == 0);
         int calls = r->calls;
         p->ops->destroy(p);
@@ -283,9 +283,9 @@ static void test_quick_lists(void)
     uint64_t a, b, c, d;
     CHECK_OK(p->ops->alloc(p, 1000, 0, &a)); /* 1024 */
     CHECK_OK(p->ops->alloc(p, 1000, 0, &b));
-    CHECK_OK(p->ops->free(p, a));
-    CHECK_OK(p->ops->free(p, b));
-    CHECK_STATUS(p->ops->free(p, b), FL_ERR_NOT_FOUND);
+    CHECK_OK(p->ops->free(p, a, 0, NULL));
+    CHECK_OK(p->ops->free(p, b, 0, NULL));
+    CHECK_STATUS(p->ops->free(p, b, 0, NULL), FL_ERR_NOT_FOUND);
     CHECK(strstr(fl_last_error(), "not a live block") != NULL);
     CHECK_EQ_U64(p->allocated, 0);
     CHECK(p->ops->check(p) == 0);
@@ -293,8 +293,8 @@ static void test_quick_lists(void)
     CHECK_EQ_U64(c, b);
     CHECK_OK(p->ops->alloc(p, 2000, 0, &d)); /* 2048: another list */
     CHECK(d != a);
-    CHECK_OK(p->ops->free(p, c));
-    CHECK_OK(p->ops->free(p, d));
+    CHECK_OK(p->ops->free(p, c, 0, NULL));
+    CHECK_OK(p->ops->free(p, d, 0, NULL));
     CHECK(p->ops->check(p) == 0);
     CHECK_OK(p->ops->empty_cache(p));
     CHECK_EQ_U64(r->inner->counters.in_use, 0);
@@ -303,7 +303,7 @@ static void test_quick_lists(void)
      * lands where the first block was. */
     CHECK_OK(p->ops->alloc(p, 3 * 1024, 0, &c));
     CHECK_EQ_U64(c, a);
-    CHECK_OK(p->ops->free(p, c));
+    CHECK_OK(p->ops->free(p, c, 0, NULL));
     p->ops->destroy(p);
     rec_destroy(&r->base);
 }
@@ -317,7 +317,7 @@ static void test_set_limit(void)
     uint64_t a, b;
     CHECK_OK(p->ops->alloc(p, 40 * MiB, 0, &a));
     CHECK_OK(p->ops->alloc(p, 8 * MiB, 0, &b));
-    CHECK_OK(p->ops->free(p, a));
+    CHECK_OK(p->ops->free(p, a, 0, NULL));
     CHECK(r->inner->counters.in_use >= 48 * MiB);
     p->dev->limit = 16 * MiB; /* what fl_set_limit does */
     CHECK_OK(p->ops->limit_changed(p));
@@ -327,8 +327,8 @@ static void test_set_limit(void)
     p->dev->limit = 0;
     CHECK_OK(p->ops->limit_changed(p));
     CHECK_OK(p->ops->alloc(p, 12 * MiB, 0, &a));
-    CHECK_OK(p->ops->free(p, a));
-    CHECK_OK(p->ops->free(p, b));
+    CHECK_OK(p->ops->free(p, a, 0, NULL));
+    CHECK_OK(p->ops->free(p, b, 0, NULL));
     CHECK(p->ops->check(p) == 0);
     p->ops->destroy(p);
     rec_destroy(&r->base);

@@ -112,7 +112,7 @@ static void test_policy(const char *policy, const char *path)
     }
     for (int i = 0; i < N; i += 3) { /* 0, 3, 6 freed; the rest live */
         CHECK_OK(fl_free(a, addr[i]));
-        CHECK_OK(pol->ops->free(pol, twin[i]));
+        CHECK_OK(pol->ops->free(pol, twin[i], 0, NULL));
     }
     CHECK_OK(fl_allocator_snapshot(a, path));
     fl_state st;

@@ -2,11 +2,10 @@
  * every frontend reports, the out-of-memory report, the state snapshot, the publisher
  * for `fragless top` and the trace recorder (trace:PATH). Safe from many threads: one
  * lock per allocator, so per device (policies and devices themselves are
- * single-threaded). Every live block's requested size is kept here (one hash map), so
- * frees of unknown pointers are refused before the policy sees them, a size given at
- * free is checked, and requested_bytes is exact. */
+ * single-threaded). The policy keeps every live block's requested size (no second
+ * table here): it refuses frees of unknown pointers and of a wrong size, and gives the
+ * size back at the free, so requested_bytes is exact. */
 #include <errno.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +13,7 @@
 #include <unistd.h>
 
 #include "allocator/allocator.h"
+#include "util/lock.h"
 #include "trace/trace.h"
 
 /* The trace is flushed at least this often. */
@@ -35,10 +35,9 @@ typedef struct pending_free {
 } pending_free;
 
 struct fl_allocator {
-    pthread_mutex_t lock;
+    fl_lock lock;
     fl_policy *policy;
     fl_config cfg;              /* as created; the limit lives on the device (fl_dev_limit) */
-    fl_map requested;           /* live block -> requested bytes */
     /* Statistics beyond the policy's own counters. */
     uint64_t peak_allocated, alloc_total, freed_total;
     uint64_t req_peak, req_current, req_total, req_freed;
@@ -94,9 +93,7 @@ fl_status fl_allocator_create(const fl_config *cfg, fl_device *dev, fl_allocator
     if (!a)
         return fl_fail(FL_ERR_NOMEM, "allocator: host memory");
     a->cfg = *cfg;
-    fl_status s = fl_map_init(&a->requested, 1024);
-    if (s == FL_OK)
-        s = fl_map_init(&a->uses, 16);
+    fl_status s = fl_map_init(&a->uses, 16);
     if (s == FL_OK)
         s = fl_policy_create(cfg, dev, &a->policy);
     if (s == FL_OK && cfg->trace_path[0]) {
@@ -116,13 +113,11 @@ fl_status fl_allocator_create(const fl_config *cfg, fl_device *dev, fl_allocator
         if (a->policy)
             a->policy->ops->destroy(a->policy);
         fl_map_free(&a->uses);
-        fl_map_free(&a->requested);
         free(a);
         return s;
     }
     if (cfg->publish && dev->is_gpu && fl_publish_open(dev->ordinal, &a->pub) != FL_OK)
         fprintf(stderr, "fragless: device %d: not shown in `fragless top`: %s\n", dev->ordinal, fl_last_error());
-    pthread_mutex_init(&a->lock, NULL);
     *out = a;
     return FL_OK;
 }
@@ -145,8 +140,6 @@ void fl_allocator_destroy(fl_allocator *a)
         fclose(a->trace);
         fl_map_free(&a->trace_streams);
     }
-    fl_map_free(&a->requested);
-    pthread_mutex_destroy(&a->lock);
     free(a);
 }
 
@@ -258,7 +251,7 @@ static fl_status policy_free(fl_allocator *a, uint64_t addr)
 {
     fl_policy *p = a->policy;
     uint64_t before = p->allocated;
-    fl_status s = p->ops->free(p, addr);
+    fl_status s = p->ops->free(p, addr, 0, NULL);
     if (s == FL_OK)
         a->freed_total += before - p->allocated;
     return s;
@@ -307,9 +300,9 @@ fl_status fl_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *ad
 {
     if (size == 0)
         return fl_fail(FL_ERR_INVALID, "fl_alloc: size 0");
-    pthread_mutex_lock(&a->lock);
+    fl_lock_acquire(&a->lock);
     fl_policy *p = a->policy;
-    if (a->n_pending)
+    if (FL_UNLIKELY(a->n_pending))
         process_pending(a, 0); /* an error here leaves them pending: retried below or later */
     uint64_t before = p->allocated;
     fl_status s = p->ops->alloc(p, size, stream, addr);
@@ -317,9 +310,7 @@ fl_status fl_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *ad
         before = p->allocated;
         s = p->ops->alloc(p, size, stream, addr);
     }
-    if (s == FL_OK && (s = fl_map_insert(&a->requested, *addr, size)) != FL_OK)
-        p->ops->free(p, *addr); /* no host memory to track it: undo, nothing changes */
-    if (s == FL_OK) {
+    if (FL_LIKELY(s == FL_OK)) {
         a->alloc_total += p->allocated - before;
         if (p->allocated > a->peak_allocated)
             a->peak_allocated = p->allocated;
@@ -333,15 +324,25 @@ fl_status fl_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *ad
     } else if (s == FL_ERR_OOM) {
         s = out_of_memory(a, size, stream);
     }
-    if (a->trace) {
+    if (FL_UNLIKELY(a->trace != NULL)) {
         trace_row(a, s == FL_OK ? FL_EV_ALLOC : FL_EV_ALLOC_FAIL, s == FL_OK ? *addr : 0, size, stream);
         /* On host OOM here, the free row says stream 0: the trace stays readable. */
         if (s == FL_OK)
             fl_map_put(&a->trace_streams, *addr, stream);
     }
-    maybe_publish(a, 0);
-    pthread_mutex_unlock(&a->lock);
+    if (FL_UNLIKELY(a->pub != NULL))
+        maybe_publish(a, 0);
+    fl_lock_release(&a->lock);
     return s;
+}
+
+/* The index of addr on the pending list, -1 if it is not there. */
+static int64_t pending_index(const fl_allocator *a, uint64_t addr)
+{
+    for (uint32_t i = 0; i < a->n_pending; i++)
+        if (a->pending[i].addr == addr)
+            return i;
+    return -1;
 }
 
 /* A block used on other streams (record_stream) is freed once the work queued on them
@@ -384,10 +385,10 @@ static fl_status defer_free(fl_allocator *a, uint64_t addr, stream_uses *u)
 
 fl_status fl_record_stream(fl_allocator *a, uint64_t addr, uint64_t stream)
 {
-    pthread_mutex_lock(&a->lock);
+    fl_lock_acquire(&a->lock);
     fl_status s = FL_OK;
     uint64_t val;
-    if (!fl_map_get(&a->requested, addr, &val)) {
+    if (!a->policy->ops->block_size(a->policy, addr) || pending_index(a, addr) >= 0) {
         s = fl_fail(FL_ERR_NOT_FOUND, "record_stream of 0x%llx on stream 0x%llx: not a live block of this allocator",
                     (unsigned long long)addr, (unsigned long long)stream);
     } else {
@@ -409,44 +410,63 @@ fl_status fl_record_stream(fl_allocator *a, uint64_t addr, uint64_t stream)
                 u->n++; /* beyond MAX_USES streams: the free synchronizes the device */
         }
     }
-    pthread_mutex_unlock(&a->lock);
+    fl_lock_release(&a->lock);
     return s;
+}
+
+/* A free while record_stream is in use: a block used on other streams waits for their
+ * events; a pending block is freed already. *size: its requested bytes. */
+static fl_status free_with_uses(fl_allocator *a, uint64_t addr, uint64_t want, uint64_t *size)
+{
+    uint64_t uses_val;
+    if (pending_index(a, addr) >= 0)
+        return fl_policy_not_live(a->policy, addr);
+    if (!fl_map_get(&a->uses, addr, &uses_val)) {
+        uint64_t before = a->policy->allocated;
+        fl_status s = a->policy->ops->free(a->policy, addr, want, size);
+        if (s == FL_OK)
+            a->freed_total += before - a->policy->allocated;
+        return s;
+    }
+    *size = a->policy->ops->block_size(a->policy, addr);
+    if (want && want != *size)
+        return fl_policy_size_mismatch(addr, want, *size);
+    return defer_free(a, addr, (stream_uses *)(uintptr_t)uses_val);
 }
 
 /* want_size: the size the caller says the block has (0 = not checked). */
 static fl_status free_locked(fl_allocator *a, uint64_t addr, uint64_t want_size)
 {
-    uint64_t size;
-    if (!fl_map_get(&a->requested, addr, &size))
-        return fl_fail(FL_ERR_NOT_FOUND, "free of 0x%llx: not a live block of this allocator "
-                       "(freed already, or never allocated here)", (unsigned long long)addr);
-    if (want_size && want_size != size)
-        return fl_fail(FL_ERR_INVALID, "free of 0x%llx with size %llu: the block was allocated with %llu bytes; "
-                       "not freed", (unsigned long long)addr, (unsigned long long)want_size,
-                       (unsigned long long)size);
-    uint64_t uses_val;
-    fl_status s = fl_map_get(&a->uses, addr, &uses_val) ? defer_free(a, addr, (stream_uses *)(uintptr_t)uses_val)
-                                                         : policy_free(a, addr);
-    if (s != FL_OK)
+    fl_policy *p = a->policy;
+    uint64_t size = 0;
+    fl_status s;
+    if (FL_UNLIKELY(a->n_pending || a->uses.count)) {
+        s = free_with_uses(a, addr, want_size, &size);
+    } else {
+        uint64_t before = p->allocated;
+        s = p->ops->free(p, addr, want_size, &size);
+        a->freed_total += before - p->allocated;
+    }
+    if (FL_UNLIKELY(s != FL_OK))
         return s;
-    fl_map_remove(&a->requested, addr, NULL);
     a->req_current -= size;
     a->req_freed += size;
     a->live512 -= fl_live_size(size);
-    if (a->trace) {
+    if (FL_UNLIKELY(a->trace != NULL)) {
         uint64_t stream = 0;
         fl_map_remove(&a->trace_streams, addr, &stream);
         trace_row(a, FL_EV_FREE, addr, size, stream);
     }
-    maybe_publish(a, 0);
+    if (FL_UNLIKELY(a->pub != NULL))
+        maybe_publish(a, 0);
     return FL_OK;
 }
 
 fl_status fl_free(fl_allocator *a, uint64_t addr)
 {
-    pthread_mutex_lock(&a->lock);
+    fl_lock_acquire(&a->lock);
     fl_status s = free_locked(a, addr, 0);
-    pthread_mutex_unlock(&a->lock);
+    fl_lock_release(&a->lock);
     return s;
 }
 
@@ -454,31 +474,31 @@ fl_status fl_free_sized(fl_allocator *a, uint64_t addr, uint64_t size)
 {
     if (size == 0)
         return fl_fail(FL_ERR_INVALID, "free of 0x%llx with size 0: no block has size 0", (unsigned long long)addr);
-    pthread_mutex_lock(&a->lock);
+    fl_lock_acquire(&a->lock);
     fl_status s = free_locked(a, addr, size);
-    pthread_mutex_unlock(&a->lock);
+    fl_lock_release(&a->lock);
     return s;
 }
 
 fl_status fl_empty_cache(fl_allocator *a)
 {
-    pthread_mutex_lock(&a->lock);
+    fl_lock_acquire(&a->lock);
     fl_status s = a->n_pending ? synchronize_pending(a) : FL_OK;
     if (s == FL_OK)
         s = a->policy->ops->empty_cache(a->policy);
     maybe_publish(a, 1);
-    pthread_mutex_unlock(&a->lock);
+    fl_lock_release(&a->lock);
     return s;
 }
 
 fl_status fl_set_limit(fl_allocator *a, uint64_t bytes)
 {
-    pthread_mutex_lock(&a->lock);
+    fl_lock_acquire(&a->lock);
     fl_policy *p = a->policy;
     p->dev->limit = bytes;
     fl_status s = p->ops->limit_changed ? p->ops->limit_changed(p) : FL_OK;
     maybe_publish(a, 1);
-    pthread_mutex_unlock(&a->lock);
+    fl_lock_release(&a->lock);
     return s;
 }
 
@@ -487,52 +507,54 @@ fl_status fl_set_limit(fl_allocator *a, uint64_t bytes)
 void fl_get_stats(const fl_allocator *a, fl_stats *out)
 {
     fl_allocator *m = (fl_allocator *)a;
-    pthread_mutex_lock(&m->lock);
+    fl_lock_acquire(&m->lock);
     stats_locked(m, out);
-    pthread_mutex_unlock(&m->lock);
+    fl_lock_release(&m->lock);
 }
 
 void fl_reset_peak_stats(fl_allocator *a)
 {
-    pthread_mutex_lock(&a->lock);
+    fl_lock_acquire(&a->lock);
     fl_policy *p = a->policy;
     a->peak_allocated = p->allocated;
     a->req_peak = a->req_current;
     a->blocks_peak = p->num_allocs - p->num_frees;
     a->inactive_split_peak = 0;
     p->dev->counters.peak_in_use = p->dev->counters.in_use;
-    pthread_mutex_unlock(&a->lock);
+    fl_lock_release(&a->lock);
 }
 
 fl_status fl_last_oom(const fl_allocator *a, fl_oom_report *out)
 {
     fl_allocator *m = (fl_allocator *)a;
-    pthread_mutex_lock(&m->lock);
+    fl_lock_acquire(&m->lock);
     int has = m->has_oom;
     if (has)
         *out = m->oom;
-    pthread_mutex_unlock(&m->lock);
+    fl_lock_release(&m->lock);
     return has ? FL_OK : fl_fail(FL_ERR_NOT_FOUND, "no allocation has failed on this allocator");
 }
 
 fl_status fl_allocator_snapshot(fl_allocator *a, const char *path)
 {
-    pthread_mutex_lock(&a->lock);
+    fl_lock_acquire(&a->lock);
     fl_status s = write_snapshot(a, path);
-    pthread_mutex_unlock(&a->lock);
+    fl_lock_release(&a->lock);
     return s;
 }
 
 int fl_allocator_check(const fl_allocator *a)
 {
-    pthread_mutex_t *lock = &((fl_allocator *)a)->lock;
-    pthread_mutex_lock(lock);
+    fl_lock *lock = &((fl_allocator *)a)->lock;
+    fl_lock_acquire(lock);
     int r = a->policy->ops->check(a->policy);
-    if (!r && a->requested.count + a->n_pending != a->policy->num_allocs - a->policy->num_frees)
-        r = fl_fail(FL_ERR_INVALID, "allocator check: %llu blocks tracked and %u pending, the policy has %llu live",
-                    (unsigned long long)a->requested.count, a->n_pending,
-                    (unsigned long long)(a->policy->num_allocs - a->policy->num_frees)) != FL_OK;
-    pthread_mutex_unlock(lock);
+    /* A pending block (record_stream) is still the policy's, and on the list once. */
+    for (uint32_t i = 0; !r && i < a->n_pending; i++)
+        if (!a->policy->ops->block_size(a->policy, a->pending[i].addr) ||
+            pending_index(a, a->pending[i].addr) != (int64_t)i)
+            r = fl_fail(FL_ERR_INVALID, "allocator check: pending block 0x%llx is not live, or listed twice",
+                        (unsigned long long)a->pending[i].addr) != FL_OK;
+    fl_lock_release(lock);
     return r;
 }
 

@@ -378,7 +378,7 @@ static void free_block(cca_policy *c, cca_block *b)
 }
 
 /* alloc_found_block: carve the request off the front of b, mark it allocated. */
-static fl_status take_block(cca_policy *c, cca_block *b, uint64_t size, uint64_t *addr)
+static fl_status take_block(cca_policy *c, cca_block *b, uint64_t size, uint64_t req, uint64_t *addr)
 {
     if (should_split(c, b, size)) {
         cca_block *rest = b;
@@ -400,6 +400,7 @@ static fl_status take_block(cca_policy *c, cca_block *b, uint64_t size, uint64_t
         cca_pool_insert(rest);
     }
     b->allocated = true;
+    b->requested = req;
     fl_status st = fl_map_put(&c->live, b->node.addr, (uint64_t)(uintptr_t)b);
     if (st != FL_OK) {
         b->allocated = false;
@@ -451,22 +452,31 @@ static fl_status cca_alloc(fl_policy *p, uint64_t req, uint64_t stream, uint64_t
         if (st != FL_OK)
             return st;
     }
-    return take_block(c, b, size, addr);
+    return take_block(c, b, size, req, addr);
 }
 
-static fl_status cca_free(fl_policy *p, uint64_t addr)
+static fl_status cca_free(fl_policy *p, uint64_t addr, uint64_t want, uint64_t *size)
 {
     cca_policy *c = as_cca(p);
     uint64_t v;
+    if (want && fl_map_get(&c->live, addr, &v) && ((cca_block *)(uintptr_t)v)->requested != want)
+        return fl_policy_size_mismatch(addr, want, ((cca_block *)(uintptr_t)v)->requested);
     if (!fl_map_remove(&c->live, addr, &v))
-        return fl_fail(FL_ERR_NOT_FOUND, "%s: free of 0x%llx, which is not the start of a live block",
-                       p->ops->name, (unsigned long long)addr);
+        return fl_policy_not_live(p, addr);
     cca_block *b = (cca_block *)(uintptr_t)v;
+    if (size)
+        *size = b->requested;
     b->allocated = false;
     c->base.allocated -= b->node.size;
     c->base.num_frees++;
     free_block(c, b);
     return FL_OK;
+}
+
+static uint64_t cca_block_size(const fl_policy *p, uint64_t addr)
+{
+    uint64_t v;
+    return fl_map_get(&((const cca_policy *)p)->live, addr, &v) ? ((const cca_block *)(uintptr_t)v)->requested : 0;
 }
 
 static fl_status cca_empty_cache(fl_policy *p)
@@ -722,6 +732,7 @@ const fl_policy_ops fl_policy_cca = {
     .destroy = cca_destroy,
     .alloc = cca_alloc,
     .free = cca_free,
+    .block_size = cca_block_size,
     .empty_cache = cca_empty_cache,
     .check = cca_check,
     .query = cca_query,
@@ -734,6 +745,7 @@ const fl_policy_ops fl_policy_cca_expandable = {
     .destroy = cca_destroy,
     .alloc = cca_alloc,
     .free = cca_free,
+    .block_size = cca_block_size,
     .empty_cache = cca_empty_cache,
     .check = cca_check,
     .query = cca_query,

@@ -26,6 +26,7 @@ typedef struct cca_block {
     struct cca_block *prev, *next; /* address neighbours in the same segment */
     cca_segment *seg;
     uint64_t gc_base;              /* pool->gc_calls when the block entered the pool */
+    uint64_t requested;            /* allocated: the bytes asked (size is rounded) */
     bool allocated;
     bool mapped;                   /* false only for unmapped ranges of expandable segments */
 } cca_block;

@@ -487,13 +487,12 @@ static fl_status fx_alloc(fl_policy *base, uint64_t size, uint64_t stream, uint6
                        (unsigned long long)size, (unsigned long long)h->va_size);
     }
     fx_bin *bin = rsize <= QUICK_MAX ? &h->bins[(rsize >> 9) - 1] : NULL;
-    uint32_t held = 0;
+    uint32_t held = 0, node;
     if (bin && bin->n) {
         /* A block of this size freed here lately: take it back as it is. */
-        held = bin->node[--bin->n];
+        node = held = bin->node[--bin->n];
         h->range->nodes[held].used = RANGE_USED;
         h->held_bytes -= rsize;
-        off = h->range->nodes[held].offset;
     } else {
         uint32_t n = range_find_free(h->range, rsize);
         if (FL_UNLIKELY(n == 0)) {
@@ -505,9 +504,12 @@ static fl_status fx_alloc(fl_policy *base, uint64_t size, uint64_t stream, uint6
         uint64_t pad = choose_pad(f, h, &h->range->nodes[n], rsize);
         if (FL_UNLIKELY(f->n_pool == 0 && f->n_handles >= f->max_pages))
             place_under_pressure(f, h, rsize, &n, &pad);
-        if ((s = range_take(h->range, n, pad, rsize, &off)) != FL_OK)
+        if ((s = range_take(h->range, n, pad, rsize, &node)) != FL_OK)
             return s;
     }
+    /* The requested size, kept with the block: rsize - size < 512. */
+    h->range->nodes[node].tag = (uint16_t)(rsize - size);
+    off = h->range->nodes[node].offset;
     uint64_t p0 = off >> f->gran_log, p1 = (off + rsize - 1) >> f->gran_log;
     if (FL_UNLIKELY(p1 >= h->n_pages) && (s = heap_grow_pages(h, p1 + 1)) != FL_OK) {
         give_back(h, held, off, rsize);
@@ -544,17 +546,41 @@ static fl_status fx_alloc(fl_policy *base, uint64_t size, uint64_t stream, uint6
     return FL_OK;
 }
 
-static fl_status fx_free(fl_policy *base, uint64_t addr)
+/* The range node of the live block that starts at addr (its heap in *hi), 0 if none. */
+static uint32_t live_node(const fx_policy *f, uint64_t addr, int *hi)
+{
+    uint64_t v;
+    *hi = heap_for_addr(f, addr);
+    if (FL_UNLIKELY(*hi < 0))
+        return 0;
+    const fl_range *r = f->heaps[*hi].range;
+    if (FL_UNLIKELY(!fl_map_get(&r->used, addr - f->heaps[*hi].va, &v) || r->nodes[v].used != RANGE_USED))
+        return 0;
+    return (uint32_t)v;
+}
+
+static uint64_t fx_block_size(const fl_policy *base, uint64_t addr)
+{
+    int hi;
+    uint32_t v = live_node((const fx_policy *)base, addr, &hi);
+    const fx_policy *f = (const fx_policy *)base;
+    return v ? f->heaps[hi].range->nodes[v].size - f->heaps[hi].range->nodes[v].tag : 0;
+}
+
+static fl_status fx_free(fl_policy *base, uint64_t addr, uint64_t want, uint64_t *requested)
 {
     fx_policy *f = (fx_policy *)base;
-    int hi = heap_for_addr(f, addr);
-    if (FL_UNLIKELY(hi < 0))
-        return fl_fail(FL_ERR_NOT_FOUND, "fragless: 0x%llx was not allocated here", (unsigned long long)addr);
+    int hi;
+    uint32_t v = live_node(f, addr, &hi);
+    if (FL_UNLIKELY(!v))
+        return fl_policy_not_live(base, addr);
     fx_heap *h = &f->heaps[hi];
-    uint64_t off = addr - h->va, v;
-    if (FL_UNLIKELY(!fl_map_get(&h->range->used, off, &v) || h->range->nodes[v].used != RANGE_USED))
-        return fl_fail(FL_ERR_NOT_FOUND, "fragless: 0x%llx is not a live block", (unsigned long long)addr);
-    uint64_t size = h->range->nodes[v].size;
+    uint64_t off = addr - h->va;
+    uint64_t size = h->range->nodes[v].size, req = size - h->range->nodes[v].tag;
+    if (FL_UNLIKELY(want && want != req))
+        return fl_policy_size_mismatch(addr, want, req);
+    if (requested)
+        *requested = req;
     fx_bin *bin = size <= QUICK_MAX ? &h->bins[(size >> 9) - 1] : NULL;
     if (bin && bin->n < QUICK_CAP) {
         /* Set aside for the next request of this size: no range allocator work now or
@@ -777,6 +803,7 @@ const fl_policy_ops fl_policy_fragless = {
     .destroy = fx_destroy,
     .alloc = fx_alloc,
     .free = fx_free,
+    .block_size = fx_block_size,
     .empty_cache = fx_empty_cache,
     .check = fx_check,
     .query = fx_query,

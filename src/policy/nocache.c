@@ -7,7 +7,7 @@
 
 typedef struct nocache_policy {
     fl_policy base;
-    fl_map live;                   /* address -> rounded size */
+    fl_map live;                   /* address -> requested size (rounded: fl_round_request) */
 } nocache_policy;
 
 static inline nocache_policy *as_nocache(fl_policy *p) { return (nocache_policy *)p; }
@@ -63,7 +63,7 @@ static fl_status nocache_alloc(fl_policy *p, uint64_t size, uint64_t stream, uin
         }
         return st;
     }
-    if ((st = fl_map_put(&n->live, a, bytes)) != FL_OK) {
+    if ((st = fl_map_put(&n->live, a, size)) != FL_OK) {
         fl_dev_mem_free(p->dev, a);
         return st;
     }
@@ -73,20 +73,29 @@ static fl_status nocache_alloc(fl_policy *p, uint64_t size, uint64_t stream, uin
     return FL_OK;
 }
 
-static fl_status nocache_free(fl_policy *p, uint64_t addr)
+static fl_status nocache_free(fl_policy *p, uint64_t addr, uint64_t want, uint64_t *size)
 {
     nocache_policy *n = as_nocache(p);
-    uint64_t bytes;
-    if (!fl_map_get(&n->live, addr, &bytes))
-        return fl_fail(FL_ERR_NOT_FOUND, "nocache: free of 0x%llx, which is not a live block",
-                       (unsigned long long)addr);
+    uint64_t req;
+    if (!fl_map_get(&n->live, addr, &req))
+        return fl_policy_not_live(p, addr);
+    if (want && want != req)
+        return fl_policy_size_mismatch(addr, want, req);
     fl_status st = fl_dev_mem_free(p->dev, addr);
     if (st != FL_OK)
         return st;
     fl_map_remove(&n->live, addr, NULL);
-    p->allocated -= bytes;
+    p->allocated -= fl_round_request(NULL, req);
     p->num_frees++;
+    if (size)
+        *size = req;
     return FL_OK;
+}
+
+static uint64_t nocache_block_size(const fl_policy *p, uint64_t addr)
+{
+    uint64_t req;
+    return fl_map_get(&((const nocache_policy *)p)->live, addr, &req) ? req : 0;
 }
 
 static fl_status nocache_empty_cache(fl_policy *p)
@@ -102,12 +111,12 @@ static int nocache_check(const fl_policy *p)
     for (uint64_t i = 0; i <= n->live.mask; i++) {
         if (n->live.e[i].key == UINT64_MAX)
             continue;
-        if (n->live.e[i].key % 512 || n->live.e[i].val == 0 || n->live.e[i].val % 512) {
-            fl_fail(FL_ERR_INVALID, "nocache check: block 0x%llx of %llu bytes is not 512-aligned",
+        if (n->live.e[i].key % 512 || n->live.e[i].val == 0) {
+            fl_fail(FL_ERR_INVALID, "nocache check: block 0x%llx of %llu bytes is not 512-aligned or empty",
                     (unsigned long long)n->live.e[i].key, (unsigned long long)n->live.e[i].val);
             return 1;
         }
-        sum += n->live.e[i].val;
+        sum += fl_round_request(NULL, n->live.e[i].val);
         count++;
     }
     if (count != n->live.count || sum != p->allocated) {
@@ -141,9 +150,9 @@ static void nocache_walk(const fl_policy *p, const fl_state_visitor *v)
         if (n->live.e[i].key == UINT64_MAX)
             continue;
         if (v->region)
-            v->region(v->user, n->live.e[i].key, n->live.e[i].val, 0, "block");
+            v->region(v->user, n->live.e[i].key, fl_round_request(NULL, n->live.e[i].val), 0, "block");
         if (v->block)
-            v->block(v->user, n->live.e[i].key, n->live.e[i].val, 1);
+            v->block(v->user, n->live.e[i].key, fl_round_request(NULL, n->live.e[i].val), 1);
     }
 }
 
@@ -153,6 +162,7 @@ const fl_policy_ops fl_policy_nocache = {
     .destroy = nocache_destroy,
     .alloc = nocache_alloc,
     .free = nocache_free,
+    .block_size = nocache_block_size,
     .empty_cache = nocache_empty_cache,
     .check = nocache_check,
     .query = nocache_query,

@@ -22,10 +22,17 @@ typedef struct fl_policy_ops {
     const char *name;
     fl_status (*create)(const fl_config *cfg, fl_device *dev, fl_policy **out);
     void (*destroy)(fl_policy *p);
-    /* size > 0 (the caller checks). On failure nothing changes but the counters. */
+    /* size > 0 (the caller checks): the requested bytes, which the policy keeps with the
+     * block (the allocator object has no block table of its own). On failure nothing
+     * changes but the counters. */
     fl_status (*alloc)(fl_policy *p, uint64_t size, uint64_t stream, uint64_t *addr);
-    /* FL_ERR_NOT_FOUND for an address that is not a live block's start. */
-    fl_status (*free)(fl_policy *p, uint64_t addr);
+    /* Frees the live block that starts at addr and gives its requested size (size may be
+     * NULL). want: 0, or the size the caller says it has; a mismatch is FL_ERR_INVALID
+     * (fl_policy_size_mismatch) and the block stays. FL_ERR_NOT_FOUND for an address that
+     * is not a live block's start. */
+    fl_status (*free)(fl_policy *p, uint64_t addr, uint64_t want, uint64_t *size);
+    /* The requested size of the live block that starts at addr; 0 if there is none. */
+    uint64_t (*block_size)(const fl_policy *p, uint64_t addr);
     /* Gives cached memory that no live block needs back to the device. */
     fl_status (*empty_cache)(fl_policy *p);
     /* Self-check: 0 when every invariant holds, else nonzero with fl_fail() set. */
@@ -58,6 +65,11 @@ extern const fl_policy_ops fl_policy_nocache;
 const fl_policy_ops *fl_policy_find(const char *name);
 /* Creates the policy cfg->policy names (cca + expandable_segments -> cca-expandable). */
 fl_status fl_policy_create(const fl_config *cfg, fl_device *dev, fl_policy **out);
+
+/* The error of a free whose size is not the block's (nothing is freed). */
+fl_status fl_policy_size_mismatch(uint64_t addr, uint64_t want, uint64_t have);
+/* The error of a free of an address that is not a live block's start. */
+fl_status fl_policy_not_live(const fl_policy *p, uint64_t addr);
 
 /* PyTorch's request rounding (512 B minimum and multiple, roundup_power2_divisions);
  * shared by the cca policies and used by replay to size peak_live. */

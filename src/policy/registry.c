@@ -36,3 +36,15 @@ fl_status fl_policy_create(const fl_config *cfg, fl_device *dev, fl_policy **out
     dev->limit = cfg->limit;
     return ops->create(cfg, dev, out);
 }
+
+fl_status fl_policy_size_mismatch(uint64_t addr, uint64_t want, uint64_t have)
+{
+    return fl_fail(FL_ERR_INVALID, "free of 0x%llx with size %llu: the block was allocated with %llu bytes; not freed",
+                   (unsigned long long)addr, (unsigned long long)want, (unsigned long long)have);
+}
+
+fl_status fl_policy_not_live(const fl_policy *p, uint64_t addr)
+{
+    return fl_fail(FL_ERR_NOT_FOUND, "%s: free of 0x%llx: not a live block of this allocator (freed already, or "
+                   "never allocated here)", p->ops->name, (unsigned long long)addr);
+}

@@ -6,6 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The tag fits the node's padding: nodes stay 40 bytes. */
+_Static_assert(sizeof(range_node) == 40, "range_node grew");
+
 #define NIL 0u
 
 /* Size classes, in units of min_align: sizes below 16 units have one class each;
@@ -312,10 +315,14 @@ fl_status fl_range_alloc(fl_range *r, uint64_t size, uint64_t align, uint64_t *o
         return fl_fail(FL_ERR_OOM, "range allocator: no free range of %llu bytes (free %llu, largest %llu)",
                        (unsigned long long)size, (unsigned long long)r->total_free,
                        (unsigned long long)fl_range_largest_free(r));
-    return range_take(r, n, fl_align_up(r->nodes[n].offset, align) - r->nodes[n].offset, size, offset);
+    uint32_t used;
+    fl_status s = range_take(r, n, fl_align_up(r->nodes[n].offset, align) - r->nodes[n].offset, size, &used);
+    if (s == FL_OK)
+        *offset = r->nodes[used].offset;
+    return s;
 }
 
-fl_status range_take(fl_range *r, uint32_t n, uint64_t pad, uint64_t size, uint64_t *offset)
+fl_status range_take(fl_range *r, uint32_t n, uint64_t pad, uint64_t size, uint32_t *out)
 {
     if (FL_UNLIKELY(reserve_nodes(r) != FL_OK))
         return FL_ERR_NOMEM;
@@ -326,7 +333,7 @@ fl_status range_take(fl_range *r, uint32_t n, uint64_t pad, uint64_t size, uint6
     }
     r->total_free -= size;
     r->live++;
-    *offset = r->nodes[used].offset;
+    *out = used;
     return FL_OK;
 }
 

@@ -19,6 +19,8 @@ typedef struct range_node {
     uint32_t prev_free, next_free;    /* class list links (or the recycle list) */
     uint16_t cls;                     /* class list a free node is on */
     uint8_t used;                     /* RANGE_FREE, RANGE_USED, RANGE_RECYCLED or RANGE_HELD */
+    uint16_t tag;                     /* a used block's 16 bits for its owner (the fragless
+                                         policy: size - requested bytes); fits the padding */
 } range_node;
 
 /* Node states. A held block is allocated as far as the range allocator is concerned,
@@ -48,9 +50,9 @@ fl_status range_free_sized(fl_range *r, uint64_t offset, uint64_t *size);
 uint32_t range_find_free(const fl_range *r, uint64_t size);
 /* Up to max free nodes of at least size bytes, from the request's class upward. */
 size_t range_candidates(const fl_range *r, uint64_t size, uint32_t *out, size_t max);
-/* Makes [start + pad, start + pad + size) of free node n a used block; the caller chose
- * pad (a multiple of min_align, pad + size <= the node's size). */
-fl_status range_take(fl_range *r, uint32_t n, uint64_t pad, uint64_t size, uint64_t *offset);
+/* Makes [start + pad, start + pad + size) of free node n a used block, *used its node;
+ * the caller chose pad (a multiple of min_align, pad + size <= the node's size). */
+fl_status range_take(fl_range *r, uint32_t n, uint64_t pad, uint64_t size, uint32_t *used);
 uint32_t range_free_node(fl_range *r, uint32_t n);
 
 #endif
