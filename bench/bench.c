@@ -163,7 +163,21 @@ static int api_replay(const bench_trace *t, const char *policy, uint64_t *ns)
 typedef struct variant {
     const char *label;
     const char *policy; /* NULL: OffsetAllocator */
+    int on;             /* in FL_BENCH_ONLY */
 } variant;
+
+/* FL_BENCH_ONLY=fl_alloc,threads,... runs those parts alone (a profiler's run); unset: all. */
+static int selected(const char *label)
+{
+    const char *only = getenv("FL_BENCH_ONLY");
+    if (!only || !*only)
+        return 1;
+    size_t n = strlen(label);
+    for (const char *p = only; (p = strstr(p, label)); p += n)
+        if ((p == only || p[-1] == ',') && (p[n] == ',' || !p[n]))
+            return 1;
+    return 0;
+}
 
 /* One run: the trace replayed on fresh allocators until MIN_PAIRS pairs are timed, so that
  * a short trace's figure is not one fraction of a millisecond. */
@@ -188,6 +202,14 @@ static int measure(const variant *v, const bench_trace *t, double *ns_per_pair)
     }
     *ns_per_pair = t->n_allocs ? (double)total / (double)(reps * t->n_allocs) : 0;
     return 0;
+}
+
+static void print_ns(int width, double ns)
+{
+    if (ns < 0)
+        printf(" %*s", width, "-");
+    else
+        printf(" %*.1f", width, ns);
 }
 
 int main(int argc, char **argv)
@@ -221,14 +243,16 @@ int main(int argc, char **argv)
     /* The headline first, then the yardstick, then the other policies through the same path. */
     variant v[MAX_VARIANTS];
     int nv = 0, oa = -1;
-    v[nv++] = (variant){"fl_alloc", "fragless"};
+    v[nv++] = (variant){"fl_alloc", "fragless", 0};
 #ifdef FL_BENCH_OA
     oa = nv;
-    v[nv++] = (variant){"OA", NULL};
+    v[nv++] = (variant){"OA", NULL, 0};
 #endif
     for (const char *const *p = fl_policy_names(); *p && nv < MAX_VARIANTS; p++)
         if (strcmp(*p, "fragless"))
-            v[nv++] = (variant){*p, *p};
+            v[nv++] = (variant){*p, *p, 0};
+    for (int k = 0; k < nv; k++)
+        v[k].on = selected(v[k].label);
 
     printf("host time per allocation + free pair (ns), median of %d interleaved runs; sim device, zero-cost calls\n", runs);
     printf("  fl_alloc: the fragless policy through fl_alloc/fl_free (the headline); other policies through the same calls;\n"
@@ -254,13 +278,14 @@ int main(int argc, char **argv)
         for (int r = 0; r < runs; r++)
             for (int j = 0; j < nv; j++) {
                 int k = (j + r) % nv; /* each variant takes each place in the order in turn */
-                if (measure(&v[k], &t, &ns[k][r]) != 0)
+                if (v[k].on && measure(&v[k], &t, &ns[k][r]) != 0)
                     return 4;
             }
         for (int k = 0; k < nv; k++)
-            med[k] = bench_median(ns[k], runs);
-        printf("%-32s %8llu %9.1f", t.name, (unsigned long long)t.n_allocs, med[0]);
-        if (oa >= 0 && med[oa] > 0) {
+            med[k] = v[k].on ? bench_median(ns[k], runs) : -1;
+        printf("%-32s %8llu", t.name, (unsigned long long)t.n_allocs);
+        print_ns(9, med[0]);
+        if (oa >= 0 && med[oa] > 0 && med[0] > 0) {
             double ratio = med[0] / med[oa];
             printf(" %7.1f %8.2f", med[oa], ratio);
             measured++;
@@ -268,11 +293,12 @@ int main(int argc, char **argv)
             worst = ratio > worst ? ratio : worst;
             log_sum += log2(ratio);
         } else {
-            printf(" %7s %8s", "-", "-");
+            print_ns(7, oa >= 0 ? med[oa] : -1);
+            printf(" %8s", "-");
         }
         for (int k = 0; k < nv; k++)
             if (k && k != oa)
-                printf(" %15.1f", med[k]);
+                print_ns(15, med[k]);
         printf("\n");
         fflush(stdout);
         if (!have_first) {
@@ -285,11 +311,11 @@ int main(int argc, char **argv)
     if (measured)
         printf("fl_alloc/OA: %d of %d traces within %.1fx; worst %.2f, geometric mean %.2f\n", met, measured, OA_TARGET,
                worst, exp2(log_sum / measured));
-    else
+    else if (oa < 0)
         printf("OA column absent: fl_bench was built without FL_OA_DIR. Get sebbbi's OffsetAllocator anywhere (e.g.\n"
                "  git clone https://github.com/sebbbi/OffsetAllocator /tmp/oa) and run `make bench OA_DIR=/tmp/oa`.\n");
 
-    int rc = bench_threads(&first, runs);
+    int rc = selected("threads") ? bench_threads(&first, runs) : 0;
     trace_free(&first);
     for (int i = 0; i < n; i++)
         free(paths[i]);

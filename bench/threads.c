@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "bench.h"
@@ -71,7 +72,7 @@ static void *worker_main(void *arg)
 /* One timed phase on a fresh allocator: `threads` threads, `total_reps` traces in all.
  * Each stream replays the trace once untimed first, so that both phases start warm. */
 static int phase(const bench_trace *t, const uint32_t *end_live, uint32_t n_end_live, int threads, int total_reps,
-                 double *mpairs)
+                 double *mpairs, double *busy)
 {
     fl_sim_params sp;
     fl_sim_params_default(&sp);
@@ -109,18 +110,23 @@ static int phase(const bench_trace *t, const uint32_t *end_live, uint32_t n_end_
             rc = -1;
             break;
         }
+    struct timespec c0, c1;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
     uint64_t t0 = bench_now_ns();
     atomic_store(&go, rc ? -1 : 1);
     for (int i = 0; i < started; i++)
         pthread_join(tid[i], NULL);
     uint64_t t1 = bench_now_ns();
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
     for (int i = 0; i < started && !rc; i++)
         if (w[i].failed) {
             fprintf(stderr, "fl_bench: threads: %s\n", w[i].err);
             rc = -1;
         }
-    if (!rc)
+    if (!rc) {
         *mpairs = (double)t->n_allocs * total_reps / (double)(t1 - t0) * 1e3;
+        *busy = ((double)(c1.tv_sec - c0.tv_sec) * 1e9 + (double)(c1.tv_nsec - c0.tv_nsec)) / (double)(t1 - t0);
+    }
     for (int i = 0; i < made; i++)
         free(w[i].addr);
     fl_allocator_destroy(a);
@@ -149,25 +155,30 @@ int bench_threads(const bench_trace *t, int runs)
     free(live);
 
     int reps = (int)((PAIRS_PER_THREAD + t->n_allocs - 1) / t->n_allocs); /* per thread of two */
-    double one[BENCH_MAX_RUNS], two[BENCH_MAX_RUNS];
+    double one[BENCH_MAX_RUNS], two[BENCH_MAX_RUNS], busy1[BENCH_MAX_RUNS], busy2[BENCH_MAX_RUNS], load[3] = {0};
+    if (getloadavg(load, 3) < 1)
+        load[0] = -1;
     int rc = 0;
     for (int r = 0; r < runs && !rc; r++) {
         /* Interleaved, each first in turn. */
         if (r % 2)
-            rc = phase(t, end_live, n_end_live, 2, 2 * reps, &two[r]) ||
-                 phase(t, end_live, n_end_live, 1, 2 * reps, &one[r]);
+            rc = phase(t, end_live, n_end_live, 2, 2 * reps, &two[r], &busy2[r]) ||
+                 phase(t, end_live, n_end_live, 1, 2 * reps, &one[r], &busy1[r]);
         else
-            rc = phase(t, end_live, n_end_live, 1, 2 * reps, &one[r]) ||
-                 phase(t, end_live, n_end_live, 2, 2 * reps, &two[r]);
+            rc = phase(t, end_live, n_end_live, 1, 2 * reps, &one[r], &busy1[r]) ||
+                 phase(t, end_live, n_end_live, 2, 2 * reps, &two[r], &busy2[r]);
     }
     free(end_live);
     if (rc)
         return -1;
     double m1 = bench_median(one, runs), m2 = bench_median(two, runs);
-    printf("threads: %s, %llu pairs x %d, one fragless allocator, sim device with zero-cost calls, %ld CPUs online\n",
-           t->name, (unsigned long long)t->n_allocs, 2 * reps, sysconf(_SC_NPROCESSORS_ONLN));
-    printf("threads: 1 thread on 1 stream %.2f M pairs/s, 2 threads on 2 streams %.2f M pairs/s: ratio %.2f "
-           "(target >= %.1f), median of %d interleaved runs\n",
-           m1, m2, m2 / m1, THREADS_TARGET, runs);
+    /* CPUs busy = process CPU time / wall time: below 2 with two threads, they waited
+     * (for the lock, or for a CPU that others' work held: see the load average). */
+    printf("threads: %s, %llu pairs x %d per phase, one fragless allocator, sim device with zero-cost calls; "
+           "%ld CPUs online, load average %.2f\n",
+           t->name, (unsigned long long)t->n_allocs, 2 * reps, sysconf(_SC_NPROCESSORS_ONLN), load[0]);
+    printf("threads: 1 thread on 1 stream %.2f M pairs/s (%.2f CPUs busy), 2 threads on 2 streams %.2f M pairs/s "
+           "(%.2f CPUs busy): ratio %.2f (target >= %.1f), median of %d interleaved runs\n",
+           m1, bench_median(busy1, runs), m2, bench_median(busy2, runs), m2 / m1, THREADS_TARGET, runs);
     return 0;
 }
