@@ -21,12 +21,19 @@ run: build
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
-# Host time medians per policy, then the compare figures, on the example trace and
-# ../shared/traces when present.
-BENCH_TRACES = $(wildcard examples/*.csv) $(wildcard ../shared/traces/*.csv)
-bench: build
+# Host time per alloc + free pair through fl_alloc/fl_free on every trace (examples/,
+# ../shared/traces and its hard/ and snapshots/ when present), beside sebbbi's
+# OffsetAllocator when OA_DIR names a checkout of it (make bench OA_DIR=/tmp/oa), and the
+# threads scaling line; then the compare figures. FL_BENCH_RUNS sets the runs per median.
+OA_DIR ?=
+BENCH_TRACES = $(wildcard examples/*.csv) $(wildcard ../shared/traces/*.csv) \
+	$(wildcard ../shared/traces/hard/*.csv) $(wildcard ../shared/traces/snapshots/*.pickle)
+COMPARE_TRACES = $(wildcard examples/*.csv) $(wildcard ../shared/traces/*.csv)
+bench: $(BUILD)/CMakeCache.txt
+	$(if $(OA_DIR),cmake -S . -B $(BUILD) -DFL_OA_DIR=$(abspath $(OA_DIR)))
+	cmake --build $(BUILD) -j $(JOBS) --target fl_bench fragless
 	./$(BUILD)/fl_bench $(BENCH_TRACES)
-	./$(BUILD)/fragless compare $(BENCH_TRACES) --capacity 1.05x
+	./$(BUILD)/fragless compare $(COMPARE_TRACES) --capacity 1.05x
 
 clean:
 	rm -rf $(BUILD)

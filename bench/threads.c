@@ -1,0 +1,184 @@
+/* `make bench`, the threads scaling line: one allocator (fragless policy, sim device with
+ * zero-cost calls) serving one thread on one stream, then two threads on two streams at
+ * the same time, the same total work: million pairs per second for each and their ratio
+ * (target: two threads >= 1.7x one). A benchmark, not a test: it checks nothing. */
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bench.h"
+#include "fragless.h"
+
+#define THREADS_TARGET 1.7
+/* Pairs each thread replays per timed phase: enough that the phase (~10 ms and more)
+ * dwarfs thread start-up and the clock. */
+#define PAIRS_PER_THREAD 100000
+
+typedef struct worker {
+    fl_allocator *a;
+    const bench_trace *t;
+    const uint32_t *end_live; /* slots still live when the trace ends */
+    uint32_t n_end_live;
+    uint64_t stream;          /* every operation of this thread goes to its own stream */
+    int reps;
+    uint64_t *addr;           /* the thread's own address table */
+    atomic_int *go;           /* 0: wait, 1: run, -1: give up */
+    int failed;
+    char err[256];
+} worker;
+
+/* The trace `reps` times on the worker's stream; the blocks the trace leaves live are
+ * freed after each time, so the next starts from the same state. */
+static int run_reps(worker *w, int reps)
+{
+    const bench_op *ops = w->t->ops;
+    size_t n_ops = w->t->n_ops;
+    for (int rep = 0; rep < reps; rep++) {
+        for (size_t i = 0; i < n_ops; i++) {
+            const bench_op *op = &ops[i];
+            if (op->is_free ? fl_free(w->a, w->addr[op->slot]) != FL_OK
+                            : fl_alloc(w->a, op->size, w->stream, &w->addr[op->slot]) != FL_OK) {
+                snprintf(w->err, sizeof w->err, "stream %llu, operation %zu: %s", (unsigned long long)w->stream, i,
+                         fl_last_error());
+                return -1;
+            }
+        }
+        for (uint32_t k = 0; k < w->n_end_live; k++)
+            if (fl_free(w->a, w->addr[w->end_live[k]]) != FL_OK) {
+                snprintf(w->err, sizeof w->err, "stream %llu, end of the trace: %s", (unsigned long long)w->stream,
+                         fl_last_error());
+                return -1;
+            }
+    }
+    return 0;
+}
+
+static void *worker_main(void *arg)
+{
+    worker *w = arg;
+    int go;
+    while (!(go = atomic_load(w->go)))
+        sched_yield();
+    if (go > 0)
+        w->failed = run_reps(w, w->reps) != 0;
+    return NULL;
+}
+
+/* One timed phase on a fresh allocator: `threads` threads, `total_reps` traces in all.
+ * Each stream replays the trace once untimed first, so that both phases start warm. */
+static int phase(const bench_trace *t, const uint32_t *end_live, uint32_t n_end_live, int threads, int total_reps,
+                 double *mpairs, double *busy)
+{
+    fl_sim_params sp;
+    fl_sim_params_default(&sp);
+    for (int c = 0; c < FL_CALL_COUNT; c++)
+        sp.cost_us[c] = 0;
+    fl_config cfg;
+    fl_config_default(&cfg);
+    cfg.oom_report = 0;
+    cfg.publish = 0;
+    fl_device *d = NULL;
+    fl_allocator *a = NULL;
+    if (fl_sim_device_create(&sp, &d) != FL_OK || fl_allocator_create(&cfg, d, &a) != FL_OK) {
+        fprintf(stderr, "fl_bench: threads: %s\n", fl_last_error());
+        fl_device_destroy(d);
+        return -1;
+    }
+    worker w[2];
+    pthread_t tid[2];
+    atomic_int go = 0;
+    int rc = 0, made = 0, started = 0;
+    for (; made < threads && !rc; made++) {
+        w[made] = (worker){a, t, end_live, n_end_live, (uint64_t)made + 1, total_reps / threads, NULL, &go, 0, ""};
+        if (!(w[made].addr = calloc(t->n_slots + 1, sizeof *w[made].addr))) {
+            snprintf(w[made].err, sizeof w[made].err, "out of host memory");
+            rc = -1;
+        } else if (run_reps(&w[made], 1) != 0) {
+            rc = -1;
+        }
+        if (rc)
+            fprintf(stderr, "fl_bench: threads: %s\n", w[made].err);
+    }
+    for (; started < threads && !rc; started++)
+        if (pthread_create(&tid[started], NULL, worker_main, &w[started]) != 0) {
+            fprintf(stderr, "fl_bench: threads: cannot start a thread\n");
+            rc = -1;
+            break;
+        }
+    struct timespec c0, c1;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
+    uint64_t t0 = bench_now_ns();
+    atomic_store(&go, rc ? -1 : 1);
+    for (int i = 0; i < started; i++)
+        pthread_join(tid[i], NULL);
+    uint64_t t1 = bench_now_ns();
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+    for (int i = 0; i < started && !rc; i++)
+        if (w[i].failed) {
+            fprintf(stderr, "fl_bench: threads: %s\n", w[i].err);
+            rc = -1;
+        }
+    if (!rc) {
+        *mpairs = (double)t->n_allocs * total_reps / (double)(t1 - t0) * 1e3;
+        *busy = ((double)(c1.tv_sec - c0.tv_sec) * 1e9 + (double)(c1.tv_nsec - c0.tv_nsec)) / (double)(t1 - t0);
+    }
+    for (int i = 0; i < made; i++)
+        free(w[i].addr);
+    fl_allocator_destroy(a);
+    fl_device_destroy(d);
+    return rc;
+}
+
+int bench_threads(const bench_trace *t, int runs)
+{
+    if (!t->n_allocs)
+        return 0;
+    /* The slots live at the trace's end, freed after each replay of it. */
+    unsigned char *live = calloc(t->n_slots + 1, 1);
+    uint32_t *end_live = malloc((t->n_slots + 1) * sizeof *end_live), n_end_live = 0;
+    if (!live || !end_live) {
+        free(live);
+        free(end_live);
+        fprintf(stderr, "fl_bench: threads: out of host memory\n");
+        return -1;
+    }
+    for (size_t i = 0; i < t->n_ops; i++)
+        live[t->ops[i].slot] = !t->ops[i].is_free;
+    for (uint32_t s = 0; s < t->n_slots; s++)
+        if (live[s])
+            end_live[n_end_live++] = s;
+    free(live);
+
+    int reps = (int)((PAIRS_PER_THREAD + t->n_allocs - 1) / t->n_allocs); /* per thread of two */
+    double one[BENCH_MAX_RUNS], two[BENCH_MAX_RUNS], busy1[BENCH_MAX_RUNS], busy2[BENCH_MAX_RUNS], load[3] = {0};
+    if (getloadavg(load, 3) < 1)
+        load[0] = -1;
+    int rc = 0;
+    for (int r = 0; r < runs && !rc; r++) {
+        /* Interleaved, each first in turn. */
+        if (r % 2)
+            rc = phase(t, end_live, n_end_live, 2, 2 * reps, &two[r], &busy2[r]) ||
+                 phase(t, end_live, n_end_live, 1, 2 * reps, &one[r], &busy1[r]);
+        else
+            rc = phase(t, end_live, n_end_live, 1, 2 * reps, &one[r], &busy1[r]) ||
+                 phase(t, end_live, n_end_live, 2, 2 * reps, &two[r], &busy2[r]);
+    }
+    free(end_live);
+    if (rc)
+        return -1;
+    double m1 = bench_median(one, runs), m2 = bench_median(two, runs);
+    /* CPUs busy = process CPU time / wall time: below 2 with two threads, they waited
+     * (for the lock, or for a CPU that others' work held: see the load average). */
+    printf("threads: %s, %llu pairs x %d per phase, one fragless allocator, sim device with zero-cost calls; "
+           "%ld CPUs online, load average %.2f\n",
+           t->name, (unsigned long long)t->n_allocs, 2 * reps, sysconf(_SC_NPROCESSORS_ONLN), load[0]);
+    printf("threads: 1 thread on 1 stream %.2f M pairs/s (%.2f CPUs busy), 2 threads on 2 streams %.2f M pairs/s "
+           "(%.2f CPUs busy): ratio %.2f (target >= %.1f), median of %d interleaved runs\n",
+           m1, bench_median(busy1, runs), m2, bench_median(busy2, runs), m2 / m1, THREADS_TARGET, runs);
+    return 0;
+}
