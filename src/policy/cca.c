@@ -399,6 +399,7 @@ static fl_status take_block(cca_policy *c, cca_block *b, uint64_t size, uint64_t
         rest->node.size -= size;
         cca_pool_insert(rest);
     }
+    FL_ASSERT(!b->allocated && b->mapped && b->node.size >= size && req <= size);
     b->allocated = true;
     b->requested = req;
     fl_status st = fl_map_put(&c->live, b->node.addr, (uint64_t)(uintptr_t)b);
@@ -464,6 +465,7 @@ static fl_status cca_free(fl_policy *p, uint64_t addr, uint64_t want, uint64_t *
     if (!fl_map_remove(&c->live, addr, &v))
         return fl_policy_not_live(p, addr);
     cca_block *b = (cca_block *)(uintptr_t)v;
+    FL_ASSERT(b->allocated && b->node.addr == addr && b->node.size <= c->base.allocated);
     if (size)
         *size = b->requested;
     b->allocated = false;

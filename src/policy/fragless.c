@@ -336,7 +336,9 @@ static void map_ahead(fx_policy *f, uint32_t hi, uint64_t p1)
 static void unpin(fx_policy *f, uint32_t hi, uint64_t p0, uint64_t p1)
 {
     fx_page *pg = f->heaps[hi].pages;
+    FL_ASSERT(p0 <= p1 && p1 < f->heaps[hi].n_pages);
     for (uint64_t p = p0; p <= p1; p++) {
+        FL_ASSERT(pg[p].refs > 0); /* a live block touches it: pinned */
         if (--pg[p].refs == 0) {
             f->n_cached += pg[p].handle != 0;
             pg[p].flags |= PAGE_RECENT;
@@ -507,6 +509,7 @@ static fl_status fx_alloc(fl_policy *base, uint64_t size, uint64_t stream, uint6
         if ((s = range_take(h->range, n, pad, rsize, &node)) != FL_OK)
             return s;
     }
+    FL_ASSERT(h->range->nodes[node].used == RANGE_USED && h->range->nodes[node].size == rsize);
     /* The requested size, kept with the block: rsize - size < 512. */
     h->range->nodes[node].tag = (uint16_t)(rsize - size);
     off = h->range->nodes[node].offset;
@@ -517,15 +520,18 @@ static fl_status fx_alloc(fl_policy *base, uint64_t size, uint64_t stream, uint6
     }
     fx_page *pg = h->pages;
     uint64_t missing = 0;
+    uint32_t no_access = 0; /* a cached page whose set_access failed: map_pages sets it */
     for (uint64_t p = p0; p <= p1; p++) {
         if (pg[p].refs++ == 0) {
-            if (pg[p].handle)
+            if (pg[p].handle) {
                 f->n_cached--;
-            else
+                no_access |= pg[p].flags & PAGE_NO_ACCESS;
+            } else {
                 missing++;
+            }
         }
     }
-    if (FL_UNLIKELY(missing)) {
+    if (FL_UNLIKELY(missing | no_access)) {
         if (missing > pages_obtainable(f))
             s = fl_fail(FL_ERR_OOM, "fragless: %llu bytes need %llu more pages of %llu MiB; %llu obtainable",
                         (unsigned long long)size, (unsigned long long)missing,
@@ -540,6 +546,9 @@ static fl_status fx_alloc(fl_policy *base, uint64_t size, uint64_t stream, uint6
             return s;
         }
     }
+    /* Every page under the block is mapped and accessible now. */
+    FL_ASSERT(f->heaps[hi].pages[p0].handle && f->heaps[hi].pages[p1].handle &&
+              !(f->heaps[hi].pages[p0].flags & PAGE_NO_ACCESS));
     base->allocated += rsize;
     base->num_allocs++;
     *addr = f->heaps[hi].va + off;
@@ -579,6 +588,7 @@ static fl_status fx_free(fl_policy *base, uint64_t addr, uint64_t want, uint64_t
     uint64_t size = h->range->nodes[v].size, req = size - h->range->nodes[v].tag;
     if (FL_UNLIKELY(want && want != req))
         return fl_policy_size_mismatch(addr, want, req);
+    FL_ASSERT(size <= base->allocated && base->num_frees < base->num_allocs);
     if (requested)
         *requested = req;
     fx_bin *bin = size <= QUICK_MAX ? &h->bins[(size >> 9) - 1] : NULL;

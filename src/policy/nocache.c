@@ -85,6 +85,7 @@ static fl_status nocache_free(fl_policy *p, uint64_t addr, uint64_t want, uint64
     if (st != FL_OK)
         return st;
     fl_map_remove(&n->live, addr, NULL);
+    FL_ASSERT(fl_round_request(NULL, req) <= p->allocated);
     p->allocated -= fl_round_request(NULL, req);
     p->num_frees++;
     if (size)

@@ -35,6 +35,7 @@ static inline unsigned class_index(const fl_range *r, uint64_t size)
 static void list_insert(fl_range *r, uint32_t n)
 {
     range_node *b = &r->nodes[n];
+    FL_ASSERT(n != NIL && b->used == RANGE_FREE && b->size >= r->min_align);
     unsigned c = class_index(r, b->size);
     b->cls = (uint16_t)c;
     b->prev_free = NIL;
@@ -50,6 +51,7 @@ static void list_remove(fl_range *r, uint32_t n)
 {
     range_node *b = &r->nodes[n];
     unsigned c = b->cls;
+    FL_ASSERT(n != NIL && b->used == RANGE_FREE && (b->prev_free != NIL || r->heads[c] == n));
     if (b->prev_free != NIL)
         r->nodes[b->prev_free].next_free = b->next_free;
     else
@@ -246,6 +248,9 @@ uint32_t range_find_free(const fl_range *r, uint64_t size)
 static uint32_t carve(fl_range *r, uint32_t n, uint64_t pad, uint64_t size)
 {
     range_node *b = &r->nodes[n];
+    /* The caller chose pad inside a free node (range_take's contract). */
+    FL_ASSERT(b->used == RANGE_FREE && pad + size <= b->size && size > 0 &&
+              pad % r->min_align == 0 && size % r->min_align == 0);
     uint64_t start = b->offset, back = b->size - pad - size;
     if (pad == 0 && back == 0) {
         list_remove(r, n);
@@ -342,6 +347,10 @@ fl_status range_take(fl_range *r, uint32_t n, uint64_t pad, uint64_t size, uint3
 uint32_t range_free_node(fl_range *r, uint32_t n)
 {
     range_node *b = &r->nodes[n];
+    /* Only a used block goes back, and its neighbours are its address neighbours. */
+    FL_ASSERT(b->used == RANGE_USED);
+    FL_ASSERT(b->prev_phys == NIL || r->nodes[b->prev_phys].offset + r->nodes[b->prev_phys].size == b->offset);
+    FL_ASSERT(b->next_phys == NIL || b->offset + b->size == r->nodes[b->next_phys].offset);
     uint32_t p = b->prev_phys, m = b->next_phys;
     int prev_free = p != NIL && r->nodes[p].used == 0;
     int next_free = m != NIL && r->nodes[m].used == 0;

@@ -38,6 +38,12 @@ fl_status fl_fail(fl_status s, const char *fmt, ...)
     return s;
 }
 
+void fl_assert_fail(const char *cond, const char *file, int line)
+{
+    fprintf(stderr, "fragless: internal invariant broken at %s:%d: %s\n", file, line, cond);
+    abort();
+}
+
 uint64_t fl_now_ns(void)
 {
     struct timespec ts;

@@ -23,6 +23,18 @@
 #define FL_UNLIKELY(x) (x)
 #endif
 
+/* Invariants checked where the code relies on them, in debug builds (FL_DEBUG: CMake's
+ * Debug configuration, the ASan+UBSan suite and the fuzzers); release builds compile
+ * them out. A failure names the condition, file and line and aborts: the allocator's
+ * state is corrupt, and going on could hand the same memory out twice. The whole-state
+ * self-checks (fl_range_check, the policies' check) stay callable in every build. */
+#ifdef FL_DEBUG
+#define FL_ASSERT(cond) ((cond) ? (void)0 : fl_assert_fail(#cond, __FILE__, __LINE__))
+#else
+#define FL_ASSERT(cond) ((void)0)
+#endif
+_Noreturn void fl_assert_fail(const char *cond, const char *file, int line);
+
 /* Records the message for fl_last_error() and returns s, so `return fl_fail(...)` reads well. */
 fl_status fl_fail(fl_status s, const char *fmt, ...) FL_PRINTF(2, 3);
 void fl_clear_error(void);

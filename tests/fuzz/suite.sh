@@ -13,7 +13,7 @@ set -eu
 
 JOBS=${FL_SUITE_JOBS:-2}
 CC_SAN=${FL_SANITIZER_CC:-clang}
-ASAN_FLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
+ASAN_FLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -DFL_DEBUG"
 TSAN_FLAGS="-fsanitize=thread -fno-omit-frame-pointer"
 
 mode=$1 src=$2 bin=$3
