@@ -11,6 +11,18 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* FL_API marks the functions libfragless.so exports: it is built with hidden visibility,
+ * so this header and fragless_torch.h are its whole interface. A build that must export
+ * none of them (libfragless_preload.so, which exports only the CUDA runtime's calls)
+ * defines FL_API empty on its command line. */
+#ifndef FL_API
+#if defined(__GNUC__) || defined(__clang__)
+#define FL_API __attribute__((visibility("default")))
+#else
+#define FL_API
+#endif
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -31,14 +43,14 @@ typedef enum fl_status {
 } fl_status;
 
 /* Short name of a status ("out of memory", ...). Never NULL. */
-const char *fl_status_str(fl_status s);
+FL_API const char *fl_status_str(fl_status s);
 /* Message of the last failed call on this thread; "" if none. Valid until the next call. */
-const char *fl_last_error(void);
+FL_API const char *fl_last_error(void);
 
 /* Sizes: parse "80GiB", "512MiB", "1.5GB", "4096" (bytes); format as "1.27 GiB". */
-fl_status fl_parse_size(const char *text, uint64_t *out);
+FL_API fl_status fl_parse_size(const char *text, uint64_t *out);
 /* Writes at most n bytes (always terminated) and returns buf. */
-char *fl_format_size(uint64_t bytes, char *buf, size_t n);
+FL_API char *fl_format_size(uint64_t bytes, char *buf, size_t n);
 
 /* ---------------------------------------------------------------------------------
  * Range allocator: a host-side offset allocator over [0, size). Metadata never lives
@@ -53,26 +65,26 @@ char *fl_format_size(uint64_t bytes, char *buf, size_t n);
 typedef struct fl_range fl_range;
 
 /* min_align: power of two >= 1; every offset and size is a multiple of it. */
-fl_status fl_range_create(uint64_t size, uint64_t min_align, fl_range **out);
-void fl_range_destroy(fl_range *r);
+FL_API fl_status fl_range_create(uint64_t size, uint64_t min_align, fl_range **out);
+FL_API void fl_range_destroy(fl_range *r);
 
 /* align: 0 (= min_align) or a power of two. Fails with FL_ERR_OOM when no free range fits. */
-fl_status fl_range_alloc(fl_range *r, uint64_t size, uint64_t align, uint64_t *offset);
+FL_API fl_status fl_range_alloc(fl_range *r, uint64_t size, uint64_t align, uint64_t *offset);
 /* Frees the block that starts at offset; FL_ERR_NOT_FOUND if none does. */
-fl_status fl_range_free(fl_range *r, uint64_t offset);
+FL_API fl_status fl_range_free(fl_range *r, uint64_t offset);
 /* Size of the live block at offset (rounded to min_align), 0 if none. */
-uint64_t fl_range_block_size(const fl_range *r, uint64_t offset);
+FL_API uint64_t fl_range_block_size(const fl_range *r, uint64_t offset);
 
-uint64_t fl_range_capacity(const fl_range *r);
-uint64_t fl_range_total_free(const fl_range *r);
-uint64_t fl_range_largest_free(const fl_range *r);
-uint64_t fl_range_live_blocks(const fl_range *r);
+FL_API uint64_t fl_range_capacity(const fl_range *r);
+FL_API uint64_t fl_range_total_free(const fl_range *r);
+FL_API uint64_t fl_range_largest_free(const fl_range *r);
+FL_API uint64_t fl_range_live_blocks(const fl_range *r);
 
 /* Visits every block, free or used, in address order; stop by returning nonzero. */
 typedef int (*fl_range_walker)(uint64_t offset, uint64_t size, int used, void *user);
-void fl_range_walk(const fl_range *r, fl_range_walker fn, void *user);
+FL_API void fl_range_walk(const fl_range *r, fl_range_walker fn, void *user);
 /* Checks every invariant; returns 0 when sound, else nonzero (message in fl_last_error). */
-int fl_range_check(const fl_range *r);
+FL_API int fl_range_check(const fl_range *r);
 
 /* ---------------------------------------------------------------------------------
  * Configuration: a struct, or PyTorch's "key:value,key:value" syntax (FRAGLESS_CONF).
@@ -107,11 +119,11 @@ typedef struct fl_config {
     int publish;                  /* default 1 */
 } fl_config;
 
-void fl_config_default(fl_config *cfg);
+FL_API void fl_config_default(fl_config *cfg);
 /* Parses text into cfg (on top of what cfg holds). The error names the key and value. */
-fl_status fl_config_parse(fl_config *cfg, const char *text);
+FL_API fl_status fl_config_parse(fl_config *cfg, const char *text);
 /* The defaults, then $FRAGLESS_CONF when set. On error cfg holds the defaults. */
-fl_status fl_config_from_env(fl_config *cfg);
+FL_API fl_status fl_config_from_env(fl_config *cfg);
 
 /* ---------------------------------------------------------------------------------
  * Devices: where memory comes from. "sim" simulates a GPU: capacity, granularity,
@@ -134,7 +146,7 @@ typedef enum fl_call {
 } fl_call;
 
 /* "mem_alloc", "create", ... */
-const char *fl_call_name(fl_call c);
+FL_API const char *fl_call_name(fl_call c);
 
 typedef struct fl_sim_params {
     uint64_t capacity;            /* physical bytes; default 1 PiB (effectively unlimited) */
@@ -149,12 +161,12 @@ typedef struct fl_sim_params {
     uint64_t fail_from;           /* every call from this number on fails */
 } fl_sim_params;
 
-void fl_sim_params_default(fl_sim_params *p);
-fl_status fl_sim_device_create(const fl_sim_params *p, fl_device **out);
+FL_API void fl_sim_params_default(fl_sim_params *p);
+FL_API fl_status fl_sim_device_create(const fl_sim_params *p, fl_device **out);
 /* Re-arms fault injection on a live sim device (numbers as in fl_sim_params: absolute,
  * counted since the device was created; 0, 0 clears). FL_ERR_INVALID on another device. */
-fl_status fl_sim_set_fault(fl_device *d, uint64_t fail_call, uint64_t fail_from);
-void fl_device_destroy(fl_device *d);
+FL_API fl_status fl_sim_set_fault(fl_device *d, uint64_t fail_call, uint64_t fail_from);
+FL_API void fl_device_destroy(fl_device *d);
 
 typedef struct fl_device_counters {
     uint64_t calls[FL_CALL_COUNT];
@@ -166,11 +178,11 @@ typedef struct fl_device_counters {
     uint64_t bytes_returned;      /* physical bytes ever released/freed */
 } fl_device_counters;
 
-void fl_device_get_counters(const fl_device *d, fl_device_counters *out);
+FL_API void fl_device_get_counters(const fl_device *d, fl_device_counters *out);
 /* Device calls of every kind together. */
-uint64_t fl_device_total_calls(const fl_device_counters *c);
-uint64_t fl_device_capacity(const fl_device *d);
-uint64_t fl_device_granularity(const fl_device *d);
+FL_API uint64_t fl_device_total_calls(const fl_device_counters *c);
+FL_API uint64_t fl_device_capacity(const fl_device *d);
+FL_API uint64_t fl_device_granularity(const fl_device *d);
 
 /* ---------------------------------------------------------------------------------
  * The cuda device: a real GPU through the CUDA driver API (loaded with dlopen; no
@@ -183,10 +195,10 @@ typedef struct fl_cuda_params {
     int device;                   /* ordinal */
 } fl_cuda_params;
 
-void fl_cuda_params_default(fl_cuda_params *p);
+FL_API void fl_cuda_params_default(fl_cuda_params *p);
 /* p NULL: defaults. Missing library: FL_ERR_DEVICE; driver without a needed symbol:
  * FL_ERR_UNSUPPORTED; no such device ordinal: FL_ERR_INVALID. */
-fl_status fl_cuda_device_create(const fl_cuda_params *p, fl_device **out);
+FL_API fl_status fl_cuda_device_create(const fl_cuda_params *p, fl_device **out);
 
 /* ---------------------------------------------------------------------------------
  * Allocators: one policy on one device. Policies: "fragless", "cca", "cca-expandable",
@@ -197,29 +209,29 @@ fl_status fl_cuda_device_create(const fl_cuda_params *p, fl_device **out);
 typedef struct fl_allocator fl_allocator;
 
 /* The names of the available policies, NULL-terminated. */
-const char *const *fl_policy_names(void);
+FL_API const char *const *fl_policy_names(void);
 
-fl_status fl_allocator_create(const fl_config *cfg, fl_device *dev, fl_allocator **out);
-void fl_allocator_destroy(fl_allocator *a);
+FL_API fl_status fl_allocator_create(const fl_config *cfg, fl_device *dev, fl_allocator **out);
+FL_API void fl_allocator_destroy(fl_allocator *a);
 
 /* size 0 is an error. Addresses are aligned to at least 512 bytes. */
-fl_status fl_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr);
+FL_API fl_status fl_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr);
 /* An address that is not a live block's start: FL_ERR_NOT_FOUND, nothing changes. */
-fl_status fl_free(fl_allocator *a, uint64_t addr);
+FL_API fl_status fl_free(fl_allocator *a, uint64_t addr);
 /* The same, checking that size is what the block was allocated with (PyTorch passes
  * it): a mismatch is FL_ERR_INVALID and the block stays allocated. */
-fl_status fl_free_sized(fl_allocator *a, uint64_t addr, uint64_t size);
+FL_API fl_status fl_free_sized(fl_allocator *a, uint64_t addr, uint64_t size);
 /* The block at addr is also used on `stream` (torch.Tensor.record_stream): when it is
  * freed, it is reused only after the work queued on that stream by then has finished
  * (an event recorded at the free; the allocator checks it at later allocations, and
  * synchronizes the device when memory runs out). Its own stream needs no call. */
-fl_status fl_record_stream(fl_allocator *a, uint64_t addr, uint64_t stream);
+FL_API fl_status fl_record_stream(fl_allocator *a, uint64_t addr, uint64_t stream);
 /* Returns cached device memory that no live block needs to the device. */
-fl_status fl_empty_cache(fl_allocator *a);
+FL_API fl_status fl_empty_cache(fl_allocator *a);
 /* The most device memory the allocator may hold from now on (0 = the device's capacity),
  * like torch.cuda.set_per_process_memory_fraction. Cached memory above it is returned
  * where the policy can. */
-fl_status fl_set_limit(fl_allocator *a, uint64_t bytes);
+FL_API fl_status fl_set_limit(fl_allocator *a, uint64_t bytes);
 
 /* One statistic as PyTorch's memory_stats() keeps it: now, the highest since the start
  * (or fl_reset_peak_stats), and the totals that went in and out. */
@@ -258,15 +270,15 @@ typedef struct fl_stats {
     double device_time_us;        /* measured (cuda) or simulated (sim) time in them */
 } fl_stats;
 
-void fl_get_stats(const fl_allocator *a, fl_stats *out);
+FL_API void fl_get_stats(const fl_allocator *a, fl_stats *out);
 /* Peaks start again from the current values (torch.cuda.reset_peak_memory_stats). */
-void fl_reset_peak_stats(fl_allocator *a);
+FL_API void fl_reset_peak_stats(fl_allocator *a);
 /* The statistics as one JSON object (PyTorch's flat "allocated_bytes.all.current" keys
  * plus fragless's own); snprintf's contract: returns the length the whole text needs,
  * writes at most n bytes, always terminated when n > 0. */
-size_t fl_stats_json(const fl_stats *s, char *buf, size_t n);
+FL_API size_t fl_stats_json(const fl_stats *s, char *buf, size_t n);
 /* A table like torch.cuda.memory_summary(); same contract. */
-size_t fl_memory_summary(const fl_stats *s, char *buf, size_t n);
+FL_API size_t fl_memory_summary(const fl_stats *s, char *buf, size_t n);
 
 /* ---------------------------------------------------------------------------------
  * Out of memory: what failed and why. fl_alloc's FL_ERR_OOM message is the report's
@@ -296,19 +308,19 @@ typedef struct fl_oom_report {
     char text[1536];        /* the whole report, as fl_last_error gives it */
 } fl_oom_report;
 
-const char *fl_oom_verdict_name(fl_oom_verdict v);
+FL_API const char *fl_oom_verdict_name(fl_oom_verdict v);
 /* The report of the allocator's latest failed allocation; FL_ERR_NOT_FOUND if none. */
-fl_status fl_last_oom(const fl_allocator *a, fl_oom_report *out);
+FL_API fl_status fl_last_oom(const fl_allocator *a, fl_oom_report *out);
 
 /* ---------------------------------------------------------------------------------
  * State snapshot: the allocator's address ranges, pages (mapped with the number of live
  * blocks on them, cached, unmapped) and blocks (address, size, live or free), with the
  * statistics, as JSON (format in docs/ARCHITECTURE.md); `fragless report` draws it.
  * --------------------------------------------------------------------------------- */
-fl_status fl_allocator_snapshot(fl_allocator *a, const char *path);
+FL_API fl_status fl_allocator_snapshot(fl_allocator *a, const char *path);
 
 /* Self-check of the policy's invariants: 0 when sound (message in fl_last_error). */
-int fl_allocator_check(const fl_allocator *a);
+FL_API int fl_allocator_check(const fl_allocator *a);
 
 #ifdef __cplusplus
 }

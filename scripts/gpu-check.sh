@@ -5,7 +5,7 @@
 #
 # Steps (scripts/README.md has the details and what the summary means):
 #   a  the machine (nvidia-smi, driver, torch), then the build:
-#      cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release && cmake --build build-gpu
+#      cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DFRAGLESS_WERROR=ON && cmake --build build-gpu
 #   b  the test suite (ctest, on the project's CUDA driver double) and a smoke test of the
 #      public C API on the REAL driver (a small C program written and compiled here)
 #   c  a PyTorch training loop with alternating sequence lengths (scripts/gpu_train.py),
@@ -38,7 +38,7 @@
 #   GPU_CHECK_CAP_FACTOR=1.15   cap = factor x the default allocator's peak allocated bytes
 #   GPU_CHECK_STEPS=48          training steps per run
 #   GPU_CHECK_SMOKE_SIZE=4GiB   limit of each allocator in the smoke test
-#   GPU_CHECK_BUILD=build-gpu   build folder
+#   GPU_CHECK_BUILD=build-gpu   build folder (removed and rebuilt), in the checkout or absolute
 #   GPU_CHECK_PYTHON=python3    interpreter with torch
 #   GPU_CHECK_KEEP=DIR          copy the summary, the results, the logs and the trace there
 #   GPU_CHECK_DRIVER=libcuda.so.1     driver library for the smoke test
@@ -52,6 +52,17 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 BUILD=${GPU_CHECK_BUILD:-build-gpu}
+# BUILD as given (relative to the checkout, or absolute) names it in messages; BUILD_DIR is
+# its absolute path, for what links against it or loads from it.
+case $BUILD in
+/*) BUILD_DIR=$BUILD ;;
+*) BUILD_DIR=$ROOT/$BUILD ;;
+esac
+BUILD_DIR=${BUILD_DIR%/}
+if [[ -z $BUILD_DIR || $BUILD_DIR -ef $ROOT || $BUILD_DIR -ef / ]]; then
+    echo "gpu-check: GPU_CHECK_BUILD=$BUILD names the checkout or /: it is removed and rebuilt, so it must be a folder of its own" >&2
+    exit 2
+fi
 BUDGET_S=${GPU_CHECK_BUDGET_S:-420}
 CAP_FACTOR=${GPU_CHECK_CAP_FACTOR:-1.15}
 STEPS=${GPU_CHECK_STEPS:-48}
@@ -317,7 +328,7 @@ fi
 
 # ---- a: build -----------------------------------------------------------------------------
 
-say "[a] build: cmake -S . -B $BUILD -DCMAKE_BUILD_TYPE=Release && cmake --build $BUILD -j $JOBS"
+say "[a] build: cmake -S . -B $BUILD -DCMAKE_BUILD_TYPE=Release -DFRAGLESS_WERROR=ON && cmake --build $BUILD -j $JOBS"
 if [[ -z $CMAKE ]]; then
     echo "cmake is NOT installed on this machine (not on PATH, not beside $PY): fragless cannot be built here. Stopping."
     record "a build" ERROR 0 "cmake is not installed: nothing can be built or tested"
@@ -331,31 +342,30 @@ if [[ -z $CC_BIN ]]; then
     summary_and_exit
 fi
 BUILD_NOTE="$BUILD, Release"
-rm -rf "$BUILD" # always from scratch: the build is part of the check
+rm -rf "$BUILD_DIR" # always from scratch: the build is part of the check
 build() { # build [extra cmake args]: configure + build; RC and SECS of the pair
     local secs
-    run_boxed 90 "$WORK/a-configure.log" "$CMAKE" -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release "$@"
+    run_boxed 90 "$WORK/a-configure.log" "$CMAKE" -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release "$@"
     secs=$SECS
     if ((RC == 0)); then
-        run_boxed 240 "$WORK/a-build.log" "$CMAKE" --build "$BUILD" -j "$JOBS"
+        run_boxed 240 "$WORK/a-build.log" "$CMAKE" --build "$BUILD_DIR" -j "$JOBS"
         SECS=$((SECS + secs))
     else
         cp "$WORK/a-configure.log" "$WORK/a-build.log"
     fi
 }
-build
+# With -Werror, as CI builds (FRAGLESS_WERROR; a plain Release build has it off).
+build -DFRAGLESS_WERROR=ON
 if ((RC != 0 && RC != 124 && RC != 137 && RC != 200)) && grep -q "warnings being treated as errors\|-Werror" "$WORK/a-build.log"; then
-    # The project builds with -Werror; a newer compiler or -O3 may warn where the CI's does
-    # not. Say so, and build again without -Werror so the GPU steps still run.
+    # A newer compiler may warn where the CI's does not. Say so, and build again without
+    # -Werror so the GPU steps still run.
     FIRST_ERR=$(grep -m 1 "error:" "$WORK/a-build.log" || true)
     echo "the build stopped on a warning made an error: $FIRST_ERR"
-    echo "building again with -Wno-error appended (a wrapper around $CC_BIN) so that the GPU steps can run"
+    echo "building again with -DFRAGLESS_WERROR=OFF so that the GPU steps can run"
     cp "$WORK/a-build.log" "$WORK/a-build-werror.log"
-    printf '#!/bin/sh\nexec "%s" "$@" -Wno-error\n' "$CC_BIN" >"$WORK/cc-no-werror"
-    chmod +x "$WORK/cc-no-werror"
-    rm -rf "$BUILD"
-    build -DCMAKE_C_COMPILER="$WORK/cc-no-werror"
-    BUILD_NOTE="$BUILD, Release, only with -Wno-error: ${FIRST_ERR#"$ROOT"/}"
+    rm -rf "$BUILD_DIR"
+    build -DFRAGLESS_WERROR=OFF
+    BUILD_NOTE="$BUILD, Release, only without -Werror: ${FIRST_ERR#"$ROOT"/}"
     failed "a build: Release fails with -Werror (${FIRST_ERR#"$ROOT"/})"
 fi
 if ((RC != 0)); then
@@ -364,7 +374,7 @@ if ((RC != 0)); then
     cannot "a build: $(why_not)"
     summary_and_exit
 fi
-record "a build" "$([[ $BUILD_NOTE == *Wno-error* ]] && echo WARN || echo ok)" "$SECS" "$BUILD_NOTE"
+record "a build" "$([[ $BUILD_NOTE == *"without -Werror"* ]] && echo WARN || echo ok)" "$SECS" "$BUILD_NOTE"
 
 # ---- b: the test suite (driver double) and the real-driver smoke test ----------------------
 
@@ -372,7 +382,7 @@ say "[b] ctest (the project's tests but the sanitizer/fuzz runs; the cuda device
 CTEST=$(dirname "$CMAKE")/ctest
 [[ -x $CTEST ]] || CTEST=ctest
 # Without the sanitizer and fuzz runs (label sanitize: minutes of CPU, nothing GPU-specific).
-run_boxed 150 "$WORK/b-ctest.log" "$CTEST" --test-dir "$BUILD" --output-on-failure -j "$JOBS" -LE sanitize
+run_boxed 150 "$WORK/b-ctest.log" "$CTEST" --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS" -LE sanitize
 CTEST_LINE=$(grep -E "tests passed|tests failed" "$WORK/b-ctest.log" | tail -n 1 || true)
 grep -E "Failed|\*\*\*|Skipped|Not Run" "$WORK/b-ctest.log" | head -n 20 || true
 echo "${CTEST_LINE:-no ctest result line}"
@@ -391,7 +401,7 @@ say "[b] smoke test of the C API on the real driver ($DRIVER, device 0, limit $S
 mkdir -p "$WORK/smoke"
 cp "$ROOT/scripts/gpu_smoke.c" "$WORK/smoke/smoke.c" # also built and run on the driver double by CI (test gpu_smoke)
 run_boxed 60 "$WORK/b-smoke-build.log" "$CC_BIN" -std=c11 -O2 -Wall -Wextra -I "$ROOT/include" \
-    -o "$WORK/smoke/smoke" "$WORK/smoke/smoke.c" -L "$ROOT/$BUILD" -lfragless -Wl,-rpath,"$ROOT/$BUILD" -ldl
+    -o "$WORK/smoke/smoke" "$WORK/smoke/smoke.c" -L "$BUILD_DIR" -lfragless -Wl,-rpath,"$BUILD_DIR" -ldl
 if ((RC != 0)); then
     show_tail "$WORK/b-smoke-build.log"
     record "b smoke (real driver)" ERROR "$SECS" "smoke.c did not compile: $(why_not)"
@@ -436,7 +446,7 @@ train() {
     rm -f "$RESULT_FILE"
     run_boxed "$cap" "$WORK/c-train-$label.log" env -u FRAGLESS_CUDA_LIB -u FRAGLESS_CONF \
         -u PYTORCH_CUDA_ALLOC_CONF -u PYTORCH_ALLOC_CONF PYTHONUNBUFFERED=1 \
-        PYTHONPATH="$ROOT/python${PYTHONPATH:+:$PYTHONPATH}" FRAGLESS_LIB="$ROOT/$BUILD/libfragless.so" \
+        PYTHONPATH="$ROOT/python${PYTHONPATH:+:$PYTHONPATH}" FRAGLESS_LIB="$BUILD_DIR/libfragless.so" \
         ${envs[@]+"${envs[@]}"} "$PY" scripts/gpu_train.py --out "$RESULT_FILE" "$@"
     grep -h "GPU_TRAIN_RESULT" "$WORK/c-train-$label.log" | cut -c 1-400 || true
 }
@@ -528,14 +538,14 @@ if ((TRACE_ROWS < 2)); then
     record "e compare trace" ERROR 0 "no trace was recorded ($TRACE_ROWS lines in $TRACE)"
     cannot "e compare: no trace recorded"
 else
-    run_boxed 90 "$WORK/e-compare.log" "$BUILD/fragless" compare "$TRACE" --capacity 1.05x
+    run_boxed 90 "$WORK/e-compare.log" "$BUILD_DIR/fragless" compare "$TRACE" --capacity 1.05x
     cat "$WORK/e-compare.log"
     if ((RC == 0)); then
         # the same trace at the cap the live runs had: did the emulation predict them?
-        run_boxed 60 "$WORK/e-compare-cap.csv" "$BUILD/fragless" compare "$TRACE" --capacity "$CAP" --no-min-capacity --format csv
+        run_boxed 60 "$WORK/e-compare-cap.csv" "$BUILD_DIR/fragless" compare "$TRACE" --capacity "$CAP" --no-min-capacity --format csv
         record "e compare trace" ok "$SECS" "$((TRACE_ROWS - 1)) events; also replayed at the live cap"
         # the page with the timelines, page maps and the doctor's verdict (kept with GPU_CHECK_KEEP)
-        run_boxed 60 "$WORK/e-report.log" "$BUILD/fragless" report "$TRACE" --capacity "$CAP" -o "$WORK/report.html"
+        run_boxed 60 "$WORK/e-report.log" "$BUILD_DIR/fragless" report "$TRACE" --capacity "$CAP" -o "$WORK/report.html"
         if ((RC == 0)); then
             record "e report" ok "$SECS" "$WORK/report.html, $(wc -c <"$WORK/report.html") bytes"
         else

@@ -1,4 +1,4 @@
-/* PyTorch's pluggable-allocator entry points (torch.cuda.memory.CUDAPluggableAllocator),
+/* PyTorch's pluggable-allocator entry points (include/fragless_torch.h: their contracts),
  * and the per-device allocator table every in-process frontend shares (frontend.h). A
  * failed allocation returns NULL; whether PyTorch raises OutOfMemoryError for it depends
  * on its version (pytorch issue #133280: pluggable allocators' OOMs may not), so the
@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/types.h>
 
+#include "fragless_torch.h"
 #include "frontend/frontend.h"
 #include "util/util.h"
 
@@ -129,12 +130,13 @@ void fragless_torch_record_stream(void *ptr, void *stream)
     fprintf(stderr, "fragless: record_stream of %p: not a live block of any device\n", ptr);
 }
 
-/* torch.cuda.empty_cache() */
 void fragless_torch_empty_cache(void)
 {
-    for (int d = 0; d < TORCH_MAX_DEVICES; d++)
-        if (torch_alloc[d] && fl_empty_cache(torch_alloc[d]) != FL_OK)
+    for (int d = 0; d < TORCH_MAX_DEVICES; d++) {
+        fl_allocator *a = fl_frontend_existing(d); /* the table is read under its lock */
+        if (a && fl_empty_cache(a) != FL_OK)
             fprintf(stderr, "fragless: empty_cache on device %d: %s\n", d, fl_last_error());
+    }
 }
 
 /* Statistics of a device's allocator: 0 and *out filled, or -1 when the device has no

@@ -215,10 +215,14 @@ fl_status fl_json_string(fl_json *p, char *out, size_t cap, int *cut)
     return FL_OK;
 }
 
-/* A number's extent (JSON's grammar) from p->pos to *end; *is_uint: digits only. */
+/* A number's extent (JSON's grammar) from p->pos to *end; *is_uint: digits only. When it
+ * fails, *end is p->pos (an empty extent): written on every path, like the out-parameters
+ * of the readers below, because the compiler cannot see that a failure's status is never
+ * FL_OK (it comes from fl_fail, in another file) and callers test only the status. */
 static fl_status scan_number(fl_json *p, size_t *end, int *is_uint)
 {
     size_t i = p->pos;
+    *end = i;
     *is_uint = 1;
     if (i < p->n && p->s[i] == '-') {
         i++;
@@ -253,10 +257,13 @@ static fl_status scan_number(fl_json *p, size_t *end, int *is_uint)
     return FL_OK;
 }
 
+/* The number readers set *v on every path: the value, or 0 when they fail. */
+
 fl_status fl_json_u64(fl_json *p, uint64_t *v)
 {
     size_t start = p->pos, end;
     int is_uint;
+    *v = 0;
     int c = fl_json_peek(p);
     if (c != '-' && !is_digit(c))
         return fl_json_expected(p, "an unsigned integer");
@@ -285,6 +292,7 @@ fl_status fl_json_double(fl_json *p, double *v)
     size_t start = p->pos, end;
     int is_uint;
     char buf[64];
+    *v = 0;
     fl_status s = scan_number(p, &end, &is_uint);
     if (s)
         return s;
@@ -304,6 +312,7 @@ fl_status fl_json_flag(fl_json *p, int *v)
 {
     size_t start = p->pos;
     uint64_t x;
+    *v = 0;
     fl_status s = fl_json_u64(p, &x);
     if (s)
         return s;
@@ -318,6 +327,7 @@ fl_status fl_json_hex(fl_json *p, uint64_t *v)
     size_t start = p->pos;
     char buf[24];
     int cut;
+    *v = 0;
     if (fl_json_peek(p) != '"')
         return fl_json_expected(p, "an address (a string \"0x...\")");
     fl_status s = fl_json_string(p, buf, sizeof buf, &cut);

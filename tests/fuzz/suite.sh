@@ -39,12 +39,15 @@ can_build() {
 }
 
 # configure DIR FLAGS [cmake args...]: a clang build of the whole project, never
-# recursing into these suites. Shared objects are linked without -z defs: a sanitized
-# one leaves the runtime's symbols to the executable that loads it.
+# recursing into these suites, with -Werror when the build it runs from has it
+# (FRAGLESS_WERROR: `make` and CI turn it on). Shared objects are linked without -z defs:
+# a sanitized one leaves the runtime's symbols to the executable that loads it.
 configure() {
     dir=$1 flags=$2
     shift 2
+    werror=$(sed -n 's/^FRAGLESS_WERROR:BOOL=//p' "$bin/CMakeCache.txt" 2>/dev/null || true)
     cmake -S "$src" -B "$dir" -DCMAKE_C_COMPILER="$CC_SAN" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+        -DFRAGLESS_WERROR="${werror:-OFF}" \
         -DCMAKE_C_FLAGS="$flags" -DCMAKE_EXE_LINKER_FLAGS="$flags" \
         -DCMAKE_SHARED_LINKER_FLAGS="$flags -Wl,-z,undefs" \
         -DFL_SANITIZER_SUITES=OFF -DFL_SHARED_DIR="$src/../shared" "$@" >"$dir.configure.log" 2>&1 ||
