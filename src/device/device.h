@@ -1,6 +1,7 @@
 /* The device interface: every policy gets memory through these calls, never from the
- * driver directly. Implementations: sim.c (simulated GPU) and, later, the CUDA driver.
- * The fl_dev_* wrappers count calls and track physical bytes in use for every device. */
+ * driver directly. Implementations: sim.c (simulated GPU) and cuda.c (the CUDA driver).
+ * The fl_dev_* wrappers count calls, track physical bytes in use and inject faults for
+ * every device. */
 #ifndef FL_DEVICE_H
 #define FL_DEVICE_H
 
@@ -43,6 +44,8 @@ struct fl_device {
     /* Updated by the wrappers (calls, failed_calls, peak) and by implementations
      * (in_use on create/release/mem_alloc/mem_free; time_us per call). */
     fl_device_counters counters;
+    /* The fault injector's plan (fl_device_set_fault), read by the wrappers; 0 = off. */
+    uint64_t fail_call, fail_from;
 };
 
 /* Wrappers: the only way policies call a device. */
