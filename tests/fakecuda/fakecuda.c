@@ -637,8 +637,11 @@ static CUresult do_mem_alloc(CUdeviceptr *dptr, size_t bytes)
 {
     struct CUctx_st *c;
     TRY(need_ctx(&c));
-    if (!dptr || !bytes || bytes > SIZE_MAX - FC_ALLOC_ALIGN)
+    if (!dptr || !bytes)
         return CUDA_ERROR_INVALID_VALUE;
+    /* A size too large to round up is too large to fit: out of memory, as in the driver. */
+    if (bytes > SIZE_MAX - FC_ALLOC_ALIGN)
+        return CUDA_ERROR_OUT_OF_MEMORY;
     size_t charged = (bytes + FC_ALLOC_ALIGN - 1) & ~(size_t)(FC_ALLOC_ALIGN - 1);
     if (charged > g.cfg.capacity - g.used[c->dev])
         return CUDA_ERROR_OUT_OF_MEMORY;
