@@ -153,20 +153,20 @@ typedef struct fl_sim_params {
     uint64_t granularity;         /* VMM granularity; default 2 MiB */
     double cost_us[FL_CALL_COUNT];/* simulated microseconds per call; defaults: see sim.c */
     int vmm_supported;            /* default 1 */
-    /* Fault injection (SQLite-style tests): device calls are numbered from 1 in the order
-     * they are made, every kind together. An injected failure returns FL_ERR_DEVICE with
-     * a message naming the call and its number, counts as a failed call and changes
-     * nothing. 0 = off. */
-    uint64_t fail_call;           /* the call with this number fails, once */
-    uint64_t fail_from;           /* every call from this number on fails */
 } fl_sim_params;
 
 FL_API void fl_sim_params_default(fl_sim_params *p);
 FL_API fl_status fl_sim_device_create(const fl_sim_params *p, fl_device **out);
-/* Re-arms fault injection on a live sim device (numbers as in fl_sim_params: absolute,
- * counted since the device was created; 0, 0 clears). FL_ERR_INVALID on another device. */
-FL_API fl_status fl_sim_set_fault(fl_device *d, uint64_t fail_call, uint64_t fail_from);
 FL_API void fl_device_destroy(fl_device *d);
+
+/* Fault injection, on any device (SQLite-style tests): device calls are numbered from 1
+ * in the order they are made since the device was created, every kind together (the
+ * next call is fl_device_total_calls + 1). The call numbered fail_call fails, once; every
+ * call from fail_from on fails; 0 turns either off. An injected failure returns
+ * FL_ERR_DEVICE with "KIND: injected failure of device call N", counts as a call of its
+ * kind and a failed call, and changes nothing else (the device never sees it). A
+ * fail_call already made is FL_ERR_INVALID: the plan could never fire. */
+FL_API fl_status fl_device_set_fault(fl_device *d, uint64_t fail_call, uint64_t fail_from);
 
 typedef struct fl_device_counters {
     uint64_t calls[FL_CALL_COUNT];

@@ -2,13 +2,12 @@
  * device calls N_total; then for every N in 1..N_total the Nth call fails once (the run
  * must go on and end with nothing lost), and every call from the Nth on fails (ops must
  * fail cleanly; once the fault is cleared the allocator must recover). The self-check
- * runs after every operation. On the sim device (fl_sim_params.fail_call / fail_from)
- * and on the cuda device over the driver double (fakecuda_fail_call). */
+ * runs after every operation. The device layer's injector (fl_device_set_fault), on the
+ * sim device and on the cuda device over the driver double. */
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "device/cuda_api.h"
 #include "replay/replay.h"
 #include "test_support.h"
 
@@ -94,90 +93,30 @@ static void workload_free(workload *w)
         free(w->ops);
 }
 
-/* ---- fault control: the sim's own, or the driver double's ----------------------------- */
+/* ---- devices and the fault plan ------------------------------------------------------ */
 
 typedef enum { FAULT_NONE, FAULT_ONCE, FAULT_FROM } fault_mode;
 
-typedef struct backend backend;
-struct backend {
+typedef struct backend {
     const char *name;
-    const char *mention;      /* what an injected failure's message names ("" = no check) */
     /* A fresh device of `capacity` bytes. */
-    fl_device *(*make)(backend *b, uint64_t capacity);
-    /* Arms the plan: the nth device call from now on fails once / from then on. */
-    void (*arm)(backend *b, fl_device *d, fault_mode m, uint64_t n);
-    /* Device calls made since arm (the sim's counters, or the double's). */
-    uint64_t (*calls)(backend *b, fl_device *d);
-    /* After each operation (the double re-arms a "from" plan here). */
-    void (*after_op)(backend *b, fl_device *d);
-    void (*clear)(backend *b, fl_device *d);
-    uint64_t base;            /* calls before arm */
-    fault_mode mode;
-    uint64_t n;
-};
+    fl_device *(*make)(uint64_t capacity);
+} backend;
 
-static fl_device *sim_make(backend *b, uint64_t capacity)
+static fl_device *sim_make(uint64_t capacity)
 {
-    (void)b;
     return fl_test_sim(capacity, 0);
 }
 
-static void sim_arm(backend *b, fl_device *d, fault_mode m, uint64_t n)
-{
-    fl_device_counters c = counters(d);
-    b->base = fl_device_total_calls(&c);
-    if (m == FAULT_NONE)
-        CHECK_OK(fl_sim_set_fault(d, 0, 0));
-    else
-        CHECK_OK(fl_sim_set_fault(d, m == FAULT_ONCE ? b->base + n : 0, m == FAULT_FROM ? b->base + n : 0));
-}
-
-static uint64_t sim_calls(backend *b, fl_device *d)
-{
-    fl_device_counters c = counters(d);
-    return fl_device_total_calls(&c) - b->base;
-}
-
-static void sim_after_op(backend *b, fl_device *d)
-{
-    (void)b;
-    (void)d;
-}
-
-static void sim_clear(backend *b, fl_device *d)
-{
-    (void)b;
-    CHECK_OK(fl_sim_set_fault(d, 0, 0));
-}
-
 /* The double, loaded once and kept (its state outlives each device made on it). */
-static struct {
-    unsigned long long (*calls)(const char *fn);
-    void (*fail_call)(const char *fn, unsigned long long n, CUresult err);
-    void (*reset)(void);
-} fake;
+static void (*fake_reset)(void);
 
-static const char *const driver_functions[] = {
-#define FAKE_NAME(name, params) #name,
-    FL_CUDA_FUNCTIONS(FAKE_NAME)
-#undef FAKE_NAME
-};
-#define N_DRIVER_FUNCTIONS (sizeof driver_functions / sizeof driver_functions[0])
-
-static int load_fake(void)
+static fl_device *cuda_make(uint64_t capacity)
 {
-    void *lib = fl_test_fakecuda();
-    return lib && fl_test_sym(lib, "fakecuda_calls", &fake.calls) &&
-           fl_test_sym(lib, "fakecuda_fail_call", &fake.fail_call) && fl_test_sym(lib, "fakecuda_reset", &fake.reset);
-}
-
-static fl_device *cuda_make(backend *b, uint64_t capacity)
-{
-    (void)b;
     char cap[32];
     snprintf(cap, sizeof cap, "%llu", (unsigned long long)capacity);
     setenv("FAKECUDA_CAPACITY", cap, 1);
-    fake.reset(); /* re-reads the environment; nothing of an earlier device survives */
+    fake_reset(); /* re-reads the environment; nothing of an earlier device survives */
     fl_cuda_params p;
     fl_cuda_params_default(&p);
     p.library = fake_path;
@@ -189,39 +128,20 @@ static fl_device *cuda_make(backend *b, uint64_t capacity)
     return d;
 }
 
-static void cuda_arm(backend *b, fl_device *d, fault_mode m, uint64_t n)
+/* The device's own calls since the plan was armed. */
+static uint64_t calls_since(const fl_device *d, uint64_t base)
 {
-    (void)d;
-    b->base = fake.calls("*");
-    b->mode = m;
-    b->n = n;
-    fake.fail_call("*", m == FAULT_NONE ? 0 : n, CUDA_ERROR_UNKNOWN);
+    fl_device_counters c = counters(d);
+    return fl_device_total_calls(&c) - base;
 }
 
-static uint64_t cuda_calls(backend *b, fl_device *d)
+/* Arms the plan: the nth device call from now on fails once / from then on. Returns the
+ * calls made before it. */
+static uint64_t arm(fl_device *d, fault_mode m, uint64_t n)
 {
-    (void)d;
-    return fake.calls("*") - b->base;
-}
-
-/* The double fails one call per plan. "Every call from N on" is approximated: once call N
- * has failed, every entry point gets a plan for its next call, re-armed after each
- * operation — so an operation's first call of each entry point fails. */
-static void cuda_after_op(backend *b, fl_device *d)
-{
-    if (b->mode != FAULT_FROM || cuda_calls(b, d) < b->n)
-        return;
-    for (size_t i = 0; i < N_DRIVER_FUNCTIONS; i++)
-        fake.fail_call(driver_functions[i], 1, CUDA_ERROR_UNKNOWN);
-}
-
-static void cuda_clear(backend *b, fl_device *d)
-{
-    (void)d;
-    b->mode = FAULT_NONE;
-    fake.fail_call("*", 0, CUDA_ERROR_UNKNOWN);
-    for (size_t i = 0; i < N_DRIVER_FUNCTIONS; i++)
-        fake.fail_call(driver_functions[i], 0, CUDA_ERROR_UNKNOWN);
+    uint64_t base = calls_since(d, 0);
+    CHECK_OK(fl_device_set_fault(d, m == FAULT_ONCE ? base + n : 0, m == FAULT_FROM ? base + n : 0));
+    return base;
 }
 
 /* ---- one run ------------------------------------------------------------------------ */
@@ -283,8 +203,8 @@ static int run_one(backend *b, const char *policy, const workload *w, fault_mode
     fl_config cfg;
     fl_config_default(&cfg);
     snprintf(cfg.policy, sizeof cfg.policy, "%s", policy);
-    fl_device *d = b->make(b, w->capacity);
-    b->arm(b, d, mode, n);
+    fl_device *d = b->make(w->capacity);
+    uint64_t base = arm(d, mode, n);
 
     fl_allocator *a = NULL;
     fl_status s = fl_allocator_create(&cfg, d, &a);
@@ -294,7 +214,7 @@ static int run_one(backend *b, const char *policy, const workload *w, fault_mode
             FAIL_RUN("allocator create: %s: %s", fl_status_str(s), fl_last_error());
         if (in_use(d) != 0)
             FAIL_RUN("failed allocator create left %llu bytes in use", (unsigned long long)in_use(d));
-        b->clear(b, d);
+        CHECK_OK(fl_device_set_fault(d, 0, 0));
         if ((s = fl_allocator_create(&cfg, d, &a)) != FL_OK) {
             FAIL_RUN("allocator create after the fault: %s", fl_last_error());
             fl_device_destroy(d);
@@ -353,7 +273,7 @@ static int run_one(backend *b, const char *policy, const workload *w, fault_mode
                 FAIL_RUN("op %zu: alloc of %llu: %s with no message", i, (unsigned long long)op->size,
                          fl_status_str(s));
         }
-        if (s == FL_ERR_DEVICE && b->mention[0] && mode == FAULT_ONCE && !strstr(fl_last_error(), b->mention))
+        if (s == FL_ERR_DEVICE && mode == FAULT_ONCE && !strstr(fl_last_error(), "injected failure"))
             FAIL_RUN("op %zu: the message does not say the failure was injected: %s", i, fl_last_error());
         /* Now and then the cache goes back: release paths under faults. */
         if (i % 61 == 60 && (s = fl_empty_cache(a)) != FL_OK) {
@@ -365,7 +285,6 @@ static int run_one(backend *b, const char *policy, const workload *w, fault_mode
         if (fl_allocator_check(a))
             FAIL_RUN("op %zu (%s %llu): self-check: %s", i, op->kind == FL_EV_FREE ? "free" : "alloc",
                      (unsigned long long)op->size, fl_last_error());
-        b->after_op(b, d);
     }
     if (overlapping(addr, size, w->n_slots, scratch))
         FAIL_RUN("live blocks overlap");
@@ -375,11 +294,11 @@ static int run_one(backend *b, const char *policy, const workload *w, fault_mode
     if (mode == FAULT_ONCE && device_errors > 1)
         FAIL_RUN("one fault, %llu operations failed with device errors", (unsigned long long)device_errors);
     rr->errors = device_errors;
-    rr->calls = b->calls(b, d);
+    rr->calls = calls_since(d, base);
 
     if (mode == FAULT_FROM) {
         /* Recovery: with the fault gone, allocations work again. */
-        b->clear(b, d);
+        CHECK_OK(fl_device_set_fault(d, 0, 0));
         uint64_t p[3] = {0, 0, 0}, sz[3] = {512, 300 * KiB, 3 * MiB};
         for (int k = 0; k < 3; k++)
             if ((s = fl_alloc(a, sz[k], 1, &p[k])) != FL_OK && s != FL_ERR_OOM)
@@ -416,7 +335,6 @@ static int run_one(backend *b, const char *policy, const workload *w, fault_mode
     fl_allocator_destroy(a);
     if (in_use(d) != 0)
         FAIL_RUN("%llu bytes still in use after destroy", (unsigned long long)in_use(d));
-    b->clear(b, d);
     fl_device_destroy(d);
     free(addr);
     free(size);
@@ -460,7 +378,7 @@ int main(int argc, char **argv)
     /* argv[1]: a policy to run alone (debugging). */
     const char *only = argc > 1 ? argv[1] : NULL;
     uint64_t max_runs = argc > 2 ? strtoull(argv[2], NULL, 10) : UINT64_MAX;
-    backend sim = {"sim", "injected", sim_make, sim_arm, sim_calls, sim_after_op, sim_clear, 0, FAULT_NONE, 0};
+    backend sim = {"sim", sim_make};
     workload wl[3];
     int n_wl = 0;
     wl[n_wl++] = generated("random-2s", 42, 400, 12, 24 * MiB);
@@ -474,8 +392,9 @@ int main(int argc, char **argv)
             for (int k = 0; k < n_wl; k++)
                 fault_loop(&sim, *p, &wl[k], max_runs);
 
-    if (load_fake()) {
-        backend cuda = {"cuda", "", cuda_make, cuda_arm, cuda_calls, cuda_after_op, cuda_clear, 0, FAULT_NONE, 0};
+    void *lib = fl_test_fakecuda();
+    if (lib && fl_test_sym(lib, "fakecuda_reset", &fake_reset)) {
+        backend cuda = {"cuda", cuda_make};
         workload cw = generated("random-cuda", 3, 150, 8, 24 * MiB);
         for (const char *const *p = fl_policy_names(); *p; p++)
             if (!only || !strcmp(only, *p))

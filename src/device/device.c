@@ -1,5 +1,6 @@
-/* Call accounting common to every device: counters per call kind, failed calls and the
- * peak of physical memory in use. The implementations do the work. */
+/* What every device shares: counters per call kind, failed calls and the peak of
+ * physical memory in use, and the one fault injector the tests use. The implementations
+ * do the work. */
 #include "device/device.h"
 
 static const char *const call_names[FL_CALL_COUNT] = {
@@ -36,25 +37,52 @@ static fl_status over_limit(const fl_device *d, uint64_t size)
                    fl_format_size(size, asked, sizeof asked));
 }
 
+/* The fault injector (SQLite's counter in the one wrapper every call goes through): the
+ * call about to be made has number total calls + 1. An injected failure reaches no
+ * device, so it changes nothing but the counts of calls and failed calls, and costs no
+ * device time. */
+static fl_status injected(const fl_device *d, fl_call c)
+{
+    uint64_t n = fl_device_total_calls(&d->counters) + 1;
+    if (n != d->fail_call && !(d->fail_from && n >= d->fail_from))
+        return FL_OK;
+    if (n == d->fail_call)
+        return fl_fail(FL_ERR_DEVICE, "%s %s: injected failure of device call %llu", d->ops->name,
+                       fl_call_name(c), (unsigned long long)n);
+    return fl_fail(FL_ERR_DEVICE, "%s %s: injected failure of device call %llu (every call fails from %llu on)",
+                   d->ops->name, fl_call_name(c), (unsigned long long)n, (unsigned long long)d->fail_from);
+}
+
+#define INJECT(d, c)                                                                 \
+    do {                                                                             \
+        fl_status inj_ = injected((d), (c));                                         \
+        if (inj_ != FL_OK)                                                           \
+            return account((d), (c), (d)->counters.in_use, inj_);                   \
+    } while (0)
+
 fl_status fl_dev_mem_alloc(fl_device *d, uint64_t size, uint64_t *addr)
 {
     if (d->limit && d->limit < d->capacity && size > fl_dev_room(d))
         return over_limit(d, size);
+    INJECT(d, FL_CALL_MEM_ALLOC);
     uint64_t before = d->counters.in_use;
     return account(d, FL_CALL_MEM_ALLOC, before, d->ops->mem_alloc(d, size, addr));
 }
 fl_status fl_dev_mem_free(fl_device *d, uint64_t addr)
 {
+    INJECT(d, FL_CALL_MEM_FREE);
     uint64_t before = d->counters.in_use;
     return account(d, FL_CALL_MEM_FREE, before, d->ops->mem_free(d, addr));
 }
 fl_status fl_dev_reserve(fl_device *d, uint64_t size, uint64_t *va)
 {
+    INJECT(d, FL_CALL_RESERVE);
     uint64_t before = d->counters.in_use;
     return account(d, FL_CALL_RESERVE, before, d->ops->reserve(d, size, va));
 }
 fl_status fl_dev_addr_free(fl_device *d, uint64_t va, uint64_t size)
 {
+    INJECT(d, FL_CALL_ADDR_FREE);
     uint64_t before = d->counters.in_use;
     return account(d, FL_CALL_ADDR_FREE, before, d->ops->addr_free(d, va, size));
 }
@@ -62,31 +90,37 @@ fl_status fl_dev_create(fl_device *d, uint64_t size, uint64_t *handle)
 {
     if (d->limit && d->limit < d->capacity && size > fl_dev_room(d))
         return over_limit(d, size);
+    INJECT(d, FL_CALL_CREATE);
     uint64_t before = d->counters.in_use;
     return account(d, FL_CALL_CREATE, before, d->ops->create(d, size, handle));
 }
 fl_status fl_dev_release(fl_device *d, uint64_t handle)
 {
+    INJECT(d, FL_CALL_RELEASE);
     uint64_t before = d->counters.in_use;
     return account(d, FL_CALL_RELEASE, before, d->ops->release(d, handle));
 }
 fl_status fl_dev_map(fl_device *d, uint64_t va, uint64_t size, uint64_t handle)
 {
+    INJECT(d, FL_CALL_MAP);
     uint64_t before = d->counters.in_use;
     return account(d, FL_CALL_MAP, before, d->ops->map(d, va, size, handle));
 }
 fl_status fl_dev_unmap(fl_device *d, uint64_t va, uint64_t size)
 {
+    INJECT(d, FL_CALL_UNMAP);
     uint64_t before = d->counters.in_use;
     return account(d, FL_CALL_UNMAP, before, d->ops->unmap(d, va, size));
 }
 fl_status fl_dev_set_access(fl_device *d, uint64_t va, uint64_t size)
 {
+    INJECT(d, FL_CALL_SET_ACCESS);
     uint64_t before = d->counters.in_use;
     return account(d, FL_CALL_SET_ACCESS, before, d->ops->set_access(d, va, size));
 }
 fl_status fl_dev_synchronize(fl_device *d)
 {
+    INJECT(d, FL_CALL_SYNC);
     uint64_t before = d->counters.in_use;
     return account(d, FL_CALL_SYNC, before, d->ops->synchronize(d));
 }
@@ -111,6 +145,21 @@ void fl_device_destroy(fl_device *d)
 {
     if (d)
         d->ops->destroy(d);
+}
+
+fl_status fl_device_set_fault(fl_device *d, uint64_t fail_call, uint64_t fail_from)
+{
+    if (!d)
+        return fl_fail(FL_ERR_INVALID, "fl_device_set_fault: no device");
+    uint64_t made = fl_device_total_calls(&d->counters);
+    /* A plan that can never fire would let a fault test pass without its fault. */
+    if (fail_call && fail_call <= made)
+        return fl_fail(FL_ERR_INVALID, "fl_device_set_fault: call %llu was made already (%s has made %llu calls; "
+                       "numbers count from its creation)", (unsigned long long)fail_call, d->ops->name,
+                       (unsigned long long)made);
+    d->fail_call = fail_call;
+    d->fail_from = fail_from;
+    return FL_OK;
 }
 
 void fl_device_get_counters(const fl_device *d, fl_device_counters *out)

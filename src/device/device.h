@@ -1,8 +1,9 @@
 /* The device interface: every policy gets memory through these calls, never from the
  * driver directly. Implementations: sim.c (simulated GPU) and cuda.c (the CUDA driver).
- * The fl_dev_* wrappers count calls, track physical bytes in use for every device and
- * own the allocator's limit: a create or mem_alloc beyond it is refused before the
- * device is asked, so every policy meets the limit as the device being full. */
+ * The fl_dev_* wrappers count calls, track physical bytes in use, inject faults for
+ * every device and own the allocator's limit: a create or mem_alloc beyond it is refused
+ * before the device is asked (and is not a call), so every policy meets the limit as
+ * the device being full. */
 #ifndef FL_DEVICE_H
 #define FL_DEVICE_H
 
@@ -46,6 +47,8 @@ struct fl_device {
     /* Updated by the wrappers (calls, failed_calls, peak) and by implementations
      * (in_use on create/release/mem_alloc/mem_free; time_us per call). */
     fl_device_counters counters;
+    /* The fault injector's plan (fl_device_set_fault), read by the wrappers; 0 = off. */
+    uint64_t fail_call, fail_from;
 };
 
 /* The limit rule, written once: the most physical memory the device's user may hold,

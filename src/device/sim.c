@@ -32,8 +32,6 @@ typedef struct sim_device {
     uint32_t n_handles, cap_handles;
     sim_reservation *res;         /* sorted by va */
     uint32_t n_res, cap_res;
-    /* Fault injection: calls made so far, and the plan (fl_sim_params). */
-    uint64_t seq, fail_call, fail_from;
 } sim_device;
 
 void fl_sim_params_default(fl_sim_params *p)
@@ -68,25 +66,10 @@ static fl_status charge(fl_device *d, fl_call c, fl_status s)
     return s;
 }
 
-/* Numbers every call; FL_ERR_DEVICE (charged, nothing changed) when the plan names it.
- * Runs before any check, so the numbering does not depend on the arguments. */
-static fl_status inject(fl_device *d, fl_call c)
+static fl_status no_vmm(void)
 {
-    sim_device *s = sim(d);
-    uint64_t n = ++s->seq;
-    if (n != s->fail_call && !(s->fail_from && n >= s->fail_from))
-        return FL_OK;
-    return charge(d, c, fl_fail(FL_ERR_DEVICE, "sim %s: injected failure of device call %llu%s",
-                                fl_call_name(c), (unsigned long long)n,
-                                n == s->fail_call ? "" : " (every call fails from now on)"));
+    return fl_fail(FL_ERR_UNSUPPORTED, "sim: virtual memory management is off on this device");
 }
-
-#define INJECT(d, c)                        \
-    do {                                    \
-        fl_status inj_ = inject((d), (c));  \
-        if (inj_ != FL_OK)                  \
-            return inj_;                    \
-    } while (0)
 
 /* Bytes the cudaMalloc path takes: the driver packs small requests into shared pages
  * (512 B steps) and gives large ones whole pages of the granularity. */
@@ -99,7 +82,6 @@ static uint64_t mem_alloc_charge(const fl_device *d, uint64_t size)
 
 static fl_status sim_mem_alloc(fl_device *d, uint64_t size, uint64_t *addr)
 {
-    INJECT(d, FL_CALL_MEM_ALLOC);
     sim_device *s = sim(d);
     if (size == 0)
         return charge(d, FL_CALL_MEM_ALLOC, fl_fail(FL_ERR_INVALID, "sim mem_alloc: size 0"));
@@ -125,7 +107,6 @@ static fl_status sim_mem_alloc(fl_device *d, uint64_t size, uint64_t *addr)
 
 static fl_status sim_mem_free(fl_device *d, uint64_t addr)
 {
-    INJECT(d, FL_CALL_MEM_FREE);
     sim_device *s = sim(d);
     uint64_t bytes;
     if (!fl_map_remove(&s->mem_allocs, addr, &bytes))
@@ -151,9 +132,8 @@ static fl_status check_aligned(const fl_device *d, const char *call, uint64_t va
 
 static fl_status sim_reserve(fl_device *d, uint64_t size, uint64_t *va)
 {
-    INJECT(d, FL_CALL_RESERVE);
     if (!d->vmm_supported)
-        return charge(d, FL_CALL_RESERVE, fl_fail(FL_ERR_UNSUPPORTED, "sim: virtual memory management is off on this device"));
+        return charge(d, FL_CALL_RESERVE, no_vmm());
     sim_device *s = sim(d);
     fl_status st = check_aligned(d, "reserve", 0, size);
     if (st != FL_OK)
@@ -203,7 +183,6 @@ static int find_reservation(const sim_device *s, uint64_t va, uint64_t size)
 
 static fl_status sim_addr_free(fl_device *d, uint64_t va, uint64_t size)
 {
-    INJECT(d, FL_CALL_ADDR_FREE);
     sim_device *s = sim(d);
     int i = find_reservation(s, va, size);
     if (i < 0 || s->res[i].va != va || s->res[i].size != size)
@@ -223,9 +202,8 @@ static fl_status sim_addr_free(fl_device *d, uint64_t va, uint64_t size)
 
 static fl_status sim_create(fl_device *d, uint64_t size, uint64_t *handle)
 {
-    INJECT(d, FL_CALL_CREATE);
     if (!d->vmm_supported)
-        return charge(d, FL_CALL_CREATE, fl_fail(FL_ERR_UNSUPPORTED, "sim: virtual memory management is off on this device"));
+        return charge(d, FL_CALL_CREATE, no_vmm());
     sim_device *s = sim(d);
     fl_status st = check_aligned(d, "create", 0, size);
     if (st != FL_OK)
@@ -266,7 +244,6 @@ static void maybe_reclaim(fl_device *d, sim_handle *h)
 
 static fl_status sim_release(fl_device *d, uint64_t handle)
 {
-    INJECT(d, FL_CALL_RELEASE);
     sim_handle *h = get_handle(sim(d), handle);
     if (!h || !h->live)
         return charge(d, FL_CALL_RELEASE,
@@ -279,9 +256,8 @@ static fl_status sim_release(fl_device *d, uint64_t handle)
 
 static fl_status sim_map(fl_device *d, uint64_t va, uint64_t size, uint64_t handle)
 {
-    INJECT(d, FL_CALL_MAP);
     if (!d->vmm_supported)
-        return charge(d, FL_CALL_MAP, fl_fail(FL_ERR_UNSUPPORTED, "sim: virtual memory management is off on this device"));
+        return charge(d, FL_CALL_MAP, no_vmm());
     sim_device *s = sim(d);
     fl_status st = check_aligned(d, "map", va, size);
     if (st != FL_OK)
@@ -316,7 +292,8 @@ static fl_status sim_map(fl_device *d, uint64_t va, uint64_t size, uint64_t hand
 
 static fl_status sim_unmap(fl_device *d, uint64_t va, uint64_t size)
 {
-    INJECT(d, FL_CALL_UNMAP);
+    if (!d->vmm_supported)
+        return charge(d, FL_CALL_UNMAP, no_vmm());
     sim_device *s = sim(d);
     fl_status st = check_aligned(d, "unmap", va, size);
     if (st != FL_OK)
@@ -349,7 +326,8 @@ static fl_status sim_unmap(fl_device *d, uint64_t va, uint64_t size)
 
 static fl_status sim_set_access(fl_device *d, uint64_t va, uint64_t size)
 {
-    INJECT(d, FL_CALL_SET_ACCESS);
+    if (!d->vmm_supported)
+        return charge(d, FL_CALL_SET_ACCESS, no_vmm());
     sim_device *s = sim(d);
     fl_status st = check_aligned(d, "set_access", va, size);
     if (st != FL_OK)
@@ -364,7 +342,6 @@ static fl_status sim_set_access(fl_device *d, uint64_t va, uint64_t size)
 
 static fl_status sim_synchronize(fl_device *d)
 {
-    INJECT(d, FL_CALL_SYNC);
     return charge(d, FL_CALL_SYNC, FL_OK);
 }
 
@@ -413,8 +390,6 @@ fl_status fl_sim_device_create(const fl_sim_params *p, fl_device **out)
     s->base.granularity = p->granularity;
     s->base.vmm_supported = p->vmm_supported;
     memcpy(s->cost, p->cost_us, sizeof s->cost);
-    s->fail_call = p->fail_call;
-    s->fail_from = p->fail_from;
     if (fl_range_create(SIM_VA_SIZE, 512, &s->va) != FL_OK || fl_map_init(&s->mem_allocs, 64) != FL_OK ||
         fl_map_init(&s->granules, 256) != FL_OK) {
         fl_range_destroy(s->va);
@@ -423,15 +398,5 @@ fl_status fl_sim_device_create(const fl_sim_params *p, fl_device **out)
         return fl_fail(FL_ERR_NOMEM, "sim device: host memory");
     }
     *out = &s->base;
-    return FL_OK;
-}
-
-fl_status fl_sim_set_fault(fl_device *d, uint64_t fail_call, uint64_t fail_from)
-{
-    if (!d || d->ops != &sim_ops)
-        return fl_fail(FL_ERR_INVALID, "fl_sim_set_fault: %s is not a sim device",
-                       d ? d->ops->name : "NULL");
-    sim(d)->fail_call = fail_call;
-    sim(d)->fail_from = fail_from;
     return FL_OK;
 }

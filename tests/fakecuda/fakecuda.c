@@ -1,7 +1,8 @@
 /* A test double of the CUDA driver: every entry point of FL_CUDA_FUNCTIONS, backed by host
  * memory (physical handles are memfd files, reservations PROT_NONE address space, mappings
  * MAP_SHARED views of the memfd), enforcing the driver's rules, plus the controls of
- * fakecuda.h: call counters, "fail the Nth call" and events a test completes. */
+ * fakecuda.h: call counters, "fail the Nth call" of the entry points the device layer does
+ * not count, and events a test completes. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* memfd_create, MAP_NORESERVE, MAP_FIXED_NOREPLACE */
 #endif
@@ -86,8 +87,8 @@ static struct {
     size_t used[FC_MAX_DEVICES];         /* bytes charged: live handles and cuMemAlloc */
     struct CUctx_st ctx[FC_MAX_DEVICES]; /* primary contexts; addresses stay valid for good */
     unsigned long long calls[F_COUNT];
-    unsigned long long fail_in[F_COUNT + 1]; /* countdowns; [F_ANY] is "*" */
-    CUresult fail_err[F_COUNT + 1];
+    unsigned long long fail_in[F_COUNT];  /* countdowns of the fault plans */
+    CUresult fail_err[F_COUNT];
     CUmemGenericAllocationHandle next_id;
     /* Handles sorted by id, reservations and mappings by address: binary searches. */
     fc_handle **handles;
@@ -163,36 +164,6 @@ static int parse_bytes(const char *s, size_t *out)
     return 1;
 }
 
-/* One "FN:N:ERR" entry of FAKECUDA_FAIL, arming the plan it names. */
-static int parse_fail_entry(char *entry)
-{
-    char *c1 = strchr(entry, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
-    if (!c2)
-        return 0;
-    *c1 = *c2 = '\0';
-    int fn = fn_index(entry);
-    char *end;
-    errno = 0;
-    unsigned long long n = strtoull(c1 + 1, &end, 10);
-    if (fn < 0 || end == c1 + 1 || *end || errno || c1[1] == '-')
-        return 0;
-    long err = 0;
-    const char *e = c2 + 1;
-    for (size_t i = 0; i < sizeof error_names / sizeof error_names[0]; i++)
-        if (strcmp(e, error_names[i].name) == 0)
-            err = error_names[i].code;
-    if (!err) {
-        err = strtol(e, &end, 10);
-        if (end == e || *end)
-            return 0;
-    }
-    if (err <= 0 || err > 100000)
-        return 0;
-    g.fail_in[fn] = n;
-    g.fail_err[fn] = (CUresult)err;
-    return 1;
-}
-
 static int config_error(const char *var, const char *value, const char *why)
 {
     fprintf(stderr, "fakecuda: %s=%s: %s; cuInit will return CUDA_ERROR_INVALID_VALUE\n", var,
@@ -200,7 +171,7 @@ static int config_error(const char *var, const char *value, const char *why)
     return 0;
 }
 
-/* Reads the environment into g.cfg and the fault plans; g.cfg.ok says whether it parsed. */
+/* Reads the environment into g.cfg; g.cfg.ok says whether it parsed. */
 static void load_config(void)
 {
     fc_config c = { .ok = 1, .ndev = 1, .vmm = 1, .capacity = (size_t)1 << 30,
@@ -226,15 +197,6 @@ static void load_config(void)
             c.vmm = 0;
         else if (strcmp(v, "0") != 0)
             c.ok = config_error("FAKECUDA_NO_VMM", v, "neither 0 nor 1");
-    }
-    if ((v = getenv("FAKECUDA_FAIL")) && *v) {
-        char *copy = strdup(v), *save = NULL;
-        if (!copy)
-            c.ok = config_error("FAKECUDA_FAIL", v, "no host memory to parse it");
-        for (char *e = copy ? strtok_r(copy, ",", &save) : NULL; e; e = strtok_r(NULL, ",", &save))
-            if (!parse_fail_entry(e))
-                c.ok = config_error("FAKECUDA_FAIL", v, "entries are FN:N:ERR, e.g. cuMemCreate:3:2");
-        free(copy);
     }
     g.cfg = c;
     for (int d = 0; d < FC_MAX_DEVICES; d++)
@@ -265,10 +227,7 @@ static CUresult enter(int fn)
     pthread_once(&g_once, load_config_once);
     pthread_mutex_lock(&g.lock);
     g.calls[fn]++;
-    int any = plan_fires(F_ANY), mine = plan_fires(fn);
-    if (mine)
-        return g.fail_err[fn];
-    return any ? g.fail_err[F_ANY] : CUDA_SUCCESS;
+    return plan_fires(fn) ? g.fail_err[fn] : CUDA_SUCCESS;
 }
 
 static CUresult leave(CUresult r)
@@ -637,8 +596,11 @@ static CUresult do_mem_alloc(CUdeviceptr *dptr, size_t bytes)
 {
     struct CUctx_st *c;
     TRY(need_ctx(&c));
-    if (!dptr || !bytes || bytes > SIZE_MAX - FC_ALLOC_ALIGN)
+    if (!dptr || !bytes)
         return CUDA_ERROR_INVALID_VALUE;
+    /* A size too large to round up is too large to fit: out of memory, as in the driver. */
+    if (bytes > SIZE_MAX - FC_ALLOC_ALIGN)
+        return CUDA_ERROR_OUT_OF_MEMORY;
     size_t charged = (bytes + FC_ALLOC_ALIGN - 1) & ~(size_t)(FC_ALLOC_ALIGN - 1);
     if (charged > g.cfg.capacity - g.used[c->dev])
         return CUDA_ERROR_OUT_OF_MEMORY;
@@ -998,13 +960,27 @@ unsigned long long fakecuda_calls(const char *fn)
     return n;
 }
 
+/* The entry points behind the device calls (src/device/cuda.c: mem_alloc is
+ * cuMemAlloc_v2, ..., synchronize is cuCtxSynchronize). Tests fail those with the device
+ * layer's fault injector (fl_device_set_fault), the one every test uses. */
+static const char *const device_call_fns[] = {
+    "cuMemAlloc_v2", "cuMemFree_v2", "cuMemAddressReserve", "cuMemAddressFree", "cuMemCreate",
+    "cuMemRelease",  "cuMemMap",     "cuMemUnmap",          "cuMemSetAccess",   "cuCtxSynchronize",
+};
+
 void fakecuda_fail_call(const char *fn, unsigned long long n, CUresult err)
 {
     pthread_once(&g_once, load_config_once);
     int i = fn_index(fn);
-    if (i < 0 || (n && err == CUDA_SUCCESS)) {
-        fprintf(stderr, "fakecuda_fail_call(\"%s\", %llu, %d): %s; no plan armed\n", fn ? fn : "(null)",
-                n, err, i < 0 ? "not an entry point" : "an injected failure needs an error");
+    const char *why = i < 0 ? "not an entry point"
+                    : i == F_ANY ? "\"*\" only counts calls"
+                    : n && err == CUDA_SUCCESS ? "an injected failure needs an error"
+                    : NULL;
+    for (size_t k = 0; !why && k < sizeof device_call_fns / sizeof device_call_fns[0]; k++)
+        if (strcmp(fn, device_call_fns[k]) == 0)
+            why = "a device call: fail it with fl_device_set_fault";
+    if (why) {
+        fprintf(stderr, "fakecuda_fail_call(\"%s\", %llu, %d): %s; no plan armed\n", fn ? fn : "(null)", n, err, why);
         return;
     }
     pthread_mutex_lock(&g.lock);

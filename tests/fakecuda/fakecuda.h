@@ -1,6 +1,7 @@
 /* The controls of the CUDA driver test double (tests/fakecuda/fakecuda.c) that are not
- * CUDA: call counters, "fail the Nth call", completion of pending events, and a reset.
- * A test resolves them with dlsym next to the cu* entry points of FL_CUDA_FUNCTIONS. */
+ * CUDA: call counters, "fail the Nth call" of the entry points the device layer does not
+ * count, completion of pending events, and a reset. A test resolves them with dlsym next
+ * to the cu* entry points of FL_CUDA_FUNCTIONS. */
 #ifndef FAKECUDA_H
 #define FAKECUDA_H
 
@@ -12,17 +13,21 @@
  *   FAKECUDA_GRANULARITY=B    VMM granularity (default 2 MiB; a power of two >= the page size)
  *   FAKECUDA_NO_VMM=1         no virtual memory management: attribute 102 reads 0 and
  *                             cuMemCreate / cuMemAddressReserve return CUDA_ERROR_NOT_SUPPORTED
- *   FAKECUDA_FAIL=FN:N:ERR[,FN:N:ERR...]  as fakecuda_fail_call(FN, N, ERR); ERR is a number
- *                             or a name such as CUDA_ERROR_OUT_OF_MEMORY; FN may be "*"
  * A malformed value is reported on stderr and makes cuInit return CUDA_ERROR_INVALID_VALUE. */
 
 /* Counters: calls of one entry point ("cuMemMap"), or of all of them ("*"), including calls
  * that failed; 0 (and a line on stderr) for a name that is no entry point. */
 unsigned long long fakecuda_calls(const char *fn);
 
-/* Fault injection: the n-th next call of fn (1 = the very next) returns err without side
- * effects or outputs; fn "*" counts calls of every entry point. One plan per name: a new
- * one replaces the old, n = 0 cancels. err must not be CUDA_SUCCESS. */
+/* Fault injection, for the entry points the device layer does not count (cuInit,
+ * cuDeviceTotalMem_v2, cuMemGetAllocationGranularity, cuCtxGetCurrent, cuMemGetInfo_v2,
+ * the event calls, ...): the n-th next call of fn (1 = the very next) returns err without
+ * side effects or outputs. It exists to test what cuda.c makes of driver errors: opening
+ * a device, the context it makes current before every call, events. The calls behind
+ * device calls (cuMemCreate, cuMemMap, ..., cuCtxSynchronize) are refused (a line on
+ * stderr): tests fail those with fl_device_set_fault, the one fault injector every test
+ * uses. One plan per name: a new one replaces the old, n = 0 cancels. err must not be
+ * CUDA_SUCCESS. */
 void fakecuda_fail_call(const char *fn, unsigned long long n, CUresult err);
 
 /* Streams and events: with auto-complete on (the default) a recorded event is complete at
