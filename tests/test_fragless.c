@@ -227,6 +227,37 @@ static void test_fault_injection(void)
     }
 }
 
+/* A page whose set_access failed stays mapped and cached, marked to get access before
+ * it is used (a GPU would fault on it). The next block on it must set access again even
+ * though no page under it is unmapped (regression: only unmapped pages triggered it). */
+static void test_access_after_failed_set_access(void)
+{
+    uint64_t n;
+    for (n = 1; n < 16; n++) {
+        fl_device *d = fl_test_sim(12 * PAGE, 0);
+        fl_policy *p = fragless_on(d, 0);
+        uint64_t a;
+        CHECK_OK(fl_device_set_fault(d, total_calls(d) + n, 0));
+        fl_status s = p->ops->alloc(p, MiB, 0, &a);
+        int hit = s == FL_ERR_DEVICE && strstr(fl_last_error(), "set_access") != NULL;
+        if (hit) {
+            CHECK(in_use(d) > 0); /* the page stays mapped: cached */
+            CHECK(p->ops->check(p) == 0);
+            uint64_t before = calls(d, FL_CALL_SET_ACCESS);
+            CHECK_OK(p->ops->alloc(p, MiB, 0, &a)); /* on the cached page */
+            CHECK(calls(d, FL_CALL_SET_ACCESS) > before); /* access set again */
+            CHECK_OK(p->ops->free(p, a, 0, NULL));
+        } else if (s == FL_OK) {
+            CHECK_OK(p->ops->free(p, a, 0, NULL));
+        }
+        p->ops->destroy(p);
+        fl_device_destroy(d);
+        if (hit)
+            break;
+    }
+    CHECK(n < 16); /* the first allocation sets access at some call */
+}
+
 /* Quick lists: a freed block of at most 4 KiB is handed to the next request of its size
  * (last freed first) without the range allocator; it is not live any more (a second free
  * is refused, its pages are not pinned) and empty_cache gives it back. */
@@ -298,5 +329,6 @@ int main(void)
     test_streams();
     test_limit_and_empty_cache();
     test_fault_injection();
+    test_access_after_failed_set_access();
     return fl_test_done("test_fragless");
 }
