@@ -14,10 +14,10 @@
 
 #include "allocator/allocator.h"
 #include "util/lock.h"
-#include "trace/trace.h"
+#include <pthread.h>
 
-/* The trace is flushed at least this often. */
-#define TRACE_FLUSH_NS (100 * 1000 * 1000)
+#include "allocator/recorder.h"
+
 /* Statistics for `fragless top`: the policy's query is refreshed at most this often. */
 #define PUBLISH_EVERY_NS (50 * 1000 * 1000)
 
@@ -56,34 +56,105 @@ struct fl_allocator {
     fl_map uses;
     pending_free *pending;
     uint32_t n_pending, cap_pending;
-    /* Trace recording: rows in RMM's CSV format, the streams of live blocks (free rows
-     * carry them, as RMM's do) and the start time. A process killed mid-run leaves
-     * whole lines up to the last flush (at most TRACE_FLUSH_NS ago) and at most one cut
-     * line, which the reader accepts with a warning. */
-    FILE *trace;
-    fl_map trace_streams;
-    uint64_t trace_t0, trace_flushed_ns;
+    fl_recorder *rec;           /* trace:PATH (recorder.c), NULL when off */
+    fl_allocator *next_live;    /* the registry of live allocators (fork, exit) */
 };
 
-static void trace_row(fl_allocator *a, int kind, uint64_t ptr, uint64_t size, uint64_t stream)
+/* ---- the registry of live allocators: fork and exit ------------------------------- */
+
+/* Every live allocator, for the fork handlers (a child must find every lock free and
+ * every structure whole: the parent's other threads are not there to finish what they
+ * were doing) and the exit handler (the recorders' last rows, written under each
+ * allocator's lock so that threads still allocating cannot cut a line). */
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static fl_allocator *registry;
+static pthread_once_t registry_once = PTHREAD_ONCE_INIT;
+
+/* Before fork: take every allocator's lock (registry order), so that the child's copy of
+ * each is between operations. */
+static void fork_prepare(void)
 {
-    fl_event e = {0};
-    e.kind = (uint8_t)kind;
-    e.ptr = ptr;
-    e.size = size;
-    e.stream = stream;
-    e.thread = (uint64_t)syscall(SYS_gettid);
-    e.time_us = (fl_now_ns() - a->trace_t0) / 1000;
-    char row[160];
-    int n = fl_trace_format_row(row, sizeof row, &e);
-    if (n > 0)
-        fprintf(a->trace, "%s\n", row);
-    /* Flushed at least every TRACE_FLUSH_NS: a killed process loses at most that much. */
-    uint64_t now = e.time_us * 1000;
-    if (now - a->trace_flushed_ns >= TRACE_FLUSH_NS) {
-        fflush(a->trace);
-        a->trace_flushed_ns = now;
+    pthread_mutex_lock(&registry_lock);
+    for (fl_allocator *a = registry; a; a = a->next_live)
+        fl_lock_acquire(&a->lock);
+}
+
+static void fork_parent(void)
+{
+    for (fl_allocator *a = registry; a; a = a->next_live)
+        fl_lock_release(&a->lock);
+    pthread_mutex_unlock(&registry_lock);
+}
+
+/* In the child: the locks are free again; the child records no trace (its rows would
+ * interleave with the parent's in one file; the parent keeps writing it) and publishes
+ * its own record for `fragless top`, not the parent's. */
+static void fork_child(void)
+{
+    for (fl_allocator *a = registry; a; a = a->next_live) {
+        fl_recorder_forget(a->rec);
+        a->rec = NULL;
+        fl_publish_close(a->pub); /* detaches: the file stays the parent's */
+        a->pub = NULL;
+        if (a->cfg.publish && a->policy->dev->is_gpu)
+            fl_publish_open(a->policy->dev->ordinal, &a->pub); /* best effort: top only */
+        fl_lock_reset(&a->lock);
     }
+    pthread_mutex_init(&registry_lock, NULL);
+}
+
+static void flush_at_exit(void)
+{
+    pthread_mutex_lock(&registry_lock);
+    for (fl_allocator *a = registry; a; a = a->next_live) {
+        fl_lock_acquire(&a->lock);
+        fl_recorder_flush(a->rec);
+        fl_lock_release(&a->lock);
+    }
+    pthread_mutex_unlock(&registry_lock);
+}
+
+static void registry_init(void)
+{
+    fl_publish_atfork(); /* first: its child handler must run before ours */
+    pthread_atfork(fork_prepare, fork_parent, fork_child);
+    atexit(flush_at_exit);
+}
+
+static fl_status owned(const fl_device *dev)
+{
+    return fl_fail(FL_ERR_INVALID, "device %s: it has an allocator already; one allocator per device (share it: "
+                   "it is thread safe)", dev->ops->name);
+}
+
+/* Adds a to the registry and makes it dev's owner: one allocator per device (two would
+ * race on the device's state). */
+static fl_status registry_add(fl_allocator *a, fl_device *dev)
+{
+    pthread_once(&registry_once, registry_init);
+    pthread_mutex_lock(&registry_lock);
+    fl_status s = FL_OK;
+    if (dev->owner)
+        s = owned(dev);
+    else {
+        dev->owner = a;
+        a->next_live = registry;
+        registry = a;
+    }
+    pthread_mutex_unlock(&registry_lock);
+    return s;
+}
+
+static void registry_remove(fl_allocator *a)
+{
+    pthread_mutex_lock(&registry_lock);
+    for (fl_allocator **p = &registry; *p; p = &(*p)->next_live)
+        if (*p == a) {
+            *p = a->next_live;
+            break;
+        }
+    a->policy->dev->owner = NULL;
+    pthread_mutex_unlock(&registry_lock);
 }
 
 fl_status fl_allocator_create(const fl_config *cfg, fl_device *dev, fl_allocator **out)
@@ -93,23 +164,16 @@ fl_status fl_allocator_create(const fl_config *cfg, fl_device *dev, fl_allocator
     if (!a)
         return fl_fail(FL_ERR_NOMEM, "allocator: host memory");
     a->cfg = *cfg;
-    fl_status s = fl_map_init(&a->uses, 16);
+    /* Checked again under the registry's lock; here before the policy touches dev. */
+    fl_status s = dev->owner ? owned(dev) : fl_map_init(&a->uses, 16);
     if (s == FL_OK)
         s = fl_policy_create(cfg, dev, &a->policy);
-    if (s == FL_OK && cfg->trace_path[0]) {
-        a->trace = fopen(cfg->trace_path, "w");
-        if (!a->trace)
-            s = fl_fail(FL_ERR_IO, "trace:%s: cannot open: %s", cfg->trace_path, strerror(errno));
-        else if ((s = fl_map_init(&a->trace_streams, 1024)) == FL_OK) {
-            fprintf(a->trace, "Thread,Time,Action,Pointer,Size,Stream\n");
-            fflush(a->trace); /* a process killed at once still leaves a readable file */
-            a->trace_t0 = fl_now_ns();
-        }
-    }
+    if (s == FL_OK && cfg->trace_path[0])
+        s = fl_recorder_open(cfg->trace_path, &a->rec);
+    if (s == FL_OK)
+        s = registry_add(a, dev);
     if (s != FL_OK) {
-        if (a->trace)
-            fclose(a->trace);
-        fl_map_free(&a->trace_streams);
+        fl_recorder_close(a->rec);
         if (a->policy)
             a->policy->ops->destroy(a->policy);
         fl_map_free(&a->uses);
@@ -126,6 +190,7 @@ void fl_allocator_destroy(fl_allocator *a)
 {
     if (!a)
         return;
+    registry_remove(a);
     fl_publish_close(a->pub);
     for (uint32_t i = 0; i < a->n_pending; i++)
         for (uint32_t k = 0; k < a->pending[i].n; k++)
@@ -136,10 +201,7 @@ void fl_allocator_destroy(fl_allocator *a)
             free((void *)(uintptr_t)a->uses.e[i].val);
     fl_map_free(&a->uses);
     a->policy->ops->destroy(a->policy);
-    if (a->trace) {
-        fclose(a->trace);
-        fl_map_free(&a->trace_streams);
-    }
+    fl_recorder_close(a->rec);
     free(a);
 }
 
@@ -324,12 +386,8 @@ fl_status fl_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *ad
     } else if (s == FL_ERR_OOM) {
         s = out_of_memory(a, size, stream);
     }
-    if (FL_UNLIKELY(a->trace != NULL)) {
-        trace_row(a, s == FL_OK ? FL_EV_ALLOC : FL_EV_ALLOC_FAIL, s == FL_OK ? *addr : 0, size, stream);
-        /* On host OOM here, the free row says stream 0: the trace stays readable. */
-        if (s == FL_OK)
-            fl_map_put(&a->trace_streams, *addr, stream);
-    }
+    if (FL_UNLIKELY(a->rec != NULL))
+        fl_recorder_alloc(a->rec, s == FL_OK, s == FL_OK ? *addr : 0, size, stream);
     if (FL_UNLIKELY(a->pub != NULL))
         maybe_publish(a, 0);
     fl_lock_release(&a->lock);
@@ -452,11 +510,8 @@ static fl_status free_locked(fl_allocator *a, uint64_t addr, uint64_t want_size)
     a->req_current -= size;
     a->req_freed += size;
     a->live512 -= fl_live_size(size);
-    if (FL_UNLIKELY(a->trace != NULL)) {
-        uint64_t stream = 0;
-        fl_map_remove(&a->trace_streams, addr, &stream);
-        trace_row(a, FL_EV_FREE, addr, size, stream);
-    }
+    if (FL_UNLIKELY(a->rec != NULL))
+        fl_recorder_free(a->rec, addr, size);
     if (FL_UNLIKELY(a->pub != NULL))
         maybe_publish(a, 0);
     return FL_OK;

@@ -71,6 +71,11 @@ void fl_publish_update(fl_publisher *p, const fl_stats *s);
 void fl_publish_close(fl_publisher *p);
 /* The file's path. */
 const char *fl_publish_path(const fl_publisher *p);
+/* Registers the fork handlers of the publishers' list (once). The allocator registers
+ * its own after these, so that in a child the list is usable when the allocator's
+ * handler closes the parent's publishers (fl_publish_close in a child detaches: the
+ * file is the parent's) and opens the child's own. */
+void fl_publish_atfork(void);
 /* $FRAGLESS_TOP_DIR when set and not empty, else /dev/shm. */
 const char *fl_publish_dir(void);
 

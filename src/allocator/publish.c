@@ -275,6 +275,15 @@ void fl_publish_close(fl_publisher *p)
     free(p);
 }
 
+/* fork: the list's lock is taken around it, so the child finds the list whole. */
+static void pub_prepare(void) { pthread_mutex_lock(&pub_lock); }
+static void pub_parent(void) { pthread_mutex_unlock(&pub_lock); }
+static void pub_child(void) { pthread_mutex_init(&pub_lock, NULL); }
+static pthread_once_t pub_fork_once = PTHREAD_ONCE_INIT;
+static void pub_register_fork(void) { pthread_atfork(pub_prepare, pub_parent, pub_child); }
+
+void fl_publish_atfork(void) { pthread_once(&pub_fork_once, pub_register_fork); }
+
 const char *fl_publish_path(const fl_publisher *p)
 {
     return p->path;

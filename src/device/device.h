@@ -44,6 +44,7 @@ struct fl_device {
     int is_gpu;             /* a real GPU (the cuda device); 0 for simulated ones */
     int ordinal;            /* the GPU's ordinal when is_gpu */
     uint64_t limit;         /* the most its allocator may hold; 0 = none (fl_dev_limit) */
+    void *owner;            /* the allocator on it (one per device), NULL when none */
     /* Updated by the wrappers (calls, failed_calls, peak) and by implementations
      * (in_use on create/release/mem_alloc/mem_free; time_us per call). */
     fl_device_counters counters;

@@ -1,0 +1,202 @@
+/* The trace recorder (recorder.h): rows of RMM's CSV log in a buffer of its own, written
+ * in whole lines, one file per process. */
+#include "allocator/recorder.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "trace/trace.h"
+
+#define BUF_SIZE (64 * 1024)
+
+struct fl_recorder {
+    int fd;
+    int failed;              /* a write failed: said once, then rows are dropped */
+    char path[PATH_MAX];
+    fl_map streams;          /* live block -> its stream (free rows carry it, as RMM's do) */
+    uint64_t t0, flushed_ns;
+    size_t len;
+    char buf[BUF_SIZE];
+};
+
+/* Opens path for this process's trace: a regular file is created or, when no other
+ * process has it locked, replaced; a file of another user, or a symbolic link, is
+ * refused (trace paths often sit in /tmp, where anyone may plant either). Other kinds
+ * of file (/dev/null, a FIFO) are written as they are. *busy: another process holds it. */
+static fl_status open_locked(const char *path, int *fd_out, int *busy)
+{
+    *busy = 0;
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0644);
+    if (fd < 0) {
+        if (errno == ELOOP)
+            return fl_fail(FL_ERR_IO, "trace:%s: is a symbolic link; refused (name the file itself)", path);
+        return fl_fail(FL_ERR_IO, "trace:%s: cannot open: %s", path, strerror(errno));
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return fl_fail(FL_ERR_IO, "trace:%s: cannot stat: %s", path, strerror(e));
+    }
+    if (S_ISREG(st.st_mode)) {
+        if (st.st_uid != geteuid()) {
+            close(fd);
+            return fl_fail(FL_ERR_IO, "trace:%s: belongs to another user (uid %u); refused", path, (unsigned)st.st_uid);
+        }
+        if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+            int e = errno;
+            close(fd);
+            if (e == EWOULDBLOCK) {
+                *busy = 1;
+                return FL_OK;
+            }
+            return fl_fail(FL_ERR_IO, "trace:%s: cannot lock: %s", path, strerror(e));
+        }
+        if (ftruncate(fd, 0) != 0) {
+            int e = errno;
+            close(fd);
+            return fl_fail(FL_ERR_IO, "trace:%s: cannot truncate: %s", path, strerror(e));
+        }
+    }
+    /* Blocking writes from here on (O_NONBLOCK only kept open() off a FIFO's wait). */
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0)
+        fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    *fd_out = fd;
+    return FL_OK;
+}
+
+static int write_all(int fd, const char *p, size_t n)
+{
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+fl_status fl_recorder_open(const char *path, fl_recorder **out)
+{
+    *out = NULL;
+    fl_recorder *r = calloc(1, sizeof *r);
+    if (!r)
+        return fl_fail(FL_ERR_NOMEM, "trace:%s: host memory", path);
+    int busy = 0;
+    fl_status s = snprintf(r->path, sizeof r->path, "%s", path) < (int)sizeof r->path
+                      ? open_locked(path, &r->fd, &busy)
+                      : fl_fail(FL_ERR_INVALID, "trace:%s: path too long", path);
+    if (s == FL_OK && busy) {
+        /* Another process of this job writes PATH: this one writes PATH.PID. */
+        int n = snprintf(r->path, sizeof r->path, "%s.%ld", path, (long)getpid());
+        s = n < (int)sizeof r->path ? open_locked(r->path, &r->fd, &busy)
+                                     : fl_fail(FL_ERR_INVALID, "trace:%s: path too long", path);
+        if (s == FL_OK && busy)
+            s = fl_fail(FL_ERR_IO, "trace:%s: locked by another process", r->path);
+        if (s == FL_OK)
+            fprintf(stderr, "fragless: trace:%s is another process's; this one (pid %ld) records to %s\n", path,
+                    (long)getpid(), r->path);
+    }
+    if (s == FL_OK && (s = fl_map_init(&r->streams, 1024)) != FL_OK)
+        close(r->fd);
+    if (s != FL_OK) {
+        free(r);
+        return s;
+    }
+    static const char header[] = "Thread,Time,Action,Pointer,Size,Stream\n";
+    if (write_all(r->fd, header, sizeof header - 1) != 0) {
+        s = fl_fail(FL_ERR_IO, "trace:%s: write error: %s", r->path, strerror(errno));
+        fl_recorder_close(r);
+        return s;
+    }
+    r->t0 = r->flushed_ns = fl_now_ns();
+    *out = r;
+    return FL_OK;
+}
+
+void fl_recorder_flush(fl_recorder *r)
+{
+    if (!r || !r->len)
+        return;
+    if (!r->failed && write_all(r->fd, r->buf, r->len) != 0) {
+        r->failed = 1;
+        fprintf(stderr, "fragless: trace:%s: write error: %s; recording stops\n", r->path, strerror(errno));
+    }
+    r->len = 0;
+}
+
+static void row(fl_recorder *r, int kind, uint64_t ptr, uint64_t size, uint64_t stream)
+{
+    uint64_t now = fl_now_ns();
+    fl_event e = {0};
+    e.kind = (uint8_t)kind;
+    e.ptr = ptr;
+    e.size = size;
+    e.stream = stream;
+    e.thread = (uint64_t)syscall(SYS_gettid);
+    e.time_us = (now - r->t0) / 1000;
+    char line[160];
+    int n = fl_trace_format_row(line, sizeof line - 1, &e);
+    if (n <= 0 || (size_t)n >= sizeof line - 1)
+        return;
+    line[n++] = '\n';
+    if (r->len + (size_t)n > sizeof r->buf)
+        fl_recorder_flush(r);
+    memcpy(r->buf + r->len, line, (size_t)n);
+    r->len += (size_t)n;
+    if (now - r->flushed_ns >= FL_RECORDER_FLUSH_NS) {
+        fl_recorder_flush(r);
+        r->flushed_ns = now;
+    }
+}
+
+void fl_recorder_alloc(fl_recorder *r, int ok, uint64_t ptr, uint64_t size, uint64_t stream)
+{
+    row(r, ok ? FL_EV_ALLOC : FL_EV_ALLOC_FAIL, ok ? ptr : 0, size, stream);
+    /* Without host memory for the map, the free row says stream 0: still readable. */
+    if (ok)
+        fl_map_put(&r->streams, ptr, stream);
+}
+
+void fl_recorder_free(fl_recorder *r, uint64_t ptr, uint64_t size)
+{
+    uint64_t stream = 0;
+    fl_map_remove(&r->streams, ptr, &stream);
+    row(r, FL_EV_FREE, ptr, size, stream);
+}
+
+void fl_recorder_close(fl_recorder *r)
+{
+    if (!r)
+        return;
+    fl_recorder_flush(r);
+    close(r->fd); /* releases the lock */
+    fl_map_free(&r->streams);
+    free(r);
+}
+
+void fl_recorder_forget(fl_recorder *r)
+{
+    if (!r)
+        return;
+    /* The lock belongs to the open file description, shared with the parent: closing
+     * the child's descriptor leaves it with the parent. */
+    close(r->fd);
+    fl_map_free(&r->streams);
+    free(r);
+}
+
+const char *fl_recorder_path(const fl_recorder *r) { return r->path; }
