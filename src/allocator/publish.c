@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "allocator/allocator.h"
+#include "util/file.h"
 
 /* The file format is an ABI between processes built at different times: a change of
  * fl_stats or of the header must bump FL_PUB_VERSION (and update these figures). */
@@ -159,22 +160,29 @@ static int free_slot(int device)
     }
 }
 
-/* Writes the record into a hidden file and renames it into place, so a reader never
+/* Writes the record into a new hidden file and renames it into place, so a reader never
  * sees a half-written header, and a stale file of an earlier process with our pid is
- * replaced. Under pub_lock. */
+ * replaced. The folder is writable by every user (/dev/shm): the hidden file has a random
+ * name and is created with O_EXCL|O_NOFOLLOW (fl_open_beside), so nothing another user
+ * planted there (a symlink to one of our files) is opened, let alone truncated; rename()
+ * replaces a link at the final name instead of following it, and in a sticky folder it
+ * cannot replace another user's file (EPERM: the error below). Under pub_lock. */
 static fl_status create_file(fl_publisher *p, const char *dir, const fl_pub_record *head)
 {
-    char tmp[PATH_MAX];
+    char tmp[PATH_MAX], prefix[96];
     unsigned long long pid = (unsigned long long)p->pid;
     int n = p->slot ? snprintf(p->path, sizeof p->path, "%s/" FL_PUB_PREFIX "%llu.%d.%d", dir, pid, p->device, p->slot)
                     : snprintf(p->path, sizeof p->path, "%s/" FL_PUB_PREFIX "%llu.%d", dir, pid, p->device);
-    int m = snprintf(tmp, sizeof tmp, "%s/." FL_PUB_PREFIX "%llu.%d.%d.tmp", dir, pid, p->device, p->slot);
-    if (n < 0 || n >= (int)sizeof p->path || m < 0 || m >= (int)sizeof tmp)
+    snprintf(prefix, sizeof prefix, "." FL_PUB_PREFIX "%llu.%d.%d.", pid, p->device, p->slot);
+    if (n < 0 || n >= (int)sizeof p->path)
         return fl_fail(FL_ERR_INVALID, "top: FRAGLESS_TOP_DIR '%s' is too long", dir);
-    int fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return fl_fail(FL_ERR_IO, "top: cannot create %s: %s (set FRAGLESS_TOP_DIR to a writable "
-                       "directory, or top:0 in FRAGLESS_CONF)", tmp, strerror(errno));
+    int fd = fl_open_beside(p->path, prefix, 0644, tmp, sizeof tmp);
+    if (fd < 0) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", fl_last_error());
+        return fl_fail(FL_ERR_IO, "top: %s (set FRAGLESS_TOP_DIR to a writable directory, or top:0 in "
+                       "FRAGLESS_CONF)", why);
+    }
     const char *step = "set the size of";
     void *map = MAP_FAILED;
     if (ftruncate(fd, sizeof(fl_pub_record)) == 0) {
@@ -190,7 +198,7 @@ static fl_status create_file(fl_publisher *p, const char *dir, const fl_pub_reco
         for (size_t i = 0; i < FL_PUB_WORDS; i++)
             atomic_store_explicit(&p->rec->words[i], 0, memory_order_relaxed);
         atomic_store_explicit(&p->rec->words[0], realtime_ns(), memory_order_relaxed);
-        step = "rename";
+        step = "replace";
         if (rename(tmp, p->path) == 0)
             return FL_OK;
         err = errno;
