@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/random.h>
@@ -22,7 +23,8 @@ static uint64_t random_u64(void)
     static _Atomic uint64_t counter;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    r = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30) ^ ((uint64_t)getpid() << 40) ^ (counter += 0x9e3779b97f4a7c15u);
+    r = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30) ^ ((uint64_t)getpid() << 40) ^
+        atomic_fetch_add(&counter, UINT64_C(0x9e3779b97f4a7c15));
     r ^= r >> 31;
     return r * UINT64_C(0xbf58476d1ce4e5b9);
 }
