@@ -53,7 +53,8 @@ static const char replay_help[] =
     "  --min-capacity    also search the smallest capacity that runs without OOM\n"
     "  --format F        table (default), csv or json\n"
     "\n"
-    "exit codes: 0 done; 1 bad usage; 2 bad trace; 3 out of memory at --capacity; 4 other\n";
+    "exit codes: 0 done; 1 bad usage; 2 bad trace; 3 out of memory (at --capacity, or\n"
+    "            without one: the simulated device ran out of address space); 4 other\n";
 
 static const char compare_help[] =
     "usage: fragless compare TRACE... [--policies LIST] [--capacity SIZE] [--conf CONF]\n"
@@ -70,7 +71,10 @@ static const char compare_help[] =
     "                 live bytes (a steady training loop makes no calls there)\n"
     "  ns/pair        host time per allocation + free in the policy (single run; see\n"
     "                 `make bench` for medians)\n"
-    "With --capacity, the same figures at that capacity and the number of OOMs.\n"
+    "With --capacity, the same figures at that capacity and the number of OOMs. A policy\n"
+    "whose run without a limit had failed allocations (the simulated device's address\n"
+    "space: e.g. more than 255 streams under fragless) is marked FAILED (JSON \"failed\",\n"
+    "CSV unlimited_ooms) and the exit code is 3.\n"
     "\n"
     "  --policies LIST   comma-separated (default fragless,cca,cca-expandable,nocache)\n"
     "  --capacity SIZE   80GiB, 512MiB, or 1.05x (times each trace's peak live bytes)\n"
@@ -79,7 +83,8 @@ static const char compare_help[] =
     "  --no-min-capacity skip the min_capacity search (faster)\n"
     "  --format F        table (default), csv or json\n"
     "\n"
-    "exit codes: 0 done; 1 bad usage; 2 bad trace; 4 other error\n";
+    "exit codes: 0 done; 1 bad usage; 2 bad trace; 3 a run without a limit ran out of\n"
+    "            memory (its row is marked FAILED); 4 other error\n";
 
 static const char doctor_help[] =
     "usage: fragless doctor TRACE [--capacity SIZE] [--policy P] [--conf CONF] [--format text|json]\n"
