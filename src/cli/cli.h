@@ -38,7 +38,8 @@ int cli_report(const cli_opts *o);
  * the reason on stderr. */
 #define CLI_MAX_POLICIES 16
 int cli_split_policies(const char *list, char names[][32], int *n);
-/* Shared by the commands: --capacity as bytes for one trace (a factor needs peak live). */
-uint64_t cli_capacity_for(const cli_opts *o, const fl_prepared *p);
+/* Shared by the commands: --capacity as bytes for one trace (a factor needs peak live);
+ * 0, or an exit code with the reason on stderr (a factor whose bytes pass 2^64). */
+int cli_capacity_for(const cli_opts *o, const fl_prepared *p, uint64_t *capacity);
 
 #endif

@@ -45,15 +45,24 @@ int cli_split_policies(const char *list, char names[][32], int *n)
     return 0;
 }
 
-uint64_t cli_capacity_for(const cli_opts *o, const fl_prepared *p)
+int cli_capacity_for(const cli_opts *o, const fl_prepared *p, uint64_t *capacity)
 {
+    *capacity = o->capacity;
     if (o->capacity_factor > 0) {
-        /* Whole pages, rounded down: "1.05x" never grants more than asked. */
+        /* Whole pages, rounded down: "1.05x" never grants more than asked. A product
+         * past 2^64 cannot be converted (undefined behaviour), so it is refused. */
         uint64_t g = o->opts.sim.granularity;
-        uint64_t c = (uint64_t)((double)p->peak_live * o->capacity_factor) / g * g;
-        return c ? c : g;
+        double bytes = (double)p->peak_live * o->capacity_factor;
+        if (!(bytes < 18446744073709551616.0)) {
+            char live[32];
+            fprintf(stderr, "fragless: %s: --capacity %gx: %g x peak live (%s) is more than 2^64 bytes\n", p->name,
+                    o->capacity_factor, o->capacity_factor, fl_format_size(p->peak_live, live, sizeof live));
+            return CLI_EXIT_USAGE;
+        }
+        uint64_t c = (uint64_t)bytes / g * g;
+        *capacity = c ? c : g;
     }
-    return o->capacity;
+    return 0;
 }
 
 static double ns_per_pair(const fl_replay_result *r)
@@ -179,7 +188,12 @@ int cli_compare(const cli_opts *o)
             load_error();
             return status_exit(s);
         }
-        uint64_t capacity = cli_capacity_for(o, p);
+        uint64_t capacity;
+        if ((rc = cli_capacity_for(o, p, &capacity)) != 0) {
+            cli_progress_clear(&bar);
+            fl_prepared_free(p);
+            return rc;
+        }
         print_trace_header(o, p, capacity);
         for (int i = 0; i < np; i++) {
             fl_replay_opts ro = o->opts;
@@ -235,7 +249,11 @@ int cli_replay(const cli_opts *o)
     }
     fl_replay_opts ro = o->opts;
     snprintf(ro.cfg.policy, sizeof ro.cfg.policy, "%.31s", names[0]);
-    uint64_t capacity = cli_capacity_for(o, p);
+    uint64_t capacity;
+    if ((rc = cli_capacity_for(o, p, &capacity)) != 0) {
+        fl_prepared_free(p);
+        return rc;
+    }
     if (capacity)
         ro.sim.capacity = capacity;
     ro.timeline_buckets = o->timeline;

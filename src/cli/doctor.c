@@ -165,11 +165,20 @@ int cli_doctor(const cli_opts *o)
         if (ran.cfg.expandable_segments && !strcmp(ran.cfg.policy, "cca"))
             snprintf(ran.cfg.policy, sizeof ran.cfg.policy, "cca-expandable");
     }
-    uint64_t capacity = cli_capacity_for(o, p);
+    uint64_t capacity;
+    int rc = cli_capacity_for(o, p, &capacity);
+    if (rc) {
+        fl_prepared_free(p);
+        return rc;
+    }
     if (!capacity && info.n_devices && info.oom_entry >= 0) {
         /* A snapshot dumped at an OOM: the device held what the segments hold, and had
          * device_free left. */
-        capacity = info.reserved_bytes + info.oom_device_free;
+        if ((s = fl_snapshot_oom_capacity(&info, p->name, &capacity)) != FL_OK) {
+            fprintf(stderr, "fragless: %s\n", fl_last_error());
+            fl_prepared_free(p);
+            return CLI_EXIT_INPUT;
+        }
         if (strcmp(o->format, "json")) {
             char a[32], b[32];
             printf("Capacity from the snapshot's oom event: %s reserved + %s free on the device.\n",

@@ -48,7 +48,7 @@ static const char replay_help[] =
     "                    roundup_power2_divisions:4, garbage_collection_threshold:0.8\n"
     "                    (with limit:SIZE), expandable_segments:True; for fragless,\n"
     "                    small_size:256KiB; for all, limit:SIZE\n"
-    "  --granularity SZ  device page size (default 2MiB)\n"
+    "  --granularity SZ  device page size, a power of two from 4KiB to 1GiB (default 2MiB)\n"
     "  --timeline N      also print N windows of the trace: live, reserved, device calls\n"
     "  --min-capacity    also search the smallest capacity that runs without OOM\n"
     "  --format F        table (default), csv or json\n"
@@ -79,7 +79,7 @@ static const char compare_help[] =
     "  --policies LIST   comma-separated (default fragless,cca,cca-expandable,nocache)\n"
     "  --capacity SIZE   80GiB, 512MiB, or 1.05x (times each trace's peak live bytes)\n"
     "  --conf CONF       knobs applied to every policy (see `fragless help replay`)\n"
-    "  --granularity SZ  device page size (default 2MiB)\n"
+    "  --granularity SZ  device page size, a power of two from 4KiB to 1GiB (default 2MiB)\n"
     "  --no-min-capacity skip the min_capacity search (faster)\n"
     "  --format F        table (default), csv or json\n"
     "\n"
@@ -102,7 +102,7 @@ static const char doctor_help[] =
     "                    allocator_settings say, else cca, PyTorch's default)\n"
     "  --conf CONF       its knobs, e.g. max_split_size_mb:256 or expandable_segments:True\n"
     "  --capacity SIZE   80GiB, 512MiB, or a factor of peak live like 1.05x\n"
-    "  --granularity SZ  device page size (default 2MiB)\n"
+    "  --granularity SZ  device page size, a power of two from 4KiB to 1GiB (default 2MiB)\n"
     "  --format F        text (default) or json\n"
     "\n"
     "exit codes: 0 done; 1 bad usage; 2 bad trace; 4 other error\n";
@@ -125,7 +125,7 @@ static const char report_help[] =
     "  --capacity SIZE   your GPU's memory (80GiB, or 1.05x of peak live): OOMs at it in\n"
     "                    the table, and the doctor's out-of-memory diagnosis\n"
     "  --conf CONF       knobs applied to every policy (see `fragless help replay`)\n"
-    "  --granularity SZ  device page size (default 2MiB)\n"
+    "  --granularity SZ  device page size, a power of two from 4KiB to 1GiB (default 2MiB)\n"
     "\n"
     "exit codes: 0 done; 1 bad usage; 2 bad trace; 4 other error (e.g. FILE not writable)\n";
 
@@ -195,6 +195,11 @@ static int parse_opts(int argc, char **argv, const char *help, cli_mode mode, cl
         } else if (!strcmp(a, "--granularity")) {
             if (v && (fl_parse_size(v, &o->opts.sim.granularity) != FL_OK))
                 return usage_error(help, "--granularity: %s", fl_last_error());
+            /* Sizes are divided by it and rounded to it: a power of two the sim device
+             * takes (>= 4 KiB), and at most 1 GiB (GPUs map 2 MiB pages). */
+            uint64_t g = o->opts.sim.granularity;
+            if (v && (!fl_is_pow2(g) || g < 4096 || g > FL_GiB))
+                return usage_error(help, "--granularity '%s': expected a power of two from 4KiB to 1GiB", v);
         } else if (!strcmp(a, "--conf")) {
             o->policy_given = 1;
             if (v && fl_config_parse(&o->opts.cfg, v) != FL_OK)

@@ -375,11 +375,16 @@ static int report_one(FILE *f, const cli_opts *o, int idx, char names[][32], int
         return (s == FL_ERR_PARSE || s == FL_ERR_IO) ? CLI_EXIT_INPUT : CLI_EXIT_ERROR;
     }
     int rc = CLI_EXIT_ERROR;
-    uint64_t capacity = cli_capacity_for(o, p), g = o->opts.sim.granularity;
+    uint64_t capacity, g = o->opts.sim.granularity;
     fl_measure ms[CLI_MAX_POLICIES];
     int measured = 0;
     page_map maps[2] = {{.policy = "fragless"}, {.policy = "cca"}};
     fl_diagnosis d;
+    if ((rc = cli_capacity_for(o, p, &capacity)) != 0) {
+        cli_progress_clear(bar);
+        goto out;
+    }
+    rc = CLI_EXIT_ERROR;
     for (; measured < np; measured++) {
         fl_replay_opts ro = o->opts;
         snprintf(ro.cfg.policy, sizeof ro.cfg.policy, "%.31s", names[measured]);
@@ -430,8 +435,13 @@ static int report_one(FILE *f, const cli_opts *o, int idx, char names[][32], int
             snprintf(ran.cfg.policy, sizeof ran.cfg.policy, "cca-expandable");
     }
     uint64_t dcap = capacity;
-    if (!dcap && info.n_devices && info.oom_entry >= 0)
-        dcap = info.reserved_bytes + info.oom_device_free; /* dumped at an OOM */
+    if (!dcap && info.n_devices && info.oom_entry >= 0 && /* dumped at an OOM */
+        fl_snapshot_oom_capacity(&info, p->name, &dcap) != FL_OK) {
+        cli_progress_clear(bar);
+        fprintf(stderr, "fragless: %s\n", fl_last_error());
+        rc = CLI_EXIT_INPUT;
+        goto out;
+    }
     snprintf(what, sizeof what, "%.32s doctor", p->name);
     cli_progress_unit(bar, what);
     cli_progress_attach(bar, &ran);

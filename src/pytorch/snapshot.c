@@ -189,6 +189,9 @@ static fl_status read_entries(conv *c, const fl_pk *trace)
     return FL_OK;
 }
 
+/* Byte counts for summaries only: they stop at 2^64 - 1 rather than wrap. */
+static uint64_t sat_add(uint64_t a, uint64_t b) { return a + b < a ? UINT64_MAX : a + b; }
+
 /* ---- the trace as recorded: which frees are of blocks allocated before it ------------- */
 
 /* (a): a free of an address the trace never allocated: the block was alive before
@@ -201,7 +204,7 @@ static fl_status reconstruct_freed(conv *c, const rec *r)
                              c->path, c->device, r->index, (unsigned long long)r->addr);
     fl_event e = {.ptr = r->addr, .size = r->size, .stream = r->stream, .line = r->index + 1,
                   .kind = FL_EV_ALLOC};
-    c->info->synth_freed_bytes += r->size;
+    c->info->synth_freed_bytes = sat_add(c->info->synth_freed_bytes, r->size);
     return push_event(&c->synth_freed, &c->n_synth_freed, &c->cap_synth_freed, &e);
 }
 
@@ -266,8 +269,12 @@ static fl_status read_segments(conv *c, const fl_pk *segments, int free_action)
             return s;
         info->n_segments++;
         info->n_expandable_segments += expandable != 0;
-        info->reserved_bytes += total;
-        info->allocated_bytes += allocated;
+        /* What PyTorch held: the doctor's capacity is built on it, so a sum that would
+         * wrap (a hostile file) is an error rather than a small number. */
+        if (__builtin_add_overflow(info->reserved_bytes, total, &info->reserved_bytes) ||
+            __builtin_add_overflow(info->allocated_bytes, allocated, &info->allocated_bytes))
+            return fl_fail(FL_ERR_PARSE, "%s: segments[%zu]: the segments' total_size (or allocated_size) add up "
+                                         "to more than 2^64 bytes", c->path, si);
         for (size_t bi = 0; bi < fl_pk_len(blocks); bi++) {
             const fl_pk *b = fl_pk_item(blocks, bi);
             uint64_t size, requested = 0, baddr = addr;
@@ -306,7 +313,7 @@ static fl_status read_segments(conv *c, const fl_pk *segments, int free_action)
             fl_event e = {.ptr = baddr, .size = bytes, .stream = (uint64_t)stream, .kind = FL_EV_ALLOC};
             if ((s = push_event(&c->synth_live, &c->n_synth_live, &c->cap_synth_live, &e)) != FL_OK)
                 return s;
-            info->synth_live_bytes += bytes;
+            info->synth_live_bytes = sat_add(info->synth_live_bytes, bytes);
         }
     }
     info->n_synth_live = c->n_synth_live;
@@ -477,6 +484,15 @@ fl_status fl_trace_read_snapshot(const char *path, int device, fl_trace *out, fl
     s = fl_snapshot_to_trace(doc, path, device, out, info);
     fl_pickle_free(doc);
     return s;
+}
+
+fl_status fl_snapshot_oom_capacity(const fl_snapshot_info *info, const char *name, uint64_t *out)
+{
+    if (__builtin_add_overflow(info->reserved_bytes, info->oom_device_free, out))
+        return fl_fail(FL_ERR_PARSE, "%s: reserved at dump (%llu bytes) plus the oom event's device_free (%llu) "
+                                     "is more than 2^64 bytes: not a device's capacity",
+                       name, (unsigned long long)info->reserved_bytes, (unsigned long long)info->oom_device_free);
+    return FL_OK;
 }
 
 void fl_snapshot_config(const fl_snapshot_info *info, fl_config *cfg)

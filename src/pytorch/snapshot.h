@@ -99,4 +99,9 @@ void fl_snapshot_config(const fl_snapshot_info *info, fl_config *cfg);
 
 fl_status fl_trace_read_snapshot(const char *path, int device, fl_trace *out, fl_snapshot_info *info);
 
+/* The device's capacity when a snapshot was dumped at an out-of-memory (info->oom_entry
+ * >= 0): what the segments held plus the oom event's device_free. FL_ERR_PARSE (naming
+ * name) when that passes 2^64 bytes. */
+fl_status fl_snapshot_oom_capacity(const fl_snapshot_info *info, const char *name, uint64_t *out);
+
 #endif
