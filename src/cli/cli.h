@@ -22,6 +22,12 @@ typedef struct cli_opts {
     const char *output;         /* report: -o PATH */
 } cli_opts;
 
+/* JSON on stdout: a string, escaped as JSON needs (names come from the command line and
+ * from files); a number, or null when it has no finite value (a ratio over 0): the
+ * output is always JSON. */
+void cli_json_str(const char *s);
+void cli_json_num(double v, int decimals);
+
 int cli_compare(const cli_opts *o);
 int cli_replay(const cli_opts *o);
 int cli_import(int argc, char **argv);

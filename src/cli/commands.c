@@ -1,5 +1,6 @@
 /* The replay and compare commands: load traces, run the measurements, print them as a
  * table, CSV or JSON. */
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -65,6 +66,31 @@ int cli_capacity_for(const cli_opts *o, const fl_prepared *p, uint64_t *capacity
     return 0;
 }
 
+void cli_json_str(const char *s)
+{
+    putchar('"');
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            printf("\\%c", *p);
+        else if (*p < 0x20 || *p == 0x7f)
+            printf("\\u%04x", *p);
+        else
+            putchar(*p);
+    }
+    putchar('"');
+}
+
+void cli_json_num(double v, int decimals)
+{
+    if (isfinite(v))
+        printf("%.*f", decimals, v);
+    else
+        fputs("null", stdout);
+}
+
+/* b / a as a ratio of sizes: NAN when a is 0 (no value; JSON null, "-" in a table). */
+static double size_ratio(uint64_t b, uint64_t a) { return a ? (double)b / (double)a : NAN; }
+
 static double ns_per_pair(const fl_replay_result *r)
 {
     return r->pairs ? (double)r->host_ns / (double)r->pairs : 0;
@@ -83,16 +109,21 @@ static void print_calls_json(FILE *f, const fl_device_counters *c)
 static void print_row(const cli_opts *o, const fl_prepared *p, const char *policy, const fl_measure *m, int first)
 {
     const fl_replay_result *u = &m->unlimited, *c = &m->at_capacity;
-    double mc_ratio = m->min_capacity ? (double)m->min_capacity / (double)p->peak_live : 0;
-    double overhead = p->peak_live ? (double)u->peak_reserved / (double)p->peak_live : 0;
+    /* Over peak live, which is 0 in a trace whose allocations all failed: no value then. */
+    double mc_ratio = size_ratio(m->min_capacity, p->peak_live);
+    double overhead = size_ratio(u->peak_reserved, p->peak_live);
     if (!strcmp(o->format, "json")) {
-        printf("%s  {\"trace\": \"%s\", \"policy\": \"%s\", \"events\": %zu, \"peak_live\": %llu, "
-               "\"peak_reserved\": %llu, \"overhead\": %.4f, ",
-               first ? "" : ",\n", p->name, policy, p->n_ops, (unsigned long long)p->peak_live,
-               (unsigned long long)u->peak_reserved, overhead);
-        if (m->min_capacity)
-            printf("\"min_capacity\": %llu, \"min_capacity_ratio\": %.4f, ", (unsigned long long)m->min_capacity,
-                   mc_ratio);
+        printf("%s  {\"trace\": ", first ? "" : ",\n");
+        cli_json_str(p->name);
+        printf(", \"policy\": \"%s\", \"events\": %zu, \"peak_live\": %llu, \"peak_reserved\": %llu, \"overhead\": ",
+               policy, p->n_ops, (unsigned long long)p->peak_live, (unsigned long long)u->peak_reserved);
+        cli_json_num(overhead, 4);
+        printf(", ");
+        if (m->min_capacity) {
+            printf("\"min_capacity\": %llu, \"min_capacity_ratio\": ", (unsigned long long)m->min_capacity);
+            cli_json_num(mc_ratio, 4);
+            printf(", ");
+        }
         printf("\"device_calls\": %llu, \"device_ms\": %.3f, \"late_device_calls\": %llu, \"late_device_ms\": %.3f, "
                "\"calls_by_kind\": ",
                (unsigned long long)fl_device_total_calls(&u->dev), u->dev.time_us / 1e3, (unsigned long long)u->late_calls,
@@ -121,9 +152,14 @@ static void print_row(const cli_opts *o, const fl_prepared *p, const char *polic
             printf(",capacity,ooms,capacity_device_calls,capacity_device_ms,capacity_late_device_calls,"
                    "capacity_late_device_ms,unlimited_ooms\n");
         }
-        printf("%s,%s,%zu,%llu,%llu,%.4f,%llu,%.4f,%llu,%.3f,%llu,%.3f,%.1f", p->name, policy, p->n_ops,
-               (unsigned long long)p->peak_live, (unsigned long long)u->peak_reserved, overhead,
-               (unsigned long long)m->min_capacity, mc_ratio, (unsigned long long)fl_device_total_calls(&u->dev),
+        char ov[32] = "", mr[32] = "";
+        if (isfinite(overhead))
+            snprintf(ov, sizeof ov, "%.4f", overhead);
+        if (isfinite(mc_ratio) || !m->min_capacity)
+            snprintf(mr, sizeof mr, "%.4f", m->min_capacity ? mc_ratio : 0.0);
+        printf("%s,%s,%zu,%llu,%llu,%s,%llu,%s,%llu,%.3f,%llu,%.3f,%.1f", p->name, policy, p->n_ops,
+               (unsigned long long)p->peak_live, (unsigned long long)u->peak_reserved, ov,
+               (unsigned long long)m->min_capacity, mr, (unsigned long long)fl_device_total_calls(&u->dev),
                u->dev.time_us / 1e3, (unsigned long long)u->late_calls, u->late_us / 1e3,
                ns_per_pair(u));
         for (int i = 0; i < FL_CALL_COUNT; i++)
@@ -137,12 +173,15 @@ static void print_row(const cli_opts *o, const fl_prepared *p, const char *polic
         printf(",%llu\n", (unsigned long long)u->ooms);
         return;
     }
-    char mc[32] = "-", ratio[16] = "-";
+    char mc[32] = "-", ratio[16] = "-", ov[16] = "-";
     if (m->min_capacity) {
         snprintf(mc, sizeof mc, "%.3f", gib(m->min_capacity));
-        snprintf(ratio, sizeof ratio, "%.4f", mc_ratio);
+        if (isfinite(mc_ratio))
+            snprintf(ratio, sizeof ratio, "%.4f", mc_ratio);
     }
-    printf("  %-15s %9.3f %8.4f %9s %9s %7llu %9.1f %6llu %8.1f %8.1f", policy, gib(u->peak_reserved), overhead, mc,
+    if (isfinite(overhead))
+        snprintf(ov, sizeof ov, "%.4f", overhead);
+    printf("  %-15s %9.3f %8s %9s %9s %7llu %9.1f %6llu %8.1f %8.1f", policy, gib(u->peak_reserved), ov, mc,
            ratio, (unsigned long long)fl_device_total_calls(&u->dev), u->dev.time_us / 1e3,
            (unsigned long long)u->late_calls, u->late_us / 1e3, ns_per_pair(u));
     if (m->capacity)
@@ -277,11 +316,13 @@ int cli_replay(const cli_opts *o)
     int json = !strcmp(o->format, "json"), csv = !strcmp(o->format, "csv");
     char b1[32], b2[32], b3[32];
     if (json) {
-        printf("{\"trace\": \"%s\", \"policy\": \"%s\", \"events\": %zu, \"capacity\": %llu, \"peak_live\": %llu, "
+        printf("{\"trace\": ");
+        cli_json_str(p->name);
+        printf(", \"policy\": \"%s\", \"events\": %zu, \"capacity\": %llu, \"peak_live\": %llu, "
                "\"peak_reserved\": %llu, \"peak_allocated\": %llu, \"ooms\": %llu, \"first_oom_event\": %lld, "
                "\"retries\": %llu, \"device_calls\": %llu, \"device_ms\": %.3f, \"host_ns_per_pair\": %.1f, "
                "\"min_capacity\": %llu, \"calls_by_kind\": ",
-               p->name, names[0], p->n_ops, (unsigned long long)capacity, (unsigned long long)p->peak_live,
+               names[0], p->n_ops, (unsigned long long)capacity, (unsigned long long)p->peak_live,
                (unsigned long long)r.peak_reserved, (unsigned long long)r.peak_allocated, (unsigned long long)r.ooms,
                r.ooms ? (long long)r.first_oom_op : -1LL, (unsigned long long)r.retries,
                (unsigned long long)fl_device_total_calls(&r.dev), r.dev.time_us / 1e3, ns_per_pair(&r),
@@ -307,13 +348,17 @@ int cli_replay(const cli_opts *o)
         printf("  events %zu (%llu allocations, %llu frees, %llu recorded failures, %llu unknown frees skipped)\n",
                p->n_ops, (unsigned long long)p->n_allocs, (unsigned long long)p->n_frees,
                (unsigned long long)p->n_recorded_failures, (unsigned long long)p->unknown_frees);
-        printf("  peak live %s, peak reserved %s (overhead %.4f), peak allocated by the policy %s\n",
-               fl_format_size(p->peak_live, b1, sizeof b1), fl_format_size(r.peak_reserved, b2, sizeof b2),
-               p->peak_live ? (double)r.peak_reserved / (double)p->peak_live : 0,
+        char ov[16] = "-";
+        if (p->peak_live)
+            snprintf(ov, sizeof ov, "%.4f", (double)r.peak_reserved / (double)p->peak_live);
+        printf("  peak live %s, peak reserved %s (overhead %s), peak allocated by the policy %s\n",
+               fl_format_size(p->peak_live, b1, sizeof b1), fl_format_size(r.peak_reserved, b2, sizeof b2), ov,
                fl_format_size(r.peak_allocated, b3, sizeof b3));
-        if (min_cap)
+        if (min_cap && p->peak_live)
             printf("  min capacity %s (%.4f x peak live)\n", fl_format_size(min_cap, b1, sizeof b1),
                    (double)min_cap / (double)p->peak_live);
+        else if (min_cap)
+            printf("  min capacity %s\n", fl_format_size(min_cap, b1, sizeof b1));
         printf("  out of memory: %llu allocations", (unsigned long long)r.ooms);
         if (r.ooms)
             printf(" (first at event %zu)", r.first_oom_op);

@@ -617,8 +617,17 @@ int cli_report(const cli_opts *o)
     cli_progress bar;
     cli_progress_begin(&bar, (double)o->n_traces * (np + 2));
     write_head(f, o);
-    for (int t = 0; t < o->n_traces && !rc; t++)
-        rc = fl_state_sniff(o->traces[t]) ? report_state(f, o, t, np, &bar) : report_one(f, o, t, names, np, &bar);
+    for (int t = 0; t < o->n_traces && !rc; t++) {
+        fl_input_kind kind;
+        fl_status s = fl_input_detect(o->traces[t], &kind);
+        if (s != FL_OK) {
+            cli_progress_clear(&bar);
+            fprintf(stderr, "fragless: %s\n", fl_last_error());
+            rc = s == FL_ERR_PARSE || s == FL_ERR_IO ? CLI_EXIT_INPUT : CLI_EXIT_ERROR;
+            break;
+        }
+        rc = kind == FL_INPUT_STATE ? report_state(f, o, t, np, &bar) : report_one(f, o, t, names, np, &bar);
+    }
     cli_progress_clear(&bar);
     fputs("</main></body></html>\n", f);
     if (!rc && (ferror(f) | fclose(f))) {
