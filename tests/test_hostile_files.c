@@ -188,6 +188,40 @@ static void test_snapshot(const char *dir, int refused)
     CHECK_EQ_U64(files_of_mine(dir), 0);
 }
 
+/* The commands' outputs (`import -o`, `report -o`) go through the same helper: a link
+ * planted at the output is replaced, not followed. */
+static void test_command_outputs(const char *dir)
+{
+    char pickle[192], out[192], html[192], cmd[1024];
+    snprintf(pickle, sizeof pickle, "%s/in.pickle", root);
+    snprintf(out, sizeof out, "%s/out.csv", dir);
+    snprintf(html, sizeof html, "%s/out.html", dir);
+    /* {'device_traces': [[{'action': 'alloc', 'addr': 4096, 'size': 1024, 'stream': 0}]]} */
+    static const char p[] = "\x80\x02}q\x00X\x0d\x00\x00\x00" "device_tracesq\x01]q\x02]q\x03}q\x04(X\x06\x00\x00"
+                            "\x00" "actionq\x05X\x05\x00\x00\x00" "allocq\x06X\x04\x00\x00\x00" "addrq\x07M\x00\x10X"
+                            "\x04\x00\x00\x00sizeq\x08M\x00\x04X\x06\x00\x00\x00streamq\tK\x00uaas.";
+    FILE *f = fopen(pickle, "wb");
+    fwrite(p, 1, sizeof p - 1, f);
+    fclose(f);
+    write_precious();
+    if (!plant(precious, out) || !plant(precious, html))
+        return;
+    snprintf(cmd, sizeof cmd, "'%s' import '%s' -o '%s'", FL_CLI, pickle, out);
+    fl_run_result *r = fl_test_shell(cmd);
+    CHECK_EQ_U64(r->code, 0);
+    CHECK(precious_intact());
+    CHECK(!is_symlink(out));
+    snprintf(cmd, sizeof cmd, "'%s' report '%s' -o '%s' --policies cca", FL_CLI, pickle, html);
+    r = fl_test_shell(cmd);
+    CHECK_EQ_U64(r->code, 0);
+    CHECK(precious_intact());
+    CHECK(!is_symlink(html));
+    unlink(out);
+    unlink(html);
+    unlink(pickle);
+    CHECK_EQ_U64(files_of_mine(dir), 0);
+}
+
 /* The helper itself: a new file beside the target, renamed at close or at once; an
  * abandoned one leaves nothing. */
 static void test_helper(void)
@@ -221,6 +255,37 @@ static void test_helper(void)
     CHECK_STATUS(fl_create_file_safely("/nonexistent-dir/x.json", FL_NEW_FILE_AT_CLOSE, &nf), FL_ERR_IO);
     CHECK_MENTIONS("/nonexistent-dir/x.json");
     unlink(path);
+
+    /* What the user named in a folder only they (or root) can write is used as it is:
+     * /dev/null stays a device, a link of theirs is followed. */
+    struct stat before, after;
+    CHECK(stat("/dev/null", &before) == 0);
+    CHECK_OK(fl_create_file_safely("/dev/null", FL_NEW_FILE_AT_CLOSE, &nf));
+    fputs("gone\n", nf.f);
+    CHECK_OK(fl_new_file_close(&nf, 1));
+    CHECK(stat("/dev/null", &after) == 0 && S_ISCHR(after.st_mode) && after.st_ino == before.st_ino);
+    char link[224], real[224];
+    snprintf(link, sizeof link, "%s/link.txt", dir);
+    snprintf(real, sizeof real, "%s/real.txt", dir);
+    CHECK(symlink("real.txt", link) == 0);
+    CHECK_OK(fl_create_file_safely(link, FL_NEW_FILE_AT_CLOSE, &nf));
+    fputs("through\n", nf.f);
+    CHECK_OK(fl_new_file_close(&nf, 1));
+    CHECK(is_symlink(link));
+    fl_test_slurp(real, buf, sizeof buf);
+    CHECK(strcmp(buf, "through\n") == 0);
+    unlink(link);
+    unlink(real);
+
+    /* A FIFO planted in a folder others can write: refused, not opened (it would block). */
+    char shared[128], fifo[192];
+    shared_dir(shared, sizeof shared, "helper-shared", 0777);
+    snprintf(fifo, sizeof fifo, "%s/out.json", shared);
+    CHECK(mkfifo(fifo, 0666) == 0);
+    CHECK_STATUS(fl_create_file_safely(fifo, FL_NEW_FILE_AT_CLOSE, &nf), FL_ERR_IO);
+    CHECK_MENTIONS("not a regular file");
+    unlink(fifo);
+    CHECK_EQ_U64(files_of_mine(shared), 0);
     CHECK_EQ_U64(files_of_mine(dir), 0);
 }
 
@@ -288,6 +353,7 @@ int main(void)
     test_publish(open_dir, 0);
     test_snapshot(sticky, 0);
     test_snapshot(open_dir, 0);
+    test_command_outputs(open_dir);
     if (other_uid)
         test_unprivileged_victim(sticky);
 

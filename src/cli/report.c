@@ -13,6 +13,7 @@
 #include "cli/cli.h"
 #include "cli/progress.h"
 #include "cli/report.h"
+#include "util/file.h"
 #include "replay/doctor.h"
 #include "pytorch/snapshot.h"
 
@@ -603,17 +604,15 @@ int cli_report(const cli_opts *o)
     int np, rc = cli_split_policies(o->policies, names, &np);
     if (rc)
         return rc;
-    /* Written beside the target and renamed at the end: a failed run leaves no half page. */
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp%d", o->output, (int)getpid()) >= (int)sizeof tmp) {
-        fprintf(stderr, "fragless: -o '%s': path too long\n", o->output);
-        return CLI_EXIT_USAGE;
-    }
-    FILE *f = fopen(tmp, "w");
-    if (!f) {
-        fprintf(stderr, "fragless: cannot write %s: %s\n", o->output, strerror(errno));
+    /* Written beside the target and renamed at the end: a failed run leaves no half page,
+     * and a symlink planted at either name (the target may be in /tmp) is never followed
+     * (fl_create_file_safely). */
+    fl_new_file nf;
+    if (fl_create_file_safely(o->output, FL_NEW_FILE_AT_CLOSE, &nf) != FL_OK) {
+        fprintf(stderr, "fragless: -o: %s\n", fl_last_error());
         return CLI_EXIT_ERROR;
     }
+    FILE *f = nf.f;
     cli_progress bar;
     cli_progress_begin(&bar, (double)o->n_traces * (np + 2));
     write_head(f, o);
@@ -630,17 +629,9 @@ int cli_report(const cli_opts *o)
     }
     cli_progress_clear(&bar);
     fputs("</main></body></html>\n", f);
-    if (!rc && (ferror(f) | fclose(f))) {
-        fprintf(stderr, "fragless: cannot write %s: %s\n", o->output, strerror(errno));
-        rc = CLI_EXIT_ERROR;
-    } else if (rc) {
-        fclose(f);
-    }
-    if (!rc && rename(tmp, o->output)) {
-        fprintf(stderr, "fragless: cannot write %s: %s\n", o->output, strerror(errno));
+    if (fl_new_file_close(&nf, !rc) != FL_OK) {
+        fprintf(stderr, "fragless: -o: %s\n", fl_last_error());
         rc = CLI_EXIT_ERROR;
     }
-    if (rc)
-        unlink(tmp);
     return rc;
 }

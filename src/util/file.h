@@ -35,7 +35,11 @@ enum {
  * it for writing. The rename replaces whatever is at path: a symlink someone planted there
  * is replaced, never followed; in a sticky folder (/tmp) another user's file or link cannot
  * be replaced, which is then the error ("cannot replace PATH: Operation not permitted").
- * FL_ERR_IO naming path on failure, with nothing left behind. */
+ * One exception: a path that is not a regular file (a link, a device, a FIFO) in a folder
+ * that only we or root can write (/dev/null, /dev/stdout, a link in our home) is what the
+ * user named: it is opened as it is and written in place. Such a thing in a folder others
+ * can write is replaced (a link) or refused. FL_ERR_IO naming path on failure, with
+ * nothing left behind. */
 fl_status fl_create_file_safely(const char *path, int when, fl_new_file *out);
 /* Closes the file. keep: renames it over path (unless done already) and reports any
  * write error; on failure, or with keep 0, the new file is removed (a file renamed at
