@@ -91,7 +91,7 @@ fl_status fl_snapshot_to_trace(const fl_pk_doc *doc, const char *path, int devic
  * 100,000 segments) is refused with FL_ERR_PARSE naming the budget, instead of expanding
  * to billions of events. */
 #define FL_SNAPSHOT_BUDGET_MIN 65536
-#define FL_SNAPSHOT_BYTES_PER_ITEM 32
+#define FL_SNAPSHOT_BYTES_PER_ITEM 64
 /* The allocator settings the snapshot recorded, as our config: cca, or cca-expandable
  * when expandable_segments was on, with max_split_size, the GC threshold and the
  * roundup divisions. */
