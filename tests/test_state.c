@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "allocator/allocator.h"
+#include "replay/replay.h"
 #include "test_support.h"
 #include "state/state.h"
 
@@ -435,15 +436,16 @@ static void test_files(const char *path)
     fl_state st;
     CHECK_STATUS(fl_state_read("/nonexistent/state.json", &st), FL_ERR_IO);
     CHECK_MENTIONS("/nonexistent/state.json");
-    CHECK(!fl_state_sniff("/nonexistent/state.json"));
+    fl_input_kind kind; /* which files are state snapshots: src/replay/input.c */
+    CHECK_STATUS(fl_input_detect("/nonexistent/state.json", &kind), FL_ERR_IO);
     FILE *f = fopen(path, "w");
     fputs(" \r\n\t{\"format\":\"fragless-state\",\"version\":3}", f);
     fclose(f);
-    CHECK(fl_state_sniff(path));
+    CHECK(fl_input_detect(path, &kind) == FL_OK && kind == FL_INPUT_STATE);
     CHECK_STATUS(fl_state_read(path, &st), FL_ERR_PARSE);
     CHECK_MENTIONS(path);
     CHECK_MENTIONS(":2:39: version 3");
-    CHECK(!fl_state_sniff(FL_SOURCE_DIR "/examples/encoder_varlen.csv"));
+    CHECK(fl_input_detect(FL_SOURCE_DIR "/examples/encoder_varlen.csv", &kind) == FL_OK && kind == FL_INPUT_CSV);
 }
 
 int main(void)

@@ -132,8 +132,8 @@ static void *empty_cache(void *arg)
 static void *observe_record(void *arg)
 {
     observer *o = arg;
-    const fl_pub_record *r = NULL;
-    if (fl_publish_map(o->path, &r) != FL_OK) {
+    fl_pub_reader r;
+    if (fl_pub_reader_open(o->path, &r) != FL_OK) {
         fprintf(stderr, "%s\n", fl_last_error());
         o->errors++;
         return NULL;
@@ -142,7 +142,7 @@ static void *observe_record(void *arg)
     int have = 0;
     for (int done = 0; !done;) {
         done = atomic_load(&workers_done) == WORKERS;
-        if (fl_publish_snapshot(r, &e) != 0)
+        if (fl_pub_reader_snapshot(&r, 0, &e) != FL_PUB_WHOLE)
             continue;
         o->rounds++;
         if (e.seq % 2)
@@ -154,7 +154,7 @@ static void *observe_record(void *arg)
         prev = e;
         have = 1;
     }
-    fl_publish_unmap(r);
+    fl_pub_reader_close(&r);
     return NULL;
 }
 

@@ -512,8 +512,8 @@ typedef struct reader_state {
 static void *reader(void *arg)
 {
     reader_state *r = arg;
-    const fl_pub_record *rec = NULL;
-    if (fl_publish_map(r->path, &rec) != FL_OK) {
+    fl_pub_reader rec;
+    if (fl_pub_reader_open(r->path, &rec) != FL_OK) {
         fprintf(stderr, "reader: %s\n", fl_last_error());
         r->torn++;
         return NULL;
@@ -523,7 +523,7 @@ static void *reader(void *arg)
     for (int done = 0; !done;) {
         done = atomic_load(&writers_done) == WRITERS; /* one last read after the writers */
         fl_pub_entry e;
-        if (fl_publish_snapshot(rec, &e) != 0) {
+        if (fl_pub_reader_snapshot(&rec, 0, &e) != FL_PUB_WHOLE) {
             r->busy++;
             continue;
         }
@@ -546,7 +546,7 @@ static void *reader(void *arg)
         last = k;
     }
     r->last_k = last;
-    fl_publish_unmap(rec);
+    fl_pub_reader_close(&rec);
     return NULL;
 }
 

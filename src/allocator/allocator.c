@@ -14,6 +14,7 @@
 
 #include "allocator/allocator.h"
 #include "util/lock.h"
+#include "util/file.h"
 #include <pthread.h>
 
 #include "allocator/recorder.h"
@@ -264,16 +265,26 @@ static void maybe_publish(fl_allocator *a, int now)
     fl_publish_update(a->pub, &st);
 }
 
+/* Written to a new file beside path (created with O_EXCL|O_NOFOLLOW) and renamed over it
+ * at the end, not through fopen(path, "w"): path may be in a folder others can write
+ * (/tmp), where a symlink planted at it would have made us truncate whatever it points
+ * to; rename replaces the link, never follows it. Readers never see half a snapshot. */
 static fl_status write_snapshot(fl_allocator *a, const char *path)
 {
-    FILE *f = fopen(path, "w");
-    if (!f)
-        return fl_fail(FL_ERR_IO, "state snapshot %s: cannot open: %s", path, strerror(errno));
-    fl_stats st;
-    stats_locked(a, &st);
-    fl_status s = fl_state_write(a->policy, &st, f);
-    if (fclose(f) != 0 && s == FL_OK)
-        s = fl_fail(FL_ERR_IO, "state snapshot %s: write error: %s", path, strerror(errno));
+    fl_new_file nf;
+    fl_status s = fl_create_file_safely(path, FL_NEW_FILE_AT_CLOSE, &nf);
+    if (s == FL_OK) {
+        fl_stats st;
+        stats_locked(a, &st);
+        s = fl_state_write(a->policy, &st, nf.f);
+        fl_status c = fl_new_file_close(&nf, s == FL_OK);
+        s = s == FL_OK ? c : s;
+    }
+    if (s != FL_OK) {
+        char why[1024];
+        snprintf(why, sizeof why, "%s", fl_last_error());
+        s = fl_fail(s, "state snapshot: %s", why);
+    }
     return s;
 }
 

@@ -6,6 +6,7 @@
 
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/types.h>
 
 #include "policy/policy.h"
 
@@ -79,15 +80,28 @@ void fl_publish_atfork(void);
 /* $FRAGLESS_TOP_DIR when set and not empty, else /dev/shm. */
 const char *fl_publish_dir(void);
 
-/* Readers. fl_publish_map maps a file read-only after checking its length, magic,
- * version and record size: FL_ERR_PARSE (message: the path and what is wrong) for a
- * malformed file, FL_ERR_IO when it cannot be opened (errno kept: ENOENT when its
- * process just removed it). fl_publish_snapshot copies a consistent record: 0, or -1
- * when every try met an update in progress (a writer stopped mid-update). */
-fl_status fl_publish_map(const char *path, const fl_pub_record **out);
-int fl_publish_snapshot(const fl_pub_record *r, fl_pub_entry *out);
-void fl_publish_unmap(const fl_pub_record *r);
-/* map + snapshot + unmap; a record that stays busy is FL_ERR_PARSE. */
+/* Readers. The files are in a folder anyone can write: fl_pub_reader_open opens only a
+ * regular file of exactly a record's size (never a FIFO, device or symlink; without
+ * blocking) and checks its magic, version and record size: FL_ERR_PARSE (message: the
+ * path and what is wrong) for anything else, FL_ERR_IO when it cannot be opened (errno
+ * kept: ENOENT when its process just removed it). The header is copied then; the record
+ * is read with pread, never mapped, so a file cut short while read is an error, not a
+ * SIGBUS. */
+typedef struct fl_pub_reader {
+    int fd;
+    uid_t uid;                    /* the file's owner */
+    uint64_t pid, start_time;     /* as the header claims */
+    int device;
+    char comm[32];                /* NUL-terminated; untrusted text */
+} fl_pub_reader;
+fl_status fl_pub_reader_open(const char *path, fl_pub_reader *r);
+void fl_pub_reader_close(fl_pub_reader *r);
+/* A consistent copy of the record: WHOLE; BUSY when every try met an update in progress
+ * until deadline_ns (fl_now_ns() clock; 0: 20 ms from now; a few quick tries are made
+ * even past it); CUT when the file was cut short (fl_last_error says so). */
+typedef enum fl_pub_read { FL_PUB_WHOLE, FL_PUB_BUSY, FL_PUB_CUT } fl_pub_read;
+fl_pub_read fl_pub_reader_snapshot(const fl_pub_reader *r, uint64_t deadline_ns, fl_pub_entry *out);
+/* open + snapshot + close; BUSY and CUT are FL_ERR_PARSE. */
 fl_status fl_publish_read(const char *path, fl_pub_entry *out);
 
 /* Liveness of a publisher: the start time of process pid (/proc/PID/stat field 22),

@@ -17,6 +17,8 @@
 #include <unistd.h>
 
 #include "allocator/allocator.h"
+#include "util/file.h"
+#include "util/util.h"
 
 /* The file format is an ABI between processes built at different times: a change of
  * fl_stats or of the header must bump FL_PUB_VERSION (and update these figures). */
@@ -29,11 +31,11 @@ _Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "64-bit atomics must be lock-free fo
 
 /* A reader retries a copy that met an update: spinning, then yielding, then sleeping
  * (a writer descheduled mid-update holds the record for a time slice); an update is a
- * copy of 368 bytes, so only a writer stopped for good (killed mid-update) exhausts the
- * tries, after at least 20 ms. */
+ * copy of 368 bytes, so only a writer stopped for good (killed mid-update, or a file
+ * whose owner wrote an odd seq) makes a read wait until its deadline: by default 20 ms. */
 #define SNAPSHOT_SPINS 64
 #define SNAPSHOT_YIELDS 1000
-#define SNAPSHOT_SLEEPS 1000 /* of 20 us each */
+#define SNAPSHOT_WAIT_NS (20 * 1000 * 1000)
 
 struct fl_publisher {
     fl_pub_record *rec;           /* the shared mapping */
@@ -159,22 +161,29 @@ static int free_slot(int device)
     }
 }
 
-/* Writes the record into a hidden file and renames it into place, so a reader never
+/* Writes the record into a new hidden file and renames it into place, so a reader never
  * sees a half-written header, and a stale file of an earlier process with our pid is
- * replaced. Under pub_lock. */
+ * replaced. The folder is writable by every user (/dev/shm): the hidden file has a random
+ * name and is created with O_EXCL|O_NOFOLLOW (fl_open_beside), so nothing another user
+ * planted there (a symlink to one of our files) is opened, let alone truncated; rename()
+ * replaces a link at the final name instead of following it, and in a sticky folder it
+ * cannot replace another user's file (EPERM: the error below). Under pub_lock. */
 static fl_status create_file(fl_publisher *p, const char *dir, const fl_pub_record *head)
 {
-    char tmp[PATH_MAX];
+    char tmp[PATH_MAX], prefix[96];
     unsigned long long pid = (unsigned long long)p->pid;
     int n = p->slot ? snprintf(p->path, sizeof p->path, "%s/" FL_PUB_PREFIX "%llu.%d.%d", dir, pid, p->device, p->slot)
                     : snprintf(p->path, sizeof p->path, "%s/" FL_PUB_PREFIX "%llu.%d", dir, pid, p->device);
-    int m = snprintf(tmp, sizeof tmp, "%s/." FL_PUB_PREFIX "%llu.%d.%d.tmp", dir, pid, p->device, p->slot);
-    if (n < 0 || n >= (int)sizeof p->path || m < 0 || m >= (int)sizeof tmp)
+    snprintf(prefix, sizeof prefix, "." FL_PUB_PREFIX "%llu.%d.%d.", pid, p->device, p->slot);
+    if (n < 0 || n >= (int)sizeof p->path)
         return fl_fail(FL_ERR_INVALID, "top: FRAGLESS_TOP_DIR '%s' is too long", dir);
-    int fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return fl_fail(FL_ERR_IO, "top: cannot create %s: %s (set FRAGLESS_TOP_DIR to a writable "
-                       "directory, or top:0 in FRAGLESS_CONF)", tmp, strerror(errno));
+    int fd = fl_open_beside(p->path, prefix, 0644, tmp, sizeof tmp);
+    if (fd < 0) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", fl_last_error());
+        return fl_fail(FL_ERR_IO, "top: %s (set FRAGLESS_TOP_DIR to a writable directory, or top:0 in "
+                       "FRAGLESS_CONF)", why);
+    }
     const char *step = "set the size of";
     void *map = MAP_FAILED;
     if (ftruncate(fd, sizeof(fl_pub_record)) == 0) {
@@ -190,7 +199,7 @@ static fl_status create_file(fl_publisher *p, const char *dir, const fl_pub_reco
         for (size_t i = 0; i < FL_PUB_WORDS; i++)
             atomic_store_explicit(&p->rec->words[i], 0, memory_order_relaxed);
         atomic_store_explicit(&p->rec->words[0], realtime_ns(), memory_order_relaxed);
-        step = "rename";
+        step = "replace";
         if (rename(tmp, p->path) == 0)
             return FL_OK;
         err = errno;
@@ -289,30 +298,49 @@ const char *fl_publish_path(const fl_publisher *p)
     return p->path;
 }
 
-/* ---- readers ------------------------------------------------------------------------ */
+/* ---- readers ------------------------------------------------------------------------
+ * Anyone can write the folder (/dev/shm), so a file with a record's name may be anything:
+ * a FIFO (open would block), a symlink, a file its owner truncates while we read it (a
+ * mapping would then raise SIGBUS), a header that lies. Files are opened without
+ * following links or blocking, must be regular files of exactly a record's size, and
+ * are read with pread into local copies, never mapped. */
 
-fl_status fl_publish_map(const char *path, const fl_pub_record **out)
+fl_status fl_pub_reader_open(const char *path, fl_pub_reader *r)
 {
-    *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
+    memset(r, 0, sizeof *r);
+    r->fd = -1;
+    struct stat seen, st;
+    if (lstat(path, &seen) != 0) {
         int err = errno;
         fl_status s = fl_fail(FL_ERR_IO, "%s: cannot open: %s", path, strerror(err));
         errno = err;
         return s;
     }
-    struct stat st;
+    if (!S_ISREG(seen.st_mode)) /* never opened: a FIFO, a device, a link, a folder */
+        return fl_fail(FL_ERR_PARSE, "%s: not a regular file", path);
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0) {
+        int err = errno;
+        fl_status s = err == ELOOP ? fl_fail(FL_ERR_PARSE, "%s: not a regular file", path)
+                                   : fl_fail(FL_ERR_IO, "%s: cannot open: %s", path, strerror(err));
+        errno = err;
+        return s;
+    }
     fl_pub_record head;
+    const size_t head_len = offsetof(fl_pub_record, seq);
     fl_status s = FL_OK;
+    ssize_t got;
     if (fstat(fd, &st) != 0) {
         s = fl_fail(FL_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
-    } else if (!S_ISREG(st.st_mode)) {
-        s = fl_fail(FL_ERR_PARSE, "%s: not a regular file", path);
-    } else if ((uint64_t)st.st_size < offsetof(fl_pub_record, seq)) {
-        s = fl_fail(FL_ERR_PARSE, "%s: truncated: %lld bytes, a record has %zu", path, (long long)st.st_size,
+    } else if (!S_ISREG(st.st_mode) || st.st_ino != seen.st_ino || st.st_dev != seen.st_dev) {
+        s = fl_fail(FL_ERR_PARSE, "%s: not a regular file", path); /* replaced since lstat */
+    } else if ((uint64_t)st.st_size != sizeof(fl_pub_record)) {
+        s = fl_fail(FL_ERR_PARSE, "%s: %s: %lld bytes, a record has %zu", path,
+                    (uint64_t)st.st_size < sizeof(fl_pub_record) ? "truncated" : "too long", (long long)st.st_size,
                     sizeof(fl_pub_record));
-    } else if (pread(fd, &head, offsetof(fl_pub_record, seq), 0) != (ssize_t)offsetof(fl_pub_record, seq)) {
-        s = fl_fail(FL_ERR_IO, "%s: cannot read the header: %s", path, strerror(errno));
+    } else if ((got = pread(fd, &head, head_len, 0)) != (ssize_t)head_len) {
+        s = got < 0 ? fl_fail(FL_ERR_IO, "%s: cannot read the header: %s", path, strerror(errno))
+                    : fl_fail(FL_ERR_PARSE, "%s: truncated while read", path);
     } else if (head.magic != FL_PUB_MAGIC) {
         s = fl_fail(FL_ERR_PARSE, "%s: not a fragless top record (magic 0x%08x, expected 0x%08x)", path,
                     (unsigned)head.magic, (unsigned)FL_PUB_MAGIC);
@@ -322,72 +350,93 @@ fl_status fl_publish_map(const char *path, const fl_pub_record **out)
     } else if (head.size != sizeof(fl_pub_record)) {
         s = fl_fail(FL_ERR_PARSE, "%s: record size %u, version %u has %zu", path, (unsigned)head.size,
                     (unsigned)head.version, sizeof(fl_pub_record));
-    } else if ((uint64_t)st.st_size != sizeof(fl_pub_record)) {
-        s = fl_fail(FL_ERR_PARSE, "%s: %s: %lld bytes, the record has %zu", path,
-                    (uint64_t)st.st_size < sizeof(fl_pub_record) ? "truncated" : "too long",
-                    (long long)st.st_size, sizeof(fl_pub_record));
     }
-    if (s == FL_OK) {
-        void *map = mmap(NULL, sizeof(fl_pub_record), PROT_READ, MAP_SHARED, fd, 0);
-        if (map == MAP_FAILED)
-            s = fl_fail(FL_ERR_IO, "%s: cannot map: %s", path, strerror(errno));
-        else
-            *out = map;
+    if (s != FL_OK) {
+        close(fd);
+        return s;
     }
-    close(fd);
-    return s;
+    r->fd = fd;
+    r->uid = st.st_uid;
+    r->pid = head.pid;
+    r->start_time = head.start_time;
+    r->device = head.device;
+    memcpy(r->comm, head.comm, sizeof r->comm);
+    r->comm[sizeof r->comm - 1] = 0;
+    return FL_OK;
 }
 
-/* The reader's half: seq (acquire), the words (relaxed), an acquire fence, seq again;
- * the copy is whole when both reads of seq are the same even value. */
-int fl_publish_snapshot(const fl_pub_record *r, fl_pub_entry *out)
+void fl_pub_reader_close(fl_pub_reader *r)
+{
+    if (r->fd >= 0)
+        close(r->fd);
+    r->fd = -1;
+}
+
+/* len bytes at off; 0 when the file was cut short under us. */
+static int read_at(int fd, void *buf, size_t len, size_t off)
+{
+    return pread(fd, buf, len, (off_t)off) == (ssize_t)len;
+}
+
+/* The reader's half of the seqlock, through pread: seq, the words, seq again (each pread
+ * a separate copy, in that order; the fences keep this thread's side in order too); the
+ * copy is whole when both reads of seq are the same even value. */
+fl_pub_read fl_pub_reader_snapshot(const fl_pub_reader *r, uint64_t deadline_ns, fl_pub_entry *out)
 {
     memset(out, 0, sizeof *out);
     out->pid = r->pid;
     out->start_time = r->start_time;
     out->device = r->device;
     memcpy(out->comm, r->comm, sizeof out->comm);
-    out->comm[sizeof out->comm - 1] = 0;
-    /* The mapping is read-only: loads only, through a pointer to non-const atomics
-     * because C11's atomic_load takes one (it does not write). */
-    fl_pub_record *m = (fl_pub_record *)r;
+    if (!deadline_ns)
+        deadline_ns = fl_now_ns() + SNAPSHOT_WAIT_NS;
     uint64_t w[FL_PUB_WORDS];
-    for (int tries = 0; tries < SNAPSHOT_SPINS + SNAPSHOT_YIELDS + SNAPSHOT_SLEEPS; tries++) {
-        uint64_t s1 = atomic_load_explicit(&m->seq, memory_order_acquire);
+    for (int tries = 0;; tries++) {
+        uint64_t s1, s2;
+        if (!read_at(r->fd, &s1, sizeof s1, offsetof(fl_pub_record, seq)))
+            goto cut;
         if (!(s1 & 1)) {
-            for (size_t i = 0; i < FL_PUB_WORDS; i++)
-                w[i] = atomic_load_explicit(&m->words[i], memory_order_relaxed);
             atomic_thread_fence(memory_order_acquire);
-            if (atomic_load_explicit(&m->seq, memory_order_relaxed) == s1) {
+            if (!read_at(r->fd, w, sizeof w, offsetof(fl_pub_record, words)))
+                goto cut;
+            atomic_thread_fence(memory_order_acquire);
+            if (!read_at(r->fd, &s2, sizeof s2, offsetof(fl_pub_record, seq)))
+                goto cut;
+            if (s1 == s2) {
                 out->seq = s1;
                 out->updated_ns = w[0];
                 memcpy(&out->stats, &w[1], sizeof out->stats);
-                return 0;
+                return FL_PUB_WHOLE;
             }
         }
-        if (tries >= SNAPSHOT_SPINS + SNAPSHOT_YIELDS)
-            nanosleep(&(struct timespec){0, 20000}, NULL);
-        else if (tries >= SNAPSHOT_SPINS)
+        /* Spinning first (an update is a copy of 368 bytes); waiting, yielding then
+         * sleeping, only until the deadline, which a caller reading many files shares
+         * among them (a frame of `top` waits that long at most, however many are stuck). */
+        if (tries < SNAPSHOT_SPINS)
+            continue;
+        if (fl_now_ns() >= deadline_ns)
+            return FL_PUB_BUSY;
+        if (tries < SNAPSHOT_SPINS + SNAPSHOT_YIELDS)
             sched_yield();
+        else
+            nanosleep(&(struct timespec){0, 20000}, NULL);
     }
-    return -1;
-}
-
-void fl_publish_unmap(const fl_pub_record *r)
-{
-    if (r)
-        munmap((void *)r, sizeof(fl_pub_record));
+cut:
+    fl_fail(FL_ERR_PARSE, "the record was cut short while being read");
+    return FL_PUB_CUT;
 }
 
 fl_status fl_publish_read(const char *path, fl_pub_entry *out)
 {
-    const fl_pub_record *r;
-    fl_status s = fl_publish_map(path, &r);
+    fl_pub_reader r;
+    fl_status s = fl_pub_reader_open(path, &r);
     if (s != FL_OK)
         return s;
-    if (fl_publish_snapshot(r, out) != 0)
-        s = fl_fail(FL_ERR_PARSE, "%s: every read met an update in progress (seq %llu)", path,
-                    (unsigned long long)atomic_load_explicit(&((fl_pub_record *)r)->seq, memory_order_relaxed));
-    fl_publish_unmap(r);
-    return s;
+    fl_pub_read got = fl_pub_reader_snapshot(&r, 0, out);
+    fl_pub_reader_close(&r);
+    if (got == FL_PUB_BUSY)
+        return fl_fail(FL_ERR_PARSE, "%s: every read met an update in progress", path);
+    if (got == FL_PUB_CUT)
+        return fl_fail(FL_ERR_PARSE, "%s: truncated while read", path);
+    return FL_OK;
 }

@@ -22,6 +22,12 @@ typedef struct cli_opts {
     const char *output;         /* report: -o PATH */
 } cli_opts;
 
+/* JSON on stdout: a string, escaped as JSON needs (names come from the command line and
+ * from files); a number, or null when it has no finite value (a ratio over 0): the
+ * output is always JSON. */
+void cli_json_str(const char *s);
+void cli_json_num(double v, int decimals);
+
 int cli_compare(const cli_opts *o);
 int cli_replay(const cli_opts *o);
 int cli_import(int argc, char **argv);
@@ -38,7 +44,8 @@ int cli_report(const cli_opts *o);
  * the reason on stderr. */
 #define CLI_MAX_POLICIES 16
 int cli_split_policies(const char *list, char names[][32], int *n);
-/* Shared by the commands: --capacity as bytes for one trace (a factor needs peak live). */
-uint64_t cli_capacity_for(const cli_opts *o, const fl_prepared *p);
+/* Shared by the commands: --capacity as bytes for one trace (a factor needs peak live);
+ * 0, or an exit code with the reason on stderr (a factor whose bytes pass 2^64). */
+int cli_capacity_for(const cli_opts *o, const fl_prepared *p, uint64_t *capacity);
 
 #endif

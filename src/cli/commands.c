@@ -1,5 +1,6 @@
 /* The replay and compare commands: load traces, run the measurements, print them as a
  * table, CSV or JSON. */
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -45,16 +46,50 @@ int cli_split_policies(const char *list, char names[][32], int *n)
     return 0;
 }
 
-uint64_t cli_capacity_for(const cli_opts *o, const fl_prepared *p)
+int cli_capacity_for(const cli_opts *o, const fl_prepared *p, uint64_t *capacity)
 {
+    *capacity = o->capacity;
     if (o->capacity_factor > 0) {
-        /* Whole pages, rounded down: "1.05x" never grants more than asked. */
+        /* Whole pages, rounded down: "1.05x" never grants more than asked. A product
+         * past 2^64 cannot be converted (undefined behaviour), so it is refused. */
         uint64_t g = o->opts.sim.granularity;
-        uint64_t c = (uint64_t)((double)p->peak_live * o->capacity_factor) / g * g;
-        return c ? c : g;
+        double bytes = (double)p->peak_live * o->capacity_factor;
+        if (!(bytes < 18446744073709551616.0)) {
+            char live[32];
+            fprintf(stderr, "fragless: %s: --capacity %gx: %g x peak live (%s) is more than 2^64 bytes\n", p->name,
+                    o->capacity_factor, o->capacity_factor, fl_format_size(p->peak_live, live, sizeof live));
+            return CLI_EXIT_USAGE;
+        }
+        uint64_t c = (uint64_t)bytes / g * g;
+        *capacity = c ? c : g;
     }
-    return o->capacity;
+    return 0;
 }
+
+void cli_json_str(const char *s)
+{
+    putchar('"');
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            printf("\\%c", *p);
+        else if (*p < 0x20 || *p == 0x7f)
+            printf("\\u%04x", *p);
+        else
+            putchar(*p);
+    }
+    putchar('"');
+}
+
+void cli_json_num(double v, int decimals)
+{
+    if (isfinite(v))
+        printf("%.*f", decimals, v);
+    else
+        fputs("null", stdout);
+}
+
+/* b / a as a ratio of sizes: NAN when a is 0 (no value; JSON null, "-" in a table). */
+static double size_ratio(uint64_t b, uint64_t a) { return a ? (double)b / (double)a : NAN; }
 
 static double ns_per_pair(const fl_replay_result *r)
 {
@@ -74,21 +109,27 @@ static void print_calls_json(FILE *f, const fl_device_counters *c)
 static void print_row(const cli_opts *o, const fl_prepared *p, const char *policy, const fl_measure *m, int first)
 {
     const fl_replay_result *u = &m->unlimited, *c = &m->at_capacity;
-    double mc_ratio = m->min_capacity ? (double)m->min_capacity / (double)p->peak_live : 0;
-    double overhead = p->peak_live ? (double)u->peak_reserved / (double)p->peak_live : 0;
+    /* Over peak live, which is 0 in a trace whose allocations all failed: no value then. */
+    double mc_ratio = size_ratio(m->min_capacity, p->peak_live);
+    double overhead = size_ratio(u->peak_reserved, p->peak_live);
     if (!strcmp(o->format, "json")) {
-        printf("%s  {\"trace\": \"%s\", \"policy\": \"%s\", \"events\": %zu, \"peak_live\": %llu, "
-               "\"peak_reserved\": %llu, \"overhead\": %.4f, ",
-               first ? "" : ",\n", p->name, policy, p->n_ops, (unsigned long long)p->peak_live,
-               (unsigned long long)u->peak_reserved, overhead);
-        if (m->min_capacity)
-            printf("\"min_capacity\": %llu, \"min_capacity_ratio\": %.4f, ", (unsigned long long)m->min_capacity,
-                   mc_ratio);
+        printf("%s  {\"trace\": ", first ? "" : ",\n");
+        cli_json_str(p->name);
+        printf(", \"policy\": \"%s\", \"events\": %zu, \"peak_live\": %llu, \"peak_reserved\": %llu, \"overhead\": ",
+               policy, p->n_ops, (unsigned long long)p->peak_live, (unsigned long long)u->peak_reserved);
+        cli_json_num(overhead, 4);
+        printf(", ");
+        if (m->min_capacity) {
+            printf("\"min_capacity\": %llu, \"min_capacity_ratio\": ", (unsigned long long)m->min_capacity);
+            cli_json_num(mc_ratio, 4);
+            printf(", ");
+        }
         printf("\"device_calls\": %llu, \"device_ms\": %.3f, \"late_device_calls\": %llu, \"late_device_ms\": %.3f, "
                "\"calls_by_kind\": ",
                (unsigned long long)fl_device_total_calls(&u->dev), u->dev.time_us / 1e3, (unsigned long long)u->late_calls,
                u->late_us / 1e3);
         print_calls_json(stdout, &u->dev);
+        printf(", \"unlimited_ooms\": %llu, \"failed\": %s", (unsigned long long)u->ooms, u->ooms ? "true" : "false");
         if (m->capacity) {
             printf(", \"capacity\": %llu, \"ooms\": %llu, \"capacity_peak_reserved\": %llu, "
                    "\"capacity_device_calls\": %llu, \"capacity_device_ms\": %.3f, \"capacity_late_device_calls\": %llu, "
@@ -108,33 +149,46 @@ static void print_row(const cli_opts *o, const fl_prepared *p, const char *polic
             for (int i = 0; i < FL_CALL_COUNT; i++)
                 printf(",calls_%s", fl_call_name((fl_call)i));
             printf(",capacity,ooms,capacity_device_calls,capacity_device_ms,capacity_late_device_calls,"
-                   "capacity_late_device_ms\n");
+                   "capacity_late_device_ms,unlimited_ooms\n");
         }
-        printf("%s,%s,%zu,%llu,%llu,%.4f,%llu,%.4f,%llu,%.3f,%llu,%.3f", p->name, policy, p->n_ops,
-               (unsigned long long)p->peak_live, (unsigned long long)u->peak_reserved, overhead,
-               (unsigned long long)m->min_capacity, mc_ratio, (unsigned long long)fl_device_total_calls(&u->dev),
+        char ov[32] = "", mr[32] = "";
+        if (isfinite(overhead))
+            snprintf(ov, sizeof ov, "%.4f", overhead);
+        if (isfinite(mc_ratio) || !m->min_capacity)
+            snprintf(mr, sizeof mr, "%.4f", m->min_capacity ? mc_ratio : 0.0);
+        printf("%s,%s,%zu,%llu,%llu,%s,%llu,%s,%llu,%.3f,%llu,%.3f", p->name, policy, p->n_ops,
+               (unsigned long long)p->peak_live, (unsigned long long)u->peak_reserved, ov,
+               (unsigned long long)m->min_capacity, mr, (unsigned long long)fl_device_total_calls(&u->dev),
                u->dev.time_us / 1e3, (unsigned long long)u->late_calls, u->late_us / 1e3);
         for (int i = 0; i < FL_CALL_COUNT; i++)
             printf(",%llu", (unsigned long long)u->dev.calls[i]);
         if (m->capacity)
-            printf(",%llu,%llu,%llu,%.3f,%llu,%.3f\n", (unsigned long long)m->capacity, (unsigned long long)c->ooms,
+            printf(",%llu,%llu,%llu,%.3f,%llu,%.3f", (unsigned long long)m->capacity, (unsigned long long)c->ooms,
                    (unsigned long long)fl_device_total_calls(&c->dev), c->dev.time_us / 1e3,
                    (unsigned long long)c->late_calls, c->late_us / 1e3);
         else
-            printf(",,,,,,\n");
+            printf(",,,,,,");
+        printf(",%llu\n", (unsigned long long)u->ooms);
         return;
     }
-    char mc[32] = "-", ratio[16] = "-";
+    char mc[32] = "-", ratio[16] = "-", ov[16] = "-";
     if (m->min_capacity) {
         snprintf(mc, sizeof mc, "%.3f", gib(m->min_capacity));
-        snprintf(ratio, sizeof ratio, "%.4f", mc_ratio);
+        if (isfinite(mc_ratio))
+            snprintf(ratio, sizeof ratio, "%.4f", mc_ratio);
     }
-    printf("  %-15s %9.3f %8.4f %9s %9s %7llu %9.1f %6llu %8.1f", policy, gib(u->peak_reserved), overhead, mc,
+    if (isfinite(overhead))
+        snprintf(ov, sizeof ov, "%.4f", overhead);
+    printf("  %-15s %9.3f %8s %9s %9s %7llu %9.1f %6llu %8.1f", policy, gib(u->peak_reserved), ov, mc,
            ratio, (unsigned long long)fl_device_total_calls(&u->dev), u->dev.time_us / 1e3,
            (unsigned long long)u->late_calls, u->late_us / 1e3);
     if (m->capacity)
         printf(" | %5llu %7llu %9.1f %6llu %8.1f", (unsigned long long)c->ooms, (unsigned long long)fl_device_total_calls(&c->dev),
                c->dev.time_us / 1e3, (unsigned long long)c->late_calls, c->late_us / 1e3);
+    /* The run without a limit failed (the simulated device's address space, e.g. more
+     * than 255 streams' fragless heaps): its figures are not what the trace needs. */
+    if (u->ooms)
+        printf("  FAILED: %llu allocations out of memory without a capacity limit", (unsigned long long)u->ooms);
     printf("\n");
 }
 
@@ -158,7 +212,7 @@ int cli_compare(const cli_opts *o)
     int np, rc = cli_split_policies(o->policies, names, &np);
     if (rc)
         return rc;
-    int first = 1;
+    int first = 1, failed = 0;
     if (!strcmp(o->format, "json"))
         printf("[\n");
     cli_progress bar; /* silent unless stderr is a terminal */
@@ -171,7 +225,12 @@ int cli_compare(const cli_opts *o)
             load_error();
             return status_exit(s);
         }
-        uint64_t capacity = cli_capacity_for(o, p);
+        uint64_t capacity;
+        if ((rc = cli_capacity_for(o, p, &capacity)) != 0) {
+            cli_progress_clear(&bar);
+            fl_prepared_free(p);
+            return rc;
+        }
         print_trace_header(o, p, capacity);
         for (int i = 0; i < np; i++) {
             fl_replay_opts ro = o->opts;
@@ -192,6 +251,12 @@ int cli_compare(const cli_opts *o)
             print_row(o, p, names[i], &m, first);
             fflush(stdout); /* the row is on screen before the bar comes back */
             first = 0;
+            if (m.unlimited.ooms) {
+                fprintf(stderr, "fragless: %s, policy %s: %llu allocations failed without a capacity limit (first at "
+                        "event %zu; `fragless replay` says why): its figures are not a result\n",
+                        p->name, names[i], (unsigned long long)m.unlimited.ooms, m.unlimited.first_oom_op);
+                failed = 1;
+            }
             fl_measure_free(&m);
         }
         if (!strcmp(o->format, "table") && t + 1 < o->n_traces)
@@ -200,7 +265,7 @@ int cli_compare(const cli_opts *o)
     }
     if (!strcmp(o->format, "json"))
         printf("\n]\n");
-    return CLI_EXIT_OK;
+    return failed ? CLI_EXIT_OOM : CLI_EXIT_OK;
 }
 
 int cli_replay(const cli_opts *o)
@@ -221,7 +286,11 @@ int cli_replay(const cli_opts *o)
     }
     fl_replay_opts ro = o->opts;
     snprintf(ro.cfg.policy, sizeof ro.cfg.policy, "%.31s", names[0]);
-    uint64_t capacity = cli_capacity_for(o, p);
+    uint64_t capacity;
+    if ((rc = cli_capacity_for(o, p, &capacity)) != 0) {
+        fl_prepared_free(p);
+        return rc;
+    }
     if (capacity)
         ro.sim.capacity = capacity;
     ro.timeline_buckets = o->timeline;
@@ -245,11 +314,13 @@ int cli_replay(const cli_opts *o)
     int json = !strcmp(o->format, "json"), csv = !strcmp(o->format, "csv");
     char b1[32], b2[32], b3[32];
     if (json) {
-        printf("{\"trace\": \"%s\", \"policy\": \"%s\", \"events\": %zu, \"capacity\": %llu, \"peak_live\": %llu, "
+        printf("{\"trace\": ");
+        cli_json_str(p->name);
+        printf(", \"policy\": \"%s\", \"events\": %zu, \"capacity\": %llu, \"peak_live\": %llu, "
                "\"peak_reserved\": %llu, \"peak_allocated\": %llu, \"ooms\": %llu, \"first_oom_event\": %lld, "
                "\"retries\": %llu, \"device_calls\": %llu, \"device_ms\": %.3f, \"host_ns_per_pair\": %.1f, "
                "\"min_capacity\": %llu, \"calls_by_kind\": ",
-               p->name, names[0], p->n_ops, (unsigned long long)capacity, (unsigned long long)p->peak_live,
+               names[0], p->n_ops, (unsigned long long)capacity, (unsigned long long)p->peak_live,
                (unsigned long long)r.peak_reserved, (unsigned long long)r.peak_allocated, (unsigned long long)r.ooms,
                r.ooms ? (long long)r.first_oom_op : -1LL, (unsigned long long)r.retries,
                (unsigned long long)fl_device_total_calls(&r.dev), r.dev.time_us / 1e3, ns_per_pair(&r),
@@ -275,13 +346,17 @@ int cli_replay(const cli_opts *o)
         printf("  events %zu (%llu allocations, %llu frees, %llu recorded failures, %llu unknown frees skipped)\n",
                p->n_ops, (unsigned long long)p->n_allocs, (unsigned long long)p->n_frees,
                (unsigned long long)p->n_recorded_failures, (unsigned long long)p->unknown_frees);
-        printf("  peak live %s, peak reserved %s (overhead %.4f), peak allocated by the policy %s\n",
-               fl_format_size(p->peak_live, b1, sizeof b1), fl_format_size(r.peak_reserved, b2, sizeof b2),
-               p->peak_live ? (double)r.peak_reserved / (double)p->peak_live : 0,
+        char ov[16] = "-";
+        if (p->peak_live)
+            snprintf(ov, sizeof ov, "%.4f", (double)r.peak_reserved / (double)p->peak_live);
+        printf("  peak live %s, peak reserved %s (overhead %s), peak allocated by the policy %s\n",
+               fl_format_size(p->peak_live, b1, sizeof b1), fl_format_size(r.peak_reserved, b2, sizeof b2), ov,
                fl_format_size(r.peak_allocated, b3, sizeof b3));
-        if (min_cap)
+        if (min_cap && p->peak_live)
             printf("  min capacity %s (%.4f x peak live)\n", fl_format_size(min_cap, b1, sizeof b1),
                    (double)min_cap / (double)p->peak_live);
+        else if (min_cap)
+            printf("  min capacity %s\n", fl_format_size(min_cap, b1, sizeof b1));
         printf("  out of memory: %llu allocations", (unsigned long long)r.ooms);
         if (r.ooms)
             printf(" (first at event %zu)", r.first_oom_op);
@@ -305,7 +380,9 @@ int cli_replay(const cli_opts *o)
             }
         }
     }
-    int exit_code = (capacity && r.ooms) ? CLI_EXIT_OOM : CLI_EXIT_OK;
+    /* Out of memory is a failed replay, with or without a capacity (without one, the
+     * simulated device's address space ran out). */
+    int exit_code = r.ooms ? CLI_EXIT_OOM : CLI_EXIT_OK;
     fl_replay_result_free(&r);
     fl_prepared_free(p);
     return exit_code;

@@ -113,18 +113,20 @@ static void print_text(const fl_prepared *p, const fl_replay_opts *ran, const fl
 
 static void print_json(const fl_prepared *p, const fl_replay_opts *ran, const fl_diagnosis *d)
 {
-    printf("{\"trace\": \"%s\", \"events\": %zu, \"ran\": \"%s\", \"capacity\": %llu, \"recorded_failures\": %llu, ",
-           p->name, p->n_ops, ran->cfg.policy, (unsigned long long)d->capacity,
-           (unsigned long long)d->recorded_failures);
-    if (d->has_oom)
+    printf("{\"trace\": ");
+    cli_json_str(p->name);
+    printf(", \"events\": %zu, \"ran\": \"%s\", \"capacity\": %llu, \"recorded_failures\": %llu, ", p->n_ops,
+           ran->cfg.policy, (unsigned long long)d->capacity, (unsigned long long)d->recorded_failures);
+    if (d->has_oom) {
         printf("\"oom\": {\"event\": %zu, \"asked\": %llu, \"device_free\": %llu, \"live\": %llu, "
                "\"reserved\": %llu, \"reserved_unallocated\": %llu, \"largest_free\": %llu, "
-               "\"external_fragmentation\": %.4f}, ",
+               "\"external_fragmentation\": ",
                d->oom_op, (unsigned long long)d->oom.request, (unsigned long long)d->device_free,
                (unsigned long long)d->oom.live, (unsigned long long)d->oom.reserved,
-               (unsigned long long)d->oom.free_in_reserved, (unsigned long long)d->oom.largest_free,
-               d->ext_frag);
-    else
+               (unsigned long long)d->oom.free_in_reserved, (unsigned long long)d->oom.largest_free);
+        cli_json_num(d->ext_frag, 4);
+        printf("}, ");
+    } else
         printf("\"oom\": null, ");
     printf("\"verdict\": \"%s\", \"verdict_rule\": \"exhaustion when live + asked > capacity, fragmentation "
            "otherwise\", ",
@@ -134,9 +136,13 @@ static void print_json(const fl_prepared *p, const fl_replay_opts *ran, const fl
            (unsigned long long)d->peak_live, d->peak_op, (unsigned long long)d->persistent,
            (unsigned long long)d->transient_peak, (unsigned long long)d->persistent_at_peak,
            (unsigned long long)d->transient_at_peak);
-    for (int i = 0; i < d->n_rows; i++)
-        printf("%s{\"setting\": \"%s\", \"env\": \"%s\", \"min_capacity\": %llu}", i ? ", " : "", d->rows[i].label,
-               d->rows[i].env, (unsigned long long)d->rows[i].min_capacity);
+    for (int i = 0; i < d->n_rows; i++) {
+        printf("%s{\"setting\": ", i ? ", " : "");
+        cli_json_str(d->rows[i].label);
+        printf(", \"env\": ");
+        cli_json_str(d->rows[i].env);
+        printf(", \"min_capacity\": %llu}", (unsigned long long)d->rows[i].min_capacity);
+    }
     printf("], \"empty_cache\": {\"event\": %zu, \"live\": %llu, \"reserved\": %llu, \"returned\": %llu}, ",
            d->idle_op, (unsigned long long)d->idle_live, (unsigned long long)d->idle_reserved,
            (unsigned long long)d->idle_returned);
@@ -165,11 +171,20 @@ int cli_doctor(const cli_opts *o)
         if (ran.cfg.expandable_segments && !strcmp(ran.cfg.policy, "cca"))
             snprintf(ran.cfg.policy, sizeof ran.cfg.policy, "cca-expandable");
     }
-    uint64_t capacity = cli_capacity_for(o, p);
+    uint64_t capacity;
+    int rc = cli_capacity_for(o, p, &capacity);
+    if (rc) {
+        fl_prepared_free(p);
+        return rc;
+    }
     if (!capacity && info.n_devices && info.oom_entry >= 0) {
         /* A snapshot dumped at an OOM: the device held what the segments hold, and had
          * device_free left. */
-        capacity = info.reserved_bytes + info.oom_device_free;
+        if ((s = fl_snapshot_oom_capacity(&info, p->name, &capacity)) != FL_OK) {
+            fprintf(stderr, "fragless: %s\n", fl_last_error());
+            fl_prepared_free(p);
+            return CLI_EXIT_INPUT;
+        }
         if (strcmp(o->format, "json")) {
             char a[32], b[32];
             printf("Capacity from the snapshot's oom event: %s reserved + %s free on the device.\n",

@@ -80,7 +80,13 @@ int cli_import(int argc, char **argv)
 
     fl_trace t;
     fl_snapshot_info info;
-    fl_status s = fl_trace_read_snapshot(in, device, &t, &info);
+    fl_input_kind kind;
+    fl_status s = fl_input_detect(in, &kind);
+    if (s == FL_OK && kind != FL_INPUT_PICKLE)
+        s = fl_fail(FL_ERR_PARSE, "%s: not a PyTorch memory snapshot (a pickle): it reads as %s", in,
+                    kind == FL_INPUT_STATE ? "a fragless state snapshot (JSON)" : "text (an RMM CSV trace?)");
+    if (s == FL_OK)
+        s = fl_trace_read_snapshot(in, device, &t, &info);
     if (s != FL_OK) {
         fprintf(stderr, "fragless: %s\n", fl_last_error());
         return s == FL_ERR_INVALID ? CLI_EXIT_USAGE

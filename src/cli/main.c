@@ -48,12 +48,13 @@ static const char replay_help[] =
     "                    roundup_power2_divisions:4, garbage_collection_threshold:0.8\n"
     "                    (with limit:SIZE), expandable_segments:True; for fragless,\n"
     "                    small_size:256KiB; for all, limit:SIZE\n"
-    "  --granularity SZ  device page size (default 2MiB)\n"
+    "  --granularity SZ  device page size, a power of two from 4KiB to 1GiB (default 2MiB)\n"
     "  --timeline N      also print N windows of the trace: live, reserved, device calls\n"
     "  --min-capacity    also search the smallest capacity that runs without OOM\n"
     "  --format F        table (default), csv or json\n"
     "\n"
-    "exit codes: 0 done; 1 bad usage; 2 bad trace; 3 out of memory at --capacity; 4 other\n";
+    "exit codes: 0 done; 1 bad usage; 2 bad trace; 3 out of memory (at --capacity, or\n"
+    "            without one: the simulated device ran out of address space); 4 other\n";
 
 static const char compare_help[] =
     "usage: fragless compare TRACE... [--policies LIST] [--capacity SIZE] [--conf CONF]\n"
@@ -68,16 +69,20 @@ static const char compare_help[] =
     "  calls, dev_ms  device calls and simulated device time without a limit; late_* in\n"
     "                 the steady state: after both the trace's midpoint and its peak of\n"
     "                 live bytes (a steady training loop makes no calls there)\n"
-    "With --capacity, the same figures at that capacity and the number of OOMs.\n"
+    "With --capacity, the same figures at that capacity and the number of OOMs. A policy\n"
+    "whose run without a limit had failed allocations (the simulated device's address\n"
+    "space: e.g. more than 255 streams under fragless) is marked FAILED (JSON \"failed\",\n"
+    "CSV unlimited_ooms) and the exit code is 3.\n"
     "\n"
     "  --policies LIST   comma-separated (default fragless,cca,cca-expandable,nocache)\n"
     "  --capacity SIZE   80GiB, 512MiB, or 1.05x (times each trace's peak live bytes)\n"
     "  --conf CONF       knobs applied to every policy (see `fragless help replay`)\n"
-    "  --granularity SZ  device page size (default 2MiB)\n"
+    "  --granularity SZ  device page size, a power of two from 4KiB to 1GiB (default 2MiB)\n"
     "  --no-min-capacity skip the min_capacity search (faster)\n"
     "  --format F        table (default), csv or json\n"
     "\n"
-    "exit codes: 0 done; 1 bad usage; 2 bad trace; 4 other error\n";
+    "exit codes: 0 done; 1 bad usage; 2 bad trace; 3 a run without a limit ran out of\n"
+    "            memory (its row is marked FAILED); 4 other error\n";
 
 static const char doctor_help[] =
     "usage: fragless doctor TRACE [--capacity SIZE] [--policy P] [--conf CONF] [--format text|json]\n"
@@ -95,7 +100,7 @@ static const char doctor_help[] =
     "                    allocator_settings say, else cca, PyTorch's default)\n"
     "  --conf CONF       its knobs, e.g. max_split_size_mb:256 or expandable_segments:True\n"
     "  --capacity SIZE   80GiB, 512MiB, or a factor of peak live like 1.05x\n"
-    "  --granularity SZ  device page size (default 2MiB)\n"
+    "  --granularity SZ  device page size, a power of two from 4KiB to 1GiB (default 2MiB)\n"
     "  --format F        text (default) or json\n"
     "\n"
     "exit codes: 0 done; 1 bad usage; 2 bad trace; 4 other error\n";
@@ -118,7 +123,7 @@ static const char report_help[] =
     "  --capacity SIZE   your GPU's memory (80GiB, or 1.05x of peak live): OOMs at it in\n"
     "                    the table, and the doctor's out-of-memory diagnosis\n"
     "  --conf CONF       knobs applied to every policy (see `fragless help replay`)\n"
-    "  --granularity SZ  device page size (default 2MiB)\n"
+    "  --granularity SZ  device page size, a power of two from 4KiB to 1GiB (default 2MiB)\n"
     "\n"
     "exit codes: 0 done; 1 bad usage; 2 bad trace; 4 other error (e.g. FILE not writable)\n";
 
@@ -188,6 +193,11 @@ static int parse_opts(int argc, char **argv, const char *help, cli_mode mode, cl
         } else if (!strcmp(a, "--granularity")) {
             if (v && (fl_parse_size(v, &o->opts.sim.granularity) != FL_OK))
                 return usage_error(help, "--granularity: %s", fl_last_error());
+            /* Sizes are divided by it and rounded to it: a power of two the sim device
+             * takes (>= 4 KiB), and at most 1 GiB (GPUs map 2 MiB pages). */
+            uint64_t g = o->opts.sim.granularity;
+            if (v && (!fl_is_pow2(g) || g < 4096 || g > FL_GiB))
+                return usage_error(help, "--granularity '%s': expected a power of two from 4KiB to 1GiB", v);
         } else if (!strcmp(a, "--conf")) {
             o->policy_given = 1;
             if (v && fl_config_parse(&o->opts.cfg, v) != FL_OK)

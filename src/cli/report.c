@@ -13,6 +13,7 @@
 #include "cli/cli.h"
 #include "cli/progress.h"
 #include "cli/report.h"
+#include "util/file.h"
 #include "replay/doctor.h"
 #include "pytorch/snapshot.h"
 
@@ -375,11 +376,16 @@ static int report_one(FILE *f, const cli_opts *o, int idx, char names[][32], int
         return (s == FL_ERR_PARSE || s == FL_ERR_IO) ? CLI_EXIT_INPUT : CLI_EXIT_ERROR;
     }
     int rc = CLI_EXIT_ERROR;
-    uint64_t capacity = cli_capacity_for(o, p), g = o->opts.sim.granularity;
+    uint64_t capacity, g = o->opts.sim.granularity;
     fl_measure ms[CLI_MAX_POLICIES];
     int measured = 0;
     page_map maps[2] = {{.policy = "fragless"}, {.policy = "cca"}};
     fl_diagnosis d;
+    if ((rc = cli_capacity_for(o, p, &capacity)) != 0) {
+        cli_progress_clear(bar);
+        goto out;
+    }
+    rc = CLI_EXIT_ERROR;
     for (; measured < np; measured++) {
         fl_replay_opts ro = o->opts;
         snprintf(ro.cfg.policy, sizeof ro.cfg.policy, "%.31s", names[measured]);
@@ -430,8 +436,13 @@ static int report_one(FILE *f, const cli_opts *o, int idx, char names[][32], int
             snprintf(ran.cfg.policy, sizeof ran.cfg.policy, "cca-expandable");
     }
     uint64_t dcap = capacity;
-    if (!dcap && info.n_devices && info.oom_entry >= 0)
-        dcap = info.reserved_bytes + info.oom_device_free; /* dumped at an OOM */
+    if (!dcap && info.n_devices && info.oom_entry >= 0 && /* dumped at an OOM */
+        fl_snapshot_oom_capacity(&info, p->name, &dcap) != FL_OK) {
+        cli_progress_clear(bar);
+        fprintf(stderr, "fragless: %s\n", fl_last_error());
+        rc = CLI_EXIT_INPUT;
+        goto out;
+    }
     snprintf(what, sizeof what, "%.32s doctor", p->name);
     cli_progress_unit(bar, what);
     cli_progress_attach(bar, &ran);
@@ -593,35 +604,34 @@ int cli_report(const cli_opts *o)
     int np, rc = cli_split_policies(o->policies, names, &np);
     if (rc)
         return rc;
-    /* Written beside the target and renamed at the end: a failed run leaves no half page. */
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp%d", o->output, (int)getpid()) >= (int)sizeof tmp) {
-        fprintf(stderr, "fragless: -o '%s': path too long\n", o->output);
-        return CLI_EXIT_USAGE;
-    }
-    FILE *f = fopen(tmp, "w");
-    if (!f) {
-        fprintf(stderr, "fragless: cannot write %s: %s\n", o->output, strerror(errno));
+    /* Written beside the target and renamed at the end: a failed run leaves no half page,
+     * and a symlink planted at either name (the target may be in /tmp) is never followed
+     * (fl_create_file_safely). */
+    fl_new_file nf;
+    if (fl_create_file_safely(o->output, FL_NEW_FILE_AT_CLOSE, &nf) != FL_OK) {
+        fprintf(stderr, "fragless: -o: %s\n", fl_last_error());
         return CLI_EXIT_ERROR;
     }
+    FILE *f = nf.f;
     cli_progress bar;
     cli_progress_begin(&bar, (double)o->n_traces * (np + 2));
     write_head(f, o);
-    for (int t = 0; t < o->n_traces && !rc; t++)
-        rc = fl_state_sniff(o->traces[t]) ? report_state(f, o, t, np, &bar) : report_one(f, o, t, names, np, &bar);
+    for (int t = 0; t < o->n_traces && !rc; t++) {
+        fl_input_kind kind;
+        fl_status s = fl_input_detect(o->traces[t], &kind);
+        if (s != FL_OK) {
+            cli_progress_clear(&bar);
+            fprintf(stderr, "fragless: %s\n", fl_last_error());
+            rc = s == FL_ERR_PARSE || s == FL_ERR_IO ? CLI_EXIT_INPUT : CLI_EXIT_ERROR;
+            break;
+        }
+        rc = kind == FL_INPUT_STATE ? report_state(f, o, t, np, &bar) : report_one(f, o, t, names, np, &bar);
+    }
     cli_progress_clear(&bar);
     fputs("</main></body></html>\n", f);
-    if (!rc && (ferror(f) | fclose(f))) {
-        fprintf(stderr, "fragless: cannot write %s: %s\n", o->output, strerror(errno));
-        rc = CLI_EXIT_ERROR;
-    } else if (rc) {
-        fclose(f);
-    }
-    if (!rc && rename(tmp, o->output)) {
-        fprintf(stderr, "fragless: cannot write %s: %s\n", o->output, strerror(errno));
+    if (fl_new_file_close(&nf, !rc) != FL_OK) {
+        fprintf(stderr, "fragless: -o: %s\n", fl_last_error());
         rc = CLI_EXIT_ERROR;
     }
-    if (rc)
-        unlink(tmp);
     return rc;
 }

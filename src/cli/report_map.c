@@ -145,13 +145,16 @@ static unit_info unit_at(const page_map *m, const map_region *r, uint64_t g, uin
 {
     unit_info ui = {0};
     uint64_t end = start + g;
-    const map_block *b = m->blocks + r->block0, *bend = b + r->n_blocks;
-    while (b + *bi < bend && b[*bi].addr + b[*bi].size <= start)
+    /* Indices, not pointers: a region may have no blocks, and m->blocks is then NULL
+     * (NULL + 0 is undefined in C). */
+    const size_t n = r->n_blocks;
+    const map_block *b = n ? m->blocks + r->block0 : NULL;
+    while (*bi < n && b[*bi].addr + b[*bi].size <= start)
         (*bi)++;
     ui.first_block = *bi;
     uint32_t touching = 0;
     size_t j = *bi;
-    for (; b + j < bend && b[j].addr < end; j++) {
+    for (; j < n && b[j].addr < end; j++) {
         if (!b[j].live)
             continue;
         touching++;
@@ -228,7 +231,7 @@ static void cell_title(FILE *f, const page_map *m, const map_region *r, uint64_t
     } else {
         fprintf(f, "pinned by %u live block%s, %s live of %s", one->pins, one->pins == 1 ? "" : "s",
                 sz(one->live_bytes, a, sizeof a), sz(gr->g, b, sizeof b));
-        const map_block *bl = m->blocks + r->block0;
+        const map_block *bl = r->n_blocks ? m->blocks + r->block0 : NULL; /* see unit_at */
         int listed = 0, more = 0;
         for (size_t j = one->first_block; j < one->end_block; j++) {
             if (!bl[j].live)

@@ -14,6 +14,7 @@
 
 #include "allocator/allocator.h"
 #include "cli/cli.h"
+#include "util/util.h"
 
 static const char top_help[] =
     "usage: fragless top [--once] [--interval SECONDS] [--dir DIR]\n"
@@ -36,8 +37,11 @@ static const char top_help[] =
     "Each process publishes a small file (fragless.PID.DEVICE) in DIR and removes it when\n"
     "it exits. Files left by processes that are gone (killed), or whose pid now belongs\n"
     "to a process started later, are ignored and removed; malformed files are skipped\n"
-    "with a note naming them. Allocators publish by default; top:0 in FRAGLESS_CONF\n"
-    "turns it off.\n"
+    "with a note naming them. DIR is writable by every user, so top trusts no file in it:\n"
+    "only regular files of a record's exact size are read (copied, never mapped), a\n"
+    "record is shown only when its pid is a process of the file's owner, busy records\n"
+    "delay a frame by 0.1 s at most, and control characters in names are printed as \\xNN.\n"
+    "Allocators publish by default; top:0 in FRAGLESS_CONF turns it off.\n"
     "\n"
     "  --once            print one frame and exit (for scripts)\n"
     "  --interval SECS   refresh every SECS seconds (default 1; 0.1 to 3600) until\n"
@@ -49,6 +53,47 @@ static const char top_help[] =
     "  FRAGLESS_NVML_LIB  the NVML library to load (default libnvidia-ml.so.1)\n"
     "\n"
     "exit codes: 0 done (or interrupted); 1 bad usage; 2 DIR cannot be read; 4 other error\n";
+
+/* Everything top prints that came from a file or its name goes through here: the
+ * files are anyone's, and a COMMAND or a name holding escape sequences must not drive
+ * the terminal. Control characters (C0, DEL, and C1 as UTF-8) and bytes that are not
+ * UTF-8 become \xNN (\n, \r, \t as such); valid UTF-8 text stays as it is. Cut to fit n. */
+static const char *esc(const char *in, char *out, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *p = (const unsigned char *)in;
+    size_t o = 0;
+    while (*p && o + 5 < n) {
+        unsigned c = *p;
+        size_t len = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
+        int ok = len > 0 && c != 0xc0 && c != 0xc1 && c < 0xf5;
+        for (size_t k = 1; ok && k < len; k++)
+            ok = (p[k] & 0xc0) == 0x80;
+        if (ok && len == 2 && c == 0xc2 && p[1] < 0xa0)
+            ok = 0; /* U+0080..U+009F: C1 controls (CSI among them) */
+        if (ok && len == 1 && (c < 0x20 || c == 0x7f))
+            ok = 0;
+        if (ok) {
+            if (o + len >= n)
+                break;
+            memcpy(out + o, p, len);
+            o += len;
+            p += len;
+            continue;
+        }
+        out[o++] = '\\';
+        if (c == '\n' || c == '\r' || c == '\t') {
+            out[o++] = c == '\n' ? 'n' : c == '\r' ? 'r' : 't';
+        } else {
+            out[o++] = 'x';
+            out[o++] = hex[c >> 4];
+            out[o++] = hex[c & 15];
+        }
+        p++;
+    }
+    out[o] = 0;
+    return out;
+}
 
 /* ---- NVML, declared by hand (no headers needed to build) ------------------------------ */
 
@@ -116,7 +161,8 @@ static void nvml_close(nvml *n)
 static void nvml_lines(nvml *n, FILE *out)
 {
     if (!n->lib) {
-        fprintf(out, "NVML not available: device totals not shown (%s)\n", n->why);
+        char e[sizeof n->why * 4];
+        fprintf(out, "NVML not available: device totals not shown (%s)\n", esc(n->why, e, sizeof e));
         return;
     }
     unsigned int count = 0;
@@ -140,6 +186,8 @@ static void nvml_lines(nvml *n, FILE *out)
 }
 
 /* ---- one frame ------------------------------------------------------------------------ */
+
+#define FRAME_WAIT_NS (100 * 1000 * 1000) /* for busy records, per frame */
 
 typedef struct top_rows {
     fl_pub_entry *e;
@@ -166,44 +214,68 @@ static uint64_t realtime_ns(void)
 static void remove_stale(const char *path, const struct stat *seen, const char *why, FILE *notes)
 {
     struct stat now;
+    char e[1024];
     if (lstat(path, &now) != 0 || now.st_ino != seen->st_ino || now.st_dev != seen->st_dev)
         return;
     if (unlink(path) == 0)
-        fprintf(notes, "removed %s: stale (%s)\n", path, why);
+        fprintf(notes, "removed %s: stale (%s)\n", esc(path, e, sizeof e), why);
     else if (errno != ENOENT)
-        fprintf(notes, "stale %s (%s) ignored; cannot remove it: %s\n", path, why, strerror(errno));
+        fprintf(notes, "stale %s (%s) ignored; cannot remove it: %s\n", esc(path, e, sizeof e), why, strerror(errno));
 }
 
-/* Reads one file into rows; notes get the removals and skips. */
-static void read_one(const char *path, top_rows *rows, FILE *notes)
+/* Whether process pid belongs to the user who owns its record: a record is anyone's
+ * file, and may name any pid. 1 yes; 0 no; -1 cannot tell (/proc hidden). */
+static int pid_owned_by(uint64_t pid, uid_t uid)
 {
+    char proc[64];
+    struct stat st;
+    snprintf(proc, sizeof proc, "/proc/%llu", (unsigned long long)pid);
+    if (stat(proc, &st) != 0)
+        return -1;
+    return st.st_uid == uid;
+}
+
+/* Reads one file into rows; notes get the removals and skips. deadline: when waiting for
+ * records that stay busy stops, shared by the whole frame. */
+static void read_one(const char *path, uint64_t deadline, top_rows *rows, FILE *notes)
+{
+    char e1[1024];
     struct stat seen;
     if (lstat(path, &seen) != 0)
         return; /* its process removed it just now */
-    const fl_pub_record *r;
-    fl_status s = fl_publish_map(path, &r);
+    fl_pub_reader rd;
+    fl_status s = fl_pub_reader_open(path, &rd);
     if (s != FL_OK) {
         if (!(s == FL_ERR_IO && errno == ENOENT))
-            fprintf(notes, "skipped %s\n", fl_last_error());
+            fprintf(notes, "skipped %s\n", esc(fl_last_error(), e1, sizeof e1));
         return;
     }
     fl_pub_entry e;
-    int busy = fl_publish_snapshot(r, &e);
-    fl_publish_unmap(r);
+    fl_pub_read got = fl_pub_reader_snapshot(&rd, deadline, &e);
+    uid_t owner = rd.uid;
+    fl_pub_reader_close(&rd);
     const char *why;
     if (fl_publish_stale(e.pid, e.start_time, &why)) {
         remove_stale(path, &seen, why, notes);
         return;
     }
-    if (busy) {
-        fprintf(notes, "skipped %s: every read met an update in progress\n", path);
+    int mine = pid_owned_by(e.pid, owner);
+    if (mine != 1) {
+        fprintf(notes, "skipped %s: pid %llu is %s\n", esc(path, e1, sizeof e1), (unsigned long long)e.pid,
+                mine ? "not shown: its owner cannot be checked (/proc/PID cannot be read)"
+                     : "not a process of the file's owner");
+        return;
+    }
+    if (got != FL_PUB_WHOLE) {
+        fprintf(notes, "skipped %s: %s\n", esc(path, e1, sizeof e1),
+                got == FL_PUB_BUSY ? "every read met an update in progress" : "truncated while read");
         return;
     }
     if (rows->n == rows->cap) {
         size_t cap = rows->cap ? 2 * rows->cap : 16;
         fl_pub_entry *m = realloc(rows->e, cap * sizeof *m);
         if (!m) {
-            fprintf(notes, "skipped %s: out of host memory\n", path);
+            fprintf(notes, "skipped %s: out of host memory\n", esc(path, e1, sizeof e1));
             return;
         }
         rows->e = m;
@@ -239,8 +311,9 @@ static void print_rows(const top_rows *rows, FILE *out)
             snprintf(age, sizeof age, "%.0fm", secs / 60);
         else
             snprintf(age, sizeof age, "%.0fh", secs / 3600);
+        char comm[sizeof e->comm * 4 + 1];
         fprintf(out, "%8llu %3d %-15.15s %10s %10s %10s %12s %7.1f%% %6llu %6s\n", (unsigned long long)e->pid,
-                e->device, e->comm, fl_format_size(s->allocated_bytes.current, live, sizeof live),
+                e->device, esc(e->comm, comm, sizeof comm), fl_format_size(s->allocated_bytes.current, live, sizeof live),
                 fl_format_size(s->reserved_bytes.current, res, sizeof res),
                 fl_format_size(s->reserved_bytes.peak, peak, sizeof peak),
                 fl_format_size(s->largest_free, largest, sizeof largest), 100.0 * s->external_fragmentation,
@@ -271,6 +344,10 @@ static int frame(const char *dir, nvml *nv, char **text, size_t *len)
         return -1;
     }
     top_rows rows = {0};
+    /* However many records stay busy (a writer killed mid-update, or files whose owner
+     * wrote an odd sequence number), the frame waits for them this long in all. */
+    uint64_t deadline = fl_now_ns() + FRAME_WAIT_NS;
+    char e1[1024], e2[1024];
     struct dirent *de;
     while ((de = readdir(d))) {
         const char *name = de->d_name;
@@ -282,10 +359,10 @@ static int frame(const char *dir, nvml *nv, char **text, size_t *len)
             continue;
         char path[4096];
         if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path) {
-            fprintf(notes, "skipped %s/%s: path too long\n", dir, name);
+            fprintf(notes, "skipped %s/%s: path too long\n", esc(dir, e1, sizeof e1), esc(name, e2, sizeof e2));
             continue;
         }
-        read_one(path, &rows, notes);
+        read_one(path, deadline, &rows, notes);
     }
     closedir(d);
     if (rows.n > 1)
@@ -296,12 +373,13 @@ static int frame(const char *dir, nvml *nv, char **text, size_t *len)
     char clock[16] = "";
     if (localtime_r(&t, &tm))
         strftime(clock, sizeof clock, "%H:%M:%S", &tm);
-    fprintf(out, "fragless top  %s  %zu allocator%s  %s\n", dir, rows.n, rows.n == 1 ? "" : "s", clock);
+    fprintf(out, "fragless top  %s  %zu allocator%s  %s\n", esc(dir, e1, sizeof e1), rows.n, rows.n == 1 ? "" : "s",
+            clock);
     nvml_lines(nv, out);
     if (rows.n)
         print_rows(&rows, out);
     else
-        fprintf(out, "no process is publishing in %s\n", dir);
+        fprintf(out, "no process is publishing in %s\n", e1);
     fclose(notes);
     if (note_len)
         fwrite(note_text, 1, note_len, out);

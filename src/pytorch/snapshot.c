@@ -3,6 +3,8 @@
  * recording began, and counts what it skipped. */
 #include "pytorch/snapshot.h"
 
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -43,6 +45,9 @@ typedef struct conv {
     size_t n_synth_freed, cap_synth_freed;
     fl_map addrs;           /* address -> ADDR_LIVE / ADDR_DEAD as the trace is run */
     uint64_t live_at_end;   /* traced allocations never freed */
+    uint64_t budget;        /* trace entries and segment blocks still allowed (see spend) */
+    uint64_t budget_total;
+    size_t doc_bytes;
 } conv;
 
 enum { ADDR_LIVE = 1, ADDR_DEAD = 2 };
@@ -63,6 +68,35 @@ static fl_status push_event(fl_event **v, size_t *n, size_t *cap, const fl_event
     return FL_OK;
 }
 
+/* The conversion's budget. The memo makes the parsed pickle a graph: one blocks list can
+ * be listed by every segment, one entry by a trace 10^8 times, so what the conversion
+ * visits (and the events it makes, at most two per entry or block) is not bounded by the
+ * document's size. It gets FL_SNAPSHOT_BUDGET_MIN plus one entry or block per
+ * FL_SNAPSHOT_BYTES_PER_ITEM bytes of the parsed document: real snapshots spend 560 to 800
+ * arena bytes per entry or block with stacks, ~265 without (measured), so only sharing
+ * reaches it. A visit costs at most ~250 bytes (its entry record, address map slots, up
+ * to three copies of an event), so a hostile pickle costs at most ~4x its parsed
+ * document here. Frames (stack traces) are never visited. */
+static fl_status spend(conv *c, uint64_t n, const char *where_fmt, ...) FL_PRINTF(3, 4);
+static fl_status spend(conv *c, uint64_t n, const char *where_fmt, ...)
+{
+    if (n <= c->budget) {
+        c->budget -= n;
+        return FL_OK;
+    }
+    char where[256];
+    va_list ap;
+    va_start(ap, where_fmt);
+    vsnprintf(where, sizeof where, where_fmt, ap);
+    va_end(ap);
+    return fl_fail(FL_ERR_PARSE,
+                   "%s: over the conversion budget of %llu trace entries and segment blocks (%d plus one per %d "
+                   "bytes of the parsed pickle, %zu bytes): objects listed many times through pickle memo "
+                   "references (one blocks list in every segment?) would expand without bound; not converted",
+                   where, (unsigned long long)c->budget_total, FL_SNAPSHOT_BUDGET_MIN, FL_SNAPSHOT_BYTES_PER_ITEM,
+                   c->doc_bytes);
+}
+
 static int action_of(const fl_pk *a)
 {
     for (int k = 0; k < A_UNKNOWN; k++)
@@ -81,6 +115,9 @@ static fl_status read_entries(conv *c, const fl_pk *trace)
     if (n > UINT32_MAX - 1)
         return fl_fail(FL_ERR_PARSE, "%s: device_traces[%d] has %zu entries, more than a trace can number",
                        c->path, c->device, n);
+    fl_status s0 = spend(c, n, "%s: device_traces[%d] (%zu entries)", c->path, c->device, n);
+    if (s0 != FL_OK)
+        return s0;
     c->recs = malloc((n ? n : 1) * sizeof *c->recs);
     if (!c->recs)
         return fl_fail(FL_ERR_NOMEM, "%s: no host memory for %zu trace entries", c->path, n);
@@ -153,6 +190,9 @@ static fl_status read_entries(conv *c, const fl_pk *trace)
     return FL_OK;
 }
 
+/* Byte counts for summaries only: they stop at 2^64 - 1 rather than wrap. */
+static uint64_t sat_add(uint64_t a, uint64_t b) { return a + b < a ? UINT64_MAX : a + b; }
+
 /* ---- the trace as recorded: which frees are of blocks allocated before it ------------- */
 
 /* (a): a free of an address the trace never allocated: the block was alive before
@@ -165,7 +205,7 @@ static fl_status reconstruct_freed(conv *c, const rec *r)
                              c->path, c->device, r->index, (unsigned long long)r->addr);
     fl_event e = {.ptr = r->addr, .size = r->size, .stream = r->stream, .line = r->index + 1,
                   .kind = FL_EV_ALLOC};
-    c->info->synth_freed_bytes += r->size;
+    c->info->synth_freed_bytes = sat_add(c->info->synth_freed_bytes, r->size);
     return push_event(&c->synth_freed, &c->n_synth_freed, &c->cap_synth_freed, &e);
 }
 
@@ -220,7 +260,8 @@ static fl_status read_segments(conv *c, const fl_pk *segments, int free_action)
             return s;
         if (dev != c->device)
             continue;
-        if ((s = fl_pk_want_uint(seg, "address", &addr, WHERE_SEG)) != FL_OK ||
+        if ((s = spend(c, fl_pk_len(fl_pk_dict_get(seg, "blocks")), WHERE_SEG)) != FL_OK ||
+            (s = fl_pk_want_uint(seg, "address", &addr, WHERE_SEG)) != FL_OK ||
             (s = fl_pk_want_uint(seg, "total_size", &total, WHERE_SEG)) != FL_OK ||
             (s = fl_pk_opt_uint(seg, "allocated_size", &allocated, WHERE_SEG)) != FL_OK ||
             (s = fl_pk_want_int(seg, "stream", &stream, WHERE_SEG)) != FL_OK ||
@@ -229,8 +270,12 @@ static fl_status read_segments(conv *c, const fl_pk *segments, int free_action)
             return s;
         info->n_segments++;
         info->n_expandable_segments += expandable != 0;
-        info->reserved_bytes += total;
-        info->allocated_bytes += allocated;
+        /* What PyTorch held: the doctor's capacity is built on it, so a sum that would
+         * wrap (a hostile file) is an error rather than a small number. */
+        if (__builtin_add_overflow(info->reserved_bytes, total, &info->reserved_bytes) ||
+            __builtin_add_overflow(info->allocated_bytes, allocated, &info->allocated_bytes))
+            return fl_fail(FL_ERR_PARSE, "%s: segments[%zu]: the segments' total_size (or allocated_size) add up "
+                                         "to more than 2^64 bytes", c->path, si);
         for (size_t bi = 0; bi < fl_pk_len(blocks); bi++) {
             const fl_pk *b = fl_pk_item(blocks, bi);
             uint64_t size, requested = 0, baddr = addr;
@@ -269,7 +314,7 @@ static fl_status read_segments(conv *c, const fl_pk *segments, int free_action)
             fl_event e = {.ptr = baddr, .size = bytes, .stream = (uint64_t)stream, .kind = FL_EV_ALLOC};
             if ((s = push_event(&c->synth_live, &c->n_synth_live, &c->cap_synth_live, &e)) != FL_OK)
                 return s;
-            info->synth_live_bytes += bytes;
+            info->synth_live_bytes = sat_add(info->synth_live_bytes, bytes);
         }
     }
     info->n_synth_live = c->n_synth_live;
@@ -417,7 +462,8 @@ fl_status fl_snapshot_to_trace(const fl_pk_doc *doc, const char *path, int devic
     fl_trace_init(out, path);
     if (!out->path)
         return fl_fail(FL_ERR_NOMEM, "%s: no host memory", path);
-    conv c = {.path = path, .device = device, .info = info, .out = out};
+    conv c = {.path = path, .device = device, .info = info, .out = out, .doc_bytes = fl_pk_doc_bytes(doc)};
+    c.budget = c.budget_total = FL_SNAPSHOT_BUDGET_MIN + c.doc_bytes / FL_SNAPSHOT_BYTES_PER_ITEM;
     fl_status s = convert(&c, fl_pk_doc_root(doc));
     free(c.recs);
     free(c.synth_live);
@@ -439,6 +485,15 @@ fl_status fl_trace_read_snapshot(const char *path, int device, fl_trace *out, fl
     s = fl_snapshot_to_trace(doc, path, device, out, info);
     fl_pickle_free(doc);
     return s;
+}
+
+fl_status fl_snapshot_oom_capacity(const fl_snapshot_info *info, const char *name, uint64_t *out)
+{
+    if (__builtin_add_overflow(info->reserved_bytes, info->oom_device_free, out))
+        return fl_fail(FL_ERR_PARSE, "%s: reserved at dump (%llu bytes) plus the oom event's device_free (%llu) "
+                                     "is more than 2^64 bytes: not a device's capacity",
+                       name, (unsigned long long)info->reserved_bytes, (unsigned long long)info->oom_device_free);
+    return FL_OK;
 }
 
 void fl_snapshot_config(const fl_snapshot_info *info, fl_config *cfg)

@@ -85,11 +85,23 @@ fl_status fl_snapshot_to_trace(const fl_pk_doc *doc, const char *path, int devic
 /* Reads the file (the pickle reader, FL_SNAPSHOT_MAX_BYTES of memory at most: parsing
  * takes about 3.5x the file's size, so snapshots up to ~1 GB) and converts it. */
 #define FL_SNAPSHOT_MAX_BYTES ((size_t)4 << 30)
+/* The conversion visits at most FL_SNAPSHOT_BUDGET_MIN + (parsed bytes) /
+ * FL_SNAPSHOT_BYTES_PER_ITEM trace entries and segment blocks, and makes at most two
+ * events per visit: a pickle whose memo lists one object many times (one blocks list in
+ * 100,000 segments) is refused with FL_ERR_PARSE naming the budget, instead of expanding
+ * to billions of events. */
+#define FL_SNAPSHOT_BUDGET_MIN 65536
+#define FL_SNAPSHOT_BYTES_PER_ITEM 64
 /* The allocator settings the snapshot recorded, as our config: cca, or cca-expandable
  * when expandable_segments was on, with max_split_size, the GC threshold and the
  * roundup divisions. */
 void fl_snapshot_config(const fl_snapshot_info *info, fl_config *cfg);
 
 fl_status fl_trace_read_snapshot(const char *path, int device, fl_trace *out, fl_snapshot_info *info);
+
+/* The device's capacity when a snapshot was dumped at an out-of-memory (info->oom_entry
+ * >= 0): what the segments held plus the oom event's device_free. FL_ERR_PARSE (naming
+ * name) when that passes 2^64 bytes. */
+fl_status fl_snapshot_oom_capacity(const fl_snapshot_info *info, const char *name, uint64_t *out);
 
 #endif

@@ -113,9 +113,19 @@ fl_status fl_measure_run(const fl_prepared *p, const fl_replay_opts *o, uint64_t
                          fl_measure *m);
 void fl_measure_free(fl_measure *m);
 
-/* Reads a trace and prepares it: an RMM CSV log, or a PyTorch memory snapshot (a file
- * that starts with a pickle's protocol byte: device 0 is read). Warnings go to `warn`
- * (may be NULL). */
+/* What an input file holds, by one rule for every command: a PyTorch memory snapshot
+ * (a pickle: PROTO 0x80 first, or protocol 0/1: '(' '}' ']' or ')' first and STOP '.'
+ * last), a fragless state snapshot (JSON: '{' first after white space), else an RMM CSV
+ * log (text: the CSV reader says what is wrong with it). FL_ERR_PARSE "PATH: empty file"
+ * (0 bytes, or white space only), "PATH: not a trace or snapshot: it starts with ..."
+ * (bytes no text file holds); FL_ERR_IO when it cannot be read. */
+typedef enum fl_input_kind { FL_INPUT_CSV, FL_INPUT_PICKLE, FL_INPUT_STATE } fl_input_kind;
+fl_status fl_input_detect(const char *path, fl_input_kind *kind);
+
+/* Reads a trace and prepares it (src/replay/input.c): an RMM CSV log, or a PyTorch memory
+ * snapshot (device 0 is read), as fl_input_detect says. A state snapshot, or a trace with
+ * no events (a header alone, a snapshot whose device recorded nothing), is FL_ERR_PARSE:
+ * there is nothing to replay. Warnings go to `warn` (may be NULL). */
 fl_status fl_load_trace(const char *path, FILE *warn, fl_prepared **out);
 /* The same with the snapshot's device and what the conversion found (info->n_devices
  * is 0 for a CSV trace). */

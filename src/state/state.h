@@ -81,10 +81,6 @@ fl_status fl_state_parse(const char *text, size_t n, const char *name, fl_state 
 fl_status fl_state_read(const char *path, fl_state *out);
 void fl_state_free(fl_state *s);
 
-/* 1 when the file's first byte that is not white space is '{' (a state snapshot, not a
- * CSV trace or a pickle); 0 otherwise, and when it cannot be read. */
-int fl_state_sniff(const char *path);
-
 /* Whether the file had a statistic, by its key as fl_stats_json writes it:
  * "allocated_bytes.all.current", "num_ooms", "fragless.cached_bytes",
  * "fragless.device_calls.map". 0 for keys this reader does not know. */

@@ -428,18 +428,6 @@ void fl_state_free(fl_state *s)
     memset(s, 0, sizeof *s);
 }
 
-int fl_state_sniff(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return 0;
-    int c;
-    while ((c = getc(f)) == ' ' || c == '\t' || c == '\n' || c == '\r')
-        ;
-    fclose(f);
-    return c == '{';
-}
-
 void fl_state_walk(const fl_state *s, const fl_state_visitor *v)
 {
     for (size_t i = 0; i < s->n_regions; i++) {

@@ -2,6 +2,7 @@
  * fast reader whose every error is "PATH:LINE: column X: 'text' problem", and the writer
  * whose output that reader reads back exactly. */
 #include "trace/trace.h"
+#include "util/file.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -604,12 +605,13 @@ fl_status fl_trace_write_csv_stream(FILE *f, const fl_trace *t)
 
 fl_status fl_trace_write_csv(const char *path, const fl_trace *t)
 {
-    FILE *f = fopen(path, "wb");
-    if (!f)
-        return fl_fail(FL_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
-    fl_status s = fl_trace_write_csv_stream(f, t);
-    /* fclose flushes: a full disk often shows only here. */
-    if (fclose(f) != 0 && s == FL_OK)
-        s = fl_fail(FL_ERR_IO, "%s: write error: %s", path, strerror(errno));
-    return s;
+    /* A new file renamed over path at the end (fl_create_file_safely): a link planted at
+     * path (in /tmp) is replaced, never followed, and a failed write leaves path as it was. */
+    fl_new_file nf;
+    if (fl_create_file_safely(path, FL_NEW_FILE_AT_CLOSE, &nf) != FL_OK)
+        return FL_ERR_IO;
+    fl_status s = fl_trace_write_csv_stream(nf.f, t);
+    /* Closing flushes: a full disk often shows only there. */
+    fl_status c = fl_new_file_close(&nf, s == FL_OK);
+    return s == FL_OK ? c : s;
 }

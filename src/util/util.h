@@ -46,7 +46,8 @@ static inline uint64_t fl_live_size(uint64_t size) { return fl_align_up(size, 51
 static inline uint64_t fl_align_down(uint64_t x, uint64_t a) { return x & ~(a - 1); }
 static inline bool fl_is_pow2(uint64_t x) { return x && !(x & (x - 1)); }
 static inline int fl_log2_floor(uint64_t x) { return 63 - __builtin_clzll(x); }
-static inline uint64_t fl_div_up(uint64_t x, uint64_t d) { return (x + d - 1) / d; }
+/* Written so that it never wraps: (x + d - 1) / d is 0 for x = 2^64 - 1. */
+static inline uint64_t fl_div_up(uint64_t x, uint64_t d) { return x / d + (x % d != 0); }
 
 /* Open-addressing hash map (linear probing, backward-shift deletion). Any key works: the
  * key UINT64_MAX marks empty slots, so it is kept in one extra entry past the table
