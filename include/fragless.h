@@ -211,6 +211,9 @@ typedef struct fl_allocator fl_allocator;
 /* The names of the available policies, NULL-terminated. */
 FL_API const char *const *fl_policy_names(void);
 
+/* One allocator per device: a second one on a device that has one is FL_ERR_INVALID
+ * (share the first: every call is thread safe). Safe across fork(): a child may allocate
+ * and free (it records no trace rows into the parent's file). */
 FL_API fl_status fl_allocator_create(const fl_config *cfg, fl_device *dev, fl_allocator **out);
 FL_API void fl_allocator_destroy(fl_allocator *a);
 
