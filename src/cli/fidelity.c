@@ -18,27 +18,37 @@ static const char fidelity_help[] =
     "\n"
     "exit codes: 0 done; 1 bad usage; 2 unreadable or malformed snapshot; 4 other error\n";
 
-int cli_fidelity(int argc, char **argv)
+int cli_fidelity_parse(int argc, char **argv, cli_fidelity_opts *o)
 {
-    int csv = 0, n = 0;
+    o->csv = o->n_snapshots = 0;
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             fputs(fidelity_help, stdout);
-            return CLI_EXIT_OK;
+            return CLI_HELP_SHOWN;
         }
         if (!strcmp(argv[i], "--format") && i + 1 < argc && (!strcmp(argv[i + 1], "csv") || !strcmp(argv[i + 1], "table"))) {
-            csv = !strcmp(argv[++i], "csv");
+            o->csv = !strcmp(argv[++i], "csv");
         } else if (argv[i][0] == '-') {
             fprintf(stderr, "fragless: fidelity: unknown or incomplete option '%s'\n\n%s", argv[i], fidelity_help);
             return CLI_EXIT_USAGE;
         } else {
-            n++;
+            o->n_snapshots++;
         }
     }
-    if (!n) {
+    if (!o->n_snapshots) {
         fprintf(stderr, "fragless: fidelity: no snapshot given\n\n%s", fidelity_help);
         return CLI_EXIT_USAGE;
     }
+    return 0;
+}
+
+int cli_fidelity(int argc, char **argv)
+{
+    cli_fidelity_opts fo;
+    int rc = cli_fidelity_parse(argc, argv, &fo);
+    if (rc)
+        return rc == CLI_HELP_SHOWN ? CLI_EXIT_OK : rc;
+    int csv = fo.csv;
     if (csv)
         printf("snapshot,policy,recorded_reserved,emulated_reserved,emulated_peak_reserved,diff\n");
     else

@@ -321,8 +321,9 @@ static void print_rows(const top_rows *rows, FILE *out)
     }
 }
 
-/* Builds one frame in memory (so a refresh is one write); -1 when DIR cannot be read. */
-static int frame(const char *dir, nvml *nv, char **text, size_t *len)
+/* Builds one frame in memory (so a refresh is one write); -1 when DIR cannot be read.
+ * wait_ns: how long the frame waits in all for records that stay busy. */
+static int frame(const char *dir, nvml *nv, uint64_t wait_ns, char **text, size_t *len)
 {
     DIR *d = opendir(dir);
     if (!d) {
@@ -346,7 +347,7 @@ static int frame(const char *dir, nvml *nv, char **text, size_t *len)
     top_rows rows = {0};
     /* However many records stay busy (a writer killed mid-update, or files whose owner
      * wrote an odd sequence number), the frame waits for them this long in all. */
-    uint64_t deadline = fl_now_ns() + FRAME_WAIT_NS;
+    uint64_t deadline = fl_now_ns() + wait_ns;
     char e1[1024], e2[1024];
     struct dirent *de;
     while ((de = readdir(d))) {
@@ -415,37 +416,55 @@ static void nap(double secs)
         ;
 }
 
-int cli_top(int argc, char **argv)
+int cli_top_parse(int argc, char **argv, cli_top_opts *o)
 {
-    int once = 0;
-    double interval = 1.0;
-    const char *dir = NULL;
+    o->once = 0;
+    o->interval = 1.0;
+    o->dir = NULL;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             fputs(top_help, stdout);
-            return CLI_EXIT_OK;
+            return CLI_HELP_SHOWN;
         } else if (!strcmp(a, "--once")) {
-            once = 1;
+            o->once = 1;
         } else if (!strcmp(a, "--interval") || !strcmp(a, "--dir")) {
             if (!v)
                 return top_usage("option '%s' needs a value", a);
             i++;
             if (a[2] == 'd') {
-                dir = v;
+                o->dir = v;
                 continue;
             }
             char *end;
             errno = 0;
-            interval = strtod(v, &end);
-            if (errno || end == v || *end || !(interval >= 0.1 && interval <= 3600))
+            o->interval = strtod(v, &end);
+            if (errno || end == v || *end || !(o->interval >= 0.1 && o->interval <= 3600))
                 return top_usage("--interval '%s': expected seconds from 0.1 to 3600", v);
         } else {
             return top_usage(a[0] == '-' ? "unknown option '%s'" : "unexpected argument '%s'", a);
         }
     }
-    if (!dir)
-        dir = fl_publish_dir();
+    return 0;
+}
+
+int cli_top_frame(const char *dir, uint64_t wait_ns, char **text, size_t *len)
+{
+    nvml none;
+    memset(&none, 0, sizeof none);
+    snprintf(none.why, sizeof none.why, "not asked for");
+    return frame(dir, &none, wait_ns, text, len);
+}
+
+int cli_top(int argc, char **argv)
+{
+    cli_top_opts o;
+    int rc = cli_top_parse(argc, argv, &o);
+    if (rc)
+        return rc == CLI_HELP_SHOWN ? CLI_EXIT_OK : rc;
+    int once = o.once;
+    double interval = o.interval;
+    const char *dir = o.dir ? o.dir : fl_publish_dir();
 
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -457,11 +476,10 @@ int cli_top(int argc, char **argv)
     nvml nv;
     nvml_open(&nv);
     int tty = isatty(STDOUT_FILENO);
-    int rc = CLI_EXIT_OK;
     for (int first = 1; !top_stop; first = 0) {
         char *text = NULL;
         size_t len = 0;
-        if (frame(dir, &nv, &text, &len) != 0) {
+        if (frame(dir, &nv, FRAME_WAIT_NS, &text, &len) != 0) {
             rc = CLI_EXIT_INPUT;
             break;
         }
