@@ -1,7 +1,6 @@
 /* `fragless fidelity`: how far the PyTorch emulation is from the real allocator. Each
  * snapshot is replayed under the allocator and knobs it recorded; the memory the
  * emulation holds at the end is compared with what the snapshot's segments hold. */
-#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -82,14 +81,22 @@ int cli_fidelity(int argc, char **argv)
             fl_prepared_free(p);
             return CLI_EXIT_ERROR;
         }
-        double diff = info.reserved_bytes ? (double)r.end_reserved / (double)info.reserved_bytes - 1.0 : NAN;
+        /* A snapshot whose segments hold nothing (none recorded, or all of 0 bytes) has no
+         * ratio to compare with: "-" in the table, an empty CSV field; never nan. */
+        char diff[32] = "";
+        if (info.reserved_bytes) {
+            double d = (double)r.end_reserved / (double)info.reserved_bytes - 1.0;
+            snprintf(diff, sizeof diff, csv ? "%.4f" : "%+7.2f%%", csv ? d : 100.0 * d);
+        } else if (!csv) {
+            snprintf(diff, sizeof diff, "-");
+        }
         if (csv)
-            printf("%s,%s,%llu,%llu,%llu,%.4f\n", p->name, o.cfg.policy, (unsigned long long)info.reserved_bytes,
+            printf("%s,%s,%llu,%llu,%llu,%s\n", p->name, o.cfg.policy, (unsigned long long)info.reserved_bytes,
                    (unsigned long long)r.end_reserved, (unsigned long long)r.peak_reserved, diff);
         else
-            printf("%-32s %-15s %14.3f %14.3f %14.3f %+7.2f%%\n", p->name, o.cfg.policy,
+            printf("%-32s %-15s %14.3f %14.3f %14.3f %8s\n", p->name, o.cfg.policy,
                    (double)info.reserved_bytes / (double)FL_GiB, (double)r.end_reserved / (double)FL_GiB,
-                   (double)r.peak_reserved / (double)FL_GiB, 100.0 * diff);
+                   (double)r.peak_reserved / (double)FL_GiB, diff);
         fl_replay_result_free(&r);
         fl_prepared_free(p);
     }
