@@ -71,6 +71,12 @@ static const char *esc(const char *in, char *out, size_t n)
             ok = (p[k] & 0xc0) == 0x80;
         if (ok && len == 2 && c == 0xc2 && p[1] < 0xa0)
             ok = 0; /* U+0080..U+009F: C1 controls (CSI among them) */
+        /* Overlong forms (E0 80..9F, F0 80..8F: an ESC or CSI in disguise for a lax
+         * decoder), surrogates (ED A0..BF) and code points past U+10FFFF (F4 90..) are no
+         * UTF-8 (RFC 3629). */
+        if (ok && ((c == 0xe0 && p[1] < 0xa0) || (c == 0xed && p[1] > 0x9f) || (c == 0xf0 && p[1] < 0x90) ||
+                   (c == 0xf4 && p[1] > 0x8f)))
+            ok = 0;
         if (ok && len == 1 && (c < 0x20 || c == 0x7f))
             ok = 0;
         if (ok) {
@@ -295,6 +301,30 @@ static void clean_temp(const char *dir, const char *name)
         unlink(path);
 }
 
+/* The first `width` characters of UTF-8 text (as esc makes it), padded with spaces to
+ * `width`: printf's "%-15.15s" counts bytes, and cut a character in two (invalid UTF-8
+ * on the terminal) and misaligned the columns after names that are not ASCII. */
+static const char *fit(const char *s, int width, char *out, size_t n)
+{
+    size_t o = 0;
+    int chars = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p && chars < width;) {
+        size_t len = 1;
+        while ((p[len] & 0xc0) == 0x80)
+            len++;
+        if (o + len + (size_t)(width - chars) >= n)
+            break;
+        memcpy(out + o, p, len);
+        o += len;
+        p += len;
+        chars++;
+    }
+    for (; chars < width && o + 1 < n; chars++)
+        out[o++] = ' ';
+    out[o] = 0;
+    return out;
+}
+
 static void print_rows(const top_rows *rows, FILE *out)
 {
     uint64_t now = realtime_ns();
@@ -311,9 +341,10 @@ static void print_rows(const top_rows *rows, FILE *out)
             snprintf(age, sizeof age, "%.0fm", secs / 60);
         else
             snprintf(age, sizeof age, "%.0fh", secs / 3600);
-        char comm[sizeof e->comm * 4 + 1];
-        fprintf(out, "%8llu %3d %-15.15s %10s %10s %10s %12s %7.1f%% %6llu %6s\n", (unsigned long long)e->pid,
-                e->device, esc(e->comm, comm, sizeof comm), fl_format_size(s->allocated_bytes.current, live, sizeof live),
+        char comm[sizeof e->comm * 4 + 1], shown[sizeof comm + 16];
+        fprintf(out, "%8llu %3d %s %10s %10s %10s %12s %7.1f%% %6llu %6s\n", (unsigned long long)e->pid, e->device,
+                fit(esc(e->comm, comm, sizeof comm), 15, shown, sizeof shown),
+                fl_format_size(s->allocated_bytes.current, live, sizeof live),
                 fl_format_size(s->reserved_bytes.current, res, sizeof res),
                 fl_format_size(s->reserved_bytes.peak, peak, sizeof peak),
                 fl_format_size(s->largest_free, largest, sizeof largest), 100.0 * s->external_fragmentation,
