@@ -128,7 +128,8 @@ static int doctor(const char *path, uint8_t opt, const char *capacity, int loade
     return rc;
 }
 
-static int fidelity(const char *path, uint8_t opt, printed *p)
+/* snapshot: the input loads as a PyTorch snapshot, so the command must succeed. */
+static int fidelity(const char *path, uint8_t opt, int snapshot, printed *p)
 {
     char *argv[4] = {(char *)path, NULL, NULL, NULL};
     int argc = 1;
@@ -141,6 +142,7 @@ static int fidelity(const char *path, uint8_t opt, printed *p)
     fz_unmute(&p->out, &p->out_len, &p->err, &p->err_len);
     FZ_CHECK(rc == CLI_EXIT_OK || rc == CLI_EXIT_INPUT || rc == CLI_EXIT_USAGE, "fidelity exit %d: %s", rc, p->err);
     FZ_CHECK(rc == CLI_EXIT_OK || p->err_len > 0, "fidelity failed without a message");
+    FZ_CHECK(!snapshot || rc == CLI_EXIT_OK, "fidelity failed on a snapshot that loads: %s", p->err);
     const char *bad = non_finite(p->out);
     FZ_CHECK(!bad, "fidelity printed a figure that is not a number: '%.60s'", bad);
     return rc;
@@ -226,7 +228,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     printed p;
     doctor(path, opt, capacity, loaded, &p);
     free_printed(&p);
-    fidelity(path, opt, &p);
+    fidelity(path, opt, loaded && info.n_devices, &p);
     free_printed(&p);
     report(path, opt, capacity, loaded, &p);
     free_printed(&p);
