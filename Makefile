@@ -4,7 +4,7 @@ CC ?= cc
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 
-.PHONY: all build run test bench clean test-asan test-tsan fuzz
+.PHONY: all build run test bench clean test-asan test-tsan fuzz install
 
 all: build
 
@@ -36,6 +36,11 @@ bench: $(BUILD)/CMakeCache.txt
 	cmake --build $(BUILD) -j $(JOBS) --target fl_bench fragless
 	./$(BUILD)/fl_bench $(BENCH_TRACES)
 	./$(BUILD)/fragless compare $(COMPARE_TRACES) --capacity 1.05x
+
+# The C library, headers, CLI, pkg-config file and CMake package under PREFIX.
+PREFIX ?= /usr/local
+install: build
+	cmake --install $(BUILD) --prefix $(PREFIX)
 
 clean:
 	rm -rf $(BUILD)

@@ -28,6 +28,17 @@ extern "C" {
 #endif
 
 /* ---------------------------------------------------------------------------------
+ * Version: the header's macros say what a program was built against, fl_version() what
+ * it runs with (the Python package's fragless.__version__ is the same string).
+ * --------------------------------------------------------------------------------- */
+#define FL_VERSION_MAJOR 0
+#define FL_VERSION_MINOR 2
+#define FL_VERSION_PATCH 0
+#define FL_VERSION_STRING "0.2.0"
+/* "MAJOR.MINOR.PATCH" of the library. */
+FL_API const char *fl_version(void);
+
+/* ---------------------------------------------------------------------------------
  * Status codes and errors
  * --------------------------------------------------------------------------------- */
 typedef enum fl_status {

@@ -9,7 +9,26 @@ import ctypes.util
 import json
 import os
 
-__all__ = ["library_path", "stats", "memory_summary", "reset_peak_stats", "snapshot", "empty_cache",
+def _read_version():
+    """The C library's version: fixed in a built package (_version.py), else read from
+    the checkout's include/fragless.h."""
+    try:
+        from fragless._version import __version__ as v
+        return v
+    except ImportError:
+        import re
+        header = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "include", "fragless.h")
+        try:
+            with open(header) as f:
+                m = re.search(r'#define FL_VERSION_STRING "([0-9.]+)"', f.read())
+            return m.group(1) if m else "unknown"
+        except OSError:
+            return "unknown"
+
+
+__version__ = _read_version()
+
+__all__ = ["__version__", "library_path", "stats", "memory_summary", "reset_peak_stats", "snapshot", "empty_cache",
            "set_memory_fraction", "FraglessError"]
 
 

@@ -109,7 +109,7 @@ static void flush_at_exit(void)
     pthread_mutex_lock(&registry_lock);
     for (fl_allocator *a = registry; a; a = a->next_live) {
         fl_lock_acquire(&a->lock);
-        fl_recorder_flush(a->rec);
+        fl_recorder_stop(a->rec); /* no write may be under way when the process ends */
         fl_lock_release(&a->lock);
     }
     pthread_mutex_unlock(&registry_lock);

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +14,9 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <time.h>
+
+#include "allocator/allocator.h"
 #include "trace/trace.h"
 
 #define BUF_SIZE (64 * 1024)
@@ -20,6 +24,7 @@
 struct fl_recorder {
     int fd;
     int failed;              /* a write failed: said once, then rows are dropped */
+    int stopped;             /* fl_recorder_stop: rows are dropped (the process exits) */
     char path[PATH_MAX];
     fl_map streams;          /* live block -> its stream (free rows carry it, as RMM's do) */
     uint64_t t0, flushed_ns;
@@ -27,10 +32,50 @@ struct fl_recorder {
     char buf[BUF_SIZE];
 };
 
-/* Opens path for this process's trace: a regular file is created or, when no other
- * process has it locked, replaced; a file of another user, or a symbolic link, is
- * refused (trace paths often sit in /tmp, where anyone may plant either). Other kinds
- * of file (/dev/null, a FIFO) are written as they are. *busy: another process holds it. */
+/* Files this process has recorded to (device, inode): written since it started, but its
+ * own, so a later recorder of the same process replaces them. */
+#define OWN_FILES 64
+static pthread_mutex_t own_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct { dev_t dev; ino_t ino; } own[OWN_FILES];
+static unsigned n_own;
+
+static int is_own(const struct stat *st)
+{
+    pthread_mutex_lock(&own_lock);
+    int found = 0;
+    for (unsigned i = 0; i < n_own && i < OWN_FILES && !found; i++)
+        found = own[i].dev == st->st_dev && own[i].ino == st->st_ino;
+    pthread_mutex_unlock(&own_lock);
+    return found;
+}
+
+static void add_own(const struct stat *st)
+{
+    pthread_mutex_lock(&own_lock);
+    own[n_own++ % OWN_FILES].dev = st->st_dev; /* the oldest entries go first */
+    own[(n_own - 1) % OWN_FILES].ino = st->st_ino;
+    pthread_mutex_unlock(&own_lock);
+}
+
+/* When this process started, in CLOCK_REALTIME seconds (0 when /proc cannot say):
+ * /proc/self/stat's start time counts clock ticks since boot. */
+static double process_start(void)
+{
+    uint64_t ticks = fl_proc_start_time((uint64_t)getpid());
+    long hz = sysconf(_SC_CLK_TCK);
+    struct timespec boot, real;
+    if (!ticks || hz <= 0 || clock_gettime(CLOCK_BOOTTIME, &boot) != 0 || clock_gettime(CLOCK_REALTIME, &real) != 0)
+        return 0;
+    double since_start = (double)boot.tv_sec + boot.tv_nsec * 1e-9 - (double)ticks / (double)hz;
+    return (double)real.tv_sec + real.tv_nsec * 1e-9 - since_start;
+}
+
+/* Opens path for this process's trace: a regular file is created or, when it is stale,
+ * replaced; a file of another user, or a symbolic link, is refused (trace paths often sit
+ * in /tmp, where anyone may plant either). Other kinds of file (/dev/null, a FIFO) are
+ * written as they are. *busy: the file is another process's of this job: locked by a live
+ * recorder, or written since this process started (a sibling that already finished: its
+ * rows are kept). A file last written before this process started is an earlier run's. */
 static fl_status open_locked(const char *path, int *fd_out, int *busy)
 {
     *busy = 0;
@@ -60,11 +105,19 @@ static fl_status open_locked(const char *path, int *fd_out, int *busy)
             }
             return fl_fail(FL_ERR_IO, "trace:%s: cannot lock: %s", path, strerror(e));
         }
+        /* One clock tick (10 ms) of slack on the side of keeping the file. */
+        double start = process_start(), written = (double)st.st_mtim.tv_sec + st.st_mtim.tv_nsec * 1e-9;
+        if (st.st_size > 0 && start > 0 && written >= start - 0.02 && !is_own(&st)) {
+            close(fd); /* drops the lock */
+            *busy = 1;
+            return FL_OK;
+        }
         if (ftruncate(fd, 0) != 0) {
             int e = errno;
             close(fd);
             return fl_fail(FL_ERR_IO, "trace:%s: cannot truncate: %s", path, strerror(e));
         }
+        add_own(&st);
     }
     /* Blocking writes from here on (O_NONBLOCK only kept open() off a FIFO's wait). */
     int fl = fcntl(fd, F_GETFL);
@@ -127,6 +180,14 @@ fl_status fl_recorder_open(const char *path, fl_recorder **out)
     return FL_OK;
 }
 
+void fl_recorder_stop(fl_recorder *r)
+{
+    if (!r)
+        return;
+    fl_recorder_flush(r);
+    r->stopped = 1;
+}
+
 void fl_recorder_flush(fl_recorder *r)
 {
     if (!r || !r->len)
@@ -140,6 +201,8 @@ void fl_recorder_flush(fl_recorder *r)
 
 static void row(fl_recorder *r, int kind, uint64_t ptr, uint64_t size, uint64_t stream)
 {
+    if (FL_UNLIKELY(r->stopped))
+        return;
     uint64_t now = fl_now_ns();
     fl_event e = {0};
     e.kind = (uint8_t)kind;

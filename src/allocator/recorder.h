@@ -11,8 +11,9 @@
  *
  * One file per process: the file is locked (flock) while its recorder is open. A second
  * process given the same path (several processes under one `fragless run --trace`, with
- * no %p in the path) finds it locked and writes PATH.PID instead, saying so on stderr;
- * a stale file from an earlier run is not locked and is replaced. A forked child stops
+ * no %p in the path) finds it locked, or written since it started, and writes PATH.PID
+ * instead, saying so on stderr; a file last written before the process started is an
+ * earlier run's and is replaced. A forked child stops
  * recording (fl_recorder_forget): its rows would interleave with the parent's. */
 #ifndef FL_RECORDER_H
 #define FL_RECORDER_H
@@ -34,6 +35,9 @@ void fl_recorder_alloc(fl_recorder *r, int ok, uint64_t ptr, uint64_t size, uint
 void fl_recorder_free(fl_recorder *r, uint64_t ptr, uint64_t size);
 /* Writes the buffered rows (whole lines). */
 void fl_recorder_flush(fl_recorder *r);
+/* At exit: flushes and drops every later row, so that no write is under way when the
+ * process ends (an exit cuts a write in flight). NULL is ignored. */
+void fl_recorder_stop(fl_recorder *r);
 /* Flushes, unlocks and closes; NULL is ignored. */
 void fl_recorder_close(fl_recorder *r);
 /* In a forked child: drops the buffered rows (the parent writes them) and closes the

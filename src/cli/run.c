@@ -44,8 +44,10 @@ static int run_usage(const char *fmt, const char *arg)
     return CLI_EXIT_USAGE;
 }
 
-/* The preload library's absolute path: $FRAGLESS_PRELOAD, else beside this executable.
- * Absolute because the command may change directory before starting its own children. */
+/* The preload library's absolute path: $FRAGLESS_PRELOAD, else beside this executable
+ * (a build tree), else in the installed library folder (FL_RUN_LIBDIR: PREFIX/bin's
+ * ../lib). Absolute because the command may change directory before starting its own
+ * children. */
 static int find_preload(char *out)
 {
     const char *env = getenv("FRAGLESS_PRELOAD");
@@ -68,6 +70,13 @@ static int find_preload(char *out)
             fprintf(stderr, "fragless run: the path of " PRELOAD_NAME " beside %s is too long\n", exe);
             return -1;
         }
+#ifdef FL_RUN_LIBDIR
+        char installed[PATH_MAX];
+        if (access(guess, F_OK) != 0 &&
+            snprintf(installed, sizeof installed, "%s/../" FL_RUN_LIBDIR "/" PRELOAD_NAME, exe) < (int)sizeof installed &&
+            access(installed, F_OK) == 0)
+            snprintf(guess, sizeof guess, "%s", installed);
+#endif
     }
     struct stat st;
     const char *why = NULL;

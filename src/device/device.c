@@ -33,7 +33,7 @@ static fl_status over_limit(const fl_device *d, uint64_t size)
 {
     char asked[32], held[32], lim[32];
     return fl_fail(FL_ERR_OOM, "limit %s reached: holding %s, asked %s more",
-                   fl_format_size(d->limit, lim, sizeof lim), fl_format_size(d->counters.in_use, held, sizeof held),
+                   fl_format_size(fl_dev_limit(d), lim, sizeof lim), fl_format_size(d->counters.in_use, held, sizeof held),
                    fl_format_size(size, asked, sizeof asked));
 }
 
@@ -62,7 +62,7 @@ static fl_status injected(const fl_device *d, fl_call c)
 
 fl_status fl_dev_mem_alloc(fl_device *d, uint64_t size, uint64_t *addr)
 {
-    if (d->limit && d->limit < d->capacity && size > fl_dev_room(d))
+    if (d->limit && size > fl_dev_room(d))
         return over_limit(d, size);
     INJECT(d, FL_CALL_MEM_ALLOC);
     uint64_t before = d->counters.in_use;
@@ -88,7 +88,7 @@ fl_status fl_dev_addr_free(fl_device *d, uint64_t va, uint64_t size)
 }
 fl_status fl_dev_create(fl_device *d, uint64_t size, uint64_t *handle)
 {
-    if (d->limit && d->limit < d->capacity && size > fl_dev_room(d))
+    if (d->limit && size > fl_dev_room(d))
         return over_limit(d, size);
     INJECT(d, FL_CALL_CREATE);
     uint64_t before = d->counters.in_use;

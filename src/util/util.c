@@ -9,6 +9,12 @@
 
 static _Thread_local char last_error[2048];
 
+const char *fl_version(void)
+{
+    /* The library's own, whatever header a program was compiled with. */
+    return FL_VERSION_STRING;
+}
+
 const char *fl_status_str(fl_status s)
 {
     switch (s) {

@@ -71,8 +71,10 @@ asan)
     # - test_python: the interpreter is not sanitized either; it runs below, separately,
     #   with the ASan runtime preloaded (leak detection off: the interpreter's own
     #   allocations at exit are not ours).
+    # - test_install, test_pip_install: they build programs and packages against the
+    #   (sanitized) library with plain compilers; they test packaging, not memory.
     rc=0
-    (cd "$dir" && ctest --output-on-failure -j "$JOBS" -E '^(test_preload|test_python)$') || rc=1
+    (cd "$dir" && ctest --output-on-failure -j "$JOBS" -E '^(test_preload|test_python|test_install|test_pip_install)$') || rc=1
     if (cd "$dir" && ctest -N -R '^test_python$' | grep -q 'Total Tests: 1'); then
         rt=$("$CC_SAN" -print-file-name=libclang_rt.asan-x86_64.so)
         if [ -f "$rt" ]; then
