@@ -32,6 +32,8 @@ static struct {
 #undef FAKE_POINTER
     unsigned long long (*fakecuda_calls)(const char *fn);
     void (*fakecuda_fail_call)(const char *fn, unsigned long long n, CUresult err);
+    size_t (*fakecuda_used)(int dev);
+    int (*fakecuda_ctx_depth)(void);
 } fake;
 
 static void resolve(void *lib, const char *name, void *slot)
@@ -52,6 +54,8 @@ static void load_fake(void)
 #undef FAKE_RESOLVE
     resolve(lib, "fakecuda_calls", &fake.fakecuda_calls);
     resolve(lib, "fakecuda_fail_call", &fake.fakecuda_fail_call);
+    resolve(lib, "fakecuda_used", &fake.fakecuda_used);
+    resolve(lib, "fakecuda_ctx_depth", &fake.fakecuda_ctx_depth);
 }
 
 static CUcontext current_ctx(void)
@@ -61,13 +65,31 @@ static CUcontext current_ctx(void)
     return c;
 }
 
+/* The test's own driver calls need a context, as a program's do: device dev's primary
+ * one, retained and pushed, as the runtime makes it current; program_leave undoes it. */
+static CUcontext program_enter(int dev)
+{
+    CUcontext c = NULL;
+    CHECK(fake.cuInit(0) == CUDA_SUCCESS);
+    CHECK(fake.cuDevicePrimaryCtxRetain(&c, dev) == CUDA_SUCCESS);
+    CHECK(fake.cuCtxPushCurrent_v2(c) == CUDA_SUCCESS);
+    return c;
+}
+static void program_leave(int dev)
+{
+    CUcontext c = NULL;
+    CHECK(fake.cuCtxPopCurrent_v2(&c) == CUDA_SUCCESS);
+    CHECK(fake.cuDevicePrimaryCtxRelease_v2(dev) == CUDA_SUCCESS);
+}
+
 /* ---- helpers ------------------------------------------------------------------------ */
 
-static fl_device *make_dev(void)
+static fl_device *make_dev_on(int ordinal)
 {
     fl_cuda_params p;
     fl_cuda_params_default(&p);
     p.library = fake_path;
+    p.device = ordinal;
     fl_device *d = NULL;
     CHECK_OK(fl_cuda_device_create(&p, &d));
     if (!d) {
@@ -76,6 +98,8 @@ static fl_device *make_dev(void)
     }
     return d;
 }
+
+static fl_device *make_dev(void) { return make_dev_on(0); }
 
 
 /* A refused call: its status, a message naming `mention` (if given), one more failed call
@@ -139,7 +163,9 @@ static void test_create(void)
     memset(&prop, 0, sizeof prop);
     prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
     prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    program_enter(0);
     fake.cuMemGetAllocationGranularity(&gran, &prop, CU_MEM_ALLOC_GRANULARITY_RECOMMENDED);
+    program_leave(0);
     CHECK_EQ_U64(fl_device_capacity(d), 64 * MiB); /* FAKECUDA_CAPACITY of this case */
     CHECK_EQ_U64(fl_device_capacity(d), total);
     CHECK_EQ_U64(fl_device_granularity(d), gran);
@@ -149,25 +175,12 @@ static void test_create(void)
     fl_device_counters c = counters(d), zero;
     memset(&zero, 0, sizeof zero);
     CHECK(memcmp(&c, &zero, sizeof c) == 0); /* opening is not the policies' device time */
-    /* Nothing was current: the device retained the primary context and made it current. */
-    CUcontext ours = current_ctx();
-    CHECK(ours != NULL);
+    /* The device retained the primary context, and left nothing current. */
+    CHECK(current_ctx() == NULL);
+    CHECK_EQ_U64(fake.fakecuda_calls("cuDevicePrimaryCtxRetain"), 2); /* with program_enter's */
     fl_device_destroy(d);
-    CHECK(current_ctx() == NULL); /* and left the thread as it found it */
-    CHECK_EQ_U64(fake.fakecuda_calls("cuDevicePrimaryCtxRelease_v2"), 1);
-
-    /* A context already current is used as it is, and not released at destroy. */
-    CUcontext mine = NULL;
-    CHECK(fake.cuDevicePrimaryCtxRetain(&mine, 0) == CUDA_SUCCESS);
-    CHECK(fake.cuCtxSetCurrent(mine) == CUDA_SUCCESS);
-    unsigned long long retains = fake.fakecuda_calls("cuDevicePrimaryCtxRetain");
-    d = make_dev();
-    CHECK_EQ_U64(fake.fakecuda_calls("cuDevicePrimaryCtxRetain"), retains);
-    fl_device_destroy(d);
-    CHECK(current_ctx() == mine);
-    CHECK_EQ_U64(fake.fakecuda_calls("cuDevicePrimaryCtxRelease_v2"), 1);
-    CHECK(fake.cuCtxSetCurrent(NULL) == CUDA_SUCCESS);
-    CHECK(fake.cuDevicePrimaryCtxRelease_v2(0) == CUDA_SUCCESS);
+    CHECK(current_ctx() == NULL);
+    CHECK_EQ_U64(fake.fakecuda_calls("cuDevicePrimaryCtxRelease_v2"), 2);
 
     /* NULL params: the library comes from $FRAGLESS_CUDA_LIB. */
     setenv("FRAGLESS_CUDA_LIB", fake_path, 1);
@@ -300,30 +313,94 @@ static void test_ops(void)
     fl_device_destroy(d);
 }
 
-/* Calls from a thread that has no current context: the device makes its own current. */
+/* Calls from a thread that has no current context (an autograd worker): they work, in
+ * the device's context, and the thread still has none after them (the driver makes no
+ * context current on a new thread: CUDA_ERROR_INVALID_CONTEXT without ours). */
 static void *other_thread(void *arg)
 {
     fl_device *d = arg;
-    uint64_t a = 0;
+    uint64_t a = 0, va, h;
     CHECK(current_ctx() == NULL);
+    CHECK(fake.cuMemAlloc_v2(&(CUdeviceptr){0}, 4096) == CUDA_ERROR_INVALID_CONTEXT);
     CHECK_OK(fl_dev_mem_alloc(d, 4096, &a));
-    CHECK(current_ctx() != NULL);
+    CHECK(current_ctx() == NULL && fake.fakecuda_ctx_depth() == 0);
+    CHECK_OK(fl_dev_reserve(d, 2 * MiB, &va));
+    CHECK_OK(fl_dev_create(d, 2 * MiB, &h));
+    CHECK_OK(fl_dev_map(d, va, 2 * MiB, h));
+    CHECK_OK(fl_dev_set_access(d, va, 2 * MiB));
+    CHECK_OK(fl_dev_synchronize(d));
+    uint64_t ev = 0;
+    int done = 0;
+    CHECK_OK(fl_dev_event_record(d, 0, &ev));
+    CHECK_OK(fl_dev_event_query(d, ev, &done));
+    fl_dev_event_destroy(d, ev);
+    CHECK_OK(fl_dev_unmap(d, va, 2 * MiB));
+    CHECK_OK(fl_dev_release(d, h));
+    CHECK_OK(fl_dev_addr_free(d, va, 2 * MiB));
     CHECK_OK(fl_dev_mem_free(d, a));
+    CHECK(current_ctx() == NULL && fake.fakecuda_ctx_depth() == 0);
     return NULL;
 }
 
 static void test_threads(void)
 {
     fl_device *d = make_dev();
-    CUcontext ours = current_ctx();
     pthread_t t;
     CHECK(pthread_create(&t, NULL, other_thread, d) == 0);
     pthread_join(t, NULL);
-    /* A thread whose context was unset meanwhile gets ours back for the next call. */
-    CHECK(fake.cuCtxSetCurrent(NULL) == CUDA_SUCCESS);
-    CHECK_OK(fl_dev_synchronize(d));
-    CHECK(current_ctx() == ours);
+    CHECK(current_ctx() == NULL);
     fl_device_destroy(d);
+}
+
+/* ---- contexts ------------------------------------------------------------------------ */
+
+/* Two devices (FAKECUDA_DEVICES=2) from a thread whose current context is device 0's, as
+ * a program's after cudaSetDevice(0): each device works in its own context (device 1's
+ * memory is charged to device 1), and every call leaves device 0's context current, so
+ * the program's next kernels still go to device 0. Before contexts were per call, device
+ * 1 adopted device 0's context and the thread kept whichever it used last. */
+static void test_contexts(void)
+{
+    CUcontext c0 = program_enter(0);
+    fl_device *d1 = make_dev_on(1), *d0 = make_dev_on(0);
+    CHECK(current_ctx() == c0 && fake.fakecuda_ctx_depth() == 1);
+    uint64_t a0, a1, va, h;
+    CHECK_OK(fl_dev_mem_alloc(d1, 3 * MiB, &a1));
+    CHECK(current_ctx() == c0);
+    CHECK_EQ_U64(fake.fakecuda_used(1), fl_align_up(3 * MiB, 512));
+    CHECK_EQ_U64(fake.fakecuda_used(0), 0);
+    CHECK_OK(fl_dev_mem_alloc(d0, MiB, &a0));
+    CHECK_EQ_U64(fake.fakecuda_used(0), MiB);
+    /* Alternating, every kind of call: each device's memory stays its own. */
+    CHECK_OK(fl_dev_reserve(d1, 4 * MiB, &va));
+    CHECK_OK(fl_dev_create(d1, 2 * MiB, &h));
+    CHECK_OK(fl_dev_map(d1, va, 2 * MiB, h));
+    CHECK_OK(fl_dev_set_access(d1, va, 2 * MiB));
+    CHECK_OK(fl_dev_synchronize(d0));
+    CHECK_OK(fl_dev_synchronize(d1));
+    CHECK(current_ctx() == c0 && fake.fakecuda_ctx_depth() == 1);
+    CHECK_EQ_U64(fake.fakecuda_used(1), in_use(d1));
+    CHECK_EQ_U64(fake.fakecuda_used(0), in_use(d0));
+    /* A stack the program pushed (device 1's over device 0's) is left as it was. */
+    CUcontext c1 = program_enter(1);
+    CHECK_OK(fl_dev_unmap(d1, va, 2 * MiB));
+    CHECK_OK(fl_dev_mem_free(d0, a0));
+    CHECK(current_ctx() == c1 && fake.fakecuda_ctx_depth() == 2);
+    program_leave(1);
+    CHECK(current_ctx() == c0);
+    /* A push the driver refuses: the call fails, naming it, and changes nothing. */
+    fake.fakecuda_fail_call("cuCtxPushCurrent_v2", 1, CUDA_ERROR_INVALID_CONTEXT);
+    EXPECT_REFUSED(d1, FL_CALL_RELEASE, FL_ERR_DEVICE, "cuCtxPushCurrent_v2(primary context of device 1)",
+                   fl_dev_release(d1, h));
+    CHECK(current_ctx() == c0 && fake.fakecuda_ctx_depth() == 1);
+    CHECK_OK(fl_dev_release(d1, h));
+    CHECK_OK(fl_dev_addr_free(d1, va, 4 * MiB));
+    CHECK_OK(fl_dev_mem_free(d1, a1));
+    CHECK_EQ_U64(fake.fakecuda_used(0) + fake.fakecuda_used(1), 0);
+    fl_device_destroy(d0);
+    fl_device_destroy(d1);
+    CHECK(current_ctx() == c0 && fake.fakecuda_ctx_depth() == 1);
+    program_leave(0);
 }
 
 /* ---- driver errors ------------------------------------------------------------------ */
@@ -385,7 +462,9 @@ static void test_errors(void)
     CHECK_OK(fl_dev_map(d, va, G, h));
     CHECK_OK(fl_dev_map(d, va + G, G, h2));
     CHECK_OK(fl_dev_release(d, h));
+    program_enter(0);
     CHECK(fake.cuMemUnmap(va + G, G) == CUDA_SUCCESS);
+    program_leave(0);
     CHECK_STATUS(fl_dev_unmap(d, va, 2 * G), FL_ERR_INVALID);
     CHECK_MENTIONS("cuMemUnmap");
     CHECK_MENTIONS(fl_test_hex(va + G));
@@ -393,7 +472,9 @@ static void test_errors(void)
     CHECK_STATUS(fl_dev_unmap(d, va, G), FL_ERR_INVALID);
     /* A cudaMalloc block freed elsewhere: the device's count keeps it. */
     CHECK_OK(fl_dev_mem_alloc(d, 512, &a));
+    program_enter(0);
     CHECK(fake.cuMemFree_v2(a) == CUDA_SUCCESS);
+    program_leave(0);
     EXPECT_REFUSED(d, FL_CALL_MEM_FREE, FL_ERR_INVALID, "cuMemFree_v2", fl_dev_mem_free(d, a));
     CHECK_EQ_U64(in_use(d), G + 512);
 
@@ -658,6 +739,8 @@ static void run_case(const char *what, void (*fn)(void), int no_vmm)
     pid_t pid = fork();
     if (pid == 0) {
         setenv("FAKECUDA_CAPACITY", "64M", 1);
+        if (fn == test_contexts)
+            setenv("FAKECUDA_DEVICES", "2", 1);
         if (no_vmm)
             setenv("FAKECUDA_NO_VMM", "1", 1);
         load_fake();
@@ -697,6 +780,7 @@ int main(void)
     run_case("no vmm", test_no_vmm, 1);
     run_case("ops", test_ops, 0);
     run_case("threads", test_threads, 0);
+    run_case("contexts", test_contexts, 0);
     run_case("errors", test_errors, 0);
     run_case("leftovers", test_leftovers, 0);
     run_case("policies", test_policies, 0);

@@ -15,6 +15,12 @@
 fl_policy *fl_allocator_policy(const fl_allocator *a);
 uint64_t fl_allocator_live(const fl_allocator *a);
 
+/* For the CUDA runtime's frontend (cudaFree of another device's block, cudaFreeAsync on
+ * another stream): the stream the live block at addr was allocated on, with *known 0
+ * when the policy does not keep it; FL_ERR_NOT_FOUND when addr is no live block here (a
+ * block waiting for record_stream's events is freed already). */
+fl_status fl_allocator_block_stream(fl_allocator *a, uint64_t addr, uint64_t *stream, int *known);
+
 /* Fills the judgment of an out-of-memory moment from the facts in r (request, stream,
  * capacity, limit, live, reserved, free_in_reserved, largest_free): device_free,
  * external fragmentation (largest free taken over what the policy holds and what may
