@@ -34,6 +34,9 @@ static struct {
     void (*fakecuda_fail_call)(const char *fn, unsigned long long n, CUresult err);
     size_t (*fakecuda_used)(int dev);
     int (*fakecuda_ctx_depth)(void);
+    CUresult (*fakecuda_device_access)(int dev, CUdeviceptr va, size_t n, int write);
+    int (*fakecuda_handle_props)(CUdeviceptr va, unsigned *types, int *rdma);
+    void (*fakecuda_reset)(void);
 } fake;
 
 static void resolve(void *lib, const char *name, void *slot)
@@ -56,6 +59,17 @@ static void load_fake(void)
     resolve(lib, "fakecuda_fail_call", &fake.fakecuda_fail_call);
     resolve(lib, "fakecuda_used", &fake.fakecuda_used);
     resolve(lib, "fakecuda_ctx_depth", &fake.fakecuda_ctx_depth);
+    resolve(lib, "fakecuda_device_access", &fake.fakecuda_device_access);
+    resolve(lib, "fakecuda_handle_props", &fake.fakecuda_handle_props);
+    resolve(lib, "fakecuda_reset", &fake.fakecuda_reset);
+}
+
+/* The double with this environment (VAR=VALUE pairs, NULL-terminated) from now on. */
+static void fake_env(const char *const *kv)
+{
+    for (; *kv; kv += 2)
+        setenv(kv[0], kv[1], 1);
+    fake.fakecuda_reset();
 }
 
 static CUcontext current_ctx(void)
@@ -100,6 +114,40 @@ static fl_device *make_dev_on(int ordinal)
 }
 
 static fl_device *make_dev(void) { return make_dev_on(0); }
+
+/* A device with the given peer_access and shareable settings. */
+static fl_device *make_dev_with(int ordinal, int peer_access, int shareable)
+{
+    fl_cuda_params p;
+    fl_cuda_params_default(&p);
+    p.library = fake_path;
+    p.device = ordinal;
+    p.peer_access = peer_access;
+    p.shareable = shareable;
+    fl_device *d = NULL;
+    CHECK_OK(fl_cuda_device_create(&p, &d));
+    if (!d)
+        exit(1);
+    return d;
+}
+
+/* One page reserved, created, mapped and given access: its address. */
+static uint64_t map_one(fl_device *d, uint64_t *handle)
+{
+    uint64_t va = 0;
+    CHECK_OK(fl_dev_reserve(d, 2 * MiB, &va));
+    CHECK_OK(fl_dev_create(d, 2 * MiB, handle));
+    CHECK_OK(fl_dev_map(d, va, 2 * MiB, *handle));
+    CHECK_OK(fl_dev_set_access(d, va, 2 * MiB));
+    return va;
+}
+
+static void unmap_one(fl_device *d, uint64_t va, uint64_t handle)
+{
+    CHECK_OK(fl_dev_unmap(d, va, 2 * MiB));
+    CHECK_OK(fl_dev_release(d, handle));
+    CHECK_OK(fl_dev_addr_free(d, va, 2 * MiB));
+}
 
 
 /* A refused call: its status, a message naming `mention` (if given), one more failed call
@@ -401,6 +449,114 @@ static void test_contexts(void)
     fl_device_destroy(d1);
     CHECK(current_ctx() == c0 && fake.fakecuda_ctx_depth() == 1);
     program_leave(0);
+}
+
+/* ---- peers and handles ----------------------------------------------------------------- */
+
+/* Three GPUs that reach each other (FAKECUDA_DEVICES=3): mapped memory is reachable from a
+ * peer only when cuMemSetAccess names it (cudaDeviceEnablePeerAccess does not cover it),
+ * so set_access names every device that can access the owner; peer_access:0 names the
+ * owner only; a machine whose GPUs cannot reach each other gets the owner only, and no
+ * refused call. Before, set_access named the owner only: a peer copy faulted. */
+static void test_peers(void)
+{
+    fl_device *d = make_dev_on(1);
+    uint64_t h, va = map_one(d, &h);
+    CHECK(fake.fakecuda_device_access(1, va, 2 * MiB, 1) == CUDA_SUCCESS);
+    CHECK(fake.fakecuda_device_access(0, va, 2 * MiB, 1) == CUDA_SUCCESS);
+    CHECK(fake.fakecuda_device_access(2, va + MiB, 4096, 0) == CUDA_SUCCESS);
+    CHECK_EQ_U64(fake.fakecuda_calls("cuMemSetAccess"), 1); /* one call names them all */
+    unmap_one(d, va, h);
+    fl_device_destroy(d);
+
+    d = make_dev_with(1, 0, 1);
+    va = map_one(d, &h);
+    CHECK(fake.fakecuda_device_access(1, va, 2 * MiB, 1) == CUDA_SUCCESS);
+    CHECK(fake.fakecuda_device_access(0, va, 2 * MiB, 0) == CUDA_ERROR_ILLEGAL_ADDRESS);
+    CHECK(fake.fakecuda_device_access(2, va, 2 * MiB, 0) == CUDA_ERROR_ILLEGAL_ADDRESS);
+    unmap_one(d, va, h);
+    fl_device_destroy(d);
+
+    /* The double refuses a device that cannot reach the memory, as the driver does. */
+    static const char *const no_peers[] = {"FAKECUDA_PEER", "0", NULL};
+    fake_env(no_peers);
+    d = make_dev_on(0);
+    va = map_one(d, &h);
+    CHECK(fake.fakecuda_device_access(0, va, 2 * MiB, 1) == CUDA_SUCCESS);
+    CHECK(fake.fakecuda_device_access(1, va, 2 * MiB, 0) == CUDA_ERROR_ILLEGAL_ADDRESS);
+    /* A mapping starts inaccessible; after an unmap and a new map, access is set again. */
+    uint64_t h2;
+    CHECK_OK(fl_dev_unmap(d, va, 2 * MiB));
+    CHECK_OK(fl_dev_create(d, 2 * MiB, &h2));
+    CHECK_OK(fl_dev_map(d, va, 2 * MiB, h2));
+    CHECK(fake.fakecuda_device_access(0, va, 2 * MiB, 0) == CUDA_ERROR_ILLEGAL_ADDRESS);
+    CHECK_OK(fl_dev_set_access(d, va, 2 * MiB));
+    CHECK(fake.fakecuda_device_access(0, va, 2 * MiB, 0) == CUDA_SUCCESS);
+    CHECK_OK(fl_dev_release(d, h));
+    unmap_one(d, va, h2);
+    fl_device_destroy(d);
+}
+
+/* The handles: exportable as file descriptors, and fabric handles where the GPU reports
+ * them, with the GPUDirect RDMA flag where the attribute says so (what NCCL's user-buffer
+ * registration, UCX/NIXL and dmabuf need); a GPU whose fabric support fails at
+ * cuMemCreate (no IMEX channel) gets file descriptors, and stops asking for fabric;
+ * shareable:0 makes plain handles. Before, every handle was type NONE without the flag. */
+static void test_handles(void)
+{
+    unsigned types = 0;
+    int rdma = 0;
+    fl_device *d = make_dev();
+    uint64_t h, va = map_one(d, &h);
+    CHECK(fake.fakecuda_handle_props(va, &types, &rdma) == 0);
+    CHECK(types == CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR && rdma == 1);
+    unmap_one(d, va, h);
+    fl_device_destroy(d);
+
+    static const char *const fabric[] = {"FAKECUDA_FABRIC", "1", "FAKECUDA_RDMA", "0", NULL};
+    fake_env(fabric);
+    d = make_dev();
+    va = map_one(d, &h);
+    CHECK(fake.fakecuda_handle_props(va, &types, &rdma) == 0);
+    CHECK(types == (CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR | CU_MEM_HANDLE_TYPE_FABRIC) && rdma == 0);
+    unmap_one(d, va, h);
+    fl_device_destroy(d);
+
+    static const char *const denied[] = {"FAKECUDA_FABRIC", "2", "FAKECUDA_RDMA", "1", NULL};
+    fake_env(denied);
+    d = make_dev();
+    va = map_one(d, &h);
+    CHECK_EQ_U64(fake.fakecuda_calls("cuMemCreate"), 2); /* refused with fabric, then without */
+    CHECK_EQ_U64(calls(d, FL_CALL_CREATE), 1);
+    CHECK_EQ_U64(counters(d).failed_calls, 0);
+    CHECK(fake.fakecuda_handle_props(va, &types, &rdma) == 0);
+    CHECK(types == CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR && rdma == 1);
+    uint64_t h2;
+    CHECK_OK(fl_dev_create(d, 2 * MiB, &h2));
+    CHECK_EQ_U64(fake.fakecuda_calls("cuMemCreate"), 3); /* fabric is not asked again */
+    CHECK_OK(fl_dev_release(d, h2));
+    unmap_one(d, va, h);
+    fl_device_destroy(d);
+
+    d = make_dev_with(0, 1, 0);
+    va = map_one(d, &h);
+    CHECK(fake.fakecuda_handle_props(va, &types, &rdma) == 0);
+    CHECK(types == CU_MEM_HANDLE_TYPE_NONE && rdma == 0);
+    fl_ipc_handle x;
+    CHECK_STATUS(fl_dev_export(d, va, 4096, &x), FL_ERR_UNSUPPORTED);
+    CHECK_MENTIONS("shareable:0");
+    unmap_one(d, va, h);
+    fl_device_destroy(d);
+
+    /* A GPU without file-descriptor export (attribute 103 is 0): plain handles. */
+    static const char *const no_fd[] = {"FAKECUDA_FABRIC", "0", "FAKECUDA_POSIX_FD", "0", NULL};
+    fake_env(no_fd);
+    d = make_dev();
+    va = map_one(d, &h);
+    CHECK(fake.fakecuda_handle_props(va, &types, &rdma) == 0);
+    CHECK(types == CU_MEM_HANDLE_TYPE_NONE);
+    unmap_one(d, va, h);
+    fl_device_destroy(d);
 }
 
 /* ---- driver errors ------------------------------------------------------------------ */
@@ -741,6 +897,8 @@ static void run_case(const char *what, void (*fn)(void), int no_vmm)
         setenv("FAKECUDA_CAPACITY", "64M", 1);
         if (fn == test_contexts)
             setenv("FAKECUDA_DEVICES", "2", 1);
+        if (fn == test_peers)
+            setenv("FAKECUDA_DEVICES", "3", 1);
         if (no_vmm)
             setenv("FAKECUDA_NO_VMM", "1", 1);
         load_fake();
@@ -781,6 +939,8 @@ int main(void)
     run_case("ops", test_ops, 0);
     run_case("threads", test_threads, 0);
     run_case("contexts", test_contexts, 0);
+    run_case("peers", test_peers, 0);
+    run_case("handles", test_handles, 0);
     run_case("errors", test_errors, 0);
     run_case("leftovers", test_leftovers, 0);
     run_case("policies", test_policies, 0);

@@ -87,7 +87,9 @@ static fl_status release_cached(rg_policy *r)
         r->cached_bytes -= b.size;
         remove_block(r, i);
     }
-    return FL_OK;
+    /* The inner policy may have stopped creating when the device was full of our cache
+     * (fragless does): there is room again. */
+    return r->inner->ops->limit_changed ? r->inner->ops->limit_changed(r->inner) : FL_OK;
 }
 
 /* The smallest cached block of this stream that holds need bytes and wastes at most
@@ -175,10 +177,7 @@ static fl_status whole_alloc(rg_policy *r, uint64_t size, uint64_t stream, uint6
             r->retries++;
             s = new_block(r, need, size, stream, addr);
         }
-        fl_policy_state st = {0};
-        if (s == FL_ERR_OOM)
-            r->inner->ops->query(r->inner, &st);
-        if (s == FL_ERR_OOM && st.cached && r->inner->ops->empty_cache(r->inner) == FL_OK) {
+        if (s == FL_ERR_OOM && r->inner->ops->empty_cache(r->inner) == FL_OK) {
             r->retries++;
             s = new_block(r, need, size, stream, addr);
         }
