@@ -117,7 +117,8 @@ fl_status fl_allocator_create(const fl_config *cfg, fl_device *dev, fl_allocator
         free(a);
         return s;
     }
-    if (cfg->publish && dev->is_gpu && fl_publish_open(dev->ordinal, &a->pub) != FL_OK)
+    char uuid[48];
+    if (cfg->publish && dev->is_gpu && fl_publish_open(dev->ordinal, fl_dev_uuid_str(dev, uuid, sizeof uuid), &a->pub) != FL_OK)
         fprintf(stderr, "fragless: device %d: not shown in `fragless top`: %s\n", dev->ordinal, fl_last_error());
     *out = a;
     return FL_OK;
