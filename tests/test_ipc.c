@@ -43,7 +43,7 @@ static void load_fake(void)
 /* cuMemGetAddressRange as NCCL's registration asks it, in device 0's context. */
 static size_t range_of(uint64_t addr, uint64_t *base)
 {
-    CUcontext c;
+    CUcontext c = NULL;
     CUdeviceptr b = 0;
     size_t n = 0;
     CHECK(fake.cuInit(0) == CUDA_SUCCESS && fake.cuDevicePrimaryCtxRetain(&c, 0) == CUDA_SUCCESS);
