@@ -55,7 +55,7 @@ test-tsan: build
 
 # Each libFuzzer target for FUZZ_SECONDS on a copy of its seeds (make fuzz FUZZ_SECONDS=600).
 FUZZ_SECONDS ?= 30
-FUZZ_TARGETS = csv pickle conf ops state
+FUZZ_TARGETS = csv pickle conf ops state args commands state_report top
 fuzz: build
 	sh tests/fuzz/suite.sh fuzz-build $(CURDIR) $(abspath $(BUILD)) $(FUZZ_TARGETS)
 	rc=0; for t in $(FUZZ_TARGETS); do sh tests/fuzz/suite.sh fuzz $(CURDIR) $(abspath $(BUILD)) $$t $(FUZZ_SECONDS) || rc=1; done; exit $$rc

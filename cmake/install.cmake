@@ -22,7 +22,7 @@ install(TARGETS fragless_shared fragless_core EXPORT fraglessTargets
   INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 install(TARGETS fragless_preload LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
 # `fragless run` looks for the preload library beside itself, then in ../LIBDIR (run.c).
-target_compile_definitions(fragless PRIVATE FL_RUN_LIBDIR="${CMAKE_INSTALL_LIBDIR}")
+target_compile_definitions(fragless_cli PRIVATE FL_RUN_LIBDIR="${CMAKE_INSTALL_LIBDIR}")
 install(TARGETS fragless RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 install(FILES include/fragless.h include/fragless_torch.h DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 

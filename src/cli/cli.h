@@ -28,12 +28,54 @@ typedef struct cli_opts {
 void cli_json_str(const char *s);
 void cli_json_num(double v, int decimals);
 
+/* ---- the command line as options (options.c and each command's file). Parsing runs
+ * nothing and exits nothing: it returns 0 (o filled, its strings pointing into argv),
+ * CLI_HELP_SHOWN (the help is on stdout: exit 0), or an exit code (CLI_EXIT_USAGE) with
+ * the reason and the help on stderr. argv: the words after the command's name. ---- */
+#define CLI_HELP_SHOWN (-1)
+/* The help of a command: replay, compare, doctor, report; anything else the main one. */
+const char *cli_help(const char *command);
+/* replay, compare, doctor, report: 0 and its mode; -1 for any other word. */
+int cli_mode_of(const char *command, cli_mode *mode);
+const char *cli_mode_name(cli_mode mode);
+int cli_parse_opts(int argc, char **argv, cli_mode mode, cli_opts *o);
+
+typedef struct cli_import_opts {
+    const char *in, *out;
+    int device;
+} cli_import_opts;
+int cli_import_parse(int argc, char **argv, cli_import_opts *o);
+
+typedef struct cli_fidelity_opts {
+    int csv;
+    int n_snapshots;            /* the words that are not options are the snapshots */
+} cli_fidelity_opts;
+int cli_fidelity_parse(int argc, char **argv, cli_fidelity_opts *o);
+
+typedef struct cli_top_opts {
+    int once;
+    double interval;            /* seconds between frames */
+    const char *dir;            /* NULL: fl_publish_dir() */
+} cli_top_opts;
+int cli_top_parse(int argc, char **argv, cli_top_opts *o);
+
+typedef struct cli_run_opts {
+    char **cmd;                 /* the command and its arguments (NULL-terminated, in argv) */
+    char conf[4096];            /* FRAGLESS_CONF for it: --conf (else the inherited one) and trace:PATH */
+} cli_run_opts;
+int cli_run_parse(int argc, char **argv, cli_run_opts *o);
+
+/* ---- the commands: exit codes ---- */
 int cli_compare(const cli_opts *o);
 int cli_replay(const cli_opts *o);
 int cli_import(int argc, char **argv);
 int cli_fidelity(int argc, char **argv);
 int cli_run(int argc, char **argv);
 int cli_top(int argc, char **argv);
+/* One frame of `fragless top` for the records in dir, as text (malloc'd; without NVML's
+ * lines), waiting at most wait_ns in all for records that stay mid-update; -1 with the
+ * reason on stderr when dir cannot be read. */
+int cli_top_frame(const char *dir, uint64_t wait_ns, char **text, size_t *len);
 
 int cli_doctor(const cli_opts *o);
 /* A what-if row against what ran: "saves X", "costs X more" or "same". */

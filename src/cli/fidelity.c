@@ -1,7 +1,6 @@
 /* `fragless fidelity`: how far the PyTorch emulation is from the real allocator. Each
  * snapshot is replayed under the allocator and knobs it recorded; the memory the
  * emulation holds at the end is compared with what the snapshot's segments hold. */
-#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -18,27 +17,37 @@ static const char fidelity_help[] =
     "\n"
     "exit codes: 0 done; 1 bad usage; 2 unreadable or malformed snapshot; 4 other error\n";
 
-int cli_fidelity(int argc, char **argv)
+int cli_fidelity_parse(int argc, char **argv, cli_fidelity_opts *o)
 {
-    int csv = 0, n = 0;
+    o->csv = o->n_snapshots = 0;
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             fputs(fidelity_help, stdout);
-            return CLI_EXIT_OK;
+            return CLI_HELP_SHOWN;
         }
         if (!strcmp(argv[i], "--format") && i + 1 < argc && (!strcmp(argv[i + 1], "csv") || !strcmp(argv[i + 1], "table"))) {
-            csv = !strcmp(argv[++i], "csv");
+            o->csv = !strcmp(argv[++i], "csv");
         } else if (argv[i][0] == '-') {
             fprintf(stderr, "fragless: fidelity: unknown or incomplete option '%s'\n\n%s", argv[i], fidelity_help);
             return CLI_EXIT_USAGE;
         } else {
-            n++;
+            o->n_snapshots++;
         }
     }
-    if (!n) {
+    if (!o->n_snapshots) {
         fprintf(stderr, "fragless: fidelity: no snapshot given\n\n%s", fidelity_help);
         return CLI_EXIT_USAGE;
     }
+    return 0;
+}
+
+int cli_fidelity(int argc, char **argv)
+{
+    cli_fidelity_opts fo;
+    int rc = cli_fidelity_parse(argc, argv, &fo);
+    if (rc)
+        return rc == CLI_HELP_SHOWN ? CLI_EXIT_OK : rc;
+    int csv = fo.csv;
     if (csv)
         printf("snapshot,policy,recorded_reserved,emulated_reserved,emulated_peak_reserved,diff\n");
     else
@@ -72,14 +81,22 @@ int cli_fidelity(int argc, char **argv)
             fl_prepared_free(p);
             return CLI_EXIT_ERROR;
         }
-        double diff = info.reserved_bytes ? (double)r.end_reserved / (double)info.reserved_bytes - 1.0 : NAN;
+        /* A snapshot whose segments hold nothing (none recorded, or all of 0 bytes) has no
+         * ratio to compare with: "-" in the table, an empty CSV field; never nan. */
+        char diff[32] = "";
+        if (info.reserved_bytes) {
+            double d = (double)r.end_reserved / (double)info.reserved_bytes - 1.0;
+            snprintf(diff, sizeof diff, csv ? "%.4f" : "%+7.2f%%", csv ? d : 100.0 * d);
+        } else if (!csv) {
+            snprintf(diff, sizeof diff, "-");
+        }
         if (csv)
-            printf("%s,%s,%llu,%llu,%llu,%.4f\n", p->name, o.cfg.policy, (unsigned long long)info.reserved_bytes,
+            printf("%s,%s,%llu,%llu,%llu,%s\n", p->name, o.cfg.policy, (unsigned long long)info.reserved_bytes,
                    (unsigned long long)r.end_reserved, (unsigned long long)r.peak_reserved, diff);
         else
-            printf("%-32s %-15s %14.3f %14.3f %14.3f %+7.2f%%\n", p->name, o.cfg.policy,
+            printf("%-32s %-15s %14.3f %14.3f %14.3f %8s\n", p->name, o.cfg.policy,
                    (double)info.reserved_bytes / (double)FL_GiB, (double)r.end_reserved / (double)FL_GiB,
-                   (double)r.peak_reserved / (double)FL_GiB, 100.0 * diff);
+                   (double)r.peak_reserved / (double)FL_GiB, diff);
         fl_replay_result_free(&r);
         fl_prepared_free(p);
     }

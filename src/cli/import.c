@@ -39,21 +39,20 @@ static int import_usage(const char *fmt, const char *arg)
     return CLI_EXIT_USAGE;
 }
 
-/* argv holds the arguments after the word `import`. */
-int cli_import(int argc, char **argv)
+int cli_import_parse(int argc, char **argv, cli_import_opts *o)
 {
-    const char *in = NULL, *out = NULL;
-    int device = 0;
+    o->in = o->out = NULL;
+    o->device = 0;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             fputs(import_help, stdout);
-            return CLI_EXIT_OK;
+            return CLI_HELP_SHOWN;
         } else if (!strcmp(a, "-o") || !strcmp(a, "--output")) {
             if (!v)
                 return import_usage("option '%s' needs a value", a);
-            out = v;
+            o->out = v;
             i++;
         } else if (!strcmp(a, "--device")) {
             char *end;
@@ -63,20 +62,32 @@ int cli_import(int argc, char **argv)
             long d = strtol(v, &end, 10);
             if (errno || end == v || *end || d < 0 || d > 1023)
                 return import_usage("--device '%s': expected a device number from 0 to 1023", v);
-            device = (int)d;
+            o->device = (int)d;
             i++;
         } else if (a[0] == '-' && a[1]) {
             return import_usage("unknown option '%s'", a);
-        } else if (in) {
+        } else if (o->in) {
             return import_usage("one snapshot at a time (got '%s' too)", a);
         } else {
-            in = a;
+            o->in = a;
         }
     }
-    if (!in)
+    if (!o->in)
         return import_usage("no snapshot given%s", "");
-    if (!out)
+    if (!o->out)
         return import_usage("no output given: -o TRACE.csv%s", "");
+    return 0;
+}
+
+/* argv holds the arguments after the word `import`. */
+int cli_import(int argc, char **argv)
+{
+    cli_import_opts o;
+    int rc = cli_import_parse(argc, argv, &o);
+    if (rc)
+        return rc == CLI_HELP_SHOWN ? CLI_EXIT_OK : rc;
+    const char *in = o.in, *out = o.out;
+    int device = o.device;
 
     fl_trace t;
     fl_snapshot_info info;

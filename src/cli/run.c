@@ -219,9 +219,11 @@ static int set_torch_conf(int verbose)
     return 0;
 }
 
-int cli_run(int argc, char **argv)
+int cli_run_parse(int argc, char **argv, cli_run_opts *o)
 {
     const char *conf = NULL, *trace = NULL;
+    o->cmd = NULL;
+    o->conf[0] = 0;
     int i = 0;
     for (; i < argc; i++) {
         const char *a = argv[i];
@@ -231,7 +233,7 @@ int cli_run(int argc, char **argv)
         }
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             fputs(run_help, stdout);
-            return CLI_EXIT_OK;
+            return CLI_HELP_SHOWN;
         }
         if (!strcmp(a, "--conf") || !strcmp(a, "--trace")) {
             if (i + 1 >= argc)
@@ -245,26 +247,37 @@ int cli_run(int argc, char **argv)
     }
     if (i >= argc)
         return run_usage("no command given%s", "");
-    char **cmd = argv + i;
 
     /* FRAGLESS_CONF: --conf, else the inherited one; then trace:PATH. */
     if (!conf)
         conf = getenv("FRAGLESS_CONF");
-    char full_conf[4096], trace_abs[PATH_MAX];
+    char trace_abs[PATH_MAX];
     if (trace && trace_path(trace, trace_abs, sizeof trace_abs))
         return CLI_EXIT_USAGE;
     size_t clen = conf ? strlen(conf) : 0;
     int comma = trace && clen && conf[clen - 1] != ','; /* PyTorch's syntax allows one at the end */
-    int n = snprintf(full_conf, sizeof full_conf, "%s%s%s%s", conf ? conf : "", comma ? "," : "",
+    int n = snprintf(o->conf, sizeof o->conf, "%s%s%s%s", conf ? conf : "", comma ? "," : "",
                      trace ? "trace:" : "", trace ? trace_abs : "");
-    if (n < 0 || n >= (int)sizeof full_conf)
+    if (n < 0 || n >= (int)sizeof o->conf)
         return run_usage("--conf is too long (%s)", "4095 bytes at most");
     /* Checked here so that a typo stops before the command runs, not at its first
      * cudaMalloc deep inside it. */
     fl_config cfg;
     fl_config_default(&cfg);
-    if (fl_config_parse(&cfg, full_conf) != FL_OK)
+    if (fl_config_parse(&cfg, o->conf) != FL_OK)
         return run_usage("%s", fl_last_error());
+    o->cmd = argv + i;
+    return 0;
+}
+
+int cli_run(int argc, char **argv)
+{
+    cli_run_opts o;
+    int rc = cli_run_parse(argc, argv, &o);
+    if (rc)
+        return rc == CLI_HELP_SHOWN ? CLI_EXIT_OK : rc;
+    char **cmd = o.cmd;
+    const char *full_conf = o.conf;
 
     char preload[PATH_MAX];
     if (find_preload(preload))

@@ -76,6 +76,12 @@ static const char *esc(const char *in, char *out, size_t n)
             ok = (p[k] & 0xc0) == 0x80;
         if (ok && len == 2 && c == 0xc2 && p[1] < 0xa0)
             ok = 0; /* U+0080..U+009F: C1 controls (CSI among them) */
+        /* Overlong forms (E0 80..9F, F0 80..8F: an ESC or CSI in disguise for a lax
+         * decoder), surrogates (ED A0..BF) and code points past U+10FFFF (F4 90..) are no
+         * UTF-8 (RFC 3629). */
+        if (ok && ((c == 0xe0 && p[1] < 0xa0) || (c == 0xed && p[1] > 0x9f) || (c == 0xf0 && p[1] < 0x90) ||
+                   (c == 0xf4 && p[1] > 0x8f)))
+            ok = 0;
         if (ok && len == 1 && (c < 0x20 || c == 0x7f))
             ok = 0;
         if (ok) {
@@ -327,6 +333,30 @@ static void clean_temp(const char *dir, const char *name)
         unlink(path);
 }
 
+/* The first `width` characters of UTF-8 text (as esc makes it), padded with spaces to
+ * `width`: printf's "%-15.15s" counts bytes, and cut a character in two (invalid UTF-8
+ * on the terminal) and misaligned the columns after names that are not ASCII. */
+static const char *fit(const char *s, int width, char *out, size_t n)
+{
+    size_t o = 0;
+    int chars = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p && chars < width;) {
+        size_t len = 1;
+        while ((p[len] & 0xc0) == 0x80)
+            len++;
+        if (o + len + (size_t)(width - chars) >= n)
+            break;
+        memcpy(out + o, p, len);
+        o += len;
+        p += len;
+        chars++;
+    }
+    for (; chars < width && o + 1 < n; chars++)
+        out[o++] = ' ';
+    out[o] = 0;
+    return out;
+}
+
 static void print_rows(const top_rows *rows, nvml *nv, FILE *out)
 {
     uint64_t now = realtime_ns();
@@ -343,14 +373,15 @@ static void print_rows(const top_rows *rows, nvml *nv, FILE *out)
             snprintf(age, sizeof age, "%.0fm", secs / 60);
         else
             snprintf(age, sizeof age, "%.0fh", secs / 3600);
-        char comm[sizeof e->comm * 4 + 1], uuid[sizeof e->uuid * 4 + 1];
+        char comm[sizeof e->comm * 4 + 1], shown[sizeof comm + 16], uuid[sizeof e->uuid * 4 + 1];
         char rank[16], gpu[16];
         int index = nvml_index(nv, e->uuid);
         snprintf(rank, sizeof rank, e->rank >= 0 ? "%d" : "-", e->rank);
         snprintf(gpu, sizeof gpu, index >= 0 ? "%d" : "-", index);
-        fprintf(out, "%8llu %4s %3d %-12.12s %3s %-15.15s %10s %10s %10s %12s %7.1f%% %6llu %6s\n",
+        fprintf(out, "%8llu %4s %3d %-12.12s %3s %s %10s %10s %10s %12s %7.1f%% %6llu %6s\n",
                 (unsigned long long)e->pid, rank, e->device, e->uuid[0] ? esc(e->uuid, uuid, sizeof uuid) : "-", gpu,
-                esc(e->comm, comm, sizeof comm), fl_format_size(s->allocated_bytes.current, live, sizeof live),
+                fit(esc(e->comm, comm, sizeof comm), 15, shown, sizeof shown),
+                fl_format_size(s->allocated_bytes.current, live, sizeof live),
                 fl_format_size(s->reserved_bytes.current, res, sizeof res),
                 fl_format_size(s->reserved_bytes.peak, peak, sizeof peak),
                 fl_format_size(s->largest_free, largest, sizeof largest), 100.0 * s->external_fragmentation,
@@ -358,8 +389,9 @@ static void print_rows(const top_rows *rows, nvml *nv, FILE *out)
     }
 }
 
-/* Builds one frame in memory (so a refresh is one write); -1 when DIR cannot be read. */
-static int frame(const char *dir, nvml *nv, char **text, size_t *len)
+/* Builds one frame in memory (so a refresh is one write); -1 when DIR cannot be read.
+ * wait_ns: how long the frame waits in all for records that stay busy. */
+static int frame(const char *dir, nvml *nv, uint64_t wait_ns, char **text, size_t *len)
 {
     DIR *d = opendir(dir);
     if (!d) {
@@ -383,7 +415,7 @@ static int frame(const char *dir, nvml *nv, char **text, size_t *len)
     top_rows rows = {0};
     /* However many records stay busy (a writer killed mid-update, or files whose owner
      * wrote an odd sequence number), the frame waits for them this long in all. */
-    uint64_t deadline = fl_now_ns() + FRAME_WAIT_NS;
+    uint64_t deadline = fl_now_ns() + wait_ns;
     char e1[1024], e2[1024];
     struct dirent *de;
     while ((de = readdir(d))) {
@@ -452,37 +484,55 @@ static void nap(double secs)
         ;
 }
 
-int cli_top(int argc, char **argv)
+int cli_top_parse(int argc, char **argv, cli_top_opts *o)
 {
-    int once = 0;
-    double interval = 1.0;
-    const char *dir = NULL;
+    o->once = 0;
+    o->interval = 1.0;
+    o->dir = NULL;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             fputs(top_help, stdout);
-            return CLI_EXIT_OK;
+            return CLI_HELP_SHOWN;
         } else if (!strcmp(a, "--once")) {
-            once = 1;
+            o->once = 1;
         } else if (!strcmp(a, "--interval") || !strcmp(a, "--dir")) {
             if (!v)
                 return top_usage("option '%s' needs a value", a);
             i++;
             if (a[2] == 'd') {
-                dir = v;
+                o->dir = v;
                 continue;
             }
             char *end;
             errno = 0;
-            interval = strtod(v, &end);
-            if (errno || end == v || *end || !(interval >= 0.1 && interval <= 3600))
+            o->interval = strtod(v, &end);
+            if (errno || end == v || *end || !(o->interval >= 0.1 && o->interval <= 3600))
                 return top_usage("--interval '%s': expected seconds from 0.1 to 3600", v);
         } else {
             return top_usage(a[0] == '-' ? "unknown option '%s'" : "unexpected argument '%s'", a);
         }
     }
-    if (!dir)
-        dir = fl_publish_dir();
+    return 0;
+}
+
+int cli_top_frame(const char *dir, uint64_t wait_ns, char **text, size_t *len)
+{
+    nvml none;
+    memset(&none, 0, sizeof none);
+    snprintf(none.why, sizeof none.why, "not asked for");
+    return frame(dir, &none, wait_ns, text, len);
+}
+
+int cli_top(int argc, char **argv)
+{
+    cli_top_opts o;
+    int rc = cli_top_parse(argc, argv, &o);
+    if (rc)
+        return rc == CLI_HELP_SHOWN ? CLI_EXIT_OK : rc;
+    int once = o.once;
+    double interval = o.interval;
+    const char *dir = o.dir ? o.dir : fl_publish_dir();
 
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -494,11 +544,10 @@ int cli_top(int argc, char **argv)
     nvml nv;
     nvml_open(&nv);
     int tty = isatty(STDOUT_FILENO);
-    int rc = CLI_EXIT_OK;
     for (int first = 1; !top_stop; first = 0) {
         char *text = NULL;
         size_t len = 0;
-        if (frame(dir, &nv, &text, &len) != 0) {
+        if (frame(dir, &nv, FRAME_WAIT_NS, &text, &len) != 0) {
             rc = CLI_EXIT_INPUT;
             break;
         }

@@ -521,21 +521,28 @@ static void cca_destroy(fl_policy *p)
     free(c);
 }
 
+fl_status fl_cca_check_knobs(const fl_config *cfg, const char *name)
+{
+    if (cfg->max_split_size && cfg->max_split_size < CCA_LARGE_BUFFER)
+        return fl_fail(FL_ERR_INVALID, "%s: max_split_size %llu is below the minimum of 20 MiB", name,
+                       (unsigned long long)cfg->max_split_size);
+    if (!(cfg->gc_threshold >= 0.0 && cfg->gc_threshold < 1.0))
+        return fl_fail(FL_ERR_INVALID, "%s: garbage_collection_threshold %g is not in [0, 1)", name,
+                       cfg->gc_threshold);
+    for (int i = 0; i < FL_ROUNDUP_INTERVALS; i++)
+        if (cfg->roundup_divisions[i] > 1 && !fl_is_pow2(cfg->roundup_divisions[i]))
+            return fl_fail(FL_ERR_INVALID, "%s: roundup_power2_divisions %u is not a power of two", name,
+                           cfg->roundup_divisions[i]);
+    return FL_OK;
+}
+
 static fl_status create_common(const fl_config *cfg, fl_device *dev, fl_policy **out,
                                const fl_policy_ops *ops, bool expandable)
 {
     *out = NULL;
-    /* PyTorch's own limits on the knobs (AllocatorConfig's parse functions). */
-    if (cfg->max_split_size && cfg->max_split_size < CCA_LARGE_BUFFER)
-        return fl_fail(FL_ERR_INVALID, "%s: max_split_size %llu is below the minimum of 20 MiB",
-                       ops->name, (unsigned long long)cfg->max_split_size);
-    if (!(cfg->gc_threshold >= 0.0 && cfg->gc_threshold < 1.0))
-        return fl_fail(FL_ERR_INVALID, "%s: garbage_collection_threshold %g is not in [0, 1)",
-                       ops->name, cfg->gc_threshold);
-    for (int i = 0; i < FL_ROUNDUP_INTERVALS; i++)
-        if (cfg->roundup_divisions[i] > 1 && !fl_is_pow2(cfg->roundup_divisions[i]))
-            return fl_fail(FL_ERR_INVALID, "%s: roundup_power2_divisions %u is not a power of two",
-                           ops->name, cfg->roundup_divisions[i]);
+    fl_status s = fl_cca_check_knobs(cfg, ops->name);
+    if (s != FL_OK)
+        return s;
     if (expandable && !dev->vmm_supported)
         return fl_fail(FL_ERR_UNSUPPORTED, "%s: the device has no virtual memory management, "
                        "which expandable segments need", ops->name);

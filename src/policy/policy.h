@@ -75,6 +75,12 @@ const fl_policy_ops *fl_policy_find(const char *name);
 /* Creates the policy cfg->policy names (cca + expandable_segments -> cca-expandable). */
 fl_status fl_policy_create(const fl_config *cfg, fl_device *dev, fl_policy **out);
 
+/* PyTorch's own limits on the knobs of the cca policies (its AllocatorConfig parsers):
+ * max_split_size 0 or at least 20 MiB, garbage_collection_threshold in [0, 1),
+ * roundup_power2_divisions 0, 1 or powers of two. FL_ERR_INVALID "NAME: ..." naming the
+ * first one broken. One rule for the policies and for the settings a snapshot recorded. */
+fl_status fl_cca_check_knobs(const fl_config *cfg, const char *name);
+
 /* The error of a free whose size is not the block's (nothing is freed). */
 fl_status fl_policy_size_mismatch(uint64_t addr, uint64_t want, uint64_t have);
 /* The error of a free of an address that is not a live block's start. */

@@ -29,10 +29,34 @@ static int pop_mark(pk_reader *r, size_t *k)
 
 /* ---- the memo ------------------------------------------------------------------------ */
 
+/* Bytes charged per entry of memo_far: the map grows at a quarter full, 16-byte slots. */
+#define MEMO_FAR_CHARGE 128
+
+/* Python numbers memo entries from 0, one per PUT or MEMOIZE (an opcode of at least one
+ * byte), so a pickle it writes has ids below its length: those go in the array. Any
+ * other id (legal, but only in hand-made pickles) goes in a map: one PUT of 2^28 in a
+ * 157-byte file made a 2 GiB array. */
+static int memo_put_far(pk_reader *r, uint64_t id)
+{
+    uint64_t old;
+    if (!r->memo_far.e && fl_map_init(&r->memo_far, 16) != FL_OK)
+        return r->err = fl_fail(FL_ERR_NOMEM, "%s: byte %zu: no host memory", r->name, r->at), -1;
+    if (!fl_map_get(&r->memo_far, id, &old)) {
+        if (pk_charge(r, MEMO_FAR_CHARGE))
+            return -1;
+        r->memo_count++;
+    }
+    if (fl_map_put(&r->memo_far, id, (uint64_t)(uintptr_t)r->stack[r->sn - 1]) != FL_OK)
+        return r->err = fl_fail(FL_ERR_NOMEM, "%s: byte %zu: no host memory", r->name, r->at), -1;
+    return 0;
+}
+
 static int memo_put(pk_reader *r, uint64_t id)
 {
     if (pk_need_above(r, 1))
         return -1;
+    if (id >= r->len)
+        return memo_put_far(r, id);
     if (id >= r->memo_cap) {
         if (id >= r->max / sizeof(fl_pk *))
             return pk_rfail(r, "memo id %llu would need more memory than the limit", (unsigned long long)id);
@@ -49,6 +73,12 @@ static int memo_put(pk_reader *r, uint64_t id)
 
 static int memo_get(pk_reader *r, uint64_t id)
 {
+    uint64_t v;
+    if (id >= r->len) {
+        if (!r->memo_far.e || !fl_map_get(&r->memo_far, id, &v))
+            return pk_rfail(r, "memo id %llu was never stored", (unsigned long long)id);
+        return pk_push(r, (fl_pk *)(uintptr_t)v);
+    }
     if (id >= r->memo_cap || !r->memo[id])
         return pk_rfail(r, "memo id %llu was never stored", (unsigned long long)id);
     return pk_push(r, r->memo[id]);
@@ -286,6 +316,7 @@ static fl_status parse(const uint8_t *data, size_t len, const char *name, size_t
     free(r.stack);
     free(r.marks);
     free(r.memo);
+    fl_map_free(&r.memo_far);
     if (rc) {
         pk_doc_free(doc);
         /* Every failing path sets err; the fallback keeps a failure from reading as FL_OK. */

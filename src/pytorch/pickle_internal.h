@@ -30,6 +30,8 @@ typedef struct pk_reader {
     size_t mn, mcap;
     fl_pk **memo;           /* dense by id: ids are small and consecutive in practice */
     size_t memo_cap, memo_count;
+    fl_map memo_far;        /* ids from len on (a pickle Python writes has none): id -> fl_pk *,
+                               so that one large id costs an entry, not an array up to it */
 } pk_reader;
 
 /* ---- messages (pickle_opcodes.c) ------------------------------------------------------ */

@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "policy/policy.h"
+
 enum action {
     A_ALLOC,
     A_FREE_REQUESTED,
@@ -369,6 +371,16 @@ static fl_status read_settings(conv *c, const fl_pk *set)
         int idx = fl_log2_floor(mib);
         if (idx < FL_ROUNDUP_INTERVALS)
             info->roundup_divisions[idx] = (uint32_t)v->u.i;
+    }
+    /* Knobs PyTorch itself refuses were never recorded by it: refused here, as the
+     * input's fault, not later by the allocator that doctor, report or fidelity build
+     * from them (an internal error, exit 4, before). */
+    fl_config cfg;
+    fl_snapshot_config(info, &cfg);
+    if (fl_cca_check_knobs(&cfg, "allocator_settings") != FL_OK) {
+        char why[256]; /* fl_fail formats into the buffer fl_last_error() returns */
+        snprintf(why, sizeof why, "%s", fl_last_error());
+        return fl_fail(FL_ERR_PARSE, "%s: %s, which PyTorch refuses", c->path, why);
     }
     return FL_OK;
 }

@@ -6,28 +6,28 @@
 # for FL_FUZZ_SECONDS (fuzz_<target>). tests/fuzz/suite.sh does the work; it exits 77
 # (skipped) where clang or libFuzzer is missing.
 
-set(FL_FUZZ_TARGETS csv pickle conf ops state)
+set(FL_FUZZ_TARGETS csv pickle conf ops state args commands state_report top)
 set(FL_FUZZ_DIR ${CMAKE_CURRENT_LIST_DIR})
 option(FL_SANITIZER_SUITES "register the sanitizer and libFuzzer tests (clang sub-builds)" ON)
 option(FL_LIBFUZZER "build the libFuzzer targets fuzz_<target> (clang; set by tests/fuzz/suite.sh)" OFF)
 set(FL_FUZZ_SECONDS 30 CACHE STRING "seconds each libFuzzer target runs in CTest")
 
 foreach(t ${FL_FUZZ_TARGETS})
-  add_executable(fuzz_${t}_corpus ${FL_FUZZ_DIR}/fuzz_${t}.c ${FL_FUZZ_DIR}/standalone.c)
+  add_executable(fuzz_${t}_corpus ${FL_FUZZ_DIR}/fuzz_${t}.c ${FL_FUZZ_DIR}/fuzz_support.c ${FL_FUZZ_DIR}/standalone.c)
   target_include_directories(fuzz_${t}_corpus PRIVATE src ${FL_FUZZ_DIR})
   target_compile_definitions(fuzz_${t}_corpus PRIVATE _GNU_SOURCE)
-  target_link_libraries(fuzz_${t}_corpus PRIVATE fragless_core)
+  target_link_libraries(fuzz_${t}_corpus PRIVATE fragless_cli)
   add_test(NAME fuzz_corpus_${t}
     COMMAND fuzz_${t}_corpus ${FL_FUZZ_DIR}/corpus/${t} ${FL_FUZZ_DIR}/crashes/${t})
   set_tests_properties(fuzz_corpus_${t} PROPERTIES TIMEOUT 300)
   if(FL_LIBFUZZER)
     # Only in suite.sh's clang build, which also instruments the library for coverage.
-    add_executable(fuzz_${t} EXCLUDE_FROM_ALL ${FL_FUZZ_DIR}/fuzz_${t}.c)
+    add_executable(fuzz_${t} EXCLUDE_FROM_ALL ${FL_FUZZ_DIR}/fuzz_${t}.c ${FL_FUZZ_DIR}/fuzz_support.c)
     target_include_directories(fuzz_${t} PRIVATE src ${FL_FUZZ_DIR})
     target_compile_definitions(fuzz_${t} PRIVATE _GNU_SOURCE)
     target_compile_options(fuzz_${t} PRIVATE -fsanitize=fuzzer)
     target_link_options(fuzz_${t} PRIVATE -fsanitize=fuzzer)
-    target_link_libraries(fuzz_${t} PRIVATE fragless_core)
+    target_link_libraries(fuzz_${t} PRIVATE fragless_cli)
   endif()
 endforeach()
 

@@ -205,8 +205,175 @@ def ops_corpus():
     write("ops", "edges.bin", alloc(6, 0) + alloc(6, 1) + alloc(7, 5) + bytes([11, 2, 12, 3, 1, 2, 3, 4, 5]))
 
 
+# ---- args -----------------------------------------------------------------------------
+
+def args_corpus():
+    # Command lines: the words after `fragless`, separated by NULs (fuzz_args.c).
+    lines = [
+        ["replay", "examples/encoder_varlen.csv", "--policy", "cca", "--capacity", "1.05x", "--timeline", "10",
+         "--format", "json", "--min-capacity"],
+        ["replay", "t.csv", "--conf", "policy:cca,max_split_size_mb:128", "--granularity", "64KiB"],
+        ["compare", "a.csv", "b.pickle", "--policies", "fragless,cca", "--no-min-capacity", "--format", "csv",
+         "--capacity", "80GiB"],
+        ["compare", "-", "--granularity", "4KiB", "--capacity", "1e6x"],
+        ["doctor", "t.csv", "--format", "text", "--conf", "expandable_segments:True", "--policy", "cca"],
+        ["doctor", "s.pickle", "--capacity", "0.95x", "--format", "json"],
+        ["report", "s.json", "t.csv", "-o", "r.html", "--capacity", "512MiB", "--policies", "cca,nocache"],
+        ["report", "t.csv", "--output", "r.html", "--granularity", "1GiB", "--conf", "limit:1GiB"],
+        ["import", "snap.pickle", "-o", "t.csv", "--device", "1"],
+        ["import", "--device", "1023", "--output", "x", "y"],
+        ["fidelity", "a.pickle", "b.pickle", "--format", "csv"],
+        ["fidelity", "--format", "table", "a.pickle"],
+        ["top", "--once", "--interval", "0.5", "--dir", "/nonexistent"],
+        ["top", "--interval", "3600"],
+        ["run", "--conf", "policy:cca", "--trace", "t.csv", "--", "python", "x.py"],
+        ["run", "--trace", "/abs/t.csv", "sh", "-c", "true"],
+        ["help", "report"], ["version"], ["replay", "--help"], ["top", "-h"],
+        # refusals
+        ["replay", "x", "--capacity", "0x"], ["report", "x", "-o"], ["doctor", "a", "b"],
+        ["compare", "a", "--granularity", "3MiB"], ["replay", "a", "--timeline", "0"],
+        ["doctor", "a", "--format", "csv"], ["run", "--conf", "bogus:1", "--", "true"],
+        ["import", "a", "--device", "-1", "-o", "x"], ["top", "stray"], ["frobnicate", "--capacity", "1e300x"],
+        ["compare"] + ["t%d.csv" % i for i in range(60)],
+    ]
+    for i, words in enumerate(lines):
+        write("args", "args_%02d.bin" % i, "\0".join(words))
+
+
+# ---- commands -------------------------------------------------------------------------
+
+def commands_corpus():
+    # Byte 0: the options (fuzz_commands.c: capacity, json, --policy, granularity,
+    # --policies, fidelity csv); then the file.
+    csvs = {
+        "failures": HEADER + "7,00:00:01.5,allocate failure,(nil),1073741824,0x7f00\n"
+                             "7,00:00:01.9,allocate,0xdead000,4096,0\n"
+                             "7,00:00:02.0,allocate,0xdeae000,3000000,0\n"
+                             "7,00:00:02.1,free,0xdead000,4096,0\n",
+        "streams": HEADER + "1,00:00:00.000001,allocate,0x200000,2097152,0x1\n"
+                            "2,00:00:00.000002,allocate,0x400000,3000000,0x2\n"
+                            "1,00:00:00.000003,free,0x200000,0,0x1\n"
+                            "2,00:00:00.000004,allocate,0x200000,1024,0x2\n"
+                            "2,00:00:00.000005,free,0x400000,3000000,0x2\n",
+        "one_failure": HEADER + "1,00:00:00.000001,allocate failure,0x0,4096,0\n",
+        "header_only": HEADER,
+        "bad_row": HEADER + "1,00:00:00.000001,allocate,0x1000,512\n",
+    }
+    rng = random.Random(15)
+    rows, live, t = [], [], 0
+    for _ in range(48):
+        t += rng.randint(1, 900)
+        stamp = "00:00:%02d.%06d" % (t // 1000000 % 60, t % 1000000)
+        if live and rng.random() < 0.45:
+            p, sz = live.pop(rng.randrange(len(live)))
+            rows.append("3,%s,free,0x%x,%d,0\n" % (stamp, p, sz))
+        else:
+            sz = rng.choice([512, 4096, 1 << 20, (1 << 20) + 1, 10 << 20, 21 << 20, rng.randint(1, 3 << 20)])
+            p = 0x7f0000000000 + len(rows) * 0x4000000
+            live.append((p, sz))
+            rows.append("3,%s,allocate,0x%x,%d,0\n" % (stamp, p, sz))
+    csvs["loop"] = HEADER + "".join(rows)
+    opts = [0x00, 0x05, 0x1a, 0x46, 0x33, 0x8d, 0x52, 0xe7]
+    for i, (name, text) in enumerate(sorted(csvs.items())):
+        write("commands", "%s_%02x.bin" % (name, opts[i % len(opts)]), bytes([opts[i % len(opts)]]) + text.encode())
+    snaps = {
+        "snap": snapshot(),
+        "snap_requested": snapshot(free_completed=False, settings=False),
+        "no_history": {"segments": snapshot()["segments"], "device_traces": [[]]},
+        "no_segments": {"segments": [], "device_traces": [snapshot()["device_traces"][0]]},
+    }
+    for i, (name, obj) in enumerate(sorted(snaps.items())):
+        for k, proto in enumerate((2, 4)):
+            o = opts[(i * 2 + k + 3) % len(opts)]
+            write("commands", "%s_p%d_%02x.bin" % (name, proto, o), bytes([o]) + pickle.dumps(obj, protocol=proto))
+    write("commands", "state_00.bin", b"\0" + b'{"format":"fragless-state","version":1}')
+    write("commands", "binary_00.bin", b"\0\x01\x02\x03")
+
+
+# ---- state_report ---------------------------------------------------------------------
+
+def state_doc(regions, stats=True, policy="fragless", granularity=2 << 20):
+    head = '{"format":"fragless-state","version":1,"policy":%s,"granularity":%d,"capacity":%d' % (
+        json_str(policy), granularity, 64 << 20)
+    if stats:
+        head += ',"stats":{"allocated_bytes.all.current":4096,"reserved_bytes.all.current":%d,"num_ooms":1,' \
+                '"fragless":{"cached_bytes":0,"largest_free":2097152,"external_fragmentation":0.5}}' % (4 << 20)
+    return head + ',"regions":[' + ",".join(regions) + "]}\n"
+
+
+def json_str(s):
+    import json
+    return json.dumps(s)
+
+
+def region(kind, addr, size, pages=None, blocks=(), stream=0):
+    r = '{"kind":%s,"addr":"0x%x","size":%d,"stream":"0x%x"' % (json_str(kind), addr, size, stream)
+    if pages is not None:
+        r += ',"pages":[' + ",".join('["0x%x",%d,%d,%d]' % p for p in pages) + "]"
+    r += ',"blocks":[' + ",".join('["0x%x",%d,%d]' % b for b in blocks) + "]}"
+    return r
+
+
+def state_report_corpus():
+    d = os.path.join(OUT, "state")
+    for name in sorted(os.listdir(d)):
+        with open(os.path.join(d, name), "rb") as f:
+            write("state_report", name, f.read())
+    A = 0x10000000000
+    M = 2 << 20
+    write("state_report", "no_regions.json", state_doc([]))
+    write("state_report", "no_stats.json", state_doc([region("segment", A, 4 * M, None, [(A, 512, 1), (A + 512, M, 0)])],
+                                                     stats=False))
+    write("state_report", "no_blocks.json", state_doc([region("heap", A, 64 * M, [(A, M, 1, 0), (A + M, M, 0, 0)])]))
+    # Pages larger than the granularity (expandable segments' 20 MiB), and smaller (4 KiB).
+    write("state_report", "page_sizes.json", state_doc([
+        region("expandable segment", A, 80 * M, [(A, 20 * M, 1, 2), (A + 20 * M, 20 * M, 0, 0)],
+               [(A, 512, 1), (A + 4096, 3 * M, 1)]),
+        region("heap", A + 100 * M, 8 * M, [(A + 100 * M + i * 4096, 4096, 1, i % 3) for i in range(5)])]))
+    # 8000 units: several pages per cell (k > 1).
+    write("state_report", "many_units.json", state_doc([region("segment", A, 8000 * M, None,
+                                                               [(A + i * 7 * M, 5 * M, i % 2) for i in range(100)])]))
+    # Names from the file are text, never markup.
+    write("state_report", "markup.json", state_doc([region("<script>alert(1)</script>", A, 2 * M, None, [(A, 512, 1)])],
+                                                   policy='<img src=x onerror="a()">&'))
+    write("state_report", "granularity_4k.json", state_doc([region("block", A, 10000, None, [(A, 10000, 1)])],
+                                                           granularity=4096))
+
+
+# ---- top ------------------------------------------------------------------------------
+
+def top_record(pid=1, comm=b"python", seq=2, device=0, stats=None):
+    # fl_pub_record (src/allocator/allocator.h): magic, version, size, device, pid,
+    # start_time, comm[32], seq, then updated_ns and fl_stats as 64-bit words.
+    rec = struct.pack("<IIIiQQ32sQ", 0x504f5446, 1, 440, device, pid, 0, comm, seq)
+    words = stats if stats is not None else [1700000000000000000] + [(i * 2654435761) % (1 << 40) for i in range(45)]
+    rec += b"".join(struct.pack("<Q", w) for w in words)
+    return rec[:440].ljust(440, b"\0")
+
+
+def top_corpus():
+    # Byte 0: what fuzz_top.c makes right (1 our pid, 2 its start time, 4 header, 8 exact
+    # size, 16 two records, 32 a hidden temporary file, 64 even seq); then the records.
+    write("top", "ours.bin", bytes([1 | 2 | 4 | 8 | 64]) + top_record())
+    write("top", "ours_two.bin", bytes([1 | 4 | 8 | 16 | 64]) + top_record(comm=b"a") + top_record(comm=b"b", device=3))
+    write("top", "busy.bin", bytes([1 | 4 | 8]) + top_record(seq=3))
+    write("top", "escapes.bin", bytes([1 | 8 | 64]) + top_record(comm=b"\x1b[2J\x1b]0;x\x07\xc2\x9b\xff\xe2\x82\xac"))
+    write("top", "utf8.bin", bytes([1 | 2 | 4 | 8 | 64]) + top_record(comm="\u00e9\u4e2d\U0001f600".encode()))
+    write("top", "foreign.bin", bytes([4 | 8 | 32]) + top_record(pid=1))
+    write("top", "gone.bin", bytes([8]) + top_record(pid=2 ** 31 - 2))
+    write("top", "short.bin", bytes([1 | 4]) + top_record()[:100])
+    write("top", "long.bin", bytes([1 | 4]) + top_record() + b"x")
+    write("top", "bad_magic.bin", bytes([1 | 8 | 64]) + b"XXXX" + top_record()[4:])
+    write("top", "bad_version.bin", bytes([1 | 8 | 64]) + top_record()[:4] + b"\x02\0\0\0" + top_record()[8:])
+    write("top", "temp_only.bin", bytes([32 | 1]))
+
+
 if __name__ == "__main__":
     csv_corpus()
     pickle_corpus()
     conf_corpus()
     ops_corpus()
+    args_corpus()
+    commands_corpus()
+    state_report_corpus()
+    top_corpus()

@@ -6,7 +6,8 @@
 #   suite.sh asan SRC BIN               the whole project under ASan+UBSan in BIN/asan, all its tests
 #   suite.sh tsan SRC BIN REGEX         under TSan in BIN/tsan, the tests whose names match REGEX
 #   suite.sh fuzz-build SRC BIN TARGET.. the libFuzzer targets in BIN/fuzz
-#   suite.sh fuzz SRC BIN TARGET SECS   TARGET (csv, pickle, conf, ops) for SECS seconds
+#   suite.sh fuzz SRC BIN TARGET SECS   TARGET (csv, pickle, conf, ops, state, args, commands,
+#                                       state_report, top) for SECS seconds
 #
 # Exit 77 (CTest's "skipped") when clang, a sanitizer runtime or libFuzzer is missing.
 set -eu

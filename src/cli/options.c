@@ -1,0 +1,274 @@
+/* The command line's words as options: the help texts and the parser of replay, compare,
+ * doctor and report. Parsing runs nothing: it returns what was asked, or the exit code
+ * of a refusal with its reason on stderr (the fuzz target tests/fuzz/fuzz_args.c drives it
+ * in-process). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+
+static const char main_help[] =
+    "usage: fragless COMMAND [ARGS]\n"
+    "\n"
+    "How much GPU memory does an allocation trace need under each allocator?\n"
+    "Traces are RMM CSV logs (Thread,Time,Action,Pointer,Size,Stream) or PyTorch memory\n"
+    "snapshots (torch.cuda.memory._dump_snapshot pickles, read without Python).\n"
+    "\n"
+    "commands:\n"
+    "  compare TRACE...   every policy side by side: peak reserved, min capacity, device calls\n"
+    "  replay TRACE       one policy in detail, with a timeline of device calls\n"
+    "  doctor TRACE       is it fragmentation? what to change, and what it would save\n"
+    "  report TRACE|STATE... -o FILE.html  the whole picture as one HTML page: timelines, page maps\n"
+    "  import SNAPSHOT    a PyTorch memory snapshot (.pickle) to a CSV trace\n"
+    "  fidelity SNAPSHOT... how close the PyTorch emulation comes to the recorded reserved memory\n"
+    "  run -- CMD...      run any CUDA program with fragless serving its cudaMalloc/cudaFree\n"
+    "  top [--once]       live memory of every process using fragless, like nvidia-smi\n"
+    "  help [COMMAND]     this text, or a command's\n"
+    "  version            the version\n"
+    "\n"
+    "policies: fragless (ours), cca (PyTorch's default caching allocator),\n"
+    "          cca-expandable (PyTorch's expandable segments), nocache (no cache)\n"
+    "\n"
+    "exit codes: 0 done; 1 bad usage; 2 a trace could not be read or is malformed;\n"
+    "            3 replay ran out of memory at --capacity; 4 other error\n";
+
+static const char replay_help[] =
+    "usage: fragless replay TRACE [--policy P] [--capacity SIZE] [--conf CONF]\n"
+    "                             [--timeline N] [--format table|csv|json]\n"
+    "\n"
+    "Replays TRACE through one policy on a simulated GPU and reports peak live and\n"
+    "reserved memory, OOMs, device calls by kind, simulated device time and host time.\n"
+    "\n"
+    "  --policy P        fragless (default), cca, cca-expandable, nocache\n"
+    "  --capacity SIZE   device capacity: 80GiB, 512MiB, or 1.05x (times the trace's\n"
+    "                    peak live bytes); default unlimited\n"
+    "  --conf CONF       FRAGLESS_CONF-style knobs: for cca, max_split_size_mb:128,\n"
+    "                    roundup_power2_divisions:4, garbage_collection_threshold:0.8\n"
+    "                    (with limit:SIZE), expandable_segments:True; for fragless,\n"
+    "                    small_size:256KiB; for all, limit:SIZE\n"
+    "  --granularity SZ  device page size, a power of two from 4KiB to 1GiB (default 2MiB)\n"
+    "  --timeline N      also print N windows of the trace: live, reserved, device calls\n"
+    "  --min-capacity    also search the smallest capacity that runs without OOM\n"
+    "  --format F        table (default), csv or json\n"
+    "\n"
+    "exit codes: 0 done; 1 bad usage; 2 bad trace; 3 out of memory (at --capacity, or\n"
+    "            without one: the simulated device ran out of address space); 4 other\n";
+
+static const char compare_help[] =
+    "usage: fragless compare TRACE... [--policies LIST] [--capacity SIZE] [--conf CONF]\n"
+    "                                 [--format table|csv|json]\n"
+    "\n"
+    "Replays every TRACE through every policy on a simulated GPU. Per trace and policy:\n"
+    "  peak_live      max live bytes (requests rounded up to 512 B)\n"
+    "  peak_reserved  max device memory the policy held, without a capacity limit\n"
+    "  overhead       peak_reserved / peak_live\n"
+    "  min_capacity   smallest capacity (whole pages) that replays with no OOM;\n"
+    "                 min_capacity / peak_live is the headline fragmentation figure\n"
+    "  calls, dev_ms  device calls and simulated device time without a limit; late_* in\n"
+    "                 the steady state: after both the trace's midpoint and its peak of\n"
+    "                 live bytes (a steady training loop makes no calls there)\n"
+    "With --capacity, the same figures at that capacity and the number of OOMs. A policy\n"
+    "whose run without a limit had failed allocations (the simulated device's address\n"
+    "space: e.g. more than 255 streams under fragless) is marked FAILED (JSON \"failed\",\n"
+    "CSV unlimited_ooms) and the exit code is 3.\n"
+    "\n"
+    "  --policies LIST   comma-separated (default fragless,cca,cca-expandable,nocache)\n"
+    "  --capacity SIZE   80GiB, 512MiB, or 1.05x (times each trace's peak live bytes)\n"
+    "  --conf CONF       knobs applied to every policy (see `fragless help replay`)\n"
+    "  --granularity SZ  device page size, a power of two from 4KiB to 1GiB (default 2MiB)\n"
+    "  --no-min-capacity skip the min_capacity search (faster)\n"
+    "  --format F        table (default), csv or json\n"
+    "\n"
+    "exit codes: 0 done; 1 bad usage; 2 bad trace; 3 a run without a limit ran out of\n"
+    "            memory (its row is marked FAILED); 4 other error\n";
+
+static const char doctor_help[] =
+    "usage: fragless doctor TRACE [--capacity SIZE] [--policy P] [--conf CONF] [--format text|json]\n"
+    "\n"
+    "A diagnosis you can act on. With --capacity (your GPU's memory, or 0.95x of peak\n"
+    "live), or from a snapshot that ends in an oom event (capacity = reserved + free on the\n"
+    "device then), the trace is replayed under the setting you ran until the first OOM:\n"
+    "what was asked, free memory, live bytes, reserved but unallocated, the largest free\n"
+    "block, and the verdict by a stated rule: exhaustion when live + asked exceed the\n"
+    "capacity, fragmentation otherwise. Then: memory by lifetime (persistent vs transient),\n"
+    "the capacity each allocator setting needs (PyTorch's knobs, expandable segments,\n"
+    "fragless), and estimates for empty_cache() and gradient accumulation.\n"
+    "\n"
+    "  --policy P        the allocator the trace ran under (default: what a snapshot's\n"
+    "                    allocator_settings say, else cca, PyTorch's default)\n"
+    "  --conf CONF       its knobs, e.g. max_split_size_mb:256 or expandable_segments:True\n"
+    "  --capacity SIZE   80GiB, 512MiB, or a factor of peak live like 1.05x\n"
+    "  --granularity SZ  device page size, a power of two from 4KiB to 1GiB (default 2MiB)\n"
+    "  --format F        text (default) or json\n"
+    "\n"
+    "exit codes: 0 done; 1 bad usage; 2 bad trace; 4 other error\n";
+
+static const char report_help[] =
+    "usage: fragless report TRACE|SNAPSHOT|STATE... -o REPORT.html [--policies LIST] [--capacity SIZE]\n"
+    "                       [--conf CONF] [--granularity SZ]\n"
+    "\n"
+    "Writes one self-contained HTML page (inline CSS and SVG; nothing is fetched when it is\n"
+    "opened). Per trace: the comparison table (what `fragless compare` prints), live and\n"
+    "reserved memory over time under each policy, maps of the device pages at the peak of\n"
+    "live bytes under fragless and cca (mapped, cached, pinned by one or several live\n"
+    "blocks), and the doctor's verdict and what-if table (`fragless doctor`). A STATE is a\n"
+    "state snapshot (JSON, from fl_allocator_snapshot, oom_snapshot:PATH or Python's\n"
+    "fragless.snapshot()): its statistics and its page map; --policies and --capacity do\n"
+    "not apply to it.\n"
+    "\n"
+    "  -o, --output FILE the HTML file to write (required)\n"
+    "  --policies LIST   comma-separated (default fragless,cca,cca-expandable,nocache)\n"
+    "  --capacity SIZE   your GPU's memory (80GiB, or 1.05x of peak live): OOMs at it in\n"
+    "                    the table, and the doctor's out-of-memory diagnosis\n"
+    "  --conf CONF       knobs applied to every policy (see `fragless help replay`)\n"
+    "  --granularity SZ  device page size, a power of two from 4KiB to 1GiB (default 2MiB)\n"
+    "\n"
+    "exit codes: 0 done; 1 bad usage; 2 bad trace; 4 other error (e.g. FILE not writable)\n";
+
+static int usage_error(const char *help, const char *fmt, const char *arg)
+{
+    fprintf(stderr, "fragless: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\n\n%s", help);
+    return CLI_EXIT_USAGE;
+}
+
+/* "1.05x" is relative to peak live; anything else is a size. */
+static int parse_capacity(const char *text, cli_opts *o)
+{
+    size_t n = strlen(text);
+    if (n > 1 && (text[n - 1] == 'x' || text[n - 1] == 'X')) {
+        char *end;
+        errno = 0;
+        double v = strtod(text, &end);
+        if (errno || end != text + n - 1 || !(v > 0) || v > 1e6) {
+            fprintf(stderr, "fragless: --capacity '%s': expected a factor like 1.05x\n", text);
+            return CLI_EXIT_USAGE;
+        }
+        o->capacity_factor = v;
+        return 0;
+    }
+    if (fl_parse_size(text, &o->capacity) != FL_OK) {
+        fprintf(stderr, "fragless: --capacity: %s\n", fl_last_error());
+        return CLI_EXIT_USAGE;
+    }
+    if (o->capacity == 0) {
+        fprintf(stderr, "fragless: --capacity '%s': must be more than 0\n", text);
+        return CLI_EXIT_USAGE;
+    }
+    return 0;
+}
+
+int cli_parse_opts(int argc, char **argv, cli_mode mode, cli_opts *o)
+{
+    const char *help = cli_help(cli_mode_name(mode));
+    int is_compare = mode == CLI_COMPARE, is_doctor = mode == CLI_DOCTOR, is_report = mode == CLI_REPORT;
+    int multi = is_compare || is_report; /* several traces, --policies */
+    memset(o, 0, sizeof *o);
+    fl_config_default(&o->opts.cfg);
+    fl_sim_params_default(&o->opts.sim);
+    o->min_capacity = multi;
+    o->format = is_doctor ? "text" : "table";
+    o->policies = multi ? "fragless,cca,cca-expandable,nocache" : is_doctor ? "cca" : "fragless";
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int takes = 1;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            fputs(help, stdout);
+            return CLI_HELP_SHOWN;
+        } else if (!strcmp(a, "--policy") && !multi) {
+            if (v)
+                o->policies = v;
+            o->policy_given = 1;
+        } else if (!strcmp(a, "--policies") && multi) {
+            if (v)
+                o->policies = v;
+        } else if ((!strcmp(a, "-o") || !strcmp(a, "--output")) && is_report) {
+            o->output = v;
+        } else if (!strcmp(a, "--capacity")) {
+            if (v && parse_capacity(v, o))
+                return CLI_EXIT_USAGE;
+        } else if (!strcmp(a, "--granularity")) {
+            if (v && (fl_parse_size(v, &o->opts.sim.granularity) != FL_OK))
+                return usage_error(help, "--granularity: %s", fl_last_error());
+            /* Sizes are divided by it and rounded to it: a power of two the sim device
+             * takes (>= 4 KiB), and at most 1 GiB (GPUs map 2 MiB pages). */
+            uint64_t g = o->opts.sim.granularity;
+            if (v && (!fl_is_pow2(g) || g < 4096 || g > FL_GiB))
+                return usage_error(help, "--granularity '%s': expected a power of two from 4KiB to 1GiB", v);
+        } else if (!strcmp(a, "--conf")) {
+            o->policy_given = 1;
+            if (v && fl_config_parse(&o->opts.cfg, v) != FL_OK)
+                return usage_error(help, "--conf: %s", fl_last_error());
+        } else if (!strcmp(a, "--format") && !is_report) {
+            if (v && is_doctor && strcmp(v, "text") && strcmp(v, "json"))
+                return usage_error(help, "--format '%s': expected text or json", v);
+            if (v && !is_doctor && strcmp(v, "table") && strcmp(v, "csv") && strcmp(v, "json"))
+                return usage_error(help, "--format '%s': expected table, csv or json", v);
+            if (v)
+                o->format = v;
+        } else if (!strcmp(a, "--timeline") && mode == CLI_REPLAY) {
+            char *end;
+            long n = v ? strtol(v, &end, 10) : 0;
+            if (v && (*end || n < 1 || n > 10000))
+                return usage_error(help, "--timeline '%s': expected a number of windows from 1 to 10000", v);
+            o->timeline = (int)n;
+        } else if (!strcmp(a, "--min-capacity") && mode == CLI_REPLAY) {
+            o->min_capacity = 1;
+            takes = 0;
+        } else if (!strcmp(a, "--no-min-capacity") && is_compare) {
+            o->min_capacity = 0;
+            takes = 0;
+        } else if (a[0] == '-' && a[1]) {
+            return usage_error(help, "unknown option '%s'", a);
+        } else {
+            if (o->n_traces == CLI_MAX_TRACES)
+                return usage_error(help, "too many traces (at most %s)", "256");
+            o->traces[o->n_traces++] = a;
+            takes = 0;
+        }
+        if (takes) {
+            if (!v)
+                return usage_error(help, "option '%s' needs a value", a);
+            i++;
+        }
+    }
+    if (o->n_traces == 0)
+        return usage_error(help, "no trace given%s", "");
+    if (is_report && (!o->output || !*o->output))
+        return usage_error(help, "no output file given (-o REPORT.html)%s", "");
+    if (!multi && o->n_traces > 1)
+        return usage_error(help, "this command takes one trace; use compare for several (got '%s' too)",
+                           o->traces[1]);
+    return 0;
+}
+
+/* In cli_mode's order. */
+static const char *const mode_names[] = {"replay", "compare", "doctor", "report"};
+
+const char *cli_mode_name(cli_mode mode)
+{
+    return mode_names[mode];
+}
+
+int cli_mode_of(const char *command, cli_mode *mode)
+{
+    for (int i = 0; i < (int)(sizeof mode_names / sizeof mode_names[0]); i++)
+        if (!strcmp(command, mode_names[i])) {
+            *mode = (cli_mode)i;
+            return 0;
+        }
+    return -1;
+}
+
+const char *cli_help(const char *command)
+{
+    return !strcmp(command, "replay")    ? replay_help
+           : !strcmp(command, "compare") ? compare_help
+           : !strcmp(command, "doctor")  ? doctor_help
+           : !strcmp(command, "report")  ? report_help
+                                         : main_help;
+}
