@@ -2,6 +2,7 @@
  * entry points called as torch.cuda.memory.CUDAPluggableAllocator calls them, on the
  * CUDA driver test double (FRAGLESS_CUDA_LIB). */
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
@@ -19,12 +20,30 @@ typedef void (*fraction_fn)(double, int);
 /* The contexts PyTorch's threads see, on a double of two devices, in a child process of
  * its own (a fresh frontend): CUDA's rule is that the calling thread's current context
  * decides where the program's kernels go, so no entry point may change it.
- *  - allocators made from a thread with no context (an autograd worker), then
- *    empty_cache over both devices from a thread whose current context is device 0's:
- *    device 0's is still current (it was device 1's: the last device visited);
+ *  - each device's allocator made by a thread with no context (autograd workers), which
+ *    still has none after it; then empty_cache over both devices from a thread whose
+ *    current context is device 0's: device 0's is still current (it was device 1's: the
+ *    last device visited);
  *  - set_per_process_memory_fraction(f, device=1) while device 0 is current makes device
  *    1's allocator, and device 1's memory comes from device 1 (device 1's allocator used
  *    to adopt device 0's context, and its cudaMalloc charged device 0). */
+typedef struct first_use {
+    malloc_fn tmalloc;
+    CUresult (*get_current)(CUcontext *);
+    int device;
+    void *block;
+    int left_current; /* the thread had a context after the call */
+} first_use;
+
+static void *first_use_thread(void *arg)
+{
+    first_use *u = arg;
+    CUcontext cur = NULL;
+    u->block = u->tmalloc(5 << 20, u->device, NULL);
+    u->left_current = u->get_current(&cur) != CUDA_SUCCESS || cur != NULL;
+    return NULL;
+}
+
 static int context_probe(void)
 {
     void *fc = fl_test_fakecuda();
@@ -42,12 +61,16 @@ static int context_probe(void)
     if (!tmalloc || !tfree || !tempty || !tfraction)
         return 1;
     CUcontext ctx0 = NULL, cur = (CUcontext)1;
-    void *p0 = tmalloc(5 << 20, 0, NULL), *p1 = tmalloc(5 << 20, 1, NULL);
-    CHECK(p0 && p1);
-    CHECK(get_current(&cur) == CUDA_SUCCESS && cur == NULL);
+    first_use u[2] = {{tmalloc, get_current, 0, NULL, 0}, {tmalloc, get_current, 1, NULL, 0}};
+    for (int d = 0; d < 2; d++) {
+        pthread_t t;
+        CHECK(pthread_create(&t, NULL, first_use_thread, &u[d]) == 0);
+        pthread_join(t, NULL);
+        CHECK(u[d].block != NULL && !u[d].left_current);
+    }
     CHECK(init(0) == CUDA_SUCCESS && retain(&ctx0, 0) == CUDA_SUCCESS && set_current(ctx0) == CUDA_SUCCESS);
-    tfree(p0, 5 << 20, 0, NULL);
-    tfree(p1, 5 << 20, 1, NULL);
+    tfree(u[0].block, 5 << 20, 0, NULL);
+    tfree(u[1].block, 5 << 20, 1, NULL);
     tempty();
     CHECK(get_current(&cur) == CUDA_SUCCESS && cur == ctx0);
     return fl_test_failures;
