@@ -128,6 +128,19 @@ typedef struct fl_config {
     /* top:0 stops publishing statistics for `fragless top` (allocators on a real GPU
      * publish by default; simulated devices never do). */
     int publish;                  /* default 1 */
+    /* Paths (trace:, oom_snapshot:) may hold %p (the process id), %r (the rank: $RANK,
+     * else $LOCAL_RANK, else 0) and %% (a '%'), expanded when the file is opened. */
+    /* The cuda device (the frontends pass these on; fl_cuda_params for the C API):
+     * peer_access:0 gives only the owning GPU access to the memory (default 1: every GPU
+     * that can reach it, as cudaDeviceEnablePeerAccess does not cover mapped memory);
+     * shareable:0 creates plain handles (default 1: exportable as file descriptors, fabric
+     * where the GPU supports it, and GPUDirect RDMA capable where it says so). */
+    int peer_access;              /* default 1 */
+    int shareable;                /* default 1 */
+    /* registrable:SIZE backs every block of at least SIZE bytes with one physical
+     * allocation of its own (the block rounded up to pages), so that NCCL, ibverbs and
+     * dmabuf registration and fl_export see it as one range; 0 = off (default). */
+    uint64_t registrable;
 } fl_config;
 
 FL_API void fl_config_default(fl_config *cfg);
@@ -197,13 +210,20 @@ FL_API uint64_t fl_device_granularity(const fl_device *d);
 
 /* ---------------------------------------------------------------------------------
  * The cuda device: a real GPU through the CUDA driver API (loaded with dlopen; no
- * toolkit needed to build). Uses the calling thread's current context, else the
- * device's primary context. Counters' time_us is measured wall time of driver calls.
- * Not thread safe by itself (an allocator serializes its calls).
+ * toolkit needed to build). Every driver call runs in the device's primary context
+ * (retained at creation), pushed when another context (or none) is current on the
+ * calling thread and popped after: the caller's current context is left as it was.
+ * Counters' time_us is measured wall time of driver calls. Not thread safe by itself
+ * (an allocator serializes its calls).
  * --------------------------------------------------------------------------------- */
 typedef struct fl_cuda_params {
     const char *library;          /* NULL: $FRAGLESS_CUDA_LIB or "libcuda.so.1" */
     int device;                   /* ordinal */
+    int peer_access;              /* 1 (default): set_access also names every GPU that can
+                                     access this one (cuDeviceCanAccessPeer); 0: owner only */
+    int shareable;                /* 1 (default): handles exportable as POSIX file
+                                     descriptors (and fabric handles where supported), with
+                                     the GPUDirect RDMA flag where the GPU supports it */
 } fl_cuda_params;
 
 FL_API void fl_cuda_params_default(fl_cuda_params *p);
@@ -335,6 +355,31 @@ FL_API fl_status fl_allocator_snapshot(fl_allocator *a, const char *path);
 
 /* Self-check of the policy's invariants: 0 when sound (message in fl_last_error). */
 FL_API int fl_allocator_check(const fl_allocator *a);
+
+/* ---------------------------------------------------------------------------------
+ * IPC: a block shared with another process (cuda device; shareable handles). The
+ * exporter sends `fd` over a UNIX socket (SCM_RIGHTS) with the other fields and closes
+ * its copy; the importer maps the memory into its address space. The block must lie in
+ * one physical allocation: a block within one page, or any block with registrable:SIZE.
+ * The importer's mapping keeps the memory alive; what the exporter frees meanwhile it
+ * may hand out again, as with cudaIpcGetMemHandle.
+ * --------------------------------------------------------------------------------- */
+typedef struct fl_ipc_handle {
+    int fd;                       /* the physical allocation as a file descriptor (owned by
+                                     whoever holds the struct: close it when sent or done) */
+    int device;                   /* the exporter's device ordinal */
+    uint64_t alloc_size;          /* bytes of the physical allocation */
+    uint64_t offset;              /* where the block starts in it */
+    uint64_t size;                /* the block's size as allocated */
+} fl_ipc_handle;
+
+/* addr must be a live block's start. FL_ERR_UNSUPPORTED when the device cannot export
+ * (sim, shareable:0) or the block spans several physical allocations. */
+FL_API fl_status fl_export(fl_allocator *a, uint64_t addr, fl_ipc_handle *out);
+/* Maps an exported block on a's device; *addr is where it starts. h->fd stays the
+ * caller's. Undone by fl_import_close (and by destroying a's device). */
+FL_API fl_status fl_import(fl_allocator *a, const fl_ipc_handle *h, uint64_t *addr);
+FL_API fl_status fl_import_close(fl_allocator *a, uint64_t addr);
 
 #ifdef __cplusplus
 }

@@ -17,6 +17,10 @@
 #      7 MiB blocks) while fragless needs ~1.02x
 #   e  one more fragless run with FRAGLESS_CONF=trace:PATH, and its trace replayed:
 #      build-gpu/fragless compare TRACE --capacity 1.05x
+#   g  with 2+ GPUs (before c-e): peer copies of tensors fragless allocated (fragless run),
+#      NCCL all-reduce of fragless-allocated tensors under torchrun --nproc-per-node 2
+#      (fragless run), and NCCL's registration of a fragless MemPool (registrable:1MiB)
+#      where PyTorch offers it (scripts/gpu_multi.py); SKIP with one GPU
 #   f  ONE summary table at the end
 #
 # Every step runs under `timeout`, cut to what is left of a total budget (GPU_CHECK_BUDGET_S,
@@ -279,10 +283,12 @@ EOF
 say "[a] machine"
 HAVE_GPU=1
 GPU_NOTE=""
+NGPU=0
 if command -v nvidia-smi >/dev/null 2>&1; then
     run_boxed 30 "$WORK/a-nvidia-smi.log" nvidia-smi -L
     cat "$WORK/a-nvidia-smi.log"
     if ((RC != 0)); then HAVE_GPU=0 GPU_NOTE="nvidia-smi -L: $(why_not)"; fi
+    NGPU=$(grep -c '^GPU ' "$WORK/a-nvidia-smi.log" || true)
     run_boxed 30 "$WORK/a-nvidia-smi-q.log" nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     GPU_LINE=$(head -n 1 "$WORK/a-nvidia-smi-q.log")
     echo "gpu 0: $GPU_LINE"
@@ -410,7 +416,10 @@ else
     # The real driver: no FRAGLESS_CUDA_LIB (the smoke test names its driver), no FRAGLESS_CONF.
     run_boxed 120 "$WORK/b-smoke.log" env -u FRAGLESS_CUDA_LIB -u FRAGLESS_CONF "$WORK/smoke/smoke" "$DRIVER" "$SMOKE_SIZE"
     cat "$WORK/b-smoke.log"
-    SMOKE_HEAD=$(head -n 1 "$WORK/b-smoke.log" | sed 's/^smoke: //')
+    # Its own first line (the allocators' out-of-memory reports, on unbuffered stderr, come
+    # before it in the log).
+    SMOKE_HEAD=$(grep -m 1 '^smoke: ' "$WORK/b-smoke.log" | sed 's/^smoke: //' || true)
+    [[ -n $SMOKE_HEAD ]] || SMOKE_HEAD=$(head -n 1 "$WORK/b-smoke.log")
     case $RC in
     0) record "b smoke (real driver)" ok "$SECS" "every policy: $SMOKE_HEAD" ;;
     1)
@@ -430,6 +439,72 @@ else
         failed "b smoke: crashed ($(why_not))"
         ;;
     esac
+fi
+
+# ---- g: two GPUs (peer copies, NCCL) --------------------------------------------------------
+
+# multi LABEL STEP: the step's line from the GPU_MULTI_RESULT lines in g-LABEL.log (one per
+# process: ok, skipped or error).
+multi() {
+    local log=$WORK/g-$1.log step=$2 lines err skip
+    lines=$(grep -h "^GPU_MULTI_RESULT " "$log" | sed 's/^GPU_MULTI_RESULT //' || true)
+    if [[ -z $lines ]]; then
+        show_tail "$log"
+        record "$step" ERROR "$SECS" "no result: $(why_not) (log: g-$1.log)"
+        cannot "$step: no result ($(why_not))"
+        return 0
+    fi
+    err=$(printf '%s\n' "$lines" | "$PY" -c 'import json,sys
+for l in sys.stdin:
+    r = json.loads(l)
+    if not r.get("ok") and r.get("error"):
+        print("rank %s: %s" % (r.get("rank"), r["error"])); break' 2>/dev/null || true)
+    skip=$(printf '%s\n' "$lines" | "$PY" -c 'import json,sys
+for l in sys.stdin:
+    r = json.loads(l)
+    if r.get("skipped"):
+        print(r["skipped"]); break' 2>/dev/null || true)
+    if [[ -n $err ]]; then
+        show_tail "$log"
+        record "$step" FAIL "$SECS" "$(cut -c 1-200 <<<"$err")"
+        failed "$step: $(cut -c 1-160 <<<"$err")"
+    elif [[ -n $skip ]]; then
+        record "$step" SKIP "$SECS" "$skip"
+    else
+        record "$step" ok "$SECS" "$(printf '%s\n' "$lines" | wc -l) process(es) ok; $3"
+    fi
+}
+
+# A trace per process and GPU: how many allocations fragless served, on how many GPUs.
+served() {
+    local n=0 files=0 f
+    for f in "$WORK"/g-"$1"*.csv; do
+        [[ -f $f ]] || continue
+        files=$((files + 1))
+        n=$((n + $(grep -c ',allocate,' "$f" || true)))
+    done
+    echo "$n allocations served by fragless in $files trace file(s)"
+}
+
+if ((HAVE_GPU && NGPU < 2)); then
+    record "g two GPUs" SKIP 0 "$NGPU GPU here: the peer-copy and NCCL checks need two"
+elif ((HAVE_GPU)); then
+    say "[g] two GPUs: peer copies of fragless memory (fragless run -- gpu_multi.py --peer)"
+    # Every process of the step: fragless through the preload library (PyTorch's
+    # cudaMallocAsync backend, set by fragless run), traces per process and GPU.
+    G_ENV=(env -u FRAGLESS_CUDA_LIB -u FRAGLESS_CONF -u PYTORCH_CUDA_ALLOC_CONF -u PYTORCH_ALLOC_CONF
+        PYTHONUNBUFFERED=1 PYTHONPATH="$ROOT/python${PYTHONPATH:+:$PYTHONPATH}" FRAGLESS_LIB="$BUILD_DIR/libfragless.so")
+    run_boxed 120 "$WORK/g-peer.log" "${G_ENV[@]}" "$BUILD_DIR/fragless" run --trace "$WORK/g-peer.csv" -- \
+        "$PY" scripts/gpu_multi.py --peer
+    multi peer "g peer copy (2 GPUs)" "$(served peer)"
+    say "[g] NCCL all-reduce of fragless-allocated tensors: fragless run -- torchrun --nproc-per-node 2"
+    run_boxed 180 "$WORK/g-allreduce.log" "${G_ENV[@]}" "$BUILD_DIR/fragless" run --trace "$WORK/g-allreduce.csv" -- \
+        "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 scripts/gpu_multi.py --allreduce
+    multi allreduce "g NCCL all-reduce" "$(served allreduce)"
+    say "[g] NCCL buffer registration of a fragless MemPool (registrable:1MiB), where PyTorch offers it"
+    run_boxed 180 "$WORK/g-register.log" "${G_ENV[@]}" FRAGLESS_CONF=registrable:1MiB \
+        "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 scripts/gpu_multi.py --register
+    multi register "g NCCL registration" "ProcessGroupNCCL.register_mem_pool of fragless blocks"
 fi
 
 # ---- c, d, e: training under one cap, a recorded trace and its replay ----------------------

@@ -5,6 +5,7 @@
 #include "util/util.h"
 
 #include <string.h>
+#include <unistd.h>
 
 static void test_defaults(void)
 {
@@ -210,11 +211,53 @@ static void test_errors(void)
     check_bad("limit:8GiB,max_split_size_mb:1", "max_split_size_mb: '1'", NULL);
 }
 
+/* The multi-GPU keys, and per-process / per-rank paths: %p, %r, %% expanded where the
+ * file is opened, anything else after a '%' refused when the config is read. */
+static void test_devices_and_paths(void)
+{
+    fl_config c;
+    fl_config_default(&c);
+    CHECK(c.peer_access == 1 && c.shareable == 1 && c.registrable == 0);
+    CHECK_OK(fl_config_parse(&c, "peer_access:0,shareable:False,registrable:32MiB"));
+    CHECK(c.peer_access == 0 && c.shareable == 0 && c.registrable == 32 * FL_MiB);
+    CHECK_OK(fl_config_parse(&c, "registrable:0"));
+    CHECK_EQ_U64(c.registrable, 0);
+    CHECK_STATUS(fl_config_parse(&c, "registrable:4KiB"), FL_ERR_PARSE);
+    CHECK_MENTIONS("below 64KiB");
+    CHECK_STATUS(fl_config_parse(&c, "peer_access:maybe"), FL_ERR_PARSE);
+
+    CHECK_OK(fl_config_parse(&c, "trace:/tmp/t.%p.%r.csv,oom_snapshot:s%%.json"));
+    CHECK_STATUS(fl_config_parse(&c, "trace:/tmp/t.%d.csv"), FL_ERR_PARSE);
+    CHECK_MENTIONS("%d");
+    CHECK_STATUS(fl_config_parse(&c, "oom_snapshot:x%"), FL_ERR_PARSE);
+    CHECK(strcmp(c.trace_path, "/tmp/t.%p.%r.csv") == 0); /* the failed parses changed nothing */
+
+    char out[64], want[64];
+    unsetenv("RANK");
+    unsetenv("LOCAL_RANK");
+    CHECK_OK(fl_expand_path("a.%r.%p.%%", out, sizeof out));
+    snprintf(want, sizeof want, "a.0.%d.%%", (int)getpid());
+    CHECK(strcmp(out, want) == 0);
+    setenv("LOCAL_RANK", "3", 1);
+    CHECK_OK(fl_expand_path("r%r", out, sizeof out));
+    CHECK(strcmp(out, "r3") == 0);
+    setenv("RANK", "12", 1); /* the global rank wins */
+    CHECK_OK(fl_expand_path("r%r", out, sizeof out));
+    CHECK(strcmp(out, "r12") == 0);
+    setenv("RANK", "../x", 1); /* not a number: never put into a file name */
+    CHECK_OK(fl_expand_path("r%r", out, sizeof out));
+    CHECK(strcmp(out, "r3") == 0);
+    unsetenv("RANK");
+    unsetenv("LOCAL_RANK");
+    CHECK_STATUS(fl_expand_path("%p%p%p%p%p%p", out, 8), FL_ERR_INVALID);
+}
+
 int main(void)
 {
     test_defaults();
     test_keys();
     test_roundup_ranges();
     test_errors();
+    test_devices_and_paths();
     return fl_test_done("test_conf");
 }

@@ -940,5 +940,20 @@ int main(void)
         }
     }
     CHECK(n_policies == 4); /* a new policy joins the suite by being registered */
+    /* Layers over a policy (registrable:SIZE: large blocks one physical allocation each)
+     * pass the same suite, as policies whose sizes are not exact. */
+    static const char *const layered[] = {"policy:fragless,registrable:1MiB", "policy:cca,registrable:3MiB"};
+    for (size_t i = 0; i < sizeof layered / sizeof layered[0]; i++) {
+        const char *conf = layered[i];
+        test_misuse(conf);
+        isolated("huge requests", huge_requests, conf);
+        test_streams(conf);
+        test_pressure(conf, 2 * MiB);
+        test_pressure(conf, 1 * MiB);
+        for (size_t k = 0; k < sizeof seeds / sizeof seeds[0]; k++) {
+            random_run(conf, "unlimited", 0, seeds[k], ops, k % 2 == 0);
+            random_run(conf, "256 MiB", 256 * MiB, seeds[k] + 1, ops, k % 2 == 0);
+        }
+    }
     return fl_test_done("test_conformance");
 }

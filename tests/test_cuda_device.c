@@ -32,6 +32,11 @@ static struct {
 #undef FAKE_POINTER
     unsigned long long (*fakecuda_calls)(const char *fn);
     void (*fakecuda_fail_call)(const char *fn, unsigned long long n, CUresult err);
+    size_t (*fakecuda_used)(int dev);
+    int (*fakecuda_ctx_depth)(void);
+    CUresult (*fakecuda_device_access)(int dev, CUdeviceptr va, size_t n, int write);
+    int (*fakecuda_handle_props)(CUdeviceptr va, unsigned *types, int *rdma);
+    void (*fakecuda_reset)(void);
 } fake;
 
 static void resolve(void *lib, const char *name, void *slot)
@@ -52,6 +57,19 @@ static void load_fake(void)
 #undef FAKE_RESOLVE
     resolve(lib, "fakecuda_calls", &fake.fakecuda_calls);
     resolve(lib, "fakecuda_fail_call", &fake.fakecuda_fail_call);
+    resolve(lib, "fakecuda_used", &fake.fakecuda_used);
+    resolve(lib, "fakecuda_ctx_depth", &fake.fakecuda_ctx_depth);
+    resolve(lib, "fakecuda_device_access", &fake.fakecuda_device_access);
+    resolve(lib, "fakecuda_handle_props", &fake.fakecuda_handle_props);
+    resolve(lib, "fakecuda_reset", &fake.fakecuda_reset);
+}
+
+/* The double with this environment (VAR=VALUE pairs, NULL-terminated) from now on. */
+static void fake_env(const char *const *kv)
+{
+    for (; *kv; kv += 2)
+        setenv(kv[0], kv[1], 1);
+    fake.fakecuda_reset();
 }
 
 static CUcontext current_ctx(void)
@@ -61,13 +79,31 @@ static CUcontext current_ctx(void)
     return c;
 }
 
+/* The test's own driver calls need a context, as a program's do: device dev's primary
+ * one, retained and pushed, as the runtime makes it current; program_leave undoes it. */
+static CUcontext program_enter(int dev)
+{
+    CUcontext c = NULL;
+    CHECK(fake.cuInit(0) == CUDA_SUCCESS);
+    CHECK(fake.cuDevicePrimaryCtxRetain(&c, dev) == CUDA_SUCCESS);
+    CHECK(fake.cuCtxPushCurrent_v2(c) == CUDA_SUCCESS);
+    return c;
+}
+static void program_leave(int dev)
+{
+    CUcontext c = NULL;
+    CHECK(fake.cuCtxPopCurrent_v2(&c) == CUDA_SUCCESS);
+    CHECK(fake.cuDevicePrimaryCtxRelease_v2(dev) == CUDA_SUCCESS);
+}
+
 /* ---- helpers ------------------------------------------------------------------------ */
 
-static fl_device *make_dev(void)
+static fl_device *make_dev_on(int ordinal)
 {
     fl_cuda_params p;
     fl_cuda_params_default(&p);
     p.library = fake_path;
+    p.device = ordinal;
     fl_device *d = NULL;
     CHECK_OK(fl_cuda_device_create(&p, &d));
     if (!d) {
@@ -75,6 +111,42 @@ static fl_device *make_dev(void)
         exit(1);
     }
     return d;
+}
+
+static fl_device *make_dev(void) { return make_dev_on(0); }
+
+/* A device with the given peer_access and shareable settings. */
+static fl_device *make_dev_with(int ordinal, int peer_access, int shareable)
+{
+    fl_cuda_params p;
+    fl_cuda_params_default(&p);
+    p.library = fake_path;
+    p.device = ordinal;
+    p.peer_access = peer_access;
+    p.shareable = shareable;
+    fl_device *d = NULL;
+    CHECK_OK(fl_cuda_device_create(&p, &d));
+    if (!d)
+        exit(1);
+    return d;
+}
+
+/* One page reserved, created, mapped and given access: its address. */
+static uint64_t map_one(fl_device *d, uint64_t *handle)
+{
+    uint64_t va = 0;
+    CHECK_OK(fl_dev_reserve(d, 2 * MiB, &va));
+    CHECK_OK(fl_dev_create(d, 2 * MiB, handle));
+    CHECK_OK(fl_dev_map(d, va, 2 * MiB, *handle));
+    CHECK_OK(fl_dev_set_access(d, va, 2 * MiB));
+    return va;
+}
+
+static void unmap_one(fl_device *d, uint64_t va, uint64_t handle)
+{
+    CHECK_OK(fl_dev_unmap(d, va, 2 * MiB));
+    CHECK_OK(fl_dev_release(d, handle));
+    CHECK_OK(fl_dev_addr_free(d, va, 2 * MiB));
 }
 
 
@@ -139,7 +211,9 @@ static void test_create(void)
     memset(&prop, 0, sizeof prop);
     prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
     prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    program_enter(0);
     fake.cuMemGetAllocationGranularity(&gran, &prop, CU_MEM_ALLOC_GRANULARITY_RECOMMENDED);
+    program_leave(0);
     CHECK_EQ_U64(fl_device_capacity(d), 64 * MiB); /* FAKECUDA_CAPACITY of this case */
     CHECK_EQ_U64(fl_device_capacity(d), total);
     CHECK_EQ_U64(fl_device_granularity(d), gran);
@@ -149,25 +223,12 @@ static void test_create(void)
     fl_device_counters c = counters(d), zero;
     memset(&zero, 0, sizeof zero);
     CHECK(memcmp(&c, &zero, sizeof c) == 0); /* opening is not the policies' device time */
-    /* Nothing was current: the device retained the primary context and made it current. */
-    CUcontext ours = current_ctx();
-    CHECK(ours != NULL);
+    /* The device retained the primary context, and left nothing current. */
+    CHECK(current_ctx() == NULL);
+    CHECK_EQ_U64(fake.fakecuda_calls("cuDevicePrimaryCtxRetain"), 2); /* with program_enter's */
     fl_device_destroy(d);
-    CHECK(current_ctx() == NULL); /* and left the thread as it found it */
-    CHECK_EQ_U64(fake.fakecuda_calls("cuDevicePrimaryCtxRelease_v2"), 1);
-
-    /* A context already current is used as it is, and not released at destroy. */
-    CUcontext mine = NULL;
-    CHECK(fake.cuDevicePrimaryCtxRetain(&mine, 0) == CUDA_SUCCESS);
-    CHECK(fake.cuCtxSetCurrent(mine) == CUDA_SUCCESS);
-    unsigned long long retains = fake.fakecuda_calls("cuDevicePrimaryCtxRetain");
-    d = make_dev();
-    CHECK_EQ_U64(fake.fakecuda_calls("cuDevicePrimaryCtxRetain"), retains);
-    fl_device_destroy(d);
-    CHECK(current_ctx() == mine);
-    CHECK_EQ_U64(fake.fakecuda_calls("cuDevicePrimaryCtxRelease_v2"), 1);
-    CHECK(fake.cuCtxSetCurrent(NULL) == CUDA_SUCCESS);
-    CHECK(fake.cuDevicePrimaryCtxRelease_v2(0) == CUDA_SUCCESS);
+    CHECK(current_ctx() == NULL);
+    CHECK_EQ_U64(fake.fakecuda_calls("cuDevicePrimaryCtxRelease_v2"), 2);
 
     /* NULL params: the library comes from $FRAGLESS_CUDA_LIB. */
     setenv("FRAGLESS_CUDA_LIB", fake_path, 1);
@@ -300,29 +361,201 @@ static void test_ops(void)
     fl_device_destroy(d);
 }
 
-/* Calls from a thread that has no current context: the device makes its own current. */
+/* Calls from a thread that has no current context (an autograd worker): they work, in
+ * the device's context, and the thread still has none after them (the driver makes no
+ * context current on a new thread: CUDA_ERROR_INVALID_CONTEXT without ours). */
 static void *other_thread(void *arg)
 {
     fl_device *d = arg;
-    uint64_t a = 0;
+    uint64_t a = 0, va, h;
     CHECK(current_ctx() == NULL);
+    CHECK(fake.cuMemAlloc_v2(&(CUdeviceptr){0}, 4096) == CUDA_ERROR_INVALID_CONTEXT);
     CHECK_OK(fl_dev_mem_alloc(d, 4096, &a));
-    CHECK(current_ctx() != NULL);
+    CHECK(current_ctx() == NULL && fake.fakecuda_ctx_depth() == 0);
+    CHECK_OK(fl_dev_reserve(d, 2 * MiB, &va));
+    CHECK_OK(fl_dev_create(d, 2 * MiB, &h));
+    CHECK_OK(fl_dev_map(d, va, 2 * MiB, h));
+    CHECK_OK(fl_dev_set_access(d, va, 2 * MiB));
+    CHECK_OK(fl_dev_synchronize(d));
+    uint64_t ev = 0;
+    int done = 0;
+    CHECK_OK(fl_dev_event_record(d, 0, &ev));
+    CHECK_OK(fl_dev_event_query(d, ev, &done));
+    fl_dev_event_destroy(d, ev);
+    CHECK_OK(fl_dev_unmap(d, va, 2 * MiB));
+    CHECK_OK(fl_dev_release(d, h));
+    CHECK_OK(fl_dev_addr_free(d, va, 2 * MiB));
     CHECK_OK(fl_dev_mem_free(d, a));
+    CHECK(current_ctx() == NULL && fake.fakecuda_ctx_depth() == 0);
     return NULL;
 }
 
 static void test_threads(void)
 {
     fl_device *d = make_dev();
-    CUcontext ours = current_ctx();
     pthread_t t;
     CHECK(pthread_create(&t, NULL, other_thread, d) == 0);
     pthread_join(t, NULL);
-    /* A thread whose context was unset meanwhile gets ours back for the next call. */
-    CHECK(fake.cuCtxSetCurrent(NULL) == CUDA_SUCCESS);
-    CHECK_OK(fl_dev_synchronize(d));
-    CHECK(current_ctx() == ours);
+    CHECK(current_ctx() == NULL);
+    fl_device_destroy(d);
+}
+
+/* ---- contexts ------------------------------------------------------------------------ */
+
+/* Two devices (FAKECUDA_DEVICES=2) from a thread whose current context is device 0's, as
+ * a program's after cudaSetDevice(0): each device works in its own context (device 1's
+ * memory is charged to device 1), and every call leaves device 0's context current, so
+ * the program's next kernels still go to device 0. Before contexts were per call, device
+ * 1 adopted device 0's context and the thread kept whichever it used last. */
+static void test_contexts(void)
+{
+    CUcontext c0 = program_enter(0);
+    fl_device *d1 = make_dev_on(1), *d0 = make_dev_on(0);
+    CHECK(current_ctx() == c0 && fake.fakecuda_ctx_depth() == 1);
+    uint64_t a0, a1, va, h;
+    CHECK_OK(fl_dev_mem_alloc(d1, 3 * MiB, &a1));
+    CHECK(current_ctx() == c0);
+    CHECK_EQ_U64(fake.fakecuda_used(1), fl_align_up(3 * MiB, 512));
+    CHECK_EQ_U64(fake.fakecuda_used(0), 0);
+    CHECK_OK(fl_dev_mem_alloc(d0, MiB, &a0));
+    CHECK_EQ_U64(fake.fakecuda_used(0), MiB);
+    /* Alternating, every kind of call: each device's memory stays its own. */
+    CHECK_OK(fl_dev_reserve(d1, 4 * MiB, &va));
+    CHECK_OK(fl_dev_create(d1, 2 * MiB, &h));
+    CHECK_OK(fl_dev_map(d1, va, 2 * MiB, h));
+    CHECK_OK(fl_dev_set_access(d1, va, 2 * MiB));
+    CHECK_OK(fl_dev_synchronize(d0));
+    CHECK_OK(fl_dev_synchronize(d1));
+    CHECK(current_ctx() == c0 && fake.fakecuda_ctx_depth() == 1);
+    CHECK_EQ_U64(fake.fakecuda_used(1), in_use(d1));
+    CHECK_EQ_U64(fake.fakecuda_used(0), in_use(d0));
+    /* A stack the program pushed (device 1's over device 0's) is left as it was. */
+    CUcontext c1 = program_enter(1);
+    CHECK_OK(fl_dev_unmap(d1, va, 2 * MiB));
+    CHECK_OK(fl_dev_mem_free(d0, a0));
+    CHECK(current_ctx() == c1 && fake.fakecuda_ctx_depth() == 2);
+    program_leave(1);
+    CHECK(current_ctx() == c0);
+    /* A push the driver refuses: the call fails, naming it, and changes nothing. */
+    fake.fakecuda_fail_call("cuCtxPushCurrent_v2", 1, CUDA_ERROR_INVALID_CONTEXT);
+    EXPECT_REFUSED(d1, FL_CALL_RELEASE, FL_ERR_DEVICE, "cuCtxPushCurrent_v2(primary context of device 1)",
+                   fl_dev_release(d1, h));
+    CHECK(current_ctx() == c0 && fake.fakecuda_ctx_depth() == 1);
+    CHECK_OK(fl_dev_release(d1, h));
+    CHECK_OK(fl_dev_addr_free(d1, va, 4 * MiB));
+    CHECK_OK(fl_dev_mem_free(d1, a1));
+    CHECK_EQ_U64(fake.fakecuda_used(0) + fake.fakecuda_used(1), 0);
+    fl_device_destroy(d0);
+    fl_device_destroy(d1);
+    CHECK(current_ctx() == c0 && fake.fakecuda_ctx_depth() == 1);
+    program_leave(0);
+}
+
+/* ---- peers and handles ----------------------------------------------------------------- */
+
+/* Three GPUs that reach each other (FAKECUDA_DEVICES=3): mapped memory is reachable from a
+ * peer only when cuMemSetAccess names it (cudaDeviceEnablePeerAccess does not cover it),
+ * so set_access names every device that can access the owner; peer_access:0 names the
+ * owner only; a machine whose GPUs cannot reach each other gets the owner only, and no
+ * refused call. Before, set_access named the owner only: a peer copy faulted. */
+static void test_peers(void)
+{
+    fl_device *d = make_dev_on(1);
+    uint64_t h, va = map_one(d, &h);
+    CHECK(fake.fakecuda_device_access(1, va, 2 * MiB, 1) == CUDA_SUCCESS);
+    CHECK(fake.fakecuda_device_access(0, va, 2 * MiB, 1) == CUDA_SUCCESS);
+    CHECK(fake.fakecuda_device_access(2, va + MiB, 4096, 0) == CUDA_SUCCESS);
+    CHECK_EQ_U64(fake.fakecuda_calls("cuMemSetAccess"), 1); /* one call names them all */
+    unmap_one(d, va, h);
+    fl_device_destroy(d);
+
+    d = make_dev_with(1, 0, 1);
+    va = map_one(d, &h);
+    CHECK(fake.fakecuda_device_access(1, va, 2 * MiB, 1) == CUDA_SUCCESS);
+    CHECK(fake.fakecuda_device_access(0, va, 2 * MiB, 0) == CUDA_ERROR_ILLEGAL_ADDRESS);
+    CHECK(fake.fakecuda_device_access(2, va, 2 * MiB, 0) == CUDA_ERROR_ILLEGAL_ADDRESS);
+    unmap_one(d, va, h);
+    fl_device_destroy(d);
+
+    /* The double refuses a device that cannot reach the memory, as the driver does. */
+    static const char *const no_peers[] = {"FAKECUDA_PEER", "0", NULL};
+    fake_env(no_peers);
+    d = make_dev_on(0);
+    va = map_one(d, &h);
+    CHECK(fake.fakecuda_device_access(0, va, 2 * MiB, 1) == CUDA_SUCCESS);
+    CHECK(fake.fakecuda_device_access(1, va, 2 * MiB, 0) == CUDA_ERROR_ILLEGAL_ADDRESS);
+    /* A mapping starts inaccessible; after an unmap and a new map, access is set again. */
+    uint64_t h2;
+    CHECK_OK(fl_dev_unmap(d, va, 2 * MiB));
+    CHECK_OK(fl_dev_create(d, 2 * MiB, &h2));
+    CHECK_OK(fl_dev_map(d, va, 2 * MiB, h2));
+    CHECK(fake.fakecuda_device_access(0, va, 2 * MiB, 0) == CUDA_ERROR_ILLEGAL_ADDRESS);
+    CHECK_OK(fl_dev_set_access(d, va, 2 * MiB));
+    CHECK(fake.fakecuda_device_access(0, va, 2 * MiB, 0) == CUDA_SUCCESS);
+    CHECK_OK(fl_dev_release(d, h));
+    unmap_one(d, va, h2);
+    fl_device_destroy(d);
+}
+
+/* The handles: exportable as file descriptors, and fabric handles where the GPU reports
+ * them, with the GPUDirect RDMA flag where the attribute says so (what NCCL's user-buffer
+ * registration, UCX/NIXL and dmabuf need); a GPU whose fabric support fails at
+ * cuMemCreate (no IMEX channel) gets file descriptors, and stops asking for fabric;
+ * shareable:0 makes plain handles. Before, every handle was type NONE without the flag. */
+static void test_handles(void)
+{
+    unsigned types = 0;
+    int rdma = 0;
+    fl_device *d = make_dev();
+    uint64_t h, va = map_one(d, &h);
+    CHECK(fake.fakecuda_handle_props(va, &types, &rdma) == 0);
+    CHECK(types == CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR && rdma == 1);
+    unmap_one(d, va, h);
+    fl_device_destroy(d);
+
+    static const char *const fabric[] = {"FAKECUDA_FABRIC", "1", "FAKECUDA_RDMA", "0", NULL};
+    fake_env(fabric);
+    d = make_dev();
+    va = map_one(d, &h);
+    CHECK(fake.fakecuda_handle_props(va, &types, &rdma) == 0);
+    CHECK(types == (CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR | CU_MEM_HANDLE_TYPE_FABRIC) && rdma == 0);
+    unmap_one(d, va, h);
+    fl_device_destroy(d);
+
+    static const char *const denied[] = {"FAKECUDA_FABRIC", "2", "FAKECUDA_RDMA", "1", NULL};
+    fake_env(denied);
+    d = make_dev();
+    va = map_one(d, &h);
+    CHECK_EQ_U64(fake.fakecuda_calls("cuMemCreate"), 2); /* refused with fabric, then without */
+    CHECK_EQ_U64(calls(d, FL_CALL_CREATE), 1);
+    CHECK_EQ_U64(counters(d).failed_calls, 0);
+    CHECK(fake.fakecuda_handle_props(va, &types, &rdma) == 0);
+    CHECK(types == CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR && rdma == 1);
+    uint64_t h2;
+    CHECK_OK(fl_dev_create(d, 2 * MiB, &h2));
+    CHECK_EQ_U64(fake.fakecuda_calls("cuMemCreate"), 3); /* fabric is not asked again */
+    CHECK_OK(fl_dev_release(d, h2));
+    unmap_one(d, va, h);
+    fl_device_destroy(d);
+
+    d = make_dev_with(0, 1, 0);
+    va = map_one(d, &h);
+    CHECK(fake.fakecuda_handle_props(va, &types, &rdma) == 0);
+    CHECK(types == CU_MEM_HANDLE_TYPE_NONE && rdma == 0);
+    fl_ipc_handle x;
+    CHECK_STATUS(fl_dev_export(d, va, 4096, &x), FL_ERR_UNSUPPORTED);
+    CHECK_MENTIONS("shareable:0");
+    unmap_one(d, va, h);
+    fl_device_destroy(d);
+
+    /* A GPU without file-descriptor export (attribute 103 is 0): plain handles. */
+    static const char *const no_fd[] = {"FAKECUDA_FABRIC", "0", "FAKECUDA_POSIX_FD", "0", NULL};
+    fake_env(no_fd);
+    d = make_dev();
+    va = map_one(d, &h);
+    CHECK(fake.fakecuda_handle_props(va, &types, &rdma) == 0);
+    CHECK(types == CU_MEM_HANDLE_TYPE_NONE);
+    unmap_one(d, va, h);
     fl_device_destroy(d);
 }
 
@@ -385,7 +618,9 @@ static void test_errors(void)
     CHECK_OK(fl_dev_map(d, va, G, h));
     CHECK_OK(fl_dev_map(d, va + G, G, h2));
     CHECK_OK(fl_dev_release(d, h));
+    program_enter(0);
     CHECK(fake.cuMemUnmap(va + G, G) == CUDA_SUCCESS);
+    program_leave(0);
     CHECK_STATUS(fl_dev_unmap(d, va, 2 * G), FL_ERR_INVALID);
     CHECK_MENTIONS("cuMemUnmap");
     CHECK_MENTIONS(fl_test_hex(va + G));
@@ -393,7 +628,9 @@ static void test_errors(void)
     CHECK_STATUS(fl_dev_unmap(d, va, G), FL_ERR_INVALID);
     /* A cudaMalloc block freed elsewhere: the device's count keeps it. */
     CHECK_OK(fl_dev_mem_alloc(d, 512, &a));
+    program_enter(0);
     CHECK(fake.cuMemFree_v2(a) == CUDA_SUCCESS);
+    program_leave(0);
     EXPECT_REFUSED(d, FL_CALL_MEM_FREE, FL_ERR_INVALID, "cuMemFree_v2", fl_dev_mem_free(d, a));
     CHECK_EQ_U64(in_use(d), G + 512);
 
@@ -658,6 +895,10 @@ static void run_case(const char *what, void (*fn)(void), int no_vmm)
     pid_t pid = fork();
     if (pid == 0) {
         setenv("FAKECUDA_CAPACITY", "64M", 1);
+        if (fn == test_contexts)
+            setenv("FAKECUDA_DEVICES", "2", 1);
+        if (fn == test_peers)
+            setenv("FAKECUDA_DEVICES", "3", 1);
         if (no_vmm)
             setenv("FAKECUDA_NO_VMM", "1", 1);
         load_fake();
@@ -697,6 +938,9 @@ int main(void)
     run_case("no vmm", test_no_vmm, 1);
     run_case("ops", test_ops, 0);
     run_case("threads", test_threads, 0);
+    run_case("contexts", test_contexts, 0);
+    run_case("peers", test_peers, 0);
+    run_case("handles", test_handles, 0);
     run_case("errors", test_errors, 0);
     run_case("leftovers", test_leftovers, 0);
     run_case("policies", test_policies, 0);

@@ -9,6 +9,7 @@
 #include <dlfcn.h>
 #include <pthread.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "device/cuda_api.h"
 #include "fakecuda/fakecuda.h"
@@ -31,6 +32,10 @@ static struct {
     void (*set_auto_complete)(int on);
     void (*complete_all)(void);
     void (*reset)(void);
+    CUresult (*device_access)(int dev, CUdeviceptr va, size_t n, int write);
+    int (*handle_props)(CUdeviceptr va, unsigned *types, int *rdma);
+    int (*ctx_depth)(void);
+    size_t (*used)(int dev);
 } fc;
 static void *lib;
 static CUcontext ctx0; /* device 0's primary context, current on the main thread */
@@ -67,6 +72,10 @@ static void load(void)
     resolve(&fc.set_auto_complete, "fakecuda_set_auto_complete");
     resolve(&fc.complete_all, "fakecuda_complete_all");
     resolve(&fc.reset, "fakecuda_reset");
+    resolve(&fc.device_access, "fakecuda_device_access");
+    resolve(&fc.handle_props, "fakecuda_handle_props");
+    resolve(&fc.ctx_depth, "fakecuda_ctx_depth");
+    resolve(&fc.used, "fakecuda_used");
 }
 
 /* Sets (value non-NULL) or clears one variable, then has the double re-read them all. */
@@ -725,6 +734,128 @@ static void test_threads(void)
     CHECK_EQ_U64(free_mem(), free0);
 }
 
+/* Context stacks, several devices, peers, handle types, export and import, address
+ * ranges: the driver's rules the cuda device's contexts, peer access and IPC rely on
+ * (FAKECUDA_DEVICES=2 for this case; the main thread's stack is device 0's context). */
+static void test_devices_and_sharing(void)
+{
+    env("FAKECUDA_DEVICES", "2");
+    CUcontext c1 = NULL, c = NULL, top = NULL;
+    CU_OK(cu.cuDevicePrimaryCtxRetain(&c1, 1));
+    CHECK(c1 != ctx0);
+    /* Push and pop: a stack per thread, SetCurrent replaces its top, pop of an empty one
+     * is refused. */
+    CHECK_EQ_U64(fc.ctx_depth(), 1);
+    CU_OK(cu.cuCtxPushCurrent_v2(c1));
+    CU_OK(cu.cuCtxGetCurrent(&c));
+    CHECK(c == c1 && fc.ctx_depth() == 2);
+    CHECK_CU(cu.cuCtxPushCurrent_v2(NULL), CUDA_ERROR_INVALID_VALUE);
+    size_t f = 0, t = 0;
+    CUdeviceptr p;
+    CU_OK(cu.cuMemAlloc_v2(&p, 4096)); /* charged to the current context's device: 1 */
+    CHECK_EQ_U64(fc.used(1), 4096);
+    CHECK_EQ_U64(fc.used(0), 0);
+    CU_OK(cu.cuMemGetInfo_v2(&f, &t));
+    CHECK_EQ_U64(t - f, 4096);
+    CU_OK(cu.cuMemFree_v2(p));
+    CU_OK(cu.cuCtxPopCurrent_v2(&top));
+    CHECK(top == c1 && fc.ctx_depth() == 1);
+    CU_OK(cu.cuCtxGetCurrent(&c));
+    CHECK(c == ctx0);
+    CU_OK(cu.cuCtxSetCurrent(c1)); /* replaces the top */
+    CHECK(fc.ctx_depth() == 1);
+    CU_OK(cu.cuCtxSetCurrent(NULL)); /* pops it */
+    CHECK(fc.ctx_depth() == 0);
+    CHECK_CU(cu.cuCtxPopCurrent_v2(&top), CUDA_ERROR_INVALID_CONTEXT);
+    CU_OK(cu.cuCtxSetCurrent(ctx0)); /* pushes onto the empty stack */
+    CHECK(fc.ctx_depth() == 1);
+
+    /* Peers and UUIDs. */
+    int can = -1;
+    CU_OK(cu.cuDeviceCanAccessPeer(&can, 1, 0));
+    CHECK(can == 1);
+    CHECK_CU(cu.cuDeviceCanAccessPeer(&can, 0, 0), CUDA_ERROR_INVALID_DEVICE);
+    CUuuid u0, u1;
+    CU_OK(cu.cuDeviceGetUuid_v2(&u0, 0));
+    CU_OK(cu.cuDeviceGetUuid_v2(&u1, 1));
+    CHECK(memcmp(&u0, &u1, sizeof u0) != 0);
+
+    /* Access per device: a new mapping is no one's; each GPU reaches what it was granted. */
+    CUdeviceptr va;
+    CUmemGenericAllocationHandle h, h2, imp;
+    CU_OK(cu.cuMemAddressReserve(&va, 4 * GRAN, 0, 0, 0));
+    CUmemAllocationProp prop = prop_on(0);
+    prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+    prop.allocFlags.gpuDirectRDMACapable = 1;
+    CU_OK(cu.cuMemCreate(&h, 2 * GRAN, &prop, 0));
+    CU_OK(cu.cuMemMap(va, 2 * GRAN, 0, h, 0));
+    CHECK_CU(fc.device_access(0, va, 64, 0), CUDA_ERROR_ILLEGAL_ADDRESS);
+    CU_OK(allow_rw(va, 2 * GRAN));
+    CU_OK(fc.device_access(0, va, 2 * GRAN, 1));
+    CHECK_CU(fc.device_access(1, va, 64, 0), CUDA_ERROR_ILLEGAL_ADDRESS);
+    CUmemAccessDesc both[2] = {access_on(0, CU_MEM_ACCESS_FLAGS_PROT_READWRITE),
+                               access_on(1, CU_MEM_ACCESS_FLAGS_PROT_READ)};
+    CU_OK(cu.cuMemSetAccess(va + GRAN, GRAN, both, 2)); /* the second page only */
+    CU_OK(fc.device_access(1, va + GRAN, GRAN, 0));
+    CHECK_CU(fc.device_access(1, va + GRAN, 64, 1), CUDA_ERROR_ILLEGAL_ADDRESS); /* read only */
+    CHECK_CU(fc.device_access(1, va, 2 * GRAN, 0), CUDA_ERROR_ILLEGAL_ADDRESS);
+    unsigned types = 0;
+    int rdma = 0;
+    CHECK(fc.handle_props(va, &types, &rdma) == 0 && types == CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR && rdma);
+
+    /* One mapping is one range, wherever in it one asks. */
+    CUdeviceptr base = 0;
+    size_t len = 0;
+    CU_OK(cu.cuMemGetAddressRange_v2(&base, &len, va + GRAN + 100));
+    CHECK(base == va && len == 2 * GRAN);
+    CHECK_CU(cu.cuMemGetAddressRange_v2(&base, &len, va + 3 * GRAN), CUDA_ERROR_NOT_FOUND);
+
+    /* Export as a file descriptor, import it: the same memory, charged once. */
+    int fd = -1;
+    CU_OK(cu.cuMemExportToShareableHandle(&fd, h, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0));
+    CHECK(fd >= 0);
+    CHECK_CU(cu.cuMemExportToShareableHandle(&fd, h, CU_MEM_HANDLE_TYPE_FABRIC, 0), CUDA_ERROR_NOT_SUPPORTED);
+    size_t before = fc.used(0);
+    CU_OK(cu.cuMemImportFromShareableHandle(&imp, (void *)(intptr_t)fd, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR));
+    close(fd);
+    CHECK_EQ_U64(fc.used(0), before);
+    CU_OK(cu.cuMemMap(va + 2 * GRAN, 2 * GRAN, 0, imp, 0));
+    CU_OK(allow_rw(va + 2 * GRAN, 2 * GRAN));
+    memset((void *)(uintptr_t)va, 0x3c, 4096);
+    CHECK(((unsigned char *)(uintptr_t)(va + 2 * GRAN))[100] == 0x3c);
+    CU_OK(cu.cuMemUnmap(va + 2 * GRAN, 2 * GRAN));
+    CU_OK(cu.cuMemRelease(imp));
+    CHECK_CU(cu.cuMemImportFromShareableHandle(&imp, (void *)(intptr_t)-1, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR),
+             CUDA_ERROR_INVALID_VALUE);
+    /* A handle made with type NONE exports nothing; the RDMA flag needs the attribute. */
+    CU_OK(create(&h2, GRAN));
+    CHECK_CU(cu.cuMemExportToShareableHandle(&fd, h2, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0),
+             CUDA_ERROR_INVALID_VALUE);
+    CU_OK(cu.cuMemRelease(h2));
+    CU_OK(cu.cuMemUnmap(va, 2 * GRAN));
+    CU_OK(cu.cuMemRelease(h));
+    CU_OK(cu.cuMemAddressFree(va, 4 * GRAN));
+    env("FAKECUDA_RDMA", "0");
+    int attr = -1;
+    CU_OK(cu.cuDeviceGetAttribute(&attr, CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED, 0));
+    CHECK(attr == 0);
+    CHECK_CU(cu.cuMemCreate(&h, GRAN, &prop, 0), CUDA_ERROR_INVALID_VALUE);
+    env("FAKECUDA_FABRIC", "2");
+    prop.allocFlags.gpuDirectRDMACapable = 0;
+    prop.requestedHandleTypes = (CUmemAllocationHandleType)(CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR | CU_MEM_HANDLE_TYPE_FABRIC);
+    CU_OK(cu.cuDeviceGetAttribute(&attr, CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_FABRIC_SUPPORTED, 0));
+    CHECK(attr == 1);
+    CHECK_CU(cu.cuMemCreate(&h, GRAN, &prop, 0), CUDA_ERROR_NOT_PERMITTED);
+    env("FAKECUDA_PEER", "0");
+    CU_OK(cu.cuDeviceCanAccessPeer(&can, 1, 0));
+    CHECK(can == 0);
+    unsetenv("FAKECUDA_RDMA");
+    unsetenv("FAKECUDA_FABRIC");
+    unsetenv("FAKECUDA_PEER");
+    CU_OK(cu.cuDevicePrimaryCtxRelease_v2(1));
+    env("FAKECUDA_DEVICES", NULL);
+}
+
 int main(void)
 {
     /* The double reads its environment on first use: start from the defaults. */
@@ -744,6 +875,7 @@ int main(void)
     test_fault_injection();
     test_error_names();
     test_threads();
+    test_devices_and_sharing();
     test_environment(); /* last: it reconfigures the double */
 
     CU_OK(cu.cuCtxSetCurrent(NULL));

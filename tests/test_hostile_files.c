@@ -100,7 +100,7 @@ static void test_publish(const char *dir, int refused)
     if (!plant(precious, tmp))
         return;
     fl_publisher *p = NULL;
-    CHECK_OK(fl_publish_open(device, &p));
+    CHECK_OK(fl_publish_open(device, "", &p));
     CHECK(precious_intact());
     if (p) {
         /* The record is a file of its own, and it reads back. */
@@ -121,7 +121,7 @@ static void test_publish(const char *dir, int refused)
     if (!plant(precious, final))
         return;
     p = NULL;
-    fl_status s = fl_publish_open(device, &p);
+    fl_status s = fl_publish_open(device, "", &p);
     CHECK(precious_intact());
     if (refused) {
         CHECK_STATUS(s, FL_ERR_IO);

@@ -3,6 +3,7 @@
  * program (tests/preload/app.c, linked against a runtime without a device) started with
  * `fragless run` on the driver double: it runs only because fragless serves it, and the
  * trace it records lists its allocations and frees. */
+#include <dirent.h>
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -128,6 +129,28 @@ static void test_in_process(void)
     int local = 0;
     CHECK(free_capturing(cfree, &local, err, sizeof err) == 1);
     CHECK(strstr(err, "not memory fragless allocated") != NULL);
+    /* Stream order, with work on streams that stays pending (the driver double's events
+     * complete only when told): a block freed on its own stream is reusable there at
+     * once; freed on another stream, only once that stream's work is done (before, the
+     * stream was ignored and the block came back at once). */
+    void *fc = dlopen(FAKECUDA_PATH, RTLD_NOW | RTLD_LOCAL);
+    void (*auto_complete)(int) = NULL, (*complete_all)(void) = NULL;
+    CHECK(fc && fl_test_sym(fc, "fakecuda_set_auto_complete", &auto_complete) &&
+          fl_test_sym(fc, "fakecuda_complete_all", &complete_all));
+    if (auto_complete && complete_all) {
+        cudaStream_t s1 = (cudaStream_t)0x11, s2 = (cudaStream_t)0x22;
+        void *a = NULL, *b = NULL, *c = NULL, *d = NULL;
+        auto_complete(0);
+        CHECK(cmalloc_async(&a, MiB, s1) == 0 && a);
+        CHECK(cfree_async(a, s1) == 0);
+        CHECK(cmalloc_async(&b, MiB, s1) == 0 && b == a);
+        CHECK(cfree_async(b, s2) == 0);
+        CHECK(cmalloc_async(&c, MiB, s1) == 0 && c && c != b);
+        complete_all(); /* s2's work is done */
+        CHECK(cmalloc_async(&d, MiB, s1) == 0 && d == b);
+        CHECK(cfree_async(c, s1) == 0 && cfree_async(d, s1) == 0);
+        auto_complete(1);
+    }
     CHECK(cfree(p) == 0);
     CHECK(free_capturing(cfree, p, err, sizeof err) == 1); /* a double free */
     CHECK(cinfo(&fr, &total) == 0);
@@ -166,6 +189,25 @@ static void show(const char *what, const fl_run_result *r)
 static const unsigned long long app_sizes[] = {100, 512, 4096, 70000, 257 * 1024, 1 << 20,
                                                (3 << 20) + 5, (20 << 20) + 7, 1000, 5 << 20};
 #define APP_BLOCKS (sizeof app_sizes / sizeof app_sizes[0])
+
+/* The files in the scratch directory whose names start with prefix (at most max, in
+ * paths[i] of 256 bytes); how many there are. */
+static int find_files(const char *prefix, char paths[][256], int max)
+{
+    DIR *d = opendir(tmp);
+    int n = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (strncmp(e->d_name, prefix, strlen(prefix)))
+            continue;
+        if (n < max)
+            snprintf(paths[n], 256, "%.63s/%.190s", tmp, e->d_name);
+        n++;
+    }
+    if (d)
+        closedir(d);
+    return n;
+}
 
 /* The recorded trace: the header, then one allocate row per block in the program's
  * order with its size and stream, and one free row for each, of an allocated pointer. */
@@ -237,15 +279,30 @@ static void test_run(void)
     CHECK(total == 256 * MiB && f0 == total && f2 == total && f1 < f0);
     if (r->code != 0)
         show("fragless run --trace t.csv -- app", r);
-    char trace[128];
-    snprintf(trace, sizeof trace, "%s/t.csv", tmp);
-    check_trace(trace);
+    /* Each process writes t.PID.csv. */
+    char traces[4][256];
+    CHECK(find_files("t.", traces, 4) == 1);
+    check_trace(traces[0]);
     /* The trace is one our own tools read. */
-    r = run("'%s' replay t.csv --format csv", FL_CLI);
+    r = run("'%s' replay '%s' --format csv", FL_CLI, traces[0]);
     CHECK(r->code == 0);
     if (r->code != 0)
-        show("fragless replay t.csv", r);
-    unlink(trace);
+        show("fragless replay t.PID.csv", r);
+    unlink(traces[0]);
+
+    /* Two processes under one `fragless run --trace`: two files, each whole (before,
+     * both wrote two.csv at once). %r names the rank. */
+    r = run("'%s' run --trace two.csv -- sh -c \"'%s' >/dev/null & '%s' >/dev/null; wait\"", FL_CLI, PRELOAD_APP,
+            PRELOAD_APP);
+    CHECK(r->code == 0);
+    CHECK(find_files("two.", traces, 4) == 2);
+    for (int i = 0; i < 2; i++) {
+        check_trace(traces[i]);
+        unlink(traces[i]);
+    }
+    r = run("RANK=3 '%s' run --trace 'rank%%r.csv' -- '%s'", FL_CLI, PRELOAD_APP);
+    CHECK(r->code == 0 && find_files("rank3.", traces, 4) == 1);
+    unlink(traces[0]);
 
     /* --conf reaches the program: under an 8 MiB limit its 20 MiB block fails, with
      * the allocator's reason on stderr; another policy serves it too. */
@@ -266,6 +323,30 @@ static void test_run(void)
      * Async ones are ordered by their stream). */
     r = run("CUDART_STUB_REPORT=1 '%s' run -- '%s'", FL_CLI, PRELOAD_APP);
     CHECK(r->code == 0 && strstr(r->err, "cudaDeviceSynchronize called 8 times"));
+    /* cudaFree(NULL), the idiom that creates the primary context, is the runtime's (it
+     * was swallowed). */
+    CHECK(strstr(r->err, "cudaFree(NULL) called 1 times") != NULL);
+    /* A block of device 1 freed while device 0 is current: device 1 is the one waited for
+     * (the current device was, before). */
+    r = run("CUDART_STUB_REPORT=1 FAKECUDA_DEVICES=2 '%s' run -- '%s' --devices", FL_CLI, PRELOAD_APP);
+    CHECK(r->code == 0 && strstr(r->out, "device 1's block freed from device 0"));
+    CHECK(strstr(r->err, "cudaDeviceSynchronize called 1 times (device 1: 1)") != NULL);
+    if (r->code != 0 || !strstr(r->err, "(device 1: 1)"))
+        show("fragless run -- app --devices", r);
+
+    /* A program whose runtime is linked statically allocates through the driver: nothing
+     * is served, and the user is told why at exit (before, nothing was said). Processes
+     * that never touched the driver, or were served, say nothing. */
+    r = run("'%s' run -- '%s'", FL_CLI, STATIC_APP);
+    CHECK(r->code == 0 && strstr(r->out, "allocated through the driver"));
+    CHECK(strstr(r->err, "used the CUDA driver but made no cudaMalloc/cudaMallocAsync call") &&
+          strstr(r->err, "-cudart shared"));
+    if (!strstr(r->err, "-cudart shared"))
+        show("fragless run -- static_app", r);
+    r = run("'%s' run -- '%s'", FL_CLI, PRELOAD_APP);
+    CHECK(r->code == 0 && !strstr(r->err, "made no cudaMalloc"));
+    r = run("'%s' run -- sh -c 'exit 0'", FL_CLI);
+    CHECK(r->code == 0 && !strstr(r->err, "fragless"));
 
     /* The runtime's current device is the one allocated on. */
     r = run("CUDART_STUB_DEVICE=1 '%s' run -- '%s'", FL_CLI, PRELOAD_APP);
@@ -278,11 +359,22 @@ static void test_run(void)
     char so[PATH_MAX], want[2 * PATH_MAX + 300];
     CHECK(realpath(PRELOAD_SO, so) != NULL);
     r = run("LD_PRELOAD='%s' '%s' run --conf policy:cca --trace sub/x.csv -- sh -c "
-            "'printf \"%%s\\n%%s\\n\" \"$LD_PRELOAD\" \"$FRAGLESS_CONF\"'", CUDART_STUB, FL_CLI);
-    snprintf(want, sizeof want, "%s:%s\npolicy:cca,trace:%s/sub/x.csv\n", so, CUDART_STUB, tmp);
+            "'printf \"%%s\\n%%s\\n%%s\\n\" \"$LD_PRELOAD\" \"$FRAGLESS_CONF\" \"$PYTORCH_CUDA_ALLOC_CONF\"'",
+            CUDART_STUB, FL_CLI);
+    snprintf(want, sizeof want, "%s:%s\npolicy:cca,trace:%s/sub/x.%%p.csv\nbackend:cudaMallocAsync\n", so, CUDART_STUB,
+             tmp);
     CHECK(r->code == 0 && !strcmp(r->out, want));
     if (r->code != 0 || strcmp(r->out, want))
         fprintf(stderr, "want:\n%sgot:\n%s", want, r->out);
+    /* PyTorch's allocator config: merged into what the user set, in either variable; a
+     * backend the user chose is kept, with a note. */
+    r = run("PYTORCH_CUDA_ALLOC_CONF='expandable_segments:True,' PYTORCH_ALLOC_CONF='backend:native' '%s' run -- "
+            "sh -c 'printf \"%%s|%%s\" \"$PYTORCH_CUDA_ALLOC_CONF\" \"$PYTORCH_ALLOC_CONF\"'", FL_CLI);
+    CHECK(r->code == 0 && !strcmp(r->out, "expandable_segments:True,backend:cudaMallocAsync|backend:native"));
+    CHECK(strstr(r->err, "PYTORCH_ALLOC_CONF sets backend:native, kept") != NULL);
+    r = run("PYTORCH_ALLOC_CONF='max_split_size_mb:128' '%s' run -- sh -c 'printf \"%%s|%%s\" "
+            "\"${PYTORCH_CUDA_ALLOC_CONF-unset}\" \"$PYTORCH_ALLOC_CONF\"'", FL_CLI);
+    CHECK(r->code == 0 && !strcmp(r->out, "unset|max_split_size_mb:128,backend:cudaMallocAsync"));
     r = run("FRAGLESS_VERBOSE=1 '%s' run -- '%s'", FL_CLI, PRELOAD_APP);
     CHECK(r->code == 0 && strstr(r->err, "fragless: serving cudaMalloc"));
 

@@ -98,6 +98,7 @@ static fl_allocator *kept_alive;
 
 static int child_main(int up, int down)
 {
+    setenv("RANK", "5", 1); /* as torchrun sets it */
     fl_device *d = cuda_device();
     fl_config cfg;
     fl_config_default(&cfg);
@@ -177,6 +178,9 @@ static void test_child_listed_and_removed(void)
     CHECK_EQ_U64(e.pid, c.pid);
     CHECK_EQ_U64(e.device, 0);
     CHECK(!strcmp(e.comm, "test_top"));
+    CHECK_EQ_U64(e.rank, 5);
+    /* The double's UUID of device 0: "fakecuda", then zeros and the ordinal. */
+    CHECK(!strcmp(e.uuid, "GPU-66616b65-6375-6461-0000-000000000000"));
     CHECK(e.start_time != 0 && e.start_time == fl_proc_start_time((uint64_t)c.pid));
     CHECK(e.seq >= 2 && e.seq % 2 == 0);
     CHECK_EQ_U64(e.stats.allocated_bytes.current, c.stats.allocated_bytes.current);
@@ -199,9 +203,13 @@ static void test_child_listed_and_removed(void)
         CHECK(strstr(l, " test_top ") != NULL);
         CHECK(strstr(l, live) != NULL);
         CHECK(strstr(l, reserved) != NULL);
-        char dev[16];
-        snprintf(dev, sizeof dev, "%d   0 ", (int)c.pid);
-        CHECK(strstr(l, dev) != NULL);
+        /* PID RANK DEV UUID GPU */
+        unsigned long long pid = 0;
+        char rank[8], uuid[16], gpu[8];
+        int dev = -1;
+        CHECK(sscanf(l, "%llu %7s %d %15s %7s", &pid, rank, &dev, uuid, gpu) == 5);
+        CHECK(pid == (unsigned long long)c.pid && !strcmp(rank, "5") && dev == 0);
+        CHECK(!strcmp(uuid, "GPU-66616b65") && !strcmp(gpu, "-"));
     }
     CHECK(strstr(r->out, "NVML not available: device totals not shown") != NULL);
     CHECK(strstr(r->out, "LIVE") && strstr(r->out, "RESERVED") && strstr(r->out, "EXT FRAG"));
@@ -441,7 +449,7 @@ static void test_in_process(void)
 
     setenv("FRAGLESS_TOP_DIR", "/nonexistent/fl_top_dir", 1);
     fl_publisher *p = NULL;
-    CHECK_STATUS(fl_publish_open(0, &p), FL_ERR_IO);
+    CHECK_STATUS(fl_publish_open(0, "", &p), FL_ERR_IO);
     CHECK(p == NULL);
     CHECK_MENTIONS("/nonexistent/fl_top_dir/");
     CHECK_MENTIONS("No such file or directory");
@@ -557,7 +565,7 @@ static void test_seqlock(void)
     pthread_t wt[WRITERS], rt[WRITERS];
     memset(rs, 0, sizeof rs);
     for (int i = 0; i < WRITERS; i++) {
-        CHECK_OK(fl_publish_open(5 + i, &p[i]));
+        CHECK_OK(fl_publish_open(5 + i, "", &p[i]));
         if (!p[i])
             return;
         rs[i].path = fl_publish_path(p[i]);

@@ -2,17 +2,116 @@
  * entry points called as torch.cuda.memory.CUDAPluggableAllocator calls them, on the
  * CUDA driver test double (FRAGLESS_CUDA_LIB). */
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "device/cuda_api.h"
 #include "test_support.h"
 
 typedef void *(*malloc_fn)(ssize_t, int, void *);
 typedef void (*free_fn)(void *, ssize_t, int, void *);
 typedef void (*empty_fn)(void);
+typedef void (*fraction_fn)(double, int);
+
+/* The contexts PyTorch's threads see, on a double of two devices, in a child process of
+ * its own (a fresh frontend): CUDA's rule is that the calling thread's current context
+ * decides where the program's kernels go, so no entry point may change it.
+ *  - each device's allocator made by a thread with no context (autograd workers), which
+ *    still has none after it; then empty_cache over both devices from a thread whose
+ *    current context is device 0's: device 0's is still current (it was device 1's: the
+ *    last device visited);
+ *  - set_per_process_memory_fraction(f, device=1) while device 0 is current makes device
+ *    1's allocator, and device 1's memory comes from device 1 (device 1's allocator used
+ *    to adopt device 0's context, and its cudaMalloc charged device 0). */
+typedef struct first_use {
+    malloc_fn tmalloc;
+    CUresult (*get_current)(CUcontext *);
+    int device;
+    void *block;
+    int left_current; /* the thread had a context after the call */
+} first_use;
+
+static void *first_use_thread(void *arg)
+{
+    first_use *u = arg;
+    CUcontext cur = NULL;
+    u->block = u->tmalloc(5 << 20, u->device, NULL);
+    u->left_current = u->get_current(&cur) != CUDA_SUCCESS || cur != NULL;
+    return NULL;
+}
+
+static int context_probe(void)
+{
+    void *fc = fl_test_fakecuda();
+    CUresult (*init)(unsigned), (*retain)(CUcontext *, int), (*set_current)(CUcontext), (*get_current)(CUcontext *);
+    size_t (*used)(int);
+    if (!fc || !fl_test_sym(fc, "cuInit", &init) || !fl_test_sym(fc, "cuDevicePrimaryCtxRetain", &retain) ||
+        !fl_test_sym(fc, "cuCtxSetCurrent", &set_current) || !fl_test_sym(fc, "cuCtxGetCurrent", &get_current) ||
+        !fl_test_sym(fc, "fakecuda_used", &used))
+        return 1;
+    void *so = dlopen(FRAGLESS_SO, RTLD_NOW | RTLD_LOCAL);
+    malloc_fn tmalloc = so ? (malloc_fn)(uintptr_t)dlsym(so, "fragless_torch_malloc") : NULL;
+    free_fn tfree = so ? (free_fn)(uintptr_t)dlsym(so, "fragless_torch_free") : NULL;
+    empty_fn tempty = so ? (empty_fn)(uintptr_t)dlsym(so, "fragless_torch_empty_cache") : NULL;
+    fraction_fn tfraction = so ? (fraction_fn)(uintptr_t)dlsym(so, "fragless_torch_set_memory_fraction") : NULL;
+    if (!tmalloc || !tfree || !tempty || !tfraction)
+        return 1;
+    CUcontext ctx0 = NULL, cur = (CUcontext)1;
+    first_use u[2] = {{tmalloc, get_current, 0, NULL, 0}, {tmalloc, get_current, 1, NULL, 0}};
+    for (int d = 0; d < 2; d++) {
+        pthread_t t;
+        CHECK(pthread_create(&t, NULL, first_use_thread, &u[d]) == 0);
+        pthread_join(t, NULL);
+        CHECK(u[d].block != NULL && !u[d].left_current);
+    }
+    CHECK(init(0) == CUDA_SUCCESS && retain(&ctx0, 0) == CUDA_SUCCESS && set_current(ctx0) == CUDA_SUCCESS);
+    tfree(u[0].block, 5 << 20, 0, NULL);
+    tfree(u[1].block, 5 << 20, 1, NULL);
+    tempty();
+    CHECK(get_current(&cur) == CUDA_SUCCESS && cur == ctx0);
+    return fl_test_failures;
+}
+
+static int fraction_probe(void)
+{
+    void *fc = fl_test_fakecuda();
+    CUresult (*init)(unsigned), (*retain)(CUcontext *, int), (*set_current)(CUcontext), (*get_current)(CUcontext *);
+    size_t (*used)(int);
+    if (!fc || !fl_test_sym(fc, "cuInit", &init) || !fl_test_sym(fc, "cuDevicePrimaryCtxRetain", &retain) ||
+        !fl_test_sym(fc, "cuCtxSetCurrent", &set_current) || !fl_test_sym(fc, "cuCtxGetCurrent", &get_current) ||
+        !fl_test_sym(fc, "fakecuda_used", &used))
+        return 1;
+    setenv("FRAGLESS_CONF", "policy:cca", 1); /* the cudaMalloc path: charged to the current context's device */
+    void *so = dlopen(FRAGLESS_SO, RTLD_NOW | RTLD_LOCAL);
+    malloc_fn tmalloc = so ? (malloc_fn)(uintptr_t)dlsym(so, "fragless_torch_malloc") : NULL;
+    fraction_fn tfraction = so ? (fraction_fn)(uintptr_t)dlsym(so, "fragless_torch_set_memory_fraction") : NULL;
+    if (!tmalloc || !tfraction)
+        return 1;
+    CUcontext ctx0 = NULL, cur = NULL;
+    CHECK(init(0) == CUDA_SUCCESS && retain(&ctx0, 0) == CUDA_SUCCESS && set_current(ctx0) == CUDA_SUCCESS);
+    tfraction(0.5, 1);
+    void *p = tmalloc(3 << 20, 1, NULL);
+    CHECK(p != NULL);
+    CHECK(used(1) >= (3 << 20) && used(0) == 0);
+    CHECK(get_current(&cur) == CUDA_SUCCESS && cur == ctx0);
+    return fl_test_failures;
+}
+
+static void in_child(const char *what, int (*fn)(void))
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0)
+        _exit(fn() ? 1 : 0);
+    int status = 0;
+    CHECK(pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0))
+        fprintf(stderr, "test_torch: %s: failed (above)\n", what);
+}
 
 int main(void)
 {
@@ -20,6 +119,8 @@ int main(void)
     setenv("FAKECUDA_CAPACITY", "64M", 1);
     setenv("FAKECUDA_DEVICES", "2", 1); /* device 1: the per-device trace below */
     setenv("FRAGLESS_CONF", "policy:fragless", 1);
+    in_child("contexts after empty_cache", context_probe);
+    in_child("memory fraction of device 1 from device 0", fraction_probe);
     void *so = dlopen(FRAGLESS_SO, RTLD_NOW | RTLD_LOCAL);
     if (!so) {
         fprintf(stderr, "cannot load %s: %s\n", FRAGLESS_SO, dlerror());

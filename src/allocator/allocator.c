@@ -97,8 +97,9 @@ static void fork_child(void)
         a->rec = NULL;
         fl_publish_close(a->pub); /* detaches: the file stays the parent's */
         a->pub = NULL;
-        if (a->cfg.publish && a->policy->dev->is_gpu)
-            fl_publish_open(a->policy->dev->ordinal, &a->pub); /* best effort: top only */
+        char uuid[48];
+        if (a->cfg.publish && a->policy->dev->is_gpu) /* best effort: top only */
+            fl_publish_open(a->policy->dev->ordinal, fl_dev_uuid_str(a->policy->dev, uuid, sizeof uuid), &a->pub);
         fl_lock_reset(&a->lock);
     }
     pthread_mutex_init(&registry_lock, NULL);
@@ -169,8 +170,9 @@ fl_status fl_allocator_create(const fl_config *cfg, fl_device *dev, fl_allocator
     fl_status s = dev->owner ? owned(dev) : fl_map_init(&a->uses, 16);
     if (s == FL_OK)
         s = fl_policy_create(cfg, dev, &a->policy);
-    if (s == FL_OK && cfg->trace_path[0])
-        s = fl_recorder_open(cfg->trace_path, &a->rec);
+    char trace_path[FL_PATH_MAX];
+    if (s == FL_OK && cfg->trace_path[0] && (s = fl_expand_path(cfg->trace_path, trace_path, sizeof trace_path)) == FL_OK)
+        s = fl_recorder_open(trace_path, &a->rec);
     if (s == FL_OK)
         s = registry_add(a, dev);
     if (s != FL_OK) {
@@ -181,7 +183,8 @@ fl_status fl_allocator_create(const fl_config *cfg, fl_device *dev, fl_allocator
         free(a);
         return s;
     }
-    if (cfg->publish && dev->is_gpu && fl_publish_open(dev->ordinal, &a->pub) != FL_OK)
+    char uuid[48];
+    if (cfg->publish && dev->is_gpu && fl_publish_open(dev->ordinal, fl_dev_uuid_str(dev, uuid, sizeof uuid), &a->pub) != FL_OK)
         fprintf(stderr, "fragless: device %d: not shown in `fragless top`: %s\n", dev->ordinal, fl_last_error());
     *out = a;
     return FL_OK;
@@ -312,7 +315,9 @@ static fl_status out_of_memory(fl_allocator *a, uint64_t size, uint64_t stream)
         a->oom_reported = 1;
         if (a->cfg.oom_report)
             fprintf(stderr, "fragless: %s\n", r->text);
-        if (a->cfg.oom_snapshot[0] && write_snapshot(a, a->cfg.oom_snapshot) != FL_OK)
+        char path[FL_PATH_MAX];
+        if (a->cfg.oom_snapshot[0] && (fl_expand_path(a->cfg.oom_snapshot, path, sizeof path) != FL_OK ||
+                                       write_snapshot(a, path) != FL_OK))
             fprintf(stderr, "fragless: oom_snapshot: %s\n", fl_last_error());
     }
     maybe_publish(a, 1);
@@ -626,3 +631,47 @@ int fl_allocator_check(const fl_allocator *a)
 
 fl_policy *fl_allocator_policy(const fl_allocator *a) { return a->policy; }
 uint64_t fl_allocator_live(const fl_allocator *a) { return a->live512; }
+
+/* ---- for the frontends: a block's stream (cudaFreeAsync) and IPC ------------------- */
+
+fl_status fl_allocator_block_stream(fl_allocator *a, uint64_t addr, uint64_t *stream, int *known)
+{
+    fl_lock_acquire(&a->lock);
+    const fl_policy *p = a->policy;
+    int r = 0;
+    *known = 0;
+    if (pending_index(a, addr) < 0) {
+        r = p->ops->block_stream ? p->ops->block_stream(p, addr, stream) : p->ops->block_size(p, addr) ? -1 : 0;
+        *known = r > 0;
+    }
+    fl_lock_release(&a->lock);
+    return r ? FL_OK : fl_fail(FL_ERR_NOT_FOUND, "0x%llx: not a live block of this allocator", (unsigned long long)addr);
+}
+
+fl_status fl_export(fl_allocator *a, uint64_t addr, fl_ipc_handle *out)
+{
+    fl_lock_acquire(&a->lock);
+    const fl_policy *p = a->policy;
+    uint64_t size = pending_index(a, addr) < 0 ? p->ops->block_size(p, addr) : 0;
+    fl_status s = size ? fl_dev_export(p->dev, addr, size, out)
+                       : fl_fail(FL_ERR_NOT_FOUND, "fl_export(0x%llx): not a live block of this allocator",
+                                 (unsigned long long)addr);
+    fl_lock_release(&a->lock);
+    return s;
+}
+
+fl_status fl_import(fl_allocator *a, const fl_ipc_handle *h, uint64_t *addr)
+{
+    fl_lock_acquire(&a->lock);
+    fl_status s = fl_dev_import(a->policy->dev, h, addr);
+    fl_lock_release(&a->lock);
+    return s;
+}
+
+fl_status fl_import_close(fl_allocator *a, uint64_t addr)
+{
+    fl_lock_acquire(&a->lock);
+    fl_status s = fl_dev_import_close(a->policy->dev, addr);
+    fl_lock_release(&a->lock);
+    return s;
+}

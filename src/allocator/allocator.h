@@ -16,6 +16,12 @@
 fl_policy *fl_allocator_policy(const fl_allocator *a);
 uint64_t fl_allocator_live(const fl_allocator *a);
 
+/* For the CUDA runtime's frontend (cudaFree of another device's block, cudaFreeAsync on
+ * another stream): the stream the live block at addr was allocated on, with *known 0
+ * when the policy does not keep it; FL_ERR_NOT_FOUND when addr is no live block here (a
+ * block waiting for record_stream's events is freed already). */
+fl_status fl_allocator_block_stream(fl_allocator *a, uint64_t addr, uint64_t *stream, int *known);
+
 /* Fills the judgment of an out-of-memory moment from the facts in r (request, stream,
  * capacity, limit, live, reserved, free_in_reserved, largest_free): device_free,
  * external fragmentation (largest free taken over what the policy holds and what may
@@ -33,7 +39,7 @@ fl_status fl_state_write(const fl_policy *p, const fl_stats *stats, FILE *out);
  * written, so a reader that sees the same even seq before and after its copy has a
  * whole record. The header (magic .. comm) never changes once the file has its name. */
 #define FL_PUB_MAGIC UINT32_C(0x504f5446) /* the bytes "FTOP" */
-#define FL_PUB_VERSION 1
+#define FL_PUB_VERSION 2 /* 2: rank and the GPU's UUID */
 #define FL_PUB_WORDS (1 + sizeof(fl_stats) / 8) /* updated_ns, then fl_stats */
 #define FL_PUB_PREFIX "fragless."             /* file names: fragless.PID.DEVICE[.N] */
 
@@ -46,6 +52,10 @@ typedef struct fl_pub_record {
     uint64_t start_time;          /* the process's start, /proc/PID/stat field 22 (clock
                                      ticks after boot); 0 = unknown */
     char comm[32];                /* /proc/PID/comm, NUL-terminated */
+    int32_t rank;                 /* $RANK, else $LOCAL_RANK, else -1 */
+    uint32_t reserved;
+    char uuid[48];                /* "GPU-..." as NVML writes it ("" unknown): the GPU, whatever
+                                     CUDA_VISIBLE_DEVICES made of its ordinal */
     _Atomic uint64_t seq;         /* even: stable; odd: being written */
     _Atomic uint64_t words[FL_PUB_WORDS]; /* CLOCK_REALTIME ns of the update, fl_stats */
 } fl_pub_record;
@@ -53,8 +63,9 @@ typedef struct fl_pub_record {
 /* A record as a reader copied it. */
 typedef struct fl_pub_entry {
     uint64_t pid, start_time;
-    int device;
+    int device, rank;
     char comm[32];
+    char uuid[48];
     uint64_t seq;                 /* even; grows by 2 per update */
     uint64_t updated_ns;          /* CLOCK_REALTIME of the latest update */
     fl_stats stats;
@@ -62,9 +73,10 @@ typedef struct fl_pub_entry {
 
 typedef struct fl_publisher fl_publisher;
 /* Creates the file of this process and device in fl_publish_dir(), with zero
- * statistics; the error names the path and the system's reason. One writer at a time
- * per publisher (the allocator's lock). */
-fl_status fl_publish_open(int device, fl_publisher **out);
+ * statistics; uuid: the GPU's (fl_dev_uuid_str, "" when unknown). The error names the
+ * path and the system's reason. One writer at a time per publisher (the allocator's
+ * lock). */
+fl_status fl_publish_open(int device, const char *uuid, fl_publisher **out);
 /* Publishes a new set of statistics: a copy into the mapping, no system call. */
 void fl_publish_update(fl_publisher *p, const fl_stats *s);
 /* Removes the file (only in the process that made it) and frees p. NULL is ignored.
@@ -91,8 +103,9 @@ typedef struct fl_pub_reader {
     int fd;
     uid_t uid;                    /* the file's owner */
     uint64_t pid, start_time;     /* as the header claims */
-    int device;
+    int device, rank;
     char comm[32];                /* NUL-terminated; untrusted text */
+    char uuid[48];                /* NUL-terminated; untrusted text */
 } fl_pub_reader;
 fl_status fl_pub_reader_open(const char *path, fl_pub_reader *r);
 void fl_pub_reader_close(fl_pub_reader *r);

@@ -24,8 +24,8 @@
  * fl_stats or of the header must bump FL_PUB_VERSION (and update these figures). */
 _Static_assert(sizeof(fl_stats) == 360, "fl_stats changed: bump FL_PUB_VERSION");
 _Static_assert(sizeof(fl_stats) % 8 == 0, "fl_stats is published as 64-bit words");
-_Static_assert(offsetof(fl_pub_record, seq) == 64, "fl_pub_record header layout");
-_Static_assert(sizeof(fl_pub_record) == 72 + 8 * FL_PUB_WORDS, "fl_pub_record layout");
+_Static_assert(offsetof(fl_pub_record, seq) == 120, "fl_pub_record header layout");
+_Static_assert(sizeof(fl_pub_record) == 128 + 8 * FL_PUB_WORDS, "fl_pub_record layout");
 /* Lock-free atomics are address-free, so they work between processes on one mapping. */
 _Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "64-bit atomics must be lock-free for shared memory");
 
@@ -210,7 +210,21 @@ static fl_status create_file(fl_publisher *p, const char *dir, const fl_pub_reco
     return fl_fail(FL_ERR_IO, "top: cannot %s %s: %s", step, step[0] == 'r' ? p->path : tmp, strerror(err));
 }
 
-fl_status fl_publish_open(int device, fl_publisher **out)
+/* The process's rank in a distributed job, as torchrun and most launchers set it. */
+static int32_t process_rank(void)
+{
+    static const char *const vars[] = {"RANK", "LOCAL_RANK"};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        const char *v = getenv(vars[i]);
+        char *end;
+        long r = v && *v ? strtol(v, &end, 10) : -1;
+        if (v && *v && !*end && r >= 0 && r <= INT32_MAX)
+            return (int32_t)r;
+    }
+    return -1;
+}
+
+fl_status fl_publish_open(int device, const char *uuid, fl_publisher **out)
 {
     *out = NULL;
     if (device < 0)
@@ -229,6 +243,8 @@ fl_status fl_publish_open(int device, fl_publisher **out)
     head.pid = (uint64_t)p->pid;
     head.start_time = fl_proc_start_time(head.pid);
     read_comm(head.comm, sizeof head.comm);
+    head.rank = process_rank();
+    snprintf(head.uuid, sizeof head.uuid, "%s", uuid ? uuid : "");
 
     pthread_once(&pub_once, register_at_exit);
     pthread_mutex_lock(&pub_lock);
@@ -360,8 +376,11 @@ fl_status fl_pub_reader_open(const char *path, fl_pub_reader *r)
     r->pid = head.pid;
     r->start_time = head.start_time;
     r->device = head.device;
+    r->rank = head.rank;
     memcpy(r->comm, head.comm, sizeof r->comm);
     r->comm[sizeof r->comm - 1] = 0;
+    memcpy(r->uuid, head.uuid, sizeof r->uuid);
+    r->uuid[sizeof r->uuid - 1] = 0;
     return FL_OK;
 }
 
@@ -387,9 +406,12 @@ fl_pub_read fl_pub_reader_snapshot(const fl_pub_reader *r, uint64_t deadline_ns,
     out->pid = r->pid;
     out->start_time = r->start_time;
     out->device = r->device;
+    out->rank = r->rank;
     memcpy(out->comm, r->comm, sizeof out->comm);
     if (!deadline_ns)
         deadline_ns = fl_now_ns() + SNAPSHOT_WAIT_NS;
+    memcpy(out->uuid, r->uuid, sizeof out->uuid);
+    out->uuid[sizeof out->uuid - 1] = 0;
     uint64_t w[FL_PUB_WORDS];
     for (int tries = 0;; tries++) {
         uint64_t s1, s2;

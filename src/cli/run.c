@@ -1,6 +1,8 @@
 /* `fragless run`: starts any command with fragless serving its CUDA allocations —
  * FRAGLESS_CONF from the options, libfragless_preload.so (beside the fragless executable)
- * put first in LD_PRELOAD — by replacing this process with the command. */
+ * put first in LD_PRELOAD, PyTorch's allocator switched to its cudaMallocAsync backend so
+ * that every tensor (not only PyTorch's segments) reaches fragless — by replacing this
+ * process with the command. */
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -20,13 +22,21 @@ static const char run_help[] =
     "Runs COMMAND with fragless serving its cudaMalloc, cudaFree, cudaMallocAsync,\n"
     "cudaFreeAsync and cudaMemGetInfo (LD_PRELOAD of libfragless_preload.so): any program\n"
     "that uses the CUDA runtime as a shared library (libcudart.so; nvcc links the static\n"
-    "one unless given -cudart shared). One allocator per GPU.\n"
+    "one unless given -cudart shared: a process that used the GPU with no call served is\n"
+    "told so at exit). One allocator per GPU and process.\n"
+    "\n"
+    "PyTorch: its caching allocator would cudaMalloc whole segments and cut them up itself,\n"
+    "so PYTORCH_CUDA_ALLOC_CONF gets backend:cudaMallocAsync (added to what you set there or\n"
+    "in PYTORCH_ALLOC_CONF): every tensor is then one cudaMallocAsync served by fragless. A\n"
+    "backend you chose yourself is kept (backend:native: fragless serves segments only).\n"
     "\n"
     "  --conf CONF    FRAGLESS_CONF for the command, e.g. policy:fragless,limit:70GiB;\n"
     "                 without it, FRAGLESS_CONF from the environment (if any) is kept\n"
     "  --trace PATH   record every allocation and free as an RMM CSV trace (adds\n"
-    "                 trace:PATH to FRAGLESS_CONF), for `fragless compare` and `replay`;\n"
-    "                 one process on one GPU per file (each allocator writes it anew)\n"
+    "                 trace:PATH to FRAGLESS_CONF), for `fragless compare` and `replay`.\n"
+    "                 Each process writes its own file: PATH with .%p (its pid) before the\n"
+    "                 extension unless PATH holds %p; %r is the rank ($RANK or $LOCAL_RANK),\n"
+    "                 e.g. --trace run.rank%r.csv; GPU N > 0 adds .devN\n"
     "\n"
     "environment:\n"
     "  FRAGLESS_PRELOAD   the preload library to use (default: " PRELOAD_NAME "\n"
@@ -99,11 +109,18 @@ static int find_preload(char *out)
 }
 
 /* --trace PATH as an absolute path (the command may change directory before its first
- * allocation); a ',' would end the FRAGLESS_CONF entry. */
+ * allocation) in which every process has a name of its own: %p (the pid) before the
+ * extension unless PATH has it (a launcher's workers, DataLoader processes and ranks all
+ * run under one `fragless run`). A ',' would end the FRAGLESS_CONF entry. */
 static int trace_path(const char *path, char *out, size_t n)
 {
     if (strchr(path, ',')) {
         fprintf(stderr, "fragless run: --trace '%s': a path with a ',' cannot go into FRAGLESS_CONF\n", path);
+        return -1;
+    }
+    char probe[FL_PATH_MAX];
+    if (fl_expand_path(path, probe, sizeof probe) != FL_OK) {
+        fprintf(stderr, "fragless run: --trace: %s\n", fl_last_error());
         return -1;
     }
     char cwd[PATH_MAX];
@@ -112,9 +129,92 @@ static int trace_path(const char *path, char *out, size_t n)
                 strerror(errno));
         return -1;
     }
-    if (snprintf(out, n, "%s%s%s", path[0] == '/' ? "" : cwd, path[0] == '/' ? "" : "/", path) >= (int)n) {
+    const char *slash = strrchr(path, '/'), *dot = strrchr(path, '.');
+    if (!dot || (slash && dot < slash) || dot == (slash ? slash + 1 : path))
+        dot = path + strlen(path);
+    int has_pid = 0;
+    for (const char *p = path; *p; p++)
+        if (*p == '%' && p[1])
+            has_pid |= *++p == 'p'; /* "%%" skips its second '%' too */
+    if (snprintf(out, n, "%s%s%.*s%s%s", path[0] == '/' ? "" : cwd, path[0] == '/' ? "" : "/",
+                 (int)(dot - path), path, has_pid ? "" : ".%p", dot) >= (int)n) {
         fprintf(stderr, "fragless run: --trace '%s': the path is too long\n", path);
         return -1;
+    }
+    return 0;
+}
+
+/* The value of key in a PyTorch allocator config ("k:v,k:v"), copied into out; 0 if the
+ * key is absent. */
+static int torch_conf_value(const char *conf, const char *key, char *out, size_t n)
+{
+    size_t klen = strlen(key);
+    for (const char *p = conf; p && *p;) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        const char *end = strchr(p, ',');
+        if (!end)
+            end = p + strlen(p);
+        if (!strncmp(p, key, klen)) {
+            const char *v = p + klen;
+            while (*v == ' ')
+                v++;
+            if (*v == ':') {
+                for (v++; *v == ' '; v++)
+                    ;
+                size_t len = (size_t)(end - v);
+                while (len && v[len - 1] == ' ')
+                    len--;
+                snprintf(out, n, "%.*s", (int)len, v);
+                return 1;
+            }
+        }
+        p = end;
+    }
+    return 0;
+}
+
+/* PyTorch's allocator config: backend:cudaMallocAsync added to each of the two variables
+ * the user set (PyTorch reads one or the other depending on its version), or
+ * PYTORCH_CUDA_ALLOC_CONF alone when neither is set. A backend the user chose stays. */
+static int set_torch_conf(int verbose)
+{
+    static const char *const vars[] = {"PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"};
+    int any = 0;
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        const char *old = getenv(vars[i]);
+        if (!old)
+            continue;
+        any = 1;
+        char backend[64];
+        if (torch_conf_value(old, "backend", backend, sizeof backend)) {
+            if (strcmp(backend, "cudaMallocAsync") != 0)
+                fprintf(stderr, "fragless run: %s sets backend:%s, kept: PyTorch will cudaMalloc whole segments "
+                        "and cut them up itself, and fragless sees only the segments (remove it, or set "
+                        "backend:cudaMallocAsync, for fragless to serve every tensor)\n", vars[i], backend);
+            continue;
+        }
+        size_t len = strlen(old);
+        while (len && (old[len - 1] == ' ' || old[len - 1] == ','))
+            len--;
+        char *merged = malloc(len + 40);
+        if (!merged) {
+            fprintf(stderr, "fragless run: out of host memory\n");
+            return -1;
+        }
+        snprintf(merged, len + 40, "%.*s%sbackend:cudaMallocAsync", (int)len, old, len ? "," : "");
+        int r = setenv(vars[i], merged, 1);
+        if (verbose)
+            fprintf(stderr, "fragless run: %s=%s\n", vars[i], merged);
+        free(merged);
+        if (r)
+            return -1;
+    }
+    if (!any) {
+        if (setenv(vars[0], "backend:cudaMallocAsync", 1))
+            return -1;
+        if (verbose)
+            fprintf(stderr, "fragless run: %s=backend:cudaMallocAsync\n", vars[0]);
     }
     return 0;
 }
@@ -197,9 +297,14 @@ int cli_run(int argc, char **argv)
         return CLI_EXIT_ERROR;
     }
     const char *v = getenv("FRAGLESS_VERBOSE");
-    if (v && !strcmp(v, "1"))
+    int verbose = v && !strcmp(v, "1");
+    if (verbose)
         fprintf(stderr, "fragless run: LD_PRELOAD=%s FRAGLESS_CONF=%s %s\n", ld, full_conf, cmd[0]);
     free(ld);
+    if (set_torch_conf(verbose)) {
+        fprintf(stderr, "fragless run: cannot set PyTorch's allocator config: %s\n", strerror(errno));
+        return CLI_EXIT_ERROR;
+    }
     fflush(NULL);
     execvp(cmd[0], cmd);
     fprintf(stderr, "fragless run: cannot run '%s': %s\n", cmd[0], strerror(errno));

@@ -21,8 +21,13 @@ static const char top_help[] =
     "\n"
     "Lists every process that allocates GPU memory through fragless (the PyTorch entry\n"
     "points, `fragless run`, the Python package), one line per process and device:\n"
-    "  PID, DEV, COMMAND  the process, its CUDA device ordinal (as that process numbers\n"
-    "                     its devices: CUDA_VISIBLE_DEVICES renumbers them), its name\n"
+    "  PID, RANK          the process and its rank in a distributed job ($RANK, else\n"
+    "                     $LOCAL_RANK; - when neither is set)\n"
+    "  DEV, UUID, GPU     its CUDA device ordinal (as that process numbers its devices:\n"
+    "                     CUDA_VISIBLE_DEVICES renumbers them), the start of the GPU's\n"
+    "                     UUID, and with NVML the GPU's NVML index (found by UUID: NVML\n"
+    "                     numbers GPUs its own way)\n"
+    "  COMMAND            its name\n"
     "  LIVE               bytes in live blocks (allocated_bytes.current)\n"
     "  RESERVED, PEAK     device memory the allocator holds now, and its peak\n"
     "  LARGEST FREE       the largest request it can serve without new device memory\n"
@@ -113,6 +118,7 @@ typedef struct nvml {
     int (*count)(unsigned int *);
     int (*handle)(unsigned int, void **);
     int (*memory)(void *, nvml_memory *);
+    int (*uuid)(void *, char *, unsigned int); /* optional: NULL when the library lacks it */
     int (*shutdown)(void);
     char why[256];                /* why it is not available; "" when it is */
 } nvml;
@@ -147,6 +153,8 @@ static void nvml_open(nvml *n)
         n->lib = NULL;
         return;
     }
+    void *u = dlsym(n->lib, "nvmlDeviceGetUUID");
+    memcpy(&n->uuid, &u, sizeof u);
     int r = n->init();
     if (r != 0) {
         snprintf(n->why, sizeof n->why, "nvmlInit_v2 returned %d", r);
@@ -185,10 +193,28 @@ static void nvml_lines(nvml *n, FILE *out)
             fprintf(out, "GPU %u: NVML error %d reading its memory\n", i, r);
             continue;
         }
-        fprintf(out, "GPU %u: %s total, %s used, %s free (NVML index; every process on it)\n", i,
-                fl_format_size(m.total, t, sizeof t), fl_format_size(m.used, u, sizeof u),
-                fl_format_size(m.free, f, sizeof f));
+        char id[96] = "";
+        if (n->uuid && n->uuid(h, id, sizeof id) != 0)
+            id[0] = 0;
+        fprintf(out, "GPU %u%s%.12s%s: %s total, %s used, %s free (NVML index; every process on it)\n", i,
+                id[0] ? " (" : "", id, id[0] ? ")" : "", fl_format_size(m.total, t, sizeof t),
+                fl_format_size(m.used, u, sizeof u), fl_format_size(m.free, f, sizeof f));
     }
+}
+
+/* The NVML index of the GPU with this UUID, -1 when unknown. */
+static int nvml_index(nvml *n, const char *uuid)
+{
+    unsigned int count = 0;
+    if (!n->lib || !n->uuid || !uuid[0] || n->count(&count) != 0)
+        return -1;
+    for (unsigned int i = 0; i < count; i++) {
+        void *h = NULL;
+        char id[96];
+        if (n->handle(i, &h) == 0 && n->uuid(h, id, sizeof id) == 0 && !strcmp(id, uuid))
+            return (int)i;
+    }
+    return -1;
 }
 
 /* ---- one frame ------------------------------------------------------------------------ */
@@ -200,11 +226,17 @@ typedef struct top_rows {
     size_t n, cap;
 } top_rows;
 
+/* By GPU (its UUID: ordinals differ between processes), rank, then pid. */
 static int row_order(const void *a, const void *b)
 {
     const fl_pub_entry *x = a, *y = b;
+    int c = strcmp(x->uuid, y->uuid);
+    if (c)
+        return c;
     if (x->device != y->device)
         return x->device < y->device ? -1 : 1;
+    if (x->rank != y->rank)
+        return x->rank < y->rank ? -1 : 1;
     return x->pid < y->pid ? -1 : x->pid > y->pid;
 }
 
@@ -325,11 +357,11 @@ static const char *fit(const char *s, int width, char *out, size_t n)
     return out;
 }
 
-static void print_rows(const top_rows *rows, FILE *out)
+static void print_rows(const top_rows *rows, nvml *nv, FILE *out)
 {
     uint64_t now = realtime_ns();
-    fprintf(out, "%8s %3s %-15s %10s %10s %10s %12s %8s %6s %6s\n", "PID", "DEV", "COMMAND", "LIVE", "RESERVED",
-            "PEAK", "LARGEST FREE", "EXT FRAG", "OOMS", "AGE");
+    fprintf(out, "%8s %4s %3s %-12s %3s %-15s %10s %10s %10s %12s %8s %6s %6s\n", "PID", "RANK", "DEV", "UUID", "GPU",
+            "COMMAND", "LIVE", "RESERVED", "PEAK", "LARGEST FREE", "EXT FRAG", "OOMS", "AGE");
     for (size_t i = 0; i < rows->n; i++) {
         const fl_pub_entry *e = &rows->e[i];
         const fl_stats *s = &e->stats;
@@ -341,8 +373,13 @@ static void print_rows(const top_rows *rows, FILE *out)
             snprintf(age, sizeof age, "%.0fm", secs / 60);
         else
             snprintf(age, sizeof age, "%.0fh", secs / 3600);
-        char comm[sizeof e->comm * 4 + 1], shown[sizeof comm + 16];
-        fprintf(out, "%8llu %3d %s %10s %10s %10s %12s %7.1f%% %6llu %6s\n", (unsigned long long)e->pid, e->device,
+        char comm[sizeof e->comm * 4 + 1], shown[sizeof comm + 16], uuid[sizeof e->uuid * 4 + 1];
+        char rank[16], gpu[16];
+        int index = nvml_index(nv, e->uuid);
+        snprintf(rank, sizeof rank, e->rank >= 0 ? "%d" : "-", e->rank);
+        snprintf(gpu, sizeof gpu, index >= 0 ? "%d" : "-", index);
+        fprintf(out, "%8llu %4s %3d %-12.12s %3s %s %10s %10s %10s %12s %7.1f%% %6llu %6s\n",
+                (unsigned long long)e->pid, rank, e->device, e->uuid[0] ? esc(e->uuid, uuid, sizeof uuid) : "-", gpu,
                 fit(esc(e->comm, comm, sizeof comm), 15, shown, sizeof shown),
                 fl_format_size(s->allocated_bytes.current, live, sizeof live),
                 fl_format_size(s->reserved_bytes.current, res, sizeof res),
@@ -409,7 +446,7 @@ static int frame(const char *dir, nvml *nv, uint64_t wait_ns, char **text, size_
             clock);
     nvml_lines(nv, out);
     if (rows.n)
-        print_rows(&rows, out);
+        print_rows(&rows, nv, out);
     else
         fprintf(out, "no process is publishing in %s\n", e1);
     fclose(notes);

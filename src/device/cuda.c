@@ -1,7 +1,10 @@
 /* The cuda device: the device interface on the real CUDA driver API, loaded with dlopen
  * so that fragless builds and runs where no CUDA toolkit is installed. It owns the driver
- * library, the context it works in, and the bookkeeping the driver does not expose (sizes
- * of allocations and handles, which mapping holds which handle) that in_use needs.
+ * library, its retain of the device's primary context (every call runs there and leaves
+ * the caller's context as it was), the properties of the handles it creates (peers given
+ * access, shareable handle types, the RDMA flag), and the bookkeeping the driver does not
+ * expose (sizes of allocations and handles, which mapping holds which handle, imports)
+ * that in_use and IPC need.
  *
  * Not thread safe by itself: the allocator object serializes calls to a device. */
 #include "device/cuda_api.h"
@@ -50,6 +53,14 @@ typedef struct cuda_handle {
 } cuda_handle;
 
 #define NO_RECORD UINT32_MAX
+#define MAX_PEERS 64
+
+/* Memory of another process mapped here (fl_import): not ours, not in in_use. */
+typedef struct cuda_import {
+    uint64_t addr;              /* what fl_import returned: base + the block's offset */
+    uint64_t base, size;        /* the reservation and mapping */
+    CUmemGenericAllocationHandle handle;
+} cuda_import;
 
 typedef struct cuda_device {
     fl_device base;
@@ -57,8 +68,16 @@ typedef struct cuda_device {
     void *lib;                  /* dlopen handle */
     CUdevice dev;
     int ordinal;
-    CUcontext ctx;              /* the context every call runs in */
-    int retained;               /* ctx is the primary context we retained */
+    CUcontext ctx;              /* the device's primary context: every call runs in it */
+    int retained;               /* ctx is retained (released at destroy) */
+    int pop_warned;             /* a failed pop was reported once */
+    /* set_access names the owner and these GPUs (those that can access it). */
+    CUmemAccessDesc access[1 + MAX_PEERS];
+    size_t n_access;
+    unsigned handle_types;      /* CUmemAllocationHandleType bits of cuMemCreate */
+    int rdma;                   /* allocFlags.gpuDirectRDMACapable */
+    cuda_import *imports;
+    size_t n_imports, cap_imports;
     fl_map allocs;              /* cuMemAlloc address -> bytes charged */
     fl_map reservations;        /* reserved va -> size */
     fl_map live_handles;        /* driver handle -> record index (live handles only) */
@@ -117,29 +136,65 @@ static fl_status no_vmm(cuda_device *c, const char *call)
                    call, c->ordinal);
 }
 
-/* The driver works on the calling thread's current context; the allocator may be called
- * from any thread, so make ours current first (one cheap query when it already is). */
-static fl_status ensure_ctx(cuda_device *c)
+/* The driver works on the calling thread's current context. The allocator is called from
+ * any thread, with any context current: another device's (the program's cudaSetDevice),
+ * or none (PyTorch's autograd workers). A call that leaves our context current moves the
+ * program's later kernels to our device, so every call runs between ctx_enter and
+ * ctx_leave: one query when ours is current already, else a push and, after, a pop that
+ * gives the thread back exactly what it had. */
+static fl_status ctx_enter(cuda_device *c, int *pushed)
 {
     CUcontext cur = NULL;
     CUresult r;
+    *pushed = 0;
     CU(c, r, cuCtxGetCurrent(&cur));
     if (r != CUDA_SUCCESS)
         return cu_fail(c, r, "cuCtxGetCurrent()");
     if (cur == c->ctx)
         return FL_OK;
-    CU(c, r, cuCtxSetCurrent(c->ctx));
-    return r == CUDA_SUCCESS ? FL_OK : cu_fail(c, r, "cuCtxSetCurrent(%p)", (void *)c->ctx);
+    CU(c, r, cuCtxPushCurrent_v2(c->ctx));
+    if (r != CUDA_SUCCESS)
+        return cu_fail(c, r, "cuCtxPushCurrent_v2(primary context of device %d)", c->ordinal);
+    *pushed = 1;
+    return FL_OK;
 }
+
+/* The pop comes after the call succeeded or failed: its own failure cannot undo the
+ * call, so it is reported (once) rather than returned. */
+static void ctx_leave(cuda_device *c, int pushed)
+{
+    if (!pushed)
+        return;
+    CUcontext popped = NULL;
+    CUresult r;
+    CU(c, r, cuCtxPopCurrent_v2(&popped));
+    if ((r != CUDA_SUCCESS || popped != c->ctx) && !c->pop_warned) {
+        c->pop_warned = 1;
+        const char *name = NULL;
+        if (c->fn.cuGetErrorName(r, &name) != CUDA_SUCCESS || !name)
+            name = "unrecognized CUresult";
+        fprintf(stderr, "fragless: cuda device %d: cuCtxPopCurrent_v2 after a call: %s (%d)%s; the thread's "
+                "current context may have changed\n", c->ordinal, name, r,
+                r == CUDA_SUCCESS ? ", and it popped another context than ours" : "");
+    }
+}
+
+/* Runs `call` (an expression of type fl_status) in our context. */
+#define IN_CTX(c, call)                                                                 \
+    do {                                                                                \
+        int pushed_;                                                                    \
+        fl_status s_ = ctx_enter((c), &pushed_);                                        \
+        if (s_ != FL_OK)                                                                \
+            return s_;                                                                  \
+        s_ = (call);                                                                    \
+        ctx_leave((c), pushed_);                                                        \
+        return s_;                                                                      \
+    } while (0)
 
 /* ---- cudaMalloc path -------------------------------------------------------------- */
 
-static fl_status cu_mem_alloc(fl_device *d, uint64_t size, uint64_t *addr)
+static fl_status mem_alloc_in_ctx(cuda_device *c, uint64_t size, uint64_t *addr)
 {
-    cuda_device *c = cuda(d);
-    fl_status s = ensure_ctx(c);
-    if (s != FL_OK)
-        return s;
     CUdeviceptr p = 0;
     CUresult r;
     CU(c, r, cuMemAlloc_v2(&p, size));
@@ -153,8 +208,24 @@ static fl_status cu_mem_alloc(fl_device *d, uint64_t size, uint64_t *addr)
         CU(c, r, cuMemFree_v2(p));
         return FL_ERR_NOMEM;
     }
-    d->counters.in_use += bytes;
+    c->base.counters.in_use += bytes;
     *addr = p;
+    return FL_OK;
+}
+
+static fl_status cu_mem_alloc(fl_device *d, uint64_t size, uint64_t *addr)
+{
+    IN_CTX(cuda(d), mem_alloc_in_ctx(cuda(d), size, addr));
+}
+
+static fl_status mem_free_in_ctx(cuda_device *c, uint64_t addr, uint64_t bytes)
+{
+    CUresult r;
+    CU(c, r, cuMemFree_v2(addr));
+    if (r != CUDA_SUCCESS)
+        return cu_fail(c, r, "cuMemFree_v2(0x%llx)", (unsigned long long)addr);
+    fl_map_remove(&c->allocs, addr, NULL);
+    c->base.counters.in_use -= bytes;
     return FL_OK;
 }
 
@@ -167,40 +238,33 @@ static fl_status cu_mem_free(fl_device *d, uint64_t addr)
     if (!fl_map_get(&c->allocs, addr, &bytes))
         return fl_fail(FL_ERR_INVALID, "cuda cuMemFree_v2(0x%llx): not an address this device's mem_alloc returned",
                        (unsigned long long)addr);
-    fl_status s = ensure_ctx(c);
-    if (s != FL_OK)
-        return s;
-    CUresult r;
-    CU(c, r, cuMemFree_v2(addr));
-    if (r != CUDA_SUCCESS)
-        return cu_fail(c, r, "cuMemFree_v2(0x%llx)", (unsigned long long)addr);
-    fl_map_remove(&c->allocs, addr, NULL);
-    d->counters.in_use -= bytes;
-    return FL_OK;
+    IN_CTX(c, mem_free_in_ctx(c, addr, bytes));
 }
 
 /* ---- virtual memory path ---------------------------------------------------------- */
 
-static fl_status cu_reserve(fl_device *d, uint64_t size, uint64_t *va)
+static fl_status reserve_in_ctx(cuda_device *c, uint64_t size, uint64_t *va)
 {
-    cuda_device *c = cuda(d);
-    if (!d->vmm_supported)
-        return no_vmm(c, "cuMemAddressReserve");
-    fl_status s = ensure_ctx(c);
-    if (s != FL_OK)
-        return s;
     CUdeviceptr p = 0;
     CUresult r;
-    CU(c, r, cuMemAddressReserve(&p, size, d->granularity, 0, 0));
+    CU(c, r, cuMemAddressReserve(&p, size, c->base.granularity, 0, 0));
     if (r != CUDA_SUCCESS)
         return cu_fail(c, r, "cuMemAddressReserve(%llu bytes, alignment %llu)", (unsigned long long)size,
-                       (unsigned long long)d->granularity);
+                       (unsigned long long)c->base.granularity);
     if (fl_map_put(&c->reservations, p, size) != FL_OK) {
         CU(c, r, cuMemAddressFree(p, size));
         return FL_ERR_NOMEM;
     }
     *va = p;
     return FL_OK;
+}
+
+static fl_status cu_reserve(fl_device *d, uint64_t size, uint64_t *va)
+{
+    cuda_device *c = cuda(d);
+    if (!d->vmm_supported)
+        return no_vmm(c, "cuMemAddressReserve");
+    IN_CTX(c, reserve_in_ctx(c, size, va));
 }
 
 /* Whether any mapping this device made lies in [va, va+size). Only addr_free asks, once
@@ -215,6 +279,17 @@ static int has_mapping_in(const cuda_device *c, uint64_t va, uint64_t size)
     return 0;
 }
 
+static fl_status addr_free_in_ctx(cuda_device *c, uint64_t va, uint64_t size)
+{
+    CUresult r;
+    CU(c, r, cuMemAddressFree(va, size));
+    if (r != CUDA_SUCCESS)
+        return cu_fail(c, r, "cuMemAddressFree(0x%llx, %llu bytes)", (unsigned long long)va,
+                       (unsigned long long)size);
+    fl_map_remove(&c->reservations, va, NULL);
+    return FL_OK;
+}
+
 static fl_status cu_addr_free(fl_device *d, uint64_t va, uint64_t size)
 {
     cuda_device *c = cuda(d);
@@ -227,27 +302,20 @@ static fl_status cu_addr_free(fl_device *d, uint64_t va, uint64_t size)
     if (has_mapping_in(c, va, size))
         return fl_fail(FL_ERR_INVALID, "cuda cuMemAddressFree(0x%llx, %llu bytes): memory is still mapped in it",
                        (unsigned long long)va, (unsigned long long)size);
-    fl_status s = ensure_ctx(c);
-    if (s != FL_OK)
-        return s;
-    CUresult r;
-    CU(c, r, cuMemAddressFree(va, size));
-    if (r != CUDA_SUCCESS)
-        return cu_fail(c, r, "cuMemAddressFree(0x%llx, %llu bytes)", (unsigned long long)va,
-                       (unsigned long long)size);
-    fl_map_remove(&c->reservations, va, NULL);
-    return FL_OK;
+    IN_CTX(c, addr_free_in_ctx(c, va, size));
 }
 
+/* Shareable handle types and the RDMA flag as the device allows them (open_device):
+ * what NCCL's user-buffer registration, ibverbs / dmabuf and IPC need, as PyTorch's
+ * expandable segments create them. */
 static void alloc_prop(const cuda_device *c, CUmemAllocationProp *prop)
 {
     memset(prop, 0, sizeof *prop);
     prop->type = CU_MEM_ALLOCATION_TYPE_PINNED;
-    /* NONE: handles cannot be exported. IPC (cuMemExportToShareableHandle) would need
-     * POSIX_FILE_DESCRIPTOR here, where the device supports it. */
-    prop->requestedHandleTypes = CU_MEM_HANDLE_TYPE_NONE;
+    prop->requestedHandleTypes = (CUmemAllocationHandleType)c->handle_types;
     prop->location.type = CU_MEM_LOCATION_TYPE_DEVICE;
     prop->location.id = c->ordinal;
+    prop->allocFlags.gpuDirectRDMACapable = (unsigned char)c->rdma;
 }
 
 static fl_status new_record(cuda_device *c, uint32_t *index)
@@ -281,22 +349,31 @@ static void maybe_reclaim(cuda_device *c, uint32_t index)
     c->free_recs = index;
 }
 
-static fl_status cu_create(fl_device *d, uint64_t size, uint64_t *handle)
+/* A fabric handle needs an IMEX channel that a GPU reporting fabric support may still
+ * lack (NOT_PERMITTED / NOT_SUPPORTED at cuMemCreate): then handles are made without it
+ * from now on, as NCCL does, and file descriptors remain. */
+static CUresult create_handle(cuda_device *c, uint64_t size, CUmemGenericAllocationHandle *h)
 {
-    cuda_device *c = cuda(d);
-    if (!d->vmm_supported)
-        return no_vmm(c, "cuMemCreate");
-    fl_status s = ensure_ctx(c);
-    if (s != FL_OK)
-        return s;
-    uint32_t index = NO_RECORD;
-    if ((s = new_record(c, &index)) != FL_OK)
-        return s;
     CUmemAllocationProp prop;
     alloc_prop(c, &prop);
-    CUmemGenericAllocationHandle h = 0;
     CUresult r;
-    CU(c, r, cuMemCreate(&h, size, &prop, 0));
+    CU(c, r, cuMemCreate(h, size, &prop, 0));
+    if ((r == CUDA_ERROR_NOT_PERMITTED || r == CUDA_ERROR_NOT_SUPPORTED) && (c->handle_types & CU_MEM_HANDLE_TYPE_FABRIC)) {
+        c->handle_types &= ~(unsigned)CU_MEM_HANDLE_TYPE_FABRIC;
+        alloc_prop(c, &prop);
+        CU(c, r, cuMemCreate(h, size, &prop, 0));
+    }
+    return r;
+}
+
+static fl_status create_in_ctx(cuda_device *c, uint64_t size, uint64_t *handle)
+{
+    uint32_t index = NO_RECORD;
+    fl_status s = new_record(c, &index);
+    if (s != FL_OK)
+        return s;
+    CUmemGenericAllocationHandle h = 0;
+    CUresult r = create_handle(c, size, &h);
     if (r != CUDA_SUCCESS) {
         c->recs[index] = (cuda_handle){0, 0, 0, 0, c->free_recs};
         c->free_recs = index;
@@ -314,8 +391,28 @@ static fl_status cu_create(fl_device *d, uint64_t size, uint64_t *handle)
                                          (unsigned long long)h)
                                : FL_ERR_NOMEM;
     }
-    d->counters.in_use += size;
+    c->base.counters.in_use += size;
     *handle = h;
+    return FL_OK;
+}
+
+static fl_status cu_create(fl_device *d, uint64_t size, uint64_t *handle)
+{
+    cuda_device *c = cuda(d);
+    if (!d->vmm_supported)
+        return no_vmm(c, "cuMemCreate");
+    IN_CTX(c, create_in_ctx(c, size, handle));
+}
+
+static fl_status release_in_ctx(cuda_device *c, uint64_t handle, uint64_t index)
+{
+    CUresult r;
+    CU(c, r, cuMemRelease(handle));
+    if (r != CUDA_SUCCESS)
+        return cu_fail(c, r, "cuMemRelease(handle 0x%llx)", (unsigned long long)handle);
+    fl_map_remove(&c->live_handles, handle, NULL);
+    c->recs[index].live = 0;
+    maybe_reclaim(c, (uint32_t)index);
     return FL_OK;
 }
 
@@ -328,16 +425,21 @@ static fl_status cu_release(fl_device *d, uint64_t handle)
     if (!fl_map_get(&c->live_handles, handle, &index))
         return fl_fail(FL_ERR_INVALID, "cuda cuMemRelease(handle 0x%llx): not a live handle of this device",
                        (unsigned long long)handle);
-    fl_status s = ensure_ctx(c);
-    if (s != FL_OK)
-        return s;
+    IN_CTX(c, release_in_ctx(c, handle, index));
+}
+
+static fl_status map_in_ctx(cuda_device *c, uint64_t va, uint64_t size, uint64_t handle, uint64_t index)
+{
     CUresult r;
-    CU(c, r, cuMemRelease(handle));
+    CU(c, r, cuMemMap(va, size, 0, handle, 0));
     if (r != CUDA_SUCCESS)
-        return cu_fail(c, r, "cuMemRelease(handle 0x%llx)", (unsigned long long)handle);
-    fl_map_remove(&c->live_handles, handle, NULL);
-    c->recs[index].live = 0;
-    maybe_reclaim(c, (uint32_t)index);
+        return cu_fail(c, r, "cuMemMap(0x%llx, %llu bytes, handle 0x%llx)", (unsigned long long)va,
+                       (unsigned long long)size, (unsigned long long)handle);
+    if (fl_map_put(&c->mappings, va, index) != FL_OK) {
+        CU(c, r, cuMemUnmap(va, size));
+        return FL_ERR_NOMEM;
+    }
+    c->recs[index].mappings++;
     return FL_OK;
 }
 
@@ -352,19 +454,24 @@ static fl_status cu_map(fl_device *d, uint64_t va, uint64_t size, uint64_t handl
     if (!fl_map_get(&c->live_handles, handle, &index) || c->recs[index].size != size)
         return fl_fail(FL_ERR_INVALID, "cuda cuMemMap(0x%llx, %llu bytes, handle 0x%llx): not a live handle of this device of that size",
                        (unsigned long long)va, (unsigned long long)size, (unsigned long long)handle);
-    fl_status s = ensure_ctx(c);
-    if (s != FL_OK)
-        return s;
-    CUresult r;
-    CU(c, r, cuMemMap(va, size, 0, handle, 0));
-    if (r != CUDA_SUCCESS)
-        return cu_fail(c, r, "cuMemMap(0x%llx, %llu bytes, handle 0x%llx)", (unsigned long long)va,
-                       (unsigned long long)size, (unsigned long long)handle);
-    if (fl_map_put(&c->mappings, va, index) != FL_OK) {
-        CU(c, r, cuMemUnmap(va, size));
-        return FL_ERR_NOMEM;
+    IN_CTX(c, map_in_ctx(c, va, size, handle, index));
+}
+
+static fl_status unmap_in_ctx(cuda_device *c, uint64_t va, uint64_t end)
+{
+    for (uint64_t at = va, index; at < end;) {
+        fl_map_get(&c->mappings, at, &index);
+        uint64_t n = c->recs[index].size;
+        CUresult r;
+        CU(c, r, cuMemUnmap(at, n));
+        /* The mappings before a failure are gone and accounted for. */
+        if (r != CUDA_SUCCESS)
+            return cu_fail(c, r, "cuMemUnmap(0x%llx, %llu bytes)", (unsigned long long)at, (unsigned long long)n);
+        fl_map_remove(&c->mappings, at, NULL);
+        c->recs[index].mappings--;
+        maybe_reclaim(c, (uint32_t)index);
+        at += n;
     }
-    c->recs[index].mappings++;
     return FL_OK;
 }
 
@@ -389,22 +496,20 @@ static fl_status cu_unmap(fl_device *d, uint64_t va, uint64_t size)
     if (at != end)
         return fl_fail(FL_ERR_INVALID, "cuda cuMemUnmap(0x%llx, %llu bytes): the range ends inside a mapping",
                        (unsigned long long)va, (unsigned long long)size);
-    fl_status s = ensure_ctx(c);
-    if (s != FL_OK)
-        return s;
-    for (at = va; at < end;) {
-        fl_map_get(&c->mappings, at, &index);
-        uint64_t n = c->recs[index].size;
-        CUresult r;
-        CU(c, r, cuMemUnmap(at, n));
-        /* The mappings before a failure are gone and accounted for. */
-        if (r != CUDA_SUCCESS)
-            return cu_fail(c, r, "cuMemUnmap(0x%llx, %llu bytes)", (unsigned long long)at, (unsigned long long)n);
-        fl_map_remove(&c->mappings, at, NULL);
-        c->recs[index].mappings--;
-        maybe_reclaim(c, (uint32_t)index);
-        at += n;
-    }
+    IN_CTX(c, unmap_in_ctx(c, va, end));
+}
+
+/* Read-write for the owner and every GPU that can access it (open_device): mapped memory
+ * is reachable from a peer only when cuMemSetAccess names it (cudaDeviceEnablePeerAccess
+ * covers cudaMalloc memory only), and NCCL's P2P transport and peer copies fault or hang
+ * without it. */
+static fl_status set_access_in_ctx(cuda_device *c, uint64_t va, uint64_t size)
+{
+    CUresult r;
+    CU(c, r, cuMemSetAccess(va, size, c->access, c->n_access));
+    if (r != CUDA_SUCCESS)
+        return cu_fail(c, r, "cuMemSetAccess(0x%llx, %llu bytes, device %d%s read-write)", (unsigned long long)va,
+                       (unsigned long long)size, c->ordinal, c->n_access > 1 ? " and its peers" : "");
     return FL_OK;
 }
 
@@ -413,41 +518,25 @@ static fl_status cu_set_access(fl_device *d, uint64_t va, uint64_t size)
     cuda_device *c = cuda(d);
     if (!d->vmm_supported)
         return no_vmm(c, "cuMemSetAccess");
-    fl_status s = ensure_ctx(c);
-    if (s != FL_OK)
-        return s;
-    CUmemAccessDesc desc;
-    memset(&desc, 0, sizeof desc);
-    desc.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-    desc.location.id = c->ordinal;
-    desc.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-    CUresult r;
-    CU(c, r, cuMemSetAccess(va, size, &desc, 1));
-    if (r != CUDA_SUCCESS)
-        return cu_fail(c, r, "cuMemSetAccess(0x%llx, %llu bytes, device %d read-write)", (unsigned long long)va,
-                       (unsigned long long)size, c->ordinal);
-    return FL_OK;
+    IN_CTX(c, set_access_in_ctx(c, va, size));
 }
 
-static fl_status cu_synchronize(fl_device *d)
+static fl_status synchronize_in_ctx(cuda_device *c)
 {
-    cuda_device *c = cuda(d);
-    fl_status s = ensure_ctx(c);
-    if (s != FL_OK)
-        return s;
     CUresult r;
     CU(c, r, cuCtxSynchronize());
     return r == CUDA_SUCCESS ? FL_OK : cu_fail(c, r, "cuCtxSynchronize()");
 }
 
+static fl_status cu_synchronize(fl_device *d)
+{
+    IN_CTX(cuda(d), synchronize_in_ctx(cuda(d)));
+}
+
 /* ---- events (record_stream) ------------------------------------------------------- */
 
-static fl_status cu_event_record(fl_device *d, uint64_t stream, uint64_t *event)
+static fl_status event_record_in_ctx(cuda_device *c, uint64_t stream, uint64_t *event)
 {
-    cuda_device *c = cuda(d);
-    fl_status s = ensure_ctx(c);
-    if (s != FL_OK)
-        return s;
     CUresult r;
     CUevent ev = NULL;
     CU(c, r, cuEventCreate(&ev, CU_EVENT_DISABLE_TIMING));
@@ -455,7 +544,7 @@ static fl_status cu_event_record(fl_device *d, uint64_t stream, uint64_t *event)
         return cu_fail(c, r, "cuEventCreate()");
     CU(c, r, cuEventRecord(ev, (CUstream)(uintptr_t)stream));
     if (r != CUDA_SUCCESS) {
-        s = cu_fail(c, r, "cuEventRecord(stream 0x%llx)", (unsigned long long)stream);
+        fl_status s = cu_fail(c, r, "cuEventRecord(stream 0x%llx)", (unsigned long long)stream);
         CU(c, r, cuEventDestroy_v2(ev));
         return s;
     }
@@ -463,35 +552,179 @@ static fl_status cu_event_record(fl_device *d, uint64_t stream, uint64_t *event)
     return FL_OK;
 }
 
-static fl_status cu_event_query(fl_device *d, uint64_t event, int *done)
+static fl_status cu_event_record(fl_device *d, uint64_t stream, uint64_t *event)
 {
-    cuda_device *c = cuda(d);
+    IN_CTX(cuda(d), event_record_in_ctx(cuda(d), stream, event));
+}
+
+static fl_status event_query_in_ctx(cuda_device *c, uint64_t event, int *done)
+{
     CUresult r;
     CU(c, r, cuEventQuery((CUevent)(uintptr_t)event));
     *done = r == CUDA_SUCCESS;
     return r == CUDA_SUCCESS || r == CUDA_ERROR_NOT_READY ? FL_OK : cu_fail(c, r, "cuEventQuery()");
 }
 
-static void cu_event_destroy(fl_device *d, uint64_t event)
+static fl_status cu_event_query(fl_device *d, uint64_t event, int *done)
 {
-    cuda_device *c = cuda(d);
+    *done = 0;
+    IN_CTX(cuda(d), event_query_in_ctx(cuda(d), event, done));
+}
+
+static fl_status event_destroy_in_ctx(cuda_device *c, uint64_t event)
+{
     CUresult r;
     CU(c, r, cuEventDestroy_v2((CUevent)(uintptr_t)event));
     (void)r; /* nothing to do about a failed destroy: the event is not used again */
+    return FL_OK;
+}
+
+static fl_status event_destroy(cuda_device *c, uint64_t event)
+{
+    IN_CTX(c, event_destroy_in_ctx(c, event));
+}
+
+static void cu_event_destroy(fl_device *d, uint64_t event)
+{
+    (void)event_destroy(cuda(d), event); /* a destroy that cannot run leaks one event */
+}
+
+/* ---- IPC: export and import --------------------------------------------------------- */
+
+static fl_status export_in_ctx(cuda_device *c, uint64_t va, uint64_t size, fl_ipc_handle *out)
+{
+    CUdeviceptr base = 0;
+    size_t len = 0;
+    uint64_t index;
+    CUresult r;
+    /* On mapped memory the driver answers with the one mapping (physical allocation)
+     * holding va: what NCCL and ibverbs registration will see as the buffer too. */
+    CU(c, r, cuMemGetAddressRange_v2(&base, &len, va));
+    if (r != CUDA_SUCCESS)
+        return cu_fail(c, r, "cuMemGetAddressRange_v2(0x%llx)", (unsigned long long)va);
+    if (!fl_map_get(&c->mappings, base, &index) || c->recs[index].size != len)
+        return fl_fail(FL_ERR_INVALID, "cuda export of 0x%llx: not memory this device mapped", (unsigned long long)va);
+    if (va + size > base + len)
+        return fl_fail(FL_ERR_UNSUPPORTED, "cuda export of 0x%llx (%llu bytes): the block spans several physical "
+                       "allocations (the one under its start has %llu bytes); registrable:SIZE in FRAGLESS_CONF backs "
+                       "blocks of at least SIZE with one each", (unsigned long long)va, (unsigned long long)size,
+                       (unsigned long long)len);
+    int fd = -1;
+    CU(c, r, cuMemExportToShareableHandle(&fd, c->recs[index].handle, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0));
+    if (r != CUDA_SUCCESS)
+        return cu_fail(c, r, "cuMemExportToShareableHandle(handle 0x%llx, POSIX_FILE_DESCRIPTOR)",
+                       (unsigned long long)c->recs[index].handle);
+    *out = (fl_ipc_handle){fd, c->ordinal, len, va - base, size};
+    return FL_OK;
+}
+
+static fl_status cu_export(fl_device *d, uint64_t va, uint64_t size, fl_ipc_handle *out)
+{
+    cuda_device *c = cuda(d);
+    if (!d->vmm_supported || !(c->handle_types & CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR))
+        return fl_fail(FL_ERR_UNSUPPORTED, "cuda export: device %d's memory is not shareable (%s)", c->ordinal,
+                       !d->vmm_supported ? "no virtual memory management" : "handles made with shareable:0, or the "
+                       "device cannot export file descriptors: CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED is 0");
+    IN_CTX(c, export_in_ctx(c, va, size, out));
+}
+
+static fl_status import_in_ctx(cuda_device *c, const fl_ipc_handle *h, uint64_t *va)
+{
+    CUmemGenericAllocationHandle handle = 0;
+    CUdeviceptr base = 0;
+    CUresult r;
+    fl_status s;
+    if (c->n_imports == c->cap_imports) {
+        size_t cap = c->cap_imports ? 2 * c->cap_imports : 8;
+        cuda_import *v = realloc(c->imports, cap * sizeof *v);
+        if (!v)
+            return fl_fail(FL_ERR_NOMEM, "cuda import: host memory");
+        c->imports = v;
+        c->cap_imports = cap;
+    }
+    CU(c, r, cuMemImportFromShareableHandle(&handle, (void *)(intptr_t)h->fd, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR));
+    if (r != CUDA_SUCCESS)
+        return cu_fail(c, r, "cuMemImportFromShareableHandle(fd %d)", h->fd);
+    CU(c, r, cuMemAddressReserve(&base, h->alloc_size, c->base.granularity, 0, 0));
+    if (r != CUDA_SUCCESS) {
+        s = cu_fail(c, r, "cuMemAddressReserve(%llu bytes) for an import", (unsigned long long)h->alloc_size);
+        goto release;
+    }
+    CU(c, r, cuMemMap(base, h->alloc_size, 0, handle, 0));
+    if (r != CUDA_SUCCESS) {
+        s = cu_fail(c, r, "cuMemMap(0x%llx, %llu bytes) of an import", (unsigned long long)base,
+                    (unsigned long long)h->alloc_size);
+        goto unreserve;
+    }
+    if ((s = set_access_in_ctx(c, base, h->alloc_size)) != FL_OK)
+        goto unmap;
+    c->imports[c->n_imports++] = (cuda_import){base + h->offset, base, h->alloc_size, handle};
+    *va = base + h->offset;
+    return FL_OK;
+unmap:
+    CU(c, r, cuMemUnmap(base, h->alloc_size));
+unreserve:
+    CU(c, r, cuMemAddressFree(base, h->alloc_size));
+release:
+    CU(c, r, cuMemRelease(handle));
+    return s;
+}
+
+static fl_status cu_import(fl_device *d, const fl_ipc_handle *h, uint64_t *va)
+{
+    cuda_device *c = cuda(d);
+    if (!d->vmm_supported)
+        return no_vmm(c, "cuMemImportFromShareableHandle");
+    if (h->fd < 0 || !h->alloc_size || h->alloc_size % d->granularity || h->offset >= h->alloc_size ||
+        h->size > h->alloc_size - h->offset)
+        return fl_fail(FL_ERR_INVALID, "cuda import: fd %d, %llu bytes, block at %llu of %llu bytes: not an exported "
+                       "block (the allocation must be whole pages of %llu bytes and hold the block)", h->fd,
+                       (unsigned long long)h->alloc_size, (unsigned long long)h->offset, (unsigned long long)h->size,
+                       (unsigned long long)d->granularity);
+    IN_CTX(c, import_in_ctx(c, h, va));
+}
+
+static fl_status import_close_in_ctx(cuda_device *c, size_t i)
+{
+    cuda_import m = c->imports[i];
+    CUresult r;
+    CU(c, r, cuMemUnmap(m.base, m.size));
+    if (r != CUDA_SUCCESS)
+        return cu_fail(c, r, "cuMemUnmap(0x%llx, %llu bytes) of an import", (unsigned long long)m.base,
+                       (unsigned long long)m.size);
+    c->imports[i] = c->imports[--c->n_imports];
+    /* Unmapped, it is no longer usable: the rest only gives back address space and the
+     * handle's reference. */
+    CU(c, r, cuMemAddressFree(m.base, m.size));
+    CU(c, r, cuMemRelease(m.handle));
+    (void)r;
+    return FL_OK;
+}
+
+static fl_status cu_import_close(fl_device *d, uint64_t va)
+{
+    cuda_device *c = cuda(d);
+    for (size_t i = 0; i < c->n_imports; i++)
+        if (c->imports[i].addr == va)
+            IN_CTX(c, import_close_in_ctx(c, i));
+    return fl_fail(FL_ERR_NOT_FOUND, "cuda import_close(0x%llx): not an address fl_import returned on this device",
+                   (unsigned long long)va);
 }
 
 /* ---- lifetime --------------------------------------------------------------------- */
 
 /* Gives back whatever the policy left behind (nothing, when it destroyed itself cleanly)
  * so a device torn down after an error does not leak GPU memory until process exit. */
-static void give_back_leftovers(cuda_device *c)
+static fl_status give_back_in_ctx(cuda_device *c)
 {
-    if (!c->allocs.count && !c->reservations.count && !c->mappings.count && !c->live_handles.count)
-        return;
-    if (ensure_ctx(c) != FL_OK)
-        return;
     CUresult r;
     CU(c, r, cuCtxSynchronize()); /* leftovers may still be in use by queued work */
+    for (size_t i = 0; i < c->n_imports; i++) {
+        CU(c, r, cuMemUnmap(c->imports[i].base, c->imports[i].size));
+        CU(c, r, cuMemAddressFree(c->imports[i].base, c->imports[i].size));
+        CU(c, r, cuMemRelease(c->imports[i].handle));
+    }
+    c->n_imports = 0;
     for (uint64_t i = 0; c->mappings.count && i <= c->mappings.mask; i++)
         if (c->mappings.e[i].key != UINT64_MAX)
             CU(c, r, cuMemUnmap(c->mappings.e[i].key, c->recs[c->mappings.e[i].val].size));
@@ -505,21 +738,27 @@ static void give_back_leftovers(cuda_device *c)
         if (c->allocs.e[i].key != UINT64_MAX)
             CU(c, r, cuMemFree_v2(c->allocs.e[i].key));
     (void)r; /* nothing to tell anyone at teardown */
+    return FL_OK;
+}
+
+static fl_status give_back_leftovers(cuda_device *c)
+{
+    if (!c->allocs.count && !c->reservations.count && !c->mappings.count && !c->live_handles.count && !c->n_imports)
+        return FL_OK;
+    IN_CTX(c, give_back_in_ctx(c));
 }
 
 static void cu_destroy(fl_device *d)
 {
     cuda_device *c = cuda(d);
     if (c->ctx) {
-        give_back_leftovers(c);
+        (void)give_back_leftovers(c); /* nothing to tell anyone at teardown */
+        /* Our calls never leave the context current, so the thread is as we found it;
+         * the runtime's own retain (if any) keeps the context alive after ours goes. */
         if (c->retained) {
-            /* Leave the thread as we found it: nothing current, not a released context. */
-            CUcontext cur = NULL;
             CUresult r;
-            CU(c, r, cuCtxGetCurrent(&cur));
-            if (r == CUDA_SUCCESS && cur == c->ctx)
-                CU(c, r, cuCtxSetCurrent(NULL));
             CU(c, r, cuDevicePrimaryCtxRelease_v2(c->dev));
+            (void)r;
         }
     }
     fl_map_free(&c->allocs);
@@ -527,6 +766,7 @@ static void cu_destroy(fl_device *d)
     fl_map_free(&c->live_handles);
     fl_map_free(&c->mappings);
     free(c->recs);
+    free(c->imports);
     if (c->lib)
         dlclose(c->lib);
     free(c);
@@ -547,6 +787,9 @@ static const fl_device_ops cuda_ops = {
     .event_record = cu_event_record,
     .event_query = cu_event_query,
     .event_destroy = cu_event_destroy,
+    .export_block = cu_export,
+    .import = cu_import,
+    .import_close = cu_import_close,
     .destroy = cu_destroy,
 };
 
@@ -555,6 +798,8 @@ void fl_cuda_params_default(fl_cuda_params *p)
     memset(p, 0, sizeof *p);
     p->library = NULL;
     p->device = 0;
+    p->peer_access = 1;
+    p->shareable = 1;
 }
 
 static fl_status load_driver(cuda_device *c, const char *path)
@@ -578,8 +823,18 @@ static fl_status load_driver(cuda_device *c, const char *path)
     return FL_OK;
 }
 
-/* Capacity, granularity and VMM support of the device, read from the driver. */
-static fl_status query_device(cuda_device *c)
+/* An attribute the driver may not know (an older one): 0. */
+static int attribute(cuda_device *c, int attr)
+{
+    int v = 0;
+    CUresult r;
+    CU(c, r, cuDeviceGetAttribute(&v, attr, c->dev));
+    return r == CUDA_SUCCESS ? v : 0;
+}
+
+/* Capacity, granularity, VMM support and the handles' properties, read from the driver
+ * (in our context: cuMemGetAllocationGranularity needs one). */
+static fl_status query_device(cuda_device *c, const fl_cuda_params *p)
 {
     fl_device *d = &c->base;
     CUresult r;
@@ -597,11 +852,26 @@ static fl_status query_device(cuda_device *c)
     d->vmm_supported = vmm != 0;
     d->is_gpu = 1;
     d->ordinal = c->ordinal;
+    CUuuid uuid;
+    CU(c, r, cuDeviceGetUuid_v2(&uuid, c->dev));
+    if (r == CUDA_SUCCESS) {
+        memcpy(d->uuid, uuid.bytes, sizeof d->uuid);
+        d->has_uuid = 1;
+    }
     if (!d->vmm_supported) {
         /* No page size to ask for; 2 MiB is the driver's large page, which the cudaMalloc
          * path's policies only use to size their segments. */
         d->granularity = 2 * FL_MiB;
         return FL_OK;
+    }
+    /* Handles NCCL, ibverbs/dmabuf and other processes can use, where the GPU allows:
+     * POSIX file descriptors, fabric handles (multi-node NVLink), the RDMA flag. */
+    if (p->shareable) {
+        if (attribute(c, CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED))
+            c->handle_types |= CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+        if (attribute(c, CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_FABRIC_SUPPORTED))
+            c->handle_types |= CU_MEM_HANDLE_TYPE_FABRIC;
+        c->rdma = attribute(c, CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED) != 0;
     }
     CUmemAllocationProp prop;
     alloc_prop(c, &prop);
@@ -621,25 +891,46 @@ static fl_status query_device(cuda_device *c)
     return FL_OK;
 }
 
-/* Our context: the one current on this thread if any (the program's, e.g. made current
- * by the CUDA runtime), else the device's primary context, the one the runtime uses too. */
+/* Who set_access names: the owner, and with peer_access every other GPU that can access
+ * the owner's memory (as PyTorch's expandable segments do). */
+static fl_status find_peers(cuda_device *c, const fl_cuda_params *p, int count)
+{
+    memset(c->access, 0, sizeof c->access);
+    c->access[0].location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    c->access[0].location.id = c->ordinal;
+    c->access[0].flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+    c->n_access = 1;
+    for (int o = 0; p->peer_access && o < count && c->n_access < 1 + MAX_PEERS; o++) {
+        CUdevice other;
+        int can = 0;
+        CUresult r;
+        if (o == c->ordinal)
+            continue;
+        CU(c, r, cuDeviceGet(&other, o));
+        if (r != CUDA_SUCCESS)
+            return cu_fail(c, r, "cuDeviceGet(%d)", o);
+        CU(c, r, cuDeviceCanAccessPeer(&can, other, c->dev));
+        if (r != CUDA_SUCCESS)
+            return cu_fail(c, r, "cuDeviceCanAccessPeer(device %d, device %d)", o, c->ordinal);
+        if (!can)
+            continue;
+        c->access[c->n_access] = c->access[0];
+        c->access[c->n_access++].location.id = o;
+    }
+    return FL_OK;
+}
+
+/* Our context: the device's primary context (the one the runtime and PyTorch use),
+ * retained for as long as the device lives, whatever the calling thread has current:
+ * adopting the current context would give this device another device's context. */
 static fl_status open_context(cuda_device *c)
 {
     CUresult r;
-    CUcontext cur = NULL;
-    CU(c, r, cuCtxGetCurrent(&cur));
-    if (r != CUDA_SUCCESS)
-        return cu_fail(c, r, "cuCtxGetCurrent()");
-    if (cur) {
-        c->ctx = cur;
-        return FL_OK;
-    }
     CU(c, r, cuDevicePrimaryCtxRetain(&c->ctx, c->dev));
     if (r != CUDA_SUCCESS)
         return cu_fail(c, r, "cuDevicePrimaryCtxRetain(device %d)", c->ordinal);
     c->retained = 1;
-    CU(c, r, cuCtxSetCurrent(c->ctx));
-    return r == CUDA_SUCCESS ? FL_OK : cu_fail(c, r, "cuCtxSetCurrent(primary context of device %d)", c->ordinal);
+    return FL_OK;
 }
 
 static fl_status open_device(cuda_device *c, const fl_cuda_params *p)
@@ -669,7 +960,12 @@ static fl_status open_device(cuda_device *c, const fl_cuda_params *p)
         return cu_fail(c, r, "cuDeviceGet(%d)", p->device);
     if ((s = open_context(c)) != FL_OK)
         return s;
-    if ((s = query_device(c)) != FL_OK)
+    int pushed;
+    if ((s = ctx_enter(c, &pushed)) != FL_OK)
+        return s;
+    s = query_device(c, p);
+    ctx_leave(c, pushed);
+    if (s != FL_OK || (s = find_peers(c, p, count)) != FL_OK)
         return s;
     if (fl_map_init(&c->allocs, 64) != FL_OK || fl_map_init(&c->reservations, 16) != FL_OK ||
         fl_map_init(&c->live_handles, 256) != FL_OK || fl_map_init(&c->mappings, 256) != FL_OK)
@@ -678,7 +974,6 @@ static fl_status open_device(cuda_device *c, const fl_cuda_params *p)
     c->base.counters.time_us = 0;
     return FL_OK;
 }
-
 fl_status fl_cuda_device_create(const fl_cuda_params *p, fl_device **out)
 {
     *out = NULL;

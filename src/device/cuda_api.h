@@ -25,18 +25,32 @@ enum {
     CUDA_ERROR_INVALID_CONTEXT = 201,
     CUDA_ERROR_ALREADY_MAPPED = 208,
     CUDA_ERROR_NOT_MAPPED = 211,
+    CUDA_ERROR_INVALID_HANDLE = 400,
     CUDA_ERROR_NOT_FOUND = 500,
     CUDA_ERROR_NOT_READY = 600,
+    CUDA_ERROR_ILLEGAL_ADDRESS = 700,
+    CUDA_ERROR_NOT_PERMITTED = 800,
     CUDA_ERROR_NOT_SUPPORTED = 801,
     CUDA_ERROR_UNKNOWN = 999
 };
 
 /* CUdevice_attribute */
-enum { CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED = 102 };
+enum {
+    CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED = 102,
+    CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED = 103,
+    CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED = 110,
+    CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_FABRIC_SUPPORTED = 128
+};
+
+typedef struct CUuuid_st {
+    char bytes[16];
+} CUuuid;
 
 /* Virtual memory management. */
 typedef enum { CU_MEM_ALLOCATION_TYPE_INVALID = 0, CU_MEM_ALLOCATION_TYPE_PINNED = 1 } CUmemAllocationType;
-typedef enum { CU_MEM_HANDLE_TYPE_NONE = 0, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR = 1 } CUmemAllocationHandleType;
+/* Handle types are bits: a handle may be made exportable as several at once. */
+typedef enum { CU_MEM_HANDLE_TYPE_NONE = 0, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR = 1,
+               CU_MEM_HANDLE_TYPE_FABRIC = 8 } CUmemAllocationHandleType;
 typedef enum { CU_MEM_LOCATION_TYPE_INVALID = 0, CU_MEM_LOCATION_TYPE_DEVICE = 1 } CUmemLocationType;
 typedef enum { CU_MEM_ACCESS_FLAGS_PROT_NONE = 0, CU_MEM_ACCESS_FLAGS_PROT_READ = 1,
                CU_MEM_ACCESS_FLAGS_PROT_READWRITE = 3 } CUmemAccess_flags;
@@ -82,8 +96,12 @@ enum { CU_EVENT_DEFAULT = 0, CU_EVENT_DISABLE_TIMING = 2 };
     X(cuDeviceTotalMem_v2, (size_t *bytes, CUdevice dev))                                           \
     X(cuDevicePrimaryCtxRetain, (CUcontext *ctx, CUdevice dev))                                     \
     X(cuDevicePrimaryCtxRelease_v2, (CUdevice dev))                                                 \
+    X(cuDeviceCanAccessPeer, (int *can_access, CUdevice dev, CUdevice peer))                        \
+    X(cuDeviceGetUuid_v2, (CUuuid *uuid, CUdevice dev))                                             \
     X(cuCtxGetCurrent, (CUcontext *ctx))                                                            \
     X(cuCtxSetCurrent, (CUcontext ctx))                                                             \
+    X(cuCtxPushCurrent_v2, (CUcontext ctx))                                                         \
+    X(cuCtxPopCurrent_v2, (CUcontext *ctx))                                                         \
     X(cuCtxSynchronize, (void))                                                                     \
     X(cuGetErrorName, (CUresult error, const char **name))                                          \
     X(cuMemGetInfo_v2, (size_t *free_bytes, size_t *total_bytes))                                   \
@@ -101,6 +119,12 @@ enum { CU_EVENT_DEFAULT = 0, CU_EVENT_DISABLE_TIMING = 2 };
                  unsigned long long flags))                                                         \
     X(cuMemUnmap, (CUdeviceptr ptr, size_t size))                                                   \
     X(cuMemSetAccess, (CUdeviceptr ptr, size_t size, const CUmemAccessDesc *desc, size_t count))    \
+    X(cuMemGetAddressRange_v2, (CUdeviceptr *base, size_t *size, CUdeviceptr ptr))                  \
+    X(cuMemExportToShareableHandle,                                                                 \
+      (void *shareable, CUmemGenericAllocationHandle handle, CUmemAllocationHandleType type,         \
+       unsigned long long flags))                                                                   \
+    X(cuMemImportFromShareableHandle,                                                               \
+      (CUmemGenericAllocationHandle *handle, void *os_handle, CUmemAllocationHandleType type))       \
     X(cuStreamSynchronize, (CUstream stream))                                                       \
     X(cuEventCreate, (CUevent *event, unsigned int flags))                                          \
     X(cuEventRecord, (CUevent event, CUstream stream))                                              \

@@ -3,6 +3,8 @@
  * do the work. */
 #include "device/device.h"
 
+#include <stdio.h>
+
 static const char *const call_names[FL_CALL_COUNT] = {
     "mem_alloc", "mem_free", "reserve", "addr_free", "create",
     "release", "map", "unmap", "set_access", "sync",
@@ -139,6 +141,36 @@ void fl_dev_event_destroy(fl_device *d, uint64_t event)
 {
     if (d->ops->event_destroy && event)
         d->ops->event_destroy(d, event);
+}
+
+static fl_status no_ipc(const fl_device *d, const char *what)
+{
+    return fl_fail(FL_ERR_UNSUPPORTED, "%s: %s: this device has no IPC (memory shared between processes needs "
+                   "the cuda device)", d->ops->name, what);
+}
+
+fl_status fl_dev_export(fl_device *d, uint64_t va, uint64_t size, fl_ipc_handle *out)
+{
+    return d->ops->export_block ? d->ops->export_block(d, va, size, out) : no_ipc(d, "export");
+}
+fl_status fl_dev_import(fl_device *d, const fl_ipc_handle *h, uint64_t *va)
+{
+    return d->ops->import ? d->ops->import(d, h, va) : no_ipc(d, "import");
+}
+fl_status fl_dev_import_close(fl_device *d, uint64_t va)
+{
+    return d->ops->import_close ? d->ops->import_close(d, va) : no_ipc(d, "import_close");
+}
+
+char *fl_dev_uuid_str(const fl_device *d, char *buf, size_t n)
+{
+    const unsigned char *u = d->uuid;
+    if (!d->has_uuid)
+        snprintf(buf, n, "%s", "");
+    else
+        snprintf(buf, n, "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1], u[2],
+                 u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
+    return buf;
 }
 
 void fl_device_destroy(fl_device *d)

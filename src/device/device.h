@@ -33,6 +33,14 @@ typedef struct fl_device_ops {
     fl_status (*event_record)(fl_device *d, uint64_t stream, uint64_t *event);
     fl_status (*event_query)(fl_device *d, uint64_t event, int *done);
     void (*event_destroy)(fl_device *d, uint64_t event);
+    /* IPC (fl_export / fl_import; NULL: the device cannot, FL_ERR_UNSUPPORTED). Not
+     * counted as calls: they move no memory in or out of the allocator. export_block:
+     * the physical allocation under [va, va+size), which must lie in one, as a file
+     * descriptor. import: maps another process's allocation here (its memory stays the
+     * exporter's: not in in_use); *va is the block's address; import_close undoes it. */
+    fl_status (*export_block)(fl_device *d, uint64_t va, uint64_t size, fl_ipc_handle *out);
+    fl_status (*import)(fl_device *d, const fl_ipc_handle *h, uint64_t *va);
+    fl_status (*import_close)(fl_device *d, uint64_t va);
     void (*destroy)(fl_device *d);
 } fl_device_ops;
 
@@ -43,6 +51,8 @@ struct fl_device {
     int vmm_supported;
     int is_gpu;             /* a real GPU (the cuda device); 0 for simulated ones */
     int ordinal;            /* the GPU's ordinal when is_gpu */
+    int has_uuid;           /* uuid holds the GPU's UUID (the cuda device) */
+    unsigned char uuid[16]; /* NVML's identity of the GPU, whatever CUDA_VISIBLE_DEVICES says */
     uint64_t limit;         /* the most its allocator may hold; 0 = none (fl_dev_limit) */
     void *owner;            /* the allocator on it (one per device), NULL when none */
     /* Updated by the wrappers (calls, failed_calls, peak) and by implementations
@@ -81,5 +91,12 @@ fl_status fl_dev_synchronize(fl_device *d);
 fl_status fl_dev_event_record(fl_device *d, uint64_t stream, uint64_t *event);
 fl_status fl_dev_event_query(fl_device *d, uint64_t event, int *done);
 void fl_dev_event_destroy(fl_device *d, uint64_t event);
+/* IPC; FL_ERR_UNSUPPORTED on a device without it. */
+fl_status fl_dev_export(fl_device *d, uint64_t va, uint64_t size, fl_ipc_handle *out);
+fl_status fl_dev_import(fl_device *d, const fl_ipc_handle *h, uint64_t *va);
+fl_status fl_dev_import_close(fl_device *d, uint64_t va);
+/* "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" as NVML writes it, "" without a UUID;
+ * buf holds at least 41 bytes. */
+char *fl_dev_uuid_str(const fl_device *d, char *buf, size_t n);
 
 #endif

@@ -62,6 +62,8 @@ fl_allocator *fl_frontend_allocator(int device)
         fl_cuda_params_default(&cp);
         cp.device = device;
         fl_status s = fl_config_from_env(&cfg);
+        cp.peer_access = cfg.peer_access;
+        cp.shareable = cfg.shareable;
         if (s == FL_OK && device > 0 && cfg.trace_path[0])
             s = trace_path_for(&cfg, device);
         if (s == FL_OK)

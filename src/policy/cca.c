@@ -481,6 +481,15 @@ static uint64_t cca_block_size(const fl_policy *p, uint64_t addr)
     return fl_map_get(&((const cca_policy *)p)->live, addr, &v) ? ((const cca_block *)(uintptr_t)v)->requested : 0;
 }
 
+static int cca_block_stream(const fl_policy *p, uint64_t addr, uint64_t *stream)
+{
+    uint64_t v;
+    if (!fl_map_get(&((const cca_policy *)p)->live, addr, &v))
+        return 0;
+    *stream = ((const cca_block *)(uintptr_t)v)->node.stream;
+    return 1;
+}
+
 static fl_status cca_empty_cache(fl_policy *p)
 {
     cca_policy *c = as_cca(p);
@@ -742,6 +751,7 @@ const fl_policy_ops fl_policy_cca = {
     .alloc = cca_alloc,
     .free = cca_free,
     .block_size = cca_block_size,
+    .block_stream = cca_block_stream,
     .empty_cache = cca_empty_cache,
     .check = cca_check,
     .query = cca_query,
@@ -755,6 +765,7 @@ const fl_policy_ops fl_policy_cca_expandable = {
     .alloc = cca_alloc,
     .free = cca_free,
     .block_size = cca_block_size,
+    .block_stream = cca_block_stream,
     .empty_cache = cca_empty_cache,
     .check = cca_check,
     .query = cca_query,

@@ -576,6 +576,16 @@ static uint64_t fx_block_size(const fl_policy *base, uint64_t addr)
     return v ? f->heaps[hi].range->nodes[v].size - f->heaps[hi].range->nodes[v].tag : 0;
 }
 
+static int fx_block_stream(const fl_policy *base, uint64_t addr, uint64_t *stream)
+{
+    int hi;
+    const fx_policy *f = (const fx_policy *)base;
+    if (!live_node(f, addr, &hi))
+        return 0;
+    *stream = f->heaps[hi].stream;
+    return 1;
+}
+
 static fl_status fx_free(fl_policy *base, uint64_t addr, uint64_t want, uint64_t *requested)
 {
     fx_policy *f = (fx_policy *)base;
@@ -814,6 +824,7 @@ const fl_policy_ops fl_policy_fragless = {
     .alloc = fx_alloc,
     .free = fx_free,
     .block_size = fx_block_size,
+    .block_stream = fx_block_stream,
     .empty_cache = fx_empty_cache,
     .check = fx_check,
     .query = fx_query,

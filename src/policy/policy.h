@@ -33,6 +33,11 @@ typedef struct fl_policy_ops {
     fl_status (*free)(fl_policy *p, uint64_t addr, uint64_t want, uint64_t *size);
     /* The requested size of the live block that starts at addr; 0 if there is none. */
     uint64_t (*block_size)(const fl_policy *p, uint64_t addr);
+    /* The stream the live block at addr was allocated on: 1 and *stream; 0 when there
+     * is no such block; -1 when there is but the policy does not know (as when NULL:
+     * callers then treat every stream as another one, so cudaFreeAsync waits for the
+     * freeing stream's work). */
+    int (*block_stream)(const fl_policy *p, uint64_t addr, uint64_t *stream);
     /* Gives cached memory that no live block needs back to the device. */
     fl_status (*empty_cache)(fl_policy *p);
     /* Self-check: 0 when every invariant holds, else nonzero with fl_fail() set. */
@@ -60,6 +65,10 @@ extern const fl_policy_ops fl_policy_fragless;
 extern const fl_policy_ops fl_policy_cca;
 extern const fl_policy_ops fl_policy_cca_expandable;
 extern const fl_policy_ops fl_policy_nocache;
+
+/* registrable:SIZE (registrable.c): wraps inner, whose destroy it takes over (also
+ * when it fails). */
+fl_status fl_policy_registrable(const fl_config *cfg, fl_policy *inner, fl_policy **out);
 
 /* Looks a policy up by name; NULL if unknown. */
 const fl_policy_ops *fl_policy_find(const char *name);

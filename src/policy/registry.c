@@ -34,7 +34,12 @@ fl_status fl_policy_create(const fl_config *cfg, fl_device *dev, fl_policy **out
     /* The limit is the device's to enforce (fl_dev_limit): set before the policy sizes
      * anything from it. */
     dev->limit = cfg->limit;
-    return ops->create(cfg, dev, out);
+    fl_status s = ops->create(cfg, dev, out);
+    if (s != FL_OK || !cfg->registrable)
+        return s;
+    fl_policy *inner = *out;
+    *out = NULL;
+    return fl_policy_registrable(cfg, inner, out);
 }
 
 fl_status fl_policy_size_mismatch(uint64_t addr, uint64_t want, uint64_t have)

@@ -1,13 +1,20 @@
 /* libfragless_preload.so: the CUDA runtime's cudaMalloc, cudaFree, cudaMallocAsync,
  * cudaFreeAsync and cudaMemGetInfo, served by fragless for any program that calls them
- * through a shared libcudart (LD_PRELOAD, set up by `fragless run`). One allocator per
- * device, from the frontend table the PyTorch entry points use.
+ * through a shared libcudart (LD_PRELOAD, set up by `fragless run`; PyTorch sends every
+ * tensor here under PYTORCH_CUDA_ALLOC_CONF=backend:cudaMallocAsync, which `fragless run`
+ * sets). One allocator per device, from the frontend table the PyTorch entry points use.
+ * The runtime's semantics are kept: cudaFree waits for the device that owns the block;
+ * cudaFreeAsync on another stream than the block's makes it reusable only once that
+ * stream's work is done; cudaFree(NULL), which creates the primary context, goes to the
+ * runtime.
  *
  * Built with hidden visibility: these five functions are the library's only exported
  * symbols, so nothing else of the process binds to fragless' internals (and they bind
  * to nothing of the process). Not served: programs linked with the static cudart
- * (nvcc's default; build with -cudart shared), and calls made inside libcudart itself. */
+ * (nvcc's default; build with -cudart shared), and calls made inside libcudart itself;
+ * a process that used the driver with no call served is told so at exit. */
 #include <dlfcn.h>
+#include <link.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -16,6 +23,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "allocator/allocator.h"
 #include "frontend/frontend.h"
 
 #define FL_EXPORT __attribute__((visibility("default")))
@@ -39,6 +47,7 @@ FL_EXPORT cudaError_t cudaFreeAsync(void *ptr, cudaStream_t stream);
 FL_EXPORT cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes);
 
 typedef cudaError_t (*get_device_fn)(int *);
+typedef cudaError_t (*set_device_fn)(int);
 typedef cudaError_t (*free_fn)(void *);
 typedef cudaError_t (*free_async_fn)(void *, cudaStream_t);
 typedef cudaError_t (*mem_get_info_fn)(size_t *, size_t *);
@@ -49,6 +58,7 @@ typedef cudaError_t (*sync_fn)(void);
  * to it, and free memory is its view of the device. NULL where there is none. */
 static struct {
     get_device_fn get_device;
+    set_device_fn set_device;
     sync_fn sync;
     free_fn free;
     free_async_fn free_async;
@@ -59,6 +69,7 @@ static pthread_once_t real_once = PTHREAD_ONCE_INIT;
 static void resolve_real(void)
 {
     real.get_device = (get_device_fn)(uintptr_t)dlsym(RTLD_NEXT, "cudaGetDevice");
+    real.set_device = (set_device_fn)(uintptr_t)dlsym(RTLD_NEXT, "cudaSetDevice");
     real.sync = (sync_fn)(uintptr_t)dlsym(RTLD_NEXT, "cudaDeviceSynchronize");
     real.free = (free_fn)(uintptr_t)dlsym(RTLD_NEXT, "cudaFree");
     real.free_async = (free_async_fn)(uintptr_t)dlsym(RTLD_NEXT, "cudaFreeAsync");
@@ -69,6 +80,44 @@ static int verbose(void)
 {
     const char *v = getenv("FRAGLESS_VERBOSE");
     return v && !strcmp(v, "1");
+}
+
+/* Calls served, for the notice at exit. */
+static atomic_ulong served;
+
+/* Whether a loaded object's name contains what (dl_iterate_phdr's callback). */
+static int has_object(struct dl_phdr_info *info, size_t size, void *what)
+{
+    (void)size;
+    return info->dlpi_name && strstr(info->dlpi_name, (const char *)what) != NULL;
+}
+
+/* A process that used the CUDA driver (libcuda, or the library FRAGLESS_CUDA_LIB names)
+ * without any shared CUDA runtime, and made no call fragless serves, ran on the GPU
+ * without fragless: say why, since nothing else will. A process that never touched the
+ * driver (a shell, a launcher such as torchrun's parent) says nothing; one with a shared
+ * runtime that allocated nothing through it has nothing to be told. */
+__attribute__((destructor)) static void preload_notice(void)
+{
+    if (atomic_load(&served))
+        return;
+    const char *lib = getenv("FRAGLESS_CUDA_LIB");
+    const char *base = lib && *lib ? strrchr(lib, '/') : NULL;
+    base = base ? base + 1 : lib && *lib ? lib : NULL;
+    int driver = dl_iterate_phdr(has_object, (void *)"libcuda.so") || (base && dl_iterate_phdr(has_object, (void *)base));
+    if (!driver || dl_iterate_phdr(has_object, (void *)"libcudart"))
+        return;
+    char comm[64] = "";
+    FILE *f = fopen("/proc/self/comm", "r");
+    if (f) {
+        if (fgets(comm, sizeof comm, f))
+            comm[strcspn(comm, "\n")] = 0;
+        fclose(f);
+    }
+    fprintf(stderr, "fragless: process %d (%s) used the CUDA driver but made no cudaMalloc/cudaMallocAsync call "
+            "fragless could serve: its CUDA runtime is most likely linked statically (nvcc's default; build with "
+            "-cudart shared), or it allocates with the driver API directly. Its GPU memory did not come from fragless.\n",
+            (int)getpid(), comm);
 }
 
 __attribute__((constructor)) static void preload_banner(void)
@@ -106,6 +155,7 @@ static void report_failure(const char *fn, size_t size, int dev, const char *why
 
 static cudaError_t preload_alloc(const char *fn, void **ptr, size_t size, cudaStream_t stream)
 {
+    atomic_fetch_add_explicit(&served, 1, memory_order_relaxed);
     if (!ptr)
         return cudaErrorInvalidValue;
     *ptr = NULL;
@@ -124,27 +174,50 @@ static cudaError_t preload_alloc(const char *fn, void **ptr, size_t size, cudaSt
     return cudaSuccess;
 }
 
-/* Frees a block fragless handed out: FL_OK; FL_ERR_NOT_FOUND when no allocator has it
- * (nothing changed); another status, with a message on stderr, when the device failed.
- * The device's allocator first, then the others': the runtime frees a pointer of any
- * device whatever the current one is. */
-static fl_status preload_free(const char *fn, void *ptr)
+/* The device whose allocator holds the live block at ptr (the current device's first:
+ * the runtime frees a pointer of any device whatever the current one is), its allocator
+ * and the block's stream (*known 0 when the policy does not keep it); -1 when no
+ * allocator has it. */
+static int owner_of(void *ptr, int cur, fl_allocator **out, uint64_t *stream, int *known)
 {
-    int dev = current_device();
     uint64_t addr = (uint64_t)(uintptr_t)ptr;
     for (int i = -1; i < FL_FRONTEND_MAX_DEVICES; i++) {
-        if (i == dev)
+        if (i == cur)
             continue;
-        int d = i < 0 ? dev : i;
+        int d = i < 0 ? cur : i;
         fl_allocator *a = fl_frontend_existing(d);
-        fl_status s = a ? fl_free(a, addr) : FL_ERR_NOT_FOUND;
-        if (s == FL_ERR_NOT_FOUND)
-            continue;
-        if (s != FL_OK)
-            fprintf(stderr, "fragless: %s(%p) on device %d: %s\n", fn, ptr, d, fl_last_error());
-        return s;
+        if (a && fl_allocator_block_stream(a, addr, stream, known) == FL_OK) {
+            *out = a;
+            return d;
+        }
     }
-    return FL_ERR_NOT_FOUND;
+    return -1;
+}
+
+/* Gives a block back; a device failure is said on stderr (the block stays fragless's). */
+static fl_status give_back(const char *fn, fl_allocator *a, int dev, void *ptr)
+{
+    fl_status s = fl_free(a, (uint64_t)(uintptr_t)ptr);
+    if (s != FL_OK)
+        fprintf(stderr, "fragless: %s(%p) on device %d: %s\n", fn, ptr, dev, fl_last_error());
+    return s;
+}
+
+/* The runtime's cudaDeviceSynchronize on device dev: made current for the call (the
+ * runtime's own cudaFree waits for the device the block lives on), then the program's
+ * device again. */
+static cudaError_t sync_device(int dev, int cur)
+{
+    if (!real.sync)
+        return cudaSuccess;
+    if (dev == cur || !real.set_device)
+        return real.sync();
+    cudaError_t e = real.set_device(dev);
+    if (e != cudaSuccess)
+        return e;
+    e = real.sync();
+    cudaError_t back = real.set_device(cur);
+    return e != cudaSuccess ? e : back;
 }
 
 /* Memory from elsewhere — cudaMallocHost, cudaMallocManaged, a memory pool, a block
@@ -164,22 +237,26 @@ FL_EXPORT cudaError_t cudaMalloc(void **ptr, size_t size)
 
 /* The runtime's cudaFree waits for the device to finish its work, and programs count on
  * it: a block freed while a kernel still uses it must not be handed out again (on any
- * stream: cudaMalloc's blocks are everyone's) until that kernel is done. The wait's
- * error, a failure of earlier asynchronous work, is returned as the runtime does. A
- * block fragless holds but cannot free (the device failed) is not the runtime's to
- * free: cudaErrorUnknown. */
+ * stream: cudaMalloc's blocks are everyone's) until that kernel is done. The device
+ * waited for is the block's, which need not be the current one. The wait's error, a
+ * failure of earlier asynchronous work, is returned as the runtime does. A block
+ * fragless holds but cannot free (the device failed) is not the runtime's to free:
+ * cudaErrorUnknown. cudaFree(NULL) is the runtime's: programs call it to create the
+ * primary context. */
 FL_EXPORT cudaError_t cudaFree(void *ptr)
 {
-    if (!ptr)
-        return cudaSuccess;
+    atomic_fetch_add_explicit(&served, 1, memory_order_relaxed);
     pthread_once(&real_once, resolve_real);
-    cudaError_t synced = real.sync ? real.sync() : cudaSuccess;
-    fl_status s = preload_free("cudaFree", ptr);
-    if (s == FL_OK)
-        return synced;
-    if (s != FL_ERR_NOT_FOUND)
-        return cudaErrorUnknown;
-    return real.free ? real.free(ptr) : not_ours("cudaFree", ptr);
+    if (!ptr)
+        return real.free ? real.free(ptr) : cudaSuccess;
+    int cur = current_device(), known;
+    uint64_t stream;
+    fl_allocator *a = NULL;
+    int dev = owner_of(ptr, cur, &a, &stream, &known);
+    if (dev < 0)
+        return real.free ? real.free(ptr) : not_ours("cudaFree", ptr);
+    cudaError_t synced = sync_device(dev, cur);
+    return give_back("cudaFree", a, dev, ptr) == FL_OK ? synced : cudaErrorUnknown;
 }
 
 /* The block belongs to stream's heap; reuse by another stream waits for a
@@ -189,19 +266,29 @@ FL_EXPORT cudaError_t cudaMallocAsync(void **ptr, size_t size, cudaStream_t stre
     return preload_alloc("cudaMallocAsync", ptr, size, stream);
 }
 
-/* Freed at once, for reuse on the stream it was allocated on (stream order makes that
- * safe); a free on another stream than the allocation's is not ordered after that
- * stream's later work. */
+/* Stream-ordered: the block is free once the work queued on `stream` before this call is
+ * done. On the block's own stream that order is the stream's, so it is reusable there at
+ * once (and elsewhere only after a synchronization, as every block). Freed on another
+ * stream, it must wait for that stream's work: an event is recorded there
+ * (fl_record_stream) and the block comes back when the event completes. */
 FL_EXPORT cudaError_t cudaFreeAsync(void *ptr, cudaStream_t stream)
 {
+    atomic_fetch_add_explicit(&served, 1, memory_order_relaxed);
     if (!ptr)
         return cudaSuccess;
-    fl_status s = preload_free("cudaFreeAsync", ptr);
-    if (s == FL_OK)
-        return cudaSuccess;
-    if (s != FL_ERR_NOT_FOUND)
+    pthread_once(&real_once, resolve_real);
+    int known;
+    uint64_t own, s = (uint64_t)(uintptr_t)stream;
+    fl_allocator *a = NULL;
+    int dev = owner_of(ptr, current_device(), &a, &own, &known);
+    if (dev < 0)
+        return real.free_async ? real.free_async(ptr, stream) : not_ours("cudaFreeAsync", ptr);
+    if ((!known || own != s) && fl_record_stream(a, (uint64_t)(uintptr_t)ptr, s) != FL_OK) {
+        fprintf(stderr, "fragless: cudaFreeAsync(%p, stream %p) on device %d: %s\n", ptr, (void *)stream, dev,
+                fl_last_error());
         return cudaErrorUnknown;
-    return real.free_async ? real.free_async(ptr, stream) : not_ours("cudaFreeAsync", ptr);
+    }
+    return give_back("cudaFreeAsync", a, dev, ptr) == FL_OK ? cudaSuccess : cudaErrorUnknown;
 }
 
 /* Capacity of each device, read once from the driver (the runtime may not answer). */
@@ -240,6 +327,7 @@ static fl_status device_capacity(int dev, uint64_t *out)
  * may still fail: fragless' small-request heaps keep partly used pages. */
 FL_EXPORT cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes)
 {
+    atomic_fetch_add_explicit(&served, 1, memory_order_relaxed);
     if (!free_bytes || !total_bytes)
         return cudaErrorInvalidValue;
     int dev = current_device();

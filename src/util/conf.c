@@ -27,6 +27,8 @@ void fl_config_default(fl_config *cfg)
     snprintf(cfg->policy, sizeof cfg->policy, "%s", conf_policies[0]);
     cfg->oom_report = 1;
     cfg->publish = 1;
+    cfg->peer_access = 1;
+    cfg->shareable = 1;
 }
 
 /* ---- value parsers: each returns FL_OK or fails naming key and value ------------- */
@@ -298,10 +300,18 @@ static fl_status set_small_size(fl_config *c, const char *key, const char *val)
     return FL_OK;
 }
 
+/* Paths are expanded when their file is opened (fl_expand_path); a wrong '%' is
+ * refused now, so a typo stops at start-up rather than at the first out-of-memory. */
 static fl_status set_path(char *dst, size_t cap, const char *key, const char *val)
 {
     if (strlen(val) >= cap)
         return bad(key, val, "is too long for a path (255 bytes at most)");
+    char probe[FL_PATH_MAX];
+    if (fl_expand_path(val, probe, sizeof probe) != FL_OK) {
+        char why[300];
+        snprintf(why, sizeof why, "%s", fl_last_error());
+        return bad(key, val, why);
+    }
     snprintf(dst, cap, "%s", val);
     return FL_OK;
 }
@@ -314,6 +324,34 @@ static fl_status set_trace(fl_config *c, const char *key, const char *val)
 static fl_status set_oom_snapshot(fl_config *c, const char *key, const char *val)
 {
     return set_path(c->oom_snapshot, sizeof c->oom_snapshot, key, val);
+}
+
+static fl_status set_peer_access(fl_config *c, const char *key, const char *val)
+{
+    return parse_bool(key, val, &c->peer_access);
+}
+
+static fl_status set_shareable(fl_config *c, const char *key, const char *val)
+{
+    return parse_bool(key, val, &c->shareable);
+}
+
+/* registrable:SIZE (0 or False: off); a block smaller than a page gains nothing from a
+ * physical allocation of its own, and is refused as a threshold. */
+static fl_status set_registrable(fl_config *c, const char *key, const char *val)
+{
+    if (!strcmp(val, "0") || !strcmp(val, "False") || !strcmp(val, "false")) {
+        c->registrable = 0;
+        return FL_OK;
+    }
+    uint64_t v;
+    fl_status s = parse_size_value(key, val, &v);
+    if (s != FL_OK)
+        return s;
+    if (v < 64 * FL_KiB)
+        return bad(key, val, "is below 64KiB (blocks of at least SIZE get a physical allocation each; 0 turns it off)");
+    c->registrable = v;
+    return FL_OK;
 }
 
 static const struct {
@@ -331,6 +369,9 @@ static const struct {
     {"oom_report", set_oom_report},
     {"oom_snapshot", set_oom_snapshot},
     {"top", set_publish},
+    {"peer_access", set_peer_access},
+    {"shareable", set_shareable},
+    {"registrable", set_registrable},
 };
 #define N_CONF_KEYS (sizeof conf_keys / sizeof conf_keys[0])
 
@@ -348,7 +389,8 @@ static fl_status apply(fl_config *c, const char *key, const char *val)
     return fl_fail(FL_ERR_PARSE,
                    "FRAGLESS_CONF: unknown key '%s' (value '%s'); known keys: policy, "
                    "max_split_size_mb, roundup_power2_divisions, garbage_collection_threshold, "
-                   "expandable_segments, limit, small_size, trace, oom_report, oom_snapshot, top",
+                   "expandable_segments, limit, small_size, trace, oom_report, oom_snapshot, top, "
+                   "peer_access, shareable, registrable",
                    key, val);
 }
 

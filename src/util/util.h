@@ -78,6 +78,13 @@ bool fl_map_get(const fl_map *m, uint64_t key, uint64_t *val);
 /* Returns true and stores the old value when the key was present. */
 bool fl_map_remove(fl_map *m, uint64_t key, uint64_t *val);
 
+/* A file path of the config (trace:, oom_snapshot:) made concrete for this process: %p
+ * becomes the process id, %r the rank ($RANK, else $LOCAL_RANK, else 0: torchrun sets
+ * both), %% a '%'. Any other '%' is FL_ERR_PARSE; a result that does not fit in n
+ * bytes is FL_ERR_INVALID. So that processes of one job never write one file. */
+#define FL_PATH_MAX 4096
+fl_status fl_expand_path(const char *path, char *out, size_t n);
+
 /* Monotonic clock in nanoseconds. */
 uint64_t fl_now_ns(void);
 

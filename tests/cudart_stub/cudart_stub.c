@@ -1,15 +1,32 @@
-/* A stand-in for libcudart.so on a machine without a GPU: the allocation entry points
- * the preload library interposes, each failing with cudaErrorNoDevice. A program linked
- * against it can allocate only when fragless serves it, which is what test_preload
- * shows. The ABI is the runtime's (an int-sized error enum, pointer streams). */
+/* A test double of libcudart.so for a machine without a GPU. Its allocation entry points
+ * (the ones the preload library interposes) fail with cudaErrorNoDevice, so a program
+ * linked against it allocates only when fragless serves it. What the preload library
+ * hands on to the runtime is modelled as the runtime does it, over the CUDA driver double
+ * ($FRAGLESS_CUDA_LIB), and counted:
+ *   - the current device per thread (cudaSetDevice / cudaGetDevice; CUDART_STUB_DEVICE=N
+ *     is the starting device, else none: cudaGetDevice fails);
+ *   - cudaFree(NULL), the idiom that creates the current device's primary context: the
+ *     context is retained and made current, as the runtime does;
+ *   - cudaDeviceSynchronize, counted per current device;
+ *   - cudaStreamSynchronize, which completes the stream's work in the driver double (its
+ *     events), so stream-ordered frees can be seen waiting for it.
+ * With CUDART_STUB_REPORT=1 the counts are printed on stderr at exit. The ABI is the
+ * runtime's (an int-sized error enum, pointer streams). */
+#include <dlfcn.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 typedef int cudaError_t;
 typedef struct CUstream_st *cudaStream_t;
-enum { cudaErrorInvalidValue = 1, cudaErrorNoDevice = 100 };
+typedef struct CUctx_st *CUcontext;
+enum { cudaErrorInvalidValue = 1, cudaErrorInvalidDevice = 101, cudaErrorNoDevice = 100 };
+
+#define STUB_DEVICES 8
 
 cudaError_t cudaMalloc(void **ptr, size_t size);
 cudaError_t cudaFree(void *ptr);
@@ -17,19 +34,15 @@ cudaError_t cudaMallocAsync(void **ptr, size_t size, cudaStream_t stream);
 cudaError_t cudaFreeAsync(void *ptr, cudaStream_t stream);
 cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes);
 cudaError_t cudaGetDevice(int *device);
+cudaError_t cudaSetDevice(int device);
 cudaError_t cudaDeviceSynchronize(void);
+cudaError_t cudaStreamSynchronize(cudaStream_t stream);
 
 cudaError_t cudaMalloc(void **ptr, size_t size)
 {
     (void)size;
     if (ptr)
         *ptr = NULL;
-    return cudaErrorNoDevice;
-}
-
-cudaError_t cudaFree(void *ptr)
-{
-    (void)ptr;
     return cudaErrorNoDevice;
 }
 
@@ -41,8 +54,9 @@ cudaError_t cudaMallocAsync(void **ptr, size_t size, cudaStream_t stream)
 
 cudaError_t cudaFreeAsync(void *ptr, cudaStream_t stream)
 {
+    (void)ptr;
     (void)stream;
-    return cudaFree(ptr);
+    return cudaErrorNoDevice;
 }
 
 cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes)
@@ -52,33 +66,112 @@ cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes)
     return cudaErrorNoDevice;
 }
 
-/* CUDART_STUB_DEVICE=N plays a runtime whose current device is N (cudaSetDevice), so
- * that the test can show the interposer allocates on the program's device. */
+/* ---- the current device ----------------------------------------------------------- */
+
+static _Thread_local int tls_device = -2; /* -2: not read yet; -1: none */
+
+static int current(void)
+{
+    if (tls_device == -2) {
+        const char *env = getenv("CUDART_STUB_DEVICE");
+        tls_device = env && env[0] ? atoi(env) : -1;
+    }
+    return tls_device;
+}
+
 cudaError_t cudaGetDevice(int *device)
 {
-    const char *env = getenv("CUDART_STUB_DEVICE");
     if (!device)
         return cudaErrorInvalidValue;
-    if (!env || !env[0])
+    if (current() < 0)
         return cudaErrorNoDevice;
-    *device = atoi(env);
+    *device = current();
     return 0;
 }
 
-/* Nothing was ever launched, so there is nothing to wait for: success, counted, and the
- * count on stderr at exit with CUDART_STUB_REPORT=1 (fragless' cudaFree waits here, as
- * the runtime's cudaFree does). */
-static atomic_ulong syncs;
+cudaError_t cudaSetDevice(int device)
+{
+    if (device < 0 || device >= STUB_DEVICES)
+        return cudaErrorInvalidDevice;
+    tls_device = device;
+    return 0;
+}
 
+/* ---- the driver double behind it ---------------------------------------------------- */
+
+static struct {
+    int (*init)(unsigned);
+    int (*retain)(CUcontext *, int);
+    int (*set_current)(CUcontext);
+    int (*stream_sync)(void *);
+} drv;
+static pthread_once_t drv_once = PTHREAD_ONCE_INIT;
+
+static void load_driver(void)
+{
+    const char *path = getenv("FRAGLESS_CUDA_LIB");
+    void *lib = path && path[0] ? dlopen(path, RTLD_NOW | RTLD_LOCAL) : NULL;
+    if (!lib)
+        return;
+    void *f[4] = {dlsym(lib, "cuInit"), dlsym(lib, "cuDevicePrimaryCtxRetain"), dlsym(lib, "cuCtxSetCurrent"),
+                  dlsym(lib, "cuStreamSynchronize")};
+    if (!f[0] || !f[1] || !f[2] || !f[3])
+        return;
+    /* Object to function pointers, as POSIX allows for dlsym's results. */
+    memcpy(&drv.init, &f[0], sizeof f[0]);
+    memcpy(&drv.retain, &f[1], sizeof f[1]);
+    memcpy(&drv.set_current, &f[2], sizeof f[2]);
+    memcpy(&drv.stream_sync, &f[3], sizeof f[3]);
+}
+
+static atomic_ulong syncs[STUB_DEVICES], free_null, stream_syncs;
+
+/* The runtime creates the current device's primary context and makes it current. */
+cudaError_t cudaFree(void *ptr)
+{
+    if (ptr)
+        return cudaErrorNoDevice;
+    atomic_fetch_add(&free_null, 1);
+    pthread_once(&drv_once, load_driver);
+    int dev = current() < 0 ? 0 : current();
+    CUcontext ctx = NULL;
+    if (!drv.init || drv.init(0) != 0 || drv.retain(&ctx, dev) != 0 || drv.set_current(ctx) != 0)
+        return cudaErrorNoDevice;
+    return 0;
+}
+
+/* Nothing was launched, so there is nothing to wait for: counted per device. */
 cudaError_t cudaDeviceSynchronize(void)
 {
-    atomic_fetch_add(&syncs, 1);
+    int dev = current() < 0 ? 0 : current();
+    if (dev < STUB_DEVICES)
+        atomic_fetch_add(&syncs[dev], 1);
     return 0;
+}
+
+/* The stream's work is done: its events complete in the driver double. */
+cudaError_t cudaStreamSynchronize(cudaStream_t stream)
+{
+    atomic_fetch_add(&stream_syncs, 1);
+    pthread_once(&drv_once, load_driver);
+    return drv.stream_sync && drv.stream_sync(stream) == 0 ? 0 : cudaErrorNoDevice;
 }
 
 __attribute__((destructor)) static void report(void)
 {
     const char *env = getenv("CUDART_STUB_REPORT");
-    if (env && env[0] == '1')
-        fprintf(stderr, "cudart_stub: cudaDeviceSynchronize called %lu times\n", atomic_load(&syncs));
+    if (!env || env[0] != '1')
+        return;
+    unsigned long total = 0;
+    char per[256] = "";
+    int n = 0;
+    for (int d = 0; d < STUB_DEVICES; d++) {
+        unsigned long k = atomic_load(&syncs[d]);
+        total += k;
+        if (k && n < (int)sizeof per)
+            n += snprintf(per + n, sizeof per - (size_t)n, "%sdevice %d: %lu", n ? ", " : "", d, k);
+    }
+    fprintf(stderr, "cudart_stub: cudaDeviceSynchronize called %lu times (%s)\n", total, per);
+    fprintf(stderr, "cudart_stub: cudaFree(NULL) called %lu times\n", atomic_load(&free_null));
+    fprintf(stderr, "cudart_stub: cudaStreamSynchronize called %lu times\n", atomic_load(&stream_syncs));
 }

@@ -11,10 +11,13 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stddef.h>
+#include <sys/stat.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -41,6 +44,10 @@ struct CUctx_st {
     unsigned refs; /* primary-context retains; 0: inactive, memory calls refuse it */
 };
 
+/* Each thread's context stack (cuCtxPushCurrent / cuCtxPopCurrent); the top is current.
+ * A new thread has none: the driver makes no context current implicitly. */
+#define FC_CTX_STACK 16
+
 struct CUevent_st {
     struct CUctx_st *ctx; /* context current when last recorded: the stream's context */
     CUstream stream;
@@ -53,7 +60,10 @@ typedef struct fc_handle {
     size_t size;
     int dev;
     unsigned mappings;
-    int released;
+    unsigned refs;       /* cuMemCreate / import: 1; cuMemRelease takes one; 0: released */
+    unsigned types;      /* requestedHandleTypes: what it may be exported as */
+    int rdma;            /* allocFlags.gpuDirectRDMACapable */
+    int imported;        /* from another process: its memory is charged there, not here */
 } fc_handle;
 
 typedef struct fc_reservation {
@@ -62,10 +72,15 @@ typedef struct fc_reservation {
     unsigned mappings;
 } fc_reservation;
 
+/* Access is per device and per granule: a mapping starts inaccessible to every device,
+ * cuMemSetAccess grants it device by device (bit d of rd / wr), and a device reads only
+ * what it was granted (fakecuda_device_access), as a GPU faults on a peer's memory that
+ * cuMemSetAccess did not name it for. */
 typedef struct fc_mapping {
     uintptr_t va;
     size_t size;
     fc_handle *h;
+    uint64_t *rd, *wr;   /* one mask per granule */
 } fc_mapping;
 
 typedef struct fc_alloc {
@@ -77,6 +92,11 @@ typedef struct fc_alloc {
 typedef struct fc_config {
     int ok, ndev, vmm;
     size_t capacity, gran;
+    int peer;            /* devices can access each other's memory (cuDeviceCanAccessPeer) */
+    int posix_fd;        /* attribute 103: handles exportable as file descriptors */
+    int rdma;            /* attribute 110: the GPUDirect RDMA flag of cuMemCreate */
+    int fabric;          /* attribute 128: 0 no, 1 yes, 2 said yes but cuMemCreate is refused
+                            (no IMEX channel: CUDA_ERROR_NOT_PERMITTED) */
 } fc_config;
 
 static struct {
@@ -104,7 +124,13 @@ static struct {
 } g = { .lock = PTHREAD_MUTEX_INITIALIZER };
 
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
-static _Thread_local struct CUctx_st *tls_current;
+static _Thread_local struct CUctx_st *tls_stack[FC_CTX_STACK];
+static _Thread_local int tls_depth;
+
+static struct CUctx_st *current_ctx(void)
+{
+    return tls_depth ? tls_stack[tls_depth - 1] : NULL;
+}
 
 /* ---- configuration ---------------------------------------------------------------- */
 
@@ -175,7 +201,7 @@ static int config_error(const char *var, const char *value, const char *why)
 static void load_config(void)
 {
     fc_config c = { .ok = 1, .ndev = 1, .vmm = 1, .capacity = (size_t)1 << 30,
-                    .gran = (size_t)2 << 20 };
+                    .gran = (size_t)2 << 20, .peer = 1, .posix_fd = 1, .rdma = 1, .fabric = 0 };
     const char *v;
     size_t n;
     if ((v = getenv("FAKECUDA_DEVICES")) && *v) {
@@ -197,6 +223,24 @@ static void load_config(void)
             c.vmm = 0;
         else if (strcmp(v, "0") != 0)
             c.ok = config_error("FAKECUDA_NO_VMM", v, "neither 0 nor 1");
+    }
+    static const struct {
+        const char *var;
+        size_t off;
+        int max;
+    } flags[] = {
+        {"FAKECUDA_PEER", offsetof(fc_config, peer), 1},
+        {"FAKECUDA_POSIX_FD", offsetof(fc_config, posix_fd), 1},
+        {"FAKECUDA_RDMA", offsetof(fc_config, rdma), 1},
+        {"FAKECUDA_FABRIC", offsetof(fc_config, fabric), 2},
+    };
+    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
+        if (!(v = getenv(flags[i].var)) || !*v)
+            continue;
+        if (v[1] || v[0] < '0' || v[0] > '0' + flags[i].max)
+            c.ok = config_error(flags[i].var, v, flags[i].max == 1 ? "neither 0 nor 1" : "not 0, 1 or 2");
+        else
+            *(int *)((char *)&c + flags[i].off) = v[0] - '0';
     }
     g.cfg = c;
     for (int d = 0; d < FC_MAX_DEVICES; d++)
@@ -268,7 +312,7 @@ static CUresult need_ctx(struct CUctx_st **out)
 {
     if (!g.initialized)
         return CUDA_ERROR_NOT_INITIALIZED;
-    struct CUctx_st *c = tls_current;
+    struct CUctx_st *c = current_ctx();
     if (!c || !valid_dev(c->dev) || c->refs == 0)
         return CUDA_ERROR_INVALID_CONTEXT;
     *out = c;
@@ -370,10 +414,11 @@ static fc_handle *find_handle(CUmemGenericAllocationHandle id)
 /* Physical memory goes back only when the handle is released and mapped nowhere. */
 static void handle_maybe_destroy(fc_handle *h)
 {
-    if (!h->released || h->mappings)
+    if (h->refs || h->mappings)
         return;
     close(h->fd);
-    g.used[h->dev] -= h->size;
+    if (!h->imported)
+        g.used[h->dev] -= h->size;
     remove_at(g.handles, g.n_handles--, handle_index(h->id), 1, sizeof *g.handles);
     free(h);
 }
@@ -481,9 +526,13 @@ static CUresult do_attribute(int *value, int attrib, CUdevice dev)
         return CUDA_ERROR_INVALID_VALUE;
     if (!valid_dev(dev))
         return CUDA_ERROR_INVALID_DEVICE;
-    if (attrib != CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED)
-        return CUDA_ERROR_INVALID_VALUE; /* the only attribute the double knows */
-    *value = g.cfg.vmm;
+    switch (attrib) { /* the attributes the double knows */
+    case CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED: *value = g.cfg.vmm; break;
+    case CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED: *value = g.cfg.vmm && g.cfg.posix_fd; break;
+    case CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED: *value = g.cfg.vmm && g.cfg.rdma; break;
+    case CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_FABRIC_SUPPORTED: *value = g.cfg.vmm && g.cfg.fabric != 0; break;
+    default: return CUDA_ERROR_INVALID_VALUE;
+    }
     return CUDA_SUCCESS;
 }
 CUresult cuDeviceGetAttribute(int *value, int attrib, CUdevice dev)
@@ -535,25 +584,100 @@ static CUresult do_get_current(CUcontext *ctx)
     TRY(need_init());
     if (!ctx)
         return CUDA_ERROR_INVALID_VALUE;
-    *ctx = tls_current;
+    *ctx = current_ctx();
     return CUDA_SUCCESS;
 }
 CUresult cuCtxGetCurrent(CUcontext *ctx) { ENTRY(cuCtxGetCurrent, do_get_current(ctx)); }
 
+/* A context the calls may make current: one of the primary contexts, retained. */
+static CUresult check_ctx(CUcontext ctx)
+{
+    int known = 0;
+    for (int d = 0; d < g.cfg.ndev; d++) /* compares addresses, never dereferences ctx */
+        known |= ctx == &g.ctx[d];
+    return known && ctx->refs ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT;
+}
+
+/* As the driver: replaces the top of the thread's stack (pushes onto an empty one);
+ * NULL pops the top. */
 static CUresult do_set_current(CUcontext ctx)
 {
     TRY(need_init());
-    if (ctx) {
-        int known = 0;
-        for (int d = 0; d < g.cfg.ndev; d++) /* compares addresses, never dereferences ctx */
-            known |= ctx == &g.ctx[d];
-        if (!known || ctx->refs == 0)
-            return CUDA_ERROR_INVALID_CONTEXT;
+    if (ctx)
+        TRY(check_ctx(ctx));
+    if (!ctx) {
+        if (tls_depth)
+            tls_depth--;
+    } else if (tls_depth) {
+        tls_stack[tls_depth - 1] = ctx;
+    } else {
+        tls_stack[tls_depth++] = ctx;
     }
-    tls_current = ctx;
     return CUDA_SUCCESS;
 }
 CUresult cuCtxSetCurrent(CUcontext ctx) { ENTRY(cuCtxSetCurrent, do_set_current(ctx)); }
+
+static CUresult do_push(CUcontext ctx)
+{
+    TRY(need_init());
+    if (!ctx)
+        return CUDA_ERROR_INVALID_VALUE;
+    TRY(check_ctx(ctx));
+    if (tls_depth == FC_CTX_STACK)
+        return CUDA_ERROR_UNKNOWN; /* the double's own bound: a push without its pop */
+    tls_stack[tls_depth++] = ctx;
+    return CUDA_SUCCESS;
+}
+CUresult cuCtxPushCurrent_v2(CUcontext ctx) { ENTRY(cuCtxPushCurrent_v2, do_push(ctx)); }
+
+static CUresult do_pop(CUcontext *ctx)
+{
+    TRY(need_init());
+    if (!tls_depth)
+        return CUDA_ERROR_INVALID_CONTEXT;
+    struct CUctx_st *top = tls_stack[--tls_depth];
+    if (ctx)
+        *ctx = top;
+    return CUDA_SUCCESS;
+}
+CUresult cuCtxPopCurrent_v2(CUcontext *ctx) { ENTRY(cuCtxPopCurrent_v2, do_pop(ctx)); }
+
+/* Every pair of devices can reach each other (NVLink-like) unless FAKECUDA_PEER=0. */
+static int can_access(int dev, int owner)
+{
+    return dev == owner || g.cfg.peer;
+}
+
+static CUresult do_can_access_peer(int *can, CUdevice dev, CUdevice peer)
+{
+    TRY(need_init());
+    if (!can)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (!valid_dev(dev) || !valid_dev(peer) || dev == peer)
+        return CUDA_ERROR_INVALID_DEVICE;
+    *can = can_access(dev, peer);
+    return CUDA_SUCCESS;
+}
+CUresult cuDeviceCanAccessPeer(int *can, CUdevice dev, CUdevice peer)
+{
+    ENTRY(cuDeviceCanAccessPeer, do_can_access_peer(can, dev, peer));
+}
+
+/* "fakecuda" and the ordinal: unique per device, the same in every process. */
+static CUresult do_uuid(CUuuid *uuid, CUdevice dev)
+{
+    TRY(need_init());
+    if (!uuid)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (!valid_dev(dev))
+        return CUDA_ERROR_INVALID_DEVICE;
+    static const char tag[8] = {'f', 'a', 'k', 'e', 'c', 'u', 'd', 'a'};
+    memcpy(uuid->bytes, tag, sizeof tag);
+    memset(uuid->bytes + 8, 0, 8);
+    uuid->bytes[15] = (char)dev;
+    return CUDA_SUCCESS;
+}
+CUresult cuDeviceGetUuid_v2(CUuuid *uuid, CUdevice dev) { ENTRY(cuDeviceGetUuid_v2, do_uuid(uuid, dev)); }
 
 static CUresult do_ctx_sync(void)
 {
@@ -717,9 +841,16 @@ static CUresult do_create(CUmemGenericAllocationHandle *handle, size_t size,
     if (!handle || flags || !good_range(0, size))
         return CUDA_ERROR_INVALID_VALUE;
     TRY(check_prop(prop));
-    if (prop->requestedHandleTypes != CU_MEM_HANDLE_TYPE_NONE &&
-        prop->requestedHandleTypes != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR)
+    unsigned types = (unsigned)prop->requestedHandleTypes;
+    if (types & ~(unsigned)(CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR | CU_MEM_HANDLE_TYPE_FABRIC))
         return CUDA_ERROR_NOT_SUPPORTED;
+    if ((types & CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR) && !g.cfg.posix_fd)
+        return CUDA_ERROR_NOT_SUPPORTED;
+    if (types & CU_MEM_HANDLE_TYPE_FABRIC)
+        TRY(g.cfg.fabric == 1 ? CUDA_SUCCESS : g.cfg.fabric == 2 ? CUDA_ERROR_NOT_PERMITTED : CUDA_ERROR_NOT_SUPPORTED);
+    /* The flag needs the attribute that says the device supports it. */
+    if (prop->allocFlags.gpuDirectRDMACapable && !g.cfg.rdma)
+        return CUDA_ERROR_INVALID_VALUE;
     int dev = prop->location.id;
     if (size > g.cfg.capacity - g.used[dev])
         return CUDA_ERROR_OUT_OF_MEMORY;
@@ -740,6 +871,9 @@ static CUresult do_create(CUmemGenericAllocationHandle *handle, size_t size,
     h->id = g.next_id++;
     h->size = size;
     h->dev = dev;
+    h->refs = 1;
+    h->types = types;
+    h->rdma = prop->allocFlags.gpuDirectRDMACapable != 0;
     g.handles[g.n_handles++] = h; /* ids only grow: appending keeps the order */
     g.used[dev] += size;
     *handle = h->id;
@@ -756,9 +890,9 @@ static CUresult do_release(CUmemGenericAllocationHandle handle)
     struct CUctx_st *c;
     TRY(need_ctx(&c));
     fc_handle *h = find_handle(handle);
-    if (!h || h->released)
+    if (!h || !h->refs)
         return CUDA_ERROR_INVALID_VALUE;
-    h->released = 1;
+    h->refs--;
     handle_maybe_destroy(h);
     return CUDA_SUCCESS;
 }
@@ -772,7 +906,7 @@ static CUresult do_map(CUdeviceptr ptr, size_t size, size_t offset, CUmemGeneric
     struct CUctx_st *c;
     TRY(need_ctx(&c));
     fc_handle *h = find_handle(handle);
-    if (flags || offset || !h || h->released || !good_range(ptr, size) || size > h->size)
+    if (flags || offset || !h || !h->refs || !good_range(ptr, size) || size > h->size)
         return CUDA_ERROR_INVALID_VALUE;
     fc_reservation *res = res_holding(ptr, size);
     if (!res)
@@ -784,11 +918,19 @@ static CUresult do_map(CUdeviceptr ptr, size_t size, size_t offset, CUmemGeneric
     if (!m)
         return CUDA_ERROR_OUT_OF_MEMORY;
     g.maps = m;
-    if (mmap((void *)(uintptr_t)ptr, size, PROT_NONE, MAP_SHARED | MAP_FIXED, h->fd, 0) != (void *)(uintptr_t)ptr) {
-        restore_reserved(ptr, size); /* a failed MAP_FIXED may have dropped what was there */
+    fc_mapping nm = { ptr, size, h, calloc(size / g.cfg.gran, sizeof(uint64_t)),
+                      calloc(size / g.cfg.gran, sizeof(uint64_t)) };
+    if (!nm.rd || !nm.wr) {
+        free(nm.rd);
+        free(nm.wr);
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
-    fc_mapping nm = { ptr, size, h };
+    if (mmap((void *)(uintptr_t)ptr, size, PROT_NONE, MAP_SHARED | MAP_FIXED, h->fd, 0) != (void *)(uintptr_t)ptr) {
+        restore_reserved(ptr, size); /* a failed MAP_FIXED may have dropped what was there */
+        free(nm.rd);
+        free(nm.wr);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
     insert_at(g.maps, g.n_maps++, i, &nm, sizeof nm);
     h->mappings++;
     res->mappings++;
@@ -829,6 +971,8 @@ static CUresult do_unmap(CUdeviceptr ptr, size_t size)
         res_holding(m->va, m->size)->mappings--;
         m->h->mappings--;
         handle_maybe_destroy(m->h);
+        free(m->rd);
+        free(m->wr);
     }
     remove_at(g.maps, g.n_maps, first, n, sizeof *g.maps);
     g.n_maps -= n;
@@ -836,7 +980,9 @@ static CUresult do_unmap(CUdeviceptr ptr, size_t size)
 }
 CUresult cuMemUnmap(CUdeviceptr ptr, size_t size) { ENTRY(cuMemUnmap, do_unmap(ptr, size)); }
 
-/* The host stands in for every device, so it gets the most permissive access granted. */
+/* Access per device and granule (fakecuda_device_access reads it); the host stands in for
+ * every device, so its protection is the most permissive access granted. A device that
+ * cannot reach the memory's device (cuDeviceCanAccessPeer) is refused. */
 static CUresult do_set_access(CUdeviceptr ptr, size_t size, const CUmemAccessDesc *desc, size_t count)
 {
     struct CUctx_st *c;
@@ -858,14 +1004,132 @@ static CUresult do_set_access(CUdeviceptr ptr, size_t size, const CUmemAccessDes
     }
     /* Every byte must be mapped; the range may start or end inside a mapping. */
     uintptr_t at = ptr, end = ptr + size;
-    for (size_t i = map_after(ptr); at < end; i++) {
+    size_t first = map_after(ptr), i;
+    for (i = first; at < end; i++) {
         if (i >= g.n_maps || g.maps[i].va > at)
             return CUDA_ERROR_INVALID_VALUE;
+        for (size_t k = 0; k < count; k++)
+            if (!can_access(desc[k].location.id, g.maps[i].h->dev))
+                return CUDA_ERROR_INVALID_DEVICE;
         at = g.maps[i].va + g.maps[i].size;
     }
     if (mprotect((void *)(uintptr_t)ptr, size, prot) != 0)
         return CUDA_ERROR_UNKNOWN;
+    for (size_t m = first; m < i; m++) {
+        fc_mapping *mp = &g.maps[m];
+        uintptr_t lo = mp->va > ptr ? mp->va : ptr, hi = mp->va + mp->size < end ? mp->va + mp->size : end;
+        for (uintptr_t a = lo; a < hi; a += g.cfg.gran) {
+            size_t gi = (a - mp->va) / g.cfg.gran;
+            for (size_t k = 0; k < count; k++) {
+                uint64_t bit = UINT64_C(1) << desc[k].location.id;
+                mp->rd[gi] &= ~bit;
+                mp->wr[gi] &= ~bit;
+                if (desc[k].flags != CU_MEM_ACCESS_FLAGS_PROT_NONE)
+                    mp->rd[gi] |= bit;
+                if (desc[k].flags == CU_MEM_ACCESS_FLAGS_PROT_READWRITE)
+                    mp->wr[gi] |= bit;
+            }
+        }
+    }
     return CUDA_SUCCESS;
+}
+
+/* The mapping holding ptr (VMM memory: one physical allocation, not the block a
+ * program placed there), else the cuMemAlloc allocation holding it. */
+static CUresult do_address_range(CUdeviceptr *base, size_t *size, CUdeviceptr ptr)
+{
+    struct CUctx_st *c;
+    TRY(need_ctx(&c));
+    size_t i = map_after(ptr);
+    uintptr_t b = 0;
+    size_t n = 0;
+    if (i < g.n_maps && g.maps[i].va <= ptr) {
+        b = g.maps[i].va;
+        n = g.maps[i].size;
+    } else {
+        for (size_t k = 0; k < g.n_allocs && !n; k++)
+            if (ptr >= g.allocs[k].va && ptr - g.allocs[k].va < g.allocs[k].size)
+                b = g.allocs[k].va, n = g.allocs[k].size;
+        if (!n)
+            return CUDA_ERROR_NOT_FOUND;
+    }
+    if (base)
+        *base = b;
+    if (size)
+        *size = n;
+    return CUDA_SUCCESS;
+}
+CUresult cuMemGetAddressRange_v2(CUdeviceptr *base, size_t *size, CUdeviceptr ptr)
+{
+    ENTRY(cuMemGetAddressRange_v2, do_address_range(base, size, ptr));
+}
+
+/* A file descriptor of the handle's memory (a new one, the caller's to close): only for a
+ * handle created exportable as one. */
+static CUresult do_export(void *shareable, CUmemGenericAllocationHandle handle, CUmemAllocationHandleType type,
+                          unsigned long long flags)
+{
+    TRY(need_init());
+    fc_handle *h = find_handle(handle);
+    if (!shareable || flags || !h || !h->refs)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (type != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR)
+        return CUDA_ERROR_NOT_SUPPORTED; /* fabric handles need an IMEX daemon: not modelled */
+    if (!(h->types & CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR))
+        return CUDA_ERROR_INVALID_VALUE; /* created with handle type NONE */
+    int fd = fcntl(h->fd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    memcpy(shareable, &fd, sizeof fd);
+    return CUDA_SUCCESS;
+}
+CUresult cuMemExportToShareableHandle(void *shareable, CUmemGenericAllocationHandle handle,
+                                      CUmemAllocationHandleType type, unsigned long long flags)
+{
+    ENTRY(cuMemExportToShareableHandle, do_export(shareable, handle, type, flags));
+}
+
+/* A handle over memory another process exported (its size is the file's); its memory
+ * stays charged to the exporter. The descriptor stays the caller's. */
+static CUresult do_import(CUmemGenericAllocationHandle *handle, void *os_handle, CUmemAllocationHandleType type)
+{
+    TRY(need_init());
+    if (!handle)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (type != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR)
+        return CUDA_ERROR_NOT_SUPPORTED;
+    int fd = (int)(intptr_t)os_handle;
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size <= 0 ||
+        !aligned((unsigned long long)st.st_size, g.cfg.gran))
+        return CUDA_ERROR_INVALID_VALUE;
+    fc_handle **hs = grow(g.handles, &g.cap_handles, g.n_handles, sizeof *hs);
+    if (!hs)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    g.handles = hs;
+    fc_handle *h = calloc(1, sizeof *h);
+    if (!h)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    if ((h->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+        free(h);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    h->id = g.next_id++;
+    h->size = (size_t)st.st_size;
+    /* The exporter's device is not in the file: taken to be the importer's current one
+     * (the same GPU, seen from another process). */
+    h->dev = current_ctx() ? current_ctx()->dev : 0;
+    h->refs = 1;
+    h->types = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+    h->imported = 1;
+    g.handles[g.n_handles++] = h;
+    *handle = h->id;
+    return CUDA_SUCCESS;
+}
+CUresult cuMemImportFromShareableHandle(CUmemGenericAllocationHandle *handle, void *os_handle,
+                                        CUmemAllocationHandleType type)
+{
+    ENTRY(cuMemImportFromShareableHandle, do_import(handle, os_handle, type));
 }
 CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessDesc *desc, size_t count)
 {
@@ -989,6 +1253,70 @@ void fakecuda_fail_call(const char *fn, unsigned long long n, CUresult err)
     pthread_mutex_unlock(&g.lock);
 }
 
+size_t fakecuda_used(int dev)
+{
+    pthread_once(&g_once, load_config_once);
+    pthread_mutex_lock(&g.lock);
+    size_t n = dev >= 0 && dev < FC_MAX_DEVICES ? g.used[dev] : 0;
+    pthread_mutex_unlock(&g.lock);
+    return n;
+}
+
+static CUresult device_access(int dev, CUdeviceptr va, size_t n, int write)
+{
+    if (!valid_dev(dev) || !n || va + n < va)
+        return CUDA_ERROR_INVALID_VALUE;
+    uint64_t bit = UINT64_C(1) << dev;
+    uintptr_t at = va, end = va + n;
+    size_t i = map_after(va);
+    if (i >= g.n_maps || g.maps[i].va > va) {
+        /* cuMemAlloc memory: its own device only (peer access to it is not modelled). */
+        for (size_t k = 0; k < g.n_allocs; k++)
+            if (va >= g.allocs[k].va && end <= g.allocs[k].va + g.allocs[k].size)
+                return g.allocs[k].dev == dev ? CUDA_SUCCESS : CUDA_ERROR_ILLEGAL_ADDRESS;
+        return CUDA_ERROR_ILLEGAL_ADDRESS;
+    }
+    for (; at < end; i++) {
+        if (i >= g.n_maps || g.maps[i].va > at)
+            return CUDA_ERROR_ILLEGAL_ADDRESS;
+        const fc_mapping *m = &g.maps[i];
+        uintptr_t hi = m->va + m->size < end ? m->va + m->size : end;
+        for (uintptr_t a = at - (at - m->va) % g.cfg.gran; a < hi; a += g.cfg.gran)
+            if (!((write ? m->wr : m->rd)[(a - m->va) / g.cfg.gran] & bit))
+                return CUDA_ERROR_ILLEGAL_ADDRESS;
+        at = hi;
+    }
+    return CUDA_SUCCESS;
+}
+
+CUresult fakecuda_device_access(int dev, CUdeviceptr va, size_t n, int write)
+{
+    pthread_once(&g_once, load_config_once);
+    pthread_mutex_lock(&g.lock);
+    CUresult r = device_access(dev, va, n, write);
+    pthread_mutex_unlock(&g.lock);
+    return r;
+}
+
+int fakecuda_handle_props(CUdeviceptr va, unsigned *types, int *rdma)
+{
+    pthread_once(&g_once, load_config_once);
+    pthread_mutex_lock(&g.lock);
+    size_t i = map_after(va);
+    int ok = i < g.n_maps && g.maps[i].va <= va;
+    if (ok) {
+        *types = g.maps[i].h->types;
+        *rdma = g.maps[i].h->rdma;
+    }
+    pthread_mutex_unlock(&g.lock);
+    return ok ? 0 : -1;
+}
+
+int fakecuda_ctx_depth(void)
+{
+    return tls_depth;
+}
+
 void fakecuda_set_auto_complete(int on)
 {
     pthread_once(&g_once, load_config_once);
@@ -1020,6 +1348,10 @@ void fakecuda_reset(void)
         munmap((void *)g.allocs[i].va, g.allocs[i].size);
     for (size_t i = 0; i < g.n_events; i++)
         free(g.events[i]);
+    for (size_t i = 0; i < g.n_maps; i++) {
+        free(g.maps[i].rd);
+        free(g.maps[i].wr);
+    }
     free(g.res);
     free(g.handles);
     free(g.maps);

@@ -13,6 +13,14 @@
  *   FAKECUDA_GRANULARITY=B    VMM granularity (default 2 MiB; a power of two >= the page size)
  *   FAKECUDA_NO_VMM=1         no virtual memory management: attribute 102 reads 0 and
  *                             cuMemCreate / cuMemAddressReserve return CUDA_ERROR_NOT_SUPPORTED
+ *   FAKECUDA_PEER=0           devices cannot access each other's memory (default 1: every
+ *                             pair can; cuMemSetAccess refuses a device that cannot)
+ *   FAKECUDA_POSIX_FD=0       handles cannot be exportable as file descriptors (attribute 103)
+ *   FAKECUDA_RDMA=0           no GPUDirect RDMA with VMM (attribute 110): cuMemCreate
+ *                             refuses allocFlags.gpuDirectRDMACapable (default 1)
+ *   FAKECUDA_FABRIC=0|1|2     fabric handles: 0 unsupported (default), 1 supported, 2 the
+ *                             attribute says yes but cuMemCreate with FABRIC returns
+ *                             CUDA_ERROR_NOT_PERMITTED (no IMEX channel)
  * A malformed value is reported on stderr and makes cuInit return CUDA_ERROR_INVALID_VALUE. */
 
 /* Counters: calls of one entry point ("cuMemMap"), or of all of them ("*"), including calls
@@ -29,6 +37,23 @@ unsigned long long fakecuda_calls(const char *fn);
  * uses. One plan per name: a new one replaces the old, n = 0 cancels. err must not be
  * CUDA_SUCCESS. */
 void fakecuda_fail_call(const char *fn, unsigned long long n, CUresult err);
+
+/* Bytes charged on a device: its live handles (imported ones excepted: their memory is
+ * the exporter's) and cuMemAlloc blocks. */
+size_t fakecuda_used(int dev);
+
+/* A simulated access by device dev (a peer copy, a kernel, NCCL) to [va, va+n):
+ * CUDA_SUCCESS when every byte is mapped and cuMemSetAccess granted dev read (write)
+ * access to it, else CUDA_ERROR_ILLEGAL_ADDRESS, as a GPU faults. cuMemAlloc memory is
+ * reachable by its own device only. */
+CUresult fakecuda_device_access(int dev, CUdeviceptr va, size_t n, int write);
+
+/* The handle mapped at va: the handle types it was created exportable as
+ * (CUmemAllocationHandleType bits) and its GPUDirect RDMA flag; -1 when va is not mapped. */
+int fakecuda_handle_props(CUdeviceptr va, unsigned *types, int *rdma);
+
+/* The calling thread's context stack depth (0: no context current). */
+int fakecuda_ctx_depth(void);
 
 /* Streams and events: with auto-complete on (the default) a recorded event is complete at
  * once; off, it stays CUDA_ERROR_NOT_READY until its stream or context is synchronized or

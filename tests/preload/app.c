@@ -20,6 +20,7 @@ cudaError_t cudaFree(void *ptr);
 cudaError_t cudaMallocAsync(void **ptr, size_t size, cudaStream_t stream);
 cudaError_t cudaFreeAsync(void *ptr, cudaStream_t stream);
 cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes);
+cudaError_t cudaSetDevice(int device);
 
 #define N_BLOCKS 10
 
@@ -42,6 +43,19 @@ static unsigned char pattern(int block, size_t k) { return (unsigned char)(block
 
 int main(int argc, char **argv)
 {
+    if (argc > 1 && !strcmp(argv[1], "--devices")) {
+        /* A block of device 1 freed while device 0 is current: the runtime's cudaFree
+         * waits for device 1, the block's. */
+        void *q = NULL;
+        cudaError_t e;
+        if ((e = cudaSetDevice(1)) != 0 || (e = cudaFree(NULL)) != 0 || (e = cudaMalloc(&q, 3 << 20)) != 0)
+            return failed("cudaMalloc on device 1", e);
+        memset(q, 0x5a, 3 << 20);
+        if ((e = cudaSetDevice(0)) != 0 || (e = cudaFree(q)) != 0)
+            return failed("cudaFree of device 1's block from device 0", e);
+        printf("preload_app: device 1's block freed from device 0\n");
+        return 0;
+    }
     if (argc > 1 && !strcmp(argv[1], "--free-foreign")) {
         /* Not device memory from any allocator: fragless passes it on to the runtime. */
         int local = 0;
