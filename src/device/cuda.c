@@ -480,6 +480,42 @@ static void cu_event_destroy(fl_device *d, uint64_t event)
     (void)r; /* nothing to do about a failed destroy: the event is not used again */
 }
 
+/* ---- CUDA graph capture ------------------------------------------------------------ */
+
+/* Asked at every allocation and free of a frontend (src/allocator/graph.c): a driver
+ * query with no GPU work, so it is not device time. */
+static fl_status cu_capture_info(fl_device *d, uint64_t stream, int *status, uint64_t *id)
+{
+    cuda_device *c = cuda(d);
+    fl_status s = ensure_ctx(c); /* the legacy stream (0) is the current context's */
+    if (s != FL_OK)
+        return s;
+    CUstreamCaptureStatus st = CU_STREAM_CAPTURE_STATUS_NONE;
+    cuuint64_t cid = 0;
+    CUresult r = c->fn.cuStreamGetCaptureInfo((CUstream)(uintptr_t)stream, &st, &cid);
+    if (r == CUDA_ERROR_STREAM_CAPTURE_IMPLICIT) {
+        *status = FL_CAPTURE_IMPLICIT;
+        return FL_OK;
+    }
+    if (r != CUDA_SUCCESS)
+        return cu_fail(c, r, "cuStreamGetCaptureInfo(stream 0x%llx)", (unsigned long long)stream);
+    *status = st == CU_STREAM_CAPTURE_STATUS_ACTIVE ? FL_CAPTURE_ACTIVE
+            : st == CU_STREAM_CAPTURE_STATUS_INVALIDATED ? FL_CAPTURE_INVALIDATED : FL_CAPTURE_NONE;
+    *id = *status == FL_CAPTURE_NONE ? 0 : (uint64_t)cid;
+    return FL_OK;
+}
+
+static fl_status cu_capture_mode(fl_device *d, int *mode)
+{
+    cuda_device *c = cuda(d);
+    CUstreamCaptureMode m = (CUstreamCaptureMode)*mode;
+    CUresult r = c->fn.cuThreadExchangeStreamCaptureMode(&m);
+    if (r != CUDA_SUCCESS)
+        return cu_fail(c, r, "cuThreadExchangeStreamCaptureMode(%d)", *mode);
+    *mode = (int)m;
+    return FL_OK;
+}
+
 /* ---- lifetime --------------------------------------------------------------------- */
 
 /* Gives back whatever the policy left behind (nothing, when it destroyed itself cleanly)
@@ -547,6 +583,8 @@ static const fl_device_ops cuda_ops = {
     .event_record = cu_event_record,
     .event_query = cu_event_query,
     .event_destroy = cu_event_destroy,
+    .capture_info = cu_capture_info,
+    .capture_mode = cu_capture_mode,
     .destroy = cu_destroy,
 };
 
@@ -700,6 +738,7 @@ fl_status fl_cuda_device_create(const fl_cuda_params *p, fl_device **out)
         cu_destroy(&c->base);
         return fl_fail(s, "%s", msg);
     }
+    c->base.capture_watch = 1; /* allocations ask the driver about CUDA graph captures */
     *out = &c->base;
     return FL_OK;
 }
