@@ -13,6 +13,10 @@
  * policy inside (for its walk and self-check) and the live bytes, each request rounded
  * up to 512 B (fl_live_size), as the out-of-memory report counts them. */
 fl_policy *fl_allocator_policy(const fl_allocator *a);
+/* fl_free_sized (size 0: not checked) by a frontend that knows the stream the block was
+ * allocated on (PyTorch passes it): asking the device about it first lets a free see a
+ * CUDA graph capture that has not allocated yet. */
+fl_status fl_allocator_free_stream(fl_allocator *a, uint64_t addr, uint64_t size, uint64_t stream);
 uint64_t fl_allocator_live(const fl_allocator *a);
 
 /* Fills the judgment of an out-of-memory moment from the facts in r (request, stream,
@@ -32,7 +36,7 @@ fl_status fl_state_write(const fl_policy *p, const fl_stats *stats, FILE *out);
  * written, so a reader that sees the same even seq before and after its copy has a
  * whole record. The header (magic .. comm) never changes once the file has its name. */
 #define FL_PUB_MAGIC UINT32_C(0x504f5446) /* the bytes "FTOP" */
-#define FL_PUB_VERSION 1
+#define FL_PUB_VERSION 2
 #define FL_PUB_WORDS (1 + sizeof(fl_stats) / 8) /* updated_ns, then fl_stats */
 #define FL_PUB_PREFIX "fragless."             /* file names: fragless.PID.DEVICE[.N] */
 

@@ -77,6 +77,7 @@ typedef struct fc_use {
     uintptr_t va;
     size_t size;
     unsigned long long *backing; /* per granule */
+    unsigned char *after;        /* what the graph's last launch left there */
 } fc_use;
 
 typedef struct fc_capture {
@@ -168,7 +169,9 @@ static const struct { CUresult code; const char *name; } error_names[] = {
     { 600, "CUDA_ERROR_NOT_READY" }, { 700, "CUDA_ERROR_ILLEGAL_ADDRESS" },
     { 708, "CUDA_ERROR_PRIMARY_CONTEXT_ACTIVE" }, { 709, "CUDA_ERROR_CONTEXT_IS_DESTROYED" },
     { 719, "CUDA_ERROR_LAUNCH_FAILED" }, { 800, "CUDA_ERROR_NOT_PERMITTED" },
-    { 801, "CUDA_ERROR_NOT_SUPPORTED" }, { 999, "CUDA_ERROR_UNKNOWN" },
+    { 801, "CUDA_ERROR_NOT_SUPPORTED" }, { 900, "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED" },
+    { 901, "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED" }, { 906, "CUDA_ERROR_STREAM_CAPTURE_IMPLICIT" },
+    { 999, "CUDA_ERROR_UNKNOWN" },
 };
 
 static const char *error_name(CUresult e)
@@ -535,8 +538,10 @@ static unsigned long long backing_of(uintptr_t va, int *accessible)
 
 static void free_uses(fc_use *uses, size_t n)
 {
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         free(uses[i].backing);
+        free(uses[i].after);
+    }
     free(uses);
 }
 
@@ -1218,7 +1223,7 @@ CUresult fakecuda_capture_use(CUstream stream, CUdeviceptr ptr, size_t size)
     }
     if (r == CUDA_SUCCESS) {
         c->uses = us;
-        c->uses[c->n_uses++] = (fc_use){ ptr, size, backing };
+        c->uses[c->n_uses++] = (fc_use){ ptr, size, backing, NULL };
     } else {
         if (us)
             c->uses = us;
@@ -1295,11 +1300,11 @@ CUresult fakecuda_graph_launch(unsigned long long graph)
                                                                                  : "is not accessible");
             }
         }
-        if (!whole || !gr->launched)
+        if (!whole || !gr->launched || !u->after)
             continue;
-        const unsigned char *b = (const unsigned char *)u->va, want = graph_fill(graph, k);
+        const unsigned char *b = (const unsigned char *)u->va;
         for (size_t i = 0; i < u->size; i++)
-            if (b[i] != want) {
+            if (b[i] != u->after[i]) {
                 faults++;
                 fprintf(stderr, "fakecuda: launch of graph %llu: 0x%lx (range %zu of the graph) changed since its "
                         "last launch: work outside the graph wrote it (the memory was handed out again)\n",
@@ -1309,8 +1314,16 @@ CUresult fakecuda_graph_launch(unsigned long long graph)
     }
     CUresult r = !gr ? CUDA_ERROR_INVALID_VALUE : faults ? CUDA_ERROR_ILLEGAL_ADDRESS : CUDA_SUCCESS;
     if (r == CUDA_SUCCESS) {
+        /* Ranges may overlap (the graph reuses memory it freed): the last write wins. */
         for (size_t k = 0; k < gr->n_uses; k++)
             memset((void *)gr->uses[k].va, graph_fill(graph, k), gr->uses[k].size);
+        for (size_t k = 0; k < gr->n_uses; k++) {
+            fc_use *u = &gr->uses[k];
+            if (!u->after)
+                u->after = malloc(u->size);
+            if (u->after)
+                memcpy(u->after, (const void *)u->va, u->size);
+        }
         gr->launched = 1;
     }
     g.graph_faults += faults;
