@@ -110,6 +110,13 @@ FL_API long long fragless_torch_memory_summary(int device, char *buf, size_t n);
 /* The statistics of a slot's allocator (0: install()'s, as above; N: pool N's). */
 FL_API int fragless_torch_pool_stats(int slot, int device, fl_stats *out);
 FL_API long long fragless_torch_pool_stats_json(int slot, int device, char *buf, size_t n);
+/* torch.cuda.memory._record_memory_history: the device's allocator (made if there is none)
+ * records every allocation and free as RMM CSV at path from now on (`fragless compare`
+ * reads it); path NULL stops and closes the file. 0, or -1 (fl_last_error(): already
+ * recording, the file, no allocator). */
+FL_API int fragless_torch_record(int device, const char *path);
+/* Writes out what the recording has buffered, so that the file can be read now. */
+FL_API void fragless_torch_record_flush(int device);
 /* The state snapshot of the device's allocator as JSON at path (fl_allocator_snapshot):
  * 0, or -1 with the reason on stderr (no allocator on that device, the file). */
 FL_API int fragless_torch_snapshot(int device, const char *path);

@@ -764,6 +764,41 @@ static fl_status alloc_watching(fl_allocator *a, uint64_t size, uint64_t stream,
     return s;
 }
 
+fl_status fl_allocator_trace(fl_allocator *a, const char *path)
+{
+    fl_lock_acquire(&a->lock);
+    fl_status s = FL_OK;
+    if (path && a->trace) {
+        s = fl_fail(FL_ERR_INVALID, "trace %s: this allocator records a trace already", path);
+    } else if (path) {
+        if ((s = fl_map_init(&a->trace_streams, 1024)) == FL_OK && !(a->trace = fopen(path, "w"))) {
+            fl_map_free(&a->trace_streams);
+            s = fl_fail(FL_ERR_IO, "trace %s: cannot open: %s", path, strerror(errno));
+        }
+        if (a->trace) {
+            fprintf(a->trace, "Thread,Time,Action,Pointer,Size,Stream\n");
+            fflush(a->trace);
+            a->trace_t0 = fl_now_ns();
+            a->trace_flushed_ns = 0;
+        }
+    } else if (a->trace) {
+        if (fclose(a->trace) != 0)
+            s = fl_fail(FL_ERR_IO, "trace: write error: %s", strerror(errno));
+        a->trace = NULL;
+        fl_map_free(&a->trace_streams);
+    }
+    fl_lock_release(&a->lock);
+    return s;
+}
+
+void fl_allocator_trace_flush(fl_allocator *a)
+{
+    fl_lock_acquire(&a->lock);
+    if (a->trace)
+        fflush(a->trace);
+    fl_lock_release(&a->lock);
+}
+
 fl_status fl_stream_capture(fl_allocator *a, uint64_t stream, uint64_t *capture)
 {
     fl_lock_acquire(&a->lock);

@@ -16,6 +16,12 @@ fl_policy *fl_allocator_policy(const fl_allocator *a);
 /* fl_free_sized (size 0: not checked) by a frontend that knows the stream the block was
  * allocated on (PyTorch passes it): asking the device about it first lets a free see a
  * CUDA graph capture that has not allocated yet. */
+/* Starts recording every allocation and free as RMM CSV at path (as trace:PATH does from
+ * the start), or stops (path NULL) and closes the file. Starting while recording is
+ * FL_ERR_INVALID. For torch.cuda.memory._record_memory_history. */
+fl_status fl_allocator_trace(fl_allocator *a, const char *path);
+/* Writes out what the trace has buffered (for a reader in the same process). */
+void fl_allocator_trace_flush(fl_allocator *a);
 fl_status fl_allocator_free_stream(fl_allocator *a, uint64_t addr, uint64_t size, uint64_t stream);
 uint64_t fl_allocator_live(const fl_allocator *a);
 

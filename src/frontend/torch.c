@@ -282,6 +282,23 @@ int fragless_torch_snapshot(int device, const char *path)
     return 0;
 }
 
+/* torch.cuda.memory._record_memory_history: device's allocator (made if needed) records
+ * its allocations and frees as CSV at path from now on; path NULL stops. */
+int fragless_torch_record(int device, const char *path)
+{
+    fl_allocator *a = path ? fl_frontend_allocator(device) : fl_frontend_existing(device);
+    if (!a)
+        return path ? -1 : 0;
+    return fl_allocator_trace(a, path) == FL_OK ? 0 : -1;
+}
+
+void fragless_torch_record_flush(int device)
+{
+    fl_allocator *a = fl_frontend_existing(device);
+    if (a)
+        fl_allocator_trace_flush(a);
+}
+
 /* torch.cuda.set_per_process_memory_fraction(fraction, device) */
 void fragless_torch_set_memory_fraction(double fraction, int device)
 {
