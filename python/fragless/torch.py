@@ -30,6 +30,11 @@ from . import memory_summary as _summary, reset_peak_stats as _reset_peak
 from . import set_memory_fraction as _set_fraction, stats as _stats, _library
 
 MIN_TORCH = (2, 7)
+# The entry points of pool slots 1..FRAGLESS_TORCH_POOLS (include/fragless_torch.h).
+_POOL_ENTRY_POINTS = (("fragless_torch_pool1_malloc", "fragless_torch_pool1_free"),
+                      ("fragless_torch_pool2_malloc", "fragless_torch_pool2_free"),
+                      ("fragless_torch_pool3_malloc", "fragless_torch_pool3_free"),
+                      ("fragless_torch_pool4_malloc", "fragless_torch_pool4_free"))
 _installed = False
 _lock = threading.Lock()
 
@@ -131,8 +136,7 @@ def pool(use_on_oom=False, no_split=False, **conf):
     slot = lib.fragless_torch_pool_open(_conf_string(conf, os.environ.get("FRAGLESS_CONF", "")).encode())
     if slot < 0:
         raise FraglessError("fragless.torch.pool(): no pool made (reason on stderr: a bad key, or every slot taken)")
-    alloc = torch.cuda.memory.CUDAPluggableAllocator(library_path(), "fragless_torch_pool%d_malloc" % slot,
-                                                     "fragless_torch_pool%d_free" % slot)
+    alloc = torch.cuda.memory.CUDAPluggableAllocator(library_path(), *_POOL_ENTRY_POINTS[slot - 1])
     kwargs = {}
     params = inspect.signature(torch.cuda.MemPool.__init__).parameters
     if "use_on_oom" in params:
