@@ -17,6 +17,10 @@
 #      7 MiB blocks) while fragless needs ~1.02x
 #   e  one more fragless run with FRAGLESS_CONF=trace:PATH, and its trace replayed:
 #      build-gpu/fragless compare TRACE --capacity 1.05x
+#   g  (right after b) fragless.torch's contracts (scripts/gpu_torch_checks.py): torch.cuda.graph
+#      and make_graphed_callables under fragless with outputs equal to eager; an out-of-memory
+#      caught as torch.OutOfMemoryError and the loop going on with a smaller batch;
+#      torch.cuda.use_mem_pool(fragless.torch.pool())
 #   f  ONE summary table at the end
 #
 # Every step runs under `timeout`, cut to what is left of a total budget (GPU_CHECK_BUDGET_S,
@@ -430,6 +434,40 @@ else
         failed "b smoke: crashed ($(why_not))"
         ;;
     esac
+fi
+
+# ---- g: fragless.torch's contracts on the GPU (graphs, out-of-memory, pools) ----------------
+
+# torch_check NAME: scripts/gpu_torch_checks.py --check NAME in its own process (fragless.torch
+# changes PyTorch for good), one summary line from its GPU_TORCH_CHECK result.
+torch_check() {
+    local name=$1 step="g torch $1" line
+    run_boxed 90 "$WORK/g-$name.log" env -u FRAGLESS_CUDA_LIB -u FRAGLESS_CONF -u PYTORCH_CUDA_ALLOC_CONF \
+        -u PYTORCH_ALLOC_CONF PYTHONUNBUFFERED=1 PYTHONPATH="$ROOT/python${PYTHONPATH:+:$PYTHONPATH}" \
+        FRAGLESS_LIB="$BUILD_DIR/libfragless.so" "$PY" scripts/gpu_torch_checks.py --check "$name"
+    line=$(grep -h "GPU_TORCH_CHECK" "$WORK/g-$name.log" | tail -n 1 | sed 's/^GPU_TORCH_CHECK //')
+    echo "${line:-no result line}" | cut -c 1-600
+    if [[ -z $line ]]; then
+        show_tail "$WORK/g-$name.log"
+        record "$step" "$( ((RC == 124 || RC == 137 || RC == 200)) && echo ERROR || echo FAIL)" "$SECS" "no result: $(why_not) (log: g-$name.log)"
+        if ((RC == 124 || RC == 137 || RC == 200)); then cannot "$step: $(why_not)"; else failed "$step: crashed ($(why_not))"; fi
+    elif [[ $line == *'"ok": true'* ]]; then
+        record "$step" ok "$SECS" "$(echo "$line" | cut -c 1-160)"
+    elif ((RC == 3)); then
+        record "$step" ERROR "$SECS" "could not start: $(echo "$line" | cut -c 1-160)"
+        cannot "$step: could not start"
+    else
+        show_tail "$WORK/g-$name.log"
+        record "$step" FAIL "$SECS" "$(echo "$line" | cut -c 1-200)"
+        failed "$step"
+    fi
+}
+
+if ((HAVE_GPU)); then
+    say "[g] fragless.torch on the GPU: torch.cuda.graph and make_graphed_callables equal to eager, out-of-memory caught"
+    torch_check graphs
+    say "[g] fragless.torch.pool() under torch.cuda.use_mem_pool"
+    torch_check pool
 fi
 
 # ---- c, d, e: training under one cap, a recorded trace and its replay ----------------------
