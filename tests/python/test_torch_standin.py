@@ -209,9 +209,10 @@ class ChildTests(unittest.TestCase):
         g1 = torch.cuda.CUDAGraph()
         tmp = torch.empty(MiB)
         with torch.cuda.graph(g1):
+            del tmp  # a block from before, freed first thing in the capture (seen by its stream)
             a = torch.empty(5 * MiB)
             b = torch.empty(700 * 1024)
-            del a, tmp  # an intermediate and a block from before, freed inside
+            del a  # an intermediate, freed inside
             c = torch.empty(5 * MiB - 4096)
             out1 = torch.empty(MiB + 512)
             del b, c
