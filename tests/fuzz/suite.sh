@@ -13,6 +13,8 @@ set -eu
 
 JOBS=${FL_SUITE_JOBS:-2}
 CC_SAN=${FL_SANITIZER_CC:-clang}
+# The one C++ file of libfragless.so (and the C++ tests) with the same compiler family.
+CXX_SAN=${FL_SANITIZER_CXX:-$(command -v "${CC_SAN}++" 2>/dev/null || echo c++)}
 ASAN_FLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -DFL_DEBUG"
 TSAN_FLAGS="-fsanitize=thread -fno-omit-frame-pointer"
 
@@ -46,9 +48,9 @@ configure() {
     dir=$1 flags=$2
     shift 2
     werror=$(sed -n 's/^FRAGLESS_WERROR:BOOL=//p' "$bin/CMakeCache.txt" 2>/dev/null || true)
-    cmake -S "$src" -B "$dir" -DCMAKE_C_COMPILER="$CC_SAN" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-        -DFRAGLESS_WERROR="${werror:-OFF}" \
-        -DCMAKE_C_FLAGS="$flags" -DCMAKE_EXE_LINKER_FLAGS="$flags" \
+    cmake -S "$src" -B "$dir" -DCMAKE_C_COMPILER="$CC_SAN" -DCMAKE_CXX_COMPILER="$CXX_SAN" \
+        -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFRAGLESS_WERROR="${werror:-OFF}" \
+        -DCMAKE_C_FLAGS="$flags" -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_EXE_LINKER_FLAGS="$flags" \
         -DCMAKE_SHARED_LINKER_FLAGS="$flags -Wl,-z,undefs" \
         -DFL_SANITIZER_SUITES=OFF -DFL_SHARED_DIR="$src/../shared" "$@" >"$dir.configure.log" 2>&1 ||
         { cat "$dir.configure.log"; exit 1; }
@@ -70,8 +72,10 @@ asan)
     # - test_python: the interpreter is not sanitized either; it runs below, separately,
     #   with the ASan runtime preloaded (leak detection off: the interpreter's own
     #   allocations at exit are not ours).
+    # - test_real_torch: PyTorch's interpreter and libraries, not sanitized, with a runtime
+    #   shim preloaded already; the plain build runs it.
     rc=0
-    (cd "$dir" && ctest --output-on-failure -j "$JOBS" -E '^(test_preload|test_python)$') || rc=1
+    (cd "$dir" && ctest --output-on-failure -j "$JOBS" -E '^(test_preload|test_python|test_real_torch)$') || rc=1
     if (cd "$dir" && ctest -N -R '^test_python$' | grep -q 'Total Tests: 1'); then
         rt=$("$CC_SAN" -print-file-name=libclang_rt.asan-x86_64.so)
         if [ -f "$rt" ]; then
