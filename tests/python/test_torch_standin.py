@@ -159,7 +159,9 @@ class ChildTests(unittest.TestCase):
             self.assertEqual(len([b for s in snap["segments"] for b in s["blocks"] if b["state"] == "active_allocated"]), 2)
             cli = os.environ.get("FRAGLESS_CLI")
             if cli:  # the CLI reads it back as a trace
-                r = subprocess.run([cli, "compare", path, "--policies", "fragless"], capture_output=True, text=True)
+                env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}  # a sanitized CLI has its own runtime
+                r = subprocess.run([cli, "compare", path, "--policies", "fragless"], capture_output=True, text=True,
+                                   env=env)
                 self.assertEqual(r.returncode, 0, r.stderr)
                 self.assertIn("fragless", r.stdout)
         torch.cuda.memory._record_memory_history(enabled=None)
