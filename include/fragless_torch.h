@@ -66,8 +66,9 @@ FL_API void fragless_torch_reset_peak_stats(int device);
  * fl_graph_release)
  * --------------------------------------------------------------------------------- */
 
-/* The capture id of stream on device, 0 when it is not capturing or the device has no
- * allocator yet. */
+/* The capture id of stream on device, 0 when it is not capturing. Every allocator of the
+ * device (install()'s, pools') asks, so each knows of the capture before its first
+ * allocation; with none yet, install()'s is made. */
 FL_API unsigned long long fragless_torch_capture_id(int device, void *stream);
 /* The graph of capture is gone: its memory goes back on every allocator of the device
  * (fl_graph_release): 0, or -1 (the reason in fl_last_error()). */

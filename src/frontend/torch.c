@@ -195,16 +195,22 @@ int fragless_torch_empty_cache(void)
     return r ? -1 : 0;
 }
 
-/* The capture id of stream on device (0: not capturing, or no allocator there yet). */
+/* The capture id of stream on device (0: not capturing). Every allocator of the device
+ * asks (each then knows the capture is underway); with none yet, install()'s is made. */
 unsigned long long fragless_torch_capture_id(int device, void *stream)
 {
-    uint64_t id = 0;
-    for (int k = 0; k <= FRAGLESS_TORCH_POOLS && !id; k++) {
+    uint64_t id = 0, any = 0;
+    for (int k = 0; k <= FRAGLESS_TORCH_POOLS; k++) {
         fl_allocator *a = fl_frontend_slot_existing(k, device);
-        if (a)
-            fl_stream_capture(a, (uint64_t)(uintptr_t)stream, &id);
+        if (a && fl_stream_capture(a, (uint64_t)(uintptr_t)stream, &id) == FL_OK && id)
+            any = id;
     }
-    return id;
+    if (!any) {
+        fl_allocator *a = fl_frontend_existing(device) ? NULL : fl_frontend_allocator(device);
+        if (a && fl_stream_capture(a, (uint64_t)(uintptr_t)stream, &id) == FL_OK)
+            any = id;
+    }
+    return any;
 }
 
 int fragless_torch_graph_release(int device, unsigned long long capture)
