@@ -3,9 +3,11 @@
  * Python package (python/fragless, through ctypes: the rest).
  *
  * One allocator per device (ordinals 0..63), made on the device's first allocation from
- * $FRAGLESS_CONF on the cuda device ($FRAGLESS_CUDA_LIB, else libcuda.so.1). These calls
- * return no fl_status: PyTorch's hooks have none, so what goes wrong is printed on stderr
- * and the result (NULL, -1) says that it did. Every entry point is thread safe.
+ * $FRAGLESS_CONF on the cuda device ($FRAGLESS_CUDA_LIB, else libcuda.so.1); pools have
+ * their own. These calls return no fl_status: PyTorch's hooks have none, so a failed
+ * malloc throws (PyTorch turns it into a Python exception), and the others print what
+ * went wrong on stderr or leave it in fl_last_error() and say that it did (-1). Every
+ * entry point is thread safe.
  * Names: fragless_torch_*. */
 #ifndef FRAGLESS_TORCH_H
 #define FRAGLESS_TORCH_H
