@@ -196,7 +196,7 @@ static void run_fidelity(int argc, char **argv)
         }
         FZ_CHECK(n == o.n_snapshots && n >= 1, "fidelity: parsed %d snapshots, the command would read %d",
                  o.n_snapshots, n);
-        FZ_CHECK(o.csv == 0 || o.csv == 1, "fidelity: csv %d", o.csv);
+        FZ_CHECK((o.csv == 0 || o.csv == 1) && (o.json == 0 || o.json == 1) && !(o.csv && o.json), "fidelity: csv %d json %d", o.csv, o.json);
     }
     free_printed(&p);
 }
