@@ -172,7 +172,7 @@ static void test_sizes(void)
 {
     const struct { const char *text; uint64_t want; } good[] = {
         {"80GiB", 80 * FL_GiB}, {"512MiB", 512 * FL_MiB}, {"1.5GiB", 3 * FL_GiB / 2},
-        {"4096", 4096}, {"1GB", 1000000000}, {"2 MiB", 2 * FL_MiB}, {"1kib", 1024},
+        {"4096", 4096}, {"1e9", 1000000000}, {"2 MiB", 2 * FL_MiB}, {"1kib", 1024},
         {"0", 0}, {"1.5", 1}, {"1.3GiB", 1395864371}, /* fractions round down */
     };
     for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
@@ -180,7 +180,8 @@ static void test_sizes(void)
         CHECK_OK(fl_parse_size(good[i].text, &v));
         CHECK_EQ_U64(v, good[i].want);
     }
-    const char *const bad[] = {"", "abc", "12XB", "-1", "GiB", "80GiBs"};
+    /* Decimal units are refused (80GB is not an 80 GiB card): the error says what they mean. */
+    const char *const bad[] = {"", "abc", "12XB", "-1", "GiB", "80GiBs", "80GB", "512mb", "1KB", "2 TB"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         uint64_t v = 99;
         CHECK_STATUS(fl_parse_size(bad[i], &v), FL_ERR_PARSE);
@@ -189,6 +190,8 @@ static void test_sizes(void)
             CHECK(strstr(fl_last_error(), bad[i]) != NULL);
     }
     CHECK_STATUS(fl_parse_size(NULL, &(uint64_t){0}), FL_ERR_PARSE);
+    CHECK_STATUS(fl_parse_size("80GB", &(uint64_t){0}), FL_ERR_PARSE);
+    CHECK(strstr(fl_last_error(), "80GB is 74.51 GiB (decimal gigabytes") && strstr(fl_last_error(), "write 80GiB"));
 
     char buf[32];
     CHECK(strcmp(fl_format_size(512, buf, sizeof buf), "512 B") == 0);

@@ -27,6 +27,8 @@ typedef struct cli_opts {
  * output is always JSON. */
 void cli_json_str(const char *s);
 void cli_json_num(double v, int decimals);
+/* "s" unless n is 1: "1 stream", "2 streams". */
+static inline const char *cli_plural(unsigned long long n) { return n == 1 ? "" : "s"; }
 
 /* ---- the command line as options (options.c and each command's file). Parsing runs
  * nothing and exits nothing: it returns 0 (o filled, its strings pointing into argv),
@@ -47,7 +49,7 @@ typedef struct cli_import_opts {
 int cli_import_parse(int argc, char **argv, cli_import_opts *o);
 
 typedef struct cli_fidelity_opts {
-    int csv;
+    int csv, json;              /* --format csv, json; else text */
     int n_snapshots;            /* the words that are not options are the snapshots */
 } cli_fidelity_opts;
 int cli_fidelity_parse(int argc, char **argv, cli_fidelity_opts *o);

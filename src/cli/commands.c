@@ -188,17 +188,18 @@ static void print_row(const cli_opts *o, const fl_prepared *p, const char *polic
     /* The run without a limit failed (the simulated device's address space, e.g. more
      * than 255 streams' fragless heaps): its figures are not what the trace needs. */
     if (u->ooms)
-        printf("  FAILED: %llu allocations out of memory without a capacity limit", (unsigned long long)u->ooms);
+        printf("  FAILED: %llu allocation%s out of memory without a capacity limit", (unsigned long long)u->ooms,
+               cli_plural(u->ooms));
     printf("\n");
 }
 
 static void print_trace_header(const cli_opts *o, const fl_prepared *p, uint64_t capacity)
 {
-    if (strcmp(o->format, "table"))
+    if (strcmp(o->format, "text"))
         return;
     char live[32], cap[32];
-    printf("%s: %zu events, %llu streams, peak live %s (%.3f GiB)\n", p->name, p->n_ops,
-           (unsigned long long)p->n_streams, fl_format_size(p->peak_live, live, sizeof live), gib(p->peak_live));
+    printf("%s: %zu event%s, %llu stream%s, peak live %s (%.3f GiB)\n", p->name, p->n_ops, cli_plural(p->n_ops),
+           (unsigned long long)p->n_streams, cli_plural(p->n_streams), fl_format_size(p->peak_live, live, sizeof live), gib(p->peak_live));
     printf("  %-15s %9s %8s %9s %9s %7s %9s %6s %8s", "policy", "reserved", "overhead", "min_cap", "min/live",
            "calls", "dev_ms", "late", "late_ms");
     if (capacity)
@@ -252,14 +253,15 @@ int cli_compare(const cli_opts *o)
             fflush(stdout); /* the row is on screen before the bar comes back */
             first = 0;
             if (m.unlimited.ooms) {
-                fprintf(stderr, "fragless: %s, policy %s: %llu allocations failed without a capacity limit (first at "
+                fprintf(stderr, "fragless: %s, policy %s: %llu allocation%s failed without a capacity limit (first at "
                         "event %zu; `fragless replay` says why): its figures are not a result\n",
-                        p->name, names[i], (unsigned long long)m.unlimited.ooms, m.unlimited.first_oom_op);
+                        p->name, names[i], (unsigned long long)m.unlimited.ooms, cli_plural(m.unlimited.ooms),
+                        m.unlimited.first_oom_op);
                 failed = 1;
             }
             fl_measure_free(&m);
         }
-        if (!strcmp(o->format, "table") && t + 1 < o->n_traces)
+        if (!strcmp(o->format, "text") && t + 1 < o->n_traces)
             printf("\n");
         fl_prepared_free(p);
     }
@@ -343,9 +345,12 @@ int cli_replay(const cli_opts *o)
     } else {
         printf("%s under %s, capacity %s\n", p->name, names[0],
                capacity ? fl_format_size(capacity, b1, sizeof b1) : "unlimited");
-        printf("  events %zu (%llu allocations, %llu frees, %llu recorded failures, %llu unknown frees skipped)\n",
-               p->n_ops, (unsigned long long)p->n_allocs, (unsigned long long)p->n_frees,
-               (unsigned long long)p->n_recorded_failures, (unsigned long long)p->unknown_frees);
+        printf("  events %zu (%llu allocation%s, %llu free%s, %llu recorded failure%s, %llu unknown free%s "
+               "skipped)\n",
+               p->n_ops, (unsigned long long)p->n_allocs, cli_plural(p->n_allocs), (unsigned long long)p->n_frees,
+               cli_plural(p->n_frees), (unsigned long long)p->n_recorded_failures,
+               cli_plural(p->n_recorded_failures), (unsigned long long)p->unknown_frees,
+               cli_plural(p->unknown_frees));
         char ov[16] = "-";
         if (p->peak_live)
             snprintf(ov, sizeof ov, "%.4f", (double)r.peak_reserved / (double)p->peak_live);
@@ -357,7 +362,7 @@ int cli_replay(const cli_opts *o)
                    (double)min_cap / (double)p->peak_live);
         else if (min_cap)
             printf("  min capacity %s\n", fl_format_size(min_cap, b1, sizeof b1));
-        printf("  out of memory: %llu allocations", (unsigned long long)r.ooms);
+        printf("  out of memory: %llu allocation%s", (unsigned long long)r.ooms, cli_plural(r.ooms));
         if (r.ooms)
             printf(" (first at event %zu)", r.first_oom_op);
         printf(", retries after freeing cache: %llu\n", (unsigned long long)r.retries);

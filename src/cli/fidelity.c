@@ -1,6 +1,7 @@
 /* `fragless fidelity`: how far the PyTorch emulation is from the real allocator. Each
  * snapshot is replayed under the allocator and knobs it recorded; the memory the
  * emulation holds at the end is compared with what the snapshot's segments hold. */
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -8,25 +9,34 @@
 #include "pytorch/snapshot.h"
 
 static const char fidelity_help[] =
-    "usage: fragless fidelity SNAPSHOT.pickle... [--format table|csv]\n"
+    "usage: fragless fidelity SNAPSHOT.pickle... [--format text|csv|json]\n"
     "\n"
     "Replays each PyTorch memory snapshot under the allocator it was recorded with (cca,\n"
     "or cca-expandable when its allocator_settings say so, with its recorded knobs) and\n"
     "compares the reserved memory at the end of the replay with the reserved memory the\n"
     "snapshot's segments recorded (the sum of their total_size). diff = emulated / recorded - 1.\n"
     "\n"
+    "  --format F        text (default; table is the same), csv or json\n"
+    "\n"
     "exit codes: 0 done; 1 bad usage; 2 unreadable or malformed snapshot; 4 other error\n";
 
 int cli_fidelity_parse(int argc, char **argv, cli_fidelity_opts *o)
 {
-    o->csv = o->n_snapshots = 0;
+    o->csv = o->json = o->n_snapshots = 0;
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             fputs(fidelity_help, stdout);
             return CLI_HELP_SHOWN;
         }
-        if (!strcmp(argv[i], "--format") && i + 1 < argc && (!strcmp(argv[i + 1], "csv") || !strcmp(argv[i + 1], "table"))) {
-            o->csv = !strcmp(argv[++i], "csv");
+        if (!strcmp(argv[i], "--format") && i + 1 < argc) {
+            const char *f = argv[++i];
+            if (strcmp(f, "text") && strcmp(f, "table") && strcmp(f, "csv") && strcmp(f, "json")) {
+                fprintf(stderr, "fragless: fidelity: --format '%s': expected text, csv or json\n\n%s", f,
+                        fidelity_help);
+                return CLI_EXIT_USAGE;
+            }
+            o->csv = !strcmp(f, "csv");
+            o->json = !strcmp(f, "json");
         } else if (argv[i][0] == '-') {
             fprintf(stderr, "fragless: fidelity: unknown or incomplete option '%s'\n\n%s", argv[i], fidelity_help);
             return CLI_EXIT_USAGE;
@@ -47,9 +57,11 @@ int cli_fidelity(int argc, char **argv)
     int rc = cli_fidelity_parse(argc, argv, &fo);
     if (rc)
         return rc == CLI_HELP_SHOWN ? CLI_EXIT_OK : rc;
-    int csv = fo.csv;
+    int csv = fo.csv, json = fo.json, first = 1;
     if (csv)
         printf("snapshot,policy,recorded_reserved,emulated_reserved,emulated_peak_reserved,diff\n");
+    else if (json)
+        printf("[");
     else
         printf("%-32s %-15s %14s %14s %14s %8s\n", "snapshot", "policy", "recorded GiB", "emulated GiB",
                "emul. peak GiB", "diff");
@@ -90,15 +102,27 @@ int cli_fidelity(int argc, char **argv)
         } else if (!csv) {
             snprintf(diff, sizeof diff, "-");
         }
-        if (csv)
+        if (json) {
+            printf("%s\n  {\"snapshot\": ", first ? "" : ",");
+            cli_json_str(p->name);
+            printf(", \"policy\": \"%s\", \"recorded_reserved\": %llu, \"emulated_reserved\": %llu, "
+                   "\"emulated_peak_reserved\": %llu, \"diff\": ",
+                   o.cfg.policy, (unsigned long long)info.reserved_bytes, (unsigned long long)r.end_reserved,
+                   (unsigned long long)r.peak_reserved);
+            cli_json_num(info.reserved_bytes ? (double)r.end_reserved / (double)info.reserved_bytes - 1.0 : NAN, 4);
+            printf("}");
+        } else if (csv)
             printf("%s,%s,%llu,%llu,%llu,%s\n", p->name, o.cfg.policy, (unsigned long long)info.reserved_bytes,
                    (unsigned long long)r.end_reserved, (unsigned long long)r.peak_reserved, diff);
         else
             printf("%-32s %-15s %14.3f %14.3f %14.3f %8s\n", p->name, o.cfg.policy,
                    (double)info.reserved_bytes / (double)FL_GiB, (double)r.end_reserved / (double)FL_GiB,
                    (double)r.peak_reserved / (double)FL_GiB, diff);
+        first = 0;
         fl_replay_result_free(&r);
         fl_prepared_free(p);
     }
+    if (json)
+        printf("\n]\n");
     return CLI_EXIT_OK;
 }

@@ -115,16 +115,17 @@ int cli_import(int argc, char **argv)
     char reserved[32];
     fl_format_size(info.reserved_bytes, reserved, sizeof reserved);
     fprintf(stderr,
-            "fragless: %s device %d -> %s: %llu events from %llu entries (%llu alloc, %llu %s, %llu oom), "
-            "%llu synthetic allocations (%llu freed in the trace, %llu live at dump), %llu stream%s, "
-            "reserved at dump %s in %llu segments\n",
-            in, device, out, (unsigned long long)info.n_events, (unsigned long long)info.n_entries,
-            (unsigned long long)info.n_alloc,
+            "fragless: %s device %d -> %s: %llu event%s from %llu entr%s (%llu alloc, %llu %s, %llu oom), "
+            "%llu synthetic allocation%s (%llu freed in the trace, %llu live at dump), %llu stream%s, "
+            "reserved at dump %s in %llu segment%s\n",
+            in, device, out, (unsigned long long)info.n_events, cli_plural(info.n_events),
+            (unsigned long long)info.n_entries, info.n_entries == 1 ? "y" : "ies", (unsigned long long)info.n_alloc,
             (unsigned long long)(info.frees_completed ? info.n_free_completed : info.n_free_requested),
             info.frees_completed ? "free_completed" : "free_requested", (unsigned long long)info.n_oom,
-            (unsigned long long)(info.n_synth_freed + info.n_synth_live), (unsigned long long)info.n_synth_freed,
-            (unsigned long long)info.n_synth_live, (unsigned long long)info.n_streams,
-            info.n_streams == 1 ? "" : "s", reserved, (unsigned long long)info.n_segments);
+            (unsigned long long)(info.n_synth_freed + info.n_synth_live),
+            cli_plural(info.n_synth_freed + info.n_synth_live), (unsigned long long)info.n_synth_freed,
+            (unsigned long long)info.n_synth_live, (unsigned long long)info.n_streams, cli_plural(info.n_streams),
+            reserved, (unsigned long long)info.n_segments, cli_plural(info.n_segments));
     fl_trace_free(&t);
     return CLI_EXIT_OK;
 }

@@ -633,5 +633,7 @@ int cli_report(const cli_opts *o)
         fprintf(stderr, "fragless: -o: %s\n", fl_last_error());
         rc = CLI_EXIT_ERROR;
     }
+    if (!rc)
+        printf("fragless: wrote %s\n", o->output);
     return rc;
 }

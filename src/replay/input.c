@@ -29,7 +29,7 @@ fl_status fl_input_detect(const char *path, fl_input_kind *kind)
     FILE *f = fopen(path, "rb");
     if (!f)
         return fl_fail(FL_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    unsigned char b[64];
+    unsigned char b[128]; /* a zip's first member name too (torch.save: ARCHIVE/data.pkl) */
     size_t n = fread(b, 1, sizeof b, f);
     int last = -1;
     struct stat st;
@@ -53,6 +53,22 @@ fl_status fl_input_detect(const char *path, fl_input_kind *kind)
     if (b[0] == 0x80 || (strchr("(}])", b[0]) && last == '.')) {
         *kind = FL_INPUT_PICKLE;
         return FL_OK;
+    }
+    /* A zip's local file header. torch.save writes one whose members are ARCHIVE/data.pkl
+     * and the tensors' data: the model, not the allocator's history. */
+    if (n >= 4 && !memcmp(b, "PK\x03\x04", 4)) {
+        size_t end = n >= 30 ? 30 + ((size_t)b[26] | (size_t)b[27] << 8) : 0;
+        if (end > n)
+            end = n; /* a longer name is cut: then it is only "a zip archive" */
+        int torch = 0;
+        for (size_t i = 30; i + 8 <= end; i++)
+            torch |= !memcmp(b + i, "data.pkl", 8);
+        return fl_fail(FL_ERR_PARSE,
+                       "%s: %s, not a memory snapshot: record one with "
+                       "torch.cuda.memory._record_memory_history() before the steps to study, then "
+                       "torch.cuda.memory._dump_snapshot('snapshot.pickle')",
+                       path, torch ? "a PyTorch checkpoint (torch.save zip)" : "a zip archive (torch.save writes "
+                                                                              "checkpoints as zips)");
     }
     if (ws < n && b[ws] == '{') {
         *kind = FL_INPUT_STATE;
