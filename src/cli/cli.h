@@ -2,7 +2,7 @@
 #ifndef FL_CLI_H
 #define FL_CLI_H
 
-#include "replay/replay.h"
+#include "replay/input.h"
 
 enum { CLI_EXIT_OK = 0, CLI_EXIT_USAGE = 1, CLI_EXIT_INPUT = 2, CLI_EXIT_OOM = 3, CLI_EXIT_ERROR = 4 };
 typedef enum cli_mode { CLI_REPLAY, CLI_COMPARE, CLI_DOCTOR, CLI_REPORT } cli_mode;
@@ -20,7 +20,11 @@ typedef struct cli_opts {
     int timeline;
     const char *format;         /* table, csv, json */
     const char *output;         /* report: -o PATH */
+    int device;                 /* --device N for snapshots, FL_DEVICE_DEFAULT if not given */
 } cli_opts;
+
+/* --device N: 0 or an exit code (with the message). */
+int cli_parse_device(const char *v, int *device);
 
 /* JSON on stdout: a string, escaped as JSON needs (names come from the command line and
  * from files); a number, or null when it has no finite value (a ratio over 0): the

@@ -48,6 +48,8 @@ static const char replay_help[] =
     "                    roundup_power2_divisions:4, garbage_collection_threshold:0.8\n"
     "                    (with limit:SIZE), expandable_segments:True; for fragless,\n"
     "                    small_size:256KiB; for all, limit:SIZE\n"
+    "  --device N        a PyTorch snapshot's device (default: the device with the\n"
+    "                    out-of-memory, else every device with events, one section each)\n"
     "  --granularity SZ  device page size, a power of two from 4KiB to 1GiB (default 2MiB)\n"
     "  --timeline N      also print N windows of the trace: live, reserved, device calls\n"
     "  --min-capacity    also search the smallest capacity that runs without OOM\n"
@@ -77,6 +79,8 @@ static const char compare_help[] =
     "  --policies LIST   comma-separated (default fragless,cca,cca-expandable,nocache)\n"
     "  --capacity SIZE   80GiB, 512MiB, or 1.05x (times each trace's peak live bytes)\n"
     "  --conf CONF       knobs applied to every policy (see `fragless help replay`)\n"
+    "  --device N        a PyTorch snapshot's device (default: the device with the\n"
+    "                    out-of-memory, else every device with events, one section each)\n"
     "  --granularity SZ  device page size, a power of two from 4KiB to 1GiB (default 2MiB)\n"
     "  --no-min-capacity skip the min_capacity search (faster)\n"
     "  --format F        table (default), csv or json\n"
@@ -100,6 +104,8 @@ static const char doctor_help[] =
     "                    allocator_settings say, else cca, PyTorch's default)\n"
     "  --conf CONF       its knobs, e.g. max_split_size_mb:256 or expandable_segments:True\n"
     "  --capacity SIZE   80GiB, 512MiB, or a factor of peak live like 1.05x\n"
+    "  --device N        a PyTorch snapshot's device (default: the device with the\n"
+    "                    out-of-memory, else every device with events, one section each)\n"
     "  --granularity SZ  device page size, a power of two from 4KiB to 1GiB (default 2MiB)\n"
     "  --format F        text (default) or json\n"
     "\n"
@@ -123,6 +129,8 @@ static const char report_help[] =
     "  --capacity SIZE   your GPU's memory (80GiB, or 1.05x of peak live): OOMs at it in\n"
     "                    the table, and the doctor's out-of-memory diagnosis\n"
     "  --conf CONF       knobs applied to every policy (see `fragless help replay`)\n"
+    "  --device N        a PyTorch snapshot's device (default: the device with the\n"
+    "                    out-of-memory, else every device with events, one section each)\n"
     "  --granularity SZ  device page size, a power of two from 4KiB to 1GiB (default 2MiB)\n"
     "\n"
     "exit codes: 0 done; 1 bad usage; 2 bad trace; 4 other error (e.g. FILE not writable)\n";
@@ -133,6 +141,17 @@ static int usage_error(const char *help, const char *fmt, const char *arg)
     fprintf(stderr, fmt, arg);
     fprintf(stderr, "\n\n%s", help);
     return CLI_EXIT_USAGE;
+}
+
+int cli_parse_device(const char *v, int *device)
+{
+    char *end;
+    errno = 0;
+    long d = strtol(v, &end, 10);
+    if (errno || end == v || *end || d < 0 || d > 1023)
+        return CLI_EXIT_USAGE;
+    *device = (int)d;
+    return 0;
 }
 
 /* "1.05x" is relative to peak live; anything else is a size. */
@@ -169,6 +188,7 @@ static int parse_opts(int argc, char **argv, const char *help, cli_mode mode, cl
     fl_config_default(&o->opts.cfg);
     fl_sim_params_default(&o->opts.sim);
     o->min_capacity = multi;
+    o->device = FL_DEVICE_DEFAULT;
     o->format = is_doctor ? "text" : "table";
     o->policies = multi ? "fragless,cca,cca-expandable,nocache" : is_doctor ? "cca" : "fragless";
     for (int i = 0; i < argc; i++) {
@@ -190,6 +210,9 @@ static int parse_opts(int argc, char **argv, const char *help, cli_mode mode, cl
         } else if (!strcmp(a, "--capacity")) {
             if (v && parse_capacity(v, o))
                 return CLI_EXIT_USAGE;
+        } else if (!strcmp(a, "--device")) {
+            if (v && cli_parse_device(v, &o->device))
+                return usage_error(help, "--device '%s': expected a device number from 0 to 1023", v);
         } else if (!strcmp(a, "--granularity")) {
             if (v && (fl_parse_size(v, &o->opts.sim.granularity) != FL_OK))
                 return usage_error(help, "--granularity: %s", fl_last_error());

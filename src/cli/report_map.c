@@ -61,19 +61,36 @@ static void on_block(void *user, uint64_t addr, uint64_t size, int live)
         m->nomem = 1;
         return;
     }
-    m->blocks[m->n_blocks++] = (map_block){addr, size, live};
+    uint64_t site = 0;
+    if (live && m->site_of)
+        fl_map_get(m->site_of, addr, &site);
+    m->blocks[m->n_blocks++] = (map_block){addr, size, live, (uint32_t)site};
     m->regions[m->n_regions - 1].n_blocks++;
 }
 
 /* The replay's inspection hook: walk, then end the replay (nothing after it is drawn). */
-int report_map_inspect(const fl_policy *pol, void *user)
+int report_map_inspect(const fl_replay_view *rv, void *user)
 {
     page_map *m = user;
+    const fl_policy *pol = rv->pol;
+    const fl_prepared *p = rv->p;
     fl_state_visitor v = {m, on_region, on_page, on_block};
+    fl_map site_of = {0};
     m->taken = 1;
     m->reserved = pol->dev->counters.in_use;
     m->allocated = pol->allocated;
+    if (p->slot_site && fl_map_init(&site_of, 1024) == FL_OK) {
+        int ok = 1;
+        for (uint32_t s = 0; s < p->n_slots && ok; s++)
+            if (rv->slot_addr[s] && p->slot_site[s])
+                ok = fl_map_put(&site_of, rv->slot_addr[s], p->slot_site[s]) == FL_OK;
+        m->sites = p->sites;
+        m->n_sites = p->n_sites;
+        m->site_of = ok ? &site_of : NULL; /* without host memory the sites are left out */
+    }
     pol->ops->walk(pol, &v);
+    m->site_of = NULL;
+    fl_map_free(&site_of);
     return 1;
 }
 
@@ -236,9 +253,13 @@ static void cell_title(FILE *f, const page_map *m, const map_region *r, uint64_t
         for (size_t j = one->first_block; j < one->end_block; j++) {
             if (!bl[j].live)
                 continue;
-            if (listed < TITLE_BLOCKS)
+            if (listed < TITLE_BLOCKS) {
                 fprintf(f, "%s%s", listed++ ? ", " : "; blocks ", sz(bl[j].size, a, sizeof a));
-            else
+                if (bl[j].site && bl[j].site < m->n_sites) {
+                    fputs(" from ", f);
+                    report_esc(f, m->sites[bl[j].site]); /* the snapshot's text */
+                }
+            } else
                 more++;
         }
         if (more)

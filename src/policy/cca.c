@@ -166,7 +166,7 @@ static cca_block *get_free_block(cca_policy *c, cca_pool *pool, uint64_t stream,
 /* ---- giving memory back ------------------------------------------------------- */
 
 /* release_block: cudaFree of a whole, free, cudaMalloc segment. */
-static fl_status release_block(cca_policy *c, cca_block *b)
+fl_status cca_release_block(cca_policy *c, cca_block *b)
 {
     cca_segment *s = b->seg;
     fl_status st = fl_dev_mem_free(c->base.dev, s->base);
@@ -179,7 +179,7 @@ static fl_status release_block(cca_policy *c, cca_block *b)
     return FL_OK;
 }
 
-static bool unsplit(const cca_block *b) { return !b->prev && !b->next; }
+static bool unsplit(const cca_block *b) { return cca_unsplit(b); }
 
 /* release_available_cached_blocks: with max_split_size set, free oversize cached
  * segments of this stream, one big enough or else the largest ones until enough. */
@@ -197,7 +197,7 @@ static fl_status release_available(cca_policy *c, cca_pool *pool, uint64_t strea
         if (!unsplit(as_block(n)))
             return FL_OK;
         *released = true;
-        return release_block(c, as_block(n));
+        return cca_release_block(c, as_block(n));
     }
     cca_node *it = n ? cca_set_prev(&pool->blocks, n) : cca_set_last(&pool->blocks);
     uint64_t total = 0;
@@ -208,7 +208,7 @@ static fl_status release_available(cca_policy *c, cca_pool *pool, uint64_t strea
         if (!unsplit(as_block(cur)))
             continue;
         total += cur->size;
-        fl_status st = release_block(c, as_block(cur));
+        fl_status st = cca_release_block(c, as_block(cur));
         if (st != FL_OK)
             return st;
     }
@@ -231,7 +231,7 @@ static fl_status release_cached(cca_policy *c)
             while (n && st == FL_OK) {
                 cca_node *nx = cca_set_next(&pools[i]->blocks, n);
                 if (unsplit(as_block(n)))
-                    st = release_block(c, as_block(n));
+                    st = cca_release_block(c, as_block(n));
                 n = nx;
             }
         }
@@ -286,7 +286,7 @@ static fl_status garbage_collect(cca_policy *c)
             if ((double)age < avg)
                 continue;
             uint64_t bytes = b->node.size;
-            st = release_block(c, b);
+            st = cca_release_block(c, b);
             if (st != FL_OK)
                 break;
             l.v[i] = NULL;
@@ -739,6 +739,8 @@ const fl_policy_ops fl_policy_cca = {
     .check = cca_check,
     .query = cca_query,
     .walk = cca_walk,
+    .seed = cca_seed,
+    .release = cca_release,
 };
 
 const fl_policy_ops fl_policy_cca_expandable = {
@@ -752,4 +754,6 @@ const fl_policy_ops fl_policy_cca_expandable = {
     .check = cca_check,
     .query = cca_query,
     .walk = cca_walk,
+    .seed = cca_seed,
+    .release = cca_release,
 };
