@@ -68,6 +68,6 @@ void report_map_free(page_map *m);
 uint64_t report_map_units(const page_map *m, uint64_t g);
 /* The maps of one input, side by side on one scale (g: the device granularity). heading:
  * the section's title (HTML); live: the bytes each summary compares reserved memory with. */
-void report_write_maps(FILE *f, int idx, const char *heading, uint64_t live, page_map *maps, int n, uint64_t g);
+void report_write_maps(FILE *f, const char *idx, const char *heading, uint64_t live, page_map *maps, int n, uint64_t g);
 
 #endif

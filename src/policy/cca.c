@@ -358,15 +358,17 @@ static fl_status report_oom(cca_policy *c, uint64_t req, uint64_t alloc_size, ui
                    "%s: out of memory. Tried to allocate %s (request of %llu bytes on stream %llu). "
                    "The device has a total capacity of %s of which %s is free. %s"
                    "Of the memory this allocator holds, %s is allocated and %s is reserved but "
-                   "unallocated. If reserved but unallocated memory is large, try "
-                   "expandable_segments:True (policy cca-expandable) to avoid fragmentation.",
+                   "unallocated.%s",
                    c->base.ops->name, fl_format_size(alloc_size, asked, sizeof asked),
                    (unsigned long long)req, (unsigned long long)stream,
                    fl_format_size(d->capacity, cap, sizeof cap),
                    fl_format_size(free_dev, avail, sizeof avail), allowed,
                    fl_format_size(c->base.allocated, alloc, sizeof alloc),
                    fl_format_size(reserved - (reserved < c->base.allocated ? reserved : c->base.allocated),
-                                  unalloc, sizeof unalloc));
+                                  unalloc, sizeof unalloc),
+                   c->expandable ? "" /* PyTorch suggests it even when it is on; we do not */
+                                 : " If reserved but unallocated memory is large, try expandable_segments:True "
+                                   "(policy cca-expandable) to avoid fragmentation.");
 }
 
 /* free_block: merge with free neighbours of the same segment, back into the pool. */

@@ -727,14 +727,16 @@ fl_status fl_snapshot_devices(const fl_pk_doc *doc, const char *path, fl_snapsho
         return s;
     size_t nd = fl_pk_len(traces);
     *n = nd > INT32_MAX ? INT32_MAX : (int)nd;
+    /* The same budget as a conversion's: the memo can list one blocks list in every
+     * segment, so what is visited is bounded by the document only through it. Past it,
+     * a device with segments is taken to have events (its conversion then says why not). */
+    uint64_t budget = FL_SNAPSHOT_BUDGET_MIN + fl_pk_doc_bytes(doc) / FL_SNAPSHOT_BYTES_PER_ITEM;
     for (int d = 0; d < *n && d < max; d++) {
         fl_snapshot_device *v = &out[d];
         memset(v, 0, sizeof *v);
         const fl_pk *t = fl_pk_item(traces, (size_t)d);
         v->n_entries = fl_pk_len(t);
-        /* A list of n entries costs at least n bytes of the file, so this scan is bounded
-         * by the document, memo or not. */
-        for (size_t i = 0; t->type == FL_PK_LIST && i < v->n_entries; i++)
+        for (size_t i = 0; t->type == FL_PK_LIST && i < v->n_entries && budget; i++, budget--)
             v->n_oom += fl_pk_str_is(fl_pk_dict_get(fl_pk_item(t, i), "action"), "oom");
     }
     for (size_t si = 0; si < fl_pk_len(segments); si++) {
@@ -744,7 +746,11 @@ fl_status fl_snapshot_devices(const fl_pk_doc *doc, const char *path, fl_snapsho
             continue;
         out[d].n_segments++;
         const fl_pk *blocks = fl_pk_dict_get(seg, "blocks");
-        for (size_t bi = 0; bi < fl_pk_len(blocks); bi++) {
+        if (!budget) {
+            out[d].n_active_blocks += out[d].n_active_blocks == 0;
+            continue;
+        }
+        for (size_t bi = 0; blocks && blocks->type == FL_PK_LIST && bi < fl_pk_len(blocks) && budget; bi++, budget--) {
             const fl_pk *st = fl_pk_dict_get(fl_pk_item(blocks, bi), "state");
             out[d].n_active_blocks += fl_pk_str_is(st, "active_allocated") || fl_pk_str_is(st, "active_pending_free");
         }

@@ -18,6 +18,13 @@ fl_status fl_fidelity_run(const fl_prepared *p, const fl_snapshot_info *info, ui
     if (granularity)
         o.sim.granularity = granularity;
     o.follow = 1;
+    /* Where the snapshot recorded an out-of-memory, the device had room for what the
+     * allocator held then plus the free bytes it reported: the recorded failure fails
+     * again (else the emulation would keep a segment the real allocator never got). */
+    uint64_t cap = 0;
+    if (info->oom_entry >= 0 && fl_snapshot_oom_capacity(info, p->name, &cap) == FL_OK && cap)
+        o.sim.capacity = cap;
+    f->capacity = o.sim.capacity;
     fl_replay_result r;
     fl_status s = fl_replay(p, &o, &r);
     if (s != FL_OK)

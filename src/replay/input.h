@@ -36,6 +36,7 @@ typedef struct fl_fidelity {
     uint64_t seeded_segments, seeded_bytes; /* of those, rebuilt in the emulation */
     uint64_t seed_failures;
     uint64_t recorded_released, emulated_released;
+    uint64_t capacity;              /* the device's, where the snapshot implies it (0: none) */
 } fl_fidelity;
 
 #define FL_FIDELITY_CAVEAT 0.03     /* beyond it, compare, doctor and report say so */
