@@ -80,6 +80,17 @@ static void print_text(const fl_prepared *p, const fl_replay_opts *ran, const fl
            ran->cfg.max_split_size ? " with max_split_size" : "", sec->from_snapshot ? " (the snapshot's settings)" : "");
     if (sec->caveat[0])
         printf("%s.\n\n", sec->caveat);
+    if (sec->has_fidelity && sec->from_snapshot) {
+        const fl_fidelity *f = &sec->fidelity;
+        printf("The emulation follows the recorded allocator: %llu segment%s it gave back (%s: empty_cache(),\n"
+               "retries after a failed cudaMalloc), %llu segment%s older than the recording rebuilt from the dump;\n"
+               "it ends with %s reserved, the snapshot's segments hold %s (%+.2f%%).\n\n",
+               (unsigned long long)(sec->info->n_segment_free + sec->info->n_segment_unmap),
+               sec->info->n_segment_free + sec->info->n_segment_unmap == 1 ? "" : "s",
+               gib(f->recorded_released, a, sizeof a), (unsigned long long)f->seeded_segments,
+               f->seeded_segments == 1 ? "" : "s", gib(f->emulated, b, sizeof b), gib(f->recorded, c, sizeof c),
+               isfinite(f->diff) ? 100.0 * f->diff : 0.0);
+    }
     if (sec->capacity_from_oom)
         printf("Capacity from the snapshot's oom event: %s reserved + %s free on the device = %s.\n\n",
                gib(sec->info->oom_reserved, a, sizeof a), gib(sec->info->oom_device_free, b, sizeof b),

@@ -67,7 +67,7 @@ static void row(int csv, const fl_prepared *p, const fl_snapshot_info *info, con
 
 int cli_fidelity(int argc, char **argv)
 {
-    int csv = 0, n = 0, device = FL_DEVICE_DEFAULT;
+    int csv = 0, n = 0, device = FL_DEVICE_ALL;
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             fputs(fidelity_help, stdout);

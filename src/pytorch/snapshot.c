@@ -424,10 +424,13 @@ static fl_status read_segments(conv *c, const fl_pk *segments, int free_action)
             uint64_t bytes = requested ? requested : size;
             if (bytes == 0)
                 continue;
-            fl_event e = {.ptr = baddr, .size = bytes, .stream = (uint64_t)stream, .kind = FL_EV_ALLOC,
+            /* A private pool's block never shares a segment with the default pool's: it is
+             * kept apart as PyTorch keeps it, on a stream of its own. */
+            uint64_t bstream = (uint64_t)stream ^ (private_pool ? FL_SNAPSHOT_PRIVATE_POOL : 0);
+            fl_event e = {.ptr = baddr, .size = bytes, .stream = bstream, .kind = FL_EV_ALLOC,
                           .site = fl_sites_of(&c->sites, fl_pk_dict_get(b, "frames"))};
             if ((s = push_event(&c->synth_live, &c->n_synth_live, &c->cap_synth_live, &e)) != FL_OK ||
-                (s = add_old_block(c, baddr, size, bytes, (uint64_t)stream)) != FL_OK)
+                (s = add_old_block(c, baddr, size, bytes, bstream)) != FL_OK)
                 return s;
             info->synth_live_bytes = sat_add(info->synth_live_bytes, bytes);
         }

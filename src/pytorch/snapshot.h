@@ -64,6 +64,11 @@ typedef struct fl_snapshot_info {
     uint32_t roundup_divisions[FL_ROUNDUP_INTERVALS];
 } fl_snapshot_info;
 
+/* Blocks of a private memory pool (CUDA graphs, torch.cuda.MemPool) at dump are allocated
+ * on their segment's stream with these bits flipped: a stream of their own, so that no
+ * policy mixes them with the default pool's blocks. */
+#define FL_SNAPSHOT_PRIVATE_POOL (UINT64_C(1) << 62)
+
 /* Per device of a snapshot: what it recorded (for choosing which to read). */
 typedef struct fl_snapshot_device {
     uint64_t n_entries;             /* len(device_traces[i]) */

@@ -208,7 +208,7 @@ fl_status fl_load_inputs(const char *path, int device, FILE *warn, fl_loaded **o
             with_events[ne++] = d;
     char list[160];
     name_devices(list, sizeof list, with_events, ne);
-    if (device != FL_DEVICE_DEFAULT) {
+    if (device >= 0 || device < FL_DEVICE_ALL) {
         if (device < 0 || device >= nd) {
             s = fl_fail(FL_ERR_INVALID, "%s: no device %d: the snapshot has %d device trace%s%s%s", path, device, nd,
                         nd == 1 ? "" : "s", ne ? "; events on " : "", ne ? list : "");
@@ -222,7 +222,7 @@ fl_status fl_load_inputs(const char *path, int device, FILE *warn, fl_loaded **o
         }
         pick[np++] = device;
     } else {
-        for (int d = 0; d < nd; d++)
+        for (int d = 0; device == FL_DEVICE_DEFAULT && d < nd; d++)
             if (dev[d].n_oom)
                 pick[np++] = d;
         if (np && np < ne && warn) {

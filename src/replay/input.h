@@ -13,8 +13,9 @@ typedef struct fl_loaded {
 } fl_loaded;
 
 #define FL_DEVICE_DEFAULT (-1)
+#define FL_DEVICE_ALL (-2)          /* every device with events, OOM or not (fidelity) */
 
-/* device: FL_DEVICE_DEFAULT, or the snapshot device to read (FL_ERR_INVALID when the
+/* device: FL_DEVICE_DEFAULT, FL_DEVICE_ALL, or the snapshot device to read (FL_ERR_INVALID when the
  * snapshot has no such device; a CSV trace ignores it). Notes on the choice and the
  * readers' warnings go to warn (may be NULL). *out holds *n traces (free with
  * fl_loaded_free). Errors as fl_load_trace's. */

@@ -25,6 +25,7 @@ The snapshots (one per case of issue 12's acceptance):
                            older than the recording)
   frames.pickle            every block with frames from several sites; an OOM whose
                            fragmented segments are pinned by one site's blocks
+  dump_only.pickle         no history at all (recording off): only the segments at dump
 """
 import os
 import pickle
@@ -375,6 +376,14 @@ def frames_case():
     dump("frames.pickle", [d])
 
 
+def dump_only():
+    rng = random.Random(8)
+    d = CCA(Device(0, 40 * GiB), recording=False)
+    training(d, rng, 5)
+    fragment(d, rng, 36 * GiB)
+    dump("dump_only.pickle", [d])
+
+
 if __name__ == "__main__":
     oom_device1()
     device1_only()
@@ -383,6 +392,7 @@ if __name__ == "__main__":
     multistream()
     late_start()
     frames_case()
+    dump_only()
     for n in sorted(os.listdir(HERE)):
         if n.endswith(".pickle"):
             print("%-24s %8d bytes" % (n, os.path.getsize(os.path.join(HERE, n))))
