@@ -255,12 +255,12 @@ static void write_doctor(FILE *f, const char *idx, const fl_prepared *p, const f
                    "device %s; ",
                 d->oom_op, d->oom_was_recorded ? " (the failure the trace recorded)" : "", ran->cfg.policy,
                 sz(d->capacity, a, sizeof a), sz(s->request, b, sizeof b), sz(d->device_free, c, sizeof c));
-        fprintf(f, "reserved but unallocated %s of %s held; largest free block %s; external fragmentation %.1f%%. "
-                   "Lower bound: no allocator that does not move data needs less than %s now, nor %s for the whole "
-                   "job.</p>",
+        fprintf(f, "reserved but unallocated %s of %s held; largest free block %s; external fragmentation %.1f%%. ",
                 sz(s->free_in_reserved, a, sizeof a), sz(s->reserved, b, sizeof b),
-                sz(s->largest_free, c, sizeof c), 100.0 * d->ext_frag, sz(d->lower_bound_now, e, sizeof e),
-                sz(d->lower_bound_job, a, sizeof a));
+                sz(s->largest_free, c, sizeof c), 100.0 * d->ext_frag);
+        fprintf(f, "Lower bound: no allocator that does not move data needs less than %s now, nor %s for the whole "
+                   "job.</p>",
+                sz(d->lower_bound_now, a, sizeof a), sz(d->lower_bound_job, b, sizeof b));
         fprintf(f, "<p>torch.cuda.empty_cache() just before the failed request, replayed: %s (it gave back %s).</p>",
                 d->empty_cache_helps ? "the request then <b>succeeds</b>"
                                      : "the request <b>fails again</b>: it does not help",
