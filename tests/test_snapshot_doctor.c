@@ -199,6 +199,18 @@ static void test_report(void)
         CHECK(strstr(html, "<code>project/kv_cache.py:88 append</code>") != NULL);
         free(html);
     }
+    /* The doctor reuses the comparison's searches where the what-if trace is the whole
+     * trace: what ran (cca), expandable segments and fragless. */
+    r = run("report tests/snapshots/multistream.pickle -o %s", out);
+    CHECK_EQ_U64(r->code, 0);
+    html = fl_test_read_file(out);
+    if (html) {
+        int reused = 0;
+        for (const char *h = html; (h = strstr(h, "data-reused=\"1\"")); h++)
+            reused++;
+        CHECK_EQ_U64(reused, 3);
+        free(html);
+    }
     unlink(out);
 }
 

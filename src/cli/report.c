@@ -300,8 +300,9 @@ static void write_doctor(FILE *f, const char *idx, const fl_prepared *p, const f
         char delta[64] = "&ndash;";
         if (i > 0)
             cli_whatif_delta(delta, sizeof delta, base, w->min_capacity);
-        fprintf(f, "<tr%s data-fits=\"%d\"><td>",
-                i == d->fragless_row ? " class=\"best\"" : i == d->best_pytorch ? " class=\"good\"" : "", w->fits);
+        fprintf(f, "<tr%s data-fits=\"%d\" data-reused=\"%d\"><td>",
+                i == d->fragless_row ? " class=\"best\"" : i == d->best_pytorch ? " class=\"good\"" : "", w->fits,
+                w->reused);
         report_esc(f, w->label);
         fprintf(f, "</td><td data-v=\"%llu\">%s</td><td>%.4f</td><td>%s</td>", (unsigned long long)w->min_capacity,
                 sz(w->min_capacity, b, sizeof b), ratio(w->min_capacity, d->job_needs), delta);
