@@ -233,7 +233,7 @@ static void test_vocabulary(void)
     r = run("fidelity %s --format json", path);
     CHECK(r->code == 0 && r->out[0] == '[' && strstr(r->out, "\"policy\": \"cca\"") && strstr(r->out, "\"diff\": null"));
     r = run("fidelity %s --format table", path);
-    CHECK(r->code == 0 && strstr(r->out, "recorded GiB"));
+    CHECK(r->code == 0 && strstr(r->out, "recorded") && strstr(r->out, "sizes in GiB"));
     r = run("fidelity %s --format xml", path);
     CHECK(r->code == 1 && strstr(r->err, "expected text, csv or json"));
     snprintf(html, sizeof html, "/tmp/fl_cli_snap.%d.csv", (int)getpid());

@@ -945,3 +945,41 @@ fl_status fl_allocator_free_stream(fl_allocator *a, uint64_t addr, uint64_t size
     fl_lock_release(&a->lock);
     return s;
 }
+
+/* ---- following a recorded run (replay of a PyTorch snapshot) ---------------------- */
+
+fl_status fl_allocator_seed(fl_allocator *a, const fl_seed_segment *sg, const fl_seed_block *blocks, uint64_t *addrs)
+{
+    fl_lock_acquire(&a->lock);
+    fl_policy *p = a->policy;
+    uint64_t before = p->allocated;
+    fl_status s = p->ops->seed ? p->ops->seed(p, sg, blocks, addrs)
+                               : fl_fail(FL_ERR_UNSUPPORTED, "%s: segments are not rebuilt", p->ops->name);
+    if (s == FL_OK) {
+        /* The blocks count as allocated now, like any other. */
+        a->alloc_total += p->allocated - before;
+        if (p->allocated > a->peak_allocated)
+            a->peak_allocated = p->allocated;
+        for (size_t i = 0; i < sg->n_blocks; i++) {
+            a->req_current += blocks[i].requested;
+            a->req_total += blocks[i].requested;
+            a->live512 += fl_live_size(blocks[i].requested);
+        }
+        if (a->req_current > a->req_peak)
+            a->req_peak = a->req_current;
+        if (p->num_allocs - p->num_frees > a->blocks_peak)
+            a->blocks_peak = p->num_allocs - p->num_frees;
+    }
+    fl_lock_release(&a->lock);
+    return s;
+}
+
+fl_status fl_allocator_release(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *freed)
+{
+    fl_lock_acquire(&a->lock);
+    fl_policy *p = a->policy;
+    *freed = 0;
+    fl_status s = p->ops->release ? p->ops->release(p, size, stream, freed) : FL_OK;
+    fl_lock_release(&a->lock);
+    return s;
+}

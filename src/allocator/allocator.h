@@ -31,6 +31,14 @@ uint64_t fl_allocator_live(const fl_allocator *a);
  * when the policy does not keep it; FL_ERR_NOT_FOUND when addr is no live block here (a
  * block waiting for record_stream's events is freed already). */
 fl_status fl_allocator_block_stream(fl_allocator *a, uint64_t addr, uint64_t *stream, int *known);
+/* Replay that follows a recorded PyTorch run (the policy's seed and release ops):
+ * fl_allocator_seed holds a segment as it was before recording began, with its live
+ * blocks (their addresses in addrs), counted like any allocation; FL_ERR_UNSUPPORTED
+ * for a policy that is not PyTorch's. fl_allocator_release gives back what the recorded
+ * allocator gave back (a cached segment of size bytes on stream); *freed: the bytes (0
+ * when the emulation holds no such segment, or the policy has none). */
+fl_status fl_allocator_seed(fl_allocator *a, const fl_seed_segment *sg, const fl_seed_block *blocks, uint64_t *addrs);
+fl_status fl_allocator_release(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *freed);
 
 /* Fills the judgment of an out-of-memory moment from the facts in r (request, stream,
  * capacity, limit, live, reserved, free_in_reserved, largest_free): device_free,

@@ -58,6 +58,8 @@ static const char replay_help[] =
     "                    roundup_power2_divisions:4, garbage_collection_threshold:0.8\n"
     "                    (with limit:SIZE), expandable_segments:True; for fragless,\n"
     "                    small_size:256KiB; for all, limit:SIZE\n"
+    "  --device N        a PyTorch snapshot's device (default: the device with the\n"
+    "                    out-of-memory, else every device with events, one section each)\n"
     "  --granularity SZ  device page size, a power of two from 4KiB to 1GiB (default 2MiB)\n"
     "  --timeline N      also print N windows of the trace: live, reserved, device calls\n"
     "  --min-capacity    also search the smallest capacity that runs without OOM\n"
@@ -88,6 +90,8 @@ static const char compare_help[] =
     "                    --policies is the same option\n"
     "  --capacity SIZE   80GiB, 512MiB, or 1.05x (times each trace's peak live bytes)\n"
     "  --conf CONF       knobs applied to every policy (see `fragless help replay`)\n"
+    "  --device N        a PyTorch snapshot's device (default: the device with the\n"
+    "                    out-of-memory, else every device with events, one section each)\n"
     "  --granularity SZ  device page size, a power of two from 4KiB to 1GiB (default 2MiB)\n"
     "  --no-min-capacity skip the min_capacity search (faster)\n"
     "  --format F        text (default; table is the same), csv or json\n"
@@ -112,6 +116,8 @@ static const char doctor_help[] =
     "                    policy (--policies is the same option)\n"
     "  --conf CONF       its knobs, e.g. max_split_size_mb:256 or expandable_segments:True\n"
     "  --capacity SIZE   80GiB, 512MiB, or a factor of peak live like 1.05x\n"
+    "  --device N        a PyTorch snapshot's device (default: the device with the\n"
+    "                    out-of-memory, else every device with events, one section each)\n"
     "  --granularity SZ  device page size, a power of two from 4KiB to 1GiB (default 2MiB)\n"
     "  --format F        text (default; table is the same) or json; a diagnosis has no\n"
     "                    CSV form (csv is refused)\n"
@@ -138,6 +144,8 @@ static const char report_help[] =
     "  --capacity SIZE   your GPU's memory (80GiB, or 1.05x of peak live): OOMs at it in\n"
     "                    the table, and the doctor's out-of-memory diagnosis\n"
     "  --conf CONF       knobs applied to every policy (see `fragless help replay`)\n"
+    "  --device N        a PyTorch snapshot's device (default: the device with the\n"
+    "                    out-of-memory, else every device with events, one section each)\n"
     "  --granularity SZ  device page size, a power of two from 4KiB to 1GiB (default 2MiB)\n"
     "\n"
     "exit codes: 0 done; 1 bad usage; 2 bad trace; 4 other error (e.g. FILE not writable)\n";
@@ -176,6 +184,17 @@ static int parse_capacity(const char *text, cli_opts *o)
     return 0;
 }
 
+int cli_parse_device(const char *v, int *device)
+{
+    char *end;
+    errno = 0;
+    long d = strtol(v, &end, 10);
+    if (errno || end == v || *end || d < 0 || d > 1023)
+        return CLI_EXIT_USAGE;
+    *device = (int)d;
+    return 0;
+}
+
 int cli_parse_opts(int argc, char **argv, cli_mode mode, cli_opts *o)
 {
     const char *help = cli_help(cli_mode_name(mode));
@@ -186,6 +205,7 @@ int cli_parse_opts(int argc, char **argv, cli_mode mode, cli_opts *o)
     fl_sim_params_default(&o->opts.sim);
     o->min_capacity = multi;
     o->format = "text";
+    o->device = FL_DEVICE_DEFAULT;
     o->policies = multi ? "fragless,cca,cca-expandable,nocache" : is_doctor ? "cca" : "fragless";
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
@@ -207,6 +227,9 @@ int cli_parse_opts(int argc, char **argv, cli_mode mode, cli_opts *o)
         } else if (!strcmp(a, "--capacity")) {
             if (v && parse_capacity(v, o))
                 return CLI_EXIT_USAGE;
+        } else if (!strcmp(a, "--device")) {
+            if (v && cli_parse_device(v, &o->device))
+                return usage_error(help, "--device '%s': expected a device number from 0 to 1023", v);
         } else if (!strcmp(a, "--granularity")) {
             if (v && (fl_parse_size(v, &o->opts.sim.granularity) != FL_OK))
                 return usage_error(help, "--granularity: %s", fl_last_error());
