@@ -43,6 +43,15 @@ typedef struct fx_heap {
     fl_range *range;
     fx_page *pages;         /* grows with the highest page used */
     uint64_t n_pages;
+    /* The index of block starts, which finds a freed block's node (the range allocator
+     * keeps no offset table for a heap: range_untrack): every block here is at least
+     * 2^win_log bytes (512 B in the small heap, the small-request limit rounded down to
+     * a power of two in the large one), so at most one starts in each window of that
+     * size, and starts[offset >> win_log] is the node of the used or held block that
+     * starts in it, 0 if none. It covers n_pages pages (16 KiB a page in the small heap,
+     * 32 B in the large one by default: about what an offset table costs per block). */
+    uint32_t *starts;
+    unsigned win_log;
     uint64_t top;           /* pages below it have been mapped at least once */
     uint64_t bytes_asked;   /* all bytes allocated here, and those in blocks of whole pages: */
     uint64_t whole_bytes;   /* when these dominate, such blocks are kept page-aligned */
@@ -70,13 +79,21 @@ typedef struct fx_policy {
 
 /* ---- heaps ------------------------------------------------------------------- */
 
-static fl_status heap_grow_pages(fx_heap *h, uint64_t need)
+static fl_status heap_grow_pages(fx_heap *h, unsigned gran_log, uint64_t need)
 {
     if (need <= h->n_pages)
         return FL_OK;
-    uint64_t n = h->n_pages ? h->n_pages : 64;
+    uint64_t n = h->n_pages ? h->n_pages : 16;
     while (n < need)
         n *= 2;
+    /* The index of block starts first: its tail is zeroed as soon as it is there, so a
+     * failure of the page table's growth leaves both consistent. */
+    unsigned per_page = gran_log - h->win_log;
+    uint32_t *st = realloc(h->starts, (n << per_page) * sizeof *st);
+    if (!st)
+        return fl_fail(FL_ERR_NOMEM, "fragless: cannot index %llu pages", (unsigned long long)n);
+    memset(st + (h->n_pages << per_page), 0, ((n - h->n_pages) << per_page) * sizeof *st);
+    h->starts = st;
     fx_page *p = realloc(h->pages, n * sizeof *p);
     if (!p)
         return fl_fail(FL_ERR_NOMEM, "fragless: cannot track %llu pages", (unsigned long long)n);
@@ -113,6 +130,11 @@ static fl_status heap_new(fx_policy *f, uint64_t stream, int small, uint32_t *ou
         fl_dev_addr_free(f->base.dev, h->va, h->va_size);
         return s;
     }
+    range_untrack(h->range);
+    /* The smallest block the heap holds, as a power of two: 512 B for small requests,
+     * the small-request limit for the others (a window of at most a page). */
+    unsigned win = small || f->small_limit <= 512 ? 9 : (unsigned)fl_log2_floor(f->small_limit);
+    h->win_log = win < f->gran_log ? win : f->gran_log;
     *out = f->n_heaps++;
     return FL_OK;
 }
@@ -297,7 +319,7 @@ static void map_ahead(fx_policy *f, uint32_t hi, uint64_t p1)
 {
     fx_heap *h = &f->heaps[hi];
     uint64_t end = fl_div_up(p1 + 1, GROW_PAGES) * GROW_PAGES, p;
-    if (end > h->n_pages && heap_grow_pages(h, end) != FL_OK)
+    if (end > h->n_pages && heap_grow_pages(h, f->gran_log, end) != FL_OK)
         return;
     for (p = p1 + 1; p < end; p++) {
         if (h->pages[p].handle)
@@ -445,16 +467,25 @@ static void place_under_pressure(const fx_policy *f, const fx_heap *h, uint64_t 
 
 /* ---- quick lists ------------------------------------------------------------------- */
 
+/* Returns used block n to the range allocator and drops it from the index of starts. */
+static inline uint64_t heap_release(fx_heap *h, uint32_t n)
+{
+    uint64_t i = h->range->nodes[n].offset >> h->win_log;
+    FL_ASSERT(h->starts[i] == n);
+    h->starts[i] = 0;
+    return range_release(h->range, n);
+}
+
 /* Undoes the placement of a block that could not be backed: a block from a quick list
  * goes back on it, a new one back to the range allocator. */
-static void give_back(fx_heap *h, uint32_t held, uint64_t off, uint64_t size)
+static void give_back(fx_heap *h, uint32_t held, uint32_t node, uint64_t size)
 {
     if (held) {
         h->range->nodes[held].used = RANGE_HELD;
         h->bins[(size >> 9) - 1].node[h->bins[(size >> 9) - 1].n++] = held;
         h->held_bytes += size;
     } else {
-        fl_range_free(h->range, off);
+        heap_release(h, node);
     }
 }
 
@@ -464,10 +495,8 @@ static void flush_bins(fx_heap *h)
     for (int b = 0; b < QUICK_BINS; b++) {
         while (h->bins[b].n) {
             uint32_t n = h->bins[b].node[--h->bins[b].n];
-            uint64_t size;
             h->range->nodes[n].used = RANGE_USED;
-            range_free_sized(h->range, h->range->nodes[n].offset, &size);
-            h->held_bytes -= size;
+            h->held_bytes -= heap_release(h, n);
         }
     }
 }
@@ -514,9 +543,14 @@ static fl_status fx_alloc(fl_policy *base, uint64_t size, uint64_t stream, uint6
     h->range->nodes[node].tag = (uint16_t)(rsize - size);
     off = h->range->nodes[node].offset;
     uint64_t p0 = off >> f->gran_log, p1 = (off + rsize - 1) >> f->gran_log;
-    if (FL_UNLIKELY(p1 >= h->n_pages) && (s = heap_grow_pages(h, p1 + 1)) != FL_OK) {
-        give_back(h, held, off, rsize);
+    if (FL_UNLIKELY(p1 >= h->n_pages) && (s = heap_grow_pages(h, f->gran_log, p1 + 1)) != FL_OK) {
+        give_back(h, held, node, rsize);
         return s;
+    }
+    if (!held) {
+        /* At most one block starts in a window (win_log): the slot is free. */
+        FL_ASSERT(h->starts[off >> h->win_log] == 0);
+        h->starts[off >> h->win_log] = node;
     }
     fx_page *pg = h->pages;
     uint64_t missing = 0;
@@ -540,7 +574,7 @@ static fl_status fx_alloc(fl_policy *base, uint64_t size, uint64_t stream, uint6
             map_ahead(f, hi, p1);
         if (s != FL_OK) {
             unpin(f, hi, p0, p1);
-            give_back(&f->heaps[hi], held, off, rsize);
+            give_back(&f->heaps[hi], held, node, rsize);
             if (s == FL_ERR_OOM)
                 base->ooms++;
             return s;
@@ -556,16 +590,20 @@ static fl_status fx_alloc(fl_policy *base, uint64_t size, uint64_t stream, uint6
 }
 
 /* The range node of the live block that starts at addr (its heap in *hi), 0 if none. */
-static uint32_t live_node(const fx_policy *f, uint64_t addr, int *hi)
+static inline uint32_t live_node(const fx_policy *f, uint64_t addr, int *hi)
 {
-    uint64_t v;
     *hi = heap_for_addr(f, addr);
     if (FL_UNLIKELY(*hi < 0))
         return 0;
-    const fl_range *r = f->heaps[*hi].range;
-    if (FL_UNLIKELY(!fl_map_get(&r->used, addr - f->heaps[*hi].va, &v) || r->nodes[v].used != RANGE_USED))
+    const fx_heap *h = &f->heaps[*hi];
+    uint64_t off = addr - h->va, i = off >> h->win_log;
+    if (FL_UNLIKELY(i >= h->n_pages << (f->gran_log - h->win_log)))
         return 0;
-    return (uint32_t)v;
+    uint32_t v = h->starts[i];
+    const range_node *b = &h->range->nodes[v]; /* node 0 (none) is never used */
+    if (FL_UNLIKELY(b->offset != off || b->used != RANGE_USED))
+        return 0;
+    return v;
 }
 
 static uint64_t fx_block_size(const fl_policy *base, uint64_t addr)
@@ -599,7 +637,7 @@ static fl_status fx_free(fl_policy *base, uint64_t addr, uint64_t want, uint64_t
         bin->node[bin->n++] = (uint32_t)v;
         h->held_bytes += size;
     } else {
-        range_free_sized(h->range, off, &size);
+        heap_release(h, v);
     }
     unpin(f, (uint32_t)hi, off >> f->gran_log, (off + size - 1) >> f->gran_log);
     base->allocated -= size;
@@ -641,7 +679,8 @@ static int fx_check(const fl_policy *base)
         if (!refs)
             return fl_fail(FL_ERR_NOMEM, "fragless check: host memory"), 1;
         /* Pages of live blocks only: blocks on the quick lists pin nothing. */
-        uint64_t held = 0, held_bytes = 0, listed = 0;
+        uint64_t held = 0, held_bytes = 0, listed = 0, blocks = 0, indexed = 0;
+        uint64_t windows = h->n_pages << (f->gran_log - h->win_log);
         for (uint32_t n = h->range->head; n; n = h->range->nodes[n].next_phys) {
             const range_node *b = &h->range->nodes[n];
             if (b->used == RANGE_USED)
@@ -649,6 +688,22 @@ static int fx_check(const fl_policy *base)
                     refs[p]++;
             held += b->used == RANGE_HELD;
             held_bytes += b->used == RANGE_HELD ? b->size : 0;
+            if (b->used == RANGE_FREE)
+                continue;
+            blocks++;
+            uint64_t i = b->offset >> h->win_log;
+            if (b->size < (UINT64_C(1) << h->win_log) || i >= windows || h->starts[i] != n) {
+                free(refs);
+                return fl_fail(FL_ERR_INVALID, "fragless check: block at 0x%llx (%llu bytes) is not in the index of starts",
+                               (unsigned long long)b->offset, (unsigned long long)b->size), 1;
+            }
+        }
+        for (uint64_t i = 0; i < windows; i++)
+            indexed += h->starts[i] != 0;
+        if (indexed != blocks) {
+            free(refs);
+            return fl_fail(FL_ERR_INVALID, "fragless check: %llu blocks, %llu in the index of starts",
+                           (unsigned long long)blocks, (unsigned long long)indexed), 1;
         }
         for (int q = 0; q < QUICK_BINS; q++) {
             listed += h->bins[q].n;
@@ -773,6 +828,7 @@ static void fx_destroy(fl_policy *base)
         fl_dev_addr_free(base->dev, h->va, h->va_size);
         fl_range_destroy(h->range);
         free(h->pages);
+        free(h->starts);
     }
     for (uint64_t i = 0; i < f->n_pool; i++)
         fl_dev_release(base->dev, f->pool[i]);
