@@ -41,11 +41,8 @@ static fl_status over_limit(const fl_device *d, uint64_t size)
  * call about to be made has number total calls + 1. An injected failure reaches no
  * device, so it changes nothing but the counts of calls and failed calls, and costs no
  * device time. */
-static fl_status injected(const fl_device *d, fl_call c)
+static fl_status injected_armed(const fl_device *d, fl_call c)
 {
-    /* Unarmed (every call outside the fault tests): no need to count the calls. */
-    if (FL_LIKELY(!d->fail_call && !d->fail_from))
-        return FL_OK;
     uint64_t n = fl_device_total_calls(&d->counters) + 1;
     if (n != d->fail_call && !(d->fail_from && n >= d->fail_from))
         return FL_OK;
@@ -54,6 +51,12 @@ static fl_status injected(const fl_device *d, fl_call c)
                        fl_call_name(c), (unsigned long long)n);
     return fl_fail(FL_ERR_DEVICE, "%s %s: injected failure of device call %llu (every call fails from %llu on)",
                    d->ops->name, fl_call_name(c), (unsigned long long)n, (unsigned long long)d->fail_from);
+}
+
+static inline fl_status injected(const fl_device *d, fl_call c)
+{
+    /* Unarmed (every call outside the fault tests): no need to count the calls. */
+    return FL_LIKELY(!d->fail_call && !d->fail_from) ? FL_OK : injected_armed(d, c);
 }
 
 #define INJECT(d, c)                                                                 \

@@ -43,6 +43,7 @@ typedef struct sim_device {
     uint32_t n_handles, cap_handles;
     sim_reservation *res;         /* sorted by va */
     uint32_t n_res, cap_res;
+    uint32_t last_res;            /* the reservation found last: looked at first */
 } sim_device;
 
 void fl_sim_params_default(fl_sim_params *p)
@@ -71,13 +72,10 @@ void fl_sim_params_default(fl_sim_params *p)
 
 static inline sim_device *sim(fl_device *d) { return (sim_device *)d; }
 
-/* The granule table's entry of granule g; with make, its chunk is made when missing
- * (NULL only when host memory runs out), else NULL means unmapped. */
-static uint64_t *granule(sim_device *s, uint64_t g, int make)
+/* granule() outside the latest chunk. */
+static uint64_t *granule_lookup(sim_device *s, uint64_t g, int make)
 {
     uint64_t key = g >> SIM_CHUNK_LOG, v;
-    if (FL_LIKELY(s->last_chunk && key == s->last_key))
-        return &s->last_chunk[g & (SIM_CHUNK - 1)];
     uint64_t *c;
     if (fl_map_get(&s->chunks, key, &v)) {
         c = (uint64_t *)(uintptr_t)v;
@@ -93,6 +91,15 @@ static uint64_t *granule(sim_device *s, uint64_t g, int make)
     s->last_key = key;
     s->last_chunk = c;
     return &c[g & (SIM_CHUNK - 1)];
+}
+
+/* The granule table's entry of granule g; with make, its chunk is made when missing
+ * (NULL only when host memory runs out), else NULL means unmapped. */
+static inline uint64_t *granule(sim_device *s, uint64_t g, int make)
+{
+    if (FL_LIKELY(s->last_chunk && (g >> SIM_CHUNK_LOG) == s->last_key))
+        return &s->last_chunk[g & (SIM_CHUNK - 1)];
+    return granule_lookup(s, g, make);
 }
 
 /* (handle << 1) | mapping-start bit of granule g, 0 when unmapped. */
@@ -207,8 +214,13 @@ static fl_status sim_reserve(fl_device *d, uint64_t size, uint64_t *va)
 }
 
 /* Index of the reservation that contains [va, va+size), or -1. */
-static int find_reservation(const sim_device *s, uint64_t va, uint64_t size)
+static int find_reservation(sim_device *s, uint64_t va, uint64_t size)
 {
+    if (FL_LIKELY(s->last_res < s->n_res)) {
+        const sim_reservation *r = &s->res[s->last_res];
+        if (size && va - r->va < r->size && size <= r->size - (va - r->va))
+            return (int)s->last_res;
+    }
     uint32_t lo = 0, hi = s->n_res;
     while (lo < hi) {
         uint32_t mid = (lo + hi) / 2;
@@ -220,7 +232,10 @@ static int find_reservation(const sim_device *s, uint64_t va, uint64_t size)
     if (lo == 0)
         return -1;
     const sim_reservation *r = &s->res[lo - 1];
-    return (va + size <= r->va + r->size && va + size > va) ? (int)(lo - 1) : -1;
+    if (!(va + size <= r->va + r->size && va + size > va))
+        return -1;
+    s->last_res = lo - 1;
+    return (int)(lo - 1);
 }
 
 static fl_status sim_addr_free(fl_device *d, uint64_t va, uint64_t size)

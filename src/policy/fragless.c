@@ -4,6 +4,7 @@
  * elsewhere when physical memory runs short. No data ever moves. */
 #include "policy/policy.h"
 #include "range/range_internal.h"
+#include "util/bits.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -16,17 +17,19 @@
 #define QUICK_CAP 64
 #define PRESSURE_CANDIDATES 64
 
-/* Page state. A page is pinned while refs > 0, cached when mapped with refs == 0,
- * unmapped when handle == 0. */
-/* Cached since the clock hand last passed: spared once. */
-#define PAGE_RECENT 1u
+/* Page state. A page is pinned while a live block touches it, cached when mapped and
+ * not pinned, unmapped when handle == 0. Only a block's first and last pages can be
+ * shared with other blocks: those count their blocks in refs. The pages strictly between
+ * them belong to that block alone, and a bit per page (covered) says so, set and cleared
+ * for the whole run a word at a time; their refs stay 0. So a page's live blocks are
+ * refs + covered, and pinning or unpinning a block of any size costs a few words. */
 /* Mapped, but its set_access failed and its unmap too: access is set again before the
  * page is used (map_pages), and reclaim may still unmap it. */
 #define PAGE_NO_ACCESS 2u
 
 typedef struct fx_page {
-    uint32_t refs;          /* live blocks touching the page */
-    uint32_t flags;         /* PAGE_RECENT, PAGE_NO_ACCESS */
+    uint32_t refs;          /* live blocks that start or end on the page */
+    uint32_t flags;         /* PAGE_NO_ACCESS */
     uint64_t handle;        /* physical handle mapped here, 0 if none */
 } fx_page;
 
@@ -52,6 +55,10 @@ typedef struct fx_heap {
      * 32 B in the large one by default: about what an offset table costs per block). */
     uint32_t *starts;
     unsigned win_log;
+    /* Bits per page (n_pages of them): */
+    uint64_t *covered;      /* strictly inside a live block (pinned by it alone) */
+    uint64_t *mapped;       /* handle != 0 */
+    uint64_t *recent;       /* cached since the clock hand last passed: spared once */
     uint64_t top;           /* pages below it have been mapped at least once */
     uint64_t bytes_asked;   /* all bytes allocated here, and those in blocks of whole pages: */
     uint64_t whole_bytes;   /* when these dominate, such blocks are kept page-aligned */
@@ -73,6 +80,7 @@ typedef struct fx_policy {
     uint64_t n_pool, cap_pool;
     uint64_t n_handles;     /* created and not released */
     uint64_t n_cached;      /* mapped pages no live block touches */
+    uint64_t n_no_access;   /* pages marked PAGE_NO_ACCESS */
     uint32_t hand_heap;     /* the clock hand: next page reclaim looks at */
     uint64_t hand_page;
 } fx_policy;
@@ -94,6 +102,15 @@ static fl_status heap_grow_pages(fx_heap *h, unsigned gran_log, uint64_t need)
         return fl_fail(FL_ERR_NOMEM, "fragless: cannot index %llu pages", (unsigned long long)n);
     memset(st + (h->n_pages << per_page), 0, ((n - h->n_pages) << per_page) * sizeof *st);
     h->starts = st;
+    uint64_t **bits[3] = {&h->covered, &h->mapped, &h->recent};
+    uint64_t w0 = fl_bits_words(h->n_pages), w1 = fl_bits_words(n);
+    for (int k = 0; k < 3; k++) {
+        uint64_t *w = realloc(*bits[k], w1 * sizeof *w);
+        if (!w)
+            return fl_fail(FL_ERR_NOMEM, "fragless: cannot track %llu pages", (unsigned long long)n);
+        memset(w + w0, 0, (w1 - w0) * sizeof *w);
+        *bits[k] = w;
+    }
     fx_page *p = realloc(h->pages, n * sizeof *p);
     if (!p)
         return fl_fail(FL_ERR_NOMEM, "fragless: cannot track %llu pages", (unsigned long long)n);
@@ -181,6 +198,30 @@ static uint64_t pages_obtainable(const fx_policy *f)
     return f->n_pool + creatable + f->n_cached;
 }
 
+/* Live blocks touching page p. */
+static inline uint32_t page_pins(const fx_heap *h, uint64_t p)
+{
+    return h->pages[p].refs + (uint32_t)fl_bit_get(h->covered, p);
+}
+
+static inline void page_map(fx_heap *h, uint64_t p, uint64_t handle)
+{
+    h->pages[p].handle = handle;
+    fl_bit_set(h->mapped, p);
+}
+
+/* Forgets page p's mapping (and its marks); returns its handle. */
+static inline uint64_t page_unmap(fx_policy *f, fx_heap *h, uint64_t p)
+{
+    uint64_t handle = h->pages[p].handle;
+    f->n_no_access -= (h->pages[p].flags & PAGE_NO_ACCESS) != 0;
+    h->pages[p].handle = 0;
+    h->pages[p].flags = 0;
+    fl_bit_clear(h->mapped, p);
+    fl_bit_clear(h->recent, p);
+    return handle;
+}
+
 /* Unmaps a cached page and puts its handle in the pool. The clock hand sweeps every
  * heap's pages in address order and spares pages cached since its last pass (second
  * chance, close to least-recently-used), so reclaim costs O(1) amortised and the hot
@@ -199,18 +240,16 @@ static fl_status reclaim_one(fx_policy *f)
             continue;
         }
         uint64_t p = f->hand_page++;
-        if (h->pages[p].handle && h->pages[p].refs == 0) {
-            if (h->pages[p].flags & PAGE_RECENT) {
-                h->pages[p].flags &= ~PAGE_RECENT;
+        if (h->pages[p].handle && page_pins(h, p) == 0) {
+            if (fl_bit_get(h->recent, p)) {
+                fl_bit_clear(h->recent, p);
                 continue;
             }
             fl_status s = fl_dev_unmap(f->base.dev, h->va + (p << f->gran_log), f->gran);
             if (s != FL_OK)
                 return s;
             f->n_cached--;
-            f->pool[f->n_pool++] = h->pages[p].handle;
-            h->pages[p].handle = 0;
-            h->pages[p].flags = 0;
+            f->pool[f->n_pool++] = page_unmap(f, h, p);
             return FL_OK;
         }
     }
@@ -274,8 +313,13 @@ static fl_status set_access_run(fx_policy *f, fx_heap *h, uint64_t first, uint64
     if (first >= end)
         return FL_OK;
     fl_status s = fl_dev_set_access(f->base.dev, h->va + (first << f->gran_log), (end - first) << f->gran_log);
-    for (uint64_t p = first; p < end; p++)
+    if (s == FL_OK && f->n_no_access == 0)
+        return s; /* no marks to take off */
+    for (uint64_t p = first; p < end; p++) {
+        uint32_t was = h->pages[p].flags & PAGE_NO_ACCESS;
         h->pages[p].flags = s == FL_OK ? h->pages[p].flags & ~PAGE_NO_ACCESS : h->pages[p].flags | PAGE_NO_ACCESS;
+        f->n_no_access += (uint64_t)((h->pages[p].flags & PAGE_NO_ACCESS) != 0) - (uint64_t)(was != 0);
+    }
     return s;
 }
 
@@ -304,7 +348,7 @@ static fl_status map_pages(fx_policy *f, uint32_t hi, uint64_t p0, uint64_t p1)
             f->pool[f->n_pool++] = handle;
             break;
         }
-        h->pages[p].handle = handle;
+        page_map(h, p, handle);
     }
     /* Pages mapped before a failure get access too: they stay mapped, as cached pages. */
     fl_status s2 = set_access_run(f, h, run, p);
@@ -336,7 +380,7 @@ static void map_ahead(fx_policy *f, uint32_t hi, uint64_t p1)
             f->pool[f->n_pool++] = handle;
             break;
         }
-        h->pages[p].handle = handle;
+        page_map(h, p, handle);
         f->n_cached++;
     }
     if (p > p1 + 1 && set_access_run(f, h, p1 + 1, p) != FL_OK) {
@@ -346,32 +390,93 @@ static void map_ahead(fx_policy *f, uint32_t hi, uint64_t p1)
             if (fl_dev_unmap(f->base.dev, h->va + (q << f->gran_log), f->gran) != FL_OK)
                 continue;
             f->n_cached--;
-            f->pool[f->n_pool++] = h->pages[q].handle;
-            h->pages[q].handle = 0;
-            h->pages[q].flags = 0;
+            f->pool[f->n_pool++] = page_unmap(f, h, q);
         }
     }
     h->top = p;
 }
 
-/* Drops one reference from each page of [p0, p1]; pages left unused become cached. */
-static void unpin(fx_policy *f, uint32_t hi, uint64_t p0, uint64_t p1)
+/* Counts a block that starts or ends on page p: returns 1 when the page must be mapped
+ * for it; *no_access collects PAGE_NO_ACCESS of cached pages taken. */
+static inline uint64_t pin_end(fx_policy *f, fx_heap *h, uint64_t p, uint32_t *no_access)
 {
-    fx_page *pg = f->heaps[hi].pages;
-    FL_ASSERT(p0 <= p1 && p1 < f->heaps[hi].n_pages);
-    for (uint64_t p = p0; p <= p1; p++) {
-        FL_ASSERT(pg[p].refs > 0); /* a live block touches it: pinned */
-        if (--pg[p].refs == 0) {
-            f->n_cached += pg[p].handle != 0;
-            pg[p].flags |= PAGE_RECENT;
-        }
+    fx_page *pg = &h->pages[p];
+    FL_ASSERT(!fl_bit_get(h->covered, p)); /* the block has bytes here: no other block covers it */
+    if (pg->refs++)
+        return 0;
+    if (!pg->handle)
+        return 1;
+    f->n_cached--;
+    *no_access |= pg->flags & PAGE_NO_ACCESS;
+    return 0;
+}
+
+/* pin() past the first page. */
+static uint64_t pin_rest(fx_policy *f, fx_heap *h, uint64_t p0, uint64_t p1, uint32_t *no_access)
+{
+    uint64_t missing = pin_end(f, h, p1, no_access);
+    if (p1 > p0 + 1) {
+        /* The pages inside lay in a free range: nothing pinned them, and now the block
+         * alone does. */
+        uint64_t inside = p1 - p0 - 1, m = fl_bits_count(h->mapped, p0 + 1, p1);
+        FL_ASSERT(fl_bits_count(h->covered, p0 + 1, p1) == 0);
+        fl_bits_set(h->covered, p0 + 1, p1);
+        f->n_cached -= m;
+        missing += inside - m;
+        if (FL_UNLIKELY(f->n_no_access))
+            for (uint64_t p = p0 + 1; p < p1; p++)
+                *no_access |= h->pages[p].flags & PAGE_NO_ACCESS;
     }
+    return missing;
+}
+
+/* Pins the pages [p0, p1] of a new block; returns how many of them are unmapped, and in
+ * *no_access whether a cached one lacks access. Most blocks lie on one page. */
+static inline uint64_t pin(fx_policy *f, fx_heap *h, uint64_t p0, uint64_t p1, uint32_t *no_access)
+{
+    uint64_t missing = pin_end(f, h, p0, no_access);
+    return FL_LIKELY(p1 == p0) ? missing : missing + pin_rest(f, h, p0, p1, no_access);
+}
+
+static inline void unpin_end(fx_policy *f, fx_heap *h, uint64_t p)
+{
+    fx_page *pg = &h->pages[p];
+    FL_ASSERT(pg->refs > 0); /* a live block touches it: pinned */
+    if (--pg->refs == 0) {
+        f->n_cached += pg->handle != 0;
+        fl_bit_set(h->recent, p);
+    }
+}
+
+/* unpin() past the first page. */
+static void unpin_rest(fx_policy *f, fx_heap *h, uint64_t p0, uint64_t p1)
+{
+    unpin_end(f, h, p1);
+    if (p1 > p0 + 1) {
+        FL_ASSERT(fl_bits_count(h->covered, p0 + 1, p1) == p1 - p0 - 1);
+        fl_bits_clear(h->covered, p0 + 1, p1);
+        fl_bits_set(h->recent, p0 + 1, p1);
+        /* All mapped while the block lived, except after a failed map (fx_alloc's undo). */
+        f->n_cached += fl_bits_count(h->mapped, p0 + 1, p1);
+    }
+}
+
+/* Drops a block's pins of [p0, p1]; pages left unused become cached. */
+static inline void unpin(fx_policy *f, uint32_t hi, uint64_t p0, uint64_t p1)
+{
+    fx_heap *h = &f->heaps[hi];
+    FL_ASSERT(p0 <= p1 && p1 < h->n_pages);
+    unpin_end(f, h, p0);
+    if (FL_UNLIKELY(p1 != p0))
+        unpin_rest(f, h, p0, p1);
 }
 
 /* ---- placement ------------------------------------------------------------------ */
 
+/* Only asked of pages with free bytes, which no block covers: refs says it all. */
 static inline int pinned(const fx_heap *h, uint64_t p)
 {
+    FL_ASSERT(p >= h->n_pages || !fl_bit_get(h->covered, p));
     return p < h->n_pages && h->pages[p].refs != 0;
 }
 
@@ -432,10 +537,9 @@ static uint64_t choose_pad(const fx_policy *f, const fx_heap *h, const range_nod
 
 static uint64_t unmapped_pages(const fx_policy *f, const fx_heap *h, uint64_t x, uint64_t size)
 {
-    uint64_t p0 = x >> f->gran_log, p1 = (x + size - 1) >> f->gran_log, n = 0;
-    for (uint64_t p = p0; p <= p1; p++)
-        n += p >= h->n_pages || !h->pages[p].handle;
-    return n;
+    uint64_t p0 = x >> f->gran_log, p1 = (x + size - 1) >> f->gran_log;
+    uint64_t end = p1 + 1 < h->n_pages ? p1 + 1 : h->n_pages; /* pages past n_pages: unmapped */
+    return p1 + 1 - p0 - (p0 < end ? fl_bits_count(h->mapped, p0, end) : 0);
 }
 
 /* With no spare physical page left, a placement on unmapped pages costs a reclaim
@@ -552,19 +656,8 @@ static fl_status fx_alloc(fl_policy *base, uint64_t size, uint64_t stream, uint6
         FL_ASSERT(h->starts[off >> h->win_log] == 0);
         h->starts[off >> h->win_log] = node;
     }
-    fx_page *pg = h->pages;
-    uint64_t missing = 0;
     uint32_t no_access = 0; /* a cached page whose set_access failed: map_pages sets it */
-    for (uint64_t p = p0; p <= p1; p++) {
-        if (pg[p].refs++ == 0) {
-            if (pg[p].handle) {
-                f->n_cached--;
-                no_access |= pg[p].flags & PAGE_NO_ACCESS;
-            } else {
-                missing++;
-            }
-        }
-    }
+    uint64_t missing = pin(f, h, p0, p1, &no_access);
     if (FL_UNLIKELY(missing | no_access)) {
         if (missing > pages_obtainable(f))
             s = fl_fail(FL_ERR_OOM, "fragless: %llu bytes need %llu more pages of %llu MiB; %llu obtainable",
@@ -669,23 +762,37 @@ static fl_status fx_empty_cache(fl_policy *base)
 static int fx_check(const fl_policy *base)
 {
     const fx_policy *f = (const fx_policy *)base;
-    uint64_t mapped = 0, cached = 0, allocated = 0;
+    uint64_t mapped = 0, cached = 0, allocated = 0, no_access = 0;
     for (uint32_t hi = 0; hi < f->n_heaps; hi++) {
         const fx_heap *h = &f->heaps[hi];
         if (fl_range_check(h->range))
             return 1;
         allocated += h->range->capacity - h->range->total_free - h->held_bytes;
+        /* What the blocks say: per page, the live blocks starting or ending on it, and
+         * whether one covers it (holds it strictly inside). */
         uint32_t *refs = calloc(h->n_pages + 1, sizeof *refs);
-        if (!refs)
+        uint64_t *cover = calloc(fl_bits_words(h->n_pages) + 1, sizeof *cover);
+        const char *err = NULL;
+        if (!refs || !cover) {
+            free(refs);
+            free(cover);
             return fl_fail(FL_ERR_NOMEM, "fragless check: host memory"), 1;
+        }
         /* Pages of live blocks only: blocks on the quick lists pin nothing. */
         uint64_t held = 0, held_bytes = 0, listed = 0, blocks = 0, indexed = 0;
         uint64_t windows = h->n_pages << (f->gran_log - h->win_log);
-        for (uint32_t n = h->range->head; n; n = h->range->nodes[n].next_phys) {
+        for (uint32_t n = h->range->head; n && !err; n = h->range->nodes[n].next_phys) {
             const range_node *b = &h->range->nodes[n];
-            if (b->used == RANGE_USED)
-                for (uint64_t p = b->offset >> f->gran_log; p <= (b->offset + b->size - 1) >> f->gran_log; p++)
-                    refs[p]++;
+            if (b->used == RANGE_USED) {
+                uint64_t p0 = b->offset >> f->gran_log, p1 = (b->offset + b->size - 1) >> f->gran_log;
+                if (p1 >= h->n_pages) {
+                    err = "a live block lies past the page table";
+                    break;
+                }
+                refs[p0]++;
+                refs[p1] += p1 != p0;
+                fl_bits_set(cover, p0 + 1, p1);
+            }
             held += b->used == RANGE_HELD;
             held_bytes += b->used == RANGE_HELD ? b->size : 0;
             if (b->used == RANGE_FREE)
@@ -694,53 +801,69 @@ static int fx_check(const fl_policy *base)
             uint64_t i = b->offset >> h->win_log;
             if (b->size < (UINT64_C(1) << h->win_log) || i >= windows || h->starts[i] != n) {
                 free(refs);
+                free(cover);
                 return fl_fail(FL_ERR_INVALID, "fragless check: block at 0x%llx (%llu bytes) is not in the index of starts",
                                (unsigned long long)b->offset, (unsigned long long)b->size), 1;
             }
         }
-        for (uint64_t i = 0; i < windows; i++)
+        for (uint64_t i = 0; i < windows && !err; i++)
             indexed += h->starts[i] != 0;
-        if (indexed != blocks) {
-            free(refs);
-            return fl_fail(FL_ERR_INVALID, "fragless check: %llu blocks, %llu in the index of starts",
-                           (unsigned long long)blocks, (unsigned long long)indexed), 1;
-        }
-        for (int q = 0; q < QUICK_BINS; q++) {
+        if (!err && indexed != blocks)
+            err = "the index of starts holds blocks that are gone";
+        for (int q = 0; q < QUICK_BINS && !err; q++) {
             listed += h->bins[q].n;
             for (uint32_t k = 0; k < h->bins[q].n; k++) {
                 const range_node *b = &h->range->nodes[h->bins[q].node[k]];
-                if (b->used != RANGE_HELD || b->size != (uint64_t)(q + 1) * 512) {
-                    free(refs);
-                    return fl_fail(FL_ERR_INVALID, "fragless check: quick list %d holds a wrong block", q), 1;
-                }
+                if (b->used != RANGE_HELD || b->size != (uint64_t)(q + 1) * 512)
+                    err = "a quick list holds a wrong block";
             }
         }
-        if (held != listed || held_bytes != h->held_bytes) {
+        if (!err && (held != listed || held_bytes != h->held_bytes)) {
             free(refs);
+            free(cover);
             return fl_fail(FL_ERR_INVALID, "fragless check: %llu held blocks (%llu bytes), %llu listed (%llu bytes)",
                            (unsigned long long)held, (unsigned long long)held_bytes, (unsigned long long)listed,
                            (unsigned long long)h->held_bytes), 1;
         }
-        for (uint64_t p = 0; p < h->n_pages; p++) {
-            if (refs[p] != h->pages[p].refs) {
-                fl_fail(FL_ERR_INVALID, "fragless check: page %llu of stream %llu has %u refs, blocks say %u",
-                        (unsigned long long)p, (unsigned long long)h->stream, h->pages[p].refs, refs[p]);
+        for (uint64_t p = 0; p < h->n_pages && !err; p++) {
+            const fx_page *pg = &h->pages[p];
+            if (refs[p] != pg->refs || fl_bit_get(cover, p) != fl_bit_get(h->covered, p)) {
+                fl_fail(FL_ERR_INVALID, "fragless check: page %llu of stream %llu has %u refs%s, blocks say %u%s",
+                        (unsigned long long)p, (unsigned long long)h->stream, pg->refs,
+                        fl_bit_get(h->covered, p) ? " and is covered" : "", refs[p],
+                        fl_bit_get(cover, p) ? " and one covers it" : "");
                 free(refs);
+                free(cover);
                 return 1;
             }
-            if (h->pages[p].refs && !h->pages[p].handle) {
-                fl_fail(FL_ERR_INVALID, "fragless check: page %llu is used but unmapped", (unsigned long long)p);
+            if (page_pins(h, p) && !pg->handle)
+                err = "a page is used but unmapped";
+            else if (fl_bit_get(h->mapped, p) != (pg->handle != 0))
+                err = "a page's mapped bit disagrees with its handle";
+            else if ((pg->flags & PAGE_NO_ACCESS) && !pg->handle)
+                err = "an unmapped page is marked without access";
+            if (err) {
+                fl_fail(FL_ERR_INVALID, "fragless check: page %llu of stream %llu: %s", (unsigned long long)p,
+                        (unsigned long long)h->stream, err);
                 free(refs);
+                free(cover);
                 return 1;
             }
-            mapped += h->pages[p].handle != 0;
-            cached += h->pages[p].handle && !h->pages[p].refs;
+            mapped += pg->handle != 0;
+            cached += pg->handle && !page_pins(h, p);
+            no_access += (pg->flags & PAGE_NO_ACCESS) != 0;
         }
         free(refs);
+        free(cover);
+        if (err)
+            return fl_fail(FL_ERR_INVALID, "fragless check: stream %llu: %s", (unsigned long long)h->stream, err), 1;
     }
     if (cached != f->n_cached)
         return fl_fail(FL_ERR_INVALID, "fragless check: %llu cached pages, counter %llu",
                        (unsigned long long)cached, (unsigned long long)f->n_cached), 1;
+    if (no_access != f->n_no_access)
+        return fl_fail(FL_ERR_INVALID, "fragless check: %llu pages without access, counter %llu",
+                       (unsigned long long)no_access, (unsigned long long)f->n_no_access), 1;
     if (mapped + f->n_pool != f->n_handles)
         return fl_fail(FL_ERR_INVALID, "fragless check: %llu mapped + %llu pooled != %llu handles",
                        (unsigned long long)mapped, (unsigned long long)f->n_pool,
@@ -775,7 +898,7 @@ static void fx_walk(const fl_policy *base, const fl_state_visitor *v)
             v->region(v->user, h->va, h->va_size, h->stream, h->small ? "small heap" : "heap");
         if (v->page)
             for (uint64_t p = 0; p < h->top && p < h->n_pages; p++)
-                v->page(v->user, h->va + (p << f->gran_log), f->gran, h->pages[p].handle != 0, h->pages[p].refs);
+                v->page(v->user, h->va + (p << f->gran_log), f->gran, h->pages[p].handle != 0, page_pins(h, p));
         if (v->block)
             for (uint32_t n = h->range->head; n; n = h->range->nodes[n].next_phys) {
                 const range_node *b = &h->range->nodes[n];
@@ -829,6 +952,9 @@ static void fx_destroy(fl_policy *base)
         fl_range_destroy(h->range);
         free(h->pages);
         free(h->starts);
+        free(h->covered);
+        free(h->mapped);
+        free(h->recent);
     }
     for (uint64_t i = 0; i < f->n_pool; i++)
         fl_dev_release(base->dev, f->pool[i]);
