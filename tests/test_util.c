@@ -1,9 +1,11 @@
 /* The shared helpers: the 64-bit hash map against a plain reference array (including
  * deletion chains that wrap past the end of the table), the bit arrays' ranges against
- * bit-by-bit references, and size parsing/formatting. */
+ * bit-by-bit references, growing tables across the heap/mapping threshold, and size
+ * parsing/formatting. */
 #include "test_support.h"
 
 #include "util/bits.h"
+#include "util/table.h"
 #include "util/util.h"
 
 #include <string.h>
@@ -243,6 +245,28 @@ static void test_bits(void)
     CHECK_EQ_U64(bad, 0);
 }
 
+/* A table grown from nothing past FL_TABLE_MAP_MIN (heap memory, then a mapping, then
+ * mremap): what was written stays, every new entry reads 0. */
+static void test_table(void)
+{
+    uint32_t *t = NULL;
+    uint64_t n = 0, bad = 0;
+    for (uint64_t next = 3; next < 4 * FL_TABLE_MAP_MIN / sizeof *t; next = next * 2 + 1) {
+        CHECK_OK(fl_table_grow((void **)&t, sizeof *t, n, next));
+        for (uint64_t i = 0; i < n; i++)
+            bad += t[i] != (uint32_t)(i * 2654435761u);
+        for (uint64_t i = n; i < next; i++)
+            bad += t[i] != 0;
+        for (uint64_t i = n; i < next; i++)
+            t[i] = (uint32_t)(i * 2654435761u);
+        n = next;
+    }
+    CHECK_EQ_U64(bad, 0);
+    CHECK(n * sizeof *t >= FL_TABLE_MAP_MIN);
+    fl_table_free(t, sizeof *t, n);
+    fl_table_free(NULL, sizeof *t, 0);
+}
+
 static void test_misc(void)
 {
     CHECK(fl_is_pow2(1) && fl_is_pow2(FL_GiB) && !fl_is_pow2(0) && !fl_is_pow2(12));
@@ -264,6 +288,7 @@ int main(void)
     test_map_random();
     test_map_wrap();
     test_bits();
+    test_table();
     test_sizes();
     test_misc();
     return fl_test_done("test_util");

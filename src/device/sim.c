@@ -2,6 +2,7 @@
  * reserve/create/map/unmap/set_access, and a cost model of each call in microseconds.
  * Addresses come from a range allocator over a large simulated virtual space. */
 #include "device/device.h"
+#include "util/table.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -272,10 +273,8 @@ static fl_status sim_create(fl_device *d, uint64_t size, uint64_t *handle)
                               (unsigned long long)d->capacity));
     if (s->n_handles == s->cap_handles) {
         uint32_t cap = s->cap_handles ? s->cap_handles * 2 : 64;
-        sim_handle *h = realloc(s->handles, cap * sizeof *h);
-        if (!h)
+        if (cap <= s->cap_handles || fl_table_grow((void **)&s->handles, sizeof *s->handles, s->cap_handles, cap) != FL_OK)
             return charge(d, FL_CALL_CREATE, fl_fail(FL_ERR_NOMEM, "sim create: host memory"));
-        s->handles = h;
         s->cap_handles = cap;
     }
     /* Handle ids are never reused, so a stale id is always caught. */
@@ -415,7 +414,7 @@ static void sim_destroy(fl_device *d)
         if (s->chunks.e[i].key != UINT64_MAX)
             free((void *)(uintptr_t)s->chunks.e[i].val);
     fl_map_free(&s->chunks);
-    free(s->handles);
+    fl_table_free(s->handles, sizeof *s->handles, s->cap_handles);
     free(s->res);
     free(s);
 }

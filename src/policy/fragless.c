@@ -5,6 +5,7 @@
 #include "policy/policy.h"
 #include "range/range_internal.h"
 #include "util/bits.h"
+#include "util/table.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -45,14 +46,19 @@ typedef struct fx_heap {
     uint64_t va_size;
     fl_range *range;
     fx_page *pages;         /* grows with the highest page used */
-    uint64_t n_pages;
+    uint64_t n_pages;       /* pages that every per-page table covers */
+    uint64_t cap[5];        /* pages each table (heap_tables) is grown to: n_pages unless
+                               host memory ran out while growing them */
     /* The index of block starts, which finds a freed block's node (the range allocator
-     * keeps no offset table for a heap: range_untrack): every block here is at least
-     * 2^win_log bytes (512 B in the small heap, the small-request limit rounded down to
-     * a power of two in the large one), so at most one starts in each window of that
-     * size, and starts[offset >> win_log] is the node of the used or held block that
-     * starts in it, 0 if none. It covers n_pages pages (16 KiB a page in the small heap,
-     * 32 B in the large one by default: about what an offset table costs per block). */
+     * keeps no offset table for a heap: range_untrack): starts[offset >> win_log] is the
+     * first used or held block starting in that window of 2^win_log bytes, 0 if none;
+     * the others starting there follow it in address order. The small heap's blocks
+     * are at least 512 B and its windows 1 KiB: a free looks at one or two blocks (8 KiB
+     * of index per 2 MiB page; 512 B windows, 16 KiB a page, cost snapshots' warm-up
+     * more in page faults than they saved the CPU traces). The large heap's are at
+     * least the small-request limit L and its windows 8 L rounded down to a power of
+     * two, at most a page: a free walks past at most 7 blocks and the free ranges
+     * between them (4 B of index per page by default). Covers n_pages pages. */
     uint32_t *starts;
     unsigned win_log;
     /* Bits per page (n_pages of them): */
@@ -87,6 +93,28 @@ typedef struct fx_policy {
 
 /* ---- heaps ------------------------------------------------------------------- */
 
+/* The per-page tables of a heap (fl_table_grow: warm-up extends them page after page,
+ * and they are the bulk of its host memory): the page table, the index of starts and
+ * the three bit arrays. */
+enum { TAB_PAGES, TAB_STARTS, TAB_COVERED, TAB_MAPPED, TAB_RECENT, TAB_COUNT };
+
+static void **heap_table(fx_heap *h, int k, size_t *elem)
+{
+    switch (k) {
+    case TAB_PAGES: *elem = sizeof *h->pages; return (void **)&h->pages;
+    case TAB_STARTS: *elem = sizeof *h->starts; return (void **)&h->starts;
+    case TAB_COVERED: *elem = sizeof *h->covered; return (void **)&h->covered;
+    case TAB_MAPPED: *elem = sizeof *h->mapped; return (void **)&h->mapped;
+    default: *elem = sizeof *h->recent; return (void **)&h->recent;
+    }
+}
+
+/* Entries of table k that cover `pages` pages. */
+static uint64_t heap_table_len(const fx_heap *h, unsigned gran_log, int k, uint64_t pages)
+{
+    return k == TAB_PAGES ? pages : k == TAB_STARTS ? pages << (gran_log - h->win_log) : fl_bits_words(pages);
+}
+
 static fl_status heap_grow_pages(fx_heap *h, unsigned gran_log, uint64_t need)
 {
     if (need <= h->n_pages)
@@ -94,30 +122,27 @@ static fl_status heap_grow_pages(fx_heap *h, unsigned gran_log, uint64_t need)
     uint64_t n = h->n_pages ? h->n_pages : 16;
     while (n < need)
         n *= 2;
-    /* The index of block starts first: its tail is zeroed as soon as it is there, so a
-     * failure of the page table's growth leaves both consistent. */
-    unsigned per_page = gran_log - h->win_log;
-    uint32_t *st = realloc(h->starts, (n << per_page) * sizeof *st);
-    if (!st)
-        return fl_fail(FL_ERR_NOMEM, "fragless: cannot index %llu pages", (unsigned long long)n);
-    memset(st + (h->n_pages << per_page), 0, ((n - h->n_pages) << per_page) * sizeof *st);
-    h->starts = st;
-    uint64_t **bits[3] = {&h->covered, &h->mapped, &h->recent};
-    uint64_t w0 = fl_bits_words(h->n_pages), w1 = fl_bits_words(n);
-    for (int k = 0; k < 3; k++) {
-        uint64_t *w = realloc(*bits[k], w1 * sizeof *w);
-        if (!w)
+    for (int k = 0; k < TAB_COUNT; k++) {
+        size_t elem;
+        void **t = heap_table(h, k, &elem);
+        uint64_t have = heap_table_len(h, gran_log, k, h->cap[k]), want = heap_table_len(h, gran_log, k, n);
+        if (h->cap[k] >= n)
+            continue;
+        if (want > have && fl_table_grow(t, elem, have, want) != FL_OK)
             return fl_fail(FL_ERR_NOMEM, "fragless: cannot track %llu pages", (unsigned long long)n);
-        memset(w + w0, 0, (w1 - w0) * sizeof *w);
-        *bits[k] = w;
+        h->cap[k] = n;
     }
-    fx_page *p = realloc(h->pages, n * sizeof *p);
-    if (!p)
-        return fl_fail(FL_ERR_NOMEM, "fragless: cannot track %llu pages", (unsigned long long)n);
-    memset(p + h->n_pages, 0, (n - h->n_pages) * sizeof *p);
-    h->pages = p;
     h->n_pages = n;
     return FL_OK;
+}
+
+static void heap_free_tables(fx_heap *h, unsigned gran_log)
+{
+    for (int k = 0; k < TAB_COUNT; k++) {
+        size_t elem;
+        void **t = heap_table(h, k, &elem);
+        fl_table_free(*t, elem, heap_table_len(h, gran_log, k, h->cap[k]));
+    }
 }
 
 static fl_status heap_new(fx_policy *f, uint64_t stream, int small, uint32_t *out)
@@ -148,9 +173,9 @@ static fl_status heap_new(fx_policy *f, uint64_t stream, int small, uint32_t *ou
         return s;
     }
     range_untrack(h->range);
-    /* The smallest block the heap holds, as a power of two: 512 B for small requests,
-     * the small-request limit for the others (a window of at most a page). */
-    unsigned win = small || f->small_limit <= 512 ? 9 : (unsigned)fl_log2_floor(f->small_limit);
+    /* Windows of the index of starts: 1 KiB (two blocks at most) in the small heap, 8
+     * times the smallest block in the large one, at most a page. */
+    unsigned win = small ? 10 : (unsigned)fl_log2_floor(f->small_limit > 512 ? f->small_limit : 512) + 3;
     h->win_log = win < f->gran_log ? win : f->gran_log;
     *out = f->n_heaps++;
     return FL_OK;
@@ -262,10 +287,8 @@ static inline uint64_t limit_pages(const fx_policy *f) { return fl_dev_limit(f->
 static fl_status pool_grow(fx_policy *f)
 {
     uint64_t cap = f->cap_pool * 2;
-    uint64_t *p = realloc(f->pool, cap * sizeof *p);
-    if (!p)
+    if (fl_table_grow((void **)&f->pool, sizeof *f->pool, f->cap_pool, cap) != FL_OK)
         return fl_fail(FL_ERR_NOMEM, "fragless: host memory for %llu handles", (unsigned long long)cap);
-    f->pool = p;
     f->cap_pool = cap;
     return FL_OK;
 }
@@ -571,12 +594,42 @@ static void place_under_pressure(const fx_policy *f, const fx_heap *h, uint64_t 
 
 /* ---- quick lists ------------------------------------------------------------------- */
 
+/* ---- the index of block starts ------------------------------------------------------ */
+
+/* The node of the used or held block that starts at off (on one of the n_pages pages),
+ * 0 if none. */
+static inline uint32_t index_find(const fx_heap *h, uint64_t off)
+{
+    const range_node *nodes = h->range->nodes;
+    uint32_t v = h->starts[off >> h->win_log];
+    /* Nodes tile the heap: the walk stops at the node that starts at off or past it. */
+    while (v && nodes[v].offset < off)
+        v = nodes[v].next_phys;
+    return v && nodes[v].offset == off && nodes[v].used != RANGE_FREE ? v : 0;
+}
+
+/* Enters new block n. */
+static inline void index_add(fx_heap *h, uint32_t n)
+{
+    const range_node *nodes = h->range->nodes;
+    uint64_t i = nodes[n].offset >> h->win_log;
+    uint32_t first = h->starts[i];
+    if (FL_LIKELY(!first) || nodes[first].offset > nodes[n].offset)
+        h->starts[i] = n;
+}
+
 /* Returns used block n to the range allocator and drops it from the index of starts. */
 static inline uint64_t heap_release(fx_heap *h, uint32_t n)
 {
-    uint64_t i = h->range->nodes[n].offset >> h->win_log;
-    FL_ASSERT(h->starts[i] == n);
-    h->starts[i] = 0;
+    const range_node *nodes = h->range->nodes;
+    uint64_t i = nodes[n].offset >> h->win_log;
+    if (h->starts[i] == n) {
+        /* The next block in the window, past at most one free range, is first now. */
+        uint32_t m = nodes[n].next_phys;
+        if (m && nodes[m].used == RANGE_FREE)
+            m = nodes[m].next_phys;
+        h->starts[i] = m && nodes[m].offset >> h->win_log == i ? m : 0;
+    }
     return range_release(h->range, n);
 }
 
@@ -651,11 +704,8 @@ static fl_status fx_alloc(fl_policy *base, uint64_t size, uint64_t stream, uint6
         give_back(h, held, node, rsize);
         return s;
     }
-    if (!held) {
-        /* At most one block starts in a window (win_log): the slot is free. */
-        FL_ASSERT(h->starts[off >> h->win_log] == 0);
-        h->starts[off >> h->win_log] = node;
-    }
+    if (!held)
+        index_add(h, node);
     uint32_t no_access = 0; /* a cached page whose set_access failed: map_pages sets it */
     uint64_t missing = pin(f, h, p0, p1, &no_access);
     if (FL_UNLIKELY(missing | no_access)) {
@@ -689,14 +739,11 @@ static inline uint32_t live_node(const fx_policy *f, uint64_t addr, int *hi)
     if (FL_UNLIKELY(*hi < 0))
         return 0;
     const fx_heap *h = &f->heaps[*hi];
-    uint64_t off = addr - h->va, i = off >> h->win_log;
-    if (FL_UNLIKELY(i >= h->n_pages << (f->gran_log - h->win_log)))
+    uint64_t off = addr - h->va;
+    if (FL_UNLIKELY(off >> f->gran_log >= h->n_pages))
         return 0;
-    uint32_t v = h->starts[i];
-    const range_node *b = &h->range->nodes[v]; /* node 0 (none) is never used */
-    if (FL_UNLIKELY(b->offset != off || b->used != RANGE_USED))
-        return 0;
-    return v;
+    uint32_t v = index_find(h, off);
+    return FL_LIKELY(v) && h->range->nodes[v].used == RANGE_USED ? v : 0;
 }
 
 static uint64_t fx_block_size(const fl_policy *base, uint64_t addr)
@@ -780,7 +827,7 @@ static int fx_check(const fl_policy *base)
         }
         /* Pages of live blocks only: blocks on the quick lists pin nothing. */
         uint64_t held = 0, held_bytes = 0, listed = 0, blocks = 0, indexed = 0;
-        uint64_t windows = h->n_pages << (f->gran_log - h->win_log);
+        uint64_t windows = h->n_pages << (f->gran_log - h->win_log), last_window = UINT64_MAX;
         for (uint32_t n = h->range->head; n && !err; n = h->range->nodes[n].next_phys) {
             const range_node *b = &h->range->nodes[n];
             if (b->used == RANGE_USED) {
@@ -797,14 +844,16 @@ static int fx_check(const fl_policy *base)
             held_bytes += b->used == RANGE_HELD ? b->size : 0;
             if (b->used == RANGE_FREE)
                 continue;
-            blocks++;
+            /* The first block of each window is indexed, and the walk finds every one. */
             uint64_t i = b->offset >> h->win_log;
-            if (b->size < (UINT64_C(1) << h->win_log) || i >= windows || h->starts[i] != n) {
+            blocks += i != last_window;
+            if (i >= windows || (i != last_window && h->starts[i] != n) || index_find(h, b->offset) != n) {
                 free(refs);
                 free(cover);
                 return fl_fail(FL_ERR_INVALID, "fragless check: block at 0x%llx (%llu bytes) is not in the index of starts",
                                (unsigned long long)b->offset, (unsigned long long)b->size), 1;
             }
+            last_window = i;
         }
         for (uint64_t i = 0; i < windows && !err; i++)
             indexed += h->starts[i] != 0;
@@ -950,16 +999,12 @@ static void fx_destroy(fl_policy *base)
         }
         fl_dev_addr_free(base->dev, h->va, h->va_size);
         fl_range_destroy(h->range);
-        free(h->pages);
-        free(h->starts);
-        free(h->covered);
-        free(h->mapped);
-        free(h->recent);
+        heap_free_tables(h, f->gran_log);
     }
     for (uint64_t i = 0; i < f->n_pool; i++)
         fl_dev_release(base->dev, f->pool[i]);
     free(f->heaps);
-    free(f->pool);
+    fl_table_free(f->pool, sizeof *f->pool, f->cap_pool);
     free(f);
 }
 
@@ -979,12 +1024,11 @@ static fl_status fx_create(const fl_config *cfg, fl_device *dev, fl_policy **out
     /* Measured on ../shared/traces (ARCHITECTURE.md): an eighth of a page. */
     f->small_limit = cfg->small_size ? cfg->small_size : f->gran / 8;
     /* The pool holds at most every handle; it grows with them (pool_grow). */
-    f->cap_pool = 1024;
-    f->pool = malloc(f->cap_pool * sizeof *f->pool);
-    if (!f->pool) {
+    if (fl_table_grow((void **)&f->pool, sizeof *f->pool, 0, 1024) != FL_OK) {
         free(f);
         return fl_fail(FL_ERR_NOMEM, "fragless: host memory");
     }
+    f->cap_pool = 1024;
     *out = &f->base;
     return FL_OK;
 }
