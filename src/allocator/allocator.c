@@ -38,9 +38,11 @@ struct fl_allocator {
     fl_lock lock;
     fl_policy *policy;
     fl_config cfg;              /* as created; the limit lives on the device (fl_dev_limit) */
-    /* Statistics beyond the policy's own counters. */
-    uint64_t peak_allocated, alloc_total, freed_total;
-    uint64_t req_peak, req_current, req_total, req_freed;
+    /* Statistics beyond the policy's own counters. The totals allocated are not kept:
+     * allocated_bytes' is the policy's allocated + freed_total, requested_bytes' is
+     * req_current + req_freed (every byte allocated is still live or was freed). */
+    uint64_t peak_allocated, freed_total;
+    uint64_t req_peak, req_current, req_freed;
     uint64_t blocks_peak;
     uint64_t live512;           /* live bytes, each request rounded up to 512 B */
     uint64_t inactive_split_peak;
@@ -150,10 +152,10 @@ static void stats_fill(fl_allocator *a, fl_stats *out, int query)
     const fl_policy *p = a->policy;
     const fl_device_counters *c = &p->dev->counters;
     memset(out, 0, sizeof *out);
-    out->allocated_bytes = (fl_stat){p->allocated, a->peak_allocated, a->alloc_total, a->freed_total};
+    out->allocated_bytes = (fl_stat){p->allocated, a->peak_allocated, p->allocated + a->freed_total, a->freed_total};
     out->reserved_bytes = (fl_stat){c->in_use, c->peak_in_use, c->bytes_obtained, c->bytes_returned};
     out->active_bytes = out->allocated_bytes;
-    out->requested_bytes = (fl_stat){a->req_current, a->req_peak, a->req_total, a->req_freed};
+    out->requested_bytes = (fl_stat){a->req_current, a->req_peak, a->req_current + a->req_freed, a->req_freed};
     out->allocation = (fl_stat){p->num_allocs - p->num_frees, a->blocks_peak, p->num_allocs, p->num_frees};
     if (query)
         p->ops->query(p, &a->last_query);
@@ -296,42 +298,55 @@ static fl_status synchronize_pending(fl_allocator *a)
     return s == FL_OK ? process_pending(a, 1) : s;
 }
 
-fl_status fl_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr)
+/* The statistics of an allocation the policy made (the peaks; the totals follow). */
+static inline void alloc_counted(fl_allocator *a, const fl_policy *p, uint64_t size)
 {
-    if (size == 0)
-        return fl_fail(FL_ERR_INVALID, "fl_alloc: size 0");
-    fl_lock_acquire(&a->lock);
+    if (p->allocated > a->peak_allocated)
+        a->peak_allocated = p->allocated;
+    a->req_current += size;
+    if (a->req_current > a->req_peak)
+        a->req_peak = a->req_current;
+    a->live512 += fl_live_size(size);
+    if (p->num_allocs - p->num_frees > a->blocks_peak)
+        a->blocks_peak = p->num_allocs - p->num_frees;
+}
+
+/* fl_alloc past the policy's answer, when it is not a plain success: the retry after
+ * pending blocks are given back, the out-of-memory report, the recorder and the
+ * publisher. Out of line: the common case stays short. */
+static FL_NOINLINE fl_status alloc_rest(fl_allocator *a, fl_status s, uint64_t size, uint64_t stream, uint64_t *addr)
+{
     fl_policy *p = a->policy;
-    if (FL_UNLIKELY(a->n_pending))
-        process_pending(a, 0); /* an error here leaves them pending: retried below or later */
-    uint64_t before = p->allocated;
-    fl_status s = p->ops->alloc(p, size, stream, addr);
-    if (s == FL_ERR_OOM && a->n_pending && synchronize_pending(a) == FL_OK) {
-        before = p->allocated;
+    if (s == FL_ERR_OOM && a->n_pending && synchronize_pending(a) == FL_OK)
         s = p->ops->alloc(p, size, stream, addr);
-    }
-    if (FL_LIKELY(s == FL_OK)) {
-        a->alloc_total += p->allocated - before;
-        if (p->allocated > a->peak_allocated)
-            a->peak_allocated = p->allocated;
-        a->req_current += size;
-        a->req_total += size;
-        if (a->req_current > a->req_peak)
-            a->req_peak = a->req_current;
-        a->live512 += fl_live_size(size);
-        if (p->num_allocs - p->num_frees > a->blocks_peak)
-            a->blocks_peak = p->num_allocs - p->num_frees;
-    } else if (s == FL_ERR_OOM) {
+    if (s == FL_OK)
+        alloc_counted(a, p, size);
+    else if (s == FL_ERR_OOM)
         s = out_of_memory(a, size, stream);
-    }
-    if (FL_UNLIKELY(a->trace != NULL)) {
+    if (a->trace != NULL) {
         trace_row(a, s == FL_OK ? FL_EV_ALLOC : FL_EV_ALLOC_FAIL, s == FL_OK ? *addr : 0, size, stream);
         /* On host OOM here, the free row says stream 0: the trace stays readable. */
         if (s == FL_OK)
             fl_map_put(&a->trace_streams, *addr, stream);
     }
-    if (FL_UNLIKELY(a->pub != NULL))
+    if (a->pub != NULL)
         maybe_publish(a, 0);
+    return s;
+}
+
+fl_status fl_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr)
+{
+    if (FL_UNLIKELY(size == 0))
+        return fl_fail(FL_ERR_INVALID, "fl_alloc: size 0");
+    fl_lock_acquire(&a->lock);
+    fl_policy *p = a->policy;
+    if (FL_UNLIKELY(a->n_pending))
+        process_pending(a, 0); /* an error here leaves them pending: retried below or later */
+    fl_status s = p->ops->alloc(p, size, stream, addr);
+    if (FL_LIKELY(s == FL_OK && !a->trace && !a->pub))
+        alloc_counted(a, p, size);
+    else
+        s = alloc_rest(a, s, size, stream, addr);
     fl_lock_release(&a->lock);
     return s;
 }
@@ -434,31 +449,52 @@ static fl_status free_with_uses(fl_allocator *a, uint64_t addr, uint64_t want, u
     return defer_free(a, addr, (stream_uses *)(uintptr_t)uses_val);
 }
 
-/* want_size: the size the caller says the block has (0 = not checked). */
-static fl_status free_locked(fl_allocator *a, uint64_t addr, uint64_t want_size)
+/* The statistics of a free (its requested bytes: size). */
+static inline void free_counted(fl_allocator *a, uint64_t size)
+{
+    a->req_current -= size;
+    a->req_freed += size;
+    a->live512 -= fl_live_size(size);
+}
+
+/* free_locked while record_stream is in use or a recorder or publisher is on. */
+static FL_NOINLINE fl_status free_rest(fl_allocator *a, uint64_t addr, uint64_t want_size)
 {
     fl_policy *p = a->policy;
     uint64_t size = 0;
     fl_status s;
-    if (FL_UNLIKELY(a->n_pending || a->uses.count)) {
+    if (a->n_pending || a->uses.count) {
         s = free_with_uses(a, addr, want_size, &size);
     } else {
         uint64_t before = p->allocated;
         s = p->ops->free(p, addr, want_size, &size);
         a->freed_total += before - p->allocated;
     }
-    if (FL_UNLIKELY(s != FL_OK))
+    if (s != FL_OK)
         return s;
-    a->req_current -= size;
-    a->req_freed += size;
-    a->live512 -= fl_live_size(size);
-    if (FL_UNLIKELY(a->trace != NULL)) {
+    free_counted(a, size);
+    if (a->trace != NULL) {
         uint64_t stream = 0;
         fl_map_remove(&a->trace_streams, addr, &stream);
         trace_row(a, FL_EV_FREE, addr, size, stream);
     }
-    if (FL_UNLIKELY(a->pub != NULL))
+    if (a->pub != NULL)
         maybe_publish(a, 0);
+    return FL_OK;
+}
+
+/* want_size: the size the caller says the block has (0 = not checked). */
+static inline fl_status free_locked(fl_allocator *a, uint64_t addr, uint64_t want_size)
+{
+    if (FL_UNLIKELY(a->n_pending || a->uses.count || a->trace || a->pub))
+        return free_rest(a, addr, want_size);
+    fl_policy *p = a->policy;
+    uint64_t before = p->allocated, size = 0;
+    fl_status s = p->ops->free(p, addr, want_size, &size);
+    if (FL_UNLIKELY(s != FL_OK))
+        return s;
+    a->freed_total += before - p->allocated;
+    free_counted(a, size);
     return FL_OK;
 }
 
