@@ -791,6 +791,29 @@ static uint64_t fx_block_size(const fl_policy *base, uint64_t addr)
     return v ? f->heaps[hi].range->nodes[v].size - f->heaps[hi].range->nodes[v].tag : 0;
 }
 
+/* fx_free once the block is found and checked: its quick list or the range allocator,
+ * then its pages. */
+static FL_NOINLINE fl_status free_found(fx_policy *f, fx_heap *h, uint32_t v)
+{
+    uint64_t off = h->range->nodes[v].offset, size = h->range->nodes[v].size;
+    fx_bin *bin = size <= QUICK_MAX ? &h->bins[(size >> 9) - 1] : NULL;
+    if (bin && bin->n < QUICK_CAP) {
+        /* Set aside for the next request of this size: no range allocator work now or
+         * then. Its pages are unpinned like any freed block's. */
+        h->range->nodes[v].used = RANGE_HELD;
+        bin->node[bin->n++] = v;
+        h->held_bytes += size;
+    } else {
+        heap_release(h, v);
+    }
+    unpin(f, (uint32_t)(h - f->heaps), off >> f->gran_log, (off + size - 1) >> f->gran_log);
+    f->base.allocated -= size;
+    f->base.num_frees++;
+    return FL_OK;
+}
+
+/* As in fx_alloc, the common case is short: a small block goes on its quick list and
+ * its page stays pinned by other blocks. */
 static fl_status fx_free(fl_policy *base, uint64_t addr, uint64_t want, uint64_t *requested)
 {
     fx_policy *f = (fx_policy *)base;
@@ -799,27 +822,28 @@ static fl_status fx_free(fl_policy *base, uint64_t addr, uint64_t want, uint64_t
     if (FL_UNLIKELY(!v))
         return fl_policy_not_live(base, addr);
     fx_heap *h = &f->heaps[hi];
-    uint64_t off = addr - h->va;
-    uint64_t size = h->range->nodes[v].size, req = size - h->range->nodes[v].tag;
+    range_node *b = &h->range->nodes[v];
+    uint64_t size = b->size, req = size - b->tag;
     if (FL_UNLIKELY(want && want != req))
         return fl_policy_size_mismatch(addr, want, req);
     FL_ASSERT(size <= base->allocated && base->num_frees < base->num_allocs);
     if (requested)
         *requested = req;
-    fx_bin *bin = size <= QUICK_MAX ? &h->bins[(size >> 9) - 1] : NULL;
-    if (bin && bin->n < QUICK_CAP) {
-        /* Set aside for the next request of this size: no range allocator work now or
-         * then. Its pages are unpinned like any freed block's. */
-        h->range->nodes[v].used = RANGE_HELD;
-        bin->node[bin->n++] = (uint32_t)v;
-        h->held_bytes += size;
-    } else {
-        heap_release(h, v);
+    if (size <= QUICK_MAX) {
+        fx_bin *bin = &h->bins[(size >> 9) - 1];
+        uint64_t p0 = b->offset >> f->gran_log;
+        fx_page *pg = &h->pages[p0];
+        if (FL_LIKELY(bin->n < QUICK_CAP && pg->refs > 1 && p0 == (b->offset + size - 1) >> f->gran_log)) {
+            b->used = RANGE_HELD;
+            bin->node[bin->n++] = v;
+            h->held_bytes += size;
+            pg->refs--;
+            base->allocated -= size;
+            base->num_frees++;
+            return FL_OK;
+        }
     }
-    unpin(f, (uint32_t)hi, off >> f->gran_log, (off + size - 1) >> f->gran_log);
-    base->allocated -= size;
-    base->num_frees++;
-    return FL_OK;
+    return free_found(f, h, v);
 }
 
 static fl_status fx_empty_cache(fl_policy *base)
