@@ -1,7 +1,11 @@
 /* The shared helpers: the 64-bit hash map against a plain reference array (including
- * deletion chains that wrap past the end of the table), and size parsing/formatting. */
+ * deletion chains that wrap past the end of the table), the bit arrays' ranges against
+ * bit-by-bit references, growing tables across the heap/mapping threshold, and size
+ * parsing/formatting. */
 #include "test_support.h"
 
+#include "util/bits.h"
+#include "util/table.h"
 #include "util/util.h"
 
 #include <string.h>
@@ -204,6 +208,68 @@ static void test_sizes(void)
     CHECK(strlen(tiny) == 3);
 }
 
+/* ---- bit arrays ---------------------------------------------------------------- */
+
+/* Every range [a, b) of a 256-bit array, set, counted and cleared on a pseudo-random
+ * background, against one bit at a time: inside one word, across a boundary, across
+ * whole words, empty. */
+static void test_bits(void)
+{
+    enum { N = 256 };
+    uint64_t w[N / 64], ref[N / 64];
+    uint64_t x = 0x9e3779b97f4a7c15u;
+    size_t bad = 0;
+    CHECK_EQ_U64(fl_bits_words(0), 0);
+    CHECK_EQ_U64(fl_bits_words(1), 1);
+    CHECK_EQ_U64(fl_bits_words(64), 1);
+    CHECK_EQ_U64(fl_bits_words(65), 2);
+    for (uint64_t a = 0; a <= N; a += 3) {
+        for (uint64_t b = a; b <= N; b += 5) {
+            for (int k = 0; k < N / 64; k++) {
+                x = x * 6364136223846793005u + 1442695040888963407u;
+                w[k] = ref[k] = x;
+            }
+            uint64_t count = 0;
+            for (uint64_t i = a; i < b; i++)
+                count += fl_bit_get(ref, i);
+            bad += fl_bits_count(w, a, b) != count;
+            fl_bits_set(w, a, b);
+            for (uint64_t i = a; i < b; i++)
+                fl_bit_set(ref, i);
+            bad += memcmp(w, ref, sizeof w) != 0;
+            bad += fl_bits_count(w, a, b) != b - a;
+            fl_bits_clear(w, a, b);
+            for (uint64_t i = a; i < b; i++)
+                fl_bit_clear(ref, i);
+            bad += memcmp(w, ref, sizeof w) != 0;
+            bad += fl_bits_count(w, a, b) != 0;
+        }
+    }
+    CHECK_EQ_U64(bad, 0);
+}
+
+/* A table grown from nothing past FL_TABLE_MAP_MIN (heap memory, then a mapping, then
+ * mremap): what was written stays, every new entry reads 0. */
+static void test_table(void)
+{
+    uint32_t *t = NULL;
+    uint64_t n = 0, bad = 0;
+    for (uint64_t next = 3; next < 4 * FL_TABLE_MAP_MIN / sizeof *t; next = next * 2 + 1) {
+        CHECK_OK(fl_table_grow((void **)&t, sizeof *t, n, next));
+        for (uint64_t i = 0; i < n; i++)
+            bad += t[i] != (uint32_t)(i * 2654435761u);
+        for (uint64_t i = n; i < next; i++)
+            bad += t[i] != 0;
+        for (uint64_t i = n; i < next; i++)
+            t[i] = (uint32_t)(i * 2654435761u);
+        n = next;
+    }
+    CHECK_EQ_U64(bad, 0);
+    CHECK(n * sizeof *t >= FL_TABLE_MAP_MIN);
+    fl_table_free(t, sizeof *t, n);
+    fl_table_free(NULL, sizeof *t, 0);
+}
+
 static void test_misc(void)
 {
     CHECK(fl_is_pow2(1) && fl_is_pow2(FL_GiB) && !fl_is_pow2(0) && !fl_is_pow2(12));
@@ -224,6 +290,8 @@ int main(void)
 {
     test_map_random();
     test_map_wrap();
+    test_bits();
+    test_table();
     test_sizes();
     test_misc();
     return fl_test_done("test_util");
