@@ -334,8 +334,9 @@ static void clean_temp(const char *dir, const char *name)
 }
 
 /* The first `width` characters of UTF-8 text (as esc makes it), padded with spaces to
- * `width`: printf's "%-15.15s" counts bytes, and cut a character in two (invalid UTF-8
- * on the terminal) and misaligned the columns after names that are not ASCII. */
+ * `width` (COMMAND, UUID): printf's "%-15.15s" counts bytes, and cut a character in two
+ * (invalid UTF-8 on the terminal) and misaligned the columns after names that are not
+ * ASCII. */
 static const char *fit(const char *s, int width, char *out, size_t n)
 {
     size_t o = 0;
@@ -374,12 +375,14 @@ static void print_rows(const top_rows *rows, nvml *nv, FILE *out)
         else
             snprintf(age, sizeof age, "%.0fh", secs / 3600);
         char comm[sizeof e->comm * 4 + 1], shown[sizeof comm + 16], uuid[sizeof e->uuid * 4 + 1];
+        char uuid_shown[sizeof uuid + 16];
         char rank[16], gpu[16];
         int index = nvml_index(nv, e->uuid);
         snprintf(rank, sizeof rank, e->rank >= 0 ? "%d" : "-", e->rank);
         snprintf(gpu, sizeof gpu, index >= 0 ? "%d" : "-", index);
-        fprintf(out, "%8llu %4s %3d %-12.12s %3s %s %10s %10s %10s %12s %7.1f%% %6llu %6s\n",
-                (unsigned long long)e->pid, rank, e->device, e->uuid[0] ? esc(e->uuid, uuid, sizeof uuid) : "-", gpu,
+        fprintf(out, "%8llu %4s %3d %s %3s %s %10s %10s %10s %12s %7.1f%% %6llu %6s\n", (unsigned long long)e->pid,
+                rank, e->device,
+                fit(e->uuid[0] ? esc(e->uuid, uuid, sizeof uuid) : "-", 12, uuid_shown, sizeof uuid_shown), gpu,
                 fit(esc(e->comm, comm, sizeof comm), 15, shown, sizeof shown),
                 fl_format_size(s->allocated_bytes.current, live, sizeof live),
                 fl_format_size(s->reserved_bytes.current, res, sizeof res),

@@ -19,6 +19,7 @@
 #include <ctype.h>
 #include <dirent.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "cli/cli.h"

@@ -5,6 +5,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,6 +58,30 @@ static void remove_tmpdir(void)
     rmdir(tmpdir);
 }
 
+/* Folders of this user's fuzz processes that are gone: a crash (abort) or a kill (a
+ * CTest timeout) skips the atexit handler. Named fragless-fuzz.PID.XXXXXX: only a folder
+ * of that name, owned by this user, whose PID no longer exists, is removed. */
+static void remove_stale(const char *base)
+{
+    DIR *d = opendir(base);
+    if (!d)
+        return;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        int pid, end = 0;
+        if (sscanf(e->d_name, "fragless-fuzz.%d.%*6[A-Za-z0-9]%n", &pid, &end) != 1 || e->d_name[end] != 0 ||
+            end == 0 || pid <= 0 || pid == (int)getpid() || kill(pid, 0) == 0 || errno != ESRCH)
+            continue;
+        char path[4096];
+        struct stat st;
+        snprintf(path, sizeof path, "%s/%s", base, e->d_name);
+        if (lstat(path, &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != geteuid())
+            continue;
+        clear_dir(path, 1);
+        rmdir(path);
+    }
+    closedir(d);
+}
+
 const char *fz_tmpdir(void)
 {
     if (tmpdir[0])
@@ -64,7 +89,8 @@ const char *fz_tmpdir(void)
     const char *base = getenv("TMPDIR");
     if (!base || !base[0] || strlen(base) > 3000)
         base = "/tmp";
-    snprintf(tmpdir, sizeof tmpdir, "%s/fragless-fuzz.XXXXXX", base);
+    remove_stale(base);
+    snprintf(tmpdir, sizeof tmpdir, "%s/fragless-fuzz.%d.XXXXXX", base, (int)getpid());
     if (!mkdtemp(tmpdir)) {
         fprintf(stderr, "fuzz: cannot make a temporary folder %s: %s\n", tmpdir, strerror(errno));
         abort();

@@ -8,11 +8,12 @@
  *
  * Properties: a reader opens exactly the files of a record's size with its magic,
  * version and size, and refuses the rest with a message; what it returns is what the
- * file holds (comm NUL-terminated); a record mid-update (odd sequence number) is BUSY
+ * file holds (comm and uuid NUL-terminated); a record mid-update (odd sequence number) is BUSY
  * after the few quick tries once the deadline has passed, never a wait; the frame lists
  * at least the records of this process that are whole and at most the files that are;
  * and every byte it prints is UTF-8 text without control characters but newlines (names
- * and COMMAND come from the files: an escape sequence must not reach the terminal). */
+ * COMMAND and the GPU's UUID come from the files: an escape sequence must not reach the
+ * terminal). */
 #include <errno.h>
 #include <stddef.h>
 #include <string.h>
@@ -126,9 +127,13 @@ static void check_reader(const char *dir, int i, const made *m)
                  r.start_time == get64(m->bytes, offsetof(fl_pub_record, start_time)) &&
                  r.device == (int32_t)get32(m->bytes, offsetof(fl_pub_record, device)),
              "the header read is not the file's");
+    FZ_CHECK(r.rank == (int32_t)get32(m->bytes, offsetof(fl_pub_record, rank)), "the rank read is not the file's");
     FZ_CHECK(memchr(r.comm, 0, sizeof r.comm) != NULL, "comm not NUL-terminated");
     FZ_CHECK(!strncmp(r.comm, (const char *)m->bytes + offsetof(fl_pub_record, comm), sizeof r.comm - 1),
              "comm is not the file's");
+    FZ_CHECK(memchr(r.uuid, 0, sizeof r.uuid) != NULL, "uuid not NUL-terminated");
+    FZ_CHECK(!strncmp(r.uuid, (const char *)m->bytes + offsetof(fl_pub_record, uuid), sizeof r.uuid - 1),
+             "uuid is not the file's");
     uint64_t t0 = fl_now_ns();
     fl_pub_entry e;
     fl_pub_read got = fl_pub_reader_snapshot(&r, t0, &e);
@@ -146,7 +151,8 @@ static void check_reader(const char *dir, int i, const made *m)
     FZ_CHECK(e.seq == seq && e.updated_ns == get64(m->bytes, offsetof(fl_pub_record, words)) &&
                  !memcmp(&e.stats, m->bytes + offsetof(fl_pub_record, words) + 8, sizeof e.stats),
              "the statistics read are not the file's");
-    FZ_CHECK(e.pid == get64(m->bytes, offsetof(fl_pub_record, pid)) && !strcmp(e.comm, r.comm),
+    FZ_CHECK(e.pid == get64(m->bytes, offsetof(fl_pub_record, pid)) && e.rank == r.rank && !strcmp(e.comm, r.comm) &&
+                 !strcmp(e.uuid, r.uuid),
              "the entry's header is not the reader's");
     FZ_CHECK(fl_publish_read(path, &e) == FL_OK && e.seq == seq, "fl_publish_read: %s", fl_last_error());
 }

@@ -370,13 +370,17 @@ def state_report_corpus():
 
 # ---- top ------------------------------------------------------------------------------
 
-def top_record(pid=1, comm=b"python", seq=2, device=0, stats=None):
-    # fl_pub_record (src/allocator/allocator.h): magic, version, size, device, pid,
-    # start_time, comm[32], seq, then updated_ns and fl_stats as 64-bit words.
-    rec = struct.pack("<IIIiQQ32sQ", 0x504f5446, 1, 440, device, pid, 0, comm, seq)
+TOP_RECORD = 496  # sizeof(fl_pub_record), version 2
+
+
+def top_record(pid=1, comm=b"python", seq=2, device=0, stats=None, rank=-1, uuid=b"GPU-8b0e1c2d-0000-1111-2222-333344445555"):
+    # fl_pub_record (src/allocator/allocator.h), version 2: magic, version, size, device,
+    # pid, start_time, comm[32], rank, reserved, uuid[48], seq, then updated_ns and
+    # fl_stats as 64-bit words.
+    rec = struct.pack("<IIIiQQ32siI48sQ", 0x504f5446, 2, TOP_RECORD, device, pid, 0, comm, rank, 0, uuid, seq)
     words = stats if stats is not None else [1700000000000000000] + [(i * 2654435761) % (1 << 40) for i in range(45)]
     rec += b"".join(struct.pack("<Q", w) for w in words)
-    return rec[:440].ljust(440, b"\0")
+    return rec[:TOP_RECORD].ljust(TOP_RECORD, b"\0")
 
 
 def top_corpus():
@@ -386,13 +390,14 @@ def top_corpus():
     write("top", "ours_two.bin", bytes([1 | 4 | 8 | 16 | 64]) + top_record(comm=b"a") + top_record(comm=b"b", device=3))
     write("top", "busy.bin", bytes([1 | 4 | 8]) + top_record(seq=3))
     write("top", "escapes.bin", bytes([1 | 8 | 64]) + top_record(comm=b"\x1b[2J\x1b]0;x\x07\xc2\x9b\xff\xe2\x82\xac"))
-    write("top", "utf8.bin", bytes([1 | 2 | 4 | 8 | 64]) + top_record(comm="\u00e9\u4e2d\U0001f600".encode()))
+    write("top", "utf8.bin", bytes([1 | 2 | 4 | 8 | 64]) + top_record(comm="\u00e9\u4e2d\U0001f600".encode(), rank=3))
+    write("top", "uuid_escapes.bin", bytes([1 | 2 | 4 | 8 | 64]) + top_record(uuid=b"GPU-\x1b]52;c;eA==\x07\xe0\x80\x9b", rank=7))
     write("top", "foreign.bin", bytes([4 | 8 | 32]) + top_record(pid=1))
     write("top", "gone.bin", bytes([8]) + top_record(pid=2 ** 31 - 2))
     write("top", "short.bin", bytes([1 | 4]) + top_record()[:100])
     write("top", "long.bin", bytes([1 | 4]) + top_record() + b"x")
     write("top", "bad_magic.bin", bytes([1 | 8 | 64]) + b"XXXX" + top_record()[4:])
-    write("top", "bad_version.bin", bytes([1 | 8 | 64]) + top_record()[:4] + b"\x02\0\0\0" + top_record()[8:])
+    write("top", "bad_version.bin", bytes([1 | 8 | 64]) + top_record()[:4] + b"\x03\0\0\0" + top_record()[8:])
     write("top", "temp_only.bin", bytes([32 | 1]))
 
 
