@@ -356,7 +356,7 @@ int cli_doctor_section(const cli_opts *o, fl_loaded *in, fl_replay_opts *ran, cl
     if (in->info.n_devices) {
         if ((s = fl_fidelity_run(p, &in->info, o->opts.sim.granularity, &sec->fidelity)) != FL_OK) {
             fprintf(stderr, "fragless: %s: fidelity: %s\n", p->name, fl_last_error());
-            return CLI_EXIT_ERROR;
+            return s == FL_ERR_PARSE || s == FL_ERR_IO ? CLI_EXIT_INPUT : CLI_EXIT_ERROR;
         }
         sec->has_fidelity = 1;
         if (sec->from_snapshot)

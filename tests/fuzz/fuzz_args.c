@@ -177,7 +177,7 @@ static void run_import(int argc, char **argv)
     if (rc == 0) {
         FZ_CHECK(o.in && o.out && is_word(o.in, argv, argc) && is_word(o.out, argv, argc), "import: in or out");
         FZ_CHECK(o.in[0] != '-' || o.in[1] == 0, "import: option '%s' taken as the snapshot", o.in);
-        FZ_CHECK(o.device >= 0 && o.device <= 1023, "import: device %d", o.device);
+        FZ_CHECK(o.device >= -1 && o.device <= 1023, "import: device %d (-1: every device with events)", o.device);
     }
     free_printed(&p);
 }
