@@ -168,7 +168,7 @@ static fl_status sim_mem_free(fl_device *d, uint64_t addr)
     return charge(d, FL_CALL_MEM_FREE, FL_OK);
 }
 
-static fl_status check_aligned(const fl_device *d, const char *call, uint64_t va, uint64_t size)
+static inline fl_status check_aligned(const fl_device *d, const char *call, uint64_t va, uint64_t size)
 {
     if (va + size < va)
         return fl_fail(FL_ERR_INVALID, "sim %s: [0x%llx, +%llu) wraps around the address space", call,
@@ -214,14 +214,9 @@ static fl_status sim_reserve(fl_device *d, uint64_t size, uint64_t *va)
     return charge(d, FL_CALL_RESERVE, FL_OK);
 }
 
-/* Index of the reservation that contains [va, va+size), or -1. */
-static int find_reservation(sim_device *s, uint64_t va, uint64_t size)
+/* find_reservation by binary search. */
+static int search_reservation(sim_device *s, uint64_t va, uint64_t size)
 {
-    if (FL_LIKELY(s->last_res < s->n_res)) {
-        const sim_reservation *r = &s->res[s->last_res];
-        if (size && va - r->va < r->size && size <= r->size - (va - r->va))
-            return (int)s->last_res;
-    }
     uint32_t lo = 0, hi = s->n_res;
     while (lo < hi) {
         uint32_t mid = (lo + hi) / 2;
@@ -237,6 +232,17 @@ static int find_reservation(sim_device *s, uint64_t va, uint64_t size)
         return -1;
     s->last_res = lo - 1;
     return (int)(lo - 1);
+}
+
+/* Index of the reservation that contains [va, va+size), or -1. */
+static inline int find_reservation(sim_device *s, uint64_t va, uint64_t size)
+{
+    if (FL_LIKELY(s->last_res < s->n_res)) {
+        const sim_reservation *r = &s->res[s->last_res];
+        if (size && va - r->va < r->size && size <= r->size - (va - r->va))
+            return (int)s->last_res;
+    }
+    return search_reservation(s, va, size);
 }
 
 static fl_status sim_addr_free(fl_device *d, uint64_t va, uint64_t size)
@@ -272,7 +278,7 @@ static fl_status sim_create(fl_device *d, uint64_t size, uint64_t *handle)
                               (unsigned long long)size, (unsigned long long)d->counters.in_use,
                               (unsigned long long)d->capacity));
     if (s->n_handles == s->cap_handles) {
-        uint32_t cap = s->cap_handles ? s->cap_handles * 2 : 64;
+        uint32_t cap = s->cap_handles ? s->cap_handles * 2 : 1024;
         if (cap <= s->cap_handles || fl_table_grow((void **)&s->handles, sizeof *s->handles, s->cap_handles, cap) != FL_OK)
             return charge(d, FL_CALL_CREATE, fl_fail(FL_ERR_NOMEM, "sim create: host memory"));
         s->cap_handles = cap;

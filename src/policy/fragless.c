@@ -547,7 +547,9 @@ static uint64_t choose_pad(const fx_policy *f, const fx_heap *h, const range_nod
      * time its hole is reused). */
     uint64_t best_pad = 0, best = placement_cost(f, h, start, size);
     for (int i = 0; i < 3 && best; i++) {
-        if (pads[i] > high)
+        /* Pad 0 is the lower end, costed already (an aligned start, the topmost range's
+         * high end, an aligned end past the range: all 0); only a lower cost wins. */
+        if (pads[i] == 0 || pads[i] > high)
             continue;
         uint64_t c = placement_cost(f, h, start + pads[i], size);
         if (c < best) {
