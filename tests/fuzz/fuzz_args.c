@@ -195,7 +195,7 @@ static void run_fidelity(int argc, char **argv)
         int n = 0;
         for (int i = 0; i < argc; i++) {
             if (argv[i][0] == '-') {
-                i += !strcmp(argv[i], "--format");
+                i += !strcmp(argv[i], "--format") || !strcmp(argv[i], "--device");
                 continue;
             }
             n++;
