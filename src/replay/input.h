@@ -22,8 +22,6 @@ typedef struct fl_loaded {
 fl_status fl_load_inputs(const char *path, int device, FILE *warn, fl_loaded **out, int *n);
 void fl_loaded_free(fl_loaded *v, int n);
 
-#endif
-
 /* How close the emulation of a snapshot's own allocator comes to what it recorded
  * (src/replay/fidelity.c): the snapshot replayed under its recorded settings, following
  * the recorded allocator (segments older than the recording rebuilt, segments given back
@@ -45,3 +43,5 @@ typedef struct fl_fidelity {
 fl_status fl_fidelity_run(const fl_prepared *p, const fl_snapshot_info *info, uint64_t granularity, fl_fidelity *f);
 /* The caveat, or "" when the emulation is within FL_FIDELITY_CAVEAT. */
 void fl_fidelity_caveat(const fl_fidelity *f, char *buf, size_t n);
+
+#endif
