@@ -32,6 +32,17 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+static int clock_cpu = -1; /* FL_BENCH_CLOCK=cpu, read once in main */
+
+uint64_t bench_pair_clock_ns(void)
+{
+    if (clock_cpu <= 0)
+        return bench_now_ns();
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 double bench_median(double *v, int n)
 {
     qsort(v, (size_t)n, sizeof *v, cmp_double);
@@ -143,7 +154,7 @@ static int api_replay(const bench_trace *t, const char *policy, uint64_t *ns)
     }
     const bench_op *ops = t->ops;
     int rc = 0;
-    uint64_t t0 = bench_now_ns();
+    uint64_t t0 = bench_pair_clock_ns();
     for (size_t i = 0; i < t->n_ops; i++) {
         const bench_op *op = &ops[i];
         if (op->is_free ? fl_free(a, addr[op->slot]) != FL_OK
@@ -153,7 +164,7 @@ static int api_replay(const bench_trace *t, const char *policy, uint64_t *ns)
             break;
         }
     }
-    *ns = bench_now_ns() - t0;
+    *ns = bench_pair_clock_ns() - t0;
     fl_allocator_destroy(a);
     fl_device_destroy(d);
     free(addr);
@@ -218,6 +229,12 @@ int main(int argc, char **argv)
     const char *env = getenv("FL_BENCH_RUNS");
     if (env)
         runs = atoi(env);
+    const char *clk = getenv("FL_BENCH_CLOCK");
+    clock_cpu = clk && !strcmp(clk, "cpu");
+    if (clk && *clk && !clock_cpu && strcmp(clk, "wall")) {
+        fprintf(stderr, "fl_bench: FL_BENCH_CLOCK must be wall or cpu\n");
+        return 1;
+    }
     if (runs < 1 || runs > BENCH_MAX_RUNS) {
         fprintf(stderr, "fl_bench: FL_BENCH_RUNS must be 1..%d\n", BENCH_MAX_RUNS);
         return 1;
@@ -254,7 +271,8 @@ int main(int argc, char **argv)
     for (int k = 0; k < nv; k++)
         v[k].on = selected(v[k].label);
 
-    printf("host time per allocation + free pair (ns), median of %d interleaved runs; sim device, zero-cost calls\n", runs);
+    printf("host time per allocation + free pair (ns, %s), median of %d interleaved runs; sim device, zero-cost calls\n",
+           clock_cpu ? "the thread's CPU time: FL_BENCH_CLOCK=cpu" : "wall clock", runs);
     printf("  fl_alloc: the fragless policy through fl_alloc/fl_free (the headline); other policies through the same calls;\n"
            "  a run replays a trace on fresh allocators until %d pairs are timed\n", MIN_PAIRS);
 #ifdef FL_BENCH_OA

@@ -34,6 +34,10 @@ typedef struct bench_trace {
 #define BENCH_MAX_RUNS 101 /* FL_BENCH_RUNS at most */
 
 uint64_t bench_now_ns(void);
+/* The clock of the per-pair figures: bench_now_ns, or with FL_BENCH_CLOCK=cpu the calling
+ * thread's CPU time (user and system: page faults count), which time slices lost to
+ * other processes on a loaded machine do not inflate. */
+uint64_t bench_pair_clock_ns(void);
 /* Sorts v and returns its median. */
 double bench_median(double *v, int n);
 

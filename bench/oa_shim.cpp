@@ -38,7 +38,7 @@ extern "C" int bench_oa_replay(const bench_trace *t, uint64_t *ns, char *err, si
     OffsetAllocator::Allocator oa(OA_SPACE_UNITS, (uint32_t)nodes);
     std::vector<OffsetAllocator::Allocation> held(t->n_slots + 1);
     const bench_op *ops = t->ops;
-    uint64_t t0 = bench_now_ns();
+    uint64_t t0 = bench_pair_clock_ns();
     for (size_t i = 0; i < t->n_ops; i++) {
         const bench_op *op = &ops[i];
         if (op->is_free) {
@@ -53,6 +53,6 @@ extern "C" int bench_oa_replay(const bench_trace *t, uint64_t *ns, char *err, si
             held[op->slot] = al;
         }
     }
-    *ns = bench_now_ns() - t0;
+    *ns = bench_pair_clock_ns() - t0;
     return 0;
 }

@@ -262,6 +262,19 @@ FL_API fl_status fl_free_sized(fl_allocator *a, uint64_t addr, uint64_t size);
 FL_API fl_status fl_record_stream(fl_allocator *a, uint64_t addr, uint64_t stream);
 /* Returns cached device memory that no live block needs to the device. */
 FL_API fl_status fl_empty_cache(fl_allocator *a);
+/* CUDA graphs. On a device that can capture (cuda), every allocation asks the driver
+ * whether its stream is capturing (cuStreamGetCaptureInfo). A block allocated during a
+ * capture belongs to that capture's graph: freed by the program it is kept (serving
+ * later allocations of the same capture and stream only), its pages are never unmapped
+ * or handed to anyone else, until fl_graph_release. While a capture is underway the
+ * allocator makes no synchronize, no event query, no unmap and no free on the device
+ * (an allocation that needs one fails with FL_ERR_OOM saying so); other blocks freed
+ * then are given back after it. fl_stream_capture: the capture id of stream (0: none).
+ * fl_graph_release: the capture's graph is gone: after a synchronize (its replays may
+ * still run), its kept blocks go back to the policy and its live ones become ordinary;
+ * while another capture is underway, at the first allocation after it. */
+FL_API fl_status fl_stream_capture(fl_allocator *a, uint64_t stream, uint64_t *capture);
+FL_API fl_status fl_graph_release(fl_allocator *a, uint64_t capture);
 /* The most device memory the allocator may hold from now on (0 = the device's capacity),
  * like torch.cuda.set_per_process_memory_fraction. Cached memory above it is returned
  * where the policy can. */
@@ -302,6 +315,9 @@ typedef struct fl_stats {
     uint64_t device_calls[FL_CALL_COUNT]; /* driver calls by kind (fl_call_name) */
     uint64_t device_failed_calls;
     double device_time_us;        /* measured (cuda) or simulated (sim) time in them */
+    uint64_t graph_bytes;         /* blocks allocated during CUDA graph captures, held for
+                                     their graphs until released (fl_graph_release) */
+    uint64_t graph_kept_bytes;    /* of those, freed by the program: reserved, not allocated */
 } fl_stats;
 
 FL_API void fl_get_stats(const fl_allocator *a, fl_stats *out);

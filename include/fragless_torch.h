@@ -3,9 +3,11 @@
  * Python package (python/fragless, through ctypes: the rest).
  *
  * One allocator per device (ordinals 0..63), made on the device's first allocation from
- * $FRAGLESS_CONF on the cuda device ($FRAGLESS_CUDA_LIB, else libcuda.so.1). These calls
- * return no fl_status: PyTorch's hooks have none, so what goes wrong is printed on stderr
- * and the result (NULL, -1) says that it did. Every entry point is thread safe.
+ * $FRAGLESS_CONF on the cuda device ($FRAGLESS_CUDA_LIB, else libcuda.so.1); pools have
+ * their own. These calls return no fl_status: PyTorch's hooks have none, so a failed
+ * malloc throws (PyTorch turns it into a Python exception), and the others print what
+ * went wrong on stderr or leave it in fl_last_error() and say that it did (-1). Every
+ * entry point is thread safe.
  * Names: fragless_torch_*. */
 #ifndef FRAGLESS_TORCH_H
 #define FRAGLESS_TORCH_H
@@ -24,13 +26,22 @@ extern "C" {
  * --------------------------------------------------------------------------------- */
 
 /* size bytes on device for stream (a cudaStream_t): a device address aligned to at least
- * 512 bytes, or NULL when size is 0 or negative, when the device's allocator cannot be
- * made (why on stderr), or when the allocation fails (out of memory is counted in
- * num_ooms; the first failure is printed on stderr, every one with $FRAGLESS_VERBOSE). */
+ * 512 bytes; NULL for size 0. A failure never returns NULL (PyTorch would not check it,
+ * pytorch#133280): it THROWS a C++ exception, so call this only from C++ that catches
+ * (PyTorch does). Out of memory throws c10::OutOfMemoryError (PyTorch's own type, found
+ * in the process's libc10.so; PyTorch raises torch.OutOfMemoryError for it) whose text is
+ * fragless's out-of-memory report; without PyTorch's libc10 in the process, a
+ * std::bad_alloc with the same text. Any other failure (a negative size, no device)
+ * throws std::runtime_error with the reason (PyTorch: RuntimeError). Out of memory is
+ * counted in num_ooms; the first report is printed on stderr too. */
 FL_API void *fragless_torch_malloc(ssize_t size, int device, void *stream);
+/* The same for C and ctypes callers, which cannot take an exception: NULL on failure
+ * (the reason in fl_last_error()). */
+FL_API void *fragless_torch_malloc_nothrow(ssize_t size, int device, void *stream);
 /* Frees ptr (NULL: nothing). size is what it was allocated with (PyTorch passes it; 0 or
- * less: not checked). A size that differs, an address that is not a live block, or a
- * device with no allocator is refused and said on stderr: nothing is freed. */
+ * less: not checked); stream is the one it was allocated on (PyTorch passes it: asked
+ * about CUDA graph capture). A size that differs, an address that is not a live block, or
+ * a device with no allocator is refused and said on stderr: nothing is freed. */
 FL_API void fragless_torch_free(void *ptr, ssize_t size, int device, void *stream);
 
 /* ---------------------------------------------------------------------------------
@@ -40,8 +51,10 @@ FL_API void fragless_torch_free(void *ptr, ssize_t size, int device, void *strea
 /* Tensor.record_stream: the live block at ptr is also used on stream (fl_record_stream),
  * on whichever device's allocator holds it; said on stderr when none does. */
 FL_API void fragless_torch_record_stream(void *ptr, void *stream);
-/* torch.cuda.empty_cache(): every device's cached memory back to the driver (fl_empty_cache). */
-FL_API void fragless_torch_empty_cache(void);
+/* torch.cuda.empty_cache(): every device's cached memory back to the driver
+ * (fl_empty_cache), pools' included: 0, or -1 when one failed (during a CUDA graph
+ * capture it gives nothing back; the first reason in fl_last_error()). */
+FL_API int fragless_torch_empty_cache(void);
 /* torch.cuda.set_per_process_memory_fraction: the device's limit becomes fraction (0, 1]
  * of its capacity (fl_set_limit), its allocator made if there is none yet. A fraction
  * out of range sets no limit and is said on stderr. */
@@ -49,6 +62,40 @@ FL_API void fragless_torch_set_memory_fraction(double fraction, int device);
 /* torch.cuda.reset_peak_memory_stats(device) (fl_reset_peak_stats); nothing when the
  * device has no allocator yet. */
 FL_API void fragless_torch_reset_peak_stats(int device);
+
+/* ---------------------------------------------------------------------------------
+ * CUDA graphs (fragless.torch's wrappers of torch.cuda.CUDAGraph; fl_stream_capture,
+ * fl_graph_release)
+ * --------------------------------------------------------------------------------- */
+
+/* The capture id of stream on device, 0 when it is not capturing. Every allocator of the
+ * device (install()'s, pools') asks, so each knows of the capture before its first
+ * allocation; with none yet, install()'s is made. */
+FL_API unsigned long long fragless_torch_capture_id(int device, void *stream);
+/* The graph of capture is gone: its memory goes back on every allocator of the device
+ * (fl_graph_release): 0, or -1 (the reason in fl_last_error()). */
+FL_API int fragless_torch_graph_release(int device, unsigned long long capture);
+
+/* ---------------------------------------------------------------------------------
+ * Pools (fragless.torch.pool(): a torch.cuda.MemPool whose CUDAPluggableAllocator is one
+ * of these slots, each with allocators of its own made from its configuration)
+ * --------------------------------------------------------------------------------- */
+
+#define FRAGLESS_TORCH_POOLS 4
+
+/* A free slot for a pool configured by conf (FRAGLESS_CONF syntax, the whole
+ * configuration): 1..FRAGLESS_TORCH_POOLS, or -1 (said on stderr) when conf is malformed
+ * or no slot is left. Slots are never closed. */
+FL_API int fragless_torch_pool_open(const char *conf);
+/* Slot N's entry points, with fragless_torch_malloc's and fragless_torch_free's contracts. */
+FL_API void *fragless_torch_pool1_malloc(ssize_t size, int device, void *stream);
+FL_API void *fragless_torch_pool2_malloc(ssize_t size, int device, void *stream);
+FL_API void *fragless_torch_pool3_malloc(ssize_t size, int device, void *stream);
+FL_API void *fragless_torch_pool4_malloc(ssize_t size, int device, void *stream);
+FL_API void fragless_torch_pool1_free(void *ptr, ssize_t size, int device, void *stream);
+FL_API void fragless_torch_pool2_free(void *ptr, ssize_t size, int device, void *stream);
+FL_API void fragless_torch_pool3_free(void *ptr, ssize_t size, int device, void *stream);
+FL_API void fragless_torch_pool4_free(void *ptr, ssize_t size, int device, void *stream);
 
 /* ---------------------------------------------------------------------------------
  * Statistics and the state snapshot (fragless.stats(), memory_summary(), snapshot())
@@ -63,6 +110,16 @@ FL_API int fragless_torch_stats(int device, fl_stats *out);
  * yet. */
 FL_API long long fragless_torch_stats_json(int device, char *buf, size_t n);
 FL_API long long fragless_torch_memory_summary(int device, char *buf, size_t n);
+/* The statistics of a slot's allocator (0: install()'s, as above; N: pool N's). */
+FL_API int fragless_torch_pool_stats(int slot, int device, fl_stats *out);
+FL_API long long fragless_torch_pool_stats_json(int slot, int device, char *buf, size_t n);
+/* torch.cuda.memory._record_memory_history: the device's allocator (made if there is none)
+ * records every allocation and free as RMM CSV at path from now on (`fragless compare`
+ * reads it); path NULL stops and closes the file. 0, or -1 (fl_last_error(): already
+ * recording, the file, no allocator). */
+FL_API int fragless_torch_record(int device, const char *path);
+/* Writes out what the recording has buffered, so that the file can be read now. */
+FL_API void fragless_torch_record_flush(int device);
 /* The state snapshot of the device's allocator as JSON at path (fl_allocator_snapshot):
  * 0, or -1 with the reason on stderr (no allocator on that device, the file). */
 FL_API int fragless_torch_snapshot(int device, const char *path);

@@ -17,7 +17,11 @@
 #      7 MiB blocks) while fragless needs ~1.02x
 #   e  one more fragless run with FRAGLESS_CONF=trace:PATH, and its trace replayed:
 #      build-gpu/fragless compare TRACE --capacity 1.05x
-#   g  with 2+ GPUs (before c-e): peer copies of tensors fragless allocated (fragless run),
+#   g  (right after b) fragless.torch's contracts (scripts/gpu_torch_checks.py): torch.cuda.graph
+#      and make_graphed_callables under fragless with outputs equal to eager; an out-of-memory
+#      caught as torch.OutOfMemoryError and the loop going on with a smaller batch;
+#      torch.cuda.use_mem_pool(fragless.torch.pool())
+#   h  with 2+ GPUs (before c-e): peer copies of tensors fragless allocated (fragless run),
 #      NCCL all-reduce of fragless-allocated tensors under torchrun --nproc-per-node 2
 #      (fragless run), and NCCL's registration of a fragless MemPool (registrable:1MiB)
 #      where PyTorch offers it (scripts/gpu_multi.py); SKIP with one GPU
@@ -441,16 +445,50 @@ else
     esac
 fi
 
-# ---- g: two GPUs (peer copies, NCCL) --------------------------------------------------------
+# ---- g: fragless.torch's contracts on the GPU (graphs, out-of-memory, pools) ----------------
+
+# torch_check NAME: scripts/gpu_torch_checks.py --check NAME in its own process (fragless.torch
+# changes PyTorch for good), one summary line from its GPU_TORCH_CHECK result.
+torch_check() {
+    local name=$1 step="g torch $1" line
+    run_boxed 90 "$WORK/g-$name.log" env -u FRAGLESS_CUDA_LIB -u FRAGLESS_CONF -u PYTORCH_CUDA_ALLOC_CONF \
+        -u PYTORCH_ALLOC_CONF PYTHONUNBUFFERED=1 PYTHONPATH="$ROOT/python${PYTHONPATH:+:$PYTHONPATH}" \
+        FRAGLESS_LIB="$BUILD_DIR/libfragless.so" "$PY" scripts/gpu_torch_checks.py --check "$name"
+    line=$(grep -h "GPU_TORCH_CHECK" "$WORK/g-$name.log" | tail -n 1 | sed 's/^GPU_TORCH_CHECK //')
+    echo "${line:-no result line}" | cut -c 1-600
+    if [[ -z $line ]]; then
+        show_tail "$WORK/g-$name.log"
+        record "$step" "$( ((RC == 124 || RC == 137 || RC == 200)) && echo ERROR || echo FAIL)" "$SECS" "no result: $(why_not) (log: g-$name.log)"
+        if ((RC == 124 || RC == 137 || RC == 200)); then cannot "$step: $(why_not)"; else failed "$step: crashed ($(why_not))"; fi
+    elif [[ $line == *'"ok": true'* ]]; then
+        record "$step" ok "$SECS" "$(echo "$line" | cut -c 1-160)"
+    elif ((RC == 3)); then
+        record "$step" ERROR "$SECS" "could not start: $(echo "$line" | cut -c 1-160)"
+        cannot "$step: could not start"
+    else
+        show_tail "$WORK/g-$name.log"
+        record "$step" FAIL "$SECS" "$(echo "$line" | cut -c 1-200)"
+        failed "$step"
+    fi
+}
+
+if ((HAVE_GPU)); then
+    say "[g] fragless.torch on the GPU: torch.cuda.graph and make_graphed_callables equal to eager, out-of-memory caught"
+    torch_check graphs
+    say "[g] fragless.torch.pool() under torch.cuda.use_mem_pool"
+    torch_check pool
+fi
+
+# ---- h: two GPUs (peer copies, NCCL) --------------------------------------------------------
 
 # multi LABEL STEP: the step's line from the GPU_MULTI_RESULT lines in g-LABEL.log (one per
 # process: ok, skipped or error).
 multi() {
-    local log=$WORK/g-$1.log step=$2 lines err skip
+    local log=$WORK/h-$1.log step=$2 lines err skip
     lines=$(grep -h "^GPU_MULTI_RESULT " "$log" | sed 's/^GPU_MULTI_RESULT //' || true)
     if [[ -z $lines ]]; then
         show_tail "$log"
-        record "$step" ERROR "$SECS" "no result: $(why_not) (log: g-$1.log)"
+        record "$step" ERROR "$SECS" "no result: $(why_not) (log: h-$1.log)"
         cannot "$step: no result ($(why_not))"
         return 0
     fi
@@ -478,7 +516,7 @@ for l in sys.stdin:
 # A trace per process and GPU: how many allocations fragless served, on how many GPUs.
 served() {
     local n=0 files=0 f
-    for f in "$WORK"/g-"$1"*.csv; do
+    for f in "$WORK"/h-"$1"*.csv; do
         [[ -f $f ]] || continue
         files=$((files + 1))
         n=$((n + $(grep -c ',allocate,' "$f" || true)))
@@ -487,24 +525,24 @@ served() {
 }
 
 if ((HAVE_GPU && NGPU < 2)); then
-    record "g two GPUs" SKIP 0 "$NGPU GPU here: the peer-copy and NCCL checks need two"
+    record "h two GPUs" SKIP 0 "$NGPU GPU here: the peer-copy and NCCL checks need two"
 elif ((HAVE_GPU)); then
-    say "[g] two GPUs: peer copies of fragless memory (fragless run -- gpu_multi.py --peer)"
+    say "[h] two GPUs: peer copies of fragless memory (fragless run -- gpu_multi.py --peer)"
     # Every process of the step: fragless through the preload library (PyTorch's
     # cudaMallocAsync backend, set by fragless run), traces per process and GPU.
     G_ENV=(env -u FRAGLESS_CUDA_LIB -u FRAGLESS_CONF -u PYTORCH_CUDA_ALLOC_CONF -u PYTORCH_ALLOC_CONF
         PYTHONUNBUFFERED=1 PYTHONPATH="$ROOT/python${PYTHONPATH:+:$PYTHONPATH}" FRAGLESS_LIB="$BUILD_DIR/libfragless.so")
-    run_boxed 120 "$WORK/g-peer.log" "${G_ENV[@]}" "$BUILD_DIR/fragless" run --trace "$WORK/g-peer.csv" -- \
+    run_boxed 120 "$WORK/h-peer.log" "${G_ENV[@]}" "$BUILD_DIR/fragless" run --trace "$WORK/h-peer.csv" -- \
         "$PY" scripts/gpu_multi.py --peer
-    multi peer "g peer copy (2 GPUs)" "$(served peer)"
-    say "[g] NCCL all-reduce of fragless-allocated tensors: fragless run -- torchrun --nproc-per-node 2"
-    run_boxed 180 "$WORK/g-allreduce.log" "${G_ENV[@]}" "$BUILD_DIR/fragless" run --trace "$WORK/g-allreduce.csv" -- \
+    multi peer "h peer copy (2 GPUs)" "$(served peer)"
+    say "[h] NCCL all-reduce of fragless-allocated tensors: fragless run -- torchrun --nproc-per-node 2"
+    run_boxed 180 "$WORK/h-allreduce.log" "${G_ENV[@]}" "$BUILD_DIR/fragless" run --trace "$WORK/h-allreduce.csv" -- \
         "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 scripts/gpu_multi.py --allreduce
-    multi allreduce "g NCCL all-reduce" "$(served allreduce)"
-    say "[g] NCCL buffer registration of a fragless MemPool (registrable:1MiB), where PyTorch offers it"
-    run_boxed 180 "$WORK/g-register.log" "${G_ENV[@]}" FRAGLESS_CONF=registrable:1MiB \
+    multi allreduce "h NCCL all-reduce" "$(served allreduce)"
+    say "[h] NCCL buffer registration of a fragless MemPool (registrable:1MiB), where PyTorch offers it"
+    run_boxed 180 "$WORK/h-register.log" "${G_ENV[@]}" FRAGLESS_CONF=registrable:1MiB \
         "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 scripts/gpu_multi.py --register
-    multi register "g NCCL registration" "ProcessGroupNCCL.register_mem_pool of fragless blocks"
+    multi register "h NCCL registration" "ProcessGroupNCCL.register_mem_pool of fragless blocks"
 fi
 
 # ---- c, d, e: training under one cap, a recorded trace and its replay ----------------------

@@ -212,8 +212,8 @@ def run(args, result):
                 fragless.torch.install(**conf)
             except Exception as e:  # FraglessError: library missing, too late, ...
                 raise SetupError("fragless.torch.install failed: %s" % e)
-            # A first tensor: fragless sets up its allocator now (from FRAGLESS_CONF) and
-            # answers NULL when it cannot; PyTorch may not notice a NULL by itself.
+            # A first tensor: fragless sets up its allocator now (from FRAGLESS_CONF); when it
+            # cannot, the allocation raises (RuntimeError, or OutOfMemoryError).
             try:
                 probe = torch.empty(1 << 20, dtype=torch.uint8, device="cuda")
                 ok = probe.data_ptr() != 0
@@ -299,9 +299,8 @@ def peaks(args, result):
         result["fragless_num_ooms"] = s["num_ooms"]
         result["fragless_num_alloc_retries"] = s["num_alloc_retries"]
         if s["num_ooms"] and not result.get("oom"):
-            # fragless_torch_malloc answered NULL (fragless's out-of-memory). PyTorch's
-            # pluggable allocator does not turn that into an OutOfMemoryError: the run fails
-            # later (a CUDA error at the next kernel) or not at all; either way it hit the cap.
+            # fragless refused an allocation (it raises torch.OutOfMemoryError) but the run
+            # caught it and went on, or died of something else: either way it hit the cap.
             result["oom"] = True
             result["completed"] = False
             why = "fragless refused %d allocation(s) (num_ooms)" % s["num_ooms"]

@@ -73,7 +73,7 @@ static void test_bad_traces(void)
                      "1,00:00:00.000003,free,0x10,4096,0\n");
     r = run("replay %s", path);
     CHECK(r->code == 0 && strstr(r->err, ":3:") && strstr(r->err, "0x99"));
-    CHECK(strstr(r->out, "1 unknown frees skipped") != NULL);
+    CHECK(strstr(r->out, "1 unknown free skipped") != NULL); /* one, not "1 unknown frees" */
     unlink(path);
 }
 
@@ -132,6 +132,118 @@ static void test_doctor(void)
     CHECK(r->code == 0 && strstr(r->out, "No capacity given"));
 }
 
+/* One vocabulary across the commands (issue 16, point 5): --policy takes a list everywhere
+ * (--policies is the same option), --format text|csv|json everywhere that prints results
+ * (table is text), unknown help topics are errors, plurals agree, decimal sizes are
+ * refused with the GiB figure they mean, report says what it wrote, and a torch.save
+ * checkpoint is named as one. */
+static void test_vocabulary(void)
+{
+    /* --policy with a list on compare; --policies on replay and doctor. */
+    fl_run_result *r = run("compare examples/encoder_varlen.csv --policy fragless,nocache --no-min-capacity");
+    CHECK(r->code == 0 && strstr(r->out, "  fragless ") && strstr(r->out, "  nocache ") && !strstr(r->out, "  cca "));
+    r = run("replay examples/encoder_varlen.csv --policies nocache --format json");
+    CHECK(r->code == 0 && strstr(r->out, "\"policy\": \"nocache\""));
+    r = run("doctor examples/encoder_varlen.csv --policies cca --format json");
+    CHECK(r->code == 0 && strstr(r->out, "\"ran\": \"cca\""));
+    r = run("doctor examples/encoder_varlen.csv --policy fragless,cca");
+    CHECK(r->code == 1 && strstr(r->err, "runs one policy") && strstr(r->err, "compare takes a list"));
+    r = run("help compare");
+    CHECK(r->code == 0 && strstr(r->out, "--policies is the same option") && strstr(r->out, "table is the same"));
+
+    /* --format text everywhere, table as its old name; report has none, and says so. */
+    r = run("compare examples/encoder_varlen.csv --policy nocache --no-min-capacity --format text");
+    CHECK(r->code == 0 && strstr(r->out, "peak live"));
+    fl_run_result *t = run("compare examples/encoder_varlen.csv --policy nocache --no-min-capacity --format table");
+    CHECK(t->code == 0 && !strcmp(t->out, r->out));
+    r = run("replay examples/encoder_varlen.csv --format text");
+    CHECK(r->code == 0 && strstr(r->out, "peak reserved"));
+    r = run("doctor examples/encoder_varlen.csv --format table");
+    CHECK(r->code == 0 && strstr(r->out, "No capacity given"));
+    r = run("report examples/encoder_varlen.csv -o /dev/null --format json");
+    CHECK(r->code == 1 && strstr(r->err, "report has no --format") && strstr(r->err, "HTML"));
+
+    /* Unknown help topics exit 1 and say so; known ones exit 0. */
+    r = run("help nonsense");
+    CHECK(r->code == 1 && strstr(r->err, "unknown command 'nonsense'") && r->out[0] == 0);
+    r = run("--help nonsense");
+    CHECK_EQ_U64(r->code, 1);
+    r = run("help doctor");
+    CHECK(r->code == 0 && strstr(r->out, "fragless doctor"));
+    r = run("help fidelity");
+    CHECK(r->code == 0 && strstr(r->out, "--format text|csv|json"));
+    r = run("help version");
+    CHECK_EQ_U64(r->code, 0);
+
+    /* Plurals: the example trace has one stream. */
+    r = run("compare examples/encoder_varlen.csv --policy nocache --no-min-capacity");
+    CHECK(r->code == 0 && strstr(r->out, " 1 stream,") && !strstr(r->out, "1 streams"));
+    r = run("replay examples/encoder_varlen.csv --policy cca --capacity 100MiB");
+    CHECK(r->code == 3 && strstr(r->out, "0 recorded failures") && strstr(r->out, "0 unknown frees"));
+
+    /* Decimal units are refused with the binary figure they mean, in --capacity and in
+     * knobs; binary units and plain bytes are taken. */
+    r = run("compare examples/encoder_varlen.csv --capacity 80GB");
+    CHECK(r->code == 1 && strstr(r->err, "80GB is 74.51 GiB (decimal gigabytes") && strstr(r->err, "write 80GiB") &&
+          strstr(r->err, "80e9"));
+    r = run("replay examples/encoder_varlen.csv --capacity 512MB");
+    CHECK(r->code == 1 && strstr(r->err, "488.28 MiB") && strstr(r->err, "512MiB"));
+    r = run("replay examples/encoder_varlen.csv --conf limit:8GB");
+    CHECK(r->code == 1 && strstr(r->err, "limit") && strstr(r->err, "7.45 GiB"));
+    r = run("replay examples/encoder_varlen.csv --capacity 1e9 --policy nocache");
+    CHECK(r->code == 0 && strstr(r->out, "capacity 953.67 MiB"));
+
+    /* report says where it wrote. */
+    char path[64], html[64];
+    snprintf(html, sizeof html, "/tmp/fl_cli_report.%d.html", (int)getpid());
+    r = run("report examples/encoder_varlen.csv -o %s --policy nocache", html);
+    CHECK(r->code == 0 && strstr(r->out, "wrote ") && strstr(r->out, html));
+    unlink(html);
+
+    /* A torch.save checkpoint (a zip whose first member is ARCHIVE/data.pkl) is named as
+     * one, with what to record instead; any zip is named as a zip. */
+    snprintf(path, sizeof path, "/tmp/fl_cli_model.%d.pt", (int)getpid());
+    unsigned char zip[30 + 14] = {'P', 'K', 3, 4, 20};
+    zip[26] = 14;
+    memcpy(zip + 30, "model/data.pkl", 14);
+    FILE *f = fopen(path, "wb");
+    fwrite(zip, 1, sizeof zip, f);
+    fclose(f);
+    r = run("doctor %s", path);
+    CHECK(r->code == 2 && strstr(r->err, "a PyTorch checkpoint (torch.save zip), not a memory snapshot") &&
+          strstr(r->err, "_dump_snapshot"));
+    r = run("compare %s", path);
+    CHECK(r->code == 2 && strstr(r->err, "torch.save zip") && !strstr(r->err, "NUL byte"));
+    memcpy(zip + 30, "readme.txtxxxx", 14);
+    f = fopen(path, "wb");
+    fwrite(zip, 1, sizeof zip, f);
+    fclose(f);
+    r = run("replay %s", path);
+    CHECK(r->code == 2 && strstr(r->err, "a zip archive"));
+
+    /* fidelity and import on a one-allocation snapshot: --format json, one event. */
+    /* {'device_traces': [[{'action': 'alloc', 'addr': 4096, 'size': 1024, 'stream': 0}]]} */
+    static const char p[] = "\x80\x02}q\x00X\x0d\x00\x00\x00" "device_tracesq\x01]q\x02]q\x03}q\x04(X\x06\x00\x00"
+                            "\x00" "actionq\x05X\x05\x00\x00\x00" "allocq\x06X\x04\x00\x00\x00" "addrq\x07M\x00\x10X"
+                            "\x04\x00\x00\x00sizeq\x08M\x00\x04X\x06\x00\x00\x00streamq\tK\x00uaas.";
+    snprintf(path, sizeof path, "/tmp/fl_cli_snap.%d.pickle", (int)getpid());
+    f = fopen(path, "wb");
+    fwrite(p, 1, sizeof p - 1, f);
+    fclose(f);
+    r = run("fidelity %s --format json", path);
+    CHECK(r->code == 0 && r->out[0] == '[' && strstr(r->out, "\"policy\": \"cca\"") && strstr(r->out, "\"diff\": null"));
+    r = run("fidelity %s --format table", path);
+    CHECK(r->code == 0 && strstr(r->out, "recorded") && strstr(r->out, "sizes in GiB"));
+    r = run("fidelity %s --format xml", path);
+    CHECK(r->code == 1 && strstr(r->err, "expected text, csv or json"));
+    snprintf(html, sizeof html, "/tmp/fl_cli_snap.%d.csv", (int)getpid());
+    r = run("import %s -o %s", path, html);
+    CHECK(r->code == 0 && strstr(r->err, "1 event from 1 entry") && strstr(r->err, "1 stream,") &&
+          strstr(r->err, "0 segments"));
+    unlink(html);
+    unlink(path);
+}
+
 int main(void)
 {
     test_help_and_usage();
@@ -139,5 +251,6 @@ int main(void)
     test_formats();
     test_golden();
     test_doctor();
+    test_vocabulary();
     return fl_test_done("test_cli");
 }

@@ -36,6 +36,12 @@ static struct {
     int (*handle_props)(CUdeviceptr va, unsigned *types, int *rdma);
     int (*ctx_depth)(void);
     size_t (*used)(int dev);
+    CUresult (*begin_capture)(CUstream stream, CUstreamCaptureMode mode);
+    CUresult (*capture_use)(CUstream stream, CUdeviceptr ptr, size_t size);
+    CUresult (*end_capture)(CUstream stream, unsigned long long *graph);
+    CUresult (*graph_launch)(unsigned long long graph);
+    unsigned long long (*violations)(void);
+    unsigned long long (*graph_faults)(void);
 } fc;
 static void *lib;
 static CUcontext ctx0; /* device 0's primary context, current on the main thread */
@@ -76,6 +82,12 @@ static void load(void)
     resolve(&fc.handle_props, "fakecuda_handle_props");
     resolve(&fc.ctx_depth, "fakecuda_ctx_depth");
     resolve(&fc.used, "fakecuda_used");
+    resolve(&fc.begin_capture, "fakecuda_begin_capture");
+    resolve(&fc.capture_use, "fakecuda_capture_use");
+    resolve(&fc.end_capture, "fakecuda_end_capture");
+    resolve(&fc.graph_launch, "fakecuda_graph_launch");
+    resolve(&fc.violations, "fakecuda_capture_violations");
+    resolve(&fc.graph_faults, "fakecuda_graph_faults");
 }
 
 /* Sets (value non-NULL) or clears one variable, then has the double re-read them all. */
@@ -856,6 +868,92 @@ static void test_devices_and_sharing(void)
     env("FAKECUDA_DEVICES", NULL);
 }
 
+/* CUDA graph capture, as the driver rules it: the state per stream, the calls a capture
+ * forbids (they fail and invalidate it), the capture modes, and replays that check the
+ * memory the captured work used. */
+static void test_capture(void)
+{
+    fc.reset();
+    CUstream s = STREAM(0x700), other = STREAM(0x800);
+    CUstreamCaptureStatus st;
+    cuuint64_t id = 0;
+    CU_OK(cu.cuStreamGetCaptureInfo(s, &st, &id));
+    CHECK(st == CU_STREAM_CAPTURE_STATUS_NONE);
+    CUmemGenericAllocationHandle h;
+    CUdeviceptr va;
+    CU_OK(cu.cuMemAddressReserve(&va, 4 * GRAN, 0, 0, 0));
+    CU_OK(create(&h, GRAN));
+    CU_OK(cu.cuMemMap(va, GRAN, 0, h, 0));
+    CU_OK(allow_rw(va, GRAN));
+
+    /* Global mode: an allocation call from any thread fails and invalidates the capture. */
+    CU_OK(fc.begin_capture(s, CU_STREAM_CAPTURE_MODE_GLOBAL));
+    CHECK_CU(fc.begin_capture(s, CU_STREAM_CAPTURE_MODE_GLOBAL), 401); /* already capturing */
+    CU_OK(cu.cuStreamGetCaptureInfo(s, &st, &id));
+    CHECK(st == CU_STREAM_CAPTURE_STATUS_ACTIVE && id != 0);
+    CU_OK(cu.cuStreamGetCaptureInfo(other, &st, &id));
+    CHECK(st == CU_STREAM_CAPTURE_STATUS_NONE);
+    CU_OK(fc.capture_use(s, va, 4096));
+    CHECK_CU(fc.capture_use(s, va + GRAN, 4096), CUDA_ERROR_ILLEGAL_ADDRESS); /* nothing mapped there */
+    CUmemGenericAllocationHandle h2;
+    CHECK_CU(create(&h2, GRAN), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+    CHECK_EQ_U64(fc.violations(), 1);
+    CU_OK(cu.cuStreamGetCaptureInfo(s, &st, &id));
+    CHECK(st == CU_STREAM_CAPTURE_STATUS_INVALIDATED);
+    unsigned long long graph = 0;
+    CHECK_CU(fc.end_capture(s, &graph), CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+
+    /* Relaxed for this thread: allocation calls pass; synchronizing still fails. */
+    CU_OK(fc.begin_capture(s, CU_STREAM_CAPTURE_MODE_GLOBAL));
+    CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_RELAXED;
+    CU_OK(cu.cuThreadExchangeStreamCaptureMode(&mode));
+    CHECK(mode == CU_STREAM_CAPTURE_MODE_GLOBAL);
+    CU_OK(create(&h2, GRAN));
+    CU_OK(cu.cuMemMap(va + GRAN, GRAN, 0, h2, 0));
+    CU_OK(allow_rw(va + GRAN, GRAN));
+    CU_OK(cu.cuThreadExchangeStreamCaptureMode(&mode)); /* back to global */
+    CU_OK(fc.capture_use(s, va, 2 * GRAN));
+    CU_OK(cu.cuStreamSynchronize(other) == CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED ? CUDA_SUCCESS : CUDA_ERROR_UNKNOWN);
+    CHECK_EQ_U64(fc.violations(), 2); /* global mode: even another stream's synchronize */
+    CHECK_CU(fc.end_capture(s, &graph), CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+
+    /* Each forbidden call, in relaxed mode: the context, the capturing stream, a captured event. */
+    CUevent e = NULL;
+    CU_OK(cu.cuEventCreate(&e, CU_EVENT_DISABLE_TIMING));
+    for (int k = 0; k < 3; k++) {
+        CU_OK(fc.begin_capture(s, CU_STREAM_CAPTURE_MODE_RELAXED));
+        CU_OK(cu.cuEventRecord(e, other)); /* not captured: may be queried */
+        CU_OK(cu.cuEventQuery(e));
+        CU_OK(cu.cuStreamSynchronize(other));
+        CU_OK(cu.cuEventRecord(e, s)); /* a node of the graph */
+        CHECK_CU(k == 0 ? cu.cuCtxSynchronize() : k == 1 ? cu.cuStreamSynchronize(s) : cu.cuEventQuery(e),
+                 CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+        CHECK_CU(fc.end_capture(s, &graph), CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+    }
+    CHECK_EQ_U64(fc.violations(), 5);
+    CU_OK(cu.cuEventDestroy_v2(e));
+
+    /* A replay checks its memory: written over, unmapped, or remapped is a fault. */
+    CU_OK(fc.begin_capture(s, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
+    CU_OK(fc.capture_use(s, va, GRAN + 4096));
+    CU_OK(fc.end_capture(s, &graph));
+    CU_OK(fc.graph_launch(graph));
+    CU_OK(fc.graph_launch(graph));
+    ((unsigned char *)(uintptr_t)va)[100] ^= 1; /* someone else wrote it */
+    CHECK_CU(fc.graph_launch(graph), CUDA_ERROR_ILLEGAL_ADDRESS);
+    CHECK_EQ_U64(fc.graph_faults(), 1);
+    CU_OK(cu.cuMemUnmap(va + GRAN, GRAN));
+    CHECK_CU(fc.graph_launch(graph), CUDA_ERROR_ILLEGAL_ADDRESS);
+    CU_OK(cu.cuMemMap(va + GRAN, GRAN, 0, h, 0)); /* other memory where the graph's was */
+    CU_OK(allow_rw(va + GRAN, GRAN));
+    unsigned long long before = fc.graph_faults();
+    CHECK_CU(fc.graph_launch(graph), CUDA_ERROR_ILLEGAL_ADDRESS);
+    CHECK(fc.graph_faults() > before);
+    CHECK_EQ_U64(fc.violations(), 5);
+    fc.reset();
+    CHECK_EQ_U64(fc.violations(), 0);
+}
+
 int main(void)
 {
     /* The double reads its environment on first use: start from the defaults. */
@@ -876,6 +974,7 @@ int main(void)
     test_error_names();
     test_threads();
     test_devices_and_sharing();
+    test_capture();
     test_environment(); /* last: it reconfigures the double */
 
     CU_OK(cu.cuCtxSetCurrent(NULL));

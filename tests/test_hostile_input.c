@@ -101,9 +101,9 @@ static void test_old_protocols(void)
         CHECK_OK(fl_input_detect(path, &kind));
         CHECK_EQ_U64(kind, FL_INPUT_PICKLE);
         fl_run_result *r = run("'%s' compare '%s' --policies cca --no-min-capacity", FL_CLI, path);
-        CHECK(r->code == 0 && strstr(r->out, "1 events"));
+        CHECK(r->code == 0 && strstr(r->out, "1 event,"));
         r = run("'%s' replay '%s' --policy cca", FL_CLI, path);
-        CHECK(r->code == 0 && strstr(r->out, "1 allocations"));
+        CHECK(r->code == 0 && strstr(r->out, "1 allocation,"));
         r = run("'%s' doctor '%s'", FL_CLI, path);
         CHECK(r->code == 0 && strstr(r->out, "(1 events"));
         r = run("'%s' report '%s' -o '%s' --policies cca", FL_CLI, path, out);

@@ -99,10 +99,10 @@ static void wc_block(void *user, uint64_t addr, uint64_t size, int live)
         w->seg_pins[u]++;
 }
 
-static int wc_inspect(const fl_policy *pol, void *user)
+static int wc_inspect(const fl_replay_view *rv, void *user)
 {
     fl_state_visitor v = {user, wc_region, wc_page, wc_block};
-    pol->ops->walk(pol, &v);
+    rv->pol->ops->walk(rv->pol, &v);
     flush_segment(user);
     return 1;
 }

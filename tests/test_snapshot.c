@@ -7,9 +7,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "replay/replay.h"
+#include "replay/input.h"
 #include "test_support.h"
-#include "pytorch/snapshot.h"
 
 /* ---- a tiny pickle writer (protocol 4 opcodes, no memo) ---------------------------------- */
 
@@ -709,8 +708,311 @@ static void test_doctor_on_oom(void)
     free(w.b);
 }
 
+
+/* ---- formats from PyTorch 2.0 to 2.14, and what the emulation follows ------------------- */
+
+/* frames as PyTorch writes them: C++ frames, then the program's Python frames. */
+static void frames(pw *w, const char *file, int line, const char *func)
+{
+    pw_str(w, "frames");
+    pw_list(w);
+    pw_dict(w);
+    kv_str(w, "name", "c10::cuda::CUDACachingAllocator::Native::DeviceCachingAllocator::malloc()");
+    kv_str(w, "filename", "CUDACachingAllocator.cpp");
+    kv_int(w, "line", 0);
+    pw_end_dict(w);
+    if (file) {
+        pw_dict(w);
+        kv_str(w, "name", "_call_impl");
+        kv_str(w, "filename", "/venv/lib/python3.11/site-packages/torch/nn/modules/module.py");
+        kv_int(w, "line", 1750);
+        pw_end_dict(w);
+        pw_dict(w);
+        kv_str(w, "name", func);
+        kv_str(w, "filename", file);
+        kv_int(w, "line", line);
+        pw_end_dict(w);
+    } else {
+        pw_dict(w);
+        kv_str(w, "name", "torch::autograd::generated::MmBackward0::apply(std::vector<at::Tensor>&&)");
+        kv_str(w, "filename", "??");
+        kv_int(w, "line", 0);
+        pw_end_dict(w);
+    }
+    pw_end_list(w);
+}
+
+static void seg_entry(pw *w, const char *action, uint64_t addr, uint64_t size, int64_t stream)
+{
+    pw_dict(w);
+    kv_str(w, "action", action);
+    kv_int(w, "addr", (int64_t)addr);
+    kv_int(w, "size", (int64_t)size);
+    kv_int(w, "stream", stream);
+    kv_int(w, "device_memory_used", 12345); /* newer keys are ignored */
+    pw_end_dict(w);
+}
+
+#define MB (UINT64_C(1) << 20)
+#define OLD1 UINT64_C(0x7f5000000000)  /* older than the recording, in segments at dump */
+#define OLD2 UINT64_C(0x7f5100000000)  /* older than the recording, given back in it */
+#define NEW1 UINT64_C(0x7f5200000000)  /* obtained and given back in the trace */
+#define NEW2 UINT64_C(0x7f5300000000)  /* obtained in the trace, held at dump */
+#define PRIV UINT64_C(0x7f5400000000)  /* a private pool's (CUDA graphs) */
+
+/* A 2.14-style snapshot: segments older than the recording (one with a block live since
+ * then, one given back during it), segment events, an oom after a release, frames on
+ * blocks and entries, a private pool, the newer setting names and keys. */
+static void build_new(pw *w)
+{
+    pw_begin(w);
+    pw_dict(w);
+    pw_str(w, "segments");
+    pw_list(w);
+    /* OLD1: 20 MiB; a 4 MiB block live since before recording (frames: model.py:31),
+     * then free space. */
+    pw_dict(w);
+    kv_int(w, "device", 0);
+    kv_int(w, "address", (int64_t)OLD1);
+    kv_int(w, "total_size", 20 * MB);
+    kv_int(w, "allocated_size", 4 * MB);
+    kv_int(w, "stream", 0);
+    kv_str(w, "segment_type", "large");
+    pw_str(w, "segment_pool_id");
+    pw_bytes(w, "K\x00K\x00\x86", 5); /* (0, 0) as TUPLE2 */
+    pw_str(w, "is_expandable");
+    pw_bool(w, 0);
+    pw_str(w, "blocks");
+    pw_list(w);
+    pw_dict(w);
+    kv_int(w, "address", (int64_t)OLD1);
+    kv_int(w, "size", 4 * MB);
+    kv_int(w, "requested_size", 4 * MB - 100);
+    kv_str(w, "state", "active_allocated");
+    frames(w, "/home/u/proj/model.py", 31, "__init__");
+    pw_end_dict(w);
+    pw_dict(w);
+    kv_int(w, "address", (int64_t)(OLD1 + 4 * MB));
+    kv_int(w, "size", 16 * MB);
+    kv_int(w, "requested_size", 0);
+    kv_str(w, "state", "inactive");
+    pw_end_dict(w);
+    pw_end_list(w);
+    pw_end_dict(w);
+    /* PRIV: a private pool's segment, a block live in it */
+    pw_dict(w);
+    kv_int(w, "device", 0);
+    kv_int(w, "address", (int64_t)PRIV);
+    kv_int(w, "total_size", 2 * MB);
+    kv_int(w, "stream", 0);
+    pw_str(w, "segment_pool_id");
+    pw_bytes(w, "K\x01K\x02\x86", 5); /* (1, 2) */
+    pw_str(w, "blocks");
+    pw_list(w);
+    pw_dict(w);
+    kv_int(w, "size", 2 * MB);
+    kv_int(w, "requested_size", 1 * MB);
+    kv_str(w, "state", "active_allocated");
+    pw_end_dict(w);
+    pw_end_list(w);
+    pw_end_dict(w);
+    pw_end_list(w);
+
+    /* The run: two 18 MiB blocks in segments of their own (OLD1's 16 MiB of free space is
+     * too small), the first freed; a 100 MiB request: cudaMalloc fails, the allocator
+     * gives back NEW1 and OLD2, fails again (30 MiB free): the oom; then NEW2's block is
+     * freed and NEW2 given back (empty_cache). */
+    pw_str(w, "device_traces");
+    pw_list(w);
+    pw_list(w);
+    seg_entry(w, "segment_alloc", NEW1, 18 * MB, 0);                  /* [0] */
+    pw_dict(w);                                                       /* [1] alloc in NEW1, with frames */
+    kv_str(w, "action", "alloc");
+    kv_int(w, "addr", (int64_t)NEW1);
+    kv_int(w, "size", 18 * MB);
+    kv_int(w, "stream", 0);
+    kv_int(w, "time_us", 100);
+    frames(w, NULL, 0, NULL);
+    pw_end_dict(w);
+    seg_entry(w, "segment_alloc", NEW2, 18 * MB, 0);                  /* [2] */
+    entry(w, "alloc", NEW2, 18 * MB, 0, 101);                         /* [3] */
+    entry(w, "free_requested", NEW1, 18 * MB, 0, 102);                /* [4] */
+    entry(w, "free_completed", NEW1, 18 * MB, 0, 103);                /* [5] */
+    seg_entry(w, "segment_free", NEW1, 18 * MB, 0);                   /* [6] the OOM path gives back */
+    seg_entry(w, "segment_free", OLD2, 2 * MB, 0);                    /* [7] an older one too */
+    pw_dict(w);                                                       /* [8] the oom, 30 MiB free */
+    kv_str(w, "action", "oom");
+    kv_int(w, "device_free", 30 * MB);
+    kv_int(w, "size", 100 * MB);
+    kv_int(w, "stream", 0);
+    kv_int(w, "time_us", 104);
+    frames(w, "/home/u/proj/train.py", 77, "step");
+    pw_end_dict(w);
+    entry(w, "free_requested", NEW2, 18 * MB, 0, 105);                /* [9] */
+    entry(w, "free_completed", NEW2, 18 * MB, 0, 106);                /* [10] */
+    seg_entry(w, "segment_free", NEW2, 18 * MB, 0);                   /* [11] empty_cache() */
+    pw_end_list(w);
+    pw_list(w); /* device 1: nothing */
+    pw_end_list(w);
+    pw_end_list(w);
+
+    pw_str(w, "allocator_settings");
+    pw_dict(w);
+    kv_str(w, "PYTORCH_CUDA_ALLOC_CONF", "");
+    kv_str(w, "PYTORCH_ALLOC_CONF", "max_split_size_mb:1024");
+    pw_str(w, "max_split_size");
+    pw_int(w, INT64_C(1) << 30);
+    pw_str(w, "garbage_collection_threshold");
+    pw_float(w, 0.0);
+    pw_str(w, "expandable_segments");
+    pw_bool(w, 0);
+    pw_str(w, "graph_capture_record_stream_reuse");
+    pw_bool(w, 0);
+    pw_str(w, "roundup_power2_divisions");
+    pw_list(w); /* as a list, in interval order */
+    for (int i = 0; i < 16; i++)
+        pw_int(w, i == 3 ? 4 : 0);
+    pw_end_list(w);
+    pw_end_dict(w);
+    pw_str(w, "host_segments");
+    pw_list(w);
+    pw_end_list(w);
+    pw_str(w, "host_traces");
+    pw_list(w);
+    pw_end_list(w);
+    pw_str(w, "external_annotations");
+    pw_list(w);
+    pw_end_list(w);
+    pw_end_dict(w);
+    pw_stop(w);
+}
+
+static void test_new_formats(void)
+{
+    pw w = {0};
+    build_new(&w);
+    fl_pk_doc *doc;
+    CHECK_OK(fl_pickle_load_memory(w.b, w.n, "new.pickle", 0, &doc));
+    fl_snapshot_device dev[4];
+    int nd;
+    CHECK_OK(fl_snapshot_devices(doc, NULL, dev, 4, &nd));
+    CHECK_EQ_U64(nd, 2);
+    CHECK_EQ_U64(dev[0].n_entries, 12);
+    CHECK_EQ_U64(dev[0].n_oom, 1);
+    CHECK_EQ_U64(dev[0].n_segments, 2);
+    CHECK_EQ_U64(dev[0].n_active_blocks, 2);
+    CHECK_EQ_U64(dev[1].n_entries + dev[1].n_segments, 0);
+    fl_trace t;
+    fl_snapshot_info info;
+    CHECK_OK(fl_snapshot_to_trace(doc, "new.pickle", 0, &t, &info));
+    fl_pickle_free(doc);
+    CHECK_EQ_U64(t.n_warnings, 0);
+    /* settings under the new names */
+    CHECK(!strcmp(info.alloc_conf, "max_split_size_mb:1024"));
+    CHECK_EQ_U64(info.max_split_size, UINT64_C(1) << 30);
+    CHECK_EQ_U64(info.roundup_divisions[3], 4);
+    CHECK_EQ_U64(info.roundup_divisions[2], 0);
+    /* segments: OLD1 (at dump) and OLD2 (given back) are older than the recording; the
+     * private pool's is too, but not rebuilt */
+    CHECK_EQ_U64(info.n_old_segments, 3);
+    CHECK_EQ_U64(info.old_segment_bytes, 20 * MB + 2 * MB + 2 * MB);
+    CHECK_EQ_U64(info.n_private_segments, 1);
+    CHECK_EQ_U64(info.n_seeded_segments, 2);
+    CHECK_EQ_U64(info.seeded_bytes, 22 * MB);
+    CHECK_EQ_U64(t.n_seeds, 2);
+    if (t.n_seeds == 2) {
+        CHECK_EQ_U64(t.seeds[0].addr, OLD1);
+        CHECK_EQ_U64(t.seeds[0].n_blocks, 1);
+        CHECK_EQ_U64(t.seed_blocks[t.seeds[0].first_block].offset, 0);
+        CHECK_EQ_U64(t.seed_blocks[t.seeds[0].first_block].size, 4 * MB);
+        CHECK_EQ_U64(t.seeds[1].addr, OLD2);
+        CHECK(t.seeds[1].small);
+        CHECK_EQ_U64(t.seeds[1].n_blocks, 0);
+    }
+    /* segment events: given back = releases; reserved at the oom: at dump (22 MiB), less
+     * what came after it (NEW2 given back: -18 MiB) */
+    CHECK_EQ_U64(info.n_segment_alloc, 2);
+    CHECK_EQ_U64(info.n_segment_free, 3);
+    CHECK_EQ_U64(info.segment_free_bytes, 38 * MB);
+    CHECK_EQ_U64(info.reserved_bytes, 22 * MB);
+    CHECK_EQ_U64(info.oom_reserved, 40 * MB);
+    uint64_t cap;
+    CHECK_OK(fl_snapshot_oom_capacity(&info, "new.pickle", &cap));
+    CHECK_EQ_U64(cap, 70 * MB);
+    size_t releases = 0;
+    for (size_t i = 0; i < t.n; i++)
+        releases += t.ev[i].kind == FL_EV_RELEASE;
+    CHECK_EQ_U64(releases, 3);
+    /* sites: the block older than the recording, the autograd node, the failed request */
+    CHECK_EQ_U64(info.n_sites, 3);
+    int seen = 0;
+    for (size_t i = 0; i < t.n; i++) {
+        const char *site = t.ev[i].site && t.ev[i].site < t.n_sites ? t.sites[t.ev[i].site] : "";
+        if (t.ev[i].kind == FL_EV_ALLOC && t.ev[i].ptr == OLD1)
+            seen |= !strcmp(site, "proj/model.py:31 __init__");
+        if (t.ev[i].kind == FL_EV_ALLOC && t.ev[i].ptr == NEW1)
+            seen |= !strcmp(site, "MmBackward0 (autograd)") << 1;
+        if (t.ev[i].kind == FL_EV_ALLOC_FAIL)
+            seen |= !strcmp(site, "proj/train.py:77 step") << 2;
+    }
+    CHECK_EQ_U64(seen, 7);
+    /* CSV: releases are left out */
+    char path[] = "/tmp/fl_test_snapshot_new_XXXXXX";
+    int fd = mkstemp(path);
+    if (fd >= 0) {
+        close(fd);
+        CHECK_OK(fl_trace_write_csv(path, &t));
+        fl_trace back;
+        CHECK_OK(fl_trace_read_csv(path, &back));
+        CHECK_EQ_U64(back.n, t.n - releases);
+        fl_trace_free(&back);
+        unlink(path);
+    }
+
+    /* Followed, on the device the oom implies: OLD1 and OLD2 rebuilt, NEW1, OLD2 and NEW2
+     * given back where they were, the recorded failure fails again; the emulation ends
+     * where the snapshot did. Not followed: none of it. */
+    fl_prepared *p = NULL;
+    CHECK_OK(fl_prepare(&t, &p));
+    if (p) {
+        CHECK_EQ_U64(p->n_releases, 3);
+        CHECK_EQ_U64(p->n_seeds, 2);
+        fl_replay_opts o;
+        memset(&o, 0, sizeof o);
+        fl_snapshot_config(&info, &o.cfg);
+        fl_sim_params_default(&o.sim);
+        o.check_every = 1;
+        o.follow = 1;
+        o.sim.capacity = cap;
+        fl_replay_result r;
+        CHECK_OK(fl_replay(p, &o, &r));
+        CHECK_EQ_U64(r.seeded_segments, 2);
+        CHECK_EQ_U64(r.seed_failures, 0);
+        CHECK_EQ_U64(r.released_bytes, 38 * MB);
+        CHECK(r.recorded_oom_failed);
+        CHECK_EQ_U64(r.ooms, 0);
+        /* OLD1, and the private pool's block, allocated by the policy in a small segment */
+        CHECK_EQ_U64(r.end_reserved, 20 * MB + 2 * MB);
+        CHECK_EQ_U64(r.peak_reserved, 20 * MB + 2 * MB + 2 * MB + 18 * MB + 18 * MB);
+        fl_replay_result_free(&r);
+        fl_fidelity f;
+        CHECK_OK(fl_fidelity_run(p, &info, 0, &f));
+        CHECK(f.diff == 0.0 && !f.covered && f.capacity == cap);
+        o.follow = 0;
+        fl_sim_params_default(&o.sim);
+        CHECK_OK(fl_replay(p, &o, &r));
+        CHECK_EQ_U64(r.seeded_segments, 0);
+        CHECK_EQ_U64(r.released_bytes, 0);
+        fl_replay_result_free(&r);
+        fl_prepared_free(p);
+    }
+    fl_trace_free(&t);
+    free(w.b);
+}
+
 int main(void)
 {
+    test_new_formats();
     test_doctor_on_oom();
     test_completed();
     test_requested();

@@ -1,6 +1,8 @@
 /* PyTorch's view of fragless: libfragless.so loaded with dlopen, its pluggable-allocator
  * entry points called as torch.cuda.memory.CUDAPluggableAllocator calls them, on the
- * CUDA driver test double (FRAGLESS_CUDA_LIB). */
+ * CUDA driver test double (FRAGLESS_CUDA_LIB). C cannot take the exception
+ * fragless_torch_malloc throws on failure (test_torch_oom checks it), so this calls
+ * fragless_torch_malloc_nothrow, the same allocation returning NULL. */
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -14,7 +16,7 @@
 
 typedef void *(*malloc_fn)(ssize_t, int, void *);
 typedef void (*free_fn)(void *, ssize_t, int, void *);
-typedef void (*empty_fn)(void);
+typedef int (*empty_fn)(void);
 typedef void (*fraction_fn)(double, int);
 
 /* The contexts PyTorch's threads see, on a double of two devices, in a child process of
@@ -126,7 +128,7 @@ int main(void)
         fprintf(stderr, "cannot load %s: %s\n", FRAGLESS_SO, dlerror());
         return 1;
     }
-    malloc_fn tmalloc = (malloc_fn)(uintptr_t)dlsym(so, "fragless_torch_malloc");
+    malloc_fn tmalloc = (malloc_fn)(uintptr_t)dlsym(so, "fragless_torch_malloc_nothrow");
     free_fn tfree = (free_fn)(uintptr_t)dlsym(so, "fragless_torch_free");
     empty_fn tempty = (empty_fn)(uintptr_t)dlsym(so, "fragless_torch_empty_cache");
     CHECK(tmalloc && tfree && tempty);
@@ -157,7 +159,7 @@ int main(void)
             ok = p[i][k] == (unsigned char)(i + 1);
         CHECK(ok);
     }
-    /* More than the device holds: NULL, which PyTorch turns into its OOM error. */
+    /* More than the device holds: NULL here (fragless_torch_malloc throws). */
     CHECK(tmalloc((ssize_t)1 << 30, 0, NULL) == NULL);
     /* Misuse: a negative size and size 0 give NULL; an unknown device too. */
     CHECK(tmalloc(-5, 0, NULL) == NULL);
@@ -181,7 +183,7 @@ int main(void)
         snprintf(conf, sizeof conf, "policy:fragless,trace:%s", path0);
         setenv("FRAGLESS_CONF", conf, 1);
         void *so2 = dlopen(FRAGLESS_SO, RTLD_NOW | RTLD_LOCAL);
-        malloc_fn m = (malloc_fn)(uintptr_t)dlsym(so2, "fragless_torch_malloc");
+        malloc_fn m = (malloc_fn)(uintptr_t)dlsym(so2, "fragless_torch_malloc_nothrow");
         free_fn f = (free_fn)(uintptr_t)dlsym(so2, "fragless_torch_free");
         /* Device 0's allocator exists already (made before, without a trace); device 1's
          * is made now, with the new conf. */

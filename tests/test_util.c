@@ -1,7 +1,11 @@
 /* The shared helpers: the 64-bit hash map against a plain reference array (including
- * deletion chains that wrap past the end of the table), and size parsing/formatting. */
+ * deletion chains that wrap past the end of the table), the bit arrays' ranges against
+ * bit-by-bit references, growing tables across the heap/mapping threshold, and size
+ * parsing/formatting. */
 #include "test_support.h"
 
+#include "util/bits.h"
+#include "util/table.h"
 #include "util/util.h"
 
 #include <string.h>
@@ -172,7 +176,7 @@ static void test_sizes(void)
 {
     const struct { const char *text; uint64_t want; } good[] = {
         {"80GiB", 80 * FL_GiB}, {"512MiB", 512 * FL_MiB}, {"1.5GiB", 3 * FL_GiB / 2},
-        {"4096", 4096}, {"1GB", 1000000000}, {"2 MiB", 2 * FL_MiB}, {"1kib", 1024},
+        {"4096", 4096}, {"1e9", 1000000000}, {"2 MiB", 2 * FL_MiB}, {"1kib", 1024},
         {"0", 0}, {"1.5", 1}, {"1.3GiB", 1395864371}, /* fractions round down */
     };
     for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
@@ -180,7 +184,8 @@ static void test_sizes(void)
         CHECK_OK(fl_parse_size(good[i].text, &v));
         CHECK_EQ_U64(v, good[i].want);
     }
-    const char *const bad[] = {"", "abc", "12XB", "-1", "GiB", "80GiBs"};
+    /* Decimal units are refused (80GB is not an 80 GiB card): the error says what they mean. */
+    const char *const bad[] = {"", "abc", "12XB", "-1", "GiB", "80GiBs", "80GB", "512mb", "1KB", "2 TB"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         uint64_t v = 99;
         CHECK_STATUS(fl_parse_size(bad[i], &v), FL_ERR_PARSE);
@@ -189,6 +194,8 @@ static void test_sizes(void)
             CHECK(strstr(fl_last_error(), bad[i]) != NULL);
     }
     CHECK_STATUS(fl_parse_size(NULL, &(uint64_t){0}), FL_ERR_PARSE);
+    CHECK_STATUS(fl_parse_size("80GB", &(uint64_t){0}), FL_ERR_PARSE);
+    CHECK(strstr(fl_last_error(), "80GB is 74.51 GiB (decimal gigabytes") && strstr(fl_last_error(), "write 80GiB"));
 
     char buf[32];
     CHECK(strcmp(fl_format_size(512, buf, sizeof buf), "512 B") == 0);
@@ -199,6 +206,68 @@ static void test_sizes(void)
     char tiny[4];
     fl_format_size(123456789, tiny, sizeof tiny);
     CHECK(strlen(tiny) == 3);
+}
+
+/* ---- bit arrays ---------------------------------------------------------------- */
+
+/* Every range [a, b) of a 256-bit array, set, counted and cleared on a pseudo-random
+ * background, against one bit at a time: inside one word, across a boundary, across
+ * whole words, empty. */
+static void test_bits(void)
+{
+    enum { N = 256 };
+    uint64_t w[N / 64], ref[N / 64];
+    uint64_t x = 0x9e3779b97f4a7c15u;
+    size_t bad = 0;
+    CHECK_EQ_U64(fl_bits_words(0), 0);
+    CHECK_EQ_U64(fl_bits_words(1), 1);
+    CHECK_EQ_U64(fl_bits_words(64), 1);
+    CHECK_EQ_U64(fl_bits_words(65), 2);
+    for (uint64_t a = 0; a <= N; a += 3) {
+        for (uint64_t b = a; b <= N; b += 5) {
+            for (int k = 0; k < N / 64; k++) {
+                x = x * 6364136223846793005u + 1442695040888963407u;
+                w[k] = ref[k] = x;
+            }
+            uint64_t count = 0;
+            for (uint64_t i = a; i < b; i++)
+                count += fl_bit_get(ref, i);
+            bad += fl_bits_count(w, a, b) != count;
+            fl_bits_set(w, a, b);
+            for (uint64_t i = a; i < b; i++)
+                fl_bit_set(ref, i);
+            bad += memcmp(w, ref, sizeof w) != 0;
+            bad += fl_bits_count(w, a, b) != b - a;
+            fl_bits_clear(w, a, b);
+            for (uint64_t i = a; i < b; i++)
+                fl_bit_clear(ref, i);
+            bad += memcmp(w, ref, sizeof w) != 0;
+            bad += fl_bits_count(w, a, b) != 0;
+        }
+    }
+    CHECK_EQ_U64(bad, 0);
+}
+
+/* A table grown from nothing past FL_TABLE_MAP_MIN (heap memory, then a mapping, then
+ * mremap): what was written stays, every new entry reads 0. */
+static void test_table(void)
+{
+    uint32_t *t = NULL;
+    uint64_t n = 0, bad = 0;
+    for (uint64_t next = 3; next < 4 * FL_TABLE_MAP_MIN / sizeof *t; next = next * 2 + 1) {
+        CHECK_OK(fl_table_grow((void **)&t, sizeof *t, n, next));
+        for (uint64_t i = 0; i < n; i++)
+            bad += t[i] != (uint32_t)(i * 2654435761u);
+        for (uint64_t i = n; i < next; i++)
+            bad += t[i] != 0;
+        for (uint64_t i = n; i < next; i++)
+            t[i] = (uint32_t)(i * 2654435761u);
+        n = next;
+    }
+    CHECK_EQ_U64(bad, 0);
+    CHECK(n * sizeof *t >= FL_TABLE_MAP_MIN);
+    fl_table_free(t, sizeof *t, n);
+    fl_table_free(NULL, sizeof *t, 0);
 }
 
 static void test_misc(void)
@@ -221,6 +290,8 @@ int main(void)
 {
     test_map_random();
     test_map_wrap();
+    test_bits();
+    test_table();
     test_sizes();
     test_misc();
     return fl_test_done("test_util");

@@ -29,7 +29,7 @@ def _read_version():
 __version__ = _read_version()
 
 __all__ = ["__version__", "library_path", "stats", "memory_summary", "reset_peak_stats", "snapshot", "empty_cache",
-           "set_memory_fraction", "FraglessError"]
+           "set_memory_fraction", "graph_release", "FraglessError"]
 
 
 class FraglessError(RuntimeError):
@@ -64,35 +64,61 @@ def _library():
         for name in ("fragless_torch_stats_json", "fragless_torch_memory_summary"):
             getattr(lib, name).argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
             getattr(lib, name).restype = ctypes.c_longlong
+        lib.fragless_torch_pool_stats_json.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
+        lib.fragless_torch_pool_stats_json.restype = ctypes.c_longlong
+        lib.fl_last_error.argtypes = []
+        lib.fl_last_error.restype = ctypes.c_char_p
+        lib.fragless_torch_malloc_nothrow.argtypes = [ctypes.c_ssize_t, ctypes.c_int, ctypes.c_void_p]
+        lib.fragless_torch_malloc_nothrow.restype = ctypes.c_void_p
+        lib.fragless_torch_free.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int, ctypes.c_void_p]
+        lib.fragless_torch_free.restype = None
+        lib.fragless_torch_capture_id.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        lib.fragless_torch_capture_id.restype = ctypes.c_ulonglong
+        lib.fragless_torch_graph_release.argtypes = [ctypes.c_int, ctypes.c_ulonglong]
+        lib.fragless_torch_graph_release.restype = ctypes.c_int
+        lib.fragless_torch_pool_open.argtypes = [ctypes.c_char_p]
+        lib.fragless_torch_pool_open.restype = ctypes.c_int
+        lib.fragless_torch_record.argtypes = [ctypes.c_int, ctypes.c_char_p]
+        lib.fragless_torch_record.restype = ctypes.c_int
+        lib.fragless_torch_record_flush.argtypes = [ctypes.c_int]
+        lib.fragless_torch_record_flush.restype = None
         lib.fragless_torch_reset_peak_stats.argtypes = [ctypes.c_int]
         lib.fragless_torch_reset_peak_stats.restype = None
         lib.fragless_torch_snapshot.argtypes = [ctypes.c_int, ctypes.c_char_p]
         lib.fragless_torch_snapshot.restype = ctypes.c_int
         lib.fragless_torch_empty_cache.argtypes = []
-        lib.fragless_torch_empty_cache.restype = None
+        lib.fragless_torch_empty_cache.restype = ctypes.c_int
         lib.fragless_torch_set_memory_fraction.argtypes = [ctypes.c_double, ctypes.c_int]
         lib.fragless_torch_set_memory_fraction.restype = None
         _lib = lib
     return _lib
 
 
-def _text(fn, device):
+def _text(fn, *args):
     """A text the library writes into a buffer (snprintf's contract); None when the
     device has no allocator yet."""
-    n = fn(int(device), None, 0)
+    args = tuple(int(a) for a in args)
+    n = fn(*(args + (None, 0)))
     if n < 0:
         return None
     buf = ctypes.create_string_buffer(n + 1)
-    fn(int(device), buf, n + 1)
+    fn(*(args + (buf, n + 1)))
     return buf.value.decode()
 
 
-def stats(device=0):
+def last_error():
+    """The library's message for the calling thread's latest failure."""
+    return (_library().fl_last_error() or b"").decode(errors="replace")
+
+
+def stats(device=0, pool=None):
     """The device's statistics, flat like torch.cuda.memory_stats(): PyTorch's names
     ("allocated_bytes.all.current", "num_ooms", ...) and fragless's own under
     "fragless." ("fragless.largest_free", "fragless.device_calls.create", ...). Empty
-    before the first allocation on that device."""
-    text = _text(_library().fragless_torch_stats_json, device)
+    before the first allocation on that device. pool: a fragless.torch.pool() (its own
+    allocator), else install()'s."""
+    slot = 0 if pool is None else getattr(pool, "_fragless_slot", pool)
+    text = _text(_library().fragless_torch_pool_stats_json, slot, device)
     if text is None:
         return {}
     flat = {}
@@ -125,8 +151,18 @@ def snapshot(path, device=0):
 
 
 def empty_cache():
-    """Return cached device memory that no live block needs (torch.cuda.empty_cache)."""
-    _library().fragless_torch_empty_cache()
+    """Return cached device memory that no live block needs (torch.cuda.empty_cache).
+    During a CUDA graph capture nothing is given back: FraglessError says so."""
+    if _library().fragless_torch_empty_cache() != 0:
+        raise FraglessError(last_error())
+
+
+def graph_release(capture, device=0):
+    """The CUDA graph captured as `capture` (a capture id, see fragless.torch) is gone:
+    the memory fragless kept for it goes back (after a synchronize). fragless.torch does
+    this by itself when a torch.cuda.CUDAGraph is reset or garbage collected."""
+    if _library().fragless_torch_graph_release(int(device), int(capture)) != 0:
+        raise FraglessError(last_error())
 
 
 def set_memory_fraction(fraction, device=0):

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "allocator/allocator.h"
+#include "allocator/graph.h"
 #include "util/lock.h"
 #include "util/file.h"
 #include <pthread.h>
@@ -37,6 +38,7 @@ typedef struct pending_free {
 
 struct fl_allocator {
     fl_lock lock;
+    int capture_watch;          /* the device's, read once: it can capture CUDA graphs */
     fl_policy *policy;
     fl_config cfg;              /* as created; the limit lives on the device (fl_dev_limit) */
     /* Statistics beyond the policy's own counters. */
@@ -59,6 +61,9 @@ struct fl_allocator {
     uint32_t n_pending, cap_pending;
     fl_recorder *rec;           /* trace:PATH (recorder.c), NULL when off */
     fl_allocator *next_live;    /* the registry of live allocators (fork, exit) */
+    /* CUDA graphs (graph.h): on a device that can capture, every allocation asks about
+     * captures; blocks allocated during one are its graph's until it is released. */
+    fl_graphs graphs;
 };
 
 /* ---- the registry of live allocators: fork and exit ------------------------------- */
@@ -169,6 +174,8 @@ fl_status fl_allocator_create(const fl_config *cfg, fl_device *dev, fl_allocator
     /* Checked again under the registry's lock; here before the policy touches dev. */
     fl_status s = dev->owner ? owned(dev) : fl_map_init(&a->uses, 16);
     if (s == FL_OK)
+        s = fl_graphs_init(&a->graphs);
+    if (s == FL_OK)
         s = fl_policy_create(cfg, dev, &a->policy);
     char trace_path[FL_PATH_MAX];
     if (s == FL_OK && cfg->trace_path[0] && (s = fl_expand_path(cfg->trace_path, trace_path, sizeof trace_path)) == FL_OK)
@@ -179,11 +186,13 @@ fl_status fl_allocator_create(const fl_config *cfg, fl_device *dev, fl_allocator
         fl_recorder_close(a->rec);
         if (a->policy)
             a->policy->ops->destroy(a->policy);
+        fl_graphs_free(&a->graphs);
         fl_map_free(&a->uses);
         free(a);
         return s;
     }
     char uuid[48];
+    a->capture_watch = dev->capture_watch;
     if (cfg->publish && dev->is_gpu && fl_publish_open(dev->ordinal, fl_dev_uuid_str(dev, uuid, sizeof uuid), &a->pub) != FL_OK)
         fprintf(stderr, "fragless: device %d: not shown in `fragless top`: %s\n", dev->ordinal, fl_last_error());
     *out = a;
@@ -204,6 +213,7 @@ void fl_allocator_destroy(fl_allocator *a)
         if (a->uses.e[i].key != UINT64_MAX)
             free((void *)(uintptr_t)a->uses.e[i].val);
     fl_map_free(&a->uses);
+    fl_graphs_free(&a->graphs);
     a->policy->ops->destroy(a->policy);
     fl_recorder_close(a->rec);
     free(a);
@@ -216,11 +226,17 @@ static void stats_fill(fl_allocator *a, fl_stats *out, int query)
     const fl_policy *p = a->policy;
     const fl_device_counters *c = &p->dev->counters;
     memset(out, 0, sizeof *out);
-    out->allocated_bytes = (fl_stat){p->allocated, a->peak_allocated, a->alloc_total, a->freed_total};
+    /* Blocks a graph keeps after the program freed them are the policy's, not the
+     * program's: reserved and unusable, like the free pieces of a private pool. */
+    const fl_graphs *g = &a->graphs;
+    out->allocated_bytes = (fl_stat){p->allocated - g->kept_bytes, a->peak_allocated, a->alloc_total, a->freed_total};
     out->reserved_bytes = (fl_stat){c->in_use, c->peak_in_use, c->bytes_obtained, c->bytes_returned};
     out->active_bytes = out->allocated_bytes;
     out->requested_bytes = (fl_stat){a->req_current, a->req_peak, a->req_total, a->req_freed};
-    out->allocation = (fl_stat){p->num_allocs - p->num_frees, a->blocks_peak, p->num_allocs, p->num_frees};
+    out->allocation = (fl_stat){p->num_allocs - p->num_frees + g->reuses - g->keeps, a->blocks_peak,
+                                p->num_allocs + g->reuses, p->num_frees + g->keeps};
+    out->graph_bytes = g->bytes;
+    out->graph_kept_bytes = g->kept_bytes;
     if (query)
         p->ops->query(p, &a->last_query);
     fl_policy_state st = a->last_query;
@@ -374,11 +390,13 @@ static fl_status synchronize_pending(fl_allocator *a)
     return s == FL_OK ? process_pending(a, 1) : s;
 }
 
-fl_status fl_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr)
+/* An allocation under the lock: the policy, the statistics, the trace and top. Inlined
+ * into fl_alloc, whose body it is (a call there costs ~10 instructions per allocation). */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline fl_status alloc_locked(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr)
 {
-    if (size == 0)
-        return fl_fail(FL_ERR_INVALID, "fl_alloc: size 0");
-    fl_lock_acquire(&a->lock);
     fl_policy *p = a->policy;
     if (FL_UNLIKELY(a->n_pending))
         process_pending(a, 0); /* an error here leaves them pending: retried below or later */
@@ -406,6 +424,20 @@ fl_status fl_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *ad
         fl_recorder_alloc(a->rec, s == FL_OK, s == FL_OK ? *addr : 0, size, stream);
     if (FL_UNLIKELY(a->pub != NULL))
         maybe_publish(a, 0);
+    return s;
+}
+
+static fl_status alloc_watching(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr);
+static fl_status free_locked(fl_allocator *a, uint64_t addr, uint64_t want_size);
+
+fl_status fl_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr)
+{
+    if (size == 0)
+        return fl_fail(FL_ERR_INVALID, "fl_alloc: size 0");
+    if (FL_UNLIKELY(a->capture_watch)) /* a device that can capture CUDA graphs */
+        return alloc_watching(a, size, stream, addr);
+    fl_lock_acquire(&a->lock);
+    fl_status s = alloc_locked(a, size, stream, addr);
     fl_lock_release(&a->lock);
     return s;
 }
@@ -462,7 +494,9 @@ fl_status fl_record_stream(fl_allocator *a, uint64_t addr, uint64_t stream)
     fl_lock_acquire(&a->lock);
     fl_status s = FL_OK;
     uint64_t val;
-    if (!a->policy->ops->block_size(a->policy, addr) || pending_index(a, addr) >= 0) {
+    const fl_graph_block *gb = fl_graphs_find(&a->graphs, addr);
+    if (!a->policy->ops->block_size(a->policy, addr) || pending_index(a, addr) >= 0 || (gb && !gb->live) ||
+        fl_graphs_is_deferred(&a->graphs, addr)) {
         s = fl_fail(FL_ERR_NOT_FOUND, "record_stream of 0x%llx on stream 0x%llx: not a live block of this allocator",
                     (unsigned long long)addr, (unsigned long long)stream);
     } else {
@@ -508,13 +542,63 @@ static fl_status free_with_uses(fl_allocator *a, uint64_t addr, uint64_t want, u
     return defer_free(a, addr, (stream_uses *)(uintptr_t)uses_val);
 }
 
+/* A free while CUDA graphs hold blocks or a capture is underway: a graph's block is kept
+ * for its graph; another block freed during a capture waits for the capture's end (its
+ * policy might make a device call the capture forbids); anything else as usual. */
+static fl_status free_graphs(fl_allocator *a, uint64_t addr, uint64_t want, uint64_t *size)
+{
+    fl_graphs *g = &a->graphs;
+    fl_graph_block *b = fl_graphs_find(g, addr);
+    uint64_t val;
+    if (b) {
+        if (!b->live)
+            return fl_policy_not_live(a->policy, addr);
+        if (want && want != b->requested)
+            return fl_policy_size_mismatch(addr, want, b->requested);
+        *size = b->requested;
+        if (!b->capture && !fl_graphs_underway(g)) { /* its graph is gone: an ordinary block */
+            uint64_t before = a->policy->allocated, policy_size;
+            fl_status s = a->policy->ops->free(a->policy, addr, 0, &policy_size);
+            if (s == FL_OK) {
+                a->freed_total += before - a->policy->allocated;
+                fl_graphs_remove(g, b);
+            }
+            return s;
+        }
+        fl_graphs_keep(g, b); /* released ones given back at the next catch-up */
+        a->freed_total += b->rounded;
+        if (fl_map_remove(&a->uses, addr, &val)) /* the graph keeps it anyway */
+            free((void *)(uintptr_t)val);
+        return FL_OK;
+    }
+    if (fl_graphs_underway(g)) {
+        *size = a->policy->ops->block_size(a->policy, addr);
+        if (!*size || pending_index(a, addr) >= 0 || fl_graphs_is_deferred(g, addr))
+            return fl_policy_not_live(a->policy, addr);
+        if (want && want != *size)
+            return fl_policy_size_mismatch(addr, want, *size);
+        fl_status s = fl_graphs_defer(g, addr);
+        if (s == FL_OK && fl_map_remove(&a->uses, addr, &val)) /* the catch-up synchronizes */
+            free((void *)(uintptr_t)val);
+        return s;
+    }
+    if (a->n_pending || a->uses.count)
+        return free_with_uses(a, addr, want, size);
+    uint64_t before = a->policy->allocated;
+    fl_status s = a->policy->ops->free(a->policy, addr, want, size);
+    a->freed_total += before - a->policy->allocated;
+    return s;
+}
+
 /* want_size: the size the caller says the block has (0 = not checked). */
 static fl_status free_locked(fl_allocator *a, uint64_t addr, uint64_t want_size)
 {
     fl_policy *p = a->policy;
     uint64_t size = 0;
     fl_status s;
-    if (FL_UNLIKELY(a->n_pending || a->uses.count)) {
+    if (FL_UNLIKELY(a->graphs.n || fl_graphs_underway(&a->graphs))) {
+        s = free_graphs(a, addr, want_size, &size);
+    } else if (FL_UNLIKELY(a->n_pending || a->uses.count)) {
         s = free_with_uses(a, addr, want_size, &size);
     } else {
         uint64_t before = p->allocated;
@@ -551,10 +635,19 @@ fl_status fl_free_sized(fl_allocator *a, uint64_t addr, uint64_t size)
     return s;
 }
 
+static fl_status graphs_catch_up(fl_allocator *a);
+
 fl_status fl_empty_cache(fl_allocator *a)
 {
     fl_lock_acquire(&a->lock);
-    fl_status s = a->n_pending ? synchronize_pending(a) : FL_OK;
+    fl_status s = FL_OK;
+    if (a->policy->dev->capture_watch && fl_graphs_refresh(&a->graphs, a->policy->dev))
+        s = fl_fail(FL_ERR_UNSUPPORTED, "empty_cache during a CUDA graph capture: nothing given back (it needs a "
+                    "synchronize, which would invalidate the capture)");
+    else if (fl_graphs_pending(&a->graphs))
+        s = graphs_catch_up(a);
+    if (s == FL_OK && a->n_pending)
+        s = synchronize_pending(a);
     if (s == FL_OK)
         s = a->policy->ops->empty_cache(a->policy);
     maybe_publish(a, 1);
@@ -619,6 +712,13 @@ int fl_allocator_check(const fl_allocator *a)
     fl_lock *lock = &((fl_allocator *)a)->lock;
     fl_lock_acquire(lock);
     int r = a->policy->ops->check(a->policy);
+    if (!r)
+        r = fl_graphs_check(&a->graphs);
+    /* A graph's block, kept or live, is the policy's until its graph is released. */
+    for (uint32_t i = 0; !r && i < a->graphs.n; i++)
+        if (!a->policy->ops->block_size(a->policy, a->graphs.b[i].addr))
+            r = fl_fail(FL_ERR_INVALID, "allocator check: CUDA graph block 0x%llx is not allocated in the policy",
+                        (unsigned long long)a->graphs.b[i].addr) != FL_OK;
     /* A pending block (record_stream) is still the policy's, and on the list once. */
     for (uint32_t i = 0; !r && i < a->n_pending; i++)
         if (!a->policy->ops->block_size(a->policy, a->pending[i].addr) ||
@@ -672,6 +772,214 @@ fl_status fl_import_close(fl_allocator *a, uint64_t addr)
 {
     fl_lock_acquire(&a->lock);
     fl_status s = fl_dev_import_close(a->policy->dev, addr);
+    fl_lock_release(&a->lock);
+    return s;
+}
+
+/* ---- CUDA graphs ------------------------------------------------------------------- */
+
+/* Once no capture is underway: synchronize (the frees and releases below may concern
+ * memory queued work or a graph's replays still use), give back the blocks freed during
+ * captures and the kept blocks of released captures. Under the lock. */
+static fl_status graphs_catch_up(fl_allocator *a)
+{
+    fl_graphs *g = &a->graphs;
+    fl_policy *p = a->policy;
+    fl_status s = fl_dev_synchronize(p->dev);
+    if (s != FL_OK)
+        return s; /* all kept for the next try */
+    fl_status err = FL_OK;
+    uint32_t keep = 0;
+    for (uint32_t i = 0; i < g->n_deferred; i++)
+        if ((s = policy_free(a, g->deferred[i])) != FL_OK) { /* cannot happen: a live block */
+            g->deferred[keep++] = g->deferred[i];
+            err = s;
+        }
+    g->n_deferred = keep;
+    for (uint32_t i = 0; i < g->n;) {
+        fl_graph_block *b = &g->b[i];
+        int released = !b->capture;
+        for (uint32_t k = 0; k < g->n_released && !released; k++)
+            released = b->capture == g->released[k];
+        if (!released) {
+            i++;
+        } else if (b->live) {
+            b->capture = 0; /* the program still holds it: ordinary once freed */
+            i++;
+        } else if ((s = p->ops->free(p, b->addr, 0, NULL)) == FL_OK) {
+            fl_graphs_remove(g, b); /* counted as freed when the program freed it */
+        } else {
+            err = s;
+            i++;
+        }
+    }
+    g->n_released = 0;
+    return err;
+}
+
+/* An allocation on a device that can capture: asks about the stream first. Outside
+ * captures it is the usual one (after any catch-up). During a capture the device refuses
+ * what the capture forbids (capture_guard) and the thread's capture mode is relaxed, so
+ * that new pages may be mapped, as PyTorch's own allocator calls cudaMalloc during
+ * captures; a block for a capturing stream is its graph's, from the graph's freed blocks
+ * first. */
+static fl_status alloc_watching(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr)
+{
+    fl_lock_acquire(&a->lock);
+    fl_policy *p = a->policy;
+    fl_graphs *g = &a->graphs;
+    uint64_t capture = 0, old_peak = a->peak_allocated, old_blocks_peak = a->blocks_peak, before = p->allocated;
+    fl_status s;
+    if (!fl_graphs_watch(g, p->dev, stream, &capture)) {
+        if (FL_UNLIKELY(fl_graphs_pending(g)) && (s = graphs_catch_up(a)) != FL_OK)
+            fprintf(stderr, "fragless: after a CUDA graph capture: %s (retried later)\n", fl_last_error());
+        s = alloc_locked(a, size, stream, addr);
+    } else {
+        p->dev->capture_guard = capture ? capture : g->n_underway ? g->underway[0].id : 1;
+        int mode = FL_CAPTURE_MODE_RELAXED;
+        int swapped = fl_dev_capture_mode(p->dev, &mode) == FL_OK;
+        fl_graph_block *b = fl_graphs_reuse(g, fl_live_size(size), stream, capture);
+        if (b) {
+            fl_graphs_revive(g, b, size);
+            *addr = b->addr;
+            a->alloc_total += b->rounded;
+            a->req_current += size;
+            a->req_total += size;
+            if (a->req_current > a->req_peak)
+                a->req_peak = a->req_current;
+            a->live512 += fl_live_size(size);
+            if (FL_UNLIKELY(a->rec != NULL))
+                fl_recorder_alloc(a->rec, 1, *addr, size, stream);
+            s = FL_OK;
+        } else {
+            s = alloc_locked(a, size, stream, addr);
+            if (s == FL_OK && capture && fl_graphs_adopt(g, *addr, stream, capture, size, p->allocated - before) != FL_OK) {
+                free_locked(a, *addr, 0); /* untracked, the graph's memory could be handed out */
+                s = fl_fail(FL_ERR_NOMEM, "CUDA graph capture 0x%llx: no host memory to keep its block",
+                            (unsigned long long)capture);
+            }
+        }
+        if (swapped)
+            fl_dev_capture_mode(p->dev, &mode);
+        p->dev->capture_guard = 0;
+        if (s != FL_OK && s != FL_ERR_NOMEM) {
+            char why[1024];
+            snprintf(why, sizeof why, "%s", fl_last_error());
+            if (s != FL_ERR_OOM)
+                p->ooms++; /* refused by the capture guard: out of memory for the capture */
+            s = fl_fail(FL_ERR_OOM, "%s; during CUDA graph capture 0x%llx (stream 0x%llx) fragless may map new "
+                        "pages but cannot reclaim cached ones or give memory back (that needs a synchronize): "
+                        "free memory or call torch.cuda.empty_cache() before the capture, or raise the limit",
+                        why, (unsigned long long)p->dev->capture_guard, (unsigned long long)stream);
+        }
+    }
+    /* Blocks kept for graphs are not the program's: the peaks leave them out. */
+    if (g->kept_bytes) {
+        uint64_t now = p->allocated - g->kept_bytes, blocks = p->num_allocs - p->num_frees + g->reuses - g->keeps;
+        a->peak_allocated = now > old_peak ? now : old_peak;
+        a->blocks_peak = blocks > old_blocks_peak ? blocks : old_blocks_peak;
+    }
+    fl_lock_release(&a->lock);
+    return s;
+}
+
+fl_status fl_allocator_trace(fl_allocator *a, const char *path)
+{
+    fl_lock_acquire(&a->lock);
+    fl_status s = FL_OK;
+    if (path && a->rec)
+        s = fl_fail(FL_ERR_INVALID, "trace %s: this allocator records a trace already", path);
+    else if (path)
+        s = fl_recorder_open(path, &a->rec);
+    else if (a->rec) {
+        fl_recorder_close(a->rec);
+        a->rec = NULL;
+    }
+    fl_lock_release(&a->lock);
+    return s;
+}
+
+void fl_allocator_trace_flush(fl_allocator *a)
+{
+    fl_lock_acquire(&a->lock);
+    fl_recorder_flush(a->rec);
+    fl_lock_release(&a->lock);
+}
+
+fl_status fl_stream_capture(fl_allocator *a, uint64_t stream, uint64_t *capture)
+{
+    fl_lock_acquire(&a->lock);
+    *capture = 0;
+    if (a->policy->dev->capture_watch)
+        fl_graphs_watch(&a->graphs, a->policy->dev, stream, capture);
+    fl_lock_release(&a->lock);
+    return FL_OK;
+}
+
+fl_status fl_graph_release(fl_allocator *a, uint64_t capture)
+{
+    if (!capture)
+        return fl_fail(FL_ERR_INVALID, "graph release: capture id 0 names no capture");
+    fl_lock_acquire(&a->lock);
+    fl_graphs *g = &a->graphs;
+    fl_status s = FL_OK;
+    fl_graphs_refresh(g, a->policy->dev);
+    if (fl_graphs_is_underway(g, capture))
+        s = fl_fail(FL_ERR_INVALID, "graph release: capture 0x%llx is still underway: end it first",
+                    (unsigned long long)capture);
+    else if ((s = fl_graphs_release_later(g, capture)) == FL_OK && !fl_graphs_underway(g))
+        s = graphs_catch_up(a); /* else at the first moment without captures */
+    if (s == FL_OK)
+        maybe_publish(a, 1);
+    fl_lock_release(&a->lock);
+    return s;
+}
+
+fl_status fl_allocator_free_stream(fl_allocator *a, uint64_t addr, uint64_t size, uint64_t stream)
+{
+    fl_lock_acquire(&a->lock);
+    uint64_t capture;
+    if (a->policy->dev->capture_watch)
+        fl_graphs_watch(&a->graphs, a->policy->dev, stream, &capture);
+    fl_status s = free_locked(a, addr, size);
+    fl_lock_release(&a->lock);
+    return s;
+}
+
+/* ---- following a recorded run (replay of a PyTorch snapshot) ---------------------- */
+
+fl_status fl_allocator_seed(fl_allocator *a, const fl_seed_segment *sg, const fl_seed_block *blocks, uint64_t *addrs)
+{
+    fl_lock_acquire(&a->lock);
+    fl_policy *p = a->policy;
+    uint64_t before = p->allocated;
+    fl_status s = p->ops->seed ? p->ops->seed(p, sg, blocks, addrs)
+                               : fl_fail(FL_ERR_UNSUPPORTED, "%s: segments are not rebuilt", p->ops->name);
+    if (s == FL_OK) {
+        /* The blocks count as allocated now, like any other. */
+        a->alloc_total += p->allocated - before;
+        if (p->allocated > a->peak_allocated)
+            a->peak_allocated = p->allocated;
+        for (size_t i = 0; i < sg->n_blocks; i++) {
+            a->req_current += blocks[i].requested;
+            a->req_total += blocks[i].requested;
+            a->live512 += fl_live_size(blocks[i].requested);
+        }
+        if (a->req_current > a->req_peak)
+            a->req_peak = a->req_current;
+        if (p->num_allocs - p->num_frees > a->blocks_peak)
+            a->blocks_peak = p->num_allocs - p->num_frees;
+    }
+    fl_lock_release(&a->lock);
+    return s;
+}
+
+fl_status fl_allocator_release(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *freed)
+{
+    fl_lock_acquire(&a->lock);
+    fl_policy *p = a->policy;
+    *freed = 0;
+    fl_status s = p->ops->release ? p->ops->release(p, size, stream, freed) : FL_OK;
     fl_lock_release(&a->lock);
     return s;
 }

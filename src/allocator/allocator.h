@@ -14,6 +14,16 @@
  * policy inside (for its walk and self-check) and the live bytes, each request rounded
  * up to 512 B (fl_live_size), as the out-of-memory report counts them. */
 fl_policy *fl_allocator_policy(const fl_allocator *a);
+/* fl_free_sized (size 0: not checked) by a frontend that knows the stream the block was
+ * allocated on (PyTorch passes it): asking the device about it first lets a free see a
+ * CUDA graph capture that has not allocated yet. */
+/* Starts recording every allocation and free as RMM CSV at path (as trace:PATH does from
+ * the start), or stops (path NULL) and closes the file. Starting while recording is
+ * FL_ERR_INVALID. For torch.cuda.memory._record_memory_history. */
+fl_status fl_allocator_trace(fl_allocator *a, const char *path);
+/* Writes out what the trace has buffered (for a reader in the same process). */
+void fl_allocator_trace_flush(fl_allocator *a);
+fl_status fl_allocator_free_stream(fl_allocator *a, uint64_t addr, uint64_t size, uint64_t stream);
 uint64_t fl_allocator_live(const fl_allocator *a);
 
 /* For the CUDA runtime's frontend (cudaFree of another device's block, cudaFreeAsync on
@@ -21,6 +31,14 @@ uint64_t fl_allocator_live(const fl_allocator *a);
  * when the policy does not keep it; FL_ERR_NOT_FOUND when addr is no live block here (a
  * block waiting for record_stream's events is freed already). */
 fl_status fl_allocator_block_stream(fl_allocator *a, uint64_t addr, uint64_t *stream, int *known);
+/* Replay that follows a recorded PyTorch run (the policy's seed and release ops):
+ * fl_allocator_seed holds a segment as it was before recording began, with its live
+ * blocks (their addresses in addrs), counted like any allocation; FL_ERR_UNSUPPORTED
+ * for a policy that is not PyTorch's. fl_allocator_release gives back what the recorded
+ * allocator gave back (a cached segment of size bytes on stream); *freed: the bytes (0
+ * when the emulation holds no such segment, or the policy has none). */
+fl_status fl_allocator_seed(fl_allocator *a, const fl_seed_segment *sg, const fl_seed_block *blocks, uint64_t *addrs);
+fl_status fl_allocator_release(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *freed);
 
 /* Fills the judgment of an out-of-memory moment from the facts in r (request, stream,
  * capacity, limit, live, reserved, free_in_reserved, largest_free): device_free,
@@ -39,7 +57,7 @@ fl_status fl_state_write(const fl_policy *p, const fl_stats *stats, FILE *out);
  * written, so a reader that sees the same even seq before and after its copy has a
  * whole record. The header (magic .. comm) never changes once the file has its name. */
 #define FL_PUB_MAGIC UINT32_C(0x504f5446) /* the bytes "FTOP" */
-#define FL_PUB_VERSION 2 /* 2: rank and the GPU's UUID */
+#define FL_PUB_VERSION 3 /* 2: rank and the GPU's UUID; 3: graph bytes in fl_stats */
 #define FL_PUB_WORDS (1 + sizeof(fl_stats) / 8) /* updated_ns, then fl_stats */
 #define FL_PUB_PREFIX "fragless."             /* file names: fragless.PID.DEVICE[.N] */
 

@@ -38,7 +38,10 @@ void fl_oom_judge(fl_oom_report *r, const char *policy, int device)
     fl_format_size(r->largest_free, largest, sizeof largest);
     fl_format_size(want, need, sizeof need);
 
-    int is_fragless = strcmp(policy, "fragless") == 0;
+    /* Every policy gives back what no live block uses before it fails (cca: its wholly free
+     * segments; fragless: reclaim), so empty_cache() would free nothing more: it is never
+     * the advice. Nor is a setting that is already on. */
+    int is_fragless = strcmp(policy, "fragless") == 0, is_expandable = strcmp(policy, "cca-expandable") == 0;
     if (r->verdict == FL_OOM_EXHAUSTION) {
         if (want <= r->capacity && limit < r->capacity)
             snprintf(r->advice, sizeof r->advice,
@@ -50,18 +53,17 @@ void fl_oom_judge(fl_oom_report *r, const char *policy, int device)
                      need, lim);
     } else if (is_fragless) {
         snprintf(r->advice, sizeof r->advice,
-                 "the free memory is in partly used pages: call empty_cache() and retry, or raise the "
-                 "limit by %s", asked);
+                 "the free memory is in pages that live blocks also use: raise the limit by %s", asked);
     } else if (r->free_in_reserved >= r->request) {
         snprintf(r->advice, sizeof r->advice,
-                 "%s is reserved but cut into pieces (largest %s): call empty_cache() and retry, or run "
-                 "with FRAGLESS_CONF=policy:fragless, which maps pages where they are needed",
-                 unalloc, largest);
+                 "%s reserved is in pieces (largest %s) in segments live blocks hold; empty_cache() "
+                 "would free none of it: run with FRAGLESS_CONF=policy:fragless%s",
+                 unalloc, largest, is_expandable ? "" : ", or expandable_segments:True");
     } else {
         snprintf(r->advice, sizeof r->advice,
                  "the job fits (needs %s) but the allocator's free pieces do not: run with "
-                 "FRAGLESS_CONF=policy:fragless, or expandable_segments:True",
-                 need);
+                 "FRAGLESS_CONF=policy:fragless%s",
+                 need, is_expandable ? "" : ", or expandable_segments:True");
     }
     const char *why = r->verdict == FL_OOM_EXHAUSTION ? "exceeds" : "fits in";
     snprintf(r->text, sizeof r->text,

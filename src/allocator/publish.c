@@ -22,7 +22,7 @@
 
 /* The file format is an ABI between processes built at different times: a change of
  * fl_stats or of the header must bump FL_PUB_VERSION (and update these figures). */
-_Static_assert(sizeof(fl_stats) == 360, "fl_stats changed: bump FL_PUB_VERSION");
+_Static_assert(sizeof(fl_stats) == 376, "fl_stats changed: bump FL_PUB_VERSION");
 _Static_assert(sizeof(fl_stats) % 8 == 0, "fl_stats is published as 64-bit words");
 _Static_assert(offsetof(fl_pub_record, seq) == 120, "fl_pub_record header layout");
 _Static_assert(sizeof(fl_pub_record) == 128 + 8 * FL_PUB_WORDS, "fl_pub_record layout");

@@ -2,7 +2,9 @@
 #ifndef FL_CLI_H
 #define FL_CLI_H
 
-#include "replay/replay.h"
+#include "cli/progress.h"
+#include "replay/doctor.h"
+#include "replay/input.h"
 
 enum { CLI_EXIT_OK = 0, CLI_EXIT_USAGE = 1, CLI_EXIT_INPUT = 2, CLI_EXIT_OOM = 3, CLI_EXIT_ERROR = 4 };
 typedef enum cli_mode { CLI_REPLAY, CLI_COMPARE, CLI_DOCTOR, CLI_REPORT } cli_mode;
@@ -20,13 +22,19 @@ typedef struct cli_opts {
     int timeline;
     const char *format;         /* table, csv, json */
     const char *output;         /* report: -o PATH */
+    int device;                 /* --device N for snapshots, FL_DEVICE_DEFAULT if not given */
 } cli_opts;
+
+/* --device N: 0 or an exit code (with the message). */
+int cli_parse_device(const char *v, int *device);
 
 /* JSON on stdout: a string, escaped as JSON needs (names come from the command line and
  * from files); a number, or null when it has no finite value (a ratio over 0): the
  * output is always JSON. */
 void cli_json_str(const char *s);
 void cli_json_num(double v, int decimals);
+/* "s" unless n is 1: "1 stream", "2 streams". */
+static inline const char *cli_plural(unsigned long long n) { return n == 1 ? "" : "s"; }
 
 /* ---- the command line as options (options.c and each command's file). Parsing runs
  * nothing and exits nothing: it returns 0 (o filled, its strings pointing into argv),
@@ -47,8 +55,9 @@ typedef struct cli_import_opts {
 int cli_import_parse(int argc, char **argv, cli_import_opts *o);
 
 typedef struct cli_fidelity_opts {
-    int csv;
+    int csv, json;              /* --format csv, json; else text */
     int n_snapshots;            /* the words that are not options are the snapshots */
+    int device;                 /* --device N, else FL_DEVICE_ALL */
 } cli_fidelity_opts;
 int cli_fidelity_parse(int argc, char **argv, cli_fidelity_opts *o);
 
@@ -78,6 +87,32 @@ int cli_top(int argc, char **argv);
 int cli_top_frame(const char *dir, uint64_t wait_ns, char **text, size_t *len);
 
 int cli_doctor(const cli_opts *o);
+
+/* One section of the doctor (a trace, or one device of a snapshot), as `doctor` and
+ * `report` run it: what ran (the snapshot's settings unless --policy or --conf), the
+ * capacity (--capacity, else a snapshot's oom event), the fidelity of the emulation and
+ * its caveat. known: min capacities already searched (report's comparison). */
+typedef struct cli_section {
+    const fl_snapshot_info *info;
+    int from_snapshot;          /* ran is the snapshot's own allocator (followed) */
+    int capacity_from_oom;
+    int has_fidelity;
+    fl_fidelity fidelity;
+    char caveat[512];           /* "" when none */
+    const fl_known_min *known;
+    int n_known;
+} cli_section;
+int cli_doctor_section(const cli_opts *o, fl_loaded *in, fl_replay_opts *ran, cli_section *sec, fl_diagnosis *d,
+                       cli_progress *bar);
+/* The parts of a breakdown in order (key for JSON and data attributes, label for text). */
+#define CLI_N_PARTS 6
+typedef struct cli_part {
+    const char *key, *label;
+} cli_part;
+extern const cli_part cli_parts[CLI_N_PARTS];
+uint64_t cli_part_value(const fl_breakdown *b, int i);
+/* A site's name, or what an unknown site means. */
+const char *cli_site_name(const fl_prepared *p, uint32_t site);
 /* A what-if row against what ran: "saves X", "costs X more" or "same". */
 void cli_whatif_delta(char *buf, size_t n, uint64_t ran, uint64_t need);
 /* `fragless report`: the HTML report of every trace (src/cli/report.c). */

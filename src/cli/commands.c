@@ -188,17 +188,18 @@ static void print_row(const cli_opts *o, const fl_prepared *p, const char *polic
     /* The run without a limit failed (the simulated device's address space, e.g. more
      * than 255 streams' fragless heaps): its figures are not what the trace needs. */
     if (u->ooms)
-        printf("  FAILED: %llu allocations out of memory without a capacity limit", (unsigned long long)u->ooms);
+        printf("  FAILED: %llu allocation%s out of memory without a capacity limit", (unsigned long long)u->ooms,
+               cli_plural(u->ooms));
     printf("\n");
 }
 
 static void print_trace_header(const cli_opts *o, const fl_prepared *p, uint64_t capacity)
 {
-    if (strcmp(o->format, "table"))
+    if (strcmp(o->format, "text"))
         return;
     char live[32], cap[32];
-    printf("%s: %zu events, %llu streams, peak live %s (%.3f GiB)\n", p->name, p->n_ops,
-           (unsigned long long)p->n_streams, fl_format_size(p->peak_live, live, sizeof live), gib(p->peak_live));
+    printf("%s: %zu event%s, %llu stream%s, peak live %s (%.3f GiB)\n", p->name, p->n_ops, cli_plural(p->n_ops),
+           (unsigned long long)p->n_streams, cli_plural(p->n_streams), fl_format_size(p->peak_live, live, sizeof live), gib(p->peak_live));
     printf("  %-15s %9s %8s %9s %9s %7s %9s %6s %8s", "policy", "reserved", "overhead", "min_cap", "min/live",
            "calls", "dev_ms", "late", "late_ms");
     if (capacity)
@@ -216,52 +217,73 @@ int cli_compare(const cli_opts *o)
     if (!strcmp(o->format, "json"))
         printf("[\n");
     cli_progress bar; /* silent unless stderr is a terminal */
-    cli_progress_begin(&bar, (double)o->n_traces * np);
+    cli_progress_begin(&bar, (double)o->n_traces * np); /* a snapshot's extra devices extend it */
     for (int t = 0; t < o->n_traces; t++) {
-        fl_prepared *p;
-        fl_status s = fl_load_trace(o->traces[t], stderr, &p);
+        fl_loaded *v;
+        int nv;
+        fl_status s = fl_load_inputs(o->traces[t], o->device, stderr, &v, &nv);
         if (s != FL_OK) {
             cli_progress_clear(&bar);
             load_error();
-            return status_exit(s);
+            return s == FL_ERR_INVALID ? CLI_EXIT_USAGE : status_exit(s);
         }
-        uint64_t capacity;
-        if ((rc = cli_capacity_for(o, p, &capacity)) != 0) {
-            cli_progress_clear(&bar);
-            fl_prepared_free(p);
-            return rc;
-        }
-        print_trace_header(o, p, capacity);
-        for (int i = 0; i < np; i++) {
-            fl_replay_opts ro = o->opts;
-            snprintf(ro.cfg.policy, sizeof ro.cfg.policy, "%.31s", names[i]);
-            char what[64];
-            snprintf(what, sizeof what, "%.30s %.31s", p->name, names[i]);
-            cli_progress_unit(&bar, what);
-            cli_progress_attach(&bar, &ro);
-            fl_measure m;
-            s = fl_measure_run(p, &ro, capacity, o->min_capacity, &m);
-            cli_progress_unit_done(&bar);
-            cli_progress_clear(&bar);
-            if (s != FL_OK) {
-                fprintf(stderr, "fragless: %s, policy %s: %s\n", p->name, names[i], fl_last_error());
-                fl_prepared_free(p);
-                return status_exit(s);
+        for (int k = 0; k < nv; k++) {
+            fl_prepared *p = v[k].p;
+            uint64_t capacity;
+            if ((rc = cli_capacity_for(o, p, &capacity)) != 0) {
+                cli_progress_clear(&bar);
+                fl_loaded_free(v, nv);
+                return rc;
             }
-            print_row(o, p, names[i], &m, first);
-            fflush(stdout); /* the row is on screen before the bar comes back */
-            first = 0;
-            if (m.unlimited.ooms) {
-                fprintf(stderr, "fragless: %s, policy %s: %llu allocations failed without a capacity limit (first at "
-                        "event %zu; `fragless replay` says why): its figures are not a result\n",
-                        p->name, names[i], (unsigned long long)m.unlimited.ooms, m.unlimited.first_oom_op);
-                failed = 1;
+            print_trace_header(o, p, capacity);
+            /* A snapshot: how close the emulation of its own allocator comes to it. */
+            if (v[k].info.n_devices) {
+                fl_fidelity fid;
+                char caveat[512];
+                if ((s = fl_fidelity_run(p, &v[k].info, o->opts.sim.granularity, &fid)) != FL_OK) {
+                    cli_progress_clear(&bar);
+                    fprintf(stderr, "fragless: %s: fidelity: %s\n", p->name, fl_last_error());
+                    fl_loaded_free(v, nv);
+                    return status_exit(s);
+                }
+                fl_fidelity_caveat(&fid, caveat, sizeof caveat);
+                if (caveat[0] && !strcmp(o->format, "text"))
+                    printf("  %s.\n", caveat);
+                else if (caveat[0])
+                    fprintf(stderr, "fragless: %s: %s\n", p->name, caveat);
             }
-            fl_measure_free(&m);
+            for (int i = 0; i < np; i++) {
+                fl_replay_opts ro = o->opts;
+                snprintf(ro.cfg.policy, sizeof ro.cfg.policy, "%.31s", names[i]);
+                char what[64];
+                snprintf(what, sizeof what, "%.30s %.31s", p->name, names[i]);
+                cli_progress_unit(&bar, what);
+                cli_progress_attach(&bar, &ro);
+                fl_measure m;
+                s = fl_measure_run(p, &ro, capacity, o->min_capacity, &m);
+                cli_progress_unit_done(&bar);
+                cli_progress_clear(&bar);
+                if (s != FL_OK) {
+                    fprintf(stderr, "fragless: %s, policy %s: %s\n", p->name, names[i], fl_last_error());
+                    fl_loaded_free(v, nv);
+                    return status_exit(s);
+                }
+                print_row(o, p, names[i], &m, first);
+                fflush(stdout); /* the row is on screen before the bar comes back */
+                first = 0;
+                if (m.unlimited.ooms) {
+                    fprintf(stderr, "fragless: %s, policy %s: %llu allocation%s failed without a capacity limit (first at "
+                            "event %zu; `fragless replay` says why): its figures are not a result\n",
+                            p->name, names[i], (unsigned long long)m.unlimited.ooms, cli_plural(m.unlimited.ooms),
+                            m.unlimited.first_oom_op);
+                    failed = 1;
+                }
+                fl_measure_free(&m);
+            }
+            if (!strcmp(o->format, "text") && (t + 1 < o->n_traces || k + 1 < nv))
+                printf("\n");
         }
-        if (!strcmp(o->format, "table") && t + 1 < o->n_traces)
-            printf("\n");
-        fl_prepared_free(p);
+        fl_loaded_free(v, nv);
     }
     if (!strcmp(o->format, "json"))
         printf("\n]\n");
@@ -278,12 +300,22 @@ int cli_replay(const cli_opts *o)
         fprintf(stderr, "fragless: replay takes one --policy\n");
         return CLI_EXIT_USAGE;
     }
-    fl_prepared *p;
-    fl_status s = fl_load_trace(o->traces[0], stderr, &p);
+    fl_loaded *v;
+    int nv;
+    fl_status s = fl_load_inputs(o->traces[0], o->device, stderr, &v, &nv);
     if (s != FL_OK) {
         load_error();
-        return status_exit(s);
+        return s == FL_ERR_INVALID ? CLI_EXIT_USAGE : status_exit(s);
     }
+    if (nv > 1) {
+        fprintf(stderr, "fragless: %s: events on %d devices: replay takes one (--device N)\n", o->traces[0], nv);
+        fl_loaded_free(v, nv);
+        return CLI_EXIT_USAGE;
+    }
+    /* Owned by v from here: freed with it, never alone. */
+    fl_prepared *p = v[0].p;
+    v[0].p = NULL;
+    fl_loaded_free(v, nv);
     fl_replay_opts ro = o->opts;
     snprintf(ro.cfg.policy, sizeof ro.cfg.policy, "%.31s", names[0]);
     uint64_t capacity;
@@ -343,9 +375,12 @@ int cli_replay(const cli_opts *o)
     } else {
         printf("%s under %s, capacity %s\n", p->name, names[0],
                capacity ? fl_format_size(capacity, b1, sizeof b1) : "unlimited");
-        printf("  events %zu (%llu allocations, %llu frees, %llu recorded failures, %llu unknown frees skipped)\n",
-               p->n_ops, (unsigned long long)p->n_allocs, (unsigned long long)p->n_frees,
-               (unsigned long long)p->n_recorded_failures, (unsigned long long)p->unknown_frees);
+        printf("  events %zu (%llu allocation%s, %llu free%s, %llu recorded failure%s, %llu unknown free%s "
+               "skipped)\n",
+               p->n_ops, (unsigned long long)p->n_allocs, cli_plural(p->n_allocs), (unsigned long long)p->n_frees,
+               cli_plural(p->n_frees), (unsigned long long)p->n_recorded_failures,
+               cli_plural(p->n_recorded_failures), (unsigned long long)p->unknown_frees,
+               cli_plural(p->unknown_frees));
         char ov[16] = "-";
         if (p->peak_live)
             snprintf(ov, sizeof ov, "%.4f", (double)r.peak_reserved / (double)p->peak_live);
@@ -357,7 +392,7 @@ int cli_replay(const cli_opts *o)
                    (double)min_cap / (double)p->peak_live);
         else if (min_cap)
             printf("  min capacity %s\n", fl_format_size(min_cap, b1, sizeof b1));
-        printf("  out of memory: %llu allocations", (unsigned long long)r.ooms);
+        printf("  out of memory: %llu allocation%s", (unsigned long long)r.ooms, cli_plural(r.ooms));
         if (r.ooms)
             printf(" (first at event %zu)", r.first_oom_op);
         printf(", retries after freeing cache: %llu\n", (unsigned long long)r.retries);

@@ -17,6 +17,12 @@ int main(int argc, char **argv)
     const char *cmd = argv[1];
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
         const char *topic = argc > 2 ? argv[2] : "";
+        cli_mode m;
+        if (*topic && cli_mode_of(topic, &m) != 0 && strcmp(topic, "top") && strcmp(topic, "import") &&
+            strcmp(topic, "fidelity") && strcmp(topic, "run") && strcmp(topic, "help") && strcmp(topic, "version")) {
+            fprintf(stderr, "fragless: help: unknown command '%s'\n\n%s", topic, cli_help(""));
+            return CLI_EXIT_USAGE;
+        }
         if (!strcmp(topic, "top"))
             return cli_top(1, (char *[]){"--help", NULL});
         if (!strcmp(topic, "import") || !strcmp(topic, "fidelity") || !strcmp(topic, "run")) {

@@ -28,6 +28,14 @@ static const char main_help[] =
     "  help [COMMAND]     this text, or a command's\n"
     "  version            the version\n"
     "\n"
+    "options that mean the same in every command:\n"
+    "  --policy LIST      one policy, or a comma-separated list where a command compares\n"
+    "                     (--policies is the same option)\n"
+    "  --format F         text (default), csv or json (table is the same as text);\n"
+    "                     report writes HTML to -o FILE instead\n"
+    "  --capacity SIZE    80GiB, 512MiB, 4096 (bytes) or 1.05x (times peak live); decimal\n"
+    "                     units (80GB) are refused: 80GB is 74.51 GiB, not an 80 GiB card\n"
+    "\n"
     "policies: fragless (ours), cca (PyTorch's default caching allocator),\n"
     "          cca-expandable (PyTorch's expandable segments), nocache (no cache)\n"
     "\n"
@@ -36,29 +44,33 @@ static const char main_help[] =
 
 static const char replay_help[] =
     "usage: fragless replay TRACE [--policy P] [--capacity SIZE] [--conf CONF]\n"
-    "                             [--timeline N] [--format table|csv|json]\n"
+    "                             [--timeline N] [--format text|csv|json]\n"
     "\n"
     "Replays TRACE through one policy on a simulated GPU and reports peak live and\n"
     "reserved memory, OOMs, device calls by kind, simulated device time and host time.\n"
     "\n"
-    "  --policy P        fragless (default), cca, cca-expandable, nocache\n"
+    "  --policy P        fragless (default), cca, cca-expandable, nocache (one; --policies\n"
+    "                    is the same option)\n"
     "  --capacity SIZE   device capacity: 80GiB, 512MiB, or 1.05x (times the trace's\n"
-    "                    peak live bytes); default unlimited\n"
+    "                    peak live bytes); default unlimited. GB, MB are refused: write\n"
+    "                    80GiB for an 80 GiB card, 80e9 for 80 x 10^9 bytes\n"
     "  --conf CONF       FRAGLESS_CONF-style knobs: for cca, max_split_size_mb:128,\n"
     "                    roundup_power2_divisions:4, garbage_collection_threshold:0.8\n"
     "                    (with limit:SIZE), expandable_segments:True; for fragless,\n"
     "                    small_size:256KiB; for all, limit:SIZE\n"
+    "  --device N        a PyTorch snapshot's device (default: the device with the\n"
+    "                    out-of-memory, else every device with events, one section each)\n"
     "  --granularity SZ  device page size, a power of two from 4KiB to 1GiB (default 2MiB)\n"
     "  --timeline N      also print N windows of the trace: live, reserved, device calls\n"
     "  --min-capacity    also search the smallest capacity that runs without OOM\n"
-    "  --format F        table (default), csv or json\n"
+    "  --format F        text (default; table is the same), csv or json\n"
     "\n"
     "exit codes: 0 done; 1 bad usage; 2 bad trace; 3 out of memory (at --capacity, or\n"
     "            without one: the simulated device ran out of address space); 4 other\n";
 
 static const char compare_help[] =
-    "usage: fragless compare TRACE... [--policies LIST] [--capacity SIZE] [--conf CONF]\n"
-    "                                 [--format table|csv|json]\n"
+    "usage: fragless compare TRACE... [--policy LIST] [--capacity SIZE] [--conf CONF]\n"
+    "                                 [--format text|csv|json]\n"
     "\n"
     "Replays every TRACE through every policy on a simulated GPU. Per trace and policy:\n"
     "  peak_live      max live bytes (requests rounded up to 512 B)\n"
@@ -74,12 +86,15 @@ static const char compare_help[] =
     "space: e.g. more than 255 streams under fragless) is marked FAILED (JSON \"failed\",\n"
     "CSV unlimited_ooms) and the exit code is 3.\n"
     "\n"
-    "  --policies LIST   comma-separated (default fragless,cca,cca-expandable,nocache)\n"
+    "  --policy LIST     comma-separated (default fragless,cca,cca-expandable,nocache);\n"
+    "                    --policies is the same option\n"
     "  --capacity SIZE   80GiB, 512MiB, or 1.05x (times each trace's peak live bytes)\n"
     "  --conf CONF       knobs applied to every policy (see `fragless help replay`)\n"
+    "  --device N        a PyTorch snapshot's device (default: the device with the\n"
+    "                    out-of-memory, else every device with events, one section each)\n"
     "  --granularity SZ  device page size, a power of two from 4KiB to 1GiB (default 2MiB)\n"
     "  --no-min-capacity skip the min_capacity search (faster)\n"
-    "  --format F        table (default), csv or json\n"
+    "  --format F        text (default; table is the same), csv or json\n"
     "\n"
     "exit codes: 0 done; 1 bad usage; 2 bad trace; 3 a run without a limit ran out of\n"
     "            memory (its row is marked FAILED); 4 other error\n";
@@ -97,16 +112,20 @@ static const char doctor_help[] =
     "fragless), and estimates for empty_cache() and gradient accumulation.\n"
     "\n"
     "  --policy P        the allocator the trace ran under (default: what a snapshot's\n"
-    "                    allocator_settings say, else cca, PyTorch's default)\n"
+    "                    allocator_settings say, else cca, PyTorch's default); one\n"
+    "                    policy (--policies is the same option)\n"
     "  --conf CONF       its knobs, e.g. max_split_size_mb:256 or expandable_segments:True\n"
     "  --capacity SIZE   80GiB, 512MiB, or a factor of peak live like 1.05x\n"
+    "  --device N        a PyTorch snapshot's device (default: the device with the\n"
+    "                    out-of-memory, else every device with events, one section each)\n"
     "  --granularity SZ  device page size, a power of two from 4KiB to 1GiB (default 2MiB)\n"
-    "  --format F        text (default) or json\n"
+    "  --format F        text (default; table is the same) or json; a diagnosis has no\n"
+    "                    CSV form (csv is refused)\n"
     "\n"
     "exit codes: 0 done; 1 bad usage; 2 bad trace; 4 other error\n";
 
 static const char report_help[] =
-    "usage: fragless report TRACE|SNAPSHOT|STATE... -o REPORT.html [--policies LIST] [--capacity SIZE]\n"
+    "usage: fragless report TRACE|SNAPSHOT|STATE... -o REPORT.html [--policy LIST] [--capacity SIZE]\n"
     "                       [--conf CONF] [--granularity SZ]\n"
     "\n"
     "Writes one self-contained HTML page (inline CSS and SVG; nothing is fetched when it is\n"
@@ -115,14 +134,18 @@ static const char report_help[] =
     "live bytes under fragless and cca (mapped, cached, pinned by one or several live\n"
     "blocks), and the doctor's verdict and what-if table (`fragless doctor`). A STATE is a\n"
     "state snapshot (JSON, from fl_allocator_snapshot, oom_snapshot:PATH or Python's\n"
-    "fragless.snapshot()): its statistics and its page map; --policies and --capacity do\n"
-    "not apply to it.\n"
+    "fragless.snapshot()): its statistics and its page map; --policy and --capacity do\n"
+    "not apply to it. On success it prints the path it wrote. It has no --format: the\n"
+    "page is HTML (compare, replay and doctor print text, csv or json).\n"
     "\n"
     "  -o, --output FILE the HTML file to write (required)\n"
-    "  --policies LIST   comma-separated (default fragless,cca,cca-expandable,nocache)\n"
+    "  --policy LIST     comma-separated (default fragless,cca,cca-expandable,nocache);\n"
+    "                    --policies is the same option\n"
     "  --capacity SIZE   your GPU's memory (80GiB, or 1.05x of peak live): OOMs at it in\n"
     "                    the table, and the doctor's out-of-memory diagnosis\n"
     "  --conf CONF       knobs applied to every policy (see `fragless help replay`)\n"
+    "  --device N        a PyTorch snapshot's device (default: the device with the\n"
+    "                    out-of-memory, else every device with events, one section each)\n"
     "  --granularity SZ  device page size, a power of two from 4KiB to 1GiB (default 2MiB)\n"
     "\n"
     "exit codes: 0 done; 1 bad usage; 2 bad trace; 4 other error (e.g. FILE not writable)\n";
@@ -161,6 +184,17 @@ static int parse_capacity(const char *text, cli_opts *o)
     return 0;
 }
 
+int cli_parse_device(const char *v, int *device)
+{
+    char *end;
+    errno = 0;
+    long d = strtol(v, &end, 10);
+    if (errno || end == v || *end || d < 0 || d > 1023)
+        return CLI_EXIT_USAGE;
+    *device = (int)d;
+    return 0;
+}
+
 int cli_parse_opts(int argc, char **argv, cli_mode mode, cli_opts *o)
 {
     const char *help = cli_help(cli_mode_name(mode));
@@ -170,7 +204,8 @@ int cli_parse_opts(int argc, char **argv, cli_mode mode, cli_opts *o)
     fl_config_default(&o->opts.cfg);
     fl_sim_params_default(&o->opts.sim);
     o->min_capacity = multi;
-    o->format = is_doctor ? "text" : "table";
+    o->format = "text";
+    o->device = FL_DEVICE_DEFAULT;
     o->policies = multi ? "fragless,cca,cca-expandable,nocache" : is_doctor ? "cca" : "fragless";
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
@@ -179,18 +214,22 @@ int cli_parse_opts(int argc, char **argv, cli_mode mode, cli_opts *o)
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             fputs(help, stdout);
             return CLI_HELP_SHOWN;
-        } else if (!strcmp(a, "--policy") && !multi) {
+        } else if (!strcmp(a, "--policy") || !strcmp(a, "--policies")) {
+            /* One option under two spellings (compare had --policies): a list where the
+             * command compares, one name where it runs one policy. */
             if (v)
                 o->policies = v;
-            o->policy_given = 1;
-        } else if (!strcmp(a, "--policies") && multi) {
-            if (v)
-                o->policies = v;
+            /* Doctor's "what you ran" over a snapshot's own settings; report's list is
+             * what to compare, its doctor section keeps to the snapshot's. */
+            o->policy_given |= !multi;
         } else if ((!strcmp(a, "-o") || !strcmp(a, "--output")) && is_report) {
             o->output = v;
         } else if (!strcmp(a, "--capacity")) {
             if (v && parse_capacity(v, o))
                 return CLI_EXIT_USAGE;
+        } else if (!strcmp(a, "--device")) {
+            if (v && cli_parse_device(v, &o->device))
+                return usage_error(help, "--device '%s': expected a device number from 0 to 1023", v);
         } else if (!strcmp(a, "--granularity")) {
             if (v && (fl_parse_size(v, &o->opts.sim.granularity) != FL_OK))
                 return usage_error(help, "--granularity: %s", fl_last_error());
@@ -203,11 +242,19 @@ int cli_parse_opts(int argc, char **argv, cli_mode mode, cli_opts *o)
             o->policy_given = 1;
             if (v && fl_config_parse(&o->opts.cfg, v) != FL_OK)
                 return usage_error(help, "--conf: %s", fl_last_error());
-        } else if (!strcmp(a, "--format") && !is_report) {
-            if (v && is_doctor && strcmp(v, "text") && strcmp(v, "json"))
-                return usage_error(help, "--format '%s': expected text or json", v);
-            if (v && !is_doctor && strcmp(v, "table") && strcmp(v, "csv") && strcmp(v, "json"))
-                return usage_error(help, "--format '%s': expected table, csv or json", v);
+        } else if (!strcmp(a, "--format")) {
+            if (is_report)
+                return usage_error(help, "report has no --format: it writes one HTML page (-o FILE.html); "
+                                         "compare, replay and doctor print text, csv or json%s", "");
+            /* "table" was compare's and replay's word for what doctor called "text". */
+            if (v && !strcmp(v, "table"))
+                v = "text";
+            if (v && is_doctor && !strcmp(v, "csv"))
+                return usage_error(help, "--format csv: doctor prints text or json (a diagnosis has no CSV "
+                                         "form; `fragless compare --format csv` has the figures)%s", "");
+            if (v && strcmp(v, "text") && strcmp(v, "csv") && strcmp(v, "json"))
+                return usage_error(help, is_doctor ? "--format '%s': expected text or json"
+                                                   : "--format '%s': expected text, csv or json", v);
             if (v)
                 o->format = v;
         } else if (!strcmp(a, "--timeline") && mode == CLI_REPLAY) {
@@ -240,6 +287,8 @@ int cli_parse_opts(int argc, char **argv, cli_mode mode, cli_opts *o)
         return usage_error(help, "no trace given%s", "");
     if (is_report && (!o->output || !*o->output))
         return usage_error(help, "no output file given (-o REPORT.html)%s", "");
+    if (!multi && strchr(o->policies, ','))
+        return usage_error(help, "--policy '%s': this command runs one policy; compare takes a list", o->policies);
     if (!multi && o->n_traces > 1)
         return usage_error(help, "this command takes one trace; use compare for several (got '%s' too)",
                            o->traces[1]);

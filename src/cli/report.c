@@ -60,12 +60,12 @@ static void fmt_events(char *buf, size_t n, double v)
         snprintf(buf, n, "%g", v);
 }
 
-static void write_timeline(FILE *f, int idx, const fl_prepared *p, char names[][32], const fl_measure *ms, int np,
+static void write_timeline(FILE *f, const char *idx, const fl_prepared *p, char names[][32], const fl_measure *ms, int np,
                            uint64_t capacity)
 {
     enum { W = 1180, H = 300, L = 66, R = 14, T = 14, B = 36 };
     const double pw = W - L - R, ph = H - T - B;
-    fprintf(f, "<h3 id=\"timeline-%d\">Memory over time</h3>\n", idx);
+    fprintf(f, "<h3 id=\"timeline-%s\">Memory over time</h3>\n", idx);
     if (!p->n_ops || !ms[0].unlimited.n_buckets) {
         fputs("<p>No events.</p>\n", f);
         return;
@@ -151,11 +151,11 @@ static void write_timeline(FILE *f, int idx, const fl_prepared *p, char names[][
  * Tables
  * ---------------------------------------------------------------------------------- */
 
-static void write_compare(FILE *f, int idx, const fl_prepared *p, char names[][32], const fl_measure *ms, int np,
+static void write_compare(FILE *f, const char *idx, const fl_prepared *p, char names[][32], const fl_measure *ms, int np,
                           uint64_t capacity, uint64_t g)
 {
     char a[32], b[32];
-    fprintf(f, "<h3 id=\"compare-%d\">How much memory each allocator needs</h3>\n", idx);
+    fprintf(f, "<h3 id=\"compare-%s\">How much memory each allocator needs</h3>\n", idx);
     int best = -1;
     for (int i = 0; i < np; i++)
         if (ms[i].min_capacity && (best < 0 || ms[i].min_capacity < ms[best].min_capacity))
@@ -191,12 +191,50 @@ static void write_compare(FILE *f, int idx, const fl_prepared *p, char names[][3
             sz(p->peak_live, a, sizeof a), sz(g, b, sizeof b), ms[0].steady_from_op);
 }
 
-static void write_doctor(FILE *f, int idx, const fl_replay_opts *ran, const fl_diagnosis *d)
+static void write_breakdown(FILE *f, const fl_prepared *p, const fl_breakdown *b, const char *when)
+{
+    char a[32], c[32], e[32];
+    uint64_t total = fl_breakdown_sum(b);
+    fprintf(f, "<p><b>Where the reserved memory went %s</b>: %s reserved = %s live + %s more.</p>", when,
+            sz(b->reserved, a, sizeof a), sz(b->live, c, sizeof c), sz(total, e, sizeof e));
+    fprintf(f, "<table class=\"parts\" data-event=\"%zu\" data-reserved=\"%llu\" data-live=\"%llu\"><tbody>", b->op,
+            (unsigned long long)b->reserved, (unsigned long long)b->live);
+    for (int i = 0; i < CLI_N_PARTS; i++) {
+        uint64_t v = cli_part_value(b, i);
+        fprintf(f, "<tr><td>%s</td><td data-k=\"%s\" data-v=\"%llu\">%s</td><td>%.1f%%</td></tr>", cli_parts[i].label,
+                cli_parts[i].key, (unsigned long long)v, sz(v, a, sizeof a),
+                total ? 100.0 * (double)v / (double)total : 0.0);
+    }
+    fputs("</tbody></table>\n", f);
+    if (p->slot_site && b->n_sites && b->interleaved) {
+        fputs("<p class=\"mut\">Who pins it: live blocks in segments with free space, by allocation site (free bytes "
+              "they keep from being given back, a segment's shared among its blocks by size).</p>"
+              "<table class=\"sites\"><tbody>",
+              f);
+        for (int i = 0; i < b->n_sites; i++) {
+            const fl_site_share *s = &b->sites[i];
+            fputs("<tr><td><code>", f);
+            report_esc(f, cli_site_name(p, s->site)); /* the snapshot's text */
+            fprintf(f, "</code></td><td data-v=\"%llu\">%s stranded</td><td>%llu block%s, %s live</td></tr>",
+                    (unsigned long long)s->stranded, sz(s->stranded, a, sizeof a), (unsigned long long)s->blocks,
+                    s->blocks == 1 ? "" : "s", sz(s->live, c, sizeof c));
+        }
+        fputs("</tbody></table>\n", f);
+    }
+}
+
+static void write_doctor(FILE *f, const char *idx, const fl_prepared *p, const fl_replay_opts *ran, const fl_diagnosis *d,
+                         const cli_section *sec)
 {
     char a[32], b[32], c[32], e[32];
-    fprintf(f, "<h3 id=\"doctor-%d\">Doctor: is it fragmentation?</h3>\n", idx);
+    fprintf(f, "<h3 id=\"doctor-%s\">Doctor: is it fragmentation?</h3>\n", idx);
     const char *cls = d->verdict == FL_VERDICT_FRAGMENTATION ? "frag" : d->verdict == FL_VERDICT_EXHAUSTION ? "exh" : "none";
-    fprintf(f, "<div class=\"verdict %s\" data-verdict=\"%s\">", cls, fl_verdict_name(d->verdict));
+    fprintf(f, "<div class=\"verdict %s\" data-verdict=\"%s\" data-capacity=\"%llu\" data-job-fits=\"%d\">", cls,
+            fl_verdict_name(d->verdict), (unsigned long long)d->capacity, d->job_fits);
+    if (sec->capacity_from_oom)
+        fprintf(f, "<p>Capacity from the snapshot's oom event: %s reserved + %s free on the device = <b>%s</b>.</p>",
+                sz(sec->info->oom_reserved, a, sizeof a), sz(sec->info->oom_device_free, b, sizeof b),
+                sz(d->capacity, c, sizeof c));
     if (d->has_oom) {
         const fl_oom_report *s = &d->oom;
         if (d->verdict == FL_VERDICT_FRAGMENTATION)
@@ -209,13 +247,24 @@ static void write_doctor(FILE *f, int idx, const fl_replay_opts *ran, const fl_d
                        "allocator can fit this; the job needs more memory or less live data.</p>",
                     sz(s->live, a, sizeof a), sz(s->request, b, sizeof b), sz(s->live + s->request, c, sizeof c),
                     sz(s->limit, e, sizeof e));
+        if (!d->job_fits && d->verdict == FL_VERDICT_FRAGMENTATION)
+            fprintf(f, "<p><b>But the job does not fit:</b> its live bytes later reach %s (event %zu), more than the "
+                       "capacity. Fixing fragmentation only moves the OOM: this job needs at least %s.</p>",
+                    sz(d->job_needs, a, sizeof a), d->job_peak_op, sz(d->lower_bound_job, b, sizeof b));
         fprintf(f, "<p>Out of memory at event %zu%s, replayed under %s at a capacity of %s: asked %s; free on the "
                    "device %s; ",
                 d->oom_op, d->oom_was_recorded ? " (the failure the trace recorded)" : "", ran->cfg.policy,
                 sz(d->capacity, a, sizeof a), sz(s->request, b, sizeof b), sz(d->device_free, c, sizeof c));
-        fprintf(f, "reserved but unallocated %s of %s held; largest free block %s; external fragmentation %.1f%%.</p>",
+        fprintf(f, "reserved but unallocated %s of %s held; largest free block %s; external fragmentation %.1f%%. ",
                 sz(s->free_in_reserved, a, sizeof a), sz(s->reserved, b, sizeof b),
                 sz(s->largest_free, c, sizeof c), 100.0 * d->ext_frag);
+        fprintf(f, "Lower bound: no allocator that does not move data needs less than %s now, nor %s for the whole "
+                   "job.</p>",
+                sz(d->lower_bound_now, a, sizeof a), sz(d->lower_bound_job, b, sizeof b));
+        fprintf(f, "<p>torch.cuda.empty_cache() just before the failed request, replayed: %s (it gave back %s).</p>",
+                d->empty_cache_helps ? "the request then <b>succeeds</b>"
+                                     : "the request <b>fails again</b>: it does not help",
+                sz(d->empty_cache_returned, a, sizeof a));
     } else if (d->capacity) {
         fprintf(f, "<p><b>No out-of-memory</b> at a capacity of %s under %s: the job fits.</p>",
                 sz(d->capacity, a, sizeof a), ran->cfg.policy);
@@ -225,30 +274,48 @@ static void write_doctor(FILE *f, int idx, const fl_replay_opts *ran, const fl_d
               f);
     }
     if (d->recorded_failures)
-        fprintf(f, "<p>The trace records %llu failed allocation%s; the first asked %s at event %zu.</p>",
+        fprintf(f, "<p>The trace records %llu failed allocation%s; the first asked %s at event %zu.%s</p>",
                 (unsigned long long)d->recorded_failures, d->recorded_failures == 1 ? "" : "s",
-                sz(d->first_recorded_size, a, sizeof a), d->first_recorded_op);
+                sz(d->first_recorded_size, a, sizeof a), d->first_recorded_op,
+                d->recorded_served ? " The replay served it: the emulation's state differs there." : "");
     fprintf(f, "<p class=\"mut\">At the peak of live bytes (event %zu): %s persistent (living over half the trace: "
                "weights, optimizer state) + %s transient (activations, temporaries).</p></div>\n",
             d->peak_op, sz(d->persistent_at_peak, a, sizeof a), sz(d->transient_at_peak, b, sizeof b));
+    if (d->has_oom && d->at_oom.taken)
+        write_breakdown(f, p, &d->at_oom, "at the out-of-memory");
+    if (d->at_peak.taken) {
+        char when[96];
+        snprintf(when, sizeof when, "at the peak of reserved memory (event %zu%s)", d->at_peak.op,
+                 d->capacity ? ", at the capacity" : "");
+        write_breakdown(f, p, &d->at_peak, when);
+    }
 
-    fprintf(f, "<table class=\"whatif\"><thead><tr><th>setting (what if)</th><th>needs</th><th>&times; peak live</th>"
-               "<th>vs what you ran</th><th>to try</th></tr></thead><tbody>\n");
+    fprintf(f, "<table class=\"whatif\"><thead><tr><th>setting (what if%s)</th><th>needs</th><th>&times; peak "
+               "live</th><th>vs what you ran</th>%s<th>to try</th></tr></thead><tbody>\n",
+            d->whatif_truncated ? ", the failed request served" : "",
+            d->capacity ? "<th>fits the capacity</th>" : "");
     uint64_t base = d->rows[0].min_capacity;
     for (int i = 0; i < d->n_rows; i++) {
         const fl_whatif *w = &d->rows[i];
         char delta[64] = "&ndash;";
         if (i > 0)
             cli_whatif_delta(delta, sizeof delta, base, w->min_capacity);
-        fprintf(f, "<tr%s><td>", i == d->fragless_row ? " class=\"best\"" : i == d->best_pytorch ? " class=\"good\"" : "");
+        fprintf(f, "<tr%s data-fits=\"%d\" data-reused=\"%d\"><td>",
+                i == d->fragless_row ? " class=\"best\"" : i == d->best_pytorch ? " class=\"good\"" : "", w->fits,
+                w->reused);
         report_esc(f, w->label);
-        fprintf(f, "</td><td data-v=\"%llu\">%s</td><td>%.4f</td><td>%s</td><td><code>",
-                (unsigned long long)w->min_capacity, sz(w->min_capacity, b, sizeof b),
-                ratio(w->min_capacity, d->peak_live), delta);
+        fprintf(f, "</td><td data-v=\"%llu\">%s</td><td>%.4f</td><td>%s</td>", (unsigned long long)w->min_capacity,
+                sz(w->min_capacity, b, sizeof b), ratio(w->min_capacity, d->job_needs), delta);
+        if (d->capacity)
+            fprintf(f, "<td>%s</td>", w->fits ? "yes" : "no");
+        fputs("<td><code>", f);
         report_esc(f, w->env);
         fputs("</code></td></tr>\n", f);
     }
     fputs("</tbody></table>\n", f);
+    if (d->capacity && !d->any_fits)
+        fprintf(f, "<p class=\"note\">No setting fits in %s: the job needs at least %s.</p>\n",
+                sz(d->capacity, a, sizeof a), sz(d->lower_bound_job, b, sizeof b));
 }
 
 static void write_cards(FILE *f, const fl_prepared *p, char names[][32], const fl_measure *ms, int np)
@@ -360,27 +427,22 @@ static fl_status policy_min_capacity(const fl_prepared *p, const fl_replay_opts 
     return s;
 }
 
-/* Everything about one input, written as one section; the exit code on failure. */
-static int report_one(FILE *f, const cli_opts *o, int idx, char names[][32], int np, cli_progress *bar)
+/* Everything about one trace (one device of a snapshot), written as one section; the
+ * exit code on failure. */
+static int report_one(FILE *f, const cli_opts *o, const char *path, const char *sid, fl_loaded *in, char names[][32],
+                      int np, cli_progress *bar)
 {
     char what[64];
-    const char *path = o->traces[idx], *base = strrchr(path, '/');
-    snprintf(what, sizeof what, "%.40s: reading", base ? base + 1 : path);
-    cli_progress_unit(bar, what);
-    fl_prepared *p;
-    fl_snapshot_info info;
-    fl_status s = fl_load_trace_ex(path, 0, stderr, &p, &info);
-    if (s != FL_OK) {
-        cli_progress_clear(bar);
-        fprintf(stderr, "fragless: %s\n", fl_last_error());
-        return (s == FL_ERR_PARSE || s == FL_ERR_IO) ? CLI_EXIT_INPUT : CLI_EXIT_ERROR;
-    }
+    fl_prepared *p = in->p;
+    const fl_snapshot_info *info = &in->info;
     int rc = CLI_EXIT_ERROR;
     uint64_t capacity, g = o->opts.sim.granularity;
     fl_measure ms[CLI_MAX_POLICIES];
+    fl_known_min known[CLI_MAX_POLICIES];
     int measured = 0;
     page_map maps[2] = {{.policy = "fragless"}, {.policy = "cca"}};
     fl_diagnosis d;
+    fl_status s;
     if ((rc = cli_capacity_for(o, p, &capacity)) != 0) {
         cli_progress_clear(bar);
         goto out;
@@ -400,6 +462,7 @@ static int report_one(FILE *f, const cli_opts *o, int idx, char names[][32], int
             fprintf(stderr, "fragless: %s, policy %s: %s\n", p->name, names[measured], fl_last_error());
             goto out;
         }
+        known[measured] = (fl_known_min){ro.cfg, g, ms[measured].min_capacity};
     }
     snprintf(what, sizeof what, "%.32s page maps", p->name);
     cli_progress_unit(bar, what);
@@ -426,56 +489,52 @@ static int report_one(FILE *f, const cli_opts *o, int idx, char names[][32], int
         fl_replay_result_free(&r);
     }
     cli_progress_unit_done(bar);
-    /* The doctor, as `fragless doctor` runs it: what a snapshot says it ran, else cca. */
-    fl_replay_opts ran = o->opts;
-    if (info.n_devices && !o->policy_given) {
-        fl_snapshot_config(&info, &ran.cfg);
-    } else {
-        snprintf(ran.cfg.policy, sizeof ran.cfg.policy, "cca");
-        if (ran.cfg.expandable_segments)
-            snprintf(ran.cfg.policy, sizeof ran.cfg.policy, "cca-expandable");
-    }
-    uint64_t dcap = capacity;
-    if (!dcap && info.n_devices && info.oom_entry >= 0 && /* dumped at an OOM */
-        fl_snapshot_oom_capacity(&info, p->name, &dcap) != FL_OK) {
-        cli_progress_clear(bar);
-        fprintf(stderr, "fragless: %s\n", fl_last_error());
-        rc = CLI_EXIT_INPUT;
-        goto out;
-    }
+    /* The doctor, as `fragless doctor` runs it (what a snapshot says it ran, else cca),
+     * reusing the comparison's min_capacity searches. */
+    cli_opts dopt = *o;
+    dopt.policies = "cca";
+    fl_replay_opts ran;
+    cli_section sec = {.known = known, .n_known = measured};
     snprintf(what, sizeof what, "%.32s doctor", p->name);
     cli_progress_unit(bar, what);
-    cli_progress_attach(bar, &ran);
-    s = fl_diagnose(p, &ran, dcap, &d);
-    ran.search_step = NULL;
+    rc = cli_doctor_section(&dopt, in, &ran, &sec, &d, bar);
     cli_progress_unit_done(bar);
-    if (s != FL_OK) {
+    if (rc) {
         cli_progress_clear(bar);
-        fprintf(stderr, "fragless: %s: doctor: %s\n", p->name, fl_last_error());
         goto out;
     }
+    rc = CLI_EXIT_ERROR;
 
     char a[32];
-    fprintf(f, "<section class=\"trace\" id=\"t%d\">\n<h2>", idx);
+    fprintf(f, "<section class=\"trace\" id=\"t%s\">\n<h2>", sid);
     report_esc(f, p->name);
     fprintf(f, "</h2>\n<p class=\"mut\">");
     report_esc(f, path);
     fprintf(f, ": %s, %zu events (%llu allocations, %llu frees), %llu stream%s, peak live %s at event %zu",
-            info.n_devices ? "PyTorch snapshot" : "trace", p->n_ops, (unsigned long long)p->n_allocs,
+            info->n_devices ? "PyTorch snapshot" : "trace", p->n_ops, (unsigned long long)p->n_allocs,
             (unsigned long long)p->n_frees, (unsigned long long)p->n_streams, p->n_streams == 1 ? "" : "s",
             sz(p->peak_live, a, sizeof a), p->peak_live_op);
+    if (info->n_devices > 1)
+        fprintf(f, "; device %d of %d", info->device, info->n_devices);
     if (capacity)
         fprintf(f, "; capacity %s", sz(capacity, a, sizeof a));
+    else if (d.capacity)
+        fprintf(f, "; capacity %s (the snapshot's oom event)", sz(d.capacity, a, sizeof a));
     fputs(".</p>\n", f);
+    if (sec.caveat[0]) {
+        fputs("<p class=\"caveat\">", f);
+        report_esc(f, sec.caveat);
+        fputs(".</p>\n", f);
+    }
     write_cards(f, p, names, ms, np);
-    write_compare(f, idx, p, names, ms, np, capacity, g);
-    write_timeline(f, idx, p, names, ms, np, capacity);
+    write_compare(f, sid, p, names, ms, np, capacity, g);
+    write_timeline(f, sid, p, names, ms, np, capacity ? capacity : d.capacity);
     char heading[160];
     snprintf(heading, sizeof heading,
              "Pages at the peak of live bytes (event %zu), each policy on the smallest device it runs in",
              p->peak_live_op);
-    report_write_maps(f, idx, heading, p->peak_live, maps, 2, g);
-    write_doctor(f, idx, &ran, &d);
+    report_write_maps(f, sid, heading, p->peak_live, maps, 2, g);
+    write_doctor(f, sid, p, &ran, &d, &sec);
     fputs("</section>\n", f);
     rc = CLI_EXIT_OK;
 out:
@@ -483,7 +542,36 @@ out:
         fl_measure_free(&ms[i]);
     report_map_free(&maps[0]);
     report_map_free(&maps[1]);
-    fl_prepared_free(p);
+    return rc;
+}
+
+/* Every trace of one input (each device of a snapshot); the exit code on failure. */
+static int report_input(FILE *f, const cli_opts *o, int idx, char names[][32], int np, cli_progress *bar)
+{
+    char what[64], sid[32];
+    const char *path = o->traces[idx], *base = strrchr(path, '/');
+    snprintf(what, sizeof what, "%.40s: reading", base ? base + 1 : path);
+    cli_progress_unit(bar, what);
+    fl_loaded *v;
+    int n;
+    fl_status s = fl_load_inputs(path, o->device, stderr, &v, &n);
+    if (s != FL_OK) {
+        cli_progress_clear(bar);
+        fprintf(stderr, "fragless: %s\n", fl_last_error());
+        return s == FL_ERR_INVALID ? CLI_EXIT_USAGE : (s == FL_ERR_PARSE || s == FL_ERR_IO) ? CLI_EXIT_INPUT : CLI_EXIT_ERROR;
+    }
+    int rc = 0;
+    if (n && v[0].info.n_devices > 1)
+        fprintf(f, "<div id=\"t%d\"></div>\n", idx); /* the navigation's anchor */
+    for (int i = 0; i < n && !rc; i++) {
+        /* Sections are t<input>, and t<input>d<device> for a snapshot's devices. */
+        if (v[i].info.n_devices > 1)
+            snprintf(sid, sizeof sid, "%dd%d", idx, v[i].info.device);
+        else
+            snprintf(sid, sizeof sid, "%d", idx);
+        rc = report_one(f, o, path, sid, &v[i], names, np, bar);
+    }
+    fl_loaded_free(v, n);
     return rc;
 }
 
@@ -587,7 +675,9 @@ static int report_state(FILE *f, const cli_opts *o, int idx, int np, cli_progres
         fputs("<p class=\"note\">The snapshot was written without statistics: reserved and live bytes below come "
               "from its pages and blocks.</p>\n",
               f);
-    report_write_maps(f, idx, "Pages when the snapshot was taken", m.allocated, &m, 1, g);
+    char sid[16];
+    snprintf(sid, sizeof sid, "%d", idx);
+    report_write_maps(f, sid, "Pages when the snapshot was taken", m.allocated, &m, 1, g);
     fputs("</section>\n", f);
     rc = CLI_EXIT_OK;
 out:
@@ -625,7 +715,7 @@ int cli_report(const cli_opts *o)
             rc = s == FL_ERR_PARSE || s == FL_ERR_IO ? CLI_EXIT_INPUT : CLI_EXIT_ERROR;
             break;
         }
-        rc = kind == FL_INPUT_STATE ? report_state(f, o, t, np, &bar) : report_one(f, o, t, names, np, &bar);
+        rc = kind == FL_INPUT_STATE ? report_state(f, o, t, np, &bar) : report_input(f, o, t, names, np, &bar);
     }
     cli_progress_clear(&bar);
     fputs("</main></body></html>\n", f);
@@ -633,5 +723,7 @@ int cli_report(const cli_opts *o)
         fprintf(stderr, "fragless: -o: %s\n", fl_last_error());
         rc = CLI_EXIT_ERROR;
     }
+    if (!rc)
+        printf("fragless: wrote %s\n", o->output);
     return rc;
 }

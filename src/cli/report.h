@@ -33,6 +33,7 @@ typedef struct map_page {
 typedef struct map_block {
     uint64_t addr, size;
     int live;
+    uint32_t site;           /* allocation site (page_map.sites), 0 = unknown */
 } map_block;
 
 typedef struct page_map {
@@ -48,14 +49,17 @@ typedef struct page_map {
     size_t n_pages, cap_pages;
     map_block *blocks;
     size_t n_blocks, cap_blocks;
+    char *const *sites;      /* the trace's allocation sites (a PyTorch snapshot's), or NULL */
+    uint32_t n_sites;
+    const fl_map *site_of;   /* while walking: block address -> site */
     uint64_t units[CELL_STATES]; /* granularity-sized units by state */
     uint64_t live_on_pinned;     /* live bytes on pinned units (the rest of them is free) */
     uint64_t n_units;
 } page_map;
 
 /* The replay's inspection hook (fl_replay_opts.inspect, user = a page_map): walks the
- * policy into the map, then ends the replay. */
-int report_map_inspect(const fl_policy *pol, void *user);
+ * policy into the map (with each live block's allocation site), then ends the replay. */
+int report_map_inspect(const fl_replay_view *v, void *user);
 /* Fills the map from a state snapshot (m->policy points into s): reserved and allocated
  * from its statistics, or its pages and blocks when it has none. */
 void report_map_from_state(page_map *m, const fl_state *s);
@@ -64,6 +68,6 @@ void report_map_free(page_map *m);
 uint64_t report_map_units(const page_map *m, uint64_t g);
 /* The maps of one input, side by side on one scale (g: the device granularity). heading:
  * the section's title (HTML); live: the bytes each summary compares reserved memory with. */
-void report_write_maps(FILE *f, int idx, const char *heading, uint64_t live, page_map *maps, int n, uint64_t g);
+void report_write_maps(FILE *f, const char *idx, const char *heading, uint64_t live, page_map *maps, int n, uint64_t g);
 
 #endif

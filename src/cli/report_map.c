@@ -61,19 +61,36 @@ static void on_block(void *user, uint64_t addr, uint64_t size, int live)
         m->nomem = 1;
         return;
     }
-    m->blocks[m->n_blocks++] = (map_block){addr, size, live};
+    uint64_t site = 0;
+    if (live && m->site_of)
+        fl_map_get(m->site_of, addr, &site);
+    m->blocks[m->n_blocks++] = (map_block){addr, size, live, (uint32_t)site};
     m->regions[m->n_regions - 1].n_blocks++;
 }
 
 /* The replay's inspection hook: walk, then end the replay (nothing after it is drawn). */
-int report_map_inspect(const fl_policy *pol, void *user)
+int report_map_inspect(const fl_replay_view *rv, void *user)
 {
     page_map *m = user;
+    const fl_policy *pol = rv->pol;
+    const fl_prepared *p = rv->p;
     fl_state_visitor v = {m, on_region, on_page, on_block};
+    fl_map site_of = {0};
     m->taken = 1;
     m->reserved = pol->dev->counters.in_use;
     m->allocated = pol->allocated;
+    if (p->slot_site && fl_map_init(&site_of, 1024) == FL_OK) {
+        int ok = 1;
+        for (uint32_t s = 0; s < p->n_slots && ok; s++)
+            if (rv->slot_addr[s] && p->slot_site[s])
+                ok = fl_map_put(&site_of, rv->slot_addr[s], p->slot_site[s]) == FL_OK;
+        m->sites = p->sites;
+        m->n_sites = p->n_sites;
+        m->site_of = ok ? &site_of : NULL; /* without host memory the sites are left out */
+    }
     pol->ops->walk(pol, &v);
+    m->site_of = NULL;
+    fl_map_free(&site_of);
     return 1;
 }
 
@@ -213,8 +230,37 @@ typedef struct grid {
     int width;
 } grid;
 
+/* The allocation sites of the live blocks [first, end) of a region, up to three. */
+static void cell_sites(FILE *f, const page_map *m, const map_region *r, size_t first, size_t end)
+{
+    if (!m->sites || !r->n_blocks)
+        return;
+    const map_block *bl = m->blocks + r->block0;
+    uint32_t seen[3];
+    int n = 0, more = 0;
+    for (size_t j = first; j < end && j < r->n_blocks; j++) {
+        uint32_t s = bl[j].live ? bl[j].site : 0;
+        if (!s || s >= m->n_sites)
+            continue;
+        int known = 0;
+        for (int i = 0; i < n; i++)
+            known |= seen[i] == s;
+        if (known)
+            continue;
+        if (n == 3) {
+            more = 1;
+            continue;
+        }
+        seen[n] = s;
+        fputs(n++ ? ", " : "; allocated by ", f);
+        report_esc(f, m->sites[s]); /* the snapshot's text */
+    }
+    if (more)
+        fputs(" and others", f);
+}
+
 static void cell_title(FILE *f, const page_map *m, const map_region *r, uint64_t addr, uint64_t k,
-                       const uint64_t *states, const unit_info *one, const grid *gr)
+                       const uint64_t *states, const unit_info *one, const grid *gr, size_t first, size_t end)
 {
     char a[32], b[32];
     fputs("<title>", f);
@@ -224,6 +270,7 @@ static void cell_title(FILE *f, const page_map *m, const map_region *r, uint64_t
         fprintf(f, "%llu pages: %llu pinned by one block, %llu by several, %llu cached, %llu unmapped",
                 (unsigned long long)k, (unsigned long long)states[CELL_PIN1], (unsigned long long)states[CELL_PINN],
                 (unsigned long long)states[CELL_CACHED], (unsigned long long)states[CELL_UNMAPPED]);
+        cell_sites(f, m, r, first, end);
     } else if (one->state == CELL_UNMAPPED) {
         fputs("unmapped (no memory)", f);
     } else if (one->state == CELL_CACHED) {
@@ -236,9 +283,13 @@ static void cell_title(FILE *f, const page_map *m, const map_region *r, uint64_t
         for (size_t j = one->first_block; j < one->end_block; j++) {
             if (!bl[j].live)
                 continue;
-            if (listed < TITLE_BLOCKS)
+            if (listed < TITLE_BLOCKS) {
                 fprintf(f, "%s%s", listed++ ? ", " : "; blocks ", sz(bl[j].size, a, sizeof a));
-            else
+                if (bl[j].site && bl[j].site < m->n_sites) {
+                    fputs(" from ", f);
+                    report_esc(f, m->sites[bl[j].site]); /* the snapshot's text */
+                }
+            } else
                 more++;
         }
         if (more)
@@ -266,6 +317,7 @@ static void draw_map(FILE *f, const page_map *m, const grid *gr, int rows)
         while (done < total) {
             uint64_t states[CELL_STATES] = {0}, k = 0, cell_addr = addr;
             unit_info one = {0};
+            size_t cell_end = 0;
             for (; k < gr->k && done < total; k++, done++) {
                 if (r->n_pages && !page_left) {
                     pg = &m->pages[r->page0 + pi++];
@@ -278,6 +330,7 @@ static void draw_map(FILE *f, const page_map *m, const grid *gr, int rows)
                 states[ui.state]++;
                 if (k == 0)
                     one = ui;
+                cell_end = ui.end_block;
                 addr += gr->g;
                 if (page_left)
                     page_left--;
@@ -289,7 +342,7 @@ static void draw_map(FILE *f, const page_map *m, const grid *gr, int rows)
             int x = 1 + (int)(pos % (uint64_t)gr->cols) * gr->pitch, y = 1 + (int)(pos / (uint64_t)gr->cols) * gr->pitch;
             fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" class=\"%s\">", x, y, gr->cell, gr->cell,
                     cell_class[st]);
-            cell_title(f, m, r, cell_addr, k, states, &one, gr);
+            cell_title(f, m, r, cell_addr, k, states, &one, gr, one.first_block, cell_end);
             fputs("</rect>\n", f);
             pos++;
         }
@@ -337,9 +390,9 @@ static void map_summary(FILE *f, const page_map *m, uint64_t live, uint64_t g)
     fputs("</p>\n", f);
 }
 
-void report_write_maps(FILE *f, int idx, const char *heading, uint64_t live, page_map *maps, int n, uint64_t g)
+void report_write_maps(FILE *f, const char *idx, const char *heading, uint64_t live, page_map *maps, int n, uint64_t g)
 {
-    fprintf(f, "<h3 id=\"pagemap-%d\">%s</h3>\n", idx, heading);
+    fprintf(f, "<h3 id=\"pagemap-%s\">%s</h3>\n", idx, heading);
     fprintf(f, "<p class=\"note\">Each square is one device page%s, in address order; "
                "regions (heaps, segments) follow each other with a gap. A page costs memory while it is mapped, "
                "whether or not a live block uses it. Hover over a square for the blocks on it.</p>\n",

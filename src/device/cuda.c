@@ -711,6 +711,44 @@ static fl_status cu_import_close(fl_device *d, uint64_t va)
                    (unsigned long long)va);
 }
 
+/* ---- CUDA graph capture ------------------------------------------------------------ */
+
+/* Asked at every allocation and free of a frontend (src/allocator/graph.c): a driver
+ * query with no GPU work, so it is not device time. */
+static fl_status capture_info_in_ctx(cuda_device *c, uint64_t stream, int *status, uint64_t *id)
+{
+    CUstreamCaptureStatus st = CU_STREAM_CAPTURE_STATUS_NONE;
+    cuuint64_t cid = 0;
+    CUresult r = c->fn.cuStreamGetCaptureInfo((CUstream)(uintptr_t)stream, &st, &cid);
+    if (r == CUDA_ERROR_STREAM_CAPTURE_IMPLICIT) {
+        *status = FL_CAPTURE_IMPLICIT;
+        return FL_OK;
+    }
+    if (r != CUDA_SUCCESS)
+        return cu_fail(c, r, "cuStreamGetCaptureInfo(stream 0x%llx)", (unsigned long long)stream);
+    *status = st == CU_STREAM_CAPTURE_STATUS_ACTIVE ? FL_CAPTURE_ACTIVE
+            : st == CU_STREAM_CAPTURE_STATUS_INVALIDATED ? FL_CAPTURE_INVALIDATED : FL_CAPTURE_NONE;
+    *id = *status == FL_CAPTURE_NONE ? 0 : (uint64_t)cid;
+    return FL_OK;
+}
+
+/* In the device's primary context: the legacy stream (0) is that context's. */
+static fl_status cu_capture_info(fl_device *d, uint64_t stream, int *status, uint64_t *id)
+{
+    IN_CTX(cuda(d), capture_info_in_ctx(cuda(d), stream, status, id));
+}
+
+static fl_status cu_capture_mode(fl_device *d, int *mode)
+{
+    cuda_device *c = cuda(d);
+    CUstreamCaptureMode m = (CUstreamCaptureMode)*mode;
+    CUresult r = c->fn.cuThreadExchangeStreamCaptureMode(&m);
+    if (r != CUDA_SUCCESS)
+        return cu_fail(c, r, "cuThreadExchangeStreamCaptureMode(%d)", *mode);
+    *mode = (int)m;
+    return FL_OK;
+}
+
 /* ---- lifetime --------------------------------------------------------------------- */
 
 /* Gives back whatever the policy left behind (nothing, when it destroyed itself cleanly)
@@ -790,6 +828,8 @@ static const fl_device_ops cuda_ops = {
     .export_block = cu_export,
     .import = cu_import,
     .import_close = cu_import_close,
+    .capture_info = cu_capture_info,
+    .capture_mode = cu_capture_mode,
     .destroy = cu_destroy,
 };
 
@@ -995,6 +1035,7 @@ fl_status fl_cuda_device_create(const fl_cuda_params *p, fl_device **out)
         cu_destroy(&c->base);
         return fl_fail(s, "%s", msg);
     }
+    c->base.capture_watch = 1; /* allocations ask the driver about CUDA graph captures */
     *out = &c->base;
     return FL_OK;
 }

@@ -6,6 +6,7 @@
 #define FL_CUDA_API_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 typedef int CUresult;
 typedef int CUdevice;
@@ -31,6 +32,9 @@ enum {
     CUDA_ERROR_ILLEGAL_ADDRESS = 700,
     CUDA_ERROR_NOT_PERMITTED = 800,
     CUDA_ERROR_NOT_SUPPORTED = 801,
+    CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED = 900,
+    CUDA_ERROR_STREAM_CAPTURE_INVALIDATED = 901,
+    CUDA_ERROR_STREAM_CAPTURE_IMPLICIT = 906,
     CUDA_ERROR_UNKNOWN = 999
 };
 
@@ -80,13 +84,28 @@ typedef struct CUmemAccessDesc {
     CUmemAccess_flags flags;
 } CUmemAccessDesc;
 
+/* CUDA graph capture: a stream's state, and a thread's mode (which calls capture forbids). */
+typedef uint64_t cuuint64_t;
+typedef enum {
+    CU_STREAM_CAPTURE_STATUS_NONE = 0,
+    CU_STREAM_CAPTURE_STATUS_ACTIVE = 1,
+    CU_STREAM_CAPTURE_STATUS_INVALIDATED = 2
+} CUstreamCaptureStatus;
+typedef enum {
+    CU_STREAM_CAPTURE_MODE_GLOBAL = 0,
+    CU_STREAM_CAPTURE_MODE_THREAD_LOCAL = 1,
+    CU_STREAM_CAPTURE_MODE_RELAXED = 2
+} CUstreamCaptureMode;
+
 /* cuEventCreate flags */
 enum { CU_EVENT_DEFAULT = 0, CU_EVENT_DISABLE_TIMING = 2 };
 
 /* Every driver entry point fragless calls, as (symbol, return, parameters). The cuda
  * device resolves each by this exact symbol name with dlsym; the test double exports
  * exactly these symbols. Versioned names (_v2) are the ones cuda.h maps the plain
- * names to. */
+ * names to; cuStreamGetCaptureInfo is the three-argument form every driver since CUDA
+ * 10.1 exports under that name (cuda.h 12.3+ maps the plain name to _v3, which adds the
+ * graph's edges fragless does not need). */
 #define FL_CUDA_FUNCTIONS(X)                                                                        \
     X(cuInit, (unsigned int flags))                                                                 \
     X(cuDriverGetVersion, (int *version))                                                           \
@@ -129,6 +148,8 @@ enum { CU_EVENT_DEFAULT = 0, CU_EVENT_DISABLE_TIMING = 2 };
     X(cuEventCreate, (CUevent *event, unsigned int flags))                                          \
     X(cuEventRecord, (CUevent event, CUstream stream))                                              \
     X(cuEventQuery, (CUevent event))                                                                \
-    X(cuEventDestroy_v2, (CUevent event))
+    X(cuEventDestroy_v2, (CUevent event))                                                            \
+    X(cuStreamGetCaptureInfo, (CUstream stream, CUstreamCaptureStatus *status, cuuint64_t *id))     \
+    X(cuThreadExchangeStreamCaptureMode, (CUstreamCaptureMode *mode))
 
 #endif

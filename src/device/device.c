@@ -43,7 +43,7 @@ static fl_status over_limit(const fl_device *d, uint64_t size)
  * call about to be made has number total calls + 1. An injected failure reaches no
  * device, so it changes nothing but the counts of calls and failed calls, and costs no
  * device time. */
-static fl_status injected(const fl_device *d, fl_call c)
+static fl_status injected_armed(const fl_device *d, fl_call c)
 {
     uint64_t n = fl_device_total_calls(&d->counters) + 1;
     if (n != d->fail_call && !(d->fail_from && n >= d->fail_from))
@@ -53,6 +53,29 @@ static fl_status injected(const fl_device *d, fl_call c)
                        fl_call_name(c), (unsigned long long)n);
     return fl_fail(FL_ERR_DEVICE, "%s %s: injected failure of device call %llu (every call fails from %llu on)",
                    d->ops->name, fl_call_name(c), (unsigned long long)n, (unsigned long long)d->fail_from);
+}
+
+/* A call a CUDA graph capture forbids (synchronize, event query) or that could take
+ * memory its graph uses (unmap, release, frees), refused while the allocator works
+ * during a capture (capture_guard): not a device call, nothing changes. */
+static fl_status refused_in_capture(const fl_device *d, fl_call c)
+{
+    return fl_fail(FL_ERR_UNSUPPORTED,
+                   "%s %s refused: CUDA graph capture 0x%llx is underway (a synchronize or an event query would "
+                   "invalidate it; an unmap or a free could take memory its graph uses)",
+                   d->ops->name, fl_call_name(c), (unsigned long long)d->capture_guard);
+}
+
+#define GUARD(d, c)                                                                  \
+    do {                                                                             \
+        if (FL_UNLIKELY((d)->capture_guard))                                         \
+            return refused_in_capture((d), (c));                                     \
+    } while (0)
+
+static inline fl_status injected(const fl_device *d, fl_call c)
+{
+    /* Unarmed (every call outside the fault tests): no need to count the calls. */
+    return FL_LIKELY(!d->fail_call && !d->fail_from) ? FL_OK : injected_armed(d, c);
 }
 
 #define INJECT(d, c)                                                                 \
@@ -72,6 +95,7 @@ fl_status fl_dev_mem_alloc(fl_device *d, uint64_t size, uint64_t *addr)
 }
 fl_status fl_dev_mem_free(fl_device *d, uint64_t addr)
 {
+    GUARD(d, FL_CALL_MEM_FREE);
     INJECT(d, FL_CALL_MEM_FREE);
     uint64_t before = d->counters.in_use;
     return account(d, FL_CALL_MEM_FREE, before, d->ops->mem_free(d, addr));
@@ -84,6 +108,7 @@ fl_status fl_dev_reserve(fl_device *d, uint64_t size, uint64_t *va)
 }
 fl_status fl_dev_addr_free(fl_device *d, uint64_t va, uint64_t size)
 {
+    GUARD(d, FL_CALL_ADDR_FREE);
     INJECT(d, FL_CALL_ADDR_FREE);
     uint64_t before = d->counters.in_use;
     return account(d, FL_CALL_ADDR_FREE, before, d->ops->addr_free(d, va, size));
@@ -98,6 +123,7 @@ fl_status fl_dev_create(fl_device *d, uint64_t size, uint64_t *handle)
 }
 fl_status fl_dev_release(fl_device *d, uint64_t handle)
 {
+    GUARD(d, FL_CALL_RELEASE);
     INJECT(d, FL_CALL_RELEASE);
     uint64_t before = d->counters.in_use;
     return account(d, FL_CALL_RELEASE, before, d->ops->release(d, handle));
@@ -110,6 +136,7 @@ fl_status fl_dev_map(fl_device *d, uint64_t va, uint64_t size, uint64_t handle)
 }
 fl_status fl_dev_unmap(fl_device *d, uint64_t va, uint64_t size)
 {
+    GUARD(d, FL_CALL_UNMAP);
     INJECT(d, FL_CALL_UNMAP);
     uint64_t before = d->counters.in_use;
     return account(d, FL_CALL_UNMAP, before, d->ops->unmap(d, va, size));
@@ -122,6 +149,7 @@ fl_status fl_dev_set_access(fl_device *d, uint64_t va, uint64_t size)
 }
 fl_status fl_dev_synchronize(fl_device *d)
 {
+    GUARD(d, FL_CALL_SYNC);
     INJECT(d, FL_CALL_SYNC);
     uint64_t before = d->counters.in_use;
     return account(d, FL_CALL_SYNC, before, d->ops->synchronize(d));
@@ -135,6 +163,11 @@ fl_status fl_dev_event_record(fl_device *d, uint64_t stream, uint64_t *event)
 fl_status fl_dev_event_query(fl_device *d, uint64_t event, int *done)
 {
     *done = 1;
+    if (FL_UNLIKELY(d->capture_guard) && d->ops->event_query && event) {
+        *done = 0;
+        return fl_fail(FL_ERR_UNSUPPORTED, "%s event query refused: CUDA graph capture 0x%llx is underway",
+                       d->ops->name, (unsigned long long)d->capture_guard);
+    }
     return d->ops->event_query && event ? d->ops->event_query(d, event, done) : FL_OK;
 }
 void fl_dev_event_destroy(fl_device *d, uint64_t event)
@@ -171,6 +204,16 @@ char *fl_dev_uuid_str(const fl_device *d, char *buf, size_t n)
         snprintf(buf, n, "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1], u[2],
                  u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
     return buf;
+}
+fl_status fl_dev_capture_info(fl_device *d, uint64_t stream, int *status, uint64_t *id)
+{
+    *status = FL_CAPTURE_NONE;
+    *id = 0;
+    return d->ops->capture_info ? d->ops->capture_info(d, stream, status, id) : FL_OK;
+}
+fl_status fl_dev_capture_mode(fl_device *d, int *mode)
+{
+    return d->ops->capture_mode ? d->ops->capture_mode(d, mode) : FL_OK;
 }
 
 void fl_device_destroy(fl_device *d)

@@ -41,8 +41,21 @@ typedef struct fl_device_ops {
     fl_status (*export_block)(fl_device *d, uint64_t va, uint64_t size, fl_ipc_handle *out);
     fl_status (*import)(fl_device *d, const fl_ipc_handle *h, uint64_t *va);
     fl_status (*import_close)(fl_device *d, uint64_t va);
+    /* CUDA graph capture (cuda; NULL on devices without it: never capturing). Not counted
+     * as calls. capture_info: whether work queued on stream is being captured into a
+     * graph (FL_CAPTURE_*) and the capture's id (unique per capture, 0 when none).
+     * capture_mode: swaps the calling thread's capture mode with *mode (FL_CAPTURE_MODE_*,
+     * cuThreadExchangeStreamCaptureMode). */
+    fl_status (*capture_info)(fl_device *d, uint64_t stream, int *status, uint64_t *id);
+    fl_status (*capture_mode)(fl_device *d, int *mode);
     void (*destroy)(fl_device *d);
 } fl_device_ops;
+
+/* A stream's capture status (capture_info). IMPLICIT: the legacy stream was asked while
+ * another stream of its context captures (the stream itself does not). */
+enum { FL_CAPTURE_NONE = 0, FL_CAPTURE_ACTIVE = 1, FL_CAPTURE_INVALIDATED = 2, FL_CAPTURE_IMPLICIT = 3 };
+/* A thread's capture mode (capture_mode): which calls a capture forbids it. */
+enum { FL_CAPTURE_MODE_GLOBAL = 0, FL_CAPTURE_MODE_THREAD_LOCAL = 1, FL_CAPTURE_MODE_RELAXED = 2 };
 
 struct fl_device {
     const fl_device_ops *ops;
@@ -60,6 +73,13 @@ struct fl_device {
     fl_device_counters counters;
     /* The fault injector's plan (fl_device_set_fault), read by the wrappers; 0 = off. */
     uint64_t fail_call, fail_from;
+    /* CUDA graphs (src/allocator/graph.c). capture_watch: the device can capture (it has
+     * capture_info), so its allocator asks about captures. capture_guard: the id of a
+     * capture underway while its allocator works; the wrappers then refuse, without
+     * asking the device, what capture forbids or what could take memory a graph uses:
+     * synchronize, event queries, unmap, release, mem_free and addr_free. */
+    int capture_watch;
+    uint64_t capture_guard;
 };
 
 /* The limit rule, written once: the most physical memory the device's user may hold,
@@ -98,5 +118,9 @@ fl_status fl_dev_import_close(fl_device *d, uint64_t va);
 /* "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" as NVML writes it, "" without a UUID;
  * buf holds at least 41 bytes. */
 char *fl_dev_uuid_str(const fl_device *d, char *buf, size_t n);
+/* Capture state of a stream (FL_CAPTURE_NONE on devices without capture_info, and when
+ * the device cannot tell), and the thread's capture mode swap (nothing without it). */
+fl_status fl_dev_capture_info(fl_device *d, uint64_t stream, int *status, uint64_t *id);
+fl_status fl_dev_capture_mode(fl_device *d, int *mode);
 
 #endif

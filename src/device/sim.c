@@ -2,6 +2,7 @@
  * reserve/create/map/unmap/set_access, and a cost model of each call in microseconds.
  * Addresses come from a range allocator over a large simulated virtual space. */
 #include "device/device.h"
+#include "util/table.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,12 @@
  * for expandable segments reserving more than an unlimited device's capacity). */
 #define SIM_VA_BASE UINT64_C(0x10000000000)
 #define SIM_VA_SIZE (UINT64_C(1) << 56)
+/* The granule table is cut into chunks of this many granules (4 KiB of entries, 1 GiB
+ * of 2 MiB granules), made on the first map inside them: a map or unmap finds its
+ * granules with one hash lookup per chunk, and none while it stays in the chunk of the
+ * previous call (warm-up maps a heap page after page: make bench times it). */
+#define SIM_CHUNK_LOG 9
+#define SIM_CHUNK (UINT64_C(1) << SIM_CHUNK_LOG)
 
 typedef struct sim_handle {
     uint64_t size;
@@ -27,11 +34,17 @@ typedef struct sim_device {
     double cost[FL_CALL_COUNT];
     fl_range *va;                 /* every address handed out, both paths */
     fl_map mem_allocs;            /* address -> bytes charged, cudaMalloc path */
-    fl_map granules;              /* granule index -> (handle << 1) | mapping-start bit */
+    unsigned gran_log;
+    /* Granule index -> (handle << 1) | mapping-start bit, 0 when unmapped: chunks of
+     * SIM_CHUNK entries by granule index >> SIM_CHUNK_LOG, the latest one cached. */
+    fl_map chunks;
+    uint64_t last_key;
+    uint64_t *last_chunk;
     sim_handle *handles;          /* handle ids are indices + 1 */
     uint32_t n_handles, cap_handles;
     sim_reservation *res;         /* sorted by va */
     uint32_t n_res, cap_res;
+    uint32_t last_res;            /* the reservation found last: looked at first */
 } sim_device;
 
 void fl_sim_params_default(fl_sim_params *p)
@@ -59,6 +72,43 @@ void fl_sim_params_default(fl_sim_params *p)
 }
 
 static inline sim_device *sim(fl_device *d) { return (sim_device *)d; }
+
+/* granule() outside the latest chunk. */
+static uint64_t *granule_lookup(sim_device *s, uint64_t g, int make)
+{
+    uint64_t key = g >> SIM_CHUNK_LOG, v;
+    uint64_t *c;
+    if (fl_map_get(&s->chunks, key, &v)) {
+        c = (uint64_t *)(uintptr_t)v;
+    } else {
+        if (!make)
+            return NULL;
+        c = calloc(SIM_CHUNK, sizeof *c);
+        if (!c || fl_map_insert(&s->chunks, key, (uint64_t)(uintptr_t)c) != FL_OK) {
+            free(c);
+            return NULL;
+        }
+    }
+    s->last_key = key;
+    s->last_chunk = c;
+    return &c[g & (SIM_CHUNK - 1)];
+}
+
+/* The granule table's entry of granule g; with make, its chunk is made when missing
+ * (NULL only when host memory runs out), else NULL means unmapped. */
+static inline uint64_t *granule(sim_device *s, uint64_t g, int make)
+{
+    if (FL_LIKELY(s->last_chunk && (g >> SIM_CHUNK_LOG) == s->last_key))
+        return &s->last_chunk[g & (SIM_CHUNK - 1)];
+    return granule_lookup(s, g, make);
+}
+
+/* (handle << 1) | mapping-start bit of granule g, 0 when unmapped. */
+static inline uint64_t granule_get(sim_device *s, uint64_t g)
+{
+    const uint64_t *e = granule(s, g, 0);
+    return e ? *e : 0;
+}
 
 static fl_status charge(fl_device *d, fl_call c, fl_status s)
 {
@@ -118,12 +168,12 @@ static fl_status sim_mem_free(fl_device *d, uint64_t addr)
     return charge(d, FL_CALL_MEM_FREE, FL_OK);
 }
 
-static fl_status check_aligned(const fl_device *d, const char *call, uint64_t va, uint64_t size)
+static inline fl_status check_aligned(const fl_device *d, const char *call, uint64_t va, uint64_t size)
 {
     if (va + size < va)
         return fl_fail(FL_ERR_INVALID, "sim %s: [0x%llx, +%llu) wraps around the address space", call,
                        (unsigned long long)va, (unsigned long long)size);
-    if (size == 0 || va % d->granularity || size % d->granularity)
+    if (size == 0 || ((va | size) & (d->granularity - 1)))
         return fl_fail(FL_ERR_INVALID, "sim %s: address 0x%llx / size %llu not multiples of the granularity %llu",
                        call, (unsigned long long)va, (unsigned long long)size,
                        (unsigned long long)d->granularity);
@@ -164,8 +214,8 @@ static fl_status sim_reserve(fl_device *d, uint64_t size, uint64_t *va)
     return charge(d, FL_CALL_RESERVE, FL_OK);
 }
 
-/* Index of the reservation that contains [va, va+size), or -1. */
-static int find_reservation(const sim_device *s, uint64_t va, uint64_t size)
+/* find_reservation by binary search. */
+static int search_reservation(sim_device *s, uint64_t va, uint64_t size)
 {
     uint32_t lo = 0, hi = s->n_res;
     while (lo < hi) {
@@ -178,7 +228,21 @@ static int find_reservation(const sim_device *s, uint64_t va, uint64_t size)
     if (lo == 0)
         return -1;
     const sim_reservation *r = &s->res[lo - 1];
-    return (va + size <= r->va + r->size && va + size > va) ? (int)(lo - 1) : -1;
+    if (!(va + size <= r->va + r->size && va + size > va))
+        return -1;
+    s->last_res = lo - 1;
+    return (int)(lo - 1);
+}
+
+/* Index of the reservation that contains [va, va+size), or -1. */
+static inline int find_reservation(sim_device *s, uint64_t va, uint64_t size)
+{
+    if (FL_LIKELY(s->last_res < s->n_res)) {
+        const sim_reservation *r = &s->res[s->last_res];
+        if (size && va - r->va < r->size && size <= r->size - (va - r->va))
+            return (int)s->last_res;
+    }
+    return search_reservation(s, va, size);
 }
 
 static fl_status sim_addr_free(fl_device *d, uint64_t va, uint64_t size)
@@ -214,11 +278,9 @@ static fl_status sim_create(fl_device *d, uint64_t size, uint64_t *handle)
                               (unsigned long long)size, (unsigned long long)d->counters.in_use,
                               (unsigned long long)d->capacity));
     if (s->n_handles == s->cap_handles) {
-        uint32_t cap = s->cap_handles ? s->cap_handles * 2 : 64;
-        sim_handle *h = realloc(s->handles, cap * sizeof *h);
-        if (!h)
+        uint32_t cap = s->cap_handles ? s->cap_handles * 2 : 1024;
+        if (cap <= s->cap_handles || fl_table_grow((void **)&s->handles, sizeof *s->handles, s->cap_handles, cap) != FL_OK)
             return charge(d, FL_CALL_CREATE, fl_fail(FL_ERR_NOMEM, "sim create: host memory"));
-        s->handles = h;
         s->cap_handles = cap;
     }
     /* Handle ids are never reused, so a stale id is always caught. */
@@ -272,18 +334,20 @@ static fl_status sim_map(fl_device *d, uint64_t va, uint64_t size, uint64_t hand
         return charge(d, FL_CALL_MAP,
                       fl_fail(FL_ERR_INVALID, "sim map: [0x%llx, +%llu) is not inside a reservation",
                               (unsigned long long)va, (unsigned long long)size));
-    uint64_t g0 = va / d->granularity, g1 = (va + size) / d->granularity;
+    uint64_t g0 = va >> s->gran_log, g1 = (va + size) >> s->gran_log;
     for (uint64_t g = g0; g < g1; g++)
-        if (fl_map_get(&s->granules, g, NULL))
+        if (granule_get(s, g))
             return charge(d, FL_CALL_MAP,
                           fl_fail(FL_ERR_INVALID, "sim map: 0x%llx is already mapped",
-                                  (unsigned long long)(g * d->granularity)));
+                                  (unsigned long long)(g << s->gran_log)));
     for (uint64_t g = g0; g < g1; g++) {
-        if (fl_map_put(&s->granules, g, (handle << 1) | (g == g0)) != FL_OK) {
+        uint64_t *e = granule(s, g, 1);
+        if (!e) {
             for (uint64_t u = g0; u < g; u++)
-                fl_map_remove(&s->granules, u, NULL);
-            return charge(d, FL_CALL_MAP, FL_ERR_NOMEM);
+                *granule(s, u, 0) = 0;
+            return charge(d, FL_CALL_MAP, fl_fail(FL_ERR_NOMEM, "sim map: host memory"));
         }
+        *e = (handle << 1) | (g == g0);
     }
     h->mappings++;
     s->res[ri].mapped += g1 - g0;
@@ -298,23 +362,25 @@ static fl_status sim_unmap(fl_device *d, uint64_t va, uint64_t size)
     fl_status st = check_aligned(d, "unmap", va, size);
     if (st != FL_OK)
         return charge(d, FL_CALL_UNMAP, st);
-    uint64_t g0 = va / d->granularity, g1 = (va + size) / d->granularity, v;
+    uint64_t g0 = va >> s->gran_log, g1 = (va + size) >> s->gran_log, v;
     /* The driver unmaps whole mappings only: the range must start a mapping and must
      * not end inside one. */
     for (uint64_t g = g0; g < g1; g++)
-        if (!fl_map_get(&s->granules, g, &v) || (g == g0 && !(v & 1)))
+        if (!(v = granule_get(s, g)) || (g == g0 && !(v & 1)))
             return charge(d, FL_CALL_UNMAP,
                           fl_fail(FL_ERR_INVALID, "sim unmap: 0x%llx is %s",
-                                  (unsigned long long)(g * d->granularity),
-                                  fl_map_get(&s->granules, g, NULL) ? "inside a mapping, not its start" : "not mapped"));
-    if (fl_map_get(&s->granules, g1, &v) && !(v & 1))
+                                  (unsigned long long)(g << s->gran_log),
+                                  v ? "inside a mapping, not its start" : "not mapped"));
+    if ((v = granule_get(s, g1)) && !(v & 1))
         return charge(d, FL_CALL_UNMAP,
                       fl_fail(FL_ERR_INVALID, "sim unmap: [0x%llx, +%llu) ends inside a mapping",
                               (unsigned long long)va, (unsigned long long)size));
     /* Mapped granules always lie inside a reservation (map checks it). */
     s->res[find_reservation(s, va, size)].mapped -= g1 - g0;
     for (uint64_t g = g0; g < g1; g++) {
-        fl_map_remove(&s->granules, g, &v);
+        uint64_t *e = granule(s, g, 0);
+        v = *e;
+        *e = 0;
         if (v & 1) {
             sim_handle *h = get_handle(s, v >> 1);
             h->mappings--;
@@ -332,11 +398,11 @@ static fl_status sim_set_access(fl_device *d, uint64_t va, uint64_t size)
     fl_status st = check_aligned(d, "set_access", va, size);
     if (st != FL_OK)
         return charge(d, FL_CALL_SET_ACCESS, st);
-    for (uint64_t g = va / d->granularity; g < (va + size) / d->granularity; g++)
-        if (!fl_map_get(&s->granules, g, NULL))
+    for (uint64_t g = va >> s->gran_log; g < (va + size) >> s->gran_log; g++)
+        if (!granule_get(s, g))
             return charge(d, FL_CALL_SET_ACCESS,
                           fl_fail(FL_ERR_INVALID, "sim set_access: 0x%llx is not mapped",
-                                  (unsigned long long)(g * d->granularity)));
+                                  (unsigned long long)(g << s->gran_log)));
     return charge(d, FL_CALL_SET_ACCESS, FL_OK);
 }
 
@@ -350,8 +416,11 @@ static void sim_destroy(fl_device *d)
     sim_device *s = sim(d);
     fl_range_destroy(s->va);
     fl_map_free(&s->mem_allocs);
-    fl_map_free(&s->granules);
-    free(s->handles);
+    for (uint64_t i = 0; s->chunks.e && i <= s->chunks.mask; i++)
+        if (s->chunks.e[i].key != UINT64_MAX)
+            free((void *)(uintptr_t)s->chunks.e[i].val);
+    fl_map_free(&s->chunks);
+    fl_table_free(s->handles, sizeof *s->handles, s->cap_handles);
     free(s->res);
     free(s);
 }
@@ -389,9 +458,10 @@ fl_status fl_sim_device_create(const fl_sim_params *p, fl_device **out)
     s->base.capacity = p->capacity;
     s->base.granularity = p->granularity;
     s->base.vmm_supported = p->vmm_supported;
+    s->gran_log = (unsigned)fl_log2_floor(p->granularity);
     memcpy(s->cost, p->cost_us, sizeof s->cost);
     if (fl_range_create(SIM_VA_SIZE, 512, &s->va) != FL_OK || fl_map_init(&s->mem_allocs, 64) != FL_OK ||
-        fl_map_init(&s->granules, 256) != FL_OK) {
+        fl_map_init(&s->chunks, 16) != FL_OK) {
         fl_range_destroy(s->va);
         fl_map_free(&s->mem_allocs);
         free(s);

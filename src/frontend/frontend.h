@@ -4,7 +4,9 @@
 #ifndef FL_FRONTEND_H
 #define FL_FRONTEND_H
 
-#include "fragless.h"
+#include <sys/types.h>
+
+#include "fragless_torch.h"
 
 #define FL_FRONTEND_MAX_DEVICES 64
 
@@ -13,5 +15,15 @@
 fl_allocator *fl_frontend_allocator(int device);
 /* The device's allocator if it exists, else NULL (never makes one). */
 fl_allocator *fl_frontend_existing(int device);
+
+/* The same for one slot of the PyTorch frontend (0: the above; 1..FRAGLESS_TORCH_POOLS:
+ * fragless.torch.pool()'s, made from the configuration the pool was opened with). */
+fl_allocator *fl_frontend_slot_allocator(int slot, int device);
+fl_allocator *fl_frontend_slot_existing(int slot, int device);
+/* The PyTorch entry points' work without C++ (torch_malloc.cpp throws on failure): an
+ * allocation (FL_OK with *out, NULL for size 0; else the failure, its message in
+ * fl_last_error, FL_ERR_OOM for out of memory) and a free (said on stderr when refused). */
+fl_status fl_frontend_torch_malloc(int slot, ssize_t size, int device, void *stream, void **out);
+void fl_frontend_torch_free(int slot, void *ptr, ssize_t size, int device, void *stream);
 
 #endif

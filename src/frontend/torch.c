@@ -1,8 +1,7 @@
-/* PyTorch's pluggable-allocator entry points (include/fragless_torch.h: their contracts),
- * and the per-device allocator table every in-process frontend shares (frontend.h). A
- * failed allocation returns NULL; whether PyTorch raises OutOfMemoryError for it depends
- * on its version (pytorch issue #133280: pluggable allocators' OOMs may not), so the
- * failure is also counted in num_ooms and its report printed on stderr. */
+/* PyTorch's pluggable-allocator entry points (include/fragless_torch.h: their contracts)
+ * but malloc, which throws (torch_malloc.cpp), and the per-device allocator tables every
+ * in-process frontend shares (frontend.h): slot 0 for install() and the interposer, one
+ * per fragless.torch.pool(). */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -11,25 +10,32 @@
 #include <sys/types.h>
 
 #include "fragless_torch.h"
+#include "allocator/allocator.h"
 #include "frontend/frontend.h"
 #include "util/util.h"
 
 #define TORCH_MAX_DEVICES FL_FRONTEND_MAX_DEVICES
 
+/* Slot 0: the allocators of install() and the LD_PRELOAD interposer, made from
+ * $FRAGLESS_CONF; slots 1..FRAGLESS_TORCH_POOLS: those of fragless.torch.pool(), each made from
+ * the configuration its pool was opened with. */
 static pthread_mutex_t torch_lock = PTHREAD_MUTEX_INITIALIZER;
-static fl_device *torch_dev[TORCH_MAX_DEVICES];
-static fl_allocator *torch_alloc[TORCH_MAX_DEVICES];
+static fl_device *torch_dev[1 + FRAGLESS_TORCH_POOLS][TORCH_MAX_DEVICES];
+static fl_allocator *torch_alloc[1 + FRAGLESS_TORCH_POOLS][TORCH_MAX_DEVICES];
+static char *pool_conf[1 + FRAGLESS_TORCH_POOLS]; /* NULL: slot free (slot 0: the environment) */
 
-fl_allocator *fl_frontend_existing(int device)
+fl_allocator *fl_frontend_slot_existing(int slot, int device)
 {
-    if (device < 0 || device >= TORCH_MAX_DEVICES)
+    if (slot < 0 || slot > FRAGLESS_TORCH_POOLS || device < 0 || device >= TORCH_MAX_DEVICES)
         return NULL;
     /* Under the lock: another thread may be making this device's allocator. */
     pthread_mutex_lock(&torch_lock);
-    fl_allocator *a = torch_alloc[device];
+    fl_allocator *a = torch_alloc[slot][device];
     pthread_mutex_unlock(&torch_lock);
     return a;
 }
+
+fl_allocator *fl_frontend_existing(int device) { return fl_frontend_slot_existing(0, device); }
 
 /* trace:PATH is device 0's trace; device N writes PATH with ".devN" before the
  * extension (trace.csv -> trace.dev1.csv), so devices never share a file. */
@@ -48,104 +54,188 @@ static fl_status trace_path_for(fl_config *cfg, int device)
 }
 
 /* A failed set-up makes the frontends report an out-of-memory error for the request. */
-fl_allocator *fl_frontend_allocator(int device)
+fl_allocator *fl_frontend_slot_allocator(int slot, int device)
 {
     if (device < 0 || device >= TORCH_MAX_DEVICES) {
         fprintf(stderr, "fragless: device %d is out of range (0..%d)\n", device, TORCH_MAX_DEVICES - 1);
         return NULL;
     }
     pthread_mutex_lock(&torch_lock);
-    fl_allocator *a = torch_alloc[device];
-    if (!a) {
+    fl_allocator *a = slot >= 0 && slot <= FRAGLESS_TORCH_POOLS ? torch_alloc[slot][device] : NULL;
+    if (!a && slot >= 0 && slot <= FRAGLESS_TORCH_POOLS && (slot == 0 || pool_conf[slot])) {
         fl_config cfg;
         fl_cuda_params cp;
         fl_cuda_params_default(&cp);
         cp.device = device;
         fl_status s = fl_config_from_env(&cfg);
+        if (s == FL_OK && slot) {
+            fl_config_default(&cfg); /* a pool's configuration is whole (the package merges it) */
+            s = fl_config_parse(&cfg, pool_conf[slot]);
+        }
         cp.peer_access = cfg.peer_access;
         cp.shareable = cfg.shareable;
         if (s == FL_OK && device > 0 && cfg.trace_path[0])
             s = trace_path_for(&cfg, device);
         if (s == FL_OK)
-            s = fl_cuda_device_create(&cp, &torch_dev[device]);
-        if (s == FL_OK && (s = fl_allocator_create(&cfg, torch_dev[device], &a)) != FL_OK) {
-            fl_device_destroy(torch_dev[device]);
-            torch_dev[device] = NULL;
+            s = fl_cuda_device_create(&cp, &torch_dev[slot][device]);
+        if (s == FL_OK && (s = fl_allocator_create(&cfg, torch_dev[slot][device], &a)) != FL_OK) {
+            fl_device_destroy(torch_dev[slot][device]);
+            torch_dev[slot][device] = NULL;
         }
         if (s != FL_OK)
-            fprintf(stderr, "fragless: cannot set up device %d: %s\n", device, fl_last_error());
+            fprintf(stderr, "fragless: cannot set up device %d%s: %s\n", device, slot ? " for a pool" : "",
+                    fl_last_error());
         else
-            torch_alloc[device] = a;
+            torch_alloc[slot][device] = a;
+    } else if (!a) {
+        fprintf(stderr, "fragless: pool slot %d is not open\n", slot);
     }
     pthread_mutex_unlock(&torch_lock);
     return a;
 }
 
-void *fragless_torch_malloc(ssize_t size, int device, void *stream)
+fl_allocator *fl_frontend_allocator(int device) { return fl_frontend_slot_allocator(0, device); }
+
+int fragless_torch_pool_open(const char *conf)
 {
-    if (size <= 0) {
-        if (size < 0)
-            fprintf(stderr, "fragless: malloc of a negative size (%zd bytes) refused\n", size);
-        return NULL;
+    fl_config cfg;
+    fl_config_default(&cfg);
+    if (!conf || fl_config_parse(&cfg, conf) != FL_OK) {
+        fprintf(stderr, "fragless: pool configuration \"%s\": %s\n", conf ? conf : "(null)",
+                conf ? fl_last_error() : "none given");
+        return -1;
     }
-    fl_allocator *a = fl_frontend_allocator(device);
-    uint64_t addr;
-    if (!a)
-        return NULL;
-    fl_status s = fl_alloc(a, (uint64_t)size, (uint64_t)(uintptr_t)stream, &addr);
-    if (s != FL_OK) {
-        /* The allocator prints its first out-of-memory report itself (oom_report); other
-         * failures here, and every one with FRAGLESS_VERBOSE set. */
-        static atomic_int reported;
-        if ((s != FL_ERR_OOM && atomic_fetch_add(&reported, 1) == 0) || getenv("FRAGLESS_VERBOSE"))
-            fprintf(stderr, "fragless: device %d: %s\n", device, fl_last_error());
-        return NULL;
-    }
-    return (void *)(uintptr_t)addr;
+    pthread_mutex_lock(&torch_lock);
+    int slot = -1;
+    for (int k = 1; k <= FRAGLESS_TORCH_POOLS && slot < 0; k++)
+        if (!pool_conf[k] && (pool_conf[k] = strdup(conf)) != NULL)
+            slot = k;
+    pthread_mutex_unlock(&torch_lock);
+    if (slot < 0)
+        fprintf(stderr, "fragless: no pool slot left: at most %d fragless.torch.pool()s per process\n", FRAGLESS_TORCH_POOLS);
+    return slot;
 }
 
-/* PyTorch passes the size it allocated: a different one is refused (the block stays
- * allocated) and reported, as is a free on a device with no allocator. */
-void fragless_torch_free(void *ptr, ssize_t size, int device, void *stream)
+/* The size PyTorch asked for, on one slot: FL_OK with *out (NULL for size 0), or the
+ * failure with its message. */
+fl_status fl_frontend_torch_malloc(int slot, ssize_t size, int device, void *stream, void **out)
 {
-    (void)stream;
+    *out = NULL;
+    if (size <= 0)
+        return size < 0 ? fl_fail(FL_ERR_INVALID, "fragless: malloc of a negative size (%zd bytes) refused", size)
+                        : FL_OK;
+    fl_allocator *a = fl_frontend_slot_allocator(slot, device);
+    if (!a)
+        return fl_fail(FL_ERR_DEVICE, "fragless: no allocator for device %d (why: on stderr above)", device);
+    uint64_t addr;
+    fl_status s = fl_alloc(a, (uint64_t)size, (uint64_t)(uintptr_t)stream, &addr);
+    if (s == FL_OK) {
+        *out = (void *)(uintptr_t)addr;
+        return FL_OK;
+    }
+    /* The allocator prints its first out-of-memory report itself (oom_report); other
+     * failures here, and every one with FRAGLESS_VERBOSE set. */
+    static atomic_int reported;
+    if ((s != FL_ERR_OOM && atomic_fetch_add(&reported, 1) == 0) || getenv("FRAGLESS_VERBOSE"))
+        fprintf(stderr, "fragless: device %d: %s\n", device, fl_last_error());
+    return s;
+}
+
+/* PyTorch passes the size it allocated and the stream it allocated on: a different size
+ * is refused (the block stays allocated) and reported, as is a free on a device with no
+ * allocator. */
+void fl_frontend_torch_free(int slot, void *ptr, ssize_t size, int device, void *stream)
+{
     if (!ptr)
         return;
-    fl_allocator *a = fl_frontend_existing(device);
+    fl_allocator *a = fl_frontend_slot_existing(slot, device);
     fl_status s = !a ? FL_ERR_NOT_FOUND
-                  : size > 0 ? fl_free_sized(a, (uint64_t)(uintptr_t)ptr, (uint64_t)size)
-                             : fl_free(a, (uint64_t)(uintptr_t)ptr);
+                     : fl_allocator_free_stream(a, (uint64_t)(uintptr_t)ptr, size > 0 ? (uint64_t)size : 0,
+                                                (uint64_t)(uintptr_t)stream);
     if (s != FL_OK)
         fprintf(stderr, "fragless: free of %p (%zd bytes) on device %d: %s\n", ptr, size, device,
                 a ? fl_last_error() : "no allocator on that device");
+}
+
+void fragless_torch_free(void *ptr, ssize_t size, int device, void *stream)
+{
+    fl_frontend_torch_free(0, ptr, size, device, stream);
+}
+
+/* For callers that cannot take a C++ exception (ctypes, C): NULL on failure. */
+void *fragless_torch_malloc_nothrow(ssize_t size, int device, void *stream)
+{
+    void *p;
+    return fl_frontend_torch_malloc(0, size, device, stream, &p) == FL_OK ? p : NULL;
 }
 
 /* Tensor.record_stream(stream): PyTorch's record-stream hook (a block's device is the
  * one whose allocator knows it). */
 void fragless_torch_record_stream(void *ptr, void *stream)
 {
-    for (int d = 0; d < TORCH_MAX_DEVICES; d++) {
-        fl_allocator *a = fl_frontend_existing(d);
-        if (a && fl_record_stream(a, (uint64_t)(uintptr_t)ptr, (uint64_t)(uintptr_t)stream) == FL_OK)
-            return;
-    }
+    for (int k = 0; k <= FRAGLESS_TORCH_POOLS; k++)
+        for (int d = 0; d < TORCH_MAX_DEVICES; d++) {
+            fl_allocator *a = fl_frontend_slot_existing(k, d);
+            if (a && fl_record_stream(a, (uint64_t)(uintptr_t)ptr, (uint64_t)(uintptr_t)stream) == FL_OK)
+                return;
+        }
     fprintf(stderr, "fragless: record_stream of %p: not a live block of any device\n", ptr);
 }
 
-void fragless_torch_empty_cache(void)
+int fragless_torch_empty_cache(void)
 {
-    for (int d = 0; d < TORCH_MAX_DEVICES; d++) {
-        fl_allocator *a = fl_frontend_existing(d); /* the table is read under its lock */
-        if (a && fl_empty_cache(a) != FL_OK)
-            fprintf(stderr, "fragless: empty_cache on device %d: %s\n", d, fl_last_error());
+    int r = 0;
+    char first[512] = "";
+    for (int k = 0; k <= FRAGLESS_TORCH_POOLS; k++)
+        for (int d = 0; d < TORCH_MAX_DEVICES; d++) {
+            fl_allocator *a = fl_frontend_slot_existing(k, d); /* the table is read under its lock */
+            if (a && fl_empty_cache(a) != FL_OK && r++ == 0)
+                snprintf(first, sizeof first, "empty_cache on device %d: %s", d, fl_last_error());
+        }
+    if (r)
+        fl_fail(FL_ERR_UNSUPPORTED, "%s", first); /* for fl_last_error(): the first reason */
+    return r ? -1 : 0;
+}
+
+/* The capture id of stream on device (0: not capturing). Every allocator of the device
+ * asks (each then knows the capture is underway); with none yet, install()'s is made. */
+unsigned long long fragless_torch_capture_id(int device, void *stream)
+{
+    uint64_t id = 0, any = 0;
+    for (int k = 0; k <= FRAGLESS_TORCH_POOLS; k++) {
+        fl_allocator *a = fl_frontend_slot_existing(k, device);
+        if (a && fl_stream_capture(a, (uint64_t)(uintptr_t)stream, &id) == FL_OK && id)
+            any = id;
     }
+    if (!any) {
+        fl_allocator *a = fl_frontend_existing(device) ? NULL : fl_frontend_allocator(device);
+        if (a && fl_stream_capture(a, (uint64_t)(uintptr_t)stream, &id) == FL_OK)
+            any = id;
+    }
+    return any;
+}
+
+int fragless_torch_graph_release(int device, unsigned long long capture)
+{
+    int r = 0;
+    for (int k = 0; k <= FRAGLESS_TORCH_POOLS; k++) {
+        fl_allocator *a = fl_frontend_slot_existing(k, device);
+        if (a && fl_graph_release(a, capture) != FL_OK)
+            r = -1; /* the reason in fl_last_error() */
+    }
+    return r;
 }
 
 /* Statistics of a device's allocator: 0 and *out filled, or -1 when the device has no
  * allocator yet. */
 int fragless_torch_stats(int device, fl_stats *out)
 {
-    fl_allocator *a = fl_frontend_existing(device);
+    return fragless_torch_pool_stats(0, device, out);
+}
+
+int fragless_torch_pool_stats(int slot, int device, fl_stats *out)
+{
+    fl_allocator *a = fl_frontend_slot_existing(slot, device);
     if (!a)
         return -1;
     fl_get_stats(a, out);
@@ -157,8 +247,13 @@ int fragless_torch_stats(int device, fl_stats *out)
  * allocator yet. */
 long long fragless_torch_stats_json(int device, char *buf, size_t n)
 {
+    return fragless_torch_pool_stats_json(0, device, buf, n);
+}
+
+long long fragless_torch_pool_stats_json(int slot, int device, char *buf, size_t n)
+{
     fl_stats st;
-    if (fragless_torch_stats(device, &st) != 0)
+    if (fragless_torch_pool_stats(slot, device, &st) != 0)
         return -1;
     return (long long)fl_stats_json(&st, buf, n);
 }
@@ -195,6 +290,23 @@ int fragless_torch_snapshot(int device, const char *path)
     return 0;
 }
 
+/* torch.cuda.memory._record_memory_history: device's allocator (made if needed) records
+ * its allocations and frees as CSV at path from now on; path NULL stops. */
+int fragless_torch_record(int device, const char *path)
+{
+    fl_allocator *a = path ? fl_frontend_allocator(device) : fl_frontend_existing(device);
+    if (!a)
+        return path ? -1 : 0;
+    return fl_allocator_trace(a, path) == FL_OK ? 0 : -1;
+}
+
+void fragless_torch_record_flush(int device)
+{
+    fl_allocator *a = fl_frontend_existing(device);
+    if (a)
+        fl_allocator_trace_flush(a);
+}
+
 /* torch.cuda.set_per_process_memory_fraction(fraction, device) */
 void fragless_torch_set_memory_fraction(double fraction, int device)
 {
@@ -205,8 +317,13 @@ void fragless_torch_set_memory_fraction(double fraction, int device)
         fprintf(stderr, "fragless: memory fraction %g is not in (0, 1]\n", fraction);
         return;
     }
-    fl_device *d = torch_dev[device];
+    fl_device *d = torch_dev[0][device];
     uint64_t limit = (uint64_t)((double)fl_device_capacity(d) * fraction);
     if (fl_set_limit(a, limit) != FL_OK)
         fprintf(stderr, "fragless: set_memory_fraction(%g, %d): %s\n", fraction, device, fl_last_error());
 }
+
+void fragless_torch_pool1_free(void *ptr, ssize_t size, int device, void *stream) { fl_frontend_torch_free(1, ptr, size, device, stream); }
+void fragless_torch_pool2_free(void *ptr, ssize_t size, int device, void *stream) { fl_frontend_torch_free(2, ptr, size, device, stream); }
+void fragless_torch_pool3_free(void *ptr, ssize_t size, int device, void *stream) { fl_frontend_torch_free(3, ptr, size, device, stream); }
+void fragless_torch_pool4_free(void *ptr, ssize_t size, int device, void *stream) { fl_frontend_torch_free(4, ptr, size, device, stream); }

@@ -166,7 +166,7 @@ static cca_block *get_free_block(cca_policy *c, cca_pool *pool, uint64_t stream,
 /* ---- giving memory back ------------------------------------------------------- */
 
 /* release_block: cudaFree of a whole, free, cudaMalloc segment. */
-static fl_status release_block(cca_policy *c, cca_block *b)
+fl_status cca_release_block(cca_policy *c, cca_block *b)
 {
     cca_segment *s = b->seg;
     fl_status st = fl_dev_mem_free(c->base.dev, s->base);
@@ -179,7 +179,7 @@ static fl_status release_block(cca_policy *c, cca_block *b)
     return FL_OK;
 }
 
-static bool unsplit(const cca_block *b) { return !b->prev && !b->next; }
+static bool unsplit(const cca_block *b) { return cca_unsplit(b); }
 
 /* release_available_cached_blocks: with max_split_size set, free oversize cached
  * segments of this stream, one big enough or else the largest ones until enough. */
@@ -197,7 +197,7 @@ static fl_status release_available(cca_policy *c, cca_pool *pool, uint64_t strea
         if (!unsplit(as_block(n)))
             return FL_OK;
         *released = true;
-        return release_block(c, as_block(n));
+        return cca_release_block(c, as_block(n));
     }
     cca_node *it = n ? cca_set_prev(&pool->blocks, n) : cca_set_last(&pool->blocks);
     uint64_t total = 0;
@@ -208,7 +208,7 @@ static fl_status release_available(cca_policy *c, cca_pool *pool, uint64_t strea
         if (!unsplit(as_block(cur)))
             continue;
         total += cur->size;
-        fl_status st = release_block(c, as_block(cur));
+        fl_status st = cca_release_block(c, as_block(cur));
         if (st != FL_OK)
             return st;
     }
@@ -231,7 +231,7 @@ static fl_status release_cached(cca_policy *c)
             while (n && st == FL_OK) {
                 cca_node *nx = cca_set_next(&pools[i]->blocks, n);
                 if (unsplit(as_block(n)))
-                    st = release_block(c, as_block(n));
+                    st = cca_release_block(c, as_block(n));
                 n = nx;
             }
         }
@@ -286,7 +286,7 @@ static fl_status garbage_collect(cca_policy *c)
             if ((double)age < avg)
                 continue;
             uint64_t bytes = b->node.size;
-            st = release_block(c, b);
+            st = cca_release_block(c, b);
             if (st != FL_OK)
                 break;
             l.v[i] = NULL;
@@ -358,15 +358,17 @@ static fl_status report_oom(cca_policy *c, uint64_t req, uint64_t alloc_size, ui
                    "%s: out of memory. Tried to allocate %s (request of %llu bytes on stream %llu). "
                    "The device has a total capacity of %s of which %s is free. %s"
                    "Of the memory this allocator holds, %s is allocated and %s is reserved but "
-                   "unallocated. If reserved but unallocated memory is large, try "
-                   "expandable_segments:True (policy cca-expandable) to avoid fragmentation.",
+                   "unallocated.%s",
                    c->base.ops->name, fl_format_size(alloc_size, asked, sizeof asked),
                    (unsigned long long)req, (unsigned long long)stream,
                    fl_format_size(d->capacity, cap, sizeof cap),
                    fl_format_size(free_dev, avail, sizeof avail), allowed,
                    fl_format_size(c->base.allocated, alloc, sizeof alloc),
                    fl_format_size(reserved - (reserved < c->base.allocated ? reserved : c->base.allocated),
-                                  unalloc, sizeof unalloc));
+                                  unalloc, sizeof unalloc),
+                   c->expandable ? "" /* PyTorch suggests it even when it is on; we do not */
+                                 : " If reserved but unallocated memory is large, try expandable_segments:True "
+                                   "(policy cca-expandable) to avoid fragmentation.");
 }
 
 /* free_block: merge with free neighbours of the same segment, back into the pool. */
@@ -756,6 +758,8 @@ const fl_policy_ops fl_policy_cca = {
     .check = cca_check,
     .query = cca_query,
     .walk = cca_walk,
+    .seed = cca_seed,
+    .release = cca_release,
 };
 
 const fl_policy_ops fl_policy_cca_expandable = {
@@ -770,4 +774,6 @@ const fl_policy_ops fl_policy_cca_expandable = {
     .check = cca_check,
     .query = cca_query,
     .walk = cca_walk,
+    .seed = cca_seed,
+    .release = cca_release,
 };

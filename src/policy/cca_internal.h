@@ -77,6 +77,15 @@ uint64_t cca_try_merge(cca_policy *c, cca_block *dst, cca_block *src);
 void cca_segment_link(cca_policy *c, cca_segment *s);
 void cca_segment_unlink(cca_policy *c, cca_segment *s);
 static inline uint64_t cca_reserved(const cca_policy *c) { return c->base.dev->counters.in_use; }
+/* A block that is its whole segment. */
+static inline bool cca_unsplit(const cca_block *b) { return !b->prev && !b->next; }
+/* release_block: cudaFree of a whole, free, cudaMalloc segment. */
+fl_status cca_release_block(cca_policy *c, cca_block *b);
+
+/* cca_follow.c: what a PyTorch snapshot recorded its allocator doing, for replay that
+ * follows it (the policy ops seed and release). */
+fl_status cca_seed(fl_policy *p, const fl_seed_segment *sg, const fl_seed_block *blocks, uint64_t *addrs);
+fl_status cca_release(fl_policy *p, uint64_t size, uint64_t stream, uint64_t *freed);
 
 /* cca_expandable.c */
 /* try_allocate_expandable_block: a free block of at least size, out of its pool. */

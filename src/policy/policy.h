@@ -6,6 +6,7 @@
 
 #include "device/device.h"
 #include "state/state.h"
+#include "trace/trace.h"
 
 typedef struct fl_policy fl_policy;
 
@@ -49,6 +50,14 @@ typedef struct fl_policy_ops {
     fl_status (*limit_changed)(fl_policy *p);
     /* Visits regions, pages and blocks (fl_state_visitor). */
     void (*walk)(const fl_policy *p, const fl_state_visitor *v);
+    /* Following a recorded run (replay of a PyTorch snapshot under its own allocator;
+     * optional, NULL where the policy is not PyTorch's). seed: holds the segment as it
+     * was before recording began, its live blocks allocated at the given offsets (addrs:
+     * where each went); FL_ERR_INVALID (nothing changed) when the blocks cannot be laid
+     * out by the policy's rules. release: gives back what the recorded allocator gave
+     * back there (a cached segment of that size on that stream); *freed: the bytes. */
+    fl_status (*seed)(fl_policy *p, const fl_seed_segment *sg, const fl_seed_block *blocks, uint64_t *addrs);
+    fl_status (*release)(fl_policy *p, uint64_t size, uint64_t stream, uint64_t *freed);
 } fl_policy_ops;
 
 struct fl_policy {

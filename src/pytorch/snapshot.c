@@ -2,6 +2,7 @@
  * allocator_settings from a parsed pickle, reconstructs the blocks that were alive before
  * recording began, and counts what it skipped. */
 #include "pytorch/snapshot.h"
+#include "pytorch/sites.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -31,8 +32,20 @@ static const char *const action_names[] = {"alloc",       "free_requested", "fre
 typedef struct rec {
     uint64_t addr, size, stream, time_us;
     uint32_t index;     /* position in device_traces[device] */
+    uint32_t site;      /* alloc and oom: where the program asked */
     uint8_t action;
 } rec;
+
+/* A segment the allocator held before recording began. */
+typedef struct old_seg {
+    uint64_t addr, size, stream;
+    int small;
+} old_seg;
+
+/* A block live when recording began, to be placed in its old segment. */
+typedef struct old_block {
+    uint64_t addr, size, requested, stream; /* size 0: unknown (freed in the trace) */
+} old_block;
 
 typedef struct conv {
     const char *path;
@@ -47,6 +60,14 @@ typedef struct conv {
     size_t n_synth_freed, cap_synth_freed;
     fl_map addrs;           /* address -> ADDR_LIVE / ADDR_DEAD as the trace is run */
     uint64_t live_at_end;   /* traced allocations never freed */
+    fl_map segs;            /* segment address -> 1 once the trace allocated (mapped) it */
+    old_seg *old;           /* segments older than the recording */
+    size_t n_old, cap_old;
+    old_block *blocks;      /* blocks live when recording began: (b), then (a) */
+    size_t n_blocks, cap_blocks;
+    uint64_t seg_delta;     /* reserved bytes the trace's segment events added (mod 2^64) */
+    uint64_t oom_delta;     /* ... up to the last oom entry */
+    fl_sites sites;
     uint64_t budget;        /* trace entries and segment blocks still allowed (see spend) */
     uint64_t budget_total;
     size_t doc_bytes;
@@ -68,6 +89,35 @@ static fl_status push_event(fl_event **v, size_t *n, size_t *cap, const fl_event
     }
     (*v)[(*n)++] = *e;
     return FL_OK;
+}
+
+static fl_status grow(void **v, size_t *cap, size_t n, size_t size)
+{
+    if (n < *cap)
+        return FL_OK;
+    size_t nc = *cap ? *cap * 2 : 64;
+    void *p = realloc(*v, nc * size);
+    if (!p)
+        return fl_fail(FL_ERR_NOMEM, "snapshot: no host memory for %zu records", nc);
+    *v = p;
+    *cap = nc;
+    return FL_OK;
+}
+
+static fl_status add_old_segment(conv *c, uint64_t addr, uint64_t size, uint64_t stream, int small)
+{
+    fl_status s = grow((void **)&c->old, &c->cap_old, c->n_old, sizeof *c->old);
+    if (s == FL_OK)
+        c->old[c->n_old++] = (old_seg){addr, size, stream, small};
+    return s;
+}
+
+static fl_status add_old_block(conv *c, uint64_t addr, uint64_t size, uint64_t requested, uint64_t stream)
+{
+    fl_status s = grow((void **)&c->blocks, &c->cap_blocks, c->n_blocks, sizeof *c->blocks);
+    if (s == FL_OK)
+        c->blocks[c->n_blocks++] = (old_block){addr, size, requested, stream};
+    return s;
 }
 
 /* The conversion's budget. The memo makes the parsed pickle a graph: one blocks list can
@@ -139,6 +189,18 @@ static fl_status read_entries(conv *c, const fl_pk *trace)
         rec r = {.index = (uint32_t)i, .action = (uint8_t)act};
         int64_t stream = 0;
         switch (act) {
+        case A_SEGMENT_ALLOC:
+        case A_SEGMENT_FREE:
+        case A_SEGMENT_MAP:
+        case A_SEGMENT_UNMAP:
+            if ((s = fl_pk_want_uint(e, "addr", &r.addr, WHERE_ENTRY)) != FL_OK ||
+                (s = fl_pk_want_uint(e, "size", &r.size, WHERE_ENTRY)) != FL_OK ||
+                (s = fl_pk_opt_int(e, "stream", &stream, WHERE_ENTRY)) != FL_OK ||
+                (s = fl_pk_opt_uint(e, "time_us", &r.time_us, WHERE_ENTRY)) != FL_OK)
+                return s;
+            r.stream = (uint64_t)stream;
+            c->recs[c->n_recs++] = r;
+            break;
         case A_ALLOC:
         case A_FREE_REQUESTED:
         case A_FREE_COMPLETED:
@@ -152,6 +214,8 @@ static fl_status read_entries(conv *c, const fl_pk *trace)
             } else if ((s = fl_pk_want_uint(e, "addr", &r.addr, WHERE_ENTRY)) != FL_OK) {
                 return s;
             }
+            if (act == A_ALLOC || act == A_OOM)
+                r.site = fl_sites_of(&c->sites, fl_pk_dict_get(e, "frames"));
             if ((s = fl_pk_want_uint(e, "size", &r.size, WHERE_ENTRY)) != FL_OK ||
                 (s = fl_pk_want_int(e, "stream", &stream, WHERE_ENTRY)) != FL_OK ||
                 (s = fl_pk_opt_uint(e, "time_us", &r.time_us, WHERE_ENTRY)) != FL_OK)
@@ -161,8 +225,10 @@ static fl_status read_entries(conv *c, const fl_pk *trace)
                 return fl_fail(FL_ERR_PARSE, "%s: device_traces[%d][%zu]: 'size' is 0 on an %s entry",
                                c->path, c->device, i, action_names[act]);
             r.stream = (uint64_t)stream; /* a cudaStream_t stored as int64: keep the bits */
-            if (act == A_OOM)
+            if (act == A_OOM) {
                 info->oom_size = r.size;
+                info->oom_stream = r.stream;
+            }
             c->recs[c->n_recs++] = r;
             break;
         case A_UNKNOWN:
@@ -208,7 +274,8 @@ static fl_status reconstruct_freed(conv *c, const rec *r)
     fl_event e = {.ptr = r->addr, .size = r->size, .stream = r->stream, .line = r->index + 1,
                   .kind = FL_EV_ALLOC};
     c->info->synth_freed_bytes = sat_add(c->info->synth_freed_bytes, r->size);
-    return push_event(&c->synth_freed, &c->n_synth_freed, &c->cap_synth_freed, &e);
+    fl_status s = add_old_block(c, r->addr, 0, r->size, r->stream);
+    return s != FL_OK ? s : push_event(&c->synth_freed, &c->n_synth_freed, &c->cap_synth_freed, &e);
 }
 
 static fl_status run_trace(conv *c, int free_action)
@@ -217,6 +284,30 @@ static fl_status run_trace(conv *c, int free_action)
     for (size_t j = 0; j < c->n_recs; j++) {
         const rec *r = &c->recs[j];
         uint64_t state = 0;
+        if (r->action >= A_SEGMENT_ALLOC && r->action <= A_SEGMENT_UNMAP) {
+            int seen = fl_map_get(&c->segs, r->addr, &state);
+            if (r->action == A_SEGMENT_ALLOC || r->action == A_SEGMENT_MAP) {
+                c->seg_delta += r->size;
+                c->info->segment_alloc_bytes = sat_add(c->info->segment_alloc_bytes, r->size);
+            } else {
+                c->seg_delta -= r->size;
+                c->info->segment_free_bytes = sat_add(c->info->segment_free_bytes, r->size);
+                /* Given back, never obtained in the trace: it was there when recording
+                 * began. Unmapped pages of an expandable segment are counted, not rebuilt. */
+                if (!seen) {
+                    c->info->n_old_segments++;
+                    c->info->old_segment_bytes = sat_add(c->info->old_segment_bytes, r->size);
+                    if (r->action == A_SEGMENT_FREE &&
+                        (s = add_old_segment(c, r->addr, r->size, r->stream, r->size <= 2 * FL_MiB)) != FL_OK)
+                        return s;
+                }
+            }
+            if ((s = fl_map_put(&c->segs, r->addr, 1)) != FL_OK)
+                return s;
+            continue;
+        }
+        if (r->action == A_OOM)
+            c->oom_delta = c->seg_delta;
         int known = fl_map_get(&c->addrs, r->addr, &state);
         if (r->action == A_ALLOC) {
             if (known && state == ADDR_LIVE)
@@ -256,7 +347,8 @@ static fl_status read_segments(conv *c, const fl_pk *segments, int free_action)
         const fl_pk *seg = fl_pk_item(segments, si), *blocks;
         int64_t dev = c->device, stream;
         uint64_t addr, total, allocated = 0;
-        int expandable = 0;
+        int expandable = 0, private_pool = 0;
+        const fl_pk *pool_id, *type;
         if ((s = fl_pk_check(seg, FL_PK_DICT, WHERE_SEG)) != FL_OK ||
             (s = fl_pk_opt_int(seg, "device", &dev, WHERE_SEG)) != FL_OK)
             return s;
@@ -268,8 +360,29 @@ static fl_status read_segments(conv *c, const fl_pk *segments, int free_action)
             (s = fl_pk_opt_uint(seg, "allocated_size", &allocated, WHERE_SEG)) != FL_OK ||
             (s = fl_pk_want_int(seg, "stream", &stream, WHERE_SEG)) != FL_OK ||
             (s = fl_pk_opt_bool(seg, "is_expandable", &expandable, WHERE_SEG)) != FL_OK ||
-            (s = fl_pk_want(seg, "blocks", FL_PK_LIST, &blocks, WHERE_SEG)) != FL_OK)
+            (s = fl_pk_want(seg, "blocks", FL_PK_LIST, &blocks, WHERE_SEG)) != FL_OK ||
+            (s = fl_pk_opt(seg, "segment_type", FL_PK_STR, &type, WHERE_SEG)) != FL_OK)
             return s;
+        /* Memory pools (CUDA graphs, torch.cuda.MemPool, PyTorch 2.1+): (0, 0) is the
+         * default pool; a segment of another pool never serves the program's ordinary
+         * requests, so it is not rebuilt for the emulation. */
+        if ((pool_id = fl_pk_dict_get(seg, "segment_pool_id")) != NULL && pool_id->type != FL_PK_NONE) {
+            if ((pool_id->type != FL_PK_TUPLE && pool_id->type != FL_PK_LIST) || fl_pk_len(pool_id) != 2 ||
+                fl_pk_item(pool_id, 0)->type != FL_PK_INT || fl_pk_item(pool_id, 1)->type != FL_PK_INT)
+                return fl_fail(FL_ERR_PARSE, "%s: segments[%zu]: 'segment_pool_id' is %s, expected a tuple of two "
+                                             "ints", c->path, si, fl_pk_type_name(pool_id->type));
+            private_pool = fl_pk_item(pool_id, 0)->u.i != 0 || fl_pk_item(pool_id, 1)->u.i != 0;
+        }
+        info->n_private_segments += private_pool != 0;
+        uint64_t seen;
+        if (!fl_map_get(&c->segs, addr, &seen)) {
+            /* Held at dump, never obtained in the trace: older than the recording. */
+            info->n_old_segments++;
+            info->old_segment_bytes = sat_add(info->old_segment_bytes, total);
+            int small = type ? !strcmp(type->u.s.p, "small") : total <= 2 * FL_MiB;
+            if (!expandable && !private_pool && (s = add_old_segment(c, addr, total, (uint64_t)stream, small)) != FL_OK)
+                return s;
+        }
         info->n_segments++;
         info->n_expandable_segments += expandable != 0;
         /* What PyTorch held: the doctor's capacity is built on it, so a sum that would
@@ -313,8 +426,13 @@ static fl_status read_segments(conv *c, const fl_pk *segments, int free_action)
             uint64_t bytes = requested ? requested : size;
             if (bytes == 0)
                 continue;
-            fl_event e = {.ptr = baddr, .size = bytes, .stream = (uint64_t)stream, .kind = FL_EV_ALLOC};
-            if ((s = push_event(&c->synth_live, &c->n_synth_live, &c->cap_synth_live, &e)) != FL_OK)
+            /* A private pool's block never shares a segment with the default pool's: it is
+             * kept apart as PyTorch keeps it, on a stream of its own. */
+            uint64_t bstream = (uint64_t)stream ^ (private_pool ? FL_SNAPSHOT_PRIVATE_POOL : 0);
+            fl_event e = {.ptr = baddr, .size = bytes, .stream = bstream, .kind = FL_EV_ALLOC,
+                          .site = fl_sites_of(&c->sites, fl_pk_dict_get(b, "frames"))};
+            if ((s = push_event(&c->synth_live, &c->n_synth_live, &c->cap_synth_live, &e)) != FL_OK ||
+                (s = add_old_block(c, baddr, size, bytes, bstream)) != FL_OK)
                 return s;
             info->synth_live_bytes = sat_add(info->synth_live_bytes, bytes);
         }
@@ -339,15 +457,13 @@ static fl_status read_settings(conv *c, const fl_pk *set)
     fl_status s;
     const char *conf = NULL;
     size_t len = 0;
-    int64_t max_split = -1;
-    const fl_pk *divs;
+    const fl_pk *divs = fl_pk_dict_get(set, "roundup_power2_divisions"), *max_split;
     info->has_settings = 1;
+    /* The variable's newer name (PYTORCH_ALLOC_CONF) when the old one is absent or empty. */
     if ((s = fl_pk_opt_str(set, "PYTORCH_CUDA_ALLOC_CONF", &conf, &len, WHERE_SET)) != FL_OK ||
-        (!conf && (s = fl_pk_opt_str(set, "PYTORCH_ALLOC_CONF", &conf, &len, WHERE_SET)) != FL_OK) ||
+        ((!conf || !len) && (s = fl_pk_opt_str(set, "PYTORCH_ALLOC_CONF", &conf, &len, WHERE_SET)) != FL_OK) ||
         (s = fl_pk_opt_bool(set, "expandable_segments", &info->expandable_segments, WHERE_SET)) != FL_OK ||
-        (s = fl_pk_opt_int(set, "max_split_size", &max_split, WHERE_SET)) != FL_OK ||
-        (s = fl_pk_opt_float(set, "garbage_collection_threshold", &info->gc_threshold, WHERE_SET)) != FL_OK ||
-        (s = fl_pk_opt(set, "roundup_power2_divisions", FL_PK_DICT, &divs, WHERE_SET)) != FL_OK)
+        (s = fl_pk_opt_float(set, "garbage_collection_threshold", &info->gc_threshold, WHERE_SET)) != FL_OK)
         return s;
     if (conf) {
         info->alloc_conf_truncated = len >= sizeof info->alloc_conf;
@@ -355,14 +471,27 @@ static fl_status read_settings(conv *c, const fl_pk *set)
         memcpy(info->alloc_conf, conf, n);
         info->alloc_conf[n] = 0;
     }
-    /* SIZE_MAX (no limit) arrives as -1 after PyTorch's cast to int64. */
-    info->max_split_size = max_split > 0 ? (uint64_t)max_split : 0;
-    /* Keys are "1", "2", "4", ... MiB: the lower bound of each power-of-two interval. */
+    /* No limit is SIZE_MAX, which arrives as -1 after PyTorch's cast to int64 (or as an
+     * int over 64 bits, or None, from other writers). */
+    max_split = fl_pk_dict_get(set, "max_split_size");
+    if (max_split && max_split->type == FL_PK_INT)
+        info->max_split_size = max_split->u.i > 0 ? (uint64_t)max_split->u.i : 0;
+    else if (max_split && max_split->type != FL_PK_NONE && max_split->type != FL_PK_BIGINT)
+        return fl_fail(FL_ERR_PARSE, "%s: allocator_settings: 'max_split_size' is %s, expected an int", c->path,
+                       fl_pk_type_name(max_split->type));
+    if (!divs || divs->type == FL_PK_NONE)
+        return FL_OK;
+    /* A dict keyed "1", "2", "4", ... MiB (the lower bound of each power-of-two interval),
+     * or a list in interval order. */
+    if (divs->type != FL_PK_DICT && divs->type != FL_PK_LIST)
+        return fl_fail(FL_ERR_PARSE, "%s: allocator_settings: 'roundup_power2_divisions' is %s, expected a dict",
+                       c->path, fl_pk_type_name(divs->type));
     for (size_t i = 0; i < fl_pk_len(divs); i++) {
-        const fl_pk *k = fl_pk_key(divs, i), *v = fl_pk_value(divs, i);
-        char *end;
-        unsigned long mib = k->type == FL_PK_STR ? strtoul(k->u.s.p, &end, 10) : 0;
-        if (k->type != FL_PK_STR || *end || !fl_is_pow2(mib) || v->type != FL_PK_INT || v->u.i < 0 ||
+        const fl_pk *k = divs->type == FL_PK_DICT ? fl_pk_key(divs, i) : NULL;
+        const fl_pk *v = divs->type == FL_PK_DICT ? fl_pk_value(divs, i) : fl_pk_item(divs, i);
+        char *end = "";
+        unsigned long mib = k ? (k->type == FL_PK_STR ? strtoul(k->u.s.p, &end, 10) : 0) : 1ul << (i < 63 ? i : 63);
+        if ((k && k->type != FL_PK_STR) || *end || !fl_is_pow2(mib) || v->type != FL_PK_INT || v->u.i < 0 ||
             v->u.i > UINT32_MAX)
             return fl_fail(FL_ERR_PARSE,
                            "%s: allocator_settings: roundup_power2_divisions[%zu] is not \"MiB\": divisions "
@@ -385,6 +514,69 @@ static fl_status read_settings(conv *c, const fl_pk *set)
     return FL_OK;
 }
 
+/* ---- segments older than the recording, for the emulation ----------------------------- */
+
+static int by_addr_seg(const void *a, const void *b)
+{
+    const old_seg *x = a, *y = b;
+    return x->addr < y->addr ? -1 : x->addr > y->addr;
+}
+
+static int by_addr_block(const void *a, const void *b)
+{
+    const old_block *x = a, *y = b;
+    return x->addr < y->addr ? -1 : x->addr > y->addr;
+}
+
+/* Each old segment with the live blocks inside it (out->seeds): blocks live when
+ * recording began lie in segments that existed then. A block outside every old segment
+ * (events lost) is left to an ordinary allocation; a segment whose blocks overlap is not
+ * rebuilt. The same address listed twice (a segment freed and obtained again before the
+ * dump is not old) keeps its first listing. */
+static fl_status build_seeds(conv *c)
+{
+    fl_trace *t = c->out;
+    if (!c->n_old)
+        return FL_OK;
+    qsort(c->old, c->n_old, sizeof *c->old, by_addr_seg);
+    if (c->n_blocks) /* qsort of a NULL array, even empty, is undefined */
+        qsort(c->blocks, c->n_blocks, sizeof *c->blocks, by_addr_block);
+    if (!(t->seeds = calloc(c->n_old, sizeof *t->seeds)) ||
+        !(t->seed_blocks = calloc(c->n_blocks ? c->n_blocks : 1, sizeof *t->seed_blocks)))
+        return fl_fail(FL_ERR_NOMEM, "%s: no host memory for %zu old segments", c->path, c->n_old);
+    size_t b = 0;
+    for (size_t i = 0; i < c->n_old; i++) {
+        const old_seg *o = &c->old[i];
+        /* Ends saturate: the file's sizes are untrusted. */
+        uint64_t seg_end = sat_add(o->addr, o->size);
+        if (i && o->addr < sat_add(c->old[i - 1].addr, c->old[i - 1].size))
+            continue; /* overlaps the previous one: not the allocator's state */
+        fl_seed_segment *sg = &t->seeds[t->n_seeds];
+        *sg = (fl_seed_segment){.addr = o->addr, .size = o->size, .stream = o->stream, .small = o->small,
+                                .first_block = t->n_seed_blocks};
+        while (b < c->n_blocks && c->blocks[b].addr < o->addr)
+            b++;
+        int ok = 1;
+        uint64_t end = o->addr;
+        for (; b < c->n_blocks && c->blocks[b].addr < seg_end; b++) {
+            const old_block *k = &c->blocks[b];
+            uint64_t least = k->size ? k->size : k->requested > (UINT64_C(1) << 62) ? UINT64_MAX : fl_live_size(k->requested);
+            if (k->addr < end || k->stream != o->stream || least > seg_end - k->addr)
+                ok = 0;
+            end = sat_add(k->addr, least);
+            t->seed_blocks[t->n_seed_blocks + sg->n_blocks++] =
+                (fl_seed_block){k->addr - o->addr, k->size, k->addr, k->requested};
+        }
+        if (!ok)
+            continue;
+        t->n_seed_blocks += sg->n_blocks;
+        t->n_seeds++;
+        c->info->n_seeded_segments++;
+        c->info->seeded_bytes = sat_add(c->info->seeded_bytes, o->size);
+    }
+    return FL_OK;
+}
+
 /* ---- the conversion ------------------------------------------------------------------- */
 
 static fl_status emit(conv *c, int free_action)
@@ -401,19 +593,22 @@ static fl_status emit(conv *c, int free_action)
     for (size_t j = 0; j < c->n_recs && s == FL_OK; j++) {
         const rec *r = &c->recs[j];
         fl_event e = {.time_us = r->time_us, .ptr = r->addr, .size = r->size, .stream = r->stream,
-                      .line = r->index + 1};
+                      .line = r->index + 1, .site = r->site};
         if (r->action == A_ALLOC)
             e.kind = FL_EV_ALLOC;
         else if (r->action == free_action)
             e.kind = FL_EV_FREE;
         else if (r->action == A_OOM)
             e.kind = FL_EV_ALLOC_FAIL, e.ptr = 0;
+        else if (r->action == A_SEGMENT_FREE || r->action == A_SEGMENT_UNMAP)
+            e.kind = FL_EV_RELEASE;
         else
             continue;
         s = fl_trace_push(t, &e);
     }
     for (size_t i = 0; i < t->n && s == FL_OK; i++)
-        s = fl_map_put(&streams, t->ev[i].stream, 1);
+        if (t->ev[i].kind != FL_EV_RELEASE)
+            s = fl_map_put(&streams, t->ev[i].stream, 1);
     c->info->n_streams = streams.count;
     c->info->n_events = t->n;
     fl_map_free(&streams);
@@ -448,16 +643,31 @@ static fl_status convert(conv *c, const fl_pk *root)
     int free_action =
         c->info->n_free_completed || !c->info->n_free_requested ? A_FREE_COMPLETED : A_FREE_REQUESTED;
     c->info->frees_completed = free_action == A_FREE_COMPLETED;
-    if ((s = fl_map_init(&c->addrs, c->n_recs)) != FL_OK || (s = run_trace(c, free_action)) != FL_OK ||
+    if ((s = fl_map_init(&c->addrs, c->n_recs)) != FL_OK || (s = fl_map_init(&c->segs, 64)) != FL_OK ||
+        (s = run_trace(c, free_action)) != FL_OK ||
         (segments && (s = read_segments(c, segments, free_action)) != FL_OK) ||
-        (settings && (s = read_settings(c, settings)) != FL_OK))
+        (settings && (s = read_settings(c, settings)) != FL_OK) || (s = build_seeds(c)) != FL_OK)
         return s;
-    if (c->info->n_entries == 0 &&
-        (s = fl_trace_warn(c->out, "%s: device_traces[%d] is empty (history was not recorded): the trace holds "
-                                   "only the blocks allocated at dump",
-                           path, c->device)) != FL_OK)
+    /* What the allocator held at the oom entry: at dump, less what the segment events
+     * after it added (the deltas wrap around 2^64 together, so their difference holds). */
+    fl_snapshot_info *info = c->info;
+    uint64_t after = c->seg_delta - c->oom_delta;
+    info->oom_reserved = info->reserved_bytes - after;
+    if (info->oom_entry >= 0 && (int64_t)after > 0 && after > info->reserved_bytes)
+        info->oom_reserved = info->reserved_bytes; /* inconsistent events: the dump is what we know */
+    if (info->n_entries == 0 &&
+        (s = fl_trace_warn(c->out, "%s: device_traces[%d] is empty (no history recorded for device %d): the trace "
+                                   "holds only the blocks allocated at dump",
+                           path, c->device, c->device)) != FL_OK)
         return s;
-    return emit(c, free_action);
+    if (c->sites.nomem && (s = fl_trace_warn(c->out, "%s: host memory ran out reading stack frames: later "
+                                                     "allocation sites are unknown", path)) != FL_OK)
+        return s;
+    if ((s = emit(c, free_action)) != FL_OK)
+        return s;
+    fl_sites_move(&c->sites, &c->out->sites, &c->out->n_sites);
+    info->n_sites = c->out->n_sites ? c->out->n_sites - 1 : 0;
+    return FL_OK;
 }
 
 fl_status fl_snapshot_to_trace(const fl_pk_doc *doc, const char *path, int device, fl_trace *out,
@@ -476,11 +686,18 @@ fl_status fl_snapshot_to_trace(const fl_pk_doc *doc, const char *path, int devic
         return fl_fail(FL_ERR_NOMEM, "%s: no host memory", path);
     conv c = {.path = path, .device = device, .info = info, .out = out, .doc_bytes = fl_pk_doc_bytes(doc)};
     c.budget = c.budget_total = FL_SNAPSHOT_BUDGET_MIN + c.doc_bytes / FL_SNAPSHOT_BYTES_PER_ITEM;
+    /* Frames examined: one per byte of the document at most (each distinct frames list
+     * is examined once; the memo shares the rest). */
+    fl_sites_init(&c.sites, FL_SNAPSHOT_BUDGET_MIN + c.doc_bytes);
     fl_status s = convert(&c, fl_pk_doc_root(doc));
     free(c.recs);
     free(c.synth_live);
     free(c.synth_freed);
+    free(c.old);
+    free(c.blocks);
     fl_map_free(&c.addrs);
+    fl_map_free(&c.segs);
+    fl_sites_free(&c.sites);
     if (s != FL_OK)
         fl_trace_free(out); /* leaves it zeroed: nothing to free */
     return s;
@@ -501,10 +718,58 @@ fl_status fl_trace_read_snapshot(const char *path, int device, fl_trace *out, fl
 
 fl_status fl_snapshot_oom_capacity(const fl_snapshot_info *info, const char *name, uint64_t *out)
 {
-    if (__builtin_add_overflow(info->reserved_bytes, info->oom_device_free, out))
-        return fl_fail(FL_ERR_PARSE, "%s: reserved at dump (%llu bytes) plus the oom event's device_free (%llu) "
+    if (__builtin_add_overflow(info->oom_reserved, info->oom_device_free, out))
+        return fl_fail(FL_ERR_PARSE, "%s: reserved at the oom entry (%llu bytes) plus its device_free (%llu) "
                                      "is more than 2^64 bytes: not a device's capacity",
-                       name, (unsigned long long)info->reserved_bytes, (unsigned long long)info->oom_device_free);
+                       name, (unsigned long long)info->oom_reserved, (unsigned long long)info->oom_device_free);
+    return FL_OK;
+}
+
+fl_status fl_snapshot_devices(const fl_pk_doc *doc, const char *path, fl_snapshot_device *out, int max, int *n)
+{
+    const fl_pk *root = fl_pk_doc_root(doc), *traces, *segments;
+    fl_status s;
+    *n = 0;
+    if (!path)
+        path = fl_pk_doc_name(doc);
+    if ((s = fl_pk_check(root, FL_PK_DICT, "%s: the snapshot", path)) != FL_OK ||
+        (s = fl_pk_opt(root, "segments", FL_PK_LIST, &segments, "%s", path)) != FL_OK)
+        return s;
+    if (!fl_pk_dict_get(root, "device_traces"))
+        return fl_fail(FL_ERR_PARSE, "%s: no 'device_traces': not a memory snapshot, or one taken without "
+                                     "torch.cuda.memory._record_memory_history()", path);
+    if ((s = fl_pk_want(root, "device_traces", FL_PK_LIST, &traces, "%s", path)) != FL_OK)
+        return s;
+    size_t nd = fl_pk_len(traces);
+    *n = nd > INT32_MAX ? INT32_MAX : (int)nd;
+    /* The same budget as a conversion's: the memo can list one blocks list in every
+     * segment, so what is visited is bounded by the document only through it. Past it,
+     * a device with segments is taken to have events (its conversion then says why not). */
+    uint64_t budget = FL_SNAPSHOT_BUDGET_MIN + fl_pk_doc_bytes(doc) / FL_SNAPSHOT_BYTES_PER_ITEM;
+    for (int d = 0; d < *n && d < max; d++) {
+        fl_snapshot_device *v = &out[d];
+        memset(v, 0, sizeof *v);
+        const fl_pk *t = fl_pk_item(traces, (size_t)d);
+        v->n_entries = fl_pk_len(t);
+        for (size_t i = 0; t->type == FL_PK_LIST && i < v->n_entries && budget; i++, budget--)
+            v->n_oom += fl_pk_str_is(fl_pk_dict_get(fl_pk_item(t, i), "action"), "oom");
+    }
+    for (size_t si = 0; si < fl_pk_len(segments); si++) {
+        const fl_pk *seg = fl_pk_item(segments, si), *dev = fl_pk_dict_get(seg, "device");
+        int64_t d = dev && dev->type == FL_PK_INT ? dev->u.i : 0;
+        if (d < 0 || d >= *n || d >= max)
+            continue;
+        out[d].n_segments++;
+        const fl_pk *blocks = fl_pk_dict_get(seg, "blocks");
+        if (!budget) {
+            out[d].n_active_blocks += out[d].n_active_blocks == 0;
+            continue;
+        }
+        for (size_t bi = 0; blocks && blocks->type == FL_PK_LIST && bi < fl_pk_len(blocks) && budget; bi++, budget--) {
+            const fl_pk *st = fl_pk_dict_get(fl_pk_item(blocks, bi), "state");
+            out[d].n_active_blocks += fl_pk_str_is(st, "active_allocated") || fl_pk_str_is(st, "active_pending_free");
+        }
+    }
     return FL_OK;
 }
 

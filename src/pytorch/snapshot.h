@@ -16,6 +16,8 @@ typedef struct fl_snapshot_info {
     uint64_t n_alloc, n_free_requested, n_free_completed, n_oom;
     uint64_t n_segment_alloc, n_segment_free, n_segment_map, n_segment_unmap, n_snapshot;
     uint64_t n_unknown_actions;     /* actions newer than this reader: skipped, with a warning */
+    uint64_t segment_alloc_bytes;   /* segment_alloc + segment_map sizes */
+    uint64_t segment_free_bytes;    /* segment_free + segment_unmap sizes: FL_EV_RELEASE events */
     int frees_completed;            /* 1: frees come from free_completed; 0: from free_requested
                                        (the trace recorded no free_completed at all) */
     /* Reconstruction of blocks alive before recording began (all at the start, time 0). */
@@ -35,9 +37,22 @@ typedef struct fl_snapshot_info {
     uint64_t reserved_bytes;        /* sum of total_size: what PyTorch held */
     uint64_t allocated_bytes;       /* sum of allocated_size */
     uint64_t n_active_blocks;       /* blocks active_allocated or active_pending_free */
+    /* Segments the allocator held before recording began: in `segments` at dump, or freed
+     * by the trace, with no segment_alloc (segment_map) in the trace. None: recording
+     * covers every segment's lifetime, and the emulation starts from an empty allocator
+     * as the real one did. */
+    uint64_t n_old_segments, old_segment_bytes;
+    uint64_t n_seeded_segments, seeded_bytes; /* of those, rebuilt for the emulation (not
+                                                 expandable, not in a private pool) */
+    uint64_t n_private_segments;    /* segments of private pools (CUDA graphs, MemPool) */
     /* the last oom entry (a snapshot dumped on OOM ends with it) */
     int64_t oom_entry;              /* its index in device_traces[device], -1 if none */
     uint64_t oom_size, oom_device_free;
+    uint64_t oom_stream;
+    /* Reserved memory when the oom entry was recorded: at dump, less what the trace's
+     * segment events after it changed (equal to reserved_bytes without such events). */
+    uint64_t oom_reserved;
+    uint32_t n_sites;               /* distinct allocation sites read from stack frames */
     /* allocator_settings (PyTorch 2.5 and later), when the snapshot has them */
     int has_settings;
     char alloc_conf[512];           /* PYTORCH_CUDA_ALLOC_CONF (or PYTORCH_ALLOC_CONF) as set */
@@ -49,6 +64,22 @@ typedef struct fl_snapshot_info {
     uint32_t roundup_divisions[FL_ROUNDUP_INTERVALS];
 } fl_snapshot_info;
 
+/* Blocks of a private memory pool (CUDA graphs, torch.cuda.MemPool) at dump are allocated
+ * on their segment's stream with these bits flipped: a stream of their own, so that no
+ * policy mixes them with the default pool's blocks. */
+#define FL_SNAPSHOT_PRIVATE_POOL (UINT64_C(1) << 62)
+
+/* Per device of a snapshot: what it recorded (for choosing which to read). */
+typedef struct fl_snapshot_device {
+    uint64_t n_entries;             /* len(device_traces[i]) */
+    uint64_t n_oom;                 /* oom entries among them */
+    uint64_t n_segments, n_active_blocks; /* in `segments` with device i */
+} fl_snapshot_device;
+
+/* Lists the devices of a parsed snapshot: *n = len(device_traces), and for each up to
+ * max, its summary. FL_ERR_PARSE when the snapshot has no device_traces list. */
+fl_status fl_snapshot_devices(const fl_pk_doc *doc, const char *path, fl_snapshot_device *out, int max, int *n);
+
 /* Converts device_traces[device] of a parsed snapshot into out (initialised here; on
  * error it is left empty and needs no free). path names the file in messages, which read
  * "PATH: device_traces[0][17]: 'size' is a str, expected an int". info may be NULL.
@@ -58,7 +89,11 @@ typedef struct fl_snapshot_info {
  *   free_completed  -> FL_EV_FREE        (free_requested instead when the device trace
  *                                          has no free_completed at all)
  *   oom             -> FL_EV_ALLOC_FAIL  size = the requested bytes, ptr 0
- *   segment_*, snapshot and the free kind not used: counted in info, no event.
+ *   segment_free, segment_unmap -> FL_EV_RELEASE  size, stream, ptr = addr
+ *   segment_alloc, segment_map, snapshot and the free kind not used: counted in info.
+ * Allocations and failures carry their site (out->sites): the innermost frame of the
+ * program's own Python code in the entry's frames, else the autograd node or the
+ * operator; blocks in `segments` carry their own frames' site.
  * Each event keeps stream and time_us (microseconds since the epoch, as recorded; 0 when
  * the snapshot predates time_us); `line` is the entry's index in device_traces[device]
  * plus 1, so messages point at the entry.
@@ -78,7 +113,11 @@ typedef struct fl_snapshot_info {
  * Sizes are requested bytes throughout: alloc and free entries carry the requested size
  * (not multiples of 512 in the shared snapshots), and a block's requested_size equals the
  * size of its traced alloc on every live block there; the block's `size` is PyTorch's
- * rounded size, which replay applies itself. */
+ * rounded size, which replay applies itself.
+ *
+ * Segments older than the recording (info->n_old_segments) are described in out->seeds
+ * with the live blocks (b) and (a) inside them, so that the emulation of the snapshot's
+ * allocator can start where the real one was (fl_replay_opts.follow). */
 fl_status fl_snapshot_to_trace(const fl_pk_doc *doc, const char *path, int device, fl_trace *out,
                                fl_snapshot_info *info);
 
@@ -99,9 +138,9 @@ void fl_snapshot_config(const fl_snapshot_info *info, fl_config *cfg);
 
 fl_status fl_trace_read_snapshot(const char *path, int device, fl_trace *out, fl_snapshot_info *info);
 
-/* The device's capacity when a snapshot was dumped at an out-of-memory (info->oom_entry
- * >= 0): what the segments held plus the oom event's device_free. FL_ERR_PARSE (naming
- * name) when that passes 2^64 bytes. */
+/* The device's capacity when a snapshot recorded an out-of-memory (info->oom_entry >= 0):
+ * what the allocator held then (oom_reserved) plus the oom event's device_free.
+ * FL_ERR_PARSE (naming name) when that passes 2^64 bytes. */
 fl_status fl_snapshot_oom_capacity(const fl_snapshot_info *info, const char *name, uint64_t *out);
 
 #endif

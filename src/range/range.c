@@ -332,7 +332,7 @@ fl_status range_take(fl_range *r, uint32_t n, uint64_t pad, uint64_t size, uint3
     if (FL_UNLIKELY(reserve_nodes(r) != FL_OK))
         return FL_ERR_NOMEM;
     uint32_t used = carve(r, n, pad, size);
-    if (fl_map_insert(&r->used, r->nodes[used].offset, used) != FL_OK) {
+    if (!r->untracked && fl_map_insert(&r->used, r->nodes[used].offset, used) != FL_OK) {
         range_free_node(r, used);
         return fl_fail(FL_ERR_NOMEM, "range allocator: out of host memory for the offset table");
     }
@@ -390,17 +390,28 @@ uint32_t range_free_node(fl_range *r, uint32_t n)
     return n;
 }
 
+void range_untrack(fl_range *r)
+{
+    FL_ASSERT(r->live == 0);
+    r->untracked = 1;
+}
+
+uint64_t range_release(fl_range *r, uint32_t n)
+{
+    uint64_t size = r->nodes[n].size;
+    r->total_free += size;
+    r->live--;
+    range_free_node(r, n);
+    return size;
+}
+
 fl_status range_free_sized(fl_range *r, uint64_t offset, uint64_t *size)
 {
     uint64_t v;
-    if (FL_UNLIKELY(!fl_map_remove(&r->used, offset, &v)))
+    if (FL_UNLIKELY(r->untracked || !fl_map_remove(&r->used, offset, &v)))
         return fl_fail(FL_ERR_NOT_FOUND, "range allocator: no live block at offset 0x%llx",
                        (unsigned long long)offset);
-    uint32_t n = (uint32_t)v;
-    *size = r->nodes[n].size;
-    r->total_free += *size;
-    r->live--;
-    range_free_node(r, n);
+    *size = range_release(r, (uint32_t)v);
     return FL_OK;
 }
 
@@ -413,7 +424,7 @@ fl_status fl_range_free(fl_range *r, uint64_t offset)
 uint64_t fl_range_block_size(const fl_range *r, uint64_t offset)
 {
     uint64_t v;
-    return fl_map_get(&r->used, offset, &v) ? r->nodes[v].size : 0;
+    return !r->untracked && fl_map_get(&r->used, offset, &v) ? r->nodes[v].size : 0;
 }
 
 uint64_t fl_range_capacity(const fl_range *r) { return r->capacity; }
@@ -459,7 +470,7 @@ int fl_range_check(const fl_range *r)
                            (unsigned long long)b->offset), 1;
         if (b->used) {
             uint64_t v;
-            if (!fl_map_get(&r->used, b->offset, &v) || v != n)
+            if (!r->untracked && (!fl_map_get(&r->used, b->offset, &v) || v != n))
                 return fl_fail(FL_ERR_INVALID, "range check: used block 0x%llx missing from the offset table",
                                (unsigned long long)b->offset), 1;
             used_count++;
@@ -479,7 +490,7 @@ int fl_range_check(const fl_range *r)
     if (free_sum != r->total_free)
         return fl_fail(FL_ERR_INVALID, "range check: free bytes %llu, counter says %llu",
                        (unsigned long long)free_sum, (unsigned long long)r->total_free), 1;
-    if (used_count != r->live || used_count != r->used.count)
+    if (used_count != r->live || (!r->untracked && used_count != r->used.count))
         return fl_fail(FL_ERR_INVALID, "range check: %llu used blocks, counter %llu, table %llu",
                        (unsigned long long)used_count, (unsigned long long)r->live,
                        (unsigned long long)r->used.count), 1;

@@ -41,11 +41,20 @@ struct fl_range {
     uint64_t fl_bitmap;
     uint32_t sl_bitmap[RANGE_FL_COUNT];
     uint32_t heads[RANGE_FL_COUNT * RANGE_SL_COUNT];
-    fl_map used;                      /* offset -> node of every used block */
+    fl_map used;                      /* offset -> node of every used block, unless: */
+    int untracked;                    /* the owner finds its blocks' nodes itself (range_untrack) */
 };
 
 /* fl_range_free that also says how large the block was (one hash lookup, not two). */
 fl_status range_free_sized(fl_range *r, uint64_t offset, uint64_t *size);
+/* For an owner that keeps the node of each of its blocks (the fragless policy's index of
+ * block starts): used blocks are not entered in the offset table, which saves a hash
+ * insert per allocation and a remove per free. Called on a new range; afterwards blocks
+ * go back by node (range_release) only, and fl_range_free / fl_range_block_size do not
+ * know them. */
+void range_untrack(fl_range *r);
+/* Gives used node n back (merged with its free neighbours); returns the block's size. */
+uint64_t range_release(fl_range *r, uint32_t n);
 /* Free node holding at least size bytes (TLSF search), 0 if none. */
 uint32_t range_find_free(const fl_range *r, uint64_t size);
 /* Up to max free nodes of at least size bytes, from the request's class upward. */

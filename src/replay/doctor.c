@@ -94,47 +94,145 @@ static void add_row(fl_diagnosis *d, const fl_config *base, const char *label, c
     d->n_rows++;
 }
 
-fl_status fl_diagnose(const fl_prepared *p, const fl_replay_opts *ran, uint64_t capacity, fl_diagnosis *d)
+int fl_config_same(const fl_config *a, const fl_config *b)
 {
-    memset(d, 0, sizeof *d);
-    d->peak_live = p->peak_live;
-    d->peak_op = p->peak_live_op;
-    fl_status s = lifetimes(p, d);
+    /* expandable_segments makes cca cca-expandable (the registry's rule) */
+    char pa[40], pb[40];
+    snprintf(pa, sizeof pa, "%s", !strcmp(a->policy, "cca") && a->expandable_segments ? "cca-expandable" : a->policy);
+    snprintf(pb, sizeof pb, "%s", !strcmp(b->policy, "cca") && b->expandable_segments ? "cca-expandable" : b->policy);
+    return !strcmp(pa, pb) && a->max_split_size == b->max_split_size && a->gc_threshold == b->gc_threshold &&
+           !memcmp(a->roundup_divisions, b->roundup_divisions, sizeof a->roundup_divisions) &&
+           a->limit == b->limit && a->small_size == b->small_size;
+}
+
+/* The trace up to and including op `last`, a recorded failure there turned into a request
+ * to serve: "could it have been served?". Shares everything but the ops with p (free
+ * with whatif_free). */
+static fl_prepared *whatif_trace(const fl_prepared *p, size_t last)
+{
+    fl_prepared *w = malloc(sizeof *w);
+    fl_op *ops = malloc((last + 1) * sizeof *ops);
+    if (!w || !ops) {
+        free(w);
+        free(ops);
+        return NULL;
+    }
+    *w = *p;
+    memcpy(ops, p->ops, (last + 1) * sizeof *ops);
+    if (ops[last].kind == FL_EV_ALLOC_FAIL)
+        ops[last].kind = FL_EV_ALLOC;
+    w->ops = ops;
+    w->n_ops = last + 1;
+    w->peak_live = w->end_live = 0;
+    w->peak_live_op = 0;
+    w->n_allocs = w->n_frees = w->n_recorded_failures = 0;
+    uint64_t live = 0;
+    for (size_t i = 0; i <= last; i++) {
+        if (ops[i].kind == FL_EV_ALLOC) {
+            live += fl_live_size(ops[i].size);
+            w->n_allocs++;
+            if (live > w->peak_live) {
+                w->peak_live = live;
+                w->peak_live_op = i;
+            }
+        } else if (ops[i].kind == FL_EV_FREE) {
+            live -= fl_live_size(ops[i].size);
+            w->n_frees++;
+        } else if (ops[i].kind == FL_EV_ALLOC_FAIL) {
+            w->n_recorded_failures++;
+        }
+    }
+    w->end_live = live;
+    return w;
+}
+
+static void whatif_free(fl_prepared *w)
+{
+    if (w) {
+        free(w->ops);
+        free(w);
+    }
+}
+
+/* The run of what ran: at the capacity, following the recorded allocator when asked. */
+static fl_replay_opts ran_opts(const fl_replay_opts *ran, const fl_doctor_opts *o)
+{
+    fl_replay_opts q = *ran;
+    q.timeline_buckets = 0;
+    q.check_every = 0;
+    q.late_from_op = 0;
+    q.empty_cache_at_op = 0;
+    q.inspect = NULL;
+    q.follow = o->follow;
+    if (o->capacity)
+        q.sim.capacity = o->capacity;
+    return q;
+}
+
+/* A breakdown after op `at` of what ran. */
+static fl_status breakdown_at(const fl_prepared *p, const fl_replay_opts *ran, const fl_doctor_opts *o, size_t at,
+                              fl_breakdown *out)
+{
+    fl_replay_opts q = ran_opts(ran, o);
+    fl_breakdown_ctx ctx = {out, &ran->cfg, 1};
+    q.inspect = fl_breakdown_inspect;
+    q.inspect_user = &ctx;
+    q.inspect_at_op = at;
+    fl_replay_result r;
+    fl_status s = fl_replay(p, &q, &r);
+    fl_replay_result_free(&r);
+    return s;
+}
+
+/* The out-of-memory moment of what ran at the capacity, judged by the allocator. */
+static fl_status find_oom(const fl_prepared *p, const fl_replay_opts *ran, const fl_doctor_opts *o, fl_diagnosis *d,
+                          size_t *peak_reserved_op)
+{
+    fl_replay_opts q = ran_opts(ran, o);
+    fl_replay_result r;
+    fl_status s = fl_replay(p, &q, &r);
     if (s != FL_OK)
         return s;
-    for (size_t i = 0; i < p->n_ops; i++)
-        if (p->ops[i].kind == FL_EV_ALLOC_FAIL && !d->recorded_failures++) {
-            d->first_recorded_op = i;
-            d->first_recorded_size = p->ops[i].size;
-        }
-
-    fl_replay_opts o = *ran;
-    o.timeline_buckets = 0;
-    o.check_every = 0;
-    o.late_from_op = 0;
-    fl_replay_result r;
-    if (capacity) {
-        o.sim.capacity = capacity;
-        if ((s = fl_replay(p, &o, &r)) != FL_OK)
-            return s;
-        d->capacity = capacity;
-        /* The first failure: a replayed OOM, or a recorded one that fails again. */
-        int recorded_first = r.recorded_oom_failed && (!r.ooms || r.recorded_oom_op < r.first_oom_op);
-        if (r.ooms || r.recorded_oom_failed) {
-            d->has_oom = 1;
-            d->oom_was_recorded = recorded_first;
-            d->oom_op = recorded_first ? r.recorded_oom_op : r.first_oom_op;
-            d->oom = recorded_first ? r.recorded_oom : r.first_oom;
-            /* The allocator's own report (fl_oom_judge): the doctor judges nothing itself. */
-            d->capacity = d->oom.limit;
-            d->device_free = d->oom.device_free;
-            d->ext_frag = d->oom.external_fragmentation;
-            d->verdict = d->oom.verdict;
-        }
-        fl_replay_result_free(&r);
+    *peak_reserved_op = r.peak_reserved_op;
+    /* The first failure: a replayed OOM, or a recorded one that fails again. */
+    int recorded_first = r.recorded_oom_failed && (!r.ooms || r.recorded_oom_op < r.first_oom_op);
+    if (o->capacity && (r.ooms || r.recorded_oom_failed)) {
+        d->has_oom = 1;
+        d->oom_was_recorded = recorded_first;
+        d->oom_op = recorded_first ? r.recorded_oom_op : r.first_oom_op;
+        d->oom = recorded_first ? r.recorded_oom : r.first_oom;
+        /* The allocator's own report (fl_oom_judge): the doctor judges nothing itself. */
+        d->device_free = d->oom.device_free;
+        d->ext_frag = d->oom.external_fragmentation;
+        d->verdict = d->oom.verdict;
     }
+    /* A failure the trace recorded, served here: the emulation's state differs. */
+    d->recorded_served = o->capacity && p->n_recorded_failures && !r.recorded_oom_failed;
+    fl_replay_result_free(&r);
+    return FL_OK;
+}
 
-    /* What if: each alternative is PyTorch's default plus one setting. */
+/* empty_cache() just before the failed request: does the request then succeed? */
+static fl_status try_empty_cache(const fl_prepared *p, const fl_replay_opts *ran, const fl_doctor_opts *o,
+                                 fl_diagnosis *d)
+{
+    fl_replay_opts q = ran_opts(ran, o);
+    q.empty_cache_at_op = d->oom_op;
+    fl_replay_result r;
+    fl_status s = fl_replay(p, &q, &r);
+    if (s != FL_OK)
+        return s;
+    int failed = d->oom_was_recorded ? r.recorded_oom_failed && r.recorded_oom_op == d->oom_op
+                                     : r.ooms && r.first_oom_op == d->oom_op;
+    d->empty_cache_helps = d->oom_op > 0 && !failed;
+    d->empty_cache_returned = r.empty_cache_before - r.empty_cache_after;
+    fl_replay_result_free(&r);
+    return FL_OK;
+}
+
+static fl_status whatif_rows(const fl_prepared *w, const fl_replay_opts *ran, const fl_doctor_opts *o,
+                             fl_diagnosis *d)
+{
     char label[64];
     snprintf(label, sizeof label, "what you ran (%s)", ran->cfg.policy);
     add_row(d, &ran->cfg, label, "", NULL, NULL);
@@ -150,29 +248,96 @@ fl_status fl_diagnose(const fl_prepared *p, const fl_replay_opts *ran, uint64_t 
     d->fragless_row = d->n_rows;
     add_row(d, NULL, "fragless", "FRAGLESS_CONF=policy:fragless", "fragless", NULL);
     d->best_pytorch = -1;
+    fl_replay_opts base = ran_opts(ran, o);
+    base.follow = 0; /* a what-if starts from an empty device, whatever the recording saw */
     for (int i = 0; i < d->n_rows; i++) {
-        fl_replay_opts q = o;
-        q.cfg = d->rows[i].cfg;
-        fl_sim_params_default(&q.sim);
-        q.sim.granularity = ran->sim.granularity;
-        if ((s = fl_replay(p, &q, &r)) != FL_OK)
-            return s;
-        s = fl_min_capacity(p, &q, &r, &d->rows[i].min_capacity);
-        fl_replay_result_free(&r);
-        if (s != FL_OK)
-            return s;
+        fl_whatif *row = &d->rows[i];
+        for (int k = 0; !d->whatif_truncated && k < o->n_known && !row->reused; k++)
+            if (o->known[k].granularity == ran->sim.granularity && fl_config_same(&o->known[k].cfg, &row->cfg)) {
+                row->min_capacity = o->known[k].min_capacity;
+                row->reused = 1;
+            }
+        if (!row->reused) {
+            fl_replay_opts q = base;
+            q.cfg = row->cfg;
+            fl_sim_params_default(&q.sim);
+            q.sim.granularity = ran->sim.granularity;
+            fl_replay_result r;
+            fl_status s = fl_replay(w, &q, &r);
+            if (s != FL_OK)
+                return s;
+            s = fl_min_capacity(w, &q, &r, &row->min_capacity);
+            fl_replay_result_free(&r);
+            if (s != FL_OK)
+                return s;
+        }
+        row->fits = o->capacity && row->min_capacity <= o->capacity;
+        d->any_fits |= row->fits;
         int pytorch = i > 0 && i != d->fragless_row;
-        if (pytorch && (d->best_pytorch < 0 || d->rows[i].min_capacity < d->rows[d->best_pytorch].min_capacity))
+        if (pytorch && (d->best_pytorch < 0 || row->min_capacity < d->rows[d->best_pytorch].min_capacity))
             d->best_pytorch = i;
     }
+    return FL_OK;
+}
+
+fl_status fl_diagnose_ex(const fl_prepared *p, const fl_replay_opts *ran, const fl_doctor_opts *o, fl_diagnosis *d)
+{
+    memset(d, 0, sizeof *d);
+    d->capacity = o->capacity;
+    d->peak_live = p->peak_live;
+    d->peak_op = p->peak_live_op;
+    fl_status s = lifetimes(p, d);
+    if (s != FL_OK)
+        return s;
+    for (size_t i = 0; i < p->n_ops; i++)
+        if (p->ops[i].kind == FL_EV_ALLOC_FAIL && !d->recorded_failures++) {
+            d->first_recorded_op = i;
+            d->first_recorded_size = p->ops[i].size;
+        }
+    const uint64_t g = ran->sim.granularity;
+
+    size_t peak_reserved_op = 0;
+    if ((s = find_oom(p, ran, o, d, &peak_reserved_op)) != FL_OK)
+        return s;
+    if (d->has_oom && ((s = breakdown_at(p, ran, o, d->oom_op, &d->at_oom)) != FL_OK ||
+                       (s = try_empty_cache(p, ran, o, d)) != FL_OK))
+        return s;
+    if ((s = breakdown_at(p, ran, o, peak_reserved_op, &d->at_peak)) != FL_OK)
+        return s;
+
+    /* The what-if trace: a recorded failure is a request the job needs served. */
+    size_t last = p->n_ops;
+    if (d->has_oom && d->oom_was_recorded)
+        last = d->oom_op;
+    else if (d->recorded_served)
+        last = d->first_recorded_op;
+    fl_prepared *w = NULL;
+    if (last < p->n_ops && !(w = whatif_trace(p, last)))
+        return fl_fail(FL_ERR_NOMEM, "doctor: host memory");
+    d->whatif_truncated = w != NULL;
+    const fl_prepared *wp = w ? w : p;
+    d->whatif_ops = wp->n_ops;
+    d->job_needs = wp->peak_live;
+    d->job_peak_op = wp->peak_live_op;
+    if (d->has_oom && d->oom.live + fl_live_size(d->oom.request) > d->job_needs)
+        d->job_needs = d->oom.live + fl_live_size(d->oom.request);
+    d->job_fits = !o->capacity || d->job_needs <= o->capacity;
+    d->lower_bound_job = fl_align_up(d->job_needs, g);
+    if (d->has_oom)
+        d->lower_bound_now = fl_align_up(d->oom.live + fl_live_size(d->oom.request), g);
+    s = whatif_rows(wp, ran, o, d);
+    whatif_free(w);
+    if (s != FL_OK)
+        return s;
 
     /* empty_cache() at the idle point, under the setting that ran, without a limit. */
     d->idle_op = idle_point(p, &d->idle_live);
     if (d->idle_op) {
-        fl_replay_opts q = o;
+        fl_replay_opts q = ran_opts(ran, o);
         fl_sim_params_default(&q.sim);
-        q.sim.granularity = ran->sim.granularity;
+        q.sim.granularity = g;
         q.empty_cache_at_op = d->idle_op;
+        fl_replay_result r;
         if ((s = fl_replay(p, &q, &r)) != FL_OK)
             return s;
         d->idle_reserved = r.empty_cache_before;
@@ -182,4 +347,10 @@ fl_status fl_diagnose(const fl_prepared *p, const fl_replay_opts *ran, uint64_t 
     for (int k = 0; k < 2; k++)
         d->accum_need[k] = d->persistent_at_peak + d->transient_at_peak / (k ? 4u : 2u);
     return FL_OK;
+}
+
+fl_status fl_diagnose(const fl_prepared *p, const fl_replay_opts *ran, uint64_t capacity, fl_diagnosis *d)
+{
+    fl_doctor_opts o = {.capacity = capacity};
+    return fl_diagnose_ex(p, ran, &o, d);
 }

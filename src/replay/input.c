@@ -6,8 +6,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "pytorch/snapshot.h"
-#include "replay/replay.h"
+#include <stdlib.h>
+
+#include "replay/input.h"
 
 /* The first bytes of a file, quoted for a message: printable ASCII as is, the rest as
  * \xNN (a binary file's bytes are no text to print). */
@@ -29,7 +30,7 @@ fl_status fl_input_detect(const char *path, fl_input_kind *kind)
     FILE *f = fopen(path, "rb");
     if (!f)
         return fl_fail(FL_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    unsigned char b[64];
+    unsigned char b[128]; /* a zip's first member name too (torch.save: ARCHIVE/data.pkl) */
     size_t n = fread(b, 1, sizeof b, f);
     int last = -1;
     struct stat st;
@@ -53,6 +54,22 @@ fl_status fl_input_detect(const char *path, fl_input_kind *kind)
     if (b[0] == 0x80 || (strchr("(}])", b[0]) && last == '.')) {
         *kind = FL_INPUT_PICKLE;
         return FL_OK;
+    }
+    /* A zip's local file header. torch.save writes one whose members are ARCHIVE/data.pkl
+     * and the tensors' data: the model, not the allocator's history. */
+    if (n >= 4 && !memcmp(b, "PK\x03\x04", 4)) {
+        size_t end = n >= 30 ? 30 + ((size_t)b[26] | (size_t)b[27] << 8) : 0;
+        if (end > n)
+            end = n; /* a longer name is cut: then it is only "a zip archive" */
+        int torch = 0;
+        for (size_t i = 30; i + 8 <= end; i++)
+            torch |= !memcmp(b + i, "data.pkl", 8);
+        return fl_fail(FL_ERR_PARSE,
+                       "%s: %s, not a memory snapshot: record one with "
+                       "torch.cuda.memory._record_memory_history() before the steps to study, then "
+                       "torch.cuda.memory._dump_snapshot('snapshot.pickle')",
+                       path, torch ? "a PyTorch checkpoint (torch.save zip)" : "a zip archive (torch.save writes "
+                                                                              "checkpoints as zips)");
     }
     if (ws < n && b[ws] == '{') {
         *kind = FL_INPUT_STATE;
@@ -81,6 +98,26 @@ fl_status fl_load_trace(const char *path, FILE *warn, fl_prepared **out)
     return fl_load_trace_ex(path, 0, warn, out, NULL);
 }
 
+/* The snapshot's allocator_settings as the emulation would run them: refused here, as
+ * input, when the policy would refuse them (a max_split_size below PyTorch's minimum, a
+ * garbage_collection_threshold outside [0, 1)), so that what loads can be replayed. */
+static fl_status settings_valid(const char *path, const fl_snapshot_info *info)
+{
+    fl_config cfg;
+    fl_snapshot_config(info, &cfg);
+    fl_sim_params sp;
+    fl_sim_params_default(&sp);
+    fl_device *d = NULL;
+    fl_policy *pol = NULL;
+    fl_status s = fl_sim_device_create(&sp, &d);
+    if (s == FL_OK && (s = fl_policy_create(&cfg, d, &pol)) != FL_OK)
+        s = fl_fail(FL_ERR_PARSE, "%s: allocator_settings: %s", path, fl_last_error());
+    if (pol)
+        pol->ops->destroy(pol);
+    fl_device_destroy(d);
+    return s;
+}
+
 fl_status fl_load_trace_ex(const char *path, int device, FILE *warn, fl_prepared **out, fl_snapshot_info *info)
 {
     fl_trace t; /* the readers initialise it, and leave it empty on error */
@@ -99,6 +136,10 @@ fl_status fl_load_trace_ex(const char *path, int device, FILE *warn, fl_prepared
     s = kind == FL_INPUT_PICKLE ? fl_trace_read_snapshot(path, device, &t, info) : fl_trace_read_csv(path, &t);
     if (s != FL_OK)
         return s;
+    if (kind == FL_INPUT_PICKLE && (s = settings_valid(path, info)) != FL_OK) {
+        fl_trace_free(&t);
+        return s;
+    }
     for (size_t i = 0; warn && i < t.n_warnings; i++)
         fprintf(warn, "warning: %s\n", t.warnings[i]);
     /* Nothing to replay: every figure would be 0 or a ratio over 0. */
@@ -115,5 +156,142 @@ fl_status fl_load_trace_ex(const char *path, int device, FILE *warn, fl_prepared
     if (s == FL_OK)
         for (size_t i = 0; warn && i < (*out)->n_warnings; i++)
             fprintf(warn, "warning: %s\n", (*out)->warnings[i]);
+    return s;
+}
+
+void fl_loaded_free(fl_loaded *v, int n)
+{
+    for (int i = 0; v && i < n; i++)
+        fl_prepared_free(v[i].p);
+    free(v);
+}
+
+/* "devices 0 and 2", "device 1": at most a few named. */
+static void name_devices(char *buf, size_t cap, const int *d, int n)
+{
+    size_t o = (size_t)snprintf(buf, cap, "device%s", n == 1 ? "" : "s");
+    for (int i = 0; i < n && o < cap; i++) {
+        if (i == 6) {
+            snprintf(buf + o, cap - o, " and %d more", n - i);
+            break;
+        }
+        o += (size_t)snprintf(buf + o, cap - o, "%s%d", i == 0 ? " " : i + 1 == n ? " and " : ", ", d[i]);
+    }
+}
+
+/* Converts and prepares one device of a parsed snapshot. */
+static fl_status load_device(const fl_pk_doc *doc, const char *path, int device, int n_devices, FILE *warn,
+                             fl_loaded *out)
+{
+    fl_trace t;
+    fl_status s = fl_snapshot_to_trace(doc, path, device, &t, &out->info);
+    if (s != FL_OK)
+        return s;
+    for (size_t i = 0; warn && i < t.n_warnings; i++)
+        fprintf(warn, "warning: %s\n", t.warnings[i]);
+    if (t.n == 0) {
+        fl_trace_free(&t);
+        return fl_fail(FL_ERR_PARSE, "%s: no events: device_traces[%d] is empty and no block of device %d was "
+                                     "allocated at dump (was _record_memory_history() on?)",
+                       path, device, device);
+    }
+    s = fl_prepare(&t, &out->p);
+    fl_trace_free(&t);
+    if (s != FL_OK)
+        return s;
+    for (size_t i = 0; warn && i < out->p->n_warnings; i++)
+        fprintf(warn, "warning: %s\n", out->p->warnings[i]);
+    if (n_devices > 1) {
+        char *name = malloc(strlen(out->p->name) + 24);
+        if (!name)
+            return fl_fail(FL_ERR_NOMEM, "%s: host memory", path);
+        sprintf(name, "%s (device %d)", out->p->name, device);
+        free(out->p->name);
+        out->p->name = name;
+    }
+    return FL_OK;
+}
+
+#define MAX_DEVICES 1024
+
+fl_status fl_load_inputs(const char *path, int device, FILE *warn, fl_loaded **out, int *n)
+{
+    *out = NULL;
+    *n = 0;
+    fl_input_kind kind;
+    fl_status s = fl_input_detect(path, &kind);
+    if (s != FL_OK)
+        return s;
+    if (kind != FL_INPUT_PICKLE) {
+        fl_loaded *v = calloc(1, sizeof *v);
+        if (!v)
+            return fl_fail(FL_ERR_NOMEM, "%s: host memory", path);
+        if ((s = fl_load_trace_ex(path, 0, warn, &v->p, &v->info)) != FL_OK) {
+            free(v);
+            return s;
+        }
+        *out = v;
+        *n = 1;
+        return FL_OK;
+    }
+    fl_pk_doc *doc;
+    if ((s = fl_pickle_load(path, FL_SNAPSHOT_MAX_BYTES, &doc)) != FL_OK)
+        return s;
+    fl_snapshot_device dev[MAX_DEVICES];
+    int nd = 0, pick[MAX_DEVICES], np = 0, with_events[MAX_DEVICES], ne = 0;
+    if ((s = fl_snapshot_devices(doc, path, dev, MAX_DEVICES, &nd)) != FL_OK)
+        goto out;
+    if (nd > MAX_DEVICES)
+        nd = MAX_DEVICES;
+    for (int d = 0; d < nd; d++)
+        if (dev[d].n_entries || dev[d].n_active_blocks)
+            with_events[ne++] = d;
+    char list[160];
+    name_devices(list, sizeof list, with_events, ne);
+    if (device >= 0 || device < FL_DEVICE_ALL) {
+        if (device < 0 || device >= nd) {
+            s = fl_fail(FL_ERR_INVALID, "%s: no device %d: the snapshot has %d device trace%s%s%s", path, device, nd,
+                        nd == 1 ? "" : "s", ne ? "; events on " : "", ne ? list : "");
+            goto out;
+        }
+        if (!dev[device].n_entries && !dev[device].n_active_blocks) {
+            s = fl_fail(FL_ERR_PARSE, "%s: no events on device %d: device_traces[%d] is empty and no block of it was "
+                                      "allocated at dump%s%s",
+                        path, device, device, ne ? "; events are on " : "", ne ? list : "");
+            goto out;
+        }
+        pick[np++] = device;
+    } else {
+        for (int d = 0; device == FL_DEVICE_DEFAULT && d < nd; d++)
+            if (dev[d].n_oom)
+                pick[np++] = d;
+        if (np && np < ne && warn) {
+            char oom[160];
+            name_devices(oom, sizeof oom, pick, np);
+            fprintf(warn, "note: %s: the out-of-memory is on %s: read %s (events on %s; --device N for another)\n",
+                    path, oom, np == 1 ? "it" : "them", list);
+        }
+        if (!np)
+            for (int i = 0; i < ne; i++)
+                pick[np++] = with_events[i];
+        if (!np)
+            pick[np++] = 0; /* nothing anywhere: device 0 says so */
+    }
+    fl_loaded *v = calloc((size_t)np, sizeof *v);
+    if (!v) {
+        s = fl_fail(FL_ERR_NOMEM, "%s: host memory", path);
+        goto out;
+    }
+    for (int i = 0; i < np; i++) {
+        if ((s = load_device(doc, path, pick[i], nd, warn, &v[i])) != FL_OK ||
+            (i == 0 && (s = settings_valid(path, &v[i].info)) != FL_OK)) {
+            fl_loaded_free(v, i + 1);
+            goto out;
+        }
+    }
+    *out = v;
+    *n = np;
+out:
+    fl_pickle_free(doc);
     return s;
 }

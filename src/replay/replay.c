@@ -40,16 +40,56 @@ void fl_prepared_free(fl_prepared *p)
     for (size_t i = 0; i < p->n_warnings; i++)
         free(p->warnings[i]);
     free(p->warnings);
+    for (uint32_t i = 0; i < p->n_sites; i++)
+        free(p->sites[i]);
+    free(p->sites);
+    free(p->slot_site);
+    free(p->seeds);
+    free(p->seed_blocks);
+    free(p->seed_slot);
     free(p->ops);
     free(p->name);
     free(p);
+}
+
+/* Sites and seeds of the trace, copied (the trace is freed after preparing). */
+static fl_status copy_extras(const fl_trace *t, fl_prepared *p, fl_map *seed_ptrs)
+{
+    if (t->n_sites) {
+        if (!(p->sites = calloc(t->n_sites, sizeof *p->sites)))
+            return fl_fail(FL_ERR_NOMEM, "replay: host memory");
+        p->n_sites = t->n_sites;
+        for (uint32_t i = 1; i < t->n_sites; i++)
+            if (!(p->sites[i] = strdup(t->sites[i] ? t->sites[i] : "")))
+                return fl_fail(FL_ERR_NOMEM, "replay: host memory");
+        if (!(p->slot_site = calloc(t->n ? t->n : 1, sizeof *p->slot_site)))
+            return fl_fail(FL_ERR_NOMEM, "replay: host memory");
+    }
+    if (t->n_seeds) {
+        size_t nb = t->n_seed_blocks ? t->n_seed_blocks : 1;
+        if (!(p->seeds = malloc(t->n_seeds * sizeof *p->seeds)) ||
+            !(p->seed_blocks = malloc(nb * sizeof *p->seed_blocks)) ||
+            !(p->seed_slot = malloc(nb * sizeof *p->seed_slot)))
+            return fl_fail(FL_ERR_NOMEM, "replay: host memory");
+        memcpy(p->seeds, t->seeds, t->n_seeds * sizeof *p->seeds);
+        memcpy(p->seed_blocks, t->seed_blocks, t->n_seed_blocks * sizeof *p->seed_blocks);
+        p->n_seeds = t->n_seeds;
+        p->n_seed_blocks = t->n_seed_blocks;
+        for (size_t i = 0; i < t->n_seed_blocks; i++) {
+            p->seed_slot[i] = UINT32_MAX;
+            fl_status s = fl_map_put(seed_ptrs, t->seed_blocks[i].ptr, i);
+            if (s != FL_OK)
+                return s;
+        }
+    }
+    return FL_OK;
 }
 
 fl_status fl_prepare(const fl_trace *t, fl_prepared **out)
 {
     *out = NULL;
     fl_prepared *p = calloc(1, sizeof *p);
-    fl_map live = {0}, streams = {0};
+    fl_map live = {0}, streams = {0}, seed_ptrs = {0};
     uint64_t *slot_line = NULL;
     fl_status s = FL_ERR_NOMEM;
     if (!p)
@@ -59,18 +99,28 @@ fl_status fl_prepare(const fl_trace *t, fl_prepared **out)
     p->ops = malloc((t->n ? t->n : 1) * sizeof *p->ops);
     slot_line = malloc((t->n ? t->n : 1) * sizeof *slot_line);
     if (!p->name || !p->ops || !slot_line || fl_map_init(&live, 1024) != FL_OK ||
-        fl_map_init(&streams, 8) != FL_OK) {
+        fl_map_init(&streams, 8) != FL_OK || fl_map_init(&seed_ptrs, t->n_seed_blocks) != FL_OK) {
         s = fl_fail(FL_ERR_NOMEM, "replay: host memory for %zu events", t->n);
         goto fail;
     }
+    if ((s = copy_extras(t, p, &seed_ptrs)) != FL_OK)
+        goto fail;
     uint64_t unknown_listed = 0;
     for (size_t i = 0; i < t->n; i++) {
         const fl_event *e = &t->ev[i];
         fl_op *op = &p->ops[p->n_ops];
         uint64_t v;
-        if ((s = fl_map_put(&streams, e->stream, 1)) != FL_OK)
+        if (e->kind != FL_EV_RELEASE && (s = fl_map_put(&streams, e->stream, 1)) != FL_OK)
             goto fail;
+        if (p->slot_site && (e->kind == FL_EV_ALLOC || e->kind == FL_EV_ALLOC_FAIL))
+            p->slot_site[p->n_slots] = e->site < p->n_sites ? e->site : 0;
         switch (e->kind) {
+        case FL_EV_RELEASE:
+            *op = (fl_op){e->size, e->stream, 0, FL_EV_RELEASE};
+            p->n_releases++;
+            p->release_bytes += e->size;
+            p->n_ops++;
+            break;
         case FL_EV_ALLOC:
             if (fl_map_get(&live, e->ptr, &v)) {
                 s = fl_fail(FL_ERR_PARSE, "%s:%u: allocate of 0x%llx, which is still live (allocated at line %llu)",
@@ -79,6 +129,8 @@ fl_status fl_prepare(const fl_trace *t, fl_prepared **out)
             }
             *op = (fl_op){e->size, e->stream, p->n_slots, FL_EV_ALLOC};
             slot_line[p->n_slots] = e->line;
+            if (seed_ptrs.count && fl_map_remove(&seed_ptrs, e->ptr, &v))
+                p->seed_slot[v] = p->n_slots;
             if ((s = fl_map_put(&live, e->ptr, p->n_slots++)) != FL_OK)
                 goto fail;
             p->n_allocs++;
@@ -123,6 +175,8 @@ fl_status fl_prepare(const fl_trace *t, fl_prepared **out)
                 cur -= fl_live_size(op->size);
             } else if (op->kind == FL_EV_ALLOC_FAIL) {
                 slot_size[op->slot] = op->size;
+            } else if (op->kind == FL_EV_RELEASE) {
+                continue;
             } else {
                 if (op->size > MAX_LIVE_BYTES - cur || fl_live_size(op->size) > MAX_LIVE_BYTES - cur) {
                     s = fl_fail(FL_ERR_PARSE, "%s:%llu: allocate of %llu bytes: live bytes would exceed 2^63 (a corrupt size?)",
@@ -146,12 +200,14 @@ fl_status fl_prepare(const fl_trace *t, fl_prepared **out)
     p->n_streams = streams.count;
     fl_map_free(&live);
     fl_map_free(&streams);
+    fl_map_free(&seed_ptrs);
     free(slot_line);
     *out = p;
     return FL_OK;
 fail:
     fl_map_free(&live);
     fl_map_free(&streams);
+    fl_map_free(&seed_ptrs);
     free(slot_line);
     fl_prepared_free(p);
     return s;
@@ -176,6 +232,39 @@ static fl_status replay_allocator(const fl_replay_opts *o, fl_device *dev, fl_al
     return fl_allocator_create(&cfg, dev, out);
 }
 
+/* follow: the segments the recorded allocator held before recording began, rebuilt with
+ * their live blocks (whose allocate ops are then skipped: addr is set). A policy that
+ * cannot rebuild them (not PyTorch's) gets its blocks by ordinary allocations. */
+static fl_status seed(const fl_prepared *p, fl_allocator *al, uint64_t *addr, fl_replay_result *r)
+{
+    uint64_t *got = malloc((p->n_seed_blocks ? p->n_seed_blocks : 1) * sizeof *got);
+    if (!got)
+        return fl_fail(FL_ERR_NOMEM, "replay: host memory");
+    fl_status s = FL_OK;
+    for (size_t i = 0; i < p->n_seeds; i++) {
+        const fl_seed_segment *sg = &p->seeds[i];
+        s = fl_allocator_seed(al, sg, p->seed_blocks + sg->first_block, got + sg->first_block);
+        if (s == FL_ERR_UNSUPPORTED) {
+            s = FL_OK;
+            break;
+        }
+        if (s == FL_ERR_INVALID || s == FL_ERR_OOM) { /* not by the policy's rules, or no room */
+            r->seed_failures++;
+            s = FL_OK;
+            continue;
+        }
+        if (s != FL_OK)
+            break;
+        r->seeded_segments++;
+        r->seeded_bytes += sg->size;
+        for (size_t k = sg->first_block; k < sg->first_block + sg->n_blocks; k++)
+            if (p->seed_slot[k] != UINT32_MAX)
+                addr[p->seed_slot[k]] = got[k];
+    }
+    free(got);
+    return s;
+}
+
 /* Runs the ops through fl_alloc/fl_free, the path every frontend takes; stop_at_oom ends
  * the run at the first failure (min_capacity search). Live bytes, the out-of-memory
  * report and the statistics are the allocator's own. */
@@ -196,6 +285,9 @@ static fl_status run(const fl_prepared *p, const fl_replay_opts *o, int stop_at_
     }
     if ((s = replay_allocator(o, dev, &al)) != FL_OK)
         goto out;
+    if (o->follow && (s = seed(p, al, addr, r)) != FL_OK)
+        goto out;
+    uint64_t peak_in_use = dev->counters.in_use;
     int nb = o->timeline_buckets > 0 ? o->timeline_buckets : 0;
     if (nb && !(r->timeline = calloc((size_t)nb, sizeof *r->timeline))) {
         s = fl_fail(FL_ERR_NOMEM, "replay: host memory");
@@ -235,9 +327,20 @@ static fl_status run(const fl_prepared *p, const fl_replay_opts *o, int stop_at_
                     goto out;
                 addr[op->slot] = 0;
             }
+        } else if (FL_UNLIKELY(op->kind == FL_EV_RELEASE)) {
+            uint64_t freed = 0;
+            if (o->follow && (s = fl_allocator_release(al, op->size, op->stream, &freed)) != FL_OK)
+                goto out;
+            r->released_bytes += freed;
+        } else if (FL_UNLIKELY(addr[op->slot] != 0)) {
+            pairs++; /* allocated already: rebuilt in its old segment (follow) */
         } else {
             uint64_t a = 0;
             s = fl_alloc(al, op->size, op->stream, &a);
+            if (FL_UNLIKELY(dev->counters.in_use > peak_in_use)) {
+                peak_in_use = dev->counters.in_use;
+                r->peak_reserved_op = i;
+            }
             if (s == FL_OK) {
                 if (op->kind == FL_EV_ALLOC_FAIL) {
                     /* The recorded program was refused here: it never held the block. */
@@ -294,8 +397,11 @@ static fl_status run(const fl_prepared *p, const fl_replay_opts *o, int stop_at_
                 t0 = fl_now_ns();
             }
         }
-        if (FL_UNLIKELY(i == inspect_at) && o->inspect(fl_allocator_policy(al), o->inspect_user))
-            break;
+        if (FL_UNLIKELY(i == inspect_at)) {
+            fl_replay_view v = {fl_allocator_policy(al), p, addr, i, fl_allocator_live(al), dev->counters.in_use};
+            if (o->inspect(&v, o->inspect_user))
+                break;
+        }
     }
     host += fl_now_ns() - t0;
     r->host_ns = host;

@@ -8,7 +8,7 @@
 #include "trace/trace.h"
 
 typedef struct fl_op {
-    uint64_t size;      /* requested bytes (alloc), 0 for free */
+    uint64_t size;      /* requested bytes (alloc; a free's block; a release's segment) */
     uint64_t stream;
     uint32_t slot;      /* dense id of the block */
     uint8_t kind;       /* fl_event_kind */
@@ -29,10 +29,36 @@ typedef struct fl_prepared {
     uint64_t n_streams;
     char **warnings;        /* what prepare tolerated, "PATH:LINE: message" */
     size_t n_warnings;
+    /* Allocation sites (PyTorch snapshots): slot_site[slot] indexes sites (0 = unknown);
+     * NULL / 0 when the trace has none. */
+    uint32_t *slot_site;
+    char **sites;
+    uint32_t n_sites;
+    /* What the recorded allocator did (PyTorch snapshots), followed when
+     * fl_replay_opts.follow is set: segments older than the recording (seed_slot: the
+     * slot of each seed block, UINT32_MAX when no allocation names it) and the segments
+     * it gave back (FL_EV_RELEASE ops). */
+    fl_seed_segment *seeds;
+    size_t n_seeds;
+    fl_seed_block *seed_blocks;
+    size_t n_seed_blocks;
+    uint32_t *seed_slot;
+    uint64_t n_releases, release_bytes;
 } fl_prepared;
 
 fl_status fl_prepare(const fl_trace *t, fl_prepared **out);
 void fl_prepared_free(fl_prepared *p);
+
+/* What an inspection sees: the policy (for its walk and query, read only), where each
+ * slot's block is (0 = not live), and the op just run. */
+typedef struct fl_replay_view {
+    const fl_policy *pol;
+    const fl_prepared *p;
+    const uint64_t *slot_addr;  /* p->n_slots entries */
+    size_t op;
+    uint64_t live;              /* the allocator's live bytes (requests rounded to 512 B) */
+    uint64_t reserved;          /* device memory in use */
+} fl_replay_view;
 
 typedef struct fl_replay_opts {
     fl_config cfg;          /* policy and knobs */
@@ -41,11 +67,15 @@ typedef struct fl_replay_opts {
     int check_every;        /* > 0: run the policy self-check every N ops (tests) */
     size_t late_from_op;    /* device calls from this op on are counted apart (0 = none) */
     size_t empty_cache_at_op; /* > 0: call the policy's empty_cache just before this op */
-    /* Inspection (the report's page maps): when inspect is set, it is called with the
-     * policy right after op inspect_at_op has run; a nonzero return ends the replay there
-     * (the result then covers the ops up to it). */
+    /* Follow the recorded allocator (replay of a PyTorch snapshot under the allocator it
+     * was taken with): start from the segments it held before recording began and give
+     * back the segments it gave back. Every other run ignores both. */
+    int follow;
+    /* Inspection (the report's page maps, the doctor's breakdown): when inspect is set,
+     * it is called right after op inspect_at_op has run (for an op that failed too); a
+     * nonzero return ends the replay there (the result then covers the ops up to it). */
     size_t inspect_at_op;
-    int (*inspect)(const fl_policy *pol, void *user);
+    int (*inspect)(const struct fl_replay_view *v, void *user);
     void *inspect_user;
     /* Progress of fl_min_capacity (the CLI's progress bar): called before each run of
      * the search with the pages still in question, [lo_pages, hi_pages]. NULL = none. */
@@ -82,6 +112,11 @@ typedef struct fl_replay_result {
     uint64_t empty_cache_after;  /* ... and just after the call */
     uint64_t late_calls;        /* device calls at ops >= opts.late_from_op */
     double late_us;
+    size_t peak_reserved_op;    /* the op after which reserved memory first peaked */
+    /* follow: segments rebuilt at the start, and bytes given back at FL_EV_RELEASE ops
+     * (what the recorded allocator gave back there is p->release_bytes) */
+    uint64_t seeded_segments, seeded_bytes, seed_failures;
+    uint64_t released_bytes;
     fl_timeline_bucket *timeline;
     int n_buckets;
 } fl_replay_result;

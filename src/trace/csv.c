@@ -23,6 +23,11 @@ void fl_trace_free(fl_trace *t)
     for (size_t i = 0; i < t->n_warnings; i++)
         free(t->warnings[i]);
     free(t->warnings);
+    for (uint32_t i = 0; i < t->n_sites; i++)
+        free(t->sites[i]);
+    free(t->sites);
+    free(t->seeds);
+    free(t->seed_blocks);
     free(t->ev);
     free(t->path);
     memset(t, 0, sizeof *t);
@@ -592,6 +597,8 @@ fl_status fl_trace_write_csv_stream(FILE *f, const fl_trace *t)
     if (fputs(header_text, f) == EOF || fputc('\n', f) == EOF)
         return fl_fail(FL_ERR_IO, "%s: write error: %s", name, strerror(errno));
     for (size_t i = 0; i < t->n; i++) {
+        if (t->ev[i].kind == FL_EV_RELEASE)
+            continue;
         int len = fl_trace_format_row(row, sizeof row - 1, &t->ev[i]);
         if (len < 0)
             return fl_fail(FL_ERR_INVALID, "%s: event %zu has unknown kind %u", name, i,

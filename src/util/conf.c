@@ -276,7 +276,7 @@ static fl_status parse_size_value(const char *key, const char *val, uint64_t *ou
 {
     if (fl_parse_size(val, out) != FL_OK) {
         /* Copied first: fl_fail would format from the buffer it is writing. */
-        char why[256];
+        char why[512];
         snprintf(why, sizeof why, "is not a size like 40GiB (%s)", fl_last_error());
         return bad(key, val, why);
     }

@@ -17,10 +17,14 @@
 #define FL_PRINTF(a, b) __attribute__((format(printf, a, b)))
 #define FL_LIKELY(x) __builtin_expect(!!(x), 1)
 #define FL_UNLIKELY(x) __builtin_expect(!!(x), 0)
+/* A rare path kept out of its caller, so the common one stays short (fewer registers
+ * to save, no large stack frame). */
+#define FL_NOINLINE __attribute__((noinline))
 #else
 #define FL_PRINTF(a, b)
 #define FL_LIKELY(x) (x)
 #define FL_UNLIKELY(x) (x)
+#define FL_NOINLINE
 #endif
 
 /* Invariants checked where the code relies on them, in debug builds (FL_DEBUG: CMake's

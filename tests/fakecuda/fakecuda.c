@@ -52,6 +52,7 @@ struct CUevent_st {
     struct CUctx_st *ctx; /* context current when last recorded: the stream's context */
     CUstream stream;
     int pending;          /* recorded and not yet completed */
+    int captured;         /* last recorded into a graph capture: querying it is illegal */
 };
 
 typedef struct fc_handle {
@@ -82,6 +83,33 @@ typedef struct fc_mapping {
     fc_handle *h;
     uint64_t *rd, *wr;   /* one mask per granule */
 } fc_mapping;
+
+/* CUDA graph capture. A use is a range the captured work reads and writes, with what
+ * backs each granule of it at capture time (a handle id, or the cuMemAlloc allocation's
+ * address with the top bit set): a launch checks the graph's memory is still there. */
+typedef struct fc_use {
+    uintptr_t va;
+    size_t size;
+    unsigned long long *backing; /* per granule */
+    unsigned char *after;        /* what the graph's last launch left there */
+} fc_use;
+
+typedef struct fc_capture {
+    CUstream stream;
+    unsigned long long id;
+    CUstreamCaptureMode mode;
+    const void *thread;   /* the thread that began it */
+    int invalidated;
+    fc_use *uses;
+    size_t n_uses, cap_uses;
+} fc_capture;
+
+typedef struct fc_graph {
+    unsigned long long id;
+    fc_use *uses;
+    size_t n_uses;
+    int launched;         /* its memory holds what its last launch wrote */
+} fc_graph;
 
 typedef struct fc_alloc {
     uintptr_t va;
@@ -121,6 +149,13 @@ static struct {
     size_t n_allocs, cap_allocs;
     struct CUevent_st **events;
     size_t n_events, cap_events;
+    fc_capture *captures;                /* captures underway */
+    size_t n_captures, cap_captures;
+    fc_graph *graphs;
+    size_t n_graphs, cap_graphs;
+    unsigned long long next_capture;
+    unsigned long long violations;       /* calls that invalidated a capture */
+    unsigned long long graph_faults;     /* launches that found a graph's memory gone */
 } g = { .lock = PTHREAD_MUTEX_INITIALIZER };
 
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
@@ -131,6 +166,8 @@ static struct CUctx_st *current_ctx(void)
 {
     return tls_depth ? tls_stack[tls_depth - 1] : NULL;
 }
+static _Thread_local CUstreamCaptureMode tls_mode = CU_STREAM_CAPTURE_MODE_GLOBAL;
+static _Thread_local char tls_me; /* its address names the thread */
 
 /* ---- configuration ---------------------------------------------------------------- */
 
@@ -157,7 +194,9 @@ static const struct { CUresult code; const char *name; } error_names[] = {
     { 600, "CUDA_ERROR_NOT_READY" }, { 700, "CUDA_ERROR_ILLEGAL_ADDRESS" },
     { 708, "CUDA_ERROR_PRIMARY_CONTEXT_ACTIVE" }, { 709, "CUDA_ERROR_CONTEXT_IS_DESTROYED" },
     { 719, "CUDA_ERROR_LAUNCH_FAILED" }, { 800, "CUDA_ERROR_NOT_PERMITTED" },
-    { 801, "CUDA_ERROR_NOT_SUPPORTED" }, { 999, "CUDA_ERROR_UNKNOWN" },
+    { 801, "CUDA_ERROR_NOT_SUPPORTED" }, { 900, "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED" },
+    { 901, "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED" }, { 906, "CUDA_ERROR_STREAM_CAPTURE_IMPLICIT" },
+    { 999, "CUDA_ERROR_UNKNOWN" },
 };
 
 static const char *error_name(CUresult e)
@@ -475,6 +514,81 @@ static int restore_reserved(uintptr_t va, size_t size)
                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) == (void *)va;
 }
 
+/* ---- CUDA graph capture: what a capture forbids ------------------------------------- */
+
+/* cuda.h (cuThreadExchangeStreamCaptureMode): a thread in GLOBAL mode may make no
+ * potentially unsafe call while it has a capture underway not begun RELAXED, or while any
+ * thread has a GLOBAL capture underway; THREAD_LOCAL looks at its own captures only;
+ * RELAXED is never prohibited. The double counts every memory call (allocation, mapping,
+ * access, frees) and event queries and synchronizes as potentially unsafe. */
+static int prohibited(void)
+{
+    if (tls_mode == CU_STREAM_CAPTURE_MODE_RELAXED)
+        return 0;
+    for (size_t i = 0; i < g.n_captures; i++) {
+        const fc_capture *c = &g.captures[i];
+        if (c->mode == CU_STREAM_CAPTURE_MODE_RELAXED)
+            continue;
+        if (c->thread == &tls_me || (tls_mode == CU_STREAM_CAPTURE_MODE_GLOBAL && c->mode == CU_STREAM_CAPTURE_MODE_GLOBAL))
+            return 1;
+    }
+    return 0;
+}
+
+static fc_capture *capture_of(CUstream stream)
+{
+    for (size_t i = 0; i < g.n_captures; i++)
+        if (g.captures[i].stream == stream)
+            return &g.captures[i];
+    return NULL;
+}
+
+/* As the driver does: the call fails and every capture underway is invalidated (its
+ * cuStreamEndCapture will fail). Said on stderr and counted. */
+static CUresult capture_violation(const char *call, const char *why)
+{
+    g.violations++;
+    fprintf(stderr, "fakecuda: %s during CUDA graph capture: %s; %zu capture(s) invalidated\n", call, why,
+            g.n_captures);
+    for (size_t i = 0; i < g.n_captures; i++)
+        g.captures[i].invalidated = 1;
+    return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+}
+
+#define UNSAFE_CALL(name)                                                                          \
+    do {                                                                                           \
+        if (g.n_captures && prohibited())                                                          \
+            return capture_violation(name, "a potentially unsafe call from a thread whose capture " \
+                                           "mode is not relaxed");                                 \
+    } while (0)
+
+/* What backs the granule at va now: its handle's id, the cuMemAlloc allocation's address
+ * with the top bit set, or 0 (nothing mapped there). accessible: whether it may be read. */
+static unsigned long long backing_of(uintptr_t va, int *accessible)
+{
+    size_t i = map_after(va);
+    if (i < g.n_maps && g.maps[i].va <= va) {
+        *accessible = g.maps[i].rd[(va - g.maps[i].va) / g.cfg.gran] != 0; /* some device may read it */
+        return g.maps[i].h->id;
+    }
+    for (size_t k = 0; k < g.n_allocs; k++)
+        if (g.allocs[k].va <= va && va < g.allocs[k].va + g.allocs[k].size) {
+            *accessible = 1;
+            return g.allocs[k].va | (1ull << 63);
+        }
+    *accessible = 0;
+    return 0;
+}
+
+static void free_uses(fc_use *uses, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(uses[i].backing);
+        free(uses[i].after);
+    }
+    free(uses);
+}
+
 /* ---- initialization, devices, contexts ------------------------------------------------ */
 
 static CUresult do_init(unsigned int flags)
@@ -683,9 +797,12 @@ static CUresult do_ctx_sync(void)
 {
     struct CUctx_st *c;
     CUresult r = need_ctx(&c);
-    if (!r)
-        complete(c, 0, NULL);
-    return r;
+    if (r)
+        return r;
+    if (g.n_captures) /* it would wait for work that is being captured, not run */
+        return capture_violation("cuCtxSynchronize", "synchronizing a context with a capture underway");
+    complete(c, 0, NULL);
+    return CUDA_SUCCESS;
 }
 CUresult cuCtxSynchronize(void) { ENTRY(cuCtxSynchronize, do_ctx_sync()); }
 
@@ -720,6 +837,7 @@ static CUresult do_mem_alloc(CUdeviceptr *dptr, size_t bytes)
 {
     struct CUctx_st *c;
     TRY(need_ctx(&c));
+    UNSAFE_CALL("cuMemAlloc");
     if (!dptr || !bytes)
         return CUDA_ERROR_INVALID_VALUE;
     /* A size too large to round up is too large to fit: out of memory, as in the driver. */
@@ -746,6 +864,7 @@ static CUresult do_mem_free(CUdeviceptr dptr)
 {
     struct CUctx_st *c;
     TRY(need_ctx(&c));
+    UNSAFE_CALL("cuMemFree");
     for (size_t i = 0; i < g.n_allocs; i++) {
         fc_alloc *a = &g.allocs[i];
         if (a->va != dptr)
@@ -794,6 +913,7 @@ static CUresult do_reserve(CUdeviceptr *ptr, size_t size, size_t alignment, CUde
 {
     struct CUctx_st *c;
     TRY(need_ctx(&c));
+    UNSAFE_CALL("cuMemAddressReserve");
     if (!g.cfg.vmm)
         return CUDA_ERROR_NOT_SUPPORTED;
     if (!ptr || flags || !good_range(0, size) || (alignment & (alignment - 1)))
@@ -822,6 +942,7 @@ static CUresult do_addr_free(CUdeviceptr ptr, size_t size)
 {
     struct CUctx_st *c;
     TRY(need_ctx(&c));
+    UNSAFE_CALL("cuMemAddressFree");
     size_t i = res_after(ptr);
     if (i >= g.n_res || g.res[i].va != ptr || g.res[i].size != size || g.res[i].mappings)
         return CUDA_ERROR_INVALID_VALUE; /* only a whole reservation with nothing mapped */
@@ -836,6 +957,7 @@ static CUresult do_create(CUmemGenericAllocationHandle *handle, size_t size,
 {
     struct CUctx_st *c;
     TRY(need_ctx(&c));
+    UNSAFE_CALL("cuMemCreate");
     if (!g.cfg.vmm)
         return CUDA_ERROR_NOT_SUPPORTED;
     if (!handle || flags || !good_range(0, size))
@@ -889,6 +1011,7 @@ static CUresult do_release(CUmemGenericAllocationHandle handle)
 {
     struct CUctx_st *c;
     TRY(need_ctx(&c));
+    UNSAFE_CALL("cuMemRelease");
     fc_handle *h = find_handle(handle);
     if (!h || !h->refs)
         return CUDA_ERROR_INVALID_VALUE;
@@ -905,6 +1028,7 @@ static CUresult do_map(CUdeviceptr ptr, size_t size, size_t offset, CUmemGeneric
 {
     struct CUctx_st *c;
     TRY(need_ctx(&c));
+    UNSAFE_CALL("cuMemMap");
     fc_handle *h = find_handle(handle);
     if (flags || offset || !h || !h->refs || !good_range(ptr, size) || size > h->size)
         return CUDA_ERROR_INVALID_VALUE;
@@ -961,6 +1085,7 @@ static CUresult do_unmap(CUdeviceptr ptr, size_t size)
 {
     struct CUctx_st *c;
     TRY(need_ctx(&c));
+    UNSAFE_CALL("cuMemUnmap");
     size_t n, first;
     if (!good_range(ptr, size) || (first = whole_mappings(ptr, size, &n)) == SIZE_MAX)
         return CUDA_ERROR_INVALID_VALUE;
@@ -987,6 +1112,7 @@ static CUresult do_set_access(CUdeviceptr ptr, size_t size, const CUmemAccessDes
 {
     struct CUctx_st *c;
     TRY(need_ctx(&c));
+    UNSAFE_CALL("cuMemSetAccess");
     if (!desc || !count || !good_range(ptr, size))
         return CUDA_ERROR_INVALID_VALUE;
     int prot = PROT_NONE;
@@ -1144,9 +1270,13 @@ static CUresult do_stream_sync(CUstream stream)
 {
     struct CUctx_st *c;
     CUresult r = need_ctx(&c);
-    if (!r)
-        complete(c, 1, stream);
-    return r;
+    if (r)
+        return r;
+    if (capture_of(stream))
+        return capture_violation("cuStreamSynchronize", "synchronizing a capturing stream");
+    UNSAFE_CALL("cuStreamSynchronize");
+    complete(c, 1, stream);
+    return CUDA_SUCCESS;
 }
 CUresult cuStreamSynchronize(CUstream stream) { ENTRY(cuStreamSynchronize, do_stream_sync(stream)); }
 
@@ -1179,6 +1309,7 @@ static CUresult do_event_record(CUevent event, CUstream stream)
     event->ctx = c;
     event->stream = stream;
     event->pending = !g.auto_complete;
+    event->captured = capture_of(stream) != NULL; /* a node of the graph, not a real event */
     return CUDA_SUCCESS;
 }
 CUresult cuEventRecord(CUevent event, CUstream stream) { ENTRY(cuEventRecord, do_event_record(event, stream)); }
@@ -1189,6 +1320,9 @@ static CUresult do_event_query(CUevent event)
     TRY(need_init());
     if (event_index(event) == SIZE_MAX)
         return FC_ERROR_INVALID_HANDLE;
+    if (event->captured)
+        return capture_violation("cuEventQuery", "querying an event recorded inside a capture");
+    UNSAFE_CALL("cuEventQuery");
     return event->pending ? CUDA_ERROR_NOT_READY : CUDA_SUCCESS;
 }
 CUresult cuEventQuery(CUevent event) { ENTRY(cuEventQuery, do_event_query(event)); }
@@ -1204,6 +1338,38 @@ static CUresult do_event_destroy(CUevent event)
     return CUDA_SUCCESS;
 }
 CUresult cuEventDestroy_v2(CUevent event) { ENTRY(cuEventDestroy_v2, do_event_destroy(event)); }
+
+static CUresult do_capture_info(CUstream stream, CUstreamCaptureStatus *status, cuuint64_t *id)
+{
+    TRY(need_init());
+    if (!status)
+        return CUDA_ERROR_INVALID_VALUE;
+    const fc_capture *c = capture_of(stream);
+    *status = !c ? CU_STREAM_CAPTURE_STATUS_NONE
+            : c->invalidated ? CU_STREAM_CAPTURE_STATUS_INVALIDATED : CU_STREAM_CAPTURE_STATUS_ACTIVE;
+    if (id && c)
+        *id = c->id;
+    return CUDA_SUCCESS;
+}
+CUresult cuStreamGetCaptureInfo(CUstream stream, CUstreamCaptureStatus *status, cuuint64_t *id)
+{
+    ENTRY(cuStreamGetCaptureInfo, do_capture_info(stream, status, id));
+}
+
+static CUresult do_exchange_mode(CUstreamCaptureMode *mode)
+{
+    TRY(need_init());
+    if (!mode || (unsigned)*mode > CU_STREAM_CAPTURE_MODE_RELAXED)
+        return CUDA_ERROR_INVALID_VALUE;
+    CUstreamCaptureMode old = tls_mode;
+    tls_mode = *mode;
+    *mode = old;
+    return CUDA_SUCCESS;
+}
+CUresult cuThreadExchangeStreamCaptureMode(CUstreamCaptureMode *mode)
+{
+    ENTRY(cuThreadExchangeStreamCaptureMode, do_exchange_mode(mode));
+}
 
 /* ---- test controls (fakecuda.h) ------------------------------------------------------ */
 
@@ -1333,6 +1499,190 @@ void fakecuda_complete_all(void)
     pthread_mutex_unlock(&g.lock);
 }
 
+
+/* ---- CUDA graphs: what PyTorch does around fragless (fakecuda.h) ----------------------- */
+
+static void controls_enter(void)
+{
+    pthread_once(&g_once, load_config_once);
+    pthread_mutex_lock(&g.lock);
+}
+
+CUresult fakecuda_begin_capture(CUstream stream, CUstreamCaptureMode mode)
+{
+    controls_enter();
+    CUresult r = CUDA_SUCCESS;
+    fc_capture *cs = grow(g.captures, &g.cap_captures, g.n_captures, sizeof *cs);
+    if ((unsigned)mode > CU_STREAM_CAPTURE_MODE_RELAXED)
+        r = CUDA_ERROR_INVALID_VALUE;
+    else if (capture_of(stream))
+        r = 401; /* CUDA_ERROR_ILLEGAL_STATE: capturing already */
+    else if (!cs)
+        r = CUDA_ERROR_OUT_OF_MEMORY;
+    else {
+        g.captures = cs;
+        g.captures[g.n_captures++] = (fc_capture){ stream, ++g.next_capture, mode, &tls_me, 0, NULL, 0, 0 };
+    }
+    pthread_mutex_unlock(&g.lock);
+    return r;
+}
+
+CUresult fakecuda_capture_use(CUstream stream, CUdeviceptr ptr, size_t size)
+{
+    controls_enter();
+    CUresult r = CUDA_SUCCESS;
+    fc_capture *c = capture_of(stream);
+    size_t n = size ? (size_t)((ptr + size - 1) / g.cfg.gran - ptr / g.cfg.gran + 1) : 0;
+    unsigned long long *backing = n ? calloc(n, sizeof *backing) : NULL;
+    fc_use *us = c ? grow(c->uses, &c->cap_uses, c->n_uses, sizeof *us) : NULL;
+    if (!c || !size)
+        r = CUDA_ERROR_INVALID_VALUE;
+    else if (!backing || !us)
+        r = CUDA_ERROR_OUT_OF_MEMORY;
+    for (size_t k = 0; r == CUDA_SUCCESS && k < n; k++) {
+        int ok = 0;
+        uintptr_t at = (ptr / g.cfg.gran + k) * g.cfg.gran;
+        backing[k] = backing_of(at < ptr ? ptr : at, &ok);
+        if (!backing[k] || !ok)
+            r = CUDA_ERROR_ILLEGAL_ADDRESS; /* a kernel captured on memory that is not there */
+    }
+    if (r == CUDA_SUCCESS) {
+        c->uses = us;
+        c->uses[c->n_uses++] = (fc_use){ ptr, size, backing, NULL };
+    } else {
+        if (us)
+            c->uses = us;
+        free(backing);
+    }
+    pthread_mutex_unlock(&g.lock);
+    return r;
+}
+
+CUresult fakecuda_end_capture(CUstream stream, unsigned long long *graph)
+{
+    controls_enter();
+    CUresult r = CUDA_SUCCESS;
+    fc_capture *c = capture_of(stream);
+    fc_graph *gs = grow(g.graphs, &g.cap_graphs, g.n_graphs, sizeof *gs);
+    if (!c)
+        r = CUDA_ERROR_INVALID_VALUE;
+    else if (!gs)
+        r = CUDA_ERROR_OUT_OF_MEMORY;
+    else {
+        g.graphs = gs;
+        if (c->invalidated) {
+            r = CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
+            free_uses(c->uses, c->n_uses);
+        } else {
+            g.graphs[g.n_graphs++] = (fc_graph){ c->id, c->uses, c->n_uses, 0 };
+            if (graph)
+                *graph = c->id;
+        }
+        *c = g.captures[--g.n_captures];
+    }
+    pthread_mutex_unlock(&g.lock);
+    return r;
+}
+
+static fc_graph *graph_of(unsigned long long id)
+{
+    for (size_t i = 0; i < g.n_graphs; i++)
+        if (g.graphs[i].id == id)
+            return &g.graphs[i];
+    return NULL;
+}
+
+/* The byte a graph's launches write into its k-th range. */
+static unsigned char graph_fill(unsigned long long id, size_t k)
+{
+    return (unsigned char)(0x41 + (id * 7 + k) % 190);
+}
+
+/* A replay: every granule of every range must be backed by what backed it at capture and
+ * readable, and hold what the previous launch wrote there; then the launch writes it
+ * again. Each fault is said on stderr and counted; the graph's memory is then left alone
+ * (a real launch would crash or corrupt). */
+CUresult fakecuda_graph_launch(unsigned long long graph)
+{
+    controls_enter();
+    fc_graph *gr = graph_of(graph);
+    unsigned long long faults = 0;
+    for (size_t k = 0; gr && k < gr->n_uses; k++) {
+        const fc_use *u = &gr->uses[k];
+        size_t n = (u->va + u->size - 1) / g.cfg.gran - u->va / g.cfg.gran + 1;
+        int whole = 1;
+        for (size_t p = 0; p < n; p++) {
+            uintptr_t at = (u->va / g.cfg.gran + p) * g.cfg.gran;
+            if (at < u->va)
+                at = u->va;
+            int ok = 0;
+            unsigned long long now = backing_of(at, &ok);
+            if (now != u->backing[p] || !ok) {
+                faults++, whole = 0;
+                fprintf(stderr, "fakecuda: launch of graph %llu: 0x%lx (range %zu of the graph, [0x%lx, +%zu)) %s\n",
+                        graph, (unsigned long)at, k, (unsigned long)u->va, u->size,
+                        !now ? "is not mapped any more" : now != u->backing[p] ? "is backed by other memory than at capture"
+                                                                                 : "is not accessible");
+            }
+        }
+        if (!whole || !gr->launched || !u->after)
+            continue;
+        const unsigned char *b = (const unsigned char *)u->va;
+        for (size_t i = 0; i < u->size; i++)
+            if (b[i] != u->after[i]) {
+                faults++;
+                fprintf(stderr, "fakecuda: launch of graph %llu: 0x%lx (range %zu of the graph) changed since its "
+                        "last launch: work outside the graph wrote it (the memory was handed out again)\n",
+                        graph, (unsigned long)(u->va + i), k);
+                break;
+            }
+    }
+    CUresult r = !gr ? CUDA_ERROR_INVALID_VALUE : faults ? CUDA_ERROR_ILLEGAL_ADDRESS : CUDA_SUCCESS;
+    if (r == CUDA_SUCCESS) {
+        /* Ranges may overlap (the graph reuses memory it freed): the last write wins. */
+        for (size_t k = 0; k < gr->n_uses; k++)
+            memset((void *)gr->uses[k].va, graph_fill(graph, k), gr->uses[k].size);
+        for (size_t k = 0; k < gr->n_uses; k++) {
+            fc_use *u = &gr->uses[k];
+            if (!u->after)
+                u->after = malloc(u->size);
+            if (u->after)
+                memcpy(u->after, (const void *)u->va, u->size);
+        }
+        gr->launched = 1;
+    }
+    g.graph_faults += faults;
+    pthread_mutex_unlock(&g.lock);
+    return r;
+}
+
+void fakecuda_graph_destroy(unsigned long long graph)
+{
+    controls_enter();
+    fc_graph *gr = graph_of(graph);
+    if (gr) {
+        free_uses(gr->uses, gr->n_uses);
+        *gr = g.graphs[--g.n_graphs];
+    }
+    pthread_mutex_unlock(&g.lock);
+}
+
+unsigned long long fakecuda_capture_violations(void)
+{
+    controls_enter();
+    unsigned long long n = g.violations;
+    pthread_mutex_unlock(&g.lock);
+    return n;
+}
+
+unsigned long long fakecuda_graph_faults(void)
+{
+    controls_enter();
+    unsigned long long n = g.graph_faults;
+    pthread_mutex_unlock(&g.lock);
+    return n;
+}
+
 void fakecuda_reset(void)
 {
     pthread_once(&g_once, load_config_once);
@@ -1352,6 +1702,15 @@ void fakecuda_reset(void)
         free(g.maps[i].rd);
         free(g.maps[i].wr);
     }
+    for (size_t i = 0; i < g.n_captures; i++)
+        free_uses(g.captures[i].uses, g.captures[i].n_uses);
+    for (size_t i = 0; i < g.n_graphs; i++)
+        free_uses(g.graphs[i].uses, g.graphs[i].n_uses);
+    free(g.captures);
+    free(g.graphs);
+    g.captures = NULL, g.n_captures = g.cap_captures = 0;
+    g.graphs = NULL, g.n_graphs = g.cap_graphs = 0;
+    g.violations = g.graph_faults = 0;
     free(g.res);
     free(g.handles);
     free(g.maps);

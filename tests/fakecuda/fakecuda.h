@@ -61,10 +61,37 @@ int fakecuda_ctx_depth(void);
 void fakecuda_set_auto_complete(int on);
 void fakecuda_complete_all(void);
 
-/* Drops every handle, mapping, reservation, allocation and event (addresses handed out
- * become invalid), zeroes the counters, cancels fault plans, turns auto-complete back on
- * and re-reads the environment. Initialization, primary-context reference counts and each
- * thread's current context survive, so a client that holds a context keeps working. */
+/* CUDA graphs, standing in for what PyTorch does around an allocator (cuStreamBeginCapture,
+ * kernel launches into the capture, cuStreamEndCapture, cuGraphLaunch; fragless calls
+ * none of these, only cuStreamGetCaptureInfo and cuThreadExchangeStreamCaptureMode).
+ * While a capture is underway the double applies the driver's rules: a synchronize of the
+ * context or of a capturing stream, a query of an event recorded in a capture, and any
+ * memory call or event query from a thread the capture mode prohibits (GLOBAL: any
+ * thread, unless it swapped itself to RELAXED; THREAD_LOCAL: the capturing thread) fail
+ * with CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and invalidate every capture underway (said
+ * on stderr, counted by fakecuda_capture_violations()); end_capture then fails with
+ * CUDA_ERROR_STREAM_CAPTURE_INVALIDATED.
+ *   begin_capture: stream starts capturing (mode: CUstreamCaptureMode) with a new id.
+ *   capture_use:   captured work reads and writes [ptr, ptr+size), mapped and accessible
+ *                  now (else CUDA_ERROR_ILLEGAL_ADDRESS): what backs each granule is kept.
+ *   end_capture:   the graph (its id is the capture's) or INVALIDATED.
+ *   graph_launch:  a replay: each range must still be backed by the same memory, readable,
+ *                  and hold what the previous launch wrote (else someone else got it);
+ *                  then it is written again. A fault is said on stderr, counted by
+ *                  fakecuda_graph_faults(), and gives CUDA_ERROR_ILLEGAL_ADDRESS. */
+CUresult fakecuda_begin_capture(CUstream stream, CUstreamCaptureMode mode);
+CUresult fakecuda_capture_use(CUstream stream, CUdeviceptr ptr, size_t size);
+CUresult fakecuda_end_capture(CUstream stream, unsigned long long *graph);
+CUresult fakecuda_graph_launch(unsigned long long graph);
+void fakecuda_graph_destroy(unsigned long long graph);
+unsigned long long fakecuda_capture_violations(void);
+unsigned long long fakecuda_graph_faults(void);
+
+/* Drops every handle, mapping, reservation, allocation, event, capture and graph
+ * (addresses handed out become invalid), zeroes the counters, cancels fault plans, turns
+ * auto-complete back on and re-reads the environment. Initialization, primary-context
+ * reference counts and each thread's current context (and capture mode) survive, so a
+ * client that holds a context keeps working. */
 void fakecuda_reset(void);
 
 #endif

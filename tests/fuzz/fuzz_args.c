@@ -75,11 +75,17 @@ static void check_opts(cli_mode mode, const cli_opts *o, char **argv, int argc)
                              !strcmp(o->policies, "cca")),
              "%s: policies '%s' from nowhere", cmd, o->policies);
     FZ_CHECK(o->format, "%s: no format", cmd);
+    /* One vocabulary: text (table is read as text), csv, json; doctor has no csv, report
+     * no --format at all. */
     if (mode == CLI_DOCTOR)
         FZ_CHECK(!strcmp(o->format, "text") || !strcmp(o->format, "json"), "doctor: format '%s'", o->format);
+    else if (mode == CLI_REPORT)
+        FZ_CHECK(!strcmp(o->format, "text"), "report: format '%s'", o->format);
     else
-        FZ_CHECK(!strcmp(o->format, "table") || !strcmp(o->format, "csv") || !strcmp(o->format, "json"),
+        FZ_CHECK(!strcmp(o->format, "text") || !strcmp(o->format, "csv") || !strcmp(o->format, "json"),
                  "%s: format '%s'", cmd, o->format);
+    FZ_CHECK(multi || !strchr(o->policies, ','), "%s: a list of policies '%s' for a one-policy command", cmd,
+             o->policies);
     if (mode == CLI_REPORT)
         FZ_CHECK(o->output && o->output[0] && is_word(o->output, argv, argc), "report: output '%s'",
                  o->output ? o->output : "(null)");
@@ -171,7 +177,7 @@ static void run_import(int argc, char **argv)
     if (rc == 0) {
         FZ_CHECK(o.in && o.out && is_word(o.in, argv, argc) && is_word(o.out, argv, argc), "import: in or out");
         FZ_CHECK(o.in[0] != '-' || o.in[1] == 0, "import: option '%s' taken as the snapshot", o.in);
-        FZ_CHECK(o.device >= 0 && o.device <= 1023, "import: device %d", o.device);
+        FZ_CHECK(o.device >= -1 && o.device <= 1023, "import: device %d (-1: every device with events)", o.device);
     }
     free_printed(&p);
 }
@@ -189,14 +195,14 @@ static void run_fidelity(int argc, char **argv)
         int n = 0;
         for (int i = 0; i < argc; i++) {
             if (argv[i][0] == '-') {
-                i += !strcmp(argv[i], "--format");
+                i += !strcmp(argv[i], "--format") || !strcmp(argv[i], "--device");
                 continue;
             }
             n++;
         }
         FZ_CHECK(n == o.n_snapshots && n >= 1, "fidelity: parsed %d snapshots, the command would read %d",
                  o.n_snapshots, n);
-        FZ_CHECK(o.csv == 0 || o.csv == 1, "fidelity: csv %d", o.csv);
+        FZ_CHECK((o.csv == 0 || o.csv == 1) && (o.json == 0 || o.json == 1) && !(o.csv && o.json), "fidelity: csv %d json %d", o.csv, o.json);
     }
     free_printed(&p);
 }

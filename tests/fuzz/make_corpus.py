@@ -145,8 +145,36 @@ def snapshot(free_completed=True, settings=True, big=False):
     return snap
 
 
+def snapshot_followed():
+    """What the emulation follows (issue 12): segments older than the recording (in
+    `segments`, and given back in the trace), segment events, an oom after a release,
+    frames on entries and blocks, a private pool, the newer setting names."""
+    fr = [{"name": "c10::cuda::CUDACachingAllocator::Native::DeviceCachingAllocator::malloc()",
+           "filename": "CUDACachingAllocator.cpp", "line": 0},
+          {"name": "forward", "filename": "/home/u/model.py", "line": 42}]
+    old1, old2, new1, priv = 0x7F5000000000, 0x7F5100000000, 0x7F5200000000, 0x7F5400000000
+    seg = segment(0, old1, 0, [block(4 << 20, (4 << 20) - 100, "active_allocated", old1),
+                               block(16 << 20, 0, "inactive", old1 + (4 << 20))])
+    seg["blocks"][0]["frames"] = fr
+    p = segment(0, priv, 0, [block(2 << 20, 1 << 20, "active_allocated", priv)])
+    p["segment_pool_id"] = (1, 2)
+    trace = [{"action": "segment_alloc", "addr": new1, "size": 18 << 20, "stream": 0},
+             dict(entry("alloc", new1, 18 << 20, 0, 100), frames=fr),
+             entry("free_requested", new1, 18 << 20, 0, 101), entry("free_completed", new1, 18 << 20, 0, 102),
+             {"action": "segment_free", "addr": new1, "size": 18 << 20, "stream": 0, "device_memory_used": 1},
+             {"action": "segment_free", "addr": old2, "size": 2 << 20, "stream": 0},
+             dict(entry("oom", 0, 100 << 20, 0, 103, device_free=30 << 20), frames=fr),
+             {"action": "segment_unmap", "addr": old1 + (4 << 20), "size": 2 << 20, "stream": 0}]
+    return {"segments": [seg, p], "device_traces": [trace, []], "host_segments": [], "host_traces": [],
+            "allocator_settings": {"PYTORCH_CUDA_ALLOC_CONF": "", "PYTORCH_ALLOC_CONF": "max_split_size_mb:1024",
+                                   "max_split_size": 1 << 30, "garbage_collection_threshold": 0.0,
+                                   "expandable_segments": False,
+                                   "roundup_power2_divisions": [0, 0, 0, 4] + [0] * 12}}
+
+
 def pickle_corpus():
     shapes = {
+        "snap_followed": snapshot_followed(),
         "snap": snapshot(),
         "snap_requested": snapshot(free_completed=False, settings=False),
         "snap_big": snapshot(big=True),
