@@ -451,6 +451,21 @@ static fl_status read_segments(conv *c, const fl_pk *segments, int free_action)
 
 #define WHERE_SET "%s: allocator_settings", c->path
 
+/* Knobs PyTorch itself refuses were never recorded by it: refused here, as the input's
+ * fault, not later by the allocator that doctor, report or fidelity build from them (an
+ * internal error, exit 4, before). */
+static fl_status knobs_valid(const conv *c, const fl_snapshot_info *info)
+{
+    fl_config cfg;
+    fl_snapshot_config(info, &cfg);
+    if (fl_cca_check_knobs(&cfg, "allocator_settings") != FL_OK) {
+        char why[256]; /* fl_fail formats into the buffer fl_last_error() returns */
+        snprintf(why, sizeof why, "%s", fl_last_error());
+        return fl_fail(FL_ERR_PARSE, "%s: %s, which PyTorch refuses", c->path, why);
+    }
+    return FL_OK;
+}
+
 static fl_status read_settings(conv *c, const fl_pk *set)
 {
     fl_snapshot_info *info = c->info;
@@ -480,7 +495,7 @@ static fl_status read_settings(conv *c, const fl_pk *set)
         return fl_fail(FL_ERR_PARSE, "%s: allocator_settings: 'max_split_size' is %s, expected an int", c->path,
                        fl_pk_type_name(max_split->type));
     if (!divs || divs->type == FL_PK_NONE)
-        return FL_OK;
+        return knobs_valid(c, info);
     /* A dict keyed "1", "2", "4", ... MiB (the lower bound of each power-of-two interval),
      * or a list in interval order. */
     if (divs->type != FL_PK_DICT && divs->type != FL_PK_LIST)
@@ -501,17 +516,7 @@ static fl_status read_settings(conv *c, const fl_pk *set)
         if (idx < FL_ROUNDUP_INTERVALS)
             info->roundup_divisions[idx] = (uint32_t)v->u.i;
     }
-    /* Knobs PyTorch itself refuses were never recorded by it: refused here, as the
-     * input's fault, not later by the allocator that doctor, report or fidelity build
-     * from them (an internal error, exit 4, before). */
-    fl_config cfg;
-    fl_snapshot_config(info, &cfg);
-    if (fl_cca_check_knobs(&cfg, "allocator_settings") != FL_OK) {
-        char why[256]; /* fl_fail formats into the buffer fl_last_error() returns */
-        snprintf(why, sizeof why, "%s", fl_last_error());
-        return fl_fail(FL_ERR_PARSE, "%s: %s, which PyTorch refuses", c->path, why);
-    }
-    return FL_OK;
+    return knobs_valid(c, info);
 }
 
 /* ---- segments older than the recording, for the emulation ----------------------------- */

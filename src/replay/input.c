@@ -98,26 +98,6 @@ fl_status fl_load_trace(const char *path, FILE *warn, fl_prepared **out)
     return fl_load_trace_ex(path, 0, warn, out, NULL);
 }
 
-/* The snapshot's allocator_settings as the emulation would run them: refused here, as
- * input, when the policy would refuse them (a max_split_size below PyTorch's minimum, a
- * garbage_collection_threshold outside [0, 1)), so that what loads can be replayed. */
-static fl_status settings_valid(const char *path, const fl_snapshot_info *info)
-{
-    fl_config cfg;
-    fl_snapshot_config(info, &cfg);
-    fl_sim_params sp;
-    fl_sim_params_default(&sp);
-    fl_device *d = NULL;
-    fl_policy *pol = NULL;
-    fl_status s = fl_sim_device_create(&sp, &d);
-    if (s == FL_OK && (s = fl_policy_create(&cfg, d, &pol)) != FL_OK)
-        s = fl_fail(FL_ERR_PARSE, "%s: allocator_settings: %s", path, fl_last_error());
-    if (pol)
-        pol->ops->destroy(pol);
-    fl_device_destroy(d);
-    return s;
-}
-
 fl_status fl_load_trace_ex(const char *path, int device, FILE *warn, fl_prepared **out, fl_snapshot_info *info)
 {
     fl_trace t; /* the readers initialise it, and leave it empty on error */
@@ -136,10 +116,6 @@ fl_status fl_load_trace_ex(const char *path, int device, FILE *warn, fl_prepared
     s = kind == FL_INPUT_PICKLE ? fl_trace_read_snapshot(path, device, &t, info) : fl_trace_read_csv(path, &t);
     if (s != FL_OK)
         return s;
-    if (kind == FL_INPUT_PICKLE && (s = settings_valid(path, info)) != FL_OK) {
-        fl_trace_free(&t);
-        return s;
-    }
     for (size_t i = 0; warn && i < t.n_warnings; i++)
         fprintf(warn, "warning: %s\n", t.warnings[i]);
     /* Nothing to replay: every figure would be 0 or a ratio over 0. */
@@ -283,8 +259,7 @@ fl_status fl_load_inputs(const char *path, int device, FILE *warn, fl_loaded **o
         goto out;
     }
     for (int i = 0; i < np; i++) {
-        if ((s = load_device(doc, path, pick[i], nd, warn, &v[i])) != FL_OK ||
-            (i == 0 && (s = settings_valid(path, &v[i].info)) != FL_OK)) {
+        if ((s = load_device(doc, path, pick[i], nd, warn, &v[i])) != FL_OK) {
             fl_loaded_free(v, i + 1);
             goto out;
         }
