@@ -14,31 +14,13 @@
 
 static char dir[64];
 
-static fl_run_result *run(const char *fmt, ...)
-{
-    char cmd[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    return fl_test_shell(cmd);
-}
-
-static void write_file(const char *path, const void *data, size_t n)
-{
-    FILE *f = fopen(path, "wb");
-    CHECK(f && fwrite(data, 1, n, f) == n);
-    if (f)
-        fclose(f);
-}
-
 static const char *const commands[] = {"compare", "replay", "doctor", "report", "import"};
 
 /* Every command on the file: exit 2 and the message. */
 static void refused_by_all(const char *path, const char *want)
 {
     for (int i = 0; i < 5; i++) {
-        fl_run_result *r = run("'%s' %s '%s'%s", FL_CLI, commands[i], path,
+        fl_run_result *r = fl_test_run("'%s' %s '%s'%s", FL_CLI, commands[i], path,
                                i == 3 ? " -o /dev/null" : i == 4 ? " -o /dev/null" : "");
         if (r->code != 2 || !strstr(r->err, want))
             fprintf(stderr, "%s %s: exit %d, want 2 and '%s':\n%s%s\n", commands[i], path, r->code, want, r->out,
@@ -52,7 +34,7 @@ static void test_empty_file(void)
 {
     char path[128], want[192];
     snprintf(path, sizeof path, "%s/empty.csv", dir);
-    write_file(path, "", 0);
+    fl_test_write_file(path, "", 0);
     snprintf(want, sizeof want, "%s: empty file", path);
     refused_by_all(path, want);
     fl_input_kind kind;
@@ -64,7 +46,7 @@ static void test_not_a_trace(void)
 {
     char path[128], want[192];
     snprintf(path, sizeof path, "%s/binary.dat", dir);
-    write_file(path, "\x7f" "ELF\x02\x01\x01\0\0\0", 10);
+    fl_test_write_file(path, "\x7f" "ELF\x02\x01\x01\0\0\0", 10);
     snprintf(want, sizeof want, "%s: not a trace or snapshot", path);
     refused_by_all(path, want);
 }
@@ -75,9 +57,9 @@ static void test_snapshot_without_events(void)
     char path[128];
     snprintf(path, sizeof path, "%s/noevents.pickle", dir);
     static const char p[] = "\x80\x02}q\x00(X\x0d\x00\x00\x00" "device_tracesq\x01]q\x02]q\x03" "aX\x08\x00\x00\x00segmentsq\x04]q\x05u.";
-    write_file(path, p, sizeof p - 1);
+    fl_test_write_file(path, p, sizeof p - 1);
     for (int i = 0; i < 4; i++) {
-        fl_run_result *r = run("'%s' %s '%s'%s", FL_CLI, commands[i], path, i == 3 ? " -o /dev/null" : "");
+        fl_run_result *r = fl_test_run("'%s' %s '%s'%s", FL_CLI, commands[i], path, i == 3 ? " -o /dev/null" : "");
         CHECK_EQ_U64(r->code, 2);
         CHECK(strstr(r->err, "no events") != NULL);
     }
@@ -96,19 +78,19 @@ static void test_old_protocols(void)
         char path[128], out[160];
         snprintf(path, sizeof path, "%s/proto%d.pickle", dir, v);
         snprintf(out, sizeof out, "%s/proto%d.html", dir, v);
-        write_file(path, data[v], len[v]);
+        fl_test_write_file(path, data[v], len[v]);
         fl_input_kind kind;
         CHECK_OK(fl_input_detect(path, &kind));
         CHECK_EQ_U64(kind, FL_INPUT_PICKLE);
-        fl_run_result *r = run("'%s' compare '%s' --policies cca --no-min-capacity", FL_CLI, path);
+        fl_run_result *r = fl_test_run("'%s' compare '%s' --policies cca --no-min-capacity", FL_CLI, path);
         CHECK(r->code == 0 && strstr(r->out, "1 event,"));
-        r = run("'%s' replay '%s' --policy cca", FL_CLI, path);
+        r = fl_test_run("'%s' replay '%s' --policy cca", FL_CLI, path);
         CHECK(r->code == 0 && strstr(r->out, "1 allocation,"));
-        r = run("'%s' doctor '%s'", FL_CLI, path);
+        r = fl_test_run("'%s' doctor '%s'", FL_CLI, path);
         CHECK(r->code == 0 && strstr(r->out, "(1 events"));
-        r = run("'%s' report '%s' -o '%s' --policies cca", FL_CLI, path, out);
+        r = fl_test_run("'%s' report '%s' -o '%s' --policies cca", FL_CLI, path, out);
         CHECK_EQ_U64(r->code, 0);
-        r = run("'%s' import '%s' -o /dev/null", FL_CLI, path);
+        r = fl_test_run("'%s' import '%s' -o /dev/null", FL_CLI, path);
         CHECK_EQ_U64(r->code, 0);
     }
 }
@@ -120,24 +102,24 @@ static void test_json_has_no_inf(void)
     char path[128];
     snprintf(path, sizeof path, "%s/failed.csv", dir);
     const char text[] = "Thread,Time,Action,Pointer,Size,Stream\n0,00:00:00.000001,allocate failure,0x0,1048576,0\n";
-    write_file(path, text, sizeof text - 1);
-    fl_run_result *r = run("'%s' compare '%s' --format json", FL_CLI, path);
+    fl_test_write_file(path, text, sizeof text - 1);
+    fl_run_result *r = fl_test_run("'%s' compare '%s' --format json", FL_CLI, path);
     CHECK_EQ_U64(r->code, 0);
     CHECK(strstr(r->out, "inf") == NULL && strstr(r->out, "nan") == NULL);
     CHECK(strstr(r->out, "\"min_capacity_ratio\": null") != NULL);
-    r = run("'%s' compare '%s' --format json | python3 -c 'import json,sys; json.load(sys.stdin)' 2>&1 || "
+    r = fl_test_run("'%s' compare '%s' --format json | python3 -c 'import json,sys; json.load(sys.stdin)' 2>&1 || "
             "! command -v python3 >/dev/null",
             FL_CLI, path);
     CHECK_EQ_U64(r->code, 0);
-    r = run("'%s' compare '%s'", FL_CLI, path);
+    r = fl_test_run("'%s' compare '%s'", FL_CLI, path);
     CHECK(r->code == 0 && strstr(r->out, "inf") == NULL);
-    r = run("'%s' doctor '%s' --format json --capacity 4MiB", FL_CLI, path);
+    r = fl_test_run("'%s' doctor '%s' --format json --capacity 4MiB", FL_CLI, path);
     CHECK(r->code == 0 && strstr(r->out, "inf") == NULL && strstr(r->out, "nan") == NULL);
     /* A trace name that is not a JSON string by itself. */
     char odd[160];
     snprintf(odd, sizeof odd, "%s/we\"ird\\name.csv", dir);
-    write_file(odd, text, sizeof text - 1);
-    r = run("'%s' compare '%s' --format json --policies cca --no-min-capacity | python3 -c 'import json,sys; "
+    fl_test_write_file(odd, text, sizeof text - 1);
+    r = fl_test_run("'%s' compare '%s' --format json --policies cca --no-min-capacity | python3 -c 'import json,sys; "
             "print(json.load(sys.stdin)[0][\"trace\"])' || ! command -v python3 >/dev/null",
             FL_CLI, odd);
     CHECK(r->code == 0 && (strstr(r->out, "we\"ird\\name.csv") || !r->out[0]));
@@ -150,10 +132,10 @@ static void test_wrong_kind(void)
     snprintf(path, sizeof path, "%s/state.json", dir);
     const char text[] = "{\"format\":\"fragless-state\",\"version\":1,\"policy\":\"fragless\",\"granularity\":2097152,"
                         "\"capacity\":0,\"regions\":[]}";
-    write_file(path, text, sizeof text - 1);
-    fl_run_result *r = run("'%s' compare '%s'", FL_CLI, path);
+    fl_test_write_file(path, text, sizeof text - 1);
+    fl_run_result *r = fl_test_run("'%s' compare '%s'", FL_CLI, path);
     CHECK(r->code == 2 && strstr(r->err, "a fragless state snapshot"));
-    r = run("cd '%s' && '%s' import examples/encoder_varlen.csv -o /dev/null", FL_SOURCE_DIR, FL_CLI);
+    r = fl_test_run("cd '%s' && '%s' import examples/encoder_varlen.csv -o /dev/null", FL_SOURCE_DIR, FL_CLI);
     CHECK(r->code == 2 && strstr(r->err, "not a PyTorch memory snapshot"));
 }
 
@@ -170,6 +152,6 @@ int main(void)
     test_old_protocols();
     test_json_has_no_inf();
     test_wrong_kind();
-    run("rm -rf '%s'", dir);
+    fl_test_run("rm -rf '%s'", dir);
     return fl_test_done("test_hostile_input");
 }

@@ -12,16 +12,6 @@
 
 static char dir[64];
 
-static fl_run_result *run(const char *fmt, ...)
-{
-    char cmd[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    return fl_test_shell(cmd);
-}
-
 static void write_file(const char *path, const char *text)
 {
     FILE *f = fopen(path, "w");
@@ -37,7 +27,7 @@ static void test_only_failed_allocation(void)
     snprintf(out, sizeof out, "%s/failed.html", dir);
     write_file(path, "Thread,Time,Action,Pointer,Size,Stream\n"
                      "0,00:00:00.000001,allocate failure,0x0,104857600,0\n");
-    fl_run_result *r = run("'%s' report '%s' -o '%s'", FL_CLI, path, out);
+    fl_run_result *r = fl_test_run("'%s' report '%s' -o '%s'", FL_CLI, path, out);
     if (r->code != 0)
         fprintf(stderr, "report: exit %d: %s\n", r->code, r->err);
     CHECK_EQ_U64(r->code, 0);
@@ -56,7 +46,7 @@ static void test_state_without_blocks(void)
                      "\"capacity\":0,\"regions\":[{\"kind\":\"heap\",\"addr\":\"0x200000\",\"size\":4194304,"
                      "\"pages\":[[\"0x200000\",2097152,1,1],[\"0x400000\",2097152,0,0]]},"
                      "{\"kind\":\"segment\",\"addr\":\"0x1000000\",\"size\":2097152}]}");
-    fl_run_result *r = run("'%s' report '%s' -o '%s'", FL_CLI, path, out);
+    fl_run_result *r = fl_test_run("'%s' report '%s' -o '%s'", FL_CLI, path, out);
     if (r->code != 0)
         fprintf(stderr, "report: exit %d: %s\n", r->code, r->err);
     CHECK_EQ_U64(r->code, 0);
@@ -76,6 +66,6 @@ int main(void)
     }
     test_only_failed_allocation();
     test_state_without_blocks();
-    run("rm -rf '%s'", dir);
+    fl_test_run("rm -rf '%s'", dir);
     return fl_test_done("test_hostile_map");
 }

@@ -12,16 +12,6 @@
 
 static char trace[64];
 
-static fl_run_result *run(const char *fmt, ...)
-{
-    char cmd[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    return fl_test_shell(cmd);
-}
-
 static void write_trace(void)
 {
     snprintf(trace, sizeof trace, "/tmp/fl_streams300.XXXXXX");
@@ -37,7 +27,7 @@ static void write_trace(void)
 
 static void test_compare(void)
 {
-    fl_run_result *r = run("'%s' compare '%s' --no-min-capacity --policies fragless,nocache", FL_CLI, trace);
+    fl_run_result *r = fl_test_run("'%s' compare '%s' --no-min-capacity --policies fragless,nocache", FL_CLI, trace);
     CHECK_EQ_U64(r->code, 3);
     CHECK(strstr(r->out, "FAILED: 45 allocations out of memory") != NULL);
     /* the row that did not fail is not marked */
@@ -45,33 +35,33 @@ static void test_compare(void)
     CHECK(nocache && !strstr(nocache, "FAILED"));
     CHECK(strstr(r->err, "45 allocations failed") != NULL);
 
-    r = run("'%s' compare '%s' --no-min-capacity --policies fragless,nocache --format json", FL_CLI, trace);
+    r = fl_test_run("'%s' compare '%s' --no-min-capacity --policies fragless,nocache --format json", FL_CLI, trace);
     CHECK_EQ_U64(r->code, 3);
     CHECK(strstr(r->out, "\"policy\": \"fragless\"") && strstr(r->out, "\"unlimited_ooms\": 45"));
     CHECK(strstr(r->out, "\"unlimited_ooms\": 0") != NULL); /* nocache */
     CHECK(strstr(r->out, "\"failed\": true") != NULL);
 
-    r = run("'%s' compare '%s' --no-min-capacity --policies fragless --format csv", FL_CLI, trace);
+    r = fl_test_run("'%s' compare '%s' --no-min-capacity --policies fragless --format csv", FL_CLI, trace);
     CHECK_EQ_U64(r->code, 3);
     CHECK(strstr(r->out, ",unlimited_ooms\n") != NULL);
     const char *row = strchr(r->out, '\n');
     CHECK(row && strstr(row, ",45\n") != NULL);
 
     /* With the search (the default), the failure is an error, as before. */
-    r = run("'%s' compare '%s' --policies fragless", FL_CLI, trace);
+    r = fl_test_run("'%s' compare '%s' --policies fragless", FL_CLI, trace);
     CHECK(r->code != 0);
 }
 
 static void test_replay(void)
 {
-    fl_run_result *r = run("'%s' replay '%s'", FL_CLI, trace);
+    fl_run_result *r = fl_test_run("'%s' replay '%s'", FL_CLI, trace);
     CHECK_EQ_U64(r->code, 3);
     CHECK(strstr(r->out, "out of memory: 45 allocations") != NULL);
-    r = run("'%s' replay '%s' --format json", FL_CLI, trace);
+    r = fl_test_run("'%s' replay '%s' --format json", FL_CLI, trace);
     CHECK_EQ_U64(r->code, 3);
     CHECK(strstr(r->out, "\"ooms\": 45") != NULL);
     /* A trace that fits: exit 0. */
-    r = run("'%s' replay '%s' --policy nocache", FL_CLI, trace);
+    r = fl_test_run("'%s' replay '%s' --policy nocache", FL_CLI, trace);
     CHECK_EQ_U64(r->code, 0);
 }
 

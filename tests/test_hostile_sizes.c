@@ -15,29 +15,11 @@
 
 static char dir[64];
 
-static fl_run_result *run(const char *fmt, ...)
-{
-    char cmd[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    return fl_test_shell(cmd);
-}
-
-static void write_file(const char *path, const void *data, size_t n)
-{
-    FILE *f = fopen(path, "wb");
-    CHECK(f && fwrite(data, 1, n, f) == n);
-    if (f)
-        fclose(f);
-}
-
 static void test_granularity(void)
 {
     static const char *const cmds[] = {"compare", "replay", "doctor", "report"};
     for (int i = 0; i < 4; i++) {
-        fl_run_result *r = run("cd '%s' && '%s' %s examples/encoder_varlen.csv --granularity 0 --capacity 1.05x%s",
+        fl_run_result *r = fl_test_run("cd '%s' && '%s' %s examples/encoder_varlen.csv --granularity 0 --capacity 1.05x%s",
                                FL_SOURCE_DIR, FL_CLI, cmds[i], i == 3 ? " -o /dev/null" : "");
         if (r->code != 1)
             fprintf(stderr, "%s --granularity 0: exit %d: %s\n", cmds[i], r->code, r->err);
@@ -45,10 +27,10 @@ static void test_granularity(void)
         CHECK(strstr(r->err, "--granularity '0': expected a power of two") != NULL);
     }
     /* 3 KiB is no power of two; 1 TiB passes what a sim device takes. */
-    fl_run_result *r = run("cd '%s' && '%s' replay examples/encoder_varlen.csv --granularity 3KiB", FL_SOURCE_DIR,
+    fl_run_result *r = fl_test_run("cd '%s' && '%s' replay examples/encoder_varlen.csv --granularity 3KiB", FL_SOURCE_DIR,
                            FL_CLI);
     CHECK_EQ_U64(r->code, 1);
-    r = run("cd '%s' && '%s' replay examples/encoder_varlen.csv --granularity 4KiB --capacity 1.05x", FL_SOURCE_DIR,
+    r = fl_test_run("cd '%s' && '%s' replay examples/encoder_varlen.csv --granularity 4KiB --capacity 1.05x", FL_SOURCE_DIR,
             FL_CLI);
     CHECK(r->code == 0 || r->code == 3);
 }
@@ -61,13 +43,13 @@ static void test_capacity_factor_overflow(void)
     const char text[] = "Thread,Time,Action,Pointer,Size,Stream\n"
                         "0,00:00:00.000001,allocate,0x1000,4611686018427387904,0\n"
                         "0,00:00:00.000002,free,0x1000,4611686018427387904,0\n";
-    write_file(path, text, sizeof text - 1);
+    fl_test_write_file(path, text, sizeof text - 1);
     static const char *const cmds[] = {"compare", "replay", "doctor", "report"};
     for (int i = 0; i < 4; i++) {
-        fl_run_result *r = run("'%s' %s '%s' --capacity 8x --no-min-capacity%s 2>&1", FL_CLI, cmds[i], path,
+        fl_run_result *r = fl_test_run("'%s' %s '%s' --capacity 8x --no-min-capacity%s 2>&1", FL_CLI, cmds[i], path,
                                i == 3 ? " -o /dev/null" : "");
         if (i != 0) /* --no-min-capacity is compare's */
-            r = run("'%s' %s '%s' --capacity 8x%s", FL_CLI, cmds[i], path, i == 3 ? " -o /dev/null" : "");
+            r = fl_test_run("'%s' %s '%s' --capacity 8x%s", FL_CLI, cmds[i], path, i == 3 ? " -o /dev/null" : "");
         if (r->code != 1)
             fprintf(stderr, "%s --capacity 8x: exit %d: %s%s\n", cmds[i], r->code, r->out, r->err);
         CHECK_EQ_U64(r->code, 1);
@@ -144,8 +126,8 @@ static void test_segments_sum(void)
     put(&b, "eu.", 3);
     char path[128];
     snprintf(path, sizeof path, "%s/wrap.pickle", dir);
-    write_file(path, b.p, b.n);
-    fl_run_result *r = run("'%s' doctor '%s'", FL_CLI, path);
+    fl_test_write_file(path, b.p, b.n);
+    fl_run_result *r = fl_test_run("'%s' doctor '%s'", FL_CLI, path);
     if (r->code != 2 || !strstr(r->err, "2^64"))
         fprintf(stderr, "doctor: exit %d\n%s%s\n", r->code, r->out, r->err);
     CHECK_EQ_U64(r->code, 2);
@@ -162,8 +144,8 @@ static void test_huge_region(void)
     snprintf(out, sizeof out, "%s/huge.html", dir);
     const char text[] = "{\"format\":\"fragless-state\",\"version\":1,\"policy\":\"fragless\",\"granularity\":2097152,"
                         "\"capacity\":0,\"regions\":[{\"kind\":\"heap\",\"addr\":\"0x0\",\"size\":18446744073709551615}]}";
-    write_file(path, text, sizeof text - 1);
-    fl_run_result *r = run("'%s' report '%s' -o '%s'", FL_CLI, path, out);
+    fl_test_write_file(path, text, sizeof text - 1);
+    fl_run_result *r = fl_test_run("'%s' report '%s' -o '%s'", FL_CLI, path, out);
     CHECK_EQ_U64(r->code, 2);
     CHECK(strstr(r->err, "span 8796093022208 pages") != NULL);
     CHECK(access(out, F_OK) != 0);
@@ -181,6 +163,6 @@ int main(void)
     test_capacity_factor_overflow();
     test_segments_sum();
     test_huge_region();
-    run("rm -rf '%s'", dir);
+    fl_test_run("rm -rf '%s'", dir);
     return fl_test_done("test_hostile_sizes");
 }

@@ -23,20 +23,10 @@
 
 static char dir[64];
 
-static fl_run_result *run(const char *fmt, ...)
-{
-    char cmd[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    return fl_test_shell(cmd);
-}
-
 /* top --once under a 10 s timeout (exit 124 when it hangs). */
 static fl_run_result *top_once(void)
 {
-    return run("FRAGLESS_NVML_LIB=/nonexistent/libnvidia-ml.so.1 timeout 10 '%s' top --once --dir '%s'", FL_CLI,
+    return fl_test_run("FRAGLESS_NVML_LIB=/nonexistent/libnvidia-ml.so.1 timeout 10 '%s' top --once --dir '%s'", FL_CLI,
                dir);
 }
 
@@ -68,7 +58,7 @@ static double now_s(void)
 
 static void clear_dir(void)
 {
-    run("rm -f '%s'/fragless.* '%s'/.fragless.*", dir, dir);
+    fl_test_run("rm -f '%s'/fragless.* '%s'/.fragless.*", dir, dir);
 }
 
 /* A child cuts the record to nothing and writes it back, over and over, while another
@@ -125,7 +115,7 @@ static void test_truncated_while_read(void)
                 _exit(1);
         }
     }
-    fl_run_result *r = run("for i in $(seq 40); do FRAGLESS_NVML_LIB=/nonexistent timeout 10 '%s' top --once --dir "
+    fl_run_result *r = fl_test_run("for i in $(seq 40); do FRAGLESS_NVML_LIB=/nonexistent timeout 10 '%s' top --once --dir "
                            "'%s' >/dev/null || { echo \"exit $?\"; exit 1; }; done",
                            FL_CLI, dir);
     if (r->code != 0)
@@ -254,6 +244,6 @@ int main(void)
     test_claimed_pid();
     test_control_characters();
     test_truncated_while_read();
-    run("rm -rf '%s'", dir);
+    fl_test_run("rm -rf '%s'", dir);
     return fl_test_done("test_hostile_top");
 }

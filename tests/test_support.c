@@ -3,6 +3,8 @@
 #include "test_support.h"
 
 #include <dlfcn.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -182,4 +184,22 @@ int fl_test_sym(void *lib, const char *name, void *slot)
     }
     memcpy(slot, &p, sizeof p); /* object to function pointer, as POSIX allows it */
     return 1;
+}
+
+fl_run_result *fl_test_run(const char *fmt, ...)
+{
+    char cmd[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    return fl_test_shell(cmd);
+}
+
+void fl_test_write_file(const char *path, const void *data, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    CHECK(f && fwrite(data, 1, n, f) == n);
+    if (f)
+        fclose(f);
 }

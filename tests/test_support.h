@@ -81,6 +81,10 @@ typedef struct fl_run_result {
  * files of its own (removed afterwards); flushes this process' streams first. Returns a
  * static result, overwritten by the next call. */
 fl_run_result *fl_test_shell(const char *cmdline);
+/* fl_test_shell of a printf-style command line (at most 2047 bytes). */
+fl_run_result *fl_test_run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Writes n bytes to path (a CHECK fails when it cannot). */
+void fl_test_write_file(const char *path, const void *data, size_t n);
 /* Reads at most n - 1 bytes of the file into buf, NUL-terminated ("" if unreadable);
  * returns how many. */
 size_t fl_test_slurp(const char *path, char *buf, size_t n);

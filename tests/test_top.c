@@ -26,19 +26,9 @@ static char dir[64];
 /* ---- helpers ------------------------------------------------------------------------ */
 
 /* Runs a shell command line. */
-static fl_run_result *run(const char *fmt, ...)
-{
-    char cmd[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    return fl_test_shell(cmd);
-}
-
 static fl_run_result *top_once(void)
 {
-    fl_run_result *r = run("FRAGLESS_NVML_LIB=/nonexistent/libnvidia-ml.so.1 '%s' top --once --dir '%s'", FL_CLI, dir);
+    fl_run_result *r = fl_test_run("FRAGLESS_NVML_LIB=/nonexistent/libnvidia-ml.so.1 '%s' top --once --dir '%s'", FL_CLI, dir);
     if (r->code != 0)
         fprintf(stderr, "top --once: exit %d\nstdout:\n%sstderr:\n%s", r->code, r->out, r->err);
     return r;
@@ -356,28 +346,28 @@ static void test_malformed_skipped(void)
 
 static void test_usage_and_refresh(void)
 {
-    fl_run_result *r = run("'%s' top --interval 0", FL_CLI);
+    fl_run_result *r = fl_test_run("'%s' top --interval 0", FL_CLI);
     CHECK(r->code == 1 && strstr(r->err, "--interval '0'"));
-    r = run("'%s' top --bogus", FL_CLI);
+    r = fl_test_run("'%s' top --bogus", FL_CLI);
     CHECK(r->code == 1 && strstr(r->err, "unknown option '--bogus'"));
-    r = run("'%s' top --dir", FL_CLI);
+    r = fl_test_run("'%s' top --dir", FL_CLI);
     CHECK(r->code == 1 && strstr(r->err, "needs a value"));
-    r = run("'%s' top --once --dir /nonexistent/fl_top", FL_CLI);
+    r = fl_test_run("'%s' top --once --dir /nonexistent/fl_top", FL_CLI);
     CHECK(r->code == 2 && strstr(r->err, "/nonexistent/fl_top"));
-    r = run("'%s' help top", FL_CLI);
+    r = fl_test_run("'%s' help top", FL_CLI);
     CHECK(r->code == 0 && strstr(r->out, "--once") && strstr(r->out, "removed"));
-    r = run("'%s' help", FL_CLI);
+    r = fl_test_run("'%s' help", FL_CLI);
     CHECK(r->code == 0 && strstr(r->out, "top [--once]"));
     /* Refreshing until SIGINT, which ends it cleanly (exit 0); not a terminal: frames
      * one after another, no screen codes. */
-    r = run("timeout --preserve-status -s INT 1.2 '%s' top --interval 0.2 --dir '%s'", FL_CLI, dir);
+    r = fl_test_run("timeout --preserve-status -s INT 1.2 '%s' top --interval 0.2 --dir '%s'", FL_CLI, dir);
     CHECK_EQ_U64(r->code, 0);
     int frames = 0;
     for (const char *p = r->out; (p = strstr(p, "fragless top ")); p++)
         frames++;
     CHECK(frames >= 3);
     CHECK(strchr(r->out, '\033') == NULL);
-    r = run("timeout --preserve-status -s TERM 0.5 '%s' top --dir '%s'", FL_CLI, dir);
+    r = fl_test_run("timeout --preserve-status -s TERM 0.5 '%s' top --dir '%s'", FL_CLI, dir);
     CHECK_EQ_U64(r->code, 0);
 }
 
@@ -386,7 +376,7 @@ static void test_usage_and_refresh(void)
  * that cannot be written is an error naming it, and the allocator works anyway. */
 static int count_records(void)
 {
-    fl_run_result *r = run("ls -a '%s' | grep -c fragless", dir);
+    fl_run_result *r = fl_test_run("ls -a '%s' | grep -c fragless", dir);
     return atoi(r->out);
 }
 
