@@ -390,6 +390,16 @@ static fl_status synchronize_pending(fl_allocator *a)
     return s == FL_OK ? process_pending(a, 1) : s;
 }
 
+/* A block the program now holds, asked as size bytes: the requested and live counts. */
+static inline void count_requested(fl_allocator *a, uint64_t size)
+{
+    a->req_current += size;
+    a->req_total += size;
+    if (a->req_current > a->req_peak)
+        a->req_peak = a->req_current;
+    a->live512 += fl_live_size(size);
+}
+
 /* An allocation under the lock: the policy, the statistics, the trace and top. Inlined
  * into fl_alloc, whose body it is (a call there costs ~10 instructions per allocation). */
 #if defined(__GNUC__)
@@ -410,11 +420,7 @@ static inline fl_status alloc_locked(fl_allocator *a, uint64_t size, uint64_t st
         a->alloc_total += p->allocated - before;
         if (p->allocated > a->peak_allocated)
             a->peak_allocated = p->allocated;
-        a->req_current += size;
-        a->req_total += size;
-        if (a->req_current > a->req_peak)
-            a->req_peak = a->req_current;
-        a->live512 += fl_live_size(size);
+        count_requested(a, size);
         if (p->num_allocs - p->num_frees > a->blocks_peak)
             a->blocks_peak = p->num_allocs - p->num_frees;
     } else if (s == FL_ERR_OOM) {
@@ -843,11 +849,7 @@ static fl_status alloc_watching(fl_allocator *a, uint64_t size, uint64_t stream,
             fl_graphs_revive(g, b, size);
             *addr = b->addr;
             a->alloc_total += b->rounded;
-            a->req_current += size;
-            a->req_total += size;
-            if (a->req_current > a->req_peak)
-                a->req_peak = a->req_current;
-            a->live512 += fl_live_size(size);
+            count_requested(a, size);
             if (FL_UNLIKELY(a->rec != NULL))
                 fl_recorder_alloc(a->rec, 1, *addr, size, stream);
             s = FL_OK;
@@ -960,13 +962,8 @@ fl_status fl_allocator_seed(fl_allocator *a, const fl_seed_segment *sg, const fl
         a->alloc_total += p->allocated - before;
         if (p->allocated > a->peak_allocated)
             a->peak_allocated = p->allocated;
-        for (size_t i = 0; i < sg->n_blocks; i++) {
-            a->req_current += blocks[i].requested;
-            a->req_total += blocks[i].requested;
-            a->live512 += fl_live_size(blocks[i].requested);
-        }
-        if (a->req_current > a->req_peak)
-            a->req_peak = a->req_current;
+        for (size_t i = 0; i < sg->n_blocks; i++)
+            count_requested(a, blocks[i].requested);
         if (p->num_allocs - p->num_frees > a->blocks_peak)
             a->blocks_peak = p->num_allocs - p->num_frees;
     }
