@@ -82,8 +82,8 @@ static int add_dir(const char *dir, const char *suffix, char **paths, int n)
  * allocations of 0 bytes with their frees (fl_alloc refuses size 0, OA has no such block). */
 static int load(const char *path, bench_trace *t)
 {
-    fl_prepared *p;
-    if (fl_load_trace(path, NULL, &p) != FL_OK) {
+    fli_prepared *p;
+    if (fli_load_trace(path, NULL, &p) != FL_OK) {
         fprintf(stderr, "fl_bench: %s\n", fl_last_error());
         return -1;
     }
@@ -95,12 +95,12 @@ static int load(const char *path, bench_trace *t)
     if (!t->name || !t->ops || !live) {
         fprintf(stderr, "fl_bench: %s: out of host memory\n", path);
         free(live);
-        fl_prepared_free(p);
+        fli_prepared_free(p);
         return -1;
     }
     uint64_t blocks = 0, bytes = 0;
     for (size_t i = 0; i < p->n_ops; i++) {
-        const fl_op *op = &p->ops[i];
+        const fli_op *op = &p->ops[i];
         if (op->kind == FL_EV_ALLOC && op->size > 0) {
             t->ops[t->n_ops++] = (bench_op){op->size, op->stream, op->slot, 0};
             live[op->slot] = 1;
@@ -120,7 +120,7 @@ static int load(const char *path, bench_trace *t)
         }
     }
     free(live);
-    fl_prepared_free(p);
+    fli_prepared_free(p);
     return 0;
 }
 

@@ -15,19 +15,19 @@
 #define MiB (UINT64_C(1) << 20)
 
 typedef struct probe {
-    fl_breakdown b;
-    fl_breakdown_ctx ctx;
+    fli_breakdown b;
+    fli_breakdown_ctx ctx;
     uint64_t allocator_live;
 } probe;
 
-static int probe_inspect(const fl_replay_view *v, void *user)
+static int probe_inspect(const fli_replay_view *v, void *user)
 {
     probe *pr = user;
     pr->allocator_live = v->live;
-    return fl_breakdown_inspect(v, &pr->ctx);
+    return fli_breakdown_inspect(v, &pr->ctx);
 }
 
-static void opts_for(fl_replay_opts *o, const char *policy)
+static void opts_for(fli_replay_opts *o, const char *policy)
 {
     memset(o, 0, sizeof *o);
     fl_config_default(&o->cfg);
@@ -36,57 +36,57 @@ static void opts_for(fl_replay_opts *o, const char *policy)
 }
 
 /* The breakdown after op `at`; checks the identity. */
-static void check_at(const fl_prepared *p, const fl_replay_opts *base, size_t at, const char *what)
+static void check_at(const fli_prepared *p, const fli_replay_opts *base, size_t at, const char *what)
 {
-    fl_replay_opts o = *base;
+    fli_replay_opts o = *base;
     probe pr = {0};
-    pr.ctx = (fl_breakdown_ctx){&pr.b, &o.cfg, 1};
+    pr.ctx = (fli_breakdown_ctx){&pr.b, &o.cfg, 1};
     o.inspect = probe_inspect;
     o.inspect_user = &pr;
     o.inspect_at_op = at;
-    fl_replay_result r;
-    CHECK_OK(fl_replay(p, &o, &r));
-    fl_replay_result_free(&r);
+    fli_replay_result r;
+    CHECK_OK(fli_replay(p, &o, &r));
+    fli_replay_result_free(&r);
     CHECK(pr.b.taken);
     CHECK_EQ_U64(pr.b.live, pr.allocator_live);
     CHECK(pr.b.reserved >= pr.b.live);
-    CHECK_EQ_U64(fl_breakdown_sum(&pr.b), pr.b.reserved - pr.b.live);
+    CHECK_EQ_U64(fli_breakdown_sum(&pr.b), pr.b.reserved - pr.b.live);
     CHECK(!pr.b.host_nomem);
-    if (fl_breakdown_sum(&pr.b) != pr.b.reserved - pr.b.live || pr.b.live != pr.allocator_live)
+    if (fli_breakdown_sum(&pr.b) != pr.b.reserved - pr.b.live || pr.b.live != pr.allocator_live)
         fprintf(stderr, "  %s, %s%s, %s after op %zu: reserved %llu live %llu (allocator %llu) parts %llu\n",
                 p->name, o.cfg.policy, o.follow ? " (following)" : "", what, at, (unsigned long long)pr.b.reserved,
                 (unsigned long long)pr.b.live, (unsigned long long)pr.allocator_live,
-                (unsigned long long)fl_breakdown_sum(&pr.b));
+                (unsigned long long)fli_breakdown_sum(&pr.b));
 }
 
 /* At the peak of reserved memory without a limit, and at the first OOM on a device of
  * 0.9x that peak (where one happens). */
-static void check_trace(const fl_prepared *p, const char *policy, int follow)
+static void check_trace(const fli_prepared *p, const char *policy, int follow)
 {
-    fl_replay_opts o;
+    fli_replay_opts o;
     opts_for(&o, policy);
     o.follow = follow;
-    fl_replay_result r;
-    CHECK_OK(fl_replay(p, &o, &r));
+    fli_replay_result r;
+    CHECK_OK(fli_replay(p, &o, &r));
     size_t peak_op = r.peak_reserved_op;
     uint64_t peak = r.peak_reserved;
-    fl_replay_result_free(&r);
+    fli_replay_result_free(&r);
     check_at(p, &o, peak_op, "peak of reserved");
     o.sim.capacity = peak / 10 * 9 / o.sim.granularity * o.sim.granularity;
     if (!o.sim.capacity)
         return;
-    CHECK_OK(fl_replay(p, &o, &r));
+    CHECK_OK(fli_replay(p, &o, &r));
     size_t oom_op = r.ooms ? r.first_oom_op : r.recorded_oom_failed ? r.recorded_oom_op : p->n_ops;
-    fl_replay_result_free(&r);
+    fli_replay_result_free(&r);
     if (oom_op < p->n_ops)
         check_at(p, &o, oom_op, "first out-of-memory");
 }
 
 static int check_file(const char *path)
 {
-    fl_loaded *v;
+    fli_loaded *v;
     int n;
-    fl_status st = fl_load_inputs(path, FL_DEVICE_DEFAULT, NULL, &v, &n);
+    fl_status st = fli_load_inputs(path, FL_DEVICE_DEFAULT, NULL, &v, &n);
     CHECK_OK(st);
     if (st != FL_OK)
         return 0;
@@ -97,7 +97,7 @@ static int check_file(const char *path)
         if (v[k].info.n_devices) /* the snapshot's own allocator, followed */
             check_trace(v[k].p, "cca", 1);
     }
-    fl_loaded_free(v, n);
+    fli_loaded_free(v, n);
     return n;
 }
 
@@ -126,10 +126,10 @@ static int check_dir(const char *dir)
     return n;
 }
 
-static void push(fl_trace *t, int kind, uint64_t ptr, uint64_t size, uint64_t stream)
+static void push(fli_trace *t, int kind, uint64_t ptr, uint64_t size, uint64_t stream)
 {
-    fl_event e = {.kind = (uint8_t)kind, .ptr = ptr, .size = size, .stream = stream, .line = (uint32_t)t->n + 2};
-    CHECK_OK(fl_trace_push(t, &e));
+    fli_event e = {.kind = (uint8_t)kind, .ptr = ptr, .size = size, .stream = stream, .line = (uint32_t)t->n + 2};
+    CHECK_OK(fli_trace_push(t, &e));
 }
 
 /* Worked out from cca's rules. Stream 1: blocks of 3 MiB + 1000 B (rounded to 3 MiB +
@@ -140,8 +140,8 @@ static void push(fl_trace *t, int kind, uint64_t ptr, uint64_t size, uint64_t st
  * request on stream 1. */
 static void test_by_hand(void)
 {
-    fl_trace t;
-    fl_trace_init(&t, "hand.csv");
+    fli_trace t;
+    fli_trace_init(&t, "hand.csv");
     push(&t, FL_EV_ALLOC, 0x10, 3 * MiB + 1000, 1);
     push(&t, FL_EV_ALLOC, 0x20, 7 * MiB, 1);
     push(&t, FL_EV_ALLOC, 0x30, 15 * MiB, 1); /* does not fit A's 10 MiB rest: segment B */
@@ -149,19 +149,19 @@ static void test_by_hand(void)
     push(&t, FL_EV_FREE, 0x20, 0, 1);
     push(&t, FL_EV_FREE, 0x30, 0, 1);
     push(&t, FL_EV_ALLOC, 0x50, 512, 1);     /* small pool: a 2 MiB segment, 512 B live */
-    fl_prepared *p;
-    CHECK_OK(fl_prepare(&t, &p));
-    fl_trace_free(&t);
-    fl_replay_opts o;
+    fli_prepared *p;
+    CHECK_OK(fli_prepare(&t, &p));
+    fli_trace_free(&t);
+    fli_replay_opts o;
     opts_for(&o, "cca");
     probe pr = {0};
-    pr.ctx = (fl_breakdown_ctx){&pr.b, &o.cfg, 1};
+    pr.ctx = (fli_breakdown_ctx){&pr.b, &o.cfg, 1};
     o.inspect = probe_inspect;
     o.inspect_user = &pr;
     o.inspect_at_op = p->n_ops - 1;
-    fl_replay_result r;
-    CHECK_OK(fl_replay(p, &o, &r));
-    fl_replay_result_free(&r);
+    fli_replay_result r;
+    CHECK_OK(fli_replay(p, &o, &r));
+    fli_replay_result_free(&r);
     CHECK_EQ_U64(pr.b.reserved, 58 * MiB);
     CHECK_EQ_U64(pr.b.live, 3 * MiB + 1024 + 5 * MiB + 512);
     CHECK_EQ_U64(pr.b.rounding, 0);
@@ -170,8 +170,8 @@ static void test_by_hand(void)
     CHECK_EQ_U64(pr.b.free_segments, 16 * MiB);
     CHECK_EQ_U64(pr.b.other_streams, 15 * MiB);
     CHECK_EQ_U64(pr.b.unmapped, 0);
-    CHECK_EQ_U64(fl_breakdown_sum(&pr.b), pr.b.reserved - pr.b.live);
-    fl_prepared_free(p);
+    CHECK_EQ_U64(fli_breakdown_sum(&pr.b), pr.b.reserved - pr.b.live);
+    fli_prepared_free(p);
 }
 
 int main(void)

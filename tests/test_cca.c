@@ -22,10 +22,10 @@ static fl_device *sim_dev(uint64_t capacity)
     return d;
 }
 
-static fl_policy *make(const fl_policy_ops *ops, const fl_config *cfg, fl_device *d)
+static fli_policy *make(const fli_policy_ops *ops, const fl_config *cfg, fl_device *d)
 {
-    fl_policy *p = NULL;
-    d->limit = cfg->limit; /* as fl_policy_create does: the device layer owns the limit */
+    fli_policy *p = NULL;
+    d->limit = cfg->limit; /* as fli_policy_create does: the device layer owns the limit */
     CHECK_OK(ops->create(cfg, d, &p));
     if (!p) {
         fprintf(stderr, "cannot create %s: %s\n", ops->name, fl_last_error());
@@ -51,7 +51,7 @@ static void base_cfg(fl_config *cfg)
 
 static int alloc_line;
 #define ALLOC(p, size, stream) (alloc_line = __LINE__, do_alloc(p, size, stream))
-static uint64_t do_alloc(fl_policy *p, uint64_t size, uint64_t stream)
+static uint64_t do_alloc(fli_policy *p, uint64_t size, uint64_t stream)
 {
     uint64_t a = 0;
     fl_status s = p->ops->alloc(p, size, stream, &a);
@@ -85,42 +85,42 @@ static void test_round(void)
 {
     fl_config cfg;
     base_cfg(&cfg);
-    CHECK_EQ_U64(fl_round_request(&cfg, 1), 512);
-    CHECK_EQ_U64(fl_round_request(&cfg, 512), 512);
-    CHECK_EQ_U64(fl_round_request(&cfg, 513), 1024);
-    CHECK_EQ_U64(fl_round_request(&cfg, 1200), 1536);
-    CHECK_EQ_U64(fl_round_request(&cfg, 5 * MiB + 1), 5 * MiB + 512);
-    CHECK_EQ_U64(fl_round_request(NULL, 1200), 1536);
+    CHECK_EQ_U64(fli_round_request(&cfg, 1), 512);
+    CHECK_EQ_U64(fli_round_request(&cfg, 512), 512);
+    CHECK_EQ_U64(fli_round_request(&cfg, 513), 1024);
+    CHECK_EQ_U64(fli_round_request(&cfg, 1200), 1536);
+    CHECK_EQ_U64(fli_round_request(&cfg, 5 * MiB + 1), 5 * MiB + 512);
+    CHECK_EQ_U64(fli_round_request(NULL, 1200), 1536);
 
     for (int i = 0; i < FL_ROUNDUP_INTERVALS; i++)
         cfg.roundup_divisions[i] = 4;
     /* PyTorch's roundup_power2_next_division maps 1200 to 1280 with 4 divisions, but
      * round_size only uses it above 512 * divisions = 2048 B, so 1200 -> 1536. */
-    CHECK_EQ_U64(fl_round_request(&cfg, 1200), 1536);
-    CHECK_EQ_U64(fl_round_request(&cfg, 2048), 2048);
-    CHECK_EQ_U64(fl_round_request(&cfg, 2049), 2560);       /* 2048 + 512 */
-    CHECK_EQ_U64(fl_round_request(&cfg, 3000), 3072);
-    CHECK_EQ_U64(fl_round_request(&cfg, 1200 * KiB), 1280 * KiB); /* 1200 K -> 1280 K */
-    CHECK_EQ_U64(fl_round_request(&cfg, 4 * MiB), 4 * MiB);       /* powers of two stay */
-    CHECK_EQ_U64(fl_round_request(&cfg, 5 * MiB), 5 * MiB);       /* on a step */
-    CHECK_EQ_U64(fl_round_request(&cfg, 5 * MiB + 1), 6 * MiB);
-    CHECK_EQ_U64(fl_round_request(&cfg, 13 * MiB), 14 * MiB);     /* steps of 2 MiB */
+    CHECK_EQ_U64(fli_round_request(&cfg, 1200), 1536);
+    CHECK_EQ_U64(fli_round_request(&cfg, 2048), 2048);
+    CHECK_EQ_U64(fli_round_request(&cfg, 2049), 2560);       /* 2048 + 512 */
+    CHECK_EQ_U64(fli_round_request(&cfg, 3000), 3072);
+    CHECK_EQ_U64(fli_round_request(&cfg, 1200 * KiB), 1280 * KiB); /* 1200 K -> 1280 K */
+    CHECK_EQ_U64(fli_round_request(&cfg, 4 * MiB), 4 * MiB);       /* powers of two stay */
+    CHECK_EQ_U64(fli_round_request(&cfg, 5 * MiB), 5 * MiB);       /* on a step */
+    CHECK_EQ_U64(fli_round_request(&cfg, 5 * MiB + 1), 6 * MiB);
+    CHECK_EQ_U64(fli_round_request(&cfg, 13 * MiB), 14 * MiB);     /* steps of 2 MiB */
     /* Below 1 MiB the first interval's divisions apply (PyTorch clamps the index). */
-    CHECK_EQ_U64(fl_round_request(&cfg, 600 * KiB), 640 * KiB);
+    CHECK_EQ_U64(fli_round_request(&cfg, 600 * KiB), 640 * KiB);
     /* 41 GiB is past the last interval start (32 GiB): the last entry applies. */
-    CHECK_EQ_U64(fl_round_request(&cfg, 40ull << 30), 40ull << 30);
-    CHECK_EQ_U64(fl_round_request(&cfg, 41ull << 30), 48ull << 30);
-    CHECK_EQ_U64(fl_round_request(&cfg, 100ull << 30), 112ull << 30); /* index clamped */
+    CHECK_EQ_U64(fli_round_request(&cfg, 40ull << 30), 40ull << 30);
+    CHECK_EQ_U64(fli_round_request(&cfg, 41ull << 30), 48ull << 30);
+    CHECK_EQ_U64(fli_round_request(&cfg, 100ull << 30), 112ull << 30); /* index clamped */
 
     base_cfg(&cfg);
     cfg.roundup_divisions[3] = 8;                               /* [8 MiB, 16 MiB) */
-    CHECK_EQ_U64(fl_round_request(&cfg, 9 * MiB + 1), 10 * MiB);
-    CHECK_EQ_U64(fl_round_request(&cfg, 4 * MiB + 1), 4 * MiB + 512);
-    CHECK_EQ_U64(fl_round_request(&cfg, 16 * MiB + 1), 16 * MiB + 512);
-    CHECK_EQ_U64(fl_round_request(&cfg, 600 * KiB), 600 * KiB);
+    CHECK_EQ_U64(fli_round_request(&cfg, 9 * MiB + 1), 10 * MiB);
+    CHECK_EQ_U64(fli_round_request(&cfg, 4 * MiB + 1), 4 * MiB + 512);
+    CHECK_EQ_U64(fli_round_request(&cfg, 16 * MiB + 1), 16 * MiB + 512);
+    CHECK_EQ_U64(fli_round_request(&cfg, 600 * KiB), 600 * KiB);
     cfg.roundup_divisions[0] = 1;                               /* 1 = plain rounding */
-    CHECK_EQ_U64(fl_round_request(&cfg, 1200 * KiB + 1), 1200 * KiB + 512);
-    CHECK_EQ_U64(fl_round_request(&cfg, UINT64_MAX), UINT64_MAX & ~UINT64_C(511));
+    CHECK_EQ_U64(fli_round_request(&cfg, 1200 * KiB + 1), 1200 * KiB + 512);
+    CHECK_EQ_U64(fli_round_request(&cfg, UINT64_MAX), UINT64_MAX & ~UINT64_C(511));
 }
 
 /* ---- cca: segments, caching, OOM path ------------------------------------------ */
@@ -130,7 +130,7 @@ static void test_segment_sizes(void)
     fl_config cfg;
     base_cfg(&cfg);
     fl_device *d = sim_dev(0);
-    fl_policy *p = make(&fl_policy_cca, &cfg, d);
+    fli_policy *p = make(&fli_policy_cca, &cfg, d);
 
     uint64_t b = ALLOC(p, 12 * MiB, 0); /* >= 10 MiB: the request rounded to 2 MiB */
     CHECK_EQ_U64(calls(d, FL_CALL_MEM_ALLOC), 1);
@@ -186,7 +186,7 @@ static void test_oom_release_retry(void)
     fl_config cfg;
     base_cfg(&cfg);
     fl_device *d = sim_dev(64 * MiB);
-    fl_policy *p = make(&fl_policy_cca, &cfg, d);
+    fli_policy *p = make(&fli_policy_cca, &cfg, d);
 
     uint64_t a = ALLOC(p, 5 * MiB, 0);
     FREE(p, a);
@@ -221,7 +221,7 @@ static void test_limit(void)
     base_cfg(&cfg);
     cfg.limit = 40 * MiB;
     fl_device *d = sim_dev(0);
-    fl_policy *p = make(&fl_policy_cca, &cfg, d);
+    fli_policy *p = make(&fli_policy_cca, &cfg, d);
     uint64_t a = ALLOC(p, 30 * MiB, 0);
     uint64_t x = 0, before = calls(d, FL_CALL_MEM_ALLOC);
     /* Like the memory fraction: refused before any device call. */
@@ -243,7 +243,7 @@ static void test_split_rules(void)
     fl_config cfg;
     base_cfg(&cfg);
     fl_device *d = sim_dev(0);
-    fl_policy *p = make(&fl_policy_cca, &cfg, d);
+    fli_policy *p = make(&fli_policy_cca, &cfg, d);
 
     /* Large pool: a remainder of exactly 1 MiB is not split off. */
     uint64_t a = ALLOC(p, 12 * MiB, 0);
@@ -287,7 +287,7 @@ static void test_best_fit(void)
     fl_config cfg;
     base_cfg(&cfg);
     fl_device *d = sim_dev(0);
-    fl_policy *p = make(&fl_policy_cca, &cfg, d);
+    fli_policy *p = make(&fli_policy_cca, &cfg, d);
     uint64_t s12 = ALLOC(p, 12 * MiB, 0);
     uint64_t s16 = ALLOC(p, 16 * MiB, 0);
     uint64_t s14 = ALLOC(p, 14 * MiB, 0);
@@ -318,7 +318,7 @@ static void test_max_split(void)
     base_cfg(&cfg);
     cfg.max_split_size = 40 * MiB;
     fl_device *d = sim_dev(0);
-    fl_policy *p = make(&fl_policy_cca, &cfg, d);
+    fli_policy *p = make(&fli_policy_cca, &cfg, d);
 
     uint64_t big = ALLOC(p, 62 * MiB, 0);
     FREE(p, big);
@@ -349,7 +349,7 @@ static void test_max_split(void)
 
     /* release_available_cached_blocks: one oversize block big enough ... */
     d = sim_dev(128 * MiB);
-    p = make(&fl_policy_cca, &cfg, d);
+    p = make(&fli_policy_cca, &cfg, d);
     uint64_t o50 = ALLOC(p, 50 * MiB, 0), o60 = ALLOC(p, 60 * MiB, 0);
     FREE(p, o50);
     FREE(p, o60);
@@ -366,7 +366,7 @@ static void test_max_split(void)
 
     /* ... or the largest ones until enough, smaller ones kept. */
     d = sim_dev(128 * MiB);
-    p = make(&fl_policy_cca, &cfg, d);
+    p = make(&fli_policy_cca, &cfg, d);
     uint64_t o40 = ALLOC(p, 40 * MiB, 0), o42 = ALLOC(p, 42 * MiB, 0), o46 = ALLOC(p, 46 * MiB, 0);
     FREE(p, o40);
     FREE(p, o42);
@@ -389,7 +389,7 @@ static void test_streams(void)
     fl_config cfg;
     base_cfg(&cfg);
     fl_device *d = sim_dev(0);
-    fl_policy *p = make(&fl_policy_cca, &cfg, d);
+    fli_policy *p = make(&fli_policy_cca, &cfg, d);
     uint64_t a = ALLOC(p, 5 * MiB, 1);
     FREE(p, a);
     /* Freed on stream 1: stream 2 gets a new segment. */
@@ -409,7 +409,7 @@ static void test_streams(void)
 
     /* Cross-stream reuse happens only through the device: release, then allocate. */
     d = sim_dev(40 * MiB);
-    p = make(&fl_policy_cca, &cfg, d);
+    p = make(&fli_policy_cca, &cfg, d);
     a = ALLOC(p, 5 * MiB, 1);
     FREE(p, a);
     b = ALLOC(p, 30 * MiB, 2);
@@ -434,7 +434,7 @@ static void test_gc(void)
     cfg.limit = 100 * MiB;
     cfg.gc_threshold = 0.5;
     fl_device *d = sim_dev(0);
-    fl_policy *p = make(&fl_policy_cca, &cfg, d);
+    fli_policy *p = make(&fli_policy_cca, &cfg, d);
     uint64_t a = ALLOC(p, 12 * MiB, 0);
     uint64_t b = ALLOC(p, 12 * MiB, 0);
     uint64_t c = ALLOC(p, 14 * MiB, 0);
@@ -460,7 +460,7 @@ static void test_gc(void)
     /* Without a limit there is no fraction, so no GC (PyTorch needs set_fraction). */
     cfg.limit = 0;
     d = sim_dev(0);
-    p = make(&fl_policy_cca, &cfg, d);
+    p = make(&fli_policy_cca, &cfg, d);
     a = ALLOC(p, 60 * MiB, 0);
     FREE(p, a);
     b = ALLOC(p, 70 * MiB, 0);
@@ -470,12 +470,12 @@ static void test_gc(void)
     fl_device_destroy(d);
 }
 
-static void test_misuse(const fl_policy_ops *ops)
+static void test_misuse(const fli_policy_ops *ops)
 {
     fl_config cfg;
     base_cfg(&cfg);
     fl_device *d = sim_dev(0);
-    fl_policy *p = make(ops, &cfg, d);
+    fli_policy *p = make(ops, &cfg, d);
     uint64_t a = ALLOC(p, 3000, 0);
     uint64_t allocated = p->allocated;
     CHECK_STATUS(p->ops->free(p, 0x1234, 0, NULL), FL_ERR_NOT_FOUND);
@@ -503,15 +503,15 @@ static void test_bad_config(void)
     fl_config cfg;
     base_cfg(&cfg);
     fl_device *d = sim_dev(0);
-    fl_policy *p = NULL;
+    fli_policy *p = NULL;
     cfg.max_split_size = 10 * MiB;
-    CHECK_STATUS(fl_policy_cca.create(&cfg, d, &p), FL_ERR_INVALID);
+    CHECK_STATUS(fli_policy_cca.create(&cfg, d, &p), FL_ERR_INVALID);
     base_cfg(&cfg);
     cfg.gc_threshold = 1.5;
-    CHECK_STATUS(fl_policy_cca.create(&cfg, d, &p), FL_ERR_INVALID);
+    CHECK_STATUS(fli_policy_cca.create(&cfg, d, &p), FL_ERR_INVALID);
     base_cfg(&cfg);
     cfg.roundup_divisions[2] = 3;
-    CHECK_STATUS(fl_policy_cca.create(&cfg, d, &p), FL_ERR_INVALID);
+    CHECK_STATUS(fli_policy_cca.create(&cfg, d, &p), FL_ERR_INVALID);
     CHECK(p == NULL);
     fl_device_destroy(d);
 
@@ -520,7 +520,7 @@ static void test_bad_config(void)
     sp.vmm_supported = 0;
     CHECK_OK(fl_sim_device_create(&sp, &d));
     base_cfg(&cfg);
-    CHECK_STATUS(fl_policy_cca_expandable.create(&cfg, d, &p), FL_ERR_UNSUPPORTED);
+    CHECK_STATUS(fli_policy_cca_expandable.create(&cfg, d, &p), FL_ERR_UNSUPPORTED);
     fl_device_destroy(d);
 }
 
@@ -531,7 +531,7 @@ static void test_expandable_growth(void)
     fl_config cfg;
     base_cfg(&cfg);
     fl_device *d = sim_dev(0);
-    fl_policy *p = make(&fl_policy_cca_expandable, &cfg, d);
+    fli_policy *p = make(&fli_policy_cca_expandable, &cfg, d);
 
     uint64_t a = ALLOC(p, 5 * MiB, 0); /* large pool: one 20 MiB page */
     CHECK_EQ_U64(calls(d, FL_CALL_RESERVE), 1);
@@ -592,7 +592,7 @@ static void test_expandable_oom(void)
     fl_config cfg;
     base_cfg(&cfg);
     fl_device *d = sim_dev(64 * MiB);
-    fl_policy *p = make(&fl_policy_cca_expandable, &cfg, d);
+    fli_policy *p = make(&fli_policy_cca_expandable, &cfg, d);
 
     uint64_t a = ALLOC(p, 30 * MiB, 0);       /* pages 0-1: a [0,30), free [30,40) */
     uint64_t b = ALLOC(p, 5 * MiB, 0);        /* [30,35), free [35,40) */
@@ -647,7 +647,7 @@ static void test_expandable_limit(void)
     base_cfg(&cfg);
     cfg.limit = 58 * MiB;
     fl_device *d = sim_dev(0);
-    fl_policy *p = make(&fl_policy_cca_expandable, &cfg, d);
+    fli_policy *p = make(&fli_policy_cca_expandable, &cfg, d);
     uint64_t a = ALLOC(p, 22 * MiB, 0);  /* two 20 MiB pages */
     uint64_t b = ALLOC(p, 12 * MiB, 0);  /* [22,34): 6 MiB free at the end */
     CHECK_EQ_U64(in_use(d), 40 * MiB);
@@ -669,12 +669,12 @@ static void test_expandable_limit(void)
 }
 
 /* Destroying a policy gives everything back, live blocks included. */
-static void test_destroy_live(const fl_policy_ops *ops)
+static void test_destroy_live(const fli_policy_ops *ops)
 {
     fl_config cfg;
     base_cfg(&cfg);
     fl_device *d = sim_dev(0);
-    fl_policy *p = make(ops, &cfg, d);
+    fli_policy *p = make(ops, &cfg, d);
     ALLOC(p, 3000, 0);
     ALLOC(p, 5 * MiB, 1);
     ALLOC(p, 30 * MiB, 2);
@@ -692,7 +692,7 @@ static void test_nocache(void)
     fl_config cfg;
     base_cfg(&cfg);
     fl_device *d = sim_dev(0);
-    fl_policy *p = make(&fl_policy_nocache, &cfg, d);
+    fli_policy *p = make(&fli_policy_nocache, &cfg, d);
     uint64_t a = ALLOC(p, 1000, 0);
     uint64_t b = ALLOC(p, 5 * MiB, 3);
     CHECK_EQ_U64(calls(d, FL_CALL_MEM_ALLOC), 2);
@@ -711,7 +711,7 @@ static void test_nocache(void)
     fl_device_destroy(d);
 
     d = sim_dev(8 * MiB);
-    p = make(&fl_policy_nocache, &cfg, d);
+    p = make(&fli_policy_nocache, &cfg, d);
     uint64_t x = 0;
     CHECK_STATUS(p->ops->alloc(p, 9 * MiB, 0, &x), FL_ERR_OOM);
     CHECK_EQ_U64(p->ooms, 1);
@@ -722,7 +722,7 @@ static void test_nocache(void)
 
 /* ---- stress: every path, self-checked after every step ------------------------- */
 
-static void stress(const fl_policy_ops *ops, uint64_t seed, uint64_t capacity, bool knobs)
+static void stress(const fli_policy_ops *ops, uint64_t seed, uint64_t capacity, bool knobs)
 {
     fl_config cfg;
     base_cfg(&cfg);
@@ -730,13 +730,13 @@ static void stress(const fl_policy_ops *ops, uint64_t seed, uint64_t capacity, b
         cfg.max_split_size = 24 * MiB;
         cfg.roundup_divisions[0] = 4;
         cfg.roundup_divisions[3] = 2;
-        if (ops != &fl_policy_cca_expandable) {
+        if (ops != &fli_policy_cca_expandable) {
             cfg.limit = capacity - 16 * MiB;
             cfg.gc_threshold = 0.6;
         }
     }
     fl_device *d = sim_dev(capacity);
-    fl_policy *p = make(ops, &cfg, d);
+    fli_policy *p = make(ops, &cfg, d);
     fl_rng rng = {seed};
     enum { SLOTS = 96 };
     uint64_t live[SLOTS] = {0};
@@ -795,15 +795,15 @@ int main(void)
     test_max_split();
     test_streams();
     test_gc();
-    test_misuse(&fl_policy_cca);
-    test_misuse(&fl_policy_cca_expandable);
-    test_misuse(&fl_policy_nocache);
+    test_misuse(&fli_policy_cca);
+    test_misuse(&fli_policy_cca_expandable);
+    test_misuse(&fli_policy_nocache);
     test_bad_config();
     test_expandable_growth();
     test_expandable_oom();
     test_expandable_limit();
     test_nocache();
-    const fl_policy_ops *ops[] = {&fl_policy_cca, &fl_policy_cca_expandable, &fl_policy_nocache};
+    const fli_policy_ops *ops[] = {&fli_policy_cca, &fli_policy_cca_expandable, &fli_policy_nocache};
     for (int k = 0; k < 3; k++) {
         test_destroy_live(ops[k]);
         stress(ops[k], 0x9e3779b97f4a7c15ull + (uint64_t)k, 0, false);

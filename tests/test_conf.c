@@ -235,21 +235,21 @@ static void test_devices_and_paths(void)
     char out[64], want[64];
     unsetenv("RANK");
     unsetenv("LOCAL_RANK");
-    CHECK_OK(fl_expand_path("a.%r.%p.%%", out, sizeof out));
+    CHECK_OK(fli_expand_path("a.%r.%p.%%", out, sizeof out));
     snprintf(want, sizeof want, "a.0.%d.%%", (int)getpid());
     CHECK(strcmp(out, want) == 0);
     setenv("LOCAL_RANK", "3", 1);
-    CHECK_OK(fl_expand_path("r%r", out, sizeof out));
+    CHECK_OK(fli_expand_path("r%r", out, sizeof out));
     CHECK(strcmp(out, "r3") == 0);
     setenv("RANK", "12", 1); /* the global rank wins */
-    CHECK_OK(fl_expand_path("r%r", out, sizeof out));
+    CHECK_OK(fli_expand_path("r%r", out, sizeof out));
     CHECK(strcmp(out, "r12") == 0);
     setenv("RANK", "../x", 1); /* not a number: never put into a file name */
-    CHECK_OK(fl_expand_path("r%r", out, sizeof out));
+    CHECK_OK(fli_expand_path("r%r", out, sizeof out));
     CHECK(strcmp(out, "r3") == 0);
     unsetenv("RANK");
     unsetenv("LOCAL_RANK");
-    CHECK_STATUS(fl_expand_path("%p%p%p%p%p%p", out, 8), FL_ERR_INVALID);
+    CHECK_STATUS(fli_expand_path("%p%p%p%p%p%p", out, 8), FL_ERR_INVALID);
 }
 
 int main(void)

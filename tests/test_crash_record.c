@@ -68,8 +68,8 @@ static void kill_and_read(int ms)
     CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
     uint64_t ops = *done;
 
-    fl_trace t;
-    fl_status s = fl_trace_read_csv(path, &t);
+    fli_trace t;
+    fl_status s = fli_trace_read_csv(path, &t);
     CHECK_OK(s);
     /* The file ends in a newline, or its last line was dropped with a warning. */
     FILE *f = fopen(path, "rb");
@@ -107,7 +107,7 @@ static void kill_and_read(int ms)
            (unsigned long long)ops, t.n, (unsigned long long)(ops > t.n ? ops - t.n : 0),
            ops ? 100.0 * (double)(ops > t.n ? ops - t.n : 0) / (double)ops : 0.0, size,
            cut ? ", last line cut (warning)" : "");
-    fl_trace_free(&t);
+    fli_trace_free(&t);
     munmap((void *)done, sizeof *done);
     unlink(path);
 }

@@ -135,18 +135,18 @@ static fl_device *make_dev_with(int ordinal, int peer_access, int shareable)
 static uint64_t map_one(fl_device *d, uint64_t *handle)
 {
     uint64_t va = 0;
-    CHECK_OK(fl_dev_reserve(d, 2 * MiB, &va));
-    CHECK_OK(fl_dev_create(d, 2 * MiB, handle));
-    CHECK_OK(fl_dev_map(d, va, 2 * MiB, *handle));
-    CHECK_OK(fl_dev_set_access(d, va, 2 * MiB));
+    CHECK_OK(fli_dev_reserve(d, 2 * MiB, &va));
+    CHECK_OK(fli_dev_create(d, 2 * MiB, handle));
+    CHECK_OK(fli_dev_map(d, va, 2 * MiB, *handle));
+    CHECK_OK(fli_dev_set_access(d, va, 2 * MiB));
     return va;
 }
 
 static void unmap_one(fl_device *d, uint64_t va, uint64_t handle)
 {
-    CHECK_OK(fl_dev_unmap(d, va, 2 * MiB));
-    CHECK_OK(fl_dev_release(d, handle));
-    CHECK_OK(fl_dev_addr_free(d, va, 2 * MiB));
+    CHECK_OK(fli_dev_unmap(d, va, 2 * MiB));
+    CHECK_OK(fli_dev_release(d, handle));
+    CHECK_OK(fli_dev_addr_free(d, va, 2 * MiB));
 }
 
 
@@ -156,7 +156,7 @@ static void unmap_one(fl_device *d, uint64_t va, uint64_t handle)
     do {                                                                                \
         const char *m_ = (mention);                                                     \
         fl_device_counters cb_ = counters(d);                                           \
-        fl_clear_error();                                                               \
+        fli_clear_error();                                                               \
         CHECK_STATUS(expr, want);                                                       \
         fl_device_counters ca_ = counters(d);                                           \
         CHECK(fl_last_error()[0] != 0);                                                 \
@@ -279,18 +279,18 @@ static void test_no_vmm(void)
     fl_device *d = make_dev();
     CHECK(d->vmm_supported == 0);
     uint64_t va, h;
-    EXPECT_REFUSED(d, FL_CALL_RESERVE, FL_ERR_UNSUPPORTED, "policy:cca", fl_dev_reserve(d, 2 * MiB, &va));
-    EXPECT_REFUSED(d, FL_CALL_CREATE, FL_ERR_UNSUPPORTED, "cuMemCreate", fl_dev_create(d, 2 * MiB, &h));
+    EXPECT_REFUSED(d, FL_CALL_RESERVE, FL_ERR_UNSUPPORTED, "policy:cca", fli_dev_reserve(d, 2 * MiB, &va));
+    EXPECT_REFUSED(d, FL_CALL_CREATE, FL_ERR_UNSUPPORTED, "cuMemCreate", fli_dev_create(d, 2 * MiB, &h));
     CHECK_EQ_U64(fake.fakecuda_calls("cuMemCreate") + fake.fakecuda_calls("cuMemAddressReserve"), 0);
 
     fl_config cfg;
     fl_config_default(&cfg);
     cfg.publish = 0; /* children end with _exit: no file left in /dev/shm */
-    fl_policy *p = NULL;
-    CHECK_STATUS(fl_policy_create(&cfg, d, &p), FL_ERR_UNSUPPORTED);
+    fli_policy *p = NULL;
+    CHECK_STATUS(fli_policy_create(&cfg, d, &p), FL_ERR_UNSUPPORTED);
     CHECK_MENTIONS("cca");
     snprintf(cfg.policy, sizeof cfg.policy, "cca");
-    CHECK_OK(fl_policy_create(&cfg, d, &p));
+    CHECK_OK(fli_policy_create(&cfg, d, &p));
     if (p) {
         uint64_t x;
         CHECK_OK(p->ops->alloc(p, 3 * MiB, 0, &x));
@@ -312,37 +312,37 @@ static void test_ops(void)
     uint64_t a, b, va, h1, h2;
 
     /* cudaMalloc path: the driver does not say what it took; charged in 512 B steps. */
-    CHECK_OK(fl_dev_mem_alloc(d, 1000, &a));
+    CHECK_OK(fli_dev_mem_alloc(d, 1000, &a));
     CHECK_EQ_U64(in_use(d), 1024);
-    CHECK_OK(fl_dev_mem_alloc(d, 3 * MiB, &b));
+    CHECK_OK(fli_dev_mem_alloc(d, 3 * MiB, &b));
     CHECK_EQ_U64(in_use(d), 1024 + 3 * MiB);
     fill(b, 3 * MiB, 1);
     CHECK(verify(b, 3 * MiB, 1) == UINT64_MAX);
-    CHECK_OK(fl_dev_mem_free(d, a));
-    CHECK_OK(fl_dev_mem_free(d, b));
+    CHECK_OK(fli_dev_mem_free(d, a));
+    CHECK_OK(fli_dev_mem_free(d, b));
     CHECK_EQ_U64(in_use(d), 0);
     CHECK_EQ_U64(fake.fakecuda_calls("cuMemAlloc_v2"), 2);
     CHECK_EQ_U64(fake.fakecuda_calls("cuMemFree_v2"), 2);
 
     /* Virtual memory path. */
-    CHECK_OK(fl_dev_reserve(d, 8 * G, &va));
-    CHECK_OK(fl_dev_create(d, G, &h1));
-    CHECK_OK(fl_dev_create(d, 2 * G, &h2));
-    CHECK_OK(fl_dev_map(d, va, G, h1));
-    CHECK_OK(fl_dev_map(d, va + G, 2 * G, h2));
-    CHECK_OK(fl_dev_set_access(d, va, 3 * G)); /* across two mappings: one driver call */
+    CHECK_OK(fli_dev_reserve(d, 8 * G, &va));
+    CHECK_OK(fli_dev_create(d, G, &h1));
+    CHECK_OK(fli_dev_create(d, 2 * G, &h2));
+    CHECK_OK(fli_dev_map(d, va, G, h1));
+    CHECK_OK(fli_dev_map(d, va + G, 2 * G, h2));
+    CHECK_OK(fli_dev_set_access(d, va, 3 * G)); /* across two mappings: one driver call */
     CHECK_EQ_U64(fake.fakecuda_calls("cuMemSetAccess"), 1);
     fill(va, 3 * G, 2);
-    CHECK_OK(fl_dev_synchronize(d));
+    CHECK_OK(fli_dev_synchronize(d));
     CHECK_EQ_U64(fake.fakecuda_calls("cuCtxSynchronize"), 1);
     /* Two whole mappings in one unmap: one driver call per mapping. */
-    CHECK_OK(fl_dev_unmap(d, va, 3 * G));
+    CHECK_OK(fli_dev_unmap(d, va, 3 * G));
     CHECK_EQ_U64(calls(d, FL_CALL_UNMAP), 1);
     CHECK_EQ_U64(fake.fakecuda_calls("cuMemUnmap"), 2);
     /* The data lives in the handle: mapped elsewhere (in reverse order), it is there. */
-    CHECK_OK(fl_dev_map(d, va + 4 * G, 2 * G, h2));
-    CHECK_OK(fl_dev_map(d, va + 6 * G, G, h1));
-    CHECK_OK(fl_dev_set_access(d, va + 4 * G, 3 * G));
+    CHECK_OK(fli_dev_map(d, va + 4 * G, 2 * G, h2));
+    CHECK_OK(fli_dev_map(d, va + 6 * G, G, h1));
+    CHECK_OK(fli_dev_set_access(d, va + 4 * G, 3 * G));
     CHECK(verify(va + 6 * G, G, 2) == UINT64_MAX);
     {
         /* h2 held words G/8 .. 3G/8 of pattern 2. */
@@ -352,10 +352,10 @@ static void test_ops(void)
             ok = w[i] == pattern(2, G / 8 + i);
         CHECK(ok);
     }
-    CHECK_OK(fl_dev_unmap(d, va + 4 * G, 3 * G));
-    CHECK_OK(fl_dev_release(d, h1));
-    CHECK_OK(fl_dev_release(d, h2));
-    CHECK_OK(fl_dev_addr_free(d, va, 8 * G));
+    CHECK_OK(fli_dev_unmap(d, va + 4 * G, 3 * G));
+    CHECK_OK(fli_dev_release(d, h1));
+    CHECK_OK(fli_dev_release(d, h2));
+    CHECK_OK(fli_dev_addr_free(d, va, 8 * G));
     CHECK_EQ_U64(in_use(d), 0);
     CHECK(counters(d).time_us > 0); /* measured: some time passed in the driver */
     fl_device_destroy(d);
@@ -370,22 +370,22 @@ static void *other_thread(void *arg)
     uint64_t a = 0, va, h;
     CHECK(current_ctx() == NULL);
     CHECK(fake.cuMemAlloc_v2(&(CUdeviceptr){0}, 4096) == CUDA_ERROR_INVALID_CONTEXT);
-    CHECK_OK(fl_dev_mem_alloc(d, 4096, &a));
+    CHECK_OK(fli_dev_mem_alloc(d, 4096, &a));
     CHECK(current_ctx() == NULL && fake.fakecuda_ctx_depth() == 0);
-    CHECK_OK(fl_dev_reserve(d, 2 * MiB, &va));
-    CHECK_OK(fl_dev_create(d, 2 * MiB, &h));
-    CHECK_OK(fl_dev_map(d, va, 2 * MiB, h));
-    CHECK_OK(fl_dev_set_access(d, va, 2 * MiB));
-    CHECK_OK(fl_dev_synchronize(d));
+    CHECK_OK(fli_dev_reserve(d, 2 * MiB, &va));
+    CHECK_OK(fli_dev_create(d, 2 * MiB, &h));
+    CHECK_OK(fli_dev_map(d, va, 2 * MiB, h));
+    CHECK_OK(fli_dev_set_access(d, va, 2 * MiB));
+    CHECK_OK(fli_dev_synchronize(d));
     uint64_t ev = 0;
     int done = 0;
-    CHECK_OK(fl_dev_event_record(d, 0, &ev));
-    CHECK_OK(fl_dev_event_query(d, ev, &done));
-    fl_dev_event_destroy(d, ev);
-    CHECK_OK(fl_dev_unmap(d, va, 2 * MiB));
-    CHECK_OK(fl_dev_release(d, h));
-    CHECK_OK(fl_dev_addr_free(d, va, 2 * MiB));
-    CHECK_OK(fl_dev_mem_free(d, a));
+    CHECK_OK(fli_dev_event_record(d, 0, &ev));
+    CHECK_OK(fli_dev_event_query(d, ev, &done));
+    fli_dev_event_destroy(d, ev);
+    CHECK_OK(fli_dev_unmap(d, va, 2 * MiB));
+    CHECK_OK(fli_dev_release(d, h));
+    CHECK_OK(fli_dev_addr_free(d, va, 2 * MiB));
+    CHECK_OK(fli_dev_mem_free(d, a));
     CHECK(current_ctx() == NULL && fake.fakecuda_ctx_depth() == 0);
     return NULL;
 }
@@ -413,37 +413,37 @@ static void test_contexts(void)
     fl_device *d1 = make_dev_on(1), *d0 = make_dev_on(0);
     CHECK(current_ctx() == c0 && fake.fakecuda_ctx_depth() == 1);
     uint64_t a0, a1, va, h;
-    CHECK_OK(fl_dev_mem_alloc(d1, 3 * MiB, &a1));
+    CHECK_OK(fli_dev_mem_alloc(d1, 3 * MiB, &a1));
     CHECK(current_ctx() == c0);
-    CHECK_EQ_U64(fake.fakecuda_used(1), fl_align_up(3 * MiB, 512));
+    CHECK_EQ_U64(fake.fakecuda_used(1), fli_align_up(3 * MiB, 512));
     CHECK_EQ_U64(fake.fakecuda_used(0), 0);
-    CHECK_OK(fl_dev_mem_alloc(d0, MiB, &a0));
+    CHECK_OK(fli_dev_mem_alloc(d0, MiB, &a0));
     CHECK_EQ_U64(fake.fakecuda_used(0), MiB);
     /* Alternating, every kind of call: each device's memory stays its own. */
-    CHECK_OK(fl_dev_reserve(d1, 4 * MiB, &va));
-    CHECK_OK(fl_dev_create(d1, 2 * MiB, &h));
-    CHECK_OK(fl_dev_map(d1, va, 2 * MiB, h));
-    CHECK_OK(fl_dev_set_access(d1, va, 2 * MiB));
-    CHECK_OK(fl_dev_synchronize(d0));
-    CHECK_OK(fl_dev_synchronize(d1));
+    CHECK_OK(fli_dev_reserve(d1, 4 * MiB, &va));
+    CHECK_OK(fli_dev_create(d1, 2 * MiB, &h));
+    CHECK_OK(fli_dev_map(d1, va, 2 * MiB, h));
+    CHECK_OK(fli_dev_set_access(d1, va, 2 * MiB));
+    CHECK_OK(fli_dev_synchronize(d0));
+    CHECK_OK(fli_dev_synchronize(d1));
     CHECK(current_ctx() == c0 && fake.fakecuda_ctx_depth() == 1);
     CHECK_EQ_U64(fake.fakecuda_used(1), in_use(d1));
     CHECK_EQ_U64(fake.fakecuda_used(0), in_use(d0));
     /* A stack the program pushed (device 1's over device 0's) is left as it was. */
     CUcontext c1 = program_enter(1);
-    CHECK_OK(fl_dev_unmap(d1, va, 2 * MiB));
-    CHECK_OK(fl_dev_mem_free(d0, a0));
+    CHECK_OK(fli_dev_unmap(d1, va, 2 * MiB));
+    CHECK_OK(fli_dev_mem_free(d0, a0));
     CHECK(current_ctx() == c1 && fake.fakecuda_ctx_depth() == 2);
     program_leave(1);
     CHECK(current_ctx() == c0);
     /* A push the driver refuses: the call fails, naming it, and changes nothing. */
     fake.fakecuda_fail_call("cuCtxPushCurrent_v2", 1, CUDA_ERROR_INVALID_CONTEXT);
     EXPECT_REFUSED(d1, FL_CALL_RELEASE, FL_ERR_DEVICE, "cuCtxPushCurrent_v2(primary context of device 1)",
-                   fl_dev_release(d1, h));
+                   fli_dev_release(d1, h));
     CHECK(current_ctx() == c0 && fake.fakecuda_ctx_depth() == 1);
-    CHECK_OK(fl_dev_release(d1, h));
-    CHECK_OK(fl_dev_addr_free(d1, va, 4 * MiB));
-    CHECK_OK(fl_dev_mem_free(d1, a1));
+    CHECK_OK(fli_dev_release(d1, h));
+    CHECK_OK(fli_dev_addr_free(d1, va, 4 * MiB));
+    CHECK_OK(fli_dev_mem_free(d1, a1));
     CHECK_EQ_U64(fake.fakecuda_used(0) + fake.fakecuda_used(1), 0);
     fl_device_destroy(d0);
     fl_device_destroy(d1);
@@ -486,13 +486,13 @@ static void test_peers(void)
     CHECK(fake.fakecuda_device_access(1, va, 2 * MiB, 0) == CUDA_ERROR_ILLEGAL_ADDRESS);
     /* A mapping starts inaccessible; after an unmap and a new map, access is set again. */
     uint64_t h2;
-    CHECK_OK(fl_dev_unmap(d, va, 2 * MiB));
-    CHECK_OK(fl_dev_create(d, 2 * MiB, &h2));
-    CHECK_OK(fl_dev_map(d, va, 2 * MiB, h2));
+    CHECK_OK(fli_dev_unmap(d, va, 2 * MiB));
+    CHECK_OK(fli_dev_create(d, 2 * MiB, &h2));
+    CHECK_OK(fli_dev_map(d, va, 2 * MiB, h2));
     CHECK(fake.fakecuda_device_access(0, va, 2 * MiB, 0) == CUDA_ERROR_ILLEGAL_ADDRESS);
-    CHECK_OK(fl_dev_set_access(d, va, 2 * MiB));
+    CHECK_OK(fli_dev_set_access(d, va, 2 * MiB));
     CHECK(fake.fakecuda_device_access(0, va, 2 * MiB, 0) == CUDA_SUCCESS);
-    CHECK_OK(fl_dev_release(d, h));
+    CHECK_OK(fli_dev_release(d, h));
     unmap_one(d, va, h2);
     fl_device_destroy(d);
 }
@@ -532,9 +532,9 @@ static void test_handles(void)
     CHECK(fake.fakecuda_handle_props(va, &types, &rdma) == 0);
     CHECK(types == CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR && rdma == 1);
     uint64_t h2;
-    CHECK_OK(fl_dev_create(d, 2 * MiB, &h2));
+    CHECK_OK(fli_dev_create(d, 2 * MiB, &h2));
     CHECK_EQ_U64(fake.fakecuda_calls("cuMemCreate"), 3); /* fabric is not asked again */
-    CHECK_OK(fl_dev_release(d, h2));
+    CHECK_OK(fli_dev_release(d, h2));
     unmap_one(d, va, h);
     fl_device_destroy(d);
 
@@ -543,7 +543,7 @@ static void test_handles(void)
     CHECK(fake.fakecuda_handle_props(va, &types, &rdma) == 0);
     CHECK(types == CU_MEM_HANDLE_TYPE_NONE && rdma == 0);
     fl_ipc_handle x;
-    CHECK_STATUS(fl_dev_export(d, va, 4096, &x), FL_ERR_UNSUPPORTED);
+    CHECK_STATUS(fli_dev_export(d, va, 4096, &x), FL_ERR_UNSUPPORTED);
     CHECK_MENTIONS("shareable:0");
     unmap_one(d, va, h);
     fl_device_destroy(d);
@@ -571,14 +571,14 @@ static void test_errors(void)
     /* The driver's verdicts, with its names for them. */
     snprintf(want, sizeof want, "cuda cuMemCreate(%llu bytes, device 0): CUDA_ERROR_INVALID_VALUE (1)",
              (unsigned long long)(G / 2));
-    EXPECT_REFUSED(d, FL_CALL_CREATE, FL_ERR_INVALID, want, fl_dev_create(d, G / 2, &h));
+    EXPECT_REFUSED(d, FL_CALL_CREATE, FL_ERR_INVALID, want, fli_dev_create(d, G / 2, &h));
     snprintf(want, sizeof want, "cuda cuMemCreate(%llu bytes, device 0): CUDA_ERROR_OUT_OF_MEMORY (2)",
              (unsigned long long)(64 * MiB + G));
-    EXPECT_REFUSED(d, FL_CALL_CREATE, FL_ERR_OOM, want, fl_dev_create(d, 64 * MiB + G, &h));
+    EXPECT_REFUSED(d, FL_CALL_CREATE, FL_ERR_OOM, want, fli_dev_create(d, 64 * MiB + G, &h));
     EXPECT_REFUSED(d, FL_CALL_MEM_ALLOC, FL_ERR_OOM, "cuMemAlloc_v2(67108865 bytes): CUDA_ERROR_OUT_OF_MEMORY",
-                   fl_dev_mem_alloc(d, 64 * MiB + 1, &a));
-    EXPECT_REFUSED(d, FL_CALL_MEM_ALLOC, FL_ERR_INVALID, "CUDA_ERROR_INVALID_VALUE", fl_dev_mem_alloc(d, 0, &a));
-    EXPECT_REFUSED(d, FL_CALL_RESERVE, FL_ERR_INVALID, "cuMemAddressReserve", fl_dev_reserve(d, G + 512, &va));
+                   fli_dev_mem_alloc(d, 64 * MiB + 1, &a));
+    EXPECT_REFUSED(d, FL_CALL_MEM_ALLOC, FL_ERR_INVALID, "CUDA_ERROR_INVALID_VALUE", fli_dev_mem_alloc(d, 0, &a));
+    EXPECT_REFUSED(d, FL_CALL_RESERVE, FL_ERR_INVALID, "cuMemAddressReserve", fli_dev_reserve(d, G + 512, &va));
 
     /* Each class of CUresult, from a driver call the device layer does not count
      * (cuCtxGetCurrent, made before every call): the status, the driver's name for the
@@ -601,10 +601,10 @@ static void test_errors(void)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         fake.fakecuda_fail_call("cuCtxGetCurrent", 1, cases[i].err);
         switch (i % 4) {
-        case 0: EXPECT_REFUSED(d, FL_CALL_CREATE, cases[i].want, cases[i].name, fl_dev_create(d, G, &h)); break;
-        case 1: EXPECT_REFUSED(d, FL_CALL_RESERVE, cases[i].want, cases[i].name, fl_dev_reserve(d, G, &va)); break;
-        case 2: EXPECT_REFUSED(d, FL_CALL_MEM_ALLOC, cases[i].want, cases[i].name, fl_dev_mem_alloc(d, 512, &a)); break;
-        default: EXPECT_REFUSED(d, FL_CALL_SYNC, cases[i].want, cases[i].name, fl_dev_synchronize(d)); break;
+        case 0: EXPECT_REFUSED(d, FL_CALL_CREATE, cases[i].want, cases[i].name, fli_dev_create(d, G, &h)); break;
+        case 1: EXPECT_REFUSED(d, FL_CALL_RESERVE, cases[i].want, cases[i].name, fli_dev_reserve(d, G, &va)); break;
+        case 2: EXPECT_REFUSED(d, FL_CALL_MEM_ALLOC, cases[i].want, cases[i].name, fli_dev_mem_alloc(d, 512, &a)); break;
+        default: EXPECT_REFUSED(d, FL_CALL_SYNC, cases[i].want, cases[i].name, fli_dev_synchronize(d)); break;
         }
     }
 
@@ -612,37 +612,37 @@ static void test_errors(void)
      * it behind the device's back): the state stays as the driver left it. Two mappings
      * in one unmap, the second gone already: the first is unmapped and accounted. */
     uint64_t h2;
-    CHECK_OK(fl_dev_reserve(d, 4 * G, &va));
-    CHECK_OK(fl_dev_create(d, G, &h));
-    CHECK_OK(fl_dev_create(d, G, &h2));
-    CHECK_OK(fl_dev_map(d, va, G, h));
-    CHECK_OK(fl_dev_map(d, va + G, G, h2));
-    CHECK_OK(fl_dev_release(d, h));
+    CHECK_OK(fli_dev_reserve(d, 4 * G, &va));
+    CHECK_OK(fli_dev_create(d, G, &h));
+    CHECK_OK(fli_dev_create(d, G, &h2));
+    CHECK_OK(fli_dev_map(d, va, G, h));
+    CHECK_OK(fli_dev_map(d, va + G, G, h2));
+    CHECK_OK(fli_dev_release(d, h));
     program_enter(0);
     CHECK(fake.cuMemUnmap(va + G, G) == CUDA_SUCCESS);
     program_leave(0);
-    CHECK_STATUS(fl_dev_unmap(d, va, 2 * G), FL_ERR_INVALID);
+    CHECK_STATUS(fli_dev_unmap(d, va, 2 * G), FL_ERR_INVALID);
     CHECK_MENTIONS("cuMemUnmap");
     CHECK_MENTIONS(fl_test_hex(va + G));
     CHECK_EQ_U64(in_use(d), G); /* h went with its last mapping; h2 is still live */
-    CHECK_STATUS(fl_dev_unmap(d, va, G), FL_ERR_INVALID);
+    CHECK_STATUS(fli_dev_unmap(d, va, G), FL_ERR_INVALID);
     /* A cudaMalloc block freed elsewhere: the device's count keeps it. */
-    CHECK_OK(fl_dev_mem_alloc(d, 512, &a));
+    CHECK_OK(fli_dev_mem_alloc(d, 512, &a));
     program_enter(0);
     CHECK(fake.cuMemFree_v2(a) == CUDA_SUCCESS);
     program_leave(0);
-    EXPECT_REFUSED(d, FL_CALL_MEM_FREE, FL_ERR_INVALID, "cuMemFree_v2", fl_dev_mem_free(d, a));
+    EXPECT_REFUSED(d, FL_CALL_MEM_FREE, FL_ERR_INVALID, "cuMemFree_v2", fli_dev_mem_free(d, a));
     CHECK_EQ_U64(in_use(d), G + 512);
 
     /* Events: a failed record destroys the event it created. */
     unsigned long long destroys = fake.fakecuda_calls("cuEventDestroy_v2");
     uint64_t ev = 7;
     fake.fakecuda_fail_call("cuEventRecord", 1, CUDA_ERROR_INVALID_CONTEXT);
-    CHECK_STATUS(fl_dev_event_record(d, 0x7f00aa00, &ev), FL_ERR_DEVICE);
+    CHECK_STATUS(fli_dev_event_record(d, 0x7f00aa00, &ev), FL_ERR_DEVICE);
     CHECK_MENTIONS("cuEventRecord(stream 0x7f00aa00): CUDA_ERROR_INVALID_CONTEXT (201)");
     CHECK_EQ_U64(fake.fakecuda_calls("cuEventDestroy_v2"), destroys + 1);
     fake.fakecuda_fail_call("cuEventCreate", 1, CUDA_ERROR_OUT_OF_MEMORY);
-    CHECK_STATUS(fl_dev_event_record(d, 0, &ev), FL_ERR_OOM);
+    CHECK_STATUS(fli_dev_event_record(d, 0, &ev), FL_ERR_OOM);
     CHECK_MENTIONS("cuEventCreate");
     fl_device_destroy(d); /* gives back what it still holds; the driver refuses the rest */
 }
@@ -653,13 +653,13 @@ static void test_leftovers(void)
     fl_device *d = make_dev();
     const uint64_t G = fl_device_granularity(d);
     uint64_t va, h, h2, a;
-    CHECK_OK(fl_dev_reserve(d, 4 * G, &va));
-    CHECK_OK(fl_dev_create(d, G, &h));
-    CHECK_OK(fl_dev_create(d, G, &h2));
-    CHECK_OK(fl_dev_map(d, va, G, h));
-    CHECK_OK(fl_dev_map(d, va + G, G, h2));
-    CHECK_OK(fl_dev_release(d, h2));
-    CHECK_OK(fl_dev_mem_alloc(d, 5000, &a));
+    CHECK_OK(fli_dev_reserve(d, 4 * G, &va));
+    CHECK_OK(fli_dev_create(d, G, &h));
+    CHECK_OK(fli_dev_create(d, G, &h2));
+    CHECK_OK(fli_dev_map(d, va, G, h));
+    CHECK_OK(fli_dev_map(d, va + G, G, h2));
+    CHECK_OK(fli_dev_release(d, h2));
+    CHECK_OK(fli_dev_mem_alloc(d, 5000, &a));
     fl_device_destroy(d);
     CHECK_EQ_U64(fake.fakecuda_calls("cuMemUnmap"), 2);
     CHECK_EQ_U64(fake.fakecuda_calls("cuMemRelease"), 2);
@@ -667,8 +667,8 @@ static void test_leftovers(void)
     CHECK_EQ_U64(fake.fakecuda_calls("cuMemFree_v2"), 1);
     /* The double has its whole capacity again. */
     d = make_dev();
-    CHECK_OK(fl_dev_create(d, fl_device_capacity(d), &h));
-    CHECK_OK(fl_dev_release(d, h));
+    CHECK_OK(fli_dev_create(d, fl_device_capacity(d), &h));
+    CHECK_OK(fli_dev_release(d, h));
     fl_device_destroy(d);
 }
 
@@ -712,8 +712,8 @@ static void run_policy(const char *name, uint64_t seed)
     fl_config_default(&cfg);
     cfg.publish = 0; /* children end with _exit: no file left in /dev/shm */
     snprintf(cfg.policy, sizeof cfg.policy, "%s", name);
-    fl_policy *p = NULL;
-    CHECK_OK(fl_policy_create(&cfg, d, &p));
+    fli_policy *p = NULL;
+    CHECK_OK(fli_policy_create(&cfg, d, &p));
     if (!p) {
         fl_device_destroy(d);
         return;
@@ -783,7 +783,7 @@ typedef struct blocks {
     int n;
 } blocks;
 
-static int alloc_filled(fl_policy *p, blocks *b, uint64_t size, uint64_t stream, uint64_t id)
+static int alloc_filled(fli_policy *p, blocks *b, uint64_t size, uint64_t stream, uint64_t id)
 {
     uint64_t addr = 0;
     fl_status s = p->ops->alloc(p, size, stream, &addr);
@@ -818,8 +818,8 @@ static void test_data_integrity(void)
     fl_config cfg;
     fl_config_default(&cfg);
     cfg.publish = 0; /* children end with _exit: no file left in /dev/shm */
-    fl_policy *p = NULL;
-    CHECK_OK(fl_policy_create(&cfg, d, &p));
+    fli_policy *p = NULL;
+    CHECK_OK(fli_policy_create(&cfg, d, &p));
     if (!p) {
         fl_device_destroy(d);
         return;

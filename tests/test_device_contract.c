@@ -1,6 +1,6 @@
 /* The device contract: the rules every device keeps (docs/ARCHITECTURE.md, "Devices";
  * FACTS.md, "Real-GPU contracts"), checked the same way on the sim device and on the cuda
- * device over the CUDA driver double (tests/fakecuda), through the fl_dev_* wrappers every
+ * device over the CUDA driver double (tests/fakecuda), through the fli_dev_* wrappers every
  * policy uses. Each rule is tested here, once per device; what belongs to one device only
  * is in test_sim (cost model, charges), test_cuda_device (context, driver errors, data)
  * and test_fakecuda (the double's own driver API).
@@ -118,7 +118,7 @@ static const backend cuda_backend = {"cuda", cuda_make, cuda_physical};
     do {                                                                                \
         const char *m_ = (mention);                                                     \
         fl_device_counters cb_ = counters(d);                                           \
-        fl_clear_error();                                                               \
+        fli_clear_error();                                                               \
         CHECK_STATUS(expr, want);                                                       \
         CHECK(fl_last_error()[0] != 0);                                                 \
         if (m_)                                                                         \
@@ -141,7 +141,7 @@ static void test_creation(void)
 {
     fl_device *d = B->make(64 * MiB, 1);
     CHECK_EQ_U64(fl_device_capacity(d), 64 * MiB);
-    CHECK(fl_is_pow2(fl_device_granularity(d)) && fl_device_granularity(d) >= 4096);
+    CHECK(fli_is_pow2(fl_device_granularity(d)) && fl_device_granularity(d) >= 4096);
     CHECK(d->vmm_supported == 1);
     fl_device_counters c = counters(d), zero;
     memset(&zero, 0, sizeof zero);
@@ -159,31 +159,31 @@ static void test_vmm_path(void)
     const uint64_t G = fl_device_granularity(d);
     uint64_t va = 0, h1 = 0, h2 = 0;
 
-    CHECK_OK(fl_dev_reserve(d, 8 * G, &va));
+    CHECK_OK(fli_dev_reserve(d, 8 * G, &va));
     CHECK(va != 0 && va % G == 0);
     CHECK_MEMORY(d, 0); /* address space is not memory */
 
-    CHECK_OK(fl_dev_create(d, G, &h1));
-    CHECK_OK(fl_dev_create(d, 2 * G, &h2));
+    CHECK_OK(fli_dev_create(d, G, &h1));
+    CHECK_OK(fli_dev_create(d, 2 * G, &h2));
     CHECK(h1 != 0 && h2 != 0 && h1 != h2);
     CHECK_MEMORY(d, 3 * G);
     CHECK_EQ_U64(counters(d).peak_in_use, 3 * G);
 
-    CHECK_OK(fl_dev_map(d, va, G, h1));
-    CHECK_OK(fl_dev_map(d, va + G, 2 * G, h2));
+    CHECK_OK(fli_dev_map(d, va, G, h1));
+    CHECK_OK(fli_dev_map(d, va + G, 2 * G, h2));
     CHECK_MEMORY(d, 3 * G); /* mapping takes no more memory */
-    CHECK_OK(fl_dev_set_access(d, va, 3 * G));     /* across both mappings */
-    CHECK_OK(fl_dev_set_access(d, va + G, G));     /* part of one mapping */
-    CHECK_OK(fl_dev_synchronize(d));
+    CHECK_OK(fli_dev_set_access(d, va, 3 * G));     /* across both mappings */
+    CHECK_OK(fli_dev_set_access(d, va + G, G));     /* part of one mapping */
+    CHECK_OK(fli_dev_synchronize(d));
 
     /* Two adjacent whole mappings go in one unmap. */
-    CHECK_OK(fl_dev_unmap(d, va, 3 * G));
+    CHECK_OK(fli_dev_unmap(d, va, 3 * G));
     CHECK_MEMORY(d, 3 * G); /* handles still live */
-    CHECK_OK(fl_dev_release(d, h1));
+    CHECK_OK(fli_dev_release(d, h1));
     CHECK_MEMORY(d, 2 * G);
-    CHECK_OK(fl_dev_release(d, h2));
+    CHECK_OK(fli_dev_release(d, h2));
     CHECK_MEMORY(d, 0);
-    CHECK_OK(fl_dev_addr_free(d, va, 8 * G));
+    CHECK_OK(fli_dev_addr_free(d, va, 8 * G));
 
     /* Per kind, in fl_call order: mem_alloc, mem_free, reserve, addr_free, create,
      * release, map, unmap, set_access, sync. */
@@ -200,13 +200,13 @@ static void test_vmm_path(void)
     /* The freed reservation's space can be reserved again and used the same way, up to
      * its last page. */
     uint64_t va2, h3;
-    CHECK_OK(fl_dev_reserve(d, 8 * G, &va2));
-    CHECK_OK(fl_dev_create(d, G, &h3));
-    CHECK_OK(fl_dev_map(d, va2 + 7 * G, G, h3));
-    CHECK_OK(fl_dev_set_access(d, va2 + 7 * G, G));
-    CHECK_OK(fl_dev_unmap(d, va2 + 7 * G, G));
-    CHECK_OK(fl_dev_release(d, h3));
-    CHECK_OK(fl_dev_addr_free(d, va2, 8 * G));
+    CHECK_OK(fli_dev_reserve(d, 8 * G, &va2));
+    CHECK_OK(fli_dev_create(d, G, &h3));
+    CHECK_OK(fli_dev_map(d, va2 + 7 * G, G, h3));
+    CHECK_OK(fli_dev_set_access(d, va2 + 7 * G, G));
+    CHECK_OK(fli_dev_unmap(d, va2 + 7 * G, G));
+    CHECK_OK(fli_dev_release(d, h3));
+    CHECK_OK(fli_dev_addr_free(d, va2, 8 * G));
     CHECK_MEMORY(d, 0);
     CHECK_BALANCE(d);
     fl_device_destroy(d);
@@ -219,40 +219,40 @@ static void test_memory_freed(void)
     fl_device *d = B->make(256 * MiB, 1);
     const uint64_t G = fl_device_granularity(d);
     uint64_t va, h, h2, h3;
-    CHECK_OK(fl_dev_reserve(d, 4 * G, &va));
+    CHECK_OK(fli_dev_reserve(d, 4 * G, &va));
 
     /* Released while mapped: the memory stays, usable, until the last mapping goes. */
-    CHECK_OK(fl_dev_create(d, G, &h));
-    CHECK_OK(fl_dev_map(d, va, G, h));
-    CHECK_OK(fl_dev_release(d, h));
+    CHECK_OK(fli_dev_create(d, G, &h));
+    CHECK_OK(fli_dev_map(d, va, G, h));
+    CHECK_OK(fli_dev_release(d, h));
     CHECK_MEMORY(d, G);
-    CHECK_OK(fl_dev_set_access(d, va, G));
+    CHECK_OK(fli_dev_set_access(d, va, G));
     /* A released handle cannot be mapped again, nor released again. */
-    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fl_dev_map(d, va + G, G, h));
-    EXPECT_REFUSED(d, FL_CALL_RELEASE, FL_ERR_INVALID, NULL, fl_dev_release(d, h));
-    CHECK_OK(fl_dev_unmap(d, va, G));
+    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fli_dev_map(d, va + G, G, h));
+    EXPECT_REFUSED(d, FL_CALL_RELEASE, FL_ERR_INVALID, NULL, fli_dev_release(d, h));
+    CHECK_OK(fli_dev_unmap(d, va, G));
     CHECK_MEMORY(d, 0);
 
     /* One handle mapped twice: held until both mappings are gone. */
-    CHECK_OK(fl_dev_create(d, G, &h2));
-    CHECK_OK(fl_dev_map(d, va, G, h2));
-    CHECK_OK(fl_dev_map(d, va + 3 * G, G, h2));
-    CHECK_OK(fl_dev_release(d, h2));
+    CHECK_OK(fli_dev_create(d, G, &h2));
+    CHECK_OK(fli_dev_map(d, va, G, h2));
+    CHECK_OK(fli_dev_map(d, va + 3 * G, G, h2));
+    CHECK_OK(fli_dev_release(d, h2));
     CHECK_MEMORY(d, G);
-    CHECK_OK(fl_dev_unmap(d, va + 3 * G, G));
+    CHECK_OK(fli_dev_unmap(d, va + 3 * G, G));
     CHECK_MEMORY(d, G);
-    CHECK_OK(fl_dev_unmap(d, va, G));
+    CHECK_OK(fli_dev_unmap(d, va, G));
     CHECK_MEMORY(d, 0);
 
     /* Unmapped first, released last. */
-    CHECK_OK(fl_dev_create(d, 2 * G, &h3));
-    CHECK_OK(fl_dev_map(d, va + G, 2 * G, h3));
-    CHECK_OK(fl_dev_unmap(d, va + G, 2 * G));
+    CHECK_OK(fli_dev_create(d, 2 * G, &h3));
+    CHECK_OK(fli_dev_map(d, va + G, 2 * G, h3));
+    CHECK_OK(fli_dev_unmap(d, va + G, 2 * G));
     CHECK_MEMORY(d, 2 * G);
-    CHECK_OK(fl_dev_release(d, h3));
+    CHECK_OK(fli_dev_release(d, h3));
     CHECK_MEMORY(d, 0);
 
-    CHECK_OK(fl_dev_addr_free(d, va, 4 * G));
+    CHECK_OK(fli_dev_addr_free(d, va, 4 * G));
     CHECK_EQ_U64(counters(d).peak_in_use, 2 * G);
     CHECK_BALANCE(d);
     fl_device_destroy(d);
@@ -269,88 +269,88 @@ static void test_rules(void)
     fl_device *d = B->make(256 * MiB, 1);
     const uint64_t G = fl_device_granularity(d);
     uint64_t va, other, gone, h1, h2, h4, hx;
-    CHECK_OK(fl_dev_reserve(d, 8 * G, &va));
-    CHECK_OK(fl_dev_reserve(d, 8 * G, &other));
-    CHECK_OK(fl_dev_reserve(d, 8 * G, &gone));
-    CHECK_OK(fl_dev_addr_free(d, gone, 8 * G)); /* address space nobody holds */
-    CHECK_OK(fl_dev_create(d, G, &h1));
-    CHECK_OK(fl_dev_create(d, 2 * G, &h2));
-    CHECK_OK(fl_dev_create(d, G, &hx));
-    CHECK_OK(fl_dev_create(d, 4 * G, &h4));
+    CHECK_OK(fli_dev_reserve(d, 8 * G, &va));
+    CHECK_OK(fli_dev_reserve(d, 8 * G, &other));
+    CHECK_OK(fli_dev_reserve(d, 8 * G, &gone));
+    CHECK_OK(fli_dev_addr_free(d, gone, 8 * G)); /* address space nobody holds */
+    CHECK_OK(fli_dev_create(d, G, &h1));
+    CHECK_OK(fli_dev_create(d, 2 * G, &h2));
+    CHECK_OK(fli_dev_create(d, G, &hx));
+    CHECK_OK(fli_dev_create(d, 4 * G, &h4));
 
     /* Sizes and addresses off the granularity, for every call that takes them. */
-    EXPECT_REFUSED(d, FL_CALL_RESERVE, FL_ERR_INVALID, NULL, fl_dev_reserve(d, G + 512, &other));
-    EXPECT_REFUSED(d, FL_CALL_RESERVE, FL_ERR_INVALID, NULL, fl_dev_reserve(d, 0, &other));
-    EXPECT_REFUSED(d, FL_CALL_CREATE, FL_ERR_INVALID, NULL, fl_dev_create(d, G / 2, &hx));
-    EXPECT_REFUSED(d, FL_CALL_CREATE, FL_ERR_INVALID, NULL, fl_dev_create(d, 0, &hx));
-    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, fl_test_hex(va + 4096), fl_dev_map(d, va + 4096, G, h1));
-    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fl_dev_map(d, va, G + 4096, h1));
-    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fl_dev_map(d, va, 0, h1));
-    CHECK_OK(fl_dev_map(d, va, G, h1));
-    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, NULL, fl_dev_unmap(d, va + 512, G));
-    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, NULL, fl_dev_unmap(d, va, G - 512));
-    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, NULL, fl_dev_unmap(d, va, 0));
-    EXPECT_REFUSED(d, FL_CALL_SET_ACCESS, FL_ERR_INVALID, NULL, fl_dev_set_access(d, va + 512, G));
-    EXPECT_REFUSED(d, FL_CALL_SET_ACCESS, FL_ERR_INVALID, NULL, fl_dev_set_access(d, va, 512));
+    EXPECT_REFUSED(d, FL_CALL_RESERVE, FL_ERR_INVALID, NULL, fli_dev_reserve(d, G + 512, &other));
+    EXPECT_REFUSED(d, FL_CALL_RESERVE, FL_ERR_INVALID, NULL, fli_dev_reserve(d, 0, &other));
+    EXPECT_REFUSED(d, FL_CALL_CREATE, FL_ERR_INVALID, NULL, fli_dev_create(d, G / 2, &hx));
+    EXPECT_REFUSED(d, FL_CALL_CREATE, FL_ERR_INVALID, NULL, fli_dev_create(d, 0, &hx));
+    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, fl_test_hex(va + 4096), fli_dev_map(d, va + 4096, G, h1));
+    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fli_dev_map(d, va, G + 4096, h1));
+    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fli_dev_map(d, va, 0, h1));
+    CHECK_OK(fli_dev_map(d, va, G, h1));
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, NULL, fli_dev_unmap(d, va + 512, G));
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, NULL, fli_dev_unmap(d, va, G - 512));
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, NULL, fli_dev_unmap(d, va, 0));
+    EXPECT_REFUSED(d, FL_CALL_SET_ACCESS, FL_ERR_INVALID, NULL, fli_dev_set_access(d, va + 512, G));
+    EXPECT_REFUSED(d, FL_CALL_SET_ACCESS, FL_ERR_INVALID, NULL, fli_dev_set_access(d, va, 512));
 
     /* Maps inside one reservation: not where nothing is reserved, not past the end. */
-    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fl_dev_map(d, gone, G, hx));
-    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fl_dev_map(d, va + 7 * G, 2 * G, h2));
+    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fli_dev_map(d, gone, G, hx));
+    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fli_dev_map(d, va + 7 * G, 2 * G, h2));
     /* Not over a mapping (h1 is at va), also when only the tail overlaps. */
-    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, fl_test_hex(va), fl_dev_map(d, va, G, hx));
-    CHECK_OK(fl_dev_map(d, va + 2 * G, G, hx));
-    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fl_dev_map(d, va + G, 2 * G, h2));
+    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, fl_test_hex(va), fli_dev_map(d, va, G, hx));
+    CHECK_OK(fli_dev_map(d, va + 2 * G, G, hx));
+    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fli_dev_map(d, va + G, 2 * G, h2));
     /* The whole of a live handle: not another size, not an unknown handle, not 0. */
-    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fl_dev_map(d, va + 4 * G, G, h2));
-    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fl_dev_map(d, va + 4 * G, 2 * G, h1));
-    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fl_dev_map(d, va + 4 * G, G, 9999));
-    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fl_dev_map(d, va + 4 * G, G, 0));
+    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fli_dev_map(d, va + 4 * G, G, h2));
+    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fli_dev_map(d, va + 4 * G, 2 * G, h1));
+    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fli_dev_map(d, va + 4 * G, G, 9999));
+    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fli_dev_map(d, va + 4 * G, G, 0));
 
     /* Whole mappings only: h4 (4 pages) at va+4, unmapped in part. */
-    CHECK_OK(fl_dev_map(d, va + 4 * G, 4 * G, h4));
-    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, NULL, fl_dev_unmap(d, va + 4 * G, G));
-    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, NULL, fl_dev_unmap(d, va + 4 * G, 3 * G));
-    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, fl_test_hex(va + 5 * G), fl_dev_unmap(d, va + 5 * G, 3 * G));
-    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, fl_test_hex(va + 6 * G), fl_dev_unmap(d, va + 6 * G, G));
+    CHECK_OK(fli_dev_map(d, va + 4 * G, 4 * G, h4));
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, NULL, fli_dev_unmap(d, va + 4 * G, G));
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, NULL, fli_dev_unmap(d, va + 4 * G, 3 * G));
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, fl_test_hex(va + 5 * G), fli_dev_unmap(d, va + 5 * G, 3 * G));
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, fl_test_hex(va + 6 * G), fli_dev_unmap(d, va + 6 * G, G));
     /* Unmapped memory: a hole alone, a hole after a whole mapping, past the reservation,
      * another reservation. */
-    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, fl_test_hex(va + G), fl_dev_unmap(d, va + G, G));
-    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, fl_test_hex(va + G), fl_dev_unmap(d, va, 2 * G));
-    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, NULL, fl_dev_unmap(d, va + 4 * G, 5 * G));
-    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, NULL, fl_dev_unmap(d, other, G));
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, fl_test_hex(va + G), fli_dev_unmap(d, va + G, G));
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, fl_test_hex(va + G), fli_dev_unmap(d, va, 2 * G));
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, NULL, fli_dev_unmap(d, va + 4 * G, 5 * G));
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, NULL, fli_dev_unmap(d, other, G));
     /* set_access needs every page mapped. */
-    EXPECT_REFUSED(d, FL_CALL_SET_ACCESS, FL_ERR_INVALID, fl_test_hex(va + G), fl_dev_set_access(d, va + G, G));
-    EXPECT_REFUSED(d, FL_CALL_SET_ACCESS, FL_ERR_INVALID, NULL, fl_dev_set_access(d, va, 3 * G));
-    EXPECT_REFUSED(d, FL_CALL_SET_ACCESS, FL_ERR_INVALID, NULL, fl_dev_set_access(d, other, G));
-    CHECK_OK(fl_dev_set_access(d, va + 4 * G, 4 * G)); /* h4, whole */
+    EXPECT_REFUSED(d, FL_CALL_SET_ACCESS, FL_ERR_INVALID, fl_test_hex(va + G), fli_dev_set_access(d, va + G, G));
+    EXPECT_REFUSED(d, FL_CALL_SET_ACCESS, FL_ERR_INVALID, NULL, fli_dev_set_access(d, va, 3 * G));
+    EXPECT_REFUSED(d, FL_CALL_SET_ACCESS, FL_ERR_INVALID, NULL, fli_dev_set_access(d, other, G));
+    CHECK_OK(fli_dev_set_access(d, va + 4 * G, 4 * G)); /* h4, whole */
     /* addr_free of a reservation still mapped, of a part of one, of the wrong size, of
      * nothing. */
-    EXPECT_REFUSED(d, FL_CALL_ADDR_FREE, FL_ERR_INVALID, "still mapped", fl_dev_addr_free(d, va, 8 * G));
-    EXPECT_REFUSED(d, FL_CALL_ADDR_FREE, FL_ERR_INVALID, NULL, fl_dev_addr_free(d, other + G, 7 * G));
-    EXPECT_REFUSED(d, FL_CALL_ADDR_FREE, FL_ERR_INVALID, NULL, fl_dev_addr_free(d, other, 4 * G));
-    EXPECT_REFUSED(d, FL_CALL_ADDR_FREE, FL_ERR_INVALID, NULL, fl_dev_addr_free(d, 0, G));
-    EXPECT_REFUSED(d, FL_CALL_ADDR_FREE, FL_ERR_INVALID, NULL, fl_dev_addr_free(d, gone, 8 * G));
+    EXPECT_REFUSED(d, FL_CALL_ADDR_FREE, FL_ERR_INVALID, "still mapped", fli_dev_addr_free(d, va, 8 * G));
+    EXPECT_REFUSED(d, FL_CALL_ADDR_FREE, FL_ERR_INVALID, NULL, fli_dev_addr_free(d, other + G, 7 * G));
+    EXPECT_REFUSED(d, FL_CALL_ADDR_FREE, FL_ERR_INVALID, NULL, fli_dev_addr_free(d, other, 4 * G));
+    EXPECT_REFUSED(d, FL_CALL_ADDR_FREE, FL_ERR_INVALID, NULL, fli_dev_addr_free(d, 0, G));
+    EXPECT_REFUSED(d, FL_CALL_ADDR_FREE, FL_ERR_INVALID, NULL, fli_dev_addr_free(d, gone, 8 * G));
 
     /* The refusals changed nothing: every mapping is whole and unmaps as it should. */
-    CHECK_OK(fl_dev_unmap(d, va + 4 * G, 4 * G));
+    CHECK_OK(fli_dev_unmap(d, va + 4 * G, 4 * G));
     /* Two adjacent whole mappings in one call: hx at va+2, h4 moved to va+3..6. */
-    CHECK_OK(fl_dev_map(d, va + 3 * G, 4 * G, h4));
-    CHECK_OK(fl_dev_unmap(d, va + 2 * G, 5 * G));
-    CHECK_OK(fl_dev_unmap(d, va, G));
-    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, fl_test_hex(va), fl_dev_unmap(d, va, G)); /* again */
+    CHECK_OK(fli_dev_map(d, va + 3 * G, 4 * G, h4));
+    CHECK_OK(fli_dev_unmap(d, va + 2 * G, 5 * G));
+    CHECK_OK(fli_dev_unmap(d, va, G));
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, fl_test_hex(va), fli_dev_unmap(d, va, G)); /* again */
 
     /* Release twice; handles never created. */
-    CHECK_OK(fl_dev_release(d, h1));
-    EXPECT_REFUSED(d, FL_CALL_RELEASE, FL_ERR_INVALID, NULL, fl_dev_release(d, h1));
-    EXPECT_REFUSED(d, FL_CALL_RELEASE, FL_ERR_INVALID, NULL, fl_dev_release(d, 0));
-    EXPECT_REFUSED(d, FL_CALL_RELEASE, FL_ERR_INVALID, NULL, fl_dev_release(d, 12345));
-    CHECK_OK(fl_dev_release(d, h2));
-    CHECK_OK(fl_dev_release(d, hx));
-    CHECK_OK(fl_dev_release(d, h4));
+    CHECK_OK(fli_dev_release(d, h1));
+    EXPECT_REFUSED(d, FL_CALL_RELEASE, FL_ERR_INVALID, NULL, fli_dev_release(d, h1));
+    EXPECT_REFUSED(d, FL_CALL_RELEASE, FL_ERR_INVALID, NULL, fli_dev_release(d, 0));
+    EXPECT_REFUSED(d, FL_CALL_RELEASE, FL_ERR_INVALID, NULL, fli_dev_release(d, 12345));
+    CHECK_OK(fli_dev_release(d, h2));
+    CHECK_OK(fli_dev_release(d, hx));
+    CHECK_OK(fli_dev_release(d, h4));
     CHECK_MEMORY(d, 0);
-    CHECK_OK(fl_dev_addr_free(d, va, 8 * G));
-    CHECK_OK(fl_dev_addr_free(d, other, 8 * G));
-    EXPECT_REFUSED(d, FL_CALL_ADDR_FREE, FL_ERR_INVALID, NULL, fl_dev_addr_free(d, va, 8 * G)); /* twice */
+    CHECK_OK(fli_dev_addr_free(d, va, 8 * G));
+    CHECK_OK(fli_dev_addr_free(d, other, 8 * G));
+    EXPECT_REFUSED(d, FL_CALL_ADDR_FREE, FL_ERR_INVALID, NULL, fli_dev_addr_free(d, va, 8 * G)); /* twice */
     CHECK_BALANCE(d);
     fl_device_destroy(d);
 }
@@ -361,17 +361,17 @@ static void test_wrapping_ranges(void)
     fl_device *d = B->make(256 * MiB, 1);
     const uint64_t G = fl_device_granularity(d);
     uint64_t va, h;
-    CHECK_OK(fl_dev_reserve(d, 8 * G, &va));
-    CHECK_OK(fl_dev_create(d, G, &h));
-    CHECK_OK(fl_dev_map(d, va, G, h));
-    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, NULL, fl_dev_unmap(d, va, 0 - va));
-    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, NULL, fl_dev_unmap(d, va + 4 * G, 0 - va));
-    EXPECT_REFUSED(d, FL_CALL_SET_ACCESS, FL_ERR_INVALID, NULL, fl_dev_set_access(d, va, 0 - va));
-    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fl_dev_map(d, va + 3 * G, 0 - va, h));
-    EXPECT_REFUSED(d, FL_CALL_ADDR_FREE, FL_ERR_INVALID, NULL, fl_dev_addr_free(d, va, 0 - va));
-    CHECK_OK(fl_dev_unmap(d, va, G)); /* the real mapping is intact */
-    CHECK_OK(fl_dev_release(d, h));
-    CHECK_OK(fl_dev_addr_free(d, va, 8 * G));
+    CHECK_OK(fli_dev_reserve(d, 8 * G, &va));
+    CHECK_OK(fli_dev_create(d, G, &h));
+    CHECK_OK(fli_dev_map(d, va, G, h));
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, NULL, fli_dev_unmap(d, va, 0 - va));
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_INVALID, NULL, fli_dev_unmap(d, va + 4 * G, 0 - va));
+    EXPECT_REFUSED(d, FL_CALL_SET_ACCESS, FL_ERR_INVALID, NULL, fli_dev_set_access(d, va, 0 - va));
+    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_INVALID, NULL, fli_dev_map(d, va + 3 * G, 0 - va, h));
+    EXPECT_REFUSED(d, FL_CALL_ADDR_FREE, FL_ERR_INVALID, NULL, fli_dev_addr_free(d, va, 0 - va));
+    CHECK_OK(fli_dev_unmap(d, va, G)); /* the real mapping is intact */
+    CHECK_OK(fli_dev_release(d, h));
+    CHECK_OK(fli_dev_addr_free(d, va, 8 * G));
     CHECK_MEMORY(d, 0);
     fl_device_destroy(d);
 }
@@ -384,27 +384,27 @@ static void test_capacity(void)
     fl_device *d = B->make(cap, 1);
     const uint64_t G = fl_device_granularity(d);
     uint64_t h1, h2, h3, a;
-    CHECK_OK(fl_dev_create(d, cap - 2 * G, &h1));
-    EXPECT_REFUSED(d, FL_CALL_CREATE, FL_ERR_OOM, NULL, fl_dev_create(d, 3 * G, &h2));
-    EXPECT_REFUSED(d, FL_CALL_MEM_ALLOC, FL_ERR_OOM, NULL, fl_dev_mem_alloc(d, 2 * G + 1, &a));
-    EXPECT_REFUSED(d, FL_CALL_MEM_ALLOC, FL_ERR_OOM, NULL, fl_dev_mem_alloc(d, UINT64_MAX / 2, &a));
+    CHECK_OK(fli_dev_create(d, cap - 2 * G, &h1));
+    EXPECT_REFUSED(d, FL_CALL_CREATE, FL_ERR_OOM, NULL, fli_dev_create(d, 3 * G, &h2));
+    EXPECT_REFUSED(d, FL_CALL_MEM_ALLOC, FL_ERR_OOM, NULL, fli_dev_mem_alloc(d, 2 * G + 1, &a));
+    EXPECT_REFUSED(d, FL_CALL_MEM_ALLOC, FL_ERR_OOM, NULL, fli_dev_mem_alloc(d, UINT64_MAX / 2, &a));
     /* Sizes whose rounding would wrap past 2^64 are still too big, not malformed. */
-    EXPECT_REFUSED(d, FL_CALL_MEM_ALLOC, FL_ERR_OOM, NULL, fl_dev_mem_alloc(d, UINT64_MAX, &a));
-    EXPECT_REFUSED(d, FL_CALL_MEM_ALLOC, FL_ERR_OOM, NULL, fl_dev_mem_alloc(d, UINT64_MAX - G + 2, &a));
-    EXPECT_REFUSED(d, FL_CALL_CREATE, FL_ERR_OOM, NULL, fl_dev_create(d, UINT64_MAX - G + 1, &h2));
-    CHECK_OK(fl_dev_create(d, G, &h2));
-    CHECK_OK(fl_dev_create(d, G, &h3)); /* exactly full */
+    EXPECT_REFUSED(d, FL_CALL_MEM_ALLOC, FL_ERR_OOM, NULL, fli_dev_mem_alloc(d, UINT64_MAX, &a));
+    EXPECT_REFUSED(d, FL_CALL_MEM_ALLOC, FL_ERR_OOM, NULL, fli_dev_mem_alloc(d, UINT64_MAX - G + 2, &a));
+    EXPECT_REFUSED(d, FL_CALL_CREATE, FL_ERR_OOM, NULL, fli_dev_create(d, UINT64_MAX - G + 1, &h2));
+    CHECK_OK(fli_dev_create(d, G, &h2));
+    CHECK_OK(fli_dev_create(d, G, &h3)); /* exactly full */
     CHECK_MEMORY(d, cap);
-    EXPECT_REFUSED(d, FL_CALL_MEM_ALLOC, FL_ERR_OOM, NULL, fl_dev_mem_alloc(d, 1, &a));
-    EXPECT_REFUSED(d, FL_CALL_CREATE, FL_ERR_OOM, NULL, fl_dev_create(d, G, &a));
+    EXPECT_REFUSED(d, FL_CALL_MEM_ALLOC, FL_ERR_OOM, NULL, fli_dev_mem_alloc(d, 1, &a));
+    EXPECT_REFUSED(d, FL_CALL_CREATE, FL_ERR_OOM, NULL, fli_dev_create(d, G, &a));
     CHECK_EQ_U64(counters(d).peak_in_use, cap);
-    CHECK_OK(fl_dev_release(d, h2));
-    CHECK_OK(fl_dev_mem_alloc(d, G, &a)); /* released memory is there again, for either path */
-    CHECK_OK(fl_dev_mem_free(d, a));
-    CHECK_OK(fl_dev_create(d, G, &h2));
-    CHECK_OK(fl_dev_release(d, h1));
-    CHECK_OK(fl_dev_release(d, h2));
-    CHECK_OK(fl_dev_release(d, h3));
+    CHECK_OK(fli_dev_release(d, h2));
+    CHECK_OK(fli_dev_mem_alloc(d, G, &a)); /* released memory is there again, for either path */
+    CHECK_OK(fli_dev_mem_free(d, a));
+    CHECK_OK(fli_dev_create(d, G, &h2));
+    CHECK_OK(fli_dev_release(d, h1));
+    CHECK_OK(fli_dev_release(d, h2));
+    CHECK_OK(fli_dev_release(d, h3));
     CHECK_MEMORY(d, 0);
     CHECK_EQ_U64(counters(d).failed_calls, 8);
     CHECK_BALANCE(d);
@@ -420,15 +420,15 @@ static void test_mem_alloc_path(void)
     uint64_t a, b, va, h;
 
     /* Both paths share one count of memory in use; the peak is the max of the sum. */
-    CHECK_OK(fl_dev_mem_alloc(d, 3 * MiB, &a));
+    CHECK_OK(fli_dev_mem_alloc(d, 3 * MiB, &a));
     uint64_t with_a = in_use(d);
-    CHECK_OK(fl_dev_create(d, 2 * G, &h));
+    CHECK_OK(fli_dev_create(d, 2 * G, &h));
     CHECK_EQ_U64(in_use(d), with_a + 2 * G);
-    CHECK_OK(fl_dev_mem_free(d, a));
+    CHECK_OK(fli_dev_mem_free(d, a));
     CHECK_EQ_U64(in_use(d), 2 * G);
-    CHECK_OK(fl_dev_mem_alloc(d, 512, &b));
-    CHECK_OK(fl_dev_release(d, h));
-    CHECK_OK(fl_dev_mem_free(d, b));
+    CHECK_OK(fli_dev_mem_alloc(d, 512, &b));
+    CHECK_OK(fli_dev_release(d, h));
+    CHECK_OK(fli_dev_mem_free(d, b));
     CHECK_MEMORY(d, 0);
     CHECK_EQ_U64(counters(d).peak_in_use, with_a + 2 * G);
 
@@ -439,15 +439,15 @@ static void test_mem_alloc_path(void)
      * and gives back exactly what it took. */
     for (int i = 0; i < N; i++) {
         fl_device_counters cb = counters(d);
-        CHECK_OK(fl_dev_mem_alloc(d, sizes[i], &addr[i]));
+        CHECK_OK(fli_dev_mem_alloc(d, sizes[i], &addr[i]));
         charge[i] = in_use(d) - cb.in_use;
         CHECK(addr[i] != 0 && addr[i] % 512 == 0);
-        CHECK(charge[i] >= fl_align_up(sizes[i], 512) && charge[i] <= fl_align_up(sizes[i], G));
+        CHECK(charge[i] >= fli_align_up(sizes[i], 512) && charge[i] <= fli_align_up(sizes[i], G));
         CHECK_EQ_U64(counters(d).bytes_obtained - cb.bytes_obtained, charge[i]);
     }
     for (int i = 0; i < N; i++) {
         fl_device_counters cb = counters(d);
-        CHECK_OK(fl_dev_mem_free(d, addr[i]));
+        CHECK_OK(fli_dev_mem_free(d, addr[i]));
         CHECK_EQ_U64(cb.in_use - in_use(d), charge[i]);
         CHECK_EQ_U64(counters(d).bytes_returned - cb.bytes_returned, charge[i]);
     }
@@ -455,21 +455,21 @@ static void test_mem_alloc_path(void)
     CHECK_EQ_U64(calls(d, FL_CALL_MEM_ALLOC), N + 2);
     CHECK_EQ_U64(calls(d, FL_CALL_MEM_FREE), N + 2);
 
-    EXPECT_REFUSED(d, FL_CALL_MEM_ALLOC, FL_ERR_INVALID, NULL, fl_dev_mem_alloc(d, 0, &a));
+    EXPECT_REFUSED(d, FL_CALL_MEM_ALLOC, FL_ERR_INVALID, NULL, fli_dev_mem_alloc(d, 0, &a));
     /* mem_free of an address inside a block, of one never returned, twice. */
-    CHECK_OK(fl_dev_mem_alloc(d, 4 * KiB, &a));
-    EXPECT_REFUSED(d, FL_CALL_MEM_FREE, FL_ERR_INVALID, fl_test_hex(a + 512), fl_dev_mem_free(d, a + 512));
-    EXPECT_REFUSED(d, FL_CALL_MEM_FREE, FL_ERR_INVALID, fl_test_hex(0x1234000), fl_dev_mem_free(d, 0x1234000));
-    CHECK_OK(fl_dev_mem_free(d, a));
-    EXPECT_REFUSED(d, FL_CALL_MEM_FREE, FL_ERR_INVALID, fl_test_hex(a), fl_dev_mem_free(d, a));
+    CHECK_OK(fli_dev_mem_alloc(d, 4 * KiB, &a));
+    EXPECT_REFUSED(d, FL_CALL_MEM_FREE, FL_ERR_INVALID, fl_test_hex(a + 512), fli_dev_mem_free(d, a + 512));
+    EXPECT_REFUSED(d, FL_CALL_MEM_FREE, FL_ERR_INVALID, fl_test_hex(0x1234000), fli_dev_mem_free(d, 0x1234000));
+    CHECK_OK(fli_dev_mem_free(d, a));
+    EXPECT_REFUSED(d, FL_CALL_MEM_FREE, FL_ERR_INVALID, fl_test_hex(a), fli_dev_mem_free(d, a));
     /* A reservation is not a mem_alloc allocation, nor is a block one to addr_free. */
-    CHECK_OK(fl_dev_reserve(d, G, &va));
-    EXPECT_REFUSED(d, FL_CALL_MEM_FREE, FL_ERR_INVALID, fl_test_hex(va), fl_dev_mem_free(d, va));
-    CHECK_OK(fl_dev_mem_alloc(d, G, &a));
-    EXPECT_REFUSED(d, FL_CALL_ADDR_FREE, FL_ERR_INVALID, NULL, fl_dev_addr_free(d, a, G));
+    CHECK_OK(fli_dev_reserve(d, G, &va));
+    EXPECT_REFUSED(d, FL_CALL_MEM_FREE, FL_ERR_INVALID, fl_test_hex(va), fli_dev_mem_free(d, va));
+    CHECK_OK(fli_dev_mem_alloc(d, G, &a));
+    EXPECT_REFUSED(d, FL_CALL_ADDR_FREE, FL_ERR_INVALID, NULL, fli_dev_addr_free(d, a, G));
 
-    CHECK_OK(fl_dev_mem_free(d, a));
-    CHECK_OK(fl_dev_addr_free(d, va, G));
+    CHECK_OK(fli_dev_mem_free(d, a));
+    CHECK_OK(fli_dev_addr_free(d, va, G));
     CHECK_MEMORY(d, 0);
     CHECK_BALANCE(d);
     fl_device_destroy(d);
@@ -483,15 +483,15 @@ static void test_no_vmm(void)
     const uint64_t G = fl_device_granularity(d);
     CHECK(d->vmm_supported == 0);
     uint64_t va, h, a;
-    EXPECT_REFUSED(d, FL_CALL_RESERVE, FL_ERR_UNSUPPORTED, NULL, fl_dev_reserve(d, G, &va));
-    EXPECT_REFUSED(d, FL_CALL_CREATE, FL_ERR_UNSUPPORTED, NULL, fl_dev_create(d, G, &h));
-    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_UNSUPPORTED, NULL, fl_dev_map(d, 64 * G, G, 1));
-    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_UNSUPPORTED, NULL, fl_dev_unmap(d, 64 * G, G));
-    EXPECT_REFUSED(d, FL_CALL_SET_ACCESS, FL_ERR_UNSUPPORTED, NULL, fl_dev_set_access(d, 64 * G, G));
-    CHECK_OK(fl_dev_mem_alloc(d, 5 * MiB, &a));
+    EXPECT_REFUSED(d, FL_CALL_RESERVE, FL_ERR_UNSUPPORTED, NULL, fli_dev_reserve(d, G, &va));
+    EXPECT_REFUSED(d, FL_CALL_CREATE, FL_ERR_UNSUPPORTED, NULL, fli_dev_create(d, G, &h));
+    EXPECT_REFUSED(d, FL_CALL_MAP, FL_ERR_UNSUPPORTED, NULL, fli_dev_map(d, 64 * G, G, 1));
+    EXPECT_REFUSED(d, FL_CALL_UNMAP, FL_ERR_UNSUPPORTED, NULL, fli_dev_unmap(d, 64 * G, G));
+    EXPECT_REFUSED(d, FL_CALL_SET_ACCESS, FL_ERR_UNSUPPORTED, NULL, fli_dev_set_access(d, 64 * G, G));
+    CHECK_OK(fli_dev_mem_alloc(d, 5 * MiB, &a));
     CHECK(in_use(d) >= 5 * MiB);
-    CHECK_OK(fl_dev_mem_free(d, a));
-    CHECK_OK(fl_dev_synchronize(d));
+    CHECK_OK(fli_dev_mem_free(d, a));
+    CHECK_OK(fli_dev_synchronize(d));
     CHECK_MEMORY(d, 0);
     fl_device_destroy(d);
 }
@@ -528,42 +528,42 @@ static void test_fault_injector(void)
     uint64_t va = 0, h = 0, a = 0, unused = 0;
 
     /* Every kind, in an order where each call is valid. */
-    INJECTED_ONCE(d, FL_CALL_MEM_ALLOC, a, fl_dev_mem_alloc(d, 4 * KiB, &a));
-    INJECTED_ONCE(d, FL_CALL_MEM_FREE, unused, fl_dev_mem_free(d, a));
-    INJECTED_ONCE(d, FL_CALL_RESERVE, va, fl_dev_reserve(d, 4 * G, &va));
-    INJECTED_ONCE(d, FL_CALL_CREATE, h, fl_dev_create(d, G, &h));
-    INJECTED_ONCE(d, FL_CALL_MAP, unused, fl_dev_map(d, va, G, h));
-    INJECTED_ONCE(d, FL_CALL_SET_ACCESS, unused, fl_dev_set_access(d, va, G));
-    INJECTED_ONCE(d, FL_CALL_SYNC, unused, fl_dev_synchronize(d));
-    INJECTED_ONCE(d, FL_CALL_UNMAP, unused, fl_dev_unmap(d, va, G));
-    INJECTED_ONCE(d, FL_CALL_RELEASE, unused, fl_dev_release(d, h));
-    INJECTED_ONCE(d, FL_CALL_ADDR_FREE, unused, fl_dev_addr_free(d, va, 4 * G));
+    INJECTED_ONCE(d, FL_CALL_MEM_ALLOC, a, fli_dev_mem_alloc(d, 4 * KiB, &a));
+    INJECTED_ONCE(d, FL_CALL_MEM_FREE, unused, fli_dev_mem_free(d, a));
+    INJECTED_ONCE(d, FL_CALL_RESERVE, va, fli_dev_reserve(d, 4 * G, &va));
+    INJECTED_ONCE(d, FL_CALL_CREATE, h, fli_dev_create(d, G, &h));
+    INJECTED_ONCE(d, FL_CALL_MAP, unused, fli_dev_map(d, va, G, h));
+    INJECTED_ONCE(d, FL_CALL_SET_ACCESS, unused, fli_dev_set_access(d, va, G));
+    INJECTED_ONCE(d, FL_CALL_SYNC, unused, fli_dev_synchronize(d));
+    INJECTED_ONCE(d, FL_CALL_UNMAP, unused, fli_dev_unmap(d, va, G));
+    INJECTED_ONCE(d, FL_CALL_RELEASE, unused, fli_dev_release(d, h));
+    INJECTED_ONCE(d, FL_CALL_ADDR_FREE, unused, fli_dev_addr_free(d, va, 4 * G));
     CHECK_MEMORY(d, 0);
 
     /* Numbers count every kind from the device's creation; the plan fires once. */
     fl_device_counters c = counters(d);
     uint64_t next = fl_device_total_calls(&c) + 1;
     CHECK_OK(fl_device_set_fault(d, next + 1, 0));
-    CHECK_OK(fl_dev_synchronize(d));
-    CHECK_STATUS(fl_dev_create(d, G, &h), FL_ERR_DEVICE);
-    CHECK_OK(fl_dev_create(d, G, &h));
-    CHECK_OK(fl_dev_release(d, h));
+    CHECK_OK(fli_dev_synchronize(d));
+    CHECK_STATUS(fli_dev_create(d, G, &h), FL_ERR_DEVICE);
+    CHECK_OK(fli_dev_create(d, G, &h));
+    CHECK_OK(fli_dev_release(d, h));
 
     /* Every call from N on fails, whatever its kind, until the plan is cleared. */
     c = counters(d);
     next = fl_device_total_calls(&c) + 1;
     CHECK_OK(fl_device_set_fault(d, 0, next + 1));
-    CHECK_OK(fl_dev_reserve(d, G, &va));
-    CHECK_STATUS(fl_dev_create(d, G, &h), FL_ERR_DEVICE);
+    CHECK_OK(fli_dev_reserve(d, G, &va));
+    CHECK_STATUS(fli_dev_create(d, G, &h), FL_ERR_DEVICE);
     char from[64];
     snprintf(from, sizeof from, "every call fails from %llu on", (unsigned long long)(next + 1));
     CHECK_MENTIONS(from);
-    CHECK_STATUS(fl_dev_synchronize(d), FL_ERR_DEVICE);
-    CHECK_STATUS(fl_dev_mem_alloc(d, 512, &a), FL_ERR_DEVICE);
-    CHECK_STATUS(fl_dev_addr_free(d, va, G), FL_ERR_DEVICE);
+    CHECK_STATUS(fli_dev_synchronize(d), FL_ERR_DEVICE);
+    CHECK_STATUS(fli_dev_mem_alloc(d, 512, &a), FL_ERR_DEVICE);
+    CHECK_STATUS(fli_dev_addr_free(d, va, G), FL_ERR_DEVICE);
     CHECK_EQ_U64(counters(d).failed_calls, c.failed_calls + 4);
     CHECK_OK(fl_device_set_fault(d, 0, 0));
-    CHECK_OK(fl_dev_addr_free(d, va, G));
+    CHECK_OK(fli_dev_addr_free(d, va, G));
 
     /* A plan that could never fire is refused, and so is no device. */
     c = counters(d);
@@ -571,7 +571,7 @@ static void test_fault_injector(void)
     CHECK_MENTIONS("was made already");
     CHECK_STATUS(fl_device_set_fault(d, 1, 0), FL_ERR_INVALID);
     CHECK_STATUS(fl_device_set_fault(NULL, 0, 0), FL_ERR_INVALID);
-    CHECK_OK(fl_dev_synchronize(d)); /* nothing armed */
+    CHECK_OK(fli_dev_synchronize(d)); /* nothing armed */
     CHECK_MEMORY(d, 0);
     CHECK_BALANCE(d);
     fl_device_destroy(d);
@@ -613,14 +613,14 @@ static void test_no_overlap(void)
                 fl_status st;
                 if (s.reserved) {
                     s.size = (1 + fl_rng_below(&rng, r == 0 ? 64 : 4)) * G;
-                    st = fl_dev_reserve(d, s.size, &s.addr);
+                    st = fli_dev_reserve(d, s.size, &s.addr);
                     CHECK(s.addr % G == 0);
                 } else {
                     uint64_t size = r == 0 ? 1 + fl_rng_below(&rng, 4 * KiB)
                                   : r == 1 ? 1 + fl_rng_below(&rng, G)
                                   : r == 2 ? 1 + fl_rng_below(&rng, 16 * MiB)
                                            : G / 2 + fl_rng_below(&rng, 2);
-                    st = fl_dev_mem_alloc(d, size, &s.addr);
+                    st = fli_dev_mem_alloc(d, size, &s.addr);
                     s.size = size;
                 }
                 CHECK_OK(st);
@@ -641,18 +641,18 @@ static void test_no_overlap(void)
             } else {
                 size_t i = (size_t)fl_rng_below(&rng, n);
                 if (v[i].reserved)
-                    CHECK_OK(fl_dev_addr_free(d, v[i].addr, v[i].size));
+                    CHECK_OK(fli_dev_addr_free(d, v[i].addr, v[i].size));
                 else
-                    CHECK_OK(fl_dev_mem_free(d, v[i].addr));
+                    CHECK_OK(fli_dev_mem_free(d, v[i].addr));
                 memmove(&v[i], &v[i + 1], (n - i - 1) * sizeof *v);
                 n--;
             }
         }
         for (size_t i = 0; i < n; i++) {
             if (v[i].reserved)
-                CHECK_OK(fl_dev_addr_free(d, v[i].addr, v[i].size));
+                CHECK_OK(fli_dev_addr_free(d, v[i].addr, v[i].size));
             else
-                CHECK_OK(fl_dev_mem_free(d, v[i].addr));
+                CHECK_OK(fli_dev_mem_free(d, v[i].addr));
         }
     }
     CHECK_MEMORY(d, 0);
@@ -712,7 +712,7 @@ static void vmm_model_run(fl_device *d, uint64_t seed)
     fl_rng rng = {seed};
     model m;
     memset(&m, 0, sizeof m);
-    CHECK_OK(fl_dev_reserve(d, NG * G, &m.va));
+    CHECK_OK(fli_dev_reserve(d, NG * G, &m.va));
     const int steps = 10000;
     int ok_maps = 0, ok_unmaps = 0;
     for (int step = 0; step < steps; step++) {
@@ -729,7 +729,7 @@ static void vmm_model_run(fl_device *d, uint64_t seed)
             if (h->id && !h->reclaimed)
                 continue; /* keep a slot until its memory is gone: the model needs it */
             uint64_t id;
-            got = fl_dev_create(d, (uint64_t)n * G, &id);
+            got = fli_dev_create(d, (uint64_t)n * G, &id);
             if (got == FL_OK)
                 *h = (model_handle){id, (uint64_t)n * G, 1, 0, 0};
         } else if (op == 1) {
@@ -737,7 +737,7 @@ static void vmm_model_run(fl_device *d, uint64_t seed)
             if (!h->id)
                 continue;
             want = h->live ? FL_OK : FL_ERR_INVALID;
-            got = fl_dev_release(d, h->id);
+            got = fli_dev_release(d, h->id);
             if (want == FL_OK) {
                 h->live = 0;
                 model_reclaim(&m, hi);
@@ -753,7 +753,7 @@ static void vmm_model_run(fl_device *d, uint64_t seed)
             for (int k = g; inside && k < g + gn; k++)
                 free_pages &= m.owner[k] == 0;
             want = (h->live && h->size == (uint64_t)gn * G && inside && free_pages) ? FL_OK : FL_ERR_INVALID;
-            got = fl_dev_map(d, m.va + (uint64_t)(int64_t)g * G, (uint64_t)gn * G, h->id);
+            got = fli_dev_map(d, m.va + (uint64_t)(int64_t)g * G, (uint64_t)gn * G, h->id);
             if (want == FL_OK) {
                 for (int k = g; k < g + gn; k++) {
                     m.owner[k] = hi + 1;
@@ -786,7 +786,7 @@ static void vmm_model_run(fl_device *d, uint64_t seed)
             if (ok && g + n < NG && m.owner[g + n] && !m.start[g + n])
                 ok = 0;
             want = ok ? FL_OK : FL_ERR_INVALID;
-            got = fl_dev_unmap(d, m.va + (uint64_t)(int64_t)g * G, (uint64_t)n * G);
+            got = fli_dev_unmap(d, m.va + (uint64_t)(int64_t)g * G, (uint64_t)n * G);
             if (ok) {
                 ok_unmaps++;
                 for (int k = g; k < g + n; k++) {
@@ -805,7 +805,7 @@ static void vmm_model_run(fl_device *d, uint64_t seed)
             for (int k = g; ok && k < g + n; k++)
                 ok = m.owner[k] != 0;
             want = ok ? FL_OK : FL_ERR_INVALID;
-            got = fl_dev_set_access(d, m.va + (uint64_t)(int64_t)g * G, (uint64_t)n * G);
+            got = fli_dev_set_access(d, m.va + (uint64_t)(int64_t)g * G, (uint64_t)n * G);
         }
         uint64_t model_bytes = model_in_use(&m);
         fl_test_checks += 2;
@@ -824,12 +824,12 @@ static void vmm_model_run(fl_device *d, uint64_t seed)
     /* Tear down through the rules too: every mapping whole, then the handles. */
     for (int k = 0; k < NG; k++)
         if (m.owner[k] && m.start[k])
-            CHECK_OK(fl_dev_unmap(d, m.va + (uint64_t)k * G, (uint64_t)mapping_len(&m, k) * G));
+            CHECK_OK(fli_dev_unmap(d, m.va + (uint64_t)k * G, (uint64_t)mapping_len(&m, k) * G));
     for (int i = 0; i < NH; i++)
         if (m.h[i].id && m.h[i].live)
-            CHECK_OK(fl_dev_release(d, m.h[i].id));
+            CHECK_OK(fli_dev_release(d, m.h[i].id));
     CHECK_MEMORY(d, 0);
-    CHECK_OK(fl_dev_addr_free(d, m.va, NG * G));
+    CHECK_OK(fli_dev_addr_free(d, m.va, NG * G));
 }
 
 static void test_vmm_model(void)

@@ -8,17 +8,17 @@
 
 #define MiB (UINT64_C(1) << 20)
 
-static void push(fl_trace *t, int kind, uint64_t ptr, uint64_t size)
+static void push(fli_trace *t, int kind, uint64_t ptr, uint64_t size)
 {
-    fl_event e = {0};
+    fli_event e = {0};
     e.kind = (uint8_t)kind;
     e.ptr = ptr;
     e.size = size;
     e.line = (uint32_t)t->n + 2;
-    CHECK_OK(fl_trace_push(t, &e));
+    CHECK_OK(fli_trace_push(t, &e));
 }
 
-static void ran_cca(fl_replay_opts *o)
+static void ran_cca(fli_replay_opts *o)
 {
     memset(o, 0, sizeof *o);
     fl_config_default(&o->cfg);
@@ -30,10 +30,10 @@ static void ran_cca(fl_replay_opts *o)
  * first block of every segment leaves 55 MiB free in pieces of at most 9 MiB, and no
  * segment entirely free. A 30 MiB request then fails at 100 MiB although live (45 MiB)
  * plus asked (30 MiB) fits: fragmentation. With nothing freed: exhaustion. */
-static fl_prepared *build(int free_half)
+static fli_prepared *build(int free_half)
 {
-    fl_trace t;
-    fl_trace_init(&t, "mem/doctor.csv");
+    fli_trace t;
+    fli_trace_init(&t, "mem/doctor.csv");
     for (uint64_t i = 0; i < 10; i++)
         push(&t, FL_EV_ALLOC, 0x1000 + i, 9 * MiB);
     if (free_half)
@@ -43,19 +43,19 @@ static fl_prepared *build(int free_half)
     push(&t, FL_EV_FREE, 0x2000, 30 * MiB);
     for (uint64_t i = free_half ? 1 : 0; i < 10; i += free_half ? 2 : 1)
         push(&t, FL_EV_FREE, 0x1000 + i, 9 * MiB);
-    fl_prepared *p = NULL;
-    CHECK_OK(fl_prepare(&t, &p));
-    fl_trace_free(&t);
+    fli_prepared *p = NULL;
+    CHECK_OK(fli_prepare(&t, &p));
+    fli_trace_free(&t);
     return p;
 }
 
 static void test_fragmented(void)
 {
-    fl_prepared *p = build(1);
-    fl_replay_opts o;
+    fli_prepared *p = build(1);
+    fli_replay_opts o;
     ran_cca(&o);
-    fl_diagnosis d;
-    CHECK_OK(fl_diagnose(p, &o, 100 * MiB, &d));
+    fli_diagnosis d;
+    CHECK_OK(fli_diagnose(p, &o, 100 * MiB, &d));
     CHECK(d.has_oom);
     CHECK_EQ_U64(d.verdict, FL_VERDICT_FRAGMENTATION);
     CHECK_EQ_U64(d.oom.request, 30 * MiB);
@@ -73,16 +73,16 @@ static void test_fragmented(void)
     CHECK(d.rows[d.fragless_row].min_capacity <= 92 * MiB);
     CHECK(d.rows[0].min_capacity > 100 * MiB);
     CHECK(d.best_pytorch > 0 && d.best_pytorch != d.fragless_row);
-    fl_prepared_free(p);
+    fli_prepared_free(p);
 }
 
 static void test_exhausted(void)
 {
-    fl_prepared *p = build(0);
-    fl_replay_opts o;
+    fli_prepared *p = build(0);
+    fli_replay_opts o;
     ran_cca(&o);
-    fl_diagnosis d;
-    CHECK_OK(fl_diagnose(p, &o, 100 * MiB, &d));
+    fli_diagnosis d;
+    CHECK_OK(fli_diagnose(p, &o, 100 * MiB, &d));
     CHECK(d.has_oom);
     CHECK_EQ_U64(d.verdict, FL_VERDICT_EXHAUSTION);
     CHECK_EQ_U64(d.oom.live, 90 * MiB);
@@ -91,17 +91,17 @@ static void test_exhausted(void)
     for (int i = 0; i < d.n_rows; i++)
         CHECK(d.rows[i].min_capacity >= 120 * MiB);
     /* Without a capacity there is nothing to judge. */
-    CHECK_OK(fl_diagnose(p, &o, 0, &d));
+    CHECK_OK(fli_diagnose(p, &o, 0, &d));
     CHECK(!d.has_oom);
     CHECK_EQ_U64(d.verdict, FL_VERDICT_NONE);
-    fl_prepared_free(p);
+    fli_prepared_free(p);
 }
 
 /* Weights live throughout; activations come and go in steps. */
 static void test_lifetimes_and_estimates(void)
 {
-    fl_trace t;
-    fl_trace_init(&t, "mem/steps.csv");
+    fli_trace t;
+    fli_trace_init(&t, "mem/steps.csv");
     push(&t, FL_EV_ALLOC, 0x1, 40 * MiB); /* "weights" */
     uint64_t ptr = 0x100;
     for (int step = 0; step < 20; step++) {
@@ -112,12 +112,12 @@ static void test_lifetimes_and_estimates(void)
         ptr += 16;
     }
     push(&t, FL_EV_FREE, 0x1, 40 * MiB); /* teardown */
-    fl_prepared *p;
-    CHECK_OK(fl_prepare(&t, &p));
-    fl_replay_opts o;
+    fli_prepared *p;
+    CHECK_OK(fli_prepare(&t, &p));
+    fli_replay_opts o;
     ran_cca(&o);
-    fl_diagnosis d;
-    CHECK_OK(fl_diagnose(p, &o, 0, &d));
+    fli_diagnosis d;
+    CHECK_OK(fli_diagnose(p, &o, 0, &d));
     CHECK_EQ_U64(d.persistent, 40 * MiB);
     CHECK_EQ_U64(d.transient_peak, 20 * MiB);
     CHECK_EQ_U64(d.persistent_at_peak + d.transient_at_peak, d.peak_live);
@@ -129,8 +129,8 @@ static void test_lifetimes_and_estimates(void)
     CHECK(d.idle_op >= p->n_ops / 10 && d.idle_op < p->n_ops);
     CHECK_EQ_U64(d.idle_returned, 20 * MiB);
     CHECK_EQ_U64(d.idle_reserved, 60 * MiB);
-    fl_prepared_free(p);
-    fl_trace_free(&t);
+    fli_prepared_free(p);
+    fli_trace_free(&t);
 }
 
 int main(void)

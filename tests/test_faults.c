@@ -20,18 +20,18 @@ static const char fake_path[] = FL_TEST_FAKECUDA;
 
 typedef struct workload {
     const char *name;
-    fl_op *ops;               /* slots are never reused (as fl_prepare makes them) */
+    fli_op *ops;               /* slots are never reused (as fli_prepare makes them) */
     size_t n_ops;
     uint32_t n_slots;
     uint64_t capacity;        /* device capacity: tight, so reclaim and OOM paths run */
-    fl_prepared *prep;        /* owner of ops when read from a trace */
+    fli_prepared *prep;        /* owner of ops when read from a trace */
 } workload;
 
 /* Seeded random allocations and frees on two streams, 512 B to 3 pages (log-uniform),
  * about `live` blocks alive at once. */
 static workload generated(const char *name, uint64_t seed, size_t n_ops, int live, uint64_t capacity)
 {
-    workload w = {name, calloc(n_ops, sizeof(fl_op)), n_ops, 0, capacity, NULL};
+    workload w = {name, calloc(n_ops, sizeof(fli_op)), n_ops, 0, capacity, NULL};
     uint32_t *alive = calloc(n_ops, sizeof *alive);
     uint64_t *sizes = calloc(n_ops, sizeof *sizes);
     if (!w.ops || !alive || !sizes) {
@@ -41,17 +41,17 @@ static workload generated(const char *name, uint64_t seed, size_t n_ops, int liv
     fl_rng r = {seed};
     int n_alive = 0;
     for (size_t i = 0; i < n_ops; i++) {
-        fl_op *op = &w.ops[i];
+        fli_op *op = &w.ops[i];
         if (n_alive && (n_alive >= 2 * live || fl_rng_below(&r, 2 * (uint64_t)live) < (uint64_t)n_alive)) {
             uint32_t k = (uint32_t)fl_rng_below(&r, (uint64_t)n_alive);
-            *op = (fl_op){0, 0, alive[k], FL_EV_FREE};
+            *op = (fli_op){0, 0, alive[k], FL_EV_FREE};
             op->size = sizes[alive[k]];
             alive[k] = alive[--n_alive];
         } else {
             /* 2^9 .. 2^22.6 bytes, log-uniform, then an odd remainder. */
             uint64_t bits = 9 + fl_rng_below(&r, 14);
             uint64_t size = (UINT64_C(1) << bits) + fl_rng_below(&r, UINT64_C(1) << bits);
-            *op = (fl_op){size, 1 + fl_rng_below(&r, 2), w.n_slots, FL_EV_ALLOC};
+            *op = (fli_op){size, 1 + fl_rng_below(&r, 2), w.n_slots, FL_EV_ALLOC};
             sizes[w.n_slots] = size;
             alive[n_alive++] = w.n_slots++;
         }
@@ -65,17 +65,17 @@ static workload generated(const char *name, uint64_t seed, size_t n_ops, int liv
  * `slack` x its peak of live bytes, in whole 2 MiB pages. */
 static int from_trace(const char *name, const char *path, size_t events, double slack, workload *w)
 {
-    fl_trace t;
-    if (fl_trace_read_csv(path, &t) != FL_OK) {
+    fli_trace t;
+    if (fli_trace_read_csv(path, &t) != FL_OK) {
         fprintf(stderr, "%s: %s\n", path, fl_last_error());
-        fl_trace_free(&t);
+        fli_trace_free(&t);
         return 0;
     }
     if (t.n > events)
         t.n = events;
-    fl_prepared *p = NULL;
-    fl_status s = fl_prepare(&t, &p);
-    fl_trace_free(&t);
+    fli_prepared *p = NULL;
+    fl_status s = fli_prepare(&t, &p);
+    fli_trace_free(&t);
     if (s != FL_OK) {
         fprintf(stderr, "%s: %s\n", path, fl_last_error());
         return 0;
@@ -88,7 +88,7 @@ static int from_trace(const char *name, const char *path, size_t events, double 
 static void workload_free(workload *w)
 {
     if (w->prep)
-        fl_prepared_free(w->prep);
+        fli_prepared_free(w->prep);
     else
         free(w->ops);
 }
@@ -230,8 +230,8 @@ static int run_one(backend *b, const char *policy, const workload *w, fault_mode
     }
     uint64_t device_errors = 0;
     for (size_t i = 0; i < w->n_ops && fl_test_failures == failures0; i++) {
-        const fl_op *op = &w->ops[i];
-        fl_clear_error();
+        const fli_op *op = &w->ops[i];
+        fli_clear_error();
         if (op->kind == FL_EV_FREE) {
             if (!addr[op->slot])
                 continue; /* its allocation failed */

@@ -90,10 +90,10 @@ static void test_fork_while_busy(const char *policy)
 
 /* ---- the recorder and fork -------------------------------------------------------- */
 
-static fl_trace read_trace(const char *path)
+static fli_trace read_trace(const char *path)
 {
-    fl_trace t;
-    if (fl_trace_read_csv(path, &t) != FL_OK) {
+    fli_trace t;
+    if (fli_trace_read_csv(path, &t) != FL_OK) {
         fprintf(stderr, "%s\n", fl_last_error());
         CHECK(!"the recorded trace reads back");
     }
@@ -125,10 +125,10 @@ static void test_fork_recorder(void)
     for (int i = 0; i < 10; i++)
         CHECK_OK(fl_free(a, x[i]));
     fl_allocator_destroy(a);
-    fl_trace t = read_trace(path);
+    fli_trace t = read_trace(path);
     CHECK_EQ_U64(t.n, 20);
     CHECK_EQ_U64(t.n_warnings, 0);
-    fl_trace_free(&t);
+    fli_trace_free(&t);
     fl_device_destroy(d);
 }
 
@@ -150,9 +150,9 @@ static void test_rerecord_same_process(void)
         fl_allocator_destroy(a);
         fl_device_destroy(d);
     }
-    fl_trace t = read_trace(path);
+    fli_trace t = read_trace(path);
     CHECK_EQ_U64(t.n, 4); /* the second round's rows only */
-    fl_trace_free(&t);
+    fli_trace_free(&t);
     CHECK(access(other, F_OK) != 0);
 }
 
@@ -192,15 +192,15 @@ static void test_exit_whole_lines(void)
         }
         int st;
         CHECK(waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0);
-        fl_trace t;
-        if (fl_trace_read_csv(path, &t) != FL_OK) {
+        fli_trace t;
+        if (fli_trace_read_csv(path, &t) != FL_OK) {
             fprintf(stderr, "run %d: %s\n", run, fl_last_error());
             cut++;
             continue;
         }
         cut += t.n_warnings != 0;
         lost_all += t.n < 2;
-        fl_trace_free(&t);
+        fli_trace_free(&t);
     }
     CHECK_EQ_U64(cut, 0);      /* every line whole */
     CHECK_EQ_U64(lost_all, 0); /* and the rows written before exit() are there */
@@ -259,12 +259,12 @@ static void test_processes_one_path(const char *self)
     for (int i = 0; i <= PROCS; i++) {
         if (access(cand[i], F_OK) != 0)
             continue;
-        fl_trace t = read_trace(cand[i]);
+        fli_trace t = read_trace(cand[i]);
         CHECK_EQ_U64(t.n, 2 * OPS);
         CHECK_EQ_U64(t.n_warnings, 0);
         rows += t.n;
         files++;
-        fl_trace_free(&t);
+        fli_trace_free(&t);
     }
     CHECK_EQ_U64(files, PROCS);
     CHECK_EQ_U64(rows, 2 * OPS * PROCS);

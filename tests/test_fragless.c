@@ -9,13 +9,13 @@
 #define MiB (UINT64_C(1) << 20)
 #define PAGE (2 * MiB)
 
-static fl_policy *fragless_on(fl_device *d, uint64_t limit)
+static fli_policy *fragless_on(fl_device *d, uint64_t limit)
 {
     fl_config cfg;
     fl_config_default(&cfg);
     cfg.limit = limit;
-    fl_policy *p = NULL;
-    CHECK_OK(fl_policy_create(&cfg, d, &p));
+    fli_policy *p = NULL;
+    CHECK_OK(fli_policy_create(&cfg, d, &p));
     return p;
 }
 
@@ -30,7 +30,7 @@ static uint64_t total_calls(const fl_device *d)
 static void test_steady_loop(void)
 {
     fl_device *d = fl_test_sim(0, 0);
-    fl_policy *p = fragless_on(d, 0);
+    fli_policy *p = fragless_on(d, 0);
     static const uint64_t sizes[] = {12 * MiB, 1536, 3 * MiB + 512, 64 << 10, 100 * MiB, 7, 300 << 10, 5 * MiB};
     enum { N = sizeof sizes / sizeof sizes[0] };
     uint64_t addr[N], after_warmup = 0;
@@ -56,7 +56,7 @@ static void test_steady_loop(void)
 static void test_page_accounting(void)
 {
     fl_device *d = fl_test_sim(2 * PAGE, 0);
-    fl_policy *p = fragless_on(d, 0);
+    fli_policy *p = fragless_on(d, 0);
     uint64_t a[5];
     for (int i = 0; i < 4; i++)
         CHECK_OK(p->ops->alloc(p, MiB, 0, &a[i]));
@@ -79,9 +79,9 @@ static void test_page_accounting(void)
  * other one, then ask for half the device in one block. */
 enum { PAGES = 32 };
 
-static fl_policy *half_freed(fl_device *d, uint64_t a[PAGES])
+static fli_policy *half_freed(fl_device *d, uint64_t a[PAGES])
 {
-    fl_policy *p = fragless_on(d, 0);
+    fli_policy *p = fragless_on(d, 0);
     uint64_t big;
     for (int i = 0; i < PAGES; i++)
         CHECK_OK(p->ops->alloc(p, PAGE, 0, &a[i]));
@@ -98,7 +98,7 @@ static fl_call kth_call_of_big_request(uint64_t k)
 {
     fl_device *d = fl_test_sim(PAGES * PAGE, 0);
     uint64_t a[PAGES], big;
-    fl_policy *p = half_freed(d, a);
+    fli_policy *p = half_freed(d, a);
     uint64_t n = total_calls(d) + k;
     CHECK_OK(fl_device_set_fault(d, n, 0));
     fl_status s = p->ops->alloc(p, PAGES / 2 * PAGE, 0, &big);
@@ -120,7 +120,7 @@ static void test_no_stranded_memory(void)
 {
     fl_device *d = fl_test_sim(PAGES * PAGE, 0);
     uint64_t a[PAGES], big;
-    fl_policy *p = half_freed(d, a);
+    fli_policy *p = half_freed(d, a);
     uint64_t unmaps = calls(d, FL_CALL_UNMAP);
     CHECK_OK(p->ops->alloc(p, PAGES / 2 * PAGE, 0, &big));
     CHECK(p->ops->check(p) == 0);
@@ -149,7 +149,7 @@ static void test_no_stranded_memory(void)
 static void test_streams(void)
 {
     fl_device *d = fl_test_sim(0, 0);
-    fl_policy *p = fragless_on(d, 0);
+    fli_policy *p = fragless_on(d, 0);
     uint64_t a, b, c;
     CHECK_OK(p->ops->alloc(p, 8 * MiB, 1, &a));
     CHECK_OK(p->ops->free(p, a, 0, NULL));
@@ -166,7 +166,7 @@ static void test_streams(void)
 static void test_limit_and_empty_cache(void)
 {
     fl_device *d = fl_test_sim(0, 0);
-    fl_policy *p = fragless_on(d, 16 * MiB);
+    fli_policy *p = fragless_on(d, 16 * MiB);
     uint64_t a, b;
     CHECK_OK(p->ops->alloc(p, 10 * MiB, 0, &a));
     CHECK_STATUS(p->ops->alloc(p, 8 * MiB, 0, &b), FL_ERR_OOM);
@@ -189,7 +189,7 @@ static void test_fault_injection(void)
 {
     for (uint64_t n = 1;; n++) {
         fl_device *d = fl_test_sim(12 * PAGE, 0);
-        fl_policy *p = fragless_on(d, 0);
+        fli_policy *p = fragless_on(d, 0);
         uint64_t base = total_calls(d);
         CHECK_OK(fl_device_set_fault(d, base + n, 0));
         uint64_t a[8] = {0};
@@ -235,7 +235,7 @@ static void test_access_after_failed_set_access(void)
     uint64_t n;
     for (n = 1; n < 16; n++) {
         fl_device *d = fl_test_sim(12 * PAGE, 0);
-        fl_policy *p = fragless_on(d, 0);
+        fli_policy *p = fragless_on(d, 0);
         uint64_t a;
         CHECK_OK(fl_device_set_fault(d, total_calls(d) + n, 0));
         fl_status s = p->ops->alloc(p, MiB, 0, &a);
@@ -264,7 +264,7 @@ static void test_access_after_failed_set_access(void)
 static void test_quick_lists(void)
 {
     fl_device *dev = fl_test_sim(0, 0);
-    fl_policy *p = fragless_on(dev, 0);
+    fli_policy *p = fragless_on(dev, 0);
     uint64_t a, b, c, d;
     CHECK_OK(p->ops->alloc(p, 1000, 0, &a)); /* 1024 */
     CHECK_OK(p->ops->alloc(p, 1000, 0, &b));
@@ -298,7 +298,7 @@ static void test_quick_lists(void)
 static void test_set_limit(void)
 {
     fl_device *d = fl_test_sim(0, 0);
-    fl_policy *p = fragless_on(d, 0);
+    fli_policy *p = fragless_on(d, 0);
     uint64_t a, b;
     CHECK_OK(p->ops->alloc(p, 40 * MiB, 0, &a));
     CHECK_OK(p->ops->alloc(p, 8 * MiB, 0, &b));

@@ -99,17 +99,17 @@ static void test_publish(const char *dir, int refused)
     write_precious();
     if (!plant(precious, tmp))
         return;
-    fl_publisher *p = NULL;
-    CHECK_OK(fl_publish_open(device, "", &p));
+    fli_publisher *p = NULL;
+    CHECK_OK(fli_publish_open(device, "", &p));
     CHECK(precious_intact());
     if (p) {
         /* The record is a file of its own, and it reads back. */
         struct stat st;
         CHECK(lstat(final, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == getuid());
-        fl_pub_entry e;
-        CHECK_OK(fl_publish_read(final, &e));
+        fli_pub_entry e;
+        CHECK_OK(fli_publish_read(final, &e));
         CHECK_EQ_U64(e.pid, (uint64_t)getpid());
-        fl_publish_close(p);
+        fli_publish_close(p);
     }
     CHECK(is_symlink(tmp)); /* what the other user planted is theirs: left alone */
     unlink(tmp);
@@ -121,7 +121,7 @@ static void test_publish(const char *dir, int refused)
     if (!plant(precious, final))
         return;
     p = NULL;
-    fl_status s = fl_publish_open(device, "", &p);
+    fl_status s = fli_publish_open(device, "", &p);
     CHECK(precious_intact());
     if (refused) {
         CHECK_STATUS(s, FL_ERR_IO);
@@ -131,7 +131,7 @@ static void test_publish(const char *dir, int refused)
         CHECK_OK(s);
         CHECK(!is_symlink(final));
     }
-    fl_publish_close(p);
+    fli_publish_close(p);
     unlink(final);
     /* No temporary is left behind either way. */
     CHECK_EQ_U64(files_of_mine(dir), 0);
@@ -229,30 +229,30 @@ static void test_helper(void)
     char dir[128], path[192];
     shared_dir(dir, sizeof dir, "helper", 0700);
     snprintf(path, sizeof path, "%s/out.txt", dir);
-    fl_new_file nf;
-    CHECK_OK(fl_create_file_safely(path, FL_NEW_FILE_AT_CLOSE, &nf));
+    fli_new_file nf;
+    CHECK_OK(fli_create_file_safely(path, FL_NEW_FILE_AT_CLOSE, &nf));
     fputs("hello\n", nf.f);
     struct stat st;
     CHECK(stat(path, &st) != 0); /* not visible before it is whole */
-    CHECK_OK(fl_new_file_close(&nf, 1));
+    CHECK_OK(fli_new_file_close(&nf, 1));
     char buf[64];
     fl_test_slurp(path, buf, sizeof buf);
     CHECK(strcmp(buf, "hello\n") == 0);
 
-    CHECK_OK(fl_create_file_safely(path, FL_NEW_FILE_NOW, &nf));
+    CHECK_OK(fli_create_file_safely(path, FL_NEW_FILE_NOW, &nf));
     CHECK(stat(path, &st) == 0 && st.st_size == 0); /* replaced at once (the recorder's way) */
     fputs("again\n", nf.f);
-    CHECK_OK(fl_new_file_close(&nf, 1));
+    CHECK_OK(fli_new_file_close(&nf, 1));
     fl_test_slurp(path, buf, sizeof buf);
     CHECK(strcmp(buf, "again\n") == 0);
 
-    CHECK_OK(fl_create_file_safely(path, FL_NEW_FILE_AT_CLOSE, &nf));
+    CHECK_OK(fli_create_file_safely(path, FL_NEW_FILE_AT_CLOSE, &nf));
     fputs("dropped\n", nf.f);
-    CHECK_OK(fl_new_file_close(&nf, 0));
+    CHECK_OK(fli_new_file_close(&nf, 0));
     fl_test_slurp(path, buf, sizeof buf);
     CHECK(strcmp(buf, "again\n") == 0);
 
-    CHECK_STATUS(fl_create_file_safely("/nonexistent-dir/x.json", FL_NEW_FILE_AT_CLOSE, &nf), FL_ERR_IO);
+    CHECK_STATUS(fli_create_file_safely("/nonexistent-dir/x.json", FL_NEW_FILE_AT_CLOSE, &nf), FL_ERR_IO);
     CHECK_MENTIONS("/nonexistent-dir/x.json");
     unlink(path);
 
@@ -260,17 +260,17 @@ static void test_helper(void)
      * /dev/null stays a device, a link of theirs is followed. */
     struct stat before, after;
     CHECK(stat("/dev/null", &before) == 0);
-    CHECK_OK(fl_create_file_safely("/dev/null", FL_NEW_FILE_AT_CLOSE, &nf));
+    CHECK_OK(fli_create_file_safely("/dev/null", FL_NEW_FILE_AT_CLOSE, &nf));
     fputs("gone\n", nf.f);
-    CHECK_OK(fl_new_file_close(&nf, 1));
+    CHECK_OK(fli_new_file_close(&nf, 1));
     CHECK(stat("/dev/null", &after) == 0 && S_ISCHR(after.st_mode) && after.st_ino == before.st_ino);
     char link[224], real[224];
     snprintf(link, sizeof link, "%s/link.txt", dir);
     snprintf(real, sizeof real, "%s/real.txt", dir);
     CHECK(symlink("real.txt", link) == 0);
-    CHECK_OK(fl_create_file_safely(link, FL_NEW_FILE_AT_CLOSE, &nf));
+    CHECK_OK(fli_create_file_safely(link, FL_NEW_FILE_AT_CLOSE, &nf));
     fputs("through\n", nf.f);
-    CHECK_OK(fl_new_file_close(&nf, 1));
+    CHECK_OK(fli_new_file_close(&nf, 1));
     CHECK(is_symlink(link));
     fl_test_slurp(real, buf, sizeof buf);
     CHECK(strcmp(buf, "through\n") == 0);
@@ -282,7 +282,7 @@ static void test_helper(void)
     shared_dir(shared, sizeof shared, "helper-shared", 0777);
     snprintf(fifo, sizeof fifo, "%s/out.json", shared);
     CHECK(mkfifo(fifo, 0666) == 0);
-    CHECK_STATUS(fl_create_file_safely(fifo, FL_NEW_FILE_AT_CLOSE, &nf), FL_ERR_IO);
+    CHECK_STATUS(fli_create_file_safely(fifo, FL_NEW_FILE_AT_CLOSE, &nf), FL_ERR_IO);
     CHECK_MENTIONS("not a regular file");
     unlink(fifo);
     CHECK_EQ_U64(files_of_mine(shared), 0);

@@ -1,4 +1,4 @@
-/* Issue 15, item 10: what a file is, decided once (fl_input_detect) for every command,
+/* Issue 15, item 10: what a file is, decided once (fli_input_detect) for every command,
  * with clear errors, and JSON output that is always JSON:
  *   - a 0-byte file passed compare, doctor and report with exit 0 and "inf" ratios;
  *   - a snapshot with no events on the device read did the same;
@@ -37,8 +37,8 @@ static void test_empty_file(void)
     fl_test_write_file(path, "", 0);
     snprintf(want, sizeof want, "%s: empty file", path);
     refused_by_all(path, want);
-    fl_input_kind kind;
-    CHECK_STATUS(fl_input_detect(path, &kind), FL_ERR_PARSE);
+    fli_input_kind kind;
+    CHECK_STATUS(fli_input_detect(path, &kind), FL_ERR_PARSE);
     CHECK_MENTIONS("empty file");
 }
 
@@ -79,8 +79,8 @@ static void test_old_protocols(void)
         snprintf(path, sizeof path, "%s/proto%d.pickle", dir, v);
         snprintf(out, sizeof out, "%s/proto%d.html", dir, v);
         fl_test_write_file(path, data[v], len[v]);
-        fl_input_kind kind;
-        CHECK_OK(fl_input_detect(path, &kind));
+        fli_input_kind kind;
+        CHECK_OK(fli_input_detect(path, &kind));
         CHECK_EQ_U64(kind, FL_INPUT_PICKLE);
         fl_run_result *r = fl_test_run("'%s' compare '%s' --policies cca --no-min-capacity", FL_CLI, path);
         CHECK(r->code == 0 && strstr(r->out, "1 event,"));

@@ -59,7 +59,7 @@ static void test_state_without_blocks(void)
 
 int main(void)
 {
-    snprintf(dir, sizeof dir, "/tmp/fl_map.XXXXXX");
+    snprintf(dir, sizeof dir, "/tmp/fli_map.XXXXXX");
     if (!mkdtemp(dir)) {
         perror("mkdtemp");
         return 1;

@@ -111,14 +111,14 @@ static void test_expansion_refused(void)
             setrlimit(RLIMIT_AS, &lim);
         alarm(60);
         double t0 = now_s();
-        fl_pk_doc *doc = NULL;
-        if (fl_pickle_load_memory(b.p, b.n, "hostile.pickle", 0, &doc) != FL_OK) {
+        fli_pk_doc *doc = NULL;
+        if (fli_pickle_load_memory(b.p, b.n, "hostile.pickle", 0, &doc) != FL_OK) {
             fprintf(stderr, "child: %s\n", fl_last_error());
             _exit(2);
         }
-        fl_trace t;
-        fl_snapshot_info info;
-        fl_status s = fl_snapshot_to_trace(doc, NULL, 0, &t, &info);
+        fli_trace t;
+        fli_snapshot_info info;
+        fl_status s = fli_snapshot_to_trace(doc, NULL, 0, &t, &info);
         double took = now_s() - t0;
         fprintf(stderr, "child: %s in %.2f s: %s\n", fl_status_str(s), took, fl_last_error());
         if (s != FL_ERR_PARSE || !strstr(fl_last_error(), "budget") || !strstr(fl_last_error(), "segments["))
@@ -155,15 +155,15 @@ static void test_expansion_refused(void)
 static void test_small_sharing_converts(void)
 {
     buf b = hostile(20, 50);
-    fl_pk_doc *doc = NULL;
-    CHECK_OK(fl_pickle_load_memory(b.p, b.n, "shared.pickle", 0, &doc));
-    fl_trace t;
-    fl_snapshot_info info;
-    CHECK_OK(fl_snapshot_to_trace(doc, NULL, 0, &t, &info));
+    fli_pk_doc *doc = NULL;
+    CHECK_OK(fli_pickle_load_memory(b.p, b.n, "shared.pickle", 0, &doc));
+    fli_trace t;
+    fli_snapshot_info info;
+    CHECK_OK(fli_snapshot_to_trace(doc, NULL, 0, &t, &info));
     CHECK_EQ_U64(info.n_synth_live, 20 * 50);
     CHECK_EQ_U64(t.n, 20 * 50);
-    fl_trace_free(&t);
-    fl_pickle_free(doc);
+    fli_trace_free(&t);
+    fli_pickle_free(doc);
     free(b.p);
 }
 

@@ -30,18 +30,18 @@ static fl_run_result *top_once(void)
                dir);
 }
 
-static void make_record(fl_pub_record *rec, uint64_t pid, const char *comm)
+static void make_record(fli_pub_record *rec, uint64_t pid, const char *comm)
 {
     memset(rec, 0, sizeof *rec);
     rec->magic = FL_PUB_MAGIC;
     rec->version = FL_PUB_VERSION;
     rec->size = sizeof *rec;
     rec->pid = pid;
-    rec->start_time = fl_proc_start_time(pid);
+    rec->start_time = fli_proc_start_time(pid);
     snprintf(rec->comm, sizeof rec->comm, "%s", comm);
 }
 
-static void write_record(const char *path, const fl_pub_record *rec)
+static void write_record(const char *path, const fli_pub_record *rec)
 {
     FILE *f = fopen(path, "wb");
     CHECK(f && fwrite(rec, sizeof *rec, 1, f) == 1);
@@ -67,7 +67,7 @@ static void test_truncated_while_read(void)
 {
     char path[256];
     snprintf(path, sizeof path, "%s/fragless.%d.0", dir, (int)getpid());
-    fl_pub_record rec;
+    fli_pub_record rec;
     make_record(&rec, (uint64_t)getpid(), "cut");
     write_record(path, &rec);
     fflush(NULL);
@@ -85,8 +85,8 @@ static void test_truncated_while_read(void)
         unsigned long whole = 0, refused = 0;
         while (now_s() < end) {
             for (int i = 0; i < 100; i++) {
-                fl_pub_entry e;
-                if (fl_publish_read(path, &e) == FL_OK) {
+                fli_pub_entry e;
+                if (fli_publish_read(path, &e) == FL_OK) {
                     if (e.pid != (uint64_t)getppid() || strcmp(e.comm, "cut") != 0)
                         _exit(2); /* a torn header */
                     whole++;
@@ -159,7 +159,7 @@ static void test_fifo(void)
  * well under a second, and each is named as busy. */
 static void test_odd_sequences(void)
 {
-    fl_pub_record rec;
+    fli_pub_record rec;
     make_record(&rec, (uint64_t)getpid(), "stuck");
     atomic_store(&rec.seq, 1);
     for (int i = 0; i < 200; i++) {
@@ -182,7 +182,7 @@ static void test_claimed_pid(void)
 {
     char path[256], want[400];
     snprintf(path, sizeof path, "%s/fragless.1.0", dir);
-    fl_pub_record rec;
+    fli_pub_record rec;
     make_record(&rec, 1, "impostor"); /* pid 1: root's */
     write_record(path, &rec);
     if (getuid() == 0) {
@@ -213,7 +213,7 @@ static void test_control_characters(void)
 {
     char path[256], evil_name[256];
     snprintf(path, sizeof path, "%s/fragless.%d.0", dir, (int)getpid());
-    fl_pub_record rec;
+    fli_pub_record rec;
     make_record(&rec, (uint64_t)getpid(), "\033[2J\033]0;owned\007x");
     write_record(path, &rec);
     snprintf(evil_name, sizeof evil_name, "%s/fragless.\033[31m\r\n", dir);

@@ -53,7 +53,7 @@ static void show(const char *what, fl_status s)
 /* The call's status is want and its message names `mention`. */
 #define EXPECT(what, expr, want, mention)                                              \
     do {                                                                               \
-        fl_clear_error();                                                              \
+        fli_clear_error();                                                              \
         fl_status st_ = (expr);                                                        \
         show(what, st_);                                                               \
         CHECK_STATUS(st_, want);                                                       \
@@ -139,7 +139,7 @@ static void misuse(const char *policy)
      * block), or refused: never more device memory. */
     uint64_t held = in_use(d);
     p = 0;
-    fl_clear_error();
+    fli_clear_error();
     s = fl_alloc(a, 8 * MiB, 0, &p);
     show("alloc above the limit", s);
     CHECK(s == FL_OK || s == FL_ERR_OOM);

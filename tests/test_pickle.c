@@ -383,7 +383,7 @@ static void put_escaped(sbuf *b, const char *s, size_t n)
 }
 
 /* Recursive, but only to depth 41: the test's own bound, matching gen's. */
-static void dump(sbuf *b, const fl_pk *o, int depth)
+static void dump(sbuf *b, const fli_pk *o, int depth)
 {
     char tmp[64];
     if (depth > 40) {
@@ -422,21 +422,21 @@ static void dump(sbuf *b, const fl_pk *o, int depth)
     case FL_PK_LIST:
     case FL_PK_TUPLE:
         puts_(b, o->type == FL_PK_LIST ? "[" : "(");
-        for (size_t i = 0; i < fl_pk_len(o); i++) {
+        for (size_t i = 0; i < fli_pk_len(o); i++) {
             if (i)
                 puts_(b, ", ");
-            dump(b, fl_pk_item(o, i), depth + 1);
+            dump(b, fli_pk_item(o, i), depth + 1);
         }
         puts_(b, o->type == FL_PK_LIST ? "]" : ")");
         break;
     case FL_PK_DICT:
         puts_(b, "{");
-        for (size_t i = 0; i < fl_pk_len(o); i++) {
+        for (size_t i = 0; i < fli_pk_len(o); i++) {
             if (i)
                 puts_(b, ", ");
-            dump(b, fl_pk_key(o, i), depth + 1);
+            dump(b, fli_pk_key(o, i), depth + 1);
             puts_(b, ": ");
-            dump(b, fl_pk_value(o, i), depth + 1);
+            dump(b, fli_pk_value(o, i), depth + 1);
         }
         puts_(b, "}");
         break;
@@ -449,49 +449,49 @@ static void test_known_answers(void)
 {
     for (size_t k = 0; k < N_KNOWN; k++) {
         const known *c = &knowns[k];
-        fl_pk_doc *doc = NULL;
-        fl_status s = fl_pickle_load_memory(c->data, c->len, c->name, 0, &doc);
+        fli_pk_doc *doc = NULL;
+        fl_status s = fli_pickle_load_memory(c->data, c->len, c->name, 0, &doc);
         CHECK_OK(s);
         if (s != FL_OK)
             continue;
         sbuf b = {0};
-        dump(&b, fl_pk_doc_root(doc), 0);
+        dump(&b, fli_pk_doc_root(doc), 0);
         int same = b.s && strcmp(b.s, c->dump) == 0;
         CHECK(same);
         if (!same)
             fprintf(stderr, "%s:\n  got  %s\n  want %s\n", c->name, b.s ? b.s : "", c->dump);
         free(b.s);
-        fl_pickle_free(doc);
+        fli_pickle_free(doc);
     }
 }
 
 /* The structure itself, beyond the dump: sharing through the memo, cycles, protocol. */
 static void test_structure(void)
 {
-    fl_pk_doc *doc;
-    CHECK_OK(fl_pickle_load_memory(h_memo, sizeof h_memo, "h_memo", 0, &doc));
-    const fl_pk *l = fl_pk_doc_root(doc);
-    CHECK(l->type == FL_PK_LIST && fl_pk_len(l) == 6);
-    CHECK(fl_pk_item(l, 1) == l); /* BINGET 0 is the list itself */
-    CHECK(fl_pk_item(l, 0) == fl_pk_item(l, 2)); /* GET 7 is the object PUT 7 stored */
-    CHECK_EQ_U64(fl_pk_doc_protocol(doc), 4);
-    fl_pickle_free(doc);
+    fli_pk_doc *doc;
+    CHECK_OK(fli_pickle_load_memory(h_memo, sizeof h_memo, "h_memo", 0, &doc));
+    const fli_pk *l = fli_pk_doc_root(doc);
+    CHECK(l->type == FL_PK_LIST && fli_pk_len(l) == 6);
+    CHECK(fli_pk_item(l, 1) == l); /* BINGET 0 is the list itself */
+    CHECK(fli_pk_item(l, 0) == fli_pk_item(l, 2)); /* GET 7 is the object PUT 7 stored */
+    CHECK_EQ_U64(fli_pk_doc_protocol(doc), 4);
+    fli_pickle_free(doc);
 
-    CHECK_OK(fl_pickle_load_memory(p2_values, sizeof p2_values, "p2", 0, &doc));
-    const fl_pk *d = fl_pk_doc_root(doc);
-    const fl_pk *sh = fl_pk_dict_get(d, "shared");
-    CHECK(sh && fl_pk_len(sh) == 2 && fl_pk_item(sh, 0) == fl_pk_item(sh, 1));
-    CHECK(fl_pk_dict_get(d, "absent") == NULL);
-    CHECK(fl_pk_dict_get(fl_pk_dict_get(d, "list"), "x") == NULL); /* not a dict */
-    CHECK_EQ_U64(fl_pk_doc_protocol(doc), 2);
-    CHECK(fl_pk_doc_bytes(doc) > 0 && fl_pk_doc_bytes(doc) < 64 * 1024);
-    CHECK(!strcmp(fl_pk_doc_name(doc), "p2"));
-    fl_pickle_free(doc);
+    CHECK_OK(fli_pickle_load_memory(p2_values, sizeof p2_values, "p2", 0, &doc));
+    const fli_pk *d = fli_pk_doc_root(doc);
+    const fli_pk *sh = fli_pk_dict_get(d, "shared");
+    CHECK(sh && fli_pk_len(sh) == 2 && fli_pk_item(sh, 0) == fli_pk_item(sh, 1));
+    CHECK(fli_pk_dict_get(d, "absent") == NULL);
+    CHECK(fli_pk_dict_get(fli_pk_dict_get(d, "list"), "x") == NULL); /* not a dict */
+    CHECK_EQ_U64(fli_pk_doc_protocol(doc), 2);
+    CHECK(fli_pk_doc_bytes(doc) > 0 && fli_pk_doc_bytes(doc) < 64 * 1024);
+    CHECK(!strcmp(fli_pk_doc_name(doc), "p2"));
+    fli_pickle_free(doc);
 
     /* No PROTO: protocol 0. */
-    CHECK_OK(fl_pickle_load_memory(h_text, sizeof h_text, "h_text", 0, &doc));
-    CHECK_EQ_U64(fl_pk_doc_protocol(doc), 0);
-    fl_pickle_free(doc);
+    CHECK_OK(fli_pickle_load_memory(h_text, sizeof h_text, "h_text", 0, &doc));
+    CHECK_EQ_U64(fli_pk_doc_protocol(doc), 0);
+    fli_pickle_free(doc);
 }
 
 /* ---- lookups --------------------------------------------------------------------------- */
@@ -507,75 +507,75 @@ static int msg_has(const char *needle)
 
 static void test_lookups(void)
 {
-    fl_pk_doc *doc;
-    CHECK_OK(fl_pickle_load_memory(p2_values, sizeof p2_values, "p2", 0, &doc));
-    const fl_pk *d = fl_pk_doc_root(doc), *v;
+    fli_pk_doc *doc;
+    CHECK_OK(fli_pickle_load_memory(p2_values, sizeof p2_values, "p2", 0, &doc));
+    const fli_pk *d = fli_pk_doc_root(doc), *v;
     int64_t i = 0;
     uint64_t u = 0;
     double f = 0;
     int b = -1;
     const char *s = NULL;
     size_t n = 0;
-    CHECK_OK(fl_pk_want_int(d, "i4", &i, "%s: here", "p"));
+    CHECK_OK(fli_pk_want_int(d, "i4", &i, "%s: here", "p"));
     CHECK(i == -5);
-    CHECK_OK(fl_pk_want_int(d, "i64min", &i, "x"));
+    CHECK_OK(fli_pk_want_int(d, "i64min", &i, "x"));
     CHECK(i == INT64_MIN);
-    CHECK_OK(fl_pk_want_uint(d, "l1", &u, "x"));
+    CHECK_OK(fli_pk_want_uint(d, "l1", &u, "x"));
     CHECK_EQ_U64(u, UINT64_C(1) << 40);
-    CHECK_OK(fl_pk_want_float(d, "fl", &f, "x"));
+    CHECK_OK(fli_pk_want_float(d, "fl", &f, "x"));
     CHECK(f == 1.5);
-    CHECK_OK(fl_pk_want_float(d, "i1", &f, "x")); /* an int is a float too */
+    CHECK_OK(fli_pk_want_float(d, "i1", &f, "x")); /* an int is a float too */
     CHECK(f == 7.0);
-    CHECK_OK(fl_pk_want_bool(d, "t", &b, "x"));
+    CHECK_OK(fli_pk_want_bool(d, "t", &b, "x"));
     CHECK(b == 1);
-    CHECK_OK(fl_pk_want_str(d, "str", &s, &n, "x"));
+    CHECK_OK(fli_pk_want_str(d, "str", &s, &n, "x"));
     CHECK(n == strlen(s) && !strncmp(s, "h\xc3\xa9llo", 6));
-    CHECK(fl_pk_str_is(fl_pk_dict_get(d, "empty"), ""));
-    CHECK_OK(fl_pk_want(d, "tup2", FL_PK_TUPLE, &v, "x"));
-    CHECK(fl_pk_len(v) == 2);
+    CHECK(fli_pk_str_is(fli_pk_dict_get(d, "empty"), ""));
+    CHECK_OK(fli_pk_want(d, "tup2", FL_PK_TUPLE, &v, "x"));
+    CHECK(fli_pk_len(v) == 2);
 
-    CHECK_STATUS(fl_pk_want_int(d, "str", &i, "%s: device_traces[%d][%d]", "snap.pickle", 0, 17), FL_ERR_PARSE);
+    CHECK_STATUS(fli_pk_want_int(d, "str", &i, "%s: device_traces[%d][%d]", "snap.pickle", 0, 17), FL_ERR_PARSE);
     CHECK(msg_has("snap.pickle: device_traces[0][17]: 'str' is a str, expected an int"));
-    CHECK_STATUS(fl_pk_want_uint(d, "i4", &u, "w"), FL_ERR_PARSE);
+    CHECK_STATUS(fli_pk_want_uint(d, "i4", &u, "w"), FL_ERR_PARSE);
     CHECK(msg_has("w: 'i4' is -5, expected an int >= 0"));
-    CHECK_STATUS(fl_pk_want_int(d, "big", &i, "w"), FL_ERR_PARSE);
+    CHECK_STATUS(fli_pk_want_int(d, "big", &i, "w"), FL_ERR_PARSE);
     CHECK(msg_has("'big' is an int over 64 bits, expected an int"));
-    CHECK_STATUS(fl_pk_want_int(d, "nokey", &i, "w"), FL_ERR_PARSE);
+    CHECK_STATUS(fli_pk_want_int(d, "nokey", &i, "w"), FL_ERR_PARSE);
     CHECK(msg_has("w: no key 'nokey'"));
-    CHECK_STATUS(fl_pk_want_bool(d, "i1", &b, "w"), FL_ERR_PARSE);
+    CHECK_STATUS(fli_pk_want_bool(d, "i1", &b, "w"), FL_ERR_PARSE);
     CHECK(msg_has("'i1' is an int, expected a bool"));
-    CHECK_STATUS(fl_pk_want_str(d, "none", &s, NULL, "w"), FL_ERR_PARSE);
+    CHECK_STATUS(fli_pk_want_str(d, "none", &s, NULL, "w"), FL_ERR_PARSE);
     CHECK(msg_has("'none' is None, expected a str"));
-    CHECK_STATUS(fl_pk_want(d, "list", FL_PK_DICT, &v, "w"), FL_ERR_PARSE);
+    CHECK_STATUS(fli_pk_want(d, "list", FL_PK_DICT, &v, "w"), FL_ERR_PARSE);
     CHECK(msg_has("'list' is a list, expected a dict"));
-    CHECK_STATUS(fl_pk_want_int(fl_pk_dict_get(d, "list"), "k", &i, "%s[%d]", "seg", 3), FL_ERR_PARSE);
+    CHECK_STATUS(fli_pk_want_int(fli_pk_dict_get(d, "list"), "k", &i, "%s[%d]", "seg", 3), FL_ERR_PARSE);
     CHECK(msg_has("seg[3]: is a list, expected a dict"));
-    CHECK_STATUS(fl_pk_check(fl_pk_dict_get(d, "str"), FL_PK_LIST, "w"), FL_ERR_PARSE);
+    CHECK_STATUS(fli_pk_check(fli_pk_dict_get(d, "str"), FL_PK_LIST, "w"), FL_ERR_PARSE);
     CHECK(msg_has("w: is a str, expected a list"));
-    CHECK_OK(fl_pk_check(d, FL_PK_DICT, "w"));
+    CHECK_OK(fli_pk_check(d, FL_PK_DICT, "w"));
 
     /* Optional: absent or None leave the value alone; a wrong type is still an error. */
     i = 99;
-    CHECK_OK(fl_pk_opt_int(d, "nokey", &i, "w"));
-    CHECK_OK(fl_pk_opt_int(d, "none", &i, "w"));
+    CHECK_OK(fli_pk_opt_int(d, "nokey", &i, "w"));
+    CHECK_OK(fli_pk_opt_int(d, "none", &i, "w"));
     CHECK(i == 99);
-    CHECK_OK(fl_pk_opt_int(d, "i2", &i, "w"));
+    CHECK_OK(fli_pk_opt_int(d, "i2", &i, "w"));
     CHECK(i == 300);
-    CHECK_STATUS(fl_pk_opt_uint(d, "fl", &u, "w"), FL_ERR_PARSE);
+    CHECK_STATUS(fli_pk_opt_uint(d, "fl", &u, "w"), FL_ERR_PARSE);
     CHECK(msg_has("'fl' is a float, expected an int >= 0"));
     v = d;
-    CHECK_OK(fl_pk_opt(d, "nokey", FL_PK_LIST, &v, "w"));
+    CHECK_OK(fli_pk_opt(d, "nokey", FL_PK_LIST, &v, "w"));
     CHECK(v == NULL);
-    CHECK_OK(fl_pk_opt_float(d, "fl2", &f, "w"));
+    CHECK_OK(fli_pk_opt_float(d, "fl2", &f, "w"));
     CHECK(f == -0.1);
-    CHECK_OK(fl_pk_opt_bool(d, "f", &b, "w"));
+    CHECK_OK(fli_pk_opt_bool(d, "f", &b, "w"));
     CHECK(b == 0);
     s = NULL;
-    CHECK_OK(fl_pk_opt_str(d, "nokey", &s, NULL, "w"));
+    CHECK_OK(fli_pk_opt_str(d, "nokey", &s, NULL, "w"));
     CHECK(s == NULL);
-    CHECK_OK(fl_pk_opt_uint(d, "i2", &u, "w"));
+    CHECK_OK(fli_pk_opt_uint(d, "i2", &u, "w"));
     CHECK_EQ_U64(u, 300);
-    fl_pickle_free(doc);
+    fli_pickle_free(doc);
 }
 
 /* ---- refused and malformed ------------------------------------------------------------- */
@@ -659,15 +659,15 @@ static const bad malformed[] = {
 
 static void check_bad(const bad *b, fl_status want)
 {
-    fl_pk_doc *doc = (fl_pk_doc *)1;
-    fl_status s = fl_pickle_load_memory(b->bytes, b->len, "t.pickle", 1 << 20, &doc);
+    fli_pk_doc *doc = (fli_pk_doc *)1;
+    fl_status s = fli_pickle_load_memory(b->bytes, b->len, "t.pickle", 1 << 20, &doc);
     CHECK_STATUS(s, want);
     CHECK(doc == NULL);
     CHECK(!strncmp(fl_last_error(), "t.pickle: ", 10));
     for (int i = 0; i < 3 && b->needles[i]; i++)
         CHECK(msg_has(b->needles[i]));
     if (s == FL_OK)
-        fl_pickle_free(doc);
+        fli_pickle_free(doc);
 }
 
 static void test_refused(void)
@@ -675,10 +675,10 @@ static void test_refused(void)
     for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++)
         check_bad(&refused[i], FL_ERR_PARSE);
     /* A class reference inside real-looking data is still refused where it stands. */
-    fl_pk_doc *doc;
+    fli_pk_doc *doc;
     static const char torch_like[] = "\x80\x02}q\x00X\x01\x00\x00\x00tq\x01"
                                      "ctorch._utils\n_rebuild_tensor_v2\nq\x02s.";
-    CHECK_STATUS(fl_pickle_load_memory(torch_like, sizeof torch_like - 1, "snap.pickle", 0, &doc),
+    CHECK_STATUS(fli_pickle_load_memory(torch_like, sizeof torch_like - 1, "snap.pickle", 0, &doc),
                  FL_ERR_PARSE);
     CHECK(msg_has("snap.pickle: byte 13: opcode GLOBAL ('c') would import code "
                   "(torch._utils._rebuild_tensor_v2)"));
@@ -694,15 +694,15 @@ static void test_malformed(void)
     t[0] = 'L';
     memset(t + 1, '7', n);
     memcpy(t + 1 + n, "\n.", 2);
-    fl_pk_doc *doc;
-    CHECK_STATUS(fl_pickle_load_memory(t, n + 3, "t", 0, &doc), FL_ERR_PARSE);
+    fli_pk_doc *doc;
+    CHECK_STATUS(fli_pickle_load_memory(t, n + 3, "t", 0, &doc), FL_ERR_PARSE);
     CHECK(msg_has("is not an integer of at most 4300 digits"));
     /* 4300 digits are fine. */
     memcpy(t + 1 + 4300, "\n.", 2);
-    CHECK_OK(fl_pickle_load_memory(t, 4303, "t", 0, &doc));
+    CHECK_OK(fli_pickle_load_memory(t, 4303, "t", 0, &doc));
     if (doc) {
-        CHECK(fl_pk_doc_root(doc)->type == FL_PK_BIGINT);
-        fl_pickle_free(doc);
+        CHECK(fli_pk_doc_root(doc)->type == FL_PK_BIGINT);
+        fli_pickle_free(doc);
     }
     free(t);
 }
@@ -717,12 +717,12 @@ static void test_truncation(void)
             /* A fresh copy of exactly len bytes, so valgrind sees any read past the end. */
             uint8_t *cut = malloc(len ? len : 1);
             memcpy(cut, c->data, len);
-            fl_pk_doc *doc = NULL;
-            fl_status s = fl_pickle_load_memory(cut, len, c->name, 0, &doc);
+            fli_pk_doc *doc = NULL;
+            fl_status s = fli_pickle_load_memory(cut, len, c->name, 0, &doc);
             CHECK_STATUS(s, FL_ERR_PARSE);
             CHECK(doc == NULL && fl_last_error()[0]);
             if (s == FL_OK)
-                fl_pickle_free(doc);
+                fli_pickle_free(doc);
             free(cut);
             tried++;
         }
@@ -769,13 +769,13 @@ static void test_corruption(void)
             uint8_t *exact = malloc(len);
             memcpy(exact, m, len);
             free(m);
-            fl_pk_doc *doc = NULL;
-            fl_status s = fl_pickle_load_memory(exact, len, "fuzz", 1 << 20, &doc);
+            fli_pk_doc *doc = NULL;
+            fl_status s = fli_pickle_load_memory(exact, len, "fuzz", 1 << 20, &doc);
             if (s == FL_OK) {
                 sbuf b = {0};
-                dump(&b, fl_pk_doc_root(doc), 0); /* touches every reachable value */
+                dump(&b, fli_pk_doc_root(doc), 0); /* touches every reachable value */
                 free(b.s);
-                fl_pickle_free(doc);
+                fli_pickle_free(doc);
                 ok++;
             } else {
                 CHECK(doc == NULL);
@@ -793,15 +793,15 @@ static void test_corruption(void)
 
 static void test_memory_bound(void)
 {
-    fl_pk_doc *doc;
+    fli_pk_doc *doc;
     /* The smallest limit that works for a document, and a clear error below it. */
     size_t lim = 1024, first_ok = 0;
     for (; lim < (1 << 20); lim += 1024) {
-        fl_status s = fl_pickle_load_memory(p4_values, sizeof p4_values, "p4", lim, &doc);
+        fl_status s = fli_pickle_load_memory(p4_values, sizeof p4_values, "p4", lim, &doc);
         if (s == FL_OK) {
             first_ok = lim;
-            CHECK(fl_pk_doc_bytes(doc) <= lim);
-            fl_pickle_free(doc);
+            CHECK(fli_pk_doc_bytes(doc) <= lim);
+            fli_pickle_free(doc);
             break;
         }
         CHECK_STATUS(s, FL_ERR_PARSE);
@@ -817,31 +817,31 @@ static void test_memory_bound(void)
     memcpy(bomb, "\x80\x02N", 3);
     memset(bomb + 3, '2', n);
     bomb[n + 3] = '.';
-    CHECK_STATUS(fl_pickle_load_memory(bomb, n + 4, "dup", 1 << 20, &doc), FL_ERR_PARSE);
+    CHECK_STATUS(fli_pickle_load_memory(bomb, n + 4, "dup", 1 << 20, &doc), FL_ERR_PARSE);
     CHECK(msg_has("dup: byte "));
     CHECK(msg_has("memory limit of 1.00 MiB"));
     memset(bomb + 2, '(', n);
-    CHECK_STATUS(fl_pickle_load_memory(bomb, n + 4, "mark", 1 << 20, &doc), FL_ERR_PARSE);
+    CHECK_STATUS(fli_pickle_load_memory(bomb, n + 4, "mark", 1 << 20, &doc), FL_ERR_PARSE);
     CHECK(msg_has("memory limit"));
     /* A list of a million Nones: 8 MB of pointers. */
     memcpy(bomb, "\x80\x02](", 4);
     memset(bomb + 4, 'N', n);
     memcpy(bomb + 4 + n, "e.", 2);
-    CHECK_STATUS(fl_pickle_load_memory(bomb, n + 6, "list", 1 << 20, &doc), FL_ERR_PARSE);
+    CHECK_STATUS(fli_pickle_load_memory(bomb, n + 6, "list", 1 << 20, &doc), FL_ERR_PARSE);
     CHECK(msg_has("memory limit"));
-    CHECK_OK(fl_pickle_load_memory(bomb, n + 6, "list", 64 << 20, &doc));
+    CHECK_OK(fli_pickle_load_memory(bomb, n + 6, "list", 64 << 20, &doc));
     if (doc) {
-        CHECK_EQ_U64(fl_pk_len(fl_pk_doc_root(doc)), n);
-        fl_pickle_free(doc);
+        CHECK_EQ_U64(fli_pk_len(fli_pk_doc_root(doc)), n);
+        fli_pickle_free(doc);
     }
     /* A memo id past the file's length (Python writes none) costs one entry, not an
      * array up to it: a PUT of 2^32-1 parses within 64 KiB (it needed 32 GiB, refused);
      * a hundred thousand such ids are still charged, and refused under 1 MiB. */
     static const uint8_t far[] = "\x80\x02]r\xff\xff\xff\xff" "0j\xff\xff\xff\xff.";
-    CHECK_OK(fl_pickle_load_memory(far, sizeof far - 1, "far", 64 << 10, &doc));
+    CHECK_OK(fli_pickle_load_memory(far, sizeof far - 1, "far", 64 << 10, &doc));
     if (doc) {
-        CHECK(fl_pk_doc_root(doc)->type == FL_PK_LIST);
-        fl_pickle_free(doc);
+        CHECK(fli_pk_doc_root(doc)->type == FL_PK_LIST);
+        fli_pickle_free(doc);
     }
     memcpy(bomb, "\x80\x02N", 3);
     size_t ids = 100000, at = 3;
@@ -852,10 +852,10 @@ static void test_memory_bound(void)
             bomb[at++] = (uint8_t)(id >> (8 * k));
     }
     bomb[at++] = '.';
-    CHECK_STATUS(fl_pickle_load_memory(bomb, at, "far", 1 << 20, &doc), FL_ERR_PARSE);
+    CHECK_STATUS(fli_pickle_load_memory(bomb, at, "far", 1 << 20, &doc), FL_ERR_PARSE);
     CHECK(msg_has("memory limit"));
     static const uint8_t bigstr[] = "\x80\x04\x8d\xff\xff\xff\xff\xff\xff\xff\x7f" "abc.";
-    CHECK_STATUS(fl_pickle_load_memory(bigstr, sizeof bigstr - 1, "len", 1 << 20, &doc), FL_ERR_PARSE);
+    CHECK_STATUS(fli_pickle_load_memory(bigstr, sizeof bigstr - 1, "len", 1 << 20, &doc), FL_ERR_PARSE);
     CHECK(msg_has("runs past the end"));
 
     /* A million nested lists: no recursion in the reader nor in freeing. */
@@ -864,16 +864,16 @@ static void test_memory_bound(void)
     memset(bomb + 2, ']', depth);
     memset(bomb + 2 + depth, 'a', depth - 1);
     bomb[2 + 2 * depth - 1] = '.';
-    CHECK_OK(fl_pickle_load_memory(bomb, 2 * depth + 2, "deep", 256 << 20, &doc));
+    CHECK_OK(fli_pickle_load_memory(bomb, 2 * depth + 2, "deep", 256 << 20, &doc));
     if (doc) {
-        const fl_pk *o = fl_pk_doc_root(doc);
+        const fli_pk *o = fli_pk_doc_root(doc);
         size_t d = 0;
-        while (fl_pk_len(o) == 1) {
-            o = fl_pk_item(o, 0);
+        while (fli_pk_len(o) == 1) {
+            o = fli_pk_item(o, 0);
             d++;
         }
         CHECK_EQ_U64(d, depth - 1);
-        fl_pickle_free(doc);
+        fli_pickle_free(doc);
     }
     free(bomb);
 }
@@ -889,20 +889,20 @@ static void test_files(void)
         return;
     CHECK(write(fd, p2_values, sizeof p2_values) == (ssize_t)sizeof p2_values);
     close(fd);
-    fl_pk_doc *doc;
-    CHECK_OK(fl_pickle_load(path, 0, &doc));
+    fli_pk_doc *doc;
+    CHECK_OK(fli_pickle_load(path, 0, &doc));
     if (doc) {
-        CHECK(!strcmp(fl_pk_doc_name(doc), path));
-        fl_pickle_free(doc);
+        CHECK(!strcmp(fli_pk_doc_name(doc), path));
+        fli_pickle_free(doc);
     }
     /* The file's own size counts against the limit. */
-    CHECK_STATUS(fl_pickle_load(path, 100, &doc), FL_ERR_PARSE);
+    CHECK_STATUS(fli_pickle_load(path, 100, &doc), FL_ERR_PARSE);
     CHECK(msg_has("over the memory limit"));
     CHECK(doc == NULL);
     unlink(path);
-    CHECK_STATUS(fl_pickle_load(path, 0, &doc), FL_ERR_IO);
+    CHECK_STATUS(fli_pickle_load(path, 0, &doc), FL_ERR_IO);
     CHECK(msg_has("cannot open"));
-    CHECK_STATUS(fl_pickle_load("/tmp", 0, &doc), FL_ERR_IO);
+    CHECK_STATUS(fli_pickle_load("/tmp", 0, &doc), FL_ERR_IO);
 }
 
 int main(void)

@@ -95,7 +95,7 @@ static void test_in_process(void)
     info_fn cinfo = (info_fn)(uintptr_t)dlsym(so, "cudaMemGetInfo");
     CHECK(cmalloc && cfree && cmalloc_async && cfree_async && cinfo);
     CHECK(!dlsym(so, "fl_alloc") && !dlsym(so, "fragless_torch_malloc") &&
-          !dlsym(so, "fl_frontend_allocator"));
+          !dlsym(so, "fli_frontend_allocator"));
     if (!cmalloc || !cfree || !cmalloc_async || !cfree_async || !cinfo)
         return;
 

@@ -155,12 +155,12 @@ static void test_check_catches(void)
     uint32_t *head = &r->heads[fl * RANGE_SL_COUNT + sl];
     /* A list whose bit is clear (its blocks are then on no visited list). */
     *bits &= ~(1u << sl);
-    uint64_t flb = r->fl_bitmap;
+    uint64_t flb = r->fli_bitmap;
     if (!*bits)
-        r->fl_bitmap &= ~(UINT64_C(1) << fl);
+        r->fli_bitmap &= ~(UINT64_C(1) << fl);
     CHECK(fl_range_check(r) != 0);
     *bits |= 1u << sl;
-    r->fl_bitmap = flb;
+    r->fli_bitmap = flb;
     CHECK(fl_range_check(r) == 0);
     /* A bit set for an empty class. */
     unsigned empty = sl == 0 ? 1 : 0;
@@ -172,9 +172,9 @@ static void test_check_catches(void)
     CHECK(fl_range_check(r) != 0);
     *bits &= ~(1u << 20);
     /* A first-level bit that disagrees. */
-    r->fl_bitmap ^= UINT64_C(1) << 63;
+    r->fli_bitmap ^= UINT64_C(1) << 63;
     CHECK(fl_range_check(r) != 0);
-    r->fl_bitmap ^= UINT64_C(1) << 63;
+    r->fli_bitmap ^= UINT64_C(1) << 63;
     /* A list head that is lost. */
     uint32_t h = *head;
     *head = 0xffffffffu;

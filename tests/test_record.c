@@ -64,8 +64,8 @@ int main(void)
     fl_allocator_destroy(a);
     fl_device_destroy(d);
 
-    fl_trace tr;
-    CHECK_OK(fl_trace_read_csv(path, &tr));
+    fli_trace tr;
+    CHECK_OK(fli_trace_read_csv(path, &tr));
     CHECK_EQ_U64(tr.n_warnings, 0);
     uint64_t allocs = 0, frees = 0, fails = 0;
     for (size_t i = 0; i < tr.n; i++) {
@@ -77,13 +77,13 @@ int main(void)
     CHECK_EQ_U64(allocs, jobs[0].allocs + jobs[1].allocs);
     CHECK_EQ_U64(frees, jobs[0].frees + jobs[1].frees);
     CHECK(fails >= 1);
-    fl_prepared *p;
-    CHECK_OK(fl_prepare(&tr, &p));
+    fli_prepared *p;
+    CHECK_OK(fli_prepare(&tr, &p));
     CHECK_EQ_U64(p->unknown_frees, 0);
     CHECK_EQ_U64(p->n_streams, 3);
     CHECK_EQ_U64(p->end_live, 0);
-    fl_prepared_free(p);
-    fl_trace_free(&tr);
+    fli_prepared_free(p);
+    fli_trace_free(&tr);
     unlink(path);
 
     /* A path that cannot be opened: the allocator is not made, the error says why. */

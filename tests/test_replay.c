@@ -8,19 +8,19 @@
 
 #define MiB (UINT64_C(1) << 20)
 
-static void push(fl_trace *t, int kind, uint64_t ptr, uint64_t size, uint64_t stream)
+static void push(fli_trace *t, int kind, uint64_t ptr, uint64_t size, uint64_t stream)
 {
-    fl_event e = {0};
+    fli_event e = {0};
     e.kind = (uint8_t)kind;
     e.ptr = ptr;
     e.size = size;
     e.stream = stream;
     e.line = (uint32_t)t->n + 2;
     e.time_us = t->n;
-    CHECK_OK(fl_trace_push(t, &e));
+    CHECK_OK(fli_trace_push(t, &e));
 }
 
-static void opts_for(fl_replay_opts *o, const char *policy)
+static void opts_for(fli_replay_opts *o, const char *policy)
 {
     memset(o, 0, sizeof *o);
     fl_config_default(&o->cfg);
@@ -30,8 +30,8 @@ static void opts_for(fl_replay_opts *o, const char *policy)
 
 static void test_prepare(void)
 {
-    fl_trace t;
-    fl_trace_init(&t, "mem/t.csv");
+    fli_trace t;
+    fli_trace_init(&t, "mem/t.csv");
     push(&t, FL_EV_ALLOC, 0x1000, 100, 0);      /* 512 live */
     push(&t, FL_EV_ALLOC, 0x2000, 1000, 0);     /* 1536 live */
     push(&t, FL_EV_FREE, 0x9999, 0, 0);         /* unknown: skipped, warned */
@@ -39,8 +39,8 @@ static void test_prepare(void)
     push(&t, FL_EV_ALLOC_FAIL, 0, 1 << 30, 0);  /* recorded failure */
     push(&t, FL_EV_ALLOC, 0x1000, 2048, 1);     /* pointer reused: 3072 live */
     push(&t, FL_EV_FREE, 0x2000, 1000, 0);
-    fl_prepared *p;
-    CHECK_OK(fl_prepare(&t, &p));
+    fli_prepared *p;
+    CHECK_OK(fli_prepare(&t, &p));
     CHECK_EQ_U64(p->n_ops, 6);
     CHECK_EQ_U64(p->n_allocs, 3);
     CHECK_EQ_U64(p->n_frees, 2);
@@ -52,85 +52,85 @@ static void test_prepare(void)
     CHECK_EQ_U64(p->n_warnings, 1);
     CHECK(p->n_warnings && strstr(p->warnings[0], "mem/t.csv:4") && strstr(p->warnings[0], "0x9999"));
     CHECK(!strcmp(p->name, "t.csv"));
-    fl_prepared_free(p);
+    fli_prepared_free(p);
 
     /* An allocation of a pointer that is still live is an error naming both lines. */
     push(&t, FL_EV_ALLOC, 0x1000, 64, 0);
-    CHECK_STATUS(fl_prepare(&t, &p), FL_ERR_PARSE);
+    CHECK_STATUS(fli_prepare(&t, &p), FL_ERR_PARSE);
     CHECK(strstr(fl_last_error(), "mem/t.csv:9") && strstr(fl_last_error(), "line 7"));
-    fl_trace_free(&t);
+    fli_trace_free(&t);
 }
 
 /* cca on a 5 MiB request makes a 20 MiB segment; fragless maps 3 pages (plus its growth
  * step). min_capacity: cca cannot run below 20 MiB, fragless needs the 3 pages. */
 static void test_known_answers(void)
 {
-    fl_trace t;
-    fl_trace_init(&t, "mem/five.csv");
+    fli_trace t;
+    fli_trace_init(&t, "mem/five.csv");
     push(&t, FL_EV_ALLOC, 0x1, 5 * MiB, 0);
     push(&t, FL_EV_FREE, 0x1, 5 * MiB, 0);
-    fl_prepared *p;
-    CHECK_OK(fl_prepare(&t, &p));
-    fl_replay_opts o;
-    fl_replay_result r;
+    fli_prepared *p;
+    CHECK_OK(fli_prepare(&t, &p));
+    fli_replay_opts o;
+    fli_replay_result r;
     uint64_t mc;
 
     opts_for(&o, "cca");
-    CHECK_OK(fl_replay(p, &o, &r));
+    CHECK_OK(fli_replay(p, &o, &r));
     CHECK_EQ_U64(r.peak_reserved, 20 * MiB);
     CHECK_EQ_U64(r.dev.calls[FL_CALL_MEM_ALLOC], 1);
     CHECK_EQ_U64(r.dev.calls[FL_CALL_MEM_FREE], 0); /* cached, not released */
     CHECK_EQ_U64(r.pairs, 1);
-    CHECK_OK(fl_min_capacity(p, &o, &r, &mc));
+    CHECK_OK(fli_min_capacity(p, &o, &r, &mc));
     CHECK_EQ_U64(mc, 20 * MiB);
-    fl_replay_result_free(&r);
+    fli_replay_result_free(&r);
 
     opts_for(&o, "fragless");
-    CHECK_OK(fl_replay(p, &o, &r));
-    CHECK_OK(fl_min_capacity(p, &o, &r, &mc));
+    CHECK_OK(fli_replay(p, &o, &r));
+    CHECK_OK(fli_min_capacity(p, &o, &r, &mc));
     CHECK_EQ_U64(mc, 6 * MiB);
-    fl_replay_result_free(&r);
+    fli_replay_result_free(&r);
 
     /* At 4 MiB nobody fits the 5 MiB block: one OOM, reported at op 0. */
     o.sim.capacity = 4 * MiB;
-    CHECK_OK(fl_replay(p, &o, &r));
+    CHECK_OK(fli_replay(p, &o, &r));
     CHECK_EQ_U64(r.ooms, 1);
     CHECK_EQ_U64(r.first_oom_op, 0);
     CHECK_EQ_U64(r.pairs, 0);
-    fl_replay_result_free(&r);
-    fl_prepared_free(p);
-    fl_trace_free(&t);
+    fli_replay_result_free(&r);
+    fli_prepared_free(p);
+    fli_trace_free(&t);
 }
 
 /* A recorded failure is tried and given back at once: it never counts as live, nor as
  * an OOM of the replay when it fails again. */
 static void test_recorded_failure(void)
 {
-    fl_trace t;
-    fl_trace_init(&t, "mem/fail.csv");
+    fli_trace t;
+    fli_trace_init(&t, "mem/fail.csv");
     push(&t, FL_EV_ALLOC, 0x1, 3 * MiB, 0);
     push(&t, FL_EV_ALLOC_FAIL, 0, 64 * MiB, 0);
     push(&t, FL_EV_FREE, 0x1, 3 * MiB, 0);
-    fl_prepared *p;
-    CHECK_OK(fl_prepare(&t, &p));
-    fl_replay_opts o;
+    fli_prepared *p;
+    CHECK_OK(fli_prepare(&t, &p));
+    fli_replay_opts o;
     opts_for(&o, "fragless");
     o.sim.capacity = 8 * MiB;
-    fl_replay_result r;
-    CHECK_OK(fl_replay(p, &o, &r));
+    fli_replay_result r;
+    CHECK_OK(fli_replay(p, &o, &r));
     CHECK_EQ_U64(r.ooms, 0);
     CHECK_EQ_U64(r.pairs, 1);
-    fl_replay_result_free(&r);
-    fl_prepared_free(p);
-    fl_trace_free(&t);
+    fli_replay_result_free(&r);
+    fli_prepared_free(p);
+    fli_trace_free(&t);
 }
 
 /* A periodic loop: timeline windows add up to the totals, and the steady-state window
  * (after the midpoint and the peak) sees no device calls under fragless and cca. */
 static void test_timeline_and_steady_state(void)
 {
-    fl_trace t;
-    fl_trace_init(&t, "mem/loop.csv");
+    fli_trace t;
+    fli_trace_init(&t, "mem/loop.csv");
     static const uint64_t sizes[] = {4 * MiB, 700, 33 * MiB, 96 << 10, 12 * MiB + 512};
     uint64_t ptr = 0x100;
     for (int step = 0; step < 40; step++) {
@@ -140,17 +140,17 @@ static void test_timeline_and_steady_state(void)
             push(&t, FL_EV_FREE, ptr + (uint64_t)i, 0, 0);
         ptr += 16;
     }
-    fl_prepared *p;
-    CHECK_OK(fl_prepare(&t, &p));
+    fli_prepared *p;
+    CHECK_OK(fli_prepare(&t, &p));
     const char *policies[] = {"fragless", "cca", "cca-expandable"};
     for (int k = 0; k < 3; k++) {
-        fl_replay_opts o;
+        fli_replay_opts o;
         opts_for(&o, policies[k]);
         o.timeline_buckets = 7;
         o.check_every = 1;
-        fl_measure m;
-        CHECK_OK(fl_measure_run(p, &o, 0, 1, &m));
-        const fl_replay_result *r = &m.unlimited;
+        fli_measure m;
+        CHECK_OK(fli_measure_run(p, &o, 0, 1, &m));
+        const fli_replay_result *r = &m.unlimited;
         CHECK_EQ_U64(r->n_buckets, 7);
         uint64_t calls = 0, total = 0;
         for (int b = 0; b < r->n_buckets; b++) {
@@ -164,10 +164,10 @@ static void test_timeline_and_steady_state(void)
         CHECK(m.steady_from_op >= p->n_ops / 2);
         CHECK_EQ_U64(r->late_calls, 0);
         CHECK(m.min_capacity >= p->peak_live && m.min_capacity <= r->peak_reserved + 2 * MiB);
-        fl_measure_free(&m);
+        fli_measure_free(&m);
     }
-    fl_prepared_free(p);
-    fl_trace_free(&t);
+    fli_prepared_free(p);
+    fli_trace_free(&t);
 }
 
 int main(void)

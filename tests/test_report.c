@@ -99,17 +99,17 @@ static void wc_block(void *user, uint64_t addr, uint64_t size, int live)
         w->seg_pins[u]++;
 }
 
-static int wc_inspect(const fl_replay_view *rv, void *user)
+static int wc_inspect(const fli_replay_view *rv, void *user)
 {
-    fl_state_visitor v = {user, wc_region, wc_page, wc_block};
+    fli_state_visitor v = {user, wc_region, wc_page, wc_block};
     rv->pol->ops->walk(rv->pol, &v);
     flush_segment(user);
     return 1;
 }
 
-static void check_map(const char *html, const fl_prepared *p, const char *policy, uint64_t min_cap)
+static void check_map(const char *html, const fli_prepared *p, const char *policy, uint64_t min_cap)
 {
-    fl_replay_opts o;
+    fli_replay_opts o;
     memset(&o, 0, sizeof o);
     fl_config_default(&o.cfg);
     fl_sim_params_default(&o.sim);
@@ -119,10 +119,10 @@ static void check_map(const char *html, const fl_prepared *p, const char *policy
     o.inspect_at_op = p->peak_live_op;
     o.inspect = wc_inspect;
     o.inspect_user = &w;
-    fl_replay_result r;
-    CHECK_OK(fl_replay(p, &o, &r));
+    fli_replay_result r;
+    CHECK_OK(fli_replay(p, &o, &r));
     CHECK_EQ_U64(r.ooms, 0);
-    fl_replay_result_free(&r);
+    fli_replay_result_free(&r);
     CHECK(w.pages[2] + w.pages[3] > 0);
     char key[64];
     snprintf(key, sizeof key, "<figure class=\"map\" data-policy=\"%s\"", policy);
@@ -186,8 +186,8 @@ static void test_report_page(void)
     /* The table holds what compare prints. */
     r = run("\"$CLI\" compare " EXAMPLE " --format csv");
     CHECK_EQ_U64(r->code, 0);
-    fl_prepared *p = NULL;
-    CHECK_OK(fl_load_trace(FL_SOURCE_DIR "/" EXAMPLE, NULL, &p));
+    fli_prepared *p = NULL;
+    CHECK_OK(fli_load_trace(FL_SOURCE_DIR "/" EXAMPLE, NULL, &p));
     uint64_t min_cap[2] = {0, 0}; /* fragless, cca */
     int rows = 0;
     for (char *line = strchr(r->out, '\n'); line && line[1]; line = strchr(line + 1, '\n')) {
@@ -228,7 +228,7 @@ static void test_report_page(void)
         check_map(html, p, "fragless", min_cap[0]);
         check_map(html, p, "cca", min_cap[1]);
     }
-    fl_prepared_free(p);
+    fli_prepared_free(p);
     /* The doctor's part: no capacity given, so no verdict, and the what-if table. */
     CHECK(strstr(html, "data-verdict=\"none\"") != NULL);
     CHECK(strstr(html, "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True") != NULL);
@@ -370,13 +370,13 @@ static void test_state_report(void)
         CHECK(strstr(sec, frag) != NULL);
         CHECK_EQ_U64(number_after(sec, "data-reserved=\""), s->reserved_bytes.current);
         /* The map: the squares per state are the file's pages (one square per page here). */
-        fl_state st;
-        CHECK_OK(fl_state_read(paths[i], &st));
+        fli_state st;
+        CHECK_OK(fli_state_read(paths[i], &st));
         walk_count w = {.g = st.granularity};
-        fl_state_visitor v = {&w, wc_region, wc_page, wc_block};
-        fl_state_walk(&st, &v);
+        fli_state_visitor v = {&w, wc_region, wc_page, wc_block};
+        fli_state_walk(&st, &v);
         flush_segment(&w);
-        fl_state_free(&st);
+        fli_state_free(&st);
         CHECK(w.pages[2] + w.pages[3] > 0 && w.pages[1] > 0); /* pinned and cached pages both */
         static const char *const keys[4] = {"data-unmapped=\"", "data-cached=\"", "data-pin1=\"", "data-pinn=\""};
         static const char *const cls[4] = {"class=\"u\"", "class=\"c\"", "class=\"p1\"", "class=\"pn\""};

@@ -15,7 +15,7 @@
 #include "replay/input.h"
 #include "test_support.h"
 
-static void opts_for(fl_replay_opts *o, const char *policy)
+static void opts_for(fli_replay_opts *o, const char *policy)
 {
     memset(o, 0, sizeof *o);
     fl_config_default(&o->cfg);
@@ -25,10 +25,10 @@ static void opts_for(fl_replay_opts *o, const char *policy)
 
 /* Replays a snapshot under the settings it recorded, following the recorded allocator:
  * the emulation's reserved memory at the end against the segments' total. */
-static void check_fidelity(const fl_prepared *p, const fl_snapshot_info *info)
+static void check_fidelity(const fli_prepared *p, const fli_snapshot_info *info)
 {
-    fl_fidelity f;
-    CHECK_OK(fl_fidelity_run(p, info, 0, &f));
+    fli_fidelity f;
+    CHECK_OK(fli_fidelity_run(p, info, 0, &f));
     printf("%-32s fidelity of %s: recorded %.3f GiB, emulated %.3f GiB, %+.2f%% (%s)\n", p->name, f.policy,
            (double)f.recorded / (double)FL_GiB, (double)f.emulated / (double)FL_GiB, 100 * f.diff,
            f.covered ? "recording covers every segment" : "segments older than the recording, rebuilt");
@@ -38,9 +38,9 @@ static void check_fidelity(const fl_prepared *p, const fl_snapshot_info *info)
 
 static void check_trace(const char *path, int snapshot)
 {
-    fl_prepared *p;
-    fl_snapshot_info info;
-    CHECK_OK(fl_load_trace_ex(path, 0, stderr, &p, &info));
+    fli_prepared *p;
+    fli_snapshot_info info;
+    CHECK_OK(fli_load_trace_ex(path, 0, stderr, &p, &info));
     if (fl_test_failures)
         return;
     CHECK_EQ_U64(p->unknown_frees, 0);
@@ -48,13 +48,13 @@ static void check_trace(const char *path, int snapshot)
         check_fidelity(p, &info);
     const char *const *names = fl_policy_names();
     uint64_t g = 2u << 20, cap = (uint64_t)((double)p->peak_live * 1.05) / g * g;
-    fl_measure m[8];
+    fli_measure m[8];
     int np = 0;
     for (; names[np]; np++) {
-        fl_replay_opts o;
+        fli_replay_opts o;
         opts_for(&o, names[np]);
         o.check_every = 997;
-        CHECK_OK(fl_measure_run(p, &o, snapshot ? 0 : cap, 1, &m[np]));
+        CHECK_OK(fli_measure_run(p, &o, snapshot ? 0 : cap, 1, &m[np]));
         printf("%-22s %-15s min_capacity/peak_live %.4f  steady calls %llu, at 1.05x: ooms %llu, steady %.3f ms\n",
                p->name, names[np], (double)m[np].min_capacity / (double)p->peak_live,
                (unsigned long long)m[np].unlimited.late_calls, (unsigned long long)m[np].at_capacity.ooms,
@@ -68,8 +68,8 @@ static void check_trace(const char *path, int snapshot)
     CHECK(m[0].min_capacity <= m[2].min_capacity);
     if (snapshot) {
         for (int i = 0; i < np; i++)
-            fl_measure_free(&m[i]);
-        fl_prepared_free(p);
+            fli_measure_free(&m[i]);
+        fli_prepared_free(p);
         return;
     }
     CHECK_EQ_U64(m[0].unlimited.late_calls, 0);
@@ -79,25 +79,25 @@ static void check_trace(const char *path, int snapshot)
     /* min_capacity is a binary search: check that fragless runs at every capacity of
      * the 20 pages above it. */
     for (uint64_t c = m[0].min_capacity; c < m[0].min_capacity + 20 * g; c += g) {
-        fl_replay_opts o;
+        fli_replay_opts o;
         opts_for(&o, "fragless");
         o.sim.capacity = c;
-        fl_replay_result r;
-        CHECK_OK(fl_replay(p, &o, &r));
+        fli_replay_result r;
+        CHECK_OK(fli_replay(p, &o, &r));
         CHECK_EQ_U64(r.ooms, 0);
-        fl_replay_result_free(&r);
+        fli_replay_result_free(&r);
     }
     /* "At any capacity where cca-expandable completes": from its own min_capacity up
      * to its unlimited peak, in eight steps. */
-    uint64_t lo = m[2].min_capacity, hi = fl_align_up(m[2].unlimited.peak_reserved, g);
+    uint64_t lo = m[2].min_capacity, hi = fli_align_up(m[2].unlimited.peak_reserved, g);
     for (int k = 0; k <= 8 && lo; k++) {
         uint64_t c = lo + (hi - lo) * (uint64_t)k / 8 / g * g;
-        fl_measure a, b;
-        fl_replay_opts o;
+        fli_measure a, b;
+        fli_replay_opts o;
         opts_for(&o, "fragless");
-        CHECK_OK(fl_measure_run(p, &o, c, 0, &a));
+        CHECK_OK(fli_measure_run(p, &o, c, 0, &a));
         opts_for(&o, "cca-expandable");
-        CHECK_OK(fl_measure_run(p, &o, c, 0, &b));
+        CHECK_OK(fli_measure_run(p, &o, c, 0, &b));
         if (b.at_capacity.ooms == 0) {
             CHECK_EQ_U64(a.at_capacity.ooms, 0);
             CHECK(a.at_capacity.late_us <= b.at_capacity.late_us);
@@ -105,12 +105,12 @@ static void check_trace(const char *path, int snapshot)
                 printf("  at %llu MiB: fragless steady %.3f ms > cca-expandable %.3f ms\n",
                        (unsigned long long)(c >> 20), a.at_capacity.late_us / 1e3, b.at_capacity.late_us / 1e3);
         }
-        fl_measure_free(&a);
-        fl_measure_free(&b);
+        fli_measure_free(&a);
+        fli_measure_free(&b);
     }
     for (int i = 0; i < np; i++)
-        fl_measure_free(&m[i]);
-    fl_prepared_free(p);
+        fli_measure_free(&m[i]);
+    fli_prepared_free(p);
 }
 
 /* Checks every file of dir ending in suffix; returns how many. */

@@ -86,13 +86,13 @@ static void test_defaults(void)
 
     /* The default costs are what gets charged: a reserve, a create and a map. */
     uint64_t va, h;
-    CHECK_OK(fl_dev_reserve(d, GRAN, &va));
-    CHECK_OK(fl_dev_create(d, GRAN, &h));
-    CHECK_OK(fl_dev_map(d, va, GRAN, h));
+    CHECK_OK(fli_dev_reserve(d, GRAN, &va));
+    CHECK_OK(fli_dev_create(d, GRAN, &h));
+    CHECK_OK(fli_dev_map(d, va, GRAN, h));
     CHECK(fabs(counters(d).time_us - (19.0 + 193.0 + 1.45)) < 1e-9);
-    CHECK_OK(fl_dev_unmap(d, va, GRAN));
-    CHECK_OK(fl_dev_release(d, h));
-    CHECK_OK(fl_dev_addr_free(d, va, GRAN));
+    CHECK_OK(fli_dev_unmap(d, va, GRAN));
+    CHECK_OK(fli_dev_release(d, h));
+    CHECK_OK(fli_dev_addr_free(d, va, GRAN));
     fl_device_destroy(d);
 
     const char *names[FL_CALL_COUNT] = {"mem_alloc", "mem_free", "reserve", "addr_free", "create",
@@ -128,7 +128,7 @@ static void test_bad_params(void)
         if (cases[i].cost_index >= 0)
             p.cost_us[cases[i].cost_index] = cases[i].cost;
         fl_device *d = (fl_device *)&p; /* any non-NULL value: a failure must clear it */
-        fl_clear_error();
+        fli_clear_error();
         fl_status s = fl_sim_device_create(&p, &d);
         fl_test_checks++;
         if (s != FL_ERR_INVALID || d != NULL || fl_last_error()[0] == 0) {
@@ -157,19 +157,19 @@ static void test_cost_model(void)
     fl_device *d = make_dev(8 * MiB);
     uint64_t va = 0, h1 = 0, h2 = 0, a = 0, x;
 
-    CHECK_OK(fl_dev_reserve(d, 8 * GRAN, &va));
-    CHECK_OK(fl_dev_create(d, GRAN, &h1));
-    CHECK_OK(fl_dev_create(d, GRAN, &h2));
-    CHECK_OK(fl_dev_map(d, va, GRAN, h1));
-    CHECK_OK(fl_dev_map(d, va + GRAN, GRAN, h2));
-    CHECK_OK(fl_dev_set_access(d, va, 2 * GRAN));
-    CHECK_OK(fl_dev_synchronize(d));
-    CHECK_OK(fl_dev_unmap(d, va, 2 * GRAN));
-    CHECK_OK(fl_dev_release(d, h1));
-    CHECK_OK(fl_dev_release(d, h2));
-    CHECK_OK(fl_dev_mem_alloc(d, 4096, &a));
-    CHECK_OK(fl_dev_mem_free(d, a));
-    CHECK_OK(fl_dev_addr_free(d, va, 8 * GRAN));
+    CHECK_OK(fli_dev_reserve(d, 8 * GRAN, &va));
+    CHECK_OK(fli_dev_create(d, GRAN, &h1));
+    CHECK_OK(fli_dev_create(d, GRAN, &h2));
+    CHECK_OK(fli_dev_map(d, va, GRAN, h1));
+    CHECK_OK(fli_dev_map(d, va + GRAN, GRAN, h2));
+    CHECK_OK(fli_dev_set_access(d, va, 2 * GRAN));
+    CHECK_OK(fli_dev_synchronize(d));
+    CHECK_OK(fli_dev_unmap(d, va, 2 * GRAN));
+    CHECK_OK(fli_dev_release(d, h1));
+    CHECK_OK(fli_dev_release(d, h2));
+    CHECK_OK(fli_dev_mem_alloc(d, 4096, &a));
+    CHECK_OK(fli_dev_mem_free(d, a));
+    CHECK_OK(fli_dev_addr_free(d, va, 8 * GRAN));
     CHECK_TIME(d);
     /* 1 reserve (4) + 2 create (16) + 2 map (64) + 1 set_access (256) + 1 sync (512)
      * + 1 unmap (128) + 2 release (32) + 1 mem_alloc (1) + 1 mem_free (2) + 1 addr_free
@@ -177,26 +177,26 @@ static void test_cost_model(void)
     CHECK(counters(d).time_us == 4 + 2 * 16 + 2 * 64 + 256 + 512 + 128 + 2 * 32 + 1 + 2 + 8);
 
     /* Refused calls are charged to their kind: the driver was asked. */
-    CHECK_STATUS(fl_dev_create(d, 16 * MiB, &x), FL_ERR_OOM);
-    CHECK_STATUS(fl_dev_map(d, va, GRAN, h1), FL_ERR_INVALID);
-    CHECK_STATUS(fl_dev_unmap(d, va, GRAN), FL_ERR_INVALID);
-    CHECK_STATUS(fl_dev_mem_free(d, a), FL_ERR_INVALID);
+    CHECK_STATUS(fli_dev_create(d, 16 * MiB, &x), FL_ERR_OOM);
+    CHECK_STATUS(fli_dev_map(d, va, GRAN, h1), FL_ERR_INVALID);
+    CHECK_STATUS(fli_dev_unmap(d, va, GRAN), FL_ERR_INVALID);
+    CHECK_STATUS(fli_dev_mem_free(d, a), FL_ERR_INVALID);
     CHECK_TIME(d);
 
     /* Injected failures never reach the device: counted, not charged. */
     uint64_t injected[FL_CALL_COUNT] = {0};
     fl_device_counters c = counters(d);
     CHECK_OK(fl_device_set_fault(d, 0, fl_device_total_calls(&c) + 1));
-    CHECK_STATUS(fl_dev_create(d, GRAN, &x), FL_ERR_DEVICE);
-    CHECK_STATUS(fl_dev_synchronize(d), FL_ERR_DEVICE);
+    CHECK_STATUS(fli_dev_create(d, GRAN, &x), FL_ERR_DEVICE);
+    CHECK_STATUS(fli_dev_synchronize(d), FL_ERR_DEVICE);
     injected[FL_CALL_CREATE] = injected[FL_CALL_SYNC] = 1;
     CHECK_OK(fl_device_set_fault(d, 0, 0));
     check_time(d, injected, __LINE__);
 
     /* Handle ids are never reused, so a stale one is always caught. */
-    CHECK_OK(fl_dev_create(d, GRAN, &x));
+    CHECK_OK(fli_dev_create(d, GRAN, &x));
     CHECK(x != h1 && x != h2);
-    CHECK_OK(fl_dev_release(d, x));
+    CHECK_OK(fli_dev_release(d, x));
     CHECK_EQ_U64(in_use(d), 0);
     fl_device_destroy(d);
 }
@@ -223,7 +223,7 @@ static void test_mem_alloc_charge(void)
     uint64_t addr[N];
     for (int i = 0; i < N; i++) {
         uint64_t before = in_use(d);
-        CHECK_OK(fl_dev_mem_alloc(d, cases[i].size, &addr[i]));
+        CHECK_OK(fli_dev_mem_alloc(d, cases[i].size, &addr[i]));
         CHECK_EQ_U64(in_use(d) - before, cases[i].charge);
         CHECK(addr[i] % 512 == 0);
         if (cases[i].charge >= GRAN)
@@ -231,7 +231,7 @@ static void test_mem_alloc_charge(void)
     }
     for (int i = 0; i < N; i++) {
         uint64_t before = in_use(d);
-        CHECK_OK(fl_dev_mem_free(d, addr[i]));
+        CHECK_OK(fli_dev_mem_free(d, addr[i]));
         CHECK_EQ_U64(before - in_use(d), cases[i].charge);
     }
     CHECK_EQ_U64(in_use(d), 0);

@@ -219,18 +219,18 @@ static void build(pw *w, int free_completed, int with_settings)
     pw_stop(w);
 }
 
-static fl_status convert(const pw *w, int device, fl_trace *t, fl_snapshot_info *info)
+static fl_status convert(const pw *w, int device, fli_trace *t, fli_snapshot_info *info)
 {
-    fl_pk_doc *doc;
-    fl_status s = fl_pickle_load_memory(w->b, w->n, "snap.pickle", 0, &doc);
+    fli_pk_doc *doc;
+    fl_status s = fli_pickle_load_memory(w->b, w->n, "snap.pickle", 0, &doc);
     if (s != FL_OK)
         return s;
-    s = fl_snapshot_to_trace(doc, "snap.pickle", device, t, info);
-    fl_pickle_free(doc);
+    s = fli_snapshot_to_trace(doc, "snap.pickle", device, t, info);
+    fli_pickle_free(doc);
     return s;
 }
 
-static void check_event(const fl_event *e, int kind, uint64_t ptr, uint64_t size, uint64_t stream,
+static void check_event(const fli_event *e, int kind, uint64_t ptr, uint64_t size, uint64_t stream,
                         uint64_t time_us, uint32_t line, int at)
 {
     int ok = e->kind == kind && e->ptr == ptr && e->size == size && e->stream == stream &&
@@ -246,8 +246,8 @@ static void test_completed(void)
 {
     pw w = {0};
     build(&w, 1, 1);
-    fl_trace t;
-    fl_snapshot_info info;
+    fli_trace t;
+    fli_snapshot_info info;
     CHECK_OK(convert(&w, 0, &t, &info));
     CHECK_EQ_U64(t.n, 11);
     if (t.n == 11) {
@@ -308,8 +308,8 @@ static void test_completed(void)
     CHECK_EQ_U64(info.roundup_divisions[15], 8);
 
     /* The trace replays: every free matches an allocation, the failure is kept. */
-    fl_prepared *p = NULL;
-    CHECK_OK(fl_prepare(&t, &p));
+    fli_prepared *p = NULL;
+    CHECK_OK(fli_prepare(&t, &p));
     if (p) {
         CHECK_EQ_U64(p->unknown_frees, 0);
         CHECK_EQ_U64(p->n_allocs, 7);
@@ -318,7 +318,7 @@ static void test_completed(void)
         CHECK_EQ_U64(p->n_streams, 2);
         /* Live at the end: P, Z, Q and Y, each rounded up to 512 B. */
         CHECK_EQ_U64(p->end_live, 512 + 2048 + 1000448 + 4096);
-        fl_prepared_free(p);
+        fli_prepared_free(p);
     }
 
     /* The CSV writer and reader agree on it. */
@@ -327,18 +327,18 @@ static void test_completed(void)
     CHECK(fd >= 0);
     if (fd >= 0) {
         close(fd);
-        CHECK_OK(fl_trace_write_csv(path, &t));
-        fl_trace back;
-        CHECK_OK(fl_trace_read_csv(path, &back));
+        CHECK_OK(fli_trace_write_csv(path, &t));
+        fli_trace back;
+        CHECK_OK(fli_trace_read_csv(path, &back));
         CHECK_EQ_U64(back.n, t.n);
         for (size_t i = 0; i < back.n && i < t.n; i++)
             CHECK(back.ev[i].kind == t.ev[i].kind && back.ev[i].ptr == t.ev[i].ptr &&
                   back.ev[i].size == t.ev[i].size && back.ev[i].stream == t.ev[i].stream &&
                   back.ev[i].time_us == t.ev[i].time_us);
-        fl_trace_free(&back);
+        fli_trace_free(&back);
         unlink(path);
     }
-    fl_trace_free(&t);
+    fli_trace_free(&t);
 
     /* Device 1: its own trace; its segment is active and traced. */
     CHECK_OK(convert(&w, 1, &t, &info));
@@ -348,7 +348,7 @@ static void test_completed(void)
     CHECK_EQ_U64(info.n_segments, 1);
     CHECK_EQ_U64(info.n_synth_live, 0);
     CHECK_EQ_U64(info.reserved_bytes, 2 << 20);
-    fl_trace_free(&t);
+    fli_trace_free(&t);
 
     /* No such device. */
     CHECK_STATUS(convert(&w, 2, &t, &info), FL_ERR_INVALID);
@@ -364,8 +364,8 @@ static void test_requested(void)
 {
     pw w = {0};
     build(&w, 0, 0);
-    fl_trace t;
-    fl_snapshot_info info;
+    fli_trace t;
+    fli_snapshot_info info;
     CHECK_OK(convert(&w, 0, &t, &info));
     CHECK(info.frees_completed == 0);
     CHECK_EQ_U64(info.n_free_completed, 0);
@@ -382,20 +382,20 @@ static void test_requested(void)
         check_event(&t.ev[3], FL_EV_ALLOC, A1, 1000, 0, 0, 1, 3); /* line of the first free_requested */
         check_event(&t.ev[5], FL_EV_FREE, A1, 1000, 0, 5, 1, 5);
     }
-    fl_prepared *p = NULL;
-    CHECK_OK(fl_prepare(&t, &p));
+    fli_prepared *p = NULL;
+    CHECK_OK(fli_prepare(&t, &p));
     if (p) {
         CHECK_EQ_U64(p->unknown_frees, 2); /* the double frees, skipped by prepare with warnings */
-        fl_prepared_free(p);
+        fli_prepared_free(p);
     }
-    fl_trace_free(&t);
+    fli_trace_free(&t);
     free(w.b);
 }
 
 /* Errors name the file and the entry; nothing is held after one. */
 static void expect_error(const char *what, const pw *w, fl_status want, const char *needle)
 {
-    fl_trace t;
+    fli_trace t;
     fl_status s = convert(w, 0, &t, NULL);
     CHECK_STATUS(s, want);
     int has = strstr(fl_last_error(), needle) != NULL;
@@ -518,15 +518,15 @@ static void test_errors(void)
     pw_end_list(&w);
     pw_end_dict(&w);
     pw_stop(&w);
-    fl_trace t;
-    fl_snapshot_info info;
+    fli_trace t;
+    fli_snapshot_info info;
     CHECK_OK(convert(&w, 0, &t, &info));
     CHECK_EQ_U64(info.n_unknown_actions, 1);
     CHECK_EQ_U64(t.n, 1);
     CHECK_EQ_U64(t.n_warnings, 1);
     if (t.n_warnings)
         CHECK(strstr(t.warnings[0], "'user_defined' first, at [1]") != NULL);
-    fl_trace_free(&t);
+    fli_trace_free(&t);
     w.n = 0;
     pw_begin(&w);
     pw_dict(&w);
@@ -540,7 +540,7 @@ static void test_errors(void)
     CHECK_OK(convert(&w, 0, &t, &info));
     CHECK_EQ_U64(t.n, 0);
     CHECK_EQ_U64(t.n_warnings, 1);
-    fl_trace_free(&t);
+    fli_trace_free(&t);
     free(w.b);
 }
 
@@ -565,8 +565,8 @@ static void test_lost_events(void)
     pw_end_list(&w);
     pw_end_dict(&w);
     pw_stop(&w);
-    fl_trace t;
-    fl_snapshot_info info;
+    fli_trace t;
+    fli_snapshot_info info;
     CHECK_OK(convert(&w, 0, &t, &info));
     CHECK_EQ_U64(info.n_active_unmatched, 1);
     CHECK_EQ_U64(info.n_synth_live, 0);
@@ -574,7 +574,7 @@ static void test_lost_events(void)
     CHECK_EQ_U64(t.n_warnings, 1);
     if (t.n_warnings)
         CHECK(strstr(t.warnings[0], "snap.pickle: 1 blocks allocated at dump were freed by the trace") != NULL);
-    fl_trace_free(&t);
+    fli_trace_free(&t);
     free(w.b);
 }
 
@@ -591,18 +591,18 @@ static void test_corrupted(void)
         int edits = 1 + (int)fl_rng_below(&rng, 3);
         for (int e = 0; e < edits; e++)
             m[fl_rng_below(&rng, w.n)] = (uint8_t)fl_rng_next(&rng);
-        fl_pk_doc *doc;
-        fl_trace t;
-        fl_snapshot_info info;
-        if (fl_pickle_load_memory(m, w.n, "c.pickle", 1 << 20, &doc) == FL_OK) {
-            if (fl_snapshot_to_trace(doc, "c.pickle", 0, &t, &info) == FL_OK) {
+        fli_pk_doc *doc;
+        fli_trace t;
+        fli_snapshot_info info;
+        if (fli_pickle_load_memory(m, w.n, "c.pickle", 1 << 20, &doc) == FL_OK) {
+            if (fli_snapshot_to_trace(doc, "c.pickle", 0, &t, &info) == FL_OK) {
                 ok++;
-                fl_trace_free(&t);
+                fli_trace_free(&t);
             } else {
                 CHECK(!strncmp(fl_last_error(), "c.pickle", 8));
                 refused++;
             }
-            fl_pickle_free(doc);
+            fli_pickle_free(doc);
         } else {
             refused++;
         }
@@ -643,11 +643,11 @@ static void test_shared(void)
     for (int i = 0; i < n; i++) {
         char path[1400];
         snprintf(path, sizeof path, "%s/%s", sdir, names[i]);
-        fl_trace t;
-        fl_snapshot_info info;
-        uint64_t t0 = fl_now_ns();
-        fl_status s = fl_trace_read_snapshot(path, 0, &t, &info);
-        double ms = (double)(fl_now_ns() - t0) / 1e6;
+        fli_trace t;
+        fli_snapshot_info info;
+        uint64_t t0 = fli_now_ns();
+        fl_status s = fli_trace_read_snapshot(path, 0, &t, &info);
+        double ms = (double)(fli_now_ns() - t0) / 1e6;
         CHECK_OK(s);
         if (s != FL_OK) {
             free(names[i]);
@@ -660,8 +660,8 @@ static void test_shared(void)
         CHECK_EQ_U64(info.n_double_frees, 0);
         CHECK_EQ_U64(info.n_unknown_actions, 0);
         CHECK(info.frees_completed == 1);
-        fl_prepared *p = NULL;
-        CHECK_OK(fl_prepare(&t, &p));
+        fli_prepared *p = NULL;
+        CHECK_OK(fli_prepare(&t, &p));
         char res[32], live[32];
         if (p) {
             CHECK_EQ_U64(p->unknown_frees, 0);
@@ -675,8 +675,8 @@ static void test_shared(void)
                fl_format_size(p ? p->end_live : 0, live, sizeof live),
                info.has_settings ? "conf='" : "none", info.has_settings ? info.alloc_conf : "",
                info.has_settings ? (info.expandable_segments ? "' expandable" : "' not expandable") : "");
-        fl_prepared_free(p);
-        fl_trace_free(&t);
+        fli_prepared_free(p);
+        fli_trace_free(&t);
         free(names[i]);
     }
 }
@@ -891,21 +891,21 @@ static void test_new_formats(void)
 {
     pw w = {0};
     build_new(&w);
-    fl_pk_doc *doc;
-    CHECK_OK(fl_pickle_load_memory(w.b, w.n, "new.pickle", 0, &doc));
-    fl_snapshot_device dev[4];
+    fli_pk_doc *doc;
+    CHECK_OK(fli_pickle_load_memory(w.b, w.n, "new.pickle", 0, &doc));
+    fli_snapshot_device dev[4];
     int nd;
-    CHECK_OK(fl_snapshot_devices(doc, NULL, dev, 4, &nd));
+    CHECK_OK(fli_snapshot_devices(doc, NULL, dev, 4, &nd));
     CHECK_EQ_U64(nd, 2);
     CHECK_EQ_U64(dev[0].n_entries, 12);
     CHECK_EQ_U64(dev[0].n_oom, 1);
     CHECK_EQ_U64(dev[0].n_segments, 2);
     CHECK_EQ_U64(dev[0].n_active_blocks, 2);
     CHECK_EQ_U64(dev[1].n_entries + dev[1].n_segments, 0);
-    fl_trace t;
-    fl_snapshot_info info;
-    CHECK_OK(fl_snapshot_to_trace(doc, "new.pickle", 0, &t, &info));
-    fl_pickle_free(doc);
+    fli_trace t;
+    fli_snapshot_info info;
+    CHECK_OK(fli_snapshot_to_trace(doc, "new.pickle", 0, &t, &info));
+    fli_pickle_free(doc);
     CHECK_EQ_U64(t.n_warnings, 0);
     /* settings under the new names */
     CHECK(!strcmp(info.alloc_conf, "max_split_size_mb:1024"));
@@ -937,7 +937,7 @@ static void test_new_formats(void)
     CHECK_EQ_U64(info.reserved_bytes, 22 * MB);
     CHECK_EQ_U64(info.oom_reserved, 40 * MB);
     uint64_t cap;
-    CHECK_OK(fl_snapshot_oom_capacity(&info, "new.pickle", &cap));
+    CHECK_OK(fli_snapshot_oom_capacity(&info, "new.pickle", &cap));
     CHECK_EQ_U64(cap, 70 * MB);
     size_t releases = 0;
     for (size_t i = 0; i < t.n; i++)
@@ -961,31 +961,31 @@ static void test_new_formats(void)
     int fd = mkstemp(path);
     if (fd >= 0) {
         close(fd);
-        CHECK_OK(fl_trace_write_csv(path, &t));
-        fl_trace back;
-        CHECK_OK(fl_trace_read_csv(path, &back));
+        CHECK_OK(fli_trace_write_csv(path, &t));
+        fli_trace back;
+        CHECK_OK(fli_trace_read_csv(path, &back));
         CHECK_EQ_U64(back.n, t.n - releases);
-        fl_trace_free(&back);
+        fli_trace_free(&back);
         unlink(path);
     }
 
     /* Followed, on the device the oom implies: OLD1 and OLD2 rebuilt, NEW1, OLD2 and NEW2
      * given back where they were, the recorded failure fails again; the emulation ends
      * where the snapshot did. Not followed: none of it. */
-    fl_prepared *p = NULL;
-    CHECK_OK(fl_prepare(&t, &p));
+    fli_prepared *p = NULL;
+    CHECK_OK(fli_prepare(&t, &p));
     if (p) {
         CHECK_EQ_U64(p->n_releases, 3);
         CHECK_EQ_U64(p->n_seeds, 2);
-        fl_replay_opts o;
+        fli_replay_opts o;
         memset(&o, 0, sizeof o);
-        fl_snapshot_config(&info, &o.cfg);
+        fli_snapshot_config(&info, &o.cfg);
         fl_sim_params_default(&o.sim);
         o.check_every = 1;
         o.follow = 1;
         o.sim.capacity = cap;
-        fl_replay_result r;
-        CHECK_OK(fl_replay(p, &o, &r));
+        fli_replay_result r;
+        CHECK_OK(fli_replay(p, &o, &r));
         CHECK_EQ_U64(r.seeded_segments, 2);
         CHECK_EQ_U64(r.seed_failures, 0);
         CHECK_EQ_U64(r.released_bytes, 38 * MB);
@@ -994,19 +994,19 @@ static void test_new_formats(void)
         /* OLD1, and the private pool's block, allocated by the policy in a small segment */
         CHECK_EQ_U64(r.end_reserved, 20 * MB + 2 * MB);
         CHECK_EQ_U64(r.peak_reserved, 20 * MB + 2 * MB + 2 * MB + 18 * MB + 18 * MB);
-        fl_replay_result_free(&r);
-        fl_fidelity f;
-        CHECK_OK(fl_fidelity_run(p, &info, 0, &f));
+        fli_replay_result_free(&r);
+        fli_fidelity f;
+        CHECK_OK(fli_fidelity_run(p, &info, 0, &f));
         CHECK(f.diff == 0.0 && !f.covered && f.capacity == cap);
         o.follow = 0;
         fl_sim_params_default(&o.sim);
-        CHECK_OK(fl_replay(p, &o, &r));
+        CHECK_OK(fli_replay(p, &o, &r));
         CHECK_EQ_U64(r.seeded_segments, 0);
         CHECK_EQ_U64(r.released_bytes, 0);
-        fl_replay_result_free(&r);
-        fl_prepared_free(p);
+        fli_replay_result_free(&r);
+        fli_prepared_free(p);
     }
-    fl_trace_free(&t);
+    fli_trace_free(&t);
     free(w.b);
 }
 

@@ -166,19 +166,19 @@ static void test_fidelity_all(void)
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         char path[512];
         snprintf(path, sizeof path, "%s/tests/snapshots/%s.pickle", FL_SOURCE_DIR, names[i]);
-        fl_loaded *v;
+        fli_loaded *v;
         int n;
-        CHECK_OK(fl_load_inputs(path, FL_DEVICE_ALL, NULL, &v, &n));
+        CHECK_OK(fli_load_inputs(path, FL_DEVICE_ALL, NULL, &v, &n));
         for (int k = 0; k < n; k++) {
-            fl_fidelity f;
-            CHECK_OK(fl_fidelity_run(v[k].p, &v[k].info, 0, &f));
+            fli_fidelity f;
+            CHECK_OK(fli_fidelity_run(v[k].p, &v[k].info, 0, &f));
             printf("%-34s covered %d, %llu older segments, diff %+.4f%%\n", v[k].p->name, f.covered,
                    (unsigned long long)f.old_segments, 100 * f.diff);
             CHECK(fabs(f.diff) <= (f.covered ? 0.01 : 0.03));
             CHECK(f.covered == (strcmp(names[i], "late_start") && strcmp(names[i], "dump_only")));
             CHECK_EQ_U64(f.seed_failures, 0);
         }
-        fl_loaded_free(v, n);
+        fli_loaded_free(v, n);
     }
 }
 

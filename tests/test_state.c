@@ -62,9 +62,9 @@ static void rec_block(void *u, uint64_t addr, uint64_t size, int live)
     *x = (rec_item){.type = 2, .addr = addr, .size = size, .flag = live};
 }
 
-static fl_state_visitor rec_visitor(rec *r)
+static fli_state_visitor rec_visitor(rec *r)
 {
-    return (fl_state_visitor){r, rec_region, rec_page, rec_block};
+    return (fli_state_visitor){r, rec_region, rec_page, rec_block};
 }
 
 static int rec_equal(const rec *a, const rec *b, const char *policy)
@@ -99,8 +99,8 @@ static void test_policy(const char *policy, const char *path)
     fl_config cfg;
     fl_config_default(&cfg);
     snprintf(cfg.policy, sizeof cfg.policy, "%s", policy);
-    fl_policy *pol = NULL;
-    CHECK_OK(fl_policy_create(&cfg, d2, &pol));
+    fli_policy *pol = NULL;
+    CHECK_OK(fli_policy_create(&cfg, d2, &pol));
     if (!pol)
         return;
     static const uint64_t sizes[] = {3 * MiB, 5 * MiB, 4096, 700 * 1024, 12 * MiB, 512, 2 * MiB, 100000};
@@ -116,8 +116,8 @@ static void test_policy(const char *policy, const char *path)
         CHECK_OK(pol->ops->free(pol, twin[i], 0, NULL));
     }
     CHECK_OK(fl_allocator_snapshot(a, path));
-    fl_state st;
-    CHECK_OK(fl_state_read(path, &st));
+    fli_state st;
+    CHECK_OK(fli_state_read(path, &st));
     CHECK(!strcmp(st.policy, policy));
     CHECK_EQ_U64(st.granularity, 2 * MiB);
     CHECK_EQ_U64(st.capacity, 256 * MiB);
@@ -125,8 +125,8 @@ static void test_policy(const char *policy, const char *path)
 
     /* The walk the file gives is the policy's. */
     rec from_file = {0}, from_policy = {0};
-    fl_state_visitor v1 = rec_visitor(&from_file), v2 = rec_visitor(&from_policy);
-    fl_state_walk(&st, &v1);
+    fli_state_visitor v1 = rec_visitor(&from_file), v2 = rec_visitor(&from_policy);
+    fli_state_walk(&st, &v1);
     pol->ops->walk(pol, &v2);
     CHECK(rec_equal(&from_file, &from_policy, policy));
 
@@ -153,11 +153,11 @@ static void test_policy(const char *policy, const char *path)
     fl_stats s;
     fl_get_stats(a, &s);
     CHECK(st.has_stats);
-    CHECK(fl_state_has_stat(&st, "allocated_bytes.all.current"));
-    CHECK(fl_state_has_stat(&st, "fragless.cached_bytes"));
-    CHECK(fl_state_has_stat(&st, "fragless.external_fragmentation"));
-    CHECK(fl_state_has_stat(&st, "fragless.device_calls.map"));
-    CHECK(!fl_state_has_stat(&st, "no.such.key"));
+    CHECK(fli_state_has_stat(&st, "allocated_bytes.all.current"));
+    CHECK(fli_state_has_stat(&st, "fragless.cached_bytes"));
+    CHECK(fli_state_has_stat(&st, "fragless.external_fragmentation"));
+    CHECK(fli_state_has_stat(&st, "fragless.device_calls.map"));
+    CHECK(!fli_state_has_stat(&st, "no.such.key"));
     CHECK_EQ_U64(st.stats.allocated_bytes.current, s.allocated_bytes.current);
     CHECK_EQ_U64(st.stats.allocated_bytes.peak, s.allocated_bytes.peak);
     CHECK_EQ_U64(st.stats.reserved_bytes.current, s.reserved_bytes.current);
@@ -176,21 +176,21 @@ static void test_policy(const char *policy, const char *path)
     FILE *f = fopen(path, "w");
     CHECK(f != NULL);
     if (f) {
-        CHECK_OK(fl_state_write(pol, NULL, f));
+        CHECK_OK(fli_state_write(pol, NULL, f));
         fclose(f);
-        fl_state st2;
-        CHECK_OK(fl_state_read(path, &st2));
+        fli_state st2;
+        CHECK_OK(fli_state_read(path, &st2));
         CHECK(!st2.has_stats && st2.stats_has == 0);
         rec again = {0};
-        fl_state_visitor v3 = rec_visitor(&again);
-        fl_state_walk(&st2, &v3);
+        fli_state_visitor v3 = rec_visitor(&again);
+        fli_state_walk(&st2, &v3);
         CHECK(rec_equal(&again, &from_policy, policy));
         free(again.it);
-        fl_state_free(&st2);
+        fli_state_free(&st2);
     }
     free(from_file.it);
     free(from_policy.it);
-    fl_state_free(&st);
+    fli_state_free(&st);
     pol->ops->destroy(pol);
     fl_allocator_destroy(a);
     fl_device_destroy(d);
@@ -203,11 +203,11 @@ static void test_empty(const char *path)
     fl_device *d = fl_test_sim(64 * MiB, 0);
     fl_allocator *a = fl_test_allocator("fragless", d);
     CHECK_OK(fl_allocator_snapshot(a, path));
-    fl_state st;
-    CHECK_OK(fl_state_read(path, &st));
+    fli_state st;
+    CHECK_OK(fli_state_read(path, &st));
     CHECK_EQ_U64(st.n_regions, 0);
     CHECK_EQ_U64(st.n_pages + st.n_blocks, 0);
-    fl_state_free(&st);
+    fli_state_free(&st);
     fl_allocator_destroy(a);
     fl_device_destroy(d);
 }
@@ -215,12 +215,12 @@ static void test_empty(const char *path)
 /* ---- malformed input ---- */
 
 /* Parses text (strlen) from an exact-size heap copy; returns the status. */
-static fl_status parse(const char *text, fl_state *st)
+static fl_status parse(const char *text, fli_state *st)
 {
     size_t n = strlen(text);
     char *copy = malloc(n ? n : 1);
     memcpy(copy, text, n);
-    fl_status s = fl_state_parse(copy, n, "t.json", st);
+    fl_status s = fli_state_parse(copy, n, "t.json", st);
     free(copy);
     return s;
 }
@@ -229,7 +229,7 @@ static fl_status parse(const char *text, fl_state *st)
  * giving the byte offset `at` (SIZE_MAX: any). */
 static void refused(const char *text, const char *what, size_t at, int line)
 {
-    fl_state st;
+    fli_state st;
     fl_status s = parse(text, &st);
     const char *e = fl_last_error();
     char want[48];
@@ -243,7 +243,7 @@ static void refused(const char *text, const char *what, size_t at, int line)
                 fl_status_str(s), s ? e : "(accepted)");
     }
     CHECK(st.n_regions == 0 && st.regions == NULL && st.pages == NULL); /* left empty */
-    fl_state_free(&st);
+    fli_state_free(&st);
 }
 #define REFUSED(text, what, at) refused(text, what, at, __LINE__)
 
@@ -272,15 +272,15 @@ static void test_truncations(const char *path)
     size_t n = strlen(text), last = n;
     while (last && strchr(" \t\r\n", text[last - 1]))
         last--; /* text[0..last) ends with the closing '}' */
-    fl_state st;
-    CHECK_OK(fl_state_parse(text, n, "t.json", &st));
+    fli_state st;
+    CHECK_OK(fli_state_parse(text, n, "t.json", &st));
     CHECK_EQ_U64(st.n_regions, 1);
-    fl_state_free(&st);
+    fli_state_free(&st);
     int bad = 0;
     for (size_t i = 0; i < n; i++) {
         char *copy = malloc(i ? i : 1);
         memcpy(copy, text, i);
-        fl_status s = fl_state_parse(copy, i, "t.json", &st);
+        fl_status s = fli_state_parse(copy, i, "t.json", &st);
         free(copy);
         if (i < last) {
             const char *e = fl_last_error(), *b = strstr(e, "(byte ");
@@ -293,17 +293,17 @@ static void test_truncations(const char *path)
             bad++;
             fprintf(stderr, "cut at %zu (only white space left): %s\n", i, fl_last_error());
         }
-        fl_state_free(&st);
+        fli_state_free(&st);
     }
     CHECK_EQ_U64(bad, 0);
     /* A cut inside the pages names where it was. */
-    CHECK_STATUS(fl_state_parse(text, (size_t)(strstr(text, "\"blocks\"") - text) - 1, "t.json", &st), FL_ERR_PARSE);
+    CHECK_STATUS(fli_state_parse(text, (size_t)(strstr(text, "\"blocks\"") - text) - 1, "t.json", &st), FL_ERR_PARSE);
     free(text);
 }
 
 static void test_malformed(void)
 {
-    fl_state st;
+    fli_state st;
     /* Not ours, or not this version. */
     REFUSED("", "expected '{'", 0);
     REFUSED("   \n", "expected '{', found the end of the file", 4);
@@ -355,7 +355,7 @@ static void test_malformed(void)
     REFUSED(HEAD "\"x\":1e+,\"regions\":[]}", "digit in the exponent", SIZE_MAX);
     /* Nesting: 8 levels are fine, 9 are not; a million never reach the stack. */
     CHECK_OK(parse(HEAD "\"x\":[[[[[[[1]]]]]]],\"regions\":[]}", &st));
-    fl_state_free(&st);
+    fli_state_free(&st);
     REFUSED(HEAD "\"x\":[[[[[[[[1]]]]]]]],\"regions\":[]}", "nested deeper than 8 levels", sizeof head - 1 + 11);
     REFUSED(HEAD "\"x\":{\"a\":{\"b\":{\"c\":{\"d\":{\"e\":{\"f\":{\"g\":{\"h\":1}}}}}}}}}", "nested deeper", SIZE_MAX);
     {
@@ -364,7 +364,7 @@ static void test_malformed(void)
         memcpy(deep, head, sizeof head - 1);
         memcpy(deep + sizeof head - 1, "\"x\":", 4);
         memset(deep + sizeof head + 3, '[', n - 4);
-        CHECK_STATUS(fl_state_parse(deep, sizeof head - 1 + n, "t.json", &st), FL_ERR_PARSE);
+        CHECK_STATUS(fli_state_parse(deep, sizeof head - 1 + n, "t.json", &st), FL_ERR_PARSE);
         CHECK_MENTIONS("nested deeper");
         free(deep);
     }
@@ -400,7 +400,7 @@ static void test_malformed(void)
 /* What a later version may add is passed over; escapes decode. */
 static void test_forward_compatible(void)
 {
-    fl_state st;
+    fli_state st;
     const char *t = "\n {\"format\":\"fragless-state\",\"version\":1,\"written_by\":{\"a\":[1,-2.5e-3,true,false,null,"
                     "\"\\\"\\\\\\/\\b\\f\\n\\r\\t\\u00e9\\ud83d\\ude00\"]},\"policy\":\"cca\",\"granularity\":2097152,"
                     "\"capacity\":0,\"stats\":{\"num_ooms\":3,\"new_stat\":{\"x\":[]},\"fragless\":{\"largest_free\":7,"
@@ -412,8 +412,8 @@ static void test_forward_compatible(void)
     CHECK_EQ_U64(st.stats.num_ooms, 3);
     CHECK_EQ_U64(st.stats.largest_free, 7);
     CHECK_EQ_U64(st.stats.device_calls[FL_CALL_MAP], 5);
-    CHECK(fl_state_has_stat(&st, "num_ooms") && fl_state_has_stat(&st, "fragless.device_calls.map"));
-    CHECK(!fl_state_has_stat(&st, "fragless.cached_bytes"));
+    CHECK(fli_state_has_stat(&st, "num_ooms") && fli_state_has_stat(&st, "fragless.device_calls.map"));
+    CHECK(!fli_state_has_stat(&st, "fragless.cached_bytes"));
     CHECK_EQ_U64(st.n_regions, 1);
     if (st.n_regions == 1) {
         CHECK(!strcmp(st.regions[0].kind, "s\xc3\xa9g"));
@@ -424,28 +424,28 @@ static void test_forward_compatible(void)
         CHECK(st.blocks[0].live && !st.blocks[1].live);
         CHECK_EQ_U64(st.blocks[1].addr, 0x200200);
     }
-    fl_state_free(&st);
+    fli_state_free(&st);
     /* 2^64 - 1 is the largest number. */
     CHECK_OK(parse(HEAD "\"regions\":[{\"kind\":\"k\",\"addr\":\"0x0\",\"size\":18446744073709551615}]}", &st));
     CHECK_EQ_U64(st.n_regions ? st.regions[0].size : 0, UINT64_MAX);
-    fl_state_free(&st);
+    fli_state_free(&st);
 }
 
 static void test_files(const char *path)
 {
-    fl_state st;
-    CHECK_STATUS(fl_state_read("/nonexistent/state.json", &st), FL_ERR_IO);
+    fli_state st;
+    CHECK_STATUS(fli_state_read("/nonexistent/state.json", &st), FL_ERR_IO);
     CHECK_MENTIONS("/nonexistent/state.json");
-    fl_input_kind kind; /* which files are state snapshots: src/replay/input.c */
-    CHECK_STATUS(fl_input_detect("/nonexistent/state.json", &kind), FL_ERR_IO);
+    fli_input_kind kind; /* which files are state snapshots: src/replay/input.c */
+    CHECK_STATUS(fli_input_detect("/nonexistent/state.json", &kind), FL_ERR_IO);
     FILE *f = fopen(path, "w");
     fputs(" \r\n\t{\"format\":\"fragless-state\",\"version\":3}", f);
     fclose(f);
-    CHECK(fl_input_detect(path, &kind) == FL_OK && kind == FL_INPUT_STATE);
-    CHECK_STATUS(fl_state_read(path, &st), FL_ERR_PARSE);
+    CHECK(fli_input_detect(path, &kind) == FL_OK && kind == FL_INPUT_STATE);
+    CHECK_STATUS(fli_state_read(path, &st), FL_ERR_PARSE);
     CHECK_MENTIONS(path);
     CHECK_MENTIONS(":2:39: version 3");
-    CHECK(fl_input_detect(FL_SOURCE_DIR "/examples/encoder_varlen.csv", &kind) == FL_OK && kind == FL_INPUT_CSV);
+    CHECK(fli_input_detect(FL_SOURCE_DIR "/examples/encoder_varlen.csv", &kind) == FL_OK && kind == FL_INPUT_CSV);
 }
 
 int main(void)

@@ -132,17 +132,17 @@ static void *empty_cache(void *arg)
 static void *observe_record(void *arg)
 {
     observer *o = arg;
-    fl_pub_reader r;
-    if (fl_pub_reader_open(o->path, &r) != FL_OK) {
+    fli_pub_reader r;
+    if (fli_pub_reader_open(o->path, &r) != FL_OK) {
         fprintf(stderr, "%s\n", fl_last_error());
         o->errors++;
         return NULL;
     }
-    fl_pub_entry prev, e;
+    fli_pub_entry prev, e;
     int have = 0;
     for (int done = 0; !done;) {
         done = atomic_load(&workers_done) == WORKERS;
-        if (fl_pub_reader_snapshot(&r, 0, &e) != FL_PUB_WHOLE)
+        if (fli_pub_reader_snapshot(&r, 0, &e) != FL_PUB_WHOLE)
             continue;
         o->rounds++;
         if (e.seq % 2)
@@ -154,7 +154,7 @@ static void *observe_record(void *arg)
         prev = e;
         have = 1;
     }
-    fl_pub_reader_close(&r);
+    fli_pub_reader_close(&r);
     return NULL;
 }
 
@@ -240,8 +240,8 @@ int main(void)
     CHECK_EQ_U64(s.allocated_bytes.allocated, s.allocated_bytes.freed);
     CHECK_EQ_U64(s.num_ooms, ooms);
     CHECK(s.allocated_bytes.peak > 0 && s.reserved_bytes.peak >= s.allocated_bytes.peak);
-    fl_pub_entry e;
-    CHECK_OK(fl_publish_read(path, &e));
+    fli_pub_entry e;
+    CHECK_OK(fli_publish_read(path, &e));
     CHECK(memcmp(&e.stats, &s, sizeof s) == 0);
     CHECK_EQ_U64(e.pid, getpid());
 

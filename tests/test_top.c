@@ -163,22 +163,22 @@ static void test_child_listed_and_removed(void)
     CHECK(exists(path));
 
     /* The record read directly is the child's fl_get_stats, field for field. */
-    fl_pub_entry e;
-    CHECK_OK(fl_publish_read(path, &e));
+    fli_pub_entry e;
+    CHECK_OK(fli_publish_read(path, &e));
     CHECK_EQ_U64(e.pid, c.pid);
     CHECK_EQ_U64(e.device, 0);
     CHECK(!strcmp(e.comm, "test_top"));
     CHECK_EQ_U64(e.rank, 5);
     /* The double's UUID of device 0: "fakecuda", then zeros and the ordinal. */
     CHECK(!strcmp(e.uuid, "GPU-66616b65-6375-6461-0000-000000000000"));
-    CHECK(e.start_time != 0 && e.start_time == fl_proc_start_time((uint64_t)c.pid));
+    CHECK(e.start_time != 0 && e.start_time == fli_proc_start_time((uint64_t)c.pid));
     CHECK(e.seq >= 2 && e.seq % 2 == 0);
     CHECK_EQ_U64(e.stats.allocated_bytes.current, c.stats.allocated_bytes.current);
     CHECK_EQ_U64(e.stats.reserved_bytes.current, c.stats.reserved_bytes.current);
     CHECK_EQ_U64(e.stats.allocation.current, 3);
     CHECK_EQ_U64(e.stats.requested_bytes.current, 3 * MiB + 5 * MiB + 12345 + 777);
     CHECK(memcmp(&e.stats, &c.stats, sizeof e.stats) == 0);
-    CHECK(!fl_publish_stale(e.pid, e.start_time, NULL));
+    CHECK(!fli_publish_stale(e.pid, e.start_time, NULL));
 
     /* top lists it: pid, device, command, live bytes. */
     fl_run_result *r = top_once();
@@ -226,10 +226,10 @@ static void test_killed_child_left_then_removed(void)
     if (f)
         fclose(f);
 
-    fl_pub_entry e;
-    CHECK_OK(fl_publish_read(path, &e));
+    fli_pub_entry e;
+    CHECK_OK(fli_publish_read(path, &e));
     const char *why = "";
-    CHECK(fl_publish_stale(e.pid, e.start_time, &why) == 1);
+    CHECK(fli_publish_stale(e.pid, e.start_time, &why) == 1);
     CHECK(strstr(why, "exited") != NULL);
 
     fl_run_result *r = top_once();
@@ -249,7 +249,7 @@ static void test_killed_child_left_then_removed(void)
  * reused. With the right start time the same record is listed. */
 static void write_record(const char *path, uint64_t pid, uint64_t start, int device, const char *comm)
 {
-    fl_pub_record rec;
+    fli_pub_record rec;
     memset(&rec, 0, sizeof rec);
     rec.magic = FL_PUB_MAGIC;
     rec.version = FL_PUB_VERSION;
@@ -266,7 +266,7 @@ static void write_record(const char *path, uint64_t pid, uint64_t start, int dev
 
 static void test_reused_pid(void)
 {
-    uint64_t me = (uint64_t)getpid(), start = fl_proc_start_time(me);
+    uint64_t me = (uint64_t)getpid(), start = fli_proc_start_time(me);
     CHECK(start != 0);
     char reused[256], live[256], want[512];
     snprintf(reused, sizeof reused, "%s/fragless.%llu.7", dir, (unsigned long long)me);
@@ -315,13 +315,13 @@ static void test_malformed_skipped(void)
     fclose(f);
     CHECK(truncate(cut, 100) == 0);
 
-    fl_pub_entry e;
-    CHECK_STATUS(fl_publish_read(magic, &e), FL_ERR_PARSE);
+    fli_pub_entry e;
+    CHECK_STATUS(fli_publish_read(magic, &e), FL_ERR_PARSE);
     CHECK_MENTIONS(magic);
     CHECK_MENTIONS("0xdeadbeef");
-    CHECK_STATUS(fl_publish_read(cut, &e), FL_ERR_PARSE);
+    CHECK_STATUS(fli_publish_read(cut, &e), FL_ERR_PARSE);
     CHECK_MENTIONS("truncated");
-    CHECK_STATUS(fl_publish_read(garbage, &e), FL_ERR_PARSE);
+    CHECK_STATUS(fli_publish_read(garbage, &e), FL_ERR_PARSE);
 
     fl_run_result *r = top_once();
     CHECK_EQ_U64(r->code, 0);
@@ -401,8 +401,8 @@ static void test_in_process(void)
     CHECK_OK(fl_set_limit(a, 64 * MiB)); /* publishes */
     fl_stats st;
     fl_get_stats(a, &st);
-    fl_pub_entry e;
-    CHECK_OK(fl_publish_read(pa, &e));
+    fli_pub_entry e;
+    CHECK_OK(fli_publish_read(pa, &e));
     CHECK(memcmp(&e.stats, &st, sizeof st) == 0);
     CHECK_EQ_U64(e.stats.allocated_bytes.current, 10 * MiB);
     CHECK_EQ_U64(e.stats.limit, 64 * MiB);
@@ -410,9 +410,9 @@ static void test_in_process(void)
     uint64_t z;
     fl_config_default(&cfg);
     CHECK_STATUS(fl_alloc(a, 100 * MiB, 0, &z), FL_ERR_OOM);
-    CHECK_OK(fl_publish_read(pa, &e));
+    CHECK_OK(fli_publish_read(pa, &e));
     CHECK_EQ_U64(e.stats.num_ooms, 1);
-    CHECK_OK(fl_publish_read(pb, &e));
+    CHECK_OK(fli_publish_read(pb, &e));
     CHECK_EQ_U64(e.stats.allocated_bytes.current, 0);
     CHECK_OK(fl_free(a, x));
     fl_allocator_destroy(a);
@@ -438,8 +438,8 @@ static void test_in_process(void)
     }
 
     setenv("FRAGLESS_TOP_DIR", "/nonexistent/fl_top_dir", 1);
-    fl_publisher *p = NULL;
-    CHECK_STATUS(fl_publish_open(0, "", &p), FL_ERR_IO);
+    fli_publisher *p = NULL;
+    CHECK_STATUS(fli_publish_open(0, "", &p), FL_ERR_IO);
     CHECK(p == NULL);
     CHECK_MENTIONS("/nonexistent/fl_top_dir/");
     CHECK_MENTIONS("No such file or directory");
@@ -480,7 +480,7 @@ static uint64_t mono_ns(void)
 }
 
 typedef struct writer_arg {
-    fl_publisher *p;
+    fli_publisher *p;
     uint64_t *updates;
 } writer_arg;
 
@@ -494,7 +494,7 @@ static void *writer(void *arg)
     do {
         for (int i = 0; i < 256; i++) {
             stats_for(++k, &s);
-            fl_publish_update(w->p, &s);
+            fli_publish_update(w->p, &s);
         }
     } while (mono_ns() < end);
     *w->updates = k;
@@ -510,8 +510,8 @@ typedef struct reader_state {
 static void *reader(void *arg)
 {
     reader_state *r = arg;
-    fl_pub_reader rec;
-    if (fl_pub_reader_open(r->path, &rec) != FL_OK) {
+    fli_pub_reader rec;
+    if (fli_pub_reader_open(r->path, &rec) != FL_OK) {
         fprintf(stderr, "reader: %s\n", fl_last_error());
         r->torn++;
         return NULL;
@@ -520,8 +520,8 @@ static void *reader(void *arg)
     atomic_fetch_add(&readers_ready, 1);
     for (int done = 0; !done;) {
         done = atomic_load(&writers_done) == WRITERS; /* one last read after the writers */
-        fl_pub_entry e;
-        if (fl_pub_reader_snapshot(&rec, 0, &e) != FL_PUB_WHOLE) {
+        fli_pub_entry e;
+        if (fli_pub_reader_snapshot(&rec, 0, &e) != FL_PUB_WHOLE) {
             r->busy++;
             continue;
         }
@@ -544,21 +544,21 @@ static void *reader(void *arg)
         last = k;
     }
     r->last_k = last;
-    fl_pub_reader_close(&rec);
+    fli_pub_reader_close(&rec);
     return NULL;
 }
 
 static void test_seqlock(void)
 {
-    fl_publisher *p[WRITERS] = {0};
+    fli_publisher *p[WRITERS] = {0};
     reader_state rs[WRITERS];
     pthread_t wt[WRITERS], rt[WRITERS];
     memset(rs, 0, sizeof rs);
     for (int i = 0; i < WRITERS; i++) {
-        CHECK_OK(fl_publish_open(5 + i, "", &p[i]));
+        CHECK_OK(fli_publish_open(5 + i, "", &p[i]));
         if (!p[i])
             return;
-        rs[i].path = fl_publish_path(p[i]);
+        rs[i].path = fli_publish_path(p[i]);
     }
     for (int i = 0; i < WRITERS; i++)
         pthread_create(&rt[i], NULL, reader, &rs[i]);
@@ -580,13 +580,13 @@ static void test_seqlock(void)
         CHECK(rs[i].reads > 0 && rs[i].busy <= rs[i].reads / 100); /* a writer preempted mid-update */
         CHECK(rs[i].distinct >= 3); /* the reads overlapped the updates (2 cores: few switches) */
         CHECK_EQ_U64(rs[i].last_k, updates[i]); /* the final read sees the last update */
-        fl_pub_entry e;
-        CHECK_OK(fl_publish_read(rs[i].path, &e));
+        fli_pub_entry e;
+        CHECK_OK(fli_publish_read(rs[i].path, &e));
         CHECK_EQ_U64(e.seq, 2 * updates[i]);
         CHECK_EQ_U64(e.device, 5 + i);
         char path[256];
         snprintf(path, sizeof path, "%s", rs[i].path);
-        fl_publish_close(p[i]);
+        fli_publish_close(p[i]);
         CHECK(!exists(path));
     }
 }

@@ -43,11 +43,11 @@ static void tmp_remove(void) { unlink(tmp_path); }
 static void test_round_trip(void)
 {
     fl_rng rng = {0x1234567};
-    fl_trace t;
-    fl_trace_init(&t, "");
+    fli_trace t;
+    fli_trace_init(&t, "");
     /* 40k rows (~2 MB) cross many read-chunk boundaries. */
     for (int i = 0; i < 40000; i++) {
-        fl_event e = {0};
+        fli_event e = {0};
         e.kind = (uint8_t)fl_rng_below(&rng, 3);
         e.thread = fl_rng_below(&rng, 4) ? fl_rng_below(&rng, 100000) : fl_rng_next(&rng);
         e.time_us = fl_rng_below(&rng, 8) ? fl_rng_below(&rng, UINT64_C(100) * 3600000000)
@@ -57,49 +57,49 @@ static void test_round_trip(void)
         if (e.kind == FL_EV_FREE && fl_rng_below(&rng, 10) == 0)
             e.size = 0;
         e.stream = fl_rng_below(&rng, 2) ? 0 : fl_rng_next(&rng) >> fl_rng_below(&rng, 64);
-        CHECK_OK(fl_trace_push(&t, &e));
+        CHECK_OK(fli_trace_push(&t, &e));
     }
-    fl_event extremes[] = {
+    fli_event extremes[] = {
         {.time_us = UINT64_MAX, .ptr = UINT64_MAX, .size = UINT64_MAX, .stream = UINT64_MAX,
          .thread = UINT64_MAX, .kind = FL_EV_ALLOC},
         {.time_us = 0, .ptr = 0, .size = 0, .stream = 0, .thread = 0, .kind = FL_EV_FREE},
     };
     for (size_t i = 0; i < 2; i++)
-        CHECK_OK(fl_trace_push(&t, &extremes[i]));
+        CHECK_OK(fli_trace_push(&t, &extremes[i]));
 
     const char *path = tmp_text("");
-    CHECK_OK(fl_trace_write_csv(path, &t));
-    fl_trace r;
-    CHECK_OK(fl_trace_read_csv(path, &r));
+    CHECK_OK(fli_trace_write_csv(path, &t));
+    fli_trace r;
+    CHECK_OK(fli_trace_read_csv(path, &r));
     CHECK_EQ_U64(r.n, t.n);
     CHECK_EQ_U64(r.n_warnings, 0);
     CHECK(strcmp(r.path, path) == 0);
     size_t bad = 0;
     for (size_t i = 0; i < t.n && i < r.n; i++) {
-        const fl_event *a = &t.ev[i], *b = &r.ev[i];
+        const fli_event *a = &t.ev[i], *b = &r.ev[i];
         if (a->time_us != b->time_us || a->ptr != b->ptr || a->size != b->size ||
             a->stream != b->stream || a->thread != b->thread || a->kind != b->kind ||
             b->line != i + 2)
             bad++;
     }
     CHECK_EQ_U64(bad, 0);
-    fl_trace_free(&r);
+    fli_trace_free(&r);
     tmp_remove();
-    fl_trace_free(&t);
+    fli_trace_free(&t);
 
     /* The exact row text the writer produces. */
     char row[192];
-    fl_event e = {.time_us = UINT64_C(3723) * 1000000 + 42, .ptr = 0x10012400000, .size = 1048576,
+    fli_event e = {.time_us = UINT64_C(3723) * 1000000 + 42, .ptr = 0x10012400000, .size = 1048576,
                   .stream = 0xab, .thread = 2342727, .kind = FL_EV_ALLOC};
-    int len = fl_trace_format_row(row, sizeof row, &e);
+    int len = fli_trace_format_row(row, sizeof row, &e);
     CHECK(strcmp(row, "2342727,01:02:03.000042,allocate,0x10012400000,1048576,ab") == 0);
     CHECK_EQ_U64(len, strlen(row));
     e.time_us = UINT64_C(100) * 3600000000 + 1; /* hours past 99 get more digits */
     e.kind = FL_EV_ALLOC_FAIL;
-    fl_trace_format_row(row, sizeof row, &e);
+    fli_trace_format_row(row, sizeof row, &e);
     CHECK(strcmp(row, "2342727,100:00:00.000001,allocate failure,0x0,1048576,ab") == 0);
     e.kind = 9;
-    CHECK(fl_trace_format_row(row, sizeof row, &e) < 0);
+    CHECK(fli_trace_format_row(row, sizeof row, &e) < 0);
 }
 
 /* ---- errors ---------------------------------------------------------------------- */
@@ -153,8 +153,8 @@ static void test_errors(void)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const bad_case *c = &cases[i];
         const char *path = tmp_text(c->text);
-        fl_trace t;
-        fl_status s = fl_trace_read_csv(path, &t);
+        fli_trace t;
+        fl_status s = fli_trace_read_csv(path, &t);
         char where[96];
         snprintf(where, sizeof where, "%s:%d: ", path, c->line);
         const char *msg = fl_last_error();
@@ -164,7 +164,7 @@ static void test_errors(void)
             fprintf(stderr, "  case %zu: status %s, message '%s', want '%s' and '%s'\n", i,
                     fl_status_str(s), msg, where, c->want);
         CHECK(t.n == 0 && t.ev == NULL && t.warnings == NULL && t.path == NULL);
-        fl_trace_free(&t);
+        fli_trace_free(&t);
         tmp_remove();
     }
 }
@@ -179,13 +179,13 @@ static void test_error_far_down(void)
         o += (size_t)sprintf(text + o, "7,00:00:01.%06zu,allocate,0x%zx,%s,0\n", i, i + 1,
                              i == bad_row ? "12x" : "512");
     const char *path = tmp_write(text, o);
-    fl_trace t;
-    CHECK_STATUS(fl_trace_read_csv(path, &t), FL_ERR_PARSE);
+    fli_trace t;
+    CHECK_STATUS(fli_trace_read_csv(path, &t), FL_ERR_PARSE);
     char want[128];
     snprintf(want, sizeof want, "%s:%zu: column Size: '12x'", path, bad_row + 2);
     CHECK(strstr(fl_last_error(), want) != NULL);
     CHECK(t.n == 0);
-    fl_trace_free(&t);
+    fli_trace_free(&t);
     tmp_remove();
     free(text);
 }
@@ -201,33 +201,33 @@ static void test_long_and_nul(void)
         o += n;
         o += (size_t)sprintf(text + o, ",0\n%s", last ? "" : ROW_F);
         const char *path = tmp_write(text, o);
-        fl_trace t;
-        CHECK_STATUS(fl_trace_read_csv(path, &t), FL_ERR_PARSE);
+        fli_trace t;
+        CHECK_STATUS(fli_trace_read_csv(path, &t), FL_ERR_PARSE);
         char want[96];
         snprintf(want, sizeof want, "%s:3: line is longer than", path);
         CHECK(strstr(fl_last_error(), want) != NULL);
-        fl_trace_free(&t);
+        fli_trace_free(&t);
         tmp_remove();
         free(text);
     }
     /* An embedded NUL in a terminated line is an error. */
     static const char nul_text[] = HDR ROW_A "1,00:00:00.0\0000003,allocate,0x2000,16,0\n" ROW_F;
     const char *path = tmp_write(nul_text, sizeof nul_text - 1);
-    fl_trace t;
-    CHECK_STATUS(fl_trace_read_csv(path, &t), FL_ERR_PARSE);
+    fli_trace t;
+    CHECK_STATUS(fli_trace_read_csv(path, &t), FL_ERR_PARSE);
     char want[96];
     snprintf(want, sizeof want, "%s:3: NUL byte at column 13", path);
     CHECK(strstr(fl_last_error(), want) != NULL);
-    fl_trace_free(&t);
+    fli_trace_free(&t);
     tmp_remove();
 }
 
 /* ---- tolerated input --------------------------------------------------------------- */
 
-static fl_status read_text(const char *text, size_t n, fl_trace *t)
+static fl_status read_text(const char *text, size_t n, fli_trace *t)
 {
     const char *path = tmp_write(text, n);
-    fl_status s = fl_trace_read_csv(path, t);
+    fl_status s = fli_trace_read_csv(path, t);
     tmp_remove();
     return s;
 }
@@ -242,7 +242,7 @@ static void test_truncated_last_line(void)
         HDR ROW_A ROW_F "1,00:00:00.000003,allocate,0x3000,40,",      /* empty Stream */
     };
     for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
-        fl_trace t;
+        fli_trace t;
         CHECK_OK(read_text(cuts[i], strlen(cuts[i]), &t));
         CHECK_EQ_U64(t.n, 2);
         CHECK_EQ_U64(t.n_warnings, 1);
@@ -251,47 +251,47 @@ static void test_truncated_last_line(void)
             CHECK(strstr(t.warnings[0], "), ignored") != NULL);
             CHECK(strncmp(t.warnings[0], "/tmp/fl_test_trace_", 19) == 0);
         }
-        fl_trace_free(&t);
+        fli_trace_free(&t);
     }
     /* A zero-filled tail after a crash. */
     static const char zeros[] = HDR ROW_A "1,00:00:00.00\0\0\0\0\0\0\0";
-    fl_trace t;
+    fli_trace t;
     CHECK_OK(READ_TEXT(zeros, &t));
     CHECK_EQ_U64(t.n, 1);
     CHECK_EQ_U64(t.n_warnings, 1);
-    fl_trace_free(&t);
+    fli_trace_free(&t);
     /* A complete last line without newline is kept, with a warning (its last field may
      * have been cut). */
     CHECK_OK(READ_TEXT(HDR ROW_A "1,00:00:00.000002,free,0x1000,4096,0", &t));
     CHECK_EQ_U64(t.n, 2);
     CHECK_EQ_U64(t.n_warnings, 1);
     CHECK(t.n_warnings == 1 && strstr(t.warnings[0], "no newline") != NULL);
-    fl_trace_free(&t);
+    fli_trace_free(&t);
     /* A header cut short is an empty trace with a warning; something else is an error. */
     CHECK_OK(READ_TEXT("Thread,Time,Act", &t));
     CHECK_EQ_U64(t.n, 0);
     CHECK_EQ_U64(t.n_warnings, 1);
-    fl_trace_free(&t);
+    fli_trace_free(&t);
     CHECK_STATUS(READ_TEXT("hello", &t), FL_ERR_PARSE);
     CHECK(strstr(fl_last_error(), ":1: header 'hello'") != NULL);
-    fl_trace_free(&t);
+    fli_trace_free(&t);
 }
 
 static void test_tolerated(void)
 {
-    fl_trace t;
+    fli_trace t;
     /* Empty file and header only: valid empty traces. */
     CHECK_OK(READ_TEXT("", &t));
     CHECK_EQ_U64(t.n, 0);
     CHECK_EQ_U64(t.n_warnings, 0);
-    fl_trace_free(&t);
+    fli_trace_free(&t);
     CHECK_OK(READ_TEXT(HDR, &t));
     CHECK_EQ_U64(t.n, 0);
-    fl_trace_free(&t);
+    fli_trace_free(&t);
     CHECK_OK(READ_TEXT("Thread,Time,Action,Pointer,Size,Stream", &t));
     CHECK_EQ_U64(t.n, 0);
     CHECK_EQ_U64(t.n_warnings, 0);
-    fl_trace_free(&t);
+    fli_trace_free(&t);
 
     /* CRLF line endings, including the header. */
     CHECK_OK(READ_TEXT("Thread,Time,Action,Pointer,Size,Stream\r\n"
@@ -304,7 +304,7 @@ static void test_tolerated(void)
         CHECK_EQ_U64(t.ev[1].line, 3);
         CHECK_EQ_U64(t.ev[1].kind, FL_EV_FREE);
     }
-    fl_trace_free(&t);
+    fli_trace_free(&t);
 
     /* Trailing empty lines: one warning naming the first of them. */
     CHECK_OK(READ_TEXT(HDR ROW_A ROW_F "\n\r\n\n", &t));
@@ -312,7 +312,7 @@ static void test_tolerated(void)
     CHECK_EQ_U64(t.n_warnings, 1);
     if (t.n_warnings == 1)
         CHECK(strstr(t.warnings[0], ":4: 3 empty lines at the end of the file, ignored") != NULL);
-    fl_trace_free(&t);
+    fli_trace_free(&t);
 
     /* allocate failure rows with every spelling of null; free of size 0; 0x stream. */
     CHECK_OK(READ_TEXT(HDR "5,00:00:00.000001,allocate failure,0x0,100,0\n"
@@ -340,14 +340,14 @@ static void test_tolerated(void)
         CHECK_EQ_U64(t.ev[6].stream, 0xdeadbeef);
         CHECK_EQ_U64(t.ev[7].time_us, 123456);
     }
-    fl_trace_free(&t);
+    fli_trace_free(&t);
 
     /* The stream entry point names the stream in its messages. */
     static const char text[] = HDR ROW_A "1,00:00:00.000003,allocate,0x2000,abc,0\n";
     FILE *f = fmemopen((void *)text, sizeof text - 1, "r");
     CHECK(f != NULL);
     if (f) {
-        CHECK_STATUS(fl_trace_read_csv_stream(f, "piped", &t), FL_ERR_PARSE);
+        CHECK_STATUS(fli_trace_read_csv_stream(f, "piped", &t), FL_ERR_PARSE);
         CHECK(strncmp(fl_last_error(), "piped:3: column Size: 'abc'", 27) == 0);
         fclose(f);
     }
@@ -355,28 +355,28 @@ static void test_tolerated(void)
 
 static void test_io_errors(void)
 {
-    fl_trace t;
-    CHECK_STATUS(fl_trace_read_csv("/nonexistent/dir/trace.csv", &t), FL_ERR_IO);
+    fli_trace t;
+    CHECK_STATUS(fli_trace_read_csv("/nonexistent/dir/trace.csv", &t), FL_ERR_IO);
     CHECK(strstr(fl_last_error(), "/nonexistent/dir/trace.csv") != NULL);
     CHECK(strstr(fl_last_error(), "No such file") != NULL);
     CHECK(t.n == 0 && t.ev == NULL);
-    fl_trace_free(&t);
-    CHECK_STATUS(fl_trace_read_csv("/tmp", &t), FL_ERR_IO);
-    fl_trace_free(&t);
+    fli_trace_free(&t);
+    CHECK_STATUS(fli_trace_read_csv("/tmp", &t), FL_ERR_IO);
+    fli_trace_free(&t);
 
-    fl_trace_init(&t, "mem");
-    CHECK_STATUS(fl_trace_write_csv("/nonexistent/dir/out.csv", &t), FL_ERR_IO);
+    fli_trace_init(&t, "mem");
+    CHECK_STATUS(fli_trace_write_csv("/nonexistent/dir/out.csv", &t), FL_ERR_IO);
     CHECK(strstr(fl_last_error(), "/nonexistent/dir/out.csv") != NULL);
-    fl_event e = {.kind = 7, .size = 1};
-    CHECK_OK(fl_trace_push(&t, &e));
+    fli_event e = {.kind = 7, .size = 1};
+    CHECK_OK(fli_trace_push(&t, &e));
     FILE *f = fopen("/dev/null", "w");
     if (f) {
-        CHECK_STATUS(fl_trace_write_csv_stream(f, &t), FL_ERR_INVALID);
+        CHECK_STATUS(fli_trace_write_csv_stream(f, &t), FL_ERR_INVALID);
         fclose(f);
     }
-    CHECK_OK(fl_trace_warn(&t, "note %d", 42));
+    CHECK_OK(fli_trace_warn(&t, "note %d", 42));
     CHECK(t.n_warnings == 1 && strcmp(t.warnings[0], "note 42") == 0);
-    fl_trace_free(&t);
+    fli_trace_free(&t);
 }
 
 /* ---- shared traces ------------------------------------------------------------------ */
@@ -412,16 +412,16 @@ static void test_shared_traces(void)
             continue;
         char path[4096];
         snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
-        fl_trace t;
-        uint64_t t0 = fl_now_ns();
-        fl_status s = fl_trace_read_csv(path, &t);
-        double ms = (double)(fl_now_ns() - t0) / 1e6;
+        fli_trace t;
+        uint64_t t0 = fli_now_ns();
+        fl_status s = fli_trace_read_csv(path, &t);
+        double ms = (double)(fli_now_ns() - t0) / 1e6;
         CHECK_OK(s);
         size_t want = count_newlines(path) - 1;
         CHECK_EQ_U64(t.n, want);
         CHECK_EQ_U64(t.n_warnings, 0);
         printf("  %s: %zu events in %.1f ms\n", de->d_name, t.n, ms);
-        fl_trace_free(&t);
+        fli_trace_free(&t);
         files++;
     }
     closedir(d);

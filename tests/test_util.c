@@ -10,7 +10,7 @@
 
 #include <string.h>
 
-/* ---- fl_map ------------------------------------------------------------------------ */
+/* ---- fli_map ------------------------------------------------------------------------ */
 
 typedef struct ref_map {
     uint64_t keys[4096];
@@ -27,12 +27,12 @@ static long ref_find(const ref_map *r, uint64_t key)
 }
 
 /* Every key of the reference is in the map with its value, and the counts agree. */
-static void check_same(const fl_map *m, const ref_map *r)
+static void check_same(const fli_map *m, const ref_map *r)
 {
     size_t bad = 0;
     for (size_t i = 0; i < r->n; i++) {
         uint64_t v = 0;
-        if (!fl_map_get(m, r->keys[i], &v) || v != r->vals[i])
+        if (!fli_map_get(m, r->keys[i], &v) || v != r->vals[i])
             bad++;
     }
     CHECK_EQ_U64(bad, 0);
@@ -42,8 +42,8 @@ static void check_same(const fl_map *m, const ref_map *r)
 static void test_map_random(void)
 {
     fl_rng rng = {42};
-    fl_map m;
-    CHECK_OK(fl_map_init(&m, 0));
+    fli_map m;
+    CHECK_OK(fli_map_init(&m, 0));
     ref_map *r = calloc(1, sizeof *r);
     size_t mismatches = 0;
     for (int step = 0; step < 200000; step++) {
@@ -56,7 +56,7 @@ static void test_map_random(void)
             uint64_t val = fl_rng_next(&rng);
             if (at < 0 && r->n == 4096)
                 continue;
-            CHECK_OK(fl_map_put(&m, key, val));
+            CHECK_OK(fli_map_put(&m, key, val));
             if (at < 0) {
                 r->keys[r->n] = key;
                 r->vals[r->n++] = val;
@@ -65,7 +65,7 @@ static void test_map_random(void)
             }
         } else if (op < 8) {
             uint64_t v = 0;
-            bool found = fl_map_remove(&m, key, &v);
+            bool found = fli_map_remove(&m, key, &v);
             if (found != (at >= 0) || (found && v != r->vals[at]))
                 mismatches++;
             if (at >= 0) {
@@ -74,7 +74,7 @@ static void test_map_random(void)
             }
         } else {
             uint64_t v = 0;
-            bool found = fl_map_get(&m, key, &v);
+            bool found = fli_map_get(&m, key, &v);
             if (found != (at >= 0) || (found && v != r->vals[at]))
                 mismatches++;
         }
@@ -86,21 +86,21 @@ static void test_map_random(void)
 
     /* Remove everything; the map ends empty and reusable. */
     while (r->n) {
-        CHECK(fl_map_remove(&m, r->keys[r->n - 1], NULL));
+        CHECK(fli_map_remove(&m, r->keys[r->n - 1], NULL));
         r->n--;
     }
     CHECK_EQ_U64(m.count, 0);
-    CHECK(!fl_map_get(&m, 512, NULL));
-    CHECK_OK(fl_map_put(&m, 7, 70));
-    fl_map_clear(&m);
-    CHECK(!fl_map_get(&m, 7, NULL));
+    CHECK(!fli_map_get(&m, 512, NULL));
+    CHECK_OK(fli_map_put(&m, 7, 70));
+    fli_map_clear(&m);
+    CHECK(!fli_map_get(&m, 7, NULL));
     CHECK_EQ_U64(m.count, 0);
-    fl_map_free(&m);
+    fli_map_free(&m);
     free(r);
 }
 
 /* Slot of key in m, or -1: read from the public table layout. */
-static long slot_of(const fl_map *m, uint64_t key)
+static long slot_of(const fli_map *m, uint64_t key)
 {
     for (uint64_t i = 0; i <= m->mask; i++)
         if (m->e[i].key == key)
@@ -109,12 +109,12 @@ static long slot_of(const fl_map *m, uint64_t key)
 }
 
 /* The home slot of key in a table of this size: where it lands in an empty table. */
-static long home_of(fl_map *m, uint64_t key)
+static long home_of(fli_map *m, uint64_t key)
 {
-    fl_map_clear(m);
-    fl_map_put(m, key, 0);
+    fli_map_clear(m);
+    fli_map_put(m, key, 0);
     long s = slot_of(m, key);
-    fl_map_clear(m);
+    fli_map_clear(m);
     return s;
 }
 
@@ -123,8 +123,8 @@ static void test_map_wrap(void)
     /* A 32-slot table (it grows at 1/4 load, past 8 keys): build chains that run from
      * the last slots across slot 0, then remove from every position and check every
      * survivor. */
-    fl_map m;
-    CHECK_OK(fl_map_init(&m, 8));
+    fli_map m;
+    CHECK_OK(fli_map_init(&m, 8));
     CHECK_EQ_U64(m.mask, 31);
     const long last = 31;
     uint64_t at15[3], at14[2], at0[2];
@@ -141,17 +141,17 @@ static void test_map_wrap(void)
     /* Homes last-1, last-1, last, last, 0, last, 0 -> slots last-1, last, 0, 1, 2, 3, 4. */
     const uint64_t order[7] = {at14[0], at14[1], at15[0], at15[1], at0[0], at15[2], at0[1]};
     for (int victim = 0; victim < 7; victim++) {
-        fl_map_clear(&m);
+        fli_map_clear(&m);
         for (int i = 0; i < 7; i++)
-            CHECK_OK(fl_map_put(&m, order[i], order[i] * 3));
+            CHECK_OK(fli_map_put(&m, order[i], order[i] * 3));
         CHECK_EQ_U64(m.mask, 31);
         CHECK_EQ_U64(slot_of(&m, order[2]), 0);   /* the chain did wrap */
         CHECK_EQ_U64(slot_of(&m, order[6]), 4);
         uint64_t v = 0;
-        CHECK(fl_map_remove(&m, order[victim], &v));
+        CHECK(fli_map_remove(&m, order[victim], &v));
         CHECK_EQ_U64(v, order[victim] * 3);
         for (int i = 0; i < 7; i++) {
-            bool found = fl_map_get(&m, order[i], &v);
+            bool found = fli_map_get(&m, order[i], &v);
             CHECK(found == (i != victim));
             if (found)
                 CHECK_EQ_U64(v, order[i] * 3);
@@ -159,15 +159,15 @@ static void test_map_wrap(void)
         /* Remove the rest in a rotating order: every key stays findable until removed. */
         for (int j = 1; j < 7; j++) {
             int x = (victim + j) % 7;
-            CHECK(fl_map_remove(&m, order[x], NULL));
+            CHECK(fli_map_remove(&m, order[x], NULL));
             for (int k = 1; k < 7; k++) {
                 int y = (victim + k) % 7;
-                CHECK(fl_map_get(&m, order[y], NULL) == (k > j));
+                CHECK(fli_map_get(&m, order[y], NULL) == (k > j));
             }
         }
         CHECK_EQ_U64(m.count, 0);
     }
-    fl_map_free(&m);
+    fli_map_free(&m);
 }
 
 /* ---- sizes --------------------------------------------------------------------------- */
@@ -219,10 +219,10 @@ static void test_bits(void)
     uint64_t w[N / 64], ref[N / 64];
     uint64_t x = 0x9e3779b97f4a7c15u;
     size_t bad = 0;
-    CHECK_EQ_U64(fl_bits_words(0), 0);
-    CHECK_EQ_U64(fl_bits_words(1), 1);
-    CHECK_EQ_U64(fl_bits_words(64), 1);
-    CHECK_EQ_U64(fl_bits_words(65), 2);
+    CHECK_EQ_U64(fli_bits_words(0), 0);
+    CHECK_EQ_U64(fli_bits_words(1), 1);
+    CHECK_EQ_U64(fli_bits_words(64), 1);
+    CHECK_EQ_U64(fli_bits_words(65), 2);
     for (uint64_t a = 0; a <= N; a += 3) {
         for (uint64_t b = a; b <= N; b += 5) {
             for (int k = 0; k < N / 64; k++) {
@@ -231,18 +231,18 @@ static void test_bits(void)
             }
             uint64_t count = 0;
             for (uint64_t i = a; i < b; i++)
-                count += fl_bit_get(ref, i);
-            bad += fl_bits_count(w, a, b) != count;
-            fl_bits_set(w, a, b);
+                count += fli_bit_get(ref, i);
+            bad += fli_bits_count(w, a, b) != count;
+            fli_bits_set(w, a, b);
             for (uint64_t i = a; i < b; i++)
-                fl_bit_set(ref, i);
+                fli_bit_set(ref, i);
             bad += memcmp(w, ref, sizeof w) != 0;
-            bad += fl_bits_count(w, a, b) != b - a;
-            fl_bits_clear(w, a, b);
+            bad += fli_bits_count(w, a, b) != b - a;
+            fli_bits_clear(w, a, b);
             for (uint64_t i = a; i < b; i++)
-                fl_bit_clear(ref, i);
+                fli_bit_clear(ref, i);
             bad += memcmp(w, ref, sizeof w) != 0;
-            bad += fl_bits_count(w, a, b) != 0;
+            bad += fli_bits_count(w, a, b) != 0;
         }
     }
     CHECK_EQ_U64(bad, 0);
@@ -255,7 +255,7 @@ static void test_table(void)
     uint32_t *t = NULL;
     uint64_t n = 0, bad = 0;
     for (uint64_t next = 3; next < 4 * FL_TABLE_MAP_MIN / sizeof *t; next = next * 2 + 1) {
-        CHECK_OK(fl_table_grow((void **)&t, sizeof *t, n, next));
+        CHECK_OK(fli_table_grow((void **)&t, sizeof *t, n, next));
         for (uint64_t i = 0; i < n; i++)
             bad += t[i] != (uint32_t)(i * 2654435761u);
         for (uint64_t i = n; i < next; i++)
@@ -266,23 +266,23 @@ static void test_table(void)
     }
     CHECK_EQ_U64(bad, 0);
     CHECK(n * sizeof *t >= FL_TABLE_MAP_MIN);
-    fl_table_free(t, sizeof *t, n);
-    fl_table_free(NULL, sizeof *t, 0);
+    fli_table_free(t, sizeof *t, n);
+    fli_table_free(NULL, sizeof *t, 0);
 }
 
 static void test_misc(void)
 {
-    CHECK(fl_is_pow2(1) && fl_is_pow2(FL_GiB) && !fl_is_pow2(0) && !fl_is_pow2(12));
-    CHECK_EQ_U64(fl_align_up(513, 512), 1024);
-    CHECK_EQ_U64(fl_align_down(1023, 512), 512);
-    CHECK_EQ_U64(fl_log2_floor(FL_MiB + 1), 20);
-    CHECK_EQ_U64(fl_div_up(10, 3), 4);
+    CHECK(fli_is_pow2(1) && fli_is_pow2(FL_GiB) && !fli_is_pow2(0) && !fli_is_pow2(12));
+    CHECK_EQ_U64(fli_align_up(513, 512), 1024);
+    CHECK_EQ_U64(fli_align_down(1023, 512), 512);
+    CHECK_EQ_U64(fli_log2_floor(FL_MiB + 1), 20);
+    CHECK_EQ_U64(fli_div_up(10, 3), 4);
     CHECK(strcmp(fl_status_str(FL_ERR_PARSE), "parse error") == 0);
-    fl_fail(FL_ERR_IO, "x %d", 5);
+    fli_fail(FL_ERR_IO, "x %d", 5);
     CHECK(strcmp(fl_last_error(), "x 5") == 0);
-    fl_clear_error();
+    fli_clear_error();
     CHECK(strcmp(fl_last_error(), "") == 0);
-    uint64_t a = fl_now_ns(), b = fl_now_ns();
+    uint64_t a = fli_now_ns(), b = fli_now_ns();
     CHECK(b >= a);
 }
 

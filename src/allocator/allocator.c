@@ -37,10 +37,10 @@ typedef struct pending_free {
 } pending_free;
 
 struct fl_allocator {
-    fl_lock lock;
+    fli_lock lock;
     int capture_watch;          /* the device's, read once: it can capture CUDA graphs */
-    fl_policy *policy;
-    fl_config cfg;              /* as created; the limit lives on the device (fl_dev_limit) */
+    fli_policy *policy;
+    fl_config cfg;              /* as created; the limit lives on the device (fli_dev_limit) */
     /* Statistics beyond the policy's own counters. */
     uint64_t peak_allocated, alloc_total, freed_total;
     uint64_t req_peak, req_current, req_total, req_freed;
@@ -50,20 +50,20 @@ struct fl_allocator {
     /* The latest out-of-memory report; the first one is printed and snapshotted. */
     fl_oom_report oom;
     int has_oom, oom_reported;
-    fl_publisher *pub;
+    fli_publisher *pub;
     uint64_t published_ns;
-    fl_policy_state last_query; /* the policy's answer at the last full statistics */
+    fli_policy_state last_query; /* the policy's answer at the last full statistics */
     /* record_stream: streams besides its own that a live block is used on (address ->
      * stream_uses *), and blocks freed while such streams may still use them, waiting
      * for the events recorded on those streams at the free. */
-    fl_map uses;
+    fli_map uses;
     pending_free *pending;
     uint32_t n_pending, cap_pending;
-    fl_recorder *rec;           /* trace:PATH (recorder.c), NULL when off */
+    fli_recorder *rec;           /* trace:PATH (recorder.c), NULL when off */
     fl_allocator *next_live;    /* the registry of live allocators (fork, exit) */
     /* CUDA graphs (graph.h): on a device that can capture, every allocation asks about
      * captures; blocks allocated during one are its graph's until it is released. */
-    fl_graphs graphs;
+    fli_graphs graphs;
 };
 
 /* ---- the registry of live allocators: fork and exit ------------------------------- */
@@ -82,13 +82,13 @@ static void fork_prepare(void)
 {
     pthread_mutex_lock(&registry_lock);
     for (fl_allocator *a = registry; a; a = a->next_live)
-        fl_lock_acquire(&a->lock);
+        fli_lock_acquire(&a->lock);
 }
 
 static void fork_parent(void)
 {
     for (fl_allocator *a = registry; a; a = a->next_live)
-        fl_lock_release(&a->lock);
+        fli_lock_release(&a->lock);
     pthread_mutex_unlock(&registry_lock);
 }
 
@@ -98,14 +98,14 @@ static void fork_parent(void)
 static void fork_child(void)
 {
     for (fl_allocator *a = registry; a; a = a->next_live) {
-        fl_recorder_forget(a->rec);
+        fli_recorder_forget(a->rec);
         a->rec = NULL;
-        fl_publish_close(a->pub); /* detaches: the file stays the parent's */
+        fli_publish_close(a->pub); /* detaches: the file stays the parent's */
         a->pub = NULL;
         char uuid[48];
         if (a->cfg.publish && a->policy->dev->is_gpu) /* best effort: top only */
-            fl_publish_open(a->policy->dev->ordinal, fl_dev_uuid_str(a->policy->dev, uuid, sizeof uuid), &a->pub);
-        fl_lock_reset(&a->lock);
+            fli_publish_open(a->policy->dev->ordinal, fli_dev_uuid_str(a->policy->dev, uuid, sizeof uuid), &a->pub);
+        fli_lock_reset(&a->lock);
     }
     pthread_mutex_init(&registry_lock, NULL);
 }
@@ -114,23 +114,23 @@ static void flush_at_exit(void)
 {
     pthread_mutex_lock(&registry_lock);
     for (fl_allocator *a = registry; a; a = a->next_live) {
-        fl_lock_acquire(&a->lock);
-        fl_recorder_stop(a->rec); /* no write may be under way when the process ends */
-        fl_lock_release(&a->lock);
+        fli_lock_acquire(&a->lock);
+        fli_recorder_stop(a->rec); /* no write may be under way when the process ends */
+        fli_lock_release(&a->lock);
     }
     pthread_mutex_unlock(&registry_lock);
 }
 
 static void registry_init(void)
 {
-    fl_publish_atfork(); /* first: its child handler must run before ours */
+    fli_publish_atfork(); /* first: its child handler must run before ours */
     pthread_atfork(fork_prepare, fork_parent, fork_child);
     atexit(flush_at_exit);
 }
 
 static fl_status owned(const fl_device *dev)
 {
-    return fl_fail(FL_ERR_INVALID, "device %s: it has an allocator already; one allocator per device (share it: "
+    return fli_fail(FL_ERR_INVALID, "device %s: it has an allocator already; one allocator per device (share it: "
                    "it is thread safe)", dev->ops->name);
 }
 
@@ -169,31 +169,31 @@ fl_status fl_allocator_create(const fl_config *cfg, fl_device *dev, fl_allocator
     *out = NULL;
     fl_allocator *a = calloc(1, sizeof *a);
     if (!a)
-        return fl_fail(FL_ERR_NOMEM, "allocator: host memory");
+        return fli_fail(FL_ERR_NOMEM, "allocator: host memory");
     a->cfg = *cfg;
     /* Checked again under the registry's lock; here before the policy touches dev. */
-    fl_status s = dev->owner ? owned(dev) : fl_map_init(&a->uses, 16);
+    fl_status s = dev->owner ? owned(dev) : fli_map_init(&a->uses, 16);
     if (s == FL_OK)
-        s = fl_graphs_init(&a->graphs);
+        s = fli_graphs_init(&a->graphs);
     if (s == FL_OK)
-        s = fl_policy_create(cfg, dev, &a->policy);
+        s = fli_policy_create(cfg, dev, &a->policy);
     char trace_path[FL_PATH_MAX];
-    if (s == FL_OK && cfg->trace_path[0] && (s = fl_expand_path(cfg->trace_path, trace_path, sizeof trace_path)) == FL_OK)
-        s = fl_recorder_open(trace_path, &a->rec);
+    if (s == FL_OK && cfg->trace_path[0] && (s = fli_expand_path(cfg->trace_path, trace_path, sizeof trace_path)) == FL_OK)
+        s = fli_recorder_open(trace_path, &a->rec);
     if (s == FL_OK)
         s = registry_add(a, dev);
     if (s != FL_OK) {
-        fl_recorder_close(a->rec);
+        fli_recorder_close(a->rec);
         if (a->policy)
             a->policy->ops->destroy(a->policy);
-        fl_graphs_free(&a->graphs);
-        fl_map_free(&a->uses);
+        fli_graphs_free(&a->graphs);
+        fli_map_free(&a->uses);
         free(a);
         return s;
     }
     char uuid[48];
     a->capture_watch = dev->capture_watch;
-    if (cfg->publish && dev->is_gpu && fl_publish_open(dev->ordinal, fl_dev_uuid_str(dev, uuid, sizeof uuid), &a->pub) != FL_OK)
+    if (cfg->publish && dev->is_gpu && fli_publish_open(dev->ordinal, fli_dev_uuid_str(dev, uuid, sizeof uuid), &a->pub) != FL_OK)
         fprintf(stderr, "fragless: device %d: not shown in `fragless top`: %s\n", dev->ordinal, fl_last_error());
     *out = a;
     return FL_OK;
@@ -204,18 +204,18 @@ void fl_allocator_destroy(fl_allocator *a)
     if (!a)
         return;
     registry_remove(a);
-    fl_publish_close(a->pub);
+    fli_publish_close(a->pub);
     for (uint32_t i = 0; i < a->n_pending; i++)
         for (uint32_t k = 0; k < a->pending[i].n; k++)
-            fl_dev_event_destroy(a->policy->dev, a->pending[i].event[k]);
+            fli_dev_event_destroy(a->policy->dev, a->pending[i].event[k]);
     free(a->pending);
     for (uint64_t i = 0; a->uses.e && i <= a->uses.mask; i++)
         if (a->uses.e[i].key != UINT64_MAX)
             free((void *)(uintptr_t)a->uses.e[i].val);
-    fl_map_free(&a->uses);
-    fl_graphs_free(&a->graphs);
+    fli_map_free(&a->uses);
+    fli_graphs_free(&a->graphs);
     a->policy->ops->destroy(a->policy);
-    fl_recorder_close(a->rec);
+    fli_recorder_close(a->rec);
     free(a);
 }
 
@@ -223,12 +223,12 @@ void fl_allocator_destroy(fl_allocator *a)
  * the last query is reused: the policy's walk is not for every operation). */
 static void stats_fill(fl_allocator *a, fl_stats *out, int query)
 {
-    const fl_policy *p = a->policy;
+    const fli_policy *p = a->policy;
     const fl_device_counters *c = &p->dev->counters;
     memset(out, 0, sizeof *out);
     /* Blocks a graph keeps after the program freed them are the policy's, not the
      * program's: reserved and unusable, like the free pieces of a private pool. */
-    const fl_graphs *g = &a->graphs;
+    const fli_graphs *g = &a->graphs;
     out->allocated_bytes = (fl_stat){p->allocated - g->kept_bytes, a->peak_allocated, a->alloc_total, a->freed_total};
     out->reserved_bytes = (fl_stat){c->in_use, c->peak_in_use, c->bytes_obtained, c->bytes_returned};
     out->active_bytes = out->allocated_bytes;
@@ -239,7 +239,7 @@ static void stats_fill(fl_allocator *a, fl_stats *out, int query)
     out->graph_kept_bytes = g->kept_bytes;
     if (query)
         p->ops->query(p, &a->last_query);
-    fl_policy_state st = a->last_query;
+    fli_policy_state st = a->last_query;
     out->free_in_reserved = st.free_in_reserved;
     out->cached_bytes = st.cached;
     out->inactive_split_bytes = st.free_in_reserved > st.cached ? st.free_in_reserved - st.cached : 0;
@@ -252,7 +252,7 @@ static void stats_fill(fl_allocator *a, fl_stats *out, int query)
     out->num_device_free = c->calls[FL_CALL_RELEASE] + c->calls[FL_CALL_MEM_FREE];
     out->num_sync_all_streams = c->calls[FL_CALL_SYNC];
     out->capacity = p->dev->capacity;
-    out->limit = fl_dev_limit(p->dev);
+    out->limit = fli_dev_limit(p->dev);
     uint64_t room = out->limit > c->in_use ? out->limit - c->in_use : 0;
     out->largest_free = st.largest_free > room ? st.largest_free : room;
     uint64_t total = st.free_in_reserved + room;
@@ -275,13 +275,13 @@ static void maybe_publish(fl_allocator *a, int now)
 {
     if (!a->pub)
         return;
-    uint64_t t = fl_now_ns();
+    uint64_t t = fli_now_ns();
     int refresh = now || t - a->published_ns >= PUBLISH_EVERY_NS;
     if (refresh)
         a->published_ns = t;
     fl_stats st;
     stats_fill(a, &st, refresh);
-    fl_publish_update(a->pub, &st);
+    fli_publish_update(a->pub, &st);
 }
 
 /* Written to a new file beside path (created with O_EXCL|O_NOFOLLOW) and renamed over it
@@ -290,19 +290,19 @@ static void maybe_publish(fl_allocator *a, int now)
  * to; rename replaces the link, never follows it. Readers never see half a snapshot. */
 static fl_status write_snapshot(fl_allocator *a, const char *path)
 {
-    fl_new_file nf;
-    fl_status s = fl_create_file_safely(path, FL_NEW_FILE_AT_CLOSE, &nf);
+    fli_new_file nf;
+    fl_status s = fli_create_file_safely(path, FL_NEW_FILE_AT_CLOSE, &nf);
     if (s == FL_OK) {
         fl_stats st;
         stats_locked(a, &st);
-        s = fl_state_write(a->policy, &st, nf.f);
-        fl_status c = fl_new_file_close(&nf, s == FL_OK);
+        s = fli_state_write(a->policy, &st, nf.f);
+        fl_status c = fli_new_file_close(&nf, s == FL_OK);
         s = s == FL_OK ? c : s;
     }
     if (s != FL_OK) {
         char why[1024];
         snprintf(why, sizeof why, "%s", fl_last_error());
-        s = fl_fail(s, "state snapshot: %s", why);
+        s = fli_fail(s, "state snapshot: %s", why);
     }
     return s;
 }
@@ -314,36 +314,36 @@ static fl_status out_of_memory(fl_allocator *a, uint64_t size, uint64_t stream)
     fl_oom_report *r = &a->oom;
     memset(r, 0, sizeof *r);
     snprintf(r->cause, sizeof r->cause, "%s", fl_last_error());
-    const fl_policy *p = a->policy;
-    fl_policy_state st = {0};
+    const fli_policy *p = a->policy;
+    fli_policy_state st = {0};
     p->ops->query(p, &st);
     r->request = size;
     r->stream = stream;
     r->capacity = p->dev->capacity;
-    r->limit = fl_dev_limit(p->dev);
+    r->limit = fli_dev_limit(p->dev);
     r->live = a->live512;
     r->reserved = p->dev->counters.in_use;
     r->free_in_reserved = st.free_in_reserved;
     r->largest_free = st.largest_free;
-    fl_oom_judge(r, p->ops->name, p->dev->is_gpu ? p->dev->ordinal : 0);
+    fli_oom_judge(r, p->ops->name, p->dev->is_gpu ? p->dev->ordinal : 0);
     a->has_oom = 1;
     if (!a->oom_reported) {
         a->oom_reported = 1;
         if (a->cfg.oom_report)
             fprintf(stderr, "fragless: %s\n", r->text);
         char path[FL_PATH_MAX];
-        if (a->cfg.oom_snapshot[0] && (fl_expand_path(a->cfg.oom_snapshot, path, sizeof path) != FL_OK ||
+        if (a->cfg.oom_snapshot[0] && (fli_expand_path(a->cfg.oom_snapshot, path, sizeof path) != FL_OK ||
                                        write_snapshot(a, path) != FL_OK))
             fprintf(stderr, "fragless: oom_snapshot: %s\n", fl_last_error());
     }
     maybe_publish(a, 1);
-    return fl_fail(FL_ERR_OOM, "%s", r->text);
+    return fli_fail(FL_ERR_OOM, "%s", r->text);
 }
 
 /* Gives a block back to the policy, counting the bytes it had charged for it. */
 static fl_status policy_free(fl_allocator *a, uint64_t addr)
 {
-    fl_policy *p = a->policy;
+    fli_policy *p = a->policy;
     uint64_t before = p->allocated;
     fl_status s = p->ops->free(p, addr, 0, NULL);
     if (s == FL_OK)
@@ -355,14 +355,14 @@ static fl_status policy_free(fl_allocator *a, uint64_t addr)
  * was just synchronized. */
 static fl_status process_pending(fl_allocator *a, int synchronized)
 {
-    fl_policy *p = a->policy;
+    fli_policy *p = a->policy;
     fl_status err = FL_OK;
     uint32_t keep = 0;
     for (uint32_t i = 0; i < a->n_pending; i++) {
         pending_free q = a->pending[i];
         int done = 1;
         for (uint32_t k = 0; k < q.n && done && !synchronized; k++) {
-            fl_status s = fl_dev_event_query(p->dev, q.event[k], &done);
+            fl_status s = fli_dev_event_query(p->dev, q.event[k], &done);
             if (s != FL_OK) {
                 err = s; /* kept: freed at the next synchronize */
                 done = 0;
@@ -373,7 +373,7 @@ static fl_status process_pending(fl_allocator *a, int synchronized)
             continue;
         }
         for (uint32_t k = 0; k < q.n; k++)
-            fl_dev_event_destroy(p->dev, q.event[k]);
+            fli_dev_event_destroy(p->dev, q.event[k]);
         fl_status s = policy_free(a, q.addr);
         if (s != FL_OK) { /* cannot happen for a block the policy handed out; kept, reported */
             a->pending[keep++] = (pending_free){q.addr, 0, {0}};
@@ -386,7 +386,7 @@ static fl_status process_pending(fl_allocator *a, int synchronized)
 
 static fl_status synchronize_pending(fl_allocator *a)
 {
-    fl_status s = fl_dev_synchronize(a->policy->dev);
+    fl_status s = fli_dev_synchronize(a->policy->dev);
     return s == FL_OK ? process_pending(a, 1) : s;
 }
 
@@ -397,7 +397,7 @@ static inline void count_requested(fl_allocator *a, uint64_t size)
     a->req_total += size;
     if (a->req_current > a->req_peak)
         a->req_peak = a->req_current;
-    a->live512 += fl_live_size(size);
+    a->live512 += fli_live_size(size);
 }
 
 /* An allocation under the lock: the policy, the statistics, the trace and top. Inlined
@@ -407,7 +407,7 @@ __attribute__((always_inline))
 #endif
 static inline fl_status alloc_locked(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr)
 {
-    fl_policy *p = a->policy;
+    fli_policy *p = a->policy;
     if (FL_UNLIKELY(a->n_pending))
         process_pending(a, 0); /* an error here leaves them pending: retried below or later */
     uint64_t before = p->allocated;
@@ -427,7 +427,7 @@ static inline fl_status alloc_locked(fl_allocator *a, uint64_t size, uint64_t st
         s = out_of_memory(a, size, stream);
     }
     if (FL_UNLIKELY(a->rec != NULL))
-        fl_recorder_alloc(a->rec, s == FL_OK, s == FL_OK ? *addr : 0, size, stream);
+        fli_recorder_alloc(a->rec, s == FL_OK, s == FL_OK ? *addr : 0, size, stream);
     if (FL_UNLIKELY(a->pub != NULL))
         maybe_publish(a, 0);
     return s;
@@ -439,12 +439,12 @@ static fl_status free_locked(fl_allocator *a, uint64_t addr, uint64_t want_size)
 fl_status fl_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr)
 {
     if (size == 0)
-        return fl_fail(FL_ERR_INVALID, "fl_alloc: size 0");
+        return fli_fail(FL_ERR_INVALID, "fl_alloc: size 0");
     if (FL_UNLIKELY(a->capture_watch)) /* a device that can capture CUDA graphs */
         return alloc_watching(a, size, stream, addr);
-    fl_lock_acquire(&a->lock);
+    fli_lock_acquire(&a->lock);
     fl_status s = alloc_locked(a, size, stream, addr);
-    fl_lock_release(&a->lock);
+    fli_lock_release(&a->lock);
     return s;
 }
 
@@ -463,13 +463,13 @@ static int64_t pending_index(const fl_allocator *a, uint64_t addr)
  * synchronized and the block freed now. */
 static fl_status defer_free(fl_allocator *a, uint64_t addr, stream_uses *u)
 {
-    fl_policy *p = a->policy;
+    fli_policy *p = a->policy;
     fl_status s = FL_OK;
     pending_free q = {addr, 0, {0}};
     if (u->n > MAX_USES)
         s = FL_ERR_UNSUPPORTED;
     for (uint32_t k = 0; s == FL_OK && k < u->n; k++)
-        if ((s = fl_dev_event_record(p->dev, u->stream[k], &q.event[k])) == FL_OK)
+        if ((s = fli_dev_event_record(p->dev, u->stream[k], &q.event[k])) == FL_OK)
             q.n++;
     if (s == FL_OK && a->n_pending == a->cap_pending) {
         uint32_t cap = a->cap_pending ? 2 * a->cap_pending : 16;
@@ -484,34 +484,34 @@ static fl_status defer_free(fl_allocator *a, uint64_t addr, stream_uses *u)
         a->pending[a->n_pending++] = q;
     } else {
         for (uint32_t k = 0; k < q.n; k++)
-            fl_dev_event_destroy(p->dev, q.event[k]);
-        if ((s = fl_dev_synchronize(p->dev)) != FL_OK)
+            fli_dev_event_destroy(p->dev, q.event[k]);
+        if ((s = fli_dev_synchronize(p->dev)) != FL_OK)
             return s; /* nothing changed: the block stays live */
         if ((s = policy_free(a, addr)) != FL_OK)
             return s;
     }
-    fl_map_remove(&a->uses, addr, NULL);
+    fli_map_remove(&a->uses, addr, NULL);
     free(u);
     return FL_OK;
 }
 
 fl_status fl_record_stream(fl_allocator *a, uint64_t addr, uint64_t stream)
 {
-    fl_lock_acquire(&a->lock);
+    fli_lock_acquire(&a->lock);
     fl_status s = FL_OK;
     uint64_t val;
-    const fl_graph_block *gb = fl_graphs_find(&a->graphs, addr);
+    const fli_graph_block *gb = fli_graphs_find(&a->graphs, addr);
     if (!a->policy->ops->block_size(a->policy, addr) || pending_index(a, addr) >= 0 || (gb && !gb->live) ||
-        fl_graphs_is_deferred(&a->graphs, addr)) {
-        s = fl_fail(FL_ERR_NOT_FOUND, "record_stream of 0x%llx on stream 0x%llx: not a live block of this allocator",
+        fli_graphs_is_deferred(&a->graphs, addr)) {
+        s = fli_fail(FL_ERR_NOT_FOUND, "record_stream of 0x%llx on stream 0x%llx: not a live block of this allocator",
                     (unsigned long long)addr, (unsigned long long)stream);
     } else {
-        stream_uses *u = fl_map_get(&a->uses, addr, &val) ? (stream_uses *)(uintptr_t)val : NULL;
+        stream_uses *u = fli_map_get(&a->uses, addr, &val) ? (stream_uses *)(uintptr_t)val : NULL;
         if (!u) {
             u = calloc(1, sizeof *u);
-            if (!u || fl_map_put(&a->uses, addr, (uint64_t)(uintptr_t)u) != FL_OK) {
+            if (!u || fli_map_put(&a->uses, addr, (uint64_t)(uintptr_t)u) != FL_OK) {
                 free(u);
-                s = fl_fail(FL_ERR_NOMEM, "record_stream of 0x%llx: host memory", (unsigned long long)addr);
+                s = fli_fail(FL_ERR_NOMEM, "record_stream of 0x%llx: host memory", (unsigned long long)addr);
             }
         }
         int known = 0;
@@ -524,7 +524,7 @@ fl_status fl_record_stream(fl_allocator *a, uint64_t addr, uint64_t stream)
                 u->n++; /* beyond MAX_USES streams: the free synchronizes the device */
         }
     }
-    fl_lock_release(&a->lock);
+    fli_lock_release(&a->lock);
     return s;
 }
 
@@ -534,8 +534,8 @@ static fl_status free_with_uses(fl_allocator *a, uint64_t addr, uint64_t want, u
 {
     uint64_t uses_val;
     if (pending_index(a, addr) >= 0)
-        return fl_policy_not_live(a->policy, addr);
-    if (!fl_map_get(&a->uses, addr, &uses_val)) {
+        return fli_policy_not_live(a->policy, addr);
+    if (!fli_map_get(&a->uses, addr, &uses_val)) {
         uint64_t before = a->policy->allocated;
         fl_status s = a->policy->ops->free(a->policy, addr, want, size);
         if (s == FL_OK)
@@ -544,7 +544,7 @@ static fl_status free_with_uses(fl_allocator *a, uint64_t addr, uint64_t want, u
     }
     *size = a->policy->ops->block_size(a->policy, addr);
     if (want && want != *size)
-        return fl_policy_size_mismatch(addr, want, *size);
+        return fli_policy_size_mismatch(addr, want, *size);
     return defer_free(a, addr, (stream_uses *)(uintptr_t)uses_val);
 }
 
@@ -553,38 +553,38 @@ static fl_status free_with_uses(fl_allocator *a, uint64_t addr, uint64_t want, u
  * policy might make a device call the capture forbids); anything else as usual. */
 static fl_status free_graphs(fl_allocator *a, uint64_t addr, uint64_t want, uint64_t *size)
 {
-    fl_graphs *g = &a->graphs;
-    fl_graph_block *b = fl_graphs_find(g, addr);
+    fli_graphs *g = &a->graphs;
+    fli_graph_block *b = fli_graphs_find(g, addr);
     uint64_t val;
     if (b) {
         if (!b->live)
-            return fl_policy_not_live(a->policy, addr);
+            return fli_policy_not_live(a->policy, addr);
         if (want && want != b->requested)
-            return fl_policy_size_mismatch(addr, want, b->requested);
+            return fli_policy_size_mismatch(addr, want, b->requested);
         *size = b->requested;
-        if (!b->capture && !fl_graphs_underway(g)) { /* its graph is gone: an ordinary block */
+        if (!b->capture && !fli_graphs_underway(g)) { /* its graph is gone: an ordinary block */
             uint64_t before = a->policy->allocated, policy_size;
             fl_status s = a->policy->ops->free(a->policy, addr, 0, &policy_size);
             if (s == FL_OK) {
                 a->freed_total += before - a->policy->allocated;
-                fl_graphs_remove(g, b);
+                fli_graphs_remove(g, b);
             }
             return s;
         }
-        fl_graphs_keep(g, b); /* released ones given back at the next catch-up */
+        fli_graphs_keep(g, b); /* released ones given back at the next catch-up */
         a->freed_total += b->rounded;
-        if (fl_map_remove(&a->uses, addr, &val)) /* the graph keeps it anyway */
+        if (fli_map_remove(&a->uses, addr, &val)) /* the graph keeps it anyway */
             free((void *)(uintptr_t)val);
         return FL_OK;
     }
-    if (fl_graphs_underway(g)) {
+    if (fli_graphs_underway(g)) {
         *size = a->policy->ops->block_size(a->policy, addr);
-        if (!*size || pending_index(a, addr) >= 0 || fl_graphs_is_deferred(g, addr))
-            return fl_policy_not_live(a->policy, addr);
+        if (!*size || pending_index(a, addr) >= 0 || fli_graphs_is_deferred(g, addr))
+            return fli_policy_not_live(a->policy, addr);
         if (want && want != *size)
-            return fl_policy_size_mismatch(addr, want, *size);
-        fl_status s = fl_graphs_defer(g, addr);
-        if (s == FL_OK && fl_map_remove(&a->uses, addr, &val)) /* the catch-up synchronizes */
+            return fli_policy_size_mismatch(addr, want, *size);
+        fl_status s = fli_graphs_defer(g, addr);
+        if (s == FL_OK && fli_map_remove(&a->uses, addr, &val)) /* the catch-up synchronizes */
             free((void *)(uintptr_t)val);
         return s;
     }
@@ -599,10 +599,10 @@ static fl_status free_graphs(fl_allocator *a, uint64_t addr, uint64_t want, uint
 /* want_size: the size the caller says the block has (0 = not checked). */
 static fl_status free_locked(fl_allocator *a, uint64_t addr, uint64_t want_size)
 {
-    fl_policy *p = a->policy;
+    fli_policy *p = a->policy;
     uint64_t size = 0;
     fl_status s;
-    if (FL_UNLIKELY(a->graphs.n || fl_graphs_underway(&a->graphs))) {
+    if (FL_UNLIKELY(a->graphs.n || fli_graphs_underway(&a->graphs))) {
         s = free_graphs(a, addr, want_size, &size);
     } else if (FL_UNLIKELY(a->n_pending || a->uses.count)) {
         s = free_with_uses(a, addr, want_size, &size);
@@ -615,9 +615,9 @@ static fl_status free_locked(fl_allocator *a, uint64_t addr, uint64_t want_size)
         return s;
     a->req_current -= size;
     a->req_freed += size;
-    a->live512 -= fl_live_size(size);
+    a->live512 -= fli_live_size(size);
     if (FL_UNLIKELY(a->rec != NULL))
-        fl_recorder_free(a->rec, addr, size);
+        fli_recorder_free(a->rec, addr, size);
     if (FL_UNLIKELY(a->pub != NULL))
         maybe_publish(a, 0);
     return FL_OK;
@@ -625,19 +625,19 @@ static fl_status free_locked(fl_allocator *a, uint64_t addr, uint64_t want_size)
 
 fl_status fl_free(fl_allocator *a, uint64_t addr)
 {
-    fl_lock_acquire(&a->lock);
+    fli_lock_acquire(&a->lock);
     fl_status s = free_locked(a, addr, 0);
-    fl_lock_release(&a->lock);
+    fli_lock_release(&a->lock);
     return s;
 }
 
 fl_status fl_free_sized(fl_allocator *a, uint64_t addr, uint64_t size)
 {
     if (size == 0)
-        return fl_fail(FL_ERR_INVALID, "free of 0x%llx with size 0: no block has size 0", (unsigned long long)addr);
-    fl_lock_acquire(&a->lock);
+        return fli_fail(FL_ERR_INVALID, "free of 0x%llx with size 0: no block has size 0", (unsigned long long)addr);
+    fli_lock_acquire(&a->lock);
     fl_status s = free_locked(a, addr, size);
-    fl_lock_release(&a->lock);
+    fli_lock_release(&a->lock);
     return s;
 }
 
@@ -645,30 +645,30 @@ static fl_status graphs_catch_up(fl_allocator *a);
 
 fl_status fl_empty_cache(fl_allocator *a)
 {
-    fl_lock_acquire(&a->lock);
+    fli_lock_acquire(&a->lock);
     fl_status s = FL_OK;
-    if (a->policy->dev->capture_watch && fl_graphs_refresh(&a->graphs, a->policy->dev))
-        s = fl_fail(FL_ERR_UNSUPPORTED, "empty_cache during a CUDA graph capture: nothing given back (it needs a "
+    if (a->policy->dev->capture_watch && fli_graphs_refresh(&a->graphs, a->policy->dev))
+        s = fli_fail(FL_ERR_UNSUPPORTED, "empty_cache during a CUDA graph capture: nothing given back (it needs a "
                     "synchronize, which would invalidate the capture)");
-    else if (fl_graphs_pending(&a->graphs))
+    else if (fli_graphs_pending(&a->graphs))
         s = graphs_catch_up(a);
     if (s == FL_OK && a->n_pending)
         s = synchronize_pending(a);
     if (s == FL_OK)
         s = a->policy->ops->empty_cache(a->policy);
     maybe_publish(a, 1);
-    fl_lock_release(&a->lock);
+    fli_lock_release(&a->lock);
     return s;
 }
 
 fl_status fl_set_limit(fl_allocator *a, uint64_t bytes)
 {
-    fl_lock_acquire(&a->lock);
-    fl_policy *p = a->policy;
+    fli_lock_acquire(&a->lock);
+    fli_policy *p = a->policy;
     p->dev->limit = bytes;
     fl_status s = p->ops->limit_changed ? p->ops->limit_changed(p) : FL_OK;
     maybe_publish(a, 1);
-    fl_lock_release(&a->lock);
+    fli_lock_release(&a->lock);
     return s;
 }
 
@@ -677,108 +677,108 @@ fl_status fl_set_limit(fl_allocator *a, uint64_t bytes)
 void fl_get_stats(const fl_allocator *a, fl_stats *out)
 {
     fl_allocator *m = (fl_allocator *)a;
-    fl_lock_acquire(&m->lock);
+    fli_lock_acquire(&m->lock);
     stats_locked(m, out);
-    fl_lock_release(&m->lock);
+    fli_lock_release(&m->lock);
 }
 
 void fl_reset_peak_stats(fl_allocator *a)
 {
-    fl_lock_acquire(&a->lock);
-    fl_policy *p = a->policy;
+    fli_lock_acquire(&a->lock);
+    fli_policy *p = a->policy;
     a->peak_allocated = p->allocated;
     a->req_peak = a->req_current;
     a->blocks_peak = p->num_allocs - p->num_frees;
     a->inactive_split_peak = 0;
     p->dev->counters.peak_in_use = p->dev->counters.in_use;
-    fl_lock_release(&a->lock);
+    fli_lock_release(&a->lock);
 }
 
 fl_status fl_last_oom(const fl_allocator *a, fl_oom_report *out)
 {
     fl_allocator *m = (fl_allocator *)a;
-    fl_lock_acquire(&m->lock);
+    fli_lock_acquire(&m->lock);
     int has = m->has_oom;
     if (has)
         *out = m->oom;
-    fl_lock_release(&m->lock);
-    return has ? FL_OK : fl_fail(FL_ERR_NOT_FOUND, "no allocation has failed on this allocator");
+    fli_lock_release(&m->lock);
+    return has ? FL_OK : fli_fail(FL_ERR_NOT_FOUND, "no allocation has failed on this allocator");
 }
 
 fl_status fl_allocator_snapshot(fl_allocator *a, const char *path)
 {
-    fl_lock_acquire(&a->lock);
+    fli_lock_acquire(&a->lock);
     fl_status s = write_snapshot(a, path);
-    fl_lock_release(&a->lock);
+    fli_lock_release(&a->lock);
     return s;
 }
 
 int fl_allocator_check(const fl_allocator *a)
 {
-    fl_lock *lock = &((fl_allocator *)a)->lock;
-    fl_lock_acquire(lock);
+    fli_lock *lock = &((fl_allocator *)a)->lock;
+    fli_lock_acquire(lock);
     int r = a->policy->ops->check(a->policy);
     if (!r)
-        r = fl_graphs_check(&a->graphs);
+        r = fli_graphs_check(&a->graphs);
     /* A graph's block, kept or live, is the policy's until its graph is released. */
     for (uint32_t i = 0; !r && i < a->graphs.n; i++)
         if (!a->policy->ops->block_size(a->policy, a->graphs.b[i].addr))
-            r = fl_fail(FL_ERR_INVALID, "allocator check: CUDA graph block 0x%llx is not allocated in the policy",
+            r = fli_fail(FL_ERR_INVALID, "allocator check: CUDA graph block 0x%llx is not allocated in the policy",
                         (unsigned long long)a->graphs.b[i].addr) != FL_OK;
     /* A pending block (record_stream) is still the policy's, and on the list once. */
     for (uint32_t i = 0; !r && i < a->n_pending; i++)
         if (!a->policy->ops->block_size(a->policy, a->pending[i].addr) ||
             pending_index(a, a->pending[i].addr) != (int64_t)i)
-            r = fl_fail(FL_ERR_INVALID, "allocator check: pending block 0x%llx is not live, or listed twice",
+            r = fli_fail(FL_ERR_INVALID, "allocator check: pending block 0x%llx is not live, or listed twice",
                         (unsigned long long)a->pending[i].addr) != FL_OK;
-    fl_lock_release(lock);
+    fli_lock_release(lock);
     return r;
 }
 
-fl_policy *fl_allocator_policy(const fl_allocator *a) { return a->policy; }
-uint64_t fl_allocator_live(const fl_allocator *a) { return a->live512; }
+fli_policy *fli_allocator_policy(const fl_allocator *a) { return a->policy; }
+uint64_t fli_allocator_live(const fl_allocator *a) { return a->live512; }
 
 /* ---- for the frontends: a block's stream (cudaFreeAsync) and IPC ------------------- */
 
-fl_status fl_allocator_block_stream(fl_allocator *a, uint64_t addr, uint64_t *stream, int *known)
+fl_status fli_allocator_block_stream(fl_allocator *a, uint64_t addr, uint64_t *stream, int *known)
 {
-    fl_lock_acquire(&a->lock);
-    const fl_policy *p = a->policy;
+    fli_lock_acquire(&a->lock);
+    const fli_policy *p = a->policy;
     int r = 0;
     *known = 0;
     if (pending_index(a, addr) < 0) {
         r = p->ops->block_stream ? p->ops->block_stream(p, addr, stream) : p->ops->block_size(p, addr) ? -1 : 0;
         *known = r > 0;
     }
-    fl_lock_release(&a->lock);
-    return r ? FL_OK : fl_fail(FL_ERR_NOT_FOUND, "0x%llx: not a live block of this allocator", (unsigned long long)addr);
+    fli_lock_release(&a->lock);
+    return r ? FL_OK : fli_fail(FL_ERR_NOT_FOUND, "0x%llx: not a live block of this allocator", (unsigned long long)addr);
 }
 
 fl_status fl_export(fl_allocator *a, uint64_t addr, fl_ipc_handle *out)
 {
-    fl_lock_acquire(&a->lock);
-    const fl_policy *p = a->policy;
+    fli_lock_acquire(&a->lock);
+    const fli_policy *p = a->policy;
     uint64_t size = pending_index(a, addr) < 0 ? p->ops->block_size(p, addr) : 0;
-    fl_status s = size ? fl_dev_export(p->dev, addr, size, out)
-                       : fl_fail(FL_ERR_NOT_FOUND, "fl_export(0x%llx): not a live block of this allocator",
+    fl_status s = size ? fli_dev_export(p->dev, addr, size, out)
+                       : fli_fail(FL_ERR_NOT_FOUND, "fl_export(0x%llx): not a live block of this allocator",
                                  (unsigned long long)addr);
-    fl_lock_release(&a->lock);
+    fli_lock_release(&a->lock);
     return s;
 }
 
 fl_status fl_import(fl_allocator *a, const fl_ipc_handle *h, uint64_t *addr)
 {
-    fl_lock_acquire(&a->lock);
-    fl_status s = fl_dev_import(a->policy->dev, h, addr);
-    fl_lock_release(&a->lock);
+    fli_lock_acquire(&a->lock);
+    fl_status s = fli_dev_import(a->policy->dev, h, addr);
+    fli_lock_release(&a->lock);
     return s;
 }
 
 fl_status fl_import_close(fl_allocator *a, uint64_t addr)
 {
-    fl_lock_acquire(&a->lock);
-    fl_status s = fl_dev_import_close(a->policy->dev, addr);
-    fl_lock_release(&a->lock);
+    fli_lock_acquire(&a->lock);
+    fl_status s = fli_dev_import_close(a->policy->dev, addr);
+    fli_lock_release(&a->lock);
     return s;
 }
 
@@ -789,9 +789,9 @@ fl_status fl_import_close(fl_allocator *a, uint64_t addr)
  * captures and the kept blocks of released captures. Under the lock. */
 static fl_status graphs_catch_up(fl_allocator *a)
 {
-    fl_graphs *g = &a->graphs;
-    fl_policy *p = a->policy;
-    fl_status s = fl_dev_synchronize(p->dev);
+    fli_graphs *g = &a->graphs;
+    fli_policy *p = a->policy;
+    fl_status s = fli_dev_synchronize(p->dev);
     if (s != FL_OK)
         return s; /* all kept for the next try */
     fl_status err = FL_OK;
@@ -803,7 +803,7 @@ static fl_status graphs_catch_up(fl_allocator *a)
         }
     g->n_deferred = keep;
     for (uint32_t i = 0; i < g->n;) {
-        fl_graph_block *b = &g->b[i];
+        fli_graph_block *b = &g->b[i];
         int released = !b->capture;
         for (uint32_t k = 0; k < g->n_released && !released; k++)
             released = b->capture == g->released[k];
@@ -813,7 +813,7 @@ static fl_status graphs_catch_up(fl_allocator *a)
             b->capture = 0; /* the program still holds it: ordinary once freed */
             i++;
         } else if ((s = p->ops->free(p, b->addr, 0, NULL)) == FL_OK) {
-            fl_graphs_remove(g, b); /* counted as freed when the program freed it */
+            fli_graphs_remove(g, b); /* counted as freed when the program freed it */
         } else {
             err = s;
             i++;
@@ -831,45 +831,45 @@ static fl_status graphs_catch_up(fl_allocator *a)
  * first. */
 static fl_status alloc_watching(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr)
 {
-    fl_lock_acquire(&a->lock);
-    fl_policy *p = a->policy;
-    fl_graphs *g = &a->graphs;
+    fli_lock_acquire(&a->lock);
+    fli_policy *p = a->policy;
+    fli_graphs *g = &a->graphs;
     uint64_t capture = 0, old_peak = a->peak_allocated, old_blocks_peak = a->blocks_peak, before = p->allocated;
     fl_status s;
-    if (!fl_graphs_watch(g, p->dev, stream, &capture)) {
-        if (FL_UNLIKELY(fl_graphs_pending(g)) && (s = graphs_catch_up(a)) != FL_OK)
+    if (!fli_graphs_watch(g, p->dev, stream, &capture)) {
+        if (FL_UNLIKELY(fli_graphs_pending(g)) && (s = graphs_catch_up(a)) != FL_OK)
             fprintf(stderr, "fragless: after a CUDA graph capture: %s (retried later)\n", fl_last_error());
         s = alloc_locked(a, size, stream, addr);
     } else {
         p->dev->capture_guard = capture ? capture : g->n_underway ? g->underway[0].id : 1;
         int mode = FL_CAPTURE_MODE_RELAXED;
-        int swapped = fl_dev_capture_mode(p->dev, &mode) == FL_OK;
-        fl_graph_block *b = fl_graphs_reuse(g, fl_live_size(size), stream, capture);
+        int swapped = fli_dev_capture_mode(p->dev, &mode) == FL_OK;
+        fli_graph_block *b = fli_graphs_reuse(g, fli_live_size(size), stream, capture);
         if (b) {
-            fl_graphs_revive(g, b, size);
+            fli_graphs_revive(g, b, size);
             *addr = b->addr;
             a->alloc_total += b->rounded;
             count_requested(a, size);
             if (FL_UNLIKELY(a->rec != NULL))
-                fl_recorder_alloc(a->rec, 1, *addr, size, stream);
+                fli_recorder_alloc(a->rec, 1, *addr, size, stream);
             s = FL_OK;
         } else {
             s = alloc_locked(a, size, stream, addr);
-            if (s == FL_OK && capture && fl_graphs_adopt(g, *addr, stream, capture, size, p->allocated - before) != FL_OK) {
+            if (s == FL_OK && capture && fli_graphs_adopt(g, *addr, stream, capture, size, p->allocated - before) != FL_OK) {
                 free_locked(a, *addr, 0); /* untracked, the graph's memory could be handed out */
-                s = fl_fail(FL_ERR_NOMEM, "CUDA graph capture 0x%llx: no host memory to keep its block",
+                s = fli_fail(FL_ERR_NOMEM, "CUDA graph capture 0x%llx: no host memory to keep its block",
                             (unsigned long long)capture);
             }
         }
         if (swapped)
-            fl_dev_capture_mode(p->dev, &mode);
+            fli_dev_capture_mode(p->dev, &mode);
         p->dev->capture_guard = 0;
         if (s != FL_OK && s != FL_ERR_NOMEM) {
             char why[1024];
             snprintf(why, sizeof why, "%s", fl_last_error());
             if (s != FL_ERR_OOM)
                 p->ooms++; /* refused by the capture guard: out of memory for the capture */
-            s = fl_fail(FL_ERR_OOM, "%s; during CUDA graph capture 0x%llx (stream 0x%llx) fragless may map new "
+            s = fli_fail(FL_ERR_OOM, "%s; during CUDA graph capture 0x%llx (stream 0x%llx) fragless may map new "
                         "pages but cannot reclaim cached ones or give memory back (that needs a synchronize): "
                         "free memory or call torch.cuda.empty_cache() before the capture, or raise the limit",
                         why, (unsigned long long)p->dev->capture_guard, (unsigned long long)stream);
@@ -881,82 +881,82 @@ static fl_status alloc_watching(fl_allocator *a, uint64_t size, uint64_t stream,
         a->peak_allocated = now > old_peak ? now : old_peak;
         a->blocks_peak = blocks > old_blocks_peak ? blocks : old_blocks_peak;
     }
-    fl_lock_release(&a->lock);
+    fli_lock_release(&a->lock);
     return s;
 }
 
-fl_status fl_allocator_trace(fl_allocator *a, const char *path)
+fl_status fli_allocator_trace(fl_allocator *a, const char *path)
 {
-    fl_lock_acquire(&a->lock);
+    fli_lock_acquire(&a->lock);
     fl_status s = FL_OK;
     if (path && a->rec)
-        s = fl_fail(FL_ERR_INVALID, "trace %s: this allocator records a trace already", path);
+        s = fli_fail(FL_ERR_INVALID, "trace %s: this allocator records a trace already", path);
     else if (path)
-        s = fl_recorder_open(path, &a->rec);
+        s = fli_recorder_open(path, &a->rec);
     else if (a->rec) {
-        fl_recorder_close(a->rec);
+        fli_recorder_close(a->rec);
         a->rec = NULL;
     }
-    fl_lock_release(&a->lock);
+    fli_lock_release(&a->lock);
     return s;
 }
 
-void fl_allocator_trace_flush(fl_allocator *a)
+void fli_allocator_trace_flush(fl_allocator *a)
 {
-    fl_lock_acquire(&a->lock);
-    fl_recorder_flush(a->rec);
-    fl_lock_release(&a->lock);
+    fli_lock_acquire(&a->lock);
+    fli_recorder_flush(a->rec);
+    fli_lock_release(&a->lock);
 }
 
 fl_status fl_stream_capture(fl_allocator *a, uint64_t stream, uint64_t *capture)
 {
-    fl_lock_acquire(&a->lock);
+    fli_lock_acquire(&a->lock);
     *capture = 0;
     if (a->policy->dev->capture_watch)
-        fl_graphs_watch(&a->graphs, a->policy->dev, stream, capture);
-    fl_lock_release(&a->lock);
+        fli_graphs_watch(&a->graphs, a->policy->dev, stream, capture);
+    fli_lock_release(&a->lock);
     return FL_OK;
 }
 
 fl_status fl_graph_release(fl_allocator *a, uint64_t capture)
 {
     if (!capture)
-        return fl_fail(FL_ERR_INVALID, "graph release: capture id 0 names no capture");
-    fl_lock_acquire(&a->lock);
-    fl_graphs *g = &a->graphs;
+        return fli_fail(FL_ERR_INVALID, "graph release: capture id 0 names no capture");
+    fli_lock_acquire(&a->lock);
+    fli_graphs *g = &a->graphs;
     fl_status s = FL_OK;
-    fl_graphs_refresh(g, a->policy->dev);
-    if (fl_graphs_is_underway(g, capture))
-        s = fl_fail(FL_ERR_INVALID, "graph release: capture 0x%llx is still underway: end it first",
+    fli_graphs_refresh(g, a->policy->dev);
+    if (fli_graphs_is_underway(g, capture))
+        s = fli_fail(FL_ERR_INVALID, "graph release: capture 0x%llx is still underway: end it first",
                     (unsigned long long)capture);
-    else if ((s = fl_graphs_release_later(g, capture)) == FL_OK && !fl_graphs_underway(g))
+    else if ((s = fli_graphs_release_later(g, capture)) == FL_OK && !fli_graphs_underway(g))
         s = graphs_catch_up(a); /* else at the first moment without captures */
     if (s == FL_OK)
         maybe_publish(a, 1);
-    fl_lock_release(&a->lock);
+    fli_lock_release(&a->lock);
     return s;
 }
 
-fl_status fl_allocator_free_stream(fl_allocator *a, uint64_t addr, uint64_t size, uint64_t stream)
+fl_status fli_allocator_free_stream(fl_allocator *a, uint64_t addr, uint64_t size, uint64_t stream)
 {
-    fl_lock_acquire(&a->lock);
+    fli_lock_acquire(&a->lock);
     uint64_t capture;
     if (a->policy->dev->capture_watch)
-        fl_graphs_watch(&a->graphs, a->policy->dev, stream, &capture);
+        fli_graphs_watch(&a->graphs, a->policy->dev, stream, &capture);
     fl_status s = free_locked(a, addr, size);
-    fl_lock_release(&a->lock);
+    fli_lock_release(&a->lock);
     return s;
 }
 
 /* ---- following a recorded run (replay of a PyTorch snapshot) ---------------------- */
 
-fl_status fl_allocator_seed(fl_allocator *a, const fl_seed_segment *sg, const fl_seed_block *blocks, uint64_t *addrs)
+fl_status fli_allocator_seed(fl_allocator *a, const fli_seed_segment *sg, const fli_seed_block *blocks, uint64_t *addrs)
 {
-    fl_lock_acquire(&a->lock);
-    fl_policy *p = a->policy;
+    fli_lock_acquire(&a->lock);
+    fli_policy *p = a->policy;
     uint64_t before = p->allocated;
     fl_status s = p->ops->seed ? p->ops->seed(p, sg, blocks, addrs)
-                               : fl_fail(FL_ERR_UNSUPPORTED, "%s: segments are not rebuilt", p->ops->name);
+                               : fli_fail(FL_ERR_UNSUPPORTED, "%s: segments are not rebuilt", p->ops->name);
     if (s == FL_OK) {
         /* The blocks count as allocated now, like any other. */
         a->alloc_total += p->allocated - before;
@@ -967,16 +967,16 @@ fl_status fl_allocator_seed(fl_allocator *a, const fl_seed_segment *sg, const fl
         if (p->num_allocs - p->num_frees > a->blocks_peak)
             a->blocks_peak = p->num_allocs - p->num_frees;
     }
-    fl_lock_release(&a->lock);
+    fli_lock_release(&a->lock);
     return s;
 }
 
-fl_status fl_allocator_release(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *freed)
+fl_status fli_allocator_release(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *freed)
 {
-    fl_lock_acquire(&a->lock);
-    fl_policy *p = a->policy;
+    fli_lock_acquire(&a->lock);
+    fli_policy *p = a->policy;
     *freed = 0;
     fl_status s = p->ops->release ? p->ops->release(p, size, stream, freed) : FL_OK;
-    fl_lock_release(&a->lock);
+    fli_lock_release(&a->lock);
     return s;
 }

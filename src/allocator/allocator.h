@@ -12,47 +12,47 @@
 
 /* For replay and the report, which drive an allocator they made from one thread: the
  * policy inside (for its walk and self-check) and the live bytes, each request rounded
- * up to 512 B (fl_live_size), as the out-of-memory report counts them. */
-fl_policy *fl_allocator_policy(const fl_allocator *a);
+ * up to 512 B (fli_live_size), as the out-of-memory report counts them. */
+fli_policy *fli_allocator_policy(const fl_allocator *a);
 /* fl_free_sized (size 0: not checked) by a frontend that knows the stream the block was
  * allocated on (PyTorch passes it): asking the device about it first lets a free see a
  * CUDA graph capture that has not allocated yet. */
 /* Starts recording every allocation and free as RMM CSV at path (as trace:PATH does from
  * the start), or stops (path NULL) and closes the file. Starting while recording is
  * FL_ERR_INVALID. For torch.cuda.memory._record_memory_history. */
-fl_status fl_allocator_trace(fl_allocator *a, const char *path);
+fl_status fli_allocator_trace(fl_allocator *a, const char *path);
 /* Writes out what the trace has buffered (for a reader in the same process). */
-void fl_allocator_trace_flush(fl_allocator *a);
-fl_status fl_allocator_free_stream(fl_allocator *a, uint64_t addr, uint64_t size, uint64_t stream);
-uint64_t fl_allocator_live(const fl_allocator *a);
+void fli_allocator_trace_flush(fl_allocator *a);
+fl_status fli_allocator_free_stream(fl_allocator *a, uint64_t addr, uint64_t size, uint64_t stream);
+uint64_t fli_allocator_live(const fl_allocator *a);
 
 /* For the CUDA runtime's frontend (cudaFree of another device's block, cudaFreeAsync on
  * another stream): the stream the live block at addr was allocated on, with *known 0
  * when the policy does not keep it; FL_ERR_NOT_FOUND when addr is no live block here (a
  * block waiting for record_stream's events is freed already). */
-fl_status fl_allocator_block_stream(fl_allocator *a, uint64_t addr, uint64_t *stream, int *known);
+fl_status fli_allocator_block_stream(fl_allocator *a, uint64_t addr, uint64_t *stream, int *known);
 /* Replay that follows a recorded PyTorch run (the policy's seed and release ops):
- * fl_allocator_seed holds a segment as it was before recording began, with its live
+ * fli_allocator_seed holds a segment as it was before recording began, with its live
  * blocks (their addresses in addrs), counted like any allocation; FL_ERR_UNSUPPORTED
- * for a policy that is not PyTorch's. fl_allocator_release gives back what the recorded
+ * for a policy that is not PyTorch's. fli_allocator_release gives back what the recorded
  * allocator gave back (a cached segment of size bytes on stream); *freed: the bytes (0
  * when the emulation holds no such segment, or the policy has none). */
-fl_status fl_allocator_seed(fl_allocator *a, const fl_seed_segment *sg, const fl_seed_block *blocks, uint64_t *addrs);
-fl_status fl_allocator_release(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *freed);
+fl_status fli_allocator_seed(fl_allocator *a, const fli_seed_segment *sg, const fli_seed_block *blocks, uint64_t *addrs);
+fl_status fli_allocator_release(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *freed);
 
 /* Fills the judgment of an out-of-memory moment from the facts in r (request, stream,
  * capacity, limit, live, reserved, free_in_reserved, largest_free): device_free,
  * external fragmentation (largest free taken over what the policy holds and what may
  * still be obtained), the verdict (exhaustion when live + request > limit), needs,
  * advice and text. policy: the policy's name, for the advice; device: for the text. */
-void fl_oom_judge(fl_oom_report *r, const char *policy, int device);
+void fli_oom_judge(fl_oom_report *r, const char *policy, int device);
 
 /* The state snapshot of a policy as JSON (format: docs/ARCHITECTURE.md). stats may be
  * NULL. */
-fl_status fl_state_write(const fl_policy *p, const fl_stats *stats, FILE *out);
+fl_status fli_state_write(const fli_policy *p, const fl_stats *stats, FILE *out);
 
 /* `fragless top`: statistics in a small shared-memory file per process and device
- * (publish.c; format in docs/ARCHITECTURE.md). The file is one fl_pub_record, written
+ * (publish.c; format in docs/ARCHITECTURE.md). The file is one fli_pub_record, written
  * through a shared mapping under a seqlock: seq is odd while an update is being
  * written, so a reader that sees the same even seq before and after its copy has a
  * whole record. The header (magic .. comm) never changes once the file has its name. */
@@ -61,10 +61,10 @@ fl_status fl_state_write(const fl_policy *p, const fl_stats *stats, FILE *out);
 #define FL_PUB_WORDS (1 + sizeof(fl_stats) / 8) /* updated_ns, then fl_stats */
 #define FL_PUB_PREFIX "fragless."             /* file names: fragless.PID.DEVICE[.N] */
 
-typedef struct fl_pub_record {
+typedef struct fli_pub_record {
     uint32_t magic;               /* FL_PUB_MAGIC */
     uint32_t version;             /* FL_PUB_VERSION */
-    uint32_t size;                /* sizeof(fl_pub_record), the file's length */
+    uint32_t size;                /* sizeof(fli_pub_record), the file's length */
     int32_t device;               /* the CUDA ordinal in that process */
     uint64_t pid;
     uint64_t start_time;          /* the process's start, /proc/PID/stat field 22 (clock
@@ -76,10 +76,10 @@ typedef struct fl_pub_record {
                                      CUDA_VISIBLE_DEVICES made of its ordinal */
     _Atomic uint64_t seq;         /* even: stable; odd: being written */
     _Atomic uint64_t words[FL_PUB_WORDS]; /* CLOCK_REALTIME ns of the update, fl_stats */
-} fl_pub_record;
+} fli_pub_record;
 
 /* A record as a reader copied it. */
-typedef struct fl_pub_entry {
+typedef struct fli_pub_entry {
     uint64_t pid, start_time;
     int device, rank;
     char comm[32];
@@ -87,58 +87,58 @@ typedef struct fl_pub_entry {
     uint64_t seq;                 /* even; grows by 2 per update */
     uint64_t updated_ns;          /* CLOCK_REALTIME of the latest update */
     fl_stats stats;
-} fl_pub_entry;
+} fli_pub_entry;
 
-typedef struct fl_publisher fl_publisher;
-/* Creates the file of this process and device in fl_publish_dir(), with zero
- * statistics; uuid: the GPU's (fl_dev_uuid_str, "" when unknown). The error names the
+typedef struct fli_publisher fli_publisher;
+/* Creates the file of this process and device in fli_publish_dir(), with zero
+ * statistics; uuid: the GPU's (fli_dev_uuid_str, "" when unknown). The error names the
  * path and the system's reason. One writer at a time per publisher (the allocator's
  * lock). */
-fl_status fl_publish_open(int device, const char *uuid, fl_publisher **out);
+fl_status fli_publish_open(int device, const char *uuid, fli_publisher **out);
 /* Publishes a new set of statistics: a copy into the mapping, no system call. */
-void fl_publish_update(fl_publisher *p, const fl_stats *s);
+void fli_publish_update(fli_publisher *p, const fl_stats *s);
 /* Removes the file (only in the process that made it) and frees p. NULL is ignored.
  * Files still open at exit() are removed by an atexit handler. */
-void fl_publish_close(fl_publisher *p);
+void fli_publish_close(fli_publisher *p);
 /* The file's path. */
-const char *fl_publish_path(const fl_publisher *p);
+const char *fli_publish_path(const fli_publisher *p);
 /* Registers the fork handlers of the publishers' list (once). The allocator registers
  * its own after these, so that in a child the list is usable when the allocator's
- * handler closes the parent's publishers (fl_publish_close in a child detaches: the
+ * handler closes the parent's publishers (fli_publish_close in a child detaches: the
  * file is the parent's) and opens the child's own. */
-void fl_publish_atfork(void);
+void fli_publish_atfork(void);
 /* $FRAGLESS_TOP_DIR when set and not empty, else /dev/shm. */
-const char *fl_publish_dir(void);
+const char *fli_publish_dir(void);
 
-/* Readers. The files are in a folder anyone can write: fl_pub_reader_open opens only a
+/* Readers. The files are in a folder anyone can write: fli_pub_reader_open opens only a
  * regular file of exactly a record's size (never a FIFO, device or symlink; without
  * blocking) and checks its magic, version and record size: FL_ERR_PARSE (message: the
  * path and what is wrong) for anything else, FL_ERR_IO when it cannot be opened (errno
  * kept: ENOENT when its process just removed it). The header is copied then; the record
  * is read with pread, never mapped, so a file cut short while read is an error, not a
  * SIGBUS. */
-typedef struct fl_pub_reader {
+typedef struct fli_pub_reader {
     int fd;
     uid_t uid;                    /* the file's owner */
     uint64_t pid, start_time;     /* as the header claims */
     int device, rank;
     char comm[32];                /* NUL-terminated; untrusted text */
     char uuid[48];                /* NUL-terminated; untrusted text */
-} fl_pub_reader;
-fl_status fl_pub_reader_open(const char *path, fl_pub_reader *r);
-void fl_pub_reader_close(fl_pub_reader *r);
+} fli_pub_reader;
+fl_status fli_pub_reader_open(const char *path, fli_pub_reader *r);
+void fli_pub_reader_close(fli_pub_reader *r);
 /* A consistent copy of the record: WHOLE; BUSY when every try met an update in progress
- * until deadline_ns (fl_now_ns() clock; 0: 20 ms from now; a few quick tries are made
+ * until deadline_ns (fli_now_ns() clock; 0: 20 ms from now; a few quick tries are made
  * even past it); CUT when the file was cut short (fl_last_error says so). */
-typedef enum fl_pub_read { FL_PUB_WHOLE, FL_PUB_BUSY, FL_PUB_CUT } fl_pub_read;
-fl_pub_read fl_pub_reader_snapshot(const fl_pub_reader *r, uint64_t deadline_ns, fl_pub_entry *out);
+typedef enum fli_pub_read { FL_PUB_WHOLE, FL_PUB_BUSY, FL_PUB_CUT } fli_pub_read;
+fli_pub_read fli_pub_reader_snapshot(const fli_pub_reader *r, uint64_t deadline_ns, fli_pub_entry *out);
 /* open + snapshot + close; BUSY and CUT are FL_ERR_PARSE. */
-fl_status fl_publish_read(const char *path, fl_pub_entry *out);
+fl_status fli_publish_read(const char *path, fli_pub_entry *out);
 
 /* Liveness of a publisher: the start time of process pid (/proc/PID/stat field 22),
- * 0 when it cannot be read. fl_publish_stale: 1 when the record's process is gone, or
+ * 0 when it cannot be read. fli_publish_stale: 1 when the record's process is gone, or
  * pid now names a process that started at another time (pid reused); why says which. */
-uint64_t fl_proc_start_time(uint64_t pid);
-int fl_publish_stale(uint64_t pid, uint64_t start_time, const char **why);
+uint64_t fli_proc_start_time(uint64_t pid);
+int fli_publish_stale(uint64_t pid, uint64_t start_time, const char **why);
 
 #endif

@@ -7,50 +7,50 @@
 
 #include "allocator/graph.h"
 
-fl_status fl_graphs_init(fl_graphs *g)
+fl_status fli_graphs_init(fli_graphs *g)
 {
     memset(g, 0, sizeof *g);
-    return fl_map_init(&g->index, 16);
+    return fli_map_init(&g->index, 16);
 }
 
-void fl_graphs_free(fl_graphs *g)
+void fli_graphs_free(fli_graphs *g)
 {
-    fl_map_free(&g->index);
+    fli_map_free(&g->index);
     free(g->b);
     free(g->deferred);
     free(g->released);
     memset(g, 0, sizeof *g);
 }
 
-static void forget(fl_graphs *g, uint32_t i)
+static void forget(fli_graphs *g, uint32_t i)
 {
     g->underway[i] = g->underway[--g->n_underway];
 }
 
 /* Asks again about each capture seen underway; a stream whose capture ended, or that
  * began another, is forgotten (a new capture is seen when it allocates or frees). */
-int fl_graphs_refresh(fl_graphs *g, fl_device *d)
+int fli_graphs_refresh(fli_graphs *g, fl_device *d)
 {
     for (uint32_t i = 0; i < g->n_underway;) {
         int status = FL_CAPTURE_NONE;
         uint64_t id = 0;
-        if (fl_dev_capture_info(d, g->underway[i].stream, &status, &id) == FL_OK &&
+        if (fli_dev_capture_info(d, g->underway[i].stream, &status, &id) == FL_OK &&
             (status == FL_CAPTURE_NONE || id != g->underway[i].id))
             forget(g, i);
         else
             i++; /* still capturing, or the device cannot say: assume it is */
     }
-    return fl_graphs_underway(g);
+    return fli_graphs_underway(g);
 }
 
-int fl_graphs_watch(fl_graphs *g, fl_device *d, uint64_t stream, uint64_t *capture)
+int fli_graphs_watch(fli_graphs *g, fl_device *d, uint64_t stream, uint64_t *capture)
 {
     int status = FL_CAPTURE_NONE;
     uint64_t id = 0;
     *capture = 0;
     /* A device that cannot answer is taken at its word for the other streams; for this
      * one, not capturing (failing every allocation on a query would stop the job). */
-    fl_status s = fl_dev_capture_info(d, stream, &status, &id);
+    fl_status s = fli_dev_capture_info(d, stream, &status, &id);
     g->implicit = s == FL_OK && status == FL_CAPTURE_IMPLICIT;
     for (uint32_t i = 0; i < g->n_underway; i++)
         if (g->underway[i].stream == stream) {
@@ -72,16 +72,16 @@ int fl_graphs_watch(fl_graphs *g, fl_device *d, uint64_t stream, uint64_t *captu
         }
         int st = FL_CAPTURE_NONE;
         uint64_t other = 0;
-        if (fl_dev_capture_info(d, g->underway[i].stream, &st, &other) == FL_OK &&
+        if (fli_dev_capture_info(d, g->underway[i].stream, &st, &other) == FL_OK &&
             (st == FL_CAPTURE_NONE || other != g->underway[i].id))
             forget(g, i);
         else
             i++;
     }
-    return fl_graphs_underway(g);
+    return fli_graphs_underway(g);
 }
 
-int fl_graphs_is_underway(const fl_graphs *g, uint64_t capture)
+int fli_graphs_is_underway(const fli_graphs *g, uint64_t capture)
 {
     for (uint32_t i = 0; i < g->n_underway; i++)
         if (g->underway[i].id == capture)
@@ -89,19 +89,19 @@ int fl_graphs_is_underway(const fl_graphs *g, uint64_t capture)
     return 0;
 }
 
-fl_graph_block *fl_graphs_find(const fl_graphs *g, uint64_t addr)
+fli_graph_block *fli_graphs_find(const fli_graphs *g, uint64_t addr)
 {
     uint64_t i;
-    return g->n && fl_map_get(&g->index, addr, &i) ? &g->b[i] : NULL;
+    return g->n && fli_map_get(&g->index, addr, &i) ? &g->b[i] : NULL;
 }
 
-fl_graph_block *fl_graphs_reuse(const fl_graphs *g, uint64_t need, uint64_t stream, uint64_t capture)
+fli_graph_block *fli_graphs_reuse(const fli_graphs *g, uint64_t need, uint64_t stream, uint64_t capture)
 {
-    fl_graph_block *best = NULL;
+    fli_graph_block *best = NULL;
     if (!g->kept_blocks)
         return NULL;
     for (uint32_t i = 0; i < g->n; i++) {
-        fl_graph_block *b = &g->b[i];
+        fli_graph_block *b = &g->b[i];
         if (b->live || !capture || b->capture != capture || b->stream != stream || b->rounded < need ||
             b->rounded - need > need / 4)
             continue;
@@ -111,25 +111,25 @@ fl_graph_block *fl_graphs_reuse(const fl_graphs *g, uint64_t need, uint64_t stre
     return best;
 }
 
-fl_status fl_graphs_adopt(fl_graphs *g, uint64_t addr, uint64_t stream, uint64_t capture, uint64_t requested,
+fl_status fli_graphs_adopt(fli_graphs *g, uint64_t addr, uint64_t stream, uint64_t capture, uint64_t requested,
                           uint64_t rounded)
 {
     if (g->n == g->cap) {
         uint32_t cap = g->cap ? 2 * g->cap : 64;
-        fl_graph_block *nb = realloc(g->b, cap * sizeof *nb);
+        fli_graph_block *nb = realloc(g->b, cap * sizeof *nb);
         if (!nb)
-            return fl_fail(FL_ERR_NOMEM, "CUDA graph blocks: host memory");
+            return fli_fail(FL_ERR_NOMEM, "CUDA graph blocks: host memory");
         g->b = nb;
         g->cap = cap;
     }
-    if (fl_map_put(&g->index, addr, g->n) != FL_OK)
-        return fl_fail(FL_ERR_NOMEM, "CUDA graph blocks: host memory");
-    g->b[g->n++] = (fl_graph_block){addr, stream, capture, requested, rounded, 1};
+    if (fli_map_put(&g->index, addr, g->n) != FL_OK)
+        return fli_fail(FL_ERR_NOMEM, "CUDA graph blocks: host memory");
+    g->b[g->n++] = (fli_graph_block){addr, stream, capture, requested, rounded, 1};
     g->bytes += rounded;
     return FL_OK;
 }
 
-void fl_graphs_remove(fl_graphs *g, fl_graph_block *b)
+void fli_graphs_remove(fli_graphs *g, fli_graph_block *b)
 {
     uint32_t i = (uint32_t)(b - g->b);
     g->bytes -= b->rounded;
@@ -138,14 +138,14 @@ void fl_graphs_remove(fl_graphs *g, fl_graph_block *b)
         g->kept_blocks--;
         g->keeps--;
     }
-    fl_map_remove(&g->index, b->addr, NULL);
+    fli_map_remove(&g->index, b->addr, NULL);
     if (i != --g->n) {
         g->b[i] = g->b[g->n];
-        fl_map_put(&g->index, g->b[i].addr, i); /* replaces: no new entry, cannot fail */
+        fli_map_put(&g->index, g->b[i].addr, i); /* replaces: no new entry, cannot fail */
     }
 }
 
-void fl_graphs_keep(fl_graphs *g, fl_graph_block *b)
+void fli_graphs_keep(fli_graphs *g, fli_graph_block *b)
 {
     b->live = 0;
     g->kept_bytes += b->rounded;
@@ -153,7 +153,7 @@ void fl_graphs_keep(fl_graphs *g, fl_graph_block *b)
     g->keeps++;
 }
 
-void fl_graphs_revive(fl_graphs *g, fl_graph_block *b, uint64_t requested)
+void fli_graphs_revive(fli_graphs *g, fli_graph_block *b, uint64_t requested)
 {
     b->live = 1;
     b->requested = requested;
@@ -168,7 +168,7 @@ static fl_status push(uint64_t **list, uint32_t *n, uint32_t *cap, uint64_t v)
         uint32_t c = *cap ? 2 * *cap : 16;
         uint64_t *nl = realloc(*list, c * sizeof *nl);
         if (!nl)
-            return fl_fail(FL_ERR_NOMEM, "CUDA graphs: host memory");
+            return fli_fail(FL_ERR_NOMEM, "CUDA graphs: host memory");
         *list = nl;
         *cap = c;
     }
@@ -176,12 +176,12 @@ static fl_status push(uint64_t **list, uint32_t *n, uint32_t *cap, uint64_t v)
     return FL_OK;
 }
 
-fl_status fl_graphs_defer(fl_graphs *g, uint64_t addr)
+fl_status fli_graphs_defer(fli_graphs *g, uint64_t addr)
 {
     return push(&g->deferred, &g->n_deferred, &g->cap_deferred, addr);
 }
 
-int fl_graphs_is_deferred(const fl_graphs *g, uint64_t addr)
+int fli_graphs_is_deferred(const fli_graphs *g, uint64_t addr)
 {
     for (uint32_t i = 0; i < g->n_deferred; i++)
         if (g->deferred[i] == addr)
@@ -189,7 +189,7 @@ int fl_graphs_is_deferred(const fl_graphs *g, uint64_t addr)
     return 0;
 }
 
-fl_status fl_graphs_release_later(fl_graphs *g, uint64_t capture)
+fl_status fli_graphs_release_later(fli_graphs *g, uint64_t capture)
 {
     for (uint32_t i = 0; i < g->n_released; i++)
         if (g->released[i] == capture)
@@ -197,20 +197,20 @@ fl_status fl_graphs_release_later(fl_graphs *g, uint64_t capture)
     return push(&g->released, &g->n_released, &g->cap_released, capture);
 }
 
-int fl_graphs_check(const fl_graphs *g)
+int fli_graphs_check(const fli_graphs *g)
 {
     uint64_t bytes = 0, kept = 0, kept_blocks = 0, i;
     for (uint32_t k = 0; k < g->n; k++) {
-        const fl_graph_block *b = &g->b[k];
+        const fli_graph_block *b = &g->b[k];
         bytes += b->rounded;
         if (!b->live)
             kept += b->rounded, kept_blocks++;
-        if (!fl_map_get(&g->index, b->addr, &i) || i != k)
-            return fl_fail(FL_ERR_INVALID, "graph check: block 0x%llx is not indexed at %u",
+        if (!fli_map_get(&g->index, b->addr, &i) || i != k)
+            return fli_fail(FL_ERR_INVALID, "graph check: block 0x%llx is not indexed at %u",
                            (unsigned long long)b->addr, k) != FL_OK;
     }
     if (g->index.count != g->n || bytes != g->bytes || kept != g->kept_bytes || kept_blocks != g->kept_blocks)
-        return fl_fail(FL_ERR_INVALID, "graph check: %u blocks, %llu indexed; totals %llu/%llu bytes, %llu/%llu kept, "
+        return fli_fail(FL_ERR_INVALID, "graph check: %u blocks, %llu indexed; totals %llu/%llu bytes, %llu/%llu kept, "
                        "%llu/%llu kept blocks", g->n, (unsigned long long)g->index.count,
                        (unsigned long long)bytes, (unsigned long long)g->bytes, (unsigned long long)kept,
                        (unsigned long long)g->kept_bytes, (unsigned long long)kept_blocks,

@@ -17,17 +17,17 @@
  * is released, so its pages are never unmapped, reclaimed or handed to anyone else;
  * freed by the program (live 0) it waits, and serves later allocations of the same
  * capture on the same stream only (the graph replays them in that order). */
-typedef struct fl_graph_block {
+typedef struct fli_graph_block {
     uint64_t addr, stream;
     uint64_t capture;   /* 0: released while live, an ordinary block once freed */
     uint64_t requested; /* as the program last asked */
     uint64_t rounded;   /* its share of the policy's allocated bytes */
     int live;
-} fl_graph_block;
+} fli_graph_block;
 
-typedef struct fl_graphs {
-    fl_map index;               /* addr -> position in b */
-    fl_graph_block *b;
+typedef struct fli_graphs {
+    fli_map index;               /* addr -> position in b */
+    fli_graph_block *b;
     uint32_t n, cap;
     uint64_t bytes;             /* rounded bytes of every block in b */
     uint64_t kept_bytes;        /* of those freed by the program (not live) */
@@ -40,47 +40,47 @@ typedef struct fl_graphs {
     int implicit;               /* the legacy stream said another stream captures */
     /* Blocks not of a graph that the program freed during a capture (giving them back
      * could need device calls), and captures released while another was underway: both
-     * handled after a synchronize once no capture is underway (fl_graphs_pending). */
+     * handled after a synchronize once no capture is underway (fli_graphs_pending). */
     uint64_t *deferred;
     uint32_t n_deferred, cap_deferred;
     uint64_t *released;
     uint32_t n_released, cap_released;
-} fl_graphs;
+} fli_graphs;
 
-fl_status fl_graphs_init(fl_graphs *g);
-void fl_graphs_free(fl_graphs *g);
+fl_status fli_graphs_init(fli_graphs *g);
+void fli_graphs_free(fli_graphs *g);
 
 /* Asks the device about stream (and again about the captures seen underway, forgetting
  * the finished ones): *capture is the stream's capture id (0: not capturing). Returns
  * whether any capture is underway. A device that cannot tell says not capturing. */
-int fl_graphs_watch(fl_graphs *g, fl_device *d, uint64_t stream, uint64_t *capture);
+int fli_graphs_watch(fli_graphs *g, fl_device *d, uint64_t stream, uint64_t *capture);
 /* The same without a stream of interest. */
-int fl_graphs_refresh(fl_graphs *g, fl_device *d);
-static inline int fl_graphs_underway(const fl_graphs *g) { return g->n_underway || g->implicit; }
+int fli_graphs_refresh(fli_graphs *g, fl_device *d);
+static inline int fli_graphs_underway(const fli_graphs *g) { return g->n_underway || g->implicit; }
 /* Something waits for a moment without captures (deferred frees, released captures). */
-static inline int fl_graphs_pending(const fl_graphs *g) { return g->n_deferred || g->n_released; }
-int fl_graphs_is_underway(const fl_graphs *g, uint64_t capture);
+static inline int fli_graphs_pending(const fli_graphs *g) { return g->n_deferred || g->n_released; }
+int fli_graphs_is_underway(const fli_graphs *g, uint64_t capture);
 
 /* The block at addr if it is a graph's, else NULL. */
-fl_graph_block *fl_graphs_find(const fl_graphs *g, uint64_t addr);
+fli_graph_block *fli_graphs_find(const fli_graphs *g, uint64_t addr);
 /* A block of capture on stream freed by the program that fits need bytes with at most a
  * quarter more (best fit), else NULL. */
-fl_graph_block *fl_graphs_reuse(const fl_graphs *g, uint64_t need, uint64_t stream, uint64_t capture);
+fli_graph_block *fli_graphs_reuse(const fli_graphs *g, uint64_t need, uint64_t stream, uint64_t capture);
 /* A new block of capture; FL_ERR_NOMEM when the table cannot grow. */
-fl_status fl_graphs_adopt(fl_graphs *g, uint64_t addr, uint64_t stream, uint64_t capture, uint64_t requested,
+fl_status fli_graphs_adopt(fli_graphs *g, uint64_t addr, uint64_t stream, uint64_t capture, uint64_t requested,
                           uint64_t rounded);
 /* Takes b out of the table (the block itself is left to the caller). */
-void fl_graphs_remove(fl_graphs *g, fl_graph_block *b);
+void fli_graphs_remove(fli_graphs *g, fli_graph_block *b);
 /* Marks b freed by the program / live again, keeping the totals. */
-void fl_graphs_keep(fl_graphs *g, fl_graph_block *b);
-void fl_graphs_revive(fl_graphs *g, fl_graph_block *b, uint64_t requested);
+void fli_graphs_keep(fli_graphs *g, fli_graph_block *b);
+void fli_graphs_revive(fli_graphs *g, fli_graph_block *b, uint64_t requested);
 
 /* Lists (FL_ERR_NOMEM when they cannot grow). */
-fl_status fl_graphs_defer(fl_graphs *g, uint64_t addr);
-int fl_graphs_is_deferred(const fl_graphs *g, uint64_t addr);
-fl_status fl_graphs_release_later(fl_graphs *g, uint64_t capture);
+fl_status fli_graphs_defer(fli_graphs *g, uint64_t addr);
+int fli_graphs_is_deferred(const fli_graphs *g, uint64_t addr);
+fl_status fli_graphs_release_later(fli_graphs *g, uint64_t capture);
 
-/* Self-check of the table against its totals and index: 0, or nonzero with fl_fail set. */
-int fl_graphs_check(const fl_graphs *g);
+/* Self-check of the table against its totals and index: 0, or nonzero with fli_fail set. */
+int fli_graphs_check(const fli_graphs *g);
 
 #endif

@@ -15,9 +15,9 @@ const char *fl_oom_verdict_name(fl_oom_verdict v)
     }
 }
 
-void fl_oom_judge(fl_oom_report *r, const char *policy, int device)
+void fli_oom_judge(fl_oom_report *r, const char *policy, int device)
 {
-    uint64_t limit = r->limit; /* fl_dev_limit: the capacity when no limit is set */
+    uint64_t limit = r->limit; /* fli_dev_limit: the capacity when no limit is set */
     r->device_free = limit > r->reserved ? limit - r->reserved : 0;
     uint64_t total = r->free_in_reserved + r->device_free;
     if (r->largest_free < r->device_free)

@@ -21,12 +21,12 @@
 
 #define BUF_SIZE (64 * 1024)
 
-struct fl_recorder {
+struct fli_recorder {
     int fd;
     int failed;              /* a write failed: said once, then rows are dropped */
-    int stopped;             /* fl_recorder_stop: rows are dropped (the process exits) */
+    int stopped;             /* fli_recorder_stop: rows are dropped (the process exits) */
     char path[PATH_MAX];
-    fl_map streams;          /* live block -> its stream (free rows carry it, as RMM's do) */
+    fli_map streams;          /* live block -> its stream (free rows carry it, as RMM's do) */
     uint64_t t0, flushed_ns;
     size_t len;
     char buf[BUF_SIZE];
@@ -61,7 +61,7 @@ static void add_own(const struct stat *st)
  * /proc/self/stat's start time counts clock ticks since boot. */
 static double process_start(void)
 {
-    uint64_t ticks = fl_proc_start_time((uint64_t)getpid());
+    uint64_t ticks = fli_proc_start_time((uint64_t)getpid());
     long hz = sysconf(_SC_CLK_TCK);
     struct timespec boot, real;
     if (!ticks || hz <= 0 || clock_gettime(CLOCK_BOOTTIME, &boot) != 0 || clock_gettime(CLOCK_REALTIME, &real) != 0)
@@ -82,19 +82,19 @@ static fl_status open_locked(const char *path, int *fd_out, int *busy)
     int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0644);
     if (fd < 0) {
         if (errno == ELOOP)
-            return fl_fail(FL_ERR_IO, "trace:%s: is a symbolic link; refused (name the file itself)", path);
-        return fl_fail(FL_ERR_IO, "trace:%s: cannot open: %s", path, strerror(errno));
+            return fli_fail(FL_ERR_IO, "trace:%s: is a symbolic link; refused (name the file itself)", path);
+        return fli_fail(FL_ERR_IO, "trace:%s: cannot open: %s", path, strerror(errno));
     }
     struct stat st;
     if (fstat(fd, &st) != 0) {
         int e = errno;
         close(fd);
-        return fl_fail(FL_ERR_IO, "trace:%s: cannot stat: %s", path, strerror(e));
+        return fli_fail(FL_ERR_IO, "trace:%s: cannot stat: %s", path, strerror(e));
     }
     if (S_ISREG(st.st_mode)) {
         if (st.st_uid != geteuid()) {
             close(fd);
-            return fl_fail(FL_ERR_IO, "trace:%s: belongs to another user (uid %u); refused", path, (unsigned)st.st_uid);
+            return fli_fail(FL_ERR_IO, "trace:%s: belongs to another user (uid %u); refused", path, (unsigned)st.st_uid);
         }
         if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
             int e = errno;
@@ -103,7 +103,7 @@ static fl_status open_locked(const char *path, int *fd_out, int *busy)
                 *busy = 1;
                 return FL_OK;
             }
-            return fl_fail(FL_ERR_IO, "trace:%s: cannot lock: %s", path, strerror(e));
+            return fli_fail(FL_ERR_IO, "trace:%s: cannot lock: %s", path, strerror(e));
         }
         /* One clock tick (10 ms) of slack on the side of keeping the file. */
         double start = process_start(), written = (double)st.st_mtim.tv_sec + st.st_mtim.tv_nsec * 1e-9;
@@ -115,7 +115,7 @@ static fl_status open_locked(const char *path, int *fd_out, int *busy)
         if (ftruncate(fd, 0) != 0) {
             int e = errno;
             close(fd);
-            return fl_fail(FL_ERR_IO, "trace:%s: cannot truncate: %s", path, strerror(e));
+            return fli_fail(FL_ERR_IO, "trace:%s: cannot truncate: %s", path, strerror(e));
         }
         add_own(&st);
     }
@@ -142,28 +142,28 @@ static int write_all(int fd, const char *p, size_t n)
     return 0;
 }
 
-fl_status fl_recorder_open(const char *path, fl_recorder **out)
+fl_status fli_recorder_open(const char *path, fli_recorder **out)
 {
     *out = NULL;
-    fl_recorder *r = calloc(1, sizeof *r);
+    fli_recorder *r = calloc(1, sizeof *r);
     if (!r)
-        return fl_fail(FL_ERR_NOMEM, "trace:%s: host memory", path);
+        return fli_fail(FL_ERR_NOMEM, "trace:%s: host memory", path);
     int busy = 0;
     fl_status s = snprintf(r->path, sizeof r->path, "%s", path) < (int)sizeof r->path
                       ? open_locked(path, &r->fd, &busy)
-                      : fl_fail(FL_ERR_INVALID, "trace:%s: path too long", path);
+                      : fli_fail(FL_ERR_INVALID, "trace:%s: path too long", path);
     if (s == FL_OK && busy) {
         /* Another process of this job writes PATH: this one writes PATH.PID. */
         int n = snprintf(r->path, sizeof r->path, "%s.%ld", path, (long)getpid());
         s = n < (int)sizeof r->path ? open_locked(r->path, &r->fd, &busy)
-                                     : fl_fail(FL_ERR_INVALID, "trace:%s: path too long", path);
+                                     : fli_fail(FL_ERR_INVALID, "trace:%s: path too long", path);
         if (s == FL_OK && busy)
-            s = fl_fail(FL_ERR_IO, "trace:%s: locked by another process", r->path);
+            s = fli_fail(FL_ERR_IO, "trace:%s: locked by another process", r->path);
         if (s == FL_OK)
             fprintf(stderr, "fragless: trace:%s is another process's; this one (pid %ld) records to %s\n", path,
                     (long)getpid(), r->path);
     }
-    if (s == FL_OK && (s = fl_map_init(&r->streams, 1024)) != FL_OK)
+    if (s == FL_OK && (s = fli_map_init(&r->streams, 1024)) != FL_OK)
         close(r->fd);
     if (s != FL_OK) {
         free(r);
@@ -171,24 +171,24 @@ fl_status fl_recorder_open(const char *path, fl_recorder **out)
     }
     static const char header[] = "Thread,Time,Action,Pointer,Size,Stream\n";
     if (write_all(r->fd, header, sizeof header - 1) != 0) {
-        s = fl_fail(FL_ERR_IO, "trace:%s: write error: %s", r->path, strerror(errno));
-        fl_recorder_close(r);
+        s = fli_fail(FL_ERR_IO, "trace:%s: write error: %s", r->path, strerror(errno));
+        fli_recorder_close(r);
         return s;
     }
-    r->t0 = r->flushed_ns = fl_now_ns();
+    r->t0 = r->flushed_ns = fli_now_ns();
     *out = r;
     return FL_OK;
 }
 
-void fl_recorder_stop(fl_recorder *r)
+void fli_recorder_stop(fli_recorder *r)
 {
     if (!r)
         return;
-    fl_recorder_flush(r);
+    fli_recorder_flush(r);
     r->stopped = 1;
 }
 
-void fl_recorder_flush(fl_recorder *r)
+void fli_recorder_flush(fli_recorder *r)
 {
     if (!r || !r->len)
         return;
@@ -199,12 +199,12 @@ void fl_recorder_flush(fl_recorder *r)
     r->len = 0;
 }
 
-static void row(fl_recorder *r, int kind, uint64_t ptr, uint64_t size, uint64_t stream)
+static void row(fli_recorder *r, int kind, uint64_t ptr, uint64_t size, uint64_t stream)
 {
     if (FL_UNLIKELY(r->stopped))
         return;
-    uint64_t now = fl_now_ns();
-    fl_event e = {0};
+    uint64_t now = fli_now_ns();
+    fli_event e = {0};
     e.kind = (uint8_t)kind;
     e.ptr = ptr;
     e.size = size;
@@ -212,54 +212,54 @@ static void row(fl_recorder *r, int kind, uint64_t ptr, uint64_t size, uint64_t 
     e.thread = (uint64_t)syscall(SYS_gettid);
     e.time_us = (now - r->t0) / 1000;
     char line[160];
-    int n = fl_trace_format_row(line, sizeof line - 1, &e);
+    int n = fli_trace_format_row(line, sizeof line - 1, &e);
     if (n <= 0 || (size_t)n >= sizeof line - 1)
         return;
     line[n++] = '\n';
     if (r->len + (size_t)n > sizeof r->buf)
-        fl_recorder_flush(r);
+        fli_recorder_flush(r);
     memcpy(r->buf + r->len, line, (size_t)n);
     r->len += (size_t)n;
     if (now - r->flushed_ns >= FL_RECORDER_FLUSH_NS) {
-        fl_recorder_flush(r);
+        fli_recorder_flush(r);
         r->flushed_ns = now;
     }
 }
 
-void fl_recorder_alloc(fl_recorder *r, int ok, uint64_t ptr, uint64_t size, uint64_t stream)
+void fli_recorder_alloc(fli_recorder *r, int ok, uint64_t ptr, uint64_t size, uint64_t stream)
 {
     row(r, ok ? FL_EV_ALLOC : FL_EV_ALLOC_FAIL, ok ? ptr : 0, size, stream);
     /* Without host memory for the map, the free row says stream 0: still readable. */
     if (ok)
-        fl_map_put(&r->streams, ptr, stream);
+        fli_map_put(&r->streams, ptr, stream);
 }
 
-void fl_recorder_free(fl_recorder *r, uint64_t ptr, uint64_t size)
+void fli_recorder_free(fli_recorder *r, uint64_t ptr, uint64_t size)
 {
     uint64_t stream = 0;
-    fl_map_remove(&r->streams, ptr, &stream);
+    fli_map_remove(&r->streams, ptr, &stream);
     row(r, FL_EV_FREE, ptr, size, stream);
 }
 
-void fl_recorder_close(fl_recorder *r)
+void fli_recorder_close(fli_recorder *r)
 {
     if (!r)
         return;
-    fl_recorder_flush(r);
+    fli_recorder_flush(r);
     close(r->fd); /* releases the lock */
-    fl_map_free(&r->streams);
+    fli_map_free(&r->streams);
     free(r);
 }
 
-void fl_recorder_forget(fl_recorder *r)
+void fli_recorder_forget(fli_recorder *r)
 {
     if (!r)
         return;
     /* The lock belongs to the open file description, shared with the parent: closing
      * the child's descriptor leaves it with the parent. */
     close(r->fd);
-    fl_map_free(&r->streams);
+    fli_map_free(&r->streams);
     free(r);
 }
 
-const char *fl_recorder_path(const fl_recorder *r) { return r->path; }
+const char *fli_recorder_path(const fli_recorder *r) { return r->path; }

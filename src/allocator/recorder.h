@@ -14,7 +14,7 @@
  * no %p in the path) finds it locked, or written since it started, and writes PATH.PID
  * instead, saying so on stderr; a file last written before the process started is an
  * earlier run's and is replaced. A forked child stops
- * recording (fl_recorder_forget): its rows would interleave with the parent's. */
+ * recording (fli_recorder_forget): its rows would interleave with the parent's. */
 #ifndef FL_RECORDER_H
 #define FL_RECORDER_H
 
@@ -24,26 +24,26 @@
 
 #define FL_RECORDER_FLUSH_NS (100 * 1000 * 1000)
 
-typedef struct fl_recorder fl_recorder;
+typedef struct fli_recorder fli_recorder;
 
 /* Creates (or replaces) the file and writes the CSV header at once, so a process killed
  * right away still leaves a readable file. The error names the path and the reason. */
-fl_status fl_recorder_open(const char *path, fl_recorder **out);
+fl_status fli_recorder_open(const char *path, fli_recorder **out);
 /* An allocation: ok = it succeeded (an "allocate failure" row otherwise). */
-void fl_recorder_alloc(fl_recorder *r, int ok, uint64_t ptr, uint64_t size, uint64_t stream);
-/* A free of a block recorded by fl_recorder_alloc; the row carries its stream. */
-void fl_recorder_free(fl_recorder *r, uint64_t ptr, uint64_t size);
+void fli_recorder_alloc(fli_recorder *r, int ok, uint64_t ptr, uint64_t size, uint64_t stream);
+/* A free of a block recorded by fli_recorder_alloc; the row carries its stream. */
+void fli_recorder_free(fli_recorder *r, uint64_t ptr, uint64_t size);
 /* Writes the buffered rows (whole lines). */
-void fl_recorder_flush(fl_recorder *r);
+void fli_recorder_flush(fli_recorder *r);
 /* At exit: flushes and drops every later row, so that no write is under way when the
  * process ends (an exit cuts a write in flight). NULL is ignored. */
-void fl_recorder_stop(fl_recorder *r);
+void fli_recorder_stop(fli_recorder *r);
 /* Flushes, unlocks and closes; NULL is ignored. */
-void fl_recorder_close(fl_recorder *r);
+void fli_recorder_close(fli_recorder *r);
 /* In a forked child: drops the buffered rows (the parent writes them) and closes the
  * child's descriptor without touching the file or its lock; NULL is ignored. */
-void fl_recorder_forget(fl_recorder *r);
+void fli_recorder_forget(fli_recorder *r);
 /* The file being written (PATH, or PATH.PID when PATH was taken). */
-const char *fl_recorder_path(const fl_recorder *r);
+const char *fli_recorder_path(const fli_recorder *r);
 
 #endif

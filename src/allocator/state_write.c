@@ -64,7 +64,7 @@ static void on_block(void *user, uint64_t addr, uint64_t size, int live)
     fprintf(w->out, "[\"0x%llx\",%llu,%d]", (unsigned long long)addr, (unsigned long long)size, live ? 1 : 0);
 }
 
-fl_status fl_state_write(const fl_policy *p, const fl_stats *stats, FILE *out)
+fl_status fli_state_write(const fli_policy *p, const fl_stats *stats, FILE *out)
 {
     fprintf(out, "{\"format\":\"fragless-state\",\"version\":1,\"policy\":\"%s\",\"granularity\":%llu,\"capacity\":%llu,\n",
             p->ops->name, (unsigned long long)p->dev->granularity, (unsigned long long)p->dev->capacity);
@@ -72,17 +72,17 @@ fl_status fl_state_write(const fl_policy *p, const fl_stats *stats, FILE *out)
         size_t n = fl_stats_json(stats, NULL, 0);
         char *buf = malloc(n + 1);
         if (!buf)
-            return fl_fail(FL_ERR_NOMEM, "state snapshot: host memory");
+            return fli_fail(FL_ERR_NOMEM, "state snapshot: host memory");
         fl_stats_json(stats, buf, n + 1);
         fprintf(out, "\"stats\":%s,\n", buf);
         free(buf);
     }
     fputs("\"regions\":[\n", out);
     json_walk w = {.out = out};
-    fl_state_visitor v = {.user = &w, .region = on_region, .page = on_page, .block = on_block};
+    fli_state_visitor v = {.user = &w, .region = on_region, .page = on_page, .block = on_block};
     if (p->ops->walk)
         p->ops->walk(p, &v);
     close_list(&w);
     fputs(w.regions ? "}\n]}\n" : "]}\n", out);
-    return ferror(out) ? fl_fail(FL_ERR_IO, "state snapshot: write error") : FL_OK;
+    return ferror(out) ? fli_fail(FL_ERR_IO, "state snapshot: write error") : FL_OK;
 }

@@ -11,7 +11,7 @@ typedef enum cli_mode { CLI_REPLAY, CLI_COMPARE, CLI_DOCTOR, CLI_REPORT } cli_mo
 #define CLI_MAX_TRACES 256
 
 typedef struct cli_opts {
-    fl_replay_opts opts;        /* config and device shared by every run */
+    fli_replay_opts opts;        /* config and device shared by every run */
     const char *traces[CLI_MAX_TRACES];
     int n_traces;
     const char *policies;       /* comma-separated */
@@ -64,7 +64,7 @@ int cli_fidelity_parse(int argc, char **argv, cli_fidelity_opts *o);
 typedef struct cli_top_opts {
     int once;
     double interval;            /* seconds between frames */
-    const char *dir;            /* NULL: fl_publish_dir() */
+    const char *dir;            /* NULL: fli_publish_dir() */
 } cli_top_opts;
 int cli_top_parse(int argc, char **argv, cli_top_opts *o);
 
@@ -93,16 +93,16 @@ int cli_doctor(const cli_opts *o);
  * capacity (--capacity, else a snapshot's oom event), the fidelity of the emulation and
  * its caveat. known: min capacities already searched (report's comparison). */
 typedef struct cli_section {
-    const fl_snapshot_info *info;
+    const fli_snapshot_info *info;
     int from_snapshot;          /* ran is the snapshot's own allocator (followed) */
     int capacity_from_oom;
     int has_fidelity;
-    fl_fidelity fidelity;
+    fli_fidelity fidelity;
     char caveat[512];           /* "" when none */
-    const fl_known_min *known;
+    const fli_known_min *known;
     int n_known;
 } cli_section;
-int cli_doctor_section(const cli_opts *o, fl_loaded *in, fl_replay_opts *ran, cli_section *sec, fl_diagnosis *d,
+int cli_doctor_section(const cli_opts *o, fli_loaded *in, fli_replay_opts *ran, cli_section *sec, fli_diagnosis *d,
                        cli_progress *bar);
 /* The parts of a breakdown in order (key for JSON and data attributes, label for text). */
 #define CLI_N_PARTS 6
@@ -110,9 +110,9 @@ typedef struct cli_part {
     const char *key, *label;
 } cli_part;
 extern const cli_part cli_parts[CLI_N_PARTS];
-uint64_t cli_part_value(const fl_breakdown *b, int i);
+uint64_t cli_part_value(const fli_breakdown *b, int i);
 /* A site's name, or what an unknown site means. */
-const char *cli_site_name(const fl_prepared *p, uint32_t site);
+const char *cli_site_name(const fli_prepared *p, uint32_t site);
 /* A what-if row against what ran: "saves X", "costs X more" or "same". */
 void cli_whatif_delta(char *buf, size_t n, uint64_t ran, uint64_t need);
 /* `fragless report`: the HTML report of every trace (src/cli/report.c). */
@@ -123,6 +123,6 @@ int cli_report(const cli_opts *o);
 int cli_split_policies(const char *list, char names[][32], int *n);
 /* Shared by the commands: --capacity as bytes for one trace (a factor needs peak live);
  * 0, or an exit code with the reason on stderr (a factor whose bytes pass 2^64). */
-int cli_capacity_for(const cli_opts *o, const fl_prepared *p, uint64_t *capacity);
+int cli_capacity_for(const cli_opts *o, const fli_prepared *p, uint64_t *capacity);
 
 #endif

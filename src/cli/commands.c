@@ -32,7 +32,7 @@ int cli_split_policies(const char *list, char names[][32], int *n)
         }
         memcpy(names[*n], p, len);
         names[*n][len] = 0;
-        if (!fl_policy_find(names[*n])) {
+        if (!fli_policy_find(names[*n])) {
             fprintf(stderr, "fragless: unknown policy '%s' (fragless, cca, cca-expandable, nocache)\n", names[*n]);
             return CLI_EXIT_USAGE;
         }
@@ -46,7 +46,7 @@ int cli_split_policies(const char *list, char names[][32], int *n)
     return 0;
 }
 
-int cli_capacity_for(const cli_opts *o, const fl_prepared *p, uint64_t *capacity)
+int cli_capacity_for(const cli_opts *o, const fli_prepared *p, uint64_t *capacity)
 {
     *capacity = o->capacity;
     if (o->capacity_factor > 0) {
@@ -91,7 +91,7 @@ void cli_json_num(double v, int decimals)
 /* b / a as a ratio of sizes: NAN when a is 0 (no value; JSON null, "-" in a table). */
 static double size_ratio(uint64_t b, uint64_t a) { return a ? (double)b / (double)a : NAN; }
 
-static double ns_per_pair(const fl_replay_result *r)
+static double ns_per_pair(const fli_replay_result *r)
 {
     return r->pairs ? (double)r->host_ns / (double)r->pairs : 0;
 }
@@ -106,9 +106,9 @@ static void print_calls_json(FILE *f, const fl_device_counters *c)
     fprintf(f, "}");
 }
 
-static void print_row(const cli_opts *o, const fl_prepared *p, const char *policy, const fl_measure *m, int first)
+static void print_row(const cli_opts *o, const fli_prepared *p, const char *policy, const fli_measure *m, int first)
 {
-    const fl_replay_result *u = &m->unlimited, *c = &m->at_capacity;
+    const fli_replay_result *u = &m->unlimited, *c = &m->at_capacity;
     /* Over peak live, which is 0 in a trace whose allocations all failed: no value then. */
     double mc_ratio = size_ratio(m->min_capacity, p->peak_live);
     double overhead = size_ratio(u->peak_reserved, p->peak_live);
@@ -193,7 +193,7 @@ static void print_row(const cli_opts *o, const fl_prepared *p, const char *polic
     printf("\n");
 }
 
-static void print_trace_header(const cli_opts *o, const fl_prepared *p, uint64_t capacity)
+static void print_trace_header(const cli_opts *o, const fli_prepared *p, uint64_t capacity)
 {
     if (strcmp(o->format, "text"))
         return;
@@ -219,53 +219,53 @@ int cli_compare(const cli_opts *o)
     cli_progress bar; /* silent unless stderr is a terminal */
     cli_progress_begin(&bar, (double)o->n_traces * np); /* a snapshot's extra devices extend it */
     for (int t = 0; t < o->n_traces; t++) {
-        fl_loaded *v;
+        fli_loaded *v;
         int nv;
-        fl_status s = fl_load_inputs(o->traces[t], o->device, stderr, &v, &nv);
+        fl_status s = fli_load_inputs(o->traces[t], o->device, stderr, &v, &nv);
         if (s != FL_OK) {
             cli_progress_clear(&bar);
             load_error();
             return s == FL_ERR_INVALID ? CLI_EXIT_USAGE : status_exit(s);
         }
         for (int k = 0; k < nv; k++) {
-            fl_prepared *p = v[k].p;
+            fli_prepared *p = v[k].p;
             uint64_t capacity;
             if ((rc = cli_capacity_for(o, p, &capacity)) != 0) {
                 cli_progress_clear(&bar);
-                fl_loaded_free(v, nv);
+                fli_loaded_free(v, nv);
                 return rc;
             }
             print_trace_header(o, p, capacity);
             /* A snapshot: how close the emulation of its own allocator comes to it. */
             if (v[k].info.n_devices) {
-                fl_fidelity fid;
+                fli_fidelity fid;
                 char caveat[512];
-                if ((s = fl_fidelity_run(p, &v[k].info, o->opts.sim.granularity, &fid)) != FL_OK) {
+                if ((s = fli_fidelity_run(p, &v[k].info, o->opts.sim.granularity, &fid)) != FL_OK) {
                     cli_progress_clear(&bar);
                     fprintf(stderr, "fragless: %s: fidelity: %s\n", p->name, fl_last_error());
-                    fl_loaded_free(v, nv);
+                    fli_loaded_free(v, nv);
                     return status_exit(s);
                 }
-                fl_fidelity_caveat(&fid, caveat, sizeof caveat);
+                fli_fidelity_caveat(&fid, caveat, sizeof caveat);
                 if (caveat[0] && !strcmp(o->format, "text"))
                     printf("  %s.\n", caveat);
                 else if (caveat[0])
                     fprintf(stderr, "fragless: %s: %s\n", p->name, caveat);
             }
             for (int i = 0; i < np; i++) {
-                fl_replay_opts ro = o->opts;
+                fli_replay_opts ro = o->opts;
                 snprintf(ro.cfg.policy, sizeof ro.cfg.policy, "%.31s", names[i]);
                 char what[64];
                 snprintf(what, sizeof what, "%.30s %.31s", p->name, names[i]);
                 cli_progress_unit(&bar, what);
                 cli_progress_attach(&bar, &ro);
-                fl_measure m;
-                s = fl_measure_run(p, &ro, capacity, o->min_capacity, &m);
+                fli_measure m;
+                s = fli_measure_run(p, &ro, capacity, o->min_capacity, &m);
                 cli_progress_unit_done(&bar);
                 cli_progress_clear(&bar);
                 if (s != FL_OK) {
                     fprintf(stderr, "fragless: %s, policy %s: %s\n", p->name, names[i], fl_last_error());
-                    fl_loaded_free(v, nv);
+                    fli_loaded_free(v, nv);
                     return status_exit(s);
                 }
                 print_row(o, p, names[i], &m, first);
@@ -278,12 +278,12 @@ int cli_compare(const cli_opts *o)
                             m.unlimited.first_oom_op);
                     failed = 1;
                 }
-                fl_measure_free(&m);
+                fli_measure_free(&m);
             }
             if (!strcmp(o->format, "text") && (t + 1 < o->n_traces || k + 1 < nv))
                 printf("\n");
         }
-        fl_loaded_free(v, nv);
+        fli_loaded_free(v, nv);
     }
     if (!strcmp(o->format, "json"))
         printf("\n]\n");
@@ -300,46 +300,46 @@ int cli_replay(const cli_opts *o)
         fprintf(stderr, "fragless: replay takes one --policy\n");
         return CLI_EXIT_USAGE;
     }
-    fl_loaded *v;
+    fli_loaded *v;
     int nv;
-    fl_status s = fl_load_inputs(o->traces[0], o->device, stderr, &v, &nv);
+    fl_status s = fli_load_inputs(o->traces[0], o->device, stderr, &v, &nv);
     if (s != FL_OK) {
         load_error();
         return s == FL_ERR_INVALID ? CLI_EXIT_USAGE : status_exit(s);
     }
     if (nv > 1) {
         fprintf(stderr, "fragless: %s: events on %d devices: replay takes one (--device N)\n", o->traces[0], nv);
-        fl_loaded_free(v, nv);
+        fli_loaded_free(v, nv);
         return CLI_EXIT_USAGE;
     }
     /* Owned by v from here: freed with it, never alone. */
-    fl_prepared *p = v[0].p;
+    fli_prepared *p = v[0].p;
     v[0].p = NULL;
-    fl_loaded_free(v, nv);
-    fl_replay_opts ro = o->opts;
+    fli_loaded_free(v, nv);
+    fli_replay_opts ro = o->opts;
     snprintf(ro.cfg.policy, sizeof ro.cfg.policy, "%.31s", names[0]);
     uint64_t capacity;
     if ((rc = cli_capacity_for(o, p, &capacity)) != 0) {
-        fl_prepared_free(p);
+        fli_prepared_free(p);
         return rc;
     }
     if (capacity)
         ro.sim.capacity = capacity;
     ro.timeline_buckets = o->timeline;
-    fl_replay_result r;
-    if ((s = fl_replay(p, &ro, &r)) != FL_OK) {
+    fli_replay_result r;
+    if ((s = fli_replay(p, &ro, &r)) != FL_OK) {
         fprintf(stderr, "fragless: %s, policy %s: %s\n", p->name, names[0], fl_last_error());
-        fl_prepared_free(p);
+        fli_prepared_free(p);
         return status_exit(s);
     }
     uint64_t min_cap = 0;
     if (o->min_capacity && !r.ooms) {
-        fl_replay_opts mo = ro;
+        fli_replay_opts mo = ro;
         mo.timeline_buckets = 0;
-        if ((s = fl_min_capacity(p, &mo, &r, &min_cap)) != FL_OK) {
+        if ((s = fli_min_capacity(p, &mo, &r, &min_cap)) != FL_OK) {
             fprintf(stderr, "fragless: %s: %s\n", p->name, fl_last_error());
-            fl_replay_result_free(&r);
-            fl_prepared_free(p);
+            fli_replay_result_free(&r);
+            fli_prepared_free(p);
             return status_exit(s);
         }
     }
@@ -407,7 +407,7 @@ int cli_replay(const cli_opts *o)
             printf("\n  timeline (peak live at event %zu):\n  %17s %10s %10s %8s %9s\n", p->peak_live_op,
                    "events", "live MiB", "resv MiB", "calls", "dev_ms");
             for (int b = 0; b < r.n_buckets; b++) {
-                const fl_timeline_bucket *tb = &r.timeline[b];
+                const fli_timeline_bucket *tb = &r.timeline[b];
                 int has_peak = p->peak_live_op >= tb->first_op && p->peak_live_op < tb->end_op;
                 printf("  %8zu-%-8zu %10.1f %10.1f %8llu %9.2f%s\n", tb->first_op, tb->end_op,
                        (double)tb->max_live / (double)FL_MiB, (double)tb->max_reserved / (double)FL_MiB,
@@ -418,7 +418,7 @@ int cli_replay(const cli_opts *o)
     /* Out of memory is a failed replay, with or without a capacity (without one, the
      * simulated device's address space ran out). */
     int exit_code = r.ooms ? CLI_EXIT_OOM : CLI_EXIT_OK;
-    fl_replay_result_free(&r);
-    fl_prepared_free(p);
+    fli_replay_result_free(&r);
+    fli_prepared_free(p);
     return exit_code;
 }

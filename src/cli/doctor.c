@@ -25,7 +25,7 @@ void cli_whatif_delta(char *buf, size_t n, uint64_t ran, uint64_t need)
         snprintf(buf, n, "same");
 }
 
-const char *cli_site_name(const fl_prepared *p, uint32_t site)
+const char *cli_site_name(const fli_prepared *p, uint32_t site)
 {
     return site && site < p->n_sites && p->sites[site] ? p->sites[site] : "(site unknown: allocated before recording)";
 }
@@ -40,17 +40,17 @@ const cli_part cli_parts[CLI_N_PARTS] = {
     {"unmapped", "held but mapped nowhere (spare pages)"},
 };
 
-uint64_t cli_part_value(const fl_breakdown *b, int i)
+uint64_t cli_part_value(const fli_breakdown *b, int i)
 {
     const uint64_t v[CLI_N_PARTS] = {b->interleaved, b->free_segments, b->other_streams,
                                      b->rounding,    b->unsplit,       b->unmapped};
     return v[i];
 }
 
-static void print_breakdown(const fl_prepared *p, const fl_breakdown *b, const char *when)
+static void print_breakdown(const fli_prepared *p, const fli_breakdown *b, const char *when)
 {
     char a[32], c[32], e[32];
-    uint64_t total = fl_breakdown_sum(b);
+    uint64_t total = fli_breakdown_sum(b);
     printf("Where the reserved memory went %s: %s reserved = %s live + %s more:\n", when,
            gib(b->reserved, a, sizeof a), gib(b->live, c, sizeof c), gib(total, e, sizeof e));
     for (int i = 0; i < CLI_N_PARTS; i++) {
@@ -61,7 +61,7 @@ static void print_breakdown(const fl_prepared *p, const fl_breakdown *b, const c
         printf("  Who pins it: live blocks in segments with free space, by allocation site (free bytes they\n"
                "  keep from being given back, shared among a segment's blocks by size):\n");
         for (int i = 0; i < b->n_sites; i++) {
-            const fl_site_share *s = &b->sites[i];
+            const fli_site_share *s = &b->sites[i];
             printf("    %-52s %12s stranded by %llu block%s (%s live)\n", cli_site_name(p, s->site),
                    gib(s->stranded, a, sizeof a), (unsigned long long)s->blocks, s->blocks == 1 ? "" : "s",
                    gib(s->live, c, sizeof c));
@@ -71,7 +71,7 @@ static void print_breakdown(const fl_prepared *p, const fl_breakdown *b, const c
     }
 }
 
-static void print_text(const fl_prepared *p, const fl_replay_opts *ran, const fl_diagnosis *d, const cli_section *sec)
+static void print_text(const fli_prepared *p, const fli_replay_opts *ran, const fli_diagnosis *d, const cli_section *sec)
 {
     char a[32], b[32], c[32], e[32];
     printf("fragless doctor: %s (%zu events, %llu stream%s); what you ran: %s%s%s%s\n\n", p->name, p->n_ops,
@@ -81,7 +81,7 @@ static void print_text(const fl_prepared *p, const fl_replay_opts *ran, const fl
     if (sec->caveat[0])
         printf("%s.\n\n", sec->caveat);
     if (sec->has_fidelity && sec->from_snapshot) {
-        const fl_fidelity *f = &sec->fidelity;
+        const fli_fidelity *f = &sec->fidelity;
         printf("The emulation follows the recorded allocator: %llu segment%s it gave back (%s: empty_cache(),\n"
                "retries after a failed cudaMalloc), %llu segment%s older than the recording rebuilt from the dump;\n"
                "it ends with %s reserved, the snapshot's segments hold %s (%+.2f%%).\n\n",
@@ -170,7 +170,7 @@ static void print_text(const fl_prepared *p, const fl_replay_opts *ran, const fl
     else
         printf("  %-30s %12s   %s\n", "setting", "needs", "vs what you ran");
     for (int i = 0; i < d->n_rows; i++) {
-        const fl_whatif *w = &d->rows[i];
+        const fli_whatif *w = &d->rows[i];
         char delta[64] = "-";
         if (i > 0)
             cli_whatif_delta(delta, sizeof delta, base, w->min_capacity);
@@ -191,14 +191,14 @@ static void print_text(const fl_prepared *p, const fl_replay_opts *ran, const fl
          * and within the capacity when one is known. */
         int advised = 0;
         if (d->best_pytorch >= 0) {
-            const fl_whatif *w = &d->rows[d->best_pytorch];
+            const fli_whatif *w = &d->rows[d->best_pytorch];
             if (w->min_capacity < base && (!d->capacity || w->fits)) {
                 printf("  - %s\n      needs %s (replayed above); the best of PyTorch's own settings here.\n", w->env,
                        gib(w->min_capacity, a, sizeof a));
                 advised = 1;
             }
         }
-        const fl_whatif *fx = &d->rows[d->fragless_row];
+        const fli_whatif *fx = &d->rows[d->fragless_row];
         if (fx->min_capacity < base && (!d->capacity || fx->fits)) {
             printf("  - %s (through fragless's PyTorch plug-in)\n      needs %s (replayed above), %.4f x peak live.\n",
                    fx->env, gib(fx->min_capacity, a, sizeof a),
@@ -230,14 +230,14 @@ static void print_text(const fl_prepared *p, const fl_replay_opts *ran, const fl
            gib(d->accum_need[0], a, sizeof a), gib(d->accum_need[1], b, sizeof b), gib(d->peak_live, c, sizeof c));
 }
 
-static void json_breakdown(const fl_prepared *p, const fl_breakdown *b)
+static void json_breakdown(const fli_prepared *p, const fli_breakdown *b)
 {
     if (!b->taken) {
         printf("null");
         return;
     }
     printf("{\"event\": %zu, \"reserved\": %llu, \"live\": %llu, \"total\": %llu", b->op,
-           (unsigned long long)b->reserved, (unsigned long long)b->live, (unsigned long long)fl_breakdown_sum(b));
+           (unsigned long long)b->reserved, (unsigned long long)b->live, (unsigned long long)fli_breakdown_sum(b));
     for (int i = 0; i < CLI_N_PARTS; i++)
         printf(", \"%s\": %llu", cli_parts[i].key, (unsigned long long)cli_part_value(b, i));
     printf(", \"pinned_by\": [");
@@ -250,7 +250,7 @@ static void json_breakdown(const fl_prepared *p, const fl_breakdown *b)
     printf("]}");
 }
 
-static void print_json(const fl_prepared *p, const fl_replay_opts *ran, const fl_diagnosis *d, const cli_section *sec)
+static void print_json(const fli_prepared *p, const fli_replay_opts *ran, const fli_diagnosis *d, const cli_section *sec)
 {
     printf("{\"trace\": ");
     cli_json_str(p->name);
@@ -274,10 +274,10 @@ static void print_json(const fl_prepared *p, const fl_replay_opts *ran, const fl
     printf("\"recorded_failure_served\": %s, ", d->recorded_served ? "true" : "false");
     printf("\"verdict\": \"%s\", \"verdict_rule\": \"exhaustion when live + asked > capacity, fragmentation "
            "otherwise\", \"job_needs\": %llu, \"job_fits\": %s, \"lower_bound_job\": %llu, ",
-           fl_verdict_name(d->verdict), (unsigned long long)d->job_needs, d->job_fits ? "true" : "false",
+           fli_verdict_name(d->verdict), (unsigned long long)d->job_needs, d->job_fits ? "true" : "false",
            (unsigned long long)d->lower_bound_job);
     printf("\"breakdown_at_oom\": ");
-    json_breakdown(p, d->has_oom ? &d->at_oom : &(fl_breakdown){0});
+    json_breakdown(p, d->has_oom ? &d->at_oom : &(fli_breakdown){0});
     printf(", \"breakdown_at_peak_reserved\": ");
     json_breakdown(p, &d->at_peak);
     printf(", \"peak_live\": %llu, \"peak_event\": %zu, \"persistent\": %llu, \"transient_peak\": %llu, "
@@ -320,11 +320,11 @@ static void print_json(const fl_prepared *p, const fl_replay_opts *ran, const fl
     printf("}");
 }
 
-int cli_doctor_section(const cli_opts *o, fl_loaded *in, fl_replay_opts *ran, cli_section *sec, fl_diagnosis *d,
+int cli_doctor_section(const cli_opts *o, fli_loaded *in, fli_replay_opts *ran, cli_section *sec, fli_diagnosis *d,
                        cli_progress *bar)
 {
-    fl_prepared *p = in->p;
-    const fl_known_min *known = sec->known; /* the caller's, kept */
+    fli_prepared *p = in->p;
+    const fli_known_min *known = sec->known; /* the caller's, kept */
     int n_known = sec->n_known;
     memset(sec, 0, sizeof *sec);
     sec->known = known;
@@ -333,7 +333,7 @@ int cli_doctor_section(const cli_opts *o, fl_loaded *in, fl_replay_opts *ran, cl
     *ran = o->opts;
     sec->from_snapshot = in->info.n_devices && !o->policy_given;
     if (sec->from_snapshot) {
-        fl_snapshot_config(&in->info, &ran->cfg); /* what the snapshot says it ran */
+        fli_snapshot_config(&in->info, &ran->cfg); /* what the snapshot says it ran */
     } else {
         snprintf(ran->cfg.policy, sizeof ran->cfg.policy, "%.31s", o->policies);
         if (ran->cfg.expandable_segments && !strcmp(ran->cfg.policy, "cca"))
@@ -347,26 +347,26 @@ int cli_doctor_section(const cli_opts *o, fl_loaded *in, fl_replay_opts *ran, cl
     if (!capacity && in->info.n_devices && in->info.oom_entry >= 0) {
         /* A snapshot that recorded an OOM: the device held what the allocator held then,
          * and had device_free left. */
-        if ((s = fl_snapshot_oom_capacity(&in->info, p->name, &capacity)) != FL_OK) {
+        if ((s = fli_snapshot_oom_capacity(&in->info, p->name, &capacity)) != FL_OK) {
             fprintf(stderr, "fragless: %s\n", fl_last_error());
             return CLI_EXIT_INPUT;
         }
         sec->capacity_from_oom = 1;
     }
     if (in->info.n_devices) {
-        if ((s = fl_fidelity_run(p, &in->info, o->opts.sim.granularity, &sec->fidelity)) != FL_OK) {
+        if ((s = fli_fidelity_run(p, &in->info, o->opts.sim.granularity, &sec->fidelity)) != FL_OK) {
             fprintf(stderr, "fragless: %s: fidelity: %s\n", p->name, fl_last_error());
             return s == FL_ERR_PARSE || s == FL_ERR_IO ? CLI_EXIT_INPUT : CLI_EXIT_ERROR;
         }
         sec->has_fidelity = 1;
         if (sec->from_snapshot)
-            fl_fidelity_caveat(&sec->fidelity, sec->caveat, sizeof sec->caveat);
+            fli_fidelity_caveat(&sec->fidelity, sec->caveat, sizeof sec->caveat);
     }
-    fl_doctor_opts dopt = {.capacity = capacity, .follow = sec->from_snapshot, .known = sec->known,
+    fli_doctor_opts dopt = {.capacity = capacity, .follow = sec->from_snapshot, .known = sec->known,
                            .n_known = sec->n_known};
     if (bar)
         cli_progress_attach(bar, ran);
-    s = fl_diagnose_ex(p, ran, &dopt, d);
+    s = fli_diagnose_ex(p, ran, &dopt, d);
     ran->search_step = NULL;
     if (s != FL_OK) {
         fprintf(stderr, "fragless: %s: doctor: %s\n", p->name, fl_last_error());
@@ -377,13 +377,13 @@ int cli_doctor_section(const cli_opts *o, fl_loaded *in, fl_replay_opts *ran, cl
 
 int cli_doctor(const cli_opts *o)
 {
-    if (!fl_policy_find(o->policies)) {
+    if (!fli_policy_find(o->policies)) {
         fprintf(stderr, "fragless: unknown policy '%s' (fragless, cca, cca-expandable, nocache)\n", o->policies);
         return CLI_EXIT_USAGE;
     }
-    fl_loaded *v;
+    fli_loaded *v;
     int n;
-    fl_status s = fl_load_inputs(o->traces[0], o->device, stderr, &v, &n);
+    fl_status s = fli_load_inputs(o->traces[0], o->device, stderr, &v, &n);
     if (s != FL_OK) {
         fprintf(stderr, "fragless: %s\n", fl_last_error());
         return s == FL_ERR_INVALID ? CLI_EXIT_USAGE : (s == FL_ERR_PARSE || s == FL_ERR_IO) ? CLI_EXIT_INPUT : CLI_EXIT_ERROR;
@@ -392,9 +392,9 @@ int cli_doctor(const cli_opts *o)
     if (json && n > 1)
         printf("[");
     for (int i = 0; i < n && !rc; i++) {
-        fl_replay_opts ran;
+        fli_replay_opts ran;
         cli_section sec = {0};
-        fl_diagnosis d;
+        fli_diagnosis d;
         if ((rc = cli_doctor_section(o, &v[i], &ran, &sec, &d, NULL)) != 0)
             break;
         if (json) {
@@ -408,6 +408,6 @@ int cli_doctor(const cli_opts *o)
     }
     if (json && !rc)
         printf(n > 1 ? "]\n" : "\n");
-    fl_loaded_free(v, n);
+    fli_loaded_free(v, n);
     return rc;
 }

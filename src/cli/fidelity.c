@@ -35,7 +35,7 @@ static const char fidelity_help[] =
 
 static double gib(uint64_t b) { return (double)b / (double)FL_GiB; }
 
-static void row(int csv, int json, int first, const fl_prepared *p, const fl_snapshot_info *info, const fl_fidelity *f)
+static void row(int csv, int json, int first, const fli_prepared *p, const fli_snapshot_info *info, const fli_fidelity *f)
 {
     uint64_t unexplained = f->covered ? 0 : f->emulated > f->recorded ? f->emulated - f->recorded
                                                                      : f->recorded - f->emulated;
@@ -137,32 +137,32 @@ int cli_fidelity(int argc, char **argv)
             i += !strcmp(argv[i], "--format") || !strcmp(argv[i], "--device");
             continue;
         }
-        fl_input_kind kind;
-        fl_status s = fl_input_detect(argv[i], &kind);
+        fli_input_kind kind;
+        fl_status s = fli_input_detect(argv[i], &kind);
         if (s == FL_OK && kind != FL_INPUT_PICKLE) {
             fprintf(stderr, "fragless: fidelity: %s is not a PyTorch snapshot (no recorded segments to compare)\n",
                     argv[i]);
             return CLI_EXIT_INPUT;
         }
-        fl_loaded *v = NULL;
+        fli_loaded *v = NULL;
         int nv = 0;
         if (s == FL_OK)
-            s = fl_load_inputs(argv[i], device, stderr, &v, &nv);
+            s = fli_load_inputs(argv[i], device, stderr, &v, &nv);
         if (s != FL_OK) {
             fprintf(stderr, "fragless: %s\n", fl_last_error());
             return s == FL_ERR_INVALID ? CLI_EXIT_USAGE : (s == FL_ERR_PARSE || s == FL_ERR_IO) ? CLI_EXIT_INPUT : CLI_EXIT_ERROR;
         }
         for (int k = 0; k < nv; k++) {
-            fl_fidelity f;
-            if ((s = fl_fidelity_run(v[k].p, &v[k].info, 0, &f)) != FL_OK) {
+            fli_fidelity f;
+            if ((s = fli_fidelity_run(v[k].p, &v[k].info, 0, &f)) != FL_OK) {
                 fprintf(stderr, "fragless: %s: %s\n", v[k].p->name, fl_last_error());
-                fl_loaded_free(v, nv);
+                fli_loaded_free(v, nv);
                 return CLI_EXIT_ERROR;
             }
             row(csv, json, first, v[k].p, &v[k].info, &f);
             first = 0;
         }
-        fl_loaded_free(v, nv);
+        fli_loaded_free(v, nv);
     }
     if (json)
         printf("\n]\n");

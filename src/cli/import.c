@@ -46,7 +46,7 @@ static int import_usage(const char *fmt, const char *arg)
 int cli_import_parse(int argc, char **argv, cli_import_opts *o)
 {
     o->in = o->out = NULL;
-    o->device = -1; /* every device with events (fl_load_inputs' default) */
+    o->device = -1; /* every device with events (fli_load_inputs' default) */
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -92,20 +92,20 @@ int cli_import(int argc, char **argv)
     const char *in = o.in, *out = o.out;
     int device = o.device;
 
-    fl_input_kind kind;
-    fl_status s = fl_input_detect(in, &kind);
+    fli_input_kind kind;
+    fl_status s = fli_input_detect(in, &kind);
     if (s == FL_OK && kind != FL_INPUT_PICKLE)
-        s = fl_fail(FL_ERR_PARSE, "%s: not a PyTorch memory snapshot (a pickle): it reads as %s", in,
+        s = fli_fail(FL_ERR_PARSE, "%s: not a PyTorch memory snapshot (a pickle): it reads as %s", in,
                     kind == FL_INPUT_STATE ? "a fragless state snapshot (JSON)" : "text (an RMM CSV trace?)");
-    fl_pk_doc *doc = NULL;
+    fli_pk_doc *doc = NULL;
     if (s == FL_OK)
-        s = fl_pickle_load(in, FL_SNAPSHOT_MAX_BYTES, &doc);
+        s = fli_pickle_load(in, FL_SNAPSHOT_MAX_BYTES, &doc);
     /* Which devices: the one asked for, else those with an oom entry, else those with events. */
     enum { MAX_DEV = 1024 };
-    fl_snapshot_device dev[MAX_DEV];
+    fli_snapshot_device dev[MAX_DEV];
     int nd = 0, pick[MAX_DEV], np = 0;
     if (s == FL_OK)
-        s = fl_snapshot_devices(doc, in, dev, MAX_DEV, &nd);
+        s = fli_snapshot_devices(doc, in, dev, MAX_DEV, &nd);
     if (s == FL_OK) {
         if (nd > MAX_DEV)
             nd = MAX_DEV;
@@ -122,9 +122,9 @@ int cli_import(int argc, char **argv)
     }
     rc = CLI_EXIT_OK;
     for (int k = 0; s == FL_OK && k < np && rc == CLI_EXIT_OK; k++) {
-        fl_trace t;
-        fl_snapshot_info info;
-        if ((s = fl_snapshot_to_trace(doc, in, pick[k], &t, &info)) != FL_OK)
+        fli_trace t;
+        fli_snapshot_info info;
+        if ((s = fli_snapshot_to_trace(doc, in, pick[k], &t, &info)) != FL_OK)
             break;
         for (size_t i = 0; i < t.n_warnings; i++)
             fprintf(stderr, "fragless: warning: %s\n", t.warnings[i]);
@@ -136,7 +136,7 @@ int cli_import(int argc, char **argv)
             snprintf(path, sizeof path, "%.*s.dev%d%s", (int)(dot - out), out, pick[k], dot);
         else
             snprintf(path, sizeof path, "%s.dev%d", out, pick[k]);
-        if (fl_trace_write_csv(path, &t) != FL_OK) {
+        if (fli_trace_write_csv(path, &t) != FL_OK) {
             fprintf(stderr, "fragless: %s\n", fl_last_error());
             rc = CLI_EXIT_ERROR;
         } else {
@@ -163,9 +163,9 @@ int cli_import(int argc, char **argv)
                         (unsigned long long)info.n_old_segments);
             fprintf(stderr, "\n");
         }
-        fl_trace_free(&t);
+        fli_trace_free(&t);
     }
-    fl_pickle_free(doc);
+    fli_pickle_free(doc);
     if (s != FL_OK) {
         fprintf(stderr, "fragless: %s\n", fl_last_error());
         return s == FL_ERR_INVALID ? CLI_EXIT_USAGE

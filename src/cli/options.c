@@ -236,7 +236,7 @@ int cli_parse_opts(int argc, char **argv, cli_mode mode, cli_opts *o)
             /* Sizes are divided by it and rounded to it: a power of two the sim device
              * takes (>= 4 KiB), and at most 1 GiB (GPUs map 2 MiB pages). */
             uint64_t g = o->opts.sim.granularity;
-            if (v && (!fl_is_pow2(g) || g < 4096 || g > FL_GiB))
+            if (v && (!fli_is_pow2(g) || g < 4096 || g > FL_GiB))
                 return usage_error(help, "--granularity '%s': expected a power of two from 4KiB to 1GiB", v);
         } else if (!strcmp(a, "--conf")) {
             o->policy_given = 1;

@@ -87,7 +87,7 @@ static void search_step(void *user, uint64_t lo, uint64_t hi)
     draw(p, 0);
 }
 
-void cli_progress_attach(cli_progress *p, fl_replay_opts *o)
+void cli_progress_attach(cli_progress *p, fli_replay_opts *o)
 {
     if (!p || !p->on)
         return;

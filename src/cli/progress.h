@@ -1,7 +1,7 @@
 /* A progress bar for long CLI work (min_capacity searches, reports over many inputs):
  * drawn on stderr only when stderr is a terminal, so pipes, files and tests see
  * nothing. Work is counted in units (one trace x policy, say); a min_capacity search
- * advances within its unit through fl_replay_opts.search_step. */
+ * advances within its unit through fli_replay_opts.search_step. */
 #ifndef FL_CLI_PROGRESS_H
 #define FL_CLI_PROGRESS_H
 
@@ -28,8 +28,8 @@ void cli_progress_unit_done(cli_progress *p);
 /* Clears the bar from the screen, before printing to stdout and at the end; the next
  * unit draws it again. */
 void cli_progress_clear(cli_progress *p);
-/* Routes fl_min_capacity's steps (fl_replay_opts.search_step) to the bar; p may be
+/* Routes fli_min_capacity's steps (fli_replay_opts.search_step) to the bar; p may be
  * NULL or off, then nothing is set. */
-void cli_progress_attach(cli_progress *p, fl_replay_opts *o);
+void cli_progress_attach(cli_progress *p, fli_replay_opts *o);
 
 #endif

@@ -60,7 +60,7 @@ static void fmt_events(char *buf, size_t n, double v)
         snprintf(buf, n, "%g", v);
 }
 
-static void write_timeline(FILE *f, const char *idx, const fl_prepared *p, char names[][32], const fl_measure *ms, int np,
+static void write_timeline(FILE *f, const char *idx, const fli_prepared *p, char names[][32], const fli_measure *ms, int np,
                            uint64_t capacity)
 {
     enum { W = 1180, H = 300, L = 66, R = 14, T = 14, B = 36 };
@@ -80,7 +80,7 @@ static void write_timeline(FILE *f, const char *idx, const fl_prepared *p, char 
     uint64_t ymax = capacity;
     for (int i = 0; i < np; i++)
         for (int b = 0; b < ms[i].unlimited.n_buckets; b++) {
-            const fl_timeline_bucket *tb = &ms[i].unlimited.timeline[b];
+            const fli_timeline_bucket *tb = &ms[i].unlimited.timeline[b];
             if (tb->max_reserved > ymax)
                 ymax = tb->max_reserved;
             if (tb->max_live > ymax)
@@ -113,10 +113,10 @@ static void write_timeline(FILE *f, const char *idx, const fl_prepared *p, char 
     fprintf(f, "<text x=\"%.1f\" y=\"%d\" text-anchor=\"middle\">event</text>\n", L + pw / 2, H - 2);
     fprintf(f, "<line class=\"axis\" x1=\"%d\" x2=\"%d\" y1=\"%.1f\" y2=\"%.1f\"/>\n", L, W - R, T + ph, T + ph);
     /* live: the same for every policy (a property of the trace) */
-    const fl_replay_result *r0 = &ms[0].unlimited;
+    const fli_replay_result *r0 = &ms[0].unlimited;
     fprintf(f, "<polygon class=\"live\" points=\"%d,%.1f", L, T + ph);
     for (int b = 0; b < r0->n_buckets; b++) {
-        const fl_timeline_bucket *tb = &r0->timeline[b];
+        const fli_timeline_bucket *tb = &r0->timeline[b];
         if (tb->end_op <= tb->first_op)
             continue;
         fprintf(f, " %.1f,%.1f", L + (double)(tb->first_op + tb->end_op) / 2 / xmax * pw,
@@ -124,11 +124,11 @@ static void write_timeline(FILE *f, const char *idx, const fl_prepared *p, char 
     }
     fprintf(f, " %.1f,%.1f\"><title>live bytes</title></polygon>\n", L + pw, T + ph);
     for (int i = 0; i < np; i++) {
-        const fl_replay_result *r = &ms[i].unlimited;
+        const fli_replay_result *r = &ms[i].unlimited;
         fprintf(f, "<polyline class=\"resv\" stroke=\"%s\" data-policy=\"%s\" points=\"", policy_color[i % N_COLORS],
                 names[i]);
         for (int b = 0; b < r->n_buckets; b++) {
-            const fl_timeline_bucket *tb = &r->timeline[b];
+            const fli_timeline_bucket *tb = &r->timeline[b];
             if (tb->end_op <= tb->first_op)
                 continue;
             fprintf(f, "%s%.1f,%.1f", b ? " " : "", L + (double)(tb->first_op + tb->end_op) / 2 / xmax * pw,
@@ -151,7 +151,7 @@ static void write_timeline(FILE *f, const char *idx, const fl_prepared *p, char 
  * Tables
  * ---------------------------------------------------------------------------------- */
 
-static void write_compare(FILE *f, const char *idx, const fl_prepared *p, char names[][32], const fl_measure *ms, int np,
+static void write_compare(FILE *f, const char *idx, const fli_prepared *p, char names[][32], const fli_measure *ms, int np,
                           uint64_t capacity, uint64_t g)
 {
     char a[32], b[32];
@@ -167,8 +167,8 @@ static void write_compare(FILE *f, const char *idx, const fl_prepared *p, char n
         fprintf(f, "<th>OOMs at %s</th>", sz(capacity, a, sizeof a));
     fputs("</tr></thead><tbody>\n", f);
     for (int i = 0; i < np; i++) {
-        const fl_measure *m = &ms[i];
-        const fl_replay_result *u = &m->unlimited;
+        const fli_measure *m = &ms[i];
+        const fli_replay_result *u = &m->unlimited;
         fprintf(f, "<tr data-policy=\"%s\"%s><td><i class=\"sw\" style=\"background:%s\"></i>%s</td>", names[i],
                 i == best ? " class=\"best\"" : "", policy_color[i % N_COLORS], names[i]);
         fprintf(f, "<td data-k=\"min_capacity\" data-v=\"%llu\">%s</td>", (unsigned long long)m->min_capacity,
@@ -191,10 +191,10 @@ static void write_compare(FILE *f, const char *idx, const fl_prepared *p, char n
             sz(p->peak_live, a, sizeof a), sz(g, b, sizeof b), ms[0].steady_from_op);
 }
 
-static void write_breakdown(FILE *f, const fl_prepared *p, const fl_breakdown *b, const char *when)
+static void write_breakdown(FILE *f, const fli_prepared *p, const fli_breakdown *b, const char *when)
 {
     char a[32], c[32], e[32];
-    uint64_t total = fl_breakdown_sum(b);
+    uint64_t total = fli_breakdown_sum(b);
     fprintf(f, "<p><b>Where the reserved memory went %s</b>: %s reserved = %s live + %s more.</p>", when,
             sz(b->reserved, a, sizeof a), sz(b->live, c, sizeof c), sz(total, e, sizeof e));
     fprintf(f, "<table class=\"parts\" data-event=\"%zu\" data-reserved=\"%llu\" data-live=\"%llu\"><tbody>", b->op,
@@ -212,7 +212,7 @@ static void write_breakdown(FILE *f, const fl_prepared *p, const fl_breakdown *b
               "<table class=\"sites\"><tbody>",
               f);
         for (int i = 0; i < b->n_sites; i++) {
-            const fl_site_share *s = &b->sites[i];
+            const fli_site_share *s = &b->sites[i];
             fputs("<tr><td><code>", f);
             report_esc(f, cli_site_name(p, s->site)); /* the snapshot's text */
             fprintf(f, "</code></td><td data-v=\"%llu\">%s stranded</td><td>%llu block%s, %s live</td></tr>",
@@ -223,14 +223,14 @@ static void write_breakdown(FILE *f, const fl_prepared *p, const fl_breakdown *b
     }
 }
 
-static void write_doctor(FILE *f, const char *idx, const fl_prepared *p, const fl_replay_opts *ran, const fl_diagnosis *d,
+static void write_doctor(FILE *f, const char *idx, const fli_prepared *p, const fli_replay_opts *ran, const fli_diagnosis *d,
                          const cli_section *sec)
 {
     char a[32], b[32], c[32], e[32];
     fprintf(f, "<h3 id=\"doctor-%s\">Doctor: is it fragmentation?</h3>\n", idx);
     const char *cls = d->verdict == FL_VERDICT_FRAGMENTATION ? "frag" : d->verdict == FL_VERDICT_EXHAUSTION ? "exh" : "none";
     fprintf(f, "<div class=\"verdict %s\" data-verdict=\"%s\" data-capacity=\"%llu\" data-job-fits=\"%d\">", cls,
-            fl_verdict_name(d->verdict), (unsigned long long)d->capacity, d->job_fits);
+            fli_verdict_name(d->verdict), (unsigned long long)d->capacity, d->job_fits);
     if (sec->capacity_from_oom)
         fprintf(f, "<p>Capacity from the snapshot's oom event: %s reserved + %s free on the device = <b>%s</b>.</p>",
                 sz(sec->info->oom_reserved, a, sizeof a), sz(sec->info->oom_device_free, b, sizeof b),
@@ -296,7 +296,7 @@ static void write_doctor(FILE *f, const char *idx, const fl_prepared *p, const f
             d->capacity ? "<th>fits the capacity</th>" : "");
     uint64_t base = d->rows[0].min_capacity;
     for (int i = 0; i < d->n_rows; i++) {
-        const fl_whatif *w = &d->rows[i];
+        const fli_whatif *w = &d->rows[i];
         char delta[64] = "&ndash;";
         if (i > 0)
             cli_whatif_delta(delta, sizeof delta, base, w->min_capacity);
@@ -318,7 +318,7 @@ static void write_doctor(FILE *f, const char *idx, const fl_prepared *p, const f
                 sz(d->capacity, a, sizeof a), sz(d->lower_bound_job, b, sizeof b));
 }
 
-static void write_cards(FILE *f, const fl_prepared *p, char names[][32], const fl_measure *ms, int np)
+static void write_cards(FILE *f, const fli_prepared *p, char names[][32], const fli_measure *ms, int np)
 {
     char a[32];
     fprintf(f, "<div class=\"cards\"><div class=\"card\"><span>peak live</span><b data-v=\"%llu\">%s</b>"
@@ -411,37 +411,37 @@ static void write_head(FILE *f, const cli_opts *o)
 
 /* The min_capacity of ro's policy: from the comparison when it has the policy, else
  * searched now. */
-static fl_status policy_min_capacity(const fl_prepared *p, const fl_replay_opts *ro, char names[][32],
-                                     const fl_measure *ms, int np, uint64_t *cap)
+static fl_status policy_min_capacity(const fli_prepared *p, const fli_replay_opts *ro, char names[][32],
+                                     const fli_measure *ms, int np, uint64_t *cap)
 {
     for (int i = 0; i < np; i++)
         if (!strcmp(names[i], ro->cfg.policy)) {
             *cap = ms[i].min_capacity;
             return FL_OK;
         }
-    fl_replay_result r;
-    fl_status s = fl_replay(p, ro, &r);
+    fli_replay_result r;
+    fl_status s = fli_replay(p, ro, &r);
     if (s == FL_OK)
-        s = fl_min_capacity(p, ro, &r, cap);
-    fl_replay_result_free(&r);
+        s = fli_min_capacity(p, ro, &r, cap);
+    fli_replay_result_free(&r);
     return s;
 }
 
 /* Everything about one trace (one device of a snapshot), written as one section; the
  * exit code on failure. */
-static int report_one(FILE *f, const cli_opts *o, const char *path, const char *sid, fl_loaded *in, char names[][32],
+static int report_one(FILE *f, const cli_opts *o, const char *path, const char *sid, fli_loaded *in, char names[][32],
                       int np, cli_progress *bar)
 {
     char what[64];
-    fl_prepared *p = in->p;
-    const fl_snapshot_info *info = &in->info;
+    fli_prepared *p = in->p;
+    const fli_snapshot_info *info = &in->info;
     int rc = CLI_EXIT_ERROR;
     uint64_t capacity, g = o->opts.sim.granularity;
-    fl_measure ms[CLI_MAX_POLICIES];
-    fl_known_min known[CLI_MAX_POLICIES];
+    fli_measure ms[CLI_MAX_POLICIES];
+    fli_known_min known[CLI_MAX_POLICIES];
     int measured = 0;
     page_map maps[2] = {{.policy = "fragless"}, {.policy = "cca"}};
-    fl_diagnosis d;
+    fli_diagnosis d;
     fl_status s;
     if ((rc = cli_capacity_for(o, p, &capacity)) != 0) {
         cli_progress_clear(bar);
@@ -449,25 +449,25 @@ static int report_one(FILE *f, const cli_opts *o, const char *path, const char *
     }
     rc = CLI_EXIT_ERROR;
     for (; measured < np; measured++) {
-        fl_replay_opts ro = o->opts;
+        fli_replay_opts ro = o->opts;
         snprintf(ro.cfg.policy, sizeof ro.cfg.policy, "%.31s", names[measured]);
         ro.timeline_buckets = p->n_ops < TIMELINE_BUCKETS ? (int)p->n_ops : TIMELINE_BUCKETS;
         snprintf(what, sizeof what, "%.30s %.31s", p->name, names[measured]);
         cli_progress_unit(bar, what);
         cli_progress_attach(bar, &ro);
-        s = fl_measure_run(p, &ro, capacity, 1, &ms[measured]);
+        s = fli_measure_run(p, &ro, capacity, 1, &ms[measured]);
         cli_progress_unit_done(bar);
         if (s != FL_OK) {
             cli_progress_clear(bar);
             fprintf(stderr, "fragless: %s, policy %s: %s\n", p->name, names[measured], fl_last_error());
             goto out;
         }
-        known[measured] = (fl_known_min){ro.cfg, g, ms[measured].min_capacity};
+        known[measured] = (fli_known_min){ro.cfg, g, ms[measured].min_capacity};
     }
     snprintf(what, sizeof what, "%.32s page maps", p->name);
     cli_progress_unit(bar, what);
     for (int i = 0; i < 2 && p->n_ops; i++) {
-        fl_replay_opts ro = o->opts;
+        fli_replay_opts ro = o->opts;
         snprintf(ro.cfg.policy, sizeof ro.cfg.policy, "%s", maps[i].policy);
         /* On the smallest device the policy runs in: without a limit, policies keep
          * memory they would give up under pressure, which is not what a GPU needs. */
@@ -480,20 +480,20 @@ static int report_one(FILE *f, const cli_opts *o, const char *path, const char *
         ro.inspect_at_op = p->peak_live_op;
         ro.inspect = report_map_inspect;
         ro.inspect_user = &maps[i];
-        fl_replay_result r;
-        if ((s = fl_replay(p, &ro, &r)) != FL_OK) {
+        fli_replay_result r;
+        if ((s = fli_replay(p, &ro, &r)) != FL_OK) {
             cli_progress_clear(bar);
             fprintf(stderr, "fragless: %s, page map of %s: %s\n", p->name, maps[i].policy, fl_last_error());
             goto out;
         }
-        fl_replay_result_free(&r);
+        fli_replay_result_free(&r);
     }
     cli_progress_unit_done(bar);
     /* The doctor, as `fragless doctor` runs it (what a snapshot says it ran, else cca),
      * reusing the comparison's min_capacity searches. */
     cli_opts dopt = *o;
     dopt.policies = "cca";
-    fl_replay_opts ran;
+    fli_replay_opts ran;
     cli_section sec = {.known = known, .n_known = measured};
     snprintf(what, sizeof what, "%.32s doctor", p->name);
     cli_progress_unit(bar, what);
@@ -539,7 +539,7 @@ static int report_one(FILE *f, const cli_opts *o, const char *path, const char *
     rc = CLI_EXIT_OK;
 out:
     for (int i = 0; i < measured; i++)
-        fl_measure_free(&ms[i]);
+        fli_measure_free(&ms[i]);
     report_map_free(&maps[0]);
     report_map_free(&maps[1]);
     return rc;
@@ -552,9 +552,9 @@ static int report_input(FILE *f, const cli_opts *o, int idx, char names[][32], i
     const char *path = o->traces[idx], *base = strrchr(path, '/');
     snprintf(what, sizeof what, "%.40s: reading", base ? base + 1 : path);
     cli_progress_unit(bar, what);
-    fl_loaded *v;
+    fli_loaded *v;
     int n;
-    fl_status s = fl_load_inputs(path, o->device, stderr, &v, &n);
+    fl_status s = fli_load_inputs(path, o->device, stderr, &v, &n);
     if (s != FL_OK) {
         cli_progress_clear(bar);
         fprintf(stderr, "fragless: %s\n", fl_last_error());
@@ -571,7 +571,7 @@ static int report_input(FILE *f, const cli_opts *o, int idx, char names[][32], i
             snprintf(sid, sizeof sid, "%d", idx);
         rc = report_one(f, o, path, sid, &v[i], names, np, bar);
     }
-    fl_loaded_free(v, n);
+    fli_loaded_free(v, n);
     return rc;
 }
 
@@ -584,23 +584,23 @@ static int report_input(FILE *f, const cli_opts *o, int idx, char names[][32], i
 #define STATE_MAX_UNITS (UINT64_C(1) << 26)
 
 /* One card: the figure when the file has its key (exact value in data-v), else a dash. */
-static void state_card(FILE *f, const fl_state *st, const char *key, const char *label, const char *value,
+static void state_card(FILE *f, const fli_state *st, const char *key, const char *label, const char *value,
                        const char *data_v, const char *sub)
 {
     fprintf(f, "<div class=\"card\" data-k=\"%s\"><span>%s</span>", key, label);
-    if (fl_state_has_stat(st, key))
+    if (fli_state_has_stat(st, key))
         fprintf(f, "<b data-v=\"%s\">%s</b><span>%s</span></div>", data_v, value, sub);
     else
         fputs("<b>&ndash;</b><span>not in the snapshot</span></div>", f);
 }
 
-static void write_state_cards(FILE *f, const fl_state *st)
+static void write_state_cards(FILE *f, const fli_state *st)
 {
     const fl_stats *s = &st->stats;
     char v[32], d[32], sub[96], a[32], b[32];
     fputs("<div class=\"cards\">", f);
     snprintf(d, sizeof d, "%llu", (unsigned long long)s->allocated_bytes.current);
-    if (fl_state_has_stat(st, "requested_bytes.all.current"))
+    if (fli_state_has_stat(st, "requested_bytes.all.current"))
         snprintf(sub, sizeof sub, "requested %s; peak %s", sz(s->requested_bytes.current, a, sizeof a),
                  sz(s->allocated_bytes.peak, b, sizeof b));
     else
@@ -633,8 +633,8 @@ static int report_state(FILE *f, const cli_opts *o, int idx, int np, cli_progres
     base = base ? base + 1 : path;
     snprintf(what, sizeof what, "%.40s: reading", base);
     cli_progress_unit(bar, what);
-    fl_state st;
-    fl_status s = fl_state_read(path, &st);
+    fli_state st;
+    fl_status s = fli_state_read(path, &st);
     if (s != FL_OK) {
         cli_progress_clear(bar);
         fprintf(stderr, "fragless: %s\n", fl_last_error());
@@ -684,7 +684,7 @@ out:
     for (int i = 0; i < np + 2; i++)
         cli_progress_unit_done(bar);
     report_map_free(&m);
-    fl_state_free(&st);
+    fli_state_free(&st);
     return rc;
 }
 
@@ -696,9 +696,9 @@ int cli_report(const cli_opts *o)
         return rc;
     /* Written beside the target and renamed at the end: a failed run leaves no half page,
      * and a symlink planted at either name (the target may be in /tmp) is never followed
-     * (fl_create_file_safely). */
-    fl_new_file nf;
-    if (fl_create_file_safely(o->output, FL_NEW_FILE_AT_CLOSE, &nf) != FL_OK) {
+     * (fli_create_file_safely). */
+    fli_new_file nf;
+    if (fli_create_file_safely(o->output, FL_NEW_FILE_AT_CLOSE, &nf) != FL_OK) {
         fprintf(stderr, "fragless: -o: %s\n", fl_last_error());
         return CLI_EXIT_ERROR;
     }
@@ -707,8 +707,8 @@ int cli_report(const cli_opts *o)
     cli_progress_begin(&bar, (double)o->n_traces * (np + 2));
     write_head(f, o);
     for (int t = 0; t < o->n_traces && !rc; t++) {
-        fl_input_kind kind;
-        fl_status s = fl_input_detect(o->traces[t], &kind);
+        fli_input_kind kind;
+        fl_status s = fli_input_detect(o->traces[t], &kind);
         if (s != FL_OK) {
             cli_progress_clear(&bar);
             fprintf(stderr, "fragless: %s\n", fl_last_error());
@@ -719,7 +719,7 @@ int cli_report(const cli_opts *o)
     }
     cli_progress_clear(&bar);
     fputs("</main></body></html>\n", f);
-    if (fl_new_file_close(&nf, !rc) != FL_OK) {
+    if (fli_new_file_close(&nf, !rc) != FL_OK) {
         fprintf(stderr, "fragless: -o: %s\n", fl_last_error());
         rc = CLI_EXIT_ERROR;
     }

@@ -51,18 +51,18 @@ typedef struct page_map {
     size_t n_blocks, cap_blocks;
     char *const *sites;      /* the trace's allocation sites (a PyTorch snapshot's), or NULL */
     uint32_t n_sites;
-    const fl_map *site_of;   /* while walking: block address -> site */
+    const fli_map *site_of;   /* while walking: block address -> site */
     uint64_t units[CELL_STATES]; /* granularity-sized units by state */
     uint64_t live_on_pinned;     /* live bytes on pinned units (the rest of them is free) */
     uint64_t n_units;
 } page_map;
 
-/* The replay's inspection hook (fl_replay_opts.inspect, user = a page_map): walks the
+/* The replay's inspection hook (fli_replay_opts.inspect, user = a page_map): walks the
  * policy into the map (with each live block's allocation site), then ends the replay. */
-int report_map_inspect(const fl_replay_view *v, void *user);
+int report_map_inspect(const fli_replay_view *v, void *user);
 /* Fills the map from a state snapshot (m->policy points into s): reserved and allocated
  * from its statistics, or its pages and blocks when it has none. */
-void report_map_from_state(page_map *m, const fl_state *s);
+void report_map_from_state(page_map *m, const fli_state *s);
 void report_map_free(page_map *m);
 /* Granularity-sized units the map's regions span: what drawing it walks. */
 uint64_t report_map_units(const page_map *m, uint64_t g);

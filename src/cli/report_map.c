@@ -1,5 +1,5 @@
 /* `fragless report`'s page maps: what holds each device page at one op, from the
- * policy's walk (fl_state_visitor) or a state snapshot's (fl_state_walk), drawn as one
+ * policy's walk (fli_state_visitor) or a state snapshot's (fli_state_walk), drawn as one
  * square per page (or per k pages). */
 #include <math.h>
 #include <stdlib.h>
@@ -13,7 +13,7 @@
 #define TITLE_BLOCKS 6 /* live blocks named in a cell's hover text */
 
 /* ----------------------------------------------------------------------------------
- * Page maps: the policy's regions, pages and blocks at one op (fl_state_visitor)
+ * Page maps: the policy's regions, pages and blocks at one op (fli_state_visitor)
  * ---------------------------------------------------------------------------------- */
 
 static const char *const cell_class[CELL_STATES] = {"u", "c", "p1", "pn"};
@@ -63,48 +63,48 @@ static void on_block(void *user, uint64_t addr, uint64_t size, int live)
     }
     uint64_t site = 0;
     if (live && m->site_of)
-        fl_map_get(m->site_of, addr, &site);
+        fli_map_get(m->site_of, addr, &site);
     m->blocks[m->n_blocks++] = (map_block){addr, size, live, (uint32_t)site};
     m->regions[m->n_regions - 1].n_blocks++;
 }
 
 /* The replay's inspection hook: walk, then end the replay (nothing after it is drawn). */
-int report_map_inspect(const fl_replay_view *rv, void *user)
+int report_map_inspect(const fli_replay_view *rv, void *user)
 {
     page_map *m = user;
-    const fl_policy *pol = rv->pol;
-    const fl_prepared *p = rv->p;
-    fl_state_visitor v = {m, on_region, on_page, on_block};
-    fl_map site_of = {0};
+    const fli_policy *pol = rv->pol;
+    const fli_prepared *p = rv->p;
+    fli_state_visitor v = {m, on_region, on_page, on_block};
+    fli_map site_of = {0};
     m->taken = 1;
     m->reserved = pol->dev->counters.in_use;
     m->allocated = pol->allocated;
-    if (p->slot_site && fl_map_init(&site_of, 1024) == FL_OK) {
+    if (p->slot_site && fli_map_init(&site_of, 1024) == FL_OK) {
         int ok = 1;
         for (uint32_t s = 0; s < p->n_slots && ok; s++)
             if (rv->slot_addr[s] && p->slot_site[s])
-                ok = fl_map_put(&site_of, rv->slot_addr[s], p->slot_site[s]) == FL_OK;
+                ok = fli_map_put(&site_of, rv->slot_addr[s], p->slot_site[s]) == FL_OK;
         m->sites = p->sites;
         m->n_sites = p->n_sites;
         m->site_of = ok ? &site_of : NULL; /* without host memory the sites are left out */
     }
     pol->ops->walk(pol, &v);
     m->site_of = NULL;
-    fl_map_free(&site_of);
+    fli_map_free(&site_of);
     return 1;
 }
 
-void report_map_from_state(page_map *m, const fl_state *s)
+void report_map_from_state(page_map *m, const fli_state *s)
 {
-    fl_state_visitor v = {m, on_region, on_page, on_block};
+    fli_state_visitor v = {m, on_region, on_page, on_block};
     m->taken = 1;
     m->policy = s->policy;
     m->capacity = s->capacity;
-    fl_state_walk(s, &v);
+    fli_state_walk(s, &v);
     /* What the statistics say, else what the pages and blocks say. */
     uint64_t reserved = 0, live = 0;
     for (size_t ri = 0; ri < s->n_regions; ri++) {
-        const fl_state_region *r = &s->regions[ri];
+        const fli_state_region *r = &s->regions[ri];
         if (!r->n_pages)
             reserved += r->size;
         for (size_t i = 0; i < r->n_pages; i++)
@@ -112,8 +112,8 @@ void report_map_from_state(page_map *m, const fl_state *s)
     }
     for (size_t i = 0; i < s->n_blocks; i++)
         live += s->blocks[i].live ? s->blocks[i].size : 0;
-    m->reserved = fl_state_has_stat(s, "reserved_bytes.all.current") ? s->stats.reserved_bytes.current : reserved;
-    m->allocated = fl_state_has_stat(s, "allocated_bytes.all.current") ? s->stats.allocated_bytes.current : live;
+    m->reserved = fli_state_has_stat(s, "reserved_bytes.all.current") ? s->stats.reserved_bytes.current : reserved;
+    m->allocated = fli_state_has_stat(s, "allocated_bytes.all.current") ? s->stats.allocated_bytes.current : live;
 }
 
 void report_map_free(page_map *m)
@@ -143,7 +143,7 @@ static uint64_t region_units(const page_map *m, const map_region *r, uint64_t g)
             n += m->pages[r->page0 + i].size > g ? m->pages[r->page0 + i].size / g : 1;
         return n;
     }
-    return fl_div_up(r->size, g);
+    return fli_div_up(r->size, g);
 }
 
 uint64_t report_map_units(const page_map *m, uint64_t g)
@@ -207,7 +207,7 @@ static void map_count(page_map *m, uint64_t g)
                 m->n_units += n;
             }
         } else {
-            uint64_t n = fl_div_up(r->size, g);
+            uint64_t n = fli_div_up(r->size, g);
             for (uint64_t u = 0; u < n; u++) {
                 unit_info ui = unit_at(m, r, g, r->addr + u * g, &bi, NULL);
                 m->units[ui.state]++;
@@ -354,7 +354,7 @@ static uint64_t map_cells(const page_map *m, uint64_t g, uint64_t k, int cols, u
 {
     uint64_t cells = 0, pos = 0;
     for (size_t ri = 0; ri < m->n_regions; ri++) {
-        uint64_t n = fl_div_up(region_units(m, &m->regions[ri], g), k);
+        uint64_t n = fli_div_up(region_units(m, &m->regions[ri], g), k);
         if (cols && pos % (uint64_t)cols)
             pos++;
         pos += n;
@@ -411,8 +411,8 @@ void report_write_maps(FILE *f, const char *idx, const char *heading, uint64_t l
             if (c > most)
                 most = c;
         }
-    grid gr = {.g = g, .k = fl_div_up(most, MAP_MAX_CELLS), .width = 580};
-    uint64_t cells = fl_div_up(most, gr.k);
+    grid gr = {.g = g, .k = fli_div_up(most, MAP_MAX_CELLS), .width = 580};
+    uint64_t cells = fli_div_up(most, gr.k);
     gr.pitch = (int)sqrt(580.0 * 300.0 / (double)cells);
     gr.pitch = gr.pitch > 22 ? 22 : gr.pitch < 6 ? 6 : gr.pitch;
     gr.cell = gr.pitch - (gr.pitch >= 10 ? 2 : 1);
@@ -439,7 +439,7 @@ void report_write_maps(FILE *f, const char *idx, const char *heading, uint64_t l
         map_summary(f, m, live, g);
         uint64_t positions;
         map_cells(m, g, gr.k, gr.cols, &positions);
-        draw_map(f, m, &gr, (int)fl_div_up(positions ? positions : 1, (uint64_t)gr.cols));
+        draw_map(f, m, &gr, (int)fli_div_up(positions ? positions : 1, (uint64_t)gr.cols));
         fputs("</figure>\n", f);
     }
     fputs("</div>\n", f);

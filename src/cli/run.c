@@ -119,7 +119,7 @@ static int trace_path(const char *path, char *out, size_t n)
         return -1;
     }
     char probe[FL_PATH_MAX];
-    if (fl_expand_path(path, probe, sizeof probe) != FL_OK) {
+    if (fli_expand_path(path, probe, sizeof probe) != FL_OK) {
         fprintf(stderr, "fragless run: --trace: %s\n", fl_last_error());
         return -1;
     }

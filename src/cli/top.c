@@ -222,14 +222,14 @@ static int nvml_index(nvml *n, const char *uuid)
 #define FRAME_WAIT_NS (100 * 1000 * 1000) /* for busy records, per frame */
 
 typedef struct top_rows {
-    fl_pub_entry *e;
+    fli_pub_entry *e;
     size_t n, cap;
 } top_rows;
 
 /* By GPU (its UUID: ordinals differ between processes), rank, then pid. */
 static int row_order(const void *a, const void *b)
 {
-    const fl_pub_entry *x = a, *y = b;
+    const fli_pub_entry *x = a, *y = b;
     int c = strcmp(x->uuid, y->uuid);
     if (c)
         return c;
@@ -281,19 +281,19 @@ static void read_one(const char *path, uint64_t deadline, top_rows *rows, FILE *
     struct stat seen;
     if (lstat(path, &seen) != 0)
         return; /* its process removed it just now */
-    fl_pub_reader rd;
-    fl_status s = fl_pub_reader_open(path, &rd);
+    fli_pub_reader rd;
+    fl_status s = fli_pub_reader_open(path, &rd);
     if (s != FL_OK) {
         if (!(s == FL_ERR_IO && errno == ENOENT))
             fprintf(notes, "skipped %s\n", esc(fl_last_error(), e1, sizeof e1));
         return;
     }
-    fl_pub_entry e;
-    fl_pub_read got = fl_pub_reader_snapshot(&rd, deadline, &e);
+    fli_pub_entry e;
+    fli_pub_read got = fli_pub_reader_snapshot(&rd, deadline, &e);
     uid_t owner = rd.uid;
-    fl_pub_reader_close(&rd);
+    fli_pub_reader_close(&rd);
     const char *why;
-    if (fl_publish_stale(e.pid, e.start_time, &why)) {
+    if (fli_publish_stale(e.pid, e.start_time, &why)) {
         remove_stale(path, &seen, why, notes);
         return;
     }
@@ -311,7 +311,7 @@ static void read_one(const char *path, uint64_t deadline, top_rows *rows, FILE *
     }
     if (rows->n == rows->cap) {
         size_t cap = rows->cap ? 2 * rows->cap : 16;
-        fl_pub_entry *m = realloc(rows->e, cap * sizeof *m);
+        fli_pub_entry *m = realloc(rows->e, cap * sizeof *m);
         if (!m) {
             fprintf(notes, "skipped %s: out of host memory\n", esc(path, e1, sizeof e1));
             return;
@@ -326,7 +326,7 @@ static void read_one(const char *path, uint64_t deadline, top_rows *rows, FILE *
 static void clean_temp(const char *dir, const char *name)
 {
     unsigned long long pid;
-    if (sscanf(name, "." FL_PUB_PREFIX "%llu.", &pid) != 1 || !fl_publish_stale(pid, 0, NULL))
+    if (sscanf(name, "." FL_PUB_PREFIX "%llu.", &pid) != 1 || !fli_publish_stale(pid, 0, NULL))
         return;
     char path[4096];
     if (snprintf(path, sizeof path, "%s/%s", dir, name) < (int)sizeof path)
@@ -364,7 +364,7 @@ static void print_rows(const top_rows *rows, nvml *nv, FILE *out)
     fprintf(out, "%8s %4s %3s %-12s %3s %-15s %10s %10s %10s %12s %8s %6s %6s\n", "PID", "RANK", "DEV", "UUID", "GPU",
             "COMMAND", "LIVE", "RESERVED", "PEAK", "LARGEST FREE", "EXT FRAG", "OOMS", "AGE");
     for (size_t i = 0; i < rows->n; i++) {
-        const fl_pub_entry *e = &rows->e[i];
+        const fli_pub_entry *e = &rows->e[i];
         const fl_stats *s = &e->stats;
         char live[32], res[32], peak[32], largest[32], age[32];
         double secs = now > e->updated_ns ? (double)(now - e->updated_ns) / 1e9 : 0.0;
@@ -418,7 +418,7 @@ static int frame(const char *dir, nvml *nv, uint64_t wait_ns, char **text, size_
     top_rows rows = {0};
     /* However many records stay busy (a writer killed mid-update, or files whose owner
      * wrote an odd sequence number), the frame waits for them this long in all. */
-    uint64_t deadline = fl_now_ns() + wait_ns;
+    uint64_t deadline = fli_now_ns() + wait_ns;
     char e1[1024], e2[1024];
     struct dirent *de;
     while ((de = readdir(d))) {
@@ -535,7 +535,7 @@ int cli_top(int argc, char **argv)
         return rc == CLI_HELP_SHOWN ? CLI_EXIT_OK : rc;
     int once = o.once;
     double interval = o.interval;
-    const char *dir = o.dir ? o.dir : fl_publish_dir();
+    const char *dir = o.dir ? o.dir : fli_publish_dir();
 
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);

@@ -78,10 +78,10 @@ typedef struct cuda_device {
     int rdma;                   /* allocFlags.gpuDirectRDMACapable */
     cuda_import *imports;
     size_t n_imports, cap_imports;
-    fl_map allocs;              /* cuMemAlloc address -> bytes charged */
-    fl_map reservations;        /* reserved va -> size */
-    fl_map live_handles;        /* driver handle -> record index (live handles only) */
-    fl_map mappings;            /* mapped va -> record index */
+    fli_map allocs;              /* cuMemAlloc address -> bytes charged */
+    fli_map reservations;        /* reserved va -> size */
+    fli_map live_handles;        /* driver handle -> record index (live handles only) */
+    fli_map mappings;            /* mapped va -> record index */
     cuda_handle *recs;
     uint32_t n_recs, cap_recs, free_recs;
 } cuda_device;
@@ -92,9 +92,9 @@ static inline cuda_device *cuda(fl_device *d) { return (cuda_device *)d; }
  * model. `call` is a member call of the function table, e.g. cuMemCreate(&h, ...). */
 #define CU(c, r, call)                                                                  \
     do {                                                                                \
-        uint64_t t0_ = fl_now_ns();                                                     \
+        uint64_t t0_ = fli_now_ns();                                                     \
         (r) = (c)->fn.call;                                                             \
-        (c)->base.counters.time_us += (double)(fl_now_ns() - t0_) / 1e3;                \
+        (c)->base.counters.time_us += (double)(fli_now_ns() - t0_) / 1e3;                \
     } while (0)
 
 /* Mapping over a mapping or unmapping what is not mapped is the caller's mistake about
@@ -125,12 +125,12 @@ static fl_status cu_fail(cuda_device *c, CUresult r, const char *fmt, ...)
     const char *name = NULL;
     if (c->fn.cuGetErrorName(r, &name) != CUDA_SUCCESS || !name)
         name = "unrecognized CUresult";
-    return fl_fail(status_of(r), "cuda %s: %s (%d)", call, name, r);
+    return fli_fail(status_of(r), "cuda %s: %s (%d)", call, name, r);
 }
 
 static fl_status no_vmm(cuda_device *c, const char *call)
 {
-    return fl_fail(FL_ERR_UNSUPPORTED,
+    return fli_fail(FL_ERR_UNSUPPORTED,
                    "cuda %s: device %d has no virtual memory management "
                    "(CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED is 0); use policy:cca",
                    call, c->ordinal);
@@ -203,8 +203,8 @@ static fl_status mem_alloc_in_ctx(cuda_device *c, uint64_t size, uint64_t *addr)
     /* The driver does not say how much it really took (it packs small allocations and
      * rounds large ones to its pages): charge the request in 512 B steps, the least it
      * can take, so in_use is a lower bound on this path. */
-    uint64_t bytes = fl_align_up(size, 512);
-    if (fl_map_put(&c->allocs, p, bytes) != FL_OK) {
+    uint64_t bytes = fli_align_up(size, 512);
+    if (fli_map_put(&c->allocs, p, bytes) != FL_OK) {
         CU(c, r, cuMemFree_v2(p));
         return FL_ERR_NOMEM;
     }
@@ -224,7 +224,7 @@ static fl_status mem_free_in_ctx(cuda_device *c, uint64_t addr, uint64_t bytes)
     CU(c, r, cuMemFree_v2(addr));
     if (r != CUDA_SUCCESS)
         return cu_fail(c, r, "cuMemFree_v2(0x%llx)", (unsigned long long)addr);
-    fl_map_remove(&c->allocs, addr, NULL);
+    fli_map_remove(&c->allocs, addr, NULL);
     c->base.counters.in_use -= bytes;
     return FL_OK;
 }
@@ -235,8 +235,8 @@ static fl_status cu_mem_free(fl_device *d, uint64_t addr)
     uint64_t bytes;
     /* Checked here, not left to the driver: an address some other code in the process
      * allocated is valid to cuMemFree, and freeing it would corrupt that code. */
-    if (!fl_map_get(&c->allocs, addr, &bytes))
-        return fl_fail(FL_ERR_INVALID, "cuda cuMemFree_v2(0x%llx): not an address this device's mem_alloc returned",
+    if (!fli_map_get(&c->allocs, addr, &bytes))
+        return fli_fail(FL_ERR_INVALID, "cuda cuMemFree_v2(0x%llx): not an address this device's mem_alloc returned",
                        (unsigned long long)addr);
     IN_CTX(c, mem_free_in_ctx(c, addr, bytes));
 }
@@ -251,7 +251,7 @@ static fl_status reserve_in_ctx(cuda_device *c, uint64_t size, uint64_t *va)
     if (r != CUDA_SUCCESS)
         return cu_fail(c, r, "cuMemAddressReserve(%llu bytes, alignment %llu)", (unsigned long long)size,
                        (unsigned long long)c->base.granularity);
-    if (fl_map_put(&c->reservations, p, size) != FL_OK) {
+    if (fli_map_put(&c->reservations, p, size) != FL_OK) {
         CU(c, r, cuMemAddressFree(p, size));
         return FL_ERR_NOMEM;
     }
@@ -272,7 +272,7 @@ static fl_status cu_reserve(fl_device *d, uint64_t size, uint64_t *va)
  * keeping counts per reservation on every map and unmap. */
 static int has_mapping_in(const cuda_device *c, uint64_t va, uint64_t size)
 {
-    const fl_map *m = &c->mappings;
+    const fli_map *m = &c->mappings;
     for (uint64_t i = 0; m->count && i <= m->mask; i++)
         if (m->e[i].key != UINT64_MAX && m->e[i].key >= va && m->e[i].key - va < size)
             return 1;
@@ -286,7 +286,7 @@ static fl_status addr_free_in_ctx(cuda_device *c, uint64_t va, uint64_t size)
     if (r != CUDA_SUCCESS)
         return cu_fail(c, r, "cuMemAddressFree(0x%llx, %llu bytes)", (unsigned long long)va,
                        (unsigned long long)size);
-    fl_map_remove(&c->reservations, va, NULL);
+    fli_map_remove(&c->reservations, va, NULL);
     return FL_OK;
 }
 
@@ -296,11 +296,11 @@ static fl_status cu_addr_free(fl_device *d, uint64_t va, uint64_t size)
     uint64_t reserved;
     /* The driver's behaviour for a range still mapped is not documented; the interface
      * refuses it, like sim.c, and a range reserved by other code is not ours to free. */
-    if (!fl_map_get(&c->reservations, va, &reserved) || reserved != size)
-        return fl_fail(FL_ERR_INVALID, "cuda cuMemAddressFree(0x%llx, %llu bytes): not a reservation of this device",
+    if (!fli_map_get(&c->reservations, va, &reserved) || reserved != size)
+        return fli_fail(FL_ERR_INVALID, "cuda cuMemAddressFree(0x%llx, %llu bytes): not a reservation of this device",
                        (unsigned long long)va, (unsigned long long)size);
     if (has_mapping_in(c, va, size))
-        return fl_fail(FL_ERR_INVALID, "cuda cuMemAddressFree(0x%llx, %llu bytes): memory is still mapped in it",
+        return fli_fail(FL_ERR_INVALID, "cuda cuMemAddressFree(0x%llx, %llu bytes): memory is still mapped in it",
                        (unsigned long long)va, (unsigned long long)size);
     IN_CTX(c, addr_free_in_ctx(c, va, size));
 }
@@ -329,7 +329,7 @@ static fl_status new_record(cuda_device *c, uint32_t *index)
         uint32_t cap = c->cap_recs ? c->cap_recs * 2 : 64;
         cuda_handle *v = realloc(c->recs, cap * sizeof *v);
         if (!v)
-            return fl_fail(FL_ERR_NOMEM, "cuda: host memory for %u handle records", cap);
+            return fli_fail(FL_ERR_NOMEM, "cuda: host memory for %u handle records", cap);
         c->recs = v;
         c->cap_recs = cap;
     }
@@ -382,12 +382,12 @@ static fl_status create_in_ctx(cuda_device *c, uint64_t size, uint64_t *handle)
     c->recs[index] = (cuda_handle){h, size, 0, 1, NO_RECORD};
     /* UINT64_MAX is the map's empty key; no driver hands it out, but a wrong key would
      * corrupt the map silently. */
-    if (h == UINT64_MAX || fl_map_put(&c->live_handles, h, index) != FL_OK) {
+    if (h == UINT64_MAX || fli_map_put(&c->live_handles, h, index) != FL_OK) {
         CU(c, r, cuMemRelease(h));
         c->recs[index].live = 0;
         c->recs[index].size = 0;
         maybe_reclaim(c, index);
-        return h == UINT64_MAX ? fl_fail(FL_ERR_DEVICE, "cuda cuMemCreate: the driver returned handle 0x%llx",
+        return h == UINT64_MAX ? fli_fail(FL_ERR_DEVICE, "cuda cuMemCreate: the driver returned handle 0x%llx",
                                          (unsigned long long)h)
                                : FL_ERR_NOMEM;
     }
@@ -410,7 +410,7 @@ static fl_status release_in_ctx(cuda_device *c, uint64_t handle, uint64_t index)
     CU(c, r, cuMemRelease(handle));
     if (r != CUDA_SUCCESS)
         return cu_fail(c, r, "cuMemRelease(handle 0x%llx)", (unsigned long long)handle);
-    fl_map_remove(&c->live_handles, handle, NULL);
+    fli_map_remove(&c->live_handles, handle, NULL);
     c->recs[index].live = 0;
     maybe_reclaim(c, (uint32_t)index);
     return FL_OK;
@@ -422,8 +422,8 @@ static fl_status cu_release(fl_device *d, uint64_t handle)
     uint64_t index;
     /* A handle value that is not live here may belong to other code (or be reused by the
      * driver for it): never pass it on. */
-    if (!fl_map_get(&c->live_handles, handle, &index))
-        return fl_fail(FL_ERR_INVALID, "cuda cuMemRelease(handle 0x%llx): not a live handle of this device",
+    if (!fli_map_get(&c->live_handles, handle, &index))
+        return fli_fail(FL_ERR_INVALID, "cuda cuMemRelease(handle 0x%llx): not a live handle of this device",
                        (unsigned long long)handle);
     IN_CTX(c, release_in_ctx(c, handle, index));
 }
@@ -435,7 +435,7 @@ static fl_status map_in_ctx(cuda_device *c, uint64_t va, uint64_t size, uint64_t
     if (r != CUDA_SUCCESS)
         return cu_fail(c, r, "cuMemMap(0x%llx, %llu bytes, handle 0x%llx)", (unsigned long long)va,
                        (unsigned long long)size, (unsigned long long)handle);
-    if (fl_map_put(&c->mappings, va, index) != FL_OK) {
+    if (fli_map_put(&c->mappings, va, index) != FL_OK) {
         CU(c, r, cuMemUnmap(va, size));
         return FL_ERR_NOMEM;
     }
@@ -451,8 +451,8 @@ static fl_status cu_map(fl_device *d, uint64_t va, uint64_t size, uint64_t handl
     uint64_t index;
     /* The driver would also map part of a handle; the interface maps whole handles only
      * (unmap and in_use rely on it). */
-    if (!fl_map_get(&c->live_handles, handle, &index) || c->recs[index].size != size)
-        return fl_fail(FL_ERR_INVALID, "cuda cuMemMap(0x%llx, %llu bytes, handle 0x%llx): not a live handle of this device of that size",
+    if (!fli_map_get(&c->live_handles, handle, &index) || c->recs[index].size != size)
+        return fli_fail(FL_ERR_INVALID, "cuda cuMemMap(0x%llx, %llu bytes, handle 0x%llx): not a live handle of this device of that size",
                        (unsigned long long)va, (unsigned long long)size, (unsigned long long)handle);
     IN_CTX(c, map_in_ctx(c, va, size, handle, index));
 }
@@ -460,14 +460,14 @@ static fl_status cu_map(fl_device *d, uint64_t va, uint64_t size, uint64_t handl
 static fl_status unmap_in_ctx(cuda_device *c, uint64_t va, uint64_t end)
 {
     for (uint64_t at = va, index; at < end;) {
-        fl_map_get(&c->mappings, at, &index);
+        fli_map_get(&c->mappings, at, &index);
         uint64_t n = c->recs[index].size;
         CUresult r;
         CU(c, r, cuMemUnmap(at, n));
         /* The mappings before a failure are gone and accounted for. */
         if (r != CUDA_SUCCESS)
             return cu_fail(c, r, "cuMemUnmap(0x%llx, %llu bytes)", (unsigned long long)at, (unsigned long long)n);
-        fl_map_remove(&c->mappings, at, NULL);
+        fli_map_remove(&c->mappings, at, NULL);
         c->recs[index].mappings--;
         maybe_reclaim(c, (uint32_t)index);
         at += n;
@@ -486,15 +486,15 @@ static fl_status cu_unmap(fl_device *d, uint64_t va, uint64_t size)
         return no_vmm(c, "cuMemUnmap");
     uint64_t end = va + size, at, index;
     if (size == 0 || end < va)
-        return fl_fail(FL_ERR_INVALID, "cuda cuMemUnmap(0x%llx, %llu bytes): empty or wrapping range",
+        return fli_fail(FL_ERR_INVALID, "cuda cuMemUnmap(0x%llx, %llu bytes): empty or wrapping range",
                        (unsigned long long)va, (unsigned long long)size);
     /* Check the whole range before unmapping any of it, so a refusal changes nothing. */
     for (at = va; at < end; at += c->recs[index].size)
-        if (!fl_map_get(&c->mappings, at, &index))
-            return fl_fail(FL_ERR_INVALID, "cuda cuMemUnmap(0x%llx, %llu bytes): 0x%llx is not the start of a mapping of this device",
+        if (!fli_map_get(&c->mappings, at, &index))
+            return fli_fail(FL_ERR_INVALID, "cuda cuMemUnmap(0x%llx, %llu bytes): 0x%llx is not the start of a mapping of this device",
                            (unsigned long long)va, (unsigned long long)size, (unsigned long long)at);
     if (at != end)
-        return fl_fail(FL_ERR_INVALID, "cuda cuMemUnmap(0x%llx, %llu bytes): the range ends inside a mapping",
+        return fli_fail(FL_ERR_INVALID, "cuda cuMemUnmap(0x%llx, %llu bytes): the range ends inside a mapping",
                        (unsigned long long)va, (unsigned long long)size);
     IN_CTX(c, unmap_in_ctx(c, va, end));
 }
@@ -602,10 +602,10 @@ static fl_status export_in_ctx(cuda_device *c, uint64_t va, uint64_t size, fl_ip
     CU(c, r, cuMemGetAddressRange_v2(&base, &len, va));
     if (r != CUDA_SUCCESS)
         return cu_fail(c, r, "cuMemGetAddressRange_v2(0x%llx)", (unsigned long long)va);
-    if (!fl_map_get(&c->mappings, base, &index) || c->recs[index].size != len)
-        return fl_fail(FL_ERR_INVALID, "cuda export of 0x%llx: not memory this device mapped", (unsigned long long)va);
+    if (!fli_map_get(&c->mappings, base, &index) || c->recs[index].size != len)
+        return fli_fail(FL_ERR_INVALID, "cuda export of 0x%llx: not memory this device mapped", (unsigned long long)va);
     if (va + size > base + len)
-        return fl_fail(FL_ERR_UNSUPPORTED, "cuda export of 0x%llx (%llu bytes): the block spans several physical "
+        return fli_fail(FL_ERR_UNSUPPORTED, "cuda export of 0x%llx (%llu bytes): the block spans several physical "
                        "allocations (the one under its start has %llu bytes); registrable:SIZE in FRAGLESS_CONF backs "
                        "blocks of at least SIZE with one each", (unsigned long long)va, (unsigned long long)size,
                        (unsigned long long)len);
@@ -622,7 +622,7 @@ static fl_status cu_export(fl_device *d, uint64_t va, uint64_t size, fl_ipc_hand
 {
     cuda_device *c = cuda(d);
     if (!d->vmm_supported || !(c->handle_types & CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR))
-        return fl_fail(FL_ERR_UNSUPPORTED, "cuda export: device %d's memory is not shareable (%s)", c->ordinal,
+        return fli_fail(FL_ERR_UNSUPPORTED, "cuda export: device %d's memory is not shareable (%s)", c->ordinal,
                        !d->vmm_supported ? "no virtual memory management" : "handles made with shareable:0, or the "
                        "device cannot export file descriptors: CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED is 0");
     IN_CTX(c, export_in_ctx(c, va, size, out));
@@ -638,7 +638,7 @@ static fl_status import_in_ctx(cuda_device *c, const fl_ipc_handle *h, uint64_t 
         size_t cap = c->cap_imports ? 2 * c->cap_imports : 8;
         cuda_import *v = realloc(c->imports, cap * sizeof *v);
         if (!v)
-            return fl_fail(FL_ERR_NOMEM, "cuda import: host memory");
+            return fli_fail(FL_ERR_NOMEM, "cuda import: host memory");
         c->imports = v;
         c->cap_imports = cap;
     }
@@ -677,7 +677,7 @@ static fl_status cu_import(fl_device *d, const fl_ipc_handle *h, uint64_t *va)
         return no_vmm(c, "cuMemImportFromShareableHandle");
     if (h->fd < 0 || !h->alloc_size || h->alloc_size % d->granularity || h->offset >= h->alloc_size ||
         h->size > h->alloc_size - h->offset)
-        return fl_fail(FL_ERR_INVALID, "cuda import: fd %d, %llu bytes, block at %llu of %llu bytes: not an exported "
+        return fli_fail(FL_ERR_INVALID, "cuda import: fd %d, %llu bytes, block at %llu of %llu bytes: not an exported "
                        "block (the allocation must be whole pages of %llu bytes and hold the block)", h->fd,
                        (unsigned long long)h->alloc_size, (unsigned long long)h->offset, (unsigned long long)h->size,
                        (unsigned long long)d->granularity);
@@ -707,7 +707,7 @@ static fl_status cu_import_close(fl_device *d, uint64_t va)
     for (size_t i = 0; i < c->n_imports; i++)
         if (c->imports[i].addr == va)
             IN_CTX(c, import_close_in_ctx(c, i));
-    return fl_fail(FL_ERR_NOT_FOUND, "cuda import_close(0x%llx): not an address fl_import returned on this device",
+    return fli_fail(FL_ERR_NOT_FOUND, "cuda import_close(0x%llx): not an address fl_import returned on this device",
                    (unsigned long long)va);
 }
 
@@ -799,10 +799,10 @@ static void cu_destroy(fl_device *d)
             (void)r;
         }
     }
-    fl_map_free(&c->allocs);
-    fl_map_free(&c->reservations);
-    fl_map_free(&c->live_handles);
-    fl_map_free(&c->mappings);
+    fli_map_free(&c->allocs);
+    fli_map_free(&c->reservations);
+    fli_map_free(&c->live_handles);
+    fli_map_free(&c->mappings);
     free(c->recs);
     free(c->imports);
     if (c->lib)
@@ -810,7 +810,7 @@ static void cu_destroy(fl_device *d)
     free(c);
 }
 
-static const fl_device_ops cuda_ops = {
+static const fli_device_ops cuda_ops = {
     .name = "cuda",
     .mem_alloc = cu_mem_alloc,
     .mem_free = cu_mem_free,
@@ -850,13 +850,13 @@ static fl_status load_driver(cuda_device *c, const char *path)
     c->lib = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
     if (!c->lib) {
         const char *why = dlerror();
-        return fl_fail(FL_ERR_DEVICE, "cuda: cannot load the driver library %s: %s (no NVIDIA driver here? "
+        return fli_fail(FL_ERR_DEVICE, "cuda: cannot load the driver library %s: %s (no NVIDIA driver here? "
                        "set FRAGLESS_CUDA_LIB to its path)", path, why ? why : "unknown reason");
     }
     for (size_t i = 0; i < sizeof cuda_symbols / sizeof cuda_symbols[0]; i++) {
         void *sym = dlsym(c->lib, cuda_symbols[i].name);
         if (!sym)
-            return fl_fail(FL_ERR_UNSUPPORTED, "cuda: %s has no symbol %s (a driver older than fragless needs?)",
+            return fli_fail(FL_ERR_UNSUPPORTED, "cuda: %s has no symbol %s (a driver older than fragless needs?)",
                            path, cuda_symbols[i].name);
         memcpy((char *)&c->fn + cuda_symbols[i].offset, &sym, sizeof sym);
     }
@@ -883,7 +883,7 @@ static fl_status query_device(cuda_device *c, const fl_cuda_params *p)
     if (r != CUDA_SUCCESS)
         return cu_fail(c, r, "cuDeviceTotalMem_v2(device %d)", c->ordinal);
     if (total == 0)
-        return fl_fail(FL_ERR_DEVICE, "cuda: device %d reports 0 bytes of memory", c->ordinal);
+        return fli_fail(FL_ERR_DEVICE, "cuda: device %d reports 0 bytes of memory", c->ordinal);
     d->capacity = total;
     int vmm = 0;
     CU(c, r, cuDeviceGetAttribute(&vmm, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, c->dev));
@@ -924,8 +924,8 @@ static fl_status query_device(cuda_device *c, const fl_cuda_params *p)
             return cu_fail(c, r, "cuMemGetAllocationGranularity(PINNED, device %d, MINIMUM)", c->ordinal);
     }
     /* The policies do page arithmetic with shifts and masks. */
-    if (!fl_is_pow2(g))
-        return fl_fail(FL_ERR_UNSUPPORTED, "cuda: device %d has allocation granularity %llu, not a power of two",
+    if (!fli_is_pow2(g))
+        return fli_fail(FL_ERR_UNSUPPORTED, "cuda: device %d has allocation granularity %llu, not a power of two",
                        c->ordinal, (unsigned long long)g);
     d->granularity = g;
     return FL_OK;
@@ -992,7 +992,7 @@ static fl_status open_device(cuda_device *c, const fl_cuda_params *p)
     if (r != CUDA_SUCCESS)
         return cu_fail(c, r, "cuDeviceGetCount()");
     if (p->device < 0 || p->device >= count)
-        return fl_fail(FL_ERR_INVALID, "cuda: no device %d: the driver reports %d device%s (ordinals 0..%d)",
+        return fli_fail(FL_ERR_INVALID, "cuda: no device %d: the driver reports %d device%s (ordinals 0..%d)",
                        p->device, count, count == 1 ? "" : "s", count - 1);
     c->ordinal = p->device;
     CU(c, r, cuDeviceGet(&c->dev, p->device));
@@ -1007,9 +1007,9 @@ static fl_status open_device(cuda_device *c, const fl_cuda_params *p)
     ctx_leave(c, pushed);
     if (s != FL_OK || (s = find_peers(c, p, count)) != FL_OK)
         return s;
-    if (fl_map_init(&c->allocs, 64) != FL_OK || fl_map_init(&c->reservations, 16) != FL_OK ||
-        fl_map_init(&c->live_handles, 256) != FL_OK || fl_map_init(&c->mappings, 256) != FL_OK)
-        return fl_fail(FL_ERR_NOMEM, "cuda device: host memory");
+    if (fli_map_init(&c->allocs, 64) != FL_OK || fli_map_init(&c->reservations, 16) != FL_OK ||
+        fli_map_init(&c->live_handles, 256) != FL_OK || fli_map_init(&c->mappings, 256) != FL_OK)
+        return fli_fail(FL_ERR_NOMEM, "cuda device: host memory");
     /* The driver's time spent opening is not the policies' device time. */
     c->base.counters.time_us = 0;
     return FL_OK;
@@ -1024,7 +1024,7 @@ fl_status fl_cuda_device_create(const fl_cuda_params *p, fl_device **out)
     }
     cuda_device *c = calloc(1, sizeof *c);
     if (!c)
-        return fl_fail(FL_ERR_NOMEM, "cuda device: host memory");
+        return fli_fail(FL_ERR_NOMEM, "cuda device: host memory");
     c->base.ops = &cuda_ops;
     c->free_recs = NO_RECORD;
     fl_status s = open_device(c, p);
@@ -1033,7 +1033,7 @@ fl_status fl_cuda_device_create(const fl_cuda_params *p, fl_device **out)
         char msg[512];
         snprintf(msg, sizeof msg, "%s", fl_last_error());
         cu_destroy(&c->base);
-        return fl_fail(s, "%s", msg);
+        return fli_fail(s, "%s", msg);
     }
     c->base.capture_watch = 1; /* allocations ask the driver about CUDA graph captures */
     *out = &c->base;

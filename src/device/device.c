@@ -34,8 +34,8 @@ static fl_status account(fl_device *d, fl_call c, uint64_t in_use_before, fl_sta
 static fl_status over_limit(const fl_device *d, uint64_t size)
 {
     char asked[32], held[32], lim[32];
-    return fl_fail(FL_ERR_OOM, "limit %s reached: holding %s, asked %s more",
-                   fl_format_size(fl_dev_limit(d), lim, sizeof lim), fl_format_size(d->counters.in_use, held, sizeof held),
+    return fli_fail(FL_ERR_OOM, "limit %s reached: holding %s, asked %s more",
+                   fl_format_size(fli_dev_limit(d), lim, sizeof lim), fl_format_size(d->counters.in_use, held, sizeof held),
                    fl_format_size(size, asked, sizeof asked));
 }
 
@@ -49,9 +49,9 @@ static fl_status injected_armed(const fl_device *d, fl_call c)
     if (n != d->fail_call && !(d->fail_from && n >= d->fail_from))
         return FL_OK;
     if (n == d->fail_call)
-        return fl_fail(FL_ERR_DEVICE, "%s %s: injected failure of device call %llu", d->ops->name,
+        return fli_fail(FL_ERR_DEVICE, "%s %s: injected failure of device call %llu", d->ops->name,
                        fl_call_name(c), (unsigned long long)n);
-    return fl_fail(FL_ERR_DEVICE, "%s %s: injected failure of device call %llu (every call fails from %llu on)",
+    return fli_fail(FL_ERR_DEVICE, "%s %s: injected failure of device call %llu (every call fails from %llu on)",
                    d->ops->name, fl_call_name(c), (unsigned long long)n, (unsigned long long)d->fail_from);
 }
 
@@ -60,7 +60,7 @@ static fl_status injected_armed(const fl_device *d, fl_call c)
  * during a capture (capture_guard): not a device call, nothing changes. */
 static fl_status refused_in_capture(const fl_device *d, fl_call c)
 {
-    return fl_fail(FL_ERR_UNSUPPORTED,
+    return fli_fail(FL_ERR_UNSUPPORTED,
                    "%s %s refused: CUDA graph capture 0x%llx is underway (a synchronize or an event query would "
                    "invalidate it; an unmap or a free could take memory its graph uses)",
                    d->ops->name, fl_call_name(c), (unsigned long long)d->capture_guard);
@@ -85,69 +85,69 @@ static inline fl_status injected(const fl_device *d, fl_call c)
             return account((d), (c), (d)->counters.in_use, inj_);                   \
     } while (0)
 
-fl_status fl_dev_mem_alloc(fl_device *d, uint64_t size, uint64_t *addr)
+fl_status fli_dev_mem_alloc(fl_device *d, uint64_t size, uint64_t *addr)
 {
-    if (d->limit && size > fl_dev_room(d))
+    if (d->limit && size > fli_dev_room(d))
         return over_limit(d, size);
     INJECT(d, FL_CALL_MEM_ALLOC);
     uint64_t before = d->counters.in_use;
     return account(d, FL_CALL_MEM_ALLOC, before, d->ops->mem_alloc(d, size, addr));
 }
-fl_status fl_dev_mem_free(fl_device *d, uint64_t addr)
+fl_status fli_dev_mem_free(fl_device *d, uint64_t addr)
 {
     GUARD(d, FL_CALL_MEM_FREE);
     INJECT(d, FL_CALL_MEM_FREE);
     uint64_t before = d->counters.in_use;
     return account(d, FL_CALL_MEM_FREE, before, d->ops->mem_free(d, addr));
 }
-fl_status fl_dev_reserve(fl_device *d, uint64_t size, uint64_t *va)
+fl_status fli_dev_reserve(fl_device *d, uint64_t size, uint64_t *va)
 {
     INJECT(d, FL_CALL_RESERVE);
     uint64_t before = d->counters.in_use;
     return account(d, FL_CALL_RESERVE, before, d->ops->reserve(d, size, va));
 }
-fl_status fl_dev_addr_free(fl_device *d, uint64_t va, uint64_t size)
+fl_status fli_dev_addr_free(fl_device *d, uint64_t va, uint64_t size)
 {
     GUARD(d, FL_CALL_ADDR_FREE);
     INJECT(d, FL_CALL_ADDR_FREE);
     uint64_t before = d->counters.in_use;
     return account(d, FL_CALL_ADDR_FREE, before, d->ops->addr_free(d, va, size));
 }
-fl_status fl_dev_create(fl_device *d, uint64_t size, uint64_t *handle)
+fl_status fli_dev_create(fl_device *d, uint64_t size, uint64_t *handle)
 {
-    if (d->limit && size > fl_dev_room(d))
+    if (d->limit && size > fli_dev_room(d))
         return over_limit(d, size);
     INJECT(d, FL_CALL_CREATE);
     uint64_t before = d->counters.in_use;
     return account(d, FL_CALL_CREATE, before, d->ops->create(d, size, handle));
 }
-fl_status fl_dev_release(fl_device *d, uint64_t handle)
+fl_status fli_dev_release(fl_device *d, uint64_t handle)
 {
     GUARD(d, FL_CALL_RELEASE);
     INJECT(d, FL_CALL_RELEASE);
     uint64_t before = d->counters.in_use;
     return account(d, FL_CALL_RELEASE, before, d->ops->release(d, handle));
 }
-fl_status fl_dev_map(fl_device *d, uint64_t va, uint64_t size, uint64_t handle)
+fl_status fli_dev_map(fl_device *d, uint64_t va, uint64_t size, uint64_t handle)
 {
     INJECT(d, FL_CALL_MAP);
     uint64_t before = d->counters.in_use;
     return account(d, FL_CALL_MAP, before, d->ops->map(d, va, size, handle));
 }
-fl_status fl_dev_unmap(fl_device *d, uint64_t va, uint64_t size)
+fl_status fli_dev_unmap(fl_device *d, uint64_t va, uint64_t size)
 {
     GUARD(d, FL_CALL_UNMAP);
     INJECT(d, FL_CALL_UNMAP);
     uint64_t before = d->counters.in_use;
     return account(d, FL_CALL_UNMAP, before, d->ops->unmap(d, va, size));
 }
-fl_status fl_dev_set_access(fl_device *d, uint64_t va, uint64_t size)
+fl_status fli_dev_set_access(fl_device *d, uint64_t va, uint64_t size)
 {
     INJECT(d, FL_CALL_SET_ACCESS);
     uint64_t before = d->counters.in_use;
     return account(d, FL_CALL_SET_ACCESS, before, d->ops->set_access(d, va, size));
 }
-fl_status fl_dev_synchronize(fl_device *d)
+fl_status fli_dev_synchronize(fl_device *d)
 {
     GUARD(d, FL_CALL_SYNC);
     INJECT(d, FL_CALL_SYNC);
@@ -155,22 +155,22 @@ fl_status fl_dev_synchronize(fl_device *d)
     return account(d, FL_CALL_SYNC, before, d->ops->synchronize(d));
 }
 
-fl_status fl_dev_event_record(fl_device *d, uint64_t stream, uint64_t *event)
+fl_status fli_dev_event_record(fl_device *d, uint64_t stream, uint64_t *event)
 {
     *event = 0;
     return d->ops->event_record ? d->ops->event_record(d, stream, event) : FL_OK;
 }
-fl_status fl_dev_event_query(fl_device *d, uint64_t event, int *done)
+fl_status fli_dev_event_query(fl_device *d, uint64_t event, int *done)
 {
     *done = 1;
     if (FL_UNLIKELY(d->capture_guard) && d->ops->event_query && event) {
         *done = 0;
-        return fl_fail(FL_ERR_UNSUPPORTED, "%s event query refused: CUDA graph capture 0x%llx is underway",
+        return fli_fail(FL_ERR_UNSUPPORTED, "%s event query refused: CUDA graph capture 0x%llx is underway",
                        d->ops->name, (unsigned long long)d->capture_guard);
     }
     return d->ops->event_query && event ? d->ops->event_query(d, event, done) : FL_OK;
 }
-void fl_dev_event_destroy(fl_device *d, uint64_t event)
+void fli_dev_event_destroy(fl_device *d, uint64_t event)
 {
     if (d->ops->event_destroy && event)
         d->ops->event_destroy(d, event);
@@ -178,24 +178,24 @@ void fl_dev_event_destroy(fl_device *d, uint64_t event)
 
 static fl_status no_ipc(const fl_device *d, const char *what)
 {
-    return fl_fail(FL_ERR_UNSUPPORTED, "%s: %s: this device has no IPC (memory shared between processes needs "
+    return fli_fail(FL_ERR_UNSUPPORTED, "%s: %s: this device has no IPC (memory shared between processes needs "
                    "the cuda device)", d->ops->name, what);
 }
 
-fl_status fl_dev_export(fl_device *d, uint64_t va, uint64_t size, fl_ipc_handle *out)
+fl_status fli_dev_export(fl_device *d, uint64_t va, uint64_t size, fl_ipc_handle *out)
 {
     return d->ops->export_block ? d->ops->export_block(d, va, size, out) : no_ipc(d, "export");
 }
-fl_status fl_dev_import(fl_device *d, const fl_ipc_handle *h, uint64_t *va)
+fl_status fli_dev_import(fl_device *d, const fl_ipc_handle *h, uint64_t *va)
 {
     return d->ops->import ? d->ops->import(d, h, va) : no_ipc(d, "import");
 }
-fl_status fl_dev_import_close(fl_device *d, uint64_t va)
+fl_status fli_dev_import_close(fl_device *d, uint64_t va)
 {
     return d->ops->import_close ? d->ops->import_close(d, va) : no_ipc(d, "import_close");
 }
 
-char *fl_dev_uuid_str(const fl_device *d, char *buf, size_t n)
+char *fli_dev_uuid_str(const fl_device *d, char *buf, size_t n)
 {
     const unsigned char *u = d->uuid;
     if (!d->has_uuid)
@@ -205,13 +205,13 @@ char *fl_dev_uuid_str(const fl_device *d, char *buf, size_t n)
                  u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
     return buf;
 }
-fl_status fl_dev_capture_info(fl_device *d, uint64_t stream, int *status, uint64_t *id)
+fl_status fli_dev_capture_info(fl_device *d, uint64_t stream, int *status, uint64_t *id)
 {
     *status = FL_CAPTURE_NONE;
     *id = 0;
     return d->ops->capture_info ? d->ops->capture_info(d, stream, status, id) : FL_OK;
 }
-fl_status fl_dev_capture_mode(fl_device *d, int *mode)
+fl_status fli_dev_capture_mode(fl_device *d, int *mode)
 {
     return d->ops->capture_mode ? d->ops->capture_mode(d, mode) : FL_OK;
 }
@@ -225,11 +225,11 @@ void fl_device_destroy(fl_device *d)
 fl_status fl_device_set_fault(fl_device *d, uint64_t fail_call, uint64_t fail_from)
 {
     if (!d)
-        return fl_fail(FL_ERR_INVALID, "fl_device_set_fault: no device");
+        return fli_fail(FL_ERR_INVALID, "fl_device_set_fault: no device");
     uint64_t made = fl_device_total_calls(&d->counters);
     /* A plan that can never fire would let a fault test pass without its fault. */
     if (fail_call && fail_call <= made)
-        return fl_fail(FL_ERR_INVALID, "fl_device_set_fault: call %llu was made already (%s has made %llu calls; "
+        return fli_fail(FL_ERR_INVALID, "fl_device_set_fault: call %llu was made already (%s has made %llu calls; "
                        "numbers count from its creation)", (unsigned long long)fail_call, d->ops->name,
                        (unsigned long long)made);
     d->fail_call = fail_call;

@@ -1,6 +1,6 @@
 /* The device interface: every policy gets memory through these calls, never from the
  * driver directly. Implementations: sim.c (simulated GPU) and cuda.c (the CUDA driver).
- * The fl_dev_* wrappers count calls, track physical bytes in use, inject faults for
+ * The fli_dev_* wrappers count calls, track physical bytes in use, inject faults for
  * every device and own the allocator's limit: a create or mem_alloc beyond it is refused
  * before the device is asked (and is not a call), so every policy meets the limit as
  * the device being full. */
@@ -9,7 +9,7 @@
 
 #include "util/util.h"
 
-typedef struct fl_device_ops {
+typedef struct fli_device_ops {
     const char *name;
     /* cudaMalloc-like path: physical memory and address in one call. */
     fl_status (*mem_alloc)(fl_device *d, uint64_t size, uint64_t *addr);
@@ -49,7 +49,7 @@ typedef struct fl_device_ops {
     fl_status (*capture_info)(fl_device *d, uint64_t stream, int *status, uint64_t *id);
     fl_status (*capture_mode)(fl_device *d, int *mode);
     void (*destroy)(fl_device *d);
-} fl_device_ops;
+} fli_device_ops;
 
 /* A stream's capture status (capture_info). IMPLICIT: the legacy stream was asked while
  * another stream of its context captures (the stream itself does not). */
@@ -58,7 +58,7 @@ enum { FL_CAPTURE_NONE = 0, FL_CAPTURE_ACTIVE = 1, FL_CAPTURE_INVALIDATED = 2, F
 enum { FL_CAPTURE_MODE_GLOBAL = 0, FL_CAPTURE_MODE_THREAD_LOCAL = 1, FL_CAPTURE_MODE_RELAXED = 2 };
 
 struct fl_device {
-    const fl_device_ops *ops;
+    const fli_device_ops *ops;
     uint64_t capacity;
     uint64_t granularity;
     int vmm_supported;
@@ -66,7 +66,7 @@ struct fl_device {
     int ordinal;            /* the GPU's ordinal when is_gpu */
     int has_uuid;           /* uuid holds the GPU's UUID (the cuda device) */
     unsigned char uuid[16]; /* NVML's identity of the GPU, whatever CUDA_VISIBLE_DEVICES says */
-    uint64_t limit;         /* the most its allocator may hold; 0 = none (fl_dev_limit) */
+    uint64_t limit;         /* the most its allocator may hold; 0 = none (fli_dev_limit) */
     void *owner;            /* the allocator on it (one per device), NULL when none */
     /* Updated by the wrappers (calls, failed_calls, peak) and by implementations
      * (in_use on create/release/mem_alloc/mem_free; time_us per call). */
@@ -84,43 +84,43 @@ struct fl_device {
 
 /* The limit rule, written once: the most physical memory the device's user may hold,
  * the limit when one is set below the capacity, else the capacity. */
-static inline uint64_t fl_dev_limit(const fl_device *d)
+static inline uint64_t fli_dev_limit(const fl_device *d)
 {
     return d->limit && d->limit < d->capacity ? d->limit : d->capacity;
 }
 /* What may still be obtained under the limit (0 when at or above it). */
-static inline uint64_t fl_dev_room(const fl_device *d)
+static inline uint64_t fli_dev_room(const fl_device *d)
 {
-    uint64_t lim = fl_dev_limit(d);
+    uint64_t lim = fli_dev_limit(d);
     return lim > d->counters.in_use ? lim - d->counters.in_use : 0;
 }
 
 /* Wrappers: the only way policies call a device. create and mem_alloc beyond the limit
  * fail with FL_ERR_OOM without a device call (not counted as one). */
-fl_status fl_dev_mem_alloc(fl_device *d, uint64_t size, uint64_t *addr);
-fl_status fl_dev_mem_free(fl_device *d, uint64_t addr);
-fl_status fl_dev_reserve(fl_device *d, uint64_t size, uint64_t *va);
-fl_status fl_dev_addr_free(fl_device *d, uint64_t va, uint64_t size);
-fl_status fl_dev_create(fl_device *d, uint64_t size, uint64_t *handle);
-fl_status fl_dev_release(fl_device *d, uint64_t handle);
-fl_status fl_dev_map(fl_device *d, uint64_t va, uint64_t size, uint64_t handle);
-fl_status fl_dev_unmap(fl_device *d, uint64_t va, uint64_t size);
-fl_status fl_dev_set_access(fl_device *d, uint64_t va, uint64_t size);
-fl_status fl_dev_synchronize(fl_device *d);
+fl_status fli_dev_mem_alloc(fl_device *d, uint64_t size, uint64_t *addr);
+fl_status fli_dev_mem_free(fl_device *d, uint64_t addr);
+fl_status fli_dev_reserve(fl_device *d, uint64_t size, uint64_t *va);
+fl_status fli_dev_addr_free(fl_device *d, uint64_t va, uint64_t size);
+fl_status fli_dev_create(fl_device *d, uint64_t size, uint64_t *handle);
+fl_status fli_dev_release(fl_device *d, uint64_t handle);
+fl_status fli_dev_map(fl_device *d, uint64_t va, uint64_t size, uint64_t handle);
+fl_status fli_dev_unmap(fl_device *d, uint64_t va, uint64_t size);
+fl_status fli_dev_set_access(fl_device *d, uint64_t va, uint64_t size);
+fl_status fli_dev_synchronize(fl_device *d);
 /* Events; on a device without them, record gives 0 and query says done. */
-fl_status fl_dev_event_record(fl_device *d, uint64_t stream, uint64_t *event);
-fl_status fl_dev_event_query(fl_device *d, uint64_t event, int *done);
-void fl_dev_event_destroy(fl_device *d, uint64_t event);
+fl_status fli_dev_event_record(fl_device *d, uint64_t stream, uint64_t *event);
+fl_status fli_dev_event_query(fl_device *d, uint64_t event, int *done);
+void fli_dev_event_destroy(fl_device *d, uint64_t event);
 /* IPC; FL_ERR_UNSUPPORTED on a device without it. */
-fl_status fl_dev_export(fl_device *d, uint64_t va, uint64_t size, fl_ipc_handle *out);
-fl_status fl_dev_import(fl_device *d, const fl_ipc_handle *h, uint64_t *va);
-fl_status fl_dev_import_close(fl_device *d, uint64_t va);
+fl_status fli_dev_export(fl_device *d, uint64_t va, uint64_t size, fl_ipc_handle *out);
+fl_status fli_dev_import(fl_device *d, const fl_ipc_handle *h, uint64_t *va);
+fl_status fli_dev_import_close(fl_device *d, uint64_t va);
 /* "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" as NVML writes it, "" without a UUID;
  * buf holds at least 41 bytes. */
-char *fl_dev_uuid_str(const fl_device *d, char *buf, size_t n);
+char *fli_dev_uuid_str(const fl_device *d, char *buf, size_t n);
 /* Capture state of a stream (FL_CAPTURE_NONE on devices without capture_info, and when
  * the device cannot tell), and the thread's capture mode swap (nothing without it). */
-fl_status fl_dev_capture_info(fl_device *d, uint64_t stream, int *status, uint64_t *id);
-fl_status fl_dev_capture_mode(fl_device *d, int *mode);
+fl_status fli_dev_capture_info(fl_device *d, uint64_t stream, int *status, uint64_t *id);
+fl_status fli_dev_capture_mode(fl_device *d, int *mode);
 
 #endif

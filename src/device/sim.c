@@ -33,11 +33,11 @@ typedef struct sim_device {
     fl_device base;
     double cost[FL_CALL_COUNT];
     fl_range *va;                 /* every address handed out, both paths */
-    fl_map mem_allocs;            /* address -> bytes charged, cudaMalloc path */
+    fli_map mem_allocs;            /* address -> bytes charged, cudaMalloc path */
     unsigned gran_log;
     /* Granule index -> (handle << 1) | mapping-start bit, 0 when unmapped: chunks of
      * SIM_CHUNK entries by granule index >> SIM_CHUNK_LOG, the latest one cached. */
-    fl_map chunks;
+    fli_map chunks;
     uint64_t last_key;
     uint64_t *last_chunk;
     sim_handle *handles;          /* handle ids are indices + 1 */
@@ -78,13 +78,13 @@ static uint64_t *granule_lookup(sim_device *s, uint64_t g, int make)
 {
     uint64_t key = g >> SIM_CHUNK_LOG, v;
     uint64_t *c;
-    if (fl_map_get(&s->chunks, key, &v)) {
+    if (fli_map_get(&s->chunks, key, &v)) {
         c = (uint64_t *)(uintptr_t)v;
     } else {
         if (!make)
             return NULL;
         c = calloc(SIM_CHUNK, sizeof *c);
-        if (!c || fl_map_insert(&s->chunks, key, (uint64_t)(uintptr_t)c) != FL_OK) {
+        if (!c || fli_map_insert(&s->chunks, key, (uint64_t)(uintptr_t)c) != FL_OK) {
             free(c);
             return NULL;
         }
@@ -118,7 +118,7 @@ static fl_status charge(fl_device *d, fl_call c, fl_status s)
 
 static fl_status no_vmm(void)
 {
-    return fl_fail(FL_ERR_UNSUPPORTED, "sim: virtual memory management is off on this device");
+    return fli_fail(FL_ERR_UNSUPPORTED, "sim: virtual memory management is off on this device");
 }
 
 /* Bytes the cudaMalloc path takes: the driver packs small requests into shared pages
@@ -126,27 +126,27 @@ static fl_status no_vmm(void)
 static uint64_t mem_alloc_charge(const fl_device *d, uint64_t size)
 {
     if (size <= d->granularity / 2)
-        return fl_align_up(size, 512);
-    return fl_align_up(size, d->granularity);
+        return fli_align_up(size, 512);
+    return fli_align_up(size, d->granularity);
 }
 
 static fl_status sim_mem_alloc(fl_device *d, uint64_t size, uint64_t *addr)
 {
     sim_device *s = sim(d);
     if (size == 0)
-        return charge(d, FL_CALL_MEM_ALLOC, fl_fail(FL_ERR_INVALID, "sim mem_alloc: size 0"));
+        return charge(d, FL_CALL_MEM_ALLOC, fli_fail(FL_ERR_INVALID, "sim mem_alloc: size 0"));
     /* Checked before rounding: rounding a size near 2^64 up would wrap to 0. */
     uint64_t bytes = size > d->capacity ? UINT64_MAX : mem_alloc_charge(d, size);
     if (bytes > d->capacity - d->counters.in_use)
         return charge(d, FL_CALL_MEM_ALLOC,
-                      fl_fail(FL_ERR_OOM, "sim mem_alloc: %llu bytes asked, %llu of %llu in use",
+                      fli_fail(FL_ERR_OOM, "sim mem_alloc: %llu bytes asked, %llu of %llu in use",
                               (unsigned long long)size, (unsigned long long)d->counters.in_use,
                               (unsigned long long)d->capacity));
     uint64_t off;
     fl_status st = fl_range_alloc(s->va, bytes, bytes >= d->granularity ? d->granularity : 512, &off);
     if (st != FL_OK)
         return charge(d, FL_CALL_MEM_ALLOC, st);
-    if (fl_map_put(&s->mem_allocs, SIM_VA_BASE + off, bytes) != FL_OK) {
+    if (fli_map_put(&s->mem_allocs, SIM_VA_BASE + off, bytes) != FL_OK) {
         fl_range_free(s->va, off);
         return charge(d, FL_CALL_MEM_ALLOC, FL_ERR_NOMEM);
     }
@@ -159,9 +159,9 @@ static fl_status sim_mem_free(fl_device *d, uint64_t addr)
 {
     sim_device *s = sim(d);
     uint64_t bytes;
-    if (!fl_map_remove(&s->mem_allocs, addr, &bytes))
+    if (!fli_map_remove(&s->mem_allocs, addr, &bytes))
         return charge(d, FL_CALL_MEM_FREE,
-                      fl_fail(FL_ERR_INVALID, "sim mem_free: 0x%llx was not returned by mem_alloc",
+                      fli_fail(FL_ERR_INVALID, "sim mem_free: 0x%llx was not returned by mem_alloc",
                               (unsigned long long)addr));
     fl_range_free(s->va, addr - SIM_VA_BASE);
     d->counters.in_use -= bytes;
@@ -171,10 +171,10 @@ static fl_status sim_mem_free(fl_device *d, uint64_t addr)
 static inline fl_status check_aligned(const fl_device *d, const char *call, uint64_t va, uint64_t size)
 {
     if (va + size < va)
-        return fl_fail(FL_ERR_INVALID, "sim %s: [0x%llx, +%llu) wraps around the address space", call,
+        return fli_fail(FL_ERR_INVALID, "sim %s: [0x%llx, +%llu) wraps around the address space", call,
                        (unsigned long long)va, (unsigned long long)size);
     if (size == 0 || ((va | size) & (d->granularity - 1)))
-        return fl_fail(FL_ERR_INVALID, "sim %s: address 0x%llx / size %llu not multiples of the granularity %llu",
+        return fli_fail(FL_ERR_INVALID, "sim %s: address 0x%llx / size %llu not multiples of the granularity %llu",
                        call, (unsigned long long)va, (unsigned long long)size,
                        (unsigned long long)d->granularity);
     return FL_OK;
@@ -192,7 +192,7 @@ static fl_status sim_reserve(fl_device *d, uint64_t size, uint64_t *va)
         uint32_t cap = s->cap_res ? s->cap_res * 2 : 8;
         sim_reservation *r = realloc(s->res, cap * sizeof *r);
         if (!r)
-            return charge(d, FL_CALL_RESERVE, fl_fail(FL_ERR_NOMEM, "sim reserve: host memory"));
+            return charge(d, FL_CALL_RESERVE, fli_fail(FL_ERR_NOMEM, "sim reserve: host memory"));
         s->res = r;
         s->cap_res = cap;
     }
@@ -200,7 +200,7 @@ static fl_status sim_reserve(fl_device *d, uint64_t size, uint64_t *va)
     st = fl_range_alloc(s->va, size, d->granularity, &off);
     if (st != FL_OK)
         return charge(d, FL_CALL_RESERVE,
-                      fl_fail(FL_ERR_OOM, "sim reserve: no %llu bytes of address space left",
+                      fli_fail(FL_ERR_OOM, "sim reserve: no %llu bytes of address space left",
                               (unsigned long long)size));
     uint64_t a = SIM_VA_BASE + off;
     uint32_t i = s->n_res;
@@ -251,11 +251,11 @@ static fl_status sim_addr_free(fl_device *d, uint64_t va, uint64_t size)
     int i = find_reservation(s, va, size);
     if (i < 0 || s->res[i].va != va || s->res[i].size != size)
         return charge(d, FL_CALL_ADDR_FREE,
-                      fl_fail(FL_ERR_INVALID, "sim addr_free: [0x%llx, +%llu) is not a reservation",
+                      fli_fail(FL_ERR_INVALID, "sim addr_free: [0x%llx, +%llu) is not a reservation",
                               (unsigned long long)va, (unsigned long long)size));
     if (s->res[i].mapped)
         return charge(d, FL_CALL_ADDR_FREE,
-                      fl_fail(FL_ERR_INVALID, "sim addr_free: %llu granules of [0x%llx, +%llu) are still mapped",
+                      fli_fail(FL_ERR_INVALID, "sim addr_free: %llu granules of [0x%llx, +%llu) are still mapped",
                               (unsigned long long)s->res[i].mapped, (unsigned long long)va,
                               (unsigned long long)size));
     fl_range_free(s->va, va - SIM_VA_BASE);
@@ -274,13 +274,13 @@ static fl_status sim_create(fl_device *d, uint64_t size, uint64_t *handle)
         return charge(d, FL_CALL_CREATE, st);
     if (size > d->capacity - d->counters.in_use)
         return charge(d, FL_CALL_CREATE,
-                      fl_fail(FL_ERR_OOM, "sim create: %llu bytes asked, %llu of %llu in use",
+                      fli_fail(FL_ERR_OOM, "sim create: %llu bytes asked, %llu of %llu in use",
                               (unsigned long long)size, (unsigned long long)d->counters.in_use,
                               (unsigned long long)d->capacity));
     if (s->n_handles == s->cap_handles) {
         uint32_t cap = s->cap_handles ? s->cap_handles * 2 : 1024;
-        if (cap <= s->cap_handles || fl_table_grow((void **)&s->handles, sizeof *s->handles, s->cap_handles, cap) != FL_OK)
-            return charge(d, FL_CALL_CREATE, fl_fail(FL_ERR_NOMEM, "sim create: host memory"));
+        if (cap <= s->cap_handles || fli_table_grow((void **)&s->handles, sizeof *s->handles, s->cap_handles, cap) != FL_OK)
+            return charge(d, FL_CALL_CREATE, fli_fail(FL_ERR_NOMEM, "sim create: host memory"));
         s->cap_handles = cap;
     }
     /* Handle ids are never reused, so a stale id is always caught. */
@@ -309,7 +309,7 @@ static fl_status sim_release(fl_device *d, uint64_t handle)
     sim_handle *h = get_handle(sim(d), handle);
     if (!h || !h->live)
         return charge(d, FL_CALL_RELEASE,
-                      fl_fail(FL_ERR_INVALID, "sim release: handle %llu is not live",
+                      fli_fail(FL_ERR_INVALID, "sim release: handle %llu is not live",
                               (unsigned long long)handle));
     h->live = 0;
     maybe_reclaim(d, h);
@@ -327,25 +327,25 @@ static fl_status sim_map(fl_device *d, uint64_t va, uint64_t size, uint64_t hand
     sim_handle *h = get_handle(s, handle);
     if (!h || !h->live || h->size != size)
         return charge(d, FL_CALL_MAP,
-                      fl_fail(FL_ERR_INVALID, "sim map: handle %llu is not a live handle of %llu bytes",
+                      fli_fail(FL_ERR_INVALID, "sim map: handle %llu is not a live handle of %llu bytes",
                               (unsigned long long)handle, (unsigned long long)size));
     int ri = find_reservation(s, va, size);
     if (ri < 0)
         return charge(d, FL_CALL_MAP,
-                      fl_fail(FL_ERR_INVALID, "sim map: [0x%llx, +%llu) is not inside a reservation",
+                      fli_fail(FL_ERR_INVALID, "sim map: [0x%llx, +%llu) is not inside a reservation",
                               (unsigned long long)va, (unsigned long long)size));
     uint64_t g0 = va >> s->gran_log, g1 = (va + size) >> s->gran_log;
     for (uint64_t g = g0; g < g1; g++)
         if (granule_get(s, g))
             return charge(d, FL_CALL_MAP,
-                          fl_fail(FL_ERR_INVALID, "sim map: 0x%llx is already mapped",
+                          fli_fail(FL_ERR_INVALID, "sim map: 0x%llx is already mapped",
                                   (unsigned long long)(g << s->gran_log)));
     for (uint64_t g = g0; g < g1; g++) {
         uint64_t *e = granule(s, g, 1);
         if (!e) {
             for (uint64_t u = g0; u < g; u++)
                 *granule(s, u, 0) = 0;
-            return charge(d, FL_CALL_MAP, fl_fail(FL_ERR_NOMEM, "sim map: host memory"));
+            return charge(d, FL_CALL_MAP, fli_fail(FL_ERR_NOMEM, "sim map: host memory"));
         }
         *e = (handle << 1) | (g == g0);
     }
@@ -368,12 +368,12 @@ static fl_status sim_unmap(fl_device *d, uint64_t va, uint64_t size)
     for (uint64_t g = g0; g < g1; g++)
         if (!(v = granule_get(s, g)) || (g == g0 && !(v & 1)))
             return charge(d, FL_CALL_UNMAP,
-                          fl_fail(FL_ERR_INVALID, "sim unmap: 0x%llx is %s",
+                          fli_fail(FL_ERR_INVALID, "sim unmap: 0x%llx is %s",
                                   (unsigned long long)(g << s->gran_log),
                                   v ? "inside a mapping, not its start" : "not mapped"));
     if ((v = granule_get(s, g1)) && !(v & 1))
         return charge(d, FL_CALL_UNMAP,
-                      fl_fail(FL_ERR_INVALID, "sim unmap: [0x%llx, +%llu) ends inside a mapping",
+                      fli_fail(FL_ERR_INVALID, "sim unmap: [0x%llx, +%llu) ends inside a mapping",
                               (unsigned long long)va, (unsigned long long)size));
     /* Mapped granules always lie inside a reservation (map checks it). */
     s->res[find_reservation(s, va, size)].mapped -= g1 - g0;
@@ -401,7 +401,7 @@ static fl_status sim_set_access(fl_device *d, uint64_t va, uint64_t size)
     for (uint64_t g = va >> s->gran_log; g < (va + size) >> s->gran_log; g++)
         if (!granule_get(s, g))
             return charge(d, FL_CALL_SET_ACCESS,
-                          fl_fail(FL_ERR_INVALID, "sim set_access: 0x%llx is not mapped",
+                          fli_fail(FL_ERR_INVALID, "sim set_access: 0x%llx is not mapped",
                                   (unsigned long long)(g << s->gran_log)));
     return charge(d, FL_CALL_SET_ACCESS, FL_OK);
 }
@@ -415,17 +415,17 @@ static void sim_destroy(fl_device *d)
 {
     sim_device *s = sim(d);
     fl_range_destroy(s->va);
-    fl_map_free(&s->mem_allocs);
+    fli_map_free(&s->mem_allocs);
     for (uint64_t i = 0; s->chunks.e && i <= s->chunks.mask; i++)
         if (s->chunks.e[i].key != UINT64_MAX)
             free((void *)(uintptr_t)s->chunks.e[i].val);
-    fl_map_free(&s->chunks);
-    fl_table_free(s->handles, sizeof *s->handles, s->cap_handles);
+    fli_map_free(&s->chunks);
+    fli_table_free(s->handles, sizeof *s->handles, s->cap_handles);
     free(s->res);
     free(s);
 }
 
-static const fl_device_ops sim_ops = {
+static const fli_device_ops sim_ops = {
     .name = "sim",
     .mem_alloc = sim_mem_alloc,
     .mem_free = sim_mem_free,
@@ -443,29 +443,29 @@ static const fl_device_ops sim_ops = {
 fl_status fl_sim_device_create(const fl_sim_params *p, fl_device **out)
 {
     *out = NULL;
-    if (!fl_is_pow2(p->granularity) || p->granularity < 4096)
-        return fl_fail(FL_ERR_INVALID, "sim device: granularity %llu is not a power of two >= 4096",
+    if (!fli_is_pow2(p->granularity) || p->granularity < 4096)
+        return fli_fail(FL_ERR_INVALID, "sim device: granularity %llu is not a power of two >= 4096",
                        (unsigned long long)p->granularity);
     if (p->capacity == 0)
-        return fl_fail(FL_ERR_INVALID, "sim device: capacity 0");
+        return fli_fail(FL_ERR_INVALID, "sim device: capacity 0");
     for (int i = 0; i < FL_CALL_COUNT; i++)
         if (!(p->cost_us[i] >= 0))
-            return fl_fail(FL_ERR_INVALID, "sim device: cost of %s is negative", fl_call_name((fl_call)i));
+            return fli_fail(FL_ERR_INVALID, "sim device: cost of %s is negative", fl_call_name((fl_call)i));
     sim_device *s = calloc(1, sizeof *s);
     if (!s)
-        return fl_fail(FL_ERR_NOMEM, "sim device: host memory");
+        return fli_fail(FL_ERR_NOMEM, "sim device: host memory");
     s->base.ops = &sim_ops;
     s->base.capacity = p->capacity;
     s->base.granularity = p->granularity;
     s->base.vmm_supported = p->vmm_supported;
-    s->gran_log = (unsigned)fl_log2_floor(p->granularity);
+    s->gran_log = (unsigned)fli_log2_floor(p->granularity);
     memcpy(s->cost, p->cost_us, sizeof s->cost);
-    if (fl_range_create(SIM_VA_SIZE, 512, &s->va) != FL_OK || fl_map_init(&s->mem_allocs, 64) != FL_OK ||
-        fl_map_init(&s->chunks, 16) != FL_OK) {
+    if (fl_range_create(SIM_VA_SIZE, 512, &s->va) != FL_OK || fli_map_init(&s->mem_allocs, 64) != FL_OK ||
+        fli_map_init(&s->chunks, 16) != FL_OK) {
         fl_range_destroy(s->va);
-        fl_map_free(&s->mem_allocs);
+        fli_map_free(&s->mem_allocs);
         free(s);
-        return fl_fail(FL_ERR_NOMEM, "sim device: host memory");
+        return fli_fail(FL_ERR_NOMEM, "sim device: host memory");
     }
     *out = &s->base;
     return FL_OK;

@@ -12,18 +12,18 @@
 
 /* The device's allocator, made on first use; NULL (with the reason on stderr) when it
  * cannot be made. Thread safe. */
-fl_allocator *fl_frontend_allocator(int device);
+fl_allocator *fli_frontend_allocator(int device);
 /* The device's allocator if it exists, else NULL (never makes one). */
-fl_allocator *fl_frontend_existing(int device);
+fl_allocator *fli_frontend_existing(int device);
 
 /* The same for one slot of the PyTorch frontend (0: the above; 1..FRAGLESS_TORCH_POOLS:
  * fragless.torch.pool()'s, made from the configuration the pool was opened with). */
-fl_allocator *fl_frontend_slot_allocator(int slot, int device);
-fl_allocator *fl_frontend_slot_existing(int slot, int device);
+fl_allocator *fli_frontend_slot_allocator(int slot, int device);
+fl_allocator *fli_frontend_slot_existing(int slot, int device);
 /* The PyTorch entry points' work without C++ (torch_malloc.cpp throws on failure): an
  * allocation (FL_OK with *out, NULL for size 0; else the failure, its message in
  * fl_last_error, FL_ERR_OOM for out of memory) and a free (said on stderr when refused). */
-fl_status fl_frontend_torch_malloc(int slot, ssize_t size, int device, void *stream, void **out);
-void fl_frontend_torch_free(int slot, void *ptr, ssize_t size, int device, void *stream);
+fl_status fli_frontend_torch_malloc(int slot, ssize_t size, int device, void *stream, void **out);
+void fli_frontend_torch_free(int slot, void *ptr, ssize_t size, int device, void *stream);
 
 #endif

@@ -24,7 +24,7 @@ static fl_device *torch_dev[1 + FRAGLESS_TORCH_POOLS][TORCH_MAX_DEVICES];
 static fl_allocator *torch_alloc[1 + FRAGLESS_TORCH_POOLS][TORCH_MAX_DEVICES];
 static char *pool_conf[1 + FRAGLESS_TORCH_POOLS]; /* NULL: slot free (slot 0: the environment) */
 
-fl_allocator *fl_frontend_slot_existing(int slot, int device)
+fl_allocator *fli_frontend_slot_existing(int slot, int device)
 {
     if (slot < 0 || slot > FRAGLESS_TORCH_POOLS || device < 0 || device >= TORCH_MAX_DEVICES)
         return NULL;
@@ -35,7 +35,7 @@ fl_allocator *fl_frontend_slot_existing(int slot, int device)
     return a;
 }
 
-fl_allocator *fl_frontend_existing(int device) { return fl_frontend_slot_existing(0, device); }
+fl_allocator *fli_frontend_existing(int device) { return fli_frontend_slot_existing(0, device); }
 
 /* trace:PATH is device 0's trace; device N writes PATH with ".devN" before the
  * extension (trace.csv -> trace.dev1.csv), so devices never share a file. */
@@ -48,13 +48,13 @@ static fl_status trace_path_for(fl_config *cfg, int device)
         dot = cfg->trace_path + strlen(cfg->trace_path);
     int n = snprintf(path, sizeof path, "%.*s.dev%d%s", (int)(dot - cfg->trace_path), cfg->trace_path, device, dot);
     if (n < 0 || (size_t)n >= sizeof path)
-        return fl_fail(FL_ERR_INVALID, "trace:%s: too long a path for device %d's trace", cfg->trace_path, device);
+        return fli_fail(FL_ERR_INVALID, "trace:%s: too long a path for device %d's trace", cfg->trace_path, device);
     memcpy(cfg->trace_path, path, sizeof path);
     return FL_OK;
 }
 
 /* A failed set-up makes the frontends report an out-of-memory error for the request. */
-fl_allocator *fl_frontend_slot_allocator(int slot, int device)
+fl_allocator *fli_frontend_slot_allocator(int slot, int device)
 {
     if (device < 0 || device >= TORCH_MAX_DEVICES) {
         fprintf(stderr, "fragless: device %d is out of range (0..%d)\n", device, TORCH_MAX_DEVICES - 1);
@@ -94,7 +94,7 @@ fl_allocator *fl_frontend_slot_allocator(int slot, int device)
     return a;
 }
 
-fl_allocator *fl_frontend_allocator(int device) { return fl_frontend_slot_allocator(0, device); }
+fl_allocator *fli_frontend_allocator(int device) { return fli_frontend_slot_allocator(0, device); }
 
 int fragless_torch_pool_open(const char *conf)
 {
@@ -118,15 +118,15 @@ int fragless_torch_pool_open(const char *conf)
 
 /* The size PyTorch asked for, on one slot: FL_OK with *out (NULL for size 0), or the
  * failure with its message. */
-fl_status fl_frontend_torch_malloc(int slot, ssize_t size, int device, void *stream, void **out)
+fl_status fli_frontend_torch_malloc(int slot, ssize_t size, int device, void *stream, void **out)
 {
     *out = NULL;
     if (size <= 0)
-        return size < 0 ? fl_fail(FL_ERR_INVALID, "fragless: malloc of a negative size (%zd bytes) refused", size)
+        return size < 0 ? fli_fail(FL_ERR_INVALID, "fragless: malloc of a negative size (%zd bytes) refused", size)
                         : FL_OK;
-    fl_allocator *a = fl_frontend_slot_allocator(slot, device);
+    fl_allocator *a = fli_frontend_slot_allocator(slot, device);
     if (!a)
-        return fl_fail(FL_ERR_DEVICE, "fragless: no allocator for device %d (why: on stderr above)", device);
+        return fli_fail(FL_ERR_DEVICE, "fragless: no allocator for device %d (why: on stderr above)", device);
     uint64_t addr;
     fl_status s = fl_alloc(a, (uint64_t)size, (uint64_t)(uintptr_t)stream, &addr);
     if (s == FL_OK) {
@@ -144,13 +144,13 @@ fl_status fl_frontend_torch_malloc(int slot, ssize_t size, int device, void *str
 /* PyTorch passes the size it allocated and the stream it allocated on: a different size
  * is refused (the block stays allocated) and reported, as is a free on a device with no
  * allocator. */
-void fl_frontend_torch_free(int slot, void *ptr, ssize_t size, int device, void *stream)
+void fli_frontend_torch_free(int slot, void *ptr, ssize_t size, int device, void *stream)
 {
     if (!ptr)
         return;
-    fl_allocator *a = fl_frontend_slot_existing(slot, device);
+    fl_allocator *a = fli_frontend_slot_existing(slot, device);
     fl_status s = !a ? FL_ERR_NOT_FOUND
-                     : fl_allocator_free_stream(a, (uint64_t)(uintptr_t)ptr, size > 0 ? (uint64_t)size : 0,
+                     : fli_allocator_free_stream(a, (uint64_t)(uintptr_t)ptr, size > 0 ? (uint64_t)size : 0,
                                                 (uint64_t)(uintptr_t)stream);
     if (s != FL_OK)
         fprintf(stderr, "fragless: free of %p (%zd bytes) on device %d: %s\n", ptr, size, device,
@@ -159,14 +159,14 @@ void fl_frontend_torch_free(int slot, void *ptr, ssize_t size, int device, void 
 
 void fragless_torch_free(void *ptr, ssize_t size, int device, void *stream)
 {
-    fl_frontend_torch_free(0, ptr, size, device, stream);
+    fli_frontend_torch_free(0, ptr, size, device, stream);
 }
 
 /* For callers that cannot take a C++ exception (ctypes, C): NULL on failure. */
 void *fragless_torch_malloc_nothrow(ssize_t size, int device, void *stream)
 {
     void *p;
-    return fl_frontend_torch_malloc(0, size, device, stream, &p) == FL_OK ? p : NULL;
+    return fli_frontend_torch_malloc(0, size, device, stream, &p) == FL_OK ? p : NULL;
 }
 
 /* Tensor.record_stream(stream): PyTorch's record-stream hook (a block's device is the
@@ -175,7 +175,7 @@ void fragless_torch_record_stream(void *ptr, void *stream)
 {
     for (int k = 0; k <= FRAGLESS_TORCH_POOLS; k++)
         for (int d = 0; d < TORCH_MAX_DEVICES; d++) {
-            fl_allocator *a = fl_frontend_slot_existing(k, d);
+            fl_allocator *a = fli_frontend_slot_existing(k, d);
             if (a && fl_record_stream(a, (uint64_t)(uintptr_t)ptr, (uint64_t)(uintptr_t)stream) == FL_OK)
                 return;
         }
@@ -188,12 +188,12 @@ int fragless_torch_empty_cache(void)
     char first[512] = "";
     for (int k = 0; k <= FRAGLESS_TORCH_POOLS; k++)
         for (int d = 0; d < TORCH_MAX_DEVICES; d++) {
-            fl_allocator *a = fl_frontend_slot_existing(k, d); /* the table is read under its lock */
+            fl_allocator *a = fli_frontend_slot_existing(k, d); /* the table is read under its lock */
             if (a && fl_empty_cache(a) != FL_OK && r++ == 0)
                 snprintf(first, sizeof first, "empty_cache on device %d: %s", d, fl_last_error());
         }
     if (r)
-        fl_fail(FL_ERR_UNSUPPORTED, "%s", first); /* for fl_last_error(): the first reason */
+        fli_fail(FL_ERR_UNSUPPORTED, "%s", first); /* for fl_last_error(): the first reason */
     return r ? -1 : 0;
 }
 
@@ -203,12 +203,12 @@ unsigned long long fragless_torch_capture_id(int device, void *stream)
 {
     uint64_t id = 0, any = 0;
     for (int k = 0; k <= FRAGLESS_TORCH_POOLS; k++) {
-        fl_allocator *a = fl_frontend_slot_existing(k, device);
+        fl_allocator *a = fli_frontend_slot_existing(k, device);
         if (a && fl_stream_capture(a, (uint64_t)(uintptr_t)stream, &id) == FL_OK && id)
             any = id;
     }
     if (!any) {
-        fl_allocator *a = fl_frontend_existing(device) ? NULL : fl_frontend_allocator(device);
+        fl_allocator *a = fli_frontend_existing(device) ? NULL : fli_frontend_allocator(device);
         if (a && fl_stream_capture(a, (uint64_t)(uintptr_t)stream, &id) == FL_OK)
             any = id;
     }
@@ -219,7 +219,7 @@ int fragless_torch_graph_release(int device, unsigned long long capture)
 {
     int r = 0;
     for (int k = 0; k <= FRAGLESS_TORCH_POOLS; k++) {
-        fl_allocator *a = fl_frontend_slot_existing(k, device);
+        fl_allocator *a = fli_frontend_slot_existing(k, device);
         if (a && fl_graph_release(a, capture) != FL_OK)
             r = -1; /* the reason in fl_last_error() */
     }
@@ -235,7 +235,7 @@ int fragless_torch_stats(int device, fl_stats *out)
 
 int fragless_torch_pool_stats(int slot, int device, fl_stats *out)
 {
-    fl_allocator *a = fl_frontend_slot_existing(slot, device);
+    fl_allocator *a = fli_frontend_slot_existing(slot, device);
     if (!a)
         return -1;
     fl_get_stats(a, out);
@@ -269,7 +269,7 @@ long long fragless_torch_memory_summary(int device, char *buf, size_t n)
 /* torch.cuda.reset_peak_memory_stats(device) */
 void fragless_torch_reset_peak_stats(int device)
 {
-    fl_allocator *a = fl_frontend_existing(device);
+    fl_allocator *a = fli_frontend_existing(device);
     if (a)
         fl_reset_peak_stats(a);
 }
@@ -278,7 +278,7 @@ void fragless_torch_reset_peak_stats(int device)
  * on stderr. */
 int fragless_torch_snapshot(int device, const char *path)
 {
-    fl_allocator *a = fl_frontend_existing(device);
+    fl_allocator *a = fli_frontend_existing(device);
     if (!a) {
         fprintf(stderr, "fragless: snapshot of device %d: no allocator on that device\n", device);
         return -1;
@@ -294,23 +294,23 @@ int fragless_torch_snapshot(int device, const char *path)
  * its allocations and frees as CSV at path from now on; path NULL stops. */
 int fragless_torch_record(int device, const char *path)
 {
-    fl_allocator *a = path ? fl_frontend_allocator(device) : fl_frontend_existing(device);
+    fl_allocator *a = path ? fli_frontend_allocator(device) : fli_frontend_existing(device);
     if (!a)
         return path ? -1 : 0;
-    return fl_allocator_trace(a, path) == FL_OK ? 0 : -1;
+    return fli_allocator_trace(a, path) == FL_OK ? 0 : -1;
 }
 
 void fragless_torch_record_flush(int device)
 {
-    fl_allocator *a = fl_frontend_existing(device);
+    fl_allocator *a = fli_frontend_existing(device);
     if (a)
-        fl_allocator_trace_flush(a);
+        fli_allocator_trace_flush(a);
 }
 
 /* torch.cuda.set_per_process_memory_fraction(fraction, device) */
 void fragless_torch_set_memory_fraction(double fraction, int device)
 {
-    fl_allocator *a = fl_frontend_allocator(device);
+    fl_allocator *a = fli_frontend_allocator(device);
     if (!a)
         return;
     if (!(fraction > 0.0 && fraction <= 1.0)) {
@@ -323,7 +323,7 @@ void fragless_torch_set_memory_fraction(double fraction, int device)
         fprintf(stderr, "fragless: set_memory_fraction(%g, %d): %s\n", fraction, device, fl_last_error());
 }
 
-void fragless_torch_pool1_free(void *ptr, ssize_t size, int device, void *stream) { fl_frontend_torch_free(1, ptr, size, device, stream); }
-void fragless_torch_pool2_free(void *ptr, ssize_t size, int device, void *stream) { fl_frontend_torch_free(2, ptr, size, device, stream); }
-void fragless_torch_pool3_free(void *ptr, ssize_t size, int device, void *stream) { fl_frontend_torch_free(3, ptr, size, device, stream); }
-void fragless_torch_pool4_free(void *ptr, ssize_t size, int device, void *stream) { fl_frontend_torch_free(4, ptr, size, device, stream); }
+void fragless_torch_pool1_free(void *ptr, ssize_t size, int device, void *stream) { fli_frontend_torch_free(1, ptr, size, device, stream); }
+void fragless_torch_pool2_free(void *ptr, ssize_t size, int device, void *stream) { fli_frontend_torch_free(2, ptr, size, device, stream); }
+void fragless_torch_pool3_free(void *ptr, ssize_t size, int device, void *stream) { fli_frontend_torch_free(3, ptr, size, device, stream); }
+void fragless_torch_pool4_free(void *ptr, ssize_t size, int device, void *stream) { fli_frontend_torch_free(4, ptr, size, device, stream); }

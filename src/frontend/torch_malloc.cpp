@@ -134,7 +134,7 @@ struct out_of_memory : std::bad_alloc {
 void *torch_malloc(int slot, ssize_t size, int device, void *stream)
 {
     void *p = nullptr;
-    fl_status s = fl_frontend_torch_malloc(slot, size, device, stream, &p);
+    fl_status s = fli_frontend_torch_malloc(slot, size, device, stream, &p);
     if (s != FL_OK)
         throw_failure(s, fl_last_error());
     return p;

@@ -16,7 +16,7 @@ struct cca_chunk {
     cca_block blocks[CCA_CHUNK_BLOCKS];
 };
 
-static inline cca_policy *as_cca(fl_policy *p) { return (cca_policy *)p; }
+static inline cca_policy *as_cca(fli_policy *p) { return (cca_policy *)p; }
 static inline cca_block *as_block(cca_node *n) { return (cca_block *)n; }
 
 /* ---- block records and segments ---------------------------------------------- */
@@ -28,7 +28,7 @@ fl_status cca_spare(cca_policy *c, uint64_t n)
     /* Records come in chunks so the hot path never calls malloc. */
     cca_chunk *ch = malloc(sizeof *ch);
     if (!ch)
-        return fl_fail(FL_ERR_NOMEM, "%s: no host memory for block records", c->base.ops->name);
+        return fli_fail(FL_ERR_NOMEM, "%s: no host memory for block records", c->base.ops->name);
     ch->next = c->chunks;
     c->chunks = ch;
     for (int i = 0; i < CCA_CHUNK_BLOCKS; i++)
@@ -115,7 +115,7 @@ static uint64_t allocation_size(uint64_t size)
         return CCA_SMALL_BUFFER;
     if (size < CCA_MIN_LARGE_ALLOC)
         return CCA_LARGE_BUFFER;
-    return fl_align_up(size, CCA_ROUND_LARGE);
+    return fli_align_up(size, CCA_ROUND_LARGE);
 }
 
 static bool should_split(const cca_policy *c, const cca_block *b, uint64_t size)
@@ -169,7 +169,7 @@ static cca_block *get_free_block(cca_policy *c, cca_pool *pool, uint64_t stream,
 fl_status cca_release_block(cca_policy *c, cca_block *b)
 {
     cca_segment *s = b->seg;
-    fl_status st = fl_dev_mem_free(c->base.dev, s->base);
+    fl_status st = fli_dev_mem_free(c->base.dev, s->base);
     if (st != FL_OK)
         return st;
     cca_set_remove(&s->pool->blocks, &b->node);
@@ -219,7 +219,7 @@ static fl_status release_available(cca_policy *c, cca_pool *pool, uint64_t strea
 /* release_cached_blocks: synchronize, then give back every segment nothing uses. */
 static fl_status release_cached(cca_policy *c)
 {
-    fl_status st = fl_dev_synchronize(c->base.dev);
+    fl_status st = fli_dev_synchronize(c->base.dev);
     if (st != FL_OK)
         return st;
     cca_pool *pools[2] = {&c->large, &c->small};
@@ -260,14 +260,14 @@ static int gc_gather(cca_node *n, void *user)
  * average, oldest-first in effect, repeating until enough is reclaimed. No sync. */
 static fl_status garbage_collect(cca_policy *c)
 {
-    uint64_t threshold = (uint64_t)(c->gc_threshold * (double)fl_dev_limit(c->base.dev));
+    uint64_t threshold = (uint64_t)(c->gc_threshold * (double)fli_dev_limit(c->base.dev));
     uint64_t reserved = cca_reserved(c);
     if (reserved <= threshold || c->large.blocks.count == 0)
         return FL_OK;
     uint64_t target = reserved - threshold;
     gc_list l = {malloc(c->large.blocks.count * sizeof *l.v), 0};
     if (!l.v)
-        return fl_fail(FL_ERR_NOMEM, "%s: no host memory for garbage collection", c->base.ops->name);
+        return fli_fail(FL_ERR_NOMEM, "%s: no host memory for garbage collection", c->base.ops->name);
     cca_set_walk(&c->large.blocks, gc_gather, &l);
     uint64_t total_age = 0, left = l.n, reclaimed = 0;
     for (uint64_t i = 0; i < l.n; i++)
@@ -308,9 +308,9 @@ static fl_status alloc_segment(cca_policy *c, cca_pool *pool, uint64_t stream,
 {
     cca_segment *s = calloc(1, sizeof *s);
     if (!s)
-        return fl_fail(FL_ERR_NOMEM, "%s: no host memory for a segment", c->base.ops->name);
+        return fli_fail(FL_ERR_NOMEM, "%s: no host memory for a segment", c->base.ops->name);
     uint64_t addr;
-    fl_status st = fl_dev_mem_alloc(c->base.dev, alloc_size, &addr);
+    fl_status st = fli_dev_mem_alloc(c->base.dev, alloc_size, &addr);
     if (st != FL_OK) {
         free(s);
         return st;
@@ -337,7 +337,7 @@ static fl_status alloc_block(cca_policy *c, cca_pool *pool, uint64_t stream, uin
     if (retry)
         c->base.retries++;
     /* The memory-fraction check happens before any device call, as in PyTorch: the
-     * device layer refuses beyond the limit (fl_dev_limit) without asking the device. */
+     * device layer refuses beyond the limit (fli_dev_limit) without asking the device. */
     if (c->expandable)
         return cca_exp_alloc(c, pool, stream, size, out);
     return alloc_segment(c, pool, stream, alloc_size, out);
@@ -351,10 +351,10 @@ static fl_status report_oom(cca_policy *c, uint64_t req, uint64_t alloc_size, ui
     uint64_t free_dev = d->capacity > reserved ? d->capacity - reserved : 0;
     if (d->limit) {
         char lim[32];
-        snprintf(allowed, sizeof allowed, "%s allowed; ", fl_format_size(fl_dev_limit(d), lim, sizeof lim));
+        snprintf(allowed, sizeof allowed, "%s allowed; ", fl_format_size(fli_dev_limit(d), lim, sizeof lim));
     }
     c->base.ooms++;
-    return fl_fail(FL_ERR_OOM,
+    return fli_fail(FL_ERR_OOM,
                    "%s: out of memory. Tried to allocate %s (request of %llu bytes on stream %llu). "
                    "The device has a total capacity of %s of which %s is free. %s"
                    "Of the memory this allocator holds, %s is allocated and %s is reserved but "
@@ -404,7 +404,7 @@ static fl_status take_block(cca_policy *c, cca_block *b, uint64_t size, uint64_t
     FL_ASSERT(!b->allocated && b->mapped && b->node.size >= size && req <= size);
     b->allocated = true;
     b->requested = req;
-    fl_status st = fl_map_put(&c->live, b->node.addr, (uint64_t)(uintptr_t)b);
+    fl_status st = fli_map_put(&c->live, b->node.addr, (uint64_t)(uintptr_t)b);
     if (st != FL_OK) {
         b->allocated = false;
         free_block(c, b);
@@ -419,19 +419,19 @@ static fl_status take_block(cca_policy *c, cca_block *b, uint64_t size, uint64_t
 /* ---- the policy interface ------------------------------------------------------ */
 
 /* DeviceCachingAllocator::malloc, in PyTorch's order. */
-static fl_status cca_alloc(fl_policy *p, uint64_t req, uint64_t stream, uint64_t *addr)
+static fl_status cca_alloc(fli_policy *p, uint64_t req, uint64_t stream, uint64_t *addr)
 {
     cca_policy *c = as_cca(p);
     if (req >= CCA_MAX_REQUEST) {
         c->base.ooms++;
-        return fl_fail(FL_ERR_OOM, "%s: out of memory. Tried to allocate more than 1 EiB (%llu bytes)",
+        return fli_fail(FL_ERR_OOM, "%s: out of memory. Tried to allocate more than 1 EiB (%llu bytes)",
                        p->ops->name, (unsigned long long)req);
     }
     /* Enough records for a split and a new segment or mapped tail: no NOMEM later. */
     fl_status st = cca_spare(c, 4);
     if (st != FL_OK)
         return st;
-    uint64_t size = fl_round_request(&c->cfg, req);
+    uint64_t size = fli_round_request(&c->cfg, req);
     cca_pool *pool = size <= CCA_SMALL_SIZE ? &c->small : &c->large;
     uint64_t alloc_size = allocation_size(size);
     cca_block *b = get_free_block(c, pool, stream, size);
@@ -458,14 +458,14 @@ static fl_status cca_alloc(fl_policy *p, uint64_t req, uint64_t stream, uint64_t
     return take_block(c, b, size, req, addr);
 }
 
-static fl_status cca_free(fl_policy *p, uint64_t addr, uint64_t want, uint64_t *size)
+static fl_status cca_free(fli_policy *p, uint64_t addr, uint64_t want, uint64_t *size)
 {
     cca_policy *c = as_cca(p);
     uint64_t v;
-    if (want && fl_map_get(&c->live, addr, &v) && ((cca_block *)(uintptr_t)v)->requested != want)
-        return fl_policy_size_mismatch(addr, want, ((cca_block *)(uintptr_t)v)->requested);
-    if (!fl_map_remove(&c->live, addr, &v))
-        return fl_policy_not_live(p, addr);
+    if (want && fli_map_get(&c->live, addr, &v) && ((cca_block *)(uintptr_t)v)->requested != want)
+        return fli_policy_size_mismatch(addr, want, ((cca_block *)(uintptr_t)v)->requested);
+    if (!fli_map_remove(&c->live, addr, &v))
+        return fli_policy_not_live(p, addr);
     cca_block *b = (cca_block *)(uintptr_t)v;
     FL_ASSERT(b->allocated && b->node.addr == addr && b->node.size <= c->base.allocated);
     if (size)
@@ -477,22 +477,22 @@ static fl_status cca_free(fl_policy *p, uint64_t addr, uint64_t want, uint64_t *
     return FL_OK;
 }
 
-static uint64_t cca_block_size(const fl_policy *p, uint64_t addr)
+static uint64_t cca_block_size(const fli_policy *p, uint64_t addr)
 {
     uint64_t v;
-    return fl_map_get(&((const cca_policy *)p)->live, addr, &v) ? ((const cca_block *)(uintptr_t)v)->requested : 0;
+    return fli_map_get(&((const cca_policy *)p)->live, addr, &v) ? ((const cca_block *)(uintptr_t)v)->requested : 0;
 }
 
-static int cca_block_stream(const fl_policy *p, uint64_t addr, uint64_t *stream)
+static int cca_block_stream(const fli_policy *p, uint64_t addr, uint64_t *stream)
 {
     uint64_t v;
-    if (!fl_map_get(&((const cca_policy *)p)->live, addr, &v))
+    if (!fli_map_get(&((const cca_policy *)p)->live, addr, &v))
         return 0;
     *stream = ((const cca_block *)(uintptr_t)v)->node.stream;
     return 1;
 }
 
-static fl_status cca_empty_cache(fl_policy *p)
+static fl_status cca_empty_cache(fli_policy *p)
 {
     cca_policy *c = as_cca(p);
     /* Unmapping an expandable range needs two fresh records per block at most. */
@@ -500,7 +500,7 @@ static fl_status cca_empty_cache(fl_policy *p)
     return st != FL_OK ? st : release_cached(c);
 }
 
-static void cca_destroy(fl_policy *p)
+static void cca_destroy(fli_policy *p)
 {
     cca_policy *c = as_cca(p);
     if (!c)
@@ -511,7 +511,7 @@ static void cca_destroy(fl_policy *p)
         if (s->expandable)
             cca_exp_destroy_segment(c, s);
         else
-            fl_dev_mem_free(c->base.dev, s->base);
+            fli_dev_mem_free(c->base.dev, s->base);
         free(s->handles);
         free(s);
     }
@@ -519,38 +519,38 @@ static void cca_destroy(fl_policy *p)
         nx = ch->next;
         free(ch);
     }
-    fl_map_free(&c->live);
+    fli_map_free(&c->live);
     free(c);
 }
 
-fl_status fl_cca_check_knobs(const fl_config *cfg, const char *name)
+fl_status fli_cca_check_knobs(const fl_config *cfg, const char *name)
 {
     if (cfg->max_split_size && cfg->max_split_size < CCA_LARGE_BUFFER)
-        return fl_fail(FL_ERR_INVALID, "%s: max_split_size %llu is below the minimum of 20 MiB", name,
+        return fli_fail(FL_ERR_INVALID, "%s: max_split_size %llu is below the minimum of 20 MiB", name,
                        (unsigned long long)cfg->max_split_size);
     if (!(cfg->gc_threshold >= 0.0 && cfg->gc_threshold < 1.0))
-        return fl_fail(FL_ERR_INVALID, "%s: garbage_collection_threshold %g is not in [0, 1)", name,
+        return fli_fail(FL_ERR_INVALID, "%s: garbage_collection_threshold %g is not in [0, 1)", name,
                        cfg->gc_threshold);
     for (int i = 0; i < FL_ROUNDUP_INTERVALS; i++)
-        if (cfg->roundup_divisions[i] > 1 && !fl_is_pow2(cfg->roundup_divisions[i]))
-            return fl_fail(FL_ERR_INVALID, "%s: roundup_power2_divisions %u is not a power of two", name,
+        if (cfg->roundup_divisions[i] > 1 && !fli_is_pow2(cfg->roundup_divisions[i]))
+            return fli_fail(FL_ERR_INVALID, "%s: roundup_power2_divisions %u is not a power of two", name,
                            cfg->roundup_divisions[i]);
     return FL_OK;
 }
 
-static fl_status create_common(const fl_config *cfg, fl_device *dev, fl_policy **out,
-                               const fl_policy_ops *ops, bool expandable)
+static fl_status create_common(const fl_config *cfg, fl_device *dev, fli_policy **out,
+                               const fli_policy_ops *ops, bool expandable)
 {
     *out = NULL;
-    fl_status s = fl_cca_check_knobs(cfg, ops->name);
+    fl_status s = fli_cca_check_knobs(cfg, ops->name);
     if (s != FL_OK)
         return s;
     if (expandable && !dev->vmm_supported)
-        return fl_fail(FL_ERR_UNSUPPORTED, "%s: the device has no virtual memory management, "
+        return fli_fail(FL_ERR_UNSUPPORTED, "%s: the device has no virtual memory management, "
                        "which expandable segments need", ops->name);
     cca_policy *c = calloc(1, sizeof *c);
     if (!c)
-        return fl_fail(FL_ERR_NOMEM, "%s: no host memory", ops->name);
+        return fli_fail(FL_ERR_NOMEM, "%s: no host memory", ops->name);
     c->base.ops = ops;
     c->base.dev = dev;
     c->cfg = *cfg;
@@ -562,7 +562,7 @@ static fl_status create_common(const fl_config *cfg, fl_device *dev, fl_policy *
     cca_set_init(&c->large.blocks, false, 0x3456789u);
     cca_set_init(&c->large.unmapped, true, 0x456789au);
     c->small.is_small = true;
-    fl_status st = fl_map_init(&c->live, 1024);
+    fl_status st = fli_map_init(&c->live, 1024);
     if (st == FL_OK)
         st = cca_spare(c, 4);
     if (st != FL_OK) {
@@ -573,14 +573,14 @@ static fl_status create_common(const fl_config *cfg, fl_device *dev, fl_policy *
     return FL_OK;
 }
 
-static fl_status cca_create(const fl_config *cfg, fl_device *dev, fl_policy **out)
+static fl_status cca_create(const fl_config *cfg, fl_device *dev, fli_policy **out)
 {
-    return create_common(cfg, dev, out, &fl_policy_cca, false);
+    return create_common(cfg, dev, out, &fli_policy_cca, false);
 }
 
-static fl_status cca_create_expandable(const fl_config *cfg, fl_device *dev, fl_policy **out)
+static fl_status cca_create_expandable(const fl_config *cfg, fl_device *dev, fli_policy **out)
 {
-    return create_common(cfg, dev, out, &fl_policy_cca_expandable, true);
+    return create_common(cfg, dev, out, &fli_policy_cca_expandable, true);
 }
 
 /* ---- self-check ---------------------------------------------------------------- */
@@ -591,7 +591,7 @@ typedef struct check_totals {
 
 static int bad(const cca_policy *c, const cca_segment *s, const char *what, uint64_t addr)
 {
-    fl_fail(FL_ERR_INVALID, "%s check: segment 0x%llx: %s at 0x%llx", c->base.ops->name,
+    fli_fail(FL_ERR_INVALID, "%s check: segment 0x%llx: %s at 0x%llx", c->base.ops->name,
             (unsigned long long)s->base, what, (unsigned long long)addr);
     return 1;
 }
@@ -619,7 +619,7 @@ static int check_segment(const cca_policy *c, const cca_segment *s, check_totals
             return bad(c, s, "two adjacent free blocks did not merge", a);
         if (b->allocated) {
             uint64_t v;
-            if (!fl_map_get(&c->live, a, &v) || v != (uint64_t)(uintptr_t)b)
+            if (!fli_map_get(&c->live, a, &v) || v != (uint64_t)(uintptr_t)b)
                 return bad(c, s, "allocated block missing from the pointer table", a);
             t->live_blocks++;
             t->live_bytes += n;
@@ -649,7 +649,7 @@ static int check_segment(const cca_policy *c, const cca_segment *s, check_totals
     return 0;
 }
 
-static int cca_check(const fl_policy *p)
+static int cca_check(const fli_policy *p)
 {
     const cca_policy *c = (const cca_policy *)p;
     const char *name = p->ops->name;
@@ -666,13 +666,13 @@ static int cca_check(const fl_policy *p)
             return 1;
     }
     if (segs != c->n_segments) {
-        fl_fail(FL_ERR_INVALID, "%s check: %llu segments listed, %llu counted", name,
+        fli_fail(FL_ERR_INVALID, "%s check: %llu segments listed, %llu counted", name,
                 (unsigned long long)segs, (unsigned long long)c->n_segments);
         return 1;
     }
     if (t.free_blocks != c->small.blocks.count + c->large.blocks.count ||
         t.unmapped_blocks != c->small.unmapped.count + c->large.unmapped.count) {
-        fl_fail(FL_ERR_INVALID, "%s check: pools hold %llu free and %llu unmapped blocks, "
+        fli_fail(FL_ERR_INVALID, "%s check: pools hold %llu free and %llu unmapped blocks, "
                 "segments %llu and %llu", name,
                 (unsigned long long)(c->small.blocks.count + c->large.blocks.count),
                 (unsigned long long)(c->small.unmapped.count + c->large.unmapped.count),
@@ -680,7 +680,7 @@ static int cca_check(const fl_policy *p)
         return 1;
     }
     if (t.live_blocks != c->live.count || t.live_bytes != c->base.allocated) {
-        fl_fail(FL_ERR_INVALID, "%s check: %llu live blocks of %llu bytes in segments, pointer "
+        fli_fail(FL_ERR_INVALID, "%s check: %llu live blocks of %llu bytes in segments, pointer "
                 "table has %llu, allocated says %llu bytes", name,
                 (unsigned long long)t.live_blocks, (unsigned long long)t.live_bytes,
                 (unsigned long long)c->live.count, (unsigned long long)c->base.allocated);
@@ -688,7 +688,7 @@ static int cca_check(const fl_policy *p)
     }
     /* The device may serve others too, so what we hold is a lower bound of its in_use. */
     if (t.held > cca_reserved(c)) {
-        fl_fail(FL_ERR_INVALID, "%s check: segments hold %llu bytes but the device has %llu in use",
+        fli_fail(FL_ERR_INVALID, "%s check: segments hold %llu bytes but the device has %llu in use",
                 name, (unsigned long long)t.held, (unsigned long long)cca_reserved(c));
         return 1;
     }
@@ -698,7 +698,7 @@ static int cca_check(const fl_policy *p)
 
 /* Free mapped blocks: PyTorch's "reserved but unallocated", and the largest of them
  * (on any stream; what one stream could reuse may be less). */
-static void cca_query(const fl_policy *p, fl_policy_state *out)
+static void cca_query(const fli_policy *p, fli_policy_state *out)
 {
     const cca_policy *c = (const cca_policy *)p;
     memset(out, 0, sizeof *out);
@@ -712,8 +712,8 @@ static void cca_query(const fl_policy *p, fl_policy_state *out)
                 if (!s->expandable)
                     out->cached += unsplit(b) ? b->node.size : 0;
                 else {
-                    uint64_t lo = fl_align_up(b->node.addr - s->base, s->page);
-                    uint64_t hi = fl_align_down(b->node.addr + b->node.size - s->base, s->page);
+                    uint64_t lo = fli_align_up(b->node.addr - s->base, s->page);
+                    uint64_t hi = fli_align_down(b->node.addr + b->node.size - s->base, s->page);
                     out->cached += hi > lo ? hi - lo : 0;
                 }
             }
@@ -721,7 +721,7 @@ static void cca_query(const fl_policy *p, fl_policy_state *out)
 
 /* Segments in list order; an expandable segment's pages up to the highest mapped one,
  * each with the live blocks touching it; mapped blocks (unmapped ranges are left out). */
-static void cca_walk(const fl_policy *p, const fl_state_visitor *v)
+static void cca_walk(const fli_policy *p, const fli_state_visitor *v)
 {
     const cca_policy *c = (const cca_policy *)p;
     for (const cca_segment *s = c->segments; s; s = s->next_seg) {
@@ -746,7 +746,7 @@ static void cca_walk(const fl_policy *p, const fl_state_visitor *v)
     }
 }
 
-const fl_policy_ops fl_policy_cca = {
+const fli_policy_ops fli_policy_cca = {
     .name = "cca",
     .create = cca_create,
     .destroy = cca_destroy,
@@ -762,7 +762,7 @@ const fl_policy_ops fl_policy_cca = {
     .release = cca_release,
 };
 
-const fl_policy_ops fl_policy_cca_expandable = {
+const fli_policy_ops fli_policy_cca_expandable = {
     .name = "cca-expandable",
     .create = cca_create_expandable,
     .destroy = cca_destroy,

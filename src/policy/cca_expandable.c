@@ -17,7 +17,7 @@
 static uint64_t page_size(const cca_policy *c, const cca_pool *pool)
 {
     uint64_t want = pool->is_small ? CCA_SMALL_BUFFER : CCA_LARGE_BUFFER;
-    return fl_align_up(want, c->base.dev->granularity);
+    return fli_align_up(want, c->base.dev->granularity);
 }
 
 /* Device calls fail (a driver error, an injected fault), and undoing a half-done map or
@@ -47,7 +47,7 @@ static fl_status grow_handles(cca_policy *c, cca_segment *s, uint64_t end)
             cap *= 2;
         uint64_t *h = realloc(s->handles, cap * (sizeof *h + 1));
         if (!h)
-            return fl_fail(FL_ERR_NOMEM, "%s: no host memory for a page table", c->base.ops->name);
+            return fli_fail(FL_ERR_NOMEM, "%s: no host memory for a page table", c->base.ops->name);
         /* The flags follow the handles: move them past the grown handle array. */
         memmove(h + cap, h + s->cap_handles, s->cap_handles);
         s->handles = h;
@@ -71,12 +71,12 @@ static fl_status drop_page(cca_policy *c, cca_segment *s, uint64_t i)
     uint8_t *f = &page_flags(s)[i];
     fl_status st;
     if (!(*f & PG_RELEASED)) {
-        if ((st = fl_dev_release(d, s->handles[i])) != FL_OK)
+        if ((st = fli_dev_release(d, s->handles[i])) != FL_OK)
             return st;
         *f |= PG_RELEASED;
     }
     if (*f & PG_MAPPED) {
-        if ((st = fl_dev_unmap(d, s->base + i * s->page, s->page)) != FL_OK)
+        if ((st = fli_dev_unmap(d, s->base + i * s->page, s->page)) != FL_OK)
             return st;
         *f &= (uint8_t)~PG_MAPPED;
     }
@@ -101,7 +101,7 @@ static fl_status seg_map(cca_policy *c, cca_segment *s, uint64_t ptr, uint64_t s
 {
     fl_device *d = c->base.dev;
     uint64_t begin = (ptr - s->base) / s->page;
-    uint64_t end = fl_div_up(ptr + size - s->base, s->page);
+    uint64_t end = fli_div_up(ptr + size - s->base, s->page);
     *mapped = 0;
     fl_status st = grow_handles(c, s, end);
     if (st != FL_OK)
@@ -117,7 +117,7 @@ static fl_status seg_map(cca_policy *c, cca_segment *s, uint64_t ptr, uint64_t s
         /* PyTorch checks the fraction once per request, with the segment size; a page
          * count over it would go through. The limit here is a hard cap: the device layer
          * refuses each page beyond it. */
-        if ((st = fl_dev_create(d, s->page, &s->handles[i])) != FL_OK) {
+        if ((st = fli_dev_create(d, s->page, &s->handles[i])) != FL_OK) {
             s->handles[i] = CCA_NO_HANDLE;
             break;
         }
@@ -128,12 +128,12 @@ static fl_status seg_map(cca_policy *c, cca_segment *s, uint64_t ptr, uint64_t s
         return st;
     }
     for (i = begin; i < end; i++) {
-        if ((st = fl_dev_map(d, s->base + i * s->page, s->page, s->handles[i])) != FL_OK)
+        if ((st = fli_dev_map(d, s->base + i * s->page, s->page, s->handles[i])) != FL_OK)
             break;
         page_flags(s)[i] |= PG_MAPPED;
     }
     if (st == FL_OK)
-        st = fl_dev_set_access(d, s->base + begin * s->page, (end - begin) * s->page);
+        st = fli_dev_set_access(d, s->base + begin * s->page, (end - begin) * s->page);
     if (st != FL_OK) {
         undo_pages(c, s, begin, end);
         return st;
@@ -151,12 +151,12 @@ static fl_status seg_unmap(cca_policy *c, cca_segment *s, uint64_t ptr, uint64_t
                            uint64_t *ubegin, uint64_t *usize)
 {
     fl_device *d = c->base.dev;
-    uint64_t begin = fl_div_up(ptr - s->base, s->page);
+    uint64_t begin = fli_div_up(ptr - s->base, s->page);
     uint64_t end = (ptr + size - s->base) / s->page;
     *usize = 0;
     if (begin >= end)
         return FL_OK;
-    fl_status st = fl_dev_synchronize(d);
+    fl_status st = fli_dev_synchronize(d);
     if (st != FL_OK)
         return st;
     uint64_t i;
@@ -200,18 +200,18 @@ static fl_status find_expandable_block(cca_policy *c, cca_pool *pool, uint64_t s
     fl_device *d = c->base.dev;
     uint64_t page = page_size(c, pool);
     uint64_t want = d->capacity > CCA_EXP_MAX_VA ? CCA_EXP_MAX_VA : d->capacity + d->capacity / 8;
-    uint64_t pages = fl_div_up(want, page);
+    uint64_t pages = fli_div_up(want, page);
     if (pages > CCA_EXP_MAX_VA / page)
         pages = CCA_EXP_MAX_VA / page;
     /* A segment never grows past its reservation: a request larger than one cannot be
      * served, however much memory is free. */
     if (size > pages * page)
-        return fl_fail(FL_ERR_OOM, "%s: %llu bytes asked, more than a segment's reservation of %llu bytes",
+        return fli_fail(FL_ERR_OOM, "%s: %llu bytes asked, more than a segment's reservation of %llu bytes",
                        c->base.ops->name, (unsigned long long)size, (unsigned long long)(pages * page));
     cca_segment *s = calloc(1, sizeof *s);
     if (!s)
-        return fl_fail(FL_ERR_NOMEM, "%s: no host memory for a segment", c->base.ops->name);
-    fl_status st = fl_dev_reserve(d, pages * page, &s->base);
+        return fli_fail(FL_ERR_NOMEM, "%s: no host memory for a segment", c->base.ops->name);
+    fl_status st = fli_dev_reserve(d, pages * page, &s->base);
     if (st != FL_OK) {
         free(s);
         return st;
@@ -363,7 +363,7 @@ static fl_status release_segment(cca_policy *c, cca_block *b)
             st = drop_page(c, s, i);
     trim_handles(s);
     if (st == FL_OK)
-        st = fl_dev_addr_free(c->base.dev, s->base, s->size);
+        st = fli_dev_addr_free(c->base.dev, s->base, s->size);
     if (st != FL_OK)
         return st;
     cca_set_remove(&s->pool->unmapped, &b->node);
@@ -404,7 +404,7 @@ fl_status cca_exp_release_pool(cca_policy *c, cca_pool *pool)
     /* Unmapping reshapes the pool, so gather the free blocks first, as PyTorch does. */
     gather g = {malloc(n * sizeof *g.v), 0};
     if (!g.v)
-        return fl_fail(FL_ERR_NOMEM, "%s: no host memory to release the cache", c->base.ops->name);
+        return fli_fail(FL_ERR_NOMEM, "%s: no host memory to release the cache", c->base.ops->name);
     cca_set_walk(&pool->blocks, gather_block, &g);
     fl_status st = FL_OK;
     for (uint64_t i = 0; i < g.n && st == FL_OK; i++) {
@@ -431,15 +431,15 @@ void cca_exp_destroy_segment(cca_policy *c, cca_segment *s)
             continue;
         uint8_t f = page_flags(s)[i];
         if ((f & PG_MAPPED) && !synced) {
-            fl_dev_synchronize(d);
+            fli_dev_synchronize(d);
             synced = true;
         }
         if (f & PG_MAPPED)
-            fl_dev_unmap(d, s->base + i * s->page, s->page);
+            fli_dev_unmap(d, s->base + i * s->page, s->page);
         if (!(f & PG_RELEASED))
-            fl_dev_release(d, s->handles[i]);
+            fli_dev_release(d, s->handles[i]);
     }
-    fl_dev_addr_free(d, s->base, s->size);
+    fli_dev_addr_free(d, s->base, s->size);
 }
 
 int cca_exp_check_segment(const cca_policy *c, const cca_segment *s, uint64_t *held)
@@ -447,15 +447,15 @@ int cca_exp_check_segment(const cca_policy *c, const cca_segment *s, uint64_t *h
     *held = 0;
     if (s->page == 0 || s->size % s->page || s->n_handles > s->size / s->page ||
         (s->n_handles && s->handles[s->n_handles - 1] == CCA_NO_HANDLE)) {
-        fl_fail(FL_ERR_INVALID, "%s check: segment 0x%llx: page table malformed",
+        fli_fail(FL_ERR_INVALID, "%s check: segment 0x%llx: page table malformed",
                 c->base.ops->name, (unsigned long long)s->base);
         return 1;
     }
     for (const cca_block *b = s->head; b; b = b->next) {
         uint64_t first = (b->node.addr - s->base) / s->page;
-        uint64_t last = fl_div_up(b->node.addr + b->node.size - s->base, s->page);
+        uint64_t last = fli_div_up(b->node.addr + b->node.size - s->base, s->page);
         if (!b->mapped && ((b->node.addr - s->base) % s->page || b->node.size % s->page)) {
-            fl_fail(FL_ERR_INVALID, "%s check: unmapped block 0x%llx not page aligned",
+            fli_fail(FL_ERR_INVALID, "%s check: unmapped block 0x%llx not page aligned",
                     c->base.ops->name, (unsigned long long)b->node.addr);
             return 1;
         }
@@ -466,7 +466,7 @@ int cca_exp_check_segment(const cca_policy *c, const cca_segment *s, uint64_t *h
             bool has = s->handles[i] != CCA_NO_HANDLE;
             uint8_t f = page_flags(s)[i];
             if (b->mapped ? !has || !(f & PG_MAPPED) : has && f == PG_RELEASED) {
-                fl_fail(FL_ERR_INVALID, "%s check: page 0x%llx is %s under a%s block at 0x%llx",
+                fli_fail(FL_ERR_INVALID, "%s check: page 0x%llx is %s under a%s block at 0x%llx",
                         c->base.ops->name, (unsigned long long)(s->base + i * s->page),
                         b->mapped ? "unmapped" : "mapped", b->mapped ? " mapped" : "n unmapped",
                         (unsigned long long)b->node.addr);
@@ -474,7 +474,7 @@ int cca_exp_check_segment(const cca_policy *c, const cca_segment *s, uint64_t *h
             }
         }
         if (b->mapped && last > s->n_handles) {
-            fl_fail(FL_ERR_INVALID, "%s check: mapped block 0x%llx runs past the page table",
+            fli_fail(FL_ERR_INVALID, "%s check: mapped block 0x%llx runs past the page table",
                     c->base.ops->name, (unsigned long long)b->node.addr);
             return 1;
         }

@@ -11,16 +11,16 @@
  * rules, plus, in the large pool, a remainder the split rule would not have split off
  * (at most 1 MiB before the next block or the end), or the whole segment when it is at
  * least max_split_size (such segments are never split). */
-static fl_status extents(const cca_policy *c, const fl_seed_segment *sg, const fl_seed_block *bl, uint64_t *size)
+static fl_status extents(const cca_policy *c, const fli_seed_segment *sg, const fli_seed_block *bl, uint64_t *size)
 {
     if (!sg->size || sg->size % CCA_MIN_BLOCK)
-        return fl_fail(FL_ERR_INVALID, "seed: segment of %llu bytes", (unsigned long long)sg->size);
+        return fli_fail(FL_ERR_INVALID, "seed: segment of %llu bytes", (unsigned long long)sg->size);
     for (size_t i = 0; i < sg->n_blocks; i++) {
         uint64_t off = bl[i].offset, next = i + 1 < sg->n_blocks ? bl[i + 1].offset : sg->size;
         if (off % CCA_MIN_BLOCK || next <= off || next > sg->size)
-            return fl_fail(FL_ERR_INVALID, "seed: block %zu at offset %llu does not fit", i,
+            return fli_fail(FL_ERR_INVALID, "seed: block %zu at offset %llu does not fit", i,
                            (unsigned long long)off);
-        uint64_t z = bl[i].size ? bl[i].size : fl_round_request(&c->cfg, bl[i].requested);
+        uint64_t z = bl[i].size ? bl[i].size : fli_round_request(&c->cfg, bl[i].requested);
         if (!bl[i].size && !sg->small && z <= next - off) {
             if (sg->size >= c->max_split)
                 z = next - off;
@@ -28,7 +28,7 @@ static fl_status extents(const cca_policy *c, const fl_seed_segment *sg, const f
                 z = next - off;
         }
         if (!z || z % CCA_MIN_BLOCK || z > next - off)
-            return fl_fail(FL_ERR_INVALID, "seed: block %zu (%llu bytes at offset %llu) does not fit", i,
+            return fli_fail(FL_ERR_INVALID, "seed: block %zu (%llu bytes at offset %llu) does not fit", i,
                            (unsigned long long)z, (unsigned long long)off);
         size[i] = z;
     }
@@ -58,7 +58,7 @@ static void unbuild(cca_policy *c, cca_segment *s)
     for (cca_block *b = s->head, *nx; b; b = nx) {
         nx = b->next;
         if (b->allocated) {
-            fl_map_remove(&c->live, b->node.addr, NULL);
+            fli_map_remove(&c->live, b->node.addr, NULL);
             c->base.allocated -= b->node.size;
             c->base.num_allocs--;
         } else {
@@ -67,27 +67,27 @@ static void unbuild(cca_policy *c, cca_segment *s)
         cca_block_delete(c, b);
     }
     cca_segment_unlink(c, s);
-    fl_dev_mem_free(c->base.dev, s->base);
+    fli_dev_mem_free(c->base.dev, s->base);
     free(s);
 }
 
-fl_status cca_seed(fl_policy *p, const fl_seed_segment *sg, const fl_seed_block *bl, uint64_t *addrs)
+fl_status cca_seed(fli_policy *p, const fli_seed_segment *sg, const fli_seed_block *bl, uint64_t *addrs)
 {
     cca_policy *c = (cca_policy *)p;
     if (c->expandable)
-        return fl_fail(FL_ERR_UNSUPPORTED, "seed: expandable segments are not rebuilt");
+        return fli_fail(FL_ERR_UNSUPPORTED, "seed: expandable segments are not rebuilt");
     size_t n = sg->n_blocks;
     uint64_t *size = malloc((n ? n : 1) * sizeof *size);
     if (!size)
-        return fl_fail(FL_ERR_NOMEM, "seed: host memory");
+        return fli_fail(FL_ERR_NOMEM, "seed: host memory");
     fl_status st = extents(c, sg, bl, size);
     if (st == FL_OK)
         st = cca_spare(c, 2 * n + 2);
     cca_segment *s = NULL;
     if (st == FL_OK && !(s = calloc(1, sizeof *s)))
-        st = fl_fail(FL_ERR_NOMEM, "seed: host memory");
+        st = fli_fail(FL_ERR_NOMEM, "seed: host memory");
     uint64_t base = 0;
-    if (st == FL_OK && (st = fl_dev_mem_alloc(c->base.dev, sg->size, &base)) != FL_OK) {
+    if (st == FL_OK && (st = fli_dev_mem_alloc(c->base.dev, sg->size, &base)) != FL_OK) {
         free(s);
         s = NULL;
     }
@@ -111,7 +111,7 @@ fl_status cca_seed(fl_policy *p, const fl_seed_segment *sg, const fl_seed_block 
         cca_block *b = piece(c, s, &prev, base + off, size[i]);
         b->allocated = true;
         b->requested = bl[i].requested;
-        if ((st = fl_map_put(&c->live, b->node.addr, (uint64_t)(uintptr_t)b)) != FL_OK) {
+        if ((st = fli_map_put(&c->live, b->node.addr, (uint64_t)(uintptr_t)b)) != FL_OK) {
             if (b->prev) /* neither live nor in the pool: taken off before unbuild */
                 b->prev->next = NULL;
             else
@@ -130,7 +130,7 @@ fl_status cca_seed(fl_policy *p, const fl_seed_segment *sg, const fl_seed_block 
     return st;
 }
 
-fl_status cca_release(fl_policy *p, uint64_t size, uint64_t stream, uint64_t *freed)
+fl_status cca_release(fli_policy *p, uint64_t size, uint64_t stream, uint64_t *freed)
 {
     cca_policy *c = (cca_policy *)p;
     *freed = 0;
@@ -140,7 +140,7 @@ fl_status cca_release(fl_policy *p, uint64_t size, uint64_t stream, uint64_t *fr
         uint64_t before = cca_reserved(c);
         fl_status st = cca_spare(c, 4);
         if (st == FL_OK)
-            st = fl_dev_synchronize(c->base.dev);
+            st = fli_dev_synchronize(c->base.dev);
         for (int i = 0; i < 2 && st == FL_OK; i++)
             st = cca_exp_release_pool(c, i ? &c->small : &c->large);
         *freed = before - cca_reserved(c);

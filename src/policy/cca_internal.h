@@ -54,7 +54,7 @@ struct cca_segment {
 typedef struct cca_chunk cca_chunk;
 
 typedef struct cca_policy {
-    fl_policy base;
+    fli_policy base;
     fl_config cfg;
     bool expandable;
     uint64_t max_split;            /* UINT64_MAX when unlimited */
@@ -62,7 +62,7 @@ typedef struct cca_policy {
     cca_pool small, large;
     cca_segment *segments;
     uint64_t n_segments;
-    fl_map live;                   /* address -> cca_block* of every allocated block */
+    fli_map live;                   /* address -> cca_block* of every allocated block */
     cca_block *spare;              /* recycled block records, linked through next */
     uint64_t n_spare;
     cca_chunk *chunks;
@@ -84,8 +84,8 @@ fl_status cca_release_block(cca_policy *c, cca_block *b);
 
 /* cca_follow.c: what a PyTorch snapshot recorded its allocator doing, for replay that
  * follows it (the policy ops seed and release). */
-fl_status cca_seed(fl_policy *p, const fl_seed_segment *sg, const fl_seed_block *blocks, uint64_t *addrs);
-fl_status cca_release(fl_policy *p, uint64_t size, uint64_t stream, uint64_t *freed);
+fl_status cca_seed(fli_policy *p, const fli_seed_segment *sg, const fli_seed_block *blocks, uint64_t *addrs);
+fl_status cca_release(fli_policy *p, uint64_t size, uint64_t stream, uint64_t *freed);
 
 /* cca_expandable.c */
 /* try_allocate_expandable_block: a free block of at least size, out of its pool. */

@@ -205,21 +205,21 @@ static int check_node(const cca_node *t, check_state *st, int depth)
         return 0;
     /* Expected depth is about 3 ln n; 200 means the priorities are broken. */
     if (depth > 200) {
-        fl_fail(FL_ERR_INVALID, "treap deeper than 200 levels");
+        fli_fail(FL_ERR_INVALID, "treap deeper than 200 levels");
         return 1;
     }
     if ((t->left && t->left->prio > t->prio) || (t->right && t->right->prio > t->prio)) {
-        fl_fail(FL_ERR_INVALID, "treap heap order broken at 0x%llx", (unsigned long long)t->addr);
+        fli_fail(FL_ERR_INVALID, "treap heap order broken at 0x%llx", (unsigned long long)t->addr);
         return 1;
     }
     if ((t->left && t->left->parent != t) || (t->right && t->right->parent != t)) {
-        fl_fail(FL_ERR_INVALID, "treap parent link broken under 0x%llx", (unsigned long long)t->addr);
+        fli_fail(FL_ERR_INVALID, "treap parent link broken under 0x%llx", (unsigned long long)t->addr);
         return 1;
     }
     if (check_node(t->left, st, depth + 1))
         return 1;
     if (st->last && cmp_node(st->s, st->last, t) >= 0) {
-        fl_fail(FL_ERR_INVALID, "treap keys out of order at 0x%llx", (unsigned long long)t->addr);
+        fli_fail(FL_ERR_INVALID, "treap keys out of order at 0x%llx", (unsigned long long)t->addr);
         return 1;
     }
     st->last = t;
@@ -231,17 +231,17 @@ int cca_set_check(const cca_set *s, const char *name)
 {
     check_state st = {s, NULL, 0};
     if (s->root && s->root->parent) {
-        fl_fail(FL_ERR_INVALID, "%s: the root has a parent", name);
+        fli_fail(FL_ERR_INVALID, "%s: the root has a parent", name);
         return 1;
     }
     if (check_node(s->root, &st, 0)) {
         char msg[256];
         snprintf(msg, sizeof msg, "%s", fl_last_error());
-        fl_fail(FL_ERR_INVALID, "%s: %s", name, msg);
+        fli_fail(FL_ERR_INVALID, "%s: %s", name, msg);
         return 1;
     }
     if (st.seen != s->count) {
-        fl_fail(FL_ERR_INVALID, "%s: holds %llu nodes but counts %llu", name,
+        fli_fail(FL_ERR_INVALID, "%s: holds %llu nodes but counts %llu", name,
                 (unsigned long long)st.seen, (unsigned long long)s->count);
         return 1;
     }

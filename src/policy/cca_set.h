@@ -39,7 +39,7 @@ bool cca_set_contains(const cca_set *s, const cca_node *n);
 /* In key order; fn must not change the set. Stops when fn returns nonzero and
  * returns that value. */
 int cca_set_walk(const cca_set *s, int (*fn)(cca_node *n, void *user), void *user);
-/* 0 when ordered, heap-shaped and counted right; else nonzero with fl_fail() set. */
+/* 0 when ordered, heap-shaped and counted right; else nonzero with fli_fail() set. */
 int cca_set_check(const cca_set *s, const char *name);
 
 #endif

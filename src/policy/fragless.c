@@ -73,7 +73,7 @@ typedef struct fx_heap {
 } fx_heap;
 
 typedef struct fx_policy {
-    fl_policy base;
+    fli_policy base;
     uint64_t gran;
     unsigned gran_log;
     uint64_t max_pages;     /* physical pages the policy may hold now: the limit in pages
@@ -93,7 +93,7 @@ typedef struct fx_policy {
 
 /* ---- heaps ------------------------------------------------------------------- */
 
-/* The per-page tables of a heap (fl_table_grow: warm-up extends them page after page,
+/* The per-page tables of a heap (fli_table_grow: warm-up extends them page after page,
  * and they are the bulk of its host memory): the page table, the index of starts and
  * the three bit arrays. */
 enum { TAB_PAGES, TAB_STARTS, TAB_COVERED, TAB_MAPPED, TAB_RECENT, TAB_COUNT };
@@ -112,7 +112,7 @@ static void **heap_table(fx_heap *h, int k, size_t *elem)
 /* Entries of table k that cover `pages` pages. */
 static uint64_t heap_table_len(const fx_heap *h, unsigned gran_log, int k, uint64_t pages)
 {
-    return k == TAB_PAGES ? pages : k == TAB_STARTS ? pages << (gran_log - h->win_log) : fl_bits_words(pages);
+    return k == TAB_PAGES ? pages : k == TAB_STARTS ? pages << (gran_log - h->win_log) : fli_bits_words(pages);
 }
 
 static fl_status heap_grow_pages(fx_heap *h, unsigned gran_log, uint64_t need)
@@ -128,8 +128,8 @@ static fl_status heap_grow_pages(fx_heap *h, unsigned gran_log, uint64_t need)
         uint64_t have = heap_table_len(h, gran_log, k, h->cap[k]), want = heap_table_len(h, gran_log, k, n);
         if (h->cap[k] >= n)
             continue;
-        if (want > have && fl_table_grow(t, elem, have, want) != FL_OK)
-            return fl_fail(FL_ERR_NOMEM, "fragless: cannot track %llu pages", (unsigned long long)n);
+        if (want > have && fli_table_grow(t, elem, have, want) != FL_OK)
+            return fli_fail(FL_ERR_NOMEM, "fragless: cannot track %llu pages", (unsigned long long)n);
         h->cap[k] = n;
     }
     h->n_pages = n;
@@ -141,7 +141,7 @@ static void heap_free_tables(fx_heap *h, unsigned gran_log)
     for (int k = 0; k < TAB_COUNT; k++) {
         size_t elem;
         void **t = heap_table(h, k, &elem);
-        fl_table_free(*t, elem, heap_table_len(h, gran_log, k, h->cap[k]));
+        fli_table_free(*t, elem, heap_table_len(h, gran_log, k, h->cap[k]));
     }
 }
 
@@ -151,7 +151,7 @@ static fl_status heap_new(fx_policy *f, uint64_t stream, int small, uint32_t *ou
         uint32_t cap = f->cap_heaps ? f->cap_heaps * 2 : 4;
         fx_heap *h = realloc(f->heaps, cap * sizeof *h);
         if (!h)
-            return fl_fail(FL_ERR_NOMEM, "fragless: host memory for a stream heap");
+            return fli_fail(FL_ERR_NOMEM, "fragless: host memory for a stream heap");
         f->heaps = h;
         f->cap_heaps = cap;
     }
@@ -163,19 +163,19 @@ static fl_status heap_new(fx_policy *f, uint64_t stream, int small, uint32_t *ou
      * raised later), so placement never fails for want of addresses; 256 TiB at most. */
     uint64_t want = f->base.dev->capacity / f->gran * f->gran * 2;
     uint64_t cap = UINT64_C(1) << 48;
-    h->va_size = fl_align_up(want < cap && want > 0 ? want : cap, f->gran);
-    fl_status s = fl_dev_reserve(f->base.dev, h->va_size, &h->va);
+    h->va_size = fli_align_up(want < cap && want > 0 ? want : cap, f->gran);
+    fl_status s = fli_dev_reserve(f->base.dev, h->va_size, &h->va);
     if (s != FL_OK)
         return s;
     s = fl_range_create(h->va_size, 512, &h->range);
     if (s != FL_OK) {
-        fl_dev_addr_free(f->base.dev, h->va, h->va_size);
+        fli_dev_addr_free(f->base.dev, h->va, h->va_size);
         return s;
     }
     range_untrack(h->range);
     /* Windows of the index of starts: 1 KiB (two blocks at most) in the small heap, 8
      * times the smallest block in the large one, at most a page. */
-    unsigned win = small ? 10 : (unsigned)fl_log2_floor(f->small_limit > 512 ? f->small_limit : 512) + 3;
+    unsigned win = small ? 10 : (unsigned)fli_log2_floor(f->small_limit > 512 ? f->small_limit : 512) + 3;
     h->win_log = win < f->gran_log ? win : f->gran_log;
     *out = f->n_heaps++;
     return FL_OK;
@@ -226,13 +226,13 @@ static uint64_t pages_obtainable(const fx_policy *f)
 /* Live blocks touching page p. */
 static inline uint32_t page_pins(const fx_heap *h, uint64_t p)
 {
-    return h->pages[p].refs + (uint32_t)fl_bit_get(h->covered, p);
+    return h->pages[p].refs + (uint32_t)fli_bit_get(h->covered, p);
 }
 
 static inline void page_map(fx_heap *h, uint64_t p, uint64_t handle)
 {
     h->pages[p].handle = handle;
-    fl_bit_set(h->mapped, p);
+    fli_bit_set(h->mapped, p);
 }
 
 /* Forgets page p's mapping (and its marks); returns its handle. */
@@ -242,8 +242,8 @@ static inline uint64_t page_unmap(fx_policy *f, fx_heap *h, uint64_t p)
     f->n_no_access -= (h->pages[p].flags & PAGE_NO_ACCESS) != 0;
     h->pages[p].handle = 0;
     h->pages[p].flags = 0;
-    fl_bit_clear(h->mapped, p);
-    fl_bit_clear(h->recent, p);
+    fli_bit_clear(h->mapped, p);
+    fli_bit_clear(h->recent, p);
     return handle;
 }
 
@@ -266,11 +266,11 @@ static fl_status reclaim_one(fx_policy *f)
         }
         uint64_t p = f->hand_page++;
         if (h->pages[p].handle && page_pins(h, p) == 0) {
-            if (fl_bit_get(h->recent, p)) {
-                fl_bit_clear(h->recent, p);
+            if (fli_bit_get(h->recent, p)) {
+                fli_bit_clear(h->recent, p);
                 continue;
             }
-            fl_status s = fl_dev_unmap(f->base.dev, h->va + (p << f->gran_log), f->gran);
+            fl_status s = fli_dev_unmap(f->base.dev, h->va + (p << f->gran_log), f->gran);
             if (s != FL_OK)
                 return s;
             f->n_cached--;
@@ -282,13 +282,13 @@ static fl_status reclaim_one(fx_policy *f)
 
 /* The pool must be able to hold every handle: grow it before creating one more. */
 /* The limit (or the capacity) in whole pages: the device owns the rule. */
-static inline uint64_t limit_pages(const fx_policy *f) { return fl_dev_limit(f->base.dev) >> f->gran_log; }
+static inline uint64_t limit_pages(const fx_policy *f) { return fli_dev_limit(f->base.dev) >> f->gran_log; }
 
 static fl_status pool_grow(fx_policy *f)
 {
     uint64_t cap = f->cap_pool * 2;
-    if (fl_table_grow((void **)&f->pool, sizeof *f->pool, f->cap_pool, cap) != FL_OK)
-        return fl_fail(FL_ERR_NOMEM, "fragless: host memory for %llu handles", (unsigned long long)cap);
+    if (fli_table_grow((void **)&f->pool, sizeof *f->pool, f->cap_pool, cap) != FL_OK)
+        return fli_fail(FL_ERR_NOMEM, "fragless: host memory for %llu handles", (unsigned long long)cap);
     f->cap_pool = cap;
     return FL_OK;
 }
@@ -300,7 +300,7 @@ static fl_status take_handle(fx_policy *f, int *synced, uint64_t *handle)
     if (f->n_pool == 0 && f->n_handles < f->max_pages) {
         if (f->n_handles == f->cap_pool && pool_grow(f) != FL_OK)
             return FL_ERR_NOMEM;
-        fl_status s = fl_dev_create(f->base.dev, f->gran, handle);
+        fl_status s = fli_dev_create(f->base.dev, f->gran, handle);
         if (s == FL_OK) {
             f->n_handles++;
             return FL_OK;
@@ -312,10 +312,10 @@ static fl_status take_handle(fx_policy *f, int *synced, uint64_t *handle)
     }
     if (f->n_pool == 0) {
         if (f->n_cached == 0)
-            return fl_fail(FL_ERR_OOM, "fragless: no physical page left");
+            return fli_fail(FL_ERR_OOM, "fragless: no physical page left");
         if (!*synced) {
             /* Unmapping memory a kernel may still use is undefined: wait for the device. */
-            fl_status s = fl_dev_synchronize(f->base.dev);
+            fl_status s = fli_dev_synchronize(f->base.dev);
             if (s != FL_OK)
                 return s;
             *synced = 1;
@@ -335,7 +335,7 @@ static fl_status set_access_run(fx_policy *f, fx_heap *h, uint64_t first, uint64
 {
     if (first >= end)
         return FL_OK;
-    fl_status s = fl_dev_set_access(f->base.dev, h->va + (first << f->gran_log), (end - first) << f->gran_log);
+    fl_status s = fli_dev_set_access(f->base.dev, h->va + (first << f->gran_log), (end - first) << f->gran_log);
     if (s == FL_OK && f->n_no_access == 0)
         return s; /* no marks to take off */
     for (uint64_t p = first; p < end; p++) {
@@ -367,7 +367,7 @@ static fl_status map_pages(fx_policy *f, uint32_t hi, uint64_t p0, uint64_t p1)
         uint64_t handle;
         if ((s = take_handle(f, &synced, &handle)) != FL_OK)
             break;
-        if ((s = fl_dev_map(f->base.dev, h->va + (p << f->gran_log), f->gran, handle)) != FL_OK) {
+        if ((s = fli_dev_map(f->base.dev, h->va + (p << f->gran_log), f->gran, handle)) != FL_OK) {
             f->pool[f->n_pool++] = handle;
             break;
         }
@@ -385,7 +385,7 @@ static fl_status map_pages(fx_policy *f, uint32_t hi, uint64_t p0, uint64_t p1)
 static void map_ahead(fx_policy *f, uint32_t hi, uint64_t p1)
 {
     fx_heap *h = &f->heaps[hi];
-    uint64_t end = fl_div_up(p1 + 1, GROW_PAGES) * GROW_PAGES, p;
+    uint64_t end = fli_div_up(p1 + 1, GROW_PAGES) * GROW_PAGES, p;
     if (end > h->n_pages && heap_grow_pages(h, f->gran_log, end) != FL_OK)
         return;
     for (p = p1 + 1; p < end; p++) {
@@ -395,11 +395,11 @@ static void map_ahead(fx_policy *f, uint32_t hi, uint64_t p1)
         if (f->n_pool)
             handle = f->pool[--f->n_pool];
         else if (f->n_handles < f->max_pages && (f->n_handles < f->cap_pool || pool_grow(f) == FL_OK) &&
-                 fl_dev_create(f->base.dev, f->gran, &handle) == FL_OK)
+                 fli_dev_create(f->base.dev, f->gran, &handle) == FL_OK)
             f->n_handles++;
         else
             break;
-        if (fl_dev_map(f->base.dev, h->va + (p << f->gran_log), f->gran, handle) != FL_OK) {
+        if (fli_dev_map(f->base.dev, h->va + (p << f->gran_log), f->gran, handle) != FL_OK) {
             f->pool[f->n_pool++] = handle;
             break;
         }
@@ -410,7 +410,7 @@ static void map_ahead(fx_policy *f, uint32_t hi, uint64_t p1)
         /* Without access the pages are useless: give them back now where the unmap
          * works; a page whose unmap fails stays mapped and cached, marked for access. */
         for (uint64_t q = p1 + 1; q < p; q++) {
-            if (fl_dev_unmap(f->base.dev, h->va + (q << f->gran_log), f->gran) != FL_OK)
+            if (fli_dev_unmap(f->base.dev, h->va + (q << f->gran_log), f->gran) != FL_OK)
                 continue;
             f->n_cached--;
             f->pool[f->n_pool++] = page_unmap(f, h, q);
@@ -424,7 +424,7 @@ static void map_ahead(fx_policy *f, uint32_t hi, uint64_t p1)
 static inline uint64_t pin_end(fx_policy *f, fx_heap *h, uint64_t p, uint32_t *no_access)
 {
     fx_page *pg = &h->pages[p];
-    FL_ASSERT(!fl_bit_get(h->covered, p)); /* the block has bytes here: no other block covers it */
+    FL_ASSERT(!fli_bit_get(h->covered, p)); /* the block has bytes here: no other block covers it */
     if (pg->refs++)
         return 0;
     if (!pg->handle)
@@ -441,9 +441,9 @@ static uint64_t pin_rest(fx_policy *f, fx_heap *h, uint64_t p0, uint64_t p1, uin
     if (p1 > p0 + 1) {
         /* The pages inside lay in a free range: nothing pinned them, and now the block
          * alone does. */
-        uint64_t inside = p1 - p0 - 1, m = fl_bits_count(h->mapped, p0 + 1, p1);
-        FL_ASSERT(fl_bits_count(h->covered, p0 + 1, p1) == 0);
-        fl_bits_set(h->covered, p0 + 1, p1);
+        uint64_t inside = p1 - p0 - 1, m = fli_bits_count(h->mapped, p0 + 1, p1);
+        FL_ASSERT(fli_bits_count(h->covered, p0 + 1, p1) == 0);
+        fli_bits_set(h->covered, p0 + 1, p1);
         f->n_cached -= m;
         missing += inside - m;
         if (FL_UNLIKELY(f->n_no_access))
@@ -467,7 +467,7 @@ static inline void unpin_end(fx_policy *f, fx_heap *h, uint64_t p)
     FL_ASSERT(pg->refs > 0); /* a live block touches it: pinned */
     if (--pg->refs == 0) {
         f->n_cached += pg->handle != 0;
-        fl_bit_set(h->recent, p);
+        fli_bit_set(h->recent, p);
     }
 }
 
@@ -476,11 +476,11 @@ static void unpin_rest(fx_policy *f, fx_heap *h, uint64_t p0, uint64_t p1)
 {
     unpin_end(f, h, p1);
     if (p1 > p0 + 1) {
-        FL_ASSERT(fl_bits_count(h->covered, p0 + 1, p1) == p1 - p0 - 1);
-        fl_bits_clear(h->covered, p0 + 1, p1);
-        fl_bits_set(h->recent, p0 + 1, p1);
+        FL_ASSERT(fli_bits_count(h->covered, p0 + 1, p1) == p1 - p0 - 1);
+        fli_bits_clear(h->covered, p0 + 1, p1);
+        fli_bits_set(h->recent, p0 + 1, p1);
         /* All mapped while the block lived, except after a failed map (fx_alloc's undo). */
-        f->n_cached += fl_bits_count(h->mapped, p0 + 1, p1);
+        f->n_cached += fli_bits_count(h->mapped, p0 + 1, p1);
     }
 }
 
@@ -499,7 +499,7 @@ static inline void unpin(fx_policy *f, uint32_t hi, uint64_t p0, uint64_t p1)
 /* Only asked of pages with free bytes, which no block covers: refs says it all. */
 static inline int pinned(const fx_heap *h, uint64_t p)
 {
-    FL_ASSERT(p >= h->n_pages || !fl_bit_get(h->covered, p));
+    FL_ASSERT(p >= h->n_pages || !fli_bit_get(h->covered, p));
     return p < h->n_pages && h->pages[p].refs != 0;
 }
 
@@ -534,12 +534,12 @@ static uint64_t choose_pad(const fx_policy *f, const fx_heap *h, const range_nod
     uint64_t high = b->size - size;
     if (high == 0)
         return 0;
-    uint64_t start = b->offset, g = f->gran, end_aligned = fl_align_down(start + b->size, g);
+    uint64_t start = b->offset, g = f->gran, end_aligned = fli_align_down(start + b->size, g);
     /* The topmost free range has no upper neighbour: its high end is the end of the
      * reservation, where a block would only spread the footprint. */
     int top = b->next_phys == 0;
     uint64_t pads[3] = {
-        fl_align_up(start, g) - start,                                /* page-aligned start */
+        fli_align_up(start, g) - start,                                /* page-aligned start */
         top ? 0 : high,
         !top && end_aligned >= start + size ? end_aligned - size - start : 0, /* aligned end */
     };
@@ -564,7 +564,7 @@ static uint64_t unmapped_pages(const fx_policy *f, const fx_heap *h, uint64_t x,
 {
     uint64_t p0 = x >> f->gran_log, p1 = (x + size - 1) >> f->gran_log;
     uint64_t end = p1 + 1 < h->n_pages ? p1 + 1 : h->n_pages; /* pages past n_pages: unmapped */
-    return p1 + 1 - p0 - (p0 < end ? fl_bits_count(h->mapped, p0, end) : 0);
+    return p1 + 1 - p0 - (p0 < end ? fli_bits_count(h->mapped, p0, end) : 0);
 }
 
 /* With no spare physical page left, a placement on unmapped pages costs a reclaim
@@ -666,16 +666,16 @@ static void flush_bins(fx_heap *h)
  * whose pages need a look. */
 static FL_NOINLINE fl_status alloc_placed(fx_policy *f, uint64_t size, uint64_t stream, uint64_t *addr)
 {
-    fl_policy *base = &f->base;
+    fli_policy *base = &f->base;
     uint32_t hi = 0;
     fl_status s = heap_for(f, stream, size < f->small_limit, &hi);
     if (s != FL_OK)
         return s;
     fx_heap *h = &f->heaps[hi];
-    uint64_t rsize = fl_align_up(size, 512), off;
+    uint64_t rsize = fli_align_up(size, 512), off;
     if (FL_UNLIKELY(rsize < size || rsize > h->va_size)) {
         base->ooms++;
-        return fl_fail(FL_ERR_OOM, "fragless: %llu bytes asked, more than a stream heap's virtual range of %llu bytes",
+        return fli_fail(FL_ERR_OOM, "fragless: %llu bytes asked, more than a stream heap's virtual range of %llu bytes",
                        (unsigned long long)size, (unsigned long long)h->va_size);
     }
     fx_bin *bin = rsize <= QUICK_MAX ? &h->bins[(rsize >> 9) - 1] : NULL;
@@ -689,7 +689,7 @@ static FL_NOINLINE fl_status alloc_placed(fx_policy *f, uint64_t size, uint64_t 
         uint32_t n = range_find_free(h->range, rsize);
         if (FL_UNLIKELY(n == 0)) {
             base->ooms++;
-            return fl_fail(FL_ERR_OOM, "fragless: no virtual range of %llu bytes left", (unsigned long long)size);
+            return fli_fail(FL_ERR_OOM, "fragless: no virtual range of %llu bytes left", (unsigned long long)size);
         }
         h->bytes_asked += rsize;
         h->whole_bytes += (rsize & (f->gran - 1)) == 0 ? rsize : 0;
@@ -714,7 +714,7 @@ static FL_NOINLINE fl_status alloc_placed(fx_policy *f, uint64_t size, uint64_t 
     uint64_t missing = pin(f, h, p0, p1, &no_access);
     if (FL_UNLIKELY(missing | no_access)) {
         if (missing > pages_obtainable(f))
-            s = fl_fail(FL_ERR_OOM, "fragless: %llu bytes need %llu more pages of %llu MiB; %llu obtainable",
+            s = fli_fail(FL_ERR_OOM, "fragless: %llu bytes need %llu more pages of %llu MiB; %llu obtainable",
                         (unsigned long long)size, (unsigned long long)missing,
                         (unsigned long long)(f->gran >> 20), (unsigned long long)pages_obtainable(f));
         else if ((s = map_pages(f, hi, p0, p1)) == FL_OK && p1 >= f->heaps[hi].top)
@@ -740,12 +740,12 @@ static FL_NOINLINE fl_status alloc_placed(fx_policy *f, uint64_t size, uint64_t 
  * small), and most of those land on a page other live blocks pin already: then taking
  * the block back is a few stores, with nothing to map, count as cached or check. The
  * rest is alloc_placed, which does the same for this case. */
-static fl_status fx_alloc(fl_policy *base, uint64_t size, uint64_t stream, uint64_t *addr)
+static fl_status fx_alloc(fli_policy *base, uint64_t size, uint64_t stream, uint64_t *addr)
 {
     fx_policy *f = (fx_policy *)base;
     int small = size < f->small_limit;
     uint32_t hi = f->last_heap[small];
-    uint64_t rsize = fl_align_up(size, 512);
+    uint64_t rsize = fli_align_up(size, 512);
     if (FL_LIKELY(hi < f->n_heaps && rsize - 1 < QUICK_MAX)) { /* rsize 0: size near 2^64 */
         fx_heap *h = &f->heaps[hi];
         fx_bin *bin = &h->bins[(rsize >> 9) - 1];
@@ -785,7 +785,7 @@ static inline uint32_t live_node(const fx_policy *f, uint64_t addr, int *hi)
     return FL_LIKELY(v) && h->range->nodes[v].used == RANGE_USED ? v : 0;
 }
 
-static uint64_t fx_block_size(const fl_policy *base, uint64_t addr)
+static uint64_t fx_block_size(const fli_policy *base, uint64_t addr)
 {
     int hi;
     uint32_t v = live_node((const fx_policy *)base, addr, &hi);
@@ -793,7 +793,7 @@ static uint64_t fx_block_size(const fl_policy *base, uint64_t addr)
     return v ? f->heaps[hi].range->nodes[v].size - f->heaps[hi].range->nodes[v].tag : 0;
 }
 
-static int fx_block_stream(const fl_policy *base, uint64_t addr, uint64_t *stream)
+static int fx_block_stream(const fli_policy *base, uint64_t addr, uint64_t *stream)
 {
     int hi;
     const fx_policy *f = (const fx_policy *)base;
@@ -826,18 +826,18 @@ static FL_NOINLINE fl_status free_found(fx_policy *f, fx_heap *h, uint32_t v)
 
 /* As in fx_alloc, the common case is short: a small block goes on its quick list and
  * its page stays pinned by other blocks. */
-static fl_status fx_free(fl_policy *base, uint64_t addr, uint64_t want, uint64_t *requested)
+static fl_status fx_free(fli_policy *base, uint64_t addr, uint64_t want, uint64_t *requested)
 {
     fx_policy *f = (fx_policy *)base;
     int hi;
     uint32_t v = live_node(f, addr, &hi);
     if (FL_UNLIKELY(!v))
-        return fl_policy_not_live(base, addr);
+        return fli_policy_not_live(base, addr);
     fx_heap *h = &f->heaps[hi];
     range_node *b = &h->range->nodes[v];
     uint64_t size = b->size, req = size - b->tag;
     if (FL_UNLIKELY(want && want != req))
-        return fl_policy_size_mismatch(addr, want, req);
+        return fli_policy_size_mismatch(addr, want, req);
     FL_ASSERT(size <= base->allocated && base->num_frees < base->num_allocs);
     if (requested)
         *requested = req;
@@ -858,20 +858,20 @@ static fl_status fx_free(fl_policy *base, uint64_t addr, uint64_t want, uint64_t
     return free_found(f, h, v);
 }
 
-static fl_status fx_empty_cache(fl_policy *base)
+static fl_status fx_empty_cache(fli_policy *base)
 {
     fx_policy *f = (fx_policy *)base;
     fl_status s;
     f->max_pages = limit_pages(f); /* the device may have room again: try creating */
     for (uint32_t hi = 0; hi < f->n_heaps; hi++)
         flush_bins(&f->heaps[hi]);
-    if (f->n_cached && (s = fl_dev_synchronize(base->dev)) != FL_OK)
+    if (f->n_cached && (s = fli_dev_synchronize(base->dev)) != FL_OK)
         return s;
     while (f->n_cached)
         if ((s = reclaim_one(f)) != FL_OK)
             return s;
     while (f->n_pool) {
-        if ((s = fl_dev_release(base->dev, f->pool[f->n_pool - 1])) != FL_OK)
+        if ((s = fli_dev_release(base->dev, f->pool[f->n_pool - 1])) != FL_OK)
             return s;
         f->n_pool--;
         f->n_handles--;
@@ -879,7 +879,7 @@ static fl_status fx_empty_cache(fl_policy *base)
     return FL_OK;
 }
 
-static int fx_check(const fl_policy *base)
+static int fx_check(const fli_policy *base)
 {
     const fx_policy *f = (const fx_policy *)base;
     uint64_t mapped = 0, cached = 0, allocated = 0, no_access = 0;
@@ -891,12 +891,12 @@ static int fx_check(const fl_policy *base)
         /* What the blocks say: per page, the live blocks starting or ending on it, and
          * whether one covers it (holds it strictly inside). */
         uint32_t *refs = calloc(h->n_pages + 1, sizeof *refs);
-        uint64_t *cover = calloc(fl_bits_words(h->n_pages) + 1, sizeof *cover);
+        uint64_t *cover = calloc(fli_bits_words(h->n_pages) + 1, sizeof *cover);
         const char *err = NULL;
         if (!refs || !cover) {
             free(refs);
             free(cover);
-            return fl_fail(FL_ERR_NOMEM, "fragless check: host memory"), 1;
+            return fli_fail(FL_ERR_NOMEM, "fragless check: host memory"), 1;
         }
         /* Pages of live blocks only: blocks on the quick lists pin nothing. */
         uint64_t held = 0, held_bytes = 0, listed = 0, blocks = 0, indexed = 0;
@@ -911,7 +911,7 @@ static int fx_check(const fl_policy *base)
                 }
                 refs[p0]++;
                 refs[p1] += p1 != p0;
-                fl_bits_set(cover, p0 + 1, p1);
+                fli_bits_set(cover, p0 + 1, p1);
             }
             held += b->used == RANGE_HELD;
             held_bytes += b->used == RANGE_HELD ? b->size : 0;
@@ -923,7 +923,7 @@ static int fx_check(const fl_policy *base)
             if (i >= windows || (i != last_window && h->starts[i] != n) || index_find(h, b->offset) != n) {
                 free(refs);
                 free(cover);
-                return fl_fail(FL_ERR_INVALID, "fragless check: block at 0x%llx (%llu bytes) is not in the index of starts",
+                return fli_fail(FL_ERR_INVALID, "fragless check: block at 0x%llx (%llu bytes) is not in the index of starts",
                                (unsigned long long)b->offset, (unsigned long long)b->size), 1;
             }
             last_window = i;
@@ -943,29 +943,29 @@ static int fx_check(const fl_policy *base)
         if (!err && (held != listed || held_bytes != h->held_bytes)) {
             free(refs);
             free(cover);
-            return fl_fail(FL_ERR_INVALID, "fragless check: %llu held blocks (%llu bytes), %llu listed (%llu bytes)",
+            return fli_fail(FL_ERR_INVALID, "fragless check: %llu held blocks (%llu bytes), %llu listed (%llu bytes)",
                            (unsigned long long)held, (unsigned long long)held_bytes, (unsigned long long)listed,
                            (unsigned long long)h->held_bytes), 1;
         }
         for (uint64_t p = 0; p < h->n_pages && !err; p++) {
             const fx_page *pg = &h->pages[p];
-            if (refs[p] != pg->refs || fl_bit_get(cover, p) != fl_bit_get(h->covered, p)) {
-                fl_fail(FL_ERR_INVALID, "fragless check: page %llu of stream %llu has %u refs%s, blocks say %u%s",
+            if (refs[p] != pg->refs || fli_bit_get(cover, p) != fli_bit_get(h->covered, p)) {
+                fli_fail(FL_ERR_INVALID, "fragless check: page %llu of stream %llu has %u refs%s, blocks say %u%s",
                         (unsigned long long)p, (unsigned long long)h->stream, pg->refs,
-                        fl_bit_get(h->covered, p) ? " and is covered" : "", refs[p],
-                        fl_bit_get(cover, p) ? " and one covers it" : "");
+                        fli_bit_get(h->covered, p) ? " and is covered" : "", refs[p],
+                        fli_bit_get(cover, p) ? " and one covers it" : "");
                 free(refs);
                 free(cover);
                 return 1;
             }
             if (page_pins(h, p) && !pg->handle)
                 err = "a page is used but unmapped";
-            else if (fl_bit_get(h->mapped, p) != (pg->handle != 0))
+            else if (fli_bit_get(h->mapped, p) != (pg->handle != 0))
                 err = "a page's mapped bit disagrees with its handle";
             else if ((pg->flags & PAGE_NO_ACCESS) && !pg->handle)
                 err = "an unmapped page is marked without access";
             if (err) {
-                fl_fail(FL_ERR_INVALID, "fragless check: page %llu of stream %llu: %s", (unsigned long long)p,
+                fli_fail(FL_ERR_INVALID, "fragless check: page %llu of stream %llu: %s", (unsigned long long)p,
                         (unsigned long long)h->stream, err);
                 free(refs);
                 free(cover);
@@ -978,20 +978,20 @@ static int fx_check(const fl_policy *base)
         free(refs);
         free(cover);
         if (err)
-            return fl_fail(FL_ERR_INVALID, "fragless check: stream %llu: %s", (unsigned long long)h->stream, err), 1;
+            return fli_fail(FL_ERR_INVALID, "fragless check: stream %llu: %s", (unsigned long long)h->stream, err), 1;
     }
     if (cached != f->n_cached)
-        return fl_fail(FL_ERR_INVALID, "fragless check: %llu cached pages, counter %llu",
+        return fli_fail(FL_ERR_INVALID, "fragless check: %llu cached pages, counter %llu",
                        (unsigned long long)cached, (unsigned long long)f->n_cached), 1;
     if (no_access != f->n_no_access)
-        return fl_fail(FL_ERR_INVALID, "fragless check: %llu pages without access, counter %llu",
+        return fli_fail(FL_ERR_INVALID, "fragless check: %llu pages without access, counter %llu",
                        (unsigned long long)no_access, (unsigned long long)f->n_no_access), 1;
     if (mapped + f->n_pool != f->n_handles)
-        return fl_fail(FL_ERR_INVALID, "fragless check: %llu mapped + %llu pooled != %llu handles",
+        return fli_fail(FL_ERR_INVALID, "fragless check: %llu mapped + %llu pooled != %llu handles",
                        (unsigned long long)mapped, (unsigned long long)f->n_pool,
                        (unsigned long long)f->n_handles), 1;
     if (allocated != base->allocated)
-        return fl_fail(FL_ERR_INVALID, "fragless check: blocks hold %llu bytes, counter %llu",
+        return fli_fail(FL_ERR_INVALID, "fragless check: blocks hold %llu bytes, counter %llu",
                        (unsigned long long)allocated, (unsigned long long)base->allocated), 1;
     return 0;
 }
@@ -999,7 +999,7 @@ static int fx_check(const fl_policy *base)
 /* Any free page serves any request (pages are remapped, never data moved), so the
  * largest servable request is every page no live block touches, plus the pages the
  * policy may still create. */
-static void fx_query(const fl_policy *base, fl_policy_state *out)
+static void fx_query(const fli_policy *base, fli_policy_state *out)
 {
     const fx_policy *f = (const fx_policy *)base;
     uint64_t held = f->n_handles * f->gran;
@@ -1011,7 +1011,7 @@ static void fx_query(const fl_policy *base, fl_policy_state *out)
 
 /* Heaps in creation order (each its own reservation), their pages up to the highest
  * ever mapped, and their blocks; blocks on the quick lists are free. */
-static void fx_walk(const fl_policy *base, const fl_state_visitor *v)
+static void fx_walk(const fli_policy *base, const fli_state_visitor *v)
 {
     const fx_policy *f = (const fx_policy *)base;
     for (uint32_t hi = 0; hi < f->n_heaps; hi++) {
@@ -1038,17 +1038,17 @@ static void fx_walk(const fl_policy *base, const fl_state_visitor *v)
 
 /* A new limit (set on the device): growth stops at it, and pages held above it that no
  * live block needs are given back now (unmapped after a synchronize, released). */
-static fl_status fx_limit_changed(fl_policy *base)
+static fl_status fx_limit_changed(fli_policy *base)
 {
     fx_policy *f = (fx_policy *)base;
     f->max_pages = limit_pages(f);
     fl_status s;
-    if (f->n_handles > f->max_pages && f->n_cached && (s = fl_dev_synchronize(base->dev)) != FL_OK)
+    if (f->n_handles > f->max_pages && f->n_cached && (s = fli_dev_synchronize(base->dev)) != FL_OK)
         return s;
     while (f->n_handles > f->max_pages && (f->n_pool || f->n_cached)) {
         if (!f->n_pool && (s = reclaim_one(f)) != FL_OK)
             return s;
-        if ((s = fl_dev_release(base->dev, f->pool[f->n_pool - 1])) != FL_OK)
+        if ((s = fli_dev_release(base->dev, f->pool[f->n_pool - 1])) != FL_OK)
             return s;
         f->n_pool--;
         f->n_handles--;
@@ -1056,57 +1056,57 @@ static fl_status fx_limit_changed(fl_policy *base)
     return FL_OK;
 }
 
-static void fx_destroy(fl_policy *base)
+static void fx_destroy(fli_policy *base)
 {
     fx_policy *f = (fx_policy *)base;
     /* Give everything back: unmap every mapped page, release every handle, free the
      * reservations. Errors are ignored here: there is no caller left to tell. */
-    fl_dev_synchronize(base->dev);
+    fli_dev_synchronize(base->dev);
     for (uint32_t hi = 0; hi < f->n_heaps; hi++) {
         fx_heap *h = &f->heaps[hi];
         for (uint64_t p = 0; p < h->n_pages; p++) {
             if (h->pages[p].handle) {
-                fl_dev_unmap(base->dev, h->va + (p << f->gran_log), f->gran);
-                fl_dev_release(base->dev, h->pages[p].handle);
+                fli_dev_unmap(base->dev, h->va + (p << f->gran_log), f->gran);
+                fli_dev_release(base->dev, h->pages[p].handle);
             }
         }
-        fl_dev_addr_free(base->dev, h->va, h->va_size);
+        fli_dev_addr_free(base->dev, h->va, h->va_size);
         fl_range_destroy(h->range);
         heap_free_tables(h, f->gran_log);
     }
     for (uint64_t i = 0; i < f->n_pool; i++)
-        fl_dev_release(base->dev, f->pool[i]);
+        fli_dev_release(base->dev, f->pool[i]);
     free(f->heaps);
-    fl_table_free(f->pool, sizeof *f->pool, f->cap_pool);
+    fli_table_free(f->pool, sizeof *f->pool, f->cap_pool);
     free(f);
 }
 
-static fl_status fx_create(const fl_config *cfg, fl_device *dev, fl_policy **out)
+static fl_status fx_create(const fl_config *cfg, fl_device *dev, fli_policy **out)
 {
     *out = NULL;
     if (!dev->vmm_supported)
-        return fl_fail(FL_ERR_UNSUPPORTED, "fragless: the device has no virtual memory management; use policy:cca");
+        return fli_fail(FL_ERR_UNSUPPORTED, "fragless: the device has no virtual memory management; use policy:cca");
     fx_policy *f = calloc(1, sizeof *f);
     if (!f)
-        return fl_fail(FL_ERR_NOMEM, "fragless: host memory");
-    f->base.ops = &fl_policy_fragless;
+        return fli_fail(FL_ERR_NOMEM, "fragless: host memory");
+    f->base.ops = &fli_policy_fragless;
     f->base.dev = dev;
     f->gran = dev->granularity;
-    f->gran_log = (unsigned)fl_log2_floor(f->gran);
+    f->gran_log = (unsigned)fli_log2_floor(f->gran);
     f->max_pages = limit_pages(f);
     /* Measured on ../shared/traces (ARCHITECTURE.md): an eighth of a page. */
     f->small_limit = cfg->small_size ? cfg->small_size : f->gran / 8;
     /* The pool holds at most every handle; it grows with them (pool_grow). */
-    if (fl_table_grow((void **)&f->pool, sizeof *f->pool, 0, 1024) != FL_OK) {
+    if (fli_table_grow((void **)&f->pool, sizeof *f->pool, 0, 1024) != FL_OK) {
         free(f);
-        return fl_fail(FL_ERR_NOMEM, "fragless: host memory");
+        return fli_fail(FL_ERR_NOMEM, "fragless: host memory");
     }
     f->cap_pool = 1024;
     *out = &f->base;
     return FL_OK;
 }
 
-const fl_policy_ops fl_policy_fragless = {
+const fli_policy_ops fli_policy_fragless = {
     .name = "fragless",
     .create = fx_create,
     .destroy = fx_destroy,

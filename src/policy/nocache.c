@@ -6,13 +6,13 @@
 #include <stdlib.h>
 
 typedef struct nocache_policy {
-    fl_policy base;
-    fl_map live;                   /* address -> requested size (rounded: fl_round_request) */
+    fli_policy base;
+    fli_map live;                   /* address -> requested size (rounded: fli_round_request) */
 } nocache_policy;
 
-static inline nocache_policy *as_nocache(fl_policy *p) { return (nocache_policy *)p; }
+static inline nocache_policy *as_nocache(fli_policy *p) { return (nocache_policy *)p; }
 
-static void nocache_destroy(fl_policy *p)
+static void nocache_destroy(fli_policy *p)
 {
     nocache_policy *n = as_nocache(p);
     if (!n)
@@ -21,22 +21,22 @@ static void nocache_destroy(fl_policy *p)
     if (n->live.e)
         for (uint64_t i = 0; i <= n->live.mask; i++)
             if (n->live.e[i].key != UINT64_MAX)
-                fl_dev_mem_free(p->dev, n->live.e[i].key);
-    fl_map_free(&n->live);
+                fli_dev_mem_free(p->dev, n->live.e[i].key);
+    fli_map_free(&n->live);
     free(n);
 }
 
-static fl_status nocache_create(const fl_config *cfg, fl_device *dev, fl_policy **out)
+static fl_status nocache_create(const fl_config *cfg, fl_device *dev, fli_policy **out)
 {
     /* No knobs: the device (and the limit its layer enforces) decides everything. */
     (void)cfg;
     *out = NULL;
     nocache_policy *n = calloc(1, sizeof *n);
     if (!n)
-        return fl_fail(FL_ERR_NOMEM, "nocache: no host memory");
-    n->base.ops = &fl_policy_nocache;
+        return fli_fail(FL_ERR_NOMEM, "nocache: no host memory");
+    n->base.ops = &fli_policy_nocache;
     n->base.dev = dev;
-    fl_status st = fl_map_init(&n->live, 16); /* grows; the self-check scans it */
+    fl_status st = fli_map_init(&n->live, 16); /* grows; the self-check scans it */
     if (st != FL_OK) {
         free(n);
         return st;
@@ -45,26 +45,26 @@ static fl_status nocache_create(const fl_config *cfg, fl_device *dev, fl_policy 
     return FL_OK;
 }
 
-static fl_status nocache_alloc(fl_policy *p, uint64_t size, uint64_t stream, uint64_t *addr)
+static fl_status nocache_alloc(fli_policy *p, uint64_t size, uint64_t stream, uint64_t *addr)
 {
     nocache_policy *n = as_nocache(p);
     (void)stream;
-    uint64_t bytes = fl_round_request(NULL, size);
+    uint64_t bytes = fli_round_request(NULL, size);
     uint64_t a;
-    fl_status st = fl_dev_mem_alloc(p->dev, bytes, &a); /* the device layer owns the limit */
+    fl_status st = fli_dev_mem_alloc(p->dev, bytes, &a); /* the device layer owns the limit */
     if (st != FL_OK) {
         if (st == FL_ERR_OOM) {
             char asked[32], used[32];
             p->ooms++;
-            return fl_fail(FL_ERR_OOM, "nocache: out of memory. Tried to allocate %s; %s of "
+            return fli_fail(FL_ERR_OOM, "nocache: out of memory. Tried to allocate %s; %s of "
                            "device memory is allocated and nothing is cached",
                            fl_format_size(bytes, asked, sizeof asked),
                            fl_format_size(p->allocated, used, sizeof used));
         }
         return st;
     }
-    if ((st = fl_map_put(&n->live, a, size)) != FL_OK) {
-        fl_dev_mem_free(p->dev, a);
+    if ((st = fli_map_put(&n->live, a, size)) != FL_OK) {
+        fli_dev_mem_free(p->dev, a);
         return st;
     }
     p->allocated += bytes;
@@ -73,39 +73,39 @@ static fl_status nocache_alloc(fl_policy *p, uint64_t size, uint64_t stream, uin
     return FL_OK;
 }
 
-static fl_status nocache_free(fl_policy *p, uint64_t addr, uint64_t want, uint64_t *size)
+static fl_status nocache_free(fli_policy *p, uint64_t addr, uint64_t want, uint64_t *size)
 {
     nocache_policy *n = as_nocache(p);
     uint64_t req;
-    if (!fl_map_get(&n->live, addr, &req))
-        return fl_policy_not_live(p, addr);
+    if (!fli_map_get(&n->live, addr, &req))
+        return fli_policy_not_live(p, addr);
     if (want && want != req)
-        return fl_policy_size_mismatch(addr, want, req);
-    fl_status st = fl_dev_mem_free(p->dev, addr);
+        return fli_policy_size_mismatch(addr, want, req);
+    fl_status st = fli_dev_mem_free(p->dev, addr);
     if (st != FL_OK)
         return st;
-    fl_map_remove(&n->live, addr, NULL);
-    FL_ASSERT(fl_round_request(NULL, req) <= p->allocated);
-    p->allocated -= fl_round_request(NULL, req);
+    fli_map_remove(&n->live, addr, NULL);
+    FL_ASSERT(fli_round_request(NULL, req) <= p->allocated);
+    p->allocated -= fli_round_request(NULL, req);
     p->num_frees++;
     if (size)
         *size = req;
     return FL_OK;
 }
 
-static uint64_t nocache_block_size(const fl_policy *p, uint64_t addr)
+static uint64_t nocache_block_size(const fli_policy *p, uint64_t addr)
 {
     uint64_t req;
-    return fl_map_get(&((const nocache_policy *)p)->live, addr, &req) ? req : 0;
+    return fli_map_get(&((const nocache_policy *)p)->live, addr, &req) ? req : 0;
 }
 
-static fl_status nocache_empty_cache(fl_policy *p)
+static fl_status nocache_empty_cache(fli_policy *p)
 {
     (void)p; /* nothing is ever cached */
     return FL_OK;
 }
 
-static int nocache_check(const fl_policy *p)
+static int nocache_check(const fli_policy *p)
 {
     const nocache_policy *n = (const nocache_policy *)p;
     uint64_t sum = 0, count = 0;
@@ -113,21 +113,21 @@ static int nocache_check(const fl_policy *p)
         if (n->live.e[i].key == UINT64_MAX)
             continue;
         if (n->live.e[i].key % 512 || n->live.e[i].val == 0) {
-            fl_fail(FL_ERR_INVALID, "nocache check: block 0x%llx of %llu bytes is not 512-aligned or empty",
+            fli_fail(FL_ERR_INVALID, "nocache check: block 0x%llx of %llu bytes is not 512-aligned or empty",
                     (unsigned long long)n->live.e[i].key, (unsigned long long)n->live.e[i].val);
             return 1;
         }
-        sum += fl_round_request(NULL, n->live.e[i].val);
+        sum += fli_round_request(NULL, n->live.e[i].val);
         count++;
     }
     if (count != n->live.count || sum != p->allocated) {
-        fl_fail(FL_ERR_INVALID, "nocache check: %llu live blocks of %llu bytes, counted %llu "
+        fli_fail(FL_ERR_INVALID, "nocache check: %llu live blocks of %llu bytes, counted %llu "
                 "and allocated says %llu", (unsigned long long)count, (unsigned long long)sum,
                 (unsigned long long)n->live.count, (unsigned long long)p->allocated);
         return 1;
     }
     if (sum > p->dev->counters.in_use) {
-        fl_fail(FL_ERR_INVALID, "nocache check: %llu bytes live but the device has %llu in use",
+        fli_fail(FL_ERR_INVALID, "nocache check: %llu bytes live but the device has %llu in use",
                 (unsigned long long)sum, (unsigned long long)p->dev->counters.in_use);
         return 1;
     }
@@ -135,7 +135,7 @@ static int nocache_check(const fl_policy *p)
 }
 
 /* Nothing is ever held beyond the live blocks. */
-static void nocache_query(const fl_policy *p, fl_policy_state *out)
+static void nocache_query(const fli_policy *p, fli_policy_state *out)
 {
     (void)p;
     out->free_in_reserved = 0;
@@ -144,20 +144,20 @@ static void nocache_query(const fl_policy *p, fl_policy_state *out)
 }
 
 /* Each live block is its own device allocation (in hash order, not address order). */
-static void nocache_walk(const fl_policy *p, const fl_state_visitor *v)
+static void nocache_walk(const fli_policy *p, const fli_state_visitor *v)
 {
     const nocache_policy *n = (const nocache_policy *)p;
     for (uint64_t i = 0; n->live.e && i <= n->live.mask; i++) {
         if (n->live.e[i].key == UINT64_MAX)
             continue;
         if (v->region)
-            v->region(v->user, n->live.e[i].key, fl_round_request(NULL, n->live.e[i].val), 0, "block");
+            v->region(v->user, n->live.e[i].key, fli_round_request(NULL, n->live.e[i].val), 0, "block");
         if (v->block)
-            v->block(v->user, n->live.e[i].key, fl_round_request(NULL, n->live.e[i].val), 1);
+            v->block(v->user, n->live.e[i].key, fli_round_request(NULL, n->live.e[i].val), 1);
     }
 }
 
-const fl_policy_ops fl_policy_nocache = {
+const fli_policy_ops fli_policy_nocache = {
     .name = "nocache",
     .create = nocache_create,
     .destroy = nocache_destroy,

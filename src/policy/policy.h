@@ -1,5 +1,5 @@
 /* The policy interface: interchangeable allocators that take memory from an fl_device.
- * Every policy embeds `fl_policy` as its first member and keeps `allocated`, `retries`
+ * Every policy embeds `fli_policy` as its first member and keeps `allocated`, `retries`
  * and `ooms` up to date; reserved memory is what the device says is in use. */
 #ifndef FL_POLICY_H
 #define FL_POLICY_H
@@ -8,60 +8,60 @@
 #include "state/state.h"
 #include "trace/trace.h"
 
-typedef struct fl_policy fl_policy;
+typedef struct fli_policy fli_policy;
 
 /* What a policy holds but is not using: for out-of-memory diagnosis (not a hot path). */
-typedef struct fl_policy_state {
+typedef struct fli_policy_state {
     uint64_t free_in_reserved;  /* reserved bytes no live block uses */
     uint64_t largest_free;      /* largest request servable from them without new device memory */
     uint64_t cached;            /* reserved memory no live block touches at all (fragless:
                                    whole pages; cca: segments or pages with no live block) */
-} fl_policy_state;
+} fli_policy_state;
 
 
-typedef struct fl_policy_ops {
+typedef struct fli_policy_ops {
     const char *name;
-    fl_status (*create)(const fl_config *cfg, fl_device *dev, fl_policy **out);
-    void (*destroy)(fl_policy *p);
+    fl_status (*create)(const fl_config *cfg, fl_device *dev, fli_policy **out);
+    void (*destroy)(fli_policy *p);
     /* size > 0 (the caller checks): the requested bytes, which the policy keeps with the
      * block (the allocator object has no block table of its own). On failure nothing
      * changes but the counters. */
-    fl_status (*alloc)(fl_policy *p, uint64_t size, uint64_t stream, uint64_t *addr);
+    fl_status (*alloc)(fli_policy *p, uint64_t size, uint64_t stream, uint64_t *addr);
     /* Frees the live block that starts at addr and gives its requested size (size may be
      * NULL). want: 0, or the size the caller says it has; a mismatch is FL_ERR_INVALID
-     * (fl_policy_size_mismatch) and the block stays. FL_ERR_NOT_FOUND for an address that
+     * (fli_policy_size_mismatch) and the block stays. FL_ERR_NOT_FOUND for an address that
      * is not a live block's start. */
-    fl_status (*free)(fl_policy *p, uint64_t addr, uint64_t want, uint64_t *size);
+    fl_status (*free)(fli_policy *p, uint64_t addr, uint64_t want, uint64_t *size);
     /* The requested size of the live block that starts at addr; 0 if there is none. */
-    uint64_t (*block_size)(const fl_policy *p, uint64_t addr);
+    uint64_t (*block_size)(const fli_policy *p, uint64_t addr);
     /* The stream the live block at addr was allocated on: 1 and *stream; 0 when there
      * is no such block; -1 when there is but the policy does not know (as when NULL:
      * callers then treat every stream as another one, so cudaFreeAsync waits for the
      * freeing stream's work). */
-    int (*block_stream)(const fl_policy *p, uint64_t addr, uint64_t *stream);
+    int (*block_stream)(const fli_policy *p, uint64_t addr, uint64_t *stream);
     /* Gives cached memory that no live block needs back to the device. */
-    fl_status (*empty_cache)(fl_policy *p);
-    /* Self-check: 0 when every invariant holds, else nonzero with fl_fail() set. */
-    int (*check)(const fl_policy *p);
-    void (*query)(const fl_policy *p, fl_policy_state *out);
-    /* The device's limit changed (fl_dev_limit): give back what is held above it where
+    fl_status (*empty_cache)(fli_policy *p);
+    /* Self-check: 0 when every invariant holds, else nonzero with fli_fail() set. */
+    int (*check)(const fli_policy *p);
+    void (*query)(const fli_policy *p, fli_policy_state *out);
+    /* The device's limit changed (fli_dev_limit): give back what is held above it where
      * the policy can. NULL: nothing to do (PyTorch keeps its cache: cca, and nocache
      * holds no cache). */
-    fl_status (*limit_changed)(fl_policy *p);
-    /* Visits regions, pages and blocks (fl_state_visitor). */
-    void (*walk)(const fl_policy *p, const fl_state_visitor *v);
+    fl_status (*limit_changed)(fli_policy *p);
+    /* Visits regions, pages and blocks (fli_state_visitor). */
+    void (*walk)(const fli_policy *p, const fli_state_visitor *v);
     /* Following a recorded run (replay of a PyTorch snapshot under its own allocator;
      * optional, NULL where the policy is not PyTorch's). seed: holds the segment as it
      * was before recording began, its live blocks allocated at the given offsets (addrs:
      * where each went); FL_ERR_INVALID (nothing changed) when the blocks cannot be laid
      * out by the policy's rules. release: gives back what the recorded allocator gave
      * back there (a cached segment of that size on that stream); *freed: the bytes. */
-    fl_status (*seed)(fl_policy *p, const fl_seed_segment *sg, const fl_seed_block *blocks, uint64_t *addrs);
-    fl_status (*release)(fl_policy *p, uint64_t size, uint64_t stream, uint64_t *freed);
-} fl_policy_ops;
+    fl_status (*seed)(fli_policy *p, const fli_seed_segment *sg, const fli_seed_block *blocks, uint64_t *addrs);
+    fl_status (*release)(fli_policy *p, uint64_t size, uint64_t stream, uint64_t *freed);
+} fli_policy_ops;
 
-struct fl_policy {
-    const fl_policy_ops *ops;
+struct fli_policy {
+    const fli_policy_ops *ops;
     fl_device *dev;
     uint64_t allocated;     /* bytes of live blocks as the policy sized them */
     uint64_t num_allocs;
@@ -70,33 +70,33 @@ struct fl_policy {
     uint64_t ooms;          /* allocations that failed */
 };
 
-extern const fl_policy_ops fl_policy_fragless;
-extern const fl_policy_ops fl_policy_cca;
-extern const fl_policy_ops fl_policy_cca_expandable;
-extern const fl_policy_ops fl_policy_nocache;
+extern const fli_policy_ops fli_policy_fragless;
+extern const fli_policy_ops fli_policy_cca;
+extern const fli_policy_ops fli_policy_cca_expandable;
+extern const fli_policy_ops fli_policy_nocache;
 
 /* registrable:SIZE (registrable.c): wraps inner, whose destroy it takes over (also
  * when it fails). */
-fl_status fl_policy_registrable(const fl_config *cfg, fl_policy *inner, fl_policy **out);
+fl_status fli_policy_registrable(const fl_config *cfg, fli_policy *inner, fli_policy **out);
 
 /* Looks a policy up by name; NULL if unknown. */
-const fl_policy_ops *fl_policy_find(const char *name);
+const fli_policy_ops *fli_policy_find(const char *name);
 /* Creates the policy cfg->policy names (cca + expandable_segments -> cca-expandable). */
-fl_status fl_policy_create(const fl_config *cfg, fl_device *dev, fl_policy **out);
+fl_status fli_policy_create(const fl_config *cfg, fl_device *dev, fli_policy **out);
 
 /* PyTorch's own limits on the knobs of the cca policies (its AllocatorConfig parsers):
  * max_split_size 0 or at least 20 MiB, garbage_collection_threshold in [0, 1),
  * roundup_power2_divisions 0, 1 or powers of two. FL_ERR_INVALID "NAME: ..." naming the
  * first one broken. One rule for the policies and for the settings a snapshot recorded. */
-fl_status fl_cca_check_knobs(const fl_config *cfg, const char *name);
+fl_status fli_cca_check_knobs(const fl_config *cfg, const char *name);
 
 /* The error of a free whose size is not the block's (nothing is freed). */
-fl_status fl_policy_size_mismatch(uint64_t addr, uint64_t want, uint64_t have);
+fl_status fli_policy_size_mismatch(uint64_t addr, uint64_t want, uint64_t have);
 /* The error of a free of an address that is not a live block's start. */
-fl_status fl_policy_not_live(const fl_policy *p, uint64_t addr);
+fl_status fli_policy_not_live(const fli_policy *p, uint64_t addr);
 
 /* PyTorch's request rounding (512 B minimum and multiple, roundup_power2_divisions);
  * shared by the cca policies and used by replay to size peak_live. */
-uint64_t fl_round_request(const fl_config *cfg, uint64_t size);
+uint64_t fli_round_request(const fl_config *cfg, uint64_t size);
 
 #endif

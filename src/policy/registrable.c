@@ -22,26 +22,26 @@ typedef struct rg_block {
 } rg_block;
 
 typedef struct rg_policy {
-    fl_policy base;
-    fl_policy_ops ops;            /* our functions under the inner policy's name */
-    fl_policy *inner;
+    fli_policy base;
+    fli_policy_ops ops;            /* our functions under the inner policy's name */
+    fli_policy *inner;
     uint64_t threshold, gran;
     uint64_t va, va_size;         /* one reservation, made at the first large block */
     fl_range *range;              /* where blocks sit in it */
     rg_block *blocks;             /* live and cached, in no order */
     uint32_t n_blocks, cap_blocks;
-    fl_map where;                 /* block address -> index in blocks */
+    fli_map where;                 /* block address -> index in blocks */
     uint64_t live_bytes, cached_bytes;
     uint64_t allocs, frees, retries, ooms;
 } rg_policy;
 
-static inline rg_policy *as_rg(fl_policy *p) { return (rg_policy *)p; }
+static inline rg_policy *as_rg(fli_policy *p) { return (rg_policy *)p; }
 
 /* The allocator object reads the counters of the policy it holds: ours are the inner
  * policy's plus the large blocks'. A request that failed counts once, on whichever side. */
 static void sync_counts(rg_policy *r)
 {
-    const fl_policy *in = r->inner;
+    const fli_policy *in = r->inner;
     r->base.allocated = in->allocated + r->live_bytes;
     r->base.num_allocs = in->num_allocs + r->allocs;
     r->base.num_frees = in->num_frees + r->frees;
@@ -54,11 +54,11 @@ static inline uint64_t slack(uint64_t need) { return need / 8; }
 
 static void remove_block(rg_policy *r, uint32_t i)
 {
-    fl_map_remove(&r->where, r->blocks[i].va, NULL);
+    fli_map_remove(&r->where, r->blocks[i].va, NULL);
     uint32_t last = --r->n_blocks;
     if (i != last) {
         r->blocks[i] = r->blocks[last];
-        fl_map_put(&r->where, r->blocks[i].va, i); /* the key exists: overwriting needs no memory */
+        fli_map_put(&r->where, r->blocks[i].va, i); /* the key exists: overwriting needs no memory */
     }
 }
 
@@ -69,7 +69,7 @@ static fl_status release_cached(rg_policy *r)
     if (!r->cached_bytes)
         return FL_OK;
     fl_device *d = r->base.dev;
-    fl_status s = fl_dev_synchronize(d);
+    fl_status s = fli_dev_synchronize(d);
     if (s != FL_OK)
         return s;
     for (uint32_t i = 0; i < r->n_blocks;) {
@@ -78,11 +78,11 @@ static fl_status release_cached(rg_policy *r)
             i++;
             continue;
         }
-        if ((s = fl_dev_unmap(d, b.va, b.size)) != FL_OK)
+        if ((s = fli_dev_unmap(d, b.va, b.size)) != FL_OK)
             return s; /* the block stays cached, mapped as it was */
         /* Unmapped, the block is gone whatever the release says: a failed release keeps
          * the handle's memory counted by the device (in_use), which is the truth. */
-        fl_dev_release(d, b.handle);
+        fli_dev_release(d, b.handle);
         fl_range_free(r->range, b.va - r->va);
         r->cached_bytes -= b.size;
         remove_block(r, i);
@@ -111,12 +111,12 @@ static fl_status reserve(rg_policy *r)
     fl_device *d = r->base.dev;
     /* As the fragless heaps: twice the device's memory, 256 TiB at most. */
     uint64_t want = d->capacity / r->gran * r->gran * 2, cap = UINT64_C(1) << 48;
-    uint64_t size = fl_align_up(want && want < cap ? want : cap, r->gran);
-    fl_status s = fl_dev_reserve(d, size, &r->va);
+    uint64_t size = fli_align_up(want && want < cap ? want : cap, r->gran);
+    fl_status s = fli_dev_reserve(d, size, &r->va);
     if (s != FL_OK)
         return s;
     if ((s = fl_range_create(size, r->gran, &r->range)) != FL_OK) {
-        fl_dev_addr_free(d, r->va, size);
+        fli_dev_addr_free(d, r->va, size);
         return s;
     }
     r->va_size = size;
@@ -134,30 +134,30 @@ static fl_status new_block(rg_policy *r, uint64_t need, uint64_t size, uint64_t 
         uint32_t cap = r->cap_blocks ? 2 * r->cap_blocks : 16;
         rg_block *v = realloc(r->blocks, cap * sizeof *v);
         if (!v)
-            return fl_fail(FL_ERR_NOMEM, "registrable: host memory for block records");
+            return fli_fail(FL_ERR_NOMEM, "registrable: host memory for block records");
         r->blocks = v;
         r->cap_blocks = cap;
     }
     uint64_t off, h, va;
     if (fl_range_alloc(r->range, need, 0, &off) != FL_OK)
-        return fl_fail(FL_ERR_OOM, "registrable: no address range of %llu bytes left in the reservation",
+        return fli_fail(FL_ERR_OOM, "registrable: no address range of %llu bytes left in the reservation",
                        (unsigned long long)need);
     va = r->va + off;
-    if ((s = fl_dev_create(d, need, &h)) != FL_OK)
+    if ((s = fli_dev_create(d, need, &h)) != FL_OK)
         goto unplace;
-    if ((s = fl_dev_map(d, va, need, h)) != FL_OK)
+    if ((s = fli_dev_map(d, va, need, h)) != FL_OK)
         goto unhandle;
-    if ((s = fl_dev_set_access(d, va, need)) != FL_OK)
+    if ((s = fli_dev_set_access(d, va, need)) != FL_OK)
         goto unmap;
-    if ((s = fl_map_put(&r->where, va, r->n_blocks)) != FL_OK)
+    if ((s = fli_map_put(&r->where, va, r->n_blocks)) != FL_OK)
         goto unmap;
     r->blocks[r->n_blocks++] = (rg_block){va, need, h, stream, size};
     *addr = va;
     return FL_OK;
 unmap:
-    fl_dev_unmap(d, va, need);
+    fli_dev_unmap(d, va, need);
 unhandle:
-    fl_dev_release(d, h);
+    fli_dev_release(d, h);
 unplace:
     fl_range_free(r->range, off);
     return s;
@@ -165,9 +165,9 @@ unplace:
 
 static fl_status whole_alloc(rg_policy *r, uint64_t size, uint64_t stream, uint64_t *addr)
 {
-    uint64_t need = fl_align_up(size, r->gran);
+    uint64_t need = fli_align_up(size, r->gran);
     if (need < size)
-        return fl_fail(FL_ERR_OOM, "registrable: %llu bytes cannot be rounded to pages", (unsigned long long)size);
+        return fli_fail(FL_ERR_OOM, "registrable: %llu bytes cannot be rounded to pages", (unsigned long long)size);
     int64_t i = find_cached(r, need, stream);
     fl_status s = FL_OK;
     if (i < 0) {
@@ -195,7 +195,7 @@ static fl_status whole_alloc(rg_policy *r, uint64_t size, uint64_t stream, uint6
     return FL_OK;
 }
 
-static fl_status rg_alloc(fl_policy *p, uint64_t size, uint64_t stream, uint64_t *addr)
+static fl_status rg_alloc(fli_policy *p, uint64_t size, uint64_t stream, uint64_t *addr)
 {
     rg_policy *r = as_rg(p);
     fl_status s;
@@ -215,20 +215,20 @@ static fl_status rg_alloc(fl_policy *p, uint64_t size, uint64_t stream, uint64_t
     return s;
 }
 
-static fl_status rg_free(fl_policy *p, uint64_t addr, uint64_t want, uint64_t *size)
+static fl_status rg_free(fli_policy *p, uint64_t addr, uint64_t want, uint64_t *size)
 {
     rg_policy *r = as_rg(p);
     uint64_t i;
-    if (!fl_map_get(&r->where, addr, &i)) {
+    if (!fli_map_get(&r->where, addr, &i)) {
         fl_status s = r->inner->ops->free(r->inner, addr, want, size);
         sync_counts(r);
         return s;
     }
     rg_block *b = &r->blocks[i];
     if (!b->requested)
-        return fl_policy_not_live(p, addr);
+        return fli_policy_not_live(p, addr);
     if (want && want != b->requested)
-        return fl_policy_size_mismatch(addr, want, b->requested);
+        return fli_policy_size_mismatch(addr, want, b->requested);
     if (size)
         *size = b->requested;
     b->requested = 0;
@@ -239,20 +239,20 @@ static fl_status rg_free(fl_policy *p, uint64_t addr, uint64_t want, uint64_t *s
     return FL_OK;
 }
 
-static uint64_t rg_block_size(const fl_policy *p, uint64_t addr)
+static uint64_t rg_block_size(const fli_policy *p, uint64_t addr)
 {
     const rg_policy *r = (const rg_policy *)p;
     uint64_t i;
-    if (fl_map_get(&r->where, addr, &i))
+    if (fli_map_get(&r->where, addr, &i))
         return r->blocks[i].requested;
     return r->inner->ops->block_size(r->inner, addr);
 }
 
-static int rg_block_stream(const fl_policy *p, uint64_t addr, uint64_t *stream)
+static int rg_block_stream(const fli_policy *p, uint64_t addr, uint64_t *stream)
 {
     const rg_policy *r = (const rg_policy *)p;
     uint64_t i;
-    if (fl_map_get(&r->where, addr, &i)) {
+    if (fli_map_get(&r->where, addr, &i)) {
         if (!r->blocks[i].requested)
             return 0;
         *stream = r->blocks[i].stream;
@@ -263,7 +263,7 @@ static int rg_block_stream(const fl_policy *p, uint64_t addr, uint64_t *stream)
     return r->inner->ops->block_size(r->inner, addr) ? -1 : 0;
 }
 
-static fl_status rg_empty_cache(fl_policy *p)
+static fl_status rg_empty_cache(fli_policy *p)
 {
     rg_policy *r = as_rg(p);
     fl_status s = release_cached(r);
@@ -273,11 +273,11 @@ static fl_status rg_empty_cache(fl_policy *p)
     return s;
 }
 
-static fl_status rg_limit_changed(fl_policy *p)
+static fl_status rg_limit_changed(fli_policy *p)
 {
     rg_policy *r = as_rg(p);
     fl_status s = FL_OK;
-    if (p->dev->counters.in_use > fl_dev_limit(p->dev))
+    if (p->dev->counters.in_use > fli_dev_limit(p->dev))
         s = release_cached(r);
     if (s == FL_OK && r->inner->ops->limit_changed)
         s = r->inner->ops->limit_changed(r->inner);
@@ -285,7 +285,7 @@ static fl_status rg_limit_changed(fl_policy *p)
     return s;
 }
 
-static void rg_query(const fl_policy *p, fl_policy_state *out)
+static void rg_query(const fli_policy *p, fli_policy_state *out)
 {
     const rg_policy *r = (const rg_policy *)p;
     r->inner->ops->query(r->inner, out);
@@ -301,13 +301,13 @@ static void rg_query(const fl_policy *p, fl_policy_state *out)
 
 /* The inner policy's regions, then one region per large block: its pages (all mapped,
  * pinned while it is live) and the block, with the unused end of its last page free. */
-static void rg_walk(const fl_policy *p, const fl_state_visitor *v)
+static void rg_walk(const fli_policy *p, const fli_state_visitor *v)
 {
     const rg_policy *r = (const rg_policy *)p;
     r->inner->ops->walk(r->inner, v);
     for (uint32_t i = 0; i < r->n_blocks; i++) {
         const rg_block *b = &r->blocks[i];
-        uint64_t used = b->requested ? fl_align_up(b->requested, 512) : 0;
+        uint64_t used = b->requested ? fli_align_up(b->requested, 512) : 0;
         if (v->region)
             v->region(v->user, b->va, b->size, b->stream, "registrable block");
         for (uint64_t at = 0; v->page && at < b->size; at += r->gran)
@@ -319,7 +319,7 @@ static void rg_walk(const fl_policy *p, const fl_state_visitor *v)
     }
 }
 
-static int rg_check(const fl_policy *p)
+static int rg_check(const fli_policy *p)
 {
     const rg_policy *r = (const rg_policy *)p;
     if (r->inner->ops->check(r->inner))
@@ -328,11 +328,11 @@ static int rg_check(const fl_policy *p)
     for (uint32_t i = 0; i < r->n_blocks; i++) {
         const rg_block *b = &r->blocks[i];
         uint64_t at;
-        if (!fl_map_get(&r->where, b->va, &at) || at != i || b->va % r->gran || b->size % r->gran ||
+        if (!fli_map_get(&r->where, b->va, &at) || at != i || b->va % r->gran || b->size % r->gran ||
             b->va < r->va || b->va + b->size > r->va + r->va_size || b->requested > b->size ||
             fl_range_block_size(r->range, b->va - r->va) != b->size ||
-            (b->requested && fl_align_up(b->requested, r->gran) != b->size && b->size - fl_align_up(b->requested, r->gran) > slack(fl_align_up(b->requested, r->gran)))) {
-            fl_fail(FL_ERR_INVALID, "registrable check: block %u at 0x%llx (%llu bytes, %llu asked) is misplaced, "
+            (b->requested && fli_align_up(b->requested, r->gran) != b->size && b->size - fli_align_up(b->requested, r->gran) > slack(fli_align_up(b->requested, r->gran)))) {
+            fli_fail(FL_ERR_INVALID, "registrable check: block %u at 0x%llx (%llu bytes, %llu asked) is misplaced, "
                     "misaligned or not listed", i, (unsigned long long)b->va, (unsigned long long)b->size,
                     (unsigned long long)b->requested);
             return 1;
@@ -342,7 +342,7 @@ static int rg_check(const fl_policy *p)
     if (live != r->live_bytes || cached != r->cached_bytes || r->where.count != r->n_blocks ||
         (r->range && fl_range_live_blocks(r->range) != r->n_blocks) ||
         p->allocated != r->inner->allocated + r->live_bytes) {
-        fl_fail(FL_ERR_INVALID, "registrable check: blocks hold %llu live and %llu cached bytes, the counts say %llu "
+        fli_fail(FL_ERR_INVALID, "registrable check: blocks hold %llu live and %llu cached bytes, the counts say %llu "
                 "and %llu", (unsigned long long)live, (unsigned long long)cached, (unsigned long long)r->live_bytes,
                 (unsigned long long)r->cached_bytes);
         return 1;
@@ -350,46 +350,46 @@ static int rg_check(const fl_policy *p)
     return r->range ? fl_range_check(r->range) : 0;
 }
 
-static void rg_destroy(fl_policy *p)
+static void rg_destroy(fli_policy *p)
 {
     rg_policy *r = as_rg(p);
     fl_device *d = p->dev;
     /* Teardown gives everything back; errors have no one to go to. */
     if (r->n_blocks)
-        fl_dev_synchronize(d);
+        fli_dev_synchronize(d);
     for (uint32_t i = 0; i < r->n_blocks; i++) {
-        fl_dev_unmap(d, r->blocks[i].va, r->blocks[i].size);
-        fl_dev_release(d, r->blocks[i].handle);
+        fli_dev_unmap(d, r->blocks[i].va, r->blocks[i].size);
+        fli_dev_release(d, r->blocks[i].handle);
     }
     if (r->range) {
-        fl_dev_addr_free(d, r->va, r->va_size);
+        fli_dev_addr_free(d, r->va, r->va_size);
         fl_range_destroy(r->range);
     }
-    fl_map_free(&r->where);
+    fli_map_free(&r->where);
     free(r->blocks);
     if (r->inner)
         r->inner->ops->destroy(r->inner);
     free(r);
 }
 
-fl_status fl_policy_registrable(const fl_config *cfg, fl_policy *inner, fl_policy **out)
+fl_status fli_policy_registrable(const fl_config *cfg, fli_policy *inner, fli_policy **out)
 {
     *out = NULL;
     fl_device *d = inner->dev;
     if (!d->vmm_supported) {
         inner->ops->destroy(inner);
-        return fl_fail(FL_ERR_UNSUPPORTED, "registrable:%llu: the device has no virtual memory management",
+        return fli_fail(FL_ERR_UNSUPPORTED, "registrable:%llu: the device has no virtual memory management",
                        (unsigned long long)cfg->registrable);
     }
     rg_policy *r = calloc(1, sizeof *r);
-    if (!r || fl_map_init(&r->where, 64) != FL_OK) {
+    if (!r || fli_map_init(&r->where, 64) != FL_OK) {
         free(r);
         inner->ops->destroy(inner);
-        return fl_fail(FL_ERR_NOMEM, "registrable: host memory");
+        return fli_fail(FL_ERR_NOMEM, "registrable: host memory");
     }
-    r->ops = (fl_policy_ops){
+    r->ops = (fli_policy_ops){
         .name = inner->ops->name,
-        .create = NULL, /* made by fl_policy_create, over the policy cfg names */
+        .create = NULL, /* made by fli_policy_create, over the policy cfg names */
         .destroy = rg_destroy,
         .alloc = rg_alloc,
         .free = rg_free,

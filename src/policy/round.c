@@ -10,10 +10,10 @@
 /* The next of `divisions` equal steps between the powers of two around size. */
 static uint64_t next_division(uint64_t size, uint64_t divisions)
 {
-    if (fl_is_pow2(size))
+    if (fli_is_pow2(size))
         return size;
-    uint64_t floor2 = UINT64_C(1) << fl_log2_floor(size);
-    uint64_t step = floor2 >> fl_log2_floor(divisions);
+    uint64_t floor2 = UINT64_C(1) << fli_log2_floor(size);
+    uint64_t step = floor2 >> fli_log2_floor(divisions);
     if (step == 0)
         return floor2 << 1;
     uint64_t down = size & ~(step - 1);
@@ -22,7 +22,7 @@ static uint64_t next_division(uint64_t size, uint64_t divisions)
     return down > UINT64_MAX - step ? UINT64_MAX & ~(ROUND_MIN_BLOCK - 1) : down + step;
 }
 
-uint64_t fl_round_request(const fl_config *cfg, uint64_t size)
+uint64_t fli_round_request(const fl_config *cfg, uint64_t size)
 {
     if (size < ROUND_MIN_BLOCK)
         return ROUND_MIN_BLOCK;
@@ -34,7 +34,7 @@ uint64_t fl_round_request(const fl_config *cfg, uint64_t size)
         /* PyTorch clamps the interval index to [0, 15]: sizes below 1 MiB use the
          * first entry (the one for [1 MiB, 2 MiB)) and sizes of 32 GiB and more the
          * last. We do the same so a per-interval setting rounds identically. */
-        int index = fl_log2_floor(size) - ROUND_FIRST_LOG;
+        int index = fli_log2_floor(size) - ROUND_FIRST_LOG;
         if (index < 0)
             index = 0;
         if (index > FL_ROUNDUP_INTERVALS - 1)
@@ -45,5 +45,5 @@ uint64_t fl_round_request(const fl_config *cfg, uint64_t size)
      * to plain 512 B rounding there: every result stays a multiple of 512. */
     if (divisions > 1 && size > ROUND_MIN_BLOCK * divisions)
         return next_division(size, divisions);
-    return fl_align_up(size, ROUND_MIN_BLOCK);
+    return fli_align_up(size, ROUND_MIN_BLOCK);
 }

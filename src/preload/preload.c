@@ -162,7 +162,7 @@ static cudaError_t preload_alloc(const char *fn, void **ptr, size_t size, cudaSt
     if (size == 0)
         return cudaSuccess; /* as the runtime does: no memory, a NULL pointer, no error */
     int dev = current_device();
-    fl_allocator *a = fl_frontend_allocator(dev); /* says why on stderr when it fails */
+    fl_allocator *a = fli_frontend_allocator(dev); /* says why on stderr when it fails */
     if (!a)
         return cudaErrorMemoryAllocation;
     uint64_t addr;
@@ -185,8 +185,8 @@ static int owner_of(void *ptr, int cur, fl_allocator **out, uint64_t *stream, in
         if (i == cur)
             continue;
         int d = i < 0 ? cur : i;
-        fl_allocator *a = fl_frontend_existing(d);
-        if (a && fl_allocator_block_stream(a, addr, stream, known) == FL_OK) {
+        fl_allocator *a = fli_frontend_existing(d);
+        if (a && fli_allocator_block_stream(a, addr, stream, known) == FL_OK) {
             *out = a;
             return d;
         }
@@ -332,7 +332,7 @@ FL_EXPORT cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes)
         return cudaErrorInvalidValue;
     int dev = current_device();
     /* Made now if not yet: the runtime's cudaMemGetInfo sets up the context too. */
-    fl_allocator *a = fl_frontend_allocator(dev);
+    fl_allocator *a = fli_frontend_allocator(dev);
     if (!a)
         return cudaErrorNoDevice;
     fl_stats st;

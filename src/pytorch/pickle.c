@@ -12,9 +12,9 @@
 #define MAX_PROTOCOL 5
 
 /* None and the booleans are never mutated, so every document shares them. */
-static fl_pk pk_none = {.type = FL_PK_NONE};
-static fl_pk pk_true = {.type = FL_PK_BOOL, .u.i = 1};
-static fl_pk pk_false = {.type = FL_PK_BOOL, .u.i = 0};
+static fli_pk pk_none = {.type = FL_PK_NONE};
+static fli_pk pk_true = {.type = FL_PK_BOOL, .u.i = 1};
+static fli_pk pk_false = {.type = FL_PK_BOOL, .u.i = 0};
 
 /* ---- the stack ------------------------------------------------------------------------ */
 
@@ -39,15 +39,15 @@ static int pop_mark(pk_reader *r, size_t *k)
 static int memo_put_far(pk_reader *r, uint64_t id)
 {
     uint64_t old;
-    if (!r->memo_far.e && fl_map_init(&r->memo_far, 16) != FL_OK)
-        return r->err = fl_fail(FL_ERR_NOMEM, "%s: byte %zu: no host memory", r->name, r->at), -1;
-    if (!fl_map_get(&r->memo_far, id, &old)) {
+    if (!r->memo_far.e && fli_map_init(&r->memo_far, 16) != FL_OK)
+        return r->err = fli_fail(FL_ERR_NOMEM, "%s: byte %zu: no host memory", r->name, r->at), -1;
+    if (!fli_map_get(&r->memo_far, id, &old)) {
         if (pk_charge(r, MEMO_FAR_CHARGE))
             return -1;
         r->memo_count++;
     }
-    if (fl_map_put(&r->memo_far, id, (uint64_t)(uintptr_t)r->stack[r->sn - 1]) != FL_OK)
-        return r->err = fl_fail(FL_ERR_NOMEM, "%s: byte %zu: no host memory", r->name, r->at), -1;
+    if (fli_map_put(&r->memo_far, id, (uint64_t)(uintptr_t)r->stack[r->sn - 1]) != FL_OK)
+        return r->err = fli_fail(FL_ERR_NOMEM, "%s: byte %zu: no host memory", r->name, r->at), -1;
     return 0;
 }
 
@@ -58,7 +58,7 @@ static int memo_put(pk_reader *r, uint64_t id)
     if (id >= r->len)
         return memo_put_far(r, id);
     if (id >= r->memo_cap) {
-        if (id >= r->max / sizeof(fl_pk *))
+        if (id >= r->max / sizeof(fli_pk *))
             return pk_rfail(r, "memo id %llu would need more memory than the limit", (unsigned long long)id);
         size_t old = r->memo_cap;
         if (pk_grow(r, (void **)&r->memo, &r->memo_cap, (size_t)id + 1, sizeof *r->memo))
@@ -75,9 +75,9 @@ static int memo_get(pk_reader *r, uint64_t id)
 {
     uint64_t v;
     if (id >= r->len) {
-        if (!r->memo_far.e || !fl_map_get(&r->memo_far, id, &v))
+        if (!r->memo_far.e || !fli_map_get(&r->memo_far, id, &v))
             return pk_rfail(r, "memo id %llu was never stored", (unsigned long long)id);
-        return pk_push(r, (fl_pk *)(uintptr_t)v);
+        return pk_push(r, (fli_pk *)(uintptr_t)v);
     }
     if (id >= r->memo_cap || !r->memo[id])
         return pk_rfail(r, "memo id %llu was never stored", (unsigned long long)id);
@@ -98,7 +98,7 @@ static int run(pk_reader *r)
     uint64_t u;
     int64_t iv;
     size_t k = 0, n;
-    fl_pk *o;
+    fli_pk *o;
     while (r->pos < r->len) {
         r->at = r->pos;
         r->op = r->p[r->pos++];
@@ -294,40 +294,40 @@ static int run(pk_reader *r)
     }
     r->at = r->pos;
     if (r->len == 0)
-        r->err = fl_fail(FL_ERR_PARSE, "%s: byte 0: the file is empty: not a pickle", r->name);
+        r->err = fli_fail(FL_ERR_PARSE, "%s: byte 0: the file is empty: not a pickle", r->name);
     else
-        r->err = fl_fail(FL_ERR_PARSE, "%s: byte %zu: the file ends before STOP: truncated", r->name,
+        r->err = fli_fail(FL_ERR_PARSE, "%s: byte %zu: the file ends before STOP: truncated", r->name,
                          r->len);
     return -1;
 }
 
 /* already_used: bytes of the budget the caller holds (the file's contents). */
 static fl_status parse(const uint8_t *data, size_t len, const char *name, size_t max_bytes,
-                       size_t already_used, fl_pk_doc **out)
+                       size_t already_used, fli_pk_doc **out)
 {
     *out = NULL;
-    fl_pk_doc *doc = calloc(1, sizeof *doc);
+    fli_pk_doc *doc = calloc(1, sizeof *doc);
     if (!doc || !(doc->name = strdup(name))) {
         free(doc);
-        return fl_fail(FL_ERR_NOMEM, "%s: no host memory", name);
+        return fli_fail(FL_ERR_NOMEM, "%s: no host memory", name);
     }
     pk_reader r = {.p = data, .len = len, .name = name, .doc = doc, .max = max_bytes, .used = already_used};
     int rc = run(&r);
     free(r.stack);
     free(r.marks);
     free(r.memo);
-    fl_map_free(&r.memo_far);
+    fli_map_free(&r.memo_far);
     if (rc) {
         pk_doc_free(doc);
         /* Every failing path sets err; the fallback keeps a failure from reading as FL_OK. */
-        return r.err != FL_OK ? r.err : fl_fail(FL_ERR_PARSE, "%s: byte %zu: malformed", name, r.at);
+        return r.err != FL_OK ? r.err : fli_fail(FL_ERR_PARSE, "%s: byte %zu: malformed", name, r.at);
     }
     *out = doc;
     return FL_OK;
 }
 
-fl_status fl_pickle_load_memory(const void *data, size_t len, const char *name, size_t max_bytes,
-                                fl_pk_doc **out)
+fl_status fli_pickle_load_memory(const void *data, size_t len, const char *name, size_t max_bytes,
+                                fli_pk_doc **out)
 {
     if (!name)
         name = "<pickle>";
@@ -335,28 +335,28 @@ fl_status fl_pickle_load_memory(const void *data, size_t len, const char *name, 
         max_bytes = FL_PICKLE_DEFAULT_MAX_BYTES;
     if (!data && len) {
         *out = NULL;
-        return fl_fail(FL_ERR_INVALID, "%s: no data", name);
+        return fli_fail(FL_ERR_INVALID, "%s: no data", name);
     }
     return parse(data ? data : (const void *)"", len, name, max_bytes, 0, out);
 }
 
-fl_status fl_pickle_load(const char *path, size_t max_bytes, fl_pk_doc **out)
+fl_status fli_pickle_load(const char *path, size_t max_bytes, fli_pk_doc **out)
 {
     *out = NULL;
     if (!max_bytes)
         max_bytes = FL_PICKLE_DEFAULT_MAX_BYTES;
     FILE *f = fopen(path, "rb");
     if (!f)
-        return fl_fail(FL_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+        return fli_fail(FL_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
         fclose(f);
-        return fl_fail(FL_ERR_IO, "%s: not a regular file", path);
+        return fli_fail(FL_ERR_IO, "%s: not a regular file", path);
     }
     if ((uint64_t)st.st_size > max_bytes) {
         char a[32], b[32];
         fclose(f);
-        return fl_fail(FL_ERR_PARSE, "%s: the file is %s, over the memory limit of %s: refused", path,
+        return fli_fail(FL_ERR_PARSE, "%s: the file is %s, over the memory limit of %s: refused", path,
                        fl_format_size((uint64_t)st.st_size, a, sizeof a),
                        fl_format_size(max_bytes, b, sizeof b));
     }
@@ -364,14 +364,14 @@ fl_status fl_pickle_load(const char *path, size_t max_bytes, fl_pk_doc **out)
     uint8_t *buf = malloc(len ? len : 1);
     if (!buf) {
         fclose(f);
-        return fl_fail(FL_ERR_NOMEM, "%s: no host memory for %zu bytes", path, len);
+        return fli_fail(FL_ERR_NOMEM, "%s: no host memory for %zu bytes", path, len);
     }
     size_t got = fread(buf, 1, len, f);
     int read_err = ferror(f);
     fclose(f);
     if (got != len || read_err) {
         free(buf);
-        return fl_fail(FL_ERR_IO, "%s: read error (%zu of %zu bytes)", path, got, len);
+        return fli_fail(FL_ERR_IO, "%s: read error (%zu of %zu bytes)", path, got, len);
     }
     fl_status s = parse(buf, len, path, max_bytes, len, out);
     free(buf);

@@ -78,7 +78,7 @@ int pk_push_long(pk_reader *r, const uint8_t *b, size_t n)
     if (n > 8 && fits && (b[7] >> 7) != neg)
         fits = 0;
     if (!fits) {
-        fl_pk *o = pk_new_bytes(r, FL_PK_BIGINT, b, n);
+        fli_pk *o = pk_new_bytes(r, FL_PK_BIGINT, b, n);
         return o ? pk_push(r, o) : -1;
     }
     uint64_t v = neg ? UINT64_MAX : 0;
@@ -227,7 +227,7 @@ int pk_push_raw_unicode(pk_reader *r, const uint8_t *s, size_t n)
         pk_charge(r, SIZE_MAX);
         return -1;
     }
-    fl_pk *o = pk_new_obj(r, FL_PK_STR);
+    fli_pk *o = pk_new_obj(r, FL_PK_STR);
     uint8_t *out = o ? pk_arena_alloc(r, 2 * n + 1) : NULL; /* 1 byte in -> at most 2 out */
     if (!out)
         return -1;
@@ -286,6 +286,6 @@ int pk_push_counted(pk_reader *r, uint8_t type, int n_len, int signed_len)
     } else if (type == FL_PK_STR && !utf8_valid(s, (size_t)n)) {
         return pk_rfail(r, "the string is not valid UTF-8");
     }
-    fl_pk *o = pk_new_bytes(r, type, s, (size_t)n);
+    fli_pk *o = pk_new_bytes(r, type, s, (size_t)n);
     return o ? pk_push(r, o) : -1;
 }

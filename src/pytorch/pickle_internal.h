@@ -7,10 +7,10 @@
 #include "pytorch/pickle.h"
 
 /* The chunks of its arena are pickle_value.c's. */
-struct fl_pk_doc {
+struct fli_pk_doc {
     struct pk_chunk *chunks; /* the head is the one being filled */
     size_t bytes;            /* held by the chunks, headers included */
-    const fl_pk *root;
+    const fli_pk *root;
     int protocol;
     char *name;
 };
@@ -21,16 +21,16 @@ typedef struct pk_reader {
     size_t at;              /* offset of the opcode being run, for messages */
     uint8_t op;
     const char *name;
-    fl_pk_doc *doc;
+    fli_pk_doc *doc;
     size_t max, used;       /* the memory budget and what is charged against it */
     fl_status err;          /* set by helpers that return NULL */
-    fl_pk **stack;
+    fli_pk **stack;
     size_t sn, scap;
     size_t *marks;          /* stack heights at each MARK; the top one is the fence */
     size_t mn, mcap;
-    fl_pk **memo;           /* dense by id: ids are small and consecutive in practice */
+    fli_pk **memo;           /* dense by id: ids are small and consecutive in practice */
     size_t memo_cap, memo_count;
-    fl_map memo_far;        /* ids from len on (a pickle Python writes has none): id -> fl_pk *,
+    fli_map memo_far;        /* ids from len on (a pickle Python writes has none): id -> fli_pk *,
                                so that one large id costs an entry, not an array up to it */
 } pk_reader;
 
@@ -46,25 +46,25 @@ int pk_run_refused(pk_reader *r);
 
 /* ---- the document, the budget and values (pickle_value.c) ----------------------------- */
 
-void pk_doc_free(fl_pk_doc *d);
+void pk_doc_free(fli_pk_doc *d);
 /* Charges n bytes against the budget; the message says what the limit is. */
 int pk_charge(pk_reader *r, size_t n);
 void *pk_arena_alloc(pk_reader *r, size_t n);
 /* Grows a heap array of elem-byte items to hold need items, charging the growth. */
 int pk_grow(pk_reader *r, void **arr, size_t *cap, size_t need, size_t elem);
 
-fl_pk *pk_new_obj(pk_reader *r, uint8_t type);
+fli_pk *pk_new_obj(pk_reader *r, uint8_t type);
 int pk_push_int(pk_reader *r, int64_t v);
 /* A str or bytes object copied into the arena with a terminating NUL. */
-fl_pk *pk_new_bytes(pk_reader *r, uint8_t type, const void *s, size_t n);
+fli_pk *pk_new_bytes(pk_reader *r, uint8_t type, const void *s, size_t n);
 /* A new list/tuple/dict holding stack[k..sn); the items leave the stack. */
-fl_pk *pk_seq_from_stack(pk_reader *r, uint8_t type, size_t k);
+fli_pk *pk_seq_from_stack(pk_reader *r, uint8_t type, size_t k);
 /* Appends stack[k..sn) to list; they leave the stack. */
-int pk_list_extend(pk_reader *r, fl_pk *list, size_t k);
+int pk_list_extend(pk_reader *r, fli_pk *list, size_t k);
 /* stack[k..sn) must be key/value pairs with keys Python could hash. */
 int pk_check_pairs(pk_reader *r, size_t k);
 /* Adds the pairs stack[k..sn) to dict; they leave the stack. */
-int pk_dict_update(pk_reader *r, fl_pk *dict, size_t k);
+int pk_dict_update(pk_reader *r, fli_pk *dict, size_t k);
 
 /* ---- arguments (pickle_args.c) -------------------------------------------------------- */
 
@@ -85,7 +85,7 @@ int pk_push_counted(pk_reader *r, uint8_t type, int n_len, int signed_len);
 
 /* ---- hot helpers, inline in every file ------------------------------------------------ */
 
-static inline int pk_push(pk_reader *r, fl_pk *o)
+static inline int pk_push(pk_reader *r, fli_pk *o)
 {
     if (FL_UNLIKELY(r->sn == r->scap) &&
         pk_grow(r, (void **)&r->stack, &r->scap, r->sn + 1, sizeof *r->stack))

@@ -8,7 +8,7 @@
 
 /* ---- lookups -------------------------------------------------------------------------- */
 
-const char *fl_pk_type_name(int type)
+const char *fli_pk_type_name(int type)
 {
     static const char *const names[] = {"None",    "a bool",  "an int", "an int over 64 bits",
                                         "a float", "a str",   "bytes",  "a list",
@@ -16,19 +16,19 @@ const char *fl_pk_type_name(int type)
     return type >= 0 && type <= FL_PK_DICT ? names[type] : "an unknown value";
 }
 
-int fl_pk_str_is(const fl_pk *o, const char *s)
+int fli_pk_str_is(const fli_pk *o, const char *s)
 {
     size_t n = strlen(s);
     return o && o->type == FL_PK_STR && o->u.s.n == n && memcmp(o->u.s.p, s, n) == 0;
 }
 
-const fl_pk *fl_pk_dict_get(const fl_pk *d, const char *key)
+const fli_pk *fli_pk_dict_get(const fli_pk *d, const char *key)
 {
     if (!d || d->type != FL_PK_DICT)
         return NULL;
     size_t n = strlen(key);
     for (size_t i = d->u.seq.n; i-- > 0;) {
-        const fl_pk *k = d->u.seq.v[2 * i];
+        const fli_pk *k = d->u.seq.v[2 * i];
         if (k->type == FL_PK_STR && k->u.s.n == n && memcmp(k->u.s.p, key, n) == 0)
             return d->u.seq.v[2 * i + 1];
     }
@@ -44,40 +44,40 @@ static fl_status where_fail(const char *where_fmt, va_list ap, const char *fmt, 
     va_start(ap2, fmt);
     vsnprintf(what, sizeof what, fmt, ap2);
     va_end(ap2);
-    return fl_fail(FL_ERR_PARSE, "%s: %s", where, what);
+    return fli_fail(FL_ERR_PARSE, "%s: %s", where, what);
 }
 
 static const char *expected_name(int type)
 {
-    return type == FL_PK_INT ? "an int" : fl_pk_type_name(type);
+    return type == FL_PK_INT ? "an int" : fli_pk_type_name(type);
 }
 
 /* d[key] with a type in mask. optional: absent or None gives FL_OK and *out = NULL. */
-static fl_status lookup(const fl_pk *d, const char *key, unsigned mask, const char *expected, int optional,
-                        const fl_pk **out, const char *where_fmt, va_list ap)
+static fl_status lookup(const fli_pk *d, const char *key, unsigned mask, const char *expected, int optional,
+                        const fli_pk **out, const char *where_fmt, va_list ap)
 {
     *out = NULL;
     if (!d || d->type != FL_PK_DICT)
-        return where_fail(where_fmt, ap, "is %s, expected a dict", d ? fl_pk_type_name(d->type) : "missing");
-    const fl_pk *v = fl_pk_dict_get(d, key);
+        return where_fail(where_fmt, ap, "is %s, expected a dict", d ? fli_pk_type_name(d->type) : "missing");
+    const fli_pk *v = fli_pk_dict_get(d, key);
     if (!v || (optional && v->type == FL_PK_NONE)) {
         if (optional)
             return FL_OK;
         return where_fail(where_fmt, ap, "no key '%s'", key);
     }
     if (!(mask & (1u << v->type)))
-        return where_fail(where_fmt, ap, "'%s' is %s, expected %s", key, fl_pk_type_name(v->type), expected);
+        return where_fail(where_fmt, ap, "'%s' is %s, expected %s", key, fli_pk_type_name(v->type), expected);
     *out = v;
     return FL_OK;
 }
 
-fl_status fl_pk_check(const fl_pk *o, fl_pk_type type, const char *where_fmt, ...)
+fl_status fli_pk_check(const fli_pk *o, fli_pk_type type, const char *where_fmt, ...)
 {
     if (o && o->type == type)
         return FL_OK;
     va_list ap;
     va_start(ap, where_fmt);
-    fl_status s = where_fail(where_fmt, ap, "is %s, expected %s", o ? fl_pk_type_name(o->type) : "missing",
+    fl_status s = where_fail(where_fmt, ap, "is %s, expected %s", o ? fli_pk_type_name(o->type) : "missing",
                              expected_name(type));
     va_end(ap);
     return s;
@@ -86,26 +86,26 @@ fl_status fl_pk_check(const fl_pk *o, fl_pk_type type, const char *where_fmt, ..
 #define M(t) (1u << (t))
 
 /* The getters share one body; want/opt differ only in `optional`. */
-static fl_status get_value(const fl_pk *d, const char *key, fl_pk_type type, const fl_pk **out, int optional,
+static fl_status get_value(const fli_pk *d, const char *key, fli_pk_type type, const fli_pk **out, int optional,
                            const char *where_fmt, va_list ap)
 {
     return lookup(d, key, M(type), expected_name(type), optional, out, where_fmt, ap);
 }
 
-static fl_status get_int(const fl_pk *d, const char *key, int64_t *out, int optional, const char *where_fmt,
+static fl_status get_int(const fli_pk *d, const char *key, int64_t *out, int optional, const char *where_fmt,
                          va_list ap)
 {
-    const fl_pk *v;
+    const fli_pk *v;
     fl_status s = lookup(d, key, M(FL_PK_INT), "an int", optional, &v, where_fmt, ap);
     if (s == FL_OK && v)
         *out = v->u.i;
     return s;
 }
 
-static fl_status get_uint(const fl_pk *d, const char *key, uint64_t *out, int optional, const char *where_fmt,
+static fl_status get_uint(const fli_pk *d, const char *key, uint64_t *out, int optional, const char *where_fmt,
                           va_list ap)
 {
-    const fl_pk *v;
+    const fli_pk *v;
     va_list ap2;
     va_copy(ap2, ap);
     fl_status s = lookup(d, key, M(FL_PK_INT), "an int >= 0", optional, &v, where_fmt, ap);
@@ -119,30 +119,30 @@ static fl_status get_uint(const fl_pk *d, const char *key, uint64_t *out, int op
     return s;
 }
 
-static fl_status get_float(const fl_pk *d, const char *key, double *out, int optional, const char *where_fmt,
+static fl_status get_float(const fli_pk *d, const char *key, double *out, int optional, const char *where_fmt,
                            va_list ap)
 {
-    const fl_pk *v;
+    const fli_pk *v;
     fl_status s = lookup(d, key, M(FL_PK_FLOAT) | M(FL_PK_INT), "a float", optional, &v, where_fmt, ap);
     if (s == FL_OK && v)
         *out = v->type == FL_PK_FLOAT ? v->u.f : (double)v->u.i;
     return s;
 }
 
-static fl_status get_bool(const fl_pk *d, const char *key, int *out, int optional, const char *where_fmt,
+static fl_status get_bool(const fli_pk *d, const char *key, int *out, int optional, const char *where_fmt,
                           va_list ap)
 {
-    const fl_pk *v;
+    const fli_pk *v;
     fl_status s = lookup(d, key, M(FL_PK_BOOL), "a bool", optional, &v, where_fmt, ap);
     if (s == FL_OK && v)
         *out = (int)v->u.i;
     return s;
 }
 
-static fl_status get_str(const fl_pk *d, const char *key, const char **out, size_t *len, int optional,
+static fl_status get_str(const fli_pk *d, const char *key, const char **out, size_t *len, int optional,
                          const char *where_fmt, va_list ap)
 {
-    const fl_pk *v;
+    const fli_pk *v;
     fl_status s = lookup(d, key, M(FL_PK_STR), "a str", optional, &v, where_fmt, ap);
     if (s == FL_OK && v) {
         *out = v->u.s.p;
@@ -160,54 +160,54 @@ static fl_status get_str(const fl_pk *d, const char *key, const char **out, size
     va_end(ap);                                                                                     \
     return s_
 
-fl_status fl_pk_want(const fl_pk *d, const char *key, fl_pk_type type, const fl_pk **out,
+fl_status fli_pk_want(const fli_pk *d, const char *key, fli_pk_type type, const fli_pk **out,
                      const char *where_fmt, ...)
 {
     WRAP(get_value(d, key, type, out, 0, where_fmt, ap));
 }
-fl_status fl_pk_want_int(const fl_pk *d, const char *key, int64_t *out, const char *where_fmt, ...)
+fl_status fli_pk_want_int(const fli_pk *d, const char *key, int64_t *out, const char *where_fmt, ...)
 {
     WRAP(get_int(d, key, out, 0, where_fmt, ap));
 }
-fl_status fl_pk_want_uint(const fl_pk *d, const char *key, uint64_t *out, const char *where_fmt, ...)
+fl_status fli_pk_want_uint(const fli_pk *d, const char *key, uint64_t *out, const char *where_fmt, ...)
 {
     WRAP(get_uint(d, key, out, 0, where_fmt, ap));
 }
-fl_status fl_pk_want_float(const fl_pk *d, const char *key, double *out, const char *where_fmt, ...)
+fl_status fli_pk_want_float(const fli_pk *d, const char *key, double *out, const char *where_fmt, ...)
 {
     WRAP(get_float(d, key, out, 0, where_fmt, ap));
 }
-fl_status fl_pk_want_bool(const fl_pk *d, const char *key, int *out, const char *where_fmt, ...)
+fl_status fli_pk_want_bool(const fli_pk *d, const char *key, int *out, const char *where_fmt, ...)
 {
     WRAP(get_bool(d, key, out, 0, where_fmt, ap));
 }
-fl_status fl_pk_want_str(const fl_pk *d, const char *key, const char **out, size_t *len,
+fl_status fli_pk_want_str(const fli_pk *d, const char *key, const char **out, size_t *len,
                          const char *where_fmt, ...)
 {
     WRAP(get_str(d, key, out, len, 0, where_fmt, ap));
 }
-fl_status fl_pk_opt(const fl_pk *d, const char *key, fl_pk_type type, const fl_pk **out,
+fl_status fli_pk_opt(const fli_pk *d, const char *key, fli_pk_type type, const fli_pk **out,
                     const char *where_fmt, ...)
 {
     WRAP(get_value(d, key, type, out, 1, where_fmt, ap));
 }
-fl_status fl_pk_opt_int(const fl_pk *d, const char *key, int64_t *out, const char *where_fmt, ...)
+fl_status fli_pk_opt_int(const fli_pk *d, const char *key, int64_t *out, const char *where_fmt, ...)
 {
     WRAP(get_int(d, key, out, 1, where_fmt, ap));
 }
-fl_status fl_pk_opt_uint(const fl_pk *d, const char *key, uint64_t *out, const char *where_fmt, ...)
+fl_status fli_pk_opt_uint(const fli_pk *d, const char *key, uint64_t *out, const char *where_fmt, ...)
 {
     WRAP(get_uint(d, key, out, 1, where_fmt, ap));
 }
-fl_status fl_pk_opt_float(const fl_pk *d, const char *key, double *out, const char *where_fmt, ...)
+fl_status fli_pk_opt_float(const fli_pk *d, const char *key, double *out, const char *where_fmt, ...)
 {
     WRAP(get_float(d, key, out, 1, where_fmt, ap));
 }
-fl_status fl_pk_opt_bool(const fl_pk *d, const char *key, int *out, const char *where_fmt, ...)
+fl_status fli_pk_opt_bool(const fli_pk *d, const char *key, int *out, const char *where_fmt, ...)
 {
     WRAP(get_bool(d, key, out, 1, where_fmt, ap));
 }
-fl_status fl_pk_opt_str(const fl_pk *d, const char *key, const char **out, size_t *len,
+fl_status fli_pk_opt_str(const fli_pk *d, const char *key, const char **out, size_t *len,
                         const char *where_fmt, ...)
 {
     WRAP(get_str(d, key, out, len, 1, where_fmt, ap));

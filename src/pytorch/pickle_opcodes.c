@@ -56,7 +56,7 @@ int pk_rfail(pk_reader *r, const char *fmt, ...)
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     const char *name = op_names[r->op] ? op_names[r->op] : "opcode";
-    r->err = fl_fail(FL_ERR_PARSE, "%s: byte %zu: %s: %s%s", r->name, r->at, name, msg,
+    r->err = fli_fail(FL_ERR_PARSE, "%s: byte %zu: %s: %s%s", r->name, r->at, name, msg,
                      not_a_pickle_hint(r));
     return -1;
 }
@@ -88,7 +88,7 @@ static void refuse(pk_reader *r, const char *why, const char *detail)
     char label[48];
     op_label(label, sizeof label, r->op);
     /* The em dash is UTF-8, like the rest of the messages users read. */
-    r->err = fl_fail(FL_ERR_PARSE,
+    r->err = fli_fail(FL_ERR_PARSE,
                      "%s: byte %zu: opcode %s %s%s%s%s: refused \xe2\x80\x94 fragless reads only plain data",
                      r->name, r->at, label, why, detail ? " (" : "", detail ? detail : "", detail ? ")" : "");
 }
@@ -110,7 +110,7 @@ static void refuse_stack_global(pk_reader *r)
 {
     char detail[160], a[64], b[64];
     if (r->sn >= 2 && r->stack[r->sn - 2]->type == FL_PK_STR && r->stack[r->sn - 1]->type == FL_PK_STR) {
-        const fl_pk *m = r->stack[r->sn - 2], *n = r->stack[r->sn - 1];
+        const fli_pk *m = r->stack[r->sn - 2], *n = r->stack[r->sn - 1];
         snprintf(detail, sizeof detail, "%s.%s", pk_quote(a, sizeof a, (const uint8_t *)m->u.s.p, m->u.s.n),
                  pk_quote(b, sizeof b, (const uint8_t *)n->u.s.p, n->u.s.n));
         refuse(r, "would import code", detail);
@@ -163,13 +163,13 @@ int pk_run_refused(pk_reader *r)
         break;
     case 'S': { /* STRING: protocol 0's quoted Python 2 str, never written for Python 3 data */
         char label[48];
-        r->err = fl_fail(FL_ERR_PARSE,
+        r->err = fli_fail(FL_ERR_PARSE,
                          "%s: byte %zu: opcode %s is not supported (a protocol 0 quoted string): refused",
                          r->name, r->at, op_label(label, sizeof label, r->op));
         break;
     }
     default:
-        r->err = fl_fail(FL_ERR_PARSE,
+        r->err = fli_fail(FL_ERR_PARSE,
                          "%s: byte %zu: unknown opcode 0x%02x: refused (not a pickle, or newer than "
                          "protocol 5)", r->name, r->at, r->op);
     }

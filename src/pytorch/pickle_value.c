@@ -23,7 +23,7 @@ static inline unsigned char *chunk_data(pk_chunk *c) { return (unsigned char *)c
 #define CHUNK_MIN ((size_t)4 << 10)
 #define CHUNK_MAX ((size_t)256 << 10)
 
-void pk_doc_free(fl_pk_doc *d)
+void pk_doc_free(fli_pk_doc *d)
 {
     if (!d)
         return;
@@ -35,11 +35,11 @@ void pk_doc_free(fl_pk_doc *d)
     free(d);
 }
 
-void fl_pickle_free(fl_pk_doc *doc) { pk_doc_free(doc); }
-const fl_pk *fl_pk_doc_root(const fl_pk_doc *doc) { return doc->root; }
-const char *fl_pk_doc_name(const fl_pk_doc *doc) { return doc->name; }
-int fl_pk_doc_protocol(const fl_pk_doc *doc) { return doc->protocol; }
-size_t fl_pk_doc_bytes(const fl_pk_doc *doc) { return doc->bytes; }
+void fli_pickle_free(fli_pk_doc *doc) { pk_doc_free(doc); }
+const fli_pk *fli_pk_doc_root(const fli_pk_doc *doc) { return doc->root; }
+const char *fli_pk_doc_name(const fli_pk_doc *doc) { return doc->name; }
+int fli_pk_doc_protocol(const fli_pk_doc *doc) { return doc->protocol; }
+size_t fli_pk_doc_bytes(const fli_pk_doc *doc) { return doc->bytes; }
 
 /* ---- the memory budget --------------------------------------------------------------- */
 
@@ -62,7 +62,7 @@ void *pk_arena_alloc(pk_reader *r, size_t n)
         return NULL;
     }
     n = (n + 15) & ~(size_t)15;
-    fl_pk_doc *d = r->doc;
+    fli_pk_doc *d = r->doc;
     pk_chunk *c = d->chunks;
     if (c && c->size - c->used >= n) {
         void *p = chunk_data(c) + c->used;
@@ -76,7 +76,7 @@ void *pk_arena_alloc(pk_reader *r, size_t n)
         return NULL;
     pk_chunk *nc = malloc(CHUNK_HDR + size);
     if (!nc) {
-        r->err = fl_fail(FL_ERR_NOMEM, "%s: byte %zu: no host memory for %zu bytes", r->name, r->at, size);
+        r->err = fli_fail(FL_ERR_NOMEM, "%s: byte %zu: no host memory for %zu bytes", r->name, r->at, size);
         return NULL;
     }
     nc->size = size;
@@ -109,7 +109,7 @@ int pk_grow(pk_reader *r, void **arr, size_t *cap, size_t need, size_t elem)
         return -1;
     void *p = realloc(*arr, ncap * elem);
     if (!p) {
-        r->err = fl_fail(FL_ERR_NOMEM, "%s: byte %zu: no host memory", r->name, r->at);
+        r->err = fli_fail(FL_ERR_NOMEM, "%s: byte %zu: no host memory", r->name, r->at);
         return -1;
     }
     *arr = p;
@@ -119,9 +119,9 @@ int pk_grow(pk_reader *r, void **arr, size_t *cap, size_t need, size_t elem)
 
 /* ---- values -------------------------------------------------------------------------- */
 
-fl_pk *pk_new_obj(pk_reader *r, uint8_t type)
+fli_pk *pk_new_obj(pk_reader *r, uint8_t type)
 {
-    fl_pk *o = pk_arena_alloc(r, sizeof *o);
+    fli_pk *o = pk_arena_alloc(r, sizeof *o);
     if (o) {
         memset(o, 0, sizeof *o);
         o->type = type;
@@ -131,7 +131,7 @@ fl_pk *pk_new_obj(pk_reader *r, uint8_t type)
 
 int pk_push_int(pk_reader *r, int64_t v)
 {
-    fl_pk *o = pk_new_obj(r, FL_PK_INT);
+    fli_pk *o = pk_new_obj(r, FL_PK_INT);
     if (!o)
         return -1;
     o->u.i = v;
@@ -139,9 +139,9 @@ int pk_push_int(pk_reader *r, int64_t v)
 }
 
 /* A str or bytes object copied into the arena with a terminating NUL. */
-fl_pk *pk_new_bytes(pk_reader *r, uint8_t type, const void *s, size_t n)
+fli_pk *pk_new_bytes(pk_reader *r, uint8_t type, const void *s, size_t n)
 {
-    fl_pk *o = pk_new_obj(r, type);
+    fli_pk *o = pk_new_obj(r, type);
     char *p = o && n < SIZE_MAX ? pk_arena_alloc(r, n + 1) : NULL;
     if (!p)
         return NULL;
@@ -153,7 +153,7 @@ fl_pk *pk_new_bytes(pk_reader *r, uint8_t type, const void *s, size_t n)
 }
 
 /* Items array of a list, tuple or dict (2 pointers per pair) grown to hold add more. */
-static int seq_reserve(pk_reader *r, fl_pk *o, size_t add)
+static int seq_reserve(pk_reader *r, fli_pk *o, size_t add)
 {
     size_t per = o->type == FL_PK_DICT ? 2 : 1;
     size_t have = o->u.seq.n * per;
@@ -161,11 +161,11 @@ static int seq_reserve(pk_reader *r, fl_pk *o, size_t add)
         return 0;
     size_t need = have + add;
     size_t ncap = o->u.seq.cap * 2 > need ? o->u.seq.cap * 2 : need;
-    if (ncap > r->max / sizeof(fl_pk *)) {
+    if (ncap > r->max / sizeof(fli_pk *)) {
         pk_charge(r, SIZE_MAX);
         return -1;
     }
-    fl_pk **v = pk_arena_alloc(r, ncap * sizeof *v);
+    fli_pk **v = pk_arena_alloc(r, ncap * sizeof *v);
     if (!v)
         return -1;
     if (have)
@@ -176,9 +176,9 @@ static int seq_reserve(pk_reader *r, fl_pk *o, size_t add)
 }
 
 /* A new list/tuple/dict holding stack[k..sn); the items leave the stack. */
-fl_pk *pk_seq_from_stack(pk_reader *r, uint8_t type, size_t k)
+fli_pk *pk_seq_from_stack(pk_reader *r, uint8_t type, size_t k)
 {
-    fl_pk *o = pk_new_obj(r, type);
+    fli_pk *o = pk_new_obj(r, type);
     size_t n = r->sn - k;
     if (!o || (n && seq_reserve(r, o, n)))
         return NULL;
@@ -189,21 +189,21 @@ fl_pk *pk_seq_from_stack(pk_reader *r, uint8_t type, size_t k)
     return o;
 }
 
-static int hashable_key(pk_reader *r, const fl_pk *key)
+static int hashable_key(pk_reader *r, const fli_pk *key)
 {
     if (key->type == FL_PK_LIST || key->type == FL_PK_DICT)
-        return pk_rfail(r, "a dict key is %s: unhashable", fl_pk_type_name(key->type));
+        return pk_rfail(r, "a dict key is %s: unhashable", fli_pk_type_name(key->type));
     return 0;
 }
 
 /* Appends stack[k..sn) to list; they leave the stack. */
-int pk_list_extend(pk_reader *r, fl_pk *list, size_t k)
+int pk_list_extend(pk_reader *r, fli_pk *list, size_t k)
 {
     if (list->type != FL_PK_LIST)
-        return pk_rfail(r, "the target is %s, expected a list", fl_pk_type_name(list->type));
+        return pk_rfail(r, "the target is %s, expected a list", fli_pk_type_name(list->type));
     size_t n = r->sn - k;
     if (n && (seq_reserve(r, list, n) ||
-              !memcpy(list->u.seq.v + list->u.seq.n, r->stack + k, n * sizeof(fl_pk *))))
+              !memcpy(list->u.seq.v + list->u.seq.n, r->stack + k, n * sizeof(fli_pk *))))
         return -1;
     list->u.seq.n += n;
     r->sn = k;
@@ -222,15 +222,15 @@ int pk_check_pairs(pk_reader *r, size_t k)
 }
 
 /* Adds the pairs stack[k..sn) to dict; they leave the stack. */
-int pk_dict_update(pk_reader *r, fl_pk *dict, size_t k)
+int pk_dict_update(pk_reader *r, fli_pk *dict, size_t k)
 {
     if (dict->type != FL_PK_DICT)
-        return pk_rfail(r, "the target is %s, expected a dict", fl_pk_type_name(dict->type));
+        return pk_rfail(r, "the target is %s, expected a dict", fli_pk_type_name(dict->type));
     if (pk_check_pairs(r, k))
         return -1;
     size_t n = r->sn - k;
     if (n && (seq_reserve(r, dict, n) ||
-              !memcpy(dict->u.seq.v + 2 * dict->u.seq.n, r->stack + k, n * sizeof(fl_pk *))))
+              !memcpy(dict->u.seq.v + 2 * dict->u.seq.n, r->stack + k, n * sizeof(fli_pk *))))
         return -1;
     dict->u.seq.n += n / 2;
     r->sn = k;

@@ -8,25 +8,25 @@
 #include <stdlib.h>
 #include <string.h>
 
-void fl_sites_init(fl_sites *s, uint64_t frame_budget)
+void fli_sites_init(fli_sites *s, uint64_t frame_budget)
 {
     memset(s, 0, sizeof *s);
     s->budget = frame_budget;
-    if (fl_map_init(&s->by_list, 64) != FL_OK || fl_map_init(&s->by_name, 64) != FL_OK)
+    if (fli_map_init(&s->by_list, 64) != FL_OK || fli_map_init(&s->by_name, 64) != FL_OK)
         s->nomem = 1;
 }
 
-void fl_sites_free(fl_sites *s)
+void fli_sites_free(fli_sites *s)
 {
     for (uint32_t i = 1; i < s->n; i++)
         free(s->names[i]);
     free(s->names);
-    fl_map_free(&s->by_list);
-    fl_map_free(&s->by_name);
+    fli_map_free(&s->by_list);
+    fli_map_free(&s->by_name);
     memset(s, 0, sizeof *s);
 }
 
-void fl_sites_move(fl_sites *s, char ***names, uint32_t *n)
+void fli_sites_move(fli_sites *s, char ***names, uint32_t *n)
 {
     *names = s->names;
     *n = s->n;
@@ -76,20 +76,20 @@ static void clean(char *s)
             *s = '?';
 }
 
-static void name_of(fl_sites *s, const fl_pk *frames, char *out, size_t cap)
+static void name_of(fli_sites *s, const fli_pk *frames, char *out, size_t cap)
 {
     char autograd[64] = "", op[64] = "", torch_py[FL_SITES_MAX_NAME] = "";
     out[0] = 0;
-    size_t n = fl_pk_len(frames);
+    size_t n = fli_pk_len(frames);
     if (n > FL_SITES_MAX_FRAMES)
         n = FL_SITES_MAX_FRAMES;
     for (size_t i = 0; i < n; i++) {
         if (!s->budget)
             break;
         s->budget--;
-        const fl_pk *f = fl_pk_item(frames, i);
-        const fl_pk *fn = fl_pk_dict_get(f, "filename"), *nm = fl_pk_dict_get(f, "name"),
-                    *ln = fl_pk_dict_get(f, "line");
+        const fli_pk *f = fli_pk_item(frames, i);
+        const fli_pk *fn = fli_pk_dict_get(f, "filename"), *nm = fli_pk_dict_get(f, "name"),
+                    *ln = fli_pk_dict_get(f, "line");
         if (!fn || !nm || fn->type != FL_PK_STR || nm->type != FL_PK_STR)
             continue;
         long long line = ln && ln->type == FL_PK_INT ? (long long)ln->u.i : 0;
@@ -120,19 +120,19 @@ static uint64_t hash_str(const char *s)
     return h == UINT64_MAX ? 0 : h; /* UINT64_MAX is the map's empty key */
 }
 
-uint32_t fl_sites_of(fl_sites *s, const fl_pk *frames)
+uint32_t fli_sites_of(fli_sites *s, const fli_pk *frames)
 {
     if (!frames || frames->type != FL_PK_LIST || !frames->u.seq.n || s->nomem)
         return 0;
     uint64_t key = (uint64_t)(uintptr_t)frames, v;
-    if (fl_map_get(&s->by_list, key, &v))
+    if (fli_map_get(&s->by_list, key, &v))
         return (uint32_t)v;
     char name[FL_SITES_MAX_NAME];
     name_of(s, frames, name, sizeof name);
     uint32_t id = 0;
     if (name[0]) {
         uint64_t h = hash_str(name);
-        if (fl_map_get(&s->by_name, h, &v) && !strcmp(s->names[v], name)) {
+        if (fli_map_get(&s->by_name, h, &v) && !strcmp(s->names[v], name)) {
             id = (uint32_t)v;
         } else if (s->n < FL_SITES_MAX) {
             if (s->n == s->cap) {
@@ -148,7 +148,7 @@ uint32_t fl_sites_of(fl_sites *s, const fl_pk *frames)
                     s->names[s->n++] = NULL;
             }
             char *copy = strdup(name);
-            if (!copy || fl_map_put(&s->by_name, h, s->n) != FL_OK) {
+            if (!copy || fli_map_put(&s->by_name, h, s->n) != FL_OK) {
                 free(copy);
                 s->nomem = 1;
                 return 0;
@@ -157,7 +157,7 @@ uint32_t fl_sites_of(fl_sites *s, const fl_pk *frames)
             id = s->n++;
         }
     }
-    if (fl_map_put(&s->by_list, key, id) != FL_OK)
+    if (fli_map_put(&s->by_list, key, id) != FL_OK)
         s->nomem = 1;
     return id;
 }

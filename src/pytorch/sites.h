@@ -7,24 +7,24 @@
 
 #include "pytorch/pickle.h"
 
-typedef struct fl_sites {
-    fl_map by_list;     /* address of a frames list -> its site id (the memo shares lists) */
-    fl_map by_name;     /* hash of a name -> site id */
+typedef struct fli_sites {
+    fli_map by_list;     /* address of a frames list -> its site id (the memo shares lists) */
+    fli_map by_name;     /* hash of a name -> site id */
     char **names;       /* names[0] is NULL: site 0 = unknown */
     uint32_t n, cap;
     uint64_t budget;    /* frames still to be looked at; 0: every later list is unknown */
     int nomem;          /* host memory ran out: later sites are unknown */
-} fl_sites;
+} fli_sites;
 
 /* frame_budget bounds the frames examined in all (a hostile pickle could list one huge
  * frames list from every entry; each distinct list is examined once). */
-void fl_sites_init(fl_sites *s, uint64_t frame_budget);
+void fli_sites_init(fli_sites *s, uint64_t frame_budget);
 /* The site of a frames list (a list of {name, filename, line} dicts); 0 when unknown or
  * when frames is not a list. */
-uint32_t fl_sites_of(fl_sites *s, const fl_pk *frames);
+uint32_t fli_sites_of(fli_sites *s, const fli_pk *frames);
 /* Hands the names over (t->sites, t->n_sites) and empties s. */
-void fl_sites_move(fl_sites *s, char ***names, uint32_t *n);
-void fl_sites_free(fl_sites *s);
+void fli_sites_move(fli_sites *s, char ***names, uint32_t *n);
+void fli_sites_free(fli_sites *s);
 
 /* Most frames of one list examined: the program's frame is within the first ~60 in real
  * snapshots (the C++ frames of the allocator and the dispatcher come first). */

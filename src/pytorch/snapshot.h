@@ -1,4 +1,4 @@
-/* PyTorch memory snapshots (torch.cuda.memory._dump_snapshot) as fl_trace: one device's
+/* PyTorch memory snapshots (torch.cuda.memory._dump_snapshot) as fli_trace: one device's
  * recorded history turned into allocate / free / allocate failure events, with the blocks
  * that were alive before recording began reconstructed and allocated first. */
 #ifndef FL_SNAPSHOT_H
@@ -8,7 +8,7 @@
 #include "trace/trace.h"
 
 /* What the conversion found, for summaries, `doctor` and fidelity checks. */
-typedef struct fl_snapshot_info {
+typedef struct fli_snapshot_info {
     int n_devices;                  /* len(device_traces) */
     int device;                     /* the device converted */
     /* device_traces[device], by action */
@@ -25,7 +25,7 @@ typedef struct fl_snapshot_info {
     uint64_t synth_freed_bytes;
     uint64_t n_synth_live;          /* (b) allocated in `segments` at dump, absent from the trace */
     uint64_t synth_live_bytes;
-    uint64_t n_double_frees;        /* frees of an address already freed: kept; fl_prepare skips them */
+    uint64_t n_double_frees;        /* frees of an address already freed: kept; fli_prepare skips them */
     uint64_t n_active_unmatched;    /* allocated at dump, but the trace freed that address last:
                                        events were lost, so it cannot be placed at the start */
     uint64_t n_live_not_in_segments;/* live at the end of the trace, not allocated in `segments` */
@@ -62,7 +62,7 @@ typedef struct fl_snapshot_info {
     double gc_threshold;            /* garbage_collection_threshold */
     /* roundup_power2_divisions, indexed like fl_config: entry i for sizes from 2^(20+i) */
     uint32_t roundup_divisions[FL_ROUNDUP_INTERVALS];
-} fl_snapshot_info;
+} fli_snapshot_info;
 
 /* Blocks of a private memory pool (CUDA graphs, torch.cuda.MemPool) at dump are allocated
  * on their segment's stream with these bits flipped: a stream of their own, so that no
@@ -70,15 +70,15 @@ typedef struct fl_snapshot_info {
 #define FL_SNAPSHOT_PRIVATE_POOL (UINT64_C(1) << 62)
 
 /* Per device of a snapshot: what it recorded (for choosing which to read). */
-typedef struct fl_snapshot_device {
+typedef struct fli_snapshot_device {
     uint64_t n_entries;             /* len(device_traces[i]) */
     uint64_t n_oom;                 /* oom entries among them */
     uint64_t n_segments, n_active_blocks; /* in `segments` with device i */
-} fl_snapshot_device;
+} fli_snapshot_device;
 
 /* Lists the devices of a parsed snapshot: *n = len(device_traces), and for each up to
  * max, its summary. FL_ERR_PARSE when the snapshot has no device_traces list. */
-fl_status fl_snapshot_devices(const fl_pk_doc *doc, const char *path, fl_snapshot_device *out, int max, int *n);
+fl_status fli_snapshot_devices(const fli_pk_doc *doc, const char *path, fli_snapshot_device *out, int max, int *n);
 
 /* Converts device_traces[device] of a parsed snapshot into out (initialised here; on
  * error it is left empty and needs no free). path names the file in messages, which read
@@ -117,9 +117,9 @@ fl_status fl_snapshot_devices(const fl_pk_doc *doc, const char *path, fl_snapsho
  *
  * Segments older than the recording (info->n_old_segments) are described in out->seeds
  * with the live blocks (b) and (a) inside them, so that the emulation of the snapshot's
- * allocator can start where the real one was (fl_replay_opts.follow). */
-fl_status fl_snapshot_to_trace(const fl_pk_doc *doc, const char *path, int device, fl_trace *out,
-                               fl_snapshot_info *info);
+ * allocator can start where the real one was (fli_replay_opts.follow). */
+fl_status fli_snapshot_to_trace(const fli_pk_doc *doc, const char *path, int device, fli_trace *out,
+                               fli_snapshot_info *info);
 
 /* Reads the file (the pickle reader, FL_SNAPSHOT_MAX_BYTES of memory at most: parsing
  * takes about 3.5x the file's size, so snapshots up to ~1 GB) and converts it. */
@@ -134,13 +134,13 @@ fl_status fl_snapshot_to_trace(const fl_pk_doc *doc, const char *path, int devic
 /* The allocator settings the snapshot recorded, as our config: cca, or cca-expandable
  * when expandable_segments was on, with max_split_size, the GC threshold and the
  * roundup divisions. */
-void fl_snapshot_config(const fl_snapshot_info *info, fl_config *cfg);
+void fli_snapshot_config(const fli_snapshot_info *info, fl_config *cfg);
 
-fl_status fl_trace_read_snapshot(const char *path, int device, fl_trace *out, fl_snapshot_info *info);
+fl_status fli_trace_read_snapshot(const char *path, int device, fli_trace *out, fli_snapshot_info *info);
 
 /* The device's capacity when a snapshot recorded an out-of-memory (info->oom_entry >= 0):
  * what the allocator held then (oom_reserved) plus the oom event's device_free.
  * FL_ERR_PARSE (naming name) when that passes 2^64 bytes. */
-fl_status fl_snapshot_oom_capacity(const fl_snapshot_info *info, const char *name, uint64_t *out);
+fl_status fli_snapshot_oom_capacity(const fli_snapshot_info *info, const char *name, uint64_t *out);
 
 #endif

@@ -19,7 +19,7 @@ static inline void class_of(uint64_t units, unsigned *fl, unsigned *sl)
         *fl = 0;
         *sl = (unsigned)units;
     } else {
-        unsigned l = (unsigned)fl_log2_floor(units);
+        unsigned l = (unsigned)fli_log2_floor(units);
         *fl = l - RANGE_SL_LOG + 1;
         *sl = (unsigned)(units >> (l - RANGE_SL_LOG)) & (RANGE_SL_COUNT - 1);
     }
@@ -43,7 +43,7 @@ static void list_insert(fl_range *r, uint32_t n)
     if (r->heads[c] != NIL)
         r->nodes[r->heads[c]].prev_free = n;
     r->heads[c] = n;
-    r->fl_bitmap |= UINT64_C(1) << (c / RANGE_SL_COUNT);
+    r->fli_bitmap |= UINT64_C(1) << (c / RANGE_SL_COUNT);
     r->sl_bitmap[c / RANGE_SL_COUNT] |= 1u << (c % RANGE_SL_COUNT);
 }
 
@@ -62,7 +62,7 @@ static void list_remove(fl_range *r, uint32_t n)
         unsigned fl = c / RANGE_SL_COUNT;
         r->sl_bitmap[fl] &= ~(1u << (c % RANGE_SL_COUNT));
         if (!r->sl_bitmap[fl])
-            r->fl_bitmap &= ~(UINT64_C(1) << fl);
+            r->fli_bitmap &= ~(UINT64_C(1) << fl);
     }
 }
 
@@ -111,11 +111,11 @@ static fl_status reserve_nodes(fl_range *r)
         return FL_OK;
     /* Node indices are 32-bit (0 is NIL): past 2^31 slots doubling would wrap. */
     if (r->cap_nodes > UINT32_MAX / 2)
-        return fl_fail(FL_ERR_NOMEM, "range allocator: at most %u blocks", r->cap_nodes);
+        return fli_fail(FL_ERR_NOMEM, "range allocator: at most %u blocks", r->cap_nodes);
     uint32_t cap = r->cap_nodes * 2;
     range_node *nodes = realloc(r->nodes, (size_t)cap * sizeof *nodes);
     if (!nodes)
-        return fl_fail(FL_ERR_NOMEM, "range allocator: cannot grow to %u blocks", cap);
+        return fli_fail(FL_ERR_NOMEM, "range allocator: cannot grow to %u blocks", cap);
     r->nodes = nodes;
     r->cap_nodes = cap;
     return FL_OK;
@@ -144,24 +144,24 @@ static void node_release(fl_range *r, uint32_t n)
 fl_status fl_range_create(uint64_t size, uint64_t min_align, fl_range **out)
 {
     *out = NULL;
-    if (!fl_is_pow2(min_align))
-        return fl_fail(FL_ERR_INVALID, "range allocator: min_align %llu is not a power of two",
+    if (!fli_is_pow2(min_align))
+        return fli_fail(FL_ERR_INVALID, "range allocator: min_align %llu is not a power of two",
                        (unsigned long long)min_align);
     if (size == 0 || size % min_align)
-        return fl_fail(FL_ERR_INVALID, "range allocator: size %llu is not a positive multiple of %llu",
+        return fli_fail(FL_ERR_INVALID, "range allocator: size %llu is not a positive multiple of %llu",
                        (unsigned long long)size, (unsigned long long)min_align);
     fl_range *r = calloc(1, sizeof *r);
     if (!r)
-        return fl_fail(FL_ERR_NOMEM, "range allocator: out of host memory");
+        return fli_fail(FL_ERR_NOMEM, "range allocator: out of host memory");
     r->capacity = size;
     r->min_align = min_align;
-    r->align_log = (unsigned)fl_log2_floor(min_align);
+    r->align_log = (unsigned)fli_log2_floor(min_align);
     r->cap_nodes = 64;
     r->nodes = calloc(r->cap_nodes, sizeof *r->nodes);
-    if (!r->nodes || fl_map_init(&r->used, 64) != FL_OK) {
+    if (!r->nodes || fli_map_init(&r->used, 64) != FL_OK) {
         free(r->nodes);
         free(r);
-        return fl_fail(FL_ERR_NOMEM, "range allocator: out of host memory");
+        return fli_fail(FL_ERR_NOMEM, "range allocator: out of host memory");
     }
     r->n_nodes = 2; /* node 0 is NIL */
     r->head = 1;
@@ -180,7 +180,7 @@ void fl_range_destroy(fl_range *r)
 {
     if (!r)
         return;
-    fl_map_free(&r->used);
+    fli_map_free(&r->used);
     free(r->nodes);
     free(r);
 }
@@ -210,10 +210,10 @@ static uint32_t first_class_from(const fl_range *r, unsigned fl, unsigned sl, un
         return NIL;
     uint32_t sl_map = sl < RANGE_SL_COUNT ? (r->sl_bitmap[fl] & (~0u << sl)) : 0;
     if (!sl_map) {
-        uint64_t fl_map = fl + 1 < 64 ? (r->fl_bitmap & (~UINT64_C(0) << (fl + 1))) : 0;
-        if (!fl_map)
+        uint64_t fli_map = fl + 1 < 64 ? (r->fli_bitmap & (~UINT64_C(0) << (fl + 1))) : 0;
+        if (!fli_map)
             return NIL;
-        fl = (unsigned)__builtin_ctzll(fl_map);
+        fl = (unsigned)__builtin_ctzll(fli_map);
         sl_map = r->sl_bitmap[fl];
     }
     sl = (unsigned)__builtin_ctz(sl_map);
@@ -300,28 +300,28 @@ fl_status fl_range_alloc(fl_range *r, uint64_t size, uint64_t align, uint64_t *o
 {
     if (align == 0)
         align = r->min_align;
-    if (FL_UNLIKELY(size == 0 || !fl_is_pow2(align)))
-        return fl_fail(FL_ERR_INVALID, "range allocator: size %llu / alignment %llu invalid",
+    if (FL_UNLIKELY(size == 0 || !fli_is_pow2(align)))
+        return fli_fail(FL_ERR_INVALID, "range allocator: size %llu / alignment %llu invalid",
                        (unsigned long long)size, (unsigned long long)align);
     if (FL_UNLIKELY(size > r->capacity))
-        return fl_fail(FL_ERR_OOM, "range allocator: %llu bytes asked, capacity %llu",
+        return fli_fail(FL_ERR_OOM, "range allocator: %llu bytes asked, capacity %llu",
                        (unsigned long long)size, (unsigned long long)r->capacity);
-    size = fl_align_up(size, r->min_align);
+    size = fli_align_up(size, r->min_align);
     if (align < r->min_align)
         align = r->min_align;
     uint64_t search = size + (align - r->min_align);
     if (search < size || search > r->capacity)
-        return fl_fail(FL_ERR_OOM, "range allocator: %llu bytes at alignment %llu do not fit",
+        return fli_fail(FL_ERR_OOM, "range allocator: %llu bytes at alignment %llu do not fit",
                        (unsigned long long)size, (unsigned long long)align);
     /* Searching for size + (align - min_align) guarantees an aligned start inside the
      * block found; a block that would fit only at a lucky offset is not looked for. */
     uint32_t n = range_find_free(r, search);
     if (n == NIL)
-        return fl_fail(FL_ERR_OOM, "range allocator: no free range of %llu bytes (free %llu, largest %llu)",
+        return fli_fail(FL_ERR_OOM, "range allocator: no free range of %llu bytes (free %llu, largest %llu)",
                        (unsigned long long)size, (unsigned long long)r->total_free,
                        (unsigned long long)fl_range_largest_free(r));
     uint32_t used;
-    fl_status s = range_take(r, n, fl_align_up(r->nodes[n].offset, align) - r->nodes[n].offset, size, &used);
+    fl_status s = range_take(r, n, fli_align_up(r->nodes[n].offset, align) - r->nodes[n].offset, size, &used);
     if (s == FL_OK)
         *offset = r->nodes[used].offset;
     return s;
@@ -332,9 +332,9 @@ fl_status range_take(fl_range *r, uint32_t n, uint64_t pad, uint64_t size, uint3
     if (FL_UNLIKELY(reserve_nodes(r) != FL_OK))
         return FL_ERR_NOMEM;
     uint32_t used = carve(r, n, pad, size);
-    if (!r->untracked && fl_map_insert(&r->used, r->nodes[used].offset, used) != FL_OK) {
+    if (!r->untracked && fli_map_insert(&r->used, r->nodes[used].offset, used) != FL_OK) {
         range_free_node(r, used);
-        return fl_fail(FL_ERR_NOMEM, "range allocator: out of host memory for the offset table");
+        return fli_fail(FL_ERR_NOMEM, "range allocator: out of host memory for the offset table");
     }
     r->total_free -= size;
     r->live++;
@@ -408,8 +408,8 @@ uint64_t range_release(fl_range *r, uint32_t n)
 fl_status range_free_sized(fl_range *r, uint64_t offset, uint64_t *size)
 {
     uint64_t v;
-    if (FL_UNLIKELY(r->untracked || !fl_map_remove(&r->used, offset, &v)))
-        return fl_fail(FL_ERR_NOT_FOUND, "range allocator: no live block at offset 0x%llx",
+    if (FL_UNLIKELY(r->untracked || !fli_map_remove(&r->used, offset, &v)))
+        return fli_fail(FL_ERR_NOT_FOUND, "range allocator: no live block at offset 0x%llx",
                        (unsigned long long)offset);
     *size = range_release(r, (uint32_t)v);
     return FL_OK;
@@ -424,7 +424,7 @@ fl_status fl_range_free(fl_range *r, uint64_t offset)
 uint64_t fl_range_block_size(const fl_range *r, uint64_t offset)
 {
     uint64_t v;
-    return !r->untracked && fl_map_get(&r->used, offset, &v) ? r->nodes[v].size : 0;
+    return !r->untracked && fli_map_get(&r->used, offset, &v) ? r->nodes[v].size : 0;
 }
 
 uint64_t fl_range_capacity(const fl_range *r) { return r->capacity; }
@@ -433,10 +433,10 @@ uint64_t fl_range_live_blocks(const fl_range *r) { return r->live; }
 
 uint64_t fl_range_largest_free(const fl_range *r)
 {
-    if (!r->fl_bitmap)
+    if (!r->fli_bitmap)
         return 0;
-    unsigned fl = (unsigned)fl_log2_floor(r->fl_bitmap);
-    unsigned sl = (unsigned)fl_log2_floor(r->sl_bitmap[fl]);
+    unsigned fl = (unsigned)fli_log2_floor(r->fli_bitmap);
+    unsigned sl = (unsigned)fli_log2_floor(r->sl_bitmap[fl]);
     uint64_t best = 0;
     for (uint32_t n = r->heads[fl * RANGE_SL_COUNT + sl]; n != NIL; n = r->nodes[n].next_free)
         if (r->nodes[n].size > best)
@@ -458,25 +458,25 @@ int fl_range_check(const fl_range *r)
     for (uint32_t n = r->head; n != NIL; n = r->nodes[n].next_phys) {
         const range_node *b = &r->nodes[n];
         if (n >= r->n_nodes || b->used == RANGE_RECYCLED)
-            return fl_fail(FL_ERR_INVALID, "range check: node %u is recycled but linked", n), 1;
+            return fli_fail(FL_ERR_INVALID, "range check: node %u is recycled but linked", n), 1;
         if (b->offset != expect)
-            return fl_fail(FL_ERR_INVALID, "range check: block at 0x%llx, expected 0x%llx",
+            return fli_fail(FL_ERR_INVALID, "range check: block at 0x%llx, expected 0x%llx",
                            (unsigned long long)b->offset, (unsigned long long)expect), 1;
         if (b->size == 0 || b->size % r->min_align)
-            return fl_fail(FL_ERR_INVALID, "range check: block at 0x%llx has size %llu",
+            return fli_fail(FL_ERR_INVALID, "range check: block at 0x%llx has size %llu",
                            (unsigned long long)b->offset, (unsigned long long)b->size), 1;
         if (b->prev_phys != prev)
-            return fl_fail(FL_ERR_INVALID, "range check: broken back link at 0x%llx",
+            return fli_fail(FL_ERR_INVALID, "range check: broken back link at 0x%llx",
                            (unsigned long long)b->offset), 1;
         if (b->used) {
             uint64_t v;
-            if (!r->untracked && (!fl_map_get(&r->used, b->offset, &v) || v != n))
-                return fl_fail(FL_ERR_INVALID, "range check: used block 0x%llx missing from the offset table",
+            if (!r->untracked && (!fli_map_get(&r->used, b->offset, &v) || v != n))
+                return fli_fail(FL_ERR_INVALID, "range check: used block 0x%llx missing from the offset table",
                                (unsigned long long)b->offset), 1;
             used_count++;
         } else {
             if (prev != NIL && r->nodes[prev].used == 0)
-                return fl_fail(FL_ERR_INVALID, "range check: adjacent free blocks at 0x%llx not merged",
+                return fli_fail(FL_ERR_INVALID, "range check: adjacent free blocks at 0x%llx not merged",
                                (unsigned long long)b->offset), 1;
             free_sum += b->size;
             free_count++;
@@ -485,13 +485,13 @@ int fl_range_check(const fl_range *r)
         prev = n;
     }
     if (expect != r->capacity)
-        return fl_fail(FL_ERR_INVALID, "range check: blocks cover %llu of %llu bytes",
+        return fli_fail(FL_ERR_INVALID, "range check: blocks cover %llu of %llu bytes",
                        (unsigned long long)expect, (unsigned long long)r->capacity), 1;
     if (free_sum != r->total_free)
-        return fl_fail(FL_ERR_INVALID, "range check: free bytes %llu, counter says %llu",
+        return fli_fail(FL_ERR_INVALID, "range check: free bytes %llu, counter says %llu",
                        (unsigned long long)free_sum, (unsigned long long)r->total_free), 1;
     if (used_count != r->live || (!r->untracked && used_count != r->used.count))
-        return fl_fail(FL_ERR_INVALID, "range check: %llu used blocks, counter %llu, table %llu",
+        return fli_fail(FL_ERR_INVALID, "range check: %llu used blocks, counter %llu, table %llu",
                        (unsigned long long)used_count, (unsigned long long)r->live,
                        (unsigned long long)r->used.count), 1;
     /* The lists of the classes whose bits are set, walked in full; every free block must
@@ -500,33 +500,33 @@ int fl_range_check(const fl_range *r)
      * in the tests and fuzzers). */
     uint64_t listed = 0;
     for (unsigned fl = 0; fl < RANGE_FL_COUNT; fl++) {
-        if (((r->fl_bitmap >> fl) & 1) != (r->sl_bitmap[fl] != 0))
-            return fl_fail(FL_ERR_INVALID, "range check: first-level bitmap disagrees at %u", fl), 1;
+        if (((r->fli_bitmap >> fl) & 1) != (r->sl_bitmap[fl] != 0))
+            return fli_fail(FL_ERR_INVALID, "range check: first-level bitmap disagrees at %u", fl), 1;
         for (uint32_t bits = r->sl_bitmap[fl]; bits; bits &= bits - 1) {
             unsigned sl = (unsigned)__builtin_ctz(bits);
             if (sl >= RANGE_SL_COUNT)
-                return fl_fail(FL_ERR_INVALID, "range check: second-level bitmap %u has bits past its classes", fl), 1;
+                return fli_fail(FL_ERR_INVALID, "range check: second-level bitmap %u has bits past its classes", fl), 1;
             uint32_t head = r->heads[fl * RANGE_SL_COUNT + sl];
             if (head == NIL)
-                return fl_fail(FL_ERR_INVALID, "range check: class %u/%u bitmap disagrees with its list", fl, sl), 1;
+                return fli_fail(FL_ERR_INVALID, "range check: class %u/%u bitmap disagrees with its list", fl, sl), 1;
             uint32_t p = NIL;
             for (uint32_t n = head; n != NIL; n = r->nodes[n].next_free) {
                 unsigned f2, s2;
                 if (n >= r->n_nodes)
-                    return fl_fail(FL_ERR_INVALID, "range check: free list %u/%u links node %u of %u", fl, sl, n,
+                    return fli_fail(FL_ERR_INVALID, "range check: free list %u/%u links node %u of %u", fl, sl, n,
                                    r->n_nodes), 1;
                 class_of(r->nodes[n].size >> r->align_log, &f2, &s2);
                 if (r->nodes[n].used != 0 || f2 != fl || s2 != sl || r->nodes[n].cls != fl * RANGE_SL_COUNT + sl ||
                     r->nodes[n].prev_free != p)
-                    return fl_fail(FL_ERR_INVALID, "range check: free list %u/%u holds a wrong block", fl, sl), 1;
+                    return fli_fail(FL_ERR_INVALID, "range check: free list %u/%u holds a wrong block", fl, sl), 1;
                 p = n;
                 if (++listed > free_count)
-                    return fl_fail(FL_ERR_INVALID, "range check: free lists hold more blocks than exist"), 1;
+                    return fli_fail(FL_ERR_INVALID, "range check: free lists hold more blocks than exist"), 1;
             }
         }
     }
     if (listed != free_count)
-        return fl_fail(FL_ERR_INVALID, "range check: %llu free blocks, %llu listed",
+        return fli_fail(FL_ERR_INVALID, "range check: %llu free blocks, %llu listed",
                        (unsigned long long)free_count, (unsigned long long)listed), 1;
     return 0;
 }

@@ -38,10 +38,10 @@ struct fl_range {
     uint32_t n_nodes, cap_nodes;
     uint32_t free_nodes;              /* recycled nodes */
     uint32_t head;                    /* the node at offset 0 */
-    uint64_t fl_bitmap;
+    uint64_t fli_bitmap;
     uint32_t sl_bitmap[RANGE_FL_COUNT];
     uint32_t heads[RANGE_FL_COUNT * RANGE_SL_COUNT];
-    fl_map used;                      /* offset -> node of every used block, unless: */
+    fli_map used;                      /* offset -> node of every used block, unless: */
     int untracked;                    /* the owner finds its blocks' nodes itself (range_untrack) */
 };
 

@@ -2,7 +2,7 @@
  * their blocks) is gathered one region at a time, and each region's held bytes are split
  * into live bytes, the slack inside live blocks and free bytes by cause. Live bytes are
  * the blocks the policy calls live (block_size > 0), each request rounded up to 512 B,
- * the same rule as fl_live_size everywhere else; a block the walk shows as used but the
+ * the same rule as fli_live_size everywhere else; a block the walk shows as used but the
  * policy holds for reuse (fragless's quick lists) is free memory. */
 #include <stdlib.h>
 #include <string.h>
@@ -19,11 +19,11 @@ typedef struct wblock {
 } wblock;
 
 typedef struct walker {
-    fl_breakdown *b;
-    const fl_policy *pol;
+    fli_breakdown *b;
+    const fli_policy *pol;
     const fl_config *cfg;
-    const fl_prepared *p;
-    fl_map slot_of;             /* live block address -> slot */
+    const fli_prepared *p;
+    fli_map slot_of;             /* live block address -> slot */
     int have_slots;
     /* the region being gathered */
     int open;
@@ -33,9 +33,9 @@ typedef struct walker {
     wblock *blocks;
     size_t n_blocks, cap_blocks;
     uint64_t held;              /* all regions so far */
-    fl_site_share *shares;      /* per site with stranded bytes */
+    fli_site_share *shares;      /* per site with stranded bytes */
     size_t n_shares, cap_shares;
-    fl_map share_of;            /* site -> index in shares */
+    fli_map share_of;            /* site -> index in shares */
     int nomem;
 } walker;
 
@@ -62,18 +62,18 @@ static void strand(walker *w, const wblock *k, uint64_t bytes)
     if (!bytes || w->nomem || !w->have_slots)
         return;
     uint64_t slot, site = 0, idx;
-    if (fl_map_get(&w->slot_of, k->addr, &slot) && w->p->slot_site)
+    if (fli_map_get(&w->slot_of, k->addr, &slot) && w->p->slot_site)
         site = w->p->slot_site[slot];
-    if (!fl_map_get(&w->share_of, site, &idx)) {
+    if (!fli_map_get(&w->share_of, site, &idx)) {
         if (grow((void **)&w->shares, &w->cap_shares, w->n_shares, sizeof *w->shares) ||
-            fl_map_put(&w->share_of, site, w->n_shares) != FL_OK) {
+            fli_map_put(&w->share_of, site, w->n_shares) != FL_OK) {
             w->nomem = 1;
             return;
         }
         idx = w->n_shares++;
-        w->shares[idx] = (fl_site_share){.site = (uint32_t)site};
+        w->shares[idx] = (fli_site_share){.site = (uint32_t)site};
     }
-    fl_site_share *s = &w->shares[idx];
+    fli_site_share *s = &w->shares[idx];
     s->stranded += bytes;
     s->live += k->size;
     s->blocks++;
@@ -85,7 +85,7 @@ static void flush(walker *w)
     if (!w->open)
         return;
     w->open = 0;
-    fl_breakdown *b = w->b;
+    fli_breakdown *b = w->b;
     uint64_t held = 0, live_size = 0, free_bytes = 0, interleaved = 0;
     int has_live = 0;
     for (size_t i = 0; i < w->n_blocks; i++) {
@@ -93,8 +93,8 @@ static void flush(walker *w)
         if (!k->requested)
             continue;
         has_live = 1;
-        uint64_t l = fl_live_size(k->requested), slack = k->size > l ? k->size - l : 0;
-        uint64_t r = fl_round_request(w->cfg, k->requested);
+        uint64_t l = fli_live_size(k->requested), slack = k->size > l ? k->size - l : 0;
+        uint64_t r = fli_round_request(w->cfg, k->requested);
         uint64_t rounding = r > l ? r - l : 0;
         if (rounding > slack)
             rounding = slack;
@@ -189,27 +189,27 @@ static void on_block(void *user, uint64_t addr, uint64_t size, int live)
 
 static int by_stranded(const void *a, const void *b)
 {
-    const fl_site_share *x = a, *y = b;
+    const fli_site_share *x = a, *y = b;
     return x->stranded > y->stranded ? -1 : x->stranded < y->stranded ? 1 : (x->site > y->site) - (x->site < y->site);
 }
 
-int fl_breakdown_inspect(const fl_replay_view *v, void *user)
+int fli_breakdown_inspect(const fli_replay_view *v, void *user)
 {
-    fl_breakdown_ctx *ctx = user;
-    fl_breakdown *b = ctx->out;
+    fli_breakdown_ctx *ctx = user;
+    fli_breakdown *b = ctx->out;
     memset(b, 0, sizeof *b);
     b->taken = 1;
     b->op = v->op;
     b->stream = v->p->ops[v->op].stream;
     b->reserved = v->reserved;
     walker w = {.b = b, .pol = v->pol, .cfg = ctx->cfg, .p = v->p};
-    if (fl_map_init(&w.share_of, 64) == FL_OK && fl_map_init(&w.slot_of, 1024) == FL_OK) {
+    if (fli_map_init(&w.share_of, 64) == FL_OK && fli_map_init(&w.slot_of, 1024) == FL_OK) {
         w.have_slots = 1;
         for (uint32_t s = 0; s < v->p->n_slots && w.have_slots; s++)
-            if (v->slot_addr[s] && fl_map_put(&w.slot_of, v->slot_addr[s], s) != FL_OK)
+            if (v->slot_addr[s] && fli_map_put(&w.slot_of, v->slot_addr[s], s) != FL_OK)
                 w.have_slots = 0;
     }
-    fl_state_visitor vis = {&w, on_region, on_page, on_block};
+    fli_state_visitor vis = {&w, on_region, on_page, on_block};
     v->pol->ops->walk(v->pol, &vis);
     flush(&w);
     b->unmapped = b->reserved > w.held ? b->reserved - w.held : 0;
@@ -225,12 +225,12 @@ int fl_breakdown_inspect(const fl_replay_view *v, void *user)
     free(w.pages);
     free(w.blocks);
     free(w.shares);
-    fl_map_free(&w.slot_of);
-    fl_map_free(&w.share_of);
+    fli_map_free(&w.slot_of);
+    fli_map_free(&w.share_of);
     return ctx->stop;
 }
 
-uint64_t fl_breakdown_sum(const fl_breakdown *b)
+uint64_t fli_breakdown_sum(const fli_breakdown *b)
 {
     return b->interleaved + b->free_segments + b->other_streams + b->rounding + b->unsplit + b->unmapped;
 }

@@ -11,14 +11,14 @@
 
 /* Free bytes of fragmented segments attributed to the live blocks of one site (a
  * segment's free bytes shared among its live blocks by their size). */
-typedef struct fl_site_share {
+typedef struct fli_site_share {
     uint32_t site;              /* index into the trace's sites; 0 = unknown */
     uint64_t stranded;          /* free bytes kept from the device by these blocks */
     uint64_t live;              /* their live bytes there */
     uint64_t blocks;
-} fl_site_share;
+} fli_site_share;
 
-typedef struct fl_breakdown {
+typedef struct fli_breakdown {
     int taken;
     size_t op;                  /* the op it was taken after */
     uint64_t stream;            /* the request's stream (the op's) */
@@ -34,22 +34,22 @@ typedef struct fl_breakdown {
                                    max_split_size_mb or more, tails of 1 MiB or less) */
     uint64_t unmapped;          /* held physical memory mapped nowhere (spare handles) */
     /* who pins it: the sites with the most stranded bytes (interleaved, request's stream) */
-    fl_site_share sites[FL_BREAKDOWN_SITES];
+    fli_site_share sites[FL_BREAKDOWN_SITES];
     int n_sites;
     uint64_t n_site_groups;     /* sites that strand anything, all of them */
     int host_nomem;             /* host memory ran out: sites left out */
-} fl_breakdown;
+} fli_breakdown;
 
-/* The inspection hook (fl_replay_opts.inspect; user = an fl_breakdown_ctx); returns
+/* The inspection hook (fli_replay_opts.inspect; user = an fli_breakdown_ctx); returns
  * `stop` from the context. */
-typedef struct fl_breakdown_ctx {
-    fl_breakdown *out;
+typedef struct fli_breakdown_ctx {
+    fli_breakdown *out;
     const fl_config *cfg;       /* the policy's config (its rounding) */
     int stop;                   /* return value: 1 ends the replay after the inspection */
-} fl_breakdown_ctx;
-int fl_breakdown_inspect(const fl_replay_view *v, void *user);
+} fli_breakdown_ctx;
+int fli_breakdown_inspect(const fli_replay_view *v, void *user);
 
 /* The sum of the parts (reserved - live when the walk saw every live block). */
-uint64_t fl_breakdown_sum(const fl_breakdown *b);
+uint64_t fli_breakdown_sum(const fli_breakdown *b);
 
 #endif

@@ -8,22 +8,22 @@
 #include "replay/doctor.h"
 #include "allocator/allocator.h"
 
-static inline uint64_t rounded(uint64_t size) { return fl_align_up(size ? size : 1, 512); }
+static inline uint64_t rounded(uint64_t size) { return fli_align_up(size ? size : 1, 512); }
 
 /* Persistent vs transient bytes over time. A block is persistent when it lives for more
  * than half of the trace's events (never freed counts as living to the end): weights
  * and optimizer state, even when a complete trace frees them at teardown. */
-static fl_status lifetimes(const fl_prepared *p, fl_diagnosis *d)
+static fl_status lifetimes(const fli_prepared *p, fli_diagnosis *d)
 {
     size_t *born = malloc((p->n_slots ? p->n_slots : 1) * sizeof *born);
     uint8_t *persistent = calloc(p->n_slots ? p->n_slots : 1, 1);
     if (!born || !persistent) {
         free(born);
         free(persistent);
-        return fl_fail(FL_ERR_NOMEM, "doctor: host memory");
+        return fli_fail(FL_ERR_NOMEM, "doctor: host memory");
     }
     for (size_t i = 0; i < p->n_ops; i++) {
-        const fl_op *op = &p->ops[i];
+        const fli_op *op = &p->ops[i];
         if (op->kind == FL_EV_ALLOC) {
             born[op->slot] = i;
             persistent[op->slot] = 2 * (p->n_ops - i) > p->n_ops; /* if never freed */
@@ -33,7 +33,7 @@ static fl_status lifetimes(const fl_prepared *p, fl_diagnosis *d)
     }
     uint64_t pers = 0, trans = 0;
     for (size_t i = 0; i < p->n_ops; i++) {
-        const fl_op *op = &p->ops[i];
+        const fli_op *op = &p->ops[i];
         uint64_t *acc = persistent[op->slot] ? &pers : &trans;
         if (op->kind == FL_EV_ALLOC)
             *acc += rounded(op->size);
@@ -55,7 +55,7 @@ static fl_status lifetimes(const fl_prepared *p, fl_diagnosis *d)
 
 /* The idle point: between warm-up and teardown (the first and the last tenth of the
  * events), the first event with the fewest live bytes. empty_cache runs just before it. */
-static size_t idle_point(const fl_prepared *p, uint64_t *live_there)
+static size_t idle_point(const fli_prepared *p, uint64_t *live_there)
 {
     uint64_t live = 0, best = UINT64_MAX;
     size_t at = 0;
@@ -64,7 +64,7 @@ static size_t idle_point(const fl_prepared *p, uint64_t *live_there)
             best = live;
             at = i;
         }
-        const fl_op *op = &p->ops[i];
+        const fli_op *op = &p->ops[i];
         if (op->kind == FL_EV_ALLOC)
             live += rounded(op->size);
         else if (op->kind == FL_EV_FREE)
@@ -74,12 +74,12 @@ static size_t idle_point(const fl_prepared *p, uint64_t *live_there)
     return at;
 }
 
-static void add_row(fl_diagnosis *d, const fl_config *base, const char *label, const char *env,
+static void add_row(fli_diagnosis *d, const fl_config *base, const char *label, const char *env,
                     const char *policy, const char *knobs)
 {
     if (d->n_rows == FL_DOCTOR_MAX_WHATIF)
         return;
-    fl_whatif *w = &d->rows[d->n_rows];
+    fli_whatif *w = &d->rows[d->n_rows];
     memset(w, 0, sizeof *w);
     if (base) {
         w->cfg = *base;
@@ -94,7 +94,7 @@ static void add_row(fl_diagnosis *d, const fl_config *base, const char *label, c
     d->n_rows++;
 }
 
-int fl_config_same(const fl_config *a, const fl_config *b)
+int fli_config_same(const fl_config *a, const fl_config *b)
 {
     /* expandable_segments makes cca cca-expandable (the registry's rule) */
     char pa[40], pb[40];
@@ -108,10 +108,10 @@ int fl_config_same(const fl_config *a, const fl_config *b)
 /* The trace up to and including op `last`, a recorded failure there turned into a request
  * to serve: "could it have been served?". Shares everything but the ops with p (free
  * with whatif_free). */
-static fl_prepared *whatif_trace(const fl_prepared *p, size_t last)
+static fli_prepared *whatif_trace(const fli_prepared *p, size_t last)
 {
-    fl_prepared *w = malloc(sizeof *w);
-    fl_op *ops = malloc((last + 1) * sizeof *ops);
+    fli_prepared *w = malloc(sizeof *w);
+    fli_op *ops = malloc((last + 1) * sizeof *ops);
     if (!w || !ops) {
         free(w);
         free(ops);
@@ -129,14 +129,14 @@ static fl_prepared *whatif_trace(const fl_prepared *p, size_t last)
     uint64_t live = 0;
     for (size_t i = 0; i <= last; i++) {
         if (ops[i].kind == FL_EV_ALLOC) {
-            live += fl_live_size(ops[i].size);
+            live += fli_live_size(ops[i].size);
             w->n_allocs++;
             if (live > w->peak_live) {
                 w->peak_live = live;
                 w->peak_live_op = i;
             }
         } else if (ops[i].kind == FL_EV_FREE) {
-            live -= fl_live_size(ops[i].size);
+            live -= fli_live_size(ops[i].size);
             w->n_frees++;
         } else if (ops[i].kind == FL_EV_ALLOC_FAIL) {
             w->n_recorded_failures++;
@@ -146,7 +146,7 @@ static fl_prepared *whatif_trace(const fl_prepared *p, size_t last)
     return w;
 }
 
-static void whatif_free(fl_prepared *w)
+static void whatif_free(fli_prepared *w)
 {
     if (w) {
         free(w->ops);
@@ -155,9 +155,9 @@ static void whatif_free(fl_prepared *w)
 }
 
 /* The run of what ran: at the capacity, following the recorded allocator when asked. */
-static fl_replay_opts ran_opts(const fl_replay_opts *ran, const fl_doctor_opts *o)
+static fli_replay_opts ran_opts(const fli_replay_opts *ran, const fli_doctor_opts *o)
 {
-    fl_replay_opts q = *ran;
+    fli_replay_opts q = *ran;
     q.timeline_buckets = 0;
     q.check_every = 0;
     q.late_from_op = 0;
@@ -170,27 +170,27 @@ static fl_replay_opts ran_opts(const fl_replay_opts *ran, const fl_doctor_opts *
 }
 
 /* A breakdown after op `at` of what ran. */
-static fl_status breakdown_at(const fl_prepared *p, const fl_replay_opts *ran, const fl_doctor_opts *o, size_t at,
-                              fl_breakdown *out)
+static fl_status breakdown_at(const fli_prepared *p, const fli_replay_opts *ran, const fli_doctor_opts *o, size_t at,
+                              fli_breakdown *out)
 {
-    fl_replay_opts q = ran_opts(ran, o);
-    fl_breakdown_ctx ctx = {out, &ran->cfg, 1};
-    q.inspect = fl_breakdown_inspect;
+    fli_replay_opts q = ran_opts(ran, o);
+    fli_breakdown_ctx ctx = {out, &ran->cfg, 1};
+    q.inspect = fli_breakdown_inspect;
     q.inspect_user = &ctx;
     q.inspect_at_op = at;
-    fl_replay_result r;
-    fl_status s = fl_replay(p, &q, &r);
-    fl_replay_result_free(&r);
+    fli_replay_result r;
+    fl_status s = fli_replay(p, &q, &r);
+    fli_replay_result_free(&r);
     return s;
 }
 
 /* The out-of-memory moment of what ran at the capacity, judged by the allocator. */
-static fl_status find_oom(const fl_prepared *p, const fl_replay_opts *ran, const fl_doctor_opts *o, fl_diagnosis *d,
+static fl_status find_oom(const fli_prepared *p, const fli_replay_opts *ran, const fli_doctor_opts *o, fli_diagnosis *d,
                           size_t *peak_reserved_op)
 {
-    fl_replay_opts q = ran_opts(ran, o);
-    fl_replay_result r;
-    fl_status s = fl_replay(p, &q, &r);
+    fli_replay_opts q = ran_opts(ran, o);
+    fli_replay_result r;
+    fl_status s = fli_replay(p, &q, &r);
     if (s != FL_OK)
         return s;
     *peak_reserved_op = r.peak_reserved_op;
@@ -201,37 +201,37 @@ static fl_status find_oom(const fl_prepared *p, const fl_replay_opts *ran, const
         d->oom_was_recorded = recorded_first;
         d->oom_op = recorded_first ? r.recorded_oom_op : r.first_oom_op;
         d->oom = recorded_first ? r.recorded_oom : r.first_oom;
-        /* The allocator's own report (fl_oom_judge): the doctor judges nothing itself. */
+        /* The allocator's own report (fli_oom_judge): the doctor judges nothing itself. */
         d->device_free = d->oom.device_free;
         d->ext_frag = d->oom.external_fragmentation;
         d->verdict = d->oom.verdict;
     }
     /* A failure the trace recorded, served here: the emulation's state differs. */
     d->recorded_served = o->capacity && p->n_recorded_failures && !r.recorded_oom_failed;
-    fl_replay_result_free(&r);
+    fli_replay_result_free(&r);
     return FL_OK;
 }
 
 /* empty_cache() just before the failed request: does the request then succeed? */
-static fl_status try_empty_cache(const fl_prepared *p, const fl_replay_opts *ran, const fl_doctor_opts *o,
-                                 fl_diagnosis *d)
+static fl_status try_empty_cache(const fli_prepared *p, const fli_replay_opts *ran, const fli_doctor_opts *o,
+                                 fli_diagnosis *d)
 {
-    fl_replay_opts q = ran_opts(ran, o);
+    fli_replay_opts q = ran_opts(ran, o);
     q.empty_cache_at_op = d->oom_op;
-    fl_replay_result r;
-    fl_status s = fl_replay(p, &q, &r);
+    fli_replay_result r;
+    fl_status s = fli_replay(p, &q, &r);
     if (s != FL_OK)
         return s;
     int failed = d->oom_was_recorded ? r.recorded_oom_failed && r.recorded_oom_op == d->oom_op
                                      : r.ooms && r.first_oom_op == d->oom_op;
     d->empty_cache_helps = d->oom_op > 0 && !failed;
     d->empty_cache_returned = r.empty_cache_before - r.empty_cache_after;
-    fl_replay_result_free(&r);
+    fli_replay_result_free(&r);
     return FL_OK;
 }
 
-static fl_status whatif_rows(const fl_prepared *w, const fl_replay_opts *ran, const fl_doctor_opts *o,
-                             fl_diagnosis *d)
+static fl_status whatif_rows(const fli_prepared *w, const fli_replay_opts *ran, const fli_doctor_opts *o,
+                             fli_diagnosis *d)
 {
     char label[64];
     snprintf(label, sizeof label, "what you ran (%s)", ran->cfg.policy);
@@ -248,26 +248,26 @@ static fl_status whatif_rows(const fl_prepared *w, const fl_replay_opts *ran, co
     d->fragless_row = d->n_rows;
     add_row(d, NULL, "fragless", "FRAGLESS_CONF=policy:fragless", "fragless", NULL);
     d->best_pytorch = -1;
-    fl_replay_opts base = ran_opts(ran, o);
+    fli_replay_opts base = ran_opts(ran, o);
     base.follow = 0; /* a what-if starts from an empty device, whatever the recording saw */
     for (int i = 0; i < d->n_rows; i++) {
-        fl_whatif *row = &d->rows[i];
+        fli_whatif *row = &d->rows[i];
         for (int k = 0; !d->whatif_truncated && k < o->n_known && !row->reused; k++)
-            if (o->known[k].granularity == ran->sim.granularity && fl_config_same(&o->known[k].cfg, &row->cfg)) {
+            if (o->known[k].granularity == ran->sim.granularity && fli_config_same(&o->known[k].cfg, &row->cfg)) {
                 row->min_capacity = o->known[k].min_capacity;
                 row->reused = 1;
             }
         if (!row->reused) {
-            fl_replay_opts q = base;
+            fli_replay_opts q = base;
             q.cfg = row->cfg;
             fl_sim_params_default(&q.sim);
             q.sim.granularity = ran->sim.granularity;
-            fl_replay_result r;
-            fl_status s = fl_replay(w, &q, &r);
+            fli_replay_result r;
+            fl_status s = fli_replay(w, &q, &r);
             if (s != FL_OK)
                 return s;
-            s = fl_min_capacity(w, &q, &r, &row->min_capacity);
-            fl_replay_result_free(&r);
+            s = fli_min_capacity(w, &q, &r, &row->min_capacity);
+            fli_replay_result_free(&r);
             if (s != FL_OK)
                 return s;
         }
@@ -280,7 +280,7 @@ static fl_status whatif_rows(const fl_prepared *w, const fl_replay_opts *ran, co
     return FL_OK;
 }
 
-fl_status fl_diagnose_ex(const fl_prepared *p, const fl_replay_opts *ran, const fl_doctor_opts *o, fl_diagnosis *d)
+fl_status fli_diagnose_ex(const fli_prepared *p, const fli_replay_opts *ran, const fli_doctor_opts *o, fli_diagnosis *d)
 {
     memset(d, 0, sizeof *d);
     d->capacity = o->capacity;
@@ -311,20 +311,20 @@ fl_status fl_diagnose_ex(const fl_prepared *p, const fl_replay_opts *ran, const 
         last = d->oom_op;
     else if (d->recorded_served)
         last = d->first_recorded_op;
-    fl_prepared *w = NULL;
+    fli_prepared *w = NULL;
     if (last < p->n_ops && !(w = whatif_trace(p, last)))
-        return fl_fail(FL_ERR_NOMEM, "doctor: host memory");
+        return fli_fail(FL_ERR_NOMEM, "doctor: host memory");
     d->whatif_truncated = w != NULL;
-    const fl_prepared *wp = w ? w : p;
+    const fli_prepared *wp = w ? w : p;
     d->whatif_ops = wp->n_ops;
     d->job_needs = wp->peak_live;
     d->job_peak_op = wp->peak_live_op;
-    if (d->has_oom && d->oom.live + fl_live_size(d->oom.request) > d->job_needs)
-        d->job_needs = d->oom.live + fl_live_size(d->oom.request);
+    if (d->has_oom && d->oom.live + fli_live_size(d->oom.request) > d->job_needs)
+        d->job_needs = d->oom.live + fli_live_size(d->oom.request);
     d->job_fits = !o->capacity || d->job_needs <= o->capacity;
-    d->lower_bound_job = fl_align_up(d->job_needs, g);
+    d->lower_bound_job = fli_align_up(d->job_needs, g);
     if (d->has_oom)
-        d->lower_bound_now = fl_align_up(d->oom.live + fl_live_size(d->oom.request), g);
+        d->lower_bound_now = fli_align_up(d->oom.live + fli_live_size(d->oom.request), g);
     s = whatif_rows(wp, ran, o, d);
     whatif_free(w);
     if (s != FL_OK)
@@ -333,24 +333,24 @@ fl_status fl_diagnose_ex(const fl_prepared *p, const fl_replay_opts *ran, const 
     /* empty_cache() at the idle point, under the setting that ran, without a limit. */
     d->idle_op = idle_point(p, &d->idle_live);
     if (d->idle_op) {
-        fl_replay_opts q = ran_opts(ran, o);
+        fli_replay_opts q = ran_opts(ran, o);
         fl_sim_params_default(&q.sim);
         q.sim.granularity = g;
         q.empty_cache_at_op = d->idle_op;
-        fl_replay_result r;
-        if ((s = fl_replay(p, &q, &r)) != FL_OK)
+        fli_replay_result r;
+        if ((s = fli_replay(p, &q, &r)) != FL_OK)
             return s;
         d->idle_reserved = r.empty_cache_before;
         d->idle_returned = r.empty_cache_before - r.empty_cache_after;
-        fl_replay_result_free(&r);
+        fli_replay_result_free(&r);
     }
     for (int k = 0; k < 2; k++)
         d->accum_need[k] = d->persistent_at_peak + d->transient_at_peak / (k ? 4u : 2u);
     return FL_OK;
 }
 
-fl_status fl_diagnose(const fl_prepared *p, const fl_replay_opts *ran, uint64_t capacity, fl_diagnosis *d)
+fl_status fli_diagnose(const fli_prepared *p, const fli_replay_opts *ran, uint64_t capacity, fli_diagnosis *d)
 {
-    fl_doctor_opts o = {.capacity = capacity};
-    return fl_diagnose_ex(p, ran, &o, d);
+    fli_doctor_opts o = {.capacity = capacity};
+    return fli_diagnose_ex(p, ran, &o, d);
 }

@@ -10,41 +10,41 @@
 #include "replay/replay.h"
 
 /* The verdict is the live allocator's (fl_oom_verdict, src/allocator/oom.c): one rule. */
-typedef fl_oom_verdict fl_verdict;
+typedef fl_oom_verdict fli_verdict;
 #define FL_VERDICT_NONE FL_OOM_NONE
 #define FL_VERDICT_FRAGMENTATION FL_OOM_FRAGMENTATION
 #define FL_VERDICT_EXHAUSTION FL_OOM_EXHAUSTION
-#define fl_verdict_name fl_oom_verdict_name
+#define fli_verdict_name fl_oom_verdict_name
 
 /* One row of the what-if table: a setting and the smallest capacity it runs in. */
-typedef struct fl_whatif {
+typedef struct fli_whatif {
     char label[64];             /* "what you ran (cca)", "max_split_size_mb:256", ... */
     char env[128];              /* the line to try, e.g. PYTORCH_CUDA_ALLOC_CONF=... */
     fl_config cfg;
     uint64_t min_capacity;
     int fits;                   /* a capacity is known and min_capacity <= it */
-    int reused;                 /* min_capacity came from the caller (fl_doctor_opts.known) */
-} fl_whatif;
+    int reused;                 /* min_capacity came from the caller (fli_doctor_opts.known) */
+} fli_whatif;
 
 #define FL_DOCTOR_MAX_WHATIF 12
 
 /* A min_capacity already searched on the same trace (the report's comparison), so the
  * doctor does not search it again. */
-typedef struct fl_known_min {
+typedef struct fli_known_min {
     fl_config cfg;
     uint64_t granularity;
     uint64_t min_capacity;
-} fl_known_min;
+} fli_known_min;
 
-typedef struct fl_doctor_opts {
+typedef struct fli_doctor_opts {
     uint64_t capacity;          /* the device's: --capacity, or a snapshot's oom event; 0 = none */
     int follow;                 /* the trace is a PyTorch snapshot and `ran` its own allocator:
                                    the replays of what ran follow the recorded allocator */
-    const fl_known_min *known;
+    const fli_known_min *known;
     int n_known;
-} fl_doctor_opts;
+} fli_doctor_opts;
 
-typedef struct fl_diagnosis {
+typedef struct fli_diagnosis {
     uint64_t capacity;          /* as given (0 when none) */
     /* The out-of-memory moment: the first OOM of the setting that ran at `capacity`. */
     int has_oom;
@@ -55,7 +55,7 @@ typedef struct fl_diagnosis {
     uint64_t device_free;       /* capacity - reserved */
     double ext_frag;            /* 1 - largest free / free, over free memory the policy holds
                                    plus what the device still has */
-    fl_verdict verdict;
+    fli_verdict verdict;
     /* The job as a whole: its peak of live bytes with the failed request served (the
      * what-if trace), and whether that fits the capacity at all. */
     uint64_t job_needs;
@@ -74,7 +74,7 @@ typedef struct fl_diagnosis {
     size_t whatif_ops;
     /* Where reserved memory went, and who pins it: at the OOM, and at the peak of
      * reserved memory of what ran (at the capacity when one is known). */
-    fl_breakdown at_oom, at_peak;
+    fli_breakdown at_oom, at_peak;
     /* Memory by lifetime. Persistent: blocks that live for more than half of the trace
      * (weights, optimizer state); transient: the others (activations, temporaries). */
     uint64_t peak_live;
@@ -83,7 +83,7 @@ typedef struct fl_diagnosis {
     uint64_t transient_peak;
     uint64_t persistent_at_peak, transient_at_peak;
     /* What if: row 0 is what ran. */
-    fl_whatif rows[FL_DOCTOR_MAX_WHATIF];
+    fli_whatif rows[FL_DOCTOR_MAX_WHATIF];
     int n_rows;
     int best_pytorch;           /* row with the smallest need among PyTorch's settings */
     int fragless_row;
@@ -100,14 +100,14 @@ typedef struct fl_diagnosis {
     uint64_t idle_returned;     /* what empty_cache gave back to the device */
     /* Gradient accumulation over k micro-batches: persistent + transient / k at the peak. */
     uint64_t accum_need[2];     /* k = 2, 4 */
-} fl_diagnosis;
+} fli_diagnosis;
 
 /* ran: the setting the trace ran under (policy + knobs) and the device (its capacity is
  * replaced by the diagnosis' for the OOM replay). */
-fl_status fl_diagnose_ex(const fl_prepared *p, const fl_replay_opts *ran, const fl_doctor_opts *o, fl_diagnosis *d);
+fl_status fli_diagnose_ex(const fli_prepared *p, const fli_replay_opts *ran, const fli_doctor_opts *o, fli_diagnosis *d);
 /* The same with only a capacity. */
-fl_status fl_diagnose(const fl_prepared *p, const fl_replay_opts *ran, uint64_t capacity, fl_diagnosis *d);
+fl_status fli_diagnose(const fli_prepared *p, const fli_replay_opts *ran, uint64_t capacity, fli_diagnosis *d);
 /* Whether two configurations are the same allocator setting (policy and knobs). */
-int fl_config_same(const fl_config *a, const fl_config *b);
+int fli_config_same(const fl_config *a, const fl_config *b);
 
 #endif

@@ -8,12 +8,12 @@
 
 #include "replay/input.h"
 
-fl_status fl_fidelity_run(const fl_prepared *p, const fl_snapshot_info *info, uint64_t granularity, fl_fidelity *f)
+fl_status fli_fidelity_run(const fli_prepared *p, const fli_snapshot_info *info, uint64_t granularity, fli_fidelity *f)
 {
     memset(f, 0, sizeof *f);
-    fl_replay_opts o;
+    fli_replay_opts o;
     memset(&o, 0, sizeof o);
-    fl_snapshot_config(info, &o.cfg);
+    fli_snapshot_config(info, &o.cfg);
     fl_sim_params_default(&o.sim);
     if (granularity)
         o.sim.granularity = granularity;
@@ -22,11 +22,11 @@ fl_status fl_fidelity_run(const fl_prepared *p, const fl_snapshot_info *info, ui
      * allocator held then plus the free bytes it reported: the recorded failure fails
      * again (else the emulation would keep a segment the real allocator never got). */
     uint64_t cap = 0;
-    if (info->oom_entry >= 0 && fl_snapshot_oom_capacity(info, p->name, &cap) == FL_OK && cap)
+    if (info->oom_entry >= 0 && fli_snapshot_oom_capacity(info, p->name, &cap) == FL_OK && cap)
         o.sim.capacity = cap;
     f->capacity = o.sim.capacity;
-    fl_replay_result r;
-    fl_status s = fl_replay(p, &o, &r);
+    fli_replay_result r;
+    fl_status s = fli_replay(p, &o, &r);
     if (s != FL_OK)
         return s;
     snprintf(f->policy, sizeof f->policy, "%s", o.cfg.policy);
@@ -42,11 +42,11 @@ fl_status fl_fidelity_run(const fl_prepared *p, const fl_snapshot_info *info, ui
     f->seed_failures = r.seed_failures;
     f->recorded_released = info->segment_free_bytes;
     f->emulated_released = r.released_bytes;
-    fl_replay_result_free(&r);
+    fli_replay_result_free(&r);
     return FL_OK;
 }
 
-void fl_fidelity_caveat(const fl_fidelity *f, char *buf, size_t n)
+void fli_fidelity_caveat(const fli_fidelity *f, char *buf, size_t n)
 {
     buf[0] = 0;
     if (!f->recorded || fabs(f->diff) <= FL_FIDELITY_CAVEAT)

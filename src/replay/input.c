@@ -24,12 +24,12 @@ static void quote_start(const unsigned char *b, size_t n, char *out, size_t cap)
     out[o] = 0;
 }
 
-fl_status fl_input_detect(const char *path, fl_input_kind *kind)
+fl_status fli_input_detect(const char *path, fli_input_kind *kind)
 {
     *kind = FL_INPUT_CSV;
     FILE *f = fopen(path, "rb");
     if (!f)
-        return fl_fail(FL_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+        return fli_fail(FL_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     unsigned char b[128]; /* a zip's first member name too (torch.save: ARCHIVE/data.pkl) */
     size_t n = fread(b, 1, sizeof b, f);
     int last = -1;
@@ -39,14 +39,14 @@ fl_status fl_input_detect(const char *path, fl_input_kind *kind)
     int err = ferror(f);
     fclose(f);
     if (err)
-        return fl_fail(FL_ERR_IO, "%s: cannot read", path);
+        return fli_fail(FL_ERR_IO, "%s: cannot read", path);
     size_t ws = 0;
     while (ws < n && (b[ws] == ' ' || b[ws] == '\t' || b[ws] == '\n' || b[ws] == '\r'))
         ws++;
     if (n == 0)
-        return fl_fail(FL_ERR_PARSE, "%s: empty file: nothing to read", path);
+        return fli_fail(FL_ERR_PARSE, "%s: empty file: nothing to read", path);
     if (ws == n && n < sizeof b)
-        return fl_fail(FL_ERR_PARSE, "%s: empty file (white space only): nothing to read", path);
+        return fli_fail(FL_ERR_PARSE, "%s: empty file (white space only): nothing to read", path);
     /* Protocol 2 and later begin with PROTO (0x80). Protocols 0 and 1 have no PROTO: a
      * snapshot's root (a dict; a list or tuple is refused later with a message) begins
      * with MARK, EMPTY_DICT, EMPTY_LIST or EMPTY_TUPLE, and every pickle ends with STOP
@@ -64,7 +64,7 @@ fl_status fl_input_detect(const char *path, fl_input_kind *kind)
         int torch = 0;
         for (size_t i = 30; i + 8 <= end; i++)
             torch |= !memcmp(b + i, "data.pkl", 8);
-        return fl_fail(FL_ERR_PARSE,
+        return fli_fail(FL_ERR_PARSE,
                        "%s: %s, not a memory snapshot: record one with "
                        "torch.cuda.memory._record_memory_history() before the steps to study, then "
                        "torch.cuda.memory._dump_snapshot('snapshot.pickle')",
@@ -81,7 +81,7 @@ fl_status fl_input_detect(const char *path, fl_input_kind *kind)
         if (b[i] == 0 || (b[i] < 0x20 && b[i] != '\n' && b[i] != '\r' && b[i] != '\t') || b[i] == 0x7f) {
             char q[64 * 4 + 1];
             quote_start(b, n < 16 ? n : 16, q, sizeof q);
-            return fl_fail(FL_ERR_PARSE,
+            return fli_fail(FL_ERR_PARSE,
                            "%s: not a trace or snapshot: it starts with '%s'; expected an RMM CSV log (header "
                            "Thread,Time,Action,Pointer,Size,Stream), a PyTorch memory snapshot (pickle) or a "
                            "fragless state snapshot (JSON)",
@@ -93,52 +93,52 @@ fl_status fl_input_detect(const char *path, fl_input_kind *kind)
     return FL_OK;
 }
 
-fl_status fl_load_trace(const char *path, FILE *warn, fl_prepared **out)
+fl_status fli_load_trace(const char *path, FILE *warn, fli_prepared **out)
 {
-    return fl_load_trace_ex(path, 0, warn, out, NULL);
+    return fli_load_trace_ex(path, 0, warn, out, NULL);
 }
 
-fl_status fl_load_trace_ex(const char *path, int device, FILE *warn, fl_prepared **out, fl_snapshot_info *info)
+fl_status fli_load_trace_ex(const char *path, int device, FILE *warn, fli_prepared **out, fli_snapshot_info *info)
 {
-    fl_trace t; /* the readers initialise it, and leave it empty on error */
-    fl_snapshot_info local;
+    fli_trace t; /* the readers initialise it, and leave it empty on error */
+    fli_snapshot_info local;
     if (!info)
         info = &local;
     memset(info, 0, sizeof *info);
-    fl_input_kind kind;
-    fl_status s = fl_input_detect(path, &kind);
+    fli_input_kind kind;
+    fl_status s = fli_input_detect(path, &kind);
     if (s != FL_OK)
         return s;
     if (kind == FL_INPUT_STATE)
-        return fl_fail(FL_ERR_PARSE, "%s: a fragless state snapshot (JSON), not a trace: it has no events to "
+        return fli_fail(FL_ERR_PARSE, "%s: a fragless state snapshot (JSON), not a trace: it has no events to "
                                      "replay; `fragless report` draws it",
                        path);
-    s = kind == FL_INPUT_PICKLE ? fl_trace_read_snapshot(path, device, &t, info) : fl_trace_read_csv(path, &t);
+    s = kind == FL_INPUT_PICKLE ? fli_trace_read_snapshot(path, device, &t, info) : fli_trace_read_csv(path, &t);
     if (s != FL_OK)
         return s;
     for (size_t i = 0; warn && i < t.n_warnings; i++)
         fprintf(warn, "warning: %s\n", t.warnings[i]);
     /* Nothing to replay: every figure would be 0 or a ratio over 0. */
     if (t.n == 0) {
-        fl_trace_free(&t);
+        fli_trace_free(&t);
         return kind == FL_INPUT_PICKLE
-                   ? fl_fail(FL_ERR_PARSE, "%s: no events: device_traces[%d] is empty and no block was allocated "
+                   ? fli_fail(FL_ERR_PARSE, "%s: no events: device_traces[%d] is empty and no block was allocated "
                                            "at dump (was _record_memory_history() on?)",
                              path, device)
-                   : fl_fail(FL_ERR_PARSE, "%s: no events: the trace has a header and nothing else", path);
+                   : fli_fail(FL_ERR_PARSE, "%s: no events: the trace has a header and nothing else", path);
     }
-    s = fl_prepare(&t, out);
-    fl_trace_free(&t);
+    s = fli_prepare(&t, out);
+    fli_trace_free(&t);
     if (s == FL_OK)
         for (size_t i = 0; warn && i < (*out)->n_warnings; i++)
             fprintf(warn, "warning: %s\n", (*out)->warnings[i]);
     return s;
 }
 
-void fl_loaded_free(fl_loaded *v, int n)
+void fli_loaded_free(fli_loaded *v, int n)
 {
     for (int i = 0; v && i < n; i++)
-        fl_prepared_free(v[i].p);
+        fli_prepared_free(v[i].p);
     free(v);
 }
 
@@ -156,23 +156,23 @@ static void name_devices(char *buf, size_t cap, const int *d, int n)
 }
 
 /* Converts and prepares one device of a parsed snapshot. */
-static fl_status load_device(const fl_pk_doc *doc, const char *path, int device, int n_devices, FILE *warn,
-                             fl_loaded *out)
+static fl_status load_device(const fli_pk_doc *doc, const char *path, int device, int n_devices, FILE *warn,
+                             fli_loaded *out)
 {
-    fl_trace t;
-    fl_status s = fl_snapshot_to_trace(doc, path, device, &t, &out->info);
+    fli_trace t;
+    fl_status s = fli_snapshot_to_trace(doc, path, device, &t, &out->info);
     if (s != FL_OK)
         return s;
     for (size_t i = 0; warn && i < t.n_warnings; i++)
         fprintf(warn, "warning: %s\n", t.warnings[i]);
     if (t.n == 0) {
-        fl_trace_free(&t);
-        return fl_fail(FL_ERR_PARSE, "%s: no events: device_traces[%d] is empty and no block of device %d was "
+        fli_trace_free(&t);
+        return fli_fail(FL_ERR_PARSE, "%s: no events: device_traces[%d] is empty and no block of device %d was "
                                      "allocated at dump (was _record_memory_history() on?)",
                        path, device, device);
     }
-    s = fl_prepare(&t, &out->p);
-    fl_trace_free(&t);
+    s = fli_prepare(&t, &out->p);
+    fli_trace_free(&t);
     if (s != FL_OK)
         return s;
     for (size_t i = 0; warn && i < out->p->n_warnings; i++)
@@ -180,7 +180,7 @@ static fl_status load_device(const fl_pk_doc *doc, const char *path, int device,
     if (n_devices > 1) {
         char *name = malloc(strlen(out->p->name) + 24);
         if (!name)
-            return fl_fail(FL_ERR_NOMEM, "%s: host memory", path);
+            return fli_fail(FL_ERR_NOMEM, "%s: host memory", path);
         sprintf(name, "%s (device %d)", out->p->name, device);
         free(out->p->name);
         out->p->name = name;
@@ -190,19 +190,19 @@ static fl_status load_device(const fl_pk_doc *doc, const char *path, int device,
 
 #define MAX_DEVICES 1024
 
-fl_status fl_load_inputs(const char *path, int device, FILE *warn, fl_loaded **out, int *n)
+fl_status fli_load_inputs(const char *path, int device, FILE *warn, fli_loaded **out, int *n)
 {
     *out = NULL;
     *n = 0;
-    fl_input_kind kind;
-    fl_status s = fl_input_detect(path, &kind);
+    fli_input_kind kind;
+    fl_status s = fli_input_detect(path, &kind);
     if (s != FL_OK)
         return s;
     if (kind != FL_INPUT_PICKLE) {
-        fl_loaded *v = calloc(1, sizeof *v);
+        fli_loaded *v = calloc(1, sizeof *v);
         if (!v)
-            return fl_fail(FL_ERR_NOMEM, "%s: host memory", path);
-        if ((s = fl_load_trace_ex(path, 0, warn, &v->p, &v->info)) != FL_OK) {
+            return fli_fail(FL_ERR_NOMEM, "%s: host memory", path);
+        if ((s = fli_load_trace_ex(path, 0, warn, &v->p, &v->info)) != FL_OK) {
             free(v);
             return s;
         }
@@ -210,12 +210,12 @@ fl_status fl_load_inputs(const char *path, int device, FILE *warn, fl_loaded **o
         *n = 1;
         return FL_OK;
     }
-    fl_pk_doc *doc;
-    if ((s = fl_pickle_load(path, FL_SNAPSHOT_MAX_BYTES, &doc)) != FL_OK)
+    fli_pk_doc *doc;
+    if ((s = fli_pickle_load(path, FL_SNAPSHOT_MAX_BYTES, &doc)) != FL_OK)
         return s;
-    fl_snapshot_device dev[MAX_DEVICES];
+    fli_snapshot_device dev[MAX_DEVICES];
     int nd = 0, pick[MAX_DEVICES], np = 0, with_events[MAX_DEVICES], ne = 0;
-    if ((s = fl_snapshot_devices(doc, path, dev, MAX_DEVICES, &nd)) != FL_OK)
+    if ((s = fli_snapshot_devices(doc, path, dev, MAX_DEVICES, &nd)) != FL_OK)
         goto out;
     if (nd > MAX_DEVICES)
         nd = MAX_DEVICES;
@@ -226,12 +226,12 @@ fl_status fl_load_inputs(const char *path, int device, FILE *warn, fl_loaded **o
     name_devices(list, sizeof list, with_events, ne);
     if (device >= 0 || device < FL_DEVICE_ALL) {
         if (device < 0 || device >= nd) {
-            s = fl_fail(FL_ERR_INVALID, "%s: no device %d: the snapshot has %d device trace%s%s%s", path, device, nd,
+            s = fli_fail(FL_ERR_INVALID, "%s: no device %d: the snapshot has %d device trace%s%s%s", path, device, nd,
                         nd == 1 ? "" : "s", ne ? "; events on " : "", ne ? list : "");
             goto out;
         }
         if (!dev[device].n_entries && !dev[device].n_active_blocks) {
-            s = fl_fail(FL_ERR_PARSE, "%s: no events on device %d: device_traces[%d] is empty and no block of it was "
+            s = fli_fail(FL_ERR_PARSE, "%s: no events on device %d: device_traces[%d] is empty and no block of it was "
                                       "allocated at dump%s%s",
                         path, device, device, ne ? "; events are on " : "", ne ? list : "");
             goto out;
@@ -253,20 +253,20 @@ fl_status fl_load_inputs(const char *path, int device, FILE *warn, fl_loaded **o
         if (!np)
             pick[np++] = 0; /* nothing anywhere: device 0 says so */
     }
-    fl_loaded *v = calloc((size_t)np, sizeof *v);
+    fli_loaded *v = calloc((size_t)np, sizeof *v);
     if (!v) {
-        s = fl_fail(FL_ERR_NOMEM, "%s: host memory", path);
+        s = fli_fail(FL_ERR_NOMEM, "%s: host memory", path);
         goto out;
     }
     for (int i = 0; i < np; i++) {
         if ((s = load_device(doc, path, pick[i], nd, warn, &v[i])) != FL_OK) {
-            fl_loaded_free(v, i + 1);
+            fli_loaded_free(v, i + 1);
             goto out;
         }
     }
     *out = v;
     *n = np;
 out:
-    fl_pickle_free(doc);
+    fli_pickle_free(doc);
     return s;
 }

@@ -7,10 +7,10 @@
 #include "pytorch/snapshot.h"
 #include "replay/replay.h"
 
-typedef struct fl_loaded {
-    fl_prepared *p;         /* named "FILE (device N)" when the snapshot has several devices */
-    fl_snapshot_info info;  /* n_devices is 0 for a CSV trace */
-} fl_loaded;
+typedef struct fli_loaded {
+    fli_prepared *p;         /* named "FILE (device N)" when the snapshot has several devices */
+    fli_snapshot_info info;  /* n_devices is 0 for a CSV trace */
+} fli_loaded;
 
 #define FL_DEVICE_DEFAULT (-1)
 #define FL_DEVICE_ALL (-2)          /* every device with events, OOM or not (fidelity) */
@@ -18,15 +18,15 @@ typedef struct fl_loaded {
 /* device: FL_DEVICE_DEFAULT, FL_DEVICE_ALL, or the snapshot device to read (FL_ERR_INVALID when the
  * snapshot has no such device; a CSV trace ignores it). Notes on the choice and the
  * readers' warnings go to warn (may be NULL). *out holds *n traces (free with
- * fl_loaded_free). Errors as fl_load_trace's. */
-fl_status fl_load_inputs(const char *path, int device, FILE *warn, fl_loaded **out, int *n);
-void fl_loaded_free(fl_loaded *v, int n);
+ * fli_loaded_free). Errors as fli_load_trace's. */
+fl_status fli_load_inputs(const char *path, int device, FILE *warn, fli_loaded **out, int *n);
+void fli_loaded_free(fli_loaded *v, int n);
 
 /* How close the emulation of a snapshot's own allocator comes to what it recorded
  * (src/replay/fidelity.c): the snapshot replayed under its recorded settings, following
  * the recorded allocator (segments older than the recording rebuilt, segments given back
  * where it gave them back), the reserved memory at the end against the segments' total. */
-typedef struct fl_fidelity {
+typedef struct fli_fidelity {
     char policy[32];
     uint64_t recorded, emulated, emulated_peak;
     double diff;                    /* emulated / recorded - 1; NAN when nothing was recorded */
@@ -36,12 +36,12 @@ typedef struct fl_fidelity {
     uint64_t seed_failures;
     uint64_t recorded_released, emulated_released;
     uint64_t capacity;              /* the device's, where the snapshot implies it (0: none) */
-} fl_fidelity;
+} fli_fidelity;
 
 #define FL_FIDELITY_CAVEAT 0.03     /* beyond it, compare, doctor and report say so */
 
-fl_status fl_fidelity_run(const fl_prepared *p, const fl_snapshot_info *info, uint64_t granularity, fl_fidelity *f);
+fl_status fli_fidelity_run(const fli_prepared *p, const fli_snapshot_info *info, uint64_t granularity, fli_fidelity *f);
 /* The caveat, or "" when the emulation is within FL_FIDELITY_CAVEAT. */
-void fl_fidelity_caveat(const fl_fidelity *f, char *buf, size_t n);
+void fli_fidelity_caveat(const fli_fidelity *f, char *buf, size_t n);
 
 #endif

@@ -4,32 +4,32 @@
 
 #include "replay/replay.h"
 
-fl_status fl_measure_run(const fl_prepared *p, const fl_replay_opts *o, uint64_t capacity, int min_capacity,
-                         fl_measure *m)
+fl_status fli_measure_run(const fli_prepared *p, const fli_replay_opts *o, uint64_t capacity, int min_capacity,
+                         fli_measure *m)
 {
     memset(m, 0, sizeof *m);
-    fl_replay_opts q = *o;
+    fli_replay_opts q = *o;
     m->steady_from_op = p->n_ops / 2 > p->peak_live_op + 1 ? p->n_ops / 2 : p->peak_live_op + 1;
     q.late_from_op = m->steady_from_op;
-    fl_status s = fl_replay(p, &q, &m->unlimited);
+    fl_status s = fli_replay(p, &q, &m->unlimited);
     if (s != FL_OK)
         return s;
-    if (min_capacity && (s = fl_min_capacity(p, o, &m->unlimited, &m->min_capacity)) != FL_OK)
+    if (min_capacity && (s = fli_min_capacity(p, o, &m->unlimited, &m->min_capacity)) != FL_OK)
         goto fail;
     if (capacity) {
         q.sim.capacity = capacity;
-        if ((s = fl_replay(p, &q, &m->at_capacity)) != FL_OK)
+        if ((s = fli_replay(p, &q, &m->at_capacity)) != FL_OK)
             goto fail;
         m->capacity = capacity;
     }
     return FL_OK;
 fail:
-    fl_measure_free(m);
+    fli_measure_free(m);
     return s;
 }
 
-void fl_measure_free(fl_measure *m)
+void fli_measure_free(fli_measure *m)
 {
-    fl_replay_result_free(&m->unlimited);
-    fl_replay_result_free(&m->at_capacity);
+    fli_replay_result_free(&m->unlimited);
+    fli_replay_result_free(&m->at_capacity);
 }

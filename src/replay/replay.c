@@ -12,11 +12,11 @@
 
 /* Only the first few problems of a kind are listed; the rest are counted. */
 #define MAX_LISTED_WARNINGS 5
-/* Live bytes beyond this are refused (see the second pass of fl_prepare). */
+/* Live bytes beyond this are refused (see the second pass of fli_prepare). */
 #define MAX_LIVE_BYTES (UINT64_C(1) << 63)
 
-static fl_status add_warning(fl_prepared *p, const char *fmt, ...) FL_PRINTF(2, 3);
-static fl_status add_warning(fl_prepared *p, const char *fmt, ...)
+static fl_status add_warning(fli_prepared *p, const char *fmt, ...) FL_PRINTF(2, 3);
+static fl_status add_warning(fli_prepared *p, const char *fmt, ...)
 {
     char buf[512];
     va_list ap;
@@ -25,15 +25,15 @@ static fl_status add_warning(fl_prepared *p, const char *fmt, ...)
     va_end(ap);
     char **w = realloc(p->warnings, (p->n_warnings + 1) * sizeof *w);
     if (!w)
-        return fl_fail(FL_ERR_NOMEM, "replay: host memory");
+        return fli_fail(FL_ERR_NOMEM, "replay: host memory");
     p->warnings = w;
     if (!(w[p->n_warnings] = strdup(buf)))
-        return fl_fail(FL_ERR_NOMEM, "replay: host memory");
+        return fli_fail(FL_ERR_NOMEM, "replay: host memory");
     p->n_warnings++;
     return FL_OK;
 }
 
-void fl_prepared_free(fl_prepared *p)
+void fli_prepared_free(fli_prepared *p)
 {
     if (!p)
         return;
@@ -53,31 +53,31 @@ void fl_prepared_free(fl_prepared *p)
 }
 
 /* Sites and seeds of the trace, copied (the trace is freed after preparing). */
-static fl_status copy_extras(const fl_trace *t, fl_prepared *p, fl_map *seed_ptrs)
+static fl_status copy_extras(const fli_trace *t, fli_prepared *p, fli_map *seed_ptrs)
 {
     if (t->n_sites) {
         if (!(p->sites = calloc(t->n_sites, sizeof *p->sites)))
-            return fl_fail(FL_ERR_NOMEM, "replay: host memory");
+            return fli_fail(FL_ERR_NOMEM, "replay: host memory");
         p->n_sites = t->n_sites;
         for (uint32_t i = 1; i < t->n_sites; i++)
             if (!(p->sites[i] = strdup(t->sites[i] ? t->sites[i] : "")))
-                return fl_fail(FL_ERR_NOMEM, "replay: host memory");
+                return fli_fail(FL_ERR_NOMEM, "replay: host memory");
         if (!(p->slot_site = calloc(t->n ? t->n : 1, sizeof *p->slot_site)))
-            return fl_fail(FL_ERR_NOMEM, "replay: host memory");
+            return fli_fail(FL_ERR_NOMEM, "replay: host memory");
     }
     if (t->n_seeds) {
         size_t nb = t->n_seed_blocks ? t->n_seed_blocks : 1;
         if (!(p->seeds = malloc(t->n_seeds * sizeof *p->seeds)) ||
             !(p->seed_blocks = malloc(nb * sizeof *p->seed_blocks)) ||
             !(p->seed_slot = malloc(nb * sizeof *p->seed_slot)))
-            return fl_fail(FL_ERR_NOMEM, "replay: host memory");
+            return fli_fail(FL_ERR_NOMEM, "replay: host memory");
         memcpy(p->seeds, t->seeds, t->n_seeds * sizeof *p->seeds);
         memcpy(p->seed_blocks, t->seed_blocks, t->n_seed_blocks * sizeof *p->seed_blocks);
         p->n_seeds = t->n_seeds;
         p->n_seed_blocks = t->n_seed_blocks;
         for (size_t i = 0; i < t->n_seed_blocks; i++) {
             p->seed_slot[i] = UINT32_MAX;
-            fl_status s = fl_map_put(seed_ptrs, t->seed_blocks[i].ptr, i);
+            fl_status s = fli_map_put(seed_ptrs, t->seed_blocks[i].ptr, i);
             if (s != FL_OK)
                 return s;
         }
@@ -85,59 +85,59 @@ static fl_status copy_extras(const fl_trace *t, fl_prepared *p, fl_map *seed_ptr
     return FL_OK;
 }
 
-fl_status fl_prepare(const fl_trace *t, fl_prepared **out)
+fl_status fli_prepare(const fli_trace *t, fli_prepared **out)
 {
     *out = NULL;
-    fl_prepared *p = calloc(1, sizeof *p);
-    fl_map live = {0}, streams = {0}, seed_ptrs = {0};
+    fli_prepared *p = calloc(1, sizeof *p);
+    fli_map live = {0}, streams = {0}, seed_ptrs = {0};
     uint64_t *slot_line = NULL;
     fl_status s = FL_ERR_NOMEM;
     if (!p)
-        return fl_fail(FL_ERR_NOMEM, "replay: host memory");
+        return fli_fail(FL_ERR_NOMEM, "replay: host memory");
     const char *base = t->path ? strrchr(t->path, '/') : NULL;
     p->name = strdup(base ? base + 1 : (t->path && *t->path ? t->path : "(trace)"));
     p->ops = malloc((t->n ? t->n : 1) * sizeof *p->ops);
     slot_line = malloc((t->n ? t->n : 1) * sizeof *slot_line);
-    if (!p->name || !p->ops || !slot_line || fl_map_init(&live, 1024) != FL_OK ||
-        fl_map_init(&streams, 8) != FL_OK || fl_map_init(&seed_ptrs, t->n_seed_blocks) != FL_OK) {
-        s = fl_fail(FL_ERR_NOMEM, "replay: host memory for %zu events", t->n);
+    if (!p->name || !p->ops || !slot_line || fli_map_init(&live, 1024) != FL_OK ||
+        fli_map_init(&streams, 8) != FL_OK || fli_map_init(&seed_ptrs, t->n_seed_blocks) != FL_OK) {
+        s = fli_fail(FL_ERR_NOMEM, "replay: host memory for %zu events", t->n);
         goto fail;
     }
     if ((s = copy_extras(t, p, &seed_ptrs)) != FL_OK)
         goto fail;
     uint64_t unknown_listed = 0;
     for (size_t i = 0; i < t->n; i++) {
-        const fl_event *e = &t->ev[i];
-        fl_op *op = &p->ops[p->n_ops];
+        const fli_event *e = &t->ev[i];
+        fli_op *op = &p->ops[p->n_ops];
         uint64_t v;
-        if (e->kind != FL_EV_RELEASE && (s = fl_map_put(&streams, e->stream, 1)) != FL_OK)
+        if (e->kind != FL_EV_RELEASE && (s = fli_map_put(&streams, e->stream, 1)) != FL_OK)
             goto fail;
         if (p->slot_site && (e->kind == FL_EV_ALLOC || e->kind == FL_EV_ALLOC_FAIL))
             p->slot_site[p->n_slots] = e->site < p->n_sites ? e->site : 0;
         switch (e->kind) {
         case FL_EV_RELEASE:
-            *op = (fl_op){e->size, e->stream, 0, FL_EV_RELEASE};
+            *op = (fli_op){e->size, e->stream, 0, FL_EV_RELEASE};
             p->n_releases++;
             p->release_bytes += e->size;
             p->n_ops++;
             break;
         case FL_EV_ALLOC:
-            if (fl_map_get(&live, e->ptr, &v)) {
-                s = fl_fail(FL_ERR_PARSE, "%s:%u: allocate of 0x%llx, which is still live (allocated at line %llu)",
+            if (fli_map_get(&live, e->ptr, &v)) {
+                s = fli_fail(FL_ERR_PARSE, "%s:%u: allocate of 0x%llx, which is still live (allocated at line %llu)",
                             t->path, e->line, (unsigned long long)e->ptr, (unsigned long long)slot_line[v]);
                 goto fail;
             }
-            *op = (fl_op){e->size, e->stream, p->n_slots, FL_EV_ALLOC};
+            *op = (fli_op){e->size, e->stream, p->n_slots, FL_EV_ALLOC};
             slot_line[p->n_slots] = e->line;
-            if (seed_ptrs.count && fl_map_remove(&seed_ptrs, e->ptr, &v))
+            if (seed_ptrs.count && fli_map_remove(&seed_ptrs, e->ptr, &v))
                 p->seed_slot[v] = p->n_slots;
-            if ((s = fl_map_put(&live, e->ptr, p->n_slots++)) != FL_OK)
+            if ((s = fli_map_put(&live, e->ptr, p->n_slots++)) != FL_OK)
                 goto fail;
             p->n_allocs++;
             p->n_ops++;
             break;
         case FL_EV_FREE:
-            if (!fl_map_remove(&live, e->ptr, &v)) {
+            if (!fli_map_remove(&live, e->ptr, &v)) {
                 p->unknown_frees++;
                 if (unknown_listed++ < MAX_LISTED_WARNINGS &&
                     (s = add_warning(p, "%s:%u: free of 0x%llx, which is not live: skipped", t->path, e->line,
@@ -146,18 +146,18 @@ fl_status fl_prepare(const fl_trace *t, fl_prepared **out)
                 break;
             }
             /* Sized in the second pass: a free takes what its allocation asked for. */
-            *op = (fl_op){0, e->stream, (uint32_t)v, FL_EV_FREE};
+            *op = (fli_op){0, e->stream, (uint32_t)v, FL_EV_FREE};
             p->n_frees++;
             p->n_ops++;
             break;
         case FL_EV_ALLOC_FAIL:
-            *op = (fl_op){e->size, e->stream, p->n_slots, FL_EV_ALLOC_FAIL};
+            *op = (fli_op){e->size, e->stream, p->n_slots, FL_EV_ALLOC_FAIL};
             slot_line[p->n_slots++] = e->line;
             p->n_recorded_failures++;
             p->n_ops++;
             break;
         default:
-            s = fl_fail(FL_ERR_PARSE, "%s:%u: unknown event kind %u", t->path, e->line, e->kind);
+            s = fli_fail(FL_ERR_PARSE, "%s:%u: unknown event kind %u", t->path, e->line, e->kind);
             goto fail;
         }
     }
@@ -169,22 +169,22 @@ fl_status fl_prepare(const fl_trace *t, fl_prepared **out)
         uint64_t *slot_size = (uint64_t *)slot_line;
         uint64_t cur = 0;
         for (size_t i = 0; i < p->n_ops; i++) {
-            fl_op *op = &p->ops[i];
+            fli_op *op = &p->ops[i];
             if (op->kind == FL_EV_FREE) {
                 op->size = slot_size[op->slot];
-                cur -= fl_live_size(op->size);
+                cur -= fli_live_size(op->size);
             } else if (op->kind == FL_EV_ALLOC_FAIL) {
                 slot_size[op->slot] = op->size;
             } else if (op->kind == FL_EV_RELEASE) {
                 continue;
             } else {
-                if (op->size > MAX_LIVE_BYTES - cur || fl_live_size(op->size) > MAX_LIVE_BYTES - cur) {
-                    s = fl_fail(FL_ERR_PARSE, "%s:%llu: allocate of %llu bytes: live bytes would exceed 2^63 (a corrupt size?)",
+                if (op->size > MAX_LIVE_BYTES - cur || fli_live_size(op->size) > MAX_LIVE_BYTES - cur) {
+                    s = fli_fail(FL_ERR_PARSE, "%s:%llu: allocate of %llu bytes: live bytes would exceed 2^63 (a corrupt size?)",
                                 t->path, (unsigned long long)slot_line[op->slot], (unsigned long long)op->size);
                     goto fail;
                 }
                 slot_size[op->slot] = op->size;
-                cur += fl_live_size(op->size);
+                cur += fli_live_size(op->size);
                 if (cur > p->peak_live) {
                     p->peak_live = cur;
                     p->peak_live_op = i;
@@ -198,22 +198,22 @@ fl_status fl_prepare(const fl_trace *t, fl_prepared **out)
                          (unsigned long long)p->unknown_frees, MAX_LISTED_WARNINGS)) != FL_OK)
         goto fail;
     p->n_streams = streams.count;
-    fl_map_free(&live);
-    fl_map_free(&streams);
-    fl_map_free(&seed_ptrs);
+    fli_map_free(&live);
+    fli_map_free(&streams);
+    fli_map_free(&seed_ptrs);
     free(slot_line);
     *out = p;
     return FL_OK;
 fail:
-    fl_map_free(&live);
-    fl_map_free(&streams);
-    fl_map_free(&seed_ptrs);
+    fli_map_free(&live);
+    fli_map_free(&streams);
+    fli_map_free(&seed_ptrs);
     free(slot_line);
-    fl_prepared_free(p);
+    fli_prepared_free(p);
     return s;
 }
 
-void fl_replay_result_free(fl_replay_result *r)
+void fli_replay_result_free(fli_replay_result *r)
 {
     free(r->timeline);
     r->timeline = NULL;
@@ -222,7 +222,7 @@ void fl_replay_result_free(fl_replay_result *r)
 
 /* The allocator object users get, for a replay: the trace's own recorder, OOM printing,
  * snapshots and publishing are off (a replay is not the job). */
-static fl_status replay_allocator(const fl_replay_opts *o, fl_device *dev, fl_allocator **out)
+static fl_status replay_allocator(const fli_replay_opts *o, fl_device *dev, fl_allocator **out)
 {
     fl_config cfg = o->cfg;
     cfg.trace_path[0] = '\0';
@@ -235,15 +235,15 @@ static fl_status replay_allocator(const fl_replay_opts *o, fl_device *dev, fl_al
 /* follow: the segments the recorded allocator held before recording began, rebuilt with
  * their live blocks (whose allocate ops are then skipped: addr is set). A policy that
  * cannot rebuild them (not PyTorch's) gets its blocks by ordinary allocations. */
-static fl_status seed(const fl_prepared *p, fl_allocator *al, uint64_t *addr, fl_replay_result *r)
+static fl_status seed(const fli_prepared *p, fl_allocator *al, uint64_t *addr, fli_replay_result *r)
 {
     uint64_t *got = malloc((p->n_seed_blocks ? p->n_seed_blocks : 1) * sizeof *got);
     if (!got)
-        return fl_fail(FL_ERR_NOMEM, "replay: host memory");
+        return fli_fail(FL_ERR_NOMEM, "replay: host memory");
     fl_status s = FL_OK;
     for (size_t i = 0; i < p->n_seeds; i++) {
-        const fl_seed_segment *sg = &p->seeds[i];
-        s = fl_allocator_seed(al, sg, p->seed_blocks + sg->first_block, got + sg->first_block);
+        const fli_seed_segment *sg = &p->seeds[i];
+        s = fli_allocator_seed(al, sg, p->seed_blocks + sg->first_block, got + sg->first_block);
         if (s == FL_ERR_UNSUPPORTED) {
             s = FL_OK;
             break;
@@ -268,7 +268,7 @@ static fl_status seed(const fl_prepared *p, fl_allocator *al, uint64_t *addr, fl
 /* Runs the ops through fl_alloc/fl_free, the path every frontend takes; stop_at_oom ends
  * the run at the first failure (min_capacity search). Live bytes, the out-of-memory
  * report and the statistics are the allocator's own. */
-static fl_status run(const fl_prepared *p, const fl_replay_opts *o, int stop_at_oom, fl_replay_result *r)
+static fl_status run(const fli_prepared *p, const fli_replay_opts *o, int stop_at_oom, fli_replay_result *r)
 {
     memset(r, 0, sizeof *r);
     r->first_oom_op = p->n_ops;
@@ -277,7 +277,7 @@ static fl_status run(const fl_prepared *p, const fl_replay_opts *o, int stop_at_
     fl_allocator *al = NULL;
     uint64_t *addr = calloc(p->n_slots ? p->n_slots : 1, sizeof *addr);
     if (!addr)
-        return fl_fail(FL_ERR_NOMEM, "replay: host memory");
+        return fli_fail(FL_ERR_NOMEM, "replay: host memory");
     fl_status s = fl_sim_device_create(&o->sim, &dev);
     if (s != FL_OK) {
         free(addr);
@@ -290,11 +290,11 @@ static fl_status run(const fl_prepared *p, const fl_replay_opts *o, int stop_at_
     uint64_t peak_in_use = dev->counters.in_use;
     int nb = o->timeline_buckets > 0 ? o->timeline_buckets : 0;
     if (nb && !(r->timeline = calloc((size_t)nb, sizeof *r->timeline))) {
-        s = fl_fail(FL_ERR_NOMEM, "replay: host memory");
+        s = fli_fail(FL_ERR_NOMEM, "replay: host memory");
         goto out;
     }
     r->n_buckets = nb;
-    uint64_t t0 = fl_now_ns(), host = 0;
+    uint64_t t0 = fli_now_ns(), host = 0;
     size_t bucket_end = p->n_ops, b = 0;
     uint64_t calls_before = 0;
     double time_before = 0;
@@ -309,7 +309,7 @@ static fl_status run(const fl_prepared *p, const fl_replay_opts *o, int stop_at_
     /* No inspection: an index no op reaches, so the loop pays one compare either way. */
     const size_t inspect_at = o->inspect ? o->inspect_at_op : SIZE_MAX;
     for (size_t i = 0; i < n_ops; i++) {
-        const fl_op *op = &p->ops[i];
+        const fli_op *op = &p->ops[i];
         if (FL_UNLIKELY(i == o->empty_cache_at_op && i)) {
             r->empty_cache_before = dev->counters.in_use;
             if ((s = fl_empty_cache(al)) != FL_OK)
@@ -329,7 +329,7 @@ static fl_status run(const fl_prepared *p, const fl_replay_opts *o, int stop_at_
             }
         } else if (FL_UNLIKELY(op->kind == FL_EV_RELEASE)) {
             uint64_t freed = 0;
-            if (o->follow && (s = fl_allocator_release(al, op->size, op->stream, &freed)) != FL_OK)
+            if (o->follow && (s = fli_allocator_release(al, op->size, op->stream, &freed)) != FL_OK)
                 goto out;
             r->released_bytes += freed;
         } else if (FL_UNLIKELY(addr[op->slot] != 0)) {
@@ -370,19 +370,19 @@ static fl_status run(const fl_prepared *p, const fl_replay_opts *o, int stop_at_
             }
         }
         if (FL_UNLIKELY(check_every && i % check_every == 0) && fl_allocator_check(al)) {
-            s = fl_fail(FL_ERR_INVALID, "replay of %s, op %zu: policy %s self-check failed: %s", p->name, i,
-                        fl_allocator_policy(al)->ops->name, fl_last_error());
+            s = fli_fail(FL_ERR_INVALID, "replay of %s, op %zu: policy %s self-check failed: %s", p->name, i,
+                        fli_allocator_policy(al)->ops->name, fl_last_error());
             goto out;
         }
         if (nb) {
-            fl_timeline_bucket *tb = &r->timeline[b];
-            uint64_t live = fl_allocator_live(al);
+            fli_timeline_bucket *tb = &r->timeline[b];
+            uint64_t live = fli_allocator_live(al);
             if (live > tb->max_live)
                 tb->max_live = live;
             if (dev->counters.in_use > tb->max_reserved)
                 tb->max_reserved = dev->counters.in_use;
             if (i + 1 == bucket_end || i + 1 == p->n_ops) {
-                uint64_t now = fl_now_ns();
+                uint64_t now = fli_now_ns();
                 host += now - t0;
                 uint64_t calls = fl_device_total_calls(&dev->counters);
                 tb->first_op = b * chunk;
@@ -394,16 +394,16 @@ static fl_status run(const fl_prepared *p, const fl_replay_opts *o, int stop_at_
                 if (b + 1 < (size_t)nb)
                     b++;
                 bucket_end += chunk;
-                t0 = fl_now_ns();
+                t0 = fli_now_ns();
             }
         }
         if (FL_UNLIKELY(i == inspect_at)) {
-            fl_replay_view v = {fl_allocator_policy(al), p, addr, i, fl_allocator_live(al), dev->counters.in_use};
+            fli_replay_view v = {fli_allocator_policy(al), p, addr, i, fli_allocator_live(al), dev->counters.in_use};
             if (o->inspect(&v, o->inspect_user))
                 break;
         }
     }
-    host += fl_now_ns() - t0;
+    host += fli_now_ns() - t0;
     r->host_ns = host;
     r->pairs = pairs;
     if (o->late_from_op && o->late_from_op < p->n_ops) {
@@ -422,28 +422,28 @@ out:
     fl_device_destroy(dev);
     free(addr);
     if (s != FL_OK)
-        fl_replay_result_free(r);
+        fli_replay_result_free(r);
     return s;
 }
 
-fl_status fl_replay(const fl_prepared *p, const fl_replay_opts *o, fl_replay_result *r)
+fl_status fli_replay(const fli_prepared *p, const fli_replay_opts *o, fli_replay_result *r)
 {
     return run(p, o, 0, r);
 }
 
-fl_status fl_min_capacity(const fl_prepared *p, const fl_replay_opts *o, const fl_replay_result *unlimited,
+fl_status fli_min_capacity(const fli_prepared *p, const fli_replay_opts *o, const fli_replay_result *unlimited,
                           uint64_t *min_cap)
 {
     uint64_t g = o->sim.granularity;
-    uint64_t lo = fl_div_up(p->peak_live, g), hi = fl_div_up(unlimited->peak_reserved, g);
+    uint64_t lo = fli_div_up(p->peak_live, g), hi = fli_div_up(unlimited->peak_reserved, g);
     if (unlimited->ooms)
-        return fl_fail(FL_ERR_INVALID, "min_capacity of %s: the run without a limit already ran out of memory",
+        return fli_fail(FL_ERR_INVALID, "min_capacity of %s: the run without a limit already ran out of memory",
                        p->name);
     if (hi < lo)
         hi = lo;
     if (lo == 0)
         lo = hi = 1;
-    fl_replay_opts q = *o;
+    fli_replay_opts q = *o;
     q.timeline_buckets = 0;
     q.check_every = 0;
     q.inspect = NULL; /* the search's runs stop at OOMs: not states worth inspecting */
@@ -456,7 +456,7 @@ fl_status fl_min_capacity(const fl_prepared *p, const fl_replay_opts *o, const f
             o->search_step(o->search_user, lo, hi);
         uint64_t mid = lo + (hi - lo) / 2;
         q.sim.capacity = mid * g;
-        fl_replay_result r;
+        fli_replay_result r;
         fl_status s = run(p, &q, 1, &r);
         if (s != FL_OK)
             return s;

@@ -7,16 +7,16 @@
 #include "policy/policy.h"
 #include "trace/trace.h"
 
-typedef struct fl_op {
+typedef struct fli_op {
     uint64_t size;      /* requested bytes (alloc; a free's block; a release's segment) */
     uint64_t stream;
     uint32_t slot;      /* dense id of the block */
-    uint8_t kind;       /* fl_event_kind */
-} fl_op;
+    uint8_t kind;       /* fli_event_kind */
+} fli_op;
 
-typedef struct fl_prepared {
+typedef struct fli_prepared {
     char *name;             /* file name without directories */
-    fl_op *ops;
+    fli_op *ops;
     size_t n_ops;
     uint32_t n_slots;
     uint64_t n_allocs;      /* FL_EV_ALLOC ops */
@@ -35,32 +35,32 @@ typedef struct fl_prepared {
     char **sites;
     uint32_t n_sites;
     /* What the recorded allocator did (PyTorch snapshots), followed when
-     * fl_replay_opts.follow is set: segments older than the recording (seed_slot: the
+     * fli_replay_opts.follow is set: segments older than the recording (seed_slot: the
      * slot of each seed block, UINT32_MAX when no allocation names it) and the segments
      * it gave back (FL_EV_RELEASE ops). */
-    fl_seed_segment *seeds;
+    fli_seed_segment *seeds;
     size_t n_seeds;
-    fl_seed_block *seed_blocks;
+    fli_seed_block *seed_blocks;
     size_t n_seed_blocks;
     uint32_t *seed_slot;
     uint64_t n_releases, release_bytes;
-} fl_prepared;
+} fli_prepared;
 
-fl_status fl_prepare(const fl_trace *t, fl_prepared **out);
-void fl_prepared_free(fl_prepared *p);
+fl_status fli_prepare(const fli_trace *t, fli_prepared **out);
+void fli_prepared_free(fli_prepared *p);
 
 /* What an inspection sees: the policy (for its walk and query, read only), where each
  * slot's block is (0 = not live), and the op just run. */
-typedef struct fl_replay_view {
-    const fl_policy *pol;
-    const fl_prepared *p;
+typedef struct fli_replay_view {
+    const fli_policy *pol;
+    const fli_prepared *p;
     const uint64_t *slot_addr;  /* p->n_slots entries */
     size_t op;
     uint64_t live;              /* the allocator's live bytes (requests rounded to 512 B) */
     uint64_t reserved;          /* device memory in use */
-} fl_replay_view;
+} fli_replay_view;
 
-typedef struct fl_replay_opts {
+typedef struct fli_replay_opts {
     fl_config cfg;          /* policy and knobs */
     fl_sim_params sim;      /* device: capacity, granularity, cost model */
     int timeline_buckets;   /* > 0: fill result.timeline with that many windows */
@@ -75,23 +75,23 @@ typedef struct fl_replay_opts {
      * it is called right after op inspect_at_op has run (for an op that failed too); a
      * nonzero return ends the replay there (the result then covers the ops up to it). */
     size_t inspect_at_op;
-    int (*inspect)(const struct fl_replay_view *v, void *user);
+    int (*inspect)(const struct fli_replay_view *v, void *user);
     void *inspect_user;
-    /* Progress of fl_min_capacity (the CLI's progress bar): called before each run of
+    /* Progress of fli_min_capacity (the CLI's progress bar): called before each run of
      * the search with the pages still in question, [lo_pages, hi_pages]. NULL = none. */
     void (*search_step)(void *user, uint64_t lo_pages, uint64_t hi_pages);
     void *search_user;
-} fl_replay_opts;
+} fli_replay_opts;
 
-typedef struct fl_timeline_bucket {
+typedef struct fli_timeline_bucket {
     size_t first_op, end_op;    /* [first_op, end_op) */
     uint64_t max_live;
     uint64_t max_reserved;
     uint64_t calls;             /* device calls in this window, all kinds */
     double device_us;
-} fl_timeline_bucket;
+} fli_timeline_bucket;
 
-typedef struct fl_replay_result {
+typedef struct fli_replay_result {
     uint64_t peak_live;
     uint64_t peak_reserved;     /* device peak physical bytes in use */
     uint64_t end_reserved;      /* device bytes in use after the last op */
@@ -117,18 +117,18 @@ typedef struct fl_replay_result {
      * (what the recorded allocator gave back there is p->release_bytes) */
     uint64_t seeded_segments, seeded_bytes, seed_failures;
     uint64_t released_bytes;
-    fl_timeline_bucket *timeline;
+    fli_timeline_bucket *timeline;
     int n_buckets;
-} fl_replay_result;
+} fli_replay_result;
 
-fl_status fl_replay(const fl_prepared *p, const fl_replay_opts *o, fl_replay_result *r);
-void fl_replay_result_free(fl_replay_result *r);
+fl_status fli_replay(const fli_prepared *p, const fli_replay_opts *o, fli_replay_result *r);
+void fli_replay_result_free(fli_replay_result *r);
 
 /* Smallest capacity (a multiple of the granularity) at which the trace replays with no
  * OOM, by binary search between ceil(peak_live) and the unlimited run's peak_reserved.
  * unlimited: result of the run without a limit (its peak_reserved bounds the search). */
-fl_status fl_min_capacity(const fl_prepared *p, const fl_replay_opts *o,
-                          const fl_replay_result *unlimited, uint64_t *min_cap);
+fl_status fli_min_capacity(const fli_prepared *p, const fli_replay_opts *o,
+                          const fli_replay_result *unlimited, uint64_t *min_cap);
 
 
 /* What compare reports for one trace and one policy: the run without a limit, the
@@ -136,17 +136,17 @@ fl_status fl_min_capacity(const fl_prepared *p, const fl_replay_opts *o,
  * steady state are reported apart: the ops after both the trace's midpoint and its
  * peak of live bytes (the largest step has been seen), where a training loop should
  * make no device calls at all. */
-typedef struct fl_measure {
-    fl_replay_result unlimited;
+typedef struct fli_measure {
+    fli_replay_result unlimited;
     uint64_t min_capacity;          /* 0 when not searched */
     uint64_t capacity;              /* 0 when no capacity run */
-    fl_replay_result at_capacity;
+    fli_replay_result at_capacity;
     size_t steady_from_op;          /* max(n_ops / 2, peak_live_op + 1) */
-} fl_measure;
+} fli_measure;
 
-fl_status fl_measure_run(const fl_prepared *p, const fl_replay_opts *o, uint64_t capacity, int min_capacity,
-                         fl_measure *m);
-void fl_measure_free(fl_measure *m);
+fl_status fli_measure_run(const fli_prepared *p, const fli_replay_opts *o, uint64_t capacity, int min_capacity,
+                         fli_measure *m);
+void fli_measure_free(fli_measure *m);
 
 /* What an input file holds, by one rule for every command: a PyTorch memory snapshot
  * (a pickle: PROTO 0x80 first, or protocol 0/1: '(' '}' ']' or ')' first and STOP '.'
@@ -154,18 +154,18 @@ void fl_measure_free(fl_measure *m);
  * log (text: the CSV reader says what is wrong with it). FL_ERR_PARSE "PATH: empty file"
  * (0 bytes, or white space only), "PATH: not a trace or snapshot: it starts with ..."
  * (bytes no text file holds); FL_ERR_IO when it cannot be read. */
-typedef enum fl_input_kind { FL_INPUT_CSV, FL_INPUT_PICKLE, FL_INPUT_STATE } fl_input_kind;
-fl_status fl_input_detect(const char *path, fl_input_kind *kind);
+typedef enum fli_input_kind { FL_INPUT_CSV, FL_INPUT_PICKLE, FL_INPUT_STATE } fli_input_kind;
+fl_status fli_input_detect(const char *path, fli_input_kind *kind);
 
 /* Reads a trace and prepares it (src/replay/input.c): an RMM CSV log, or a PyTorch memory
- * snapshot (device 0 is read), as fl_input_detect says. A state snapshot, or a trace with
+ * snapshot (device 0 is read), as fli_input_detect says. A state snapshot, or a trace with
  * no events (a header alone, a snapshot whose device recorded nothing), is FL_ERR_PARSE:
  * there is nothing to replay. Warnings go to `warn` (may be NULL). */
-fl_status fl_load_trace(const char *path, FILE *warn, fl_prepared **out);
+fl_status fli_load_trace(const char *path, FILE *warn, fli_prepared **out);
 /* The same with the snapshot's device and what the conversion found (info->n_devices
  * is 0 for a CSV trace). */
-struct fl_snapshot_info;
-fl_status fl_load_trace_ex(const char *path, int device, FILE *warn, fl_prepared **out,
-                           struct fl_snapshot_info *info);
+struct fli_snapshot_info;
+fl_status fli_load_trace_ex(const char *path, int device, FILE *warn, fli_prepared **out,
+                           struct fli_snapshot_info *info);
 
 #endif

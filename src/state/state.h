@@ -19,7 +19,7 @@
 
 /* What a policy holds, visited in address order for state snapshots and the report's
  * page map (not a hot path). Callbacks may be NULL. */
-typedef struct fl_state_visitor {
+typedef struct fli_state_visitor {
     void *user;
     /* A region of address space: a fragless heap's reservation (kind "heap" or "small
      * heap"), a cca segment ("segment", "expandable segment"), a nocache block ("block").
@@ -30,63 +30,63 @@ typedef struct fl_state_visitor {
     void (*page)(void *user, uint64_t addr, uint64_t size, int mapped, uint32_t pins);
     /* A block of the region: live, or free (cached and reusable). */
     void (*block)(void *user, uint64_t addr, uint64_t size, int live);
-} fl_state_visitor;
+} fli_state_visitor;
 
 /* Deepest nesting of arrays and objects a file may have: the format needs 5
  * (top > regions > region > pages > page). */
 #define FL_STATE_MAX_DEPTH 8
-/* Biggest file fl_state_read takes (a snapshot of an 80 GiB GPU is a few MB). */
+/* Biggest file fli_state_read takes (a snapshot of an 80 GiB GPU is a few MB). */
 #define FL_STATE_MAX_FILE (UINT64_C(1) << 30)
 
-typedef struct fl_state_region {
+typedef struct fli_state_region {
     uint64_t addr, size, stream;
     char kind[32];                  /* "heap", "small heap", "segment", ... (cut to fit) */
     size_t page0, n_pages;          /* its pages: pages[page0 .. page0 + n_pages) */
     size_t block0, n_blocks;        /* its blocks, likewise */
-} fl_state_region;
+} fli_state_region;
 
-typedef struct fl_state_page {
+typedef struct fli_state_page {
     uint64_t addr, size;
     uint32_t pins;                  /* live blocks touching it (0: cached) */
     int mapped;
-} fl_state_page;
+} fli_state_page;
 
-typedef struct fl_state_block {
+typedef struct fli_state_block {
     uint64_t addr, size;
     int live;
-} fl_state_block;
+} fli_state_block;
 
-typedef struct fl_state {
+typedef struct fli_state {
     char policy[32];
     uint64_t granularity;           /* a power of two */
     uint64_t capacity;
     int has_stats;                  /* the file has a "stats" object */
-    fl_stats stats;                 /* the keys it had (fl_state_has_stat); others 0 */
-    uint64_t stats_has;             /* one bit per known key (fl_state_has_stat) */
+    fl_stats stats;                 /* the keys it had (fli_state_has_stat); others 0 */
+    uint64_t stats_has;             /* one bit per known key (fli_state_has_stat) */
     /* Regions in file order; pages and blocks in address order within their region and
      * inside it (checked). */
-    fl_state_region *regions;
+    fli_state_region *regions;
     size_t n_regions, cap_regions;
-    fl_state_page *pages;
+    fli_state_page *pages;
     size_t n_pages, cap_pages;
-    fl_state_block *blocks;
+    fli_state_block *blocks;
     size_t n_blocks, cap_blocks;
-} fl_state;
+} fli_state;
 
 /* Parses text[0..n) (no terminator needed); name is the file in messages. On error
  * returns FL_ERR_PARSE (FL_ERR_NOMEM when host memory runs out) and leaves out empty
- * (fl_state_free is harmless either way). */
-fl_status fl_state_parse(const char *text, size_t n, const char *name, fl_state *out);
-/* Reads and parses a file: FL_ERR_IO when it cannot be read, else as fl_state_parse. */
-fl_status fl_state_read(const char *path, fl_state *out);
-void fl_state_free(fl_state *s);
+ * (fli_state_free is harmless either way). */
+fl_status fli_state_parse(const char *text, size_t n, const char *name, fli_state *out);
+/* Reads and parses a file: FL_ERR_IO when it cannot be read, else as fli_state_parse. */
+fl_status fli_state_read(const char *path, fli_state *out);
+void fli_state_free(fli_state *s);
 
 /* Whether the file had a statistic, by its key as fl_stats_json writes it:
  * "allocated_bytes.all.current", "num_ooms", "fragless.cached_bytes",
  * "fragless.device_calls.map". 0 for keys this reader does not know. */
-int fl_state_has_stat(const fl_state *s, const char *key);
+int fli_state_has_stat(const fli_state *s, const char *key);
 
 /* Visits the regions, pages and blocks as the policy's walk did when it wrote them. */
-void fl_state_walk(const fl_state *s, const fl_state_visitor *v);
+void fli_state_walk(const fli_state *s, const fli_state_visitor *v);
 
 #endif

@@ -1,4 +1,4 @@
-/* The fl_trace container and RMM's CSV log format (logging_resource_adaptor): a strict,
+/* The fli_trace container and RMM's CSV log format (logging_resource_adaptor): a strict,
  * fast reader whose every error is "PATH:LINE: column X: 'text' problem", and the writer
  * whose output that reader reads back exactly. */
 #include "trace/trace.h"
@@ -11,14 +11,14 @@
 
 /* ---- the container ------------------------------------------------------------- */
 
-void fl_trace_init(fl_trace *t, const char *path)
+void fli_trace_init(fli_trace *t, const char *path)
 {
     memset(t, 0, sizeof *t);
     /* On host OOM path stays NULL; the readers turn that into FL_ERR_NOMEM. */
     t->path = strdup(path ? path : "");
 }
 
-void fl_trace_free(fl_trace *t)
+void fli_trace_free(fli_trace *t)
 {
     for (size_t i = 0; i < t->n_warnings; i++)
         free(t->warnings[i]);
@@ -33,13 +33,13 @@ void fl_trace_free(fl_trace *t)
     memset(t, 0, sizeof *t);
 }
 
-fl_status fl_trace_push(fl_trace *t, const fl_event *e)
+fl_status fli_trace_push(fli_trace *t, const fli_event *e)
 {
     if (FL_UNLIKELY(t->n == t->cap)) {
         size_t cap = t->cap ? t->cap * 2 : 1024;
-        fl_event *ev = realloc(t->ev, cap * sizeof *ev);
+        fli_event *ev = realloc(t->ev, cap * sizeof *ev);
         if (!ev)
-            return fl_fail(FL_ERR_NOMEM, "trace: cannot grow to %zu events", cap);
+            return fli_fail(FL_ERR_NOMEM, "trace: cannot grow to %zu events", cap);
         t->ev = ev;
         t->cap = cap;
     }
@@ -47,19 +47,19 @@ fl_status fl_trace_push(fl_trace *t, const fl_event *e)
     return FL_OK;
 }
 
-fl_status fl_trace_warn(fl_trace *t, const char *fmt, ...)
+fl_status fli_trace_warn(fli_trace *t, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
     int len = vsnprintf(NULL, 0, fmt, ap);
     va_end(ap);
     if (len < 0)
-        return fl_fail(FL_ERR_INVALID, "trace: bad warning format '%s'", fmt);
+        return fli_fail(FL_ERR_INVALID, "trace: bad warning format '%s'", fmt);
     char *msg = malloc((size_t)len + 1);
     char **list = msg ? realloc(t->warnings, (t->n_warnings + 1) * sizeof *list) : NULL;
     if (!list) {
         free(msg);
-        return fl_fail(FL_ERR_NOMEM, "trace: no memory for a warning");
+        return fli_fail(FL_ERR_NOMEM, "trace: no memory for a warning");
     }
     t->warnings = list;
     va_start(ap, fmt);
@@ -286,7 +286,7 @@ static int parse_stream(field f, uint64_t *out, char *err)
 }
 
 /* One data row (no newline, \r already removed) into e; -1 with err set on failure. */
-static int parse_row(const char *s, size_t n, fl_event *e, char *err)
+static int parse_row(const char *s, size_t n, fli_event *e, char *err)
 {
     field f[N_COLUMNS];
     size_t nf = 0;
@@ -317,7 +317,7 @@ static int parse_row(const char *s, size_t n, fl_event *e, char *err)
  * length. Returns 0 only for rows parse_row accepts too (it is a strict subset: every
  * check here is one of parse_row's, tightened); anything else, errors included, goes to
  * parse_row, which decides and explains. This halves the load time of a large trace. */
-static int parse_row_fast(const char *p, const char *end, fl_event *e)
+static int parse_row_fast(const char *p, const char *end, fli_event *e)
 {
     static const uint32_t pow10[] = {1, 10, 100, 1000, 10000, 100000, 1000000,
                                      10000000, 100000000, 1000000000};
@@ -426,7 +426,7 @@ static int parse_header(const char *s, size_t n, char *err)
 typedef struct reader {
     FILE *f;
     const char *name;
-    fl_trace *t;
+    fli_trace *t;
     uint32_t line;
     uint32_t first_empty;   /* first line of a run of empty lines, 0 if none pending */
     uint32_t n_empty;
@@ -440,23 +440,23 @@ static fl_status reader_line(reader *r, const char *s, size_t n, int has_newline
     if (n > 0 && s[n - 1] == '\r')
         n--;
     if (n > LINE_MAX_BYTES)
-        return fl_fail(FL_ERR_PARSE, "%s:%u: line is longer than %d bytes: not an RMM log row",
+        return fli_fail(FL_ERR_PARSE, "%s:%u: line is longer than %d bytes: not an RMM log row",
                        r->name, r->line, LINE_MAX_BYTES);
-    fl_event e;
+    fli_event e;
     if (FL_LIKELY(has_newline && r->line > 1 && !r->n_empty && parse_row_fast(s, s + n, &e) == 0)) {
         e.line = r->line;
-        return fl_trace_push(r->t, &e);
+        return fli_trace_push(r->t, &e);
     }
     if (n == 0) {
         if (r->line == 1)
-            return fl_fail(FL_ERR_PARSE, "%s:1: empty line where the header '%s' belongs",
+            return fli_fail(FL_ERR_PARSE, "%s:1: empty line where the header '%s' belongs",
                            r->name, header_text);
         if (!r->n_empty++)
             r->first_empty = r->line;
         return FL_OK;
     }
     if (r->n_empty)
-        return fl_fail(FL_ERR_PARSE, "%s:%u: empty line (only allowed at the end of the file)",
+        return fli_fail(FL_ERR_PARSE, "%s:%u: empty line (only allowed at the end of the file)",
                        r->name, r->first_empty);
     int bad;
     const char *nul = memchr(s, 0, n);
@@ -468,22 +468,22 @@ static fl_status reader_line(reader *r, const char *s, size_t n, int has_newline
         /* Only a true prefix of the header counts as cut short: a file holding one line
          * of something else is not a trace. */
         if (bad && !has_newline && (n >= sizeof header_text - 1 || memcmp(s, header_text, n) != 0))
-            return fl_fail(FL_ERR_PARSE, "%s:1: %s", r->name, err);
+            return fli_fail(FL_ERR_PARSE, "%s:1: %s", r->name, err);
     } else {
         bad = parse_row(s, n, &e, err);
     }
     if (bad) {
         if (!has_newline)
-            return fl_trace_warn(r->t, "%s:%u: last line is incomplete (%s), ignored", r->name,
+            return fli_trace_warn(r->t, "%s:%u: last line is incomplete (%s), ignored", r->name,
                                  r->line, err);
-        return fl_fail(FL_ERR_PARSE, "%s:%u: %s", r->name, r->line, err);
+        return fli_fail(FL_ERR_PARSE, "%s:%u: %s", r->name, r->line, err);
     }
     if (r->line == 1)
         return FL_OK;
     e.line = r->line;
-    fl_status st = fl_trace_push(r->t, &e);
+    fl_status st = fli_trace_push(r->t, &e);
     if (st == FL_OK && !has_newline)
-        st = fl_trace_warn(r->t, "%s:%u: last line has no newline: kept as read (if the process writing it "
+        st = fli_trace_warn(r->t, "%s:%u: last line has no newline: kept as read (if the process writing it "
                            "was killed, its last field may be cut)", r->name, r->line);
     return st;
 }
@@ -496,7 +496,7 @@ static fl_status read_all(reader *r)
     size_t cap = READ_CHUNK + LINE_MAX_BYTES + 2;
     char *buf = malloc(cap);
     if (!buf)
-        return fl_fail(FL_ERR_NOMEM, "%s: no memory for a read buffer", r->name);
+        return fli_fail(FL_ERR_NOMEM, "%s: no memory for a read buffer", r->name);
     size_t len = 0, pos = 0;
     int eof = 0;
     fl_status s = FL_OK;
@@ -504,7 +504,7 @@ static fl_status read_all(reader *r)
         char *nl = memchr(buf + pos, '\n', len - pos);
         if (nl) {
             if (r->line == UINT32_MAX) {
-                s = fl_fail(FL_ERR_PARSE, "%s: more than %u lines", r->name, UINT32_MAX - 1);
+                s = fli_fail(FL_ERR_PARSE, "%s: more than %u lines", r->name, UINT32_MAX - 1);
                 break;
             }
             r->line++;
@@ -513,7 +513,7 @@ static fl_status read_all(reader *r)
             continue;
         }
         if (len - pos > LINE_MAX_BYTES + 1) {
-            s = fl_fail(FL_ERR_PARSE, "%s:%u: line is longer than %d bytes: not an RMM log row",
+            s = fli_fail(FL_ERR_PARSE, "%s:%u: line is longer than %d bytes: not an RMM log row",
                         r->name, r->line + 1, LINE_MAX_BYTES);
             break;
         }
@@ -530,7 +530,7 @@ static fl_status read_all(reader *r)
         size_t got = fread(buf + len, 1, cap - len, r->f);
         if (got == 0) {
             if (ferror(r->f)) {
-                s = fl_fail(FL_ERR_IO, "%s: read error: %s", r->name, strerror(errno));
+                s = fli_fail(FL_ERR_IO, "%s: read error: %s", r->name, strerror(errno));
                 break;
             }
             eof = 1;
@@ -539,35 +539,35 @@ static fl_status read_all(reader *r)
     }
     free(buf);
     if (s == FL_OK && r->n_empty)
-        s = fl_trace_warn(r->t, "%s:%u: %u empty line%s at the end of the file, ignored", r->name,
+        s = fli_trace_warn(r->t, "%s:%u: %u empty line%s at the end of the file, ignored", r->name,
                           r->first_empty, r->n_empty, r->n_empty == 1 ? "" : "s");
     return s;
 }
 
 /* t is an output: it need not be initialised and what it held is not freed. On error it
- * is left all zero (n == 0, no memory held), so fl_trace_free is optional but safe. */
-fl_status fl_trace_read_csv_stream(FILE *f, const char *name, fl_trace *t)
+ * is left all zero (n == 0, no memory held), so fli_trace_free is optional but safe. */
+fl_status fli_trace_read_csv_stream(FILE *f, const char *name, fli_trace *t)
 {
     if (!name)
         name = "<stream>";
-    fl_trace_init(t, name);
+    fli_trace_init(t, name);
     if (!t->path)
-        return fl_fail(FL_ERR_NOMEM, "%s: no memory", name);
+        return fli_fail(FL_ERR_NOMEM, "%s: no memory", name);
     reader r = {.f = f, .name = name, .t = t};
     fl_status s = read_all(&r);
     if (s != FL_OK)
-        fl_trace_free(t); /* leaves t zeroed: nothing to free, n == 0 */
+        fli_trace_free(t); /* leaves t zeroed: nothing to free, n == 0 */
     return s;
 }
 
-fl_status fl_trace_read_csv(const char *path, fl_trace *t)
+fl_status fli_trace_read_csv(const char *path, fli_trace *t)
 {
     FILE *f = fopen(path, "rb");
     if (!f) {
         memset(t, 0, sizeof *t);
-        return fl_fail(FL_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+        return fli_fail(FL_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     }
-    fl_status s = fl_trace_read_csv_stream(f, path, t);
+    fl_status s = fli_trace_read_csv_stream(f, path, t);
     fclose(f);
     return s;
 }
@@ -575,7 +575,7 @@ fl_status fl_trace_read_csv(const char *path, fl_trace *t)
 /* ---- the writer -------------------------------------------------------------------- */
 
 /* No newline; snprintf's return (the full length even when cut), -1 for an unknown kind. */
-int fl_trace_format_row(char *buf, size_t n, const fl_event *e)
+int fli_trace_format_row(char *buf, size_t n, const fli_event *e)
 {
     static const char *const actions[] = {"allocate", "free", "allocate failure"};
     if (e->kind > FL_EV_ALLOC_FAIL)
@@ -590,35 +590,35 @@ int fl_trace_format_row(char *buf, size_t n, const fl_event *e)
                     (unsigned long long)e->size, (unsigned long long)e->stream);
 }
 
-fl_status fl_trace_write_csv_stream(FILE *f, const fl_trace *t)
+fl_status fli_trace_write_csv_stream(FILE *f, const fli_trace *t)
 {
     const char *name = t->path && *t->path ? t->path : "trace";
     char row[192];
     if (fputs(header_text, f) == EOF || fputc('\n', f) == EOF)
-        return fl_fail(FL_ERR_IO, "%s: write error: %s", name, strerror(errno));
+        return fli_fail(FL_ERR_IO, "%s: write error: %s", name, strerror(errno));
     for (size_t i = 0; i < t->n; i++) {
         if (t->ev[i].kind == FL_EV_RELEASE)
             continue;
-        int len = fl_trace_format_row(row, sizeof row - 1, &t->ev[i]);
+        int len = fli_trace_format_row(row, sizeof row - 1, &t->ev[i]);
         if (len < 0)
-            return fl_fail(FL_ERR_INVALID, "%s: event %zu has unknown kind %u", name, i,
+            return fli_fail(FL_ERR_INVALID, "%s: event %zu has unknown kind %u", name, i,
                            (unsigned)t->ev[i].kind);
         row[len] = '\n';
         if (fwrite(row, 1, (size_t)len + 1, f) != (size_t)len + 1)
-            return fl_fail(FL_ERR_IO, "%s: write error: %s", name, strerror(errno));
+            return fli_fail(FL_ERR_IO, "%s: write error: %s", name, strerror(errno));
     }
     return FL_OK;
 }
 
-fl_status fl_trace_write_csv(const char *path, const fl_trace *t)
+fl_status fli_trace_write_csv(const char *path, const fli_trace *t)
 {
-    /* A new file renamed over path at the end (fl_create_file_safely): a link planted at
+    /* A new file renamed over path at the end (fli_create_file_safely): a link planted at
      * path (in /tmp) is replaced, never followed, and a failed write leaves path as it was. */
-    fl_new_file nf;
-    if (fl_create_file_safely(path, FL_NEW_FILE_AT_CLOSE, &nf) != FL_OK)
+    fli_new_file nf;
+    if (fli_create_file_safely(path, FL_NEW_FILE_AT_CLOSE, &nf) != FL_OK)
         return FL_ERR_IO;
-    fl_status s = fl_trace_write_csv_stream(nf.f, t);
+    fl_status s = fli_trace_write_csv_stream(nf.f, t);
     /* Closing flushes: a full disk often shows only there. */
-    fl_status c = fl_new_file_close(&nf, s == FL_OK);
+    fl_status c = fli_new_file_close(&nf, s == FL_OK);
     return s == FL_OK ? c : s;
 }

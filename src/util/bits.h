@@ -7,25 +7,25 @@
 #include <stdint.h>
 
 /* Words that hold n bits. */
-static inline uint64_t fl_bits_words(uint64_t n) { return (n + 63) >> 6; }
+static inline uint64_t fli_bits_words(uint64_t n) { return (n + 63) >> 6; }
 
-static inline int fl_bit_get(const uint64_t *w, uint64_t i) { return (int)((w[i >> 6] >> (i & 63)) & 1); }
-static inline void fl_bit_set(uint64_t *w, uint64_t i) { w[i >> 6] |= UINT64_C(1) << (i & 63); }
-static inline void fl_bit_clear(uint64_t *w, uint64_t i) { w[i >> 6] &= ~(UINT64_C(1) << (i & 63)); }
+static inline int fli_bit_get(const uint64_t *w, uint64_t i) { return (int)((w[i >> 6] >> (i & 63)) & 1); }
+static inline void fli_bit_set(uint64_t *w, uint64_t i) { w[i >> 6] |= UINT64_C(1) << (i & 63); }
+static inline void fli_bit_clear(uint64_t *w, uint64_t i) { w[i >> 6] &= ~(UINT64_C(1) << (i & 63)); }
 
 /* Bits [lo, hi] of one word, 0 <= lo <= hi <= 63. */
-static inline uint64_t fl_bits_mask(unsigned lo, unsigned hi)
+static inline uint64_t fli_bits_mask(unsigned lo, unsigned hi)
 {
     return (~UINT64_C(0) >> (63 - hi)) & (~UINT64_C(0) << lo);
 }
 
-static inline void fl_bits_set(uint64_t *w, uint64_t a, uint64_t b)
+static inline void fli_bits_set(uint64_t *w, uint64_t a, uint64_t b)
 {
     if (a >= b)
         return;
     uint64_t wa = a >> 6, wb = (b - 1) >> 6;
     if (wa == wb) {
-        w[wa] |= fl_bits_mask((unsigned)(a & 63), (unsigned)((b - 1) & 63));
+        w[wa] |= fli_bits_mask((unsigned)(a & 63), (unsigned)((b - 1) & 63));
         return;
     }
     w[wa] |= ~UINT64_C(0) << (a & 63);
@@ -34,13 +34,13 @@ static inline void fl_bits_set(uint64_t *w, uint64_t a, uint64_t b)
     w[wb] |= ~UINT64_C(0) >> (63 - ((b - 1) & 63));
 }
 
-static inline void fl_bits_clear(uint64_t *w, uint64_t a, uint64_t b)
+static inline void fli_bits_clear(uint64_t *w, uint64_t a, uint64_t b)
 {
     if (a >= b)
         return;
     uint64_t wa = a >> 6, wb = (b - 1) >> 6;
     if (wa == wb) {
-        w[wa] &= ~fl_bits_mask((unsigned)(a & 63), (unsigned)((b - 1) & 63));
+        w[wa] &= ~fli_bits_mask((unsigned)(a & 63), (unsigned)((b - 1) & 63));
         return;
     }
     w[wa] &= ~(~UINT64_C(0) << (a & 63));
@@ -50,13 +50,13 @@ static inline void fl_bits_clear(uint64_t *w, uint64_t a, uint64_t b)
 }
 
 /* Set bits in [a, b). */
-static inline uint64_t fl_bits_count(const uint64_t *w, uint64_t a, uint64_t b)
+static inline uint64_t fli_bits_count(const uint64_t *w, uint64_t a, uint64_t b)
 {
     if (a >= b)
         return 0;
     uint64_t wa = a >> 6, wb = (b - 1) >> 6;
     if (wa == wb)
-        return (uint64_t)__builtin_popcountll(w[wa] & fl_bits_mask((unsigned)(a & 63), (unsigned)((b - 1) & 63)));
+        return (uint64_t)__builtin_popcountll(w[wa] & fli_bits_mask((unsigned)(a & 63), (unsigned)((b - 1) & 63)));
     uint64_t n = (uint64_t)__builtin_popcountll(w[wa] & (~UINT64_C(0) << (a & 63)));
     for (uint64_t i = wa + 1; i < wb; i++)
         n += (uint64_t)__builtin_popcountll(w[i]);

@@ -35,7 +35,7 @@ void fl_config_default(fl_config *cfg)
 
 static fl_status bad(const char *key, const char *val, const char *problem)
 {
-    return fl_fail(FL_ERR_PARSE, "FRAGLESS_CONF: %s: '%s' %s", key, val, problem);
+    return fli_fail(FL_ERR_PARSE, "FRAGLESS_CONF: %s: '%s' %s", key, val, problem);
 }
 
 /* Plain decimal digits only: no sign, no spaces, no unit (PyTorch's stoi would take
@@ -133,7 +133,7 @@ static int conf_divisions(const char *s, uint32_t *out, int allow_zero)
 {
     uint64_t v = 0;
     if (conf_uint(s, &v) != 0 || v > (UINT64_C(1) << 31) || (v == 0 && !allow_zero) ||
-        (v != 0 && !fl_is_pow2(v)))
+        (v != 0 && !fli_is_pow2(v)))
         return 1;
     *out = (uint32_t)v;
     return 0;
@@ -199,12 +199,12 @@ static fl_status set_roundup_ranges(fl_config *c, const char *key, const char *v
             closed = 1;
         } else {
             uint64_t mib = 0;
-            if (conf_uint(k, &mib) != 0 || !fl_is_pow2(mib)) {
+            if (conf_uint(k, &mib) != 0 || !fli_is_pow2(mib)) {
                 snprintf(msg, sizeof msg, "has interval '%s' that is not a power of two (MiB) or '>'",
                          k);
                 return bad(key, val, msg);
             }
-            int idx = fl_log2_floor(mib);
+            int idx = fli_log2_floor(mib);
             if (idx >= FL_ROUNDUP_INTERVALS)
                 idx = FL_ROUNDUP_INTERVALS - 1; /* the last entry is open-ended */
             if (idx <= last) {
@@ -275,7 +275,7 @@ static fl_status set_publish(fl_config *c, const char *key, const char *val)
 static fl_status parse_size_value(const char *key, const char *val, uint64_t *out)
 {
     if (fl_parse_size(val, out) != FL_OK) {
-        /* Copied first: fl_fail would format from the buffer it is writing. */
+        /* Copied first: fli_fail would format from the buffer it is writing. */
         char why[512];
         snprintf(why, sizeof why, "is not a size like 40GiB (%s)", fl_last_error());
         return bad(key, val, why);
@@ -300,14 +300,14 @@ static fl_status set_small_size(fl_config *c, const char *key, const char *val)
     return FL_OK;
 }
 
-/* Paths are expanded when their file is opened (fl_expand_path); a wrong '%' is
+/* Paths are expanded when their file is opened (fli_expand_path); a wrong '%' is
  * refused now, so a typo stops at start-up rather than at the first out-of-memory. */
 static fl_status set_path(char *dst, size_t cap, const char *key, const char *val)
 {
     if (strlen(val) >= cap)
         return bad(key, val, "is too long for a path (255 bytes at most)");
     char probe[FL_PATH_MAX];
-    if (fl_expand_path(val, probe, sizeof probe) != FL_OK) {
+    if (fli_expand_path(val, probe, sizeof probe) != FL_OK) {
         char why[300];
         snprintf(why, sizeof why, "%s", fl_last_error());
         return bad(key, val, why);
@@ -382,11 +382,11 @@ static fl_status apply(fl_config *c, const char *key, const char *val)
             return conf_keys[i].set(c, key, val);
     for (const char *const *p = conf_pytorch_only; *p; p++)
         if (strcmp(*p, key) == 0)
-            return fl_fail(FL_ERR_PARSE,
+            return fli_fail(FL_ERR_PARSE,
                            "FRAGLESS_CONF: %s: '%s': a PyTorch key that fragless does not model; "
                            "remove it",
                            key, val);
-    return fl_fail(FL_ERR_PARSE,
+    return fli_fail(FL_ERR_PARSE,
                    "FRAGLESS_CONF: unknown key '%s' (value '%s'); known keys: policy, "
                    "max_split_size_mb, roundup_power2_divisions, garbage_collection_threshold, "
                    "expandable_segments, limit, small_size, trace, oom_report, oom_snapshot, top, "
@@ -427,11 +427,11 @@ fl_status fl_config_parse(fl_config *cfg, const char *text)
         while (ke > ks && is_space(ke[-1]))
             ke--;
         if (ke == ks)
-            return fl_fail(FL_ERR_PARSE, "FRAGLESS_CONF: empty entry at '%s' in '%s'", ks, text);
+            return fli_fail(FL_ERR_PARSE, "FRAGLESS_CONF: empty entry at '%s' in '%s'", ks, text);
         if (copy_token(key, sizeof key, ks, ke))
-            return fl_fail(FL_ERR_PARSE, "FRAGLESS_CONF: key '%.*s...' is too long", 32, ks);
+            return fli_fail(FL_ERR_PARSE, "FRAGLESS_CONF: key '%.*s...' is too long", 32, ks);
         if (*p != ':')
-            return fl_fail(FL_ERR_PARSE, "FRAGLESS_CONF: %s: no value (expected %s:VALUE)", key,
+            return fli_fail(FL_ERR_PARSE, "FRAGLESS_CONF: %s: no value (expected %s:VALUE)", key,
                            key);
         p++;
         while (is_space(*p))
@@ -440,12 +440,12 @@ fl_status fl_config_parse(fl_config *cfg, const char *text)
         if (*p == '[') {
             const char *close = strchr(p, ']');
             if (!close)
-                return fl_fail(FL_ERR_PARSE, "FRAGLESS_CONF: %s: '%s' has no closing ']'", key, vs);
+                return fli_fail(FL_ERR_PARSE, "FRAGLESS_CONF: %s: '%s' has no closing ']'", key, vs);
             p = ve = close + 1;
             while (is_space(*p))
                 p++;
             if (*p && *p != ',')
-                return fl_fail(FL_ERR_PARSE,
+                return fli_fail(FL_ERR_PARSE,
                                "FRAGLESS_CONF: %s: unexpected '%s' after the value '%.*s'", key, p,
                                (int)(ve - vs), vs);
         } else {
@@ -456,9 +456,9 @@ fl_status fl_config_parse(fl_config *cfg, const char *text)
                 ve--;
         }
         if (ve == vs)
-            return fl_fail(FL_ERR_PARSE, "FRAGLESS_CONF: %s: empty value", key);
+            return fli_fail(FL_ERR_PARSE, "FRAGLESS_CONF: %s: empty value", key);
         if (copy_token(val, sizeof val, vs, ve))
-            return fl_fail(FL_ERR_PARSE, "FRAGLESS_CONF: %s: value '%.*s...' is too long", key, 32,
+            return fli_fail(FL_ERR_PARSE, "FRAGLESS_CONF: %s: value '%.*s...' is too long", key, 32,
                            vs);
         fl_status s = apply(&c, key, val);
         if (s != FL_OK)

@@ -29,13 +29,13 @@ static uint64_t random_u64(void)
     return r * UINT64_C(0xbf58476d1ce4e5b9);
 }
 
-int fl_open_beside(const char *target, const char *prefix, mode_t mode, char *tmp, size_t n)
+int fli_open_beside(const char *target, const char *prefix, mode_t mode, char *tmp, size_t n)
 {
     const char *slash = strrchr(target, '/');
     int dir_len = slash ? (int)(slash - target + 1) : 0; /* with the '/' */
     const char *base = slash ? slash + 1 : target;
     if (!*base) {
-        fl_fail(FL_ERR_IO, "cannot create %s: it names a folder, not a file", target);
+        fli_fail(FL_ERR_IO, "cannot create %s: it names a folder, not a file", target);
         return -1;
     }
     int err = EEXIST;
@@ -43,7 +43,7 @@ int fl_open_beside(const char *target, const char *prefix, mode_t mode, char *tm
         int len = prefix ? snprintf(tmp, n, "%.*s%s%016llx", dir_len, target, prefix, (unsigned long long)random_u64())
                          : snprintf(tmp, n, "%.*s.%s.%016llx", dir_len, target, base, (unsigned long long)random_u64());
         if (len < 0 || (size_t)len >= n) {
-            fl_fail(FL_ERR_IO, "cannot create a file beside %s: the path is too long", target);
+            fli_fail(FL_ERR_IO, "cannot create a file beside %s: the path is too long", target);
             return -1;
         }
         int fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
@@ -52,7 +52,7 @@ int fl_open_beside(const char *target, const char *prefix, mode_t mode, char *tm
         err = errno;
     }
     tmp[0] = 0;
-    fl_fail(FL_ERR_IO, "cannot create a file beside %s: %s", target, strerror(err));
+    fli_fail(FL_ERR_IO, "cannot create a file beside %s: %s", target, strerror(err));
     return -1;
 }
 
@@ -72,11 +72,11 @@ static int folder_trusted(const char *path)
     return stat(dir, &st) == 0 && (st.st_uid == geteuid() || st.st_uid == 0) && !(st.st_mode & (S_IWGRP | S_IWOTH));
 }
 
-fl_status fl_create_file_safely(const char *path, int when, fl_new_file *out)
+fl_status fli_create_file_safely(const char *path, int when, fli_new_file *out)
 {
     memset(out, 0, sizeof *out);
     if (snprintf(out->path, sizeof out->path, "%s", path) >= (int)sizeof out->path)
-        return fl_fail(FL_ERR_IO, "cannot create %.200s...: the path is too long", path);
+        return fli_fail(FL_ERR_IO, "cannot create %.200s...: the path is too long", path);
     struct stat st;
     if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
         /* A link, a device (/dev/null), a FIFO: where no one else could have planted it,
@@ -88,15 +88,15 @@ fl_status fl_create_file_safely(const char *path, int when, fl_new_file *out)
                 int err = errno;
                 if (fd >= 0)
                     close(fd);
-                return fl_fail(FL_ERR_IO, "cannot write %s: %s", path, strerror(err));
+                return fli_fail(FL_ERR_IO, "cannot write %s: %s", path, strerror(err));
             }
             return FL_OK;
         }
         if (!S_ISLNK(st.st_mode))
-            return fl_fail(FL_ERR_IO, "cannot write %s: not a regular file, in a folder other users can write",
+            return fli_fail(FL_ERR_IO, "cannot write %s: not a regular file, in a folder other users can write",
                            path);
     }
-    int fd = fl_open_beside(path, NULL, 0666, out->tmp, sizeof out->tmp);
+    int fd = fli_open_beside(path, NULL, 0666, out->tmp, sizeof out->tmp);
     if (fd < 0)
         return FL_ERR_IO;
     out->f = fdopen(fd, "w");
@@ -104,7 +104,7 @@ fl_status fl_create_file_safely(const char *path, int when, fl_new_file *out)
         int err = errno;
         close(fd);
         unlink(out->tmp);
-        return fl_fail(FL_ERR_IO, "cannot create %s: %s", path, strerror(err));
+        return fli_fail(FL_ERR_IO, "cannot create %s: %s", path, strerror(err));
     }
     if (when == FL_NEW_FILE_NOW) {
         /* rename() never follows a link at the target: it replaces the link itself. */
@@ -113,14 +113,14 @@ fl_status fl_create_file_safely(const char *path, int when, fl_new_file *out)
             fclose(out->f);
             unlink(out->tmp);
             out->f = NULL;
-            return fl_fail(FL_ERR_IO, "cannot replace %s: %s", path, strerror(err));
+            return fli_fail(FL_ERR_IO, "cannot replace %s: %s", path, strerror(err));
         }
         out->tmp[0] = 0;
     }
     return FL_OK;
 }
 
-fl_status fl_new_file_close(fl_new_file *nf, int keep)
+fl_status fli_new_file_close(fli_new_file *nf, int keep)
 {
     if (!nf->f)
         return FL_OK;
@@ -130,9 +130,9 @@ fl_status fl_new_file_close(fl_new_file *nf, int keep)
     nf->f = NULL;
     fl_status s = FL_OK;
     if (keep && werr)
-        s = fl_fail(FL_ERR_IO, "cannot write %s: %s", nf->path, strerror(werr));
+        s = fli_fail(FL_ERR_IO, "cannot write %s: %s", nf->path, strerror(werr));
     else if (keep && nf->tmp[0] && rename(nf->tmp, nf->path) != 0)
-        s = fl_fail(FL_ERR_IO, "cannot replace %s: %s", nf->path, strerror(errno));
+        s = fli_fail(FL_ERR_IO, "cannot replace %s: %s", nf->path, strerror(errno));
     if (nf->tmp[0] && (!keep || s != FL_OK))
         unlink(nf->tmp);
     nf->tmp[0] = 0;

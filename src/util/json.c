@@ -13,14 +13,14 @@
  * Messages and the path to the value being read
  * ---------------------------------------------------------------------------------- */
 
-void fl_json_clean(char *s)
+void fli_json_clean(char *s)
 {
     for (; *s; s++)
         if ((unsigned char)*s < 0x20 || (unsigned char)*s > 0x7e)
             *s = '?';
 }
 
-static fl_status vfail_at(fl_json *p, size_t at, int found, const char *fmt, va_list ap)
+static fl_status vfail_at(fli_json *p, size_t at, int found, const char *fmt, va_list ap)
 {
     char what[256], seen[48] = "";
     vsnprintf(what, sizeof what, fmt, ap);
@@ -39,11 +39,11 @@ static fl_status vfail_at(fl_json *p, size_t at, int found, const char *fmt, va_
         else
             snprintf(seen, sizeof seen, ", found byte 0x%02x", (unsigned char)p->s[at]);
     }
-    return fl_fail(FL_ERR_PARSE, "%s:%lu:%zu: %s%s%s%s (byte %zu)", p->name, line, at - line_start + 1, what,
+    return fli_fail(FL_ERR_PARSE, "%s:%lu:%zu: %s%s%s%s (byte %zu)", p->name, line, at - line_start + 1, what,
                    p->where_len ? " in " : "", p->where, seen, at);
 }
 
-fl_status fl_json_fail(fl_json *p, size_t at, const char *fmt, ...)
+fl_status fli_json_fail(fli_json *p, size_t at, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -53,8 +53,8 @@ fl_status fl_json_fail(fl_json *p, size_t at, const char *fmt, ...)
 }
 
 /* An error at byte `at`, followed by what is there. */
-static fl_status found_at(fl_json *p, size_t at, const char *fmt, ...) FL_PRINTF(3, 4);
-static fl_status found_at(fl_json *p, size_t at, const char *fmt, ...)
+static fl_status found_at(fli_json *p, size_t at, const char *fmt, ...) FL_PRINTF(3, 4);
+static fl_status found_at(fli_json *p, size_t at, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -63,7 +63,7 @@ static fl_status found_at(fl_json *p, size_t at, const char *fmt, ...)
     return s;
 }
 
-fl_status fl_json_expected(fl_json *p, const char *fmt, ...)
+fl_status fli_json_expected(fli_json *p, const char *fmt, ...)
 {
     char what[200];
     va_list ap;
@@ -73,20 +73,20 @@ fl_status fl_json_expected(fl_json *p, const char *fmt, ...)
     return found_at(p, p->pos, "expected %s", what);
 }
 
-static void where_push_key(fl_json *p, const char *key)
+static void where_push_key(fli_json *p, const char *key)
 {
     int n = snprintf(p->where + p->where_len, sizeof p->where - p->where_len, "%s%.40s", p->where_len ? "." : "", key);
     p->where_len = n < 0 ? p->where_len : strlen(p->where);
-    fl_json_clean(p->where);
+    fli_json_clean(p->where);
 }
 
-static void where_push_index(fl_json *p, size_t i)
+static void where_push_index(fli_json *p, size_t i)
 {
     snprintf(p->where + p->where_len, sizeof p->where - p->where_len, "[%zu]", i);
     p->where_len = strlen(p->where);
 }
 
-static void where_pop(fl_json *p, size_t mark)
+static void where_pop(fli_json *p, size_t mark)
 {
     p->where_len = mark;
     p->where[mark] = 0;
@@ -98,7 +98,7 @@ static void where_pop(fl_json *p, size_t mark)
 
 static int is_digit(int c) { return c >= '0' && c <= '9'; }
 
-void fl_json_ws(fl_json *p)
+void fli_json_ws(fli_json *p)
 {
     while (p->pos < p->n && (p->s[p->pos] == ' ' || p->s[p->pos] == '\t' || p->s[p->pos] == '\n' || p->s[p->pos] == '\r'))
         p->pos++;
@@ -110,30 +110,30 @@ static int hex_val(int c)
 }
 
 /* The 4 hex digits of a \u escape at s[at]. */
-static fl_status hex4(fl_json *p, size_t at, uint32_t *cp)
+static fl_status hex4(fli_json *p, size_t at, uint32_t *cp)
 {
     *cp = 0;
     for (size_t i = 0; i < 4; i++) {
         if (at + i >= p->n)
-            return fl_json_fail(p, at + i, "\\u escape cut short by the end of the file");
+            return fli_json_fail(p, at + i, "\\u escape cut short by the end of the file");
         int v = hex_val((unsigned char)p->s[at + i]);
         if (v < 0)
-            return fl_json_fail(p, at + i, "expected 4 hex digits after \\u");
+            return fli_json_fail(p, at + i, "expected 4 hex digits after \\u");
         *cp = *cp << 4 | (uint32_t)v;
     }
     return FL_OK;
 }
 
-fl_status fl_json_string(fl_json *p, char *out, size_t cap, int *cut)
+fl_status fli_json_string(fli_json *p, char *out, size_t cap, int *cut)
 {
     size_t start = p->pos, len = 0;
     int full = 0;
-    if (fl_json_peek(p) != '"')
-        return fl_json_expected(p, "a string");
+    if (fli_json_peek(p) != '"')
+        return fli_json_expected(p, "a string");
     p->pos++;
     for (;;) {
         if (p->pos >= p->n)
-            return fl_json_fail(p, p->pos, "string that began at byte %zu not closed, found the end of the file", start);
+            return fli_json_fail(p, p->pos, "string that began at byte %zu not closed, found the end of the file", start);
         unsigned char c = (unsigned char)p->s[p->pos];
         char enc[4];
         size_t k = 1;
@@ -142,13 +142,13 @@ fl_status fl_json_string(fl_json *p, char *out, size_t cap, int *cut)
             break;
         }
         if (c < 0x20)
-            return fl_json_fail(p, p->pos, "control byte 0x%02x inside a string (JSON writes it as \\u%04x)", c, c);
+            return fli_json_fail(p, p->pos, "control byte 0x%02x inside a string (JSON writes it as \\u%04x)", c, c);
         if (c != '\\') {
             enc[0] = (char)c;
             p->pos++;
         } else {
             if (p->pos + 1 >= p->n)
-                return fl_json_fail(p, p->pos + 1, "escape cut short by the end of the file");
+                return fli_json_fail(p, p->pos + 1, "escape cut short by the end of the file");
             char e = p->s[p->pos + 1];
             const char *simple = strchr("\"\\/bfnrt", e);
             if (e && simple) {
@@ -160,21 +160,21 @@ fl_status fl_json_string(fl_json *p, char *out, size_t cap, int *cut)
                 if (s)
                     return s;
                 if (cp >= 0xdc00 && cp <= 0xdfff)
-                    return fl_json_fail(p, p->pos, "\\u%04x is a lone low surrogate", (unsigned)cp);
+                    return fli_json_fail(p, p->pos, "\\u%04x is a lone low surrogate", (unsigned)cp);
                 if (cp >= 0xd800 && cp <= 0xdbff) {
                     if (p->pos + 7 >= p->n || p->s[p->pos + 6] != '\\' || p->s[p->pos + 7] != 'u')
-                        return fl_json_fail(p, p->pos, "\\u%04x (a high surrogate) not followed by a \\u low surrogate",
+                        return fli_json_fail(p, p->pos, "\\u%04x (a high surrogate) not followed by a \\u low surrogate",
                                        (unsigned)cp);
                     if ((s = hex4(p, p->pos + 8, &lo)))
                         return s;
                     if (lo < 0xdc00 || lo > 0xdfff)
-                        return fl_json_fail(p, p->pos + 6, "\\u%04x is not a low surrogate (after \\u%04x)", (unsigned)lo,
+                        return fli_json_fail(p, p->pos + 6, "\\u%04x is not a low surrogate (after \\u%04x)", (unsigned)lo,
                                        (unsigned)cp);
                     cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
                     p->pos += 6;
                 }
                 if (cp == 0)
-                    return fl_json_fail(p, p->pos, "\\u0000 (a NUL byte) inside a string");
+                    return fli_json_fail(p, p->pos, "\\u0000 (a NUL byte) inside a string");
                 if (cp < 0x80) {
                     enc[0] = (char)cp;
                 } else if (cp < 0x800) {
@@ -195,7 +195,7 @@ fl_status fl_json_string(fl_json *p, char *out, size_t cap, int *cut)
                 }
                 p->pos += 6;
             } else {
-                return fl_json_fail(p, p->pos, "unknown escape \\%c in a string",
+                return fli_json_fail(p, p->pos, "unknown escape \\%c in a string",
                                e > 0x20 && e < 0x7f ? e : '?');
             }
         }
@@ -218,8 +218,8 @@ fl_status fl_json_string(fl_json *p, char *out, size_t cap, int *cut)
 /* A number's extent (JSON's grammar) from p->pos to *end; *is_uint: digits only. When it
  * fails, *end is p->pos (an empty extent): written on every path, like the out-parameters
  * of the readers below, because the compiler cannot see that a failure's status is never
- * FL_OK (it comes from fl_fail, in another file) and callers test only the status. */
-static fl_status scan_number(fl_json *p, size_t *end, int *is_uint)
+ * FL_OK (it comes from fli_fail, in another file) and callers test only the status. */
+static fl_status scan_number(fli_json *p, size_t *end, int *is_uint)
 {
     size_t i = p->pos;
     *end = i;
@@ -229,10 +229,10 @@ static fl_status scan_number(fl_json *p, size_t *end, int *is_uint)
         *is_uint = 0;
     }
     if (i >= p->n || !is_digit((unsigned char)p->s[i]))
-        return i == p->pos ? fl_json_expected(p, "a number") : fl_json_fail(p, i, "expected a digit after '-'");
+        return i == p->pos ? fli_json_expected(p, "a number") : fli_json_fail(p, i, "expected a digit after '-'");
     if (p->s[i] == '0') {
         if (++i < p->n && is_digit((unsigned char)p->s[i]))
-            return fl_json_fail(p, i, "a number with a leading zero");
+            return fli_json_fail(p, i, "a number with a leading zero");
     } else {
         while (i < p->n && is_digit((unsigned char)p->s[i]))
             i++;
@@ -240,7 +240,7 @@ static fl_status scan_number(fl_json *p, size_t *end, int *is_uint)
     if (i < p->n && p->s[i] == '.') {
         *is_uint = 0;
         if (++i >= p->n || !is_digit((unsigned char)p->s[i]))
-            return fl_json_fail(p, i, "expected a digit after the decimal point");
+            return fli_json_fail(p, i, "expected a digit after the decimal point");
         while (i < p->n && is_digit((unsigned char)p->s[i]))
             i++;
     }
@@ -249,7 +249,7 @@ static fl_status scan_number(fl_json *p, size_t *end, int *is_uint)
         if (++i < p->n && (p->s[i] == '+' || p->s[i] == '-'))
             i++;
         if (i >= p->n || !is_digit((unsigned char)p->s[i]))
-            return fl_json_fail(p, i, "expected a digit in the exponent");
+            return fli_json_fail(p, i, "expected a digit in the exponent");
         while (i < p->n && is_digit((unsigned char)p->s[i]))
             i++;
     }
@@ -259,26 +259,26 @@ static fl_status scan_number(fl_json *p, size_t *end, int *is_uint)
 
 /* The number readers set *v on every path: the value, or 0 when they fail. */
 
-fl_status fl_json_u64(fl_json *p, uint64_t *v)
+fl_status fli_json_u64(fli_json *p, uint64_t *v)
 {
     size_t start = p->pos, end;
     int is_uint;
     *v = 0;
-    int c = fl_json_peek(p);
+    int c = fli_json_peek(p);
     if (c != '-' && !is_digit(c))
-        return fl_json_expected(p, "an unsigned integer");
+        return fli_json_expected(p, "an unsigned integer");
     fl_status s = scan_number(p, &end, &is_uint);
     if (s)
         return s;
     int len = end - start > 40 ? 40 : (int)(end - start);
     if (!is_uint)
-        return fl_json_fail(p, start, "expected an unsigned integer, found %.*s%s", len, p->s + start,
+        return fli_json_fail(p, start, "expected an unsigned integer, found %.*s%s", len, p->s + start,
                        end - start > 40 ? "..." : "");
     uint64_t x = 0;
     for (size_t i = start; i < end; i++) {
         unsigned d = (unsigned)(p->s[i] - '0');
         if (x > (UINT64_MAX - d) / 10)
-            return fl_json_fail(p, start, "number %.*s%s is too large (more than 2^64 - 1)", len, p->s + start,
+            return fli_json_fail(p, start, "number %.*s%s is too large (more than 2^64 - 1)", len, p->s + start,
                            end - start > 40 ? "..." : "");
         x = x * 10 + d;
     }
@@ -287,7 +287,7 @@ fl_status fl_json_u64(fl_json *p, uint64_t *v)
     return FL_OK;
 }
 
-fl_status fl_json_double(fl_json *p, double *v)
+fl_status fli_json_double(fli_json *p, double *v)
 {
     size_t start = p->pos, end;
     int is_uint;
@@ -297,40 +297,40 @@ fl_status fl_json_double(fl_json *p, double *v)
     if (s)
         return s;
     if (end - start >= sizeof buf)
-        return fl_json_fail(p, start, "number of %zu characters: longer than this reader takes (63)", end - start);
+        return fli_json_fail(p, start, "number of %zu characters: longer than this reader takes (63)", end - start);
     memcpy(buf, p->s + start, end - start);
     buf[end - start] = 0;
     double x = strtod(buf, NULL);
     if (!isfinite(x))
-        return fl_json_fail(p, start, "number %s is out of range", buf);
+        return fli_json_fail(p, start, "number %s is out of range", buf);
     *v = x;
     p->pos = end;
     return FL_OK;
 }
 
-fl_status fl_json_flag(fl_json *p, int *v)
+fl_status fli_json_flag(fli_json *p, int *v)
 {
     size_t start = p->pos;
     uint64_t x;
     *v = 0;
-    fl_status s = fl_json_u64(p, &x);
+    fl_status s = fli_json_u64(p, &x);
     if (s)
         return s;
     if (x > 1)
-        return fl_json_fail(p, start, "expected 0 or 1, found %llu", (unsigned long long)x);
+        return fli_json_fail(p, start, "expected 0 or 1, found %llu", (unsigned long long)x);
     *v = (int)x;
     return FL_OK;
 }
 
-fl_status fl_json_hex(fl_json *p, uint64_t *v)
+fl_status fli_json_hex(fli_json *p, uint64_t *v)
 {
     size_t start = p->pos;
     char buf[24];
     int cut;
     *v = 0;
-    if (fl_json_peek(p) != '"')
-        return fl_json_expected(p, "an address (a string \"0x...\")");
-    fl_status s = fl_json_string(p, buf, sizeof buf, &cut);
+    if (fli_json_peek(p) != '"')
+        return fli_json_expected(p, "an address (a string \"0x...\")");
+    fl_status s = fli_json_string(p, buf, sizeof buf, &cut);
     if (s)
         return s;
     size_t len = strlen(buf);
@@ -342,8 +342,8 @@ fl_status fl_json_hex(fl_json *p, uint64_t *v)
         x = x << 4 | (uint64_t)(d < 0 ? 0 : d);
     }
     if (!ok) {
-        fl_json_clean(buf);
-        return fl_json_fail(p, start, "expected an address \"0x\" and 1 to 16 hex digits, found \"%s%s\"", buf,
+        fli_json_clean(buf);
+        return fli_json_fail(p, start, "expected an address \"0x\" and 1 to 16 hex digits, found \"%s%s\"", buf,
                        cut ? "..." : "");
     }
     *v = x;
@@ -354,10 +354,10 @@ fl_status fl_json_hex(fl_json *p, uint64_t *v)
  * Objects and arrays: skipped whole, or read member by member through callbacks
  * ---------------------------------------------------------------------------------- */
 
-fl_status fl_json_enter(fl_json *p)
+fl_status fli_json_enter(fli_json *p)
 {
     if (p->depth >= p->max_depth)
-        return fl_json_fail(p, p->pos, "arrays and objects nested deeper than %d levels", p->max_depth);
+        return fli_json_fail(p, p->pos, "arrays and objects nested deeper than %d levels", p->max_depth);
     p->depth++;
     p->pos++;
     return FL_OK;
@@ -365,15 +365,15 @@ fl_status fl_json_enter(fl_json *p)
 
 /* Enters the `open` ('{' or '[') at the current byte; *empty when its closing byte follows
  * at once (passed, and the depth given back). */
-static fl_status open_items(fl_json *p, int open, int *empty)
+static fl_status open_items(fli_json *p, int open, int *empty)
 {
-    if (fl_json_peek(p) != open)
-        return fl_json_expected(p, "'%c'", open);
-    fl_status s = fl_json_enter(p);
+    if (fli_json_peek(p) != open)
+        return fli_json_expected(p, "'%c'", open);
+    fl_status s = fli_json_enter(p);
     if (s)
         return s;
-    fl_json_ws(p);
-    *empty = fl_json_peek(p) == (open == '{' ? '}' : ']');
+    fli_json_ws(p);
+    *empty = fli_json_peek(p) == (open == '{' ? '}' : ']');
     if (*empty) {
         p->pos++;
         p->depth--;
@@ -381,60 +381,60 @@ static fl_status open_items(fl_json *p, int open, int *empty)
     return FL_OK;
 }
 
-/* A member's key and the ':' after it, into out[cap] as fl_json_string does. */
-static fl_status read_key(fl_json *p, char *out, size_t cap, int *cut)
+/* A member's key and the ':' after it, into out[cap] as fli_json_string does. */
+static fl_status read_key(fli_json *p, char *out, size_t cap, int *cut)
 {
     fl_status s;
-    if (fl_json_peek(p) != '"')
-        return fl_json_expected(p, "a key (a string)");
-    if ((s = fl_json_string(p, out, cap, cut)))
+    if (fli_json_peek(p) != '"')
+        return fli_json_expected(p, "a key (a string)");
+    if ((s = fli_json_string(p, out, cap, cut)))
         return s;
-    fl_json_ws(p);
-    if (fl_json_peek(p) != ':')
-        return fl_json_expected(p, "':' after the key");
+    fli_json_ws(p);
+    if (fli_json_peek(p) != ':')
+        return fli_json_expected(p, "':' after the key");
     p->pos++;
-    fl_json_ws(p);
+    fli_json_ws(p);
     return FL_OK;
 }
 
 /* After a member or element: 1 on ',' (another follows), 0 on `close` (passed, and the
  * depth given back), -1 with *s set otherwise. */
-static int next_item(fl_json *p, int close, fl_status *s)
+static int next_item(fli_json *p, int close, fl_status *s)
 {
-    fl_json_ws(p);
-    if (fl_json_peek(p) == ',') {
+    fli_json_ws(p);
+    if (fli_json_peek(p) == ',') {
         p->pos++;
         return 1;
     }
-    if (fl_json_peek(p) == close) {
+    if (fli_json_peek(p) == close) {
         p->pos++;
         p->depth--;
         return 0;
     }
-    *s = fl_json_expected(p, close == '}' ? "',' or '}'" : "',' or ']'");
+    *s = fli_json_expected(p, close == '}' ? "',' or '}'" : "',' or ']'");
     return -1;
 }
 
-/* Recursion is bounded by fl_json_enter(). */
-fl_status fl_json_skip(fl_json *p)
+/* Recursion is bounded by fli_json_enter(). */
+fl_status fli_json_skip(fli_json *p)
 {
-    int c = fl_json_peek(p);
+    int c = fli_json_peek(p);
     fl_status s;
     if (c == '{' || c == '[') {
         int close = c == '{' ? '}' : ']', empty, more;
         if ((s = open_items(p, c, &empty)) || empty)
             return s;
         do {
-            fl_json_ws(p);
+            fli_json_ws(p);
             if (close == '}' && (s = read_key(p, NULL, 0, NULL)))
                 return s;
-            if ((s = fl_json_skip(p)))
+            if ((s = fli_json_skip(p)))
                 return s;
         } while ((more = next_item(p, close, &s)) > 0);
         return more < 0 ? s : FL_OK;
     }
     if (c == '"')
-        return fl_json_string(p, NULL, 0, NULL);
+        return fli_json_string(p, NULL, 0, NULL);
     if (c == '-' || is_digit(c)) {
         size_t end;
         int is_uint;
@@ -451,10 +451,10 @@ fl_status fl_json_skip(fl_json *p)
             return FL_OK;
         }
     }
-    return fl_json_expected(p, "a value");
+    return fli_json_expected(p, "a value");
 }
 
-fl_status fl_json_members(fl_json *p, fl_json_member_fn fn, void *user)
+fl_status fli_json_members(fli_json *p, fli_json_member_fn fn, void *user)
 {
     fl_status s;
     int empty, more;
@@ -463,7 +463,7 @@ fl_status fl_json_members(fl_json *p, fl_json_member_fn fn, void *user)
     do {
         char key[64];
         int cut;
-        fl_json_ws(p);
+        fli_json_ws(p);
         size_t key_at = p->pos;
         if ((s = read_key(p, key, sizeof key, &cut)))
             return s;
@@ -477,7 +477,7 @@ fl_status fl_json_members(fl_json *p, fl_json_member_fn fn, void *user)
     return more < 0 ? s : FL_OK;
 }
 
-fl_status fl_json_elements(fl_json *p, fl_json_element_fn fn, void *user)
+fl_status fli_json_elements(fli_json *p, fli_json_element_fn fn, void *user)
 {
     fl_status s;
     int empty, more;
@@ -485,7 +485,7 @@ fl_status fl_json_elements(fl_json *p, fl_json_element_fn fn, void *user)
         return s;
     size_t i = 0;
     do {
-        fl_json_ws(p);
+        fli_json_ws(p);
         size_t mark = p->where_len;
         where_push_index(p, i);
         if ((s = fn(p, i++, user)))
@@ -495,7 +495,7 @@ fl_status fl_json_elements(fl_json *p, fl_json_element_fn fn, void *user)
     return more < 0 ? s : FL_OK;
 }
 
-int fl_json_grow(void **a, size_t *cap, size_t n, size_t elem)
+int fli_json_grow(void **a, size_t *cap, size_t n, size_t elem)
 {
     if (n < *cap)
         return 0;

@@ -1,4 +1,4 @@
-/* The slow path of fl_lock (lock.h): spin, then yield, then nap. */
+/* The slow path of fli_lock (lock.h): spin, then yield, then nap. */
 #include "util/lock.h"
 
 #include <sched.h>
@@ -20,14 +20,14 @@ static inline void cpu_relax(void)
 #endif
 }
 
-static inline int try_take(fl_lock *l)
+static inline int try_take(fli_lock *l)
 {
     uint32_t c = 0;
     return atomic_load_explicit(&l->held, memory_order_relaxed) == 0 &&
            atomic_compare_exchange_weak_explicit(&l->held, &c, 1, memory_order_acquire, memory_order_relaxed);
 }
 
-void fl_lock_wait(fl_lock *l)
+void fli_lock_wait(fli_lock *l)
 {
     for (int i = 0; i < SPINS; i++) {
         cpu_relax();

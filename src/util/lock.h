@@ -12,24 +12,24 @@
 
 #include "util/util.h"
 
-typedef struct fl_lock {
+typedef struct fli_lock {
     _Atomic uint32_t held;
-} fl_lock;
+} fli_lock;
 
-void fl_lock_wait(fl_lock *l);
+void fli_lock_wait(fli_lock *l);
 
-static inline void fl_lock_acquire(fl_lock *l)
+static inline void fli_lock_acquire(fli_lock *l)
 {
     uint32_t c = 0;
     if (FL_LIKELY(atomic_compare_exchange_strong_explicit(&l->held, &c, 1, memory_order_acquire,
                                                           memory_order_relaxed)))
         return;
-    fl_lock_wait(l);
+    fli_lock_wait(l);
 }
 
-static inline void fl_lock_release(fl_lock *l) { atomic_store_explicit(&l->held, 0, memory_order_release); }
+static inline void fli_lock_release(fli_lock *l) { atomic_store_explicit(&l->held, 0, memory_order_release); }
 
 /* A forked child has one thread: whoever held the lock in the parent is not there. */
-static inline void fl_lock_reset(fl_lock *l) { atomic_store_explicit(&l->held, 0, memory_order_relaxed); }
+static inline void fli_lock_reset(fli_lock *l) { atomic_store_explicit(&l->held, 0, memory_order_relaxed); }
 
 #endif

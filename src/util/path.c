@@ -20,7 +20,7 @@ static const char *rank_of_process(void)
     return "0";
 }
 
-fl_status fl_expand_path(const char *path, char *out, size_t n)
+fl_status fli_expand_path(const char *path, char *out, size_t n)
 {
     size_t len = 0;
     char pid[24];
@@ -34,14 +34,14 @@ fl_status fl_expand_path(const char *path, char *out, size_t n)
             case 'r': piece = rank_of_process(); break;
             case '%': piece = "%"; break;
             default:
-                return fl_fail(FL_ERR_PARSE, "path '%s': '%%%.1s' is not %%p (process id), %%r (rank) or %%%% "
+                return fli_fail(FL_ERR_PARSE, "path '%s': '%%%.1s' is not %%p (process id), %%r (rank) or %%%% "
                                "(a '%%')", path, p[1] ? p + 1 : "");
             }
             k = strlen(piece);
             p++;
         }
         if (len + k >= n)
-            return fl_fail(FL_ERR_INVALID, "path '%s': too long once expanded (%zu bytes at most)", path, n - 1);
+            return fli_fail(FL_ERR_INVALID, "path '%s': too long once expanded (%zu bytes at most)", path, n - 1);
         memcpy(out + len, piece, k);
         len += k;
     }

@@ -24,15 +24,15 @@ fl_status fl_parse_size(const char *text, uint64_t *out)
         {"gb", "gigabytes", "GiB", 1e9}, {"tb", "terabytes", "TiB", 1e12},
     };
     if (!text || !*text)
-        return fl_fail(FL_ERR_PARSE, "empty size");
+        return fli_fail(FL_ERR_PARSE, "empty size");
     const char *p = text;
     if (!isdigit((unsigned char)*p) && *p != '.')
-        return fl_fail(FL_ERR_PARSE, "size '%s': expected a number like 80GiB or 512MiB", text);
+        return fli_fail(FL_ERR_PARSE, "size '%s': expected a number like 80GiB or 512MiB", text);
     errno = 0;
     char *end;
     double v = strtod(p, &end);
     if (errno || end == p || !isfinite(v) || v < 0)
-        return fl_fail(FL_ERR_PARSE, "size '%s': not a number", text);
+        return fli_fail(FL_ERR_PARSE, "size '%s': not a number", text);
     int digits = (int)(end - text);
     while (*end == ' ')
         end++;
@@ -40,7 +40,7 @@ fl_status fl_parse_size(const char *text, uint64_t *out)
         if (strcasecmp(end, units[i].suffix) == 0) {
             double bytes = v * units[i].mult;
             if (bytes >= 18446744073709551615.0)
-                return fl_fail(FL_ERR_PARSE, "size '%s': too large", text);
+                return fli_fail(FL_ERR_PARSE, "size '%s': too large", text);
             /* "1.3GiB" is not a whole number of bytes: round down, as a capacity or
              * limit must never grant more than asked. */
             *out = (uint64_t)floor(bytes);
@@ -51,7 +51,7 @@ fl_status fl_parse_size(const char *text, uint64_t *out)
         if (strcasecmp(end, decimal[i].suffix) == 0) {
             size_t k = i + 1; /* KB is 10^3 and KiB 2^10: the binary unit of the same rank */
             double binary = v * decimal[i].mult / pow(1024.0, (double)k);
-            return fl_fail(FL_ERR_PARSE,
+            return fli_fail(FL_ERR_PARSE,
                            "size '%s': %s is %.2f %s (decimal %s, 10^%zu bytes); write %.*s%s if you mean %.*s "
                            "%s%s, or %ge%zu for decimal bytes",
                            text, text, binary, decimal[i].binary, decimal[i].name, 3 * k, digits, text,
@@ -59,7 +59,7 @@ fl_status fl_parse_size(const char *text, uint64_t *out)
                            k >= 3 ? " (what a GPU sold as GB has)" : "", v, 3 * k);
         }
     }
-    return fl_fail(FL_ERR_PARSE, "size '%s': unknown unit '%s' (use B, KiB, MiB, GiB, TiB)",
+    return fli_fail(FL_ERR_PARSE, "size '%s': unknown unit '%s' (use B, KiB, MiB, GiB, TiB)",
                    text, end);
 }
 

@@ -17,17 +17,17 @@ static size_t map_size(size_t bytes)
 
 static int mapped(size_t bytes) { return bytes >= FL_TABLE_MAP_MIN; }
 
-fl_status fl_table_grow(void **p, size_t elem, uint64_t old_n, uint64_t new_n)
+fl_status fli_table_grow(void **p, size_t elem, uint64_t old_n, uint64_t new_n)
 {
     FL_ASSERT(new_n > old_n && (old_n == 0 || *p));
     if (new_n > SIZE_MAX / elem)
-        return fl_fail(FL_ERR_NOMEM, "table of %llu entries of %zu bytes: too large", (unsigned long long)new_n, elem);
+        return fli_fail(FL_ERR_NOMEM, "table of %llu entries of %zu bytes: too large", (unsigned long long)new_n, elem);
     size_t old_b = (size_t)old_n * elem, new_b = (size_t)new_n * elem;
     void *q;
     if (!mapped(new_b)) {
         q = realloc(*p, new_b);
         if (!q)
-            return fl_fail(FL_ERR_NOMEM, "table of %zu bytes: out of host memory", new_b);
+            return fli_fail(FL_ERR_NOMEM, "table of %zu bytes: out of host memory", new_b);
         memset((char *)q + old_b, 0, new_b - old_b);
     } else if (old_b && mapped(old_b)) {
 #ifdef MREMAP_MAYMOVE
@@ -40,11 +40,11 @@ fl_status fl_table_grow(void **p, size_t elem, uint64_t old_n, uint64_t new_n)
         }
 #endif
         if (q == MAP_FAILED)
-            return fl_fail(FL_ERR_NOMEM, "table of %zu bytes: cannot map it", new_b);
+            return fli_fail(FL_ERR_NOMEM, "table of %zu bytes: cannot map it", new_b);
     } else {
         q = mmap(NULL, map_size(new_b), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (q == MAP_FAILED)
-            return fl_fail(FL_ERR_NOMEM, "table of %zu bytes: cannot map it", new_b);
+            return fli_fail(FL_ERR_NOMEM, "table of %zu bytes: cannot map it", new_b);
         if (old_b)
             memcpy(q, *p, old_b);
         free(*p);
@@ -53,7 +53,7 @@ fl_status fl_table_grow(void **p, size_t elem, uint64_t old_n, uint64_t new_n)
     return FL_OK;
 }
 
-void fl_table_free(void *p, size_t elem, uint64_t n)
+void fli_table_free(void *p, size_t elem, uint64_t n)
 {
     size_t b = (size_t)n * elem;
     if (p && mapped(b))

@@ -13,8 +13,8 @@
 /* Grows *p from old_n to new_n elements of elem bytes (new_n > old_n; old_n 0 with *p
  * NULL makes one): the new elements are zero. On failure (FL_ERR_NOMEM, message set)
  * *p is unchanged. */
-fl_status fl_table_grow(void **p, size_t elem, uint64_t old_n, uint64_t new_n);
+fl_status fli_table_grow(void **p, size_t elem, uint64_t old_n, uint64_t new_n);
 /* Frees a table of n elements of elem bytes (its size says how it was made). */
-void fl_table_free(void *p, size_t elem, uint64_t n);
+void fli_table_free(void *p, size_t elem, uint64_t n);
 
 #endif

@@ -33,9 +33,9 @@ const char *fl_status_str(fl_status s)
 
 const char *fl_last_error(void) { return last_error; }
 
-void fl_clear_error(void) { last_error[0] = 0; }
+void fli_clear_error(void) { last_error[0] = 0; }
 
-fl_status fl_fail(fl_status s, const char *fmt, ...)
+fl_status fli_fail(fl_status s, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -44,13 +44,13 @@ fl_status fl_fail(fl_status s, const char *fmt, ...)
     return s;
 }
 
-void fl_assert_fail(const char *cond, const char *file, int line)
+void fli_assert_fail(const char *cond, const char *file, int line)
 {
     fprintf(stderr, "fragless: internal invariant broken at %s:%d: %s\n", file, line, cond);
     abort();
 }
 
-uint64_t fl_now_ns(void)
+uint64_t fli_now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -63,7 +63,7 @@ uint64_t fl_now_ns(void)
 
 /* Fibonacci hashing: the top bits of k * 2^64/phi mix every bit of the key, so keys
  * that share low zero bits (offsets, addresses) still spread evenly. */
-static inline uint64_t map_slot(const fl_map *m, uint64_t k)
+static inline uint64_t map_slot(const fli_map *m, uint64_t k)
 {
     return (k * UINT64_C(0x9e3779b97f4a7c15)) >> m->shift;
 }
@@ -72,21 +72,21 @@ static inline uint64_t map_slot(const fl_map *m, uint64_t k)
  * one extra entry past the table, e[mask + 1]: its key is 1 when present, else 0. */
 #define MAP_MAX_ENTRY(m) (&(m)->e[(m)->mask + 1])
 
-static fl_status map_alloc(fl_map *m, uint64_t slots)
+static fl_status map_alloc(fli_map *m, uint64_t slots)
 {
     m->e = malloc((slots + 1) * sizeof *m->e);
     if (!m->e)
-        return fl_fail(FL_ERR_NOMEM, "hash map: cannot allocate %llu slots", (unsigned long long)slots);
+        return fli_fail(FL_ERR_NOMEM, "hash map: cannot allocate %llu slots", (unsigned long long)slots);
     for (uint64_t i = 0; i < slots; i++)
         m->e[i].key = MAP_EMPTY;
     m->e[slots].key = 0;
     m->mask = slots - 1;
-    m->shift = (unsigned)(64 - fl_log2_floor(slots));
+    m->shift = (unsigned)(64 - fli_log2_floor(slots));
     m->count = 0;
     return FL_OK;
 }
 
-fl_status fl_map_init(fl_map *m, uint64_t expected)
+fl_status fli_map_init(fli_map *m, uint64_t expected)
 {
     uint64_t slots = 16;
     while (slots < expected * 4)
@@ -94,14 +94,14 @@ fl_status fl_map_init(fl_map *m, uint64_t expected)
     return map_alloc(m, slots);
 }
 
-void fl_map_free(fl_map *m)
+void fli_map_free(fli_map *m)
 {
     free(m->e);
     m->e = NULL;
     m->mask = m->count = 0;
 }
 
-void fl_map_clear(fl_map *m)
+void fli_map_clear(fli_map *m)
 {
     for (uint64_t i = 0; i <= m->mask; i++)
         m->e[i].key = MAP_EMPTY;
@@ -109,7 +109,7 @@ void fl_map_clear(fl_map *m)
     m->count = 0;
 }
 
-static void map_insert_new(fl_map *m, uint64_t key, uint64_t val)
+static void map_insert_new(fli_map *m, uint64_t key, uint64_t val)
 {
     uint64_t i = map_slot(m, key);
     while (m->e[i].key != MAP_EMPTY)
@@ -119,9 +119,9 @@ static void map_insert_new(fl_map *m, uint64_t key, uint64_t val)
     m->count++;
 }
 
-static fl_status map_grow(fl_map *m)
+static fl_status map_grow(fli_map *m)
 {
-    fl_map old = *m;
+    fli_map old = *m;
     fl_status s = map_alloc(m, (old.mask + 1) * 2);
     if (s != FL_OK) {
         *m = old;
@@ -138,18 +138,18 @@ static fl_status map_grow(fl_map *m)
 }
 
 /* The key MAP_EMPTY, in its own entry: put (or insert) and remove. */
-static void map_max_put(fl_map *m, uint64_t val)
+static void map_max_put(fli_map *m, uint64_t val)
 {
-    fl_map_entry *x = MAP_MAX_ENTRY(m);
+    fli_map_entry *x = MAP_MAX_ENTRY(m);
     if (!x->key)
         m->count++;
     x->key = 1;
     x->val = val;
 }
 
-static bool map_max_remove(fl_map *m, uint64_t *val)
+static bool map_max_remove(fli_map *m, uint64_t *val)
 {
-    fl_map_entry *x = MAP_MAX_ENTRY(m);
+    fli_map_entry *x = MAP_MAX_ENTRY(m);
     if (!x->key)
         return false;
     if (val)
@@ -159,7 +159,7 @@ static bool map_max_remove(fl_map *m, uint64_t *val)
     return true;
 }
 
-fl_status fl_map_put(fl_map *m, uint64_t key, uint64_t val)
+fl_status fli_map_put(fli_map *m, uint64_t key, uint64_t val)
 {
     if (FL_UNLIKELY(key == MAP_EMPTY)) {
         map_max_put(m, val);
@@ -176,10 +176,10 @@ fl_status fl_map_put(fl_map *m, uint64_t key, uint64_t val)
         i = (i + 1) & m->mask;
     }
     /* The key is absent: insert it (the probe position is recomputed if the table grows). */
-    return fl_map_insert(m, key, val);
+    return fli_map_insert(m, key, val);
 }
 
-fl_status fl_map_insert(fl_map *m, uint64_t key, uint64_t val)
+fl_status fli_map_insert(fli_map *m, uint64_t key, uint64_t val)
 {
     if (FL_UNLIKELY(key == MAP_EMPTY)) {
         map_max_put(m, val);
@@ -194,7 +194,7 @@ fl_status fl_map_insert(fl_map *m, uint64_t key, uint64_t val)
     return FL_OK;
 }
 
-bool fl_map_get(const fl_map *m, uint64_t key, uint64_t *val)
+bool fli_map_get(const fli_map *m, uint64_t key, uint64_t *val)
 {
     uint64_t i = map_slot(m, key);
     for (;;) {
@@ -207,7 +207,7 @@ bool fl_map_get(const fl_map *m, uint64_t key, uint64_t *val)
         if (k == MAP_EMPTY) {
             if (FL_LIKELY(key != MAP_EMPTY))
                 return false;
-            const fl_map_entry *x = &m->e[m->mask + 1];
+            const fli_map_entry *x = &m->e[m->mask + 1];
             if (x->key && val)
                 *val = x->val;
             return x->key != 0;
@@ -216,7 +216,7 @@ bool fl_map_get(const fl_map *m, uint64_t key, uint64_t *val)
     }
 }
 
-bool fl_map_remove(fl_map *m, uint64_t key, uint64_t *val)
+bool fli_map_remove(fli_map *m, uint64_t key, uint64_t *val)
 {
     if (FL_UNLIKELY(key == MAP_EMPTY))
         return map_max_remove(m, val);

@@ -33,63 +33,63 @@
  * state is corrupt, and going on could hand the same memory out twice. The whole-state
  * self-checks (fl_range_check, the policies' check) stay callable in every build. */
 #ifdef FL_DEBUG
-#define FL_ASSERT(cond) ((cond) ? (void)0 : fl_assert_fail(#cond, __FILE__, __LINE__))
+#define FL_ASSERT(cond) ((cond) ? (void)0 : fli_assert_fail(#cond, __FILE__, __LINE__))
 #else
 #define FL_ASSERT(cond) ((void)0)
 #endif
-_Noreturn void fl_assert_fail(const char *cond, const char *file, int line);
+_Noreturn void fli_assert_fail(const char *cond, const char *file, int line);
 
-/* Records the message for fl_last_error() and returns s, so `return fl_fail(...)` reads well. */
-fl_status fl_fail(fl_status s, const char *fmt, ...) FL_PRINTF(2, 3);
-void fl_clear_error(void);
+/* Records the message for fl_last_error() and returns s, so `return fli_fail(...)` reads well. */
+fl_status fli_fail(fl_status s, const char *fmt, ...) FL_PRINTF(2, 3);
+void fli_clear_error(void);
 
-static inline uint64_t fl_align_up(uint64_t x, uint64_t a) { return (x + a - 1) & ~(a - 1); }
+static inline uint64_t fli_align_up(uint64_t x, uint64_t a) { return (x + a - 1) & ~(a - 1); }
 /* Live bytes as every metric counts them (peak_live, the OOM report's live): each
  * request rounded up to 512 B (sizes are > 0: readers and fl_alloc refuse 0). */
-static inline uint64_t fl_live_size(uint64_t size) { return fl_align_up(size, 512); }
-static inline uint64_t fl_align_down(uint64_t x, uint64_t a) { return x & ~(a - 1); }
-static inline bool fl_is_pow2(uint64_t x) { return x && !(x & (x - 1)); }
-static inline int fl_log2_floor(uint64_t x) { return 63 - __builtin_clzll(x); }
+static inline uint64_t fli_live_size(uint64_t size) { return fli_align_up(size, 512); }
+static inline uint64_t fli_align_down(uint64_t x, uint64_t a) { return x & ~(a - 1); }
+static inline bool fli_is_pow2(uint64_t x) { return x && !(x & (x - 1)); }
+static inline int fli_log2_floor(uint64_t x) { return 63 - __builtin_clzll(x); }
 /* Written so that it never wraps: (x + d - 1) / d is 0 for x = 2^64 - 1. */
-static inline uint64_t fl_div_up(uint64_t x, uint64_t d) { return x / d + (x % d != 0); }
+static inline uint64_t fli_div_up(uint64_t x, uint64_t d) { return x / d + (x % d != 0); }
 
 /* Open-addressing hash map (linear probing, backward-shift deletion). Any key works: the
  * key UINT64_MAX marks empty slots, so it is kept in one extra entry past the table
  * (code that scans e[0..mask] directly does not see it). Lookups and updates O(1)
  * expected; grows at 1/4 load
  * (short probe chains matter more here than memory: the hot paths insert and remove). */
-typedef struct fl_map_entry {
+typedef struct fli_map_entry {
     uint64_t key;
     uint64_t val;
-} fl_map_entry;
+} fli_map_entry;
 
-typedef struct fl_map {
-    fl_map_entry *e;    /* key and value side by side: one cache line per probe */
+typedef struct fli_map {
+    fli_map_entry *e;    /* key and value side by side: one cache line per probe */
     uint64_t mask;
     uint64_t count;
     unsigned shift;     /* 64 - log2(slots): the hash's top bits pick the slot */
-} fl_map;
+} fli_map;
 
-fl_status fl_map_init(fl_map *m, uint64_t expected);
-void fl_map_free(fl_map *m);
-void fl_map_clear(fl_map *m);
+fl_status fli_map_init(fli_map *m, uint64_t expected);
+void fli_map_free(fli_map *m);
+void fli_map_clear(fli_map *m);
 /* Inserts or overwrites. */
-fl_status fl_map_put(fl_map *m, uint64_t key, uint64_t val);
+fl_status fli_map_put(fli_map *m, uint64_t key, uint64_t val);
 /* Inserts a key the caller knows is absent (cheaper: no search for it). */
-fl_status fl_map_insert(fl_map *m, uint64_t key, uint64_t val);
+fl_status fli_map_insert(fli_map *m, uint64_t key, uint64_t val);
 /* Returns true and stores the value when the key is present. */
-bool fl_map_get(const fl_map *m, uint64_t key, uint64_t *val);
+bool fli_map_get(const fli_map *m, uint64_t key, uint64_t *val);
 /* Returns true and stores the old value when the key was present. */
-bool fl_map_remove(fl_map *m, uint64_t key, uint64_t *val);
+bool fli_map_remove(fli_map *m, uint64_t key, uint64_t *val);
 
 /* A file path of the config (trace:, oom_snapshot:) made concrete for this process: %p
  * becomes the process id, %r the rank ($RANK, else $LOCAL_RANK, else 0: torchrun sets
  * both), %% a '%'. Any other '%' is FL_ERR_PARSE; a result that does not fit in n
  * bytes is FL_ERR_INVALID. So that processes of one job never write one file. */
 #define FL_PATH_MAX 4096
-fl_status fl_expand_path(const char *path, char *out, size_t n);
+fl_status fli_expand_path(const char *path, char *out, size_t n);
 
 /* Monotonic clock in nanoseconds. */
-uint64_t fl_now_ns(void);
+uint64_t fli_now_ns(void);
 
 #endif

@@ -67,7 +67,7 @@ static void check_opts(cli_mode mode, const cli_opts *o, char **argv, int argc)
                  o->traces[i]);
     }
     uint64_t g = o->opts.sim.granularity;
-    FZ_CHECK(fl_is_pow2(g) && g >= 4096 && g <= FL_GiB, "%s: granularity %llu", cmd, (unsigned long long)g);
+    FZ_CHECK(fli_is_pow2(g) && g >= 4096 && g <= FL_GiB, "%s: granularity %llu", cmd, (unsigned long long)g);
     FZ_CHECK(o->capacity_factor == 0 || (o->capacity_factor > 0 && o->capacity_factor <= 1e6),
              "%s: capacity factor %g", cmd, o->capacity_factor);
     FZ_CHECK(o->timeline >= 0 && o->timeline <= 10000, "%s: timeline %d", cmd, o->timeline);
@@ -92,7 +92,7 @@ static void check_opts(cli_mode mode, const cli_opts *o, char **argv, int argc)
     else
         FZ_CHECK(o->output == NULL, "%s: an output", cmd);
     FZ_CHECK(o->min_capacity == 0 || o->min_capacity == 1, "%s: min_capacity %d", cmd, o->min_capacity);
-    FZ_CHECK(fl_policy_find(o->opts.cfg.policy) != NULL, "%s: --conf left policy '%s'", cmd, o->opts.cfg.policy);
+    FZ_CHECK(fli_policy_find(o->opts.cfg.policy) != NULL, "%s: --conf left policy '%s'", cmd, o->opts.cfg.policy);
 }
 
 /* The steps after parsing that still read only the options: the policy list, and
@@ -109,13 +109,13 @@ static void use_opts(const cli_opts *o, uint64_t peak_live)
     if (rc == 0) {
         FZ_CHECK(np >= 1 && np <= CLI_MAX_POLICIES && p.err_len == 0, "%d policies", np);
         for (int i = 0; i < np; i++)
-            FZ_CHECK(fl_policy_find(names[i]) != NULL, "unknown policy '%s' accepted", names[i]);
+            FZ_CHECK(fli_policy_find(names[i]) != NULL, "unknown policy '%s' accepted", names[i]);
     } else {
         FZ_CHECK(p.err_len > 0 && p.out_len == 0, "policies refused without a reason");
     }
     free_printed(&p);
 
-    fl_prepared fake;
+    fli_prepared fake;
     memset(&fake, 0, sizeof fake);
     fake.name = "trace.csv";
     fake.peak_live = peak_live;

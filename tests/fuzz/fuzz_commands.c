@@ -60,15 +60,15 @@ static const char *non_finite(const char *s)
 
 static void check_json(const char *text, size_t len)
 {
-    fl_json j;
+    fli_json j;
     memset(&j, 0, sizeof j);
     j.s = text;
     j.n = len;
     j.name = "doctor.json";
     j.max_depth = 16;
-    fl_status s = fl_json_skip(&j);
+    fl_status s = fli_json_skip(&j);
     FZ_CHECK(s == FL_OK, "doctor --format json printed no JSON: %s\n%s", fl_last_error(), text);
-    fl_json_ws(&j);
+    fli_json_ws(&j);
     FZ_CHECK(j.pos == j.n, "doctor --format json: text after the JSON value at byte %zu", j.pos);
 }
 
@@ -209,20 +209,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fz_write_file(path, FZ_NAME, data + 1, size - 1);
 
     /* The budget, and whether the commands must succeed: the input loads as they load it. */
-    fl_prepared *pr;
-    fl_snapshot_info info;
-    int loaded = fl_load_trace_ex(path, 0, NULL, &pr, &info) == FL_OK;
+    fli_prepared *pr;
+    fli_snapshot_info info;
+    int loaded = fli_load_trace_ex(path, 0, NULL, &pr, &info) == FL_OK;
     /* The commands read more than device 0: doctor and report the OOM's device or every
      * device with events, fidelity every device with events. What must succeed is what
      * loads as they load it. */
     int loads_default = 0, loads_all = 0;
     if (loaded && info.n_devices) {
-        fl_loaded *lv;
+        fli_loaded *lv;
         int ln;
-        if ((loads_default = fl_load_inputs(path, FL_DEVICE_DEFAULT, NULL, &lv, &ln) == FL_OK))
-            fl_loaded_free(lv, ln);
-        if ((loads_all = fl_load_inputs(path, FL_DEVICE_ALL, NULL, &lv, &ln) == FL_OK))
-            fl_loaded_free(lv, ln);
+        if ((loads_default = fli_load_inputs(path, FL_DEVICE_DEFAULT, NULL, &lv, &ln) == FL_OK))
+            fli_loaded_free(lv, ln);
+        if ((loads_all = fli_load_inputs(path, FL_DEVICE_ALL, NULL, &lv, &ln) == FL_OK))
+            fli_loaded_free(lv, ln);
     }
     static const char *const capacities[4] = {NULL, "1.05x", "0.9x", "64MiB"};
     const char *capacity = capacities[opt & 3];
@@ -231,13 +231,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
          * refused past 2^64. */
         uint64_t cap;
         if (!capacity && info.n_devices && info.oom_entry >= 0 &&
-            fl_snapshot_oom_capacity(&info, "", &cap) != FL_OK)
+            fli_snapshot_oom_capacity(&info, "", &cap) != FL_OK)
             loaded = 0;
         uint64_t bytes = 0;
         for (size_t i = 0; i < pr->n_ops; i++)
             bytes += pr->ops[i].size > FZ_MAX_BYTES ? FZ_MAX_BYTES + 1 : pr->ops[i].size;
         int small = pr->n_ops <= FZ_MAX_OPS && bytes <= FZ_MAX_BYTES;
-        fl_prepared_free(pr);
+        fli_prepared_free(pr);
         if (!small) {
             fz_clear_tmpdir();
             return 0;

@@ -1,6 +1,6 @@
 /* Fuzz target: the restricted pickle reader (src/pytorch/pickle*.c) and the snapshot
  * conversion (src/pytorch/snapshot.c), as `fragless replay x.pickle` runs them (the reader
- * from memory instead of a file), then fl_prepare. Properties: errors are FL_ERR_PARSE /
+ * from memory instead of a file), then fli_prepare. Properties: errors are FL_ERR_PARSE /
  * FL_ERR_INVALID with a message, the document stays within its memory bound, every
  * value is well formed, and the events convert, write as CSV and prepare. */
 #include <stdio.h>
@@ -19,11 +19,11 @@
 #define FZ_WALK_DEPTH 24
 #define FZ_WALK_NODES 200000
 
-static size_t walk(const fl_pk *o, int depth, size_t budget)
+static size_t walk(const fli_pk *o, int depth, size_t budget)
 {
     FZ_CHECK(o != NULL, "a NULL value in the tree");
     FZ_CHECK(o->type <= FL_PK_DICT, "value of unknown type %u", o->type);
-    FZ_CHECK(fl_pk_type_name(o->type) != NULL, "no name for type %u", o->type);
+    FZ_CHECK(fli_pk_type_name(o->type) != NULL, "no name for type %u", o->type);
     if (budget == 0)
         return 0;
     budget--;
@@ -41,12 +41,12 @@ static size_t walk(const fl_pk *o, int depth, size_t budget)
     case FL_PK_LIST:
     case FL_PK_TUPLE:
     case FL_PK_DICT: {
-        size_t n = fl_pk_len(o) * (o->type == FL_PK_DICT ? 2 : 1);
+        size_t n = fli_pk_len(o) * (o->type == FL_PK_DICT ? 2 : 1);
         FZ_CHECK(n <= o->u.seq.cap || o->u.seq.cap == 0, "seq of %zu items, capacity %zu", n, o->u.seq.cap);
         if (o->type == FL_PK_DICT) {
             /* Lookups of the keys the snapshot reader asks for. */
-            (void)fl_pk_dict_get(o, "segments");
-            (void)fl_pk_dict_get(o, "");
+            (void)fli_pk_dict_get(o, "segments");
+            (void)fli_pk_dict_get(o, "");
         }
         for (size_t i = 0; i < n && depth < FZ_WALK_DEPTH && budget; i++)
             budget = walk(o->u.seq.v[i], depth + 1, budget);
@@ -58,7 +58,7 @@ static size_t walk(const fl_pk *o, int depth, size_t budget)
     return budget;
 }
 
-static void check_trace(const fl_trace *t, const fl_config *cfg)
+static void check_trace(const fli_trace *t, const fl_config *cfg)
 {
     size_t releases = 0;
     for (size_t i = 0; i < t->n; i++) {
@@ -72,40 +72,40 @@ static void check_trace(const fl_trace *t, const fl_config *cfg)
     size_t len = 0;
     FILE *w = open_memstream(&text, &len);
     FZ_CHECK(w != NULL, "open_memstream");
-    FZ_CHECK(fl_trace_write_csv_stream(w, t) == FL_OK, "write: %s", fl_last_error());
+    FZ_CHECK(fli_trace_write_csv_stream(w, t) == FL_OK, "write: %s", fl_last_error());
     fclose(w);
     FILE *r = fmemopen(text, len, "rb");
     FZ_CHECK(r != NULL, "fmemopen");
-    fl_trace back;
-    fl_status s = fl_trace_read_csv_stream(r, "imported.csv", &back);
+    fli_trace back;
+    fl_status s = fli_trace_read_csv_stream(r, "imported.csv", &back);
     fclose(r);
     FZ_CHECK(s == FL_OK, "the imported CSV does not read back: %s", fl_last_error());
     FZ_CHECK(back.n == t->n - releases, "import wrote %zu events of %zu", back.n, t->n - releases);
-    fl_trace_free(&back);
+    fli_trace_free(&back);
     free(text);
 
-    fl_prepared *p;
-    s = fl_prepare(t, &p);
+    fli_prepared *p;
+    s = fli_prepare(t, &p);
     if (s != FL_OK) {
         FZ_CHECK(s == FL_ERR_PARSE, "prepare failed with %s: %s", fl_status_str(s), fl_last_error());
         return;
     }
     /* Followed as `fidelity` and `doctor` follow it: the rebuilt segments and releases keep
      * the policy sound (checked after every op), or the settings are refused. */
-    fl_replay_opts o;
+    fli_replay_opts o;
     memset(&o, 0, sizeof o);
     o.cfg = *cfg;
     fl_sim_params_default(&o.sim);
     o.sim.capacity = (uint64_t)1 << 40;
     o.follow = 1;
     o.check_every = 1;
-    fl_replay_result rr;
-    s = fl_replay(p, &o, &rr);
+    fli_replay_result rr;
+    s = fli_replay(p, &o, &rr);
     FZ_CHECK(s == FL_OK || s == FL_ERR_INVALID || s == FL_ERR_UNSUPPORTED, "followed replay failed with %s: %s",
              fl_status_str(s), fl_last_error());
     if (s == FL_OK)
-        fl_replay_result_free(&rr);
-    fl_prepared_free(p);
+        fli_replay_result_free(&rr);
+    fli_prepared_free(p);
 }
 
 /* `fragless fidelity` replays under the settings the snapshot recorded: they must make an
@@ -142,8 +142,8 @@ static void settings_run(const fl_config *cfg)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    fl_pk_doc *doc;
-    fl_status s = fl_pickle_load_memory(data, size, "fuzz.pickle", FZ_MAX_BYTES, &doc);
+    fli_pk_doc *doc;
+    fl_status s = fli_pickle_load_memory(data, size, "fuzz.pickle", FZ_MAX_BYTES, &doc);
     if (s != FL_OK) {
         FZ_CHECK(s == FL_ERR_PARSE || s == FL_ERR_NOMEM, "load failed with %s: %s", fl_status_str(s),
                  fl_last_error());
@@ -151,20 +151,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FZ_CHECK(fl_last_error()[0] != 0, "a failed load left no message");
         return 0;
     }
-    FZ_CHECK(fl_pk_doc_bytes(doc) <= FZ_MAX_BYTES, "document holds %zu bytes", fl_pk_doc_bytes(doc));
-    FZ_CHECK(fl_pk_doc_root(doc) != NULL, "no root");
-    int proto = fl_pk_doc_protocol(doc);
+    FZ_CHECK(fli_pk_doc_bytes(doc) <= FZ_MAX_BYTES, "document holds %zu bytes", fli_pk_doc_bytes(doc));
+    FZ_CHECK(fli_pk_doc_root(doc) != NULL, "no root");
+    int proto = fli_pk_doc_protocol(doc);
     FZ_CHECK(proto >= 0 && proto <= 5, "protocol %d", proto);
-    walk(fl_pk_doc_root(doc), 0, FZ_WALK_NODES);
+    walk(fli_pk_doc_root(doc), 0, FZ_WALK_NODES);
 
-    fl_snapshot_device devs[4];
+    fli_snapshot_device devs[4];
     int nd = 0;
-    s = fl_snapshot_devices(doc, NULL, devs, 4, &nd);
+    s = fli_snapshot_devices(doc, NULL, devs, 4, &nd);
     FZ_CHECK(s == FL_OK || s == FL_ERR_PARSE, "device list failed with %s: %s", fl_status_str(s), fl_last_error());
     for (int device = 0; device < 2; device++) {
-        fl_trace t;
-        fl_snapshot_info info;
-        s = fl_snapshot_to_trace(doc, NULL, device, &t, &info);
+        fli_trace t;
+        fli_snapshot_info info;
+        s = fli_snapshot_to_trace(doc, NULL, device, &t, &info);
         if (s != FL_OK) {
             FZ_CHECK(s == FL_ERR_PARSE || s == FL_ERR_INVALID, "conversion failed with %s: %s",
                      fl_status_str(s), fl_last_error());
@@ -175,12 +175,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                  (unsigned long long)info.n_events, t.n);
         FZ_CHECK(strlen(info.alloc_conf) < sizeof info.alloc_conf, "alloc_conf not terminated");
         fl_config cfg;
-        fl_snapshot_config(&info, &cfg);
+        fli_snapshot_config(&info, &cfg);
         cfg.oom_report = 0;
         settings_run(&cfg);
         check_trace(&t, &cfg);
-        fl_trace_free(&t);
+        fli_trace_free(&t);
     }
-    fl_pickle_free(doc);
+    fli_pickle_free(doc);
     return 0;
 }

@@ -31,20 +31,20 @@ static void on_block(void *u, uint64_t addr, uint64_t size, int live)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    fl_state st;
-    fl_status s = fl_state_parse((const char *)data, size, "fuzz", &st);
+    fli_state st;
+    fl_status s = fli_state_parse((const char *)data, size, "fuzz", &st);
     if (s != FL_OK) {
         FZ_CHECK(s == FL_ERR_PARSE || s == FL_ERR_NOMEM, "failed with %s: %s", fl_status_str(s), fl_last_error());
         FZ_CHECK(fl_last_error()[0] != 0, "failed without a message");
         FZ_CHECK(st.n_regions == 0 && st.n_pages == 0 && st.n_blocks == 0, "a failed parse left data");
-        fl_state_free(&st);
+        fli_state_free(&st);
         return 0;
     }
     FZ_CHECK(st.granularity && !(st.granularity & (st.granularity - 1)), "granularity %llu",
              (unsigned long long)st.granularity);
     size_t pages = 0, blocks = 0;
     for (size_t i = 0; i < st.n_regions; i++) {
-        const fl_state_region *r = &st.regions[i];
+        const fli_state_region *r = &st.regions[i];
         FZ_CHECK(r->page0 + r->n_pages <= st.n_pages && r->block0 + r->n_blocks <= st.n_blocks,
                  "region %zu indexes past the arrays", i);
         pages += r->n_pages;
@@ -53,14 +53,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FZ_CHECK(end >= r->addr, "region %zu wraps", i);
         uint64_t prev = r->addr;
         for (size_t k = 0; k < r->n_pages; k++) {
-            const fl_state_page *p = &st.pages[r->page0 + k];
+            const fli_state_page *p = &st.pages[r->page0 + k];
             FZ_CHECK(p->size && p->addr >= prev && p->addr + p->size <= end && p->addr + p->size > p->addr,
                      "page %zu of region %zu out of order or outside it", k, i);
             prev = p->addr + p->size;
         }
         prev = r->addr;
         for (size_t k = 0; k < r->n_blocks; k++) {
-            const fl_state_block *b = &st.blocks[r->block0 + k];
+            const fli_state_block *b = &st.blocks[r->block0 + k];
             FZ_CHECK(b->size && b->addr >= prev && b->addr + b->size <= end && b->addr + b->size > b->addr,
                      "block %zu of region %zu out of order or outside it", k, i);
             prev = b->addr + b->size;
@@ -68,11 +68,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     FZ_CHECK(pages == st.n_pages && blocks == st.n_blocks, "pages or blocks belong to no region");
     counts c = {0, 0, 0};
-    fl_state_visitor v = {&c, on_region, on_page, on_block};
-    fl_state_walk(&st, &v);
+    fli_state_visitor v = {&c, on_region, on_page, on_block};
+    fli_state_walk(&st, &v);
     FZ_CHECK(c.regions == st.n_regions && c.pages == st.n_pages && c.blocks == st.n_blocks,
              "the walk visits %zu/%zu/%zu, parsed %zu/%zu/%zu", c.regions, c.pages, c.blocks, st.n_regions,
              st.n_pages, st.n_blocks);
-    fl_state_free(&st);
+    fli_state_free(&st);
     return 0;
 }

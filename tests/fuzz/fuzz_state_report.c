@@ -34,7 +34,7 @@ static uint64_t div_up(uint64_t a, uint64_t b)
 
 /* Units of one region as the report counts them: its pages' (a page larger than g is
  * size / g units) when it has pages, else its size in units of g. */
-static uint64_t region_units(const fl_state *st, const fl_state_region *r, uint64_t g)
+static uint64_t region_units(const fli_state *st, const fli_state_region *r, uint64_t g)
 {
     if (!r->n_pages)
         return div_up(r->size, g);
@@ -61,7 +61,7 @@ static size_t count(const char *s, const char *what)
     return n;
 }
 
-static void check_page_map(const fl_state *st, const char *html)
+static void check_page_map(const fli_state *st, const char *html)
 {
     uint64_t g = st->granularity, units = 0, most;
     for (size_t i = 0; i < st->n_regions; i++)
@@ -106,8 +106,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         ws++;
     if (ws >= size || data[ws] != '{')
         return 0;
-    fl_state st;
-    int parsed = fl_state_parse((const char *)data, size, FZ_NAME, &st) == FL_OK;
+    fli_state st;
+    int parsed = fli_state_parse((const char *)data, size, FZ_NAME, &st) == FL_OK;
     if (parsed) {
         page_map m = {0};
         report_map_from_state(&m, &st);
@@ -115,7 +115,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         int nomem = m.nomem;
         report_map_free(&m);
         if (nomem || units > FZ_MAX_UNITS) {
-            fl_state_free(&st);
+            fli_state_free(&st);
             return 0;
         }
     }
@@ -144,7 +144,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FZ_CHECK(html != NULL, "report exit 0 and no file");
         fz_check_report_html(html, len);
         check_page_map(&st, html);
-        fl_state_free(&st);
+        fli_state_free(&st);
     } else {
         /* Read as a state (JSON '{' first), a trace or a snapshot: refused with a message. */
         FZ_CHECK(rc == CLI_EXIT_INPUT, "a file that does not parse: exit %d: %s", rc, se);

@@ -25,7 +25,7 @@
 #include "fuzz.h"
 #include "util/util.h"
 
-#define REC sizeof(fl_pub_record)
+#define REC sizeof(fli_pub_record)
 
 enum {
     F_OUR_PID = 1,     /* pid: this process (alive, ours) */
@@ -74,21 +74,21 @@ static void make_record(const char *dir, int i, uint8_t flags, const uint8_t *da
     memcpy(b, data, size < len ? size : len);
     if (flags & F_HEADER) {
         uint32_t magic = FL_PUB_MAGIC, version = FL_PUB_VERSION, rec = (uint32_t)REC;
-        put(b, len, offsetof(fl_pub_record, magic), &magic, 4);
-        put(b, len, offsetof(fl_pub_record, version), &version, 4);
-        put(b, len, offsetof(fl_pub_record, size), &rec, 4);
+        put(b, len, offsetof(fli_pub_record, magic), &magic, 4);
+        put(b, len, offsetof(fli_pub_record, version), &version, 4);
+        put(b, len, offsetof(fli_pub_record, size), &rec, 4);
     }
     if (flags & F_OUR_PID) {
         uint64_t pid = (uint64_t)getpid();
-        put(b, len, offsetof(fl_pub_record, pid), &pid, 8);
+        put(b, len, offsetof(fli_pub_record, pid), &pid, 8);
         if (flags & F_START_TIME) {
-            uint64_t st = fl_proc_start_time(pid);
-            put(b, len, offsetof(fl_pub_record, start_time), &st, 8);
+            uint64_t st = fli_proc_start_time(pid);
+            put(b, len, offsetof(fli_pub_record, start_time), &st, 8);
         }
     }
-    if ((flags & F_EVEN) && len >= offsetof(fl_pub_record, seq) + 8) {
-        uint64_t seq = get64(b, offsetof(fl_pub_record, seq)) & ~(uint64_t)1;
-        put(b, len, offsetof(fl_pub_record, seq), &seq, 8);
+    if ((flags & F_EVEN) && len >= offsetof(fli_pub_record, seq) + 8) {
+        uint64_t seq = get64(b, offsetof(fli_pub_record, seq)) & ~(uint64_t)1;
+        put(b, len, offsetof(fli_pub_record, seq), &seq, 8);
     }
     char path[4200];
     snprintf(path, sizeof path, "%s/" FL_PUB_PREFIX "%d.0", dir, i);
@@ -98,13 +98,13 @@ static void make_record(const char *dir, int i, uint8_t flags, const uint8_t *da
     memset(m, 0, sizeof *m);
     memcpy(m->bytes, b, len < REC ? len : REC);
     m->len = len;
-    m->valid = len == REC && get32(b, offsetof(fl_pub_record, magic)) == FL_PUB_MAGIC &&
-               get32(b, offsetof(fl_pub_record, version)) == FL_PUB_VERSION &&
-               get32(b, offsetof(fl_pub_record, size)) == REC;
-    m->whole = m->valid && !(get64(b, offsetof(fl_pub_record, seq)) & 1);
+    m->valid = len == REC && get32(b, offsetof(fli_pub_record, magic)) == FL_PUB_MAGIC &&
+               get32(b, offsetof(fli_pub_record, version)) == FL_PUB_VERSION &&
+               get32(b, offsetof(fli_pub_record, size)) == REC;
+    m->whole = m->valid && !(get64(b, offsetof(fli_pub_record, seq)) & 1);
     if (m->whole) {
-        uint64_t pid = get64(b, offsetof(fl_pub_record, pid)), st = get64(b, offsetof(fl_pub_record, start_time));
-        m->shown = pid == (uint64_t)getpid() && (st == 0 || st == fl_proc_start_time(pid));
+        uint64_t pid = get64(b, offsetof(fli_pub_record, pid)), st = get64(b, offsetof(fli_pub_record, start_time));
+        m->shown = pid == (uint64_t)getpid() && (st == 0 || st == fli_proc_start_time(pid));
     }
     free(b);
 }
@@ -114,8 +114,8 @@ static void check_reader(const char *dir, int i, const made *m)
 {
     char path[4200];
     snprintf(path, sizeof path, "%s/" FL_PUB_PREFIX "%d.0", dir, i);
-    fl_pub_reader r;
-    fl_status s = fl_pub_reader_open(path, &r);
+    fli_pub_reader r;
+    fl_status s = fli_pub_reader_open(path, &r);
     if (!m->valid) {
         FZ_CHECK(s == FL_ERR_PARSE, "a file that is no record (%zu bytes) opened: %s", m->len, fl_status_str(s));
         FZ_CHECK(strstr(fl_last_error(), path) != NULL, "the refusal does not name the file: %s", fl_last_error());
@@ -123,24 +123,24 @@ static void check_reader(const char *dir, int i, const made *m)
         return;
     }
     FZ_CHECK(s == FL_OK, "a record did not open: %s", fl_last_error());
-    FZ_CHECK(r.pid == get64(m->bytes, offsetof(fl_pub_record, pid)) &&
-                 r.start_time == get64(m->bytes, offsetof(fl_pub_record, start_time)) &&
-                 r.device == (int32_t)get32(m->bytes, offsetof(fl_pub_record, device)),
+    FZ_CHECK(r.pid == get64(m->bytes, offsetof(fli_pub_record, pid)) &&
+                 r.start_time == get64(m->bytes, offsetof(fli_pub_record, start_time)) &&
+                 r.device == (int32_t)get32(m->bytes, offsetof(fli_pub_record, device)),
              "the header read is not the file's");
-    FZ_CHECK(r.rank == (int32_t)get32(m->bytes, offsetof(fl_pub_record, rank)), "the rank read is not the file's");
+    FZ_CHECK(r.rank == (int32_t)get32(m->bytes, offsetof(fli_pub_record, rank)), "the rank read is not the file's");
     FZ_CHECK(memchr(r.comm, 0, sizeof r.comm) != NULL, "comm not NUL-terminated");
-    FZ_CHECK(!strncmp(r.comm, (const char *)m->bytes + offsetof(fl_pub_record, comm), sizeof r.comm - 1),
+    FZ_CHECK(!strncmp(r.comm, (const char *)m->bytes + offsetof(fli_pub_record, comm), sizeof r.comm - 1),
              "comm is not the file's");
     FZ_CHECK(memchr(r.uuid, 0, sizeof r.uuid) != NULL, "uuid not NUL-terminated");
-    FZ_CHECK(!strncmp(r.uuid, (const char *)m->bytes + offsetof(fl_pub_record, uuid), sizeof r.uuid - 1),
+    FZ_CHECK(!strncmp(r.uuid, (const char *)m->bytes + offsetof(fli_pub_record, uuid), sizeof r.uuid - 1),
              "uuid is not the file's");
-    uint64_t t0 = fl_now_ns();
-    fl_pub_entry e;
-    fl_pub_read got = fl_pub_reader_snapshot(&r, t0, &e);
-    uint64_t took = fl_now_ns() - t0;
-    fl_pub_reader_close(&r);
+    uint64_t t0 = fli_now_ns();
+    fli_pub_entry e;
+    fli_pub_read got = fli_pub_reader_snapshot(&r, t0, &e);
+    uint64_t took = fli_now_ns() - t0;
+    fli_pub_reader_close(&r);
     FZ_CHECK(r.fd < 0, "close left the descriptor");
-    uint64_t seq = get64(m->bytes, offsetof(fl_pub_record, seq));
+    uint64_t seq = get64(m->bytes, offsetof(fli_pub_record, seq));
     if (seq & 1) {
         FZ_CHECK(got == FL_PUB_BUSY, "a record mid-update read as %d", got);
         FZ_CHECK(took < (uint64_t)1000000000, "a busy record past its deadline took %llu ns",
@@ -148,13 +148,13 @@ static void check_reader(const char *dir, int i, const made *m)
         return;
     }
     FZ_CHECK(got == FL_PUB_WHOLE, "a stable record read as %d", got);
-    FZ_CHECK(e.seq == seq && e.updated_ns == get64(m->bytes, offsetof(fl_pub_record, words)) &&
-                 !memcmp(&e.stats, m->bytes + offsetof(fl_pub_record, words) + 8, sizeof e.stats),
+    FZ_CHECK(e.seq == seq && e.updated_ns == get64(m->bytes, offsetof(fli_pub_record, words)) &&
+                 !memcmp(&e.stats, m->bytes + offsetof(fli_pub_record, words) + 8, sizeof e.stats),
              "the statistics read are not the file's");
-    FZ_CHECK(e.pid == get64(m->bytes, offsetof(fl_pub_record, pid)) && e.rank == r.rank && !strcmp(e.comm, r.comm) &&
+    FZ_CHECK(e.pid == get64(m->bytes, offsetof(fli_pub_record, pid)) && e.rank == r.rank && !strcmp(e.comm, r.comm) &&
                  !strcmp(e.uuid, r.uuid),
              "the entry's header is not the reader's");
-    FZ_CHECK(fl_publish_read(path, &e) == FL_OK && e.seq == seq, "fl_publish_read: %s", fl_last_error());
+    FZ_CHECK(fli_publish_read(path, &e) == FL_OK && e.seq == seq, "fli_publish_read: %s", fl_last_error());
 }
 
 /* UTF-8 as RFC 3629 has it (no overlong forms, surrogates or code points past U+10FFFF),
@@ -208,7 +208,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (flags & F_TEMP) {
         char tmp[4200];
         snprintf(tmp, sizeof tmp, "%s/." FL_PUB_PREFIX "%llu.%d.tmp", dir,
-                 (unsigned long long)(flags & F_OUR_PID ? (uint64_t)getpid() : get64(m[0].bytes, offsetof(fl_pub_record, pid))), 7);
+                 (unsigned long long)(flags & F_OUR_PID ? (uint64_t)getpid() : get64(m[0].bytes, offsetof(fli_pub_record, pid))), 7);
         FILE *f = fopen(tmp, "wbx");
         FZ_CHECK(f != NULL, "cannot create %s", tmp);
         fclose(f);

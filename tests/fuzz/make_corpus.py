@@ -370,11 +370,11 @@ def state_report_corpus():
 
 # ---- top ------------------------------------------------------------------------------
 
-TOP_RECORD = 496  # sizeof(fl_pub_record), version 2
+TOP_RECORD = 496  # sizeof(fli_pub_record), version 2
 
 
 def top_record(pid=1, comm=b"python", seq=2, device=0, stats=None, rank=-1, uuid=b"GPU-8b0e1c2d-0000-1111-2222-333344445555"):
-    # fl_pub_record (src/allocator/allocator.h), version 2: magic, version, size, device,
+    # fli_pub_record (src/allocator/allocator.h), version 2: magic, version, size, device,
     # pid, start_time, comm[32], rank, reserved, uuid[48], seq, then updated_ns and
     # fl_stats as 64-bit words.
     rec = struct.pack("<IIIiQQ32siI48sQ", 0x504f5446, 2, TOP_RECORD, device, pid, 0, comm, rank, 0, uuid, seq)
