@@ -3,6 +3,7 @@
 #define FL_CLI_H
 
 #include "cli/progress.h"
+#include "gen/gen.h"
 #include "replay/doctor.h"
 #include "replay/input.h"
 
@@ -68,6 +69,12 @@ typedef struct cli_top_opts {
 } cli_top_opts;
 int cli_top_parse(int argc, char **argv, cli_top_opts *o);
 
+typedef struct cli_gen_opts {
+    fli_gen_params p;
+    const char *output;         /* -o PATH, %r for the rank */
+} cli_gen_opts;
+int cli_gen_parse(int argc, char **argv, cli_gen_opts *o);
+
 typedef struct cli_run_opts {
     char **cmd;                 /* the command and its arguments (NULL-terminated, in argv) */
     char conf[4096];            /* FRAGLESS_CONF for it: --conf (else the inherited one) and trace:PATH */
@@ -80,6 +87,7 @@ int cli_replay(const cli_opts *o);
 int cli_import(int argc, char **argv);
 int cli_fidelity(int argc, char **argv);
 int cli_run(int argc, char **argv);
+int cli_gen(int argc, char **argv);
 int cli_top(int argc, char **argv);
 /* One frame of `fragless top` for the records in dir, as text (malloc'd; without NVML's
  * lines), waiting at most wait_ns in all for records that stay mid-update; -1 with the

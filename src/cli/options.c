@@ -25,6 +25,7 @@ static const char main_help[] =
     "  fidelity SNAPSHOT... how close the PyTorch emulation comes to the recorded reserved memory\n"
     "  run -- CMD...      run any CUDA program with fragless serving its cudaMalloc/cudaFree\n"
     "  top [--once]       live memory of every process using fragless, like nvidia-smi\n"
+    "  gen --kind K -o F  a DDP, FSDP or pipeline training job's traces, one per rank\n"
     "  help [COMMAND]     this text, or a command's\n"
     "  version            the version\n"
     "\n"
