@@ -59,6 +59,9 @@ int main(int argc, char **argv)
     int rc = cli_parse_opts(argc - 2, argv + 2, mode, &o);
     if (rc)
         return rc == CLI_HELP_SHOWN ? CLI_EXIT_OK : rc;
+    static cli_job job; /* large: not on the stack */
+    if ((rc = cli_job_expand(&o, mode, &job)) != 0)
+        return rc;
     return mode == CLI_COMPARE  ? cli_compare(&o)
            : mode == CLI_REPLAY ? cli_replay(&o)
            : mode == CLI_REPORT ? cli_report(&o)

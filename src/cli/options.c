@@ -290,7 +290,8 @@ int cli_parse_opts(int argc, char **argv, cli_mode mode, cli_opts *o)
         return usage_error(help, "no output file given (-o REPORT.html)%s", "");
     if (!multi && strchr(o->policies, ','))
         return usage_error(help, "--policy '%s': this command runs one policy; compare takes a list", o->policies);
-    if (!multi && o->n_traces > 1)
+    /* doctor also takes the rank files of one job (cli_job_expand checks that they are). */
+    if (!multi && !is_doctor && o->n_traces > 1)
         return usage_error(help, "this command takes one trace; use compare for several (got '%s' too)",
                            o->traces[1]);
     return 0;

@@ -60,7 +60,9 @@ static void check_opts(cli_mode mode, const cli_opts *o, char **argv, int argc)
     const char *cmd = cli_mode_name(mode);
     int multi = mode == CLI_COMPARE || mode == CLI_REPORT;
     FZ_CHECK(o->n_traces >= 1 && o->n_traces <= CLI_MAX_TRACES, "%s: %d traces", cmd, o->n_traces);
-    FZ_CHECK(multi || o->n_traces == 1, "%s: %d traces for a one-trace command", cmd, o->n_traces);
+    /* doctor takes several only as one job's rank files (checked after parsing). */
+    FZ_CHECK(multi || mode == CLI_DOCTOR || o->n_traces == 1, "%s: %d traces for a one-trace command", cmd,
+             o->n_traces);
     for (int i = 0; i < o->n_traces; i++) {
         FZ_CHECK(is_word(o->traces[i], argv, argc), "%s: trace %d is not a word of the command line", cmd, i);
         FZ_CHECK(o->traces[i][0] != '-' || o->traces[i][1] == 0, "%s: option '%s' taken as a trace", cmd,
