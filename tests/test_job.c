@@ -3,7 +3,11 @@
  * the rank that needs most and the spread, checked against each rank compared alone. */
 #include "test_support.h"
 
+#include "allocator/allocator.h"
+
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static char dir[64];
@@ -18,6 +22,69 @@ static uint64_t json_u64(const char *text, const char *key)
 }
 
 static double gib(uint64_t b) { return (double)b / (double)(UINT64_C(1) << 30); }
+
+/* top: three processes of one parent (this test, as torchrun's agent is its workers'),
+ * ranks 0-2, publishing 1, 2 and 3 GiB reserved, make one job line; a process without a
+ * rank joins none. */
+static void test_top_jobs(void)
+{
+    char tdir[128];
+    snprintf(tdir, sizeof tdir, "%s/top", dir);
+    CHECK(mkdir(tdir, 0700) == 0);
+    pid_t kids[4];
+    int ctl[2];
+    CHECK(pipe(ctl) == 0);
+    fflush(NULL);
+    for (int k = 0; k < 4; k++) {
+        kids[k] = fork();
+        if (kids[k] == 0) {
+            char c;
+            close(ctl[1]);
+            _exit(read(ctl[0], &c, 1) < 0);
+        }
+        fli_pub_record rec;
+        memset(&rec, 0, sizeof rec);
+        rec.magic = FL_PUB_MAGIC;
+        rec.version = FL_PUB_VERSION;
+        rec.size = sizeof rec;
+        rec.pid = (uint64_t)kids[k];
+        rec.start_time = fli_proc_start_time(rec.pid);
+        rec.rank = k < 3 ? k : -1;
+        snprintf(rec.comm, sizeof rec.comm, "worker");
+        fl_stats st;
+        memset(&st, 0, sizeof st);
+        st.reserved_bytes.current = (uint64_t)(k + 1) << 30;
+        st.allocated_bytes.current = (uint64_t)(k + 1) << 29;
+        uint64_t w[FL_PUB_WORDS];
+        w[0] = 1;
+        memcpy(&w[1], &st, sizeof st);
+        for (size_t i = 0; i < FL_PUB_WORDS; i++)
+            rec.words[i] = w[i];
+        char path[256];
+        snprintf(path, sizeof path, "%s/fragless.%d.0", tdir, (int)kids[k]);
+        FILE *f = fopen(path, "wb");
+        CHECK(f && fwrite(&rec, sizeof rec, 1, f) == 1);
+        if (f)
+            fclose(f);
+    }
+    close(ctl[0]);
+    fl_run_result *r = fl_test_run("FRAGLESS_NVML_LIB=/nonexistent/libnvidia-ml.so.1 %s top --once --dir %s", FL_CLI, tdir);
+    CHECK_EQ_U64(r->code, 0);
+    char want[256], a[32], b[32], m[32], s[32];
+    snprintf(want, sizeof want, "job %d (test_job): 3 processes, ranks 0-2, live %s, reserved %s; rank 2 holds the most "
+             "(%s reserved), spread %s", (int)getpid(), fl_format_size(UINT64_C(3) << 30, a, sizeof a),
+             fl_format_size(UINT64_C(6) << 30, b, sizeof b), fl_format_size(UINT64_C(3) << 30, m, sizeof m),
+             fl_format_size(UINT64_C(2) << 30, s, sizeof s));
+    if (!strstr(r->out, want)) {
+        CHECK(!"top's job line");
+        fprintf(stderr, "  want: %s\n  got: %s%s\n", want, r->out, r->err);
+    }
+    /* Four processes listed, the one without a rank too. */
+    CHECK(strstr(r->out, "4 allocators") != NULL);
+    close(ctl[1]);
+    for (int k = 0; k < 4; k++)
+        waitpid(kids[k], NULL, 0);
+}
 
 int main(void)
 {
@@ -122,6 +189,7 @@ int main(void)
     r = fl_test_run("%s compare %s/job/none%%r.csv", FL_CLI, dir);
     CHECK_EQ_U64(r->code, 2);
     CHECK(strstr(r->err, "no file matches") != NULL);
+    test_top_jobs();
     fl_test_run("rm -rf %s", dir);
     return fl_test_done("test_job");
 }
