@@ -394,6 +394,8 @@ static void write_head(FILE *f, const cli_opts *o)
             css);
     if (o->n_traces > 1) {
         fputs("<nav>", f);
+        if (o->job) /* the job's section closes the page: the link to it opens the list */
+            fputs("<a href=\"#job\">the job: ranks side by side</a>", f);
         for (int t = 0; t < o->n_traces; t++) {
             const char *base = strrchr(o->traces[t], '/');
             fprintf(f, "<a href=\"#t%d\">", t);
