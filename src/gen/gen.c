@@ -416,8 +416,10 @@ fl_status fli_gen_rank(const fli_gen_params *p, int rank, const char *name, fli_
     fli_trace_init(t, name);
     if (!t->path)
         return fli_fail(FL_ERR_NOMEM, "gen: no memory");
+    /* Ids in the range a GPU's allocations live in; the clock starts an hour in (the
+     * Time column is the time of day). */
     fli_gen_state g = {.p = p, .rank = rank, .t = t, .sum = sum, .thread = 1,
-             .next_ptr = UINT64_C(0x7f3a00000000), .now_us = UINT64_C(3600000000)};
+                       .next_ptr = UINT64_C(0x7f3a00000000), .now_us = UINT64_C(3600000000)};
     /* Per-rank data (its sampler's lengths) from the seed and the rank; a pipeline's
      * stages see the same micro-batches, so theirs come from the seed alone. */
     g.rng = p->seed ^ (p->kind == FLI_GEN_PIPELINE ? 0 : UINT64_C(0xa0761d6478bd642f) * (uint64_t)(rank + 1));

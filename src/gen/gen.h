@@ -70,7 +70,8 @@ typedef struct fli_gen_summary {
 void fli_gen_summary_free(fli_gen_summary *s);
 
 /* The trace of one rank (0 <= rank < p->ranks) into t, which it initialises with path
- * name; sum (optional) says what it holds. On error t is left empty. */
+ * name; sum (optional) says what it holds: free it with fli_gen_summary_free, after an
+ * error too. On error t is left empty. */
 fl_status fli_gen_rank(const fli_gen_params *p, int rank, const char *name, fli_trace *t, fli_gen_summary *sum);
 
 /* A rank's file name: pattern with %r replaced by the rank and %% by '%'; any other '%'
