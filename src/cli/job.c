@@ -317,7 +317,8 @@ void cli_job_write_html(FILE *f, const cli_job *job)
         fprintf(f, " <b>Rank %d needs the most</b> under %s; the spread between ranks is %.3f GiB (%.1f%%).",
                 job->rank[most], job->policy[0], gib(job->need[most][0] - job->need[least][0]),
                 100.0 * (double)(job->need[most][0] - job->need[least][0]) / (double)job->need[most][0]);
-    fprintf(f, "</p>\n<table class=\"job\"><tr><th></th>");
+    /* Scrolls sideways rather than widening the page when there are many ranks. */
+    fprintf(f, "</p>\n<div style=\"overflow-x:auto\"><table class=\"job\"><tr><th></th>");
     for (int t = 0; t < job->n; t++)
         fprintf(f, "<th><a href=\"#t%d\">rank %d</a></th>", t, job->rank[t]);
     fprintf(f, "<th>most</th><th>spread</th></tr>\n<tr><td>peak live</td>");
@@ -337,5 +338,5 @@ void cli_job_write_html(FILE *f, const cli_job *job)
             fprintf(f, "<td></td><td></td>");
         fprintf(f, "</tr>\n");
     }
-    fprintf(f, "</table></section>\n");
+    fprintf(f, "</table></div></section>\n");
 }
