@@ -53,6 +53,7 @@ static const char gen_help[] =
     "                     which it is called are printed\n"
     "  --no-prefetch      batches made on the compute stream, no copy stream\n"
     "  --seed N           0 to 2^64-1 (default 1)\n"
+    "--steps x --layers x --micro-batches is at most 200000 (about 20 million rows, 1 GB, a rank).\n"
     "\n"
     "In the files: streams are the Stream column (compute 0, comm 55d0c1a0, copy 55d0c2f0,\n"
     "all-gather 55d0c440, reduce-scatter 55d0c590). A block another stream used\n"

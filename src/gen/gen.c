@@ -66,9 +66,10 @@ fl_status fli_gen_check(const fli_gen_params *p)
     if (p->kind == FLI_GEN_PIPELINE && (p->ranks < 2 || p->ranks > p->layers))
         return fli_fail(FL_ERR_INVALID, "--ranks %d: a pipeline needs 2 to --layers (%d) stages", p->ranks,
                         p->layers);
-    /* Rows grow with steps x layers x micro-batches; past this a file runs to gigabytes. */
-    if ((uint64_t)p->steps * (uint64_t)p->layers * (uint64_t)p->micro_batches > 2000000)
-        return fli_fail(FL_ERR_INVALID, "--steps x --layers x --micro-batches is %llu: at most 2000000",
+    /* Rows grow with steps x layers x micro-batches, about 90 per block and micro-batch,
+     * all held in memory before the file is written: this bound is about 20 million rows. */
+    if ((uint64_t)p->steps * (uint64_t)p->layers * (uint64_t)p->micro_batches > 200000)
+        return fli_fail(FL_ERR_INVALID, "--steps x --layers x --micro-batches is %llu: at most 200000",
                         (unsigned long long)p->steps * (unsigned long long)p->layers *
                             (unsigned long long)p->micro_batches);
     return FL_OK;
