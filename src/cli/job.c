@@ -186,19 +186,25 @@ static int find_job(names *nm, cli_job *job)
     return 1;
 }
 
+/* The expanded names: kept (and reachable, for LeakSanitizer) until the next expansion,
+ * as the commands point into them. */
+static names kept;
+
 int cli_job_expand(cli_opts *o, cli_mode mode, cli_job *job)
 {
     memset(job, 0, sizeof *job);
-    names nm = {{0}, 0};
+    for (int i = 0; i < kept.n; i++)
+        free(kept.v[i]);
+    kept.n = 0;
     int rc = 0;
     for (int i = 0; i < o->n_traces && !rc; i++)
-        rc = expand_one(o->traces[i], mode == CLI_REPORT, &nm);
+        rc = expand_one(o->traces[i], mode == CLI_REPORT, &kept);
     if (rc)
         return rc;
-    job->is_job = find_job(&nm, job);
-    if (nm.n > 1 && !job->is_job && (mode == CLI_DOCTOR || mode == CLI_REPLAY)) {
+    job->is_job = find_job(&kept, job);
+    if (kept.n > 1 && !job->is_job && (mode == CLI_DOCTOR || mode == CLI_REPLAY)) {
         fprintf(stderr, "fragless: %s takes one trace, or the rank files of one job (names that differ only in the "
-                        "rank's number); got %s and %s\n", cli_mode_name(mode), nm.v[0], nm.v[1]);
+                        "rank's number); got %s and %s\n", cli_mode_name(mode), kept.v[0], kept.v[1]);
         return CLI_EXIT_USAGE;
     }
     if (job->is_job && mode == CLI_REPLAY) {
@@ -206,11 +212,10 @@ int cli_job_expand(cli_opts *o, cli_mode mode, cli_job *job)
                 job->name);
         return CLI_EXIT_USAGE;
     }
-    /* The strings live until the process exits (the commands point into them). */
-    for (int i = 0; i < nm.n; i++)
-        o->traces[i] = nm.v[i];
-    o->n_traces = nm.n;
-    job->n = nm.n;
+    for (int i = 0; i < kept.n; i++)
+        o->traces[i] = kept.v[i];
+    o->n_traces = kept.n;
+    job->n = kept.n;
     if (job->is_job)
         o->job = job;
     return 0;
