@@ -19,7 +19,8 @@ int main(int argc, char **argv)
         const char *topic = argc > 2 ? argv[2] : "";
         cli_mode m;
         if (*topic && cli_mode_of(topic, &m) != 0 && strcmp(topic, "top") && strcmp(topic, "import") &&
-            strcmp(topic, "fidelity") && strcmp(topic, "run") && strcmp(topic, "gen") && strcmp(topic, "help") && strcmp(topic, "version")) {
+            strcmp(topic, "fidelity") && strcmp(topic, "run") && strcmp(topic, "gen") && strcmp(topic, "help") &&
+            strcmp(topic, "version")) {
             fprintf(stderr, "fragless: help: unknown command '%s'\n\n%s", topic, cli_help(""));
             return CLI_EXIT_USAGE;
         }
