@@ -206,7 +206,11 @@ def stats(device=0, pool=None):
     "fragless." ("fragless.largest_free", "fragless.device_calls.create", ...). Empty
     before the first allocation on that device. pool: a fragless.torch.pool() (its own
     allocator), else install()'s. A device or pool out of range: InvalidArgumentError."""
-    slot = 0 if pool is None else _int(getattr(pool, "_fragless_slot", pool), "pool")
+    slot = getattr(pool, "_fragless_slot", pool)
+    if slot is None:
+        slot = 0
+    elif isinstance(slot, bool) or not isinstance(slot, int):
+        raise InvalidArgumentError("pool must be a fragless.torch.pool() (or its slot number), got %r" % (pool,), 2)
     text = _text(_library().fragless_torch_pool_stats_json, slot, _device(device))
     if text is None:
         return {}

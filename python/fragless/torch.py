@@ -9,7 +9,7 @@ PyTorch's memory functions (torch.cuda.*, torch.cuda.memory.*, and torch.acceler
 where CUDA is the accelerator) with fragless's, keeping each one's signature, and wraps
 torch.cuda.CUDAGraph (and torch.accelerator.Graph) so that the memory fragless keeps for
 a graph goes back when the graph is reset or garbage collected. ROUTED lists what each
-call does under fragless (README's table).
+call does under fragless (docs/pytorch.md's table).
 
 Supported PyTorch: 2.7 and later (MIN_TORCH); install() refuses older ones, saying what
 still works.
@@ -179,7 +179,7 @@ _accumulated_base = {}  # device -> the accumulated values at reset_accumulated_
 
 
 def _pytorch_stats(device):
-    """fragless's statistics under PyTorch's memory_stats() keys (README: what each means
+    """fragless's statistics under PyTorch's memory_stats() keys (docs/pytorch.md: what each means
     under fragless). {} before the device's first allocation, as PyTorch."""
     flat = _stats(device)
     if not flat:
@@ -428,7 +428,7 @@ def _make_routes(torch):
     }
 
 
-# What each call does under fragless (README's table says the same in prose).
+# What each call does under fragless (docs/pytorch.md's table says the same in prose).
 ROUTED = {
     "empty_cache": "fragless.empty_cache(): cached pages back to the driver (never a CUDA graph's); "
                    "during a capture it raises, giving nothing back",

@@ -52,6 +52,8 @@ class PackageErrors(ErrorTest):
                     fragless.reset_peak_stats, 99)
         self.raises(fragless.InvalidArgumentError, ValueError, FL_ERR_INVALID, ["pool slot 9 is out of range (0..4)"],
                     fragless.stats, 0, pool=9)
+        self.raises(fragless.InvalidArgumentError, ValueError, FL_ERR_INVALID,
+                    ["pool must be a fragless.torch.pool() (or its slot number), got 'kv'"], fragless.stats, 0, pool="kv")
         self.raises(fragless.InvalidArgumentError, ValueError, FL_ERR_INVALID, ["device 70 is out of range"],
                     fragless.graph_release, 1, device=70)
         # Not a device ordinal at all, or one a C int cannot hold (ctypes would cut it to 0).
