@@ -57,6 +57,9 @@ typedef enum fl_status {
 FL_API const char *fl_status_str(fl_status s);
 /* Message of the last failed call on this thread; "" if none. Valid until the next call. */
 FL_API const char *fl_last_error(void);
+/* The status that failure returned (FL_OK if none): for callers that get only a -1 from
+ * the PyTorch entry points (fragless_torch.h), e.g. the Python package. */
+FL_API fl_status fl_last_status(void);
 
 /* Sizes: parse "80GiB", "512MiB", "1.5GB", "4096" (bytes); format as "1.27 GiB". */
 FL_API fl_status fl_parse_size(const char *text, uint64_t *out);

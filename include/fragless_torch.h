@@ -5,9 +5,11 @@
  * One allocator per device (ordinals 0..63), made on the device's first allocation from
  * $FRAGLESS_CONF on the cuda device ($FRAGLESS_CUDA_LIB, else libcuda.so.1); pools have
  * their own. These calls return no fl_status: PyTorch's hooks have none, so a failed
- * malloc throws (PyTorch turns it into a Python exception), and the others print what
- * went wrong on stderr or leave it in fl_last_error() and say that it did (-1). Every
- * entry point is thread safe.
+ * malloc throws (PyTorch turns it into a Python exception), free (which PyTorch calls
+ * from a destructor) says what went wrong on stderr, and the others return -1 (or 0,
+ * or -2 where said) and leave the message in fl_last_error() and the status in
+ * fl_last_status() (the Python package raises fragless.Error with them). Every entry
+ * point is thread safe.
  * Names: fragless_torch_*. */
 #ifndef FRAGLESS_TORCH_H
 #define FRAGLESS_TORCH_H
@@ -49,29 +51,34 @@ FL_API void fragless_torch_free(void *ptr, ssize_t size, int device, void *strea
  * --------------------------------------------------------------------------------- */
 
 /* Tensor.record_stream: the live block at ptr is also used on stream (fl_record_stream),
- * on whichever device's allocator holds it; said on stderr when none does. */
-FL_API void fragless_torch_record_stream(void *ptr, void *stream);
+ * on whichever device's allocator holds it: 0, or -1 (FL_ERR_NOT_FOUND when no allocator
+ * holds a block there; else the allocator's failure). */
+FL_API int fragless_torch_record_stream(void *ptr, void *stream);
 /* torch.cuda.empty_cache(): every device's cached memory back to the driver
  * (fl_empty_cache), pools' included: 0, or -1 when one failed (during a CUDA graph
- * capture it gives nothing back; the first reason in fl_last_error()). */
+ * capture it gives nothing back; the first failure in fl_last_error()). */
 FL_API int fragless_torch_empty_cache(void);
 /* torch.cuda.set_per_process_memory_fraction: the device's limit becomes fraction (0, 1]
- * of its capacity (fl_set_limit), its allocator made if there is none yet. A fraction
- * out of range sets no limit and is said on stderr. */
-FL_API void fragless_torch_set_memory_fraction(double fraction, int device);
-/* torch.cuda.reset_peak_memory_stats(device) (fl_reset_peak_stats); nothing when the
- * device has no allocator yet. */
-FL_API void fragless_torch_reset_peak_stats(int device);
+ * of its capacity (fl_set_limit), its allocator made if there is none yet: 0, or -1 (a
+ * fraction out of range, a device that cannot be set up: no limit is set). */
+FL_API int fragless_torch_set_memory_fraction(double fraction, int device);
+/* torch.cuda.reset_peak_memory_stats(device) (fl_reset_peak_stats): 0 (nothing to do
+ * when the device has no allocator yet), or -1 for a device out of range. */
+FL_API int fragless_torch_reset_peak_stats(int device);
+/* Whether conf (FRAGLESS_CONF syntax, the whole configuration) parses: 0, or -1 with the
+ * key and value at fault (fragless.torch.install() checks before it changes PyTorch). */
+FL_API int fragless_torch_conf_check(const char *conf);
 
 /* ---------------------------------------------------------------------------------
  * CUDA graphs (fragless.torch's wrappers of torch.cuda.CUDAGraph; fl_stream_capture,
  * fl_graph_release)
  * --------------------------------------------------------------------------------- */
 
-/* The capture id of stream on device, 0 when it is not capturing. Every allocator of the
- * device (install()'s, pools') asks, so each knows of the capture before its first
- * allocation; with none yet, install()'s is made. */
-FL_API unsigned long long fragless_torch_capture_id(int device, void *stream);
+/* The capture id of stream on device into *capture, 0 when it is not capturing: 0, or -1
+ * (the driver's failure, a device that cannot be set up). Every allocator of the device
+ * (install()'s, pools') asks, so each knows of the capture before its first allocation;
+ * with none yet, install()'s is made. */
+FL_API int fragless_torch_capture_id(int device, void *stream, unsigned long long *capture);
 /* The graph of capture is gone: its memory goes back on every allocator of the device
  * (fl_graph_release): 0, or -1 (the reason in fl_last_error()). */
 FL_API int fragless_torch_graph_release(int device, unsigned long long capture);
@@ -84,8 +91,8 @@ FL_API int fragless_torch_graph_release(int device, unsigned long long capture);
 #define FRAGLESS_TORCH_POOLS 4
 
 /* A free slot for a pool configured by conf (FRAGLESS_CONF syntax, the whole
- * configuration): 1..FRAGLESS_TORCH_POOLS, or -1 (said on stderr) when conf is malformed
- * or no slot is left. Slots are never closed. */
+ * configuration): 1..FRAGLESS_TORCH_POOLS, or -1 when conf is malformed or no slot is
+ * left. Slots are never closed. */
 FL_API int fragless_torch_pool_open(const char *conf);
 /* Slot N's entry points, with fragless_torch_malloc's and fragless_torch_free's contracts. */
 FL_API void *fragless_torch_pool1_malloc(ssize_t size, int device, void *stream);
@@ -101,13 +108,12 @@ FL_API void fragless_torch_pool4_free(void *ptr, ssize_t size, int device, void 
  * Statistics and the state snapshot (fragless.stats(), memory_summary(), snapshot())
  * --------------------------------------------------------------------------------- */
 
-/* The device's statistics (fl_get_stats) into *out: 0, or -1 (*out untouched) when the
- * device has no allocator yet. */
+/* The device's statistics (fl_get_stats) into *out: 0, -1 (*out untouched) when the
+ * device has no allocator yet, or -2 when device (or slot, below) is out of range. */
 FL_API int fragless_torch_stats(int device, fl_stats *out);
 /* The statistics as JSON (fl_stats_json) / the summary table (fl_memory_summary) into
  * buf, with snprintf's contract (at most n bytes, terminated when n > 0; buf may be NULL
- * when n is 0): the length the whole text needs, or -1 when the device has no allocator
- * yet. */
+ * when n is 0): the length the whole text needs, or -1 / -2 as above. */
 FL_API long long fragless_torch_stats_json(int device, char *buf, size_t n);
 FL_API long long fragless_torch_memory_summary(int device, char *buf, size_t n);
 /* The statistics of a slot's allocator (0: install()'s, as above; N: pool N's). */
@@ -115,13 +121,13 @@ FL_API int fragless_torch_pool_stats(int slot, int device, fl_stats *out);
 FL_API long long fragless_torch_pool_stats_json(int slot, int device, char *buf, size_t n);
 /* torch.cuda.memory._record_memory_history: the device's allocator (made if there is none)
  * records every allocation and free as RMM CSV at path from now on (`fragless compare`
- * reads it); path NULL stops and closes the file. 0, or -1 (fl_last_error(): already
- * recording, the file, no allocator). */
+ * reads it); path NULL stops and closes the file. 0, or -1 (already recording, the
+ * file, a device that cannot be set up). */
 FL_API int fragless_torch_record(int device, const char *path);
 /* Writes out what the recording has buffered, so that the file can be read now. */
 FL_API void fragless_torch_record_flush(int device);
 /* The state snapshot of the device's allocator as JSON at path (fl_allocator_snapshot):
- * 0, or -1 with the reason on stderr (no allocator on that device, the file). */
+ * 0, or -1 (FL_ERR_NOT_FOUND: no allocator on that device; the file). */
 FL_API int fragless_torch_snapshot(int device, const char *path);
 
 #ifdef __cplusplus

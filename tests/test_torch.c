@@ -12,12 +12,13 @@
 #include <unistd.h>
 
 #include "device/cuda_api.h"
+#include "fragless_torch.h"
 #include "test_support.h"
 
 typedef void *(*malloc_fn)(ssize_t, int, void *);
 typedef void (*free_fn)(void *, ssize_t, int, void *);
 typedef int (*empty_fn)(void);
-typedef void (*fraction_fn)(double, int);
+typedef int (*fraction_fn)(double, int);
 
 /* The contexts PyTorch's threads see, on a double of two devices, in a child process of
  * its own (a fresh frontend): CUDA's rule is that the calling thread's current context
@@ -103,6 +104,84 @@ static int fraction_probe(void)
     return fl_test_failures;
 }
 
+/* Every entry point but malloc and free says a failure with a status: -1 (or -2) and the
+ * message in the library's fl_last_error, its status in fl_last_status, nothing on
+ * stderr (the Python package raises fragless.Error with them). The library's own copies
+ * of the two are asked: it is loaded with dlopen, the test's static copy is another. */
+typedef struct so_errors {
+    const char *(*last_error)(void);
+    fl_status (*last_status)(void);
+} so_errors;
+
+static void check_failure(const so_errors *e, int rc, int want_rc, fl_status want, const char *words, int line)
+{
+    int ok = rc == want_rc && e->last_status() == want && strstr(e->last_error(), words) != NULL;
+    fl_test_failures += !ok;
+    if (!ok)
+        fprintf(stderr, "%s:%d: CHECK failed: rc %d (want %d), status %d (want %d), message \"%s\" (want \"%s\" in it)\n",
+                __FILE__, line, rc, want_rc, (int)e->last_status(), (int)want, e->last_error(), words);
+}
+#define CHECK_FAILURE(rc, want_rc, status, words) check_failure(&err, (rc), (want_rc), (status), (words), __LINE__)
+
+static int statuses_probe(void)
+{
+    void *so = dlopen(FRAGLESS_SO, RTLD_NOW | RTLD_LOCAL);
+    so_errors err = {0};
+    malloc_fn tmalloc = NULL;
+    free_fn tfree = NULL;
+    fraction_fn tfraction = NULL;
+    int (*snapshot)(int, const char *) = NULL, (*record_stream)(void *, void *) = NULL, (*reset_peak)(int) = NULL;
+    int (*pool_open)(const char *) = NULL, (*conf_check)(const char *) = NULL, (*record)(int, const char *) = NULL;
+    int (*capture_id)(int, void *, unsigned long long *) = NULL, (*graph_release)(int, unsigned long long) = NULL;
+    long long (*stats_json)(int, int, char *, size_t) = NULL;
+    if (!so || !fl_test_sym(so, "fl_last_error", &err.last_error) || !fl_test_sym(so, "fl_last_status", &err.last_status) ||
+        !fl_test_sym(so, "fragless_torch_malloc_nothrow", &tmalloc) || !fl_test_sym(so, "fragless_torch_free", &tfree) ||
+        !fl_test_sym(so, "fragless_torch_set_memory_fraction", &tfraction) ||
+        !fl_test_sym(so, "fragless_torch_snapshot", &snapshot) ||
+        !fl_test_sym(so, "fragless_torch_record_stream", &record_stream) ||
+        !fl_test_sym(so, "fragless_torch_reset_peak_stats", &reset_peak) ||
+        !fl_test_sym(so, "fragless_torch_pool_open", &pool_open) || !fl_test_sym(so, "fragless_torch_conf_check", &conf_check) ||
+        !fl_test_sym(so, "fragless_torch_record", &record) || !fl_test_sym(so, "fragless_torch_capture_id", &capture_id) ||
+        !fl_test_sym(so, "fragless_torch_graph_release", &graph_release) ||
+        !fl_test_sym(so, "fragless_torch_pool_stats_json", &stats_json))
+        return 1;
+    /* Before any allocation: no allocator to snapshot; statistics of none (-1) or out of range (-2). */
+    CHECK_FAILURE(snapshot(0, "/tmp/never.json"), -1, FL_ERR_NOT_FOUND, "snapshot of device 0: no allocator on that device");
+    CHECK(stats_json(0, 0, NULL, 0) == -1);
+    CHECK_FAILURE((int)stats_json(0, 64, NULL, 0), -2, FL_ERR_INVALID, "device 64 is out of range (0..63)");
+    CHECK_FAILURE((int)stats_json(5, 0, NULL, 0), -2, FL_ERR_INVALID, "pool slot 5 is out of range (0..4)");
+    CHECK_FAILURE(reset_peak(-1), -1, FL_ERR_INVALID, "device -1 is out of range");
+    CHECK(reset_peak(0) == 0); /* no allocator yet: nothing to reset, not a failure */
+    /* A fraction out of range is refused before the allocator is made. */
+    CHECK_FAILURE(tfraction(1.5, 0), -1, FL_ERR_INVALID, "memory fraction 1.5 is not in (0, 1]");
+    CHECK(stats_json(0, 0, NULL, 0) == -1);
+    CHECK_FAILURE(tfraction(0.5, 7), -1, FL_ERR_INVALID, "cannot set up device 7: ");
+    CHECK_FAILURE(conf_check("limit:lots"), -1, FL_ERR_PARSE, "FRAGLESS_CONF: limit: 'lots'");
+    CHECK(conf_check("policy:cca,limit:1GiB") == 0);
+    CHECK_FAILURE(pool_open("polcy:cca"), -1, FL_ERR_PARSE, "pool configuration \"polcy:cca\": FRAGLESS_CONF: unknown key 'polcy'");
+    void *p = tmalloc(3 << 20, 0, NULL);
+    CHECK(p != NULL);
+    CHECK(tfraction(0.5, 0) == 0);
+    CHECK_FAILURE(snapshot(0, "/nonexistent-folder/state.json"), -1, FL_ERR_IO, "snapshot of device 0: ");
+    CHECK(strstr(err.last_error(), "/nonexistent-folder/state.json") != NULL);
+    CHECK_FAILURE(record_stream((void *)0x1234000, (void *)0x7), -1, FL_ERR_NOT_FOUND,
+                  "record_stream of 0x1234000: not a live block of any device's allocator");
+    CHECK(record_stream(p, (void *)0x7) == 0);
+    CHECK_FAILURE(record(0, "/nonexistent-folder/trace.csv"), -1, FL_ERR_IO, "/nonexistent-folder/trace.csv");
+    CHECK_FAILURE(record(64, NULL), -1, FL_ERR_INVALID, "device 64 is out of range");
+    unsigned long long capture = 99;
+    CHECK(capture_id(0, NULL, &capture) == 0 && capture == 0); /* not capturing */
+    CHECK_FAILURE(capture_id(0, NULL, NULL), -1, FL_ERR_INVALID, "capture id: no place for it");
+    CHECK_FAILURE(graph_release(-3, 1), -1, FL_ERR_INVALID, "device -3 is out of range");
+    int slots = 0;
+    while (slots < 10 && pool_open("policy:fragless") > 0)
+        slots++;
+    CHECK(slots == FRAGLESS_TORCH_POOLS);
+    CHECK_FAILURE(pool_open("policy:fragless"), -1, FL_ERR_UNSUPPORTED, "no pool slot left: at most 4");
+    tfree(p, 3 << 20, 0, NULL);
+    return fl_test_failures;
+}
+
 static void in_child(const char *what, int (*fn)(void))
 {
     fflush(NULL);
@@ -123,6 +202,7 @@ int main(void)
     setenv("FRAGLESS_CONF", "policy:fragless", 1);
     in_child("contexts after empty_cache", context_probe);
     in_child("memory fraction of device 1 from device 0", fraction_probe);
+    in_child("statuses and messages of the entry points", statuses_probe);
     void *so = dlopen(FRAGLESS_SO, RTLD_NOW | RTLD_LOCAL);
     if (!so) {
         fprintf(stderr, "cannot load %s: %s\n", FRAGLESS_SO, dlerror());

@@ -9,10 +9,13 @@ PyTorch's memory functions (torch.cuda.*, torch.cuda.memory.*, and torch.acceler
 where CUDA is the accelerator) with fragless's, keeping each one's signature, and wraps
 torch.cuda.CUDAGraph (and torch.accelerator.Graph) so that the memory fragless keeps for
 a graph goes back when the graph is reset or garbage collected. ROUTED lists what each
-call does under fragless (README's table).
+call does under fragless (docs/pytorch.md's table).
 
 Supported PyTorch: 2.7 and later (MIN_TORCH); install() refuses older ones, saying what
 still works.
+
+Every failure raises fragless.Error or a subclass (fragless.InvalidArgumentError for a bad
+FRAGLESS_CONF key, fragless.DeviceError without a GPU, ...) with the library's message.
 """
 import collections
 import ctypes
@@ -25,7 +28,7 @@ import tempfile
 import threading
 import weakref
 
-from . import FraglessError, library_path, last_error
+from . import Error, FileError, NotFoundError, library_path, _last, _raise_last
 from . import memory_summary as _summary, reset_peak_stats as _reset_peak
 from . import set_memory_fraction as _set_fraction, stats as _stats, _library
 
@@ -47,7 +50,7 @@ def _version_tuple(text):
 
 
 def check_torch(torch, pools=False):
-    """Raise FraglessError unless this PyTorch is one fragless.torch supports: version
+    """Raise Error unless this PyTorch is one fragless.torch supports: version
     MIN_TORCH or later, with the pluggable-allocator API, PyTorch's out-of-memory type,
     the C++11 string ABI (the out-of-memory exception crosses with it), and for pools
     torch.cuda.MemPool / use_mem_pool."""
@@ -57,7 +60,7 @@ def check_torch(torch, pools=False):
              "on traces and on torch.cuda.memory._dump_snapshot pickles) and fragless.stats()/snapshot() of "
              "the C library.")
     if _version_tuple(version) < MIN_TORCH:
-        raise FraglessError("fragless.torch needs PyTorch %s or later; this is PyTorch %s. %s" % (need, version, still))
+        raise Error("fragless.torch needs PyTorch %s or later; this is PyTorch %s. %s" % (need, version, still))
     cuda = getattr(torch, "cuda", None)
     memory = getattr(cuda, "memory", None)
     missing = [name for name, ok in (
@@ -67,11 +70,11 @@ def check_torch(torch, pools=False):
         ("torch.cuda.MemPool", not pools or hasattr(cuda, "MemPool")),
         ("torch.cuda.use_mem_pool", not pools or hasattr(cuda, "use_mem_pool"))) if not ok]
     if missing:
-        raise FraglessError("fragless.torch needs %s, which this PyTorch %s lacks (a build without CUDA?). %s"
+        raise Error("fragless.torch needs %s, which this PyTorch %s lacks (a build without CUDA?). %s"
                             % (", ".join(missing), version, still))
     abi = getattr(torch, "compiled_with_cxx11_abi", None)
     if abi is not None and not abi():
-        raise FraglessError("fragless.torch needs a PyTorch built with the C++11 string ABI (PyTorch's wheels from "
+        raise Error("fragless.torch needs a PyTorch built with the C++11 string ABI (PyTorch's wheels from "
                             "%s on are); this PyTorch %s is not, so an out-of-memory could not arrive as "
                             "torch.OutOfMemoryError. %s" % (need, version, still))
 
@@ -80,7 +83,7 @@ def _import_torch():
     try:
         import torch
     except ImportError as e:
-        raise FraglessError("fragless.torch needs PyTorch: %s" % e)
+        raise Error("fragless.torch needs PyTorch: %s" % e)
     return torch
 
 
@@ -107,15 +110,18 @@ def install(**conf):
     torch = _import_torch()
     check_torch(torch)
     if torch.cuda.is_initialized() and torch.cuda.memory_allocated() > 0:
-        raise FraglessError("fragless.torch.install() came too late: PyTorch has already allocated CUDA memory "
+        raise Error("fragless.torch.install() came too late: PyTorch has already allocated CUDA memory "
                             "with its own allocator; call it first thing, before any tensor is put on the GPU")
+    merged = _conf_string(conf, os.environ.get("FRAGLESS_CONF", ""))
+    if _library().fragless_torch_conf_check(merged.encode()) != 0:
+        _raise_last("fragless.torch.install(): nothing was changed")
     if conf:
-        os.environ["FRAGLESS_CONF"] = _conf_string(conf, os.environ.get("FRAGLESS_CONF", ""))
+        os.environ["FRAGLESS_CONF"] = merged
     alloc = torch.cuda.memory.CUDAPluggableAllocator(library_path(), "fragless_torch_malloc", "fragless_torch_free")
     try:
         torch.cuda.memory.change_current_allocator(alloc)
     except RuntimeError as e:
-        raise FraglessError("fragless.torch.install() came too late: %s" % e)
+        raise Error("fragless.torch.install() came too late: %s" % e)
     _route(torch)
     _wrap_graphs(torch)
     _installed = True
@@ -135,7 +141,7 @@ def pool(use_on_oom=False, no_split=False, **conf):
     lib = _library()
     slot = lib.fragless_torch_pool_open(_conf_string(conf, os.environ.get("FRAGLESS_CONF", "")).encode())
     if slot < 0:
-        raise FraglessError("fragless.torch.pool(): no pool made (reason on stderr: a bad key, or every slot taken)")
+        _raise_last("fragless.torch.pool()")
     alloc = torch.cuda.memory.CUDAPluggableAllocator(library_path(), *_POOL_ENTRY_POINTS[slot - 1])
     kwargs = {}
     params = inspect.signature(torch.cuda.MemPool.__init__).parameters
@@ -173,7 +179,7 @@ _accumulated_base = {}  # device -> the accumulated values at reset_accumulated_
 
 
 def _pytorch_stats(device):
-    """fragless's statistics under PyTorch's memory_stats() keys (README: what each means
+    """fragless's statistics under PyTorch's memory_stats() keys (docs/pytorch.md: what each means
     under fragless). {} before the device's first allocation, as PyTorch."""
     flat = _stats(device)
     if not flat:
@@ -229,8 +235,11 @@ def _snapshot_segments(device):
     fd, path = tempfile.mkstemp(suffix=".json", prefix="fragless-state-")
     os.close(fd)
     try:
-        if _library().fragless_torch_snapshot(int(device), os.fsencode(path)) != 0:
-            return []
+        try:
+            from . import snapshot as _state
+            _state(path, device)
+        except NotFoundError:
+            return []  # nothing allocated on that device yet: no segments, as PyTorch says
         with open(path) as f:
             state = json.load(f)
     finally:
@@ -294,8 +303,8 @@ def _trace_events(path):
                 if action:
                     events.append({"action": action, "addr": int(cols[3], 16), "size": int(cols[4]),
                                    "stream": int(cols[5] or "0", 16), "time_us": t, "frames": []})
-    except OSError:
-        pass
+    except OSError as e:
+        raise FileError("the memory history fragless records (%s) cannot be read: %s" % (path, e), 5)
     return events
 
 
@@ -312,7 +321,7 @@ def _make_routes(torch):
 
     def empty_cache(a):
         if lib.fragless_torch_empty_cache() != 0:
-            raise FraglessError(last_error())
+            _raise_last()
 
     def set_fraction(a):
         _set_fraction(a["fraction"], dev(a))
@@ -354,16 +363,20 @@ def _make_routes(torch):
             enabled = "all" if enabled else None
         d = idx(None)
         if enabled is None:
-            lib.fragless_torch_record(d, None)
+            if lib.fragless_torch_record(d, None) != 0:
+                _raise_last("_record_memory_history(None) under fragless")
             return
         old = _history.get(d)
-        if old:
-            lib.fragless_torch_record(d, None)
-        fd, path = tempfile.mkstemp(suffix=".csv", prefix="fragless-history-")
+        if old and lib.fragless_torch_record(d, None) != 0:
+            _raise_last("_record_memory_history under fragless")
+        try:
+            fd, path = tempfile.mkstemp(suffix=".csv", prefix="fragless-history-")
+        except OSError as e:
+            raise FileError("_record_memory_history under fragless: no file to record into: %s" % e, 5)
         os.close(fd)
         if lib.fragless_torch_record(d, os.fsencode(path)) != 0:
             os.unlink(path)
-            raise FraglessError("_record_memory_history under fragless: %s" % last_error())
+            _raise_last("_record_memory_history under fragless")
         _history[d] = path
         if old and old != path:
             os.unlink(old)
@@ -378,8 +391,13 @@ def _make_routes(torch):
                 "allocator_settings": {"allocator": "fragless", "FRAGLESS_CONF": os.environ.get("FRAGLESS_CONF", "")}}
 
     def dump_snapshot(a):
-        with open(a.get("filename", "dump_snapshot.pickle"), "wb") as f:
-            pickle.dump(snapshot({}), f)
+        filename = a.get("filename", "dump_snapshot.pickle")
+        state = snapshot({})
+        try:
+            with open(filename, "wb") as f:
+                pickle.dump(state, f)
+        except OSError as e:
+            raise FileError("_dump_snapshot under fragless: cannot write %s: %s" % (filename, e), 5)
 
     def summary(a):
         return _summary(dev(a))
@@ -410,7 +428,7 @@ def _make_routes(torch):
     }
 
 
-# What each call does under fragless (README's table says the same in prose).
+# What each call does under fragless (docs/pytorch.md's table says the same in prose).
 ROUTED = {
     "empty_cache": "fragless.empty_cache(): cached pages back to the driver (never a CUDA graph's); "
                    "during a capture it raises, giving nothing back",
@@ -482,13 +500,17 @@ def _route(torch):
             setattr(module, name, _adopt(original, impl, name))
 
     lib = _library()
-    lib.fragless_torch_record_stream.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-    lib.fragless_torch_record_stream.restype = None
     original = getattr(torch.Tensor.record_stream, "_fragless_original", torch.Tensor.record_stream)
 
     def record_stream(tensor, stream):
         original(tensor, stream)
-        lib.fragless_torch_record_stream(tensor.untyped_storage().data_ptr(), stream.cuda_stream)
+        if lib.fragless_torch_record_stream(tensor.untyped_storage().data_ptr(), stream.cuda_stream) != 0:
+            error = _last("Tensor.record_stream under fragless")
+            # NotFoundError: memory fragless did not allocate (torch.from_blob, DLPack,
+            # another process's IPC block, a MemPool's carved tensor), whose owner keeps
+            # track of streams, as PyTorch's own allocator leaves such memory alone.
+            if not isinstance(error, NotFoundError):
+                raise error
 
     record_stream._fragless_original = original
     torch.Tensor.record_stream = record_stream
@@ -526,13 +548,18 @@ class _GraphPools:
         return sorted(entry["captures"])
 
     def drop(self, pool_id):
+        """Release the pool's captures once its last graph is gone. A failure raises Error
+        after every capture was tried (from garbage collection, where there is no caller,
+        Python prints it as an ignored exception)."""
         with _lock:
             captures = self.drop_locked(pool_id)
         lib = _library()
+        failed = None
         for device, capture in captures:
-            if lib.fragless_torch_graph_release(device, capture) != 0:
-                import sys
-                print("fragless: releasing CUDA graph capture 0x%x: %s" % (capture, last_error()), file=sys.stderr)
+            if lib.fragless_torch_graph_release(device, capture) != 0 and failed is None:
+                failed = _last("releasing CUDA graph capture 0x%x of device %d" % (capture, device))
+        if failed is not None:
+            raise failed
 
     def reset(self, graph):
         finalizer = getattr(graph, "_fragless_finalizer", None)
@@ -548,6 +575,7 @@ def _wrap_graph_class(torch, cls):
     if cls is None or getattr(cls, "_fragless_wrapped", False):
         return
     begin = cls.capture_begin
+    end = getattr(cls, "capture_end", None)
     reset = cls.reset
 
     @functools.wraps(begin)
@@ -555,9 +583,16 @@ def _wrap_graph_class(torch, cls):
         begin(self, *args, **kwargs)
         stream = torch.cuda.current_stream()
         device = stream.device.index if stream.device.index is not None else 0
-        capture = _library().fragless_torch_capture_id(device, stream.cuda_stream)
-        if capture:
-            graph_pools.captured(self, tuple(self.pool()), device, capture)
+        capture = ctypes.c_ulonglong(0)
+        if _library().fragless_torch_capture_id(device, stream.cuda_stream, ctypes.byref(capture)) != 0:
+            error = _last("CUDAGraph.capture_begin under fragless: the capture was ended")
+            try:
+                if end is not None:
+                    end(self)  # a capture left open would leave the stream unusable
+            finally:
+                raise error
+        if capture.value:
+            graph_pools.captured(self, tuple(self.pool()), device, capture.value)
 
     @functools.wraps(reset)
     def graph_reset(self, *args, **kwargs):

@@ -53,21 +53,40 @@ static fl_status trace_path_for(fl_config *cfg, int device)
     return FL_OK;
 }
 
-/* A failed set-up makes the frontends report an out-of-memory error for the request. */
-fl_allocator *fli_frontend_slot_allocator(int slot, int device)
+/* The message of the failure just recorded, with what was being done in front of it
+ * (copied first: fli_fail formats into the buffer fl_last_error returns). */
+static fl_status fail_in(fl_status s, const char *what)
 {
-    if (device < 0 || device >= TORCH_MAX_DEVICES) {
-        fprintf(stderr, "fragless: device %d is out of range (0..%d)\n", device, TORCH_MAX_DEVICES - 1);
-        return NULL;
-    }
+    char why[1536];
+    snprintf(why, sizeof why, "%s", fl_last_error());
+    return fli_fail(s, "%s: %s", what, why);
+}
+
+static fl_status check_device(int device)
+{
+    if (device < 0 || device >= TORCH_MAX_DEVICES)
+        return fli_fail(FL_ERR_INVALID, "device %d is out of range (0..%d)", device, TORCH_MAX_DEVICES - 1);
+    return FL_OK;
+}
+
+/* The slot's allocator on device, made on first use: FL_OK with *out, or the failure
+ * with its message in fl_last_error (nothing printed: the caller reports it). */
+static fl_status slot_allocator(int slot, int device, fl_allocator **out)
+{
+    *out = NULL;
+    fl_status s = check_device(device);
+    if (s != FL_OK)
+        return s;
+    if (slot < 0 || slot > FRAGLESS_TORCH_POOLS)
+        return fli_fail(FL_ERR_INVALID, "pool slot %d is out of range (0..%d)", slot, FRAGLESS_TORCH_POOLS);
     pthread_mutex_lock(&torch_lock);
-    fl_allocator *a = slot >= 0 && slot <= FRAGLESS_TORCH_POOLS ? torch_alloc[slot][device] : NULL;
-    if (!a && slot >= 0 && slot <= FRAGLESS_TORCH_POOLS && (slot == 0 || pool_conf[slot])) {
+    fl_allocator *a = torch_alloc[slot][device];
+    if (!a && (slot == 0 || pool_conf[slot])) {
         fl_config cfg;
         fl_cuda_params cp;
         fl_cuda_params_default(&cp);
         cp.device = device;
-        fl_status s = fl_config_from_env(&cfg);
+        s = fl_config_from_env(&cfg);
         if (s == FL_OK && slot) {
             fl_config_default(&cfg); /* a pool's configuration is whole (the package merges it) */
             s = fl_config_parse(&cfg, pool_conf[slot]);
@@ -82,15 +101,28 @@ fl_allocator *fli_frontend_slot_allocator(int slot, int device)
             fl_device_destroy(torch_dev[slot][device]);
             torch_dev[slot][device] = NULL;
         }
-        if (s != FL_OK)
-            fprintf(stderr, "fragless: cannot set up device %d%s: %s\n", device, slot ? " for a pool" : "",
-                    fl_last_error());
-        else
+        if (s != FL_OK) {
+            char what[64];
+            snprintf(what, sizeof what, "cannot set up device %d%s", device, slot ? " for a pool" : "");
+            fail_in(s, what);
+        } else {
             torch_alloc[slot][device] = a;
+        }
     } else if (!a) {
-        fprintf(stderr, "fragless: pool slot %d is not open\n", slot);
+        s = fli_fail(FL_ERR_INVALID, "pool slot %d is not open", slot);
     }
     pthread_mutex_unlock(&torch_lock);
+    *out = a;
+    return s;
+}
+
+/* For the LD_PRELOAD interposer, whose cudaMalloc can return only an error code: the
+ * reason goes to stderr too. */
+fl_allocator *fli_frontend_slot_allocator(int slot, int device)
+{
+    fl_allocator *a;
+    if (slot_allocator(slot, device, &a) != FL_OK)
+        fprintf(stderr, "fragless: %s\n", fl_last_error());
     return a;
 }
 
@@ -100,19 +132,25 @@ int fragless_torch_pool_open(const char *conf)
 {
     fl_config cfg;
     fl_config_default(&cfg);
-    if (!conf || fl_config_parse(&cfg, conf) != FL_OK) {
-        fprintf(stderr, "fragless: pool configuration \"%s\": %s\n", conf ? conf : "(null)",
-                conf ? fl_last_error() : "none given");
-        return -1;
+    if (!conf)
+        return fli_fail(FL_ERR_INVALID, "pool configuration: none given (NULL)"), -1;
+    fl_status s = fl_config_parse(&cfg, conf);
+    if (s != FL_OK) {
+        char what[320];
+        snprintf(what, sizeof what, "pool configuration \"%.256s\"", conf);
+        return fail_in(s, what), -1;
     }
     pthread_mutex_lock(&torch_lock);
-    int slot = -1;
+    int slot = -1, free_slot = 0;
     for (int k = 1; k <= FRAGLESS_TORCH_POOLS && slot < 0; k++)
-        if (!pool_conf[k] && (pool_conf[k] = strdup(conf)) != NULL)
+        if (!pool_conf[k] && (free_slot = 1) && (pool_conf[k] = strdup(conf)) != NULL)
             slot = k;
     pthread_mutex_unlock(&torch_lock);
-    if (slot < 0)
-        fprintf(stderr, "fragless: no pool slot left: at most %d fragless.torch.pool()s per process\n", FRAGLESS_TORCH_POOLS);
+    if (slot < 0 && free_slot)
+        fli_fail(FL_ERR_NOMEM, "pool configuration \"%.256s\": no host memory to keep it", conf);
+    else if (slot < 0)
+        fli_fail(FL_ERR_UNSUPPORTED, "no pool slot left: at most %d fragless.torch.pool()s per process",
+                 FRAGLESS_TORCH_POOLS);
     return slot;
 }
 
@@ -124,11 +162,11 @@ fl_status fli_frontend_torch_malloc(int slot, ssize_t size, int device, void *st
     if (size <= 0)
         return size < 0 ? fli_fail(FL_ERR_INVALID, "fragless: malloc of a negative size (%zd bytes) refused", size)
                         : FL_OK;
-    fl_allocator *a = fli_frontend_slot_allocator(slot, device);
-    if (!a)
-        return fli_fail(FL_ERR_DEVICE, "fragless: no allocator for device %d (why: on stderr above)", device);
+    fl_allocator *a;
+    fl_status s = slot_allocator(slot, device, &a);
     uint64_t addr;
-    fl_status s = fl_alloc(a, (uint64_t)size, (uint64_t)(uintptr_t)stream, &addr);
+    if (s == FL_OK)
+        s = fl_alloc(a, (uint64_t)size, (uint64_t)(uintptr_t)stream, &addr);
     if (s == FL_OK) {
         *out = (void *)(uintptr_t)addr;
         return FL_OK;
@@ -171,52 +209,82 @@ void *fragless_torch_malloc_nothrow(ssize_t size, int device, void *stream)
 
 /* Tensor.record_stream(stream): PyTorch's record-stream hook (a block's device is the
  * one whose allocator knows it). */
-void fragless_torch_record_stream(void *ptr, void *stream)
+int fragless_torch_record_stream(void *ptr, void *stream)
 {
+    fl_status first = FL_OK;
+    char why[1536] = "";
     for (int k = 0; k <= FRAGLESS_TORCH_POOLS; k++)
         for (int d = 0; d < TORCH_MAX_DEVICES; d++) {
             fl_allocator *a = fli_frontend_slot_existing(k, d);
-            if (a && fl_record_stream(a, (uint64_t)(uintptr_t)ptr, (uint64_t)(uintptr_t)stream) == FL_OK)
-                return;
+            if (!a)
+                continue;
+            fl_status s = fl_record_stream(a, (uint64_t)(uintptr_t)ptr, (uint64_t)(uintptr_t)stream);
+            if (s == FL_OK)
+                return 0;
+            if (s != FL_ERR_NOT_FOUND && first == FL_OK) { /* the block is this allocator's: it failed */
+                first = s;
+                snprintf(why, sizeof why, "record_stream of %p on device %d: %s", ptr, d, fl_last_error());
+            }
         }
-    fprintf(stderr, "fragless: record_stream of %p: not a live block of any device\n", ptr);
+    if (first != FL_OK)
+        return fli_fail(first, "%s", why), -1;
+    return fli_fail(FL_ERR_NOT_FOUND, "record_stream of %p: not a live block of any device's allocator", ptr), -1;
 }
 
 int fragless_torch_empty_cache(void)
 {
-    int r = 0;
-    char first[512] = "";
+    fl_status first = FL_OK;
+    char why[1536] = "";
     for (int k = 0; k <= FRAGLESS_TORCH_POOLS; k++)
         for (int d = 0; d < TORCH_MAX_DEVICES; d++) {
             fl_allocator *a = fli_frontend_slot_existing(k, d); /* the table is read under its lock */
-            if (a && fl_empty_cache(a) != FL_OK && r++ == 0)
-                snprintf(first, sizeof first, "empty_cache on device %d: %s", d, fl_last_error());
+            fl_status s = a ? fl_empty_cache(a) : FL_OK;
+            if (s != FL_OK && first == FL_OK) {
+                first = s;
+                snprintf(why, sizeof why, "empty_cache on device %d: %s", d, fl_last_error());
+            }
         }
-    if (r)
-        fli_fail(FL_ERR_UNSUPPORTED, "%s", first); /* for fl_last_error(): the first reason */
-    return r ? -1 : 0;
+    if (first != FL_OK)
+        fli_fail(first, "%s", why); /* for fl_last_error(): the first reason */
+    return first != FL_OK ? -1 : 0;
 }
 
 /* The capture id of stream on device (0: not capturing). Every allocator of the device
  * asks (each then knows the capture is underway); with none yet, install()'s is made. */
-unsigned long long fragless_torch_capture_id(int device, void *stream)
+int fragless_torch_capture_id(int device, void *stream, unsigned long long *capture)
 {
+    if (!capture)
+        return fli_fail(FL_ERR_INVALID, "capture id: no place for it (NULL)"), -1;
+    *capture = 0;
+    if (check_device(device) != FL_OK)
+        return -1;
     uint64_t id = 0, any = 0;
+    char what[96];
+    snprintf(what, sizeof what, "capture id of stream %p on device %d", stream, device);
     for (int k = 0; k <= FRAGLESS_TORCH_POOLS; k++) {
         fl_allocator *a = fli_frontend_slot_existing(k, device);
-        if (a && fl_stream_capture(a, (uint64_t)(uintptr_t)stream, &id) == FL_OK && id)
+        fl_status s = a ? fl_stream_capture(a, (uint64_t)(uintptr_t)stream, &id) : FL_OK;
+        if (s != FL_OK)
+            return fail_in(s, what), -1;
+        if (a && id)
             any = id;
     }
-    if (!any) {
-        fl_allocator *a = fli_frontend_existing(device) ? NULL : fli_frontend_allocator(device);
-        if (a && fl_stream_capture(a, (uint64_t)(uintptr_t)stream, &id) == FL_OK)
+    if (!any && !fli_frontend_existing(device)) {
+        fl_allocator *a;
+        fl_status s = slot_allocator(0, device, &a);
+        if (s == FL_OK && (s = fl_stream_capture(a, (uint64_t)(uintptr_t)stream, &id)) == FL_OK)
             any = id;
+        if (s != FL_OK)
+            return fail_in(s, what), -1;
     }
-    return any;
+    *capture = any;
+    return 0;
 }
 
 int fragless_torch_graph_release(int device, unsigned long long capture)
 {
+    if (check_device(device) != FL_OK)
+        return -1;
     int r = 0;
     for (int k = 0; k <= FRAGLESS_TORCH_POOLS; k++) {
         fl_allocator *a = fli_frontend_slot_existing(k, device);
@@ -226,8 +294,8 @@ int fragless_torch_graph_release(int device, unsigned long long capture)
     return r;
 }
 
-/* Statistics of a device's allocator: 0 and *out filled, or -1 when the device has no
- * allocator yet. */
+/* Statistics of a device's allocator: 0 and *out filled, -1 when the device has no
+ * allocator yet, -2 when device or slot is out of range (fl_last_error). */
 int fragless_torch_stats(int device, fl_stats *out)
 {
     return fragless_torch_pool_stats(0, device, out);
@@ -235,6 +303,10 @@ int fragless_torch_stats(int device, fl_stats *out)
 
 int fragless_torch_pool_stats(int slot, int device, fl_stats *out)
 {
+    if (check_device(device) != FL_OK)
+        return -2;
+    if (slot < 0 || slot > FRAGLESS_TORCH_POOLS)
+        return fli_fail(FL_ERR_INVALID, "pool slot %d is out of range (0..%d)", slot, FRAGLESS_TORCH_POOLS), -2;
     fl_allocator *a = fli_frontend_slot_existing(slot, device);
     if (!a)
         return -1;
@@ -243,8 +315,8 @@ int fragless_torch_pool_stats(int slot, int device, fl_stats *out)
 }
 
 /* For the Python package: the statistics as JSON (fl_stats_json) or the summary table
- * (fl_memory_summary) into buf; the length the text needs, or -1 when the device has no
- * allocator yet. */
+ * (fl_memory_summary) into buf; the length the text needs, or fragless_torch_pool_stats'
+ * -1 (no allocator yet) or -2 (out of range). */
 long long fragless_torch_stats_json(int device, char *buf, size_t n)
 {
     return fragless_torch_pool_stats_json(0, device, buf, n);
@@ -253,50 +325,56 @@ long long fragless_torch_stats_json(int device, char *buf, size_t n)
 long long fragless_torch_pool_stats_json(int slot, int device, char *buf, size_t n)
 {
     fl_stats st;
-    if (fragless_torch_pool_stats(slot, device, &st) != 0)
-        return -1;
-    return (long long)fl_stats_json(&st, buf, n);
+    int r = fragless_torch_pool_stats(slot, device, &st);
+    return r != 0 ? r : (long long)fl_stats_json(&st, buf, n);
 }
 
 long long fragless_torch_memory_summary(int device, char *buf, size_t n)
 {
     fl_stats st;
-    if (fragless_torch_stats(device, &st) != 0)
-        return -1;
-    return (long long)fl_memory_summary(&st, buf, n);
+    int r = fragless_torch_stats(device, &st);
+    return r != 0 ? r : (long long)fl_memory_summary(&st, buf, n);
 }
 
 /* torch.cuda.reset_peak_memory_stats(device) */
-void fragless_torch_reset_peak_stats(int device)
+int fragless_torch_reset_peak_stats(int device)
 {
+    if (check_device(device) != FL_OK)
+        return -1;
     fl_allocator *a = fli_frontend_existing(device);
     if (a)
         fl_reset_peak_stats(a);
+    return 0;
 }
 
-/* The state snapshot of a device's allocator as JSON at path: 0, or -1 with the reason
- * on stderr. */
+/* The state snapshot of a device's allocator as JSON at path: 0, or -1 (fl_last_error). */
 int fragless_torch_snapshot(int device, const char *path)
 {
+    if (check_device(device) != FL_OK)
+        return -1;
+    if (!path)
+        return fli_fail(FL_ERR_INVALID, "snapshot of device %d: no path (NULL)", device), -1;
     fl_allocator *a = fli_frontend_existing(device);
-    if (!a) {
-        fprintf(stderr, "fragless: snapshot of device %d: no allocator on that device\n", device);
-        return -1;
-    }
-    if (fl_allocator_snapshot(a, path) != FL_OK) {
-        fprintf(stderr, "fragless: snapshot of device %d: %s\n", device, fl_last_error());
-        return -1;
-    }
-    return 0;
+    if (!a)
+        return fli_fail(FL_ERR_NOT_FOUND, "snapshot of device %d: no allocator on that device (nothing was "
+                        "allocated there through fragless yet)", device), -1;
+    char what[64];
+    snprintf(what, sizeof what, "snapshot of device %d", device);
+    fl_status s = fl_allocator_snapshot(a, path);
+    return s != FL_OK ? fail_in(s, what), -1 : 0;
 }
 
 /* torch.cuda.memory._record_memory_history: device's allocator (made if needed) records
  * its allocations and frees as CSV at path from now on; path NULL stops. */
 int fragless_torch_record(int device, const char *path)
 {
-    fl_allocator *a = path ? fli_frontend_allocator(device) : fli_frontend_existing(device);
-    if (!a)
-        return path ? -1 : 0;
+    if (check_device(device) != FL_OK)
+        return -1;
+    fl_allocator *a = fli_frontend_existing(device);
+    if (!a && !path)
+        return 0;
+    if (!a && slot_allocator(0, device, &a) != FL_OK)
+        return -1;
     return fli_allocator_trace(a, path) == FL_OK ? 0 : -1;
 }
 
@@ -308,19 +386,30 @@ void fragless_torch_record_flush(int device)
 }
 
 /* torch.cuda.set_per_process_memory_fraction(fraction, device) */
-void fragless_torch_set_memory_fraction(double fraction, int device)
+int fragless_torch_set_memory_fraction(double fraction, int device)
 {
-    fl_allocator *a = fli_frontend_allocator(device);
-    if (!a)
-        return;
-    if (!(fraction > 0.0 && fraction <= 1.0)) {
-        fprintf(stderr, "fragless: memory fraction %g is not in (0, 1]\n", fraction);
-        return;
-    }
+    if (!(fraction > 0.0 && fraction <= 1.0))
+        return fli_fail(FL_ERR_INVALID, "memory fraction %g is not in (0, 1]", fraction), -1;
+    fl_allocator *a;
+    if (slot_allocator(0, device, &a) != FL_OK)
+        return -1;
     fl_device *d = torch_dev[0][device];
     uint64_t limit = (uint64_t)((double)fl_device_capacity(d) * fraction);
-    if (fl_set_limit(a, limit) != FL_OK)
-        fprintf(stderr, "fragless: set_memory_fraction(%g, %d): %s\n", fraction, device, fl_last_error());
+    char what[80];
+    snprintf(what, sizeof what, "set_memory_fraction(%g, %d)", fraction, device);
+    fl_status s = fl_set_limit(a, limit);
+    return s != FL_OK ? fail_in(s, what), -1 : 0;
+}
+
+/* For fragless.torch.install(): whether conf (FRAGLESS_CONF syntax, the whole
+ * configuration) parses, before PyTorch is changed. */
+int fragless_torch_conf_check(const char *conf)
+{
+    fl_config cfg;
+    fl_config_default(&cfg);
+    if (!conf)
+        return fli_fail(FL_ERR_INVALID, "configuration: none given (NULL)"), -1;
+    return fl_config_parse(&cfg, conf) == FL_OK ? 0 : -1;
 }
 
 void fragless_torch_pool1_free(void *ptr, ssize_t size, int device, void *stream) { fli_frontend_torch_free(1, ptr, size, device, stream); }

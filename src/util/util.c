@@ -8,6 +8,7 @@
 #include <time.h>
 
 static _Thread_local char last_error[2048];
+static _Thread_local fl_status last_status;
 
 const char *fl_version(void)
 {
@@ -33,7 +34,13 @@ const char *fl_status_str(fl_status s)
 
 const char *fl_last_error(void) { return last_error; }
 
-void fli_clear_error(void) { last_error[0] = 0; }
+fl_status fl_last_status(void) { return last_status; }
+
+void fli_clear_error(void)
+{
+    last_error[0] = 0;
+    last_status = FL_OK;
+}
 
 fl_status fli_fail(fl_status s, const char *fmt, ...)
 {
@@ -41,6 +48,7 @@ fl_status fli_fail(fl_status s, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(last_error, sizeof last_error, fmt, ap);
     va_end(ap);
+    last_status = s;
     return s;
 }
 

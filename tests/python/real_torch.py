@@ -96,7 +96,7 @@ def child(name):
         try:
             ft.check_torch(torch)
             raise AssertionError("1.13.1 accepted")
-        except fragless.FraglessError as e:
+        except fragless.Error as e:
             assert "2.7" in str(e) and "fragless command line" in str(e), e
     elif name == "allocations_through_pytorch":
         ft.install(limit="64MiB", oom_report="0")
@@ -114,6 +114,21 @@ def child(name):
         torch.cuda.set_per_process_memory_fraction(0.5, 0)
         assert abs(torch.cuda.get_per_process_memory_fraction(0) - 0.5) < 1e-3
         torch.cuda.set_per_process_memory_fraction(1.0, 0)
+        # Failures of routed calls: fragless.Error's subclasses, also the builtin that fits.
+        for call, cls, builtin, words in (
+                (lambda: torch.cuda.set_per_process_memory_fraction(1.5, 0), fragless.InvalidArgumentError,
+                 ValueError, "memory fraction 1.5 is not in (0, 1]"),
+                (lambda: torch.cuda.memory_stats(64), fragless.InvalidArgumentError, ValueError,
+                 "device 64 is out of range (0..63)"),
+                (lambda: torch.cuda.memory._dump_snapshot("/nonexistent-folder/s.pickle"), fragless.FileError,
+                 OSError, "cannot write /nonexistent-folder/s.pickle")):
+            try:
+                call()
+                raise AssertionError("no exception: " + words)
+            except fragless.Error as e:
+                assert isinstance(e, cls) and isinstance(e, builtin) and isinstance(e, RuntimeError), repr(e)
+                assert words in str(e), str(e)
+        assert abs(torch.cuda.get_per_process_memory_fraction(0) - 1.0) < 1e-3
         # The out-of-memory crosses PyTorch's C++ as PyTorch's own exception.
         try:
             raw_alloc(1 << 30, 0)
@@ -137,7 +152,7 @@ def child(name):
             p = ft.pool(limit="32MiB")
         except RuntimeError as e:  # MemPool needs a device; say how far it went
             text = str(e)
-            assert not isinstance(e, fragless.FraglessError), text
+            assert not isinstance(e, fragless.Error), text
             print("MemPool without a device:", text.splitlines()[0][:200])
             assert fragless.stats(0, pool=1) == {}  # the slot is open, its allocator not made
             return

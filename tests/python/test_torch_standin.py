@@ -67,6 +67,12 @@ class ProcessTests(unittest.TestCase):
     def test_pool(self):
         self.check_child("test_pool", "policy:fragless,oom_report:0,top:0")
 
+    def test_errors(self):
+        r = run_child("test_errors", "policy:fragless,oom_report:0,top:0")
+        self.assertEqual(r.returncode, 0, r.stderr[-6000:])
+        # Every failure came as an exception: the library printed nothing of its own.
+        self.assertEqual([line for line in r.stderr.splitlines() if line.startswith("fragless")], [])
+
 
 def fragless_policies():
     return ("fragless", "cca", "cca-expandable", "nocache")
@@ -286,6 +292,63 @@ class ChildTests(unittest.TestCase):
         q = ft.pool()
         self.assertNotEqual(p._fragless_slot, q._fragless_slot)
         del kv
+
+    def test_errors(self):
+        """Each failing call through fragless.torch and the routed functions raises
+        fragless.Error's subclass for the library's status, with its message."""
+        torch, ft = self.torch, self.ft
+        conf = os.environ["FRAGLESS_CONF"]
+        for kwargs, words in (({"limit": "lots"}, "FRAGLESS_CONF: limit: 'lots'"),
+                              ({"polcy": "cca"}, "polcy")):
+            with self.assertRaises(fragless.InvalidArgumentError) as ctx:
+                ft.install(**kwargs)
+            self.assertIsInstance(ctx.exception, ValueError)
+            self.assertIn("fragless.torch.install(): nothing was changed: ", str(ctx.exception))
+            self.assertIn(words, str(ctx.exception))
+            self.assertIsNone(torch._standin.state["allocator"])
+            self.assertEqual(os.environ["FRAGLESS_CONF"], conf)
+        ft.install()
+        x = torch.empty(MiB)
+        with self.assertRaises(fragless.InvalidArgumentError) as ctx:
+            torch.cuda.set_per_process_memory_fraction(2.0)
+        self.assertIn("memory fraction 2 is not in (0, 1]", str(ctx.exception))
+        with self.assertRaises(fragless.InvalidArgumentError) as ctx:
+            torch.cuda.set_per_process_memory_fraction(0.5, device=3)  # the double has one device
+        self.assertIn("cannot set up device 3: ", str(ctx.exception))
+        with self.assertRaises(fragless.InvalidArgumentError) as ctx:
+            torch.cuda.memory_stats(64)
+        self.assertIn("device 64 is out of range", str(ctx.exception))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "no-such-folder", "snap.pickle")
+            with self.assertRaises(fragless.FileError) as ctx:
+                torch.cuda.memory._dump_snapshot(path)
+            self.assertIsInstance(ctx.exception, OSError)
+            self.assertIn("_dump_snapshot under fragless: cannot write " + path, str(ctx.exception))
+        # During a capture empty_cache gives nothing back and says so.
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            y = torch.empty(MiB)
+            with self.assertRaises(fragless.Error) as ctx:
+                torch.cuda.empty_cache()
+        self.assertIn("empty_cache on device 0: ", str(ctx.exception))
+        self.assertIn("capture", str(ctx.exception))
+        self.assertNotEqual(ctx.exception.status, None)
+        del y, g
+        gc.collect()
+        # record_stream of memory fragless did not allocate: left to its owner, as PyTorch does.
+        foreign = types_ns(untyped_storage=lambda: types_ns(data_ptr=lambda: 0x1234000))
+        torch.Tensor.record_stream(foreign, types_ns(cuda_stream=0x77))
+        self.assertIs(torch._standin.calls["record_stream"].cuda_stream, 0x77)
+        # Pools: a bad key, then more than FRAGLESS_TORCH_POOLS.
+        with self.assertRaises(fragless.InvalidArgumentError) as ctx:
+            ft.pool(limit="-3")
+        self.assertIn("fragless.torch.pool(): pool configuration", str(ctx.exception))
+        self.assertIn("limit", str(ctx.exception))
+        pools = [ft.pool() for _ in range(4)]
+        with self.assertRaises(fragless.Error) as ctx:
+            ft.pool()
+        self.assertIn("no pool slot left: at most 4", str(ctx.exception))
+        del pools, x
 
 
 def types_ns(**kw):
