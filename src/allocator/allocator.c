@@ -37,15 +37,21 @@ typedef struct pending_free {
 } pending_free;
 
 struct fl_allocator {
+    /* The fast path's fields first, on one cache line. */
     fli_lock lock;
     int capture_watch;          /* the device's, read once: it can capture CUDA graphs */
+    /* Nonzero while anything beyond policy + statistics is in use (slow_reasons): then
+     * fl_alloc and fl_free take the general path. Changed under the lock only, by
+     * update_slow at the end of every operation that can change a reason. */
+    int slow;
     fli_policy *policy;
-    fl_config cfg;              /* as created; the limit lives on the device (fli_dev_limit) */
-    /* Statistics beyond the policy's own counters. */
-    uint64_t peak_allocated, alloc_total, freed_total;
-    uint64_t req_peak, req_current, req_total, req_freed;
+    /* Statistics beyond the policy's own counters: plain adds on the fast path. The
+     * freed totals are derived (allocated total - current), not counted. */
+    uint64_t peak_allocated, alloc_total;
+    uint64_t req_peak, req_current, req_total;
     uint64_t blocks_peak;
     uint64_t live512;           /* live bytes, each request rounded up to 512 B */
+    fl_config cfg;              /* as created; the limit lives on the device (fli_dev_limit) */
     uint64_t inactive_split_peak;
     /* The latest out-of-memory report; the first one is printed and snapshotted. */
     fl_oom_report oom;
@@ -65,6 +71,8 @@ struct fl_allocator {
      * captures; blocks allocated during one are its graph's until it is released. */
     fli_graphs graphs;
 };
+
+static inline void update_slow(fl_allocator *a);
 
 /* ---- the registry of live allocators: fork and exit ------------------------------- */
 
@@ -105,6 +113,7 @@ static void fork_child(void)
         char uuid[48];
         if (a->cfg.publish && a->policy->dev->is_gpu) /* best effort: top only */
             fli_publish_open(a->policy->dev->ordinal, fli_dev_uuid_str(a->policy->dev, uuid, sizeof uuid), &a->pub);
+        update_slow(a);
         fli_lock_reset(&a->lock);
     }
     pthread_mutex_init(&registry_lock, NULL);
@@ -195,6 +204,7 @@ fl_status fl_allocator_create(const fl_config *cfg, fl_device *dev, fl_allocator
     a->capture_watch = dev->capture_watch;
     if (cfg->publish && dev->is_gpu && fli_publish_open(dev->ordinal, fli_dev_uuid_str(dev, uuid, sizeof uuid), &a->pub) != FL_OK)
         fprintf(stderr, "fragless: device %d: not shown in `fragless top`: %s\n", dev->ordinal, fl_last_error());
+    update_slow(a);
     *out = a;
     return FL_OK;
 }
@@ -229,10 +239,11 @@ static void stats_fill(fl_allocator *a, fl_stats *out, int query)
     /* Blocks a graph keeps after the program freed them are the policy's, not the
      * program's: reserved and unusable, like the free pieces of a private pool. */
     const fli_graphs *g = &a->graphs;
-    out->allocated_bytes = (fl_stat){p->allocated - g->kept_bytes, a->peak_allocated, a->alloc_total, a->freed_total};
+    uint64_t allocated = p->allocated - g->kept_bytes;
+    out->allocated_bytes = (fl_stat){allocated, a->peak_allocated, a->alloc_total, a->alloc_total - allocated};
     out->reserved_bytes = (fl_stat){c->in_use, c->peak_in_use, c->bytes_obtained, c->bytes_returned};
     out->active_bytes = out->allocated_bytes;
-    out->requested_bytes = (fl_stat){a->req_current, a->req_peak, a->req_total, a->req_freed};
+    out->requested_bytes = (fl_stat){a->req_current, a->req_peak, a->req_total, a->req_total - a->req_current};
     out->allocation = (fl_stat){p->num_allocs - p->num_frees + g->reuses - g->keeps, a->blocks_peak,
                                 p->num_allocs + g->reuses, p->num_frees + g->keeps};
     out->graph_bytes = g->bytes;
@@ -343,12 +354,7 @@ static fl_status out_of_memory(fl_allocator *a, uint64_t size, uint64_t stream)
 /* Gives a block back to the policy, counting the bytes it had charged for it. */
 static fl_status policy_free(fl_allocator *a, uint64_t addr)
 {
-    fli_policy *p = a->policy;
-    uint64_t before = p->allocated;
-    fl_status s = p->ops->free(p, addr, 0, NULL);
-    if (s == FL_OK)
-        a->freed_total += before - p->allocated;
-    return s;
+    return a->policy->ops->free(a->policy, addr, 0, NULL);
 }
 
 /* Frees the pending blocks whose events have all completed; every one when the device
@@ -400,12 +406,21 @@ static inline void count_requested(fl_allocator *a, uint64_t size)
     a->live512 += fli_live_size(size);
 }
 
-/* An allocation under the lock: the policy, the statistics, the trace and top. Inlined
- * into fl_alloc, whose body it is (a call there costs ~10 instructions per allocation). */
-#if defined(__GNUC__)
-__attribute__((always_inline))
-#endif
-static inline fl_status alloc_locked(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr)
+/* The statistics of a block the policy just handed out: `charged` bytes of its allocated
+ * count, asked as size bytes. Plain adds and compares (the fast path's whole bookkeeping). */
+static inline void count_alloc(fl_allocator *a, const fli_policy *p, uint64_t charged, uint64_t size)
+{
+    a->alloc_total += charged;
+    if (p->allocated > a->peak_allocated)
+        a->peak_allocated = p->allocated;
+    count_requested(a, size);
+    if (p->num_allocs - p->num_frees > a->blocks_peak)
+        a->blocks_peak = p->num_allocs - p->num_frees;
+}
+
+/* An allocation under the lock in general: pending record_stream frees first, a retry
+ * after synchronizing them, the OOM report, the trace and top. */
+static fl_status alloc_locked(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr)
 {
     fli_policy *p = a->policy;
     if (FL_UNLIKELY(a->n_pending))
@@ -416,16 +431,10 @@ static inline fl_status alloc_locked(fl_allocator *a, uint64_t size, uint64_t st
         before = p->allocated;
         s = p->ops->alloc(p, size, stream, addr);
     }
-    if (FL_LIKELY(s == FL_OK)) {
-        a->alloc_total += p->allocated - before;
-        if (p->allocated > a->peak_allocated)
-            a->peak_allocated = p->allocated;
-        count_requested(a, size);
-        if (p->num_allocs - p->num_frees > a->blocks_peak)
-            a->blocks_peak = p->num_allocs - p->num_frees;
-    } else if (s == FL_ERR_OOM) {
+    if (FL_LIKELY(s == FL_OK))
+        count_alloc(a, p, p->allocated - before, size);
+    else if (s == FL_ERR_OOM)
         s = out_of_memory(a, size, stream);
-    }
     if (FL_UNLIKELY(a->rec != NULL))
         fli_recorder_alloc(a->rec, s == FL_OK, s == FL_OK ? *addr : 0, size, stream);
     if (FL_UNLIKELY(a->pub != NULL))
@@ -433,18 +442,57 @@ static inline fl_status alloc_locked(fl_allocator *a, uint64_t size, uint64_t st
     return s;
 }
 
+/* Why the fast path is off (struct fl_allocator's `slow`): record_stream frees pending
+ * or blocks with recorded streams, CUDA graph blocks or captures, the trace recorder, the
+ * publisher for `fragless top`. */
+static int slow_reasons(const fl_allocator *a)
+{
+    const fli_graphs *g = &a->graphs;
+    return a->n_pending || a->uses.count || g->n || fli_graphs_underway(g) || fli_graphs_pending(g) || a->rec ||
+           a->pub;
+}
+
+static inline void update_slow(fl_allocator *a) { a->slow = slow_reasons(a); }
+
+/* The lock's release after anything but the fast paths: the reasons may have changed. */
+static inline void release_updated(fl_allocator *a)
+{
+    update_slow(a);
+    fli_lock_release(&a->lock);
+}
+
+/* A failed policy allocation on the fast path: the OOM report. Out of line. */
+static FL_NOINLINE fl_status alloc_failed(fl_allocator *a, fl_status s, uint64_t size, uint64_t stream)
+{
+    return s == FL_ERR_OOM ? out_of_memory(a, size, stream) : s;
+}
+
 static fl_status alloc_watching(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr);
 static fl_status free_locked(fl_allocator *a, uint64_t addr, uint64_t want_size);
 
+/* The fast path: the policy's call and plain statistics; alloc_locked when a slow reason
+ * holds (the flag is read under the lock: whoever set it held the lock too). */
 fl_status fl_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr)
 {
-    if (size == 0)
+    if (FL_UNLIKELY(size == 0))
         return fli_fail(FL_ERR_INVALID, "fl_alloc: size 0");
     if (FL_UNLIKELY(a->capture_watch)) /* a device that can capture CUDA graphs */
         return alloc_watching(a, size, stream, addr);
     fli_lock_acquire(&a->lock);
-    fl_status s = alloc_locked(a, size, stream, addr);
-    fli_lock_release(&a->lock);
+    fl_status s;
+    if (FL_LIKELY(!a->slow)) {
+        fli_policy *p = a->policy;
+        uint64_t before = p->allocated;
+        s = p->ops->alloc(p, size, stream, addr);
+        if (FL_LIKELY(s == FL_OK))
+            count_alloc(a, p, p->allocated - before, size);
+        else
+            s = alloc_failed(a, s, size, stream);
+        fli_lock_release(&a->lock);
+        return s;
+    }
+    s = alloc_locked(a, size, stream, addr);
+    release_updated(a);
     return s;
 }
 
@@ -524,7 +572,7 @@ fl_status fl_record_stream(fl_allocator *a, uint64_t addr, uint64_t stream)
                 u->n++; /* beyond MAX_USES streams: the free synchronizes the device */
         }
     }
-    fli_lock_release(&a->lock);
+    release_updated(a);
     return s;
 }
 
@@ -535,13 +583,8 @@ static fl_status free_with_uses(fl_allocator *a, uint64_t addr, uint64_t want, u
     uint64_t uses_val;
     if (pending_index(a, addr) >= 0)
         return fli_policy_not_live(a->policy, addr);
-    if (!fli_map_get(&a->uses, addr, &uses_val)) {
-        uint64_t before = a->policy->allocated;
-        fl_status s = a->policy->ops->free(a->policy, addr, want, size);
-        if (s == FL_OK)
-            a->freed_total += before - a->policy->allocated;
-        return s;
-    }
+    if (!fli_map_get(&a->uses, addr, &uses_val))
+        return a->policy->ops->free(a->policy, addr, want, size);
     *size = a->policy->ops->block_size(a->policy, addr);
     if (want && want != *size)
         return fli_policy_size_mismatch(addr, want, *size);
@@ -563,16 +606,15 @@ static fl_status free_graphs(fl_allocator *a, uint64_t addr, uint64_t want, uint
             return fli_policy_size_mismatch(addr, want, b->requested);
         *size = b->requested;
         if (!b->capture && !fli_graphs_underway(g)) { /* its graph is gone: an ordinary block */
-            uint64_t before = a->policy->allocated, policy_size;
+            uint64_t policy_size;
             fl_status s = a->policy->ops->free(a->policy, addr, 0, &policy_size);
-            if (s == FL_OK) {
-                a->freed_total += before - a->policy->allocated;
+            if (s == FL_OK)
                 fli_graphs_remove(g, b);
-            }
             return s;
         }
-        fli_graphs_keep(g, b); /* released ones given back at the next catch-up */
-        a->freed_total += b->rounded;
+        /* Released ones given back at the next catch-up; the block counts as freed now
+         * (kept_bytes grows: the allocated figure drops, the derived freed total grows). */
+        fli_graphs_keep(g, b);
         if (fli_map_remove(&a->uses, addr, &val)) /* the graph keeps it anyway */
             free((void *)(uintptr_t)val);
         return FL_OK;
@@ -590,10 +632,7 @@ static fl_status free_graphs(fl_allocator *a, uint64_t addr, uint64_t want, uint
     }
     if (a->n_pending || a->uses.count)
         return free_with_uses(a, addr, want, size);
-    uint64_t before = a->policy->allocated;
-    fl_status s = a->policy->ops->free(a->policy, addr, want, size);
-    a->freed_total += before - a->policy->allocated;
-    return s;
+    return a->policy->ops->free(a->policy, addr, want, size);
 }
 
 /* want_size: the size the caller says the block has (0 = not checked). */
@@ -602,19 +641,15 @@ static fl_status free_locked(fl_allocator *a, uint64_t addr, uint64_t want_size)
     fli_policy *p = a->policy;
     uint64_t size = 0;
     fl_status s;
-    if (FL_UNLIKELY(a->graphs.n || fli_graphs_underway(&a->graphs))) {
+    if (FL_UNLIKELY(a->graphs.n || fli_graphs_underway(&a->graphs)))
         s = free_graphs(a, addr, want_size, &size);
-    } else if (FL_UNLIKELY(a->n_pending || a->uses.count)) {
+    else if (FL_UNLIKELY(a->n_pending || a->uses.count))
         s = free_with_uses(a, addr, want_size, &size);
-    } else {
-        uint64_t before = p->allocated;
+    else
         s = p->ops->free(p, addr, want_size, &size);
-        a->freed_total += before - p->allocated;
-    }
     if (FL_UNLIKELY(s != FL_OK))
         return s;
     a->req_current -= size;
-    a->req_freed += size;
     a->live512 -= fli_live_size(size);
     if (FL_UNLIKELY(a->rec != NULL))
         fli_recorder_free(a->rec, addr, size);
@@ -623,22 +658,35 @@ static fl_status free_locked(fl_allocator *a, uint64_t addr, uint64_t want_size)
     return FL_OK;
 }
 
-fl_status fl_free(fl_allocator *a, uint64_t addr)
+/* The fast path of both frees: the policy finds the block once and gives its requested
+ * size back; free_locked when a slow reason holds. */
+static inline fl_status free_api(fl_allocator *a, uint64_t addr, uint64_t want)
 {
     fli_lock_acquire(&a->lock);
-    fl_status s = free_locked(a, addr, 0);
-    fli_lock_release(&a->lock);
+    fl_status s;
+    if (FL_LIKELY(!a->slow)) {
+        uint64_t size;
+        fli_policy *p = a->policy;
+        s = p->ops->free(p, addr, want, &size);
+        if (FL_LIKELY(s == FL_OK)) {
+            a->req_current -= size;
+            a->live512 -= fli_live_size(size);
+        }
+        fli_lock_release(&a->lock);
+        return s;
+    }
+    s = free_locked(a, addr, want);
+    release_updated(a);
     return s;
 }
+
+fl_status fl_free(fl_allocator *a, uint64_t addr) { return free_api(a, addr, 0); }
 
 fl_status fl_free_sized(fl_allocator *a, uint64_t addr, uint64_t size)
 {
     if (size == 0)
         return fli_fail(FL_ERR_INVALID, "free of 0x%llx with size 0: no block has size 0", (unsigned long long)addr);
-    fli_lock_acquire(&a->lock);
-    fl_status s = free_locked(a, addr, size);
-    fli_lock_release(&a->lock);
-    return s;
+    return free_api(a, addr, size);
 }
 
 static fl_status graphs_catch_up(fl_allocator *a);
@@ -657,7 +705,7 @@ fl_status fl_empty_cache(fl_allocator *a)
     if (s == FL_OK)
         s = a->policy->ops->empty_cache(a->policy);
     maybe_publish(a, 1);
-    fli_lock_release(&a->lock);
+    release_updated(a);
     return s;
 }
 
@@ -668,7 +716,7 @@ fl_status fl_set_limit(fl_allocator *a, uint64_t bytes)
     p->dev->limit = bytes;
     fl_status s = p->ops->limit_changed ? p->ops->limit_changed(p) : FL_OK;
     maybe_publish(a, 1);
-    fli_lock_release(&a->lock);
+    release_updated(a);
     return s;
 }
 
@@ -679,7 +727,7 @@ void fl_get_stats(const fl_allocator *a, fl_stats *out)
     fl_allocator *m = (fl_allocator *)a;
     fli_lock_acquire(&m->lock);
     stats_locked(m, out);
-    fli_lock_release(&m->lock);
+    release_updated(m);
 }
 
 void fl_reset_peak_stats(fl_allocator *a)
@@ -691,7 +739,7 @@ void fl_reset_peak_stats(fl_allocator *a)
     a->blocks_peak = p->num_allocs - p->num_frees;
     a->inactive_split_peak = 0;
     p->dev->counters.peak_in_use = p->dev->counters.in_use;
-    fli_lock_release(&a->lock);
+    release_updated(a);
 }
 
 fl_status fl_last_oom(const fl_allocator *a, fl_oom_report *out)
@@ -701,7 +749,7 @@ fl_status fl_last_oom(const fl_allocator *a, fl_oom_report *out)
     int has = m->has_oom;
     if (has)
         *out = m->oom;
-    fli_lock_release(&m->lock);
+    release_updated(m);
     return has ? FL_OK : fli_fail(FL_ERR_NOT_FOUND, "no allocation has failed on this allocator");
 }
 
@@ -709,7 +757,7 @@ fl_status fl_allocator_snapshot(fl_allocator *a, const char *path)
 {
     fli_lock_acquire(&a->lock);
     fl_status s = write_snapshot(a, path);
-    fli_lock_release(&a->lock);
+    release_updated(a);
     return s;
 }
 
@@ -731,6 +779,10 @@ int fl_allocator_check(const fl_allocator *a)
             pending_index(a, a->pending[i].addr) != (int64_t)i)
             r = fli_fail(FL_ERR_INVALID, "allocator check: pending block 0x%llx is not live, or listed twice",
                         (unsigned long long)a->pending[i].addr) != FL_OK;
+    /* The fast path is off whenever something it skips is in use. */
+    if (!r && !a->slow && slow_reasons(a))
+        r = fli_fail(FL_ERR_INVALID, "allocator check: the fast path is on while record_stream, graphs, the "
+                                     "recorder or the publisher are in use") != FL_OK;
     fli_lock_release(lock);
     return r;
 }
@@ -750,7 +802,7 @@ fl_status fli_allocator_block_stream(fl_allocator *a, uint64_t addr, uint64_t *s
         r = p->ops->block_stream ? p->ops->block_stream(p, addr, stream) : p->ops->block_size(p, addr) ? -1 : 0;
         *known = r > 0;
     }
-    fli_lock_release(&a->lock);
+    release_updated(a);
     return r ? FL_OK : fli_fail(FL_ERR_NOT_FOUND, "0x%llx: not a live block of this allocator", (unsigned long long)addr);
 }
 
@@ -762,7 +814,7 @@ fl_status fl_export(fl_allocator *a, uint64_t addr, fl_ipc_handle *out)
     fl_status s = size ? fli_dev_export(p->dev, addr, size, out)
                        : fli_fail(FL_ERR_NOT_FOUND, "fl_export(0x%llx): not a live block of this allocator",
                                  (unsigned long long)addr);
-    fli_lock_release(&a->lock);
+    release_updated(a);
     return s;
 }
 
@@ -770,7 +822,7 @@ fl_status fl_import(fl_allocator *a, const fl_ipc_handle *h, uint64_t *addr)
 {
     fli_lock_acquire(&a->lock);
     fl_status s = fli_dev_import(a->policy->dev, h, addr);
-    fli_lock_release(&a->lock);
+    release_updated(a);
     return s;
 }
 
@@ -778,7 +830,7 @@ fl_status fl_import_close(fl_allocator *a, uint64_t addr)
 {
     fli_lock_acquire(&a->lock);
     fl_status s = fli_dev_import_close(a->policy->dev, addr);
-    fli_lock_release(&a->lock);
+    release_updated(a);
     return s;
 }
 
@@ -881,7 +933,7 @@ static fl_status alloc_watching(fl_allocator *a, uint64_t size, uint64_t stream,
         a->peak_allocated = now > old_peak ? now : old_peak;
         a->blocks_peak = blocks > old_blocks_peak ? blocks : old_blocks_peak;
     }
-    fli_lock_release(&a->lock);
+    release_updated(a);
     return s;
 }
 
@@ -897,7 +949,7 @@ fl_status fli_allocator_trace(fl_allocator *a, const char *path)
         fli_recorder_close(a->rec);
         a->rec = NULL;
     }
-    fli_lock_release(&a->lock);
+    release_updated(a);
     return s;
 }
 
@@ -905,7 +957,7 @@ void fli_allocator_trace_flush(fl_allocator *a)
 {
     fli_lock_acquire(&a->lock);
     fli_recorder_flush(a->rec);
-    fli_lock_release(&a->lock);
+    release_updated(a);
 }
 
 fl_status fl_stream_capture(fl_allocator *a, uint64_t stream, uint64_t *capture)
@@ -914,7 +966,7 @@ fl_status fl_stream_capture(fl_allocator *a, uint64_t stream, uint64_t *capture)
     *capture = 0;
     if (a->policy->dev->capture_watch)
         fli_graphs_watch(&a->graphs, a->policy->dev, stream, capture);
-    fli_lock_release(&a->lock);
+    release_updated(a);
     return FL_OK;
 }
 
@@ -933,7 +985,7 @@ fl_status fl_graph_release(fl_allocator *a, uint64_t capture)
         s = graphs_catch_up(a); /* else at the first moment without captures */
     if (s == FL_OK)
         maybe_publish(a, 1);
-    fli_lock_release(&a->lock);
+    release_updated(a);
     return s;
 }
 
@@ -944,7 +996,7 @@ fl_status fli_allocator_free_stream(fl_allocator *a, uint64_t addr, uint64_t siz
     if (a->policy->dev->capture_watch)
         fli_graphs_watch(&a->graphs, a->policy->dev, stream, &capture);
     fl_status s = free_locked(a, addr, size);
-    fli_lock_release(&a->lock);
+    release_updated(a);
     return s;
 }
 
@@ -967,7 +1019,7 @@ fl_status fli_allocator_seed(fl_allocator *a, const fli_seed_segment *sg, const 
         if (p->num_allocs - p->num_frees > a->blocks_peak)
             a->blocks_peak = p->num_allocs - p->num_frees;
     }
-    fli_lock_release(&a->lock);
+    release_updated(a);
     return s;
 }
 
@@ -977,6 +1029,6 @@ fl_status fli_allocator_release(fl_allocator *a, uint64_t size, uint64_t stream,
     fli_policy *p = a->policy;
     *freed = 0;
     fl_status s = p->ops->release ? p->ops->release(p, size, stream, freed) : FL_OK;
-    fli_lock_release(&a->lock);
+    release_updated(a);
     return s;
 }
