@@ -336,6 +336,16 @@ static void test_tc_oom_retry(void)
     CHECK_EQ_U64(s.num_ooms, 0);
     CHECK_OK(fl_free(a, big));
     CHECK(fl_allocator_check(a) == 0);
+    /* A lower limit: what the caches hold goes back first. */
+    for (int i = 0; i < 8; i++)
+        CHECK_OK(fl_alloc(a, UINT64_C(2) << 20, 1, &x[i]));
+    for (int i = 0; i < 8; i++)
+        CHECK_OK(fl_free(a, x[i]));
+    CHECK_EQ_U64(fli_allocator_policy(a)->allocated, UINT64_C(16) << 20);
+    CHECK_OK(fl_set_limit(a, UINT64_C(8) << 20));
+    CHECK_EQ_U64(fli_allocator_policy(a)->allocated, 0);
+    CHECK(in_use(d) <= UINT64_C(8) << 20);
+    CHECK(fl_allocator_check(a) == 0);
     fl_allocator_destroy(a);
     fl_device_destroy(d);
 }

@@ -1307,7 +1307,7 @@ fl_status fl_empty_cache(fl_allocator *a)
 
 fl_status fl_set_limit(fl_allocator *a, uint64_t bytes)
 {
-    fli_lock_acquire(&a->lock);
+    lock_drained(a); /* what the caches hold may be above the new limit */
     fli_policy *p = a->policy;
     p->dev->limit = bytes;
     fl_status s = p->ops->limit_changed ? p->ops->limit_changed(p) : FL_OK;
