@@ -132,8 +132,10 @@ static void trace_free(bench_trace *t)
 }
 
 /* The sequence through fl_alloc/fl_free on a fresh allocator under `policy`: the loop's
- * time in *ns. The loop is the OffsetAllocator shim's, call for call. caches: the thread
- * caches turned on (what each of several threads pays per operation). */
+ * time in *ns. The loop is the OffsetAllocator shim's, call for call. caches: 1, the thread
+ * caches turned on (what each of several threads pays per operation); -1, the policy's
+ * own alloc/free called directly, without the allocator object (what its layers cost is
+ * the difference to fl_alloc; not a path any frontend takes). */
 static int api_replay(const bench_trace *t, const char *policy, int caches, uint64_t *ns)
 {
     fl_sim_params sp;
@@ -149,7 +151,7 @@ static int api_replay(const bench_trace *t, const char *policy, int caches, uint
     fl_allocator *a = NULL;
     uint64_t *addr = calloc(t->n_slots + 1, sizeof *addr);
     if (!addr || fl_sim_device_create(&sp, &d) != FL_OK || fl_allocator_create(&cfg, d, &a) != FL_OK ||
-        (caches && fli_allocator_threads(a) != FL_OK)) {
+        (caches > 0 && fli_allocator_threads(a) != FL_OK)) {
         fprintf(stderr, "fl_bench: %s under %s: %s\n", t->name, policy, addr ? fl_last_error() : "out of host memory");
         free(addr);
         fl_allocator_destroy(a);
@@ -158,8 +160,19 @@ static int api_replay(const bench_trace *t, const char *policy, int caches, uint
     }
     const bench_op *ops = t->ops;
     int rc = 0;
+    fli_policy *p = caches < 0 ? fli_allocator_policy(a) : NULL;
     uint64_t t0 = bench_pair_clock_ns();
-    for (size_t i = 0; i < t->n_ops; i++) {
+    for (size_t i = 0; i < t->n_ops && p; i++) {
+        const bench_op *op = &ops[i];
+        if (op->is_free ? p->ops->free(p, addr[op->slot], 0, NULL) != FL_OK
+                        : p->ops->alloc(p, op->size, op->stream, &addr[op->slot]) != FL_OK) {
+            fprintf(stderr, "fl_bench: %s under %s (policy alone), operation %zu: %s\n", t->name, policy, i,
+                    fl_last_error());
+            rc = -1;
+            break;
+        }
+    }
+    for (size_t i = 0; i < t->n_ops && !p; i++) {
         const bench_op *op = &ops[i];
         if (op->is_free ? fl_free(a, addr[op->slot]) != FL_OK
                         : fl_alloc(a, op->size, op->stream, &addr[op->slot]) != FL_OK) {
@@ -275,6 +288,8 @@ int main(int argc, char **argv)
             v[nv++] = (variant){*p, *p, 0, 0};
     if (nv < MAX_VARIANTS)
         v[nv++] = (variant){"fl+caches", "fragless", 0, 1};
+    if (nv < MAX_VARIANTS)
+        v[nv++] = (variant){"policy", "fragless", 0, -1};
     for (int k = 0; k < nv; k++)
         v[k].on = selected(v[k].label);
 
@@ -282,6 +297,7 @@ int main(int argc, char **argv)
            clock_cpu ? "the thread's CPU time: FL_BENCH_CLOCK=cpu" : "wall clock", runs);
     printf("  fl_alloc: the fragless policy through fl_alloc/fl_free (the headline); other policies through the same calls;\n"
            "  fl+caches: fl_alloc with the thread caches on (what each thread pays once several share an allocator);\n"
+           "  policy: the fragless policy's own calls, without the allocator object (fl_alloc - policy: what its layers cost);\n"
            "  a run replays a trace on fresh allocators until %d pairs are timed\n", MIN_PAIRS);
 #ifdef FL_BENCH_OA
     printf("  OA: sebbbi's OffsetAllocator (%s) on the same operations, sizes in 512 B units; target fl_alloc/OA <= %.1f\n",
