@@ -12,6 +12,7 @@
 
 #include "bench.h"
 #include "fragless.h"
+#include "allocator/allocator.h"
 #include "replay/replay.h"
 
 #define MAX_TRACES 128
@@ -131,8 +132,11 @@ static void trace_free(bench_trace *t)
 }
 
 /* The sequence through fl_alloc/fl_free on a fresh allocator under `policy`: the loop's
- * time in *ns. The loop is the OffsetAllocator shim's, call for call. */
-static int api_replay(const bench_trace *t, const char *policy, uint64_t *ns)
+ * time in *ns. The loop is the OffsetAllocator shim's, call for call. caches: 1, the thread
+ * caches turned on (what each of several threads pays per operation); -1, the policy's
+ * own alloc/free called directly, without the allocator object (what its layers cost is
+ * the difference to fl_alloc; not a path any frontend takes). */
+static int api_replay(const bench_trace *t, const char *policy, int caches, uint64_t *ns)
 {
     fl_sim_params sp;
     fl_sim_params_default(&sp);
@@ -146,16 +150,29 @@ static int api_replay(const bench_trace *t, const char *policy, uint64_t *ns)
     fl_device *d = NULL;
     fl_allocator *a = NULL;
     uint64_t *addr = calloc(t->n_slots + 1, sizeof *addr);
-    if (!addr || fl_sim_device_create(&sp, &d) != FL_OK || fl_allocator_create(&cfg, d, &a) != FL_OK) {
+    if (!addr || fl_sim_device_create(&sp, &d) != FL_OK || fl_allocator_create(&cfg, d, &a) != FL_OK ||
+        (caches > 0 && fli_allocator_threads(a) != FL_OK)) {
         fprintf(stderr, "fl_bench: %s under %s: %s\n", t->name, policy, addr ? fl_last_error() : "out of host memory");
         free(addr);
+        fl_allocator_destroy(a);
         fl_device_destroy(d);
         return -1;
     }
     const bench_op *ops = t->ops;
     int rc = 0;
+    fli_policy *p = caches < 0 ? fli_allocator_policy(a) : NULL;
     uint64_t t0 = bench_pair_clock_ns();
-    for (size_t i = 0; i < t->n_ops; i++) {
+    for (size_t i = 0; i < t->n_ops && p; i++) {
+        const bench_op *op = &ops[i];
+        if (op->is_free ? p->ops->free(p, addr[op->slot], 0, NULL) != FL_OK
+                        : p->ops->alloc(p, op->size, op->stream, &addr[op->slot]) != FL_OK) {
+            fprintf(stderr, "fl_bench: %s under %s (policy alone), operation %zu: %s\n", t->name, policy, i,
+                    fl_last_error());
+            rc = -1;
+            break;
+        }
+    }
+    for (size_t i = 0; i < t->n_ops && !p; i++) {
         const bench_op *op = &ops[i];
         if (op->is_free ? fl_free(a, addr[op->slot]) != FL_OK
                         : fl_alloc(a, op->size, op->stream, &addr[op->slot]) != FL_OK) {
@@ -175,6 +192,7 @@ typedef struct variant {
     const char *label;
     const char *policy; /* NULL: OffsetAllocator */
     int on;             /* in FL_BENCH_ONLY */
+    int caches;         /* thread caches on */
 } variant;
 
 /* FL_BENCH_ONLY=fl_alloc,threads,... runs those parts alone (a profiler's run); unset: all. */
@@ -198,7 +216,7 @@ static int measure(const variant *v, const bench_trace *t, double *ns_per_pair)
     for (uint64_t rep = 0; rep < reps; rep++) {
         uint64_t ns = 0;
         if (v->policy) {
-            if (api_replay(t, v->policy, &ns) != 0)
+            if (api_replay(t, v->policy, v->caches, &ns) != 0)
                 return -1;
         } else {
 #ifdef FL_BENCH_OA
@@ -260,20 +278,26 @@ int main(int argc, char **argv)
     /* The headline first, then the yardstick, then the other policies through the same path. */
     variant v[MAX_VARIANTS];
     int nv = 0, oa = -1;
-    v[nv++] = (variant){"fl_alloc", "fragless", 0};
+    v[nv++] = (variant){"fl_alloc", "fragless", 0, 0};
 #ifdef FL_BENCH_OA
     oa = nv;
-    v[nv++] = (variant){"OA", NULL, 0};
+    v[nv++] = (variant){"OA", NULL, 0, 0};
 #endif
     for (const char *const *p = fl_policy_names(); *p && nv < MAX_VARIANTS; p++)
         if (strcmp(*p, "fragless"))
-            v[nv++] = (variant){*p, *p, 0};
+            v[nv++] = (variant){*p, *p, 0, 0};
+    if (nv < MAX_VARIANTS)
+        v[nv++] = (variant){"fl+caches", "fragless", 0, 1};
+    if (nv < MAX_VARIANTS)
+        v[nv++] = (variant){"policy", "fragless", 0, -1};
     for (int k = 0; k < nv; k++)
         v[k].on = selected(v[k].label);
 
     printf("host time per allocation + free pair (ns, %s), median of %d interleaved runs; sim device, zero-cost calls\n",
            clock_cpu ? "the thread's CPU time: FL_BENCH_CLOCK=cpu" : "wall clock", runs);
     printf("  fl_alloc: the fragless policy through fl_alloc/fl_free (the headline); other policies through the same calls;\n"
+           "  fl+caches: fl_alloc with the thread caches on (what each thread pays once several share an allocator);\n"
+           "  policy: the fragless policy's own calls, without the allocator object (fl_alloc - policy: what its layers cost);\n"
            "  a run replays a trace on fresh allocators until %d pairs are timed\n", MIN_PAIRS);
 #ifdef FL_BENCH_OA
     printf("  OA: sebbbi's OffsetAllocator (%s) on the same operations, sizes in 512 B units; target fl_alloc/OA <= %.1f\n",

@@ -1,10 +1,14 @@
 /* Many threads on one allocator: four allocate and free their own blocks on their own
  * streams while a fifth reads statistics and runs the self-check. Nothing may be lost,
- * overlap or break, for every policy. Also FRAGLESS_CONF from the environment. */
+ * overlap or break, for every policy. Also FRAGLESS_CONF from the environment. Then the
+ * thread caches (src/allocator/tcache.h): the same figures as without them, reuse on the
+ * block's own stream only, record_stream, out-of-memory retry, a thread's end and an
+ * allocator destroyed before its threads end. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
 
+#include "allocator/allocator.h"
 #include "test_support.h"
 
 enum { THREADS = 4, OPS = 20000, LIVE = 64 };
@@ -63,7 +67,8 @@ static void *observe(void *arg)
     return NULL;
 }
 
-static void run(const char *policy)
+/* caches: turned on from the start (else they turn on when the threads meet). */
+static void run(const char *policy, int caches)
 {
     fl_sim_params sp;
     fl_sim_params_default(&sp);
@@ -75,6 +80,8 @@ static void run(const char *policy)
     snprintf(cfg.policy, sizeof cfg.policy, "%s", policy);
     fl_allocator *a;
     CHECK_OK(fl_allocator_create(&cfg, d, &a));
+    if (caches)
+        CHECK_OK(fli_allocator_threads(a));
     worker w[THREADS];
     pthread_t t[THREADS], obs;
     memset(w, 0, sizeof w);
@@ -111,8 +118,10 @@ static void run(const char *policy)
     CHECK_EQ_U64(st.allocation.allocated, allocs);
     CHECK_EQ_U64(st.allocation.freed, frees);
     CHECK(fl_allocator_check(a) == 0);
-    printf("%-15s %d threads: %llu allocations, %llu frees, %llu OOMs\n", policy, THREADS,
-           (unsigned long long)allocs, (unsigned long long)frees, (unsigned long long)st.num_ooms);
+    CHECK_EQ_U64(st.allocation.current, allocs - frees);
+    printf("%-15s %d threads%s: %llu allocations, %llu frees, %llu OOMs\n", policy, THREADS,
+           caches ? " (caches on)" : "", (unsigned long long)allocs, (unsigned long long)frees,
+           (unsigned long long)st.num_ooms);
     fl_allocator_destroy(a);
     fl_device_destroy(d);
 }
@@ -159,12 +168,321 @@ static void test_env(void)
     unsetenv("FRAGLESS_CONF");
 }
 
+/* ---- thread caches (src/allocator/tcache.h) ------------------------------------------ */
+
+/* An allocator on a sim device with neither the OOM report nor top; caches: forced on. */
+static fl_allocator *tc_make(fl_device *d, const char *policy, int caches)
+{
+    char conf[128];
+    snprintf(conf, sizeof conf, "policy:%s,oom_report:0,top:0", policy);
+    fl_allocator *a = fl_test_allocator(conf, d);
+    if (caches)
+        CHECK_OK(fli_allocator_threads(a));
+    return a;
+}
+
+/* Every figure the program sees that the caches could get wrong. */
+static void same_figures(const fl_stats *x, const fl_stats *y, const char *when)
+{
+    const fl_stat *sx[] = {&x->allocated_bytes, &x->active_bytes, &x->requested_bytes, &x->allocation};
+    const fl_stat *sy[] = {&y->allocated_bytes, &y->active_bytes, &y->requested_bytes, &y->allocation};
+    for (int i = 0; i < 4; i++) {
+        if (sx[i]->current != sy[i]->current || sx[i]->peak != sy[i]->peak || sx[i]->allocated != sy[i]->allocated ||
+            sx[i]->freed != sy[i]->freed)
+            fprintf(stderr, "%s: figure %d differs: %llu/%llu/%llu/%llu with caches, %llu/%llu/%llu/%llu without\n",
+                    when, i, (unsigned long long)sx[i]->current, (unsigned long long)sx[i]->peak,
+                    (unsigned long long)sx[i]->allocated, (unsigned long long)sx[i]->freed,
+                    (unsigned long long)sy[i]->current, (unsigned long long)sy[i]->peak,
+                    (unsigned long long)sy[i]->allocated, (unsigned long long)sy[i]->freed);
+        CHECK_EQ_U64(sx[i]->current, sy[i]->current);
+        CHECK_EQ_U64(sx[i]->peak, sy[i]->peak);
+        CHECK_EQ_U64(sx[i]->allocated, sy[i]->allocated);
+        CHECK_EQ_U64(sx[i]->freed, sy[i]->freed);
+    }
+}
+
+/* One thread, the same random operations on an allocator with caches and one without:
+ * every statistic (current, peak, totals) is the same after every step, peaks reset
+ * included; the cached blocks are reused on their own stream only. */
+static void test_tc_figures(const char *policy)
+{
+    fl_device *d1 = fl_test_sim(UINT64_C(4) << 30, 0), *d2 = fl_test_sim(UINT64_C(4) << 30, 0);
+    fl_allocator *a = tc_make(d1, policy, 1), *b = tc_make(d2, policy, 0);
+    enum { SLOTS = 48 };
+    uint64_t xa[SLOTS] = {0}, xb[SLOTS] = {0}, allocs = 0;
+    fl_rng rng = {0x5eed};
+    for (int i = 0; i < 6000; i++) {
+        int k = (int)fl_rng_below(&rng, SLOTS);
+        if (xa[k]) {
+            CHECK_OK(fl_free(a, xa[k]));
+            CHECK_OK(fl_free(b, xb[k]));
+            xa[k] = xb[k] = 0;
+        } else {
+            /* A few sizes, so that blocks come back; some too large for a cache. */
+            uint64_t s = 300 * (1 + fl_rng_below(&rng, 6)) + 7 * fl_rng_below(&rng, 2);
+            if (fl_rng_below(&rng, 16) == 0)
+                s = (UINT64_C(5) << 20) + fl_rng_below(&rng, 4096);
+            uint64_t st = 1 + fl_rng_below(&rng, 2);
+            CHECK_OK(fl_alloc(a, s, st, &xa[k]));
+            CHECK_OK(fl_alloc(b, s, st, &xb[k]));
+            allocs++;
+            for (int j = 0; j < SLOTS; j++) /* never two live blocks at one address */
+                CHECK(j == k || xa[j] != xa[k]);
+        }
+        if (i % 500 == 250)
+            fl_reset_peak_stats(a), fl_reset_peak_stats(b);
+        fl_stats sa, sb;
+        fl_get_stats(a, &sa);
+        fl_get_stats(b, &sb);
+        same_figures(&sa, &sb, "one thread");
+        if (fl_test_failures)
+            break;
+    }
+    CHECK(fl_allocator_check(a) == 0);
+    CHECK(fli_allocator_policy(a)->num_allocs < allocs / 2); /* most came from the cache */
+    /* Cached blocks are free to the program but still the policy's until given back. */
+    for (int k = 0; k < SLOTS; k++)
+        if (xa[k]) {
+            CHECK_OK(fl_free(a, xa[k]));
+            CHECK_OK(fl_free(b, xb[k]));
+        }
+    fl_stats sa;
+    fl_get_stats(a, &sa);
+    CHECK_EQ_U64(sa.allocated_bytes.current, 0);
+    CHECK(fli_allocator_policy(a)->allocated > 0); /* the cache holds some */
+    CHECK(sa.free_in_reserved >= fli_allocator_policy(a)->allocated);
+    /* empty_cache gives them back: nothing is left with the policy, all memory returned. */
+    CHECK_OK(fl_empty_cache(a));
+    CHECK_OK(fl_empty_cache(b));
+    CHECK_EQ_U64(fli_allocator_policy(a)->allocated, 0);
+    CHECK_EQ_U64(in_use(d1), in_use(d2));
+    CHECK(fl_allocator_check(a) == 0);
+    fl_allocator_destroy(a);
+    fl_allocator_destroy(b);
+    fl_device_destroy(d1);
+    fl_device_destroy(d2);
+}
+
+/* A freed block is reused on its own stream only, and a freed block is not live. */
+static void test_tc_streams_and_misuse(void)
+{
+    fl_device *d = fl_test_sim(0, 0);
+    fl_allocator *a = tc_make(d, "fragless", 1);
+    uint64_t x, y, z;
+    CHECK_OK(fl_alloc(a, 1000, 1, &x));
+    CHECK_OK(fl_free(a, x));
+    CHECK_STATUS(fl_free(a, x), FL_ERR_NOT_FOUND);       /* cached: freed already */
+    CHECK_STATUS(fl_record_stream(a, x, 2), FL_ERR_NOT_FOUND); /* not live */
+    CHECK_OK(fl_alloc(a, 1000, 2, &y));
+    CHECK(y != x);                                        /* another stream: not that block */
+    CHECK_OK(fl_alloc(a, 1000, 1, &z));
+    CHECK_EQ_U64(z, x);                                   /* its stream, its size: that block */
+    CHECK_STATUS(fl_free_sized(a, z, 1024), FL_ERR_INVALID);
+    CHECK_OK(fl_free_sized(a, z, 1000));
+    CHECK_OK(fl_free(a, y));
+    CHECK(fl_allocator_check(a) == 0);
+    fl_allocator_destroy(a);
+    fl_device_destroy(d);
+}
+
+/* record_stream turns the caches off: cached blocks go back to the policy, and a block
+ * used on another stream waits for its event instead of entering a cache. */
+static void test_tc_record_stream(void)
+{
+    fl_device *d = fl_test_sim(0, 0);
+    fl_allocator *a = tc_make(d, "fragless", 1);
+    uint64_t x, y;
+    CHECK_OK(fl_alloc(a, 4096, 1, &y));
+    CHECK_OK(fl_free(a, y)); /* cached */
+    CHECK_EQ_U64(fli_allocator_policy(a)->allocated, 4096);
+    CHECK_OK(fl_alloc(a, 8192, 1, &x));
+    CHECK_OK(fl_record_stream(a, x, 2));
+    CHECK_EQ_U64(fli_allocator_policy(a)->allocated, 8192); /* the cached block went back */
+    CHECK_OK(fl_free(a, x));
+    fl_stats s;
+    fl_get_stats(a, &s);
+    CHECK_EQ_U64(s.requested_bytes.current, 0);
+    CHECK_EQ_U64(s.allocation.current, 1); /* pending for stream 2, not in a cache */
+    CHECK(fl_allocator_check(a) == 0);
+    uint64_t z;
+    CHECK_OK(fl_alloc(a, 100, 1, &z)); /* the sim's events are done: x is freed first */
+    fl_get_stats(a, &s);
+    CHECK_EQ_U64(s.allocation.current, 1);
+    CHECK_OK(fl_free(a, z));
+    CHECK(fl_allocator_check(a) == 0);
+    fl_allocator_destroy(a);
+    fl_device_destroy(d);
+}
+
+/* At the limit, blocks in caches are given back and the allocation retried. */
+static void test_tc_oom_retry(void)
+{
+    fl_device *d = fl_test_sim(0, 0);
+    fl_allocator *a = fl_test_allocator("policy:fragless,oom_report:0,top:0,limit:64MiB", d);
+    CHECK_OK(fli_allocator_threads(a));
+    uint64_t x[24];
+    for (int i = 0; i < 24; i++)
+        CHECK_OK(fl_alloc(a, UINT64_C(2) << 20, 1, &x[i])); /* 48 MiB of 2 MiB blocks */
+    for (int i = 0; i < 24; i++)
+        CHECK_OK(fl_free(a, x[i])); /* all cached */
+    CHECK_EQ_U64(fli_allocator_policy(a)->allocated, UINT64_C(48) << 20);
+    uint64_t big;
+    CHECK_OK(fl_alloc(a, UINT64_C(40) << 20, 1, &big)); /* needs their pages */
+    CHECK_EQ_U64(fli_allocator_policy(a)->allocated, UINT64_C(40) << 20);
+    fl_stats s;
+    fl_get_stats(a, &s);
+    CHECK_EQ_U64(s.allocated_bytes.current, UINT64_C(40) << 20);
+    CHECK_EQ_U64(s.allocated_bytes.peak, UINT64_C(48) << 20);
+    CHECK_EQ_U64(s.num_ooms, 0);
+    CHECK_OK(fl_free(a, big));
+    CHECK(fl_allocator_check(a) == 0);
+    /* A lower limit: what the caches hold goes back first. */
+    for (int i = 0; i < 8; i++)
+        CHECK_OK(fl_alloc(a, UINT64_C(2) << 20, 1, &x[i]));
+    for (int i = 0; i < 8; i++)
+        CHECK_OK(fl_free(a, x[i]));
+    CHECK_EQ_U64(fli_allocator_policy(a)->allocated, UINT64_C(16) << 20);
+    CHECK_OK(fl_set_limit(a, UINT64_C(8) << 20));
+    CHECK_EQ_U64(fli_allocator_policy(a)->allocated, 0);
+    CHECK(in_use(d) <= UINT64_C(8) << 20);
+    CHECK(fl_allocator_check(a) == 0);
+    fl_allocator_destroy(a);
+    fl_device_destroy(d);
+}
+
+/* Worker threads count their failures (the CHECK macros are for the main thread). */
+typedef struct tc_thread {
+    fl_allocator *a;
+    uint64_t stream, mine, theirs, n, failures;
+    pthread_barrier_t *bar;
+} tc_thread;
+
+/* Allocates and frees a few blocks (they stay in its cache), frees the block of the other
+ * thread that main handed it, then waits for main before it ends. */
+static void *tc_worker(void *arg)
+{
+    tc_thread *t = arg;
+    uint64_t x[8];
+    for (int r = 0; r < 100; r++) {
+        for (int i = 0; i < 8; i++)
+            t->failures += fl_alloc(t->a, 512 * (uint64_t)(i + 1), t->stream, &x[i]) != FL_OK;
+        for (int i = 0; i < 8; i++)
+            t->failures += fl_free(t->a, x[i]) != FL_OK;
+        t->n += 8;
+    }
+    t->failures += fl_alloc(t->a, 3000, t->stream, &t->mine) != FL_OK; /* freed by the other thread */
+    pthread_barrier_wait(t->bar);
+    pthread_barrier_wait(t->bar); /* main handed out the other's block */
+    t->failures += fl_free(t->a, t->theirs) != FL_OK;
+    pthread_barrier_wait(t->bar);
+    pthread_barrier_wait(t->bar); /* main looks at the caches while we are alive */
+    return NULL;
+}
+
+/* Two threads: statistics exact (the peak is what both held at once at most), blocks
+ * freed by the other thread, and a thread's end gives its cache back; an allocator
+ * destroyed while a thread still has a cache of it leaves that thread unharmed. */
+static void test_tc_threads_end(void)
+{
+    fl_device *d = fl_test_sim(0, 0);
+    fl_allocator *a = tc_make(d, "fragless", 1);
+    pthread_barrier_t bar;
+    pthread_barrier_init(&bar, NULL, 3);
+    tc_thread t[2] = {{a, 1, 0, 0, 0, 0, &bar}, {a, 2, 0, 0, 0, 0, &bar}};
+    pthread_t tid[2];
+    for (int i = 0; i < 2; i++)
+        pthread_create(&tid[i], NULL, tc_worker, &t[i]);
+    pthread_barrier_wait(&bar);
+    t[0].theirs = t[1].mine;
+    t[1].theirs = t[0].mine;
+    pthread_barrier_wait(&bar);
+    pthread_barrier_wait(&bar);
+    fl_stats s;
+    fl_get_stats(a, &s);
+    CHECK_EQ_U64(s.allocation.current, 0);
+    CHECK_EQ_U64(s.allocated_bytes.current, 0);
+    CHECK_EQ_U64(s.requested_bytes.current, 0);
+    CHECK_EQ_U64(s.allocation.allocated, t[0].n + t[1].n + 2);
+    CHECK_EQ_U64(s.allocation.freed, t[0].n + t[1].n + 2);
+    CHECK(s.allocation.peak >= 8 && s.allocation.peak <= 18);
+    CHECK(s.allocated_bytes.peak >= 18432 && s.allocated_bytes.peak <= 2 * 18432 + 2 * 3072);
+    CHECK(fli_allocator_policy(a)->allocated > 0); /* the caches hold blocks */
+    CHECK(fl_allocator_check(a) == 0);
+    pthread_barrier_wait(&bar);
+    for (int i = 0; i < 2; i++) {
+        pthread_join(tid[i], NULL);
+        CHECK_EQ_U64(t[i].failures, 0);
+    }
+    CHECK_EQ_U64(fli_allocator_policy(a)->allocated, 0); /* given back at the threads' end */
+    fl_get_stats(a, &s);
+    CHECK_EQ_U64(s.allocation.allocated, t[0].n + t[1].n + 2);
+    CHECK_EQ_U64(s.allocation.current, 0);
+    CHECK(fl_allocator_check(a) == 0);
+    CHECK_OK(fl_empty_cache(a));
+    CHECK_EQ_U64(in_use(d), 0);
+    fl_allocator_destroy(a);
+    fl_device_destroy(d);
+    pthread_barrier_destroy(&bar);
+}
+
+typedef struct tc_orphan {
+    fl_allocator *a;
+    fl_device *d;
+    pthread_barrier_t *bar;
+    int failures;
+} tc_orphan;
+
+static void *tc_orphan_main(void *arg)
+{
+    tc_orphan *o = arg;
+    uint64_t x;
+    o->failures += fl_alloc(o->a, 512, 1, &x) != FL_OK;
+    o->failures += fl_free(o->a, x) != FL_OK; /* in this thread's cache */
+    pthread_barrier_wait(o->bar);
+    pthread_barrier_wait(o->bar); /* main destroyed the allocator and made another */
+    o->failures += fl_alloc(o->a, 512, 1, &x) != FL_OK; /* o->a is the new one now */
+    o->failures += fl_free(o->a, x) != FL_OK;
+    return NULL;
+}
+
+static void test_tc_destroyed_first(void)
+{
+    pthread_barrier_t bar;
+    pthread_barrier_init(&bar, NULL, 2);
+    tc_orphan o = {NULL, fl_test_sim(0, 0), &bar, 0};
+    o.a = tc_make(o.d, "fragless", 1);
+    pthread_t t;
+    pthread_create(&t, NULL, tc_orphan_main, &o);
+    pthread_barrier_wait(&bar);
+    fl_allocator_destroy(o.a);
+    o.a = tc_make(o.d, "fragless", 1); /* maybe at the same address: the caches know ids */
+    pthread_barrier_wait(&bar);
+    pthread_join(t, NULL);
+    CHECK_EQ_U64(o.failures, 0);
+    CHECK_EQ_U64(fli_allocator_policy(o.a)->allocated, 0); /* the thread's end gave it back */
+    fl_stats s;
+    fl_get_stats(o.a, &s);
+    CHECK_EQ_U64(s.allocation.allocated, 1);
+    CHECK(fl_allocator_check(o.a) == 0);
+    fl_allocator_destroy(o.a);
+    fl_device_destroy(o.d);
+    pthread_barrier_destroy(&bar);
+}
+
 int main(void)
 {
     test_limit_every_policy();
     test_env();
     const char *const *names = fl_policy_names();
     for (int i = 0; names[i]; i++)
-        run(names[i]);
+        run(names[i], 0);
+    run("fragless", 1);
+    for (int i = 0; names[i]; i++)
+        test_tc_figures(names[i]);
+    test_tc_streams_and_misuse();
+    test_tc_record_stream();
+    test_tc_oom_retry();
+    test_tc_threads_end();
+    test_tc_destroyed_first();
     return fl_test_done("test_threads");
 }

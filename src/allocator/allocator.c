@@ -19,6 +19,7 @@
 #include <pthread.h>
 
 #include "allocator/recorder.h"
+#include "allocator/tcache.h"
 
 /* Statistics for `fragless top`: the policy's query is refreshed at most this often. */
 #define PUBLISH_EVERY_NS (50 * 1000 * 1000)
@@ -36,16 +37,28 @@ typedef struct pending_free {
     uint64_t event[MAX_USES];
 } pending_free;
 
+/* How fl_alloc and fl_free route before taking the lock (struct fl_allocator's route). */
+#define ROUTE_CAPTURE 1 /* a device that can capture CUDA graphs: alloc_watching */
+#define ROUTE_THREADS 2 /* thread caches (tcache.h): tc_alloc, tc_free */
+
 struct fl_allocator {
+    /* The fast path's fields first, on one cache line. */
     fli_lock lock;
     int capture_watch;          /* the device's, read once: it can capture CUDA graphs */
+    _Atomic int route;          /* ROUTE_*: read without the lock; set under it */
+    /* Nonzero while anything beyond policy + statistics is in use (slow_reasons), or the
+     * thread caches are on: then fl_alloc and fl_free take the general path. Changed
+     * under the lock only, by update_slow at the end of every operation that can change
+     * a reason. */
+    int slow;
     fli_policy *policy;
-    fl_config cfg;              /* as created; the limit lives on the device (fli_dev_limit) */
-    /* Statistics beyond the policy's own counters. */
-    uint64_t peak_allocated, alloc_total, freed_total;
-    uint64_t req_peak, req_current, req_total, req_freed;
+    /* Statistics beyond the policy's own counters: plain adds on the fast path. The
+     * freed totals are derived (allocated total - current), not counted. */
+    uint64_t peak_allocated, alloc_total;
+    uint64_t req_peak, req_current, req_total;
     uint64_t blocks_peak;
     uint64_t live512;           /* live bytes, each request rounded up to 512 B */
+    fl_config cfg;              /* as created; the limit lives on the device (fli_dev_limit) */
     uint64_t inactive_split_peak;
     /* The latest out-of-memory report; the first one is printed and snapshotted. */
     fl_oom_report oom;
@@ -64,7 +77,21 @@ struct fl_allocator {
     /* CUDA graphs (graph.h): on a device that can capture, every allocation asks about
      * captures; blocks allocated during one are its graph's until it is released. */
     fli_graphs graphs;
+    /* Thread caches (tcache.h; section "thread caches" below): on (threads) once two
+     * threads met at the lock, or by fli_allocator_threads. tc_off: bypassed and empty
+     * while record_stream, graphs or the recorder are in use (tc_reasons). */
+    int threads, tc_off;
+    uint64_t id;                /* the caches' key (never reused, unlike the address) */
+    fli_tcache *tcs;            /* every thread's cache of this allocator */
+    int64_t tc_k[FL_TC_FIGURES]; /* the sum of the caches' k */
+    uint64_t tc_allocs;         /* allocations served by caches since retired or folded */
+    /* Allocations that failed in the policy but succeeded after the caches were drained:
+     * retries, not out-of-memory errors (the policy counted them as its ooms). */
+    uint64_t tc_retried;
 };
+
+static inline void update_slow(fl_allocator *a);
+static void tc_fork_child(fl_allocator *a);
 
 /* ---- the registry of live allocators: fork and exit ------------------------------- */
 
@@ -80,16 +107,24 @@ static pthread_once_t registry_once = PTHREAD_ONCE_INIT;
  * each is between operations. */
 static void fork_prepare(void)
 {
+    fli_tc_registry_lock(); /* before any allocator's lock, as everywhere */
     pthread_mutex_lock(&registry_lock);
-    for (fl_allocator *a = registry; a; a = a->next_live)
+    for (fl_allocator *a = registry; a; a = a->next_live) {
         fli_lock_acquire(&a->lock);
+        for (fli_tcache *c = a->tcs; c; c = c->next_of_alloc)
+            fli_lock_acquire(&c->lock);
+    }
 }
 
 static void fork_parent(void)
 {
-    for (fl_allocator *a = registry; a; a = a->next_live)
+    for (fl_allocator *a = registry; a; a = a->next_live) {
+        for (fli_tcache *c = a->tcs; c; c = c->next_of_alloc)
+            fli_lock_release(&c->lock);
         fli_lock_release(&a->lock);
+    }
     pthread_mutex_unlock(&registry_lock);
+    fli_tc_registry_unlock();
 }
 
 /* In the child: the locks are free again; the child records no trace (its rows would
@@ -105,9 +140,13 @@ static void fork_child(void)
         char uuid[48];
         if (a->cfg.publish && a->policy->dev->is_gpu) /* best effort: top only */
             fli_publish_open(a->policy->dev->ordinal, fli_dev_uuid_str(a->policy->dev, uuid, sizeof uuid), &a->pub);
+        tc_fork_child(a); /* one thread: the caches' blocks go back, the caches off */
+        update_slow(a);
         fli_lock_reset(&a->lock);
     }
     pthread_mutex_init(&registry_lock, NULL);
+    fli_tc_prune();
+    fli_tc_registry_unlock();
 }
 
 static void flush_at_exit(void)
@@ -193,8 +232,11 @@ fl_status fl_allocator_create(const fl_config *cfg, fl_device *dev, fl_allocator
     }
     char uuid[48];
     a->capture_watch = dev->capture_watch;
+    atomic_store_explicit(&a->route, a->capture_watch ? ROUTE_CAPTURE : 0, memory_order_relaxed);
+    a->id = fli_tc_next_id();
     if (cfg->publish && dev->is_gpu && fli_publish_open(dev->ordinal, fli_dev_uuid_str(dev, uuid, sizeof uuid), &a->pub) != FL_OK)
         fprintf(stderr, "fragless: device %d: not shown in `fragless top`: %s\n", dev->ordinal, fl_last_error());
+    update_slow(a);
     *out = a;
     return FL_OK;
 }
@@ -204,6 +246,14 @@ void fl_allocator_destroy(fl_allocator *a)
     if (!a)
         return;
     registry_remove(a);
+    /* The threads' caches forget it (their blocks go with the policy); each thread frees
+     * its cache's memory later (fli_tc_find, its end). */
+    fli_tc_registry_lock();
+    for (fli_tcache *c = a->tcs; c; c = c->next_of_alloc) {
+        c->a = NULL;
+        atomic_store_explicit(&c->alloc_id, 0, memory_order_release);
+    }
+    fli_tc_registry_unlock();
     fli_publish_close(a->pub);
     for (uint32_t i = 0; i < a->n_pending; i++)
         for (uint32_t k = 0; k < a->pending[i].n; k++)
@@ -219,35 +269,66 @@ void fl_allocator_destroy(fl_allocator *a)
     free(a);
 }
 
+/* What the thread caches add to the figures (all zero when they are off). */
+typedef struct tc_sum {
+    uint64_t cached_bytes, cached_blocks;
+    int64_t d_req, d_live;
+    uint64_t hits[FL_TC_FIGURES];
+} tc_sum;
+
+/* The caches' sums, each cache under its lock (the caller holds the allocator's). */
+static void tc_sums(fl_allocator *a, tc_sum *t)
+{
+    memset(t, 0, sizeof *t);
+    for (fli_tcache *c = a->tcs; c; c = c->next_of_alloc) {
+        fli_lock_acquire(&c->lock);
+        t->cached_bytes += c->cached_bytes;
+        t->cached_blocks += c->cached_blocks;
+        t->d_req += c->d_req;
+        t->d_live += c->d_live;
+        for (int q = 0; q < FL_TC_FIGURES; q++)
+            t->hits[q] += c->hits[q];
+        fli_lock_release(&c->lock);
+    }
+}
+
 /* Statistics under the lock; query: ask the policy what it holds (else the answer of
- * the last query is reused: the policy's walk is not for every operation). */
+ * the last query is reused: the policy's walk is not for every operation). Blocks in
+ * thread caches are the policy's allocated blocks but freed for the program: they count
+ * as freed, and as free in reserved memory. */
 static void stats_fill(fl_allocator *a, fl_stats *out, int query)
 {
     const fli_policy *p = a->policy;
     const fl_device_counters *c = &p->dev->counters;
     memset(out, 0, sizeof *out);
+    tc_sum t;
+    tc_sums(a, &t);
     /* Blocks a graph keeps after the program freed them are the policy's, not the
      * program's: reserved and unusable, like the free pieces of a private pool. */
     const fli_graphs *g = &a->graphs;
-    out->allocated_bytes = (fl_stat){p->allocated - g->kept_bytes, a->peak_allocated, a->alloc_total, a->freed_total};
+    uint64_t allocated = p->allocated - g->kept_bytes - t.cached_bytes;
+    uint64_t alloc_total = a->alloc_total + t.hits[FL_TC_BYTES];
+    out->allocated_bytes = (fl_stat){allocated, a->peak_allocated, alloc_total, alloc_total - allocated};
     out->reserved_bytes = (fl_stat){c->in_use, c->peak_in_use, c->bytes_obtained, c->bytes_returned};
     out->active_bytes = out->allocated_bytes;
-    out->requested_bytes = (fl_stat){a->req_current, a->req_peak, a->req_total, a->req_freed};
-    out->allocation = (fl_stat){p->num_allocs - p->num_frees + g->reuses - g->keeps, a->blocks_peak,
-                                p->num_allocs + g->reuses, p->num_frees + g->keeps};
+    uint64_t req = a->req_current + (uint64_t)t.d_req, req_total = a->req_total + t.hits[FL_TC_REQ];
+    out->requested_bytes = (fl_stat){req, a->req_peak, req_total, req_total - req};
+    uint64_t blocks = p->num_allocs - p->num_frees + g->reuses - g->keeps - t.cached_blocks;
+    uint64_t blocks_total = p->num_allocs + g->reuses + a->tc_allocs + t.hits[FL_TC_BLOCKS];
+    out->allocation = (fl_stat){blocks, a->blocks_peak, blocks_total, blocks_total - blocks};
     out->graph_bytes = g->bytes;
     out->graph_kept_bytes = g->kept_bytes;
     if (query)
         p->ops->query(p, &a->last_query);
     fli_policy_state st = a->last_query;
-    out->free_in_reserved = st.free_in_reserved;
+    out->free_in_reserved = st.free_in_reserved + t.cached_bytes;
     out->cached_bytes = st.cached;
     out->inactive_split_bytes = st.free_in_reserved > st.cached ? st.free_in_reserved - st.cached : 0;
     if (out->inactive_split_bytes > a->inactive_split_peak)
         a->inactive_split_peak = out->inactive_split_bytes;
     out->inactive_split_bytes_peak = a->inactive_split_peak;
-    out->num_alloc_retries = p->retries;
-    out->num_ooms = p->ooms;
+    out->num_alloc_retries = p->retries + a->tc_retried;
+    out->num_ooms = p->ooms - a->tc_retried;
     out->num_device_alloc = c->calls[FL_CALL_CREATE] + c->calls[FL_CALL_MEM_ALLOC];
     out->num_device_free = c->calls[FL_CALL_RELEASE] + c->calls[FL_CALL_MEM_FREE];
     out->num_sync_all_streams = c->calls[FL_CALL_SYNC];
@@ -321,7 +402,9 @@ static fl_status out_of_memory(fl_allocator *a, uint64_t size, uint64_t stream)
     r->stream = stream;
     r->capacity = p->dev->capacity;
     r->limit = fli_dev_limit(p->dev);
-    r->live = a->live512;
+    tc_sum t;
+    tc_sums(a, &t);
+    r->live = a->live512 + (uint64_t)t.d_live;
     r->reserved = p->dev->counters.in_use;
     r->free_in_reserved = st.free_in_reserved;
     r->largest_free = st.largest_free;
@@ -343,12 +426,7 @@ static fl_status out_of_memory(fl_allocator *a, uint64_t size, uint64_t stream)
 /* Gives a block back to the policy, counting the bytes it had charged for it. */
 static fl_status policy_free(fl_allocator *a, uint64_t addr)
 {
-    fli_policy *p = a->policy;
-    uint64_t before = p->allocated;
-    fl_status s = p->ops->free(p, addr, 0, NULL);
-    if (s == FL_OK)
-        a->freed_total += before - p->allocated;
-    return s;
+    return a->policy->ops->free(a->policy, addr, 0, NULL);
 }
 
 /* Frees the pending blocks whose events have all completed; every one when the device
@@ -400,12 +478,21 @@ static inline void count_requested(fl_allocator *a, uint64_t size)
     a->live512 += fli_live_size(size);
 }
 
-/* An allocation under the lock: the policy, the statistics, the trace and top. Inlined
- * into fl_alloc, whose body it is (a call there costs ~10 instructions per allocation). */
-#if defined(__GNUC__)
-__attribute__((always_inline))
-#endif
-static inline fl_status alloc_locked(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr)
+/* The statistics of a block the policy just handed out: `charged` bytes of its allocated
+ * count, asked as size bytes. Plain adds and compares (the fast path's whole bookkeeping). */
+static inline void count_alloc(fl_allocator *a, const fli_policy *p, uint64_t charged, uint64_t size)
+{
+    a->alloc_total += charged;
+    if (p->allocated > a->peak_allocated)
+        a->peak_allocated = p->allocated;
+    count_requested(a, size);
+    if (p->num_allocs - p->num_frees > a->blocks_peak)
+        a->blocks_peak = p->num_allocs - p->num_frees;
+}
+
+/* An allocation under the lock in general: pending record_stream frees first, a retry
+ * after synchronizing them, the OOM report, the trace and top. */
+static fl_status alloc_locked(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr)
 {
     fli_policy *p = a->policy;
     if (FL_UNLIKELY(a->n_pending))
@@ -416,16 +503,10 @@ static inline fl_status alloc_locked(fl_allocator *a, uint64_t size, uint64_t st
         before = p->allocated;
         s = p->ops->alloc(p, size, stream, addr);
     }
-    if (FL_LIKELY(s == FL_OK)) {
-        a->alloc_total += p->allocated - before;
-        if (p->allocated > a->peak_allocated)
-            a->peak_allocated = p->allocated;
-        count_requested(a, size);
-        if (p->num_allocs - p->num_frees > a->blocks_peak)
-            a->blocks_peak = p->num_allocs - p->num_frees;
-    } else if (s == FL_ERR_OOM) {
+    if (FL_LIKELY(s == FL_OK))
+        count_alloc(a, p, p->allocated - before, size);
+    else if (s == FL_ERR_OOM)
         s = out_of_memory(a, size, stream);
-    }
     if (FL_UNLIKELY(a->rec != NULL))
         fli_recorder_alloc(a->rec, s == FL_OK, s == FL_OK ? *addr : 0, size, stream);
     if (FL_UNLIKELY(a->pub != NULL))
@@ -433,18 +514,579 @@ static inline fl_status alloc_locked(fl_allocator *a, uint64_t size, uint64_t st
     return s;
 }
 
+/* Why the fast path is off (struct fl_allocator's `slow`): record_stream frees pending
+ * or blocks with recorded streams, CUDA graph blocks or captures, the trace recorder, the
+ * publisher for `fragless top`. */
+static int slow_reasons(const fl_allocator *a)
+{
+    const fli_graphs *g = &a->graphs;
+    return a->n_pending || a->uses.count || g->n || fli_graphs_underway(g) || fli_graphs_pending(g) || a->rec ||
+           a->pub;
+}
+
+static void tc_set_off(fl_allocator *a, int off);
+static int tc_reasons(const fl_allocator *a);
+
+static inline void update_slow(fl_allocator *a)
+{
+    a->slow = slow_reasons(a) || a->threads;
+    if (FL_UNLIKELY(a->threads) && tc_reasons(a) != a->tc_off)
+        tc_set_off(a, !a->tc_off);
+}
+
+/* The lock's release after anything but the fast paths: the reasons may have changed. */
+static inline void release_updated(fl_allocator *a)
+{
+    update_slow(a);
+    fli_lock_release(&a->lock);
+}
+
+/* A failed policy allocation on the fast path: the OOM report. Out of line. */
+static FL_NOINLINE fl_status alloc_failed(fl_allocator *a, fl_status s, uint64_t size, uint64_t stream)
+{
+    return s == FL_ERR_OOM ? out_of_memory(a, size, stream) : s;
+}
+
 static fl_status alloc_watching(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr);
 static fl_status free_locked(fl_allocator *a, uint64_t addr, uint64_t want_size);
 
+/* ---- thread caches ------------------------------------------------------------------ */
+
+/* Two threads on one lock serialize: once they meet there (lock_fast), each thread gets
+ * a cache of the blocks it freed (tcache.h), from which its next requests of the same
+ * class on the same stream are served under the cache's own lock, which only that thread
+ * takes in the ordinary course. A single-threaded program never turns them on, so its
+ * placement (and every replay figure) stays what the policy alone decides.
+ *
+ * The figures stay exact. Current values: a cached block is the policy's allocated
+ * block but freed for the program (stats_fill subtracts the caches' sums). Peaks, for
+ * the three figures q with one (allocated bytes, requested bytes, blocks): with
+ * U the program's current value, G what the allocator's own counters say (the policy's
+ * allocated less kept and cached-by-nobody ... = global_figures) and f_c what cache c's
+ * hits and frees changed (fig_f), U = G + sum f_c. Each cache has a room r_c >= 0 that
+ * its hits use up and its frees give back; k_c = f_c + r_c is therefore changed only
+ * under the allocator's lock, and the invariant G + sum k_c <= peak holds at all times,
+ * so U <= peak without a look at the peak per hit. A hit without room, and any change of
+ * G that breaks the invariant, take the allocator's lock and every cache's lock, zero
+ * the rooms (then G + sum k_c is U itself) and raise the peak to U where U exceeds it:
+ * the peak is the largest value the program's figure had. */
+
+static void global_figures(const fl_allocator *a, int64_t g[FL_TC_FIGURES])
+{
+    const fli_policy *p = a->policy;
+    const fli_graphs *gr = &a->graphs;
+    g[FL_TC_BYTES] = (int64_t)(p->allocated - gr->kept_bytes);
+    g[FL_TC_REQ] = (int64_t)a->req_current;
+    g[FL_TC_BLOCKS] = (int64_t)(p->num_allocs - p->num_frees + gr->reuses - gr->keeps);
+}
+
+/* f_c: what c's hits and frees added to the figures. */
+static void fig_f(const fli_tcache *c, int64_t f[FL_TC_FIGURES])
+{
+    f[FL_TC_BYTES] = -(int64_t)c->cached_bytes;
+    f[FL_TC_REQ] = c->d_req;
+    f[FL_TC_BLOCKS] = -(int64_t)c->cached_blocks;
+}
+
+static uint64_t *peak_of(fl_allocator *a, int q)
+{
+    return q == FL_TC_BYTES ? &a->peak_allocated : q == FL_TC_REQ ? &a->req_peak : &a->blocks_peak;
+}
+
+/* Every cache's lock but held's (which the caller holds), in list order; only a holder
+ * of the allocator's lock takes more than one. */
+static void tc_lock_all(fl_allocator *a, const fli_tcache *held)
+{
+    for (fli_tcache *c = a->tcs; c; c = c->next_of_alloc)
+        if (c != held)
+            fli_lock_acquire(&c->lock);
+}
+
+static void tc_unlock_all(fl_allocator *a, const fli_tcache *held)
+{
+    for (fli_tcache *c = a->tcs; c; c = c->next_of_alloc)
+        if (c != held)
+            fli_lock_release(&c->lock);
+}
+
+/* With every cache locked: rooms to zero, so G + sum k = U. */
+static void tc_zero_rooms(fl_allocator *a)
+{
+    for (fli_tcache *c = a->tcs; c; c = c->next_of_alloc)
+        for (int q = 0; q < FL_TC_FIGURES; q++) {
+            c->k[q] -= c->room[q];
+            a->tc_k[q] -= c->room[q];
+            c->room[q] = 0;
+        }
+}
+
+/* After G grew (an allocation by the policy): the invariant again, raising the peaks to
+ * the exact current values where they fell short. */
+static void tc_peaks_after_growth(fl_allocator *a)
+{
+    int64_t g[FL_TC_FIGURES];
+    global_figures(a, g);
+    int over = 0;
+    for (int q = 0; q < FL_TC_FIGURES; q++)
+        over |= g[q] + a->tc_k[q] > (int64_t)*peak_of(a, q);
+    if (FL_LIKELY(!over))
+        return;
+    tc_lock_all(a, NULL);
+    tc_zero_rooms(a);
+    for (int q = 0; q < FL_TC_FIGURES; q++)
+        if (g[q] + a->tc_k[q] > (int64_t)*peak_of(a, q))
+            *peak_of(a, q) = (uint64_t)(g[q] + a->tc_k[q]);
+    tc_unlock_all(a, NULL);
+}
+
+/* Room in c (locked, as is the allocator) for a hit adding need: from the headroom under
+ * the peaks (half of what is left beyond need, so that the next hits need no lock), else
+ * after zeroing every room; what still lacks raises the peak, as the hit makes U that. */
+static void tc_ensure_room(fl_allocator *a, fli_tcache *c, const int64_t need[FL_TC_FIGURES])
+{
+    int64_t g[FL_TC_FIGURES];
+    global_figures(a, g);
+    int short_of = 0;
+    for (int q = 0; q < FL_TC_FIGURES; q++)
+        short_of |= c->room[q] < need[q] && (int64_t)*peak_of(a, q) - g[q] - a->tc_k[q] < need[q] - c->room[q];
+    if (short_of) {
+        tc_lock_all(a, c);
+        tc_zero_rooms(a);
+    }
+    for (int q = 0; q < FL_TC_FIGURES; q++) {
+        int64_t lack = need[q] - c->room[q];
+        if (lack <= 0)
+            continue;
+        int64_t head = (int64_t)*peak_of(a, q) - g[q] - a->tc_k[q];
+        if (head < lack) { /* only after zeroing: G + sum k is U, the hit makes it U + need */
+            *peak_of(a, q) += (uint64_t)(lack - head);
+            head = lack;
+        }
+        int64_t grant = lack + (head - lack) / 2;
+        c->room[q] += grant;
+        c->k[q] += grant;
+        a->tc_k[q] += grant;
+    }
+    if (short_of)
+        tc_unlock_all(a, c);
+}
+
+/* A hit: e (taken from its bin) is the program's again, asked as size bytes. */
+static inline void tc_hit(fli_tcache *c, fli_tc_entry *e, uint64_t size)
+{
+    e->cached = 0;
+    e->req = size;
+    c->cached_bytes -= e->charged;
+    c->cached_blocks--;
+    c->d_req += (int64_t)size;
+    c->d_live += (int64_t)fli_live_size(size);
+    c->room[FL_TC_BYTES] -= (int64_t)e->charged;
+    c->room[FL_TC_REQ] -= (int64_t)size;
+    c->room[FL_TC_BLOCKS]--;
+    c->hits[FL_TC_BYTES] += e->charged;
+    c->hits[FL_TC_REQ] += size;
+    c->hits[FL_TC_BLOCKS]++;
+}
+
+/* Gives c's cached blocks back to the policy (c and the allocator locked). The figures
+ * do not move: G drops by what f_c gains, so k_c follows f_c. */
+static void tc_drain(fl_allocator *a, fli_tcache *c)
+{
+    fli_policy *p = a->policy;
+    for (uint32_t i = 0; c->cached_blocks && i <= c->bin_mask; i++) {
+        fli_tc_bin *b = &c->bins[i];
+        while (b->n) {
+            fli_tc_entry *e = fli_tc_take(c, b->stream, b->cls);
+            fl_status s = p->ops->free(p, e->addr, 0, NULL);
+            if (s != FL_OK) /* cannot happen: the policy handed it out and nobody freed it */
+                fprintf(stderr, "fragless: thread cache: block 0x%llx: %s\n", (unsigned long long)e->addr,
+                        fl_last_error());
+            c->cached_bytes -= e->charged;
+            c->cached_blocks--;
+            c->k[FL_TC_BYTES] += (int64_t)e->charged;
+            a->tc_k[FL_TC_BYTES] += (int64_t)e->charged;
+            c->k[FL_TC_BLOCKS]++;
+            a->tc_k[FL_TC_BLOCKS]++;
+            fli_tc_remove(c, e);
+        }
+    }
+}
+
+static int tc_any_cached(fl_allocator *a)
+{
+    int any = 0;
+    for (fli_tcache *c = a->tcs; c && !any; c = c->next_of_alloc) {
+        fli_lock_acquire(&c->lock);
+        any = c->cached_blocks != 0;
+        fli_lock_release(&c->lock);
+    }
+    return any;
+}
+
+/* Every cached block back to the policy (empty_cache, an allocation that failed, and
+ * before any operation that asks the policy whether a block is live). */
+static void tc_drain_all(fl_allocator *a)
+{
+    for (fli_tcache *c = a->tcs; c; c = c->next_of_alloc) {
+        fli_lock_acquire(&c->lock);
+        tc_drain(a, c);
+        fli_lock_release(&c->lock);
+    }
+}
+
+/* After tc_drain: c's counts go into the allocator's own, its room is dropped and its
+ * entries forgotten (the blocks the program holds are the policy's, freed through it). */
+static void tc_fold(fl_allocator *a, fli_tcache *c)
+{
+    a->req_current += (uint64_t)c->d_req;
+    a->live512 += (uint64_t)c->d_live;
+    a->alloc_total += c->hits[FL_TC_BYTES];
+    a->req_total += c->hits[FL_TC_REQ];
+    a->tc_allocs += c->hits[FL_TC_BLOCKS];
+    c->d_req = c->d_live = 0;
+    for (int q = 0; q < FL_TC_FIGURES; q++) {
+        a->tc_k[q] -= c->k[q];
+        c->k[q] = c->room[q] = 0;
+        c->hits[q] = 0;
+    }
+    fli_tc_clear(c);
+}
+
+/* The caches off (emptied and folded) or on again; under the allocator's lock. */
+static void tc_set_off(fl_allocator *a, int off)
+{
+    for (fli_tcache *c = a->tcs; c; c = c->next_of_alloc) {
+        fli_lock_acquire(&c->lock);
+        if (off) {
+            tc_drain(a, c);
+            tc_fold(a, c);
+        }
+        c->off = off;
+        fli_lock_release(&c->lock);
+    }
+    a->tc_off = off;
+}
+
+/* Reasons to bypass the caches: record_stream, graphs, the recorder (whose rows must
+ * come in order). The publisher is not one: it publishes at the allocator's lock. */
+static int tc_reasons(const fl_allocator *a)
+{
+    const fli_graphs *g = &a->graphs;
+    return a->n_pending || a->uses.count || g->n || fli_graphs_underway(g) || fli_graphs_pending(g) || a->rec;
+}
+
+/* The caches on (under the lock). Not on a device that can capture CUDA graphs: each
+ * allocation there asks the device about captures under the lock anyway. */
+static void threads_on(fl_allocator *a)
+{
+    if (a->threads || a->capture_watch)
+        return;
+    a->threads = 1;
+    a->tc_off = tc_reasons(a);
+    atomic_store_explicit(&a->route, ROUTE_THREADS, memory_order_relaxed);
+    update_slow(a);
+}
+
+/* An ending thread's cache (tcache.c, under the registry's mutex). */
+void fli_tc_retire(fli_tcache *c)
+{
+    fl_allocator *a = c->a;
+    fli_lock_acquire(&a->lock);
+    fli_lock_acquire(&c->lock);
+    tc_drain(a, c);
+    tc_fold(a, c);
+    fli_lock_release(&c->lock);
+    for (fli_tcache **pc = &a->tcs; *pc; pc = &(*pc)->next_of_alloc)
+        if (*pc == c) {
+            *pc = c->next_of_alloc;
+            break;
+        }
+    c->a = NULL;
+    atomic_store_explicit(&c->alloc_id, 0, memory_order_release);
+    release_updated(a);
+}
+
+/* In a forked child (one thread, every lock taken before the fork): every cache's blocks
+ * back, the caches detached (this thread's are freed by fli_tc_prune, the others' here),
+ * the allocator single-threaded again. */
+static void tc_fork_child(fl_allocator *a)
+{
+    for (fli_tcache *c = a->tcs, *next; c; c = next) {
+        next = c->next_of_alloc;
+        fli_lock_reset(&c->lock);
+        tc_drain(a, c);
+        tc_fold(a, c);
+        c->a = NULL;
+        atomic_store_explicit(&c->alloc_id, 0, memory_order_release);
+        if (!fli_tc_is_mine(c))
+            fli_tc_free(c);
+    }
+    a->tcs = NULL;
+    a->threads = a->tc_off = 0;
+    atomic_store_explicit(&a->route, a->capture_watch ? ROUTE_CAPTURE : 0, memory_order_relaxed);
+}
+
+/* This thread's cache of a, made when it has none (NULL without host memory: the thread
+ * then goes through the allocator's lock). */
+static fli_tcache *tc_get(fl_allocator *a)
+{
+    fli_tcache *c = fli_tc_find(a->id);
+    if (FL_LIKELY(c != NULL))
+        return c;
+    fli_tc_registry_lock();
+    c = fli_tc_new(a, a->id);
+    if (c) {
+        fli_lock_acquire(&a->lock);
+        c->off = a->tc_off;
+        c->next_of_alloc = a->tcs;
+        a->tcs = c;
+        fli_lock_release(&a->lock);
+    }
+    fli_tc_registry_unlock();
+    return c;
+}
+
+/* An allocation under the allocator's lock while the caches are on: a cached block
+ * whose hit needed room, else the policy (after draining the caches when it is out of
+ * memory), the block entered in c (may be NULL). */
+static fl_status tc_alloc_locked(fl_allocator *a, fli_tcache *c, uint64_t size, uint64_t stream, uint64_t *addr)
+{
+    if (a->tc_off)
+        return alloc_locked(a, size, stream, addr);
+    if (c && size <= FL_TC_MAX_BLOCK) {
+        fli_lock_acquire(&c->lock);
+        fli_tc_entry *e = fli_tc_take(c, stream, size);
+        if (e) {
+            const int64_t need[FL_TC_FIGURES] = {(int64_t)e->charged, (int64_t)size, 1};
+            tc_ensure_room(a, c, need);
+            tc_hit(c, e, size);
+            *addr = e->addr;
+        }
+        fli_lock_release(&c->lock);
+        if (e)
+            return FL_OK;
+    }
+    fli_policy *p = a->policy;
+    uint64_t before = p->allocated;
+    fl_status s = p->ops->alloc(p, size, stream, addr);
+    if (s == FL_ERR_OOM && tc_any_cached(a)) {
+        tc_drain_all(a);
+        before = p->allocated;
+        s = p->ops->alloc(p, size, stream, addr);
+        a->tc_retried++; /* the policy's first failure was not the program's */
+    }
+    if (s != FL_OK)
+        return s == FL_ERR_OOM ? out_of_memory(a, size, stream) : s;
+    uint64_t charged = p->allocated - before;
+    a->alloc_total += charged;
+    a->req_current += size;
+    a->req_total += size;
+    a->live512 += fli_live_size(size);
+    tc_peaks_after_growth(a);
+    if (c) {
+        fli_lock_acquire(&c->lock);
+        fli_tc_add(c, *addr, stream, size, charged); /* without host memory: freed as anyone's */
+        fli_lock_release(&c->lock);
+    }
+    if (FL_UNLIKELY(a->pub != NULL))
+        maybe_publish(a, 0);
+    return FL_OK;
+}
+
+static fl_status tc_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr)
+{
+    fli_tcache *c = tc_get(a);
+    if (FL_LIKELY(c != NULL) && size <= FL_TC_MAX_BLOCK) {
+        fli_lock_acquire(&c->lock);
+        if (FL_LIKELY(!c->off)) {
+            fli_tc_entry *e = fli_tc_take(c, stream, size);
+            if (e) {
+                if (FL_LIKELY(c->room[FL_TC_BYTES] >= (int64_t)e->charged && c->room[FL_TC_REQ] >= (int64_t)size &&
+                              c->room[FL_TC_BLOCKS] >= 1)) {
+                    tc_hit(c, e, size);
+                    *addr = e->addr;
+                    fli_lock_release(&c->lock);
+                    return FL_OK;
+                }
+                fli_tc_untake(c, e); /* the hit needs room: under the allocator's lock */
+            }
+        }
+        fli_lock_release(&c->lock);
+    }
+    fli_lock_acquire(&a->lock);
+    fl_status s = tc_alloc_locked(a, c, size, stream, addr);
+    release_updated(a);
+    return s;
+}
+
+/* A free under the allocator's lock while the caches are on, of a block in no entry of
+ * mine: another thread's entry goes (a cached one was freed already), then the
+ * general free. */
+static fl_status tc_free_locked(fl_allocator *a, const fli_tcache *mine, uint64_t addr, uint64_t want)
+{
+    for (fli_tcache *c = a->tcs; c; c = c->next_of_alloc) {
+        if (c == mine)
+            continue;
+        fli_lock_acquire(&c->lock);
+        fli_tc_entry *e = fli_tc_lookup(c, addr);
+        int cached = e && e->cached;
+        if (e && !cached) {
+            if (want && want != e->req) {
+                fli_lock_release(&c->lock);
+                return fli_policy_size_mismatch(addr, want, e->req);
+            }
+            fli_tc_remove(c, e);
+        }
+        fli_lock_release(&c->lock);
+        if (cached)
+            return fli_policy_not_live(a->policy, addr);
+        if (e)
+            break;
+    }
+    return free_locked(a, addr, want);
+}
+
+static fl_status tc_free(fl_allocator *a, uint64_t addr, uint64_t want)
+{
+    fli_tcache *c = tc_get(a);
+    if (FL_LIKELY(c != NULL)) {
+        fli_lock_acquire(&c->lock);
+        fli_tc_entry *e = c->off ? NULL : fli_tc_lookup(c, addr);
+        if (e) {
+            if (FL_UNLIKELY(e->cached || (want && want != e->req))) {
+                uint64_t req = e->req;
+                int cached = e->cached;
+                fli_lock_release(&c->lock);
+                return cached ? fli_policy_not_live(a->policy, addr) : fli_policy_size_mismatch(addr, want, req);
+            }
+            uint64_t req = e->req;
+            if (e->charged <= FL_TC_MAX_BLOCK && c->cached_bytes + e->charged <= FL_TC_MAX_BYTES && fli_tc_put(c, e)) {
+                c->cached_bytes += e->charged;
+                c->cached_blocks++;
+                c->d_req -= (int64_t)req;
+                c->d_live -= (int64_t)fli_live_size(req);
+                c->room[FL_TC_BYTES] += (int64_t)e->charged;
+                c->room[FL_TC_REQ] += (int64_t)req;
+                c->room[FL_TC_BLOCKS]++;
+                fli_lock_release(&c->lock);
+                return FL_OK;
+            }
+            fli_tc_remove(c, e); /* not kept: the policy's again, as anyone's block */
+            fli_lock_release(&c->lock);
+            fli_lock_acquire(&a->lock);
+            fl_status s = free_locked(a, addr, want);
+            release_updated(a);
+            return s;
+        }
+        fli_lock_release(&c->lock);
+    }
+    fli_lock_acquire(&a->lock);
+    fl_status s = a->threads && !a->tc_off ? tc_free_locked(a, c, addr, want) : free_locked(a, addr, want);
+    release_updated(a);
+    return s;
+}
+
+/* The allocator's lock on the fast paths: meeting another thread there turns the thread
+ * caches on. */
+static inline void lock_fast(fl_allocator *a)
+{
+    uint32_t c = 0;
+    if (FL_LIKELY(atomic_compare_exchange_strong_explicit(&a->lock.held, &c, 1, memory_order_acquire,
+                                                          memory_order_relaxed)))
+        return;
+    fli_lock_wait(&a->lock);
+    if (!a->threads)
+        threads_on(a);
+}
+
+fl_status fli_allocator_threads(fl_allocator *a)
+{
+    fli_lock_acquire(&a->lock);
+    fl_status s = a->capture_watch ? fli_fail(FL_ERR_UNSUPPORTED, "thread caches: not on a device that can capture "
+                                                                  "CUDA graphs")
+                                   : FL_OK;
+    threads_on(a);
+    release_updated(a);
+    return s;
+}
+
+/* The allocator's lock for an operation that asks the policy whether a block is live
+ * (or must see every block in it): the caches' blocks go back first. */
+static void lock_drained(fl_allocator *a)
+{
+    fli_lock_acquire(&a->lock);
+    if (a->threads)
+        tc_drain_all(a);
+}
+
+/* The caches against their counts, the policy and the peaks (fl_allocator_check). */
+static int tc_check(fl_allocator *a)
+{
+    int64_t ksum[FL_TC_FIGURES] = {0}, g[FL_TC_FIGURES];
+    const char *err = NULL;
+    uint64_t bad = 0;
+    tc_lock_all(a, NULL);
+    for (const fli_tcache *c = a->tcs; c && !err; c = c->next_of_alloc) {
+        uint64_t bytes = 0, blocks = 0;
+        for (uint32_t i = 0; i <= c->bin_mask && !err; i++) {
+            const fli_tc_bin *b = &c->bins[i];
+            uint32_t n = 0;
+            for (uint32_t v = b->head; v && n <= b->n && !err; v = c->e[v].next, n++) {
+                const fli_tc_entry *e = &c->e[v];
+                bytes += e->charged;
+                blocks++;
+                if (!e->cached || e->stream != b->stream || e->req != b->cls)
+                    err = "a bin holds a block not cached there", bad = e->addr;
+                else if (!a->policy->ops->block_size(a->policy, e->addr))
+                    err = "a cached block is not allocated in the policy", bad = e->addr;
+            }
+            if (!err && n != b->n)
+                err = "a bin's count is wrong", bad = b->cls;
+        }
+        if (!err && (bytes != c->cached_bytes || blocks != c->cached_blocks || (a->tc_off && c->index.count)))
+            err = "the cached counts are wrong, or a cache is off but not empty", bad = bytes;
+        int64_t f[FL_TC_FIGURES];
+        fig_f(c, f);
+        for (int q = 0; q < FL_TC_FIGURES && !err; q++) {
+            if (c->room[q] < 0 || c->k[q] != f[q] + c->room[q])
+                err = "a cache's room or k is wrong", bad = (uint64_t)q;
+            ksum[q] += c->k[q];
+        }
+    }
+    global_figures(a, g);
+    for (int q = 0; q < FL_TC_FIGURES && !err; q++)
+        if (ksum[q] != a->tc_k[q] || (a->threads && g[q] + a->tc_k[q] > (int64_t)*peak_of(a, q)))
+            err = "a peak could be passed unseen (G + sum k > peak)", bad = (uint64_t)q;
+    tc_unlock_all(a, NULL);
+    return err ? fli_fail(FL_ERR_INVALID, "allocator check: thread caches: %s (0x%llx)", err,
+                          (unsigned long long)bad) != FL_OK
+               : 0;
+}
+
+/* The fast path: the policy's call and plain statistics; alloc_locked when a slow reason
+ * holds (the flag is read under the lock: whoever set it held the lock too). */
 fl_status fl_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr)
 {
-    if (size == 0)
+    if (FL_UNLIKELY(size == 0))
         return fli_fail(FL_ERR_INVALID, "fl_alloc: size 0");
-    if (FL_UNLIKELY(a->capture_watch)) /* a device that can capture CUDA graphs */
-        return alloc_watching(a, size, stream, addr);
-    fli_lock_acquire(&a->lock);
-    fl_status s = alloc_locked(a, size, stream, addr);
-    fli_lock_release(&a->lock);
+    int route = atomic_load_explicit(&a->route, memory_order_relaxed);
+    if (FL_UNLIKELY(route)) /* a device that can capture CUDA graphs, or thread caches */
+        return route & ROUTE_CAPTURE ? alloc_watching(a, size, stream, addr) : tc_alloc(a, size, stream, addr);
+    lock_fast(a);
+    fl_status s;
+    if (FL_LIKELY(!a->slow)) {
+        fli_policy *p = a->policy;
+        uint64_t before = p->allocated;
+        s = p->ops->alloc(p, size, stream, addr);
+        if (FL_LIKELY(s == FL_OK))
+            count_alloc(a, p, p->allocated - before, size);
+        else
+            s = alloc_failed(a, s, size, stream);
+        fli_lock_release(&a->lock);
+        return s;
+    }
+    s = a->threads ? tc_alloc_locked(a, NULL, size, stream, addr) : alloc_locked(a, size, stream, addr);
+    release_updated(a);
     return s;
 }
 
@@ -497,7 +1139,7 @@ static fl_status defer_free(fl_allocator *a, uint64_t addr, stream_uses *u)
 
 fl_status fl_record_stream(fl_allocator *a, uint64_t addr, uint64_t stream)
 {
-    fli_lock_acquire(&a->lock);
+    lock_drained(a);
     fl_status s = FL_OK;
     uint64_t val;
     const fli_graph_block *gb = fli_graphs_find(&a->graphs, addr);
@@ -524,7 +1166,7 @@ fl_status fl_record_stream(fl_allocator *a, uint64_t addr, uint64_t stream)
                 u->n++; /* beyond MAX_USES streams: the free synchronizes the device */
         }
     }
-    fli_lock_release(&a->lock);
+    release_updated(a);
     return s;
 }
 
@@ -535,13 +1177,8 @@ static fl_status free_with_uses(fl_allocator *a, uint64_t addr, uint64_t want, u
     uint64_t uses_val;
     if (pending_index(a, addr) >= 0)
         return fli_policy_not_live(a->policy, addr);
-    if (!fli_map_get(&a->uses, addr, &uses_val)) {
-        uint64_t before = a->policy->allocated;
-        fl_status s = a->policy->ops->free(a->policy, addr, want, size);
-        if (s == FL_OK)
-            a->freed_total += before - a->policy->allocated;
-        return s;
-    }
+    if (!fli_map_get(&a->uses, addr, &uses_val))
+        return a->policy->ops->free(a->policy, addr, want, size);
     *size = a->policy->ops->block_size(a->policy, addr);
     if (want && want != *size)
         return fli_policy_size_mismatch(addr, want, *size);
@@ -563,16 +1200,15 @@ static fl_status free_graphs(fl_allocator *a, uint64_t addr, uint64_t want, uint
             return fli_policy_size_mismatch(addr, want, b->requested);
         *size = b->requested;
         if (!b->capture && !fli_graphs_underway(g)) { /* its graph is gone: an ordinary block */
-            uint64_t before = a->policy->allocated, policy_size;
+            uint64_t policy_size;
             fl_status s = a->policy->ops->free(a->policy, addr, 0, &policy_size);
-            if (s == FL_OK) {
-                a->freed_total += before - a->policy->allocated;
+            if (s == FL_OK)
                 fli_graphs_remove(g, b);
-            }
             return s;
         }
-        fli_graphs_keep(g, b); /* released ones given back at the next catch-up */
-        a->freed_total += b->rounded;
+        /* Released ones given back at the next catch-up; the block counts as freed now
+         * (kept_bytes grows: the allocated figure drops, the derived freed total grows). */
+        fli_graphs_keep(g, b);
         if (fli_map_remove(&a->uses, addr, &val)) /* the graph keeps it anyway */
             free((void *)(uintptr_t)val);
         return FL_OK;
@@ -590,10 +1226,7 @@ static fl_status free_graphs(fl_allocator *a, uint64_t addr, uint64_t want, uint
     }
     if (a->n_pending || a->uses.count)
         return free_with_uses(a, addr, want, size);
-    uint64_t before = a->policy->allocated;
-    fl_status s = a->policy->ops->free(a->policy, addr, want, size);
-    a->freed_total += before - a->policy->allocated;
-    return s;
+    return a->policy->ops->free(a->policy, addr, want, size);
 }
 
 /* want_size: the size the caller says the block has (0 = not checked). */
@@ -602,19 +1235,15 @@ static fl_status free_locked(fl_allocator *a, uint64_t addr, uint64_t want_size)
     fli_policy *p = a->policy;
     uint64_t size = 0;
     fl_status s;
-    if (FL_UNLIKELY(a->graphs.n || fli_graphs_underway(&a->graphs))) {
+    if (FL_UNLIKELY(a->graphs.n || fli_graphs_underway(&a->graphs)))
         s = free_graphs(a, addr, want_size, &size);
-    } else if (FL_UNLIKELY(a->n_pending || a->uses.count)) {
+    else if (FL_UNLIKELY(a->n_pending || a->uses.count))
         s = free_with_uses(a, addr, want_size, &size);
-    } else {
-        uint64_t before = p->allocated;
+    else
         s = p->ops->free(p, addr, want_size, &size);
-        a->freed_total += before - p->allocated;
-    }
     if (FL_UNLIKELY(s != FL_OK))
         return s;
     a->req_current -= size;
-    a->req_freed += size;
     a->live512 -= fli_live_size(size);
     if (FL_UNLIKELY(a->rec != NULL))
         fli_recorder_free(a->rec, addr, size);
@@ -623,29 +1252,44 @@ static fl_status free_locked(fl_allocator *a, uint64_t addr, uint64_t want_size)
     return FL_OK;
 }
 
-fl_status fl_free(fl_allocator *a, uint64_t addr)
+/* The fast path of both frees: the policy finds the block once and gives its requested
+ * size back; free_locked when a slow reason holds. */
+static inline fl_status free_api(fl_allocator *a, uint64_t addr, uint64_t want)
 {
-    fli_lock_acquire(&a->lock);
-    fl_status s = free_locked(a, addr, 0);
-    fli_lock_release(&a->lock);
+    if (FL_UNLIKELY(atomic_load_explicit(&a->route, memory_order_relaxed) & ROUTE_THREADS))
+        return tc_free(a, addr, want);
+    lock_fast(a);
+    fl_status s;
+    if (FL_LIKELY(!a->slow)) {
+        uint64_t size;
+        fli_policy *p = a->policy;
+        s = p->ops->free(p, addr, want, &size);
+        if (FL_LIKELY(s == FL_OK)) {
+            a->req_current -= size;
+            a->live512 -= fli_live_size(size);
+        }
+        fli_lock_release(&a->lock);
+        return s;
+    }
+    s = a->threads && !a->tc_off ? tc_free_locked(a, NULL, addr, want) : free_locked(a, addr, want);
+    release_updated(a);
     return s;
 }
+
+fl_status fl_free(fl_allocator *a, uint64_t addr) { return free_api(a, addr, 0); }
 
 fl_status fl_free_sized(fl_allocator *a, uint64_t addr, uint64_t size)
 {
     if (size == 0)
         return fli_fail(FL_ERR_INVALID, "free of 0x%llx with size 0: no block has size 0", (unsigned long long)addr);
-    fli_lock_acquire(&a->lock);
-    fl_status s = free_locked(a, addr, size);
-    fli_lock_release(&a->lock);
-    return s;
+    return free_api(a, addr, size);
 }
 
 static fl_status graphs_catch_up(fl_allocator *a);
 
 fl_status fl_empty_cache(fl_allocator *a)
 {
-    fli_lock_acquire(&a->lock);
+    lock_drained(a);
     fl_status s = FL_OK;
     if (a->policy->dev->capture_watch && fli_graphs_refresh(&a->graphs, a->policy->dev))
         s = fli_fail(FL_ERR_UNSUPPORTED, "empty_cache during a CUDA graph capture: nothing given back (it needs a "
@@ -657,18 +1301,18 @@ fl_status fl_empty_cache(fl_allocator *a)
     if (s == FL_OK)
         s = a->policy->ops->empty_cache(a->policy);
     maybe_publish(a, 1);
-    fli_lock_release(&a->lock);
+    release_updated(a);
     return s;
 }
 
 fl_status fl_set_limit(fl_allocator *a, uint64_t bytes)
 {
-    fli_lock_acquire(&a->lock);
+    lock_drained(a); /* what the caches hold may be above the new limit */
     fli_policy *p = a->policy;
     p->dev->limit = bytes;
     fl_status s = p->ops->limit_changed ? p->ops->limit_changed(p) : FL_OK;
     maybe_publish(a, 1);
-    fli_lock_release(&a->lock);
+    release_updated(a);
     return s;
 }
 
@@ -679,19 +1323,29 @@ void fl_get_stats(const fl_allocator *a, fl_stats *out)
     fl_allocator *m = (fl_allocator *)a;
     fli_lock_acquire(&m->lock);
     stats_locked(m, out);
-    fli_lock_release(&m->lock);
+    release_updated(m);
 }
 
 void fl_reset_peak_stats(fl_allocator *a)
 {
     fli_lock_acquire(&a->lock);
     fli_policy *p = a->policy;
-    a->peak_allocated = p->allocated;
-    a->req_peak = a->req_current;
-    a->blocks_peak = p->num_allocs - p->num_frees;
+    if (a->threads) { /* the current values: every room zeroed, G + sum k is U */
+        tc_lock_all(a, NULL);
+        tc_zero_rooms(a);
+        int64_t g[FL_TC_FIGURES];
+        global_figures(a, g);
+        for (int q = 0; q < FL_TC_FIGURES; q++)
+            *peak_of(a, q) = (uint64_t)(g[q] + a->tc_k[q]);
+        tc_unlock_all(a, NULL);
+    } else {
+        a->peak_allocated = p->allocated;
+        a->req_peak = a->req_current;
+        a->blocks_peak = p->num_allocs - p->num_frees;
+    }
     a->inactive_split_peak = 0;
     p->dev->counters.peak_in_use = p->dev->counters.in_use;
-    fli_lock_release(&a->lock);
+    release_updated(a);
 }
 
 fl_status fl_last_oom(const fl_allocator *a, fl_oom_report *out)
@@ -701,15 +1355,15 @@ fl_status fl_last_oom(const fl_allocator *a, fl_oom_report *out)
     int has = m->has_oom;
     if (has)
         *out = m->oom;
-    fli_lock_release(&m->lock);
+    release_updated(m);
     return has ? FL_OK : fli_fail(FL_ERR_NOT_FOUND, "no allocation has failed on this allocator");
 }
 
 fl_status fl_allocator_snapshot(fl_allocator *a, const char *path)
 {
-    fli_lock_acquire(&a->lock);
+    lock_drained(a);
     fl_status s = write_snapshot(a, path);
-    fli_lock_release(&a->lock);
+    release_updated(a);
     return s;
 }
 
@@ -731,6 +1385,12 @@ int fl_allocator_check(const fl_allocator *a)
             pending_index(a, a->pending[i].addr) != (int64_t)i)
             r = fli_fail(FL_ERR_INVALID, "allocator check: pending block 0x%llx is not live, or listed twice",
                         (unsigned long long)a->pending[i].addr) != FL_OK;
+    if (!r)
+        r = tc_check((fl_allocator *)a);
+    /* The fast path is off whenever something it skips is in use. */
+    if (!r && !a->slow && slow_reasons(a))
+        r = fli_fail(FL_ERR_INVALID, "allocator check: the fast path is on while record_stream, graphs, the "
+                                     "recorder or the publisher are in use") != FL_OK;
     fli_lock_release(lock);
     return r;
 }
@@ -742,7 +1402,7 @@ uint64_t fli_allocator_live(const fl_allocator *a) { return a->live512; }
 
 fl_status fli_allocator_block_stream(fl_allocator *a, uint64_t addr, uint64_t *stream, int *known)
 {
-    fli_lock_acquire(&a->lock);
+    lock_drained(a);
     const fli_policy *p = a->policy;
     int r = 0;
     *known = 0;
@@ -750,19 +1410,19 @@ fl_status fli_allocator_block_stream(fl_allocator *a, uint64_t addr, uint64_t *s
         r = p->ops->block_stream ? p->ops->block_stream(p, addr, stream) : p->ops->block_size(p, addr) ? -1 : 0;
         *known = r > 0;
     }
-    fli_lock_release(&a->lock);
+    release_updated(a);
     return r ? FL_OK : fli_fail(FL_ERR_NOT_FOUND, "0x%llx: not a live block of this allocator", (unsigned long long)addr);
 }
 
 fl_status fl_export(fl_allocator *a, uint64_t addr, fl_ipc_handle *out)
 {
-    fli_lock_acquire(&a->lock);
+    lock_drained(a);
     const fli_policy *p = a->policy;
     uint64_t size = pending_index(a, addr) < 0 ? p->ops->block_size(p, addr) : 0;
     fl_status s = size ? fli_dev_export(p->dev, addr, size, out)
                        : fli_fail(FL_ERR_NOT_FOUND, "fl_export(0x%llx): not a live block of this allocator",
                                  (unsigned long long)addr);
-    fli_lock_release(&a->lock);
+    release_updated(a);
     return s;
 }
 
@@ -770,7 +1430,7 @@ fl_status fl_import(fl_allocator *a, const fl_ipc_handle *h, uint64_t *addr)
 {
     fli_lock_acquire(&a->lock);
     fl_status s = fli_dev_import(a->policy->dev, h, addr);
-    fli_lock_release(&a->lock);
+    release_updated(a);
     return s;
 }
 
@@ -778,7 +1438,7 @@ fl_status fl_import_close(fl_allocator *a, uint64_t addr)
 {
     fli_lock_acquire(&a->lock);
     fl_status s = fli_dev_import_close(a->policy->dev, addr);
-    fli_lock_release(&a->lock);
+    release_updated(a);
     return s;
 }
 
@@ -881,13 +1541,13 @@ static fl_status alloc_watching(fl_allocator *a, uint64_t size, uint64_t stream,
         a->peak_allocated = now > old_peak ? now : old_peak;
         a->blocks_peak = blocks > old_blocks_peak ? blocks : old_blocks_peak;
     }
-    fli_lock_release(&a->lock);
+    release_updated(a);
     return s;
 }
 
 fl_status fli_allocator_trace(fl_allocator *a, const char *path)
 {
-    fli_lock_acquire(&a->lock);
+    lock_drained(a);
     fl_status s = FL_OK;
     if (path && a->rec)
         s = fli_fail(FL_ERR_INVALID, "trace %s: this allocator records a trace already", path);
@@ -897,7 +1557,7 @@ fl_status fli_allocator_trace(fl_allocator *a, const char *path)
         fli_recorder_close(a->rec);
         a->rec = NULL;
     }
-    fli_lock_release(&a->lock);
+    release_updated(a);
     return s;
 }
 
@@ -905,7 +1565,7 @@ void fli_allocator_trace_flush(fl_allocator *a)
 {
     fli_lock_acquire(&a->lock);
     fli_recorder_flush(a->rec);
-    fli_lock_release(&a->lock);
+    release_updated(a);
 }
 
 fl_status fl_stream_capture(fl_allocator *a, uint64_t stream, uint64_t *capture)
@@ -914,7 +1574,7 @@ fl_status fl_stream_capture(fl_allocator *a, uint64_t stream, uint64_t *capture)
     *capture = 0;
     if (a->policy->dev->capture_watch)
         fli_graphs_watch(&a->graphs, a->policy->dev, stream, capture);
-    fli_lock_release(&a->lock);
+    release_updated(a);
     return FL_OK;
 }
 
@@ -933,7 +1593,7 @@ fl_status fl_graph_release(fl_allocator *a, uint64_t capture)
         s = graphs_catch_up(a); /* else at the first moment without captures */
     if (s == FL_OK)
         maybe_publish(a, 1);
-    fli_lock_release(&a->lock);
+    release_updated(a);
     return s;
 }
 
@@ -944,7 +1604,7 @@ fl_status fli_allocator_free_stream(fl_allocator *a, uint64_t addr, uint64_t siz
     if (a->policy->dev->capture_watch)
         fli_graphs_watch(&a->graphs, a->policy->dev, stream, &capture);
     fl_status s = free_locked(a, addr, size);
-    fli_lock_release(&a->lock);
+    release_updated(a);
     return s;
 }
 
@@ -967,7 +1627,7 @@ fl_status fli_allocator_seed(fl_allocator *a, const fli_seed_segment *sg, const 
         if (p->num_allocs - p->num_frees > a->blocks_peak)
             a->blocks_peak = p->num_allocs - p->num_frees;
     }
-    fli_lock_release(&a->lock);
+    release_updated(a);
     return s;
 }
 
@@ -977,6 +1637,6 @@ fl_status fli_allocator_release(fl_allocator *a, uint64_t size, uint64_t stream,
     fli_policy *p = a->policy;
     *freed = 0;
     fl_status s = p->ops->release ? p->ops->release(p, size, stream, freed) : FL_OK;
-    fli_lock_release(&a->lock);
+    release_updated(a);
     return s;
 }
