@@ -28,7 +28,7 @@ test: build
 # OffsetAllocator when OA_DIR names a checkout of it (make bench OA_DIR=/tmp/oa), and the
 # threads scaling line; then the compare figures. FL_BENCH_RUNS sets the runs per median.
 OA_DIR ?=
-BENCH_TRACES = $(wildcard examples/*.csv) $(wildcard ../shared/traces/*.csv) \
+BENCH_TRACES = $(wildcard examples/*.csv examples/*/*.csv) $(wildcard ../shared/traces/*.csv) \
 	$(wildcard ../shared/traces/hard/*.csv) $(wildcard ../shared/traces/snapshots/*.pickle)
 COMPARE_TRACES = $(wildcard examples/*.csv) $(wildcard ../shared/traces/*.csv)
 bench: $(BUILD)/CMakeCache.txt

@@ -320,10 +320,10 @@ static void test_tc_oom_retry(void)
     fl_device *d = fl_test_sim(0, 0);
     fl_allocator *a = fl_test_allocator("policy:fragless,oom_report:0,top:0,limit:64MiB", d);
     CHECK_OK(fli_allocator_threads(a));
-    uint64_t x[24];
-    for (int i = 0; i < 24; i++)
-        CHECK_OK(fl_alloc(a, UINT64_C(2) << 20, 1, &x[i])); /* 48 MiB of 2 MiB blocks */
-    for (int i = 0; i < 24; i++)
+    uint64_t x[48];
+    for (int i = 0; i < 48; i++)
+        CHECK_OK(fl_alloc(a, UINT64_C(1) << 20, 1, &x[i])); /* 48 MiB of 1 MiB blocks */
+    for (int i = 0; i < 48; i++)
         CHECK_OK(fl_free(a, x[i])); /* all cached */
     CHECK_EQ_U64(fli_allocator_policy(a)->allocated, UINT64_C(48) << 20);
     uint64_t big;
@@ -337,9 +337,9 @@ static void test_tc_oom_retry(void)
     CHECK_OK(fl_free(a, big));
     CHECK(fl_allocator_check(a) == 0);
     /* A lower limit: what the caches hold goes back first. */
-    for (int i = 0; i < 8; i++)
-        CHECK_OK(fl_alloc(a, UINT64_C(2) << 20, 1, &x[i]));
-    for (int i = 0; i < 8; i++)
+    for (int i = 0; i < 16; i++)
+        CHECK_OK(fl_alloc(a, UINT64_C(1) << 20, 1, &x[i]));
+    for (int i = 0; i < 16; i++)
         CHECK_OK(fl_free(a, x[i]));
     CHECK_EQ_U64(fli_allocator_policy(a)->allocated, UINT64_C(16) << 20);
     CHECK_OK(fl_set_limit(a, UINT64_C(8) << 20));
