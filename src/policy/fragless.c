@@ -45,7 +45,7 @@ typedef struct fx_page {
 /* The per-page tables of a heap (fli_table_grow: warm-up extends them page after page,
  * and they are the bulk of its host memory): the page table, the index of starts, the
  * three bit arrays and the chunk table. */
-enum { TAB_PAGES, TAB_STARTS, TAB_COVERED, TAB_MAPPED, TAB_RECENT, TAB_CHUNKS, TAB_COUNT };
+enum { TAB_PAGES, TAB_STARTS, TAB_COVERED, TAB_MAPPED, TAB_RECENT, TAB_CHUNKED, TAB_COUNT };
 
 typedef struct fx_bin {
     uint32_t n;
@@ -80,9 +80,7 @@ typedef struct fx_heap {
     uint64_t *covered;      /* strictly inside a live block (pinned by it alone) */
     uint64_t *mapped;       /* handle != 0 */
     uint64_t *recent;       /* cached since the clock hand last passed: spared once */
-    /* Per chunk: 0 when its pages have handles of their own (or none); else the chunk is
-     * mapped with one handle and this is 1 + its pages that live blocks touch. */
-    uint16_t *chunks;
+    uint64_t *chunked;      /* lies in a chunk mapped with one handle */
     uint64_t top;           /* pages below it have been mapped at least once */
     uint64_t bytes_asked;   /* all bytes allocated here, and those in blocks of whole pages: */
     uint64_t whole_bytes;   /* when these dominate, such blocks are kept page-aligned */
@@ -108,8 +106,9 @@ typedef struct fx_policy {
     uint64_t n_chunk_handles; /* chunk handles created and not released */
     uint64_t n_cached;      /* mapped pages no live block touches */
     uint64_t n_chunk_pages; /* mapped pages in chunks (CHUNK_PAGES per mapped chunk) */
-    uint64_t n_chunk_pinned;/* of those, pages a live block touches */
-    uint64_t n_chunk_idle;  /* mapped chunks no live block touches (reclaimable whole) */
+    uint64_t n_chunk_cached;/* of those, pages no live block touches (chunks with none
+                               of their pages in use are counted only when needed:
+                               idle_chunks) */
     int no_chunks;          /* the device refused a chunk: one-page handles only, until
                                empty_cache or a new limit */
     uint64_t n_no_access;   /* pages marked PAGE_NO_ACCESS */
@@ -127,15 +126,14 @@ static void **heap_table(fx_heap *h, int k, size_t *elem)
     case TAB_COVERED: *elem = sizeof *h->covered; return (void **)&h->covered;
     case TAB_MAPPED: *elem = sizeof *h->mapped; return (void **)&h->mapped;
     case TAB_RECENT: *elem = sizeof *h->recent; return (void **)&h->recent;
-    default: *elem = sizeof *h->chunks; return (void **)&h->chunks;
+    default: *elem = sizeof *h->chunked; return (void **)&h->chunked;
     }
 }
 
 /* Entries of table k that cover `pages` pages. */
 static uint64_t heap_table_len(const fx_heap *h, unsigned gran_log, int k, uint64_t pages)
 {
-    return k == TAB_PAGES ? pages : k == TAB_STARTS ? pages << (gran_log - h->win_log)
-           : k == TAB_CHUNKS ? pages >> CHUNK_LOG : fli_bits_words(pages);
+    return k == TAB_PAGES ? pages : k == TAB_STARTS ? pages << (gran_log - h->win_log) : fli_bits_words(pages);
 }
 
 static fl_status heap_grow_pages(fx_heap *h, unsigned gran_log, uint64_t need)
@@ -258,14 +256,7 @@ static inline uint64_t creatable(const fx_policy *f)
  * other cached pages lie in mapped chunks, which are unmapped only whole. */
 static inline uint64_t cached_singles(const fx_policy *f)
 {
-    return f->n_cached - (f->n_chunk_pages - f->n_chunk_pinned);
-}
-
-/* Pages that unmapped ones can get without touching a live block: pooled handles, pages
- * still creatable, cached pages of their own, and chunks no live block touches. */
-static uint64_t pages_obtainable(const fx_policy *f)
-{
-    return f->n_pool + (f->n_cpool + f->n_chunk_idle) * CHUNK_PAGES + creatable(f) + cached_singles(f);
+    return f->n_cached - f->n_chunk_cached;
 }
 
 /* Live blocks touching page p. */
@@ -277,50 +268,41 @@ static inline uint32_t page_pins(const fx_heap *h, uint64_t p)
 /* Page p lies in a chunk mapped with one handle. */
 static inline int in_chunk(const fx_heap *h, uint64_t p)
 {
-    return h->chunks[p >> CHUNK_LOG] != 0;
+    return fli_bit_get(h->chunked, p);
 }
 
-/* Mapped page p gains its first live block (pin) or loses its last: its chunk's count. */
-static inline void chunk_pin(fx_policy *f, fx_heap *h, uint64_t p)
+/* Chunk c of heap h is mapped and no live block touches it: reclaimable whole. */
+static int chunk_idle(const fx_heap *h, uint64_t c)
 {
-    uint16_t *c = &h->chunks[p >> CHUNK_LOG];
-    if (*c) {
-        f->n_chunk_idle -= *c == 1;
-        ++*c;
-        f->n_chunk_pinned++;
-    }
+    uint64_t p0 = c << CHUNK_LOG;
+    if (!in_chunk(h, p0) || fli_bits_count(h->covered, p0, p0 + CHUNK_PAGES))
+        return 0;
+    for (uint64_t p = p0; p < p0 + CHUNK_PAGES; p++)
+        if (h->pages[p].refs)
+            return 0;
+    return 1;
 }
 
-static inline void chunk_unpin(fx_policy *f, fx_heap *h, uint64_t p)
+/* Mapped chunks no live block touches, counted (a scan: asked only when the other
+ * sources of pages do not suffice, or to give memory back). */
+static uint64_t idle_chunks(const fx_policy *f)
 {
-    uint16_t *c = &h->chunks[p >> CHUNK_LOG];
-    if (*c) {
-        FL_ASSERT(*c > 1);
-        f->n_chunk_idle += --*c == 1;
-        f->n_chunk_pinned--;
-    }
+    uint64_t n = 0;
+    if (f->n_chunk_cached < CHUNK_PAGES)
+        return 0;
+    for (uint32_t hi = 0; hi < f->n_heaps; hi++)
+        for (uint64_t c = 0; c < f->heaps[hi].n_pages >> CHUNK_LOG; c++)
+            n += chunk_idle(&f->heaps[hi], c);
+    return n;
 }
 
-/* The same for every page of [a, b) (pages a block alone pins or unpins): one step per
- * chunk, not per page. */
-static void chunk_pin_run(fx_policy *f, fx_heap *h, uint64_t a, uint64_t b, int pin)
+/* Pages that unmapped ones can get without touching a live block: pooled handles, pages
+ * still creatable, cached pages of their own, and chunks no live block touches (counted
+ * only when the others fall short of `need`). */
+static uint64_t pages_obtainable(const fx_policy *f, uint64_t need)
 {
-    for (uint64_t c = a >> CHUNK_LOG; c <= (b - 1) >> CHUNK_LOG; c++) {
-        if (!h->chunks[c])
-            continue;
-        uint64_t lo = c << CHUNK_LOG, hi = lo + CHUNK_PAGES;
-        uint16_t n = (uint16_t)((hi < b ? hi : b) - (lo > a ? lo : a));
-        if (pin) {
-            f->n_chunk_idle -= h->chunks[c] == 1;
-            h->chunks[c] += n;
-            f->n_chunk_pinned += n;
-        } else {
-            FL_ASSERT(h->chunks[c] > n);
-            h->chunks[c] -= n;
-            f->n_chunk_idle += h->chunks[c] == 1;
-            f->n_chunk_pinned -= n;
-        }
-    }
+    uint64_t n = f->n_pool + f->n_cpool * CHUNK_PAGES + creatable(f) + cached_singles(f);
+    return n >= need ? n : n + idle_chunks(f) * CHUNK_PAGES;
 }
 
 static inline void page_map(fx_heap *h, uint64_t p, uint64_t handle)
@@ -376,15 +358,16 @@ static fl_status reclaim_one(fx_policy *f)
     }
 }
 
-/* Unmaps a mapped chunk no live block touches (one must exist: n_chunk_idle; the caller
- * synchronized) and puts its handle in the chunk pool. Only under pressure: a scan. */
-static fl_status reclaim_chunk(fx_policy *f)
+/* Unmaps up to `want` mapped chunks no live block touches (the caller synchronized) and
+ * puts their handles in the chunk pool; *got says how many. Only under pressure or to
+ * give memory back: a scan. */
+static fl_status reclaim_chunks(fx_policy *f, uint64_t want, uint64_t *got)
 {
-    FL_ASSERT(f->n_chunk_idle > 0);
-    for (uint32_t hi = 0; hi < f->n_heaps; hi++) {
+    *got = 0;
+    for (uint32_t hi = 0; hi < f->n_heaps && *got < want; hi++) {
         fx_heap *h = &f->heaps[hi];
-        for (uint64_t c = 0; c < h->n_pages >> CHUNK_LOG; c++) {
-            if (h->chunks[c] != 1)
+        for (uint64_t c = 0; c < h->n_pages >> CHUNK_LOG && *got < want; c++) {
+            if (!chunk_idle(h, c))
                 continue;
             uint64_t p0 = c << CHUNK_LOG;
             fl_status s = fli_dev_unmap(f->base.dev, h->va + (p0 << f->gran_log), CHUNK_PAGES << f->gran_log);
@@ -393,15 +376,15 @@ static fl_status reclaim_chunk(fx_policy *f)
             uint64_t handle = h->pages[p0].handle;
             for (uint64_t p = p0; p < p0 + CHUNK_PAGES; p++)
                 page_unmap(f, h, p);
-            h->chunks[c] = 0;
+            fli_bits_clear(h->chunked, p0, p0 + CHUNK_PAGES);
             f->n_cached -= CHUNK_PAGES;
+            f->n_chunk_cached -= CHUNK_PAGES;
             f->n_chunk_pages -= CHUNK_PAGES;
-            f->n_chunk_idle--;
             f->cpool[f->n_cpool++] = handle;
-            return FL_OK;
+            ++*got;
         }
     }
-    return fli_fail(FL_ERR_INVALID, "fragless: %llu idle chunks counted, none found", (unsigned long long)f->n_chunk_idle);
+    return FL_OK;
 }
 
 /* The pools must be able to hold every handle of their kind: grown before one more is
@@ -458,7 +441,7 @@ static fl_status take_handle(fx_policy *f, int *synced, uint64_t *handle)
                 return s;
             continue;
         }
-        if (cached_singles(f) == 0 && f->n_chunk_idle == 0)
+        if (cached_singles(f) == 0 && idle_chunks(f) == 0)
             return fli_fail(FL_ERR_OOM, "fragless: no physical page left");
         if (!*synced) {
             /* Unmapping memory a kernel may still use is undefined: wait for the device. */
@@ -467,7 +450,8 @@ static fl_status take_handle(fx_policy *f, int *synced, uint64_t *handle)
             *synced = 1;
             f->base.retries++;
         }
-        if ((s = cached_singles(f) ? reclaim_one(f) : reclaim_chunk(f)) != FL_OK)
+        uint64_t got;
+        if ((s = cached_singles(f) ? reclaim_one(f) : reclaim_chunks(f, 1, &got)) != FL_OK)
             return s;
     }
 }
@@ -510,15 +494,14 @@ static fl_status map_chunk(fx_policy *f, fx_heap *h, uint64_t c)
         f->cpool[f->n_cpool++] = handle;
         return s;
     }
-    uint16_t pinned = 0;
+    uint64_t pinned = 0;
     for (uint64_t p = p0; p < p0 + CHUNK_PAGES; p++) {
         page_map(h, p, handle);
         pinned += page_pins(h, p) != 0;
     }
-    h->chunks[c] = (uint16_t)(1 + pinned);
+    fli_bits_set(h->chunked, p0, p0 + CHUNK_PAGES);
     f->n_chunk_pages += CHUNK_PAGES;
-    f->n_chunk_pinned += pinned;
-    f->n_chunk_idle += pinned == 0;
+    f->n_chunk_cached += CHUNK_PAGES - pinned;
     f->n_cached += CHUNK_PAGES - pinned;
     if (p0 + CHUNK_PAGES > h->top)
         h->top = p0 + CHUNK_PAGES;
@@ -645,7 +628,7 @@ static inline uint64_t pin_end(fx_policy *f, fx_heap *h, uint64_t p, uint32_t *n
     if (!pg->handle)
         return 1;
     f->n_cached--;
-    chunk_pin(f, h, p);
+    f->n_chunk_cached -= in_chunk(h, p);
     *no_access |= pg->flags & PAGE_NO_ACCESS;
     return 0;
 }
@@ -663,7 +646,7 @@ static uint64_t pin_rest(fx_policy *f, fx_heap *h, uint64_t p0, uint64_t p1, uin
         f->n_cached -= m;
         missing += inside - m;
         if (f->n_chunk_pages)
-            chunk_pin_run(f, h, p0 + 1, p1, 1);
+            f->n_chunk_cached -= fli_bits_count(h->chunked, p0 + 1, p1);
         if (FL_UNLIKELY(f->n_no_access))
             for (uint64_t p = p0 + 1; p < p1; p++)
                 *no_access |= h->pages[p].flags & PAGE_NO_ACCESS;
@@ -686,7 +669,7 @@ static inline void unpin_end(fx_policy *f, fx_heap *h, uint64_t p)
     if (--pg->refs == 0) {
         if (pg->handle) {
             f->n_cached++;
-            chunk_unpin(f, h, p);
+            f->n_chunk_cached += in_chunk(h, p);
         }
         fli_bit_set(h->recent, p);
     }
@@ -703,7 +686,7 @@ static void unpin_rest(fx_policy *f, fx_heap *h, uint64_t p0, uint64_t p1)
         /* All mapped while the block lived, except after a failed map (fx_alloc's undo). */
         f->n_cached += fli_bits_count(h->mapped, p0 + 1, p1);
         if (f->n_chunk_pages)
-            chunk_pin_run(f, h, p0 + 1, p1, 0);
+            f->n_chunk_cached += fli_bits_count(h->chunked, p0 + 1, p1);
     }
 }
 
@@ -936,10 +919,10 @@ static FL_NOINLINE fl_status alloc_placed(fx_policy *f, uint64_t size, uint64_t 
     uint32_t no_access = 0; /* a cached page whose set_access failed: map_pages sets it */
     uint64_t missing = pin(f, h, p0, p1, &no_access);
     if (FL_UNLIKELY(missing | no_access)) {
-        if (missing > pages_obtainable(f))
+        if (missing > pages_obtainable(f, missing))
             s = fli_fail(FL_ERR_OOM, "fragless: %llu bytes need %llu more pages of %llu MiB; %llu obtainable",
                         (unsigned long long)size, (unsigned long long)missing,
-                        (unsigned long long)(f->gran >> 20), (unsigned long long)pages_obtainable(f));
+                        (unsigned long long)(f->gran >> 20), (unsigned long long)pages_obtainable(f, missing));
         else if ((s = map_pages(f, hi, p0, p1)) == FL_OK && p1 >= f->heaps[hi].top)
             map_ahead(f, hi, p1);
         if (s != FL_OK) {
@@ -1091,14 +1074,14 @@ static fl_status fx_empty_cache(fli_policy *base)
         flush_bins(&f->heaps[hi]);
     /* Cached pages inside a chunk that a live block still touches stay: a chunk is
      * unmapped only whole. */
-    if ((cached_singles(f) || f->n_chunk_idle) && (s = fli_dev_synchronize(base->dev)) != FL_OK)
+    uint64_t idle = idle_chunks(f), got;
+    if ((cached_singles(f) || idle) && (s = fli_dev_synchronize(base->dev)) != FL_OK)
         return s;
     while (cached_singles(f))
         if ((s = reclaim_one(f)) != FL_OK)
             return s;
-    while (f->n_chunk_idle)
-        if ((s = reclaim_chunk(f)) != FL_OK)
-            return s;
+    if (idle && (s = reclaim_chunks(f, idle, &got)) != FL_OK)
+        return s;
     while (f->n_pool) {
         if ((s = fli_dev_release(base->dev, f->pool[f->n_pool - 1])) != FL_OK)
             return s;
@@ -1115,7 +1098,7 @@ static int fx_check(const fli_policy *base)
 {
     const fx_policy *f = (const fx_policy *)base;
     uint64_t mapped = 0, cached = 0, allocated = 0, no_access = 0;
-    uint64_t chunk_pages = 0, chunk_pinned = 0, chunk_idle = 0;
+    uint64_t chunk_pages = 0, chunk_cached = 0;
     for (uint32_t hi = 0; hi < f->n_heaps; hi++) {
         const fx_heap *h = &f->heaps[hi];
         if (fl_range_check(h->range))
@@ -1211,19 +1194,17 @@ static int fx_check(const fli_policy *base)
         /* A mapped chunk: every page mapped with its one handle, the count of pages live
          * blocks touch right. */
         for (uint64_t c = 0; c < h->n_pages >> CHUNK_LOG && !err; c++) {
-            if (!h->chunks[c])
+            uint64_t p0 = c << CHUNK_LOG, marked = fli_bits_count(h->chunked, p0, p0 + CHUNK_PAGES);
+            if (marked == 0)
                 continue;
-            uint64_t p0 = c << CHUNK_LOG, pinned = 0;
+            if (marked != CHUNK_PAGES)
+                err = "a chunk is marked in part";
             for (uint64_t p = p0; p < p0 + CHUNK_PAGES && !err; p++) {
                 if (h->pages[p].handle != h->pages[p0].handle || !h->pages[p].handle)
                     err = "a chunk's pages are not all mapped with its handle";
-                pinned += page_pins(h, p) != 0;
+                chunk_cached += page_pins(h, p) == 0;
             }
-            if (!err && pinned + 1 != h->chunks[c])
-                err = "a chunk's count of pages in use is wrong";
             chunk_pages += CHUNK_PAGES;
-            chunk_pinned += pinned;
-            chunk_idle += pinned == 0;
         }
         free(refs);
         free(cover);
@@ -1241,13 +1222,12 @@ static int fx_check(const fli_policy *base)
                        "%llu pages in handles", (unsigned long long)mapped, (unsigned long long)f->n_pool,
                        (unsigned long long)f->n_cpool, (unsigned long long)CHUNK_PAGES,
                        (unsigned long long)f->n_handles), 1;
-    if (chunk_pages != f->n_chunk_pages || chunk_pinned != f->n_chunk_pinned || chunk_idle != f->n_chunk_idle ||
+    if (chunk_pages != f->n_chunk_pages || chunk_cached != f->n_chunk_cached ||
         chunk_pages / CHUNK_PAGES + f->n_cpool != f->n_chunk_handles)
-        return fli_fail(FL_ERR_INVALID, "fragless check: chunks: %llu pages mapped, %llu in use, %llu idle; counters "
-                       "%llu, %llu, %llu; %llu pooled of %llu chunk handles", (unsigned long long)chunk_pages,
-                       (unsigned long long)chunk_pinned, (unsigned long long)chunk_idle,
-                       (unsigned long long)f->n_chunk_pages, (unsigned long long)f->n_chunk_pinned,
-                       (unsigned long long)f->n_chunk_idle, (unsigned long long)f->n_cpool,
+        return fli_fail(FL_ERR_INVALID, "fragless check: chunks: %llu pages mapped, %llu cached; counters %llu, %llu; "
+                       "%llu pooled of %llu chunk handles", (unsigned long long)chunk_pages,
+                       (unsigned long long)chunk_cached, (unsigned long long)f->n_chunk_pages,
+                       (unsigned long long)f->n_chunk_cached, (unsigned long long)f->n_cpool,
                        (unsigned long long)f->n_chunk_handles), 1;
     if (allocated != base->allocated)
         return fli_fail(FL_ERR_INVALID, "fragless check: blocks hold %llu bytes, counter %llu",
@@ -1302,10 +1282,11 @@ static fl_status fx_limit_changed(fli_policy *base)
     f->max_pages = limit_pages(f);
     f->no_chunks = 0;
     fl_status s;
-    if (f->n_handles > f->max_pages && (cached_singles(f) || f->n_chunk_idle) &&
+    if (f->n_handles > f->max_pages && (cached_singles(f) || idle_chunks(f)) &&
         (s = fli_dev_synchronize(base->dev)) != FL_OK)
         return s;
     while (f->n_handles > f->max_pages) {
+        uint64_t got;
         if (f->n_pool) {
             if ((s = fli_dev_release(base->dev, f->pool[f->n_pool - 1])) != FL_OK)
                 return s;
@@ -1314,11 +1295,13 @@ static fl_status fx_limit_changed(fli_policy *base)
         } else if (f->n_cpool) {
             if ((s = release_pooled_chunk(f)) != FL_OK)
                 return s;
-        } else if (cached_singles(f) || f->n_chunk_idle) {
-            if ((s = cached_singles(f) ? reclaim_one(f) : reclaim_chunk(f)) != FL_OK)
+        } else if (cached_singles(f)) {
+            if ((s = reclaim_one(f)) != FL_OK)
                 return s;
-        } else {
-            break;
+        } else if ((s = reclaim_chunks(f, 1, &got)) != FL_OK) {
+            return s;
+        } else if (!got) {
+            break; /* what is left, live blocks touch */
         }
     }
     return FL_OK;
