@@ -133,6 +133,25 @@ static inline uint64_t granule_get(sim_device *s, uint64_t g)
     return e ? *e : 0;
 }
 
+/* The end of granule g's table chunk, or g1 if that comes first: [g, seg_end) is one
+ * array of entries (granule(s, g, ...)[0 .. seg_end - g)). */
+static inline uint64_t seg_end(uint64_t g, uint64_t g1)
+{
+    uint64_t end = ((g >> SIM_CHUNK_LOG) + 1) << SIM_CHUNK_LOG;
+    return end < g1 ? end : g1;
+}
+
+/* Clears the entries of [g0, g1). */
+static void granules_clear(sim_device *s, uint64_t g0, uint64_t g1)
+{
+    for (uint64_t g = g0, end; g < g1; g = end) {
+        end = seg_end(g, g1);
+        uint64_t *e = granule(s, g, 0);
+        if (e)
+            memset(e, 0, (end - g) * sizeof *e);
+    }
+}
+
 static fl_status charge(fl_device *d, fl_call c, fl_status s)
 {
     d->counters.time_us += sim(d)->cost[c];
@@ -367,20 +386,26 @@ static fl_status sim_map(fl_device *d, uint64_t va, uint64_t size, uint64_t hand
                       fli_fail(FL_ERR_INVALID, "sim map: [0x%llx, +%llu) is not inside a reservation",
                               (unsigned long long)va, (unsigned long long)size));
     uint64_t g0 = va >> s->gran_log, g1 = (va + size) >> s->gran_log;
-    for (uint64_t g = g0; g < g1; g++)
-        if (granule_get(s, g))
-            return charge(d, FL_CALL_MAP,
-                          fli_fail(FL_ERR_INVALID, "sim map: 0x%llx is already mapped",
-                                  (unsigned long long)(g << s->gran_log)));
-    for (uint64_t g = g0; g < g1; g++) {
+    for (uint64_t g = g0, end; g < g1; g = end) {
+        end = seg_end(g, g1);
+        const uint64_t *e = granule(s, g, 0);
+        for (uint64_t i = 0; e && i < end - g; i++)
+            if (e[i])
+                return charge(d, FL_CALL_MAP,
+                              fli_fail(FL_ERR_INVALID, "sim map: 0x%llx is already mapped",
+                                      (unsigned long long)((g + i) << s->gran_log)));
+    }
+    for (uint64_t g = g0, end; g < g1; g = end) {
+        end = seg_end(g, g1);
         uint64_t *e = granule(s, g, 1);
         if (!e) {
-            for (uint64_t u = g0; u < g; u++)
-                *granule(s, u, 0) = 0;
+            granules_clear(s, g0, g);
             return charge(d, FL_CALL_MAP, fli_fail(FL_ERR_NOMEM, "sim map: host memory"));
         }
-        *e = (handle << 1) | (g == g0);
+        for (uint64_t i = 0; i < end - g; i++)
+            e[i] = handle << 1;
     }
+    *granule(s, g0, 0) |= 1; /* the mapping starts here */
     h->mappings++;
     s->res[ri].mapped += g1 - g0;
     return charge(d, FL_CALL_MAP, FL_OK);
@@ -397,12 +422,16 @@ static fl_status sim_unmap(fl_device *d, uint64_t va, uint64_t size)
     uint64_t g0 = va >> s->gran_log, g1 = (va + size) >> s->gran_log, v;
     /* The driver unmaps whole mappings only: the range must start a mapping and must
      * not end inside one. */
-    for (uint64_t g = g0; g < g1; g++)
-        if (!(v = granule_get(s, g)) || (g == g0 && !(v & 1)))
-            return charge(d, FL_CALL_UNMAP,
-                          fli_fail(FL_ERR_INVALID, "sim unmap: 0x%llx is %s",
-                                  (unsigned long long)(g << s->gran_log),
-                                  v ? "inside a mapping, not its start" : "not mapped"));
+    for (uint64_t g = g0, end; g < g1; g = end) {
+        end = seg_end(g, g1);
+        const uint64_t *e = granule(s, g, 0);
+        for (uint64_t i = 0; i < end - g; i++)
+            if (!(v = e ? e[i] : 0) || (g + i == g0 && !(v & 1)))
+                return charge(d, FL_CALL_UNMAP,
+                              fli_fail(FL_ERR_INVALID, "sim unmap: 0x%llx is %s",
+                                      (unsigned long long)((g + i) << s->gran_log),
+                                      v ? "inside a mapping, not its start" : "not mapped"));
+    }
     if ((v = granule_get(s, g1)) && !(v & 1))
         return charge(d, FL_CALL_UNMAP,
                       fli_fail(FL_ERR_INVALID, "sim unmap: [0x%llx, +%llu) ends inside a mapping",
@@ -410,15 +439,18 @@ static fl_status sim_unmap(fl_device *d, uint64_t va, uint64_t size)
     /* Mapped granules always lie inside a reservation (map checks it). */
     s->res[find_reservation(s, va, size)].mapped -= g1 - g0;
     uint64_t mappings = 0;
-    for (uint64_t g = g0; g < g1; g++) {
+    for (uint64_t g = g0, end; g < g1; g = end) {
+        end = seg_end(g, g1);
         uint64_t *e = granule(s, g, 0);
-        v = *e;
-        *e = 0;
-        if (v & 1) {
-            sim_handle *h = get_handle(s, v >> 1);
-            h->mappings--;
-            mappings++;
-            maybe_reclaim(d, h);
+        for (uint64_t i = 0; i < end - g; i++) {
+            v = e[i];
+            e[i] = 0;
+            if (v & 1) {
+                sim_handle *h = get_handle(s, v >> 1);
+                h->mappings--;
+                mappings++;
+                maybe_reclaim(d, h);
+            }
         }
     }
     return charge_units(d, FL_CALL_UNMAP, mappings, FL_OK);
@@ -433,14 +465,19 @@ static fl_status sim_set_access(fl_device *d, uint64_t va, uint64_t size)
     if (st != FL_OK)
         return charge(d, FL_CALL_SET_ACCESS, st);
     /* Mappings touched: those starting in the range, and one begun before it. */
-    uint64_t mappings = 0, g0 = va >> s->gran_log, v;
-    for (uint64_t g = g0; g < (va + size) >> s->gran_log; g++) {
-        if (!(v = granule_get(s, g)))
-            return charge(d, FL_CALL_SET_ACCESS,
-                          fli_fail(FL_ERR_INVALID, "sim set_access: 0x%llx is not mapped",
-                                  (unsigned long long)(g << s->gran_log)));
-        mappings += (v & 1) || g == g0;
+    uint64_t mappings = 0, g0 = va >> s->gran_log, g1 = (va + size) >> s->gran_log, v;
+    for (uint64_t g = g0, end; g < g1; g = end) {
+        end = seg_end(g, g1);
+        const uint64_t *e = granule(s, g, 0);
+        for (uint64_t i = 0; i < end - g; i++) {
+            if (!(v = e ? e[i] : 0))
+                return charge(d, FL_CALL_SET_ACCESS,
+                              fli_fail(FL_ERR_INVALID, "sim set_access: 0x%llx is not mapped",
+                                      (unsigned long long)((g + i) << s->gran_log)));
+            mappings += v & 1;
+        }
     }
+    mappings += !(granule_get(s, g0) & 1); /* one begun before the range */
     return charge_units(d, FL_CALL_SET_ACCESS, mappings, FL_OK);
 }
 

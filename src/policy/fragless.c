@@ -80,7 +80,7 @@ typedef struct fx_heap {
     uint64_t *covered;      /* strictly inside a live block (pinned by it alone) */
     uint64_t *mapped;       /* handle != 0 */
     uint64_t *recent;       /* cached since the clock hand last passed: spared once */
-    uint64_t *chunked;      /* lies in a chunk mapped with one handle */
+    uint64_t *chunked;      /* a bit per chunk: mapped with one handle */
     uint64_t top;           /* pages below it have been mapped at least once */
     uint64_t bytes_asked;   /* all bytes allocated here, and those in blocks of whole pages: */
     uint64_t whole_bytes;   /* when these dominate, such blocks are kept page-aligned */
@@ -133,14 +133,18 @@ static void **heap_table(fx_heap *h, int k, size_t *elem)
 /* Entries of table k that cover `pages` pages. */
 static uint64_t heap_table_len(const fx_heap *h, unsigned gran_log, int k, uint64_t pages)
 {
-    return k == TAB_PAGES ? pages : k == TAB_STARTS ? pages << (gran_log - h->win_log) : fli_bits_words(pages);
+    return k == TAB_PAGES ? pages : k == TAB_STARTS ? pages << (gran_log - h->win_log)
+           : fli_bits_words(k == TAB_CHUNKED ? pages >> CHUNK_LOG : pages);
 }
 
 static fl_status heap_grow_pages(fx_heap *h, unsigned gran_log, uint64_t need)
 {
     if (need <= h->n_pages)
         return FL_OK;
-    uint64_t n = h->n_pages ? h->n_pages : CHUNK_PAGES;
+    /* 256 pages to start (512 MiB of 2 MiB pages; 6 KiB of tables in a large heap, the
+     * small heap's index in an untouched mapping): doubling from one chunk cost the
+     * snapshots' warm-up 5 copies of every table per heap. */
+    uint64_t n = h->n_pages ? h->n_pages : 256;
     while (n < need)
         n *= 2;
     for (int k = 0; k < TAB_COUNT; k++) {
@@ -268,7 +272,20 @@ static inline uint32_t page_pins(const fx_heap *h, uint64_t p)
 /* Page p lies in a chunk mapped with one handle. */
 static inline int in_chunk(const fx_heap *h, uint64_t p)
 {
-    return fli_bit_get(h->chunked, p);
+    return fli_bit_get(h->chunked, p >> CHUNK_LOG);
+}
+
+/* Pages of [a, b) that lie in mapped chunks: a bit per chunk, so a run of N pages costs
+ * N/1024 words. */
+static inline uint64_t chunked_pages(const fx_heap *h, uint64_t a, uint64_t b)
+{
+    if (a >= b)
+        return 0;
+    uint64_t ca = a >> CHUNK_LOG, cb = (b - 1) >> CHUNK_LOG;
+    if (ca == cb)
+        return in_chunk(h, a) ? b - a : 0;
+    return (in_chunk(h, a) ? ((ca + 1) << CHUNK_LOG) - a : 0) + (in_chunk(h, b - 1) ? b - (cb << CHUNK_LOG) : 0) +
+           fli_bits_count(h->chunked, ca + 1, cb) * CHUNK_PAGES;
 }
 
 /* Chunk c of heap h is mapped and no live block touches it: reclaimable whole. */
@@ -376,7 +393,7 @@ static fl_status reclaim_chunks(fx_policy *f, uint64_t want, uint64_t *got)
             uint64_t handle = h->pages[p0].handle;
             for (uint64_t p = p0; p < p0 + CHUNK_PAGES; p++)
                 page_unmap(f, h, p);
-            fli_bits_clear(h->chunked, p0, p0 + CHUNK_PAGES);
+            fli_bit_clear(h->chunked, c);
             f->n_cached -= CHUNK_PAGES;
             f->n_chunk_cached -= CHUNK_PAGES;
             f->n_chunk_pages -= CHUNK_PAGES;
@@ -499,7 +516,7 @@ static fl_status map_chunk(fx_policy *f, fx_heap *h, uint64_t c)
         page_map(h, p, handle);
         pinned += page_pins(h, p) != 0;
     }
-    fli_bits_set(h->chunked, p0, p0 + CHUNK_PAGES);
+    fli_bit_set(h->chunked, c);
     f->n_chunk_pages += CHUNK_PAGES;
     f->n_chunk_cached += CHUNK_PAGES - pinned;
     f->n_cached += CHUNK_PAGES - pinned;
@@ -646,7 +663,7 @@ static uint64_t pin_rest(fx_policy *f, fx_heap *h, uint64_t p0, uint64_t p1, uin
         f->n_cached -= m;
         missing += inside - m;
         if (f->n_chunk_pages)
-            f->n_chunk_cached -= fli_bits_count(h->chunked, p0 + 1, p1);
+            f->n_chunk_cached -= chunked_pages(h, p0 + 1, p1);
         if (FL_UNLIKELY(f->n_no_access))
             for (uint64_t p = p0 + 1; p < p1; p++)
                 *no_access |= h->pages[p].flags & PAGE_NO_ACCESS;
@@ -676,28 +693,30 @@ static inline void unpin_end(fx_policy *f, fx_heap *h, uint64_t p)
 }
 
 /* unpin() past the first page. */
-static void unpin_rest(fx_policy *f, fx_heap *h, uint64_t p0, uint64_t p1)
+static void unpin_rest(fx_policy *f, fx_heap *h, uint64_t p0, uint64_t p1, int all_mapped)
 {
     unpin_end(f, h, p1);
     if (p1 > p0 + 1) {
         FL_ASSERT(fli_bits_count(h->covered, p0 + 1, p1) == p1 - p0 - 1);
         fli_bits_clear(h->covered, p0 + 1, p1);
         fli_bits_set(h->recent, p0 + 1, p1);
-        /* All mapped while the block lived, except after a failed map (fx_alloc's undo). */
-        f->n_cached += fli_bits_count(h->mapped, p0 + 1, p1);
+        /* All mapped while the block lived (all_mapped: a free), except after a failed
+         * map (alloc_placed's undo): then counted. */
+        FL_ASSERT(!all_mapped || fli_bits_count(h->mapped, p0 + 1, p1) == p1 - p0 - 1);
+        f->n_cached += all_mapped ? p1 - p0 - 1 : fli_bits_count(h->mapped, p0 + 1, p1);
         if (f->n_chunk_pages)
-            f->n_chunk_cached += fli_bits_count(h->chunked, p0 + 1, p1);
+            f->n_chunk_cached += chunked_pages(h, p0 + 1, p1);
     }
 }
 
 /* Drops a block's pins of [p0, p1]; pages left unused become cached. */
-static inline void unpin(fx_policy *f, uint32_t hi, uint64_t p0, uint64_t p1)
+static inline void unpin(fx_policy *f, uint32_t hi, uint64_t p0, uint64_t p1, int all_mapped)
 {
     fx_heap *h = &f->heaps[hi];
     FL_ASSERT(p0 <= p1 && p1 < h->n_pages);
     unpin_end(f, h, p0);
     if (FL_UNLIKELY(p1 != p0))
-        unpin_rest(f, h, p0, p1);
+        unpin_rest(f, h, p0, p1, all_mapped);
 }
 
 /* ---- placement ------------------------------------------------------------------ */
@@ -926,7 +945,7 @@ static FL_NOINLINE fl_status alloc_placed(fx_policy *f, uint64_t size, uint64_t 
         else if ((s = map_pages(f, hi, p0, p1)) == FL_OK && p1 >= f->heaps[hi].top)
             map_ahead(f, hi, p1);
         if (s != FL_OK) {
-            unpin(f, hi, p0, p1);
+            unpin(f, hi, p0, p1, 0);
             give_back(&f->heaps[hi], held, node, rsize);
             if (s == FL_ERR_OOM)
                 base->ooms++;
@@ -1024,7 +1043,7 @@ static FL_NOINLINE fl_status free_found(fx_policy *f, fx_heap *h, uint32_t v)
     } else {
         heap_release(h, v);
     }
-    unpin(f, (uint32_t)(h - f->heaps), off >> f->gran_log, (off + size - 1) >> f->gran_log);
+    unpin(f, (uint32_t)(h - f->heaps), off >> f->gran_log, (off + size - 1) >> f->gran_log, 1);
     f->base.allocated -= size;
     f->base.num_frees++;
     return FL_OK;
@@ -1194,11 +1213,9 @@ static int fx_check(const fli_policy *base)
         /* A mapped chunk: every page mapped with its one handle, the count of pages live
          * blocks touch right. */
         for (uint64_t c = 0; c < h->n_pages >> CHUNK_LOG && !err; c++) {
-            uint64_t p0 = c << CHUNK_LOG, marked = fli_bits_count(h->chunked, p0, p0 + CHUNK_PAGES);
-            if (marked == 0)
+            uint64_t p0 = c << CHUNK_LOG;
+            if (!in_chunk(h, p0))
                 continue;
-            if (marked != CHUNK_PAGES)
-                err = "a chunk is marked in part";
             for (uint64_t p = p0; p < p0 + CHUNK_PAGES && !err; p++) {
                 if (h->pages[p].handle != h->pages[p0].handle || !h->pages[p].handle)
                     err = "a chunk's pages are not all mapped with its handle";
