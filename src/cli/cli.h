@@ -3,12 +3,16 @@
 #define FL_CLI_H
 
 #include "cli/progress.h"
+#include "gen/gen.h"
 #include "replay/doctor.h"
 #include "replay/input.h"
 
 enum { CLI_EXIT_OK = 0, CLI_EXIT_USAGE = 1, CLI_EXIT_INPUT = 2, CLI_EXIT_OOM = 3, CLI_EXIT_ERROR = 4 };
 typedef enum cli_mode { CLI_REPLAY, CLI_COMPARE, CLI_DOCTOR, CLI_REPORT } cli_mode;
 #define CLI_MAX_TRACES 256
+#define CLI_MAX_POLICIES 16
+
+typedef struct cli_job cli_job;
 
 typedef struct cli_opts {
     fli_replay_opts opts;        /* config and device shared by every run */
@@ -23,7 +27,32 @@ typedef struct cli_opts {
     const char *format;         /* table, csv, json */
     const char *output;         /* report: -o PATH */
     int device;                 /* --device N for snapshots, FL_DEVICE_DEFAULT if not given */
+    cli_job *job;               /* the inputs are the rank files of one job (job.c), else NULL */
 } cli_opts;
+
+/* ---- a multi-GPU job (job.c): the rank files of one job, their figures side by side ---- */
+struct cli_job {
+    int is_job;
+    int n;                                      /* ranks (= the command's traces, in rank order) */
+    char name[512];                             /* the files' name with %r for the rank */
+    int rank[CLI_MAX_TRACES];
+    const char *metric;                         /* what `need` holds: min_capacity or peak_reserved */
+    int np;
+    char policy[CLI_MAX_POLICIES][32];
+    uint64_t peak_live[CLI_MAX_TRACES];
+    uint64_t need[CLI_MAX_TRACES][CLI_MAX_POLICIES];
+    unsigned have[CLI_MAX_TRACES];              /* bit per policy */
+};
+/* The inputs made concrete: a folder's traces (sorted by name), a name with %r (the files
+ * that have a number there), other words as they are. When they are the files of one job
+ * (names that differ only in one number), they are put in rank order and o->job = job.
+ * 0 or an exit code with the reason on stderr. */
+int cli_job_expand(cli_opts *o, cli_mode mode, cli_job *job);
+/* A rank's figure (t: its index in o->traces) under policy number `policy`. */
+void cli_job_record(cli_job *job, int t, int policy, const char *name, uint64_t peak_live, uint64_t need);
+void cli_job_print_text(const cli_job *job);
+void cli_job_print_json(const cli_job *job);
+void cli_job_write_html(FILE *f, const cli_job *job);
 
 /* --device N: 0 or an exit code (with the message). */
 int cli_parse_device(const char *v, int *device);
@@ -68,6 +97,12 @@ typedef struct cli_top_opts {
 } cli_top_opts;
 int cli_top_parse(int argc, char **argv, cli_top_opts *o);
 
+typedef struct cli_gen_opts {
+    fli_gen_params p;
+    const char *output;         /* -o PATH, %r for the rank */
+} cli_gen_opts;
+int cli_gen_parse(int argc, char **argv, cli_gen_opts *o);
+
 typedef struct cli_run_opts {
     char **cmd;                 /* the command and its arguments (NULL-terminated, in argv) */
     char conf[4096];            /* FRAGLESS_CONF for it: --conf (else the inherited one) and trace:PATH */
@@ -80,6 +115,7 @@ int cli_replay(const cli_opts *o);
 int cli_import(int argc, char **argv);
 int cli_fidelity(int argc, char **argv);
 int cli_run(int argc, char **argv);
+int cli_gen(int argc, char **argv);
 int cli_top(int argc, char **argv);
 /* One frame of `fragless top` for the records in dir, as text (malloc'd; without NVML's
  * lines), waiting at most wait_ns in all for records that stay mid-update; -1 with the
@@ -119,7 +155,6 @@ void cli_whatif_delta(char *buf, size_t n, uint64_t ran, uint64_t need);
 int cli_report(const cli_opts *o);
 /* --policies as names (at most CLI_MAX_POLICIES, each known); 0 or an exit code, with
  * the reason on stderr. */
-#define CLI_MAX_POLICIES 16
 int cli_split_policies(const char *list, char names[][32], int *n);
 /* Shared by the commands: --capacity as bytes for one trace (a factor needs peak live);
  * 0, or an exit code with the reason on stderr (a factor whose bytes pass 2^64). */

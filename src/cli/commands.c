@@ -214,6 +214,8 @@ int cli_compare(const cli_opts *o)
     if (rc)
         return rc;
     int first = 1, failed = 0;
+    if (o->job)
+        o->job->metric = o->min_capacity ? "min_capacity" : "peak_reserved";
     if (!strcmp(o->format, "json"))
         printf("[\n");
     cli_progress bar; /* silent unless stderr is a terminal */
@@ -269,6 +271,9 @@ int cli_compare(const cli_opts *o)
                     return status_exit(s);
                 }
                 print_row(o, p, names[i], &m, first);
+                if (nv == 1)
+                    cli_job_record(o->job, t, i, names[i], p->peak_live,
+                                   o->min_capacity ? m.min_capacity : m.unlimited.peak_reserved);
                 fflush(stdout); /* the row is on screen before the bar comes back */
                 first = 0;
                 if (m.unlimited.ooms) {
@@ -284,6 +289,14 @@ int cli_compare(const cli_opts *o)
                 printf("\n");
         }
         fli_loaded_free(v, nv);
+    }
+    /* A job: the ranks side by side and the job line (not in CSV: one row per trace and
+     * policy there, the same figures). */
+    if (o->job && !strcmp(o->format, "text"))
+        cli_job_print_text(o->job);
+    if (o->job && !strcmp(o->format, "json")) {
+        printf(",\n  ");
+        cli_job_print_json(o->job);
     }
     if (!strcmp(o->format, "json"))
         printf("\n]\n");

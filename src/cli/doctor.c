@@ -375,15 +375,12 @@ int cli_doctor_section(const cli_opts *o, fli_loaded *in, fli_replay_opts *ran, 
     return CLI_EXIT_OK;
 }
 
-int cli_doctor(const cli_opts *o)
+/* One input (each device of a snapshot); with a job, its rank's figures are recorded. */
+static int doctor_input(const cli_opts *o, int t)
 {
-    if (!fli_policy_find(o->policies)) {
-        fprintf(stderr, "fragless: unknown policy '%s' (fragless, cca, cca-expandable, nocache)\n", o->policies);
-        return CLI_EXIT_USAGE;
-    }
     fli_loaded *v;
     int n;
-    fl_status s = fli_load_inputs(o->traces[0], o->device, stderr, &v, &n);
+    fl_status s = fli_load_inputs(o->traces[t], o->device, stderr, &v, &n);
     if (s != FL_OK) {
         fprintf(stderr, "fragless: %s\n", fl_last_error());
         return s == FL_ERR_INVALID ? CLI_EXIT_USAGE : (s == FL_ERR_PARSE || s == FL_ERR_IO) ? CLI_EXIT_INPUT : CLI_EXIT_ERROR;
@@ -397,6 +394,13 @@ int cli_doctor(const cli_opts *o)
         fli_diagnosis d;
         if ((rc = cli_doctor_section(o, &v[i], &ran, &sec, &d, NULL)) != 0)
             break;
+        if (n == 1 && o->job) {
+            char label[40];
+            snprintf(label, sizeof label, "what ran (%.24s)", ran.cfg.policy);
+            cli_job_record(o->job, t, 0, label, d.peak_live, d.rows[0].min_capacity);
+            if (d.fragless_row > 0)
+                cli_job_record(o->job, t, 1, "fragless", d.peak_live, d.rows[d.fragless_row].min_capacity);
+        }
         if (json) {
             printf("%s", i ? ",\n " : "");
             print_json(v[i].p, &ran, &d, &sec);
@@ -407,7 +411,45 @@ int cli_doctor(const cli_opts *o)
         }
     }
     if (json && !rc)
-        printf(n > 1 ? "]\n" : "\n");
+        printf(n > 1 ? "]" : "");
     fli_loaded_free(v, n);
     return rc;
+}
+
+int cli_doctor(const cli_opts *o)
+{
+    if (!fli_policy_find(o->policies)) {
+        fprintf(stderr, "fragless: unknown policy '%s' (fragless, cca, cca-expandable, nocache)\n", o->policies);
+        return CLI_EXIT_USAGE;
+    }
+    int json = !strcmp(o->format, "json"), rc = 0;
+    if (!o->job) {
+        rc = doctor_input(o, 0);
+        if (json && !rc)
+            printf("\n");
+        return rc;
+    }
+    /* A job: each rank's diagnosis, then the ranks side by side. */
+    o->job->metric = "min_capacity";
+    if (json)
+        printf("{\"ranks\": [");
+    for (int t = 0; t < o->n_traces && !rc; t++) {
+        if (json)
+            printf("%s", t ? ",\n " : "");
+        else if (t)
+            printf("\n========================================================================================\n\n");
+        if (!json)
+            printf("rank %d: %s\n\n", o->job->rank[t], o->traces[t]);
+        rc = doctor_input(o, t);
+    }
+    if (rc)
+        return rc;
+    if (json) {
+        printf("],\n \"job\": ");
+        cli_job_print_json(o->job);
+        printf("}\n");
+    } else {
+        cli_job_print_text(o->job);
+    }
+    return 0;
 }

@@ -18,6 +18,7 @@ static const char main_help[] =
     "\n"
     "commands:\n"
     "  compare TRACE...   every policy side by side: peak reserved, min capacity, device calls\n"
+    "                     (TRACE may be a folder or a job's rank files: NAME%r.csv)\n"
     "  replay TRACE       one policy in detail, with a timeline of device calls\n"
     "  doctor TRACE       is it fragmentation? what to change, and what it would save\n"
     "  report TRACE|STATE... -o FILE.html  the whole picture as one HTML page: timelines, page maps\n"
@@ -25,6 +26,7 @@ static const char main_help[] =
     "  fidelity SNAPSHOT... how close the PyTorch emulation comes to the recorded reserved memory\n"
     "  run -- CMD...      run any CUDA program with fragless serving its cudaMalloc/cudaFree\n"
     "  top [--once]       live memory of every process using fragless, like nvidia-smi\n"
+    "  gen --kind K -o F  a DDP, FSDP or pipeline training job's traces, one per rank\n"
     "  help [COMMAND]     this text, or a command's\n"
     "  version            the version\n"
     "\n"
@@ -35,6 +37,12 @@ static const char main_help[] =
     "                     report writes HTML to -o FILE instead\n"
     "  --capacity SIZE    80GiB, 512MiB, 4096 (bytes) or 1.05x (times peak live); decimal\n"
     "                     units (80GB) are refused: 80GB is 74.51 GiB, not an 80 GiB card\n"
+    "\n"
+    "a multi-GPU job at once (compare, doctor, report): give a folder (its .csv and .pickle\n"
+    "files), a name with %r for the rank (trace.rank%r.csv, as trace:PATH names each rank's\n"
+    "file) or the rank files themselves. Files whose names differ only in one number are\n"
+    "one job's ranks: each rank's figures, then the ranks side by side and a job line (the\n"
+    "rank that needs most, the spread between ranks).\n"
     "\n"
     "policies: fragless (ours), cca (PyTorch's default caching allocator),\n"
     "          cca-expandable (PyTorch's expandable segments), nocache (no cache)\n"
@@ -86,6 +94,12 @@ static const char compare_help[] =
     "space: e.g. more than 255 streams under fragless) is marked FAILED (JSON \"failed\",\n"
     "CSV unlimited_ooms) and the exit code is 3.\n"
     "\n"
+    "A folder, a name with %r (trace.rank%r.csv) or files whose names differ only in one\n"
+    "number are a job's ranks: after the ranks' tables, min_capacity by rank (peak_reserved\n"
+    "with --no-min-capacity) side by side\n"
+    "and a job line: the rank that needs most under the first policy, the least, and the\n"
+    "spread (JSON: one more element, {\"job\": ...}; CSV: the rows only).\n"
+    "\n"
     "  --policy LIST     comma-separated (default fragless,cca,cca-expandable,nocache);\n"
     "                    --policies is the same option\n"
     "  --capacity SIZE   80GiB, 512MiB, or 1.05x (times each trace's peak live bytes)\n"
@@ -100,7 +114,7 @@ static const char compare_help[] =
     "            memory (its row is marked FAILED); 4 other error\n";
 
 static const char doctor_help[] =
-    "usage: fragless doctor TRACE [--capacity SIZE] [--policy P] [--conf CONF] [--format text|json]\n"
+    "usage: fragless doctor TRACE|JOB [--capacity SIZE] [--policy P] [--conf CONF] [--format text|json]\n"
     "\n"
     "A diagnosis you can act on. With --capacity (your GPU's memory, or 0.95x of peak\n"
     "live), or from a snapshot that ends in an oom event (capacity = reserved + free on the\n"
@@ -110,6 +124,11 @@ static const char doctor_help[] =
     "capacity, fragmentation otherwise. Then: memory by lifetime (persistent vs transient),\n"
     "the capacity each allocator setting needs (PyTorch's knobs, expandable segments,\n"
     "fragless), and estimates for empty_cache() and gradient accumulation.\n"
+    "\n"
+    "TRACE may be a job's rank files (a folder, a name with %r, or files whose names differ\n"
+    "only in one number): each rank's diagnosis, then the capacity what ran and fragless\n"
+    "need by rank, side by side, and a job line (the rank that needs most, the spread;\n"
+    "JSON: {\"ranks\": [...], \"job\": {...}}).\n"
     "\n"
     "  --policy P        the allocator the trace ran under (default: what a snapshot's\n"
     "                    allocator_settings say, else cca, PyTorch's default); one\n"
@@ -136,7 +155,10 @@ static const char report_help[] =
     "state snapshot (JSON, from fl_allocator_snapshot, oom_snapshot:PATH or Python's\n"
     "fragless.snapshot()): its statistics and its page map; --policy and --capacity do\n"
     "not apply to it. On success it prints the path it wrote. It has no --format: the\n"
-    "page is HTML (compare, replay and doctor print text, csv or json).\n"
+    "page is HTML (compare, replay and doctor print text, csv or json). A job's rank files\n"
+    "(a folder, a name with %r, or files whose names differ only in one number) end the\n"
+    "page with the ranks side by side: peak live and each policy's min_capacity by rank,\n"
+    "the rank that needs most and the spread.\n"
     "\n"
     "  -o, --output FILE the HTML file to write (required)\n"
     "  --policy LIST     comma-separated (default fragless,cca,cca-expandable,nocache);\n"
@@ -289,7 +311,8 @@ int cli_parse_opts(int argc, char **argv, cli_mode mode, cli_opts *o)
         return usage_error(help, "no output file given (-o REPORT.html)%s", "");
     if (!multi && strchr(o->policies, ','))
         return usage_error(help, "--policy '%s': this command runs one policy; compare takes a list", o->policies);
-    if (!multi && o->n_traces > 1)
+    /* doctor also takes the rank files of one job (cli_job_expand checks that they are). */
+    if (!multi && !is_doctor && o->n_traces > 1)
         return usage_error(help, "this command takes one trace; use compare for several (got '%s' too)",
                            o->traces[1]);
     return 0;

@@ -394,6 +394,8 @@ static void write_head(FILE *f, const cli_opts *o)
             css);
     if (o->n_traces > 1) {
         fputs("<nav>", f);
+        if (o->job) /* the job's section closes the page: the link to it opens the list */
+            fputs("<a href=\"#job\">the job: ranks side by side</a>", f);
         for (int t = 0; t < o->n_traces; t++) {
             const char *base = strrchr(o->traces[t], '/');
             fprintf(f, "<a href=\"#t%d\">", t);
@@ -429,6 +431,9 @@ static fl_status policy_min_capacity(const fli_prepared *p, const fli_replay_opt
 
 /* Everything about one trace (one device of a snapshot), written as one section; the
  * exit code on failure. */
+/* The input being written (its index in o->traces): a job's rank figures are kept by it. */
+static int report_rank;
+
 static int report_one(FILE *f, const cli_opts *o, const char *path, const char *sid, fli_loaded *in, char names[][32],
                       int np, cli_progress *bar)
 {
@@ -463,6 +468,8 @@ static int report_one(FILE *f, const cli_opts *o, const char *path, const char *
             goto out;
         }
         known[measured] = (fli_known_min){ro.cfg, g, ms[measured].min_capacity};
+        if (info->n_devices <= 1)
+            cli_job_record(o->job, report_rank, measured, names[measured], p->peak_live, ms[measured].min_capacity);
     }
     snprintf(what, sizeof what, "%.32s page maps", p->name);
     cli_progress_unit(bar, what);
@@ -561,6 +568,7 @@ static int report_input(FILE *f, const cli_opts *o, int idx, char names[][32], i
         return s == FL_ERR_INVALID ? CLI_EXIT_USAGE : (s == FL_ERR_PARSE || s == FL_ERR_IO) ? CLI_EXIT_INPUT : CLI_EXIT_ERROR;
     }
     int rc = 0;
+    report_rank = idx;
     if (n && v[0].info.n_devices > 1)
         fprintf(f, "<div id=\"t%d\"></div>\n", idx); /* the navigation's anchor */
     for (int i = 0; i < n && !rc; i++) {
@@ -718,6 +726,10 @@ int cli_report(const cli_opts *o)
         rc = kind == FL_INPUT_STATE ? report_state(f, o, t, np, &bar) : report_input(f, o, t, names, np, &bar);
     }
     cli_progress_clear(&bar);
+    if (!rc && o->job) {
+        o->job->metric = "min_capacity";
+        cli_job_write_html(f, o->job);
+    }
     fputs("</main></body></html>\n", f);
     if (fli_new_file_close(&nf, !rc) != FL_OK) {
         fprintf(stderr, "fragless: -o: %s\n", fl_last_error());

@@ -38,6 +38,9 @@ static const char top_help[] =
     "                     most every 50 ms, and at an out-of-memory, empty_cache or a\n"
     "                     new limit)\n"
     "With NVML (libnvidia-ml.so.1), each GPU's total, used and free memory as well.\n"
+    "Processes with a rank that share a parent process (torchrun's agent, mpirun, a\n"
+    "launcher script) are one job: a line per job after the table gives its ranks, its\n"
+    "live and reserved memory summed, the rank that holds the most and the spread.\n"
     "\n"
     "Each process publishes a small file (fragless.PID.DEVICE) in DIR and removes it when\n"
     "it exits. Files left by processes that are gone (killed), or whose pid now belongs\n"
@@ -392,6 +395,98 @@ static void print_rows(const top_rows *rows, nvml *nv, FILE *out)
     }
 }
 
+/* The parent of pid (/proc/PID/stat field 4) and its name; 0 when it cannot be read. */
+static uint64_t parent_of(uint64_t pid, char *comm, size_t n)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%llu/stat", (unsigned long long)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t len = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[len] = 0;
+    /* comm (field 2) may hold spaces and parentheses: count from the last ')'. */
+    const char *p = strrchr(buf, ')');
+    unsigned long long ppid;
+    char state;
+    if (!p || sscanf(p + 1, " %c %llu", &state, &ppid) != 2 || ppid <= 1)
+        return 0;
+    comm[0] = 0;
+    snprintf(path, sizeof path, "/proc/%llu/comm", ppid);
+    if ((f = fopen(path, "r"))) {
+        if (fgets(comm, (int)n, f))
+            comm[strcspn(comm, "\n")] = 0;
+        fclose(f);
+    }
+    return (uint64_t)ppid;
+}
+
+/* Jobs: processes that have a rank ($RANK or $LOCAL_RANK) and one parent (torchrun's
+ * agent, mpirun, a launcher script) are one job, shown when there are two or more:
+ * their ranks, memory summed over their devices, and the rank that holds most. */
+static void print_jobs(const top_rows *rows, FILE *out)
+{
+    size_t n = rows->n;
+    uint64_t *parent = calloc(n ? n : 1, sizeof *parent);
+    char (*pcomm)[64] = calloc(n ? n : 1, sizeof *pcomm);
+    int *done = calloc(n ? n : 1, sizeof *done);
+    if (!parent || !pcomm || !done) {
+        free(parent);
+        free(pcomm);
+        free(done);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (rows->e[i].rank >= 0)
+            parent[i] = parent_of(rows->e[i].pid, pcomm[i], sizeof pcomm[i]);
+    int header = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!parent[i] || done[i])
+            continue;
+        /* The members, by pid (a process may publish one record per device). */
+        uint64_t live = 0, reserved = 0, pids = 0, most_res = 0, least_res = UINT64_MAX;
+        int most_rank = -1, min_rank = -1, max_rank = -1;
+        for (size_t j = i; j < n; j++) {
+            if (parent[j] != parent[i] || done[j] || rows->e[j].pid == 0)
+                continue;
+            uint64_t pr = 0;
+            for (size_t k = j; k < n; k++)
+                if (parent[k] == parent[i] && !done[k] && rows->e[k].pid == rows->e[j].pid) {
+                    done[k] = 1;
+                    pr += rows->e[k].stats.reserved_bytes.current;
+                    live += rows->e[k].stats.allocated_bytes.current;
+                }
+            reserved += pr;
+            pids++;
+            int r = rows->e[j].rank;
+            if (min_rank < 0 || r < min_rank)
+                min_rank = r;
+            if (r > max_rank)
+                max_rank = r;
+            if (most_rank < 0 || pr > most_res) {
+                most_res = pr;
+                most_rank = r;
+            }
+            if (pr < least_res)
+                least_res = pr;
+        }
+        if (pids < 2)
+            continue;
+        char c[64 * 4 + 1], a[32], b[32], m[32], s[32];
+        if (!header++)
+            fprintf(out, "jobs (processes with a rank, by parent process):\n");
+        fprintf(out, "  job %llu (%s): %llu processes, ranks %d-%d, live %s, reserved %s; rank %d holds the most "
+                "(%s reserved), spread %s\n",
+                (unsigned long long)parent[i], pcomm[i][0] ? esc(pcomm[i], c, sizeof c) : "?", (unsigned long long)pids,
+                min_rank, max_rank, fl_format_size(live, a, sizeof a), fl_format_size(reserved, b, sizeof b), most_rank,
+                fl_format_size(most_res, m, sizeof m), fl_format_size(most_res - least_res, s, sizeof s));
+    }
+    free(parent);
+    free(pcomm);
+    free(done);
+}
+
 /* Builds one frame in memory (so a refresh is one write); -1 when DIR cannot be read.
  * wait_ns: how long the frame waits in all for records that stay busy. */
 static int frame(const char *dir, nvml *nv, uint64_t wait_ns, char **text, size_t *len)
@@ -448,10 +543,12 @@ static int frame(const char *dir, nvml *nv, uint64_t wait_ns, char **text, size_
     fprintf(out, "fragless top  %s  %zu allocator%s  %s\n", esc(dir, e1, sizeof e1), rows.n, rows.n == 1 ? "" : "s",
             clock);
     nvml_lines(nv, out);
-    if (rows.n)
+    if (rows.n) {
         print_rows(&rows, nv, out);
-    else
+        print_jobs(&rows, out);
+    } else {
         fprintf(out, "no process is publishing in %s\n", e1);
+    }
     fclose(notes);
     if (note_len)
         fwrite(note_text, 1, note_len, out);

@@ -60,7 +60,9 @@ static void check_opts(cli_mode mode, const cli_opts *o, char **argv, int argc)
     const char *cmd = cli_mode_name(mode);
     int multi = mode == CLI_COMPARE || mode == CLI_REPORT;
     FZ_CHECK(o->n_traces >= 1 && o->n_traces <= CLI_MAX_TRACES, "%s: %d traces", cmd, o->n_traces);
-    FZ_CHECK(multi || o->n_traces == 1, "%s: %d traces for a one-trace command", cmd, o->n_traces);
+    /* doctor takes several only as one job's rank files (checked after parsing). */
+    FZ_CHECK(multi || mode == CLI_DOCTOR || o->n_traces == 1, "%s: %d traces for a one-trace command", cmd,
+             o->n_traces);
     for (int i = 0; i < o->n_traces; i++) {
         FZ_CHECK(is_word(o->traces[i], argv, argc), "%s: trace %d is not a word of the command line", cmd, i);
         FZ_CHECK(o->traces[i][0] != '-' || o->traces[i][1] == 0, "%s: option '%s' taken as a trace", cmd,
@@ -241,6 +243,31 @@ static void run_run(int argc, char **argv)
     free_printed(&p);
 }
 
+static void run_gen(int argc, char **argv)
+{
+    cli_gen_opts o, again;
+    printed p, q;
+    fz_mute();
+    int rc = cli_gen_parse(argc, argv, &o);
+    end_capture(&p);
+    check_printed("gen", rc, &p, NULL);
+    if (rc == 0) {
+        /* What it accepts, the generator accepts, and each rank's file name expands. */
+        FZ_CHECK(fli_gen_check(&o.p) == FL_OK, "gen: accepted what the generator refuses: %s", fl_last_error());
+        FZ_CHECK(o.output && is_word(o.output, argv, argc), "gen: output from nowhere");
+        FZ_CHECK(o.p.ranks == 1 || strstr(o.output, "%r"), "gen: %d ranks into one file '%s'", o.p.ranks, o.output);
+        char path[4096];
+        FZ_CHECK(fli_gen_path(o.output, o.p.ranks - 1, path, sizeof path) == FL_OK, "gen: '%s' does not expand: %s",
+                 o.output, fl_last_error());
+    }
+    fz_mute();
+    int rc2 = cli_gen_parse(argc, argv, &again);
+    end_capture(&q);
+    FZ_CHECK(rc2 == rc && (rc || !memcmp(&o.p, &again.p, sizeof o.p)), "gen: parsing again gave another result");
+    free_printed(&p);
+    free_printed(&q);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static int once;
@@ -287,6 +314,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         run_top(rest, words);
     } else if (!strcmp(cmd, "run")) {
         run_run(rest, words);
+    } else if (!strcmp(cmd, "gen")) {
+        run_gen(rest, words);
     } else {
         /* Any other word: every parser in turn, as if it named each command. */
         for (int m = CLI_REPLAY; m <= CLI_REPORT; m++)
@@ -295,6 +324,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         run_fidelity(rest, words);
         run_top(rest, words);
         run_run(rest, words);
+        run_gen(rest, words);
         FZ_CHECK(cli_help(cmd) != NULL, "no help for '%s'", cmd);
     }
     for (int i = 0; i < argc; i++)

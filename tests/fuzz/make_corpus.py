@@ -263,6 +263,10 @@ def args_corpus():
         ["doctor", "a", "--format", "csv"], ["run", "--conf", "bogus:1", "--", "true"],
         ["import", "a", "--device", "-1", "-o", "x"], ["top", "stray"], ["frobnicate", "--capacity", "1e300x"],
         ["compare"] + ["t%d.csv" % i for i in range(60)],
+        ["gen", "--kind", "fsdp", "--ranks", "4", "-o", "job/t.rank%r.csv", "--steps", "3", "--bucket", "8MiB",
+         "--jitter", "0.5", "--imbalance", "0.3", "--empty-cache-every", "1", "--no-prefetch", "--seed", "99"],
+        ["gen", "--kind", "pipeline", "--ranks", "1", "-o", "x.csv"],
+        ["gen", "--kind", "ddp", "-o", "x%q%%.csv", "--hidden", "100"],
     ]
     for i, words in enumerate(lines):
         write("args", "args_%02d.bin" % i, "\0".join(words))
