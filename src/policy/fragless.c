@@ -474,8 +474,9 @@ static fl_status take_handle(fx_policy *f, int *synced, uint64_t *handle)
 }
 
 /* Whether page p's chunk can be mapped with one handle now: a large heap, every page of
- * the chunk unmapped, and a pooled chunk handle or room for a new one while the policy
- * holds at most 1/2^CHUNK_SHARE_LOG of its limit. Past that, pages get handles of their
+ * the chunk unmapped, and a pooled chunk handle or room for a new one while the device
+ * holds at most 1/2^CHUNK_SHARE_LOG of the limit (for this policy and any layer above it,
+ * such as registrable's blocks). Past that, pages get handles of their
  * own, each reclaimable alone: a chunk goes back only when no live block touches it, so
  * the free pages of chunks that live blocks touch serve only blocks placed on them, and
  * this bounds them (a larger share cost gpt_varlen's min_capacity: ARCHITECTURE.md). */
@@ -486,7 +487,11 @@ static inline int chunk_room(const fx_policy *f, const fx_heap *h, uint64_t p)
     uint64_t c0 = p >> CHUNK_LOG << CHUNK_LOG;
     if (fli_bits_count(h->mapped, c0, c0 + CHUNK_PAGES))
         return 0;
-    return f->n_cpool || f->n_handles + CHUNK_PAGES <= f->max_pages >> CHUNK_SHARE_LOG;
+    /* What the device holds for everyone on it (a registrable layer's blocks too). */
+    uint64_t held = f->base.dev->counters.in_use >> f->gran_log;
+    if (held < f->n_handles)
+        held = f->n_handles;
+    return f->n_cpool || held + CHUNK_PAGES <= f->max_pages >> CHUNK_SHARE_LOG;
 }
 
 /* Maps chunk c with one handle, pooled or created; its pages that no live block touches
