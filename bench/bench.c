@@ -141,7 +141,7 @@ static int api_replay(const bench_trace *t, const char *policy, int caches, uint
     fl_sim_params sp;
     fl_sim_params_default(&sp);
     for (int c = 0; c < FL_CALL_COUNT; c++)
-        sp.cost_us[c] = 0;
+        sp.cost_us[c] = sp.cost_us_more[c] = 0;
     fl_config cfg;
     fl_config_default(&cfg);
     snprintf(cfg.policy, sizeof cfg.policy, "%s", policy);

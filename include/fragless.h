@@ -178,7 +178,11 @@ FL_API const char *fl_call_name(fl_call c);
 typedef struct fl_sim_params {
     uint64_t capacity;            /* physical bytes; default 1 PiB (effectively unlimited) */
     uint64_t granularity;         /* VMM granularity; default 2 MiB */
-    double cost_us[FL_CALL_COUNT];/* simulated microseconds per call; defaults: see sim.c */
+    double cost_us[FL_CALL_COUNT];/* simulated microseconds per call on one granule or
+                                     one mapping; defaults: see sim.c */
+    double cost_us_more[FL_CALL_COUNT]; /* microseconds added per further unit: granule
+                                     (create, mem_alloc) or mapping the range covers
+                                     (unmap, set_access); 0 for the other calls */
     int vmm_supported;            /* default 1 */
 } fl_sim_params;
 

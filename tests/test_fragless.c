@@ -294,19 +294,30 @@ static void test_quick_lists(void)
 }
 
 /* set_limit (set_per_process_memory_fraction): lowering it gives cached pages above it
- * back at once and stops growth there; raising it lets the policy grow again. */
+ * back at once and stops growth there; raising it lets the policy grow again. A chunk
+ * (16 pages, one handle) that a live block touches stays whole until that block goes. */
 static void test_set_limit(void)
 {
     fl_device *d = fl_test_sim(0, 0);
     fli_policy *p = fragless_on(d, 0);
-    uint64_t a, b;
+    uint64_t a, b, c;
     CHECK_OK(p->ops->alloc(p, 40 * MiB, 0, &a));
     CHECK_OK(p->ops->alloc(p, 8 * MiB, 0, &b));
     CHECK_OK(p->ops->free(p, a, 0, NULL));
     CHECK(in_use(d) >= 48 * MiB);
     p->dev->limit = 16 * MiB; /* what fl_set_limit does */
     CHECK_OK(p->ops->limit_changed(p));
+    /* b (pages 20-23) keeps its chunk (pages 16-31); the chunk of a's first pages went. */
+    CHECK_EQ_U64(in_use(d), 16 * PAGE);
+    CHECK(p->ops->check(p) == 0);
+    CHECK_STATUS(p->ops->alloc(p, 40 * MiB, 0, &c), FL_ERR_OOM); /* needs pages: none */
+    CHECK_OK(p->ops->free(p, b, 0, NULL));
+    CHECK_OK(p->ops->limit_changed(p)); /* the chunk is idle now: it goes */
+    CHECK_EQ_U64(in_use(d), 0);
+    uint64_t creates = calls(d, FL_CALL_CREATE);
+    CHECK_OK(p->ops->alloc(p, 8 * MiB, 0, &b)); /* near the limit: pages of their own */
     CHECK(in_use(d) <= 16 * MiB);
+    CHECK_EQ_U64(calls(d, FL_CALL_CREATE) - creates, in_use(d) / PAGE);
     CHECK(p->ops->check(p) == 0);
     CHECK_STATUS(p->ops->alloc(p, 12 * MiB, 0, &a), FL_ERR_OOM);
     p->dev->limit = 0;
@@ -319,9 +330,59 @@ static void test_set_limit(void)
     fl_device_destroy(d);
 }
 
+/* Chunks: while the policy holds at most 1/8 of its limit, a large heap maps aligned
+ * chunks of 16 pages with one handle each (one create, one map, one set_access for
+ * 32 MiB); past that, pages of their own. A chunk no live block touches is reused in
+ * place with no call, and under pressure it is unmapped whole (after a synchronize) and
+ * its memory serves pages elsewhere. */
+static void test_chunks(void)
+{
+    const uint64_t cap = 256 * PAGE; /* 512 MiB: chunks while at most 32 pages are held */
+    fl_device *d = fl_test_sim(cap, 0);
+    fli_policy *p = fragless_on(d, 0);
+    uint64_t a, b, c, x;
+    CHECK_OK(p->ops->alloc(p, 64 * MiB, 0, &a)); /* pages 0-31: two chunks */
+    CHECK_EQ_U64(calls(d, FL_CALL_CREATE), 2);
+    CHECK_EQ_U64(calls(d, FL_CALL_MAP), 2);
+    CHECK_EQ_U64(in_use(d), 32 * PAGE);
+    CHECK(p->ops->check(p) == 0);
+    /* The rest: past 1/8 of the limit, one handle a page (and no more than fits). */
+    CHECK_OK(p->ops->alloc(p, cap - 64 * MiB, 0, &b));
+    CHECK_EQ_U64(calls(d, FL_CALL_CREATE), 2 + 224);
+    CHECK_EQ_U64(in_use(d), cap);
+    CHECK(p->ops->check(p) == 0);
+    /* a freed and asked for again on its stream: its chunks, in place, no call. */
+    uint64_t before = total_calls(d);
+    CHECK_OK(p->ops->free(p, a, 0, NULL));
+    CHECK_OK(p->ops->alloc(p, 64 * MiB, 0, &a));
+    CHECK_EQ_U64(total_calls(d), before);
+    CHECK_OK(p->ops->free(p, a, 0, NULL));
+    /* Another stream needs pages: the idle chunks are unmapped whole after one
+     * synchronize, and their memory becomes its pages. */
+    uint64_t unmaps = calls(d, FL_CALL_UNMAP), syncs = calls(d, FL_CALL_SYNC);
+    CHECK_OK(p->ops->alloc(p, 48 * MiB, 1, &c));
+    CHECK_EQ_U64(p->retries, 1);
+    CHECK_EQ_U64(calls(d, FL_CALL_SYNC) - syncs, 1);
+    CHECK_EQ_U64(calls(d, FL_CALL_UNMAP) - unmaps, 2);
+    CHECK(calls(d, FL_CALL_RELEASE) >= 1);
+    CHECK(in_use(d) <= cap);
+    CHECK(p->ops->check(p) == 0);
+    /* Nothing is left to take: stream 0 cannot have a again. */
+    CHECK_STATUS(p->ops->alloc(p, 64 * MiB, 0, &x), FL_ERR_OOM);
+    CHECK(p->ops->check(p) == 0);
+    CHECK_OK(p->ops->free(p, b, 0, NULL));
+    CHECK_OK(p->ops->free(p, c, 0, NULL));
+    CHECK_OK(p->ops->empty_cache(p));
+    CHECK_EQ_U64(in_use(d), 0);
+    CHECK(p->ops->check(p) == 0);
+    p->ops->destroy(p);
+    fl_device_destroy(d);
+}
+
 int main(void)
 {
     test_set_limit();
+    test_chunks();
     test_quick_lists();
     test_steady_loop();
     test_page_accounting();

@@ -1,12 +1,16 @@
 /* The acceptance bars on the real traces in ../shared/traces (skipped where absent):
- * every trace and snapshot loads and replays under every policy with the self-check
- * passing; for fragless min_capacity / peak_live <= 1.02 and never worse than cca or
- * cca-expandable. For the CSV training traces also: no device calls in the steady
- * state without a limit, and wherever cca-expandable completes (from its own
- * min_capacity up), no more steady-state device time. For the snapshots: the PyTorch
- * emulation, following the recorded allocator, ends within 1% of the reserved memory the
- * snapshot recorded where recording covers every segment's lifetime, within 3% where
- * segments are older than the recording (all of these: rebuilt from the dump). */
+ * every trace and snapshot, hard/ included, loads and replays under every policy with
+ * the self-check passing, and fragless's min_capacity is never worse than cca's or
+ * cca-expandable's. For the CSV traces, hard/ included: no device calls in the steady
+ * state without a limit. For the CSV traces of the top folder also: min_capacity /
+ * peak_live <= 1.02, no OOM at 1.05 x peak live, and wherever cca-expandable completes
+ * (from its own min_capacity up), no more steady-state device time; hard/ does not meet
+ * these yet (segment_multiscale 1.035, vae_small 1.10), nor issue 13's bar
+ * max(1.01 x peak live, page limit + 4 MiB), which each row prints against fragless's
+ * min_capacity. For the snapshots: 1.02 too, and the PyTorch emulation, following the
+ * recorded allocator, ends within 1% of the reserved memory the snapshot recorded where
+ * recording covers every segment's lifetime, within 3% where segments are older than
+ * the recording (all of these: rebuilt from the dump). */
 #include <dirent.h>
 #include <string.h>
 
@@ -36,8 +40,12 @@ static void check_fidelity(const fli_prepared *p, const fli_snapshot_info *info)
     CHECK_EQ_U64(f.seed_failures, 0);
 }
 
-static void check_trace(const char *path, int snapshot)
+/* What a file is checked for (the header comment). */
+typedef enum { TRACE_TOP, TRACE_HARD, TRACE_SNAPSHOT } trace_kind;
+
+static void check_trace(const char *path, trace_kind kind)
 {
+    int snapshot = kind == TRACE_SNAPSHOT;
     fli_prepared *p;
     fli_snapshot_info info;
     CHECK_OK(fli_load_trace_ex(path, 0, stderr, &p, &info));
@@ -54,7 +62,7 @@ static void check_trace(const char *path, int snapshot)
         fli_replay_opts o;
         opts_for(&o, names[np]);
         o.check_every = 997;
-        CHECK_OK(fli_measure_run(p, &o, snapshot ? 0 : cap, 1, &m[np]));
+        CHECK_OK(fli_measure_run(p, &o, kind == TRACE_TOP ? cap : 0, 1, &m[np]));
         printf("%-22s %-15s min_capacity/peak_live %.4f  steady calls %llu, at 1.05x: ooms %llu, steady %.3f ms\n",
                p->name, names[np], (double)m[np].min_capacity / (double)p->peak_live,
                (unsigned long long)m[np].unlimited.late_calls, (unsigned long long)m[np].at_capacity.ooms,
@@ -63,10 +71,21 @@ static void check_trace(const char *path, int snapshot)
     /* names: fragless, cca, cca-expandable, nocache (registry order). */
     CHECK(!strcmp(names[0], "fragless") && !strcmp(names[1], "cca") && !strcmp(names[2], "cca-expandable"));
     double ratio = (double)m[0].min_capacity / (double)p->peak_live;
-    CHECK(ratio <= 1.02);
+    /* Issue 13's bar, reported here until fragless meets it on every trace. */
+    uint64_t page_limit = fli_align_up(p->peak_live, g);
+    double bar = fmax((double)p->peak_live * 1.01, (double)(page_limit + (UINT64_C(4) << 20)));
+    printf("%-22s issue 13's bar: page limit %llu MiB, bar %.1f MiB, fragless %llu MiB (%+lld MiB): %s\n", p->name,
+           (unsigned long long)(page_limit >> 20), bar / (double)(1u << 20),
+           (unsigned long long)(m[0].min_capacity >> 20),
+           (long long)(m[0].min_capacity >> 20) - (long long)(page_limit >> 20),
+           (double)m[0].min_capacity <= bar ? "met" : "not met");
+    if (kind != TRACE_HARD)
+        CHECK(ratio <= 1.02);
     CHECK(m[0].min_capacity <= m[1].min_capacity);
     CHECK(m[0].min_capacity <= m[2].min_capacity);
-    if (snapshot) {
+    if (kind == TRACE_HARD)
+        CHECK_EQ_U64(m[0].unlimited.late_calls, 0);
+    if (kind != TRACE_TOP) {
         for (int i = 0; i < np; i++)
             fli_measure_free(&m[i]);
         fli_prepared_free(p);
@@ -114,7 +133,7 @@ static void check_trace(const char *path, int snapshot)
 }
 
 /* Checks every file of dir ending in suffix; returns how many. */
-static int check_dir(const char *dir, const char *suffix, int snapshot)
+static int check_dir(const char *dir, const char *suffix, trace_kind kind)
 {
     DIR *d = opendir(dir);
     CHECK(d != NULL);
@@ -126,7 +145,7 @@ static int check_dir(const char *dir, const char *suffix, int snapshot)
         if (len > sl && !strcmp(e->d_name + len - sl, suffix)) {
             char path[4096];
             snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-            check_trace(path, snapshot);
+            check_trace(path, kind);
             n++;
         }
     }
@@ -140,9 +159,11 @@ int main(void)
     const char *dir = fl_test_shared_traces();
     if (!dir)
         fl_test_skip("../shared/traces is absent: the real-trace acceptance checks need it (CI has it)");
-    CHECK(check_dir(dir, ".csv", 0) >= 3);
-    char snaps[4096];
-    snprintf(snaps, sizeof snaps, "%s/snapshots", dir);
-    CHECK(check_dir(snaps, ".pickle", 1) >= 10);
+    CHECK(check_dir(dir, ".csv", TRACE_TOP) >= 3);
+    char sub[4096];
+    snprintf(sub, sizeof sub, "%s/hard", dir);
+    CHECK(check_dir(sub, ".csv", TRACE_HARD) >= 3);
+    snprintf(sub, sizeof sub, "%s/snapshots", dir);
+    CHECK(check_dir(sub, ".pickle", TRACE_SNAPSHOT) >= 10);
     return fl_test_done("test_shared_traces");
 }

@@ -16,11 +16,14 @@
 /* ---- helpers ------------------------------------------------------------------- */
 
 /* Costs that are distinct powers of two: every sum of them is exact in a double, so
- * time_us can be compared with == and a call charged to the wrong kind shows. */
+ * time_us can be compared with == and a call charged to the wrong kind shows. No cost
+ * per further granule or mapping (test_size_costs has those). */
 static void pow2_costs(fl_sim_params *p)
 {
-    for (int i = 0; i < FL_CALL_COUNT; i++)
+    for (int i = 0; i < FL_CALL_COUNT; i++) {
         p->cost_us[i] = (double)(1u << i);
+        p->cost_us_more[i] = 0;
+    }
 }
 
 static fl_device *make_dev(uint64_t capacity)
@@ -78,6 +81,15 @@ static void test_defaults(void)
     CHECK(p.cost_us[FL_CALL_SYNC] == 10.0);
     for (int i = 0; i < FL_CALL_COUNT; i++)
         CHECK(p.cost_us[i] > 0);
+    /* Per further granule (create, cudaMalloc) or mapping (unmap, set_access); none for
+     * the other calls (map costs the same for any handle). */
+    CHECK(p.cost_us_more[FL_CALL_CREATE] == 7.58);
+    CHECK(p.cost_us_more[FL_CALL_MEM_ALLOC] == 7.58);
+    CHECK(p.cost_us_more[FL_CALL_UNMAP] == 25.6);
+    CHECK(p.cost_us_more[FL_CALL_SET_ACCESS] == 36.0);
+    for (int i = 0; i < FL_CALL_COUNT; i++)
+        if (i != FL_CALL_CREATE && i != FL_CALL_MEM_ALLOC && i != FL_CALL_UNMAP && i != FL_CALL_SET_ACCESS)
+            CHECK(p.cost_us_more[i] == 0);
 
     fl_device *d = NULL;
     CHECK_OK(fl_sim_device_create(&p, &d));
@@ -119,13 +131,18 @@ static void test_bad_params(void)
         {"negative create cost", GRAN, cap, FL_CALL_CREATE, -1.0},
         {"negative sync cost", GRAN, cap, FL_CALL_SYNC, -0.001},
         {"NaN map cost", GRAN, cap, FL_CALL_MAP, NAN},
+        {"negative create cost per granule", GRAN, cap, FL_CALL_COUNT + FL_CALL_CREATE, -1.0},
+        {"NaN set_access cost per mapping", GRAN, cap, FL_CALL_COUNT + FL_CALL_SET_ACCESS, NAN},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         fl_sim_params p;
         fl_sim_params_default(&p);
         p.granularity = cases[i].granularity;
         p.capacity = cases[i].capacity;
-        if (cases[i].cost_index >= 0)
+        /* Indices from FL_CALL_COUNT on name cost_us_more. */
+        if (cases[i].cost_index >= FL_CALL_COUNT)
+            p.cost_us_more[cases[i].cost_index - FL_CALL_COUNT] = cases[i].cost;
+        else if (cases[i].cost_index >= 0)
             p.cost_us[cases[i].cost_index] = cases[i].cost;
         fl_device *d = (fl_device *)&p; /* any non-NULL value: a failure must clear it */
         fli_clear_error();
@@ -201,6 +218,63 @@ static void test_cost_model(void)
     fl_device_destroy(d);
 }
 
+/* What size costs: a create or cudaMalloc pays cost_us for its first granule and
+ * cost_us_more for each further one; map costs the same for any handle; unmap and
+ * set_access pay per mapping in their range, whatever its size. Costs are powers of two
+ * (exact sums); the figures are worked out by hand. */
+static void test_size_costs(void)
+{
+    fl_sim_params p;
+    fl_sim_params_default(&p);
+    pow2_costs(&p);
+    p.cost_us_more[FL_CALL_CREATE] = 1024;
+    p.cost_us_more[FL_CALL_MEM_ALLOC] = 2048;
+    p.cost_us_more[FL_CALL_UNMAP] = 4096;
+    p.cost_us_more[FL_CALL_SET_ACCESS] = 8192;
+    fl_device *d = NULL;
+    CHECK_OK(fl_sim_device_create(&p, &d));
+    if (!d)
+        return;
+    uint64_t va = 0, h1 = 0, h10 = 0, a = 0, b = 0;
+    double t = 0;
+#define COSTS(expr, us)                                                              \
+    do {                                                                             \
+        CHECK_OK(expr);                                                              \
+        t += (us);                                                                   \
+        CHECK(counters(d).time_us == t);                                             \
+    } while (0)
+    COSTS(fli_dev_reserve(d, 32 * GRAN, &va), 4);
+    COSTS(fli_dev_create(d, GRAN, &h1), 16);                  /* one granule */
+    COSTS(fli_dev_create(d, 10 * GRAN, &h10), 16 + 9 * 1024); /* ten: nine more */
+    COSTS(fli_dev_map(d, va, GRAN, h1), 64);
+    COSTS(fli_dev_map(d, va + GRAN, 10 * GRAN, h10), 64);     /* any size: one map */
+    /* Eleven granules, two mappings. */
+    COSTS(fli_dev_set_access(d, va, 11 * GRAN), 256 + 8192);
+    /* Part of a mapping is still that mapping: one. */
+    COSTS(fli_dev_set_access(d, va + 3 * GRAN, 2 * GRAN), 256);
+    /* Starts inside h10's mapping: one. */
+    COSTS(fli_dev_set_access(d, va + 2 * GRAN, 9 * GRAN), 256);
+    COSTS(fli_dev_unmap(d, va, 11 * GRAN), 128 + 4096);      /* two mappings */
+    COSTS(fli_dev_map(d, va, 10 * GRAN, h10), 64);
+    COSTS(fli_dev_unmap(d, va, 10 * GRAN), 128);             /* one, of ten granules */
+    /* cudaMalloc: packed small requests and one granule cost the base, each further
+     * whole granule 2048. */
+    COSTS(fli_dev_mem_alloc(d, 4096, &a), 1);
+    COSTS(fli_dev_mem_alloc(d, 5 * GRAN + 1, &b), 1 + 5 * 2048);
+    COSTS(fli_dev_mem_free(d, a), 2);
+    COSTS(fli_dev_mem_free(d, b), 2);                         /* frees: per call */
+    COSTS(fli_dev_release(d, h1), 32);
+    COSTS(fli_dev_release(d, h10), 32);
+    /* A refused call is charged as one unit, whatever size it asked. */
+    uint64_t x;
+    CHECK_STATUS(fli_dev_create(d, 3 * GRAN + 512, &x), FL_ERR_INVALID);
+    t += 16;
+    CHECK(counters(d).time_us == t);
+#undef COSTS
+    CHECK_EQ_U64(in_use(d), 0);
+    fl_device_destroy(d);
+}
+
 /* ---- the cudaMalloc path's charges ----------------------------------------------- */
 
 static void test_mem_alloc_charge(void)
@@ -247,6 +321,7 @@ int main(void)
     test_defaults();
     test_bad_params();
     test_cost_model();
+    test_size_costs();
     test_mem_alloc_charge();
     return fl_test_done("test_sim");
 }

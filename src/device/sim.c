@@ -1,5 +1,6 @@
 /* The simulated device: physical capacity, VMM granularity, the driver's rules for
- * reserve/create/map/unmap/set_access, and a cost model of each call in microseconds.
+ * reserve/create/map/unmap/set_access, and a cost model of each call in microseconds
+ * that knows what a call's size and the number of mappings it touches cost.
  * Addresses come from a range allocator over a large simulated virtual space. */
 #include "device/device.h"
 #include "util/table.h"
@@ -32,6 +33,7 @@ typedef struct sim_reservation {
 typedef struct sim_device {
     fl_device base;
     double cost[FL_CALL_COUNT];
+    double more[FL_CALL_COUNT];   /* per unit past the first (fl_sim_params.cost_us_more) */
     fl_range *va;                 /* every address handed out, both paths */
     fli_map mem_allocs;            /* address -> bytes charged, cudaMalloc path */
     unsigned gran_log;
@@ -53,9 +55,10 @@ void fl_sim_params_default(fl_sim_params *p)
     p->capacity = UINT64_C(1) << 50; /* 1 PiB: no limit in practice */
     p->granularity = 2 * FL_MiB;
     p->vmm_supported = 1;
-    /* Per-call costs on an A100 from ovg-project/kvcached benchmarks/bench_vmm/README.md
-     * (per 2 MiB page): cuMemCreate 193 us, cuMemMap 1.45 us, cuMemSetAccess 36 us,
-     * cuMemUnmap 25.6 us, cuMemAddressReserve (8 GB) 19 us. */
+    /* A call on one 2 MiB granule (one mapping) costs what an A100 measured per 2 MiB
+     * page, ovg-project/kvcached benchmarks/bench_vmm/README.md: cuMemCreate 193 us,
+     * cuMemMap 1.45 us, cuMemSetAccess 36 us, cuMemUnmap 25.6 us, cuMemAddressReserve
+     * (8 GB) 19 us. */
     p->cost_us[FL_CALL_CREATE] = 193.0;
     p->cost_us[FL_CALL_MAP] = 1.45;
     p->cost_us[FL_CALL_SET_ACCESS] = 36.0;
@@ -69,6 +72,26 @@ void fl_sim_params_default(fl_sim_params *p)
     p->cost_us[FL_CALL_RELEASE] = 10.0;
     p->cost_us[FL_CALL_ADDR_FREE] = 5.0;
     p->cost_us[FL_CALL_SYNC] = 10.0;
+    /* Size. Mapping work follows the number of handles, not bytes: PyTorch's note on
+     * expandable segments (c10/cuda/CUDACachingAllocator.cpp, "Note [Expandable
+     * Segments]") says the cost to map/unmap is proportional to the number of physical
+     * allocations, mapping 10 separately created 2 MiB pages taking 10x one 20 MiB
+     * allocation; so cuMemMap costs the same for any handle, and cuMemUnmap and
+     * cuMemSetAccess cost their per-page figure once per mapping in the range (PyTorch
+     * sets access once per run of handles; charging per mapping for it too is our
+     * reading of the same note). cuMemCreate and cudaMalloc: a fixed part per call and
+     * a part per granule. ASSUMPTION, no per-size measurement of cuMemCreate found:
+     * the part per granule is 7.58 us, the whole cost of a 2 MiB cuMemCreate measured
+     * with the same benchmark on another GPU (magnate3/linux-riscv-dev
+     * nccl/gpu/shm/bench_vmm/README.md, second run), taken as the most that the
+     * memory's own work (the per-byte part, alike across GPUs) can cost; the rest of the
+     * A100's 193 us is per call. cudaMalloc is charged the same per granule (it
+     * creates, maps and sets access in one call; its cost grows with size past 512 KB,
+     * www.cs.virginia.edu/~mwb7w/cuda_support/memory_management_overhead.html). */
+    p->cost_us_more[FL_CALL_CREATE] = 7.58;
+    p->cost_us_more[FL_CALL_MEM_ALLOC] = 7.58;
+    p->cost_us_more[FL_CALL_UNMAP] = 25.6;
+    p->cost_us_more[FL_CALL_SET_ACCESS] = 36.0;
 }
 
 static inline sim_device *sim(fl_device *d) { return (sim_device *)d; }
@@ -110,9 +133,37 @@ static inline uint64_t granule_get(sim_device *s, uint64_t g)
     return e ? *e : 0;
 }
 
+/* The end of granule g's table chunk, or g1 if that comes first: [g, seg_end) is one
+ * array of entries (granule(s, g, ...)[0 .. seg_end - g)). */
+static inline uint64_t seg_end(uint64_t g, uint64_t g1)
+{
+    uint64_t end = ((g >> SIM_CHUNK_LOG) + 1) << SIM_CHUNK_LOG;
+    return end < g1 ? end : g1;
+}
+
+/* Clears the entries of [g0, g1). */
+static void granules_clear(sim_device *s, uint64_t g0, uint64_t g1)
+{
+    for (uint64_t g = g0, end; g < g1; g = end) {
+        end = seg_end(g, g1);
+        uint64_t *e = granule(s, g, 0);
+        if (e)
+            memset(e, 0, (end - g) * sizeof *e);
+    }
+}
+
 static fl_status charge(fl_device *d, fl_call c, fl_status s)
 {
     d->counters.time_us += sim(d)->cost[c];
+    return s;
+}
+
+/* A call on `units` granules or mappings (at least one): the first costs cost[c], each
+ * further one more[c]. Refused calls are charged as one unit (charge). */
+static fl_status charge_units(fl_device *d, fl_call c, uint64_t units, fl_status s)
+{
+    sim_device *sd = sim(d);
+    d->counters.time_us += sd->cost[c] + (units > 1 ? (double)(units - 1) * sd->more[c] : 0.0);
     return s;
 }
 
@@ -152,7 +203,7 @@ static fl_status sim_mem_alloc(fl_device *d, uint64_t size, uint64_t *addr)
     }
     d->counters.in_use += bytes;
     *addr = SIM_VA_BASE + off;
-    return charge(d, FL_CALL_MEM_ALLOC, FL_OK);
+    return charge_units(d, FL_CALL_MEM_ALLOC, bytes >> s->gran_log, FL_OK);
 }
 
 static fl_status sim_mem_free(fl_device *d, uint64_t addr)
@@ -287,7 +338,7 @@ static fl_status sim_create(fl_device *d, uint64_t size, uint64_t *handle)
     s->handles[s->n_handles] = (sim_handle){size, 0, 1};
     *handle = ++s->n_handles;
     d->counters.in_use += size;
-    return charge(d, FL_CALL_CREATE, FL_OK);
+    return charge_units(d, FL_CALL_CREATE, size >> s->gran_log, FL_OK);
 }
 
 static sim_handle *get_handle(sim_device *s, uint64_t h)
@@ -335,20 +386,26 @@ static fl_status sim_map(fl_device *d, uint64_t va, uint64_t size, uint64_t hand
                       fli_fail(FL_ERR_INVALID, "sim map: [0x%llx, +%llu) is not inside a reservation",
                               (unsigned long long)va, (unsigned long long)size));
     uint64_t g0 = va >> s->gran_log, g1 = (va + size) >> s->gran_log;
-    for (uint64_t g = g0; g < g1; g++)
-        if (granule_get(s, g))
-            return charge(d, FL_CALL_MAP,
-                          fli_fail(FL_ERR_INVALID, "sim map: 0x%llx is already mapped",
-                                  (unsigned long long)(g << s->gran_log)));
-    for (uint64_t g = g0; g < g1; g++) {
+    for (uint64_t g = g0, end; g < g1; g = end) {
+        end = seg_end(g, g1);
+        const uint64_t *e = granule(s, g, 0);
+        for (uint64_t i = 0; e && i < end - g; i++)
+            if (e[i])
+                return charge(d, FL_CALL_MAP,
+                              fli_fail(FL_ERR_INVALID, "sim map: 0x%llx is already mapped",
+                                      (unsigned long long)((g + i) << s->gran_log)));
+    }
+    for (uint64_t g = g0, end; g < g1; g = end) {
+        end = seg_end(g, g1);
         uint64_t *e = granule(s, g, 1);
         if (!e) {
-            for (uint64_t u = g0; u < g; u++)
-                *granule(s, u, 0) = 0;
+            granules_clear(s, g0, g);
             return charge(d, FL_CALL_MAP, fli_fail(FL_ERR_NOMEM, "sim map: host memory"));
         }
-        *e = (handle << 1) | (g == g0);
+        for (uint64_t i = 0; i < end - g; i++)
+            e[i] = handle << 1;
     }
+    *granule(s, g0, 0) |= 1; /* the mapping starts here */
     h->mappings++;
     s->res[ri].mapped += g1 - g0;
     return charge(d, FL_CALL_MAP, FL_OK);
@@ -365,29 +422,38 @@ static fl_status sim_unmap(fl_device *d, uint64_t va, uint64_t size)
     uint64_t g0 = va >> s->gran_log, g1 = (va + size) >> s->gran_log, v;
     /* The driver unmaps whole mappings only: the range must start a mapping and must
      * not end inside one. */
-    for (uint64_t g = g0; g < g1; g++)
-        if (!(v = granule_get(s, g)) || (g == g0 && !(v & 1)))
-            return charge(d, FL_CALL_UNMAP,
-                          fli_fail(FL_ERR_INVALID, "sim unmap: 0x%llx is %s",
-                                  (unsigned long long)(g << s->gran_log),
-                                  v ? "inside a mapping, not its start" : "not mapped"));
+    for (uint64_t g = g0, end; g < g1; g = end) {
+        end = seg_end(g, g1);
+        const uint64_t *e = granule(s, g, 0);
+        for (uint64_t i = 0; i < end - g; i++)
+            if (!(v = e ? e[i] : 0) || (g + i == g0 && !(v & 1)))
+                return charge(d, FL_CALL_UNMAP,
+                              fli_fail(FL_ERR_INVALID, "sim unmap: 0x%llx is %s",
+                                      (unsigned long long)((g + i) << s->gran_log),
+                                      v ? "inside a mapping, not its start" : "not mapped"));
+    }
     if ((v = granule_get(s, g1)) && !(v & 1))
         return charge(d, FL_CALL_UNMAP,
                       fli_fail(FL_ERR_INVALID, "sim unmap: [0x%llx, +%llu) ends inside a mapping",
                               (unsigned long long)va, (unsigned long long)size));
     /* Mapped granules always lie inside a reservation (map checks it). */
     s->res[find_reservation(s, va, size)].mapped -= g1 - g0;
-    for (uint64_t g = g0; g < g1; g++) {
+    uint64_t mappings = 0;
+    for (uint64_t g = g0, end; g < g1; g = end) {
+        end = seg_end(g, g1);
         uint64_t *e = granule(s, g, 0);
-        v = *e;
-        *e = 0;
-        if (v & 1) {
-            sim_handle *h = get_handle(s, v >> 1);
-            h->mappings--;
-            maybe_reclaim(d, h);
+        for (uint64_t i = 0; i < end - g; i++) {
+            v = e[i];
+            e[i] = 0;
+            if (v & 1) {
+                sim_handle *h = get_handle(s, v >> 1);
+                h->mappings--;
+                mappings++;
+                maybe_reclaim(d, h);
+            }
         }
     }
-    return charge(d, FL_CALL_UNMAP, FL_OK);
+    return charge_units(d, FL_CALL_UNMAP, mappings, FL_OK);
 }
 
 static fl_status sim_set_access(fl_device *d, uint64_t va, uint64_t size)
@@ -398,12 +464,21 @@ static fl_status sim_set_access(fl_device *d, uint64_t va, uint64_t size)
     fl_status st = check_aligned(d, "set_access", va, size);
     if (st != FL_OK)
         return charge(d, FL_CALL_SET_ACCESS, st);
-    for (uint64_t g = va >> s->gran_log; g < (va + size) >> s->gran_log; g++)
-        if (!granule_get(s, g))
-            return charge(d, FL_CALL_SET_ACCESS,
-                          fli_fail(FL_ERR_INVALID, "sim set_access: 0x%llx is not mapped",
-                                  (unsigned long long)(g << s->gran_log)));
-    return charge(d, FL_CALL_SET_ACCESS, FL_OK);
+    /* Mappings touched: those starting in the range, and one begun before it. */
+    uint64_t mappings = 0, g0 = va >> s->gran_log, g1 = (va + size) >> s->gran_log, v;
+    for (uint64_t g = g0, end; g < g1; g = end) {
+        end = seg_end(g, g1);
+        const uint64_t *e = granule(s, g, 0);
+        for (uint64_t i = 0; i < end - g; i++) {
+            if (!(v = e ? e[i] : 0))
+                return charge(d, FL_CALL_SET_ACCESS,
+                              fli_fail(FL_ERR_INVALID, "sim set_access: 0x%llx is not mapped",
+                                      (unsigned long long)((g + i) << s->gran_log)));
+            mappings += v & 1;
+        }
+    }
+    mappings += !(granule_get(s, g0) & 1); /* one begun before the range */
+    return charge_units(d, FL_CALL_SET_ACCESS, mappings, FL_OK);
 }
 
 static fl_status sim_synchronize(fl_device *d)
@@ -448,9 +523,13 @@ fl_status fl_sim_device_create(const fl_sim_params *p, fl_device **out)
                        (unsigned long long)p->granularity);
     if (p->capacity == 0)
         return fli_fail(FL_ERR_INVALID, "sim device: capacity 0");
-    for (int i = 0; i < FL_CALL_COUNT; i++)
+    for (int i = 0; i < FL_CALL_COUNT; i++) {
         if (!(p->cost_us[i] >= 0))
             return fli_fail(FL_ERR_INVALID, "sim device: cost of %s is negative", fl_call_name((fl_call)i));
+        if (!(p->cost_us_more[i] >= 0))
+            return fli_fail(FL_ERR_INVALID, "sim device: cost_us_more of %s is negative or not a number",
+                           fl_call_name((fl_call)i));
+    }
     sim_device *s = calloc(1, sizeof *s);
     if (!s)
         return fli_fail(FL_ERR_NOMEM, "sim device: host memory");
@@ -460,6 +539,7 @@ fl_status fl_sim_device_create(const fl_sim_params *p, fl_device **out)
     s->base.vmm_supported = p->vmm_supported;
     s->gran_log = (unsigned)fli_log2_floor(p->granularity);
     memcpy(s->cost, p->cost_us, sizeof s->cost);
+    memcpy(s->more, p->cost_us_more, sizeof s->more);
     if (fl_range_create(SIM_VA_SIZE, 512, &s->va) != FL_OK || fli_map_init(&s->mem_allocs, 64) != FL_OK ||
         fli_map_init(&s->chunks, 16) != FL_OK) {
         fl_range_destroy(s->va);

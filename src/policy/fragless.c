@@ -1,7 +1,10 @@
 /* The fragless policy: blocks are placed by the range allocator in a large virtual range
- * per stream; physical pages (one handle per granule) are mapped under a page only while
- * a live block touches it or it is cached, and cached pages are unmapped and reused
- * elsewhere when physical memory runs short. No data ever moves. */
+ * per stream; physical pages are mapped under a page only while a live block touches it
+ * or it is cached, and cached pages are unmapped and reused elsewhere when physical
+ * memory runs short. No data ever moves. Pages have handles of their own, or, in a large
+ * heap while memory is plentiful, a chunk of CHUNK_PAGES aligned pages shares one handle
+ * (fewer driver calls in warm-up); a chunk is unmapped only whole, once no live block
+ * touches it. */
 #include "policy/policy.h"
 #include "range/range_internal.h"
 #include "util/bits.h"
@@ -17,6 +20,11 @@
 #define QUICK_BINS (QUICK_MAX / 512)
 #define QUICK_CAP 64
 #define PRESSURE_CANDIDATES 64
+/* A large heap's chunk: CHUNK_PAGES aligned pages (32 MiB of 2 MiB pages) mapped with one
+ * handle when all are unmapped and the limit leaves room (chunk_room). */
+#define CHUNK_LOG 4
+#define CHUNK_PAGES (UINT64_C(1) << CHUNK_LOG)
+#define CHUNK_SHARE_LOG 3
 
 /* Page state. A page is pinned while a live block touches it, cached when mapped and
  * not pinned, unmapped when handle == 0. Only a block's first and last pages can be
@@ -34,6 +42,11 @@ typedef struct fx_page {
     uint64_t handle;        /* physical handle mapped here, 0 if none */
 } fx_page;
 
+/* The per-page tables of a heap (fli_table_grow: warm-up extends them page after page,
+ * and they are the bulk of its host memory): the page table, the index of starts, the
+ * three bit arrays and the chunk table. */
+enum { TAB_PAGES, TAB_STARTS, TAB_COVERED, TAB_MAPPED, TAB_RECENT, TAB_CHUNKED, TAB_COUNT };
+
 typedef struct fx_bin {
     uint32_t n;
     uint32_t node[QUICK_CAP];   /* range nodes in state RANGE_HELD, last freed on top */
@@ -42,12 +55,14 @@ typedef struct fx_bin {
 typedef struct fx_heap {
     uint64_t stream;
     int small;              /* holds requests below f->small_limit */
-    uint64_t va;            /* base of the reservation */
+    uint64_t va;            /* base of the heap: the reservation's first chunk boundary */
     uint64_t va_size;
+    uint64_t res_va, res_size; /* the reservation */
     fl_range *range;
     fx_page *pages;         /* grows with the highest page used */
-    uint64_t n_pages;       /* pages that every per-page table covers */
-    uint64_t cap[5];        /* pages each table (heap_tables) is grown to: n_pages unless
+    uint64_t n_pages;       /* pages that every per-page table covers (a power of two, at
+                               least CHUNK_PAGES) */
+    uint64_t cap[TAB_COUNT];/* pages each table (heap_tables) is grown to: n_pages unless
                                host memory ran out while growing them */
     /* The index of block starts, which finds a freed block's node (the range allocator
      * keeps no offset table for a heap: range_untrack): starts[offset >> win_log] is the
@@ -65,6 +80,7 @@ typedef struct fx_heap {
     uint64_t *covered;      /* strictly inside a live block (pinned by it alone) */
     uint64_t *mapped;       /* handle != 0 */
     uint64_t *recent;       /* cached since the clock hand last passed: spared once */
+    uint64_t *chunked;      /* a bit per chunk: mapped with one handle */
     uint64_t top;           /* pages below it have been mapped at least once */
     uint64_t bytes_asked;   /* all bytes allocated here, and those in blocks of whole pages: */
     uint64_t whole_bytes;   /* when these dominate, such blocks are kept page-aligned */
@@ -82,21 +98,25 @@ typedef struct fx_policy {
     uint32_t n_heaps, cap_heaps;
     uint64_t small_limit;   /* requests below it go to the stream's small heap */
     uint32_t last_heap[2];  /* cache for the stream lookup: [large, small] */
-    uint64_t *pool;         /* created handles not mapped anywhere */
+    uint64_t *pool;         /* created one-page handles not mapped anywhere */
     uint64_t n_pool, cap_pool;
-    uint64_t n_handles;     /* created and not released */
+    uint64_t *cpool;        /* created chunk handles not mapped anywhere */
+    uint64_t n_cpool, cap_cpool;
+    uint64_t n_handles;     /* pages of the handles created and not released */
+    uint64_t n_chunk_handles; /* chunk handles created and not released */
     uint64_t n_cached;      /* mapped pages no live block touches */
+    uint64_t n_chunk_pages; /* mapped pages in chunks (CHUNK_PAGES per mapped chunk) */
+    uint64_t n_chunk_cached;/* of those, pages no live block touches (chunks with none
+                               of their pages in use are counted only when needed:
+                               idle_chunks) */
+    int no_chunks;          /* the device refused a chunk: one-page handles only, until
+                               empty_cache or a new limit */
     uint64_t n_no_access;   /* pages marked PAGE_NO_ACCESS */
     uint32_t hand_heap;     /* the clock hand: next page reclaim looks at */
     uint64_t hand_page;
 } fx_policy;
 
 /* ---- heaps ------------------------------------------------------------------- */
-
-/* The per-page tables of a heap (fli_table_grow: warm-up extends them page after page,
- * and they are the bulk of its host memory): the page table, the index of starts and
- * the three bit arrays. */
-enum { TAB_PAGES, TAB_STARTS, TAB_COVERED, TAB_MAPPED, TAB_RECENT, TAB_COUNT };
 
 static void **heap_table(fx_heap *h, int k, size_t *elem)
 {
@@ -105,21 +125,26 @@ static void **heap_table(fx_heap *h, int k, size_t *elem)
     case TAB_STARTS: *elem = sizeof *h->starts; return (void **)&h->starts;
     case TAB_COVERED: *elem = sizeof *h->covered; return (void **)&h->covered;
     case TAB_MAPPED: *elem = sizeof *h->mapped; return (void **)&h->mapped;
-    default: *elem = sizeof *h->recent; return (void **)&h->recent;
+    case TAB_RECENT: *elem = sizeof *h->recent; return (void **)&h->recent;
+    default: *elem = sizeof *h->chunked; return (void **)&h->chunked;
     }
 }
 
 /* Entries of table k that cover `pages` pages. */
 static uint64_t heap_table_len(const fx_heap *h, unsigned gran_log, int k, uint64_t pages)
 {
-    return k == TAB_PAGES ? pages : k == TAB_STARTS ? pages << (gran_log - h->win_log) : fli_bits_words(pages);
+    return k == TAB_PAGES ? pages : k == TAB_STARTS ? pages << (gran_log - h->win_log)
+           : fli_bits_words(k == TAB_CHUNKED ? pages >> CHUNK_LOG : pages);
 }
 
 static fl_status heap_grow_pages(fx_heap *h, unsigned gran_log, uint64_t need)
 {
     if (need <= h->n_pages)
         return FL_OK;
-    uint64_t n = h->n_pages ? h->n_pages : 16;
+    /* 256 pages to start (512 MiB of 2 MiB pages; 6 KiB of tables in a large heap, the
+     * small heap's index in an untouched mapping): doubling from one chunk cost the
+     * snapshots' warm-up 5 copies of every table per heap. */
+    uint64_t n = h->n_pages ? h->n_pages : 256;
     while (n < need)
         n *= 2;
     for (int k = 0; k < TAB_COUNT; k++) {
@@ -164,12 +189,18 @@ static fl_status heap_new(fx_policy *f, uint64_t stream, int small, uint32_t *ou
     uint64_t want = f->base.dev->capacity / f->gran * f->gran * 2;
     uint64_t cap = UINT64_C(1) << 48;
     h->va_size = fli_align_up(want < cap && want > 0 ? want : cap, f->gran);
-    fl_status s = fli_dev_reserve(f->base.dev, h->va_size, &h->va);
+    /* The heap starts on a chunk boundary (chunks are aligned in the address space too,
+     * so what a live block can hold back is known from its address): the reservation
+     * has a chunk's worth of room to spare. */
+    uint64_t chunk_bytes = CHUNK_PAGES << f->gran_log;
+    h->res_size = h->va_size + chunk_bytes - f->gran;
+    fl_status s = fli_dev_reserve(f->base.dev, h->res_size, &h->res_va);
     if (s != FL_OK)
         return s;
+    h->va = fli_align_up(h->res_va, chunk_bytes);
     s = fl_range_create(h->va_size, 512, &h->range);
     if (s != FL_OK) {
-        fli_dev_addr_free(f->base.dev, h->va, h->va_size);
+        fli_dev_addr_free(f->base.dev, h->res_va, h->res_size);
         return s;
     }
     range_untrack(h->range);
@@ -217,16 +248,78 @@ static inline int heap_for_addr(const fx_policy *f, uint64_t addr)
 
 /* ---- physical pages ----------------------------------------------------------- */
 
-static uint64_t pages_obtainable(const fx_policy *f)
+/* The limit (or the capacity) in whole pages: the device owns the rule. */
+static inline uint64_t limit_pages(const fx_policy *f) { return fli_dev_limit(f->base.dev) >> f->gran_log; }
+
+static inline uint64_t creatable(const fx_policy *f)
 {
-    uint64_t creatable = f->max_pages > f->n_handles ? f->max_pages - f->n_handles : 0;
-    return f->n_pool + creatable + f->n_cached;
+    return f->max_pages > f->n_handles ? f->max_pages - f->n_handles : 0;
+}
+
+/* Cached pages with a handle of their own (reclaim_one unmaps them one by one); the
+ * other cached pages lie in mapped chunks, which are unmapped only whole. */
+static inline uint64_t cached_singles(const fx_policy *f)
+{
+    return f->n_cached - f->n_chunk_cached;
 }
 
 /* Live blocks touching page p. */
 static inline uint32_t page_pins(const fx_heap *h, uint64_t p)
 {
     return h->pages[p].refs + (uint32_t)fli_bit_get(h->covered, p);
+}
+
+/* Page p lies in a chunk mapped with one handle. */
+static inline int in_chunk(const fx_heap *h, uint64_t p)
+{
+    return fli_bit_get(h->chunked, p >> CHUNK_LOG);
+}
+
+/* Pages of [a, b) that lie in mapped chunks: a bit per chunk, so a run of N pages costs
+ * N/1024 words. */
+static inline uint64_t chunked_pages(const fx_heap *h, uint64_t a, uint64_t b)
+{
+    if (a >= b)
+        return 0;
+    uint64_t ca = a >> CHUNK_LOG, cb = (b - 1) >> CHUNK_LOG;
+    if (ca == cb)
+        return in_chunk(h, a) ? b - a : 0;
+    return (in_chunk(h, a) ? ((ca + 1) << CHUNK_LOG) - a : 0) + (in_chunk(h, b - 1) ? b - (cb << CHUNK_LOG) : 0) +
+           fli_bits_count(h->chunked, ca + 1, cb) * CHUNK_PAGES;
+}
+
+/* Chunk c of heap h is mapped and no live block touches it: reclaimable whole. */
+static int chunk_idle(const fx_heap *h, uint64_t c)
+{
+    uint64_t p0 = c << CHUNK_LOG;
+    if (!in_chunk(h, p0) || fli_bits_count(h->covered, p0, p0 + CHUNK_PAGES))
+        return 0;
+    for (uint64_t p = p0; p < p0 + CHUNK_PAGES; p++)
+        if (h->pages[p].refs)
+            return 0;
+    return 1;
+}
+
+/* Mapped chunks no live block touches, counted (a scan: asked only when the other
+ * sources of pages do not suffice, or to give memory back). */
+static uint64_t idle_chunks(const fx_policy *f)
+{
+    uint64_t n = 0;
+    if (f->n_chunk_cached < CHUNK_PAGES)
+        return 0;
+    for (uint32_t hi = 0; hi < f->n_heaps; hi++)
+        for (uint64_t c = 0; c < f->heaps[hi].n_pages >> CHUNK_LOG; c++)
+            n += chunk_idle(&f->heaps[hi], c);
+    return n;
+}
+
+/* Pages that unmapped ones can get without touching a live block: pooled handles, pages
+ * still creatable, cached pages of their own, and chunks no live block touches (counted
+ * only when the others fall short of `need`). */
+static uint64_t pages_obtainable(const fx_policy *f, uint64_t need)
+{
+    uint64_t n = f->n_pool + f->n_cpool * CHUNK_PAGES + creatable(f) + cached_singles(f);
+    return n >= need ? n : n + idle_chunks(f) * CHUNK_PAGES;
 }
 
 static inline void page_map(fx_heap *h, uint64_t p, uint64_t handle)
@@ -247,12 +340,14 @@ static inline uint64_t page_unmap(fx_policy *f, fx_heap *h, uint64_t p)
     return handle;
 }
 
-/* Unmaps a cached page and puts its handle in the pool. The clock hand sweeps every
- * heap's pages in address order and spares pages cached since its last pass (second
- * chance, close to least-recently-used), so reclaim costs O(1) amortised and the hot
- * paths keep no list of cached pages: pinning and unpinning only count and mark. */
+/* Unmaps a cached page of its own (one must exist: cached_singles) and puts its handle
+ * in the pool. The clock hand sweeps every heap's pages in address order and spares
+ * pages cached since its last pass (second chance, close to least-recently-used), so
+ * reclaim costs O(1) amortised and the hot paths keep no list of cached pages: pinning
+ * and unpinning only count and mark. Pages of chunks are passed over (reclaim_chunk). */
 static fl_status reclaim_one(fx_policy *f)
 {
+    FL_ASSERT(cached_singles(f) > 0);
     for (;;) {
         if (f->hand_heap >= f->n_heaps) {
             f->hand_heap = 0;
@@ -265,7 +360,7 @@ static fl_status reclaim_one(fx_policy *f)
             continue;
         }
         uint64_t p = f->hand_page++;
-        if (h->pages[p].handle && page_pins(h, p) == 0) {
+        if (h->pages[p].handle && page_pins(h, p) == 0 && !in_chunk(h, p)) {
             if (fli_bit_get(h->recent, p)) {
                 fli_bit_clear(h->recent, p);
                 continue;
@@ -280,52 +375,158 @@ static fl_status reclaim_one(fx_policy *f)
     }
 }
 
-/* The pool must be able to hold every handle: grow it before creating one more. */
-/* The limit (or the capacity) in whole pages: the device owns the rule. */
-static inline uint64_t limit_pages(const fx_policy *f) { return fli_dev_limit(f->base.dev) >> f->gran_log; }
-
-static fl_status pool_grow(fx_policy *f)
+/* Unmaps up to `want` mapped chunks no live block touches (the caller synchronized) and
+ * puts their handles in the chunk pool; *got says how many. Only under pressure or to
+ * give memory back: a scan. */
+static fl_status reclaim_chunks(fx_policy *f, uint64_t want, uint64_t *got)
 {
-    uint64_t cap = f->cap_pool * 2;
-    if (fli_table_grow((void **)&f->pool, sizeof *f->pool, f->cap_pool, cap) != FL_OK)
-        return fli_fail(FL_ERR_NOMEM, "fragless: host memory for %llu handles", (unsigned long long)cap);
-    f->cap_pool = cap;
+    *got = 0;
+    for (uint32_t hi = 0; hi < f->n_heaps && *got < want; hi++) {
+        fx_heap *h = &f->heaps[hi];
+        for (uint64_t c = 0; c < h->n_pages >> CHUNK_LOG && *got < want; c++) {
+            if (!chunk_idle(h, c))
+                continue;
+            uint64_t p0 = c << CHUNK_LOG;
+            fl_status s = fli_dev_unmap(f->base.dev, h->va + (p0 << f->gran_log), CHUNK_PAGES << f->gran_log);
+            if (s != FL_OK)
+                return s;
+            uint64_t handle = h->pages[p0].handle;
+            for (uint64_t p = p0; p < p0 + CHUNK_PAGES; p++)
+                page_unmap(f, h, p);
+            fli_bit_clear(h->chunked, c);
+            f->n_cached -= CHUNK_PAGES;
+            f->n_chunk_cached -= CHUNK_PAGES;
+            f->n_chunk_pages -= CHUNK_PAGES;
+            f->cpool[f->n_cpool++] = handle;
+            ++*got;
+        }
+    }
+    return FL_OK;
+}
+
+/* The pools must be able to hold every handle of their kind: grown before one more is
+ * created. */
+static fl_status pool_grow(uint64_t **pool, uint64_t *cap)
+{
+    uint64_t n = *cap * 2;
+    if (fli_table_grow((void **)pool, sizeof **pool, *cap, n) != FL_OK)
+        return fli_fail(FL_ERR_NOMEM, "fragless: host memory for %llu handles", (unsigned long long)n);
+    *cap = n;
+    return FL_OK;
+}
+
+/* Gives a pooled chunk handle back to the device: its memory then serves one-page
+ * handles (created next) or is under the limit again. */
+static fl_status release_pooled_chunk(fx_policy *f)
+{
+    fl_status s = fli_dev_release(f->base.dev, f->cpool[f->n_cpool - 1]);
+    if (s != FL_OK)
+        return s;
+    f->n_cpool--;
+    f->n_chunk_handles--;
+    f->n_handles -= CHUNK_PAGES;
     return FL_OK;
 }
 
 /* A handle for one more page: the pool first (free), then a new one while the limit
- * allows (paid once, in warm-up), then a cached page elsewhere (unmap after a sync). */
+ * allows (paid once, in warm-up), then the memory of a pooled chunk, then a cached page
+ * elsewhere or a chunk no live block touches (unmapped after a sync). */
 static fl_status take_handle(fx_policy *f, int *synced, uint64_t *handle)
 {
-    if (f->n_pool == 0 && f->n_handles < f->max_pages) {
-        if (f->n_handles == f->cap_pool && pool_grow(f) != FL_OK)
-            return FL_ERR_NOMEM;
-        fl_status s = fli_dev_create(f->base.dev, f->gran, handle);
-        if (s == FL_OK) {
-            f->n_handles++;
+    for (;;) {
+        if (f->n_pool) {
+            *handle = f->pool[--f->n_pool];
             return FL_OK;
         }
-        if (s != FL_ERR_OOM)
-            return s;
-        /* The device is fuller than our own count says (other users): stop creating. */
-        f->max_pages = f->n_handles;
-    }
-    if (f->n_pool == 0) {
-        if (f->n_cached == 0)
+        fl_status s;
+        if (f->n_handles < f->max_pages) {
+            uint64_t singles = f->n_handles - f->n_chunk_handles * CHUNK_PAGES;
+            if (singles >= f->cap_pool && pool_grow(&f->pool, &f->cap_pool) != FL_OK)
+                return FL_ERR_NOMEM;
+            s = fli_dev_create(f->base.dev, f->gran, handle);
+            if (s == FL_OK) {
+                f->n_handles++;
+                return FL_OK;
+            }
+            if (s != FL_ERR_OOM)
+                return s;
+            /* The device is fuller than our own count says (other users): stop creating. */
+            f->max_pages = f->n_handles;
+        }
+        if (f->n_cpool) {
+            if ((s = release_pooled_chunk(f)) != FL_OK)
+                return s;
+            continue;
+        }
+        if (cached_singles(f) == 0 && idle_chunks(f) == 0)
             return fli_fail(FL_ERR_OOM, "fragless: no physical page left");
         if (!*synced) {
             /* Unmapping memory a kernel may still use is undefined: wait for the device. */
-            fl_status s = fli_dev_synchronize(f->base.dev);
-            if (s != FL_OK)
+            if ((s = fli_dev_synchronize(f->base.dev)) != FL_OK)
                 return s;
             *synced = 1;
             f->base.retries++;
         }
-        fl_status s = reclaim_one(f);
-        if (s != FL_OK)
+        uint64_t got;
+        if ((s = cached_singles(f) ? reclaim_one(f) : reclaim_chunks(f, 1, &got)) != FL_OK)
             return s;
     }
-    *handle = f->pool[--f->n_pool];
+}
+
+/* Whether page p's chunk can be mapped with one handle now: a large heap, every page of
+ * the chunk unmapped, and a pooled chunk handle or room for a new one while the device
+ * holds at most 1/2^CHUNK_SHARE_LOG of the limit (for this policy and any layer above it,
+ * such as registrable's blocks). Past that, pages get handles of their
+ * own, each reclaimable alone: a chunk goes back only when no live block touches it, so
+ * the free pages of chunks that live blocks touch serve only blocks placed on them, and
+ * this bounds them (a larger share cost gpt_varlen's min_capacity: ARCHITECTURE.md). */
+static inline int chunk_room(const fx_policy *f, const fx_heap *h, uint64_t p)
+{
+    if (h->small || f->no_chunks)
+        return 0;
+    uint64_t c0 = p >> CHUNK_LOG << CHUNK_LOG;
+    if (fli_bits_count(h->mapped, c0, c0 + CHUNK_PAGES))
+        return 0;
+    /* What the device holds for everyone on it (a registrable layer's blocks too). */
+    uint64_t held = f->base.dev->counters.in_use >> f->gran_log;
+    if (held < f->n_handles)
+        held = f->n_handles;
+    return f->n_cpool || held + CHUNK_PAGES <= f->max_pages >> CHUNK_SHARE_LOG;
+}
+
+/* Maps chunk c with one handle, pooled or created; its pages that no live block touches
+ * become cached. A create the device refuses for want of memory stops chunks. */
+static fl_status map_chunk(fx_policy *f, fx_heap *h, uint64_t c)
+{
+    uint64_t handle, p0 = c << CHUNK_LOG, bytes = CHUNK_PAGES << f->gran_log;
+    fl_status s;
+    if (f->n_cpool) {
+        handle = f->cpool[--f->n_cpool];
+    } else {
+        if (f->n_chunk_handles >= f->cap_cpool && pool_grow(&f->cpool, &f->cap_cpool) != FL_OK)
+            return FL_ERR_NOMEM;
+        if ((s = fli_dev_create(f->base.dev, bytes, &handle)) != FL_OK) {
+            f->no_chunks |= s == FL_ERR_OOM;
+            return s;
+        }
+        f->n_chunk_handles++;
+        f->n_handles += CHUNK_PAGES;
+    }
+    if ((s = fli_dev_map(f->base.dev, h->va + (p0 << f->gran_log), bytes, handle)) != FL_OK) {
+        f->cpool[f->n_cpool++] = handle;
+        return s;
+    }
+    uint64_t pinned = 0;
+    for (uint64_t p = p0; p < p0 + CHUNK_PAGES; p++) {
+        page_map(h, p, handle);
+        pinned += page_pins(h, p) != 0;
+    }
+    fli_bit_set(h->chunked, c);
+    f->n_chunk_pages += CHUNK_PAGES;
+    f->n_chunk_cached += CHUNK_PAGES - pinned;
+    f->n_cached += CHUNK_PAGES - pinned;
+    if (p0 + CHUNK_PAGES > h->top)
+        h->top = p0 + CHUNK_PAGES;
     return FL_OK;
 }
 
@@ -346,9 +547,10 @@ static fl_status set_access_run(fx_policy *f, fx_heap *h, uint64_t first, uint64
     return s;
 }
 
-/* Maps every unmapped page in [p0, p1] and sets access once per contiguous run of pages
- * mapped now or left without access. On failure the pages mapped so far stay mapped
- * (they become cached once refs are dropped). */
+/* Maps every unmapped page in [p0, p1] — a whole chunk where chunk_room allows, else a
+ * page at a time — and sets access once per contiguous run of pages mapped now or left
+ * without access. On failure the pages mapped so far stay mapped (they become cached
+ * once refs are dropped). */
 static fl_status map_pages(fx_policy *f, uint32_t hi, uint64_t p0, uint64_t p1)
 {
     fx_heap *h = &f->heaps[hi];
@@ -363,6 +565,20 @@ static fl_status map_pages(fx_policy *f, uint32_t hi, uint64_t p0, uint64_t p1)
                 return s;
             run = p + 1;
             continue;
+        }
+        if (chunk_room(f, h, p)) {
+            uint64_t c0 = p >> CHUNK_LOG << CHUNK_LOG;
+            if ((s = map_chunk(f, h, p >> CHUNK_LOG)) == FL_OK) {
+                /* The run goes on through the chunk: pages before p in it lie below p0
+                 * (every page of it was unmapped), so then p is p0 and run too. */
+                if (c0 < run)
+                    run = c0;
+                p = c0 + CHUNK_PAGES - 1;
+                continue;
+            }
+            if (s != FL_ERR_OOM)
+                break;
+            s = FL_OK; /* refused for want of memory: pages of its own */
         }
         uint64_t handle;
         if ((s = take_handle(f, &synced, &handle)) != FL_OK)
@@ -381,7 +597,8 @@ static fl_status map_pages(fx_policy *f, uint32_t hi, uint64_t p0, uint64_t p1)
 /* When a heap's footprint grows past its top, map on to the next multiple of
  * GROW_PAGES (20 MiB of 2 MiB pages, PyTorch's large-pool page) with handles that cost
  * no reclaim: growth then comes in a few steps instead of a page at a time, and the
- * pages ahead stay fungible (cached: reclaimable like any other). */
+ * pages ahead stay fungible (cached: reclaimable like any other). Chunks, where mapped,
+ * already end on a multiple of CHUNK_PAGES. */
 static void map_ahead(fx_policy *f, uint32_t hi, uint64_t p1)
 {
     fx_heap *h = &f->heaps[hi];
@@ -394,7 +611,9 @@ static void map_ahead(fx_policy *f, uint32_t hi, uint64_t p1)
         uint64_t handle;
         if (f->n_pool)
             handle = f->pool[--f->n_pool];
-        else if (f->n_handles < f->max_pages && (f->n_handles < f->cap_pool || pool_grow(f) == FL_OK) &&
+        else if (f->n_handles < f->max_pages &&
+                 (f->n_handles - f->n_chunk_handles * CHUNK_PAGES < f->cap_pool ||
+                  pool_grow(&f->pool, &f->cap_pool) == FL_OK) &&
                  fli_dev_create(f->base.dev, f->gran, &handle) == FL_OK)
             f->n_handles++;
         else
@@ -416,7 +635,8 @@ static void map_ahead(fx_policy *f, uint32_t hi, uint64_t p1)
             f->pool[f->n_pool++] = page_unmap(f, h, q);
         }
     }
-    h->top = p;
+    if (p > h->top)
+        h->top = p;
 }
 
 /* Counts a block that starts or ends on page p: returns 1 when the page must be mapped
@@ -430,6 +650,7 @@ static inline uint64_t pin_end(fx_policy *f, fx_heap *h, uint64_t p, uint32_t *n
     if (!pg->handle)
         return 1;
     f->n_cached--;
+    f->n_chunk_cached -= in_chunk(h, p);
     *no_access |= pg->flags & PAGE_NO_ACCESS;
     return 0;
 }
@@ -446,6 +667,8 @@ static uint64_t pin_rest(fx_policy *f, fx_heap *h, uint64_t p0, uint64_t p1, uin
         fli_bits_set(h->covered, p0 + 1, p1);
         f->n_cached -= m;
         missing += inside - m;
+        if (f->n_chunk_pages)
+            f->n_chunk_cached -= chunked_pages(h, p0 + 1, p1);
         if (FL_UNLIKELY(f->n_no_access))
             for (uint64_t p = p0 + 1; p < p1; p++)
                 *no_access |= h->pages[p].flags & PAGE_NO_ACCESS;
@@ -466,32 +689,39 @@ static inline void unpin_end(fx_policy *f, fx_heap *h, uint64_t p)
     fx_page *pg = &h->pages[p];
     FL_ASSERT(pg->refs > 0); /* a live block touches it: pinned */
     if (--pg->refs == 0) {
-        f->n_cached += pg->handle != 0;
+        if (pg->handle) {
+            f->n_cached++;
+            f->n_chunk_cached += in_chunk(h, p);
+        }
         fli_bit_set(h->recent, p);
     }
 }
 
 /* unpin() past the first page. */
-static void unpin_rest(fx_policy *f, fx_heap *h, uint64_t p0, uint64_t p1)
+static void unpin_rest(fx_policy *f, fx_heap *h, uint64_t p0, uint64_t p1, int all_mapped)
 {
     unpin_end(f, h, p1);
     if (p1 > p0 + 1) {
         FL_ASSERT(fli_bits_count(h->covered, p0 + 1, p1) == p1 - p0 - 1);
         fli_bits_clear(h->covered, p0 + 1, p1);
         fli_bits_set(h->recent, p0 + 1, p1);
-        /* All mapped while the block lived, except after a failed map (fx_alloc's undo). */
-        f->n_cached += fli_bits_count(h->mapped, p0 + 1, p1);
+        /* All mapped while the block lived (all_mapped: a free), except after a failed
+         * map (alloc_placed's undo): then counted. */
+        FL_ASSERT(!all_mapped || fli_bits_count(h->mapped, p0 + 1, p1) == p1 - p0 - 1);
+        f->n_cached += all_mapped ? p1 - p0 - 1 : fli_bits_count(h->mapped, p0 + 1, p1);
+        if (f->n_chunk_pages)
+            f->n_chunk_cached += chunked_pages(h, p0 + 1, p1);
     }
 }
 
 /* Drops a block's pins of [p0, p1]; pages left unused become cached. */
-static inline void unpin(fx_policy *f, uint32_t hi, uint64_t p0, uint64_t p1)
+static inline void unpin(fx_policy *f, uint32_t hi, uint64_t p0, uint64_t p1, int all_mapped)
 {
     fx_heap *h = &f->heaps[hi];
     FL_ASSERT(p0 <= p1 && p1 < h->n_pages);
     unpin_end(f, h, p0);
     if (FL_UNLIKELY(p1 != p0))
-        unpin_rest(f, h, p0, p1);
+        unpin_rest(f, h, p0, p1, all_mapped);
 }
 
 /* ---- placement ------------------------------------------------------------------ */
@@ -694,7 +924,7 @@ static FL_NOINLINE fl_status alloc_placed(fx_policy *f, uint64_t size, uint64_t 
         h->bytes_asked += rsize;
         h->whole_bytes += (rsize & (f->gran - 1)) == 0 ? rsize : 0;
         uint64_t pad = choose_pad(f, h, &h->range->nodes[n], rsize);
-        if (FL_UNLIKELY(f->n_pool == 0 && f->n_handles >= f->max_pages))
+        if (FL_UNLIKELY(f->n_pool == 0 && f->n_cpool == 0 && f->n_handles >= f->max_pages))
             place_under_pressure(f, h, rsize, &n, &pad);
         if ((s = range_take(h->range, n, pad, rsize, &node)) != FL_OK)
             return s;
@@ -713,14 +943,14 @@ static FL_NOINLINE fl_status alloc_placed(fx_policy *f, uint64_t size, uint64_t 
     uint32_t no_access = 0; /* a cached page whose set_access failed: map_pages sets it */
     uint64_t missing = pin(f, h, p0, p1, &no_access);
     if (FL_UNLIKELY(missing | no_access)) {
-        if (missing > pages_obtainable(f))
+        if (missing > pages_obtainable(f, missing))
             s = fli_fail(FL_ERR_OOM, "fragless: %llu bytes need %llu more pages of %llu MiB; %llu obtainable",
                         (unsigned long long)size, (unsigned long long)missing,
-                        (unsigned long long)(f->gran >> 20), (unsigned long long)pages_obtainable(f));
+                        (unsigned long long)(f->gran >> 20), (unsigned long long)pages_obtainable(f, missing));
         else if ((s = map_pages(f, hi, p0, p1)) == FL_OK && p1 >= f->heaps[hi].top)
             map_ahead(f, hi, p1);
         if (s != FL_OK) {
-            unpin(f, hi, p0, p1);
+            unpin(f, hi, p0, p1, 0);
             give_back(&f->heaps[hi], held, node, rsize);
             if (s == FL_ERR_OOM)
                 base->ooms++;
@@ -818,7 +1048,7 @@ static FL_NOINLINE fl_status free_found(fx_policy *f, fx_heap *h, uint32_t v)
     } else {
         heap_release(h, v);
     }
-    unpin(f, (uint32_t)(h - f->heaps), off >> f->gran_log, (off + size - 1) >> f->gran_log);
+    unpin(f, (uint32_t)(h - f->heaps), off >> f->gran_log, (off + size - 1) >> f->gran_log, 1);
     f->base.allocated -= size;
     f->base.num_frees++;
     return FL_OK;
@@ -863,19 +1093,28 @@ static fl_status fx_empty_cache(fli_policy *base)
     fx_policy *f = (fx_policy *)base;
     fl_status s;
     f->max_pages = limit_pages(f); /* the device may have room again: try creating */
+    f->no_chunks = 0;
     for (uint32_t hi = 0; hi < f->n_heaps; hi++)
         flush_bins(&f->heaps[hi]);
-    if (f->n_cached && (s = fli_dev_synchronize(base->dev)) != FL_OK)
+    /* Cached pages inside a chunk that a live block still touches stay: a chunk is
+     * unmapped only whole. */
+    uint64_t idle = idle_chunks(f), got;
+    if ((cached_singles(f) || idle) && (s = fli_dev_synchronize(base->dev)) != FL_OK)
         return s;
-    while (f->n_cached)
+    while (cached_singles(f))
         if ((s = reclaim_one(f)) != FL_OK)
             return s;
+    if (idle && (s = reclaim_chunks(f, idle, &got)) != FL_OK)
+        return s;
     while (f->n_pool) {
         if ((s = fli_dev_release(base->dev, f->pool[f->n_pool - 1])) != FL_OK)
             return s;
         f->n_pool--;
         f->n_handles--;
     }
+    while (f->n_cpool)
+        if ((s = release_pooled_chunk(f)) != FL_OK)
+            return s;
     return FL_OK;
 }
 
@@ -883,6 +1122,7 @@ static int fx_check(const fli_policy *base)
 {
     const fx_policy *f = (const fx_policy *)base;
     uint64_t mapped = 0, cached = 0, allocated = 0, no_access = 0;
+    uint64_t chunk_pages = 0, chunk_cached = 0;
     for (uint32_t hi = 0; hi < f->n_heaps; hi++) {
         const fx_heap *h = &f->heaps[hi];
         if (fl_range_check(h->range))
@@ -975,6 +1215,19 @@ static int fx_check(const fli_policy *base)
             cached += pg->handle && !page_pins(h, p);
             no_access += (pg->flags & PAGE_NO_ACCESS) != 0;
         }
+        /* A mapped chunk: every page mapped with its one handle, the count of pages live
+         * blocks touch right. */
+        for (uint64_t c = 0; c < h->n_pages >> CHUNK_LOG && !err; c++) {
+            uint64_t p0 = c << CHUNK_LOG;
+            if (!in_chunk(h, p0))
+                continue;
+            for (uint64_t p = p0; p < p0 + CHUNK_PAGES && !err; p++) {
+                if (h->pages[p].handle != h->pages[p0].handle || !h->pages[p].handle)
+                    err = "a chunk's pages are not all mapped with its handle";
+                chunk_cached += page_pins(h, p) == 0;
+            }
+            chunk_pages += CHUNK_PAGES;
+        }
         free(refs);
         free(cover);
         if (err)
@@ -986,10 +1239,18 @@ static int fx_check(const fli_policy *base)
     if (no_access != f->n_no_access)
         return fli_fail(FL_ERR_INVALID, "fragless check: %llu pages without access, counter %llu",
                        (unsigned long long)no_access, (unsigned long long)f->n_no_access), 1;
-    if (mapped + f->n_pool != f->n_handles)
-        return fli_fail(FL_ERR_INVALID, "fragless check: %llu mapped + %llu pooled != %llu handles",
-                       (unsigned long long)mapped, (unsigned long long)f->n_pool,
+    if (mapped + f->n_pool + f->n_cpool * CHUNK_PAGES != f->n_handles)
+        return fli_fail(FL_ERR_INVALID, "fragless check: %llu mapped + %llu pooled + %llu pooled chunks of %llu pages != "
+                       "%llu pages in handles", (unsigned long long)mapped, (unsigned long long)f->n_pool,
+                       (unsigned long long)f->n_cpool, (unsigned long long)CHUNK_PAGES,
                        (unsigned long long)f->n_handles), 1;
+    if (chunk_pages != f->n_chunk_pages || chunk_cached != f->n_chunk_cached ||
+        chunk_pages / CHUNK_PAGES + f->n_cpool != f->n_chunk_handles)
+        return fli_fail(FL_ERR_INVALID, "fragless check: chunks: %llu pages mapped, %llu cached; counters %llu, %llu; "
+                       "%llu pooled of %llu chunk handles", (unsigned long long)chunk_pages,
+                       (unsigned long long)chunk_cached, (unsigned long long)f->n_chunk_pages,
+                       (unsigned long long)f->n_chunk_cached, (unsigned long long)f->n_cpool,
+                       (unsigned long long)f->n_chunk_handles), 1;
     if (allocated != base->allocated)
         return fli_fail(FL_ERR_INVALID, "fragless check: blocks hold %llu bytes, counter %llu",
                        (unsigned long long)allocated, (unsigned long long)base->allocated), 1;
@@ -1002,11 +1263,10 @@ static int fx_check(const fli_policy *base)
 static void fx_query(const fli_policy *base, fli_policy_state *out)
 {
     const fx_policy *f = (const fx_policy *)base;
-    uint64_t held = f->n_handles * f->gran;
+    uint64_t held = f->n_handles * f->gran, pooled = f->n_pool + f->n_cpool * CHUNK_PAGES;
     out->free_in_reserved = held > base->allocated ? held - base->allocated : 0;
-    uint64_t creatable = f->max_pages > f->n_handles ? f->max_pages - f->n_handles : 0;
-    out->largest_free = (f->n_cached + f->n_pool + creatable) * f->gran;
-    out->cached = (f->n_cached + f->n_pool) * f->gran;
+    out->largest_free = (f->n_cached + pooled + creatable(f)) * f->gran;
+    out->cached = (f->n_cached + pooled) * f->gran;
 }
 
 /* Heaps in creation order (each its own reservation), their pages up to the highest
@@ -1042,16 +1302,29 @@ static fl_status fx_limit_changed(fli_policy *base)
 {
     fx_policy *f = (fx_policy *)base;
     f->max_pages = limit_pages(f);
+    f->no_chunks = 0;
     fl_status s;
-    if (f->n_handles > f->max_pages && f->n_cached && (s = fli_dev_synchronize(base->dev)) != FL_OK)
+    if (f->n_handles > f->max_pages && (cached_singles(f) || idle_chunks(f)) &&
+        (s = fli_dev_synchronize(base->dev)) != FL_OK)
         return s;
-    while (f->n_handles > f->max_pages && (f->n_pool || f->n_cached)) {
-        if (!f->n_pool && (s = reclaim_one(f)) != FL_OK)
+    while (f->n_handles > f->max_pages) {
+        uint64_t got;
+        if (f->n_pool) {
+            if ((s = fli_dev_release(base->dev, f->pool[f->n_pool - 1])) != FL_OK)
+                return s;
+            f->n_pool--;
+            f->n_handles--;
+        } else if (f->n_cpool) {
+            if ((s = release_pooled_chunk(f)) != FL_OK)
+                return s;
+        } else if (cached_singles(f)) {
+            if ((s = reclaim_one(f)) != FL_OK)
+                return s;
+        } else if ((s = reclaim_chunks(f, 1, &got)) != FL_OK) {
             return s;
-        if ((s = fli_dev_release(base->dev, f->pool[f->n_pool - 1])) != FL_OK)
-            return s;
-        f->n_pool--;
-        f->n_handles--;
+        } else if (!got) {
+            break; /* what is left, live blocks touch */
+        }
     }
     return FL_OK;
 }
@@ -1065,19 +1338,28 @@ static void fx_destroy(fli_policy *base)
     for (uint32_t hi = 0; hi < f->n_heaps; hi++) {
         fx_heap *h = &f->heaps[hi];
         for (uint64_t p = 0; p < h->n_pages; p++) {
-            if (h->pages[p].handle) {
-                fli_dev_unmap(base->dev, h->va + (p << f->gran_log), f->gran);
+            if (!h->pages[p].handle)
+                continue;
+            if (in_chunk(h, p)) { /* whole, from its first page */
+                fli_dev_unmap(base->dev, h->va + (p << f->gran_log), CHUNK_PAGES << f->gran_log);
                 fli_dev_release(base->dev, h->pages[p].handle);
+                p += CHUNK_PAGES - 1;
+                continue;
             }
+            fli_dev_unmap(base->dev, h->va + (p << f->gran_log), f->gran);
+            fli_dev_release(base->dev, h->pages[p].handle);
         }
-        fli_dev_addr_free(base->dev, h->va, h->va_size);
+        fli_dev_addr_free(base->dev, h->res_va, h->res_size);
         fl_range_destroy(h->range);
         heap_free_tables(h, f->gran_log);
     }
     for (uint64_t i = 0; i < f->n_pool; i++)
         fli_dev_release(base->dev, f->pool[i]);
+    for (uint64_t i = 0; i < f->n_cpool; i++)
+        fli_dev_release(base->dev, f->cpool[i]);
     free(f->heaps);
     fli_table_free(f->pool, sizeof *f->pool, f->cap_pool);
+    fli_table_free(f->cpool, sizeof *f->cpool, f->cap_cpool);
     free(f);
 }
 
@@ -1096,12 +1378,18 @@ static fl_status fx_create(const fl_config *cfg, fl_device *dev, fli_policy **ou
     f->max_pages = limit_pages(f);
     /* Measured on ../shared/traces (ARCHITECTURE.md): an eighth of a page. */
     f->small_limit = cfg->small_size ? cfg->small_size : f->gran / 8;
-    /* The pool holds at most every handle; it grows with them (pool_grow). */
+    /* The pools hold at most every handle of their kind; they grow with them (pool_grow). */
     if (fli_table_grow((void **)&f->pool, sizeof *f->pool, 0, 1024) != FL_OK) {
         free(f);
         return fli_fail(FL_ERR_NOMEM, "fragless: host memory");
     }
     f->cap_pool = 1024;
+    if (fli_table_grow((void **)&f->cpool, sizeof *f->cpool, 0, 64) != FL_OK) {
+        fli_table_free(f->pool, sizeof *f->pool, f->cap_pool);
+        free(f);
+        return fli_fail(FL_ERR_NOMEM, "fragless: host memory");
+    }
+    f->cap_cpool = 64;
     *out = &f->base;
     return FL_OK;
 }
