@@ -83,30 +83,9 @@ void fli_gen_summary_free(fli_gen_summary *s)
 
 fl_status fli_gen_path(const char *pattern, int rank, char *out, size_t n)
 {
-    size_t len = 0;
     char num[16];
     snprintf(num, sizeof num, "%d", rank);
-    for (const char *p = pattern; *p; p++) {
-        const char *piece = p;
-        size_t k = 1;
-        if (*p == '%') {
-            if (p[1] == 'r')
-                piece = num;
-            else if (p[1] == '%')
-                piece = "%";
-            else
-                return fli_fail(FL_ERR_INVALID, "--output '%s': '%%%.1s' is not %%r (the rank) or %%%% (a '%%')",
-                                pattern, p[1] ? p + 1 : "");
-            k = strlen(piece);
-            p++;
-        }
-        if (len + k >= n)
-            return fli_fail(FL_ERR_INVALID, "--output '%s': too long (%zu bytes at most)", pattern, n - 1);
-        memcpy(out + len, piece, k);
-        len += k;
-    }
-    out[len] = 0;
-    return FL_OK;
+    return fli_expand_path_with(pattern, "--output", NULL, num, out, n);
 }
 
 /* ---- the event writer ------------------------------------------------------------- */

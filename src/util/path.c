@@ -20,32 +20,41 @@ static const char *rank_of_process(void)
     return "0";
 }
 
-fl_status fli_expand_path(const char *path, char *out, size_t n)
+/* The one expander: %r becomes rank, %p pid (refused when pid is NULL), %% a '%'; what
+ * names the path in messages ("path", "--output"). */
+fl_status fli_expand_path_with(const char *path, const char *what, const char *pid, const char *rank, char *out,
+                               size_t n)
 {
     size_t len = 0;
-    char pid[24];
-    snprintf(pid, sizeof pid, "%ld", (long)getpid());
     for (const char *p = path; *p; p++) {
         const char *piece = p;
         size_t k = 1;
         if (*p == '%') {
-            switch (p[1]) {
-            case 'p': piece = pid; break;
-            case 'r': piece = rank_of_process(); break;
-            case '%': piece = "%"; break;
-            default:
-                return fli_fail(FL_ERR_PARSE, "path '%s': '%%%.1s' is not %%p (process id), %%r (rank) or %%%% "
-                               "(a '%%')", path, p[1] ? p + 1 : "");
-            }
+            if (p[1] == 'r')
+                piece = rank;
+            else if (p[1] == 'p' && pid)
+                piece = pid;
+            else if (p[1] == '%')
+                piece = "%";
+            else
+                return fli_fail(FL_ERR_PARSE, "%s '%s': '%%%.1s' is not %s%%r (rank) or %%%% (a '%%')", what, path,
+                                p[1] ? p + 1 : "", pid ? "%p (process id), " : "");
             k = strlen(piece);
             p++;
         }
         if (len + k >= n)
-            return fli_fail(FL_ERR_INVALID, "path '%s': too long once expanded (%zu bytes at most)", path, n - 1);
+            return fli_fail(FL_ERR_INVALID, "%s '%s': too long once expanded (%zu bytes at most)", what, path, n - 1);
         memcpy(out + len, piece, k);
         len += k;
     }
     if (n)
         out[len] = 0;
     return FL_OK;
+}
+
+fl_status fli_expand_path(const char *path, char *out, size_t n)
+{
+    char pid[24];
+    snprintf(pid, sizeof pid, "%ld", (long)getpid());
+    return fli_expand_path_with(path, "path", pid, rank_of_process(), out, n);
 }

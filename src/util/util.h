@@ -88,6 +88,8 @@ bool fli_map_remove(fli_map *m, uint64_t key, uint64_t *val);
  * bytes is FL_ERR_INVALID. So that processes of one job never write one file. */
 #define FL_PATH_MAX 4096
 fl_status fli_expand_path(const char *path, char *out, size_t n);
+fl_status fli_expand_path_with(const char *path, const char *what, const char *pid, const char *rank, char *out,
+                               size_t n);
 
 /* Monotonic clock in nanoseconds. */
 uint64_t fli_now_ns(void);
