@@ -143,6 +143,7 @@ fl_status fli_publish_read(const char *path, fli_pub_entry *out);
  * 0 when it cannot be read. fli_publish_stale: 1 when the record's process is gone, or
  * pid now names a process that started at another time (pid reused); why says which. */
 uint64_t fli_proc_start_time(uint64_t pid);
+uint64_t fli_proc_stat_field(uint64_t pid, int field);
 int fli_publish_stale(uint64_t pid, uint64_t start_time, const char **why);
 
 #endif

@@ -79,7 +79,9 @@ const char *fli_publish_dir(void)
     return d && d[0] ? d : "/dev/shm";
 }
 
-uint64_t fli_proc_start_time(uint64_t pid)
+/* A numeric field (3 < field, counted as proc(5) does) of /proc/PID/stat; 0 when it
+ * cannot be read. */
+uint64_t fli_proc_stat_field(uint64_t pid, int field)
 {
     char path[64], buf[1024];
     snprintf(path, sizeof path, "/proc/%llu/stat", (unsigned long long)pid);
@@ -94,7 +96,7 @@ uint64_t fli_proc_start_time(uint64_t pid)
     if (!p)
         return 0;
     p++;
-    for (int field = 3; field < 22; field++) {
+    for (int k = 3; k < field; k++) {
         p = strchr(p + 1, ' ');
         if (!p)
             return 0;
@@ -102,6 +104,11 @@ uint64_t fli_proc_start_time(uint64_t pid)
     char *end;
     unsigned long long t = strtoull(p + 1, &end, 10);
     return end == p + 1 ? 0 : (uint64_t)t;
+}
+
+uint64_t fli_proc_start_time(uint64_t pid)
+{
+    return fli_proc_stat_field(pid, 22);
 }
 
 int fli_publish_stale(uint64_t pid, uint64_t start_time, const char **why)

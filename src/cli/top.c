@@ -398,28 +398,19 @@ static void print_rows(const top_rows *rows, nvml *nv, FILE *out)
 /* The parent of pid (/proc/PID/stat field 4) and its name; 0 when it cannot be read. */
 static uint64_t parent_of(uint64_t pid, char *comm, size_t n)
 {
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%llu/stat", (unsigned long long)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    size_t len = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[len] = 0;
-    /* comm (field 2) may hold spaces and parentheses: count from the last ')'. */
-    const char *p = strrchr(buf, ')');
-    unsigned long long ppid;
-    char state;
-    if (!p || sscanf(p + 1, " %c %llu", &state, &ppid) != 2 || ppid <= 1)
+    char path[64];
+    FILE *f;
+    uint64_t ppid = fli_proc_stat_field(pid, 4);
+    if (ppid <= 1)
         return 0;
     comm[0] = 0;
-    snprintf(path, sizeof path, "/proc/%llu/comm", ppid);
+    snprintf(path, sizeof path, "/proc/%llu/comm", (unsigned long long)ppid);
     if ((f = fopen(path, "r"))) {
         if (fgets(comm, (int)n, f))
             comm[strcspn(comm, "\n")] = 0;
         fclose(f);
     }
-    return (uint64_t)ppid;
+    return ppid;
 }
 
 /* Jobs: processes that have a rank ($RANK or $LOCAL_RANK) and one parent (torchrun's
