@@ -20,6 +20,11 @@
 #define QUICK_BINS (QUICK_MAX / 512)
 #define QUICK_CAP 64
 #define PRESSURE_CANDIDATES 64
+/* Page-aligned starts inside free ranges that place_under_pressure may cost per request. */
+#define PRESSURE_POSITIONS 4096
+/* ... and only while the limit exceeds the most pages ever pinned at once by at least
+ * 1/2^PRESSURE_SLACK_LOG of it (ARCHITECTURE.md, "placement under pressure"). */
+#define PRESSURE_SLACK_LOG 5
 /* A large heap's chunk: CHUNK_PAGES aligned pages (32 MiB of 2 MiB pages) mapped with one
  * handle when all are unmapped and the limit leaves room (chunk_room). */
 #define CHUNK_LOG 4
@@ -114,6 +119,8 @@ typedef struct fx_policy {
     uint64_t n_no_access;   /* pages marked PAGE_NO_ACCESS */
     uint32_t hand_heap;     /* the clock hand: next page reclaim looks at */
     uint64_t hand_page;
+    uint64_t peak_pinned;   /* the most pages live blocks touched at once, as seen by
+                               place_under_pressure (the only reader) */
 } fx_policy;
 
 /* ---- heaps ------------------------------------------------------------------- */
@@ -800,12 +807,31 @@ static uint64_t unmapped_pages(const fx_policy *f, const fx_heap *h, uint64_t x,
     return p1 + 1 - p0 - (p0 < end ? fli_bits_count(h->mapped, p0, end) : 0);
 }
 
+/* Whether inner positions of free ranges are worth a look (place_under_pressure): the job
+ * has one stream, the block spans more than a page, and the limit leaves room above the
+ * most pages pinned so far (learned online). Near its min_capacity a job has no such
+ * room, and there splitting a free range in the middle cost pages (gpt_varlen 1.0129 ->
+ * 1.0145, encoder_varlen 1.0123 -> 1.0189); in the multi-stream examples it cost
+ * min_capacity too (fsdp rank 0 1.0029 -> 1.0046). */
+static int inner_positions_pay(fx_policy *f, uint64_t size)
+{
+    uint64_t pinned_now = f->n_handles - f->n_pool - f->n_cpool * CHUNK_PAGES - f->n_cached;
+    if (pinned_now > f->peak_pinned)
+        f->peak_pinned = pinned_now;
+    if (size <= f->gran || f->n_heaps > 2 || (f->n_heaps == 2 && f->heaps[0].stream != f->heaps[1].stream))
+        return 0;
+    return f->max_pages >= f->peak_pinned + (f->max_pages >> PRESSURE_SLACK_LOG);
+}
+
 /* With no spare physical page left, a placement on unmapped pages costs a reclaim
  * (synchronize, unmap elsewhere, map here) now and, in a loop whose footprint exceeds
  * the capacity, again every step. So look at a bounded number of other free ranges
- * for the one needing the fewest unmapped pages (ties keep the first choice). Costs
- * nothing while memory is plentiful. */
-static void place_under_pressure(const fx_policy *f, const fx_heap *h, uint64_t size, uint32_t *n, uint64_t *pad)
+ * for the one needing the fewest unmapped pages (ties keep the first choice): at their
+ * ends, then, where inner_positions_pay, at page-aligned starts inside them (cached pages
+ * in the middle of a free range, left by blocks of another lifetime: a model switched,
+ * a larger shape gone) that pin no more new pages than the best end. Costs nothing
+ * while memory is plentiful. */
+static void place_under_pressure(fx_policy *f, const fx_heap *h, uint64_t size, uint32_t *n, uint64_t *pad)
 {
     const range_node *nodes = h->range->nodes;
     uint64_t best = unmapped_pages(f, h, nodes[*n].offset + *pad, size);
@@ -822,6 +848,23 @@ static void place_under_pressure(const fx_policy *f, const fx_heap *h, uint64_t 
                 best = u;
                 *n = cand[i];
                 *pad = ends[e];
+            }
+        }
+    }
+    if (!best || !inner_positions_pay(f, size))
+        return;
+    uint64_t first_new = new_pages(f, h, nodes[*n].offset + *pad, size);
+    /* Up to the pages ever mapped: past them every page is unmapped. */
+    uint64_t g = f->gran, budget = PRESSURE_POSITIONS, top = h->top << f->gran_log;
+    for (size_t i = 0; i < k && best && budget; i++) {
+        const range_node *b = &nodes[cand[i]];
+        uint64_t last = b->offset + b->size - size;
+        for (uint64_t x = fli_align_up(b->offset, g); x <= last && x < top && best && budget; x += g, budget--) {
+            uint64_t u = unmapped_pages(f, h, x, size);
+            if (u < best && new_pages(f, h, x, size) <= first_new) {
+                best = u;
+                *n = cand[i];
+                *pad = x - b->offset;
             }
         }
     }
