@@ -14,6 +14,9 @@
 #include <string.h>
 
 #define GROW_PAGES 10
+/* The small heap's step (12 MiB of 2 MiB pages): the smallest that left every trace's
+ * steady state without device calls (ARCHITECTURE.md, "growth in steps"). */
+#define GROW_SMALL_PAGES 6
 /* Quick lists: freed blocks of at most QUICK_MAX bytes are set aside per exact size (at
  * most QUICK_CAP each) and handed out again without the range allocator. */
 #define QUICK_MAX 4096
@@ -605,14 +608,15 @@ static fl_status map_pages(fx_policy *f, uint32_t hi, uint64_t p0, uint64_t p1)
 }
 
 /* When a heap's footprint grows past its top, map on to the next multiple of
- * GROW_PAGES (20 MiB of 2 MiB pages, PyTorch's large-pool page) with handles that cost
- * no reclaim: growth then comes in a few steps instead of a page at a time, and the
- * pages ahead stay fungible (cached: reclaimable like any other). Chunks, where mapped,
- * already end on a multiple of CHUNK_PAGES. */
+ * GROW_PAGES (20 MiB of 2 MiB pages, PyTorch's large-pool page), GROW_SMALL_PAGES in a
+ * small heap, with handles that cost no reclaim: growth then comes in a few steps
+ * instead of a page at a time, and the pages ahead stay fungible (cached: reclaimable
+ * like any other). Chunks, where mapped, already end on a multiple of CHUNK_PAGES. */
 static void map_ahead(fx_policy *f, uint32_t hi, uint64_t p1)
 {
     fx_heap *h = &f->heaps[hi];
-    uint64_t end = fli_div_up(p1 + 1, GROW_PAGES) * GROW_PAGES, p;
+    uint64_t step = h->small ? GROW_SMALL_PAGES : GROW_PAGES;
+    uint64_t end = fli_div_up(p1 + 1, step) * step, p;
     if (end > h->n_pages && heap_grow_pages(h, f->gran_log, end) != FL_OK)
         return;
     for (p = p1 + 1; p < end; p++) {
