@@ -39,7 +39,8 @@ typedef struct pending_free {
 
 /* How fl_alloc and fl_free route before taking the lock (struct fl_allocator's route). */
 #define ROUTE_CAPTURE 1 /* a device that can capture CUDA graphs: alloc_watching */
-#define ROUTE_THREADS 2 /* thread caches (tcache.h): tc_alloc, tc_free */
+#define ROUTE_THREADS 2 /* thread caches (tcache.h): tc_alloc, tc_free (and, on a device that can
+                           capture, a capture query before each allocation) */
 
 struct fl_allocator {
     /* The fast path's fields first, on one cache line. */
@@ -547,7 +548,7 @@ static FL_NOINLINE fl_status alloc_failed(fl_allocator *a, fl_status s, uint64_t
     return s == FL_ERR_OOM ? out_of_memory(a, size, stream) : s;
 }
 
-static fl_status alloc_watching(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr);
+static fl_status alloc_watching(fl_allocator *a, fli_tcache *c, uint64_t size, uint64_t stream, uint64_t *addr);
 static fl_status free_locked(fl_allocator *a, uint64_t addr, uint64_t want_size);
 
 /* ---- thread caches ------------------------------------------------------------------ */
@@ -775,16 +776,30 @@ static int tc_reasons(const fl_allocator *a)
     return a->n_pending || a->uses.count || g->n || fli_graphs_underway(g) || fli_graphs_pending(g) || a->rec;
 }
 
-/* The caches on (under the lock). Not on a device that can capture CUDA graphs: each
- * allocation there asks the device about captures under the lock anyway. */
+/* The caches on (under the lock). On a device that can capture CUDA graphs, each
+ * allocation first asks the device, without a lock, whether its stream is capturing
+ * (tc_capturing): one that is goes to alloc_watching, which turns the caches off for as
+ * long as a capture or a graph is known (tc_reasons). */
 static void threads_on(fl_allocator *a)
 {
-    if (a->threads || a->capture_watch)
+    if (a->threads)
         return;
     a->threads = 1;
     a->tc_off = tc_reasons(a);
-    atomic_store_explicit(&a->route, ROUTE_THREADS, memory_order_relaxed);
+    atomic_store_explicit(&a->route, ROUTE_THREADS | (a->capture_watch ? ROUTE_CAPTURE : 0), memory_order_relaxed);
     update_slow(a);
+}
+
+/* Whether an allocation on this stream must go through alloc_watching: the device can
+ * capture and says the stream is capturing, or cannot say (asked without any lock: the
+ * device's capture query is thread-safe, device.h). */
+static inline int tc_capturing(const fl_allocator *a, uint64_t stream)
+{
+    if (!a->capture_watch)
+        return 0;
+    int status = FL_CAPTURE_NONE;
+    uint64_t id = 0;
+    return fli_dev_capture_info(a->policy->dev, stream, &status, &id) != FL_OK || status != FL_CAPTURE_NONE;
 }
 
 /* An ending thread's cache (tcache.c, under the registry's mutex). */
@@ -896,6 +911,8 @@ static fl_status tc_alloc_locked(fl_allocator *a, fli_tcache *c, uint64_t size, 
 static fl_status tc_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr)
 {
     fli_tcache *c = tc_get(a);
+    if (FL_UNLIKELY(tc_capturing(a, stream)))
+        return alloc_watching(a, c, size, stream, addr);
     if (FL_LIKELY(c != NULL) && size <= FL_TC_MAX_BLOCK) {
         fli_lock_acquire(&c->lock);
         if (FL_LIKELY(!c->off)) {
@@ -913,6 +930,8 @@ static fl_status tc_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint6
         }
         fli_lock_release(&c->lock);
     }
+    if (a->capture_watch) /* graphs may be pending, or another stream capturing */
+        return alloc_watching(a, c, size, stream, addr);
     fli_lock_acquire(&a->lock);
     fl_status s = tc_alloc_locked(a, c, size, stream, addr);
     release_updated(a);
@@ -1002,12 +1021,9 @@ static inline void lock_fast(fl_allocator *a)
 fl_status fli_allocator_threads(fl_allocator *a)
 {
     fli_lock_acquire(&a->lock);
-    fl_status s = a->capture_watch ? fli_fail(FL_ERR_UNSUPPORTED, "thread caches: not on a device that can capture "
-                                                                  "CUDA graphs")
-                                   : FL_OK;
     threads_on(a);
     release_updated(a);
-    return s;
+    return FL_OK;
 }
 
 /* The allocator's lock for an operation that asks the policy whether a block is live
@@ -1071,7 +1087,7 @@ fl_status fl_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *ad
         return fli_fail(FL_ERR_INVALID, "fl_alloc: size 0");
     int route = atomic_load_explicit(&a->route, memory_order_relaxed);
     if (FL_UNLIKELY(route)) /* a device that can capture CUDA graphs, or thread caches */
-        return route & ROUTE_CAPTURE ? alloc_watching(a, size, stream, addr) : tc_alloc(a, size, stream, addr);
+        return route & ROUTE_THREADS ? tc_alloc(a, size, stream, addr) : alloc_watching(a, NULL, size, stream, addr);
     lock_fast(a);
     fl_status s;
     if (FL_LIKELY(!a->slow)) {
@@ -1489,17 +1505,22 @@ static fl_status graphs_catch_up(fl_allocator *a)
  * that new pages may be mapped, as PyTorch's own allocator calls cudaMalloc during
  * captures; a block for a capturing stream is its graph's, from the graph's freed blocks
  * first. */
-static fl_status alloc_watching(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr)
+/* An allocation on a device that can capture CUDA graphs: asks about captures under the
+ * lock. c: the thread's cache when the caches are on (else NULL). */
+static fl_status alloc_watching(fl_allocator *a, fli_tcache *c, uint64_t size, uint64_t stream, uint64_t *addr)
 {
-    fli_lock_acquire(&a->lock);
+    lock_fast(a);
     fli_policy *p = a->policy;
     fli_graphs *g = &a->graphs;
     uint64_t capture = 0, old_peak = a->peak_allocated, old_blocks_peak = a->blocks_peak, before = p->allocated;
     fl_status s;
-    if (!fli_graphs_watch(g, p->dev, stream, &capture)) {
+    int capturing = fli_graphs_watch(g, p->dev, stream, &capture);
+    if (FL_UNLIKELY(a->threads))
+        update_slow(a); /* a capture seen or gone: the caches off or on before the policy is asked */
+    if (!capturing) {
         if (FL_UNLIKELY(fli_graphs_pending(g)) && (s = graphs_catch_up(a)) != FL_OK)
             fprintf(stderr, "fragless: after a CUDA graph capture: %s (retried later)\n", fl_last_error());
-        s = alloc_locked(a, size, stream, addr);
+        s = a->threads ? tc_alloc_locked(a, c, size, stream, addr) : alloc_locked(a, size, stream, addr);
     } else {
         p->dev->capture_guard = capture ? capture : g->n_underway ? g->underway[0].id : 1;
         int mode = FL_CAPTURE_MODE_RELAXED;
@@ -1599,11 +1620,16 @@ fl_status fl_graph_release(fl_allocator *a, uint64_t capture)
 
 fl_status fli_allocator_free_stream(fl_allocator *a, uint64_t addr, uint64_t size, uint64_t stream)
 {
-    fli_lock_acquire(&a->lock);
+    if ((atomic_load_explicit(&a->route, memory_order_relaxed) & ROUTE_THREADS) && !tc_capturing(a, stream))
+        return tc_free(a, addr, size);
+    lock_fast(a);
     uint64_t capture;
-    if (a->policy->dev->capture_watch)
+    if (a->policy->dev->capture_watch) {
         fli_graphs_watch(&a->graphs, a->policy->dev, stream, &capture);
-    fl_status s = free_locked(a, addr, size);
+        update_slow(a);
+    }
+    /* With the caches on, the block may be in a cache's books (any thread's). */
+    fl_status s = a->threads && !a->tc_off ? tc_free_locked(a, NULL, addr, size) : free_locked(a, addr, size);
     release_updated(a);
     return s;
 }

@@ -26,8 +26,7 @@ void fli_allocator_trace_flush(fl_allocator *a);
 fl_status fli_allocator_free_stream(fl_allocator *a, uint64_t addr, uint64_t size, uint64_t stream);
 uint64_t fli_allocator_live(const fl_allocator *a);
 /* Turns the thread caches on now (tcache.h; they turn on by themselves when two threads
- * meet at the allocator's lock): for tests. FL_ERR_UNSUPPORTED on a device that can
- * capture CUDA graphs (they stay off there). */
+ * meet at the allocator's lock): for tests and the benchmark. */
 fl_status fli_allocator_threads(fl_allocator *a);
 
 /* For the CUDA runtime's frontend (cudaFree of another device's block, cudaFreeAsync on
