@@ -94,8 +94,9 @@ static void *worker_main(void *arg)
  * Each worker replays the trace once untimed first, so that both phases start warm.
  * *mpairs: million pairs per second of wall time; *busy: the CPUs the process used
  * (its CPU time over the wall time); *least: the smallest share of the wall time any
- * worker thread spent running; *cached: the share of the timed allocations that thread
- * caches served (no allocator lock). With two threads the caches are turned on from the
+ * worker thread spent running; *cached: the share of the timed allocations made without
+ * the allocator's lock (stream-local operations, thread caches). With two threads the
+ * threads mode is turned on from the
  * start: two threads that run at the same time meet at the lock within a few operations
  * and turn them on themselves, but on a machine whose CPUs other work holds they might
  * not meet for a while, and the phase would measure something else. */
@@ -144,9 +145,8 @@ static int phase(const bench_trace *t, const uint32_t *end_live, uint32_t n_end_
     while (!rc && atomic_load(&ready) < started)
         sched_yield();
     fl_stats s0, s1;
-    const fli_policy *pol = fli_allocator_policy(a);
     fl_get_stats(a, &s0);
-    uint64_t policy_allocs0 = pol->num_allocs;
+    uint64_t unlocked0 = fli_allocator_unlocked_allocs(a);
     struct timespec c0, c1;
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
     uint64_t t0 = bench_now_ns();
@@ -157,7 +157,7 @@ static int phase(const bench_trace *t, const uint32_t *end_live, uint32_t n_end_
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
     fl_get_stats(a, &s1); /* the threads have ended: their caches went back, the counts stay */
     uint64_t allocs = s1.allocation.allocated - s0.allocation.allocated;
-    *cached = allocs ? 1.0 - (double)(pol->num_allocs - policy_allocs0) / (double)allocs : 0;
+    *cached = allocs ? (double)(fli_allocator_unlocked_allocs(a) - unlocked0) / (double)allocs : 0;
     for (int i = 0; i < started && !rc; i++)
         if (w[i].failed) {
             fprintf(stderr, "fl_bench: threads: %s\n", w[i].err);
@@ -243,8 +243,8 @@ int bench_threads(const bench_trace *t, int runs)
         printf("threads: scaling not measured: in no run did every thread get a CPU for >= 90%% of its phase (other "
                "work held the CPUs); the ratio above is not the allocator's\n");
     }
-    printf("threads: allocations served by thread caches, without the allocator's lock: 1 thread %.1f%%, "
-           "2 threads %.1f%% (caches on from the start)\n",
+    printf("threads: allocations made without the allocator's lock (stream-local operations, thread caches): "
+           "1 thread %.1f%%, 2 threads %.1f%% (threads mode on from the start)\n",
            100 * bench_median(cached1, runs), 100 * bench_median(cached2, runs));
     return 0;
 }

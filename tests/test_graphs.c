@@ -4,8 +4,11 @@
  * second capture; a release) must never unmap or hand out a page a graph uses (each
  * replay checks every range it captured) and make no call a capture forbids (the double
  * invalidates the capture and counts it). */
+#include <pthread.h>
 #include <string.h>
 
+#include "allocator/allocator.h"
+#include "policy/policy.h"
 #include "test_support.h"
 
 #define MiB (UINT64_C(1) << 20)
@@ -229,6 +232,134 @@ static void refused_during_capture(void)
     fl_device_destroy(d);
 }
 
+/* Thread caches on a device that can capture (each allocation asks the driver, without a
+ * lock, whether its stream is capturing): a freed block comes back from the cache, also
+ * when PyTorch frees it with its stream; a capture turns the caches off, so the block a
+ * capture allocates belongs to the graph (not handed out again after the program frees
+ * it) even when the cache held a block of that size on that stream; after the graph's
+ * release the caches serve again. */
+static uint64_t policy_allocs(fl_allocator *a) { return fli_allocator_policy(a)->num_allocs; }
+
+static void caches_and_captures(void)
+{
+    fake_reset();
+    fl_cuda_params p;
+    fl_cuda_params_default(&p);
+    p.library = fake_path;
+    fl_device *d = NULL;
+    CHECK_OK(fl_cuda_device_create(&p, &d));
+    if (!d)
+        return;
+    fl_allocator *a = fl_test_allocator("policy:fragless,oom_report:0,top:0", d);
+    CHECK_OK(fli_allocator_threads(a));
+    uint64_t x = 0, y = 0, z = 0;
+    CHECK_OK(fl_alloc(a, 3000, MAIN, &x));
+    CHECK_OK(fl_free(a, x));
+    uint64_t before = policy_allocs(a);
+    CHECK_OK(fl_alloc(a, 3000, MAIN, &y));
+    CHECK_EQ_U64(y, x);                          /* from the cache: */
+    CHECK_EQ_U64(policy_allocs(a), before);      /* the policy was not asked */
+    CHECK_OK(fli_allocator_free_stream(a, y, 3000, MAIN)); /* PyTorch's free */
+    CHECK_OK(fl_alloc(a, 3000, MAIN, &z));
+    CHECK_EQ_U64(z, x);
+    CHECK_EQ_U64(policy_allocs(a), before);
+    CHECK_STATUS(fli_allocator_free_stream(a, z, 4096, MAIN), FL_ERR_INVALID); /* wrong size: stays */
+    CHECK_OK(fli_allocator_free_stream(a, z, 3000, MAIN));
+    CHECK_STATUS(fli_allocator_free_stream(a, z, 3000, MAIN), FL_ERR_NOT_FOUND); /* freed already */
+
+    /* SIDE's cache holds a 5000-byte block when the capture begins. */
+    uint64_t s0 = 0;
+    CHECK_OK(fl_alloc(a, 5000, SIDE, &s0));
+    CHECK_OK(fl_free(a, s0));
+    CHECK_OK(fl_empty_cache(a)); /* torch.cuda.graph's: what the caches hold goes back too */
+    CHECK_EQ_U64(begin_capture((void *)(uintptr_t)SIDE, 0), 0);
+    uint64_t g = graph_alloc(a, 5000);
+    unsigned long long graph = 0;
+    CHECK_EQ_U64(end_capture((void *)(uintptr_t)SIDE, &graph), 0);
+    CHECK_OK(fl_free(a, g)); /* the program's, but the graph's memory: kept */
+    uint64_t later = 0;
+    CHECK_OK(fl_alloc(a, 5000, SIDE, &later));
+    CHECK(later != g);
+    CHECK_EQ_U64(graph_launch(graph), 0);
+    CHECK_EQ_U64(violations(), 0);
+    CHECK_OK(fl_free(a, later));
+    CHECK_OK(fl_graph_release(a, graph));
+    /* No graph left: the caches serve again. */
+    CHECK_OK(fl_alloc(a, 7000, MAIN, &x));
+    CHECK_OK(fl_free(a, x));
+    before = policy_allocs(a);
+    CHECK_OK(fl_alloc(a, 7000, MAIN, &y));
+    CHECK_EQ_U64(y, x);
+    CHECK_EQ_U64(policy_allocs(a), before);
+    CHECK_OK(fl_free(a, y));
+    CHECK(fl_allocator_check(a) == 0);
+    CHECK_EQ_U64(stats(a).allocated_bytes.current, 0);
+    fl_allocator_destroy(a);
+    fl_device_destroy(d);
+}
+
+/* Two threads on two streams of one allocator on the driver double, caches on by
+ * themselves or not: every block they get is theirs alone (written and checked). */
+typedef struct churn_arg {
+    fl_allocator *a;
+    uint64_t stream;
+    unsigned char fill;
+    int failures;
+} churn_arg;
+
+static void *churn(void *arg)
+{
+    churn_arg *c = arg;
+    uint64_t held[16] = {0}, size[16] = {0};
+    for (int i = 0; i < 4000; i++) {
+        int k = (i * 7 + (int)c->stream) % 16;
+        if (held[k]) {
+            const unsigned char *q = (const unsigned char *)(uintptr_t)held[k];
+            c->failures += q[0] != c->fill || q[size[k] - 1] != c->fill;
+            c->failures += fli_allocator_free_stream(c->a, held[k], size[k], c->stream) != FL_OK;
+            held[k] = 0;
+        } else {
+            size[k] = 512 + (uint64_t)((i * 131) % 9) * 1000;
+            if (fl_alloc(c->a, size[k], c->stream, &held[k]) != FL_OK) {
+                c->failures++;
+                held[k] = 0;
+                continue;
+            }
+            memset((void *)(uintptr_t)held[k], c->fill, size[k]);
+        }
+    }
+    for (int k = 0; k < 16; k++)
+        if (held[k])
+            c->failures += fl_free(c->a, held[k]) != FL_OK;
+    return NULL;
+}
+
+static void threads_on_driver(void)
+{
+    fake_reset();
+    fl_cuda_params p;
+    fl_cuda_params_default(&p);
+    p.library = fake_path;
+    fl_device *d = NULL;
+    CHECK_OK(fl_cuda_device_create(&p, &d));
+    if (!d)
+        return;
+    fl_allocator *a = fl_test_allocator("policy:fragless,oom_report:0,top:0", d);
+    churn_arg args[2] = {{a, MAIN, 0x5a, 0}, {a, SIDE, 0xa5, 0}};
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++)
+        CHECK(pthread_create(&t[i], NULL, churn, &args[i]) == 0);
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    CHECK_EQ_U64(args[0].failures + args[1].failures, 0);
+    CHECK_EQ_U64(stats(a).allocated_bytes.current, 0);
+    CHECK(fl_allocator_check(a) == 0);
+    CHECK_OK(fl_empty_cache(a));
+    CHECK_EQ_U64(fli_allocator_policy(a)->allocated, 0);
+    fl_allocator_destroy(a);
+    fl_device_destroy(d);
+}
+
 int main(void)
 {
     setenv("FAKECUDA_CAPACITY", "256M", 1);
@@ -252,5 +383,8 @@ int main(void)
     fprintf(stderr, "-- fragless, relaxed capture mode\n");
     sequence("fragless", 2);
     refused_during_capture();
+    fprintf(stderr, "-- thread caches and captures\n");
+    caches_and_captures();
+    threads_on_driver();
     return fl_test_done("test_graphs");
 }

@@ -247,7 +247,11 @@ static void test_tc_figures(const char *policy)
             break;
     }
     CHECK(fl_allocator_check(a) == 0);
-    CHECK(fli_allocator_policy(a)->num_allocs < allocs / 2); /* most came from the cache */
+    /* Most came without the allocator's lock: from the cache, or (a policy with
+     * stream-local operations, which keeps no blocks in caches) from the policy. */
+    int local = fli_allocator_policy(a)->ops->alloc_local != NULL;
+    CHECK(fli_allocator_unlocked_allocs(a) > allocs / 2);
+    CHECK(local || fli_allocator_policy(a)->num_allocs < allocs / 2);
     /* Cached blocks are free to the program but still the policy's until given back. */
     for (int k = 0; k < SLOTS; k++)
         if (xa[k]) {
@@ -257,7 +261,7 @@ static void test_tc_figures(const char *policy)
     fl_stats sa;
     fl_get_stats(a, &sa);
     CHECK_EQ_U64(sa.allocated_bytes.current, 0);
-    CHECK(fli_allocator_policy(a)->allocated > 0); /* the cache holds some */
+    CHECK(local ? fli_allocator_policy(a)->allocated == 0 : fli_allocator_policy(a)->allocated > 0);
     CHECK(sa.free_in_reserved >= fli_allocator_policy(a)->allocated);
     /* empty_cache gives them back: nothing is left with the policy, all memory returned. */
     CHECK_OK(fl_empty_cache(a));
@@ -326,7 +330,8 @@ static void test_tc_record_stream(void)
 static void test_tc_oom_retry(void)
 {
     fl_device *d = fl_test_sim(0, 0);
-    fl_allocator *a = fl_test_allocator("policy:fragless,oom_report:0,top:0,limit:64MiB", d);
+    fl_allocator *a = fl_test_allocator("policy:cca-expandable,oom_report:0,top:0,limit:64MiB", d);
+    CHECK(fli_allocator_policy(a)->ops->alloc_local == NULL); /* caches, not stream-local operations */
     CHECK_OK(fli_allocator_threads(a));
     uint64_t x[48];
     for (int i = 0; i < 48; i++)
@@ -352,6 +357,41 @@ static void test_tc_oom_retry(void)
     CHECK_EQ_U64(fli_allocator_policy(a)->allocated, UINT64_C(16) << 20);
     CHECK_OK(fl_set_limit(a, UINT64_C(8) << 20));
     CHECK_EQ_U64(fli_allocator_policy(a)->allocated, 0);
+    CHECK_OK(fl_empty_cache(a)); /* PyTorch's policies keep their own cache at a new limit */
+    CHECK(in_use(d) <= UINT64_C(8) << 20);
+    CHECK(fl_allocator_check(a) == 0);
+    fl_allocator_destroy(a);
+    fl_device_destroy(d);
+}
+
+/* Stream-local operations at the limit: what needs pages held elsewhere (a reclaim: a
+ * device call) goes the ordinary way, which reclaims; statistics stay exact; a lower
+ * limit gives memory back. */
+static void test_local_limit(void)
+{
+    fl_device *d = fl_test_sim(0, 0);
+    fl_allocator *a = fl_test_allocator("policy:fragless,oom_report:0,top:0,limit:64MiB", d);
+    CHECK(fli_allocator_policy(a)->ops->alloc_local != NULL);
+    CHECK_OK(fli_allocator_threads(a));
+    uint64_t x[48];
+    for (int r = 0; r < 3; r++) {
+        for (int i = 0; i < 48; i++)
+            CHECK_OK(fl_alloc(a, (UINT64_C(1) << 20) - 512 * (uint64_t)r, 1 + (uint64_t)(i % 2), &x[i]));
+        for (int i = 0; i < 48; i++)
+            CHECK_OK(fl_free(a, x[i]));
+    }
+    CHECK(fli_allocator_unlocked_allocs(a) > 0);
+    uint64_t big;
+    CHECK_OK(fl_alloc(a, UINT64_C(40) << 20, 1, &big)); /* pages cached on stream 2's heap */
+    fl_stats s;
+    fl_get_stats(a, &s);
+    CHECK_EQ_U64(s.allocated_bytes.current, UINT64_C(40) << 20);
+    CHECK_EQ_U64(s.allocated_bytes.peak, UINT64_C(48) << 20);
+    CHECK_EQ_U64(s.allocation.allocated, 3 * 48 + 1);
+    CHECK_EQ_U64(s.num_ooms, 0);
+    CHECK_OK(fl_free(a, big));
+    CHECK(fl_allocator_check(a) == 0);
+    CHECK_OK(fl_set_limit(a, UINT64_C(8) << 20));
     CHECK(in_use(d) <= UINT64_C(8) << 20);
     CHECK(fl_allocator_check(a) == 0);
     fl_allocator_destroy(a);
@@ -390,10 +430,11 @@ static void *tc_worker(void *arg)
 /* Two threads: statistics exact (the peak is what both held at once at most), blocks
  * freed by the other thread, and a thread's end gives its cache back; an allocator
  * destroyed while a thread still has a cache of it leaves that thread unharmed. */
-static void test_tc_threads_end(void)
+static void test_tc_threads_end(const char *policy)
 {
     fl_device *d = fl_test_sim(0, 0);
-    fl_allocator *a = tc_make(d, "fragless", 1);
+    fl_allocator *a = tc_make(d, policy, 1);
+    int local = fli_allocator_policy(a)->ops->alloc_local != NULL;
     pthread_barrier_t bar;
     pthread_barrier_init(&bar, NULL, 3);
     tc_thread t[2] = {{a, 1, 0, 0, 0, 0, &bar}, {a, 2, 0, 0, 0, 0, &bar}};
@@ -414,7 +455,8 @@ static void test_tc_threads_end(void)
     CHECK_EQ_U64(s.allocation.freed, t[0].n + t[1].n + 2);
     CHECK(s.allocation.peak >= 8 && s.allocation.peak <= 18);
     CHECK(s.allocated_bytes.peak >= 18432 && s.allocated_bytes.peak <= 2 * 18432 + 2 * 3072);
-    CHECK(fli_allocator_policy(a)->allocated > 0); /* the caches hold blocks */
+    /* The caches hold blocks; stream-local operations keep none. */
+    CHECK(local ? fli_allocator_policy(a)->allocated == 0 : fli_allocator_policy(a)->allocated > 0);
     CHECK(fl_allocator_check(a) == 0);
     pthread_barrier_wait(&bar);
     for (int i = 0; i < 2; i++) {
@@ -490,7 +532,9 @@ int main(void)
     test_tc_streams_and_misuse();
     test_tc_record_stream();
     test_tc_oom_retry();
-    test_tc_threads_end();
+    test_local_limit();
+    for (int i = 0; names[i]; i++)
+        test_tc_threads_end(names[i]);
     test_tc_destroyed_first();
     return fl_test_done("test_threads");
 }

@@ -6,6 +6,7 @@
  * table here): it refuses frees of unknown pointers and of a wrong size, and gives the
  * size back at the free, so requested_bytes is exact. */
 #include <errno.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,7 @@
 #include "util/lock.h"
 #include "util/file.h"
 #include <pthread.h>
+#include <sched.h>
 
 #include "allocator/recorder.h"
 #include "allocator/tcache.h"
@@ -39,13 +41,20 @@ typedef struct pending_free {
 
 /* How fl_alloc and fl_free route before taking the lock (struct fl_allocator's route). */
 #define ROUTE_CAPTURE 1 /* a device that can capture CUDA graphs: alloc_watching */
-#define ROUTE_THREADS 2 /* thread caches (tcache.h): tc_alloc, tc_free */
+#define ROUTE_THREADS 2 /* thread caches (tcache.h): tc_alloc, tc_free (and, on a device that can
+                           capture, a capture query before each allocation) */
+#define ROUTE_LOCAL 4   /* threads, and a policy with stream-local operations: local_alloc,
+                           local_free (the same capture query) */
 
 struct fl_allocator {
     /* The fast path's fields first, on one cache line. */
     fli_lock lock;
     int capture_watch;          /* the device's, read once: it can capture CUDA graphs */
     _Atomic int route;          /* ROUTE_*: read without the lock; set under it */
+    /* 1 while a holder of the lock keeps the stream-local operations out (locals_out);
+     * excl_held: this holder set it (under the lock). */
+    _Atomic int local_excl;
+    int excl_held;
     /* Nonzero while anything beyond policy + statistics is in use (slow_reasons), or the
      * thread caches are on: then fl_alloc and fl_free take the general path. Changed
      * under the lock only, by update_slow at the end of every operation that can change
@@ -85,12 +94,32 @@ struct fl_allocator {
     fli_tcache *tcs;            /* every thread's cache of this allocator */
     int64_t tc_k[FL_TC_FIGURES]; /* the sum of the caches' k */
     uint64_t tc_allocs;         /* allocations served by caches since retired or folded */
+    uint64_t local_allocs;      /* stream-local allocations, folded in */
     /* Allocations that failed in the policy but succeeded after the caches were drained:
      * retries, not out-of-memory errors (the policy counted them as its ooms). */
     uint64_t tc_retried;
 };
 
 static inline void update_slow(fl_allocator *a);
+static void locals_out(fl_allocator *a);
+
+/* The allocator's lock. With threads on it also keeps the stream-local operations out
+ * (locals_out): whoever holds it may change anything. */
+static inline void lock_a(fl_allocator *a)
+{
+    fli_lock_acquire(&a->lock);
+    if (FL_UNLIKELY(a->threads) && !a->excl_held)
+        locals_out(a);
+}
+
+static inline void unlock_a(fl_allocator *a)
+{
+    if (FL_UNLIKELY(a->excl_held)) {
+        a->excl_held = 0;
+        atomic_store_explicit(&a->local_excl, 0, memory_order_release);
+    }
+    fli_lock_release(&a->lock);
+}
 static void tc_fork_child(fl_allocator *a);
 
 /* ---- the registry of live allocators: fork and exit ------------------------------- */
@@ -110,7 +139,7 @@ static void fork_prepare(void)
     fli_tc_registry_lock(); /* before any allocator's lock, as everywhere */
     pthread_mutex_lock(&registry_lock);
     for (fl_allocator *a = registry; a; a = a->next_live) {
-        fli_lock_acquire(&a->lock);
+        lock_a(a);
         for (fli_tcache *c = a->tcs; c; c = c->next_of_alloc)
             fli_lock_acquire(&c->lock);
     }
@@ -121,7 +150,7 @@ static void fork_parent(void)
     for (fl_allocator *a = registry; a; a = a->next_live) {
         for (fli_tcache *c = a->tcs; c; c = c->next_of_alloc)
             fli_lock_release(&c->lock);
-        fli_lock_release(&a->lock);
+        unlock_a(a);
     }
     pthread_mutex_unlock(&registry_lock);
     fli_tc_registry_unlock();
@@ -142,6 +171,8 @@ static void fork_child(void)
             fli_publish_open(a->policy->dev->ordinal, fli_dev_uuid_str(a->policy->dev, uuid, sizeof uuid), &a->pub);
         tc_fork_child(a); /* one thread: the caches' blocks go back, the caches off */
         update_slow(a);
+        a->excl_held = 0;
+        atomic_store_explicit(&a->local_excl, 0, memory_order_relaxed);
         fli_lock_reset(&a->lock);
     }
     pthread_mutex_init(&registry_lock, NULL);
@@ -153,9 +184,9 @@ static void flush_at_exit(void)
 {
     pthread_mutex_lock(&registry_lock);
     for (fl_allocator *a = registry; a; a = a->next_live) {
-        fli_lock_acquire(&a->lock);
+        lock_a(a);
         fli_recorder_stop(a->rec); /* no write may be under way when the process ends */
-        fli_lock_release(&a->lock);
+        unlock_a(a);
     }
     pthread_mutex_unlock(&registry_lock);
 }
@@ -538,7 +569,7 @@ static inline void update_slow(fl_allocator *a)
 static inline void release_updated(fl_allocator *a)
 {
     update_slow(a);
-    fli_lock_release(&a->lock);
+    unlock_a(a);
 }
 
 /* A failed policy allocation on the fast path: the OOM report. Out of line. */
@@ -547,7 +578,7 @@ static FL_NOINLINE fl_status alloc_failed(fl_allocator *a, fl_status s, uint64_t
     return s == FL_ERR_OOM ? out_of_memory(a, size, stream) : s;
 }
 
-static fl_status alloc_watching(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr);
+static fl_status alloc_watching(fl_allocator *a, fli_tcache *c, uint64_t size, uint64_t stream, uint64_t *addr);
 static fl_status free_locked(fl_allocator *a, uint64_t addr, uint64_t want_size);
 
 /* ---- thread caches ------------------------------------------------------------------ */
@@ -775,23 +806,43 @@ static int tc_reasons(const fl_allocator *a)
     return a->n_pending || a->uses.count || g->n || fli_graphs_underway(g) || fli_graphs_pending(g) || a->rec;
 }
 
-/* The caches on (under the lock). Not on a device that can capture CUDA graphs: each
- * allocation there asks the device about captures under the lock anyway. */
+/* The caches on (under the lock). On a device that can capture CUDA graphs, each
+ * allocation first asks the device, without a lock, whether its stream is capturing
+ * (tc_capturing): one that is goes to alloc_watching, which turns the caches off for as
+ * long as a capture or a graph is known (tc_reasons). */
 static void threads_on(fl_allocator *a)
 {
-    if (a->threads || a->capture_watch)
+    if (a->threads)
         return;
     a->threads = 1;
     a->tc_off = tc_reasons(a);
-    atomic_store_explicit(&a->route, ROUTE_THREADS, memory_order_relaxed);
+    /* The caller holds the lock: the stream-local operations stay out until it is
+     * released, before they can begin. */
+    a->excl_held = 1;
+    atomic_store_explicit(&a->local_excl, 1, memory_order_seq_cst);
+    const fli_policy_ops *ops = a->policy->ops;
+    int route = ops->alloc_local && ops->free_local ? ROUTE_LOCAL : ROUTE_THREADS;
+    atomic_store_explicit(&a->route, route | (a->capture_watch ? ROUTE_CAPTURE : 0), memory_order_relaxed);
     update_slow(a);
+}
+
+/* Whether an allocation on this stream must go through alloc_watching: the device can
+ * capture and says the stream is capturing, or cannot say (asked without any lock: the
+ * device's capture query is thread-safe, device.h). */
+static inline int tc_capturing(const fl_allocator *a, uint64_t stream)
+{
+    if (!a->capture_watch)
+        return 0;
+    int status = FL_CAPTURE_NONE;
+    uint64_t id = 0;
+    return fli_dev_capture_info(a->policy->dev, stream, &status, &id) != FL_OK || status != FL_CAPTURE_NONE;
 }
 
 /* An ending thread's cache (tcache.c, under the registry's mutex). */
 void fli_tc_retire(fli_tcache *c)
 {
     fl_allocator *a = c->a;
-    fli_lock_acquire(&a->lock);
+    lock_a(a);
     fli_lock_acquire(&c->lock);
     tc_drain(a, c);
     tc_fold(a, c);
@@ -836,14 +887,163 @@ static fli_tcache *tc_get(fl_allocator *a)
     fli_tc_registry_lock();
     c = fli_tc_new(a, a->id);
     if (c) {
-        fli_lock_acquire(&a->lock);
+        lock_a(a);
         c->off = a->tc_off;
         c->next_of_alloc = a->tcs;
         a->tcs = c;
-        fli_lock_release(&a->lock);
+        unlock_a(a);
     }
     fli_tc_registry_unlock();
     return c;
+}
+
+/* ---- stream-local operations ------------------------------------------------------ */
+
+/* With threads on and a policy that has stream-local operations (policy.h: alloc_local,
+ * free_local; the fragless policy), threads do not keep blocks in caches: each of their
+ * allocations and frees asks the policy for a stream-local operation first, which works
+ * under the lock of the heap it touches only (threads on different streams never wait
+ * for each other), and takes the allocator's lock only when that cannot do (a device
+ * call, a new stream, memory pressure, no room under a peak, record_stream, graphs, the
+ * recorder). The two are kept apart without a shared write per operation: a thread sets
+ * its own in_local (its cache struct, fli_tcache), then reads local_excl; a holder of
+ * the allocator's lock sets local_excl, then waits for every in_local to be 0 (each side
+ * writes before it reads, both sequentially consistent: one of them sees the other).
+ * The figures stay exact as with the caches: what a stream-local operation changes is
+ * counted like a cache hit (allocation) or a cached free, in the thread's cache, against
+ * its room under the peaks; the holder of the lock then folds it into the policy's
+ * counters (locals_out), so everything under the lock sees exact counters. The cache
+ * struct holds no blocks in this mode. */
+
+static inline int local_mode(const fl_allocator *a)
+{
+    return atomic_load_explicit(&a->route, memory_order_relaxed) & ROUTE_LOCAL;
+}
+
+/* What c's stream-local operations did, into the policy's and the allocator's counters
+ * (the lock held, c's operations out). G grows by what f_c loses: k_c follows. */
+static void local_fold(fl_allocator *a, fli_tcache *c)
+{
+    if (!(c->l_bytes | (int64_t)c->l_allocs | (int64_t)c->l_frees))
+        return;
+    fli_policy *p = a->policy;
+    int64_t x = c->l_bytes, nb = (int64_t)(c->l_allocs - c->l_frees);
+    p->allocated += (uint64_t)x;
+    p->num_allocs += c->l_allocs;
+    p->num_frees += c->l_frees;
+    a->alloc_total += c->l_total;
+    a->local_allocs += c->l_allocs;
+    c->k[FL_TC_BYTES] -= x;
+    a->tc_k[FL_TC_BYTES] -= x;
+    c->k[FL_TC_BLOCKS] -= nb;
+    a->tc_k[FL_TC_BLOCKS] -= nb;
+    c->l_bytes = 0;
+    c->l_allocs = c->l_frees = c->l_total = 0;
+}
+
+/* Keeps the stream-local operations out for as long as the lock is held (lock_a, under
+ * the lock): waits for those under way, then folds in what they did. */
+static void locals_out(fl_allocator *a)
+{
+    a->excl_held = 1;
+    atomic_store_explicit(&a->local_excl, 1, memory_order_seq_cst);
+    for (fli_tcache *c = a->tcs; c; c = c->next_of_alloc) {
+        /* One operation of tens of nanoseconds, unless its thread lost its CPU. */
+        for (int spins = 0; atomic_load_explicit(&c->in_local, memory_order_seq_cst); spins++)
+            if (spins < 1024)
+                fli_cpu_relax();
+            else
+                sched_yield();
+        local_fold(a, c);
+    }
+}
+
+/* Room for c's next stream-local operations (the lock held): half of what is left
+ * under each peak. */
+static void tc_grant_room(fl_allocator *a, fli_tcache *c)
+{
+    int64_t g[FL_TC_FIGURES];
+    global_figures(a, g);
+    fli_lock_acquire(&c->lock);
+    for (int q = 0; q < FL_TC_FIGURES; q++) {
+        int64_t head = (int64_t)*peak_of(a, q) - g[q] - a->tc_k[q];
+        if (head < 2)
+            continue;
+        c->room[q] += head / 2;
+        c->k[q] += head / 2;
+        a->tc_k[q] += head / 2;
+    }
+    fli_lock_release(&c->lock);
+}
+
+static fl_status tc_alloc_locked(fl_allocator *a, fli_tcache *c, uint64_t size, uint64_t stream, uint64_t *addr);
+
+/* fl_alloc in the stream-local mode. */
+static fl_status local_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr)
+{
+    fli_tcache *c = tc_get(a);
+    if (FL_UNLIKELY(tc_capturing(a, stream)))
+        return alloc_watching(a, c, size, stream, addr);
+    if (FL_LIKELY(c != NULL)) {
+        fli_policy *p = a->policy;
+        uint64_t charged = 0;
+        atomic_store_explicit(&c->in_local, 1, memory_order_seq_cst);
+        int done = !atomic_load_explicit(&a->local_excl, memory_order_seq_cst) && !c->off &&
+                   c->room[FL_TC_REQ] >= (int64_t)size && c->room[FL_TC_BLOCKS] >= 1 && c->room[FL_TC_BYTES] > 0 &&
+                   p->ops->alloc_local(p, size, stream, (uint64_t)c->room[FL_TC_BYTES], addr, &charged);
+        if (done) {
+            c->l_bytes += (int64_t)charged;
+            c->l_allocs++;
+            c->l_total += charged;
+            c->d_req += (int64_t)size;
+            c->d_live += (int64_t)fli_live_size(size);
+            c->hits[FL_TC_REQ] += size;
+            c->room[FL_TC_BYTES] -= (int64_t)charged;
+            c->room[FL_TC_REQ] -= (int64_t)size;
+            c->room[FL_TC_BLOCKS]--;
+        }
+        atomic_store_explicit(&c->in_local, 0, memory_order_release);
+        if (done)
+            return FL_OK;
+    }
+    if (a->capture_watch) /* graphs may be pending, or another stream capturing */
+        return alloc_watching(a, c, size, stream, addr);
+    lock_a(a);
+    fl_status s = tc_alloc_locked(a, c, size, stream, addr);
+    release_updated(a);
+    return s;
+}
+
+/* A free in the stream-local mode: the policy's stream-local free, else under the lock
+ * (which also says what was wrong with the address or size). */
+static fl_status local_free(fl_allocator *a, uint64_t addr, uint64_t want)
+{
+    fli_tcache *c = tc_get(a);
+    if (FL_LIKELY(c != NULL)) {
+        fli_policy *p = a->policy;
+        uint64_t req = 0, charged = 0;
+        atomic_store_explicit(&c->in_local, 1, memory_order_seq_cst);
+        int done = !atomic_load_explicit(&a->local_excl, memory_order_seq_cst) && !c->off &&
+                   p->ops->free_local(p, addr, want, &req, &charged);
+        if (done) {
+            c->l_bytes -= (int64_t)charged;
+            c->l_frees++;
+            c->d_req -= (int64_t)req;
+            c->d_live -= (int64_t)fli_live_size(req);
+            c->room[FL_TC_BYTES] += (int64_t)charged;
+            c->room[FL_TC_REQ] += (int64_t)req;
+            c->room[FL_TC_BLOCKS]++;
+        }
+        atomic_store_explicit(&c->in_local, 0, memory_order_release);
+        if (done)
+            return FL_OK;
+    }
+    lock_a(a);
+    fl_status s = free_locked(a, addr, want);
+    if (s == FL_OK && c && !a->tc_off)
+        tc_grant_room(a, c);
+    release_updated(a);
+    return s;
 }
 
 /* An allocation under the allocator's lock while the caches are on: a cached block
@@ -853,7 +1053,8 @@ static fl_status tc_alloc_locked(fl_allocator *a, fli_tcache *c, uint64_t size, 
 {
     if (a->tc_off)
         return alloc_locked(a, size, stream, addr);
-    if (c && size <= FL_TC_MAX_BLOCK) {
+    int local = local_mode(a);
+    if (c && !local && size <= FL_TC_MAX_BLOCK) {
         fli_lock_acquire(&c->lock);
         fli_tc_entry *e = fli_tc_take(c, stream, size);
         if (e) {
@@ -883,7 +1084,9 @@ static fl_status tc_alloc_locked(fl_allocator *a, fli_tcache *c, uint64_t size, 
     a->req_total += size;
     a->live512 += fli_live_size(size);
     tc_peaks_after_growth(a);
-    if (c) {
+    if (c && local) {
+        tc_grant_room(a, c); /* for the thread's next stream-local operations */
+    } else if (c) {
         fli_lock_acquire(&c->lock);
         fli_tc_add(c, *addr, stream, size, charged); /* without host memory: freed as anyone's */
         fli_lock_release(&c->lock);
@@ -896,6 +1099,8 @@ static fl_status tc_alloc_locked(fl_allocator *a, fli_tcache *c, uint64_t size, 
 static fl_status tc_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr)
 {
     fli_tcache *c = tc_get(a);
+    if (FL_UNLIKELY(tc_capturing(a, stream)))
+        return alloc_watching(a, c, size, stream, addr);
     if (FL_LIKELY(c != NULL) && size <= FL_TC_MAX_BLOCK) {
         fli_lock_acquire(&c->lock);
         if (FL_LIKELY(!c->off)) {
@@ -913,7 +1118,9 @@ static fl_status tc_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint6
         }
         fli_lock_release(&c->lock);
     }
-    fli_lock_acquire(&a->lock);
+    if (a->capture_watch) /* graphs may be pending, or another stream capturing */
+        return alloc_watching(a, c, size, stream, addr);
+    lock_a(a);
     fl_status s = tc_alloc_locked(a, c, size, stream, addr);
     release_updated(a);
     return s;
@@ -973,14 +1180,14 @@ static fl_status tc_free(fl_allocator *a, uint64_t addr, uint64_t want)
             }
             fli_tc_remove(c, e); /* not kept: the policy's again, as anyone's block */
             fli_lock_release(&c->lock);
-            fli_lock_acquire(&a->lock);
+            lock_a(a);
             fl_status s = free_locked(a, addr, want);
             release_updated(a);
             return s;
         }
         fli_lock_release(&c->lock);
     }
-    fli_lock_acquire(&a->lock);
+    lock_a(a);
     fl_status s = a->threads && !a->tc_off ? tc_free_locked(a, c, addr, want) : free_locked(a, addr, want);
     release_updated(a);
     return s;
@@ -991,30 +1198,30 @@ static fl_status tc_free(fl_allocator *a, uint64_t addr, uint64_t want)
 static inline void lock_fast(fl_allocator *a)
 {
     uint32_t c = 0;
-    if (FL_LIKELY(atomic_compare_exchange_strong_explicit(&a->lock.held, &c, 1, memory_order_acquire,
-                                                          memory_order_relaxed)))
-        return;
-    fli_lock_wait(&a->lock);
-    if (!a->threads)
-        threads_on(a);
+    if (FL_UNLIKELY(!atomic_compare_exchange_strong_explicit(&a->lock.held, &c, 1, memory_order_acquire,
+                                                             memory_order_relaxed))) {
+        fli_lock_wait(&a->lock);
+        if (!a->threads)
+            threads_on(a);
+    }
+    /* Threads on since the route was read: keep the stream-local operations out too. */
+    if (FL_UNLIKELY(a->slow) && a->threads && !a->excl_held)
+        locals_out(a);
 }
 
 fl_status fli_allocator_threads(fl_allocator *a)
 {
-    fli_lock_acquire(&a->lock);
-    fl_status s = a->capture_watch ? fli_fail(FL_ERR_UNSUPPORTED, "thread caches: not on a device that can capture "
-                                                                  "CUDA graphs")
-                                   : FL_OK;
+    lock_a(a);
     threads_on(a);
     release_updated(a);
-    return s;
+    return FL_OK;
 }
 
 /* The allocator's lock for an operation that asks the policy whether a block is live
  * (or must see every block in it): the caches' blocks go back first. */
 static void lock_drained(fl_allocator *a)
 {
-    fli_lock_acquire(&a->lock);
+    lock_a(a);
     if (a->threads)
         tc_drain_all(a);
 }
@@ -1071,7 +1278,9 @@ fl_status fl_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *ad
         return fli_fail(FL_ERR_INVALID, "fl_alloc: size 0");
     int route = atomic_load_explicit(&a->route, memory_order_relaxed);
     if (FL_UNLIKELY(route)) /* a device that can capture CUDA graphs, or thread caches */
-        return route & ROUTE_CAPTURE ? alloc_watching(a, size, stream, addr) : tc_alloc(a, size, stream, addr);
+        return route & ROUTE_LOCAL     ? local_alloc(a, size, stream, addr)
+               : route & ROUTE_THREADS ? tc_alloc(a, size, stream, addr)
+                                       : alloc_watching(a, NULL, size, stream, addr);
     lock_fast(a);
     fl_status s;
     if (FL_LIKELY(!a->slow)) {
@@ -1082,7 +1291,7 @@ fl_status fl_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *ad
             count_alloc(a, p, p->allocated - before, size);
         else
             s = alloc_failed(a, s, size, stream);
-        fli_lock_release(&a->lock);
+        fli_lock_release(&a->lock); /* not slow: no threads, nothing kept out (unlock_a) */
         return s;
     }
     s = a->threads ? tc_alloc_locked(a, NULL, size, stream, addr) : alloc_locked(a, size, stream, addr);
@@ -1256,8 +1465,9 @@ static fl_status free_locked(fl_allocator *a, uint64_t addr, uint64_t want_size)
  * size back; free_locked when a slow reason holds. */
 static inline fl_status free_api(fl_allocator *a, uint64_t addr, uint64_t want)
 {
-    if (FL_UNLIKELY(atomic_load_explicit(&a->route, memory_order_relaxed) & ROUTE_THREADS))
-        return tc_free(a, addr, want);
+    int route = atomic_load_explicit(&a->route, memory_order_relaxed);
+    if (FL_UNLIKELY(route & (ROUTE_THREADS | ROUTE_LOCAL)))
+        return route & ROUTE_LOCAL ? local_free(a, addr, want) : tc_free(a, addr, want);
     lock_fast(a);
     fl_status s;
     if (FL_LIKELY(!a->slow)) {
@@ -1268,7 +1478,7 @@ static inline fl_status free_api(fl_allocator *a, uint64_t addr, uint64_t want)
             a->req_current -= size;
             a->live512 -= fli_live_size(size);
         }
-        fli_lock_release(&a->lock);
+        fli_lock_release(&a->lock); /* not slow: as in fl_alloc */
         return s;
     }
     s = a->threads && !a->tc_off ? tc_free_locked(a, NULL, addr, want) : free_locked(a, addr, want);
@@ -1321,14 +1531,14 @@ fl_status fl_set_limit(fl_allocator *a, uint64_t bytes)
 void fl_get_stats(const fl_allocator *a, fl_stats *out)
 {
     fl_allocator *m = (fl_allocator *)a;
-    fli_lock_acquire(&m->lock);
+    lock_a(m);
     stats_locked(m, out);
     release_updated(m);
 }
 
 void fl_reset_peak_stats(fl_allocator *a)
 {
-    fli_lock_acquire(&a->lock);
+    lock_a(a);
     fli_policy *p = a->policy;
     if (a->threads) { /* the current values: every room zeroed, G + sum k is U */
         tc_lock_all(a, NULL);
@@ -1351,7 +1561,7 @@ void fl_reset_peak_stats(fl_allocator *a)
 fl_status fl_last_oom(const fl_allocator *a, fl_oom_report *out)
 {
     fl_allocator *m = (fl_allocator *)a;
-    fli_lock_acquire(&m->lock);
+    lock_a(m);
     int has = m->has_oom;
     if (has)
         *out = m->oom;
@@ -1369,8 +1579,8 @@ fl_status fl_allocator_snapshot(fl_allocator *a, const char *path)
 
 int fl_allocator_check(const fl_allocator *a)
 {
-    fli_lock *lock = &((fl_allocator *)a)->lock;
-    fli_lock_acquire(lock);
+    fl_allocator *m = (fl_allocator *)a; /* the lock taken: the check changes nothing */
+    lock_a(m);
     int r = a->policy->ops->check(a->policy);
     if (!r)
         r = fli_graphs_check(&a->graphs);
@@ -1391,11 +1601,24 @@ int fl_allocator_check(const fl_allocator *a)
     if (!r && !a->slow && slow_reasons(a))
         r = fli_fail(FL_ERR_INVALID, "allocator check: the fast path is on while record_stream, graphs, the "
                                      "recorder or the publisher are in use") != FL_OK;
-    fli_lock_release(lock);
+    release_updated(m);
     return r;
 }
 
 fli_policy *fli_allocator_policy(const fl_allocator *a) { return a->policy; }
+
+uint64_t fli_allocator_unlocked_allocs(fl_allocator *a)
+{
+    lock_a(a);
+    uint64_t n = a->local_allocs + a->tc_allocs;
+    for (fli_tcache *c = a->tcs; c; c = c->next_of_alloc) {
+        fli_lock_acquire(&c->lock);
+        n += c->hits[FL_TC_BLOCKS];
+        fli_lock_release(&c->lock);
+    }
+    release_updated(a);
+    return n;
+}
 uint64_t fli_allocator_live(const fl_allocator *a) { return a->live512; }
 
 /* ---- for the frontends: a block's stream (cudaFreeAsync) and IPC ------------------- */
@@ -1428,7 +1651,7 @@ fl_status fl_export(fl_allocator *a, uint64_t addr, fl_ipc_handle *out)
 
 fl_status fl_import(fl_allocator *a, const fl_ipc_handle *h, uint64_t *addr)
 {
-    fli_lock_acquire(&a->lock);
+    lock_a(a);
     fl_status s = fli_dev_import(a->policy->dev, h, addr);
     release_updated(a);
     return s;
@@ -1436,7 +1659,7 @@ fl_status fl_import(fl_allocator *a, const fl_ipc_handle *h, uint64_t *addr)
 
 fl_status fl_import_close(fl_allocator *a, uint64_t addr)
 {
-    fli_lock_acquire(&a->lock);
+    lock_a(a);
     fl_status s = fli_dev_import_close(a->policy->dev, addr);
     release_updated(a);
     return s;
@@ -1489,17 +1712,22 @@ static fl_status graphs_catch_up(fl_allocator *a)
  * that new pages may be mapped, as PyTorch's own allocator calls cudaMalloc during
  * captures; a block for a capturing stream is its graph's, from the graph's freed blocks
  * first. */
-static fl_status alloc_watching(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr)
+/* An allocation on a device that can capture CUDA graphs: asks about captures under the
+ * lock. c: the thread's cache when the caches are on (else NULL). */
+static fl_status alloc_watching(fl_allocator *a, fli_tcache *c, uint64_t size, uint64_t stream, uint64_t *addr)
 {
-    fli_lock_acquire(&a->lock);
+    lock_fast(a);
     fli_policy *p = a->policy;
     fli_graphs *g = &a->graphs;
     uint64_t capture = 0, old_peak = a->peak_allocated, old_blocks_peak = a->blocks_peak, before = p->allocated;
     fl_status s;
-    if (!fli_graphs_watch(g, p->dev, stream, &capture)) {
+    int capturing = fli_graphs_watch(g, p->dev, stream, &capture);
+    if (FL_UNLIKELY(a->threads))
+        update_slow(a); /* a capture seen or gone: the caches off or on before the policy is asked */
+    if (!capturing) {
         if (FL_UNLIKELY(fli_graphs_pending(g)) && (s = graphs_catch_up(a)) != FL_OK)
             fprintf(stderr, "fragless: after a CUDA graph capture: %s (retried later)\n", fl_last_error());
-        s = alloc_locked(a, size, stream, addr);
+        s = a->threads ? tc_alloc_locked(a, c, size, stream, addr) : alloc_locked(a, size, stream, addr);
     } else {
         p->dev->capture_guard = capture ? capture : g->n_underway ? g->underway[0].id : 1;
         int mode = FL_CAPTURE_MODE_RELAXED;
@@ -1563,14 +1791,14 @@ fl_status fli_allocator_trace(fl_allocator *a, const char *path)
 
 void fli_allocator_trace_flush(fl_allocator *a)
 {
-    fli_lock_acquire(&a->lock);
+    lock_a(a);
     fli_recorder_flush(a->rec);
     release_updated(a);
 }
 
 fl_status fl_stream_capture(fl_allocator *a, uint64_t stream, uint64_t *capture)
 {
-    fli_lock_acquire(&a->lock);
+    lock_a(a);
     *capture = 0;
     if (a->policy->dev->capture_watch)
         fli_graphs_watch(&a->graphs, a->policy->dev, stream, capture);
@@ -1582,7 +1810,7 @@ fl_status fl_graph_release(fl_allocator *a, uint64_t capture)
 {
     if (!capture)
         return fli_fail(FL_ERR_INVALID, "graph release: capture id 0 names no capture");
-    fli_lock_acquire(&a->lock);
+    lock_a(a);
     fli_graphs *g = &a->graphs;
     fl_status s = FL_OK;
     fli_graphs_refresh(g, a->policy->dev);
@@ -1599,11 +1827,17 @@ fl_status fl_graph_release(fl_allocator *a, uint64_t capture)
 
 fl_status fli_allocator_free_stream(fl_allocator *a, uint64_t addr, uint64_t size, uint64_t stream)
 {
-    fli_lock_acquire(&a->lock);
+    int route = atomic_load_explicit(&a->route, memory_order_relaxed);
+    if ((route & (ROUTE_THREADS | ROUTE_LOCAL)) && !tc_capturing(a, stream))
+        return route & ROUTE_LOCAL ? local_free(a, addr, size) : tc_free(a, addr, size);
+    lock_fast(a);
     uint64_t capture;
-    if (a->policy->dev->capture_watch)
+    if (a->policy->dev->capture_watch) {
         fli_graphs_watch(&a->graphs, a->policy->dev, stream, &capture);
-    fl_status s = free_locked(a, addr, size);
+        update_slow(a);
+    }
+    /* With the caches on, the block may be in a cache's books (any thread's). */
+    fl_status s = a->threads && !a->tc_off ? tc_free_locked(a, NULL, addr, size) : free_locked(a, addr, size);
     release_updated(a);
     return s;
 }
@@ -1612,7 +1846,7 @@ fl_status fli_allocator_free_stream(fl_allocator *a, uint64_t addr, uint64_t siz
 
 fl_status fli_allocator_seed(fl_allocator *a, const fli_seed_segment *sg, const fli_seed_block *blocks, uint64_t *addrs)
 {
-    fli_lock_acquire(&a->lock);
+    lock_a(a);
     fli_policy *p = a->policy;
     uint64_t before = p->allocated;
     fl_status s = p->ops->seed ? p->ops->seed(p, sg, blocks, addrs)
@@ -1633,7 +1867,7 @@ fl_status fli_allocator_seed(fl_allocator *a, const fli_seed_segment *sg, const 
 
 fl_status fli_allocator_release(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *freed)
 {
-    fli_lock_acquire(&a->lock);
+    lock_a(a);
     fli_policy *p = a->policy;
     *freed = 0;
     fl_status s = p->ops->release ? p->ops->release(p, size, stream, freed) : FL_OK;

@@ -26,9 +26,11 @@ void fli_allocator_trace_flush(fl_allocator *a);
 fl_status fli_allocator_free_stream(fl_allocator *a, uint64_t addr, uint64_t size, uint64_t stream);
 uint64_t fli_allocator_live(const fl_allocator *a);
 /* Turns the thread caches on now (tcache.h; they turn on by themselves when two threads
- * meet at the allocator's lock): for tests. FL_ERR_UNSUPPORTED on a device that can
- * capture CUDA graphs (they stay off there). */
+ * meet at the allocator's lock): for tests and the benchmark. */
 fl_status fli_allocator_threads(fl_allocator *a);
+/* Allocations made without the allocator's lock since it was created: thread-cache hits
+ * and stream-local operations (allocator.c, "threads"). */
+uint64_t fli_allocator_unlocked_allocs(fl_allocator *a);
 
 /* For the CUDA runtime's frontend (cudaFree of another device's block, cudaFreeAsync on
  * another stream): the stream the live block at addr was allocated on, with *known 0

@@ -66,6 +66,14 @@ struct fli_tcache {
     int64_t d_req, d_live;      /* requested and 512-rounded bytes: hits - frees here */
     uint64_t hits[FL_TC_FIGURES]; /* totals of what hits handed out */
     int64_t room[FL_TC_FIGURES];  /* how much hits may add before a peak needs a look */
+    /* Stream-local operations (allocator.c, "threads"): in_local is 1 while this thread
+     * runs one, without the allocator's lock; what they did to the policy's counters
+     * waits here until the next holder of the allocator's lock folds it in (bytes net,
+     * blocks allocated and freed, bytes allocated in all). Written by this thread while
+     * in_local is 1, else by that holder. */
+    _Atomic int in_local;
+    int64_t l_bytes;
+    uint64_t l_allocs, l_frees, l_total;
     /* Under the allocator's lock (and this one where both are needed): what this cache's
      * hits added to the program's figures plus its room, whose sum hits and frees here
      * leave unchanged (allocator.c: peaks). */

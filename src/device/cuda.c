@@ -12,6 +12,7 @@
 
 #include <dlfcn.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,7 +71,7 @@ typedef struct cuda_device {
     int ordinal;
     CUcontext ctx;              /* the device's primary context: every call runs in it */
     int retained;               /* ctx is retained (released at destroy) */
-    int pop_warned;             /* a failed pop was reported once */
+    atomic_int pop_warned;      /* a failed pop was reported once */
     /* set_access names the owner and these GPUs (those that can access it). */
     CUmemAccessDesc access[1 + MAX_PEERS];
     size_t n_access;
@@ -141,18 +142,20 @@ static fl_status no_vmm(cuda_device *c, const char *call)
  * or none (PyTorch's autograd workers). A call that leaves our context current moves the
  * program's later kernels to our device, so every call runs between ctx_enter and
  * ctx_leave: one query when ours is current already, else a push and, after, a pop that
- * gives the thread back exactly what it had. */
+ * gives the thread back exactly what it had. These calls touch no state of ours (not even
+ * time_us: they are host-side bookkeeping, not device work), so that the capture query,
+ * which allocations make outside the allocator's lock (thread caches), is thread-safe. */
 static fl_status ctx_enter(cuda_device *c, int *pushed)
 {
     CUcontext cur = NULL;
     CUresult r;
     *pushed = 0;
-    CU(c, r, cuCtxGetCurrent(&cur));
+    r = c->fn.cuCtxGetCurrent(&cur);
     if (r != CUDA_SUCCESS)
         return cu_fail(c, r, "cuCtxGetCurrent()");
     if (cur == c->ctx)
         return FL_OK;
-    CU(c, r, cuCtxPushCurrent_v2(c->ctx));
+    r = c->fn.cuCtxPushCurrent_v2(c->ctx);
     if (r != CUDA_SUCCESS)
         return cu_fail(c, r, "cuCtxPushCurrent_v2(primary context of device %d)", c->ordinal);
     *pushed = 1;
@@ -167,9 +170,8 @@ static void ctx_leave(cuda_device *c, int pushed)
         return;
     CUcontext popped = NULL;
     CUresult r;
-    CU(c, r, cuCtxPopCurrent_v2(&popped));
-    if ((r != CUDA_SUCCESS || popped != c->ctx) && !c->pop_warned) {
-        c->pop_warned = 1;
+    r = c->fn.cuCtxPopCurrent_v2(&popped);
+    if ((r != CUDA_SUCCESS || popped != c->ctx) && !atomic_exchange(&c->pop_warned, 1)) {
         const char *name = NULL;
         if (c->fn.cuGetErrorName(r, &name) != CUDA_SUCCESS || !name)
             name = "unrecognized CUresult";
@@ -713,8 +715,9 @@ static fl_status cu_import_close(fl_device *d, uint64_t va)
 
 /* ---- CUDA graph capture ------------------------------------------------------------ */
 
-/* Asked at every allocation and free of a frontend (src/allocator/graph.c): a driver
- * query with no GPU work, so it is not device time. */
+/* Asked at every allocation of a frontend (src/allocator/graph.c): a driver query with
+ * no GPU work, so it is not device time. Thread-safe (it writes nothing of ours): with
+ * thread caches on, allocations ask it before they take any lock. */
 static fl_status capture_info_in_ctx(cuda_device *c, uint64_t stream, int *status, uint64_t *id)
 {
     CUstreamCaptureStatus st = CU_STREAM_CAPTURE_STATUS_NONE;

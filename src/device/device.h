@@ -74,7 +74,8 @@ struct fl_device {
     /* The fault injector's plan (fl_device_set_fault), read by the wrappers; 0 = off. */
     uint64_t fail_call, fail_from;
     /* CUDA graphs (src/allocator/graph.c). capture_watch: the device can capture (it has
-     * capture_info), so its allocator asks about captures. capture_guard: the id of a
+     * capture_info), so its allocator asks about captures; capture_info must be
+     * thread-safe (thread caches ask it outside the allocator's lock). capture_guard: the id of a
      * capture underway while its allocator works; the wrappers then refuse, without
      * asking the device, what capture forbids or what could take memory a graph uses:
      * synchronize, event queries, unmap, release, mem_free and addr_free. */

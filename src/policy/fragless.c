@@ -8,6 +8,7 @@
 #include "policy/policy.h"
 #include "range/range_internal.h"
 #include "util/bits.h"
+#include "util/lock.h"
 #include "util/table.h"
 
 #include <stdlib.h>
@@ -94,6 +95,15 @@ typedef struct fx_heap {
     uint64_t whole_bytes;   /* when these dominate, such blocks are kept page-aligned */
     fx_bin bins[QUICK_BINS];    /* quick lists by size / 512 - 1 */
     uint64_t held_bytes;        /* bytes on the quick lists */
+    uint64_t n_cached;          /* mapped pages no live block touches */
+    uint64_t n_chunk_cached;    /* of those, pages in mapped chunks (chunks with none of
+                                   their pages in use are counted only when needed:
+                                   idle_chunks) */
+    /* The heap's lock, taken only by the stream-local operations (fx_alloc_local,
+     * fx_free_local), which change nothing but the heap they work on; every other
+     * operation runs while none of those can (the allocator's threads section). */
+    fli_lock lock;
+    char pad[64];               /* no cache line shared with the next heap's fields */
 } fx_heap;
 
 typedef struct fx_policy {
@@ -112,11 +122,8 @@ typedef struct fx_policy {
     uint64_t n_cpool, cap_cpool;
     uint64_t n_handles;     /* pages of the handles created and not released */
     uint64_t n_chunk_handles; /* chunk handles created and not released */
-    uint64_t n_cached;      /* mapped pages no live block touches */
-    uint64_t n_chunk_pages; /* mapped pages in chunks (CHUNK_PAGES per mapped chunk) */
-    uint64_t n_chunk_cached;/* of those, pages no live block touches (chunks with none
-                               of their pages in use are counted only when needed:
-                               idle_chunks) */
+    uint64_t n_chunk_pages; /* mapped pages in chunks (CHUNK_PAGES per mapped chunk); the
+                               cached pages are counted per heap (fx_heap.n_cached) */
     int no_chunks;          /* the device refused a chunk: one-page handles only, until
                                empty_cache or a new limit */
     uint64_t n_no_access;   /* pages marked PAGE_NO_ACCESS */
@@ -270,7 +277,10 @@ static inline uint64_t creatable(const fx_policy *f)
  * other cached pages lie in mapped chunks, which are unmapped only whole. */
 static inline uint64_t cached_singles(const fx_policy *f)
 {
-    return f->n_cached - f->n_chunk_cached;
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < f->n_heaps; i++)
+        n += f->heaps[i].n_cached - f->heaps[i].n_chunk_cached;
+    return n;
 }
 
 /* Live blocks touching page p. */
@@ -315,7 +325,10 @@ static int chunk_idle(const fx_heap *h, uint64_t c)
 static uint64_t idle_chunks(const fx_policy *f)
 {
     uint64_t n = 0;
-    if (f->n_chunk_cached < CHUNK_PAGES)
+    uint64_t chunk_cached = 0;
+    for (uint32_t i = 0; i < f->n_heaps; i++)
+        chunk_cached += f->heaps[i].n_chunk_cached;
+    if (chunk_cached < CHUNK_PAGES)
         return 0;
     for (uint32_t hi = 0; hi < f->n_heaps; hi++)
         for (uint64_t c = 0; c < f->heaps[hi].n_pages >> CHUNK_LOG; c++)
@@ -378,7 +391,7 @@ static fl_status reclaim_one(fx_policy *f)
             fl_status s = fli_dev_unmap(f->base.dev, h->va + (p << f->gran_log), f->gran);
             if (s != FL_OK)
                 return s;
-            f->n_cached--;
+            h->n_cached--;
             f->pool[f->n_pool++] = page_unmap(f, h, p);
             return FL_OK;
         }
@@ -404,8 +417,8 @@ static fl_status reclaim_chunks(fx_policy *f, uint64_t want, uint64_t *got)
             for (uint64_t p = p0; p < p0 + CHUNK_PAGES; p++)
                 page_unmap(f, h, p);
             fli_bit_clear(h->chunked, c);
-            f->n_cached -= CHUNK_PAGES;
-            f->n_chunk_cached -= CHUNK_PAGES;
+            h->n_cached -= CHUNK_PAGES;
+            h->n_chunk_cached -= CHUNK_PAGES;
             f->n_chunk_pages -= CHUNK_PAGES;
             f->cpool[f->n_cpool++] = handle;
             ++*got;
@@ -533,8 +546,8 @@ static fl_status map_chunk(fx_policy *f, fx_heap *h, uint64_t c)
     }
     fli_bit_set(h->chunked, c);
     f->n_chunk_pages += CHUNK_PAGES;
-    f->n_chunk_cached += CHUNK_PAGES - pinned;
-    f->n_cached += CHUNK_PAGES - pinned;
+    h->n_chunk_cached += CHUNK_PAGES - pinned;
+    h->n_cached += CHUNK_PAGES - pinned;
     if (p0 + CHUNK_PAGES > h->top)
         h->top = p0 + CHUNK_PAGES;
     return FL_OK;
@@ -637,7 +650,7 @@ static void map_ahead(fx_policy *f, uint32_t hi, uint64_t p1)
             break;
         }
         page_map(h, p, handle);
-        f->n_cached++;
+        h->n_cached++;
     }
     if (p > p1 + 1 && set_access_run(f, h, p1 + 1, p) != FL_OK) {
         /* Without access the pages are useless: give them back now where the unmap
@@ -645,7 +658,7 @@ static void map_ahead(fx_policy *f, uint32_t hi, uint64_t p1)
         for (uint64_t q = p1 + 1; q < p; q++) {
             if (fli_dev_unmap(f->base.dev, h->va + (q << f->gran_log), f->gran) != FL_OK)
                 continue;
-            f->n_cached--;
+            h->n_cached--;
             f->pool[f->n_pool++] = page_unmap(f, h, q);
         }
     }
@@ -655,7 +668,7 @@ static void map_ahead(fx_policy *f, uint32_t hi, uint64_t p1)
 
 /* Counts a block that starts or ends on page p: returns 1 when the page must be mapped
  * for it; *no_access collects PAGE_NO_ACCESS of cached pages taken. */
-static inline uint64_t pin_end(fx_policy *f, fx_heap *h, uint64_t p, uint32_t *no_access)
+static inline uint64_t pin_end(fx_heap *h, uint64_t p, uint32_t *no_access)
 {
     fx_page *pg = &h->pages[p];
     FL_ASSERT(!fli_bit_get(h->covered, p)); /* the block has bytes here: no other block covers it */
@@ -663,8 +676,8 @@ static inline uint64_t pin_end(fx_policy *f, fx_heap *h, uint64_t p, uint32_t *n
         return 0;
     if (!pg->handle)
         return 1;
-    f->n_cached--;
-    f->n_chunk_cached -= in_chunk(h, p);
+    h->n_cached--;
+    h->n_chunk_cached -= in_chunk(h, p);
     *no_access |= pg->flags & PAGE_NO_ACCESS;
     return 0;
 }
@@ -672,17 +685,17 @@ static inline uint64_t pin_end(fx_policy *f, fx_heap *h, uint64_t p, uint32_t *n
 /* pin() past the first page. */
 static uint64_t pin_rest(fx_policy *f, fx_heap *h, uint64_t p0, uint64_t p1, uint32_t *no_access)
 {
-    uint64_t missing = pin_end(f, h, p1, no_access);
+    uint64_t missing = pin_end(h, p1, no_access);
     if (p1 > p0 + 1) {
         /* The pages inside lay in a free range: nothing pinned them, and now the block
          * alone does. */
         uint64_t inside = p1 - p0 - 1, m = fli_bits_count(h->mapped, p0 + 1, p1);
         FL_ASSERT(fli_bits_count(h->covered, p0 + 1, p1) == 0);
         fli_bits_set(h->covered, p0 + 1, p1);
-        f->n_cached -= m;
+        h->n_cached -= m;
         missing += inside - m;
         if (f->n_chunk_pages)
-            f->n_chunk_cached -= chunked_pages(h, p0 + 1, p1);
+            h->n_chunk_cached -= chunked_pages(h, p0 + 1, p1);
         if (FL_UNLIKELY(f->n_no_access))
             for (uint64_t p = p0 + 1; p < p1; p++)
                 *no_access |= h->pages[p].flags & PAGE_NO_ACCESS;
@@ -694,18 +707,18 @@ static uint64_t pin_rest(fx_policy *f, fx_heap *h, uint64_t p0, uint64_t p1, uin
  * *no_access whether a cached one lacks access. Most blocks lie on one page. */
 static inline uint64_t pin(fx_policy *f, fx_heap *h, uint64_t p0, uint64_t p1, uint32_t *no_access)
 {
-    uint64_t missing = pin_end(f, h, p0, no_access);
+    uint64_t missing = pin_end(h, p0, no_access);
     return FL_LIKELY(p1 == p0) ? missing : missing + pin_rest(f, h, p0, p1, no_access);
 }
 
-static inline void unpin_end(fx_policy *f, fx_heap *h, uint64_t p)
+static inline void unpin_end(fx_heap *h, uint64_t p)
 {
     fx_page *pg = &h->pages[p];
     FL_ASSERT(pg->refs > 0); /* a live block touches it: pinned */
     if (--pg->refs == 0) {
         if (pg->handle) {
-            f->n_cached++;
-            f->n_chunk_cached += in_chunk(h, p);
+            h->n_cached++;
+            h->n_chunk_cached += in_chunk(h, p);
         }
         fli_bit_set(h->recent, p);
     }
@@ -714,7 +727,7 @@ static inline void unpin_end(fx_policy *f, fx_heap *h, uint64_t p)
 /* unpin() past the first page. */
 static void unpin_rest(fx_policy *f, fx_heap *h, uint64_t p0, uint64_t p1, int all_mapped)
 {
-    unpin_end(f, h, p1);
+    unpin_end(h, p1);
     if (p1 > p0 + 1) {
         FL_ASSERT(fli_bits_count(h->covered, p0 + 1, p1) == p1 - p0 - 1);
         fli_bits_clear(h->covered, p0 + 1, p1);
@@ -722,9 +735,9 @@ static void unpin_rest(fx_policy *f, fx_heap *h, uint64_t p0, uint64_t p1, int a
         /* All mapped while the block lived (all_mapped: a free), except after a failed
          * map (alloc_placed's undo): then counted. */
         FL_ASSERT(!all_mapped || fli_bits_count(h->mapped, p0 + 1, p1) == p1 - p0 - 1);
-        f->n_cached += all_mapped ? p1 - p0 - 1 : fli_bits_count(h->mapped, p0 + 1, p1);
+        h->n_cached += all_mapped ? p1 - p0 - 1 : fli_bits_count(h->mapped, p0 + 1, p1);
         if (f->n_chunk_pages)
-            f->n_chunk_cached += chunked_pages(h, p0 + 1, p1);
+            h->n_chunk_cached += chunked_pages(h, p0 + 1, p1);
     }
 }
 
@@ -733,7 +746,7 @@ static inline void unpin(fx_policy *f, uint32_t hi, uint64_t p0, uint64_t p1, in
 {
     fx_heap *h = &f->heaps[hi];
     FL_ASSERT(p0 <= p1 && p1 < h->n_pages);
-    unpin_end(f, h, p0);
+    unpin_end(h, p0);
     if (FL_UNLIKELY(p1 != p0))
         unpin_rest(f, h, p0, p1, all_mapped);
 }
@@ -1085,7 +1098,7 @@ static int fx_block_stream(const fli_policy *base, uint64_t addr, uint64_t *stre
 
 /* fx_free once the block is found and checked: its quick list or the range allocator,
  * then its pages. */
-static FL_NOINLINE fl_status free_found(fx_policy *f, fx_heap *h, uint32_t v)
+static void release_block(fx_policy *f, fx_heap *h, uint32_t v)
 {
     uint64_t off = h->range->nodes[v].offset, size = h->range->nodes[v].size;
     fx_bin *bin = size <= QUICK_MAX ? &h->bins[(size >> 9) - 1] : NULL;
@@ -1099,6 +1112,12 @@ static FL_NOINLINE fl_status free_found(fx_policy *f, fx_heap *h, uint32_t v)
         heap_release(h, v);
     }
     unpin(f, (uint32_t)(h - f->heaps), off >> f->gran_log, (off + size - 1) >> f->gran_log, 1);
+}
+
+static FL_NOINLINE fl_status free_found(fx_policy *f, fx_heap *h, uint32_t v)
+{
+    uint64_t size = h->range->nodes[v].size;
+    release_block(f, h, v);
     f->base.allocated -= size;
     f->base.num_frees++;
     return FL_OK;
@@ -1138,6 +1157,119 @@ static fl_status fx_free(fli_policy *base, uint64_t addr, uint64_t want, uint64_
     return free_found(f, h, v);
 }
 
+/* ---- stream-local operations (policy.h: alloc_local, free_local) ----------------- */
+
+/* Threads of one allocator run these at the same time, each under the lock of the heap
+ * it works on, while nothing else of the policy runs: they read the policy's shared
+ * fields (heaps, pools, counters of handles) without changing them, and change only the
+ * heap's own state (its range allocator, quick lists, index of starts, page pins, bits
+ * and counts of cached pages). So they do without what the ordinary way would change
+ * elsewhere: a new heap, device calls (every page under the block must be mapped and
+ * accessible already), table growth, the stream lookup's cache. */
+
+/* The heap of (stream, small), -1 if none; writes nothing. */
+static int heap_find(const fx_policy *f, uint64_t stream, int small)
+{
+    for (uint32_t i = 0; i < f->n_heaps; i++)
+        if (f->heaps[i].stream == stream && f->heaps[i].small == small)
+            return (int)i;
+    return -1;
+}
+
+/* Pages [p0, p1] are tracked, mapped and accessible: pinning them needs no device call. */
+static inline int pages_ready(const fx_policy *f, const fx_heap *h, uint64_t p0, uint64_t p1)
+{
+    if (p1 >= h->n_pages || !h->pages[p0].handle || !h->pages[p1].handle ||
+        (p1 > p0 + 1 && fli_bits_count(h->mapped, p0 + 1, p1) != p1 - p0 - 1))
+        return 0;
+    if (FL_UNLIKELY(f->n_no_access))
+        for (uint64_t p = p0; p <= p1; p++)
+            if (h->pages[p].flags & PAGE_NO_ACCESS)
+                return 0;
+    return 1;
+}
+
+/* alloc_placed's choices, on pages that are all backed, or 0 with nothing changed. */
+static int heap_alloc_local(fx_policy *f, fx_heap *h, uint64_t size, uint64_t rsize, uint64_t *addr)
+{
+    range_node *nodes = h->range->nodes;
+    fx_bin *bin = rsize <= QUICK_MAX ? &h->bins[(rsize >> 9) - 1] : NULL;
+    uint32_t node;
+    uint64_t off;
+    if (bin && bin->n) {
+        node = bin->node[bin->n - 1];
+        off = nodes[node].offset;
+        if (!pages_ready(f, h, off >> f->gran_log, (off + rsize - 1) >> f->gran_log))
+            return 0;
+        bin->n--;
+        nodes[node].used = RANGE_USED;
+        h->held_bytes -= rsize;
+    } else {
+        /* Where pages_ready holds, the choice needs no page mapped: what the ordinary
+         * way keeps under pressure too (place_under_pressure looks further only when
+         * the first choice has unmapped pages). */
+        uint32_t n = range_find_free(h->range, rsize);
+        if (n == 0)
+            return 0;
+        uint64_t asked = h->bytes_asked, whole = h->whole_bytes;
+        h->bytes_asked += rsize; /* as alloc_placed counts them, before the choice */
+        h->whole_bytes += (rsize & (f->gran - 1)) == 0 ? rsize : 0;
+        uint64_t pad = choose_pad(f, h, &nodes[n], rsize);
+        off = nodes[n].offset + pad;
+        if (!pages_ready(f, h, off >> f->gran_log, (off + rsize - 1) >> f->gran_log) ||
+            range_take(h->range, n, pad, rsize, &node) != FL_OK) {
+            h->bytes_asked = asked;
+            h->whole_bytes = whole;
+            return 0;
+        }
+        nodes = h->range->nodes; /* range_take may have grown the node table */
+        index_add(h, node);
+    }
+    nodes[node].tag = (uint16_t)(rsize - size);
+    uint32_t no_access = 0;
+    uint64_t missing = pin(f, h, off >> f->gran_log, (off + rsize - 1) >> f->gran_log, &no_access);
+    FL_ASSERT(missing == 0 && no_access == 0);
+    (void)missing;
+    *addr = h->va + off;
+    return 1;
+}
+
+static int fx_alloc_local(fli_policy *base, uint64_t size, uint64_t stream, uint64_t max_charge, uint64_t *addr,
+                          uint64_t *charged)
+{
+    fx_policy *f = (fx_policy *)base;
+    uint64_t rsize = fli_align_up(size, 512);
+    int hi = heap_find(f, stream, size < f->small_limit);
+    if (rsize < size || rsize > max_charge || hi < 0 || rsize > f->heaps[hi].va_size)
+        return 0;
+    fx_heap *h = &f->heaps[hi];
+    fli_lock_acquire(&h->lock);
+    int done = heap_alloc_local(f, h, size, rsize, addr);
+    fli_lock_release(&h->lock);
+    *charged = rsize;
+    return done;
+}
+
+static int fx_free_local(fli_policy *base, uint64_t addr, uint64_t want, uint64_t *requested, uint64_t *charged)
+{
+    fx_policy *f = (fx_policy *)base;
+    int hi = heap_for_addr(f, addr);
+    if (hi < 0 || (addr - f->heaps[hi].va) >> f->gran_log >= f->heaps[hi].n_pages)
+        return 0;
+    fx_heap *h = &f->heaps[hi];
+    fli_lock_acquire(&h->lock);
+    uint32_t v = index_find(h, addr - h->va);
+    const range_node *b = &h->range->nodes[v];
+    int done = v && b->used == RANGE_USED && (!want || want == b->size - b->tag);
+    if (done) {
+        *charged = b->size;
+        *requested = b->size - b->tag;
+        release_block(f, h, v);
+    }
+    fli_lock_release(&h->lock);
+    return done;
+}
+
 static fl_status fx_empty_cache(fli_policy *base)
 {
     fx_policy *f = (fx_policy *)base;
@@ -1175,6 +1307,7 @@ static int fx_check(const fli_policy *base)
     uint64_t chunk_pages = 0, chunk_cached = 0;
     for (uint32_t hi = 0; hi < f->n_heaps; hi++) {
         const fx_heap *h = &f->heaps[hi];
+        uint64_t cached_before = cached, chunk_cached_before = chunk_cached;
         if (fl_range_check(h->range))
             return 1;
         allocated += h->range->capacity - h->range->total_free - h->held_bytes;
@@ -1290,12 +1423,11 @@ static int fx_check(const fli_policy *base)
         }
         free(refs);
         free(cover);
+        if (!err && (cached - cached_before != h->n_cached || chunk_cached - chunk_cached_before != h->n_chunk_cached))
+            err = "the heap's counts of cached pages are wrong";
         if (err)
             return fli_fail(FL_ERR_INVALID, "fragless check: stream %llu: %s", (unsigned long long)h->stream, err), 1;
     }
-    if (cached != f->n_cached)
-        return fli_fail(FL_ERR_INVALID, "fragless check: %llu cached pages, counter %llu",
-                       (unsigned long long)cached, (unsigned long long)f->n_cached), 1;
     if (no_access != f->n_no_access)
         return fli_fail(FL_ERR_INVALID, "fragless check: %llu pages without access, counter %llu",
                        (unsigned long long)no_access, (unsigned long long)f->n_no_access), 1;
@@ -1304,12 +1436,10 @@ static int fx_check(const fli_policy *base)
                        "%llu pages in handles", (unsigned long long)mapped, (unsigned long long)f->n_pool,
                        (unsigned long long)f->n_cpool, (unsigned long long)CHUNK_PAGES,
                        (unsigned long long)f->n_handles), 1;
-    if (chunk_pages != f->n_chunk_pages || chunk_cached != f->n_chunk_cached ||
-        chunk_pages / CHUNK_PAGES + f->n_cpool != f->n_chunk_handles)
-        return fli_fail(FL_ERR_INVALID, "fragless check: chunks: %llu pages mapped, %llu cached; counters %llu, %llu; "
+    if (chunk_pages != f->n_chunk_pages || chunk_pages / CHUNK_PAGES + f->n_cpool != f->n_chunk_handles)
+        return fli_fail(FL_ERR_INVALID, "fragless check: chunks: %llu pages mapped; counter %llu; "
                        "%llu pooled of %llu chunk handles", (unsigned long long)chunk_pages,
-                       (unsigned long long)chunk_cached, (unsigned long long)f->n_chunk_pages,
-                       (unsigned long long)f->n_chunk_cached, (unsigned long long)f->n_cpool,
+                       (unsigned long long)f->n_chunk_pages, (unsigned long long)f->n_cpool,
                        (unsigned long long)f->n_chunk_handles), 1;
     if (allocated != base->allocated)
         return fli_fail(FL_ERR_INVALID, "fragless check: blocks hold %llu bytes, counter %llu",
@@ -1325,8 +1455,11 @@ static void fx_query(const fli_policy *base, fli_policy_state *out)
     const fx_policy *f = (const fx_policy *)base;
     uint64_t held = f->n_handles * f->gran, pooled = f->n_pool + f->n_cpool * CHUNK_PAGES;
     out->free_in_reserved = held > base->allocated ? held - base->allocated : 0;
-    out->largest_free = (f->n_cached + pooled + creatable(f)) * f->gran;
-    out->cached = (f->n_cached + pooled) * f->gran;
+    uint64_t cached = 0;
+    for (uint32_t i = 0; i < f->n_heaps; i++)
+        cached += f->heaps[i].n_cached;
+    out->largest_free = (cached + pooled + creatable(f)) * f->gran;
+    out->cached = (cached + pooled) * f->gran;
 }
 
 /* Heaps in creation order (each its own reservation), their pages up to the highest
@@ -1459,6 +1592,8 @@ const fli_policy_ops fli_policy_fragless = {
     .create = fx_create,
     .destroy = fx_destroy,
     .alloc = fx_alloc,
+    .alloc_local = fx_alloc_local,
+    .free_local = fx_free_local,
     .free = fx_free,
     .block_size = fx_block_size,
     .block_stream = fx_block_stream,

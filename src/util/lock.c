@@ -11,15 +11,6 @@
  * 0.2 ms) is not polled more than a few thousand times a second. */
 #define MAX_NAP_NS 50000
 
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
 static inline int try_take(fli_lock *l)
 {
     uint32_t c = 0;
@@ -30,7 +21,7 @@ static inline int try_take(fli_lock *l)
 void fli_lock_wait(fli_lock *l)
 {
     for (int i = 0; i < SPINS; i++) {
-        cpu_relax();
+        fli_cpu_relax();
         if (try_take(l))
             return;
     }

@@ -18,6 +18,16 @@ typedef struct fli_lock {
 
 void fli_lock_wait(fli_lock *l);
 
+/* A spin-wait's pause. */
+static inline void fli_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 static inline void fli_lock_acquire(fli_lock *l)
 {
     uint32_t c = 0;

@@ -39,7 +39,7 @@ if(FL_SANITIZER_SUITES)
   add_test(NAME sanitize_asan COMMAND ${fl_suite} asan ${CMAKE_SOURCE_DIR} ${CMAKE_BINARY_DIR})
   set_tests_properties(sanitize_asan PROPERTIES TIMEOUT 1500 PROCESSORS 2)
   # Every test named like threads, stress or top: the multi-threaded ones.
-  add_test(NAME sanitize_tsan COMMAND ${fl_suite} tsan ${CMAKE_SOURCE_DIR} ${CMAKE_BINARY_DIR} "^test_(threads|stress_top|top)$")
+  add_test(NAME sanitize_tsan COMMAND ${fl_suite} tsan ${CMAKE_SOURCE_DIR} ${CMAKE_BINARY_DIR} "^test_(threads|graphs|stress_top|top)$")
   set_tests_properties(sanitize_tsan PROPERTIES TIMEOUT 900 PROCESSORS 2)
   add_test(NAME fuzz_build COMMAND ${fl_suite} fuzz-build ${CMAKE_SOURCE_DIR} ${CMAKE_BINARY_DIR} ${FL_FUZZ_TARGETS})
   set_tests_properties(fuzz_build PROPERTIES TIMEOUT 900 PROCESSORS 2 FIXTURES_SETUP fl_fuzz_build)
