@@ -273,6 +273,15 @@ static inline uint64_t creatable(const fx_policy *f)
     return f->max_pages > f->n_handles ? f->max_pages - f->n_handles : 0;
 }
 
+/* Mapped pages no live block touches (each heap counts its own). */
+static uint64_t cached_pages(const fx_policy *f)
+{
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < f->n_heaps; i++)
+        n += f->heaps[i].n_cached;
+    return n;
+}
+
 /* Cached pages with a handle of their own (reclaim_one unmaps them one by one); the
  * other cached pages lie in mapped chunks, which are unmapped only whole. */
 static inline uint64_t cached_singles(const fx_policy *f)
@@ -832,7 +841,7 @@ static uint64_t unmapped_pages(const fx_policy *f, const fx_heap *h, uint64_t x,
  * min_capacity too (fsdp rank 0 1.0029 -> 1.0046). */
 static int inner_positions_pay(fx_policy *f, uint64_t size)
 {
-    uint64_t pinned_now = f->n_handles - f->n_pool - f->n_cpool * CHUNK_PAGES - f->n_cached;
+    uint64_t pinned_now = f->n_handles - f->n_pool - f->n_cpool * CHUNK_PAGES - cached_pages(f);
     if (pinned_now > f->peak_pinned)
         f->peak_pinned = pinned_now;
     if (size <= f->gran || f->n_heaps > 2 || (f->n_heaps == 2 && f->heaps[0].stream != f->heaps[1].stream))
@@ -1455,9 +1464,7 @@ static void fx_query(const fli_policy *base, fli_policy_state *out)
     const fx_policy *f = (const fx_policy *)base;
     uint64_t held = f->n_handles * f->gran, pooled = f->n_pool + f->n_cpool * CHUNK_PAGES;
     out->free_in_reserved = held > base->allocated ? held - base->allocated : 0;
-    uint64_t cached = 0;
-    for (uint32_t i = 0; i < f->n_heaps; i++)
-        cached += f->heaps[i].n_cached;
+    uint64_t cached = cached_pages(f);
     out->largest_free = (cached + pooled + creatable(f)) * f->gran;
     out->cached = (cached + pooled) * f->gran;
 }
