@@ -186,6 +186,19 @@ int main(void)
     r = fl_test_run("%s doctor %s/job/t.rank1.csv %s/other.csv", FL_CLI, dir, dir);
     CHECK_EQ_U64(r->code, 1);
     CHECK(strstr(r->err, "rank files of one job") != NULL);
+    /* Two runs whose names differ in a number that is not 0 to N-1: not a job. */
+    CHECK(fl_test_run("cp %s/job/t.rank1.csv %s/run1.csv && cp %s/job/t.rank2.csv %s/run2.csv", dir, dir, dir, dir)->code ==
+          0);
+    r = fl_test_run("%s compare %s/run1.csv %s/run2.csv --policy fragless --no-min-capacity", FL_CLI, dir, dir);
+    CHECK_EQ_U64(r->code, 0);
+    CHECK(strstr(r->out, "job:") == NULL);
+    r = fl_test_run("%s doctor %s/run1.csv %s/run2.csv", FL_CLI, dir, dir);
+    CHECK_EQ_U64(r->code, 1);
+    CHECK(strstr(r->err, "0 to N-1") != NULL);
+    /* A %r pattern says "a job" itself: ranks 1 and 2 alone are one. */
+    r = fl_test_run("%s compare %s/run%%r.csv --policy fragless --no-min-capacity", FL_CLI, dir);
+    CHECK_EQ_U64(r->code, 0);
+    CHECK(strstr(r->out, "job:") != NULL);
     r = fl_test_run("%s compare %s/job/none%%r.csv", FL_CLI, dir);
     CHECK_EQ_U64(r->code, 2);
     CHECK(strstr(r->err, "no file matches") != NULL);

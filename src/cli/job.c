@@ -1,6 +1,7 @@
 /* A multi-GPU job as one input of compare, doctor and report: a folder of per-rank files,
  * a name with %r (the recorder's per-rank naming, src/util/path.c), or several files whose
- * names differ only in one number. The inputs become the rank files in rank order, and the
+ * names differ only in one number that runs from 0 to N-1 (all the ranks: run1.csv and
+ * run2.csv are two runs, not a job). The inputs become the rank files in rank order, and the
  * commands end with the ranks side by side and a job line: which rank needs most, and the
  * spread between ranks. */
 #include <dirent.h>
@@ -133,8 +134,9 @@ static int expand_one(const char *arg, int report, names *out)
 }
 
 /* Whether the names differ only in one decimal number: then the ranks (sorted into
- * order) and the pattern with %r. */
-static int find_job(names *nm, cli_job *job)
+ * order) and the pattern with %r. all_ranks: the names were given one by one, so the
+ * numbers must be 0 to N-1 as well. */
+static int find_job(names *nm, cli_job *job, int all_ranks)
 {
     if (nm->n < 2)
         return 0;
@@ -182,6 +184,9 @@ static int find_job(names *nm, cli_job *job)
     for (int i = 1; i < nm->n; i++)
         if (job->rank[i] == job->rank[i - 1])
             return 0; /* rank0.csv and rank00.csv: not one job */
+    for (int i = 0; all_ranks && i < nm->n; i++)
+        if (job->rank[i] != i)
+            return 0;
     snprintf(job->name, sizeof job->name, "%.*s%%r%s", (int)pre, nm->v[0], nm->v[0] + strlen(nm->v[0]) - suf);
     return 1;
 }
@@ -196,15 +201,18 @@ int cli_job_expand(cli_opts *o, cli_mode mode, cli_job *job)
     for (int i = 0; i < kept.n; i++)
         free(kept.v[i]);
     kept.n = 0;
-    int rc = 0;
-    for (int i = 0; i < o->n_traces && !rc; i++)
+    int rc = 0, named = 0; /* named: a folder or a %r pattern said "a job" */
+    for (int i = 0; i < o->n_traces && !rc; i++) {
+        struct stat st;
+        named |= strstr(o->traces[i], "%r") || (stat(o->traces[i], &st) == 0 && S_ISDIR(st.st_mode));
         rc = expand_one(o->traces[i], mode == CLI_REPORT, &kept);
+    }
     if (rc)
         return rc;
-    job->is_job = find_job(&kept, job);
+    job->is_job = find_job(&kept, job, !named);
     if (kept.n > 1 && !job->is_job && (mode == CLI_DOCTOR || mode == CLI_REPLAY)) {
-        fprintf(stderr, "fragless: %s takes one trace, or the rank files of one job (names that differ only in the "
-                        "rank's number); got %s and %s\n", cli_mode_name(mode), kept.v[0], kept.v[1]);
+        fprintf(stderr, "fragless: %s takes one trace, or the rank files of one job (a folder, a name with %%r, or "
+                        "names that differ only in the rank's number, 0 to N-1); got %s and %s\n", cli_mode_name(mode), kept.v[0], kept.v[1]);
         return CLI_EXIT_USAGE;
     }
     if (job->is_job && mode == CLI_REPLAY) {
