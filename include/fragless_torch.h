@@ -124,8 +124,11 @@ FL_API long long fragless_torch_pool_stats_json(int slot, int device, char *buf,
  * reads it); path NULL stops and closes the file. 0, or -1 (already recording, the
  * file, a device that cannot be set up). */
 FL_API int fragless_torch_record(int device, const char *path);
-/* Writes out what the recording has buffered, so that the file can be read now. */
-FL_API void fragless_torch_record_flush(int device);
+/* Writes out what the recording has buffered, so that the file can be read now. 0, or -1
+ * (FL_ERR_IO) when a write of the recording failed: the file holds only what came before
+ * it (fl_last_error names the file and the error). Stopping (fragless_torch_record with
+ * NULL) says the same. */
+FL_API int fragless_torch_record_flush(int device);
 /* The state snapshot of the device's allocator as JSON at path (fl_allocator_snapshot):
  * 0, or -1 (FL_ERR_NOT_FOUND: no allocator on that device; the file). */
 FL_API int fragless_torch_snapshot(int device, const char *path);

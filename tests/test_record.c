@@ -2,11 +2,43 @@
  * free and failed allocation as RMM CSV rows, from many threads, in a file the strict
  * reader accepts and replay can run; a bad path is a clear error. */
 #include <pthread.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include "allocator/allocator.h"
 #include "replay/replay.h"
 #include "test_support.h"
+
+/* In a child whose files may not grow past 16 KiB: the recording's writes fail after its
+ * first rows; the flush a reader asks for and the stop say so (naming the file), and the
+ * allocator goes on. Exit code: the number of failed expectations. */
+static int full_disk_child(const char *path)
+{
+    signal(SIGXFSZ, SIG_IGN); /* the write fails with EFBIG instead of killing */
+    struct rlimit rl = {16384, 16384};
+    if (setrlimit(RLIMIT_FSIZE, &rl) != 0)
+        return 100;
+    fl_device *d = fl_test_sim(0, 0);
+    fl_allocator *a = fl_test_allocator("policy:fragless,oom_report:0,top:0", d);
+    int bad = 0;
+    bad += fli_allocator_trace(a, path) != FL_OK;
+    bad += fli_allocator_trace_flush(a) != FL_OK; /* the header and nothing else: fine */
+    uint64_t x;
+    for (int i = 0; i < 2000; i++) /* ~60 bytes a row: past 16 KiB */
+        bad += fl_alloc(a, 4096, 1, &x) != FL_OK || fl_free(a, x) != FL_OK;
+    bad += fli_allocator_trace_flush(a) != FL_ERR_IO;
+    bad += strstr(fl_last_error(), path) == NULL || strstr(fl_last_error(), "write error") == NULL;
+    bad += fl_alloc(a, 4096, 1, &x) != FL_OK || fl_free(a, x) != FL_OK; /* recording stopped, allocating not */
+    bad += fli_allocator_trace(a, NULL) != FL_ERR_IO; /* the stop says it too */
+    bad += strstr(fl_last_error(), "holds only the rows written before it") == NULL;
+    bad += fl_allocator_check(a) != 0;
+    fl_allocator_destroy(a);
+    fl_device_destroy(d);
+    return bad;
+}
 
 typedef struct job {
     fl_allocator *a;
@@ -92,5 +124,15 @@ int main(void)
     CHECK_STATUS(fl_allocator_create(&cfg, d, &a), FL_ERR_IO);
     CHECK(strstr(fl_last_error(), "/nonexistent/dir/t.csv") != NULL);
     fl_device_destroy(d);
+
+    /* A write that fails later (a full disk): reported to whoever flushes or stops. */
+    pid_t pid = fork();
+    if (pid == 0)
+        _exit(full_disk_child(path));
+    int st = 0;
+    CHECK(pid > 0 && waitpid(pid, &st, 0) == pid);
+    CHECK(WIFEXITED(st));
+    CHECK_EQ_U64(WEXITSTATUS(st), 0);
+    unlink(path);
     return fl_test_done("test_record");
 }

@@ -169,7 +169,7 @@ def _library():
         lib.fragless_torch_record.argtypes = [ctypes.c_int, ctypes.c_char_p]
         lib.fragless_torch_record.restype = ctypes.c_int
         lib.fragless_torch_record_flush.argtypes = [ctypes.c_int]
-        lib.fragless_torch_record_flush.restype = None
+        lib.fragless_torch_record_flush.restype = ctypes.c_int
         lib.fragless_torch_reset_peak_stats.argtypes = [ctypes.c_int]
         lib.fragless_torch_reset_peak_stats.restype = ctypes.c_int
         lib.fragless_torch_snapshot.argtypes = [ctypes.c_int, ctypes.c_char_p]

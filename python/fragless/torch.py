@@ -385,7 +385,8 @@ def _make_routes(torch):
         d = idx(a.get("device"))
         traces = [[] for _ in range(d + 1)]
         if d in _history:
-            _library().fragless_torch_record_flush(d)
+            if _library().fragless_torch_record_flush(d) != 0:
+                _raise_last("_snapshot under fragless: the recorded history")
             traces[d] = _trace_events(_history[d])
         return {"segments": _snapshot_segments(d), "device_traces": traces,
                 "allocator_settings": {"allocator": "fragless", "FRAGLESS_CONF": os.environ.get("FRAGLESS_CONF", "")}}

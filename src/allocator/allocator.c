@@ -253,7 +253,7 @@ fl_status fl_allocator_create(const fl_config *cfg, fl_device *dev, fl_allocator
     if (s == FL_OK)
         s = registry_add(a, dev);
     if (s != FL_OK) {
-        fli_recorder_close(a->rec);
+        (void)fli_recorder_close(a->rec); /* the creation's error is the one to report */
         if (a->policy)
             a->policy->ops->destroy(a->policy);
         fli_graphs_free(&a->graphs);
@@ -296,7 +296,7 @@ void fl_allocator_destroy(fl_allocator *a)
     fli_map_free(&a->uses);
     fli_graphs_free(&a->graphs);
     a->policy->ops->destroy(a->policy);
-    fli_recorder_close(a->rec);
+    (void)fli_recorder_close(a->rec); /* a write error was said on stderr when it happened */
     free(a);
 }
 
@@ -1784,18 +1784,19 @@ fl_status fli_allocator_trace(fl_allocator *a, const char *path)
     else if (path)
         s = fli_recorder_open(path, &a->rec);
     else if (a->rec) {
-        fli_recorder_close(a->rec);
+        s = fli_recorder_close(a->rec);
         a->rec = NULL;
     }
     release_updated(a);
     return s;
 }
 
-void fli_allocator_trace_flush(fl_allocator *a)
+fl_status fli_allocator_trace_flush(fl_allocator *a)
 {
     lock_a(a);
-    fli_recorder_flush(a->rec);
+    fl_status s = fli_recorder_flush(a->rec);
     release_updated(a);
+    return s;
 }
 
 fl_status fl_stream_capture(fl_allocator *a, uint64_t stream, uint64_t *capture)

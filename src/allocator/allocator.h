@@ -21,8 +21,10 @@ fli_policy *fli_allocator_policy(const fl_allocator *a);
  * the start), or stops (path NULL) and closes the file. Starting while recording is
  * FL_ERR_INVALID. For torch.cuda.memory._record_memory_history. */
 fl_status fli_allocator_trace(fl_allocator *a, const char *path);
-/* Writes out what the trace has buffered (for a reader in the same process). */
-void fli_allocator_trace_flush(fl_allocator *a);
+/* Writes out what the trace has buffered (for a reader in the same process). FL_ERR_IO
+ * when a write of the trace failed: the file is not the whole record (fli_recorder_flush).
+ * Stopping (fli_allocator_trace with NULL) returns the same. */
+fl_status fli_allocator_trace_flush(fl_allocator *a);
 fl_status fli_allocator_free_stream(fl_allocator *a, uint64_t addr, uint64_t size, uint64_t stream);
 uint64_t fli_allocator_live(const fl_allocator *a);
 /* Turns the thread caches on now (tcache.h; they turn on by themselves when two threads

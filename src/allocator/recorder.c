@@ -24,6 +24,7 @@
 struct fli_recorder {
     int fd;
     int failed;              /* a write failed: said once, then rows are dropped */
+    char why[160];           /* what failed (the flushes and the close return it) */
     int stopped;             /* fli_recorder_stop: rows are dropped (the process exits) */
     char path[PATH_MAX];
     fli_map streams;          /* live block -> its stream (free rows carry it, as RMM's do) */
@@ -188,15 +189,19 @@ void fli_recorder_stop(fli_recorder *r)
     r->stopped = 1;
 }
 
-void fli_recorder_flush(fli_recorder *r)
+fl_status fli_recorder_flush(fli_recorder *r)
 {
-    if (!r || !r->len)
-        return;
-    if (!r->failed && write_all(r->fd, r->buf, r->len) != 0) {
+    if (!r)
+        return FL_OK;
+    if (r->len && !r->failed && write_all(r->fd, r->buf, r->len) != 0) {
         r->failed = 1;
-        fprintf(stderr, "fragless: trace:%s: write error: %s; recording stops\n", r->path, strerror(errno));
+        snprintf(r->why, sizeof r->why, "%s", strerror(errno));
+        fprintf(stderr, "fragless: trace:%s: write error: %s; recording stops\n", r->path, r->why);
     }
     r->len = 0;
+    return r->failed ? fli_fail(FL_ERR_IO, "trace:%s: write error: %s; recording stopped there, the file holds only "
+                                           "the rows written before it", r->path, r->why)
+                     : FL_OK;
 }
 
 static void row(fli_recorder *r, int kind, uint64_t ptr, uint64_t size, uint64_t stream)
@@ -241,14 +246,15 @@ void fli_recorder_free(fli_recorder *r, uint64_t ptr, uint64_t size)
     row(r, FL_EV_FREE, ptr, size, stream);
 }
 
-void fli_recorder_close(fli_recorder *r)
+fl_status fli_recorder_close(fli_recorder *r)
 {
     if (!r)
-        return;
-    fli_recorder_flush(r);
+        return FL_OK;
+    fl_status s = fli_recorder_flush(r);
     close(r->fd); /* releases the lock */
     fli_map_free(&r->streams);
     free(r);
+    return s;
 }
 
 void fli_recorder_forget(fli_recorder *r)

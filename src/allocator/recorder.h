@@ -33,13 +33,14 @@ fl_status fli_recorder_open(const char *path, fli_recorder **out);
 void fli_recorder_alloc(fli_recorder *r, int ok, uint64_t ptr, uint64_t size, uint64_t stream);
 /* A free of a block recorded by fli_recorder_alloc; the row carries its stream. */
 void fli_recorder_free(fli_recorder *r, uint64_t ptr, uint64_t size);
-/* Writes the buffered rows (whole lines). */
-void fli_recorder_flush(fli_recorder *r);
+/* Writes the buffered rows (whole lines). FL_ERR_IO, naming the file and the error, once
+ * any write failed (recording stopped there): the file is not the whole record. */
+fl_status fli_recorder_flush(fli_recorder *r);
 /* At exit: flushes and drops every later row, so that no write is under way when the
  * process ends (an exit cuts a write in flight). NULL is ignored. */
 void fli_recorder_stop(fli_recorder *r);
-/* Flushes, unlocks and closes; NULL is ignored. */
-void fli_recorder_close(fli_recorder *r);
+/* Flushes, unlocks and closes; NULL is ignored. FL_ERR_IO as fli_recorder_flush. */
+fl_status fli_recorder_close(fli_recorder *r);
 /* In a forked child: drops the buffered rows (the parent writes them) and closes the
  * child's descriptor without touching the file or its lock; NULL is ignored. */
 void fli_recorder_forget(fli_recorder *r);

@@ -378,11 +378,10 @@ int fragless_torch_record(int device, const char *path)
     return fli_allocator_trace(a, path) == FL_OK ? 0 : -1;
 }
 
-void fragless_torch_record_flush(int device)
+int fragless_torch_record_flush(int device)
 {
     fl_allocator *a = fli_frontend_existing(device);
-    if (a)
-        fli_allocator_trace_flush(a);
+    return a && fli_allocator_trace_flush(a) != FL_OK ? -1 : 0;
 }
 
 /* torch.cuda.set_per_process_memory_fraction(fraction, device) */
