@@ -286,7 +286,7 @@ static void test_reused_pid(void)
 
 static void test_malformed_skipped(void)
 {
-    char garbage[256], magic[256], version[256], size[256], cut[256], want[400];
+    char garbage[256], magic[256], version[256], size[256], cut[256], want[800];
     snprintf(garbage, sizeof garbage, "%s/fragless.garbage", dir);
     snprintf(magic, sizeof magic, "%s/fragless.magic", dir);
     snprintf(version, sizeof version, "%s/fragless.version", dir);
@@ -337,6 +337,33 @@ static void test_malformed_skipped(void)
     CHECK(strstr(r->out, want) != NULL);
     /* Skipped, not removed: they may be someone else's. */
     CHECK(exists(garbage) && exists(magic) && exists(version) && exists(size) && exists(cut));
+    /* Another version's record named for a process that is gone is removed; one named for
+     * a live process stays. */
+    pid_t child = fork();
+    if (child == 0)
+        _exit(0);
+    CHECK(child > 0 && waitpid(child, NULL, 0) == child);
+    char gone[256], alive[256];
+    snprintf(gone, sizeof gone, "%s/fragless.%llu.0", dir, (unsigned long long)child);
+    snprintf(alive, sizeof alive, "%s/fragless.%llu.7", dir, (unsigned long long)me);
+    write_record(gone, (uint64_t)child, 0, 0, "x");
+    write_record(alive, me, 7, 0, "x");
+    const char *other[2] = {gone, alive};
+    for (int i = 0; i < 2; i++) {
+        f = fopen(other[i], "r+b");
+        fseek(f, 4, SEEK_SET);
+        fwrite(&v99, 4, 1, f);
+        fclose(f);
+    }
+    r = top_once();
+    CHECK_EQ_U64(r->code, 0);
+    snprintf(want, sizeof want, "removed %s: stale (%s: record version 99", gone, gone);
+    CHECK(strstr(r->out, want) != NULL);
+    CHECK(!exists(gone));
+    snprintf(want, sizeof want, "skipped %s: record version 99", alive);
+    CHECK(strstr(r->out, want) != NULL);
+    CHECK(exists(alive));
+    unlink(alive);
     unlink(garbage);
     unlink(magic);
     unlink(version);

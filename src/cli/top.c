@@ -287,8 +287,21 @@ static void read_one(const char *path, uint64_t deadline, top_rows *rows, FILE *
     fli_pub_reader rd;
     fl_status s = fli_pub_reader_open(path, &rd);
     if (s != FL_OK) {
-        if (!(s == FL_ERR_IO && errno == ENOENT))
-            fprintf(notes, "skipped %s\n", esc(fl_last_error(), e1, sizeof e1));
+        if (s == FL_ERR_IO && errno == ENOENT)
+            return;
+        /* A regular file that is no record of this version (another fragless's record
+         * size or version, or damaged), left by a process that is gone (the pid in its
+         * name): it goes, as a stale record does; else it is only skipped. */
+        unsigned long long pid;
+        const char *base = strrchr(path, '/');
+        if (s == FL_ERR_PARSE && S_ISREG(seen.st_mode) &&
+            sscanf(base ? base + 1 : path, FL_PUB_PREFIX "%llu.", &pid) == 1 && fli_publish_stale(pid, 0, NULL)) {
+            char why[1200];
+            snprintf(why, sizeof why, "%s; its process (pid %llu) is gone", fl_last_error(), pid);
+            remove_stale(path, &seen, why, notes);
+            return;
+        }
+        fprintf(notes, "skipped %s\n", esc(fl_last_error(), e1, sizeof e1));
         return;
     }
     fli_pub_entry e;
