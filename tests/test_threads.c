@@ -519,6 +519,97 @@ static void test_tc_destroyed_first(void)
     pthread_barrier_destroy(&bar);
 }
 
+/* Stream-local operations under contention: four threads, two on each of two streams
+ * (the same heaps), share slots, so a block is often freed by another thread than the
+ * one that allocated it (another heap's lock, maybe another stream's). A new block must
+ * not overlap any block held in a slot (the slots change under a mutex of the test; the
+ * allocator's calls are made outside it); an observer reads statistics and runs the
+ * self-check meanwhile. Every figure returns to zero, and most calls were stream-local. */
+#define SHARED_SLOTS 64
+typedef struct shared_slot {
+    uint64_t addr, size; /* addr 0: empty */
+} shared_slot;
+
+static pthread_mutex_t slots_lock = PTHREAD_MUTEX_INITIALIZER;
+
+typedef struct sharer {
+    fl_allocator *a;
+    shared_slot *slots;
+    uint64_t seed, stream, failures, ops;
+} sharer;
+
+static void *share_work(void *arg)
+{
+    sharer *w = arg;
+    fl_rng rng = {w->seed};
+    for (int i = 0; i < 20000; i++) {
+        shared_slot *sl = &w->slots[fl_rng_below(&rng, SHARED_SLOTS)];
+        pthread_mutex_lock(&slots_lock);
+        shared_slot took = *sl;
+        sl->addr = 0;
+        pthread_mutex_unlock(&slots_lock);
+        if (took.addr) {
+            w->failures += fl_free_sized(w->a, took.addr, took.size) != FL_OK;
+        } else {
+            uint64_t x, size = 1 + fl_rng_below(&rng, fl_rng_below(&rng, 16) ? 16 << 10 : 6 << 20);
+            if (fl_alloc(w->a, size, w->stream, &x) != FL_OK) {
+                w->failures++;
+                continue;
+            }
+            pthread_mutex_lock(&slots_lock);
+            for (int k = 0; k < SHARED_SLOTS; k++) /* no live block overlaps it */
+                w->failures += w->slots[k].addr && x < w->slots[k].addr + w->slots[k].size && w->slots[k].addr < x + size;
+            took = *sl; /* another thread may have filled it meanwhile */
+            *sl = (shared_slot){x, size};
+            pthread_mutex_unlock(&slots_lock);
+            if (took.addr)
+                w->failures += fl_free_sized(w->a, took.addr, took.size) != FL_OK;
+        }
+        w->ops++;
+    }
+    return NULL;
+}
+
+static void test_local_shared(void)
+{
+    fl_device *d = fl_test_sim(UINT64_C(2) << 30, 0);
+    fl_allocator *a = fl_test_allocator("policy:fragless,oom_report:0,top:0", d);
+    CHECK_OK(fli_allocator_threads(a));
+    static shared_slot slots[SHARED_SLOTS];
+    sharer w[4];
+    pthread_t t[4], obs;
+    atomic_store(&done, 0);
+    observed_errors = 0;
+    for (int i = 0; i < 4; i++) {
+        w[i] = (sharer){a, slots, 0x1234 + (uint64_t)i, 1 + (uint64_t)(i % 2), 0, 0};
+        CHECK(pthread_create(&t[i], NULL, share_work, &w[i]) == 0);
+    }
+    CHECK(pthread_create(&obs, NULL, observe, a) == 0);
+    for (int i = 0; i < 4; i++) {
+        pthread_join(t[i], NULL);
+        CHECK_EQ_U64(w[i].failures, 0);
+    }
+    atomic_store(&done, 1);
+    pthread_join(obs, NULL);
+    CHECK_EQ_U64(observed_errors, 0);
+    for (int k = 0; k < SHARED_SLOTS; k++)
+        if (slots[k].addr)
+            CHECK_OK(fl_free(a, slots[k].addr));
+    fl_stats s;
+    fl_get_stats(a, &s);
+    CHECK_EQ_U64(s.allocated_bytes.current, 0);
+    CHECK_EQ_U64(s.allocation.current, 0);
+    CHECK_EQ_U64(s.requested_bytes.current, 0);
+    CHECK_EQ_U64(s.allocation.allocated, s.allocation.freed);
+    CHECK_EQ_U64(fli_allocator_policy(a)->allocated, 0);
+    CHECK(fli_allocator_unlocked_allocs(a) > s.allocation.allocated / 2);
+    CHECK(fl_allocator_check(a) == 0);
+    CHECK_OK(fl_empty_cache(a));
+    CHECK_EQ_U64(in_use(d), 0);
+    fl_allocator_destroy(a);
+    fl_device_destroy(d);
+}
+
 int main(void)
 {
     test_limit_every_policy();
@@ -533,6 +624,7 @@ int main(void)
     test_tc_record_stream();
     test_tc_oom_retry();
     test_local_limit();
+    test_local_shared();
     for (int i = 0; names[i]; i++)
         test_tc_threads_end(names[i]);
     test_tc_destroyed_first();
