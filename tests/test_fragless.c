@@ -214,7 +214,9 @@ static void test_fault_injection(void)
         }
         CHECK(failed <= 1);
         uint64_t made = total_calls(d) - base;
-        /* With the device healthy again, everything works. */
+        /* With the device healthy again (a plan not fired yet is dropped: the last n
+         * lies past the workload), everything works. */
+        CHECK_OK(fl_device_set_fault(d, 0, 0));
         uint64_t x;
         CHECK_OK(p->ops->alloc(p, 5 * PAGE, 0, &x));
         CHECK_OK(p->ops->free(p, x, 0, NULL));
@@ -379,10 +381,70 @@ static void test_chunks(void)
     fl_device_destroy(d);
 }
 
+/* Lending: under a limit, a stream whose heap has no mapped pages left gets another
+ * stream's mapped, free pages where they lie, with no unmap or map (one synchronize at
+ * most, for the other stream's work); the block is its stream's (block_stream); freed,
+ * its range is not handed to the lender's stream before the next synchronize (that
+ * stream would not wait for the borrower's work); after one it is. A single-stream job
+ * never lends. */
+static void test_lending(void)
+{
+    fl_device *d = fl_test_sim(0, 0);
+    fli_policy *p = fragless_on(d, 64 * MiB);
+    uint64_t a[6], b, s;
+    for (int i = 0; i < 6; i++) /* stream 1: 48 MiB of 8 MiB blocks, all mapped */
+        CHECK_OK(p->ops->alloc(p, 8 * MiB, 1, &a[i]));
+    for (int i = 0; i < 6; i++)
+        CHECK_OK(p->ops->free(p, a[i], 0, NULL));
+    CHECK(p->ops->check(p) == 0);
+    /* Stream 2 under pressure: 40 MiB, whose own heap has nothing mapped. */
+    CHECK_OK(p->ops->alloc(p, 4 * MiB, 2, &s)); /* its large heap exists */
+    CHECK_OK(p->ops->free(p, s, 0, NULL));
+    fl_device_counters c0 = counters(d);
+    CHECK_OK(p->ops->alloc(p, 40 * MiB, 2, &b));
+    fl_device_counters c1 = counters(d);
+    CHECK_EQ_U64(c1.calls[FL_CALL_UNMAP], c0.calls[FL_CALL_UNMAP]); /* no reclaim: lent */
+    CHECK_EQ_U64(c1.calls[FL_CALL_MAP], c0.calls[FL_CALL_MAP]);
+    CHECK(c1.calls[FL_CALL_SYNC] <= c0.calls[FL_CALL_SYNC] + 1);
+    CHECK(b >= a[0] && b < a[0] + 64 * MiB); /* in stream 1's heap */
+    uint64_t st = 0;
+    CHECK_EQ_U64(p->ops->block_stream(p, b, &st), 1);
+    CHECK_EQ_U64(st, 2);
+    CHECK_EQ_U64(p->ops->block_size(p, b), 40 * MiB);
+    CHECK(p->ops->check(p) == 0);
+    /* Freed: stream 1 does not get that range before a synchronize. */
+    CHECK_OK(p->ops->free(p, b, 0, NULL));
+    uint64_t syncs = counters(d).calls[FL_CALL_SYNC], x;
+    CHECK_OK(p->ops->alloc(p, 40 * MiB, 1, &x));
+    CHECK(x != b || counters(d).calls[FL_CALL_SYNC] > syncs);
+    CHECK(p->ops->check(p) == 0);
+    CHECK_OK(p->ops->free(p, x, 0, NULL));
+    /* After a synchronize (empty_cache makes one) the range is stream 1's again. */
+    CHECK_OK(p->ops->empty_cache(p));
+    CHECK(p->ops->check(p) == 0);
+    CHECK_EQ_U64(p->allocated, 0);
+    p->ops->destroy(p);
+    fl_device_destroy(d);
+
+    /* One stream never lends: the same pressure reclaims (unmap, map). */
+    d = fl_test_sim(0, 0);
+    p = fragless_on(d, 64 * MiB);
+    for (int i = 0; i < 6; i++)
+        CHECK_OK(p->ops->alloc(p, 8 * MiB, 1, &a[i]));
+    for (int i = 0; i < 6; i++)
+        CHECK_OK(p->ops->free(p, a[i], 0, NULL));
+    CHECK_OK(p->ops->alloc(p, 40 * MiB, 1, &b));
+    CHECK_OK(p->ops->free(p, b, 0, NULL));
+    CHECK(p->ops->check(p) == 0);
+    p->ops->destroy(p);
+    fl_device_destroy(d);
+}
+
 int main(void)
 {
     test_set_limit();
     test_chunks();
+    test_lending();
     test_quick_lists();
     test_steady_loop();
     test_page_accounting();

@@ -45,6 +45,11 @@
  * page is used (map_pages), and reclaim may still unmap it. */
 #define PAGE_NO_ACCESS 2u
 
+/* A block's range-node tag: its size less the requested bytes (< 512), and this bit when
+ * the block is another stream's, lent this heap's free range (lending, below). */
+#define TAG_FOREIGN 0x8000u
+#define TAG_REQ(tag) ((uint64_t)((tag) & ~TAG_FOREIGN))
+
 typedef struct fx_page {
     uint32_t refs;          /* live blocks that start or end on the page */
     uint32_t flags;         /* PAGE_NO_ACCESS */
@@ -95,6 +100,15 @@ typedef struct fx_heap {
     uint64_t whole_bytes;   /* when these dominate, such blocks are kept page-aligned */
     fx_bin bins[QUICK_BINS];    /* quick lists by size / 512 - 1 */
     uint64_t held_bytes;        /* bytes on the quick lists */
+    /* Lending: ranges freed by other streams' blocks placed here wait, allocated and
+     * unpinned, for the next synchronize (then their streams' work on them is done);
+     * dirty: a range went back to the range allocator since the last synchronize, so
+     * its own stream's work may still use it. */
+    uint32_t *deferred;
+    uint32_t n_deferred, cap_deferred; /* cap_deferred >= n_deferred + n_lent_here */
+    uint32_t n_lent_here;       /* live blocks lent here (their frees wait here) */
+    uint64_t deferred_bytes;
+    int dirty;
     uint64_t n_cached;          /* mapped pages no live block touches */
     uint64_t n_chunk_cached;    /* of those, pages in mapped chunks (chunks with none of
                                    their pages in use are counted only when needed:
@@ -127,6 +141,12 @@ typedef struct fx_policy {
     int no_chunks;          /* the device refused a chunk: one-page handles only, until
                                empty_cache or a new limit */
     uint64_t n_no_access;   /* pages marked PAGE_NO_ACCESS */
+    fli_map foreign;        /* lent blocks: address -> their stream */
+    int streams;            /* 2: heaps of more than one stream exist */
+    uint64_t lend_peak;     /* the most pages pinned at once (lending_pays): after each
+                               placement with more than one stream, after each that
+                               mapped pages with one */
+    uint64_t n_lent;        /* blocks placed in another stream's heap, in all */
     uint32_t hand_heap;     /* the clock hand: next page reclaim looks at */
     uint64_t hand_page;
     uint64_t peak_pinned;   /* the most pages live blocks touched at once, as seen by
@@ -197,6 +217,9 @@ static fl_status heap_new(fx_policy *f, uint64_t stream, int small, uint32_t *ou
         f->heaps = h;
         f->cap_heaps = cap;
     }
+    for (uint32_t i = 0; i < f->n_heaps; i++)
+        if (f->heaps[i].stream != stream)
+            f->streams = 2;
     fx_heap *h = &f->heaps[f->n_heaps];
     memset(h, 0, sizeof *h);
     h->stream = stream;
@@ -463,6 +486,8 @@ static fl_status release_pooled_chunk(fx_policy *f)
 /* A handle for one more page: the pool first (free), then a new one while the limit
  * allows (paid once, in warm-up), then the memory of a pooled chunk, then a cached page
  * elsewhere or a chunk no live block touches (unmapped after a sync). */
+static fl_status synchronize(fx_policy *f);
+
 static fl_status take_handle(fx_policy *f, int *synced, uint64_t *handle)
 {
     for (;;) {
@@ -494,7 +519,7 @@ static fl_status take_handle(fx_policy *f, int *synced, uint64_t *handle)
             return fli_fail(FL_ERR_OOM, "fragless: no physical page left");
         if (!*synced) {
             /* Unmapping memory a kernel may still use is undefined: wait for the device. */
-            if ((s = fli_dev_synchronize(f->base.dev)) != FL_OK)
+            if ((s = synchronize(f)) != FL_OK)
                 return s;
             *synced = 1;
             f->base.retries++;
@@ -934,6 +959,7 @@ static inline uint64_t heap_release(fx_heap *h, uint32_t n)
             m = nodes[m].next_phys;
         h->starts[i] = m && nodes[m].offset >> h->win_log == i ? m : 0;
     }
+    h->dirty = 1; /* its stream's work may still use the range: no lending before a sync */
     return range_release(h->range, n);
 }
 
@@ -962,6 +988,181 @@ static void flush_bins(fx_heap *h)
     }
 }
 
+/* Pages [p0, p1] are tracked, mapped and accessible: pinning them needs no device call. */
+static inline int pages_ready(const fx_policy *f, const fx_heap *h, uint64_t p0, uint64_t p1)
+{
+    if (p1 >= h->n_pages || !h->pages[p0].handle || !h->pages[p1].handle ||
+        (p1 > p0 + 1 && fli_bits_count(h->mapped, p0 + 1, p1) != p1 - p0 - 1))
+        return 0;
+    if (FL_UNLIKELY(f->n_no_access))
+        for (uint64_t p = p0; p <= p1; p++)
+            if (h->pages[p].flags & PAGE_NO_ACCESS)
+                return 0;
+    return 1;
+}
+
+/* ---- lending: one stream's block on another stream's mapped pages ------------------ */
+
+/* Under pressure a stream whose heap lacks mapped pages would take them from another
+ * stream's heap by reclaim: synchronize, unmap there, map here (four device calls per
+ * run of pages, every step of a multi-stream loop whose streams take turns at the
+ * memory). Instead its block may be placed in the other heap's free range whose pages
+ * are all mapped already: after a synchronize (none when that heap gave no range back
+ * since the last one) no work of the owner's stream can use that range any more. The
+ * block is then the lender heap's range node, marked TAG_FOREIGN, its stream in
+ * f->foreign. Freed, its range waits (deferred, allocated and unpinned: its pages may be
+ * reclaimed like any cached page, which synchronizes first) until the next synchronize,
+ * since the borrower's work may still use it and the owner's stream would not wait.
+ * Only blocks above QUICK_MAX (the quick lists never see a lent block) in large heaps;
+ * a single-stream job never lends. */
+
+static fl_status defer_grow(fx_heap *h)
+{
+    uint32_t cap = h->cap_deferred ? 2 * h->cap_deferred : 16;
+    uint32_t *d = realloc(h->deferred, cap * sizeof *d);
+    if (!d)
+        return fli_fail(FL_ERR_NOMEM, "fragless: host memory for lent ranges");
+    h->deferred = d;
+    h->cap_deferred = cap;
+    return FL_OK;
+}
+
+/* A lent block is freed: its range waits for the next synchronize (room for it was made
+ * when it was lent). */
+static void defer_range(fx_policy *f, fx_heap *h, uint32_t v)
+{
+    range_node *b = &h->range->nodes[v];
+    FL_ASSERT(h->n_lent_here > 0 && h->n_deferred < h->cap_deferred);
+    h->n_lent_here--;
+    fli_map_remove(&f->foreign, h->va + b->offset, NULL);
+    b->used = RANGE_HELD;
+    b->tag &= (uint16_t)~TAG_FOREIGN;
+    h->deferred[h->n_deferred++] = v;
+    h->deferred_bytes += b->size;
+}
+
+static int any_deferred(const fx_policy *f)
+{
+    for (uint32_t hi = 0; hi < f->n_heaps; hi++)
+        if (f->heaps[hi].n_deferred)
+            return 1;
+    return 0;
+}
+
+/* After a synchronize: every stream's work so far is done; the waiting ranges go back
+ * and every free range may be lent. */
+static void synced_now(fx_policy *f)
+{
+    for (uint32_t hi = 0; hi < f->n_heaps; hi++) {
+        fx_heap *h = &f->heaps[hi];
+        while (h->n_deferred) {
+            uint32_t v = h->deferred[--h->n_deferred];
+            h->range->nodes[v].used = RANGE_USED;
+            h->deferred_bytes -= heap_release(h, v);
+        }
+        h->dirty = 0;
+    }
+}
+
+static fl_status synchronize(fx_policy *f)
+{
+    fl_status s = fli_dev_synchronize(f->base.dev);
+    if (s == FL_OK)
+        synced_now(f);
+    return s;
+}
+
+/* A free range of another stream's large heap where size bytes lie on mapped, accessible
+ * pages only (none pinned anew: pages_ready), preferring heaps that need no synchronize:
+ * its heap in *lh, the node and pad; 0 if none. */
+static int find_lender(const fx_policy *f, uint32_t own, uint64_t size, uint32_t *lh, uint32_t *n, uint64_t *pad)
+{
+    int found = 0;
+    for (int pass = 0; pass < 2 && !found; pass++)
+        for (uint32_t hi = 0; hi < f->n_heaps && !found; hi++) {
+            const fx_heap *h = &f->heaps[hi];
+            if (hi == own || h->small || h->stream == f->heaps[own].stream || h->dirty != pass)
+                continue;
+            uint32_t cand[PRESSURE_CANDIDATES];
+            size_t k = range_candidates(h->range, size, cand, PRESSURE_CANDIDATES);
+            for (size_t i = 0; i < k && !found; i++) {
+                const range_node *b = &h->range->nodes[cand[i]];
+                uint64_t ends[2] = {0, b->size - size};
+                for (int e = 0; e < 2 && !found; e++) {
+                    uint64_t x = b->offset + ends[e];
+                    if (pages_ready(f, h, x >> f->gran_log, (x + size - 1) >> f->gran_log)) {
+                        *lh = hi;
+                        *n = cand[i];
+                        *pad = ends[e];
+                        found = 1;
+                    }
+                }
+            }
+        }
+    return found;
+}
+
+/* Whether lending is worth it: the limit leaves room above the most pages pinned so far
+ * (lend_peak, kept after every placement once the job has two streams). Near a job's
+ * min_capacity there is none, and there blocks lent into other heaps' holes cost pages
+ * (fsdp rank 0's min_capacity 1.0029 -> 1.0082 with the peak seen only under pressure). */
+static inline uint64_t pinned_pages(const fx_policy *f)
+{
+    return f->n_handles - f->n_pool - f->n_cpool * CHUNK_PAGES - cached_pages(f);
+}
+
+static int lending_pays(const fx_policy *f)
+{
+    return f->max_pages >= f->lend_peak + (f->max_pages >> PRESSURE_SLACK_LOG);
+}
+
+/* Places a block of rsize bytes for `stream` in a lender heap (find_lender), or returns
+ * 0; *synced: it synchronized (the waiting ranges of every heap went back, so a free
+ * range node the caller holds may be gone). */
+static int lend(fx_policy *f, uint32_t own, uint64_t size, uint64_t rsize, uint64_t *addr, int *synced)
+{
+    uint32_t lh, n;
+    uint64_t pad;
+    if (!find_lender(f, own, rsize, &lh, &n, &pad))
+        return 0;
+    fx_heap *h = &f->heaps[lh];
+    if (h->dirty) {
+        /* Its stream freed ranges since the last synchronize: wait for its work, then
+         * look again (the waiting ranges went back, and may have merged with this one). */
+        if (synchronize(f) != FL_OK)
+            return 0;
+        *synced = 1;
+        if (!find_lender(f, own, rsize, &lh, &n, &pad))
+            return 0;
+        f->base.retries++;
+        h = &f->heaps[lh];
+    }
+    if ((!f->foreign.e && fli_map_init(&f->foreign, 64) != FL_OK) ||
+        (h->n_deferred + h->n_lent_here + 1 > h->cap_deferred && defer_grow(h) != FL_OK))
+        return 0;
+    uint32_t node;
+    if (range_take(h->range, n, pad, rsize, &node) != FL_OK)
+        return 0;
+    range_node *b = &h->range->nodes[node];
+    if (fli_map_put(&f->foreign, h->va + b->offset, f->heaps[own].stream) != FL_OK) {
+        heap_release(h, node);
+        return 0;
+    }
+    b->tag = (uint16_t)((rsize - size) | TAG_FOREIGN);
+    index_add(h, node);
+    uint32_t no_access = 0;
+    uint64_t p0 = b->offset >> f->gran_log, p1 = (b->offset + rsize - 1) >> f->gran_log;
+    uint64_t missing = pin(f, h, p0, p1, &no_access);
+    FL_ASSERT(missing == 0 && no_access == 0);
+    (void)missing;
+    f->n_lent++;
+    h->n_lent_here++;
+    f->base.allocated += rsize;
+    f->base.num_allocs++;
+    *addr = h->va + b->offset;
+    return 1;
+}
+
 /* ---- policy interface ---------------------------------------------------------- */
 
 /* fx_alloc in general: a placement by the range allocator, or a block from a quick list
@@ -988,6 +1189,8 @@ static FL_NOINLINE fl_status alloc_placed(fx_policy *f, uint64_t size, uint64_t 
         h->range->nodes[held].used = RANGE_USED;
         h->held_bytes -= rsize;
     } else {
+        int lent_tried = 0;
+    place:;
         uint32_t n = range_find_free(h->range, rsize);
         if (FL_UNLIKELY(n == 0)) {
             base->ooms++;
@@ -996,8 +1199,24 @@ static FL_NOINLINE fl_status alloc_placed(fx_policy *f, uint64_t size, uint64_t 
         h->bytes_asked += rsize;
         h->whole_bytes += (rsize & (f->gran - 1)) == 0 ? rsize : 0;
         uint64_t pad = choose_pad(f, h, &h->range->nodes[n], rsize);
-        if (FL_UNLIKELY(f->n_pool == 0 && f->n_cpool == 0 && f->n_handles >= f->max_pages))
+        if (FL_UNLIKELY(f->n_pool == 0 && f->n_cpool == 0 && f->n_handles >= f->max_pages)) {
             place_under_pressure(f, h, rsize, &n, &pad);
+            /* Its pages would come by reclaim: another stream's mapped pages may serve it
+             * where they are free (lending). */
+            int synced = 0;
+            if (!lent_tried && rsize > QUICK_MAX && !h->small && f->n_heaps > 1 &&
+                unmapped_pages(f, h, h->range->nodes[n].offset + pad, rsize) && lending_pays(f)) {
+                lent_tried = 1;
+                int lent = lend(f, hi, size, rsize, addr, &synced);
+                if (lent || synced) { /* lent, or this heap's ranges changed: place again */
+                    h->bytes_asked -= rsize;
+                    h->whole_bytes -= (rsize & (f->gran - 1)) == 0 ? rsize : 0;
+                    if (lent)
+                        return FL_OK;
+                    goto place;
+                }
+            }
+        }
         if ((s = range_take(h->range, n, pad, rsize, &node)) != FL_OK)
             return s;
     }
@@ -1035,6 +1254,12 @@ static FL_NOINLINE fl_status alloc_placed(fx_policy *f, uint64_t size, uint64_t 
     base->allocated += rsize;
     base->num_allocs++;
     *addr = f->heaps[hi].va + off;
+    /* With one stream, where pages were mapped (growth), else after every placement. */
+    if (FL_UNLIKELY(f->streams > 1 || (missing | no_access))) {
+        uint64_t pinned = pinned_pages(f);
+        if (pinned > f->lend_peak)
+            f->lend_peak = pinned;
+    }
     return FL_OK;
 }
 
@@ -1092,16 +1317,19 @@ static uint64_t fx_block_size(const fli_policy *base, uint64_t addr)
     int hi;
     uint32_t v = live_node((const fx_policy *)base, addr, &hi);
     const fx_policy *f = (const fx_policy *)base;
-    return v ? f->heaps[hi].range->nodes[v].size - f->heaps[hi].range->nodes[v].tag : 0;
+    return v ? f->heaps[hi].range->nodes[v].size - TAG_REQ(f->heaps[hi].range->nodes[v].tag) : 0;
 }
 
 static int fx_block_stream(const fli_policy *base, uint64_t addr, uint64_t *stream)
 {
     int hi;
     const fx_policy *f = (const fx_policy *)base;
-    if (!live_node(f, addr, &hi))
+    uint32_t v = live_node(f, addr, &hi);
+    if (!v)
         return 0;
     *stream = f->heaps[hi].stream;
+    if (FL_UNLIKELY(f->heaps[hi].range->nodes[v].tag & TAG_FOREIGN)) /* lent: the borrower's */
+        fli_map_get(&f->foreign, addr, stream);
     return 1;
 }
 
@@ -1111,7 +1339,9 @@ static void release_block(fx_policy *f, fx_heap *h, uint32_t v)
 {
     uint64_t off = h->range->nodes[v].offset, size = h->range->nodes[v].size;
     fx_bin *bin = size <= QUICK_MAX ? &h->bins[(size >> 9) - 1] : NULL;
-    if (bin && bin->n < QUICK_CAP) {
+    if (FL_UNLIKELY(h->range->nodes[v].tag & TAG_FOREIGN)) {
+        defer_range(f, h, v);
+    } else if (bin && bin->n < QUICK_CAP) {
         /* Set aside for the next request of this size: no range allocator work now or
          * then. Its pages are unpinned like any freed block's. */
         h->range->nodes[v].used = RANGE_HELD;
@@ -1143,7 +1373,7 @@ static fl_status fx_free(fli_policy *base, uint64_t addr, uint64_t want, uint64_
         return fli_policy_not_live(base, addr);
     fx_heap *h = &f->heaps[hi];
     range_node *b = &h->range->nodes[v];
-    uint64_t size = b->size, req = size - b->tag;
+    uint64_t size = b->size, req = size - TAG_REQ(b->tag);
     if (FL_UNLIKELY(want && want != req))
         return fli_policy_size_mismatch(addr, want, req);
     FL_ASSERT(size <= base->allocated && base->num_frees < base->num_allocs);
@@ -1183,19 +1413,6 @@ static int heap_find(const fx_policy *f, uint64_t stream, int small)
         if (f->heaps[i].stream == stream && f->heaps[i].small == small)
             return (int)i;
     return -1;
-}
-
-/* Pages [p0, p1] are tracked, mapped and accessible: pinning them needs no device call. */
-static inline int pages_ready(const fx_policy *f, const fx_heap *h, uint64_t p0, uint64_t p1)
-{
-    if (p1 >= h->n_pages || !h->pages[p0].handle || !h->pages[p1].handle ||
-        (p1 > p0 + 1 && fli_bits_count(h->mapped, p0 + 1, p1) != p1 - p0 - 1))
-        return 0;
-    if (FL_UNLIKELY(f->n_no_access))
-        for (uint64_t p = p0; p <= p1; p++)
-            if (h->pages[p].flags & PAGE_NO_ACCESS)
-                return 0;
-    return 1;
 }
 
 /* alloc_placed's choices, on pages that are all backed, or 0 with nothing changed. */
@@ -1269,10 +1486,11 @@ static int fx_free_local(fli_policy *base, uint64_t addr, uint64_t want, uint64_
     fli_lock_acquire(&h->lock);
     uint32_t v = index_find(h, addr - h->va);
     const range_node *b = &h->range->nodes[v];
-    int done = v && b->used == RANGE_USED && (!want || want == b->size - b->tag);
+    /* Another stream's block here goes the ordinary way (its range waits: lending). */
+    int done = v && b->used == RANGE_USED && !(b->tag & TAG_FOREIGN) && (!want || want == b->size - TAG_REQ(b->tag));
     if (done) {
         *charged = b->size;
-        *requested = b->size - b->tag;
+        *requested = b->size - TAG_REQ(b->tag);
         release_block(f, h, v);
     }
     fli_lock_release(&h->lock);
@@ -1290,7 +1508,7 @@ static fl_status fx_empty_cache(fli_policy *base)
     /* Cached pages inside a chunk that a live block still touches stay: a chunk is
      * unmapped only whole. */
     uint64_t idle = idle_chunks(f), got;
-    if ((cached_singles(f) || idle) && (s = fli_dev_synchronize(base->dev)) != FL_OK)
+    if ((cached_singles(f) || idle || any_deferred(f)) && (s = synchronize(f)) != FL_OK)
         return s;
     while (cached_singles(f))
         if ((s = reclaim_one(f)) != FL_OK)
@@ -1319,7 +1537,7 @@ static int fx_check(const fli_policy *base)
         uint64_t cached_before = cached, chunk_cached_before = chunk_cached;
         if (fl_range_check(h->range))
             return 1;
-        allocated += h->range->capacity - h->range->total_free - h->held_bytes;
+        allocated += h->range->capacity - h->range->total_free - h->held_bytes - h->deferred_bytes;
         /* What the blocks say: per page, the live blocks starting or ending on it, and
          * whether one covers it (holds it strictly inside). */
         uint32_t *refs = calloc(h->n_pages + 1, sizeof *refs);
@@ -1382,7 +1600,29 @@ static int fx_check(const fli_policy *base)
                     err = "a quick list holds a wrong block";
             }
         }
-        if (!err && (held != listed || held_bytes != h->held_bytes)) {
+        /* Lending: the ranges waiting for a synchronize are held too; a lent block is
+         * in the map of lent blocks, in a large heap, not on this heap's stream. */
+        uint64_t waiting = 0;
+        for (uint32_t k = 0; k < h->n_deferred && !err; k++) {
+            const range_node *b = &h->range->nodes[h->deferred[k]];
+            if (b->used != RANGE_HELD || (b->tag & TAG_FOREIGN))
+                err = "a range waiting for a synchronize is not held";
+            waiting += b->size;
+        }
+        listed += h->n_deferred;
+        uint32_t lent_here = 0;
+        for (uint32_t n = h->range->head; n && !err; n = h->range->nodes[n].next_phys) {
+            const range_node *b = &h->range->nodes[n];
+            uint64_t owner;
+            if (b->used != RANGE_USED || !(b->tag & TAG_FOREIGN))
+                continue;
+            lent_here++;
+            if (h->small || !fli_map_get(&f->foreign, h->va + b->offset, &owner) || owner == h->stream)
+                err = "a lent block is not in the map of lent blocks, or is its lender's";
+        }
+        if (!err && (lent_here != h->n_lent_here || h->n_deferred + lent_here > h->cap_deferred))
+            err = "the count of lent blocks is wrong, or their frees could not all wait";
+        if (!err && (held != listed || held_bytes != h->held_bytes + waiting || waiting != h->deferred_bytes)) {
             free(refs);
             free(cover);
             return fli_fail(FL_ERR_INVALID, "fragless check: %llu held blocks (%llu bytes), %llu listed (%llu bytes)",
@@ -1505,7 +1745,7 @@ static fl_status fx_limit_changed(fli_policy *base)
     f->no_chunks = 0;
     fl_status s;
     if (f->n_handles > f->max_pages && (cached_singles(f) || idle_chunks(f)) &&
-        (s = fli_dev_synchronize(base->dev)) != FL_OK)
+        (s = synchronize(f)) != FL_OK)
         return s;
     while (f->n_handles > f->max_pages) {
         uint64_t got;
@@ -1552,7 +1792,10 @@ static void fx_destroy(fli_policy *base)
         fli_dev_addr_free(base->dev, h->res_va, h->res_size);
         fl_range_destroy(h->range);
         heap_free_tables(h, f->gran_log);
+        free(h->deferred);
     }
+    if (f->foreign.e)
+        fli_map_free(&f->foreign);
     for (uint64_t i = 0; i < f->n_pool; i++)
         fli_dev_release(base->dev, f->pool[i]);
     for (uint64_t i = 0; i < f->n_cpool; i++)
