@@ -1013,8 +1013,9 @@ static inline int pages_ready(const fx_policy *f, const fx_heap *h, uint64_t p0,
  * f->foreign. Freed, its range waits (deferred, allocated and unpinned: its pages may be
  * reclaimed like any cached page, which synchronizes first) until the next synchronize,
  * since the borrower's work may still use it and the owner's stream would not wait.
- * Only blocks above QUICK_MAX (the quick lists never see a lent block) in large heaps;
- * a single-stream job never lends. */
+ * Only blocks of a page or more (the quick lists never see a lent block; smaller ones
+ * come back at once to their stream, which a lent one's wait would deny it: test_preload)
+ * in large heaps; a single-stream job never lends. */
 
 static fl_status defer_grow(fx_heap *h)
 {
@@ -1204,7 +1205,7 @@ static FL_NOINLINE fl_status alloc_placed(fx_policy *f, uint64_t size, uint64_t 
             /* Its pages would come by reclaim: another stream's mapped pages may serve it
              * where they are free (lending). */
             int synced = 0;
-            if (!lent_tried && rsize > QUICK_MAX && !h->small && f->n_heaps > 1 &&
+            if (!lent_tried && rsize >= f->gran && !h->small && f->n_heaps > 1 &&
                 unmapped_pages(f, h, h->range->nodes[n].offset + pad, rsize) && lending_pays(f)) {
                 lent_tried = 1;
                 int lent = lend(f, hi, size, rsize, addr, &synced);
