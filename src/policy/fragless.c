@@ -783,8 +783,12 @@ static inline uint64_t placement_cost(const fx_policy *f, const fx_heap *h, uint
     /* Blocks of whole pages, in a heap where such blocks are most of the bytes: also
      * count the pages touched, so that they start on a page and their holes stay whole
      * pages. Where they are a minority, aligning them leaves slivers between odd-sized
-     * neighbours that cost more than it saves (ARCHITECTURE.md has the figures). */
-    if ((size & (f->gran - 1)) == 0 && 2 * h->whole_bytes >= h->bytes_asked)
+     * neighbours that cost more than it saves (ARCHITECTURE.md has the figures). The
+     * same for a large heap's blocks of half a page, a quarter, ...: kept inside one
+     * page, such blocks tile pages exactly, where one straddling a boundary pins two
+     * pages, both partly empty for as long as it lives (ARCHITECTURE.md). */
+    if (((size & (f->gran - 1)) == 0 && 2 * h->whole_bytes >= h->bytes_asked) ||
+        (!h->small && size < f->gran && f->gran % size == 0))
         cost |= ((x + size - 1) >> f->gran_log) - (x >> f->gran_log) + 1;
     return cost;
 }
