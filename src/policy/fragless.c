@@ -788,7 +788,7 @@ static inline uint64_t placement_cost(const fx_policy *f, const fx_heap *h, uint
      * page, such blocks tile pages exactly, where one straddling a boundary pins two
      * pages, both partly empty for as long as it lives (ARCHITECTURE.md). */
     if (((size & (f->gran - 1)) == 0 && 2 * h->whole_bytes >= h->bytes_asked) ||
-        (!h->small && size < f->gran && f->gran % size == 0))
+        (!h->small && size < f->gran && (size & (size - 1)) == 0)) /* the page is a power of two */
         cost |= ((x + size - 1) >> f->gran_log) - (x >> f->gran_log) + 1;
     return cost;
 }
