@@ -8,9 +8,9 @@
  * traces of the top folder also: min_capacity /
  * peak_live <= 1.02, no OOM at 1.05 x peak live, and wherever cca-expandable completes
  * (from its own min_capacity up), no more steady-state device time; hard/ does not meet
- * these yet (segment_multiscale 1.035, vae_small 1.10), nor issue 13's bar
+ * these yet (segment_multiscale 1.035, vae_small 1.077), nor issue 13's bar
  * max(1.01 x peak live, page limit + 4 MiB), which each row prints against fragless's
- * min_capacity. For the snapshots: 1.02 too, and the PyTorch emulation, following the
+ * min_capacity. For the snapshots: 1.02 too, issue 13's bar, and the PyTorch emulation, following the
  * recorded allocator, ends within 1% of the reserved memory the snapshot recorded where
  * recording covers every segment's lifetime, within 3% where segments are older than
  * the recording (all of these: rebuilt from the dump). */
@@ -84,6 +84,10 @@ static void check_trace(const char *path, trace_kind kind)
            (double)m[0].min_capacity <= bar ? "met" : "not met");
     if (kind != TRACE_HARD)
         CHECK(ratio <= 1.02);
+    /* The snapshots meet issue 13's bar already (2-14 MiB above the page limit): keep
+     * it so. */
+    if (kind == TRACE_SNAPSHOT)
+        CHECK((double)m[0].min_capacity <= bar);
     CHECK(m[0].min_capacity <= m[1].min_capacity);
     CHECK(m[0].min_capacity <= m[2].min_capacity);
     if (kind == TRACE_HARD) {

@@ -802,14 +802,25 @@ static inline uint64_t new_pages(const fx_policy *f, const fx_heap *h, uint64_t 
     return p1 - p0 + 1 - (uint64_t)pinned(h, p0) - (uint64_t)(p1 != p0 && pinned(h, p1));
 }
 
-static inline uint64_t placement_cost(const fx_policy *f, const fx_heap *h, uint64_t x, uint64_t size)
+/* Whether a block of this size also counts the pages it touches (placement_cost). Blocks
+ * of whole pages, in a heap where such blocks are most of the bytes: so that they start
+ * on a page and their holes stay whole pages. Where they are a minority, aligning them
+ * leaves slivers between odd-sized neighbours that cost more than it saves
+ * (ARCHITECTURE.md has the figures). The same for a large heap's blocks of half a page, a
+ * quarter, ...: kept inside one page, such blocks tile pages exactly, where one
+ * straddling a boundary pins two pages, both partly empty for as long as it lives
+ * (ARCHITECTURE.md). */
+static inline int counts_touched(const fx_policy *f, const fx_heap *h, uint64_t size)
+{
+    if ((size & (f->gran - 1)) == 0)
+        return 2 * h->whole_bytes >= h->bytes_asked;
+    return !h->small && size < f->gran && (size & (size - 1)) == 0; /* the page is a power of two */
+}
+
+static inline uint64_t placement_cost(const fx_policy *f, const fx_heap *h, uint64_t x, uint64_t size, int touched)
 {
     uint64_t cost = new_pages(f, h, x, size) << 32;
-    /* Blocks of whole pages, in a heap where such blocks are most of the bytes: also
-     * count the pages touched, so that they start on a page and their holes stay whole
-     * pages. Where they are a minority, aligning them leaves slivers between odd-sized
-     * neighbours that cost more than it saves (ARCHITECTURE.md has the figures). */
-    if ((size & (f->gran - 1)) == 0 && 2 * h->whole_bytes >= h->bytes_asked)
+    if (touched)
         cost |= ((x + size - 1) >> f->gran_log) - (x >> f->gran_log) + 1;
     return cost;
 }
@@ -836,13 +847,14 @@ static uint64_t choose_pad(const fx_policy *f, const fx_heap *h, const range_nod
     };
     /* Cost: new pages first, then all pages touched (what the block pins again each
      * time its hole is reused). */
-    uint64_t best_pad = 0, best = placement_cost(f, h, start, size);
+    int touched = counts_touched(f, h, size);
+    uint64_t best_pad = 0, best = placement_cost(f, h, start, size, touched);
     for (int i = 0; i < 3 && best; i++) {
         /* Pad 0 is the lower end, costed already (an aligned start, the topmost range's
          * high end, an aligned end past the range: all 0); only a lower cost wins. */
         if (pads[i] == 0 || pads[i] > high)
             continue;
-        uint64_t c = placement_cost(f, h, start + pads[i], size);
+        uint64_t c = placement_cost(f, h, start + pads[i], size, touched);
         if (c < best) {
             best = c;
             best_pad = pads[i];
