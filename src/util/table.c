@@ -17,6 +17,8 @@ static size_t map_size(size_t bytes)
 
 static int mapped(size_t bytes) { return bytes >= FL_TABLE_MAP_MIN; }
 
+#define FL_TABLE_LINE 64
+
 fl_status fli_table_grow(void **p, size_t elem, uint64_t old_n, uint64_t new_n)
 {
     FL_ASSERT(new_n > old_n && (old_n == 0 || *p));
@@ -25,10 +27,16 @@ fl_status fli_table_grow(void **p, size_t elem, uint64_t old_n, uint64_t new_n)
     size_t old_b = (size_t)old_n * elem, new_b = (size_t)new_n * elem;
     void *q;
     if (!mapped(new_b)) {
-        q = realloc(*p, new_b);
+        /* Whole cache lines of its own: the small tables of two heaps that two threads
+         * change at once (stream-local operations) never share one. */
+        size_t lines = (new_b + FL_TABLE_LINE - 1) / FL_TABLE_LINE * FL_TABLE_LINE;
+        q = aligned_alloc(FL_TABLE_LINE, lines);
         if (!q)
             return fli_fail(FL_ERR_NOMEM, "table of %zu bytes: out of host memory", new_b);
+        if (old_b)
+            memcpy(q, *p, old_b);
         memset((char *)q + old_b, 0, new_b - old_b);
+        free(*p);
     } else if (old_b && mapped(old_b)) {
 #ifdef MREMAP_MAYMOVE
         q = mremap(*p, map_size(old_b), map_size(new_b), MREMAP_MAYMOVE);
