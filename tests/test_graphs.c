@@ -57,6 +57,18 @@ static int take(fl_allocator *a, owned *o, uint64_t size, uint64_t stream, unsig
     return 1;
 }
 
+/* The cuda device on the driver double, reset. */
+static fl_device *fake_device(void)
+{
+    fake_reset();
+    fl_cuda_params p;
+    fl_cuda_params_default(&p);
+    p.library = fake_path;
+    fl_device *d = NULL;
+    CHECK_OK(fl_cuda_device_create(&p, &d));
+    return d;
+}
+
 /* A captured kernel writing into a block allocated during the capture. */
 static uint64_t graph_alloc(fl_allocator *a, uint64_t size)
 {
@@ -100,12 +112,7 @@ static void pressure(fl_allocator *a, uint64_t chunk)
 
 static void sequence(const char *policy, int mode)
 {
-    fake_reset();
-    fl_cuda_params p;
-    fl_cuda_params_default(&p);
-    p.library = fake_path;
-    fl_device *d = NULL;
-    CHECK_OK(fl_cuda_device_create(&p, &d));
+    fl_device *d = fake_device();
     if (!d)
         return;
     char conf[128];
@@ -203,12 +210,7 @@ static void sequence(const char *policy, int mode)
  * would have to be reclaimed (a synchronize and unmaps). */
 static void refused_during_capture(void)
 {
-    fake_reset();
-    fl_cuda_params p;
-    fl_cuda_params_default(&p);
-    p.library = fake_path;
-    fl_device *d = NULL;
-    CHECK_OK(fl_cuda_device_create(&p, &d));
+    fl_device *d = fake_device();
     if (!d)
         return;
     fl_allocator *a = fl_test_allocator("policy:fragless,oom_report:0,top:0", d);
@@ -242,12 +244,7 @@ static uint64_t policy_allocs(fl_allocator *a) { return fli_allocator_policy(a)-
 
 static void caches_and_captures(void)
 {
-    fake_reset();
-    fl_cuda_params p;
-    fl_cuda_params_default(&p);
-    p.library = fake_path;
-    fl_device *d = NULL;
-    CHECK_OK(fl_cuda_device_create(&p, &d));
+    fl_device *d = fake_device();
     if (!d)
         return;
     fl_allocator *a = fl_test_allocator("policy:fragless,oom_report:0,top:0", d);
@@ -336,12 +333,7 @@ static void *churn(void *arg)
 
 static void threads_on_driver(void)
 {
-    fake_reset();
-    fl_cuda_params p;
-    fl_cuda_params_default(&p);
-    p.library = fake_path;
-    fl_device *d = NULL;
-    CHECK_OK(fl_cuda_device_create(&p, &d));
+    fl_device *d = fake_device();
     if (!d)
         return;
     fl_allocator *a = fl_test_allocator("policy:fragless,oom_report:0,top:0", d);

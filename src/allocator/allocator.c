@@ -897,6 +897,21 @@ static fli_tcache *tc_get(fl_allocator *a)
     return c;
 }
 
+static fl_status tc_alloc_locked(fl_allocator *a, fli_tcache *c, uint64_t size, uint64_t stream, uint64_t *addr);
+
+/* An allocation in threads mode that neither the thread's cache nor a stream-local
+ * operation could serve: under the lock (the watching path on a device that can
+ * capture: graphs may be pending, or another stream capturing). */
+static fl_status alloc_missed(fl_allocator *a, fli_tcache *c, uint64_t size, uint64_t stream, uint64_t *addr)
+{
+    if (a->capture_watch)
+        return alloc_watching(a, c, size, stream, addr);
+    lock_a(a);
+    fl_status s = tc_alloc_locked(a, c, size, stream, addr);
+    release_updated(a);
+    return s;
+}
+
 /* ---- stream-local operations ------------------------------------------------------ */
 
 /* With threads on and a policy that has stream-local operations (policy.h: alloc_local,
@@ -980,7 +995,6 @@ static void tc_grant_room(fl_allocator *a, fli_tcache *c)
     fli_lock_release(&c->lock);
 }
 
-static fl_status tc_alloc_locked(fl_allocator *a, fli_tcache *c, uint64_t size, uint64_t stream, uint64_t *addr);
 
 /* Enters a stream-local operation (in_local set, nobody holding the lock keeps them out):
  * 1; 0 when a holder of the lock keeps them out for longer than a short wait. A holder
@@ -1033,12 +1047,7 @@ static fl_status local_alloc(fl_allocator *a, uint64_t size, uint64_t stream, ui
         if (done)
             return FL_OK;
     }
-    if (a->capture_watch) /* graphs may be pending, or another stream capturing */
-        return alloc_watching(a, c, size, stream, addr);
-    lock_a(a);
-    fl_status s = tc_alloc_locked(a, c, size, stream, addr);
-    release_updated(a);
-    return s;
+    return alloc_missed(a, c, size, stream, addr);
 }
 
 /* A free in the stream-local mode: the policy's stream-local free, else under the lock
@@ -1145,12 +1154,7 @@ static fl_status tc_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint6
         }
         fli_lock_release(&c->lock);
     }
-    if (a->capture_watch) /* graphs may be pending, or another stream capturing */
-        return alloc_watching(a, c, size, stream, addr);
-    lock_a(a);
-    fl_status s = tc_alloc_locked(a, c, size, stream, addr);
-    release_updated(a);
-    return s;
+    return alloc_missed(a, c, size, stream, addr);
 }
 
 /* A free under the allocator's lock while the caches are on, of a block in no entry of
