@@ -1402,10 +1402,13 @@ static fl_status fx_free(fli_policy *base, uint64_t addr, uint64_t want, uint64_
     if (requested)
         *requested = req;
     if (size <= QUICK_MAX) {
+        /* The block starts at addr (live_node found it there): its page and whether it
+         * lies on that page alone come from the address, without the node's offset. */
+        uint64_t off = addr - h->va;
         fx_bin *bin = &h->bins[(size >> 9) - 1];
-        uint64_t p0 = b->offset >> f->gran_log;
-        fx_page *pg = &h->pages[p0];
-        if (FL_LIKELY(bin->n < QUICK_CAP && pg->refs > 1 && p0 == (b->offset + size - 1) >> f->gran_log)) {
+        fx_page *pg = &h->pages[off >> f->gran_log];
+        FL_ASSERT(off == b->offset);
+        if (FL_LIKELY(bin->n < QUICK_CAP && pg->refs > 1 && (off & (f->gran - 1)) + size <= f->gran)) {
             b->used = RANGE_HELD;
             bin->node[bin->n++] = v;
             h->held_bytes += size;
