@@ -783,14 +783,18 @@ static void unpin_rest(fx_policy *f, fx_heap *h, uint64_t p0, uint64_t p1, int a
     }
 }
 
-/* Drops a block's pins of [p0, p1]; pages left unused become cached. */
-static inline void unpin(fx_policy *f, uint32_t hi, uint64_t p0, uint64_t p1, int all_mapped)
+/* Drops a block's pins of [p0, p1] in heap h; pages left unused become cached. */
+static inline void unpin_in(fx_policy *f, fx_heap *h, uint64_t p0, uint64_t p1, int all_mapped)
 {
-    fx_heap *h = &f->heaps[hi];
     FL_ASSERT(p0 <= p1 && p1 < h->n_pages);
     unpin_end(h, p0);
     if (FL_UNLIKELY(p1 != p0))
         unpin_rest(f, h, p0, p1, all_mapped);
+}
+
+static inline void unpin(fx_policy *f, uint32_t hi, uint64_t p0, uint64_t p1, int all_mapped)
+{
+    unpin_in(f, &f->heaps[hi], p0, p1, all_mapped);
 }
 
 /* ---- placement ------------------------------------------------------------------ */
@@ -1373,7 +1377,7 @@ static void release_block(fx_policy *f, fx_heap *h, uint32_t v)
     } else {
         heap_release(h, v);
     }
-    unpin(f, (uint32_t)(h - f->heaps), off >> f->gran_log, (off + size - 1) >> f->gran_log, 1);
+    unpin_in(f, h, off >> f->gran_log, (off + size - 1) >> f->gran_log, 1);
 }
 
 static FL_NOINLINE fl_status free_found(fx_policy *f, fx_heap *h, uint32_t v)
