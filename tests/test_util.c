@@ -248,6 +248,28 @@ static void test_bits(void)
     CHECK_EQ_U64(bad, 0);
 }
 
+/* fli_popcount64 (the inline bit-parallel sum where the target has no popcount
+ * instruction) against a bit at a time: no bits, all, each single bit, random words. */
+static void test_popcount(void)
+{
+    CHECK_EQ_U64(fli_popcount64(0), 0);
+    CHECK_EQ_U64(fli_popcount64(~UINT64_C(0)), 64);
+    size_t bad = 0;
+    for (unsigned i = 0; i < 64; i++) {
+        bad += fli_popcount64(UINT64_C(1) << i) != 1;
+        bad += fli_popcount64(~(UINT64_C(1) << i)) != 63;
+    }
+    uint64_t x = 0x2545f4914f6cdd1du;
+    for (int k = 0; k < 100000; k++) {
+        x = x * 6364136223846793005u + 1442695040888963407u;
+        uint64_t v = x >> (k % 64), n = 0;
+        for (uint64_t y = v; y; y >>= 1)
+            n += y & 1;
+        bad += fli_popcount64(v) != n;
+    }
+    CHECK_EQ_U64(bad, 0);
+}
+
 /* A table grown from nothing past FL_TABLE_MAP_MIN (heap memory, then a mapping, then
  * mremap): what was written stays, every new entry reads 0. */
 static void test_table(void)
@@ -291,6 +313,7 @@ int main(void)
     test_map_random();
     test_map_wrap();
     test_bits();
+    test_popcount();
     test_table();
     test_sizes();
     test_misc();

@@ -1225,16 +1225,20 @@ static fl_status tc_free(fl_allocator *a, uint64_t addr, uint64_t want)
 }
 
 /* The allocator's lock on the fast paths: meeting another thread there turns the thread
- * caches on. */
+ * caches on (lock_contended, out of line: the fast paths save fewer registers). */
+static FL_NOINLINE void lock_contended(fl_allocator *a)
+{
+    fli_lock_wait(&a->lock);
+    if (!a->threads)
+        threads_on(a);
+}
+
 static inline void lock_fast(fl_allocator *a)
 {
     uint32_t c = 0;
     if (FL_UNLIKELY(!atomic_compare_exchange_strong_explicit(&a->lock.held, &c, 1, memory_order_acquire,
-                                                             memory_order_relaxed))) {
-        fli_lock_wait(&a->lock);
-        if (!a->threads)
-            threads_on(a);
-    }
+                                                             memory_order_relaxed)))
+        lock_contended(a);
     /* Threads on since the route was read: keep the stream-local operations out too. */
     if (FL_UNLIKELY(a->slow) && a->threads && !a->excl_held)
         locals_out(a);
@@ -1301,6 +1305,22 @@ static int tc_check(fl_allocator *a)
                : 0;
 }
 
+/* fl_alloc off its fast path: a route (capture watching, thread caches) or, with the lock
+ * held, a slow reason. Out of line, so that the fast path saves few registers. */
+static FL_NOINLINE fl_status alloc_routed(fl_allocator *a, int route, uint64_t size, uint64_t stream, uint64_t *addr)
+{
+    return route & ROUTE_LOCAL     ? local_alloc(a, size, stream, addr)
+           : route & ROUTE_THREADS ? tc_alloc(a, size, stream, addr)
+                                   : alloc_watching(a, NULL, size, stream, addr);
+}
+
+static FL_NOINLINE fl_status alloc_slow_locked(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr)
+{
+    fl_status s = a->threads ? tc_alloc_locked(a, NULL, size, stream, addr) : alloc_locked(a, size, stream, addr);
+    release_updated(a);
+    return s;
+}
+
 /* The fast path: the policy's call and plain statistics; alloc_locked when a slow reason
  * holds (the flag is read under the lock: whoever set it held the lock too). */
 fl_status fl_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr)
@@ -1309,24 +1329,18 @@ fl_status fl_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *ad
         return fli_fail(FL_ERR_INVALID, "fl_alloc: size 0");
     int route = atomic_load_explicit(&a->route, memory_order_relaxed);
     if (FL_UNLIKELY(route)) /* a device that can capture CUDA graphs, or thread caches */
-        return route & ROUTE_LOCAL     ? local_alloc(a, size, stream, addr)
-               : route & ROUTE_THREADS ? tc_alloc(a, size, stream, addr)
-                                       : alloc_watching(a, NULL, size, stream, addr);
+        return alloc_routed(a, route, size, stream, addr);
     lock_fast(a);
-    fl_status s;
-    if (FL_LIKELY(!a->slow)) {
-        fli_policy *p = a->policy;
-        uint64_t before = p->allocated;
-        s = p->ops->alloc(p, size, stream, addr);
-        if (FL_LIKELY(s == FL_OK))
-            count_alloc(a, p, p->allocated - before, size);
-        else
-            s = alloc_failed(a, s, size, stream);
-        fli_lock_release(&a->lock); /* not slow: no threads, nothing kept out (unlock_a) */
-        return s;
-    }
-    s = a->threads ? tc_alloc_locked(a, NULL, size, stream, addr) : alloc_locked(a, size, stream, addr);
-    release_updated(a);
+    if (FL_UNLIKELY(a->slow))
+        return alloc_slow_locked(a, size, stream, addr);
+    fli_policy *p = a->policy;
+    uint64_t before = p->allocated;
+    fl_status s = p->ops->alloc(p, size, stream, addr);
+    if (FL_LIKELY(s == FL_OK))
+        count_alloc(a, p, p->allocated - before, size);
+    else
+        s = alloc_failed(a, s, size, stream);
+    fli_lock_release(&a->lock); /* not slow: no threads, nothing kept out (unlock_a) */
     return s;
 }
 
@@ -1492,28 +1506,37 @@ static fl_status free_locked(fl_allocator *a, uint64_t addr, uint64_t want_size)
     return FL_OK;
 }
 
+/* free_api off its fast path, out of line as alloc_routed and alloc_slow_locked are. */
+static FL_NOINLINE fl_status free_routed(fl_allocator *a, int route, uint64_t addr, uint64_t want)
+{
+    return route & ROUTE_LOCAL ? local_free(a, addr, want) : tc_free(a, addr, want);
+}
+
+static FL_NOINLINE fl_status free_slow_locked(fl_allocator *a, uint64_t addr, uint64_t want)
+{
+    fl_status s = a->threads && !a->tc_off ? tc_free_locked(a, NULL, addr, want) : free_locked(a, addr, want);
+    release_updated(a);
+    return s;
+}
+
 /* The fast path of both frees: the policy finds the block once and gives its requested
  * size back; free_locked when a slow reason holds. */
 static inline fl_status free_api(fl_allocator *a, uint64_t addr, uint64_t want)
 {
     int route = atomic_load_explicit(&a->route, memory_order_relaxed);
     if (FL_UNLIKELY(route & (ROUTE_THREADS | ROUTE_LOCAL)))
-        return route & ROUTE_LOCAL ? local_free(a, addr, want) : tc_free(a, addr, want);
+        return free_routed(a, route, addr, want);
     lock_fast(a);
-    fl_status s;
-    if (FL_LIKELY(!a->slow)) {
-        uint64_t size;
-        fli_policy *p = a->policy;
-        s = p->ops->free(p, addr, want, &size);
-        if (FL_LIKELY(s == FL_OK)) {
-            a->req_current -= size;
-            a->live512 -= fli_live_size(size);
-        }
-        fli_lock_release(&a->lock); /* not slow: as in fl_alloc */
-        return s;
+    if (FL_UNLIKELY(a->slow))
+        return free_slow_locked(a, addr, want);
+    uint64_t size;
+    fli_policy *p = a->policy;
+    fl_status s = p->ops->free(p, addr, want, &size);
+    if (FL_LIKELY(s == FL_OK)) {
+        a->req_current -= size;
+        a->live512 -= fli_live_size(size);
     }
-    s = a->threads && !a->tc_off ? tc_free_locked(a, NULL, addr, want) : free_locked(a, addr, want);
-    release_updated(a);
+    fli_lock_release(&a->lock); /* not slow: as in fl_alloc */
     return s;
 }
 

@@ -273,17 +273,25 @@ static inline fl_status heap_for(fx_policy *f, uint64_t stream, int small, uint3
     return s;
 }
 
-static inline int heap_for_addr(const fx_policy *f, uint64_t addr)
+/* The heap whose range holds addr, NULL if none. */
+static inline fx_heap *heap_at(const fx_policy *f, uint64_t addr)
 {
     for (int k = 1; k >= 0; k--) { /* small first: most blocks are small */
         uint32_t c = f->last_heap[k];
         if (FL_LIKELY(c < f->n_heaps && addr - f->heaps[c].va < f->heaps[c].va_size))
-            return (int)c;
+            return &f->heaps[c];
     }
     for (uint32_t i = 0; i < f->n_heaps; i++)
         if (addr - f->heaps[i].va < f->heaps[i].va_size)
-            return (int)i;
-    return -1;
+            return &f->heaps[i];
+    return NULL;
+}
+
+/* heap_at as an index, -1 if none (the stream-local free's). */
+static inline int heap_for_addr(const fx_policy *f, uint64_t addr)
+{
+    const fx_heap *h = heap_at(f, addr);
+    return h ? (int)(h - f->heaps) : -1;
 }
 
 /* ---- physical pages ----------------------------------------------------------- */
@@ -775,14 +783,18 @@ static void unpin_rest(fx_policy *f, fx_heap *h, uint64_t p0, uint64_t p1, int a
     }
 }
 
-/* Drops a block's pins of [p0, p1]; pages left unused become cached. */
-static inline void unpin(fx_policy *f, uint32_t hi, uint64_t p0, uint64_t p1, int all_mapped)
+/* Drops a block's pins of [p0, p1] in heap h; pages left unused become cached. */
+static inline void unpin_in(fx_policy *f, fx_heap *h, uint64_t p0, uint64_t p1, int all_mapped)
 {
-    fx_heap *h = &f->heaps[hi];
     FL_ASSERT(p0 <= p1 && p1 < h->n_pages);
     unpin_end(h, p0);
     if (FL_UNLIKELY(p1 != p0))
         unpin_rest(f, h, p0, p1, all_mapped);
+}
+
+static inline void unpin(fx_policy *f, uint32_t hi, uint64_t p0, uint64_t p1, int all_mapped)
+{
+    unpin_in(f, &f->heaps[hi], p0, p1, all_mapped);
 }
 
 /* ---- placement ------------------------------------------------------------------ */
@@ -1311,37 +1323,39 @@ static fl_status fx_alloc(fli_policy *base, uint64_t size, uint64_t stream, uint
     return alloc_placed(f, size, stream, addr);
 }
 
-/* The range node of the live block that starts at addr (its heap in *hi), 0 if none. */
-static inline uint32_t live_node(const fx_policy *f, uint64_t addr, int *hi)
+/* The range node of the live block that starts at addr (its heap in *hp), 0 if none:
+ * index_find, asking for a live block instead of any that is not free. */
+static inline uint32_t live_node(const fx_policy *f, uint64_t addr, fx_heap **hp)
 {
-    *hi = heap_for_addr(f, addr);
-    if (FL_UNLIKELY(*hi < 0))
+    fx_heap *h = *hp = heap_at(f, addr);
+    if (FL_UNLIKELY(!h))
         return 0;
-    const fx_heap *h = &f->heaps[*hi];
     uint64_t off = addr - h->va;
     if (FL_UNLIKELY(off >> f->gran_log >= h->n_pages))
         return 0;
-    uint32_t v = index_find(h, off);
-    return FL_LIKELY(v) && h->range->nodes[v].used == RANGE_USED ? v : 0;
+    const range_node *nodes = h->range->nodes;
+    uint32_t v = h->starts[off >> h->win_log];
+    while (v && nodes[v].offset < off)
+        v = nodes[v].next_phys;
+    return FL_LIKELY(v) && nodes[v].offset == off && nodes[v].used == RANGE_USED ? v : 0;
 }
 
 static uint64_t fx_block_size(const fli_policy *base, uint64_t addr)
 {
-    int hi;
-    uint32_t v = live_node((const fx_policy *)base, addr, &hi);
-    const fx_policy *f = (const fx_policy *)base;
-    return v ? f->heaps[hi].range->nodes[v].size - TAG_REQ(f->heaps[hi].range->nodes[v].tag) : 0;
+    fx_heap *h;
+    uint32_t v = live_node((const fx_policy *)base, addr, &h);
+    return v ? h->range->nodes[v].size - TAG_REQ(h->range->nodes[v].tag) : 0;
 }
 
 static int fx_block_stream(const fli_policy *base, uint64_t addr, uint64_t *stream)
 {
-    int hi;
     const fx_policy *f = (const fx_policy *)base;
-    uint32_t v = live_node(f, addr, &hi);
+    fx_heap *h;
+    uint32_t v = live_node(f, addr, &h);
     if (!v)
         return 0;
-    *stream = f->heaps[hi].stream;
-    if (FL_UNLIKELY(f->heaps[hi].range->nodes[v].tag & TAG_FOREIGN)) /* lent: the borrower's */
+    *stream = h->stream;
+    if (FL_UNLIKELY(h->range->nodes[v].tag & TAG_FOREIGN)) /* lent: the borrower's */
         fli_map_get(&f->foreign, addr, stream);
     return 1;
 }
@@ -1363,7 +1377,7 @@ static void release_block(fx_policy *f, fx_heap *h, uint32_t v)
     } else {
         heap_release(h, v);
     }
-    unpin(f, (uint32_t)(h - f->heaps), off >> f->gran_log, (off + size - 1) >> f->gran_log, 1);
+    unpin_in(f, h, off >> f->gran_log, (off + size - 1) >> f->gran_log, 1);
 }
 
 static FL_NOINLINE fl_status free_found(fx_policy *f, fx_heap *h, uint32_t v)
@@ -1380,11 +1394,10 @@ static FL_NOINLINE fl_status free_found(fx_policy *f, fx_heap *h, uint32_t v)
 static fl_status fx_free(fli_policy *base, uint64_t addr, uint64_t want, uint64_t *requested)
 {
     fx_policy *f = (fx_policy *)base;
-    int hi;
-    uint32_t v = live_node(f, addr, &hi);
+    fx_heap *h;
+    uint32_t v = live_node(f, addr, &h);
     if (FL_UNLIKELY(!v))
         return fli_policy_not_live(base, addr);
-    fx_heap *h = &f->heaps[hi];
     range_node *b = &h->range->nodes[v];
     uint64_t size = b->size, req = size - TAG_REQ(b->tag);
     if (FL_UNLIKELY(want && want != req))
@@ -1393,10 +1406,13 @@ static fl_status fx_free(fli_policy *base, uint64_t addr, uint64_t want, uint64_
     if (requested)
         *requested = req;
     if (size <= QUICK_MAX) {
+        /* The block starts at addr (live_node found it there): its page and whether it
+         * lies on that page alone come from the address, without the node's offset. */
+        uint64_t off = addr - h->va;
         fx_bin *bin = &h->bins[(size >> 9) - 1];
-        uint64_t p0 = b->offset >> f->gran_log;
-        fx_page *pg = &h->pages[p0];
-        if (FL_LIKELY(bin->n < QUICK_CAP && pg->refs > 1 && p0 == (b->offset + size - 1) >> f->gran_log)) {
+        fx_page *pg = &h->pages[off >> f->gran_log];
+        FL_ASSERT(off == b->offset);
+        if (FL_LIKELY(bin->n < QUICK_CAP && pg->refs > 1 && (off & (f->gran - 1)) + size <= f->gran)) {
             b->used = RANGE_HELD;
             bin->node[bin->n++] = v;
             h->held_bytes += size;

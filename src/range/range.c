@@ -12,31 +12,34 @@ _Static_assert(sizeof(range_node) == 40, "range_node grew");
 #define NIL 0u
 
 /* Size classes, in units of min_align: sizes below 16 units have one class each;
- * above, each power of two is cut into 16 classes (at most 6.25% apart). */
+ * above, each power of two is cut into 16 classes (at most 6.25% apart). Class
+ * fl * 16 + sl of u >= 16 units, l = log2(u): fl = l - 3 and sl the 4 bits below the top
+ * one, which is (l - 4) * 16 + (u >> (l - 4)) (the top bit adds the 16); with s = 0 it
+ * is u itself below 16 units: no branch, a handful of instructions on every path that
+ * files or looks up a free block. */
+static inline unsigned class_of_units(uint64_t units)
+{
+    unsigned s = (unsigned)fli_log2_floor(units | RANGE_SL_COUNT) - RANGE_SL_LOG;
+    return (s << RANGE_SL_LOG) + (unsigned)(units >> s);
+}
+
 static inline void class_of(uint64_t units, unsigned *fl, unsigned *sl)
 {
-    if (units < RANGE_SL_COUNT) {
-        *fl = 0;
-        *sl = (unsigned)units;
-    } else {
-        unsigned l = (unsigned)fli_log2_floor(units);
-        *fl = l - RANGE_SL_LOG + 1;
-        *sl = (unsigned)(units >> (l - RANGE_SL_LOG)) & (RANGE_SL_COUNT - 1);
-    }
+    unsigned c = class_of_units(units);
+    *fl = c / RANGE_SL_COUNT;
+    *sl = c % RANGE_SL_COUNT;
 }
 
 static inline unsigned class_index(const fl_range *r, uint64_t size)
 {
-    unsigned fl, sl;
-    class_of(size >> r->align_log, &fl, &sl);
-    return fl * RANGE_SL_COUNT + sl;
+    return class_of_units(size >> r->align_log);
 }
 
-static void list_insert(fl_range *r, uint32_t n)
+/* Files free node n on the list of class c (its size's class). */
+static inline void list_insert_at(fl_range *r, uint32_t n, unsigned c)
 {
     range_node *b = &r->nodes[n];
-    FL_ASSERT(n != NIL && b->used == RANGE_FREE && b->size >= r->min_align);
-    unsigned c = class_index(r, b->size);
+    FL_ASSERT(n != NIL && b->used == RANGE_FREE && b->size >= r->min_align && c == class_index(r, b->size));
     b->cls = (uint16_t)c;
     b->prev_free = NIL;
     b->next_free = r->heads[c];
@@ -46,6 +49,8 @@ static void list_insert(fl_range *r, uint32_t n)
     r->fli_bitmap |= UINT64_C(1) << (c / RANGE_SL_COUNT);
     r->sl_bitmap[c / RANGE_SL_COUNT] |= 1u << (c % RANGE_SL_COUNT);
 }
+
+static void list_insert(fl_range *r, uint32_t n) { list_insert_at(r, n, class_index(r, r->nodes[n].size)); }
 
 static void list_remove(fl_range *r, uint32_t n)
 {
@@ -71,11 +76,12 @@ static void list_remove(fl_range *r, uint32_t n)
 static inline void free_resize(fl_range *r, uint32_t n, uint64_t offset, uint64_t size)
 {
     range_node *b = &r->nodes[n];
+    unsigned c = class_index(r, size);
     b->offset = offset;
-    if (class_index(r, size) != b->cls) {
+    if (c != b->cls) {
         list_remove(r, n);
         b->size = size;
-        list_insert(r, n);
+        list_insert_at(r, n, c);
     } else {
         b->size = size;
     }
