@@ -103,6 +103,11 @@ struct fl_allocator {
 static inline void update_slow(fl_allocator *a);
 static void locals_out(fl_allocator *a);
 
+/* A thread's token for the policy's heaps (policy.h: owner): its cache, which outlives
+ * the token (local_forget at the thread's end, before the cache goes). */
+static inline uint64_t local_token(const fli_tcache *c) { return (uint64_t)(uintptr_t)c; }
+
+
 /* The allocator's lock. With threads on it also keeps the stream-local operations out
  * (locals_out): whoever holds it may change anything. */
 static inline void lock_a(fl_allocator *a)
@@ -847,6 +852,8 @@ void fli_tc_retire(fli_tcache *c)
     tc_drain(a, c);
     tc_fold(a, c);
     fli_lock_release(&c->lock);
+    if (a->policy->ops->local_forget) /* its heaps may serve another thread now */
+        a->policy->ops->local_forget(a->policy, local_token(c));
     for (fli_tcache **pc = &a->tcs; *pc; pc = &(*pc)->next_of_alloc)
         if (*pc == c) {
             *pc = c->next_of_alloc;
@@ -867,6 +874,8 @@ static void tc_fork_child(fl_allocator *a)
         fli_lock_reset(&c->lock);
         tc_drain(a, c);
         tc_fold(a, c);
+        if (a->policy->ops->local_forget) /* the child's one thread may take any heap */
+            a->policy->ops->local_forget(a->policy, local_token(c));
         c->a = NULL;
         atomic_store_explicit(&c->alloc_id, 0, memory_order_release);
         if (!fli_tc_is_mine(c))
@@ -1030,7 +1039,7 @@ static fl_status local_alloc(fl_allocator *a, uint64_t size, uint64_t stream, ui
         int entered = local_enter(a, c);
         int done = entered && !c->off && c->room[FL_TC_REQ] >= (int64_t)size && c->room[FL_TC_BLOCKS] >= 1 &&
                    c->room[FL_TC_BYTES] > 0 &&
-                   p->ops->alloc_local(p, size, stream, (uint64_t)c->room[FL_TC_BYTES], addr, &charged);
+                   p->ops->alloc_local(p, size, stream, (uint64_t)c->room[FL_TC_BYTES], local_token(c), addr, &charged);
         if (done) {
             c->l_bytes += (int64_t)charged;
             c->l_allocs++;
@@ -1059,7 +1068,7 @@ static fl_status local_free(fl_allocator *a, uint64_t addr, uint64_t want)
         fli_policy *p = a->policy;
         uint64_t req = 0, charged = 0;
         int entered = local_enter(a, c);
-        int done = entered && !c->off && p->ops->free_local(p, addr, want, &req, &charged);
+        int done = entered && !c->off && p->ops->free_local(p, addr, want, local_token(c), &req, &charged);
         if (done) {
             c->l_bytes -= (int64_t)charged;
             c->l_frees++;

@@ -113,10 +113,11 @@ typedef struct fx_heap {
     uint64_t n_chunk_cached;    /* of those, pages in mapped chunks (chunks with none of
                                    their pages in use are counted only when needed:
                                    idle_chunks) */
-    /* The heap's lock, taken only by the stream-local operations (fx_alloc_local,
-     * fx_free_local), which change nothing but the heap they work on; every other
-     * operation runs while none of those can (the allocator's threads section). */
-    fli_lock lock;
+    /* The thread (its token) whose stream-local operations (fx_alloc_local,
+     * fx_free_local) this heap serves, 0 while none asked: they change nothing but the
+     * heap they work on, so with one thread at a time on it they need no lock; every
+     * other operation runs while none of those can (the allocator's threads section). */
+    _Atomic uint64_t owner;
     char pad[64];               /* no cache line shared with the next heap's fields */
 } fx_heap;
 
@@ -1489,30 +1490,38 @@ static int heap_alloc_local(fx_policy *f, fx_heap *h, uint64_t size, uint64_t rs
     return 1;
 }
 
-static int fx_alloc_local(fli_policy *base, uint64_t size, uint64_t stream, uint64_t max_charge, uint64_t *addr,
-                          uint64_t *charged)
+/* Whether h serves owner's stream-local operations: it does once it is owner's, and
+ * becomes so when it is nobody's (the first thread that asks keeps it until it ends). */
+static inline int heap_claim(fx_heap *h, uint64_t owner)
+{
+    uint64_t o = atomic_load_explicit(&h->owner, memory_order_relaxed);
+    if (FL_LIKELY(o == owner))
+        return 1;
+    return o == 0 && atomic_compare_exchange_strong_explicit(&h->owner, &o, owner, memory_order_acquire,
+                                                             memory_order_relaxed);
+}
+
+static int fx_alloc_local(fli_policy *base, uint64_t size, uint64_t stream, uint64_t max_charge, uint64_t owner,
+                          uint64_t *addr, uint64_t *charged)
 {
     fx_policy *f = (fx_policy *)base;
     uint64_t rsize = fli_align_up(size, 512);
     int hi = heap_find(f, stream, size < f->small_limit);
-    if (rsize < size || rsize > max_charge || hi < 0 || rsize > f->heaps[hi].va_size)
+    if (rsize < size || rsize > max_charge || hi < 0 || rsize > f->heaps[hi].va_size ||
+        !heap_claim(&f->heaps[hi], owner))
         return 0;
-    fx_heap *h = &f->heaps[hi];
-    fli_lock_acquire(&h->lock);
-    int done = heap_alloc_local(f, h, size, rsize, addr);
-    fli_lock_release(&h->lock);
     *charged = rsize;
-    return done;
+    return heap_alloc_local(f, &f->heaps[hi], size, rsize, addr);
 }
 
-static int fx_free_local(fli_policy *base, uint64_t addr, uint64_t want, uint64_t *requested, uint64_t *charged)
+static int fx_free_local(fli_policy *base, uint64_t addr, uint64_t want, uint64_t owner, uint64_t *requested,
+                         uint64_t *charged)
 {
     fx_policy *f = (fx_policy *)base;
     int hi = heap_for_addr(f, addr);
-    if (hi < 0 || (addr - f->heaps[hi].va) >> f->gran_log >= f->heaps[hi].n_pages)
+    if (hi < 0 || (addr - f->heaps[hi].va) >> f->gran_log >= f->heaps[hi].n_pages || !heap_claim(&f->heaps[hi], owner))
         return 0;
     fx_heap *h = &f->heaps[hi];
-    fli_lock_acquire(&h->lock);
     uint32_t v = index_find(h, addr - h->va);
     const range_node *b = &h->range->nodes[v];
     /* Another stream's block here goes the ordinary way (its range waits: lending). */
@@ -1522,8 +1531,15 @@ static int fx_free_local(fli_policy *base, uint64_t addr, uint64_t want, uint64_
         *requested = b->size - TAG_REQ(b->tag);
         release_block(f, h, v);
     }
-    fli_lock_release(&h->lock);
     return done;
+}
+
+static void fx_local_forget(fli_policy *base, uint64_t owner)
+{
+    fx_policy *f = (fx_policy *)base;
+    for (uint32_t hi = 0; hi < f->n_heaps; hi++)
+        if (atomic_load_explicit(&f->heaps[hi].owner, memory_order_relaxed) == owner)
+            atomic_store_explicit(&f->heaps[hi].owner, 0, memory_order_relaxed);
 }
 
 static fl_status fx_empty_cache(fli_policy *base)
@@ -1873,6 +1889,7 @@ const fli_policy_ops fli_policy_fragless = {
     .alloc = fx_alloc,
     .alloc_local = fx_alloc_local,
     .free_local = fx_free_local,
+    .local_forget = fx_local_forget,
     .free = fx_free,
     .block_size = fx_block_size,
     .block_stream = fx_block_stream,

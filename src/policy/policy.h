@@ -34,17 +34,23 @@ typedef struct fli_policy_ops {
     fl_status (*free)(fli_policy *p, uint64_t addr, uint64_t want, uint64_t *size);
     /* Optional (NULL: none): stream-local operations. Threads of one allocator call them
      * at the same time, without the allocator's lock, while no other operation of the
-     * policy runs (the allocator keeps the two apart: its "threads" section). Each
-     * changes nothing but the heap its block lies in, under that heap's own lock, and
-     * none of struct fli_policy's counters: *charged (what the block counts in
+     * policy runs (the allocator keeps the two apart: its "threads" section). owner: the
+     * calling thread's token (nonzero, unique among live threads): a heap serves the
+     * stream-local operations of one thread, the first that asks, until local_forget;
+     * the others' go the ordinary way. Each changes nothing but the heap its block lies
+     * in (its owner's, so no lock is taken), and none of struct fli_policy's counters: *charged (what the block counts in
      * `allocated`) goes to the caller, who counts it and the block. They return 0, with
      * nothing changed, when the operation needs anything more (a device call, a new
      * heap, a choice under memory pressure, a charge above max_charge, an address that
      * is not a live block's start, a size that is not the block's): the caller then
      * takes the ordinary way, which also reports what was wrong. */
-    int (*alloc_local)(fli_policy *p, uint64_t size, uint64_t stream, uint64_t max_charge, uint64_t *addr,
-                       uint64_t *charged);
-    int (*free_local)(fli_policy *p, uint64_t addr, uint64_t want, uint64_t *requested, uint64_t *charged);
+    int (*alloc_local)(fli_policy *p, uint64_t size, uint64_t stream, uint64_t max_charge, uint64_t owner,
+                       uint64_t *addr, uint64_t *charged);
+    int (*free_local)(fli_policy *p, uint64_t addr, uint64_t want, uint64_t owner, uint64_t *requested,
+                      uint64_t *charged);
+    /* The thread of that token ends (called under the allocator's lock): its heaps may
+     * serve another thread's stream-local operations. */
+    void (*local_forget)(fli_policy *p, uint64_t owner);
     /* The requested size of the live block that starts at addr; 0 if there is none. */
     uint64_t (*block_size)(const fli_policy *p, uint64_t addr);
     /* The stream the live block at addr was allocated on: 1 and *stream; 0 when there
