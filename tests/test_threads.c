@@ -520,11 +520,12 @@ static void test_tc_destroyed_first(void)
 }
 
 /* Stream-local operations under contention: four threads, two on each of two streams
- * (the same heaps), share slots, so a block is often freed by another thread than the
- * one that allocated it (another heap's lock, maybe another stream's). A new block must
+ * (the same heaps: one of the two is the heap's owner, the other goes the ordinary way),
+ * share slots, so a block is often freed by another thread than the one that allocated
+ * it (another owner's heap: the ordinary way). A new block must
  * not overlap any block held in a slot (the slots change under a mutex of the test; the
  * allocator's calls are made outside it); an observer reads statistics and runs the
- * self-check meanwhile. Every figure returns to zero, and most calls were stream-local. */
+ * self-check meanwhile. Every figure returns to zero, and some calls were stream-local. */
 #define SHARED_SLOTS 64
 typedef struct shared_slot {
     uint64_t addr, size; /* addr 0: empty */
@@ -602,7 +603,10 @@ static void test_local_shared(void)
     CHECK_EQ_U64(s.requested_bytes.current, 0);
     CHECK_EQ_U64(s.allocation.allocated, s.allocation.freed);
     CHECK_EQ_U64(fli_allocator_policy(a)->allocated, 0);
-    CHECK(fli_allocator_unlocked_allocs(a) > s.allocation.allocated / 2);
+    /* Some were stream-local (how many depends on the interleaving: a heap serves one
+     * thread's, and a thread that meets the lock held for long goes there too; the
+     * single-threaded share is test_tc_figures'). */
+    CHECK(fli_allocator_unlocked_allocs(a) > 0);
     CHECK(fl_allocator_check(a) == 0);
     CHECK_OK(fl_empty_cache(a));
     CHECK_EQ_U64(in_use(d), 0);
