@@ -1428,8 +1428,8 @@ static fl_status fx_free(fli_policy *base, uint64_t addr, uint64_t want, uint64_
 
 /* ---- stream-local operations (policy.h: alloc_local, free_local) ----------------- */
 
-/* Threads of one allocator run these at the same time, each under the lock of the heap
- * it works on, while nothing else of the policy runs: they read the policy's shared
+/* Threads of one allocator run these at the same time, each on a heap it owns (the
+ * first thread that asks: heap_claim), while nothing else of the policy runs: they read the policy's shared
  * fields (heaps, pools, counters of handles) without changing them, and change only the
  * heap's own state (its range allocator, quick lists, index of starts, page pins, bits
  * and counts of cached pages). So they do without what the ordinary way would change
