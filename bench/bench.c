@@ -287,7 +287,7 @@ int main(int argc, char **argv)
         if (strcmp(*p, "fragless"))
             v[nv++] = (variant){*p, *p, 0, 0};
     if (nv < MAX_VARIANTS)
-        v[nv++] = (variant){"fl+caches", "fragless", 0, 1};
+        v[nv++] = (variant){"fl+threads", "fragless", 0, 1};
     if (nv < MAX_VARIANTS)
         v[nv++] = (variant){"policy", "fragless", 0, -1};
     for (int k = 0; k < nv; k++)
@@ -296,7 +296,8 @@ int main(int argc, char **argv)
     printf("host time per allocation + free pair (ns, %s), median of %d interleaved runs; sim device, zero-cost calls\n",
            clock_cpu ? "the thread's CPU time: FL_BENCH_CLOCK=cpu" : "wall clock", runs);
     printf("  fl_alloc: the fragless policy through fl_alloc/fl_free (the headline); other policies through the same calls;\n"
-           "  fl+caches: fl_alloc with the thread caches on (what each thread pays once several share an allocator);\n"
+           "  fl+threads: fl_alloc in threads mode (the fragless policy's stream-local operations: what each thread\n"
+           "    pays once several share an allocator);\n"
            "  policy: the fragless policy's own calls, without the allocator object (fl_alloc - policy: what its layers cost);\n"
            "  a run replays a trace on fresh allocators until %d pairs are timed\n", MIN_PAIRS);
 #ifdef FL_BENCH_OA
