@@ -217,35 +217,14 @@ static void note_syncs(run *r)
 
 /* Pages of `gran` bytes that the blocks v[0..n) (in address order) touch: what fragless,
  * whose pages can back any address, must hold for them and no more. */
-static uint64_t pages_touched(const blk *v, size_t n, uint64_t gran)
+/* Pages the blocks touch (blocks in address order), each counted once; a block of at
+ * least chunk_from bytes counts the whole chunks of `chunk` pages it lies in. */
+static uint64_t pages_covered(const blk *v, size_t n, uint64_t gran, uint64_t chunk_from, uint64_t chunk)
 {
     uint64_t pages = 0, next = 0; /* pages below `next` are counted */
     for (size_t i = 0; i < n; i++) {
         uint64_t p0 = v[i].addr / gran, p1 = (v[i].addr + v[i].rsize - 1) / gran;
-        if (p0 < next)
-            p0 = next;
-        if (p1 >= p0)
-            pages += p1 - p0 + 1;
-        if (p1 + 1 > next)
-            next = p1 + 1;
-    }
-    return pages;
-}
-
-static uint64_t pinned_pages(const run *r) { return pages_touched(r->live, r->n, r->gran); }
-
-/* The most fragless may hold for the live blocks: while it holds little of its limit, a
- * large heap (requests of at least 1/8 page) maps aligned chunks of 16 pages with one
- * handle, and a chunk goes back only whole; so a large block's pages count as the whole
- * chunks they lie in. */
-static uint64_t held_pages_bound(const run *r)
-{
-    const uint64_t chunk = 16;
-    uint64_t pages = 0, next = 0;
-    for (size_t i = 0; i < r->n; i++) {
-        const blk *b = &r->live[i];
-        uint64_t p0 = b->addr / r->gran, p1 = (b->addr + b->rsize - 1) / r->gran;
-        if (b->size >= r->gran / 8) {
+        if (v[i].size >= chunk_from) {
             p0 = p0 / chunk * chunk;
             p1 = (p1 / chunk + 1) * chunk - 1;
         }
@@ -258,6 +237,19 @@ static uint64_t held_pages_bound(const run *r)
     }
     return pages;
 }
+
+static uint64_t pages_touched(const blk *v, size_t n, uint64_t gran)
+{
+    return pages_covered(v, n, gran, UINT64_MAX, 1);
+}
+
+static uint64_t pinned_pages(const run *r) { return pages_touched(r->live, r->n, r->gran); }
+
+/* The most fragless may hold for the live blocks: while it holds little of its limit, a
+ * large heap (requests of at least 1/8 page) maps aligned chunks of 16 pages with one
+ * handle, and a chunk goes back only whole; so a large block's pages count as the whole
+ * chunks they lie in. */
+static uint64_t held_pages_bound(const run *r) { return pages_covered(r->live, r->n, r->gran, r->gran / 8, 16); }
 
 /* Every invariant the model can see, after every step. */
 static void verify(run *r)
