@@ -18,7 +18,6 @@
 #include "util/lock.h"
 #include "util/file.h"
 #include <pthread.h>
-#include <sched.h>
 
 #include "allocator/recorder.h"
 #include "allocator/tcache.h"
@@ -106,7 +105,6 @@ static void locals_out(fl_allocator *a);
 /* A thread's token for the policy's heaps (policy.h: owner): its cache, which outlives
  * the token (local_forget at the thread's end, before the cache goes). */
 static inline uint64_t local_token(const fli_tcache *c) { return (uint64_t)(uintptr_t)c; }
-
 
 /* The allocator's lock. With threads on it also keeps the stream-local operations out
  * (locals_out): whoever holds it may change anything. */
@@ -926,8 +924,8 @@ static fl_status alloc_missed(fl_allocator *a, fli_tcache *c, uint64_t size, uin
 /* With threads on and a policy that has stream-local operations (policy.h: alloc_local,
  * free_local; the fragless policy), threads do not keep blocks in caches: each of their
  * allocations and frees asks the policy for a stream-local operation first, which works
- * under the lock of the heap it touches only (threads on different streams never wait
- * for each other), and takes the allocator's lock only when that cannot do (a device
+ * on a heap of the calling thread's own, with no lock (threads on different streams
+ * never wait for each other), and takes the allocator's lock only when that cannot do (a device
  * call, a new stream, memory pressure, no room under a peak, record_stream, graphs, the
  * recorder). The two are kept apart without a shared write per operation: a thread sets
  * its own in_local (its cache struct, fli_tcache), then reads local_excl; a holder of
@@ -1003,7 +1001,6 @@ static void tc_grant_room(fl_allocator *a, fli_tcache *c)
     }
     fli_lock_release(&c->lock);
 }
-
 
 /* Enters a stream-local operation (in_local set, nobody holding the lock keeps them out):
  * 1; 0 when a holder of the lock keeps them out for longer than a short wait. A holder
@@ -1664,7 +1661,7 @@ int fl_allocator_check(const fl_allocator *a)
     if (!r && !a->slow && slow_reasons(a))
         r = fli_fail(FL_ERR_INVALID, "allocator check: the fast path is on while record_stream, graphs, the "
                                      "recorder or the publisher are in use") != FL_OK;
-    release_updated(m);
+    unlock_a(m);
     return r;
 }
 

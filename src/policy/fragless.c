@@ -147,7 +147,6 @@ typedef struct fx_policy {
     uint64_t lend_peak;     /* the most pages pinned at once (lending_pays): after each
                                placement with more than one stream, after each that
                                mapped pages with one */
-    uint64_t n_lent;        /* blocks placed in another stream's heap, in all */
     uint32_t hand_heap;     /* the clock hand: next page reclaim looks at */
     uint64_t hand_page;
     uint64_t peak_pinned;   /* the most pages live blocks touched at once, as seen by
@@ -218,9 +217,6 @@ static fl_status heap_new(fx_policy *f, uint64_t stream, int small, uint32_t *ou
         f->heaps = h;
         f->cap_heaps = cap;
     }
-    for (uint32_t i = 0; i < f->n_heaps; i++)
-        if (f->heaps[i].stream != stream)
-            f->streams = 2;
     fx_heap *h = &f->heaps[f->n_heaps];
     memset(h, 0, sizeof *h);
     h->stream = stream;
@@ -249,12 +245,24 @@ static fl_status heap_new(fx_policy *f, uint64_t stream, int small, uint32_t *ou
      * times the smallest block in the large one, at most a page. */
     unsigned win = small ? 10 : (unsigned)fli_log2_floor(f->small_limit > 512 ? f->small_limit : 512) + 3;
     h->win_log = win < f->gran_log ? win : f->gran_log;
+    for (uint32_t i = 0; i < f->n_heaps; i++)
+        if (f->heaps[i].stream != stream)
+            f->streams = 2;
     *out = f->n_heaps++;
     return FL_OK;
 }
 
 /* Each stream has two heaps: small requests apart from large ones, so that short-lived
  * small blocks do not pin the partly used pages between large ones (ARCHITECTURE.md). */
+/* The heap of (stream, small), -1 if none; writes nothing. */
+static int heap_find(const fx_policy *f, uint64_t stream, int small)
+{
+    for (uint32_t i = 0; i < f->n_heaps; i++)
+        if (f->heaps[i].stream == stream && f->heaps[i].small == small)
+            return (int)i;
+    return -1;
+}
+
 static inline fl_status heap_for(fx_policy *f, uint64_t stream, int small, uint32_t *out)
 {
     uint32_t c = f->last_heap[small];
@@ -262,11 +270,10 @@ static inline fl_status heap_for(fx_policy *f, uint64_t stream, int small, uint3
         *out = c;
         return FL_OK;
     }
-    for (uint32_t i = 0; i < f->n_heaps; i++) {
-        if (f->heaps[i].stream == stream && f->heaps[i].small == small) {
-            *out = f->last_heap[small] = i;
-            return FL_OK;
-        }
+    int i = heap_find(f, stream, small);
+    if (i >= 0) {
+        *out = f->last_heap[small] = (uint32_t)i;
+        return FL_OK;
     }
     fl_status s = heap_new(f, stream, small, out);
     if (s == FL_OK)
@@ -312,6 +319,12 @@ static uint64_t cached_pages(const fx_policy *f)
     for (uint32_t i = 0; i < f->n_heaps; i++)
         n += f->heaps[i].n_cached;
     return n;
+}
+
+/* Pages some live block touches. */
+static inline uint64_t pinned_pages(const fx_policy *f)
+{
+    return f->n_handles - f->n_pool - f->n_cpool * CHUNK_PAGES - cached_pages(f);
 }
 
 /* Cached pages with a handle of their own (reclaim_one unmaps them one by one); the
@@ -891,10 +904,10 @@ static uint64_t unmapped_pages(const fx_policy *f, const fx_heap *h, uint64_t x,
  * min_capacity too (fsdp rank 0 1.0029 -> 1.0046). */
 static int inner_positions_pay(fx_policy *f, uint64_t size)
 {
-    uint64_t pinned_now = f->n_handles - f->n_pool - f->n_cpool * CHUNK_PAGES - cached_pages(f);
+    uint64_t pinned_now = pinned_pages(f);
     if (pinned_now > f->peak_pinned)
         f->peak_pinned = pinned_now;
-    if (size <= f->gran || f->n_heaps > 2 || (f->n_heaps == 2 && f->heaps[0].stream != f->heaps[1].stream))
+    if (size <= f->gran || f->streams > 1)
         return 0;
     return f->max_pages >= f->peak_pinned + (f->max_pages >> PRESSURE_SLACK_LOG);
 }
@@ -1132,11 +1145,6 @@ static int find_lender(const fx_policy *f, uint32_t own, uint64_t size, uint32_t
  * (lend_peak, kept after every placement once the job has two streams). Near a job's
  * min_capacity there is none, and there blocks lent into other heaps' holes cost pages
  * (fsdp rank 0's min_capacity 1.0029 -> 1.0082 with the peak seen only under pressure). */
-static inline uint64_t pinned_pages(const fx_policy *f)
-{
-    return f->n_handles - f->n_pool - f->n_cpool * CHUNK_PAGES - cached_pages(f);
-}
-
 static int lending_pays(const fx_policy *f)
 {
     return f->max_pages >= f->lend_peak + (f->max_pages >> PRESSURE_SLACK_LOG);
@@ -1181,7 +1189,6 @@ static int lend(fx_policy *f, uint32_t own, uint64_t size, uint64_t rsize, uint6
     uint64_t missing = pin(f, h, p0, p1, &no_access);
     FL_ASSERT(missing == 0 && no_access == 0);
     (void)missing;
-    f->n_lent++;
     h->n_lent_here++;
     f->base.allocated += rsize;
     f->base.num_allocs++;
@@ -1429,21 +1436,12 @@ static fl_status fx_free(fli_policy *base, uint64_t addr, uint64_t want, uint64_
 /* ---- stream-local operations (policy.h: alloc_local, free_local) ----------------- */
 
 /* Threads of one allocator run these at the same time, each on a heap it owns (the
- * first thread that asks: heap_claim), while nothing else of the policy runs: they read the policy's shared
- * fields (heaps, pools, counters of handles) without changing them, and change only the
- * heap's own state (its range allocator, quick lists, index of starts, page pins, bits
+ * first thread that asks: heap_claim), while nothing else of the policy runs: they read
+ * the policy's shared fields (heaps, pools, counters of handles) without changing them,
+ * and change only the heap's own state (its range allocator, quick lists, index of starts, page pins, bits
  * and counts of cached pages). So they do without what the ordinary way would change
  * elsewhere: a new heap, device calls (every page under the block must be mapped and
  * accessible already), table growth, the stream lookup's cache. */
-
-/* The heap of (stream, small), -1 if none; writes nothing. */
-static int heap_find(const fx_policy *f, uint64_t stream, int small)
-{
-    for (uint32_t i = 0; i < f->n_heaps; i++)
-        if (f->heaps[i].stream == stream && f->heaps[i].small == small)
-            return (int)i;
-    return -1;
-}
 
 /* alloc_placed's choices, on pages that are all backed, or 0 with nothing changed. */
 static int heap_alloc_local(fx_policy *f, fx_heap *h, uint64_t size, uint64_t rsize, uint64_t *addr)
