@@ -896,18 +896,20 @@ static uint64_t unmapped_pages(const fx_policy *f, const fx_heap *h, uint64_t x,
     return p1 + 1 - p0 - (p0 < end ? fli_bits_count(h->mapped, p0, end) : 0);
 }
 
-/* Whether inner positions of free ranges are worth a look (place_under_pressure): the job
- * has one stream, the block spans more than a page, and the limit leaves room above the
- * most pages pinned so far (learned online). Near its min_capacity a job has no such
- * room, and there splitting a free range in the middle cost pages (gpt_varlen 1.0129 ->
- * 1.0145, encoder_varlen 1.0123 -> 1.0189); in the multi-stream examples it cost
- * min_capacity too (fsdp rank 0 1.0029 -> 1.0046). */
+/* Whether inner positions of free ranges are worth a look (place_under_pressure): the
+ * block spans more than a page and the limit leaves room above the most pages pinned so
+ * far (learned online). Near its min_capacity a job has no such room, and there
+ * splitting a free range in the middle cost pages (gpt_varlen 1.0129 -> 1.0145,
+ * encoder_varlen 1.0123 -> 1.0189). Jobs of several streams look too: a stream's own
+ * heap often holds a long run of cached pages inside one free range (FSDP's compute
+ * stream between two all-gathers), and a block placed at that range's end took its
+ * pages by reclaim from that very run, every step (ARCHITECTURE.md has the figures). */
 static int inner_positions_pay(fx_policy *f, uint64_t size)
 {
     uint64_t pinned_now = pinned_pages(f);
     if (pinned_now > f->peak_pinned)
         f->peak_pinned = pinned_now;
-    if (size <= f->gran || f->streams > 1)
+    if (size <= f->gran)
         return 0;
     return f->max_pages >= f->peak_pinned + (f->max_pages >> PRESSURE_SLACK_LOG);
 }
