@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Issue 13's bars on every trace at once: one line per trace and a totals line, from
+`fragless compare` (without a limit and at 1.05 x peak live) on ../shared/traces (top
+folder, hard/, snapshots/) and on examples/. Run from the repository root:
+
+    python3 bench/issue13.py [-v] [--fragless build/fragless] [--conf CONF]
+
+Columns (-v), fragless's figures unless named:
+  minc     min_capacity / peak live
+  +pgMiB   min_capacity above the page limit (peak live rounded up to 2 MiB pages)
+  bar      'ok' when min_capacity <= max(1.01 x peak live, page limit + 4 MiB), else MISS
+  res      peak reserved without a limit / peak live; resE: cca-expandable's
+  L0       steady-state ("late") device calls without a limit
+  L105     late calls at 1.05 x peak live, L105ms their simulated device time
+  dev      simulated device time without a limit / cca-expandable's (warm-up bar: 1.5)
+Totals: bar_miss (traces over the bar) and bar_excess_mib (MiB over it, summed);
+worse_than_pt (min_capacity above cca's or cca-expandable's); res_miss (peak reserved
+above cca-expandable's) and res_excess_mib; late0, late105, late105_ms summed;
+devratio_max. Only the standard library; takes a few seconds.
+"""
+import argparse
+import csv
+import glob
+import io
+import math
+import os
+import subprocess
+import sys
+
+ap = argparse.ArgumentParser(description="issue 13's bars on every trace")
+ap.add_argument("--fragless", default="build/fragless", help="the fragless binary (default build/fragless)")
+ap.add_argument("--conf", default="", help="--conf passed to compare (FRAGLESS_CONF knobs)")
+ap.add_argument("-v", action="store_true", help="one line per trace")
+args = ap.parse_args()
+if not os.access(args.fragless, os.X_OK):
+    sys.exit("issue13.py: %s is not an executable (run from the repository root after make build)" % args.fragless)
+
+shared = "../shared/traces"
+traces = []
+if os.path.isdir(shared):
+    for pat in ("*.csv", "hard/*.csv", "snapshots/*.pickle"):
+        traces += sorted(glob.glob(os.path.join(shared, pat)))
+else:
+    print("issue13.py: %s is absent: examples/ only" % shared, file=sys.stderr)
+traces += sorted(glob.glob("examples/*.csv")) + sorted(glob.glob("examples/*/*.csv"))
+if not traces:
+    sys.exit("issue13.py: no traces (run from the repository root)")
+
+
+def compare(path, capacity):
+    cmd = [args.fragless, "compare", path, "--policy", "fragless,cca,cca-expandable", "--format", "csv"]
+    if capacity:
+        cmd += ["--capacity", capacity]
+    if args.conf:
+        cmd += ["--conf", args.conf]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit("issue13.py: %s failed (%d): %s" % (" ".join(cmd), r.returncode, r.stderr.strip()))
+    return {row["policy"]: row for row in csv.DictReader(io.StringIO(r.stdout))}
+
+
+MiB = 1 << 20
+tot = dict(bar_miss=0, bar_excess_mib=0.0, worse_than_pt=0, res_miss=0, res_excess_mib=0.0, late0=0, late105=0,
+           late105_ms=0.0, devratio_max=0.0)
+if args.v:
+    print("%-32s %8s %7s %6s %4s %7s %7s %4s %6s %7s %5s" %
+          ("trace", "liveMiB", "minc", "+pgMiB", "bar", "res", "resE", "L0", "L105", "L105ms", "dev"))
+for t in traces:
+    a, c = compare(t, None), compare(t, "1.05x")
+    f, x, e = a["fragless"], a["cca"], a["cca-expandable"]
+    live, mc = float(f["peak_live"]), float(f["min_capacity"])
+    page_limit = math.ceil(live / (2 * MiB)) * 2 * MiB
+    bar = max(1.01 * live, page_limit + 4 * MiB)
+    res, res_e = float(f["peak_reserved"]), float(e["peak_reserved"])
+    dev = float(f["device_ms"]) / max(float(e["device_ms"]), 1e-9)
+    l0 = int(f["late_device_calls"])
+    l105 = int(c["fragless"]["capacity_late_device_calls"] or 0)
+    l105ms = float(c["fragless"]["capacity_late_device_ms"] or 0)
+    tot["bar_miss"] += mc > bar
+    tot["bar_excess_mib"] += max(0.0, mc - bar) / MiB
+    tot["worse_than_pt"] += mc > min(float(x["min_capacity"]), float(e["min_capacity"]))
+    tot["res_miss"] += res > res_e
+    tot["res_excess_mib"] += max(0.0, res - res_e) / MiB
+    tot["late0"] += l0
+    tot["late105"] += l105
+    tot["late105_ms"] += l105ms
+    tot["devratio_max"] = max(tot["devratio_max"], dev)
+    if args.v:
+        print("%-32s %8.0f %7.4f %6.0f %4s %7.4f %7.4f %4d %6d %7.1f %5.2f" %
+              (os.path.basename(t), live / MiB, mc / live, (mc - page_limit) / MiB, "ok" if mc <= bar else "MISS",
+               res / live, res_e / live, l0, l105, l105ms, dev))
+print(" ".join("%s=%s" % (k, round(v, 2) if isinstance(v, float) else v) for k, v in tot.items()))
