@@ -15,7 +15,6 @@
 #define MAIN UINT64_C(0x100)
 #define SIDE UINT64_C(0x200)
 
-static const char fake_path[] = FL_TEST_FAKECUDA;
 
 static void (*fake_reset)(void);
 static int (*begin_capture)(void *stream, int mode);
@@ -61,12 +60,7 @@ static int take(fl_allocator *a, owned *o, uint64_t size, uint64_t stream, unsig
 static fl_device *fake_device(void)
 {
     fake_reset();
-    fl_cuda_params p;
-    fl_cuda_params_default(&p);
-    p.library = fake_path;
-    fl_device *d = NULL;
-    CHECK_OK(fl_cuda_device_create(&p, &d));
-    return d;
+    return fl_test_fake_device();
 }
 
 /* A captured kernel writing into a block allocated during the capture. */

@@ -56,11 +56,7 @@ static size_t range_of(uint64_t addr, uint64_t *base)
 
 static fl_device *cuda_dev(void)
 {
-    fl_cuda_params p;
-    fl_cuda_params_default(&p);
-    p.library = fake_path;
-    fl_device *d = NULL;
-    CHECK_OK(fl_cuda_device_create(&p, &d));
+    fl_device *d = fl_test_fake_device();
     if (!d)
         exit(1);
     return d;

@@ -37,11 +37,7 @@ static int overlaps(uint64_t a, uint64_t an, uint64_t b, uint64_t bn) { return a
 static void on_double(const char *policy)
 {
     fake_reset();
-    fl_cuda_params p;
-    fl_cuda_params_default(&p);
-    p.library = fake_path;
-    fl_device *d = NULL;
-    CHECK_OK(fl_cuda_device_create(&p, &d));
+    fl_device *d = fl_test_fake_device();
     if (!d)
         return;
     fl_allocator *a = make(policy, d);

@@ -164,6 +164,16 @@ const char *fl_test_hex(uint64_t x)
 
 /* ---- the CUDA driver double ---- */
 
+fl_device *fl_test_fake_device(void)
+{
+    fl_cuda_params p;
+    fl_cuda_params_default(&p);
+    p.library = FL_TEST_FAKECUDA;
+    fl_device *d = NULL;
+    CHECK_OK(fl_cuda_device_create(&p, &d));
+    return d;
+}
+
 void *fl_test_fakecuda(void)
 {
     static const char path[] = FL_TEST_FAKECUDA;

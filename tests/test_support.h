@@ -117,6 +117,9 @@ void *fl_test_fakecuda(void);
 /* Resolves name in lib into the function pointer at slot; 0 (said on stderr) when lib
  * has no such symbol. */
 int fl_test_sym(void *lib, const char *name, void *slot);
+/* The cuda device (default parameters) on the driver double of this test; NULL, with a
+ * failed check, when it cannot be made. */
+fl_device *fl_test_fake_device(void);
 
 /* A device's counters, its physical bytes in use, and its calls of one kind. */
 static inline fl_device_counters counters(const fl_device *d)
