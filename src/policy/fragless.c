@@ -1455,6 +1455,20 @@ static int heap_alloc_local(fx_policy *f, fx_heap *h, uint64_t size, uint64_t rs
     if (bin && bin->n) {
         node = bin->node[bin->n - 1];
         off = nodes[node].offset;
+        fx_page *pg = &h->pages[off >> f->gran_log];
+        if (FL_LIKELY((off >> f->gran_log) == (off + rsize - 1) >> f->gran_log && pg->refs)) {
+            /* On a page other live blocks pin (so mapped and accessible): as fx_alloc's
+             * short way, a few stores. */
+            FL_ASSERT(nodes[node].used == RANGE_HELD && nodes[node].size == rsize && pg->handle &&
+                      !(pg->flags & PAGE_NO_ACCESS));
+            bin->n--;
+            pg->refs++;
+            nodes[node].used = RANGE_USED;
+            nodes[node].tag = (uint16_t)(rsize - size);
+            h->held_bytes -= rsize;
+            *addr = h->va + off;
+            return 1;
+        }
         if (!pages_ready(f, h, off >> f->gran_log, (off + rsize - 1) >> f->gran_log))
             return 0;
         bin->n--;
@@ -1526,12 +1540,25 @@ static int fx_free_local(fli_policy *base, uint64_t addr, uint64_t want, uint64_
     const range_node *b = &h->range->nodes[v];
     /* Another stream's block here goes the ordinary way (its range waits: lending). */
     int done = v && b->used == RANGE_USED && !(b->tag & TAG_FOREIGN) && (!want || want == b->size - TAG_REQ(b->tag));
-    if (done) {
-        *charged = b->size;
-        *requested = b->size - TAG_REQ(b->tag);
-        release_block(f, h, v);
+    if (!done)
+        return 0;
+    uint64_t size = b->size, off = addr - h->va;
+    *charged = size;
+    *requested = size - TAG_REQ(b->tag);
+    if (size <= QUICK_MAX) {
+        /* As fx_free's short way: onto its quick list, its page still pinned by others. */
+        fx_bin *bin = &h->bins[(size >> 9) - 1];
+        fx_page *pg = &h->pages[off >> f->gran_log];
+        if (FL_LIKELY(bin->n < QUICK_CAP && pg->refs > 1 && (off & (f->gran - 1)) + size <= f->gran)) {
+            h->range->nodes[v].used = RANGE_HELD;
+            bin->node[bin->n++] = v;
+            h->held_bytes += size;
+            pg->refs--;
+            return 1;
+        }
     }
-    return done;
+    release_block(f, h, v);
+    return 1;
 }
 
 static void fx_local_forget(fli_policy *base, uint64_t owner)
