@@ -886,7 +886,7 @@ static void tc_fork_child(fl_allocator *a)
 
 /* This thread's cache of a, made when it has none (NULL without host memory: the thread
  * then goes through the allocator's lock). */
-static fli_tcache *tc_get(fl_allocator *a)
+static FL_NOINLINE fli_tcache *tc_get_slow(fl_allocator *a)
 {
     fli_tcache *c = fli_tc_find(a->id);
     if (FL_LIKELY(c != NULL))
@@ -902,6 +902,13 @@ static fli_tcache *tc_get(fl_allocator *a)
     }
     fli_tc_registry_unlock();
     return c;
+}
+
+/* tc_get_slow's first look, inline (the thread's cache found last). */
+static inline fli_tcache *tc_get(fl_allocator *a)
+{
+    fli_tcache *c = fli_tc_find_last(a->id);
+    return FL_LIKELY(c != NULL) ? c : tc_get_slow(a);
 }
 
 static fl_status tc_alloc_locked(fl_allocator *a, fli_tcache *c, uint64_t size, uint64_t stream, uint64_t *addr);

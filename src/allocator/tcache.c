@@ -12,7 +12,7 @@ static _Atomic uint64_t last_id;
 
 /* This thread's caches, and the one found last. */
 static __thread fli_tcache *tls_list;
-static __thread fli_tcache *tls_last;
+__thread fli_tcache *fli_tc_last; /* tcache.h: fli_tc_find_last reads it inline */
 
 void fli_tc_registry_lock(void) { pthread_mutex_lock(&registry); }
 void fli_tc_registry_unlock(void) { pthread_mutex_unlock(&registry); }
@@ -33,7 +33,7 @@ void fli_tc_free(fli_tcache *c)
 static void thread_end(void *head)
 {
     fli_tcache *c = head;
-    tls_list = tls_last = NULL;
+    tls_list = fli_tc_last = NULL;
     while (c) {
         fli_tcache *next = c->next_of_thread;
         pthread_mutex_lock(&registry);
@@ -51,7 +51,7 @@ void fli_tc_prune(void)
 {
     fli_tcache **p = &tls_list;
     int changed = 0;
-    tls_last = NULL;
+    fli_tc_last = NULL;
     while (*p) {
         fli_tcache *c = *p;
         if (atomic_load_explicit(&c->alloc_id, memory_order_acquire) == 0) {
@@ -76,14 +76,14 @@ int fli_tc_is_mine(const fli_tcache *c)
 
 fli_tcache *fli_tc_find(uint64_t alloc_id)
 {
-    fli_tcache *c = tls_last;
+    fli_tcache *c = fli_tc_last;
     if (FL_LIKELY(c && atomic_load_explicit(&c->alloc_id, memory_order_relaxed) == alloc_id))
         return c;
     int dead = 0;
     for (c = tls_list; c; c = c->next_of_thread) {
         uint64_t id = atomic_load_explicit(&c->alloc_id, memory_order_relaxed);
         if (id == alloc_id) {
-            tls_last = c;
+            fli_tc_last = c;
             return c;
         }
         dead |= id == 0;
@@ -111,7 +111,7 @@ fli_tcache *fli_tc_new(fl_allocator *a, uint64_t alloc_id)
     c->a = a;
     atomic_store_explicit(&c->alloc_id, alloc_id, memory_order_relaxed);
     c->next_of_thread = tls_list;
-    tls_list = tls_last = c;
+    tls_list = fli_tc_last = c;
     pthread_setspecific(key, tls_list);
     return c;
 }

@@ -84,6 +84,14 @@ struct fli_tcache {
 
 /* This thread's cache for the allocator of that id, NULL if it has none. */
 fli_tcache *fli_tc_find(uint64_t alloc_id);
+/* The cache this thread found last (only this thread writes it), and fli_tc_find's first
+ * look, inline: the cache when it is that allocator's, else NULL (then fli_tc_find). */
+extern __thread fli_tcache *fli_tc_last;
+static inline fli_tcache *fli_tc_find_last(uint64_t alloc_id)
+{
+    fli_tcache *c = fli_tc_last;
+    return c && atomic_load_explicit(&c->alloc_id, memory_order_relaxed) == alloc_id ? c : NULL;
+}
 /* A new, empty cache of this thread for a (not yet on a's list: the caller links it under
  * a's lock); NULL without host memory. */
 fli_tcache *fli_tc_new(fl_allocator *a, uint64_t alloc_id);
