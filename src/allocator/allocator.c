@@ -24,6 +24,8 @@
 
 /* Statistics for `fragless top`: the policy's query is refreshed at most this often. */
 #define PUBLISH_EVERY_NS (50 * 1000 * 1000)
+/* The least of pub_slack (threads mode; the allocator struct says what it is). */
+#define PUBLISH_SLACK_MIN (INT64_C(2) << 20)
 
 #define MAX_USES 8
 
@@ -73,6 +75,10 @@ struct fl_allocator {
     int has_oom, oom_reported;
     fli_publisher *pub;
     uint64_t published_ns;
+    /* Threads mode: how far a thread's stream-local operations may take the allocated
+     * bytes from what the record says before the thread publishes (local_published):
+     * max(2 MiB, 1/256 of the allocated bytes last published). */
+    _Atomic int64_t pub_slack;
     fli_policy_state last_query; /* the policy's answer at the last full statistics */
     /* record_stream: streams besides its own that a live block is used on (address ->
      * stream_uses *), and blocks freed while such streams may still use them, waiting
@@ -268,6 +274,7 @@ fl_status fl_allocator_create(const fl_config *cfg, fl_device *dev, fl_allocator
     a->capture_watch = dev->capture_watch;
     atomic_store_explicit(&a->route, a->capture_watch ? ROUTE_CAPTURE : 0, memory_order_relaxed);
     a->id = fli_tc_next_id();
+    atomic_store_explicit(&a->pub_slack, PUBLISH_SLACK_MIN, memory_order_relaxed);
     if (cfg->publish && dev->is_gpu && fli_publish_open(dev->ordinal, fli_dev_uuid_str(dev, uuid, sizeof uuid), &a->pub) != FL_OK)
         fprintf(stderr, "fragless: device %d: not shown in `fragless top`: %s\n", dev->ordinal, fl_last_error());
     update_slow(a);
@@ -397,6 +404,9 @@ static void maybe_publish(fl_allocator *a, int now)
     fl_stats st;
     stats_fill(a, &st, refresh);
     fli_publish_update(a->pub, &st);
+    uint64_t slack = st.allocated_bytes.current / 256;
+    atomic_store_explicit(&a->pub_slack, (int64_t)(slack > PUBLISH_SLACK_MIN ? slack : PUBLISH_SLACK_MIN),
+                          memory_order_relaxed);
 }
 
 /* Written to a new file beside path (created with O_EXCL|O_NOFOLLOW) and renamed over it
@@ -1030,14 +1040,32 @@ static inline int local_enter(fl_allocator *a, fli_tcache *c)
 }
 
 /* fl_alloc in the stream-local mode. */
+/* Whether c's thread should publish after its stream-local operation (called while it
+ * is still in it: c's counters are its own then): the publisher writes the record under
+ * the lock, so a thread whose calls are all stream-local publishes every 1024 operations,
+ * and as soon as what it did since the record was written (its unfolded bytes) reaches
+ * pub_slack: the record of a job that went idle is its final state within that slack per
+ * thread. */
+static inline int local_unpublished(fl_allocator *a, fli_tcache *c)
+{
+    int64_t slack = atomic_load_explicit(&a->pub_slack, memory_order_relaxed);
+    return (++c->local_ops & 1023) == 0 || c->l_bytes >= slack || c->l_bytes <= -slack;
+}
+
+/* Publishes what every thread's stream-local operations did (the lock folds it in). */
+static FL_NOINLINE void local_publish(fl_allocator *a)
+{
+    lock_a(a);
+    maybe_publish(a, 0);
+    release_updated(a);
+}
+
 static fl_status local_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr)
 {
     fli_tcache *c = tc_get(a);
     if (FL_UNLIKELY(tc_capturing(a, stream)))
         return alloc_watching(a, c, size, stream, addr);
-    /* The publisher publishes under the lock: one allocation in 1024 takes it, so that
-     * `fragless top` follows a job whose calls are all stream-local. */
-    if (FL_LIKELY(c != NULL) && (FL_LIKELY(a->pub == NULL) || (++c->local_ops & 1023) != 0)) {
+    if (FL_LIKELY(c != NULL)) {
         fli_policy *p = a->policy;
         uint64_t charged = 0;
         int entered = local_enter(a, c);
@@ -1055,8 +1083,11 @@ static fl_status local_alloc(fl_allocator *a, uint64_t size, uint64_t stream, ui
             c->room[FL_TC_REQ] -= (int64_t)size;
             c->room[FL_TC_BLOCKS]--;
         }
+        int publish = done && FL_UNLIKELY(a->pub != NULL) && local_unpublished(a, c);
         if (entered)
             atomic_store_explicit(&c->in_local, 0, memory_order_release);
+        if (FL_UNLIKELY(publish))
+            local_publish(a);
         if (done)
             return FL_OK;
     }
@@ -1082,8 +1113,11 @@ static fl_status local_free(fl_allocator *a, uint64_t addr, uint64_t want)
             c->room[FL_TC_REQ] += (int64_t)req;
             c->room[FL_TC_BLOCKS]++;
         }
+        int publish = done && FL_UNLIKELY(a->pub != NULL) && local_unpublished(a, c);
         if (entered)
             atomic_store_explicit(&c->in_local, 0, memory_order_release);
+        if (FL_UNLIKELY(publish))
+            local_publish(a);
         if (done)
             return FL_OK;
     }

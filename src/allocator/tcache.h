@@ -72,8 +72,8 @@ struct fli_tcache {
      * blocks allocated and freed, bytes allocated in all). Written by this thread while
      * in_local is 1, else by that holder. */
     _Atomic int in_local;
-    uint32_t local_ops;         /* this thread's stream-local allocations, to publish now
-                                   and then (`fragless top`) */
+    uint32_t local_ops;         /* this thread's stream-local operations: one in 1024
+                                   publishes (`fragless top`; allocator.c, local_unpublished) */
     int64_t l_bytes;
     uint64_t l_allocs, l_frees, l_total;
     /* Under the allocator's lock (and this one where both are needed): what this cache's
