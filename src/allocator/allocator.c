@@ -76,7 +76,7 @@ struct fl_allocator {
     fli_publisher *pub;
     uint64_t published_ns;
     /* Threads mode: how far a thread's stream-local operations may take the allocated
-     * bytes from what the record says before the thread publishes (local_published):
+     * bytes from what the record says before the thread publishes (local_unpublished):
      * max(2 MiB, 1/256 of the allocated bytes last published). */
     _Atomic int64_t pub_slack;
     fli_policy_state last_query; /* the policy's answer at the last full statistics */
@@ -1039,7 +1039,6 @@ static inline int local_enter(fl_allocator *a, fli_tcache *c)
     }
 }
 
-/* fl_alloc in the stream-local mode. */
 /* Whether c's thread should publish after its stream-local operation (called while it
  * is still in it: c's counters are its own then): the publisher writes the record under
  * the lock, so a thread whose calls are all stream-local publishes every 1024 operations,
@@ -1060,6 +1059,7 @@ static FL_NOINLINE void local_publish(fl_allocator *a)
     release_updated(a);
 }
 
+/* fl_alloc in the stream-local mode. */
 static fl_status local_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr)
 {
     fli_tcache *c = tc_get(a);
