@@ -169,11 +169,7 @@ int main(void)
     }
     setenv("FRAGLESS_TOP_DIR", dir, 1);
     setenv("FAKECUDA_CAPACITY", "1G", 1);
-    fl_cuda_params cp;
-    fl_cuda_params_default(&cp);
-    cp.library = fake_path;
-    fl_device *d = NULL;
-    CHECK_OK(fl_cuda_device_create(&cp, &d));
+    fl_device *d = fl_test_fake_device();
     fl_config cfg;
     fl_config_default(&cfg);
     cfg.oom_report = 0;
