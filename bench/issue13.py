@@ -6,12 +6,13 @@ folder, hard/, snapshots/) and on examples/. Run from the repository root:
     python3 bench/issue13.py [-v] [--fragless build/fragless] [--conf CONF]
 
 Columns (-v), fragless's figures unless named:
-  minc     min_capacity / peak live
+  minc     min_capacity / peak live; mincC, mincE: cca's and cca-expandable's
   +pgMiB   min_capacity above the page limit (peak live rounded up to 2 MiB pages)
   bar      'ok' when min_capacity <= max(1.01 x peak live, page limit + 4 MiB), else MISS
   res      peak reserved without a limit / peak live; resE: cca-expandable's
   L0       steady-state ("late") device calls without a limit
-  L105     late calls at 1.05 x peak live, L105ms their simulated device time
+  L105     late calls at 1.05 x peak live, L105ms their simulated device time; E105ms:
+           cca-expandable's
   dev      simulated device time without a limit / cca-expandable's (warm-up bar: 1.5)
 Totals: bar_miss (traces over the bar) and bar_excess_mib (MiB over it, summed);
 worse_than_pt (min_capacity above cca's or cca-expandable's); res_miss (peak reserved
@@ -63,8 +64,9 @@ MiB = 1 << 20
 tot = dict(bar_miss=0, bar_excess_mib=0.0, worse_than_pt=0, res_miss=0, res_excess_mib=0.0, late0=0, late105=0,
            late105_ms=0.0, devratio_max=0.0)
 if args.v:
-    print("%-32s %8s %7s %6s %4s %7s %7s %4s %6s %7s %5s" %
-          ("trace", "liveMiB", "minc", "+pgMiB", "bar", "res", "resE", "L0", "L105", "L105ms", "dev"))
+    print("%-32s %8s %7s %6s %4s %7s %7s %7s %7s %4s %6s %7s %7s %5s" %
+          ("trace", "liveMiB", "minc", "+pgMiB", "bar", "mincC", "mincE", "res", "resE", "L0", "L105", "L105ms",
+           "E105ms", "dev"))
 for t in traces:
     a, c = compare(t, None), compare(t, "1.05x")
     f, x, e = a["fragless"], a["cca"], a["cca-expandable"]
@@ -76,6 +78,7 @@ for t in traces:
     l0 = int(f["late_device_calls"])
     l105 = int(c["fragless"]["capacity_late_device_calls"] or 0)
     l105ms = float(c["fragless"]["capacity_late_device_ms"] or 0)
+    e105ms = float(c["cca-expandable"]["capacity_late_device_ms"] or 0)
     tot["bar_miss"] += mc > bar
     tot["bar_excess_mib"] += max(0.0, mc - bar) / MiB
     tot["worse_than_pt"] += mc > min(float(x["min_capacity"]), float(e["min_capacity"]))
@@ -86,7 +89,8 @@ for t in traces:
     tot["late105_ms"] += l105ms
     tot["devratio_max"] = max(tot["devratio_max"], dev)
     if args.v:
-        print("%-32s %8.0f %7.4f %6.0f %4s %7.4f %7.4f %4d %6d %7.1f %5.2f" %
+        print("%-32s %8.0f %7.4f %6.0f %4s %7.4f %7.4f %7.4f %7.4f %4d %6d %7.1f %7.1f %5.2f" %
               (os.path.basename(t), live / MiB, mc / live, (mc - page_limit) / MiB, "ok" if mc <= bar else "MISS",
-               res / live, res_e / live, l0, l105, l105ms, dev))
+               float(x["min_capacity"]) / live, float(e["min_capacity"]) / live, res / live, res_e / live, l0, l105,
+               l105ms, e105ms, dev))
 print(" ".join("%s=%s" % (k, round(v, 2) if isinstance(v, float) else v) for k, v in tot.items()))
