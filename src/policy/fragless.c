@@ -130,7 +130,8 @@ typedef struct fx_policy {
     fx_heap *heaps;
     uint32_t n_heaps, cap_heaps;
     uint64_t small_limit;   /* requests below it go to the stream's small heap */
-    uint32_t last_heap[2];  /* cache for the stream lookup: [large, small] */
+    uint32_t last_heap[2];  /* cache for the stream lookup: [large, small], a heap of that
+                               kind or UINT32_MAX (none yet): only the stream to check */
     uint64_t *pool;         /* created one-page handles not mapped anywhere */
     uint64_t n_pool, cap_pool;
     uint64_t *cpool;        /* created chunk handles not mapped anywhere */
@@ -266,7 +267,7 @@ static int heap_find(const fx_policy *f, uint64_t stream, int small)
 static inline fl_status heap_for(fx_policy *f, uint64_t stream, int small, uint32_t *out)
 {
     uint32_t c = f->last_heap[small];
-    if (FL_LIKELY(c < f->n_heaps && f->heaps[c].stream == stream && f->heaps[c].small == small)) {
+    if (FL_LIKELY(c < f->n_heaps && f->heaps[c].stream == stream)) {
         *out = c;
         return FL_OK;
     }
@@ -1311,21 +1312,22 @@ static fl_status fx_alloc(fli_policy *base, uint64_t size, uint64_t stream, uint
     if (FL_LIKELY(hi < f->n_heaps && rsize - 1 < QUICK_MAX)) { /* rsize 0: size near 2^64 */
         fx_heap *h = &f->heaps[hi];
         fx_bin *bin = &h->bins[(rsize >> 9) - 1];
-        if (FL_LIKELY(h->stream == stream && h->small == small && bin->n)) {
-            uint32_t node = bin->node[bin->n - 1];
-            range_node *b = &h->range->nodes[node];
-            uint64_t p0 = b->offset >> f->gran_log;
-            fx_page *pg = &h->pages[p0];
-            if (FL_LIKELY(p0 == (b->offset + rsize - 1) >> f->gran_log && pg->refs)) {
+        uint32_t n = bin->n;
+        FL_ASSERT(h->small == small);
+        if (FL_LIKELY(h->stream == stream && n)) {
+            range_node *b = &h->range->nodes[bin->node[n - 1]];
+            uint64_t off = b->offset;
+            fx_page *pg = &h->pages[off >> f->gran_log];
+            if (FL_LIKELY(off >> f->gran_log == (off + rsize - 1) >> f->gran_log && pg->refs)) {
                 FL_ASSERT(b->used == RANGE_HELD && b->size == rsize && pg->handle && !(pg->flags & PAGE_NO_ACCESS));
-                bin->n--;
+                bin->n = n - 1;
                 pg->refs++;
                 b->used = RANGE_USED;
                 b->tag = (uint16_t)(rsize - size);
                 h->held_bytes -= rsize;
                 base->allocated += rsize;
                 base->num_allocs++;
-                *addr = h->va + b->offset;
+                *addr = h->va + off;
                 return FL_OK;
             }
         }
@@ -1604,6 +1606,11 @@ static int fx_check(const fli_policy *base)
     const fx_policy *f = (const fx_policy *)base;
     uint64_t mapped = 0, cached = 0, allocated = 0, no_access = 0;
     uint64_t chunk_pages = 0, chunk_cached = 0;
+    for (int k = 0; k < 2; k++) /* fx_alloc and heap_for trust the cache's kind */
+        if (f->last_heap[k] < f->n_heaps && f->heaps[f->last_heap[k]].small != k)
+            return fli_fail(FL_ERR_INVALID, "fragless check: the %s heap cache names heap %u, a %s one",
+                            k ? "small" : "large", f->last_heap[k], k ? "large" : "small"),
+                   1;
     for (uint32_t hi = 0; hi < f->n_heaps; hi++) {
         const fx_heap *h = &f->heaps[hi];
         uint64_t cached_before = cached, chunk_cached_before = chunk_cached;
@@ -1893,6 +1900,7 @@ static fl_status fx_create(const fl_config *cfg, fl_device *dev, fli_policy **ou
     f->max_pages = limit_pages(f);
     /* Measured on ../shared/traces (ARCHITECTURE.md): an eighth of a page. */
     f->small_limit = cfg->small_size ? cfg->small_size : f->gran / 8;
+    f->last_heap[0] = f->last_heap[1] = UINT32_MAX; /* no heap yet */
     /* The pools hold at most every handle of their kind; they grow with them (pool_grow). */
     if (fli_table_grow((void **)&f->pool, sizeof *f->pool, 0, 1024) != FL_OK) {
         free(f);
