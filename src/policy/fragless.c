@@ -76,6 +76,8 @@ typedef struct fx_heap {
     fx_page *pages;         /* grows with the highest page used */
     uint64_t n_pages;       /* pages that every per-page table covers (a power of two, at
                                least CHUNK_PAGES) */
+    uint64_t known_bytes;   /* min(va_size, n_pages pages): a free's address below va +
+                               known_bytes can be looked up in the index (live_node) */
     uint64_t cap[TAB_COUNT];/* pages each table (heap_tables) is grown to: n_pages unless
                                host memory ran out while growing them */
     /* The index of block starts, which finds a freed block's node (the range allocator
@@ -196,6 +198,7 @@ static fl_status heap_grow_pages(fx_heap *h, unsigned gran_log, uint64_t need)
         h->cap[k] = n;
     }
     h->n_pages = n;
+    h->known_bytes = n << gran_log < h->va_size ? n << gran_log : h->va_size;
     return FL_OK;
 }
 
@@ -1335,16 +1338,34 @@ static fl_status fx_alloc(fli_policy *base, uint64_t size, uint64_t stream, uint
     return alloc_placed(f, size, stream, addr);
 }
 
+/* The heap whose tracked pages hold addr (below va + known_bytes), NULL if none: the
+ * heaps other than the two of the stream lookup's cache. */
+static FL_NOINLINE fx_heap *heap_known_slow(const fx_policy *f, uint64_t addr)
+{
+    for (uint32_t i = 0; i < f->n_heaps; i++)
+        if (addr - f->heaps[i].va < f->heaps[i].known_bytes)
+            return &f->heaps[i];
+    return NULL;
+}
+
 /* The range node of the live block that starts at addr (its heap in *hp), 0 if none:
- * index_find, asking for a live block instead of any that is not free. */
+ * index_find, asking for a live block instead of any that is not free. One comparison
+ * per heap tried both finds the heap and keeps the index's bounds (known_bytes). */
 static inline uint32_t live_node(const fx_policy *f, uint64_t addr, fx_heap **hp)
 {
-    fx_heap *h = *hp = heap_at(f, addr);
-    if (FL_UNLIKELY(!h))
-        return 0;
+    fx_heap *h = NULL;
+    for (int k = 1; k >= 0; k--) { /* small first: most blocks are small */
+        uint32_t c = f->last_heap[k];
+        if (FL_LIKELY(c < f->n_heaps && addr - f->heaps[c].va < f->heaps[c].known_bytes)) {
+            h = &f->heaps[c];
+            break;
+        }
+    }
+    if (FL_UNLIKELY(!h) && !(h = heap_known_slow(f, addr)))
+        return *hp = NULL, 0;
+    *hp = h;
     uint64_t off = addr - h->va;
-    if (FL_UNLIKELY(off >> f->gran_log >= h->n_pages))
-        return 0;
+    FL_ASSERT(off >> f->gran_log < h->n_pages);
     const range_node *nodes = h->range->nodes;
     uint32_t v = h->starts[off >> h->win_log];
     while (v && nodes[v].offset < off)
