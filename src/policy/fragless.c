@@ -1394,8 +1394,8 @@ static int fx_block_stream(const fli_policy *base, uint64_t addr, uint64_t *stre
 }
 
 /* fx_free once the block is found and checked: its quick list or the range allocator,
- * then its pages. */
-static void release_block(fx_policy *f, fx_heap *h, uint32_t v)
+ * then its pages. Returns the block's size. */
+static inline uint64_t release_block(fx_policy *f, fx_heap *h, uint32_t v)
 {
     uint64_t off = h->range->nodes[v].offset, size = h->range->nodes[v].size;
     fx_bin *bin = size <= QUICK_MAX ? &h->bins[(size >> 9) - 1] : NULL;
@@ -1411,13 +1411,12 @@ static void release_block(fx_policy *f, fx_heap *h, uint32_t v)
         heap_release(h, v);
     }
     unpin_in(f, h, off >> f->gran_log, (off + size - 1) >> f->gran_log, 1);
+    return size;
 }
 
 static FL_NOINLINE fl_status free_found(fx_policy *f, fx_heap *h, uint32_t v)
 {
-    uint64_t size = h->range->nodes[v].size;
-    release_block(f, h, v);
-    f->base.allocated -= size;
+    f->base.allocated -= release_block(f, h, v);
     f->base.num_frees++;
     return FL_OK;
 }
