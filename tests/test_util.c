@@ -210,9 +210,9 @@ static void test_sizes(void)
 
 /* ---- bit arrays ---------------------------------------------------------------- */
 
-/* Every range [a, b) of a 256-bit array, set, counted and cleared on a pseudo-random
- * background, against one bit at a time: inside one word, across a boundary, across
- * whole words, empty. */
+/* Every range [a, b) of a 256-bit array, set, counted, tested whole (fli_bits_all, with a
+ * gap at its first, middle and last bit too) and cleared on a pseudo-random background,
+ * against one bit at a time: inside one word, across a boundary, across whole words, empty. */
 static void test_bits(void)
 {
     enum { N = 256 };
@@ -233,11 +233,22 @@ static void test_bits(void)
             for (uint64_t i = a; i < b; i++)
                 count += fli_bit_get(ref, i);
             bad += fli_bits_count(w, a, b) != count;
+            bad += fli_bits_all(w, a, b) != (count == b - a);
             fli_bits_set(w, a, b);
             for (uint64_t i = a; i < b; i++)
                 fli_bit_set(ref, i);
             bad += memcmp(w, ref, sizeof w) != 0;
             bad += fli_bits_count(w, a, b) != b - a;
+            bad += !fli_bits_all(w, a, b);
+            /* One gap anywhere in the run (its first, a middle and its last bit) and
+             * fli_bits_all says no; the bit back, yes. */
+            uint64_t gaps[3] = {a, a + (b - a) / 2, b - 1};
+            for (int j = 0; j < 3 && a < b; j++) {
+                fli_bit_clear(w, gaps[j]);
+                bad += fli_bits_all(w, a, b);
+                fli_bit_set(w, gaps[j]);
+                bad += !fli_bits_all(w, a, b);
+            }
             fli_bits_clear(w, a, b);
             for (uint64_t i = a; i < b; i++)
                 fli_bit_clear(ref, i);

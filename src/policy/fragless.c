@@ -749,7 +749,9 @@ static uint64_t pin_rest(fx_policy *f, fx_heap *h, uint64_t p0, uint64_t p1, uin
     if (p1 > p0 + 1) {
         /* The pages inside lay in a free range: nothing pinned them, and now the block
          * alone does. */
-        uint64_t inside = p1 - p0 - 1, m = fli_bits_count(h->mapped, p0 + 1, p1);
+        /* Mostly all mapped already (a warm heap): counted only when not. */
+        uint64_t inside = p1 - p0 - 1,
+                 m = fli_bits_all(h->mapped, p0 + 1, p1) ? inside : fli_bits_count(h->mapped, p0 + 1, p1);
         FL_ASSERT(fli_bits_count(h->covered, p0 + 1, p1) == 0);
         fli_bits_set(h->covered, p0 + 1, p1);
         h->n_cached -= m;
@@ -1036,7 +1038,7 @@ static void flush_bins(fx_heap *h)
 static inline int pages_ready(const fx_policy *f, const fx_heap *h, uint64_t p0, uint64_t p1)
 {
     if (p1 >= h->n_pages || !h->pages[p0].handle || !h->pages[p1].handle ||
-        (p1 > p0 + 1 && fli_bits_count(h->mapped, p0 + 1, p1) != p1 - p0 - 1))
+        !fli_bits_all(h->mapped, p0 + 1, p1))
         return 0;
     if (FL_UNLIKELY(f->n_no_access))
         for (uint64_t p = p0; p <= p1; p++)
