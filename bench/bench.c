@@ -161,10 +161,11 @@ static int api_replay(const bench_trace *t, const char *policy, int caches, uint
     const bench_op *ops = t->ops;
     int rc = 0;
     fli_policy *p = caches < 0 ? fli_allocator_policy(a) : NULL;
+    uint64_t requested; /* what fl_free asks of the policy too (the fragless policy's short path) */
     uint64_t t0 = bench_pair_clock_ns();
     for (size_t i = 0; i < t->n_ops && p; i++) {
         const bench_op *op = &ops[i];
-        if (op->is_free ? p->ops->free(p, addr[op->slot], 0, NULL) != FL_OK
+        if (op->is_free ? p->ops->free(p, addr[op->slot], 0, &requested) != FL_OK
                         : p->ops->alloc(p, op->size, op->stream, &addr[op->slot]) != FL_OK) {
             fprintf(stderr, "fl_bench: %s under %s (policy alone), operation %zu: %s\n", t->name, policy, i,
                     fl_last_error());

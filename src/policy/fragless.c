@@ -1423,22 +1423,38 @@ static FL_NOINLINE fl_status free_found(fx_policy *f, fx_heap *h, uint32_t v)
     return FL_OK;
 }
 
+/* fx_free with a size to check (fl_free_sized) or no requested size to give back (the
+ * policy's own callers): out of line, so that fx_free keeps fewer values in registers. */
+static FL_NOINLINE fl_status fx_free_general(fx_policy *f, uint64_t addr, uint64_t want, uint64_t *requested)
+{
+    fx_heap *h;
+    uint32_t v = live_node(f, addr, &h);
+    if (FL_UNLIKELY(!v))
+        return fli_policy_not_live(&f->base, addr);
+    const range_node *b = &h->range->nodes[v];
+    uint64_t req = b->size - TAG_REQ(b->tag);
+    if (want && want != req)
+        return fli_policy_size_mismatch(addr, want, req);
+    if (requested)
+        *requested = req;
+    return free_found(f, h, v);
+}
+
 /* As in fx_alloc, the common case is short: a small block goes on its quick list and
  * its page stays pinned by other blocks. */
 static fl_status fx_free(fli_policy *base, uint64_t addr, uint64_t want, uint64_t *requested)
 {
     fx_policy *f = (fx_policy *)base;
+    if (FL_UNLIKELY(want || !requested))
+        return fx_free_general(f, addr, want, requested);
     fx_heap *h;
     uint32_t v = live_node(f, addr, &h);
     if (FL_UNLIKELY(!v))
         return fli_policy_not_live(base, addr);
     range_node *b = &h->range->nodes[v];
-    uint64_t size = b->size, req = size - TAG_REQ(b->tag);
-    if (FL_UNLIKELY(want && want != req))
-        return fli_policy_size_mismatch(addr, want, req);
+    uint64_t size = b->size;
     FL_ASSERT(size <= base->allocated && base->num_frees < base->num_allocs);
-    if (requested)
-        *requested = req;
+    *requested = size - TAG_REQ(b->tag);
     if (size <= QUICK_MAX) {
         /* The block starts at addr (live_node found it there): its page and whether it
          * lies on that page alone come from the address, without the node's offset. */
