@@ -132,8 +132,10 @@ typedef struct fx_policy {
     fx_heap *heaps;
     uint32_t n_heaps, cap_heaps;
     uint64_t small_limit;   /* requests below it go to the stream's small heap */
-    uint32_t last_heap[2];  /* cache for the stream lookup: [large, small], a heap of that
-                               kind or UINT32_MAX (none yet): only the stream to check */
+    fx_heap *last_heap[2];  /* the stream lookup's cache, [large, small]: the heap of that
+                               kind used last, or &no_heap until there is one; so the
+                               short paths test it with no bounds check and no index
+                               (heap_new moves them with the heaps) */
     uint64_t *pool;         /* created one-page handles not mapped anywhere */
     uint64_t n_pool, cap_pool;
     uint64_t *cpool;        /* created chunk handles not mapped anywhere */
@@ -157,6 +159,10 @@ typedef struct fx_policy {
 } fx_policy;
 
 /* ---- heaps ------------------------------------------------------------------- */
+
+/* last_heap's entry while a kind has no heap: no stream's (heap_for tests for it), no
+ * address (va_size and known_bytes 0), no block on its quick lists. Never written. */
+static fx_heap no_heap;
 
 static void **heap_table(fx_heap *h, int k, size_t *elem)
 {
@@ -215,11 +221,16 @@ static fl_status heap_new(fx_policy *f, uint64_t stream, int small, uint32_t *ou
 {
     if (f->n_heaps == f->cap_heaps) {
         uint32_t cap = f->cap_heaps ? f->cap_heaps * 2 : 4;
+        ptrdiff_t last[2];
+        for (int k = 0; k < 2; k++)
+            last[k] = f->last_heap[k] == &no_heap ? -1 : f->last_heap[k] - f->heaps;
         fx_heap *h = realloc(f->heaps, cap * sizeof *h);
         if (!h)
             return fli_fail(FL_ERR_NOMEM, "fragless: host memory for a stream heap");
         f->heaps = h;
         f->cap_heaps = cap;
+        for (int k = 0; k < 2; k++)
+            f->last_heap[k] = last[k] < 0 ? &no_heap : &h[last[k]];
     }
     fx_heap *h = &f->heaps[f->n_heaps];
     memset(h, 0, sizeof *h);
@@ -269,19 +280,20 @@ static int heap_find(const fx_policy *f, uint64_t stream, int small)
 
 static inline fl_status heap_for(fx_policy *f, uint64_t stream, int small, uint32_t *out)
 {
-    uint32_t c = f->last_heap[small];
-    if (FL_LIKELY(c < f->n_heaps && f->heaps[c].stream == stream)) {
-        *out = c;
+    fx_heap *c = f->last_heap[small];
+    if (FL_LIKELY(c->stream == stream && c != &no_heap)) {
+        *out = (uint32_t)(c - f->heaps);
         return FL_OK;
     }
     int i = heap_find(f, stream, small);
     if (i >= 0) {
-        *out = f->last_heap[small] = (uint32_t)i;
+        *out = (uint32_t)i;
+        f->last_heap[small] = &f->heaps[i];
         return FL_OK;
     }
     fl_status s = heap_new(f, stream, small, out);
     if (s == FL_OK)
-        f->last_heap[small] = *out;
+        f->last_heap[small] = &f->heaps[*out];
     return s;
 }
 
@@ -289,9 +301,9 @@ static inline fl_status heap_for(fx_policy *f, uint64_t stream, int small, uint3
 static inline fx_heap *heap_at(const fx_policy *f, uint64_t addr)
 {
     for (int k = 1; k >= 0; k--) { /* small first: most blocks are small */
-        uint32_t c = f->last_heap[k];
-        if (FL_LIKELY(c < f->n_heaps && addr - f->heaps[c].va < f->heaps[c].va_size))
-            return &f->heaps[c];
+        fx_heap *c = f->last_heap[k];
+        if (FL_LIKELY(addr - c->va < c->va_size))
+            return c;
     }
     for (uint32_t i = 0; i < f->n_heaps; i++)
         if (addr - f->heaps[i].va < f->heaps[i].va_size)
@@ -1312,13 +1324,12 @@ static fl_status fx_alloc(fli_policy *base, uint64_t size, uint64_t stream, uint
 {
     fx_policy *f = (fx_policy *)base;
     int small = size < f->small_limit;
-    uint32_t hi = f->last_heap[small];
+    fx_heap *h = f->last_heap[small]; /* no_heap: bin->n is 0 */
     uint64_t rsize = fli_align_up(size, 512);
-    if (FL_LIKELY(hi < f->n_heaps && rsize - 1 < QUICK_MAX)) { /* rsize 0: size near 2^64 */
-        fx_heap *h = &f->heaps[hi];
+    if (FL_LIKELY(rsize - 1 < QUICK_MAX)) { /* rsize 0: size near 2^64 */
         fx_bin *bin = &h->bins[(rsize >> 9) - 1];
         uint32_t n = bin->n;
-        FL_ASSERT(h->small == small);
+        FL_ASSERT(h == &no_heap || h->small == small);
         if (FL_LIKELY(h->stream == stream && n)) {
             range_node *b = &h->range->nodes[bin->node[n - 1]];
             uint64_t off = b->offset;
@@ -1357,9 +1368,9 @@ static inline uint32_t live_node(const fx_policy *f, uint64_t addr, fx_heap **hp
 {
     fx_heap *h = NULL;
     for (int k = 1; k >= 0; k--) { /* small first: most blocks are small */
-        uint32_t c = f->last_heap[k];
-        if (FL_LIKELY(c < f->n_heaps && addr - f->heaps[c].va < f->heaps[c].known_bytes)) {
-            h = &f->heaps[c];
+        fx_heap *c = f->last_heap[k];
+        if (FL_LIKELY(addr - c->va < c->known_bytes)) {
+            h = c;
             break;
         }
     }
@@ -1644,11 +1655,17 @@ static int fx_check(const fli_policy *base)
     const fx_policy *f = (const fx_policy *)base;
     uint64_t mapped = 0, cached = 0, allocated = 0, no_access = 0;
     uint64_t chunk_pages = 0, chunk_cached = 0;
-    for (int k = 0; k < 2; k++) /* fx_alloc and heap_for trust the cache's kind */
-        if (f->last_heap[k] < f->n_heaps && f->heaps[f->last_heap[k]].small != k)
-            return fli_fail(FL_ERR_INVALID, "fragless check: the %s heap cache names heap %u, a %s one",
-                            k ? "small" : "large", f->last_heap[k], k ? "large" : "small"),
+    for (int k = 0; k < 2; k++) { /* fx_alloc and heap_for trust the cache's kind */
+        const fx_heap *c = f->last_heap[k];
+        uint32_t i = 0;
+        while (i < f->n_heaps && c != &f->heaps[i])
+            i++;
+        if (c == &no_heap ? no_heap.va_size || no_heap.known_bytes || no_heap.held_bytes
+                          : i == f->n_heaps || c->small != k)
+            return fli_fail(FL_ERR_INVALID, "fragless check: the %s heap cache is not a %s heap of the policy",
+                            k ? "small" : "large", k ? "small" : "large"),
                    1;
+    }
     for (uint32_t hi = 0; hi < f->n_heaps; hi++) {
         const fx_heap *h = &f->heaps[hi];
         uint64_t cached_before = cached, chunk_cached_before = chunk_cached;
@@ -1938,7 +1955,7 @@ static fl_status fx_create(const fl_config *cfg, fl_device *dev, fli_policy **ou
     f->max_pages = limit_pages(f);
     /* Measured on ../shared/traces (ARCHITECTURE.md): an eighth of a page. */
     f->small_limit = cfg->small_size ? cfg->small_size : f->gran / 8;
-    f->last_heap[0] = f->last_heap[1] = UINT32_MAX; /* no heap yet */
+    f->last_heap[0] = f->last_heap[1] = &no_heap; /* no heap yet */
     /* The pools hold at most every handle of their kind; they grow with them (pool_grow). */
     if (fli_table_grow((void **)&f->pool, sizeof *f->pool, 0, 1024) != FL_OK) {
         free(f);
