@@ -1361,29 +1361,41 @@ static FL_NOINLINE fx_heap *heap_known_slow(const fx_policy *f, uint64_t addr)
     return NULL;
 }
 
-/* The range node of the live block that starts at addr (its heap in *hp), 0 if none:
- * index_find, asking for a live block instead of any that is not free. One comparison
- * per heap tried both finds the heap and keeps the index's bounds (known_bytes). */
-static inline uint32_t live_node(const fx_policy *f, uint64_t addr, fx_heap **hp)
+/* Of the stream lookup's two heaps, the one whose tracked pages hold addr, NULL if
+ * neither: one comparison per heap both finds it and keeps the index's bounds. */
+static inline fx_heap *heap_known_cached(const fx_policy *f, uint64_t addr)
 {
-    fx_heap *h = NULL;
     for (int k = 1; k >= 0; k--) { /* small first: most blocks are small */
         fx_heap *c = f->last_heap[k];
-        if (FL_LIKELY(addr - c->va < c->known_bytes)) {
-            h = c;
-            break;
-        }
+        if (FL_LIKELY(addr - c->va < c->known_bytes))
+            return c;
     }
-    if (FL_UNLIKELY(!h) && !(h = heap_known_slow(f, addr)))
-        return *hp = NULL, 0;
-    *hp = h;
+    return NULL;
+}
+
+/* The range node of the live block that starts at addr in heap h (addr below h->va +
+ * known_bytes), 0 if none: index_find, asking for a live block instead of any that is
+ * not free. */
+static inline uint32_t live_node_in(const fx_policy *f, const fx_heap *h, uint64_t addr)
+{
     uint64_t off = addr - h->va;
     FL_ASSERT(off >> f->gran_log < h->n_pages);
+    (void)f;
     const range_node *nodes = h->range->nodes;
     uint32_t v = h->starts[off >> h->win_log];
     while (v && nodes[v].offset < off)
         v = nodes[v].next_phys;
     return FL_LIKELY(v) && nodes[v].offset == off && nodes[v].used == RANGE_USED ? v : 0;
+}
+
+/* live_node_in of whichever heap holds addr (in *hp), 0 if none. */
+static inline uint32_t live_node(const fx_policy *f, uint64_t addr, fx_heap **hp)
+{
+    fx_heap *h = heap_known_cached(f, addr);
+    if (FL_UNLIKELY(!h) && !(h = heap_known_slow(f, addr)))
+        return *hp = NULL, 0;
+    *hp = h;
+    return live_node_in(f, h, addr);
 }
 
 static uint64_t fx_block_size(const fli_policy *base, uint64_t addr)
@@ -1434,8 +1446,9 @@ static FL_NOINLINE fl_status free_found(fx_policy *f, fx_heap *h, uint32_t v)
     return FL_OK;
 }
 
-/* fx_free with a size to check (fl_free_sized) or no requested size to give back (the
- * policy's own callers): out of line, so that fx_free keeps fewer values in registers. */
+/* fx_free with a size to check (fl_free_sized), no requested size to give back (the
+ * policy's own callers) or a block outside the two cached heaps: out of line, so that
+ * fx_free keeps fewer values in registers and calls nothing but at its end. */
 static FL_NOINLINE fl_status fx_free_general(fx_policy *f, uint64_t addr, uint64_t want, uint64_t *requested)
 {
     fx_heap *h;
@@ -1456,10 +1469,10 @@ static FL_NOINLINE fl_status fx_free_general(fx_policy *f, uint64_t addr, uint64
 static fl_status fx_free(fli_policy *base, uint64_t addr, uint64_t want, uint64_t *requested)
 {
     fx_policy *f = (fx_policy *)base;
-    if (FL_UNLIKELY(want || !requested))
+    fx_heap *h = heap_known_cached(f, addr);
+    if (FL_UNLIKELY(want || !requested || !h)) /* !h: another heap's, or none's */
         return fx_free_general(f, addr, want, requested);
-    fx_heap *h;
-    uint32_t v = live_node(f, addr, &h);
+    uint32_t v = live_node_in(f, h, addr);
     if (FL_UNLIKELY(!v))
         return fli_policy_not_live(base, addr);
     range_node *b = &h->range->nodes[v];
