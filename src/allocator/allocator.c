@@ -1363,21 +1363,17 @@ static FL_NOINLINE fl_status alloc_routed(fl_allocator *a, int route, uint64_t s
 
 static FL_NOINLINE fl_status alloc_slow_locked(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr)
 {
+    if (a->threads && !a->excl_held) /* threads on since the route was read (lock_fast) */
+        locals_out(a);
     fl_status s = a->threads ? tc_alloc_locked(a, NULL, size, stream, addr) : alloc_locked(a, size, stream, addr);
     release_updated(a);
     return s;
 }
 
-/* The fast path: the policy's call and plain statistics; alloc_locked when a slow reason
- * holds (the flag is read under the lock: whoever set it held the lock too). */
-fl_status fl_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr)
+/* fl_alloc with the lock held: the policy's call and plain statistics; alloc_locked when
+ * a slow reason holds (the flag is read under the lock: whoever set it held the lock too). */
+static inline fl_status alloc_held(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr)
 {
-    if (FL_UNLIKELY(size == 0))
-        return fli_fail(FL_ERR_INVALID, "fl_alloc: size 0");
-    int route = atomic_load_explicit(&a->route, memory_order_relaxed);
-    if (FL_UNLIKELY(route)) /* a device that can capture CUDA graphs, or thread caches */
-        return alloc_routed(a, route, size, stream, addr);
-    lock_fast(a);
     if (FL_UNLIKELY(a->slow))
         return alloc_slow_locked(a, size, stream, addr);
     fli_policy *p = a->policy;
@@ -1389,6 +1385,30 @@ fl_status fl_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *ad
         s = alloc_failed(a, s, size, stream);
     fli_lock_release(&a->lock); /* not slow: no threads, nothing kept out (unlock_a) */
     return s;
+}
+
+/* fl_alloc that met another thread at the lock (lock_fast's wait, out of line with the
+ * rest of the call: the fast path then keeps nothing alive across a call but the
+ * policy's). */
+static FL_NOINLINE fl_status alloc_contended(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr)
+{
+    lock_contended(a);
+    return alloc_held(a, size, stream, addr);
+}
+
+/* The fast path: lock_fast's compare-and-swap, then alloc_held. */
+fl_status fl_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr)
+{
+    if (FL_UNLIKELY(size == 0))
+        return fli_fail(FL_ERR_INVALID, "fl_alloc: size 0");
+    int route = atomic_load_explicit(&a->route, memory_order_relaxed);
+    if (FL_UNLIKELY(route)) /* a device that can capture CUDA graphs, or thread caches */
+        return alloc_routed(a, route, size, stream, addr);
+    uint32_t c = 0;
+    if (FL_UNLIKELY(!atomic_compare_exchange_strong_explicit(&a->lock.held, &c, 1, memory_order_acquire,
+                                                             memory_order_relaxed)))
+        return alloc_contended(a, size, stream, addr);
+    return alloc_held(a, size, stream, addr);
 }
 
 /* The index of addr on the pending list, -1 if it is not there. */
@@ -1561,19 +1581,17 @@ static FL_NOINLINE fl_status free_routed(fl_allocator *a, int route, uint64_t ad
 
 static FL_NOINLINE fl_status free_slow_locked(fl_allocator *a, uint64_t addr, uint64_t want)
 {
+    if (a->threads && !a->excl_held) /* threads on since the route was read (lock_fast) */
+        locals_out(a);
     fl_status s = a->threads && !a->tc_off ? tc_free_locked(a, NULL, addr, want) : free_locked(a, addr, want);
     release_updated(a);
     return s;
 }
 
-/* The fast path of both frees: the policy finds the block once and gives its requested
- * size back; free_locked when a slow reason holds. */
-static inline fl_status free_api(fl_allocator *a, uint64_t addr, uint64_t want)
+/* Both frees with the lock held: the policy finds the block once and gives its
+ * requested size back; free_locked when a slow reason holds. */
+static inline fl_status free_held(fl_allocator *a, uint64_t addr, uint64_t want)
 {
-    int route = atomic_load_explicit(&a->route, memory_order_relaxed);
-    if (FL_UNLIKELY(route & (ROUTE_THREADS | ROUTE_LOCAL)))
-        return free_routed(a, route, addr, want);
-    lock_fast(a);
     if (FL_UNLIKELY(a->slow))
         return free_slow_locked(a, addr, want);
     uint64_t size;
@@ -1585,6 +1603,26 @@ static inline fl_status free_api(fl_allocator *a, uint64_t addr, uint64_t want)
     }
     fli_lock_release(&a->lock); /* not slow: as in fl_alloc */
     return s;
+}
+
+/* A free that met another thread at the lock, as alloc_contended. */
+static FL_NOINLINE fl_status free_contended(fl_allocator *a, uint64_t addr, uint64_t want)
+{
+    lock_contended(a);
+    return free_held(a, addr, want);
+}
+
+/* The fast path of both frees, as fl_alloc's. */
+static inline fl_status free_api(fl_allocator *a, uint64_t addr, uint64_t want)
+{
+    int route = atomic_load_explicit(&a->route, memory_order_relaxed);
+    if (FL_UNLIKELY(route & (ROUTE_THREADS | ROUTE_LOCAL)))
+        return free_routed(a, route, addr, want);
+    uint32_t c = 0;
+    if (FL_UNLIKELY(!atomic_compare_exchange_strong_explicit(&a->lock.held, &c, 1, memory_order_acquire,
+                                                             memory_order_relaxed)))
+        return free_contended(a, addr, want);
+    return free_held(a, addr, want);
 }
 
 fl_status fl_free(fl_allocator *a, uint64_t addr) { return free_api(a, addr, 0); }
