@@ -162,6 +162,50 @@ static void test_streams(void)
     fl_device_destroy(d);
 }
 
+/* The stream lookup's cache (the small and the large heap used last): stream 0 first,
+ * before any heap exists (the cache's empty heap must not pass for stream 0's); then
+ * six streams' heaps, so the heap array moves twice under the cache; frees of blocks
+ * in heaps the cache does not name (the general search), of addresses no block starts
+ * at, and the quick lists' reuse after the cache changed heaps. */
+static void test_heap_cache(void)
+{
+    fl_device *d = fl_test_sim(0, 0);
+    fli_policy *p = fragless_on(d, 0);
+    enum { STREAMS = 6 };
+    uint64_t small[STREAMS], large[STREAMS], req = 0;
+    for (uint64_t s = 0; s < STREAMS; s++) {
+        CHECK_OK(p->ops->alloc(p, 1000 + s, s, &small[s]));
+        CHECK_OK(p->ops->alloc(p, 8 * MiB + s, s, &large[s]));
+        CHECK(small[s] != 0 && large[s] != 0 && small[s] != large[s]);
+        CHECK(p->ops->check(p) == 0);
+    }
+    for (uint64_t s = 1; s < STREAMS; s++)
+        CHECK(small[s] != small[s - 1] && large[s] != large[s - 1]);
+    /* Not starts of blocks, or in no heap: not live, and nothing changes. */
+    CHECK_STATUS(p->ops->free(p, small[0] + 512, 0, &req), FL_ERR_NOT_FOUND);
+    CHECK_STATUS(p->ops->free(p, large[2] + PAGE, 0, &req), FL_ERR_NOT_FOUND);
+    CHECK_STATUS(p->ops->free(p, 0x10, 0, &req), FL_ERR_NOT_FOUND);
+    CHECK(p->ops->check(p) == 0);
+    /* Oldest first: the cache names the last stream's heaps. */
+    for (uint64_t s = 0; s < STREAMS; s++) {
+        CHECK_OK(p->ops->free(p, small[s], 0, &req));
+        CHECK_EQ_U64(req, 1000 + s);
+        CHECK_OK(p->ops->free(p, large[s], 0, &req));
+        CHECK_EQ_U64(req, 8 * MiB + s);
+        CHECK(p->ops->check(p) == 0);
+    }
+    CHECK_STATUS(p->ops->free(p, small[3], 0, &req), FL_ERR_NOT_FOUND); /* a double free */
+    /* Back to stream 1: its small block of that size from its quick list. */
+    uint64_t again;
+    CHECK_OK(p->ops->alloc(p, 1001, 1, &again));
+    CHECK_EQ_U64(again, small[1]);
+    CHECK_OK(p->ops->free(p, again, 1001, &req));
+    CHECK(p->ops->check(p) == 0);
+    CHECK_EQ_U64(p->allocated, 0);
+    p->ops->destroy(p);
+    fl_device_destroy(d);
+}
+
 /* limit: the policy never holds more than it, whatever the device has. */
 static void test_limit_and_empty_cache(void)
 {
@@ -450,6 +494,7 @@ int main(void)
     test_page_accounting();
     test_no_stranded_memory();
     test_streams();
+    test_heap_cache();
     test_limit_and_empty_cache();
     test_fault_injection();
     test_access_after_failed_set_access();
