@@ -185,6 +185,9 @@ static void test_heap_cache(void)
     CHECK_STATUS(p->ops->free(p, small[0] + 512, 0, &req), FL_ERR_NOT_FOUND);
     CHECK_STATUS(p->ops->free(p, large[2] + PAGE, 0, &req), FL_ERR_NOT_FOUND);
     CHECK_STATUS(p->ops->free(p, 0x10, 0, &req), FL_ERR_NOT_FOUND);
+    /* Inside stream 0's large heap but past the pages its tables cover (256 to start):
+     * not looked up in its index. */
+    CHECK_STATUS(p->ops->free(p, large[0] + 600 * MiB, 0, &req), FL_ERR_NOT_FOUND);
     CHECK(p->ops->check(p) == 0);
     /* Oldest first: the cache names the last stream's heaps. */
     for (uint64_t s = 0; s < STREAMS; s++) {
