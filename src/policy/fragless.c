@@ -1510,7 +1510,34 @@ static fl_status fx_free(fli_policy *base, uint64_t addr, uint64_t want, uint64_
  * accessible already), table growth, the stream lookup's cache. */
 
 /* alloc_placed's choices, on pages that are all backed, or 0 with nothing changed. */
-static int heap_alloc_local(fx_policy *f, fx_heap *h, uint64_t size, uint64_t rsize, uint64_t *addr)
+/* heap_alloc_local's short way, inline: a quick-list block on a page other live blocks
+ * pin (so mapped and accessible), as fx_alloc's: a few stores. 0: not this case. */
+static inline int heap_alloc_quick(fx_policy *f, fx_heap *h, uint64_t size, uint64_t rsize, uint64_t *addr)
+{
+    if (rsize > QUICK_MAX)
+        return 0;
+    fx_bin *bin = &h->bins[(rsize >> 9) - 1];
+    if (!bin->n)
+        return 0;
+    range_node *nodes = h->range->nodes;
+    uint32_t node = bin->node[bin->n - 1];
+    uint64_t off = nodes[node].offset;
+    fx_page *pg = &h->pages[off >> f->gran_log];
+    if (FL_UNLIKELY((off >> f->gran_log) != (off + rsize - 1) >> f->gran_log || !pg->refs))
+        return 0;
+    FL_ASSERT(nodes[node].used == RANGE_HELD && nodes[node].size == rsize && pg->handle &&
+              !(pg->flags & PAGE_NO_ACCESS));
+    bin->n--;
+    pg->refs++;
+    nodes[node].used = RANGE_USED;
+    nodes[node].tag = (uint16_t)(rsize - size);
+    h->held_bytes -= rsize;
+    *addr = h->va + off;
+    return 1;
+}
+
+/* The rest of a stream-local allocation, out of line (heap_alloc_quick came first). */
+static FL_NOINLINE int heap_alloc_local(fx_policy *f, fx_heap *h, uint64_t size, uint64_t rsize, uint64_t *addr)
 {
     range_node *nodes = h->range->nodes;
     fx_bin *bin = rsize <= QUICK_MAX ? &h->bins[(rsize >> 9) - 1] : NULL;
@@ -1519,20 +1546,6 @@ static int heap_alloc_local(fx_policy *f, fx_heap *h, uint64_t size, uint64_t rs
     if (bin && bin->n) {
         node = bin->node[bin->n - 1];
         off = nodes[node].offset;
-        fx_page *pg = &h->pages[off >> f->gran_log];
-        if (FL_LIKELY((off >> f->gran_log) == (off + rsize - 1) >> f->gran_log && pg->refs)) {
-            /* On a page other live blocks pin (so mapped and accessible): as fx_alloc's
-             * short way, a few stores. */
-            FL_ASSERT(nodes[node].used == RANGE_HELD && nodes[node].size == rsize && pg->handle &&
-                      !(pg->flags & PAGE_NO_ACCESS));
-            bin->n--;
-            pg->refs++;
-            nodes[node].used = RANGE_USED;
-            nodes[node].tag = (uint16_t)(rsize - size);
-            h->held_bytes -= rsize;
-            *addr = h->va + off;
-            return 1;
-        }
         if (!pages_ready(f, h, off >> f->gran_log, (off + rsize - 1) >> f->gran_log))
             return 0;
         bin->n--;
@@ -1589,7 +1602,7 @@ static int fx_alloc_local(fli_policy *base, uint64_t size, uint64_t stream, uint
         !heap_claim(&f->heaps[hi], owner))
         return 0;
     *charged = rsize;
-    return heap_alloc_local(f, &f->heaps[hi], size, rsize, addr);
+    return heap_alloc_quick(f, &f->heaps[hi], size, rsize, addr) || heap_alloc_local(f, &f->heaps[hi], size, rsize, addr);
 }
 
 static int fx_free_local(fli_policy *base, uint64_t addr, uint64_t want, uint64_t owner, uint64_t *requested,
