@@ -67,9 +67,12 @@ static void check_page_map(const fli_state *st, const char *html)
     for (size_t i = 0; i < st->n_regions; i++)
         units += region_units(st, &st->regions[i], g);
     FZ_CHECK(count(html, "<p class=\"sum\" data-units=") == 1, "not one page map summary");
-    uint64_t n = attr_u64(html, "data-units=\""), un = attr_u64(html, "data-unmapped=\""),
-             ca = attr_u64(html, "data-cached=\""), p1 = attr_u64(html, "data-pin1=\""),
-             pn = attr_u64(html, "data-pinn=\"");
+    /* The summary's own attributes: names such as data-pinn=" may also end a policy name
+     * shown in an attribute before it (a fuzzer's input did that). */
+    const char *sum = strstr(html, "<p class=\"sum\" data-units=");
+    uint64_t n = attr_u64(sum, "data-units=\""), un = attr_u64(sum, "data-unmapped=\""),
+             ca = attr_u64(sum, "data-cached=\""), p1 = attr_u64(sum, "data-pin1=\""),
+             pn = attr_u64(sum, "data-pinn=\"");
     FZ_CHECK(n == units, "the summary counts %llu units, the regions span %llu", (unsigned long long)n,
              (unsigned long long)units);
     FZ_CHECK(un + ca + p1 + pn == n, "units by state %llu+%llu+%llu+%llu, of %llu", (unsigned long long)un,
