@@ -1059,6 +1059,18 @@ static FL_NOINLINE void local_publish(fl_allocator *a)
     release_updated(a);
 }
 
+/* Ends what local_enter began (entered: it did), then publishes where
+ * local_unpublished says so after an operation that was done (asked before in_local is
+ * cleared: c's counters are its own until then). */
+static inline void local_leave(fl_allocator *a, fli_tcache *c, int entered, int done)
+{
+    int publish = done && FL_UNLIKELY(a->pub != NULL) && local_unpublished(a, c);
+    if (entered)
+        atomic_store_explicit(&c->in_local, 0, memory_order_release);
+    if (FL_UNLIKELY(publish))
+        local_publish(a);
+}
+
 /* fl_alloc in the stream-local mode. */
 static fl_status local_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr)
 {
@@ -1083,11 +1095,7 @@ static fl_status local_alloc(fl_allocator *a, uint64_t size, uint64_t stream, ui
             c->room[FL_TC_REQ] -= (int64_t)size;
             c->room[FL_TC_BLOCKS]--;
         }
-        int publish = done && FL_UNLIKELY(a->pub != NULL) && local_unpublished(a, c);
-        if (entered)
-            atomic_store_explicit(&c->in_local, 0, memory_order_release);
-        if (FL_UNLIKELY(publish))
-            local_publish(a);
+        local_leave(a, c, entered, done);
         if (done)
             return FL_OK;
     }
@@ -1113,11 +1121,7 @@ static fl_status local_free(fl_allocator *a, uint64_t addr, uint64_t want)
             c->room[FL_TC_REQ] += (int64_t)req;
             c->room[FL_TC_BLOCKS]++;
         }
-        int publish = done && FL_UNLIKELY(a->pub != NULL) && local_unpublished(a, c);
-        if (entered)
-            atomic_store_explicit(&c->in_local, 0, memory_order_release);
-        if (FL_UNLIKELY(publish))
-            local_publish(a);
+        local_leave(a, c, entered, done);
         if (done)
             return FL_OK;
     }

@@ -981,6 +981,51 @@ static void place_under_pressure(fx_policy *f, const fx_heap *h, uint64_t size, 
 
 /* ---- quick lists ------------------------------------------------------------------- */
 
+/* The short ways of an allocation and a free (fx_alloc, fx_free and their stream-local
+ * forms): a few stores, no page check or pin walk. */
+
+/* The last block freed onto rsize's quick list (rsize <= QUICK_MAX), for a request of
+ * size, when it lies on one page other live blocks pin (so mapped and accessible); 0:
+ * not this case, nothing changed. */
+static inline int quick_take(const fx_policy *f, fx_heap *h, uint64_t size, uint64_t rsize, uint64_t *addr)
+{
+    fx_bin *bin = &h->bins[(rsize >> 9) - 1];
+    uint32_t n = bin->n;
+    if (!n)
+        return 0;
+    range_node *b = &h->range->nodes[bin->node[n - 1]];
+    uint64_t off = b->offset;
+    fx_page *pg = &h->pages[off >> f->gran_log];
+    if (FL_UNLIKELY(off >> f->gran_log != (off + rsize - 1) >> f->gran_log || !pg->refs))
+        return 0;
+    FL_ASSERT(b->used == RANGE_HELD && b->size == rsize && pg->handle && !(pg->flags & PAGE_NO_ACCESS));
+    bin->n = n - 1;
+    pg->refs++;
+    b->used = RANGE_USED;
+    b->tag = (uint16_t)(rsize - size);
+    h->held_bytes -= rsize;
+    *addr = h->va + off;
+    return 1;
+}
+
+/* Freed block v (size bytes at off) onto its quick list, when it is small enough, the
+ * list has room and its page stays pinned by other blocks; 0: not this case, nothing
+ * changed. */
+static inline int quick_put(const fx_policy *f, fx_heap *h, uint32_t v, uint64_t off, uint64_t size)
+{
+    if (size > QUICK_MAX)
+        return 0;
+    fx_bin *bin = &h->bins[(size >> 9) - 1];
+    fx_page *pg = &h->pages[off >> f->gran_log];
+    if (FL_UNLIKELY(bin->n >= QUICK_CAP || pg->refs <= 1 || (off & (f->gran - 1)) + size > f->gran))
+        return 0;
+    h->range->nodes[v].used = RANGE_HELD;
+    bin->node[bin->n++] = v;
+    h->held_bytes += size;
+    pg->refs--;
+    return 1;
+}
+
 /* ---- the index of block starts ------------------------------------------------------ */
 
 /* The node of the used or held block that starts at off (on one of the n_pages pages),
@@ -1326,27 +1371,12 @@ static fl_status fx_alloc(fli_policy *base, uint64_t size, uint64_t stream, uint
     int small = size < f->small_limit;
     fx_heap *h = f->last_heap[small]; /* no_heap: bin->n is 0 */
     uint64_t rsize = fli_align_up(size, 512);
-    if (FL_LIKELY(rsize - 1 < QUICK_MAX)) { /* rsize 0: size near 2^64 */
-        fx_bin *bin = &h->bins[(rsize >> 9) - 1];
-        uint32_t n = bin->n;
-        FL_ASSERT(h == &no_heap || h->small == small);
-        if (FL_LIKELY(h->stream == stream && n)) {
-            range_node *b = &h->range->nodes[bin->node[n - 1]];
-            uint64_t off = b->offset;
-            fx_page *pg = &h->pages[off >> f->gran_log];
-            if (FL_LIKELY(off >> f->gran_log == (off + rsize - 1) >> f->gran_log && pg->refs)) {
-                FL_ASSERT(b->used == RANGE_HELD && b->size == rsize && pg->handle && !(pg->flags & PAGE_NO_ACCESS));
-                bin->n = n - 1;
-                pg->refs++;
-                b->used = RANGE_USED;
-                b->tag = (uint16_t)(rsize - size);
-                h->held_bytes -= rsize;
-                base->allocated += rsize;
-                base->num_allocs++;
-                *addr = h->va + off;
-                return FL_OK;
-            }
-        }
+    FL_ASSERT(h == &no_heap || h->small == small);
+    if (FL_LIKELY(rsize - 1 < QUICK_MAX) && FL_LIKELY(h->stream == stream) && /* rsize 0: size near 2^64 */
+        quick_take(f, h, size, rsize, addr)) {
+        base->allocated += rsize;
+        base->num_allocs++;
+        return FL_OK;
     }
     return alloc_placed(f, size, stream, addr);
 }
@@ -1479,22 +1509,13 @@ static fl_status fx_free(fli_policy *base, uint64_t addr, uint64_t want, uint64_
     uint64_t size = b->size;
     FL_ASSERT(size <= base->allocated && base->num_frees < base->num_allocs);
     *requested = size - TAG_REQ(b->tag);
-    if (size <= QUICK_MAX) {
-        /* The block starts at addr (live_node found it there): its page and whether it
-         * lies on that page alone come from the address, without the node's offset. */
-        uint64_t off = addr - h->va;
-        fx_bin *bin = &h->bins[(size >> 9) - 1];
-        fx_page *pg = &h->pages[off >> f->gran_log];
-        FL_ASSERT(off == b->offset);
-        if (FL_LIKELY(bin->n < QUICK_CAP && pg->refs > 1 && (off & (f->gran - 1)) + size <= f->gran)) {
-            b->used = RANGE_HELD;
-            bin->node[bin->n++] = v;
-            h->held_bytes += size;
-            pg->refs--;
-            base->allocated -= size;
-            base->num_frees++;
-            return FL_OK;
-        }
+    /* The block starts at addr (live_node found it there): its page and whether it lies on
+     * that page alone come from the address, without the node's offset. */
+    FL_ASSERT(addr - h->va == b->offset);
+    if (quick_put(f, h, v, addr - h->va, size)) {
+        base->allocated -= size;
+        base->num_frees++;
+        return FL_OK;
     }
     return free_found(f, h, v);
 }
@@ -1510,33 +1531,7 @@ static fl_status fx_free(fli_policy *base, uint64_t addr, uint64_t want, uint64_
  * accessible already), table growth, the stream lookup's cache. */
 
 /* alloc_placed's choices, on pages that are all backed, or 0 with nothing changed. */
-/* heap_alloc_local's short way, inline: a quick-list block on a page other live blocks
- * pin (so mapped and accessible), as fx_alloc's: a few stores. 0: not this case. */
-static inline int heap_alloc_quick(fx_policy *f, fx_heap *h, uint64_t size, uint64_t rsize, uint64_t *addr)
-{
-    if (rsize > QUICK_MAX)
-        return 0;
-    fx_bin *bin = &h->bins[(rsize >> 9) - 1];
-    if (!bin->n)
-        return 0;
-    range_node *nodes = h->range->nodes;
-    uint32_t node = bin->node[bin->n - 1];
-    uint64_t off = nodes[node].offset;
-    fx_page *pg = &h->pages[off >> f->gran_log];
-    if (FL_UNLIKELY((off >> f->gran_log) != (off + rsize - 1) >> f->gran_log || !pg->refs))
-        return 0;
-    FL_ASSERT(nodes[node].used == RANGE_HELD && nodes[node].size == rsize && pg->handle &&
-              !(pg->flags & PAGE_NO_ACCESS));
-    bin->n--;
-    pg->refs++;
-    nodes[node].used = RANGE_USED;
-    nodes[node].tag = (uint16_t)(rsize - size);
-    h->held_bytes -= rsize;
-    *addr = h->va + off;
-    return 1;
-}
-
-/* The rest of a stream-local allocation, out of line (heap_alloc_quick came first). */
+/* The rest of a stream-local allocation, out of line (quick_take came first). */
 static FL_NOINLINE int heap_alloc_local(fx_policy *f, fx_heap *h, uint64_t size, uint64_t rsize, uint64_t *addr)
 {
     range_node *nodes = h->range->nodes;
@@ -1602,7 +1597,8 @@ static int fx_alloc_local(fli_policy *base, uint64_t size, uint64_t stream, uint
         !heap_claim(&f->heaps[hi], owner))
         return 0;
     *charged = rsize;
-    return heap_alloc_quick(f, &f->heaps[hi], size, rsize, addr) || heap_alloc_local(f, &f->heaps[hi], size, rsize, addr);
+    return (rsize <= QUICK_MAX && quick_take(f, &f->heaps[hi], size, rsize, addr)) ||
+           heap_alloc_local(f, &f->heaps[hi], size, rsize, addr);
 }
 
 static int fx_free_local(fli_policy *base, uint64_t addr, uint64_t want, uint64_t owner, uint64_t *requested,
@@ -1622,19 +1618,8 @@ static int fx_free_local(fli_policy *base, uint64_t addr, uint64_t want, uint64_
     uint64_t size = b->size, off = addr - h->va;
     *charged = size;
     *requested = size - TAG_REQ(b->tag);
-    if (size <= QUICK_MAX) {
-        /* As fx_free's short way: onto its quick list, its page still pinned by others. */
-        fx_bin *bin = &h->bins[(size >> 9) - 1];
-        fx_page *pg = &h->pages[off >> f->gran_log];
-        if (FL_LIKELY(bin->n < QUICK_CAP && pg->refs > 1 && (off & (f->gran - 1)) + size <= f->gran)) {
-            h->range->nodes[v].used = RANGE_HELD;
-            bin->node[bin->n++] = v;
-            h->held_bytes += size;
-            pg->refs--;
-            return 1;
-        }
-    }
-    release_block(f, h, v);
+    if (!quick_put(f, h, v, off, size))
+        release_block(f, h, v);
     return 1;
 }
 
