@@ -297,27 +297,6 @@ static inline fl_status heap_for(fx_policy *f, uint64_t stream, int small, uint3
     return s;
 }
 
-/* The heap whose range holds addr, NULL if none. */
-static inline fx_heap *heap_at(const fx_policy *f, uint64_t addr)
-{
-    for (int k = 1; k >= 0; k--) { /* small first: most blocks are small */
-        fx_heap *c = f->last_heap[k];
-        if (FL_LIKELY(addr - c->va < c->va_size))
-            return c;
-    }
-    for (uint32_t i = 0; i < f->n_heaps; i++)
-        if (addr - f->heaps[i].va < f->heaps[i].va_size)
-            return &f->heaps[i];
-    return NULL;
-}
-
-/* heap_at as an index, -1 if none (the stream-local free's). */
-static inline int heap_for_addr(const fx_policy *f, uint64_t addr)
-{
-    const fx_heap *h = heap_at(f, addr);
-    return h ? (int)(h - f->heaps) : -1;
-}
-
 /* ---- physical pages ----------------------------------------------------------- */
 
 /* The limit (or the capacity) in whole pages: the device owns the rule. */
@@ -1605,14 +1584,14 @@ static int fx_free_local(fli_policy *base, uint64_t addr, uint64_t want, uint64_
                          uint64_t *charged)
 {
     fx_policy *f = (fx_policy *)base;
-    int hi = heap_for_addr(f, addr);
-    if (hi < 0 || (addr - f->heaps[hi].va) >> f->gran_log >= f->heaps[hi].n_pages || !heap_claim(&f->heaps[hi], owner))
+    /* The heap first, then (its owner's only) its blocks. */
+    fx_heap *h = heap_known_cached(f, addr);
+    if ((!h && !(h = heap_known_slow(f, addr))) || !heap_claim(h, owner))
         return 0;
-    fx_heap *h = &f->heaps[hi];
-    uint32_t v = index_find(h, addr - h->va);
+    uint32_t v = live_node_in(f, h, addr);
     const range_node *b = &h->range->nodes[v];
     /* Another stream's block here goes the ordinary way (its range waits: lending). */
-    int done = v && b->used == RANGE_USED && !(b->tag & TAG_FOREIGN) && (!want || want == b->size - TAG_REQ(b->tag));
+    int done = v && !(b->tag & TAG_FOREIGN) && (!want || want == b->size - TAG_REQ(b->tag));
     if (!done)
         return 0;
     uint64_t size = b->size, off = addr - h->va;
