@@ -76,8 +76,8 @@ int fli_tc_is_mine(const fli_tcache *c)
 
 fli_tcache *fli_tc_find(uint64_t alloc_id)
 {
-    fli_tcache *c = fli_tc_last;
-    if (FL_LIKELY(c && atomic_load_explicit(&c->alloc_id, memory_order_relaxed) == alloc_id))
+    fli_tcache *c = fli_tc_find_last(alloc_id);
+    if (FL_LIKELY(c != NULL))
         return c;
     int dead = 0;
     for (c = tls_list; c; c = c->next_of_thread) {
