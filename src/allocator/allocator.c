@@ -100,6 +100,7 @@ struct fl_allocator {
     int64_t tc_k[FL_TC_FIGURES]; /* the sum of the caches' k */
     uint64_t tc_allocs;         /* allocations served by caches since retired or folded */
     uint64_t local_allocs;      /* stream-local allocations, folded in */
+    uint64_t local_refills;     /* of those, allocations that took the lock for room (local_refill) */
     /* Allocations that failed in the policy but succeeded after the caches were drained:
      * retries, not out-of-memory errors (the policy counted them as its ooms). */
     uint64_t tc_retried;
@@ -665,8 +666,8 @@ static void tc_zero_rooms(fl_allocator *a)
 }
 
 /* After G grew (an allocation by the policy): the invariant again, raising the peaks to
- * the exact current values where they fell short. */
-static void tc_peaks_after_growth(fl_allocator *a)
+ * the exact current values where they fell short. 1 when that took every cache's room. */
+static int tc_peaks_after_growth(fl_allocator *a)
 {
     int64_t g[FL_TC_FIGURES];
     global_figures(a, g);
@@ -674,12 +675,35 @@ static void tc_peaks_after_growth(fl_allocator *a)
     for (int q = 0; q < FL_TC_FIGURES; q++)
         over |= g[q] + a->tc_k[q] > (int64_t)*peak_of(a, q);
     if (FL_LIKELY(!over))
-        return;
+        return 0;
     tc_lock_all(a, NULL);
     tc_zero_rooms(a);
     for (int q = 0; q < FL_TC_FIGURES; q++)
         if (g[q] + a->tc_k[q] > (int64_t)*peak_of(a, q))
             *peak_of(a, q) = (uint64_t)(g[q] + a->tc_k[q]);
+    tc_unlock_all(a, NULL);
+    return 1;
+}
+
+/* After every cache's room was taken (tc_peaks_after_growth, the stream-local mode): what
+ * is left under each peak, shared evenly by the caches, a share kept back for the next
+ * local_refill. Giving it all to the thread that came here would send the others here at
+ * their next allocation, each stopping the rest. */
+static void tc_share_room(fl_allocator *a)
+{
+    int64_t g[FL_TC_FIGURES], n = 1;
+    global_figures(a, g);
+    for (fli_tcache *c = a->tcs; c; c = c->next_of_alloc)
+        n++;
+    tc_lock_all(a, NULL);
+    for (int q = 0; q < FL_TC_FIGURES; q++) {
+        int64_t share = ((int64_t)*peak_of(a, q) - g[q] - a->tc_k[q]) / n;
+        for (fli_tcache *c = a->tcs; c && share > 0; c = c->next_of_alloc) {
+            c->room[q] += share;
+            c->k[q] += share;
+            a->tc_k[q] += share;
+        }
+    }
     tc_unlock_all(a, NULL);
 }
 
@@ -1071,6 +1095,51 @@ static inline void local_leave(fl_allocator *a, fli_tcache *c, int entered, int 
         local_publish(a);
 }
 
+/* Whether c's room lets a stream-local allocation of size bytes be tried (it charges at
+ * least size bytes; the policy refuses one that would charge more than the room). */
+static inline int local_roomy(const fli_tcache *c, uint64_t size)
+{
+    return c->room[FL_TC_REQ] >= (int64_t)size && c->room[FL_TC_BLOCKS] >= 1 && c->room[FL_TC_BYTES] >= (int64_t)size;
+}
+
+/* Room for c's stream-local allocation of size bytes from what no cache holds under the
+ * peaks (half of it beyond the need, as tc_grant_room gives), under the allocator's lock
+ * but with the other threads' stream-local operations going on: G + sum k, all a grant
+ * reads, is the same whether or not what they did is folded in (local_fold moves it from
+ * their k to G), they change neither, and nobody but a holder of the lock changes c's room
+ * while c's thread is out of its own operations. 1: c has room for the allocation now; 0:
+ * what no cache holds is short of it (other caches' rooms are needed, or the peak must
+ * rise): the allocation takes the ordinary way, which keeps the other threads out. Most
+ * room misses of two threads whose figures peak together are of the first kind; the
+ * ordinary way stops the other thread for microseconds each (bench/threads.c). */
+static FL_NOINLINE int local_refill(fl_allocator *a, fli_tcache *c, uint64_t size)
+{
+    const int64_t need[FL_TC_FIGURES] = {(int64_t)size, (int64_t)size, 1};
+    int64_t g[FL_TC_FIGURES], lack[FL_TC_FIGURES], head[FL_TC_FIGURES];
+    int ok = 1;
+    fli_lock_acquire(&a->lock);
+    if (a->tc_off || !local_mode(a) || c->off) {
+        fli_lock_release(&a->lock);
+        return 0;
+    }
+    global_figures(a, g);
+    for (int q = 0; q < FL_TC_FIGURES; q++) {
+        lack[q] = need[q] - c->room[q];
+        head[q] = (int64_t)*peak_of(a, q) - g[q] - a->tc_k[q];
+        ok &= lack[q] <= head[q];
+    }
+    a->local_refills += (uint64_t)ok;
+    if (ok)
+        for (int q = 0; q < FL_TC_FIGURES; q++) {
+            int64_t grant = lack[q] > 0 ? lack[q] + (head[q] - lack[q]) / 2 : head[q] / 2;
+            c->room[q] += grant;
+            c->k[q] += grant;
+            a->tc_k[q] += grant;
+        }
+    fli_lock_release(&a->lock);
+    return ok;
+}
+
 /* fl_alloc in the stream-local mode. */
 static fl_status local_alloc(fl_allocator *a, uint64_t size, uint64_t stream, uint64_t *addr)
 {
@@ -1081,8 +1150,13 @@ static fl_status local_alloc(fl_allocator *a, uint64_t size, uint64_t stream, ui
         fli_policy *p = a->policy;
         uint64_t charged = 0;
         int entered = local_enter(a, c);
-        int done = entered && !c->off && c->room[FL_TC_REQ] >= (int64_t)size && c->room[FL_TC_BLOCKS] >= 1 &&
-                   c->room[FL_TC_BYTES] > 0 &&
+        int roomy = entered && !c->off && local_roomy(c, size);
+        if (FL_UNLIKELY(entered && !roomy && !c->off)) {
+            atomic_store_explicit(&c->in_local, 0, memory_order_release);
+            entered = local_refill(a, c, size) && local_enter(a, c);
+            roomy = entered && !c->off && local_roomy(c, size);
+        }
+        int done = roomy &&
                    p->ops->alloc_local(p, size, stream, (uint64_t)c->room[FL_TC_BYTES], local_token(c), addr, &charged);
         if (done) {
             c->l_bytes += (int64_t)charged;
@@ -1170,9 +1244,12 @@ static fl_status tc_alloc_locked(fl_allocator *a, fli_tcache *c, uint64_t size, 
     a->req_current += size;
     a->req_total += size;
     a->live512 += fli_live_size(size);
-    tc_peaks_after_growth(a);
-    if (c && local) {
-        tc_grant_room(a, c); /* for the thread's next stream-local operations */
+    int zeroed = tc_peaks_after_growth(a);
+    if (c && local) { /* room for the thread's next stream-local operations */
+        if (zeroed)
+            tc_share_room(a);
+        else
+            tc_grant_room(a, c);
     } else if (c) {
         fli_lock_acquire(&c->lock);
         fli_tc_add(c, *addr, stream, size, charged); /* without host memory: freed as anyone's */
@@ -1750,10 +1827,11 @@ int fl_allocator_check(const fl_allocator *a)
 
 fli_policy *fli_allocator_policy(const fl_allocator *a) { return a->policy; }
 
-uint64_t fli_allocator_unlocked_allocs(fl_allocator *a)
+uint64_t fli_allocator_unlocked_allocs(fl_allocator *a, uint64_t *refills)
 {
     lock_a(a);
-    uint64_t n = a->local_allocs + a->tc_allocs;
+    *refills = a->local_refills;
+    uint64_t n = a->local_allocs - a->local_refills + a->tc_allocs;
     for (fli_tcache *c = a->tcs; c; c = c->next_of_alloc) {
         fli_lock_acquire(&c->lock);
         n += c->hits[FL_TC_BLOCKS];
