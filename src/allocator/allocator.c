@@ -1178,7 +1178,19 @@ static fl_status local_alloc(fl_allocator *a, uint64_t size, uint64_t stream, ui
 
 /* A free in the stream-local mode: the policy's stream-local free, else under the lock
  * (which also says what was wrong with the address or size). */
-static fl_status local_free(fl_allocator *a, uint64_t addr, uint64_t want)
+/* local_free's way under the lock (out of line: the stream-local free is inline in
+ * free_routed). */
+static FL_NOINLINE fl_status local_free_locked(fl_allocator *a, fli_tcache *c, uint64_t addr, uint64_t want)
+{
+    lock_a(a);
+    fl_status s = free_locked(a, addr, want);
+    if (s == FL_OK && c && !a->tc_off)
+        tc_grant_room(a, c);
+    release_updated(a);
+    return s;
+}
+
+static inline fl_status local_free(fl_allocator *a, uint64_t addr, uint64_t want)
 {
     fli_tcache *c = tc_get(a);
     if (FL_LIKELY(c != NULL)) {
@@ -1199,12 +1211,7 @@ static fl_status local_free(fl_allocator *a, uint64_t addr, uint64_t want)
         if (done)
             return FL_OK;
     }
-    lock_a(a);
-    fl_status s = free_locked(a, addr, want);
-    if (s == FL_OK && c && !a->tc_off)
-        tc_grant_room(a, c);
-    release_updated(a);
-    return s;
+    return local_free_locked(a, c, addr, want);
 }
 
 /* An allocation under the allocator's lock while the caches are on: a cached block
