@@ -487,11 +487,58 @@ static void test_lending(void)
     fl_device_destroy(d);
 }
 
+/* One stream under pressure: a small request whose small heap would need a page goes
+ * into the large heap's mapped free pages instead of taking a page by reclaim (a
+ * synchronize, an unmap, a map, an access call), while the limit leaves room above the
+ * most pages pinned so far (small_into_large). */
+static void test_small_into_large(void)
+{
+    enum { LIMIT_PAGES = 40, BIG = 8, SMALL = 96 };
+    fl_device *d = fl_test_sim(LIMIT_PAGES * PAGE, 0);
+    fli_policy *p = fragless_on(d, 0);
+    uint64_t small[SMALL], big[BIG], x;
+    /* 128 KiB blocks, 16 a page: they fill the small heap's first step (6 pages) exactly. */
+    for (int i = 0; i < SMALL; i++)
+        CHECK_OK(p->ops->alloc(p, 128 << 10, 0, &small[i]));
+    CHECK_EQ_U64(in_use(d), 6 * PAGE);
+    /* Large blocks: 38 of the 40 pages pinned, every page created. */
+    for (int i = 0; i < BIG; i++)
+        CHECK_OK(p->ops->alloc(p, 8 * MiB, 0, &big[i]));
+    CHECK_EQ_U64(in_use(d), LIMIT_PAGES * PAGE);
+    for (int i = 0; i < BIG; i += 2)
+        CHECK_OK(p->ops->free(p, big[i], 0, NULL));
+    /* The small heap is full: the next small block goes where the large heap's pages are
+     * mapped and free, with no device call, and is freed as any block is. */
+    uint64_t calls = total_calls(d);
+    CHECK_OK(p->ops->alloc(p, 128 << 10, 0, &x));
+    CHECK_EQ_U64(total_calls(d), calls);
+    CHECK(p->ops->check(p) == 0);
+    CHECK_OK(p->ops->free(p, x, 0, NULL));
+    CHECK(p->ops->check(p) == 0);
+    /* Once every page was pinned (seen by a placement under pressure: here a request that
+     * finds none), the limit leaves no room above that: a small block takes its page by
+     * reclaim again, which costs no page where the job has none to spare. */
+    uint64_t y;
+    for (int i = 0; i < BIG; i += 2)
+        CHECK_OK(p->ops->alloc(p, 8 * MiB, 0, &big[i]));
+    CHECK_OK(p->ops->alloc(p, 4 * MiB, 0, &y));
+    CHECK(p->ops->alloc(p, 128 << 10, 0, &x) == FL_ERR_OOM);
+    CHECK_OK(p->ops->free(p, big[0], 0, NULL));
+    calls = total_calls(d);
+    CHECK_OK(p->ops->alloc(p, 128 << 10, 0, &x));
+    CHECK(total_calls(d) > calls);
+    CHECK(p->ops->check(p) == 0);
+    p->ops->destroy(p);
+    CHECK_EQ_U64(in_use(d), 0);
+    fl_device_destroy(d);
+}
+
 int main(void)
 {
     test_set_limit();
     test_chunks();
     test_lending();
+    test_small_into_large();
     test_quick_lists();
     test_steady_loop();
     test_page_accounting();

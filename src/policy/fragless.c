@@ -46,9 +46,13 @@
 #define PAGE_NO_ACCESS 2u
 
 /* A block's range-node tag: its size less the requested bytes (< 512), and this bit when
- * the block is another stream's, lent this heap's free range (lending, below). */
+ * the block is another stream's, lent this heap's free range (lending, below), or this
+ * one when it is a small request placed in its stream's large heap (small_into_large):
+ * freed, it goes back to the range allocator, not onto a quick list that no request of
+ * the large heap would take it from. */
 #define TAG_FOREIGN 0x8000u
-#define TAG_REQ(tag) ((uint64_t)((tag) & ~TAG_FOREIGN))
+#define TAG_GUEST 0x4000u
+#define TAG_REQ(tag) ((uint64_t)((tag) & ~(TAG_FOREIGN | TAG_GUEST)))
 
 typedef struct fx_page {
     uint32_t refs;          /* live blocks that start or end on the page */
@@ -1155,6 +1159,53 @@ static fl_status synchronize(fx_policy *f)
     return s;
 }
 
+/* A small request under pressure whose own heap would need a page by reclaim (a
+ * synchronize, an unmap elsewhere, a map and an access call, and in a loop whose small
+ * blocks creep past the footprint of earlier steps, again each step) goes into its
+ * stream's large heap instead, at the end of a free range whose pages are mapped, the
+ * one pinning the fewest new pages: if there is one, if the job has one stream, and if
+ * the limit leaves room above the most pages pinned so far (inner_positions_pay's rule,
+ * learned online). Near a job's min_capacity there is no such room, and there small
+ * blocks in the large heap's ranges cost pages (resnet_varbatch 1.0174 -> 1.0333); in a
+ * job of several streams the large heaps' mapped pages are what lending places other
+ * streams' blocks on (ddp rank 0: 341 -> 928 late calls at 1.05x). At 1.05x peak live
+ * it took kvcache_generate's, segment_multiscale's and serve_switch's late calls from
+ * 4, 12 and 12 to 0 (ARCHITECTURE.md). Such a block is tagged TAG_GUEST. *hi, *n, *pad:
+ * the large heap's place, when 1. */
+static FL_NOINLINE int small_into_large(const fx_policy *f, const fx_heap *h, uint64_t size, uint32_t *hi,
+                                        uint32_t *n, uint64_t *pad)
+{
+    if (!h->small || f->streams > 1 || f->max_pages < f->peak_pinned + (f->max_pages >> PRESSURE_SLACK_LOG) ||
+        !unmapped_pages(f, h, h->range->nodes[*n].offset + *pad, size))
+        return 0;
+    int li = heap_find(f, h->stream, 0);
+    if (li < 0)
+        return 0;
+    const fx_heap *lh = &f->heaps[li];
+    uint32_t cand[PRESSURE_CANDIDATES], best_n = 0;
+    uint64_t best_new = UINT64_MAX, best_pad = 0;
+    size_t k = range_candidates(lh->range, size, cand, PRESSURE_CANDIDATES);
+    for (size_t i = 0; i < k && best_new; i++) {
+        const range_node *b = &lh->range->nodes[cand[i]];
+        uint64_t ends[2] = {0, b->size - size};
+        for (int e = 0; e < 2; e++) {
+            uint64_t x = b->offset + ends[e];
+            if (pages_ready(f, lh, x >> f->gran_log, (x + size - 1) >> f->gran_log) &&
+                new_pages(f, lh, x, size) < best_new) {
+                best_new = new_pages(f, lh, x, size);
+                best_n = cand[i];
+                best_pad = ends[e];
+            }
+        }
+    }
+    if (!best_n)
+        return 0;
+    *hi = (uint32_t)li;
+    *n = best_n;
+    *pad = best_pad;
+    return 1;
+}
+
 /* A free range of another stream's large heap where size bytes lie on mapped, accessible
  * pages only (none pinned anew: pages_ready), preferring heaps that need no synchronize:
  * its heap in *lh, the node and pad; 0 if none. */
@@ -1259,7 +1310,7 @@ static FL_NOINLINE fl_status alloc_placed(fx_policy *f, uint64_t size, uint64_t 
                        (unsigned long long)size, (unsigned long long)h->va_size);
     }
     fx_bin *bin = rsize <= QUICK_MAX ? &h->bins[(rsize >> 9) - 1] : NULL;
-    uint32_t held = 0, node;
+    uint32_t held = 0, node, guest = 0;
     if (bin && bin->n) {
         /* A block of this size freed here lately: take it back as it is. */
         node = held = bin->node[--bin->n];
@@ -1278,6 +1329,12 @@ static FL_NOINLINE fl_status alloc_placed(fx_policy *f, uint64_t size, uint64_t 
         uint64_t pad = choose_pad(f, h, &h->range->nodes[n], rsize);
         if (FL_UNLIKELY(f->n_pool == 0 && f->n_cpool == 0 && f->n_handles >= f->max_pages)) {
             place_under_pressure(f, h, rsize, &n, &pad);
+            if (small_into_large(f, h, rsize, &hi, &n, &pad)) {
+                h->bytes_asked -= rsize; /* counted in the large heap instead */
+                h = &f->heaps[hi];
+                h->bytes_asked += rsize;
+                guest = TAG_GUEST;
+            }
             /* Its pages would come by reclaim: another stream's mapped pages may serve it
              * where they are free (lending). */
             int synced = 0;
@@ -1299,7 +1356,7 @@ static FL_NOINLINE fl_status alloc_placed(fx_policy *f, uint64_t size, uint64_t 
     }
     FL_ASSERT(h->range->nodes[node].used == RANGE_USED && h->range->nodes[node].size == rsize);
     /* The requested size, kept with the block: rsize - size < 512. */
-    h->range->nodes[node].tag = (uint16_t)(rsize - size);
+    h->range->nodes[node].tag = (uint16_t)((rsize - size) | guest);
     off = h->range->nodes[node].offset;
     uint64_t p0 = off >> f->gran_log, p1 = (off + rsize - 1) >> f->gran_log;
     if (FL_UNLIKELY(p1 >= h->n_pages) && (s = heap_grow_pages(h, f->gran_log, p1 + 1)) != FL_OK) {
@@ -1487,11 +1544,12 @@ static fl_status fx_free(fli_policy *base, uint64_t addr, uint64_t want, uint64_
     range_node *b = &h->range->nodes[v];
     uint64_t size = b->size;
     FL_ASSERT(size <= base->allocated && base->num_frees < base->num_allocs);
-    *requested = size - TAG_REQ(b->tag);
+    uint32_t tag = b->tag;
+    *requested = size - TAG_REQ(tag);
     /* The block starts at addr (live_node found it there): its page and whether it lies on
      * that page alone come from the address, without the node's offset. */
     FL_ASSERT(addr - h->va == b->offset);
-    if (quick_put(f, h, v, addr - h->va, size)) {
+    if (FL_LIKELY(!(tag & TAG_GUEST)) && quick_put(f, h, v, addr - h->va, size)) {
         base->allocated -= size;
         base->num_frees++;
         return FL_OK;
@@ -1597,7 +1655,7 @@ static int fx_free_local(fli_policy *base, uint64_t addr, uint64_t want, uint64_
     uint64_t size = b->size, off = addr - h->va;
     *charged = size;
     *requested = size - TAG_REQ(b->tag);
-    if (!quick_put(f, h, v, off, size))
+    if ((b->tag & TAG_GUEST) || !quick_put(f, h, v, off, size))
         release_block(f, h, v);
     return 1;
 }
