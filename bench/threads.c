@@ -232,12 +232,13 @@ int bench_threads(const bench_trace *t, int runs)
         return -1;
     /* The runs in which every worker of both phases ran >= 90% of its phase: then the two
      * threads really ran at the same time, and neither phase lost time to other work. */
-    double c1[BENCH_MAX_RUNS], c2[BENCH_MAX_RUNS], cs[BENCH_MAX_RUNS];
+    double c1[BENCH_MAX_RUNS], c2[BENCH_MAX_RUNS], cs[BENCH_MAX_RUNS], cr[BENCH_MAX_RUNS];
     int clean = 0;
     for (int r = 0; r < runs; r++)
         if (least1[r] >= 0.9 && least2[r] >= 0.9 && leasts[r] >= 0.9) {
             c1[clean] = one[r];
             c2[clean] = two[r];
+            cr[clean] = two[r] / one[r]; /* the run's own ratio: its spread is the noise */
             cs[clean++] = sep[r];
         }
     double m1 = bench_median(one, runs), m2 = bench_median(two, runs);
@@ -252,9 +253,10 @@ int bench_threads(const bench_trace *t, int runs)
     if (clean) {
         double k1 = bench_median(c1, clean), k2 = bench_median(c2, clean);
         double ks = bench_median(cs, clean);
+        bench_median(cr, clean); /* sorted: the quartiles of the runs' own ratios */
         printf("threads: scaling %.2f (target >= %.1f): 1 thread %.2f, 2 threads %.2f M pairs/s, median of the %d of "
-               "%d runs in which every thread ran >= 90%% of its phase\n",
-               k2 / k1, THREADS_TARGET, k1, k2, clean, runs);
+               "%d runs in which every thread ran >= 90%% of its phase (their own ratios: quartiles %.2f-%.2f)\n",
+               k2 / k1, THREADS_TARGET, k1, k2, clean, runs, cr[clean / 4], cr[(3 * clean) / 4 - (clean % 4 == 0)]);
         /* The target presumes a machine on which two independent threads scale by more
          * than 1.7: here is what this one gives. */
         printf("threads: this machine's ceiling %.2f: two threads with an allocator each (nothing shared) %.2f M "
