@@ -622,9 +622,73 @@ static void test_local_shared(void)
     fl_device_destroy(d);
 }
 
+/* A stream that passes from one thread to another (a pool's worker takes it over while
+ * the first thread lives on): the second thread's operations become stream-local after
+ * a few that took the lock, as the first thread's were. */
+typedef struct phase_worker {
+    fl_allocator *a;
+    pthread_barrier_t *bar;
+    int first;
+    uint64_t failures, unlocked;
+} phase_worker;
+
+static void stream_phase(phase_worker *w)
+{
+    uint64_t refills, before = fli_allocator_unlocked_allocs(w->a, &refills), x[8];
+    for (int r = 0; r < 200; r++) {
+        for (int i = 0; i < 8; i++)
+            w->failures += fl_alloc(w->a, 512 * (uint64_t)(i + 1), 7, &x[i]) != FL_OK;
+        for (int i = 0; i < 8; i++)
+            w->failures += fl_free(w->a, x[i]) != FL_OK;
+    }
+    w->unlocked = fli_allocator_unlocked_allocs(w->a, &refills) - before;
+}
+
+static void *phase_main(void *arg)
+{
+    phase_worker *w = arg;
+    if (w->first)
+        stream_phase(w);
+    pthread_barrier_wait(w->bar); /* the first thread's turn is over; it stays alive */
+    if (!w->first)
+        stream_phase(w);
+    pthread_barrier_wait(w->bar);
+    return NULL;
+}
+
+static void test_local_adopt(void)
+{
+    fl_device *d = fl_test_sim(UINT64_C(1) << 30, 0);
+    fl_allocator *a = fl_test_allocator("policy:fragless,oom_report:0,top:0", d);
+    CHECK_OK(fli_allocator_threads(a));
+    pthread_barrier_t bar;
+    pthread_barrier_init(&bar, NULL, 2);
+    phase_worker w[2] = {{a, &bar, 1, 0, 0}, {a, &bar, 0, 0, 0}};
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++)
+        CHECK(pthread_create(&t[i], NULL, phase_main, &w[i]) == 0);
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    pthread_barrier_destroy(&bar);
+    enum { ALLOCS = 200 * 8 };
+    printf("a stream passed between threads: stream-local allocations %llu of %d, then %llu of %d\n",
+           (unsigned long long)w[0].unlocked, ALLOCS, (unsigned long long)w[1].unlocked, ALLOCS);
+    CHECK_EQ_U64(w[0].failures + w[1].failures, 0);
+    CHECK(w[0].unlocked > ALLOCS * 9 / 10);
+    CHECK(w[1].unlocked > ALLOCS * 9 / 10); /* all but the first few, once the heap is its */
+    fl_stats s;
+    fl_get_stats(a, &s);
+    CHECK_EQ_U64(s.allocation.current, 0);
+    CHECK_EQ_U64(s.allocation.allocated, 2 * ALLOCS);
+    CHECK(fl_allocator_check(a) == 0);
+    fl_allocator_destroy(a);
+    fl_device_destroy(d);
+}
+
 int main(void)
 {
     test_limit_every_policy();
+    test_local_adopt();
     test_env();
     const char *const *names = fl_policy_names();
     for (int i = 0; names[i]; i++)

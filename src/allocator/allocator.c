@@ -100,7 +100,8 @@ struct fl_allocator {
     int64_t tc_k[FL_TC_FIGURES]; /* the sum of the caches' k */
     uint64_t tc_allocs;         /* allocations served by caches since retired or folded */
     uint64_t local_allocs;      /* stream-local allocations, folded in */
-    uint64_t local_refills;     /* of those, allocations that took the lock for room (local_refill) */
+    uint64_t local_refills;     /* of those, allocations that took the lock for room first
+                                   (local_refill), folded in */
     /* Allocations that failed in the policy but succeeded after the caches were drained:
      * retries, not out-of-memory errors (the policy counted them as its ooms). */
     uint64_t tc_retried;
@@ -959,11 +960,24 @@ static fl_status tc_alloc_locked(fl_allocator *a, fli_tcache *c, uint64_t size, 
 /* An allocation in threads mode that neither the thread's cache nor a stream-local
  * operation could serve: under the lock (the watching path on a device that can
  * capture: graphs may be pending, or another stream capturing). */
+static inline int local_mode(const fl_allocator *a);
+
+/* A thread's allocation or free took the way under the lock in the stream-local mode:
+ * the policy may hand it the heap (policy.h: local_missed), before the operation, so
+ * that its next ones are stream-local. */
+static void local_missed(fl_allocator *a, fli_tcache *c, uint64_t stream, uint64_t size, uint64_t addr)
+{
+    const fli_policy_ops *ops = a->policy->ops;
+    if (c && ops->local_missed && local_mode(a) && !a->tc_off)
+        ops->local_missed(a->policy, local_token(c), stream, size, addr);
+}
+
 static fl_status alloc_missed(fl_allocator *a, fli_tcache *c, uint64_t size, uint64_t stream, uint64_t *addr)
 {
     if (a->capture_watch)
         return alloc_watching(a, c, size, stream, addr);
     lock_a(a);
+    local_missed(a, c, stream, size, 0);
     fl_status s = tc_alloc_locked(a, c, size, stream, addr);
     release_updated(a);
     return s;
@@ -1009,12 +1023,14 @@ static void local_fold(fl_allocator *a, fli_tcache *c)
     p->num_frees += c->l_frees;
     a->alloc_total += c->l_total;
     a->local_allocs += c->l_allocs;
+    a->local_refills += c->l_refills;
     c->k[FL_TC_BYTES] -= x;
     a->tc_k[FL_TC_BYTES] -= x;
     c->k[FL_TC_BLOCKS] -= nb;
     a->tc_k[FL_TC_BLOCKS] -= nb;
     c->l_bytes = 0;
     c->l_allocs = c->l_frees = c->l_total = 0;
+    c->l_refills = 0;
 }
 
 /* Keeps the stream-local operations out for as long as the lock is held (lock_a, under
@@ -1135,7 +1151,6 @@ static FL_NOINLINE int local_refill(fl_allocator *a, fli_tcache *c, uint64_t siz
         head[q] = (int64_t)*peak_of(a, q) - g[q] - a->tc_k[q];
         ok &= lack[q] <= head[q];
     }
-    a->local_refills += (uint64_t)ok;
     if (ok)
         for (int q = 0; q < FL_TC_FIGURES; q++) {
             int64_t grant = lack[q] > 0 ? lack[q] + (head[q] - lack[q]) / 2 : head[q] / 2;
@@ -1156,18 +1171,20 @@ static fl_status local_alloc(fl_allocator *a, uint64_t size, uint64_t stream, ui
     if (FL_LIKELY(c != NULL)) {
         fli_policy *p = a->policy;
         uint64_t charged = 0;
-        int entered = local_enter(a, c);
+        int entered = local_enter(a, c), refilled = 0;
         int roomy = entered && !c->off && local_roomy(c, size);
         if (FL_UNLIKELY(entered && !roomy && !c->off)) {
             atomic_store_explicit(&c->in_local, 0, memory_order_release);
             entered = local_refill(a, c, size) && local_enter(a, c);
             roomy = entered && !c->off && local_roomy(c, size);
+            refilled = 1;
         }
         int done = roomy &&
                    p->ops->alloc_local(p, size, stream, (uint64_t)c->room[FL_TC_BYTES], local_token(c), addr, &charged);
         if (done) {
             c->l_bytes += (int64_t)charged;
             c->l_allocs++;
+            c->l_refills += (uint32_t)refilled;
             c->l_total += charged;
             c->d_req += (int64_t)size;
             c->d_live += (int64_t)fli_live_size(size);
@@ -1190,6 +1207,7 @@ static fl_status local_alloc(fl_allocator *a, uint64_t size, uint64_t stream, ui
 static FL_NOINLINE fl_status local_free_locked(fl_allocator *a, fli_tcache *c, uint64_t addr, uint64_t want)
 {
     lock_a(a);
+    local_missed(a, c, 0, 0, addr);
     fl_status s = free_locked(a, addr, want);
     if (s == FL_OK && c && !a->tc_off)
         tc_grant_room(a, c);

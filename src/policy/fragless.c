@@ -124,6 +124,10 @@ typedef struct fx_heap {
      * heap they work on, so with one thread at a time on it they need no lock; every
      * other operation runs while none of those can (the allocator's threads section). */
     _Atomic uint64_t owner;
+    /* Adoption (fx_local_missed, under the allocator's lock only): the last other thread
+     * whose operations on this heap took the ordinary way, and how many in a row. */
+    uint64_t adopt_by;
+    uint32_t adopt_n;
     char pad[64];               /* no cache line shared with the next heap's fields */
 } fx_heap;
 
@@ -1663,9 +1667,48 @@ static int fx_free_local(fli_policy *base, uint64_t addr, uint64_t want, uint64_
 static void fx_local_forget(fli_policy *base, uint64_t owner)
 {
     fx_policy *f = (fx_policy *)base;
-    for (uint32_t hi = 0; hi < f->n_heaps; hi++)
+    for (uint32_t hi = 0; hi < f->n_heaps; hi++) {
         if (atomic_load_explicit(&f->heaps[hi].owner, memory_order_relaxed) == owner)
             atomic_store_explicit(&f->heaps[hi].owner, 0, memory_order_relaxed);
+        if (f->heaps[hi].adopt_by == owner) /* a later thread may get the same token */
+            f->heaps[hi].adopt_by = 0, f->heaps[hi].adopt_n = 0;
+    }
+}
+
+/* A heap goes to a thread whose operations on it took the ordinary way this many times
+ * in a row (no other thread's in between) while another thread owned it: a stream handed
+ * to another thread of a pool stops costing the new thread the allocator's lock (and the
+ * other threads a stop) per operation after that many, and two threads sharing a stream
+ * at the same time hand it back and forth at most once per that many. */
+#define ADOPT_AFTER 64
+
+static void fx_local_missed(fli_policy *base, uint64_t owner, uint64_t stream, uint64_t size, uint64_t addr)
+{
+    fx_policy *f = (fx_policy *)base;
+    fx_heap *h = NULL;
+    if (addr) {
+        h = heap_known_cached(f, addr);
+        if (!h)
+            h = heap_known_slow(f, addr);
+    } else {
+        int hi = heap_find(f, stream, size < f->small_limit);
+        h = hi >= 0 ? &f->heaps[hi] : NULL;
+    }
+    if (!h)
+        return;
+    uint64_t o = atomic_load_explicit(&h->owner, memory_order_relaxed);
+    if (o == owner || o == 0) {
+        h->adopt_n = 0;
+        return;
+    }
+    if (h->adopt_by != owner) {
+        h->adopt_by = owner;
+        h->adopt_n = 0;
+    }
+    if (++h->adopt_n >= ADOPT_AFTER) {
+        atomic_store_explicit(&h->owner, owner, memory_order_relaxed);
+        h->adopt_n = 0;
+    }
 }
 
 static fl_status fx_empty_cache(fli_policy *base)
@@ -2027,6 +2070,7 @@ const fli_policy_ops fli_policy_fragless = {
     .alloc = fx_alloc,
     .alloc_local = fx_alloc_local,
     .free_local = fx_free_local,
+    .local_missed = fx_local_missed,
     .local_forget = fx_local_forget,
     .free = fx_free,
     .block_size = fx_block_size,

@@ -51,6 +51,12 @@ typedef struct fli_policy_ops {
     /* The thread of that token ends (called under the allocator's lock): its heaps may
      * serve another thread's stream-local operations. */
     void (*local_forget)(fli_policy *p, uint64_t owner);
+    /* Optional: the thread of that token took the ordinary way (under the allocator's lock,
+     * no stream-local operation running) for an allocation of size bytes on stream (addr
+     * 0) or a free of the block at addr. A heap another thread owns may become this
+     * one's when its operations keep coming the ordinary way (a stream that moved to
+     * another thread of a pool). */
+    void (*local_missed)(fli_policy *p, uint64_t owner, uint64_t stream, uint64_t size, uint64_t addr);
     /* The requested size of the live block that starts at addr; 0 if there is none. */
     uint64_t (*block_size)(const fli_policy *p, uint64_t addr);
     /* The stream the live block at addr was allocated on: 1 and *stream; 0 when there
