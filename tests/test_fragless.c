@@ -515,6 +515,15 @@ static void test_small_into_large(void)
     CHECK(p->ops->check(p) == 0);
     CHECK_OK(p->ops->free(p, x, 0, NULL));
     CHECK(p->ops->check(p) == 0);
+    /* A block small enough for the quick lists too: freed, it goes back to the range
+     * allocator, never onto the large heap's quick lists, which no request there takes
+     * from (the check says so). */
+    for (int i = 0; i < 3; i++) {
+        CHECK_OK(p->ops->alloc(p, 1000, 0, &x));
+        CHECK_EQ_U64(total_calls(d), calls);
+        CHECK_OK(p->ops->free(p, x, 0, NULL));
+        CHECK(p->ops->check(p) == 0);
+    }
     /* Once every page was pinned (seen by a placement under pressure: here a request that
      * finds none), the limit leaves no room above that: a small block takes its page by
      * reclaim again, which costs no page where the job has none to spare. */

@@ -1494,9 +1494,10 @@ static inline uint64_t release_block(fx_policy *f, fx_heap *h, uint32_t v)
 {
     uint64_t off = h->range->nodes[v].offset, size = h->range->nodes[v].size;
     fx_bin *bin = size <= QUICK_MAX ? &h->bins[(size >> 9) - 1] : NULL;
-    if (FL_UNLIKELY(h->range->nodes[v].tag & TAG_FOREIGN)) {
+    uint32_t tag = h->range->nodes[v].tag;
+    if (FL_UNLIKELY(tag & TAG_FOREIGN)) {
         defer_range(f, h, v);
-    } else if (bin && bin->n < QUICK_CAP) {
+    } else if (bin && bin->n < QUICK_CAP && !(tag & TAG_GUEST)) {
         /* Set aside for the next request of this size: no range allocator work now or
          * then. Its pages are unpinned like any freed block's. */
         h->range->nodes[v].used = RANGE_HELD;
@@ -1821,7 +1822,7 @@ static int fx_check(const fli_policy *base)
             listed += h->bins[q].n;
             for (uint32_t k = 0; k < h->bins[q].n; k++) {
                 const range_node *b = &h->range->nodes[h->bins[q].node[k]];
-                if (b->used != RANGE_HELD || b->size != (uint64_t)(q + 1) * 512)
+                if (b->used != RANGE_HELD || b->size != (uint64_t)(q + 1) * 512 || (b->tag & TAG_GUEST))
                     err = "a quick list holds a wrong block";
             }
         }
@@ -1839,6 +1840,10 @@ static int fx_check(const fli_policy *base)
         for (uint32_t n = h->range->head; n && !err; n = h->range->nodes[n].next_phys) {
             const range_node *b = &h->range->nodes[n];
             uint64_t owner;
+            /* A free range keeps its last block's tag: only live blocks are looked at. */
+            if (!err && b->used == RANGE_USED && (b->tag & TAG_GUEST) &&
+                (h->small || (b->tag & TAG_FOREIGN) || b->size >= f->small_limit + 512))
+                err = "a small request placed in a large heap (TAG_GUEST) is not a small block of a large heap";
             if (b->used != RANGE_USED || !(b->tag & TAG_FOREIGN))
                 continue;
             lent_here++;
