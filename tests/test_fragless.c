@@ -597,9 +597,46 @@ static void test_lending_near_limit(void)
     fl_device_destroy(d);
 }
 
+/* Small blocks (64 KiB up to the small-request limit) of a stream whose small heap would
+ * pin a new page for them under pressure go into another stream's small heap where a page
+ * it pins has room, by the lending rules; smaller ones, and any without pressure, stay. */
+static void test_lending_small(void)
+{
+    for (int pressure = 0; pressure < 2; pressure++) {
+        for (int size_kib = 32; size_kib <= 128; size_kib *= 4) {
+            fl_device *d = fl_test_sim(0, 0);
+            fli_policy *p = fragless_on(d, pressure ? 16 * MiB : 64 * MiB);
+            uint64_t s1, l1, b, st = 0;
+            CHECK_OK(p->ops->alloc(p, 128 * 1024, 1, &s1)); /* stream 1's small heap: a page pinned */
+            CHECK_OK(p->ops->alloc(p, 4 * MiB, 1, &l1));    /* with 16 MiB, every page is held now */
+            CHECK_EQ_U64(counters(d).in_use, pressure ? 16 * MiB : counters(d).in_use);
+            fl_device_counters c0 = counters(d);
+            CHECK_OK(p->ops->alloc(p, (uint64_t)size_kib * 1024, 2, &b));
+            fl_device_counters c1 = counters(d);
+            int lent = b - (s1 & ~(PAGE - 1)) < PAGE;
+            CHECK_EQ_U64(lent, pressure && size_kib >= 64);
+            if (lent) { /* no map, no synchronize: stream 1 gave no range back */
+                CHECK_EQ_U64(c1.calls[FL_CALL_MAP], c0.calls[FL_CALL_MAP]);
+                CHECK_EQ_U64(c1.calls[FL_CALL_SYNC], c0.calls[FL_CALL_SYNC]);
+            }
+            CHECK_EQ_U64(p->ops->block_stream(p, b, &st), 1);
+            CHECK_EQ_U64(st, 2);
+            CHECK(p->ops->check(p) == 0);
+            CHECK_OK(p->ops->free(p, b, 0, NULL));
+            CHECK(p->ops->check(p) == 0);
+            CHECK_OK(p->ops->empty_cache(p));
+            CHECK(p->ops->check(p) == 0);
+            CHECK_EQ_U64(p->allocated, 128 * 1024 + 4 * MiB);
+            p->ops->destroy(p);
+            fl_device_destroy(d);
+        }
+    }
+}
+
 int main(void)
 {
     test_lending_near_limit();
+    test_lending_small();
     test_set_limit();
     test_chunks();
     test_lending();

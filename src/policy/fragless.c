@@ -29,6 +29,10 @@
 /* ... and only while the limit exceeds the most pages ever pinned at once by at least
  * 1/2^PRESSURE_SLACK_LOG of it (ARCHITECTURE.md, "placement under pressure"). */
 #define PRESSURE_SLACK_LOG 5
+/* Small blocks of at least 1/2^SMALL_LEND_LOG page (64 KiB of a 2 MiB page) that would
+ * pin a new page of their stream's small heap under pressure go into another stream's
+ * small heap where they pin none (lend; ARCHITECTURE.md, "placement near the limit"). */
+#define SMALL_LEND_LOG 5
 /* A large heap's chunk: CHUNK_PAGES aligned pages (32 MiB of 2 MiB pages) mapped with one
  * handle when all are unmapped and the limit leaves room (chunk_room). */
 #define CHUNK_LOG 4
@@ -1293,7 +1297,7 @@ static int find_tight_lender(const fx_policy *f, uint32_t own, uint64_t size, ui
     uint64_t best = own_new;
     for (uint32_t hi = 0; hi < f->n_heaps; hi++) {
         const fx_heap *h = &f->heaps[hi];
-        if (hi == own || h->small || h->stream == f->heaps[own].stream)
+        if (hi == own || h->small != f->heaps[own].small || h->stream == f->heaps[own].stream)
             continue;
         uint32_t cand[PRESSURE_CANDIDATES];
         size_t k = range_candidates(h->range, size, cand, PRESSURE_CANDIDATES);
@@ -1451,9 +1455,10 @@ static FL_NOINLINE fl_status alloc_placed(fx_policy *f, uint64_t size, uint64_t 
             uint64_t x = h->range->nodes[n].offset + pad;
             if (f->streams > 1)
                 learn_peak(f);
-            int tight = f->streams > 1 && near_limit(f);
+            int lend_small = h->small && rsize >= f->gran >> SMALL_LEND_LOG;
+            int tight = f->streams > 1 && (lend_small || near_limit(f));
             uint64_t own_new = tight ? new_pages(f, h, x, rsize) : 0;
-            if (!lent_tried && rsize >= f->gran && !h->small && f->n_heaps > 1 &&
+            if (!lent_tried && (h->small ? lend_small : rsize >= f->gran) && f->n_heaps > 1 &&
                 (tight ? own_new > 0 : unmapped_pages(f, h, x, rsize) && lending_pays(f))) {
                 lent_tried = 1;
                 int lent = lend(f, hi, size, rsize, own_new, addr, &synced);
@@ -1937,7 +1942,7 @@ static int fx_check(const fli_policy *base)
             }
         }
         /* Lending: the ranges waiting for a synchronize are held too; a lent block is
-         * in the map of lent blocks, in a large heap, not on this heap's stream. */
+         * in the map of lent blocks, not on this heap's stream. */
         uint64_t waiting = 0;
         for (uint32_t k = 0; k < h->n_deferred && !err; k++) {
             const range_node *b = &h->range->nodes[h->deferred[k]];
@@ -1953,7 +1958,7 @@ static int fx_check(const fli_policy *base)
             if (b->used != RANGE_USED || !(b->tag & TAG_FOREIGN))
                 continue;
             lent_here++;
-            if (h->small || !fli_map_get(&f->foreign, h->va + b->offset, &owner) || owner == h->stream)
+            if (!fli_map_get(&f->foreign, h->va + b->offset, &owner) || owner == h->stream)
                 err = "a lent block is not in the map of lent blocks, or is its lender's";
         }
         if (!err && (lent_here != h->n_lent_here || h->n_deferred + lent_here > h->cap_deferred))
