@@ -1150,9 +1150,10 @@ static inline int pages_ready(const fx_policy *f, const fx_heap *h, uint64_t p0,
  * f->foreign. Freed, its range waits (deferred, allocated and unpinned: its pages may be
  * reclaimed like any cached page, which synchronizes first) until the next synchronize,
  * since the borrower's work may still use it and the owner's stream would not wait.
- * Only blocks of a page or more (the quick lists never see a lent block; smaller ones
- * come back at once to their stream, which a lent one's wait would deny it: test_preload)
- * in large heaps; a single-stream job never lends. */
+ * Only blocks of a page or more in large heaps (smaller ones come back at once to their
+ * stream, which a lent one's wait would deny it: test_preload), and small blocks of
+ * 1/2^SMALL_LEND_LOG page or more where that saves a page of their own small heap (the
+ * quick lists never see a lent block); a single-stream job never lends. */
 
 static fl_status defer_grow(fx_heap *h)
 {
