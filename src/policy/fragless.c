@@ -990,7 +990,7 @@ static void place_under_pressure(fx_policy *f, const fx_heap *h, uint64_t size, 
  * one more unmapped page (a reclaim) per page it saves; ties at equal new pages go to
  * fewer unmapped pages. Far from the limit, nothing changes (ARCHITECTURE.md, "placement
  * near the limit", has the figures). */
-static void place_fewest_pins(fx_policy *f, const fx_heap *h, uint64_t size, uint32_t *n, uint64_t *pad)
+static FL_NOINLINE void place_fewest_pins(fx_policy *f, const fx_heap *h, uint64_t size, uint32_t *n, uint64_t *pad)
 {
     if (!near_limit(f))
         return;
@@ -1403,6 +1403,29 @@ static int lend(fx_policy *f, uint32_t own, uint64_t size, uint64_t rsize, uint6
     return 1;
 }
 
+/* alloc_placed under pressure, its block placed at (n, pad) of heap hi: its pages would
+ * come by reclaim, and another stream's mapped pages may serve it where they are free
+ * (lending); near the limit, or for a small block of 1/2^SMALL_LEND_LOG page or more,
+ * another stream's free range where it pins fewer new pages. Returns 1: lent (*addr);
+ * 2: not lent, but the heaps' ranges changed (a synchronize), so the caller places
+ * again; 0: nothing changed. Out of line: alloc_placed's common part stays short. */
+static FL_NOINLINE int lend_instead(fx_policy *f, uint32_t hi, uint32_t n, uint64_t pad, uint64_t size,
+                                    uint64_t rsize, uint64_t *addr)
+{
+    const fx_heap *h = &f->heaps[hi];
+    uint64_t x = h->range->nodes[n].offset + pad;
+    if (f->streams > 1)
+        learn_peak(f);
+    int lend_small = h->small && rsize >= f->gran >> SMALL_LEND_LOG;
+    int tight = f->streams > 1 && (lend_small || near_limit(f));
+    uint64_t own_new = tight ? new_pages(f, h, x, rsize) : 0;
+    if (!(h->small ? lend_small : rsize >= f->gran) || f->n_heaps < 2 ||
+        !(tight ? own_new > 0 : unmapped_pages(f, h, x, rsize) && lending_pays(f)))
+        return 0;
+    int synced = 0;
+    return lend(f, hi, size, rsize, own_new, addr, &synced) ? 1 : synced ? 2 : 0;
+}
+
 /* ---- policy interface ---------------------------------------------------------- */
 
 /* fx_alloc in general: a placement by the range allocator, or a block from a quick list
@@ -1449,27 +1472,14 @@ static FL_NOINLINE fl_status alloc_placed(fx_policy *f, uint64_t size, uint64_t 
             } else {
                 place_fewest_pins(f, h, rsize, &n, &pad);
             }
-            /* Its pages would come by reclaim: another stream's mapped pages may serve it
-             * where they are free (lending); near the limit, another stream's free range
-             * where it pins fewer new pages. */
-            int synced = 0;
-            uint64_t x = h->range->nodes[n].offset + pad;
-            if (f->streams > 1)
-                learn_peak(f);
-            int lend_small = h->small && rsize >= f->gran >> SMALL_LEND_LOG;
-            int tight = f->streams > 1 && (lend_small || near_limit(f));
-            uint64_t own_new = tight ? new_pages(f, h, x, rsize) : 0;
-            if (!lent_tried && (h->small ? lend_small : rsize >= f->gran) && f->n_heaps > 1 &&
-                (tight ? own_new > 0 : unmapped_pages(f, h, x, rsize) && lending_pays(f))) {
-                lent_tried = 1;
-                int lent = lend(f, hi, size, rsize, own_new, addr, &synced);
-                if (lent || synced) { /* lent, or this heap's ranges changed: place again */
-                    h->bytes_asked -= rsize;
-                    h->whole_bytes -= (rsize & (f->gran - 1)) == 0 ? rsize : 0;
-                    if (lent)
-                        return FL_OK;
-                    goto place;
-                }
+            int r = lent_tried ? 0 : lend_instead(f, hi, n, pad, size, rsize, addr);
+            lent_tried = 1;
+            if (r) { /* lent, or this heap's ranges changed: place again */
+                h->bytes_asked -= rsize;
+                h->whole_bytes -= (rsize & (f->gran - 1)) == 0 ? rsize : 0;
+                if (r == 1)
+                    return FL_OK;
+                goto place;
             }
         }
         if ((s = range_take(h->range, n, pad, rsize, &node)) != FL_OK)
