@@ -542,8 +542,110 @@ static void test_small_into_large(void)
     fl_device_destroy(d);
 }
 
+/* Near the limit (the most pages pinned so far within 1/32 of it), a stream's block goes
+ * into another stream's free range where it pins fewer new pages than in its own heap:
+ * here a 4 MiB hole of stream 1 whose end pages stream 1's neighbours pin, so the block
+ * pins one new page there against two in stream 2's heap, where only one is left. The
+ * usual lending rules hold (a synchronize for stream 1's work, the block is stream 2's,
+ * its range waits for the next synchronize). Far from the limit the block stays in its
+ * own heap. */
+static uint64_t tight_setup(fli_policy *p, uint64_t *y)
+{
+    uint64_t big, x, z;
+    CHECK_OK(p->ops->alloc(p, 113 * MiB, 1, &big)); /* pages 0-56, the last half used */
+    CHECK_OK(p->ops->alloc(p, 2 * MiB, 1, &x));     /* [113, 115) MiB */
+    CHECK_OK(p->ops->alloc(p, 4 * MiB, 1, y));      /* [115, 119) */
+    CHECK_OK(p->ops->alloc(p, 9 * MiB, 1, &z));     /* [119, 128): every page pinned */
+    CHECK_EQ_U64(*y, x + 2 * MiB);
+    CHECK_EQ_U64(z, *y + 4 * MiB);
+    CHECK_EQ_U64(z + 9 * MiB, big + 128 * MiB);
+    CHECK_OK(p->ops->free(p, *y, 0, NULL)); /* its middle page is cached, its ends pinned */
+    return big;
+}
+
+static void test_lending_near_limit(void)
+{
+    fl_device *d = fl_test_sim(0, 0);
+    fli_policy *p = fragless_on(d, 128 * MiB);
+    uint64_t y, b, st = 0;
+    tight_setup(p, &y);
+    CHECK(p->ops->check(p) == 0);
+    fl_device_counters c0 = counters(d);
+    CHECK_OK(p->ops->alloc(p, 4 * MiB, 2, &b)); /* its own heap: 2 new pages, 1 obtainable */
+    fl_device_counters c1 = counters(d);
+    CHECK_EQ_U64(b, y);
+    CHECK_EQ_U64(c1.calls[FL_CALL_MAP], c0.calls[FL_CALL_MAP]);
+    CHECK_EQ_U64(c1.calls[FL_CALL_UNMAP], c0.calls[FL_CALL_UNMAP]);
+    CHECK_EQ_U64(c1.calls[FL_CALL_SYNC], c0.calls[FL_CALL_SYNC] + 1); /* stream 1 freed y */
+    CHECK_EQ_U64(p->ops->block_stream(p, b, &st), 1);
+    CHECK_EQ_U64(st, 2);
+    CHECK(p->ops->check(p) == 0);
+    /* Freed, the range waits for a synchronize: stream 1 does not get it at once. */
+    CHECK_OK(p->ops->free(p, b, 0, NULL));
+    uint64_t syncs = counters(d).calls[FL_CALL_SYNC], again;
+    int s = p->ops->alloc(p, 4 * MiB, 1, &again);
+    CHECK(s != FL_OK || again != y || counters(d).calls[FL_CALL_SYNC] > syncs);
+    if (s == FL_OK)
+        CHECK_OK(p->ops->free(p, again, 0, NULL));
+    CHECK(p->ops->check(p) == 0);
+    CHECK_OK(p->ops->empty_cache(p));
+    CHECK(p->ops->check(p) == 0);
+    p->ops->destroy(p);
+    fl_device_destroy(d);
+
+    /* Far from the limit: its own heap. */
+    d = fl_test_sim(0, 0);
+    p = fragless_on(d, 256 * MiB);
+    tight_setup(p, &y);
+    CHECK_OK(p->ops->alloc(p, 4 * MiB, 2, &b));
+    CHECK(b != y);
+    CHECK_EQ_U64(p->ops->block_stream(p, b, &st), 1);
+    CHECK_EQ_U64(st, 2);
+    CHECK(p->ops->check(p) == 0);
+    p->ops->destroy(p);
+    fl_device_destroy(d);
+}
+
+/* Small blocks (64 KiB up to the small-request limit) of a stream whose small heap would
+ * pin a new page for them under pressure go into another stream's small heap where a page
+ * it pins has room, by the lending rules; smaller ones, and any without pressure, stay. */
+static void test_lending_small(void)
+{
+    for (int pressure = 0; pressure < 2; pressure++) {
+        for (int size_kib = 32; size_kib <= 128; size_kib *= 4) {
+            fl_device *d = fl_test_sim(0, 0);
+            fli_policy *p = fragless_on(d, pressure ? 16 * MiB : 64 * MiB);
+            uint64_t s1, l1, b, st = 0;
+            CHECK_OK(p->ops->alloc(p, 128 * 1024, 1, &s1)); /* stream 1's small heap: a page pinned */
+            CHECK_OK(p->ops->alloc(p, 4 * MiB, 1, &l1));    /* with 16 MiB, every page is held now */
+            CHECK_EQ_U64(counters(d).in_use, pressure ? 16 * MiB : counters(d).in_use);
+            fl_device_counters c0 = counters(d);
+            CHECK_OK(p->ops->alloc(p, (uint64_t)size_kib * 1024, 2, &b));
+            fl_device_counters c1 = counters(d);
+            int lent = b - (s1 & ~(PAGE - 1)) < PAGE;
+            CHECK_EQ_U64(lent, pressure && size_kib >= 64);
+            if (lent) { /* no map, no synchronize: stream 1 gave no range back */
+                CHECK_EQ_U64(c1.calls[FL_CALL_MAP], c0.calls[FL_CALL_MAP]);
+                CHECK_EQ_U64(c1.calls[FL_CALL_SYNC], c0.calls[FL_CALL_SYNC]);
+            }
+            CHECK_EQ_U64(p->ops->block_stream(p, b, &st), 1);
+            CHECK_EQ_U64(st, 2);
+            CHECK(p->ops->check(p) == 0);
+            CHECK_OK(p->ops->free(p, b, 0, NULL));
+            CHECK(p->ops->check(p) == 0);
+            CHECK_OK(p->ops->empty_cache(p));
+            CHECK(p->ops->check(p) == 0);
+            CHECK_EQ_U64(p->allocated, 128 * 1024 + 4 * MiB);
+            p->ops->destroy(p);
+            fl_device_destroy(d);
+        }
+    }
+}
+
 int main(void)
 {
+    test_lending_near_limit();
+    test_lending_small();
     test_set_limit();
     test_chunks();
     test_lending();

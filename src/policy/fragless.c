@@ -29,6 +29,10 @@
 /* ... and only while the limit exceeds the most pages ever pinned at once by at least
  * 1/2^PRESSURE_SLACK_LOG of it (ARCHITECTURE.md, "placement under pressure"). */
 #define PRESSURE_SLACK_LOG 5
+/* Small blocks of at least 1/2^SMALL_LEND_LOG page (64 KiB of a 2 MiB page) that would
+ * pin a new page of their stream's small heap under pressure go into another stream's
+ * small heap where they pin none (lend; ARCHITECTURE.md, "placement near the limit"). */
+#define SMALL_LEND_LOG 5
 /* A large heap's chunk: CHUNK_PAGES aligned pages (32 MiB of 2 MiB pages) mapped with one
  * handle when all are unmapped and the limit leaves room (chunk_room). */
 #define CHUNK_LOG 4
@@ -901,6 +905,23 @@ static uint64_t unmapped_pages(const fx_policy *f, const fx_heap *h, uint64_t x,
     return p1 + 1 - p0 - (p0 < end ? fli_bits_count(h->mapped, p0, end) : 0);
 }
 
+/* peak_pinned: the most pages pinned at once, as seen under pressure (by
+ * inner_positions_pay, and by every placement under pressure in a job of several
+ * streams). */
+static void learn_peak(fx_policy *f)
+{
+    uint64_t pinned_now = pinned_pages(f);
+    if (pinned_now > f->peak_pinned)
+        f->peak_pinned = pinned_now;
+}
+
+/* Whether the job runs near its limit: the limit leaves less than 1/2^PRESSURE_SLACK_LOG
+ * of it above peak_pinned. */
+static inline int near_limit(const fx_policy *f)
+{
+    return f->max_pages < f->peak_pinned + (f->max_pages >> PRESSURE_SLACK_LOG);
+}
+
 /* Whether inner positions of free ranges are worth a look (place_under_pressure): the
  * block spans more than a page and the limit leaves room above the most pages pinned so
  * far (learned online). Near its min_capacity a job has no such room, and there
@@ -911,12 +932,8 @@ static uint64_t unmapped_pages(const fx_policy *f, const fx_heap *h, uint64_t x,
  * pages by reclaim from that very run, every step (ARCHITECTURE.md has the figures). */
 static int inner_positions_pay(fx_policy *f, uint64_t size)
 {
-    uint64_t pinned_now = pinned_pages(f);
-    if (pinned_now > f->peak_pinned)
-        f->peak_pinned = pinned_now;
-    if (size <= f->gran)
-        return 0;
-    return f->max_pages >= f->peak_pinned + (f->max_pages >> PRESSURE_SLACK_LOG);
+    learn_peak(f);
+    return size > f->gran && !near_limit(f);
 }
 
 /* With no spare physical page left, a placement on unmapped pages costs a reclaim
@@ -962,6 +979,36 @@ static void place_under_pressure(fx_policy *f, const fx_heap *h, uint64_t size, 
                 *n = cand[i];
                 *pad = x - b->offset;
             }
+        }
+    }
+}
+
+/* Near the limit (near_limit) what decides whether a job fits is the pages its blocks pin,
+ * not the device calls: there a placement that pins fewer new pages (a free range whose
+ * end pages other blocks pin already) is taken over place_under_pressure's choice, among
+ * the candidate free ranges at the position choose_pad picks in each, if it needs at most
+ * one more unmapped page (a reclaim) per page it saves; ties at equal new pages go to
+ * fewer unmapped pages. Far from the limit, nothing changes (ARCHITECTURE.md, "placement
+ * near the limit", has the figures). */
+static FL_NOINLINE void place_fewest_pins(fx_policy *f, const fx_heap *h, uint64_t size, uint32_t *n, uint64_t *pad)
+{
+    if (!near_limit(f))
+        return;
+    const range_node *nodes = h->range->nodes;
+    uint64_t x0 = nodes[*n].offset + *pad;
+    uint64_t n0 = new_pages(f, h, x0, size), u0 = unmapped_pages(f, h, x0, size), bn = n0, bu = u0;
+    uint32_t cand[PRESSURE_CANDIDATES];
+    size_t k = range_candidates(h->range, size, cand, PRESSURE_CANDIDATES);
+    for (size_t i = 0; i < k; i++) {
+        uint64_t p = choose_pad(f, h, &nodes[cand[i]], size), x = nodes[cand[i]].offset + p;
+        uint64_t nn = new_pages(f, h, x, size), u = unmapped_pages(f, h, x, size);
+        if (nn > n0 || u > u0 + (n0 - nn))
+            continue;
+        if (nn < bn || (nn == bn && u < bu)) {
+            bn = nn;
+            bu = u;
+            *n = cand[i];
+            *pad = p;
         }
     }
 }
@@ -1103,9 +1150,10 @@ static inline int pages_ready(const fx_policy *f, const fx_heap *h, uint64_t p0,
  * f->foreign. Freed, its range waits (deferred, allocated and unpinned: its pages may be
  * reclaimed like any cached page, which synchronizes first) until the next synchronize,
  * since the borrower's work may still use it and the owner's stream would not wait.
- * Only blocks of a page or more (the quick lists never see a lent block; smaller ones
- * come back at once to their stream, which a lent one's wait would deny it: test_preload)
- * in large heaps; a single-stream job never lends. */
+ * Only blocks of a page or more in large heaps (smaller ones come back at once to their
+ * stream, which a lent one's wait would deny it: test_preload), and small blocks of
+ * 1/2^SMALL_LEND_LOG page or more where that saves a page of their own small heap (the
+ * quick lists never see a lent block); a single-stream job never lends. */
 
 static fl_status defer_grow(fx_heap *h)
 {
@@ -1240,6 +1288,41 @@ static int find_lender(const fx_policy *f, uint32_t own, uint64_t size, uint32_t
     return found;
 }
 
+/* Near the limit (near_limit): a free range of another stream's large heap where a block
+ * of size bytes pins fewer new pages than own_new, its own heap's placement (at the
+ * position choose_pad picks; unmapped pages there are mapped for it), the fewest first:
+ * its heap in *lh, the node and pad; 0 if none. */
+static int find_tight_lender(const fx_policy *f, uint32_t own, uint64_t size, uint64_t own_new, uint32_t *lh,
+                             uint32_t *n, uint64_t *pad)
+{
+    uint64_t best = own_new;
+    for (uint32_t hi = 0; hi < f->n_heaps; hi++) {
+        const fx_heap *h = &f->heaps[hi];
+        if (hi == own || h->small != f->heaps[own].small || h->stream == f->heaps[own].stream)
+            continue;
+        uint32_t cand[PRESSURE_CANDIDATES];
+        size_t k = range_candidates(h->range, size, cand, PRESSURE_CANDIDATES);
+        for (size_t i = 0; i < k; i++) {
+            uint64_t p = choose_pad(f, h, &h->range->nodes[cand[i]], size);
+            uint64_t nn = new_pages(f, h, h->range->nodes[cand[i]].offset + p, size);
+            if (nn < best) {
+                best = nn;
+                *lh = hi;
+                *n = cand[i];
+                *pad = p;
+            }
+        }
+    }
+    return best < own_new;
+}
+
+/* The lender for lend: find_lender, or near the limit (own_new > 0) find_tight_lender. */
+static int find_lender_for(const fx_policy *f, uint32_t own, uint64_t size, uint64_t own_new, uint32_t *lh,
+                           uint32_t *n, uint64_t *pad)
+{
+    return own_new ? find_tight_lender(f, own, size, own_new, lh, n, pad) : find_lender(f, own, size, lh, n, pad);
+}
+
 /* Whether lending is worth it: the limit leaves room above the most pages pinned so far
  * (lend_peak, kept after every placement once the job has two streams). Near a job's
  * min_capacity there is none, and there blocks lent into other heaps' holes cost pages
@@ -1249,14 +1332,16 @@ static int lending_pays(const fx_policy *f)
     return f->max_pages >= f->lend_peak + (f->max_pages >> PRESSURE_SLACK_LOG);
 }
 
-/* Places a block of rsize bytes for `stream` in a lender heap (find_lender), or returns
- * 0; *synced: it synchronized (the waiting ranges of every heap went back, so a free
- * range node the caller holds may be gone). */
-static int lend(fx_policy *f, uint32_t own, uint64_t size, uint64_t rsize, uint64_t *addr, int *synced)
+/* Places a block of rsize bytes for `stream` in a lender heap (find_lender_for: own_new
+ * > 0 near the limit, the new pages its own heap's placement would pin), or returns 0;
+ * *synced: it synchronized (the waiting ranges of every heap went back, so a free range
+ * node the caller holds may be gone). */
+static int lend(fx_policy *f, uint32_t own, uint64_t size, uint64_t rsize, uint64_t own_new, uint64_t *addr,
+                int *synced)
 {
-    uint32_t lh, n;
-    uint64_t pad;
-    if (!find_lender(f, own, rsize, &lh, &n, &pad))
+    uint32_t lh = 0, n = 0;
+    uint64_t pad = 0;
+    if (!find_lender_for(f, own, rsize, own_new, &lh, &n, &pad))
         return 0;
     fx_heap *h = &f->heaps[lh];
     if (h->dirty) {
@@ -1265,7 +1350,7 @@ static int lend(fx_policy *f, uint32_t own, uint64_t size, uint64_t rsize, uint6
         if (synchronize(f) != FL_OK)
             return 0;
         *synced = 1;
-        if (!find_lender(f, own, rsize, &lh, &n, &pad))
+        if (!find_lender_for(f, own, rsize, own_new, &lh, &n, &pad))
             return 0;
         f->base.retries++;
         h = &f->heaps[lh];
@@ -1276,23 +1361,69 @@ static int lend(fx_policy *f, uint32_t own, uint64_t size, uint64_t rsize, uint6
     uint32_t node;
     if (range_take(h->range, n, pad, rsize, &node) != FL_OK)
         return 0;
-    range_node *b = &h->range->nodes[node];
-    if (fli_map_put(&f->foreign, h->va + b->offset, f->heaps[own].stream) != FL_OK) {
+    uint64_t off = h->range->nodes[node].offset;
+    uint64_t p0 = off >> f->gran_log, p1 = (off + rsize - 1) >> f->gran_log;
+    /* A tight lender's range may reach past the pages its tables cover. */
+    if (FL_UNLIKELY(p1 >= h->n_pages) && heap_grow_pages(h, f->gran_log, p1 + 1) != FL_OK) {
         heap_release(h, node);
         return 0;
     }
-    b->tag = (uint16_t)((rsize - size) | TAG_FOREIGN);
+    if (fli_map_put(&f->foreign, h->va + off, f->heaps[own].stream) != FL_OK) {
+        heap_release(h, node);
+        return 0;
+    }
+    h->range->nodes[node].tag = (uint16_t)((rsize - size) | TAG_FOREIGN);
     index_add(h, node);
     uint32_t no_access = 0;
-    uint64_t p0 = b->offset >> f->gran_log, p1 = (b->offset + rsize - 1) >> f->gran_log;
     uint64_t missing = pin(f, h, p0, p1, &no_access);
-    FL_ASSERT(missing == 0 && no_access == 0);
-    (void)missing;
+    FL_ASSERT(own_new || (missing == 0 && no_access == 0)); /* find_lender: pages_ready */
+    if (FL_UNLIKELY(missing | no_access)) {
+        /* Near the limit: the lender's unmapped pages are mapped for the block (fewer
+         * than its own heap would have pinned). Mapping may reclaim, whose synchronize
+         * gives the waiting ranges back: the caller's free range node may be gone, as
+         * after lend's own synchronize. */
+        *synced = 1;
+        fl_status s = missing > pages_obtainable(f, missing) ? FL_ERR_OOM : map_pages(f, lh, p0, p1);
+        if (s == FL_OK && p1 >= f->heaps[lh].top)
+            map_ahead(f, lh, p1);
+        if (s != FL_OK) {
+            unpin(f, lh, p0, p1, 0);
+            fli_map_remove(&f->foreign, h->va + off, NULL);
+            heap_release(h, node);
+            return 0;
+        }
+        uint64_t pinned = pinned_pages(f);
+        if (pinned > f->lend_peak)
+            f->lend_peak = pinned;
+    }
     h->n_lent_here++;
     f->base.allocated += rsize;
     f->base.num_allocs++;
-    *addr = h->va + b->offset;
+    *addr = h->va + off;
     return 1;
+}
+
+/* alloc_placed under pressure, its block placed at (n, pad) of heap hi: its pages would
+ * come by reclaim, and another stream's mapped pages may serve it where they are free
+ * (lending); near the limit, or for a small block of 1/2^SMALL_LEND_LOG page or more,
+ * another stream's free range where it pins fewer new pages. Returns 1: lent (*addr);
+ * 2: not lent, but the heaps' ranges changed (a synchronize), so the caller places
+ * again; 0: nothing changed. Out of line: alloc_placed's common part stays short. */
+static FL_NOINLINE int lend_instead(fx_policy *f, uint32_t hi, uint32_t n, uint64_t pad, uint64_t size,
+                                    uint64_t rsize, uint64_t *addr)
+{
+    const fx_heap *h = &f->heaps[hi];
+    uint64_t x = h->range->nodes[n].offset + pad;
+    if (f->streams > 1)
+        learn_peak(f);
+    int lend_small = h->small && rsize >= f->gran >> SMALL_LEND_LOG;
+    int tight = f->streams > 1 && (lend_small || near_limit(f));
+    uint64_t own_new = tight ? new_pages(f, h, x, rsize) : 0;
+    if (!(h->small ? lend_small : rsize >= f->gran) || f->n_heaps < 2 ||
+        !(tight ? own_new > 0 : unmapped_pages(f, h, x, rsize) && lending_pays(f)))
+        return 0;
+    int synced = 0;
+    return lend(f, hi, size, rsize, own_new, addr, &synced) ? 1 : synced ? 2 : 0;
 }
 
 /* ---- policy interface ---------------------------------------------------------- */
@@ -1338,21 +1469,17 @@ static FL_NOINLINE fl_status alloc_placed(fx_policy *f, uint64_t size, uint64_t 
                 h = &f->heaps[hi];
                 h->bytes_asked += rsize;
                 guest = TAG_GUEST;
+            } else {
+                place_fewest_pins(f, h, rsize, &n, &pad);
             }
-            /* Its pages would come by reclaim: another stream's mapped pages may serve it
-             * where they are free (lending). */
-            int synced = 0;
-            if (!lent_tried && rsize >= f->gran && !h->small && f->n_heaps > 1 &&
-                unmapped_pages(f, h, h->range->nodes[n].offset + pad, rsize) && lending_pays(f)) {
-                lent_tried = 1;
-                int lent = lend(f, hi, size, rsize, addr, &synced);
-                if (lent || synced) { /* lent, or this heap's ranges changed: place again */
-                    h->bytes_asked -= rsize;
-                    h->whole_bytes -= (rsize & (f->gran - 1)) == 0 ? rsize : 0;
-                    if (lent)
-                        return FL_OK;
-                    goto place;
-                }
+            int r = lent_tried ? 0 : lend_instead(f, hi, n, pad, size, rsize, addr);
+            lent_tried = 1;
+            if (r) { /* lent, or this heap's ranges changed: place again */
+                h->bytes_asked -= rsize;
+                h->whole_bytes -= (rsize & (f->gran - 1)) == 0 ? rsize : 0;
+                if (r == 1)
+                    return FL_OK;
+                goto place;
             }
         }
         if ((s = range_take(h->range, n, pad, rsize, &node)) != FL_OK)
@@ -1827,7 +1954,7 @@ static int fx_check(const fli_policy *base)
             }
         }
         /* Lending: the ranges waiting for a synchronize are held too; a lent block is
-         * in the map of lent blocks, in a large heap, not on this heap's stream. */
+         * in the map of lent blocks, not on this heap's stream. */
         uint64_t waiting = 0;
         for (uint32_t k = 0; k < h->n_deferred && !err; k++) {
             const range_node *b = &h->range->nodes[h->deferred[k]];
@@ -1847,7 +1974,7 @@ static int fx_check(const fli_policy *base)
             if (b->used != RANGE_USED || !(b->tag & TAG_FOREIGN))
                 continue;
             lent_here++;
-            if (h->small || !fli_map_get(&f->foreign, h->va + b->offset, &owner) || owner == h->stream)
+            if (!fli_map_get(&f->foreign, h->va + b->offset, &owner) || owner == h->stream)
                 err = "a lent block is not in the map of lent blocks, or is its lender's";
         }
         if (!err && (lent_here != h->n_lent_here || h->n_deferred + lent_here > h->cap_deferred))
