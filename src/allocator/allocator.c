@@ -957,11 +957,6 @@ static inline fli_tcache *tc_get(fl_allocator *a)
 
 static fl_status tc_alloc_locked(fl_allocator *a, fli_tcache *c, uint64_t size, uint64_t stream, uint64_t *addr);
 
-/* An allocation in threads mode that neither the thread's cache nor a stream-local
- * operation could serve: under the lock (the watching path on a device that can
- * capture: graphs may be pending, or another stream capturing). */
-static inline int local_mode(const fl_allocator *a);
-
 /* A thread's allocation or free took the way under the lock in the stream-local mode:
  * the policy may hand it the heap (policy.h: local_missed), before the operation, so
  * that its next ones are stream-local. */
@@ -972,6 +967,9 @@ static void local_missed(fl_allocator *a, fli_tcache *c, uint64_t stream, uint64
         ops->local_missed(a->policy, local_token(c), stream, size, addr);
 }
 
+/* An allocation in threads mode that neither the thread's cache nor a stream-local
+ * operation could serve: under the lock (the watching path on a device that can
+ * capture: graphs may be pending, or another stream capturing). */
 static fl_status alloc_missed(fl_allocator *a, fli_tcache *c, uint64_t size, uint64_t stream, uint64_t *addr)
 {
     if (a->capture_watch)
@@ -1200,8 +1198,6 @@ static fl_status local_alloc(fl_allocator *a, uint64_t size, uint64_t stream, ui
     return alloc_missed(a, c, size, stream, addr);
 }
 
-/* A free in the stream-local mode: the policy's stream-local free, else under the lock
- * (which also says what was wrong with the address or size). */
 /* local_free's way under the lock (out of line: the stream-local free is inline in
  * free_routed). */
 static FL_NOINLINE fl_status local_free_locked(fl_allocator *a, fli_tcache *c, uint64_t addr, uint64_t want)
@@ -1215,6 +1211,8 @@ static FL_NOINLINE fl_status local_free_locked(fl_allocator *a, fli_tcache *c, u
     return s;
 }
 
+/* A free in the stream-local mode: the policy's stream-local free, else under the lock
+ * (which also says what was wrong with the address or size). */
 static inline fl_status local_free(fl_allocator *a, uint64_t addr, uint64_t want)
 {
     fli_tcache *c = tc_get(a);
