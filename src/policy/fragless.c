@@ -1216,8 +1216,8 @@ static fl_status synchronize(fx_policy *f)
  * blocks creep past the footprint of earlier steps, again each step) goes into its
  * stream's large heap instead, at the end of a free range whose pages are mapped, the
  * one pinning the fewest new pages: if there is one, if the job has one stream, and if
- * the limit leaves room above the most pages pinned so far (inner_positions_pay's rule,
- * learned online). Near a job's min_capacity there is no such room, and there small
+ * the limit leaves room above the most pages pinned so far (not near_limit, learned
+ * online). Near a job's min_capacity there is no such room, and there small
  * blocks in the large heap's ranges cost pages (resnet_varbatch 1.0174 -> 1.0333); in a
  * job of several streams the large heaps' mapped pages are what lending places other
  * streams' blocks on (ddp rank 0: 341 -> 928 late calls at 1.05x). At 1.05x peak live
@@ -1227,7 +1227,7 @@ static fl_status synchronize(fx_policy *f)
 static FL_NOINLINE int small_into_large(const fx_policy *f, const fx_heap *h, uint64_t size, uint32_t *hi,
                                         uint32_t *n, uint64_t *pad)
 {
-    if (!h->small || f->streams > 1 || f->max_pages < f->peak_pinned + (f->max_pages >> PRESSURE_SLACK_LOG) ||
+    if (!h->small || f->streams > 1 || near_limit(f) ||
         !unmapped_pages(f, h, h->range->nodes[*n].offset + *pad, size))
         return 0;
     int li = heap_find(f, h->stream, 0);
