@@ -1042,12 +1042,12 @@ static inline int quick_take(const fx_policy *f, fx_heap *h, uint64_t size, uint
     return 1;
 }
 
-/* Freed block v (size bytes at off) onto its quick list, when it is small enough, the
- * list has room and its page stays pinned by other blocks; 0: not this case, nothing
- * changed. */
+/* Freed block v (size bytes at off) onto its quick list, when it is small enough, not a
+ * guest (TAG_GUEST: no request of this heap would take it), the list has room and its
+ * page stays pinned by other blocks; 0: not this case, nothing changed. */
 static inline int quick_put(const fx_policy *f, fx_heap *h, uint32_t v, uint64_t off, uint64_t size)
 {
-    if (size > QUICK_MAX)
+    if (size > QUICK_MAX || (h->range->nodes[v].tag & TAG_GUEST))
         return 0;
     fx_bin *bin = &h->bins[(size >> 9) - 1];
     fx_page *pg = &h->pages[off >> f->gran_log];
@@ -1676,12 +1676,11 @@ static fl_status fx_free(fli_policy *base, uint64_t addr, uint64_t want, uint64_
     range_node *b = &h->range->nodes[v];
     uint64_t size = b->size;
     FL_ASSERT(size <= base->allocated && base->num_frees < base->num_allocs);
-    uint32_t tag = b->tag;
-    *requested = size - TAG_REQ(tag);
+    *requested = size - TAG_REQ(b->tag);
     /* The block starts at addr (live_node found it there): its page and whether it lies on
      * that page alone come from the address, without the node's offset. */
     FL_ASSERT(addr - h->va == b->offset);
-    if (FL_LIKELY(!(tag & TAG_GUEST)) && quick_put(f, h, v, addr - h->va, size)) {
+    if (quick_put(f, h, v, addr - h->va, size)) {
         base->allocated -= size;
         base->num_frees++;
         return FL_OK;
@@ -1787,7 +1786,7 @@ static int fx_free_local(fli_policy *base, uint64_t addr, uint64_t want, uint64_
     uint64_t size = b->size, off = addr - h->va;
     *charged = size;
     *requested = size - TAG_REQ(b->tag);
-    if ((b->tag & TAG_GUEST) || !quick_put(f, h, v, off, size))
+    if (!quick_put(f, h, v, off, size))
         release_block(f, h, v);
     return 1;
 }
