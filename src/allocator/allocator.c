@@ -664,15 +664,21 @@ static void tc_unlock_all(fl_allocator *a, const fli_tcache *held)
             fli_lock_release(&c->lock);
 }
 
+/* Room for figure q granted to c, or taken back (x < 0), under the allocator's lock: k
+ * follows, and their sum. */
+static inline void room_grant(fl_allocator *a, fli_tcache *c, int q, int64_t x)
+{
+    c->room[q] += x;
+    c->k[q] += x;
+    a->tc_k[q] += x;
+}
+
 /* With every cache locked: rooms to zero, so G + sum k = U. */
 static void tc_zero_rooms(fl_allocator *a)
 {
     for (fli_tcache *c = a->tcs; c; c = c->next_of_alloc)
-        for (int q = 0; q < FL_TC_FIGURES; q++) {
-            c->k[q] -= c->room[q];
-            a->tc_k[q] -= c->room[q];
-            c->room[q] = 0;
-        }
+        for (int q = 0; q < FL_TC_FIGURES; q++)
+            room_grant(a, c, q, -c->room[q]);
 }
 
 /* After G grew (an allocation by the policy): the invariant again, raising the peaks to
@@ -709,9 +715,7 @@ static void tc_share_room(fl_allocator *a)
     for (int q = 0; q < FL_TC_FIGURES; q++) {
         int64_t share = ((int64_t)*peak_of(a, q) - g[q] - a->tc_k[q]) / n;
         for (fli_tcache *c = a->tcs; c && share > 0; c = c->next_of_alloc) {
-            c->room[q] += share;
-            c->k[q] += share;
-            a->tc_k[q] += share;
+            room_grant(a, c, q, share);
         }
     }
     tc_unlock_all(a, NULL);
@@ -741,9 +745,7 @@ static void tc_ensure_room(fl_allocator *a, fli_tcache *c, const int64_t need[FL
             head = lack;
         }
         int64_t grant = lack + (head - lack) / 2;
-        c->room[q] += grant;
-        c->k[q] += grant;
-        a->tc_k[q] += grant;
+        room_grant(a, c, q, grant);
     }
     if (short_of)
         tc_unlock_all(a, c);
@@ -1058,9 +1060,7 @@ static void tc_grant_room(fl_allocator *a, fli_tcache *c)
         int64_t head = (int64_t)*peak_of(a, q) - g[q] - a->tc_k[q];
         if (head < 2)
             continue;
-        c->room[q] += head / 2;
-        c->k[q] += head / 2;
-        a->tc_k[q] += head / 2;
+        room_grant(a, c, q, head / 2);
     }
 }
 
@@ -1152,9 +1152,7 @@ static FL_NOINLINE int local_refill(fl_allocator *a, fli_tcache *c, uint64_t siz
     if (ok)
         for (int q = 0; q < FL_TC_FIGURES; q++) {
             int64_t grant = lack[q] > 0 ? lack[q] + (head[q] - lack[q]) / 2 : head[q] / 2;
-            c->room[q] += grant;
-            c->k[q] += grant;
-            a->tc_k[q] += grant;
+            room_grant(a, c, q, grant);
         }
     fli_lock_release(&a->lock);
     return ok;
