@@ -1570,6 +1570,13 @@ static inline fx_heap *heap_known_cached(const fx_policy *f, uint64_t addr)
     return NULL;
 }
 
+/* The heap whose tracked pages hold addr, NULL if none: the stream lookup's two first. */
+static inline fx_heap *heap_known(const fx_policy *f, uint64_t addr)
+{
+    fx_heap *h = heap_known_cached(f, addr);
+    return FL_LIKELY(h != NULL) ? h : heap_known_slow(f, addr);
+}
+
 /* The range node of the live block that starts at addr in heap h (addr below h->va +
  * known_bytes), 0 if none: index_find, asking for a live block instead of any that is
  * not free. */
@@ -1588,8 +1595,8 @@ static inline uint32_t live_node_in(const fx_policy *f, const fx_heap *h, uint64
 /* live_node_in of whichever heap holds addr (in *hp), 0 if none. */
 static inline uint32_t live_node(const fx_policy *f, uint64_t addr, fx_heap **hp)
 {
-    fx_heap *h = heap_known_cached(f, addr);
-    if (FL_UNLIKELY(!h) && !(h = heap_known_slow(f, addr)))
+    fx_heap *h = heap_known(f, addr);
+    if (FL_UNLIKELY(!h))
         return *hp = NULL, 0;
     *hp = h;
     return live_node_in(f, h, addr);
@@ -1774,8 +1781,8 @@ static int fx_free_local(fli_policy *base, uint64_t addr, uint64_t want, uint64_
 {
     fx_policy *f = (fx_policy *)base;
     /* The heap first, then (its owner's only) its blocks. */
-    fx_heap *h = heap_known_cached(f, addr);
-    if ((!h && !(h = heap_known_slow(f, addr))) || !heap_claim(h, owner))
+    fx_heap *h = heap_known(f, addr);
+    if (!h || !heap_claim(h, owner))
         return 0;
     uint32_t v = live_node_in(f, h, addr);
     const range_node *b = &h->range->nodes[v];
@@ -1812,15 +1819,8 @@ static void fx_local_forget(fli_policy *base, uint64_t owner)
 static void fx_local_missed(fli_policy *base, uint64_t owner, uint64_t stream, uint64_t size, uint64_t addr)
 {
     fx_policy *f = (fx_policy *)base;
-    fx_heap *h = NULL;
-    if (addr) {
-        h = heap_known_cached(f, addr);
-        if (!h)
-            h = heap_known_slow(f, addr);
-    } else {
-        int hi = heap_find(f, stream, size < f->small_limit);
-        h = hi >= 0 ? &f->heaps[hi] : NULL;
-    }
+    int hi = addr ? 0 : heap_find(f, stream, size < f->small_limit);
+    fx_heap *h = addr ? heap_known(f, addr) : hi >= 0 ? &f->heaps[hi] : NULL;
     if (!h)
         return;
     uint64_t o = atomic_load_explicit(&h->owner, memory_order_relaxed);
