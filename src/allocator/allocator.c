@@ -1858,7 +1858,8 @@ fli_policy *fli_allocator_policy(const fl_allocator *a) { return a->policy; }
 uint64_t fli_allocator_unlocked_allocs(fl_allocator *a, uint64_t *refills)
 {
     lock_a(a);
-    *refills = a->local_refills;
+    if (refills)
+        *refills = a->local_refills;
     uint64_t n = a->local_allocs - a->local_refills + a->tc_allocs;
     for (fli_tcache *c = a->tcs; c; c = c->next_of_alloc) {
         fli_lock_acquire(&c->lock);

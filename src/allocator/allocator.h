@@ -31,8 +31,9 @@ uint64_t fli_allocator_live(const fl_allocator *a);
  * meet at the allocator's lock): for tests and the benchmark. */
 fl_status fli_allocator_threads(fl_allocator *a);
 /* Allocations made without the allocator's lock since it was created: thread-cache hits
- * and stream-local operations (allocator.c, "threads"); *refills: the stream-local ones
- * that took the lock only for room under the peaks (local_refill), not counted in. */
+ * and stream-local operations (allocator.c, "threads"); *refills (refills may be NULL):
+ * the stream-local ones that took the lock only for room under the peaks (local_refill),
+ * not counted in. */
 uint64_t fli_allocator_unlocked_allocs(fl_allocator *a, uint64_t *refills);
 
 /* For the CUDA runtime's frontend (cudaFree of another device's block, cudaFreeAsync on
