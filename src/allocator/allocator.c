@@ -1180,7 +1180,7 @@ static fl_status local_alloc(fl_allocator *a, uint64_t size, uint64_t stream, ui
         if (done) {
             c->l_bytes += (int64_t)charged;
             c->l_allocs++;
-            c->l_refills += (uint32_t)refilled;
+            c->l_refills += (uint64_t)refilled;
             c->l_total += charged;
             c->d_req += (int64_t)size;
             c->d_live += (int64_t)fli_live_size(size);

@@ -76,7 +76,7 @@ struct fli_tcache {
                                    publishes (`fragless top`; allocator.c, local_unpublished) */
     int64_t l_bytes;
     uint64_t l_allocs, l_frees, l_total;
-    uint32_t l_refills;         /* of l_allocs, those that took room under the lock first */
+    uint64_t l_refills;         /* of l_allocs, those that took room under the lock first */
     /* Under the allocator's lock (and this one where both are needed): what this cache's
      * hits added to the program's figures plus its room, whose sum hits and frees here
      * leave unchanged (allocator.c: peaks). */
