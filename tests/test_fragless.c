@@ -642,6 +642,46 @@ static void test_lending_small(void)
     }
 }
 
+/* The stack position: in a one-stream job a large block goes right above the large block
+ * placed last, while that one lives, when the free range there leaves less than a page
+ * over and the block pins at most one new page more there. Here the range allocator's fit
+ * is an exact 4 MiB hole further down ([4, 8) MiB), the range above the newest block
+ * ([14, 19) MiB) is 5 MiB, and both pin two new pages: the block goes above the newest,
+ * so a step's blocks lie in a row. With two streams the rule is off (it cost the
+ * multi-stream examples late calls) and the fit stands. */
+static void test_stack_position(void)
+{
+    for (int streams = 1; streams <= 2; streams++) {
+        fl_device *d = fl_test_sim(0, 0);
+        fli_policy *p = fragless_on(d, 0);
+        uint64_t a, h, b, t, f, g, x, other;
+        if (streams == 2)
+            CHECK_OK(p->ops->alloc(p, 4 * MiB, 1, &other));
+        CHECK_OK(p->ops->alloc(p, 4 * MiB, 0, &a)); /* [0, 4) MiB of stream 0's large heap */
+        CHECK_OK(p->ops->alloc(p, 4 * MiB, 0, &h)); /* [4, 8): the exact hole */
+        CHECK_OK(p->ops->alloc(p, 4 * MiB, 0, &b)); /* [8, 12) */
+        CHECK_OK(p->ops->alloc(p, 2 * MiB, 0, &t)); /* [12, 14) */
+        CHECK_OK(p->ops->alloc(p, 5 * MiB, 0, &f)); /* [14, 19): the range above the newest */
+        CHECK_OK(p->ops->alloc(p, 1 * MiB, 0, &g)); /* [19, 20): f's hole is not the topmost */
+        CHECK_EQ_U64(h - a, 4 * MiB);
+        CHECK_EQ_U64(t - a, 12 * MiB);
+        CHECK_EQ_U64(g - a, 19 * MiB);
+        CHECK_OK(p->ops->free(p, h, 0, NULL));
+        /* t again, now the newest block: into its own 2 MiB hole. */
+        CHECK_OK(p->ops->free(p, t, 0, NULL));
+        CHECK_OK(p->ops->alloc(p, 2 * MiB, 0, &t));
+        CHECK_EQ_U64(t - a, 12 * MiB);
+        CHECK_OK(p->ops->free(p, f, 0, NULL));
+        CHECK_OK(p->ops->alloc(p, 4 * MiB, 0, &x));
+        uint64_t want = streams == 1 ? 14 * MiB : 4 * MiB; /* above t, or the exact hole */
+        CHECK_EQ_U64(x - a, want);
+        CHECK(p->ops->check(p) == 0);
+        p->ops->destroy(p);
+        CHECK_EQ_U64(in_use(d), 0);
+        fl_device_destroy(d);
+    }
+}
+
 int main(void)
 {
     test_lending_near_limit();
@@ -659,5 +699,6 @@ int main(void)
     test_limit_and_empty_cache();
     test_fault_injection();
     test_access_after_failed_set_access();
+    test_stack_position();
     return fl_test_done("test_fragless");
 }
