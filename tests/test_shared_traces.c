@@ -8,9 +8,11 @@
  * traces of the top folder also: min_capacity /
  * peak_live <= 1.02, no OOM at 1.05 x peak live, and wherever cca-expandable completes
  * (from its own min_capacity up), no more steady-state device time; hard/ does not meet
- * these yet (segment_multiscale 1.035, vae_small 1.077), nor issue 13's bar
+ * these yet (segment_multiscale 1.035, vae_small 1.053). Issue 13's bar
  * max(1.01 x peak live, page limit + 4 MiB), which each row prints against fragless's
- * min_capacity. For the snapshots: 1.02 too, issue 13's bar, and the PyTorch emulation, following the
+ * min_capacity, is checked where it is met: gpt_varlen, kvcache_generate, serve_switch,
+ * vae_small (not yet resnet_varbatch, segment_multiscale). For the snapshots: 1.02 too,
+ * issue 13's bar, and the PyTorch emulation, following the
  * recorded allocator, ends within 1% of the reserved memory the snapshot recorded where
  * recording covers every segment's lifetime, within 3% where segments are older than
  * the recording (all of these: rebuilt from the dump). */
@@ -84,9 +86,15 @@ static void check_trace(const char *path, trace_kind kind)
            (double)m[0].min_capacity <= bar ? "met" : "not met");
     if (kind != TRACE_HARD)
         CHECK(ratio <= 1.02);
-    /* The snapshots meet issue 13's bar already (2-14 MiB above the page limit): keep
-     * it so. */
-    if (kind == TRACE_SNAPSHOT)
+    /* The snapshots meet issue 13's bar (2-16 MiB above the page limit), and so do these
+     * CSV traces (gpt_varlen and vae_small since the stack position: 1.0097 and 1.0530 of
+     * peak live, 0.4 and 0.0 MiB under their bars): keep it so. */
+    static const char *const csv_meeting_bar[] = {"gpt_varlen.csv", "kvcache_generate.csv", "serve_switch.csv",
+                                                  "vae_small.csv"};
+    int meets = kind == TRACE_SNAPSHOT;
+    for (size_t i = 0; i < sizeof csv_meeting_bar / sizeof csv_meeting_bar[0]; i++)
+        meets |= !strcmp(p->name, csv_meeting_bar[i]);
+    if (meets)
         CHECK((double)m[0].min_capacity <= bar);
     CHECK(m[0].min_capacity <= m[1].min_capacity);
     CHECK(m[0].min_capacity <= m[2].min_capacity);
