@@ -77,6 +77,42 @@ static void test_fit(void)
     fl_range_destroy(r);
 }
 
+/* range_candidates: every free range of at least size bytes, in class order (a bounded
+ * call returns the first ones of that same order). The free ranges come from the walk. */
+typedef struct free_set {
+    uint64_t size, n, off[4096];
+} free_set;
+
+static int free_walk(uint64_t off, uint64_t size, int used, void *user)
+{
+    free_set *f = user;
+    if (!used && size >= f->size && f->n < 4096)
+        f->off[f->n++] = off;
+    return 0;
+}
+
+static void check_candidates(const fl_range *r, uint64_t size)
+{
+    static uint32_t all[4096], some[4];
+    free_set f = {size, 0, {0}};
+    fl_range_walk(r, free_walk, &f);
+    if (f.n >= 4096)
+        return;
+    size_t k = range_candidates(r, size, all, 4096);
+    CHECK_EQ_U64(k, f.n);
+    for (size_t i = 0; i < k; i++) {
+        CHECK(r->nodes[all[i]].used == RANGE_FREE && r->nodes[all[i]].size >= size);
+        int found = 0;
+        for (uint64_t j = 0; j < f.n; j++)
+            found += f.off[j] == r->nodes[all[i]].offset;
+        CHECK(found == 1);
+    }
+    size_t k4 = range_candidates(r, size, some, 4);
+    CHECK_EQ_U64(k4, k < 4 ? k : 4);
+    for (size_t i = 0; i < k4; i++)
+        CHECK_EQ_U64(some[i], all[i]);
+}
+
 static void test_random(uint64_t seed, uint64_t cap, int steps)
 {
     fl_rng rng = {seed};
@@ -114,8 +150,10 @@ static void test_random(uint64_t seed, uint64_t cap, int steps)
         }
         CHECK_EQ_U64(fl_range_total_free(r), cap - used);
         CHECK_EQ_U64(fl_range_live_blocks(r), n);
-        if (i % 64 == 0 || i == steps - 1)
+        if (i % 64 == 0 || i == steps - 1) {
             CHECK(fl_range_check(r) == 0);
+            check_candidates(r, 512 << fl_rng_below(&rng, 16));
+        }
         if (fl_test_failures)
             break;
     }
