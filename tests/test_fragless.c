@@ -682,6 +682,55 @@ static void test_stack_position(void)
     }
 }
 
+/* Small blocks onto pinned pages (approaching_limit): in a job of several streams whose
+ * most pages pinned so far come within 1/16 of the limit before any placement has run
+ * under pressure, a small request that would pin a new page of its small heap goes into
+ * its stream's large heap, at a free range's end on a page live blocks pin already. Here
+ * stream 0's small heap has 48 KiB left on its page, and its large heap a 1 MiB hole on a
+ * page its neighbour pins: the 200 KiB block goes there, with no new page. Far from the
+ * limit, and in a job of one stream, it goes to the small heap's next page. */
+static void test_small_onto_pinned(void)
+{
+    for (int k = 0; k < 3; k++) {
+        int streams = k == 2 ? 1 : 2, near = k == 0;
+        fl_device *d = fl_test_sim(0, 0);
+        fli_policy *p = fragless_on(d, (near ? 256 : 512) * 2 * MiB);
+        uint64_t other, s[10], a, b, c, x, st = 9;
+        if (streams == 2)
+            CHECK_OK(p->ops->alloc(p, 64 << 10, 1, &other)); /* stream 1: a page of its small heap */
+        for (int i = 0; i < 10; i++) /* 2000 KiB of stream 0's small heap's first page */
+            CHECK_OK(p->ops->alloc(p, 200 << 10, 0, &s[i]));
+        CHECK_OK(p->ops->alloc(p, 3 * MiB, 0, &a));   /* [0, 3) MiB of the large heap */
+        CHECK_OK(p->ops->alloc(p, 1 * MiB, 0, &b));   /* [3, 4) */
+        CHECK_OK(p->ops->alloc(p, 476 * MiB, 0, &c)); /* [4, 480): 240 pages pinned there */
+        CHECK_EQ_U64(b, a + 3 * MiB);
+        CHECK_EQ_U64(c, a + 4 * MiB);
+        CHECK_EQ_U64(s[9], s[0] + 9 * (200 << 10));
+        /* 252 of the 256 pages held: no placement ran under pressure. */
+        CHECK(in_use(d) < 256 * 2 * MiB);
+        CHECK_OK(p->ops->free(p, b, 0, NULL)); /* its page stays pinned by a */
+        uint64_t calls = total_calls(d);
+        CHECK_OK(p->ops->alloc(p, 200 << 10, 0, &x));
+        CHECK_EQ_U64(x == b, near);
+        if (near) /* on a page pinned and mapped already */
+            CHECK_EQ_U64(total_calls(d), calls);
+        else
+            CHECK_EQ_U64(x, s[0] + 10 * (200 << 10)); /* the small heap's next page */
+        CHECK_EQ_U64(p->ops->block_stream(p, x, &st), 1);
+        CHECK_EQ_U64(st, 0);
+        CHECK(p->ops->check(p) == 0);
+        CHECK_OK(p->ops->free(p, x, 0, NULL));
+        CHECK(p->ops->check(p) == 0);
+        /* Its range went back to the large heap: the hole takes a 1 MiB block again. */
+        CHECK_OK(p->ops->alloc(p, 1 * MiB, 0, &b));
+        CHECK_EQ_U64(b, a + 3 * MiB);
+        CHECK(p->ops->check(p) == 0);
+        p->ops->destroy(p);
+        CHECK_EQ_U64(in_use(d), 0);
+        fl_device_destroy(d);
+    }
+}
+
 int main(void)
 {
     test_lending_near_limit();
@@ -700,5 +749,6 @@ int main(void)
     test_fault_injection();
     test_access_after_failed_set_access();
     test_stack_position();
+    test_small_onto_pinned();
     return fl_test_done("test_fragless");
 }

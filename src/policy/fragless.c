@@ -29,6 +29,9 @@
 /* ... and only while the limit exceeds the most pages ever pinned at once by at least
  * 1/2^PRESSURE_SLACK_LOG of it (ARCHITECTURE.md, "placement under pressure"). */
 #define PRESSURE_SLACK_LOG 5
+/* A job of several streams approaches its limit (approaching_limit) while the limit
+ * leaves less than 1/2^APPROACH_SLACK_LOG of it above the most pages pinned so far. */
+#define APPROACH_SLACK_LOG 4
 /* Small blocks of at least 1/2^SMALL_LEND_LOG page (64 KiB of a 2 MiB page) that would
  * pin a new page of their stream's small heap under pressure go into another stream's
  * small heap where they pin none (lend; ARCHITECTURE.md, "placement near the limit"). */
@@ -1051,6 +1054,59 @@ static inline void place_on_stack(const fx_policy *f, const fx_heap *h, uint64_t
     *pad = 0;
 }
 
+/* ---- approaching the limit (jobs of several streams) ------------------------------- */
+
+/* Whether a job of several streams approaches its limit before any placement has run
+ * under pressure: the most pages pinned so far (lend_peak, kept at every placement) come
+ * within 1/2^APPROACH_SLACK_LOG of the limit, and peak_pinned, learned at every
+ * placement under pressure in such a job (lend_instead), is still 0. A pipeline stage's
+ * footprint grows with the longest micro-batches, so the step that needs most may be the
+ * first to meet the limit: the near-limit rules (near_limit, learned under pressure)
+ * act only at its failing allocation, when the layout that fails is already made. Once
+ * pressure has come, those rules decide. A wider window (1/8) moved ddp rank 2's late
+ * calls at 1.05x peak live (211 -> 826): ARCHITECTURE.md, "small blocks onto pinned
+ * pages", has the figures. */
+static inline int approaching_limit(const fx_policy *f)
+{
+    return f->streams > 1 && f->peak_pinned == 0 &&
+           f->max_pages < f->lend_peak + (f->max_pages >> APPROACH_SLACK_LOG);
+}
+
+/* While a job of several streams approaches its limit (approaching_limit), a small
+ * request whose own heap's placement would pin a new page goes instead into its stream's
+ * large heap where it pins none: at a free range's end whose page live blocks pin
+ * already (a hole between large blocks, partly used). A stage's small heap holds a few
+ * blocks of just under the small limit per micro-batch (pipeline rank 1: 0.21-0.24 MiB),
+ * and one that does not fit the page they share pins a second page for the step's
+ * peak. Tagged TAG_GUEST, as small_into_large's. *hi, *n, *pad: the large heap's
+ * place, when 1. */
+static FL_NOINLINE int small_onto_pinned(fx_policy *f, uint32_t *hi, uint64_t size, uint32_t *n, uint64_t *pad)
+{
+    fx_heap *h = &f->heaps[*hi];
+    if (!approaching_limit(f) || !new_pages(f, h, h->range->nodes[*n].offset + *pad, size))
+        return 0;
+    int li = heap_find(f, h->stream, 0);
+    if (li < 0)
+        return 0;
+    const fx_heap *lh = &f->heaps[li];
+    uint32_t cand[PRESSURE_CANDIDATES];
+    size_t k = range_candidates(lh->range, size, cand, PRESSURE_CANDIDATES);
+    for (size_t i = 0; i < k; i++) {
+        const range_node *b = &lh->range->nodes[cand[i]];
+        uint64_t ends[2] = {0, b->size - size};
+        for (int e = 0; e < 2; e++)
+            if (new_pages(f, lh, b->offset + ends[e], size) == 0) {
+                h->bytes_asked -= size; /* counted in the large heap instead */
+                f->heaps[li].bytes_asked += size;
+                *hi = (uint32_t)li;
+                *n = cand[i];
+                *pad = ends[e];
+                return 1;
+            }
+    }
+    return 0;
+}
+
 /* ---- quick lists ------------------------------------------------------------------- */
 
 /* The short ways of an allocation and a free (fx_alloc, fx_free and their stream-local
@@ -1521,6 +1577,9 @@ static FL_NOINLINE fl_status alloc_placed(fx_policy *f, uint64_t size, uint64_t 
             }
         } else if (!h->small) {
             place_on_stack(f, h, rsize, &n, &pad);
+        } else if (f->streams > 1 && small_onto_pinned(f, &hi, rsize, &n, &pad)) {
+            h = &f->heaps[hi];
+            guest = TAG_GUEST;
         }
         if ((s = range_take(h->range, n, pad, rsize, &node)) != FL_OK)
             return s;
