@@ -176,10 +176,17 @@ static void print_text(const fli_prepared *p, const fli_replay_opts *ran, const 
             cli_whatif_delta(delta, sizeof delta, base, w->min_capacity);
         if (d->capacity)
             printf("  %-30s %12s   %-22s %s\n", w->label, gib(w->min_capacity, b, sizeof b), delta,
-                   w->fits ? "yes" : "no");
+                   w->fits ? "yes" : w->fails_at_capacity ? "no: runs out at it (*)" : "no");
         else
             printf("  %-30s %12s   %s\n", w->label, gib(w->min_capacity, b, sizeof b), delta);
     }
+
+    for (int i = 0; i < d->n_rows; i++)
+        if (d->rows[i].fails_at_capacity) {
+            printf("  (*) needs less than the capacity, yet replayed at the capacity itself it runs out of memory:\n"
+                   "      where blocks go under pressure depends on the capacity, and more is not always better\n");
+            break;
+        }
 
     printf("\nTo try (each replayed; estimates state their assumption):\n");
     if (d->capacity && !d->any_fits) {
@@ -291,8 +298,9 @@ static void print_json(const fli_prepared *p, const fli_replay_opts *ran, const 
         cli_json_str(d->rows[i].label);
         printf(", \"env\": ");
         cli_json_str(d->rows[i].env);
-        printf(", \"min_capacity\": %llu, \"fits\": %s}", (unsigned long long)d->rows[i].min_capacity,
-               !d->capacity ? "null" : d->rows[i].fits ? "true" : "false");
+        printf(", \"min_capacity\": %llu, \"fits\": %s, \"fails_at_capacity\": %s}",
+               (unsigned long long)d->rows[i].min_capacity, !d->capacity ? "null" : d->rows[i].fits ? "true" : "false",
+               !d->capacity ? "null" : d->rows[i].fails_at_capacity ? "true" : "false");
     }
     printf("], \"empty_cache_before_oom\": ");
     if (d->has_oom)

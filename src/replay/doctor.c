@@ -271,7 +271,25 @@ static fl_status whatif_rows(const fli_prepared *w, const fli_replay_opts *ran, 
             if (s != FL_OK)
                 return s;
         }
-        row->fits = o->capacity && row->min_capacity <= o->capacity;
+        /* min_capacity comes from a binary search, which takes more capacity never to
+         * hurt; an online policy does not promise that (examples/pipeline rank 3 under
+         * fragless runs at 2,136 and 2,138 MiB, not at 2,140): so "fits" is a replay at
+         * the capacity itself. */
+        row->fits = row->fails_at_capacity = 0;
+        if (o->capacity && row->min_capacity <= o->capacity) {
+            fli_replay_opts q = base;
+            q.cfg = row->cfg;
+            fl_sim_params_default(&q.sim);
+            q.sim.granularity = ran->sim.granularity;
+            q.sim.capacity = o->capacity;
+            fli_replay_result r;
+            fl_status s = fli_replay(w, &q, &r);
+            if (s != FL_OK)
+                return s;
+            row->fits = !r.ooms;
+            row->fails_at_capacity = r.ooms != 0;
+            fli_replay_result_free(&r);
+        }
         d->any_fits |= row->fits;
         int pytorch = i > 0 && i != d->fragless_row;
         if (pytorch && (d->best_pytorch < 0 || row->min_capacity < d->rows[d->best_pytorch].min_capacity))

@@ -22,7 +22,11 @@ typedef struct fli_whatif {
     char env[128];              /* the line to try, e.g. PYTORCH_CUDA_ALLOC_CONF=... */
     fl_config cfg;
     uint64_t min_capacity;
-    int fits;                   /* a capacity is known and min_capacity <= it */
+    int fits;                   /* a capacity is known and the setting runs at it: min_capacity
+                                   <= it, and a replay at that capacity itself had no OOM */
+    int fails_at_capacity;      /* min_capacity <= the capacity, yet the replay at the capacity
+                                   ran out of memory (placement differs with the capacity: more
+                                   memory does not always help an online policy) */
     int reused;                 /* min_capacity came from the caller (fli_doctor_opts.known) */
 } fli_whatif;
 
