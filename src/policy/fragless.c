@@ -1038,9 +1038,10 @@ static inline void place_on_stack(const fx_policy *f, const fx_heap *h, uint64_t
     const range_node *nodes = h->range->nodes;
     uint32_t t = h->stack_node;
     FL_ASSERT(!h->small && t < h->range->n_nodes);
-    /* A small request small_into_large put here (TAG_GUEST) is no step's block. */
-    if (!t || nodes[t].used != RANGE_USED || nodes[t].offset != h->stack_off || (nodes[t].tag & TAG_GUEST) ||
-        f->streams > 1)
+    /* A small request small_into_large put here (TAG_GUEST) is no step's block. Jobs of
+     * several streams first: then nothing is read. */
+    if (f->streams > 1 || !t || nodes[t].used != RANGE_USED || nodes[t].offset != h->stack_off ||
+        (nodes[t].tag & TAG_GUEST))
         return;
     /* Not the topmost free range: its high end is the end of the reservation, and a
      * block there only spreads the footprint. */
