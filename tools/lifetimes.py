@@ -28,6 +28,8 @@ import argparse
 import math
 import sys
 
+import rmm_csv
+
 
 def cls(s):
     l = s.bit_length() - 1
@@ -43,49 +45,39 @@ def run(path, minsize, every):
     live = {}
     n = prev = 0
     marker, ordinal = None, {}
-    with open(path) as f:
-        header = f.readline().strip().split(',')
-        if header[:6] != ['Thread', 'Time', 'Action', 'Pointer', 'Size', 'Stream']:
-            sys.exit(f"{path}:1: not an RMM CSV log (header {','.join(header)})")
-        for line_no, line in enumerate(f, 2):
-            t = line.rstrip('\n').split(',')
-            if len(t) < 6:
-                sys.exit(f"{path}:{line_no}: expected 6 fields, got {len(t)}")
-            if t[2] == 'allocate':
-                try:
-                    size = (int(t[4]) + 511) // 512 * 512
-                except ValueError:
-                    sys.exit(f"{path}:{line_no}: size {t[4]!r} is not a number")
-                if size < minsize:
-                    n += every
+    for _, action, ptr, size, _ in rmm_csv.events(path):
+        if action == 'allocate':
+            size = (size + 511) // 512 * 512
+            if size < minsize:
+                n += every
+                continue
+            if marker is None:
+                marker = size
+            if size == marker:
+                ordinal.clear()
+            o = ordinal[size] = ordinal.get(size, -1) + 1
+            k = (size, (size, prev), cls(size), (cls(size), cls(prev) if prev else 0), (size, o))
+            k = k + (k[3],)
+            preds = [last[i].get(k[i]) for i in range(5)]
+            preds.append(preds[3] if conf.get(k[3], 0) >= 2 else None)
+            n += 1
+            prev = size
+            live[ptr] = (n, k, preds)
+        elif action == 'free' and ptr in live:
+            start, k, preds = live.pop(ptr)
+            life = n - start
+            total += 1
+            for i, p in enumerate(preds):
+                if p is None:
                     continue
-                if marker is None:
-                    marker = size
-                if size == marker:
-                    ordinal.clear()
-                o = ordinal[size] = ordinal.get(size, -1) + 1
-                k = (size, (size, prev), cls(size), (cls(size), cls(prev) if prev else 0), (size, o))
-                k = k + (k[3],)
-                preds = [last[i].get(k[i]) for i in range(5)]
-                preds.append(preds[3] if conf.get(k[3], 0) >= 2 else None)
-                n += 1
-                prev = size
-                live[t[3]] = (n, k, preds)
-            elif t[2] == 'free' and t[3] in live:
-                start, k, preds = live.pop(t[3])
-                life = n - start
-                total += 1
-                for i, p in enumerate(preds):
-                    if p is None:
-                        continue
-                    s = stats[i]
-                    s[0] += 1
-                    s[1] += abs(p - life) <= 0.1 * life
-                    s[2] += max(p, 1) <= 2 * max(life, 1) and max(life, 1) <= 2 * max(p, 1)
-                old = last[3].get(k[3])
-                conf[k[3]] = conf.get(k[3], 0) + 1 if old is not None and abs(life - old) <= old // 8 else 0
-                for i in range(5):
-                    last[i][k[i]] = life
+                s = stats[i]
+                s[0] += 1
+                s[1] += abs(p - life) <= 0.1 * life
+                s[2] += max(p, 1) <= 2 * max(life, 1) and max(life, 1) <= 2 * max(p, 1)
+            old = last[3].get(k[3])
+            conf[k[3]] = conf.get(k[3], 0) + 1 if old is not None and abs(life - old) <= old // 8 else 0
+            for i in range(5):
+                last[i][k[i]] = life
     return keys, stats, total
 
 

@@ -18,6 +18,8 @@ a few seconds for every trace of ../shared/traces.
 import argparse
 import sys
 
+import rmm_csv
+
 ap = argparse.ArgumentParser(description="LIFO share of the large frees of RMM CSV traces")
 ap.add_argument("traces", nargs="+", metavar="TRACE.csv")
 ap.add_argument("--large", type=int, default=256 << 10, help="smallest large block in bytes (default 262144)")
@@ -31,42 +33,26 @@ def measure(path):
     by_count = dict.fromkeys(KS, 0)
     by_bytes = dict.fromkeys(KS, 0)
     depth = [0, 0, 0, 0]
-    try:
-        f = open(path)
-    except OSError as e:
-        sys.exit("lifo_share.py: %s: %s" % (path, e.strerror))
-    with f:
-        header = f.readline().strip().split(',')
-        if header[:6] != ['Thread', 'Time', 'Action', 'Pointer', 'Size', 'Stream']:
-            sys.exit("%s:1: not an RMM CSV log (header %s)" % (path, ','.join(header)))
-        for line_no, line in enumerate(f, 2):
-            t = line.rstrip('\n').split(',')
-            if len(t) < 6:
-                sys.exit("%s:%d: expected 6 fields, got %d" % (path, line_no, len(t)))
-            action, ptr, stream = t[2], t[3], t[5]
-            if action == 'allocate':
-                try:
-                    size = int(t[4])
-                except ValueError:
-                    sys.exit("%s:%d: size %r is not a number" % (path, line_no, t[4]))
-                if size >= args.large:
-                    live[ptr] = (size, stream)
-                    stacks.setdefault(stream, []).append(ptr)
-            elif action == 'free' and ptr in live:
-                size, stream = live.pop(ptr)
-                stack = stacks[stream]
-                i = len(stack) - 1
-                while stack[i] != ptr:
-                    i -= 1
-                d = len(stack) - 1 - i
-                del stack[i]
-                n += 1
-                nbytes += size
-                depth[min(d, 3)] += 1
-                for k in KS:
-                    if d < k:
-                        by_count[k] += 1
-                        by_bytes[k] += size
+    for _, action, ptr, size, stream in rmm_csv.events(path):
+        if action == 'allocate':
+            if size >= args.large:
+                live[ptr] = (size, stream)
+                stacks.setdefault(stream, []).append(ptr)
+        elif action == 'free' and ptr in live:
+            size, stream = live.pop(ptr)
+            stack = stacks[stream]
+            i = len(stack) - 1
+            while stack[i] != ptr:
+                i -= 1
+            d = len(stack) - 1 - i
+            del stack[i]
+            n += 1
+            nbytes += size
+            depth[min(d, 3)] += 1
+            for k in KS:
+                if d < k:
+                    by_count[k] += 1
+                    by_bytes[k] += size
     return n, nbytes, by_count, by_bytes, depth
 
 

@@ -18,25 +18,19 @@ alive at once: a minute or two for the traces in ../shared/traces.
 """
 import sys
 
+import rmm_csv
+
 
 def load(path):
     """Blocks as [start op, end op, size]; blocks never freed end after the last op."""
     live, blocks, n = {}, [], 0
-    with open(path) as f:
-        header = f.readline().strip().split(',')
-        if header[:6] != ['Thread', 'Time', 'Action', 'Pointer', 'Size', 'Stream']:
-            sys.exit(f"{path}:1: not an RMM CSV log (header {','.join(header)})")
-        for line_no, line in enumerate(f, 2):
-            t = line.rstrip('\n').split(',')
-            if len(t) < 6:
-                sys.exit(f"{path}:{line_no}: expected 6 fields, got {len(t)}")
-            action, ptr = t[2], t[3]
-            if action == 'allocate':
-                live[ptr] = (n, (int(t[4]) + 511) // 512 * 512)
-            elif action == 'free' and ptr in live:
-                start, size = live.pop(ptr)
-                blocks.append((start, n, size))
-            n += 1
+    for _, action, ptr, size, _ in rmm_csv.events(path):
+        if action == 'allocate':
+            live[ptr] = (n, (size + 511) // 512 * 512)
+        elif action == 'free' and ptr in live:
+            start, size = live.pop(ptr)
+            blocks.append((start, n, size))
+        n += 1
     blocks.extend((start, n, size) for start, size in live.values())
     return blocks
 
