@@ -16,7 +16,6 @@ Blocks never freed and frees of unknown pointers are skipped. Only the standard 
 a few seconds for every trace of ../shared/traces.
 """
 import argparse
-import sys
 
 import rmm_csv
 
