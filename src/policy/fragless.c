@@ -912,6 +912,21 @@ static uint64_t unmapped_pages(const fx_policy *f, const fx_heap *h, uint64_t x,
     return p1 + 1 - p0 - (p0 < end ? fli_bits_count(h->mapped, p0, end) : 0);
 }
 
+/* Whether the limit leaves less than 1/2^slack_log of it above `pages` (the most pages
+ * pinned so far, as one rule or another learns them). */
+static inline int limit_within(const fx_policy *f, uint64_t pages, unsigned slack_log)
+{
+    return f->max_pages < pages + (f->max_pages >> slack_log);
+}
+
+/* lend_peak after a placement: the most pages pinned at once (lending_pays). */
+static void learn_lend_peak(fx_policy *f)
+{
+    uint64_t pinned = pinned_pages(f);
+    if (pinned > f->lend_peak)
+        f->lend_peak = pinned;
+}
+
 /* peak_pinned: the most pages pinned at once, as seen under pressure (by
  * inner_positions_pay, and by every placement under pressure in a job of several
  * streams). */
@@ -926,7 +941,7 @@ static void learn_peak(fx_policy *f)
  * of it above peak_pinned. */
 static inline int near_limit(const fx_policy *f)
 {
-    return f->max_pages < f->peak_pinned + (f->max_pages >> PRESSURE_SLACK_LOG);
+    return limit_within(f, f->peak_pinned, PRESSURE_SLACK_LOG);
 }
 
 /* Whether inner positions of free ranges are worth a look (place_under_pressure): the
@@ -1053,59 +1068,6 @@ static inline void place_on_stack(const fx_policy *f, const fx_heap *h, uint64_t
         return;
     *n = a;
     *pad = 0;
-}
-
-/* ---- approaching the limit (jobs of several streams) ------------------------------- */
-
-/* Whether a job of several streams approaches its limit before any placement has run
- * under pressure: the most pages pinned so far (lend_peak, kept at every placement) come
- * within 1/2^APPROACH_SLACK_LOG of the limit, and peak_pinned, learned at every
- * placement under pressure in such a job (lend_instead), is still 0. A pipeline stage's
- * footprint grows with the longest micro-batches, so the step that needs most may be the
- * first to meet the limit: the near-limit rules (near_limit, learned under pressure)
- * act only at its failing allocation, when the layout that fails is already made. Once
- * pressure has come, those rules decide. A wider window (1/8) moved ddp rank 2's late
- * calls at 1.05x peak live (211 -> 826): ARCHITECTURE.md, "small blocks onto pinned
- * pages", has the figures. */
-static inline int approaching_limit(const fx_policy *f)
-{
-    return f->streams > 1 && f->peak_pinned == 0 &&
-           f->max_pages < f->lend_peak + (f->max_pages >> APPROACH_SLACK_LOG);
-}
-
-/* While a job of several streams approaches its limit (approaching_limit), a small
- * request whose own heap's placement would pin a new page goes instead into its stream's
- * large heap where it pins none: at a free range's end whose page live blocks pin
- * already (a hole between large blocks, partly used). A stage's small heap holds a few
- * blocks of just under the small limit per micro-batch (pipeline rank 1: 0.21-0.24 MiB),
- * and one that does not fit the page they share pins a second page for the step's
- * peak. Tagged TAG_GUEST, as small_into_large's. *hi, *n, *pad: the large heap's
- * place, when 1. */
-static FL_NOINLINE int small_onto_pinned(fx_policy *f, uint32_t *hi, uint64_t size, uint32_t *n, uint64_t *pad)
-{
-    fx_heap *h = &f->heaps[*hi];
-    if (!approaching_limit(f) || !new_pages(f, h, h->range->nodes[*n].offset + *pad, size))
-        return 0;
-    int li = heap_find(f, h->stream, 0);
-    if (li < 0)
-        return 0;
-    const fx_heap *lh = &f->heaps[li];
-    uint32_t cand[PRESSURE_CANDIDATES];
-    size_t k = range_candidates(lh->range, size, cand, PRESSURE_CANDIDATES);
-    for (size_t i = 0; i < k; i++) {
-        const range_node *b = &lh->range->nodes[cand[i]];
-        uint64_t ends[2] = {0, b->size - size};
-        for (int e = 0; e < 2; e++)
-            if (new_pages(f, lh, b->offset + ends[e], size) == 0) {
-                h->bytes_asked -= size; /* counted in the large heap instead */
-                f->heaps[li].bytes_asked += size;
-                *hi = (uint32_t)li;
-                *n = cand[i];
-                *pad = ends[e];
-                return 1;
-            }
-    }
-    return 0;
 }
 
 /* ---- quick lists ------------------------------------------------------------------- */
@@ -1306,25 +1268,16 @@ static fl_status synchronize(fx_policy *f)
     return s;
 }
 
-/* A small request under pressure whose own heap would need a page by reclaim (a
- * synchronize, an unmap elsewhere, a map and an access call, and in a loop whose small
- * blocks creep past the footprint of earlier steps, again each step) goes into its
- * stream's large heap instead, at the end of a free range whose pages are mapped, the
- * one pinning the fewest new pages: if there is one, if the job has one stream, and if
- * the limit leaves room above the most pages pinned so far (not near_limit, learned
- * online). Near a job's min_capacity there is no such room, and there small
- * blocks in the large heap's ranges cost pages (resnet_varbatch 1.0174 -> 1.0333); in a
- * job of several streams the large heaps' mapped pages are what lending places other
- * streams' blocks on (ddp rank 0: 341 -> 928 late calls at 1.05x). At 1.05x peak live
- * it took kvcache_generate's, segment_multiscale's and serve_switch's late calls from
- * 4, 12 and 12 to 0 (ARCHITECTURE.md). Such a block is tagged TAG_GUEST. *hi, *n, *pad:
- * the large heap's place, when 1. */
-static FL_NOINLINE int small_into_large(const fx_policy *f, const fx_heap *h, uint64_t size, uint32_t *hi,
-                                        uint32_t *n, uint64_t *pad)
+/* ---- small requests in the large heap (guests) ------------------------------------ */
+
+/* Where a small request of size bytes from heap h would go in its stream's large heap: at
+ * an end of one of the large heap's candidate free ranges whose pages are mapped and
+ * accessible (pages_ready), the one pinning the fewest new pages (the first, at a tie).
+ * 1 with the large heap in *hi, the node, the pad and the new pages in *pins; 0 if none
+ * (small_into_large, small_onto_pinned). */
+static int large_heap_place(const fx_policy *f, const fx_heap *h, uint64_t size, uint32_t *hi, uint32_t *n,
+                            uint64_t *pad, uint64_t *pins)
 {
-    if (!h->small || f->streams > 1 || near_limit(f) ||
-        !unmapped_pages(f, h, h->range->nodes[*n].offset + *pad, size))
-        return 0;
     int li = heap_find(f, h->stream, 0);
     if (li < 0)
         return 0;
@@ -1336,10 +1289,10 @@ static FL_NOINLINE int small_into_large(const fx_policy *f, const fx_heap *h, ui
         const range_node *b = &lh->range->nodes[cand[i]];
         uint64_t ends[2] = {0, b->size - size};
         for (int e = 0; e < 2; e++) {
-            uint64_t x = b->offset + ends[e];
+            uint64_t x = b->offset + ends[e], nn;
             if (pages_ready(f, lh, x >> f->gran_log, (x + size - 1) >> f->gran_log) &&
-                new_pages(f, lh, x, size) < best_new) {
-                best_new = new_pages(f, lh, x, size);
+                (nn = new_pages(f, lh, x, size)) < best_new) {
+                best_new = nn;
                 best_n = cand[i];
                 best_pad = ends[e];
             }
@@ -1350,7 +1303,74 @@ static FL_NOINLINE int small_into_large(const fx_policy *f, const fx_heap *h, ui
     *hi = (uint32_t)li;
     *n = best_n;
     *pad = best_pad;
+    *pins = best_new;
     return 1;
+}
+
+/* A small request moved from heap `from` to its stream's large heap hi: its bytes count
+ * there, and it is tagged TAG_GUEST (its free returns it to the range allocator, not to a
+ * quick list the large heap never takes from). */
+static inline fx_heap *guest_heap(fx_policy *f, fx_heap *from, uint32_t hi, uint64_t rsize, uint32_t *guest)
+{
+    from->bytes_asked -= rsize;
+    f->heaps[hi].bytes_asked += rsize;
+    *guest = TAG_GUEST;
+    return &f->heaps[hi];
+}
+
+/* ---- approaching the limit (jobs of several streams) ------------------------------- */
+
+/* Whether a job of several streams approaches its limit before any placement has run
+ * under pressure: the most pages pinned so far (lend_peak, kept at every placement) come
+ * within 1/2^APPROACH_SLACK_LOG of the limit, and peak_pinned, learned at every
+ * placement under pressure in such a job (lend_instead), is still 0. A pipeline stage's
+ * footprint grows with the longest micro-batches, so the step that needs most may be the
+ * first to meet the limit: the near-limit rules (near_limit, learned under pressure)
+ * act only at its failing allocation, when the layout that fails is already made. Once
+ * pressure has come, those rules decide. A wider window (1/8) moved ddp rank 2's late
+ * calls at 1.05x peak live (211 -> 826): ARCHITECTURE.md, "small blocks onto pinned
+ * pages", has the figures. */
+static inline int approaching_limit(const fx_policy *f)
+{
+    return f->streams > 1 && f->peak_pinned == 0 && limit_within(f, f->lend_peak, APPROACH_SLACK_LOG);
+}
+
+/* While a job of several streams approaches its limit (approaching_limit), a small
+ * request whose own heap's placement would pin a new page goes instead into its stream's
+ * large heap where it pins none: at a free range's end whose page live blocks pin
+ * already (a hole between large blocks, partly used). A stage's small heap holds a few
+ * blocks of just under the small limit per micro-batch (pipeline rank 1: 0.21-0.24 MiB),
+ * and one that does not fit the page they share pins a second page for the step's
+ * peak. Tagged TAG_GUEST, as small_into_large's (guest_heap). *hi, *n, *pad: the large
+ * heap's place, when 1. */
+static FL_NOINLINE int small_onto_pinned(const fx_policy *f, const fx_heap *h, uint64_t size, uint32_t *hi,
+                                         uint32_t *n, uint64_t *pad)
+{
+    uint64_t pins;
+    return approaching_limit(f) && new_pages(f, h, h->range->nodes[*n].offset + *pad, size) &&
+           large_heap_place(f, h, size, hi, n, pad, &pins) && pins == 0;
+}
+
+/* A small request under pressure whose own heap would need a page by reclaim (a
+ * synchronize, an unmap elsewhere, a map and an access call, and in a loop whose small
+ * blocks creep past the footprint of earlier steps, again each step) goes into its
+ * stream's large heap instead, at the end of a free range whose pages are mapped, the
+ * one pinning the fewest new pages: if there is one, if the job has one stream, and if
+ * the limit leaves room above the most pages pinned so far (not near_limit, learned
+ * online). Near a job's min_capacity there is no such room, and there small
+ * blocks in the large heap's ranges cost pages (resnet_varbatch 1.0174 -> 1.0333); in a
+ * job of several streams the large heaps' mapped pages are what lending places other
+ * streams' blocks on (ddp rank 0: 341 -> 928 late calls at 1.05x). At 1.05x peak live
+ * it took kvcache_generate's, segment_multiscale's and serve_switch's late calls from
+ * 4, 12 and 12 to 0 (ARCHITECTURE.md). Such a block is tagged TAG_GUEST (guest_heap).
+ * *hi, *n, *pad: the large heap's place, when 1. */
+static FL_NOINLINE int small_into_large(const fx_policy *f, const fx_heap *h, uint64_t size, uint32_t *hi,
+                                        uint32_t *n, uint64_t *pad)
+{
+    uint64_t pins;
+    return h->small && f->streams <= 1 && !near_limit(f) &&
+           unmapped_pages(f, h, h->range->nodes[*n].offset + *pad, size) &&
+           large_heap_place(f, h, size, hi, n, pad, &pins);
 }
 
 /* A free range of another stream's large heap where size bytes lie on mapped, accessible
@@ -1424,7 +1444,7 @@ static int find_lender_for(const fx_policy *f, uint32_t own, uint64_t size, uint
  * (fsdp rank 0's min_capacity 1.0029 -> 1.0082 with the peak seen only under pressure). */
 static int lending_pays(const fx_policy *f)
 {
-    return f->max_pages >= f->lend_peak + (f->max_pages >> PRESSURE_SLACK_LOG);
+    return !limit_within(f, f->lend_peak, PRESSURE_SLACK_LOG);
 }
 
 /* Places a block of rsize bytes for `stream` in a lender heap (find_lender_for: own_new
@@ -1487,9 +1507,7 @@ static int lend(fx_policy *f, uint32_t own, uint64_t size, uint64_t rsize, uint6
             heap_release(h, node);
             return 0;
         }
-        uint64_t pinned = pinned_pages(f);
-        if (pinned > f->lend_peak)
-            f->lend_peak = pinned;
+        learn_lend_peak(f);
     }
     h->n_lent_here++;
     f->base.allocated += rsize;
@@ -1559,14 +1577,10 @@ static FL_NOINLINE fl_status alloc_placed(fx_policy *f, uint64_t size, uint64_t 
         uint64_t pad = choose_pad(f, h, &h->range->nodes[n], rsize);
         if (FL_UNLIKELY(f->n_pool == 0 && f->n_cpool == 0 && f->n_handles >= f->max_pages)) {
             place_under_pressure(f, h, rsize, &n, &pad);
-            if (small_into_large(f, h, rsize, &hi, &n, &pad)) {
-                h->bytes_asked -= rsize; /* counted in the large heap instead */
-                h = &f->heaps[hi];
-                h->bytes_asked += rsize;
-                guest = TAG_GUEST;
-            } else {
+            if (small_into_large(f, h, rsize, &hi, &n, &pad))
+                h = guest_heap(f, h, hi, rsize, &guest);
+            else
                 place_fewest_pins(f, h, rsize, &n, &pad);
-            }
             int r = lent_tried ? 0 : lend_instead(f, hi, n, pad, size, rsize, addr);
             lent_tried = 1;
             if (r) { /* lent, or this heap's ranges changed: place again */
@@ -1578,9 +1592,8 @@ static FL_NOINLINE fl_status alloc_placed(fx_policy *f, uint64_t size, uint64_t 
             }
         } else if (!h->small) {
             place_on_stack(f, h, rsize, &n, &pad);
-        } else if (f->streams > 1 && small_onto_pinned(f, &hi, rsize, &n, &pad)) {
-            h = &f->heaps[hi];
-            guest = TAG_GUEST;
+        } else if (f->streams > 1 && small_onto_pinned(f, h, rsize, &hi, &n, &pad)) {
+            h = guest_heap(f, h, hi, rsize, &guest);
         }
         if ((s = range_take(h->range, n, pad, rsize, &node)) != FL_OK)
             return s;
@@ -1622,11 +1635,8 @@ static FL_NOINLINE fl_status alloc_placed(fx_policy *f, uint64_t size, uint64_t 
     base->num_allocs++;
     *addr = f->heaps[hi].va + off;
     /* With one stream, where pages were mapped (growth), else after every placement. */
-    if (FL_UNLIKELY(f->streams > 1 || (missing | no_access))) {
-        uint64_t pinned = pinned_pages(f);
-        if (pinned > f->lend_peak)
-            f->lend_peak = pinned;
-    }
+    if (FL_UNLIKELY(f->streams > 1 || (missing | no_access)))
+        learn_lend_peak(f);
     return FL_OK;
 }
 
