@@ -1272,11 +1272,11 @@ static fl_status synchronize(fx_policy *f)
 
 /* Where a small request of size bytes from heap h would go in its stream's large heap: at
  * an end of one of the large heap's candidate free ranges whose pages are mapped and
- * accessible (pages_ready), the one pinning the fewest new pages (the first, at a tie).
- * 1 with the large heap in *hi, the node, the pad and the new pages in *pins; 0 if none
- * (small_into_large, small_onto_pinned). */
-static int large_heap_place(const fx_policy *f, const fx_heap *h, uint64_t size, uint32_t *hi, uint32_t *n,
-                            uint64_t *pad, uint64_t *pins)
+ * accessible (pages_ready), the one pinning the fewest new pages (the first, at a tie),
+ * if it pins at most max_pins. 1 with the large heap in *hi, the node and the pad; 0,
+ * nothing written, if none (small_into_large, small_onto_pinned). */
+static int large_heap_place(const fx_policy *f, const fx_heap *h, uint64_t size, uint64_t max_pins, uint32_t *hi,
+                            uint32_t *n, uint64_t *pad)
 {
     int li = heap_find(f, h->stream, 0);
     if (li < 0)
@@ -1298,12 +1298,11 @@ static int large_heap_place(const fx_policy *f, const fx_heap *h, uint64_t size,
             }
         }
     }
-    if (!best_n)
+    if (!best_n || best_new > max_pins)
         return 0;
     *hi = (uint32_t)li;
     *n = best_n;
     *pad = best_pad;
-    *pins = best_new;
     return 1;
 }
 
@@ -1346,9 +1345,8 @@ static inline int approaching_limit(const fx_policy *f)
 static FL_NOINLINE int small_onto_pinned(const fx_policy *f, const fx_heap *h, uint64_t size, uint32_t *hi,
                                          uint32_t *n, uint64_t *pad)
 {
-    uint64_t pins;
     return approaching_limit(f) && new_pages(f, h, h->range->nodes[*n].offset + *pad, size) &&
-           large_heap_place(f, h, size, hi, n, pad, &pins) && pins == 0;
+           large_heap_place(f, h, size, 0, hi, n, pad);
 }
 
 /* A small request under pressure whose own heap would need a page by reclaim (a
@@ -1367,10 +1365,9 @@ static FL_NOINLINE int small_onto_pinned(const fx_policy *f, const fx_heap *h, u
 static FL_NOINLINE int small_into_large(const fx_policy *f, const fx_heap *h, uint64_t size, uint32_t *hi,
                                         uint32_t *n, uint64_t *pad)
 {
-    uint64_t pins;
     return h->small && f->streams <= 1 && !near_limit(f) &&
            unmapped_pages(f, h, h->range->nodes[*n].offset + *pad, size) &&
-           large_heap_place(f, h, size, hi, n, pad, &pins);
+           large_heap_place(f, h, size, UINT64_MAX, hi, n, pad);
 }
 
 /* A free range of another stream's large heap where size bytes lie on mapped, accessible
