@@ -257,11 +257,12 @@ static fl_status whatif_rows(const fli_prepared *w, const fli_replay_opts *ran, 
                 row->min_capacity = o->known[k].min_capacity;
                 row->reused = 1;
             }
+        /* The row's setting on a fresh device of the granularity that ran. */
+        fli_replay_opts q = base;
+        q.cfg = row->cfg;
+        fl_sim_params_default(&q.sim);
+        q.sim.granularity = ran->sim.granularity;
         if (!row->reused) {
-            fli_replay_opts q = base;
-            q.cfg = row->cfg;
-            fl_sim_params_default(&q.sim);
-            q.sim.granularity = ran->sim.granularity;
             fli_replay_result r;
             fl_status s = fli_replay(w, &q, &r);
             if (s != FL_OK)
@@ -277,10 +278,6 @@ static fl_status whatif_rows(const fli_prepared *w, const fli_replay_opts *ran, 
          * the capacity itself. */
         row->fits = row->fails_at_capacity = 0;
         if (o->capacity && row->min_capacity <= o->capacity) {
-            fli_replay_opts q = base;
-            q.cfg = row->cfg;
-            fl_sim_params_default(&q.sim);
-            q.sim.granularity = ran->sim.granularity;
             q.sim.capacity = o->capacity;
             fli_replay_result r;
             fl_status s = fli_replay(w, &q, &r);
