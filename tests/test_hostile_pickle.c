@@ -138,11 +138,11 @@ static void test_expansion_refused(void)
     close(fd);
     char cmd[512];
     const char *limit = UNDER_ASAN ? "" : "ulimit -v 1048576;";
-    snprintf(cmd, sizeof cmd, "%s timeout 60 '%s' import '%s' -o /dev/null", limit, FL_CLI, path);
+    snprintf(cmd, sizeof cmd, "%s timeout -k 10 60 '%s' import '%s' -o /dev/null", limit, FL_CLI, path);
     fl_run_result *r = fl_test_shell(cmd);
     CHECK_EQ_U64(r->code, 2);
     CHECK(strstr(r->err, "budget") != NULL);
-    snprintf(cmd, sizeof cmd, "%s timeout 60 '%s' compare '%s' --no-min-capacity", limit, FL_CLI, path);
+    snprintf(cmd, sizeof cmd, "%s timeout -k 10 60 '%s' compare '%s' --no-min-capacity", limit, FL_CLI, path);
     r = fl_test_shell(cmd);
     CHECK_EQ_U64(r->code, 2);
     CHECK(strstr(r->err, "budget") != NULL);

@@ -26,7 +26,7 @@ static char dir[64];
 /* top --once under a 10 s timeout (exit 124 when it hangs). */
 static fl_run_result *top_once(void)
 {
-    return fl_test_run("FRAGLESS_NVML_LIB=/nonexistent/libnvidia-ml.so.1 timeout 10 '%s' top --once --dir '%s'", FL_CLI,
+    return fl_test_run("FRAGLESS_NVML_LIB=/nonexistent/libnvidia-ml.so.1 timeout -k 10 10 '%s' top --once --dir '%s'", FL_CLI,
                dir);
 }
 
@@ -115,7 +115,7 @@ static void test_truncated_while_read(void)
                 _exit(1);
         }
     }
-    fl_run_result *r = fl_test_run("for i in $(seq 40); do FRAGLESS_NVML_LIB=/nonexistent timeout 10 '%s' top --once --dir "
+    fl_run_result *r = fl_test_run("for i in $(seq 40); do FRAGLESS_NVML_LIB=/nonexistent timeout -k 10 10 '%s' top --once --dir "
                            "'%s' >/dev/null || { echo \"exit $?\"; exit 1; }; done",
                            FL_CLI, dir);
     if (r->code != 0)
