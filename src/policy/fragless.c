@@ -18,6 +18,9 @@
 /* The small heap's step (12 MiB of 2 MiB pages): the smallest that left every trace's
  * steady state without device calls (ARCHITECTURE.md, "growth in steps"). */
 #define GROW_SMALL_PAGES 6
+/* A small heap's tables cover this many pages to start (a power of two, at least
+ * GROW_SMALL_PAGES: the first growth step fits; heap_grow_pages). */
+#define SMALL_START_PAGES 8
 /* Quick lists: freed blocks of at most QUICK_MAX bytes are set aside per exact size (at
  * most QUICK_CAP each) and handed out again without the range allocator. */
 #define QUICK_MAX 4096
@@ -85,8 +88,9 @@ typedef struct fx_heap {
     uint64_t res_va, res_size; /* the reservation */
     fl_range *range;
     fx_page *pages;         /* grows with the highest page used */
-    uint64_t n_pages;       /* pages that every per-page table covers (a power of two, at
-                               least CHUNK_PAGES) */
+    uint64_t n_pages;       /* pages that every per-page table covers (a power of two:
+                               256 or more in a large heap, SMALL_START_PAGES or more in
+                               a small one) */
     uint64_t known_bytes;   /* min(va_size, n_pages pages): a free's address below va +
                                known_bytes can be looked up in the index (live_node) */
     uint64_t cap[TAB_COUNT];/* pages each table (heap_tables) is grown to: n_pages unless
@@ -199,17 +203,20 @@ static void **heap_table(fx_heap *h, int k, size_t *elem)
 static uint64_t heap_table_len(const fx_heap *h, unsigned gran_log, int k, uint64_t pages)
 {
     return k == TAB_PAGES ? pages : k == TAB_STARTS ? pages << (gran_log - h->win_log)
-           : fli_bits_words(k == TAB_CHUNKED ? pages >> CHUNK_LOG : pages);
+           : fli_bits_words(k == TAB_CHUNKED ? fli_div_up(pages, CHUNK_PAGES) : pages);
 }
 
 static fl_status heap_grow_pages(fx_heap *h, unsigned gran_log, uint64_t need)
 {
     if (need <= h->n_pages)
         return FL_OK;
-    /* 256 pages to start (512 MiB of 2 MiB pages; 6 KiB of tables in a large heap, the
-     * small heap's index in an untouched mapping): doubling from one chunk cost the
-     * snapshots' warm-up 5 copies of every table per heap. */
-    uint64_t n = h->n_pages ? h->n_pages : 256;
+    /* A large heap starts with 256 pages (512 MiB of 2 MiB pages, 6 KiB of tables):
+     * doubling from one chunk cost the snapshots' warm-up 5 copies of every table per
+     * heap. A small heap starts with SMALL_START_PAGES, its first growth step's worth:
+     * its index of starts (8 KiB a page) is then ordinary heap memory, where 256 pages
+     * of it were a 2 MiB mapping whose mmap and first touches (page faults) cost every
+     * fresh allocator's warm-up more than zeroing 64 KiB does. */
+    uint64_t n = h->n_pages ? h->n_pages : h->small ? SMALL_START_PAGES : 256;
     while (n < need)
         n *= 2;
     for (int k = 0; k < TAB_COUNT; k++) {
