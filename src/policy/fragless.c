@@ -616,11 +616,15 @@ static fl_status map_chunk(fx_policy *f, fx_heap *h, uint64_t c)
         f->cpool[f->n_cpool++] = handle;
         return s;
     }
-    uint64_t pinned = 0;
+    /* A page is pinned through refs or covered, never both (pin_end): the covered ones
+     * counted a word at a time, the mapped bits set so too. */
+    uint64_t pinned = fli_bits_count(h->covered, p0, p0 + CHUNK_PAGES);
     for (uint64_t p = p0; p < p0 + CHUNK_PAGES; p++) {
-        page_map(h, p, handle);
-        pinned += page_pins(h, p) != 0;
+        FL_ASSERT(!(h->pages[p].refs && fli_bit_get(h->covered, p)));
+        h->pages[p].handle = handle;
+        pinned += h->pages[p].refs != 0;
     }
+    fli_bits_set(h->mapped, p0, p0 + CHUNK_PAGES);
     fli_bit_set(h->chunked, c);
     f->n_chunk_pages += CHUNK_PAGES;
     h->n_chunk_cached += CHUNK_PAGES - pinned;
