@@ -2058,7 +2058,8 @@ static int fx_check(const fli_policy *base)
         }
         /* Every block, live, held or gone since, lay on pages that were mapped: below
          * top. So the index is counted there only (the tables are sized ahead, 256 pages
-         * at least: counting all of them made the check 99% of test_faults' time). */
+         * at least in a large heap: counting all of them made the check 99% of
+         * test_faults' time). */
         uint64_t seen = h->top << (f->gran_log - h->win_log);
         for (uint64_t i = 0; i < windows && i < seen && !err; i++)
             indexed += h->starts[i] != 0;
