@@ -9,15 +9,17 @@
 # Traces: examples/encoder_varlen.csv and ../shared/traces (with hard/ and snapshots/) when
 # present. FL_BENCH_RUNS (default 7) and FL_BENCH_ONLY (default fl_alloc,OA,policy,cca)
 # pass through; the clock is the thread's CPU time (FL_BENCH_CLOCK=cpu). fl/OA is the
-# median of the per-process ratios, steadier than the ratio of the medians.
+# median of the per-process ratios, steadier than the ratio of the medians. FL_AB_TRACES
+# (paths, space-separated) replaces the trace list: e.g. the inference snapshots alone,
+#   FL_AB_TRACES="$(echo ../shared/traces/snapshots/*_infer.pickle)" sh bench/ab.sh A B 6
 set -eu
 [ $# -ge 2 ] || { echo "usage: sh bench/ab.sh BEFORE_FL_BENCH AFTER_FL_BENCH [ROUNDS]" >&2; exit 2; }
 A=$1 B=$2 ROUNDS=${3:-8}
 for b in "$A" "$B"; do [ -x "$b" ] || { echo "bench/ab.sh: $b is not an executable" >&2; exit 2; }; done
 case $ROUNDS in '' | *[!0-9]* | 0) echo "bench/ab.sh: ROUNDS must be a positive number, not '$ROUNDS'" >&2; exit 2 ;; esac
 T=
-for f in examples/encoder_varlen.csv ../shared/traces/*.csv ../shared/traces/hard/*.csv ../shared/traces/snapshots/*.pickle; do
-    [ -f "$f" ] && T="$T $f"
+for f in ${FL_AB_TRACES:-examples/encoder_varlen.csv ../shared/traces/*.csv ../shared/traces/hard/*.csv ../shared/traces/snapshots/*.pickle}; do
+    if [ -f "$f" ]; then T="$T $f"; elif [ -n "${FL_AB_TRACES:-}" ]; then echo "bench/ab.sh: FL_AB_TRACES: $f is not a file" >&2; exit 2; fi
 done
 [ -n "$T" ] || { echo "bench/ab.sh: no traces (run it from the repository root)" >&2; exit 2; }
 OUT=$(mktemp -d)

@@ -34,6 +34,7 @@ static int cmp_double(const void *a, const void *b)
 }
 
 static int clock_cpu = -1; /* FL_BENCH_CLOCK=cpu, read once in main */
+static int bench_warm;      /* FL_BENCH_WARM=1, read once in main (warm_up) */
 
 uint64_t bench_pair_clock_ns(void)
 {
@@ -131,6 +132,38 @@ static void trace_free(bench_trace *t)
     free(t->ops);
 }
 
+/* FL_BENCH_WARM=1: the sequence once through fl_alloc/fl_free, untimed, on the allocator
+ * about to be timed, then the blocks it left live freed: the timed replay finds the heaps
+ * grown and the pages mapped, so the figure is the steady state without the warm-up that
+ * a fresh allocator pays (what warm-up costs is the difference to the default). */
+static int warm_up(const bench_trace *t, const char *policy, fl_allocator *a, uint64_t *addr)
+{
+    unsigned char *live = calloc(t->n_slots + 1, 1);
+    if (!live) {
+        fprintf(stderr, "fl_bench: %s under %s (warm-up pass): out of host memory\n", t->name, policy);
+        return -1;
+    }
+    int rc = 0;
+    for (size_t i = 0; i < t->n_ops && !rc; i++) {
+        const bench_op *op = &t->ops[i];
+        if (op->is_free ? fl_free(a, addr[op->slot]) != FL_OK
+                        : fl_alloc(a, op->size, op->stream, &addr[op->slot]) != FL_OK) {
+            fprintf(stderr, "fl_bench: %s under %s (warm-up pass), operation %zu: %s\n", t->name, policy, i,
+                    fl_last_error());
+            rc = -1;
+        }
+        live[op->slot] = !op->is_free;
+    }
+    for (uint32_t slot = 0; slot <= t->n_slots && !rc; slot++)
+        if (live[slot] && fl_free(a, addr[slot]) != FL_OK) {
+            fprintf(stderr, "fl_bench: %s under %s (warm-up pass), freeing slot %u: %s\n", t->name, policy, slot,
+                    fl_last_error());
+            rc = -1;
+        }
+    free(live);
+    return rc;
+}
+
 /* The sequence through fl_alloc/fl_free on a fresh allocator under `policy`: the loop's
  * time in *ns. The loop is the OffsetAllocator shim's, call for call. caches: 1, the thread
  * caches turned on (what each of several threads pays per operation); -1, the policy's
@@ -153,6 +186,12 @@ static int api_replay(const bench_trace *t, const char *policy, int caches, uint
     if (!addr || fl_sim_device_create(&sp, &d) != FL_OK || fl_allocator_create(&cfg, d, &a) != FL_OK ||
         (caches > 0 && fli_allocator_threads(a) != FL_OK)) {
         fprintf(stderr, "fl_bench: %s under %s: %s\n", t->name, policy, addr ? fl_last_error() : "out of host memory");
+        free(addr);
+        fl_allocator_destroy(a);
+        fl_device_destroy(d);
+        return -1;
+    }
+    if (bench_warm && warm_up(t, policy, a, addr) != 0) {
         free(addr);
         fl_allocator_destroy(a);
         fl_device_destroy(d);
@@ -254,6 +293,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "fl_bench: FL_BENCH_CLOCK must be wall or cpu\n");
         return 1;
     }
+    const char *warm = getenv("FL_BENCH_WARM");
+    bench_warm = warm && !strcmp(warm, "1");
+    if (warm && *warm && !bench_warm && strcmp(warm, "0")) {
+        fprintf(stderr, "fl_bench: FL_BENCH_WARM must be 0 or 1, not '%s'\n", warm);
+        return 1;
+    }
     if (runs < 1 || runs > BENCH_MAX_RUNS) {
         fprintf(stderr, "fl_bench: FL_BENCH_RUNS must be 1..%d\n", BENCH_MAX_RUNS);
         return 1;
@@ -301,6 +346,9 @@ int main(int argc, char **argv)
            "    pays once several share an allocator);\n"
            "  policy: the fragless policy's own calls, without the allocator object (fl_alloc - policy: what its layers cost);\n"
            "  a run replays a trace on fresh allocators until %d pairs are timed\n", MIN_PAIRS);
+    if (bench_warm)
+        printf("  FL_BENCH_WARM=1: each allocator replays the trace once untimed (then frees what it left live)\n"
+               "    before the timed replay: the steady state without warm-up (OA is timed fresh as always)\n");
 #ifdef FL_BENCH_OA
     printf("  OA: sebbbi's OffsetAllocator (%s) on the same operations, sizes in 512 B units; target fl_alloc/OA <= %.1f\n",
            FL_BENCH_OA_DIR, OA_TARGET);

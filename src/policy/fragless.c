@@ -18,6 +18,9 @@
 /* The small heap's step (12 MiB of 2 MiB pages): the smallest that left every trace's
  * steady state without device calls (ARCHITECTURE.md, "growth in steps"). */
 #define GROW_SMALL_PAGES 6
+/* A small heap's tables cover this many pages to start (a power of two, at least
+ * GROW_SMALL_PAGES: the first growth step fits; heap_grow_pages). */
+#define SMALL_START_PAGES 8
 /* Quick lists: freed blocks of at most QUICK_MAX bytes are set aside per exact size (at
  * most QUICK_CAP each) and handed out again without the range allocator. */
 #define QUICK_MAX 4096
@@ -85,8 +88,9 @@ typedef struct fx_heap {
     uint64_t res_va, res_size; /* the reservation */
     fl_range *range;
     fx_page *pages;         /* grows with the highest page used */
-    uint64_t n_pages;       /* pages that every per-page table covers (a power of two, at
-                               least CHUNK_PAGES) */
+    uint64_t n_pages;       /* pages that every per-page table covers (a power of two:
+                               256 or more in a large heap, SMALL_START_PAGES or more in
+                               a small one) */
     uint64_t known_bytes;   /* min(va_size, n_pages pages): a free's address below va +
                                known_bytes can be looked up in the index (live_node) */
     uint64_t cap[TAB_COUNT];/* pages each table (heap_tables) is grown to: n_pages unless
@@ -199,17 +203,20 @@ static void **heap_table(fx_heap *h, int k, size_t *elem)
 static uint64_t heap_table_len(const fx_heap *h, unsigned gran_log, int k, uint64_t pages)
 {
     return k == TAB_PAGES ? pages : k == TAB_STARTS ? pages << (gran_log - h->win_log)
-           : fli_bits_words(k == TAB_CHUNKED ? pages >> CHUNK_LOG : pages);
+           : fli_bits_words(k == TAB_CHUNKED ? fli_div_up(pages, CHUNK_PAGES) : pages);
 }
 
 static fl_status heap_grow_pages(fx_heap *h, unsigned gran_log, uint64_t need)
 {
     if (need <= h->n_pages)
         return FL_OK;
-    /* 256 pages to start (512 MiB of 2 MiB pages; 6 KiB of tables in a large heap, the
-     * small heap's index in an untouched mapping): doubling from one chunk cost the
-     * snapshots' warm-up 5 copies of every table per heap. */
-    uint64_t n = h->n_pages ? h->n_pages : 256;
+    /* A large heap starts with 256 pages (512 MiB of 2 MiB pages, 6 KiB of tables):
+     * doubling from one chunk cost the snapshots' warm-up 5 copies of every table per
+     * heap. A small heap starts with SMALL_START_PAGES, its first growth step's worth:
+     * its index of starts (8 KiB a page) is then ordinary heap memory, where 256 pages
+     * of it were a 2 MiB mapping whose mmap and first touches (page faults) cost every
+     * fresh allocator's warm-up more than zeroing 64 KiB does. */
+    uint64_t n = h->n_pages ? h->n_pages : h->small ? SMALL_START_PAGES : 256;
     while (n < need)
         n *= 2;
     for (int k = 0; k < TAB_COUNT; k++) {
@@ -609,11 +616,15 @@ static fl_status map_chunk(fx_policy *f, fx_heap *h, uint64_t c)
         f->cpool[f->n_cpool++] = handle;
         return s;
     }
-    uint64_t pinned = 0;
+    /* A page is pinned through refs or covered, never both (pin_end): the covered ones
+     * counted a word at a time, the mapped bits set so too. */
+    uint64_t pinned = fli_bits_count(h->covered, p0, p0 + CHUNK_PAGES);
     for (uint64_t p = p0; p < p0 + CHUNK_PAGES; p++) {
-        page_map(h, p, handle);
-        pinned += page_pins(h, p) != 0;
+        FL_ASSERT(!(h->pages[p].refs && fli_bit_get(h->covered, p)));
+        h->pages[p].handle = handle;
+        pinned += h->pages[p].refs != 0;
     }
+    fli_bits_set(h->mapped, p0, p0 + CHUNK_PAGES);
     fli_bit_set(h->chunked, c);
     f->n_chunk_pages += CHUNK_PAGES;
     h->n_chunk_cached += CHUNK_PAGES - pinned;
@@ -2047,7 +2058,8 @@ static int fx_check(const fli_policy *base)
         }
         /* Every block, live, held or gone since, lay on pages that were mapped: below
          * top. So the index is counted there only (the tables are sized ahead, 256 pages
-         * at least: counting all of them made the check 99% of test_faults' time). */
+         * at least in a large heap: counting all of them made the check 99% of
+         * test_faults' time). */
         uint64_t seen = h->top << (f->gran_log - h->win_log);
         for (uint64_t i = 0; i < windows && i < seen && !err; i++)
             indexed += h->starts[i] != 0;

@@ -8,7 +8,8 @@
 
 #include "util/util.h"
 
-#define FL_TABLE_MAP_MIN (64 * FL_KiB)
+/* 128 KiB: a small heap's first index of starts (64 KiB, fragless.c) is heap memory. */
+#define FL_TABLE_MAP_MIN (128 * FL_KiB)
 
 /* Grows *p from old_n to new_n elements of elem bytes (new_n > old_n; old_n 0 with *p
  * NULL makes one): the new elements are zero. On failure (FL_ERR_NOMEM, message set)
