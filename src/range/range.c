@@ -295,7 +295,7 @@ size_t range_candidates(const fl_range *r, uint64_t size, uint32_t *out, size_t 
     /* From the request's class up, the non-empty classes only (the bitmaps): a walk over
      * every class above it cost ~10,000 instructions a call. */
     for (uint32_t n = first_class_from(r, fl, sl, &fl, &sl); n != NIL && k < max;
-         n = ++sl == RANGE_SL_COUNT ? first_class_from(r, fl + 1, 0, &fl, &sl) : first_class_from(r, fl, sl, &fl, &sl))
+         n = first_class_from(r, fl, sl + 1, &fl, &sl)) /* past a level's last class: the next level's */
         for (; n != NIL && k < max; n = r->nodes[n].next_free)
             if (r->nodes[n].size >= size)
                 out[k++] = n;
