@@ -77,8 +77,8 @@ static void check_trace(const char *path, trace_kind kind)
     CHECK(!strcmp(names[0], "fragless") && !strcmp(names[1], "cca") && !strcmp(names[2], "cca-expandable"));
     double ratio = (double)m[0].min_capacity / (double)p->peak_live;
     /* Issue 13's bar, reported here until fragless meets it on every trace. */
-    uint64_t page_limit = fli_align_up(p->peak_live, g);
-    double bar = fmax((double)p->peak_live * 1.01, (double)(page_limit + (UINT64_C(4) << 20)));
+    uint64_t page_limit;
+    double bar = fl_test_issue13_bar(p->peak_live, g, &page_limit);
     printf("%-22s issue 13's bar: page limit %llu MiB, bar %.1f MiB, fragless %llu MiB (%+lld MiB): %s\n", p->name,
            (unsigned long long)(page_limit >> 20), bar / (double)(1u << 20),
            (unsigned long long)(m[0].min_capacity >> 20),

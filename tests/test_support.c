@@ -34,6 +34,15 @@ void fl_test_skip(const char *why)
     exit(77);
 }
 
+double fl_test_issue13_bar(uint64_t peak_live, uint64_t gran, uint64_t *page_limit)
+{
+    uint64_t limit = (peak_live + gran - 1) / gran * gran;
+    if (page_limit)
+        *page_limit = limit;
+    double by_share = 1.01 * (double)peak_live, by_pages = (double)(limit + (UINT64_C(4) << 20));
+    return by_share > by_pages ? by_share : by_pages;
+}
+
 const char *fl_test_shared_traces(void)
 {
     static const char dir[] = FL_SHARED_DIR "/traces";

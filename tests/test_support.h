@@ -67,6 +67,11 @@ void fl_test_skip(const char *why);
 /* Path of a file under ../shared/traces, or NULL (with the reason printed) if absent. */
 const char *fl_test_shared_traces(void);
 
+/* Issue 13's memory bar for a trace of peak_live bytes on pages of gran bytes:
+ * max(1.01 x peak live, page limit + 4 MiB), the page limit being peak live rounded up
+ * to whole pages. */
+double fl_test_issue13_bar(uint64_t peak_live, uint64_t gran, uint64_t *page_limit);
+
 /* ---- child commands ------------------------------------------------------------ */
 
 /* What a shell command did: its exit code (-1 when it did not exit normally) and its
