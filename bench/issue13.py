@@ -14,10 +14,14 @@ Columns (-v), fragless's figures unless named:
   L105     late calls at 1.05 x peak live, L105ms their simulated device time; E105ms:
            cca-expandable's
   dev      simulated device time without a limit / cca-expandable's (warm-up bar: 1.5)
+  floor    the streams' floor / peak live (`fragless compare`: each stream's most live
+           bytes in the steady state, summed; '-' for one stream). Where it is above
+           1.05, the trace's L105 cannot be 0: memory must pass between streams, a device
+           call each time, for any policy that hands memory over by one
 Totals: bar_miss (traces over the bar) and bar_excess_mib (MiB over it, summed);
 worse_than_pt (min_capacity above cca's or cca-expandable's); res_miss (peak reserved
 above cca-expandable's) and res_excess_mib; late0, late105, late105_ms summed;
-devratio_max. Only the standard library; takes a few seconds.
+devratio_max; late105_floor: the part of late105 on traces whose floor is above 1.05. Only the standard library; takes a few seconds.
 """
 import argparse
 import csv
@@ -62,11 +66,11 @@ def compare(path, capacity):
 
 MiB = 1 << 20
 tot = dict(bar_miss=0, bar_excess_mib=0.0, worse_than_pt=0, res_miss=0, res_excess_mib=0.0, late0=0, late105=0,
-           late105_ms=0.0, devratio_max=0.0)
+           late105_ms=0.0, devratio_max=0.0, late105_floor=0)
 if args.v:
-    print("%-32s %8s %7s %6s %4s %7s %7s %7s %7s %4s %6s %7s %7s %5s" %
+    print("%-32s %8s %7s %6s %4s %7s %7s %7s %7s %4s %6s %7s %7s %5s %6s" %
           ("trace", "liveMiB", "minc", "+pgMiB", "bar", "mincC", "mincE", "res", "resE", "L0", "L105", "L105ms",
-           "E105ms", "dev"))
+           "E105ms", "dev", "floor"))
 for t in traces:
     a, c = compare(t, None), compare(t, "1.05x")
     f, x, e = a["fragless"], a["cca"], a["cca-expandable"]
@@ -88,9 +92,12 @@ for t in traces:
     tot["late105"] += l105
     tot["late105_ms"] += l105ms
     tot["devratio_max"] = max(tot["devratio_max"], dev)
+    floor = float(f["streams_floor"]) / live if live else 0.0
+    if floor > 1.05:
+        tot["late105_floor"] += l105
     if args.v:
-        print("%-32s %8.0f %7.4f %6.0f %4s %7.4f %7.4f %7.4f %7.4f %4d %6d %7.1f %7.1f %5.2f" %
+        print("%-32s %8.0f %7.4f %6.0f %4s %7.4f %7.4f %7.4f %7.4f %4d %6d %7.1f %7.1f %5.2f %6s" %
               (os.path.basename(t), live / MiB, mc / live, (mc - page_limit) / MiB, "ok" if mc <= bar else "MISS",
                float(x["min_capacity"]) / live, float(e["min_capacity"]) / live, res / live, res_e / live, l0, l105,
-               l105ms, e105ms, dev))
+               l105ms, e105ms, dev, "%.4f" % floor if floor else "-"))
 print(" ".join("%s=%s" % (k, round(v, 2) if isinstance(v, float) else v) for k, v in tot.items()))

@@ -90,6 +90,14 @@ static void test_formats(void)
     CHECK(r->code == 3 && strstr(r->out, "first at event"));
     r = run("compare examples/encoder_varlen.csv --capacity 100MiB --policies nocache --no-min-capacity");
     CHECK(r->code == 0 && strstr(r->out, "at capacity 100.00 MiB"));
+    /* The streams' floor: a line where several streams' peaks in the steady state add up to
+     * more than peak live (fsdp's all-gather stream), none for one stream. */
+    CHECK(!strstr(r->out, "streams' floor"));
+    r = run("compare examples/fsdp/fsdp.rank1.csv --policies nocache --no-min-capacity");
+    const char *fl = strstr(r->out, "streams' floor ");
+    double ratio = 0;
+    CHECK(r->code == 0 && fl && sscanf(strstr(fl, "(") ? strstr(fl, "(") : "", "(%lfx peak live)", &ratio) == 1);
+    CHECK(ratio > 1.05 && strstr(r->out, "from event 5187 on"));
 }
 
 /* Every column must match the golden file (compare prints no host time): any change in a

@@ -170,8 +170,64 @@ static void test_timeline_and_steady_state(void)
     fli_trace_free(&t);
 }
 
+/* The streams' floor: each stream's most live bytes in the steady state, summed, with a
+ * free counted on its block's stream (not the stream the free names). Two streams that
+ * each reach 10 MiB, in turn, in every step of a loop after a 16 MiB peak: the floor is
+ * 20 MiB, above peak live, and a fragless replay below it makes device calls in the
+ * steady state that it does not make without a limit. */
+static void test_streams_floor(void)
+{
+    fli_trace t;
+    fli_trace_init(&t, "mem/streams.csv");
+    push(&t, FL_EV_ALLOC, 0x10, 2 * MiB, 1);
+    push(&t, FL_EV_ALLOC, 0x20, 2 * MiB, 2);
+    push(&t, FL_EV_ALLOC, 0x30, 12 * MiB, 1); /* peak live: 16 MiB */
+    push(&t, FL_EV_FREE, 0x30, 0, 1);
+    for (int step = 0; step < 6; step++) {
+        push(&t, FL_EV_ALLOC, 0x40, 8 * MiB, 1);
+        push(&t, FL_EV_FREE, 0x40, 0, 1);
+        push(&t, FL_EV_ALLOC, 0x50, 8 * MiB, 2);
+        push(&t, FL_EV_FREE, 0x50, 0, 1); /* freed naming stream 1: still stream 2's block */
+    }
+    fli_prepared *p;
+    CHECK_OK(fli_prepare(&t, &p));
+    CHECK_EQ_U64(p->peak_live, 16 * MiB);
+    CHECK_EQ_U64(fli_steady_from(p), 14);
+    uint64_t floor;
+    CHECK_OK(fli_streams_floor(p, fli_steady_from(p), &floor));
+    CHECK_EQ_U64(floor, 20 * MiB);
+    CHECK_OK(fli_streams_floor(p, 0, &floor)); /* the whole trace: 14 + 10 */
+    CHECK_EQ_U64(floor, 24 * MiB);
+    CHECK_OK(fli_streams_floor(p, p->n_ops, &floor)); /* nothing after the end: what is live then */
+    CHECK_EQ_U64(floor, 4 * MiB);
+
+    fli_replay_opts o;
+    opts_for(&o, "fragless");
+    o.check_every = 1;
+    fli_measure m;
+    CHECK_OK(fli_measure_run(p, &o, 18 * MiB, 0, &m));
+    CHECK_EQ_U64(m.streams_floor, 20 * MiB);
+    CHECK_EQ_U64(m.unlimited.late_calls, 0);
+    CHECK_EQ_U64(m.at_capacity.ooms, 0);
+    CHECK(m.at_capacity.late_calls > 0);
+    fli_measure_free(&m);
+    fli_prepared_free(p);
+    fli_trace_free(&t);
+
+    /* One stream: no floor. */
+    fli_trace_init(&t, "mem/one.csv");
+    push(&t, FL_EV_ALLOC, 0x10, 2 * MiB, 7);
+    push(&t, FL_EV_FREE, 0x10, 0, 7);
+    CHECK_OK(fli_prepare(&t, &p));
+    CHECK_OK(fli_streams_floor(p, 0, &floor));
+    CHECK_EQ_U64(floor, 0);
+    fli_prepared_free(p);
+    fli_trace_free(&t);
+}
+
 int main(void)
 {
+    test_streams_floor();
     test_prepare();
     test_known_answers();
     test_recorded_failure();

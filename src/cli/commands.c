@@ -129,7 +129,8 @@ static void print_row(const cli_opts *o, const fli_prepared *p, const char *poli
                (unsigned long long)fl_device_total_calls(&u->dev), u->dev.time_us / 1e3, (unsigned long long)u->late_calls,
                u->late_us / 1e3);
         print_calls_json(stdout, &u->dev);
-        printf(", \"unlimited_ooms\": %llu, \"failed\": %s", (unsigned long long)u->ooms, u->ooms ? "true" : "false");
+        printf(", \"unlimited_ooms\": %llu, \"failed\": %s, \"streams_floor\": %llu", (unsigned long long)u->ooms,
+               u->ooms ? "true" : "false", (unsigned long long)m->streams_floor);
         if (m->capacity) {
             printf(", \"capacity\": %llu, \"ooms\": %llu, \"capacity_peak_reserved\": %llu, "
                    "\"capacity_device_calls\": %llu, \"capacity_device_ms\": %.3f, \"capacity_late_device_calls\": %llu, "
@@ -149,7 +150,7 @@ static void print_row(const cli_opts *o, const fli_prepared *p, const char *poli
             for (int i = 0; i < FL_CALL_COUNT; i++)
                 printf(",calls_%s", fl_call_name((fl_call)i));
             printf(",capacity,ooms,capacity_device_calls,capacity_device_ms,capacity_late_device_calls,"
-                   "capacity_late_device_ms,unlimited_ooms\n");
+                   "capacity_late_device_ms,unlimited_ooms,streams_floor\n");
         }
         char ov[32] = "", mr[32] = "";
         if (isfinite(overhead))
@@ -168,7 +169,7 @@ static void print_row(const cli_opts *o, const fli_prepared *p, const char *poli
                    (unsigned long long)c->late_calls, c->late_us / 1e3);
         else
             printf(",,,,,,");
-        printf(",%llu\n", (unsigned long long)u->ooms);
+        printf(",%llu,%llu\n", (unsigned long long)u->ooms, (unsigned long long)m->streams_floor);
         return;
     }
     char mc[32] = "-", ratio[16] = "-", ov[16] = "-";
@@ -193,18 +194,32 @@ static void print_row(const cli_opts *o, const fli_prepared *p, const char *poli
     printf("\n");
 }
 
-static void print_trace_header(const cli_opts *o, const fli_prepared *p, uint64_t capacity)
+/* The trace's line and the table's head (text only). Where several streams allocate, a
+ * line with their floor in the steady state (fli_streams_floor) when it is above peak
+ * live: below it no policy that hands memory between streams by a device call runs the
+ * steady state without one, so a late column there measures how few such calls it makes. */
+static fl_status print_trace_header(const cli_opts *o, const fli_prepared *p, uint64_t capacity)
 {
     if (strcmp(o->format, "text"))
-        return;
+        return FL_OK;
     char live[32], cap[32];
+    uint64_t floor;
+    fl_status s = fli_streams_floor(p, fli_steady_from(p), &floor);
+    if (s != FL_OK)
+        return s;
     printf("%s: %zu event%s, %llu stream%s, peak live %s (%.3f GiB)\n", p->name, p->n_ops, cli_plural(p->n_ops),
            (unsigned long long)p->n_streams, cli_plural(p->n_streams), fl_format_size(p->peak_live, live, sizeof live), gib(p->peak_live));
+    double r = size_ratio(floor, p->peak_live);
+    if (floor > p->peak_live && isfinite(r))
+        printf("  streams' floor %s (%.4fx peak live): each stream's most live bytes from event %zu on (the steady "
+               "state), summed; at a capacity below it memory passes between streams there, a device call each time\n",
+               fl_format_size(floor, live, sizeof live), r, fli_steady_from(p));
     printf("  %-15s %9s %8s %9s %9s %7s %9s %6s %8s", "policy", "reserved", "overhead", "min_cap", "min/live",
            "calls", "dev_ms", "late", "late_ms");
     if (capacity)
         printf(" | at capacity %s: ooms calls dev_ms late late_ms", fl_format_size(capacity, cap, sizeof cap));
     printf("\n  %-15s %9s %8s %9s %9s\n", "", "GiB", "", "GiB", "");
+    return FL_OK;
 }
 
 int cli_compare(const cli_opts *o)
@@ -237,7 +252,11 @@ int cli_compare(const cli_opts *o)
                 fli_loaded_free(v, nv);
                 return rc;
             }
-            print_trace_header(o, p, capacity);
+            if ((s = print_trace_header(o, p, capacity)) != FL_OK) {
+                fprintf(stderr, "fragless: %s: %s\n", p->name, fl_last_error());
+                fli_loaded_free(v, nv);
+                return status_exit(s);
+            }
             /* A snapshot: how close the emulation of its own allocator comes to it. */
             if (v[k].info.n_devices) {
                 fli_fidelity fid;

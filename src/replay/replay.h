@@ -141,8 +141,26 @@ typedef struct fli_measure {
     uint64_t min_capacity;          /* 0 when not searched */
     uint64_t capacity;              /* 0 when no capacity run */
     fli_replay_result at_capacity;
-    size_t steady_from_op;          /* max(n_ops / 2, peak_live_op + 1) */
+    size_t steady_from_op;          /* fli_steady_from(p) */
+    uint64_t streams_floor;         /* fli_streams_floor from steady_from_op */
 } fli_measure;
+
+/* Where a trace's steady state begins: the op after both its midpoint and its peak of live
+ * bytes. Device calls from there on are "late". */
+static inline size_t fli_steady_from(const fli_prepared *p)
+{
+    return p->n_ops / 2 > p->peak_live_op + 1 ? p->n_ops / 2 : p->peak_live_op + 1;
+}
+
+/* The streams' floor of a trace's stretch from op from_op to its end: the sum over its
+ * streams of each stream's most live bytes in the stretch (requests rounded up to 512 B,
+ * a block counted on the stream that allocated it; the bytes live as the stretch begins
+ * count too). 0 when fewer than two streams allocate. A policy that keeps each stream's
+ * memory its own until a device call hands it over (a synchronize, as every policy here
+ * does) needs at least this much device memory to run the stretch without a device call:
+ * below it, some stream must take memory that another held in the stretch. In *out;
+ * FL_ERR_NOMEM. */
+fl_status fli_streams_floor(const fli_prepared *p, size_t from_op, uint64_t *out);
 
 fl_status fli_measure_run(const fli_prepared *p, const fli_replay_opts *o, uint64_t capacity, int min_capacity,
                          fli_measure *m);
