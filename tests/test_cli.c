@@ -2,6 +2,7 @@
  * stderr naming file and line, the three output formats, and the replay figures of the
  * example trace against a golden file (tests/golden/, every column but host time). */
 #include <stdarg.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -138,6 +139,23 @@ static void test_doctor(void)
     CHECK(r->code == 1 && strstr(r->err, "one trace"));
     r = run("doctor examples/encoder_varlen.csv");
     CHECK(r->code == 0 && strstr(r->out, "No capacity given"));
+
+    /* A job whose streams hold more than the capacity between them in the steady state:
+     * the doctor says so, with the floor compare prints and the device calls made there;
+     * not at a capacity above the floor, nor for one stream (the golden text above). */
+    r = run("compare examples/fsdp/fsdp.rank1.csv --policy fragless --no-min-capacity --format csv");
+    const char *last = r->code == 0 ? strrchr(r->out, ',') : NULL;
+    unsigned long long floor = last ? strtoull(last + 1, NULL, 10) : 0, jfloor = 0, calls = 0;
+    CHECK(floor > 0);
+    r = run("doctor examples/fsdp/fsdp.rank1.csv --policy fragless --capacity 3.46GiB --format json");
+    const char *f = strstr(r->out, "\"streams_floor\": "), *c = strstr(r->out, "\"steady_device_calls\": ");
+    CHECK(r->code == 0 && f && sscanf(f, "\"streams_floor\": %llu", &jfloor) == 1 && c &&
+          sscanf(c, "\"steady_device_calls\": %llu", &calls) == 1);
+    CHECK(jfloor == floor && calls > 0);
+    r = run("doctor examples/fsdp/fsdp.rank1.csv --policy fragless --capacity 3.46GiB");
+    CHECK(r->code == 0 && strstr(r->out, "the job fits") && strstr(r->out, "Its streams hold more than the capacity"));
+    r = run("doctor examples/fsdp/fsdp.rank1.csv --policy fragless --capacity 4GiB");
+    CHECK(r->code == 0 && strstr(r->out, "the job fits") && !strstr(r->out, "Its streams hold"));
 }
 
 /* One vocabulary across the commands (issue 16, point 5): --policy takes a list everywhere

@@ -109,6 +109,17 @@ static void print_text(const fli_prepared *p, const fli_replay_opts *ran, const 
         else
             printf("No capacity given: run with --capacity SIZE (your GPU's memory) to diagnose an "
                    "out-of-memory.\n\n");
+        /* Fits, but its streams take turns at memory: each turn is a device call. */
+        if (d->capacity && d->streams_floor > d->capacity)
+            printf("Its streams hold more than the capacity between them: each stream's most live bytes from event\n"
+                   "%zu on (the steady state) add up to %s (%.4fx peak live). So memory passes between\n"
+                   "streams there, a device call each time (a synchronize stalls the GPU's queues); %s made %llu\n"
+                   "device call%s there (%.1f ms simulated). Below %s no allocator that keeps each stream's\n"
+                   "memory its own until a synchronize avoids them.\n\n",
+                   d->steady_from_op, gib(d->streams_floor, b, sizeof b),
+                   (double)d->streams_floor / (double)(p->peak_live ? p->peak_live : 1), ran->cfg.policy,
+                   (unsigned long long)d->steady_calls, d->steady_calls == 1 ? "" : "s", d->steady_ms,
+                   gib(d->streams_floor, c, sizeof c));
     } else {
         const fl_oom_report *o = &d->oom;
         printf("Out of memory at event %zu%s, replayed under %s at a capacity of %s:\n", d->oom_op,
@@ -283,6 +294,9 @@ static void print_json(const fli_prepared *p, const fli_replay_opts *ran, const 
            "otherwise\", \"job_needs\": %llu, \"job_fits\": %s, \"lower_bound_job\": %llu, ",
            fli_verdict_name(d->verdict), (unsigned long long)d->job_needs, d->job_fits ? "true" : "false",
            (unsigned long long)d->lower_bound_job);
+    printf("\"streams_floor\": %llu, \"steady_from_event\": %zu, \"steady_device_calls\": %llu, \"steady_device_ms\": "
+           "%.3f, ",
+           (unsigned long long)d->streams_floor, d->steady_from_op, (unsigned long long)d->steady_calls, d->steady_ms);
     printf("\"breakdown_at_oom\": ");
     json_breakdown(p, d->has_oom ? &d->at_oom : &(fli_breakdown){0});
     printf(", \"breakdown_at_peak_reserved\": ");

@@ -189,11 +189,15 @@ static fl_status find_oom(const fli_prepared *p, const fli_replay_opts *ran, con
                           size_t *peak_reserved_op)
 {
     fli_replay_opts q = ran_opts(ran, o);
+    d->steady_from_op = fli_steady_from(p);
+    q.late_from_op = d->steady_from_op;
     fli_replay_result r;
-    fl_status s = fli_replay(p, &q, &r);
-    if (s != FL_OK)
+    fl_status s = fli_streams_floor(p, d->steady_from_op, &d->streams_floor);
+    if (s != FL_OK || (s = fli_replay(p, &q, &r)) != FL_OK)
         return s;
     *peak_reserved_op = r.peak_reserved_op;
+    d->steady_calls = r.late_calls;
+    d->steady_ms = r.late_us / 1e3;
     /* The first failure: a replayed OOM, or a recorded one that fails again. */
     int recorded_first = r.recorded_oom_failed && (!r.ooms || r.recorded_oom_op < r.first_oom_op);
     if (o->capacity && (r.ooms || r.recorded_oom_failed)) {

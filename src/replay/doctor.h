@@ -68,6 +68,12 @@ typedef struct fli_diagnosis {
     /* Lower bounds, in whole pages of the device granularity: no allocator that does not
      * move data needs less, now (live + asked at the OOM) and for the whole job. */
     uint64_t lower_bound_now, lower_bound_job;
+    /* Streams: the trace's streams' floor in its steady state (fli_streams_floor; 0 for
+     * one stream) and the device calls what ran made there at the capacity. */
+    uint64_t streams_floor;
+    size_t steady_from_op;
+    uint64_t steady_calls;
+    double steady_ms;
     /* Recorded failures in the trace itself (allocate failure rows, snapshot oom events). */
     uint64_t recorded_failures;
     size_t first_recorded_op;
