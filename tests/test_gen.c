@@ -292,7 +292,8 @@ static void test_examples(void)
 }
 
 /* The committed multi-stream examples against issue 13's steady-state bar, as far as it
- * holds: at 1.05 x peak live fragless completes and spends no more device time after
+ * holds (below a trace's streams' floor no policy can make 0 calls there, and none does):
+ * at 1.05 x peak live fragless completes and spends no more device time after
  * warm-up than cca-expandable (before inner positions were tried for jobs of several
  * streams, pipeline rank 3 spent 54 ms there against its 17.5); without a limit it makes
  * no more steady-state calls than cca-expandable; and its min_capacity is within 2% of
@@ -334,6 +335,13 @@ static void test_examples_steady(void)
             CHECK(m[0].unlimited.late_calls <= m[1].unlimited.late_calls);
             CHECK((double)m[0].min_capacity <= 1.02 * (double)p->peak_live);
             CHECK(m[0].min_capacity <= m[1].min_capacity);
+            /* Below the streams' floor (the FSDP ranks at 1.05x) memory must pass between
+             * streams in the steady state: a policy that made no call there would hand it
+             * over unsynchronized. */
+            CHECK(m[0].streams_floor == m[1].streams_floor);
+            for (int j = 0; j < 2; j++)
+                if (m[j].streams_floor > cap)
+                    CHECK(m[j].at_capacity.late_calls > 0);
             int pipeline_rank2 = strcmp(ex[i].out, "pipeline/pipeline.rank") == 0 && k == 2;
             if (!pipeline_rank2)
                 CHECK((double)m[0].min_capacity <= fl_test_issue13_bar(p->peak_live, g, NULL));
