@@ -211,8 +211,8 @@ static fl_status print_trace_header(const cli_opts *o, const fli_prepared *p, ui
            (unsigned long long)p->n_streams, cli_plural(p->n_streams), fl_format_size(p->peak_live, live, sizeof live), gib(p->peak_live));
     double r = size_ratio(floor, p->peak_live);
     if (floor > p->peak_live && isfinite(r))
-        printf("  streams' floor %s (%.4fx peak live): each stream's most live bytes from event %zu on (the steady "
-               "state), summed; at a capacity below it memory passes between streams there, a device call each time\n",
+        printf("  streams' floor %s (%.4fx peak live): each stream's most live bytes from event %zu on, summed;\n"
+               "  at a capacity below it memory passes between streams in the steady state, a device call each time\n",
                fl_format_size(floor, live, sizeof live), r, fli_steady_from(p));
     printf("  %-15s %9s %8s %9s %9s %7s %9s %6s %8s", "policy", "reserved", "overhead", "min_cap", "min/live",
            "calls", "dev_ms", "late", "late_ms");
