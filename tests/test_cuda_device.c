@@ -335,10 +335,11 @@ static void test_ops(void)
     fill(va, 3 * G, 2);
     CHECK_OK(fli_dev_synchronize(d));
     CHECK_EQ_U64(fake.fakecuda_calls("cuCtxSynchronize"), 1);
-    /* Two whole mappings in one unmap: one driver call per mapping. */
+    /* Two whole mappings in one unmap: one driver call (the driver unmaps a range of
+     * whole mappings at once, as NVIDIA's vectorAddMMAP sample does). */
     CHECK_OK(fli_dev_unmap(d, va, 3 * G));
     CHECK_EQ_U64(calls(d, FL_CALL_UNMAP), 1);
-    CHECK_EQ_U64(fake.fakecuda_calls("cuMemUnmap"), 2);
+    CHECK_EQ_U64(fake.fakecuda_calls("cuMemUnmap"), 1);
     /* The data lives in the handle: mapped elsewhere (in reverse order), it is there. */
     CHECK_OK(fli_dev_map(d, va + 4 * G, 2 * G, h2));
     CHECK_OK(fli_dev_map(d, va + 6 * G, G, h1));
@@ -358,6 +359,42 @@ static void test_ops(void)
     CHECK_OK(fli_dev_addr_free(d, va, 8 * G));
     CHECK_EQ_U64(in_use(d), 0);
     CHECK(counters(d).time_us > 0); /* measured: some time passed in the driver */
+    fl_device_destroy(d);
+}
+
+/* A driver that refuses to unmap several mappings in one call (FAKECUDA_UNMAP_ONE=1:
+ * CUDA_ERROR_INVALID_VALUE, nothing unmapped) gets one call per mapping instead; the
+ * device call still succeeds, and a range inside one mapping is refused as before. */
+static void test_unmap_fallback(void)
+{
+    static const char *const one[] = {"FAKECUDA_UNMAP_ONE", "1", NULL};
+    fake_env(one);
+    fl_device *d = make_dev();
+    const uint64_t G = fl_device_granularity(d);
+    uint64_t va, h1, h2, h3;
+    CHECK_OK(fli_dev_reserve(d, 4 * G, &va));
+    CHECK_OK(fli_dev_create(d, G, &h1));
+    CHECK_OK(fli_dev_create(d, G, &h2));
+    CHECK_OK(fli_dev_create(d, 2 * G, &h3));
+    CHECK_OK(fli_dev_map(d, va, G, h1));
+    CHECK_OK(fli_dev_map(d, va + G, G, h2));
+    CHECK_OK(fli_dev_map(d, va + 2 * G, 2 * G, h3));
+    CHECK_OK(fli_dev_set_access(d, va, 4 * G));
+    CHECK_OK(fli_dev_synchronize(d));
+    CHECK_STATUS(fli_dev_unmap(d, va + 2 * G, G), FL_ERR_INVALID); /* inside h3's mapping */
+    CHECK_EQ_U64(fake.fakecuda_calls("cuMemUnmap"), 0);
+    CHECK_OK(fli_dev_unmap(d, va, 4 * G));
+    CHECK_EQ_U64(calls(d, FL_CALL_UNMAP), 2); /* the refused one counts too */
+    CHECK_EQ_U64(fake.fakecuda_calls("cuMemUnmap"), 1 + 3); /* refused, then one per mapping */
+    /* Every mapping is gone: each can be mapped again, and released. */
+    CHECK_OK(fli_dev_map(d, va, G, h2));
+    CHECK_OK(fli_dev_unmap(d, va, G)); /* one mapping: one call, no refusal */
+    CHECK_EQ_U64(fake.fakecuda_calls("cuMemUnmap"), 5);
+    CHECK_OK(fli_dev_release(d, h1));
+    CHECK_OK(fli_dev_release(d, h2));
+    CHECK_OK(fli_dev_release(d, h3));
+    CHECK_OK(fli_dev_addr_free(d, va, 4 * G));
+    CHECK_EQ_U64(in_use(d), 0);
     fl_device_destroy(d);
 }
 
@@ -937,6 +974,7 @@ int main(void)
     run_case("create", test_create, 0);
     run_case("no vmm", test_no_vmm, 1);
     run_case("ops", test_ops, 0);
+    run_case("unmap fallback", test_unmap_fallback, 0);
     run_case("threads", test_threads, 0);
     run_case("contexts", test_contexts, 0);
     run_case("peers", test_peers, 0);

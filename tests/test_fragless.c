@@ -428,6 +428,48 @@ static void test_chunks(void)
     fl_device_destroy(d);
 }
 
+/* Reclaim takes the cached pages that lie in a row with one unmap (the driver unmaps a
+ * range of whole mappings in one call): the same pages, in the same order, as one unmap
+ * each. Stream 0 leaves pages 0-7 cached (a freed 16 MiB block) and page 9 (mapped
+ * ahead) around a live 1 MiB block on page 8; stream 1 then needs 9 pages on a 12-page
+ * device: 2 are created, 7 reclaimed after one synchronize. The clock spares the pages
+ * freed last once (page 9, mapped ahead, is not among them), so it takes page 9, then
+ * pages 0-5 in a row: two unmaps, where a page at a time made seven. */
+static void test_reclaim_runs(void)
+{
+    const uint64_t cap = 12 * PAGE;
+    fl_device *d = fl_test_sim(cap, 0);
+    fli_policy *p = fragless_on(d, 0);
+    uint64_t a, z, b;
+    CHECK_OK(p->ops->alloc(p, 16 * MiB, 0, &a));
+    CHECK_OK(p->ops->alloc(p, 1 * MiB, 0, &z));
+    CHECK_EQ_U64(z, a + 16 * MiB); /* on page 8 */
+    CHECK_EQ_U64(in_use(d), 10 * PAGE); /* mapped ahead to 10 pages */
+    CHECK_OK(p->ops->free(p, a, 0, NULL));
+    uint64_t unmaps = calls(d, FL_CALL_UNMAP), syncs = calls(d, FL_CALL_SYNC), creates = calls(d, FL_CALL_CREATE);
+    double t0 = counters(d).time_us;
+    CHECK_OK(p->ops->alloc(p, 18 * MiB, 1, &b));
+    CHECK_EQ_U64(calls(d, FL_CALL_CREATE) - creates, 2);
+    CHECK_EQ_U64(calls(d, FL_CALL_SYNC) - syncs, 1);
+    CHECK_EQ_U64(calls(d, FL_CALL_UNMAP) - unmaps, 2);
+    CHECK_EQ_U64(in_use(d), cap);
+    /* The simulated time charges every mapping unmapped, as one call each would. */
+    fl_sim_params sp;
+    fl_sim_params_default(&sp);
+    CHECK_EQ_U64(calls(d, FL_CALL_RESERVE), 2); /* stream 1's heap: charged in the time below */
+    double unmap_us = counters(d).time_us - t0 - sp.cost_us[FL_CALL_RESERVE] - 2 * sp.cost_us[FL_CALL_CREATE] - sp.cost_us[FL_CALL_SYNC] -
+                      9 * sp.cost_us[FL_CALL_MAP] - sp.cost_us[FL_CALL_SET_ACCESS] - 8 * sp.cost_us_more[FL_CALL_SET_ACCESS];
+    CHECK(unmap_us > 7 * sp.cost_us[FL_CALL_UNMAP] - 0.01 && unmap_us < 7 * sp.cost_us[FL_CALL_UNMAP] + 0.01);
+    CHECK(p->ops->check(p) == 0);
+    CHECK_OK(p->ops->free(p, b, 0, NULL));
+    CHECK_OK(p->ops->free(p, z, 0, NULL));
+    CHECK_OK(p->ops->empty_cache(p));
+    CHECK_EQ_U64(in_use(d), 0);
+    CHECK(p->ops->check(p) == 0);
+    p->ops->destroy(p);
+    fl_device_destroy(d);
+}
+
 /* Lending: under a limit, a stream whose heap has no mapped pages left gets another
  * stream's mapped, free pages where they lie, with no unmap or map (one synchronize at
  * most, for the other stream's work); the block is its stream's (block_stream); freed,
@@ -737,6 +779,7 @@ int main(void)
     test_lending_small();
     test_set_limit();
     test_chunks();
+    test_reclaim_runs();
     test_lending();
     test_small_into_large();
     test_quick_lists();

@@ -348,8 +348,8 @@ static inline uint64_t pinned_pages(const fx_policy *f)
     return f->n_handles - f->n_pool - f->n_cpool * CHUNK_PAGES - cached_pages(f);
 }
 
-/* Cached pages with a handle of their own (reclaim_one unmaps them one by one); the
- * other cached pages lie in mapped chunks, which are unmapped only whole. */
+/* Cached pages with a handle of their own (reclaim_run unmaps them, a run in a row at
+ * once); the other cached pages lie in mapped chunks, which are unmapped only whole. */
 static inline uint64_t cached_singles(const fx_policy *f)
 {
     uint64_t n = 0;
@@ -438,14 +438,20 @@ static inline uint64_t page_unmap(fx_policy *f, fx_heap *h, uint64_t p)
     return handle;
 }
 
-/* Unmaps a cached page of its own (one must exist: cached_singles) and puts its handle
- * in the pool. The clock hand sweeps every heap's pages in address order and spares
- * pages cached since its last pass (second chance, close to least-recently-used), so
- * reclaim costs O(1) amortised and the hot paths keep no list of cached pages: pinning
- * and unpinning only count and mark. Pages of chunks are passed over (reclaim_chunk). */
-static fl_status reclaim_one(fx_policy *f)
+/* Unmaps cached pages of their own (one must exist: cached_singles), up to `want`, and
+ * puts their handles in the pool. The clock hand sweeps every heap's pages in address
+ * order and spares pages cached since its last pass (second chance, close to
+ * least-recently-used), so reclaim costs O(1) amortised and the hot paths keep no list of
+ * cached pages: pinning and unpinning only count and mark. Pages of chunks are passed
+ * over (reclaim_chunks). The pages the hand takes in a row in one heap go with one unmap
+ * (the driver unmaps a range of whole mappings in one call, as NVIDIA's vectorAddMMAP
+ * sample does; cuda.c falls back to one call each where a driver refuses); the run stops
+ * at the first page the hand would not take (pinned, unmapped, in a chunk, or spared as
+ * recent), where the hand resumes, so a run takes the same pages, in the same order, as
+ * that many one-page reclaims. Callers loop until they have what they need. */
+static fl_status reclaim_run(fx_policy *f, uint64_t want)
 {
-    FL_ASSERT(cached_singles(f) > 0);
+    FL_ASSERT(cached_singles(f) > 0 && want > 0);
     for (;;) {
         if (f->hand_heap >= f->n_heaps) {
             f->hand_heap = 0;
@@ -458,18 +464,25 @@ static fl_status reclaim_one(fx_policy *f)
             continue;
         }
         uint64_t p = f->hand_page++;
-        if (h->pages[p].handle && page_pins(h, p) == 0 && !in_chunk(h, p)) {
-            if (fli_bit_get(h->recent, p)) {
-                fli_bit_clear(h->recent, p);
-                continue;
-            }
-            fl_status s = fli_dev_unmap(f->base.dev, h->va + (p << f->gran_log), f->gran);
-            if (s != FL_OK)
-                return s;
-            h->n_cached--;
-            f->pool[f->n_pool++] = page_unmap(f, h, p);
-            return FL_OK;
+        if (!h->pages[p].handle || page_pins(h, p) != 0 || in_chunk(h, p))
+            continue;
+        if (fli_bit_get(h->recent, p)) {
+            fli_bit_clear(h->recent, p);
+            continue;
         }
+        uint64_t q = p + 1;
+        while (q - p < want && q < h->n_pages && h->pages[q].handle && page_pins(h, q) == 0 && !in_chunk(h, q) &&
+               !fli_bit_get(h->recent, q))
+            q++;
+        fl_status s = fli_dev_unmap(f->base.dev, h->va + (p << f->gran_log), (q - p) << f->gran_log);
+        if (s != FL_OK)
+            return s;
+        for (uint64_t r = p; r < q; r++) {
+            h->n_cached--;
+            f->pool[f->n_pool++] = page_unmap(f, h, r);
+        }
+        f->hand_page = q;
+        return FL_OK;
     }
 }
 
@@ -526,12 +539,13 @@ static fl_status release_pooled_chunk(fx_policy *f)
     return FL_OK;
 }
 
-/* A handle for one more page: the pool first (free), then a new one while the limit
- * allows (paid once, in warm-up), then the memory of a pooled chunk, then a cached page
- * elsewhere or a chunk no live block touches (unmapped after a sync). */
+/* A handle for page p of heap h, which map_pages maps through p1: the pool first (free),
+ * then a new one while the limit allows (paid once, in warm-up), then the memory of a
+ * pooled chunk, then cached pages elsewhere (as many in a row as [p, p1] still needs:
+ * reclaim_run) or a chunk no live block touches (unmapped after a sync). */
 static fl_status synchronize(fx_policy *f);
 
-static fl_status take_handle(fx_policy *f, int *synced, uint64_t *handle)
+static fl_status take_handle(fx_policy *f, int *synced, const fx_heap *h, uint64_t p, uint64_t p1, uint64_t *handle)
 {
     for (;;) {
         if (f->n_pool) {
@@ -568,7 +582,10 @@ static fl_status take_handle(fx_policy *f, int *synced, uint64_t *handle)
             f->base.retries++;
         }
         uint64_t got;
-        if ((s = cached_singles(f) ? reclaim_one(f) : reclaim_chunks(f, 1, &got)) != FL_OK)
+        /* The pages of [p, p1] still unmapped (p among them): what a reclaim may take at
+         * once for the caller, map_pages. */
+        if ((s = cached_singles(f) ? reclaim_run(f, p1 + 1 - p - fli_bits_count(h->mapped, p, p1 + 1))
+                                   : reclaim_chunks(f, 1, &got)) != FL_OK)
             return s;
     }
 }
@@ -685,7 +702,7 @@ static fl_status map_pages(fx_policy *f, uint32_t hi, uint64_t p0, uint64_t p1)
             s = FL_OK; /* refused for want of memory: pages of its own */
         }
         uint64_t handle;
-        if ((s = take_handle(f, &synced, &handle)) != FL_OK)
+        if ((s = take_handle(f, &synced, h, p, p1, &handle)) != FL_OK)
             break;
         if ((s = fli_dev_map(f->base.dev, h->va + (p << f->gran_log), f->gran, handle)) != FL_OK) {
             f->pool[f->n_pool++] = handle;
@@ -1971,8 +1988,8 @@ static fl_status fx_empty_cache(fli_policy *base)
     uint64_t idle = idle_chunks(f), got;
     if ((cached_singles(f) || idle || any_deferred(f)) && (s = synchronize(f)) != FL_OK)
         return s;
-    while (cached_singles(f))
-        if ((s = reclaim_one(f)) != FL_OK)
+    for (uint64_t n; (n = cached_singles(f)) != 0;)
+        if ((s = reclaim_run(f, n)) != FL_OK)
             return s;
     if (idle && (s = reclaim_chunks(f, idle, &got)) != FL_OK)
         return s;
@@ -2235,7 +2252,7 @@ static fl_status fx_limit_changed(fli_policy *base)
             if ((s = release_pooled_chunk(f)) != FL_OK)
                 return s;
         } else if (cached_singles(f)) {
-            if ((s = reclaim_one(f)) != FL_OK)
+            if ((s = reclaim_run(f, f->n_handles - f->max_pages)) != FL_OK)
                 return s;
         } else if ((s = reclaim_chunks(f, 1, &got)) != FL_OK) {
             return s;

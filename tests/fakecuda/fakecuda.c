@@ -125,6 +125,7 @@ typedef struct fc_config {
     int rdma;            /* attribute 110: the GPUDirect RDMA flag of cuMemCreate */
     int fabric;          /* attribute 128: 0 no, 1 yes, 2 said yes but cuMemCreate is refused
                             (no IMEX channel: CUDA_ERROR_NOT_PERMITTED) */
+    int unmap_one;       /* cuMemUnmap refuses a range of several mappings */
 } fc_config;
 
 static struct {
@@ -272,6 +273,7 @@ static void load_config(void)
         {"FAKECUDA_POSIX_FD", offsetof(fc_config, posix_fd), 1},
         {"FAKECUDA_RDMA", offsetof(fc_config, rdma), 1},
         {"FAKECUDA_FABRIC", offsetof(fc_config, fabric), 2},
+        {"FAKECUDA_UNMAP_ONE", offsetof(fc_config, unmap_one), 1},
     };
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
         if (!(v = getenv(flags[i].var)) || !*v)
@@ -1087,7 +1089,7 @@ static CUresult do_unmap(CUdeviceptr ptr, size_t size)
     TRY(need_ctx(&c));
     UNSAFE_CALL("cuMemUnmap");
     size_t n, first;
-    if (!good_range(ptr, size) || (first = whole_mappings(ptr, size, &n)) == SIZE_MAX)
+    if (!good_range(ptr, size) || (first = whole_mappings(ptr, size, &n)) == SIZE_MAX || (g.cfg.unmap_one && n > 1))
         return CUDA_ERROR_INVALID_VALUE;
     if (!restore_reserved(ptr, size))
         return CUDA_ERROR_UNKNOWN; /* the host refused to map; nothing was changed */

@@ -21,6 +21,10 @@
  *   FAKECUDA_FABRIC=0|1|2     fabric handles: 0 unsupported (default), 1 supported, 2 the
  *                             attribute says yes but cuMemCreate with FABRIC returns
  *                             CUDA_ERROR_NOT_PERMITTED (no IMEX channel)
+ *   FAKECUDA_UNMAP_ONE=1      cuMemUnmap refuses a range of more than one mapping
+ *                             (CUDA_ERROR_INVALID_VALUE, nothing unmapped). Default 0: like
+ *                             the driver, it unmaps any range of whole mappings in one call
+ *                             (NVIDIA's vectorAddMMAP sample unmaps one it mapped per device)
  * A malformed value is reported on stderr and makes cuInit return CUDA_ERROR_INVALID_VALUE. */
 
 /* Counters: calls of one entry point ("cuMemMap"), or of all of them ("*"), including calls
