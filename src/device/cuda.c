@@ -459,24 +459,12 @@ static fl_status cu_map(fl_device *d, uint64_t va, uint64_t size, uint64_t handl
     IN_CTX(c, map_in_ctx(c, va, size, handle, index));
 }
 
-/* The books of the mappings in [va, end) after the driver unmapped them. */
-static void unmapped_all(cuda_device *c, uint64_t va, uint64_t end)
-{
-    for (uint64_t at = va, index; at < end;) {
-        fli_map_get(&c->mappings, at, &index);
-        uint64_t n = c->recs[index].size;
-        fli_map_remove(&c->mappings, at, NULL);
-        c->recs[index].mappings--;
-        maybe_reclaim(c, (uint32_t)index);
-        at += n;
-    }
-}
-
 static fl_status unmap_in_ctx(cuda_device *c, uint64_t va, uint64_t end)
 {
-    uint64_t first;
-    fli_map_get(&c->mappings, va, &first);
-    if (va + c->recs[first].size < end) {
+    uint64_t index;
+    fli_map_get(&c->mappings, va, &index);
+    int whole = 0;
+    if (va + c->recs[index].size < end) {
         /* Several mappings in a row: one call, as NVIDIA's vectorAddMMAP sample unmaps a
          * range it mapped with one cuMemMap per device (cuda-samples,
          * Samples/0_Introduction/vectorAddMMAP/multidevicealloc_memmap.cpp). A driver that
@@ -484,23 +472,24 @@ static fl_status unmap_in_ctx(cuda_device *c, uint64_t va, uint64_t end)
          * mapping below. */
         CUresult r;
         CU(c, r, cuMemUnmap(va, end - va));
-        if (r == CUDA_SUCCESS) {
-            unmapped_all(c, va, end);
-            return FL_OK;
-        }
-        if (r != CUDA_ERROR_INVALID_VALUE)
+        if (r != CUDA_SUCCESS && r != CUDA_ERROR_INVALID_VALUE)
             return cu_fail(c, r, "cuMemUnmap(0x%llx, %llu bytes)", (unsigned long long)va,
                            (unsigned long long)(end - va));
+        whole = r == CUDA_SUCCESS;
     }
-    for (uint64_t at = va, index; at < end;) {
+    for (uint64_t at = va; at < end;) {
         fli_map_get(&c->mappings, at, &index);
         uint64_t n = c->recs[index].size;
-        CUresult r;
-        CU(c, r, cuMemUnmap(at, n));
-        /* The mappings before a failure are gone and accounted for. */
-        if (r != CUDA_SUCCESS)
-            return cu_fail(c, r, "cuMemUnmap(0x%llx, %llu bytes)", (unsigned long long)at, (unsigned long long)n);
-        unmapped_all(c, at, at + n);
+        if (!whole) {
+            CUresult r;
+            CU(c, r, cuMemUnmap(at, n));
+            /* The mappings before a failure are gone and accounted for. */
+            if (r != CUDA_SUCCESS)
+                return cu_fail(c, r, "cuMemUnmap(0x%llx, %llu bytes)", (unsigned long long)at, (unsigned long long)n);
+        }
+        fli_map_remove(&c->mappings, at, NULL);
+        c->recs[index].mappings--;
+        maybe_reclaim(c, (uint32_t)index);
         at += n;
     }
     return FL_OK;
