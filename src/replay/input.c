@@ -250,6 +250,10 @@ fl_status fli_load_inputs(const char *path, int device, FILE *warn, fli_loaded *
         if (!np)
             for (int i = 0; i < ne; i++)
                 pick[np++] = with_events[i];
+        if (!np && !nd) { /* no device named, and the snapshot has none: the input's fault */
+            s = fli_fail(FL_ERR_PARSE, "%s: device_traces is empty: the snapshot holds no device's trace", path);
+            goto out;
+        }
         if (!np)
             pick[np++] = 0; /* nothing anywhere: device 0 says so */
     }
