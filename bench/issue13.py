@@ -22,6 +22,15 @@ Totals: bar_miss (traces over the bar) and bar_excess_mib (MiB over it, summed);
 worse_than_pt (min_capacity above cca's or cca-expandable's); res_miss (peak reserved
 above cca-expandable's) and res_excess_mib; late0, late105, late105_ms summed;
 devratio_max; late105_floor: the part of late105 on traces whose floor is above 1.05. Only the standard library; takes a few seconds.
+
+--long also generates long jobs with `fragless gen` (--seed 1, in a temporary folder:
+DDP 4 ranks x 100 steps --imbalance 0.2, FSDP 2 x 100, pipeline 4 x 50) and replays each
+rank at 1.05 x peak live under fragless and cca-expandable: the examples/ jobs run 8
+steps, too few for a steady state that drifts (pipeline rank 3 makes 265 late calls in 8
+steps, 9,801 in 50, where cca-expandable makes 0). One line per rank with -v (late calls
+and their ms for both, the streams' floor), then long_late105, long_late105_ms,
+long_late105_e, long_late105_e_ms (cca-expandable's) and long_worse_than_e (ranks where
+fragless makes more late calls than cca-expandable).
 """
 import argparse
 import csv
@@ -31,11 +40,13 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 
 ap = argparse.ArgumentParser(description="issue 13's bars on every trace")
 ap.add_argument("--fragless", default="build/fragless", help="the fragless binary (default build/fragless)")
 ap.add_argument("--conf", default="", help="--conf passed to compare (FRAGLESS_CONF knobs)")
 ap.add_argument("-v", action="store_true", help="one line per trace")
+ap.add_argument("--long", action="store_true", help="also long jobs made by `fragless gen` (see above)")
 args = ap.parse_args()
 if not os.access(args.fragless, os.X_OK):
     sys.exit("issue13.py: %s is not an executable (run from the repository root after make build)" % args.fragless)
@@ -101,3 +112,43 @@ for t in traces:
                float(x["min_capacity"]) / live, float(e["min_capacity"]) / live, res / live, res_e / live, l0, l105,
                l105ms, e105ms, dev, "%.4f" % floor if floor else "-"))
 print(" ".join("%s=%s" % (k, round(v, 2) if isinstance(v, float) else v) for k, v in tot.items()))
+
+LONG_JOBS = (
+    ("ddp", ["--kind", "ddp", "--ranks", "4", "--steps", "100", "--imbalance", "0.2"]),
+    ("fsdp", ["--kind", "fsdp", "--ranks", "2", "--steps", "100"]),
+    ("pipeline", ["--kind", "pipeline", "--ranks", "4", "--steps", "50"]),
+)
+if args.long:
+    lt = dict(long_late105=0, long_late105_ms=0.0, long_late105_e=0, long_late105_e_ms=0.0, long_worse_than_e=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.v:
+            print("%-32s %8s %6s %7s %6s %7s %6s" % ("long job rank", "liveMiB", "L105", "L105ms", "E105", "E105ms",
+                                                    "floor"))
+        for name, gen in LONG_JOBS:
+            cmd = [args.fragless, "gen", "--seed", "1", "-o", os.path.join(tmp, name + ".rank%r.csv")] + gen
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                sys.exit("issue13.py: %s failed (%d): %s" % (" ".join(cmd), r.returncode, r.stderr.strip()))
+            for t in sorted(glob.glob(os.path.join(tmp, name + ".rank*.csv"))):
+                cmd = [args.fragless, "compare", t, "--policy", "fragless,cca-expandable", "--no-min-capacity",
+                       "--capacity", "1.05x", "--format", "csv"]
+                if args.conf:
+                    cmd += ["--conf", args.conf]
+                r = subprocess.run(cmd, capture_output=True, text=True)
+                if r.returncode != 0:
+                    sys.exit("issue13.py: %s failed (%d): %s" % (" ".join(cmd), r.returncode, r.stderr.strip()))
+                rows = {row["policy"]: row for row in csv.DictReader(io.StringIO(r.stdout))}
+                f, e = rows["fragless"], rows["cca-expandable"]
+                live = float(f["peak_live"])
+                l, lms = int(f["capacity_late_device_calls"] or 0), float(f["capacity_late_device_ms"] or 0)
+                el, ems = int(e["capacity_late_device_calls"] or 0), float(e["capacity_late_device_ms"] or 0)
+                lt["long_late105"] += l
+                lt["long_late105_ms"] += lms
+                lt["long_late105_e"] += el
+                lt["long_late105_e_ms"] += ems
+                lt["long_worse_than_e"] += l > el
+                floor = float(f["streams_floor"]) / live if live else 0.0
+                if args.v:
+                    print("%-32s %8.0f %6d %7.1f %6d %7.1f %6s" % (os.path.basename(t), live / MiB, l, lms, el, ems,
+                                                                   "%.4f" % floor if floor > 1.0001 else "-"))
+    print(" ".join("%s=%s" % (k, round(v, 2) if isinstance(v, float) else v) for k, v in lt.items()))
