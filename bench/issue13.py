@@ -26,8 +26,9 @@ devratio_max; late105_floor: the part of late105 on traces whose floor is above 
 --long also generates long jobs with `fragless gen` (--seed 1, in a temporary folder:
 DDP 4 ranks x 100 steps --imbalance 0.2, FSDP 2 x 100, pipeline 4 x 50) and replays each
 rank at 1.05 x peak live under fragless and cca-expandable: the examples/ jobs run 8
-steps, too few for a steady state that drifts (pipeline rank 3 makes 265 late calls in 8
-steps, 9,801 in 50, where cca-expandable makes 0). One line per rank with -v (late calls
+steps, too few for a steady state that drifts (before mapped runs, pipeline rank 3 made
+265 late calls in 8 steps and 9,801 in 50, where cca-expandable makes 0). One line per
+rank with -v (late calls
 and their ms for both, the streams' floor), then long_late105, long_late105_ms,
 long_late105_e, long_late105_e_ms (cca-expandable's) and long_worse_than_e (ranks where
 fragless makes more late calls than cca-expandable).

@@ -210,7 +210,8 @@ static void test_sizes(void)
 
 /* ---- bit arrays ---------------------------------------------------------------- */
 
-/* Every range [a, b) of a 256-bit array, set, counted, tested whole (fli_bits_all, with a
+/* Every range [a, b) of a 256-bit array, set, counted, searched for its first set and
+ * first clear bit (fli_bits_next), tested whole (fli_bits_all, with a
  * gap at its first, middle and last bit too) and cleared on a pseudo-random background,
  * against one bit at a time: inside one word, across a boundary, across whole words, empty. */
 static void test_bits(void)
@@ -234,6 +235,12 @@ static void test_bits(void)
                 count += fli_bit_get(ref, i);
             bad += fli_bits_count(w, a, b) != count;
             bad += fli_bits_all(w, a, b) != (count == b - a);
+            for (int v = 0; v < 2; v++) {
+                uint64_t first = a;
+                while (first < b && fli_bit_get(ref, first) != v)
+                    first++;
+                bad += fli_bits_next(w, a, b, v) != first;
+            }
             fli_bits_set(w, a, b);
             for (uint64_t i = a; i < b; i++)
                 fli_bit_set(ref, i);

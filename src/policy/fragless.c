@@ -27,6 +27,9 @@
 #define QUICK_BINS (QUICK_MAX / 512)
 #define QUICK_CAP 64
 #define PRESSURE_CANDIDATES 64
+/* Blocks of at least this many pages look for a run of mapped pages inside a free range
+ * under pressure (mapped_extent_fit): 64 MiB of 2 MiB pages. */
+#define EXTENT_MIN_PAGES UINT64_C(32)
 /* Page-aligned starts inside free ranges that place_under_pressure may cost per request. */
 #define PRESSURE_POSITIONS 4096
 /* ... and only while the limit exceeds the most pages ever pinned at once by at least
@@ -986,14 +989,59 @@ static int inner_positions_pay(fx_policy *f, uint64_t size)
     return size > f->gran && !near_limit(f);
 }
 
+/* The tightest run of mapped pages inside one of the k candidate free ranges that holds
+ * size bytes (a run's first and last pages may be a free range's end pages, which
+ * neighbours pin: the run then starts or ends at the range's end); 1 with its range in
+ * *n and the run's start as *pad, 0 if no run holds it. Pages at or past top were never
+ * mapped. A scan of the mapped bits, a word at a time: only under pressure, for blocks of
+ * EXTENT_MIN_PAGES pages and more. */
+static int mapped_extent_fit(const fx_policy *f, const fx_heap *h, uint64_t size, const uint32_t *cand, size_t k,
+                             uint32_t *n, uint64_t *pad)
+{
+    const range_node *nodes = h->range->nodes;
+    uint64_t tightest = UINT64_MAX, lim = h->top < h->n_pages ? h->top : h->n_pages;
+    int found = 0;
+    for (size_t i = 0; i < k; i++) {
+        const range_node *b = &nodes[cand[i]];
+        uint64_t o = b->offset, end = o + b->size, p = o >> f->gran_log, p_end = ((end - 1) >> f->gran_log) + 1;
+        if (p_end > lim)
+            p_end = lim;
+        while ((p = fli_bits_next(h->mapped, p, p_end, 1)) < p_end) {
+            uint64_t q = fli_bits_next(h->mapped, p, p_end, 0);
+            uint64_t xs = p << f->gran_log, xe = q << f->gran_log;
+            if (xs < o)
+                xs = o;
+            if (xe > end)
+                xe = end;
+            if (xe - xs >= size && xe - xs < tightest) {
+                tightest = xe - xs;
+                *n = cand[i];
+                *pad = xs - o;
+                found = 1;
+            }
+            p = q;
+        }
+    }
+    return found;
+}
+
 /* With no spare physical page left, a placement on unmapped pages costs a reclaim
  * (synchronize, unmap elsewhere, map here) now and, in a loop whose footprint exceeds
  * the capacity, again every step. So look at a bounded number of other free ranges
- * for the one needing the fewest unmapped pages (ties keep the first choice): at their
- * ends, then, where inner_positions_pay, at page-aligned starts inside them (cached pages
- * in the middle of a free range, left by blocks of another lifetime: a model switched,
- * a larger shape gone) that pin no more new pages than the best end. Costs nothing
- * while memory is plentiful. */
+ * for the one needing the fewest unmapped pages (ties keep the first choice): first, for
+ * a large block (EXTENT_MIN_PAGES pages and more) while the limit leaves room above the
+ * most pages pinned so far (lend_peak, in near_limit's window), the tightest run of
+ * mapped pages inside them that holds it, at the run's start (mapped_extent_fit), even
+ * where that pins a page or two more than a range's end would; then at their ends; then,
+ * where inner_positions_pay, at page-aligned starts inside them (cached pages in the
+ * middle of a free range, left by blocks of another lifetime: a model switched, a larger
+ * shape gone) that pin no more new pages than the best end. Costs nothing while memory
+ * is plentiful.
+ * The mapped runs are PyTorch's expandable segments' choice (best fit among the free
+ * blocks on mapped pages): a job whose largest blocks change size from step to step (a
+ * pipeline's last stage: logits of 375-516 MB, two live at once) otherwise puts each one
+ * where its pages must be moved, every step (ARCHITECTURE.md, "placement under
+ * pressure", has the figures). */
 static void place_under_pressure(fx_policy *f, const fx_heap *h, uint64_t size, uint32_t *n, uint64_t *pad)
 {
     const range_node *nodes = h->range->nodes;
@@ -1002,6 +1050,9 @@ static void place_under_pressure(fx_policy *f, const fx_heap *h, uint64_t size, 
         return;
     uint32_t cand[PRESSURE_CANDIDATES];
     size_t k = range_candidates(h->range, size, cand, PRESSURE_CANDIDATES);
+    if (size >= (EXTENT_MIN_PAGES << f->gran_log) && !limit_within(f, f->lend_peak, PRESSURE_SLACK_LOG) &&
+        mapped_extent_fit(f, h, size, cand, k, n, pad))
+        return;
     for (size_t i = 0; i < k && best; i++) {
         const range_node *b = &nodes[cand[i]];
         uint64_t ends[2] = {0, b->size - size};

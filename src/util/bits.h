@@ -86,6 +86,22 @@ static inline int fli_bits_all(const uint64_t *w, uint64_t a, uint64_t b)
     return 1;
 }
 
+/* The first index in [a, b) whose bit is v (0 or 1), b if there is none: a word at a
+ * time. */
+static inline uint64_t fli_bits_next(const uint64_t *w, uint64_t a, uint64_t b, int v)
+{
+    uint64_t flip = v ? 0 : ~UINT64_C(0);
+    while (a < b) {
+        uint64_t word = (w[a >> 6] ^ flip) >> (a & 63);
+        if (word) {
+            uint64_t i = a + (uint64_t)__builtin_ctzll(word);
+            return i < b ? i : b;
+        }
+        a = (a | 63) + 1;
+    }
+    return b;
+}
+
 /* Set bits in [a, b). */
 static inline uint64_t fli_bits_count(const uint64_t *w, uint64_t a, uint64_t b)
 {
