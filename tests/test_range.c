@@ -120,7 +120,7 @@ static void test_random(uint64_t seed, uint64_t cap, int steps)
     CHECK_OK(fl_range_create(cap, 512, &r));
     live *l = calloc((size_t)steps, sizeof *l);
     int n = 0;
-    uint64_t used = 0;
+    uint64_t used = 0, peak = 0;
     for (int i = 0; i < steps; i++) {
         if (n && (fl_rng_below(&rng, 100) < 45 || used > cap / 2)) {
             int k = (int)fl_rng_below(&rng, (uint64_t)n);
@@ -150,6 +150,8 @@ static void test_random(uint64_t seed, uint64_t cap, int steps)
         }
         CHECK_EQ_U64(fl_range_total_free(r), cap - used);
         CHECK_EQ_U64(fl_range_live_blocks(r), n);
+        peak = used > peak ? used : peak;
+        CHECK_EQ_U64(r->peak_used, peak); /* the most allocated at once */
         if (i % 64 == 0 || i == steps - 1) {
             CHECK(fl_range_check(r) == 0);
             check_candidates(r, 512 << fl_rng_below(&rng, 16));

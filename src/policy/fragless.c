@@ -1025,12 +1025,28 @@ static int mapped_extent_fit(const fx_policy *f, const fx_heap *h, uint64_t size
     return found;
 }
 
+/* Whether the limit holds every heap's most bytes allocated at once, summed (the range
+ * allocators' peak_used): an online upper estimate of the streams' floor (glossary), a
+ * heap's lent blocks counted where they lie. Where it does, each stream can keep what
+ * it holds at its peak and mapped runs keep a step's blocks where they were
+ * (mapped_extent_fit); where it does not, memory must pass between streams anyway, and
+ * lending a range where it lies (lend_instead) served better: FSDP's ranks at 1.1x lost
+ * to the runs (ARCHITECTURE.md, "Long jobs"). */
+static int peaks_fit(const fx_policy *f)
+{
+    uint64_t sum = 0;
+    for (uint32_t i = 0; i < f->n_heaps; i++)
+        sum += f->heaps[i].range->peak_used;
+    return sum <= f->max_pages << f->gran_log;
+}
+
 /* With no spare physical page left, a placement on unmapped pages costs a reclaim
  * (synchronize, unmap elsewhere, map here) now and, in a loop whose footprint exceeds
  * the capacity, again every step. So look at a bounded number of other free ranges
  * for the one needing the fewest unmapped pages (ties keep the first choice): first, for
  * a large block (EXTENT_MIN_PAGES pages and more) while the limit leaves room above the
- * most pages pinned so far (lend_peak, in near_limit's window), the tightest run of
+ * most pages pinned so far (lend_peak, in near_limit's window) and holds every heap's
+ * peak (peaks_fit), the tightest run of
  * mapped pages inside them that holds it, at the run's start (mapped_extent_fit), even
  * where that pins a page or two more than a range's end would; then at their ends; then,
  * where inner_positions_pay, at page-aligned starts inside them (cached pages in the
@@ -1051,7 +1067,7 @@ static void place_under_pressure(fx_policy *f, const fx_heap *h, uint64_t size, 
     uint32_t cand[PRESSURE_CANDIDATES];
     size_t k = range_candidates(h->range, size, cand, PRESSURE_CANDIDATES);
     if (size >= (EXTENT_MIN_PAGES << f->gran_log) && !limit_within(f, f->lend_peak, PRESSURE_SLACK_LOG) &&
-        mapped_extent_fit(f, h, size, cand, k, n, pad))
+        peaks_fit(f) && mapped_extent_fit(f, h, size, cand, k, n, pad))
         return;
     for (size_t i = 0; i < k && best; i++) {
         const range_node *b = &nodes[cand[i]];

@@ -343,6 +343,8 @@ fl_status range_take(fl_range *r, uint32_t n, uint64_t pad, uint64_t size, uint3
         return fli_fail(FL_ERR_NOMEM, "range allocator: out of host memory for the offset table");
     }
     r->total_free -= size;
+    if (r->capacity - r->total_free > r->peak_used)
+        r->peak_used = r->capacity - r->total_free;
     r->live++;
     *out = used;
     return FL_OK;

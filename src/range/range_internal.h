@@ -33,6 +33,8 @@ struct fl_range {
     uint64_t min_align;
     unsigned align_log;
     uint64_t total_free;
+    uint64_t peak_used;               /* the most bytes allocated at once (capacity less
+                                         total_free at its lowest; held blocks count) */
     uint64_t live;
     range_node *nodes;                /* node 0 is the NIL sentinel */
     uint32_t n_nodes, cap_nodes;
