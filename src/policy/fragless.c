@@ -175,7 +175,7 @@ typedef struct fx_policy {
     uint64_t n_no_access;   /* pages marked PAGE_NO_ACCESS */
     fli_map foreign;        /* lent blocks: address -> their stream */
     int streams;            /* 2: heaps of more than one stream exist */
-    uint64_t lend_peak;     /* the most pages pinned at once (lending_pays): after each
+    uint64_t lend_peak;     /* the most pages pinned at once (room_above_peak): after each
                                placement with more than one stream, after each that
                                mapped pages with one */
     uint32_t hand_heap;     /* the clock hand: next page reclaim looks at */
@@ -950,12 +950,23 @@ static inline int limit_within(const fx_policy *f, uint64_t pages, unsigned slac
     return f->max_pages < pages + (f->max_pages >> slack_log);
 }
 
-/* lend_peak after a placement: the most pages pinned at once (lending_pays). */
+/* lend_peak after a placement: the most pages pinned at once (room_above_peak). */
 static void learn_lend_peak(fx_policy *f)
 {
     uint64_t pinned = pinned_pages(f);
     if (pinned > f->lend_peak)
         f->lend_peak = pinned;
+}
+
+/* Whether the limit leaves room above the most pages pinned so far (lend_peak, kept after
+ * every placement once the job has two streams): the gate of the rules that trade a page
+ * or two for fewer device calls, lending and mapped runs. Near a job's min_capacity there
+ * is none, and there blocks lent into other heaps' holes cost pages (fsdp rank 0's
+ * min_capacity 1.0029 -> 1.0082 with the peak seen only under pressure), as did mapped
+ * runs (pipeline rank 3 1.0089 -> 1.0108). */
+static int room_above_peak(const fx_policy *f)
+{
+    return !limit_within(f, f->lend_peak, PRESSURE_SLACK_LOG);
 }
 
 /* peak_pinned: the most pages pinned at once, as seen under pressure (by
@@ -1045,10 +1056,10 @@ static int peaks_fit(const fx_policy *f)
  * the capacity, again every step. So look at a bounded number of other free ranges
  * for the one needing the fewest unmapped pages (ties keep the first choice): first, for
  * a large block (EXTENT_MIN_PAGES pages and more) while the limit leaves room above the
- * most pages pinned so far (lend_peak, in near_limit's window) and holds every heap's
- * peak (peaks_fit), the tightest run of
- * mapped pages inside them that holds it, at the run's start (mapped_extent_fit), even
- * where that pins a page or two more than a range's end would; then at their ends; then,
+ * most pages pinned so far (room_above_peak) and holds every heap's peak (peaks_fit), the
+ * tightest run of mapped pages inside them that holds it, at the run's start
+ * (mapped_extent_fit), even where that pins a page or two more than a range's end would;
+ * then at their ends; then,
  * where inner_positions_pay, at page-aligned starts inside them (cached pages in the
  * middle of a free range, left by blocks of another lifetime: a model switched, a larger
  * shape gone) that pin no more new pages than the best end. Costs nothing while memory
@@ -1066,8 +1077,8 @@ static void place_under_pressure(fx_policy *f, const fx_heap *h, uint64_t size, 
         return;
     uint32_t cand[PRESSURE_CANDIDATES];
     size_t k = range_candidates(h->range, size, cand, PRESSURE_CANDIDATES);
-    if (size >= (EXTENT_MIN_PAGES << f->gran_log) && !limit_within(f, f->lend_peak, PRESSURE_SLACK_LOG) &&
-        peaks_fit(f) && mapped_extent_fit(f, h, size, cand, k, n, pad))
+    if (size >= (EXTENT_MIN_PAGES << f->gran_log) && room_above_peak(f) && peaks_fit(f) &&
+        mapped_extent_fit(f, h, size, cand, k, n, pad))
         return;
     for (size_t i = 0; i < k && best; i++) {
         const range_node *b = &nodes[cand[i]];
@@ -1530,15 +1541,6 @@ static int find_lender_for(const fx_policy *f, uint32_t own, uint64_t size, uint
     return own_new ? find_tight_lender(f, own, size, own_new, lh, n, pad) : find_lender(f, own, size, lh, n, pad);
 }
 
-/* Whether lending is worth it: the limit leaves room above the most pages pinned so far
- * (lend_peak, kept after every placement once the job has two streams). Near a job's
- * min_capacity there is none, and there blocks lent into other heaps' holes cost pages
- * (fsdp rank 0's min_capacity 1.0029 -> 1.0082 with the peak seen only under pressure). */
-static int lending_pays(const fx_policy *f)
-{
-    return !limit_within(f, f->lend_peak, PRESSURE_SLACK_LOG);
-}
-
 /* Places a block of rsize bytes for `stream` in a lender heap (find_lender_for: own_new
  * > 0 near the limit, the new pages its own heap's placement would pin), or returns 0;
  * *synced: it synchronized (the waiting ranges of every heap went back, so a free range
@@ -1625,7 +1627,7 @@ static FL_NOINLINE int lend_instead(fx_policy *f, uint32_t hi, uint32_t n, uint6
     int tight = f->streams > 1 && (lend_small || near_limit(f));
     uint64_t own_new = tight ? new_pages(f, h, x, rsize) : 0;
     if (!(h->small ? lend_small : rsize >= f->gran) || f->n_heaps < 2 ||
-        !(tight ? own_new > 0 : unmapped_pages(f, h, x, rsize) && lending_pays(f)))
+        !(tight ? own_new > 0 : unmapped_pages(f, h, x, rsize) && room_above_peak(f)))
         return 0;
     int synced = 0;
     return lend(f, hi, size, rsize, own_new, addr, &synced) ? 1 : synced ? 2 : 0;
