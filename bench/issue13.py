@@ -21,7 +21,13 @@ Columns (-v), fragless's figures unless named:
 Totals: bar_miss (traces over the bar) and bar_excess_mib (MiB over it, summed);
 worse_than_pt (min_capacity above cca's or cca-expandable's); res_miss (peak reserved
 above cca-expandable's) and res_excess_mib; late0, late105, late105_ms summed;
-devratio_max; late105_floor: the part of late105 on traces whose floor is above 1.05. Only the standard library; takes a few seconds.
+devratio_max; late105_floor: the part of late105 on traces whose floor is above 1.05;
+dev105_ms, dev105_e_ms: all simulated device time at 1.05 x peak live (warm-up included),
+fragless's and cca-expandable's, summed, and dev105_ratio_max, the largest ratio on one
+trace (column dev105). The warm-up bar (dev, devratio_max) is measured without a limit;
+on a GPU there always is one, and near it fragless maps most pages with handles of their
+own (the chunks' share of the limit, ARCHITECTURE.md): dev105 is that warm-up. Only the
+standard library; takes a few seconds.
 
 --long also generates long jobs with `fragless gen` (--seed 1, in a temporary folder:
 DDP 4 ranks x 100 steps --imbalance 0.2, FSDP 2 x 100, pipeline 4 x 50) and replays each
@@ -29,9 +35,11 @@ rank at 1.05 x peak live under fragless and cca-expandable: the examples/ jobs r
 steps, too few for a steady state that drifts (before mapped runs, pipeline rank 3 made
 265 late calls in 8 steps and 9,801 in 50, where cca-expandable makes 0). One line per
 rank with -v (late calls
-and their ms for both, the streams' floor), then long_late105, long_late105_ms,
-long_late105_e, long_late105_e_ms (cca-expandable's) and long_worse_than_e (ranks where
-fragless makes more late calls than cca-expandable).
+and their ms for both, cca-expandable's failed allocations, the streams' floor), then
+long_late105, long_late105_ms, long_late105_e, long_late105_e_ms (cca-expandable's),
+long_worse_than_e (ranks where fragless makes more late calls than cca-expandable) and
+long_oom_ranks and long_e_oom_ranks (ranks where fragless, cca-expandable runs out of
+memory at 1.05x: there the late calls are those of a job that failed).
 """
 import argparse
 import csv
@@ -78,11 +86,11 @@ def compare(path, capacity):
 
 MiB = 1 << 20
 tot = dict(bar_miss=0, bar_excess_mib=0.0, worse_than_pt=0, res_miss=0, res_excess_mib=0.0, late0=0, late105=0,
-           late105_ms=0.0, devratio_max=0.0, late105_floor=0)
+           late105_ms=0.0, devratio_max=0.0, late105_floor=0, dev105_ms=0.0, dev105_e_ms=0.0, dev105_ratio_max=0.0)
 if args.v:
-    print("%-32s %8s %7s %6s %4s %7s %7s %7s %7s %4s %6s %7s %7s %5s %6s" %
+    print("%-32s %8s %7s %6s %4s %7s %7s %7s %7s %4s %6s %7s %7s %5s %6s %6s" %
           ("trace", "liveMiB", "minc", "+pgMiB", "bar", "mincC", "mincE", "res", "resE", "L0", "L105", "L105ms",
-           "E105ms", "dev", "floor"))
+           "E105ms", "dev", "floor", "dev105"))
 for t in traces:
     a, c = compare(t, None), compare(t, "1.05x")
     f, x, e = a["fragless"], a["cca"], a["cca-expandable"]
@@ -107,11 +115,16 @@ for t in traces:
     floor = float(f["streams_floor"]) / live if live else 0.0
     if floor > 1.05:
         tot["late105_floor"] += l105
+    d105, d105_e = float(c["fragless"]["capacity_device_ms"] or 0), float(c["cca-expandable"]["capacity_device_ms"] or 0)
+    dev105 = d105 / max(d105_e, 1e-9)
+    tot["dev105_ms"] += d105
+    tot["dev105_e_ms"] += d105_e
+    tot["dev105_ratio_max"] = max(tot["dev105_ratio_max"], dev105)
     if args.v:
-        print("%-32s %8.0f %7.4f %6.0f %4s %7.4f %7.4f %7.4f %7.4f %4d %6d %7.1f %7.1f %5.2f %6s" %
+        print("%-32s %8.0f %7.4f %6.0f %4s %7.4f %7.4f %7.4f %7.4f %4d %6d %7.1f %7.1f %5.2f %6s %6.2f" %
               (os.path.basename(t), live / MiB, mc / live, (mc - page_limit) / MiB, "ok" if mc <= bar else "MISS",
                float(x["min_capacity"]) / live, float(e["min_capacity"]) / live, res / live, res_e / live, l0, l105,
-               l105ms, e105ms, dev, "%.4f" % floor if floor else "-"))
+               l105ms, e105ms, dev, "%.4f" % floor if floor else "-", dev105))
 print(" ".join("%s=%s" % (k, round(v, 2) if isinstance(v, float) else v) for k, v in tot.items()))
 
 LONG_JOBS = (
@@ -120,11 +133,12 @@ LONG_JOBS = (
     ("pipeline", ["--kind", "pipeline", "--ranks", "4", "--steps", "50"]),
 )
 if args.long:
-    lt = dict(long_late105=0, long_late105_ms=0.0, long_late105_e=0, long_late105_e_ms=0.0, long_worse_than_e=0)
+    lt = dict(long_late105=0, long_late105_ms=0.0, long_late105_e=0, long_late105_e_ms=0.0, long_worse_than_e=0,
+              long_oom_ranks=0, long_e_oom_ranks=0)
     with tempfile.TemporaryDirectory() as tmp:
         if args.v:
-            print("%-32s %8s %6s %7s %6s %7s %6s" % ("long job rank", "liveMiB", "L105", "L105ms", "E105", "E105ms",
-                                                    "floor"))
+            print("%-32s %8s %6s %7s %6s %7s %5s %6s" % ("long job rank", "liveMiB", "L105", "L105ms", "E105",
+                                                         "E105ms", "Eoom", "floor"))
         for name, gen in LONG_JOBS:
             cmd = [args.fragless, "gen", "--seed", "1", "-o", os.path.join(tmp, name + ".rank%r.csv")] + gen
             r = subprocess.run(cmd, capture_output=True, text=True)
@@ -148,8 +162,11 @@ if args.long:
                 lt["long_late105_e"] += el
                 lt["long_late105_e_ms"] += ems
                 lt["long_worse_than_e"] += l > el
+                eoom = int(e["ooms"] or 0)
+                lt["long_oom_ranks"] += int(f["ooms"] or 0) > 0
+                lt["long_e_oom_ranks"] += eoom > 0
                 floor = float(f["streams_floor"]) / live if live else 0.0
                 if args.v:
-                    print("%-32s %8.0f %6d %7.1f %6d %7.1f %6s" % (os.path.basename(t), live / MiB, l, lms, el, ems,
-                                                                   "%.4f" % floor if floor > 1.0001 else "-"))
+                    print("%-32s %8.0f %6d %7.1f %6d %7.1f %5d %6s" % (os.path.basename(t), live / MiB, l, lms, el, ems,
+                                                                       eoom, "%.4f" % floor if floor > 1.0001 else "-"))
     print(" ".join("%s=%s" % (k, round(v, 2) if isinstance(v, float) else v) for k, v in lt.items()))
