@@ -684,6 +684,47 @@ static void test_lending_small(void)
     }
 }
 
+/* A lent block freed the way fl_free frees (a requested size to give back: fx_free's
+ * short path) waits for a synchronize like one freed any other way, even when it is
+ * small enough for a quick list: on pages of 64 KiB a lent small block can be 2 KiB
+ * (1/32 page) where the quick lists take up to 4 KiB. On it went onto the lender
+ * stream's quick list, for that stream's next request of its size, with no synchronize
+ * for the borrower's work (found by fuzz_ops on 64 KiB pages; the input is
+ * tests/fuzz/crashes/ops/fragless_lent_block_quick_list.bin). */
+static void test_lent_block_short_free(void)
+{
+    fl_device *d = fl_test_sim(64 * MiB, 64 * 1024);
+    fli_policy *p = fragless_on(d, 0);
+    uint64_t a0, a1, b, c, x, st = 0, req = 0;
+    CHECK_OK(p->ops->alloc(p, 629, 0, &a0));      /* stream 0's small heap: a page pinned */
+    CHECK_OK(p->ops->alloc(p, 30 * MiB, 0, &a1)); /* and a large block: past the limit below */
+    p->dev->limit = 2 * MiB; /* what fl_set_limit does */
+    CHECK_OK(p->ops->limit_changed(p));
+    CHECK_OK(p->ops->alloc(p, 3692, 1, &b));      /* stream 1, no page to spare: lent */
+    CHECK_EQ_U64(p->ops->block_stream(p, b, &st), 1);
+    CHECK_EQ_U64(st, 1);
+    CHECK(b - a0 < 64 * 1024); /* on stream 0's page */
+    CHECK_OK(p->ops->alloc(p, 1, 0, &c)); /* stream 0's heaps are the ones at hand now */
+    CHECK(p->ops->check(p) == 0);
+    uint64_t syncs = counters(d).calls[FL_CALL_SYNC];
+    CHECK_OK(p->ops->free(p, b, 0, &req));
+    CHECK_EQ_U64(req, 3692);
+    CHECK(p->ops->check(p) == 0);
+    /* Stream 0 does not get the range before a synchronize. */
+    CHECK_OK(p->ops->alloc(p, 3692, 0, &x));
+    CHECK(x != b || counters(d).calls[FL_CALL_SYNC] > syncs);
+    CHECK(p->ops->check(p) == 0);
+    CHECK_OK(p->ops->free(p, x, 0, &req));
+    CHECK_OK(p->ops->free(p, c, 0, &req));
+    CHECK_OK(p->ops->free(p, a1, 0, &req));
+    CHECK_OK(p->ops->free(p, a0, 0, &req));
+    CHECK_OK(p->ops->empty_cache(p));
+    CHECK(p->ops->check(p) == 0);
+    CHECK_EQ_U64(p->allocated, 0);
+    p->ops->destroy(p);
+    fl_device_destroy(d);
+}
+
 /* The stack position: in a one-stream job a large block goes right above the large block
  * placed last, while that one lives, when the free range there leaves less than a page
  * over and the block pins at most one new page more there. Here the range allocator's fit
@@ -777,6 +818,7 @@ int main(void)
 {
     test_lending_near_limit();
     test_lending_small();
+    test_lent_block_short_free();
     test_set_limit();
     test_chunks();
     test_reclaim_runs();

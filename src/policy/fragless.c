@@ -1205,12 +1205,14 @@ static inline int quick_take(const fx_policy *f, fx_heap *h, uint64_t size, uint
     return 1;
 }
 
-/* Freed block v (size bytes at off) onto its quick list, when it is small enough, not a
- * guest (TAG_GUEST: no request of this heap would take it), the list has room and its
- * page stays pinned by other blocks; 0: not this case, nothing changed. */
+/* Freed block v (size bytes at off) onto its quick list, when it is small enough, its
+ * heap's own (not lent here, TAG_FOREIGN: its range waits for a synchronize, defer_range;
+ * on pages of 64 KiB a lent block can be this small) and not a guest (TAG_GUEST: no
+ * request of this heap would take it), the list has room and its page stays pinned by
+ * other blocks; 0: not this case, nothing changed. */
 static inline int quick_put(const fx_policy *f, fx_heap *h, uint32_t v, uint64_t off, uint64_t size)
 {
-    if (size > QUICK_MAX || (h->range->nodes[v].tag & TAG_GUEST))
+    if (size > QUICK_MAX || (h->range->nodes[v].tag & (TAG_GUEST | TAG_FOREIGN)))
         return 0;
     fx_bin *bin = &h->bins[(size >> 9) - 1];
     fx_page *pg = &h->pages[off >> f->gran_log];
