@@ -8,10 +8,12 @@
  * calls on unknown addresses are FL_ERR_NOT_FOUND. At the end everything is freed and the
  * cache emptied: allocated bytes return to 0 for every policy, device memory to 0 for
  * nocache. An input whose first byte has its top bit set runs on a device of 64 KiB
- * pages instead of 2 MiB (fz_granularity): the same sizes then span 32 times as many
- * pages, so the rules for large blocks under pressure (fragless's mapped runs from 32
- * pages, chunks of 16, reclaim of runs) meet the fuzzer's blocks, which on 2 MiB pages
- * seldom reach them within 64 MiB. */
+ * pages (and bit 6 clear: 4 KiB) instead of 2 MiB (fz_granularity): the same sizes then
+ * span 32 (512) times as many pages, so the rules for large blocks under pressure
+ * (fragless's mapped runs from 32 pages, chunks of 16, reclaim of runs) meet the
+ * fuzzer's blocks, which on 2 MiB pages seldom reach them within 64 MiB, and the limits
+ * that follow the page size (the small-request limit, 1/8 page; lending small blocks
+ * from 1/32 page) cross the fixed ones (the quick lists' 4 KiB). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -170,7 +172,9 @@ static int is_live(const block *live, size_t n, uint64_t addr)
  * first operation), so every corpus entry keeps its meaning on one of the two devices. */
 static uint64_t fz_granularity(const uint8_t *data, size_t size)
 {
-    return size && (data[0] & 0x80) ? (uint64_t)64 << 10 : (uint64_t)2 << 20;
+    if (!size || !(data[0] & 0x80))
+        return (uint64_t)2 << 20;
+    return data[0] & 0x40 ? (uint64_t)64 << 10 : (uint64_t)4 << 10;
 }
 
 static void run_policy(const char *policy, const uint8_t *data, size_t size)
