@@ -2,6 +2,9 @@
  * under pressure (synchronize before unmap), per-stream heaps, limits, empty_cache and
  * consistency after a failed device call (the device layer's fault injector). */
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "policy/policy.h"
 #include "test_support.h"
@@ -725,6 +728,69 @@ static void test_lent_block_short_free(void)
     fl_device_destroy(d);
 }
 
+/* The index of starts grows with the heap's pages, in host memory; when growing it fails
+ * (out of host memory), the placement is undone before the block was indexed: the undo
+ * once read the index at the block's window, past the tables' end (a crash, or a write
+ * into whatever lay there; in a heap's first block, whose index did not exist yet, a null
+ * pointer). Here the host has too little address space for the index a 64 GiB block
+ * needs (small_size 512 B: windows of 4 KiB, 16 MiB of index per 16 GiB), in a child
+ * process (RLIMIT_AS), for the first block of stream 1: the request fails, nothing else
+ * changes, and smaller requests still run. */
+static void grow_failure_child(void)
+{
+    fl_device *d = fl_test_sim(UINT64_C(1) << 40, 0);
+    fl_config cfg;
+    fl_config_default(&cfg);
+    cfg.small_size = 512;
+    fli_policy *p = NULL;
+    CHECK_OK(fli_policy_create(&cfg, d, &p));
+    uint64_t a, b;
+    CHECK_OK(p->ops->alloc(p, 8 * MiB, 0, &a));
+    struct rlimit rl;
+    CHECK(getrlimit(RLIMIT_AS, &rl) == 0);
+    FILE *st = fopen("/proc/self/statm", "r");
+    unsigned long vm_pages = 0;
+    CHECK(st && fscanf(st, "%lu", &vm_pages) == 1);
+    if (st)
+        fclose(st);
+    struct rlimit tight = rl;
+    tight.rlim_cur = (rlim_t)vm_pages * (rlim_t)sysconf(_SC_PAGESIZE) + 32 * MiB;
+    CHECK(setrlimit(RLIMIT_AS, &tight) == 0);
+    uint64_t allocated = p->allocated, in_use = counters(d).in_use;
+    fl_status s = p->ops->alloc(p, UINT64_C(64) << 30, 1, &b); /* stream 1: its heap's first block */
+    CHECK(setrlimit(RLIMIT_AS, &rl) == 0);
+    CHECK(s == FL_ERR_NOMEM || s == FL_ERR_OOM);
+    CHECK_EQ_U64(p->allocated, allocated);
+    CHECK_EQ_U64(counters(d).in_use, in_use);
+    CHECK(p->ops->check(p) == 0);
+    CHECK_OK(p->ops->alloc(p, 16 * MiB, 1, &b));
+    CHECK(p->ops->check(p) == 0);
+    CHECK_OK(p->ops->free(p, b, 0, NULL));
+    CHECK_OK(p->ops->free(p, a, 0, NULL));
+    CHECK(p->ops->check(p) == 0);
+    p->ops->destroy(p);
+    fl_device_destroy(d);
+}
+
+static void test_index_grow_failure(void)
+{
+    if (FL_TEST_UNDER_ASAN) {
+        printf("test_fragless: the index's growth failure is not run under ASan (no RLIMIT_AS there)\n");
+        return;
+    }
+    fflush(NULL);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        grow_failure_child();
+        fflush(NULL);
+        _exit(fl_test_failures ? 1 : 0);
+    }
+    int status = 0;
+    CHECK(pid > 0 && waitpid(pid, &status, 0) == pid);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
 /* The stack position: in a one-stream job a large block goes right above the large block
  * placed last, while that one lives, when the free range there leaves less than a page
  * over and the block pins at most one new page more there. Here the range allocator's fit
@@ -819,6 +885,7 @@ int main(void)
     test_lending_near_limit();
     test_lending_small();
     test_lent_block_short_free();
+    test_index_grow_failure();
     test_set_limit();
     test_chunks();
     test_reclaim_runs();

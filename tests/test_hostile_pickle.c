@@ -12,18 +12,8 @@
 #include "pytorch/snapshot.h"
 #include "test_support.h"
 
-/* AddressSanitizer reserves terabytes of shadow address space: no RLIMIT_AS under it
- * (the time limit and the budget's message still tell). */
-#if defined(__SANITIZE_ADDRESS__)
-#define UNDER_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define UNDER_ASAN 1
-#endif
-#endif
-#ifndef UNDER_ASAN
-#define UNDER_ASAN 0
-#endif
+/* No RLIMIT_AS under AddressSanitizer (FL_TEST_UNDER_ASAN): the time limit and the
+ * budget's message still tell. */
 
 typedef struct buf {
     unsigned char *p;
@@ -107,7 +97,7 @@ static void test_expansion_refused(void)
     pid_t pid = fork();
     if (pid == 0) {
         struct rlimit lim = {(rlim_t)1 << 30, (rlim_t)1 << 30};
-        if (!UNDER_ASAN)
+        if (!FL_TEST_UNDER_ASAN)
             setrlimit(RLIMIT_AS, &lim);
         alarm(60);
         double t0 = now_s();
@@ -137,7 +127,7 @@ static void test_expansion_refused(void)
     CHECK(fd >= 0 && write(fd, b.p, b.n) == (ssize_t)b.n);
     close(fd);
     char cmd[512];
-    const char *limit = UNDER_ASAN ? "" : "ulimit -v 1048576;";
+    const char *limit = FL_TEST_UNDER_ASAN ? "" : "ulimit -v 1048576;";
     snprintf(cmd, sizeof cmd, "%s timeout -k 10 60 '%s' import '%s' -o /dev/null", limit, FL_CLI, path);
     fl_run_result *r = fl_test_shell(cmd);
     CHECK_EQ_U64(r->code, 2);

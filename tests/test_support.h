@@ -59,6 +59,19 @@ extern int fl_test_checks;
 void fl_test_check_mentions(const char *what, const char *file, int line);
 #define CHECK_MENTIONS(what) fl_test_check_mentions(what, __FILE__, __LINE__)
 
+/* AddressSanitizer reserves terabytes of shadow address space: tests that set RLIMIT_AS
+ * do without it under ASan. */
+#if defined(__SANITIZE_ADDRESS__)
+#define FL_TEST_UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define FL_TEST_UNDER_ASAN 1
+#endif
+#endif
+#ifndef FL_TEST_UNDER_ASAN
+#define FL_TEST_UNDER_ASAN 0
+#endif
+
 /* Prints the summary; returns the process exit code. */
 int fl_test_done(const char *name);
 /* Prints why and exits 77 (skipped). */

@@ -1266,15 +1266,18 @@ static inline uint64_t heap_release(fx_heap *h, uint32_t n)
 }
 
 /* Undoes the placement of a block that could not be backed: a block from a quick list
- * goes back on it, a new one back to the range allocator. */
-static void give_back(fx_heap *h, uint32_t held, uint32_t node, uint64_t size)
+ * goes back on it, a new one back to the range allocator (indexed: index_add saw it;
+ * before that, its window may lie past the index's tables, which growing them failed). */
+static void give_back(fx_heap *h, uint32_t held, uint32_t node, uint64_t size, int indexed)
 {
     if (held) {
         h->range->nodes[held].used = RANGE_HELD;
         h->bins[(size >> 9) - 1].node[h->bins[(size >> 9) - 1].n++] = held;
         h->held_bytes += size;
-    } else {
+    } else if (indexed) {
         heap_release(h, node);
+    } else {
+        range_release(h->range, node);
     }
 }
 
@@ -1701,9 +1704,20 @@ static FL_NOINLINE fl_status alloc_placed(fx_policy *f, uint64_t size, uint64_t 
     h->stack_node = node; /* place_on_stack's (read in large heaps only) */
     h->stack_off = off;
     uint64_t p0 = off >> f->gran_log, p1 = (off + rsize - 1) >> f->gran_log;
-    if (FL_UNLIKELY(p1 >= h->n_pages) && (s = heap_grow_pages(h, f->gran_log, p1 + 1)) != FL_OK) {
-        give_back(h, held, node, rsize);
-        return s;
+    if (FL_UNLIKELY(p1 >= h->n_pages)) {
+        /* A block on more pages than the limit allows never fits: out of memory, before
+         * the index's tables grow for it (host memory in proportion to its size). */
+        if (p1 - p0 + 1 > limit_pages(f)) {
+            give_back(h, held, node, rsize, 0);
+            base->ooms++;
+            return fli_fail(FL_ERR_OOM, "fragless: %llu bytes lie on %llu pages, more than the %llu the limit allows",
+                            (unsigned long long)size, (unsigned long long)(p1 - p0 + 1),
+                            (unsigned long long)limit_pages(f));
+        }
+        if ((s = heap_grow_pages(h, f->gran_log, p1 + 1)) != FL_OK) {
+            give_back(h, held, node, rsize, 0);
+            return s;
+        }
     }
     if (!held)
         index_add(h, node);
@@ -1711,14 +1725,15 @@ static FL_NOINLINE fl_status alloc_placed(fx_policy *f, uint64_t size, uint64_t 
     uint64_t missing = pin(f, h, p0, p1, &no_access);
     if (FL_UNLIKELY(missing | no_access)) {
         if (missing > pages_obtainable(f, missing))
-            s = fli_fail(FL_ERR_OOM, "fragless: %llu bytes need %llu more pages of %llu MiB; %llu obtainable",
+            s = fli_fail(FL_ERR_OOM, "fragless: %llu bytes need %llu more pages of %llu %s; %llu obtainable",
                         (unsigned long long)size, (unsigned long long)missing,
-                        (unsigned long long)(f->gran >> 20), (unsigned long long)pages_obtainable(f, missing));
+                        (unsigned long long)(f->gran >= FL_MiB ? f->gran >> 20 : f->gran >> 10),
+                        f->gran >= FL_MiB ? "MiB" : "KiB", (unsigned long long)pages_obtainable(f, missing));
         else if ((s = map_pages(f, hi, p0, p1)) == FL_OK && p1 >= f->heaps[hi].top)
             map_ahead(f, hi, p1);
         if (s != FL_OK) {
             unpin(f, hi, p0, p1, 0);
-            give_back(&f->heaps[hi], held, node, rsize);
+            give_back(&f->heaps[hi], held, node, rsize, 1);
             if (s == FL_ERR_OOM)
                 base->ooms++;
             return s;
