@@ -985,9 +985,9 @@ int main(void)
     }
     /* fragless's small-request limit (small_size) sets the large heap's index windows (8
      * times it): at 512 B a request of 16 TiB + 1 on 1 GiB pages grew the index by 16 GiB,
-     * which failed, and undoing the placement then read the index past its end (a crash).
-     * A block on more pages than the limit allows is out of memory before any of that
-     * now. The cheap parts of the suite on the knob's ends; one random run each. */
+     * which failed, and undoing the placement then read the heap's index, which for its
+     * first block did not exist yet (a null pointer). A block on more pages than the
+     * limit allows is out of memory before any of that now. The cheap parts of the suite on the knob's ends; one random run each. */
     static const char *const knobs[] = {"policy:fragless,small_size:512", "policy:fragless,small_size:4MiB"};
     for (size_t i = 0; i < sizeof knobs / sizeof knobs[0]; i++) {
         test_misuse(knobs[i]);

@@ -169,7 +169,7 @@ static int is_live(const block *live, size_t n, uint64_t addr)
 }
 
 /* The device's page size for an input: read, not consumed (the byte still decodes as the
- * first operation), so every corpus entry keeps its meaning on one of the two devices. */
+ * first operation), so every corpus entry keeps its meaning on one of the three devices. */
 static uint64_t fz_granularity(const uint8_t *data, size_t size)
 {
     if (!size || !(data[0] & 0x80))
