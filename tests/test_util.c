@@ -320,6 +320,10 @@ static void test_misc(void)
     CHECK(strcmp(fl_status_str(FL_ERR_PARSE), "parse error") == 0);
     fli_fail(FL_ERR_IO, "x %d", 5);
     CHECK(strcmp(fl_last_error(), "x 5") == 0);
+    /* A message that wraps the one before it (fli_fail(s, "...: %s", fl_last_error())). */
+    fli_fail(FL_ERR_DEVICE, "cuda sync: injected failure");
+    fli_fail(FL_ERR_DEVICE, "graph release: %s (%d)", fl_last_error(), 7);
+    CHECK(strcmp(fl_last_error(), "graph release: cuda sync: injected failure (7)") == 0);
     fli_clear_error();
     CHECK(strcmp(fl_last_error(), "") == 0);
     uint64_t a = fli_now_ns(), b = fli_now_ns();

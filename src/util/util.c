@@ -44,10 +44,14 @@ void fli_clear_error(void)
 
 fl_status fli_fail(fl_status s, const char *fmt, ...)
 {
+    /* Formatted apart, then copied: an argument may be fl_last_error() itself (a message
+     * that wraps the one before it), which vsnprintf must not write over as it reads. */
+    char msg[sizeof last_error];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(last_error, sizeof last_error, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    memcpy(last_error, msg, strlen(msg) + 1);
     last_status = s;
     return s;
 }
