@@ -276,10 +276,18 @@ FL_API fl_status fl_empty_cache(fl_allocator *a);
  * or handed to anyone else, until fl_graph_release. While a capture is underway the
  * allocator makes no synchronize, no event query, no unmap and no free on the device
  * (an allocation that needs one fails with FL_ERR_OOM saying so); other blocks freed
- * then are given back after it. fl_stream_capture: the capture id of stream (0: none).
- * fl_graph_release: the capture's graph is gone: after a synchronize (its replays may
- * still run), its kept blocks go back to the policy and its live ones become ordinary;
- * while another capture is underway, at the first allocation after it. */
+ * then are given back after it. Before a synchronize that gives such blocks back (and in
+ * fl_empty_cache), every stream the allocator has served is asked, so that a capture
+ * none of its allocations has seen yet is not invalidated. When the driver cannot tell
+ * whether an allocation's stream is capturing, the allocation fails with FL_ERR_DEVICE
+ * (taken for an ordinary block, a graph's block would be handed out again while the
+ * graph uses it); fl_empty_cache then gives nothing back (FL_ERR_DEVICE).
+ * fl_stream_capture: the capture id of stream (0: none; FL_ERR_DEVICE when the driver
+ * cannot tell). fl_graph_release: the capture's graph is gone: after a synchronize (its
+ * replays may still run), its kept blocks go back to the policy and its live ones become
+ * ordinary; while another capture is underway, at the first allocation after it.
+ * FL_ERR_INVALID while the capture is still underway, FL_ERR_DEVICE when the driver
+ * cannot tell (ask again). */
 FL_API fl_status fl_stream_capture(fl_allocator *a, uint64_t stream, uint64_t *capture);
 FL_API fl_status fl_graph_release(fl_allocator *a, uint64_t capture);
 /* The most device memory the allocator may hold from now on (0 = the device's capacity),

@@ -5,6 +5,7 @@
  * replay checks every range it captured) and make no call a capture forbids (the double
  * invalidates the capture and counts it). */
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "allocator/allocator.h"
@@ -23,6 +24,8 @@ static int (*end_capture)(void *stream, unsigned long long *graph);
 static int (*graph_launch)(unsigned long long graph);
 static unsigned long long (*violations)(void);
 static unsigned long long (*graph_faults)(void);
+static void (*graph_destroy)(unsigned long long graph);
+static void (*fail_call)(const char *fn, unsigned long long n, int err);
 
 static fl_stats stats(fl_allocator *a)
 {
@@ -346,6 +349,421 @@ static void threads_on_driver(void)
     fl_device_destroy(d);
 }
 
+/* The driver cannot say whether the stream of an allocation is capturing: the
+ * allocation fails, saying so, and changes nothing. Taken as not capturing, the block
+ * would not be its graph's: freed by the program, it would be handed out again while the
+ * graph still writes it (found by the random sequences below, with an injected failure
+ * of the query). */
+static void capture_query_fails(void)
+{
+    fl_device *d = fake_device();
+    if (!d)
+        return;
+    fl_allocator *a = fl_test_allocator("policy:fragless,oom_report:0,top:0", d);
+    CHECK_EQ_U64(begin_capture((void *)(uintptr_t)SIDE, 0), 0);
+    fail_call("cuStreamGetCaptureInfo", 1, 999 /* CUDA_ERROR_UNKNOWN */);
+    uint64_t x = 0, allocs = stats(a).allocation.allocated;
+    CHECK_STATUS(fl_alloc(a, 4096, SIDE, &x), FL_ERR_DEVICE);
+    CHECK_MENTIONS("capturing");
+    CHECK_MENTIONS("cuStreamGetCaptureInfo");
+    CHECK_EQ_U64(x, 0);
+    CHECK_EQ_U64(stats(a).allocation.allocated, allocs);
+    /* The next query works: the block is the graph's, kept when the program frees it. */
+    uint64_t y = graph_alloc(a, 4096);
+    unsigned long long graph = 0;
+    CHECK_EQ_U64(end_capture((void *)(uintptr_t)SIDE, &graph), 0);
+    CHECK_EQ_U64(graph_launch(graph), 0);
+    CHECK_OK(fl_free(a, y));
+    owned o;
+    CHECK(take(a, &o, 4096, SIDE, 0x33));
+    CHECK(o.addr != y);
+    CHECK_EQ_U64(graph_launch(graph), 0);
+    CHECK_OK(fl_free(a, o.addr));
+    /* fl_stream_capture says when it cannot tell. */
+    fail_call("cuStreamGetCaptureInfo", 1, 999);
+    uint64_t id = 1;
+    CHECK_STATUS(fl_stream_capture(a, SIDE, &id), FL_ERR_DEVICE);
+    CHECK_EQ_U64(id, 0);
+    graph_destroy(graph);
+    CHECK_OK(fl_stream_capture(a, SIDE, &id));
+    CHECK_EQ_U64(id, 0);
+    CHECK_EQ_U64(violations(), 0);
+    CHECK_EQ_U64(graph_faults(), 0);
+    CHECK(fl_allocator_check(a) == 0);
+    fl_allocator_destroy(a);
+    fl_device_destroy(d);
+}
+
+/* Frees during a capture wait for a moment without captures, which begins with a
+ * synchronize. A capture the allocator has not seen yet (no allocation on its stream
+ * since it began) is a capture all the same: the synchronize would invalidate it. Every
+ * stream the allocator has served is asked first. */
+static void catch_up_waits_for_unseen_capture(void)
+{
+    fl_device *d = fake_device();
+    if (!d)
+        return;
+    fl_allocator *a = fl_test_allocator("policy:fragless,oom_report:0,top:0", d);
+    const uint64_t third = UINT64_C(0x300);
+    uint64_t w = 0, z = 0, x = 0;
+    CHECK_OK(fl_alloc(a, 64 * 1024, MAIN, &w));
+    CHECK_OK(fl_alloc(a, 4096, third, &z)); /* the allocator has served the third stream */
+    CHECK_OK(fl_free(a, z));
+    CHECK_EQ_U64(begin_capture((void *)(uintptr_t)SIDE, 0), 0);
+    uint64_t y = graph_alloc(a, 1 * MiB);
+    CHECK_OK(fl_free(a, w)); /* not the graph's: given back after the capture */
+    unsigned long long graph = 0;
+    CHECK_EQ_U64(end_capture((void *)(uintptr_t)SIDE, &graph), 0);
+    CHECK_EQ_U64(begin_capture((void *)(uintptr_t)third, 0), 0); /* unseen so far */
+    CHECK_OK(fl_alloc(a, 4096, MAIN, &x));
+    CHECK_EQ_U64(violations(), 0);
+    CHECK_STATUS(fl_empty_cache(a), FL_ERR_UNSUPPORTED);
+    CHECK_EQ_U64(violations(), 0);
+    unsigned long long graph2 = 0;
+    CHECK_EQ_U64(end_capture((void *)(uintptr_t)third, &graph2), 0); /* still valid */
+    CHECK_OK(fl_free(a, x));
+    CHECK_OK(fl_free(a, y));
+    graph_destroy(graph);
+    graph_destroy(graph2);
+    CHECK_OK(fl_empty_cache(a)); /* now the frees and the graph's block go back */
+    CHECK_EQ_U64(stats(a).allocated_bytes.current, 0);
+    CHECK_EQ_U64(violations(), 0);
+    CHECK(fl_allocator_check(a) == 0);
+    fl_allocator_destroy(a);
+    fl_device_destroy(d);
+}
+
+/* A released capture's kept block that the device fails to take back (nocache's cudaFree
+ * fails) is given back at the next catch-up, not held for good (found by the random
+ * sequences: the list of released captures was cleared whatever happened). */
+static void release_after_failed_free(void)
+{
+    fl_device *d = fake_device();
+    if (!d)
+        return;
+    fl_allocator *a = fl_test_allocator("policy:nocache,oom_report:0,top:0", d);
+    CHECK_EQ_U64(begin_capture((void *)(uintptr_t)SIDE, 0), 0);
+    uint64_t capture = 0;
+    CHECK_OK(fl_stream_capture(a, SIDE, &capture));
+    uint64_t y = graph_alloc(a, 4096);
+    unsigned long long graph = 0;
+    CHECK_EQ_U64(end_capture((void *)(uintptr_t)SIDE, &graph), 0);
+    CHECK_OK(fl_free(a, y)); /* kept for the graph */
+    graph_destroy(graph);
+    fl_device_counters c = counters(d);
+    CHECK_OK(fl_device_set_fault(d, fl_device_total_calls(&c) + 2, 0)); /* the synchronize, then the free fails */
+    CHECK_STATUS(fl_graph_release(a, capture), FL_ERR_DEVICE);
+    CHECK_EQ_U64(stats(a).graph_bytes, 4096);
+    CHECK(fl_allocator_check(a) == 0);
+    CHECK_OK(fl_empty_cache(a)); /* the catch-up again: given back now */
+    CHECK_EQ_U64(stats(a).graph_bytes, 0);
+    CHECK_EQ_U64(stats(a).reserved_bytes.current, 0);
+    CHECK(fl_allocator_check(a) == 0);
+    CHECK_EQ_U64(violations(), 0);
+    fl_allocator_destroy(a);
+    fl_device_destroy(d);
+}
+
+/* ---- random sequences -------------------------------------------------------------- */
+
+/* Seeded random operations of a program that captures graphs now and then, on three
+ * streams, on a small device (reclaim, reuse and OOM paths run): allocations and frees
+ * inside and outside captures (two captures may be underway at once, in any mode),
+ * launches of every graph not yet released, releases, empty_cache, record_stream. The
+ * rules checked after every operation: the driver saw no call a capture forbids; no
+ * launch found a range of its graph unmapped, backed by other memory or written by
+ * anyone else; every block the program filled still holds its bytes (so no two live
+ * blocks overlap, and no graph's memory was handed out); the self-check passes. At the
+ * end everything goes back. FL_TEST_GRAPH_SEEDS and FL_TEST_GRAPH_OPS make the runs more
+ * or longer; RG_ONLY="POLICY SEED" runs one alone, RG_VERBOSE=1 prints each operation. */
+#define RG_STREAMS 3
+#define RG_MAX_BLOCKS 96
+#define RG_MAX_GRAPHS 8
+#define RG_FILL_MAX (64 * 1024) /* bytes filled and checked at each end of a block */
+
+typedef struct rg_block {
+    uint64_t addr, size, stream;
+    int graph;          /* index in graphs[] of the capture that allocated it, -1: none */
+    unsigned char fill; /* the program's blocks only (a graph's are written by its launches) */
+} rg_block;
+
+typedef struct rg_graph {
+    uint64_t capture;            /* the allocator's capture id */
+    unsigned long long handle;   /* the double's graph, once the capture ended */
+    uint64_t stream;
+    int state;                   /* 1: capturing, 2: ended (launchable), 3: destroyed, its
+                                    release failed (asked again) */
+} rg_graph;
+
+static const uint64_t rg_streams[RG_STREAMS] = {MAIN, SIDE, UINT64_C(0x300)};
+
+static void rg_fill(const rg_block *b)
+{
+    uint64_t n = b->size < 2 * RG_FILL_MAX ? b->size : RG_FILL_MAX;
+    memset((void *)(uintptr_t)b->addr, b->fill, n);
+    if (b->size > n)
+        memset((void *)(uintptr_t)(b->addr + b->size - RG_FILL_MAX), b->fill, RG_FILL_MAX);
+}
+
+static int rg_intact(const rg_block *b)
+{
+    const unsigned char *p = (const unsigned char *)(uintptr_t)b->addr;
+    uint64_t n = b->size < 2 * RG_FILL_MAX ? b->size : RG_FILL_MAX;
+    for (uint64_t i = 0; i < n; i++)
+        if (p[i] != b->fill || p[b->size - 1 - i] != b->fill)
+            return 0;
+    return 1;
+}
+
+/* The graph capturing on stream, -1 if none. */
+static int rg_capturing(const rg_graph *g, int n, uint64_t stream)
+{
+    for (int i = 0; i < n; i++)
+        if (g[i].state == 1 && g[i].stream == stream)
+            return i;
+    return -1;
+}
+
+/* With faults: now and then one of the next few device calls fails (the device layer's
+ * injector), or the driver's capture query or an event call does (the double's): the
+ * operation that meets it fails with FL_ERR_DEVICE and changes nothing (a free that
+ * failed leaves its block live, a release that failed is asked again later), and every
+ * rule above still holds. */
+static const char *const rg_driver_fns[] = {"cuStreamGetCaptureInfo", "cuEventRecord", "cuEventQuery",
+                                            "cuStreamSynchronize"};
+
+static void rg_clear_faults(fl_device *d)
+{
+    CHECK_OK(fl_device_set_fault(d, 0, 0));
+    for (size_t i = 0; i < sizeof rg_driver_fns / sizeof rg_driver_fns[0]; i++)
+        fail_call(rg_driver_fns[i], 0, 0);
+}
+
+/* Graph i was released: the blocks of it the program still holds are ordinary blocks
+ * now (the program writes them as its own), and it leaves the table. */
+static void rg_forget(rg_graph *g, int *ng, rg_block *b, int nb, int i)
+{
+    for (int j = 0; j < nb; j++)
+        if (b[j].graph == i) {
+            b[j].graph = -1;
+            rg_fill(&b[j]);
+        }
+    g[i] = g[--*ng];
+    for (int j = 0; j < nb; j++)
+        if (b[j].graph == *ng)
+            b[j].graph = i;
+}
+
+static void random_graphs(const char *policy, uint64_t seed, int threads, int faults, int n_ops)
+{
+    if (getenv("RG_ONLY")) { /* "POLICY SEED": that run alone */
+        char want[64];
+        snprintf(want, sizeof want, "%s %llu", policy, (unsigned long long)seed);
+        if (strcmp(getenv("RG_ONLY"), want))
+            return;
+    }
+    fl_device *d = fake_device();
+    if (!d)
+        return;
+    char conf[128];
+    snprintf(conf, sizeof conf, "policy:%s,oom_report:0,top:0", policy);
+    fl_allocator *a = fl_test_allocator(conf, d);
+    if (threads)
+        CHECK_OK(fli_allocator_threads(a));
+    fl_rng r = {seed};
+    rg_block b[RG_MAX_BLOCKS];
+    rg_graph g[RG_MAX_GRAPHS];
+    int nb = 0, ng = 0, failures0 = fl_test_failures;
+    uint64_t allocs = 0, ooms = 0, launches = 0, captured = 0, released = 0, errors = 0;
+    int verbose = getenv("RG_VERBOSE") != NULL;
+    for (int op = 0; op < n_ops && fl_test_failures == failures0; op++) {
+        unsigned k = (unsigned)fl_rng_below(&r, 100);
+        if (verbose)
+            fprintf(stderr, "op %d k %u nb %d ng %d\n", op, k, nb, ng);
+        if (faults && fl_rng_below(&r, 25) == 0) { /* arm a fault */
+            if (verbose)
+                fprintf(stderr, "  fault armed\n");
+            if (fl_rng_below(&r, 3)) {
+                fl_device_counters c = counters(d);
+                CHECK_OK(fl_device_set_fault(d, fl_device_total_calls(&c) + 1 + fl_rng_below(&r, 4), 0));
+            } else {
+                fail_call(rg_driver_fns[fl_rng_below(&r, sizeof rg_driver_fns / sizeof rg_driver_fns[0])],
+                          1 + fl_rng_below(&r, 3), 999 /* CUDA_ERROR_UNKNOWN */);
+            }
+        }
+        /* Releases that failed are asked again. */
+        for (int i = ng - 1; i >= 0; i--)
+            if (g[i].state == 3 && fl_graph_release(a, g[i].capture) == FL_OK)
+                rg_forget(g, &ng, b, nb, i);
+        int underway = 0;
+        for (int i = 0; i < ng; i++)
+            underway += g[i].state == 1;
+        fl_status s;
+        if (k < 40 && nb < RG_MAX_BLOCKS) { /* allocate: 512 B to 12 MiB, log-uniform */
+            uint64_t bits = 9 + fl_rng_below(&r, 15);
+            uint64_t size = (UINT64_C(1) << bits) + fl_rng_below(&r, UINT64_C(1) << bits) / 2;
+            uint64_t stream = rg_streams[fl_rng_below(&r, RG_STREAMS)], addr = 0;
+            int gi = rg_capturing(g, ng, stream);
+            s = fl_alloc(a, size, stream, &addr);
+            if (verbose)
+                fprintf(stderr, "  alloc %llu on 0x%llx (graph %d): %s 0x%llx\n", (unsigned long long)size,
+                        (unsigned long long)stream, gi, fl_status_str(s), (unsigned long long)addr);
+            if (s == FL_ERR_OOM) {
+                ooms++;
+                continue;
+            }
+            if (s == FL_ERR_DEVICE && faults) {
+                errors++;
+                rg_clear_faults(d);
+                continue;
+            }
+            CHECK_OK(s);
+            if (s != FL_OK)
+                break;
+            allocs++;
+            b[nb] = (rg_block){addr, size, stream, gi, (unsigned char)(1 + fl_rng_below(&r, 250))};
+            if (gi >= 0) /* a kernel of the graph writes it */
+                CHECK_EQ_U64(capture_use((void *)(uintptr_t)stream, addr, size), 0);
+            else
+                rg_fill(&b[nb]);
+            nb++;
+        } else if (k < 75 && nb) { /* free */
+            int i = (int)fl_rng_below(&r, (uint64_t)nb);
+            CHECK(b[i].graph >= 0 || rg_intact(&b[i]));
+            s = fl_free_sized(a, b[i].addr, b[i].size);
+            if (verbose)
+                fprintf(stderr, "  free 0x%llx (%llu, graph %d): %s\n", (unsigned long long)b[i].addr,
+                        (unsigned long long)b[i].size, b[i].graph, fl_status_str(s));
+            if (s == FL_ERR_DEVICE && faults) { /* still live */
+                errors++;
+                rg_clear_faults(d);
+                continue;
+            }
+            CHECK_OK(s);
+            b[i] = b[--nb];
+        } else if (k < 80 && ng < RG_MAX_GRAPHS) { /* begin a capture on SIDE or the third stream */
+            uint64_t stream = rg_streams[1 + fl_rng_below(&r, 2)];
+            if (rg_capturing(g, ng, stream) >= 0)
+                continue;
+            CHECK_EQ_U64(begin_capture((void *)(uintptr_t)stream, (int)fl_rng_below(&r, 3)), 0);
+            uint64_t id = 0;
+            if ((s = fl_stream_capture(a, stream, &id)) == FL_ERR_DEVICE && faults) {
+                errors++;
+                rg_clear_faults(d);
+                s = fl_stream_capture(a, stream, &id);
+            }
+            CHECK_OK(s);
+            CHECK(id != 0);
+            g[ng++] = (rg_graph){id, 0, stream, 1};
+            if (verbose)
+                fprintf(stderr, "  begin capture %llu on 0x%llx as graph %d\n", (unsigned long long)id,
+                        (unsigned long long)stream, ng - 1);
+            captured++;
+        } else if (k < 86 && underway) { /* end one */
+            int i = (int)fl_rng_below(&r, (uint64_t)ng);
+            while (g[i].state != 1)
+                i = (i + 1) % ng;
+            CHECK_EQ_U64(end_capture((void *)(uintptr_t)g[i].stream, &g[i].handle), 0);
+            g[i].state = 2;
+            if (verbose)
+                fprintf(stderr, "  end graph %d\n", i);
+        } else if (k < 93) { /* launch every graph that can run */
+            for (int i = 0; i < ng; i++)
+                if (g[i].state == 2) {
+                    CHECK_EQ_U64(graph_launch(g[i].handle), 0);
+                    launches++;
+                }
+        } else if (k < 96) { /* release a graph: destroyed, then the allocator is told */
+            int i = ng ? (int)fl_rng_below(&r, (uint64_t)ng) : 0;
+            if (!ng || g[i].state != 2)
+                continue;
+            graph_destroy(g[i].handle);
+            s = fl_graph_release(a, g[i].capture);
+            released++;
+            if (verbose)
+                fprintf(stderr, "  release graph %d (capture %llu): %s\n", i, (unsigned long long)g[i].capture,
+                        fl_status_str(s));
+            if (s == FL_ERR_DEVICE && faults) { /* asked again at the next operations */
+                errors++;
+                rg_clear_faults(d);
+                g[i].state = 3;
+                continue;
+            }
+            CHECK_OK(s);
+            rg_forget(g, &ng, b, nb, i);
+        } else if (k < 98) { /* empty_cache: refused while a capture is underway */
+            s = fl_empty_cache(a);
+            if (verbose)
+                fprintf(stderr, "  empty_cache: %s\n", fl_status_str(s));
+            if (s == FL_ERR_DEVICE && faults) {
+                errors++;
+                rg_clear_faults(d);
+            } else if (underway) {
+                CHECK_STATUS(s, FL_ERR_UNSUPPORTED);
+            } else {
+                CHECK_OK(s);
+            }
+        } else if (nb) { /* the block is used on another stream too */
+            int i = (int)fl_rng_below(&r, (uint64_t)nb);
+            s = fl_record_stream(a, b[i].addr, rg_streams[fl_rng_below(&r, RG_STREAMS)]);
+            if (verbose)
+                fprintf(stderr, "  record_stream 0x%llx: %s\n", (unsigned long long)b[i].addr, fl_status_str(s));
+            if (s == FL_ERR_DEVICE && faults) {
+                errors++;
+                rg_clear_faults(d);
+            } else {
+                CHECK_OK(s);
+            }
+        }
+        CHECK_EQ_U64(violations(), 0);
+        CHECK_EQ_U64(graph_faults(), 0);
+        if (fl_allocator_check(a))
+            CHECK(!"self-check");
+        if (op % 16 == 0)
+            for (int i = 0; i < nb; i++)
+                if (b[i].graph < 0 && !rg_intact(&b[i])) {
+                    fprintf(stderr, "op %d: block 0x%llx of %llu bytes was written by someone else\n", op,
+                            (unsigned long long)b[i].addr, (unsigned long long)b[i].size);
+                    CHECK(!"a block the program filled keeps its bytes");
+                    break;
+                }
+    }
+    /* The end: captures ended, graphs launched once more and released, blocks freed. */
+    if (faults)
+        rg_clear_faults(d);
+    for (int i = 0; i < ng; i++)
+        if (g[i].state == 1) {
+            CHECK_EQ_U64(end_capture((void *)(uintptr_t)g[i].stream, &g[i].handle), 0);
+            g[i].state = 2;
+        }
+    for (int i = 0; i < ng; i++) {
+        if (g[i].state == 2) {
+            CHECK_EQ_U64(graph_launch(g[i].handle), 0);
+            graph_destroy(g[i].handle);
+        }
+        CHECK_OK(fl_graph_release(a, g[i].capture));
+    }
+    for (int i = 0; i < nb; i++) {
+        CHECK(b[i].graph >= 0 || rg_intact(&b[i]));
+        CHECK_OK(fl_free_sized(a, b[i].addr, b[i].size));
+    }
+    CHECK_OK(fl_empty_cache(a));
+    fl_stats st = stats(a);
+    CHECK_EQ_U64(st.allocated_bytes.current, 0);
+    CHECK_EQ_U64(st.graph_bytes, 0);
+    CHECK_EQ_U64(st.reserved_bytes.current, 0);
+    CHECK(fl_allocator_check(a) == 0);
+    CHECK_EQ_U64(violations(), 0);
+    CHECK_EQ_U64(graph_faults(), 0);
+    fprintf(stderr, "   %s seed %llu%s%s: %llu allocations (%llu out of memory), %llu captures, %llu launches, "
+            "%llu releases, %llu operations failed by an injected fault\n", policy, (unsigned long long)seed,
+            threads ? " threads" : "", faults ? " faults" : "", (unsigned long long)allocs, (unsigned long long)ooms,
+            (unsigned long long)captured, (unsigned long long)launches, (unsigned long long)released,
+            (unsigned long long)errors);
+    fl_allocator_destroy(a);
+    fl_device_destroy(d);
+}
+
 int main(void)
 {
     setenv("FAKECUDA_CAPACITY", "256M", 1);
@@ -356,7 +774,9 @@ int main(void)
         !fl_test_sym(lib, "fakecuda_capture_use", &capture_use) || !fl_test_sym(lib, "fakecuda_end_capture", &end_capture) ||
         !fl_test_sym(lib, "fakecuda_graph_launch", &graph_launch) ||
         !fl_test_sym(lib, "fakecuda_capture_violations", &violations) ||
-        !fl_test_sym(lib, "fakecuda_graph_faults", &graph_faults))
+        !fl_test_sym(lib, "fakecuda_graph_faults", &graph_faults) ||
+        !fl_test_sym(lib, "fakecuda_graph_destroy", &graph_destroy) ||
+        !fl_test_sym(lib, "fakecuda_fail_call", &fail_call))
         return 1;
     const char *const *names = fl_policy_names();
     for (int i = 0; names[i]; i++) {
@@ -369,8 +789,29 @@ int main(void)
     fprintf(stderr, "-- fragless, relaxed capture mode\n");
     sequence("fragless", 2);
     refused_during_capture();
+    capture_query_fails();
+    catch_up_waits_for_unseen_capture();
+    release_after_failed_free();
     fprintf(stderr, "-- thread caches and captures\n");
     caches_and_captures();
     threads_on_driver();
+    /* Random sequences on a small device, on 2 MiB pages and on 64 KiB pages (where the
+     * same sizes span 32 times as many pages: fragless's chunks and runs). */
+    const char *gran = getenv("FAKECUDA_GRANULARITY");
+    const char *grans[2] = {gran ? gran : "2M", "64K"};
+    int n_ops = getenv("FL_TEST_GRAPH_OPS") ? atoi(getenv("FL_TEST_GRAPH_OPS")) : 1000;
+    uint64_t seeds = getenv("FL_TEST_GRAPH_SEEDS") ? strtoull(getenv("FL_TEST_GRAPH_SEEDS"), NULL, 10) : 2;
+    setenv("FAKECUDA_CAPACITY", "64M", 1);
+    for (int k = 0; k < 2; k++) {
+        setenv("FAKECUDA_GRANULARITY", grans[k], 1);
+        fprintf(stderr, "-- random sequences, pages of %s\n", grans[k]);
+        for (int i = 0; names[i]; i++)
+            for (uint64_t seed = 1; seed <= seeds; seed++) {
+                random_graphs(names[i], seed * 7919 + (uint64_t)k, 0, 0, n_ops);
+                random_graphs(names[i], seed * 7907 + (uint64_t)k, 0, 1, n_ops);
+            }
+        for (uint64_t seed = 1; seed <= seeds; seed++)
+            random_graphs("fragless", seed * 104729 + (uint64_t)k, 1, (int)(seed & 1), n_ops);
+    }
     return fl_test_done("test_graphs");
 }

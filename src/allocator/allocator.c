@@ -1749,7 +1749,11 @@ fl_status fl_empty_cache(fl_allocator *a)
 {
     lock_drained(a);
     fl_status s = FL_OK;
-    if (a->policy->dev->capture_watch && fli_graphs_refresh(&a->graphs, a->policy->dev))
+    int underway = a->policy->dev->capture_watch ? fli_graphs_scan(&a->graphs, a->policy->dev) : 0;
+    if (underway < 0)
+        s = fli_fail(FL_ERR_DEVICE, "empty_cache: nothing given back: cannot tell whether a CUDA graph capture is "
+                    "underway (%s); a synchronize would invalidate it", fl_last_error());
+    else if (underway)
         s = fli_fail(FL_ERR_UNSUPPORTED, "empty_cache during a CUDA graph capture: nothing given back (it needs a "
                     "synchronize, which would invalidate the capture)");
     else if (fli_graphs_pending(&a->graphs))
@@ -1952,7 +1956,18 @@ static fl_status graphs_catch_up(fl_allocator *a)
             i++;
         }
     }
-    g->n_released = 0;
+    /* A released capture whose kept block could not be given back (the device failed)
+     * stays on the list: the next catch-up tries again (cleared, the block would be held
+     * for good). */
+    uint32_t still = 0;
+    for (uint32_t k = 0; k < g->n_released; k++) {
+        int left = 0;
+        for (uint32_t i = 0; i < g->n && !left; i++)
+            left = g->b[i].capture == g->released[k];
+        if (left)
+            g->released[still++] = g->released[k];
+    }
+    g->n_released = still;
     return err;
 }
 
@@ -1971,7 +1986,20 @@ static fl_status alloc_watching(fl_allocator *a, fli_tcache *c, uint64_t size, u
     fli_graphs *g = &a->graphs;
     uint64_t capture = 0, old_peak = a->peak_allocated, old_blocks_peak = a->blocks_peak, before = p->allocated;
     fl_status s;
-    int capturing = fli_graphs_watch(g, p->dev, stream, &capture);
+    fl_status asked;
+    int capturing = fli_graphs_watch(g, p->dev, stream, &capture, &asked);
+    if (FL_UNLIKELY(asked != FL_OK)) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", fl_last_error());
+        release_updated(a);
+        return fli_fail(FL_ERR_DEVICE, "cannot tell whether stream 0x%llx is capturing a CUDA graph (%s): nothing "
+                        "allocated (a graph's block taken for an ordinary one would be handed out again while the "
+                        "graph uses it)", (unsigned long long)stream, why);
+    }
+    /* Before the catch-up's synchronize, a capture that began on another stream since its
+     * last allocation is looked for: found, this allocation is made as during a capture. */
+    if (!capturing && FL_UNLIKELY(fli_graphs_pending(g)))
+        capturing = fli_graphs_scan(g, p->dev) != 0; /* one that cannot tell: as if capturing */
     if (FL_UNLIKELY(a->threads))
         update_slow(a); /* a capture seen or gone: the caches off or on before the policy is asked */
     if (!capturing) {
@@ -2051,10 +2079,11 @@ fl_status fl_stream_capture(fl_allocator *a, uint64_t stream, uint64_t *capture)
 {
     lock_a(a);
     *capture = 0;
+    fl_status s = FL_OK;
     if (a->policy->dev->capture_watch)
-        fli_graphs_watch(&a->graphs, a->policy->dev, stream, capture);
+        fli_graphs_watch(&a->graphs, a->policy->dev, stream, capture, &s);
     release_updated(a);
-    return FL_OK;
+    return s;
 }
 
 fl_status fl_graph_release(fl_allocator *a, uint64_t capture)
@@ -2064,11 +2093,10 @@ fl_status fl_graph_release(fl_allocator *a, uint64_t capture)
     lock_a(a);
     fli_graphs *g = &a->graphs;
     fl_status s = FL_OK;
-    fli_graphs_refresh(g, a->policy->dev);
-    if (fli_graphs_is_underway(g, capture))
-        s = fli_fail(FL_ERR_INVALID, "graph release: capture 0x%llx is still underway: end it first",
-                    (unsigned long long)capture);
-    else if ((s = fli_graphs_release_later(g, capture)) == FL_OK && !fli_graphs_underway(g))
+    int underway = fli_graphs_scan(g, a->policy->dev);
+    if ((s = fli_graphs_ended(g, a->policy->dev, capture)) != FL_OK)
+        s = fli_fail(s, "graph release: %s", fl_last_error());
+    else if ((s = fli_graphs_release_later(g, capture)) == FL_OK && underway >= 0 && !fli_graphs_underway(g))
         s = graphs_catch_up(a); /* else at the first moment without captures */
     if (s == FL_OK)
         maybe_publish(a, 1);
@@ -2083,8 +2111,9 @@ fl_status fli_allocator_free_stream(fl_allocator *a, uint64_t addr, uint64_t siz
         return route & ROUTE_LOCAL ? local_free(a, addr, size) : tc_free(a, addr, size);
     lock_fast(a);
     uint64_t capture;
+    fl_status asked; /* a free asks only to learn of captures: one that cannot tell changes nothing */
     if (a->policy->dev->capture_watch) {
-        fli_graphs_watch(&a->graphs, a->policy->dev, stream, &capture);
+        fli_graphs_watch(&a->graphs, a->policy->dev, stream, &capture, &asked);
         update_slow(a);
     }
     /* With the caches on, the block may be in a cache's books (any thread's). */

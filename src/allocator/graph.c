@@ -28,41 +28,109 @@ static void forget(fli_graphs *g, uint32_t i)
 }
 
 /* Asks again about each capture seen underway; a stream whose capture ended, or that
- * began another, is forgotten (a new capture is seen when it allocates or frees). */
-int fli_graphs_refresh(fli_graphs *g, fl_device *d)
+ * began another, is forgotten (a new capture is seen when it allocates or frees). One
+ * whose stream cannot tell stays (assumed still capturing) and sets *unsure. */
+static void refresh(fli_graphs *g, fl_device *d, int *unsure)
 {
     for (uint32_t i = 0; i < g->n_underway;) {
         int status = FL_CAPTURE_NONE;
         uint64_t id = 0;
-        if (fli_dev_capture_info(d, g->underway[i].stream, &status, &id) == FL_OK &&
-            (status == FL_CAPTURE_NONE || id != g->underway[i].id))
+        if (fli_dev_capture_info(d, g->underway[i].stream, &status, &id) != FL_OK) {
+            *unsure = 1;
+            i++;
+        } else if (status == FL_CAPTURE_NONE || id != g->underway[i].id) {
             forget(g, i);
-        else
-            i++; /* still capturing, or the device cannot say: assume it is */
+        } else {
+            i++;
+        }
     }
-    return fli_graphs_underway(g);
 }
 
-int fli_graphs_watch(fli_graphs *g, fl_device *d, uint64_t stream, uint64_t *capture)
+/* Remembers stream among those the allocator served: a few compares for a stream seen
+ * already (jobs use a handful). */
+static void note_stream(fli_graphs *g, uint64_t stream)
+{
+    for (uint32_t i = 0; i < g->n_seen; i++)
+        if (g->seen[i] == stream)
+            return;
+    if (g->n_seen < FL_GRAPH_MAX_SEEN) {
+        g->seen[g->n_seen++] = stream;
+    } else {
+        g->seen[g->next_seen] = stream;
+        g->next_seen = (g->next_seen + 1) % FL_GRAPH_MAX_SEEN;
+    }
+}
+
+static void add_underway(fli_graphs *g, uint64_t stream, uint64_t id)
+{
+    if (g->n_underway == FL_GRAPH_MAX_UNDERWAY)
+        forget(g, 0);
+    g->underway[g->n_underway].stream = stream;
+    g->underway[g->n_underway++].id = id;
+}
+
+int fli_graphs_scan(fli_graphs *g, fl_device *d)
+{
+    int unsure = 0;
+    refresh(g, d, &unsure);
+    for (uint32_t i = 0; i < g->n_seen; i++) {
+        uint64_t stream = g->seen[i], id = 0;
+        int known = 0, status = FL_CAPTURE_NONE;
+        for (uint32_t k = 0; k < g->n_underway && !known; k++)
+            known = g->underway[k].stream == stream;
+        if (known)
+            continue;
+        if (fli_dev_capture_info(d, stream, &status, &id) != FL_OK)
+            unsure = 1;
+        else if (status == FL_CAPTURE_IMPLICIT)
+            g->implicit = 1;
+        else if ((status == FL_CAPTURE_ACTIVE || status == FL_CAPTURE_INVALIDATED) && id)
+            add_underway(g, stream, id);
+    }
+    return unsure ? -1 : fli_graphs_underway(g);
+}
+
+fl_status fli_graphs_ended(fli_graphs *g, fl_device *d, uint64_t capture)
+{
+    for (uint32_t i = 0; i < g->n_underway; i++) {
+        if (g->underway[i].id != capture)
+            continue;
+        int status = FL_CAPTURE_NONE;
+        uint64_t stream = g->underway[i].stream, id = 0;
+        if (fli_dev_capture_info(d, stream, &status, &id) != FL_OK)
+            return fli_fail(FL_ERR_DEVICE, "cannot tell whether CUDA graph capture 0x%llx (stream 0x%llx) has "
+                            "ended: %s", (unsigned long long)capture, (unsigned long long)stream, fl_last_error());
+        if ((status == FL_CAPTURE_ACTIVE || status == FL_CAPTURE_INVALIDATED) && id == capture)
+            return fli_fail(FL_ERR_INVALID, "CUDA graph capture 0x%llx is still underway: end it first",
+                            (unsigned long long)capture);
+        forget(g, i);
+        break;
+    }
+    return FL_OK;
+}
+
+int fli_graphs_watch(fli_graphs *g, fl_device *d, uint64_t stream, uint64_t *capture, fl_status *asked)
 {
     int status = FL_CAPTURE_NONE;
     uint64_t id = 0;
     *capture = 0;
+    note_stream(g, stream);
     /* A device that cannot answer is taken at its word for the other streams; for this
-     * one, not capturing (failing every allocation on a query would stop the job). */
+     * one the caller is told (a block allocated for a capture it did not see would be
+     * handed out again while the graph uses it). */
     fl_status s = fli_dev_capture_info(d, stream, &status, &id);
-    g->implicit = s == FL_OK && status == FL_CAPTURE_IMPLICIT;
+    *asked = s;
+    if (s != FL_OK)
+        return fli_graphs_underway(g); /* what was known stays; fl_last_error says why */
+    g->implicit = status == FL_CAPTURE_IMPLICIT;
     for (uint32_t i = 0; i < g->n_underway; i++)
         if (g->underway[i].stream == stream) {
             forget(g, i);
             break;
         }
-    if (s == FL_OK && (status == FL_CAPTURE_ACTIVE || status == FL_CAPTURE_INVALIDATED) && id) {
+    if ((status == FL_CAPTURE_ACTIVE || status == FL_CAPTURE_INVALIDATED) && id) {
         *capture = id;
-        if (g->n_underway == FL_GRAPH_MAX_UNDERWAY)
-            forget(g, 0);
-        g->underway[g->n_underway].stream = stream;
-        g->underway[g->n_underway++].id = id;
+        add_underway(g, stream, id);
     }
     /* The others: each asked again (few streams capture at once). */
     for (uint32_t i = 0; i < g->n_underway;) {

@@ -12,6 +12,9 @@
 /* Captures underway that one allocator keeps track of at once (streams capturing into
  * graphs at the same time); beyond it, the oldest is forgotten until seen again. */
 #define FL_GRAPH_MAX_UNDERWAY 16
+/* Streams the allocator has served, remembered (the most recent ones) so that a capture
+ * none of its allocations has seen yet is found before a synchronize (fli_graphs_scan). */
+#define FL_GRAPH_MAX_SEEN 32
 
 /* A block allocated during a capture. It stays allocated in the policy until its capture
  * is released, so its pages are never unmapped, reclaimed or handed to anyone else;
@@ -38,6 +41,8 @@ typedef struct fli_graphs {
     struct { uint64_t stream, id; } underway[FL_GRAPH_MAX_UNDERWAY];
     uint32_t n_underway;
     int implicit;               /* the legacy stream said another stream captures */
+    uint64_t seen[FL_GRAPH_MAX_SEEN]; /* streams watched so far (fli_graphs_watch) */
+    uint32_t n_seen, next_seen;       /* next_seen: the slot a new stream replaces when full */
     /* Blocks not of a graph that the program freed during a capture (giving them back
      * could need device calls), and captures released while another was underway: both
      * handled after a synchronize once no capture is underway (fli_graphs_pending). */
@@ -51,11 +56,21 @@ fl_status fli_graphs_init(fli_graphs *g);
 void fli_graphs_free(fli_graphs *g);
 
 /* Asks the device about stream (and again about the captures seen underway, forgetting
- * the finished ones): *capture is the stream's capture id (0: not capturing). Returns
- * whether any capture is underway. A device that cannot tell says not capturing. */
-int fli_graphs_watch(fli_graphs *g, fl_device *d, uint64_t stream, uint64_t *capture);
-/* The same without a stream of interest. */
-int fli_graphs_refresh(fli_graphs *g, fl_device *d);
+ * the finished ones): *capture is the stream's capture id (0: not capturing); *asked is
+ * how the device answered about stream (not FL_OK: it could not tell, *capture is 0 and
+ * fl_last_error says why; the caller must not take the stream for one that is not
+ * capturing). Returns whether any capture is underway. */
+int fli_graphs_watch(fli_graphs *g, fl_device *d, uint64_t stream, uint64_t *capture, fl_status *asked);
+/* Asks again about the captures seen underway (forgetting the finished ones), then about
+ * every stream watched so far (a capture that began after the stream's last allocation
+ * is found and kept as underway): before a synchronize, which would invalidate any
+ * capture. Returns 1 when a capture is underway, 0 when none is, -1 when a stream could
+ * not tell (fl_last_error says why; assume one is). */
+int fli_graphs_scan(fli_graphs *g, fl_device *d);
+/* FL_OK when capture is not underway (one still listed is asked about again, and
+ * forgotten once ended), FL_ERR_INVALID when it is, FL_ERR_DEVICE when its stream cannot
+ * tell. */
+fl_status fli_graphs_ended(fli_graphs *g, fl_device *d, uint64_t capture);
 static inline int fli_graphs_underway(const fli_graphs *g) { return g->n_underway || g->implicit; }
 /* Something waits for a moment without captures (deferred frees, released captures). */
 static inline int fli_graphs_pending(const fli_graphs *g) { return g->n_deferred || g->n_released; }
