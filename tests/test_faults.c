@@ -3,7 +3,10 @@
  * must go on and end with nothing lost), and every call from the Nth on fails (ops must
  * fail cleanly; once the fault is cleared the allocator must recover). The self-check
  * runs after every operation. The device layer's injector (fl_device_set_fault), on the
- * sim device and on the cuda device over the driver double. */
+ * sim device and on the cuda device over the driver double. One workload runs on 64 KiB
+ * pages: the same sizes span 32 times as many pages, so fragless's chunks (16 pages),
+ * mapped runs and their reclaim meet the faults, which a 24 MiB device of 2 MiB pages
+ * never reaches. */
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -24,6 +27,7 @@ typedef struct workload {
     size_t n_ops;
     uint32_t n_slots;
     uint64_t capacity;        /* device capacity: tight, so reclaim and OOM paths run */
+    uint64_t granularity;     /* the sim device's page size (0: its default, 2 MiB) */
     fli_prepared *prep;        /* owner of ops when read from a trace */
 } workload;
 
@@ -31,7 +35,7 @@ typedef struct workload {
  * about `live` blocks alive at once. */
 static workload generated(const char *name, uint64_t seed, size_t n_ops, int live, uint64_t capacity)
 {
-    workload w = {name, calloc(n_ops, sizeof(fli_op)), n_ops, 0, capacity, NULL};
+    workload w = {name, calloc(n_ops, sizeof(fli_op)), n_ops, 0, capacity, 0, NULL};
     uint32_t *alive = calloc(n_ops, sizeof *alive);
     uint64_t *sizes = calloc(n_ops, sizeof *sizes);
     if (!w.ops || !alive || !sizes) {
@@ -81,7 +85,7 @@ static int from_trace(const char *name, const char *path, size_t events, double 
         return 0;
     }
     uint64_t cap = (uint64_t)((double)p->peak_live * slack);
-    *w = (workload){name, p->ops, p->n_ops, p->n_slots, (cap + 2 * MiB - 1) / (2 * MiB) * (2 * MiB), p};
+    *w = (workload){name, p->ops, p->n_ops, p->n_slots, (cap + 2 * MiB - 1) / (2 * MiB) * (2 * MiB), 0, p};
     return 1;
 }
 
@@ -100,19 +104,20 @@ typedef enum { FAULT_NONE, FAULT_ONCE, FAULT_FROM } fault_mode;
 typedef struct backend {
     const char *name;
     /* A fresh device of `capacity` bytes. */
-    fl_device *(*make)(uint64_t capacity);
+    fl_device *(*make)(uint64_t capacity, uint64_t granularity);
 } backend;
 
-static fl_device *sim_make(uint64_t capacity)
+static fl_device *sim_make(uint64_t capacity, uint64_t granularity)
 {
-    return fl_test_sim(capacity, 0);
+    return fl_test_sim(capacity, granularity);
 }
 
 /* The double, loaded once and kept (its state outlives each device made on it). */
 static void (*fake_reset)(void);
 
-static fl_device *cuda_make(uint64_t capacity)
+static fl_device *cuda_make(uint64_t capacity, uint64_t granularity)
 {
+    (void)granularity; /* the double's own */
     char cap[32];
     snprintf(cap, sizeof cap, "%llu", (unsigned long long)capacity);
     setenv("FAKECUDA_CAPACITY", cap, 1);
@@ -203,7 +208,7 @@ static int run_one(backend *b, const char *policy, const workload *w, fault_mode
     fl_config cfg;
     fl_config_default(&cfg);
     snprintf(cfg.policy, sizeof cfg.policy, "%s", policy);
-    fl_device *d = b->make(w->capacity);
+    fl_device *d = b->make(w->capacity, w->granularity);
     uint64_t base = arm(d, mode, n);
 
     fl_allocator *a = NULL;
@@ -379,9 +384,11 @@ int main(int argc, char **argv)
     const char *only = argc > 1 ? argv[1] : NULL;
     uint64_t max_runs = argc > 2 ? strtoull(argv[2], NULL, 10) : UINT64_MAX;
     backend sim = {"sim", sim_make};
-    workload wl[3];
+    workload wl[4];
     int n_wl = 0;
     wl[n_wl++] = generated("random-2s", 42, 400, 12, 24 * MiB);
+    wl[n_wl] = generated("random-64k", 11, 400, 12, 24 * MiB); /* 384 pages of 64 KiB */
+    wl[n_wl++].granularity = 64 * KiB;
     wl[n_wl++] = generated("random-small", 7, 300, 24, 12 * MiB);
     if (from_trace("encoder-2000", FL_SOURCE_DIR "/examples/encoder_varlen.csv", 2000, 1.05, &wl[n_wl]))
         n_wl++;
