@@ -464,17 +464,52 @@ static void release_after_failed_free(void)
     fl_device_destroy(d);
 }
 
+/* A new limit during a capture: what the policy would give back above it (a synchronize,
+ * unmaps) is not given back then (the capture would be invalidated), the limit holds for
+ * what comes next, and the cache goes back once the capture is over (found by the random
+ * sequences). */
+static void limit_during_capture(void)
+{
+    fl_device *d = fake_device();
+    if (!d)
+        return;
+    fl_allocator *a = fl_test_allocator("policy:fragless,oom_report:0,top:0", d);
+    uint64_t x = 0;
+    CHECK_OK(fl_alloc(a, 40 * MiB, MAIN, &x));
+    CHECK_OK(fl_free(a, x)); /* 40 MiB cached on MAIN's heap */
+    CHECK_EQ_U64(begin_capture((void *)(uintptr_t)SIDE, 0), 0);
+    uint64_t y = graph_alloc(a, 4096);
+    CHECK_OK(fl_set_limit(a, 16 * MiB));
+    CHECK_EQ_U64(violations(), 0);
+    CHECK(stats(a).reserved_bytes.current > 16 * MiB); /* nothing given back during the capture */
+    unsigned long long graph = 0;
+    CHECK_EQ_U64(end_capture((void *)(uintptr_t)SIDE, &graph), 0);
+    CHECK_EQ_U64(graph_launch(graph), 0);
+    CHECK_OK(fl_free(a, y));
+    graph_destroy(graph);
+    uint64_t capture = 0;
+    CHECK_OK(fl_stream_capture(a, SIDE, &capture));
+    CHECK_OK(fl_empty_cache(a));
+    CHECK(stats(a).reserved_bytes.current <= 16 * MiB);
+    CHECK_STATUS(fl_alloc(a, 20 * MiB, MAIN, &x), FL_ERR_OOM); /* the limit holds */
+    CHECK_OK(fl_set_limit(a, 0));
+    CHECK_EQ_U64(violations(), 0);
+    CHECK(fl_allocator_check(a) == 0);
+    fl_allocator_destroy(a);
+    fl_device_destroy(d);
+}
+
 /* ---- random sequences -------------------------------------------------------------- */
 
 /* Seeded random operations of a program that captures graphs now and then, on three
  * streams, on a small device (reclaim, reuse and OOM paths run): allocations and frees
  * inside and outside captures (two captures may be underway at once, in any mode),
- * launches of every graph not yet released, releases, empty_cache, record_stream. The
- * rules checked after every operation: the driver saw no call a capture forbids; no
- * launch found a range of its graph unmapped, backed by other memory or written by
- * anyone else; every block the program filled still holds its bytes (so no two live
- * blocks overlap, and no graph's memory was handed out); the self-check passes. At the
- * end everything goes back. FL_TEST_GRAPH_SEEDS and FL_TEST_GRAPH_OPS make the runs more
+ * launches of every graph not yet released, releases, empty_cache, record_stream, a new
+ * limit. The rules checked after every operation: the driver saw no call a capture
+ * forbids; no launch found a range of its graph unmapped, backed by other memory or
+ * written by anyone else; every block the program filled still holds its bytes (so no
+ * two live blocks overlap, and no graph's memory was handed out); the self-check
+ * passes. At the end everything goes back. FL_TEST_GRAPH_SEEDS and FL_TEST_GRAPH_OPS make the runs more
  * or longer; RG_ONLY="POLICY SEED" runs one alone, RG_VERBOSE=1 prints each operation. */
 #define RG_STREAMS 3
 #define RG_MAX_BLOCKS 96
@@ -703,6 +738,17 @@ static void random_graphs(const char *policy, uint64_t seed, int threads, int fa
             } else {
                 CHECK_OK(s);
             }
+        } else if (k == 98) { /* a new limit: cached memory above it goes back where it may */
+            uint64_t limit = fl_rng_below(&r, 4) ? (16 + fl_rng_below(&r, 49)) * MiB : 0;
+            s = fl_set_limit(a, limit);
+            if (verbose)
+                fprintf(stderr, "  set_limit %llu: %s\n", (unsigned long long)limit, fl_status_str(s));
+            if (s == FL_ERR_DEVICE && faults) {
+                errors++;
+                rg_clear_faults(d);
+            } else {
+                CHECK_OK(s);
+            }
         } else if (nb) { /* the block is used on another stream too */
             int i = (int)fl_rng_below(&r, (uint64_t)nb);
             s = fl_record_stream(a, b[i].addr, rg_streams[fl_rng_below(&r, RG_STREAMS)]);
@@ -792,6 +838,7 @@ int main(void)
     capture_query_fails();
     catch_up_waits_for_unseen_capture();
     release_after_failed_free();
+    limit_during_capture();
     fprintf(stderr, "-- thread caches and captures\n");
     caches_and_captures();
     threads_on_driver();

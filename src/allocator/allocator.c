@@ -1772,7 +1772,23 @@ fl_status fl_set_limit(fl_allocator *a, uint64_t bytes)
     lock_drained(a); /* what the caches hold may be above the new limit */
     fli_policy *p = a->policy;
     p->dev->limit = bytes;
-    fl_status s = p->ops->limit_changed ? p->ops->limit_changed(p) : FL_OK;
+    fl_status s = FL_OK;
+    int underway = p->ops->limit_changed && p->dev->capture_watch ? fli_graphs_scan(&a->graphs, p->dev) : 0;
+    if (underway) {
+        /* During a CUDA graph capture (or while a stream cannot tell) the policy learns
+         * the limit with the capture guard up: the synchronize and unmaps that would give
+         * cached memory back are refused, not made (they would invalidate the capture);
+         * that memory goes back at a later allocation under pressure or empty_cache. */
+        p->dev->capture_guard = a->graphs.n_underway ? a->graphs.underway[0].id : 1;
+        s = p->ops->limit_changed(p);
+        p->dev->capture_guard = 0;
+        if (s == FL_ERR_UNSUPPORTED) {
+            s = FL_OK;
+            fli_clear_error();
+        }
+    } else if (p->ops->limit_changed) {
+        s = p->ops->limit_changed(p);
+    }
     maybe_publish(a, 1);
     release_updated(a);
     return s;
