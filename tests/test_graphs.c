@@ -503,9 +503,9 @@ static void limit_during_capture(void)
 
 /* Seeded random operations of a program that captures graphs now and then, on three
  * streams, on a small device (reclaim, reuse and OOM paths run): allocations and frees
- * inside and outside captures (two captures may be underway at once, in any mode),
- * launches of every graph not yet released, releases, empty_cache, record_stream, a new
- * limit. The rules checked after every operation: the driver saw no call a capture
+ * (half with their stream, as PyTorch's frontend frees) inside and outside captures
+ * (two captures may be underway at once, in any mode), launches of every graph not yet
+ * released, releases, empty_cache, record_stream, a new limit. The rules checked after every operation: the driver saw no call a capture
  * forbids; no launch found a range of its graph unmapped, backed by other memory or
  * written by anyone else; every block the program filled still holds its bytes (so no
  * two live blocks overlap, and no graph's memory was handed out); the self-check
@@ -665,7 +665,9 @@ static void random_graphs(const char *policy, uint64_t seed, int threads, int fa
         } else if (k < 75 && nb) { /* free */
             int i = (int)fl_rng_below(&r, (uint64_t)nb);
             CHECK(b[i].graph >= 0 || rg_intact(&b[i]));
-            s = fl_free_sized(a, b[i].addr, b[i].size);
+            /* Half the frees as PyTorch's frontend makes them: with the block's stream. */
+            s = fl_rng_below(&r, 2) ? fl_free_sized(a, b[i].addr, b[i].size)
+                                    : fli_allocator_free_stream(a, b[i].addr, b[i].size, b[i].stream);
             if (verbose)
                 fprintf(stderr, "  free 0x%llx (%llu, graph %d): %s\n", (unsigned long long)b[i].addr,
                         (unsigned long long)b[i].size, b[i].graph, fl_status_str(s));
