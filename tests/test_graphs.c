@@ -107,6 +107,24 @@ static void pressure(fl_allocator *a, uint64_t chunk)
     CHECK(fl_allocator_check(a) == 0);
 }
 
+/* A fresh allocator (conf) on the double, reset; NULL when the double is missing. */
+static fl_allocator *start(const char *conf, fl_device **d)
+{
+    *d = fake_device();
+    return *d ? fl_test_allocator(conf, *d) : NULL;
+}
+
+/* The end of a test on the double: nothing forbidden reached the driver, no launch found
+ * its memory changed, the self-check passes; then both go. */
+static void finish(fl_allocator *a, fl_device *d)
+{
+    CHECK_EQ_U64(violations(), 0);
+    CHECK_EQ_U64(graph_faults(), 0);
+    CHECK(fl_allocator_check(a) == 0);
+    fl_allocator_destroy(a);
+    fl_device_destroy(d);
+}
+
 static void sequence(const char *policy, int mode)
 {
     fl_device *d = fake_device();
@@ -195,11 +213,7 @@ static void sequence(const char *policy, int mode)
     CHECK_EQ_U64(s.allocation.allocated, s.allocation.freed);
     CHECK_OK(fl_empty_cache(a));
     CHECK_EQ_U64(stats(a).reserved_bytes.current, 0);
-    CHECK(fl_allocator_check(a) == 0);
-    CHECK_EQ_U64(graph_faults(), 0);
-    CHECK_EQ_U64(violations(), 0);
-    fl_allocator_destroy(a);
-    fl_device_destroy(d);
+    finish(a, d);
 }
 
 /* What a capture cannot be given without a call it forbids fails as out of memory,
@@ -207,10 +221,10 @@ static void sequence(const char *policy, int mode)
  * would have to be reclaimed (a synchronize and unmaps). */
 static void refused_during_capture(void)
 {
-    fl_device *d = fake_device();
-    if (!d)
+    fl_device *d;
+    fl_allocator *a = start("policy:fragless,oom_report:0,top:0", &d);
+    if (!a)
         return;
-    fl_allocator *a = fl_test_allocator("policy:fragless,oom_report:0,top:0", d);
     uint64_t cap = fl_device_capacity(d), x;
     CHECK_OK(fl_alloc(a, cap - 4 * MiB, MAIN, &x));
     CHECK_OK(fl_free(a, x)); /* every page cached on MAIN's heap */
@@ -241,10 +255,10 @@ static uint64_t policy_allocs(fl_allocator *a) { return fli_allocator_policy(a)-
 
 static void caches_and_captures(void)
 {
-    fl_device *d = fake_device();
-    if (!d)
+    fl_device *d;
+    fl_allocator *a = start("policy:fragless,oom_report:0,top:0", &d);
+    if (!a)
         return;
-    fl_allocator *a = fl_test_allocator("policy:fragless,oom_report:0,top:0", d);
     CHECK_OK(fli_allocator_threads(a));
     uint64_t x = 0, y = 0, z = 0;
     CHECK_OK(fl_alloc(a, 3000, MAIN, &x));
@@ -330,10 +344,10 @@ static void *churn(void *arg)
 
 static void threads_on_driver(void)
 {
-    fl_device *d = fake_device();
-    if (!d)
+    fl_device *d;
+    fl_allocator *a = start("policy:fragless,oom_report:0,top:0", &d);
+    if (!a)
         return;
-    fl_allocator *a = fl_test_allocator("policy:fragless,oom_report:0,top:0", d);
     churn_arg args[2] = {{a, MAIN, 0x5a, 0}, {a, SIDE, 0xa5, 0}};
     pthread_t t[2];
     for (int i = 0; i < 2; i++)
@@ -356,10 +370,10 @@ static void threads_on_driver(void)
  * of the query). */
 static void capture_query_fails(void)
 {
-    fl_device *d = fake_device();
-    if (!d)
+    fl_device *d;
+    fl_allocator *a = start("policy:fragless,oom_report:0,top:0", &d);
+    if (!a)
         return;
-    fl_allocator *a = fl_test_allocator("policy:fragless,oom_report:0,top:0", d);
     CHECK_EQ_U64(begin_capture((void *)(uintptr_t)SIDE, 0), 0);
     fail_call("cuStreamGetCaptureInfo", 1, 999 /* CUDA_ERROR_UNKNOWN */);
     uint64_t x = 0, allocs = stats(a).allocation.allocated;
@@ -387,11 +401,7 @@ static void capture_query_fails(void)
     graph_destroy(graph);
     CHECK_OK(fl_stream_capture(a, SIDE, &id));
     CHECK_EQ_U64(id, 0);
-    CHECK_EQ_U64(violations(), 0);
-    CHECK_EQ_U64(graph_faults(), 0);
-    CHECK(fl_allocator_check(a) == 0);
-    fl_allocator_destroy(a);
-    fl_device_destroy(d);
+    finish(a, d);
 }
 
 /* Frees during a capture wait for a moment without captures, which begins with a
@@ -400,10 +410,10 @@ static void capture_query_fails(void)
  * stream the allocator has served is asked first. */
 static void catch_up_waits_for_unseen_capture(void)
 {
-    fl_device *d = fake_device();
-    if (!d)
+    fl_device *d;
+    fl_allocator *a = start("policy:fragless,oom_report:0,top:0", &d);
+    if (!a)
         return;
-    fl_allocator *a = fl_test_allocator("policy:fragless,oom_report:0,top:0", d);
     const uint64_t third = UINT64_C(0x300);
     uint64_t w = 0, z = 0, x = 0;
     CHECK_OK(fl_alloc(a, 64 * 1024, MAIN, &w));
@@ -427,10 +437,7 @@ static void catch_up_waits_for_unseen_capture(void)
     graph_destroy(graph2);
     CHECK_OK(fl_empty_cache(a)); /* now the frees and the graph's block go back */
     CHECK_EQ_U64(stats(a).allocated_bytes.current, 0);
-    CHECK_EQ_U64(violations(), 0);
-    CHECK(fl_allocator_check(a) == 0);
-    fl_allocator_destroy(a);
-    fl_device_destroy(d);
+    finish(a, d);
 }
 
 /* A released capture's kept block that the device fails to take back (nocache's cudaFree
@@ -438,10 +445,10 @@ static void catch_up_waits_for_unseen_capture(void)
  * sequences: the list of released captures was cleared whatever happened). */
 static void release_after_failed_free(void)
 {
-    fl_device *d = fake_device();
-    if (!d)
+    fl_device *d;
+    fl_allocator *a = start("policy:nocache,oom_report:0,top:0", &d);
+    if (!a)
         return;
-    fl_allocator *a = fl_test_allocator("policy:nocache,oom_report:0,top:0", d);
     CHECK_EQ_U64(begin_capture((void *)(uintptr_t)SIDE, 0), 0);
     uint64_t capture = 0;
     CHECK_OK(fl_stream_capture(a, SIDE, &capture));
@@ -458,10 +465,7 @@ static void release_after_failed_free(void)
     CHECK_OK(fl_empty_cache(a)); /* the catch-up again: given back now */
     CHECK_EQ_U64(stats(a).graph_bytes, 0);
     CHECK_EQ_U64(stats(a).reserved_bytes.current, 0);
-    CHECK(fl_allocator_check(a) == 0);
-    CHECK_EQ_U64(violations(), 0);
-    fl_allocator_destroy(a);
-    fl_device_destroy(d);
+    finish(a, d);
 }
 
 /* A new limit during a capture: what the policy would give back above it (a synchronize,
@@ -470,10 +474,10 @@ static void release_after_failed_free(void)
  * sequences). */
 static void limit_during_capture(void)
 {
-    fl_device *d = fake_device();
-    if (!d)
+    fl_device *d;
+    fl_allocator *a = start("policy:fragless,oom_report:0,top:0", &d);
+    if (!a)
         return;
-    fl_allocator *a = fl_test_allocator("policy:fragless,oom_report:0,top:0", d);
     uint64_t x = 0;
     CHECK_OK(fl_alloc(a, 40 * MiB, MAIN, &x));
     CHECK_OK(fl_free(a, x)); /* 40 MiB cached on MAIN's heap */
@@ -493,10 +497,7 @@ static void limit_during_capture(void)
     CHECK(stats(a).reserved_bytes.current <= 16 * MiB);
     CHECK_STATUS(fl_alloc(a, 20 * MiB, MAIN, &x), FL_ERR_OOM); /* the limit holds */
     CHECK_OK(fl_set_limit(a, 0));
-    CHECK_EQ_U64(violations(), 0);
-    CHECK(fl_allocator_check(a) == 0);
-    fl_allocator_destroy(a);
-    fl_device_destroy(d);
+    finish(a, d);
 }
 
 /* ---- random sequences -------------------------------------------------------------- */
