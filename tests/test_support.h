@@ -71,6 +71,18 @@ void fl_test_check_mentions(const char *what, const char *file, int line);
 #ifndef FL_TEST_UNDER_ASAN
 #define FL_TEST_UNDER_ASAN 0
 #endif
+/* ThreadSanitizer (test-tsan) runs the threaded tests 5-15 times slower: their
+ * single-threaded parts that take long do less or nothing under it. */
+#if defined(__SANITIZE_THREAD__)
+#define FL_TEST_UNDER_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define FL_TEST_UNDER_TSAN 1
+#endif
+#endif
+#ifndef FL_TEST_UNDER_TSAN
+#define FL_TEST_UNDER_TSAN 0
+#endif
 
 /* Prints the summary; returns the process exit code. */
 int fl_test_done(const char *name);
