@@ -500,18 +500,49 @@ static void limit_during_capture(void)
     finish(a, d);
 }
 
+/* A capture's allocation served by the last block its graph kept: the block is the
+ * program's again, and the peaks see it (they were raised only while other kept blocks
+ * remained: after a peak reset the current figures passed their peaks; found by the
+ * random sequences in threads mode, whose self-check compares them). */
+static void reuse_of_last_kept_block_counts(void)
+{
+    fl_device *d;
+    fl_allocator *a = start("policy:fragless,oom_report:0,top:0", &d);
+    if (!a)
+        return;
+    CHECK_EQ_U64(begin_capture((void *)(uintptr_t)SIDE, 0), 0);
+    uint64_t y = graph_alloc(a, 8192);
+    CHECK_OK(fl_free(a, y)); /* kept: the only kept block */
+    fl_reset_peak_stats(a);
+    uint64_t z = graph_alloc(a, 8192);
+    CHECK_EQ_U64(z, y); /* the kept block, live again */
+    fl_stats st = stats(a);
+    CHECK_EQ_U64(st.allocated_bytes.current, 8192);
+    CHECK(st.allocated_bytes.peak >= st.allocated_bytes.current);
+    CHECK_EQ_U64(st.allocation.current, 1);
+    CHECK(st.allocation.peak >= st.allocation.current);
+    CHECK(st.requested_bytes.peak >= st.requested_bytes.current);
+    unsigned long long graph = 0;
+    CHECK_EQ_U64(end_capture((void *)(uintptr_t)SIDE, &graph), 0);
+    CHECK_OK(fl_free(a, z));
+    graph_destroy(graph);
+    finish(a, d);
+}
+
 /* ---- random sequences -------------------------------------------------------------- */
 
 /* Seeded random operations of a program that captures graphs now and then, on three
  * streams, on a small device (reclaim, reuse and OOM paths run): allocations and frees
  * (half with their stream, as PyTorch's frontend frees) inside and outside captures
  * (two captures may be underway at once, in any mode), launches of every graph not yet
- * released, releases, empty_cache, record_stream, a new limit. The rules checked after every operation: the driver saw no call a capture
- * forbids; no launch found a range of its graph unmapped, backed by other memory or
- * written by anyone else; every block the program filled still holds its bytes (so no
- * two live blocks overlap, and no graph's memory was handed out); the self-check
- * passes. At the end everything goes back. FL_TEST_GRAPH_SEEDS and FL_TEST_GRAPH_OPS make the runs more
- * or longer; RG_ONLY="POLICY SEED" runs one alone, RG_VERBOSE=1 prints each operation. */
+ * released, releases, empty_cache, record_stream, a new limit, a reset of the peaks.
+ * The rules checked after every operation: the driver saw no call a capture forbids; no
+ * launch found a range of its graph unmapped, backed by other memory or written by
+ * anyone else; every block the program filled still holds its bytes (so no two live
+ * blocks overlap, and no graph's memory was handed out); the self-check passes; every
+ * peak is at least its current value. At the end everything goes back.
+ * FL_TEST_GRAPH_SEEDS and FL_TEST_GRAPH_OPS make the runs more or longer;
+ * RG_ONLY="POLICY SEED" runs one alone, RG_VERBOSE=1 prints each operation. */
 #define RG_STREAMS 3
 #define RG_MAX_BLOCKS 96
 #define RG_MAX_GRAPHS 8
@@ -627,6 +658,8 @@ static void random_graphs(const char *policy, uint64_t seed, int threads, int fa
                           1 + fl_rng_below(&r, 3), 999 /* CUDA_ERROR_UNKNOWN */);
             }
         }
+        if (fl_rng_below(&r, 50) == 0)
+            fl_reset_peak_stats(a); /* peaks from the current figures */
         /* Releases that failed are asked again. */
         for (int i = ng - 1; i >= 0; i--)
             if (g[i].state == 3 && fl_graph_release(a, g[i].capture) == FL_OK)
@@ -766,8 +799,16 @@ static void random_graphs(const char *policy, uint64_t seed, int threads, int fa
         }
         CHECK_EQ_U64(violations(), 0);
         CHECK_EQ_U64(graph_faults(), 0);
-        if (fl_allocator_check(a))
-            CHECK(!"self-check");
+        fl_stats st = stats(a);
+        if (st.allocated_bytes.peak < st.allocated_bytes.current || st.allocation.peak < st.allocation.current ||
+            st.requested_bytes.peak < st.requested_bytes.current || st.reserved_bytes.peak < st.reserved_bytes.current) {
+            fprintf(stderr, "op %d: a peak below its current value\n", op);
+            CHECK(!"every peak at least its current value");
+        }
+        if (fl_allocator_check(a)) {
+            fprintf(stderr, "op %d: self-check: %s\n", op, fl_last_error());
+            CHECK(!"the self-check passes");
+        }
         if (op % 16 == 0)
             for (int i = 0; i < nb; i++)
                 if (b[i].graph < 0 && !rg_intact(&b[i])) {
@@ -842,6 +883,7 @@ int main(void)
     catch_up_waits_for_unseen_capture();
     release_after_failed_free();
     limit_during_capture();
+    reuse_of_last_kept_block_counts();
     fprintf(stderr, "-- thread caches and captures\n");
     caches_and_captures();
     threads_on_driver();

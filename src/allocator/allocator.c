@@ -1808,19 +1808,18 @@ void fl_reset_peak_stats(fl_allocator *a)
 {
     lock_a(a);
     fli_policy *p = a->policy;
-    if (a->threads) { /* the current values: every room zeroed, G + sum k is U */
+    /* The current values (blocks kept for graphs left out, as the peaks leave them out);
+     * with thread caches, every room zeroed first: G + sum k is U. */
+    if (a->threads) {
         tc_lock_all(a, NULL);
         tc_zero_rooms(a);
-        int64_t g[FL_TC_FIGURES];
-        global_figures(a, g);
-        for (int q = 0; q < FL_TC_FIGURES; q++)
-            *peak_of(a, q) = (uint64_t)(g[q] + a->tc_k[q]);
-        tc_unlock_all(a, NULL);
-    } else {
-        a->peak_allocated = p->allocated;
-        a->req_peak = a->req_current;
-        a->blocks_peak = p->num_allocs - p->num_frees;
     }
+    int64_t g[FL_TC_FIGURES];
+    global_figures(a, g);
+    for (int q = 0; q < FL_TC_FIGURES; q++)
+        *peak_of(a, q) = (uint64_t)(g[q] + (a->threads ? a->tc_k[q] : 0));
+    if (a->threads)
+        tc_unlock_all(a, NULL);
     a->inactive_split_peak = 0;
     p->dev->counters.peak_in_use = p->dev->counters.in_use;
     release_updated(a);
@@ -2003,6 +2002,7 @@ static fl_status alloc_watching(fl_allocator *a, fli_tcache *c, uint64_t size, u
     uint64_t capture = 0, old_peak = a->peak_allocated, old_blocks_peak = a->blocks_peak, before = p->allocated;
     fl_status s;
     fl_status asked;
+    int revived = 0;
     int capturing = fli_graphs_watch(g, p->dev, stream, &capture, &asked);
     if (FL_UNLIKELY(asked != FL_OK)) {
         char why[512];
@@ -2028,6 +2028,7 @@ static fl_status alloc_watching(fl_allocator *a, fli_tcache *c, uint64_t size, u
         int swapped = fli_dev_capture_mode(p->dev, &mode) == FL_OK;
         fli_graph_block *b = fli_graphs_reuse(g, fli_live_size(size), stream, capture);
         if (b) {
+            revived = 1;
             fli_graphs_revive(g, b, size);
             *addr = b->addr;
             a->alloc_total += b->rounded;
@@ -2057,8 +2058,10 @@ static fl_status alloc_watching(fl_allocator *a, fli_tcache *c, uint64_t size, u
                         why, (unsigned long long)p->dev->capture_guard, (unsigned long long)stream);
         }
     }
-    /* Blocks kept for graphs are not the program's: the peaks leave them out. */
-    if (g->kept_bytes) {
+    /* Blocks kept for graphs are not the program's: the peaks leave them out. A kept
+     * block revived counts from now on (count_alloc did not see it), also when it was
+     * the last one kept. */
+    if (g->kept_bytes || revived) {
         uint64_t now = p->allocated - g->kept_bytes, blocks = p->num_allocs - p->num_frees + g->reuses - g->keeps;
         a->peak_allocated = now > old_peak ? now : old_peak;
         a->blocks_peak = blocks > old_blocks_peak ? blocks : old_blocks_peak;
