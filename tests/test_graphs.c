@@ -887,10 +887,10 @@ int main(void)
     fprintf(stderr, "-- thread caches and captures\n");
     caches_and_captures();
     threads_on_driver();
-    /* Random sequences on a small device, on 2 MiB pages and on 64 KiB pages (where the
-     * same sizes span 32 times as many pages: fragless's chunks and runs). */
+    /* Random sequences on a small device, on 2 MiB pages, on 64 KiB pages (where the
+     * same sizes span 32 times as many pages: fragless's chunks and runs) and on 1 MiB. */
     const char *gran = getenv("FAKECUDA_GRANULARITY");
-    const char *grans[2] = {gran ? gran : "2M", "64K"};
+    const char *grans[3] = {gran ? gran : "2M", "64K", "1M"}; /* 1 MiB: one seed */
     int n_ops = getenv("FL_TEST_GRAPH_OPS") ? atoi(getenv("FL_TEST_GRAPH_OPS")) : 1000;
     /* One thread makes them: under ThreadSanitizer (test-tsan) they are left out, under
      * AddressSanitizer one seed runs. */
@@ -899,15 +899,16 @@ int main(void)
     setenv("FAKECUDA_CAPACITY", "64M", 1);
     if (!seeds)
         fprintf(stderr, "-- random sequences: left out (under ThreadSanitizer, or FL_TEST_GRAPH_SEEDS=0)\n");
-    for (int k = 0; k < 2 && seeds; k++) {
+    for (int k = 0; k < 3 && seeds; k++) {
+        uint64_t last = k == 2 ? 1 : seeds;
         setenv("FAKECUDA_GRANULARITY", grans[k], 1);
         fprintf(stderr, "-- random sequences, pages of %s\n", grans[k]);
         for (int i = 0; names[i]; i++)
-            for (uint64_t seed = 1; seed <= seeds; seed++) {
+            for (uint64_t seed = 1; seed <= last; seed++) {
                 random_graphs(names[i], seed * 7919 + (uint64_t)k, 0, 0, n_ops);
                 random_graphs(names[i], seed * 7907 + (uint64_t)k, 0, 1, n_ops);
             }
-        for (uint64_t seed = 1; seed <= seeds; seed++)
+        for (uint64_t seed = 1; seed <= last; seed++)
             random_graphs("fragless", seed * 104729 + (uint64_t)k, 1, (int)(seed & 1), n_ops);
     }
     return fl_test_done("test_graphs");
