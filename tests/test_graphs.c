@@ -26,6 +26,7 @@ static unsigned long long (*violations)(void);
 static unsigned long long (*graph_faults)(void);
 static void (*graph_destroy)(unsigned long long graph);
 static void (*fail_call)(const char *fn, unsigned long long n, int err);
+static void (*stream_destroy)(void *stream);
 
 static fl_stats stats(fl_allocator *a)
 {
@@ -529,6 +530,40 @@ static void reuse_of_last_kept_block_counts(void)
     finish(a, d);
 }
 
+/* A stream the program served once and then destroyed: the scan before a catch-up asks
+ * it, and the driver says the handle is stale. A stream that no longer exists captures
+ * nothing: it is forgotten, and the catch-up goes on (taken for "cannot tell", it held
+ * every later catch-up and empty_cache back for good). */
+static void destroyed_stream_is_forgotten(void)
+{
+    fl_device *d;
+    fl_allocator *a = start("policy:fragless,oom_report:0,top:0", &d);
+    if (!a)
+        return;
+    const uint64_t gone = UINT64_C(0x400);
+    uint64_t w = 0, z = 0, x = 0;
+    CHECK_OK(fl_alloc(a, 4096, gone, &z));
+    CHECK_OK(fl_free(a, z));
+    stream_destroy((void *)(uintptr_t)gone);
+    CHECK_OK(fl_alloc(a, 64 * 1024, MAIN, &w));
+    CHECK_EQ_U64(begin_capture((void *)(uintptr_t)SIDE, 0), 0);
+    uint64_t y = graph_alloc(a, 4096), capture = 0;
+    CHECK_OK(fl_stream_capture(a, SIDE, &capture));
+    CHECK_OK(fl_free(a, w)); /* waits for the catch-up */
+    unsigned long long graph = 0;
+    CHECK_EQ_U64(end_capture((void *)(uintptr_t)SIDE, &graph), 0);
+    CHECK_OK(fl_alloc(a, 4096, MAIN, &x)); /* the catch-up: w goes back */
+    CHECK_OK(fl_empty_cache(a));
+    CHECK_OK(fl_free(a, x));
+    CHECK_OK(fl_free(a, y));
+    graph_destroy(graph);
+    CHECK_OK(fl_graph_release(a, capture));
+    CHECK_OK(fl_empty_cache(a));
+    CHECK_EQ_U64(stats(a).allocated_bytes.current, 0);
+    CHECK_EQ_U64(stats(a).reserved_bytes.current, 0);
+    finish(a, d);
+}
+
 /* ---- random sequences -------------------------------------------------------------- */
 
 /* Seeded random operations of a program that captures graphs now and then, on three
@@ -866,7 +901,8 @@ int main(void)
         !fl_test_sym(lib, "fakecuda_capture_violations", &violations) ||
         !fl_test_sym(lib, "fakecuda_graph_faults", &graph_faults) ||
         !fl_test_sym(lib, "fakecuda_graph_destroy", &graph_destroy) ||
-        !fl_test_sym(lib, "fakecuda_fail_call", &fail_call))
+        !fl_test_sym(lib, "fakecuda_fail_call", &fail_call) ||
+        !fl_test_sym(lib, "fakecuda_stream_destroy", &stream_destroy))
         return 1;
     const char *const *names = fl_policy_names();
     for (int i = 0; names[i]; i++) {
@@ -884,6 +920,7 @@ int main(void)
     release_after_failed_free();
     limit_during_capture();
     reuse_of_last_kept_block_counts();
+    destroyed_stream_is_forgotten();
     fprintf(stderr, "-- thread caches and captures\n");
     caches_and_captures();
     threads_on_driver();

@@ -35,10 +35,11 @@ static void refresh(fli_graphs *g, fl_device *d, int *unsure)
     for (uint32_t i = 0; i < g->n_underway;) {
         int status = FL_CAPTURE_NONE;
         uint64_t id = 0;
-        if (fli_dev_capture_info(d, g->underway[i].stream, &status, &id) != FL_OK) {
+        fl_status s = fli_dev_capture_info(d, g->underway[i].stream, &status, &id);
+        if (s != FL_OK && s != FL_ERR_NOT_FOUND) {
             *unsure = 1;
             i++;
-        } else if (status == FL_CAPTURE_NONE || id != g->underway[i].id) {
+        } else if (s == FL_ERR_NOT_FOUND || status == FL_CAPTURE_NONE || id != g->underway[i].id) {
             forget(g, i);
         } else {
             i++;
@@ -80,7 +81,11 @@ int fli_graphs_scan(fli_graphs *g, fl_device *d)
             known = g->underway[k].stream == stream;
         if (known)
             continue;
-        if (fli_dev_capture_info(d, stream, &status, &id) != FL_OK)
+        fl_status s = fli_dev_capture_info(d, stream, &status, &id);
+        if (s == FL_ERR_NOT_FOUND) { /* destroyed: it captures nothing, and is not asked again */
+            g->seen[i--] = g->seen[--g->n_seen];
+            g->next_seen = 0;
+        } else if (s != FL_OK)
             unsure = 1;
         else if (status == FL_CAPTURE_IMPLICIT)
             g->implicit = 1;

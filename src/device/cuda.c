@@ -744,6 +744,9 @@ static fl_status capture_info_in_ctx(cuda_device *c, uint64_t stream, int *statu
         *status = FL_CAPTURE_IMPLICIT;
         return FL_OK;
     }
+    if (r == CUDA_ERROR_INVALID_HANDLE) /* a stream the program destroyed (when the driver catches it) */
+        return fli_fail(FL_ERR_NOT_FOUND, "cuda cuStreamGetCaptureInfo(stream 0x%llx): CUDA_ERROR_INVALID_HANDLE "
+                        "(400): no such stream", (unsigned long long)stream);
     if (r != CUDA_SUCCESS)
         return cu_fail(c, r, "cuStreamGetCaptureInfo(stream 0x%llx)", (unsigned long long)stream);
     *status = st == CU_STREAM_CAPTURE_STATUS_ACTIVE ? FL_CAPTURE_ACTIVE

@@ -157,6 +157,8 @@ static struct {
     unsigned long long next_capture;
     unsigned long long violations;       /* calls that invalidated a capture */
     unsigned long long graph_faults;     /* launches that found a graph's memory gone */
+    CUstream dead[64];                   /* streams the program destroyed (fakecuda_stream_destroy) */
+    size_t n_dead;
 } g = { .lock = PTHREAD_MUTEX_INITIALIZER };
 
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
@@ -1341,11 +1343,21 @@ static CUresult do_event_destroy(CUevent event)
 }
 CUresult cuEventDestroy_v2(CUevent event) { ENTRY(cuEventDestroy_v2, do_event_destroy(event)); }
 
+static int stream_dead(CUstream stream)
+{
+    for (size_t i = 0; i < g.n_dead; i++)
+        if (g.dead[i] == stream)
+            return 1;
+    return 0;
+}
+
 static CUresult do_capture_info(CUstream stream, CUstreamCaptureStatus *status, cuuint64_t *id)
 {
     TRY(need_init());
     if (!status)
         return CUDA_ERROR_INVALID_VALUE;
+    if (stream_dead(stream))
+        return FC_ERROR_INVALID_HANDLE;
     const fc_capture *c = capture_of(stream);
     *status = !c ? CU_STREAM_CAPTURE_STATUS_NONE
             : c->invalidated ? CU_STREAM_CAPTURE_STATUS_INVALIDATED : CU_STREAM_CAPTURE_STATUS_ACTIVE;
@@ -1658,6 +1670,14 @@ CUresult fakecuda_graph_launch(unsigned long long graph)
     return r;
 }
 
+void fakecuda_stream_destroy(CUstream stream)
+{
+    controls_enter();
+    if (!stream_dead(stream) && g.n_dead < sizeof g.dead / sizeof g.dead[0])
+        g.dead[g.n_dead++] = stream;
+    pthread_mutex_unlock(&g.lock);
+}
+
 void fakecuda_graph_destroy(unsigned long long graph)
 {
     controls_enter();
@@ -1713,6 +1733,7 @@ void fakecuda_reset(void)
     g.captures = NULL, g.n_captures = g.cap_captures = 0;
     g.graphs = NULL, g.n_graphs = g.cap_graphs = 0;
     g.violations = g.graph_faults = 0;
+    g.n_dead = 0;
     free(g.res);
     free(g.handles);
     free(g.maps);

@@ -88,6 +88,10 @@ CUresult fakecuda_capture_use(CUstream stream, CUdeviceptr ptr, size_t size);
 CUresult fakecuda_end_capture(CUstream stream, unsigned long long *graph);
 CUresult fakecuda_graph_launch(unsigned long long graph);
 void fakecuda_graph_destroy(unsigned long long graph);
+/* The program destroyed stream (cuStreamDestroy, which the contract leaves out): the
+ * driver's capture query on it then fails with CUDA_ERROR_INVALID_HANDLE, what a driver
+ * that catches the stale handle returns (it does not promise to catch it). */
+void fakecuda_stream_destroy(CUstream stream);
 unsigned long long fakecuda_capture_violations(void);
 unsigned long long fakecuda_graph_faults(void);
 
