@@ -1817,7 +1817,7 @@ void fl_reset_peak_stats(fl_allocator *a)
     int64_t g[FL_TC_FIGURES];
     global_figures(a, g);
     for (int q = 0; q < FL_TC_FIGURES; q++)
-        *peak_of(a, q) = (uint64_t)(g[q] + (a->threads ? a->tc_k[q] : 0));
+        *peak_of(a, q) = (uint64_t)(g[q] + a->tc_k[q]); /* tc_k: 0 without caches (the self-check) */
     if (a->threads)
         tc_unlock_all(a, NULL);
     a->inactive_split_peak = 0;
@@ -2112,10 +2112,10 @@ fl_status fl_graph_release(fl_allocator *a, uint64_t capture)
     lock_a(a);
     fli_graphs *g = &a->graphs;
     fl_status s = FL_OK;
-    int underway = fli_graphs_scan(g, a->policy->dev);
+    /* This capture first (asked once, forgotten once ended), then every other stream. */
     if ((s = fli_graphs_ended(g, a->policy->dev, capture)) != FL_OK)
         s = fli_fail(s, "graph release: %s", fl_last_error());
-    else if ((s = fli_graphs_release_later(g, capture)) == FL_OK && underway >= 0 && !fli_graphs_underway(g))
+    else if ((s = fli_graphs_release_later(g, capture)) == FL_OK && fli_graphs_scan(g, a->policy->dev) == 0)
         s = graphs_catch_up(a); /* else at the first moment without captures */
     if (s == FL_OK)
         maybe_publish(a, 1);

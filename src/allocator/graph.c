@@ -22,19 +22,31 @@ void fli_graphs_free(fli_graphs *g)
     memset(g, 0, sizeof *g);
 }
 
+/* A capture query's answer that the stream captures (invalidated captures included:
+ * their graph still ends with the stream's end-capture). */
+static inline int capturing(int status, uint64_t id)
+{
+    return (status == FL_CAPTURE_ACTIVE || status == FL_CAPTURE_INVALIDATED) && id;
+}
+
 static void forget(fli_graphs *g, uint32_t i)
 {
     g->underway[i] = g->underway[--g->n_underway];
 }
 
-/* Asks again about each capture seen underway; a stream whose capture ended, or that
- * began another, is forgotten (a new capture is seen when it allocates or frees). One
- * whose stream cannot tell stays (assumed still capturing) and sets *unsure. */
-static void refresh(fli_graphs *g, fl_device *d, int *unsure)
+/* Asks again about each capture seen underway (but skip's, when has_skip: its stream was
+ * just asked); a stream whose capture ended, that began another or that is gone is
+ * forgotten (a new capture is seen when it allocates or frees). One whose stream cannot
+ * tell stays (assumed still capturing) and sets *unsure. */
+static void refresh(fli_graphs *g, fl_device *d, int has_skip, uint64_t skip, int *unsure)
 {
     for (uint32_t i = 0; i < g->n_underway;) {
         int status = FL_CAPTURE_NONE;
         uint64_t id = 0;
+        if (has_skip && g->underway[i].stream == skip) {
+            i++;
+            continue;
+        }
         fl_status s = fli_dev_capture_info(d, g->underway[i].stream, &status, &id);
         if (s != FL_OK && s != FL_ERR_NOT_FOUND) {
             *unsure = 1;
@@ -73,9 +85,9 @@ static void add_underway(fli_graphs *g, uint64_t stream, uint64_t id)
 int fli_graphs_scan(fli_graphs *g, fl_device *d)
 {
     int unsure = 0;
-    refresh(g, d, &unsure);
-    for (uint32_t i = 0; i < g->n_seen; i++) {
-        uint64_t stream = g->seen[i], id = 0;
+    refresh(g, d, 0, 0, &unsure);
+    for (uint32_t i = 0; i < g->n_seen;) {
+        uint64_t stream = g->seen[i++], id = 0;
         int known = 0, status = FL_CAPTURE_NONE;
         for (uint32_t k = 0; k < g->n_underway && !known; k++)
             known = g->underway[k].stream == stream;
@@ -83,14 +95,15 @@ int fli_graphs_scan(fli_graphs *g, fl_device *d)
             continue;
         fl_status s = fli_dev_capture_info(d, stream, &status, &id);
         if (s == FL_ERR_NOT_FOUND) { /* destroyed: it captures nothing, and is not asked again */
-            g->seen[i--] = g->seen[--g->n_seen];
+            g->seen[--i] = g->seen[--g->n_seen];
             g->next_seen = 0;
-        } else if (s != FL_OK)
+        } else if (s != FL_OK) {
             unsure = 1;
-        else if (status == FL_CAPTURE_IMPLICIT)
+        } else if (status == FL_CAPTURE_IMPLICIT) {
             g->implicit = 1;
-        else if ((status == FL_CAPTURE_ACTIVE || status == FL_CAPTURE_INVALIDATED) && id)
+        } else if (capturing(status, id)) {
             add_underway(g, stream, id);
+        }
     }
     return unsure ? -1 : fli_graphs_underway(g);
 }
@@ -105,7 +118,7 @@ fl_status fli_graphs_ended(fli_graphs *g, fl_device *d, uint64_t capture)
         if (fli_dev_capture_info(d, stream, &status, &id) != FL_OK)
             return fli_fail(FL_ERR_DEVICE, "cannot tell whether CUDA graph capture 0x%llx (stream 0x%llx) has "
                             "ended: %s", (unsigned long long)capture, (unsigned long long)stream, fl_last_error());
-        if ((status == FL_CAPTURE_ACTIVE || status == FL_CAPTURE_INVALIDATED) && id == capture)
+        if (capturing(status, id) && id == capture)
             return fli_fail(FL_ERR_INVALID, "CUDA graph capture 0x%llx is still underway: end it first",
                             (unsigned long long)capture);
         forget(g, i);
@@ -133,24 +146,13 @@ int fli_graphs_watch(fli_graphs *g, fl_device *d, uint64_t stream, uint64_t *cap
             forget(g, i);
             break;
         }
-    if ((status == FL_CAPTURE_ACTIVE || status == FL_CAPTURE_INVALIDATED) && id) {
+    if (capturing(status, id)) {
         *capture = id;
         add_underway(g, stream, id);
     }
     /* The others: each asked again (few streams capture at once). */
-    for (uint32_t i = 0; i < g->n_underway;) {
-        if (g->underway[i].stream == stream) {
-            i++;
-            continue;
-        }
-        int st = FL_CAPTURE_NONE;
-        uint64_t other = 0;
-        if (fli_dev_capture_info(d, g->underway[i].stream, &st, &other) == FL_OK &&
-            (st == FL_CAPTURE_NONE || other != g->underway[i].id))
-            forget(g, i);
-        else
-            i++;
-    }
+    int unsure = 0;
+    refresh(g, d, 1, stream, &unsure);
     return fli_graphs_underway(g);
 }
 
