@@ -401,6 +401,8 @@ static void test_unmap_fallback(void)
 /* Calls from a thread that has no current context (an autograd worker): they work, in
  * the device's context, and the thread still has none after them (the driver makes no
  * context current on a new thread: CUDA_ERROR_INVALID_CONTEXT without ours). */
+static uint64_t main_key; /* the main thread's per-thread stream key */
+
 static void *other_thread(void *arg)
 {
     fl_device *d = arg;
@@ -419,6 +421,18 @@ static void *other_thread(void *arg)
     CHECK_OK(fli_dev_event_record(d, 0, &ev));
     CHECK_OK(fli_dev_event_query(d, ev, &done));
     fli_dev_event_destroy(d, ev);
+    /* Per-thread default stream keys (device.h): this thread's is its own, recorded on
+     * as CU_STREAM_PER_THREAD; the main thread's names no stream here. */
+    uint64_t mine = fli_per_thread_stream();
+    CHECK(fli_is_per_thread_stream(mine) && fli_is_per_thread_stream(main_key) && mine != main_key &&
+          mine == fli_per_thread_stream() && !fli_is_per_thread_stream(0x7f00aa00));
+    CHECK_OK(fli_dev_event_record(d, mine, &ev));
+    fli_dev_event_destroy(d, ev);
+    CHECK_STATUS(fli_dev_event_record(d, main_key, &ev), FL_ERR_UNSUPPORTED);
+    int status = -1;
+    uint64_t id = 7;
+    CHECK_OK(fli_dev_capture_info(d, main_key, &status, &id));
+    CHECK(status == FL_CAPTURE_NONE && id == 0);
     CHECK_OK(fli_dev_unmap(d, va, 2 * MiB));
     CHECK_OK(fli_dev_release(d, h));
     CHECK_OK(fli_dev_addr_free(d, va, 2 * MiB));
@@ -429,6 +443,7 @@ static void *other_thread(void *arg)
 
 static void test_threads(void)
 {
+    main_key = fli_per_thread_stream();
     fl_device *d = make_dev();
     pthread_t t;
     CHECK(pthread_create(&t, NULL, other_thread, d) == 0);

@@ -558,6 +558,30 @@ static void test_environment(void)
 
 /* ---- streams and events ------------------------------------------------------------- */
 
+/* Another thread's work on its per-thread default stream (CU_STREAM_PER_THREAD): records
+ * on it, or synchronizes it, as the test says (arg: 1 record, 2 synchronize). */
+typedef struct {
+    int what;
+    CUevent e;
+    CUresult r;
+} per_thread_job;
+
+static void *per_thread_work(void *arg)
+{
+    per_thread_job *j = arg;
+    j->r = cu.cuCtxSetCurrent(ctx0);
+    if (j->r == CUDA_SUCCESS)
+        j->r = j->what == 1 ? cu.cuEventRecord(j->e, CU_STREAM_PER_THREAD) : cu.cuStreamSynchronize(CU_STREAM_PER_THREAD);
+    return NULL;
+}
+
+static void per_thread_run(per_thread_job *j)
+{
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, per_thread_work, j) == 0 && pthread_join(t, NULL) == 0);
+    CU_OK(j->r);
+}
+
 static void test_events(void)
 {
     CUevent e = NULL, e2 = NULL;
@@ -591,6 +615,20 @@ static void test_events(void)
     CU_OK(cu.cuEventRecord(e2, STREAM(0x30)));
     fc.complete_all();
     CU_OK(cu.cuEventQuery(e));
+    CU_OK(cu.cuEventQuery(e2));
+
+    /* The per-thread default stream is the calling thread's own: another thread's
+     * synchronize of that handle does not wait for this thread's work, nor this
+     * thread's for another's. */
+    per_thread_job sync_other = {2, NULL, CUDA_SUCCESS}, rec_other = {1, e2, CUDA_SUCCESS};
+    CU_OK(cu.cuEventRecord(e, CU_STREAM_PER_THREAD));
+    per_thread_run(&sync_other);
+    CHECK_CU(cu.cuEventQuery(e), CUDA_ERROR_NOT_READY);
+    per_thread_run(&rec_other);
+    CU_OK(cu.cuStreamSynchronize(CU_STREAM_PER_THREAD));
+    CU_OK(cu.cuEventQuery(e));
+    CHECK_CU(cu.cuEventQuery(e2), CUDA_ERROR_NOT_READY);
+    CU_OK(cu.cuCtxSynchronize()); /* the context's: every thread's stream */
     CU_OK(cu.cuEventQuery(e2));
 
     CU_OK(cu.cuEventRecord(e, STREAM(0x10))); /* destroyed while pending: fine */

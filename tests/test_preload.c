@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "device/device.h"
 #include "test_support.h"
 
 typedef int cudaError_t;
@@ -48,7 +49,8 @@ static cudaError_t free_capturing(free_fn fn, void *ptr, char *err, size_t n)
     return e;
 }
 
-/* The library exports the five runtime functions and nothing else: every other symbol
+/* The library exports the seven runtime functions (five, and the two _ptsz forms of a
+ * program built with per-thread default streams) and nothing else: every other symbol
  * would bind to (or shadow) the program's own. */
 static void test_exports(void)
 {
@@ -61,7 +63,8 @@ static void test_exports(void)
         if (sscanf(line, "%*s %c %255s", &type, name) != 2)
             continue;
         if (!strcmp(name, "cudaMalloc") || !strcmp(name, "cudaFree") || !strcmp(name, "cudaMallocAsync") ||
-            !strcmp(name, "cudaFreeAsync") || !strcmp(name, "cudaMemGetInfo"))
+            !strcmp(name, "cudaFreeAsync") || !strcmp(name, "cudaMemGetInfo") ||
+            !strcmp(name, "cudaMallocAsync_ptsz") || !strcmp(name, "cudaFreeAsync_ptsz"))
             found++;
         else if (type != 'A') { /* version nodes, if any, are no symbols */
             fprintf(stderr, "test_preload: %s also exports %s\n", PRELOAD_SO, name);
@@ -73,7 +76,7 @@ static void test_exports(void)
         printf("test_preload: no nm here; exported symbols checked with dlsym only\n");
         return;
     }
-    CHECK(found == 5 && other == 0);
+    CHECK(found == 7 && other == 0);
 }
 
 static void test_in_process(void)
@@ -149,6 +152,7 @@ static void test_in_process(void)
         complete_all(); /* s2's work is done */
         CHECK(cmalloc_async(&d, MiB, s1) == 0 && d == b);
         CHECK(cfree_async(c, s1) == 0 && cfree_async(d, s1) == 0);
+
         auto_complete(1);
     }
     CHECK(cfree(p) == 0);
@@ -223,6 +227,7 @@ static void check_trace(const char *path)
     CHECK(fgets(line, sizeof line, f) && !strncmp(line, "Thread,Time,Action,Pointer,Size,Stream", 38));
     unsigned long long ptrs[APP_BLOCKS] = {0};
     size_t allocs = 0, frees = 0, rows = 0, bad = 0;
+    unsigned long long per_thread = 0;
     while (fgets(line, sizeof line, f)) {
         char action[32];
         unsigned long long ptr, size, stream;
@@ -231,7 +236,12 @@ static void check_trace(const char *path)
             fprintf(stderr, "test_preload: trace row '%s' does not parse\n", line);
             bad++;
         } else if (!strcmp(action, "allocate")) {
-            unsigned long long want_stream = allocs >= APP_BLOCKS - 2 ? 2 : 0;
+            /* The last two on cudaStreamPerThread: the main thread's key (device.h), the
+             * same for both. */
+            unsigned long long want_stream = allocs >= APP_BLOCKS - 2 ? (per_thread ? per_thread : stream) : 0;
+            if (allocs >= APP_BLOCKS - 2 && !fli_is_per_thread_stream(stream))
+                want_stream = ~stream;
+            per_thread = want_stream;
             if (allocs < APP_BLOCKS && (size != app_sizes[allocs] || stream != want_stream)) {
                 fprintf(stderr, "test_preload: allocation %zu: %llu bytes on stream %llx\n", allocs, size,
                         stream);
@@ -333,6 +343,20 @@ static void test_run(void)
     CHECK(strstr(r->err, "cudaDeviceSynchronize called 1 times (device 1: 1)") != NULL);
     if (r->code != 0 || !strstr(r->err, "(device 1: 1)"))
         show("fragless run -- app --devices", r);
+
+    /* Two threads on their per-thread default streams, through cudaStreamPerThread and
+     * through the _ptsz calls with stream NULL (a program built with --default-stream
+     * per-thread): one thread's freed block, its work pending, is not handed to the
+     * other thread (it was: the allocator saw one stream; and the _ptsz calls went to
+     * the runtime, which has no device here). */
+    r = run("'%s' run -- '%s' --per-thread", FL_CLI, PRELOAD_APP);
+    CHECK(r->code == 0 && strstr(r->out, "per-thread streams kept apart (0 check(s) failed)"));
+    if (r->code != 0)
+        show("fragless run -- app --per-thread", r);
+    r = run("'%s' run -- '%s' --ptsz", FL_CLI, PRELOAD_APP);
+    CHECK(r->code == 0 && strstr(r->out, "per-thread streams kept apart (0 check(s) failed)"));
+    if (r->code != 0)
+        show("fragless run -- app --ptsz", r);
 
     /* A program whose runtime is linked statically allocates through the driver: nothing
      * is served, and the user is told why at exit (before, nothing was said). Processes

@@ -554,14 +554,31 @@ static fl_status cu_synchronize(fl_device *d)
 
 /* ---- events (record_stream) ------------------------------------------------------- */
 
+/* The driver's handle for a stream value: a per-thread key (device.h) is the calling
+ * thread's CU_STREAM_PER_THREAD when the key is that thread's; *other set when it is
+ * another thread's (no handle names that stream here). */
+static CUstream cu_stream(uint64_t stream, int *other)
+{
+    *other = 0;
+    if (!fli_is_per_thread_stream(stream))
+        return (CUstream)(uintptr_t)stream;
+    *other = stream != fli_per_thread_stream();
+    return CU_STREAM_PER_THREAD;
+}
+
 static fl_status event_record_in_ctx(cuda_device *c, uint64_t stream, uint64_t *event)
 {
     CUresult r;
     CUevent ev = NULL;
+    int other;
+    CUstream cs = cu_stream(stream, &other);
+    if (other)
+        return fli_fail(FL_ERR_UNSUPPORTED, "cuda: an event on another thread's per-thread default stream (key "
+                        "0x%llx) cannot be recorded from this thread", (unsigned long long)stream);
     CU(c, r, cuEventCreate(&ev, CU_EVENT_DISABLE_TIMING));
     if (r != CUDA_SUCCESS)
         return cu_fail(c, r, "cuEventCreate()");
-    CU(c, r, cuEventRecord(ev, (CUstream)(uintptr_t)stream));
+    CU(c, r, cuEventRecord(ev, cs));
     if (r != CUDA_SUCCESS) {
         fl_status s = cu_fail(c, r, "cuEventRecord(stream 0x%llx)", (unsigned long long)stream);
         CU(c, r, cuEventDestroy_v2(ev));
@@ -739,7 +756,14 @@ static fl_status capture_info_in_ctx(cuda_device *c, uint64_t stream, int *statu
 {
     CUstreamCaptureStatus st = CU_STREAM_CAPTURE_STATUS_NONE;
     cuuint64_t cid = 0;
-    CUresult r = c->fn.cuStreamGetCaptureInfo((CUstream)(uintptr_t)stream, &st, &cid);
+    int other;
+    CUstream cs = cu_stream(stream, &other);
+    if (other) { /* another thread's per-thread stream: no handle here names it */
+        *status = FL_CAPTURE_NONE;
+        *id = 0;
+        return FL_OK;
+    }
+    CUresult r = c->fn.cuStreamGetCaptureInfo(cs, &st, &cid);
     if (r == CUDA_ERROR_STREAM_CAPTURE_IMPLICIT) {
         *status = FL_CAPTURE_IMPLICIT;
         return FL_OK;

@@ -97,6 +97,12 @@ typedef enum {
     CU_STREAM_CAPTURE_MODE_RELAXED = 2
 } CUstreamCaptureMode;
 
+/* Special stream handles (cuda.h): the legacy default stream, shared by every thread of a
+ * context, and the per-thread default stream: one handle that names the calling thread's
+ * own stream, a different one in each thread. */
+#define CU_STREAM_LEGACY ((CUstream)0x1)
+#define CU_STREAM_PER_THREAD ((CUstream)0x2)
+
 /* cuEventCreate flags */
 enum { CU_EVENT_DEFAULT = 0, CU_EVENT_DISABLE_TIMING = 2 };
 

@@ -3,6 +3,7 @@
  * do the work. */
 #include "device/device.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 
 static const char *const call_names[FL_CALL_COUNT] = {
@@ -252,3 +253,14 @@ uint64_t fl_device_total_calls(const fl_device_counters *c)
 
 uint64_t fl_device_capacity(const fl_device *d) { return d->capacity; }
 uint64_t fl_device_granularity(const fl_device *d) { return d->granularity; }
+
+/* FLI_PER_THREAD_TAG | n for the n-th thread to ask. */
+static atomic_uint_fast64_t next_per_thread = 1;
+static _Thread_local uint64_t per_thread_key;
+
+uint64_t fli_per_thread_stream(void)
+{
+    if (!per_thread_key)
+        per_thread_key = FLI_PER_THREAD_TAG | (uint64_t)atomic_fetch_add_explicit(&next_per_thread, 1, memory_order_relaxed);
+    return per_thread_key;
+}

@@ -124,4 +124,20 @@ char *fli_dev_uuid_str(const fl_device *d, char *buf, size_t n);
 fl_status fli_dev_capture_info(fl_device *d, uint64_t stream, int *status, uint64_t *id);
 fl_status fli_dev_capture_mode(fl_device *d, int *mode);
 
+/* The CUDA runtime's per-thread default stream (cudaStreamPerThread, 0x2) is one handle
+ * that names a different stream in each thread; the allocator keys its heaps, events and
+ * captures by stream value, so a frontend that receives that handle passes this key
+ * instead: the calling thread's own, never reused by another thread, never a real
+ * stream handle (those are user-space pointers, or 0, 1 and 2): FLI_PER_THREAD_TAG | n for
+ * the n-th thread to ask. The cuda device turns it back into the
+ * per-thread handle for the driver when the thread it names calls; another thread's key
+ * cannot be asked about (fli_dev_capture_info answers not capturing, an event record
+ * fails with FL_ERR_UNSUPPORTED). */
+#define FLI_PER_THREAD_TAG (UINT64_C(0xfff0) << 48) /* above every user-space address */
+uint64_t fli_per_thread_stream(void);
+static inline int fli_is_per_thread_stream(uint64_t stream)
+{
+    return (stream & FLI_PER_THREAD_TAG) == FLI_PER_THREAD_TAG;
+}
+
 #endif

@@ -44,6 +44,8 @@ FL_EXPORT cudaError_t cudaMalloc(void **ptr, size_t size);
 FL_EXPORT cudaError_t cudaFree(void *ptr);
 FL_EXPORT cudaError_t cudaMallocAsync(void **ptr, size_t size, cudaStream_t stream);
 FL_EXPORT cudaError_t cudaFreeAsync(void *ptr, cudaStream_t stream);
+FL_EXPORT cudaError_t cudaMallocAsync_ptsz(void **ptr, size_t size, cudaStream_t stream);
+FL_EXPORT cudaError_t cudaFreeAsync_ptsz(void *ptr, cudaStream_t stream);
 FL_EXPORT cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes);
 
 typedef cudaError_t (*get_device_fn)(int *);
@@ -61,7 +63,7 @@ static struct {
     set_device_fn set_device;
     sync_fn sync;
     free_fn free;
-    free_async_fn free_async;
+    free_async_fn free_async, free_async_ptsz;
     mem_get_info_fn mem_get_info;
 } real;
 static pthread_once_t real_once = PTHREAD_ONCE_INIT;
@@ -73,6 +75,7 @@ static void resolve_real(void)
     real.sync = (sync_fn)(uintptr_t)dlsym(RTLD_NEXT, "cudaDeviceSynchronize");
     real.free = (free_fn)(uintptr_t)dlsym(RTLD_NEXT, "cudaFree");
     real.free_async = (free_async_fn)(uintptr_t)dlsym(RTLD_NEXT, "cudaFreeAsync");
+    real.free_async_ptsz = (free_async_fn)(uintptr_t)dlsym(RTLD_NEXT, "cudaFreeAsync_ptsz");
     real.mem_get_info = (mem_get_info_fn)(uintptr_t)dlsym(RTLD_NEXT, "cudaMemGetInfo");
 }
 
@@ -153,6 +156,19 @@ static void report_failure(const char *fn, size_t size, int dev, const char *why
                 first && !verbose() ? " (FRAGLESS_VERBOSE=1 reports every failure)" : "");
 }
 
+/* The runtime's per-thread default stream (driver_types.h): one handle, each thread's own
+ * stream. */
+#define PER_THREAD ((cudaStream_t)0x2)
+
+/* The allocator's name for a stream: the handle, but for the per-thread default stream,
+ * which names another stream in each thread: the calling thread's key (device.h). Without
+ * it, a block one thread freed on its per-thread stream went at once to another thread's,
+ * which does not wait for the first thread's work. */
+static uint64_t stream_key(cudaStream_t stream)
+{
+    return stream == PER_THREAD ? fli_per_thread_stream() : (uint64_t)(uintptr_t)stream;
+}
+
 static cudaError_t preload_alloc(const char *fn, void **ptr, size_t size, cudaStream_t stream)
 {
     atomic_fetch_add_explicit(&served, 1, memory_order_relaxed);
@@ -166,7 +182,7 @@ static cudaError_t preload_alloc(const char *fn, void **ptr, size_t size, cudaSt
     if (!a)
         return cudaErrorMemoryAllocation;
     uint64_t addr;
-    if (fl_alloc(a, size, (uint64_t)(uintptr_t)stream, &addr) != FL_OK) {
+    if (fl_alloc(a, size, stream_key(stream), &addr) != FL_OK) {
         report_failure(fn, size, dev, fl_last_error());
         return cudaErrorMemoryAllocation;
     }
@@ -270,25 +286,46 @@ FL_EXPORT cudaError_t cudaMallocAsync(void **ptr, size_t size, cudaStream_t stre
  * done. On the block's own stream that order is the stream's, so it is reusable there at
  * once (and elsewhere only after a synchronization, as every block). Freed on another
  * stream, it must wait for that stream's work: an event is recorded there
- * (fl_record_stream) and the block comes back when the event completes. */
-FL_EXPORT cudaError_t cudaFreeAsync(void *ptr, cudaStream_t stream)
+ * (fl_record_stream) and the block comes back when the event completes. fn: the entry
+ * point's name; pass: the runtime's, for memory that is not fragless's, called with the
+ * program's own stream argument `given`. */
+static cudaError_t free_async(const char *fn, void *ptr, cudaStream_t stream, free_async_fn pass, cudaStream_t given)
 {
     atomic_fetch_add_explicit(&served, 1, memory_order_relaxed);
     if (!ptr)
         return cudaSuccess;
     pthread_once(&real_once, resolve_real);
     int known;
-    uint64_t own, s = (uint64_t)(uintptr_t)stream;
+    uint64_t own, s = stream_key(stream);
     fl_allocator *a = NULL;
     int dev = owner_of(ptr, current_device(), &a, &own, &known);
     if (dev < 0)
-        return real.free_async ? real.free_async(ptr, stream) : not_ours("cudaFreeAsync", ptr);
+        return pass ? pass(ptr, given) : not_ours(fn, ptr);
     if ((!known || own != s) && fl_record_stream(a, (uint64_t)(uintptr_t)ptr, s) != FL_OK) {
-        fprintf(stderr, "fragless: cudaFreeAsync(%p, stream %p) on device %d: %s\n", ptr, (void *)stream, dev,
+        fprintf(stderr, "fragless: %s(%p, stream %p) on device %d: %s\n", fn, ptr, (void *)stream, dev,
                 fl_last_error());
         return cudaErrorUnknown;
     }
-    return give_back("cudaFreeAsync", a, dev, ptr) == FL_OK ? cudaSuccess : cudaErrorUnknown;
+    return give_back(fn, a, dev, ptr) == FL_OK ? cudaSuccess : cudaErrorUnknown;
+}
+
+FL_EXPORT cudaError_t cudaFreeAsync(void *ptr, cudaStream_t stream)
+{
+    pthread_once(&real_once, resolve_real);
+    return free_async("cudaFreeAsync", ptr, stream, real.free_async, stream);
+}
+
+/* A program built with --default-stream per-thread (CUDA_API_PER_THREAD_DEFAULT_STREAM)
+ * calls these instead: there the NULL stream is the calling thread's per-thread stream. */
+FL_EXPORT cudaError_t cudaMallocAsync_ptsz(void **ptr, size_t size, cudaStream_t stream)
+{
+    return preload_alloc("cudaMallocAsync_ptsz", ptr, size, stream ? stream : PER_THREAD);
+}
+
+FL_EXPORT cudaError_t cudaFreeAsync_ptsz(void *ptr, cudaStream_t stream)
+{
+    pthread_once(&real_once, resolve_real);
+    return free_async("cudaFreeAsync_ptsz", ptr, stream ? stream : PER_THREAD, real.free_async_ptsz, stream);
 }
 
 /* Capacity of each device, read once from the driver (the runtime may not answer). */

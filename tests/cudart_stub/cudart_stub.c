@@ -59,6 +59,12 @@ cudaError_t cudaFreeAsync(void *ptr, cudaStream_t stream)
     return cudaErrorNoDevice;
 }
 
+/* What a program built with --default-stream per-thread calls instead of the two above. */
+cudaError_t cudaMallocAsync_ptsz(void **ptr, size_t size, cudaStream_t stream);
+cudaError_t cudaFreeAsync_ptsz(void *ptr, cudaStream_t stream);
+cudaError_t cudaMallocAsync_ptsz(void **ptr, size_t size, cudaStream_t stream) { return cudaMallocAsync(ptr, size, stream); }
+cudaError_t cudaFreeAsync_ptsz(void *ptr, cudaStream_t stream) { return cudaFreeAsync(ptr, stream); }
+
 cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes)
 {
     (void)free_bytes;

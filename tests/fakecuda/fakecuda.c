@@ -172,6 +172,16 @@ static struct CUctx_st *current_ctx(void)
 static _Thread_local CUstreamCaptureMode tls_mode = CU_STREAM_CAPTURE_MODE_GLOBAL;
 static _Thread_local char tls_me; /* its address names the thread */
 
+/* CU_STREAM_PER_THREAD (the runtime's cudaStreamPerThread) names the calling thread's own
+ * default stream, as the driver resolves it: one handle, a different stream per thread.
+ * Work recorded on it, a capture on it and a synchronize of it are the caller's stream's
+ * (here: the thread's own name), so one thread's synchronize leaves another's events
+ * pending. Any other value names one stream for every thread. */
+static CUstream own_stream(CUstream stream)
+{
+    return stream == CU_STREAM_PER_THREAD ? (CUstream)(void *)&tls_me : stream;
+}
+
 /* ---- configuration ---------------------------------------------------------------- */
 
 static int fn_index(const char *fn)
@@ -541,6 +551,7 @@ static int prohibited(void)
 
 static fc_capture *capture_of(CUstream stream)
 {
+    stream = own_stream(stream);
     for (size_t i = 0; i < g.n_captures; i++)
         if (g.captures[i].stream == stream)
             return &g.captures[i];
@@ -1279,7 +1290,7 @@ static CUresult do_stream_sync(CUstream stream)
     if (capture_of(stream))
         return capture_violation("cuStreamSynchronize", "synchronizing a capturing stream");
     UNSAFE_CALL("cuStreamSynchronize");
-    complete(c, 1, stream);
+    complete(c, 1, own_stream(stream));
     return CUDA_SUCCESS;
 }
 CUresult cuStreamSynchronize(CUstream stream) { ENTRY(cuStreamSynchronize, do_stream_sync(stream)); }
@@ -1311,7 +1322,7 @@ static CUresult do_event_record(CUevent event, CUstream stream)
     if (event_index(event) == SIZE_MAX)
         return FC_ERROR_INVALID_HANDLE;
     event->ctx = c;
-    event->stream = stream;
+    event->stream = own_stream(stream);
     event->pending = !g.auto_complete;
     event->captured = capture_of(stream) != NULL; /* a node of the graph, not a real event */
     return CUDA_SUCCESS;
@@ -1345,6 +1356,7 @@ CUresult cuEventDestroy_v2(CUevent event) { ENTRY(cuEventDestroy_v2, do_event_de
 
 static int stream_dead(CUstream stream)
 {
+    stream = own_stream(stream);
     for (size_t i = 0; i < g.n_dead; i++)
         if (g.dead[i] == stream)
             return 1;
@@ -1535,7 +1547,7 @@ CUresult fakecuda_begin_capture(CUstream stream, CUstreamCaptureMode mode)
         r = CUDA_ERROR_OUT_OF_MEMORY;
     else {
         g.captures = cs;
-        g.captures[g.n_captures++] = (fc_capture){ stream, ++g.next_capture, mode, &tls_me, 0, NULL, 0, 0 };
+        g.captures[g.n_captures++] = (fc_capture){ own_stream(stream), ++g.next_capture, mode, &tls_me, 0, NULL, 0, 0 };
     }
     pthread_mutex_unlock(&g.lock);
     return r;
@@ -1674,7 +1686,7 @@ void fakecuda_stream_destroy(CUstream stream)
 {
     controls_enter();
     if (!stream_dead(stream) && g.n_dead < sizeof g.dead / sizeof g.dead[0])
-        g.dead[g.n_dead++] = stream;
+        g.dead[g.n_dead++] = own_stream(stream);
     pthread_mutex_unlock(&g.lock);
 }
 

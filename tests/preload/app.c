@@ -6,8 +6,11 @@
  *
  * It writes through the device pointers directly: the driver double's device memory is
  * host memory. On a real GPU this program would need cudaMemcpy. */
+#include <dlfcn.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef int cudaError_t;
@@ -21,6 +24,9 @@ cudaError_t cudaMallocAsync(void **ptr, size_t size, cudaStream_t stream);
 cudaError_t cudaFreeAsync(void *ptr, cudaStream_t stream);
 cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes);
 cudaError_t cudaSetDevice(int device);
+/* A program built with --default-stream per-thread calls these: NULL is the thread's stream. */
+cudaError_t cudaMallocAsync_ptsz(void **ptr, size_t size, cudaStream_t stream);
+cudaError_t cudaFreeAsync_ptsz(void *ptr, cudaStream_t stream);
 
 #define N_BLOCKS 10
 
@@ -41,8 +47,97 @@ static int alloc_failed(const char *fn, size_t size, cudaError_t e)
 
 static unsigned char pattern(int block, size_t k) { return (unsigned char)(block * 31 + k % 251); }
 
+/* ---- --per-thread: two threads on their per-thread default streams ---- */
+
+typedef cudaError_t (*malloc_async_fn)(void **, size_t, cudaStream_t);
+typedef cudaError_t (*free_async_fn)(void *, cudaStream_t);
+
+typedef struct {
+    malloc_async_fn m;
+    free_async_fn f;
+    void *ptr; /* in: the block to free; out: the block allocated */
+    cudaStream_t stream;
+    cudaError_t e;
+} other_call;
+
+static void *other_thread(void *arg)
+{
+    other_call *c = arg;
+    c->e = c->ptr ? c->f(c->ptr, c->stream) : c->m(&c->ptr, 1 << 20, c->stream);
+    return NULL;
+}
+
+/* In a new thread: frees ptr on stream, or (ptr NULL) allocates a MiB there; the block
+ * allocated, NULL on failure (or after a free). */
+static void *in_other_thread(malloc_async_fn m, free_async_fn f, void *ptr, cudaStream_t stream)
+{
+    other_call c = {m, f, ptr, stream, -1};
+    pthread_t t;
+    if (pthread_create(&t, NULL, other_thread, &c) != 0 || pthread_join(t, NULL) != 0 || c.e != 0)
+        return NULL;
+    return ptr ? NULL : c.ptr;
+}
+
+static int bad;
+#define EXPECT(cond)                                                                                                   \
+    do {                                                                                                               \
+        if (!(cond)) {                                                                                                 \
+            printf("preload_app: line %d: %s does not hold\n", __LINE__, #cond);                                     \
+            bad++;                                                                                                     \
+        }                                                                                                              \
+    } while (0)
+
+/* cudaStreamPerThread (and the NULL stream of the _ptsz calls) is one handle that names
+ * each thread's own stream. Work stays pending in the driver double (its events complete
+ * when told), so a block one thread freed on its stream may go back to that thread at
+ * once, and to another thread's stream only once that work is done, or after a
+ * synchronize (counted: the cross-thread steps here must see none, or they prove
+ * nothing). */
+static int per_thread(malloc_async_fn m, free_async_fn f, cudaStream_t pt)
+{
+    const char *lib = getenv("FRAGLESS_CUDA_LIB");
+    void *drv = lib ? dlopen(lib, RTLD_NOW | RTLD_LOCAL) : NULL; /* the one fragless loads too */
+    void (*auto_complete)(int) = NULL, (*complete_all)(void) = NULL;
+    unsigned long long (*calls)(const char *) = NULL;
+    void *sym[3] = {drv ? dlsym(drv, "fakecuda_set_auto_complete") : NULL,
+                    drv ? dlsym(drv, "fakecuda_complete_all") : NULL, drv ? dlsym(drv, "fakecuda_calls") : NULL};
+    if (!sym[0] || !sym[1] || !sym[2]) {
+        printf("preload_app: --per-thread needs the driver double (FRAGLESS_CUDA_LIB)\n");
+        return 1;
+    }
+    memcpy(&auto_complete, &sym[0], sizeof sym[0]);
+    memcpy(&complete_all, &sym[1], sizeof sym[1]);
+    memcpy(&calls, &sym[2], sizeof sym[2]);
+#define SYNCS() (calls("cuCtxSynchronize") + calls("cuStreamSynchronize"))
+    auto_complete(0);
+    void *a = NULL, *b = NULL, *c, *d = NULL, *e = NULL;
+    EXPECT(m(&a, 1 << 20, pt) == 0 && a);
+    EXPECT(f(a, pt) == 0);
+    EXPECT(m(&b, 1 << 20, pt) == 0 && b == a); /* its own stream: at once */
+    EXPECT(f(b, pt) == 0);
+    unsigned long long syncs = SYNCS();
+    c = in_other_thread(m, f, NULL, pt);
+    EXPECT(c && c != b && SYNCS() == syncs);
+    in_other_thread(m, f, c, pt); /* freed by its own thread */
+    EXPECT(m(&d, 1 << 20, pt) == 0 && d == b);
+    /* Freed on another thread's stream: it waits for that thread's work. */
+    in_other_thread(m, f, d, pt);
+    syncs = SYNCS();
+    EXPECT(m(&e, 1 << 20, pt) == 0 && e && e != d && SYNCS() == syncs);
+    EXPECT(f(e, pt) == 0);
+    complete_all();
+    auto_complete(1);
+#undef SYNCS
+    printf("preload_app: per-thread streams kept apart (%d check(s) failed)\n", bad);
+    return bad != 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc > 1 && !strcmp(argv[1], "--per-thread")) /* cudaStreamPerThread */
+        return per_thread(cudaMallocAsync, cudaFreeAsync, cudaStreamPerThread);
+    if (argc > 1 && !strcmp(argv[1], "--ptsz")) /* the same through the _ptsz calls and stream NULL */
+        return per_thread(cudaMallocAsync_ptsz, cudaFreeAsync_ptsz, NULL);
     if (argc > 1 && !strcmp(argv[1], "--devices")) {
         /* A block of device 1 freed while device 0 is current: the runtime's cudaFree
          * waits for device 1, the block's. */
