@@ -49,8 +49,8 @@ static cudaError_t free_capturing(free_fn fn, void *ptr, char *err, size_t n)
     return e;
 }
 
-/* The library exports the seven runtime functions (five, and the two _ptsz forms of a
- * program built with per-thread default streams) and nothing else: every other symbol
+/* The library exports the eight runtime functions (five, cudaStreamDestroy, and the two
+ * _ptsz forms of a program built with per-thread default streams) and nothing else: every other symbol
  * would bind to (or shadow) the program's own. */
 static void test_exports(void)
 {
@@ -64,7 +64,8 @@ static void test_exports(void)
             continue;
         if (!strcmp(name, "cudaMalloc") || !strcmp(name, "cudaFree") || !strcmp(name, "cudaMallocAsync") ||
             !strcmp(name, "cudaFreeAsync") || !strcmp(name, "cudaMemGetInfo") ||
-            !strcmp(name, "cudaMallocAsync_ptsz") || !strcmp(name, "cudaFreeAsync_ptsz"))
+            !strcmp(name, "cudaMallocAsync_ptsz") || !strcmp(name, "cudaFreeAsync_ptsz") ||
+            !strcmp(name, "cudaStreamDestroy"))
             found++;
         else if (type != 'A') { /* version nodes, if any, are no symbols */
             fprintf(stderr, "test_preload: %s also exports %s\n", PRELOAD_SO, name);
@@ -76,7 +77,7 @@ static void test_exports(void)
         printf("test_preload: no nm here; exported symbols checked with dlsym only\n");
         return;
     }
-    CHECK(found == 7 && other == 0);
+    CHECK(found == 8 && other == 0);
 }
 
 static void test_in_process(void)
@@ -357,6 +358,13 @@ static void test_run(void)
     CHECK(r->code == 0 && strstr(r->out, "per-thread streams kept apart (0 check(s) failed)"));
     if (r->code != 0)
         show("fragless run -- app --ptsz", r);
+
+    /* A stream per request, destroyed after it: the memory held stays flat, and a
+     * destroyed stream's block waits for its work before another stream gets it. */
+    r = run("'%s' run -- '%s' --streams", FL_CLI, PRELOAD_APP);
+    CHECK(r->code == 0 && strstr(r->out, "destroyed streams (0 check(s) failed)"));
+    if (r->code != 0)
+        show("fragless run -- app --streams", r);
 
     /* A program whose runtime is linked statically allocates through the driver: nothing
      * is served, and the user is told why at exit (before, nothing was said). Processes

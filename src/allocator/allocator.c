@@ -1906,6 +1906,15 @@ fl_status fli_allocator_block_stream(fl_allocator *a, uint64_t addr, uint64_t *s
     return r ? FL_OK : fli_fail(FL_ERR_NOT_FOUND, "0x%llx: not a live block of this allocator", (unsigned long long)addr);
 }
 
+void fli_allocator_stream_gone(fl_allocator *a, uint64_t stream)
+{
+    lock_drained(a);
+    fli_graphs_stream_gone(&a->graphs, stream);
+    if (a->policy->ops->stream_gone)
+        a->policy->ops->stream_gone(a->policy, stream);
+    release_updated(a);
+}
+
 fl_status fl_export(fl_allocator *a, uint64_t addr, fl_ipc_handle *out)
 {
     lock_drained(a);

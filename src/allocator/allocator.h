@@ -41,6 +41,11 @@ uint64_t fli_allocator_unlocked_allocs(fl_allocator *a, uint64_t *refills);
  * when the policy does not keep it; FL_ERR_NOT_FOUND when addr is no live block here (a
  * block waiting for record_stream's events is freed already). */
 fl_status fli_allocator_block_stream(fl_allocator *a, uint64_t addr, uint64_t *stream, int *known);
+/* For the CUDA runtime's frontend (cudaStreamDestroy, a thread's end for its per-thread
+ * stream), called before the stream goes: the allocator stops asking the driver about
+ * it, and the policy may give what it kept for it to a stream created later, once the
+ * work queued on it so far is done (policy.h: stream_gone). */
+void fli_allocator_stream_gone(fl_allocator *a, uint64_t stream);
 /* Replay that follows a recorded PyTorch run (the policy's seed and release ops):
  * fli_allocator_seed holds a segment as it was before recording began, with its live
  * blocks (their addresses in addrs), counted like any allocation; FL_ERR_UNSUPPORTED

@@ -74,6 +74,16 @@ static void note_stream(fli_graphs *g, uint64_t stream)
     }
 }
 
+void fli_graphs_stream_gone(fli_graphs *g, uint64_t stream)
+{
+    for (uint32_t i = 0; i < g->n_seen; i++)
+        if (g->seen[i] == stream) {
+            g->seen[i] = g->seen[--g->n_seen];
+            g->next_seen = 0;
+            break;
+        }
+}
+
 static void add_underway(fli_graphs *g, uint64_t stream, uint64_t id)
 {
     if (g->n_underway == FL_GRAPH_MAX_UNDERWAY)

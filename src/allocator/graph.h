@@ -54,6 +54,9 @@ typedef struct fli_graphs {
 
 fl_status fli_graphs_init(fli_graphs *g);
 void fli_graphs_free(fli_graphs *g);
+/* The program destroyed stream: the scans (fli_graphs_scan) no longer ask about it (a
+ * destroyed handle is not to be passed to the driver). */
+void fli_graphs_stream_gone(fli_graphs *g, uint64_t stream);
 
 /* Asks the device about stream (and again about the captures seen underway, forgetting
  * the finished ones): *capture is the stream's capture id (0: not capturing); *asked is

@@ -146,6 +146,13 @@ typedef struct fx_heap {
      * longer used at that offset): place_on_stack puts the next block right above it. */
     uint32_t stack_node;
     uint64_t stack_off;
+    /* Retired (fx_stream_gone): its stream was destroyed. 1: a stream the policy has not
+     * seen may take the heap over (heap_adopt) once retired_event, recorded on the old
+     * stream before it went, is complete (its work on the heap's free ranges is done);
+     * 2: no event could be recorded, never taken over (its cached pages still serve
+     * reclaim). heap_find skips retired heaps; their stream stays for the record. */
+    int retired;
+    uint64_t retired_event;
     char pad[64];               /* no cache line shared with the next heap's fields */
 } fx_heap;
 
@@ -175,6 +182,7 @@ typedef struct fx_policy {
     uint64_t n_no_access;   /* pages marked PAGE_NO_ACCESS */
     fli_map foreign;        /* lent blocks: address -> their stream */
     int streams;            /* 2: heaps of more than one stream exist */
+    uint32_t n_retired;     /* heaps retired at some time (heap_adopt is looked for) */
     uint64_t lend_peak;     /* the most pages pinned at once (room_above_peak): after each
                                placement with more than one stream, after each that
                                mapped pages with one */
@@ -302,8 +310,37 @@ static fl_status heap_new(fx_policy *f, uint64_t stream, int small, uint32_t *ou
 static int heap_find(const fx_policy *f, uint64_t stream, int small)
 {
     for (uint32_t i = 0; i < f->n_heaps; i++)
-        if (f->heaps[i].stream == stream && f->heaps[i].small == small)
+        if (f->heaps[i].stream == stream && f->heaps[i].small == small && !f->heaps[i].retired)
             return (int)i;
+    return -1;
+}
+
+/* A retired heap of the kind asked whose old stream's work is done, given to stream: -1
+ * if none (the event not complete yet, or not to be asked now: during a capture). A
+ * heap that holds blocks lent by other streams is left as it is (their frees wait in it,
+ * tied to their own streams). */
+static int heap_adopt(fx_policy *f, uint64_t stream, int small)
+{
+    for (uint32_t i = 0; i < f->n_heaps; i++) {
+        fx_heap *h = &f->heaps[i];
+        int done = 0;
+        if (h->retired != 1 || h->small != small || h->n_lent_here)
+            continue;
+        if (fli_dev_event_query(f->base.dev, h->retired_event, &done) != FL_OK) {
+            fli_clear_error(); /* asked again at the next new stream */
+            continue;
+        }
+        if (!done)
+            continue;
+        fli_dev_event_destroy(f->base.dev, h->retired_event);
+        h->retired = 0;
+        h->retired_event = 0;
+        h->stream = stream;
+        h->adopt_by = 0;
+        h->adopt_n = 0;
+        atomic_store_explicit(&h->owner, 0, memory_order_relaxed);
+        return (int)i;
+    }
     return -1;
 }
 
@@ -315,6 +352,8 @@ static inline fl_status heap_for(fx_policy *f, uint64_t stream, int small, uint3
         return FL_OK;
     }
     int i = heap_find(f, stream, small);
+    if (i < 0 && FL_UNLIKELY(f->n_retired))
+        i = heap_adopt(f, stream, small);
     if (i >= 0) {
         *out = (uint32_t)i;
         f->last_heap[small] = &f->heaps[i];
@@ -1839,6 +1878,8 @@ static int fx_block_stream(const fli_policy *base, uint64_t addr, uint64_t *stre
     uint32_t v = live_node(f, addr, &h);
     if (!v)
         return 0;
+    if (FL_UNLIKELY(h->retired)) /* its stream is gone: a free must wait for its own stream */
+        return -1;
     *stream = h->stream;
     if (FL_UNLIKELY(h->range->nodes[v].tag & TAG_FOREIGN)) /* lent: the borrower's */
         fli_map_get(&f->foreign, addr, stream);
@@ -2044,7 +2085,7 @@ static void fx_local_missed(fli_policy *base, uint64_t owner, uint64_t stream, u
     fx_policy *f = (fx_policy *)base;
     int hi = addr ? 0 : heap_find(f, stream, size < f->small_limit);
     fx_heap *h = addr ? heap_known(f, addr) : hi >= 0 ? &f->heaps[hi] : NULL;
-    if (!h)
+    if (!h || h->retired) /* a retired heap is nobody's */
         return;
     uint64_t o = atomic_load_explicit(&h->owner, memory_order_relaxed);
     if (o == owner || o == 0) {
@@ -2058,6 +2099,40 @@ static void fx_local_missed(fli_policy *base, uint64_t owner, uint64_t stream, u
     if (++h->adopt_n >= ADOPT_AFTER) {
         atomic_store_explicit(&h->owner, owner, memory_order_relaxed);
         h->adopt_n = 0;
+    }
+}
+
+/* The program destroyed stream: its heaps are retired. An event recorded on the stream
+ * now (before the program's cuStreamDestroy: the caller's order) marks the end of its
+ * work; once complete, a new stream takes a retired heap over (heap_adopt) with its
+ * address space, tables and cached pages, instead of reserving a heap of its own and
+ * mapping its growth step: a program that creates a stream per request held a heap
+ * pair and their pages ahead per stream ever made, the whole device within a few
+ * thousand. The heaps' blocks still live stay valid (their frees find them by address
+ * and wait for their freeing stream: fx_block_stream says "unknown"). */
+static void fx_stream_gone(fli_policy *base, uint64_t stream)
+{
+    fx_policy *f = (fx_policy *)base;
+    for (int small = 0; small < 2; small++) {
+        int i = heap_find(f, stream, small);
+        if (i < 0)
+            continue;
+        fx_heap *h = &f->heaps[i];
+        uint64_t ev = 0;
+        if (fli_dev_event_record(base->dev, stream, &ev) == FL_OK) {
+            h->retired = 1;
+            h->retired_event = ev;
+        } else {
+            fli_clear_error();
+            h->retired = 2;
+        }
+        /* No thread's stream-local operations: they go the ordinary way. */
+        atomic_store_explicit(&h->owner, UINT64_MAX, memory_order_relaxed);
+        h->adopt_by = 0;
+        h->adopt_n = 0;
+        f->n_retired++;
+        if (f->last_heap[small] == h)
+            f->last_heap[small] = &no_heap;
     }
 }
 
@@ -2373,6 +2448,8 @@ static void fx_destroy(fli_policy *base)
         fl_range_destroy(h->range);
         heap_free_tables(h, f->gran_log);
         free(h->deferred);
+        if (h->retired == 1)
+            fli_dev_event_destroy(base->dev, h->retired_event);
     }
     if (f->foreign.e)
         fli_map_free(&f->foreign);
@@ -2430,6 +2507,7 @@ const fli_policy_ops fli_policy_fragless = {
     .free = fx_free,
     .block_size = fx_block_size,
     .block_stream = fx_block_stream,
+    .stream_gone = fx_stream_gone,
     .empty_cache = fx_empty_cache,
     .check = fx_check,
     .query = fx_query,

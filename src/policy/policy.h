@@ -57,6 +57,11 @@ typedef struct fli_policy_ops {
      * one's when its operations keep coming the ordinary way (a stream that moved to
      * another thread of a pool). */
     void (*local_missed)(fli_policy *p, uint64_t owner, uint64_t stream, uint64_t size, uint64_t addr);
+    /* Optional: the program destroyed stream (or the thread whose per-thread stream it
+     * was ended; under the allocator's lock, no stream-local operation running). Whatever
+     * the policy keeps for that stream may serve a stream created later once the work
+     * queued on it so far is done; blocks of it still live stay valid. NULL: nothing. */
+    void (*stream_gone)(fli_policy *p, uint64_t stream);
     /* The requested size of the live block that starts at addr; 0 if there is none. */
     uint64_t (*block_size)(const fli_policy *p, uint64_t addr);
     /* The stream the live block at addr was allocated on: 1 and *stream; 0 when there

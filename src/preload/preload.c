@@ -8,7 +8,11 @@
  * stream's work is done; cudaFree(NULL), which creates the primary context, goes to the
  * runtime.
  *
- * Built with hidden visibility: these five functions are the library's only exported
+ * cudaStreamDestroy is interposed too, so that the allocators retire the stream before it
+ * goes (fli_allocator_stream_gone), and the _ptsz forms of the two Async calls, which a
+ * program built with per-thread default streams calls.
+ *
+ * Built with hidden visibility: these eight functions are the library's only exported
  * symbols, so nothing else of the process binds to fragless' internals (and they bind
  * to nothing of the process). Not served: programs linked with the static cudart
  * (nvcc's default; build with -cudart shared), and calls made inside libcudart itself;
@@ -47,6 +51,7 @@ FL_EXPORT cudaError_t cudaFreeAsync(void *ptr, cudaStream_t stream);
 FL_EXPORT cudaError_t cudaMallocAsync_ptsz(void **ptr, size_t size, cudaStream_t stream);
 FL_EXPORT cudaError_t cudaFreeAsync_ptsz(void *ptr, cudaStream_t stream);
 FL_EXPORT cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes);
+FL_EXPORT cudaError_t cudaStreamDestroy(cudaStream_t stream);
 
 typedef cudaError_t (*get_device_fn)(int *);
 typedef cudaError_t (*set_device_fn)(int);
@@ -54,6 +59,7 @@ typedef cudaError_t (*free_fn)(void *);
 typedef cudaError_t (*free_async_fn)(void *, cudaStream_t);
 typedef cudaError_t (*mem_get_info_fn)(size_t *, size_t *);
 typedef cudaError_t (*sync_fn)(void);
+typedef cudaError_t (*stream_destroy_fn)(cudaStream_t);
 
 /* The real runtime's entry points, if the program has one: the current device comes
  * from it, cudaFree synchronizes through it, memory fragless did not hand out goes back
@@ -65,6 +71,7 @@ static struct {
     free_fn free;
     free_async_fn free_async, free_async_ptsz;
     mem_get_info_fn mem_get_info;
+    stream_destroy_fn stream_destroy;
 } real;
 static pthread_once_t real_once = PTHREAD_ONCE_INIT;
 
@@ -77,6 +84,7 @@ static void resolve_real(void)
     real.free_async = (free_async_fn)(uintptr_t)dlsym(RTLD_NEXT, "cudaFreeAsync");
     real.free_async_ptsz = (free_async_fn)(uintptr_t)dlsym(RTLD_NEXT, "cudaFreeAsync_ptsz");
     real.mem_get_info = (mem_get_info_fn)(uintptr_t)dlsym(RTLD_NEXT, "cudaMemGetInfo");
+    real.stream_destroy = (stream_destroy_fn)(uintptr_t)dlsym(RTLD_NEXT, "cudaStreamDestroy");
 }
 
 static int verbose(void)
@@ -164,9 +172,40 @@ static void report_failure(const char *fn, size_t size, int dev, const char *why
  * which names another stream in each thread: the calling thread's key (device.h). Without
  * it, a block one thread freed on its per-thread stream went at once to another thread's,
  * which does not wait for the first thread's work. */
+static void per_thread_ends(void *unused);
+static pthread_key_t per_thread_key;
+static int per_thread_key_made;
+static pthread_once_t per_thread_once = PTHREAD_ONCE_INIT;
+static void make_per_thread_key(void) { per_thread_key_made = pthread_key_create(&per_thread_key, per_thread_ends) == 0; }
+
 static uint64_t stream_key(cudaStream_t stream)
 {
-    return stream == PER_THREAD ? fli_per_thread_stream() : (uint64_t)(uintptr_t)stream;
+    if (stream != PER_THREAD)
+        return (uint64_t)(uintptr_t)stream;
+    /* The thread's end retires its key (per_thread_ends): keys are never reused, so what
+     * the allocator keeps for a thread that ended would otherwise stay its own. */
+    pthread_once(&per_thread_once, make_per_thread_key);
+    if (per_thread_key_made && !pthread_getspecific(per_thread_key))
+        pthread_setspecific(per_thread_key, (void *)1);
+    return fli_per_thread_stream();
+}
+
+/* Every allocator forgets a stream about to go (fli_allocator_stream_gone: what the
+ * policy kept for it may serve a stream made later, once its work is done). */
+static void streams_gone(uint64_t key)
+{
+    for (int d = 0; d < FL_FRONTEND_MAX_DEVICES; d++) {
+        fl_allocator *a = fli_frontend_existing(d);
+        if (a)
+            fli_allocator_stream_gone(a, key);
+    }
+}
+
+/* A thread that used its per-thread default stream ends (that stream goes with it). */
+static void per_thread_ends(void *unused)
+{
+    (void)unused;
+    streams_gone(fli_per_thread_stream());
 }
 
 static cudaError_t preload_alloc(const char *fn, void **ptr, size_t size, cudaStream_t stream)
@@ -326,6 +365,20 @@ FL_EXPORT cudaError_t cudaFreeAsync_ptsz(void *ptr, cudaStream_t stream)
 {
     pthread_once(&real_once, resolve_real);
     return free_async("cudaFreeAsync_ptsz", ptr, stream ? stream : PER_THREAD, real.free_async_ptsz, stream);
+}
+
+/* The stream goes: the allocators retire it first (an event recorded on it while it
+ * is valid marks the end of its work), then the runtime destroys it. A program that
+ * makes a stream per request held, under the fragless policy, a heap pair and its
+ * pages ahead per stream it ever made, the whole GPU within a few thousand. The special
+ * handles (the legacy and per-thread default streams) are not destroyed: the runtime
+ * answers them. */
+FL_EXPORT cudaError_t cudaStreamDestroy(cudaStream_t stream)
+{
+    pthread_once(&real_once, resolve_real);
+    if ((uintptr_t)stream > (uintptr_t)PER_THREAD)
+        streams_gone((uint64_t)(uintptr_t)stream);
+    return real.stream_destroy ? real.stream_destroy(stream) : cudaErrorInvalidValue;
 }
 
 /* Capacity of each device, read once from the driver (the runtime may not answer). */

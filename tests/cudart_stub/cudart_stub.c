@@ -9,7 +9,12 @@
  *     context is retained and made current, as the runtime does;
  *   - cudaDeviceSynchronize, counted per current device;
  *   - cudaStreamSynchronize, which completes the stream's work in the driver double (its
- *     events), so stream-ordered frees can be seen waiting for it.
+ *     events), so stream-ordered frees can be seen waiting for it;
+ *   - cudaStreamCreate and cudaStreamDestroy: a handle is a pointer the stub allocates,
+ *     never freed (the runtime frees a destroyed stream once its work is done, so its
+ *     handle comes back only then; the stub's work is never done for sure);
+ *     the destroy tells the driver double (fakecuda_stream_destroy), whose calls on the
+ *     stale handle then fail until a stream is made with it again (fakecuda_stream_create).
  * With CUDART_STUB_REPORT=1 the counts are printed on stderr at exit. The ABI is the
  * runtime's (an int-sized error enum, pointer streams). */
 #include <dlfcn.h>
@@ -110,6 +115,8 @@ static struct {
     int (*retain)(CUcontext *, int);
     int (*set_current)(CUcontext);
     int (*stream_sync)(void *);
+    void (*stream_destroy)(void *); /* the driver double's fakecuda_stream_destroy, if any */
+    void (*stream_create)(void *);  /* and fakecuda_stream_create */
 } drv;
 static pthread_once_t drv_once = PTHREAD_ONCE_INIT;
 
@@ -128,6 +135,11 @@ static void load_driver(void)
     memcpy(&drv.retain, &f[1], sizeof f[1]);
     memcpy(&drv.set_current, &f[2], sizeof f[2]);
     memcpy(&drv.stream_sync, &f[3], sizeof f[3]);
+    void *d = dlsym(lib, "fakecuda_stream_destroy"), *c = dlsym(lib, "fakecuda_stream_create");
+    if (d && c) {
+        memcpy(&drv.stream_destroy, &d, sizeof d);
+        memcpy(&drv.stream_create, &c, sizeof c);
+    }
 }
 
 static atomic_ulong syncs[STUB_DEVICES], free_null, stream_syncs;
@@ -161,6 +173,32 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream)
     atomic_fetch_add(&stream_syncs, 1);
     pthread_once(&drv_once, load_driver);
     return drv.stream_sync && drv.stream_sync(stream) == 0 ? 0 : cudaErrorNoDevice;
+}
+
+cudaError_t cudaStreamCreate(cudaStream_t *stream);
+cudaError_t cudaStreamDestroy(cudaStream_t stream);
+
+cudaError_t cudaStreamCreate(cudaStream_t *stream)
+{
+    if (!stream)
+        return cudaErrorInvalidValue;
+    *stream = malloc(64);
+    if (!*stream)
+        return 2;
+    pthread_once(&drv_once, load_driver);
+    if (drv.stream_create)
+        drv.stream_create(*stream);
+    return 0;
+}
+
+cudaError_t cudaStreamDestroy(cudaStream_t stream)
+{
+    if ((uintptr_t)stream <= 2) /* the NULL, legacy and per-thread streams */
+        return cudaErrorInvalidValue;
+    pthread_once(&drv_once, load_driver);
+    if (drv.stream_destroy)
+        drv.stream_destroy(stream);
+    return 0; /* the handle is not freed: see above */
 }
 
 __attribute__((destructor)) static void report(void)

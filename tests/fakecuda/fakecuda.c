@@ -1315,11 +1315,20 @@ static CUresult do_event_create(CUevent *event, unsigned int flags)
 }
 CUresult cuEventCreate(CUevent *event, unsigned int flags) { ENTRY(cuEventCreate, do_event_create(event, flags)); }
 
+static int stream_dead(CUstream stream)
+{
+    stream = own_stream(stream);
+    for (size_t i = 0; i < g.n_dead; i++)
+        if (g.dead[i] == stream)
+            return 1;
+    return 0;
+}
+
 static CUresult do_event_record(CUevent event, CUstream stream)
 {
     struct CUctx_st *c;
     TRY(need_ctx(&c));
-    if (event_index(event) == SIZE_MAX)
+    if (event_index(event) == SIZE_MAX || stream_dead(stream)) /* a destroyed stream's handle is stale */
         return FC_ERROR_INVALID_HANDLE;
     event->ctx = c;
     event->stream = own_stream(stream);
@@ -1354,14 +1363,6 @@ static CUresult do_event_destroy(CUevent event)
 }
 CUresult cuEventDestroy_v2(CUevent event) { ENTRY(cuEventDestroy_v2, do_event_destroy(event)); }
 
-static int stream_dead(CUstream stream)
-{
-    stream = own_stream(stream);
-    for (size_t i = 0; i < g.n_dead; i++)
-        if (g.dead[i] == stream)
-            return 1;
-    return 0;
-}
 
 static CUresult do_capture_info(CUstream stream, CUstreamCaptureStatus *status, cuuint64_t *id)
 {
@@ -1680,6 +1681,18 @@ CUresult fakecuda_graph_launch(unsigned long long graph)
     g.graph_faults += faults;
     pthread_mutex_unlock(&g.lock);
     return r;
+}
+
+void fakecuda_stream_create(CUstream stream)
+{
+    controls_enter();
+    CUstream own = own_stream(stream);
+    for (size_t i = 0; i < g.n_dead; i++)
+        if (g.dead[i] == own) {
+            g.dead[i] = g.dead[--g.n_dead];
+            break;
+        }
+    pthread_mutex_unlock(&g.lock);
 }
 
 void fakecuda_stream_destroy(CUstream stream)

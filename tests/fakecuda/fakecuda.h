@@ -89,9 +89,13 @@ CUresult fakecuda_end_capture(CUstream stream, unsigned long long *graph);
 CUresult fakecuda_graph_launch(unsigned long long graph);
 void fakecuda_graph_destroy(unsigned long long graph);
 /* The program destroyed stream (cuStreamDestroy, which the contract leaves out): the
- * driver's capture query on it then fails with CUDA_ERROR_INVALID_HANDLE, what a driver
- * that catches the stale handle returns (it does not promise to catch it). */
+ * driver's capture query and an event record on it then fail with
+ * CUDA_ERROR_INVALID_HANDLE, what a driver that catches the stale handle returns (it
+ * does not promise to catch it). Work queued on it before stays pending until done. */
 void fakecuda_stream_destroy(CUstream stream);
+/* A stream made with this handle (a runtime double's cudaStreamCreate, which may hand out
+ * a destroyed stream's handle again): valid again. */
+void fakecuda_stream_create(CUstream stream);
 unsigned long long fakecuda_capture_violations(void);
 unsigned long long fakecuda_graph_faults(void);
 

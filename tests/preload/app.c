@@ -24,6 +24,8 @@ cudaError_t cudaMallocAsync(void **ptr, size_t size, cudaStream_t stream);
 cudaError_t cudaFreeAsync(void *ptr, cudaStream_t stream);
 cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes);
 cudaError_t cudaSetDevice(int device);
+cudaError_t cudaStreamCreate(cudaStream_t *stream);
+cudaError_t cudaStreamDestroy(cudaStream_t stream);
 /* A program built with --default-stream per-thread calls these: NULL is the thread's stream. */
 cudaError_t cudaMallocAsync_ptsz(void **ptr, size_t size, cudaStream_t stream);
 cudaError_t cudaFreeAsync_ptsz(void *ptr, cudaStream_t stream);
@@ -64,6 +66,17 @@ static void *other_thread(void *arg)
 {
     other_call *c = arg;
     c->e = c->ptr ? c->f(c->ptr, c->stream) : c->m(&c->ptr, 1 << 20, c->stream);
+    return NULL;
+}
+
+/* A thread that allocates 5 MiB on its stream, frees it there and ends. */
+static void *short_thread(void *arg)
+{
+    other_call *c = arg;
+    void *p = NULL;
+    c->e = c->m(&p, 5 << 20, c->stream);
+    if (!c->e)
+        c->e = c->f(p, c->stream);
     return NULL;
 }
 
@@ -127,13 +140,86 @@ static int per_thread(malloc_async_fn m, free_async_fn f, cudaStream_t pt)
     EXPECT(f(e, pt) == 0);
     complete_all();
     auto_complete(1);
+    /* A hundred short-lived threads, one after another: each one's stream ends with it,
+     * and what the allocator kept for it serves the next (the memory held stays flat;
+     * before, each thread's stream kept its heaps and their pages). */
+    size_t (*used)(int) = NULL;
+    void *u = dlsym(drv, "fakecuda_used");
+    memcpy(&used, &u, sizeof u);
+    size_t first = 0;
+    for (int i = 0; u && i < 100; i++) {
+        other_call sc = {m, f, NULL, pt, -1};
+        pthread_t t;
+        EXPECT(pthread_create(&t, NULL, short_thread, &sc) == 0 && pthread_join(t, NULL) == 0 && sc.e == 0);
+        if (!i)
+            first = used(0);
+    }
+    EXPECT(u && first > 0 && used(0) <= first);
 #undef SYNCS
     printf("preload_app: per-thread streams kept apart (%d check(s) failed)\n", bad);
     return bad != 0;
 }
 
+/* ---- --streams: a stream per request, destroyed after it ---- */
+
+/* Two hundred requests, each on a stream of its own, made and destroyed around it: the
+ * device memory held stays what one request needs (before, each stream kept a heap pair
+ * with its pages ahead). And a destroyed stream's block, its work pending, does not go
+ * to the next stream before that work is done. */
+static int streams(void)
+{
+    const char *lib = getenv("FRAGLESS_CUDA_LIB");
+    void *drv = lib ? dlopen(lib, RTLD_NOW | RTLD_LOCAL) : NULL;
+    void *sym[4] = {drv ? dlsym(drv, "fakecuda_set_auto_complete") : NULL,
+                    drv ? dlsym(drv, "fakecuda_complete_all") : NULL, drv ? dlsym(drv, "fakecuda_calls") : NULL,
+                    drv ? dlsym(drv, "fakecuda_used") : NULL};
+    void (*auto_complete)(int) = NULL, (*complete_all)(void) = NULL;
+    unsigned long long (*calls)(const char *) = NULL;
+    size_t (*used)(int) = NULL;
+    if (!sym[0] || !sym[1] || !sym[2] || !sym[3]) {
+        printf("preload_app: --streams needs the driver double (FRAGLESS_CUDA_LIB)\n");
+        return 1;
+    }
+    memcpy(&auto_complete, &sym[0], sizeof sym[0]);
+    memcpy(&complete_all, &sym[1], sizeof sym[1]);
+    memcpy(&calls, &sym[2], sizeof sym[2]);
+    memcpy(&used, &sym[3], sizeof sym[3]);
+    size_t first = 0;
+    for (int i = 0; i < 200; i++) {
+        cudaStream_t s = NULL;
+        void *p = NULL;
+        EXPECT(cudaStreamCreate(&s) == 0 && cudaMallocAsync(&p, 5 << 20, s) == 0 && p);
+        if (p)
+            memset(p, i, 5 << 20);
+        EXPECT(cudaFreeAsync(p, s) == 0 && cudaStreamDestroy(s) == 0);
+        if (!i)
+            first = used(0);
+    }
+    EXPECT(first > 0 && used(0) <= first);
+    printf("preload_app: 200 streams, device memory in use %zu bytes after the first, %zu after the last\n", first,
+           used(0));
+
+    auto_complete(0);
+    cudaStream_t s1 = NULL, s2 = NULL, s3 = NULL;
+    void *p = NULL, *q = NULL, *r = NULL;
+    EXPECT(cudaStreamCreate(&s1) == 0 && cudaMallocAsync(&p, 3 << 20, s1) == 0 && p);
+    unsigned long long syncs = calls("cuCtxSynchronize") + calls("cuStreamSynchronize");
+    EXPECT(cudaFreeAsync(p, s1) == 0 && cudaStreamDestroy(s1) == 0); /* its work still pending */
+    EXPECT(cudaStreamCreate(&s2) == 0 && cudaMallocAsync(&q, 3 << 20, s2) == 0 && q);
+    EXPECT(q != p || calls("cuCtxSynchronize") + calls("cuStreamSynchronize") != syncs);
+    complete_all();
+    EXPECT(cudaStreamCreate(&s3) == 0 && cudaMallocAsync(&r, 3 << 20, s3) == 0 && r == p); /* s1's heaps, taken over */
+    EXPECT(cudaFreeAsync(q, s2) == 0 && cudaFreeAsync(r, s3) == 0);
+    EXPECT(cudaStreamDestroy(s2) == 0 && cudaStreamDestroy(s3) == 0);
+    auto_complete(1);
+    printf("preload_app: destroyed streams (%d check(s) failed)\n", bad);
+    return bad != 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc > 1 && !strcmp(argv[1], "--streams"))
+        return streams();
     if (argc > 1 && !strcmp(argv[1], "--per-thread")) /* cudaStreamPerThread */
         return per_thread(cudaMallocAsync, cudaFreeAsync, cudaStreamPerThread);
     if (argc > 1 && !strcmp(argv[1], "--ptsz")) /* the same through the _ptsz calls and stream NULL */
