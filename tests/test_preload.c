@@ -359,6 +359,13 @@ static void test_run(void)
     if (r->code != 0)
         show("fragless run -- app --ptsz", r);
 
+    /* cudaMallocAsync on a stream of device 1 while device 0 is current: device 1's
+     * memory, as the runtime gives (it was device 0's). */
+    r = run("FAKECUDA_DEVICES=2 '%s' run -- '%s' --stream-device", FL_CLI, PRELOAD_APP);
+    CHECK(r->code == 0 && strstr(r->out, "streams' devices (0 check(s) failed)"));
+    if (r->code != 0)
+        show("fragless run -- app --stream-device", r);
+
     /* A stream per request, destroyed after it: the memory held stays flat, and a
      * destroyed stream's block waits for its work before another stream gets it. */
     r = run("'%s' run -- '%s' --streams", FL_CLI, PRELOAD_APP);

@@ -785,6 +785,44 @@ static fl_status cu_capture_info(fl_device *d, uint64_t stream, int *status, uin
     IN_CTX(cuda(d), capture_info_in_ctx(cuda(d), stream, status, id));
 }
 
+/* cudaMallocAsync allocates on the device of its stream's context (the runtime's
+ * contract), which need not be the current one: the stream's context, then its device's
+ * ordinal. No GPU work, not counted. The special handles (NULL, legacy, per-thread and
+ * their keys) are the current device's: the caller does not ask about them. */
+static fl_status cu_stream_device(fl_device *d, uint64_t stream, int *ordinal)
+{
+    cuda_device *c = cuda(d);
+    CUcontext ctx = NULL;
+    int other;
+    CUresult r = c->fn.cuStreamGetCtx(cu_stream(stream, &other), &ctx);
+    if (r != CUDA_SUCCESS)
+        return cu_fail(c, r, "cuStreamGetCtx(stream 0x%llx)", (unsigned long long)stream);
+    if (ctx == c->ctx) {
+        *ordinal = c->ordinal;
+        return FL_OK;
+    }
+    CUdevice dev = 0;
+    int count = 0;
+    if ((r = c->fn.cuCtxPushCurrent_v2(ctx)) != CUDA_SUCCESS)
+        return cu_fail(c, r, "cuCtxPushCurrent(the context of stream 0x%llx)", (unsigned long long)stream);
+    r = c->fn.cuCtxGetDevice(&dev);
+    CUcontext popped;
+    c->fn.cuCtxPopCurrent_v2(&popped);
+    if (r != CUDA_SUCCESS)
+        return cu_fail(c, r, "cuCtxGetDevice(the context of stream 0x%llx)", (unsigned long long)stream);
+    if ((r = c->fn.cuDeviceGetCount(&count)) != CUDA_SUCCESS)
+        return cu_fail(c, r, "cuDeviceGetCount()");
+    for (int i = 0; i < count; i++) {
+        CUdevice di;
+        if (c->fn.cuDeviceGet(&di, i) == CUDA_SUCCESS && di == dev) {
+            *ordinal = i;
+            return FL_OK;
+        }
+    }
+    return fli_fail(FL_ERR_DEVICE, "cuda: stream 0x%llx belongs to a device the driver does not list",
+                    (unsigned long long)stream);
+}
+
 static fl_status cu_capture_mode(fl_device *d, int *mode)
 {
     cuda_device *c = cuda(d);
@@ -877,6 +915,7 @@ static const fli_device_ops cuda_ops = {
     .import_close = cu_import_close,
     .capture_info = cu_capture_info,
     .capture_mode = cu_capture_mode,
+    .stream_device = cu_stream_device,
     .destroy = cu_destroy,
 };
 

@@ -128,6 +128,8 @@ enum { CU_EVENT_DEFAULT = 0, CU_EVENT_DISABLE_TIMING = 2 };
     X(cuCtxPushCurrent_v2, (CUcontext ctx))                                                         \
     X(cuCtxPopCurrent_v2, (CUcontext *ctx))                                                         \
     X(cuCtxSynchronize, (void))                                                                     \
+    X(cuCtxGetDevice, (CUdevice *device))                                                           \
+    X(cuStreamGetCtx, (CUstream stream, CUcontext *ctx))                                            \
     X(cuGetErrorName, (CUresult error, const char **name))                                          \
     X(cuMemGetInfo_v2, (size_t *free_bytes, size_t *total_bytes))                                   \
     X(cuMemAlloc_v2, (CUdeviceptr *dptr, size_t bytes))                                             \

@@ -217,6 +217,12 @@ fl_status fli_dev_capture_mode(fl_device *d, int *mode)
     return d->ops->capture_mode ? d->ops->capture_mode(d, mode) : FL_OK;
 }
 
+fl_status fli_dev_stream_device(fl_device *d, uint64_t stream, int *ordinal)
+{
+    return d->ops->stream_device ? d->ops->stream_device(d, stream, ordinal)
+                                 : fli_fail(FL_ERR_UNSUPPORTED, "%s: streams have no device of their own", d->ops->name);
+}
+
 void fl_device_destroy(fl_device *d)
 {
     if (d)

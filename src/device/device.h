@@ -48,6 +48,8 @@ typedef struct fli_device_ops {
      * cuThreadExchangeStreamCaptureMode). */
     fl_status (*capture_info)(fl_device *d, uint64_t stream, int *status, uint64_t *id);
     fl_status (*capture_mode)(fl_device *d, int *mode);
+    /* The ordinal of the device whose context stream belongs to (cuda; NULL elsewhere). */
+    fl_status (*stream_device)(fl_device *d, uint64_t stream, int *ordinal);
     void (*destroy)(fl_device *d);
 } fli_device_ops;
 
@@ -123,6 +125,9 @@ char *fli_dev_uuid_str(const fl_device *d, char *buf, size_t n);
  * the device cannot tell), and the thread's capture mode swap (nothing without it). */
 fl_status fli_dev_capture_info(fl_device *d, uint64_t stream, int *status, uint64_t *id);
 fl_status fli_dev_capture_mode(fl_device *d, int *mode);
+/* The ordinal of the device whose context stream was made in (cuda: cuStreamGetCtx);
+ * FL_ERR_UNSUPPORTED on devices without streams of their own. */
+fl_status fli_dev_stream_device(fl_device *d, uint64_t stream, int *ordinal);
 
 /* The CUDA runtime's per-thread default stream (cudaStreamPerThread, 0x2) is one handle
  * that names a different stream in each thread; the allocator keys its heaps, events and

@@ -208,6 +208,43 @@ static void per_thread_ends(void *unused)
     streams_gone(fli_per_thread_stream());
 }
 
+/* Streams destroyed so far: a thread's remembered stream device (alloc_device) is good
+ * only while no stream was destroyed since (its handle may name another stream now). */
+static atomic_uint streams_destroyed;
+static _Thread_local struct {
+    cudaStream_t stream;
+    unsigned destroyed;
+    int dev;
+} last_stream = {NULL, 0, -1};
+
+/* The device an allocation on stream goes to: the stream's, as the runtime's
+ * cudaMallocAsync does (it allocates from the pool of the stream's device, whatever the
+ * current one); the current device for the special streams (NULL, legacy, per-thread),
+ * or when the driver cannot say. One driver query per stream a thread uses in a row. */
+static int alloc_device(cudaStream_t stream)
+{
+    int cur = current_device();
+    if ((uintptr_t)stream <= (uintptr_t)PER_THREAD)
+        return cur;
+    unsigned destroyed = atomic_load_explicit(&streams_destroyed, memory_order_acquire);
+    if (last_stream.stream == stream && last_stream.destroyed == destroyed && last_stream.dev >= 0)
+        return last_stream.dev;
+    fl_allocator *a = fli_frontend_allocator(cur); /* its device asks the driver */
+    int dev = cur;
+    if (!a || fli_dev_stream_device(fli_allocator_policy(a)->dev, (uint64_t)(uintptr_t)stream, &dev) != FL_OK ||
+        dev < 0 || dev >= FL_FRONTEND_MAX_DEVICES) {
+        if (verbose())
+            fprintf(stderr, "fragless: the device of stream %p: %s; allocating on the current device %d\n",
+                    (void *)stream, a ? fl_last_error() : "no allocator", cur);
+        fli_clear_error();
+        return cur;
+    }
+    last_stream.stream = stream;
+    last_stream.destroyed = destroyed;
+    last_stream.dev = dev;
+    return dev;
+}
+
 static cudaError_t preload_alloc(const char *fn, void **ptr, size_t size, cudaStream_t stream)
 {
     atomic_fetch_add_explicit(&served, 1, memory_order_relaxed);
@@ -216,7 +253,7 @@ static cudaError_t preload_alloc(const char *fn, void **ptr, size_t size, cudaSt
     *ptr = NULL;
     if (size == 0)
         return cudaSuccess; /* as the runtime does: no memory, a NULL pointer, no error */
-    int dev = current_device();
+    int dev = alloc_device(stream);
     fl_allocator *a = fli_frontend_allocator(dev); /* says why on stderr when it fails */
     if (!a)
         return cudaErrorMemoryAllocation;
@@ -376,8 +413,10 @@ FL_EXPORT cudaError_t cudaFreeAsync_ptsz(void *ptr, cudaStream_t stream)
 FL_EXPORT cudaError_t cudaStreamDestroy(cudaStream_t stream)
 {
     pthread_once(&real_once, resolve_real);
-    if ((uintptr_t)stream > (uintptr_t)PER_THREAD)
+    if ((uintptr_t)stream > (uintptr_t)PER_THREAD) {
         streams_gone((uint64_t)(uintptr_t)stream);
+        atomic_fetch_add_explicit(&streams_destroyed, 1, memory_order_release);
+    }
     return real.stream_destroy ? real.stream_destroy(stream) : cudaErrorInvalidValue;
 }
 

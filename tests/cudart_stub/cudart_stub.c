@@ -10,7 +10,9 @@
  *   - cudaDeviceSynchronize, counted per current device;
  *   - cudaStreamSynchronize, which completes the stream's work in the driver double (its
  *     events), so stream-ordered frees can be seen waiting for it;
- *   - cudaStreamCreate and cudaStreamDestroy: a handle is a pointer the stub allocates,
+ *   - cudaStreamCreate and cudaStreamDestroy: a stream is made in the current device's
+ *     primary context (told to the driver double, whose cuStreamGetCtx answers it); a
+ *     handle is a pointer the stub allocates,
  *     never freed (the runtime frees a destroyed stream once its work is done, so its
  *     handle comes back only then; the stub's work is never done for sure);
  *     the destroy tells the driver double (fakecuda_stream_destroy), whose calls on the
@@ -116,7 +118,7 @@ static struct {
     int (*set_current)(CUcontext);
     int (*stream_sync)(void *);
     void (*stream_destroy)(void *); /* the driver double's fakecuda_stream_destroy, if any */
-    void (*stream_create)(void *);  /* and fakecuda_stream_create */
+    void (*stream_create)(void *, CUcontext); /* and fakecuda_stream_create */
 } drv;
 static pthread_once_t drv_once = PTHREAD_ONCE_INIT;
 
@@ -185,9 +187,12 @@ cudaError_t cudaStreamCreate(cudaStream_t *stream)
     *stream = malloc(64);
     if (!*stream)
         return 2;
+    /* Made in the current device's primary context, as the runtime makes it. */
     pthread_once(&drv_once, load_driver);
-    if (drv.stream_create)
-        drv.stream_create(*stream);
+    CUcontext ctx = NULL;
+    int dev = current() < 0 ? 0 : current();
+    if (drv.stream_create && drv.init && drv.init(0) == 0 && drv.retain(&ctx, dev) == 0)
+        drv.stream_create(*stream, ctx);
     return 0;
 }
 

@@ -159,6 +159,11 @@ static struct {
     unsigned long long graph_faults;     /* launches that found a graph's memory gone */
     CUstream dead[64];                   /* streams the program destroyed (fakecuda_stream_destroy) */
     size_t n_dead;
+    struct {
+        CUstream stream;
+        struct CUctx_st *ctx;
+    } made[256];                         /* streams made in a known context (fakecuda_stream_create) */
+    size_t n_made;
 } g = { .lock = PTHREAD_MUTEX_INITIALIZER };
 
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
@@ -717,6 +722,17 @@ static CUresult do_get_current(CUcontext *ctx)
     return CUDA_SUCCESS;
 }
 CUresult cuCtxGetCurrent(CUcontext *ctx) { ENTRY(cuCtxGetCurrent, do_get_current(ctx)); }
+
+static CUresult do_ctx_device(CUdevice *device)
+{
+    struct CUctx_st *c;
+    if (!device)
+        return CUDA_ERROR_INVALID_VALUE;
+    TRY(need_ctx(&c));
+    *device = c->dev;
+    return CUDA_SUCCESS;
+}
+CUresult cuCtxGetDevice(CUdevice *device) { ENTRY(cuCtxGetDevice, do_ctx_device(device)); }
 
 /* A context the calls may make current: one of the primary contexts, retained. */
 static CUresult check_ctx(CUcontext ctx)
@@ -1295,6 +1311,37 @@ static CUresult do_stream_sync(CUstream stream)
 }
 CUresult cuStreamSynchronize(CUstream stream) { ENTRY(cuStreamSynchronize, do_stream_sync(stream)); }
 
+static int stream_dead(CUstream stream)
+{
+    stream = own_stream(stream);
+    for (size_t i = 0; i < g.n_dead; i++)
+        if (g.dead[i] == stream)
+            return 1;
+    return 0;
+}
+
+/* The context a stream was made in (fakecuda_stream_create); any other value names a
+ * stream of the current context (see above). */
+static CUresult do_stream_ctx(CUstream stream, CUcontext *ctx)
+{
+    TRY(need_init());
+    if (!ctx)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (stream_dead(stream))
+        return FC_ERROR_INVALID_HANDLE;
+    CUstream own = own_stream(stream);
+    for (size_t i = 0; i < g.n_made; i++)
+        if (g.made[i].stream == own && g.made[i].ctx) {
+            *ctx = g.made[i].ctx;
+            return CUDA_SUCCESS;
+        }
+    struct CUctx_st *c;
+    TRY(need_ctx(&c));
+    *ctx = c;
+    return CUDA_SUCCESS;
+}
+CUresult cuStreamGetCtx(CUstream stream, CUcontext *ctx) { ENTRY(cuStreamGetCtx, do_stream_ctx(stream, ctx)); }
+
 static CUresult do_event_create(CUevent *event, unsigned int flags)
 {
     struct CUctx_st *c;
@@ -1315,14 +1362,6 @@ static CUresult do_event_create(CUevent *event, unsigned int flags)
 }
 CUresult cuEventCreate(CUevent *event, unsigned int flags) { ENTRY(cuEventCreate, do_event_create(event, flags)); }
 
-static int stream_dead(CUstream stream)
-{
-    stream = own_stream(stream);
-    for (size_t i = 0; i < g.n_dead; i++)
-        if (g.dead[i] == stream)
-            return 1;
-    return 0;
-}
 
 static CUresult do_event_record(CUevent event, CUstream stream)
 {
@@ -1683,7 +1722,7 @@ CUresult fakecuda_graph_launch(unsigned long long graph)
     return r;
 }
 
-void fakecuda_stream_create(CUstream stream)
+void fakecuda_stream_create(CUstream stream, CUcontext ctx)
 {
     controls_enter();
     CUstream own = own_stream(stream);
@@ -1692,6 +1731,15 @@ void fakecuda_stream_create(CUstream stream)
             g.dead[i] = g.dead[--g.n_dead];
             break;
         }
+    size_t k = 0;
+    while (k < g.n_made && g.made[k].stream != own)
+        k++;
+    if (k == g.n_made && g.n_made < sizeof g.made / sizeof g.made[0])
+        g.n_made++;
+    if (k < g.n_made) {
+        g.made[k].stream = own;
+        g.made[k].ctx = ctx;
+    }
     pthread_mutex_unlock(&g.lock);
 }
 
@@ -1759,6 +1807,7 @@ void fakecuda_reset(void)
     g.graphs = NULL, g.n_graphs = g.cap_graphs = 0;
     g.violations = g.graph_faults = 0;
     g.n_dead = 0;
+    g.n_made = 0;
     free(g.res);
     free(g.handles);
     free(g.maps);

@@ -93,9 +93,10 @@ void fakecuda_graph_destroy(unsigned long long graph);
  * CUDA_ERROR_INVALID_HANDLE, what a driver that catches the stale handle returns (it
  * does not promise to catch it). Work queued on it before stays pending until done. */
 void fakecuda_stream_destroy(CUstream stream);
-/* A stream made with this handle (a runtime double's cudaStreamCreate, which may hand out
- * a destroyed stream's handle again): valid again. */
-void fakecuda_stream_create(CUstream stream);
+/* A stream made with this handle in context ctx (a runtime double's cudaStreamCreate,
+ * which may hand out a destroyed stream's handle again): valid again, and
+ * cuStreamGetCtx answers ctx for it (NULL: the current context, as for any other value). */
+void fakecuda_stream_create(CUstream stream, CUcontext ctx);
 unsigned long long fakecuda_capture_violations(void);
 unsigned long long fakecuda_graph_faults(void);
 

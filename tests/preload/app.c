@@ -216,8 +216,44 @@ static int streams(void)
     return bad != 0;
 }
 
+/* ---- --stream-device: cudaMallocAsync on another device's stream ---- */
+
+/* The runtime allocates from the pool of the stream's device, whatever the current
+ * device (FAKECUDA_DEVICES=2): a stream of device 1 used while device 0 is current gets
+ * device 1's memory (before, fragless allocated on the current device). */
+static int stream_device(void)
+{
+    const char *lib = getenv("FRAGLESS_CUDA_LIB");
+    void *drv = lib ? dlopen(lib, RTLD_NOW | RTLD_LOCAL) : NULL;
+    void *u = drv ? dlsym(drv, "fakecuda_used") : NULL;
+    size_t (*used)(int) = NULL;
+    if (!u) {
+        printf("preload_app: --stream-device needs the driver double (FRAGLESS_CUDA_LIB)\n");
+        return 1;
+    }
+    memcpy(&used, &u, sizeof u);
+    cudaStream_t s1 = NULL, s0 = NULL;
+    void *p = NULL, *q = NULL;
+    EXPECT(cudaSetDevice(1) == 0 && cudaFree(NULL) == 0 && cudaStreamCreate(&s1) == 0);
+    EXPECT(cudaSetDevice(0) == 0 && cudaFree(NULL) == 0 && cudaStreamCreate(&s0) == 0);
+    size_t used0 = used(0), used1 = used(1);
+    EXPECT(cudaMallocAsync(&p, 3 << 20, s1) == 0 && p);
+    EXPECT(used(1) > used1 && used(0) == used0);
+    used0 = used(0);
+    EXPECT(cudaMallocAsync(&q, 3 << 20, s0) == 0 && q);
+    EXPECT(used(0) > used0);
+    if (p)
+        memset(p, 1, 3 << 20);
+    EXPECT(cudaFreeAsync(p, s1) == 0 && cudaFreeAsync(q, s0) == 0);
+    EXPECT(cudaStreamDestroy(s1) == 0 && cudaStreamDestroy(s0) == 0);
+    printf("preload_app: streams' devices (%d check(s) failed)\n", bad);
+    return bad != 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc > 1 && !strcmp(argv[1], "--stream-device"))
+        return stream_device();
     if (argc > 1 && !strcmp(argv[1], "--streams"))
         return streams();
     if (argc > 1 && !strcmp(argv[1], "--per-thread")) /* cudaStreamPerThread */
