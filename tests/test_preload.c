@@ -272,6 +272,18 @@ static void check_trace(const char *path)
     CHECK_EQ_U64(bad, 0);
 }
 
+/* `fragless run -- preload_app MODE` with env before it: exits 0 and says want. */
+static void app_mode(const char *env, const char *mode, const char *want)
+{
+    fl_run_result *r = run("%s '%s' run -- '%s' %s", env, FL_CLI, PRELOAD_APP, mode);
+    CHECK(r->code == 0 && strstr(r->out, want));
+    if (r->code != 0 || !strstr(r->out, want)) {
+        char what[128];
+        snprintf(what, sizeof what, "fragless run -- app %s", mode);
+        show(what, r);
+    }
+}
+
 static void test_run(void)
 {
     /* Without fragless the program meets the runtime's "no device". */
@@ -350,28 +362,16 @@ static void test_run(void)
      * per-thread): one thread's freed block, its work pending, is not handed to the
      * other thread (it was: the allocator saw one stream; and the _ptsz calls went to
      * the runtime, which has no device here). */
-    r = run("'%s' run -- '%s' --per-thread", FL_CLI, PRELOAD_APP);
-    CHECK(r->code == 0 && strstr(r->out, "per-thread streams kept apart (0 check(s) failed)"));
-    if (r->code != 0)
-        show("fragless run -- app --per-thread", r);
-    r = run("'%s' run -- '%s' --ptsz", FL_CLI, PRELOAD_APP);
-    CHECK(r->code == 0 && strstr(r->out, "per-thread streams kept apart (0 check(s) failed)"));
-    if (r->code != 0)
-        show("fragless run -- app --ptsz", r);
+    app_mode("", "--per-thread", "per-thread streams kept apart (0 check(s) failed)");
+    app_mode("", "--ptsz", "per-thread streams kept apart (0 check(s) failed)");
 
     /* cudaMallocAsync on a stream of device 1 while device 0 is current: device 1's
      * memory, as the runtime gives (it was device 0's). */
-    r = run("FAKECUDA_DEVICES=2 '%s' run -- '%s' --stream-device", FL_CLI, PRELOAD_APP);
-    CHECK(r->code == 0 && strstr(r->out, "streams' devices (0 check(s) failed)"));
-    if (r->code != 0)
-        show("fragless run -- app --stream-device", r);
+    app_mode("FAKECUDA_DEVICES=2", "--stream-device", "streams' devices (0 check(s) failed)");
 
     /* A stream per request, destroyed after it: the memory held stays flat, and a
      * destroyed stream's block waits for its work before another stream gets it. */
-    r = run("'%s' run -- '%s' --streams", FL_CLI, PRELOAD_APP);
-    CHECK(r->code == 0 && strstr(r->out, "destroyed streams (0 check(s) failed)"));
-    if (r->code != 0)
-        show("fragless run -- app --streams", r);
+    app_mode("", "--streams", "destroyed streams (0 check(s) failed)");
 
     /* A program whose runtime is linked statically allocates through the driver: nothing
      * is served, and the user is told why at exit (before, nothing was said). Processes

@@ -36,14 +36,25 @@ static fl_stats stats(fl_allocator *a)
 
 static int overlaps(uint64_t a, uint64_t an, uint64_t b, uint64_t bn) { return a < b + bn && b < a + an; }
 
-static void on_double(const char *policy)
+/* A fresh driver double with events held incomplete, and the policy on it; NULL when
+ * the double cannot be had. */
+static fl_allocator *start(const char *policy, fl_device **d)
 {
     fake_reset();
-    fl_device *d = fl_test_fake_device();
-    if (!d)
-        return;
-    fl_allocator *a = make(policy, d);
+    *d = fl_test_fake_device();
+    if (!*d)
+        return NULL;
+    fl_allocator *a = make(policy, *d);
     set_auto_complete(0);
+    return a;
+}
+
+static void on_double(const char *policy)
+{
+    fl_device *d;
+    fl_allocator *a = start(policy, &d);
+    if (!a)
+        return;
 
     /* Freed while stream 2 may still read it: not reused, by its own stream either. */
     uint64_t x, y, z;
@@ -120,12 +131,10 @@ static void on_double(const char *policy)
  * address comes back), where it reserved a heap pair per stream ever made. */
 static void gone_on_double(const char *policy)
 {
-    fake_reset();
-    fl_device *d = fl_test_fake_device();
-    if (!d)
+    fl_device *d;
+    fl_allocator *a = start(policy, &d);
+    if (!a)
         return;
-    fl_allocator *a = make(policy, d);
-    set_auto_complete(0);
     const uint64_t S3 = 0x3000, S4 = 0x4000;
     uint64_t p, live, q, r;
     CHECK_OK(fl_alloc(a, 3 * MiB, S1, &p));

@@ -49,6 +49,37 @@ static int alloc_failed(const char *fn, size_t size, cudaError_t e)
 
 static unsigned char pattern(int block, size_t k) { return (unsigned char)(block * 31 + k % 251); }
 
+/* ---- the driver double's controls (FRAGLESS_CUDA_LIB), for the modes below ---- */
+
+static struct {
+    void (*auto_complete)(int);
+    void (*complete_all)(void);
+    unsigned long long (*calls)(const char *);
+    size_t (*used)(int);
+} dbl;
+
+/* Loads them (the library fragless loads too: one copy); 0 when the double is there. */
+static int load_double(const char *mode)
+{
+    const char *lib = getenv("FRAGLESS_CUDA_LIB");
+    void *drv = lib ? dlopen(lib, RTLD_NOW | RTLD_LOCAL) : NULL;
+    const char *names[4] = {"fakecuda_set_auto_complete", "fakecuda_complete_all", "fakecuda_calls", "fakecuda_used"};
+    void *sym[4];
+    for (int i = 0; i < 4; i++)
+        if (!drv || !(sym[i] = dlsym(drv, names[i]))) {
+            printf("preload_app: %s needs the driver double (FRAGLESS_CUDA_LIB)\n", mode);
+            return 1;
+        }
+    /* Object to function pointers, as POSIX allows for dlsym's results. */
+    memcpy(&dbl.auto_complete, &sym[0], sizeof sym[0]);
+    memcpy(&dbl.complete_all, &sym[1], sizeof sym[1]);
+    memcpy(&dbl.calls, &sym[2], sizeof sym[2]);
+    memcpy(&dbl.used, &sym[3], sizeof sym[3]);
+    return 0;
+}
+
+#define SYNCS() (dbl.calls("cuCtxSynchronize") + dbl.calls("cuStreamSynchronize"))
+
 /* ---- --per-thread: two threads on their per-thread default streams ---- */
 
 typedef cudaError_t (*malloc_async_fn)(void **, size_t, cudaStream_t);
@@ -108,21 +139,9 @@ static int bad;
  * nothing). */
 static int per_thread(malloc_async_fn m, free_async_fn f, cudaStream_t pt)
 {
-    const char *lib = getenv("FRAGLESS_CUDA_LIB");
-    void *drv = lib ? dlopen(lib, RTLD_NOW | RTLD_LOCAL) : NULL; /* the one fragless loads too */
-    void (*auto_complete)(int) = NULL, (*complete_all)(void) = NULL;
-    unsigned long long (*calls)(const char *) = NULL;
-    void *sym[3] = {drv ? dlsym(drv, "fakecuda_set_auto_complete") : NULL,
-                    drv ? dlsym(drv, "fakecuda_complete_all") : NULL, drv ? dlsym(drv, "fakecuda_calls") : NULL};
-    if (!sym[0] || !sym[1] || !sym[2]) {
-        printf("preload_app: --per-thread needs the driver double (FRAGLESS_CUDA_LIB)\n");
+    if (load_double("--per-thread"))
         return 1;
-    }
-    memcpy(&auto_complete, &sym[0], sizeof sym[0]);
-    memcpy(&complete_all, &sym[1], sizeof sym[1]);
-    memcpy(&calls, &sym[2], sizeof sym[2]);
-#define SYNCS() (calls("cuCtxSynchronize") + calls("cuStreamSynchronize"))
-    auto_complete(0);
+    dbl.auto_complete(0);
     void *a = NULL, *b = NULL, *c, *d = NULL, *e = NULL;
     EXPECT(m(&a, 1 << 20, pt) == 0 && a);
     EXPECT(f(a, pt) == 0);
@@ -138,24 +157,20 @@ static int per_thread(malloc_async_fn m, free_async_fn f, cudaStream_t pt)
     syncs = SYNCS();
     EXPECT(m(&e, 1 << 20, pt) == 0 && e && e != d && SYNCS() == syncs);
     EXPECT(f(e, pt) == 0);
-    complete_all();
-    auto_complete(1);
+    dbl.complete_all();
+    dbl.auto_complete(1);
     /* A hundred short-lived threads, one after another: each one's stream ends with it,
      * and what the allocator kept for it serves the next (the memory held stays flat;
      * before, each thread's stream kept its heaps and their pages). */
-    size_t (*used)(int) = NULL;
-    void *u = dlsym(drv, "fakecuda_used");
-    memcpy(&used, &u, sizeof u);
     size_t first = 0;
-    for (int i = 0; u && i < 100; i++) {
+    for (int i = 0; i < 100; i++) {
         other_call sc = {m, f, NULL, pt, -1};
         pthread_t t;
         EXPECT(pthread_create(&t, NULL, short_thread, &sc) == 0 && pthread_join(t, NULL) == 0 && sc.e == 0);
         if (!i)
-            first = used(0);
+            first = dbl.used(0);
     }
-    EXPECT(u && first > 0 && used(0) <= first);
-#undef SYNCS
+    EXPECT(first > 0 && dbl.used(0) <= first);
     printf("preload_app: per-thread streams kept apart (%d check(s) failed)\n", bad);
     return bad != 0;
 }
@@ -168,22 +183,8 @@ static int per_thread(malloc_async_fn m, free_async_fn f, cudaStream_t pt)
  * to the next stream before that work is done. */
 static int streams(void)
 {
-    const char *lib = getenv("FRAGLESS_CUDA_LIB");
-    void *drv = lib ? dlopen(lib, RTLD_NOW | RTLD_LOCAL) : NULL;
-    void *sym[4] = {drv ? dlsym(drv, "fakecuda_set_auto_complete") : NULL,
-                    drv ? dlsym(drv, "fakecuda_complete_all") : NULL, drv ? dlsym(drv, "fakecuda_calls") : NULL,
-                    drv ? dlsym(drv, "fakecuda_used") : NULL};
-    void (*auto_complete)(int) = NULL, (*complete_all)(void) = NULL;
-    unsigned long long (*calls)(const char *) = NULL;
-    size_t (*used)(int) = NULL;
-    if (!sym[0] || !sym[1] || !sym[2] || !sym[3]) {
-        printf("preload_app: --streams needs the driver double (FRAGLESS_CUDA_LIB)\n");
+    if (load_double("--streams"))
         return 1;
-    }
-    memcpy(&auto_complete, &sym[0], sizeof sym[0]);
-    memcpy(&complete_all, &sym[1], sizeof sym[1]);
-    memcpy(&calls, &sym[2], sizeof sym[2]);
-    memcpy(&used, &sym[3], sizeof sym[3]);
     size_t first = 0;
     for (int i = 0; i < 200; i++) {
         cudaStream_t s = NULL;
@@ -193,25 +194,25 @@ static int streams(void)
             memset(p, i, 5 << 20);
         EXPECT(cudaFreeAsync(p, s) == 0 && cudaStreamDestroy(s) == 0);
         if (!i)
-            first = used(0);
+            first = dbl.used(0);
     }
-    EXPECT(first > 0 && used(0) <= first);
+    EXPECT(first > 0 && dbl.used(0) <= first);
     printf("preload_app: 200 streams, device memory in use %zu bytes after the first, %zu after the last\n", first,
-           used(0));
+           dbl.used(0));
 
-    auto_complete(0);
+    dbl.auto_complete(0);
     cudaStream_t s1 = NULL, s2 = NULL, s3 = NULL;
     void *p = NULL, *q = NULL, *r = NULL;
     EXPECT(cudaStreamCreate(&s1) == 0 && cudaMallocAsync(&p, 3 << 20, s1) == 0 && p);
-    unsigned long long syncs = calls("cuCtxSynchronize") + calls("cuStreamSynchronize");
+    unsigned long long syncs = SYNCS();
     EXPECT(cudaFreeAsync(p, s1) == 0 && cudaStreamDestroy(s1) == 0); /* its work still pending */
     EXPECT(cudaStreamCreate(&s2) == 0 && cudaMallocAsync(&q, 3 << 20, s2) == 0 && q);
-    EXPECT(q != p || calls("cuCtxSynchronize") + calls("cuStreamSynchronize") != syncs);
-    complete_all();
+    EXPECT(q != p || SYNCS() != syncs);
+    dbl.complete_all();
     EXPECT(cudaStreamCreate(&s3) == 0 && cudaMallocAsync(&r, 3 << 20, s3) == 0 && r == p); /* s1's heaps, taken over */
     EXPECT(cudaFreeAsync(q, s2) == 0 && cudaFreeAsync(r, s3) == 0);
     EXPECT(cudaStreamDestroy(s2) == 0 && cudaStreamDestroy(s3) == 0);
-    auto_complete(1);
+    dbl.auto_complete(1);
     printf("preload_app: destroyed streams (%d check(s) failed)\n", bad);
     return bad != 0;
 }
@@ -223,25 +224,18 @@ static int streams(void)
  * device 1's memory (before, fragless allocated on the current device). */
 static int stream_device(void)
 {
-    const char *lib = getenv("FRAGLESS_CUDA_LIB");
-    void *drv = lib ? dlopen(lib, RTLD_NOW | RTLD_LOCAL) : NULL;
-    void *u = drv ? dlsym(drv, "fakecuda_used") : NULL;
-    size_t (*used)(int) = NULL;
-    if (!u) {
-        printf("preload_app: --stream-device needs the driver double (FRAGLESS_CUDA_LIB)\n");
+    if (load_double("--stream-device"))
         return 1;
-    }
-    memcpy(&used, &u, sizeof u);
     cudaStream_t s1 = NULL, s0 = NULL;
     void *p = NULL, *q = NULL;
     EXPECT(cudaSetDevice(1) == 0 && cudaFree(NULL) == 0 && cudaStreamCreate(&s1) == 0);
     EXPECT(cudaSetDevice(0) == 0 && cudaFree(NULL) == 0 && cudaStreamCreate(&s0) == 0);
-    size_t used0 = used(0), used1 = used(1);
+    size_t used0 = dbl.used(0), used1 = dbl.used(1);
     EXPECT(cudaMallocAsync(&p, 3 << 20, s1) == 0 && p);
-    EXPECT(used(1) > used1 && used(0) == used0);
-    used0 = used(0);
+    EXPECT(dbl.used(1) > used1 && dbl.used(0) == used0);
+    used0 = dbl.used(0);
     EXPECT(cudaMallocAsync(&q, 3 << 20, s0) == 0 && q);
-    EXPECT(used(0) > used0);
+    EXPECT(dbl.used(0) > used0);
     if (p)
         memset(p, 1, 3 << 20);
     EXPECT(cudaFreeAsync(p, s1) == 0 && cudaFreeAsync(q, s0) == 0);
