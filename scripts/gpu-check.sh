@@ -21,6 +21,12 @@
 #      and make_graphed_callables under fragless with outputs equal to eager; an out-of-memory
 #      caught as torch.OutOfMemoryError and the loop going on with a smaller batch;
 #      torch.cuda.use_mem_pool(fragless.torch.pool())
+#   i  (right after g) the CUDA runtime's stream contracts under `fragless run`, with real
+#      late work (scripts/gpu_contracts.cu, built here with nvcc -cudart shared): a block
+#      freed while a slow kernel still writes it is not handed to another thread's
+#      cudaStreamPerThread, nor to the stream made after its own was destroyed; with 2+
+#      GPUs, cudaMallocAsync on device 1's stream while device 0 is current gives device
+#      1's memory; SKIP without nvcc
 #   h  with 2+ GPUs (before c-e): peer copies of tensors fragless allocated (fragless run),
 #      NCCL all-reduce of fragless-allocated tensors under torchrun --nproc-per-node 2
 #      (fragless run), and NCCL's registration of a fragless MemPool (registrable:1MiB)
@@ -477,6 +483,42 @@ if ((HAVE_GPU)); then
     torch_check graphs
     say "[g] fragless.torch.pool() under torch.cuda.use_mem_pool"
     torch_check pool
+fi
+
+# ---- i: the CUDA runtime's stream contracts under fragless run ------------------------------
+
+if ((HAVE_GPU)); then
+    say "[i] stream contracts under fragless run (scripts/gpu_contracts.cu): per-thread streams, destroyed streams, another device's stream"
+    NVCC=$(command -v nvcc || true)
+    [[ -n $NVCC ]] || NVCC=/usr/local/cuda/bin/nvcc
+    if [[ ! -x $NVCC ]]; then
+        record "i stream contracts" SKIP 0 "no nvcc on this machine: scripts/gpu_contracts.cu not built"
+    else
+        run_boxed 90 "$WORK/i-build.log" "$NVCC" -O2 -cudart shared -o "$WORK/gpu_contracts" scripts/gpu_contracts.cu -lpthread
+        if ((RC != 0)); then
+            show_tail "$WORK/i-build.log"
+            record "i stream contracts" ERROR "$SECS" "gpu_contracts.cu did not build: $(why_not) (log: i-build.log)"
+            cannot "i stream contracts: did not build ($(why_not))"
+        else
+            run_boxed 60 "$WORK/i-run.log" env -u FRAGLESS_CUDA_LIB -u FRAGLESS_CONF "$BUILD_DIR/fragless" run -- \
+                "$WORK/gpu_contracts"
+            cat "$WORK/i-run.log"
+            I_LINE=$(grep -m 1 '^GPU_CONTRACTS ' "$WORK/i-run.log" | sed 's/^GPU_CONTRACTS //' || true)
+            I_CHECKS=$(grep '^GPU_CONTRACT ' "$WORK/i-run.log" | awk '{print $2 " " $3}' | tr '\n' ',' | sed 's/,$//' || true)
+            case $RC in
+            0) record "i stream contracts" ok "$SECS" "$I_CHECKS" ;;
+            1)
+                record "i stream contracts" FAIL "$SECS" "$I_LINE: $I_CHECKS"
+                failed "i stream contracts: $(grep -m 1 ' FAIL ' "$WORK/i-run.log" | cut -c 1-160)"
+                ;;
+            *)
+                show_tail "$WORK/i-run.log"
+                record "i stream contracts" ERROR "$SECS" "${I_LINE:-no result}: $(why_not) (log: i-run.log)"
+                cannot "i stream contracts: $(why_not)"
+                ;;
+            esac
+        fi
+    fi
 fi
 
 # ---- h: two GPUs (peer copies, NCCL) --------------------------------------------------------

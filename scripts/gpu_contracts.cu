@@ -1,0 +1,214 @@
+// scripts/gpu_contracts.cu: the CUDA runtime's stream contracts that `fragless run` keeps,
+// checked on a real GPU with real asynchronous work (gpu-check.sh, step i). The tests
+// check them on the project's driver double (tests/preload/app.c), whose work is only
+// "pending" on request; here a kernel really runs late.
+//
+//   nvcc -O2 -cudart shared -o gpu_contracts scripts/gpu_contracts.cu -lpthread
+//   build/fragless run -- ./gpu_contracts
+//
+// Each check: a block is freed while a slow kernel (it spins, then fills the block with
+// one value) still has to write it, on a stream that then goes out of the picture; a
+// second stream allocates a block of the same size at once and fills it with another
+// value; after the device is synchronized, the second block must hold only its own
+// value. A runtime (or fragless) that handed the first block to the second stream while
+// the slow kernel ran shows the slow kernel's value there.
+//   per-thread  two threads on cudaStreamPerThread (one handle, each thread's own stream)
+//   destroyed   a stream destroyed right after the free; the next stream made
+//   device      (two GPUs) cudaMallocAsync on a stream of device 1 while device 0 is
+//               current: the block must be device 1's (cudaPointerGetAttributes)
+// Output: one line per check, "GPU_CONTRACT <name> ok|FAIL|SKIP <detail>", then
+// "GPU_CONTRACTS <n> failed". Exit status 0 when none failed, 1 otherwise, 2 when CUDA
+// could not run at all.
+#include <cuda_runtime.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const size_t N = (size_t)8 << 20; // bytes per block: 8 MiB
+static const unsigned SLOW = 0xA5A5A5A5u, FAST = 0x5A5A5A5Au;
+static long long spin_cycles = 0; // about 200 ms of the GPU's clock (set in main)
+static int failures = 0;
+
+// Each block spins for `cycles` of its SM's clock, then fills its share of p with v.
+__global__ void spin_fill(unsigned *p, size_t n, unsigned v, long long cycles)
+{
+    if (cycles) {
+        long long t0 = clock64();
+        while (clock64() - t0 < cycles) {
+        }
+    }
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        p[i] = v;
+}
+
+static int cuda_ok(cudaError_t e, const char *what)
+{
+    if (e == cudaSuccess)
+        return 1;
+    printf("  %s: %s\n", what, cudaGetErrorString(e));
+    return 0;
+}
+
+// The block's words that are not v (0: all are), read back after the device is idle.
+static size_t wrong_words(const unsigned *dev, unsigned v, unsigned *seen)
+{
+    size_t n = N / sizeof(unsigned), bad = 0;
+    unsigned *host = (unsigned *)malloc(N);
+    if (!host || !cuda_ok(cudaMemcpy(host, dev, N, cudaMemcpyDeviceToHost), "cudaMemcpy"))
+        return free(host), n;
+    for (size_t i = 0; i < n; i++)
+        if (host[i] != v && !bad++)
+            *seen = host[i];
+    free(host);
+    return bad;
+}
+
+static void report(const char *name, int ok, const char *detail)
+{
+    printf("GPU_CONTRACT %s %s %s\n", name, ok ? "ok" : "FAIL", detail);
+    failures += !ok;
+}
+
+// ---- per-thread: cudaStreamPerThread from two threads ----
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
+static int slow_freed = 0;
+static unsigned *slow_block, *fast_block;
+static cudaError_t slow_err = cudaSuccess, fast_err = cudaSuccess;
+
+static void *slow_thread(void *)
+{
+    cudaSetDevice(0);
+    unsigned *p = NULL;
+    slow_err = cudaMallocAsync((void **)&p, N, cudaStreamPerThread);
+    if (slow_err == cudaSuccess) {
+        spin_fill<<<64, 256, 0, cudaStreamPerThread>>>(p, N / sizeof(unsigned), SLOW, spin_cycles);
+        slow_err = cudaFreeAsync(p, cudaStreamPerThread); // the kernel has not written it yet
+    }
+    slow_block = p;
+    pthread_mutex_lock(&lock);
+    slow_freed = 1;
+    pthread_cond_signal(&cond);
+    pthread_mutex_unlock(&lock);
+    cudaStreamSynchronize(cudaStreamPerThread);
+    return NULL;
+}
+
+static void *fast_thread(void *)
+{
+    cudaSetDevice(0);
+    pthread_mutex_lock(&lock);
+    while (!slow_freed)
+        pthread_cond_wait(&cond, &lock);
+    pthread_mutex_unlock(&lock);
+    unsigned *q = NULL;
+    fast_err = cudaMallocAsync((void **)&q, N, cudaStreamPerThread);
+    if (fast_err == cudaSuccess) {
+        spin_fill<<<64, 256, 0, cudaStreamPerThread>>>(q, N / sizeof(unsigned), FAST, 0);
+        fast_err = cudaStreamSynchronize(cudaStreamPerThread);
+    }
+    fast_block = q;
+    return NULL;
+}
+
+static void per_thread(void)
+{
+    pthread_t a, b;
+    pthread_create(&a, NULL, slow_thread, NULL);
+    pthread_create(&b, NULL, fast_thread, NULL);
+    pthread_join(a, NULL);
+    pthread_join(b, NULL);
+    char detail[256];
+    if (slow_err != cudaSuccess || fast_err != cudaSuccess || !fast_block) {
+        snprintf(detail, sizeof detail, "a CUDA call failed: %s / %s", cudaGetErrorString(slow_err),
+                 cudaGetErrorString(fast_err));
+        report("per-thread", 0, detail);
+        return;
+    }
+    cudaDeviceSynchronize(); // the slow kernel too
+    unsigned seen = 0;
+    size_t bad = wrong_words(fast_block, FAST, &seen);
+    snprintf(detail, sizeof detail, "%s block, %zu of %zu words not its own (e.g. 0x%08x)",
+             fast_block == slow_block ? "the same" : "another", bad, N / sizeof(unsigned), seen);
+    report("per-thread", bad == 0, detail);
+    cudaFreeAsync(fast_block, cudaStreamPerThread);
+    cudaDeviceSynchronize();
+}
+
+// ---- destroyed: a stream destroyed right after the free ----
+
+static void destroyed(void)
+{
+    cudaStream_t s1, s2;
+    unsigned *p = NULL, *q = NULL;
+    char detail[256];
+    if (!cuda_ok(cudaStreamCreate(&s1), "cudaStreamCreate") ||
+        !cuda_ok(cudaMallocAsync((void **)&p, N, s1), "cudaMallocAsync")) {
+        report("destroyed", 0, "a CUDA call failed");
+        return;
+    }
+    spin_fill<<<64, 256, 0, s1>>>(p, N / sizeof(unsigned), SLOW, spin_cycles);
+    cudaFreeAsync(p, s1);
+    cudaStreamDestroy(s1); // returns at once; the kernel still runs
+    if (!cuda_ok(cudaStreamCreate(&s2), "cudaStreamCreate") ||
+        !cuda_ok(cudaMallocAsync((void **)&q, N, s2), "cudaMallocAsync")) {
+        report("destroyed", 0, "a CUDA call failed");
+        return;
+    }
+    spin_fill<<<64, 256, 0, s2>>>(q, N / sizeof(unsigned), FAST, 0);
+    cudaDeviceSynchronize();
+    unsigned seen = 0;
+    size_t bad = wrong_words(q, FAST, &seen);
+    snprintf(detail, sizeof detail, "%s block, %zu of %zu words not its own (e.g. 0x%08x)", q == p ? "the same" : "another",
+             bad, N / sizeof(unsigned), seen);
+    report("destroyed", bad == 0, detail);
+    cudaFreeAsync(q, s2);
+    cudaStreamDestroy(s2);
+    cudaDeviceSynchronize();
+}
+
+// ---- device: another device's stream ----
+
+static void device(int ngpu)
+{
+    if (ngpu < 2) {
+        printf("GPU_CONTRACT device SKIP one GPU here\n");
+        return;
+    }
+    cudaStream_t s1;
+    void *p = NULL;
+    cudaPointerAttributes attr;
+    memset(&attr, 0, sizeof attr);
+    int ok = cuda_ok(cudaSetDevice(1), "cudaSetDevice(1)") && cuda_ok(cudaStreamCreate(&s1), "cudaStreamCreate") &&
+             cuda_ok(cudaSetDevice(0), "cudaSetDevice(0)") &&
+             cuda_ok(cudaMallocAsync(&p, N, s1), "cudaMallocAsync on device 1's stream") &&
+             cuda_ok(cudaPointerGetAttributes(&attr, p), "cudaPointerGetAttributes");
+    char detail[128];
+    snprintf(detail, sizeof detail, "the block is on device %d (want 1)", ok ? attr.device : -1);
+    report("device", ok && attr.device == 1, detail);
+    if (p)
+        cudaFreeAsync(p, s1);
+    cudaSetDevice(1);
+    cudaStreamSynchronize(s1);
+    cudaStreamDestroy(s1);
+    cudaSetDevice(0);
+}
+
+int main(void)
+{
+    int ngpu = 0, khz = 0;
+    if (cudaGetDeviceCount(&ngpu) != cudaSuccess || ngpu < 1) {
+        printf("GPU_CONTRACTS no GPU\n");
+        return 2;
+    }
+    cudaSetDevice(0);
+    cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, 0);
+    spin_cycles = (long long)(khz > 0 ? khz : 1500000) * 200; // 200 ms
+    per_thread();
+    destroyed();
+    device(ngpu);
+    printf("GPU_CONTRACTS %d failed\n", failures);
+    return failures ? 1 : 0;
+}
