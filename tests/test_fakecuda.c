@@ -42,6 +42,8 @@ static struct {
     CUresult (*graph_launch)(unsigned long long graph);
     unsigned long long (*violations)(void);
     unsigned long long (*graph_faults)(void);
+    void (*stream_create)(CUstream stream, CUcontext ctx);
+    void (*stream_destroy)(CUstream stream);
 } fc;
 static void *lib;
 static CUcontext ctx0; /* device 0's primary context, current on the main thread */
@@ -88,6 +90,8 @@ static void load(void)
     resolve(&fc.graph_launch, "fakecuda_graph_launch");
     resolve(&fc.violations, "fakecuda_capture_violations");
     resolve(&fc.graph_faults, "fakecuda_graph_faults");
+    resolve(&fc.stream_create, "fakecuda_stream_create");
+    resolve(&fc.stream_destroy, "fakecuda_stream_destroy");
 }
 
 /* Sets (value non-NULL) or clears one variable, then has the double re-read them all. */
@@ -819,6 +823,37 @@ static void test_devices_and_sharing(void)
     CHECK_CU(cu.cuCtxPopCurrent_v2(&top), CUDA_ERROR_INVALID_CONTEXT);
     CU_OK(cu.cuCtxSetCurrent(ctx0)); /* pushes onto the empty stack */
     CHECK(fc.ctx_depth() == 1);
+
+    /* Streams made in a context (a runtime's cudaStreamCreate): cuStreamGetCtx answers it,
+     * and an event records only a stream of its own context (the driver's rule: else
+     * CUDA_ERROR_INVALID_HANDLE). Any other value is a stream of the current context. */
+    CUstream s1 = STREAM(0x7100);
+    CUcontext sc = NULL;
+    CUevent ev0 = NULL, ev1 = NULL;
+    CUdevice dv = -1;
+    fc.stream_create(s1, c1);
+    CU_OK(cu.cuStreamGetCtx(s1, &sc));
+    CHECK(sc == c1);
+    CU_OK(cu.cuStreamGetCtx(STREAM(0x7200), &sc));
+    CHECK(sc == ctx0);
+    CU_OK(cu.cuCtxGetDevice(&dv));
+    CHECK(dv == 0);
+    CU_OK(cu.cuEventCreate(&ev0, 0));
+    CHECK_CU(cu.cuEventRecord(ev0, s1), 400); /* CUDA_ERROR_INVALID_HANDLE */
+    CU_OK(cu.cuEventRecord(ev0, STREAM(0x7200)));
+    CU_OK(cu.cuCtxPushCurrent_v2(c1));
+    CU_OK(cu.cuCtxGetDevice(&dv));
+    CHECK(dv == 1);
+    CU_OK(cu.cuEventCreate(&ev1, 0));
+    CU_OK(cu.cuCtxPopCurrent_v2(&top));
+    CU_OK(cu.cuEventRecord(ev1, s1)); /* its context's stream, whatever is current */
+    fc.stream_destroy(s1);
+    CHECK_CU(cu.cuStreamGetCtx(s1, &sc), 400);
+    CHECK_CU(cu.cuEventRecord(ev1, s1), 400);
+    fc.stream_create(s1, c1); /* a stream made again with the handle */
+    CU_OK(cu.cuEventRecord(ev1, s1));
+    CU_OK(cu.cuEventDestroy_v2(ev0));
+    CU_OK(cu.cuEventDestroy_v2(ev1));
 
     /* Peers and UUIDs. */
     int can = -1;

@@ -575,17 +575,36 @@ static fl_status event_record_in_ctx(cuda_device *c, uint64_t stream, uint64_t *
     if (other)
         return fli_fail(FL_ERR_UNSUPPORTED, "cuda: an event on another thread's per-thread default stream (key "
                         "0x%llx) cannot be recorded from this thread", (unsigned long long)stream);
-    CU(c, r, cuEventCreate(&ev, CU_EVENT_DISABLE_TIMING));
-    if (r != CUDA_SUCCESS)
-        return cu_fail(c, r, "cuEventCreate()");
-    CU(c, r, cuEventRecord(ev, cs));
-    if (r != CUDA_SUCCESS) {
-        fl_status s = cu_fail(c, r, "cuEventRecord(stream 0x%llx)", (unsigned long long)stream);
-        CU(c, r, cuEventDestroy_v2(ev));
-        return s;
+    /* The event is made in the stream's context (the driver records an event only on a
+     * stream of its own context): a block of this device freed on another device's
+     * stream waits for that stream's work. The special streams are this context's. Queries
+     * and the destroy work from any context. */
+    CUcontext sctx = c->ctx, popped;
+    if ((uintptr_t)cs > 2) {
+        CU(c, r, cuStreamGetCtx(cs, &sctx));
+        if (r != CUDA_SUCCESS)
+            return cu_fail(c, r, "cuStreamGetCtx(stream 0x%llx)", (unsigned long long)stream);
     }
-    *event = (uint64_t)(uintptr_t)ev;
-    return FL_OK;
+    int pushed = sctx != c->ctx;
+    if (pushed) {
+        CU(c, r, cuCtxPushCurrent_v2(sctx));
+        if (r != CUDA_SUCCESS)
+            return cu_fail(c, r, "cuCtxPushCurrent(the context of stream 0x%llx)", (unsigned long long)stream);
+    }
+    CU(c, r, cuEventCreate(&ev, CU_EVENT_DISABLE_TIMING));
+    fl_status s = r != CUDA_SUCCESS ? cu_fail(c, r, "cuEventCreate()") : FL_OK;
+    if (s == FL_OK) {
+        CU(c, r, cuEventRecord(ev, cs));
+        if (r != CUDA_SUCCESS) {
+            s = cu_fail(c, r, "cuEventRecord(stream 0x%llx)", (unsigned long long)stream);
+            CU(c, r, cuEventDestroy_v2(ev));
+        }
+    }
+    if (pushed)
+        CU(c, r, cuCtxPopCurrent_v2(&popped));
+    if (s == FL_OK)
+        *event = (uint64_t)(uintptr_t)ev;
+    return s;
 }
 
 static fl_status cu_event_record(fl_device *d, uint64_t stream, uint64_t *event)

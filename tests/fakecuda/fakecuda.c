@@ -49,6 +49,7 @@ struct CUctx_st {
 #define FC_CTX_STACK 16
 
 struct CUevent_st {
+    struct CUctx_st *home; /* the context it was created in: only its streams record it */
     struct CUctx_st *ctx; /* context current when last recorded: the stream's context */
     CUstream stream;
     int pending;          /* recorded and not yet completed */
@@ -1320,6 +1321,16 @@ static int stream_dead(CUstream stream)
     return 0;
 }
 
+/* The context of a stream made in a known one (fakecuda_stream_create), else the current. */
+static struct CUctx_st *stream_home(CUstream stream, struct CUctx_st *current)
+{
+    CUstream own = own_stream(stream);
+    for (size_t i = 0; i < g.n_made; i++)
+        if (g.made[i].stream == own && g.made[i].ctx)
+            return g.made[i].ctx;
+    return current;
+}
+
 /* The context a stream was made in (fakecuda_stream_create); any other value names a
  * stream of the current context (see above). */
 static CUresult do_stream_ctx(CUstream stream, CUcontext *ctx)
@@ -1329,15 +1340,12 @@ static CUresult do_stream_ctx(CUstream stream, CUcontext *ctx)
         return CUDA_ERROR_INVALID_VALUE;
     if (stream_dead(stream))
         return FC_ERROR_INVALID_HANDLE;
-    CUstream own = own_stream(stream);
-    for (size_t i = 0; i < g.n_made; i++)
-        if (g.made[i].stream == own && g.made[i].ctx) {
-            *ctx = g.made[i].ctx;
-            return CUDA_SUCCESS;
-        }
-    struct CUctx_st *c;
-    TRY(need_ctx(&c));
-    *ctx = c;
+    struct CUctx_st *c = current_ctx();
+    *ctx = stream_home(stream, c);
+    if (!*ctx) {
+        TRY(need_ctx(&c)); /* no context current: its error */
+        *ctx = c;
+    }
     return CUDA_SUCCESS;
 }
 CUresult cuStreamGetCtx(CUstream stream, CUcontext *ctx) { ENTRY(cuStreamGetCtx, do_stream_ctx(stream, ctx)); }
@@ -1355,7 +1363,7 @@ static CUresult do_event_create(CUevent *event, unsigned int flags)
     struct CUevent_st *e = calloc(1, sizeof *e);
     if (!e)
         return CUDA_ERROR_OUT_OF_MEMORY;
-    e->ctx = c;
+    e->ctx = e->home = c;
     g.events[g.n_events++] = e;
     *event = e;
     return CUDA_SUCCESS;
@@ -1363,11 +1371,16 @@ static CUresult do_event_create(CUevent *event, unsigned int flags)
 CUresult cuEventCreate(CUevent *event, unsigned int flags) { ENTRY(cuEventCreate, do_event_create(event, flags)); }
 
 
+
+/* As the driver: the event and the stream must be of one context (else
+ * CUDA_ERROR_INVALID_HANDLE); the work captured is the stream's context's. */
 static CUresult do_event_record(CUevent event, CUstream stream)
 {
     struct CUctx_st *c;
     TRY(need_ctx(&c));
     if (event_index(event) == SIZE_MAX || stream_dead(stream)) /* a destroyed stream's handle is stale */
+        return FC_ERROR_INVALID_HANDLE;
+    if (event->home != stream_home(stream, c))
         return FC_ERROR_INVALID_HANDLE;
     event->ctx = c;
     event->stream = own_stream(stream);

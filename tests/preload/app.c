@@ -239,6 +239,20 @@ static int stream_device(void)
     if (p)
         memset(p, 1, 3 << 20);
     EXPECT(cudaFreeAsync(p, s1) == 0 && cudaFreeAsync(q, s0) == 0);
+
+    /* A block of device 0 freed on device 1's stream, whose work is pending: it waits for
+     * that work (an event recorded in the stream's own context; recorded in device 0's,
+     * the driver refused it, and the fallback synchronized device 0 only, so the block
+     * came back at once). */
+    void *r = NULL, *t = NULL, *u = NULL;
+    dbl.auto_complete(0);
+    EXPECT(cudaMallocAsync(&r, 3 << 20, s0) == 0 && r);
+    EXPECT(cudaFreeAsync(r, s1) == 0);
+    EXPECT(cudaMallocAsync(&t, 3 << 20, s0) == 0 && t && t != r);
+    dbl.complete_all();
+    EXPECT(cudaMallocAsync(&u, 3 << 20, s0) == 0 && u == r);
+    EXPECT(cudaFreeAsync(t, s0) == 0 && cudaFreeAsync(u, s0) == 0);
+    dbl.auto_complete(1);
     EXPECT(cudaStreamDestroy(s1) == 0 && cudaStreamDestroy(s0) == 0);
     printf("preload_app: streams' devices (%d check(s) failed)\n", bad);
     return bad != 0;
