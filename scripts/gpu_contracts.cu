@@ -16,6 +16,9 @@
 //   destroyed   a stream destroyed right after the free; the next stream made
 //   device      (two GPUs) cudaMallocAsync on a stream of device 1 while device 0 is
 //               current: the block must be device 1's (cudaPointerGetAttributes)
+//   cross-device-free  (two GPUs that reach each other) a block of device 0 written late
+//               by a kernel on device 1's stream and freed on that stream; device 0
+//               allocates at once: the slow kernel's value must not show there
 // Output: one line per check, "GPU_CONTRACT <name> ok|FAIL|SKIP <detail>", then
 // "GPU_CONTRACTS <n> failed". Exit status 0 when none failed, 1 otherwise, 2 when CUDA
 // could not run at all.
@@ -190,6 +193,47 @@ static void device(int ngpu)
     report("device", ok && attr.device == 1, detail);
     if (p)
         cudaFreeAsync(p, s1);
+    cudaSetDevice(1);
+    cudaStreamSynchronize(s1);
+
+    // cross-device free: a block of device 0 written late by a kernel on device 1's
+    // stream (peer access) and freed on that stream; device 0 allocates again at once.
+    int peer = 0;
+    cudaDeviceCanAccessPeer(&peer, 1, 0);
+    if (!peer) {
+        printf("GPU_CONTRACT cross-device-free SKIP device 1 cannot reach device 0's memory\n");
+    } else {
+        unsigned *a = NULL, *b = NULL;
+        cudaStream_t s0;
+        cudaSetDevice(0);
+        int fine = cuda_ok(cudaStreamCreate(&s0), "cudaStreamCreate") &&
+                   cuda_ok(cudaMallocAsync((void **)&a, N, s0), "cudaMallocAsync") &&
+                   cuda_ok(cudaStreamSynchronize(s0), "cudaStreamSynchronize");
+        if (fine) {
+            cudaSetDevice(1);
+            spin_fill<<<64, 256, 0, s1>>>(a, N / sizeof(unsigned), SLOW, spin_cycles);
+            fine = cuda_ok(cudaGetLastError(), "spin_fill on device 1 into device 0's block") &&
+                   cuda_ok(cudaFreeAsync(a, s1), "cudaFreeAsync on device 1's stream");
+            cudaSetDevice(0);
+        }
+        if (fine && cuda_ok(cudaMallocAsync((void **)&b, N, s0), "cudaMallocAsync")) {
+            spin_fill<<<64, 256, 0, s0>>>(b, N / sizeof(unsigned), FAST, 0);
+            cudaSetDevice(1);
+            cudaDeviceSynchronize();
+            cudaSetDevice(0);
+            cudaDeviceSynchronize();
+            unsigned seen = 0;
+            size_t bad = wrong_words(b, FAST, &seen);
+            snprintf(detail, sizeof detail, "%s block, %zu words not its own (e.g. 0x%08x)",
+                     a == b ? "the same" : "another", bad, seen);
+            report("cross-device-free", bad == 0, detail);
+            cudaFreeAsync(b, s0);
+        } else {
+            report("cross-device-free", 0, "a CUDA call failed");
+        }
+        cudaStreamSynchronize(s0);
+        cudaStreamDestroy(s0);
+    }
     cudaSetDevice(1);
     cudaStreamSynchronize(s1);
     cudaStreamDestroy(s1);
