@@ -285,7 +285,8 @@ FL_API fl_status fl_empty_cache(fl_allocator *a);
  * fl_stream_capture: the capture id of stream (0: none; FL_ERR_DEVICE when the driver
  * cannot tell). fl_graph_release: the capture's graph is gone: after a synchronize (its
  * replays may still run), its kept blocks go back to the policy and its live ones become
- * ordinary; while another capture is underway, at the first allocation after it.
+ * ordinary; while another capture is underway, at the first allocation after it. A
+ * capture none of whose blocks is here costs nothing (no synchronize).
  * FL_ERR_INVALID while the capture is still underway, FL_ERR_DEVICE when the driver
  * cannot tell (ask again). */
 FL_API fl_status fl_stream_capture(fl_allocator *a, uint64_t stream, uint64_t *capture);

@@ -534,6 +534,33 @@ static void reuse_of_last_kept_block_counts(void)
  * it, and the driver says the handle is stale. A stream that no longer exists captures
  * nothing: it is forgotten, and the catch-up goes on (taken for "cannot tell", it held
  * every later catch-up and empty_cache back for good). */
+/* The release of a capture that holds nothing here (it allocated nothing, or on another
+ * device's allocator: `fragless run` releases on every allocator) makes no device call;
+ * it synchronized the device before. */
+static void release_of_nothing_is_free(void)
+{
+    fl_device *d;
+    fl_allocator *a = start("policy:fragless,oom_report:0,top:0", &d);
+    if (!a)
+        return;
+    uint64_t x = 0, y = 0, capture = 0;
+    CHECK_OK(fl_alloc(a, MiB, MAIN, &x));
+    CHECK_EQ_U64(begin_capture((void *)(uintptr_t)SIDE, 0), 0);
+    CHECK_OK(fl_stream_capture(a, SIDE, &capture));
+    CHECK(capture != 0);
+    unsigned long long graph = 0;
+    CHECK_EQ_U64(end_capture((void *)(uintptr_t)SIDE, &graph), 0);
+    graph_destroy(graph);
+    fl_device_counters before = counters(d), after;
+    CHECK_OK(fl_graph_release(a, capture));
+    CHECK_OK(fl_free(a, x));
+    CHECK_OK(fl_alloc(a, MiB, MAIN, &y)); /* no catch-up waiting either */
+    after = counters(d);
+    CHECK_EQ_U64(fl_device_total_calls(&after), fl_device_total_calls(&before));
+    CHECK_OK(fl_free(a, y));
+    finish(a, d);
+}
+
 static void destroyed_stream_is_forgotten(void)
 {
     fl_device *d;
@@ -921,6 +948,7 @@ int main(void)
     limit_during_capture();
     reuse_of_last_kept_block_counts();
     destroyed_stream_is_forgotten();
+    release_of_nothing_is_free();
     fprintf(stderr, "-- thread caches and captures\n");
     caches_and_captures();
     threads_on_driver();

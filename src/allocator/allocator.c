@@ -2124,6 +2124,8 @@ fl_status fl_graph_release(fl_allocator *a, uint64_t capture)
     /* This capture first (asked once, forgotten once ended), then every other stream. */
     if ((s = fli_graphs_ended(g, a->policy->dev, capture)) != FL_OK)
         s = fli_fail(s, "graph release: %s", fl_last_error());
+    else if (!fli_graphs_holds(g, capture))
+        ; /* nothing of it here (a capture that allocated nothing, another device's): no synchronize */
     else if ((s = fli_graphs_release_later(g, capture)) == FL_OK && fli_graphs_scan(g, a->policy->dev) == 0)
         s = graphs_catch_up(a); /* else at the first moment without captures */
     if (s == FL_OK)

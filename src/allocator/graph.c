@@ -166,6 +166,14 @@ int fli_graphs_watch(fli_graphs *g, fl_device *d, uint64_t stream, uint64_t *cap
     return fli_graphs_underway(g);
 }
 
+int fli_graphs_holds(const fli_graphs *g, uint64_t capture)
+{
+    for (uint32_t i = 0; i < g->n; i++)
+        if (g->b[i].capture == capture)
+            return 1;
+    return 0;
+}
+
 int fli_graphs_is_underway(const fli_graphs *g, uint64_t capture)
 {
     for (uint32_t i = 0; i < g->n_underway; i++)

@@ -78,6 +78,8 @@ static inline int fli_graphs_underway(const fli_graphs *g) { return g->n_underwa
 /* Something waits for a moment without captures (deferred frees, released captures). */
 static inline int fli_graphs_pending(const fli_graphs *g) { return g->n_deferred || g->n_released; }
 int fli_graphs_is_underway(const fli_graphs *g, uint64_t capture);
+/* Whether a block (live or kept) belongs to capture. */
+int fli_graphs_holds(const fli_graphs *g, uint64_t capture);
 
 /* The block at addr if it is a graph's, else NULL. */
 fli_graph_block *fli_graphs_find(const fli_graphs *g, uint64_t addr);
