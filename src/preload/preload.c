@@ -10,10 +10,11 @@
  *
  * cudaStreamDestroy is interposed too, so that the allocators retire the stream before it
  * goes (fli_allocator_stream_gone), and the _ptsz forms of the two Async calls, which a
- * program built with per-thread default streams calls.
+ * program built with per-thread default streams calls; graphs.c interposes the graph calls
+ * that say when a graph's memory may go back.
  *
- * Built with hidden visibility: these eight functions are the library's only exported
- * symbols, so nothing else of the process binds to fragless' internals (and they bind
+ * Built with hidden visibility: these functions (tests/test_preload.c lists them) are the
+ * library's only exported symbols, so nothing else of the process binds to fragless' internals (and they bind
  * to nothing of the process). Not served: programs linked with the static cudart
  * (nvcc's default; build with -cudart shared), and calls made inside libcudart itself;
  * a process that used the driver with no call served is told so at exit. */
@@ -30,19 +31,7 @@
 #include "allocator/allocator.h"
 #include "frontend/frontend.h"
 
-#define FL_EXPORT __attribute__((visibility("default")))
-
-/* The runtime's ABI (cuda_runtime_api.h, driver_types.h), declared here so that no
- * toolkit is needed to build: cudaError_t is an int-sized enum, cudaStream_t a pointer. */
-typedef int cudaError_t;
-typedef struct CUstream_st *cudaStream_t;
-enum {
-    cudaSuccess = 0,
-    cudaErrorInvalidValue = 1,
-    cudaErrorMemoryAllocation = 2,
-    cudaErrorNoDevice = 100,
-    cudaErrorUnknown = 999
-};
+#include "preload/preload.h"
 
 FL_EXPORT cudaError_t cudaMalloc(void **ptr, size_t size);
 FL_EXPORT cudaError_t cudaFree(void *ptr);
@@ -87,7 +76,7 @@ static void resolve_real(void)
     real.stream_destroy = (stream_destroy_fn)(uintptr_t)dlsym(RTLD_NEXT, "cudaStreamDestroy");
 }
 
-static int verbose(void)
+int fli_preload_verbose(void)
 {
     const char *v = getenv("FRAGLESS_VERBOSE");
     return v && !strcmp(v, "1");
@@ -135,7 +124,7 @@ __attribute__((constructor)) static void preload_banner(void)
 {
     /* Only a banner: every program the command starts loads this library (a shell
      * script's shells too), so nothing is set up before the first CUDA call. */
-    if (verbose()) {
+    if (fli_preload_verbose()) {
         const char *conf = getenv("FRAGLESS_CONF");
         fprintf(stderr, "fragless: serving cudaMalloc/cudaFree/cudaMallocAsync/cudaFreeAsync/cudaMemGetInfo "
                 "in pid %d (FRAGLESS_CONF=%s)\n", (int)getpid(), conf ? conf : "");
@@ -159,14 +148,10 @@ static void report_failure(const char *fn, size_t size, int dev, const char *why
 {
     static atomic_int reported;
     int first = !atomic_exchange_explicit(&reported, 1, memory_order_relaxed);
-    if (first || verbose())
+    if (first || fli_preload_verbose())
         fprintf(stderr, "fragless: %s of %zu bytes on device %d failed: %s%s\n", fn, size, dev, why,
-                first && !verbose() ? " (FRAGLESS_VERBOSE=1 reports every failure)" : "");
+                first && !fli_preload_verbose() ? " (FRAGLESS_VERBOSE=1 reports every failure)" : "");
 }
-
-/* The runtime's per-thread default stream (driver_types.h): one handle, each thread's own
- * stream. */
-#define PER_THREAD ((cudaStream_t)0x2)
 
 /* The allocator's name for a stream: the handle, but for the per-thread default stream,
  * which names another stream in each thread: the calling thread's key (device.h). Without
@@ -178,7 +163,7 @@ static int per_thread_key_made;
 static pthread_once_t per_thread_once = PTHREAD_ONCE_INIT;
 static void make_per_thread_key(void) { per_thread_key_made = pthread_key_create(&per_thread_key, per_thread_ends) == 0; }
 
-static uint64_t stream_key(cudaStream_t stream)
+uint64_t fli_preload_stream_key(cudaStream_t stream)
 {
     if (stream != PER_THREAD)
         return (uint64_t)(uintptr_t)stream;
@@ -221,7 +206,7 @@ static _Thread_local struct {
  * cudaMallocAsync does (it allocates from the pool of the stream's device, whatever the
  * current one); the current device for the special streams (NULL, legacy, per-thread),
  * or when the driver cannot say. One driver query per stream a thread uses in a row. */
-static int alloc_device(cudaStream_t stream)
+int fli_preload_alloc_device(cudaStream_t stream)
 {
     int cur = current_device();
     if ((uintptr_t)stream <= (uintptr_t)PER_THREAD)
@@ -233,7 +218,7 @@ static int alloc_device(cudaStream_t stream)
     int dev = cur;
     if (!a || fli_dev_stream_device(fli_allocator_policy(a)->dev, (uint64_t)(uintptr_t)stream, &dev) != FL_OK ||
         dev < 0 || dev >= FL_FRONTEND_MAX_DEVICES) {
-        if (verbose())
+        if (fli_preload_verbose())
             fprintf(stderr, "fragless: the device of stream %p: %s; allocating on the current device %d\n",
                     (void *)stream, a ? fl_last_error() : "no allocator", cur);
         fli_clear_error();
@@ -253,12 +238,12 @@ static cudaError_t preload_alloc(const char *fn, void **ptr, size_t size, cudaSt
     *ptr = NULL;
     if (size == 0)
         return cudaSuccess; /* as the runtime does: no memory, a NULL pointer, no error */
-    int dev = alloc_device(stream);
+    int dev = fli_preload_alloc_device(stream);
     fl_allocator *a = fli_frontend_allocator(dev); /* says why on stderr when it fails */
     if (!a)
         return cudaErrorMemoryAllocation;
     uint64_t addr;
-    if (fl_alloc(a, size, stream_key(stream), &addr) != FL_OK) {
+    if (fl_alloc(a, size, fli_preload_stream_key(stream), &addr) != FL_OK) {
         report_failure(fn, size, dev, fl_last_error());
         return cudaErrorMemoryAllocation;
     }
@@ -372,7 +357,7 @@ static cudaError_t free_async(const char *fn, void *ptr, cudaStream_t stream, fr
         return cudaSuccess;
     pthread_once(&real_once, resolve_real);
     int known;
-    uint64_t own, s = stream_key(stream);
+    uint64_t own, s = fli_preload_stream_key(stream);
     fl_allocator *a = NULL;
     int dev = owner_of(ptr, current_device(), &a, &own, &known);
     if (dev < 0)

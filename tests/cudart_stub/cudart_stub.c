@@ -17,6 +17,11 @@
  *     handle comes back only then; the stub's work is never done for sure);
  *     the destroy tells the driver double (fakecuda_stream_destroy), whose calls on the
  *     stale handle then fail until a stream is made with it again (fakecuda_stream_create).
+ *   - CUDA graphs over the driver double's captures: cudaStreamBeginCapture,
+ *     cudaStreamEndCapture (the graph's handle is the capture's id), cudaGraphInstantiate
+ *     (an exec is a pointer the stub allocates), cudaGraphLaunch, cudaGraphExecDestroy and
+ *     cudaGraphDestroy (the double forgets the graph once it and its execs are gone),
+ *     cudaGraphAddChildGraphNode (the child is then never forgotten).
  * With CUDART_STUB_REPORT=1 the counts are printed on stderr at exit. The ABI is the
  * runtime's (an int-sized error enum, pointer streams). */
 #include <dlfcn.h>
@@ -119,6 +124,10 @@ static struct {
     int (*stream_sync)(void *);
     void (*stream_destroy)(void *); /* the driver double's fakecuda_stream_destroy, if any */
     void (*stream_create)(void *, CUcontext); /* and fakecuda_stream_create */
+    int (*begin_capture)(void *, int);        /* the double's capture controls */
+    int (*end_capture)(void *, unsigned long long *);
+    int (*graph_launch)(unsigned long long);
+    void (*graph_destroy)(unsigned long long);
 } drv;
 static pthread_once_t drv_once = PTHREAD_ONCE_INIT;
 
@@ -141,6 +150,14 @@ static void load_driver(void)
     if (d && c) {
         memcpy(&drv.stream_destroy, &d, sizeof d);
         memcpy(&drv.stream_create, &c, sizeof c);
+    }
+    void *g[4] = {dlsym(lib, "fakecuda_begin_capture"), dlsym(lib, "fakecuda_end_capture"),
+                  dlsym(lib, "fakecuda_graph_launch"), dlsym(lib, "fakecuda_graph_destroy")};
+    if (g[0] && g[1] && g[2] && g[3]) {
+        memcpy(&drv.begin_capture, &g[0], sizeof g[0]);
+        memcpy(&drv.end_capture, &g[1], sizeof g[1]);
+        memcpy(&drv.graph_launch, &g[2], sizeof g[2]);
+        memcpy(&drv.graph_destroy, &g[3], sizeof g[3]);
     }
 }
 
@@ -204,6 +221,131 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream)
     if (drv.stream_destroy)
         drv.stream_destroy(stream);
     return 0; /* the handle is not freed: see above */
+}
+
+/* ---- CUDA graphs over the driver double's captures -------------------------------------- */
+
+typedef struct stub_graph {
+    unsigned long long id; /* the double's capture id, 0: slot free */
+    int graph_alive;       /* cudaGraphDestroy not called yet */
+    unsigned execs;        /* live execs, plus one per embedding (never dropped) */
+} stub_graph;
+static stub_graph graphs[256];
+static pthread_mutex_t graphs_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static stub_graph *graph_slot(unsigned long long id)
+{
+    for (size_t i = 0; i < sizeof graphs / sizeof graphs[0]; i++)
+        if (graphs[i].id == id)
+            return &graphs[i];
+    return NULL;
+}
+
+/* The double forgets a graph once nothing can launch it. */
+static void graph_maybe_gone(stub_graph *g)
+{
+    if (!g->graph_alive && !g->execs) {
+        if (drv.graph_destroy)
+            drv.graph_destroy(g->id);
+        g->id = 0;
+    }
+}
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, int mode);
+cudaError_t cudaStreamEndCapture(cudaStream_t stream, void **graph);
+cudaError_t cudaGraphInstantiate(void **exec, void *graph, unsigned long long flags);
+cudaError_t cudaGraphLaunch(void *exec, cudaStream_t stream);
+cudaError_t cudaGraphExecDestroy(void *exec);
+cudaError_t cudaGraphDestroy(void *graph);
+cudaError_t cudaGraphAddChildGraphNode(void **node, void *graph, const void *deps, size_t n, void *child);
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, int mode)
+{
+    pthread_once(&drv_once, load_driver);
+    return drv.begin_capture && drv.begin_capture(stream, mode) == 0 ? 0 : cudaErrorInvalidValue;
+}
+
+cudaError_t cudaStreamEndCapture(cudaStream_t stream, void **graph)
+{
+    unsigned long long id = 0;
+    pthread_once(&drv_once, load_driver);
+    if (!graph || !drv.end_capture)
+        return cudaErrorInvalidValue;
+    *graph = NULL;
+    if (drv.end_capture(stream, &id) != 0)
+        return 901; /* cudaErrorStreamCaptureInvalidated */
+    pthread_mutex_lock(&graphs_lock);
+    stub_graph *g = graph_slot(0);
+    if (g)
+        *g = (stub_graph){id, 1, 0};
+    pthread_mutex_unlock(&graphs_lock);
+    *graph = (void *)(uintptr_t)id;
+    return g ? 0 : 2;
+}
+
+cudaError_t cudaGraphInstantiate(void **exec, void *graph, unsigned long long flags)
+{
+    (void)flags;
+    pthread_mutex_lock(&graphs_lock);
+    stub_graph *g = graph ? graph_slot((uintptr_t)graph) : NULL;
+    unsigned long long *e = g && g->graph_alive ? malloc(sizeof *e) : NULL;
+    if (e) {
+        *e = g->id;
+        g->execs++;
+    }
+    pthread_mutex_unlock(&graphs_lock);
+    if (exec)
+        *exec = e;
+    return e ? 0 : cudaErrorInvalidValue;
+}
+
+cudaError_t cudaGraphLaunch(void *exec, cudaStream_t stream)
+{
+    (void)stream;
+    return exec && drv.graph_launch && drv.graph_launch(*(unsigned long long *)exec) == 0 ? 0 : 700;
+}
+
+cudaError_t cudaGraphExecDestroy(void *exec)
+{
+    if (!exec)
+        return cudaErrorInvalidValue;
+    pthread_mutex_lock(&graphs_lock);
+    stub_graph *g = graph_slot(*(unsigned long long *)exec);
+    if (g) {
+        g->execs--;
+        graph_maybe_gone(g);
+    }
+    pthread_mutex_unlock(&graphs_lock);
+    free(exec);
+    return g ? 0 : cudaErrorInvalidValue;
+}
+
+cudaError_t cudaGraphDestroy(void *graph)
+{
+    pthread_mutex_lock(&graphs_lock);
+    stub_graph *g = graph ? graph_slot((uintptr_t)graph) : NULL;
+    if (g) {
+        g->graph_alive = 0;
+        graph_maybe_gone(g);
+    }
+    pthread_mutex_unlock(&graphs_lock);
+    return g ? 0 : cudaErrorInvalidValue;
+}
+
+/* The parent embeds a copy of the child: the child's memory is in use for good here. */
+cudaError_t cudaGraphAddChildGraphNode(void **node, void *graph, const void *deps, size_t n, void *child)
+{
+    (void)graph;
+    (void)deps;
+    (void)n;
+    pthread_mutex_lock(&graphs_lock);
+    stub_graph *g = child ? graph_slot((uintptr_t)child) : NULL;
+    if (g)
+        g->execs++;
+    pthread_mutex_unlock(&graphs_lock);
+    if (node)
+        *node = g ? (void *)g : NULL;
+    return g ? 0 : cudaErrorInvalidValue;
 }
 
 __attribute__((destructor)) static void report(void)
