@@ -24,7 +24,8 @@
 #   i  (right after g) the CUDA runtime's stream contracts under `fragless run`, with real
 #      late work (scripts/gpu_contracts.cu, built here with nvcc -cudart shared): a block
 #      freed while a slow kernel still writes it is not handed to another thread's
-#      cudaStreamPerThread, nor to the stream made after its own was destroyed; with 2+
+#      cudaStreamPerThread, nor to the stream made after its own was destroyed; graphs
+#      captured and destroyed 100 times give their memory back; with 2+
 #      GPUs, cudaMallocAsync on device 1's stream while device 0 is current gives device
 #      1's memory; SKIP without nvcc
 #   h  with 2+ GPUs (before c-e): peer copies of tensors fragless allocated (fragless run),

@@ -16,6 +16,10 @@
 //   destroyed   a stream destroyed right after the free; the next stream made
 //   device      (two GPUs) cudaMallocAsync on a stream of device 1 while device 0 is
 //               current: the block must be device 1's (cudaPointerGetAttributes)
+//   graphs      a graph with a 64 MiB block allocated and freed inside its capture,
+//               captured, launched and destroyed 100 times: free memory (cudaMemGetInfo)
+//               must not shrink by more than two blocks (a runtime that kept every graph's
+//               memory loses 6.4 GiB)
 //   cross-device-free  (two GPUs that reach each other) a block of device 0 written late
 //               by a kernel on device 1's stream and freed on that stream; device 0
 //               allocates at once: the slow kernel's value must not show there
@@ -172,6 +176,36 @@ static void destroyed(void)
     cudaDeviceSynchronize();
 }
 
+// ---- graphs: captured, launched and destroyed again and again ----
+
+static void graphs(void)
+{
+    const size_t big = (size_t)64 << 20;
+    size_t free0 = 0, free1 = 0, total = 0;
+    cudaStream_t s;
+    char detail[160];
+    int ok = cuda_ok(cudaStreamCreate(&s), "cudaStreamCreate") && cuda_ok(cudaMemGetInfo(&free0, &total), "cudaMemGetInfo");
+    for (int i = 0; ok && i < 100; i++) {
+        unsigned *p = NULL;
+        cudaGraph_t g = NULL;
+        cudaGraphExec_t e = NULL;
+        ok = cuda_ok(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal), "cudaStreamBeginCapture") &&
+             cuda_ok(cudaMallocAsync((void **)&p, big, s), "cudaMallocAsync in a capture");
+        if (ok)
+            spin_fill<<<64, 256, 0, s>>>(p, big / sizeof(unsigned), (unsigned)i, 0);
+        ok = ok && cuda_ok(cudaFreeAsync(p, s), "cudaFreeAsync in a capture") &&
+             cuda_ok(cudaStreamEndCapture(s, &g), "cudaStreamEndCapture") &&
+             cuda_ok(cudaGraphInstantiate(&e, g, 0), "cudaGraphInstantiate") &&
+             cuda_ok(cudaGraphLaunch(e, s), "cudaGraphLaunch") && cuda_ok(cudaStreamSynchronize(s), "cudaStreamSynchronize") &&
+             cuda_ok(cudaGraphExecDestroy(e), "cudaGraphExecDestroy") && cuda_ok(cudaGraphDestroy(g), "cudaGraphDestroy");
+    }
+    ok = ok && cuda_ok(cudaMemGetInfo(&free1, &total), "cudaMemGetInfo");
+    snprintf(detail, sizeof detail, "free memory %.0f MiB before, %.0f MiB after 100 graphs of 64 MiB", free0 / 1048576.0,
+             free1 / 1048576.0);
+    report("graphs", ok && free1 + 2 * big >= free0, detail);
+    cudaStreamDestroy(s);
+}
+
 // ---- device: another device's stream ----
 
 static void device(int ngpu)
@@ -252,6 +286,7 @@ int main(void)
     spin_cycles = (long long)(khz > 0 ? khz : 1500000) * 200; // 200 ms
     per_thread();
     destroyed();
+    graphs();
     device(ngpu);
     printf("GPU_CONTRACTS %d failed\n", failures);
     return failures ? 1 : 0;
