@@ -60,7 +60,7 @@ static const char *const interposed[] = {
     "cudaGraphInstantiateWithFlags", "cudaGraphInstantiateWithParams", "cudaGraphInstantiateWithParams_ptsz",
     "cudaGraphClone", "cudaGraphExecUpdate", "cudaGraphExecDestroy", "cudaGraphDestroy",
     "cudaGraphAddChildGraphNode", "cudaGraphExecChildGraphNodeSetParams", "cudaGraphNodeSetParams",
-    "cudaGraphExecNodeSetParams",
+    "cudaGraphExecNodeSetParams", "cudaGraphAddNode", "cudaGraphAddNode_v2",
 };
 #define N_INTERPOSED (sizeof interposed / sizeof interposed[0])
 
@@ -390,6 +390,7 @@ static void test_run(void)
      * goes back once the graph and its execs are gone (it was kept for good), never while
      * an exec or an embedding graph may still launch it. */
     app_mode("", "--graphs", "graphs (0 check(s) failed)");
+    app_mode("", "--graph-nodes", "graph nodes (0 check(s) failed)");
 
     /* A program whose runtime is linked statically allocates through the driver: nothing
      * is served, and the user is told why at exit (before, nothing was said). Processes

@@ -17,7 +17,7 @@
  * every graph's memory for good. A graph can also live on inside another one (a child
  * graph node, a node's parameters): from the first
  * call of those, no capture is released any more (what fragless did before for all of
- * them), since the embedding is not followed. Graphs captured before fragless saw a
+ * them), since the embedding is not followed (both forms of cudaGraphAddNode included). Graphs captured before fragless saw a
  * block of theirs, and captures with no block here, are nothing to release. */
 #include <dlfcn.h>
 #include <pthread.h>
@@ -48,6 +48,8 @@ FL_EXPORT cudaError_t cudaGraphAddChildGraphNode(cudaGraphNode_t *node, cudaGrap
 FL_EXPORT cudaError_t cudaGraphExecChildGraphNodeSetParams(cudaGraphExec_t exec, cudaGraphNode_t node, cudaGraph_t child);
 FL_EXPORT cudaError_t cudaGraphNodeSetParams(cudaGraphNode_t node, void *params);
 FL_EXPORT cudaError_t cudaGraphExecUpdate(cudaGraphExec_t exec, cudaGraph_t graph, void *info, void *result);
+FL_EXPORT cudaError_t cudaGraphAddNode(void *node, void *graph, void *deps, void *a4, void *a5, void *a6);
+FL_EXPORT cudaError_t cudaGraphAddNode_v2(void *node, void *graph, void *deps, void *edges, void *n, void *params);
 FL_EXPORT cudaError_t cudaGraphExecNodeSetParams(cudaGraphExec_t exec, cudaGraphNode_t node, void *params);
 
 typedef cudaError_t (*end_capture_fn)(cudaStream_t, cudaGraph_t *);
@@ -59,6 +61,8 @@ typedef cudaError_t (*add_child_fn)(cudaGraphNode_t *, cudaGraph_t, const cudaGr
 typedef cudaError_t (*three_fn)(void *, void *, void *);
 typedef cudaError_t (*two_fn)(void *, void *);
 typedef cudaError_t (*four_fn)(void *, void *, void *, void *);
+typedef cudaError_t (*five_fn)(void *, void *, void *, void *, void *);
+typedef cudaError_t (*six_fn)(void *, void *, void *, void *, void *, void *);
 typedef cudaError_t (*version_fn)(int *);
 
 /* The runtime's own (NULL where it has none: the program then gets an error, as from a
@@ -74,6 +78,9 @@ static struct {
     two_fn node_set;
     three_fn exec_update;      /* CUDA 12 on: (exec, graph, result info) */
     four_fn exec_update_11;    /* CUDA 11: (exec, graph, error node, result) */
+    six_fn add_node_6;         /* cudaGraphAddNode from CUDA 13 on, cudaGraphAddNode_v2 (12.3-12.x): */
+    five_fn add_node_5;        /* (node, graph, deps, edge data, n, params); before 13: no edge data */
+    six_fn add_node_v2;
 } rt;
 static pthread_once_t rt_once = PTHREAD_ONCE_INIT;
 
@@ -101,6 +108,13 @@ static void resolve(void)
         RT(exec_update, three_fn, "cudaGraphExecUpdate");
     else if (v && version > 0)
         RT(exec_update_11, four_fn, "cudaGraphExecUpdate");
+    /* cudaGraphAddNode took edge data (a sixth argument) with CUDA 13; 12.3-12.x call that
+     * form cudaGraphAddNode_v2. */
+    if (version >= 13000)
+        RT(add_node_6, six_fn, "cudaGraphAddNode");
+    else if (version > 0)
+        RT(add_node_5, five_fn, "cudaGraphAddNode");
+    RT(add_node_v2, six_fn, "cudaGraphAddNode_v2");
 }
 #undef RT
 
@@ -282,15 +296,47 @@ FL_EXPORT cudaError_t cudaGraphExecUpdate(cudaGraphExec_t exec, cudaGraph_t grap
                                : cudaErrorUnknown;
 }
 
-/* A graph embedded in another, or a node's parameters changed (a child graph among
- * them): the embedding is not followed, so nothing is released from now on. (The
- * generic cudaGraphAddNode, whose argument list differs between CUDA versions, is not
- * interposed: a child graph added through it escapes this, as does a conditional node's
- * body.) */
+/* A graph embedded in another (a child graph node added, or a node's parameters made a
+ * child graph's): the embedding is not followed, so nothing is released from now on. A
+ * conditional node's body graph is the node's: the program never destroys it, so its
+ * captures are never released anyway. */
 static void embedded(void)
 {
     if (!atomic_exchange(&kept_for_good, 1) && fli_preload_verbose())
         fprintf(stderr, "fragless: a CUDA graph was embedded in another: graphs' memory is kept from now on\n");
+}
+
+/* cudaGraphNodeParams begins with the node's type (driver_types.h); a child graph is
+ * cudaGraphNodeTypeGraph. */
+enum { NODE_TYPE_GRAPH = 0x04 };
+static void maybe_embedded(const void *params)
+{
+    if (!params || *(const int *)params == NODE_TYPE_GRAPH)
+        embedded();
+}
+
+/* The runtime's form by its version (resolve): from CUDA 13 the sixth argument is the
+ * parameters; before, the fifth, and a caller passes five (the sixth is then not read:
+ * under the x86-64 and AArch64 calling conventions it is a register nobody set). */
+FL_EXPORT cudaError_t cudaGraphAddNode(void *node, void *graph, void *deps, void *a4, void *a5, void *a6)
+{
+    pthread_once(&rt_once, resolve);
+    if (rt.add_node_6) {
+        maybe_embedded(a6);
+        return rt.add_node_6(node, graph, deps, a4, a5, a6);
+    }
+    if (rt.add_node_5) {
+        maybe_embedded(a5);
+        return rt.add_node_5(node, graph, deps, a4, a5);
+    }
+    return cudaErrorUnknown;
+}
+
+FL_EXPORT cudaError_t cudaGraphAddNode_v2(void *node, void *graph, void *deps, void *edges, void *n, void *params)
+{
+    pthread_once(&rt_once, resolve);
+    maybe_embedded(params);
+    return rt.add_node_v2 ? rt.add_node_v2(node, graph, deps, edges, n, params) : cudaErrorUnknown;
 }
 
 FL_EXPORT cudaError_t cudaGraphAddChildGraphNode(cudaGraphNode_t *node, cudaGraph_t graph, const cudaGraphNode_t *deps,
@@ -311,13 +357,13 @@ FL_EXPORT cudaError_t cudaGraphExecChildGraphNodeSetParams(cudaGraphExec_t exec,
 FL_EXPORT cudaError_t cudaGraphNodeSetParams(cudaGraphNode_t node, void *params)
 {
     pthread_once(&rt_once, resolve);
-    embedded();
+    maybe_embedded(params);
     return rt.node_set ? rt.node_set(node, params) : cudaErrorUnknown;
 }
 
 FL_EXPORT cudaError_t cudaGraphExecNodeSetParams(cudaGraphExec_t exec, cudaGraphNode_t node, void *params)
 {
     pthread_once(&rt_once, resolve);
-    embedded();
+    maybe_embedded(params);
     return rt.exec_node_set ? rt.exec_node_set(exec, node, params) : cudaErrorUnknown;
 }

@@ -21,7 +21,8 @@
  *     cudaStreamEndCapture (the graph's handle is the capture's id), cudaGraphInstantiate
  *     (an exec is a pointer the stub allocates), cudaGraphLaunch, cudaGraphExecDestroy and
  *     cudaGraphDestroy (the double forgets the graph once it and its execs are gone),
- *     cudaGraphAddChildGraphNode (the child is then never forgotten).
+ *     cudaGraphAddChildGraphNode and cudaGraphAddNode of a child graph node (the child
+ *     is then never forgotten); cudaRuntimeGetVersion says 13000 (CUDA 13's forms).
  * With CUDART_STUB_REPORT=1 the counts are printed on stderr at exit. The ABI is the
  * runtime's (an int-sized error enum, pointer streams). */
 #include <dlfcn.h>
@@ -332,12 +333,50 @@ cudaError_t cudaGraphDestroy(void *graph)
     return g ? 0 : cudaErrorInvalidValue;
 }
 
+static cudaError_t embed(void **node, void *child);
+
+cudaError_t cudaRuntimeGetVersion(int *version);
+cudaError_t cudaRuntimeGetVersion(int *version)
+{
+    if (!version)
+        return cudaErrorInvalidValue;
+    *version = 13000;
+    return 0;
+}
+
+/* CUDA 13's cudaGraphAddNode (edge data, then the count): the parameters begin with the
+ * node's type (cudaGraphNodeTypeGraph = 4: a child graph, whose handle follows the type
+ * and three reserved ints). */
+cudaError_t cudaGraphAddNode(void **node, void *graph, const void *deps, const void *edges, size_t n, void *params);
+cudaError_t cudaGraphAddNode(void **node, void *graph, const void *deps, const void *edges, size_t n, void *params)
+{
+    (void)edges;
+    if (!params)
+        return cudaErrorInvalidValue;
+    if (*(int *)params != 4) {
+        if (node)
+            *node = params;
+        return 0;
+    }
+    void *child;
+    memcpy(&child, (char *)params + 16, sizeof child);
+    (void)graph;
+    (void)deps;
+    (void)n;
+    return embed(node, child); /* not through cudaGraphAddChildGraphNode: fragless interposes it */
+}
+
 /* The parent embeds a copy of the child: the child's memory is in use for good here. */
 cudaError_t cudaGraphAddChildGraphNode(void **node, void *graph, const void *deps, size_t n, void *child)
 {
     (void)graph;
     (void)deps;
     (void)n;
+    return embed(node, child);
+}
+
+static cudaError_t embed(void **node, void *child)
+{
     pthread_mutex_lock(&graphs_lock);
     stub_graph *g = child ? graph_slot((uintptr_t)child) : NULL;
     if (g)

@@ -33,6 +33,7 @@ cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream);
 cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec);
 cudaError_t cudaGraphDestroy(cudaGraph_t graph);
 cudaError_t cudaGraphAddChildGraphNode(void **node, cudaGraph_t graph, const void *deps, size_t n, cudaGraph_t child);
+cudaError_t cudaGraphAddNode(void **node, cudaGraph_t graph, const void *deps, const void *edges, size_t n, void *params);
 cudaError_t cudaStreamDestroy(cudaStream_t stream);
 /* A program built with --default-stream per-thread calls these: NULL is the thread's stream. */
 cudaError_t cudaMallocAsync_ptsz(void **ptr, size_t size, cudaStream_t stream);
@@ -355,8 +356,44 @@ static int graphs(void)
     return bad != 0;
 }
 
+/* --graph-nodes: cudaGraphAddNode (CUDA 13's form). A kernel node embeds nothing: a
+ * graph destroyed afterwards gives its block back. A child graph node embeds its child:
+ * the child's block stays kept after the child is destroyed. */
+static int graph_nodes(void)
+{
+    if (load_double("--graph-nodes"))
+        return 1;
+    cudaStream_t s = NULL;
+    EXPECT(cudaStreamCreate(&s) == 0);
+    struct {
+        int type;
+        int reserved[3];
+        void *child;
+        long long rest[30];
+    } params;
+    void *p1 = NULL, *p2 = NULL, *q = NULL, *node = NULL;
+    cudaGraph_t parent = capture_one(s, NULL), g1 = capture_one(s, &p1);
+    memset(&params, 0, sizeof params); /* type 0: a kernel node */
+    EXPECT(cudaGraphAddNode(&node, parent, NULL, NULL, 0, &params) == 0);
+    EXPECT(cudaGraphDestroy(g1) == 0);
+    EXPECT(cudaMallocAsync(&q, GRAPH_BLOCK, s) == 0 && q == p1); /* given back: here again */
+    EXPECT(cudaFreeAsync(q, s) == 0);
+    cudaGraph_t g2 = capture_one(s, &p2);
+    params.type = 4; /* cudaGraphNodeTypeGraph */
+    params.child = g2;
+    EXPECT(cudaGraphAddNode(&node, parent, NULL, NULL, 0, &params) == 0);
+    EXPECT(cudaGraphDestroy(g2) == 0);
+    EXPECT(cudaMallocAsync(&q, GRAPH_BLOCK, s) == 0 && q && q != p2); /* kept: the parent holds it */
+    EXPECT(cudaFreeAsync(q, s) == 0 && cudaGraphDestroy(parent) == 0 && cudaStreamDestroy(s) == 0);
+    EXPECT(dbl.graph_faults() == 0 && dbl.violations() == 0);
+    printf("preload_app: graph nodes (%d check(s) failed)\n", bad);
+    return bad != 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc > 1 && !strcmp(argv[1], "--graph-nodes"))
+        return graph_nodes();
     if (argc > 1 && !strcmp(argv[1], "--graphs"))
         return graphs();
     if (argc > 1 && !strcmp(argv[1], "--stream-device"))
