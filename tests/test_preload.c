@@ -61,6 +61,7 @@ static const char *const interposed[] = {
     "cudaGraphClone", "cudaGraphExecUpdate", "cudaGraphExecDestroy", "cudaGraphDestroy",
     "cudaGraphAddChildGraphNode", "cudaGraphExecChildGraphNodeSetParams", "cudaGraphNodeSetParams",
     "cudaGraphExecNodeSetParams", "cudaGraphAddNode", "cudaGraphAddNode_v2",
+    "cudaDeviceGetDefaultMemPool", "cudaMemPoolGetAttribute", "cudaMemPoolSetAttribute", "cudaMemPoolTrimTo",
 };
 #define N_INTERPOSED (sizeof interposed / sizeof interposed[0])
 
@@ -391,6 +392,11 @@ static void test_run(void)
      * an exec or an embedding graph may still launch it. */
     app_mode("", "--graphs", "graphs (0 check(s) failed)");
     app_mode("", "--graph-nodes", "graph nodes (0 check(s) failed)");
+
+    /* The default pool's statistics and trim (PyTorch's cudaMallocAsync backend reads
+     * torch.cuda.memory_allocated and memory_reserved there, and empty_cache trims it):
+     * fragless's figures, and its cache given back (the pool said 0 throughout). */
+    app_mode("", "--pool", "default pool (0 check(s) failed)");
 
     /* A program whose runtime is linked statically allocates through the driver: nothing
      * is served, and the user is told why at exit (before, nothing was said). Processes

@@ -23,6 +23,9 @@
  *     cudaGraphDestroy (the double forgets the graph once it and its execs are gone),
  *     cudaGraphAddChildGraphNode and cudaGraphAddNode of a child graph node (the child
  *     is then never forgotten); cudaRuntimeGetVersion says 13000 (CUDA 13's forms).
+ *   - the default memory pools (cudaDeviceGetDefaultMemPool: one handle per device),
+ *     whose statistics (cudaMemPoolGetAttribute) are 0, as nothing is allocated from them
+ *     here; cudaMemPoolSetAttribute and cudaMemPoolTrimTo check the handle and do nothing.
  * With CUDART_STUB_REPORT=1 the counts are printed on stderr at exit. The ABI is the
  * runtime's (an int-sized error enum, pointer streams). */
 #include <dlfcn.h>
@@ -334,6 +337,54 @@ cudaError_t cudaGraphDestroy(void *graph)
 }
 
 static cudaError_t embed(void **node, void *child);
+
+/* ---- the default memory pools ------------------------------------------------------ */
+
+static char pools[STUB_DEVICES]; /* their addresses are the handles */
+
+static int pool_device(const void *pool)
+{
+    for (int d = 0; d < STUB_DEVICES; d++)
+        if (pool == &pools[d])
+            return d;
+    return -1;
+}
+
+cudaError_t cudaDeviceGetDefaultMemPool(void **pool, int device);
+cudaError_t cudaMemPoolGetAttribute(void *pool, int attr, void *value);
+cudaError_t cudaMemPoolSetAttribute(void *pool, int attr, void *value);
+cudaError_t cudaMemPoolTrimTo(void *pool, size_t keep);
+
+cudaError_t cudaDeviceGetDefaultMemPool(void **pool, int device)
+{
+    if (!pool || device < 0 || device >= STUB_DEVICES)
+        return cudaErrorInvalidValue;
+    *pool = &pools[device];
+    return 0;
+}
+
+/* The reuse flags are ints, the rest 64-bit; all 0 here. */
+cudaError_t cudaMemPoolGetAttribute(void *pool, int attr, void *value)
+{
+    if (pool_device(pool) < 0 || !value || attr < 1 || attr > 8)
+        return cudaErrorInvalidValue;
+    if (attr <= 3)
+        *(int *)value = 0;
+    else
+        *(unsigned long long *)value = 0;
+    return 0;
+}
+
+cudaError_t cudaMemPoolSetAttribute(void *pool, int attr, void *value)
+{
+    return pool_device(pool) >= 0 && value && attr >= 1 && attr <= 8 ? 0 : cudaErrorInvalidValue;
+}
+
+cudaError_t cudaMemPoolTrimTo(void *pool, size_t keep)
+{
+    (void)keep;
+    return pool_device(pool) >= 0 ? 0 : cudaErrorInvalidValue;
+}
 
 cudaError_t cudaRuntimeGetVersion(int *version);
 cudaError_t cudaRuntimeGetVersion(int *version)

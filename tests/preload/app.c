@@ -26,6 +26,10 @@ cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes);
 cudaError_t cudaSetDevice(int device);
 cudaError_t cudaStreamCreate(cudaStream_t *stream);
 typedef void *cudaGraph_t, *cudaGraphExec_t;
+cudaError_t cudaDeviceGetDefaultMemPool(void **pool, int device);
+cudaError_t cudaMemPoolGetAttribute(void *pool, int attr, void *value);
+cudaError_t cudaMemPoolSetAttribute(void *pool, int attr, void *value);
+cudaError_t cudaMemPoolTrimTo(void *pool, size_t keep);
 cudaError_t cudaStreamBeginCapture(cudaStream_t stream, int mode);
 cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t *graph);
 cudaError_t cudaGraphInstantiate(cudaGraphExec_t *exec, cudaGraph_t graph, unsigned long long flags);
@@ -390,8 +394,53 @@ static int graph_nodes(void)
     return bad != 0;
 }
 
+/* ---- --pool: the default pool's statistics and trim, as PyTorch's cudaMallocAsync
+ * backend reads and calls them (torch.cuda.memory_allocated / memory_reserved and their
+ * peaks, reset_peak_memory_stats, empty_cache) ---- */
+
+enum { RESERVED = 5, RESERVED_HIGH = 6, USED = 7, USED_HIGH = 8 };
+
+static unsigned long long pool_attr(void *pool, int attr)
+{
+    unsigned long long v = ~0ull;
+    EXPECT(cudaMemPoolGetAttribute(pool, attr, &v) == 0);
+    return v;
+}
+
+/* The pool says what fragless holds: used is at least what is live and reserved at least
+ * that; the peaks follow, reset to the current values; a trim to 0 with nothing live
+ * gives everything back (before, the pool said 0 throughout: nothing came from it). */
+static int pool(void)
+{
+    void *mp = NULL, *p = NULL, *q = NULL;
+    int ok = cudaDeviceGetDefaultMemPool(&mp, 0) == 0 && mp;
+    EXPECT(ok);
+    if (!ok)
+        return 1;
+    EXPECT(cudaMallocAsync(&p, 5 << 20, NULL) == 0 && p);
+    EXPECT(cudaMallocAsync(&q, 3 << 20, NULL) == 0 && q);
+    unsigned long long used = pool_attr(mp, USED), reserved = pool_attr(mp, RESERVED);
+    EXPECT(used >= (8u << 20) && used < (9u << 20) && reserved >= used);
+    EXPECT(pool_attr(mp, USED_HIGH) == used && pool_attr(mp, RESERVED_HIGH) == reserved);
+    EXPECT(cudaFreeAsync(q, NULL) == 0);
+    EXPECT(pool_attr(mp, USED) < used && pool_attr(mp, USED_HIGH) == used);
+    unsigned long long zero = 0;
+    EXPECT(cudaMemPoolSetAttribute(mp, USED_HIGH, &zero) == 0 && cudaMemPoolSetAttribute(mp, RESERVED_HIGH, &zero) == 0);
+    EXPECT(pool_attr(mp, USED_HIGH) == pool_attr(mp, USED));
+    EXPECT(cudaFreeAsync(p, NULL) == 0);
+    EXPECT(pool_attr(mp, USED) == 0 && pool_attr(mp, RESERVED) > 0);
+    EXPECT(cudaMemPoolTrimTo(mp, 1 << 30) == 0 && pool_attr(mp, RESERVED) > 0); /* keeps at least that: no-op */
+    EXPECT(cudaMemPoolTrimTo(mp, 0) == 0 && pool_attr(mp, RESERVED) == 0);
+    int flag = -1;
+    EXPECT(cudaMemPoolGetAttribute(mp, 1, &flag) == 0 && flag == 0); /* others: the runtime's */
+    printf("preload_app: default pool (%d check(s) failed)\n", bad);
+    return bad != 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc > 1 && !strcmp(argv[1], "--pool"))
+        return pool();
     if (argc > 1 && !strcmp(argv[1], "--graph-nodes"))
         return graph_nodes();
     if (argc > 1 && !strcmp(argv[1], "--graphs"))
