@@ -20,7 +20,9 @@
 #   g  (right after b) fragless.torch's contracts (scripts/gpu_torch_checks.py): torch.cuda.graph
 #      and make_graphed_callables under fragless with outputs equal to eager; an out-of-memory
 #      caught as torch.OutOfMemoryError and the loop going on with a smaller batch;
-#      torch.cuda.use_mem_pool(fragless.torch.pool())
+#      torch.cuda.use_mem_pool(fragless.torch.pool()); and PyTorch under fragless run:
+#      torch.cuda.memory_allocated/memory_reserved/empty_cache and graphs captured and
+#      deleted again and again
 #   i  (right after g) the CUDA runtime's stream contracts under `fragless run`, with real
 #      late work (scripts/gpu_contracts.cu, built here with nvcc -cudart shared): a block
 #      freed while a slow kernel still writes it is not handed to another thread's
@@ -456,11 +458,13 @@ fi
 
 # torch_check NAME: scripts/gpu_torch_checks.py --check NAME in its own process (fragless.torch
 # changes PyTorch for good), one summary line from its GPU_TORCH_CHECK result.
+# TC_PREFIX: a command the check runs under (the run check: fragless run --).
+TC_PREFIX=()
 torch_check() {
     local name=$1 step="g torch $1" line
     run_boxed 90 "$WORK/g-$name.log" env -u FRAGLESS_CUDA_LIB -u FRAGLESS_CONF -u PYTORCH_CUDA_ALLOC_CONF \
         -u PYTORCH_ALLOC_CONF PYTHONUNBUFFERED=1 PYTHONPATH="$ROOT/python${PYTHONPATH:+:$PYTHONPATH}" \
-        FRAGLESS_LIB="$BUILD_DIR/libfragless.so" "$PY" scripts/gpu_torch_checks.py --check "$name"
+        FRAGLESS_LIB="$BUILD_DIR/libfragless.so" "${TC_PREFIX[@]}" "$PY" scripts/gpu_torch_checks.py --check "$name"
     line=$(grep -h "GPU_TORCH_CHECK" "$WORK/g-$name.log" | tail -n 1 | sed 's/^GPU_TORCH_CHECK //')
     echo "${line:-no result line}" | cut -c 1-600
     if [[ -z $line ]]; then
@@ -484,6 +488,10 @@ if ((HAVE_GPU)); then
     torch_check graphs
     say "[g] fragless.torch.pool() under torch.cuda.use_mem_pool"
     torch_check pool
+    say "[g] PyTorch under fragless run: memory statistics, empty_cache, graphs captured and deleted"
+    TC_PREFIX=("$BUILD_DIR/fragless" run --)
+    torch_check run
+    TC_PREFIX=()
 fi
 
 # ---- i: the CUDA runtime's stream contracts under fragless run ------------------------------

@@ -12,6 +12,13 @@
                    torch.cuda.use_mem_pool(fragless.torch.pool(limit=...)) comes from
                    fragless (its statistics), computes what the CPU computes, and the
                    pool's limit raises torch.OutOfMemoryError.
+  --check run      under `fragless run` (PyTorch's cudaMallocAsync backend, served by
+                   fragless's preload library): torch.cuda.memory_allocated /
+                   memory_reserved / max_memory_allocated follow a 64 MiB tensor and
+                   reset_peak_memory_stats; empty_cache gives cached memory back; twenty
+                   torch.cuda.graph captures with a 64 MiB intermediate, each replayed and
+                   deleted, leave memory_reserved within 128 MiB of the first's, with
+                   outputs equal to eager.
 
 Each check prints ONE line `GPU_TORCH_CHECK {json}` (ok, detail) and exits 0 when it
 printed it (ok false is a result), 3 when it could not start (no GPU, no library).
@@ -140,9 +147,54 @@ def check_pool(torch, fragless, result):
                     and result["outside_pool_native"])
 
 
+def check_run(torch, fragless, result):
+    mib = 1 << 20
+    result["backend"] = torch.cuda.get_allocator_backend()
+    result["preloaded"] = "libfragless_preload" in os.environ.get("LD_PRELOAD", "")
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    x = torch.empty(64 * mib, dtype=torch.uint8, device="cuda")
+    alloc = torch.cuda.memory_allocated() - base
+    reserved = torch.cuda.memory_reserved()
+    del x
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    peak_reset = torch.cuda.max_memory_allocated() == torch.cuda.memory_allocated()
+    before_empty = torch.cuda.memory_reserved()
+    torch.cuda.empty_cache()
+    after_empty = torch.cuda.memory_reserved()
+    result.update(allocated_64mib=alloc, reserved=reserved, peak_reset=peak_reset,
+                  reserved_before_empty=before_empty, reserved_after_empty=after_empty)
+    # Graphs captured and deleted again and again.
+    w = torch.randn(1024, 1024, device="cuda")
+    inp = torch.randn(16 * 1024, 1024, device="cuda")  # 64 MiB
+    equal, first = True, None
+    for i in range(20):
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            (inp @ w).relu_()  # warm-up outside the capture
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            out = (inp @ w).relu_() * 2  # a 64 MiB intermediate and output
+        g.replay()
+        torch.cuda.synchronize()
+        equal = equal and close(out, (inp @ w).relu_() * 2)
+        del g, out
+        torch.cuda.synchronize()
+        if first is None:
+            first = torch.cuda.memory_reserved()
+    last = torch.cuda.memory_reserved()
+    result.update(graphs_equal=equal, reserved_after_first_graph=first, reserved_after_20_graphs=last)
+    result["ok"] = (result["backend"] == "cudaMallocAsync" and result["preloaded"] and alloc >= 64 * mib
+                    and reserved >= alloc and peak_reset and after_empty < before_empty and equal
+                    and last <= first + 128 * mib)
+
+
 def main(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--check", choices=("graphs", "pool"), required=True)
+    ap.add_argument("--check", choices=("graphs", "pool", "run"), required=True)
     args = ap.parse_args(argv)
     result = {"check": args.check, "ok": False}
     try:
@@ -157,7 +209,7 @@ def main(argv):
             sys.path.insert(0, os.path.join(os.path.dirname(HERE), "python"))
         import fragless
         result["torch"] = torch.__version__
-        (check_graphs if args.check == "graphs" else check_pool)(torch, fragless, result)
+        {"graphs": check_graphs, "pool": check_pool, "run": check_run}[args.check](torch, fragless, result)
     except Exception as e:  # noqa: BLE001 - a result, with its traceback on stderr
         traceback.print_exc()
         result["error"] = ("%s: %s" % (type(e).__name__, e)).splitlines()[0][:300]
