@@ -160,31 +160,37 @@ static void note_as(const void *to, const void *from)
     pthread_mutex_unlock(&notes_lock);
 }
 
-/* obj is destroyed: its rows go, and each capture no row notes any more is released. */
+/* obj is destroyed: its rows go, and each capture no row notes any more is released
+ * (outside the lock: a release may synchronize the device). In rounds of up to 16. */
 static void drop(const void *obj)
 {
-    graph_note gone[16];
-    size_t n_gone = 0;
-    pthread_mutex_lock(&notes_lock);
-    for (size_t i = 0; i < n_notes;) {
-        if (notes[i].obj != obj) {
-            i++;
-            continue;
+    for (;;) {
+        graph_note gone[16];
+        size_t n_gone = 0, found = 0;
+        pthread_mutex_lock(&notes_lock);
+        for (size_t i = 0; i < n_notes && n_gone < sizeof gone / sizeof gone[0];) {
+            if (notes[i].obj != obj) {
+                i++;
+                continue;
+            }
+            found++;
+            graph_note r = notes[i];
+            notes[i] = notes[--n_notes];
+            int still = 0;
+            for (size_t k = 0; k < n_notes && !still; k++)
+                still = notes[k].capture == r.capture && notes[k].dev == r.dev;
+            if (!still)
+                gone[n_gone++] = r;
         }
-        graph_note r = notes[i];
-        notes[i] = notes[--n_notes];
-        int still = 0;
-        for (size_t k = 0; k < n_notes && !still; k++)
-            still = notes[k].capture == r.capture && notes[k].dev == r.dev;
-        if (!still && n_gone < sizeof gone / sizeof gone[0])
-            gone[n_gone++] = r;
-    }
-    pthread_mutex_unlock(&notes_lock);
-    for (size_t i = 0; i < n_gone && !atomic_load(&kept_for_good); i++) {
-        fl_allocator *a = fli_frontend_existing(gone[i].dev);
-        if (a && fl_graph_release(a, gone[i].capture) != FL_OK && fli_preload_verbose())
-            fprintf(stderr, "fragless: the memory of CUDA graph capture 0x%llx on device %d stays kept: %s\n",
-                    (unsigned long long)gone[i].capture, gone[i].dev, fl_last_error());
+        pthread_mutex_unlock(&notes_lock);
+        if (!found)
+            return;
+        for (size_t i = 0; i < n_gone && !atomic_load(&kept_for_good); i++) {
+            fl_allocator *a = fli_frontend_existing(gone[i].dev);
+            if (a && fl_graph_release(a, gone[i].capture) != FL_OK && fli_preload_verbose())
+                fprintf(stderr, "fragless: the memory of CUDA graph capture 0x%llx on device %d stays kept: %s\n",
+                        (unsigned long long)gone[i].capture, gone[i].dev, fl_last_error());
+        }
     }
 }
 
