@@ -530,10 +530,6 @@ static void reuse_of_last_kept_block_counts(void)
     finish(a, d);
 }
 
-/* A stream the program served once and then destroyed: the scan before a catch-up asks
- * it, and the driver says the handle is stale. A stream that no longer exists captures
- * nothing: it is forgotten, and the catch-up goes on (taken for "cannot tell", it held
- * every later catch-up and empty_cache back for good). */
 /* The release of a capture that holds nothing here (it allocated nothing, or on another
  * device's allocator: `fragless run` releases on every allocator) makes no device call;
  * it synchronized the device before. */
@@ -561,6 +557,10 @@ static void release_of_nothing_is_free(void)
     finish(a, d);
 }
 
+/* A stream the program served once and then destroyed: the scan before a catch-up asks
+ * it, and the driver says the handle is stale. A stream that no longer exists captures
+ * nothing: it is forgotten, and the catch-up goes on (taken for "cannot tell", it held
+ * every later catch-up and empty_cache back for good). */
 static void destroyed_stream_is_forgotten(void)
 {
     fl_device *d;

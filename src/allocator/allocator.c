@@ -1984,13 +1984,9 @@ static fl_status graphs_catch_up(fl_allocator *a)
      * stays on the list: the next catch-up tries again (cleared, the block would be held
      * for good). */
     uint32_t still = 0;
-    for (uint32_t k = 0; k < g->n_released; k++) {
-        int left = 0;
-        for (uint32_t i = 0; i < g->n && !left; i++)
-            left = g->b[i].capture == g->released[k];
-        if (left)
+    for (uint32_t k = 0; k < g->n_released; k++)
+        if (fli_graphs_holds(g, g->released[k]))
             g->released[still++] = g->released[k];
-    }
     g->n_released = still;
     return err;
 }
