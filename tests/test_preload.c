@@ -52,10 +52,11 @@ static cudaError_t free_capturing(free_fn fn, void *ptr, char *err, size_t n)
 /* The runtime functions the library interposes: its only exports (every other symbol
  * would bind to, or shadow, the program's own). Allocation and free (and their _ptsz
  * forms for programs built with per-thread default streams), free memory, a stream's end,
- * and the graph calls that tell when a graph's memory may go back (src/preload/graphs.c). */
+ * a device's reset, and the graph calls that tell when a graph's memory may go back
+ * (src/preload/graphs.c). */
 static const char *const interposed[] = {
     "cudaMalloc", "cudaFree", "cudaMallocAsync", "cudaFreeAsync", "cudaMemGetInfo",
-    "cudaMallocAsync_ptsz", "cudaFreeAsync_ptsz", "cudaStreamDestroy",
+    "cudaMallocAsync_ptsz", "cudaFreeAsync_ptsz", "cudaStreamDestroy", "cudaDeviceReset",
     "cudaStreamEndCapture", "cudaStreamEndCapture_ptsz", "cudaGraphInstantiate",
     "cudaGraphInstantiateWithFlags", "cudaGraphInstantiateWithParams", "cudaGraphInstantiateWithParams_ptsz",
     "cudaGraphClone", "cudaGraphExecUpdate", "cudaGraphExecDestroy", "cudaGraphDestroy",
@@ -397,6 +398,11 @@ static void test_run(void)
      * torch.cuda.memory_allocated and memory_reserved there, and empty_cache trims it):
      * fragless's figures, and its cache given back (the pool said 0 throughout). */
     app_mode("", "--pool", "default pool (0 check(s) failed)");
+
+    /* cudaDeviceReset, then the program goes on: its new blocks are memory that is there
+     * (fragless's cache was destroyed by the reset and still handed out), and fragless
+     * gave back everything before the reset destroyed it. */
+    app_mode("", "--reset", "device reset (0 check(s) failed)");
 
     /* A program whose runtime is linked statically allocates through the driver: nothing
      * is served, and the user is told why at exit (before, nothing was said). Processes

@@ -4,8 +4,10 @@
  * events complete at once. */
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "allocator/allocator.h"
+#include "replay/replay.h"
 #include "test_support.h"
 
 #define MiB (UINT64_C(1) << 20)
@@ -18,6 +20,10 @@ static void (*set_auto_complete)(int on);
 static void (*complete_all)(void);
 static void (*fake_reset)(void);
 static void (*stream_destroy)(void *stream);
+static int (*ctx_reset)(int dev);
+static unsigned long long (*reset_losses)(void);
+static size_t (*fake_used)(int dev);
+static int (*device_access)(int dev, uint64_t va, size_t n, int write);
 
 /* The policy, with neither the OOM report nor publishing (top). */
 static fl_allocator *make(const char *policy, fl_device *d)
@@ -169,6 +175,84 @@ static void gone_on_double(const char *policy)
     fl_device_destroy(d);
 }
 
+/* cudaDeviceReset under `fragless run` (the frontend calls fli_allocator_device_reset,
+ * then the runtime resets the primary context, which destroys every allocation on the
+ * device): the allocator gives everything back first, so the driver double's reset
+ * destroys nothing of its own, forgets its live blocks and works again after, empty, with
+ * its totals; a trace being recorded gets the taken blocks' frees (it still loads: no
+ * address allocated twice). Every policy, with blocks live, cached and waiting for
+ * another stream's event; fragless also with thread caches holding blocks. */
+static void reset_on_double(const char *policy, int threads)
+{
+    char path[256], conf[384];
+    snprintf(path, sizeof path, "%s/fl_test_streams_reset.%d.csv", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp",
+             (int)getpid());
+    fake_reset();
+    fl_device *d = fl_test_fake_device();
+    if (!d)
+        return;
+    snprintf(conf, sizeof conf, "policy:%s,oom_report:0,top:0%s%s", policy, threads ? "" : ",trace:",
+             threads ? "" : path);
+    fl_allocator *a = fl_test_allocator(conf, d);
+    if (!a) {
+        fl_device_destroy(d);
+        return;
+    }
+    if (threads)
+        CHECK_OK(fli_allocator_threads(a));
+    set_auto_complete(0);
+    uint64_t live, small, cached, pending, tc[8];
+    CHECK_OK(fl_alloc(a, 3 * MiB, S1, &live));
+    CHECK_OK(fl_alloc(a, 4096, S1, &small));
+    CHECK_OK(fl_alloc(a, MiB, S2, &cached));
+    CHECK_OK(fl_alloc(a, 5 * MiB, S1, &pending));
+    for (int i = 0; i < 8; i++)
+        CHECK_OK(fl_alloc(a, 512u << i, S1, &tc[i]));
+    for (int i = 0; i < 8; i++)
+        CHECK_OK(fl_free(a, tc[i]));
+    CHECK_OK(fl_free(a, cached));
+    if (!threads) { /* record_stream turns thread caches off */
+        CHECK_OK(fl_record_stream(a, pending, S2));
+        CHECK_OK(fl_free(a, pending));
+    }
+    fl_stats before = stats(a);
+    unsigned long long lost = reset_losses();
+    CHECK_OK(fli_allocator_device_reset(a));
+    CHECK(fl_allocator_check(a) == 0);
+    fl_stats s = stats(a);
+    CHECK_EQ_U64(s.allocated_bytes.current, 0);
+    CHECK_EQ_U64(s.requested_bytes.current, 0);
+    CHECK_EQ_U64(s.reserved_bytes.current, 0);
+    CHECK_EQ_U64(s.allocation.current, 0);
+    CHECK_EQ_U64(s.allocation.allocated, before.allocation.allocated);
+    CHECK_EQ_U64(s.allocated_bytes.peak, before.allocated_bytes.peak);
+    CHECK_EQ_U64(fake_used(0), 0); /* all given back, before the reset */
+    CHECK(ctx_reset(0) == 0);
+    CHECK_EQ_U64(reset_losses(), lost); /* the reset found nothing of the allocator's */
+    CHECK_STATUS(fl_free(a, live), FL_ERR_NOT_FOUND);
+    /* Works again, on memory that is there. */
+    uint64_t p, q;
+    CHECK_OK(fl_alloc(a, 3 * MiB, S1, &p));
+    CHECK_OK(fl_alloc(a, 4096, S2, &q));
+    CHECK(device_access(0, p, 3 * MiB, 1) == 0 && device_access(0, q, 4096, 1) == 0);
+    CHECK(fl_allocator_check(a) == 0);
+    CHECK_EQ_U64(stats(a).allocation.current, 2);
+    CHECK_OK(fl_free(a, p));
+    CHECK_OK(fl_free(a, q));
+    set_auto_complete(1);
+    fl_allocator_destroy(a);
+    fl_device_destroy(d);
+    if (!threads) {
+        fli_prepared *t = NULL;
+        fl_status ls = fli_load_trace(path, NULL, &t);
+        CHECK_OK(ls);
+        if (ls != FL_OK)
+            fprintf(stderr, "  %s: the trace recorded across the reset: %s\n", policy, fl_last_error());
+        fli_prepared_free(t);
+        remove(path);
+    }
+}
+
 /* A stream per request, a thousand of them (each destroyed after its request): the
  * memory held stays what one stream holds (before: a heap pair with its growth step per
  * stream, 48 GiB after 1,536 streams on an 80 GiB device). */
@@ -231,12 +315,17 @@ int main(void)
     void *lib = fl_test_fakecuda();
     if (!lib || !fl_test_sym(lib, "fakecuda_set_auto_complete", &set_auto_complete) ||
         !fl_test_sym(lib, "fakecuda_complete_all", &complete_all) || !fl_test_sym(lib, "fakecuda_reset", &fake_reset) ||
-        !fl_test_sym(lib, "fakecuda_stream_destroy", &stream_destroy))
+        !fl_test_sym(lib, "fakecuda_stream_destroy", &stream_destroy) ||
+        !fl_test_sym(lib, "cuDevicePrimaryCtxReset_v2", &ctx_reset) ||
+        !fl_test_sym(lib, "fakecuda_reset_losses", &reset_losses) || !fl_test_sym(lib, "fakecuda_used", &fake_used) ||
+        !fl_test_sym(lib, "fakecuda_device_access", &device_access))
         return 1;
     const char *const *names = fl_policy_names();
     for (int i = 0; names[i]; i++) {
         on_double(names[i]);
         gone_on_double(names[i]);
+        reset_on_double(names[i], 0);
     }
+    reset_on_double("fragless", 1);
     return fl_test_done("test_streams");
 }

@@ -1915,6 +1915,60 @@ void fli_allocator_stream_gone(fl_allocator *a, uint64_t stream)
     release_updated(a);
 }
 
+/* A recorded trace's frees of the blocks a device reset takes (walk's live blocks). */
+static void reset_record_block(void *user, uint64_t addr, uint64_t size, int live)
+{
+    if (live)
+        fli_recorder_free((fli_recorder *)user, addr, size);
+}
+
+fl_status fli_allocator_device_reset(fl_allocator *a)
+{
+    fli_policy *fresh = NULL;
+    fli_graphs graphs;
+    lock_drained(a);
+    fli_policy *old = a->policy;
+    /* Made first, from host memory only: a failure leaves the allocator as it was. */
+    fl_status s = fli_graphs_init(&graphs);
+    if (s == FL_OK && (s = fli_policy_create(&a->cfg, old->dev, &fresh)) != FL_OK)
+        fli_graphs_free(&graphs);
+    if (s != FL_OK) {
+        release_updated(a);
+        return s;
+    }
+    for (fli_tcache *c = a->tcs; c; c = c->next_of_alloc) { /* drained: only their counts */
+        fli_lock_acquire(&c->lock);
+        tc_fold(a, c);
+        fli_lock_release(&c->lock);
+    }
+    if (a->rec && old->ops->walk) {
+        fli_state_visitor v = {.user = a->rec, .block = reset_record_block};
+        old->ops->walk(old, &v);
+    }
+    for (uint32_t i = 0; i < a->n_pending; i++)
+        for (uint32_t k = 0; k < a->pending[i].n; k++)
+            fli_dev_event_destroy(old->dev, a->pending[i].event[k]);
+    a->n_pending = 0;
+    for (uint64_t i = 0; a->uses.e && i <= a->uses.mask; i++)
+        if (a->uses.e[i].key != UINT64_MAX)
+            free((void *)(uintptr_t)a->uses.e[i].val);
+    if (a->uses.e)
+        fli_map_clear(&a->uses);
+    fli_graphs_free(&a->graphs); /* their notes go with their memory (the policy's blocks) */
+    a->graphs = graphs;
+    /* The totals go on from where they were, every block freed. */
+    fresh->num_allocs = fresh->num_frees = old->num_allocs;
+    fresh->retries = old->retries;
+    fresh->ooms = old->ooms;
+    old->ops->destroy(old); /* everything back to the device: unmapped, released, freed */
+    a->policy = fresh;
+    a->req_current = a->live512 = 0;
+    memset(&a->last_query, 0, sizeof a->last_query);
+    maybe_publish(a, 1);
+    release_updated(a);
+    return FL_OK;
+}
+
 fl_status fl_export(fl_allocator *a, uint64_t addr, fl_ipc_handle *out)
 {
     lock_drained(a);

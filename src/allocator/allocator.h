@@ -46,6 +46,13 @@ fl_status fli_allocator_block_stream(fl_allocator *a, uint64_t addr, uint64_t *s
  * it, and the policy may give what it kept for it to a stream created later, once the
  * work queued on it so far is done (policy.h: stream_gone). */
 void fli_allocator_stream_gone(fl_allocator *a, uint64_t stream);
+/* For the CUDA runtime's frontend (cudaDeviceReset), called before the device's primary
+ * context is reset, which destroys every allocation on it: everything the allocator holds
+ * goes back to the device (mapped pages, handles, address space, events), its live blocks
+ * are forgotten (the reset takes them; a trace being recorded gets their frees), and it
+ * starts again empty, on the same device, with its configuration, limit and totals.
+ * FL_ERR_NOMEM (nothing changed) when the empty policy cannot be made. */
+fl_status fli_allocator_device_reset(fl_allocator *a);
 /* Replay that follows a recorded PyTorch run (the policy's seed and release ops):
  * fli_allocator_seed holds a segment as it was before recording began, with its live
  * blocks (their addresses in addrs), counted like any allocation; FL_ERR_UNSUPPORTED

@@ -37,6 +37,22 @@ fl_allocator *fli_frontend_slot_existing(int slot, int device)
 
 fl_allocator *fli_frontend_existing(int device) { return fli_frontend_slot_existing(0, device); }
 
+int fli_frontend_device_reset(int device)
+{
+    if (device < 0 || device >= TORCH_MAX_DEVICES)
+        return 0;
+    int r = 0;
+    pthread_mutex_lock(&torch_lock); /* no allocator of the device is made meanwhile */
+    for (int k = 0; k <= FRAGLESS_TORCH_POOLS; k++)
+        if (torch_alloc[k][device] && fli_allocator_device_reset(torch_alloc[k][device]) != FL_OK) {
+            fprintf(stderr, "fragless: device %d%s: its memory could not be given back before the device reset: %s\n",
+                    device, k ? " (a pool)" : "", fl_last_error());
+            r = -1;
+        }
+    pthread_mutex_unlock(&torch_lock);
+    return r;
+}
+
 /* trace:PATH is device 0's trace; device N writes PATH with ".devN" before the
  * extension (trace.csv -> trace.dev1.csv), so devices never share a file. */
 static fl_status trace_path_for(fl_config *cfg, int device)

@@ -9,9 +9,10 @@
  * runtime.
  *
  * cudaStreamDestroy is interposed too, so that the allocators retire the stream before it
- * goes (fli_allocator_stream_gone), and the _ptsz forms of the two Async calls, which a
- * program built with per-thread default streams calls; graphs.c interposes the graph calls
- * that say when a graph's memory may go back.
+ * goes (fli_allocator_stream_gone); cudaDeviceReset, before which the device's allocators
+ * give back what the reset destroys (fli_frontend_device_reset); and the _ptsz forms of
+ * the two Async calls, which a program built with per-thread default streams calls.
+ * graphs.c interposes the graph calls that say when a graph's memory may go back.
  *
  * Built with hidden visibility: these functions (tests/test_preload.c lists them) are the
  * library's only exported symbols, so nothing else of the process binds to fragless' internals (and they bind
@@ -41,6 +42,7 @@ FL_EXPORT cudaError_t cudaMallocAsync_ptsz(void **ptr, size_t size, cudaStream_t
 FL_EXPORT cudaError_t cudaFreeAsync_ptsz(void *ptr, cudaStream_t stream);
 FL_EXPORT cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes);
 FL_EXPORT cudaError_t cudaStreamDestroy(cudaStream_t stream);
+FL_EXPORT cudaError_t cudaDeviceReset(void);
 
 typedef cudaError_t (*get_device_fn)(int *);
 typedef cudaError_t (*set_device_fn)(int);
@@ -61,6 +63,7 @@ static struct {
     free_async_fn free_async, free_async_ptsz;
     mem_get_info_fn mem_get_info;
     stream_destroy_fn stream_destroy;
+    sync_fn reset;
 } real;
 static pthread_once_t real_once = PTHREAD_ONCE_INIT;
 
@@ -74,6 +77,7 @@ static void resolve_real(void)
     real.free_async_ptsz = (free_async_fn)(uintptr_t)dlsym(RTLD_NEXT, "cudaFreeAsync_ptsz");
     real.mem_get_info = (mem_get_info_fn)(uintptr_t)dlsym(RTLD_NEXT, "cudaMemGetInfo");
     real.stream_destroy = (stream_destroy_fn)(uintptr_t)dlsym(RTLD_NEXT, "cudaStreamDestroy");
+    real.reset = (sync_fn)(uintptr_t)dlsym(RTLD_NEXT, "cudaDeviceReset");
 }
 
 int fli_preload_verbose(void)
@@ -403,6 +407,21 @@ FL_EXPORT cudaError_t cudaStreamDestroy(cudaStream_t stream)
         atomic_fetch_add_explicit(&streams_destroyed, 1, memory_order_release);
     }
     return real.stream_destroy ? real.stream_destroy(stream) : cudaErrorInvalidValue;
+}
+
+/* The runtime's cudaDeviceReset destroys every allocation on the current device, and
+ * with them the pages fragless kept cached: its next cudaMalloc handed out memory that was
+ * gone (an illegal address on a GPU), and its later unmaps and releases named handles that
+ * were no more. Now the device's allocators give everything back first and start again
+ * empty (fli_frontend_device_reset); the program's blocks from before the reset are gone,
+ * as the runtime's are (their cudaFree is the runtime's error). The device's streams go
+ * too: the stream devices threads remembered are forgotten. */
+FL_EXPORT cudaError_t cudaDeviceReset(void)
+{
+    pthread_once(&real_once, resolve_real);
+    (void)fli_frontend_device_reset(current_device()); /* a failure was said on stderr */
+    atomic_fetch_add_explicit(&streams_destroyed, 1, memory_order_release);
+    return real.reset ? real.reset() : cudaSuccess;
 }
 
 /* Capacity of each device, read once from the driver (the runtime may not answer). */

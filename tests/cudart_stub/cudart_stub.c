@@ -10,6 +10,8 @@
  *   - cudaDeviceSynchronize, counted per current device;
  *   - cudaStreamSynchronize, which completes the stream's work in the driver double (its
  *     events), so stream-ordered frees can be seen waiting for it;
+ *   - cudaDeviceReset: the driver double's cuDevicePrimaryCtxReset_v2 on the current
+ *     device (its memory, events and streams go);
  *   - cudaStreamCreate and cudaStreamDestroy: a stream is made in the current device's
  *     primary context (told to the driver double, whose cuStreamGetCtx answers it); a
  *     handle is a pointer the stub allocates,
@@ -132,6 +134,7 @@ static struct {
     int (*end_capture)(void *, unsigned long long *);
     int (*graph_launch)(unsigned long long);
     void (*graph_destroy)(unsigned long long);
+    int (*ctx_reset)(int);                    /* cuDevicePrimaryCtxReset_v2 */
 } drv;
 static pthread_once_t drv_once = PTHREAD_ONCE_INIT;
 
@@ -150,6 +153,9 @@ static void load_driver(void)
     memcpy(&drv.retain, &f[1], sizeof f[1]);
     memcpy(&drv.set_current, &f[2], sizeof f[2]);
     memcpy(&drv.stream_sync, &f[3], sizeof f[3]);
+    void *r = dlsym(lib, "cuDevicePrimaryCtxReset_v2");
+    if (r)
+        memcpy(&drv.ctx_reset, &r, sizeof r);
     void *d = dlsym(lib, "fakecuda_stream_destroy"), *c = dlsym(lib, "fakecuda_stream_create");
     if (d && c) {
         memcpy(&drv.stream_destroy, &d, sizeof d);
@@ -196,6 +202,16 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream)
     atomic_fetch_add(&stream_syncs, 1);
     pthread_once(&drv_once, load_driver);
     return drv.stream_sync && drv.stream_sync(stream) == 0 ? 0 : cudaErrorNoDevice;
+}
+
+/* The runtime resets the current device's primary context: in the driver double every
+ * allocation on the device goes, with its context's events and streams. */
+cudaError_t cudaDeviceReset(void);
+cudaError_t cudaDeviceReset(void)
+{
+    pthread_once(&drv_once, load_driver);
+    int dev = current() < 0 ? 0 : current();
+    return drv.ctx_reset && drv.ctx_reset(dev) == 0 ? 0 : cudaErrorNoDevice;
 }
 
 cudaError_t cudaStreamCreate(cudaStream_t *stream);

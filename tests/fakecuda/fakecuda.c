@@ -158,6 +158,7 @@ static struct {
     unsigned long long next_capture;
     unsigned long long violations;       /* calls that invalidated a capture */
     unsigned long long graph_faults;     /* launches that found a graph's memory gone */
+    unsigned long long reset_losses;     /* what primary-context resets destroyed */
     CUstream dead[64];                   /* streams the program destroyed (fakecuda_stream_destroy) */
     size_t n_dead;
     struct {
@@ -1775,6 +1776,89 @@ void fakecuda_graph_destroy(unsigned long long graph)
     pthread_mutex_unlock(&g.lock);
 }
 
+/* cuDevicePrimaryCtxReset_v2, which the runtime's cudaDeviceReset calls (fragless never
+ * does: it is outside FL_CUDA_FUNCTIONS, counted by no counter). The driver "destroys all
+ * allocations and resets all state on the primary context"; modelled: every handle
+ * created on the device goes, unmapped wherever it is mapped (its addresses fault), with
+ * the device's cuMemAlloc blocks, every event made in its primary context and every
+ * stream made there (fakecuda_stream_create). Address reservations stay (they are the
+ * process's address space; a client that frees its own before the reset is right under
+ * either rule). The context stays retained: the next call made in it works again. Each
+ * handle, mapping, block and event destroyed is counted (fakecuda_reset_losses): memory a
+ * client still held, which it must not use or free again. */
+static CUresult do_ctx_reset(CUdevice dev)
+{
+    TRY(need_init());
+    if (!valid_dev(dev))
+        return CUDA_ERROR_INVALID_DEVICE;
+    struct CUctx_st *ctx = &g.ctx[dev];
+    unsigned long long lost = 0;
+    for (size_t i = 0; i < g.n_maps;) {
+        fc_mapping *m = &g.maps[i];
+        if (m->h->dev != dev || m->h->imported) {
+            i++;
+            continue;
+        }
+        restore_reserved(m->va, m->size);
+        res_holding(m->va, m->size)->mappings--;
+        m->h->mappings--;
+        free(m->rd);
+        free(m->wr);
+        remove_at(g.maps, g.n_maps, i, 1, sizeof *g.maps);
+        g.n_maps--;
+        lost++;
+    }
+    for (size_t i = 0; i < g.n_handles;) {
+        fc_handle *h = g.handles[i];
+        if (h->dev != dev || h->imported || !h->refs) {
+            i++;
+            continue;
+        }
+        h->refs = 0;
+        handle_maybe_destroy(h); /* unmapped above: gone, so i is the next one now */
+        lost++;
+    }
+    for (size_t i = 0; i < g.n_allocs;) {
+        if (g.allocs[i].dev != dev) {
+            i++;
+            continue;
+        }
+        munmap((void *)g.allocs[i].va, g.allocs[i].size);
+        g.used[dev] -= g.allocs[i].charged;
+        g.allocs[i] = g.allocs[--g.n_allocs];
+        lost++;
+    }
+    for (size_t i = 0; i < g.n_events;) {
+        if (g.events[i]->home != ctx) {
+            i++;
+            continue;
+        }
+        free(g.events[i]);
+        g.events[i] = g.events[--g.n_events];
+        lost++;
+    }
+    for (size_t i = 0; i < g.n_made; i++)
+        if (g.made[i].ctx == ctx && !stream_dead(g.made[i].stream) && g.n_dead < sizeof g.dead / sizeof g.dead[0])
+            g.dead[g.n_dead++] = g.made[i].stream;
+    g.reset_losses += lost;
+    return CUDA_SUCCESS;
+}
+CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev);
+CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev)
+{
+    pthread_once(&g_once, load_config_once);
+    pthread_mutex_lock(&g.lock);
+    return leave(do_ctx_reset(dev));
+}
+
+unsigned long long fakecuda_reset_losses(void)
+{
+    controls_enter();
+    unsigned long long n = g.reset_losses;
+    pthread_mutex_unlock(&g.lock);
+    return n;
+}
+
 unsigned long long fakecuda_capture_violations(void)
 {
     controls_enter();
@@ -1819,6 +1903,7 @@ void fakecuda_reset(void)
     g.captures = NULL, g.n_captures = g.cap_captures = 0;
     g.graphs = NULL, g.n_graphs = g.cap_graphs = 0;
     g.violations = g.graph_faults = 0;
+    g.reset_losses = 0;
     g.n_dead = 0;
     g.n_made = 0;
     free(g.res);

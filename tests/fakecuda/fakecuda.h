@@ -98,6 +98,11 @@ void fakecuda_stream_destroy(CUstream stream);
  * cuStreamGetCtx answers ctx for it (NULL: the current context, as for any other value). */
 void fakecuda_stream_create(CUstream stream, CUcontext ctx);
 unsigned long long fakecuda_capture_violations(void);
+/* cuDevicePrimaryCtxReset_v2 (fakecuda.c; the runtime double's cudaDeviceReset calls it)
+ * destroys what is left of the device's memory and its context's events and streams:
+ * how many handles, mappings, cuMemAlloc blocks and events it destroyed so far (a client
+ * that gave its own back before the reset leaves 0). */
+unsigned long long fakecuda_reset_losses(void);
 unsigned long long fakecuda_graph_faults(void);
 
 /* Drops every handle, mapping, reservation, allocation, event, capture and graph

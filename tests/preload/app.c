@@ -39,6 +39,7 @@ cudaError_t cudaGraphDestroy(cudaGraph_t graph);
 cudaError_t cudaGraphAddChildGraphNode(void **node, cudaGraph_t graph, const void *deps, size_t n, cudaGraph_t child);
 cudaError_t cudaGraphAddNode(void **node, cudaGraph_t graph, const void *deps, const void *edges, size_t n, void *params);
 cudaError_t cudaStreamDestroy(cudaStream_t stream);
+cudaError_t cudaDeviceReset(void);
 /* A program built with --default-stream per-thread calls these: NULL is the thread's stream. */
 cudaError_t cudaMallocAsync_ptsz(void **ptr, size_t size, cudaStream_t stream);
 cudaError_t cudaFreeAsync_ptsz(void *ptr, cudaStream_t stream);
@@ -437,10 +438,62 @@ static int pool(void)
     return bad != 0;
 }
 
+/* ---- --reset: cudaDeviceReset, and a program that goes on after it ---- */
+
+/* cudaDeviceReset destroys every allocation on the current device (in the driver double,
+ * the primary-context reset the runtime double calls). A program may go on after it (a
+ * test suite resets the device between cases): its next blocks must be memory that is
+ * there. Before, fragless handed out pages of its cache that the reset had destroyed.
+ * Now its memory goes back first: the double counts what a reset destroys, and finds
+ * nothing of fragless's. A block from before the reset is then no longer fragless's to
+ * free: its cudaFree is the runtime's error. */
+static int reset(void)
+{
+    if (load_double("--reset"))
+        return 1;
+    void *drv = dlopen(getenv("FRAGLESS_CUDA_LIB"), RTLD_NOW | RTLD_LOCAL);
+    void *sa = drv ? dlsym(drv, "fakecuda_device_access") : NULL, *sl = drv ? dlsym(drv, "fakecuda_reset_losses") : NULL;
+    if (!sa || !sl) {
+        printf("preload_app: --reset needs the driver double's fakecuda_device_access and fakecuda_reset_losses\n");
+        return 1;
+    }
+    int (*there)(int, uintptr_t, size_t, int);
+    unsigned long long (*losses)(void);
+    memcpy(&there, &sa, sizeof sa);
+    memcpy(&losses, &sl, sizeof sl);
+    static const size_t sizes[] = {100, 4096, 70000, 1 << 20, (3 << 20) + 5, (20 << 20) + 7};
+    enum { N = sizeof sizes / sizeof sizes[0] };
+    for (int round = 0; round < 3; round++) {
+        void *live[N] = {0}, *freed[N] = {0};
+        cudaStream_t s = NULL;
+        EXPECT(cudaStreamCreate(&s) == 0);
+        for (int i = 0; i < N; i++) {
+            EXPECT(cudaMalloc(&live[i], sizes[i]) == 0 && live[i]);
+            EXPECT(live[i] && there(0, (uintptr_t)live[i], sizes[i], 1) == 0); /* memory that is there */
+            EXPECT(cudaMallocAsync(&freed[i], sizes[i], s) == 0 && freed[i]);
+        }
+        dbl.auto_complete(0); /* freed on another stream: waiting for its event at the reset */
+        for (int i = 0; i < N; i++)
+            EXPECT(cudaFreeAsync(freed[i], i % 2 ? s : cudaStreamPerThread) == 0);
+        unsigned long long lost = losses();
+        EXPECT(cudaDeviceReset() == 0);
+        EXPECT(losses() == lost);
+        EXPECT(dbl.used(0) == 0);
+        dbl.auto_complete(1);
+        EXPECT(cudaFree(live[0]) != 0); /* the reset took it */
+    }
+    size_t free_b = 0, total = 0;
+    EXPECT(cudaMemGetInfo(&free_b, &total) == 0 && free_b == total);
+    printf("preload_app: device reset (%d check(s) failed)\n", bad);
+    return bad != 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && !strcmp(argv[1], "--pool"))
         return pool();
+    if (argc > 1 && !strcmp(argv[1], "--reset"))
+        return reset();
     if (argc > 1 && !strcmp(argv[1], "--graph-nodes"))
         return graph_nodes();
     if (argc > 1 && !strcmp(argv[1], "--graphs"))
