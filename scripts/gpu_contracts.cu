@@ -23,6 +23,10 @@
 //   cross-device-free  (two GPUs that reach each other) a block of device 0 written late
 //               by a kernel on device 1's stream and freed on that stream; device 0
 //               allocates at once: the slow kernel's value must not show there
+//   reset       blocks live and cached, cudaDeviceReset, then blocks of the same sizes
+//               allocated again, set and read back: every call must succeed and the
+//               blocks hold what was set (a fragless that kept its cache
+//               across the reset hands out memory the reset destroyed: an illegal address)
 // Output: one line per check, "GPU_CONTRACT <name> ok|FAIL|SKIP <detail>", then
 // "GPU_CONTRACTS <n> failed". Exit status 0 when none failed, 1 otherwise, 2 when CUDA
 // could not run at all.
@@ -274,6 +278,36 @@ static void device(int ngpu)
     cudaSetDevice(0);
 }
 
+// ---- reset: cudaDeviceReset, and a program that goes on after it ----
+
+static void reset(void)
+{
+    static const size_t sizes[] = {4096, 70000, (size_t)1 << 20, N, (size_t)40 << 20};
+    const int n = sizeof sizes / sizeof sizes[0];
+    unsigned *p[5] = {0};
+    char detail[256];
+    int ok = 1;
+    for (int i = 0; i < n && ok; i++)
+        ok = cuda_ok(cudaMalloc((void **)&p[i], sizes[i]), "cudaMalloc before the reset");
+    for (int i = 0; i < n && ok; i += 2) // some cached, some live at the reset
+        ok = cuda_ok(cudaFree(p[i]), "cudaFree before the reset");
+    ok = ok && cuda_ok(cudaDeviceReset(), "cudaDeviceReset") && cuda_ok(cudaSetDevice(0), "cudaSetDevice");
+    size_t bad = 0;
+    for (int i = 0; i < n && ok; i++) {
+        unsigned char *q = NULL, *host = (unsigned char *)malloc(sizes[i]);
+        ok = host && cuda_ok(cudaMalloc((void **)&q, sizes[i]), "cudaMalloc after the reset") &&
+             cuda_ok(cudaMemset(q, 0x5a, sizes[i]), "cudaMemset after the reset") &&
+             cuda_ok(cudaDeviceSynchronize(), "the memset after the reset") &&
+             cuda_ok(cudaMemcpy(host, q, sizes[i], cudaMemcpyDeviceToHost), "cudaMemcpy after the reset");
+        for (size_t k = 0; ok && k < sizes[i]; k++)
+            bad += host[k] != 0x5a;
+        free(host);
+        ok = ok && cuda_ok(cudaFree(q), "cudaFree after the reset");
+    }
+    snprintf(detail, sizeof detail, "%s; %zu bytes not written", ok ? "every call succeeded" : "a call failed", bad);
+    report("reset", ok && bad == 0, detail);
+}
+
 int main(void)
 {
     int ngpu = 0, khz = 0;
@@ -288,6 +322,7 @@ int main(void)
     destroyed();
     graphs();
     device(ngpu);
+    reset(); // last: it destroys everything on device 0
     printf("GPU_CONTRACTS %d failed\n", failures);
     return failures ? 1 : 0;
 }
