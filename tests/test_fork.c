@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "frontend/frontend.h"
 #include "test_support.h"
 #include "trace/trace.h"
 
@@ -86,6 +87,66 @@ static void test_fork_while_busy(const char *policy)
     CHECK(fl_allocator_check(a) == 0);
     fl_allocator_destroy(a);
     fl_device_destroy(d);
+}
+
+/* ---- fork while another thread makes a device's allocator ----------------------- */
+
+/* The frontends' table of allocators (src/frontend/torch.c) is locked while a device's
+ * allocator is made, which takes driver calls (a context, the device's properties). A
+ * fork meanwhile gave the child the lock held, by a thread the child does not have: the
+ * child's first call that takes it (here a pool opened, as fragless.torch.pool() does)
+ * waited forever. The fork now waits for the table. The driver double holds the maker
+ * inside cuDevicePrimaryCtxRetain while another thread forks. */
+static void *make_device_allocator(void *arg)
+{
+    (void)arg;
+    return fli_frontend_allocator(0);
+}
+
+static void *fork_and_open_pool(void *arg)
+{
+    pid_t *pid = arg;
+    *pid = fork();
+    if (*pid == 0) {
+        alarm(10);
+        _exit(fragless_torch_pool_open("policy:cca") > 0 ? 0 : 1);
+    }
+    return NULL;
+}
+
+static void test_fork_while_making(void)
+{
+    void (*hold)(const char *) = NULL, (*release)(void) = NULL;
+    int (*held)(void) = NULL;
+    void *lib = FL_TEST_FAKECUDA[0] ? fl_test_fakecuda() : NULL;
+    if (!lib) {
+        printf("test_fork: the driver double was not built; fork while making an allocator not checked\n");
+        return;
+    }
+    if (!fl_test_sym(lib, "fakecuda_hold_call", &hold) || !fl_test_sym(lib, "fakecuda_held", &held) ||
+        !fl_test_sym(lib, "fakecuda_release_held", &release))
+        return;
+    setenv("FRAGLESS_CUDA_LIB", FL_TEST_FAKECUDA, 1);
+    setenv("FRAGLESS_CONF", "top:0,oom_report:0", 1);
+    hold("cuDevicePrimaryCtxRetain");
+    pthread_t maker, forking;
+    CHECK(pthread_create(&maker, NULL, make_device_allocator, NULL) == 0);
+    for (int i = 0; i < 5000 && !held(); i++)
+        usleep(1000);
+    CHECK(held());
+    pid_t pid = -1;
+    CHECK(pthread_create(&forking, NULL, fork_and_open_pool, &pid) == 0);
+    usleep(100 * 1000); /* a fork that does not wait for the table happens now */
+    release();
+    void *made = NULL;
+    CHECK(pthread_join(maker, &made) == 0 && made != NULL);
+    CHECK(pthread_join(forking, NULL) == 0);
+    int st = 0;
+    CHECK(pid > 0 && waitpid(pid, &st, 0) == pid);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    if (!WIFEXITED(st))
+        fprintf(stderr, "  the child forked while the allocator was made hung (signal %d)\n",
+                WIFSIGNALED(st) ? WTERMSIG(st) : 0);
 }
 
 /* ---- the recorder and fork -------------------------------------------------------- */
@@ -301,6 +362,7 @@ int main(int argc, char **argv)
     test_fork_while_busy("cca");
     test_fork_while_busy("nocache");
     test_fork_recorder();
+    test_fork_while_making();
     test_rerecord_same_process();
     test_exit_whole_lines();
     test_processes_one_path(argv[0]);

@@ -404,6 +404,10 @@ static void test_run(void)
      * gave back everything before the reset destroyed it. */
     app_mode("", "--reset", "device reset (0 check(s) failed)");
 
+    /* A fork while another thread opens the device in cudaMemGetInfo: the child's own
+     * cudaMemGetInfo works (it waited forever for a lock held at the fork). */
+    app_mode("", "--fork", "fork while busy (0 check(s) failed)");
+
     /* A program whose runtime is linked statically allocates through the driver: nothing
      * is served, and the user is told why at exit (before, nothing was said). Processes
      * that never touched the driver, or were served, say nothing. */

@@ -209,6 +209,8 @@ static void registry_init(void)
     atexit(flush_at_exit);
 }
 
+void fli_allocator_atfork(void) { pthread_once(&registry_once, registry_init); }
+
 static fl_status owned(const fl_device *dev)
 {
     return fli_fail(FL_ERR_INVALID, "device %s: it has an allocator already; one allocator per device (share it: "

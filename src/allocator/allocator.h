@@ -129,6 +129,10 @@ const char *fli_publish_path(const fli_publisher *p);
  * handler closes the parent's publishers (fli_publish_close in a child detaches: the
  * file is the parent's) and opens the child's own. */
 void fli_publish_atfork(void);
+/* Registers the allocators' fork handlers now (else at the first allocator made): a
+ * module whose lock is taken before allocators' registers its own after this, so that
+ * its prepare handler runs first. */
+void fli_allocator_atfork(void);
 /* $FRAGLESS_TOP_DIR when set and not empty, else /dev/shm. */
 const char *fli_publish_dir(void);
 

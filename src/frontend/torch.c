@@ -19,20 +19,42 @@
 /* Slot 0: the allocators of install() and the LD_PRELOAD interposer, made from
  * $FRAGLESS_CONF; slots 1..FRAGLESS_TORCH_POOLS: those of fragless.torch.pool(), each made from
  * the configuration its pool was opened with. */
+/* The table's lock is held while an allocator is made (driver calls: a context, the
+ * device's properties) or reset, and while a pool is opened; an allocator, once in the
+ * table, stays there for good (a reset empties it in place), so it is read without the
+ * lock. */
 static pthread_mutex_t torch_lock = PTHREAD_MUTEX_INITIALIZER;
 static fl_device *torch_dev[1 + FRAGLESS_TORCH_POOLS][TORCH_MAX_DEVICES];
-static fl_allocator *torch_alloc[1 + FRAGLESS_TORCH_POOLS][TORCH_MAX_DEVICES];
+static fl_allocator *_Atomic torch_alloc[1 + FRAGLESS_TORCH_POOLS][TORCH_MAX_DEVICES];
 static char *pool_conf[1 + FRAGLESS_TORCH_POOLS]; /* NULL: slot free (slot 0: the environment) */
+
+/* Fork: a child of a process forked while another thread held the table's lock (making a
+ * device's allocator) found it held for good, and its first call that takes it (a pool
+ * opened, another device's allocator made) waited forever. The fork now waits for the
+ * table: its handlers are registered after the allocators' (fli_allocator_atfork), and
+ * prepare handlers run in reverse order, so the table's lock is taken before any
+ * allocator's, the order everywhere (an allocator is made and reset with it held). */
+static pthread_once_t torch_fork_once = PTHREAD_ONCE_INIT;
+static void torch_prepare(void) { pthread_mutex_lock(&torch_lock); }
+static void torch_parent(void) { pthread_mutex_unlock(&torch_lock); }
+static void torch_child(void) { pthread_mutex_unlock(&torch_lock); } /* the forking thread took it */
+static void torch_fork_init(void)
+{
+    fli_allocator_atfork();
+    pthread_atfork(torch_prepare, torch_parent, torch_child);
+}
+
+static void lock_table(void)
+{
+    pthread_once(&torch_fork_once, torch_fork_init);
+    pthread_mutex_lock(&torch_lock);
+}
 
 fl_allocator *fli_frontend_slot_existing(int slot, int device)
 {
     if (slot < 0 || slot > FRAGLESS_TORCH_POOLS || device < 0 || device >= TORCH_MAX_DEVICES)
         return NULL;
-    /* Under the lock: another thread may be making this device's allocator. */
-    pthread_mutex_lock(&torch_lock);
-    fl_allocator *a = torch_alloc[slot][device];
-    pthread_mutex_unlock(&torch_lock);
-    return a;
+    return atomic_load_explicit(&torch_alloc[slot][device], memory_order_acquire);
 }
 
 fl_allocator *fli_frontend_existing(int device) { return fli_frontend_slot_existing(0, device); }
@@ -42,13 +64,15 @@ int fli_frontend_device_reset(int device)
     if (device < 0 || device >= TORCH_MAX_DEVICES)
         return 0;
     int r = 0;
-    pthread_mutex_lock(&torch_lock); /* no allocator of the device is made meanwhile */
-    for (int k = 0; k <= FRAGLESS_TORCH_POOLS; k++)
-        if (torch_alloc[k][device] && fli_allocator_device_reset(torch_alloc[k][device]) != FL_OK) {
+    lock_table(); /* no allocator of the device is made meanwhile */
+    for (int k = 0; k <= FRAGLESS_TORCH_POOLS; k++) {
+        fl_allocator *a = atomic_load_explicit(&torch_alloc[k][device], memory_order_relaxed);
+        if (a && fli_allocator_device_reset(a) != FL_OK) {
             fprintf(stderr, "fragless: device %d%s: its memory could not be given back before the device reset: %s\n",
                     device, k ? " (a pool)" : "", fl_last_error());
             r = -1;
         }
+    }
     pthread_mutex_unlock(&torch_lock);
     return r;
 }
@@ -95,8 +119,11 @@ static fl_status slot_allocator(int slot, int device, fl_allocator **out)
         return s;
     if (slot < 0 || slot > FRAGLESS_TORCH_POOLS)
         return fli_fail(FL_ERR_INVALID, "pool slot %d is out of range (0..%d)", slot, FRAGLESS_TORCH_POOLS);
-    pthread_mutex_lock(&torch_lock);
-    fl_allocator *a = torch_alloc[slot][device];
+    fl_allocator *a = atomic_load_explicit(&torch_alloc[slot][device], memory_order_acquire);
+    if (a) /* the path of every allocation through the table: no lock */
+        return *out = a, FL_OK;
+    lock_table();
+    a = atomic_load_explicit(&torch_alloc[slot][device], memory_order_relaxed);
     if (!a && (slot == 0 || pool_conf[slot])) {
         fl_config cfg;
         fl_cuda_params cp;
@@ -122,7 +149,7 @@ static fl_status slot_allocator(int slot, int device, fl_allocator **out)
             snprintf(what, sizeof what, "cannot set up device %d%s", device, slot ? " for a pool" : "");
             fail_in(s, what);
         } else {
-            torch_alloc[slot][device] = a;
+            atomic_store_explicit(&torch_alloc[slot][device], a, memory_order_release);
         }
     } else if (!a) {
         s = fli_fail(FL_ERR_INVALID, "pool slot %d is not open", slot);
@@ -156,7 +183,7 @@ int fragless_torch_pool_open(const char *conf)
         snprintf(what, sizeof what, "pool configuration \"%.256s\"", conf);
         return fail_in(s, what), -1;
     }
-    pthread_mutex_lock(&torch_lock);
+    lock_table();
     int slot = -1, free_slot = 0;
     for (int k = 1; k <= FRAGLESS_TORCH_POOLS && slot < 0; k++)
         if (!pool_conf[k] && (free_slot = 1) && (pool_conf[k] = strdup(conf)) != NULL)

@@ -128,6 +128,11 @@ typedef struct {
 } graph_note;
 
 static pthread_mutex_t notes_lock = PTHREAD_MUTEX_INITIALIZER;
+/* A fork waits for the notes (a leaf lock), so that a child's graph calls find them whole
+ * and free. */
+static void notes_prepare(void) { pthread_mutex_lock(&notes_lock); }
+static void notes_parent(void) { pthread_mutex_unlock(&notes_lock); }
+__attribute__((constructor)) static void notes_atfork(void) { pthread_atfork(notes_prepare, notes_parent, notes_parent); }
 static graph_note *notes;
 static size_t n_notes, cap_notes;
 /* A graph was embedded in another (or host memory ran out for a note): nothing is

@@ -428,6 +428,16 @@ FL_EXPORT cudaError_t cudaDeviceReset(void)
 static pthread_mutex_t capacity_lock = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t capacity[FL_FRONTEND_MAX_DEVICES];
 
+/* A fork while another thread reads a capacity (a device opened: driver calls) gave the
+ * child the lock held by a thread it does not have: its cudaMemGetInfo waited forever.
+ * The fork now waits for it (a leaf lock: nothing else is taken under it). */
+static void capacity_prepare(void) { pthread_mutex_lock(&capacity_lock); }
+static void capacity_parent(void) { pthread_mutex_unlock(&capacity_lock); }
+__attribute__((constructor)) static void capacity_atfork(void)
+{
+    pthread_atfork(capacity_prepare, capacity_parent, capacity_parent);
+}
+
 static fl_status device_capacity(int dev, uint64_t *out)
 {
     pthread_mutex_lock(&capacity_lock);

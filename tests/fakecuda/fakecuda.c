@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <sys/stat.h>
 #include <stdint.h>
@@ -324,10 +325,36 @@ static int plan_fires(int i)
     return g.fail_in[i] && --g.fail_in[i] == 0;
 }
 
+/* fakecuda_hold_call: the entry point whose next call waits (-1: none), and whether a
+ * call waits now. Apart from g.lock, which a waiting call does not hold. */
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    _Atomic int fn;
+    int waiting;
+} hold = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, -1, 0};
+
+static void maybe_hold(int fn)
+{
+    if (atomic_load_explicit(&hold.fn, memory_order_relaxed) != fn)
+        return;
+    pthread_mutex_lock(&hold.lock);
+    int expected = fn;
+    if (atomic_compare_exchange_strong(&hold.fn, &expected, -1)) {
+        hold.waiting = 1;
+        pthread_cond_broadcast(&hold.cond);
+        while (hold.waiting)
+            pthread_cond_wait(&hold.cond, &hold.lock);
+    }
+    pthread_mutex_unlock(&hold.lock);
+}
+
 /* Every entry point starts here: takes the lock (held until leave), counts the call and
- * returns the injected error, if this is the call a plan names. */
+ * returns the injected error, if this is the call a plan names. A held call
+ * (fakecuda_hold_call) waits first. */
 static CUresult enter(int fn)
 {
+    maybe_hold(fn);
     pthread_once(&g_once, load_config_once);
     pthread_mutex_lock(&g.lock);
     g.calls[fn]++;
@@ -1857,6 +1884,33 @@ unsigned long long fakecuda_reset_losses(void)
     unsigned long long n = g.reset_losses;
     pthread_mutex_unlock(&g.lock);
     return n;
+}
+
+void fakecuda_hold_call(const char *fn)
+{
+    int i = fn_index(fn);
+    if (i < 0 || i == F_ANY) {
+        fprintf(stderr, "fakecuda_hold_call: %s is no entry point\n", fn ? fn : "(null)");
+        return;
+    }
+    atomic_store(&hold.fn, i);
+}
+
+int fakecuda_held(void)
+{
+    pthread_mutex_lock(&hold.lock);
+    int w = hold.waiting;
+    pthread_mutex_unlock(&hold.lock);
+    return w;
+}
+
+void fakecuda_release_held(void)
+{
+    pthread_mutex_lock(&hold.lock);
+    atomic_store(&hold.fn, -1);
+    hold.waiting = 0;
+    pthread_cond_broadcast(&hold.cond);
+    pthread_mutex_unlock(&hold.lock);
 }
 
 unsigned long long fakecuda_capture_violations(void)

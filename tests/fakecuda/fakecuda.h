@@ -65,6 +65,14 @@ int fakecuda_ctx_depth(void);
 void fakecuda_set_auto_complete(int on);
 void fakecuda_complete_all(void);
 
+/* A thread held inside a driver call, for races made deterministic: the next call of fn
+ * (an entry point's name) waits, before it does anything, until fakecuda_release_held();
+ * fakecuda_held() says whether a call waits now. The waiting call holds none of the
+ * double's state: other threads' calls go on. */
+void fakecuda_hold_call(const char *fn);
+int fakecuda_held(void);
+void fakecuda_release_held(void);
+
 /* CUDA graphs, standing in for what PyTorch does around an allocator (cuStreamBeginCapture,
  * kernel launches into the capture, cuStreamEndCapture, cuGraphLaunch; fragless calls
  * none of these, only cuStreamGetCaptureInfo and cuThreadExchangeStreamCaptureMode).

@@ -6,12 +6,15 @@
  *
  * It writes through the device pointers directly: the driver double's device memory is
  * host memory. On a real GPU this program would need cudaMemcpy. */
+#define _DEFAULT_SOURCE /* usleep */
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 typedef int cudaError_t;
 typedef struct CUstream_st *cudaStream_t;
@@ -488,12 +491,77 @@ static int reset(void)
     return bad != 0;
 }
 
+/* ---- --fork: a fork while another thread is inside fragless ---- */
+
+/* A thread reads the device's capacity (cudaMemGetInfo with a runtime that does not
+ * answer: fragless opens the device, driver calls under its lock) while another thread
+ * forks. Before, the child got that lock held by a thread it does not have, and its own
+ * cudaMemGetInfo waited forever; now the fork waits for it. The driver double holds the
+ * first thread inside cuDevicePrimaryCtxRetain. */
+static void *mem_info_thread(void *arg)
+{
+    size_t f = 0, t = 0;
+    *(cudaError_t *)arg = cudaMemGetInfo(&f, &t);
+    return NULL;
+}
+
+static void *fork_thread(void *arg)
+{
+    pid_t *pid = arg;
+    *pid = fork();
+    if (*pid == 0) {
+        alarm(10);
+        size_t f = 0, t = 0;
+        _exit(cudaMemGetInfo(&f, &t) == 0 ? 0 : 1);
+    }
+    return NULL;
+}
+
+static int fork_busy(void)
+{
+    void *drv = dlopen(getenv("FRAGLESS_CUDA_LIB"), RTLD_NOW | RTLD_LOCAL);
+    void *sh = drv ? dlsym(drv, "fakecuda_hold_call") : NULL, *sw = drv ? dlsym(drv, "fakecuda_held") : NULL,
+         *sr = drv ? dlsym(drv, "fakecuda_release_held") : NULL;
+    if (!sh || !sw || !sr) {
+        printf("preload_app: --fork needs the driver double's fakecuda_hold_call, _held and _release_held\n");
+        return 1;
+    }
+    void (*hold)(const char *), (*release)(void);
+    int (*held)(void);
+    memcpy(&hold, &sh, sizeof sh);
+    memcpy(&held, &sw, sizeof sw);
+    memcpy(&release, &sr, sizeof sr);
+    void *p = NULL;
+    EXPECT(cudaMalloc(&p, 1 << 20) == 0 && p); /* the device's allocator made first */
+    hold("cuDevicePrimaryCtxRetain");
+    pthread_t reader, forker;
+    cudaError_t read = -1;
+    EXPECT(pthread_create(&reader, NULL, mem_info_thread, &read) == 0);
+    for (int i = 0; i < 5000 && !held(); i++)
+        usleep(1000);
+    EXPECT(held());
+    pid_t pid = -1;
+    EXPECT(pthread_create(&forker, NULL, fork_thread, &pid) == 0);
+    usleep(100 * 1000); /* a fork that does not wait for the lock happens now */
+    release();
+    EXPECT(pthread_join(reader, NULL) == 0 && read == 0);
+    EXPECT(pthread_join(forker, NULL) == 0);
+    int st = 0;
+    EXPECT(pid > 0 && waitpid(pid, &st, 0) == pid);
+    EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    EXPECT(cudaFree(p) == 0);
+    printf("preload_app: fork while busy (%d check(s) failed)\n", bad);
+    return bad != 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && !strcmp(argv[1], "--pool"))
         return pool();
     if (argc > 1 && !strcmp(argv[1], "--reset"))
         return reset();
+    if (argc > 1 && !strcmp(argv[1], "--fork"))
+        return fork_busy();
     if (argc > 1 && !strcmp(argv[1], "--graph-nodes"))
         return graph_nodes();
     if (argc > 1 && !strcmp(argv[1], "--graphs"))
