@@ -399,9 +399,9 @@ static void test_run(void)
      * fragless's figures, and its cache given back (the pool said 0 throughout). */
     app_mode("", "--pool", "default pool (0 check(s) failed)");
 
-    /* cudaDeviceReset, then the program goes on: its new blocks are memory that is there
-     * (fragless's cache was destroyed by the reset and still handed out), and fragless
-     * gave back everything before the reset destroyed it. */
+    /* cudaDeviceReset, then the program goes on: the reset takes cudaMalloc's blocks and
+     * leaves cudaMallocAsync's, finds no event of fragless's to destroy, and fragless's
+     * next driver call works in the context made again. */
     app_mode("", "--reset", "device reset (0 check(s) failed)");
 
     /* A fork while another thread opens the device in cudaMemGetInfo: the child's own

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "allocator/allocator.h"
+#include "policy/policy.h"
 #include "replay/replay.h"
 #include "test_support.h"
 
@@ -175,13 +176,19 @@ static void gone_on_double(const char *policy)
     fl_device_destroy(d);
 }
 
-/* cudaDeviceReset under `fragless run` (the frontend calls fli_allocator_device_reset,
- * then the runtime resets the primary context, which destroys every allocation on the
- * device): the allocator gives everything back first, so the driver double's reset
- * destroys nothing of its own, forgets its live blocks and works again after, empty, with
- * its totals; a trace being recorded gets the taken blocks' frees (it still loads: no
- * address allocated twice). Every policy, with blocks live, cached and waiting for
- * another stream's event; fragless also with thread caches holding blocks. */
+/* cudaDeviceReset under `fragless run`: fli_allocator_before_reset, the primary context's
+ * reset (the driver double's: the device's cuMemAlloc blocks go, with the context's
+ * events and streams, and the context is inactive until retained again), then
+ * fli_allocator_after_reset. The reset must find nothing of the allocator's to destroy.
+ * cca and nocache (memory from cuMemAlloc, the context's): everything given back, the
+ * live blocks forgotten, the allocator empty with its totals. fragless and
+ * cca-expandable (virtual memory, which outlives the reset as cudaMallocAsync's blocks
+ * do): the live blocks stay, with their data; what waited for an event is settled, the
+ * cache given back, and a destroyed stream's heap is taken over afterwards without
+ * asking its (destroyed) event. Either way the allocator works after, making the context
+ * again itself (nobody else retains it here), and a trace recorded across the reset
+ * loads (no address allocated twice). Blocks live, cached, waiting for another stream's
+ * event and in a destroyed stream's heap; fragless also with thread caches. */
 static void reset_on_double(const char *policy, int threads)
 {
     char path[256], conf[384];
@@ -198,12 +205,17 @@ static void reset_on_double(const char *policy, int threads)
         fl_device_destroy(d);
         return;
     }
+    const fli_policy *pol = fli_allocator_policy(a);
+    int kept = !pol->ops->reset_destroys;
     if (threads)
         CHECK_OK(fli_allocator_threads(a));
     set_auto_complete(0);
-    uint64_t live, small, cached, pending, tc[8];
+    const uint64_t S3 = 0x3000, S4 = 0x4000;
+    uint64_t live, small, cached, pending, gone, tc[8];
     CHECK_OK(fl_alloc(a, 3 * MiB, S1, &live));
     CHECK_OK(fl_alloc(a, 4096, S1, &small));
+    memset((void *)(uintptr_t)live, 0x3c, 3 * MiB); /* the double's memory is the host's */
+    memset((void *)(uintptr_t)small, 0x4d, 4096);
     CHECK_OK(fl_alloc(a, MiB, S2, &cached));
     CHECK_OK(fl_alloc(a, 5 * MiB, S1, &pending));
     for (int i = 0; i < 8; i++)
@@ -214,31 +226,63 @@ static void reset_on_double(const char *policy, int threads)
     if (!threads) { /* record_stream turns thread caches off */
         CHECK_OK(fl_record_stream(a, pending, S2));
         CHECK_OK(fl_free(a, pending));
+        CHECK_OK(fl_alloc(a, 2 * MiB, S3, &gone)); /* a stream destroyed with its work pending */
+        CHECK_OK(fl_free(a, gone));
+        fli_allocator_stream_gone(a, S3);
+        stream_destroy((void *)(uintptr_t)S3);
+    } else {
+        CHECK_OK(fl_free(a, pending));
     }
     fl_stats before = stats(a);
     unsigned long long lost = reset_losses();
-    CHECK_OK(fli_allocator_device_reset(a));
+    CHECK_OK(fli_allocator_before_reset(a));
+    CHECK(ctx_reset(0) == 0);
+    fli_allocator_after_reset(a);
+    CHECK_EQ_U64(reset_losses(), lost); /* the reset found nothing of the allocator's */
     CHECK(fl_allocator_check(a) == 0);
     fl_stats s = stats(a);
-    CHECK_EQ_U64(s.allocated_bytes.current, 0);
-    CHECK_EQ_U64(s.requested_bytes.current, 0);
-    CHECK_EQ_U64(s.reserved_bytes.current, 0);
-    CHECK_EQ_U64(s.allocation.current, 0);
     CHECK_EQ_U64(s.allocation.allocated, before.allocation.allocated);
     CHECK_EQ_U64(s.allocated_bytes.peak, before.allocated_bytes.peak);
-    CHECK_EQ_U64(fake_used(0), 0); /* all given back, before the reset */
-    CHECK(ctx_reset(0) == 0);
-    CHECK_EQ_U64(reset_losses(), lost); /* the reset found nothing of the allocator's */
-    CHECK_STATUS(fl_free(a, live), FL_ERR_NOT_FOUND);
-    /* Works again, on memory that is there. */
-    uint64_t p, q;
-    CHECK_OK(fl_alloc(a, 3 * MiB, S1, &p));
+    if (kept) {
+        CHECK_EQ_U64(s.allocation.current, 2);
+        CHECK_EQ_U64(s.requested_bytes.current, 3 * MiB + 4096);
+        CHECK(s.reserved_bytes.current < before.reserved_bytes.current); /* the cache given back */
+        CHECK(device_access(0, live, 3 * MiB, 1) == 0 && device_access(0, small, 4096, 1) == 0);
+        int intact = 1;
+        for (uint64_t k = 0; k < 3 * MiB && intact; k++)
+            intact = ((unsigned char *)(uintptr_t)live)[k] == 0x3c;
+        for (uint64_t k = 0; k < 4096 && intact; k++)
+            intact = ((unsigned char *)(uintptr_t)small)[k] == 0x4d;
+        CHECK(intact);
+    } else {
+        CHECK_EQ_U64(s.allocation.current, 0);
+        CHECK_EQ_U64(s.allocated_bytes.current, 0);
+        CHECK_EQ_U64(s.requested_bytes.current, 0);
+        CHECK_EQ_U64(s.reserved_bytes.current, 0);
+        CHECK_EQ_U64(fake_used(0), 0);
+        CHECK_STATUS(fl_free(a, live), FL_ERR_NOT_FOUND);
+    }
+    /* Works again, on memory that is there: new pages, so driver calls (in the context
+     * the device makes again: the double refuses them in the reset one). */
+    uint64_t p, q, r;
+    CHECK_OK(fl_alloc(a, 9 * MiB, S1, &p));
     CHECK_OK(fl_alloc(a, 4096, S2, &q));
-    CHECK(device_access(0, p, 3 * MiB, 1) == 0 && device_access(0, q, 4096, 1) == 0);
+    CHECK(device_access(0, p, 9 * MiB, 1) == 0 && device_access(0, q, 4096, 1) == 0);
+    if (!threads) { /* a stream made after the reset: takes S3's heap over (fragless) */
+        CHECK_OK(fl_alloc(a, 2 * MiB, S4, &r));
+        if (!strcmp(policy, "fragless"))
+            CHECK_EQ_U64(r, gone);
+        CHECK_OK(fl_free(a, r));
+    }
     CHECK(fl_allocator_check(a) == 0);
-    CHECK_EQ_U64(stats(a).allocation.current, 2);
+    CHECK_EQ_U64(stats(a).allocation.current, kept ? 4 : 2);
     CHECK_OK(fl_free(a, p));
     CHECK_OK(fl_free(a, q));
+    if (kept) { /* freed explicitly, as cudaMallocAsync's blocks are */
+        CHECK_OK(fl_free(a, live));
+        CHECK_OK(fl_free(a, small));
+    }
+    CHECK_EQ_U64(reset_losses(), lost);
     set_auto_complete(1);
     fl_allocator_destroy(a);
     fl_device_destroy(d);

@@ -1924,20 +1924,18 @@ static void reset_record_block(void *user, uint64_t addr, uint64_t size, int liv
         fli_recorder_free((fli_recorder *)user, addr, size);
 }
 
-fl_status fli_allocator_device_reset(fl_allocator *a)
+/* The policy's memory is the context's: every block goes with the reset. The allocator
+ * gives everything back now and starts again empty, with its totals and peaks. The new
+ * policy is made first, from host memory only: a failure changes nothing. */
+static fl_status forget_all(fl_allocator *a)
 {
-    fli_policy *fresh = NULL;
+    fli_policy *fresh = NULL, *old = a->policy;
     fli_graphs graphs;
-    lock_drained(a);
-    fli_policy *old = a->policy;
-    /* Made first, from host memory only: a failure leaves the allocator as it was. */
     fl_status s = fli_graphs_init(&graphs);
     if (s == FL_OK && (s = fli_policy_create(&a->cfg, old->dev, &fresh)) != FL_OK)
         fli_graphs_free(&graphs);
-    if (s != FL_OK) {
-        release_updated(a);
+    if (s != FL_OK)
         return s;
-    }
     for (fli_tcache *c = a->tcs; c; c = c->next_of_alloc) { /* drained: only their counts */
         fli_lock_acquire(&c->lock);
         tc_fold(a, c);
@@ -1958,17 +1956,43 @@ fl_status fli_allocator_device_reset(fl_allocator *a)
         fli_map_clear(&a->uses);
     fli_graphs_free(&a->graphs); /* their notes go with their memory (the policy's blocks) */
     a->graphs = graphs;
-    /* The totals go on from where they were, every block freed. */
-    fresh->num_allocs = fresh->num_frees = old->num_allocs;
+    fresh->num_allocs = fresh->num_frees = old->num_allocs; /* every block freed */
     fresh->retries = old->retries;
     fresh->ooms = old->ooms;
     old->ops->destroy(old); /* everything back to the device: unmapped, released, freed */
     a->policy = fresh;
     a->req_current = a->live512 = 0;
     memset(&a->last_query, 0, sizeof a->last_query);
+    return FL_OK;
+}
+
+fl_status fli_allocator_before_reset(fl_allocator *a)
+{
+    lock_drained(a);
+    fl_status s;
+    if (a->policy->ops->reset_destroys) {
+        s = forget_all(a);
+    } else {
+        /* Virtual memory outlives the reset, and so do the live blocks in it (the
+         * runtime's cudaMallocAsync blocks do). What goes is the context's events: the
+         * work they wait for is done once the device is synchronized, so the blocks
+         * waiting for record_stream's events are freed and the policy's events are
+         * destroyed (empty_cache), which gives the cache back too, as the reset gives
+         * back the runtime's. */
+        s = a->n_pending ? synchronize_pending(a) : FL_OK;
+        if (s == FL_OK)
+            s = a->policy->ops->empty_cache(a->policy);
+    }
     maybe_publish(a, 1);
     release_updated(a);
-    return FL_OK;
+    return s;
+}
+
+void fli_allocator_after_reset(fl_allocator *a)
+{
+    lock_a(a);
+    fli_dev_context_reset(a->policy->dev);
+    release_updated(a);
 }
 
 fl_status fl_export(fl_allocator *a, uint64_t addr, fl_ipc_handle *out)

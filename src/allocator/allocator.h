@@ -46,13 +46,18 @@ fl_status fli_allocator_block_stream(fl_allocator *a, uint64_t addr, uint64_t *s
  * it, and the policy may give what it kept for it to a stream created later, once the
  * work queued on it so far is done (policy.h: stream_gone). */
 void fli_allocator_stream_gone(fl_allocator *a, uint64_t stream);
-/* For the CUDA runtime's frontend (cudaDeviceReset), called before the device's primary
- * context is reset, which destroys every allocation on it: everything the allocator holds
- * goes back to the device (mapped pages, handles, address space, events), its live blocks
- * are forgotten (the reset takes them; a trace being recorded gets their frees), and it
- * starts again empty, on the same device, with its configuration, limit and totals.
- * FL_ERR_NOMEM (nothing changed) when the empty policy cannot be made. */
-fl_status fli_allocator_device_reset(fl_allocator *a);
+/* For the CUDA runtime's frontend (cudaDeviceReset), around the reset of the device's
+ * primary context, which destroys the context's memory (cuMemAlloc's), events and
+ * streams, and leaves virtual memory (cudaMallocAsync's) alone. before: with a policy
+ * whose memory is the context's (its ops' reset_destroys), everything goes back to the
+ * device and the live blocks are forgotten (a trace being recorded gets their frees),
+ * the allocator starting again empty with its configuration, limit, totals and peaks
+ * (FL_ERR_NOMEM, nothing changed, when the empty policy cannot be made); with virtual
+ * memory the live blocks stay, and what waits for an event is settled by a synchronize
+ * and the cache given back (empty_cache; its error, if any). after: the device makes
+ * its context again before its next call (fli_dev_context_reset). */
+fl_status fli_allocator_before_reset(fl_allocator *a);
+void fli_allocator_after_reset(fl_allocator *a);
 /* Replay that follows a recorded PyTorch run (the policy's seed and release ops):
  * fli_allocator_seed holds a segment as it was before recording began, with its live
  * blocks (their addresses in addrs), counted like any allocation; FL_ERR_UNSUPPORTED

@@ -11,6 +11,7 @@
 #include "device/device.h"
 
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stddef.h>
@@ -71,6 +72,10 @@ typedef struct cuda_device {
     int ordinal;
     CUcontext ctx;              /* the device's primary context: every call runs in it */
     int retained;               /* ctx is retained (released at destroy) */
+    /* The primary context was reset (cudaDeviceReset: fli_dev_context_reset) and not
+     * retained by us since: the next call retains it first (revive), under stale_lock. */
+    atomic_int stale;
+    pthread_mutex_t stale_lock;
     atomic_int pop_warned;      /* a failed pop was reported once */
     /* set_access names the owner and these GPUs (those that can access it). */
     CUmemAccessDesc access[1 + MAX_PEERS];
@@ -145,11 +150,43 @@ static fl_status no_vmm(cuda_device *c, const char *call)
  * gives the thread back exactly what it had. These calls touch no state of ours (not even
  * time_us: they are host-side bookkeeping, not device work), so that the capture query,
  * which allocations make outside the allocator's lock (thread caches), is thread-safe. */
+/* After a reset of the primary context (cudaDeviceReset) it stays inactive until someone
+ * retains it again, and every call made in it fails (CUDA_ERROR_CONTEXT_IS_DESTROYED).
+ * The runtime retains it at its own next call that needs it, but a program that only
+ * allocates through fragless may make none. So the first call after a reset retains it
+ * (which makes it anew) and gives back that extra reference: the reset kept ours. Like
+ * ctx_enter, it touches no statistic; stale_lock makes it happen once. */
+static fl_status revive(cuda_device *c)
+{
+    fl_status s = FL_OK;
+    pthread_mutex_lock(&c->stale_lock);
+    if (atomic_load_explicit(&c->stale, memory_order_relaxed)) {
+        CUcontext ctx = NULL;
+        CUresult r = c->fn.cuDevicePrimaryCtxRetain(&ctx, c->dev);
+        if (r != CUDA_SUCCESS) {
+            s = cu_fail(c, r, "cuDevicePrimaryCtxRetain(device %d) after the device's reset", c->ordinal);
+        } else {
+            if (c->retained)
+                (void)c->fn.cuDevicePrimaryCtxRelease_v2(c->dev); /* ours, kept by the reset, stays */
+            c->retained = 1;
+            c->ctx = ctx;
+            atomic_store_explicit(&c->stale, 0, memory_order_release);
+        }
+    }
+    pthread_mutex_unlock(&c->stale_lock);
+    return s;
+}
+
 static fl_status ctx_enter(cuda_device *c, int *pushed)
 {
     CUcontext cur = NULL;
     CUresult r;
     *pushed = 0;
+    if (FL_UNLIKELY(atomic_load_explicit(&c->stale, memory_order_acquire))) {
+        fl_status s = revive(c);
+        if (s != FL_OK)
+            return s;
+    }
     r = c->fn.cuCtxGetCurrent(&cur);
     if (r != CUDA_SUCCESS)
         return cu_fail(c, r, "cuCtxGetCurrent()");
@@ -890,6 +927,19 @@ static fl_status give_back_leftovers(cuda_device *c)
     IN_CTX(c, give_back_in_ctx(c));
 }
 
+/* The primary context was reset (cudaDeviceReset): retained again before the next call
+ * (revive). Its memory allocated with cuMemAlloc is gone with it: forgotten here. */
+static void cu_context_reset(fl_device *d)
+{
+    cuda_device *c = cuda(d);
+    for (uint64_t i = 0; c->allocs.e && i <= c->allocs.mask; i++)
+        if (c->allocs.e[i].key != UINT64_MAX)
+            d->counters.in_use -= c->allocs.e[i].val;
+    if (c->allocs.e)
+        fli_map_clear(&c->allocs);
+    atomic_store_explicit(&c->stale, 1, memory_order_release);
+}
+
 static void cu_destroy(fl_device *d)
 {
     cuda_device *c = cuda(d);
@@ -903,6 +953,7 @@ static void cu_destroy(fl_device *d)
             (void)r;
         }
     }
+    pthread_mutex_destroy(&c->stale_lock);
     fli_map_free(&c->allocs);
     fli_map_free(&c->reservations);
     fli_map_free(&c->live_handles);
@@ -935,6 +986,7 @@ static const fli_device_ops cuda_ops = {
     .capture_info = cu_capture_info,
     .capture_mode = cu_capture_mode,
     .stream_device = cu_stream_device,
+    .context_reset = cu_context_reset,
     .destroy = cu_destroy,
 };
 
@@ -1132,6 +1184,7 @@ fl_status fl_cuda_device_create(const fl_cuda_params *p, fl_device **out)
         return fli_fail(FL_ERR_NOMEM, "cuda device: host memory");
     c->base.ops = &cuda_ops;
     c->free_recs = NO_RECORD;
+    pthread_mutex_init(&c->stale_lock, NULL);
     fl_status s = open_device(c, p);
     if (s != FL_OK) {
         /* Keep the message: teardown calls the driver, which must not overwrite it. */

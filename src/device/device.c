@@ -223,6 +223,12 @@ fl_status fli_dev_stream_device(fl_device *d, uint64_t stream, int *ordinal)
                                  : fli_fail(FL_ERR_UNSUPPORTED, "%s: streams have no device of their own", d->ops->name);
 }
 
+void fli_dev_context_reset(fl_device *d)
+{
+    if (d->ops->context_reset)
+        d->ops->context_reset(d);
+}
+
 void fl_device_destroy(fl_device *d)
 {
     if (d)

@@ -50,6 +50,10 @@ typedef struct fli_device_ops {
     fl_status (*capture_mode)(fl_device *d, int *mode);
     /* The ordinal of the device whose context stream belongs to (cuda; NULL elsewhere). */
     fl_status (*stream_device)(fl_device *d, uint64_t stream, int *ordinal);
+    /* The device's primary context was reset (cudaDeviceReset; cuda, NULL elsewhere): its
+     * mem_alloc memory is gone (forgotten, in_use drops), its events and streams too, and
+     * the context is made again before the next call. Not counted as a call. */
+    void (*context_reset)(fl_device *d);
     void (*destroy)(fl_device *d);
 } fli_device_ops;
 
@@ -128,6 +132,9 @@ fl_status fli_dev_capture_mode(fl_device *d, int *mode);
 /* The ordinal of the device whose context stream was made in (cuda: cuStreamGetCtx);
  * FL_ERR_UNSUPPORTED on devices without streams of their own. */
 fl_status fli_dev_stream_device(fl_device *d, uint64_t stream, int *ordinal);
+/* The device's primary context was reset (cudaDeviceReset, after it): nothing on
+ * devices without one. */
+void fli_dev_context_reset(fl_device *d);
 
 /* The CUDA runtime's per-thread default stream (cudaStreamPerThread, 0x2) is one handle
  * that names a different stream in each thread; the allocator keys its heaps, events and

@@ -15,10 +15,11 @@
 fl_allocator *fli_frontend_allocator(int device);
 /* The device's allocator if it exists, else NULL (never makes one). */
 fl_allocator *fli_frontend_existing(int device);
-/* Before the device's primary context is reset (cudaDeviceReset), which destroys every
- * allocation on it: each of the device's allocators gives everything back and starts
- * again empty (fli_allocator_device_reset). 0, or -1 when one could not (said on stderr). */
-int fli_frontend_device_reset(int device);
+/* Around a reset of the device's primary context (cudaDeviceReset), for each of the
+ * device's allocators: fli_allocator_before_reset (0, or -1 when one failed, said on
+ * stderr) and fli_allocator_after_reset. */
+int fli_frontend_before_reset(int device);
+void fli_frontend_after_reset(int device);
 
 /* The same for one slot of the PyTorch frontend (0: the above; 1..FRAGLESS_TORCH_POOLS:
  * fragless.torch.pool()'s, made from the configuration the pool was opened with). */

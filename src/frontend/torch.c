@@ -59,7 +59,7 @@ fl_allocator *fli_frontend_slot_existing(int slot, int device)
 
 fl_allocator *fli_frontend_existing(int device) { return fli_frontend_slot_existing(0, device); }
 
-int fli_frontend_device_reset(int device)
+int fli_frontend_before_reset(int device)
 {
     if (device < 0 || device >= TORCH_MAX_DEVICES)
         return 0;
@@ -67,14 +67,25 @@ int fli_frontend_device_reset(int device)
     lock_table(); /* no allocator of the device is made meanwhile */
     for (int k = 0; k <= FRAGLESS_TORCH_POOLS; k++) {
         fl_allocator *a = atomic_load_explicit(&torch_alloc[k][device], memory_order_relaxed);
-        if (a && fli_allocator_device_reset(a) != FL_OK) {
-            fprintf(stderr, "fragless: device %d%s: its memory could not be given back before the device reset: %s\n",
-                    device, k ? " (a pool)" : "", fl_last_error());
+        if (a && fli_allocator_before_reset(a) != FL_OK) {
+            fprintf(stderr, "fragless: device %d%s: before the device's reset: %s\n", device, k ? " (a pool)" : "",
+                    fl_last_error());
             r = -1;
         }
     }
     pthread_mutex_unlock(&torch_lock);
     return r;
+}
+
+void fli_frontend_after_reset(int device)
+{
+    if (device < 0 || device >= TORCH_MAX_DEVICES)
+        return;
+    for (int k = 0; k <= FRAGLESS_TORCH_POOLS; k++) {
+        fl_allocator *a = atomic_load_explicit(&torch_alloc[k][device], memory_order_acquire);
+        if (a)
+            fli_allocator_after_reset(a);
+    }
 }
 
 /* trace:PATH is device 0's trace; device N writes PATH with ".devN" before the

@@ -748,6 +748,7 @@ static void cca_walk(const fli_policy *p, const fli_state_visitor *v)
 
 const fli_policy_ops fli_policy_cca = {
     .name = "cca",
+    .reset_destroys = 1,
     .create = cca_create,
     .destroy = cca_destroy,
     .alloc = cca_alloc,

@@ -159,6 +159,7 @@ static void nocache_walk(const fli_policy *p, const fli_state_visitor *v)
 
 const fli_policy_ops fli_policy_nocache = {
     .name = "nocache",
+    .reset_destroys = 1,
     .create = nocache_create,
     .destroy = nocache_destroy,
     .alloc = nocache_alloc,

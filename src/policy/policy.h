@@ -21,6 +21,11 @@ typedef struct fli_policy_state {
 
 typedef struct fli_policy_ops {
     const char *name;
+    /* 1 when its memory comes from mem_alloc (cuMemAlloc), the primary context's, which a
+     * reset of the context (cudaDeviceReset) destroys with every block in it; 0 for
+     * virtual memory, which outlives the reset (as cudaMallocAsync's does: CUDA 13's
+     * cuda_runtime_api.h, cudaDeviceReset). fli_allocator_before_reset reads it. */
+    int reset_destroys;
     fl_status (*create)(const fl_config *cfg, fl_device *dev, fli_policy **out);
     void (*destroy)(fli_policy *p);
     /* size > 0 (the caller checks): the requested bytes, which the policy keeps with the

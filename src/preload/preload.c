@@ -9,8 +9,8 @@
  * runtime.
  *
  * cudaStreamDestroy is interposed too, so that the allocators retire the stream before it
- * goes (fli_allocator_stream_gone); cudaDeviceReset, before which the device's allocators
- * give back what the reset destroys (fli_frontend_device_reset); and the _ptsz forms of
+ * goes (fli_allocator_stream_gone); cudaDeviceReset, around which the device's
+ * allocators settle what the reset destroys (below); and the _ptsz forms of
  * the two Async calls, which a program built with per-thread default streams calls.
  * graphs.c interposes the graph calls that say when a graph's memory may go back.
  *
@@ -234,7 +234,11 @@ int fli_preload_alloc_device(cudaStream_t stream)
     return dev;
 }
 
-static cudaError_t preload_alloc(const char *fn, void **ptr, size_t size, cudaStream_t stream)
+static void sync_add(uint64_t addr, int dev);
+static void sync_remove(uint64_t addr);
+
+/* sync: cudaMalloc's block (kept in the set cudaDeviceReset frees). */
+static cudaError_t preload_alloc(const char *fn, void **ptr, size_t size, cudaStream_t stream, int sync)
 {
     atomic_fetch_add_explicit(&served, 1, memory_order_relaxed);
     if (!ptr)
@@ -251,6 +255,8 @@ static cudaError_t preload_alloc(const char *fn, void **ptr, size_t size, cudaSt
         report_failure(fn, size, dev, fl_last_error());
         return cudaErrorMemoryAllocation;
     }
+    if (sync)
+        sync_add(addr, dev);
     *ptr = (void *)(uintptr_t)addr;
     return cudaSuccess;
 }
@@ -313,7 +319,7 @@ static cudaError_t not_ours(const char *fn, void *ptr)
 FL_EXPORT cudaError_t cudaMalloc(void **ptr, size_t size)
 {
     /* Stream 0: memory from cudaMalloc is usable on every stream once it returns. */
-    return preload_alloc("cudaMalloc", ptr, size, NULL);
+    return preload_alloc("cudaMalloc", ptr, size, NULL, 1);
 }
 
 /* The runtime's cudaFree waits for the device to finish its work, and programs count on
@@ -337,6 +343,7 @@ FL_EXPORT cudaError_t cudaFree(void *ptr)
     if (dev < 0)
         return real.free ? real.free(ptr) : not_ours("cudaFree", ptr);
     cudaError_t synced = sync_device(dev, cur);
+    sync_remove((uint64_t)(uintptr_t)ptr);
     return give_back("cudaFree", a, dev, ptr) == FL_OK ? synced : cudaErrorUnknown;
 }
 
@@ -344,7 +351,7 @@ FL_EXPORT cudaError_t cudaFree(void *ptr)
  * synchronization (docs/ARCHITECTURE.md). */
 FL_EXPORT cudaError_t cudaMallocAsync(void **ptr, size_t size, cudaStream_t stream)
 {
-    return preload_alloc("cudaMallocAsync", ptr, size, stream);
+    return preload_alloc("cudaMallocAsync", ptr, size, stream, 0);
 }
 
 /* Stream-ordered: the block is free once the work queued on `stream` before this call is
@@ -371,6 +378,7 @@ static cudaError_t free_async(const char *fn, void *ptr, cudaStream_t stream, fr
                 fl_last_error());
         return cudaErrorUnknown;
     }
+    sync_remove((uint64_t)(uintptr_t)ptr);
     return give_back(fn, a, dev, ptr) == FL_OK ? cudaSuccess : cudaErrorUnknown;
 }
 
@@ -384,7 +392,7 @@ FL_EXPORT cudaError_t cudaFreeAsync(void *ptr, cudaStream_t stream)
  * calls these instead: there the NULL stream is the calling thread's per-thread stream. */
 FL_EXPORT cudaError_t cudaMallocAsync_ptsz(void **ptr, size_t size, cudaStream_t stream)
 {
-    return preload_alloc("cudaMallocAsync_ptsz", ptr, size, stream ? stream : PER_THREAD);
+    return preload_alloc("cudaMallocAsync_ptsz", ptr, size, stream ? stream : PER_THREAD, 0);
 }
 
 FL_EXPORT cudaError_t cudaFreeAsync_ptsz(void *ptr, cudaStream_t stream)
@@ -409,34 +417,95 @@ FL_EXPORT cudaError_t cudaStreamDestroy(cudaStream_t stream)
     return real.stream_destroy ? real.stream_destroy(stream) : cudaErrorInvalidValue;
 }
 
-/* The runtime's cudaDeviceReset destroys every allocation on the current device, and
- * with them the pages fragless kept cached: its next cudaMalloc handed out memory that was
- * gone (an illegal address on a GPU), and its later unmaps and releases named handles that
- * were no more. Now the device's allocators give everything back first and start again
- * empty (fli_frontend_device_reset); the program's blocks from before the reset are gone,
- * as the runtime's are (their cudaFree is the runtime's error). The device's streams go
- * too: the stream devices threads remembered are forgotten. */
+/* ---- cudaDeviceReset ---------------------------------------------------------------- */
+
+/* The runtime's cudaDeviceReset destroys the current device's cudaMalloc blocks, its
+ * streams and events, and the primary context, which is made again at the next call
+ * that needs it; cudaMallocAsync's blocks stay, to be freed explicitly (CUDA 13's
+ * cuda_runtime_api.h). Fragless serves both kinds from one allocator, so it keeps the
+ * set of live blocks cudaMalloc handed out (address -> device): a program that makes
+ * no cudaMalloc call pays nothing, as the frees look at the set only when it holds
+ * something. Before, the reset left fragless holding the cudaMalloc blocks for good, its
+ * events (pending frees, destroyed streams' heaps) destroyed under it, and the context
+ * inactive: the next allocation that needed the driver failed (an inactive context), and
+ * fragless's memory in cuMemAlloc (policy:cca) was gone from under its cache. */
+static pthread_mutex_t sync_lock = PTHREAD_MUTEX_INITIALIZER;
+static fli_map sync_blocks;
+static atomic_ulong n_sync;
+
+static void sync_add(uint64_t addr, int dev)
+{
+    pthread_mutex_lock(&sync_lock);
+    /* Without host memory for it the block is not kept: a reset then leaves it live. */
+    if ((sync_blocks.e || fli_map_init(&sync_blocks, 64) == FL_OK) && fli_map_put(&sync_blocks, addr, (uint64_t)dev) == FL_OK)
+        atomic_store_explicit(&n_sync, sync_blocks.count, memory_order_relaxed);
+    pthread_mutex_unlock(&sync_lock);
+}
+
+static void sync_remove(uint64_t addr)
+{
+    if (!atomic_load_explicit(&n_sync, memory_order_relaxed))
+        return;
+    pthread_mutex_lock(&sync_lock);
+    if (sync_blocks.e && fli_map_remove(&sync_blocks, addr, NULL))
+        atomic_store_explicit(&n_sync, sync_blocks.count, memory_order_relaxed);
+    pthread_mutex_unlock(&sync_lock);
+}
+
+/* The reset destroys device dev's cudaMalloc blocks: fragless frees them first. */
+static void free_sync_blocks(int dev)
+{
+    fl_allocator *a = fli_frontend_existing(dev);
+    for (;;) {
+        uint64_t batch[64];
+        size_t n = 0;
+        pthread_mutex_lock(&sync_lock);
+        for (uint64_t i = 0; sync_blocks.e && i <= sync_blocks.mask && n < 64; i++)
+            if (sync_blocks.e[i].key != UINT64_MAX && sync_blocks.e[i].val == (uint64_t)dev)
+                batch[n++] = sync_blocks.e[i].key;
+        for (size_t k = 0; k < n; k++)
+            fli_map_remove(&sync_blocks, batch[k], NULL);
+        atomic_store_explicit(&n_sync, sync_blocks.count, memory_order_relaxed);
+        pthread_mutex_unlock(&sync_lock);
+        if (!n)
+            return;
+        for (size_t k = 0; a && k < n; k++)
+            (void)give_back("cudaDeviceReset", a, dev, (void *)(uintptr_t)batch[k]); /* said on stderr */
+    }
+}
+
+/* A fork waits for the set and for the capacities (leaf locks: nothing else is taken
+ * under them), so that the child finds both whole and free. */
+static pthread_mutex_t capacity_lock = PTHREAD_MUTEX_INITIALIZER;
+static void locks_prepare(void)
+{
+    pthread_mutex_lock(&sync_lock);
+    pthread_mutex_lock(&capacity_lock);
+}
+static void locks_release(void)
+{
+    pthread_mutex_unlock(&capacity_lock);
+    pthread_mutex_unlock(&sync_lock);
+}
+__attribute__((constructor)) static void locks_atfork(void) { pthread_atfork(locks_prepare, locks_release, locks_release); }
+
 FL_EXPORT cudaError_t cudaDeviceReset(void)
 {
     pthread_once(&real_once, resolve_real);
-    (void)fli_frontend_device_reset(current_device()); /* a failure was said on stderr */
-    atomic_fetch_add_explicit(&streams_destroyed, 1, memory_order_release);
-    return real.reset ? real.reset() : cudaSuccess;
+    int dev = current_device();
+    free_sync_blocks(dev);
+    (void)fli_frontend_before_reset(dev); /* a failure was said on stderr */
+    atomic_fetch_add_explicit(&streams_destroyed, 1, memory_order_release); /* its streams go */
+    cudaError_t e = real.reset ? real.reset() : cudaSuccess;
+    fli_frontend_after_reset(dev);
+    return e;
 }
 
 /* Capacity of each device, read once from the driver (the runtime may not answer). */
-static pthread_mutex_t capacity_lock = PTHREAD_MUTEX_INITIALIZER;
+/* capacity_lock (above, with its fork handlers): before, a fork while another thread
+ * read a capacity (a device opened: driver calls) gave the child the lock held by a
+ * thread it does not have, and its cudaMemGetInfo waited forever. */
 static uint64_t capacity[FL_FRONTEND_MAX_DEVICES];
-
-/* A fork while another thread reads a capacity (a device opened: driver calls) gave the
- * child the lock held by a thread it does not have: its cudaMemGetInfo waited forever.
- * The fork now waits for it (a leaf lock: nothing else is taken under it). */
-static void capacity_prepare(void) { pthread_mutex_lock(&capacity_lock); }
-static void capacity_parent(void) { pthread_mutex_unlock(&capacity_lock); }
-__attribute__((constructor)) static void capacity_atfork(void)
-{
-    pthread_atfork(capacity_prepare, capacity_parent, capacity_parent);
-}
 
 static fl_status device_capacity(int dev, uint64_t *out)
 {

@@ -37,12 +37,14 @@ static const char *const fn_names[F_COUNT] = { FL_CUDA_FUNCTIONS(FC_NAME) };
 #define FC_ALLOC_ALIGN 256      /* cuMemAlloc charges and aligns at least this much */
 
 /* Driver codes the double returns beyond those cuda_api.h names. */
-enum { FC_ERROR_NO_DEVICE = 100, FC_ERROR_INVALID_HANDLE = 400 };
+enum { FC_ERROR_NO_DEVICE = 100, FC_ERROR_INVALID_HANDLE = 400, FC_ERROR_CONTEXT_IS_DESTROYED = 709 };
 enum { FC_EVENT_FLAGS = 0x1 | 0x2 | 0x4 }; /* BLOCKING_SYNC, DISABLE_TIMING, INTERPROCESS */
 
 struct CUctx_st {
     int dev;
     unsigned refs; /* primary-context retains; 0: inactive, memory calls refuse it */
+    int reset;     /* reset (cuDevicePrimaryCtxReset_v2) and not retained since: calls made
+                      in it fail with CUDA_ERROR_CONTEXT_IS_DESTROYED */
 };
 
 /* Each thread's context stack (cuCtxPushCurrent / cuCtxPopCurrent); the top is current.
@@ -402,6 +404,8 @@ static CUresult need_ctx(struct CUctx_st **out)
     struct CUctx_st *c = current_ctx();
     if (!c || !valid_dev(c->dev) || c->refs == 0)
         return CUDA_ERROR_INVALID_CONTEXT;
+    if (c->reset)
+        return FC_ERROR_CONTEXT_IS_DESTROYED;
     *out = c;
     return CUDA_SUCCESS;
 }
@@ -723,6 +727,7 @@ static CUresult do_retain(CUcontext *ctx, CUdevice dev)
     if (!valid_dev(dev))
         return CUDA_ERROR_INVALID_DEVICE;
     g.ctx[dev].refs++;
+    g.ctx[dev].reset = 0; /* made again */
     *ctx = &g.ctx[dev];
     return CUDA_SUCCESS;
 }
@@ -1805,14 +1810,17 @@ void fakecuda_graph_destroy(unsigned long long graph)
 
 /* cuDevicePrimaryCtxReset_v2, which the runtime's cudaDeviceReset calls (fragless never
  * does: it is outside FL_CUDA_FUNCTIONS, counted by no counter). The driver "destroys all
- * allocations and resets all state on the primary context"; modelled: every handle
- * created on the device goes, unmapped wherever it is mapped (its addresses fault), with
- * the device's cuMemAlloc blocks, every event made in its primary context and every
- * stream made there (fakecuda_stream_create). Address reservations stay (they are the
- * process's address space; a client that frees its own before the reset is right under
- * either rule). The context stays retained: the next call made in it works again. Each
- * handle, mapping, block and event destroyed is counted (fakecuda_reset_losses): memory a
- * client still held, which it must not use or free again. */
+ * allocations and resets all state on the primary context"; CUDA 13's
+ * cuda_runtime_api.h says which allocations: cudaMalloc's (here cuMemAlloc's), while
+ * cudaMallocAsync's and a pool's "need to be destroyed explicitly". Modelled: the
+ * device's cuMemAlloc blocks go, with every event made in its primary context and every
+ * stream made there (fakecuda_stream_create); virtual memory (handles, mappings,
+ * reservations) stays, as the pools built on it do (modelled so: not verified on a GPU;
+ * gpu-check's reset step says). The context is then inactive: a call made in it fails
+ * with CUDA_ERROR_CONTEXT_IS_DESTROYED until someone retains it again
+ * (cuDevicePrimaryCtxRetain, as the runtime does at its next call), whatever was
+ * retained before. Each block and event destroyed is counted (fakecuda_reset_losses):
+ * what a client still held, which it must not use or free again. */
 static CUresult do_ctx_reset(CUdevice dev)
 {
     TRY(need_init());
@@ -1820,31 +1828,6 @@ static CUresult do_ctx_reset(CUdevice dev)
         return CUDA_ERROR_INVALID_DEVICE;
     struct CUctx_st *ctx = &g.ctx[dev];
     unsigned long long lost = 0;
-    for (size_t i = 0; i < g.n_maps;) {
-        fc_mapping *m = &g.maps[i];
-        if (m->h->dev != dev || m->h->imported) {
-            i++;
-            continue;
-        }
-        restore_reserved(m->va, m->size);
-        res_holding(m->va, m->size)->mappings--;
-        m->h->mappings--;
-        free(m->rd);
-        free(m->wr);
-        remove_at(g.maps, g.n_maps, i, 1, sizeof *g.maps);
-        g.n_maps--;
-        lost++;
-    }
-    for (size_t i = 0; i < g.n_handles;) {
-        fc_handle *h = g.handles[i];
-        if (h->dev != dev || h->imported || !h->refs) {
-            i++;
-            continue;
-        }
-        h->refs = 0;
-        handle_maybe_destroy(h); /* unmapped above: gone, so i is the next one now */
-        lost++;
-    }
     for (size_t i = 0; i < g.n_allocs;) {
         if (g.allocs[i].dev != dev) {
             i++;
@@ -1867,6 +1850,7 @@ static CUresult do_ctx_reset(CUdevice dev)
     for (size_t i = 0; i < g.n_made; i++)
         if (g.made[i].ctx == ctx && !stream_dead(g.made[i].stream) && g.n_dead < sizeof g.dead / sizeof g.dead[0])
             g.dead[g.n_dead++] = g.made[i].stream;
+    ctx->reset = 1;
     g.reset_losses += lost;
     return CUDA_SUCCESS;
 }
@@ -1958,6 +1942,8 @@ void fakecuda_reset(void)
     g.graphs = NULL, g.n_graphs = g.cap_graphs = 0;
     g.violations = g.graph_faults = 0;
     g.reset_losses = 0;
+    for (int d = 0; d < FC_MAX_DEVICES; d++)
+        g.ctx[d].reset = 0;
     g.n_dead = 0;
     g.n_made = 0;
     free(g.res);

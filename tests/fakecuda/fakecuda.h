@@ -107,9 +107,9 @@ void fakecuda_stream_destroy(CUstream stream);
 void fakecuda_stream_create(CUstream stream, CUcontext ctx);
 unsigned long long fakecuda_capture_violations(void);
 /* cuDevicePrimaryCtxReset_v2 (fakecuda.c; the runtime double's cudaDeviceReset calls it)
- * destroys what is left of the device's memory and its context's events and streams:
- * how many handles, mappings, cuMemAlloc blocks and events it destroyed so far (a client
- * that gave its own back before the reset leaves 0). */
+ * destroys the device's cuMemAlloc blocks and its context's events and streams, and
+ * leaves the context inactive until retained again: how many blocks and events resets
+ * destroyed so far (a client that held none at the reset leaves the count as it was). */
 unsigned long long fakecuda_reset_losses(void);
 unsigned long long fakecuda_graph_faults(void);
 

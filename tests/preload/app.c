@@ -443,13 +443,18 @@ static int pool(void)
 
 /* ---- --reset: cudaDeviceReset, and a program that goes on after it ---- */
 
-/* cudaDeviceReset destroys every allocation on the current device (in the driver double,
- * the primary-context reset the runtime double calls). A program may go on after it (a
- * test suite resets the device between cases): its next blocks must be memory that is
- * there. Before, fragless handed out pages of its cache that the reset had destroyed.
- * Now its memory goes back first: the double counts what a reset destroys, and finds
- * nothing of fragless's. A block from before the reset is then no longer fragless's to
- * free: its cudaFree is the runtime's error. */
+/* cudaDeviceReset (in the runtime double: the driver double's primary-context reset,
+ * which destroys the device's cuMemAlloc blocks and its context's events and streams, and
+ * leaves the context inactive until retained again) destroys cudaMalloc's blocks and
+ * leaves cudaMallocAsync's, which the program frees itself (CUDA 13's
+ * cuda_runtime_api.h). A program may go on after it (a test suite resets the device
+ * between cases). Checked each round: the reset finds nothing of fragless's to destroy
+ * (before, its record_stream and destroyed streams' events); the first call after it, a
+ * cudaMalloc with no runtime call in between, gets memory that is there (before, the
+ * inactive context refused fragless's driver calls); the cudaMallocAsync blocks are
+ * there with their data and are freed with cudaFreeAsync; a cudaMalloc block from before
+ * is no longer fragless's to free (before, fragless held it for good): its cudaFree is the
+ * runtime's error. */
 static int reset(void)
 {
     if (load_double("--reset"))
@@ -466,14 +471,16 @@ static int reset(void)
     memcpy(&losses, &sl, sizeof sl);
     static const size_t sizes[] = {100, 4096, 70000, 1 << 20, (3 << 20) + 5, (20 << 20) + 7};
     enum { N = sizeof sizes / sizeof sizes[0] };
+    cudaStream_t s = NULL;
+    EXPECT(cudaStreamCreate(&s) == 0);
     for (int round = 0; round < 3; round++) {
-        void *live[N] = {0}, *freed[N] = {0};
-        cudaStream_t s = NULL;
-        EXPECT(cudaStreamCreate(&s) == 0);
+        void *sync[N] = {0}, *kept[N] = {0}, *freed[N] = {0};
         for (int i = 0; i < N; i++) {
-            EXPECT(cudaMalloc(&live[i], sizes[i]) == 0 && live[i]);
-            EXPECT(live[i] && there(0, (uintptr_t)live[i], sizes[i], 1) == 0); /* memory that is there */
+            EXPECT(cudaMalloc(&sync[i], sizes[i]) == 0 && sync[i]);
+            EXPECT(cudaMallocAsync(&kept[i], sizes[i], s) == 0 && kept[i]);
             EXPECT(cudaMallocAsync(&freed[i], sizes[i], s) == 0 && freed[i]);
+            if (kept[i])
+                memset(kept[i], round * N + i + 1, sizes[i]);
         }
         dbl.auto_complete(0); /* freed on another stream: waiting for its event at the reset */
         for (int i = 0; i < N; i++)
@@ -481,10 +488,22 @@ static int reset(void)
         unsigned long long lost = losses();
         EXPECT(cudaDeviceReset() == 0);
         EXPECT(losses() == lost);
-        EXPECT(dbl.used(0) == 0);
         dbl.auto_complete(1);
-        EXPECT(cudaFree(live[0]) != 0); /* the reset took it */
+        void *q = NULL;
+        EXPECT(cudaMalloc(&q, 40 << 20) == 0 && q && there(0, (uintptr_t)q, 40 << 20, 1) == 0);
+        EXPECT(cudaFree(q) == 0);
+        for (int i = 0; i < N; i++) {
+            int intact = kept[i] && there(0, (uintptr_t)kept[i], sizes[i], 1) == 0;
+            for (size_t k = 0; intact && k < sizes[i]; k++)
+                intact = ((unsigned char *)kept[i])[k] == (unsigned char)(round * N + i + 1);
+            EXPECT(intact);
+            EXPECT(cudaFreeAsync(kept[i], NULL) == 0);
+        }
+        EXPECT(cudaFree(sync[0]) != 0); /* the reset took it */
+        EXPECT(cudaStreamCreate(&s) == 0); /* the reset took the stream too */
     }
+    void *last = NULL; /* its allocation settles the frees that waited for an event */
+    EXPECT(cudaMalloc(&last, 100) == 0 && cudaFree(last) == 0);
     size_t free_b = 0, total = 0;
     EXPECT(cudaMemGetInfo(&free_b, &total) == 0 && free_b == total);
     printf("preload_app: device reset (%d check(s) failed)\n", bad);
