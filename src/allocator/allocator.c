@@ -286,6 +286,21 @@ fl_status fl_allocator_create(const fl_config *cfg, fl_device *dev, fl_allocator
     return FL_OK;
 }
 
+/* What record_stream keeps goes: the pending frees' events (destroyed; the list emptied)
+ * and the other streams of live blocks (the map's values freed, the map left empty). */
+static void drop_stream_uses(fl_allocator *a)
+{
+    for (uint32_t i = 0; i < a->n_pending; i++)
+        for (uint32_t k = 0; k < a->pending[i].n; k++)
+            fli_dev_event_destroy(a->policy->dev, a->pending[i].event[k]);
+    a->n_pending = 0;
+    for (uint64_t i = 0; a->uses.e && i <= a->uses.mask; i++)
+        if (a->uses.e[i].key != UINT64_MAX)
+            free((void *)(uintptr_t)a->uses.e[i].val);
+    if (a->uses.e)
+        fli_map_clear(&a->uses);
+}
+
 void fl_allocator_destroy(fl_allocator *a)
 {
     if (!a)
@@ -300,13 +315,8 @@ void fl_allocator_destroy(fl_allocator *a)
     }
     fli_tc_registry_unlock();
     fli_publish_close(a->pub);
-    for (uint32_t i = 0; i < a->n_pending; i++)
-        for (uint32_t k = 0; k < a->pending[i].n; k++)
-            fli_dev_event_destroy(a->policy->dev, a->pending[i].event[k]);
+    drop_stream_uses(a);
     free(a->pending);
-    for (uint64_t i = 0; a->uses.e && i <= a->uses.mask; i++)
-        if (a->uses.e[i].key != UINT64_MAX)
-            free((void *)(uintptr_t)a->uses.e[i].val);
     fli_map_free(&a->uses);
     fli_graphs_free(&a->graphs);
     a->policy->ops->destroy(a->policy);
@@ -1945,15 +1955,7 @@ static fl_status forget_all(fl_allocator *a)
         fli_state_visitor v = {.user = a->rec, .block = reset_record_block};
         old->ops->walk(old, &v);
     }
-    for (uint32_t i = 0; i < a->n_pending; i++)
-        for (uint32_t k = 0; k < a->pending[i].n; k++)
-            fli_dev_event_destroy(old->dev, a->pending[i].event[k]);
-    a->n_pending = 0;
-    for (uint64_t i = 0; a->uses.e && i <= a->uses.mask; i++)
-        if (a->uses.e[i].key != UINT64_MAX)
-            free((void *)(uintptr_t)a->uses.e[i].val);
-    if (a->uses.e)
-        fli_map_clear(&a->uses);
+    drop_stream_uses(a);
     fli_graphs_free(&a->graphs); /* their notes go with their memory (the policy's blocks) */
     a->graphs = graphs;
     fresh->num_allocs = fresh->num_frees = old->num_allocs; /* every block freed */

@@ -74,12 +74,18 @@ static void note_stream(fli_graphs *g, uint64_t stream)
     }
 }
 
+/* Forgets the i-th stream served (destroyed: never to be asked about again). */
+static void drop_seen(fli_graphs *g, uint32_t i)
+{
+    g->seen[i] = g->seen[--g->n_seen];
+    g->next_seen = 0;
+}
+
 void fli_graphs_stream_gone(fli_graphs *g, uint64_t stream)
 {
     for (uint32_t i = 0; i < g->n_seen; i++)
         if (g->seen[i] == stream) {
-            g->seen[i] = g->seen[--g->n_seen];
-            g->next_seen = 0;
+            drop_seen(g, i);
             break;
         }
 }
@@ -105,8 +111,7 @@ int fli_graphs_scan(fli_graphs *g, fl_device *d)
             continue;
         fl_status s = fli_dev_capture_info(d, stream, &status, &id);
         if (s == FL_ERR_NOT_FOUND) { /* destroyed: it captures nothing, and is not asked again */
-            g->seen[--i] = g->seen[--g->n_seen];
-            g->next_seen = 0;
+            drop_seen(g, --i);
         } else if (s != FL_OK) {
             unsure = 1;
         } else if (status == FL_CAPTURE_IMPLICIT) {

@@ -142,14 +142,6 @@ static fl_status no_vmm(cuda_device *c, const char *call)
                    call, c->ordinal);
 }
 
-/* The driver works on the calling thread's current context. The allocator is called from
- * any thread, with any context current: another device's (the program's cudaSetDevice),
- * or none (PyTorch's autograd workers). A call that leaves our context current moves the
- * program's later kernels to our device, so every call runs between ctx_enter and
- * ctx_leave: one query when ours is current already, else a push and, after, a pop that
- * gives the thread back exactly what it had. These calls touch no state of ours (not even
- * time_us: they are host-side bookkeeping, not device work), so that the capture query,
- * which allocations make outside the allocator's lock (thread caches), is thread-safe. */
 /* After a reset of the primary context (cudaDeviceReset) it stays inactive until someone
  * retains it again, and every call made in it fails (CUDA_ERROR_CONTEXT_IS_DESTROYED).
  * The runtime retains it at its own next call that needs it, but a program that only
@@ -177,6 +169,14 @@ static fl_status revive(cuda_device *c)
     return s;
 }
 
+/* The driver works on the calling thread's current context. The allocator is called from
+ * any thread, with any context current: another device's (the program's cudaSetDevice),
+ * or none (PyTorch's autograd workers). A call that leaves our context current moves the
+ * program's later kernels to our device, so every call runs between ctx_enter and
+ * ctx_leave: one query when ours is current already, else a push and, after, a pop that
+ * gives the thread back exactly what it had. These calls touch no state of ours (not even
+ * time_us: they are host-side bookkeeping, not device work), so that the capture query,
+ * which allocations make outside the allocator's lock (thread caches), is thread-safe. */
 static fl_status ctx_enter(cuda_device *c, int *pushed)
 {
     CUcontext cur = NULL;

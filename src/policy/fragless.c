@@ -150,9 +150,10 @@ typedef struct fx_heap {
      * seen may take the heap over (heap_adopt) once retired_event, recorded on the old
      * stream before it went, is complete (its work on the heap's free ranges is done);
      * 2: no event could be recorded, never taken over (its cached pages still serve
-     * reclaim); 3: its old stream's work is known done (the device was synchronized since:
-     * fx_empty_cache, which destroys the event), taken over without asking. heap_find
-     * skips retired heaps; their stream stays for the record. */
+     * reclaim). A retired_event of 0 with retired 1: the old stream's work is known done
+     * (the device was synchronized since: fx_empty_cache, which destroys the event), taken
+     * over without asking. heap_find skips retired heaps; their stream stays for the
+     * record. */
     int retired;
     uint64_t retired_event;
     char pad[64];               /* no cache line shared with the next heap's fields */
@@ -326,9 +327,9 @@ static int heap_adopt(fx_policy *f, uint64_t stream, int small)
     for (uint32_t i = 0; i < f->n_heaps; i++) {
         fx_heap *h = &f->heaps[i];
         int done = 0;
-        if ((h->retired != 1 && h->retired != 3) || h->small != small || h->n_lent_here)
+        if (h->retired != 1 || h->small != small || h->n_lent_here)
             continue;
-        if (h->retired == 1) {
+        if (h->retired_event) {
             if (fli_dev_event_query(f->base.dev, h->retired_event, &done) != FL_OK) {
                 fli_clear_error(); /* asked again at the next new stream */
                 continue;
@@ -2153,15 +2154,14 @@ static fl_status fx_empty_cache(fli_policy *base)
     uint64_t idle = idle_chunks(f), got;
     int retired_waiting = 0;
     for (uint32_t hi = 0; hi < f->n_heaps && f->n_retired && !retired_waiting; hi++)
-        retired_waiting = f->heaps[hi].retired == 1;
+        retired_waiting = f->heaps[hi].retired_event != 0;
     if ((cached_singles(f) || idle || any_deferred(f) || retired_waiting) && (s = synchronize(f)) != FL_OK)
         return s;
     /* Synchronized: the destroyed streams' work is done, their events are not needed (a
      * reset of the device, which empties the cache first, destroys them). */
     for (uint32_t hi = 0; hi < f->n_heaps && retired_waiting; hi++)
-        if (f->heaps[hi].retired == 1) {
+        if (f->heaps[hi].retired_event) {
             fli_dev_event_destroy(base->dev, f->heaps[hi].retired_event);
-            f->heaps[hi].retired = 3;
             f->heaps[hi].retired_event = 0;
         }
     for (uint64_t n; (n = cached_singles(f)) != 0;)
@@ -2463,7 +2463,7 @@ static void fx_destroy(fli_policy *base)
         fl_range_destroy(h->range);
         heap_free_tables(h, f->gran_log);
         free(h->deferred);
-        if (h->retired == 1)
+        if (h->retired_event)
             fli_dev_event_destroy(base->dev, h->retired_event);
     }
     if (f->foreign.e)

@@ -501,10 +501,10 @@ FL_EXPORT cudaError_t cudaDeviceReset(void)
     return e;
 }
 
-/* Capacity of each device, read once from the driver (the runtime may not answer). */
-/* capacity_lock (above, with its fork handlers): before, a fork while another thread
- * read a capacity (a device opened: driver calls) gave the child the lock held by a
- * thread it does not have, and its cudaMemGetInfo waited forever. */
+/* Capacity of each device, read once from the driver (the runtime may not answer),
+ * under capacity_lock (above, with its fork handlers: before, a fork while another
+ * thread read a capacity, opening a device, gave the child the lock held by a thread it
+ * does not have, and its cudaMemGetInfo waited forever). */
 static uint64_t capacity[FL_FRONTEND_MAX_DEVICES];
 
 static fl_status device_capacity(int dev, uint64_t *out)
