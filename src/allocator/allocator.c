@@ -1927,11 +1927,14 @@ void fli_allocator_stream_gone(fl_allocator *a, uint64_t stream)
     release_updated(a);
 }
 
-/* A recorded trace's frees of the blocks a device reset takes (walk's live blocks). */
+/* A recorded trace's frees of the blocks a device reset takes: walk's live blocks, but
+ * those waiting for record_stream's events, which the program freed already (their
+ * free is in the trace). */
 static void reset_record_block(void *user, uint64_t addr, uint64_t size, int live)
 {
-    if (live)
-        fli_recorder_free((fli_recorder *)user, addr, size);
+    fl_allocator *a = user;
+    if (live && pending_index(a, addr) < 0)
+        fli_recorder_free(a->rec, addr, size);
 }
 
 /* The policy's memory is the context's: every block goes with the reset. The allocator
@@ -1952,7 +1955,7 @@ static fl_status forget_all(fl_allocator *a)
         fli_lock_release(&c->lock);
     }
     if (a->rec && old->ops->walk) {
-        fli_state_visitor v = {.user = a->rec, .block = reset_record_block};
+        fli_state_visitor v = {.user = a, .block = reset_record_block};
         old->ops->walk(old, &v);
     }
     drop_stream_uses(a);
