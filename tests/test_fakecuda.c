@@ -9,6 +9,7 @@
 #include <dlfcn.h>
 #include <pthread.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "device/cuda_api.h"
@@ -475,6 +476,55 @@ static void test_mem_alloc(void)
     CHECK_CU(cu.cuMemFree_v2(q + 256), CUDA_ERROR_INVALID_VALUE);
     CU_OK(cu.cuMemFree_v2(q));
     CHECK_EQ_U64(free_mem(), free0);
+}
+
+/* Legacy IPC (outside FL_CUDA_FUNCTIONS: the runtime double forwards cudaIpc* here). The
+ * rules of the double's comment: any address of a cuMemAlloc allocation gives the same
+ * handle, the whole allocation's, opened at its start by another process; no handle for
+ * other memory; the exporting process cannot open its own. */
+typedef struct { char reserved[64]; } ipc_handle;
+static void test_legacy_ipc(void)
+{
+    CUresult (*get)(ipc_handle *, CUdeviceptr) = NULL;
+    CUresult (*open_h)(CUdeviceptr *, ipc_handle, unsigned) = NULL;
+    CUresult (*close_h)(CUdeviceptr) = NULL;
+    void *g = dlsym(lib, "cuIpcGetMemHandle"), *o = dlsym(lib, "cuIpcOpenMemHandle_v2"),
+         *c = dlsym(lib, "cuIpcCloseMemHandle");
+    CHECK(g && o && c);
+    if (!g || !o || !c)
+        return;
+    memcpy(&get, &g, sizeof g);
+    memcpy(&open_h, &o, sizeof o);
+    memcpy(&close_h, &c, sizeof c);
+    CUdeviceptr p = 0, q = 0;
+    CU_OK(cu.cuMemAlloc_v2(&p, 3 * MiB));
+    memset((void *)(uintptr_t)p, 0x5a, 3 * MiB);
+    ipc_handle a, b;
+    memset(&a, 0, sizeof a);
+    memset(&b, 1, sizeof b);
+    CU_OK(get(&a, p));
+    CU_OK(get(&b, p + MiB)); /* inside: the same handle */
+    CHECK(memcmp(&a, &b, sizeof a) == 0);
+    CHECK(((unsigned char *)(uintptr_t)p)[3 * MiB - 1] == 0x5a); /* kept its bytes */
+    ((unsigned char *)(uintptr_t)p)[MiB] = 0x77;                  /* and is still writable */
+    int local = 0;
+    CHECK_CU(get(&b, (CUdeviceptr)(uintptr_t)&local), CUDA_ERROR_INVALID_VALUE);
+    CHECK_CU(open_h(&q, a, 1), CUDA_ERROR_INVALID_VALUE); /* its own handle */
+    CHECK_CU(close_h(p), CUDA_ERROR_INVALID_VALUE);
+    pid_t pid = fork();
+    if (pid == 0) {
+        CUdeviceptr m = 0;
+        int rc = open_h(&m, a, 1) != CUDA_SUCCESS ? 3
+                 : ((unsigned char *)(uintptr_t)m)[0] != 0x5a || ((unsigned char *)(uintptr_t)m)[MiB] != 0x77 ? 4
+                                                                                                              : 0;
+        if (rc == 0)
+            ((unsigned char *)(uintptr_t)m)[1] = 0x11; /* seen by the exporter: the same memory */
+        _exit(rc ? rc : close_h(m) == CUDA_SUCCESS ? 0 : 5);
+    }
+    int st = -1;
+    CHECK(pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    CHECK(((unsigned char *)(uintptr_t)p)[1] == 0x11);
+    CU_OK(cu.cuMemFree_v2(p));
 }
 
 static void test_capacity(void)
@@ -1041,6 +1091,7 @@ int main(void)
     test_map_and_data();
     test_rules();
     test_mem_alloc();
+    test_legacy_ipc();
     test_capacity();
     test_events();
     test_fault_injection();

@@ -63,6 +63,7 @@ static const char *const interposed[] = {
     "cudaGraphAddChildGraphNode", "cudaGraphExecChildGraphNodeSetParams", "cudaGraphNodeSetParams",
     "cudaGraphExecNodeSetParams", "cudaGraphAddNode", "cudaGraphAddNode_v2",
     "cudaDeviceGetDefaultMemPool", "cudaMemPoolGetAttribute", "cudaMemPoolSetAttribute", "cudaMemPoolTrimTo",
+    "cudaIpcGetMemHandle",
 };
 #define N_INTERPOSED (sizeof interposed / sizeof interposed[0])
 
@@ -403,6 +404,30 @@ static void test_run(void)
      * leaves cudaMallocAsync's, finds no event of fragless's to destroy, and fragless's
      * next driver call works in the context made again. */
     app_mode("", "--reset", "device reset (0 check(s) failed)");
+
+    /* Legacy CUDA IPC (cudaIpcGetMemHandle; the driver double shares a handle's whole
+     * cuMemAlloc allocation and opens it at its start, as GPUs do): a child process opens
+     * each of two cudaMalloc blocks and reads it. A block is either read intact or refused
+     * with a reason, never read wrong: before, under policy:cca the second block (inside
+     * the first one's segment) was exported and its importer read the first block's
+     * bytes with no error, and on fragless's virtual memory the refusal gave no reason. */
+    static const struct {
+        const char *policy, *want, *why;
+    } ipc[] = {
+        {"fragless", "first block refused 801, second block refused 801", "lies in virtual memory"},
+        {"cca-expandable", "first block refused 801, second block refused 801", "lies in virtual memory"},
+        {"cca", "first block intact, second block refused 801", "the block lies 2097152 bytes into a larger cuMemAlloc"},
+        {"nocache", "first block intact, second block intact", NULL},
+    };
+    for (size_t i = 0; i < sizeof ipc / sizeof ipc[0]; i++) {
+        r = run("FRAGLESS_CONF=policy:%s '%s' run -- '%s' --ipc", ipc[i].policy, FL_CLI, PRELOAD_APP);
+        int ok = r->code == 0 && strstr(r->out, ipc[i].want) &&
+                 (ipc[i].why ? strstr(r->err, ipc[i].why) && strstr(r->err, "fragless: cudaIpcGetMemHandle(")
+                             : !strstr(r->err, "cudaIpcGetMemHandle"));
+        CHECK(ok);
+        if (!ok)
+            show(ipc[i].policy, r);
+    }
 
     /* A fork while another thread opens the device in cudaMemGetInfo: the child's own
      * cudaMemGetInfo works (it waited forever for a lock held at the fork). */

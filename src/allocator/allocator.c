@@ -2012,6 +2012,17 @@ fl_status fl_export(fl_allocator *a, uint64_t addr, fl_ipc_handle *out)
     return s;
 }
 
+fl_status fli_allocator_legacy_ipc_base(fl_allocator *a, uint64_t addr, uint64_t *base)
+{
+    lock_drained(a);
+    const fli_policy *p = a->policy;
+    fl_status s = pending_index(a, addr) < 0 && p->ops->block_size(p, addr)
+                      ? fli_dev_legacy_ipc_base(p->dev, addr, base)
+                      : fli_fail(FL_ERR_NOT_FOUND, "0x%llx: not a live block of this allocator", (unsigned long long)addr);
+    release_updated(a);
+    return s;
+}
+
 fl_status fl_import(fl_allocator *a, const fl_ipc_handle *h, uint64_t *addr)
 {
     lock_a(a);

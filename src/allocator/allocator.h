@@ -41,6 +41,11 @@ uint64_t fli_allocator_unlocked_allocs(fl_allocator *a, uint64_t *refills);
  * when the policy does not keep it; FL_ERR_NOT_FOUND when addr is no live block here (a
  * block waiting for record_stream's events is freed already). */
 fl_status fli_allocator_block_stream(fl_allocator *a, uint64_t addr, uint64_t *stream, int *known);
+/* Where a legacy CUDA IPC handle of the live block at addr would open: the start of the
+ * driver allocation holding it (fli_dev_legacy_ipc_base). FL_ERR_NOT_FOUND when addr is
+ * no live block's start; FL_ERR_UNSUPPORTED when its memory has no legacy handle (virtual
+ * memory, or a device without IPC). */
+fl_status fli_allocator_legacy_ipc_base(fl_allocator *a, uint64_t addr, uint64_t *base);
 /* For the CUDA runtime's frontend (cudaStreamDestroy, a thread's end for its per-thread
  * stream), called before the stream goes: the allocator stops asking the driver about
  * it, and the policy may give what it kept for it to a stream created later, once the

@@ -720,6 +720,29 @@ static fl_status cu_export(fl_device *d, uint64_t va, uint64_t size, fl_ipc_hand
     IN_CTX(c, export_in_ctx(c, va, size, out));
 }
 
+/* The driver's answer for va (cuMemGetAddressRange): a mapping fragless made is virtual
+ * memory, with no legacy handle; anything else the driver allocated is cuMemAlloc's. */
+static fl_status legacy_ipc_base_in_ctx(cuda_device *c, uint64_t va, uint64_t *out)
+{
+    CUdeviceptr base = 0;
+    size_t len = 0;
+    uint64_t index;
+    CUresult r;
+    CU(c, r, cuMemGetAddressRange_v2(&base, &len, va));
+    if (r != CUDA_SUCCESS)
+        return cu_fail(c, r, "cuMemGetAddressRange_v2(0x%llx)", (unsigned long long)va);
+    if (fli_map_get(&c->mappings, base, &index))
+        return fli_fail(FL_ERR_UNSUPPORTED, "0x%llx lies in virtual memory (physical pages fragless mapped), which "
+                       "CUDA's legacy IPC does not serve: it shares only cuMemAlloc's allocations", (unsigned long long)va);
+    *out = base;
+    return FL_OK;
+}
+
+static fl_status cu_legacy_ipc_base(fl_device *d, uint64_t va, uint64_t *base)
+{
+    IN_CTX(cuda(d), legacy_ipc_base_in_ctx(cuda(d), va, base));
+}
+
 static fl_status import_in_ctx(cuda_device *c, const fl_ipc_handle *h, uint64_t *va)
 {
     CUmemGenericAllocationHandle handle = 0;
@@ -981,6 +1004,7 @@ static const fli_device_ops cuda_ops = {
     .event_query = cu_event_query,
     .event_destroy = cu_event_destroy,
     .export_block = cu_export,
+    .legacy_ipc_base = cu_legacy_ipc_base,
     .import = cu_import,
     .import_close = cu_import_close,
     .capture_info = cu_capture_info,

@@ -187,6 +187,10 @@ fl_status fli_dev_export(fl_device *d, uint64_t va, uint64_t size, fl_ipc_handle
 {
     return d->ops->export_block ? d->ops->export_block(d, va, size, out) : no_ipc(d, "export");
 }
+fl_status fli_dev_legacy_ipc_base(fl_device *d, uint64_t va, uint64_t *base)
+{
+    return d->ops->legacy_ipc_base ? d->ops->legacy_ipc_base(d, va, base) : no_ipc(d, "legacy IPC");
+}
 fl_status fli_dev_import(fl_device *d, const fl_ipc_handle *h, uint64_t *va)
 {
     return d->ops->import ? d->ops->import(d, h, va) : no_ipc(d, "import");

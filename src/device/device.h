@@ -41,6 +41,11 @@ typedef struct fli_device_ops {
     fl_status (*export_block)(fl_device *d, uint64_t va, uint64_t size, fl_ipc_handle *out);
     fl_status (*import)(fl_device *d, const fl_ipc_handle *h, uint64_t *va);
     fl_status (*import_close)(fl_device *d, uint64_t va);
+    /* Legacy CUDA IPC (cudaIpcGetMemHandle; cuda, NULL elsewhere: FL_ERR_UNSUPPORTED): the
+     * start of the driver allocation holding va, whose whole a legacy handle shares and
+     * opens at; FL_ERR_UNSUPPORTED when va lies in virtual memory (mapped handles), which
+     * has no legacy handle. Not counted as a call. */
+    fl_status (*legacy_ipc_base)(fl_device *d, uint64_t va, uint64_t *base);
     /* CUDA graph capture (cuda; NULL on devices without it: never capturing). Not counted
      * as calls. capture_info: whether work queued on stream is being captured into a
      * graph (FL_CAPTURE_*) and the capture's id (unique per capture, 0 when none).
@@ -120,6 +125,7 @@ fl_status fli_dev_event_query(fl_device *d, uint64_t event, int *done);
 void fli_dev_event_destroy(fl_device *d, uint64_t event);
 /* IPC; FL_ERR_UNSUPPORTED on a device without it. */
 fl_status fli_dev_export(fl_device *d, uint64_t va, uint64_t size, fl_ipc_handle *out);
+fl_status fli_dev_legacy_ipc_base(fl_device *d, uint64_t va, uint64_t *base);
 fl_status fli_dev_import(fl_device *d, const fl_ipc_handle *h, uint64_t *va);
 fl_status fli_dev_import_close(fl_device *d, uint64_t va);
 /* "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" as NVML writes it, "" without a UUID;

@@ -16,6 +16,7 @@ enum {
     cudaErrorInvalidValue = 1,
     cudaErrorMemoryAllocation = 2,
     cudaErrorNoDevice = 100,
+    cudaErrorNotSupported = 801,
     cudaErrorUnknown = 999
 };
 

@@ -12,6 +12,8 @@
  *     events), so stream-ordered frees can be seen waiting for it;
  *   - cudaDeviceReset: the driver double's cuDevicePrimaryCtxReset_v2 on the current
  *     device (its memory, events and streams go);
+ *   - cudaIpcGetMemHandle, cudaIpcOpenMemHandle and cudaIpcCloseMemHandle: the driver
+ *     double's legacy IPC (cudaMalloc's memory only; a handle is its whole allocation's);
  *   - cudaStreamCreate and cudaStreamDestroy: a stream is made in the current device's
  *     primary context (told to the driver double, whose cuStreamGetCtx answers it); a
  *     handle is a pointer the stub allocates,
@@ -123,6 +125,11 @@ cudaError_t cudaSetDevice(int device)
 
 /* ---- the driver double behind it ---------------------------------------------------- */
 
+/* cudaIpcMemHandle_t and CUipcMemHandle: 64 opaque bytes, passed by value to the open. */
+struct ipc_handle {
+    char reserved[64];
+};
+
 static struct {
     int (*init)(unsigned);
     int (*retain)(CUcontext *, int);
@@ -135,6 +142,9 @@ static struct {
     int (*graph_launch)(unsigned long long);
     void (*graph_destroy)(unsigned long long);
     int (*ctx_reset)(int);                    /* cuDevicePrimaryCtxReset_v2 */
+    int (*ipc_get)(void *, uintptr_t);        /* cuIpcGetMemHandle, cuIpcOpenMemHandle_v2, */
+    int (*ipc_open)(uintptr_t *, struct ipc_handle, unsigned); /* cuIpcCloseMemHandle */
+    int (*ipc_close)(uintptr_t);
 } drv;
 static pthread_once_t drv_once = PTHREAD_ONCE_INIT;
 
@@ -156,6 +166,13 @@ static void load_driver(void)
     void *r = dlsym(lib, "cuDevicePrimaryCtxReset_v2");
     if (r)
         memcpy(&drv.ctx_reset, &r, sizeof r);
+    void *ig = dlsym(lib, "cuIpcGetMemHandle"), *io = dlsym(lib, "cuIpcOpenMemHandle_v2"),
+         *ic = dlsym(lib, "cuIpcCloseMemHandle");
+    if (ig && io && ic) {
+        memcpy(&drv.ipc_get, &ig, sizeof ig);
+        memcpy(&drv.ipc_open, &io, sizeof io);
+        memcpy(&drv.ipc_close, &ic, sizeof ic);
+    }
     void *d = dlsym(lib, "fakecuda_stream_destroy"), *c = dlsym(lib, "fakecuda_stream_create");
     if (d && c) {
         memcpy(&drv.stream_destroy, &d, sizeof d);
@@ -202,6 +219,49 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream)
     atomic_fetch_add(&stream_syncs, 1);
     pthread_once(&drv_once, load_driver);
     return drv.stream_sync && drv.stream_sync(stream) == 0 ? 0 : cudaErrorNoDevice;
+}
+
+/* Legacy IPC, over the driver double's: in the current device's primary context, made
+ * current first as the runtime does at any call that needs one. The driver's refusal
+ * (memory that is not cudaMalloc's, a handle that does not open) is the runtime's
+ * cudaErrorInvalidValue; no driver double, cudaErrorNoDevice. */
+typedef struct ipc_handle cudaIpcMemHandle_t;
+cudaError_t cudaIpcGetMemHandle(cudaIpcMemHandle_t *handle, void *ptr);
+cudaError_t cudaIpcOpenMemHandle(void **ptr, cudaIpcMemHandle_t handle, unsigned int flags);
+cudaError_t cudaIpcCloseMemHandle(void *ptr);
+
+static cudaError_t ipc_ctx(void)
+{
+    pthread_once(&drv_once, load_driver);
+    int dev = current() < 0 ? 0 : current();
+    CUcontext ctx = NULL;
+    if (!drv.init || !drv.ipc_get || drv.init(0) != 0 || drv.retain(&ctx, dev) != 0 || drv.set_current(ctx) != 0)
+        return cudaErrorNoDevice;
+    return 0;
+}
+
+cudaError_t cudaIpcGetMemHandle(cudaIpcMemHandle_t *handle, void *ptr)
+{
+    cudaError_t e = ipc_ctx();
+    return e ? e : drv.ipc_get(handle, (uintptr_t)ptr) == 0 ? 0 : cudaErrorInvalidValue;
+}
+
+cudaError_t cudaIpcOpenMemHandle(void **ptr, cudaIpcMemHandle_t handle, unsigned int flags)
+{
+    cudaError_t e = ipc_ctx();
+    uintptr_t p = 0;
+    if (e || !ptr)
+        return e ? e : cudaErrorInvalidValue;
+    if (drv.ipc_open(&p, handle, flags) != 0)
+        return cudaErrorInvalidValue;
+    *ptr = (void *)p;
+    return 0;
+}
+
+cudaError_t cudaIpcCloseMemHandle(void *ptr)
+{
+    cudaError_t e = ipc_ctx();
+    return e ? e : drv.ipc_close((uintptr_t)ptr) == 0 ? 0 : cudaErrorInvalidValue;
 }
 
 /* The runtime resets the current device's primary context: in the driver double every

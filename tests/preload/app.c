@@ -43,6 +43,12 @@ cudaError_t cudaGraphAddChildGraphNode(void **node, cudaGraph_t graph, const voi
 cudaError_t cudaGraphAddNode(void **node, cudaGraph_t graph, const void *deps, const void *edges, size_t n, void *params);
 cudaError_t cudaStreamDestroy(cudaStream_t stream);
 cudaError_t cudaDeviceReset(void);
+typedef struct cudaIpcMemHandle_st {
+    char reserved[64];
+} cudaIpcMemHandle_t;
+cudaError_t cudaIpcGetMemHandle(cudaIpcMemHandle_t *handle, void *ptr);
+cudaError_t cudaIpcOpenMemHandle(void **ptr, cudaIpcMemHandle_t handle, unsigned int flags);
+cudaError_t cudaIpcCloseMemHandle(void *ptr);
 /* A program built with --default-stream per-thread calls these: NULL is the thread's stream. */
 cudaError_t cudaMallocAsync_ptsz(void **ptr, size_t size, cudaStream_t stream);
 cudaError_t cudaFreeAsync_ptsz(void *ptr, cudaStream_t stream);
@@ -577,8 +583,93 @@ static int fork_busy(void)
     return bad != 0;
 }
 
+/* ---- --ipc: legacy CUDA IPC of cudaMalloc's blocks ---- */
+
+/* Another process opens a legacy IPC handle (cudaIpcOpenMemHandle) and reads the block
+ * there: the exporter's cudaMalloc pointer is an allocation's base, so the handle opens at
+ * the block (cudaMalloc's contract). Two blocks of 2 MiB, allocated in a row (under
+ * policy:cca the second is split from the first one's 20 MiB segment), each filled with
+ * its own byte, each exported and read by a child (this program again, --ipc-open HEX
+ * BYTE SIZE: 0 the bytes are the block's, 2 they are not, 3 the handle did not open).
+ * The verdict per block: "intact" (exported, and the child read the block's bytes),
+ * "WRONG DATA" (exported, and the child read other bytes: no error said so), or
+ * "refused N" (cudaIpcGetMemHandle's error N); the test decides which it wants per
+ * policy. */
+static int ipc_open(int argc, char **argv)
+{
+    cudaIpcMemHandle_t h;
+    const char *hex = argc > 2 ? argv[2] : "";
+    if (argc < 5 || strlen(hex) != 2 * sizeof h.reserved)
+        return 4;
+    for (size_t i = 0; i < sizeof h.reserved; i++) {
+        unsigned v = 0;
+        if (sscanf(hex + 2 * i, "%2x", &v) != 1)
+            return 4;
+        h.reserved[i] = (char)v;
+    }
+    int byte = atoi(argv[3]);
+    size_t size = strtoul(argv[4], NULL, 10), k = 0;
+    void *p = NULL;
+    if (cudaIpcOpenMemHandle(&p, h, 1) != 0 || !p)
+        return 3;
+    for (; k < size && ((unsigned char *)p)[k] == (unsigned char)byte; k++)
+        ;
+    return cudaIpcCloseMemHandle(p) == 0 && k == size ? 0 : 2;
+}
+
+static int ipc(void)
+{
+    enum { SIZE = 2 << 20 };
+    void *blocks[2] = {0};
+    int bad_setup = 0;
+    char verdict[2][32];
+    for (int i = 0; i < 2; i++) {
+        bad_setup |= cudaMalloc(&blocks[i], SIZE) != 0 || !blocks[i];
+        if (blocks[i])
+            memset(blocks[i], 0xA1 + i, SIZE);
+    }
+    for (int i = 0; i < 2 && !bad_setup; i++) {
+        cudaIpcMemHandle_t h;
+        memset(&h, 0, sizeof h);
+        cudaError_t e = cudaIpcGetMemHandle(&h, blocks[i]);
+        if (e != 0) {
+            snprintf(verdict[i], sizeof verdict[i], "refused %d", e);
+            continue;
+        }
+        char hex[2 * sizeof h.reserved + 1], byte[8], size[24];
+        for (size_t k = 0; k < sizeof h.reserved; k++)
+            snprintf(hex + 2 * k, 3, "%02x", (unsigned char)h.reserved[k]);
+        snprintf(byte, sizeof byte, "%d", 0xA1 + i);
+        snprintf(size, sizeof size, "%d", SIZE);
+        fflush(stdout);
+        pid_t pid = fork();
+        if (pid == 0) {
+            execl("/proc/self/exe", "preload_app", "--ipc-open", hex, byte, size, (char *)NULL);
+            _exit(5);
+        }
+        int st = 0;
+        int rc = pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+        snprintf(verdict[i], sizeof verdict[i], "%s", rc == 0 ? "intact" : rc == 2 ? "WRONG DATA" : "child failed");
+        if (rc != 0 && rc != 2)
+            printf("preload_app: --ipc-open exited %d\n", rc);
+    }
+    for (int i = 0; i < 2; i++)
+        if (blocks[i])
+            bad_setup |= cudaFree(blocks[i]) != 0;
+    if (bad_setup) {
+        printf("preload_app: ipc: cudaMalloc or cudaFree failed\n");
+        return 1;
+    }
+    printf("preload_app: ipc: first block %s, second block %s\n", verdict[0], verdict[1]);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc > 1 && !strcmp(argv[1], "--ipc"))
+        return ipc();
+    if (argc > 1 && !strcmp(argv[1], "--ipc-open"))
+        return ipc_open(argc, argv);
     if (argc > 1 && !strcmp(argv[1], "--pool"))
         return pool();
     if (argc > 1 && !strcmp(argv[1], "--reset"))
