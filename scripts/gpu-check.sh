@@ -29,7 +29,10 @@
 #      cudaStreamPerThread, nor to the stream made after its own was destroyed; graphs
 #      captured and destroyed 100 times give their memory back; with 2+
 #      GPUs, cudaMallocAsync on device 1's stream while device 0 is current gives device
-#      1's memory; SKIP without nvcc
+#      1's memory; a cudaMalloc block exported with cudaIpcGetMemHandle is read intact by
+#      another process or refused with a reason, never read wrong; then, without fragless,
+#      the driver's legacy IPC rules the driver double models (--ipc-rules: an inner
+#      address's handle is the allocation's, opened at its start); SKIP without nvcc
 #   h  with 2+ GPUs (before c-e): peer copies of tensors fragless allocated (fragless run),
 #      NCCL all-reduce of fragless-allocated tensors under torchrun --nproc-per-node 2
 #      (fragless run), and NCCL's registration of a fragless MemPool (registrable:1MiB)
@@ -524,6 +527,22 @@ if ((HAVE_GPU)); then
                 show_tail "$WORK/i-run.log"
                 record "i stream contracts" ERROR "$SECS" "${I_LINE:-no result}: $(why_not) (log: i-run.log)"
                 cannot "i stream contracts: $(why_not)"
+                ;;
+            esac
+            # The driver's own legacy IPC, without fragless: what tests/fakecuda models.
+            run_boxed 30 "$WORK/i-ipc.log" env -u LD_PRELOAD "$WORK/gpu_contracts" --ipc-rules
+            cat "$WORK/i-ipc.log"
+            I_IPC=$(grep -m 1 '^GPU_CONTRACT ipc-rules ' "$WORK/i-ipc.log" | cut -d' ' -f3- || true)
+            case $RC in
+            0) record "i ipc rules (no fragless)" ok "$SECS" "$I_IPC" ;;
+            1)
+                record "i ipc rules (no fragless)" FAIL "$SECS" "$I_IPC"
+                failed "i ipc rules: the driver double's legacy IPC model differs from this driver: $I_IPC"
+                ;;
+            *)
+                show_tail "$WORK/i-ipc.log"
+                record "i ipc rules (no fragless)" ERROR "$SECS" "${I_IPC:-no result}: $(why_not) (log: i-ipc.log)"
+                cannot "i ipc rules: $(why_not)"
                 ;;
             esac
         fi

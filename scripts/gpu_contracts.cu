@@ -30,11 +30,22 @@
 //               value (it outlives a reset: CUDA 13's cuda_runtime_api.h) and is freed.
 //               Under fragless this is also the fact the tests assume: virtual memory
 //               (cuMemCreate) outlives a reset of the primary context
+//   ipc         two 2 MiB cudaMalloc blocks in a row, each set to its own byte and exported
+//               with cudaIpcGetMemHandle; another process (this program, --ipc-open)
+//               opens each handle exported and reads 2 MiB there: each block must be read
+//               intact or refused with cudaErrorNotSupported (fragless's refusal), never
+//               read as other bytes
+// Run with --ipc-rules and without fragless, the driver's own legacy IPC, which the
+// project's driver double models (tests/fakecuda): a handle of an address inside an
+// allocation is the allocation's (the same bytes as its start's), and the importer's
+// pointer is the allocation's start. One line, "GPU_CONTRACT ipc-rules ...".
 // Output: one line per check, "GPU_CONTRACT <name> ok|FAIL|SKIP <detail>", then
 // "GPU_CONTRACTS <n> failed". Exit status 0 when none failed, 1 otherwise, 2 when CUDA
 // could not run at all.
 #include <cuda_runtime.h>
 #include <pthread.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -332,8 +343,114 @@ static void reset(void)
     report("reset", ok && bad == 0 && kept_bad == 0, detail);
 }
 
-int main(void)
+// ---- ipc: legacy CUDA IPC of cudaMalloc's blocks ----
+
+static const size_t IPC_N = (size_t)2 << 20;
+
+// The child: opens the handle (hex), reads n bytes there, exits 0 when all are `byte`, 2
+// when not, 3 when the handle does not open, 4 on bad arguments.
+static int ipc_open(const char *hex, int byte, size_t n)
 {
+    cudaIpcMemHandle_t h;
+    if (strlen(hex) != 2 * sizeof h.reserved)
+        return 4;
+    for (size_t i = 0; i < sizeof h.reserved; i++) {
+        unsigned v = 0;
+        if (sscanf(hex + 2 * i, "%2x", &v) != 1)
+            return 4;
+        h.reserved[i] = (char)v;
+    }
+    void *p = NULL;
+    if (!cuda_ok(cudaIpcOpenMemHandle(&p, h, cudaIpcMemLazyEnablePeerAccess), "cudaIpcOpenMemHandle"))
+        return 3;
+    size_t bad = n && n <= IPC_N ? wrong_bytes(p, n, (unsigned char)byte) : 1;
+    cudaIpcCloseMemHandle(p);
+    return bad ? 2 : 0;
+}
+
+// Exports p; a child opens the handle and reads n bytes: 0 they were byte, 2 they were
+// not, -1 the export failed with *err, another code the child's.
+static int ipc_child(void *p, int byte, size_t n, cudaError_t *err)
+{
+    cudaIpcMemHandle_t h;
+    *err = cudaIpcGetMemHandle(&h, p);
+    if (*err != cudaSuccess)
+        return -1;
+    char hex[2 * sizeof h.reserved + 1], b[8], len[24];
+    for (size_t k = 0; k < sizeof h.reserved; k++)
+        snprintf(hex + 2 * k, 3, "%02x", (unsigned char)h.reserved[k]);
+    snprintf(b, sizeof b, "%d", byte);
+    snprintf(len, sizeof len, "%zu", n);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        execl("/proc/self/exe", "gpu_contracts", "--ipc-open", hex, b, len, (char *)NULL);
+        _exit(5);
+    }
+    int st = 0;
+    return pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st) ? WEXITSTATUS(st) : 6;
+}
+
+static void ipc(void)
+{
+    unsigned char *p[2] = {0};
+    char detail[256], verdict[2][48];
+    int ok = 1;
+    for (int i = 0; i < 2 && ok; i++)
+        ok = cuda_ok(cudaMalloc((void **)&p[i], IPC_N), "cudaMalloc") &&
+             cuda_ok(cudaMemset(p[i], 0xA1 + i, IPC_N), "cudaMemset");
+    ok = ok && cuda_ok(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+    int good = ok;
+    for (int i = 0; i < 2 && ok; i++) {
+        cudaError_t e = cudaSuccess;
+        int rc = ipc_child(p[i], 0xA1 + i, IPC_N, &e);
+        if (rc == -1)
+            snprintf(verdict[i], sizeof verdict[i], "refused (%s)", cudaGetErrorName(e));
+        else
+            snprintf(verdict[i], sizeof verdict[i], "%s", rc == 0 ? "read intact" : rc == 2 ? "READ WRONG" : "child failed");
+        good = good && (rc == 0 || (rc == -1 && e == cudaErrorNotSupported));
+    }
+    for (int i = 0; i < 2; i++)
+        if (p[i])
+            cudaFree(p[i]);
+    snprintf(detail, sizeof detail, "first block %s, second block %s", ok ? verdict[0] : "-", ok ? verdict[1] : "-");
+    report("ipc", good, detail);
+}
+
+// Without fragless: the driver's rules that the double models.
+static int ipc_rules(void)
+{
+    unsigned char *p = NULL;
+    cudaIpcMemHandle_t a, b;
+    // Halves of two bytes: opened at the start, the first half reads 0xA1; opened at the
+    // inner address (the second half's start), it would read 0xB2.
+    int ok = cuda_ok(cudaMalloc((void **)&p, IPC_N), "cudaMalloc") &&
+             cuda_ok(cudaMemset(p, 0xA1, IPC_N / 2), "cudaMemset") &&
+             cuda_ok(cudaMemset(p + IPC_N / 2, 0xB2, IPC_N / 2), "cudaMemset") &&
+             cuda_ok(cudaDeviceSynchronize(), "cudaDeviceSynchronize") &&
+             cuda_ok(cudaIpcGetMemHandle(&a, p), "cudaIpcGetMemHandle(start)");
+    cudaError_t inner = ok ? cudaIpcGetMemHandle(&b, p + IPC_N / 2) : cudaSuccess;
+    int same = ok && inner == cudaSuccess && !memcmp(&a, &b, sizeof a);
+    cudaError_t e = cudaSuccess;
+    int rc = same ? ipc_child(p + IPC_N / 2, 0xA1, IPC_N / 2, &e) : -2;
+    char detail[256];
+    snprintf(detail, sizeof detail, "inner address: %s; its handle %s the start's; opened by another process: %s",
+             inner == cudaSuccess ? "exported" : cudaGetErrorName(inner), same ? "is" : "is not",
+             rc == 0 ? "opened at the allocation's start" : rc == 2 ? "opened elsewhere (not the start's bytes)"
+             : rc == -2 ? "not tried" : "failed");
+    report("ipc-rules", ok && same && rc == 0, detail);
+    if (p)
+        cudaFree(p);
+    printf("GPU_CONTRACTS %d failed\n", failures);
+    return failures ? 1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 4 && !strcmp(argv[1], "--ipc-open"))
+        return ipc_open(argv[2], atoi(argv[3]), strtoull(argv[4], NULL, 10));
+    if (argc > 1 && !strcmp(argv[1], "--ipc-rules"))
+        return ipc_rules();
     int ngpu = 0, khz = 0;
     if (cudaGetDeviceCount(&ngpu) != cudaSuccess || ngpu < 1) {
         printf("GPU_CONTRACTS no GPU\n");
@@ -346,6 +463,7 @@ int main(void)
     destroyed();
     graphs();
     device(ngpu);
+    ipc();
     reset(); // last: it destroys everything on device 0
     printf("GPU_CONTRACTS %d failed\n", failures);
     return failures ? 1 : 0;
