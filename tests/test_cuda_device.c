@@ -594,8 +594,11 @@ static void test_handles(void)
     va = map_one(d, &h);
     CHECK(fake.fakecuda_handle_props(va, &types, &rdma) == 0);
     CHECK(types == CU_MEM_HANDLE_TYPE_NONE && rdma == 0);
-    fl_ipc_handle x;
-    CHECK_STATUS(fli_dev_export(d, va, 4096, &x), FL_ERR_UNSUPPORTED);
+    fli_ipc_piece x;
+    uint32_t nx = 7;
+    uint64_t off = 0;
+    CHECK_STATUS(fli_dev_export(d, va, 4096, &x, 1, &nx, &off), FL_ERR_UNSUPPORTED);
+    CHECK(nx == 0);
     CHECK_MENTIONS("shareable:0");
     unmap_one(d, va, h);
     fl_device_destroy(d);

@@ -2004,10 +2004,14 @@ fl_status fl_export(fl_allocator *a, uint64_t addr, fl_ipc_handle *out)
 {
     lock_drained(a);
     const fli_policy *p = a->policy;
-    uint64_t size = pending_index(a, addr) < 0 ? p->ops->block_size(p, addr) : 0;
-    fl_status s = size ? fli_dev_export(p->dev, addr, size, out)
+    uint64_t size = pending_index(a, addr) < 0 ? p->ops->block_size(p, addr) : 0, offset = 0;
+    fli_ipc_piece piece;
+    uint32_t n = 0;
+    fl_status s = size ? fli_dev_export(p->dev, addr, size, &piece, 1, &n, &offset)
                        : fli_fail(FL_ERR_NOT_FOUND, "fl_export(0x%llx): not a live block of this allocator",
                                  (unsigned long long)addr);
+    if (s == FL_OK)
+        *out = (fl_ipc_handle){piece.fd, p->dev->ordinal, piece.size, offset, size};
     release_updated(a);
     return s;
 }
@@ -2026,7 +2030,8 @@ fl_status fli_allocator_legacy_ipc_base(fl_allocator *a, uint64_t addr, uint64_t
 fl_status fl_import(fl_allocator *a, const fl_ipc_handle *h, uint64_t *addr)
 {
     lock_a(a);
-    fl_status s = fli_dev_import(a->policy->dev, h, addr);
+    fli_ipc_piece piece = {h->fd, h->alloc_size};
+    fl_status s = fli_dev_import(a->policy->dev, &piece, 1, h->offset, h->size, addr);
     release_updated(a);
     return s;
 }

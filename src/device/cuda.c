@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Device addresses and sizes are uint64_t in the interface and size_t / CUdeviceptr in
  * the driver: they pass through unconverted only on a 64-bit host. */
@@ -57,11 +58,15 @@ typedef struct cuda_handle {
 #define NO_RECORD UINT32_MAX
 #define MAX_PEERS 64
 
-/* Memory of another process mapped here (fl_import): not ours, not in in_use. */
+/* Memory of another process mapped here (fl_import, and CUDA IPC under `fragless run`):
+ * not ours, not in in_use. A block over several of the exporter's physical allocations
+ * maps them one after another, as they lay there. */
 typedef struct cuda_import {
-    uint64_t addr;              /* what fl_import returned: base + the block's offset */
-    uint64_t base, size;        /* the reservation and mapping */
-    CUmemGenericAllocationHandle handle;
+    uint64_t addr;              /* what the import returned: base + the block's offset */
+    uint64_t base, size;        /* the reservation (every piece's bytes) */
+    uint32_t n;                 /* pieces imported (handles, sizes: one allocation) */
+    CUmemGenericAllocationHandle *handles;
+    uint64_t *sizes;
 } cuda_import;
 
 typedef struct cuda_device {
@@ -683,41 +688,68 @@ static void cu_event_destroy(fl_device *d, uint64_t event)
 
 /* ---- IPC: export and import --------------------------------------------------------- */
 
-static fl_status export_in_ctx(cuda_device *c, uint64_t va, uint64_t size, fl_ipc_handle *out)
+/* The physical allocations under [va, va + size), one after another in the address space
+ * (a block of the fragless policy lies on pages and chunks of their own handles), each
+ * exported as a file descriptor, at most max of them; *offset: where the block starts in
+ * the first. On failure every descriptor made is closed. */
+static fl_status export_in_ctx(cuda_device *c, uint64_t va, uint64_t size, fli_ipc_piece *out, uint32_t max,
+                               uint32_t *n, uint64_t *offset)
 {
-    CUdeviceptr base = 0;
-    size_t len = 0;
-    uint64_t index;
+    uint64_t cur = va, end = va + size, index;
+    uint32_t k = 0;
+    fl_status s = FL_OK;
     CUresult r;
-    /* On mapped memory the driver answers with the one mapping (physical allocation)
-     * holding va: what NCCL and ibverbs registration will see as the buffer too. */
-    CU(c, r, cuMemGetAddressRange_v2(&base, &len, va));
-    if (r != CUDA_SUCCESS)
-        return cu_fail(c, r, "cuMemGetAddressRange_v2(0x%llx)", (unsigned long long)va);
-    if (!fli_map_get(&c->mappings, base, &index) || c->recs[index].size != len)
-        return fli_fail(FL_ERR_INVALID, "cuda export of 0x%llx: not memory this device mapped", (unsigned long long)va);
-    if (va + size > base + len)
-        return fli_fail(FL_ERR_UNSUPPORTED, "cuda export of 0x%llx (%llu bytes): the block spans several physical "
-                       "allocations (the one under its start has %llu bytes); registrable:SIZE in FRAGLESS_CONF backs "
-                       "blocks of at least SIZE with one each", (unsigned long long)va, (unsigned long long)size,
-                       (unsigned long long)len);
-    int fd = -1;
-    CU(c, r, cuMemExportToShareableHandle(&fd, c->recs[index].handle, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0));
-    if (r != CUDA_SUCCESS)
-        return cu_fail(c, r, "cuMemExportToShareableHandle(handle 0x%llx, POSIX_FILE_DESCRIPTOR)",
-                       (unsigned long long)c->recs[index].handle);
-    *out = (fl_ipc_handle){fd, c->ordinal, len, va - base, size};
-    return FL_OK;
+    while (cur < end && s == FL_OK) {
+        CUdeviceptr base = 0;
+        size_t len = 0;
+        /* On mapped memory the driver answers with the one mapping (physical allocation)
+         * holding cur: what NCCL and ibverbs registration will see as the buffer too. */
+        CU(c, r, cuMemGetAddressRange_v2(&base, &len, cur));
+        if (r != CUDA_SUCCESS) {
+            s = cu_fail(c, r, "cuMemGetAddressRange_v2(0x%llx)", (unsigned long long)cur);
+            break;
+        }
+        if (!fli_map_get(&c->mappings, base, &index) || c->recs[index].size != len) {
+            s = fli_fail(FL_ERR_INVALID, "cuda export of 0x%llx: not memory this device mapped", (unsigned long long)va);
+            break;
+        }
+        if (k == max) {
+            s = max == 1 ? fli_fail(FL_ERR_UNSUPPORTED, "cuda export of 0x%llx (%llu bytes): the block spans several "
+                                   "physical allocations (the one under its start has %llu bytes); registrable:SIZE in "
+                                   "FRAGLESS_CONF backs blocks of at least SIZE with one each", (unsigned long long)va,
+                                   (unsigned long long)size, (unsigned long long)out[0].size)
+                         : fli_fail(FL_ERR_UNSUPPORTED, "cuda export of 0x%llx (%llu bytes): the block spans more than "
+                                   "%u physical allocations", (unsigned long long)va, (unsigned long long)size, max);
+            break;
+        }
+        int fd = -1;
+        CU(c, r, cuMemExportToShareableHandle(&fd, c->recs[index].handle, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0));
+        if (r != CUDA_SUCCESS) {
+            s = cu_fail(c, r, "cuMemExportToShareableHandle(handle 0x%llx, POSIX_FILE_DESCRIPTOR)",
+                        (unsigned long long)c->recs[index].handle);
+            break;
+        }
+        if (k == 0)
+            *offset = va - base;
+        out[k++] = (fli_ipc_piece){fd, len};
+        cur = base + len;
+    }
+    if (s != FL_OK)
+        while (k)
+            close(out[--k].fd);
+    *n = k;
+    return s;
 }
 
-static fl_status cu_export(fl_device *d, uint64_t va, uint64_t size, fl_ipc_handle *out)
+static fl_status cu_export(fl_device *d, uint64_t va, uint64_t size, fli_ipc_piece *out, uint32_t max, uint32_t *n,
+                           uint64_t *offset)
 {
     cuda_device *c = cuda(d);
     if (!d->vmm_supported || !(c->handle_types & CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR))
         return fli_fail(FL_ERR_UNSUPPORTED, "cuda export: device %d's memory is not shareable (%s)", c->ordinal,
                        !d->vmm_supported ? "no virtual memory management" : "handles made with shareable:0, or the "
                        "device cannot export file descriptors: CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED is 0");
-    IN_CTX(c, export_in_ctx(c, va, size, out));
+    IN_CTX(c, export_in_ctx(c, va, size, out, max, n, offset));
 }
 
 /* The driver's answer for va (cuMemGetAddressRange): a mapping fragless made is virtual
@@ -743,12 +775,28 @@ static fl_status cu_legacy_ipc_base(fl_device *d, uint64_t va, uint64_t *base)
     IN_CTX(cuda(d), legacy_ipc_base_in_ctx(cuda(d), va, base));
 }
 
-static fl_status import_in_ctx(cuda_device *c, const fl_ipc_handle *h, uint64_t *va)
+/* Drops an import's mappings (whole mappings: one unmap of the span), its address range
+ * and its handles' references; mapped is how many of the pieces were mapped. */
+static void import_drop(cuda_device *c, const cuda_import *m, uint32_t mapped)
 {
-    CUmemGenericAllocationHandle handle = 0;
-    CUdeviceptr base = 0;
     CUresult r;
-    fl_status s;
+    uint64_t len = 0;
+    for (uint32_t i = 0; i < mapped; i++)
+        len += m->sizes[i];
+    if (len)
+        CU(c, r, cuMemUnmap(m->base, len));
+    CU(c, r, cuMemAddressFree(m->base, m->size));
+    for (uint32_t i = 0; i < m->n; i++)
+        CU(c, r, cuMemRelease(m->handles[i]));
+    (void)r;
+    free(m->handles);
+}
+
+static fl_status import_in_ctx(cuda_device *c, const fli_ipc_piece *p, uint32_t n, uint64_t offset, uint64_t *va)
+{
+    CUresult r;
+    fl_status s = FL_OK;
+    cuda_import m = {0};
     if (c->n_imports == c->cap_imports) {
         size_t cap = c->cap_imports ? 2 * c->cap_imports : 8;
         cuda_import *v = realloc(c->imports, cap * sizeof *v);
@@ -757,46 +805,72 @@ static fl_status import_in_ctx(cuda_device *c, const fl_ipc_handle *h, uint64_t 
         c->imports = v;
         c->cap_imports = cap;
     }
-    CU(c, r, cuMemImportFromShareableHandle(&handle, (void *)(intptr_t)h->fd, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR));
-    if (r != CUDA_SUCCESS)
-        return cu_fail(c, r, "cuMemImportFromShareableHandle(fd %d)", h->fd);
-    CU(c, r, cuMemAddressReserve(&base, h->alloc_size, c->base.granularity, 0, 0));
-    if (r != CUDA_SUCCESS) {
-        s = cu_fail(c, r, "cuMemAddressReserve(%llu bytes) for an import", (unsigned long long)h->alloc_size);
-        goto release;
+    m.handles = malloc(n * (sizeof *m.handles + sizeof *m.sizes));
+    if (!m.handles)
+        return fli_fail(FL_ERR_NOMEM, "cuda import: host memory");
+    m.sizes = (uint64_t *)(m.handles + n);
+    for (uint32_t i = 0; i < n; i++)
+        m.size += m.sizes[i] = p[i].size;
+    for (; m.n < n; m.n++) {
+        CU(c, r, cuMemImportFromShareableHandle(&m.handles[m.n], (void *)(intptr_t)p[m.n].fd,
+                                                 CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR));
+        if (r != CUDA_SUCCESS) {
+            s = cu_fail(c, r, "cuMemImportFromShareableHandle(fd %d)", p[m.n].fd);
+            break;
+        }
     }
-    CU(c, r, cuMemMap(base, h->alloc_size, 0, handle, 0));
-    if (r != CUDA_SUCCESS) {
-        s = cu_fail(c, r, "cuMemMap(0x%llx, %llu bytes) of an import", (unsigned long long)base,
-                    (unsigned long long)h->alloc_size);
-        goto unreserve;
+    CUdeviceptr base = 0;
+    if (s == FL_OK) {
+        CU(c, r, cuMemAddressReserve(&base, m.size, c->base.granularity, 0, 0));
+        if (r != CUDA_SUCCESS)
+            s = cu_fail(c, r, "cuMemAddressReserve(%llu bytes) for an import", (unsigned long long)m.size);
     }
-    if ((s = set_access_in_ctx(c, base, h->alloc_size)) != FL_OK)
-        goto unmap;
-    c->imports[c->n_imports++] = (cuda_import){base + h->offset, base, h->alloc_size, handle};
-    *va = base + h->offset;
+    if (s != FL_OK) {
+        for (uint32_t i = 0; i < m.n; i++)
+            CU(c, r, cuMemRelease(m.handles[i]));
+        free(m.handles);
+        return s;
+    }
+    m.base = base;
+    uint32_t mapped = 0;
+    for (uint64_t at = base; mapped < n; at += m.sizes[mapped++]) {
+        CU(c, r, cuMemMap(at, m.sizes[mapped], 0, m.handles[mapped], 0));
+        if (r != CUDA_SUCCESS) {
+            s = cu_fail(c, r, "cuMemMap(0x%llx, %llu bytes) of an import", (unsigned long long)at,
+                        (unsigned long long)m.sizes[mapped]);
+            break;
+        }
+    }
+    if (s == FL_OK)
+        s = set_access_in_ctx(c, base, m.size);
+    if (s != FL_OK) {
+        import_drop(c, &m, mapped);
+        return s;
+    }
+    m.addr = base + offset;
+    c->imports[c->n_imports++] = m;
+    *va = m.addr;
     return FL_OK;
-unmap:
-    CU(c, r, cuMemUnmap(base, h->alloc_size));
-unreserve:
-    CU(c, r, cuMemAddressFree(base, h->alloc_size));
-release:
-    CU(c, r, cuMemRelease(handle));
-    return s;
 }
 
-static fl_status cu_import(fl_device *d, const fl_ipc_handle *h, uint64_t *va)
+static fl_status cu_import(fl_device *d, const fli_ipc_piece *p, uint32_t n, uint64_t offset, uint64_t size,
+                           uint64_t *va)
 {
     cuda_device *c = cuda(d);
     if (!d->vmm_supported)
         return no_vmm(c, "cuMemImportFromShareableHandle");
-    if (h->fd < 0 || !h->alloc_size || h->alloc_size % d->granularity || h->offset >= h->alloc_size ||
-        h->size > h->alloc_size - h->offset)
-        return fli_fail(FL_ERR_INVALID, "cuda import: fd %d, %llu bytes, block at %llu of %llu bytes: not an exported "
-                       "block (the allocation must be whole pages of %llu bytes and hold the block)", h->fd,
-                       (unsigned long long)h->alloc_size, (unsigned long long)h->offset, (unsigned long long)h->size,
-                       (unsigned long long)d->granularity);
-    IN_CTX(c, import_in_ctx(c, h, va));
+    uint64_t total = 0;
+    int bad = n == 0;
+    for (uint32_t i = 0; i < n && !bad; i++) {
+        bad = p[i].fd < 0 || !p[i].size || p[i].size % d->granularity || p[i].size > UINT64_MAX - total;
+        total += bad ? 0 : p[i].size;
+    }
+    if (bad || offset >= total || size > total - offset)
+        return fli_fail(FL_ERR_INVALID, "cuda import: %u allocation(s) of %llu bytes in all, block at %llu of %llu "
+                       "bytes: not an exported block (each allocation must be whole pages of %llu bytes, with a file "
+                       "descriptor, and together they must hold the block)", n, (unsigned long long)total,
+                       (unsigned long long)offset, (unsigned long long)size, (unsigned long long)d->granularity);
+    IN_CTX(c, import_in_ctx(c, p, n, offset, va));
 }
 
 static fl_status import_close_in_ctx(cuda_device *c, size_t i)
@@ -809,10 +883,8 @@ static fl_status import_close_in_ctx(cuda_device *c, size_t i)
                        (unsigned long long)m.size);
     c->imports[i] = c->imports[--c->n_imports];
     /* Unmapped, it is no longer usable: the rest only gives back address space and the
-     * handle's reference. */
-    CU(c, r, cuMemAddressFree(m.base, m.size));
-    CU(c, r, cuMemRelease(m.handle));
-    (void)r;
+     * handles' references. */
+    import_drop(c, &m, 0);
     return FL_OK;
 }
 
@@ -921,11 +993,8 @@ static fl_status give_back_in_ctx(cuda_device *c)
 {
     CUresult r;
     CU(c, r, cuCtxSynchronize()); /* leftovers may still be in use by queued work */
-    for (size_t i = 0; i < c->n_imports; i++) {
-        CU(c, r, cuMemUnmap(c->imports[i].base, c->imports[i].size));
-        CU(c, r, cuMemAddressFree(c->imports[i].base, c->imports[i].size));
-        CU(c, r, cuMemRelease(c->imports[i].handle));
-    }
+    for (size_t i = 0; i < c->n_imports; i++)
+        import_drop(c, &c->imports[i], c->imports[i].n);
     c->n_imports = 0;
     for (uint64_t i = 0; c->mappings.count && i <= c->mappings.mask; i++)
         if (c->mappings.e[i].key != UINT64_MAX)

@@ -183,17 +183,20 @@ static fl_status no_ipc(const fl_device *d, const char *what)
                    "the cuda device)", d->ops->name, what);
 }
 
-fl_status fli_dev_export(fl_device *d, uint64_t va, uint64_t size, fl_ipc_handle *out)
+fl_status fli_dev_export(fl_device *d, uint64_t va, uint64_t size, fli_ipc_piece *out, uint32_t max, uint32_t *n,
+                         uint64_t *offset)
 {
-    return d->ops->export_block ? d->ops->export_block(d, va, size, out) : no_ipc(d, "export");
+    *n = 0;
+    return d->ops->export_block ? d->ops->export_block(d, va, size, out, max, n, offset) : no_ipc(d, "export");
 }
 fl_status fli_dev_legacy_ipc_base(fl_device *d, uint64_t va, uint64_t *base)
 {
     return d->ops->legacy_ipc_base ? d->ops->legacy_ipc_base(d, va, base) : no_ipc(d, "legacy IPC");
 }
-fl_status fli_dev_import(fl_device *d, const fl_ipc_handle *h, uint64_t *va)
+fl_status fli_dev_import(fl_device *d, const fli_ipc_piece *pieces, uint32_t n, uint64_t offset, uint64_t size,
+                         uint64_t *va)
 {
-    return d->ops->import ? d->ops->import(d, h, va) : no_ipc(d, "import");
+    return d->ops->import ? d->ops->import(d, pieces, n, offset, size, va) : no_ipc(d, "import");
 }
 fl_status fli_dev_import_close(fl_device *d, uint64_t va)
 {
