@@ -29,8 +29,8 @@
 #      cudaStreamPerThread, nor to the stream made after its own was destroyed; graphs
 #      captured and destroyed 100 times give their memory back; with 2+
 #      GPUs, cudaMallocAsync on device 1's stream while device 0 is current gives device
-#      1's memory; a cudaMalloc block exported with cudaIpcGetMemHandle is read intact by
-#      another process or refused with a reason, never read wrong; then, without fragless,
+#      1's memory; cudaMalloc blocks exported with cudaIpcGetMemHandle are read intact by
+#      another process under fragless run (fragless's own handles); then, without fragless,
 #      the driver's legacy IPC rules the driver double models (--ipc-rules: an inner
 #      address's handle is the allocation's, opened at its start); SKIP without nvcc
 #   h  with 2+ GPUs (before c-e): peer copies of tensors fragless allocated (fragless run),

@@ -63,7 +63,7 @@ static const char *const interposed[] = {
     "cudaGraphAddChildGraphNode", "cudaGraphExecChildGraphNodeSetParams", "cudaGraphNodeSetParams",
     "cudaGraphExecNodeSetParams", "cudaGraphAddNode", "cudaGraphAddNode_v2",
     "cudaDeviceGetDefaultMemPool", "cudaMemPoolGetAttribute", "cudaMemPoolSetAttribute", "cudaMemPoolTrimTo",
-    "cudaIpcGetMemHandle",
+    "cudaIpcGetMemHandle", "cudaIpcOpenMemHandle", "cudaIpcCloseMemHandle",
 };
 #define N_INTERPOSED (sizeof interposed / sizeof interposed[0])
 
@@ -405,28 +405,35 @@ static void test_run(void)
      * next driver call works in the context made again. */
     app_mode("", "--reset", "device reset (0 check(s) failed)");
 
-    /* Legacy CUDA IPC (cudaIpcGetMemHandle; the driver double shares a handle's whole
-     * cuMemAlloc allocation and opens it at its start, as GPUs do): a child process opens
-     * each of two cudaMalloc blocks and reads it. A block is either read intact or refused
-     * with a reason, never read wrong: before, under policy:cca the second block (inside
-     * the first one's segment) was exported and its importer read the first block's
-     * bytes with no error, and on fragless's virtual memory the refusal gave no reason. */
+    /* CUDA IPC (the driver double's legacy handles share a cuMemAlloc allocation whole and
+     * open at its start, as GPUs do): a child process opens each of three cudaMalloc
+     * blocks (2 MiB, 2 MiB, 40 MiB) and reads it, then the first block's handle once more
+     * after the block is freed. Every block is read intact or refused with a reason,
+     * never read wrong. Before: under policy:cca the second block (inside the first one's
+     * segment) was exported and its importer read the first block's bytes with no error;
+     * on virtual memory (fragless, cca-expandable) every export failed with no reason.
+     * Now blocks of virtual memory are shared through fragless's own handles (the
+     * physical allocations under the block passed as descriptors: the 40 MiB block is 2
+     * chunks, and 21 pages of their own under limit:60MiB), and a freed block's handle no
+     * longer opens. */
     static const struct {
-        const char *policy, *want, *why;
+        const char *conf, *want, *why;
     } ipc[] = {
-        {"fragless", "first block refused 801, second block refused 801", "lies in virtual memory"},
-        {"cca-expandable", "first block refused 801, second block refused 801", "lies in virtual memory"},
-        {"cca", "first block intact, second block refused 801", "the block lies 2097152 bytes into a larger cuMemAlloc"},
-        {"nocache", "first block intact, second block intact", NULL},
+        {"policy:fragless", "intact, intact, intact; freed first block's handle does not open", NULL},
+        {"limit:60MiB", "intact, intact, intact; freed first block's handle does not open", NULL},
+        {"policy:cca-expandable", "intact, intact, intact; freed first block's handle does not open", NULL},
+        {"policy:cca", "intact, refused 801, intact; freed first block's handle opens",
+         "the block lies 2097152 bytes into a larger cuMemAlloc allocation"},
+        {"policy:nocache", "intact, intact, intact; freed first block's handle does not open", NULL},
     };
     for (size_t i = 0; i < sizeof ipc / sizeof ipc[0]; i++) {
-        r = run("FRAGLESS_CONF=policy:%s '%s' run -- '%s' --ipc", ipc[i].policy, FL_CLI, PRELOAD_APP);
+        r = run("FRAGLESS_CONF=%s '%s' run -- '%s' --ipc", ipc[i].conf, FL_CLI, PRELOAD_APP);
         int ok = r->code == 0 && strstr(r->out, ipc[i].want) &&
                  (ipc[i].why ? strstr(r->err, ipc[i].why) && strstr(r->err, "fragless: cudaIpcGetMemHandle(")
-                             : !strstr(r->err, "cudaIpcGetMemHandle"));
+                             : !strstr(r->err, "cudaIpcGetMemHandle("));
         CHECK(ok);
         if (!ok)
-            show(ipc[i].policy, r);
+            show(ipc[i].conf, r);
     }
 
     /* A fork while another thread opens the device in cudaMemGetInfo: the child's own

@@ -2027,6 +2027,29 @@ fl_status fli_allocator_legacy_ipc_base(fl_allocator *a, uint64_t addr, uint64_t
     return s;
 }
 
+fl_status fli_allocator_export(fl_allocator *a, uint64_t addr, uint64_t want, fli_ipc_piece *out, uint32_t max,
+                               uint32_t *n, uint64_t *offset, uint64_t *size)
+{
+    lock_drained(a);
+    const fli_policy *p = a->policy;
+    *n = 0;
+    *size = pending_index(a, addr) < 0 ? p->ops->block_size(p, addr) : 0;
+    fl_status s = *size && *size >= want ? fli_dev_export(p->dev, addr, *size, out, max, n, offset)
+                  : fli_fail(FL_ERR_NOT_FOUND, "0x%llx: not a live block of this allocator%s", (unsigned long long)addr,
+                             *size ? " of the size exported" : "");
+    release_updated(a);
+    return s;
+}
+
+fl_status fli_allocator_import(fl_allocator *a, const fli_ipc_piece *pieces, uint32_t n, uint64_t offset, uint64_t size,
+                               uint64_t *addr)
+{
+    lock_a(a);
+    fl_status s = fli_dev_import(a->policy->dev, pieces, n, offset, size, addr);
+    release_updated(a);
+    return s;
+}
+
 fl_status fl_import(fl_allocator *a, const fl_ipc_handle *h, uint64_t *addr)
 {
     lock_a(a);

@@ -46,6 +46,15 @@ fl_status fli_allocator_block_stream(fl_allocator *a, uint64_t addr, uint64_t *s
  * no live block's start; FL_ERR_UNSUPPORTED when its memory has no legacy handle (virtual
  * memory, or a device without IPC). */
 fl_status fli_allocator_legacy_ipc_base(fl_allocator *a, uint64_t addr, uint64_t *base);
+/* The live block at addr (of at least want bytes) as the physical allocations under it
+ * (fli_dev_export: at most max, their descriptors the caller's), *offset into the first;
+ * *size: the block's size. FL_ERR_NOT_FOUND when addr is no live block's start of want
+ * bytes or more. */
+fl_status fli_allocator_export(fl_allocator *a, uint64_t addr, uint64_t want, fli_ipc_piece *out, uint32_t max,
+                               uint32_t *n, uint64_t *offset, uint64_t *size);
+/* Maps another process's block (fli_dev_import) on a's device; fl_import_close undoes it. */
+fl_status fli_allocator_import(fl_allocator *a, const fli_ipc_piece *pieces, uint32_t n, uint64_t offset, uint64_t size,
+                               uint64_t *addr);
 /* For the CUDA runtime's frontend (cudaStreamDestroy, a thread's end for its per-thread
  * stream), called before the stream goes: the allocator stops asking the driver about
  * it, and the policy may give what it kept for it to a stream created later, once the

@@ -10,10 +10,10 @@
  *
  * cudaStreamDestroy is interposed too, so that the allocators retire the stream before it
  * goes (fli_allocator_stream_gone); cudaDeviceReset, around which the device's
- * allocators settle what the reset destroys (below); cudaIpcGetMemHandle, which refuses
- * a block whose handle would not open at the block (below); and the _ptsz forms of
+ * allocators settle what the reset destroys (below); and the _ptsz forms of
  * the two Async calls, which a program built with per-thread default streams calls.
- * graphs.c interposes the graph calls that say when a graph's memory may go back.
+ * graphs.c interposes the graph calls that say when a graph's memory may go back; ipc.c
+ * the CUDA IPC calls, for the memory fragless serves.
  *
  * Built with hidden visibility: these functions (tests/test_preload.c lists them) are the
  * library's only exported symbols, so nothing else of the process binds to fragless' internals (and they bind
@@ -44,11 +44,6 @@ FL_EXPORT cudaError_t cudaFreeAsync_ptsz(void *ptr, cudaStream_t stream);
 FL_EXPORT cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes);
 FL_EXPORT cudaError_t cudaStreamDestroy(cudaStream_t stream);
 FL_EXPORT cudaError_t cudaDeviceReset(void);
-/* cudaIpcMemHandle_t: 64 opaque bytes. */
-typedef struct cudaIpcMemHandle_st {
-    char reserved[64];
-} cudaIpcMemHandle_t;
-FL_EXPORT cudaError_t cudaIpcGetMemHandle(cudaIpcMemHandle_t *handle, void *ptr);
 
 typedef cudaError_t (*get_device_fn)(int *);
 typedef cudaError_t (*set_device_fn)(int);
@@ -57,7 +52,6 @@ typedef cudaError_t (*free_async_fn)(void *, cudaStream_t);
 typedef cudaError_t (*mem_get_info_fn)(size_t *, size_t *);
 typedef cudaError_t (*sync_fn)(void);
 typedef cudaError_t (*stream_destroy_fn)(cudaStream_t);
-typedef cudaError_t (*ipc_get_fn)(cudaIpcMemHandle_t *, void *);
 
 /* The real runtime's entry points, if the program has one: the current device comes
  * from it, cudaFree synchronizes through it, memory fragless did not hand out goes back
@@ -71,7 +65,6 @@ static struct {
     mem_get_info_fn mem_get_info;
     stream_destroy_fn stream_destroy;
     sync_fn reset;
-    ipc_get_fn ipc_get;
 } real;
 static pthread_once_t real_once = PTHREAD_ONCE_INIT;
 
@@ -86,7 +79,6 @@ static void resolve_real(void)
     real.mem_get_info = (mem_get_info_fn)(uintptr_t)dlsym(RTLD_NEXT, "cudaMemGetInfo");
     real.stream_destroy = (stream_destroy_fn)(uintptr_t)dlsym(RTLD_NEXT, "cudaStreamDestroy");
     real.reset = (sync_fn)(uintptr_t)dlsym(RTLD_NEXT, "cudaDeviceReset");
-    real.ipc_get = (ipc_get_fn)(uintptr_t)dlsym(RTLD_NEXT, "cudaIpcGetMemHandle");
 }
 
 int fli_preload_verbose(void)
@@ -290,6 +282,13 @@ static int owner_of(void *ptr, int cur, fl_allocator **out, uint64_t *stream, in
     return -1;
 }
 
+int fli_preload_owner(void *ptr, fl_allocator **a)
+{
+    uint64_t stream = 0;
+    int known = 0;
+    return owner_of(ptr, current_device(), a, &stream, &known);
+}
+
 /* Gives a block back; a device failure is said on stderr (the block stays fragless's). */
 static fl_status give_back(const char *fn, fl_allocator *a, int dev, void *ptr)
 {
@@ -318,7 +317,7 @@ static cudaError_t sync_device(int dev, int cur)
 
 /* Memory from elsewhere — cudaMallocHost, cudaMallocManaged, a memory pool, a block
  * allocated before fragless was loaded — goes to the runtime, when there is one. */
-static cudaError_t not_ours(const char *fn, void *ptr)
+cudaError_t fli_preload_not_ours(const char *fn, void *ptr)
 {
     fprintf(stderr, "fragless: %s(%p): not memory fragless allocated, and there is no CUDA runtime "
             "to pass it to\n", fn, ptr);
@@ -350,7 +349,7 @@ FL_EXPORT cudaError_t cudaFree(void *ptr)
     fl_allocator *a = NULL;
     int dev = owner_of(ptr, cur, &a, &stream, &known);
     if (dev < 0)
-        return real.free ? real.free(ptr) : not_ours("cudaFree", ptr);
+        return real.free ? real.free(ptr) : fli_preload_not_ours("cudaFree", ptr);
     cudaError_t synced = sync_device(dev, cur);
     sync_remove((uint64_t)(uintptr_t)ptr);
     return give_back("cudaFree", a, dev, ptr) == FL_OK ? synced : cudaErrorUnknown;
@@ -381,7 +380,7 @@ static cudaError_t free_async(const char *fn, void *ptr, cudaStream_t stream, fr
     fl_allocator *a = NULL;
     int dev = owner_of(ptr, current_device(), &a, &own, &known);
     if (dev < 0)
-        return pass ? pass(ptr, given) : not_ours(fn, ptr);
+        return pass ? pass(ptr, given) : fli_preload_not_ours(fn, ptr);
     if ((!known || own != s) && fl_record_stream(a, (uint64_t)(uintptr_t)ptr, s) != FL_OK) {
         fprintf(stderr, "fragless: %s(%p, stream %p) on device %d: %s\n", fn, ptr, (void *)stream, dev,
                 fl_last_error());
@@ -515,42 +514,6 @@ FL_EXPORT cudaError_t cudaDeviceReset(void)
  * thread read a capacity, opening a device, gave the child the lock held by a thread it
  * does not have, and its cudaMemGetInfo waited forever). */
 static uint64_t capacity[FL_FRONTEND_MAX_DEVICES];
-
-/* A legacy IPC handle (cudaIpcGetMemHandle) shares the whole driver allocation holding
- * the pointer and opens at that allocation's start (the driver gives every address of an
- * allocation the same handle: UCX issue 11724, numba pull request 3310; the importer's
- * pointer is the allocation's base: NVIDIA/Fuser pull request 3799), and only cuMemAlloc's
- * memory has one. The program's contract is cudaMalloc's: its pointer is an allocation's
- * base, and the importer reads the block there. A block fragless serves keeps that
- * contract only when it starts a cuMemAlloc allocation of its own start (policy:nocache,
- * or a cca segment's first block): that one goes to the runtime. Any other block is
- * refused, loudly, with cudaErrorNotSupported: on fragless's virtual memory the runtime
- * would refuse it anyway (cudaErrorInvalidValue, with no reason given), and inside a cca
- * segment the handle would open at the segment's start, so the importer would read
- * another block's bytes without any error. Pointers fragless did not hand out (an
- * interior pointer, memory from elsewhere) go to the runtime unchanged. */
-FL_EXPORT cudaError_t cudaIpcGetMemHandle(cudaIpcMemHandle_t *handle, void *ptr)
-{
-    pthread_once(&real_once, resolve_real);
-    fl_allocator *a = NULL;
-    uint64_t stream = 0, base = 0, addr = (uint64_t)(uintptr_t)ptr;
-    int known = 0, dev = ptr ? owner_of(ptr, current_device(), &a, &stream, &known) : -1;
-    if (dev >= 0) {
-        fl_status s = fli_allocator_legacy_ipc_base(a, addr, &base);
-        if (s != FL_OK || base != addr) {
-            char why[160];
-            if (s == FL_OK)
-                snprintf(why, sizeof why, "the block lies %llu bytes into a larger cuMemAlloc allocation of "
-                         "fragless's, where the handle would open", (unsigned long long)(addr - base));
-            fprintf(stderr, "fragless: cudaIpcGetMemHandle(%p) on device %d: %s. Under fragless, legacy CUDA IPC "
-                    "serves only blocks that start a cuMemAlloc allocation (policy:nocache): run the exporting "
-                    "process without fragless, or share the memory from C with fl_export (docs/cuda.md)\n",
-                    ptr, dev, s == FL_OK ? why : fl_last_error());
-            return cudaErrorNotSupported;
-        }
-    }
-    return real.ipc_get ? real.ipc_get(handle, ptr) : not_ours("cudaIpcGetMemHandle", ptr);
-}
 
 static fl_status device_capacity(int dev, uint64_t *out)
 {

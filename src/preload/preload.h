@@ -16,6 +16,7 @@ enum {
     cudaErrorInvalidValue = 1,
     cudaErrorMemoryAllocation = 2,
     cudaErrorNoDevice = 100,
+    cudaErrorInvalidDevice = 101,
     cudaErrorNotSupported = 801,
     cudaErrorUnknown = 999
 };
@@ -30,5 +31,12 @@ uint64_t fli_preload_stream_key(cudaStream_t stream);
 int fli_preload_alloc_device(cudaStream_t stream);
 /* FRAGLESS_VERBOSE=1. */
 int fli_preload_verbose(void);
+/* The device whose allocator holds the live block starting at ptr (the current device's
+ * first), and that allocator in *a; -1 when none has it. */
+struct fl_allocator;
+int fli_preload_owner(void *ptr, struct fl_allocator **a);
+/* Memory fragless did not hand out, with no runtime to pass it to: said, and
+ * cudaErrorInvalidValue. */
+cudaError_t fli_preload_not_ours(const char *fn, void *ptr);
 
 #endif

@@ -583,18 +583,24 @@ static int fork_busy(void)
     return bad != 0;
 }
 
-/* ---- --ipc: legacy CUDA IPC of cudaMalloc's blocks ---- */
+/* ---- --ipc: CUDA IPC of cudaMalloc's blocks ---- */
 
-/* Another process opens a legacy IPC handle (cudaIpcOpenMemHandle) and reads the block
- * there: the exporter's cudaMalloc pointer is an allocation's base, so the handle opens at
- * the block (cudaMalloc's contract). Two blocks of 2 MiB, allocated in a row (under
- * policy:cca the second is split from the first one's 20 MiB segment), each filled with
- * its own byte, each exported and read by a child (this program again, --ipc-open HEX
- * BYTE SIZE: 0 the bytes are the block's, 2 they are not, 3 the handle did not open).
- * The verdict per block: "intact" (exported, and the child read the block's bytes),
- * "WRONG DATA" (exported, and the child read other bytes: no error said so), or
- * "refused N" (cudaIpcGetMemHandle's error N); the test decides which it wants per
- * policy. */
+/* Another process opens a handle (cudaIpcOpenMemHandle) and reads the block there: the
+ * exporter's cudaMalloc pointer is an allocation's base, so the handle opens at the block
+ * (cudaMalloc's contract). Three blocks allocated in a row, 2 MiB, 2 MiB (under
+ * policy:cca the second is split from the first one's 20 MiB segment) and 40 MiB + 1 KiB
+ * (under the fragless policy over more than one physical allocation), each filled with its
+ * own byte, exported and read by a child (this program again, --ipc-open HEX BYTE SIZE: 0
+ * the bytes are the block's, 2 they are not, 3 the handle did not open). Then the first
+ * block's handle is opened once more after the block is freed (--ipc-open ... expecting
+ * nothing): a handle of fragless's own no longer opens (the runtime's legacy handles
+ * are the program's business then, as in CUDA). The verdict per block: "intact"
+ * (exported, and the child read the block's bytes), "WRONG DATA" (exported, and the child
+ * read other bytes: no error said so), "refused N" (cudaIpcGetMemHandle's error N), or
+ * "child failed". */
+enum { IPC_BLOCKS = 3 };
+static const size_t ipc_sizes[IPC_BLOCKS] = {2 << 20, 2 << 20, (40 << 20) + 1024};
+
 static int ipc_open(int argc, char **argv)
 {
     cudaIpcMemHandle_t h;
@@ -617,50 +623,59 @@ static int ipc_open(int argc, char **argv)
     return cudaIpcCloseMemHandle(p) == 0 && k == size ? 0 : 2;
 }
 
+/* Runs --ipc-open on handle h: the child's exit code, -1 when it could not run. */
+static int ipc_child(const cudaIpcMemHandle_t *h, int byte, size_t n)
+{
+    char hex[2 * sizeof h->reserved + 1], b[8], size[24];
+    for (size_t k = 0; k < sizeof h->reserved; k++)
+        snprintf(hex + 2 * k, 3, "%02x", (unsigned char)h->reserved[k]);
+    snprintf(b, sizeof b, "%d", byte);
+    snprintf(size, sizeof size, "%zu", n);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        execl("/proc/self/exe", "preload_app", "--ipc-open", hex, b, size, (char *)NULL);
+        _exit(5);
+    }
+    int st = 0;
+    return pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
 static int ipc(void)
 {
-    enum { SIZE = 2 << 20 };
-    void *blocks[2] = {0};
+    void *blocks[IPC_BLOCKS] = {0};
+    cudaIpcMemHandle_t handles[IPC_BLOCKS];
+    cudaError_t got[IPC_BLOCKS];
     int bad_setup = 0;
-    char verdict[2][32];
-    for (int i = 0; i < 2; i++) {
-        bad_setup |= cudaMalloc(&blocks[i], SIZE) != 0 || !blocks[i];
+    char verdict[IPC_BLOCKS][32];
+    for (int i = 0; i < IPC_BLOCKS; i++) {
+        bad_setup |= cudaMalloc(&blocks[i], ipc_sizes[i]) != 0 || !blocks[i];
         if (blocks[i])
-            memset(blocks[i], 0xA1 + i, SIZE);
+            memset(blocks[i], 0xA1 + i, ipc_sizes[i]);
     }
-    for (int i = 0; i < 2 && !bad_setup; i++) {
-        cudaIpcMemHandle_t h;
-        memset(&h, 0, sizeof h);
-        cudaError_t e = cudaIpcGetMemHandle(&h, blocks[i]);
-        if (e != 0) {
-            snprintf(verdict[i], sizeof verdict[i], "refused %d", e);
+    for (int i = 0; i < IPC_BLOCKS && !bad_setup; i++) {
+        memset(&handles[i], 0, sizeof handles[i]);
+        got[i] = cudaIpcGetMemHandle(&handles[i], blocks[i]);
+        if (got[i] != 0) {
+            snprintf(verdict[i], sizeof verdict[i], "refused %d", got[i]);
             continue;
         }
-        char hex[2 * sizeof h.reserved + 1], byte[8], size[24];
-        for (size_t k = 0; k < sizeof h.reserved; k++)
-            snprintf(hex + 2 * k, 3, "%02x", (unsigned char)h.reserved[k]);
-        snprintf(byte, sizeof byte, "%d", 0xA1 + i);
-        snprintf(size, sizeof size, "%d", SIZE);
-        fflush(stdout);
-        pid_t pid = fork();
-        if (pid == 0) {
-            execl("/proc/self/exe", "preload_app", "--ipc-open", hex, byte, size, (char *)NULL);
-            _exit(5);
-        }
-        int st = 0;
-        int rc = pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+        int rc = ipc_child(&handles[i], 0xA1 + i, ipc_sizes[i]);
         snprintf(verdict[i], sizeof verdict[i], "%s", rc == 0 ? "intact" : rc == 2 ? "WRONG DATA" : "child failed");
         if (rc != 0 && rc != 2)
             printf("preload_app: --ipc-open exited %d\n", rc);
     }
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < IPC_BLOCKS; i++)
         if (blocks[i])
             bad_setup |= cudaFree(blocks[i]) != 0;
     if (bad_setup) {
         printf("preload_app: ipc: cudaMalloc or cudaFree failed\n");
         return 1;
     }
-    printf("preload_app: ipc: first block %s, second block %s\n", verdict[0], verdict[1]);
+    /* The first block is freed: its handle opens no more, unless it is the runtime's. */
+    int after = got[0] == 0 ? ipc_child(&handles[0], 0xA1, ipc_sizes[0]) : -1;
+    printf("preload_app: ipc: %s, %s, %s; freed first block's handle %s\n", verdict[0], verdict[1], verdict[2],
+           after == 3 ? "does not open" : after == -1 ? "-" : "opens");
     return 0;
 }
 
