@@ -414,17 +414,17 @@ static void test_run(void)
      * on virtual memory (fragless, cca-expandable) every export failed with no reason.
      * Now blocks of virtual memory are shared through fragless's own handles (the
      * physical allocations under the block passed as descriptors: the 40 MiB block is 2
-     * chunks, and 21 pages of their own under limit:60MiB), and a freed block's handle no
-     * longer opens. */
+     * chunks, and 21 pages of their own under limit:60MiB), a freed block's handle no
+     * longer opens, and the exporting process cannot open its own handles (as in CUDA). */
     static const struct {
         const char *conf, *want, *why;
     } ipc[] = {
-        {"policy:fragless", "intact, intact, intact; freed first block's handle does not open", NULL},
-        {"limit:60MiB", "intact, intact, intact; freed first block's handle does not open", NULL},
-        {"policy:cca-expandable", "intact, intact, intact; freed first block's handle does not open", NULL},
-        {"policy:cca", "intact, refused 801, intact; freed first block's handle opens",
+        {"policy:fragless", "intact, intact, intact; freed first block's handle does not open; own handles opened here: 0", NULL},
+        {"limit:60MiB", "intact, intact, intact; freed first block's handle does not open; own handles opened here: 0", NULL},
+        {"policy:cca-expandable", "intact, intact, intact; freed first block's handle does not open; own handles opened here: 0", NULL},
+        {"policy:cca", "intact, refused 801, intact; freed first block's handle opens; own handles opened here: 0",
          "the block lies 2097152 bytes into a larger cuMemAlloc allocation"},
-        {"policy:nocache", "intact, intact, intact; freed first block's handle does not open", NULL},
+        {"policy:nocache", "intact, intact, intact; freed first block's handle does not open; own handles opened here: 0", NULL},
     };
     for (size_t i = 0; i < sizeof ipc / sizeof ipc[0]; i++) {
         r = run("FRAGLESS_CONF=%s '%s' run -- '%s' --ipc", ipc[i].conf, FL_CLI, PRELOAD_APP);

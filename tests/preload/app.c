@@ -653,6 +653,7 @@ static int ipc(void)
         if (blocks[i])
             memset(blocks[i], 0xA1 + i, ipc_sizes[i]);
     }
+    int own = 0; /* handles this process opened itself: none may (CUDA refuses it) */
     for (int i = 0; i < IPC_BLOCKS && !bad_setup; i++) {
         memset(&handles[i], 0, sizeof handles[i]);
         got[i] = cudaIpcGetMemHandle(&handles[i], blocks[i]);
@@ -660,6 +661,8 @@ static int ipc(void)
             snprintf(verdict[i], sizeof verdict[i], "refused %d", got[i]);
             continue;
         }
+        void *mine = NULL;
+        own += cudaIpcOpenMemHandle(&mine, handles[i], 1) == 0;
         int rc = ipc_child(&handles[i], 0xA1 + i, ipc_sizes[i]);
         snprintf(verdict[i], sizeof verdict[i], "%s", rc == 0 ? "intact" : rc == 2 ? "WRONG DATA" : "child failed");
         if (rc != 0 && rc != 2)
@@ -674,8 +677,8 @@ static int ipc(void)
     }
     /* The first block is freed: its handle opens no more, unless it is the runtime's. */
     int after = got[0] == 0 ? ipc_child(&handles[0], 0xA1, ipc_sizes[0]) : -1;
-    printf("preload_app: ipc: %s, %s, %s; freed first block's handle %s\n", verdict[0], verdict[1], verdict[2],
-           after == 3 ? "does not open" : after == -1 ? "-" : "opens");
+    printf("preload_app: ipc: %s, %s, %s; freed first block's handle %s; own handles opened here: %d\n", verdict[0],
+           verdict[1], verdict[2], after == 3 ? "does not open" : after == -1 ? "-" : "opens", own);
     return 0;
 }
 
