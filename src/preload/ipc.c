@@ -16,7 +16,7 @@
  *     socket (abstract name, this process's pid and token; the peer must be this user:
  *     SO_PEERCRED), gets the physical allocations under the block as file descriptors
  *     (SCM_RIGHTS) and maps them one after another as they lie in the exporter, on its
- *     device of the same ordinal. The exporter's side is a thread started at the first
+ *     current device (as the runtime maps a handle). The exporter's side is a thread started at the first
  *     such export (signals blocked), which answers one request per connection;
  *   - one inside a larger cuMemAlloc allocation (policy:cca) is refused with
  *     cudaErrorNotSupported and a line on stderr: its legacy handle would open at the
@@ -78,7 +78,7 @@ static void resolve_real(void)
 #define WIRE_MAGIC UINT64_C(0x3143504953534c46) /* "FLSSIPC1" */
 typedef struct wire {
     uint64_t magic;
-    int32_t pid, device; /* the exporter, and the block's device ordinal there */
+    int32_t pid, device; /* the exporter, and the block's device ordinal there (its allocator) */
     uint64_t token;      /* the exporter's: a handle of another process of that pid fails */
     uint64_t addr, size; /* the block */
 } wire;
@@ -368,11 +368,12 @@ FL_EXPORT cudaError_t cudaIpcOpenMemHandle(void **ptr, cudaIpcMemHandle_t handle
     int fds[FLI_IPC_MAX_PIECES];
     uint64_t sizes[FLI_IPC_MAX_PIECES], offset = 0, size = 0, addr = 0;
     uint32_t n = 0;
-    fl_allocator *a = w.device >= 0 && w.device < FL_FRONTEND_MAX_DEVICES ? fli_frontend_allocator(w.device) : NULL;
-    if (!a) {
-        fprintf(stderr, "fragless: cudaIpcOpenMemHandle: the block's device %d has no allocator here\n", (int)w.device);
-        return cudaErrorInvalidDevice;
-    }
+    /* Mapped on the current device, as the runtime maps a handle (the memory stays on the
+     * exporter's GPU; another GPU reaches it as a peer, or the mapping is refused). */
+    int dev = fli_preload_current_device();
+    fl_allocator *a = dev >= 0 && dev < FL_FRONTEND_MAX_DEVICES ? fli_frontend_allocator(dev) : NULL;
+    if (!a)
+        return cudaErrorInvalidDevice; /* why is on stderr */
     if (fetch(&w, fds, sizes, &n, &offset, &size, err, sizeof err) != 0) {
         fprintf(stderr, "fragless: cudaIpcOpenMemHandle(0x%llx of process %d): %s\n", (unsigned long long)w.addr,
                 (int)w.pid, err);

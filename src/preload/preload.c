@@ -282,6 +282,8 @@ static int owner_of(void *ptr, int cur, fl_allocator **out, uint64_t *stream, in
     return -1;
 }
 
+int fli_preload_current_device(void) { return current_device(); }
+
 int fli_preload_owner(void *ptr, fl_allocator **a)
 {
     uint64_t stream = 0;

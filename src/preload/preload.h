@@ -31,6 +31,8 @@ uint64_t fli_preload_stream_key(cudaStream_t stream);
 int fli_preload_alloc_device(cudaStream_t stream);
 /* FRAGLESS_VERBOSE=1. */
 int fli_preload_verbose(void);
+/* The runtime's current device (cudaSetDevice), else 0. */
+int fli_preload_current_device(void);
 /* The device whose allocator holds the live block starting at ptr (the current device's
  * first), and that allocator in *a; -1 when none has it. */
 struct fl_allocator;
