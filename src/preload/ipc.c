@@ -310,6 +310,16 @@ static int fetch(const wire *w, int *fds, uint64_t *sizes, uint32_t *n, uint64_t
             close(c);
         return -1;
     }
+    /* The name is no secret (/proc/net/unix lists it): once the exporter is gone another
+     * process may have bound it. Only the exporter itself, of this user, is asked. */
+    struct ucred cred = {0, (uid_t)-1, (gid_t)-1};
+    socklen_t cl = sizeof cred;
+    if (getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &cl) != 0 || cred.pid != w->pid || cred.uid != geteuid()) {
+        snprintf(err, errn, "the socket of process %d is held by another process (pid %d, uid %d)", (int)w->pid,
+                 (int)cred.pid, (int)cred.uid);
+        close(c);
+        return -1;
+    }
     struct timeval tv = {10, 0};
     setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     request req = {WIRE_MAGIC, w->token, w->addr, w->size, w->device, 0};
