@@ -413,8 +413,9 @@ static void test_run(void)
      * segment) was exported and its importer read the first block's bytes with no error;
      * on virtual memory (fragless, cca-expandable) every export failed with no reason.
      * Now blocks of virtual memory are shared through fragless's own handles (the
-     * physical allocations under the block passed as descriptors: the 40 MiB block is 2
-     * chunks, and 21 pages of their own under limit:60MiB), a freed block's handle no
+     * physical allocations under the block passed as descriptors: the 40 MiB block is 8
+     * of them on this 256 MiB device, 21 pages of their own under limit:60MiB, 3 under
+     * cca-expandable), a freed block's handle no
      * longer opens, and the exporting process cannot open its own handles (as in CUDA). */
     static const struct {
         const char *conf, *want, *why;
