@@ -2041,6 +2041,16 @@ fl_status fli_allocator_export(fl_allocator *a, uint64_t addr, uint64_t want, fl
     return s;
 }
 
+fl_status fli_allocator_export_mapping(fl_allocator *a, uint64_t addr, fli_ipc_piece *out)
+{
+    lock_a(a);
+    uint32_t n = 0;
+    uint64_t offset = 0;
+    fl_status s = fli_dev_export(a->policy->dev, addr, 1, out, 1, &n, &offset);
+    release_updated(a);
+    return s;
+}
+
 fl_status fli_allocator_import(fl_allocator *a, const fli_ipc_piece *pieces, uint32_t n, uint64_t offset, uint64_t size,
                                uint64_t *addr)
 {

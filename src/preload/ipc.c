@@ -18,6 +18,10 @@
  *     (SCM_RIGHTS) and maps them one after another as they lie in the exporter, on its
  *     current device (as the runtime maps a handle). The exporter's side is a thread started at the first
  *     such export (signals blocked), which answers one request per connection;
+ *   - an address inside fragless's virtual memory that is no block's start gets a
+ *     handle of fragless's own for the one physical allocation holding it, opened at that
+ *     allocation's start: a legacy handle's semantics, which programs that export the
+ *     start cuMemGetAddressRange gives them rely on (WIRE_MAPPING);
  *   - one inside a larger cuMemAlloc allocation (policy:cca) is refused with
  *     cudaErrorNotSupported and a line on stderr: its legacy handle would open at the
  *     segment's start, and the importer would read another block's bytes with no error.
@@ -80,14 +84,23 @@ typedef struct wire {
     uint64_t magic;
     int32_t pid, device; /* the exporter, and the block's device ordinal there (its allocator) */
     uint64_t token;      /* the exporter's: a handle of another process of that pid fails */
-    uint64_t addr, size; /* the block */
+    uint64_t addr, size; /* the block (WIRE_BLOCK), or an address inside a mapping (WIRE_MAPPING) */
+    int32_t kind;
 } wire;
+
+/* What a handle shares: a block, opened at its start (cudaMalloc's contract: the pointer
+ * exported is a block fragless handed out); or, for an address that is no block's
+ * start, the one physical allocation holding it, opened at that allocation's start, as a
+ * legacy handle is (programs that find the allocation with cuMemGetAddressRange or
+ * CU_POINTER_ATTRIBUTE_RANGE_START_ADDR and export its start, and add the offset
+ * themselves: vLLM's custom all-reduce, UCX, tensorpipe, MPICH, numba). */
+enum { WIRE_BLOCK = 1, WIRE_MAPPING = 2 };
 
 /* What an importer asks, and the exporter's answer (then the pieces' sizes; their
  * descriptors ride along as SCM_RIGHTS). */
 typedef struct request {
     uint64_t magic, token, addr, size;
-    int32_t device, pad;
+    int32_t device, kind;
 } request;
 typedef struct reply {
     int32_t status; /* FL_OK, or the fl_status of the failure, with why */
@@ -159,8 +172,15 @@ static void serve_one(int c)
         rep.status = FL_ERR_NOT_FOUND;
         snprintf(rep.why, sizeof rep.why, "device %d has no allocator here", (int)req.device);
     } else {
-        fl_status s = fli_allocator_export(a, req.addr, req.size, pieces, FLI_IPC_MAX_PIECES, &rep.n, &rep.offset,
-                                           &rep.size);
+        fl_status s;
+        if (req.kind == WIRE_MAPPING) {
+            s = fli_allocator_export_mapping(a, req.addr, &pieces[0]);
+            rep.n = s == FL_OK;
+            rep.offset = 0; /* opened at the allocation's start */
+            rep.size = rep.n ? pieces[0].size : 0;
+        } else {
+            s = fli_allocator_export(a, req.addr, req.size, pieces, FLI_IPC_MAX_PIECES, &rep.n, &rep.offset, &rep.size);
+        }
         rep.status = s;
         if (s != FL_OK)
             snprintf(rep.why, sizeof rep.why, "%s", fl_last_error());
@@ -254,6 +274,29 @@ static cudaError_t refuse(const char *fn, void *ptr, int dev, const char *why)
     return cudaErrorNotSupported;
 }
 
+/* An address that is no live block's start: inside one of fragless's mappings (virtual
+ * memory), a handle of that one physical allocation, opened at its start; anywhere else
+ * (a cuMemAlloc allocation, fragless's cca segments included, whose legacy handle is
+ * exactly that; memory from elsewhere), the runtime's. */
+static cudaError_t mapping_handle(cudaIpcMemHandle_t *handle, void *ptr)
+{
+    uint64_t addr = (uint64_t)(uintptr_t)ptr, token = 0;
+    for (int d = 0; ptr && handle && d < FL_FRONTEND_MAX_DEVICES; d++) {
+        fl_allocator *a = fli_frontend_existing(d);
+        fli_ipc_piece piece;
+        if (!a || fli_allocator_export_mapping(a, addr, &piece) != FL_OK)
+            continue;
+        close(piece.fd); /* it exports: the importer gets its own at the open */
+        if (server_start(&token) != 0)
+            return cudaErrorUnknown;
+        wire w = {WIRE_MAGIC, (int32_t)getpid(), d, token, addr, piece.size, WIRE_MAPPING};
+        memset(handle, 0, sizeof *handle);
+        memcpy(handle->reserved, &w, sizeof w);
+        return cudaSuccess;
+    }
+    return real.get ? real.get(handle, ptr) : fli_preload_not_ours("cudaIpcGetMemHandle", ptr);
+}
+
 FL_EXPORT cudaError_t cudaIpcGetMemHandle(cudaIpcMemHandle_t *handle, void *ptr)
 {
     pthread_once(&real_once, resolve_real);
@@ -261,7 +304,7 @@ FL_EXPORT cudaError_t cudaIpcGetMemHandle(cudaIpcMemHandle_t *handle, void *ptr)
     uint64_t base = 0, addr = (uint64_t)(uintptr_t)ptr;
     int dev = ptr && handle ? fli_preload_owner(ptr, &a) : -1;
     if (dev < 0)
-        return real.get ? real.get(handle, ptr) : fli_preload_not_ours("cudaIpcGetMemHandle", ptr);
+        return mapping_handle(handle, ptr);
     fl_status s = fli_allocator_legacy_ipc_base(a, addr, &base);
     if (s == FL_OK && base == addr) /* the start of a cuMemAlloc allocation: the runtime's */
         return real.get ? real.get(handle, ptr) : fli_preload_not_ours("cudaIpcGetMemHandle", ptr);
@@ -285,7 +328,7 @@ FL_EXPORT cudaError_t cudaIpcGetMemHandle(cudaIpcMemHandle_t *handle, void *ptr)
         return refuse("cudaIpcGetMemHandle", ptr, dev, fl_last_error());
     if (server_start(&token) != 0)
         return cudaErrorUnknown;
-    wire w = {WIRE_MAGIC, (int32_t)getpid(), dev, token, addr, size};
+    wire w = {WIRE_MAGIC, (int32_t)getpid(), dev, token, addr, size, WIRE_BLOCK};
     memset(handle, 0, sizeof *handle);
     memcpy(handle->reserved, &w, sizeof w);
     return cudaSuccess;
@@ -322,7 +365,7 @@ static int fetch(const wire *w, int *fds, uint64_t *sizes, uint32_t *n, uint64_t
     }
     struct timeval tv = {10, 0};
     setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    request req = {WIRE_MAGIC, w->token, w->addr, w->size, w->device, 0};
+    request req = {WIRE_MAGIC, w->token, w->addr, w->size, w->device, w->kind};
     reply rep;
     memset(&rep, 0, sizeof rep);
     struct iovec iov[2] = {{&rep, sizeof rep}, {sizes, FLI_IPC_MAX_PIECES * sizeof sizes[0]}};

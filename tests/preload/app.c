@@ -614,27 +614,29 @@ static int ipc_open(int argc, char **argv)
         h.reserved[i] = (char)v;
     }
     int byte = atoi(argv[3]);
-    size_t size = strtoul(argv[4], NULL, 10), k = 0;
+    size_t size = strtoul(argv[4], NULL, 10), skip = argc > 5 ? strtoul(argv[5], NULL, 10) : 0, k = 0;
     void *p = NULL;
     if (cudaIpcOpenMemHandle(&p, h, 1) != 0 || !p)
         return 3;
-    for (; k < size && ((unsigned char *)p)[k] == (unsigned char)byte; k++)
+    for (; k < size && ((unsigned char *)p)[skip + k] == (unsigned char)byte; k++)
         ;
     return cudaIpcCloseMemHandle(p) == 0 && k == size ? 0 : 2;
 }
 
-/* Runs --ipc-open on handle h: the child's exit code, -1 when it could not run. */
-static int ipc_child(const cudaIpcMemHandle_t *h, int byte, size_t n)
+/* Runs --ipc-open on handle h (reading n bytes from skip bytes past where it opens): the
+ * child's exit code, -1 when it could not run. */
+static int ipc_child(const cudaIpcMemHandle_t *h, int byte, size_t n, size_t skip)
 {
-    char hex[2 * sizeof h->reserved + 1], b[8], size[24];
+    char hex[2 * sizeof h->reserved + 1], b[8], size[24], sk[24];
     for (size_t k = 0; k < sizeof h->reserved; k++)
         snprintf(hex + 2 * k, 3, "%02x", (unsigned char)h->reserved[k]);
     snprintf(b, sizeof b, "%d", byte);
     snprintf(size, sizeof size, "%zu", n);
+    snprintf(sk, sizeof sk, "%zu", skip);
     fflush(stdout);
     pid_t pid = fork();
     if (pid == 0) {
-        execl("/proc/self/exe", "preload_app", "--ipc-open", hex, b, size, (char *)NULL);
+        execl("/proc/self/exe", "preload_app", "--ipc-open", hex, b, size, sk, (char *)NULL);
         _exit(5);
     }
     int st = 0;
@@ -663,10 +665,28 @@ static int ipc(void)
         }
         void *mine = NULL;
         own += cudaIpcOpenMemHandle(&mine, handles[i], 1) == 0;
-        int rc = ipc_child(&handles[i], 0xA1 + i, ipc_sizes[i]);
+        int rc = ipc_child(&handles[i], 0xA1 + i, ipc_sizes[i], 0);
         snprintf(verdict[i], sizeof verdict[i], "%s", rc == 0 ? "intact" : rc == 2 ? "WRONG DATA" : "child failed");
         if (rc != 0 && rc != 2)
             printf("preload_app: --ipc-open exited %d\n", rc);
+    }
+    /* An address 5 MiB + 123 bytes into the last block, no block's start: as a legacy
+     * handle, it shares the physical allocation holding it (cuMemGetAddressRange's) and
+     * opens at that allocation's start. The child reads, from there, the part of the
+     * allocation that lies in the block. */
+    const char *inner = "-";
+    void *drv = dlopen(getenv("FRAGLESS_CUDA_LIB"), RTLD_NOW | RTLD_LOCAL);
+    void *sr = drv ? dlsym(drv, "cuMemGetAddressRange_v2") : NULL;
+    if (!bad_setup && sr) {
+        int (*range)(uintptr_t *, size_t *, uintptr_t);
+        memcpy(&range, &sr, sizeof sr);
+        uintptr_t blk = (uintptr_t)blocks[2], q = blk + (5 << 20) + 123, base = 0;
+        size_t len = 0;
+        cudaIpcMemHandle_t h;
+        cudaError_t e = cudaFree(NULL) == 0 && range(&base, &len, q) == 0 ? cudaIpcGetMemHandle(&h, (void *)q) : 1;
+        uintptr_t lo = base > blk ? base : blk, end = blk + ipc_sizes[2], hi = base + len < end ? base + len : end;
+        int rc = e == 0 && lo < hi ? ipc_child(&h, 0xA3, hi - lo, lo - base) : -1;
+        inner = e != 0 ? "refused" : rc == 0 ? "intact" : rc == 2 ? "WRONG DATA" : "child failed";
     }
     for (int i = 0; i < IPC_BLOCKS; i++)
         if (blocks[i])
@@ -676,9 +696,10 @@ static int ipc(void)
         return 1;
     }
     /* The first block is freed: its handle opens no more, unless it is the runtime's. */
-    int after = got[0] == 0 ? ipc_child(&handles[0], 0xA1, ipc_sizes[0]) : -1;
-    printf("preload_app: ipc: %s, %s, %s; freed first block's handle %s; own handles opened here: %d\n", verdict[0],
-           verdict[1], verdict[2], after == 3 ? "does not open" : after == -1 ? "-" : "opens", own);
+    int after = got[0] == 0 ? ipc_child(&handles[0], 0xA1, ipc_sizes[0], 0) : -1;
+    printf("preload_app: ipc: %s, %s, %s; inner address %s; freed first block's handle %s; own handles opened here: "
+           "%d\n", verdict[0], verdict[1], verdict[2], inner, after == 3 ? "does not open" : after == -1 ? "-" : "opens",
+           own);
     return 0;
 }
 
