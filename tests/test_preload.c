@@ -300,6 +300,47 @@ static void app_mode(const char *env, const char *mode, const char *want)
     }
 }
 
+/* CUDA IPC under fragless run: a ctest of its own (test_preload_ipc, `test_preload --ipc`),
+ * which the ThreadSanitizer suite runs too (the exporter's server thread; the rest of this
+ * test does not run under TSan, whose runtime a preloaded library cannot bring). */
+static void test_ipc(void)
+{
+    /* CUDA IPC (the driver double's legacy handles share a cuMemAlloc allocation whole and
+     * open at its start, as GPUs do): a child process opens each of three cudaMalloc
+     * blocks (2 MiB, 2 MiB, 40 MiB) and reads it, then the first block's handle once more
+     * after the block is freed. Every block is read intact or refused with a reason,
+     * never read wrong. Before: under policy:cca the second block (inside the first one's
+     * segment) was exported and its importer read the first block's bytes with no error;
+     * on virtual memory (fragless, cca-expandable) every export failed with no reason.
+     * Now blocks of virtual memory are shared through fragless's own handles (the
+     * physical allocations under the block passed as descriptors: the 40 MiB block is 8
+     * of them on this 256 MiB device, 21 pages of their own under limit:60MiB, 3 under
+     * cca-expandable), a freed block's handle no
+     * longer opens, and the exporting process cannot open its own handles (as in CUDA).
+     * An address inside the 40 MiB block that is no block's start shares, as a legacy
+     * handle does, the physical allocation holding it, opened at that allocation's start
+     * (what cuMemGetAddressRange gives the program): read intact from there. */
+    static const struct {
+        const char *conf, *want, *why;
+    } ipc[] = {
+        {"policy:fragless", "intact, intact, intact; inner address intact; freed first block's handle does not open; own handles opened here: 0", NULL},
+        {"limit:60MiB", "intact, intact, intact; inner address intact; freed first block's handle does not open; own handles opened here: 0", NULL},
+        {"policy:cca-expandable", "intact, intact, intact; inner address intact; freed first block's handle does not open; own handles opened here: 0", NULL},
+        {"policy:cca", "intact, refused 801, intact; inner address intact; freed first block's handle opens; own handles opened here: 0",
+         "the block lies 2097152 bytes into a larger cuMemAlloc allocation"},
+        {"policy:nocache", "intact, intact, intact; inner address intact; freed first block's handle does not open; own handles opened here: 0", NULL},
+    };
+    for (size_t i = 0; i < sizeof ipc / sizeof ipc[0]; i++) {
+        fl_run_result *r = run("FRAGLESS_CONF=%s '%s' run -- '%s' --ipc", ipc[i].conf, FL_CLI, PRELOAD_APP);
+        int ok = r->code == 0 && strstr(r->out, ipc[i].want) &&
+                 (ipc[i].why ? strstr(r->err, ipc[i].why) && strstr(r->err, "fragless: cudaIpcGetMemHandle(")
+                             : !strstr(r->err, "cudaIpcGetMemHandle("));
+        CHECK(ok);
+        if (!ok)
+            show(ipc[i].conf, r);
+    }
+}
+
 static void test_run(void)
 {
     /* Without fragless the program meets the runtime's "no device". */
@@ -405,41 +446,6 @@ static void test_run(void)
      * next driver call works in the context made again. */
     app_mode("", "--reset", "device reset (0 check(s) failed)");
 
-    /* CUDA IPC (the driver double's legacy handles share a cuMemAlloc allocation whole and
-     * open at its start, as GPUs do): a child process opens each of three cudaMalloc
-     * blocks (2 MiB, 2 MiB, 40 MiB) and reads it, then the first block's handle once more
-     * after the block is freed. Every block is read intact or refused with a reason,
-     * never read wrong. Before: under policy:cca the second block (inside the first one's
-     * segment) was exported and its importer read the first block's bytes with no error;
-     * on virtual memory (fragless, cca-expandable) every export failed with no reason.
-     * Now blocks of virtual memory are shared through fragless's own handles (the
-     * physical allocations under the block passed as descriptors: the 40 MiB block is 8
-     * of them on this 256 MiB device, 21 pages of their own under limit:60MiB, 3 under
-     * cca-expandable), a freed block's handle no
-     * longer opens, and the exporting process cannot open its own handles (as in CUDA).
-     * An address inside the 40 MiB block that is no block's start shares, as a legacy
-     * handle does, the physical allocation holding it, opened at that allocation's start
-     * (what cuMemGetAddressRange gives the program): read intact from there. */
-    static const struct {
-        const char *conf, *want, *why;
-    } ipc[] = {
-        {"policy:fragless", "intact, intact, intact; inner address intact; freed first block's handle does not open; own handles opened here: 0", NULL},
-        {"limit:60MiB", "intact, intact, intact; inner address intact; freed first block's handle does not open; own handles opened here: 0", NULL},
-        {"policy:cca-expandable", "intact, intact, intact; inner address intact; freed first block's handle does not open; own handles opened here: 0", NULL},
-        {"policy:cca", "intact, refused 801, intact; inner address intact; freed first block's handle opens; own handles opened here: 0",
-         "the block lies 2097152 bytes into a larger cuMemAlloc allocation"},
-        {"policy:nocache", "intact, intact, intact; inner address intact; freed first block's handle does not open; own handles opened here: 0", NULL},
-    };
-    for (size_t i = 0; i < sizeof ipc / sizeof ipc[0]; i++) {
-        r = run("FRAGLESS_CONF=%s '%s' run -- '%s' --ipc", ipc[i].conf, FL_CLI, PRELOAD_APP);
-        int ok = r->code == 0 && strstr(r->out, ipc[i].want) &&
-                 (ipc[i].why ? strstr(r->err, ipc[i].why) && strstr(r->err, "fragless: cudaIpcGetMemHandle(")
-                             : !strstr(r->err, "cudaIpcGetMemHandle("));
-        CHECK(ok);
-        if (!ok)
-            show(ipc[i].conf, r);
-    }
-
     /* A fork while another thread opens the device in cudaMemGetInfo: the child's own
      * cudaMemGetInfo works (it waited forever for a lock held at the fork). */
     app_mode("", "--fork", "fork while busy (0 check(s) failed)");
@@ -509,12 +515,17 @@ static void test_run(void)
     CHECK(r->code == 7);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     snprintf(tmp, sizeof tmp, "/tmp/fl_preload.XXXXXX");
     if (!mkdtemp(tmp)) {
         perror("mkdtemp");
         return 1;
+    }
+    if (argc > 1 && !strcmp(argv[1], "--ipc")) {
+        test_ipc();
+        rmdir(tmp);
+        return fl_test_done("test_preload --ipc");
     }
     test_exports();
     test_run(); /* before test_in_process, which sets this process' environment */

@@ -245,6 +245,8 @@ static int server_start(uint64_t *token)
         sigset_t all, old;
         sigfillset(&all);
         int e = l < 0 ? errno : bind(l, (struct sockaddr *)&addr, len) != 0 || listen(l, 64) != 0 ? errno : 0;
+        uint64_t old_token = server_token;
+        server_token = t; /* before the thread starts: what it compares requests with */
         if (!e && (e = pthread_attr_init(&attr)) == 0) {
             pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
             pthread_sigmask(SIG_SETMASK, &all, &old); /* the thread takes no signal of the program's */
@@ -256,10 +258,10 @@ static int server_start(uint64_t *token)
             fprintf(stderr, "fragless: CUDA IPC: cannot serve exports from pid %d: %s\n", (int)getpid(), strerror(e));
             if (l >= 0)
                 close(l);
+            server_token = old_token;
             rc = -1;
         } else {
             server_pid = getpid();
-            server_token = t;
             server_fd = l;
         }
     }

@@ -38,8 +38,9 @@ if(FL_SANITIZER_SUITES)
   # asan ~3 min, tsan ~30 s, fuzz build ~15 s; the whole `make test` ~6 min.
   add_test(NAME sanitize_asan COMMAND ${fl_suite} asan ${CMAKE_SOURCE_DIR} ${CMAKE_BINARY_DIR})
   set_tests_properties(sanitize_asan PROPERTIES TIMEOUT 1500 PROCESSORS 2)
-  # Every test named like threads, stress or top: the multi-threaded ones.
-  add_test(NAME sanitize_tsan COMMAND ${fl_suite} tsan ${CMAKE_SOURCE_DIR} ${CMAKE_BINARY_DIR} "^test_(threads|graphs|stress_top|top)$")
+  # Every test named like threads, stress or top: the multi-threaded ones; and CUDA IPC
+  # under fragless run (the exporter's server thread).
+  add_test(NAME sanitize_tsan COMMAND ${fl_suite} tsan ${CMAKE_SOURCE_DIR} ${CMAKE_BINARY_DIR} "^test_(threads|graphs|stress_top|top|preload_ipc)$")
   set_tests_properties(sanitize_tsan PROPERTIES TIMEOUT 900 PROCESSORS 2)
   add_test(NAME fuzz_build COMMAND ${fl_suite} fuzz-build ${CMAKE_SOURCE_DIR} ${CMAKE_BINARY_DIR} ${FL_FUZZ_TARGETS})
   set_tests_properties(fuzz_build PROPERTIES TIMEOUT 900 PROCESSORS 2 FIXTURES_SETUP fl_fuzz_build)

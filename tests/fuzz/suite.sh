@@ -99,11 +99,14 @@ tsan)
     dir=$bin/tsan
     mkdir -p "$dir"
     configure "$dir" "$TSAN_FLAGS"
-    # Only the matching tests are built: each test's executable is named like the test.
+    # Only the matching tests are built: the target is the test command's executable
+    # (named like the test, or like the test it is a part of: test_preload_ipc runs
+    # test_preload --ipc).
     tests=$(cd "$dir" && ctest -N -R "$regex" | sed -n 's/^ *Test *#[0-9]*: *\([A-Za-z0-9_]*\).*/\1/p')
     [ -n "$tests" ] || skip "no test matches '$regex'"
     for t in $tests; do
-        cmake --build "$dir" -j "$JOBS" --target "$t"
+        exe=$(cd "$dir" && ctest -N -V -R "^$t\$" | sed -n 's/^.*Test command: *\([^ ]*\).*/\1/p' | head -n 1)
+        cmake --build "$dir" -j "$JOBS" --target "$(basename "${exe:-$t}")"
     done
     export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
     cd "$dir" && ctest --output-on-failure -j "$JOBS" -R "$regex"
