@@ -32,9 +32,9 @@ extern "C" {
  * it runs with (the Python package's fragless.__version__ is the same string).
  * --------------------------------------------------------------------------------- */
 #define FL_VERSION_MAJOR 0
-#define FL_VERSION_MINOR 2
+#define FL_VERSION_MINOR 3
 #define FL_VERSION_PATCH 0
-#define FL_VERSION_STRING "0.2.0"
+#define FL_VERSION_STRING "0.3.0"
 /* "MAJOR.MINOR.PATCH" of the library. */
 FL_API const char *fl_version(void);
 
@@ -412,6 +412,24 @@ FL_API fl_status fl_export(fl_allocator *a, uint64_t addr, fl_ipc_handle *out);
  * caller's. Undone by fl_import_close (and by destroying a's device). */
 FL_API fl_status fl_import(fl_allocator *a, const fl_ipc_handle *h, uint64_t *addr);
 FL_API fl_status fl_import_close(fl_allocator *a, uint64_t addr);
+
+/* Any block, however many physical allocations it lies on (a block of more than a page
+ * without registrable:SIZE lies on its pages' and chunks' own): fl_export_pieces gives the
+ * allocations under it, one after another in the address space, at most max, each as a
+ * file descriptor (the caller's: send them with SCM_RIGHTS, then close them) in
+ * out[0..*n); the block starts *offset bytes into the first and is *size bytes long.
+ * FL_ERR_UNSUPPORTED as fl_export, and when the block lies on more than max allocations
+ * (nothing is left open then). fl_import_pieces maps such allocations here one after
+ * another (the descriptors stay the caller's); *addr is the block's start. Undone by
+ * fl_import_close. fl_export and fl_import are the one-piece case. */
+typedef struct fl_ipc_piece {
+    int fd;        /* a physical allocation as a file descriptor */
+    uint64_t size; /* its bytes (whole pages) */
+} fl_ipc_piece;
+FL_API fl_status fl_export_pieces(fl_allocator *a, uint64_t addr, fl_ipc_piece *out, uint32_t max, uint32_t *n,
+                                  uint64_t *offset, uint64_t *size);
+FL_API fl_status fl_import_pieces(fl_allocator *a, const fl_ipc_piece *pieces, uint32_t n, uint64_t offset,
+                                  uint64_t size, uint64_t *addr);
 
 #ifdef __cplusplus
 }

@@ -594,7 +594,7 @@ static void test_handles(void)
     va = map_one(d, &h);
     CHECK(fake.fakecuda_handle_props(va, &types, &rdma) == 0);
     CHECK(types == CU_MEM_HANDLE_TYPE_NONE && rdma == 0);
-    fli_ipc_piece x;
+    fl_ipc_piece x;
     uint32_t nx = 7;
     uint64_t off = 0;
     CHECK_STATUS(fli_dev_export(d, va, 4096, &x, 1, &nx, &off), FL_ERR_UNSUPPORTED);

@@ -268,6 +268,159 @@ static void test_ranges(void)
     fl_device_destroy(sim);
 }
 
+/* ---- any block: the physical allocations under it (fl_export_pieces) ---------------- */
+
+#define PIECES_BLOCK (40 * MiB + 100) /* over two chunks, or over pages of their own */
+#define MAX_PIECES 64
+
+/* The pieces' sizes, offset and size, then their descriptors as SCM_RIGHTS. */
+typedef struct pieces_msg {
+    uint32_t n;
+    uint64_t offset, size, sizes[MAX_PIECES];
+} pieces_msg;
+
+static int send_pieces(int sock, const fl_ipc_piece *p, uint32_t n, uint64_t offset, uint64_t size)
+{
+    pieces_msg msg = {n, offset, size, {0}};
+    for (uint32_t i = 0; i < n; i++)
+        msg.sizes[i] = p[i].size;
+    struct iovec iov = {&msg, sizeof msg};
+    union {
+        char buf[CMSG_SPACE(MAX_PIECES * sizeof(int))];
+        struct cmsghdr align;
+    } ctl;
+    memset(&ctl, 0, sizeof ctl);
+    struct msghdr m = {0};
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = ctl.buf;
+    m.msg_controllen = CMSG_SPACE(n * sizeof(int));
+    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(n * sizeof(int));
+    for (uint32_t i = 0; i < n; i++)
+        memcpy(CMSG_DATA(c) + i * sizeof(int), &p[i].fd, sizeof(int));
+    return sendmsg(sock, &m, 0) == (ssize_t)sizeof msg ? 0 : -1;
+}
+
+static int recv_pieces(int sock, fl_ipc_piece *p, uint32_t *n, uint64_t *offset, uint64_t *size)
+{
+    pieces_msg msg;
+    struct iovec iov = {&msg, sizeof msg};
+    union {
+        char buf[CMSG_SPACE(MAX_PIECES * sizeof(int))];
+        struct cmsghdr align;
+    } ctl;
+    struct msghdr m = {0};
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = ctl.buf;
+    m.msg_controllen = sizeof ctl.buf;
+    if (recvmsg(sock, &m, 0) != (ssize_t)sizeof msg || msg.n == 0 || msg.n > MAX_PIECES)
+        return -1;
+    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+    if (!c || c->cmsg_type != SCM_RIGHTS || c->cmsg_len != CMSG_LEN(msg.n * sizeof(int)))
+        return -1;
+    for (uint32_t i = 0; i < msg.n; i++) {
+        memcpy(&p[i].fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+        p[i].size = msg.sizes[i];
+    }
+    *n = msg.n;
+    *offset = msg.offset;
+    *size = msg.size;
+    return 0;
+}
+
+/* B: imports A's block from its pieces, reads what A wrote, writes its own pattern. */
+static int pieces_b(int sock)
+{
+    load_fake();
+    fl_device *d = cuda_dev();
+    fl_allocator *a = fl_test_allocator("policy:fragless,top:0", d);
+    fl_ipc_piece p[MAX_PIECES];
+    uint32_t n = 0;
+    uint64_t offset = 0, size = 0, addr = 0;
+    CHECK(recv_pieces(sock, p, &n, &offset, &size) == 0);
+    CHECK_OK(fl_import_pieces(a, p, n, offset, size, &addr));
+    for (uint32_t i = 0; i < n; i++)
+        close(p[i].fd);
+    CHECK(addr != 0 && size == PIECES_BLOCK && holds(addr, size, 5));
+    CHECK(fake.fakecuda_device_access(0, addr, size, 1) == CUDA_SUCCESS);
+    fill(addr, size, 6);
+    char ok = fl_test_failures ? 'n' : 'y';
+    CHECK(write(sock, &ok, 1) == 1);
+    char done;
+    CHECK(read(sock, &done, 1) == 1);
+    CHECK_OK(fl_import_close(a, addr));
+    fl_allocator_destroy(a);
+    fl_device_destroy(d);
+    return fl_test_failures ? 1 : 0;
+}
+
+/* A block that fl_export refuses (over several physical allocations) shared whole: at the
+ * default share of chunks (two 32 MiB chunks) and under a small limit (pages of their
+ * own), with another process reading and writing it. Then what is refused: too many
+ * pieces for max (nothing left open), a block not live, bad arguments. */
+static void pieces_case(const char *conf, uint32_t want_min)
+{
+    int sv[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(sv[0]);
+        _exit(pieces_b(sv[1]));
+    }
+    close(sv[1]);
+    load_fake();
+    fl_device *d = cuda_dev();
+    fl_allocator *a = fl_test_allocator(conf, d);
+    uint64_t addr = 0, offset = 1, size = 0;
+    CHECK_OK(fl_alloc(a, PIECES_BLOCK, 0, &addr));
+    fill(addr, PIECES_BLOCK, 5);
+    fl_ipc_handle h;
+    CHECK_STATUS(fl_export(a, addr, &h), FL_ERR_UNSUPPORTED);
+    fl_ipc_piece p[MAX_PIECES];
+    uint32_t n = 0;
+    CHECK_OK(fl_export_pieces(a, addr, p, MAX_PIECES, &n, &offset, &size));
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < n; i++)
+        total += p[i].size;
+    CHECK(n >= want_min && size == PIECES_BLOCK && offset + size <= total && total - (offset + size) < 32 * MiB);
+    CHECK(send_pieces(sv[0], p, n, offset, size) == 0);
+    for (uint32_t i = 0; i < n; i++)
+        close(p[i].fd);
+    char ok = 0;
+    CHECK(read(sv[0], &ok, 1) == 1 && ok == 'y');
+    CHECK(holds(addr, PIECES_BLOCK, 6)); /* B's data, through A's own mapping */
+    CHECK(write(sv[0], "d", 1) == 1);
+    int status = 0;
+    CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    close(sv[0]);
+    /* Too many pieces for max: refused, every descriptor made closed again. */
+    int probe = dup(0), next = -1;
+    close(probe);
+    uint32_t m = 7;
+    CHECK_STATUS(fl_export_pieces(a, addr, p, n - 1, &m, &offset, &size), FL_ERR_UNSUPPORTED);
+    CHECK(m == 0);
+    next = dup(0);
+    CHECK(next == probe); /* the lowest free descriptor is the same: none was left open */
+    close(next);
+    CHECK_STATUS(fl_export_pieces(a, addr, p, 0, &m, &offset, &size), FL_ERR_INVALID);
+    CHECK_STATUS(fl_import_pieces(a, p, 0, 0, 1, &size), FL_ERR_INVALID);
+    CHECK_OK(fl_free(a, addr));
+    CHECK_STATUS(fl_export_pieces(a, addr, p, MAX_PIECES, &m, &offset, &size), FL_ERR_NOT_FOUND);
+    fl_allocator_destroy(a);
+    fl_device_destroy(d);
+}
+
+static void test_pieces(void)
+{
+    pieces_case("policy:fragless,top:0", 2);              /* two chunks */
+    pieces_case("policy:fragless,limit:64MiB,top:0", 21); /* pages of their own */
+}
+
 static void run_case(const char *what, void (*fn)(void))
 {
     fflush(NULL);
@@ -294,5 +447,6 @@ int main(void)
     dlclose(lib);
     run_case("two processes", test_two_processes);
     run_case("ranges", test_ranges);
+    run_case("pieces", test_pieces);
     return fl_test_done("test_ipc");
 }

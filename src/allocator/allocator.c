@@ -2005,7 +2005,7 @@ fl_status fl_export(fl_allocator *a, uint64_t addr, fl_ipc_handle *out)
     lock_drained(a);
     const fli_policy *p = a->policy;
     uint64_t size = pending_index(a, addr) < 0 ? p->ops->block_size(p, addr) : 0, offset = 0;
-    fli_ipc_piece piece;
+    fl_ipc_piece piece;
     uint32_t n = 0;
     fl_status s = size ? fli_dev_export(p->dev, addr, size, &piece, 1, &n, &offset)
                        : fli_fail(FL_ERR_NOT_FOUND, "fl_export(0x%llx): not a live block of this allocator",
@@ -2027,7 +2027,7 @@ fl_status fli_allocator_legacy_ipc_base(fl_allocator *a, uint64_t addr, uint64_t
     return s;
 }
 
-fl_status fli_allocator_export(fl_allocator *a, uint64_t addr, uint64_t want, fli_ipc_piece *out, uint32_t max,
+fl_status fli_allocator_export(fl_allocator *a, uint64_t addr, uint64_t want, fl_ipc_piece *out, uint32_t max,
                                uint32_t *n, uint64_t *offset, uint64_t *size)
 {
     lock_drained(a);
@@ -2041,7 +2041,7 @@ fl_status fli_allocator_export(fl_allocator *a, uint64_t addr, uint64_t want, fl
     return s;
 }
 
-fl_status fli_allocator_export_mapping(fl_allocator *a, uint64_t addr, fli_ipc_piece *out)
+fl_status fli_allocator_export_mapping(fl_allocator *a, uint64_t addr, fl_ipc_piece *out)
 {
     lock_a(a);
     uint32_t n = 0;
@@ -2051,9 +2051,20 @@ fl_status fli_allocator_export_mapping(fl_allocator *a, uint64_t addr, fli_ipc_p
     return s;
 }
 
-fl_status fli_allocator_import(fl_allocator *a, const fli_ipc_piece *pieces, uint32_t n, uint64_t offset, uint64_t size,
-                               uint64_t *addr)
+fl_status fl_export_pieces(fl_allocator *a, uint64_t addr, fl_ipc_piece *out, uint32_t max, uint32_t *n,
+                           uint64_t *offset, uint64_t *size)
 {
+    if (!out || !n || !offset || !size || max == 0)
+        return fli_fail(FL_ERR_INVALID, "fl_export_pieces(0x%llx): no room for a piece, or an output pointer is NULL",
+                       (unsigned long long)addr);
+    return fli_allocator_export(a, addr, 0, out, max, n, offset, size);
+}
+
+fl_status fl_import_pieces(fl_allocator *a, const fl_ipc_piece *pieces, uint32_t n, uint64_t offset, uint64_t size,
+                           uint64_t *addr)
+{
+    if (!pieces || !addr || n == 0)
+        return fli_fail(FL_ERR_INVALID, "fl_import_pieces: no pieces, or addr is NULL");
     lock_a(a);
     fl_status s = fli_dev_import(a->policy->dev, pieces, n, offset, size, addr);
     release_updated(a);
@@ -2063,7 +2074,7 @@ fl_status fli_allocator_import(fl_allocator *a, const fli_ipc_piece *pieces, uin
 fl_status fl_import(fl_allocator *a, const fl_ipc_handle *h, uint64_t *addr)
 {
     lock_a(a);
-    fli_ipc_piece piece = {h->fd, h->alloc_size};
+    fl_ipc_piece piece = {h->fd, h->alloc_size};
     fl_status s = fli_dev_import(a->policy->dev, &piece, 1, h->offset, h->size, addr);
     release_updated(a);
     return s;

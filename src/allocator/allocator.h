@@ -50,16 +50,14 @@ fl_status fli_allocator_legacy_ipc_base(fl_allocator *a, uint64_t addr, uint64_t
  * (fli_dev_export: at most max, their descriptors the caller's), *offset into the first;
  * *size: the block's size. FL_ERR_NOT_FOUND when addr is no live block's start of want
  * bytes or more. */
-fl_status fli_allocator_export(fl_allocator *a, uint64_t addr, uint64_t want, fli_ipc_piece *out, uint32_t max,
+fl_status fli_allocator_export(fl_allocator *a, uint64_t addr, uint64_t want, fl_ipc_piece *out, uint32_t max,
                                uint32_t *n, uint64_t *offset, uint64_t *size);
 /* The one physical allocation (mapping) of a's device that holds addr, whatever block it
  * belongs to, as a file descriptor (the caller's): CUDA's legacy IPC semantics for an
  * address that is no block's start. FL_ERR_INVALID when addr is in no mapping of a's
  * device. */
-fl_status fli_allocator_export_mapping(fl_allocator *a, uint64_t addr, fli_ipc_piece *out);
-/* Maps another process's block (fli_dev_import) on a's device; fl_import_close undoes it. */
-fl_status fli_allocator_import(fl_allocator *a, const fli_ipc_piece *pieces, uint32_t n, uint64_t offset, uint64_t size,
-                               uint64_t *addr);
+fl_status fli_allocator_export_mapping(fl_allocator *a, uint64_t addr, fl_ipc_piece *out);
+
 /* For the CUDA runtime's frontend (cudaStreamDestroy, a thread's end for its per-thread
  * stream), called before the stream goes: the allocator stops asking the driver about
  * it, and the policy may give what it kept for it to a stream created later, once the

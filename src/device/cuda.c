@@ -692,7 +692,7 @@ static void cu_event_destroy(fl_device *d, uint64_t event)
  * (a block of the fragless policy lies on pages and chunks of their own handles), each
  * exported as a file descriptor, at most max of them; *offset: where the block starts in
  * the first. On failure every descriptor made is closed. */
-static fl_status export_in_ctx(cuda_device *c, uint64_t va, uint64_t size, fli_ipc_piece *out, uint32_t max,
+static fl_status export_in_ctx(cuda_device *c, uint64_t va, uint64_t size, fl_ipc_piece *out, uint32_t max,
                                uint32_t *n, uint64_t *offset)
 {
     uint64_t cur = va, end = va + size, index;
@@ -731,7 +731,7 @@ static fl_status export_in_ctx(cuda_device *c, uint64_t va, uint64_t size, fli_i
         }
         if (k == 0)
             *offset = va - base;
-        out[k++] = (fli_ipc_piece){fd, len};
+        out[k++] = (fl_ipc_piece){fd, len};
         cur = base + len;
     }
     if (s != FL_OK)
@@ -741,7 +741,7 @@ static fl_status export_in_ctx(cuda_device *c, uint64_t va, uint64_t size, fli_i
     return s;
 }
 
-static fl_status cu_export(fl_device *d, uint64_t va, uint64_t size, fli_ipc_piece *out, uint32_t max, uint32_t *n,
+static fl_status cu_export(fl_device *d, uint64_t va, uint64_t size, fl_ipc_piece *out, uint32_t max, uint32_t *n,
                            uint64_t *offset)
 {
     cuda_device *c = cuda(d);
@@ -792,7 +792,7 @@ static void import_drop(cuda_device *c, const cuda_import *m, uint32_t mapped)
     free(m->handles);
 }
 
-static fl_status import_in_ctx(cuda_device *c, const fli_ipc_piece *p, uint32_t n, uint64_t offset, uint64_t *va)
+static fl_status import_in_ctx(cuda_device *c, const fl_ipc_piece *p, uint32_t n, uint64_t offset, uint64_t *va)
 {
     CUresult r;
     fl_status s = FL_OK;
@@ -853,7 +853,7 @@ static fl_status import_in_ctx(cuda_device *c, const fli_ipc_piece *p, uint32_t 
     return FL_OK;
 }
 
-static fl_status cu_import(fl_device *d, const fli_ipc_piece *p, uint32_t n, uint64_t offset, uint64_t size,
+static fl_status cu_import(fl_device *d, const fl_ipc_piece *p, uint32_t n, uint64_t offset, uint64_t size,
                            uint64_t *va)
 {
     cuda_device *c = cuda(d);

@@ -183,7 +183,7 @@ static fl_status no_ipc(const fl_device *d, const char *what)
                    "the cuda device)", d->ops->name, what);
 }
 
-fl_status fli_dev_export(fl_device *d, uint64_t va, uint64_t size, fli_ipc_piece *out, uint32_t max, uint32_t *n,
+fl_status fli_dev_export(fl_device *d, uint64_t va, uint64_t size, fl_ipc_piece *out, uint32_t max, uint32_t *n,
                          uint64_t *offset)
 {
     *n = 0;
@@ -193,7 +193,7 @@ fl_status fli_dev_legacy_ipc_base(fl_device *d, uint64_t va, uint64_t *base)
 {
     return d->ops->legacy_ipc_base ? d->ops->legacy_ipc_base(d, va, base) : no_ipc(d, "legacy IPC");
 }
-fl_status fli_dev_import(fl_device *d, const fli_ipc_piece *pieces, uint32_t n, uint64_t offset, uint64_t size,
+fl_status fli_dev_import(fl_device *d, const fl_ipc_piece *pieces, uint32_t n, uint64_t offset, uint64_t size,
                          uint64_t *va)
 {
     return d->ops->import ? d->ops->import(d, pieces, n, offset, size, va) : no_ipc(d, "import");

@@ -9,12 +9,6 @@
 
 #include "util/util.h"
 
-/* One physical allocation of a block shared between processes (export_block, import). */
-typedef struct fli_ipc_piece {
-    int fd;        /* the allocation as a file descriptor */
-    uint64_t size; /* its bytes (whole pages) */
-} fli_ipc_piece;
-
 /* The most pieces one block is exported as (SCM_RIGHTS carries at most 253 descriptors in
  * one message: what CUDA IPC under `fragless run` sends them with). */
 #define FLI_IPC_MAX_PIECES 250
@@ -51,9 +45,9 @@ typedef struct fli_device_ops {
      * import: maps another process's allocations here in that order (their memory stays
      * the exporter's: not in in_use); *va is the block's address, offset bytes into the
      * first; the descriptors stay the caller's. import_close undoes it. */
-    fl_status (*export_block)(fl_device *d, uint64_t va, uint64_t size, fli_ipc_piece *out, uint32_t max,
+    fl_status (*export_block)(fl_device *d, uint64_t va, uint64_t size, fl_ipc_piece *out, uint32_t max,
                               uint32_t *n, uint64_t *offset);
-    fl_status (*import)(fl_device *d, const fli_ipc_piece *pieces, uint32_t n, uint64_t offset, uint64_t size,
+    fl_status (*import)(fl_device *d, const fl_ipc_piece *pieces, uint32_t n, uint64_t offset, uint64_t size,
                         uint64_t *va);
     fl_status (*import_close)(fl_device *d, uint64_t va);
     /* Legacy CUDA IPC (cudaIpcGetMemHandle; cuda, NULL elsewhere: FL_ERR_UNSUPPORTED): the
@@ -139,10 +133,10 @@ fl_status fli_dev_event_record(fl_device *d, uint64_t stream, uint64_t *event);
 fl_status fli_dev_event_query(fl_device *d, uint64_t event, int *done);
 void fli_dev_event_destroy(fl_device *d, uint64_t event);
 /* IPC; FL_ERR_UNSUPPORTED on a device without it. */
-fl_status fli_dev_export(fl_device *d, uint64_t va, uint64_t size, fli_ipc_piece *out, uint32_t max, uint32_t *n,
+fl_status fli_dev_export(fl_device *d, uint64_t va, uint64_t size, fl_ipc_piece *out, uint32_t max, uint32_t *n,
                          uint64_t *offset);
 fl_status fli_dev_legacy_ipc_base(fl_device *d, uint64_t va, uint64_t *base);
-fl_status fli_dev_import(fl_device *d, const fli_ipc_piece *pieces, uint32_t n, uint64_t offset, uint64_t size,
+fl_status fli_dev_import(fl_device *d, const fl_ipc_piece *pieces, uint32_t n, uint64_t offset, uint64_t size,
                          uint64_t *va);
 fl_status fli_dev_import_close(fl_device *d, uint64_t va);
 /* "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" as NVML writes it, "" without a UUID;

@@ -159,7 +159,7 @@ static void serve_one(int c)
     request req;
     struct ucred cred;
     socklen_t cl = sizeof cred;
-    fli_ipc_piece pieces[FLI_IPC_MAX_PIECES];
+    fl_ipc_piece pieces[FLI_IPC_MAX_PIECES];
     fl_allocator *a = NULL;
     if (getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &cl) != 0 || cred.uid != geteuid()) {
         rep.status = FL_ERR_INVALID;
@@ -285,7 +285,7 @@ static cudaError_t mapping_handle(cudaIpcMemHandle_t *handle, void *ptr)
     uint64_t addr = (uint64_t)(uintptr_t)ptr, token = 0;
     for (int d = 0; ptr && handle && d < FL_FRONTEND_MAX_DEVICES; d++) {
         fl_allocator *a = fli_frontend_existing(d);
-        fli_ipc_piece piece;
+        fl_ipc_piece piece;
         if (!a || fli_allocator_export_mapping(a, addr, &piece) != FL_OK)
             continue;
         close(piece.fd); /* it exports: the importer gets its own at the open */
@@ -320,7 +320,7 @@ FL_EXPORT cudaError_t cudaIpcGetMemHandle(cudaIpcMemHandle_t *handle, void *ptr)
     }
     /* Virtual memory: check that it exports now (handles made shareable, not too many
      * pieces), so that a failure is the exporter's error, not a late one in the importer. */
-    fli_ipc_piece pieces[FLI_IPC_MAX_PIECES];
+    fl_ipc_piece pieces[FLI_IPC_MAX_PIECES];
     uint32_t n = 0;
     uint64_t offset = 0, size = 0, token = 0;
     s = fli_allocator_export(a, addr, 0, pieces, FLI_IPC_MAX_PIECES, &n, &offset, &size);
@@ -434,10 +434,10 @@ FL_EXPORT cudaError_t cudaIpcOpenMemHandle(void **ptr, cudaIpcMemHandle_t handle
                 (int)w.pid, err);
         return cudaErrorInvalidValue;
     }
-    fli_ipc_piece pieces[FLI_IPC_MAX_PIECES];
+    fl_ipc_piece pieces[FLI_IPC_MAX_PIECES];
     for (uint32_t i = 0; i < n; i++)
-        pieces[i] = (fli_ipc_piece){fds[i], sizes[i]};
-    fl_status s = fli_allocator_import(a, pieces, n, offset, size, &addr);
+        pieces[i] = (fl_ipc_piece){fds[i], sizes[i]};
+    fl_status s = fl_import_pieces(a, pieces, n, offset, size, &addr);
     for (uint32_t i = 0; i < n; i++)
         close(fds[i]);
     if (s != FL_OK) {
