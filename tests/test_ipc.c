@@ -149,9 +149,9 @@ static int process_b(int sock)
     return fl_test_failures ? 1 : 0;
 }
 
-/* Process A allocates and exports, B (a process started before A touched the driver, so
- * it shares nothing but the socket) imports and writes, A reads B's data. */
-static void test_two_processes(void)
+/* Forks process B, which runs fn on its end of a socket pair (and exits with its
+ * result); *sock is A's end. end_peer waits for B, which must have passed. */
+static pid_t start_peer(int (*fn)(int), int *sock)
 {
     int sv[2];
     CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
@@ -159,9 +159,26 @@ static void test_two_processes(void)
     pid_t pid = fork();
     if (pid == 0) {
         close(sv[0]);
-        _exit(process_b(sv[1]));
+        _exit(fn(sv[1]));
     }
     close(sv[1]);
+    *sock = sv[0];
+    return pid;
+}
+
+static void end_peer(pid_t pid, int sock)
+{
+    int status = 0;
+    CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    close(sock);
+}
+
+/* Process A allocates and exports, B (a process started before A touched the driver, so
+ * it shares nothing but the socket) imports and writes, A reads B's data. */
+static void test_two_processes(void)
+{
+    int sock = -1;
+    pid_t pid = start_peer(process_b, &sock);
     load_fake();
     fl_device *d = cuda_dev();
     fl_allocator *a = fl_test_allocator("policy:fragless,registrable:4MiB,top:0", d);
@@ -171,15 +188,13 @@ static void test_two_processes(void)
     fl_ipc_handle h;
     CHECK_OK(fl_export(a, addr, &h));
     CHECK(h.offset == 0 && h.size == BLOCK && h.alloc_size == 8 * MiB && h.device == 0 && h.fd >= 0);
-    CHECK(send_handle(sv[0], &h) == 0);
+    CHECK(send_handle(sock, &h) == 0);
     close(h.fd);
     char ok = 0;
-    CHECK(read(sv[0], &ok, 1) == 1 && ok == 'y');
+    CHECK(read(sock, &ok, 1) == 1 && ok == 'y');
     CHECK(holds(addr, BLOCK, 2)); /* B's data, through A's own mapping */
-    CHECK(write(sv[0], "d", 1) == 1);
-    int status = 0;
-    CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0);
-    close(sv[0]);
+    CHECK(write(sock, "d", 1) == 1);
+    end_peer(pid, sock);
     CHECK_OK(fl_free(a, addr));
     fl_allocator_destroy(a);
     fl_device_destroy(d);
@@ -364,15 +379,8 @@ static int pieces_b(int sock)
  * pieces for max (nothing left open), a block not live, bad arguments. */
 static void pieces_case(const char *conf, uint32_t want_min)
 {
-    int sv[2];
-    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid == 0) {
-        close(sv[0]);
-        _exit(pieces_b(sv[1]));
-    }
-    close(sv[1]);
+    int sock = -1;
+    pid_t pid = start_peer(pieces_b, &sock);
     load_fake();
     fl_device *d = cuda_dev();
     fl_allocator *a = fl_test_allocator(conf, d);
@@ -388,16 +396,14 @@ static void pieces_case(const char *conf, uint32_t want_min)
     for (uint32_t i = 0; i < n; i++)
         total += p[i].size;
     CHECK(n >= want_min && size == PIECES_BLOCK && offset + size <= total && total - (offset + size) < 32 * MiB);
-    CHECK(send_pieces(sv[0], p, n, offset, size) == 0);
+    CHECK(send_pieces(sock, p, n, offset, size) == 0);
     for (uint32_t i = 0; i < n; i++)
         close(p[i].fd);
     char ok = 0;
-    CHECK(read(sv[0], &ok, 1) == 1 && ok == 'y');
+    CHECK(read(sock, &ok, 1) == 1 && ok == 'y');
     CHECK(holds(addr, PIECES_BLOCK, 6)); /* B's data, through A's own mapping */
-    CHECK(write(sv[0], "d", 1) == 1);
-    int status = 0;
-    CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0);
-    close(sv[0]);
+    CHECK(write(sock, "d", 1) == 1);
+    end_peer(pid, sock);
     /* Too many pieces for max: refused, every descriptor made closed again. */
     int probe = dup(0), next = -1;
     close(probe);
