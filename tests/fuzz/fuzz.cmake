@@ -40,7 +40,9 @@ if(FL_SANITIZER_SUITES)
   set_tests_properties(sanitize_asan PROPERTIES TIMEOUT 1500 PROCESSORS 2)
   # Every test named like threads, stress or top: the multi-threaded ones; and CUDA IPC
   # under fragless run (the exporter's server thread).
-  add_test(NAME sanitize_tsan COMMAND ${fl_suite} tsan ${CMAKE_SOURCE_DIR} ${CMAKE_BINARY_DIR} "^test_(threads|graphs|stress_top|top|preload_ipc)$")
+  # test_preload_ipc is `test_preload --ipc`: the targets to build are named.
+  add_test(NAME sanitize_tsan COMMAND ${fl_suite} tsan ${CMAKE_SOURCE_DIR} ${CMAKE_BINARY_DIR}
+           "^test_(threads|graphs|stress_top|top|preload_ipc)$" test_threads test_graphs test_stress_top test_top test_preload)
   set_tests_properties(sanitize_tsan PROPERTIES TIMEOUT 900 PROCESSORS 2)
   add_test(NAME fuzz_build COMMAND ${fl_suite} fuzz-build ${CMAKE_SOURCE_DIR} ${CMAKE_BINARY_DIR} ${FL_FUZZ_TARGETS})
   set_tests_properties(fuzz_build PROPERTIES TIMEOUT 900 PROCESSORS 2 FIXTURES_SETUP fl_fuzz_build)

@@ -4,7 +4,8 @@
 # project again with clang in a folder of the build directory and runs something there.
 #
 #   suite.sh asan SRC BIN               the whole project under ASan+UBSan in BIN/asan, all its tests
-#   suite.sh tsan SRC BIN REGEX         under TSan in BIN/tsan, the tests whose names match REGEX
+#   suite.sh tsan SRC BIN REGEX [TARGET..]  under TSan in BIN/tsan, the tests whose names
+#                                       match REGEX (built: the TARGETs, else those tests)
 #   suite.sh fuzz-build SRC BIN TARGET.. the libFuzzer targets in BIN/fuzz
 #   suite.sh fuzz SRC BIN TARGET SECS   TARGET (csv, pickle, conf, ops, state, args, commands,
 #                                       state_report, top) for SECS seconds
@@ -99,14 +100,13 @@ tsan)
     dir=$bin/tsan
     mkdir -p "$dir"
     configure "$dir" "$TSAN_FLAGS"
-    # Only the matching tests are built: the target is the test command's executable
-    # (named like the test, or like the test it is a part of: test_preload_ipc runs
-    # test_preload --ipc).
+    shift
+    # Only what the matching tests need is built: the targets given after REGEX, else
+    # the tests themselves (each test's executable is named like the test).
     tests=$(cd "$dir" && ctest -N -R "$regex" | sed -n 's/^ *Test *#[0-9]*: *\([A-Za-z0-9_]*\).*/\1/p')
     [ -n "$tests" ] || skip "no test matches '$regex'"
-    for t in $tests; do
-        exe=$(cd "$dir" && ctest -N -V -R "^$t\$" | sed -n 's/^.*Test command: *\([^ ]*\).*/\1/p' | head -n 1)
-        cmake --build "$dir" -j "$JOBS" --target "$(basename "${exe:-$t}")"
+    for t in ${*:-$tests}; do
+        cmake --build "$dir" -j "$JOBS" --target "$t"
     done
     export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
     cd "$dir" && ctest --output-on-failure -j "$JOBS" -R "$regex"
