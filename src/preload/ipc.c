@@ -96,6 +96,8 @@ typedef struct wire {
  * themselves: vLLM's custom all-reduce, UCX, tensorpipe, MPICH, numba). */
 enum { WIRE_BLOCK = 1, WIRE_MAPPING = 2 };
 
+_Static_assert(sizeof(wire) <= sizeof(((cudaIpcMemHandle_t *)0)->reserved), "fragless's handle fits CUDA's");
+
 /* What an importer asks, and the exporter's answer (then the pieces' sizes; their
  * descriptors ride along as SCM_RIGHTS). */
 typedef struct request {
@@ -215,8 +217,13 @@ static void *serve(void *arg)
     for (;;) {
         int c = accept4(l, NULL, NULL, SOCK_CLOEXEC);
         if (c < 0) {
-            if (errno == EINTR || errno == ECONNABORTED || errno == EMFILE || errno == ENFILE || errno == ENOMEM)
+            if (errno == EINTR || errno == ECONNABORTED)
                 continue;
+            if (errno == EMFILE || errno == ENFILE || errno == ENOMEM) { /* until some are given back */
+                struct timespec pause = {0, 10 * 1000 * 1000};
+                nanosleep(&pause, NULL);
+                continue;
+            }
             fprintf(stderr, "fragless: CUDA IPC: the exporting side stops (accept: %s)\n", strerror(errno));
             return NULL;
         }
