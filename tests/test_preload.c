@@ -63,7 +63,7 @@ static const char *const interposed[] = {
     "cudaGraphAddChildGraphNode", "cudaGraphExecChildGraphNodeSetParams", "cudaGraphNodeSetParams",
     "cudaGraphExecNodeSetParams", "cudaGraphAddNode", "cudaGraphAddNode_v2",
     "cudaDeviceGetDefaultMemPool", "cudaMemPoolGetAttribute", "cudaMemPoolSetAttribute", "cudaMemPoolTrimTo",
-    "cudaIpcGetMemHandle", "cudaIpcOpenMemHandle", "cudaIpcCloseMemHandle",
+    "cudaIpcGetMemHandle", "cudaIpcOpenMemHandle", "cudaIpcCloseMemHandle", "cudaMallocPitch", "cudaMalloc3D",
 };
 #define N_INTERPOSED (sizeof interposed / sizeof interposed[0])
 
@@ -440,6 +440,12 @@ static void test_run(void)
      * torch.cuda.memory_allocated and memory_reserved there, and empty_cache trims it):
      * fragless's figures, and its cache given back (the pool said 0 throughout). */
     app_mode("", "--pool", "default pool (0 check(s) failed)");
+
+    /* cudaMallocPitch and cudaMalloc3D are served (before, the runtime's: beside fragless's
+     * limit and out of its view); without fragless the runtime double has no device. */
+    app_mode("", "--pitch", "pitched (0 check(s) failed)");
+    r = run("'%s' --pitch", PRELOAD_APP);
+    CHECK(r->code == 1 && !strstr(r->out, "pitched (0 check(s) failed)"));
 
     /* cudaDeviceReset, then the program goes on: the reset takes cudaMalloc's blocks and
      * leaves cudaMallocAsync's, finds no event of fragless's to destroy, and fragless's

@@ -1,4 +1,5 @@
-/* libfragless_preload.so: the CUDA runtime's cudaMalloc, cudaFree, cudaMallocAsync,
+/* libfragless_preload.so: the CUDA runtime's cudaMalloc (and its pitched forms,
+ * cudaMallocPitch and cudaMalloc3D), cudaFree, cudaMallocAsync,
  * cudaFreeAsync and cudaMemGetInfo, served by fragless for any program that calls them
  * through a shared libcudart (LD_PRELOAD, set up by `fragless run`; PyTorch sends every
  * tensor here under PYTORCH_CUDA_ALLOC_CONF=backend:cudaMallocAsync, which `fragless run`
@@ -37,6 +38,15 @@
 
 FL_EXPORT cudaError_t cudaMalloc(void **ptr, size_t size);
 FL_EXPORT cudaError_t cudaFree(void *ptr);
+struct cudaExtent {
+    size_t width, height, depth;
+};
+struct cudaPitchedPtr {
+    void *ptr;
+    size_t pitch, xsize, ysize;
+};
+FL_EXPORT cudaError_t cudaMallocPitch(void **ptr, size_t *pitch, size_t width, size_t height);
+FL_EXPORT cudaError_t cudaMalloc3D(struct cudaPitchedPtr *p, struct cudaExtent extent);
 FL_EXPORT cudaError_t cudaMallocAsync(void **ptr, size_t size, cudaStream_t stream);
 FL_EXPORT cudaError_t cudaFreeAsync(void *ptr, cudaStream_t stream);
 FL_EXPORT cudaError_t cudaMallocAsync_ptsz(void **ptr, size_t size, cudaStream_t stream);
@@ -52,6 +62,8 @@ typedef cudaError_t (*free_async_fn)(void *, cudaStream_t);
 typedef cudaError_t (*mem_get_info_fn)(size_t *, size_t *);
 typedef cudaError_t (*sync_fn)(void);
 typedef cudaError_t (*stream_destroy_fn)(cudaStream_t);
+typedef cudaError_t (*malloc_pitch_fn)(void **, size_t *, size_t, size_t);
+typedef cudaError_t (*malloc_3d_fn)(struct cudaPitchedPtr *, struct cudaExtent);
 
 /* The real runtime's entry points, if the program has one: the current device comes
  * from it, cudaFree synchronizes through it, memory fragless did not hand out goes back
@@ -65,6 +77,8 @@ static struct {
     mem_get_info_fn mem_get_info;
     stream_destroy_fn stream_destroy;
     sync_fn reset;
+    malloc_pitch_fn malloc_pitch;
+    malloc_3d_fn malloc_3d;
 } real;
 static pthread_once_t real_once = PTHREAD_ONCE_INIT;
 
@@ -79,6 +93,8 @@ static void resolve_real(void)
     real.mem_get_info = (mem_get_info_fn)(uintptr_t)dlsym(RTLD_NEXT, "cudaMemGetInfo");
     real.stream_destroy = (stream_destroy_fn)(uintptr_t)dlsym(RTLD_NEXT, "cudaStreamDestroy");
     real.reset = (sync_fn)(uintptr_t)dlsym(RTLD_NEXT, "cudaDeviceReset");
+    real.malloc_pitch = (malloc_pitch_fn)(uintptr_t)dlsym(RTLD_NEXT, "cudaMallocPitch");
+    real.malloc_3d = (malloc_3d_fn)(uintptr_t)dlsym(RTLD_NEXT, "cudaMalloc3D");
 }
 
 int fli_preload_verbose(void)
@@ -330,6 +346,51 @@ FL_EXPORT cudaError_t cudaMalloc(void **ptr, size_t size)
 {
     /* Stream 0: memory from cudaMalloc is usable on every stream once it returns. */
     return preload_alloc("cudaMalloc", ptr, size, NULL, 1);
+}
+
+/* The pitched allocations are cudaMalloc's memory with rows padded: each row's pitch a
+ * multiple of 512 bytes, which meets every GPU's alignment for coalescing and for binding
+ * a texture (cudaDevAttrTexturePitchAlignment is 32 on current GPUs); programs read the
+ * pitch they are given. Freed by cudaFree like cudaMalloc's blocks (before, they came
+ * from the runtime, beside fragless's limit and out of its view). A width, height or
+ * depth of 0, or a size that does not fit in size_t, is the runtime's to answer. */
+#define PITCH_ALIGN ((size_t)512)
+
+static int pitched_size(size_t width, size_t rows, size_t *pitch, size_t *size)
+{
+    if (!width || !rows || width > SIZE_MAX - (PITCH_ALIGN - 1))
+        return 0;
+    *pitch = (width + PITCH_ALIGN - 1) / PITCH_ALIGN * PITCH_ALIGN;
+    if (*pitch > SIZE_MAX / rows)
+        return 0;
+    *size = *pitch * rows;
+    return 1;
+}
+
+FL_EXPORT cudaError_t cudaMallocPitch(void **ptr, size_t *pitch, size_t width, size_t height)
+{
+    pthread_once(&real_once, resolve_real);
+    size_t p = 0, size = 0;
+    if (!ptr || !pitch || !pitched_size(width, height, &p, &size))
+        return real.malloc_pitch ? real.malloc_pitch(ptr, pitch, width, height) : cudaErrorInvalidValue;
+    cudaError_t e = preload_alloc("cudaMallocPitch", ptr, size, NULL, 1);
+    if (e == cudaSuccess)
+        *pitch = p;
+    return e;
+}
+
+FL_EXPORT cudaError_t cudaMalloc3D(struct cudaPitchedPtr *out, struct cudaExtent extent)
+{
+    pthread_once(&real_once, resolve_real);
+    size_t p = 0, size = 0, rows = extent.height;
+    if (!out || !extent.depth || (rows && extent.depth > SIZE_MAX / rows) ||
+        !pitched_size(extent.width, rows * extent.depth, &p, &size))
+        return real.malloc_3d ? real.malloc_3d(out, extent) : cudaErrorInvalidValue;
+    void *ptr = NULL;
+    cudaError_t e = preload_alloc("cudaMalloc3D", &ptr, size, NULL, 1);
+    if (e == cudaSuccess)
+        *out = (struct cudaPitchedPtr){ptr, p, extent.width, extent.height};
+    return e;
 }
 
 /* The runtime's cudaFree waits for the device to finish its work, and programs count on

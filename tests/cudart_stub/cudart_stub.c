@@ -58,6 +58,31 @@ cudaError_t cudaSetDevice(int device);
 cudaError_t cudaDeviceSynchronize(void);
 cudaError_t cudaStreamSynchronize(cudaStream_t stream);
 
+/* The pitched allocations: no device either (what the preload library serves). */
+struct cudaExtent {
+    size_t width, height, depth;
+};
+struct cudaPitchedPtr {
+    void *ptr;
+    size_t pitch, xsize, ysize;
+};
+cudaError_t cudaMallocPitch(void **ptr, size_t *pitch, size_t width, size_t height);
+cudaError_t cudaMalloc3D(struct cudaPitchedPtr *p, struct cudaExtent extent);
+cudaError_t cudaMallocPitch(void **ptr, size_t *pitch, size_t width, size_t height)
+{
+    (void)pitch, (void)width, (void)height;
+    if (ptr)
+        *ptr = NULL;
+    return cudaErrorNoDevice;
+}
+cudaError_t cudaMalloc3D(struct cudaPitchedPtr *p, struct cudaExtent extent)
+{
+    (void)extent;
+    if (p)
+        p->ptr = NULL;
+    return cudaErrorNoDevice;
+}
+
 cudaError_t cudaMalloc(void **ptr, size_t size)
 {
     (void)size;

@@ -43,6 +43,15 @@ cudaError_t cudaGraphAddChildGraphNode(void **node, cudaGraph_t graph, const voi
 cudaError_t cudaGraphAddNode(void **node, cudaGraph_t graph, const void *deps, const void *edges, size_t n, void *params);
 cudaError_t cudaStreamDestroy(cudaStream_t stream);
 cudaError_t cudaDeviceReset(void);
+struct cudaExtent {
+    size_t width, height, depth;
+};
+struct cudaPitchedPtr {
+    void *ptr;
+    size_t pitch, xsize, ysize;
+};
+cudaError_t cudaMallocPitch(void **ptr, size_t *pitch, size_t width, size_t height);
+cudaError_t cudaMalloc3D(struct cudaPitchedPtr *p, struct cudaExtent extent);
 typedef struct cudaIpcMemHandle_st {
     char reserved[64];
 } cudaIpcMemHandle_t;
@@ -703,8 +712,45 @@ static int ipc(void)
     return 0;
 }
 
+/* ---- --pitch: cudaMallocPitch and cudaMalloc3D ---- */
+
+/* The pitched allocations are fragless's (before, the runtime's: here, the runtime double
+ * has no device): rows of a pitch that is a multiple of 512 and holds the width, every
+ * byte of every row writable, the device's free memory lower while they live and whole
+ * again after cudaFree. A width of 0 is the runtime's to answer (the double's "no
+ * device"). */
+static int pitched(void)
+{
+    size_t free0 = 0, total = 0, free1 = 0, free2 = 0, pitch = 0;
+    void *p = NULL;
+    EXPECT(cudaMemGetInfo(&free0, &total) == 0);
+    EXPECT(cudaMallocPitch(&p, &pitch, 1000, 30) == 0 && p && pitch == 1024);
+    if (p)
+        for (size_t r = 0; r < 30; r++)
+            memset((char *)p + r * pitch, (int)r, 1000);
+    struct cudaPitchedPtr pp = {0};
+    struct cudaExtent ext = {700, 20, 3};
+    EXPECT(cudaMalloc3D(&pp, ext) == 0 && pp.ptr && pp.pitch == 1024 && pp.xsize == 700 && pp.ysize == 20);
+    if (pp.ptr)
+        for (size_t r = 0; r < 20 * 3; r++)
+            memset((char *)pp.ptr + r * pp.pitch, (int)r, 700);
+    EXPECT(cudaMemGetInfo(&free1, &total) == 0 && free1 < free0);
+    int rows_ok = p != NULL;
+    for (size_t r = 0; rows_ok && r < 30; r++)
+        rows_ok = ((unsigned char *)p)[r * pitch + 999] == (unsigned char)r;
+    EXPECT(rows_ok);
+    EXPECT(cudaFree(p) == 0 && cudaFree(pp.ptr) == 0);
+    EXPECT(cudaMemGetInfo(&free2, &total) == 0 && free2 == free0);
+    void *z = NULL;
+    EXPECT(cudaMallocPitch(&z, &pitch, 0, 5) == 100); /* the runtime's */
+    printf("preload_app: pitched (%d check(s) failed)\n", bad);
+    return bad != 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc > 1 && !strcmp(argv[1], "--pitch"))
+        return pitched();
     if (argc > 1 && !strcmp(argv[1], "--ipc"))
         return ipc();
     if (argc > 1 && !strcmp(argv[1], "--ipc-open"))
