@@ -317,18 +317,19 @@ static void test_ipc(void)
      * of them on this 256 MiB device, 21 pages of their own under limit:60MiB, 3 under
      * cca-expandable), a freed block's handle no
      * longer opens, and the exporting process cannot open its own handles (as in CUDA).
-     * An address inside the 40 MiB block that is no block's start shares, as a legacy
+     * A handle of fragless's own changed to name another block does not open (its keyed
+     * hash no longer matches). An address inside the 40 MiB block that is no block's start shares, as a legacy
      * handle does, the physical allocation holding it, opened at that allocation's start
      * (what cuMemGetAddressRange gives the program): read intact from there. */
     static const struct {
         const char *conf, *want, *why;
     } ipc[] = {
-        {"policy:fragless", "intact, intact, intact; inner address intact; freed first block's handle does not open; own handles opened here: 0", NULL},
-        {"limit:60MiB", "intact, intact, intact; inner address intact; freed first block's handle does not open; own handles opened here: 0", NULL},
-        {"policy:cca-expandable", "intact, intact, intact; inner address intact; freed first block's handle does not open; own handles opened here: 0", NULL},
-        {"policy:cca", "intact, refused 801, intact; inner address intact; freed first block's handle opens; own handles opened here: 0",
+        {"policy:fragless", "intact, intact, intact; inner address intact; forged handle does not open; freed first block's handle does not open; own handles opened here: 0", NULL},
+        {"limit:60MiB", "intact, intact, intact; inner address intact; forged handle does not open; freed first block's handle does not open; own handles opened here: 0", NULL},
+        {"policy:cca-expandable", "intact, intact, intact; inner address intact; forged handle does not open; freed first block's handle does not open; own handles opened here: 0", NULL},
+        {"policy:cca", "intact, refused 801, intact; inner address intact; forged handle -; freed first block's handle opens; own handles opened here: 0",
          "the block lies 2097152 bytes into a larger cuMemAlloc allocation"},
-        {"policy:nocache", "intact, intact, intact; inner address intact; freed first block's handle does not open; own handles opened here: 0", NULL},
+        {"policy:nocache", "intact, intact, intact; inner address intact; forged handle -; freed first block's handle does not open; own handles opened here: 0", NULL},
     };
     for (size_t i = 0; i < sizeof ipc / sizeof ipc[0]; i++) {
         fl_run_result *r = run("FRAGLESS_CONF=%s '%s' run -- '%s' --ipc", ipc[i].conf, FL_CLI, PRELOAD_APP);

@@ -11,7 +11,9 @@
  *   - one that starts a cuMemAlloc allocation (policy:nocache, a cca segment's first
  *     block) goes to the runtime: its legacy handle opens at the block;
  *   - one on fragless's virtual memory (the fragless and cca-expandable policies) gets a
- *     handle of fragless's own: the exporting process, the block and a random token. The
+ *     handle of fragless's own: the exporting process, the block, a random token and a
+ *     keyed hash of them (SipHash-2-4 under a key only the exporter knows), so that one
+ *     handle does not open another block. The
  *     importer, also under `fragless run`, asks the exporter for the block over a Unix
  *     socket (abstract name, this process's pid and token; the peer must be this user:
  *     SO_PEERCRED), gets the physical allocations under the block as file descriptors
@@ -86,6 +88,7 @@ typedef struct wire {
     uint64_t token;      /* the exporter's: a handle of another process of that pid fails */
     uint64_t addr, size; /* the block (WIRE_BLOCK), or an address inside a mapping (WIRE_MAPPING) */
     int32_t kind;
+    uint64_t mac;        /* wire_mac: what the exporter alone can make for these fields */
 } wire;
 
 /* What a handle shares: a block, opened at its start (cudaMalloc's contract: the pointer
@@ -103,6 +106,7 @@ _Static_assert(sizeof(wire) <= sizeof(((cudaIpcMemHandle_t *)0)->reserved), "fra
 typedef struct request {
     uint64_t magic, token, addr, size;
     int32_t device, kind;
+    uint64_t mac;
 } request;
 typedef struct reply {
     int32_t status; /* FL_OK, or the fl_status of the failure, with why */
@@ -125,6 +129,46 @@ static void socket_name(struct sockaddr_un *a, socklen_t *len, int pid, uint64_t
 static pthread_mutex_t server_lock = PTHREAD_MUTEX_INITIALIZER;
 static pid_t server_pid; /* the process whose thread serves (a forked child has none) */
 static uint64_t server_token;
+static uint64_t server_key[2]; /* wire_mac's, random per server: never leaves the process */
+
+/* SipHash-2-4 (Aumasson and Bernstein, "SipHash: a fast short-input PRF", 2012) of n
+ * little-endian 64-bit words under key k: a handle's fields authenticated, so that the
+ * holder of one handle cannot make another (a different block or mapping) that opens. */
+#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND(v0, v1, v2, v3)                                                                   \
+    do {                                                                                           \
+        v0 += v1, v1 = ROTL(v1, 13), v1 ^= v0, v0 = ROTL(v0, 32);                                  \
+        v2 += v3, v3 = ROTL(v3, 16), v3 ^= v2;                                                     \
+        v0 += v3, v3 = ROTL(v3, 21), v3 ^= v0;                                                     \
+        v2 += v1, v1 = ROTL(v1, 17), v1 ^= v2, v2 = ROTL(v2, 32);                                  \
+    } while (0)
+
+static uint64_t siphash24(const uint64_t k[2], const uint64_t *m, size_t n)
+{
+    uint64_t v0 = k[0] ^ UINT64_C(0x736f6d6570736575), v1 = k[1] ^ UINT64_C(0x646f72616e646f6d);
+    uint64_t v2 = k[0] ^ UINT64_C(0x6c7967656e657261), v3 = k[1] ^ UINT64_C(0x7465646279746573);
+    for (size_t i = 0; i < n; i++) {
+        v3 ^= m[i];
+        SIPROUND(v0, v1, v2, v3);
+        SIPROUND(v0, v1, v2, v3);
+        v0 ^= m[i];
+    }
+    uint64_t b = (uint64_t)(n * 8) << 56; /* the length; no bytes left over */
+    v3 ^= b;
+    SIPROUND(v0, v1, v2, v3);
+    SIPROUND(v0, v1, v2, v3);
+    v0 ^= b;
+    v2 ^= 0xff;
+    for (int i = 0; i < 4; i++)
+        SIPROUND(v0, v1, v2, v3);
+    return v0 ^ v1 ^ v2 ^ v3;
+}
+
+static uint64_t wire_mac(uint64_t token, uint64_t addr, uint64_t size, int32_t device, int32_t kind)
+{
+    uint64_t m[4] = {token, addr, size, (uint64_t)(uint32_t)device | (uint64_t)(uint32_t)kind << 32};
+    return siphash24(server_key, m, 4);
+}
 static int server_fd = -1; /* its listening socket */
 
 /* A fork waits for a server being started; the child, which has no server thread, drops
@@ -167,7 +211,7 @@ static void serve_one(int c)
         rep.status = FL_ERR_INVALID;
         snprintf(rep.why, sizeof rep.why, "the importing process runs as another user");
     } else if (recv(c, &req, sizeof req, 0) != (ssize_t)sizeof req || req.magic != WIRE_MAGIC ||
-               req.token != server_token) {
+               req.token != server_token || req.mac != wire_mac(req.token, req.addr, req.size, req.device, req.kind)) {
         rep.status = FL_ERR_INVALID;
         snprintf(rep.why, sizeof rep.why, "not a request for a handle this process made");
     } else if (req.device < 0 || req.device >= FL_FRONTEND_MAX_DEVICES || !(a = fli_frontend_existing(req.device))) {
@@ -252,8 +296,10 @@ static int server_start(uint64_t *token)
         sigset_t all, old;
         sigfillset(&all);
         int e = l < 0 ? errno : bind(l, (struct sockaddr *)&addr, len) != 0 || listen(l, 64) != 0 ? errno : 0;
-        uint64_t old_token = server_token;
-        server_token = t; /* before the thread starts: what it compares requests with */
+        uint64_t old_token = server_token, old_key[2] = {server_key[0], server_key[1]};
+        server_token = t; /* before the thread starts: what it checks requests with */
+        server_key[0] = random_token();
+        server_key[1] = random_token();
         if (!e && (e = pthread_attr_init(&attr)) == 0) {
             pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
             pthread_sigmask(SIG_SETMASK, &all, &old); /* the thread takes no signal of the program's */
@@ -266,6 +312,8 @@ static int server_start(uint64_t *token)
             if (l >= 0)
                 close(l);
             server_token = old_token;
+            server_key[0] = old_key[0];
+            server_key[1] = old_key[1];
             rc = -1;
         } else {
             server_pid = getpid();
@@ -275,6 +323,21 @@ static int server_start(uint64_t *token)
     *token = server_token;
     pthread_mutex_unlock(&server_lock);
     return rc;
+}
+
+/* A handle of fragless's own for what (kind) lies at addr on device dev, the server
+ * started if need be. */
+static cudaError_t make_handle(cudaIpcMemHandle_t *handle, int dev, uint64_t addr, uint64_t size, int32_t kind)
+{
+    uint64_t token = 0;
+    if (server_start(&token) != 0)
+        return cudaErrorUnknown;
+    pthread_mutex_lock(&server_lock); /* the key of the server running now */
+    wire w = {WIRE_MAGIC, (int32_t)getpid(), dev, token, addr, size, kind, wire_mac(token, addr, size, dev, kind)};
+    pthread_mutex_unlock(&server_lock);
+    memset(handle, 0, sizeof *handle);
+    memcpy(handle->reserved, &w, sizeof w);
+    return cudaSuccess;
 }
 
 static cudaError_t refuse(const char *fn, void *ptr, int dev, const char *why)
@@ -289,19 +352,14 @@ static cudaError_t refuse(const char *fn, void *ptr, int dev, const char *why)
  * exactly that; memory from elsewhere), the runtime's. */
 static cudaError_t mapping_handle(cudaIpcMemHandle_t *handle, void *ptr)
 {
-    uint64_t addr = (uint64_t)(uintptr_t)ptr, token = 0;
+    uint64_t addr = (uint64_t)(uintptr_t)ptr;
     for (int d = 0; ptr && handle && d < FL_FRONTEND_MAX_DEVICES; d++) {
         fl_allocator *a = fli_frontend_existing(d);
         fl_ipc_piece piece;
         if (!a || fli_allocator_export_mapping(a, addr, &piece) != FL_OK)
             continue;
         close(piece.fd); /* it exports: the importer gets its own at the open */
-        if (server_start(&token) != 0)
-            return cudaErrorUnknown;
-        wire w = {WIRE_MAGIC, (int32_t)getpid(), d, token, addr, piece.size, WIRE_MAPPING};
-        memset(handle, 0, sizeof *handle);
-        memcpy(handle->reserved, &w, sizeof w);
-        return cudaSuccess;
+        return make_handle(handle, d, addr, piece.size, WIRE_MAPPING);
     }
     return real.get ? real.get(handle, ptr) : fli_preload_not_ours("cudaIpcGetMemHandle", ptr);
 }
@@ -329,18 +387,13 @@ FL_EXPORT cudaError_t cudaIpcGetMemHandle(cudaIpcMemHandle_t *handle, void *ptr)
      * pieces), so that a failure is the exporter's error, not a late one in the importer. */
     fl_ipc_piece pieces[FLI_IPC_MAX_PIECES];
     uint32_t n = 0;
-    uint64_t offset = 0, size = 0, token = 0;
+    uint64_t offset = 0, size = 0;
     s = fli_allocator_export(a, addr, 0, pieces, FLI_IPC_MAX_PIECES, &n, &offset, &size);
     for (uint32_t i = 0; i < n; i++)
         close(pieces[i].fd);
     if (s != FL_OK)
         return refuse("cudaIpcGetMemHandle", ptr, dev, fl_last_error());
-    if (server_start(&token) != 0)
-        return cudaErrorUnknown;
-    wire w = {WIRE_MAGIC, (int32_t)getpid(), dev, token, addr, size, WIRE_BLOCK};
-    memset(handle, 0, sizeof *handle);
-    memcpy(handle->reserved, &w, sizeof w);
-    return cudaSuccess;
+    return make_handle(handle, dev, addr, size, WIRE_BLOCK);
 }
 
 /* ---- the importer's side ------------------------------------------------------------ */
@@ -374,7 +427,7 @@ static int fetch(const wire *w, int *fds, uint64_t *sizes, uint32_t *n, uint64_t
     }
     struct timeval tv = {10, 0};
     setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    request req = {WIRE_MAGIC, w->token, w->addr, w->size, w->device, w->kind};
+    request req = {WIRE_MAGIC, w->token, w->addr, w->size, w->device, w->kind, w->mac};
     reply rep;
     memset(&rep, 0, sizeof rep);
     struct iovec iov[2] = {{&rep, sizeof rep}, {sizes, FLI_IPC_MAX_PIECES * sizeof sizes[0]}};

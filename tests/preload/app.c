@@ -679,6 +679,21 @@ static int ipc(void)
         if (rc != 0 && rc != 2)
             printf("preload_app: --ipc-open exited %d\n", rc);
     }
+    /* A handle of fragless's own (its first 8 bytes "FLSSIPC1"; the block's address at
+     * byte 24, its size at 32: src/preload/ipc.c's wire) made to name the second block
+     * instead of the first, its keyed hash kept: it must not open. */
+    const char *forged = "-";
+    uint64_t magic = 0;
+    if (!bad_setup && got[0] == 0 && got[1] == 0)
+        memcpy(&magic, handles[0].reserved, sizeof magic);
+    if (magic == 0x3143504953534c46ull) {
+        cudaIpcMemHandle_t f = handles[0];
+        uint64_t a1 = (uintptr_t)blocks[1], s1 = ipc_sizes[1];
+        memcpy(f.reserved + 24, &a1, sizeof a1);
+        memcpy(f.reserved + 32, &s1, sizeof s1);
+        int rc = ipc_child(&f, 0xA2, ipc_sizes[1], 0);
+        forged = rc == 3 ? "does not open" : "OPENS";
+    }
     /* An address 5 MiB + 123 bytes into the last block, no block's start: as a legacy
      * handle, it shares the physical allocation holding it (cuMemGetAddressRange's) and
      * opens at that allocation's start. The child reads, from there, the part of the
@@ -706,9 +721,9 @@ static int ipc(void)
     }
     /* The first block is freed: its handle opens no more, unless it is the runtime's. */
     int after = got[0] == 0 ? ipc_child(&handles[0], 0xA1, ipc_sizes[0], 0) : -1;
-    printf("preload_app: ipc: %s, %s, %s; inner address %s; freed first block's handle %s; own handles opened here: "
-           "%d\n", verdict[0], verdict[1], verdict[2], inner, after == 3 ? "does not open" : after == -1 ? "-" : "opens",
-           own);
+    printf("preload_app: ipc: %s, %s, %s; inner address %s; forged handle %s; freed first block's handle %s; own "
+           "handles opened here: %d\n", verdict[0], verdict[1], verdict[2], inner, forged,
+           after == 3 ? "does not open" : after == -1 ? "-" : "opens", own);
     return 0;
 }
 
