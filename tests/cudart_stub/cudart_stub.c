@@ -41,6 +41,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cudart_abi.h"
+
 typedef int cudaError_t;
 typedef struct CUstream_st *cudaStream_t;
 typedef struct CUctx_st *CUcontext;
@@ -59,15 +61,6 @@ cudaError_t cudaDeviceSynchronize(void);
 cudaError_t cudaStreamSynchronize(cudaStream_t stream);
 
 /* The pitched allocations: no device either (what the preload library serves). */
-struct cudaExtent {
-    size_t width, height, depth;
-};
-struct cudaPitchedPtr {
-    void *ptr;
-    size_t pitch, xsize, ysize;
-};
-cudaError_t cudaMallocPitch(void **ptr, size_t *pitch, size_t width, size_t height);
-cudaError_t cudaMalloc3D(struct cudaPitchedPtr *p, struct cudaExtent extent);
 cudaError_t cudaMallocPitch(void **ptr, size_t *pitch, size_t width, size_t height)
 {
     (void)pitch, (void)width, (void)height;
@@ -150,10 +143,6 @@ cudaError_t cudaSetDevice(int device)
 
 /* ---- the driver double behind it ---------------------------------------------------- */
 
-/* cudaIpcMemHandle_t and CUipcMemHandle: 64 opaque bytes, passed by value to the open. */
-struct ipc_handle {
-    char reserved[64];
-};
 
 static struct {
     int (*init)(unsigned);
@@ -167,8 +156,10 @@ static struct {
     int (*graph_launch)(unsigned long long);
     void (*graph_destroy)(unsigned long long);
     int (*ctx_reset)(int);                    /* cuDevicePrimaryCtxReset_v2 */
-    int (*ipc_get)(void *, uintptr_t);        /* cuIpcGetMemHandle, cuIpcOpenMemHandle_v2, */
-    int (*ipc_open)(uintptr_t *, struct ipc_handle, unsigned); /* cuIpcCloseMemHandle */
+    /* cuIpcGetMemHandle, cuIpcOpenMemHandle_v2, cuIpcCloseMemHandle (CUipcMemHandle is the
+     * same 64 bytes as cudaIpcMemHandle_t) */
+    int (*ipc_get)(void *, uintptr_t);
+    int (*ipc_open)(uintptr_t *, cudaIpcMemHandle_t, unsigned);
     int (*ipc_close)(uintptr_t);
 } drv;
 static pthread_once_t drv_once = PTHREAD_ONCE_INIT;
@@ -250,10 +241,6 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream)
  * current first as the runtime does at any call that needs one. The driver's refusal
  * (memory that is not cudaMalloc's, a handle that does not open) is the runtime's
  * cudaErrorInvalidValue; no driver double, cudaErrorNoDevice. */
-typedef struct ipc_handle cudaIpcMemHandle_t;
-cudaError_t cudaIpcGetMemHandle(cudaIpcMemHandle_t *handle, void *ptr);
-cudaError_t cudaIpcOpenMemHandle(void **ptr, cudaIpcMemHandle_t handle, unsigned int flags);
-cudaError_t cudaIpcCloseMemHandle(void *ptr);
 
 static cudaError_t ipc_ctx(void)
 {

@@ -16,6 +16,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "../cudart_stub/cudart_abi.h"
+
 typedef int cudaError_t;
 typedef struct CUstream_st *cudaStream_t;
 /* The runtime's special stream handle for the calling thread's default stream. */
@@ -43,21 +45,6 @@ cudaError_t cudaGraphAddChildGraphNode(void **node, cudaGraph_t graph, const voi
 cudaError_t cudaGraphAddNode(void **node, cudaGraph_t graph, const void *deps, const void *edges, size_t n, void *params);
 cudaError_t cudaStreamDestroy(cudaStream_t stream);
 cudaError_t cudaDeviceReset(void);
-struct cudaExtent {
-    size_t width, height, depth;
-};
-struct cudaPitchedPtr {
-    void *ptr;
-    size_t pitch, xsize, ysize;
-};
-cudaError_t cudaMallocPitch(void **ptr, size_t *pitch, size_t width, size_t height);
-cudaError_t cudaMalloc3D(struct cudaPitchedPtr *p, struct cudaExtent extent);
-typedef struct cudaIpcMemHandle_st {
-    char reserved[64];
-} cudaIpcMemHandle_t;
-cudaError_t cudaIpcGetMemHandle(cudaIpcMemHandle_t *handle, void *ptr);
-cudaError_t cudaIpcOpenMemHandle(void **ptr, cudaIpcMemHandle_t handle, unsigned int flags);
-cudaError_t cudaIpcCloseMemHandle(void *ptr);
 /* A program built with --default-stream per-thread calls these: NULL is the thread's stream. */
 cudaError_t cudaMallocAsync_ptsz(void **ptr, size_t size, cudaStream_t stream);
 cudaError_t cudaFreeAsync_ptsz(void *ptr, cudaStream_t stream);
