@@ -2000,29 +2000,19 @@ void fli_allocator_after_reset(fl_allocator *a)
     release_updated(a);
 }
 
-fl_status fl_export(fl_allocator *a, uint64_t addr, fl_ipc_handle *out)
+/* The size of the live block starting at addr, 0 when there is none (a block waiting for
+ * record_stream's events is freed already). Under a's lock. */
+static uint64_t live_size(const fl_allocator *a, uint64_t addr)
 {
-    lock_drained(a);
-    const fli_policy *p = a->policy;
-    uint64_t size = pending_index(a, addr) < 0 ? p->ops->block_size(p, addr) : 0, offset = 0;
-    fl_ipc_piece piece;
-    uint32_t n = 0;
-    fl_status s = size ? fli_dev_export(p->dev, addr, size, &piece, 1, &n, &offset)
-                       : fli_fail(FL_ERR_NOT_FOUND, "fl_export(0x%llx): not a live block of this allocator",
-                                 (unsigned long long)addr);
-    if (s == FL_OK)
-        *out = (fl_ipc_handle){piece.fd, p->dev->ordinal, piece.size, offset, size};
-    release_updated(a);
-    return s;
+    return pending_index(a, addr) < 0 ? a->policy->ops->block_size(a->policy, addr) : 0;
 }
 
 fl_status fli_allocator_legacy_ipc_base(fl_allocator *a, uint64_t addr, uint64_t *base)
 {
     lock_drained(a);
-    const fli_policy *p = a->policy;
-    fl_status s = pending_index(a, addr) < 0 && p->ops->block_size(p, addr)
-                      ? fli_dev_legacy_ipc_base(p->dev, addr, base)
-                      : fli_fail(FL_ERR_NOT_FOUND, "0x%llx: not a live block of this allocator", (unsigned long long)addr);
+    fl_status s = live_size(a, addr) ? fli_dev_legacy_ipc_base(a->policy->dev, addr, base)
+                                     : fli_fail(FL_ERR_NOT_FOUND, "0x%llx: not a live block of this allocator",
+                                               (unsigned long long)addr);
     release_updated(a);
     return s;
 }
@@ -2031,10 +2021,9 @@ fl_status fli_allocator_export(fl_allocator *a, uint64_t addr, uint64_t want, fl
                                uint32_t *n, uint64_t *offset, uint64_t *size)
 {
     lock_drained(a);
-    const fli_policy *p = a->policy;
     *n = 0;
-    *size = pending_index(a, addr) < 0 ? p->ops->block_size(p, addr) : 0;
-    fl_status s = *size && *size >= want ? fli_dev_export(p->dev, addr, *size, out, max, n, offset)
+    *size = live_size(a, addr);
+    fl_status s = *size && *size >= want ? fli_dev_export(a->policy->dev, addr, *size, out, max, n, offset)
                   : fli_fail(FL_ERR_NOT_FOUND, "0x%llx: not a live block of this allocator%s", (unsigned long long)addr,
                              *size ? " of the size exported" : "");
     release_updated(a);
@@ -2071,13 +2060,22 @@ fl_status fl_import_pieces(fl_allocator *a, const fl_ipc_piece *pieces, uint32_t
     return s;
 }
 
+/* The one-piece case of the two above. */
+fl_status fl_export(fl_allocator *a, uint64_t addr, fl_ipc_handle *out)
+{
+    fl_ipc_piece piece;
+    uint32_t n = 0;
+    uint64_t offset = 0, size = 0;
+    fl_status s = fli_allocator_export(a, addr, 0, &piece, 1, &n, &offset, &size);
+    if (s == FL_OK)
+        *out = (fl_ipc_handle){piece.fd, a->policy->dev->ordinal, piece.size, offset, size};
+    return s;
+}
+
 fl_status fl_import(fl_allocator *a, const fl_ipc_handle *h, uint64_t *addr)
 {
-    lock_a(a);
     fl_ipc_piece piece = {h->fd, h->alloc_size};
-    fl_status s = fli_dev_import(a->policy->dev, &piece, 1, h->offset, h->size, addr);
-    release_updated(a);
-    return s;
+    return fl_import_pieces(a, &piece, 1, h->offset, h->size, addr);
 }
 
 fl_status fl_import_close(fl_allocator *a, uint64_t addr)

@@ -688,6 +688,16 @@ static void cu_event_destroy(fl_device *d, uint64_t event)
 
 /* ---- IPC: export and import --------------------------------------------------------- */
 
+/* The driver's allocation holding va (cuMemGetAddressRange): on mapped memory the one
+ * mapping (physical allocation) holding it, what NCCL and ibverbs registration see as the
+ * buffer too; else the cuMemAlloc allocation. */
+static fl_status address_range(cuda_device *c, uint64_t va, CUdeviceptr *base, size_t *len)
+{
+    CUresult r;
+    CU(c, r, cuMemGetAddressRange_v2(base, len, va));
+    return r == CUDA_SUCCESS ? FL_OK : cu_fail(c, r, "cuMemGetAddressRange_v2(0x%llx)", (unsigned long long)va);
+}
+
 /* The physical allocations under [va, va + size), one after another in the address space
  * (a block of the fragless policy lies on pages and chunks of their own handles), each
  * exported as a file descriptor, at most max of them; *offset: where the block starts in
@@ -702,13 +712,8 @@ static fl_status export_in_ctx(cuda_device *c, uint64_t va, uint64_t size, fl_ip
     while (cur < end && s == FL_OK) {
         CUdeviceptr base = 0;
         size_t len = 0;
-        /* On mapped memory the driver answers with the one mapping (physical allocation)
-         * holding cur: what NCCL and ibverbs registration will see as the buffer too. */
-        CU(c, r, cuMemGetAddressRange_v2(&base, &len, cur));
-        if (r != CUDA_SUCCESS) {
-            s = cu_fail(c, r, "cuMemGetAddressRange_v2(0x%llx)", (unsigned long long)cur);
+        if ((s = address_range(c, cur, &base, &len)) != FL_OK)
             break;
-        }
         if (!fli_map_get(&c->mappings, base, &index) || c->recs[index].size != len) {
             s = fli_fail(FL_ERR_INVALID, "cuda export of 0x%llx: not memory this device mapped", (unsigned long long)va);
             break;
@@ -759,10 +764,9 @@ static fl_status legacy_ipc_base_in_ctx(cuda_device *c, uint64_t va, uint64_t *o
     CUdeviceptr base = 0;
     size_t len = 0;
     uint64_t index;
-    CUresult r;
-    CU(c, r, cuMemGetAddressRange_v2(&base, &len, va));
-    if (r != CUDA_SUCCESS)
-        return cu_fail(c, r, "cuMemGetAddressRange_v2(0x%llx)", (unsigned long long)va);
+    fl_status s = address_range(c, va, &base, &len);
+    if (s != FL_OK)
+        return s;
     if (fli_map_get(&c->mappings, base, &index))
         return fli_fail(FL_ERR_UNSUPPORTED, "0x%llx lies in virtual memory (physical pages fragless mapped), which "
                        "CUDA's legacy IPC does not serve: it shares only cuMemAlloc's allocations", (unsigned long long)va);
