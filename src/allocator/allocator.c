@@ -2017,15 +2017,15 @@ fl_status fli_allocator_legacy_ipc_base(fl_allocator *a, uint64_t addr, uint64_t
     return s;
 }
 
-fl_status fli_allocator_export(fl_allocator *a, uint64_t addr, uint64_t want, fl_ipc_piece *out, uint32_t max,
-                               uint32_t *n, uint64_t *offset, uint64_t *size)
+fl_status fli_allocator_export(const char *fn, fl_allocator *a, uint64_t addr, uint64_t want, fl_ipc_piece *out,
+                               uint32_t max, uint32_t *n, uint64_t *offset, uint64_t *size)
 {
     lock_drained(a);
     *n = 0;
     *size = live_size(a, addr);
     fl_status s = *size && *size >= want ? fli_dev_export(a->policy->dev, addr, *size, out, max, n, offset)
-                  : fli_fail(FL_ERR_NOT_FOUND, "0x%llx: not a live block of this allocator%s", (unsigned long long)addr,
-                             *size ? " of the size exported" : "");
+                  : fli_fail(FL_ERR_NOT_FOUND, "%s(0x%llx): not a live block of this allocator%s", fn,
+                             (unsigned long long)addr, *size ? " of the size exported" : "");
     release_updated(a);
     return s;
 }
@@ -2046,7 +2046,7 @@ fl_status fl_export_pieces(fl_allocator *a, uint64_t addr, fl_ipc_piece *out, ui
     if (!out || !n || !offset || !size || max == 0)
         return fli_fail(FL_ERR_INVALID, "fl_export_pieces(0x%llx): no room for a piece, or an output pointer is NULL",
                        (unsigned long long)addr);
-    return fli_allocator_export(a, addr, 0, out, max, n, offset, size);
+    return fli_allocator_export("fl_export_pieces", a, addr, 0, out, max, n, offset, size);
 }
 
 fl_status fl_import_pieces(fl_allocator *a, const fl_ipc_piece *pieces, uint32_t n, uint64_t offset, uint64_t size,
@@ -2066,7 +2066,7 @@ fl_status fl_export(fl_allocator *a, uint64_t addr, fl_ipc_handle *out)
     fl_ipc_piece piece;
     uint32_t n = 0;
     uint64_t offset = 0, size = 0;
-    fl_status s = fli_allocator_export(a, addr, 0, &piece, 1, &n, &offset, &size);
+    fl_status s = fli_allocator_export("fl_export", a, addr, 0, &piece, 1, &n, &offset, &size);
     if (s == FL_OK)
         *out = (fl_ipc_handle){piece.fd, a->policy->dev->ordinal, piece.size, offset, size};
     return s;

@@ -49,9 +49,9 @@ fl_status fli_allocator_legacy_ipc_base(fl_allocator *a, uint64_t addr, uint64_t
 /* The live block at addr (of at least want bytes) as the physical allocations under it
  * (fli_dev_export: at most max, their descriptors the caller's), *offset into the first;
  * *size: the block's size. FL_ERR_NOT_FOUND when addr is no live block's start of want
- * bytes or more. */
-fl_status fli_allocator_export(fl_allocator *a, uint64_t addr, uint64_t want, fl_ipc_piece *out, uint32_t max,
-                               uint32_t *n, uint64_t *offset, uint64_t *size);
+ * bytes or more ("FN(ADDR): not a live block of this allocator"). */
+fl_status fli_allocator_export(const char *fn, fl_allocator *a, uint64_t addr, uint64_t want, fl_ipc_piece *out,
+                               uint32_t max, uint32_t *n, uint64_t *offset, uint64_t *size);
 /* The one physical allocation (mapping) of a's device that holds addr, whatever block it
  * belongs to, as a file descriptor (the caller's): CUDA's legacy IPC semantics for an
  * address that is no block's start. FL_ERR_INVALID when addr is in no mapping of a's

@@ -225,7 +225,8 @@ static void serve_one(int c)
             rep.offset = 0; /* opened at the allocation's start */
             rep.size = rep.n ? pieces[0].size : 0;
         } else {
-            s = fli_allocator_export(a, req.addr, req.size, pieces, FLI_IPC_MAX_PIECES, &rep.n, &rep.offset, &rep.size);
+            s = fli_allocator_export("cudaIpcOpenMemHandle", a, req.addr, req.size, pieces, FLI_IPC_MAX_PIECES, &rep.n,
+                                     &rep.offset, &rep.size);
         }
         rep.status = s;
         if (s != FL_OK)
@@ -388,7 +389,7 @@ FL_EXPORT cudaError_t cudaIpcGetMemHandle(cudaIpcMemHandle_t *handle, void *ptr)
     fl_ipc_piece pieces[FLI_IPC_MAX_PIECES];
     uint32_t n = 0;
     uint64_t offset = 0, size = 0;
-    s = fli_allocator_export(a, addr, 0, pieces, FLI_IPC_MAX_PIECES, &n, &offset, &size);
+    s = fli_allocator_export("cudaIpcGetMemHandle", a, addr, 0, pieces, FLI_IPC_MAX_PIECES, &n, &offset, &size);
     for (uint32_t i = 0; i < n; i++)
         close(pieces[i].fd);
     if (s != FL_OK)
