@@ -1188,7 +1188,8 @@ static fl_status local_alloc(fl_allocator *a, uint64_t size, uint64_t stream, ui
             refilled = 1;
         }
         int done = roomy &&
-                   p->ops->alloc_local(p, size, stream, (uint64_t)c->room[FL_TC_BYTES], local_token(c), addr, &charged);
+                   p->ops->alloc_local(p, size, stream, (uint64_t)c->room[FL_TC_BYTES], local_token(c), c->local_hint,
+                                        addr, &charged);
         if (done) {
             c->l_bytes += (int64_t)charged;
             c->l_allocs++;
@@ -1230,7 +1231,7 @@ static inline fl_status local_free(fl_allocator *a, uint64_t addr, uint64_t want
         fli_policy *p = a->policy;
         uint64_t req = 0, charged = 0;
         int entered = local_enter(a, c);
-        int done = entered && !c->off && p->ops->free_local(p, addr, want, local_token(c), &req, &charged);
+        int done = entered && !c->off && p->ops->free_local(p, addr, want, local_token(c), c->local_hint, &req, &charged);
         if (done) {
             c->l_bytes -= (int64_t)charged;
             c->l_frees++;

@@ -48,11 +48,13 @@ typedef struct fli_policy_ops {
      * nothing changed, when the operation needs anything more (a device call, a new
      * heap, a choice under memory pressure, a charge above max_charge, an address that
      * is not a live block's start, a size that is not the block's): the caller then
-     * takes the ordinary way, which also reports what was wrong. */
+     * takes the ordinary way, which also reports what was wrong. hint: two words of the
+     * calling thread's own (zero at first, written by nobody else), where the policy may
+     * remember what its lookups found for that thread; a hint, checked before use. */
     int (*alloc_local)(fli_policy *p, uint64_t size, uint64_t stream, uint64_t max_charge, uint64_t owner,
-                       uint64_t *addr, uint64_t *charged);
-    int (*free_local)(fli_policy *p, uint64_t addr, uint64_t want, uint64_t owner, uint64_t *requested,
-                      uint64_t *charged);
+                       uint32_t hint[2], uint64_t *addr, uint64_t *charged);
+    int (*free_local)(fli_policy *p, uint64_t addr, uint64_t want, uint64_t owner, uint32_t hint[2],
+                      uint64_t *requested, uint64_t *charged);
     /* The thread of that token ends (called under the allocator's lock): its heaps may
      * serve another thread's stream-local operations. */
     void (*local_forget)(fli_policy *p, uint64_t owner);
