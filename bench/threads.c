@@ -1,7 +1,9 @@
 /* `make bench`, the threads scaling line: one allocator (fragless policy, sim device with
  * zero-cost calls) serving one thread on one stream, then two threads on two streams at
  * the same time, the same total work: million pairs per second of wall time for each and
- * their ratio (target: two threads >= 1.7x one). A benchmark, not a test: it checks
+ * their ratio (target: two threads >= 1.7x one). Beside them, to tell the parts apart:
+ * two threads with an allocator each (this machine's ceiling), and one thread alone in
+ * threads mode (what the stream-local path costs by itself). A benchmark, not a test: it checks
  * nothing. The figure is sound only when each thread had a CPU of its own while its phase
  * ran: each worker measures its own CPU time, and the ratio is the median over the runs
  * in which every thread of both phases was running at least 90% of its phase's wall time
@@ -90,7 +92,8 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-/* One timed phase on a fresh allocator: `threads` threads, `total_reps` traces in all.
+/* One timed phase on a fresh allocator (mode SHARED), one per thread (SEPARATE), or one
+ * in threads mode for a single thread (LOCAL_ONE): `threads` threads, `total_reps` traces in all.
  * Each worker replays the trace once untimed first, so that both phases start warm.
  * *mpairs: million pairs per second of wall time; *busy: the CPUs the process used
  * (its CPU time over the wall time); *least: the smallest share of the wall time any
@@ -101,9 +104,11 @@ static void *worker_main(void *arg)
  * start: two threads that run at the same time meet at the lock within a few operations
  * and turn them on themselves, but on a machine whose CPUs other work holds they might
  * not meet for a while, and the phase would measure something else. */
-static int phase(const bench_trace *t, const uint32_t *end_live, uint32_t n_end_live, int threads, int separate,
+enum { SHARED = 0, SEPARATE = 1, LOCAL_ONE = 2 };
+static int phase(const bench_trace *t, const uint32_t *end_live, uint32_t n_end_live, int threads, int mode,
                  int total_reps, double *mpairs, double *busy, double *least, double *cached, double *refilled)
 {
+    int separate = mode == SEPARATE;
     fl_sim_params sp;
     fl_sim_params_default(&sp);
     for (int c = 0; c < FL_CALL_COUNT; c++)
@@ -120,7 +125,7 @@ static int phase(const bench_trace *t, const uint32_t *end_live, uint32_t n_end_
     fl_allocator *al[2] = {NULL, NULL};
     for (int i = 0; i < n_alloc; i++) {
         if (fl_sim_device_create(&sp, &dv[i]) != FL_OK || fl_allocator_create(&cfg, dv[i], &al[i]) != FL_OK ||
-            (threads > 1 && !separate && fli_allocator_threads(al[i]) != FL_OK)) {
+            (((threads > 1 && !separate) || mode == LOCAL_ONE) && fli_allocator_threads(al[i]) != FL_OK)) {
             fprintf(stderr, "fl_bench: threads: %s\n", fl_last_error());
             for (int j = 0; j <= i; j++) {
                 fl_allocator_destroy(al[j]);
@@ -213,31 +218,42 @@ int bench_threads(const bench_trace *t, int runs)
     double least1[BENCH_MAX_RUNS], least2[BENCH_MAX_RUNS], cached1[BENCH_MAX_RUNS], cached2[BENCH_MAX_RUNS];
     double sep[BENCH_MAX_RUNS], busys[BENCH_MAX_RUNS], leasts[BENCH_MAX_RUNS], cacheds[BENCH_MAX_RUNS];
     double refill1[BENCH_MAX_RUNS], refill2[BENCH_MAX_RUNS], refills[BENCH_MAX_RUNS];
+    double loc[BENCH_MAX_RUNS], leastl[BENCH_MAX_RUNS], cachedl[BENCH_MAX_RUNS];
     if (getloadavg(load, 3) < 1)
         load[0] = -1;
     int rc = 0;
     for (int r = 0; r < runs && !rc; r++) {
         /* Interleaved, each first in turn. */
+        double x1, x2; /* the one-thread threads-mode phase's figures not reported */
         if (r % 2)
-            rc = phase(t, end_live, n_end_live, 2, 0, 2 * reps, &two[r], &busy2[r], &least2[r], &cached2[r], &refill2[r]) ||
-                 phase(t, end_live, n_end_live, 2, 1, 2 * reps, &sep[r], &busys[r], &leasts[r], &cacheds[r], &refills[r]) ||
-                 phase(t, end_live, n_end_live, 1, 0, 2 * reps, &one[r], &busy1[r], &least1[r], &cached1[r], &refill1[r]);
+            rc = phase(t, end_live, n_end_live, 2, SHARED, 2 * reps, &two[r], &busy2[r], &least2[r], &cached2[r],
+                       &refill2[r]) ||
+                 phase(t, end_live, n_end_live, 1, LOCAL_ONE, 2 * reps, &loc[r], &x1, &leastl[r], &cachedl[r], &x2) ||
+                 phase(t, end_live, n_end_live, 2, SEPARATE, 2 * reps, &sep[r], &busys[r], &leasts[r], &cacheds[r],
+                       &refills[r]) ||
+                 phase(t, end_live, n_end_live, 1, SHARED, 2 * reps, &one[r], &busy1[r], &least1[r], &cached1[r],
+                       &refill1[r]);
         else
-            rc = phase(t, end_live, n_end_live, 1, 0, 2 * reps, &one[r], &busy1[r], &least1[r], &cached1[r], &refill1[r]) ||
-                 phase(t, end_live, n_end_live, 2, 1, 2 * reps, &sep[r], &busys[r], &leasts[r], &cacheds[r], &refills[r]) ||
-                 phase(t, end_live, n_end_live, 2, 0, 2 * reps, &two[r], &busy2[r], &least2[r], &cached2[r], &refill2[r]);
+            rc = phase(t, end_live, n_end_live, 1, SHARED, 2 * reps, &one[r], &busy1[r], &least1[r], &cached1[r],
+                       &refill1[r]) ||
+                 phase(t, end_live, n_end_live, 2, SEPARATE, 2 * reps, &sep[r], &busys[r], &leasts[r], &cacheds[r],
+                       &refills[r]) ||
+                 phase(t, end_live, n_end_live, 1, LOCAL_ONE, 2 * reps, &loc[r], &x1, &leastl[r], &cachedl[r], &x2) ||
+                 phase(t, end_live, n_end_live, 2, SHARED, 2 * reps, &two[r], &busy2[r], &least2[r], &cached2[r],
+                       &refill2[r]);
     }
     free(end_live);
     if (rc)
         return -1;
     /* The runs in which every worker of both phases ran >= 90% of its phase: then the two
      * threads really ran at the same time, and neither phase lost time to other work. */
-    double c1[BENCH_MAX_RUNS], c2[BENCH_MAX_RUNS], cs[BENCH_MAX_RUNS], cr[BENCH_MAX_RUNS];
+    double c1[BENCH_MAX_RUNS], c2[BENCH_MAX_RUNS], cs[BENCH_MAX_RUNS], cr[BENCH_MAX_RUNS], cl[BENCH_MAX_RUNS];
     int clean = 0;
     for (int r = 0; r < runs; r++)
-        if (least1[r] >= 0.9 && least2[r] >= 0.9 && leasts[r] >= 0.9) {
+        if (least1[r] >= 0.9 && least2[r] >= 0.9 && leasts[r] >= 0.9 && leastl[r] >= 0.9) {
             c1[clean] = one[r];
             c2[clean] = two[r];
+            cl[clean] = loc[r];
             cr[clean] = two[r] / one[r]; /* the run's own ratio: its spread is the noise */
             cs[clean++] = sep[r];
         }
@@ -262,6 +278,13 @@ int bench_threads(const bench_trace *t, int runs)
         printf("threads: this machine's ceiling %.2f: two threads with an allocator each (nothing shared) %.2f M "
                "pairs/s; one shared allocator reaches %.0f%% of it\n",
                ks / k1, ks, 100 * k2 / ks);
+        /* What the rest is made of: the stream-local path's own cost (one thread in threads
+         * mode against the plain path, nothing else running), and what two threads on it
+         * get of twice that. */
+        double kl = bench_median(cl, clean);
+        printf("threads: one thread in threads mode (no other thread; %.1f%% of its allocations stream-local) %.2f M "
+               "pairs/s, %.0f%% of the plain path's; two threads on one allocator do %.2fx that\n",
+               100 * bench_median(cachedl, runs), kl, 100 * kl / k1, k2 / kl);
     } else {
         printf("threads: scaling not measured: in no run did every thread get a CPU for >= 90%% of its phase (other "
                "work held the CPUs); the ratio above is not the allocator's\n");
