@@ -110,9 +110,10 @@ struct fl_allocator {
 static inline void update_slow(fl_allocator *a);
 static void locals_out(fl_allocator *a);
 
-/* A thread's token for the policy's heaps (policy.h: owner): its cache, which outlives
- * the token (local_forget at the thread's end, before the cache goes). */
-static inline uint64_t local_token(const fli_tcache *c) { return (uint64_t)(uintptr_t)c; }
+/* A thread's token for the policy's heaps (policy.h: fli_local.owner): its cache's
+ * address (set by fli_tc_new), which outlives the token (local_forget at the thread's
+ * end, before the cache goes). */
+static inline uint64_t local_token(const fli_tcache *c) { return c->local.owner; }
 
 /* The allocator's lock. With threads on it also keeps the stream-local operations out
  * (locals_out): whoever holds it may change anything. */
@@ -1178,7 +1179,6 @@ static fl_status local_alloc(fl_allocator *a, uint64_t size, uint64_t stream, ui
         return alloc_watching(a, c, size, stream, addr);
     if (FL_LIKELY(c != NULL)) {
         fli_policy *p = a->policy;
-        uint64_t charged = 0;
         int entered = local_enter(a, c), refilled = 0;
         int roomy = entered && !c->off && local_roomy(c, size);
         if (FL_UNLIKELY(entered && !roomy && !c->off)) {
@@ -1187,10 +1187,13 @@ static fl_status local_alloc(fl_allocator *a, uint64_t size, uint64_t stream, ui
             roomy = entered && !c->off && local_roomy(c, size);
             refilled = 1;
         }
-        int done = roomy &&
-                   p->ops->alloc_local(p, size, stream, (uint64_t)c->room[FL_TC_BYTES], local_token(c), c->local_hint,
-                                        addr, &charged);
+        int done = 0;
+        if (roomy) {
+            c->local.max_charge = (uint64_t)c->room[FL_TC_BYTES];
+            done = p->ops->alloc_local(p, size, stream, &c->local, addr);
+        }
         if (done) {
+            uint64_t charged = c->local.charged;
             c->l_bytes += (int64_t)charged;
             c->l_allocs++;
             c->l_refills += (uint64_t)refilled;
@@ -1229,10 +1232,11 @@ static inline fl_status local_free(fl_allocator *a, uint64_t addr, uint64_t want
     fli_tcache *c = tc_get(a);
     if (FL_LIKELY(c != NULL)) {
         fli_policy *p = a->policy;
-        uint64_t req = 0, charged = 0;
+        uint64_t req = 0;
         int entered = local_enter(a, c);
-        int done = entered && !c->off && p->ops->free_local(p, addr, want, local_token(c), c->local_hint, &req, &charged);
+        int done = entered && !c->off && p->ops->free_local(p, addr, want, &c->local, &req);
         if (done) {
+            uint64_t charged = c->local.charged;
             c->l_bytes -= (int64_t)charged;
             c->l_frees++;
             c->d_req -= (int64_t)req;

@@ -109,6 +109,7 @@ fli_tcache *fli_tc_new(fl_allocator *a, uint64_t alloc_id)
         return NULL;
     }
     c->a = a;
+    c->local.owner = (uint64_t)(uintptr_t)c; /* the token (allocator.c: local_token) */
     atomic_store_explicit(&c->alloc_id, alloc_id, memory_order_relaxed);
     c->next_of_thread = tls_list;
     tls_list = fli_tc_last = c;

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "fragless.h"
+#include "policy/policy.h"
 #include "util/lock.h"
 #include "util/util.h"
 
@@ -77,8 +78,8 @@ struct fli_tcache {
     int64_t l_bytes;
     uint64_t l_allocs, l_frees, l_total;
     uint64_t l_refills;         /* of l_allocs, those that took room under the lock first */
-    uint32_t local_hint[2];     /* the policy's, for this thread's stream-local operations
-                                   (policy.h: hint) */
+    fli_local local;            /* the policy's view of this thread (policy.h); local.owner
+                                   is this struct's address (allocator.c: local_token) */
     /* Under the allocator's lock (and this one where both are needed): what this cache's
      * hits added to the program's figures plus its room, whose sum hits and frees here
      * leave unchanged (allocator.c: peaks). */
