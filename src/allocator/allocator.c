@@ -1227,7 +1227,7 @@ static FL_NOINLINE fl_status local_free_locked(fl_allocator *a, fli_tcache *c, u
 
 /* A free in the stream-local mode: the policy's stream-local free, else under the lock
  * (which also says what was wrong with the address or size). */
-static inline fl_status local_free(fl_allocator *a, uint64_t addr, uint64_t want)
+static inline __attribute__((always_inline)) fl_status local_free(fl_allocator *a, uint64_t addr, uint64_t want)
 {
     fli_tcache *c = tc_get(a);
     if (FL_LIKELY(c != NULL)) {
