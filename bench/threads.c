@@ -218,17 +218,15 @@ int bench_threads(const bench_trace *t, int runs)
     double least1[BENCH_MAX_RUNS], least2[BENCH_MAX_RUNS], cached1[BENCH_MAX_RUNS], cached2[BENCH_MAX_RUNS];
     double sep[BENCH_MAX_RUNS], busys[BENCH_MAX_RUNS], leasts[BENCH_MAX_RUNS], cacheds[BENCH_MAX_RUNS];
     double refill1[BENCH_MAX_RUNS], refill2[BENCH_MAX_RUNS], refills[BENCH_MAX_RUNS];
-    double loc[BENCH_MAX_RUNS], leastl[BENCH_MAX_RUNS], cachedl[BENCH_MAX_RUNS];
+    double loc[BENCH_MAX_RUNS], plain[BENCH_MAX_RUNS], locratio[BENCH_MAX_RUNS], cachedl[BENCH_MAX_RUNS];
     if (getloadavg(load, 3) < 1)
         load[0] = -1;
     int rc = 0;
     for (int r = 0; r < runs && !rc; r++) {
         /* Interleaved, each first in turn. */
-        double x1, x2; /* the one-thread threads-mode phase's figures not reported */
         if (r % 2)
             rc = phase(t, end_live, n_end_live, 2, SHARED, 2 * reps, &two[r], &busy2[r], &least2[r], &cached2[r],
                        &refill2[r]) ||
-                 phase(t, end_live, n_end_live, 1, LOCAL_ONE, 2 * reps, &loc[r], &x1, &leastl[r], &cachedl[r], &x2) ||
                  phase(t, end_live, n_end_live, 2, SEPARATE, 2 * reps, &sep[r], &busys[r], &leasts[r], &cacheds[r],
                        &refills[r]) ||
                  phase(t, end_live, n_end_live, 1, SHARED, 2 * reps, &one[r], &busy1[r], &least1[r], &cached1[r],
@@ -238,22 +236,30 @@ int bench_threads(const bench_trace *t, int runs)
                        &refill1[r]) ||
                  phase(t, end_live, n_end_live, 2, SEPARATE, 2 * reps, &sep[r], &busys[r], &leasts[r], &cacheds[r],
                        &refills[r]) ||
-                 phase(t, end_live, n_end_live, 1, LOCAL_ONE, 2 * reps, &loc[r], &x1, &leastl[r], &cachedl[r], &x2) ||
                  phase(t, end_live, n_end_live, 2, SHARED, 2 * reps, &two[r], &busy2[r], &least2[r], &cached2[r],
                        &refill2[r]);
+    }
+    /* Then, apart (so that the scaling's runs stay as they were), one thread in threads
+     * mode against one on the plain path, alternating: what the stream-local path costs. */
+    for (int r = 0; r < runs && !rc; r++) {
+        double x1, x2, x3, x4, x5;
+        rc = r % 2 ? phase(t, end_live, n_end_live, 1, LOCAL_ONE, 2 * reps, &loc[r], &x1, &x2, &cachedl[r], &x3) ||
+                         phase(t, end_live, n_end_live, 1, SHARED, 2 * reps, &plain[r], &x1, &x4, &x5, &x3)
+                   : phase(t, end_live, n_end_live, 1, SHARED, 2 * reps, &plain[r], &x1, &x4, &x5, &x3) ||
+                         phase(t, end_live, n_end_live, 1, LOCAL_ONE, 2 * reps, &loc[r], &x1, &x2, &cachedl[r], &x3);
+        locratio[r] = loc[r] / plain[r];
     }
     free(end_live);
     if (rc)
         return -1;
     /* The runs in which every worker of both phases ran >= 90% of its phase: then the two
      * threads really ran at the same time, and neither phase lost time to other work. */
-    double c1[BENCH_MAX_RUNS], c2[BENCH_MAX_RUNS], cs[BENCH_MAX_RUNS], cr[BENCH_MAX_RUNS], cl[BENCH_MAX_RUNS];
+    double c1[BENCH_MAX_RUNS], c2[BENCH_MAX_RUNS], cs[BENCH_MAX_RUNS], cr[BENCH_MAX_RUNS];
     int clean = 0;
     for (int r = 0; r < runs; r++)
-        if (least1[r] >= 0.9 && least2[r] >= 0.9 && leasts[r] >= 0.9 && leastl[r] >= 0.9) {
+        if (least1[r] >= 0.9 && least2[r] >= 0.9 && leasts[r] >= 0.9) {
             c1[clean] = one[r];
             c2[clean] = two[r];
-            cl[clean] = loc[r];
             cr[clean] = two[r] / one[r]; /* the run's own ratio: its spread is the noise */
             cs[clean++] = sep[r];
         }
@@ -279,12 +285,12 @@ int bench_threads(const bench_trace *t, int runs)
                "pairs/s; one shared allocator reaches %.0f%% of it\n",
                ks / k1, ks, 100 * k2 / ks);
         /* What the rest is made of: the stream-local path's own cost (one thread in threads
-         * mode against the plain path, nothing else running), and what two threads on it
-         * get of twice that. */
-        double kl = bench_median(cl, clean);
+         * mode against the plain path, nothing else running, the median of the runs' own
+         * ratios), and what two threads on one allocator get of twice that. */
+        double kl = bench_median(loc, runs), ql = bench_median(locratio, runs);
         printf("threads: one thread in threads mode (no other thread; %.1f%% of its allocations stream-local) %.2f M "
                "pairs/s, %.0f%% of the plain path's; two threads on one allocator do %.2fx that\n",
-               100 * bench_median(cachedl, runs), kl, 100 * kl / k1, k2 / kl);
+               100 * bench_median(cachedl, runs), kl, 100 * ql, k2 / (ql * k1));
     } else {
         printf("threads: scaling not measured: in no run did every thread get a CPU for >= 90%% of its phase (other "
                "work held the CPUs); the ratio above is not the allocator's\n");
