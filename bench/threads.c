@@ -222,31 +222,27 @@ int bench_threads(const bench_trace *t, int runs)
     if (getloadavg(load, 3) < 1)
         load[0] = -1;
     int rc = 0;
-    for (int r = 0; r < runs && !rc; r++) {
-        /* Interleaved, each first in turn. */
-        if (r % 2)
-            rc = phase(t, end_live, n_end_live, 2, SHARED, 2 * reps, &two[r], &busy2[r], &least2[r], &cached2[r],
-                       &refill2[r]) ||
-                 phase(t, end_live, n_end_live, 2, SEPARATE, 2 * reps, &sep[r], &busys[r], &leasts[r], &cacheds[r],
-                       &refills[r]) ||
-                 phase(t, end_live, n_end_live, 1, SHARED, 2 * reps, &one[r], &busy1[r], &least1[r], &cached1[r],
-                       &refill1[r]);
-        else
-            rc = phase(t, end_live, n_end_live, 1, SHARED, 2 * reps, &one[r], &busy1[r], &least1[r], &cached1[r],
-                       &refill1[r]) ||
-                 phase(t, end_live, n_end_live, 2, SEPARATE, 2 * reps, &sep[r], &busys[r], &leasts[r], &cacheds[r],
-                       &refills[r]) ||
-                 phase(t, end_live, n_end_live, 2, SHARED, 2 * reps, &two[r], &busy2[r], &least2[r], &cached2[r],
-                       &refill2[r]);
-    }
+    /* The scaling's phases, interleaved: in order in even runs, reversed in odd ones. */
+    struct {
+        int threads, mode;
+        double *mpairs, *busy, *least, *cached, *refilled;
+    } ph[3] = {{1, SHARED, one, busy1, least1, cached1, refill1},
+               {2, SEPARATE, sep, busys, leasts, cacheds, refills},
+               {2, SHARED, two, busy2, least2, cached2, refill2}};
+    for (int r = 0; r < runs && !rc; r++)
+        for (int k = 0; k < 3 && !rc; k++) {
+            int j = r % 2 ? 2 - k : k;
+            rc = phase(t, end_live, n_end_live, ph[j].threads, ph[j].mode, 2 * reps, &ph[j].mpairs[r], &ph[j].busy[r],
+                       &ph[j].least[r], &ph[j].cached[r], &ph[j].refilled[r]);
+        }
     /* Then, apart (so that the scaling's runs stay as they were), one thread in threads
      * mode against one on the plain path, alternating: what the stream-local path costs. */
     for (int r = 0; r < runs && !rc; r++) {
         double x1, x2, x3, x4, x5;
-        rc = r % 2 ? phase(t, end_live, n_end_live, 1, LOCAL_ONE, 2 * reps, &loc[r], &x1, &x2, &cachedl[r], &x3) ||
-                         phase(t, end_live, n_end_live, 1, SHARED, 2 * reps, &plain[r], &x1, &x4, &x5, &x3)
-                   : phase(t, end_live, n_end_live, 1, SHARED, 2 * reps, &plain[r], &x1, &x4, &x5, &x3) ||
-                         phase(t, end_live, n_end_live, 1, LOCAL_ONE, 2 * reps, &loc[r], &x1, &x2, &cachedl[r], &x3);
+        for (int k = 0; k < 2 && !rc; k++)
+            rc = (k == r % 2) ? phase(t, end_live, n_end_live, 1, SHARED, 2 * reps, &plain[r], &x1, &x4, &x5, &x3)
+                              : phase(t, end_live, n_end_live, 1, LOCAL_ONE, 2 * reps, &loc[r], &x1, &x2, &cachedl[r],
+                                      &x3);
         locratio[r] = loc[r] / plain[r];
     }
     free(end_live);
