@@ -52,7 +52,7 @@ typedef struct fli_policy_ops {
     /* Optional (NULL: none): stream-local operations. Threads of one allocator call them
      * at the same time, without the allocator's lock, while no other operation of the
      * policy runs (the allocator keeps the two apart: its "threads" section). l: the
-     * calling thread's own struct (fli_local, below): its token l->owner (a heap serves
+     * calling thread's own struct (fli_local, above): its token l->owner (a heap serves
      * the stream-local operations of one thread, the first that asks, until local_forget;
      * the others' go the ordinary way), the most an allocation may charge, and what the
      * operation charged or gave back. Each changes nothing but the heap its block lies in
