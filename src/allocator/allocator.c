@@ -1187,13 +1187,10 @@ static fl_status local_alloc(fl_allocator *a, uint64_t size, uint64_t stream, ui
             roomy = entered && !c->off && local_roomy(c, size);
             refilled = 1;
         }
-        int done = 0;
-        if (roomy) {
-            c->local.max_charge = (uint64_t)c->room[FL_TC_BYTES];
-            done = p->ops->alloc_local(p, size, stream, &c->local, addr);
-        }
+        uint64_t charged = roomy ? p->ops->alloc_local(p, size, stream, (uint64_t)c->room[FL_TC_BYTES], &c->local, addr)
+                                 : 0;
+        int done = charged != 0;
         if (done) {
-            uint64_t charged = c->local.charged;
             c->l_bytes += (int64_t)charged;
             c->l_allocs++;
             c->l_refills += (uint64_t)refilled;
@@ -1234,9 +1231,9 @@ static inline __attribute__((always_inline)) fl_status local_free(fl_allocator *
         fli_policy *p = a->policy;
         uint64_t req = 0;
         int entered = local_enter(a, c);
-        int done = entered && !c->off && p->ops->free_local(p, addr, want, &c->local, &req);
+        uint64_t charged = entered && !c->off ? p->ops->free_local(p, addr, want, &c->local, &req) : 0;
+        int done = charged != 0;
         if (done) {
-            uint64_t charged = c->local.charged;
             c->l_bytes -= (int64_t)charged;
             c->l_frees++;
             c->d_req -= (int64_t)req;

@@ -2057,20 +2057,22 @@ static inline fx_heap *heap_known_hinted(const fx_policy *f, uint64_t addr, cons
     return heap_known(f, addr);
 }
 
-static int fx_alloc_local(fli_policy *base, uint64_t size, uint64_t stream, fli_local *l, uint64_t *addr)
+static uint64_t fx_alloc_local(fli_policy *base, uint64_t size, uint64_t stream, uint64_t max_charge, fli_local *l,
+                               uint64_t *addr)
 {
     fx_policy *f = (fx_policy *)base;
     uint64_t rsize = fli_align_up(size, 512);
     int hi = heap_find_hinted(f, stream, size < f->small_limit, l->hint);
-    if (rsize < size || rsize > l->max_charge || hi < 0 || rsize > f->heaps[hi].va_size ||
+    if (rsize < size || rsize > max_charge || hi < 0 || rsize > f->heaps[hi].va_size ||
         !heap_claim(&f->heaps[hi], l->owner))
         return 0;
-    l->charged = rsize;
     return (rsize <= QUICK_MAX && quick_take(f, &f->heaps[hi], size, rsize, addr)) ||
-           heap_alloc_local(f, &f->heaps[hi], size, rsize, addr);
+                   heap_alloc_local(f, &f->heaps[hi], size, rsize, addr)
+               ? rsize
+               : 0;
 }
 
-static int fx_free_local(fli_policy *base, uint64_t addr, uint64_t want, fli_local *l, uint64_t *requested)
+static uint64_t fx_free_local(fli_policy *base, uint64_t addr, uint64_t want, fli_local *l, uint64_t *requested)
 {
     fx_policy *f = (fx_policy *)base;
     /* The heap first, then (its owner's only) its blocks. */
@@ -2084,11 +2086,10 @@ static int fx_free_local(fli_policy *base, uint64_t addr, uint64_t want, fli_loc
     if (!done)
         return 0;
     uint64_t size = b->size, off = addr - h->va;
-    l->charged = size;
     *requested = size - TAG_REQ(b->tag);
     if (!quick_put(f, h, v, off, size))
         release_block(f, h, v);
-    return 1;
+    return size;
 }
 
 static void fx_local_forget(fli_policy *base, uint64_t owner)

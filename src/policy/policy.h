@@ -20,13 +20,10 @@ typedef struct fli_policy_state {
 
 
 /* A thread's part in the stream-local operations (fli_policy_ops: alloc_local,
- * free_local): one per thread and allocator, in the allocator's struct of that thread,
- * written by that thread only while it runs one (else by a holder of the allocator's
- * lock). */
+ * free_local): one per thread and allocator, in the allocator's struct of that thread;
+ * hint is written by that thread only, while it runs one. */
 typedef struct fli_local {
     uint64_t owner;       /* the thread's token: nonzero, unique among live threads */
-    uint64_t max_charge;  /* in: the most an allocation may charge */
-    uint64_t charged;     /* out: what the allocation charged or the free gave back */
     uint32_t hint[2];     /* the policy's own, zero at first: where its lookups found
                              this thread's heaps (a hint, checked before use) */
 } fli_local;
@@ -54,17 +51,17 @@ typedef struct fli_policy_ops {
      * policy runs (the allocator keeps the two apart: its "threads" section). l: the
      * calling thread's own struct (fli_local, above): its token l->owner (a heap serves
      * the stream-local operations of one thread, the first that asks, until local_forget;
-     * the others' go the ordinary way), the most an allocation may charge, and what the
-     * operation charged or gave back. Each changes nothing but the heap its block lies in
-     * (its owner's, so no lock is taken), and none of struct fli_policy's counters:
-     * l->charged (what the block counts in `allocated`) goes to the caller, who counts it
-     * and the block. They return 0, with nothing changed, when the operation needs
-     * anything more (a device call, a new heap, a choice under memory pressure, a charge
-     * above l->max_charge, an address that is not a live block's start, a size that is
-     * not the block's): the caller then takes the ordinary way, which also reports what
-     * was wrong. */
-    int (*alloc_local)(fli_policy *p, uint64_t size, uint64_t stream, fli_local *l, uint64_t *addr);
-    int (*free_local)(fli_policy *p, uint64_t addr, uint64_t want, fli_local *l, uint64_t *requested);
+     * the others' go the ordinary way). Each changes nothing but the heap its block lies
+     * in (its owner's, so no lock is taken), and none of struct fli_policy's counters:
+     * they return what the block counts in `allocated` (charged, or given back), which
+     * the caller counts with the block. They return 0, with nothing changed, when the
+     * operation needs anything more (a device call, a new heap, a choice under memory
+     * pressure, a charge above max_charge, an address that is not a live block's start,
+     * a size that is not the block's): the caller then takes the ordinary way, which also
+     * reports what was wrong. */
+    uint64_t (*alloc_local)(fli_policy *p, uint64_t size, uint64_t stream, uint64_t max_charge, fli_local *l,
+                            uint64_t *addr);
+    uint64_t (*free_local)(fli_policy *p, uint64_t addr, uint64_t want, fli_local *l, uint64_t *requested);
     /* The thread of that token ends (called under the allocator's lock): its heaps may
      * serve another thread's stream-local operations. */
     void (*local_forget)(fli_policy *p, uint64_t owner);

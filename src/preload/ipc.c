@@ -280,8 +280,9 @@ static void *serve(void *arg)
 }
 
 /* This process's server, started once per process (a forked child starts its own);
- * its token in *token. 0, or -1 with why on stderr. */
-static int server_start(uint64_t *token)
+ * w gets its token and, under the same lock, its mac (the running server's key). 0, or
+ * -1 with why on stderr. */
+static int server_seal(wire *w)
 {
     pthread_once(&atfork_once, register_atfork);
     pthread_mutex_lock(&server_lock);
@@ -321,7 +322,8 @@ static int server_start(uint64_t *token)
             server_fd = l;
         }
     }
-    *token = server_token;
+    w->token = server_token;
+    w->mac = wire_mac(w->token, w->addr, w->size, w->device, w->kind);
     pthread_mutex_unlock(&server_lock);
     return rc;
 }
@@ -330,12 +332,9 @@ static int server_start(uint64_t *token)
  * started if need be. */
 static cudaError_t make_handle(cudaIpcMemHandle_t *handle, int dev, uint64_t addr, uint64_t size, int32_t kind)
 {
-    uint64_t token = 0;
-    if (server_start(&token) != 0)
+    wire w = {WIRE_MAGIC, (int32_t)getpid(), dev, 0, addr, size, kind, 0};
+    if (server_seal(&w) != 0)
         return cudaErrorUnknown;
-    pthread_mutex_lock(&server_lock); /* the key of the server running now */
-    wire w = {WIRE_MAGIC, (int32_t)getpid(), dev, token, addr, size, kind, wire_mac(token, addr, size, dev, kind)};
-    pthread_mutex_unlock(&server_lock);
     memset(handle, 0, sizeof *handle);
     memcpy(handle->reserved, &w, sizeof w);
     return cudaSuccess;
