@@ -1,6 +1,9 @@
 /* The fragless policy's placement rules that can be shown on a few blocks: a large
  * heap's blocks of a page's half, quarter, ... stay inside one page (placement_cost),
- * where a block of another size keeps its lower neighbour. */
+ * where a block of another size keeps its lower neighbour; and at the limit, a block that
+ * no place in its heap can back is stitched from the free end of one pinned page and the
+ * free start of another (stitch_alloc), its bytes those pages' own (checked on the CUDA
+ * driver double, whose memory is host memory). */
 #include <string.h>
 
 #include "policy/policy.h"
@@ -9,14 +12,18 @@
 #define MiB (UINT64_C(1) << 20)
 #define PAGE (2 * MiB)
 
-static fli_policy *fragless_on(fl_device *d)
+/* limit 0: the device's capacity. */
+static fli_policy *fragless_limited(fl_device *d, uint64_t limit)
 {
     fl_config cfg;
     fl_config_default(&cfg);
+    cfg.limit = limit;
     fli_policy *p = NULL;
     CHECK_OK(fli_policy_create(&cfg, d, &p));
     return p;
 }
+
+static fli_policy *fragless_on(fl_device *d) { return fragless_limited(d, 0); }
 
 /* Leaves the free range [1.5, 4.5) MiB between two live blocks of the large heap: its
  * pages 0 and 2 are pinned by them, page 1 by nothing. Returns the heap's base. */
@@ -79,9 +86,151 @@ static void test_other_sizes_keep_low_end(void)
     fl_device_destroy(d);
 }
 
+/* On an 8-page limit: blocks of 3, 1, 4, 1 and 7 MiB from the heap's base, the two 1 MiB
+ * ones freed. Every page is pinned; the free bytes are page 1's last MiB and page 4's
+ * first, 2 MiB in all, in no one range. Returns the first block; *x the others. */
+static uint64_t slivers(fli_policy *p, uint64_t x[3])
+{
+    static const uint64_t mib[] = {3, 1, 4, 1, 7};
+    uint64_t b[5];
+    for (int i = 0; i < 5; i++)
+        CHECK_OK(p->ops->alloc(p, mib[i] * MiB, 0, &b[i]));
+    uint64_t off = 0;
+    for (int i = 0; i < 5; i++) { /* the layout the test means: each above the last */
+        CHECK_EQ_U64(b[i] - b[0], off);
+        off += mib[i] * MiB;
+    }
+    CHECK_EQ_U64(b[0] % PAGE, 0);
+    CHECK_OK(p->ops->free(p, b[1], 0, NULL));
+    CHECK_OK(p->ops->free(p, b[3], 0, NULL));
+    CHECK(p->ops->check(p) == 0);
+    x[0] = b[2], x[1] = b[4], x[2] = 0;
+    return b[0];
+}
+
+/* The stitched block: 2 MiB where the limit leaves no page, on the two free parts (no
+ * new physical memory, two mappings); a free of the lent part's address inside the heap
+ * is refused; a 3 MiB block, which would need one page more, is still out of memory
+ * with nothing changed; freed, its lent parts serve the heap again, and its mappings go
+ * at the next synchronize (empty_cache). Without stitching the 2 MiB request fails. */
+static void test_stitched_block(void)
+{
+    fl_device *d = fl_test_sim(64 * PAGE, 0);
+    fli_policy *p = fragless_limited(d, 8 * PAGE);
+    uint64_t others[3], x, y;
+    uint64_t base = slivers(p, others);
+    CHECK_EQ_U64(in_use(d), 8 * PAGE);
+    uint64_t maps = calls(d, FL_CALL_MAP), unmaps = calls(d, FL_CALL_UNMAP);
+    CHECK_OK(p->ops->alloc(p, 2 * MiB, 0, &x));
+    CHECK(x < base || x >= base + 16 * MiB);      /* not in the heap */
+    CHECK_EQ_U64(x % PAGE, PAGE - MiB);           /* its first MiB on a page's end */
+    CHECK_EQ_U64(in_use(d), 8 * PAGE);            /* no new memory */
+    CHECK_EQ_U64(calls(d, FL_CALL_MAP) - maps, 2); /* the two lending pages again */
+    CHECK_EQ_U64(p->ops->block_size(p, x), 2 * MiB);
+    CHECK_EQ_U64(p->allocated, 16 * MiB);
+    CHECK(p->ops->check(p) == 0);
+    /* The lent bytes are no block of the heap's. */
+    CHECK(p->ops->free(p, base + 3 * MiB, 0, NULL) != FL_OK);
+    CHECK(p->ops->free(p, base + 8 * MiB, 0, NULL) != FL_OK);
+    CHECK_EQ_U64(p->ops->block_size(p, base + 3 * MiB), 0);
+    /* One page short: out of memory, nothing changed. */
+    CHECK(p->ops->alloc(p, 3 * MiB, 0, &y) == FL_ERR_OOM);
+    CHECK_EQ_U64(p->allocated, 16 * MiB);
+    CHECK(p->ops->check(p) == 0);
+    uint64_t req = 0;
+    CHECK(p->ops->free(p, x, MiB, &req) != FL_OK); /* the wrong size: refused */
+    CHECK_OK(p->ops->free(p, x, 2 * MiB, &req));
+    CHECK_EQ_U64(req, 2 * MiB);
+    CHECK(p->ops->free(p, x, 0, NULL) != FL_OK); /* twice */
+    CHECK_EQ_U64(p->allocated, 14 * MiB);
+    CHECK(p->ops->check(p) == 0);
+    /* Its mappings wait for a synchronize; the lent parts are free now. */
+    CHECK_EQ_U64(calls(d, FL_CALL_UNMAP), unmaps);
+    CHECK_OK(p->ops->alloc(p, MiB, 0, &y));
+    CHECK(y == base + 3 * MiB || y == base + 8 * MiB);
+    CHECK(p->ops->check(p) == 0);
+    CHECK_OK(p->ops->empty_cache(p));
+    CHECK(calls(d, FL_CALL_UNMAP) > unmaps);
+    CHECK(p->ops->check(p) == 0);
+    CHECK_OK(p->ops->free(p, y, 0, NULL));
+    /* The same request again, stitched again, and the policy destroyed with it live. */
+    CHECK_OK(p->ops->alloc(p, 2 * MiB, 0, &x));
+    CHECK(p->ops->check(p) == 0);
+    p->ops->destroy(p);
+    CHECK_EQ_U64(in_use(d), 0);
+    fl_device_destroy(d);
+}
+
+/* A device call of the stitching that fails (the reservation, either mapping, the
+ * access) leaves the request out of memory and the policy as it was: consistent, the
+ * lent parts free again, nothing held; the same request then succeeds. */
+static void test_stitch_faults(void)
+{
+    for (uint64_t k = 1; k <= 4; k++) {
+        fl_device *d = fl_test_sim(64 * PAGE, 0);
+        fli_policy *p = fragless_limited(d, 8 * PAGE);
+        uint64_t others[3], x;
+        slivers(p, others);
+        CHECK_OK(fl_device_set_fault(d, fl_device_total_calls(&d->counters) + k, 0));
+        CHECK(p->ops->alloc(p, 2 * MiB, 0, &x) != FL_OK);
+        CHECK_EQ_U64(counters(d).failed_calls, 1);
+        CHECK_OK(fl_device_set_fault(d, 0, 0));
+        CHECK_EQ_U64(p->allocated, 14 * MiB);
+        CHECK_EQ_U64(in_use(d), 8 * PAGE);
+        CHECK(p->ops->check(p) == 0);
+        CHECK_OK(p->ops->alloc(p, 2 * MiB, 0, &x));
+        CHECK(p->ops->check(p) == 0);
+        CHECK_OK(p->ops->free(p, x, 0, NULL));
+        CHECK_OK(p->ops->empty_cache(p));
+        CHECK(p->ops->check(p) == 0);
+        p->ops->destroy(p);
+        CHECK_EQ_U64(in_use(d), 0);
+        fl_device_destroy(d);
+    }
+}
+
+/* The same on the CUDA driver double, with bytes: the stitched block's bytes are the
+ * lending pages' free parts (written through the block, read through the heap's
+ * addresses), and the live blocks around them keep theirs. */
+static void test_stitched_bytes(void)
+{
+    if (!fl_test_fakecuda()) {
+        printf("test_placement: the CUDA driver double is not built: stitched bytes not checked\n");
+        return;
+    }
+    fl_device *d = fl_test_fake_device();
+    if (!d)
+        return;
+    CHECK_EQ_U64(d->granularity, PAGE);
+    fli_policy *p = fragless_limited(d, 8 * PAGE);
+    uint64_t others[3], x;
+    uint64_t base = slivers(p, others);
+    unsigned char *b = (unsigned char *)(uintptr_t)base;
+    memset(b, 0xa1, 3 * MiB);
+    memset(b + 4 * MiB, 0xb2, 4 * MiB);
+    memset(b + 9 * MiB, 0xc3, 7 * MiB);
+    CHECK_OK(p->ops->alloc(p, 2 * MiB, 0, &x));
+    memset((void *)(uintptr_t)x, 0x5a, 2 * MiB);
+    size_t bad = 0;
+    for (uint64_t i = 0; i < 16 * MiB; i++) {
+        unsigned char want = i < 3 * MiB ? 0xa1 : i < 4 * MiB ? 0x5a : i < 8 * MiB ? 0xb2 : i < 9 * MiB ? 0x5a : 0xc3;
+        bad += b[i] != want;
+    }
+    CHECK_EQ_U64(bad, 0);
+    CHECK(p->ops->check(p) == 0);
+    CHECK_OK(p->ops->free(p, x, 0, NULL));
+    CHECK_OK(p->ops->empty_cache(p));
+    CHECK(p->ops->check(p) == 0);
+    p->ops->destroy(p);
+    fl_device_destroy(d);
+}
+
 int main(void)
 {
     test_page_fraction_inside_one_page();
     test_other_sizes_keep_low_end();
+    test_stitched_block();
+    test_stitch_faults();
+    test_stitched_bytes();
     return fl_test_done("test_placement");
 }

@@ -378,6 +378,7 @@ static void stats_fill(fl_allocator *a, fl_stats *out, int query)
         p->ops->query(p, &a->last_query);
     fli_policy_state st = a->last_query;
     out->free_in_reserved = st.free_in_reserved + t.cached_bytes;
+    out->stitched_blocks = st.stitched;
     out->cached_bytes = st.cached;
     out->inactive_split_bytes = st.free_in_reserved > st.cached ? st.free_in_reserved - st.cached : 0;
     if (out->inactive_split_bytes > a->inactive_split_peak)

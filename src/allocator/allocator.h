@@ -101,7 +101,7 @@ fl_status fli_state_write(const fli_policy *p, const fl_stats *stats, FILE *out)
  * written, so a reader that sees the same even seq before and after its copy has a
  * whole record. The header (magic .. comm) never changes once the file has its name. */
 #define FL_PUB_MAGIC UINT32_C(0x504f5446) /* the bytes "FTOP" */
-#define FL_PUB_VERSION 3 /* 2: rank and the GPU's UUID; 3: graph bytes in fl_stats */
+#define FL_PUB_VERSION 4 /* 2: rank and the GPU's UUID; 3: graph bytes in fl_stats; 4: stitched blocks */
 #define FL_PUB_WORDS (1 + sizeof(fl_stats) / 8) /* updated_ns, then fl_stats */
 #define FL_PUB_PREFIX "fragless."             /* file names: fragless.PID.DEVICE[.N] */
 

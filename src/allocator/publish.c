@@ -22,7 +22,7 @@
 
 /* The file format is an ABI between processes built at different times: a change of
  * fl_stats or of the header must bump FL_PUB_VERSION (and update these figures). */
-_Static_assert(sizeof(fl_stats) == 376, "fl_stats changed: bump FL_PUB_VERSION");
+_Static_assert(sizeof(fl_stats) == 384, "fl_stats changed: bump FL_PUB_VERSION");
 _Static_assert(sizeof(fl_stats) % 8 == 0, "fl_stats is published as 64-bit words");
 _Static_assert(offsetof(fli_pub_record, seq) == 120, "fli_pub_record header layout");
 _Static_assert(sizeof(fli_pub_record) == 128 + 8 * FL_PUB_WORDS, "fli_pub_record layout");

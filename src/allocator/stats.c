@@ -55,11 +55,12 @@ size_t fl_stats_json(const fl_stats *s, char *buf, size_t n)
         (unsigned long long)s->num_sync_all_streams);
     put(&o, "\"fragless\":{\"capacity\":%llu,\"limit\":%llu,\"cached_bytes\":%llu,\"free_in_reserved\":%llu,"
             "\"largest_free\":%llu,\"external_fragmentation\":%.6f,\"device_failed_calls\":%llu,"
-            "\"device_time_us\":%.3f,\"graph_bytes\":%llu,\"graph_kept_bytes\":%llu,\"device_calls\":{",
+            "\"device_time_us\":%.3f,\"graph_bytes\":%llu,\"graph_kept_bytes\":%llu,\"stitched_blocks\":%llu,"
+            "\"device_calls\":{",
         (unsigned long long)s->capacity, (unsigned long long)s->limit, (unsigned long long)s->cached_bytes,
         (unsigned long long)s->free_in_reserved, (unsigned long long)s->largest_free, s->external_fragmentation,
         (unsigned long long)s->device_failed_calls, s->device_time_us, (unsigned long long)s->graph_bytes,
-        (unsigned long long)s->graph_kept_bytes);
+        (unsigned long long)s->graph_kept_bytes, (unsigned long long)s->stitched_blocks);
     for (int c = 0; c < FL_CALL_COUNT; c++)
         put(&o, "%s\"%s\":%llu", c ? "," : "", fl_call_name((fl_call)c), (unsigned long long)s->device_calls[c]);
     put(&o, "}}}");

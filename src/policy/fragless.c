@@ -65,7 +65,10 @@
  * the large heap would take it from. */
 #define TAG_FOREIGN 0x8000u
 #define TAG_GUEST 0x4000u
-#define TAG_REQ(tag) ((uint64_t)((tag) & ~(TAG_FOREIGN | TAG_GUEST)))
+/* An end of a stitched block (stitches, below): part of a page of this heap that a block
+ * elsewhere uses through a second mapping of the page's handle. No free finds it. */
+#define TAG_STITCH 0x2000u
+#define TAG_REQ(tag) ((uint64_t)((tag) & ~(TAG_FOREIGN | TAG_GUEST | TAG_STITCH)))
 
 typedef struct fx_page {
     uint32_t refs;          /* live blocks that start or end on the page */
@@ -159,6 +162,24 @@ typedef struct fx_heap {
     char pad[64];               /* no cache line shared with the next heap's fields */
 } fx_heap;
 
+/* A stitched block: the last resort before out of memory (stitch_alloc). It lives in a
+ * reservation of its own, where the handles of its pages are mapped in a row: in the
+ * middle, pages of its own; at its ends, a second mapping of pages that live blocks of its
+ * stream's heaps pin already, whose free part (the end of a page for its first bytes, the
+ * start of one for its last) is held in that heap by a range node tagged TAG_STITCH. */
+typedef struct fx_stitch {
+    uint64_t addr, size, req, stream; /* the block: address, bytes charged, asked */
+    uint64_t va, pages;         /* the reservation and its pages, ends included */
+    uint64_t mapped;            /* its first pages mapped so far (undone from the last) */
+    int reserved;               /* va is reserved */
+    uint64_t *handles;          /* the middle pages' handles, n_handles of them */
+    uint64_t n_handles;
+    uint32_t end_heap[2];       /* [first page, last page]: the heap lending it, */
+    uint32_t end_node[2];       /* and the range node held there; STITCH_NONE: no end */
+    int dead;                   /* freed: unmapped at the next synchronize (stitch_reap) */
+} fx_stitch;
+#define STITCH_NONE UINT32_MAX
+
 typedef struct fx_policy {
     fli_policy base;
     uint64_t gran;
@@ -193,6 +214,10 @@ typedef struct fx_policy {
     uint64_t hand_page;
     uint64_t peak_pinned;   /* the most pages live blocks touched at once, as seen by
                                place_under_pressure (the only reader) */
+    fx_stitch *stitches;    /* stitched blocks, live and dead */
+    uint32_t n_stitches, cap_stitches, n_dead;
+    uint64_t stitch_pages;  /* their middle pages (handles counted in n_handles) */
+    uint64_t dead_pages;    /* of those, in dead stitches: the pool's after a synchronize */
 } fx_policy;
 
 /* ---- heaps ------------------------------------------------------------------- */
@@ -392,7 +417,7 @@ static uint64_t cached_pages(const fx_policy *f)
 /* Pages some live block touches. */
 static inline uint64_t pinned_pages(const fx_policy *f)
 {
-    return f->n_handles - f->n_pool - f->n_cpool * CHUNK_PAGES - cached_pages(f);
+    return f->n_handles - f->n_pool - f->n_cpool * CHUNK_PAGES - cached_pages(f) - f->dead_pages;
 }
 
 /* Cached pages with a handle of their own (reclaim_run unmaps them, a run in a row at
@@ -459,11 +484,11 @@ static uint64_t idle_chunks(const fx_policy *f)
 }
 
 /* Pages that unmapped ones can get without touching a live block: pooled handles, pages
- * still creatable, cached pages of their own, and chunks no live block touches (counted
- * only when the others fall short of `need`). */
+ * still creatable, cached pages of their own, freed stitched blocks' pages, and chunks no
+ * live block touches (counted only when the others fall short of `need`). */
 static uint64_t pages_obtainable(const fx_policy *f, uint64_t need)
 {
-    uint64_t n = f->n_pool + f->n_cpool * CHUNK_PAGES + creatable(f) + cached_singles(f);
+    uint64_t n = f->n_pool + f->n_cpool * CHUNK_PAGES + creatable(f) + cached_singles(f) + f->dead_pages;
     return n >= need ? n : n + idle_chunks(f) * CHUNK_PAGES;
 }
 
@@ -586,13 +611,14 @@ static fl_status release_pooled_chunk(fx_policy *f)
     return FL_OK;
 }
 
-/* A handle for page p of heap h, which map_pages maps through p1: the pool first (free),
+/* A handle for one page of `want` the caller still has to map: the pool first (free),
  * then a new one while the limit allows (paid once, in warm-up), then the memory of a
- * pooled chunk, then cached pages elsewhere (as many in a row as [p, p1] still needs:
- * reclaim_run) or a chunk no live block touches (unmapped after a sync). */
+ * pooled chunk, then freed stitched blocks' pages (after a sync), then cached pages
+ * elsewhere (as many in a row as the caller still needs: reclaim_run) or a chunk no live
+ * block touches (unmapped after a sync). */
 static fl_status synchronize(fx_policy *f);
 
-static fl_status take_handle(fx_policy *f, int *synced, const fx_heap *h, uint64_t p, uint64_t p1, uint64_t *handle)
+static fl_status take_handle(fx_policy *f, int *synced, uint64_t want, uint64_t *handle)
 {
     for (;;) {
         if (f->n_pool) {
@@ -619,6 +645,14 @@ static fl_status take_handle(fx_policy *f, int *synced, const fx_heap *h, uint64
                 return s;
             continue;
         }
+        if (f->n_dead && !*synced) {
+            /* Freed stitched blocks give their pages to the pool once synchronized. */
+            if ((s = synchronize(f)) != FL_OK)
+                return s;
+            *synced = 1;
+            f->base.retries++;
+            continue;
+        }
         if (cached_singles(f) == 0 && idle_chunks(f) == 0)
             return fli_fail(FL_ERR_OOM, "fragless: no physical page left");
         if (!*synced) {
@@ -629,10 +663,7 @@ static fl_status take_handle(fx_policy *f, int *synced, const fx_heap *h, uint64
             f->base.retries++;
         }
         uint64_t got;
-        /* The pages of [p, p1] still unmapped (p among them): what a reclaim may take at
-         * once for the caller, map_pages. */
-        if ((s = cached_singles(f) ? reclaim_run(f, p1 + 1 - p - fli_bits_count(h->mapped, p, p1 + 1))
-                                   : reclaim_chunks(f, 1, &got)) != FL_OK)
+        if ((s = cached_singles(f) ? reclaim_run(f, want) : reclaim_chunks(f, 1, &got)) != FL_OK)
             return s;
     }
 }
@@ -749,7 +780,9 @@ static fl_status map_pages(fx_policy *f, uint32_t hi, uint64_t p0, uint64_t p1)
             s = FL_OK; /* refused for want of memory: pages of its own */
         }
         uint64_t handle;
-        if ((s = take_handle(f, &synced, h, p, p1, &handle)) != FL_OK)
+        /* The pages of [p, p1] still unmapped (p among them): what a reclaim may take at
+         * once. */
+        if ((s = take_handle(f, &synced, p1 + 1 - p - fli_bits_count(h->mapped, p, p1 + 1), &handle)) != FL_OK)
             break;
         if ((s = fli_dev_map(f->base.dev, h->va + (p << f->gran_log), f->gran, handle)) != FL_OK) {
             f->pool[f->n_pool++] = handle;
@@ -1400,8 +1433,10 @@ static int any_deferred(const fx_policy *f)
     return 0;
 }
 
-/* After a synchronize: every stream's work so far is done; the waiting ranges go back
- * and every free range may be lent. */
+static void stitch_reap(fx_policy *f);
+
+/* After a synchronize: every stream's work so far is done; the waiting ranges go back,
+ * every free range may be lent, and freed stitched blocks are unmapped. */
 static void synced_now(fx_policy *f)
 {
     for (uint32_t hi = 0; hi < f->n_heaps; hi++) {
@@ -1413,6 +1448,8 @@ static void synced_now(fx_policy *f)
         }
         h->dirty = 0;
     }
+    if (f->n_dead)
+        stitch_reap(f);
 }
 
 static fl_status synchronize(fx_policy *f)
@@ -1421,6 +1458,261 @@ static fl_status synchronize(fx_policy *f)
     if (s == FL_OK)
         synced_now(f);
     return s;
+}
+
+/* ---- stitched blocks: the last resort before out of memory ------------------------ */
+
+/* Near the limit, a block that needs k new pages wherever it goes in its heap may find
+ * only k - 1 obtainable while the pages live blocks pin hold free bytes, in pieces no
+ * block of its size fits. A page's free end (its last bytes) can hold a block's first
+ * bytes, and a page's free start its last bytes, if the block lives elsewhere: CUDA maps
+ * one handle at several addresses (the programming guide's "virtual aliasing"). So the
+ * block gets a reservation of its own, with the page lending its first bytes mapped
+ * again at the start, pages of its own in the middle and the page lending its last bytes
+ * at the end; the lent parts are held in their heaps by range nodes (TAG_STITCH), which
+ * pin their pages as a block does. No byte is reachable through two addresses that two
+ * blocks use. Only pages of the block's own stream lend (its work on their free bytes is
+ * ordered before the block's), only pages with a handle of their own (a chunk's handle
+ * would be mapped whole), and only when the ordinary place fails for want of pages: then
+ * it takes up to two pages fewer. Freed, its lent parts go back at once (the same stream
+ * reuses them in order) and its mappings wait for the next synchronize (a kernel may
+ * still use them). */
+
+/* Page p of heap h can lend a part: mapped with a handle of its own, accessible. */
+static inline int page_lends(const fx_heap *h, uint64_t p)
+{
+    return p < h->n_pages && h->pages[p].handle && !in_chunk(h, p) && !(h->pages[p].flags & PAGE_NO_ACCESS);
+}
+
+typedef struct fx_end {
+    uint64_t bytes, page;
+    uint32_t hi;
+} fx_end;
+
+/* The largest free end of a page (*head) and the two largest free starts of pages in
+ * different pages (tail[0] >= tail[1]) in stream's heaps, after their quick lists go
+ * back to the range allocator. A free range [a, e) that crosses the end of a's page
+ * frees that page's end; one that crosses the start of e's last page frees its start. */
+static void stitch_ends(fx_policy *f, uint64_t stream, fx_end *head, fx_end tail[2])
+{
+    uint64_t g = f->gran;
+    unsigned gl = f->gran_log;
+    for (uint32_t hi = 0; hi < f->n_heaps; hi++) {
+        fx_heap *h = &f->heaps[hi];
+        if (h->stream != stream || h->retired)
+            continue;
+        flush_bins(h);
+        uint64_t top = h->top << gl;
+        for (uint32_t n = h->range->head; n; n = h->range->nodes[n].next_phys) {
+            const range_node *b = &h->range->nodes[n];
+            if (b->offset >= top)
+                break;
+            if (b->used != RANGE_FREE)
+                continue;
+            uint64_t a = b->offset, e = b->offset + b->size, pa = a >> gl, pe = (e - 1) >> gl;
+            if ((a & (g - 1)) && e >= (pa + 1) << gl && ((pa + 1) << gl) - a > head->bytes && page_lends(h, pa))
+                *head = (fx_end){((pa + 1) << gl) - a, pa, hi};
+            uint64_t t = e - (pe << gl);
+            if ((e & (g - 1)) && a <= pe << gl && t > tail[1].bytes && page_lends(h, pe)) {
+                if (t > tail[0].bytes) {
+                    tail[1] = tail[0];
+                    tail[0] = (fx_end){t, pe, hi};
+                } else {
+                    tail[1] = (fx_end){t, pe, hi};
+                }
+            }
+        }
+    }
+}
+
+/* Holds [off, off + size) of heap hi, free, for a stitched block: *node, pinned. 0 if
+ * the range is not free. */
+static int stitch_hold(fx_policy *f, uint32_t hi, uint64_t off, uint64_t size, uint32_t *node)
+{
+    fx_heap *h = &f->heaps[hi];
+    for (uint32_t n = h->range->head; n; n = h->range->nodes[n].next_phys) {
+        const range_node *b = &h->range->nodes[n];
+        if (off >= b->offset + b->size)
+            continue;
+        if (b->used != RANGE_FREE || off < b->offset || off + size > b->offset + b->size ||
+            range_take(h->range, n, off - b->offset, size, node) != FL_OK)
+            return 0;
+        h->range->nodes[*node].tag = TAG_STITCH;
+        index_add(h, *node);
+        uint32_t no_access = 0;
+        uint64_t missing = pin(f, h, off >> f->gran_log, (off + size - 1) >> f->gran_log, &no_access);
+        FL_ASSERT(!missing && !no_access); /* page_lends */
+        (void)missing;
+        return 1;
+    }
+    return 0;
+}
+
+/* Gives back the lent parts of stitched block st. */
+static void stitch_unhold(fx_policy *f, const fx_stitch *st)
+{
+    for (int k = 0; k < 2; k++) {
+        if (st->end_heap[k] == STITCH_NONE)
+            continue;
+        fx_heap *h = &f->heaps[st->end_heap[k]];
+        uint64_t p = h->range->nodes[st->end_node[k]].offset >> f->gran_log;
+        heap_release(h, st->end_node[k]);
+        unpin_in(f, h, p, p, 1);
+    }
+}
+
+/* Undoes a stitched block's mappings and reservation, and puts its middle handles in the
+ * pool. On a failed call it stops where it is, its progress kept in st (mapped,
+ * reserved), for a later try. */
+static fl_status stitch_unmap(fx_policy *f, fx_stitch *st)
+{
+    fl_status s;
+    if (st->mapped > 1 && st->mapped == st->pages) {
+        /* One call for the whole row (reclaim_run) */
+        if ((s = fli_dev_unmap(f->base.dev, st->va, st->pages << f->gran_log)) != FL_OK)
+            return s;
+        st->mapped = 0;
+    }
+    for (; st->mapped; st->mapped--)
+        if ((s = fli_dev_unmap(f->base.dev, st->va + ((st->mapped - 1) << f->gran_log), f->gran)) != FL_OK)
+            return s;
+    if (st->reserved) {
+        if ((s = fli_dev_addr_free(f->base.dev, st->va, st->pages << f->gran_log)) != FL_OK)
+            return s;
+        st->reserved = 0;
+    }
+    for (uint64_t i = 0; i < st->n_handles; i++)
+        f->pool[f->n_pool++] = st->handles[i];
+    f->stitch_pages -= st->n_handles;
+    free(st->handles);
+    st->handles = NULL;
+    st->n_handles = 0;
+    return FL_OK;
+}
+
+/* After a synchronize: the dead stitched blocks are unmapped and their pages pooled. One
+ * whose device calls fail stays dead, for the next. */
+static void stitch_reap(fx_policy *f)
+{
+    for (uint32_t i = 0; i < f->n_stitches;) {
+        fx_stitch *st = &f->stitches[i];
+        uint64_t pages = st->n_handles;
+        if (!st->dead || stitch_unmap(f, st) != FL_OK) {
+            i++;
+            continue;
+        }
+        f->dead_pages -= pages;
+        f->n_dead--;
+        f->stitches[i] = f->stitches[--f->n_stitches];
+    }
+}
+
+/* A stitched block that could not be made or was freed: dead, its mappings undone at the
+ * next synchronize, its lent parts given back (the caller did). */
+static void stitch_bury(fx_policy *f, fx_stitch *st)
+{
+    st->end_heap[0] = st->end_heap[1] = STITCH_NONE;
+    st->dead = 1;
+    f->n_dead++;
+    f->dead_pages += st->n_handles;
+}
+
+/* The live stitched block at addr, NULL if none. */
+static fx_stitch *stitch_find(const fx_policy *f, uint64_t addr)
+{
+    for (uint32_t i = 0; i < f->n_stitches; i++)
+        if (f->stitches[i].addr == addr && !f->stitches[i].dead)
+            return &f->stitches[i];
+    return NULL;
+}
+
+/* A stitched block of rsize bytes for stream: 1 with *addr, or 0 with nothing changed
+ * (what it would need is not there, or a device call failed). */
+static FL_NOINLINE int stitch_alloc(fx_policy *f, uint64_t stream, uint64_t size, uint64_t rsize, uint64_t *addr)
+{
+    uint64_t g = f->gran;
+    unsigned gl = f->gran_log;
+    if (f->n_stitches == f->cap_stitches) {
+        uint32_t cap = f->cap_stitches ? f->cap_stitches * 2 : 8;
+        fx_stitch *t = realloc(f->stitches, cap * sizeof *t);
+        if (!t)
+            return 0;
+        f->stitches = t;
+        f->cap_stitches = cap;
+    }
+    fx_end head = {0, 0, 0}, tail[2] = {{0, 0, 0}, {0, 0, 0}};
+    stitch_ends(f, stream, &head, tail);
+    const fx_end *t = tail[0].bytes && head.bytes && tail[0].hi == head.hi && tail[0].page == head.page ? &tail[1]
+                                                                                                       : &tail[0];
+    /* The first bytes on the lending page's end, whole pages, the last bytes on the
+     * other's start where they fit (else one more page of its own). */
+    uint64_t hs = head.bytes < rsize ? head.bytes : rsize, rest = rsize - hs, ts = 0;
+    uint64_t m = (rest + g - 1) >> gl;
+    if (rest && t->bytes >= rest - ((m - 1) << gl)) {
+        ts = rest - ((m - 1) << gl);
+        m--;
+    }
+    if (!hs && !ts)
+        return 0;
+    fx_stitch st = {.size = rsize, .req = size, .stream = stream, .pages = (hs != 0) + m + (ts != 0),
+                    .end_heap = {STITCH_NONE, STITCH_NONE}};
+    if (hs && !stitch_hold(f, head.hi, ((head.page + 1) << gl) - hs, hs, &st.end_node[0]))
+        return 0;
+    st.end_heap[0] = hs ? head.hi : STITCH_NONE;
+    if (ts && !stitch_hold(f, t->hi, t->page << gl, ts, &st.end_node[1])) {
+        stitch_unhold(f, &st);
+        return 0;
+    }
+    st.end_heap[1] = ts ? t->hi : STITCH_NONE;
+    /* The pages it still needs, its ends now pinned (they may have been cached). */
+    if (m > pages_obtainable(f, m) || (m && !(st.handles = malloc(m * sizeof *st.handles)))) {
+        stitch_unhold(f, &st);
+        return 0;
+    }
+    int synced = 0;
+    fl_status s = FL_OK;
+    while (st.n_handles < m && s == FL_OK)
+        if ((s = take_handle(f, &synced, m - st.n_handles, &st.handles[st.n_handles])) == FL_OK) {
+            st.n_handles++;
+            f->stitch_pages++;
+        }
+    if (s == FL_OK && (s = fli_dev_reserve(f->base.dev, st.pages << gl, &st.va)) == FL_OK)
+        st.reserved = 1;
+    for (; s == FL_OK && st.mapped < st.pages; st.mapped++) {
+        uint64_t i = st.mapped;
+        uint64_t handle = i == 0 && hs   ? f->heaps[head.hi].pages[head.page].handle
+                          : i == st.pages - 1 && ts ? f->heaps[t->hi].pages[t->page].handle
+                                                    : st.handles[i - (hs != 0)];
+        if ((s = fli_dev_map(f->base.dev, st.va + (i << gl), g, handle)) != FL_OK)
+            break;
+    }
+    if (s == FL_OK)
+        s = fli_dev_set_access(f->base.dev, st.va, st.pages << gl);
+    if (s != FL_OK) {
+        /* Nothing used it: undone without a synchronize; what a failed call leaves waits,
+         * dead, for the next try. */
+        stitch_unhold(f, &st);
+        if (stitch_unmap(f, &st) != FL_OK) {
+            stitch_bury(f, &st);
+            f->stitches[f->n_stitches++] = st;
+        }
+        return 0;
+    }
+    st.addr = st.va + (hs ? g - hs : 0);
+    f->stitches[f->n_stitches++] = st;
+    f->base.allocated += rsize;
+    f->base.num_allocs++;
+    *addr = st.addr;
+    return 1;
+}
+
+/* Frees stitched block st (live). */
+static void stitch_free(fx_policy *f, fx_stitch *st)
+{
+    stitch_unhold(f, st);
+    stitch_bury(f, st);
+    f->base.allocated -= st->size;
+    f->base.num_frees++;
 }
 
 /* ---- small requests in the large heap (guests) ------------------------------------ */
@@ -1778,8 +2070,11 @@ static FL_NOINLINE fl_status alloc_placed(fx_policy *f, uint64_t size, uint64_t 
         if (s != FL_OK) {
             unpin(f, hi, p0, p1, 0);
             give_back(&f->heaps[hi], held, node, rsize, 1);
-            if (s == FL_ERR_OOM)
+            if (s == FL_ERR_OOM) {
+                if (stitch_alloc(f, stream, size, rsize, addr))
+                    return FL_OK;
                 base->ooms++;
+            }
             return s;
         }
     }
@@ -1856,7 +2151,8 @@ static inline uint32_t live_node_in(const fx_policy *f, const fx_heap *h, uint64
     uint32_t v = h->starts[off >> h->win_log];
     while (v && nodes[v].offset < off)
         v = nodes[v].next_phys;
-    return FL_LIKELY(v) && nodes[v].offset == off && nodes[v].used == RANGE_USED ? v : 0;
+    return FL_LIKELY(v) && nodes[v].offset == off && nodes[v].used == RANGE_USED && !(nodes[v].tag & TAG_STITCH) ? v
+                                                                                                          : 0;
 }
 
 /* live_node_in of whichever heap holds addr (in *hp), 0 if none. */
@@ -1871,9 +2167,13 @@ static inline uint32_t live_node(const fx_policy *f, uint64_t addr, fx_heap **hp
 
 static uint64_t fx_block_size(const fli_policy *base, uint64_t addr)
 {
+    const fx_policy *f = (const fx_policy *)base;
     fx_heap *h;
-    uint32_t v = live_node((const fx_policy *)base, addr, &h);
-    return v ? h->range->nodes[v].size - TAG_REQ(h->range->nodes[v].tag) : 0;
+    uint32_t v = live_node(f, addr, &h);
+    if (v)
+        return h->range->nodes[v].size - TAG_REQ(h->range->nodes[v].tag);
+    const fx_stitch *st = f->n_stitches ? stitch_find(f, addr) : NULL;
+    return st ? st->req : 0;
 }
 
 static int fx_block_stream(const fli_policy *base, uint64_t addr, uint64_t *stream)
@@ -1881,8 +2181,12 @@ static int fx_block_stream(const fli_policy *base, uint64_t addr, uint64_t *stre
     const fx_policy *f = (const fx_policy *)base;
     fx_heap *h;
     uint32_t v = live_node(f, addr, &h);
-    if (!v)
-        return 0;
+    if (!v) {
+        const fx_stitch *st = f->n_stitches ? stitch_find(f, addr) : NULL;
+        if (st)
+            *stream = st->stream;
+        return st != NULL;
+    }
     if (FL_UNLIKELY(h->retired)) /* its stream is gone: a free must wait for its own stream */
         return -1;
     *stream = h->stream;
@@ -1927,8 +2231,17 @@ static FL_NOINLINE fl_status fx_free_general(fx_policy *f, uint64_t addr, uint64
 {
     fx_heap *h;
     uint32_t v = live_node(f, addr, &h);
-    if (FL_UNLIKELY(!v))
-        return fli_policy_not_live(&f->base, addr);
+    if (FL_UNLIKELY(!v)) {
+        fx_stitch *st = f->n_stitches ? stitch_find(f, addr) : NULL;
+        if (!st)
+            return fli_policy_not_live(&f->base, addr);
+        if (want && want != st->req)
+            return fli_policy_size_mismatch(addr, want, st->req);
+        if (requested)
+            *requested = st->req;
+        stitch_free(f, st);
+        return FL_OK;
+    }
     const range_node *b = &h->range->nodes[v];
     uint64_t req = b->size - TAG_REQ(b->tag);
     if (want && want != req)
@@ -2180,7 +2493,7 @@ static fl_status fx_empty_cache(fli_policy *base)
     int retired_waiting = 0;
     for (uint32_t hi = 0; hi < f->n_heaps && f->n_retired && !retired_waiting; hi++)
         retired_waiting = f->heaps[hi].retired_event != 0;
-    if ((cached_singles(f) || idle || any_deferred(f) || retired_waiting) && (s = synchronize(f)) != FL_OK)
+    if ((cached_singles(f) || idle || any_deferred(f) || retired_waiting || f->n_dead) && (s = synchronize(f)) != FL_OK)
         return s;
     /* Synchronized: the destroyed streams' work is done, their events are not needed (a
      * reset of the device, which empties the cache first, destroys them). */
@@ -2372,13 +2685,45 @@ static int fx_check(const fli_policy *base)
         if (err)
             return fli_fail(FL_ERR_INVALID, "fragless check: stream %llu: %s", (unsigned long long)h->stream, err), 1;
     }
+    /* Stitched blocks: a live one's ends held in their heaps (counted in `allocated`
+     * there), its middle pages its own; the counts of their pages right. */
+    uint64_t stitch_pages = 0, dead_pages = 0;
+    uint32_t dead = 0;
+    for (uint32_t i = 0; i < f->n_stitches; i++) {
+        const fx_stitch *st = &f->stitches[i];
+        uint64_t ends = 0;
+        for (int k = 0; k < 2 && !st->dead; k++) {
+            if (st->end_heap[k] == STITCH_NONE)
+                continue;
+            const range_node *b = st->end_heap[k] < f->n_heaps && st->end_node[k] < f->heaps[st->end_heap[k]].range->n_nodes
+                                      ? &f->heaps[st->end_heap[k]].range->nodes[st->end_node[k]]
+                                      : NULL;
+            if (!b || b->used != RANGE_USED || !(b->tag & TAG_STITCH))
+                return fli_fail(FL_ERR_INVALID, "fragless check: stitched block 0x%llx: an end is not held",
+                               (unsigned long long)st->addr), 1;
+            ends += b->size;
+        }
+        if (st->n_handles + (st->end_heap[0] != STITCH_NONE) + (st->end_heap[1] != STITCH_NONE) > st->pages ||
+            (!st->dead && (ends > st->size || st->size - ends > st->n_handles << f->gran_log)))
+            return fli_fail(FL_ERR_INVALID, "fragless check: stitched block 0x%llx: %llu bytes on %llu pages of its own",
+                           (unsigned long long)st->addr, (unsigned long long)st->size,
+                           (unsigned long long)st->n_handles), 1;
+        allocated += st->dead ? 0 : st->size - ends;
+        stitch_pages += st->n_handles;
+        dead_pages += st->dead ? st->n_handles : 0;
+        dead += st->dead;
+    }
+    if (stitch_pages != f->stitch_pages || dead_pages != f->dead_pages || dead != f->n_dead)
+        return fli_fail(FL_ERR_INVALID, "fragless check: stitched blocks hold %llu pages (%llu freed, %u blocks), counters %llu (%llu, %u)",
+                       (unsigned long long)stitch_pages, (unsigned long long)dead_pages, dead,
+                       (unsigned long long)f->stitch_pages, (unsigned long long)f->dead_pages, f->n_dead), 1;
     if (no_access != f->n_no_access)
         return fli_fail(FL_ERR_INVALID, "fragless check: %llu pages without access, counter %llu",
                        (unsigned long long)no_access, (unsigned long long)f->n_no_access), 1;
-    if (mapped + f->n_pool + f->n_cpool * CHUNK_PAGES != f->n_handles)
-        return fli_fail(FL_ERR_INVALID, "fragless check: %llu mapped + %llu pooled + %llu pooled chunks of %llu pages != "
-                       "%llu pages in handles", (unsigned long long)mapped, (unsigned long long)f->n_pool,
-                       (unsigned long long)f->n_cpool, (unsigned long long)CHUNK_PAGES,
+    if (mapped + f->n_pool + f->n_cpool * CHUNK_PAGES + f->stitch_pages != f->n_handles)
+        return fli_fail(FL_ERR_INVALID, "fragless check: %llu mapped + %llu pooled + %llu pooled chunks of %llu pages + "
+                       "%llu stitched != %llu pages in handles", (unsigned long long)mapped, (unsigned long long)f->n_pool,
+                       (unsigned long long)f->n_cpool, (unsigned long long)CHUNK_PAGES, (unsigned long long)f->stitch_pages,
                        (unsigned long long)f->n_handles), 1;
     if (chunk_pages != f->n_chunk_pages || chunk_pages / CHUNK_PAGES + f->n_cpool != f->n_chunk_handles)
         return fli_fail(FL_ERR_INVALID, "fragless check: chunks: %llu pages mapped; counter %llu; "
@@ -2397,11 +2742,12 @@ static int fx_check(const fli_policy *base)
 static void fx_query(const fli_policy *base, fli_policy_state *out)
 {
     const fx_policy *f = (const fx_policy *)base;
-    uint64_t held = f->n_handles * f->gran, pooled = f->n_pool + f->n_cpool * CHUNK_PAGES;
+    uint64_t held = f->n_handles * f->gran, pooled = f->n_pool + f->n_cpool * CHUNK_PAGES + f->dead_pages;
     out->free_in_reserved = held > base->allocated ? held - base->allocated : 0;
     uint64_t cached = cached_pages(f);
     out->largest_free = (cached + pooled + creatable(f)) * f->gran;
     out->cached = (cached + pooled) * f->gran;
+    out->stitched = f->n_stitches - f->n_dead;
 }
 
 /* Heaps in creation order (each its own reservation), their pages up to the highest
@@ -2426,8 +2772,24 @@ static void fx_walk(const fli_policy *base, const fli_state_visitor *v)
                     if (size > top - b->offset)
                         size = top - b->offset;
                 }
-                v->block(v->user, h->va + b->offset, size, b->used == RANGE_USED);
+                /* A stitched block's end shows as free here: the block is shown at its
+                 * own address, below. */
+                v->block(v->user, h->va + b->offset, size, b->used == RANGE_USED && !(b->tag & TAG_STITCH));
             }
+    }
+    /* A live stitched block: its reservation, the pages of its own (its ends' pages are
+     * the lending heaps'), the block. */
+    for (uint32_t i = 0; i < f->n_stitches; i++) {
+        const fx_stitch *st = &f->stitches[i];
+        if (st->dead)
+            continue;
+        if (v->region)
+            v->region(v->user, st->va, st->pages << f->gran_log, st->stream, "stitched block");
+        uint64_t first = st->end_heap[0] != STITCH_NONE;
+        for (uint64_t k = 0; v->page && k < st->n_handles; k++)
+            v->page(v->user, st->va + ((first + k) << f->gran_log), f->gran, 1, 1);
+        if (v->block)
+            v->block(v->user, st->addr, st->size, 1);
     }
 }
 
@@ -2439,7 +2801,7 @@ static fl_status fx_limit_changed(fli_policy *base)
     f->max_pages = limit_pages(f);
     f->no_chunks = 0;
     fl_status s;
-    if (f->n_handles > f->max_pages && (cached_singles(f) || idle_chunks(f)) &&
+    if (f->n_handles > f->max_pages && (cached_singles(f) || idle_chunks(f) || f->n_dead) &&
         (s = synchronize(f)) != FL_OK)
         return s;
     while (f->n_handles > f->max_pages) {
@@ -2470,6 +2832,16 @@ static void fx_destroy(fli_policy *base)
     /* Give everything back: unmap every mapped page, release every handle, free the
      * reservations. Errors are ignored here: there is no caller left to tell. */
     fli_dev_synchronize(base->dev);
+    /* Stitched blocks first: their ends' handles are the heaps', released below. */
+    for (uint32_t i = 0; i < f->n_stitches; i++) {
+        fx_stitch *st = &f->stitches[i];
+        if (stitch_unmap(f, st) == FL_OK) /* its handles pooled: released below */
+            continue;
+        for (uint64_t k = 0; k < st->n_handles; k++)
+            fli_dev_release(base->dev, st->handles[k]);
+        free(st->handles);
+    }
+    free(f->stitches);
     for (uint32_t hi = 0; hi < f->n_heaps; hi++) {
         fx_heap *h = &f->heaps[hi];
         for (uint64_t p = 0; p < h->n_pages; p++) {

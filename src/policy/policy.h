@@ -16,6 +16,7 @@ typedef struct fli_policy_state {
     uint64_t largest_free;      /* largest request servable from them without new device memory */
     uint64_t cached;            /* reserved memory no live block touches at all (fragless:
                                    whole pages; cca: segments or pages with no live block) */
+    uint64_t stitched;          /* live stitched blocks (fragless) */
 } fli_policy_state;
 
 
