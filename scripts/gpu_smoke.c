@@ -7,8 +7,13 @@
  * self-check and statistics; ask for more than the limit (must be FL_ERR_OOM and change
  * nothing); free everything; then fl_empty_cache must bring reserved memory to 0, which the
  * driver's own count of free memory (cuMemGetInfo) must confirm. No data is read or
- * written: device memory is not host memory. Exit 0 passed, 1 a check failed, 2 the
- * driver or device could not be opened. */
+ * written there. Then the fragless policy's stitched block (ARCHITECTURE.md), with bytes:
+ * on a limit of 8 pages, blocks of 3, 1, 4, 1 and 7 half pages, the two single halves
+ * freed, and a request of one page, which no range can back: it must be stitched from the
+ * two free halves (no new memory, fl_stats.stitched_blocks 1), and bytes written through
+ * it (cuMemsetD8) must read back (cuMemcpyDtoH) at the freed halves' addresses, the live
+ * blocks' bytes unchanged: the driver maps one handle at two addresses. Exit 0 passed, 1
+ * a check failed, 2 the driver or device could not be opened. */
 #include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,6 +57,14 @@ static uint64_t size_in(int lo, int hi)
 
 typedef int (*mem_get_info_fn)(size_t *free_bytes, size_t *total_bytes);
 static mem_get_info_fn mem_get_info;
+/* The driver's calls the stitched block's check makes itself (NULL: not checked). */
+static int (*cu_device_get)(int *dev, int ordinal);
+static int (*cu_primary_retain)(void **ctx, int dev);
+static int (*cu_primary_release)(int dev);
+static int (*cu_ctx_push)(void *ctx);
+static int (*cu_ctx_pop)(void **ctx);
+static int (*cu_memset_d8)(uint64_t dst, unsigned char value, size_t n);
+static int (*cu_memcpy_dtoh)(void *dst, uint64_t src, size_t n);
 
 /* Free device memory as the driver counts it (0 when the query is unavailable). */
 static uint64_t driver_free(void)
@@ -211,6 +224,91 @@ static void run_policy(const char *driver, const char *policy, uint64_t limit)
     fl_device_destroy(dev);
 }
 
+/* The stitched block (see the top): fragless on a limit of 8 pages of the device. */
+static void run_stitch(const char *driver)
+{
+    int failures_before = failures;
+    fl_cuda_params cp;
+    fl_cuda_params_default(&cp);
+    cp.library = driver;
+    fl_device *dev = NULL;
+    fl_status s = fl_cuda_device_create(&cp, &dev);
+    CHECK(s == FL_OK, "stitch: fl_cuda_device_create: %s", fl_last_error());
+    if (s != FL_OK)
+        return;
+    uint64_t g = fl_device_granularity(dev), half = g / 2;
+    fl_config cfg;
+    fl_config_default(&cfg);
+    snprintf(cfg.policy, sizeof cfg.policy, "fragless");
+    cfg.limit = 8 * g;
+    fl_allocator *a = NULL;
+    s = fl_allocator_create(&cfg, dev, &a);
+    CHECK(s == FL_OK, "stitch: fl_allocator_create: %s", fl_last_error());
+    if (s != FL_OK) {
+        fl_device_destroy(dev);
+        return;
+    }
+    static const uint64_t halves[] = {3, 1, 4, 1, 7};
+    uint64_t b[5] = {0}, off = 0, x = 0;
+    for (int i = 0; i < 5 && s == FL_OK; i++) {
+        s = fl_alloc(a, halves[i] * half, 0, &b[i]);
+        CHECK(s == FL_OK, "stitch: fl_alloc(%llu): %s", (unsigned long long)(halves[i] * half), fl_last_error());
+        CHECK(s != FL_OK || b[i] - b[0] == off, "stitch: block %d at +%llu, not +%llu: the layout differs", i,
+              (unsigned long long)(b[i] - b[0]), (unsigned long long)off);
+        off += halves[i] * half;
+    }
+    fl_stats st;
+    const char *bytes = "not checked (the driver has no cuMemsetD8_v2 / cuMemcpyDtoH_v2)";
+    if (failures == failures_before) {
+        fl_free(a, b[1]);
+        fl_free(a, b[3]);
+        s = fl_alloc(a, g, 0, &x);
+        fl_get_stats(a, &st);
+        CHECK(s == FL_OK && st.stitched_blocks == 1 && st.reserved_bytes.current == 8 * g,
+              "stitch: the page's request gave '%s', %llu stitched blocks, %llu bytes reserved (8 pages: %llu)",
+              s == FL_OK ? "ok" : fl_last_error(), (unsigned long long)st.stitched_blocks,
+              (unsigned long long)st.reserved_bytes.current, (unsigned long long)(8 * g));
+    }
+    int cu_dev = 0;
+    void *ctx = NULL;
+    unsigned char *host = malloc(8 * g);
+    if (failures == failures_before && host && cu_memset_d8 && cu_memcpy_dtoh && cu_device_get && cu_primary_retain &&
+        cu_ctx_push && cu_ctx_pop && cu_primary_release && cu_device_get(&cu_dev, 0) == 0 &&
+        cu_primary_retain(&ctx, cu_dev) == 0) {
+        cu_ctx_push(ctx);
+        int r = cu_memset_d8(b[0], 0xa1, 3 * half) | cu_memset_d8(b[2], 0xb2, 4 * half) |
+                cu_memset_d8(b[4], 0xc3, 7 * half) | cu_memset_d8(x, 0x5a, g);
+        r |= cu_memcpy_dtoh(host, b[0], 8 * g);
+        CHECK(r == 0, "stitch: cuMemsetD8 / cuMemcpyDtoH failed");
+        uint64_t bad = 0;
+        for (uint64_t i = 0; r == 0 && i < 8 * g; i++) {
+            unsigned char want = i < 3 * half ? 0xa1 : i < 4 * half ? 0x5a : i < 8 * half ? 0xb2 : i < 9 * half ? 0x5a : 0xc3;
+            bad += host[i] != want;
+        }
+        CHECK(bad == 0, "stitch: %llu of the heap's bytes are not what the blocks and the stitched block wrote",
+              (unsigned long long)bad);
+        void *popped;
+        cu_ctx_pop(&popped);
+        cu_primary_release(cu_dev);
+        bytes = r == 0 && bad == 0 ? "the stitched block's bytes are the freed halves'" : "WRONG bytes";
+    }
+    free(host);
+    if (x)
+        CHECK(fl_free(a, x) == FL_OK, "stitch: fl_free(stitched): %s", fl_last_error());
+    for (int i = 0; i < 5; i++)
+        if (b[i] && i != 1 && i != 3)
+            fl_free(a, b[i]);
+    CHECK(fl_empty_cache(a) == FL_OK, "stitch: fl_empty_cache: %s", fl_last_error());
+    fl_get_stats(a, &st);
+    CHECK(st.reserved_bytes.current == 0 && st.stitched_blocks == 0, "stitch: %llu bytes reserved at the end",
+          (unsigned long long)st.reserved_bytes.current);
+    CHECK(fl_allocator_check(a) == 0, "stitch: self-check: %s", fl_last_error());
+    printf("  %-15s %-4s a page's request on 8 pages with two free halves: stitched; %s\n", "fragless stitch",
+           failures == failures_before ? "ok" : "FAIL", bytes);
+    fl_allocator_destroy(a);
+    fl_device_destroy(dev);
+}
+
 int main(int argc, char **argv)
 {
     const char *driver = argc > 1 ? argv[1] : "libcuda.so.1";
@@ -236,11 +334,20 @@ int main(int argc, char **argv)
         return 2;
     }
     void *lib = dlopen(driver, RTLD_NOW | RTLD_NOLOAD);
-    if (lib)
+    if (lib) {
         mem_get_info = (mem_get_info_fn)(uintptr_t)dlsym(lib, "cuMemGetInfo_v2");
+        *(void **)&cu_device_get = dlsym(lib, "cuDeviceGet");
+        *(void **)&cu_primary_retain = dlsym(lib, "cuDevicePrimaryCtxRetain");
+        *(void **)&cu_primary_release = dlsym(lib, "cuDevicePrimaryCtxRelease_v2");
+        *(void **)&cu_ctx_push = dlsym(lib, "cuCtxPushCurrent_v2");
+        *(void **)&cu_ctx_pop = dlsym(lib, "cuCtxPopCurrent_v2");
+        *(void **)&cu_memset_d8 = dlsym(lib, "cuMemsetD8_v2");
+        *(void **)&cu_memcpy_dtoh = dlsym(lib, "cuMemcpyDtoH_v2");
+    }
     fl_device_destroy(dev);
     for (const char *const *p = fl_policy_names(); *p; p++)
         run_policy(driver, *p, limit);
+    run_stitch(driver);
     printf("smoke: %s\n", failures ? "FAILED" : "passed");
     return failures ? 1 : 0;
 }

@@ -363,6 +363,47 @@ static void test_map_and_data(void)
     CU_OK(cu.cuMemAddressFree(c, GRAN));
 }
 
+/* The two byte calls the double serves beyond the contract (for scripts/gpu_smoke.c):
+ * refused where a GPU faults (nothing mapped, no access granted yet, no context), and
+ * through a second mapping of a handle they reach the first one's bytes. */
+static void test_byte_calls(void)
+{
+    CUresult (*memset_d8)(CUdeviceptr, unsigned char, size_t);
+    CUresult (*memcpy_dtoh)(void *, CUdeviceptr, size_t);
+    if (!fl_test_sym(lib, "cuMemsetD8_v2", &memset_d8) || !fl_test_sym(lib, "cuMemcpyDtoH_v2", &memcpy_dtoh)) {
+        CHECK(!"the double has cuMemsetD8_v2 and cuMemcpyDtoH_v2");
+        return;
+    }
+    CUdeviceptr a = 0, b = 0;
+    CUmemGenericAllocationHandle h = 0;
+    CU_OK(cu.cuMemAddressReserve(&a, 2 * GRAN, 0, 0, 0));
+    CU_OK(cu.cuMemAddressReserve(&b, GRAN, 0, 0, 0));
+    CU_OK(create(&h, GRAN));
+    CHECK_CU(memset_d8(a, 1, 16), CUDA_ERROR_ILLEGAL_ADDRESS); /* nothing mapped */
+    CU_OK(cu.cuMemMap(a, GRAN, 0, h, 0));
+    CHECK_CU(memset_d8(a, 1, 16), CUDA_ERROR_ILLEGAL_ADDRESS); /* no access yet */
+    CU_OK(allow_rw(a, GRAN));
+    CHECK_CU(memset_d8(a + GRAN - 8, 1, 16), CUDA_ERROR_ILLEGAL_ADDRESS); /* runs past the mapping */
+    CU_OK(memset_d8(a + GRAN / 2, 0x77, GRAN / 2));
+    CU_OK(cu.cuMemMap(b, GRAN, 0, h, 0));
+    CU_OK(allow_rw(b, GRAN));
+    unsigned char buf[64] = {0};
+    CU_OK(memcpy_dtoh(buf, b + GRAN - sizeof buf, sizeof buf));
+    size_t same = 0;
+    for (size_t i = 0; i < sizeof buf; i++)
+        same += buf[i] == 0x77;
+    CHECK_EQ_U64(same, sizeof buf);
+    CUcontext popped = NULL;
+    CU_OK(cu.cuCtxPopCurrent_v2(&popped));
+    CHECK_CU(memcpy_dtoh(buf, b, sizeof buf), CUDA_ERROR_INVALID_CONTEXT);
+    CU_OK(cu.cuCtxPushCurrent_v2(popped));
+    CU_OK(cu.cuMemUnmap(a, GRAN));
+    CU_OK(cu.cuMemUnmap(b, GRAN));
+    CU_OK(cu.cuMemRelease(h));
+    CU_OK(cu.cuMemAddressFree(a, 2 * GRAN));
+    CU_OK(cu.cuMemAddressFree(b, GRAN));
+}
+
 /* ---- virtual memory: every broken rule is refused and changes nothing ------------------ */
 
 static void test_rules(void)
@@ -1089,6 +1130,7 @@ int main(void)
     test_init_and_contexts();
     test_granularity();
     test_map_and_data();
+    test_byte_calls();
     test_rules();
     test_mem_alloc();
     test_legacy_ipc();

@@ -1579,6 +1579,33 @@ static CUresult device_access(int dev, CUdeviceptr va, size_t n, int write)
     return CUDA_SUCCESS;
 }
 
+/* Two of the driver's synchronous byte calls, for programs that check bytes through the
+ * driver as they would on a GPU (scripts/gpu_smoke.c: a stitched block's bytes are the
+ * pages it lends, mapped twice). They are not in the contract fragless calls (cuda_api.h),
+ * so they are counted by no plan. Memory must be mapped and the current context's device
+ * granted write (set) or read (copy) access, else CUDA_ERROR_ILLEGAL_ADDRESS, as a GPU
+ * faults; cuMemAlloc memory, reachable by its own device only, is served too. */
+static CUresult bytes_call(CUdeviceptr va, size_t n, int write, void *host, unsigned char value)
+{
+    pthread_once(&g_once, load_config_once);
+    pthread_mutex_lock(&g.lock);
+    struct CUctx_st *c;
+    CUresult r = need_ctx(&c);
+    if (r == CUDA_SUCCESS)
+        r = device_access(c->dev, va, n, write);
+    if (r == CUDA_SUCCESS) {
+        if (write)
+            memset((void *)(uintptr_t)va, value, n);
+        else
+            memcpy(host, (const void *)(uintptr_t)va, n);
+    }
+    pthread_mutex_unlock(&g.lock);
+    return r;
+}
+
+CUresult cuMemsetD8_v2(CUdeviceptr dst, unsigned char value, size_t n) { return bytes_call(dst, n, 1, NULL, value); }
+CUresult cuMemcpyDtoH_v2(void *dst, CUdeviceptr src, size_t n) { return bytes_call(src, n, 0, dst, 0); }
+
 CUresult fakecuda_device_access(int dev, CUdeviceptr va, size_t n, int write)
 {
     pthread_once(&g_once, load_config_once);
