@@ -24,14 +24,24 @@ done
 [ -n "$T" ] || { echo "bench/ab.sh: no traces (run it from the repository root)" >&2; exit 2; }
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
+# Both builds run from paths of one length, and each round under an environment variable
+# of another length (FL_AB_PAD, the same for A and B in a round): the arguments and the
+# environment lie at the top of the stack, so their length decides where every stack
+# frame falls, and a build can be faster or slower by 5-10% at one placement than at
+# another with nothing else changed (measured: the same two builds, 2-3 ns apart per pair
+# on four traces with one argument list, equal with another). Rounds spread the
+# placements over a 4 KiB page, so a median is over placements, not one placement's luck.
+mkdir "$OUT/a" "$OUT/b"
+cp "$A" "$OUT/a/fl_bench" && cp "$B" "$OUT/b/fl_bench" || { echo "bench/ab.sh: cannot copy the builds to $OUT" >&2; exit 1; }
 export FL_BENCH_CLOCK=cpu FL_BENCH_RUNS=${FL_BENCH_RUNS:-7} FL_BENCH_ONLY=${FL_BENCH_ONLY:-fl_alloc,OA,policy,cca}
 r=0
 while [ $r -lt "$ROUNDS" ]; do
     if [ $((r % 2)) -eq 0 ]; then first=A; else first=B; fi
     for w in $first $([ $first = A ] && echo B || echo A); do
-        if [ $w = A ]; then bin=$A; else bin=$B; fi
+        if [ $w = A ]; then bin=$OUT/a/fl_bench; else bin=$OUT/b/fl_bench; fi
         # shellcheck disable=SC2086 # the trace list is split on purpose
-        "$bin" $T > "$OUT/$w.$r" || { echo "bench/ab.sh: $bin failed (round $r)" >&2; exit 1; }
+        FL_AB_PAD=$(printf "%$((r * 4096 / ROUNDS % 4096 + 1))s" x) "$bin" $T > "$OUT/$w.$r" ||
+            { echo "bench/ab.sh: $bin failed (round $r)" >&2; exit 1; }
     done
     r=$((r + 1))
 done

@@ -66,7 +66,9 @@
 #define TAG_FOREIGN 0x8000u
 #define TAG_GUEST 0x4000u
 /* An end of a stitched block (stitches, below): part of a page of this heap that a block
- * elsewhere uses through a second mapping of the page's handle. No free finds it. */
+ * elsewhere uses through a second mapping of the page's handle. Its node is held
+ * (RANGE_HELD, so no free finds it, at no cost to the frees) but on no quick list, and it
+ * pins its page as a live block does. */
 #define TAG_STITCH 0x2000u
 #define TAG_REQ(tag) ((uint64_t)((tag) & ~(TAG_FOREIGN | TAG_GUEST | TAG_STITCH)))
 
@@ -1538,6 +1540,7 @@ static int stitch_hold(fx_policy *f, uint32_t hi, uint64_t off, uint64_t size, u
             range_take(h->range, n, off - b->offset, size, node) != FL_OK)
             return 0;
         h->range->nodes[*node].tag = TAG_STITCH;
+        h->range->nodes[*node].used = RANGE_HELD;
         index_add(h, *node);
         uint32_t no_access = 0;
         uint64_t missing = pin(f, h, off >> f->gran_log, (off + size - 1) >> f->gran_log, &no_access);
@@ -1556,6 +1559,7 @@ static void stitch_unhold(fx_policy *f, const fx_stitch *st)
             continue;
         fx_heap *h = &f->heaps[st->end_heap[k]];
         uint64_t p = h->range->nodes[st->end_node[k]].offset >> f->gran_log;
+        h->range->nodes[st->end_node[k]].used = RANGE_USED; /* as flush_bins does */
         heap_release(h, st->end_node[k]);
         unpin_in(f, h, p, p, 1);
     }
@@ -1626,10 +1630,13 @@ static fx_stitch *stitch_find(const fx_policy *f, uint64_t addr)
     return NULL;
 }
 
-/* A stitched block of rsize bytes for stream: 1 with *addr, or 0 with nothing changed
- * (what it would need is not there, or a device call failed). */
-static FL_NOINLINE int stitch_alloc(fx_policy *f, uint64_t stream, uint64_t size, uint64_t rsize, uint64_t *addr)
+/* A stitched block of rsize bytes for the stream of heap hi (where the ordinary way
+ * placed it: the stream's own heap, or its large heap for a small request; its stream
+ * taken from there, so that alloc_placed keeps no register for it): 1 with *addr, or 0
+ * with nothing changed (what it would need is not there, or a device call failed). */
+static FL_NOINLINE int stitch_alloc(fx_policy *f, uint32_t hi, uint64_t size, uint64_t rsize, uint64_t *addr)
 {
+    uint64_t stream = f->heaps[hi].stream;
     uint64_t g = f->gran;
     unsigned gl = f->gran_log;
     if (f->n_stitches == f->cap_stitches) {
@@ -2071,7 +2078,7 @@ static FL_NOINLINE fl_status alloc_placed(fx_policy *f, uint64_t size, uint64_t 
             unpin(f, hi, p0, p1, 0);
             give_back(&f->heaps[hi], held, node, rsize, 1);
             if (s == FL_ERR_OOM) {
-                if (stitch_alloc(f, stream, size, rsize, addr))
+                if (stitch_alloc(f, hi, size, rsize, addr))
                     return FL_OK;
                 base->ooms++;
             }
@@ -2151,8 +2158,7 @@ static inline uint32_t live_node_in(const fx_policy *f, const fx_heap *h, uint64
     uint32_t v = h->starts[off >> h->win_log];
     while (v && nodes[v].offset < off)
         v = nodes[v].next_phys;
-    return FL_LIKELY(v) && nodes[v].offset == off && nodes[v].used == RANGE_USED && !(nodes[v].tag & TAG_STITCH) ? v
-                                                                                                          : 0;
+    return FL_LIKELY(v) && nodes[v].offset == off && nodes[v].used == RANGE_USED ? v : 0;
 }
 
 /* live_node_in of whichever heap holds addr (in *hp), 0 if none. */
@@ -2551,12 +2557,13 @@ static int fx_check(const fli_policy *base)
             free(cover);
             return fli_fail(FL_ERR_NOMEM, "fragless check: host memory"), 1;
         }
-        /* Pages of live blocks only: blocks on the quick lists pin nothing. */
+        /* Pages of live blocks and stitched blocks' ends only: blocks on the quick lists pin nothing. */
         uint64_t held = 0, held_bytes = 0, listed = 0, blocks = 0, indexed = 0;
         uint64_t windows = h->n_pages << (f->gran_log - h->win_log), last_window = UINT64_MAX;
         for (uint32_t n = h->range->head; n && !err; n = h->range->nodes[n].next_phys) {
             const range_node *b = &h->range->nodes[n];
-            if (b->used == RANGE_USED) {
+            int end = b->used == RANGE_HELD && (b->tag & TAG_STITCH); /* a stitched block's: pins */
+            if (b->used == RANGE_USED || end) {
                 uint64_t p0 = b->offset >> f->gran_log, p1 = (b->offset + b->size - 1) >> f->gran_log;
                 if (p1 >= h->n_pages) {
                     err = "a live block lies past the page table";
@@ -2566,8 +2573,8 @@ static int fx_check(const fli_policy *base)
                 refs[p1] += p1 != p0;
                 fli_bits_set(cover, p0 + 1, p1);
             }
-            held += b->used == RANGE_HELD;
-            held_bytes += b->used == RANGE_HELD ? b->size : 0;
+            held += b->used == RANGE_HELD && !end;
+            held_bytes += b->used == RANGE_HELD && !end ? b->size : 0;
             if (b->used == RANGE_FREE)
                 continue;
             if (b->offset + b->size > h->top << f->gran_log) {
@@ -2698,7 +2705,7 @@ static int fx_check(const fli_policy *base)
             const range_node *b = st->end_heap[k] < f->n_heaps && st->end_node[k] < f->heaps[st->end_heap[k]].range->n_nodes
                                       ? &f->heaps[st->end_heap[k]].range->nodes[st->end_node[k]]
                                       : NULL;
-            if (!b || b->used != RANGE_USED || !(b->tag & TAG_STITCH))
+            if (!b || b->used != RANGE_HELD || !(b->tag & TAG_STITCH))
                 return fli_fail(FL_ERR_INVALID, "fragless check: stitched block 0x%llx: an end is not held",
                                (unsigned long long)st->addr), 1;
             ends += b->size;
@@ -2774,7 +2781,7 @@ static void fx_walk(const fli_policy *base, const fli_state_visitor *v)
                 }
                 /* A stitched block's end shows as free here: the block is shown at its
                  * own address, below. */
-                v->block(v->user, h->va + b->offset, size, b->used == RANGE_USED && !(b->tag & TAG_STITCH));
+                v->block(v->user, h->va + b->offset, size, b->used == RANGE_USED);
             }
     }
     /* A live stitched block: its reservation, the pages of its own (its ends' pages are
@@ -2880,9 +2887,14 @@ static fl_status fx_create(const fl_config *cfg, fl_device *dev, fli_policy **ou
     *out = NULL;
     if (!dev->vmm_supported)
         return fli_fail(FL_ERR_UNSUPPORTED, "fragless: the device has no virtual memory management; use policy:cca");
-    fx_policy *f = calloc(1, sizeof *f);
-    if (!f)
+    /* The struct starts a page, so its hot fields (the counters every operation writes,
+     * the stream lookup's cache) lie at the same place in a page whatever was allocated
+     * before it: at some other places the same build ran 8-10% slower per pair, on one
+     * list of traces and not another (docs/PERFORMANCE.md, "placement in memory"). */
+    fx_policy *f = NULL;
+    if (posix_memalign((void **)&f, 4096, sizeof *f) != 0 || !f)
         return fli_fail(FL_ERR_NOMEM, "fragless: host memory");
+    memset(f, 0, sizeof *f);
     f->base.ops = &fli_policy_fragless;
     f->base.dev = dev;
     f->gran = dev->granularity;
