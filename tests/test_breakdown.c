@@ -174,9 +174,48 @@ static void test_by_hand(void)
     fli_prepared_free(p);
 }
 
+/* A fragless stitched block (the policy's last resort before out of memory): on 8 pages,
+ * blocks of 3, 1, 4, 1 and 7 MiB, the two 1 MiB ones freed, a 2 MiB request stitched from
+ * their free halves (its first and last MiB lie on pages of the heap, shown there as
+ * parts of it), then a 3 MiB request out of memory. The parts add up: 16 MiB reserved,
+ * all of it live. */
+static void test_stitched(void)
+{
+    fli_trace t;
+    fli_trace_init(&t, "stitched.csv");
+    static const uint64_t mib[] = {3, 1, 4, 1, 7};
+    for (int i = 0; i < 5; i++)
+        push(&t, FL_EV_ALLOC, 0x10 * (uint64_t)(i + 1), mib[i] * MiB, 0);
+    push(&t, FL_EV_FREE, 0x20, 0, 0);
+    push(&t, FL_EV_FREE, 0x40, 0, 0);
+    push(&t, FL_EV_ALLOC, 0x60, 2 * MiB, 0);
+    push(&t, FL_EV_ALLOC, 0x70, 3 * MiB, 0);
+    fli_prepared *p;
+    CHECK_OK(fli_prepare(&t, &p));
+    fli_trace_free(&t);
+    fli_replay_opts o;
+    opts_for(&o, "fragless");
+    o.sim.capacity = 16 * MiB;
+    probe pr = {0};
+    pr.ctx = (fli_breakdown_ctx){&pr.b, &o.cfg, 1};
+    o.inspect = probe_inspect;
+    o.inspect_user = &pr;
+    o.inspect_at_op = p->n_ops - 1;
+    fli_replay_result r;
+    CHECK_OK(fli_replay(p, &o, &r));
+    CHECK_EQ_U64(r.ooms, 1); /* the 3 MiB request; the 2 MiB one was stitched */
+    fli_replay_result_free(&r);
+    CHECK_EQ_U64(pr.b.reserved, 16 * MiB);
+    CHECK_EQ_U64(pr.b.live, 16 * MiB);
+    CHECK_EQ_U64(pr.allocator_live, 16 * MiB);
+    CHECK_EQ_U64(fli_breakdown_sum(&pr.b), 0);
+    fli_prepared_free(p);
+}
+
 int main(void)
 {
     test_by_hand();
+    test_stitched();
     CHECK(check_file(FL_SOURCE_DIR "/examples/encoder_varlen.csv") == 1);
     CHECK(check_dir(FL_SOURCE_DIR "/tests/snapshots") >= 7);
     const char *dir = fl_test_shared_traces();

@@ -6,7 +6,9 @@
  * driver double, whose memory is host memory). */
 #include <string.h>
 
+#include "allocator/allocator.h"
 #include "policy/policy.h"
+#include "state/state.h"
 #include "test_support.h"
 
 #define MiB (UINT64_C(1) << 20)
@@ -129,6 +131,36 @@ static void test_stitched_block(void)
     CHECK_EQ_U64(p->ops->block_size(p, x), 2 * MiB);
     CHECK_EQ_U64(p->allocated, 16 * MiB);
     CHECK(p->ops->check(p) == 0);
+    /* In a state file: the block at its address in a region of its own, whose two
+     * pages are the lent ones (shown unmapped there), and its ends as live parts of the
+     * heap's pages. */
+    char *text = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&text, &len);
+    CHECK(mem != NULL);
+    CHECK_OK(fli_state_write(p, NULL, mem));
+    fclose(mem);
+    fli_state st;
+    CHECK_OK(fli_state_parse(text, len, "stitched.json", &st));
+    size_t found = 0;
+    for (size_t i = 0; i < st.n_regions; i++) {
+        const fli_state_region *r = &st.regions[i];
+        if (strcmp(r->kind, "stitched block") != 0)
+            continue;
+        found++;
+        CHECK_EQ_U64(r->size, 2 * PAGE);
+        CHECK_EQ_U64(r->n_pages, 2);
+        CHECK(r->n_pages == 2 && !st.pages[r->page0].mapped && !st.pages[r->page0 + 1].mapped);
+        CHECK(r->n_blocks == 1 && st.blocks[r->block0].addr == x && st.blocks[r->block0].size == 2 * MiB &&
+              st.blocks[r->block0].live);
+    }
+    CHECK_EQ_U64(found, 1);
+    size_t parts = 0;
+    for (size_t i = 0; i < st.n_blocks; i++)
+        parts += st.blocks[i].live && (st.blocks[i].addr == base + 3 * MiB || st.blocks[i].addr == base + 8 * MiB);
+    CHECK_EQ_U64(parts, 2);
+    fli_state_free(&st);
+    free(text);
     /* The lent bytes are no block of the heap's. */
     CHECK(p->ops->free(p, base + 3 * MiB, 0, NULL) != FL_OK);
     CHECK(p->ops->free(p, base + 8 * MiB, 0, NULL) != FL_OK);

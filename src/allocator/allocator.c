@@ -1936,7 +1936,7 @@ void fli_allocator_stream_gone(fl_allocator *a, uint64_t stream)
 static void reset_record_block(void *user, uint64_t addr, uint64_t size, int live)
 {
     fl_allocator *a = user;
-    if (live && pending_index(a, addr) < 0)
+    if (live == FLI_BLOCK_LIVE && pending_index(a, addr) < 0)
         fli_recorder_free(a->rec, addr, size);
 }
 

@@ -61,6 +61,9 @@ static void on_block(void *user, uint64_t addr, uint64_t size, int live)
 {
     json_walk *w = user;
     next_item(w, 0);
+    /* A part of a stitched block (FLI_BLOCK_PART) shows as live: its bytes are in use.
+     * The block, at its own address, shows its bytes again: a state file's live bytes
+     * count a stitched block's ends twice (at most two pages' worth each). */
     fprintf(w->out, "[\"0x%llx\",%llu,%d]", (unsigned long long)addr, (unsigned long long)size, live ? 1 : 0);
 }
 

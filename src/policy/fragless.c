@@ -2779,13 +2779,17 @@ static void fx_walk(const fli_policy *base, const fli_state_visitor *v)
                     if (size > top - b->offset)
                         size = top - b->offset;
                 }
-                /* A stitched block's end shows as free here: the block is shown at its
-                 * own address, below. */
-                v->block(v->user, h->va + b->offset, size, b->used == RANGE_USED);
+                /* A stitched block's end is a part of it (the block is shown at its own
+                 * address, below). */
+                v->block(v->user, h->va + b->offset, size,
+                         b->used == RANGE_USED                                ? FLI_BLOCK_LIVE
+                         : b->used == RANGE_HELD && (b->tag & TAG_STITCH) ? FLI_BLOCK_PART
+                                                                            : FLI_BLOCK_FREE);
             }
     }
-    /* A live stitched block: its reservation, the pages of its own (its ends' pages are
-     * the lending heaps'), the block. */
+    /* A live stitched block: its reservation, its pages (those of its own mapped; its
+     * first and last, where they are lent, shown unmapped: their memory is the lending
+     * heaps' pages, where its ends show as parts of it), the block. */
     for (uint32_t i = 0; i < f->n_stitches; i++) {
         const fx_stitch *st = &f->stitches[i];
         if (st->dead)
@@ -2793,8 +2797,10 @@ static void fx_walk(const fli_policy *base, const fli_state_visitor *v)
         if (v->region)
             v->region(v->user, st->va, st->pages << f->gran_log, st->stream, "stitched block");
         uint64_t first = st->end_heap[0] != STITCH_NONE;
-        for (uint64_t k = 0; v->page && k < st->n_handles; k++)
-            v->page(v->user, st->va + ((first + k) << f->gran_log), f->gran, 1, 1);
+        for (uint64_t k = 0; v->page && k < st->pages; k++) {
+            int own = k >= first && k < first + st->n_handles;
+            v->page(v->user, st->va + (k << f->gran_log), f->gran, own, own);
+        }
         if (v->block)
             v->block(v->user, st->addr, st->size, 1);
     }

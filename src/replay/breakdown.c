@@ -16,6 +16,8 @@ typedef struct wpage {
 
 typedef struct wblock {
     uint64_t addr, size, requested; /* requested 0: not live */
+    int part;                       /* bytes of a live block shown elsewhere (FLI_BLOCK_PART):
+                                       in use here, counted live there */
 } wblock;
 
 typedef struct walker {
@@ -109,8 +111,11 @@ static void flush(walker *w)
         interleaved = has_live ? free_bytes : 0;
     } else {
         /* Pages: a mapped page's bytes outside live blocks are free, interleaved when a
-         * live block touches the page. Blocks and pages are in address order. */
+         * live block touches the page. Blocks and pages are in address order. A stitched
+         * block's first and last bytes lie on pages of other regions (as parts there):
+         * its region's pages hold only its middle. */
         size_t j = 0;
+        uint64_t on_pages = 0;
         for (size_t i = 0; i < w->n_pages; i++) {
             const wpage *pg = &w->pages[i];
             if (!pg->mapped)
@@ -121,7 +126,7 @@ static void flush(walker *w)
             while (j < w->n_blocks && w->blocks[j].addr + w->blocks[j].size <= lo)
                 j++;
             for (size_t k = j; k < w->n_blocks && w->blocks[k].addr < hi; k++) {
-                if (!w->blocks[k].requested)
+                if (!w->blocks[k].requested && !w->blocks[k].part)
                     continue;
                 uint64_t a = w->blocks[k].addr > lo ? w->blocks[k].addr : lo;
                 uint64_t e = w->blocks[k].addr + w->blocks[k].size < hi ? w->blocks[k].addr + w->blocks[k].size : hi;
@@ -131,11 +136,12 @@ static void flush(walker *w)
             uint64_t f = pg->size > on ? pg->size - on : 0;
             free_bytes += f;
             interleaved += touched ? f : 0;
+            on_pages += on;
         }
-        /* A live block partly outside mapped pages cannot be; if it were, its bytes count
-         * as held so that the parts still add up. */
-        if (held < live_size + free_bytes)
-            held = live_size + free_bytes;
+        /* Bytes in use outside mapped pages cannot be; if they were, they count as held
+         * so that the parts still add up. */
+        if (held < on_pages + free_bytes)
+            held = on_pages + free_bytes;
     }
     w->held += held;
     if (w->r_stream != b->stream) {
@@ -183,8 +189,8 @@ static void on_block(void *user, uint64_t addr, uint64_t size, int live)
         w->b->host_nomem = 1;
         return;
     }
-    uint64_t req = live ? w->pol->ops->block_size(w->pol, addr) : 0;
-    w->blocks[w->n_blocks++] = (wblock){addr, size, req};
+    uint64_t req = live == FLI_BLOCK_LIVE ? w->pol->ops->block_size(w->pol, addr) : 0;
+    w->blocks[w->n_blocks++] = (wblock){addr, size, req, live == FLI_BLOCK_PART};
 }
 
 static int by_stranded(const void *a, const void *b)

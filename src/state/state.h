@@ -19,16 +19,21 @@
 
 /* What a policy holds, visited in address order for state snapshots and the report's
  * page map (not a hot path). Callbacks may be NULL. */
+enum { FLI_BLOCK_FREE = 0, FLI_BLOCK_LIVE = 1, FLI_BLOCK_PART = 2 };
+
 typedef struct fli_state_visitor {
     void *user;
     /* A region of address space: a fragless heap's reservation (kind "heap" or "small
-     * heap"), a cca segment ("segment", "expandable segment"), a nocache block ("block").
-     * Pages and blocks that follow belong to it. */
+     * heap"), a cca segment ("segment", "expandable segment"), a nocache block ("block"),
+     * a fragless stitched block's reservation ("stitched block": its pages of its own,
+     * and the block at its address). Pages and blocks that follow belong to it. */
     void (*region)(void *user, uint64_t addr, uint64_t size, uint64_t stream, const char *kind);
     /* A device page of the region (regions made of pages only, up to the highest page
      * ever mapped): mapped or not, and how many live blocks touch it (0 = cached). */
     void (*page)(void *user, uint64_t addr, uint64_t size, int mapped, uint32_t pins);
-    /* A block of the region: live, or free (cached and reusable). */
+    /* A block of the region: live 1, a live block; 0, free (cached and reusable); 2, bytes
+     * of a live block shown at its own address in another region (a stitched block's
+     * first or last bytes, on a page of a heap: FLI_BLOCK_PART). */
     void (*block)(void *user, uint64_t addr, uint64_t size, int live);
 } fli_state_visitor;
 
