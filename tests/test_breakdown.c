@@ -132,6 +132,29 @@ static void push(fli_trace *t, int kind, uint64_t ptr, uint64_t size, uint64_t s
     CHECK_OK(fli_trace_push(t, &e));
 }
 
+/* Replays trace t (freed here) under policy on a device of capacity bytes (0: the
+ * default), the breakdown taken after its last op into *pr; returns the replay's OOMs. */
+static uint64_t last_op_breakdown(fli_trace *t, const char *policy, uint64_t capacity, probe *pr)
+{
+    fli_prepared *p;
+    CHECK_OK(fli_prepare(t, &p));
+    fli_trace_free(t);
+    fli_replay_opts o;
+    opts_for(&o, policy);
+    if (capacity)
+        o.sim.capacity = capacity;
+    pr->ctx = (fli_breakdown_ctx){&pr->b, &o.cfg, 1};
+    o.inspect = probe_inspect;
+    o.inspect_user = pr;
+    o.inspect_at_op = p->n_ops - 1;
+    fli_replay_result r;
+    CHECK_OK(fli_replay(p, &o, &r));
+    uint64_t ooms = r.ooms;
+    fli_replay_result_free(&r);
+    fli_prepared_free(p);
+    return ooms;
+}
+
 /* Worked out from cca's rules. Stream 1: blocks of 3 MiB + 1000 B (rounded to 3 MiB +
  * 1024) and 7 MiB in a 20 MiB segment A, the 7 MiB one freed: A holds 3 MiB + 1024 live
  * and the rest free (interleaved); a 15 MiB block gets a 16 MiB segment B of its own, then
@@ -149,19 +172,8 @@ static void test_by_hand(void)
     push(&t, FL_EV_FREE, 0x20, 0, 1);
     push(&t, FL_EV_FREE, 0x30, 0, 1);
     push(&t, FL_EV_ALLOC, 0x50, 512, 1);     /* small pool: a 2 MiB segment, 512 B live */
-    fli_prepared *p;
-    CHECK_OK(fli_prepare(&t, &p));
-    fli_trace_free(&t);
-    fli_replay_opts o;
-    opts_for(&o, "cca");
     probe pr = {0};
-    pr.ctx = (fli_breakdown_ctx){&pr.b, &o.cfg, 1};
-    o.inspect = probe_inspect;
-    o.inspect_user = &pr;
-    o.inspect_at_op = p->n_ops - 1;
-    fli_replay_result r;
-    CHECK_OK(fli_replay(p, &o, &r));
-    fli_replay_result_free(&r);
+    CHECK_EQ_U64(last_op_breakdown(&t, "cca", 0, &pr), 0);
     CHECK_EQ_U64(pr.b.reserved, 58 * MiB);
     CHECK_EQ_U64(pr.b.live, 3 * MiB + 1024 + 5 * MiB + 512);
     CHECK_EQ_U64(pr.b.rounding, 0);
@@ -171,7 +183,6 @@ static void test_by_hand(void)
     CHECK_EQ_U64(pr.b.other_streams, 15 * MiB);
     CHECK_EQ_U64(pr.b.unmapped, 0);
     CHECK_EQ_U64(fli_breakdown_sum(&pr.b), pr.b.reserved - pr.b.live);
-    fli_prepared_free(p);
 }
 
 /* A fragless stitched block (the policy's last resort before out of memory): on 8 pages,
@@ -190,26 +201,12 @@ static void test_stitched(void)
     push(&t, FL_EV_FREE, 0x40, 0, 0);
     push(&t, FL_EV_ALLOC, 0x60, 2 * MiB, 0);
     push(&t, FL_EV_ALLOC, 0x70, 3 * MiB, 0);
-    fli_prepared *p;
-    CHECK_OK(fli_prepare(&t, &p));
-    fli_trace_free(&t);
-    fli_replay_opts o;
-    opts_for(&o, "fragless");
-    o.sim.capacity = 16 * MiB;
     probe pr = {0};
-    pr.ctx = (fli_breakdown_ctx){&pr.b, &o.cfg, 1};
-    o.inspect = probe_inspect;
-    o.inspect_user = &pr;
-    o.inspect_at_op = p->n_ops - 1;
-    fli_replay_result r;
-    CHECK_OK(fli_replay(p, &o, &r));
-    CHECK_EQ_U64(r.ooms, 1); /* the 3 MiB request; the 2 MiB one was stitched */
-    fli_replay_result_free(&r);
+    CHECK_EQ_U64(last_op_breakdown(&t, "fragless", 16 * MiB, &pr), 1); /* the 3 MiB request */
     CHECK_EQ_U64(pr.b.reserved, 16 * MiB);
     CHECK_EQ_U64(pr.b.live, 16 * MiB);
     CHECK_EQ_U64(pr.allocator_live, 16 * MiB);
     CHECK_EQ_U64(fli_breakdown_sum(&pr.b), 0);
-    fli_prepared_free(p);
 }
 
 int main(void)
