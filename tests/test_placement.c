@@ -91,12 +91,12 @@ static void test_other_sizes_keep_low_end(void)
 /* On an 8-page limit: blocks of 3, 1, 4, 1 and 7 MiB from the heap's base, the two 1 MiB
  * ones freed. Every page is pinned; the free bytes are page 1's last MiB and page 4's
  * first, 2 MiB in all, in no one range. Returns the first block; *x the others. */
-static uint64_t slivers(fli_policy *p, uint64_t x[3])
+static uint64_t slivers_on(fli_policy *p, uint64_t stream, uint64_t x[3])
 {
     static const uint64_t mib[] = {3, 1, 4, 1, 7};
     uint64_t b[5];
     for (int i = 0; i < 5; i++)
-        CHECK_OK(p->ops->alloc(p, mib[i] * MiB, 0, &b[i]));
+        CHECK_OK(p->ops->alloc(p, mib[i] * MiB, stream, &b[i]));
     uint64_t off = 0;
     for (int i = 0; i < 5; i++) { /* the layout the test means: each above the last */
         CHECK_EQ_U64(b[i] - b[0], off);
@@ -109,6 +109,8 @@ static uint64_t slivers(fli_policy *p, uint64_t x[3])
     x[0] = b[2], x[1] = b[4], x[2] = 0;
     return b[0];
 }
+
+static uint64_t slivers(fli_policy *p, uint64_t x[3]) { return slivers_on(p, 0, x); }
 
 /* The stitched block: 2 MiB where the limit leaves no page, on the two free parts (no
  * new physical memory, two mappings); a free of the lent part's address inside the heap
@@ -129,6 +131,8 @@ static void test_stitched_block(void)
     CHECK_EQ_U64(in_use(d), 8 * PAGE);            /* no new memory */
     CHECK_EQ_U64(calls(d, FL_CALL_MAP) - maps, 2); /* the two lending pages again */
     CHECK_EQ_U64(p->ops->block_size(p, x), 2 * MiB);
+    uint64_t sid = 99;
+    CHECK(p->ops->block_stream(p, x, &sid) == 1 && sid == 0);
     CHECK_EQ_U64(p->allocated, 16 * MiB);
     CHECK(p->ops->check(p) == 0);
     /* In a state file: the block at its address in a region of its own, whose two
@@ -187,6 +191,26 @@ static void test_stitched_block(void)
     CHECK_OK(p->ops->free(p, y, 0, NULL));
     /* The same request again, stitched again, and the policy destroyed with it live. */
     CHECK_OK(p->ops->alloc(p, 2 * MiB, 0, &x));
+    CHECK(p->ops->check(p) == 0);
+    p->ops->destroy(p);
+    CHECK_EQ_U64(in_use(d), 0);
+    fl_device_destroy(d);
+}
+
+/* A stitched block whose stream is destroyed while it lives: its stream is no longer
+ * known (as for a block of a retired heap: a free then waits for the freeing stream's
+ * work), and it is freed as usual. */
+static void test_stitched_stream_gone(void)
+{
+    fl_device *d = fl_test_sim(64 * PAGE, 0);
+    fli_policy *p = fragless_limited(d, 8 * PAGE);
+    uint64_t others[3], x, sid = 0;
+    slivers_on(p, 5, others);
+    CHECK_OK(p->ops->alloc(p, 2 * MiB, 5, &x));
+    CHECK(p->ops->block_stream(p, x, &sid) == 1 && sid == 5);
+    p->ops->stream_gone(p, 5);
+    CHECK(p->ops->block_stream(p, x, &sid) == -1);
+    CHECK_OK(p->ops->free(p, x, 0, NULL));
     CHECK(p->ops->check(p) == 0);
     p->ops->destroy(p);
     CHECK_EQ_U64(in_use(d), 0);
@@ -263,6 +287,7 @@ int main(void)
     test_other_sizes_keep_low_end();
     test_stitched_block();
     test_stitch_faults();
+    test_stitched_stream_gone();
     test_stitched_bytes();
     return fl_test_done("test_placement");
 }

@@ -2189,9 +2189,15 @@ static int fx_block_stream(const fli_policy *base, uint64_t addr, uint64_t *stre
     uint32_t v = live_node(f, addr, &h);
     if (!v) {
         const fx_stitch *st = f->n_stitches ? stitch_find(f, addr) : NULL;
-        if (st)
-            *stream = st->stream;
-        return st != NULL;
+        if (!st)
+            return 0;
+        /* Its stream is gone where the heaps lending its ends were retired (or taken
+         * over by another stream since): as for a block of a retired heap. */
+        const fx_heap *lender = &f->heaps[st->end_heap[st->end_heap[0] == STITCH_NONE]];
+        if (lender->retired || lender->stream != st->stream)
+            return -1;
+        *stream = st->stream;
+        return 1;
     }
     if (FL_UNLIKELY(h->retired)) /* its stream is gone: a free must wait for its own stream */
         return -1;
