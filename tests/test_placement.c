@@ -217,32 +217,72 @@ static void test_stitched_stream_gone(void)
     fl_device_destroy(d);
 }
 
-/* A device call of the stitching that fails (the reservation, either mapping, the
- * access) leaves the request out of memory and the policy as it was: consistent, the
- * lent parts free again, nothing held; the same request then succeeds. */
+/* Very near the limit, under pressure, a stitched block is preferred where it pins fewer
+ * new pages than the ordinary place: on a 23-page limit with 22 pages pinned and one
+ * cached ahead, the 2 MiB request is stitched from the two free halves instead of taking
+ * the cached page, which stays free for the next request. The policy knows it is near
+ * once a place has needed unmapped pages (place_under_pressure learns the peak): here a
+ * 5 MiB request, out of memory (3 pages, 1 to be had; stitched, 2 of its own). */
+static void test_stitch_near_limit(void)
+{
+    fl_device *d = fl_test_sim(64 * PAGE, 0);
+    fli_policy *p = fragless_limited(d, 23 * PAGE);
+    uint64_t others[3], big, x, y;
+    uint64_t base = slivers(p, others);
+    CHECK_OK(p->ops->alloc(p, 28 * MiB, 0, &big));
+    CHECK_EQ_U64(big - base, 16 * MiB);
+    CHECK_EQ_U64(in_use(d), 23 * PAGE); /* the growth step's page ahead, cached */
+    CHECK(p->ops->alloc(p, 5 * MiB, 0, &x) == FL_ERR_OOM);
+    CHECK_EQ_U64(p->allocated, 42 * MiB);
+    CHECK_OK(p->ops->alloc(p, 2 * MiB, 0, &x));
+    CHECK_EQ_U64(x % PAGE, PAGE - MiB); /* stitched (the ordinary place: base + 44 MiB) */
+    CHECK(x < base || x >= base + 46 * MiB);
+    CHECK_OK(p->ops->alloc(p, 2 * MiB, 0, &y));
+    CHECK_EQ_U64(y - base, 44 * MiB); /* the cached page */
+    CHECK_EQ_U64(in_use(d), 23 * PAGE);
+    CHECK(p->ops->check(p) == 0);
+    p->ops->destroy(p);
+    CHECK_EQ_U64(in_use(d), 0);
+    fl_device_destroy(d);
+}
+
+/* Device calls of the stitching that fail (the reservation, either mapping, the access).
+ * Every call failing from one on: the request is out of memory and the policy as it
+ * was (consistent, the lent parts free again, nothing held); the same request then
+ * succeeds. One call failing: the stitch under pressure gives up, and the last resort
+ * tries again and succeeds, or the request fails with nothing changed. */
 static void test_stitch_faults(void)
 {
-    for (uint64_t k = 1; k <= 4; k++) {
-        fl_device *d = fl_test_sim(64 * PAGE, 0);
-        fli_policy *p = fragless_limited(d, 8 * PAGE);
-        uint64_t others[3], x;
-        slivers(p, others);
-        CHECK_OK(fl_device_set_fault(d, fl_device_total_calls(&d->counters) + k, 0));
-        CHECK(p->ops->alloc(p, 2 * MiB, 0, &x) != FL_OK);
-        CHECK_EQ_U64(counters(d).failed_calls, 1);
-        CHECK_OK(fl_device_set_fault(d, 0, 0));
-        CHECK_EQ_U64(p->allocated, 14 * MiB);
-        CHECK_EQ_U64(in_use(d), 8 * PAGE);
-        CHECK(p->ops->check(p) == 0);
-        CHECK_OK(p->ops->alloc(p, 2 * MiB, 0, &x));
-        CHECK(p->ops->check(p) == 0);
-        CHECK_OK(p->ops->free(p, x, 0, NULL));
-        CHECK_OK(p->ops->empty_cache(p));
-        CHECK(p->ops->check(p) == 0);
-        p->ops->destroy(p);
-        CHECK_EQ_U64(in_use(d), 0);
-        fl_device_destroy(d);
-    }
+    for (int every = 1; every >= 0; every--)
+        for (uint64_t k = 1; k <= 4; k++) {
+            fl_device *d = fl_test_sim(64 * PAGE, 0);
+            fli_policy *p = fragless_limited(d, 8 * PAGE);
+            uint64_t others[3], x;
+            slivers(p, others);
+            uint64_t n = fl_device_total_calls(&d->counters) + k;
+            CHECK_OK(fl_device_set_fault(d, every ? 0 : n, every ? n : 0));
+            fl_status s = p->ops->alloc(p, 2 * MiB, 0, &x);
+            CHECK(every ? s != FL_OK : counters(d).failed_calls == 1);
+            CHECK_OK(fl_device_set_fault(d, 0, 0));
+            CHECK(p->ops->check(p) == 0);
+            if (s == FL_OK) {
+                CHECK_EQ_U64(p->ops->block_size(p, x), 2 * MiB);
+                CHECK_EQ_U64(p->allocated, 16 * MiB);
+                CHECK_OK(p->ops->free(p, x, 0, NULL));
+            }
+            CHECK_EQ_U64(p->allocated, 14 * MiB);
+            /* What a failed unmap left waits for the next synchronize: 8 pages in use. */
+            CHECK_OK(p->ops->empty_cache(p));
+            CHECK_EQ_U64(in_use(d), 8 * PAGE);
+            CHECK_OK(p->ops->alloc(p, 2 * MiB, 0, &x));
+            CHECK(p->ops->check(p) == 0);
+            CHECK_OK(p->ops->free(p, x, 0, NULL));
+            CHECK_OK(p->ops->empty_cache(p));
+            CHECK(p->ops->check(p) == 0);
+            p->ops->destroy(p);
+            CHECK_EQ_U64(in_use(d), 0);
+            fl_device_destroy(d);
+        }
 }
 
 /* The same on the CUDA driver double, with bytes: the stitched block's bytes are the
@@ -287,6 +327,7 @@ int main(void)
     test_other_sizes_keep_low_end();
     test_stitched_block();
     test_stitch_faults();
+    test_stitch_near_limit();
     test_stitched_stream_gone();
     test_stitched_bytes();
     return fl_test_done("test_placement");

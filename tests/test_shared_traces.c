@@ -88,9 +88,11 @@ static void check_trace(const char *path, trace_kind kind)
         CHECK(ratio <= 1.02);
     /* The snapshots meet issue 13's bar (0-12 MiB above the page limit), and so do these
      * CSV traces (gpt_varlen and vae_small since the stack position, gpt_varlen 1.0097 ->
-     * 1.0066 of peak live since stitched blocks, vae_small 1.0530): keep it so. */
-    static const char *const csv_meeting_bar[] = {"gpt_varlen.csv", "kvcache_generate.csv", "serve_switch.csv",
-                                                  "vae_small.csv"};
+     * 1.0066 of peak live since stitched blocks, vae_small 1.0530; resnet_varbatch 1.0143
+     * -> 1.0079 since stitched blocks under pressure very near the limit): keep it so.
+     * Only hard/segment_multiscale is left over it. */
+    static const char *const csv_meeting_bar[] = {"gpt_varlen.csv", "kvcache_generate.csv", "resnet_varbatch.csv",
+                                                  "serve_switch.csv", "vae_small.csv"};
     int meets = kind == TRACE_SNAPSHOT;
     for (size_t i = 0; i < sizeof csv_meeting_bar / sizeof csv_meeting_bar[0]; i++)
         meets |= !strcmp(p->name, csv_meeting_bar[i]);

@@ -47,6 +47,13 @@
 #define CHUNK_LOG 4
 #define CHUNK_PAGES (UINT64_C(1) << CHUNK_LOG)
 #define CHUNK_SHARE_LOG 3
+/* Under pressure, a placement gives way to a stitched block that pins fewer new pages
+ * (stitch_near) while the limit leaves less than 1/STITCH_SLACK of it above the most
+ * pages pinned so far: 4.5%, nearer the limit than issue 13's steady-state capacity
+ * (1.05 x peak live leaves 4.8%), where a stitched block's device calls (a reservation,
+ * its mappings and access, then the unmaps after its free) would come back every step.
+ * At 1/16-1/18 they did (ARCHITECTURE.md, "stitched blocks"). */
+#define STITCH_SLACK 22
 
 /* Page state. A page is pinned while a live block touches it, cached when mapped and
  * not pinned, unmapped when handle == 0. Only a block's first and last pages can be
@@ -1065,6 +1072,16 @@ static inline int near_limit(const fx_policy *f)
     return limit_within(f, f->peak_pinned, PRESSURE_SLACK_LOG);
 }
 
+/* Whether placements under pressure may give way to stitched blocks (STITCH_SLACK): the
+ * most pages pinned so far as place_under_pressure learned them (where a place needed
+ * unmapped pages). Counting the pages pinned now as well opened it earlier in a replay
+ * and cost resnet_varbatch its gain (1.0079 -> 1.0143). */
+static inline int stitch_near(const fx_policy *f)
+{
+    uint64_t peak = f->peak_pinned < f->max_pages ? f->peak_pinned : f->max_pages;
+    return (f->max_pages - peak) * STITCH_SLACK < f->max_pages;
+}
+
 /* Whether inner positions of free ranges are worth a look (place_under_pressure): the
  * block spans more than a page and the limit leaves room above the most pages pinned so
  * far (learned online). Near its min_capacity a job has no such room, and there
@@ -1493,9 +1510,10 @@ typedef struct fx_end {
 
 /* The largest free end of a page (*head) and the two largest free starts of pages in
  * different pages (tail[0] >= tail[1]) in stream's heaps, after their quick lists go
- * back to the range allocator. A free range [a, e) that crosses the end of a's page
+ * back to the range allocator (flush: the last resort; placement under pressure leaves
+ * them). A free range [a, e) that crosses the end of a's page
  * frees that page's end; one that crosses the start of e's last page frees its start. */
-static void stitch_ends(fx_policy *f, uint64_t stream, fx_end *head, fx_end tail[2])
+static void stitch_ends(fx_policy *f, uint64_t stream, int flush, fx_end *head, fx_end tail[2])
 {
     uint64_t g = f->gran;
     unsigned gl = f->gran_log;
@@ -1503,7 +1521,8 @@ static void stitch_ends(fx_policy *f, uint64_t stream, fx_end *head, fx_end tail
         fx_heap *h = &f->heaps[hi];
         if (h->stream != stream || h->retired)
             continue;
-        flush_bins(h);
+        if (flush)
+            flush_bins(h);
         uint64_t top = h->top << gl;
         for (uint32_t n = h->range->head; n; n = h->range->nodes[n].next_phys) {
             const range_node *b = &h->range->nodes[n];
@@ -1632,9 +1651,13 @@ static fx_stitch *stitch_find(const fx_policy *f, uint64_t addr)
 
 /* A stitched block of rsize bytes for the stream of heap hi (where the ordinary way
  * placed it: the stream's own heap, or its large heap for a small request; its stream
- * taken from there, so that alloc_placed keeps no register for it): 1 with *addr, or 0
- * with nothing changed (what it would need is not there, or a device call failed). */
-static FL_NOINLINE int stitch_alloc(fx_policy *f, uint32_t hi, uint64_t size, uint64_t rsize, uint64_t *addr)
+ * taken from there, so that alloc_placed keeps no register for it), if it newly pins
+ * fewer than `below` pages (UINT64_MAX: the last resort, any number). 1 with *addr; 0
+ * with nothing changed (what it would need is not there); -1 when it held its ends and
+ * then failed (a device call, or the pages): the ends are given back, but the heaps'
+ * range nodes may be others than before. */
+static FL_NOINLINE int stitch_alloc(fx_policy *f, uint32_t hi, uint64_t size, uint64_t rsize, uint64_t *addr,
+                                    uint64_t below)
 {
     uint64_t stream = f->heaps[hi].stream;
     uint64_t g = f->gran;
@@ -1648,7 +1671,7 @@ static FL_NOINLINE int stitch_alloc(fx_policy *f, uint32_t hi, uint64_t size, ui
         f->cap_stitches = cap;
     }
     fx_end head = {0, 0, 0}, tail[2] = {{0, 0, 0}, {0, 0, 0}};
-    stitch_ends(f, stream, &head, tail);
+    stitch_ends(f, stream, below == UINT64_MAX, &head, tail);
     const fx_end *t = tail[0].bytes && head.bytes && tail[0].hi == head.hi && tail[0].page == head.page ? &tail[1]
                                                                                                        : &tail[0];
     /* The first bytes on the lending page's end, whole pages, the last bytes on the
@@ -1661,6 +1684,10 @@ static FL_NOINLINE int stitch_alloc(fx_policy *f, uint32_t hi, uint64_t size, ui
     }
     if (!hs && !ts)
         return 0;
+    /* The pages it pins anew: its own, and an end's page that no live block pins yet. */
+    if (below != UINT64_MAX &&
+        m + (hs && !pinned(&f->heaps[head.hi], head.page)) + (ts && !pinned(&f->heaps[t->hi], t->page)) >= below)
+        return 0;
     fx_stitch st = {.size = rsize, .req = size, .stream = stream, .pages = (hs != 0) + m + (ts != 0),
                     .end_heap = {STITCH_NONE, STITCH_NONE}};
     if (hs && !stitch_hold(f, head.hi, ((head.page + 1) << gl) - hs, hs, &st.end_node[0]))
@@ -1668,13 +1695,13 @@ static FL_NOINLINE int stitch_alloc(fx_policy *f, uint32_t hi, uint64_t size, ui
     st.end_heap[0] = hs ? head.hi : STITCH_NONE;
     if (ts && !stitch_hold(f, t->hi, t->page << gl, ts, &st.end_node[1])) {
         stitch_unhold(f, &st);
-        return 0;
+        return -1;
     }
     st.end_heap[1] = ts ? t->hi : STITCH_NONE;
     /* The pages it still needs, its ends now pinned (they may have been cached). */
     if (m > pages_obtainable(f, m) || (m && !(st.handles = malloc(m * sizeof *st.handles)))) {
         stitch_unhold(f, &st);
-        return 0;
+        return -1;
     }
     int synced = 0;
     fl_status s = FL_OK;
@@ -1703,7 +1730,7 @@ static FL_NOINLINE int stitch_alloc(fx_policy *f, uint32_t hi, uint64_t size, ui
             stitch_bury(f, &st);
             f->stitches[f->n_stitches++] = st;
         }
-        return 0;
+        return -1;
     }
     st.addr = st.va + (hs ? g - hs : 0);
     f->stitches[f->n_stitches++] = st;
@@ -2007,8 +2034,9 @@ static FL_NOINLINE fl_status alloc_placed(fx_policy *f, uint64_t size, uint64_t 
         h->range->nodes[held].used = RANGE_USED;
         h->held_bytes -= rsize;
     } else {
-        int lent_tried = 0;
+        int lent_tried = 0, stitch_tried = 0, pressure;
     place:;
+        pressure = 0;
         uint32_t n = range_find_free(h->range, rsize);
         if (FL_UNLIKELY(n == 0)) {
             base->ooms++;
@@ -2025,6 +2053,7 @@ static FL_NOINLINE fl_status alloc_placed(fx_policy *f, uint64_t size, uint64_t 
                 place_fewest_pins(f, h, rsize, &n, &pad);
             int r = lent_tried ? 0 : lend_instead(f, hi, n, pad, size, rsize, addr);
             lent_tried = 1;
+            pressure = 1;
             if (r) { /* lent, or this heap's ranges changed: place again */
                 h->bytes_asked -= rsize;
                 h->whole_bytes -= (rsize & (f->gran - 1)) == 0 ? rsize : 0;
@@ -2036,6 +2065,19 @@ static FL_NOINLINE fl_status alloc_placed(fx_policy *f, uint64_t size, uint64_t 
             place_on_stack(f, h, rsize, &n, &pad);
         } else if (f->streams > 1 && small_onto_pinned(f, h, rsize, &hi, &n, &pad)) {
             h = guest_heap(f, h, hi, rsize, &guest);
+        }
+        /* Very near the limit, a stitched block instead where it pins fewer new pages. */
+        if (FL_UNLIKELY(pressure) && !stitch_tried && stitch_near(f)) {
+            uint64_t k = new_pages(f, h, h->range->nodes[n].offset + pad, rsize);
+            int r = k ? stitch_alloc(f, hi, size, rsize, addr, k) : 0;
+            stitch_tried = 1;
+            if (r) { /* stitched, or the heaps' ranges changed: place again */
+                h->bytes_asked -= rsize;
+                h->whole_bytes -= (rsize & (f->gran - 1)) == 0 ? rsize : 0;
+                if (r == 1)
+                    return FL_OK;
+                goto place;
+            }
         }
         if ((s = range_take(h->range, n, pad, rsize, &node)) != FL_OK)
             return s;
@@ -2078,7 +2120,7 @@ static FL_NOINLINE fl_status alloc_placed(fx_policy *f, uint64_t size, uint64_t 
             unpin(f, hi, p0, p1, 0);
             give_back(&f->heaps[hi], held, node, rsize, 1);
             if (s == FL_ERR_OOM) {
-                if (stitch_alloc(f, hi, size, rsize, addr))
+                if (stitch_alloc(f, hi, size, rsize, addr, UINT64_MAX) == 1)
                     return FL_OK;
                 base->ooms++;
             }
