@@ -171,7 +171,8 @@ typedef struct fx_heap {
     char pad[64];               /* no cache line shared with the next heap's fields */
 } fx_heap;
 
-/* A stitched block: the last resort before out of memory (stitch_alloc). It lives in a
+/* A stitched block (stitch_alloc): the last resort before out of memory, and very near
+ * the limit a placement that pins fewer new pages (stitch_near). It lives in a
  * reservation of its own, where the handles of its pages are mapped in a row: in the
  * middle, pages of its own; at its ends, a second mapping of pages that live blocks of its
  * stream's heaps pin already, whose free part (the end of a page for its first bytes, the
@@ -1479,7 +1480,7 @@ static fl_status synchronize(fx_policy *f)
     return s;
 }
 
-/* ---- stitched blocks: the last resort before out of memory ------------------------ */
+/* ---- stitched blocks --------------------------------------------------------------- */
 
 /* Near the limit, a block that needs k new pages wherever it goes in its heap may find
  * only k - 1 obtainable while the pages live blocks pin hold free bytes, in pieces no
@@ -1492,8 +1493,9 @@ static fl_status synchronize(fx_policy *f)
  * pin their pages as a block does. No byte is reachable through two addresses that two
  * blocks use. Only pages of the block's own stream lend (its work on their free bytes is
  * ordered before the block's), only pages with a handle of their own (a chunk's handle
- * would be mapped whole), and only when the ordinary place fails for want of pages: then
- * it takes up to two pages fewer. Freed, its lent parts go back at once (the same stream
+ * would be mapped whole), and only when the ordinary place fails for want of pages (the
+ * last resort) or, very near the limit, would pin more new pages (stitch_near): a
+ * stitched block pins up to two pages fewer. Freed, its lent parts go back at once (the same stream
  * reuses them in order) and its mappings wait for the next synchronize (a kernel may
  * still use them). */
 
