@@ -197,6 +197,40 @@ static void test_stitched_block(void)
     fl_device_destroy(d);
 }
 
+/* A stitched block freed and asked for again, its ends' halves free again on the same
+ * pages: taken back as it is, at the same address, with no device call; its mappings go
+ * only when its pages are wanted or the cache is emptied. */
+static void test_stitch_revived(void)
+{
+    fl_device *d = fl_test_sim(64 * PAGE, 0);
+    fli_policy *p = fragless_limited(d, 8 * PAGE);
+    uint64_t others[3], x, y;
+    slivers(p, others);
+    CHECK_OK(p->ops->alloc(p, 2 * MiB, 0, &x));
+    CHECK_OK(p->ops->free(p, x, 0, NULL));
+    fl_device_counters before = counters(d);
+    CHECK_OK(p->ops->alloc(p, 2 * MiB, 0, &y));
+    CHECK_EQ_U64(y, x);
+    fl_device_counters after = counters(d);
+    CHECK_EQ_U64(fl_device_total_calls(&after) - fl_device_total_calls(&before), 0);
+    CHECK_EQ_U64(p->ops->block_size(p, y), 2 * MiB);
+    CHECK_EQ_U64(p->allocated, 16 * MiB);
+    CHECK(p->ops->check(p) == 0);
+    /* The device synchronized in between (by another user of it): still there. */
+    CHECK_OK(p->ops->free(p, y, 0, NULL));
+    CHECK_OK(fli_dev_synchronize(d));
+    CHECK_OK(p->ops->alloc(p, 2 * MiB, 0, &y));
+    CHECK_EQ_U64(y, x);
+    CHECK_OK(p->ops->free(p, y, 0, NULL));
+    uint64_t unmaps = calls(d, FL_CALL_UNMAP);
+    CHECK_OK(p->ops->empty_cache(p));
+    CHECK(calls(d, FL_CALL_UNMAP) > unmaps);
+    CHECK(p->ops->check(p) == 0);
+    p->ops->destroy(p);
+    CHECK_EQ_U64(in_use(d), 0);
+    fl_device_destroy(d);
+}
+
 /* A stitched block whose stream is destroyed while it lives: its stream is no longer
  * known (as for a block of a retired heap: a free then waits for the freeing stream's
  * work), and it is freed as usual. */
@@ -328,6 +362,7 @@ int main(void)
     test_stitched_block();
     test_stitch_faults();
     test_stitch_near_limit();
+    test_stitch_revived();
     test_stitched_stream_gone();
     test_stitched_bytes();
     return fl_test_done("test_placement");

@@ -186,7 +186,13 @@ typedef struct fx_stitch {
     uint64_t n_handles;
     uint32_t end_heap[2];       /* [first page, last page]: the heap lending it, */
     uint32_t end_node[2];       /* and the range node held there; STITCH_NONE: no end */
-    int dead;                   /* freed: unmapped at the next synchronize (stitch_reap) */
+    /* Where its ends lie, kept while it is dead, so that a request of its size can take
+     * it back as it is (stitch_revive): heap (STITCH_NONE: no end), offset, bytes, and
+     * the handle mapped there when it was made. */
+    uint32_t lent_heap[2];
+    uint64_t lent_off[2], lent_size[2], lent_handle[2];
+    int dead;                   /* freed: its mappings stay until its pages are wanted */
+    int quiet;                  /* dead, and a synchronize since: may be unmapped */
 } fx_stitch;
 #define STITCH_NONE UINT32_MAX
 
@@ -627,6 +633,7 @@ static fl_status release_pooled_chunk(fx_policy *f)
  * elsewhere (as many in a row as the caller still needs: reclaim_run) or a chunk no live
  * block touches (unmapped after a sync). */
 static fl_status synchronize(fx_policy *f);
+static void stitch_reap(fx_policy *f);
 
 static fl_status take_handle(fx_policy *f, int *synced, uint64_t want, uint64_t *handle)
 {
@@ -655,13 +662,18 @@ static fl_status take_handle(fx_policy *f, int *synced, uint64_t want, uint64_t 
                 return s;
             continue;
         }
-        if (f->n_dead && !*synced) {
+        if (f->n_dead && f->dead_pages) {
             /* Freed stitched blocks give their pages to the pool once synchronized. */
-            if ((s = synchronize(f)) != FL_OK)
-                return s;
-            *synced = 1;
-            f->base.retries++;
-            continue;
+            if (!*synced) {
+                if ((s = synchronize(f)) != FL_OK)
+                    return s;
+                *synced = 1;
+                f->base.retries++;
+            }
+            uint64_t before = f->dead_pages;
+            stitch_reap(f);
+            if (f->dead_pages < before)
+                continue;
         }
         if (cached_singles(f) == 0 && idle_chunks(f) == 0)
             return fli_fail(FL_ERR_OOM, "fragless: no physical page left");
@@ -1453,10 +1465,9 @@ static int any_deferred(const fx_policy *f)
     return 0;
 }
 
-static void stitch_reap(fx_policy *f);
-
 /* After a synchronize: every stream's work so far is done; the waiting ranges go back,
- * every free range may be lent, and freed stitched blocks are unmapped. */
+ * every free range may be lent, and freed stitched blocks may be unmapped (stitch_reap,
+ * where their pages are wanted). */
 static void synced_now(fx_policy *f)
 {
     for (uint32_t hi = 0; hi < f->n_heaps; hi++) {
@@ -1468,8 +1479,8 @@ static void synced_now(fx_policy *f)
         }
         h->dirty = 0;
     }
-    if (f->n_dead)
-        stitch_reap(f);
+    for (uint32_t i = 0; i < f->n_stitches && f->n_dead; i++)
+        f->stitches[i].quiet = f->stitches[i].dead;
 }
 
 static fl_status synchronize(fx_policy *f)
@@ -1496,8 +1507,9 @@ static fl_status synchronize(fx_policy *f)
  * would be mapped whole), and only when the ordinary place fails for want of pages (the
  * last resort) or, very near the limit, would pin more new pages (stitch_near): a
  * stitched block pins up to two pages fewer. Freed, its lent parts go back at once (the same stream
- * reuses them in order) and its mappings wait for the next synchronize (a kernel may
- * still use them). */
+ * reuses them in order) and it stays mapped, dead: a request of its size takes it back
+ * where its ends are free again (stitch_revive), and its mappings go where its pages are
+ * wanted, once a synchronize has passed (a kernel may still use them: stitch_reap). */
 
 /* Page p of heap h can lend a part: mapped with a handle of its own, accessible. */
 static inline int page_lends(const fx_heap *h, uint64_t p)
@@ -1548,28 +1560,35 @@ static void stitch_ends(fx_policy *f, uint64_t stream, int flush, fx_end *head, 
     }
 }
 
+/* The free range node of heap h that holds [off, off + size), 0 if none (a walk: only
+ * stitched blocks ask). */
+static uint32_t free_node_at(const fx_heap *h, uint64_t off, uint64_t size)
+{
+    for (uint32_t n = h->range->head; n; n = h->range->nodes[n].next_phys) {
+        const range_node *b = &h->range->nodes[n];
+        if (off >= b->offset + b->size)
+            continue;
+        return b->used == RANGE_FREE && off >= b->offset && off + size <= b->offset + b->size ? n : 0;
+    }
+    return 0;
+}
+
 /* Holds [off, off + size) of heap hi, free, for a stitched block: *node, pinned. 0 if
  * the range is not free. */
 static int stitch_hold(fx_policy *f, uint32_t hi, uint64_t off, uint64_t size, uint32_t *node)
 {
     fx_heap *h = &f->heaps[hi];
-    for (uint32_t n = h->range->head; n; n = h->range->nodes[n].next_phys) {
-        const range_node *b = &h->range->nodes[n];
-        if (off >= b->offset + b->size)
-            continue;
-        if (b->used != RANGE_FREE || off < b->offset || off + size > b->offset + b->size ||
-            range_take(h->range, n, off - b->offset, size, node) != FL_OK)
-            return 0;
-        h->range->nodes[*node].tag = TAG_STITCH;
-        h->range->nodes[*node].used = RANGE_HELD;
-        index_add(h, *node);
-        uint32_t no_access = 0;
-        uint64_t missing = pin(f, h, off >> f->gran_log, (off + size - 1) >> f->gran_log, &no_access);
-        FL_ASSERT(!missing && !no_access); /* page_lends */
-        (void)missing;
-        return 1;
-    }
-    return 0;
+    uint32_t n = free_node_at(h, off, size);
+    if (!n || range_take(h->range, n, off - h->range->nodes[n].offset, size, node) != FL_OK)
+        return 0;
+    h->range->nodes[*node].tag = TAG_STITCH;
+    h->range->nodes[*node].used = RANGE_HELD;
+    index_add(h, *node);
+    uint32_t no_access = 0;
+    uint64_t missing = pin(f, h, off >> f->gran_log, (off + size - 1) >> f->gran_log, &no_access);
+    FL_ASSERT(!missing && !no_access); /* page_lends */
+    (void)missing;
+    return 1;
 }
 
 /* Gives back the lent parts of stitched block st. */
@@ -1615,14 +1634,14 @@ static fl_status stitch_unmap(fx_policy *f, fx_stitch *st)
     return FL_OK;
 }
 
-/* After a synchronize: the dead stitched blocks are unmapped and their pages pooled. One
- * whose device calls fail stays dead, for the next. */
+/* The dead stitched blocks that a synchronize has passed since their free (quiet) are
+ * unmapped and their pages pooled. One whose device calls fail stays, for the next. */
 static void stitch_reap(fx_policy *f)
 {
     for (uint32_t i = 0; i < f->n_stitches;) {
         fx_stitch *st = &f->stitches[i];
         uint64_t pages = st->n_handles;
-        if (!st->dead || stitch_unmap(f, st) != FL_OK) {
+        if (!st->quiet || stitch_unmap(f, st) != FL_OK) {
             i++;
             continue;
         }
@@ -1638,6 +1657,7 @@ static void stitch_bury(fx_policy *f, fx_stitch *st)
 {
     st->end_heap[0] = st->end_heap[1] = STITCH_NONE;
     st->dead = 1;
+    st->quiet = 0;
     f->n_dead++;
     f->dead_pages += st->n_handles;
 }
@@ -1649,6 +1669,53 @@ static fx_stitch *stitch_find(const fx_policy *f, uint64_t addr)
         if (f->stitches[i].addr == addr && !f->stitches[i].dead)
             return &f->stitches[i];
     return NULL;
+}
+
+/* A dead stitched block of rsize bytes of stream, taken back as it is where its ends'
+ * ranges are free again on the same pages with the same handles (a step that frees and
+ * asks again: no device call) and it newly pins fewer than `below` pages: 1 with *addr;
+ * 0, nothing changed; -1, it held an end and then failed (stitch_alloc's -1). */
+static int stitch_revive(fx_policy *f, uint64_t stream, uint64_t size, uint64_t rsize, uint64_t *addr,
+                         uint64_t below)
+{
+    for (uint32_t i = 0; i < f->n_stitches; i++) {
+        fx_stitch *st = &f->stitches[i];
+        /* addr 0: a stitch that failed and could not be undone, never a block. */
+        if (!st->dead || !st->addr || st->size != rsize || st->stream != stream || st->mapped != st->pages)
+            continue;
+        int ok = 1;
+        uint64_t pins = 0;
+        for (int k = 0; k < 2 && ok; k++) {
+            if (st->lent_heap[k] == STITCH_NONE)
+                continue;
+            const fx_heap *h = &f->heaps[st->lent_heap[k]];
+            uint64_t p = st->lent_off[k] >> f->gran_log;
+            ok = !h->retired && h->stream == stream && page_lends(h, p) && h->pages[p].handle == st->lent_handle[k] &&
+                 free_node_at(h, st->lent_off[k], st->lent_size[k]) != 0;
+            pins += ok && !pinned(h, p);
+        }
+        if (!ok || pins >= below)
+            continue;
+        for (int k = 0; k < 2; k++) {
+            if (st->lent_heap[k] == STITCH_NONE)
+                continue;
+            if (!stitch_hold(f, st->lent_heap[k], st->lent_off[k], st->lent_size[k], &st->end_node[k])) {
+                stitch_unhold(f, st); /* the ends held so far (end_heap set) */
+                st->end_heap[0] = st->end_heap[1] = STITCH_NONE;
+                return -1;
+            }
+            st->end_heap[k] = st->lent_heap[k];
+        }
+        st->dead = st->quiet = 0;
+        st->req = size;
+        f->n_dead--;
+        f->dead_pages -= st->n_handles;
+        f->base.allocated += rsize;
+        f->base.num_allocs++;
+        *addr = st->addr;
+        return 1;
+    }
+    return 0;
 }
 
 /* A stitched block of rsize bytes for the stream of heap hi (where the ordinary way
@@ -1664,6 +1731,9 @@ static FL_NOINLINE int stitch_alloc(fx_policy *f, uint32_t hi, uint64_t size, ui
     uint64_t stream = f->heaps[hi].stream;
     uint64_t g = f->gran;
     unsigned gl = f->gran_log;
+    int revived = f->n_dead ? stitch_revive(f, stream, size, rsize, addr, below) : 0;
+    if (revived)
+        return revived;
     if (f->n_stitches == f->cap_stitches) {
         uint32_t cap = f->cap_stitches ? f->cap_stitches * 2 : 8;
         fx_stitch *t = realloc(f->stitches, cap * sizeof *t);
@@ -1730,11 +1800,22 @@ static FL_NOINLINE int stitch_alloc(fx_policy *f, uint32_t hi, uint64_t size, ui
         stitch_unhold(f, &st);
         if (stitch_unmap(f, &st) != FL_OK) {
             stitch_bury(f, &st);
+            st.quiet = 1; /* nothing used it */
+            st.lent_heap[0] = st.lent_heap[1] = STITCH_NONE;
             f->stitches[f->n_stitches++] = st;
         }
         return -1;
     }
     st.addr = st.va + (hs ? g - hs : 0);
+    for (int k = 0; k < 2; k++) {
+        st.lent_heap[k] = st.end_heap[k];
+        if (st.end_heap[k] == STITCH_NONE)
+            continue;
+        const fx_heap *h = &f->heaps[st.end_heap[k]];
+        st.lent_off[k] = h->range->nodes[st.end_node[k]].offset;
+        st.lent_size[k] = h->range->nodes[st.end_node[k]].size;
+        st.lent_handle[k] = h->pages[st.lent_off[k] >> gl].handle;
+    }
     f->stitches[f->n_stitches++] = st;
     f->base.allocated += rsize;
     f->base.num_allocs++;
@@ -2551,6 +2632,8 @@ static fl_status fx_empty_cache(fli_policy *base)
         retired_waiting = f->heaps[hi].retired_event != 0;
     if ((cached_singles(f) || idle || any_deferred(f) || retired_waiting || f->n_dead) && (s = synchronize(f)) != FL_OK)
         return s;
+    if (f->n_dead)
+        stitch_reap(f); /* quiet now: their pages to the pool, given back below */
     /* Synchronized: the destroyed streams' work is done, their events are not needed (a
      * reset of the device, which empties the cache first, destroys them). */
     for (uint32_t hi = 0; hi < f->n_heaps && retired_waiting; hi++)
@@ -2867,6 +2950,8 @@ static fl_status fx_limit_changed(fli_policy *base)
     if (f->n_handles > f->max_pages && (cached_singles(f) || idle_chunks(f) || f->n_dead) &&
         (s = synchronize(f)) != FL_OK)
         return s;
+    if (f->n_handles > f->max_pages && f->n_dead)
+        stitch_reap(f);
     while (f->n_handles > f->max_pages) {
         uint64_t got;
         if (f->n_pool) {
