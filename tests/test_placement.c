@@ -27,6 +27,21 @@ static fli_policy *fragless_limited(fl_device *d, uint64_t limit)
 
 static fli_policy *fragless_on(fl_device *d) { return fragless_limited(d, 0); }
 
+/* A 64-page sim device in *d and the policy on it, limited to `pages` pages. */
+static fli_policy *limited_sim(fl_device **d, uint64_t pages)
+{
+    *d = fl_test_sim(64 * PAGE, 0);
+    return fragless_limited(*d, pages * PAGE);
+}
+
+/* Destroys the policy, then the device, which must have nothing left in use. */
+static void destroy_both(fli_policy *p, fl_device *d)
+{
+    p->ops->destroy(p);
+    CHECK_EQ_U64(in_use(d), 0);
+    fl_device_destroy(d);
+}
+
 /* Leaves the free range [1.5, 4.5) MiB between two live blocks of the large heap: its
  * pages 0 and 2 are pinned by them, page 1 by nothing. Returns the heap's base. */
 static uint64_t hole(fli_policy *p, uint64_t *a, uint64_t *c)
@@ -119,8 +134,8 @@ static uint64_t slivers(fli_policy *p, uint64_t x[3]) { return slivers_on(p, 0, 
  * at the next synchronize (empty_cache). Without stitching the 2 MiB request fails. */
 static void test_stitched_block(void)
 {
-    fl_device *d = fl_test_sim(64 * PAGE, 0);
-    fli_policy *p = fragless_limited(d, 8 * PAGE);
+    fl_device *d;
+    fli_policy *p = limited_sim(&d, 8);
     uint64_t others[3], x, y;
     uint64_t base = slivers(p, others);
     CHECK_EQ_U64(in_use(d), 8 * PAGE);
@@ -192,9 +207,7 @@ static void test_stitched_block(void)
     /* The same request again, stitched again, and the policy destroyed with it live. */
     CHECK_OK(p->ops->alloc(p, 2 * MiB, 0, &x));
     CHECK(p->ops->check(p) == 0);
-    p->ops->destroy(p);
-    CHECK_EQ_U64(in_use(d), 0);
-    fl_device_destroy(d);
+    destroy_both(p, d);
 }
 
 /* A stitched block freed and asked for again, its ends' halves free again on the same
@@ -202,8 +215,8 @@ static void test_stitched_block(void)
  * only when its pages are wanted or the cache is emptied. */
 static void test_stitch_revived(void)
 {
-    fl_device *d = fl_test_sim(64 * PAGE, 0);
-    fli_policy *p = fragless_limited(d, 8 * PAGE);
+    fl_device *d;
+    fli_policy *p = limited_sim(&d, 8);
     uint64_t others[3], x, y;
     slivers(p, others);
     CHECK_OK(p->ops->alloc(p, 2 * MiB, 0, &x));
@@ -226,9 +239,7 @@ static void test_stitch_revived(void)
     CHECK_OK(p->ops->empty_cache(p));
     CHECK(calls(d, FL_CALL_UNMAP) > unmaps);
     CHECK(p->ops->check(p) == 0);
-    p->ops->destroy(p);
-    CHECK_EQ_U64(in_use(d), 0);
-    fl_device_destroy(d);
+    destroy_both(p, d);
 }
 
 /* A stitched block whose stream is destroyed while it lives: its stream is no longer
@@ -236,8 +247,8 @@ static void test_stitch_revived(void)
  * work), and it is freed as usual. */
 static void test_stitched_stream_gone(void)
 {
-    fl_device *d = fl_test_sim(64 * PAGE, 0);
-    fli_policy *p = fragless_limited(d, 8 * PAGE);
+    fl_device *d;
+    fli_policy *p = limited_sim(&d, 8);
     uint64_t others[3], x, sid = 0;
     slivers_on(p, 5, others);
     CHECK_OK(p->ops->alloc(p, 2 * MiB, 5, &x));
@@ -246,9 +257,7 @@ static void test_stitched_stream_gone(void)
     CHECK(p->ops->block_stream(p, x, &sid) == -1);
     CHECK_OK(p->ops->free(p, x, 0, NULL));
     CHECK(p->ops->check(p) == 0);
-    p->ops->destroy(p);
-    CHECK_EQ_U64(in_use(d), 0);
-    fl_device_destroy(d);
+    destroy_both(p, d);
 }
 
 /* Very near the limit, under pressure, a stitched block is preferred where it pins fewer
@@ -259,8 +268,8 @@ static void test_stitched_stream_gone(void)
  * 5 MiB request, out of memory (3 pages, 1 to be had; stitched, 2 of its own). */
 static void test_stitch_near_limit(void)
 {
-    fl_device *d = fl_test_sim(64 * PAGE, 0);
-    fli_policy *p = fragless_limited(d, 23 * PAGE);
+    fl_device *d;
+    fli_policy *p = limited_sim(&d, 23);
     uint64_t others[3], big, x, y;
     uint64_t base = slivers(p, others);
     CHECK_OK(p->ops->alloc(p, 28 * MiB, 0, &big));
@@ -275,9 +284,7 @@ static void test_stitch_near_limit(void)
     CHECK_EQ_U64(y - base, 44 * MiB); /* the cached page */
     CHECK_EQ_U64(in_use(d), 23 * PAGE);
     CHECK(p->ops->check(p) == 0);
-    p->ops->destroy(p);
-    CHECK_EQ_U64(in_use(d), 0);
-    fl_device_destroy(d);
+    destroy_both(p, d);
 }
 
 /* Device calls of the stitching that fail (the reservation, either mapping, the access).
@@ -289,8 +296,8 @@ static void test_stitch_faults(void)
 {
     for (int every = 1; every >= 0; every--)
         for (uint64_t k = 1; k <= 4; k++) {
-            fl_device *d = fl_test_sim(64 * PAGE, 0);
-            fli_policy *p = fragless_limited(d, 8 * PAGE);
+            fl_device *d;
+            fli_policy *p = limited_sim(&d, 8);
             uint64_t others[3], x;
             slivers(p, others);
             uint64_t n = fl_device_total_calls(&d->counters) + k;
@@ -313,9 +320,7 @@ static void test_stitch_faults(void)
             CHECK_OK(p->ops->free(p, x, 0, NULL));
             CHECK_OK(p->ops->empty_cache(p));
             CHECK(p->ops->check(p) == 0);
-            p->ops->destroy(p);
-            CHECK_EQ_U64(in_use(d), 0);
-            fl_device_destroy(d);
+            destroy_both(p, d);
         }
 }
 
