@@ -334,10 +334,11 @@ typedef struct fl_stats {
     uint64_t graph_bytes;         /* blocks allocated during CUDA graph captures, held for
                                      their graphs until released (fl_graph_release) */
     uint64_t graph_kept_bytes;    /* of those, freed by the program: reserved, not allocated */
-    uint64_t stitched_blocks;     /* live blocks the fragless policy stitched, its last resort
-                                     before out of memory: each in a reservation of its own,
-                                     its first and last bytes on the free parts of pages
-                                     that other blocks use, mapped there a second time */
+    uint64_t stitched_blocks;     /* live blocks the fragless policy stitched near its limit
+                                     (where they took fewer pages, or none else fit): each in
+                                     a reservation of its own, its first and last bytes on the
+                                     free parts of pages that other blocks use, mapped there
+                                     a second time */
 } fl_stats;
 
 FL_API void fl_get_stats(const fl_allocator *a, fl_stats *out);

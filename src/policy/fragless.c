@@ -184,13 +184,13 @@ typedef struct fx_stitch {
     int reserved;               /* va is reserved */
     uint64_t *handles;          /* the middle pages' handles, n_handles of them */
     uint64_t n_handles;
-    uint32_t end_heap[2];       /* [first page, last page]: the heap lending it, */
-    uint32_t end_node[2];       /* and the range node held there; STITCH_NONE: no end */
-    /* Where its ends lie, kept while it is dead, so that a request of its size can take
-     * it back as it is (stitch_revive): heap (STITCH_NONE: no end), offset, bytes, and
-     * the handle mapped there when it was made. */
+    /* Its ends, [first page, last page]: the heap lending it (STITCH_NONE: no end), the
+     * range there, the handle mapped there when it was made, and while it lives the range
+     * node that holds it. Kept while it is dead, so that a request of its size can take it
+     * back as it is (stitch_revive). */
     uint32_t lent_heap[2];
     uint64_t lent_off[2], lent_size[2], lent_handle[2];
+    uint32_t end_node[2];
     int dead;                   /* freed: its mappings stay until its pages are wanted */
     int quiet;                  /* dead, and a synchronize since: may be unmapped */
 } fx_stitch;
@@ -662,7 +662,7 @@ static fl_status take_handle(fx_policy *f, int *synced, uint64_t want, uint64_t 
                 return s;
             continue;
         }
-        if (f->n_dead && f->dead_pages) {
+        if (f->dead_pages) {
             /* Freed stitched blocks give their pages to the pool once synchronized. */
             if (!*synced) {
                 if ((s = synchronize(f)) != FL_OK)
@@ -1591,13 +1591,26 @@ static int stitch_hold(fx_policy *f, uint32_t hi, uint64_t off, uint64_t size, u
     return 1;
 }
 
-/* Gives back the lent parts of stitched block st. */
-static void stitch_unhold(fx_policy *f, const fx_stitch *st)
+/* Holds end k of stitched block st, [off, off + size) of heap hi, and records where it
+ * lies; 0, nothing changed, if the range is not free. */
+static int stitch_lend(fx_policy *f, fx_stitch *st, int k, uint32_t hi, uint64_t off, uint64_t size)
 {
-    for (int k = 0; k < 2; k++) {
-        if (st->end_heap[k] == STITCH_NONE)
+    if (!stitch_hold(f, hi, off, size, &st->end_node[k]))
+        return 0;
+    st->lent_heap[k] = hi;
+    st->lent_off[k] = off;
+    st->lent_size[k] = size;
+    st->lent_handle[k] = f->heaps[hi].pages[off >> f->gran_log].handle;
+    return 1;
+}
+
+/* Gives back the lent parts of stitched block st held so far: its ends below `ends`. */
+static void stitch_unhold(fx_policy *f, const fx_stitch *st, int ends)
+{
+    for (int k = 0; k < ends; k++) {
+        if (st->lent_heap[k] == STITCH_NONE)
             continue;
-        fx_heap *h = &f->heaps[st->end_heap[k]];
+        fx_heap *h = &f->heaps[st->lent_heap[k]];
         uint64_t p = h->range->nodes[st->end_node[k]].offset >> f->gran_log;
         h->range->nodes[st->end_node[k]].used = RANGE_USED; /* as flush_bins does */
         heap_release(h, st->end_node[k]);
@@ -1651,11 +1664,10 @@ static void stitch_reap(fx_policy *f)
     }
 }
 
-/* A stitched block that could not be made or was freed: dead, its mappings undone at the
- * next synchronize, its lent parts given back (the caller did). */
+/* A stitched block that was freed or could not be made: dead, its lent parts given back
+ * (the caller did), its mappings undone where its pages are wanted (stitch_reap). */
 static void stitch_bury(fx_policy *f, fx_stitch *st)
 {
-    st->end_heap[0] = st->end_heap[1] = STITCH_NONE;
     st->dead = 1;
     st->quiet = 0;
     f->n_dead++;
@@ -1700,11 +1712,9 @@ static int stitch_revive(fx_policy *f, uint64_t stream, uint64_t size, uint64_t 
             if (st->lent_heap[k] == STITCH_NONE)
                 continue;
             if (!stitch_hold(f, st->lent_heap[k], st->lent_off[k], st->lent_size[k], &st->end_node[k])) {
-                stitch_unhold(f, st); /* the ends held so far (end_heap set) */
-                st->end_heap[0] = st->end_heap[1] = STITCH_NONE;
+                stitch_unhold(f, st, k);
                 return -1;
             }
-            st->end_heap[k] = st->lent_heap[k];
         }
         st->dead = st->quiet = 0;
         st->req = size;
@@ -1761,18 +1771,16 @@ static FL_NOINLINE int stitch_alloc(fx_policy *f, uint32_t hi, uint64_t size, ui
         m + (hs && !pinned(&f->heaps[head.hi], head.page)) + (ts && !pinned(&f->heaps[t->hi], t->page)) >= below)
         return 0;
     fx_stitch st = {.size = rsize, .req = size, .stream = stream, .pages = (hs != 0) + m + (ts != 0),
-                    .end_heap = {STITCH_NONE, STITCH_NONE}};
-    if (hs && !stitch_hold(f, head.hi, ((head.page + 1) << gl) - hs, hs, &st.end_node[0]))
+                    .lent_heap = {STITCH_NONE, STITCH_NONE}};
+    if (hs && !stitch_lend(f, &st, 0, head.hi, ((head.page + 1) << gl) - hs, hs))
         return 0;
-    st.end_heap[0] = hs ? head.hi : STITCH_NONE;
-    if (ts && !stitch_hold(f, t->hi, t->page << gl, ts, &st.end_node[1])) {
-        stitch_unhold(f, &st);
+    if (ts && !stitch_lend(f, &st, 1, t->hi, t->page << gl, ts)) {
+        stitch_unhold(f, &st, 1);
         return -1;
     }
-    st.end_heap[1] = ts ? t->hi : STITCH_NONE;
     /* The pages it still needs, its ends now pinned (they may have been cached). */
     if (m > pages_obtainable(f, m) || (m && !(st.handles = malloc(m * sizeof *st.handles)))) {
-        stitch_unhold(f, &st);
+        stitch_unhold(f, &st, 2);
         return -1;
     }
     int synced = 0;
@@ -1797,7 +1805,7 @@ static FL_NOINLINE int stitch_alloc(fx_policy *f, uint32_t hi, uint64_t size, ui
     if (s != FL_OK) {
         /* Nothing used it: undone without a synchronize; what a failed call leaves waits,
          * dead, for the next try. */
-        stitch_unhold(f, &st);
+        stitch_unhold(f, &st, 2);
         if (stitch_unmap(f, &st) != FL_OK) {
             stitch_bury(f, &st);
             st.quiet = 1; /* nothing used it */
@@ -1807,15 +1815,6 @@ static FL_NOINLINE int stitch_alloc(fx_policy *f, uint32_t hi, uint64_t size, ui
         return -1;
     }
     st.addr = st.va + (hs ? g - hs : 0);
-    for (int k = 0; k < 2; k++) {
-        st.lent_heap[k] = st.end_heap[k];
-        if (st.end_heap[k] == STITCH_NONE)
-            continue;
-        const fx_heap *h = &f->heaps[st.end_heap[k]];
-        st.lent_off[k] = h->range->nodes[st.end_node[k]].offset;
-        st.lent_size[k] = h->range->nodes[st.end_node[k]].size;
-        st.lent_handle[k] = h->pages[st.lent_off[k] >> gl].handle;
-    }
     f->stitches[f->n_stitches++] = st;
     f->base.allocated += rsize;
     f->base.num_allocs++;
@@ -1826,7 +1825,7 @@ static FL_NOINLINE int stitch_alloc(fx_policy *f, uint32_t hi, uint64_t size, ui
 /* Frees stitched block st (live). */
 static void stitch_free(fx_policy *f, fx_stitch *st)
 {
-    stitch_unhold(f, st);
+    stitch_unhold(f, st, 2);
     stitch_bury(f, st);
     f->base.allocated -= st->size;
     f->base.num_frees++;
@@ -2318,7 +2317,7 @@ static int fx_block_stream(const fli_policy *base, uint64_t addr, uint64_t *stre
             return 0;
         /* Its stream is gone where the heaps lending its ends were retired (or taken
          * over by another stream since): as for a block of a retired heap. */
-        const fx_heap *lender = &f->heaps[st->end_heap[st->end_heap[0] == STITCH_NONE]];
+        const fx_heap *lender = &f->heaps[st->lent_heap[st->lent_heap[0] == STITCH_NONE]];
         if (lender->retired || lender->stream != st->stream)
             return -1;
         *stream = st->stream;
@@ -2833,17 +2832,18 @@ static int fx_check(const fli_policy *base)
         const fx_stitch *st = &f->stitches[i];
         uint64_t ends = 0;
         for (int k = 0; k < 2 && !st->dead; k++) {
-            if (st->end_heap[k] == STITCH_NONE)
+            if (st->lent_heap[k] == STITCH_NONE)
                 continue;
-            const range_node *b = st->end_heap[k] < f->n_heaps && st->end_node[k] < f->heaps[st->end_heap[k]].range->n_nodes
-                                      ? &f->heaps[st->end_heap[k]].range->nodes[st->end_node[k]]
+            const range_node *b = st->lent_heap[k] < f->n_heaps && st->end_node[k] < f->heaps[st->lent_heap[k]].range->n_nodes
+                                      ? &f->heaps[st->lent_heap[k]].range->nodes[st->end_node[k]]
                                       : NULL;
-            if (!b || b->used != RANGE_HELD || !(b->tag & TAG_STITCH))
+            if (!b || b->used != RANGE_HELD || !(b->tag & TAG_STITCH) || b->offset != st->lent_off[k] ||
+                b->size != st->lent_size[k])
                 return fli_fail(FL_ERR_INVALID, "fragless check: stitched block 0x%llx: an end is not held",
                                (unsigned long long)st->addr), 1;
             ends += b->size;
         }
-        if (st->n_handles + (st->end_heap[0] != STITCH_NONE) + (st->end_heap[1] != STITCH_NONE) > st->pages ||
+        if (st->n_handles + (st->lent_heap[0] != STITCH_NONE) + (st->lent_heap[1] != STITCH_NONE) > st->pages ||
             (!st->dead && (ends > st->size || st->size - ends > st->n_handles << f->gran_log)))
             return fli_fail(FL_ERR_INVALID, "fragless check: stitched block 0x%llx: %llu bytes on %llu pages of its own",
                            (unsigned long long)st->addr, (unsigned long long)st->size,
@@ -2929,7 +2929,7 @@ static void fx_walk(const fli_policy *base, const fli_state_visitor *v)
             continue;
         if (v->region)
             v->region(v->user, st->va, st->pages << f->gran_log, st->stream, "stitched block");
-        uint64_t first = st->end_heap[0] != STITCH_NONE;
+        uint64_t first = st->lent_heap[0] != STITCH_NONE;
         for (uint64_t k = 0; v->page && k < st->pages; k++) {
             int own = k >= first && k < first + st->n_handles;
             v->page(v->user, st->va + (k << f->gran_log), f->gran, own, own);
